@@ -1,0 +1,1 @@
+"""KV Deck desktop app (PySide6): thin widgets over `engine` objects."""
