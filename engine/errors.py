@@ -28,3 +28,7 @@ class TemplateError(KvDeckError):
 
 class StoreError(KvDeckError):
     """The chat history database could not be read or written."""
+
+
+class Cancelled(KvDeckError):
+    """The user cancelled the operation; not a failure worth an error dialog."""

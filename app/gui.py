@@ -1,0 +1,74 @@
+"""Start the desktop app: logging, the chat store, the window, and the first model."""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from engine import paths
+from engine.errors import KvDeckError
+from engine.store import ChatStore
+
+log = logging.getLogger("kvdeck")
+
+
+def resource_path(relative: str) -> Path:
+    """A file under ``resources/`` (next to the packages in a checkout, bundled when frozen)."""
+    base = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent.parent))
+    return base / "resources" / relative
+
+
+def _setup_logging() -> None:
+    """Warnings to the terminal; everything from INFO (llama.cpp's log included) to a log file."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(console)
+    try:
+        handler = logging.handlers.RotatingFileHandler(paths.data_dir() / "kvdeck.log",
+                                                       maxBytes=2_000_000, backupCount=2, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    except (OSError, KvDeckError) as exc:
+        log.warning("no log file: %s", exc)
+
+
+def open_store() -> tuple[ChatStore, str]:
+    """The chat history, or a temporary in-memory one with the reason the real one failed."""
+    try:
+        return ChatStore.open_default(), ""
+    except KvDeckError as exc:
+        return ChatStore(":memory:"), f"{exc} — chats in this session will not be saved."
+
+
+def run(argv: Sequence[str]) -> int:
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication
+
+    from app.main_window import APP_NAME, MainWindow
+
+    _setup_logging()
+    app = QApplication.instance() or QApplication([sys.argv[0], *argv])
+    app.setApplicationName(APP_NAME)
+    app.setApplicationDisplayName(APP_NAME)
+    app.setOrganizationName("KV Deck")
+    icon = resource_path("icons/kvdeck.svg")
+    if icon.is_file():
+        app.setWindowIcon(QIcon(str(icon)))
+    store, store_problem = open_store()
+    window = MainWindow(store)
+    window.show()
+    if store_problem:
+        window.show_problem(store_problem)
+    model_args = [a for a in argv if not a.startswith("-")]
+    if model_args:
+        window.open_model(model_args[0])
+    else:
+        window.start()
+    code = app.exec()
+    store.close()
+    return code

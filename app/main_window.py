@@ -1,0 +1,283 @@
+"""The KV Deck main window: sidebar, chat pane, problem banner, status bar with load progress.
+
+Dropping a file anywhere on the window loads it. Every problem (a bad file, a crashed runtime,
+a full disk) becomes one line in the banner at the top; the conversation is never touched.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import (
+    QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton, QSplitter,
+    QVBoxLayout, QWidget,
+)
+
+from app.chat_pane import ChatPane
+from app.runtime_bridge import RuntimeBridge
+from app.sidebar import Sidebar
+from engine import paths
+from engine import protocol as P
+from engine.errors import KvDeckError
+from engine.gguf_inspect import GGUFInfo, inspect_gguf
+from engine.host import ProcessOutcome
+from engine.store import ChatStore, model_key
+
+APP_NAME = "KV Deck"
+MAX_RECENT = 12
+
+
+def check_model_path(path: str) -> str | None:
+    """A one-line reason why ``path`` cannot be a model, or None. Cheap: no file is parsed."""
+    p = Path(path)
+    name = p.name or path
+    if not p.exists():
+        return f"{name} does not exist"
+    if p.is_dir():
+        return f"{name} is a folder, not a GGUF model file"
+    if p.suffix.lower() != ".gguf":
+        return f"{name} is not a GGUF model (KV Deck opens .gguf files)"
+    if not os.access(p, os.R_OK):
+        return f"{name} cannot be read (permission denied)"
+    return None
+
+
+class _Inspector(QObject):
+    """Inspects a file off the GUI thread (a multi-GB file on a slow disk can take a moment)."""
+
+    done = Signal(str, object)  # path, GGUFInfo | str (error)
+
+    def run(self, path: str) -> None:
+        def work() -> None:
+            try:
+                result: object = inspect_gguf(path)
+            except KvDeckError as exc:
+                result = str(exc)
+            except Exception as exc:  # never let a hostile file take the window down
+                result = f"{Path(path).name} could not be read: {exc}"
+            self.done.emit(path, result)
+
+        threading.Thread(target=work, name="kvdeck-inspect", daemon=True).start()
+
+
+class Banner(QFrame):
+    """One-line problems, with an optional action such as "Restart runtime"."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("banner")
+        self.setStyleSheet("#banner { background: #fdecea; border: 1px solid #f5c2c0; border-radius: 4px; }"
+                           "#banner QLabel { color: #611a15; }")
+        self.label = QLabel(self, wordWrap=True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.action_button = QPushButton(self)
+        self.action_button.hide()
+        close = QPushButton("✕", self, flat=True, clicked=self.hide)
+        close.setFixedWidth(28)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(8, 4, 4, 4)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.action_button)
+        layout.addWidget(close)
+        self._action = None
+        self.action_button.clicked.connect(self._run_action)
+        self.hide()
+
+    def show_message(self, text: str, action_text: str = "", action=None) -> None:  # noqa: ANN001
+        self.label.setText(" ".join(text.split()))
+        self._action = action
+        self.action_button.setText(action_text)
+        self.action_button.setVisible(bool(action_text and action))
+        self.show()
+
+    def _run_action(self) -> None:
+        self.hide()
+        if self._action is not None:
+            self._action()
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, store: ChatStore, bridge: RuntimeBridge | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.bridge = bridge or RuntimeBridge(self)
+        self.model_info: GGUFInfo | None = None
+        self.setWindowTitle(APP_NAME)
+        self.setAcceptDrops(True)
+        self.resize(1180, 780)
+        self._inspector = _Inspector(self)
+        self._inspector.done.connect(self._on_inspected)
+
+        self.sidebar = Sidebar(store, self)
+        self.chat = ChatPane(store, self.bridge, self)
+        self.banner = Banner(self)
+        right = QWidget(self)
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 6, 6, 0)
+        rl.addWidget(self.banner)
+        rl.addWidget(self.chat, 1)
+        splitter = QSplitter(self)
+        splitter.addWidget(self.sidebar)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([260, 920])
+        self.setCentralWidget(splitter)
+
+        self.model_label = QLabel("No model")
+        self.ctx_label = QLabel("")
+        self.speed_label = QLabel("")
+        self.progress = QProgressBar(self, maximum=1000, textVisible=True)
+        self.progress.setFixedWidth(220)
+        self.progress.hide()
+        bar = self.statusBar()
+        bar.addWidget(self.model_label, 1)
+        bar.addPermanentWidget(self.progress)
+        bar.addPermanentWidget(self.ctx_label)
+        bar.addPermanentWidget(self.speed_label)
+
+        self.sidebar.newConversation.connect(self._new_conversation)
+        self.sidebar.conversationSelected.connect(self._select_conversation)
+        self.sidebar.modelChosen.connect(lambda p: p and self.open_model(p))
+        self.sidebar.openFileRequested.connect(self.choose_file)
+        self.chat.conversationsChanged.connect(
+            lambda: self.sidebar.refresh_conversations(self.chat.conversation_id))
+        self.chat.problem.connect(self.show_problem)
+        self.chat.speed.connect(lambda tps: self.speed_label.setText(f"{tps:.1f} tokens/s"))
+        self.bridge.loadProgress.connect(self._on_progress)
+        self.bridge.loaded.connect(self._on_loaded)
+        self.bridge.loadFailed.connect(self._on_load_failed)
+        self.bridge.exited.connect(self._on_runtime_exit)
+
+        self.sidebar.refresh_models()
+        convs = store.list_conversations()
+        self.sidebar.refresh_conversations(convs[0].id if convs else None)
+        self.chat.open_conversation(convs[0].id if convs else None)
+        self.chat.view.set_placeholder(
+            "<h2>Welcome to KV Deck</h2><p>Type a message below to chat with the loaded model, or drop a "
+            "<b>.gguf</b> file anywhere on this window to load another one.</p>")
+
+    # ------------------------------------------------------------------ models
+    def start(self) -> None:
+        """Load the last used model, or the demo model on the very first start."""
+        last = self.store.get_setting("last_model")
+        if last and Path(last).is_file():
+            self.open_model(last)
+            return
+        demo = paths.demo_model_path()
+        if demo is not None:
+            self.open_model(str(demo))
+        else:
+            self.model_label.setText("No model — drop a .gguf file on the window")
+
+    def choose_file(self) -> None:
+        start = self.store.get_setting("last_dir", str(Path.home()))
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", start, "GGUF models (*.gguf);;All files (*)")
+        if path:
+            self.store.set_setting("last_dir", str(Path(path).parent))
+            self.open_model(path)
+
+    def open_model(self, path: str) -> None:
+        problem = check_model_path(path)
+        if problem:
+            self.show_problem(problem)
+            return
+        self.model_label.setText(f"Reading {Path(path).name}…")
+        self._inspector.run(path)
+
+    def _on_inspected(self, path: str, result: object) -> None:
+        if isinstance(result, str):
+            self.show_problem(result)
+            self._show_model_state()
+            return
+        self.model_info = result  # type: ignore[assignment]
+        settings = {}
+        try:
+            settings = self.store.get_model_settings(model_key(path))
+        except KvDeckError:
+            pass
+        params = P.LoadParams(path=path, n_ctx=int(settings.get("n_ctx", 0)))
+        self.banner.hide()
+        self.progress.setValue(0)
+        self.progress.setFormat(f"Loading {Path(path).name} %p%")
+        self.progress.show()
+        self.model_label.setText(f"Loading {Path(path).name}…")
+        self.bridge.load(params)
+
+    def _on_progress(self, fraction: float) -> None:
+        self.progress.setValue(int(fraction * 1000))
+
+    def _on_loaded(self, info: P.Loaded) -> None:
+        self.progress.hide()
+        self._show_model_state()
+        self.store.set_setting("last_model", info.path)
+        recent = [p for p in self.store.get_setting("recent_models", []) if p != info.path]
+        self.store.set_setting("recent_models", [info.path] + recent[: MAX_RECENT - 1])
+        self.chat.input.setFocus()
+
+    def _show_model_state(self) -> None:
+        info = self.bridge.loaded_info
+        if info is None:
+            self.model_label.setText("No model loaded")
+            self.ctx_label.setText("")
+            return
+        mode = "chat" if info.chat_template else "completion (base model, no chat template)"
+        where = "GPU" if info.gpu_offload and info.n_gpu_layers else "CPU"
+        self.model_label.setText(f"{Path(info.path).name} · {info.description} · {mode} · {where}")
+        self.ctx_label.setText(f"context {info.n_ctx} tokens")
+
+    def _on_load_failed(self, message: str) -> None:
+        self.progress.hide()
+        self._show_model_state()
+        if message:
+            self.show_problem(message)
+
+    def _on_runtime_exit(self, outcome: ProcessOutcome) -> None:
+        self.progress.hide()
+        self._show_model_state()
+        self.show_problem(outcome.sentence + " Your conversation is saved.", "Restart runtime",
+                          self.restart_runtime)
+
+    def restart_runtime(self) -> None:
+        if self.bridge.last_params is not None:
+            self.progress.setValue(0)
+            self.progress.show()
+            self.bridge.reload()
+
+    # ------------------------------------------------------------------ conversations
+    def _new_conversation(self) -> None:
+        self.chat.new_conversation()
+        self.sidebar.refresh_conversations(None)
+
+    def _select_conversation(self, conv_id: int) -> None:
+        self.chat.open_conversation(conv_id)
+
+    def show_problem(self, message: str, action_text: str = "", action=None) -> None:  # noqa: ANN001
+        self.banner.show_message(message, action_text, action)
+
+    # ------------------------------------------------------------------ drag and drop
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dragMoveEvent(self, event) -> None:  # noqa: N802, ANN001
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802
+        urls = event.mimeData().urls()
+        if not urls:
+            return
+        event.acceptProposedAction()
+        url = urls[0]
+        if not url.isLocalFile():
+            self.show_problem(f"{url.toString()} is not a local file; download it first, then drop the file")
+            return
+        self.open_model(url.toLocalFile())
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        self.chat._save_reply()
+        self.bridge.shutdown()
+        super().closeEvent(event)

@@ -1,0 +1,158 @@
+"""The one QObject between the GUI and the runtime host.
+
+The host calls back on its reader thread; emitting Qt signals from there queues them to the
+GUI thread, so widgets only ever see runtime events on their own thread and the GUI thread never
+waits for the child. Requests are small pipe writes and return at once.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from PySide6.QtCore import QObject, Signal
+
+from engine import protocol as P
+from engine.errors import KvDeckError
+from engine.host import Exited, ProcessOutcome, RuntimeHost
+from engine.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeBridge(QObject):
+    loadProgress = Signal(float)
+    loaded = Signal(object)  # P.Loaded
+    loadFailed = Signal(str)
+    started = Signal(object)  # P.Started
+    delta = Signal(str, int)  # text, number of tokens
+    finished = Signal(object)  # P.Done
+    generationFailed = Signal(str)
+    exited = Signal(object)  # ProcessOutcome (unexpected ends only)
+    busyChanged = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._host: RuntimeHost | None = None
+        self._load_id = 0
+        self._gen_id = 0
+        self.loaded_info: P.Loaded | None = None
+        self.last_params: P.LoadParams | None = None
+        self.last_outcome: ProcessOutcome | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def loading(self) -> bool:
+        return self._load_id != 0
+
+    @property
+    def generating(self) -> bool:
+        return self._gen_id != 0
+
+    @property
+    def host(self) -> RuntimeHost | None:
+        return self._host
+
+    def _ensure_host(self) -> RuntimeHost:
+        if self._host is None or not self._host.running:
+            holder: list[RuntimeHost] = []
+
+            def listener(msg: object) -> None:
+                if holder and self._host is holder[0]:  # ignore late events of a replaced runtime
+                    self._on_event(msg)
+
+            host = RuntimeHost(on_event=listener)
+            holder.append(host)
+            self._host = host
+            host.start()
+        return self._host
+
+    # ------------------------------------------------------------------ requests
+    def load(self, params: P.LoadParams) -> None:
+        """Load a model, replacing the current one (cancelling whatever runs)."""
+        if self._host is not None and self._host.running and (self.loading or self.generating):
+            self._host.cancel(0)
+        self.last_params = params
+        self.loaded_info = None
+        try:
+            self._load_id = self._ensure_host().submit_load(params)
+        except KvDeckError as exc:
+            self._load_id = 0
+            self.loadFailed.emit(str(exc))
+            return
+        self.busyChanged.emit(True)
+
+    def reload(self) -> None:
+        """Start a fresh runtime with the last model (after a crash, or when asked)."""
+        if self.last_params is not None:
+            self.load(replace(self.last_params))
+
+    def generate(self, prompt: str, sampling: SamplingParams, max_tokens: int) -> bool:
+        if self.loaded_info is None or self._host is None or not self._host.running:
+            self.generationFailed.emit("no model is loaded")
+            return False
+        try:
+            self._gen_id = self._host.submit_generate(prompt, max_tokens=max_tokens, sampling=sampling)
+        except KvDeckError as exc:
+            self.generationFailed.emit(str(exc))
+            return False
+        self.busyChanged.emit(True)
+        return True
+
+    def cancel(self) -> None:
+        if self._host is not None and (self._gen_id or self._load_id):
+            self._host.cancel(self._gen_id or self._load_id)
+
+    def shutdown(self) -> None:
+        host, self._host = self._host, None
+        self._load_id = self._gen_id = 0
+        if host is not None:
+            host.stop(timeout=3.0)
+
+    def kill_runtime(self) -> None:
+        if self._host is not None:
+            self._host.kill()
+
+    # ------------------------------------------------------------------ events (reader thread)
+    def _on_event(self, msg: object) -> None:
+        if isinstance(msg, Exited):
+            self._on_exit(msg.outcome)
+            return
+        req_id = getattr(msg, "id", None)
+        if isinstance(msg, P.Progress) and req_id == self._load_id:
+            self.loadProgress.emit(msg.fraction)
+        elif isinstance(msg, P.Loaded) and req_id == self._load_id:
+            self._load_id = 0
+            self.loaded_info = msg
+            self.loaded.emit(msg)
+            self.busyChanged.emit(False)
+        elif isinstance(msg, P.Started) and req_id == self._gen_id:
+            self.started.emit(msg)
+        elif isinstance(msg, P.Delta) and req_id == self._gen_id:
+            self.delta.emit(msg.text, len(msg.tokens))
+        elif isinstance(msg, P.Done) and req_id == self._gen_id:
+            self._gen_id = 0
+            self.finished.emit(msg)
+            self.busyChanged.emit(False)
+        elif isinstance(msg, P.ErrorEvent):
+            if req_id == self._load_id:
+                self._load_id = 0
+                self.loadFailed.emit("" if msg.kind == "cancelled" else msg.message)
+                self.busyChanged.emit(False)
+            elif req_id == self._gen_id:
+                self._gen_id = 0
+                self.generationFailed.emit("" if msg.kind == "cancelled" else msg.message)
+                self.busyChanged.emit(False)
+
+    def _on_exit(self, outcome: ProcessOutcome) -> None:
+        was_loading, was_generating = self._load_id, self._gen_id
+        self._load_id = self._gen_id = 0
+        self.loaded_info = None
+        if outcome.expected:
+            return
+        self.last_outcome = outcome
+        if was_loading:
+            self.loadFailed.emit(outcome.sentence)
+        if was_generating:
+            self.generationFailed.emit(outcome.sentence)
+        self.exited.emit(outcome)
+        self.busyChanged.emit(False)

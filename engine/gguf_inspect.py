@@ -1,0 +1,397 @@
+"""Read a GGUF model's metadata the way llama.cpp will interpret it, without loading it.
+
+The app needs layer counts, head geometry, sliding-window layout and weight sizes before it
+starts the llama.cpp child (to plan memory, and to refuse bad files with a sentence instead of a
+native abort). `gguf.GGUFReader` builds numpy views per metadata element and needs 4 s (SmolLM2)
+to 20 s (Gemma 3's 262k-token vocabulary), so we walk the header with `struct` over an `mmap`
+and use `gguf` only for its type tables; tensor data is never read. Rules follow llama.cpp
+0c1e570 (`llama_model_base::load_hparams`, `src/models/*.cpp`); see notes/llama-cpp-memory.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import mmap
+import os
+import struct
+from typing import Any, NamedTuple
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+
+from engine.errors import ModelFileError
+
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts (GGML_ASSERT) above this.
+MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS, same consequence.
+_MAX_DIM = 1 << 20  # sanity bound for embedding width, head counts and head sizes.
+
+RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+HYBRID_ARCHS = frozenset({"jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe",
+                          "nemotron_h", "nemotron_h_moe", "qwen3next", "kimi-linear",
+                          "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe",
+                          "qwen4exp", "deepseek4", "minimax-01"})
+# SWA rules from each arch's load_arch_hparams. (period, dense_first, default window);
+# period None = the bool array `attention.sliding_window_pattern` is required.
+_SWA_ALWAYS: dict[str, tuple[int | None, bool, int | None]] = {
+    "gemma2": (2, False, 4096), "gemma3n": (5, False, None), "cohere2": (4, False, None),
+    "cohere2moe": (4, True, None), "gpt-oss": (2, False, None), "exaone-moe": (4, False, 128),
+    "muse-glimmer": (4, False, None), "gemma-embedding": (6, False, None),
+    **{a: (None, False, None) for a in ("gemma4", "gemma4-assistant", "granite_swa", "mimo2",
+                                        "step35", "spark2_5", "maple", "dots3note")},
+}
+# Only when `attention.sliding_window` exists and is > 0. (period, dense_first)
+_SWA_IF_WINDOW: dict[str, tuple[int | None, bool]] = {
+    "gemma3": (6, False), "olmo2": (4, False), "mellum": (4, False), "afmoe": (4, False),
+    "laguna": (4, True), "plamo3": (8, False), "smallthinker": (4, True),
+    "modern-bert": (3, True), "dflash": (None, False),
+}
+_SSM_KEYS = {  # {arch}.<key> -> name in GGUFInfo.ssm (recurrent-state geometry, notes §6)
+    "ssm.conv_kernel": "d_conv", "ssm.inner_size": "d_inner", "ssm.state_size": "d_state",
+    "ssm.time_step_rank": "dt_rank", "ssm.group_count": "n_group",
+    "wkv.head_size": "wkv_head_size", "token_shift_count": "token_shift_count",
+    "shortconv.l_cache": "shortconv_l_cache", "kda.head_dim": "kda_head_dim",
+    "full_attention_interval": "full_attention_interval"}
+_FTYPE_NAMES = {int(t): t.name.split("_", 1)[1] for t in LlamaFileType
+                if t.name.startswith(("MOSTLY_", "ALL_"))}  # MOSTLY_Q4_K_M -> Q4_K_M
+_MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
+             "key_length_mla_swa", "value_length_mla_swa", "kv_lora_rank_swa")
+
+# GGUF value type id -> struct format (8 = string, 9 = array are handled separately).
+_SCALAR_FMT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
+               11: "q", 12: "d"}
+_STRUCTS = {f: struct.Struct("<" + f) for f in _SCALAR_FMT.values()}
+_MAX_ARRAY_KEEP = 65536  # longer numeric arrays (token scores) are only counted, like strings
+_TRUNCATED = "is truncated or corrupt (header runs past the end of the file)"
+
+
+class _Corrupt(Exception):
+    """Internal: the header is malformed; the message completes "<file> ..."."""
+
+
+class _Array(NamedTuple):
+    """A metadata array; `items` is None for string arrays and very long numeric ones."""
+
+    elem_type: int
+    length: int
+    items: tuple[Any, ...] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFInfo:
+    """What llama.cpp will see in a GGUF file: the *effective* values it derives (not raw
+    keys), so memory planning can use them directly. Per-layer tuples have n_layer entries."""
+
+    path: str
+    architecture: str
+    name: str | None  # general.name
+    n_layer: int  # {arch}.block_count, including any MTP/nextn layers
+    n_ctx_train: int  # {arch}.context_length (reported even if absurdly large)
+    n_embd: int
+    n_head: int  # max over layers
+    n_head_kv: int  # max over layers
+    n_head_per_layer: tuple[int, ...]
+    n_head_kv_per_layer: tuple[int, ...]  # 0 = no KV cache (recurrent layer of a hybrid)
+    head_dim_k: int  # key_length, default n_embd // heads of layer 0 (0 if layer 0 has none)
+    head_dim_v: int
+    head_dim_k_swa: int | None  # key_length_swa where present (gemma4: SWA layers differ)
+    head_dim_v_swa: int | None
+    n_swa: int  # sliding window; 0 when llama.cpp runs the model without SWA
+    swa_layers: tuple[bool, ...]  # True = sliding-window (or llama4 chunked) layer
+    n_layer_kv_from_start: int | None  # gemma3n/gemma4: layers >= this reuse earlier KV
+    recurrent: bool  # pure recurrent arch: state per sequence, no KV cache
+    hybrid: bool  # llama.cpp's llm_arch_is_hybrid: KV for attention layers + recurrent state
+    ssm: dict[str, int] | None  # recurrent geometry keys present (see _SSM_KEYS)
+    mla: dict[str, int] | None  # only when llama.cpp treats it as MLA (K-only cache)
+    n_expert: int
+    n_expert_used: int  # max over layers
+    n_vocab: int  # tokenizer.ggml.tokens length, else {arch}.vocab_size, else 0
+    tokenizer_model: str | None
+    bos_token_id: int | None
+    eos_token_id: int | None
+    add_bos: bool | None  # None: key absent, llama.cpp picks its per-tokenizer default
+    file_type: str  # "Q4_K_M", "F16"...; the dominant tensor type when unlabelled
+    has_chat_template: bool
+    chat_template: str | None
+    weight_types: dict[str, int]  # ggml type name ("Q4_K") -> bytes of tensors of that type
+    n_params: int
+    tensor_bytes: int
+    file_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe dict; the template text is replaced by its length to keep reports small."""
+        out = {k: list(v) if isinstance(v, tuple) else v
+               for k, v in dataclasses.asdict(self).items()}
+        out["chat_template_chars"] = len(out.pop("chat_template") or "")
+        return out
+
+
+class _Cursor:
+    """Bounds-checked little-endian reader over the mapped header."""
+
+    def __init__(self, buf: mmap.mmap, size: int) -> None:
+        self.buf, self.size, self.pos = buf, size, 0
+
+    def take(self, n: int) -> int:
+        if n < 0 or self.pos + n > self.size:
+            raise _Corrupt(_TRUNCATED)
+        self.pos += n
+        return self.pos - n
+
+    def num(self, fmt: str) -> Any:
+        packer = _STRUCTS[fmt]
+        return packer.unpack_from(self.buf, self.take(packer.size))[0]
+
+    def string(self) -> str:
+        start = self.take(self.num("Q"))
+        return self.buf[start:self.pos].decode("utf-8", errors="replace")
+
+    def value(self, vtype: int) -> Any:
+        if vtype in _SCALAR_FMT:
+            return self.num(_SCALAR_FMT[vtype])
+        if vtype not in (8, 9):
+            raise _Corrupt(f"is corrupt (unknown metadata value type {vtype})")
+        return self.string() if vtype == 8 else self.array()
+
+    def array(self) -> _Array:
+        elem, count = self.num("I"), self.num("Q")
+        if elem in _SCALAR_FMT:
+            fmt = _SCALAR_FMT[elem]
+            start = self.take(count * _STRUCTS[fmt].size)
+            keep = count <= _MAX_ARRAY_KEEP
+            return _Array(elem, count, struct.unpack_from(f"<{count}{fmt}", self.buf, start)
+                          if keep else None)
+        if elem != 8 or count * 8 > self.size - self.pos:  # llama.cpp rejects nested arrays
+            raise _Corrupt("is corrupt (malformed metadata array)")
+        buf, pos, size, unpack = self.buf, self.pos, self.size, _STRUCTS["Q"].unpack_from
+        for _ in range(count):  # hot loop: step over tokens/merges without decoding them
+            if pos + 8 > size:
+                raise _Corrupt(_TRUNCATED)
+            pos += 8 + unpack(buf, pos)[0]
+        self.take(pos - self.pos)
+        return _Array(elem, count, None)
+
+
+def _parse(path: str, size: int) -> tuple[dict[str, Any], list[tuple[str, str, int, int, int]]]:
+    """(metadata, [(tensor, type name, n_elements, n_bytes, offset)]), bounds-checked."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        cur = _Cursor(buf, size)
+        if buf[:4] != b"GGUF":
+            raise _Corrupt("is not a GGUF file (bad magic)")
+        cur.take(4)
+        version = cur.num("I")
+        if version not in (2, 3):
+            if version & 0xFFFF == 0 and int.from_bytes(buf[4:8], "big") in (2, 3):
+                raise _Corrupt("is a big-endian GGUF file, which llama.cpp cannot load here")
+            raise _Corrupt(f"uses GGUF version {version}, which llama.cpp does not support")
+        n_tensors, n_kv = cur.num("Q"), cur.num("Q")
+        if n_kv > size // 13 or n_tensors > size // 32:
+            raise _Corrupt("is truncated or corrupt (more keys or tensors than it can hold)")
+        meta: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = cur.string()
+            if key in meta:
+                raise _Corrupt(f"is corrupt (duplicate key {key})")
+            meta[key] = cur.value(cur.num("I"))
+        alignment = meta.get("general.alignment", 32)
+        if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
+            raise _Corrupt("is corrupt (general.alignment is not a power of two)")
+        infos = []
+        for _ in range(n_tensors):
+            name, n_dims = cur.string(), cur.num("I")
+            if n_dims > 4:
+                raise _Corrupt(f"is corrupt (tensor {name} has {n_dims} dimensions)")
+            dims = [cur.num("Q") for _ in range(n_dims)]
+            ttype, offset = cur.num("I"), cur.num("Q")
+            try:
+                qtype = GGMLQuantizationType(ttype)
+                block, type_size = GGML_QUANT_SIZES[qtype]
+            except (ValueError, KeyError):
+                raise _Corrupt(f"uses an unknown tensor type ({ttype}) for {name}") from None
+            n_elem = math.prod(dims)
+            if dims and dims[0] % block:
+                raise _Corrupt(f"is corrupt (tensor {name} rows do not fit its type)")
+            infos.append((name, qtype.name, n_elem, n_elem // block * type_size, offset))
+        data_start = -(-cur.pos // alignment) * alignment
+        for name, _t, _n, nbytes, offset in infos:
+            if data_start + offset + nbytes > size:
+                raise _Corrupt(f"is truncated (data of tensor {name} lies past the end)")
+    return meta, infos
+
+
+def _int(meta: dict[str, Any], key: str, default: int | None = None,
+         required: bool = False) -> int | None:
+    """An integer scalar key; rejects floats, strings, negatives and arrays."""
+    if key not in meta:
+        if required:
+            raise _Corrupt(f"lacks the required key {key}")
+        return default
+    value = meta[key]
+    if type(value) is not int or value < 0:
+        raise _Corrupt(f"has an invalid value for {key}")
+    return value
+
+
+def _opt(meta: dict[str, Any], key: str, kind: type[Any]) -> Any:
+    """An informative key of that type, else None (converters may write -1 for "no token")."""
+    value: Any = meta.get(key)
+    return value if type(value) is kind and (kind is not int or value >= 0) else None
+
+
+def _per_layer(meta: dict[str, Any], key: str, n_layer: int, default: tuple[int, ...]
+               ) -> tuple[int, ...]:
+    """llama.cpp's get_key_or_arr: a scalar for every layer or an array of exactly n_layer."""
+    value = meta.get(key)
+    if value is None:
+        return default
+    if isinstance(value, _Array):
+        if (value.length != n_layer or value.items is None or value.elem_type in (6, 7, 12)
+                or min(value.items, default=0) < 0):
+            raise _Corrupt(f"has an array {key} that is not one count per layer")
+        return tuple(int(v) for v in value.items)
+    return (_int(meta, key) or 0,) * n_layer
+
+
+def _swa(meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int,
+         n_head_kv: tuple[int, ...]) -> tuple[int, tuple[bool, ...]]:
+    """(window, per-layer SWA flags) as the arch's load_arch_hparams sets them; (0, all False)
+    when llama.cpp runs the model without sliding-window attention."""
+    p = f"{arch}.attention."
+    window = _int(meta, p + "sliding_window")
+    if arch in _SWA_ALWAYS:
+        period, dense_first, default = _SWA_ALWAYS[arch]
+        window = default if window is None else window
+        if window is None:
+            raise _Corrupt(f"lacks the required key {p}sliding_window")
+    elif arch in _SWA_IF_WINDOW and window:
+        period, dense_first = _SWA_IF_WINDOW[arch]
+        window = 4096 if arch == "smallthinker" else window
+    elif arch in ("lfm2", "lfm2moe") and window:
+        return window, tuple(kv > 0 for kv in n_head_kv)  # every attention layer
+    elif arch == "llama4" and window != 0:
+        window, period, dense_first = 8192, 4, False  # chunked attention, window forced
+    elif arch == "exaone4" and n_layer_main == 64:
+        window, period, dense_first = window or 4096, 4, False
+    elif arch == "deepseek4":
+        return _int(meta, p + "sliding_window", required=True) or 0, (True,) * n_layer
+    else:
+        return 0, (False,) * n_layer
+    pattern = meta.get(p + "sliding_window_pattern")
+    if isinstance(pattern, _Array):
+        if pattern.items is None or pattern.length > MAX_LAYERS:
+            raise _Corrupt(f"has an unusable {p}sliding_window_pattern")
+        given = tuple(bool(v) for v in pattern.items[:n_layer])
+        return window, given + (False,) * (n_layer - len(given))
+    if pattern is not None:  # a scalar overrides the arch's period
+        period = _int(meta, p + "sliding_window_pattern")
+    if period is None:
+        raise _Corrupt(f"lacks the required array {p}sliding_window_pattern")
+    flags = tuple(il < n_layer_main and (period == 0 or (il % period != 0 if dense_first
+                                                         else il % period < period - 1))
+                  for il in range(n_layer))
+    return window, flags
+
+
+def _build(path: str, size: int) -> GGUFInfo:
+    """Apply llama.cpp's hparam rules to the parsed header, rejecting what it would reject."""
+    meta, tensors = _parse(path, size)
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str) or not arch.strip():
+        raise _Corrupt("lacks the required key general.architecture")
+    a, at = arch + ".", arch + ".attention."
+    n_layer = _int(meta, a + "block_count", required=True) or 0
+    n_nextn = _int(meta, a + "nextn_predict_layers", 0) or 0  # MTP layers, counted in n_layer
+    if not 0 < n_layer <= MAX_LAYERS or n_nextn > n_layer:
+        raise _Corrupt(f"has {n_layer} layers (llama.cpp accepts 1 to {MAX_LAYERS})")
+    n_ctx = _int(meta, a + "context_length", required=True) or 0
+    n_embd = _int(meta, a + "embedding_length", required=True) or 0
+    if not 0 < n_embd <= _MAX_DIM or n_ctx <= 0:
+        raise _Corrupt("has an impossible embedding length or context length")
+    recurrent, hybrid = arch in RECURRENT_ARCHS, arch in HYBRID_ARCHS
+    heads = _per_layer(meta, at + "head_count", n_layer, (0,) * n_layer)
+    kv_heads = _per_layer(meta, at + "head_count_kv", n_layer, heads)
+    if max(heads + kv_heads) > _MAX_DIM or (not recurrent and min(max(heads), max(kv_heads)) == 0):
+        raise _Corrupt(f"has an impossible attention head count ({max(heads)} heads, "
+                       f"{max(kv_heads)} KV heads)")
+    for il, (nh, nkv) in enumerate(zip(heads, kv_heads)):
+        if nkv and (nh == 0 or nh % nkv):
+            raise _Corrupt(f"has {nh} attention heads but {nkv} KV heads in layer {il}")
+    # Head sizes derive from layer 0 only, exactly like llama_model_base::load_hparams.
+    hk = hv = 0
+    if heads[0]:
+        if n_embd % heads[0] and (at + "key_length" not in meta or at + "value_length" not in meta):
+            raise _Corrupt(f"has an embedding length ({n_embd}) not divisible by its head count")
+        hk = _int(meta, at + "key_length", n_embd // heads[0]) or 0
+        hv = _int(meta, at + "value_length", n_embd // heads[0]) or 0
+    hk_swa, hv_swa = (_int(meta, at + f"{kv}_length_swa") for kv in ("key", "value"))
+    if max(kv_heads) and (not 0 < hk <= _MAX_DIM or not 0 < hv <= _MAX_DIM):
+        raise _Corrupt("has attention layers but an impossible head size")
+    n_swa, swa_layers = _swa(meta, arch, n_layer, n_layer - n_nextn, kv_heads)
+    from_start = {"gemma3n": 20, "gemma4": n_layer - (
+        _int(meta, at + "shared_kv_layers", 0) or 0)}.get(arch)
+    if from_start is not None:  # reuse targets must exist and be of the same kind, or abort
+        if from_start < 2:
+            raise _Corrupt("shares the KV cache of more layers than it has")
+        for il in range(from_start, n_layer):
+            target = from_start - (2 if swa_layers[il] else 1)
+            if swa_layers[target] != swa_layers[il]:
+                raise _Corrupt(f"has shared-KV layer {il} whose source layer {target} "
+                               "is of the other attention kind")
+    ssm = {v: _int(meta, a + k) or 0 for k, v in _SSM_KEYS.items() if a + k in meta}
+    mla = {k: _int(meta, at + k) or 0 for k in _MLA_KEYS if at + k in meta}
+    is_mla = "key_length_mla" in mla and "value_length_mla" in mla
+    n_expert = _int(meta, a + "expert_count", 0) or 0
+    n_expert_used = max(_per_layer(meta, a + "expert_used_count", n_layer, (0,)))
+    if n_expert > MAX_EXPERTS or n_expert_used > n_expert or (n_expert and not n_expert_used):
+        raise _Corrupt(f"has an impossible expert setup ({n_expert_used} of {n_expert} used)")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    n_vocab = (tokens.length if isinstance(tokens, _Array)
+               else _int(meta, a + "vocab_size", 0) or 0)
+    template = _opt(meta, "tokenizer.chat_template", str)
+    template = template if template and template.strip() else None
+    weight_types: dict[str, int] = {}
+    for _name, tname, _n, nbytes, _offset in tensors:
+        weight_types[tname] = weight_types.get(tname, 0) + nbytes
+    ftype = meta.get("general.file_type")  # else name the type that holds the most bytes
+    file_type = (_FTYPE_NAMES.get(ftype) if type(ftype) is int else None) or max(
+        weight_types, key=weight_types.__getitem__, default="unknown")
+    return GGUFInfo(
+        path=path, architecture=arch, name=_opt(meta, "general.name", str),
+        n_layer=n_layer, n_ctx_train=n_ctx, n_embd=n_embd, n_head=max(heads),
+        n_head_kv=max(kv_heads), n_head_per_layer=heads, n_head_kv_per_layer=kv_heads,
+        head_dim_k=hk, head_dim_v=hv, head_dim_k_swa=hk_swa, head_dim_v_swa=hv_swa,
+        n_swa=n_swa, swa_layers=swa_layers, n_layer_kv_from_start=from_start,
+        recurrent=recurrent, hybrid=hybrid, ssm=ssm or None, mla=mla if is_mla else None,
+        n_expert=n_expert, n_expert_used=n_expert_used, n_vocab=n_vocab,
+        tokenizer_model=_opt(meta, "tokenizer.ggml.model", str),
+        bos_token_id=_opt(meta, "tokenizer.ggml.bos_token_id", int),
+        eos_token_id=_opt(meta, "tokenizer.ggml.eos_token_id", int),
+        add_bos=_opt(meta, "tokenizer.ggml.add_bos_token", bool),
+        file_type=file_type, has_chat_template=template is not None,
+        chat_template=template, weight_types=weight_types,
+        n_params=sum(t[2] for t in tensors), tensor_bytes=sum(t[3] for t in tensors),
+        file_bytes=size,
+    )
+
+
+def inspect_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
+    """Describe a GGUF model from its header alone (milliseconds, whatever the file size).
+
+    Any failure (missing, unreadable, not GGUF, truncated, or a model llama.cpp would reject
+    or abort on) becomes a one-line `ModelFileError` naming the file."""
+    path = os.fspath(path)
+    label = os.path.basename(os.path.normpath(path)) or path
+    try:
+        if os.path.isdir(path):
+            raise _Corrupt("is a directory, not a model file")
+        size = os.stat(path).st_size
+        if size < 24:
+            raise _Corrupt("is empty" if size == 0 else "is too small to be a GGUF file")
+        return _build(path, size)
+    except _Corrupt as exc:
+        raise ModelFileError(f"{label} {exc}") from None
+    except FileNotFoundError:
+        raise ModelFileError(f"{label} does not exist") from None
+    except OSError as exc:  # permission denied, I/O error, special files...
+        raise ModelFileError(f"{label} cannot be read ({exc.strerror or exc})") from None
+    except Exception as exc:  # a parser bug must still read as a sentence, never a traceback
+        raise ModelFileError(f"{label} could not be inspected ({type(exc).__name__}: {exc})"
+                             ) from exc

@@ -1,0 +1,77 @@
+"""llama.cpp's log and abort hooks, installed once per child process.
+
+Both are process-global in llama.cpp, which is one more reason the runtime lives in its own
+process: the hooks here belong to that process alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from typing import Callable
+
+import llama_cpp  # noqa: F401  (installs llama-cpp-python's own log callback, replaced below)
+import llama_cpp.llama_cpp as LL
+
+from engine.protocol import ABORT_PREFIX
+
+#: ggml's own level numbers in this tree: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
+_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+
+class NativeLog:
+    """llama.cpp's log callback, forwarded as whole lines with Python logging levels.
+
+    Replaces llama-cpp-python's import-time callback, whose level map is stale for this tree
+    (it hides real errors). DEBUG is dropped first thing: some of it arrives once per token.
+    """
+
+    def __init__(self, sink: Callable[[int, str], None]) -> None:
+        self._sink = sink
+        self._level = 2
+        self._buffer = b""
+        self.recent_errors: list[str] = []
+        self._cb = LL.llama_log_callback(self._on_log)  # keep a reference: C holds the pointer
+        LL.llama_log_set(self._cb, ctypes.c_void_p())
+
+    def _on_log(self, level: int, text: bytes, _ud: object) -> None:
+        if level == 5:
+            level = self._level
+        else:
+            self._level = level
+        if level == 1 or not text:
+            return
+        self._buffer += text
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            message = line.decode("utf-8", "replace").rstrip()
+            if message:
+                py_level = _LEVELS.get(level, logging.INFO)
+                if py_level >= logging.WARNING:
+                    self.recent_errors = (self.recent_errors + [message])[-8:]
+                self._sink(py_level, message)
+
+    def last_problem(self) -> str:
+        """The most telling recent warning/error line, for one-line failure messages."""
+        for line in reversed(self.recent_errors):
+            if "error" in line.lower() or "failed" in line.lower():
+                return line
+        return self.recent_errors[-1] if self.recent_errors else ""
+
+
+def install_abort_hook() -> object:
+    """Write ggml's abort message to stderr before ``abort()``, so the parent can quote it."""
+    hook_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+
+    def on_abort(msg: bytes | None) -> None:
+        os.write(2, ABORT_PREFIX.encode() + (msg or b"").replace(b"\n", b" ") + b"\n")
+
+    hook = hook_type(on_abort)
+    try:
+        setter = LL._lib.ggml_set_abort_callback
+        setter.argtypes = [hook_type]
+        setter.restype = ctypes.c_void_p
+        setter(hook)
+    except AttributeError:
+        pass
+    return hook

@@ -1,0 +1,276 @@
+"""The message protocol between the runtime host (parent) and the llama.cpp child process.
+
+One JSON object per line, in both directions. Every message is a frozen dataclass registered
+under a short ``type`` name, so both sides agree on the fields and a typo fails loudly in tests
+instead of silently in the field. JSON (not pickle) keeps a crashed or hostile child from
+executing anything in the parent: the worst a garbled line can do is fail to decode.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+_REGISTRY: dict[str, type["Message"]] = {}
+_M = TypeVar("_M", bound=type)
+
+#: Prefix of the line the child's abort hook writes to stderr just before ``abort()``.
+ABORT_PREFIX = "KVDECK-ABORT: "
+#: Lines longer than this are refused by the reader; a runaway child cannot exhaust memory.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid protocol message."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base class: subclasses set ``TYPE`` and are registered by :func:`message`."""
+
+    TYPE: ClassVar[str] = ""
+
+
+def message(cls: _M) -> _M:
+    """Register a message dataclass under its ``TYPE``."""
+    if cls.TYPE in _REGISTRY:
+        raise RuntimeError(f"duplicate message type {cls.TYPE!r}")
+    _REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+def encode(msg: Message) -> bytes:
+    data = dataclasses.asdict(msg)
+    data["type"] = msg.TYPE
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def decode(line: bytes | str) -> Message:
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("not a JSON object")
+    cls = _REGISTRY.get(str(data.pop("type", "")))
+    if cls is None:
+        raise ProtocolError("unknown message type")
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise ProtocolError(f"bad fields for {cls.TYPE}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    """Everything that decides how a model is loaded and how its context is built."""
+
+    path: str
+    n_ctx: int = 0  # 0: min(training context, 4096)
+    n_gpu_layers: int = -1  # -1: all layers if the build can offload, else 0
+    n_threads: int = 0  # 0: physical cores
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    flash_attn: str = "auto"  # auto | on | off
+    type_k: str = "f16"
+    type_v: str = "f16"
+    n_seq_max: int = 1
+    swa_full: bool = False
+    kv_unified: bool = False
+
+
+@message
+@dataclass(frozen=True)
+class LoadRequest(Message):
+    TYPE: ClassVar[str] = "load"
+    id: int
+    params: dict[str, Any]
+
+
+@message
+@dataclass(frozen=True)
+class GenerateRequest(Message):
+    TYPE: ClassVar[str] = "generate"
+    id: int
+    prompt: str
+    max_tokens: int = 512
+    sampling: dict[str, Any] = field(default_factory=dict)
+    #: Never let the first sampled token end the reply (base models often stop at once).
+    no_empty: bool = True
+    stream: bool = True
+
+
+@message
+@dataclass(frozen=True)
+class CancelRequest(Message):
+    """Handled by the child's reader thread at once, even while a generation runs."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class StatsRequest(Message):
+    TYPE: ClassVar[str] = "stats"
+    id: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class TokenizeRequest(Message):
+    TYPE: ClassVar[str] = "tokenize"
+    id: int
+    text: str
+    add_special: bool = True
+
+
+@message
+@dataclass(frozen=True)
+class UnloadRequest(Message):
+    TYPE: ClassVar[str] = "unload"
+    id: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class ShutdownRequest(Message):
+    TYPE: ClassVar[str] = "shutdown"
+    id: int = 0
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@message
+@dataclass(frozen=True)
+class Hello(Message):
+    TYPE: ClassVar[str] = "hello"
+    pid: int
+    llama_cpp_python: str
+    gpu_offload: bool
+    system_info: str
+
+
+@message
+@dataclass(frozen=True)
+class LogEvent(Message):
+    """A line from llama.cpp's log callback; ``level`` is a Python logging level."""
+
+    TYPE: ClassVar[str] = "log"
+    level: int
+    text: str
+
+
+@message
+@dataclass(frozen=True)
+class Progress(Message):
+    TYPE: ClassVar[str] = "progress"
+    id: int
+    fraction: float
+
+
+@message
+@dataclass(frozen=True)
+class Loaded(Message):
+    TYPE: ClassVar[str] = "loaded"
+    id: int
+    path: str
+    description: str
+    n_ctx: int
+    n_ctx_train: int
+    n_ctx_seq: int
+    n_vocab: int
+    n_params: int
+    model_bytes: int
+    n_gpu_layers: int
+    gpu_offload: bool
+    recurrent: bool
+    hybrid: bool
+    n_threads: int
+    load_s: float
+    chat_template: str
+    bos_text: str
+    eos_text: str
+
+
+@message
+@dataclass(frozen=True)
+class Started(Message):
+    """Prompt tokenised; ``n_reused`` tokens came from the KV cache of the previous turn."""
+
+    TYPE: ClassVar[str] = "started"
+    id: int
+    n_prompt: int
+    n_reused: int
+
+
+@message
+@dataclass(frozen=True)
+class Delta(Message):
+    """Newly generated text; several tokens may be coalesced into one delta."""
+
+    TYPE: ClassVar[str] = "delta"
+    id: int
+    text: str
+    tokens: list[int]
+
+
+@message
+@dataclass(frozen=True)
+class Done(Message):
+    TYPE: ClassVar[str] = "done"
+    id: int
+    text: str
+    tokens: list[int]
+    n_prompt: int
+    n_reused: int
+    stop_reason: str  # eog | length | cancelled | context
+    prefill_s: float
+    first_token_s: float
+    decode_s: float
+    tokens_per_s: float
+
+
+@message
+@dataclass(frozen=True)
+class Tokens(Message):
+    TYPE: ClassVar[str] = "tokens"
+    id: int
+    tokens: list[int]
+
+
+@message
+@dataclass(frozen=True)
+class Stats(Message):
+    TYPE: ClassVar[str] = "stats_reply"
+    id: int
+    loaded: bool
+    n_ctx: int
+    kv_pos_min: int
+    kv_pos_max: int
+    n_cached_tokens: int
+    rss_bytes: int
+
+
+@message
+@dataclass(frozen=True)
+class Unloaded(Message):
+    TYPE: ClassVar[str] = "unloaded"
+    id: int
+
+
+@message
+@dataclass(frozen=True)
+class ErrorEvent(Message):
+    """A request failed but the child is alive and ready for the next one."""
+
+    TYPE: ClassVar[str] = "error"
+    id: int
+    kind: str  # model | params | runtime | busy
+    message: str

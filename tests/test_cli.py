@@ -1,0 +1,79 @@
+"""``kvdeck`` on the command line, as a separate process, with its JSON contracts."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kvdeck(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop("QT_QPA_PLATFORM", None)
+    return subprocess.run([sys.executable, "-m", "app.launcher", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_inspect_json(smollm2_path):
+    r = kvdeck("inspect", str(smollm2_path), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    for key in ("path", "architecture", "n_layer", "n_ctx_train", "n_embd", "n_head", "n_head_kv",
+                "head_dim_k", "head_dim_v", "n_swa", "recurrent", "n_vocab", "file_type",
+                "has_chat_template", "file_bytes"):
+        assert key in data
+    assert data["architecture"] == "llama" and data["n_layer"] == 30
+    assert "PySide6" not in r.stderr
+
+
+@pytest.mark.slow
+def test_chat_json_is_greedy_deterministic(smollm2_path):
+    args = ("chat", "--demo", "--prompt", "Name three fruits.", "--max-tokens", "16",
+            "--temperature", "0", "--json")
+    env = {"KVDECK_DEMO_MODEL": str(smollm2_path)}
+    a = kvdeck(*args, env=env)
+    assert a.returncode == 0, a.stderr
+    first = json.loads(a.stdout)
+    for key in ("model", "text", "tokens", "n_prompt_tokens", "n_tokens", "tokens_per_s"):
+        assert key in first
+    assert first["text"].strip() and first["n_tokens"] == len(first["tokens"]) > 0
+    assert first["tokens_per_s"] > 0
+    second = json.loads(kvdeck(*args, env=env).stdout)
+    assert second["tokens"] == first["tokens"]
+
+
+@pytest.mark.slow
+def test_chat_streams_text_without_json(smollm2_path):
+    r = kvdeck("chat", str(smollm2_path), "--prompt", "Say hello.", "--max-tokens", "8", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()
+    assert "tokens/s" in r.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("inspect", "/nonexistent/model.gguf"), "no such file"),
+    (("chat", "/nonexistent/model.gguf", "--prompt", "x"), "no such file"),
+    (("inspect", str(ROOT / "pyproject.toml")), "pyproject.toml"),
+    (("chat", "--demo", "--prompt", "x", "--temperature", "-1"), "temperature"),
+    (("chat", "--prompt", "x"), "error:"),
+    (("inspect",), "error:"),
+])
+def test_errors_are_one_line_with_status_2(args, fragment, smollm2_path):
+    r = kvdeck(*args, env={"KVDECK_DEMO_MODEL": str(smollm2_path)})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_engine_never_imports_qt():
+    lint = Path(sys.executable).with_name("lint-imports")
+    r = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "KEPT" in r.stdout

@@ -1,0 +1,125 @@
+"""The window, driven as a user would, with the real runtime child."""
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+
+import pytest
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication
+
+from app.main_window import MainWindow
+from engine.store import ChatStore
+
+pytestmark = pytest.mark.slow
+LOAD_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch, smollm2_path):
+    monkeypatch.setenv("KVDECK_DEMO_MODEL", str(smollm2_path))
+    store = ChatStore(tmp_path / "chat.sqlite3")
+    store.set_setting("preset", "Greedy (deterministic)")
+    store.set_setting("max_tokens", 24)
+    win = MainWindow(store)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    win.close()
+    store.close()
+
+
+def drop(win: MainWindow, path: str) -> None:
+    """Drag a file over the chat transcript and drop it, as a file manager would."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(path)])
+    target = win.chat.view.viewport()
+    pos = QPoint(40, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(target, enter)
+    assert enter.isAccepted()
+    event = QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    assert QApplication.sendEvent(target, event)
+
+
+def ask(qtbot, win: MainWindow, text: str) -> None:
+    win.chat.input.setPlainText(text)
+    with qtbot.waitSignal(win.bridge.finished, timeout=LOAD_TIMEOUT_MS):
+        qtbot.mouseClick(win.chat.send_button, Qt.MouseButton.LeftButton)
+
+
+def test_first_start_loads_the_demo_model_and_chats(qtbot, window):
+    with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+        window.start()
+    assert "SmolLM2" in window.model_label.text()
+    assert "context" in window.ctx_label.text()
+    ask(qtbot, window, "What is the capital of France?")
+    msgs = window.store.messages(window.chat.conversation_id)
+    assert [m.role for m in msgs] == ["user", "assistant"]
+    assert msgs[1].content.strip() and msgs[1].complete
+    assert "tokens/s" in window.speed_label.text()
+    assert window.sidebar.conversations.count() == 1
+    assert msgs[1].content.strip()[:10] in window.chat.view.toPlainText()
+
+
+def test_dropping_a_gguf_loads_it_and_a_reply_appears(qtbot, window, gemma3_path):
+    with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+        drop(window, str(gemma3_path))
+    assert window.bridge.loaded_info.path == str(gemma3_path)
+    assert "gemma" in window.model_label.text().lower()
+    ask(qtbot, window, "Once upon a time")
+    reply = window.store.messages(window.chat.conversation_id)[-1]
+    assert reply.role == "assistant" and reply.content.strip()
+
+
+def test_bad_drops_show_one_line_and_keep_the_conversation(qtbot, window, tmp_path):
+    with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+        window.start()
+    ask(qtbot, window, "Hello")
+    before = window.store.messages(window.chat.conversation_id)
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a model")
+    fake = tmp_path / "fake.gguf"
+    fake.write_text("not a model either")
+    for path, expected in ((str(text_file), "not a GGUF model"),
+                           (str(tmp_path / "missing.gguf"), "does not exist"),
+                           (str(fake), "fake.gguf")):
+        window.banner.hide()
+        drop(window, path)
+        qtbot.waitUntil(window.banner.isVisible, timeout=10_000)
+        message = window.banner.label.text()
+        assert expected in message and "\n" not in message and "Traceback" not in message
+    assert window.store.messages(window.chat.conversation_id) == before
+    assert window.bridge.loaded_info is not None  # the loaded model is untouched
+    window.chat.input.setPlainText("kept")
+    assert window.isVisible()
+
+
+def test_killing_the_runtime_mid_stream_keeps_window_and_history(qtbot, window):
+    with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+        window.start()
+    window.chat.max_tokens.setValue(2000)
+    window.chat.input.setPlainText("Count from 1 to 500, one number per line.")
+    with qtbot.waitSignal(window.bridge.delta, timeout=LOAD_TIMEOUT_MS):
+        qtbot.mouseClick(window.chat.send_button, Qt.MouseButton.LeftButton)
+    qtbot.wait(300)
+    with qtbot.waitSignal(window.bridge.exited, timeout=30_000):
+        os.kill(window.bridge.host.pid, signal.SIGKILL)
+    assert window.isVisible()
+    qtbot.waitUntil(window.banner.isVisible, timeout=5_000)
+    assert "killed" in window.banner.label.text()
+    msgs = window.store.messages(window.chat.conversation_id)
+    assert msgs[0].content.startswith("Count from 1")
+    assert msgs[1].role == "assistant" and not msgs[1].complete and msgs[1].content
+    assert "(incomplete)" in window.chat.view.toHtml() or "incomplete" in window.chat.view.toPlainText()
+    with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+        window.banner.action_button.click()  # "Restart runtime"
+    window.chat.max_tokens.setValue(8)
+    ask(qtbot, window, "Still there?")
+    assert window.store.messages(window.chat.conversation_id)[-1].complete
