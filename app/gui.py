@@ -4,8 +4,11 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
+
+import psutil
 
 from engine import paths
 from engine.errors import KvDeckError
@@ -37,6 +40,11 @@ def _setup_logging() -> None:
         log.warning("no log file: %s", exc)
 
 
+def seconds_since_start() -> float:
+    """Wall time since this process started (the cold-start figure users feel)."""
+    return time.time() - psutil.Process().create_time()
+
+
 def open_store() -> tuple[ChatStore, str]:
     """The chat history, or a temporary in-memory one with the reason the real one failed."""
     try:
@@ -62,6 +70,7 @@ def run(argv: Sequence[str]) -> int:
     store, store_problem = open_store()
     window = MainWindow(store)
     window.show()
+    log.info("window shown %.2f s after process start", seconds_since_start())
     if store_problem:
         window.show_problem(store_problem)
     model_args = [a for a in argv if not a.startswith("-")]

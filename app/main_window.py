@@ -5,6 +5,7 @@ a full disk) becomes one line in the banner at the top; the conversation is neve
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -26,6 +27,7 @@ from engine.gguf_inspect import GGUFInfo, inspect_gguf
 from engine.host import ProcessOutcome
 from engine.store import ChatStore, model_key
 
+log = logging.getLogger(__name__)
 APP_NAME = "KV Deck"
 MAX_RECENT = 12
 
@@ -105,6 +107,7 @@ class MainWindow(QMainWindow):
         self.store = store
         self.bridge = bridge or RuntimeBridge(self)
         self.model_info: GGUFInfo | None = None
+        self._first_load_logged = False
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
         self.resize(1180, 780)
@@ -210,6 +213,12 @@ class MainWindow(QMainWindow):
         self.progress.setValue(int(fraction * 1000))
 
     def _on_loaded(self, info: P.Loaded) -> None:
+        if not self._first_load_logged:
+            from app.gui import seconds_since_start
+
+            self._first_load_logged = True
+            log.info("first model ready %.2f s after process start (load %.2f s)",
+                     seconds_since_start(), info.load_s)
         self.progress.hide()
         self._show_model_state()
         self.store.set_setting("last_model", info.path)

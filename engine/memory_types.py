@@ -1,0 +1,145 @@
+"""The vocabulary of memory planning, shared by the analytic plan, the exact dry run, the
+measurement after loading, fit, the CLI and the dashboard.
+
+Everything is a frozen dataclass of plain values so it crosses the process boundary as JSON and
+can be compared field by field (predicted against measured).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Component = Literal["weights", "kv", "recurrent", "compute", "output"]
+COMPONENTS: tuple[Component, ...] = ("weights", "kv", "recurrent", "compute", "output")
+SplitMode = Literal["none", "layer", "row", "tensor"]
+FlashAttn = Literal["auto", "on", "off"]
+KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """What the user chose; mirrors llama.cpp's model and context parameters."""
+
+    n_ctx: int = 4096  # 0: the model's training context
+    n_seq_max: int = 1
+    kv_unified: bool = False
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: FlashAttn = "auto"
+    swa_full: bool = False
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_gpu_layers: int = -1  # -1: all
+    split_mode: SplitMode = "layer"
+    tensor_split: tuple[float, ...] = ()
+    main_gpu: int = 0
+    offload_kqv: bool = True
+    n_rs_seq: int = 0
+
+    def replace(self, **changes: Any) -> "PlanSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tensor_split"] = list(self.tensor_split)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PlanSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "tensor_split" in kwargs:
+            kwargs["tensor_split"] = tuple(float(x) for x in kwargs["tensor_split"])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Device:
+    """A memory pool: "CPU" (host RAM) or a GPU such as "CUDA0"."""
+
+    name: str
+    kind: Literal["cpu", "gpu"]
+    total_bytes: int
+    free_bytes: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Bytes of one component on one device; ``detail`` says how it was derived, in words."""
+
+    component: Component
+    device: str
+    bytes: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Memory per device and component, from one source (analytic, dry run, or measured)."""
+
+    source: Literal["analytic", "exact", "measured"]
+    settings: PlanSettings
+    n_ctx: int  # resolved as llama.cpp resolves it (padding, per-sequence rounding)
+    n_ctx_seq: int
+    kv_cells: int  # cells per stream of the full-attention cache
+    kv_cells_swa: int  # cells per stream of the sliding-window cache (0 if none)
+    allocations: tuple[Allocation, ...]
+    notes: tuple[str, ...] = ()
+    flash_attn_resolved: bool | None = None  # None: not known without a dry run
+
+    def bytes_for(self, device: str | None = None, component: Component | None = None) -> int:
+        return sum(a.bytes for a in self.allocations
+                   if (device is None or a.device == device)
+                   and (component is None or a.component == component))
+
+    def devices(self) -> list[str]:
+        seen: list[str] = []
+        for a in self.allocations:
+            if a.device not in seen:
+                seen.append(a.device)
+        return seen
+
+    def to_json(self) -> dict[str, Any]:
+        per_device = {
+            dev: {c: self.bytes_for(dev, c) for c in COMPONENTS} | {"total": self.bytes_for(dev)}
+            for dev in self.devices()
+        }
+        return {
+            "source": self.source,
+            "settings": self.settings.to_dict(),
+            "n_ctx": self.n_ctx,
+            "n_ctx_seq": self.n_ctx_seq,
+            "kv_cells": self.kv_cells,
+            "kv_cells_swa": self.kv_cells_swa,
+            "flash_attn": self.flash_attn_resolved,
+            "devices": per_device,
+            "total_bytes": self.bytes_for(),
+            "allocations": [dataclasses.asdict(a) for a in self.allocations],
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An invalid or risky setting, explained in words before anything is loaded."""
+
+    field: str  # the setting to change, e.g. "type_v"
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What fit chose and why it stopped there."""
+
+    settings: PlanSettings
+    plan: MemoryPlan
+    budgets: dict[str, int]  # device -> usable bytes (after the margin)
+    limited_by: str  # e.g. "CUDA0 kv" or "training context"
+    reason: str  # one sentence
+    fits: bool
+    extra: dict[str, Any] = field(default_factory=dict)
