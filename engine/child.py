@@ -109,7 +109,8 @@ def main() -> int:
         req_id = getattr(msg, "id", 0)
         try:
             if isinstance(msg, P.LoadRequest):
-                params = P.LoadParams(**msg.params)
+                params = P.LoadParams(**{**msg.params,
+                                         "tensor_split": tuple(msg.params.get("tensor_split", ()))})
                 emit(session.load(req_id, params, requests.cancel_event(req_id)))
             elif isinstance(msg, P.GenerateRequest):
                 emit(session.generate(msg, requests.cancel_event(req_id)))

@@ -54,12 +54,13 @@ _FTYPE_NAMES = {int(t): t.name.split("_", 1)[1] for t in LlamaFileType
                 if t.name.startswith(("MOSTLY_", "ALL_"))}  # MOSTLY_Q4_K_M -> Q4_K_M
 _MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
              "key_length_mla_swa", "value_length_mla_swa", "kv_lora_rank_swa")
-
 # GGUF value type id -> struct format (8 = string, 9 = array are handled separately).
 _SCALAR_FMT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
                11: "q", 12: "d"}
 _STRUCTS = {f: struct.Struct("<" + f) for f in _SCALAR_FMT.values()}
 _MAX_ARRAY_KEEP = 65536  # longer numeric arrays (token scores) are only counted, like strings
+_TEXT_KEYS = {"general.architecture", "general.name", "tokenizer.ggml.model",
+              "tokenizer.chat_template"}  # other string values are skipped and read as ""
 _TRUNCATED = "is truncated or corrupt (header runs past the end of the file)"
 
 
@@ -140,16 +141,20 @@ class _Cursor:
         packer = _STRUCTS[fmt]
         return packer.unpack_from(self.buf, self.take(packer.size))[0]
 
-    def string(self) -> str:
-        start = self.take(self.num("Q"))
-        return self.buf[start:self.pos].decode("utf-8", errors="replace")
+    def string(self, limit: int | None = None, decode: bool = True) -> str:
+        """Decode only what we use: a corrupt length can point at megabytes of weights."""
+        n = self.num("Q")
+        if limit is not None and n > limit:
+            raise _Corrupt("is corrupt (implausibly long key or tensor name)")
+        start = self.take(n)
+        return self.buf[start:self.pos].decode("utf-8", errors="replace") if decode else ""
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, decode: bool) -> Any:
         if vtype in _SCALAR_FMT:
             return self.num(_SCALAR_FMT[vtype])
         if vtype not in (8, 9):
             raise _Corrupt(f"is corrupt (unknown metadata value type {vtype})")
-        return self.string() if vtype == 8 else self.array()
+        return self.string(decode=decode) if vtype == 8 else self.array()
 
     def array(self) -> _Array:
         elem, count = self.num("I"), self.num("Q")
@@ -187,18 +192,18 @@ def _parse(path: str, size: int) -> tuple[dict[str, Any], list[tuple[str, str, i
             raise _Corrupt("is truncated or corrupt (more keys or tensors than it can hold)")
         meta: dict[str, Any] = {}
         for _ in range(n_kv):
-            key = cur.string()
+            key = cur.string(limit=1 << 16)
             if key in meta:
-                raise _Corrupt(f"is corrupt (duplicate key {key})")
-            meta[key] = cur.value(cur.num("I"))
+                raise _Corrupt("is corrupt (a metadata key appears twice)")
+            meta[key] = cur.value(cur.num("I"), decode=key in _TEXT_KEYS)
         alignment = meta.get("general.alignment", 32)
         if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
             raise _Corrupt("is corrupt (general.alignment is not a power of two)")
         infos = []
         for _ in range(n_tensors):
-            name, n_dims = cur.string(), cur.num("I")
-            if n_dims > 4:
-                raise _Corrupt(f"is corrupt (tensor {name} has {n_dims} dimensions)")
+            name, n_dims = cur.string(limit=63), cur.num("I")
+            if not name.isprintable() or n_dims > 4:  # names: GGML_MAX_NAME - 1 = 63 bytes
+                raise _Corrupt("is corrupt (a tensor has a garbled name or shape)")
             dims = [cur.num("Q") for _ in range(n_dims)]
             ttype, offset = cur.num("I"), cur.num("Q")
             try:
@@ -284,18 +289,17 @@ def _swa(meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int,
         period = _int(meta, p + "sliding_window_pattern")
     if period is None:
         raise _Corrupt(f"lacks the required array {p}sliding_window_pattern")
-    flags = tuple(il < n_layer_main and (period == 0 or (il % period != 0 if dense_first
-                                                         else il % period < period - 1))
-                  for il in range(n_layer))
-    return window, flags
+    return window, tuple(il < n_layer_main and (
+        period == 0 or (il % period != 0 if dense_first else il % period < period - 1))
+        for il in range(n_layer))
 
 
 def _build(path: str, size: int) -> GGUFInfo:
     """Apply llama.cpp's hparam rules to the parsed header, rejecting what it would reject."""
     meta, tensors = _parse(path, size)
     arch = meta.get("general.architecture")
-    if not isinstance(arch, str) or not arch.strip():
-        raise _Corrupt("lacks the required key general.architecture")
+    if not isinstance(arch, str) or not arch.isprintable() or not 0 < len(arch.strip()) < 64:
+        raise _Corrupt("lacks a usable general.architecture")
     a, at = arch + ".", arch + ".attention."
     n_layer = _int(meta, a + "block_count", required=True) or 0
     n_nextn = _int(meta, a + "nextn_predict_layers", 0) or 0  # MTP layers, counted in n_layer
@@ -337,14 +341,13 @@ def _build(path: str, size: int) -> GGUFInfo:
                                "is of the other attention kind")
     ssm = {v: _int(meta, a + k) or 0 for k, v in _SSM_KEYS.items() if a + k in meta}
     mla = {k: _int(meta, at + k) or 0 for k in _MLA_KEYS if at + k in meta}
-    is_mla = "key_length_mla" in mla and "value_length_mla" in mla
+    is_mla = {"key_length_mla", "value_length_mla"} <= mla.keys()  # llama_hparams::is_mla
     n_expert = _int(meta, a + "expert_count", 0) or 0
     n_expert_used = max(_per_layer(meta, a + "expert_used_count", n_layer, (0,)))
     if n_expert > MAX_EXPERTS or n_expert_used > n_expert or (n_expert and not n_expert_used):
         raise _Corrupt(f"has an impossible expert setup ({n_expert_used} of {n_expert} used)")
     tokens = meta.get("tokenizer.ggml.tokens")
-    n_vocab = (tokens.length if isinstance(tokens, _Array)
-               else _int(meta, a + "vocab_size", 0) or 0)
+    n_vocab = tokens.length if isinstance(tokens, _Array) else _int(meta, a + "vocab_size", 0) or 0
     template = _opt(meta, "tokenizer.chat_template", str)
     template = template if template and template.strip() else None
     weight_types: dict[str, int] = {}
@@ -365,10 +368,9 @@ def _build(path: str, size: int) -> GGUFInfo:
         bos_token_id=_opt(meta, "tokenizer.ggml.bos_token_id", int),
         eos_token_id=_opt(meta, "tokenizer.ggml.eos_token_id", int),
         add_bos=_opt(meta, "tokenizer.ggml.add_bos_token", bool),
-        file_type=file_type, has_chat_template=template is not None,
-        chat_template=template, weight_types=weight_types,
-        n_params=sum(t[2] for t in tensors), tensor_bytes=sum(t[3] for t in tensors),
-        file_bytes=size,
+        file_type=file_type, has_chat_template=template is not None, chat_template=template,
+        weight_types=weight_types, n_params=sum(t[2] for t in tensors),
+        tensor_bytes=sum(t[3] for t in tensors), file_bytes=size,
     )
 
 

@@ -19,6 +19,17 @@ from engine.protocol import ABORT_PREFIX
 _LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 
 
+MAX_CAPTURE = 2000
+_MEMORY_WORDS = ("size", "n_ctx", "n_seq", "n_batch", "n_ubatch", "flash", "Flash", "cells", "SWA",
+                 "offload", "layer", "swa", "causal", "type_k", "type_v", "kv_unified")
+
+
+def _is_memory_line(message: str) -> bool:
+    if message.startswith(("print_info", "llama_model_loader", "load: ", "llama_model_load")):
+        return False
+    return any(word in message for word in _MEMORY_WORDS)
+
+
 class NativeLog:
     """llama.cpp's log callback, forwarded as whole lines with Python logging levels.
 
@@ -31,6 +42,7 @@ class NativeLog:
         self._level = 2
         self._buffer = b""
         self.recent_errors: list[str] = []
+        self._capture: list[str] | None = None
         self._cb = LL.llama_log_callback(self._on_log)  # keep a reference: C holds the pointer
         LL.llama_log_set(self._cb, ctypes.c_void_p())
 
@@ -46,10 +58,20 @@ class NativeLog:
             line, self._buffer = self._buffer.split(b"\n", 1)
             message = line.decode("utf-8", "replace").rstrip()
             if message:
+                if self._capture is not None and len(self._capture) < MAX_CAPTURE and _is_memory_line(message):
+                    self._capture.append(message)
                 py_level = _LEVELS.get(level, logging.INFO)
                 if py_level >= logging.WARNING:
                     self.recent_errors = (self.recent_errors + [message])[-8:]
                 self._sink(py_level, message)
+
+    def start_capture(self) -> None:
+        """Collect the memory-related lines of a load (sizes, cells, context) for the plan."""
+        self._capture = []
+
+    def stop_capture(self) -> list[str]:
+        lines, self._capture = self._capture or [], None
+        return lines
 
     def last_problem(self) -> str:
         """The most telling recent warning/error line, for one-line failure messages."""

@@ -82,6 +82,13 @@ class LoadParams:
     n_seq_max: int = 1
     swa_full: bool = False
     kv_unified: bool = False
+    split_mode: str = "layer"  # none | layer | row | tensor
+    tensor_split: tuple[float, ...] = ()
+    main_gpu: int = 0
+    offload_kqv: bool = True
+    n_rs_seq: int = 0
+    #: Size everything without allocating weights or KV (llama.cpp's no_alloc), then unload.
+    dry_run: bool = False
 
 
 @message
@@ -197,6 +204,9 @@ class Loaded(Message):
     chat_template: str
     bos_text: str
     eos_text: str
+    #: llama.cpp's log lines about buffer sizes, context and cache geometry during this load.
+    memory_log: list[str] = field(default_factory=list)
+    dry_run: bool = False
 
 
 @message

@@ -83,7 +83,6 @@ def test_multi_turn_reuses_the_kv_cache(smol):
 def test_cancel_stops_a_running_generation(smol):
     host, loaded = smol
     seen = threading.Event()
-    req: list[int] = []
 
     def on_event(msg):
         if isinstance(msg, P.Delta):
