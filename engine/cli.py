@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from engine import paths
+from engine import cli_memory, paths
 from engine.chat import reply
 from engine.chat_template import ChatMessage
 from engine.errors import KvDeckError, ModelFileError
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n-gpu-layers", type=int, default=-1)
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
+    cli_memory.register(sub)
     return parser
 
 
@@ -144,7 +145,8 @@ def _print_stream(text: str) -> None:
     sys.stdout.flush()
 
 
-COMMANDS = {"inspect": cmd_inspect, "chat": cmd_chat}
+COMMANDS = {"inspect": cmd_inspect, "chat": cmd_chat, "plan": cli_memory.cmd_plan,
+            "fit": cli_memory.cmd_fit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,3 +123,43 @@ def test_killing_the_runtime_mid_stream_keeps_window_and_history(qtbot, window):
     window.chat.max_tokens.setValue(8)
     ask(qtbot, window, "Still there?")
     assert window.store.messages(window.chat.conversation_id)[-1].complete
+
+
+def test_edit_regenerate_stop_and_history_across_restarts(qtbot, window, tmp_path):
+    with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+        window.start()
+    ask(qtbot, window, "Hello there")
+    conv = window.chat.conversation_id
+    first_user = window.store.messages(conv)[0]
+    # regenerate replaces the last reply (greedy: same text again)
+    old_reply = window.store.messages(conv)[-1]
+    with qtbot.waitSignal(window.bridge.finished, timeout=LOAD_TIMEOUT_MS):
+        window.chat.view.action.emit("regenerate", old_reply.id)
+    msgs = window.store.messages(conv)
+    assert len(msgs) == 2 and msgs[1].created > old_reply.created and msgs[1].content == old_reply.content
+    # edit and resend replaces the user message and everything after it
+    window.chat.view.action.emit("edit", first_user.id)
+    assert window.chat.input.toPlainText() == "Hello there"
+    ask(qtbot, window, "Good morning")
+    msgs = window.store.messages(conv)
+    assert [m.content for m in msgs if m.role == "user"] == ["Good morning"] and len(msgs) == 2
+    # stop keeps what was generated so far
+    window.chat.max_tokens.setValue(3000)
+    window.chat.input.setPlainText("Count from 1 to 500.")
+    with qtbot.waitSignal(window.bridge.delta, timeout=LOAD_TIMEOUT_MS):
+        window.chat.send()
+    assert window.chat.stop_button.isEnabled()
+    with qtbot.waitSignal(window.bridge.finished, timeout=30_000) as blocker:
+        qtbot.mouseClick(window.chat.stop_button, Qt.MouseButton.LeftButton)
+    assert blocker.args[0].stop_reason == "cancelled"
+    stopped = window.store.messages(conv)[-1]
+    assert stopped.content and stopped.complete
+    # a new window on the same database shows the same conversation
+    store2 = ChatStore(window.store.path)
+    second = MainWindow(store2)
+    qtbot.addWidget(second)
+    assert second.chat.conversation_id == conv
+    assert [m.content for m in store2.messages(conv)] == [m.content for m in window.store.messages(conv)]
+    assert "Good morning" in second.chat.view.toPlainText()
+    second.bridge.shutdown()
+    store2.close()
