@@ -25,6 +25,7 @@ class RuntimeBridge(QObject):
     loadFailed = Signal(str)
     started = Signal(object)  # P.Started
     delta = Signal(str, int)  # text, number of tokens
+    kvUsed = Signal(int, int)  # tokens in the KV cache, context size
     finished = Signal(object)  # P.Done
     generationFailed = Signal(str)
     exited = Signal(object)  # ProcessOutcome (unexpected ends only)
@@ -129,6 +130,8 @@ class RuntimeBridge(QObject):
             self.started.emit(msg)
         elif isinstance(msg, P.Delta) and req_id == self._gen_id:
             self.delta.emit(msg.text, len(msg.tokens))
+            if self.loaded_info is not None:
+                self.kvUsed.emit(msg.n_past, self.loaded_info.n_ctx_seq)
         elif isinstance(msg, P.Done) and req_id == self._gen_id:
             self._gen_id = 0
             self.finished.emit(msg)

@@ -194,7 +194,8 @@ class GenerationMixin:
             pending_tokens.append(tok)
             now = time.perf_counter()
             if req.stream and now - last_flush >= _DELTA_INTERVAL_S:
-                self._emit(Delta(id=req.id, text="".join(pending_text), tokens=pending_tokens))
+                self._emit(Delta(id=req.id, text="".join(pending_text), tokens=pending_tokens,
+                                 n_past=pos))
                 pending_text, pending_tokens, last_flush = [], [], now
             if rc != 0:
                 if rc == 1:
@@ -212,7 +213,8 @@ class GenerationMixin:
         text_parts.append(tail)
         pending_text.append(tail)
         if req.stream and (pending_tokens or tail):
-            self._emit(Delta(id=req.id, text="".join(pending_text), tokens=pending_tokens))
+            self._emit(Delta(id=req.id, text="".join(pending_text), tokens=pending_tokens,
+                                 n_past=pos))
         t_end = time.perf_counter()
         decode_s = t_end - t_first
         return Done(

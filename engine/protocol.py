@@ -229,6 +229,7 @@ class Delta(Message):
     id: int
     text: str
     tokens: list[int]
+    n_past: int = 0  # tokens now in the sequence's KV cache (for the occupancy view)
 
 
 @message

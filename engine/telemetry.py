@@ -152,14 +152,15 @@ def cuda_order(gpus: Sequence[GpuIdentity], env: Mapping[str, str]
 
 
 def attribute_gpu_memory(used_bytes: int, processes: Iterable[tuple[int, int | None]],
-                         our_pids: Collection[int], baseline_used_bytes: int | None
-                         ) -> Attribution:
+                         our_pids: Collection[int], baseline_used_bytes: int | None,
+                         runtime_running: bool = True) -> Attribution:
     """Split a GPU's used memory into this app and everything else.
 
     ``processes``: (pid, usedGpuMemory) from NVML's compute and graphics lists. A process with
     both contexts is in both lists with the same memory, so each pid counts once. ``None``: NVML
     cannot say (Windows WDDM, some vGPUs). If the list is empty (many containers hide it) or
     lacks our figures, fall back to growth since ``baseline_used_bytes`` (taken with no runtime).
+    With no runtime running, an empty list means plainly that none of it is ours.
     """
     per_pid: dict[int, int | None] = {}
     for pid, mem in processes:
@@ -167,7 +168,7 @@ def attribute_gpu_memory(used_bytes: int, processes: Iterable[tuple[int, int | N
         per_pid[pid] = mem if old is None else (old if mem is None else max(old, mem))
     ours = {pid: mem for pid, mem in per_pid.items() if pid in our_pids}
     known = sum(mem for mem in ours.values() if mem is not None)
-    if per_pid and None not in ours.values():
+    if (per_pid or not runtime_running) and None not in ours.values():
         this, method, note = known, "per-process", None
     elif baseline_used_bytes is not None:
         this, method = max(0, used_bytes - baseline_used_bytes), "difference"
@@ -195,10 +196,10 @@ class Telemetry:
         self._lock = threading.Lock()
         self._opened = self._initialized = False  # tried to open; nvmlShutdown is owed
         self._reason: str | None = None
-        self._notes: tuple[str, ...] = ()
+        self._notes: tuple[str, ...] = ()  # about the CUDA numbering, shown with every snapshot
         self._gpus: list[tuple[Any, GpuIdentity]] = []  # (handle, identity) in CUDA order
         self._baseline: dict[str, int] = {}  # uuid -> used bytes while no runtime was running
-        self._mem_v2 = True
+        self._mem_v2 = True  # NVML's v2 memory query works here (until it fails once)
         self._procs: dict[int, psutil.Process] = {}
         psutil.cpu_percent(interval=None)  # primes the counter so the first reading means something
 
@@ -212,7 +213,7 @@ class Telemetry:
             return
         try:
             nv.nvmlInit()
-        except nv.NVMLError as exc:
+        except Exception as exc:  # noqa: BLE001 - NVMLError, or ctypes failing in a broken install
             self._reason = (NVML_NOT_FOUND if isinstance(exc, nv.NVMLError_LibraryNotFound)
                             else f"NVML error: {exc}")
             return
@@ -225,13 +226,12 @@ class Telemetry:
                     i, _text(nv.nvmlDeviceGetUUID(handle)),
                     _text(nv.nvmlDeviceGetPciInfo(handle).busId),
                     _text(nv.nvmlDeviceGetName(handle)))))
-        except nv.NVMLError as exc:
+        except Exception as exc:  # noqa: BLE001 - as above: a reason, never an exception
             self._reason = f"NVML error: {exc}"
             return
         ordered, notes = cuda_order([ident for _, ident in found], self._env)
         handles = {ident.nvml_index: handle for handle, ident in found}
-        self._gpus = [(handles[ident.nvml_index], ident) for ident in ordered]
-        self._notes = tuple(notes)
+        self._gpus, self._notes = [(handles[g.nvml_index], g) for g in ordered], tuple(notes)
         if not found:
             self._reason = NO_GPU
         elif not ordered:
@@ -258,11 +258,13 @@ class Telemetry:
         return self._snapshot(our_pids, may_set_baseline=True)
 
     def devices(self) -> list[Device]:
-        """Memory pools for the fit budget: "CPU" plus one "CUDA<i>" per GPU llama.cpp sees."""
+        """Memory pools for the fit budget: "CPU" plus one "CUDA<i>" per GPU llama.cpp sees.
+        A GPU's total leaves out what the driver reserves, as ``cudaMemGetInfo`` does (the free
+        figures agree exactly; seen on an H100)."""
         snap = self._snapshot([self._self_pid], may_set_baseline=False)
         return ([Device("CPU", "cpu", snap.host.total_bytes, snap.host.available_bytes, "host RAM")]
-                + [Device(g.device_name, "gpu", g.total_bytes, g.free_bytes, g.name)
-                   for g in snap.gpus])
+                + [Device(g.device_name, "gpu", g.total_bytes - (g.reserved_bytes or 0),
+                          g.free_bytes, g.name) for g in snap.gpus])
 
     def _snapshot(self, our_pids: Iterable[int], may_set_baseline: bool) -> TelemetrySnapshot:
         now = time.time()
@@ -272,13 +274,13 @@ class Telemetry:
                 host = self._host(pids)
             except Exception:  # noqa: BLE001 - psutil failing is as unexpected as it gets
                 log.exception("host telemetry failed")
-                pids, host = frozenset(), HostSnapshot(0, 0, 0, 0, 0.0)
+                pids, host, may_set_baseline = frozenset(), HostSnapshot(0, 0, 0, 0, 0.0), False
             try:
                 self._open()
                 if self._reason is not None:
                     return TelemetrySnapshot(now, host, (), self._reason, self._notes)
-                baseline = may_set_baseline and not pids - {self._self_pid}
-                gpus = tuple(self._read_gpu(i, handle, ident, pids, baseline)
+                running = bool(pids - {self._self_pid})  # the GUI alone holds no CUDA memory
+                gpus = tuple(self._read_gpu(i, handle, ident, pids, running, may_set_baseline)
                              for i, (handle, ident) in enumerate(self._gpus))
                 return TelemetrySnapshot(now, host, gpus, None, self._notes)
             except getattr(self._nvml, "NVMLError", RuntimeError) as exc:
@@ -288,11 +290,11 @@ class Telemetry:
                 return TelemetrySnapshot(now, host, (), f"telemetry error: {exc}", self._notes)
 
     def _read_gpu(self, index: int, handle: Any, ident: GpuIdentity, pids: frozenset[int],
-                  set_baseline: bool) -> GpuSnapshot:
+                  running: bool, may_set_baseline: bool) -> GpuSnapshot:
         nv = self._nvml
         total, free, reserved = self._memory(handle)
         used = max(0, total - free)
-        if set_baseline:
+        if may_set_baseline and not running:
             self._baseline[ident.uuid] = used
         procs: list[tuple[int, int | None]] = []
         for lister in (nv.nvmlDeviceGetComputeRunningProcesses,
@@ -301,7 +303,7 @@ class Telemetry:
                 procs += [(int(p.pid), p.usedGpuMemory) for p in lister(handle)]
             except nv.NVMLError:  # not supported on this GPU or driver: rely on the other list
                 pass
-        split = attribute_gpu_memory(used, procs, pids, self._baseline.get(ident.uuid))
+        split = attribute_gpu_memory(used, procs, pids, self._baseline.get(ident.uuid), running)
         util = self._optional(lambda: int(nv.nvmlDeviceGetUtilizationRates(handle).gpu))
         temp = self._optional(lambda: int(nv.nvmlDeviceGetTemperature(handle, 0)))  # 0: GPU die
         power = self._optional(lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0)  # mW -> W
@@ -341,9 +343,8 @@ class Telemetry:
                 self._procs.pop(pid, None)
         for gone in set(self._procs) - pids:  # runtimes come and go; forget the old ones
             del self._procs[gone]
-        total, available = int(vm.total), int(vm.available)
-        return HostSnapshot(total, available, max(0, total - available), rss,
-                            float(psutil.cpu_percent(interval=None)))
+        return HostSnapshot(vm.total, vm.available, max(0, vm.total - vm.available), rss,
+                            psutil.cpu_percent(interval=None))
 
 
 class TelemetrySampler:
@@ -369,7 +370,7 @@ class TelemetrySampler:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        if self.running:
+        if self.running:  # already sampling: starting twice must not start two threads
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="kvdeck-telemetry", daemon=True)
