@@ -18,13 +18,17 @@ from PySide6.QtWidgets import (
 )
 
 from app.chat_pane import ChatPane
+from app.memory_dock import MemoryDock
 from app.runtime_bridge import RuntimeBridge
 from app.sidebar import Sidebar
 from engine import paths
 from engine import protocol as P
 from engine.errors import KvDeckError
 from engine.gguf_inspect import GGUFInfo, inspect_gguf
+from engine.fit import default_settings
 from engine.host import ProcessOutcome
+from engine.memory_plan import analytic_plan
+from engine.memory_types import PlanSettings
 from engine.store import ChatStore, model_key
 
 log = logging.getLogger(__name__)
@@ -110,7 +114,7 @@ class MainWindow(QMainWindow):
         self._first_load_logged = False
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
-        self.resize(1180, 780)
+        self.resize(1500, 860)
         self._inspector = _Inspector(self)
         self._inspector.done.connect(self._on_inspected)
 
@@ -154,6 +158,15 @@ class MainWindow(QMainWindow):
         self.bridge.loadFailed.connect(self._on_load_failed)
         self.bridge.exited.connect(self._on_runtime_exit)
 
+        self.memory = MemoryDock(self._runtime_pid, self)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.memory)
+        self.resizeDocks([self.memory], [420], Qt.Orientation.Horizontal)
+        self.memory.applyRequested.connect(self._apply_settings)
+        self.bridge.kvUsed.connect(self.memory.kv_used)
+        self.chat.speed.connect(self.memory.speed)
+        self.memory.start()
+        self.settings: PlanSettings | None = None
+
         self.sidebar.refresh_models()
         convs = store.list_conversations()
         self.sidebar.refresh_conversations(convs[0].id if convs else None)
@@ -195,13 +208,38 @@ class MainWindow(QMainWindow):
             self.show_problem(result)
             self._show_model_state()
             return
-        self.model_info = result  # type: ignore[assignment]
-        settings = {}
+        info: GGUFInfo = result  # type: ignore[assignment]
+        self.model_info = info
+        saved: dict = {}
         try:
-            settings = self.store.get_model_settings(model_key(path))
+            saved = self.store.get_model_settings(model_key(path)).get("plan", {})
         except KvDeckError:
             pass
-        params = P.LoadParams(path=path, n_ctx=int(settings.get("n_ctx", 0)))
+        try:
+            if saved:
+                settings = PlanSettings.from_dict(saved)
+            else:
+                settings, _fit = default_settings(info, self.memory.devices()[0], plan_fn=analytic_plan)
+        except (KvDeckError, TypeError, ValueError) as exc:
+            self.show_problem(f"{Path(path).name}: {exc}")
+            return
+        self.memory.model_inspected(info, settings)
+        self._load(path, settings)
+
+    def _apply_settings(self, settings: PlanSettings) -> None:
+        """The cache panel's "Apply and reload": remember these settings for this model."""
+        info = self.model_info
+        if info is None:
+            return
+        try:
+            self.store.set_model_settings(model_key(info.path), {"plan": settings.to_dict()})
+        except KvDeckError as exc:
+            self.show_problem(str(exc))
+        self._load(info.path, settings)
+
+    def _load(self, path: str, settings: PlanSettings) -> None:
+        self.settings = settings
+        params = P.load_params(path, settings)
         self.banner.hide()
         self.progress.setValue(0)
         self.progress.setFormat(f"Loading {Path(path).name} %p%")
@@ -225,6 +263,12 @@ class MainWindow(QMainWindow):
         recent = [p for p in self.store.get_setting("recent_models", []) if p != info.path]
         self.store.set_setting("recent_models", [info.path] + recent[: MAX_RECENT - 1])
         self.chat.input.setFocus()
+        if self.settings is not None:
+            self.memory.model_loaded(info, self.settings)
+
+    def _runtime_pid(self) -> int | None:
+        host = self.bridge.host
+        return host.pid if host is not None and host.running else None
 
     def _show_model_state(self) -> None:
         info = self.bridge.loaded_info
@@ -288,5 +332,6 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         self.chat._save_reply()
+        self.memory.stop()
         self.bridge.shutdown()
         super().closeEvent(event)

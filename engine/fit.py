@@ -160,3 +160,20 @@ def fit(info: GGUFInfo, settings: PlanSettings, devices: list[Device], *, plan_f
     chosen = settings.replace(n_ctx=n_ctx, n_gpu_layers=ngl if has_gpu else settings.n_gpu_layers)
     return FitResult(chosen, target, budgets, limited_by=limited_by, reason=reason, fits=True,
                      extra={"draft_plan": dplan})
+
+
+DEFAULT_MAX_CONTEXT = 16384
+
+
+def default_settings(info: GGUFInfo, devices: list[Device], *, plan_fn: PlanFn,
+                     base: PlanSettings | None = None) -> tuple[PlanSettings, FitResult]:
+    """First-load settings: cache types matched to the weights, the fitted context (capped so a
+    128k-context model does not reserve gigabytes the user never asked for) and fitted GPU layers."""
+    from engine.cache_rules import default_cache_type
+
+    kv = default_cache_type(info)
+    start = (base or PlanSettings()).replace(type_k=kv, type_v=kv, n_ctx=0)
+    cap = min(info.n_ctx_train or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
+    result = fit(info, start, devices, plan_fn=plan_fn, max_context=cap, min_context=min(4096, cap))
+    chosen = result.settings if result.fits else start.replace(n_ctx=min(4096, cap))
+    return chosen, result

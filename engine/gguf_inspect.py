@@ -19,41 +19,16 @@ from typing import Any, NamedTuple
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from engine.errors import ModelFileError
+from engine.gguf_hparams import (HYBRID_ARCHS, MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS, SWA_ALWAYS,
+                                 SWA_IF_WINDOW, WeightLayout, kv_layer_flags, recurrent_flags,
+                                 weight_layout)
 
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts (GGML_ASSERT) above this.
 MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS, same consequence.
 _MAX_DIM = 1 << 20  # sanity bound for embedding width, head counts and head sizes.
 
-RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
-HYBRID_ARCHS = frozenset({"jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe",
-                          "nemotron_h", "nemotron_h_moe", "qwen3next", "kimi-linear",
-                          "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe",
-                          "qwen4exp", "deepseek4", "minimax-01"})
-# SWA rules from each arch's load_arch_hparams. (period, dense_first, default window);
-# period None = the bool array `attention.sliding_window_pattern` is required.
-_SWA_ALWAYS: dict[str, tuple[int | None, bool, int | None]] = {
-    "gemma2": (2, False, 4096), "gemma3n": (5, False, None), "cohere2": (4, False, None),
-    "cohere2moe": (4, True, None), "gpt-oss": (2, False, None), "exaone-moe": (4, False, 128),
-    "muse-glimmer": (4, False, None), "gemma-embedding": (6, False, None),
-    **{a: (None, False, None) for a in ("gemma4", "gemma4-assistant", "granite_swa", "mimo2",
-                                        "step35", "spark2_5", "maple", "dots3note")},
-}
-# Only when `attention.sliding_window` exists and is > 0. (period, dense_first)
-_SWA_IF_WINDOW: dict[str, tuple[int | None, bool]] = {
-    "gemma3": (6, False), "olmo2": (4, False), "mellum": (4, False), "afmoe": (4, False),
-    "laguna": (4, True), "plamo3": (8, False), "smallthinker": (4, True),
-    "modern-bert": (3, True), "dflash": (None, False),
-}
-_SSM_KEYS = {  # {arch}.<key> -> name in GGUFInfo.ssm (recurrent-state geometry, notes §6)
-    "ssm.conv_kernel": "d_conv", "ssm.inner_size": "d_inner", "ssm.state_size": "d_state",
-    "ssm.time_step_rank": "dt_rank", "ssm.group_count": "n_group",
-    "wkv.head_size": "wkv_head_size", "token_shift_count": "token_shift_count",
-    "shortconv.l_cache": "shortconv_l_cache", "kda.head_dim": "kda_head_dim",
-    "full_attention_interval": "full_attention_interval"}
 _FTYPE_NAMES = {int(t): t.name.split("_", 1)[1] for t in LlamaFileType
                 if t.name.startswith(("MOSTLY_", "ALL_"))}  # MOSTLY_Q4_K_M -> Q4_K_M
-_MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
-             "key_length_mla_swa", "value_length_mla_swa", "kv_lora_rank_swa")
 # GGUF value type id -> struct format (8 = string, 9 = array are handled separately).
 _SCALAR_FMT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
                11: "q", 12: "d"}
@@ -100,7 +75,7 @@ class GGUFInfo:
     n_layer_kv_from_start: int | None  # gemma3n/gemma4: layers >= this reuse earlier KV
     recurrent: bool  # pure recurrent arch: state per sequence, no KV cache
     hybrid: bool  # llama.cpp's llm_arch_is_hybrid: KV for attention layers + recurrent state
-    ssm: dict[str, int] | None  # recurrent geometry keys present (see _SSM_KEYS)
+    ssm: dict[str, int] | None  # recurrent geometry keys present (see SSM_KEYS)
     mla: dict[str, int] | None  # only when llama.cpp treats it as MLA (K-only cache)
     n_expert: int
     n_expert_used: int  # max over layers
@@ -116,11 +91,22 @@ class GGUFInfo:
     n_params: int
     tensor_bytes: int
     file_bytes: int
+    # Per-layer geometry for memory planning (notes §2-§6, §10); defaults keep old callers valid.
+    n_layer_nextn: int = 0  # trailing MTP layers: no KV in the main context
+    n_ff_per_layer: tuple[int, ...] = ()
+    n_ff_expert: int = 0  # expert_feed_forward_length (max over layers)
+    recurrent_layers: tuple[bool, ...] = ()  # hparams.is_recr(il): holds recurrent state
+    kv_layers: tuple[bool, ...] = ()  # owns attention K/V tensors in the main context
+    causal: bool = True  # {arch}.attention.causal
+    weights: WeightLayout | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict; the template text is replaced by its length to keep reports small."""
-        out = {k: list(v) if isinstance(v, tuple) else v
-               for k, v in dataclasses.asdict(self).items()}
+        def plain(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+        out = {k: plain(v) for k, v in dataclasses.asdict(self).items()}
         out["chat_template_chars"] = len(out.pop("chat_template") or "")
         return out
 
@@ -175,7 +161,8 @@ class _Cursor:
         return _Array(elem, count, None)
 
 
-def _parse(path: str, size: int) -> tuple[dict[str, Any], list[tuple[str, str, int, int, int]]]:
+def _parse(path: str, size: int
+           ) -> tuple[dict[str, Any], list[tuple[str, str, int, int, int, int]]]:
     """(metadata, [(tensor, type name, n_elements, n_bytes, offset)]), bounds-checked."""
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         cur = _Cursor(buf, size)
@@ -214,9 +201,10 @@ def _parse(path: str, size: int) -> tuple[dict[str, Any], list[tuple[str, str, i
             n_elem = math.prod(dims)
             if dims and dims[0] % block:
                 raise _Corrupt(f"is corrupt (tensor {name} rows do not fit its type)")
-            infos.append((name, qtype.name, n_elem, n_elem // block * type_size, offset))
+            infos.append((name, qtype.name, n_elem, n_elem // block * type_size, offset,
+                          dims[0] if dims else 1))
         data_start = -(-cur.pos // alignment) * alignment
-        for name, _t, _n, nbytes, offset in infos:
+        for name, _t, _n, nbytes, offset, _ne0 in infos:
             if data_start + offset + nbytes > size:
                 raise _Corrupt(f"is truncated (data of tensor {name} lies past the end)")
     return meta, infos
@@ -261,13 +249,13 @@ def _swa(meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int,
     when llama.cpp runs the model without sliding-window attention."""
     p = f"{arch}.attention."
     window = _int(meta, p + "sliding_window")
-    if arch in _SWA_ALWAYS:
-        period, dense_first, default = _SWA_ALWAYS[arch]
+    if arch in SWA_ALWAYS:
+        period, dense_first, default = SWA_ALWAYS[arch]
         window = default if window is None else window
         if window is None:
             raise _Corrupt(f"lacks the required key {p}sliding_window")
-    elif arch in _SWA_IF_WINDOW and window:
-        period, dense_first = _SWA_IF_WINDOW[arch]
+    elif arch in SWA_IF_WINDOW and window:
+        period, dense_first = SWA_IF_WINDOW[arch]
         window = 4096 if arch == "smallthinker" else window
     elif arch in ("lfm2", "lfm2moe") and window:
         return window, tuple(kv > 0 for kv in n_head_kv)  # every attention layer
@@ -339,8 +327,17 @@ def _build(path: str, size: int) -> GGUFInfo:
             if swa_layers[target] != swa_layers[il]:
                 raise _Corrupt(f"has shared-KV layer {il} whose source layer {target} "
                                "is of the other attention kind")
-    ssm = {v: _int(meta, a + k) or 0 for k, v in _SSM_KEYS.items() if a + k in meta}
-    mla = {k: _int(meta, at + k) or 0 for k in _MLA_KEYS if at + k in meta}
+    ssm = {v: _int(meta, a + k) or 0 for k, v in SSM_KEYS.items() if a + k in meta}
+    n_ff = _per_layer(meta, a + "feed_forward_length", n_layer, (0,) * n_layer)
+    n_ff_exp = max(_per_layer(meta, a + "expert_feed_forward_length", n_layer, (0,)))
+    rl = meta.get(at + "recurrent_layers")
+    try:
+        recr = recurrent_flags(arch, n_layer, n_layer - n_nextn, kv_heads, n_ff,
+                               rl.items if isinstance(rl, _Array) else None,
+                               ssm.get("full_attention_interval"))
+    except ValueError as exc:
+        raise _Corrupt(f"has an unusable {at}recurrent_layers ({exc})") from None
+    mla = {k: _int(meta, at + k) or 0 for k in MLA_KEYS if at + k in meta}
     is_mla = {"key_length_mla", "value_length_mla"} <= mla.keys()  # llama_hparams::is_mla
     n_expert = _int(meta, a + "expert_count", 0) or 0
     n_expert_used = max(_per_layer(meta, a + "expert_used_count", n_layer, (0,)))
@@ -351,7 +348,7 @@ def _build(path: str, size: int) -> GGUFInfo:
     template = _opt(meta, "tokenizer.chat_template", str)
     template = template if template and template.strip() else None
     weight_types: dict[str, int] = {}
-    for _name, tname, _n, nbytes, _offset in tensors:
+    for _name, tname, _n, nbytes, _offset, _ne0 in tensors:
         weight_types[tname] = weight_types.get(tname, 0) + nbytes
     ftype = meta.get("general.file_type")  # else name the type that holds the most bytes
     file_type = (_FTYPE_NAMES.get(ftype) if type(ftype) is int else None) or max(
@@ -371,6 +368,9 @@ def _build(path: str, size: int) -> GGUFInfo:
         file_type=file_type, has_chat_template=template is not None, chat_template=template,
         weight_types=weight_types, n_params=sum(t[2] for t in tensors),
         tensor_bytes=sum(t[3] for t in tensors), file_bytes=size,
+        n_layer_nextn=n_nextn, n_ff_per_layer=n_ff, n_ff_expert=n_ff_exp, recurrent_layers=recr,
+        kv_layers=kv_layer_flags(arch, n_layer, n_layer - n_nextn, recr, n_ff, from_start),
+        causal=meta.get(at + "causal") is not False, weights=weight_layout(tensors, n_layer),
     )
 
 

@@ -21,7 +21,8 @@ _LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNIN
 
 MAX_CAPTURE = 2000
 _MEMORY_WORDS = ("size", "n_ctx", "n_seq", "n_batch", "n_ubatch", "flash", "Flash", "cells", "SWA",
-                 "offload", "layer", "swa", "causal", "type_k", "type_v", "kv_unified")
+                 "offload", "layer", "swa", "causal", "type_k", "type_v", "kv_unified", "cache",
+                 "n_outputs", "n_rs", "Flash Attention")
 
 
 def _is_memory_line(message: str) -> bool:

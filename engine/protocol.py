@@ -91,6 +91,17 @@ class LoadParams:
     dry_run: bool = False
 
 
+def load_params(path: str, settings: Any, n_threads: int = 0) -> LoadParams:
+    """LoadParams for a model file and a ``memory_types.PlanSettings``."""
+    return LoadParams(
+        path=path, n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers, n_threads=n_threads,
+        n_batch=settings.n_batch, n_ubatch=settings.n_ubatch, flash_attn=settings.flash_attn,
+        type_k=settings.type_k, type_v=settings.type_v, n_seq_max=settings.n_seq_max,
+        swa_full=settings.swa_full, kv_unified=settings.kv_unified, split_mode=settings.split_mode,
+        tensor_split=tuple(settings.tensor_split), main_gpu=settings.main_gpu,
+        offload_kqv=settings.offload_kqv, n_rs_seq=settings.n_rs_seq)
+
+
 @message
 @dataclass(frozen=True)
 class LoadRequest(Message):

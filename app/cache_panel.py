@@ -1,0 +1,233 @@
+"""Cache and split controls: every change re-plans at once and explains invalid combinations.
+
+The analytic plan takes milliseconds, so it runs on the GUI thread on every change; the fitted
+maximum context (a few dozen plans) is recomputed only when something other than the context
+changes. Nothing is loaded until the user presses *Apply and reload*.
+"""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+    QSlider, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from engine.cache_rules import check_settings, default_cache_type
+from engine.fit import fit
+from engine.gguf_inspect import GGUFInfo
+from engine.memory_plan import analytic_plan
+from engine.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings, Problem
+
+def split_unavailable(mode: str, n_gpus: int, backend: str) -> str | None:
+    """Why a split mode cannot be used on this machine with this runtime, or None."""
+    if mode == "none":
+        return None
+    if n_gpus == 0:
+        return "needs a GPU (none usable)"
+    if mode == "row":
+        if backend == "cuda":
+            return "row split is not supported by the CUDA backend of this llama.cpp"
+        return None if n_gpus >= 2 else "needs at least two GPUs"
+    if mode == "tensor" and n_gpus < 2:
+        return "needs at least two GPUs"
+    return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / MiB:,.1f} MiB" if n < 10 * 1024 * MiB else f"{n / (1024 * MiB):,.2f} GiB"
+
+
+class CachePanel(QWidget):
+    """Emits ``planChanged(plan)`` on every change and ``applyRequested(settings)`` on apply."""
+
+    planChanged = Signal(object)
+    applyRequested = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.info: GGUFInfo | None = None
+        self.devices: list[Device] = []
+        self.backend = "cpu"
+        self.gpu_note = ""
+        self.fitted_ctx = 0
+        self._last_plan: MemoryPlan | None = None
+        self._building = False
+        self._build()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        self.type_k = QComboBox(self)
+        self.type_v = QComboBox(self)
+        for box in (self.type_k, self.type_v):
+            box.addItems(list(KV_TYPES))
+        self.flash = QComboBox(self)
+        self.flash.addItems(["auto", "on", "off"])
+        self.swa_full = QCheckBox("full-size SWA cache", self)
+        self.parallel = QSpinBox(self, minimum=1, maximum=256)
+        self.unified = QCheckBox("unified KV (one pool for all sequences)", self)
+        self.ctx_slider = QSlider(Qt.Orientation.Horizontal, self)
+        self.ctx_slider.setSingleStep(1)
+        self.ctx_label = QLabel(self)
+        self.ngl = QSpinBox(self, minimum=-1, maximum=1000, specialValueText="all")
+        self.ubatch = QSpinBox(self, minimum=32, maximum=8192, singleStep=32, value=512)
+        cache = QFormLayout()
+        cache.addRow("K type", self.type_k)
+        cache.addRow("V type", self.type_v)
+        cache.addRow("Flash attention", self.flash)
+        cache.addRow("", self.swa_full)
+        cache.addRow("Parallel sequences", self.parallel)
+        cache.addRow("", self.unified)
+        cache.addRow("Context", self.ctx_slider)
+        cache.addRow("", self.ctx_label)
+        cache.addRow("GPU layers", self.ngl)
+        cache.addRow("Micro-batch", self.ubatch)
+        cache_box = QGroupBox("KV cache", self)
+        cache_box.setLayout(cache)
+
+        self.split_mode = QComboBox(self)
+        self.split_mode.addItems(["none", "layer", "row", "tensor"])
+        self.main_gpu = QComboBox(self)
+        self.ratio_row = QHBoxLayout()
+        self.ratios: list[QDoubleSpinBox] = []
+        self.split_note = QLabel(self, wordWrap=True)
+        split = QFormLayout()
+        split.addRow("Split mode", self.split_mode)
+        split.addRow("Main GPU", self.main_gpu)
+        split.addRow("Tensor split", self.ratio_row)
+        split.addRow(self.split_note)
+        split_box = QGroupBox("Multi-GPU split", self)
+        split_box.setLayout(split)
+
+        self.problems = QLabel(self, wordWrap=True, textFormat=Qt.TextFormat.RichText)
+        self.summary = QLabel(self, wordWrap=True, textFormat=Qt.TextFormat.RichText)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.apply = QPushButton("Apply and reload", self, clicked=self._apply)
+        layout = QVBoxLayout(self)
+        layout.addWidget(cache_box)
+        layout.addWidget(split_box)
+        layout.addWidget(self.problems)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.apply)
+        layout.addStretch(1)
+        for w in (self.type_k, self.type_v, self.flash, self.split_mode, self.main_gpu):
+            w.currentIndexChanged.connect(lambda _i: self._changed(refit=True))
+        for w in (self.swa_full, self.unified):
+            w.toggled.connect(lambda _b: self._changed(refit=True))
+        for w in (self.parallel, self.ngl, self.ubatch):
+            w.valueChanged.connect(lambda _v: self._changed(refit=True))
+        self.ctx_slider.valueChanged.connect(lambda _v: self._changed(refit=False))
+        self.setEnabled(False)
+
+    # ------------------------------------------------------------------ model and devices
+    def set_model(self, info: GGUFInfo, settings: PlanSettings, devices: list[Device], backend: str,
+                  gpu_note: str = "") -> None:
+        """Show a model's settings; K/V default to the type matched to the weights."""
+        self._building = True
+        self.info, self.devices, self.backend, self.gpu_note = info, devices, backend, gpu_note
+        gpus = [d for d in devices if d.kind == "gpu"]
+        self.type_k.setCurrentText(settings.type_k or default_cache_type(info))
+        self.type_v.setCurrentText(settings.type_v or default_cache_type(info))
+        self.flash.setCurrentText(settings.flash_attn)
+        self.swa_full.setChecked(settings.swa_full)
+        self.swa_full.setEnabled(info.n_swa > 0)
+        self.parallel.setValue(settings.n_seq_max)
+        self.unified.setChecked(settings.kv_unified)
+        steps = max(1, info.n_ctx_train // 256)
+        self.ctx_slider.setRange(1, steps)
+        self.ctx_slider.setValue(max(1, min(steps, (settings.n_ctx or 4096) // 256)))
+        self.ngl.setValue(settings.n_gpu_layers)
+        self.ngl.setEnabled(bool(gpus))
+        self.ubatch.setValue(settings.n_ubatch)
+        self.main_gpu.clear()
+        self.main_gpu.addItems([d.name for d in gpus] or ["(no GPU)"])
+        self.main_gpu.setCurrentIndex(min(settings.main_gpu, max(0, len(gpus) - 1)))
+        self._set_split_choices(len(gpus), settings)
+        self._building = False
+        self.setEnabled(True)
+        self._changed(refit=True)
+
+    def _set_split_choices(self, n_gpus: int, settings: PlanSettings) -> None:
+        model = self.split_mode.model()
+        reasons: list[str] = []
+        for i, mode in enumerate(("none", "layer", "row", "tensor")):
+            why = split_unavailable(mode, n_gpus, self.backend)
+            item = model.item(i)
+            item.setEnabled(why is None)
+            item.setToolTip(why or "")
+            if why and mode != "none":
+                reasons.append(f"{mode}: {why}")
+        wanted = settings.split_mode if model.item(["none", "layer", "row", "tensor"].index(
+            settings.split_mode)).isEnabled() else ("layer" if n_gpus else "none")
+        self.split_mode.setCurrentText(wanted)
+        while self.ratio_row.count():
+            self.ratio_row.takeAt(0).widget().deleteLater()
+        self.ratios = []
+        for i in range(n_gpus):
+            box = QDoubleSpinBox(self, minimum=0.0, maximum=100.0, singleStep=0.5, decimals=1)
+            box.setValue(settings.tensor_split[i] if i < len(settings.tensor_split) else 1.0)
+            box.setPrefix(f"GPU{i}: ")
+            box.valueChanged.connect(lambda _v: self._changed(refit=True))
+            self.ratio_row.addWidget(box)
+            self.ratios.append(box)
+        note = self.gpu_note or ("one GPU: nothing to split" if n_gpus == 1 else "")
+        self.split_note.setText("; ".join(filter(None, [note, *reasons])))
+
+    # ------------------------------------------------------------------ planning
+    def settings(self) -> PlanSettings:
+        ratios = tuple(b.value() for b in self.ratios) if self.split_mode.currentText() != "none" else ()
+        return PlanSettings(
+            n_ctx=self.ctx_slider.value() * 256, n_seq_max=self.parallel.value(),
+            kv_unified=self.unified.isChecked(), type_k=self.type_k.currentText(),
+            type_v=self.type_v.currentText(), flash_attn=self.flash.currentText(),  # type: ignore[arg-type]
+            swa_full=self.swa_full.isChecked(), n_ubatch=self.ubatch.value(),
+            n_gpu_layers=self.ngl.value(), split_mode=self.split_mode.currentText(),  # type: ignore[arg-type]
+            tensor_split=ratios if any(ratios) else (), main_gpu=max(0, self.main_gpu.currentIndex()))
+
+    def _changed(self, refit: bool) -> None:
+        if self._building or self.info is None:
+            return
+        s = self.settings()
+        n_gpus = sum(1 for d in self.devices if d.kind == "gpu")
+        problems = check_settings(self.info, s, n_gpus, self.backend)
+        self._show_problems(problems)
+        errors = [p for p in problems if p.severity == "error"]
+        self.apply.setEnabled(not errors)
+        if errors:
+            self.summary.setText("")
+            return
+        if refit:
+            result = fit(self.info, s, self.devices, plan_fn=analytic_plan)
+            self.fitted_ctx = result.plan.n_ctx if result.fits else 0
+        plan = analytic_plan(self.info, s, self.devices)
+        self._show_summary(plan)
+        self._last_plan = plan
+        self.planChanged.emit(plan)
+
+    def _show_problems(self, problems: list[Problem]) -> None:
+        rows = [f'<p style="color:{"#b3261e" if p.severity == "error" else "#9a6700"};">'
+                f'{"✖" if p.severity == "error" else "⚠"} {p.message}</p>' for p in problems]
+        self.problems.setText("".join(rows))
+        self.problems.setVisible(bool(rows))
+
+    def _show_summary(self, plan: MemoryPlan) -> None:
+        ctx = plan.n_ctx
+        fitted = f" · fits up to <b>{self.fitted_ctx:,}</b>" if self.fitted_ctx else " · does not fit the budget"
+        self.ctx_label.setText(f"{ctx:,} tokens (training {self.info.n_ctx_train:,}){fitted}")
+        prev = self._last_plan
+        lines = []
+        for dev in plan.devices():
+            parts = []
+            for c in COMPONENTS:
+                now = plan.bytes_for(dev, c)
+                if not now and not (prev and prev.bytes_for(dev, c)):
+                    continue
+                delta = now - prev.bytes_for(dev, c) if prev else 0
+                change = f' <span style="color:#888;">({"+" if delta > 0 else "−"}{_mib(abs(delta))})</span>' \
+                    if delta else ""
+                parts.append(f"{c} {_mib(now)}{change}")
+            lines.append(f"<b>{dev}</b>: {_mib(plan.bytes_for(dev))} — " + ", ".join(parts))
+        lines += [f"· {n}" for n in plan.notes]
+        self.summary.setText("<br>".join(lines))
+
+    def _apply(self) -> None:
+        self.applyRequested.emit(self.settings())

@@ -1,0 +1,106 @@
+"""The Memory dock: live telemetry, predicted-vs-measured memory, KV fill, speed, cache controls.
+
+Owns the telemetry sampler (a background thread at 2 Hz) and re-emits its snapshots as a Qt
+signal, so the dashboard only ever paints on the GUI thread. Plans come from the cache panel
+(predicted, on every change) and from the runtime's own log at load time (measured).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QDockWidget, QScrollArea, QTabWidget, QWidget
+
+from app.cache_panel import CachePanel
+from app.dashboard import DashboardPanel
+from engine import protocol as P
+from engine.gguf_inspect import GGUFInfo
+from engine.memory_log import MemoryLogParser
+from engine.memory_types import Device, MemoryPlan, PlanSettings
+from engine.runtime_info import gpu_backend, plan_devices
+from engine.telemetry import Telemetry, TelemetrySampler
+
+
+class _SnapshotRelay(QObject):
+    snapshot = Signal(object)
+
+
+def measured_plan(loaded: P.Loaded, settings: PlanSettings) -> MemoryPlan | None:
+    """What llama.cpp says it allocated during this load (its own log lines)."""
+    if not loaded.memory_log:
+        return None
+    parser = MemoryLogParser()
+    for line in loaded.memory_log:
+        parser.feed(line)
+    return parser.result(settings, "measured")
+
+
+def _scrolled(widget: QWidget) -> QScrollArea:
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setWidget(widget)
+    return area
+
+
+class MemoryDock(QDockWidget):
+    applyRequested = Signal(object)  # PlanSettings
+
+    def __init__(self, runtime_pid: callable, parent: QWidget | None = None) -> None:  # type: ignore[valid-type]
+        super().__init__("Memory", parent)
+        self.setObjectName("memory-dock")
+        self.setAllowedAreas(Qt.DockWidgetArea.RightDockWidgetArea | Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.dashboard = DashboardPanel(self)
+        self.cache = CachePanel(self)
+        tabs = QTabWidget(self)
+        tabs.addTab(_scrolled(self.dashboard), "Dashboard")
+        tabs.addTab(_scrolled(self.cache), "Cache && split")
+        self.setWidget(tabs)
+        self.predicted: MemoryPlan | None = None
+        self.measured: MemoryPlan | None = None
+        self.telemetry = Telemetry()
+        self._relay = _SnapshotRelay(self)
+        self._relay.snapshot.connect(self.dashboard.show_snapshot)
+        self._runtime_pid = runtime_pid
+        self.sampler = TelemetrySampler(self.telemetry, self._pids, hz=2.0,
+                                        callback=self._relay.snapshot.emit)
+        self.cache.planChanged.connect(self._on_plan)
+        self.cache.applyRequested.connect(self.applyRequested.emit)
+        self._recurrent = False
+
+    def _pids(self) -> list[int]:
+        pid = self._runtime_pid()
+        return [os.getpid()] + ([pid] if pid else [])
+
+    def start(self) -> None:
+        self.sampler.start()
+
+    def stop(self) -> None:
+        self.sampler.stop()
+        self.telemetry.close()
+
+    def devices(self) -> tuple[list[Device], str]:
+        return plan_devices(self.telemetry.devices())
+
+    # ------------------------------------------------------------------ model events
+    def model_inspected(self, info: GGUFInfo, settings: PlanSettings) -> None:
+        devices, note = self.devices()
+        self._recurrent = info.recurrent
+        self.measured = None
+        self.cache.set_model(info, settings, devices, gpu_backend(), note)
+
+    def model_loaded(self, loaded: P.Loaded, settings: PlanSettings) -> None:
+        self.measured = measured_plan(loaded, settings)
+        self._recurrent = loaded.recurrent or loaded.hybrid
+        self.dashboard.show_plans(self.predicted, self.measured)
+        self.dashboard.show_kv([0], loaded.n_ctx_seq, "state" if loaded.recurrent else "cells")
+
+    def kv_used(self, used: int, capacity: int) -> None:
+        self.dashboard.show_kv([used], capacity, "state" if self._recurrent else "cells")
+
+    def speed(self, tokens_per_s: float) -> None:
+        self.dashboard.add_speed(time.time(), tokens_per_s)
+
+    def _on_plan(self, plan: MemoryPlan) -> None:
+        self.predicted = plan
+        self.dashboard.show_plans(plan, self.measured)

@@ -1,0 +1,149 @@
+"""Estimate llama.cpp's compute buffer (notes §9), which has no closed form.
+
+ggml-alloc plans tensor lifetimes over the worst-case graph (n_ubatch tokens, n_seq_max
+sequences), so the buffer is the peak of live tensors over the graph. The peak sits in one of a
+few phases, each dominated by a handful of tensors; we take the maximum of:
+
+* output:    logits `n_vocab × n_outputs` + two hidden-state rows per output token,
+* attention: the KQ masks (inputs, f16 with flash attention, f32 without) + without flash
+             attention the f32 scores `n_kv × T × n_head` + a few hidden-width rows per token,
+* FFN:       gate/up/activation rows (`4 × n_ff` per token, experts: `n_expert_used × n_ff_exp`),
+* recurrent: per-token scan temporaries + per-sequence state copies.
+
+The per-token coefficients were fitted on the CPU backend against `~llama_context: compute
+buffer size is …` for the synthetic corpus (tests/gguf_factory.py) and checked on SmolLM2-135M and
+Gemma-3-270M; they are exact for dense/MoE/SWA transformers and within a few percent for
+recurrent mixers. GPU buffers are assumed to be the same graph on the output layer's device,
+with the host keeping the inputs; that split is not calibrated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from engine.memory_types import MiB
+
+if TYPE_CHECKING:
+    from engine.memory_plan import Resolved
+
+# Recurrent mixer phase: floats per token = a_unit × unit + a0; per sequence = c_s × n_embd_s
+# + c_r × n_embd_r. "unit" is d_inner for SSMs, n_embd otherwise (fitted on the corpus).
+_REC_PHASE: dict[str, tuple[str, float, float, float, float]] = {
+    "mamba": ("d_inner", 6.508, 0.0, 1.329, 0.249),
+    "jamba": ("d_inner", 6.528, 0.0, 1.872, 0.351),
+    "mamba2": ("d_inner", 9.281, 0.0, 1.266, 0.119),
+    "granitehybrid": ("d_inner", 7.97, 0.0, 0.0, 0.0),
+    "nemotron_h": ("d_inner", 8.06, 0.0, 1.558, 0.219),
+    "nemotron_h_moe": ("d_inner", 8.06, 0.0, 1.558, 0.219),
+    "falcon-h1": ("d_inner", 8.48, 0.0, 0.0, 0.0),
+    "rwkv6": ("n_embd", 14.493, 0.1, 1.448, 0.045),
+    "rwkv6qwen2": ("n_embd", 14.493, 0.1, 1.448, 0.045),
+    "rwkv7": ("n_embd", 18.313, 0.1, 1.609, 0.050),
+    "arwkv7": ("n_embd", 18.313, 0.1, 1.609, 0.050),
+    "qwen3next": ("n_embd", 12.117, 0.0, 0.0, 0.0),
+    "lfm2": ("n_embd", 9.0, 0.0, 0.0, 1.0),
+    "lfm2moe": ("n_embd", 9.0, 0.0, 0.0, 1.0),
+}
+_REC_MASK = {"qwen3next": 1.0, "jamba": 1.0, "granitehybrid": 1.0, "nemotron_h": 1.0,
+             "nemotron_h_moe": 1.0, "falcon-h1": 1.0}  # 1: the masks are still live in the recurrent phase
+# Extra per-token floats (× n_embd) in the attention phase without flash attention.
+_ATTN_OFF_EXTRA = {"gemma2": 2.0, "gemma3": 2.0, "gemma3n": 2.0, "gemma4": 2.0,
+                   "qwen3next": 3.06, "qwen35": 3.06, "qwen35moe": 3.06, "deepseek2": 0.06}
+
+
+@dataclass(frozen=True)
+class ComputeShape:
+    """The model widths that size the compute graph (built once per model)."""
+
+    arch: str
+    n_embd: int
+    n_vocab: int
+    q_width: int  # widest n_head × head_k over attention layers (MLA: absorbed width)
+    n_head: int  # most query heads over attention layers (KQ scores)
+    has_full: bool  # some attention layer uses the full-context cache
+    has_swa: bool  # some attention layer uses the sliding-window cache
+    ffn_width: int  # widest FFN activation per token (dense n_ff or used experts × n_ff_exp)
+    mla_rank: int
+    rec_unit: int  # d_inner or n_embd, see _REC_PHASE
+    rec_state: tuple[int, int]  # (n_embd_s, n_embd_r) of one recurrent layer
+
+    @classmethod
+    def from_info(cls, info: Any, kv_layers: Sequence[int], head_k: Sequence[int],
+                  rec_layers: Sequence[int], n_embd_r: int, n_embd_s: int,
+                  n_ff: Sequence[int]) -> "ComputeShape":
+        heads = info.n_head_per_layer
+        mla = info.mla or {}
+        q = max((heads[il] * head_k[il] for il in kv_layers), default=0)
+        swa = tuple(info.swa_layers)
+        ffn = max(n_ff, default=0)
+        if info.n_expert:
+            ffn = info.n_expert_used * (info.n_ff_expert or ffn // max(1, info.n_expert_used))
+        phase = _REC_PHASE.get(info.architecture)
+        unit = 0
+        if rec_layers and phase:
+            unit = (info.ssm or {}).get("d_inner", 0) if phase[0] == "d_inner" else info.n_embd
+        return cls(
+            arch=info.architecture, n_embd=info.n_embd, n_vocab=info.n_vocab, q_width=q,
+            n_head=max((heads[il] for il in kv_layers), default=0),
+            has_full=any(not (info.n_swa and swa[il]) for il in kv_layers),
+            has_swa=any(info.n_swa and swa[il] for il in kv_layers),
+            ffn_width=ffn, mla_rank=mla.get("kv_lora_rank", 0) if info.mla else 0,
+            rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0))
+
+
+def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
+           kv_unified: bool) -> dict[str, int]:
+    """Peak bytes of each graph phase for the worst-case reserve (n_ubatch, n_seq_max)."""
+    e = shape.n_embd
+    t0 = min(r.n_ctx, r.n_ubatch)
+    t = -(-t0 // r.n_seq) * r.n_seq  # graph_reserve rounds tokens up to whole sequences
+    t_out = min(t0, r.n_outputs_max)
+    out = 4 * t_out * (shape.n_vocab + 2 * e) + 4 * t * 3
+    if not fa_on and shape.q_width:
+        out += 2 * t * e  # fragmentation seen without flash attention (0 to 4·T·n_embd)
+    result = {"output": out}
+    mask = 0  # the KQ masks are graph inputs: live from the first to the last attention layer
+    if shape.q_width:
+        cell = 2 if fa_on else 4
+        mask = (r.n_ctx_seq * t * cell if shape.has_full else 0) \
+            + (n_swa_cells * t * cell if shape.has_swa else 0)
+        n_kv = r.n_ctx_seq if shape.has_full else n_swa_cells
+        if fa_on:
+            per_tok = e + 3 * shape.q_width + 7 + 2 * shape.mla_rank
+            result["attention"] = mask + 4 * t * per_tok
+        else:
+            per_tok = 3 * e + 3 * shape.q_width + 5 + _ATTN_OFF_EXTRA.get(shape.arch, 0.0) * e
+            v_t = shape.mla_rank * n_kv * r.n_stream  # MLA: half of a transposed V copy (f16)
+            result["attention"] = int(mask + 4 * n_kv * t * shape.n_head + 4 * t * per_tok + v_t)
+    if shape.ffn_width:
+        result["ffn"] = mask + 4 * t * (e + 4 * shape.ffn_width + 7)
+    phase = _REC_PHASE.get(shape.arch)
+    if phase and shape.rec_unit:
+        _unit, a, a0, c_s, c_r = phase
+        s, rr = shape.rec_state
+        result["recurrent"] = int(mask * _REC_MASK.get(shape.arch, 0)
+                                  + 4 * t * (a * shape.rec_unit + a0)
+                                  + 4 * r.n_seq * (c_s * s + c_r * rr))
+    return result
+
+
+def estimate_compute(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
+                     kv_unified: bool, out_dev: str, has_gpu: bool
+                     ) -> list[tuple[str, int, str]]:
+    """[(device, bytes, detail)]: the CPU buffer, or a GPU buffer plus the host's inputs."""
+    ph = phases(shape, r, fa_on, n_swa_cells, kv_unified)
+    name, peak = max(ph.items(), key=lambda kv: kv[1])
+    t = min(r.n_ctx, r.n_ubatch)
+    detail = (f"estimate: peak in the {name} phase ({peak / MiB:.2f} MiB; "
+              + ", ".join(f"{k} {v / MiB:.2f}" for k, v in ph.items() if k != name)
+              + f" MiB) for a {t}-token ubatch × {r.n_seq} seqs")
+    if not has_gpu:
+        return [("CPU", peak, detail)]
+    dev = out_dev if out_dev != "CPU" else "CUDA0"
+    host = 4 * t * (shape.n_embd + 8)
+    if shape.q_width:
+        cell = 2 if fa_on else 4
+        host += cell * t * (r.n_ctx_seq * shape.has_full + n_swa_cells * shape.has_swa)
+    return [(dev, peak, detail + " (CPU-calibrated; the GPU graph differs)"),
+            ("CPU", host, "host copy of the graph inputs (token ids, positions, KQ masks); "
+                          "uncalibrated")]

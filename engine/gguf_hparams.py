@@ -1,0 +1,145 @@
+"""Per-arch tables and per-layer derivations for `engine.gguf_inspect`.
+
+Split out so the inspector stays readable: this module holds llama.cpp's (0c1e570) arch lists,
+the sliding-window and recurrent-layer rules, and the weight layout per layer that memory
+planning needs (which bytes move with which layer when layers are offloaded, notes §10).
+Everything here is plain data in, plain data out; validation errors are raised as ValueError
+and turned into one-line ModelFileErrors by the inspector.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+HYBRID_ARCHS = frozenset({"jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe",
+                          "nemotron_h", "nemotron_h_moe", "qwen3next", "kimi-linear",
+                          "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe",
+                          "qwen4exp", "deepseek4", "minimax-01"})
+# Hybrids whose recurrent layers come from `attention.recurrent_layers` or
+# `full_attention_interval` (default 4) instead of a zero KV head count.
+_INTERVAL_HYBRIDS = frozenset({"qwen3next", "qwen35", "qwen35moe", "qwen4exp", "minimax-01"})
+# Archs that get no memory module at all (llama_model::create_memory returns nullptr).
+NO_MEMORY_ARCHS = frozenset({"bert", "jina-bert-v2", "jina-bert-v3", "nomic-bert",
+                             "nomic-bert-moe", "neo-bert", "eurobert", "wavtokenizer-dec",
+                             "modern-bert", "gemma-embedding", "dream", "llada", "llada-moe",
+                             "rnd1"})
+# SWA rules from each arch's load_arch_hparams. (period, dense_first, default window);
+# period None = the bool array `attention.sliding_window_pattern` is required.
+SWA_ALWAYS: dict[str, tuple[int | None, bool, int | None]] = {
+    "gemma2": (2, False, 4096), "gemma3n": (5, False, None), "cohere2": (4, False, None),
+    "cohere2moe": (4, True, None), "gpt-oss": (2, False, None), "exaone-moe": (4, False, 128),
+    "muse-glimmer": (4, False, None), "gemma-embedding": (6, False, None),
+    **{a: (None, False, None) for a in ("gemma4", "gemma4-assistant", "granite_swa", "mimo2",
+                                        "step35", "spark2_5", "maple", "dots3note")},
+}
+# Only when `attention.sliding_window` exists and is > 0. (period, dense_first)
+SWA_IF_WINDOW: dict[str, tuple[int | None, bool]] = {
+    "gemma3": (6, False), "olmo2": (4, False), "mellum": (4, False), "afmoe": (4, False),
+    "laguna": (4, True), "plamo3": (8, False), "smallthinker": (4, True),
+    "modern-bert": (3, True), "dflash": (None, False),
+}
+SSM_KEYS = {  # {arch}.<key> -> name in GGUFInfo.ssm (recurrent-state geometry, notes §6)
+    "ssm.conv_kernel": "d_conv", "ssm.inner_size": "d_inner", "ssm.state_size": "d_state",
+    "ssm.time_step_rank": "dt_rank", "ssm.group_count": "n_group",
+    "wkv.head_size": "wkv_head_size", "token_shift_count": "token_shift_count",
+    "shortconv.l_cache": "shortconv_l_cache", "kda.head_dim": "kda_head_dim",
+    "full_attention_interval": "full_attention_interval"}
+MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
+            "key_length_mla_swa", "value_length_mla_swa", "kv_lora_rank_swa")
+
+_INPUT_TENSORS = ("token_embd.", "position_embd.", "token_types.", "per_layer_token_embd.")
+_OUTPUT_TENSORS = ("output.", "output_norm.", "cls.", "cls_norm.", "dense_2.", "dense_3.")
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """Weight bytes by the layer llama.cpp assigns them to (notes §10): the input layer
+    (always host), repeating layers 0..n_layer-1, and the output layer. Each as two sums:
+    host buffers (each tensor padded to 32 bytes) and CUDA buffers (quantized rows padded to
+    a multiple of 512 elements, then 128 bytes)."""
+
+    input_host: int
+    output_host: int
+    layers_host: tuple[int, ...]
+    input_cuda: int
+    output_cuda: int
+    layers_cuda: tuple[int, ...]
+    tied_output: bool  # no output.weight: the output layer uses token_embd (copied if elsewhere)
+    token_embd_host: int
+    token_embd_cuda: int
+    token_embd_type: str
+
+
+def _cuda_size(qtype: str, ne0: int, nbytes: int) -> int:
+    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    if block > 1 and ne0 % 512:
+        nrows = nbytes // max(1, ne0 // block * type_size)
+        nbytes += nrows and (512 - ne0 % 512) // block * type_size  # one pad per tensor
+    return -(-nbytes // 128) * 128
+
+
+def weight_layout(tensors: Sequence[tuple[str, str, int, int, int, int]], n_layer: int
+                  ) -> WeightLayout:
+    """Sum tensor bytes per llama.cpp layer from (name, type, n_elem, nbytes, offset, ne0)."""
+    host, cuda = [0] * (n_layer + 2), [0] * (n_layer + 2)  # [input, layers..., output]
+    tied, embd = True, ("F32", 0, 0)
+    for name, qtype, _n, nbytes, _off, ne0 in tensors:
+        if name.startswith("blk."):
+            part = name.split(".", 2)[1]
+            slot = 1 + int(part) if part.isdigit() and int(part) < n_layer else 1
+        elif name.startswith(_INPUT_TENSORS):
+            slot = 0
+        elif name.startswith(_OUTPUT_TENSORS):
+            slot = n_layer + 1
+        else:
+            slot = 1  # globals created with layer 0 (rope_freqs, token_embd_norm, …)
+        h, c = -(-nbytes // 32) * 32, _cuda_size(qtype, ne0, nbytes)
+        host[slot] += h
+        cuda[slot] += c
+        tied &= name != "output.weight"
+        if name == "token_embd.weight":
+            embd = (qtype, h, c)
+    return WeightLayout(host[0], host[-1], tuple(host[1:-1]), cuda[0], cuda[-1],
+                        tuple(cuda[1:-1]), tied, embd[1], embd[2], embd[0])
+
+
+def recurrent_flags(arch: str, n_layer: int, n_layer_main: int, kv_heads: Sequence[int],
+                    n_ff: Sequence[int], recurrent_layers: Any, interval: int | None
+                    ) -> tuple[bool, ...]:
+    """llama.cpp's `hparams.is_recr(il)` per layer (notes §6)."""
+    if arch in RECURRENT_ARCHS:
+        return (True,) * n_layer
+    if arch not in HYBRID_ARCHS:
+        return (False,) * n_layer
+    if arch == "falcon-h1":
+        return (True,) * n_layer  # every layer has both attention and state
+    if arch in ("nemotron_h", "nemotron_h_moe"):
+        return tuple(il < n_layer_main and kv_heads[il] == 0 and n_ff[il] == 0
+                     for il in range(n_layer))
+    if arch in _INTERVAL_HYBRIDS:
+        if recurrent_layers is not None:
+            flags = tuple(bool(v) for v in recurrent_layers)
+            if len(flags) != n_layer:
+                raise ValueError("attention.recurrent_layers is not one flag per layer")
+            return flags
+        period = interval or 4
+        return tuple(il < n_layer_main and (il + 1) % period != 0 for il in range(n_layer))
+    return tuple(il < n_layer_main and kv_heads[il] == 0 for il in range(n_layer))
+
+
+def kv_layer_flags(arch: str, n_layer: int, n_layer_main: int, recurrent: Sequence[bool],
+                   n_ff: Sequence[int], from_start: int | None) -> tuple[bool, ...]:
+    """Which layers own attention KV tensors in the main context (notes §2, §4, §6)."""
+    if arch in RECURRENT_ARCHS or arch in NO_MEMORY_ARCHS:
+        return (False,) * n_layer
+    if arch == "falcon-h1":
+        return (True,) * n_layer
+    if arch in ("nemotron_h", "nemotron_h_moe"):
+        return tuple(not recurrent[il] and n_ff[il] == 0 for il in range(n_layer))
+    if arch in HYBRID_ARCHS:
+        return tuple(il < n_layer_main and not recurrent[il] for il in range(n_layer))
+    limit = n_layer if from_start is None or from_start < 0 else min(from_start, n_layer)
+    return tuple(il < limit and il < n_layer_main for il in range(n_layer))

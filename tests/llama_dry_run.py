@@ -1,0 +1,139 @@
+"""Ask llama.cpp (CPU build) what it would allocate, in a child process.
+
+Context creation can abort the process (GGML_ASSERT), so it never runs inside pytest. The child
+is this file run as a script: it loads each model once per batch of jobs with `no_alloc=True`
+and `load_mode=NONE` (notes §9: the sizes equal a real run for KV, recurrent, output and
+compute; weights print 0.00) — or for real with `real=True`, to measure weights — creates one
+context per job and prints the captured log lines as JSON. The parent parses them with
+`engine.memory_log`. The child imports nothing from the project on purpose: it is the template
+for the production "exact plan" in the runtime child.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+_GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+               "iq4_nl": 20, "bf16": 30}
+_FA = {"auto": -1, "off": 0, "on": 1}
+_SPLIT = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+
+
+def _child() -> None:  # pragma: no cover - runs in the child process
+    import ctypes
+
+    import llama_cpp  # noqa: F401  (its import installs a log callback; replaced right below)
+    import llama_cpp.llama_cpp as LL
+
+    keep_debug = ("dev = ", "compute buffer size is", "reserving a graph", "worst-case")
+    lines: list[str] = []
+    state = {"level": 2, "buf": ""}
+
+    def on_log(level: int, text: bytes, _ud: object) -> None:
+        if level == 5:  # CONT continues the previous line at its level
+            level = state["level"]
+        state["level"] = level
+        state["buf"] += text.decode("utf-8", "replace")
+        while "\n" in state["buf"]:
+            line, state["buf"] = state["buf"].split("\n", 1)
+            if level != 1 or any(k in line for k in keep_debug):
+                lines.append(line)
+
+    callback = LL.llama_log_callback(on_log)
+    LL.llama_log_set(callback, ctypes.c_void_p())
+    LL.llama_backend_init()
+    request = json.loads(sys.stdin.read())
+    model, model_key = None, None
+    for job in request["jobs"]:
+        s = job["settings"]
+        key = (job["path"], job.get("real", False), s["n_gpu_layers"], s["split_mode"],
+               s["main_gpu"], tuple(s["tensor_split"]))
+        lines.clear()
+        if key != model_key:
+            if model:
+                LL.llama_model_free(model)
+            mp = LL.llama_model_default_params()
+            mp.no_alloc = not job.get("real", False)
+            mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
+            mp.n_gpu_layers = s["n_gpu_layers"]
+            mp.split_mode = _SPLIT[s["split_mode"]]
+            mp.main_gpu = s["main_gpu"]
+            if s["tensor_split"]:
+                arr = (ctypes.c_float * 16)(*s["tensor_split"])
+                mp.tensor_split = ctypes.cast(arr, ctypes.POINTER(ctypes.c_float))
+            model = LL.llama_model_load_from_file(job["path"].encode(), mp)
+            model_key = key
+        ok = False
+        if model:
+            cp = LL.llama_context_default_params()
+            cp.n_ctx, cp.n_batch, cp.n_ubatch = s["n_ctx"], s["n_batch"], s["n_ubatch"]
+            cp.n_seq_max, cp.n_rs_seq = s["n_seq_max"], s["n_rs_seq"]
+            cp.type_k, cp.type_v = _GGML_TYPES[s["type_k"]], _GGML_TYPES[s["type_v"]]
+            cp.flash_attn_type = _FA[s["flash_attn"]]
+            cp.swa_full, cp.kv_unified = s["swa_full"], s["kv_unified"]
+            cp.offload_kqv = s["offload_kqv"]
+            cp.n_threads = cp.n_threads_batch = 1
+            ctx = LL.llama_init_from_model(model, cp)
+            ok = bool(ctx)
+            if ctx:
+                LL.llama_free(ctx)
+        if not model:
+            model_key = None
+        print(json.dumps({"ok": ok, "lines": lines}), flush=True)
+
+
+@dataclass
+class DryRun:
+    """One job's outcome: the parsed plan (None when llama.cpp refused) and the raw log."""
+
+    ok: bool
+    lines: list[str]
+    error: str = ""
+    plan: Any = None
+    parser: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def dry_run(jobs: list[tuple[str, Any]], real: bool = False, timeout: float = 120.0
+            ) -> list[DryRun]:
+    """Run [(gguf path, PlanSettings)] in as few child processes as possible.
+
+    A job that aborts the child is reported with the child's stderr tail; the remaining jobs
+    continue in a fresh child."""
+    from engine.memory_log import MemoryLogParser
+
+    results: list[DryRun] = []
+    pending = list(jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GGML_NO_BACKTRACE": "1"}
+    while pending:
+        payload = {"jobs": [{"path": str(p), "settings": s.to_dict(), "real": real}
+                            for p, s in pending]}
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__)],
+                              input=json.dumps(payload), capture_output=True, text=True,
+                              timeout=timeout, env=env)
+        done = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+        for (path, settings), out in zip(pending, done):
+            parser = MemoryLogParser()
+            for line in out["lines"]:
+                parser.feed(line)
+            error = "" if out["ok"] else (parser.errors[-1] if parser.errors else "refused")
+            results.append(DryRun(out["ok"], out["lines"], error,
+                                  parser.result(settings, "exact") if out["ok"] else None,
+                                  parser))
+        if len(done) < len(pending):  # the child died on pending[len(done)]
+            err = proc.stderr.strip().splitlines()
+            why = [x for x in err if "GGML_ASSERT" in x or "error" in x.lower()] or err
+            results.append(DryRun(False, [], " | ".join(why[-2:]) or f"exit {proc.returncode}",
+                                  extra={"aborted": True, "returncode": proc.returncode}))
+            pending = pending[len(done) + 1:]
+        else:
+            pending = []
+    return results
+
+
+if __name__ == "__main__":
+    _child()
