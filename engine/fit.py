@@ -157,7 +157,7 @@ def fit(info: GGUFInfo, settings: PlanSettings, devices: list[Device], *, plan_f
                          extra={"draft_plan": dplan})
     target, dplan = search.plans(n_ctx, ngl)
     limited_by, reason = _limit_reason(search, n_ctx, ngl, n_train if not max_context else hi)
-    chosen = settings.replace(n_ctx=n_ctx, n_gpu_layers=ngl if has_gpu else settings.n_gpu_layers)
+    chosen = settings.replace(n_ctx=n_ctx, n_gpu_layers=ngl)
     return FitResult(chosen, target, budgets, limited_by=limited_by, reason=reason, fits=True,
                      extra={"draft_plan": dplan})
 

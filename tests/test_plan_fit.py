@@ -1,0 +1,92 @@
+"""``kvdeck plan`` / ``kvdeck fit`` contracts, and fit's promise: its settings load."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine import protocol as P
+from engine.fit import fit
+from engine.gguf_inspect import inspect_gguf
+from engine.host import RuntimeHost
+from engine.memory_plan import analytic_plan
+from engine.memory_types import Device, GiB, MiB, PlanSettings
+from tests.test_cli import kvdeck
+
+KEYS = ("weights", "kv", "recurrent", "compute", "output", "total")
+
+
+def test_plan_json_contract(smollm2_path):
+    r = kvdeck("plan", str(smollm2_path), "--ctx", "1000", "--parallel", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    for key in ("model", "n_ctx", "n_seq", "flash_attn", "type_k", "type_v", "method", "devices", "totals"):
+        assert key in data
+    assert data["method"] == "analytic" and data["n_seq"] == 2
+    assert data["n_ctx"] == 1024  # llama.cpp pads per sequence: 1000/2 -> 512 cells each
+    assert data["devices"][0]["name"] == "CPU"
+    assert set(KEYS) <= set(data["devices"][0]) and set(KEYS) <= set(data["totals"])
+    # SmolLM2: 30 layers x 3 KV heads x 64 dims x 2 bytes (f16) x 2 (K and V) per cell
+    assert data["totals"]["kv"] == 30 * 3 * 64 * 2 * 2 * 1024
+
+
+@pytest.mark.slow
+def test_exact_plan_agrees_with_analytic(smollm2_path):
+    a = json.loads(kvdeck("plan", str(smollm2_path), "--ctx", "2048", "--json").stdout)
+    r = kvdeck("plan", str(smollm2_path), "--ctx", "2048", "--exact", "--json")
+    assert r.returncode == 0, r.stderr
+    e = json.loads(r.stdout)
+    assert e["method"] == "exact" and e["flash_attn"] in (True, False)
+    assert e["totals"]["kv"] == a["totals"]["kv"]
+    assert abs(e["totals"]["compute"] - a["totals"]["compute"]) <= max(MiB, 0.01 * e["totals"]["compute"])
+
+
+def test_invalid_settings_are_refused_in_words(smollm2_path):
+    r = kvdeck("plan", str(smollm2_path), "--cache-type-v", "q4_0", "--flash-attn", "off")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and "flash attention" in r.stderr.lower()
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_fit_json_contract_and_budget(smollm2_path):
+    r = kvdeck("fit", str(smollm2_path), "--budget-mib", "1350", "--margin-mib", "1024", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    for key in ("fits", "n_ctx", "n_gpu_layers", "limited_by", "plan", "draft"):
+        assert key in data
+    assert data["fits"] and data["draft"] is None
+    assert data["plan"]["totals"]["total"] <= 326 * MiB
+    assert data["n_ctx"] < 8192 and "CPU" in data["limited_by"]
+
+
+def test_fit_with_a_draft_gives_it_the_targets_context(smollm2_path, gemma3_path):
+    r = kvdeck("fit", str(gemma3_path), "--draft", str(smollm2_path), "--budget-mib", "2500", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["draft"]["n_ctx"] == data["n_ctx"] < 32768
+    both = data["plan"]["totals"]["total"] + data["draft"]["plan"]["totals"]["total"]
+    assert both <= (2500 - 1024) * MiB
+
+
+def test_impossible_budget_says_so(smollm2_path):
+    r = kvdeck("fit", str(smollm2_path), "--budget-mib", "1100", "--json")
+    data = json.loads(r.stdout)
+    assert r.returncode == 2 and not data["fits"] and "does not fit" in data["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget_mib", [1300, 1500])
+def test_fitted_settings_load(smollm2_path, budget_mib):
+    info = inspect_gguf(smollm2_path)
+    cpu = [Device("CPU", "cpu", 64 * GiB, 64 * GiB)]
+    result = fit(info, PlanSettings(n_ctx=0), cpu, plan_fn=analytic_plan, budget_bytes=budget_mib * MiB)
+    assert result.fits
+    host = RuntimeHost()
+    host.start()
+    try:
+        host.wait_ready()
+        loaded = host.load(P.load_params(str(smollm2_path), result.settings))
+        assert loaded.n_ctx == result.plan.n_ctx
+        assert host.generate("Hi", max_tokens=2).tokens
+    finally:
+        host.stop()
