@@ -1,0 +1,72 @@
+"""The Memory dock in the real window: cache controls, plan updates, apply and reload."""
+from __future__ import annotations
+
+import pytest
+
+from app.main_window import MainWindow
+from engine.store import ChatStore, model_key
+
+pytestmark = pytest.mark.slow
+LOAD_TIMEOUT_MS = 120_000
+
+
+def same_at_log_precision(a: int, b: int) -> bool:
+    """llama.cpp prints sizes in MiB with two decimals."""
+    return round(a / (1 << 20), 2) == round(b / (1 << 20), 2)
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch, smollm2_path):
+    monkeypatch.setenv("KVDECK_DEMO_MODEL", str(smollm2_path))
+    store = ChatStore(tmp_path / "chat.sqlite3")
+    win = MainWindow(store)
+    qtbot.addWidget(win)
+    win.show()
+    with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+        win.start()
+    yield win
+    win.close()
+    store.close()
+
+
+def test_first_load_uses_fitted_settings_and_shows_measured_memory(window):
+    panel = window.memory.cache
+    assert panel.isEnabled() and panel.type_k.currentText() == "f16"
+    assert panel.fitted_ctx == 8192  # SmolLM2's training context fits easily in RAM
+    measured = window.memory.measured
+    predicted = window.memory.predicted
+    assert measured is not None and predicted is not None
+    assert same_at_log_precision(measured.bytes_for(None, "kv"), predicted.bytes_for(None, "kv"))
+    assert abs(measured.bytes_for(None, "weights") - predicted.bytes_for(None, "weights")) < 1 << 20
+    assert window.memory.dashboard.plan_rows  # the comparison table is filled
+
+
+def test_invalid_combination_is_explained_before_loading(qtbot, window):
+    panel = window.memory.cache
+    panel.flash.setCurrentText("off")
+    panel.type_v.setCurrentText("q4_0")
+    assert not panel.problems.isHidden()  # (its tab need not be the one on screen)
+    assert "flash attention" in panel.problems.text().lower()
+    assert not panel.apply.isEnabled()
+    panel.flash.setCurrentText("on")
+    assert panel.apply.isEnabled()
+    assert "flash attention" not in panel.problems.text().lower()
+
+
+def test_changes_replan_at_once_and_apply_reloads(qtbot, window):
+    panel = window.memory.cache
+    plans = []
+    panel.planChanged.connect(plans.append)
+    panel.ctx_slider.setValue(4)  # 4 x 256 = 1024 tokens
+    assert plans and plans[-1].n_ctx == 1024
+    assert "−" in panel.summary.text()  # the difference to the previous plan is shown
+    panel.type_k.setCurrentText("q8_0")
+    panel.type_v.setCurrentText("q8_0")
+    panel.flash.setCurrentText("on")
+    kv_q8 = plans[-1].bytes_for(None, "kv")
+    with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+        panel.apply.click()
+    assert window.bridge.loaded_info.n_ctx == 1024
+    assert same_at_log_precision(window.memory.measured.bytes_for(None, "kv"), kv_q8)
+    saved = window.store.get_model_settings(model_key(window.bridge.loaded_info.path))["plan"]
+    assert saved["n_ctx"] == 1024 and saved["type_k"] == "q8_0"
