@@ -7,9 +7,10 @@ changes. Nothing is loaded until the user presses *Apply and reload*.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
-    QSlider, QSpinBox, QVBoxLayout, QWidget,
+    QSlider, QSpinBox, QStyle, QStyleOptionSlider, QVBoxLayout, QWidget,
 )
 
 from engine.cache_rules import check_settings, default_cache_type
@@ -31,6 +32,34 @@ def split_unavailable(mode: str, n_gpus: int, backend: str) -> str | None:
     if mode == "tensor" and n_gpus < 2:
         return "needs at least two GPUs"
     return None
+
+
+class MarkedSlider(QSlider):
+    """A horizontal slider with a mark at the fitted maximum, so "how far can I go" is visible."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(Qt.Orientation.Horizontal, parent)
+        self.mark: int | None = None
+
+    def set_mark(self, value: int | None) -> None:
+        self.mark = value
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        super().paintEvent(event)
+        if self.mark is None or self.maximum() <= self.minimum():
+            return
+        opt = QStyleOptionSlider()
+        self.initStyleOption(opt)
+        handle = self.style().subControlRect(QStyle.ComplexControl.CC_Slider, opt,
+                                             QStyle.SubControl.SC_SliderHandle, self)
+        span = self.width() - handle.width()
+        x = QStyle.sliderPositionFromValue(self.minimum(), self.maximum(),
+                                           min(self.mark, self.maximum()), span) + handle.width() // 2
+        painter = QPainter(self)
+        painter.setPen(QPen(QColor("#c62828"), 2))
+        painter.drawLine(x, 0, x, self.height())
+        painter.end()
 
 
 def _mib(n: int) -> str:
@@ -65,9 +94,9 @@ class CachePanel(QWidget):
         self.swa_full = QCheckBox("full-size SWA cache", self)
         self.parallel = QSpinBox(self, minimum=1, maximum=256)
         self.unified = QCheckBox("unified KV (one pool for all sequences)", self)
-        self.ctx_slider = QSlider(Qt.Orientation.Horizontal, self)
+        self.ctx_slider = MarkedSlider(self)
         self.ctx_slider.setSingleStep(1)
-        self.ctx_label = QLabel(self)
+        self.ctx_label = QLabel(self, wordWrap=True)
         self.ngl = QSpinBox(self, minimum=-1, maximum=1000, specialValueText="all")
         self.ubatch = QSpinBox(self, minimum=32, maximum=8192, singleStep=32, value=512)
         cache = QFormLayout()
@@ -169,6 +198,9 @@ class CachePanel(QWidget):
             box.valueChanged.connect(lambda _v: self._changed(refit=True))
             self.ratio_row.addWidget(box)
             self.ratios.append(box)
+        if n_gpus == 0:
+            self.split_note.setText(f"No GPU split: {self.gpu_note or 'no GPU'}.")
+            return
         note = self.gpu_note or ("one GPU: nothing to split" if n_gpus == 1 else "")
         self.split_note.setText("; ".join(filter(None, [note, *reasons])))
 
@@ -198,6 +230,9 @@ class CachePanel(QWidget):
         if refit:
             result = fit(self.info, s, self.devices, plan_fn=analytic_plan)
             self.fitted_ctx = result.plan.n_ctx if result.fits else 0
+            self.ctx_slider.set_mark(self.fitted_ctx // 256 if self.fitted_ctx else None)
+            self.ctx_slider.setToolTip(f"red mark: the largest context that fits ({self.fitted_ctx:,} tokens)"
+                                       if self.fitted_ctx else "nothing fits the memory budget")
         plan = analytic_plan(self.info, s, self.devices)
         self._show_summary(plan)
         self._last_plan = plan

@@ -39,6 +39,7 @@ def measured_plan(loaded: P.Loaded, settings: PlanSettings) -> MemoryPlan | None
 def _scrolled(widget: QWidget) -> QScrollArea:
     area = QScrollArea()
     area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # wrap, never scroll sideways
     area.setWidget(widget)
     return area
 
