@@ -25,10 +25,11 @@ from engine import paths
 from engine import protocol as P
 from engine.errors import KvDeckError
 from engine.gguf_inspect import GGUFInfo, inspect_gguf
-from engine.fit import default_settings
+from engine.fit import default_settings, preflight
 from engine.host import ProcessOutcome
 from engine.memory_plan import analytic_plan
 from engine.memory_types import PlanSettings
+from engine.runtime_info import gpu_backend
 from engine.store import ChatStore, model_key
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,14 @@ class MainWindow(QMainWindow):
         self._load(info.path, settings)
 
     def _load(self, path: str, settings: PlanSettings) -> None:
+        if self.model_info is not None:
+            try:
+                devices, _ = self.memory.devices()
+                preflight(self.model_info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
+            except KvDeckError as exc:
+                self.show_problem(f"{Path(path).name} was not loaded: {exc}")
+                self._show_model_state()
+                return
         self.settings = settings
         params = P.load_params(path, settings)
         self.banner.hide()

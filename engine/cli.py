@@ -17,7 +17,7 @@ from engine.chat import reply
 from engine.chat_template import ChatMessage
 from engine.errors import KvDeckError, ModelFileError
 from engine.host import RuntimeHost
-from engine.protocol import LoadParams
+from engine.protocol import load_params
 from engine.sampling import PRESETS, DEFAULT_PRESET, RANDOM_SEED, SamplingParams
 
 EXIT_ERROR = 2
@@ -107,15 +107,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise KvDeckError(f"--max-tokens must be at least 1, not {args.max_tokens}")
     sampling = _sampling(args)
+    from engine.cache_rules import default_cache_type
+    from engine.fit import preflight
     from engine.gguf_inspect import inspect_gguf
+    from engine.memory_plan import analytic_plan
+    from engine.memory_types import PlanSettings
+    from engine.runtime_info import gpu_backend, plan_devices
 
-    inspect_gguf(path)  # a clear error for a bad file before any process starts
+    info = inspect_gguf(path)  # a clear error for a bad file before any process starts
+    n_ctx = args.n_ctx or min(info.n_ctx_train or 4096, 4096)
+    kv = default_cache_type(info)
+    settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, type_k=kv, type_v=kv)
+    preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=analytic_plan)
     host = RuntimeHost()
     host.start()
     try:
         host.wait_ready()
-        loaded = host.load(LoadParams(path=path, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers,
-                                      n_threads=args.threads))
+        loaded = host.load(load_params(path, settings, n_threads=args.threads))
         stream = None if args.json else _print_stream
         result = reply(host, loaded, [ChatMessage("user", args.prompt)], system_prompt=args.system,
                        sampling=sampling, max_tokens=args.max_tokens, on_text=stream)

@@ -177,3 +177,29 @@ def default_settings(info: GGUFInfo, devices: list[Device], *, plan_fn: PlanFn,
     result = fit(info, start, devices, plan_fn=plan_fn, max_context=cap, min_context=min(4096, cap))
     chosen = result.settings if result.fits else start.replace(n_ctx=min(4096, cap))
     return chosen, result
+
+
+def preflight(info: GGUFInfo, settings: PlanSettings, devices: list[Device], backend: str, *,
+              plan_fn: PlanFn, margin_bytes: int = 256 * MiB) -> MemoryPlan:
+    """Refuse, in one sentence, settings llama.cpp would reject or that cannot fit, before loading.
+
+    Loading is where a bad file or an absurd context turns into a multi-gigabyte allocation or an
+    abort; everything that can be known from the metadata is checked here first.
+    """
+    from engine.cache_rules import check_settings
+    from engine.errors import KvDeckError
+
+    n_gpus = sum(1 for d in devices if d.kind == "gpu")
+    errors = [p for p in check_settings(info, settings, n_gpus, backend) if p.severity == "error"]
+    if errors:
+        raise KvDeckError(errors[0].message)
+    plan = plan_fn(info, settings, devices)
+    for d in devices:
+        need = plan.bytes_for(d.name)
+        if need > max(0, d.free_bytes - margin_bytes):
+            biggest = max(COMPONENTS, key=lambda c: plan.bytes_for(d.name, c))
+            raise KvDeckError(
+                f"this needs {need / MiB:,.0f} MiB on {d.name} but only {d.free_bytes / MiB:,.0f} MiB "
+                f"is free ({biggest} alone is {plan.bytes_for(d.name, biggest) / MiB:,.0f} MiB); "
+                f"lower the context or use a smaller cache type")
+    return plan

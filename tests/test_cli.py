@@ -77,3 +77,10 @@ def test_engine_never_imports_qt():
     r = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "KEPT" in r.stdout
+
+
+def test_chat_refuses_a_context_that_cannot_fit_before_loading(smollm2_path):
+    r = kvdeck("chat", str(smollm2_path), "--prompt", "hi", "--n-ctx", "50000000")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: this needs") and "MiB on CPU" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
