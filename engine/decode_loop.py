@@ -1,25 +1,55 @@
-"""Generation on a loaded model: prefill, the decode hot loop, and the native sampler chain.
+"""Generation on a loaded model: prefill, the decode hot loop, and the sampler chain.
 
 Split from ``engine.llama_session`` (which owns loading) so the hot loop can be read, measured
 and tuned on its own. Runs only in the runtime child, on its main thread.
+
+Where the time goes, and why the loop looks the way it does (``engine.bench`` measures it):
+
+* llama-bench's decode step is ``decode + copy the logits row + synchronise`` and nothing
+  else; everything KV Deck adds has to fit in a few per cent of a token time.
+* Sampling runs on the device when it can (llama.cpp's backend sampling): the chain is part of
+  the decode graph, so no O(vocabulary) pass runs on the CPU and, for any chain that cuts the
+  candidates (top-k), not even the logits row crosses the bus. A chain can be attached to a
+  context only once (a second attach aborts), and attaching makes the next decode re-reserve
+  the scheduler, so one chain stays attached until the sampling settings change and is reset
+  (reseeded, penalty history cleared) at the start of each request.
+* Without backend sampling, greedy decoding is a numpy argmax on the logits row instead of
+  llama.cpp's sampler, which copies the whole row into a candidate array first.
+* ``llama_decode`` returns while the device works: the token just submitted is detokenised
+  and streamed in that shadow, and the next sample (which synchronises) comes last.
 """
 from __future__ import annotations
 
 import codecs
 import ctypes
+import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import llama_cpp.llama_cpp as LL
+import numpy as np
 
 from engine.protocol import Delta, Done, GenerateRequest, Started
-from engine.sampling import SamplingParams
+from engine.sampling import RANDOM_SEED, SamplingParams
 
 if TYPE_CHECKING:
     from engine.llama_session import _Model
 
 _DELTA_INTERVAL_S = 0.02
+#: auto: on the device when a GPU backend is present, else CPU; the others force one path
+#: (backend-topk1: greedy as top_k(1)+dist, no logits row copied; cpu-chain: the old loop).
+SAMPLER_MODES = ("auto", "backend", "backend-topk1", "cpu", "cpu-chain")
+DEFAULT_SAMPLER = os.environ.get("KVDECK_SAMPLER", "auto")
+
+# A second handle on libllama whose functions get our own restypes: llama_cpp's function
+# objects are shared, and a pointer returned as a plain int is what the argmax path needs.
+_LIB = ctypes.CDLL(LL._lib._name)
+_LIB.llama_get_logits_ith.restype = ctypes.c_void_p
+_LIB.llama_get_logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+
+Spec = tuple[tuple[Any, ...], ...]
 
 
 class RequestError(Exception):
@@ -30,60 +60,259 @@ class RequestError(Exception):
         self.kind = kind
 
 
+def chain_spec(s: SamplingParams, *, device: bool, topk1: bool = False,
+               forbid: tuple[int, ...] = ()) -> Spec:
+    """The sampler chain as data, so an attached chain can be compared with the next request's.
+
+    Penalties come after top-k: on the full vocabulary they cost one hash lookup per token per
+    step on the CPU, on 40 candidates nothing. On the device, greedy after top-k is wrong in
+    this llama.cpp tree (the argmax indexes the candidates, not the vocabulary), so there a
+    cut greedy chain ends in top_k(1) + dist, which maps the candidate back to its token id.
+    """
+    out: list[tuple[Any, ...]] = [("logit_bias", forbid)] if forbid else []
+    if s.greedy:
+        if s.repeat_penalty != 1.0:
+            out += [("top_k", 64), ("penalties", s.repeat_last_n, s.repeat_penalty)]
+            out += [("top_k", 1), ("dist", 0)] if device else [("greedy",)]
+        else:
+            out += [("top_k", 1), ("dist", 0)] if device and topk1 else [("greedy",)]
+        return tuple(out)
+    if s.top_k > 0:
+        out.append(("top_k", s.top_k))
+    if s.repeat_penalty != 1.0:
+        out.append(("penalties", s.repeat_last_n, s.repeat_penalty))
+    if s.top_p < 1.0:
+        out.append(("top_p", s.top_p))
+    if s.min_p > 0.0:
+        out.append(("min_p", s.min_p))
+    out += [("temp", s.temperature), ("dist", s.seed)]
+    return tuple(out)
+
+
+def build_chain(spec: Spec, n_vocab: int) -> object:
+    chain = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
+    for name, *args in spec:
+        if name == "logit_bias":
+            biases = (LL.llama_logit_bias * len(args[0]))(
+                *[LL.llama_logit_bias(t, float("-inf")) for t in args[0]])
+            smpl = LL.llama_sampler_init_logit_bias(n_vocab, len(args[0]), biases)
+        elif name == "penalties":
+            smpl = LL.llama_sampler_init_penalties(n_vocab, args[0], args[1], 0.0, 0.0)
+        elif name == "top_p" or name == "min_p":
+            smpl = getattr(LL, f"llama_sampler_init_{name}")(args[0], 1)
+        else:
+            smpl = getattr(LL, f"llama_sampler_init_{name}")(*args)
+        LL.llama_sampler_chain_add(chain, smpl)
+    return chain
+
+
+def chain_name(chain: object) -> str:
+    """llama.cpp's names of the chain's samplers; '+' marks those that run on the device."""
+    n = LL.llama_sampler_chain_n(chain)
+    return ",".join(LL.llama_sampler_name(LL.llama_sampler_chain_get(chain, i)).decode()
+                    for i in range(n))
+
+
+def gpu_present() -> bool:
+    """Whether ggml has a GPU device: then backend sampling moves sampling off the CPU."""
+    if not LL.llama_supports_gpu_offload():
+        return False
+    lib = LL._lib
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    return any(lib.ggml_backend_dev_type(lib.ggml_backend_dev_get(i)) in (1, 2)  # GPU, IGPU
+               for i in range(lib.ggml_backend_dev_count()))
+
+
+@dataclass
+class _Attached:
+    model: Any  # the _Model itself: a new context may reuse a freed one's address
+    spec: Spec
+    chain: object
+
+
+@dataclass
+class Sampling:
+    """How one request samples. ``chain`` None means numpy argmax on the logits row."""
+
+    params: SamplingParams
+    chain: object | None
+    first: object | None = None  # CPU chain that forbids end-of-generation for the first token
+    backend: bool = False
+    owned: list[object] = field(default_factory=list)  # freed when the request ends
+
+    @property
+    def name(self) -> str:
+        return "numpy argmax" if self.chain is None else chain_name(self.chain)
+
 
 class GenerationMixin:
-    """Needs ``_require()``, ``_emit``, ``_log``, ``_cached``, ``_m`` and ``tokenize`` from the session."""
+    """Needs ``_require()``, ``_emit``, ``_log``, ``_cached``, ``_m``, ``tokenize`` and ``_piece``."""
 
     _m: Any
     _cached: list[int]
+    _attached: _Attached | None = None
+    _retired: list[object] | None = None
+    _pieces: tuple[int, dict[int, bytes]] = (0, {})
+    _gpu: bool | None = None
 
     # ------------------------------------------------------------------ sampling
-    def _chain(self, s: SamplingParams, forbid: list[int]) -> object:
-        """llama.cpp's native sampler chain; ``forbid`` tokens get -inf (used for the first token).
+    def _sampling(self, m: _Model, s: SamplingParams, mode: str, no_empty: bool) -> Sampling:
+        """Pick the sampling path; attach (or keep) the device chain before the prefill."""
+        if mode not in SAMPLER_MODES:
+            raise RequestError("params", f"sampler must be one of {', '.join(SAMPLER_MODES)}")
+        self._free_retired()
+        if mode == "auto":
+            if self._gpu is None:
+                self._gpu = gpu_present()
+            mode = "backend" if self._gpu else "cpu"
+        if mode.startswith("backend"):
+            spec = chain_spec(s, device=True, topk1=mode == "backend-topk1")
+            att = self._attached
+            if att is not None and att.model is m and att.spec == spec:
+                LL.llama_sampler_reset(att.chain)  # reseed dist, clear the penalty history
+                return Sampling(s, att.chain, backend=True)
+            chain = build_chain(spec, m.n_vocab)
+            if LL.llama_set_sampler(m.ctx, 0, chain):
+                self._retire()
+                self._attached = _Attached(m, spec, chain)
+                return Sampling(s, chain, backend=True)
+            LL.llama_sampler_free(chain)  # not offloadable here (tensor split): CPU after all
+            self._retire()
+        self._detach(m)
+        forbid = tuple(m.eog_ids) if no_empty else ()
+        first = build_chain(chain_spec(s, device=False, forbid=forbid), m.n_vocab) if forbid else None
+        owned = [first] if first else []
+        if mode == "cpu" and s.greedy and s.repeat_penalty == 1.0:
+            return Sampling(s, None, first, owned=owned)
+        chain = build_chain(chain_spec(s, device=False), m.n_vocab)
+        return Sampling(s, chain, first, owned=owned + [chain])
 
-        Penalties come after top-k: on the full vocabulary they cost one hash lookup per token
-        per step (the native docs say so too), on 40 candidates nothing.
+    def _detach(self, m: _Model) -> None:
+        if self._attached is not None and self._attached.model is m:
+            LL.llama_set_sampler(m.ctx, 0, None)
+            self._retire()
+
+    def _retire(self) -> None:
+        """Keep a replaced chain until a decode has rebuilt the graph without it.
+
+        A chain whose context was freed (a new model) is retired too: the context's graph
+        referenced it, so it is only freed once the next context exists.
         """
-        chain = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
-        add = lambda smpl: LL.llama_sampler_chain_add(chain, smpl)  # noqa: E731
-        if forbid:
-            biases = (LL.llama_logit_bias * len(forbid))(
-                *[LL.llama_logit_bias(t, float("-inf")) for t in forbid])
-            add(LL.llama_sampler_init_logit_bias(self._m.n_vocab, len(forbid), biases))
-        if s.greedy:
-            if s.repeat_penalty != 1.0:
-                add(LL.llama_sampler_init_top_k(64))
-                add(LL.llama_sampler_init_penalties(self._m.n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0))
-            add(LL.llama_sampler_init_greedy())
-            return chain
-        if s.top_k > 0:
-            add(LL.llama_sampler_init_top_k(s.top_k))
-        if s.repeat_penalty != 1.0:
-            add(LL.llama_sampler_init_penalties(self._m.n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0))
-        if s.top_p < 1.0:
-            add(LL.llama_sampler_init_top_p(s.top_p, 1))
-        if s.min_p > 0.0:
-            add(LL.llama_sampler_init_min_p(s.min_p, 1))
-        add(LL.llama_sampler_init_temp(s.temperature))
-        add(LL.llama_sampler_init_dist(s.seed))
-        return chain
+        if self._attached is not None:
+            if self._retired is None:
+                self._retired = []
+            self._retired.append(self._attached.chain)
+            self._attached = None
+
+    def _free_retired(self) -> None:
+        m = self._m
+        if self._attached is not None and self._attached.model is not m:
+            self._retire()  # its context is gone
+        for chain in self._retired or ():
+            LL.llama_sampler_free(chain)
+        self._retired = []
+
+    def _release(self, sp: Sampling) -> None:
+        for chain in sp.owned:
+            LL.llama_sampler_free(chain)
+        sp.owned.clear()
+
+    def _argmax(self, m: _Model) -> Callable[[], int]:
+        """Greedy without llama.cpp's O(vocab) candidate copy; the view is rebuilt only when the
+        output buffer moved (it is reallocated when a batch needs more output rows)."""
+        ctx, n, get = m.ctx, m.n_vocab, _LIB.llama_get_logits_ith
+        state: list[Any] = [0, None]
+
+        def sample() -> int:
+            addr = get(ctx, -1)
+            if addr != state[0]:
+                state[0] = addr
+                state[1] = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr))
+            return int(state[1].argmax())
+
+        return sample
+
+    def _first_token(self, m: _Model, sp: Sampling, tokens: list[int], no_empty: bool,
+                     cancel: threading.Event) -> int:
+        """The token after the prompt; with ``no_empty`` never an end-of-generation token."""
+        ctx = m.ctx
+        if sp.first is not None:
+            tok = LL.llama_sampler_sample(sp.first, ctx, -1)
+            if sp.chain is not None:
+                LL.llama_sampler_accept(sp.chain, tok)
+            return tok
+        tok = LL.llama_sampler_sample(sp.chain, ctx, -1) if sp.chain else self._argmax(m)()
+        if not (no_empty and sp.backend and tok in set(m.eog_ids)):
+            return tok
+        alt = self._without_eog(m, sp.params)
+        if alt is not None:
+            LL.llama_sampler_reset(sp.chain)
+            LL.llama_sampler_accept(sp.chain, alt)
+            return alt
+        return self._cpu_first_token(m, sp, tokens, cancel)
+
+    def _without_eog(self, m: _Model, s: SamplingParams) -> int | None:
+        """Pick again from what the device chain left, minus end-of-generation tokens."""
+        ctx = m.ctx
+        n_probs = LL.llama_get_sampled_probs_count_ith(ctx, -1)
+        n = n_probs or LL.llama_get_sampled_logits_count_ith(ctx, -1)
+        if n == 0:
+            return None
+        ids = np.ctypeslib.as_array(LL.llama_get_sampled_candidates_ith(ctx, -1), (n,)).copy()
+        ok = ~np.isin(ids, np.asarray(m.eog_ids, dtype=ids.dtype))
+        if not ok.any():
+            return None
+        if s.greedy or not n_probs:
+            vals = np.ctypeslib.as_array(LL.llama_get_sampled_logits_ith(ctx, -1), (n,)).copy()
+            return int(ids[ok][np.argmax(vals[ok])])
+        probs = np.ctypeslib.as_array(LL.llama_get_sampled_probs_ith(ctx, -1), (n,))[ok]
+        if not probs.sum() > 0:
+            return None
+        rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
+        return int(rng.choice(ids[ok], p=probs / probs.sum()))
+
+    def _cpu_first_token(self, m: _Model, sp: Sampling, tokens: list[int],
+                         cancel: threading.Event) -> int:
+        """Rare: every candidate the device kept ends the reply. Decode the last prompt token
+        again without the device chain and sample on the CPU with end-of-generation forbidden;
+        the rest of this request samples on the CPU, the next one attaches a fresh chain."""
+        self._detach(m)
+        last = len(tokens) - 1
+        if LL.llama_memory_seq_rm(m.mem, 0, last, -1):
+            del self._cached[last:]
+            self._decode(tokens[last:], last, cancel)
+        else:  # recurrent state cannot roll back one token
+            LL.llama_memory_clear(m.mem, True)
+            self._cached.clear()
+            self._decode(tokens, 0, cancel)
+        sp.chain = build_chain(chain_spec(sp.params, device=False), m.n_vocab)
+        sp.first = build_chain(chain_spec(sp.params, device=False, forbid=tuple(m.eog_ids)),
+                               m.n_vocab)
+        sp.owned += [sp.chain, sp.first]
+        sp.backend = False
+        return self._first_token(m, sp, tokens, True, cancel)
 
     # ------------------------------------------------------------------ generation
     def _decode(self, tokens: list[int], pos0: int, cancel: threading.Event) -> None:
         """Prefill ``tokens`` at ``pos0`` in chunks of n_batch; logits only for the last one."""
         m = self._require()
         b = m.batch
+        tok_p, pos_p, nseq_p, seq_p, out_p = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         for start in range(0, len(tokens), m.n_batch):
             if cancel.is_set():
                 raise RequestError("cancelled", "cancelled")
             chunk = tokens[start:start + m.n_batch]
             for i, tok in enumerate(chunk):
-                b.token[i] = tok
-                b.pos[i] = pos0 + start + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
-                b.logits[i] = 0
-            b.logits[len(chunk) - 1] = 1 if start + len(chunk) == len(tokens) else 0
+                tok_p[i] = tok
+                pos_p[i] = pos0 + start + i
+                nseq_p[i] = 1
+                seq_p[i][0] = 0
+                out_p[i] = 0
+            out_p[len(chunk) - 1] = 1 if start + len(chunk) == len(tokens) else 0
             b.n_tokens = len(chunk)
             self._check(LL.llama_decode(m.ctx, b))
             self._cached.extend(chunk)
@@ -125,102 +354,103 @@ class GenerationMixin:
                                           f"holds {m.n_ctx}; start a new chat or load with a larger context")
         max_tokens = max(1, min(req.max_tokens, room))
         t0 = time.perf_counter()
-        n_reused = self._reuse_prefix(tokens)
+        sp = self._sampling(m, sampling, DEFAULT_SAMPLER, req.no_empty)
         try:
+            n_reused = self._reuse_prefix(tokens)
             self._decode(tokens[n_reused:], n_reused, cancel)
-        except RequestError:
-            self._cached.clear()
-            LL.llama_memory_clear(m.mem, True)
-            raise
-        t_prefill = time.perf_counter()
-        self._emit(Started(id=req.id, n_prompt=len(tokens), n_reused=n_reused))
-        forbid = m.eog_ids if req.no_empty else []
-        first_chain = self._chain(sampling, forbid) if forbid else None
-        chain = self._chain(sampling, [])
-        try:
-            return self._loop(req, m, chain, first_chain, len(tokens), n_reused, max_tokens,
-                              t0, t_prefill, cancel)
+            t_prefill = time.perf_counter()
+            self._emit(Started(id=req.id, n_prompt=len(tokens), n_reused=n_reused))
+            tok = self._first_token(m, sp, tokens, req.no_empty, cancel)
+            return self._loop(req.id, m, sp, tok, len(tokens), n_reused, max_tokens, t0, t_prefill,
+                              cancel, stream=req.stream)
         except RequestError:
             self._cached.clear()
             LL.llama_memory_clear(m.mem, True)
             raise
         finally:
-            LL.llama_sampler_free(chain)
-            if first_chain:
-                LL.llama_sampler_free(first_chain)
+            self._release(sp)
 
-    def _loop(self, req: GenerateRequest, m: _Model, chain: object, first_chain: object | None,
-              n_prompt: int, n_reused: int, max_tokens: int, t0: float, t_prefill: float,
-              cancel: threading.Event) -> Done:
-        """The hot loop: decode, then emit the previous token while the backend works, then sample."""
-        ctx, b, eog = m.ctx, m.batch, m.eog
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    def _loop(self, req_id: int, m: _Model, sp: Sampling, tok: int, n_prompt: int, n_reused: int,
+              max_tokens: int, t0: float, t_prefill: float, cancel: threading.Event, *,
+              stream: bool = True, stop_at_eog: bool = True) -> Done:
+        """The hot loop: decode, then emit the token just submitted while the device works,
+        then sample (which synchronises). Between a sample and the next decode only the
+        end-of-generation check and two batch fields are written."""
+        t_first = time.perf_counter()
+        ctx, b, decode = m.ctx, m.batch, LL.llama_decode
+        tok_p, pos_p = b.token, b.pos
+        b.n_seq_id[0] = 1
+        b.seq_id[0][0] = 0
+        b.logits[0] = 1
+        b.n_tokens = 1
+        chain, sample_chain = sp.chain, LL.llama_sampler_sample
+        argmax = self._argmax(m) if chain is None else None
+        eog = frozenset(m.eog_ids) if stop_at_eog else frozenset()
+        pieces = self._piece_cache(m)
+        piece_of = self._piece
         buf = ctypes.create_string_buffer(256)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         out_tokens: list[int] = []
         text_parts: list[str] = []
-        pending_text: list[str] = []
         pending_tokens: list[int] = []
-        last_flush = time.perf_counter()
+        flushed = 0  # text_parts already sent
+        cached_append, is_cancelled, clock = self._cached.append, cancel.is_set, time.perf_counter
+        last_flush = clock()
         stop = "length"
         n_decoded = 0
-
-        tok = LL.llama_sampler_sample(first_chain or chain, ctx, -1)
-        if first_chain:
-            LL.llama_sampler_accept(chain, tok)
-        t_first = time.perf_counter()
         pos = n_prompt
         while True:
-            if eog[tok]:
+            if tok in eog:
                 stop = "eog"
                 break
             out_tokens.append(tok)
             if len(out_tokens) >= max_tokens:
-                piece = decoder.decode(self._piece(tok, buf))
-                text_parts.append(piece)
-                pending_text.append(piece)
+                piece = pieces.get(tok)
+                text_parts.append(decoder.decode(piece_of(tok, buf) if piece is None else piece))
                 pending_tokens.append(tok)
                 break
-            b.token[0] = tok
-            b.pos[0] = pos
-            b.n_seq_id[0] = 1
-            b.seq_id[0][0] = 0
-            b.logits[0] = 1
-            b.n_tokens = 1
-            rc = LL.llama_decode(ctx, b)
-            # while the backend works: detokenise and stream the token just submitted
-            piece = decoder.decode(self._piece(tok, buf))
-            text_parts.append(piece)
-            pending_text.append(piece)
+            tok_p[0] = tok
+            pos_p[0] = pos
+            rc = decode(ctx, b)
+            # while the device works: detokenise and stream the token just submitted
+            piece = pieces.get(tok)
+            if piece is None:
+                piece = pieces[tok] = piece_of(tok, buf)
+            text_parts.append(decoder.decode(piece))
             pending_tokens.append(tok)
-            now = time.perf_counter()
-            if req.stream and now - last_flush >= _DELTA_INTERVAL_S:
-                self._emit(Delta(id=req.id, text="".join(pending_text), tokens=pending_tokens,
+            now = clock()
+            if stream and now - last_flush >= _DELTA_INTERVAL_S:
+                self._emit(Delta(id=req_id, text="".join(text_parts[flushed:]), tokens=pending_tokens,
                                  n_past=pos))
-                pending_text, pending_tokens, last_flush = [], [], now
+                flushed, pending_tokens, last_flush = len(text_parts), [], now
             if rc != 0:
                 if rc == 1:
                     stop = "context"
                     break
                 self._check(rc)
-            self._cached.append(tok)
+            cached_append(tok)
             n_decoded += 1
             pos += 1
-            if cancel.is_set():
+            if is_cancelled():
                 stop = "cancelled"
                 break
-            tok = LL.llama_sampler_sample(chain, ctx, -1)
-        tail = decoder.decode(b"", final=True)
-        text_parts.append(tail)
-        pending_text.append(tail)
-        if req.stream and (pending_tokens or tail):
-            self._emit(Delta(id=req.id, text="".join(pending_text), tokens=pending_tokens,
-                                 n_past=pos))
-        t_end = time.perf_counter()
+            tok = sample_chain(chain, ctx, -1) if argmax is None else argmax()
+        text_parts.append(decoder.decode(b"", final=True))
+        if stream and (pending_tokens or text_parts[-1]):
+            self._emit(Delta(id=req_id, text="".join(text_parts[flushed:]), tokens=pending_tokens,
+                             n_past=pos))
+        t_end = clock()
         decode_s = t_end - t_first
         return Done(
-            id=req.id, text="".join(text_parts), tokens=out_tokens, n_prompt=n_prompt,
+            id=req_id, text="".join(text_parts), tokens=out_tokens, n_prompt=n_prompt,
             n_reused=n_reused, stop_reason=stop, prefill_s=t_prefill - t0,
             first_token_s=t_first - t0, decode_s=decode_s,
             tokens_per_s=n_decoded / decode_s if n_decoded and decode_s > 0 else 0.0,
         )
 
+    def _piece_cache(self, m: _Model) -> dict[int, bytes]:
+        """Detokenised pieces of this model's tokens, filled as tokens are first generated."""
+        key = int(m.vocab or 0)
+        if self._pieces[0] != key:
+            self._pieces = (key, {})
+        return self._pieces[1]

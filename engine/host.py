@@ -94,6 +94,8 @@ class _Pending:
 
 
 _FINAL = (P.Loaded, P.Done, P.Tokens, P.Stats, P.Unloaded, P.ErrorEvent)
+_FINAL += (P.PrecisionResult,)  # KV precision check (engine.precision)
+_PHASES["precision"] = "checking the quality of a KV cache type"
 
 
 class RuntimeHost:
@@ -268,6 +270,25 @@ class RuntimeHost:
 
     def unload(self, timeout: float = 60) -> None:
         self._call("unload", lambda i: P.UnloadRequest(id=i), timeout)
+
+    def precision(self, type_k: str, type_v: str, prompts: list[str], n_tokens: int = 30, *,
+                  flash_attn: str = "on", n_ctx: int = 0,
+                  on_progress: Callable[[int, int], None] | None = None,
+                  timeout: float | None = None) -> P.PrecisionResult:
+        """Blocking KV precision check on the loaded model; ``on_progress(done, total)`` is
+        called on the reader thread. Cancel it with :meth:`cancel` (id 0) from another thread."""
+        def on_event(msg: P.Message) -> None:
+            if on_progress is not None and isinstance(msg, P.PrecisionProgress):
+                on_progress(msg.done, msg.total)
+
+        self._phase = "precision"
+        try:
+            return self._call("precision", lambda i: P.PrecisionRequest(  # type: ignore[return-value]
+                id=i, type_k=type_k, type_v=type_v, prompts=list(prompts), n_tokens=n_tokens,
+                flash_attn=flash_attn, n_ctx=n_ctx), timeout, on_event)
+        finally:
+            if self._phase == "precision":
+                self._phase = "idle"
 
     # ------------------------------------------------------------------ reader threads
     def _read_events(self, proc: subprocess.Popen[bytes]) -> None:

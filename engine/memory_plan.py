@@ -214,6 +214,17 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     gpus = _gpus(settings, devices)
     ldev = layer_devices(geo.n_layer, settings, gpus)
     kv_dev = ldev if settings.offload_kqv else ["CPU"] * len(ldev)
+    fa_compute = fa != "off"
+    if fa == "auto":
+        attn = (il for il, kvh in enumerate(info.n_head_kv_per_layer)  # shared-KV layers too
+                if kvh and il not in geo.rec_layers)
+        bad = [il for il in attn
+               if ldev[il].startswith("CUDA") and not _cuda_fa_kernel(geo, info, il)]
+        if bad:  # the probe (§1) will find FLASH_ATTN_EXT on the CPU and switch FA off
+            fa_compute = False
+            notes.append(f"flash attention auto: CUDA has no kernel for head size "
+                         f"{geo.head_k[bad[0]]}/{geo.head_v[bad[0]]}, so it resolves to off "
+                         "(V stays untransposed; compute sized without flash attention)")
     allocs: list[Allocation] = []
     no_mem = geo.arch in NO_MEMORY_ARCHS
     # KV cache (§2-§5): per kept layer, cells per stream × streams.
@@ -265,22 +276,35 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     allocs += _weights(geo, ldev, bool(gpus))
 
     # Compute (§9): calibrated estimate.
-    fa_on = fa != "off"
-    for dev, b, detail in estimate_compute(geo.compute, r, fa_on, n_swa_cells,
+    for dev, b, detail in estimate_compute(geo.compute, r, fa_compute, n_swa_cells,
                                            settings.kv_unified, ldev[-1] if gpus else "CPU",
-                                           bool(gpus)):
+                                           bool(gpus), BLOCKS[tk][0] > 1 or BLOCKS[tv][0] > 1):
         allocs.append(Allocation("compute", dev, b, detail))
 
     if r.n_ctx_seq > info.n_ctx_train:
         notes.append(f"context per sequence {r.n_ctx_seq} exceeds the training context "
                      f"{info.n_ctx_train}")
-    if settings.flash_attn == "auto" and fa == "auto":
+    if fa == "auto" and fa_compute:
         notes.append("flash attention auto: sized as enabled (the probe decides at load)")
     return MemoryPlan(
         source="analytic", settings=settings, n_ctx=r.n_ctx, n_ctx_seq=r.n_ctx_seq,
         kv_cells=r.n_ctx_seq if layers else 0, kv_cells_swa=n_swa_cells if layers else 0,
         allocations=tuple(allocs), notes=tuple(notes),
-        flash_attn_resolved=None if fa == "auto" else fa == "on")
+        flash_attn_resolved=(None if fa_compute else False) if fa == "auto" else fa == "on")
+
+
+_CUDA_FA_HEADS = {40, 64, 72, 80, 96, 112, 128, 256}
+
+
+def _cuda_fa_kernel(geo: ModelGeometry, info: GGUFInfo, il: int) -> bool:
+    """Whether ggml-cuda has a FLASH_ATTN_EXT kernel for layer il's head sizes
+    (fattn.cu: ggml_cuda_get_best_fattn_kernel; the cache types are all supported)."""
+    k, v = geo.head_k[il], geo.head_v[il]
+    gqa = geo.n_head[il] // max(1, info.n_head_kv_per_layer[il])
+    if k in _CUDA_FA_HEADS:
+        return v == k
+    return ((k, v) in ((576, 512), (512, 512)) and gqa >= 2) or \
+        ((k, v) == (192, 128) and gqa % 8 == 0) or ((k, v) == (320, 256) and gqa % 32 == 0)
 
 
 @dataclass(frozen=True)

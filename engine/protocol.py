@@ -296,3 +296,113 @@ class ErrorEvent(Message):
     id: int
     kind: str  # model | params | runtime | busy
     message: str
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+@message
+@dataclass(frozen=True)
+class BenchRequest(Message):
+    """Measure prefill and decode on the loaded model, the way llama-bench does (engine.bench).
+
+    ``sampling`` empty means greedy without penalties (what llama-bench's tg compares with);
+    ``sampler`` picks the sampling path ("auto", "backend", "cpu", "cpu-chain", "backend-topk1")
+    so each step of the hot loop can be measured; ``n_threads`` 0 keeps the loaded count.
+    """
+
+    TYPE: ClassVar[str] = "bench"
+    id: int
+    n_prompt: int = 512
+    n_gen: int = 128
+    depth: int = 0
+    repetitions: int = 5
+    sampling: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "auto"
+    n_threads: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class BenchResult(Message):
+    """Tokens per second of each repetition; the mean is what llama-bench reports as avg_ts."""
+
+    TYPE: ClassVar[str] = "bench_result"
+    id: int
+    pp_tokens_per_s: list[float]
+    tg_tokens_per_s: list[float]
+    n_prompt: int = 0
+    n_gen: int = 0
+    depth: int = 0
+    repetitions: int = 0
+    #: The sampler chain as llama.cpp names it, '+' marking samplers that ran on the device.
+    sampler: str = ""
+    backend_sampling: bool = False
+    n_threads: int = 0
+    n_ctx: int = 0
+    devices: list[str] = field(default_factory=list)
+    #: Share of single-token decodes that reused the previous graph (llama_perf_context n_reused).
+    graph_reuse: float = 0.0
+    warmup_s: float = 0.0
+
+
+# ----------------------------------------------------------------------------- KV precision check
+
+
+@message
+@dataclass(frozen=True)
+class PrecisionRequest(Message):
+    """Compare a candidate K/V cache with a full-precision one on the loaded model (engine.precision).
+
+    ``n_ctx`` 0 sizes the check's own contexts to the longest prompt plus ``n_tokens``; the
+    reference shares ``flash_attn`` with the candidate so only the cache differs between them.
+    """
+
+    TYPE: ClassVar[str] = "precision"
+    id: int
+    type_k: str
+    type_v: str
+    prompts: list[str]
+    n_tokens: int = 30
+    flash_attn: str = "on"
+    n_ctx: int = 0
+    reference_type_k: str = "f32"
+    reference_type_v: str = "f32"
+
+
+@message
+@dataclass(frozen=True)
+class PrecisionProgress(Message):
+    """``done`` of ``total`` steps (a greedy run or a teacher-forced pass of one prompt)."""
+
+    TYPE: ClassVar[str] = "precision_progress"
+    id: int
+    done: int
+    total: int
+
+
+@message
+@dataclass(frozen=True)
+class PrecisionResult(Message):
+    """KL(ref || cand) and top-1 agreement over all teacher-forced positions, first greedy
+    divergence per prompt (None: identical over the reference continuation)."""
+
+    TYPE: ClassVar[str] = "precision_result"
+    id: int
+    type_k: str
+    type_v: str
+    reference_type_k: str
+    reference_type_v: str
+    flash_attn: str
+    n_ctx: int
+    n_tokens: int
+    mean_kl: float
+    max_kl: float
+    top1_agreement: float
+    first_divergence: list[int | None]
+    n_positions: int
+    #: Per prompt: PromptScore.to_dict() (n_positions, mean_kl, max_kl, texts, ...).
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    #: The reference continuations came from an earlier check on the same loaded model.
+    reference_cached: bool = False

@@ -12,7 +12,7 @@ stored compactly: `GLOBAL` tensors plus per-layer-kind tensors and a layer-kind 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,6 @@ class Family:
     globals_: str
     layers: dict[str, str]
     pattern: str
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _shape(spec: str) -> tuple[int, ...]:
@@ -155,19 +153,16 @@ _BASE = {"context_length": 4096, "embedding_length": 128, "feed_forward_length":
 
 FAMILIES: dict[str, Family] = {
     "llama": Family(
-        "llama", {"block_count": 2, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        256, "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 64,
-        "attention.value_length": 64, "rope.dimension_count": 64,
-        "attention.layer_norm_rms_epsilon": 1e-06, "rope.freq_base": 10000.0},
+        "llama", {**_BASE, "block_count": 4},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_norm.weight:128 attn_q.weight:128x256 attn_k.weight:128x128 "
                  "attn_v.weight:128x128 attn_output.weight:256x128 ffn_norm.weight:128 "
                  "ffn_gate.weight:128x256 ffn_down.weight:256x128 ffn_up.weight:128x256",
-        }, "AA"),
+        }, "AAAA"),
     "qwen3moe": Family(
         "qwen3moe", {**_BASE, "block_count": 2, "expert_count": 4, "expert_used_count": 2,
-        "expert_feed_forward_length": 64},
+         "expert_feed_forward_length": 64},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_norm.weight:128 attn_q.weight:128x256 attn_k.weight:128x128 "
@@ -177,8 +172,8 @@ FAMILIES: dict[str, Family] = {
                  "ffn_up_exps.weight:128x64x4",
         }, "AA"),
     "gemma2": Family(
-        "gemma2", {**_BASE, "block_count": 4, "attention.sliding_window": 128, "attn_logit_softcapping":
-        50.0, "final_logit_softcapping": 30.0},
+        "gemma2", {**_BASE, "block_count": 4, "attention.sliding_window": 128,
+         "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_norm.weight:128 attn_q.weight:128x256 attn_k.weight:128x128 "
@@ -187,8 +182,8 @@ FAMILIES: dict[str, Family] = {
                  "ffn_down.weight:256x128 post_ffw_norm.weight:128",
         }, "AAAA"),
     "gemma3": Family(
-        "gemma3", {**_BASE, "block_count": 7, "attention.sliding_window": 128, "rope.freq_base_swa":
-        10000.0},
+        "gemma3", {**_BASE, "block_count": 7, "attention.sliding_window": 128,
+         "rope.freq_base_swa": 10000.0},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_norm.weight:128 attn_q.weight:128x256 attn_k.weight:128x128 "
@@ -198,14 +193,15 @@ FAMILIES: dict[str, Family] = {
                  "post_ffw_norm.weight:128",
         }, "AAAAAAA"),
     "gemma4": Family(
-        "gemma4", {"block_count": 6, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        256, "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 64,
-        "attention.value_length": 64, "attention.key_length_swa": 32,
-        "attention.value_length_swa": 32, "rope.dimension_count": 64, "rope.dimension_count_swa":
-        32, "attention.sliding_window": 128, "attention.sliding_window_pattern": [True, False,
-        True, False, True, False], "attention.shared_kv_layers": 2,
-        "embedding_length_per_layer_input": 0, "attention.layer_norm_rms_epsilon": 1e-06,
-        "rope.freq_base_swa": 10000.0, "final_logit_softcapping": 30.0},
+        "gemma4", {"block_count": 6, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 2,
+         "attention.key_length": 64, "attention.value_length": 64, "attention.key_length_swa": 32,
+         "attention.value_length_swa": 32, "rope.dimension_count": 64,
+         "rope.dimension_count_swa": 32, "attention.sliding_window": 128,
+         "attention.sliding_window_pattern": [True, False, True, False, True, False],
+         "attention.shared_kv_layers": 2, "embedding_length_per_layer_input": 0,
+         "attention.layer_norm_rms_epsilon": 1e-06, "rope.freq_base_swa": 10000.0,
+         "final_logit_softcapping": 30.0},
         "token_embd.weight:128x320 output_norm.weight:128 rope_freqs.weight:32",
         {
             "A": "attn_norm.weight:128 attn_q.weight:128x128 attn_k.weight:128x64 "
@@ -226,14 +222,15 @@ FAMILIES: dict[str, Family] = {
                  "post_ffw_norm.weight:128",
         }, "ABABCD"),
     "deepseek2": Family(
-        "deepseek2", {"block_count": 3, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        256, "attention.head_count": 4, "attention.head_count_kv": 1, "attention.key_length": 160,
-        "attention.value_length": 128, "attention.key_length_mla": 96,
-        "attention.value_length_mla": 64, "attention.q_lora_rank": 64, "attention.kv_lora_rank":
-        128, "rope.dimension_count": 32, "attention.layer_norm_rms_epsilon": 1e-06,
-        "leading_dense_block_count": 1, "expert_count": 4, "expert_used_count": 2,
-        "expert_feed_forward_length": 64, "expert_shared_count": 1, "expert_gating_func": 2,
-        "expert_weights_norm": True, "expert_weights_scale": 1.0},
+        "deepseek2", {"block_count": 3, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 1,
+         "attention.key_length": 160, "attention.value_length": 128,
+         "attention.key_length_mla": 96, "attention.value_length_mla": 64,
+         "attention.q_lora_rank": 64, "attention.kv_lora_rank": 128, "rope.dimension_count": 32,
+         "attention.layer_norm_rms_epsilon": 1e-06, "leading_dense_block_count": 1,
+         "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
+         "expert_shared_count": 1, "expert_gating_func": 2, "expert_weights_norm": True,
+         "expert_weights_scale": 1.0},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_norm.weight:128 attn_q_a_norm.weight:64 attn_kv_a_norm.weight:128 "
@@ -250,9 +247,10 @@ FAMILIES: dict[str, Family] = {
                  "ffn_up_shexp.weight:128x64",
         }, "ABB"),
     "mamba": Family(
-        "mamba", {"block_count": 2, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        0, "attention.head_count": 0, "ssm.conv_kernel": 4, "ssm.inner_size": 256,
-        "ssm.state_size": 16, "ssm.time_step_rank": 8, "attention.layer_norm_rms_epsilon": 1e-05},
+        "mamba", {"block_count": 2, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 0, "attention.head_count": 0, "ssm.conv_kernel": 4,
+         "ssm.inner_size": 256, "ssm.state_size": 16, "ssm.time_step_rank": 8,
+         "attention.layer_norm_rms_epsilon": 1e-05},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_norm.weight:128 ssm_in.weight:128x512 ssm_conv1d.weight:4x256 "
@@ -260,10 +258,10 @@ FAMILIES: dict[str, Family] = {
                  "ssm_a:16x256 ssm_d:256 ssm_out.weight:256x128",
         }, "AA"),
     "mamba2": Family(
-        "mamba2", {"block_count": 2, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        0, "attention.head_count": 0, "ssm.conv_kernel": 4, "ssm.inner_size": 256,
-        "ssm.state_size": 64, "ssm.time_step_rank": 4, "ssm.group_count": 2,
-        "attention.layer_norm_rms_epsilon": 1e-05},
+        "mamba2", {"block_count": 2, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 0, "attention.head_count": 0, "ssm.conv_kernel": 4,
+         "ssm.inner_size": 256, "ssm.state_size": 64, "ssm.time_step_rank": 4,
+         "ssm.group_count": 2, "attention.layer_norm_rms_epsilon": 1e-05},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_norm.weight:128 ssm_in.weight:128x772 ssm_conv1d.weight:4x512 "
@@ -271,10 +269,10 @@ FAMILIES: dict[str, Family] = {
                  "ssm_out.weight:256x128",
         }, "AA"),
     "rwkv6": Family(
-        "rwkv6", {"block_count": 2, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        448, "attention.head_count": 0, "wkv.head_size": 64, "time_mix_extra_dim": 32,
-        "time_decay_extra_dim": 64, "rescale_every_n_layers": 6, "attention.layer_norm_epsilon":
-        1e-05},
+        "rwkv6", {"block_count": 2, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 448, "attention.head_count": 0, "wkv.head_size": 64,
+         "time_mix_extra_dim": 32, "time_decay_extra_dim": 64, "rescale_every_n_layers": 6,
+         "attention.layer_norm_epsilon": 1e-05},
         "token_embd.weight:128x320 token_embd_norm.weight:128 token_embd_norm.bias:128 "
         "output_norm.weight:128 output_norm.bias:128 output.weight:128x320",
         {
@@ -291,10 +289,11 @@ FAMILIES: dict[str, Family] = {
                  "channel_mix_receptance.weight:128x128",
         }, "AA"),
     "rwkv7": Family(
-        "rwkv7", {"block_count": 2, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        512, "attention.head_count": 0, "wkv.head_size": 64, "attention.decay_lora_rank": 32,
-        "attention.iclr_lora_rank": 32, "attention.value_residual_mix_lora_rank": 32,
-        "attention.gate_lora_rank": 64, "attention.layer_norm_epsilon": 1e-05},
+        "rwkv7", {"block_count": 2, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 512, "attention.head_count": 0, "wkv.head_size": 64,
+         "attention.decay_lora_rank": 32, "attention.iclr_lora_rank": 32,
+         "attention.value_residual_mix_lora_rank": 32, "attention.gate_lora_rank": 64,
+         "attention.layer_norm_epsilon": 1e-05},
         "token_embd.weight:128x320 token_embd_norm.weight:128 token_embd_norm.bias:128 "
         "output_norm.weight:128 output_norm.bias:128 output.weight:128x320",
         {
@@ -311,10 +310,10 @@ FAMILIES: dict[str, Family] = {
                  "channel_mix_value.weight:512x128",
         }, "AA"),
     "jamba": Family(
-        "jamba", {"block_count": 4, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        256, "attention.head_count": 4, "attention.head_count_kv": [0, 2, 0, 0],
-        "ssm.conv_kernel": 4, "ssm.inner_size": 256, "ssm.state_size": 16, "ssm.time_step_rank":
-        8, "attention.layer_norm_rms_epsilon": 1e-06},
+        "jamba", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 256, "attention.head_count": 4,
+         "attention.head_count_kv": [0, 2, 0, 0], "ssm.conv_kernel": 4, "ssm.inner_size": 256,
+         "ssm.state_size": 16, "ssm.time_step_rank": 8, "attention.layer_norm_rms_epsilon": 1e-06},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_norm.weight:128 ssm_in.weight:128x512 ssm_conv1d.weight:4x256 "
@@ -327,12 +326,13 @@ FAMILIES: dict[str, Family] = {
                  "ffn_gate.weight:128x256 ffn_down.weight:256x128 ffn_up.weight:128x256",
         }, "ABAA"),
     "granitehybrid": Family(
-        "granitehybrid", {"block_count": 4, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        256, "attention.head_count": 4, "attention.head_count_kv": [0, 0, 2, 0],
-        "ssm.conv_kernel": 4, "ssm.inner_size": 256, "ssm.state_size": 32, "ssm.time_step_rank":
-        4, "ssm.group_count": 1, "attention.layer_norm_rms_epsilon": 1e-05,
-        "rope.dimension_count": 32, "logit_scale": 1.0, "residual_scale": 0.25, "embedding_scale":
-        12.0, "attention.scale": 0.03},
+        "granitehybrid", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 256, "attention.head_count": 4,
+         "attention.head_count_kv": [0, 0, 2, 0], "ssm.conv_kernel": 4, "ssm.inner_size": 256,
+         "ssm.state_size": 32, "ssm.time_step_rank": 4, "ssm.group_count": 1,
+         "attention.layer_norm_rms_epsilon": 1e-05, "rope.dimension_count": 32,
+         "logit_scale": 1.0, "residual_scale": 0.25, "embedding_scale": 12.0,
+         "attention.scale": 0.03},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "ssm_conv1d.bias:320 attn_norm.weight:128 ssm_in.weight:128x580 "
@@ -344,11 +344,12 @@ FAMILIES: dict[str, Family] = {
                  "ffn_gate.weight:128x256 ffn_down.weight:256x128 ffn_up.weight:128x256",
         }, "AABA"),
     "nemotron_h": Family(
-        "nemotron_h", {"block_count": 4, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        [0, 256, 0, 0], "attention.head_count": 4, "attention.head_count_kv": [0, 0, 0, 2],
-        "attention.key_length": 32, "attention.value_length": 32, "ssm.conv_kernel": 4,
-        "ssm.inner_size": 256, "ssm.state_size": 32, "ssm.time_step_rank": 4, "ssm.group_count":
-        2, "attention.layer_norm_epsilon": 1e-05, "attention.layer_norm_rms_epsilon": 1e-05},
+        "nemotron_h", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": [0, 256, 0, 0], "attention.head_count": 4,
+         "attention.head_count_kv": [0, 0, 0, 2], "attention.key_length": 32,
+         "attention.value_length": 32, "ssm.conv_kernel": 4, "ssm.inner_size": 256,
+         "ssm.state_size": 32, "ssm.time_step_rank": 4, "ssm.group_count": 2,
+         "attention.layer_norm_epsilon": 1e-05, "attention.layer_norm_rms_epsilon": 1e-05},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "ssm_conv1d.bias:384 attn_norm.weight:128 ssm_in.weight:128x644 "
@@ -359,13 +360,13 @@ FAMILIES: dict[str, Family] = {
                  "attn_v.weight:128x64 attn_output.weight:128x128",
         }, "ABAC"),
     "qwen3next": Family(
-        "qwen3next", {"block_count": 4, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        256, "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 64,
-        "attention.value_length": 64, "rope.dimension_count": 16, "ssm.conv_kernel": 4,
-        "ssm.inner_size": 128, "ssm.state_size": 32, "ssm.time_step_rank": 4, "ssm.group_count":
-        2, "full_attention_interval": 4, "expert_count": 4, "expert_used_count": 2,
-        "expert_feed_forward_length": 64, "expert_shared_feed_forward_length": 64,
-        "attention.layer_norm_rms_epsilon": 1e-06},
+        "qwen3next", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 2,
+         "attention.key_length": 64, "attention.value_length": 64, "rope.dimension_count": 16,
+         "ssm.conv_kernel": 4, "ssm.inner_size": 128, "ssm.state_size": 32,
+         "ssm.time_step_rank": 4, "ssm.group_count": 2, "full_attention_interval": 4,
+         "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
+         "expert_shared_feed_forward_length": 64, "attention.layer_norm_rms_epsilon": 1e-06},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_qkv.weight:128x256 attn_gate.weight:128x128 attn_norm.weight:128 "
@@ -384,9 +385,10 @@ FAMILIES: dict[str, Family] = {
                  "ffn_down_shexp.weight:64x128",
         }, "AAAB"),
     "lfm2": Family(
-        "lfm2", {"block_count": 4, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        256, "attention.head_count": 4, "attention.head_count_kv": [0, 2, 0, 2],
-        "shortconv.l_cache": 3, "attention.layer_norm_rms_epsilon": 1e-05, "vocab_size": 320},
+        "lfm2", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 256, "attention.head_count": 4,
+         "attention.head_count_kv": [0, 2, 0, 2], "shortconv.l_cache": 3,
+         "attention.layer_norm_rms_epsilon": 1e-05, "vocab_size": 320},
         "token_embd.weight:128x320 token_embd_norm.weight:128",
         {
             "A": "ffn_norm.weight:128 ffn_gate.weight:128x256 ffn_down.weight:256x128 "
@@ -398,11 +400,11 @@ FAMILIES: dict[str, Family] = {
                  "attn_v.weight:128x64 attn_output.weight:128x128",
         }, "ABAB"),
     "falcon-h1": Family(
-        "falcon-h1", {"block_count": 2, "context_length": 4096, "embedding_length": 128, "feed_forward_length":
-        256, "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 64,
-        "attention.value_length": 64, "rope.dimension_count": 64, "ssm.conv_kernel": 4,
-        "ssm.inner_size": 256, "ssm.state_size": 32, "ssm.time_step_rank": 4, "ssm.group_count":
-        1, "attention.layer_norm_rms_epsilon": 1e-05},
+        "falcon-h1", {"block_count": 2, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 2,
+         "attention.key_length": 64, "attention.value_length": 64, "rope.dimension_count": 64,
+         "ssm.conv_kernel": 4, "ssm.inner_size": 256, "ssm.state_size": 32,
+         "ssm.time_step_rank": 4, "ssm.group_count": 1, "attention.layer_norm_rms_epsilon": 1e-05},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "ssm_conv1d.bias:320 ssm_in.weight:128x580 ssm_conv1d.weight:4x320 ssm_dt.bias:4 "

@@ -47,7 +47,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process
     LL.llama_log_set(callback, ctypes.c_void_p())
     LL.llama_backend_init()
     request = json.loads(sys.stdin.read())
-    model, model_key = None, None
+    model, model_key, load_lines = None, None, []
     for job in request["jobs"]:
         s = job["settings"]
         key = (job["path"], job.get("real", False), s["n_gpu_layers"], s["split_mode"],
@@ -66,7 +66,8 @@ def _child() -> None:  # pragma: no cover - runs in the child process
                 arr = (ctypes.c_float * 16)(*s["tensor_split"])
                 mp.tensor_split = ctypes.cast(arr, ctypes.POINTER(ctypes.c_float))
             model = LL.llama_model_load_from_file(job["path"].encode(), mp)
-            model_key = key
+            model_key, load_lines = key, list(lines)  # repeated for every job of this model
+            lines.clear()
         ok = False
         if model:
             cp = LL.llama_context_default_params()
@@ -83,7 +84,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process
                 LL.llama_free(ctx)
         if not model:
             model_key = None
-        print(json.dumps({"ok": ok, "lines": lines}), flush=True)
+        print(json.dumps({"ok": ok, "lines": load_lines + lines}), flush=True)
 
 
 @dataclass
