@@ -118,9 +118,17 @@ def main() -> int:
                 emit(P.Tokens(id=req_id, tokens=session.tokenize(msg.text, msg.add_special)))
             elif isinstance(msg, P.StatsRequest):
                 emit(session.stats(req_id))
+            elif isinstance(msg, P.BenchRequest):
+                from engine.bench import run_bench
+
+                emit(run_bench(session, msg, requests.cancel_event(req_id)))
             elif isinstance(msg, P.UnloadRequest):
                 session.unload()
                 emit(P.Unloaded(id=req_id))
+            elif isinstance(msg, P.PairRequest):
+                from engine.vocab_facts import pair_checks
+
+                emit(P.PairReply(id=req_id, checks=[vars(c) for c in pair_checks(msg.target, msg.draft)]))
             elif isinstance(msg, P.PrecisionRequest):
                 from engine.precision import run_precision
 

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, Sequence
 
 from engine import cli_memory, paths
 from engine import cli_precision
+from engine import cli_bench
 from engine.chat import reply
 from engine.chat_template import ChatMessage
 from engine.errors import KvDeckError, ModelFileError
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
     cli_memory.register(sub)
     cli_precision.register(sub)
+    cli_bench.register(sub)
     return parser
 
 
@@ -156,8 +158,9 @@ def _print_stream(text: str) -> None:
 
 
 COMMANDS = {"inspect": cmd_inspect, "chat": cmd_chat, "plan": cli_memory.cmd_plan,
-            "fit": cli_memory.cmd_fit}
+            "fit": cli_memory.cmd_fit, "pair": cli_memory.cmd_pair}
 COMMANDS["precision"] = cli_precision.cmd_precision
+COMMANDS["bench"] = cli_bench.cmd_bench
 
 
 def main(argv: Sequence[str] | None = None) -> int:

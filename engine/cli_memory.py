@@ -141,6 +141,45 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0 if result.fits else 2
 
 
+def cmd_pair(args: argparse.Namespace) -> int:
+    """Vocabulary rules from llama.cpp itself, plus: do both fit together at the target's context."""
+    from engine.fit import DraftSpec, fit
+    from engine.gguf_inspect import inspect_gguf
+    from engine.host import RuntimeHost
+    from engine.memory_plan import analytic_plan
+    from engine.pairing import Check, verdict
+    from engine.runtime_info import plan_devices
+
+    target, draft = inspect_gguf(args.target), inspect_gguf(args.draft)
+    host = RuntimeHost()
+    host.start()
+    try:
+        host.wait_ready()
+        checks = [Check(**c) for c in host.pair(args.target, args.draft)]
+    finally:
+        host.stop()
+    if target.recurrent or target.hybrid:
+        checks.append(Check("target can roll back", False,
+                            f"{target.architecture} keeps a recurrent state that cannot be rolled back "
+                            "past rejected draft tokens"))
+    devices, _ = plan_devices()
+    budget = args.budget_mib * MiB if args.budget_mib is not None else None
+    settings = PlanSettings(n_ctx=0)
+    result = fit(target, settings, devices, plan_fn=analytic_plan, budget_bytes=budget,
+                 draft=DraftSpec(draft, settings), max_context=args.ctx)
+    checks.append(Check("memory", result.fits,
+                        f"target and draft fit together at {result.plan.n_ctx:,} tokens of context "
+                        f"({result.limited_by} limits it)" if result.fits else result.reason))
+    data = verdict(checks)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print("compatible" if data["compatible"] else "NOT compatible")
+        for c in data["checks"]:
+            print(f"  {'ok ' if c['ok'] else 'NO '} {c['name']}: {c['detail']}")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add ``plan`` and ``fit`` to the CLI's subparsers."""
     p = sub.add_parser("plan", help="predict memory per device and component before loading")
@@ -151,3 +190,9 @@ def register(sub: Any) -> None:
     f.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
     f.add_argument("--margin-mib", type=int, default=None, help="safety margin per device (default 1024)")
     f.add_argument("--draft", default=None, help="a draft model fitted with the same context")
+    p2 = sub.add_parser("pair", help="can DRAFT speculate for TARGET? each rule with its verdict")
+    p2.add_argument("target")
+    p2.add_argument("draft")
+    p2.add_argument("--ctx", type=int, default=None, help="largest context to consider")
+    p2.add_argument("--budget-mib", type=int, default=None)
+    p2.add_argument("--json", action="store_true")

@@ -96,6 +96,9 @@ class _Pending:
 _FINAL = (P.Loaded, P.Done, P.Tokens, P.Stats, P.Unloaded, P.ErrorEvent)
 _FINAL += (P.PrecisionResult,)  # KV precision check (engine.precision)
 _PHASES["precision"] = "checking the quality of a KV cache type"
+_FINAL += (P.BenchResult,)  # speed benchmark (engine.bench)
+_FINAL += (P.PairReply,)  # draft compatibility (engine.pairing)
+_PHASES["bench"] = "running a benchmark"
 
 
 class RuntimeHost:
@@ -207,7 +210,7 @@ class RuntimeHost:
         pending = _Pending(kind, on_event)
         with self._lock:
             self._pending[req_id] = pending
-        if kind in ("load", "generate"):
+        if kind in ("load", "generate", "bench"):
             self._phase = kind
         try:
             self._send(build(req_id))
@@ -268,6 +271,20 @@ class RuntimeHost:
     def stats(self, timeout: float = 60) -> P.Stats:
         return self._call("stats", lambda i: P.StatsRequest(id=i), timeout)  # type: ignore[return-value]
 
+    def bench(self, n_prompt: int = 512, n_gen: int = 128, depth: int = 0, repetitions: int = 5, *,
+              sampling: SamplingParams | None = None, sampler: str = "auto", n_threads: int = 0,
+              timeout: float | None = None) -> P.BenchResult:
+        """llama-bench-style pp/tg on the loaded model (``engine.bench``); sampling None: greedy."""
+        s = sampling.validated().to_dict() if sampling else {}
+        return self._call("bench", lambda i: P.BenchRequest(
+            id=i, n_prompt=n_prompt, n_gen=n_gen, depth=depth, repetitions=repetitions, sampling=s,
+            sampler=sampler, n_threads=n_threads), timeout)  # type: ignore[return-value]
+
+    def pair(self, target: str, draft: str, timeout: float = 120) -> list[dict[str, Any]]:
+        """llama.cpp's draft-compatibility rules on the two vocabularies, each with a verdict."""
+        reply = self._call("pair", lambda i: P.PairRequest(id=i, target=target, draft=draft), timeout)
+        return reply.checks  # type: ignore[attr-defined]
+
     def unload(self, timeout: float = 60) -> None:
         self._call("unload", lambda i: P.UnloadRequest(id=i), timeout)
 
@@ -317,7 +334,7 @@ class RuntimeHost:
             pending = self._pending.get(req_id) if req_id else None
             if pending is not None and isinstance(msg, _FINAL):
                 del self._pending[req_id]
-        if isinstance(msg, _FINAL) and pending is not None and pending.kind in ("load", "generate"):
+        if isinstance(msg, _FINAL) and pending is not None and pending.kind in ("load", "generate", "bench"):
             self._phase = "idle"
         if pending is not None:
             if pending.on_event is not None:

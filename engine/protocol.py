@@ -406,3 +406,22 @@ class PrecisionResult(Message):
     elapsed_s: float = 0.0
     #: The reference continuations came from an earlier check on the same loaded model.
     reference_cached: bool = False
+
+
+@message
+@dataclass(frozen=True)
+class PairRequest(Message):
+    """Check a target/draft pair with llama.cpp's speculative compatibility rules."""
+
+    TYPE: ClassVar[str] = "pair"
+    id: int
+    target: str
+    draft: str
+
+
+@message
+@dataclass(frozen=True)
+class PairReply(Message):
+    TYPE: ClassVar[str] = "pair_reply"
+    id: int
+    checks: list[dict[str, Any]]

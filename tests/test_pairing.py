@@ -1,0 +1,38 @@
+"""Draft/target compatibility: llama.cpp's rules, each with a verdict in words."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_cli import kvdeck
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_model_pairs_with_itself(smollm2_path):
+    r = kvdeck("pair", str(smollm2_path), str(smollm2_path), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["compatible"] is True
+    names = [c["name"] for c in data["checks"]]
+    assert names == ["vocabulary type", "BOS token", "EOS token", "vocabulary size", "token texts", "memory"]
+    assert all(c["ok"] and c["detail"] for c in data["checks"])
+
+
+def test_different_tokenizers_are_refused_with_reasons(smollm2_path, gemma3_path):
+    r = kvdeck("pair", str(smollm2_path), str(gemma3_path), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["compatible"] is False
+    failed = {c["name"]: c["detail"] for c in data["checks"] if not c["ok"]}
+    assert "vocabulary size" in failed and "262,144" in failed["vocabulary size"]
+    assert "vocabulary type" in failed and "token texts" in failed
+
+
+def test_memory_rule_uses_one_budget(smollm2_path):
+    r = kvdeck("pair", str(smollm2_path), str(smollm2_path), "--budget-mib", "1100", "--json")
+    data = json.loads(r.stdout)
+    memory = next(c for c in data["checks"] if c["name"] == "memory")
+    assert not memory["ok"] and "does not fit" in memory["detail"]
+    assert data["compatible"] is False
