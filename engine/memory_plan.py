@@ -191,6 +191,10 @@ def weights_cache_type(info: GGUFInfo) -> str:
     return "bf16" if bf16 > f16 and bf16 * 10 >= max(1, info.tensor_bytes) else "f16"
 
 
+#: Weight types the CPU backend can repack into an extra buffer (notes §10).
+_REPACKABLE = {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "IQ4_NL", "Q8_0", "MXFP4"}
+
+
 def _cache_type(name: str, notes: list[str], which: str) -> str:
     if name in BLOCKS:
         return name
@@ -274,6 +278,10 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
 
     # Weights (§10).
     allocs += _weights(geo, ldev, bool(gpus))
+    if not gpus and _REPACKABLE & set(info.weight_types):
+        notes.append("without a GPU llama.cpp may also keep repacked copies of "
+                     + "/".join(sorted(_REPACKABLE & set(info.weight_types)))
+                     + " matrices (CPU_REPACK, depends on CPU features); not counted here")
 
     # Compute (§9): calibrated estimate.
     for dev, b, detail in estimate_compute(geo.compute, r, fa_compute, n_swa_cells,
