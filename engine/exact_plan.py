@@ -15,7 +15,7 @@ from engine.gguf_inspect import GGUFInfo
 from engine.host import RuntimeHost
 from engine.memory_log import MemoryLogParser
 from engine.memory_plan import analytic_plan
-from engine.memory_types import Device, MemoryPlan, PlanSettings
+from engine.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 
 
 def plan_from_log(lines: list[str], settings: PlanSettings, source: str) -> MemoryPlan:
@@ -23,6 +23,22 @@ def plan_from_log(lines: list[str], settings: PlanSettings, source: str) -> Memo
     for line in lines:
         parser.feed(line)
     return parser.result(settings, source)
+
+
+def _kv_by_layer_devices(dry: tuple[Allocation, ...], analytic: MemoryPlan) -> tuple[Allocation, ...]:
+    """A dry run reports each cache's total but 0.00 per-device buffers; when its total agrees
+    with the analytic one (to the log's 0.01 MiB), place it on devices by the analytic layer
+    placement, which is exact for which layer lives where."""
+    out = list(dry)
+    for comp in ("kv", "recurrent"):
+        d_total = sum(a.bytes for a in dry if a.component == comp)
+        a_allocs = [a for a in analytic.allocations if a.component == comp]
+        if len({a.device for a in a_allocs}) < 2 or abs(d_total - sum(a.bytes for a in a_allocs)) > MiB // 100:
+            continue
+        detail = next((a.detail for a in dry if a.component == comp), "")
+        out = [a for a in out if a.component != comp]
+        out += [Allocation(comp, a.device, a.bytes, detail) for a in a_allocs]  # type: ignore[arg-type]
+    return tuple(out)
 
 
 def exact_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device],
@@ -40,6 +56,7 @@ def exact_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device],
     analytic = analytic_plan(info, settings, devices)
     weights = tuple(a for a in analytic.allocations if a.component == "weights")
     others = tuple(a for a in dry.allocations if a.component != "weights")
+    others = _kv_by_layer_devices(others, analytic)
     return dataclasses.replace(dry, allocations=weights + others,
                                notes=dry.notes + ("weights from the analytic placement (a dry run "
                                                   "allocates none)",))

@@ -142,10 +142,13 @@ class MemoryLogParser:
     def _split(self, cache: CacheLine, component: str) -> list[Allocation]:
         """Place one cache's tensor sum on devices: by buffer when there is one, else by the
         per-layer device lines (DEBUG), else on the CPU."""
-        devs: dict[str, int] = {}
+        devs: dict[str, float] = {}
         for dev in cache.layer_devices.values():
             devs[device_of(dev)] = devs.get(device_of(dev), 0) + 1
-        if not devs:
+        if not devs and sum(cache.buffers.values()) > 0:
+            for buft, mib in cache.buffers.items():  # allocated bytes per device: proportional
+                devs[device_of(buft)] = devs.get(device_of(buft), 0.0) + mib
+        if not devs:  # a dry run prints 0.00 buffers: the caller may re-split (exact_plan)
             for buft in cache.buffers or {"CPU": 0.0}:
                 devs[device_of(buft)] = 1
         total, n = cache.bytes, sum(devs.values())
@@ -156,7 +159,7 @@ class MemoryLogParser:
                 + (f"; {bufs})" if bufs else ")"))
         out, given = [], 0
         for i, (dev, count) in enumerate(devs.items()):
-            share = total - given if i == len(devs) - 1 else total * count // n
+            share = total - given if i == len(devs) - 1 else int(total * count // n)
             given += share
             out.append(Allocation(component, dev, share, what))  # type: ignore[arg-type]
         return out
