@@ -195,6 +195,20 @@ def weights_cache_type(info: GGUFInfo) -> str:
 _REPACKABLE = {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "IQ4_NL", "Q8_0", "MXFP4"}
 
 
+def _cuda_fa_dequant(geo: ModelGeometry, n_kv: int, n_ubatch: int, tk: str, tv: str, b: int,
+                     detail: str) -> tuple[int, str]:
+    """CUDA flash attention converts a quantized K/V view to f16 before its kernel runs; at long
+    contexts those temporaries outgrow everything else in the compute buffer. Measured on an
+    H100 (8B shape, q4_0, 65536 cells: 352.1 MiB vs 258.5 MiB of logits at short context):
+    K and V as f16 over every cell plus about twelve f32 activation rows per token."""
+    conv = n_kv * 2 * ((max(geo.k_width) if BLOCKS[tk][0] > 1 else 0)
+                       + (max(geo.v_width) if BLOCKS[tv][0] > 1 else 0))
+    need = conv + 12 * geo.n_embd * n_ubatch * 4
+    if need <= b:
+        return b, detail
+    return need, f"{detail}; CUDA flash attention dequantizes K/V to f16 over {n_kv} cells"
+
+
 def _cache_type(name: str, notes: list[str], which: str) -> str:
     if name in BLOCKS:
         return name
@@ -287,6 +301,8 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     for dev, b, detail in estimate_compute(geo.compute, r, fa_compute, n_swa_cells,
                                            settings.kv_unified, ldev[-1] if gpus else "CPU",
                                            bool(gpus), BLOCKS[tk][0] > 1 or BLOCKS[tv][0] > 1):
+        if dev.startswith("CUDA") and fa_compute and (BLOCKS[tk][0] > 1 or BLOCKS[tv][0] > 1):
+            b, detail = _cuda_fa_dequant(geo, r.n_ctx_seq, settings.n_ubatch, tk, tv, b, detail)
         allocs.append(Allocation("compute", dev, b, detail))
 
     if r.n_ctx_seq > info.n_ctx_train:
