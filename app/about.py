@@ -85,9 +85,9 @@ class AboutDialog(QDialog):
         icon = QLabel(self)
         icon.setPixmap(QIcon(str(resource_path("icons/kvdeck.svg"))).pixmap(96, 96))
         icon.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        title = QLabel(f"<h2>{APP_NAME} {self.versions['KV Deck']}</h2>"
-                       "Run GGUF language models offline and see where the memory goes.", self)
-        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.title = QLabel(f"<h2>{APP_NAME} {self.versions['KV Deck']}</h2>"
+                            "Run GGUF language models offline and see where the memory goes.", self)
+        self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
         form = QFormLayout()
         self.fields: dict[str, QLabel] = {}
         for key, value in self.versions.items():
@@ -105,7 +105,7 @@ class AboutDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(icon)
-        layout.addWidget(title)
+        layout.addWidget(self.title)
         layout.addLayout(form)
         layout.addWidget(license_label)
         layout.addWidget(buttons)

@@ -20,6 +20,10 @@ start=$SECONDS
 "$PYTHON" -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller \
     installer/kvdeck.spec
 
+# A self-built Python (pyenv) ships libpython with 17 MB of debug info; only that is dropped, because
+# strip on auditwheel-patched libraries (numpy's OpenBLAS) can break them.
+if command -v strip >/dev/null; then strip --strip-debug "$BUNDLE"/_internal/libpython3*.so*; fi
+
 # Desktop integration travels inside the bundle folder, so install.sh finds it next to itself.
 install -Dm644 installer/linux/kvdeck.desktop "$BUNDLE/share/applications/kvdeck.desktop"
 install -Dm644 installer/linux/kvdeck-gguf.xml "$BUNDLE/share/mime/packages/kvdeck-gguf.xml"

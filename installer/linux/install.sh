@@ -29,6 +29,8 @@ uninstall() {
         xdg-mime uninstall --mode user "$PREFIX/$MIME_XML" || true
     fi
     rm -f "$DATA/mime/packages/kvdeck-gguf.xml" "$DATA/applications/kvdeck.desktop"
+    apps="${XDG_CONFIG_HOME:-$HOME/.config}/mimeapps.list"  # xdg-mime can set a default, not unset it
+    if [ -f "$apps" ]; then sed -i '/=kvdeck\.desktop;*$/d' "$apps"; fi
     for s in $SIZES; do
         rm -f "$DATA/icons/hicolor/${s}x$s/apps/kvdeck.png" "$DATA/icons/hicolor/${s}x$s/mimetypes/application-x-gguf.png"
     done
