@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QSlider, QSpinBox, QStyle, QStyleOptionSlider, QVBoxLayout, QWidget,
 )
 
+from app.precision_view import PrecisionView, Source
 from engine.cache_rules import check_settings, default_cache_type
 from engine.fit import fit
 from engine.gguf_inspect import GGUFInfo
@@ -137,6 +138,9 @@ class CachePanel(QWidget):
         layout.addWidget(self.problems)
         layout.addWidget(self.summary)
         layout.addWidget(self.apply)
+        self.quality = PrecisionView(  # "Check quality": a background run on the chosen types
+            lambda: Source(self.info, self.settings(), self.devices) if self.info else None, self)
+        layout.addWidget(self.quality)
         layout.addStretch(1)
         for w in (self.type_k, self.type_v, self.flash, self.split_mode, self.main_gpu):
             w.currentIndexChanged.connect(lambda _i: self._changed(refit=True))

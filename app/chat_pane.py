@@ -6,6 +6,7 @@ twice a second marked incomplete, so a crash or kill keeps what was already show
 from __future__ import annotations
 
 import time
+from typing import Callable, TypeVar
 
 from PySide6.QtCore import QTimer, Qt, Signal
 from PySide6.QtGui import QGuiApplication, QKeyEvent
@@ -15,6 +16,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.chat_view import ChatView, ShownMessage
+from app.draft_picker import DraftPicker
 from app.runtime_bridge import RuntimeBridge
 from engine import protocol as P
 from engine.chat import conversation_prompt
@@ -22,7 +24,9 @@ from engine.chat_template import ChatMessage
 from engine.errors import KvDeckError
 from engine.sampling import DEFAULT_PRESET, PRESETS
 from engine.store import ChatStore, Message, title_from_text
+from engine.store_fallback import StoreDegraded
 
+T = TypeVar("T")
 SAVE_INTERVAL_MS = 500
 RENDER_INTERVAL_MS = 50
 
@@ -56,6 +60,7 @@ def _meta(m: Message) -> str:
 class ChatPane(QWidget):
     conversationsChanged = Signal()
     problem = Signal(str)  # one-line message for the window's banner
+    storeProblem = Signal(str)  # the chat history cannot be written: stays on the banner
     speed = Signal(float)  # live tokens/s
 
     def __init__(self, store: ChatStore, bridge: RuntimeBridge, parent: QWidget | None = None) -> None:
@@ -89,10 +94,10 @@ class ChatPane(QWidget):
         self.preset_box.addItems(list(PRESETS))
         preset = self.store.get_setting("preset", DEFAULT_PRESET)
         self.preset_box.setCurrentText(preset if preset in PRESETS else DEFAULT_PRESET)
-        self.preset_box.currentTextChanged.connect(lambda t: self.store.set_setting("preset", t))
+        self.preset_box.currentTextChanged.connect(lambda t: self._setting("preset", t))
         self.max_tokens = QSpinBox(self, minimum=1, maximum=32768, singleStep=64)
         self.max_tokens.setValue(int(self.store.get_setting("max_tokens", 512)))
-        self.max_tokens.valueChanged.connect(lambda v: self.store.set_setting("max_tokens", v))
+        self.max_tokens.valueChanged.connect(lambda v: self._setting("max_tokens", v))
         self.max_tokens.setToolTip("Longest reply, in tokens")
         top = QHBoxLayout()
         top.addWidget(self.system_edit, 1)
@@ -100,6 +105,8 @@ class ChatPane(QWidget):
         top.addWidget(self.preset_box)
         top.addWidget(QLabel("Max tokens:"))
         top.addWidget(self.max_tokens)
+        self.draft_picker = DraftPicker(self)  # speculative decoding (MainWindow wires it)
+        top.addWidget(self.draft_picker)
 
         self.input = PromptEdit(self, placeholderText="Ask anything — Enter sends, Shift+Enter for a new line")
         self.input.setFixedHeight(84)
@@ -153,9 +160,28 @@ class ChatPane(QWidget):
 
     def _save_system_prompt(self) -> None:
         text = self.system_edit.text()
-        if self.conversation_id:
-            self.store.set_system_prompt(self.conversation_id, text)
-        self.store.set_setting("system_prompt", text)
+        try:
+            if self.conversation_id:
+                self._write(self.store.set_system_prompt, self.conversation_id, text)
+            self._write(self.store.set_setting, "system_prompt", text)
+        except KvDeckError as exc:
+            self.problem.emit(str(exc))
+
+    # ------------------------------------------------------------------ store writes
+    def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """A store write. When the disk fails (full, read-only) the store moves into memory and
+        says so once (`StoreDegraded`): report it and redo the write there, so chat goes on."""
+        try:
+            return fn(*args, **kwargs)
+        except StoreDegraded as exc:
+            self.storeProblem.emit(str(exc))
+            return fn(*args, **kwargs)
+
+    def _setting(self, key: str, value: object) -> None:
+        try:
+            self._write(self.store.set_setting, key, value)
+        except KvDeckError as exc:
+            self.problem.emit(str(exc))
 
     # ------------------------------------------------------------------ sending
     def send(self) -> None:
@@ -168,13 +194,14 @@ class ChatPane(QWidget):
         try:
             if self.conversation_id is None:
                 info = self.bridge.loaded_info
-                conv = self.store.create_conversation(title_from_text(text), model_path=info.path,
-                                                      system_prompt=self.system_edit.text())
+                conv = self._write(self.store.create_conversation, title_from_text(text),
+                                   model_path=info.path, system_prompt=self.system_edit.text())
                 self.conversation_id = conv.id
                 self.conversationsChanged.emit()
             if self._editing_id is not None:
-                self.store.truncate_after(self.conversation_id, self._editing_id, inclusive=True)
-            self.store.add_message(self.conversation_id, "user", text)
+                self._write(self.store.truncate_after, self.conversation_id, self._editing_id,
+                            inclusive=True)
+            self._write(self.store.add_message, self.conversation_id, "user", text)
         except KvDeckError as exc:
             self.problem.emit(str(exc))
             return
@@ -192,7 +219,8 @@ class ChatPane(QWidget):
         turns = [ChatMessage(m.role, m.content) for m in history if m.role in ("user", "assistant")]
         try:
             prompt = conversation_prompt(info, self.system_edit.text(), turns)
-            reply = self.store.add_message(self.conversation_id, "assistant", "", complete=False)
+            reply = self._write(self.store.add_message, self.conversation_id, "assistant", "",
+                                complete=False)
         except KvDeckError as exc:
             self.problem.emit(str(exc))
             return
@@ -215,7 +243,11 @@ class ChatPane(QWidget):
     def _regenerate(self, msg_id: int) -> None:
         if self.bridge.generating or self.conversation_id is None or self.bridge.loaded_info is None:
             return
-        self.store.truncate_after(self.conversation_id, msg_id, inclusive=True)
+        try:
+            self._write(self.store.truncate_after, self.conversation_id, msg_id, inclusive=True)
+        except KvDeckError as exc:
+            self.problem.emit(str(exc))
+            return
         self._reload()
         self._start_reply()
 
@@ -257,7 +289,8 @@ class ChatPane(QWidget):
     def _save_reply(self) -> None:
         if self._reply_id is not None:
             try:
-                self.store.update_message(self._reply_id, self._reply_text, complete=False)
+                self._write(self.store.update_message, self._reply_id, self._reply_text,
+                            complete=False)
             except KvDeckError as exc:
                 self.problem.emit(str(exc))
 
@@ -278,8 +311,8 @@ class ChatPane(QWidget):
         self._render_timer.stop()
         reply_id, self._reply_id = self._reply_id, None
         try:
-            self.store.update_message(reply_id, text, complete=complete, n_tokens=n_tokens,
-                                      tokens_per_s=tps)
+            self._write(self.store.update_message, reply_id, text, complete=complete,
+                        n_tokens=n_tokens, tokens_per_s=tps)
         except KvDeckError as exc:
             self.problem.emit(str(exc))
         self._reload()

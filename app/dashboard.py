@@ -22,6 +22,7 @@ from engine.memory_types import COMPONENTS, MemoryPlan
 from engine.telemetry import GpuSnapshot, HostSnapshot, TelemetrySnapshot
 
 SPEED_POINTS = 120
+SPEC_OFF = "Off: choose a draft model or n-gram lookup beside the model."
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 
 
@@ -119,8 +120,12 @@ class DashboardPanel(QWidget):
             QHeaderView.ResizeMode.ResizeToContents)
         self.plan_table.horizontalHeader().setStretchLastSection(True)
         self.plan_table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.draft_plan: MemoryPlan | None = None  # speculative decoding's draft, its own bars
+        self.draft_bars: list[StackedBar] = []
+        self._draft_box = QVBoxLayout()
+        self._predicted: MemoryPlan | None = None
         self._section("Predicted vs measured", self.plan_placeholder, self.plan_legend,
-                      self._plan_box, self.plan_table)
+                      self._plan_box, self._draft_box, self.plan_table)
         # KV occupancy
         self.kv_label = self._note_label("No context yet.")
         self.kv_bars = SequenceBars()
@@ -128,6 +133,8 @@ class DashboardPanel(QWidget):
         # speed
         self.speed = SpeedChart(SPEED_POINTS)
         self._section("Generation speed", self.speed)
+        self.spec_label = self._note_label(SPEC_OFF)
+        self._section("Speculative decoding", self.spec_label)
         self._layout.addStretch(1)
 
         scroll = QScrollArea(self)
@@ -185,6 +192,7 @@ class DashboardPanel(QWidget):
         """Two bars per device (predicted, measured) on one scale, and a table of the error."""
         plans = [p for p in (predicted, measured) if p is not None]
         devices = list(dict.fromkeys(d for p in plans for d in p.devices()))
+        self._predicted = predicted
         for bar in self.plan_bars:
             _discard(bar)
         self.plan_bars = []
@@ -263,3 +271,29 @@ class DashboardPanel(QWidget):
 
     def clear_speed(self) -> None:
         self.speed.clear()
+
+    # ------------------------------------------------------------------ speculative decoding
+    @Slot(object)
+    def show_draft_plan(self, plan: MemoryPlan | None) -> None:
+        """The draft model at the target's context: one bar per device under the target's."""
+        self.draft_plan = plan
+        for bar in self.draft_bars:
+            _discard(bar)
+        self.draft_bars = []
+        for device in plan.devices() if plan is not None else []:
+            mine = plan.bytes_for(device)
+            target = self._predicted.bytes_for(device) if self._predicted is not None else 0
+            segments = [Segment(c, plan.bytes_for(device, c), COMPONENT_COLORS[c])
+                        for c in COMPONENTS if plan.bytes_for(device, c)]
+            bar = StackedBar()
+            bar.set_data(f"{device} · draft model (predicted, {plan.n_ctx:,}-token context)", segments,
+                         max(mine, target), format_bytes(mine) + (
+                             f"; with the target {format_bytes(mine + target)}" if target else ""),
+                         show_values=False)
+            self._draft_box.addWidget(bar)
+            self.draft_bars.append(bar)
+
+    @Slot(str)
+    def show_speculation(self, text: str) -> None:
+        """Acceptance, mean accepted length, counts and speed-up (app.draft_picker's text)."""
+        self.spec_label.setText(text or SPEC_OFF)

@@ -46,11 +46,18 @@ def seconds_since_start() -> float:
 
 
 def open_store() -> tuple[ChatStore, str]:
-    """The chat history, or a temporary in-memory one with the reason the real one failed."""
+    """The chat history, or (when it cannot be written: a read-only or full data folder) an
+    in-memory copy of it, with the reason, so old chats stay visible and new ones still work."""
     try:
         return ChatStore.open_default(), ""
     except KvDeckError as exc:
-        return ChatStore(":memory:"), f"{exc} — chats in this session will not be saved."
+        from engine.store_fallback import IN_MEMORY_NOTE, memory_copy
+
+        try:
+            path = paths.db_path()
+        except KvDeckError:
+            return ChatStore(":memory:"), f"{exc} — {IN_MEMORY_NOTE}."
+        return memory_copy(path), f"{exc} — {IN_MEMORY_NOTE}."
 
 
 def run(argv: Sequence[str]) -> int:
@@ -63,6 +70,7 @@ def run(argv: Sequence[str]) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0], *argv])
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName(APP_NAME)
+    app.setDesktopFileName("kvdeck")  # matches installer/linux/kvdeck.desktop (Wayland icon, menu entry)
     app.setOrganizationName("KV Deck")
     icon = resource_path("icons/kvdeck.svg")
     if icon.is_file():
@@ -72,7 +80,7 @@ def run(argv: Sequence[str]) -> int:
     window.show()
     log.info("window shown %.2f s after process start", seconds_since_start())
     if store_problem:
-        window.show_problem(store_problem)
+        window.show_problem(store_problem, sticky=True)
     model_args = [a for a in argv if not a.startswith("-")]
     if model_args:
         window.open_model(model_args[0])

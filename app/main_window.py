@@ -13,13 +13,15 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
-    QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton, QSplitter,
-    QVBoxLayout, QWidget,
+    QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
 )
 
+from app.banner import Banner
 from app.chat_pane import ChatPane
+from app.draft_picker import DraftController
 from app.memory_dock import MemoryDock
 from app.runtime_bridge import RuntimeBridge
+from app.server_toggle import ServerToggle
 from app.sidebar import Sidebar
 from engine import paths
 from engine import protocol as P
@@ -41,14 +43,17 @@ def check_model_path(path: str) -> str | None:
     """A one-line reason why ``path`` cannot be a model, or None. Cheap: no file is parsed."""
     p = Path(path)
     name = p.name or path
-    if not p.exists():
-        return f"{name} does not exist"
-    if p.is_dir():
-        return f"{name} is a folder, not a GGUF model file"
-    if p.suffix.lower() != ".gguf":
-        return f"{name} is not a GGUF model (KV Deck opens .gguf files)"
-    if not os.access(p, os.R_OK):
-        return f"{name} cannot be read (permission denied)"
+    try:
+        if not p.exists():
+            return f"{name} does not exist"
+        if p.is_dir():
+            return f"{name} is a folder, not a GGUF model file"
+        if p.suffix.lower() != ".gguf":
+            return f"{name} is not a GGUF model (KV Deck opens .gguf files)"
+        if not os.access(p, os.R_OK):
+            return f"{name} cannot be read (permission denied)"
+    except (OSError, ValueError) as exc:  # a NUL byte in a dropped URL, a name too long...
+        return f"{name!r} cannot be used as a model path ({exc})"
     return None
 
 
@@ -68,42 +73,6 @@ class _Inspector(QObject):
             self.done.emit(path, result)
 
         threading.Thread(target=work, name="kvdeck-inspect", daemon=True).start()
-
-
-class Banner(QFrame):
-    """One-line problems, with an optional action such as "Restart runtime"."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("banner")
-        self.setStyleSheet("#banner { background: #fdecea; border: 1px solid #f5c2c0; border-radius: 4px; }"
-                           "#banner QLabel { color: #611a15; }")
-        self.label = QLabel(self, wordWrap=True)
-        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.action_button = QPushButton(self)
-        self.action_button.hide()
-        close = QPushButton("✕", self, flat=True, clicked=self.hide)
-        close.setFixedWidth(28)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(8, 4, 4, 4)
-        layout.addWidget(self.label, 1)
-        layout.addWidget(self.action_button)
-        layout.addWidget(close)
-        self._action = None
-        self.action_button.clicked.connect(self._run_action)
-        self.hide()
-
-    def show_message(self, text: str, action_text: str = "", action=None) -> None:  # noqa: ANN001
-        self.label.setText(" ".join(text.split()))
-        self._action = action
-        self.action_button.setText(action_text)
-        self.action_button.setVisible(bool(action_text and action))
-        self.show()
-
-    def _run_action(self) -> None:
-        self.hide()
-        if self._action is not None:
-            self._action()
 
 
 class MainWindow(QMainWindow):
@@ -145,6 +114,12 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.progress)
         bar.addPermanentWidget(self.ctx_label)
         bar.addPermanentWidget(self.speed_label)
+        self.server_toggle = ServerToggle(self.bridge, self)  # the OpenAI-compatible API server
+        self.api_label = QLabel("")
+        bar.addPermanentWidget(self.api_label)
+        self.menuBar().addMenu("&Server").addAction(self.server_toggle.action)
+        self.server_toggle.urlChanged.connect(lambda url: self.api_label.setText(url and f"API {url}/v1"))
+        self.server_toggle.problem.connect(self.show_problem)
         help_menu = self.menuBar().addMenu("&Help")
         self.about_action = help_menu.addAction(f"&About {APP_NAME}", self.show_about)
 
@@ -155,6 +130,7 @@ class MainWindow(QMainWindow):
         self.chat.conversationsChanged.connect(
             lambda: self.sidebar.refresh_conversations(self.chat.conversation_id))
         self.chat.problem.connect(self.show_problem)
+        self.chat.storeProblem.connect(lambda text: self.show_problem(text, sticky=True))
         self.chat.speed.connect(lambda tps: self.speed_label.setText(f"{tps:.1f} tokens/s"))
         self.bridge.loadProgress.connect(self._on_progress)
         self.bridge.loaded.connect(self._on_loaded)
@@ -166,9 +142,19 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.memory], [420], Qt.Orientation.Horizontal)
         self.memory.applyRequested.connect(self._apply_settings)
         self.bridge.kvUsed.connect(self.memory.kv_used)
+        self.bridge.kvSlots.connect(self.memory.kv_slots)  # one bar per parallel sequence
         self.chat.speed.connect(self.memory.speed)
         self.memory.start()
+        # speculative decoding: the picker beside the model, checked before loading (app.draft_picker)
+        self.drafting = DraftController(self.chat.draft_picker, self.bridge, store,
+                                        lambda: self.settings, lambda: self.memory.devices()[0], self)
+        self.drafting.problem.connect(self.show_problem)
+        self.drafting.draftPlan.connect(self.memory.dashboard.show_draft_plan)
+        self.drafting.stats.connect(self.memory.dashboard.show_speculation)
+        self.chat.speed.connect(self.drafting.live_speed)
         self.settings: PlanSettings | None = None
+        # (info, settings, params) of the loaded model while another one is being loaded
+        self._fallback: tuple[GGUFInfo | None, PlanSettings | None, P.LoadParams] | None = None
 
         self.sidebar.refresh_models()
         convs = store.list_conversations()
@@ -195,7 +181,10 @@ class MainWindow(QMainWindow):
         start = self.store.get_setting("last_dir", str(Path.home()))
         path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", start, "GGUF models (*.gguf);;All files (*)")
         if path:
-            self.store.set_setting("last_dir", str(Path(path).parent))
+            try:
+                self.chat._write(self.store.set_setting, "last_dir", str(Path(path).parent))
+            except KvDeckError as exc:
+                self.show_problem(str(exc))
             self.open_model(path)
 
     def open_model(self, path: str) -> None:
@@ -212,7 +201,6 @@ class MainWindow(QMainWindow):
             self._show_model_state()
             return
         info: GGUFInfo = result  # type: ignore[assignment]
-        self.model_info = info
         saved: dict = {}
         try:
             saved = self.store.get_model_settings(model_key(path)).get("plan", {})
@@ -226,8 +214,7 @@ class MainWindow(QMainWindow):
         except (KvDeckError, TypeError, ValueError) as exc:
             self.show_problem(f"{Path(path).name}: {exc}")
             return
-        self.memory.model_inspected(info, settings)
-        self._load(path, settings)
+        self._load(path, settings, info)
 
     def _apply_settings(self, settings: PlanSettings) -> None:
         """The cache panel's "Apply and reload": remember these settings for this model."""
@@ -240,18 +227,26 @@ class MainWindow(QMainWindow):
             self.show_problem(str(exc))
         self._load(info.path, settings)
 
-    def _load(self, path: str, settings: PlanSettings) -> None:
-        if self.model_info is not None:
+    def _load(self, path: str, settings: PlanSettings, info: GGUFInfo | None = None) -> None:
+        """Preflight, then load. Nothing about the current model changes until the new one has
+        passed every check; if llama.cpp then refuses it, `_on_load_failed` goes back."""
+        info = info or self.model_info
+        if info is not None:
             try:
                 devices, _ = self.memory.devices()
-                preflight(self.model_info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
+                preflight(info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
             except KvDeckError as exc:
                 self.show_problem(f"{Path(path).name} was not loaded: {exc}")
                 self._show_model_state()
                 return
-        self.settings = settings
+        if self.bridge.loaded_info is not None and self.bridge.last_params is not None:
+            self._fallback = (self.model_info, self.settings, self.bridge.last_params)
+        if info is not self.model_info and info is not None:
+            self.memory.model_inspected(info, settings)
+        self.model_info, self.settings = info, settings
         params = P.load_params(path, settings)
-        self.banner.hide()
+        if not self.banner.sticky:
+            self.banner.hide()
         self.progress.setValue(0)
         self.progress.setFormat(f"Loading {Path(path).name} %p%")
         self.progress.show()
@@ -269,10 +264,15 @@ class MainWindow(QMainWindow):
             log.info("first model ready %.2f s after process start (load %.2f s)",
                      seconds_since_start(), info.load_s)
         self.progress.hide()
+        self._fallback = None
         self._show_model_state()
-        self.store.set_setting("last_model", info.path)
-        recent = [p for p in self.store.get_setting("recent_models", []) if p != info.path]
-        self.store.set_setting("recent_models", [info.path] + recent[: MAX_RECENT - 1])
+        try:
+            self.chat._write(self.store.set_setting, "last_model", info.path)
+            recent = [p for p in self.store.get_setting("recent_models", []) if p != info.path]
+            self.chat._write(self.store.set_setting, "recent_models",
+                             [info.path] + recent[: MAX_RECENT - 1])
+        except KvDeckError as exc:
+            self.show_problem(str(exc))
         self.chat.input.setFocus()
         if self.settings is not None:
             self.memory.model_loaded(info, self.settings)
@@ -297,6 +297,20 @@ class MainWindow(QMainWindow):
         self._show_model_state()
         if message:
             self.show_problem(message)
+        host = self.bridge.host
+        if message and self._fallback is not None and host is not None and host.running:
+            self._restore_previous()  # llama.cpp refused the new file: keep the old model
+
+    def _restore_previous(self) -> None:
+        """Load the model that was there before a failed load (its settings, its plan)."""
+        info, settings, params = self._fallback  # type: ignore[misc]
+        self._fallback = None
+        if info is not None and settings is not None:
+            self.memory.model_inspected(info, settings)
+        self.model_info, self.settings = info, settings
+        self.progress.setValue(0)
+        self.progress.show()
+        self.bridge.load(params)
 
     def _on_runtime_exit(self, outcome: ProcessOutcome) -> None:
         self.progress.hide()
@@ -305,7 +319,10 @@ class MainWindow(QMainWindow):
                           self.restart_runtime)
 
     def restart_runtime(self) -> None:
-        if self.bridge.last_params is not None:
+        """A fresh runtime with the last good model (not a new file that crashed it)."""
+        if self._fallback is not None:
+            self._restore_previous()
+        elif self.bridge.last_params is not None:
             self.progress.setValue(0)
             self.progress.show()
             self.bridge.reload()
@@ -318,8 +335,10 @@ class MainWindow(QMainWindow):
     def _select_conversation(self, conv_id: int) -> None:
         self.chat.open_conversation(conv_id)
 
-    def show_problem(self, message: str, action_text: str = "", action=None) -> None:  # noqa: ANN001
-        self.banner.show_message(message, action_text, action)
+    def show_problem(self, message: str, action_text: str = "", action=None,  # noqa: ANN001
+                     sticky: bool = False) -> None:
+        """One line in the banner; `sticky` ones (about the chat history) survive model loads."""
+        self.banner.show_message(message, action_text, action, sticky)
 
     def show_about(self) -> None:
         from app.about import AboutDialog  # on demand: it reads versions from disk
@@ -351,5 +370,6 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         self.chat._save_reply()
         self.memory.stop()
+        self.server_toggle.stop()
         self.bridge.shutdown()
         super().closeEvent(event)

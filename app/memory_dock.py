@@ -94,10 +94,18 @@ class MemoryDock(QDockWidget):
         self.measured = measured_plan(loaded, settings)
         self._recurrent = loaded.recurrent or loaded.hybrid
         self.dashboard.show_plans(self.predicted, self.measured)
-        self.dashboard.show_kv([0], loaded.n_ctx_seq, "state" if loaded.recurrent else "cells")
+        self._parallel = settings.n_seq_max > 1  # the batch loop reports every sequence (kv_slots)
+        self.dashboard.show_kv([0] * max(1, settings.n_seq_max), loaded.n_ctx_seq,
+                               "state" if loaded.recurrent else "cells")
 
     def kv_used(self, used: int, capacity: int) -> None:
+        if getattr(self, "_parallel", False):
+            return  # a single bar would hide the other sequences; kv_slots draws them all
         self.dashboard.show_kv([used], capacity, "state" if self._recurrent else "cells")
+
+    def kv_slots(self, used: list[int], capacity: int) -> None:
+        """One bar per parallel sequence (each API client, or the chat) while they decode."""
+        self.dashboard.show_kv(list(used), capacity, "state" if self._recurrent else "cells")
 
     def speed(self, tokens_per_s: float) -> None:
         self.dashboard.add_speed(time.time(), tokens_per_s)

@@ -26,10 +26,14 @@ class RuntimeBridge(QObject):
     started = Signal(object)  # P.Started
     delta = Signal(str, int)  # text, number of tokens
     kvUsed = Signal(int, int)  # tokens in the KV cache, context size
+    kvSlots = Signal(list, int)  # tokens per parallel sequence, capacity of each (engine.batch_loop)
     finished = Signal(object)  # P.Done
     generationFailed = Signal(str)
     exited = Signal(object)  # ProcessOutcome (unexpected ends only)
     busyChanged = Signal(bool)
+    draftLoaded = Signal(object)  # P.DraftLoaded (speculative decoding)
+    draftFailed = Signal(str)
+    speculation = Signal(object)  # dict: running counts of a drafted reply (engine.speculative)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -39,6 +43,13 @@ class RuntimeBridge(QObject):
         self.loaded_info: P.Loaded | None = None
         self.last_params: P.LoadParams | None = None
         self.last_outcome: ProcessOutcome | None = None
+        #: Speculative decoding: "" none, "lookup", or "model" with ``draft_path`` (reloaded
+        #: after every target load, since its context is the target's).
+        self.draft_mode = ""
+        self.draft_path = ""
+        self.draft_info: P.DraftLoaded | None = None
+        self._draft_id = 0
+        self._spec_tokens = 0
 
     # ------------------------------------------------------------------ state
     @property
@@ -81,6 +92,7 @@ class RuntimeBridge(QObject):
             self.loadFailed.emit(str(exc))
             return
         self.busyChanged.emit(True)
+        self._submit_draft()  # queued behind the load in the child
 
     def reload(self) -> None:
         """Start a fresh runtime with the last model (after a crash, or when asked)."""
@@ -92,12 +104,57 @@ class RuntimeBridge(QObject):
             self.generationFailed.emit("no model is loaded")
             return False
         try:
-            self._gen_id = self._host.submit_generate(prompt, max_tokens=max_tokens, sampling=sampling)
+            draft = self.draft_mode if self.draft_mode == "lookup" or self.draft_info else ""
+            self._gen_id = self._host.submit_generate(prompt, max_tokens=max_tokens, sampling=sampling,
+                                                      draft=draft)
+            self._spec_tokens = 0
         except KvDeckError as exc:
             self.generationFailed.emit(str(exc))
             return False
         self.busyChanged.emit(True)
         return True
+
+    def set_draft(self, mode: str, path: str = "") -> None:
+        """Pick the drafting mode; "model" loads ``path`` beside the target (already checked by
+        the caller; the child checks again and refuses with reasons)."""
+        had_model = self.draft_info is not None or self._draft_id
+        self.draft_mode, self.draft_path = mode, path if mode == "model" else ""
+        self.draft_info = None
+        if mode == "model":
+            self._submit_draft()
+        elif had_model and self._host is not None and self._host.running:
+            self._draft_id = 0
+            try:
+                self._host.submit_unload_draft()
+            except KvDeckError:
+                pass
+
+    def _submit_draft(self) -> None:
+        if self.draft_mode != "model" or not self.draft_path or self._host is None:
+            return
+        self.draft_info = None
+        try:
+            self._draft_id = self._host.submit_load_draft(self.draft_path)
+        except KvDeckError as exc:
+            self._draft_id = 0
+            self.draftFailed.emit(str(exc))
+
+    def _on_draft_event(self, msg: object) -> bool:
+        """Draft replies and the running counts of drafted replies; True when consumed."""
+        req_id = getattr(msg, "id", None)
+        if isinstance(msg, P.DraftLoaded) and req_id == self._draft_id:
+            self._draft_id, self.draft_info = 0, msg
+            self.draftLoaded.emit(msg)
+            return True
+        if isinstance(msg, P.ErrorEvent) and self._draft_id and req_id == self._draft_id:
+            self._draft_id, self.draft_mode, self.draft_path = 0, "", ""
+            self.draftFailed.emit(msg.message)
+            return True
+        if isinstance(msg, P.Delta) and req_id == self._gen_id and (msg.n_drafted or self._spec_tokens):
+            self._spec_tokens += len(msg.tokens)
+            self.speculation.emit({"draft": self.draft_mode, "n_drafted": msg.n_drafted,
+                                   "n_accepted": msg.n_accepted, "n_tokens": self._spec_tokens})
+        return isinstance(msg, (P.DraftLoaded, P.DraftUnloaded))
 
     def cancel(self) -> None:
         if self._host is not None and (self._gen_id or self._load_id):
@@ -118,6 +175,8 @@ class RuntimeBridge(QObject):
         if isinstance(msg, Exited):
             self._on_exit(msg.outcome)
             return
+        if self._on_draft_event(msg):
+            return
         req_id = getattr(msg, "id", None)
         if isinstance(msg, P.Progress) and req_id == self._load_id:
             self.loadProgress.emit(msg.fraction)
@@ -136,6 +195,8 @@ class RuntimeBridge(QObject):
             self._gen_id = 0
             self.finished.emit(msg)
             self.busyChanged.emit(False)
+        elif isinstance(msg, P.Slots):
+            self.kvSlots.emit(list(msg.n_past), msg.n_ctx_seq)
         elif isinstance(msg, P.ErrorEvent):
             if req_id == self._load_id:
                 self._load_id = 0
@@ -149,6 +210,7 @@ class RuntimeBridge(QObject):
     def _on_exit(self, outcome: ProcessOutcome) -> None:
         was_loading, was_generating = self._load_id, self._gen_id
         self._load_id = self._gen_id = 0
+        self.draft_info, self._draft_id = None, 0  # a restart loads the draft again (load())
         self.loaded_info = None
         if outcome.expected:
             return

@@ -15,6 +15,10 @@ from engine.memory_types import GiB, PlanSettings, Problem
 
 _U32_MAX = 2**32 - 1
 _ABSURD_BYTES = 1 << 50  # 1 PiB of cache: metadata or settings are not plausible
+# Real vocabularies stop near 262,144 tokens (Gemma). llama.cpp allocates a token table and the
+# runtime scans it at load, neither of which the plan counts: a 2^31-token "no_vocab" file is a
+# 100 GB allocation, so vocabularies beyond this are refused as implausible.
+MAX_VOCAB = 1 << 24
 _MLA_LIKE = ("deepseek4",)  # archs with the K == V type rule besides MLA models
 
 
@@ -110,6 +114,18 @@ def _metadata_problems(info: GGUFInfo, s: PlanSettings, tk: str, tv: str) -> lis
     if info.n_layer_kv_from_start is not None and info.n_layer_kv_from_start < 2:
         out.append(Problem("model", "The model shares the KV cache of more layers than it has; "
                                     "llama.cpp would crash creating the context.", "error"))
+    if info.tokenizer_model is None:
+        out.append(Problem("model", "The model has no tokenizer (tokenizer.ggml.model); llama.cpp "
+                                    "cannot load it.", "error"))
+    if info.n_vocab > MAX_VOCAB:
+        out.append(Problem("model", f"The model declares a vocabulary of {info.n_vocab:,} tokens, "
+                                    f"which is implausible (at most {MAX_VOCAB:,} are accepted); "
+                                    "llama.cpp would spend gigabytes on it.", "error"))
+    if info.n_vocab_embd and info.n_vocab and info.n_vocab_embd != info.n_vocab and \
+            arch not in ("eagle3", "dflash"):  # their embeddings follow the target's vocabulary
+        out.append(Problem("model", f"The token embeddings have {info.n_vocab_embd:,} rows but "
+                                    f"the vocabulary has {info.n_vocab:,} tokens; llama.cpp "
+                                    "cannot load this file.", "error"))
     attn = any(info.kv_layers) or max(info.n_head_kv_per_layer, default=0) > 0
     if not attn and arch not in RECURRENT_ARCHS and arch not in NO_MEMORY_ARCHS:
         out.append(Problem("model", "The model declares no attention heads and no recurrent "

@@ -43,13 +43,17 @@ class Reply:
 
 def reply(host: RuntimeHost, loaded: P.Loaded, turns: list[ChatMessage], *, system_prompt: str = "",
           sampling: SamplingParams | None = None, max_tokens: int = 512,
-          on_text: Callable[[str], None] | None = None) -> Reply:
-    """Generate the next assistant turn, streaming text to ``on_text`` as it arrives."""
+          on_text: Callable[[str], None] | None = None, draft: str = "", draft_max: int = 8) -> Reply:
+    """Generate the next assistant turn, streaming text to ``on_text`` as it arrives.
+
+    ``draft``: "" plain decoding, "model" (the draft loaded with ``host.load_draft``) or
+    "lookup" (n-gram drafting); the reply is the same either way, only faster or slower."""
     prompt = conversation_prompt(loaded, system_prompt, turns)
 
     def on_event(msg: P.Message) -> None:
         if on_text is not None and isinstance(msg, P.Delta) and msg.text:
             on_text(msg.text)
 
-    done = host.generate(prompt.text, max_tokens=max_tokens, sampling=sampling, on_event=on_event)
+    done = host.generate(prompt.text, max_tokens=max_tokens, sampling=sampling, on_event=on_event,
+                         draft=draft, draft_max=draft_max)
     return Reply(prompt=prompt, done=done)

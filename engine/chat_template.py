@@ -1,31 +1,26 @@
 """Turning a conversation into the prompt text the model was trained on.
 
 Chat templates are Jinja2 programs shipped inside GGUF files downloaded from the internet, so
-they run in Jinja2's immutable sandbox with a deadline and an output size limit: a template can
-neither reach Python internals nor hang the app. A model without a template (a base model) gets a
+they run in Jinja2's immutable sandbox with time, memory and size limits (engine.template_sandbox):
+a template can neither reach Python internals nor hang the app nor exhaust its memory. A model without a template (a base model) gets a
 completion mode that continues the conversation as plain text instead of replying with nothing.
 """
 from __future__ import annotations
 
 import functools
 import json
-import sys
-import time
 from dataclasses import dataclass
 from datetime import datetime
-from types import FrameType
 from typing import Any, Iterable, Literal
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import TemplateError
+from engine.template_sandbox import (MAX_OUTPUT_CHARS, RENDER_DEADLINE_S, Deadline,
+                                     LimitedEnvironment)
 
 Role = Literal["system", "user", "assistant"]
 
-#: Rendering limits: templates are tiny programs; anything slower or bigger is hostile or broken.
-RENDER_DEADLINE_S = 1.0
-MAX_OUTPUT_CHARS = 4_000_000
 MAX_TEMPLATE_CHARS = 200_000
 
 
@@ -41,50 +36,6 @@ class Prompt:
 
     text: str
     mode: Literal["chat", "completion"]
-
-
-class _Deadline:
-    """Raises inside the template's own Python frames once the time is up.
-
-    Jinja2 compiles a template to Python code, so a trace function sees every line it runs,
-    including loops that call nothing (which the sandbox's call hooks would never see).
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def _trace(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if time.monotonic() > self.end:
-            raise TemplateError("the chat template took too long to render (over 1 s)")
-        return self._trace
-
-    def __enter__(self) -> "_Deadline":
-        self._previous = sys.gettrace()
-        sys.settrace(self._trace)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sys.settrace(self._previous)
-
-
-class _LimitedEnvironment(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, minus the ability to build huge strings through ``*`` or ``~``."""
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        """Check sizes *before* computing: ``"x" * 10**12`` must never be attempted."""
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
-                    if len(seq) * max(n, 0) > MAX_OUTPUT_CHARS:
-                        raise TemplateError("the chat template builds a string that is too large")
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1024:
-            raise TemplateError("the chat template computes an absurdly large number")
-        if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, type(left)):
-            if len(left) + len(right) > MAX_OUTPUT_CHARS:
-                raise TemplateError("the chat template builds a string that is too large")
-        return super().call_binop(context, operator, left, right)
-
-    intercepted_binops = frozenset(["*", "**", "+"])
 
 
 def _raise_exception(message: str) -> None:
@@ -106,13 +57,13 @@ def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False,
 def _compile(source: str) -> jinja2.Template:
     if len(source) > MAX_TEMPLATE_CHARS:
         raise TemplateError("the chat template is too large to be a real template")
-    env = _LimitedEnvironment(
+    env = LimitedEnvironment(
         trim_blocks=True, lstrip_blocks=True, autoescape=False, extensions=["jinja2.ext.loopcontrols"]
     )
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
     env.filters["tojson"] = _tojson
     try:
-        with _Deadline(RENDER_DEADLINE_S):
+        with Deadline(RENDER_DEADLINE_S):
             return env.from_string(source)
     except TemplateError:
         raise
@@ -132,7 +83,7 @@ def render_chat(
     compiled = _compile(template)
     payload = [{"role": m.role, "content": m.content} for m in messages]
     try:
-        with _Deadline(RENDER_DEADLINE_S):
+        with Deadline(RENDER_DEADLINE_S):
             chunks: list[str] = []
             size = 0
             for chunk in compiled.generate(

@@ -8,6 +8,7 @@ thread, because nothing in llama.cpp is safe against a concurrent decode.
 """
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import sys
@@ -42,7 +43,16 @@ class Requests:
         self._cancel: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._stream = stream
+        self._back: collections.deque[P.Message | None] = collections.deque()
         threading.Thread(target=self._run, name="kvdeck-requests", daemon=True).start()
+
+    def push_back(self, msg: P.Message | None) -> None:
+        """Return a message taken early (engine.batch_loop) so :meth:`next` gives it first."""
+        self._back.append(msg)
+
+    def next(self) -> P.Message | None:
+        """The next request for the main loop: pushed-back ones first, then the queue."""
+        return self._back.popleft() if self._back else self.queue.get()
 
     def cancel_event(self, req_id: int) -> threading.Event:
         with self._lock:
@@ -103,7 +113,7 @@ def main() -> int:
                  system_info=LL.llama_print_system_info().decode("utf-8", "replace")))
     requests = Requests(sys.stdin.buffer)
     while True:
-        msg = requests.queue.get()
+        msg = requests.next()
         if msg is None or isinstance(msg, P.ShutdownRequest):
             break
         req_id = getattr(msg, "id", 0)
@@ -111,9 +121,15 @@ def main() -> int:
             if isinstance(msg, P.LoadRequest):
                 params = P.LoadParams(**{**msg.params,
                                          "tensor_split": tuple(msg.params.get("tensor_split", ()))})
+                session.load_params = params  # type: ignore[attr-defined]  (a draft copies its context)
                 emit(session.load(req_id, params, requests.cancel_event(req_id)))
             elif isinstance(msg, P.GenerateRequest):
-                emit(session.generate(msg, requests.cancel_event(req_id)))
+                from engine.batch_loop import batch_wanted, run_batch
+
+                if batch_wanted(session, msg):  # parallel sequences: continuous batching
+                    run_batch(session, msg, requests, emit)
+                else:
+                    emit(session.generate(msg, requests.cancel_event(req_id)))
             elif isinstance(msg, P.TokenizeRequest):
                 emit(P.Tokens(id=req_id, tokens=session.tokenize(msg.text, msg.add_special)))
             elif isinstance(msg, P.StatsRequest):
@@ -133,6 +149,15 @@ def main() -> int:
                 from engine.precision import run_precision
 
                 emit(run_precision(session, msg, emit, requests.cancel_event(req_id)))
+            elif isinstance(msg, P.LoadDraftRequest):
+                from engine.speculative import load_draft
+
+                emit(load_draft(session, msg, requests.cancel_event(req_id)))
+            elif isinstance(msg, P.UnloadDraftRequest):
+                from engine.speculative import unload_draft
+
+                unload_draft(session)
+                emit(P.DraftUnloaded(id=req_id))
         except RequestError as exc:
             emit(P.ErrorEvent(id=req_id, kind=exc.kind, message=str(exc)))
         except Exception as exc:  # a bug or bad parameters: report it and stay alive

@@ -15,6 +15,7 @@ from typing import Any, NoReturn, Sequence
 from engine import cli_memory, paths
 from engine import cli_precision
 from engine import cli_bench
+from engine import cli_serve
 from engine.chat import reply
 from engine.chat_template import ChatMessage
 from engine.errors import KvDeckError, ModelFileError
@@ -58,9 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n-gpu-layers", type=int, default=-1)
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
+    spec = c.add_mutually_exclusive_group()  # speculative decoding (engine.speculative)
+    spec.add_argument("--draft", default=None, metavar="PATH", help="a draft model that proposes tokens")
+    spec.add_argument("--lookup", action="store_true", help="draft by n-gram lookup in the conversation")
+    c.add_argument("--draft-max", type=int, default=8, help="most tokens drafted per step (default 8)")
     cli_memory.register(sub)
     cli_precision.register(sub)
     cli_bench.register(sub)
+    cli_serve.register(sub)  # the OpenAI-compatible API server (engine.server)
     return parser
 
 
@@ -111,6 +117,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise KvDeckError(f"--max-tokens must be at least 1, not {args.max_tokens}")
     sampling = _sampling(args)
+    draft_path = _model_path(argparse.Namespace(path=args.draft)) if args.draft else None
+    if args.draft_max < 1:
+        raise KvDeckError(f"--draft-max must be at least 1, not {args.draft_max}")
     from engine.cache_rules import default_cache_type
     from engine.fit import preflight
     from engine.gguf_inspect import inspect_gguf
@@ -128,9 +137,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         host.wait_ready()
         loaded = host.load(load_params(path, settings, n_threads=args.threads))
+        if draft_path:
+            host.load_draft(draft_path, n_gpu_layers=args.n_gpu_layers)
         stream = None if args.json else _print_stream
         result = reply(host, loaded, [ChatMessage("user", args.prompt)], system_prompt=args.system,
-                       sampling=sampling, max_tokens=args.max_tokens, on_text=stream)
+                       sampling=sampling, max_tokens=args.max_tokens, on_text=stream,
+                       draft="model" if draft_path else "lookup" if args.lookup else "",
+                       draft_max=args.draft_max)
     finally:
         host.stop()
     done = result.done
@@ -143,12 +156,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
             "first_token_s": round(done.first_token_s, 4), "prefill_s": round(done.prefill_s, 4),
             "n_ctx": loaded.n_ctx, "sampling": sampling.to_dict(),
         }
+        if done.draft:  # speculative decoding
+            out.update({"draft": done.draft, "n_drafted": done.n_drafted, "n_accepted": done.n_accepted,
+                        "acceptance": round(done.acceptance, 4), "mean_accepted": round(done.mean_accepted, 3),
+                        "n_target_decodes": done.n_target_decodes})
         print(json.dumps(out, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
         print(f"[{len(done.tokens)} tokens, {done.tokens_per_s:.1f} tokens/s, "
               f"first token {done.first_token_s * 1000:.0f} ms, stop: {done.stop_reason}]",
               file=sys.stderr)
+        if done.draft:
+            print(f"[{done.draft} drafting: {done.n_accepted}/{done.n_drafted} drafted tokens accepted "
+                  f"({done.acceptance:.0%}), {done.mean_accepted:.2f} per verify]", file=sys.stderr)
     return 0
 
 
@@ -161,6 +181,7 @@ COMMANDS = {"inspect": cmd_inspect, "chat": cmd_chat, "plan": cli_memory.cmd_pla
             "fit": cli_memory.cmd_fit, "pair": cli_memory.cmd_pair}
 COMMANDS["precision"] = cli_precision.cmd_precision
 COMMANDS["bench"] = cli_bench.cmd_bench
+COMMANDS["serve"] = cli_serve.cmd_serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 0
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not root.handlers:  # like basicConfig, minus llama.cpp's log and the runtime's abort
+        handler = logging.StreamHandler()  # line: the one-line error already says what they say
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(lambda r: not r.name.startswith(("kvdeck.llama", "kvdeck.runtime")))
+        root.addHandler(handler)
+        root.setLevel(logging.ERROR)
     try:
         return COMMANDS[args.command](args)
     except KvDeckError as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from engine.errors import KvDeckError
@@ -138,11 +139,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(f"{verdict}: context {data['n_ctx']} tokens, GPU layers {data['n_gpu_layers']}; "
               f"limited by {result.limited_by}: {result.reason}")
         print_plan(data["plan"])
-    return 0 if result.fits else 2
+    if not result.fits:  # the same one-line contract as every other refusal
+        raise KvDeckError(f"{Path(args.path).name} {result.reason}")
+    return 0
 
 
-def cmd_pair(args: argparse.Namespace) -> int:
-    """Vocabulary rules from llama.cpp itself, plus: do both fit together at the target's context."""
+def pair_report(target_path: str, draft_path: str, *, budget_bytes: int | None = None,
+                max_context: int | None = None, settings: PlanSettings | None = None,
+                devices: list[Device] | None = None) -> dict[str, Any]:
+    """Vocabulary rules from llama.cpp itself (in a throwaway child), plus: do both fit together
+    at the target's context. ``settings`` are the target's (the draft keeps f16 K/V); the GUI
+    calls this off its thread before loading a draft."""
     from engine.fit import DraftSpec, fit
     from engine.gguf_inspect import inspect_gguf
     from engine.host import RuntimeHost
@@ -150,27 +157,34 @@ def cmd_pair(args: argparse.Namespace) -> int:
     from engine.pairing import Check, verdict
     from engine.runtime_info import plan_devices
 
-    target, draft = inspect_gguf(args.target), inspect_gguf(args.draft)
+    target, draft = inspect_gguf(target_path), inspect_gguf(draft_path)
     host = RuntimeHost()
     host.start()
     try:
         host.wait_ready()
-        checks = [Check(**c) for c in host.pair(args.target, args.draft)]
+        checks = [Check(**c) for c in host.pair(target_path, draft_path)]
     finally:
         host.stop()
     if target.recurrent or target.hybrid:
         checks.append(Check("target can roll back", False,
                             f"{target.architecture} keeps a recurrent state that cannot be rolled back "
                             "past rejected draft tokens"))
-    devices, _ = plan_devices()
-    budget = args.budget_mib * MiB if args.budget_mib is not None else None
-    settings = PlanSettings(n_ctx=0)
-    result = fit(target, settings, devices, plan_fn=analytic_plan, budget_bytes=budget,
-                 draft=DraftSpec(draft, settings), max_context=args.ctx)
+    if devices is None:
+        devices, _ = plan_devices()
+    base = settings if settings is not None else PlanSettings(n_ctx=0)
+    dsettings = base if settings is None else base.replace(type_k="f16", type_v="f16")
+    result = fit(target, base, devices, plan_fn=analytic_plan, budget_bytes=budget_bytes,
+                 draft=DraftSpec(draft, dsettings), max_context=max_context)
     checks.append(Check("memory", result.fits,
                         f"target and draft fit together at {result.plan.n_ctx:,} tokens of context "
                         f"({result.limited_by} limits it)" if result.fits else result.reason))
-    data = verdict(checks)
+    return verdict(checks)
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    """``kvdeck pair``: :func:`pair_report` as JSON or as one line per rule."""
+    budget = args.budget_mib * MiB if args.budget_mib is not None else None
+    data = pair_report(args.target, args.draft, budget_bytes=budget, max_context=args.ctx)
     if args.json:
         print(json.dumps(data, indent=2))
     else:

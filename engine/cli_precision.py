@@ -34,7 +34,12 @@ def register(sub: Any) -> None:
                         "default: built-in code, math, prose, German and French prompts")
     p.add_argument("--tokens", type=int, default=30, help="greedy tokens per prompt (default 30)")
     p.add_argument("--flash-attn", choices=("auto", "on", "off"), default="on",
-                   help="for both caches (default on: quantized V caches need it)")
+                   help="for the candidate cache (default on, as llama.cpp usually resolves "
+                        "auto; quantized V caches need it). The f32 reference runs without: "
+                        "with it llama.cpp casts f32 K/V to f16")
+    p.add_argument("--reference-flash-attn", choices=("off", "on"), default="off",
+                   help="for the f32 reference (default off: the unrounded model; on: f32 "
+                        "rounded to f16 inside attention, i.e. the cost beyond an f16 cache)")
     p.add_argument("--ctx", type=int, default=0,
                    help="context of the check (default: just enough for the longest prompt)")
     p.add_argument("--n-gpu-layers", type=int, default=-1)
@@ -60,9 +65,11 @@ def _validate(args: argparse.Namespace) -> tuple[Any, list[str], list[str]]:
     info = inspect_gguf(args.path)
     devices, _ = plan_devices()
     n_gpus = sum(1 for d in devices if d.kind == "gpu")
-    for tk, tv in ((args.cache_type_k, args.cache_type_v), REFERENCE):
+    pairs = ((args.cache_type_k, args.cache_type_v, args.flash_attn),
+             (*REFERENCE, args.reference_flash_attn))
+    for tk, tv, fa in pairs:
         settings = PlanSettings(n_ctx=args.ctx or 256, type_k=tk, type_v=tv,
-                                flash_attn=args.flash_attn, n_gpu_layers=args.n_gpu_layers)
+                                flash_attn=fa, n_gpu_layers=args.n_gpu_layers)
         errors = [p for p in check_settings(info, settings, n_gpus, gpu_backend())
                   if p.severity == "error"]
         if errors:
@@ -85,7 +92,8 @@ def kv_bytes(info: Any, n_ctx: int, type_k: str, type_v: str, flash_attn: str,
 def result_json(path: str, info: Any, r: PrecisionResult, names: list[str],
                 n_gpu_layers: int = -1) -> dict[str, Any]:
     """The ``kvdeck precision --json`` contract (extra keys beyond the issue's are additive)."""
-    ref_bytes = kv_bytes(info, r.n_ctx, r.reference_type_k, r.reference_type_v, r.flash_attn, n_gpu_layers)
+    ref_bytes = kv_bytes(info, r.n_ctx, r.reference_type_k, r.reference_type_v,
+                         r.reference_flash_attn, n_gpu_layers)
     cand_bytes = kv_bytes(info, r.n_ctx, r.type_k, r.type_v, r.flash_attn, n_gpu_layers)
     per_prompt = [{"name": name, **{k: finite_or_none(v) if isinstance(v, float) else v
                                     for k, v in p.items()}}
@@ -93,9 +101,10 @@ def result_json(path: str, info: Any, r: PrecisionResult, names: list[str],
     return {
         "model": path, "n_ctx": r.n_ctx, "n_tokens": r.n_tokens, "flash_attn": r.flash_attn,
         "reference": {"type_k": r.reference_type_k, "type_v": r.reference_type_v,
-                      "kv_bytes": ref_bytes},
+                      "flash_attn": r.reference_flash_attn, "kv_bytes": ref_bytes},
         "candidate": {
-            "type_k": r.type_k, "type_v": r.type_v, "mean_kl": finite_or_none(r.mean_kl),
+            "type_k": r.type_k, "type_v": r.type_v, "flash_attn": r.flash_attn,
+            "mean_kl": finite_or_none(r.mean_kl),
             "max_kl": finite_or_none(r.max_kl), "top1_agreement": r.top1_agreement,
             "first_divergence": list(r.first_divergence), "n_positions": r.n_positions,
             "kv_bytes": cand_bytes, "reference_kv_bytes": ref_bytes,
@@ -107,9 +116,9 @@ def result_json(path: str, info: Any, r: PrecisionResult, names: list[str],
 def print_result(data: dict[str, Any]) -> None:
     c, ref = data["candidate"], data["reference"]
     kl = "inf (broken cache)" if c["mean_kl"] is None else f"{c['mean_kl']:.3g}"
-    print(f"{data['model']}\n  K {c['type_k']} / V {c['type_v']} against K {ref['type_k']} / "
-          f"V {ref['type_v']}, flash attention {data['flash_attn']}, {data['n_tokens']} tokens "
-          f"per prompt, context {data['n_ctx']}")
+    print(f"{data['model']}\n  K {c['type_k']} / V {c['type_v']} (flash attention "
+          f"{c['flash_attn']}) against K {ref['type_k']} / V {ref['type_v']} (flash attention "
+          f"{ref['flash_attn']}), {data['n_tokens']} tokens per prompt, context {data['n_ctx']}")
     print(f"  {'prompt':<10}{'mean KL':>11}{'max KL':>11}{'top-1':>8}  first divergence")
     for p in c["per_prompt"]:
         div = "none" if p["first_divergence"] is None else f"token {p['first_divergence']}"
@@ -139,6 +148,7 @@ def cmd_precision(args: argparse.Namespace) -> int:
                              n_threads=args.threads))
         result = host.precision(args.cache_type_k, args.cache_type_v, prompts, args.tokens,
                                 flash_attn=args.flash_attn, n_ctx=args.ctx,
+                                reference_flash_attn=args.reference_flash_attn,
                                 on_progress=None if args.json else _progress)
     finally:
         host.stop()

@@ -1,321 +1,81 @@
-"""Generation on a loaded model: prefill, the decode hot loop, and the sampler chain.
+"""Generation on a loaded model: prefill and the decode hot loop.
 
 Split from ``engine.llama_session`` (which owns loading) so the hot loop can be read, measured
-and tuned on its own. Runs only in the runtime child, on its main thread.
+and tuned on its own; which sampler a request uses lives in ``engine.decode_sampling``. Runs
+only in the runtime child, on its main thread.
 
-Where the time goes, and why the loop looks the way it does (``engine.bench`` measures it):
-
-* llama-bench's decode step is ``decode + copy the logits row + synchronise`` and nothing
-  else; everything KV Deck adds has to fit in a few per cent of a token time.
-* Sampling runs on the device when it can (llama.cpp's backend sampling): the chain is part of
-  the decode graph, so no O(vocabulary) pass runs on the CPU and, for any chain that cuts the
-  candidates (top-k), not even the logits row crosses the bus. A chain can be attached to a
-  context only once (a second attach aborts), and attaching makes the next decode re-reserve
-  the scheduler, so one chain stays attached until the sampling settings change and is reset
-  (reseeded, penalty history cleared) at the start of each request.
-* Without backend sampling, greedy decoding is a numpy argmax on the logits row instead of
-  llama.cpp's sampler, which copies the whole row into a candidate array first.
-* ``llama_decode`` returns while the device works: the token just submitted is detokenised
-  and streamed in that shadow, and the next sample (which synchronises) comes last.
+llama-bench's decode step is ``decode + copy the logits row + synchronise`` and nothing else,
+so everything KV Deck adds has to fit in a few per cent of a token time (``engine.bench``
+measures it). ``llama_decode`` returns while the device works: the token just submitted is
+detokenised and streamed in that shadow, and the next sample (which synchronises) comes last;
+between a sample and the next decode only the end-of-generation check and two batch fields
+are written.
 """
 from __future__ import annotations
 
 import codecs
 import ctypes
-import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
+from engine.decode_sampling import DEFAULT_SAMPLER, RequestError, Sampling, SamplingMixin
 from engine.protocol import Delta, Done, GenerateRequest, Started
-from engine.sampling import RANDOM_SEED, SamplingParams
+from engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from engine.llama_session import _Model
 
+__all__ = ["GenerationMixin", "RequestError"]
+
 _DELTA_INTERVAL_S = 0.02
-#: auto: on the device when a GPU backend is present, else CPU; the others force one path
-#: (backend-topk1: greedy as top_k(1)+dist, no logits row copied; cpu-chain: the old loop).
-SAMPLER_MODES = ("auto", "backend", "backend-topk1", "cpu", "cpu-chain")
-DEFAULT_SAMPLER = os.environ.get("KVDECK_SAMPLER", "auto")
-
-# A second handle on libllama whose functions get our own restypes: llama_cpp's function
-# objects are shared, and a pointer returned as a plain int is what the argmax path needs.
-_LIB = ctypes.CDLL(LL._lib._name)
-_LIB.llama_get_logits_ith.restype = ctypes.c_void_p
-_LIB.llama_get_logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
-
-Spec = tuple[tuple[Any, ...], ...]
 
 
-class RequestError(Exception):
-    """A request failed in a way the child survives; ``kind`` tells the parent whose fault."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(" ".join(message.split()))
-        self.kind = kind
-
-
-def chain_spec(s: SamplingParams, *, device: bool, topk1: bool = False,
-               forbid: tuple[int, ...] = ()) -> Spec:
-    """The sampler chain as data, so an attached chain can be compared with the next request's.
-
-    Penalties come after top-k: on the full vocabulary they cost one hash lookup per token per
-    step on the CPU, on 40 candidates nothing. On the device, greedy after top-k is wrong in
-    this llama.cpp tree (the argmax indexes the candidates, not the vocabulary), so there a
-    cut greedy chain ends in top_k(1) + dist, which maps the candidate back to its token id.
-    """
-    out: list[tuple[Any, ...]] = [("logit_bias", forbid)] if forbid else []
-    if s.greedy:
-        if s.repeat_penalty != 1.0:
-            out += [("top_k", 64), ("penalties", s.repeat_last_n, s.repeat_penalty)]
-            out += [("top_k", 1), ("dist", 0)] if device else [("greedy",)]
-        else:
-            out += [("top_k", 1), ("dist", 0)] if device and topk1 else [("greedy",)]
-        return tuple(out)
-    if s.top_k > 0:
-        out.append(("top_k", s.top_k))
-    if s.repeat_penalty != 1.0:
-        out.append(("penalties", s.repeat_last_n, s.repeat_penalty))
-    if s.top_p < 1.0:
-        out.append(("top_p", s.top_p))
-    if s.min_p > 0.0:
-        out.append(("min_p", s.min_p))
-    out += [("temp", s.temperature), ("dist", s.seed)]
-    return tuple(out)
-
-
-def build_chain(spec: Spec, n_vocab: int) -> object:
-    chain = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
-    for name, *args in spec:
-        if name == "logit_bias":
-            biases = (LL.llama_logit_bias * len(args[0]))(
-                *[LL.llama_logit_bias(t, float("-inf")) for t in args[0]])
-            smpl = LL.llama_sampler_init_logit_bias(n_vocab, len(args[0]), biases)
-        elif name == "penalties":
-            smpl = LL.llama_sampler_init_penalties(n_vocab, args[0], args[1], 0.0, 0.0)
-        elif name == "top_p" or name == "min_p":
-            smpl = getattr(LL, f"llama_sampler_init_{name}")(args[0], 1)
-        else:
-            smpl = getattr(LL, f"llama_sampler_init_{name}")(*args)
-        LL.llama_sampler_chain_add(chain, smpl)
-    return chain
-
-
-def chain_name(chain: object) -> str:
-    """llama.cpp's names of the chain's samplers; '+' marks those that run on the device."""
-    n = LL.llama_sampler_chain_n(chain)
-    return ",".join(LL.llama_sampler_name(LL.llama_sampler_chain_get(chain, i)).decode()
-                    for i in range(n))
-
-
-def gpu_present() -> bool:
-    """Whether ggml has a GPU device: then backend sampling moves sampling off the CPU."""
-    if not LL.llama_supports_gpu_offload():
-        return False
-    lib = LL._lib
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    lib.ggml_backend_dev_type.restype = ctypes.c_int
-    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    return any(lib.ggml_backend_dev_type(lib.ggml_backend_dev_get(i)) in (1, 2)  # GPU, IGPU
-               for i in range(lib.ggml_backend_dev_count()))
-
-
-@dataclass
-class _Attached:
-    model: Any  # the _Model itself: a new context may reuse a freed one's address
-    spec: Spec
-    chain: object
-
-
-@dataclass
-class Sampling:
-    """How one request samples. ``chain`` None means numpy argmax on the logits row."""
-
-    params: SamplingParams
-    chain: object | None
-    first: object | None = None  # CPU chain that forbids end-of-generation for the first token
-    backend: bool = False
-    owned: list[object] = field(default_factory=list)  # freed when the request ends
-
-    @property
-    def name(self) -> str:
-        return "numpy argmax" if self.chain is None else chain_name(self.chain)
-
-
-class GenerationMixin:
+class GenerationMixin(SamplingMixin):
     """Needs ``_require()``, ``_emit``, ``_log``, ``_cached``, ``_m``, ``tokenize`` and ``_piece``."""
 
     _m: Any
     _cached: list[int]
-    _attached: _Attached | None = None
-    _retired: list[object] | None = None
-    _pieces: tuple[int, dict[int, bytes]] = (0, {})
-    _gpu: bool | None = None
-
-    # ------------------------------------------------------------------ sampling
-    def _sampling(self, m: _Model, s: SamplingParams, mode: str, no_empty: bool) -> Sampling:
-        """Pick the sampling path; attach (or keep) the device chain before the prefill."""
-        if mode not in SAMPLER_MODES:
-            raise RequestError("params", f"sampler must be one of {', '.join(SAMPLER_MODES)}")
-        self._free_retired()
-        if mode == "auto":
-            if self._gpu is None:
-                self._gpu = gpu_present()
-            mode = "backend" if self._gpu else "cpu"
-        if mode.startswith("backend"):
-            spec = chain_spec(s, device=True, topk1=mode == "backend-topk1")
-            att = self._attached
-            if att is not None and att.model is m and att.spec == spec:
-                LL.llama_sampler_reset(att.chain)  # reseed dist, clear the penalty history
-                return Sampling(s, att.chain, backend=True)
-            chain = build_chain(spec, m.n_vocab)
-            if LL.llama_set_sampler(m.ctx, 0, chain):
-                self._retire()
-                self._attached = _Attached(m, spec, chain)
-                return Sampling(s, chain, backend=True)
-            LL.llama_sampler_free(chain)  # not offloadable here (tensor split): CPU after all
-            self._retire()
-        self._detach(m)
-        forbid = tuple(m.eog_ids) if no_empty else ()
-        first = build_chain(chain_spec(s, device=False, forbid=forbid), m.n_vocab) if forbid else None
-        owned = [first] if first else []
-        if mode == "cpu" and s.greedy and s.repeat_penalty == 1.0:
-            return Sampling(s, None, first, owned=owned)
-        chain = build_chain(chain_spec(s, device=False), m.n_vocab)
-        return Sampling(s, chain, first, owned=owned + [chain])
-
-    def _detach(self, m: _Model) -> None:
-        if self._attached is not None and self._attached.model is m:
-            LL.llama_set_sampler(m.ctx, 0, None)
-            self._retire()
-
-    def _retire(self) -> None:
-        """Keep a replaced chain until a decode has rebuilt the graph without it.
-
-        A chain whose context was freed (a new model) is retired too: the context's graph
-        referenced it, so it is only freed once the next context exists.
-        """
-        if self._attached is not None:
-            if self._retired is None:
-                self._retired = []
-            self._retired.append(self._attached.chain)
-            self._attached = None
-
-    def _free_retired(self) -> None:
-        m = self._m
-        if self._attached is not None and self._attached.model is not m:
-            self._retire()  # its context is gone
-        for chain in self._retired or ():
-            LL.llama_sampler_free(chain)
-        self._retired = []
-
-    def _release(self, sp: Sampling) -> None:
-        for chain in sp.owned:
-            LL.llama_sampler_free(chain)
-        sp.owned.clear()
-
-    def _argmax(self, m: _Model) -> Callable[[], int]:
-        """Greedy without llama.cpp's O(vocab) candidate copy; the view is rebuilt only when the
-        output buffer moved (it is reallocated when a batch needs more output rows)."""
-        ctx, n, get = m.ctx, m.n_vocab, _LIB.llama_get_logits_ith
-        state: list[Any] = [0, None]
-
-        def sample() -> int:
-            addr = get(ctx, -1)
-            if addr != state[0]:
-                state[0] = addr
-                state[1] = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr))
-            return int(state[1].argmax())
-
-        return sample
-
-    def _first_token(self, m: _Model, sp: Sampling, tokens: list[int], no_empty: bool,
-                     cancel: threading.Event) -> int:
-        """The token after the prompt; with ``no_empty`` never an end-of-generation token."""
-        ctx = m.ctx
-        if sp.first is not None:
-            tok = LL.llama_sampler_sample(sp.first, ctx, -1)
-            if sp.chain is not None:
-                LL.llama_sampler_accept(sp.chain, tok)
-            return tok
-        tok = LL.llama_sampler_sample(sp.chain, ctx, -1) if sp.chain else self._argmax(m)()
-        if not (no_empty and sp.backend and tok in set(m.eog_ids)):
-            return tok
-        alt = self._without_eog(m, sp.params)
-        if alt is not None:
-            LL.llama_sampler_reset(sp.chain)
-            LL.llama_sampler_accept(sp.chain, alt)
-            return alt
-        return self._cpu_first_token(m, sp, tokens, cancel)
-
-    def _without_eog(self, m: _Model, s: SamplingParams) -> int | None:
-        """Pick again from what the device chain left, minus end-of-generation tokens."""
-        ctx = m.ctx
-        n_probs = LL.llama_get_sampled_probs_count_ith(ctx, -1)
-        n = n_probs or LL.llama_get_sampled_logits_count_ith(ctx, -1)
-        if n == 0:
-            return None
-        ids = np.ctypeslib.as_array(LL.llama_get_sampled_candidates_ith(ctx, -1), (n,)).copy()
-        ok = ~np.isin(ids, np.asarray(m.eog_ids, dtype=ids.dtype))
-        if not ok.any():
-            return None
-        if s.greedy or not n_probs:
-            vals = np.ctypeslib.as_array(LL.llama_get_sampled_logits_ith(ctx, -1), (n,)).copy()
-            return int(ids[ok][np.argmax(vals[ok])])
-        probs = np.ctypeslib.as_array(LL.llama_get_sampled_probs_ith(ctx, -1), (n,))[ok]
-        if not probs.sum() > 0:
-            return None
-        rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
-        return int(rng.choice(ids[ok], p=probs / probs.sum()))
-
-    def _cpu_first_token(self, m: _Model, sp: Sampling, tokens: list[int],
-                         cancel: threading.Event) -> int:
-        """Rare: every candidate the device kept ends the reply. Decode the last prompt token
-        again without the device chain and sample on the CPU with end-of-generation forbidden;
-        the rest of this request samples on the CPU, the next one attaches a fresh chain."""
-        self._detach(m)
-        last = len(tokens) - 1
-        if LL.llama_memory_seq_rm(m.mem, 0, last, -1):
-            del self._cached[last:]
-            self._decode(tokens[last:], last, cancel)
-        else:  # recurrent state cannot roll back one token
-            LL.llama_memory_clear(m.mem, True)
-            self._cached.clear()
-            self._decode(tokens, 0, cancel)
-        sp.chain = build_chain(chain_spec(sp.params, device=False), m.n_vocab)
-        sp.first = build_chain(chain_spec(sp.params, device=False, forbid=tuple(m.eog_ids)),
-                               m.n_vocab)
-        sp.owned += [sp.chain, sp.first]
-        sp.backend = False
-        return self._first_token(m, sp, tokens, True, cancel)
+    _pieces: tuple[Any, dict[int, bytes]] = (None, {})
+    _views: tuple[Any, Any] = (None, None)
 
     # ------------------------------------------------------------------ generation
     def _decode(self, tokens: list[int], pos0: int, cancel: threading.Event) -> None:
-        """Prefill ``tokens`` at ``pos0`` in chunks of n_batch; logits only for the last one."""
+        """Prefill ``tokens`` at ``pos0`` in chunks of n_batch; logits only for the last one.
+
+        The batch is filled through numpy views: a field-by-field ctypes fill costs about a
+        microsecond per token, which is 1 % of a GPU prefill of 512 tokens.
+        """
         m = self._require()
         b = m.batch
-        tok_p, pos_p, nseq_p, seq_p, out_p = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        tok_a, pos_a, out_a = self._batch_views(m)
         for start in range(0, len(tokens), m.n_batch):
             if cancel.is_set():
                 raise RequestError("cancelled", "cancelled")
             chunk = tokens[start:start + m.n_batch]
-            for i, tok in enumerate(chunk):
-                tok_p[i] = tok
-                pos_p[i] = pos0 + start + i
-                nseq_p[i] = 1
-                seq_p[i][0] = 0
-                out_p[i] = 0
-            out_p[len(chunk) - 1] = 1 if start + len(chunk) == len(tokens) else 0
-            b.n_tokens = len(chunk)
+            n = len(chunk)
+            tok_a[:n] = chunk
+            pos_a[:n] = np.arange(pos0 + start, pos0 + start + n, dtype=np.int32)
+            out_a[:n] = 0
+            out_a[n - 1] = 1 if start + n == len(tokens) else 0
+            b.n_tokens = n
             self._check(LL.llama_decode(m.ctx, b))
             self._cached.extend(chunk)
+
+    def _batch_views(self, m: _Model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """numpy views of the batch's token, pos and logits arrays; every row is set to one
+        sequence (0) once per model, since nothing here decodes another sequence."""
+        if self._views[0] is not m:
+            b, n = m.batch, m.n_batch
+            for i in range(n):
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+            self._views = (m, (np.ctypeslib.as_array(b.token, (n,)), np.ctypeslib.as_array(b.pos, (n,)),
+                               np.ctypeslib.as_array(b.logits, (n,))))
+        return self._views[1]
 
     def _check(self, rc: int) -> None:
         if rc == 0:
@@ -343,6 +103,10 @@ class GenerationMixin:
         return n
 
     def generate(self, req: GenerateRequest, cancel: threading.Event) -> Done:
+        if getattr(req, "draft", ""):  # speculative decoding lives in engine.speculative
+            from engine.speculative import generate_speculative
+
+            return generate_speculative(self, req, cancel)  # type: ignore[arg-type]
         m = self._require()
         sampling = SamplingParams.from_dict(req.sampling)
         tokens = self.tokenize(req.prompt)
@@ -449,8 +213,8 @@ class GenerationMixin:
         )
 
     def _piece_cache(self, m: _Model) -> dict[int, bytes]:
-        """Detokenised pieces of this model's tokens, filled as tokens are first generated."""
-        key = int(m.vocab or 0)
-        if self._pieces[0] != key:
-            self._pieces = (key, {})
+        """Detokenised pieces of this model's tokens, filled as tokens are first generated
+        (keyed by the model object: a new model's vocabulary may reuse a freed address)."""
+        if self._pieces[0] is not m:
+            self._pieces = (m, {})
         return self._pieces[1]

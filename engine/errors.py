@@ -11,7 +11,15 @@ class KvDeckError(Exception):
     """An error whose message is a complete, single-line sentence for the user."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        # File names and metadata may hold undecodable bytes (surrogate escapes): they must not
+        # make printing the message fail, so they become U+FFFD here.
+        text = str(message).encode("utf-8", "surrogateescape" if _escaped(message) else "replace")
+        super().__init__(" ".join(text.decode("utf-8", "replace").split()))
+
+
+def _escaped(message: object) -> bool:
+    """True when every surrogate in the text is an escaped byte (U+DC80..U+DCFF)."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in str(message))
 
 
 class ModelFileError(KvDeckError):

@@ -3,25 +3,25 @@
 The app needs layer counts, head geometry, sliding-window layout and weight sizes before it
 starts the llama.cpp child (to plan memory, and to refuse bad files with a sentence instead of a
 native abort). `gguf.GGUFReader` builds numpy views per metadata element and needs 4 s (SmolLM2)
-to 20 s (Gemma 3's 262k-token vocabulary), so we walk the header with `struct` over an `mmap`
-and use `gguf` only for its type tables; tensor data is never read. Rules follow llama.cpp
-0c1e570 (`llama_model_base::load_hparams`, `src/models/*.cpp`); see notes/llama-cpp-memory.md.
+to 20 s (Gemma 3's 262k-token vocabulary), so `engine.gguf_reader` walks the header with `struct`
+over an `mmap` (refusing what llama.cpp's parser refuses) and this module applies the model rules
+of llama.cpp 0c1e570 (`llama_model_base::load_hparams`, `src/models/*.cpp`); tensor data is never
+read. See notes/llama-cpp-memory.md.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import mmap
 import os
-import struct
-from typing import Any, NamedTuple
+import stat
+from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf import LlamaFileType
 
 from engine.errors import ModelFileError
-from engine.gguf_hparams import (HYBRID_ARCHS, MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS, SWA_ALWAYS,
-                                 SWA_IF_WINDOW, WeightLayout, kv_layer_flags, recurrent_flags,
-                                 weight_layout)
+from engine.gguf_hparams import (HYBRID_ARCHS, KNOWN_ARCHS, MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS,
+                                 SWA_ALWAYS, SWA_IF_WINDOW, WeightLayout, kv_layer_flags,
+                                 recurrent_flags, weight_layout)
+from engine.gguf_reader import Array as _Array, Corrupt as _Corrupt, read_header
 
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts (GGML_ASSERT) above this.
 MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS, same consequence.
@@ -29,26 +29,7 @@ _MAX_DIM = 1 << 20  # sanity bound for embedding width, head counts and head siz
 
 _FTYPE_NAMES = {int(t): t.name.split("_", 1)[1] for t in LlamaFileType
                 if t.name.startswith(("MOSTLY_", "ALL_"))}  # MOSTLY_Q4_K_M -> Q4_K_M
-# GGUF value type id -> struct format (8 = string, 9 = array are handled separately).
-_SCALAR_FMT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
-               11: "q", 12: "d"}
-_STRUCTS = {f: struct.Struct("<" + f) for f in _SCALAR_FMT.values()}
-_MAX_ARRAY_KEEP = 65536  # longer numeric arrays (token scores) are only counted, like strings
-_TEXT_KEYS = {"general.architecture", "general.name", "tokenizer.ggml.model",
-              "tokenizer.chat_template"}  # other string values are skipped and read as ""
-_TRUNCATED = "is truncated or corrupt (header runs past the end of the file)"
-
-
-class _Corrupt(Exception):
-    """Internal: the header is malformed; the message completes "<file> ..."."""
-
-
-class _Array(NamedTuple):
-    """A metadata array; `items` is None for string arrays and very long numeric ones."""
-
-    elem_type: int
-    length: int
-    items: tuple[Any, ...] | None
+_U32_MAX = 2**32 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +80,7 @@ class GGUFInfo:
     kv_layers: tuple[bool, ...] = ()  # owns attention K/V tensors in the main context
     causal: bool = True  # {arch}.attention.causal
     weights: WeightLayout | None = None
+    n_vocab_embd: int = 0  # rows of token_embd.weight (0: none); llama.cpp wants n_vocab rows
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict; the template text is replaced by its length to keep reports small."""
@@ -111,114 +93,16 @@ class GGUFInfo:
         return out
 
 
-class _Cursor:
-    """Bounds-checked little-endian reader over the mapped header."""
-
-    def __init__(self, buf: mmap.mmap, size: int) -> None:
-        self.buf, self.size, self.pos = buf, size, 0
-
-    def take(self, n: int) -> int:
-        if n < 0 or self.pos + n > self.size:
-            raise _Corrupt(_TRUNCATED)
-        self.pos += n
-        return self.pos - n
-
-    def num(self, fmt: str) -> Any:
-        packer = _STRUCTS[fmt]
-        return packer.unpack_from(self.buf, self.take(packer.size))[0]
-
-    def string(self, limit: int | None = None, decode: bool = True) -> str:
-        """Decode only what we use: a corrupt length can point at megabytes of weights."""
-        n = self.num("Q")
-        if limit is not None and n > limit:
-            raise _Corrupt("is corrupt (implausibly long key or tensor name)")
-        start = self.take(n)
-        return self.buf[start:self.pos].decode("utf-8", errors="replace") if decode else ""
-
-    def value(self, vtype: int, decode: bool) -> Any:
-        if vtype in _SCALAR_FMT:
-            return self.num(_SCALAR_FMT[vtype])
-        if vtype not in (8, 9):
-            raise _Corrupt(f"is corrupt (unknown metadata value type {vtype})")
-        return self.string(decode=decode) if vtype == 8 else self.array()
-
-    def array(self) -> _Array:
-        elem, count = self.num("I"), self.num("Q")
-        if elem in _SCALAR_FMT:
-            fmt = _SCALAR_FMT[elem]
-            start = self.take(count * _STRUCTS[fmt].size)
-            keep = count <= _MAX_ARRAY_KEEP
-            return _Array(elem, count, struct.unpack_from(f"<{count}{fmt}", self.buf, start)
-                          if keep else None)
-        if elem != 8 or count * 8 > self.size - self.pos:  # llama.cpp rejects nested arrays
-            raise _Corrupt("is corrupt (malformed metadata array)")
-        buf, pos, size, unpack = self.buf, self.pos, self.size, _STRUCTS["Q"].unpack_from
-        for _ in range(count):  # hot loop: step over tokens/merges without decoding them
-            if pos + 8 > size:
-                raise _Corrupt(_TRUNCATED)
-            pos += 8 + unpack(buf, pos)[0]
-        self.take(pos - self.pos)
-        return _Array(elem, count, None)
-
-
-def _parse(path: str, size: int
-           ) -> tuple[dict[str, Any], list[tuple[str, str, int, int, int, int]]]:
-    """(metadata, [(tensor, type name, n_elements, n_bytes, offset)]), bounds-checked."""
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        cur = _Cursor(buf, size)
-        if buf[:4] != b"GGUF":
-            raise _Corrupt("is not a GGUF file (bad magic)")
-        cur.take(4)
-        version = cur.num("I")
-        if version not in (2, 3):
-            if version & 0xFFFF == 0 and int.from_bytes(buf[4:8], "big") in (2, 3):
-                raise _Corrupt("is a big-endian GGUF file, which llama.cpp cannot load here")
-            raise _Corrupt(f"uses GGUF version {version}, which llama.cpp does not support")
-        n_tensors, n_kv = cur.num("Q"), cur.num("Q")
-        if n_kv > size // 13 or n_tensors > size // 32:
-            raise _Corrupt("is truncated or corrupt (more keys or tensors than it can hold)")
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = cur.string(limit=1 << 16)
-            if key in meta:
-                raise _Corrupt("is corrupt (a metadata key appears twice)")
-            meta[key] = cur.value(cur.num("I"), decode=key in _TEXT_KEYS)
-        alignment = meta.get("general.alignment", 32)
-        if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
-            raise _Corrupt("is corrupt (general.alignment is not a power of two)")
-        infos = []
-        for _ in range(n_tensors):
-            name, n_dims = cur.string(limit=63), cur.num("I")
-            if not name.isprintable() or n_dims > 4:  # names: GGML_MAX_NAME - 1 = 63 bytes
-                raise _Corrupt("is corrupt (a tensor has a garbled name or shape)")
-            dims = [cur.num("Q") for _ in range(n_dims)]
-            ttype, offset = cur.num("I"), cur.num("Q")
-            try:
-                qtype = GGMLQuantizationType(ttype)
-                block, type_size = GGML_QUANT_SIZES[qtype]
-            except (ValueError, KeyError):
-                raise _Corrupt(f"uses an unknown tensor type ({ttype}) for {name}") from None
-            n_elem = math.prod(dims)
-            if dims and dims[0] % block:
-                raise _Corrupt(f"is corrupt (tensor {name} rows do not fit its type)")
-            infos.append((name, qtype.name, n_elem, n_elem // block * type_size, offset,
-                          dims[0] if dims else 1))
-        data_start = -(-cur.pos // alignment) * alignment
-        for name, _t, _n, nbytes, offset, _ne0 in infos:
-            if data_start + offset + nbytes > size:
-                raise _Corrupt(f"is truncated (data of tensor {name} lies past the end)")
-    return meta, infos
-
-
 def _int(meta: dict[str, Any], key: str, default: int | None = None,
-         required: bool = False) -> int | None:
-    """An integer scalar key; rejects floats, strings, negatives and arrays."""
+         required: bool = False, wide: bool = False) -> int | None:
+    """An integer scalar key; rejects floats, strings, negatives and arrays, and (unless `wide`)
+    values beyond 32 bits, which llama.cpp reads every such key as (a u64 one fails to load)."""
     if key not in meta:
         if required:
             raise _Corrupt(f"lacks the required key {key}")
         return default
     value = meta[key]
-    if type(value) is not int or value < 0:
+    if type(value) is not int or value < 0 or (value > _U32_MAX and not wide):
         raise _Corrupt(f"has an invalid value for {key}")
     return value
 
@@ -284,16 +168,22 @@ def _swa(meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int,
 
 def _build(path: str, size: int) -> GGUFInfo:
     """Apply llama.cpp's hparam rules to the parsed header, rejecting what it would reject."""
-    meta, tensors = _parse(path, size)
+    meta, _types, tensors = read_header(path, size)
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch.isprintable() or not 0 < len(arch.strip()) < 64:
         raise _Corrupt("lacks a usable general.architecture")
+    if arch == "clip":
+        raise _Corrupt("is a vision projector (mmproj), not a language model: open the model "
+                       "file it belongs to")
+    if arch not in KNOWN_ARCHS:
+        raise _Corrupt(f"uses the model architecture {arch!r}, which this version of llama.cpp "
+                       "does not know (a newer KV Deck may)")
     a, at = arch + ".", arch + ".attention."
     n_layer = _int(meta, a + "block_count", required=True) or 0
     n_nextn = _int(meta, a + "nextn_predict_layers", 0) or 0  # MTP layers, counted in n_layer
     if not 0 < n_layer <= MAX_LAYERS or n_nextn > n_layer:
         raise _Corrupt(f"has {n_layer} layers (llama.cpp accepts 1 to {MAX_LAYERS})")
-    n_ctx = _int(meta, a + "context_length", required=True) or 0
+    n_ctx = _int(meta, a + "context_length", required=True, wide=True) or 0
     n_embd = _int(meta, a + "embedding_length", required=True) or 0
     if not 0 < n_embd <= _MAX_DIM or n_ctx <= 0:
         raise _Corrupt("has an impossible embedding length or context length")
@@ -303,8 +193,12 @@ def _build(path: str, size: int) -> GGUFInfo:
     if max(heads + kv_heads) > _MAX_DIM or (not recurrent and min(max(heads), max(kv_heads)) == 0):
         raise _Corrupt(f"has an impossible attention head count ({max(heads)} heads, "
                        f"{max(kv_heads)} KV heads)")
+    # Only hybrids (recurrent layers), pure recurrent archs and deci (linear-attention layers)
+    # may have layers without KV heads; elsewhere llama.cpp asserts while building the graph.
+    kv_optional = recurrent or hybrid or arch == "deci"
     for il, (nh, nkv) in enumerate(zip(heads, kv_heads)):
-        if nkv and (nh == 0 or nh % nkv):
+        if (nkv and (nh == 0 or nh % nkv)) or (
+                not nkv and not kv_optional and il < n_layer - n_nextn):
             raise _Corrupt(f"has {nh} attention heads but {nkv} KV heads in layer {il}")
     # Head sizes derive from layer 0 only, exactly like llama_model_base::load_hparams.
     hk = hv = 0
@@ -344,9 +238,15 @@ def _build(path: str, size: int) -> GGUFInfo:
     if n_expert > MAX_EXPERTS or n_expert_used > n_expert or (n_expert and not n_expert_used):
         raise _Corrupt(f"has an impossible expert setup ({n_expert_used} of {n_expert} used)")
     tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = _opt(meta, "tokenizer.ggml.model", str)
+    if vocab not in (None, "none", "no_vocab") and not isinstance(tokens, _Array):
+        raise _Corrupt(f"lacks its vocabulary (tokenizer.ggml.tokens) for the {vocab!r} "
+                       "tokenizer")
     n_vocab = tokens.length if isinstance(tokens, _Array) else _int(meta, a + "vocab_size", 0) or 0
     template = _opt(meta, "tokenizer.chat_template", str)
     template = template if template and template.strip() else None
+    embd_rows = next((n // max(1, ne0) for name, _t, n, _b, _o, ne0 in tensors
+                      if name == "token_embd.weight"), 0)
     weight_types: dict[str, int] = {}
     for _name, tname, _n, nbytes, _offset, _ne0 in tensors:
         weight_types[tname] = weight_types.get(tname, 0) + nbytes
@@ -361,7 +261,7 @@ def _build(path: str, size: int) -> GGUFInfo:
         n_swa=n_swa, swa_layers=swa_layers, n_layer_kv_from_start=from_start,
         recurrent=recurrent, hybrid=hybrid, ssm=ssm or None, mla=mla if is_mla else None,
         n_expert=n_expert, n_expert_used=n_expert_used, n_vocab=n_vocab,
-        tokenizer_model=_opt(meta, "tokenizer.ggml.model", str),
+        tokenizer_model=vocab,
         bos_token_id=_opt(meta, "tokenizer.ggml.bos_token_id", int),
         eos_token_id=_opt(meta, "tokenizer.ggml.eos_token_id", int),
         add_bos=_opt(meta, "tokenizer.ggml.add_bos_token", bool),
@@ -371,6 +271,7 @@ def _build(path: str, size: int) -> GGUFInfo:
         n_layer_nextn=n_nextn, n_ff_per_layer=n_ff, n_ff_expert=n_ff_exp, recurrent_layers=recr,
         kv_layers=kv_layer_flags(arch, n_layer, n_layer - n_nextn, recr, n_ff, from_start),
         causal=meta.get(at + "causal") is not False, weights=weight_layout(tensors, n_layer),
+        n_vocab_embd=embd_rows,
     )
 
 
@@ -382,9 +283,12 @@ def inspect_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
     path = os.fspath(path)
     label = os.path.basename(os.path.normpath(path)) or path
     try:
-        if os.path.isdir(path):
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
             raise _Corrupt("is a directory, not a model file")
-        size = os.stat(path).st_size
+        if not stat.S_ISREG(st.st_mode):  # /dev/zero or a pipe renamed .gguf: never open it
+            raise _Corrupt("is not a regular file (a device, pipe or socket), not a model file")
+        size = st.st_size
         if size < 24:
             raise _Corrupt("is empty" if size == 0 else "is too small to be a GGUF file")
         return _build(path, size)

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -99,6 +100,8 @@ _PHASES["precision"] = "checking the quality of a KV cache type"
 _FINAL += (P.BenchResult,)  # speed benchmark (engine.bench)
 _FINAL += (P.PairReply,)  # draft compatibility (engine.pairing)
 _PHASES["bench"] = "running a benchmark"
+_FINAL += (P.DraftLoaded, P.DraftUnloaded)  # speculative decoding (engine.speculative)
+_PHASES["load_draft"] = "loading the draft model"
 
 
 class RuntimeHost:
@@ -226,11 +229,18 @@ class RuntimeHost:
 
     def submit_generate(self, prompt: str, *, max_tokens: int = 512,
                         sampling: SamplingParams | None = None, no_empty: bool = True,
-                        on_event: Callable[[P.Message], None] | None = None) -> int:
+                        on_event: Callable[[P.Message], None] | None = None,
+                        draft: str = "", draft_max: int = 8) -> int:
         s = (sampling or SamplingParams()).validated()
         return self._submit("generate", lambda i: P.GenerateRequest(
-            id=i, prompt=prompt, max_tokens=max_tokens, sampling=s.to_dict(), no_empty=no_empty),
-            on_event)[0]
+            id=i, prompt=prompt, max_tokens=max_tokens, sampling=s.to_dict(), no_empty=no_empty,
+            draft=draft, draft_max=draft_max), on_event)[0]
+
+    def submit(self, kind: str, build: Callable[[int], P.Message],
+               on_event: Callable[[P.Message], None] | None = None) -> int:
+        """Send any request built from its new id; its events go to ``on_event`` on the reader
+        thread. For callers that need fields the helpers do not offer (engine.server)."""
+        return self._submit(kind, build, on_event)[0]
 
     def cancel(self, req_id: int = 0) -> None:
         try:
@@ -257,11 +267,30 @@ class RuntimeHost:
 
     def generate(self, prompt: str, *, max_tokens: int = 512, sampling: SamplingParams | None = None,
                  no_empty: bool = True, on_event: Callable[[P.Message], None] | None = None,
-                 timeout: float | None = None) -> P.Done:
+                 timeout: float | None = None, draft: str = "", draft_max: int = 8) -> P.Done:
+        """``draft``: "" plain decoding, "model" the loaded draft, "lookup" n-gram drafting."""
         s = (sampling or SamplingParams()).validated()
         return self._call("generate", lambda i: P.GenerateRequest(
-            id=i, prompt=prompt, max_tokens=max_tokens, sampling=s.to_dict(), no_empty=no_empty),
-            timeout, on_event)  # type: ignore[return-value]
+            id=i, prompt=prompt, max_tokens=max_tokens, sampling=s.to_dict(), no_empty=no_empty,
+            draft=draft, draft_max=draft_max), timeout, on_event)  # type: ignore[return-value]
+
+    def submit_load_draft(self, path: str, on_event: Callable[[P.Message], None] | None = None,
+                          **options: Any) -> int:
+        return self._submit("load_draft", lambda i: P.LoadDraftRequest(id=i, path=path, **options),
+                            on_event)[0]
+
+    def load_draft(self, path: str, *, on_event: Callable[[P.Message], None] | None = None,
+                   timeout: float | None = 900, **options: Any) -> P.DraftLoaded:
+        """A draft beside the loaded target, with the target's context (options: type_k, type_v,
+        n_gpu_layers, flash_attn); an incompatible pair is refused with the rules in words."""
+        return self._call("load_draft", lambda i: P.LoadDraftRequest(id=i, path=path, **options),
+                          timeout, on_event)  # type: ignore[return-value]
+
+    def unload_draft(self, timeout: float = 60) -> None:
+        self._call("unload_draft", lambda i: P.UnloadDraftRequest(id=i), timeout)
+
+    def submit_unload_draft(self) -> int:
+        return self._submit("unload_draft", lambda i: P.UnloadDraftRequest(id=i), None)[0]
 
     def tokenize(self, text: str, add_special: bool = True, timeout: float = 60) -> list[int]:
         reply = self._call("tokenize", lambda i: P.TokenizeRequest(id=i, text=text,
@@ -289,7 +318,7 @@ class RuntimeHost:
         self._call("unload", lambda i: P.UnloadRequest(id=i), timeout)
 
     def precision(self, type_k: str, type_v: str, prompts: list[str], n_tokens: int = 30, *,
-                  flash_attn: str = "on", n_ctx: int = 0,
+                  flash_attn: str = "on", n_ctx: int = 0, reference_flash_attn: str = "off",
                   on_progress: Callable[[int, int], None] | None = None,
                   timeout: float | None = None) -> P.PrecisionResult:
         """Blocking KV precision check on the loaded model; ``on_progress(done, total)`` is
@@ -302,7 +331,8 @@ class RuntimeHost:
         try:
             return self._call("precision", lambda i: P.PrecisionRequest(  # type: ignore[return-value]
                 id=i, type_k=type_k, type_v=type_v, prompts=list(prompts), n_tokens=n_tokens,
-                flash_attn=flash_attn, n_ctx=n_ctx), timeout, on_event)
+                flash_attn=flash_attn, n_ctx=n_ctx, reference_flash_attn=reference_flash_attn),
+                timeout, on_event)
         finally:
             if self._phase == "precision":
                 self._phase = "idle"
@@ -357,8 +387,10 @@ class RuntimeHost:
         for raw in proc.stderr:
             text = raw.decode("utf-8", "replace").rstrip()
             if text.startswith(P.ABORT_PREFIX):
-                self._abort_message = text[len(P.ABORT_PREFIX):].strip()
-                log.error("runtime abort: %s", self._abort_message)
+                raw_msg = text[len(P.ABORT_PREFIX):].strip()
+                log.error("runtime abort: %s", raw_msg)
+                # "/tmp/pip-install-x/…/vendor/llama.cpp/ggml/src/ggml.c:4014: …" -> "ggml.c:4014: …"
+                self._abort_message = re.sub(r"\S*[/\\]([\w.-]+:\d+:)", r"\1", raw_msg)
             elif text:
                 self._stderr_tail.append(text)
                 log.debug("runtime stderr: %s", text)

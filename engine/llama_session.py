@@ -18,6 +18,7 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 import psutil
 
+from engine.alloc_failure import describe_allocation_failure
 from engine.protocol import Loaded, LoadParams, Progress, Stats
 from engine.decode_loop import GenerationMixin, RequestError
 from engine.native_log import NativeLog
@@ -77,12 +78,14 @@ class LlamaSession(GenerationMixin):
         offload = bool(LL.llama_supports_gpu_offload())
         mp, keep = self._model_params(req_id, p, offload, cancel)
         self._log.start_capture()
+        self._log.recent_errors = []  # a sentence about this load must not quote an older one
         try:
-            model = LL.llama_model_load_from_file(p.path.encode(), mp)
+            model = LL.llama_model_load_from_file(os.fsencode(p.path), mp)
             if not model:
                 if cancel.is_set():
                     raise RequestError("cancelled", "loading was cancelled")
-                why = self._log.last_problem() or "llama.cpp refused the file"
+                why = (describe_allocation_failure(self._log.recent_errors)
+                       or self._log.last_problem() or "llama.cpp refused the file")
                 raise RequestError("model", f"could not load {os.path.basename(p.path)}: {why}")
             try:
                 loaded = self._create_context(req_id, p, model, offload, mp.n_gpu_layers, t0)
@@ -152,7 +155,8 @@ class LlamaSession(GenerationMixin):
         cp.n_rs_seq = max(0, p.n_rs_seq)
         ctx = LL.llama_init_from_model(model, cp)
         if not ctx:
-            why = self._log.last_problem() or "unknown reason"
+            why = (describe_allocation_failure(self._log.recent_errors)
+                   or self._log.last_problem() or "unknown reason")
             raise RequestError("params", f"could not create a context of {cp.n_ctx} tokens: {why}")
         vocab = LL.llama_model_get_vocab(model)
         n_vocab = int(LL.llama_vocab_n_tokens(vocab))

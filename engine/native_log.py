@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 from typing import Callable
 
 import llama_cpp  # noqa: F401  (installs llama-cpp-python's own log callback, replaced below)
@@ -75,11 +76,23 @@ class NativeLog:
         return lines
 
     def last_problem(self) -> str:
-        """The most telling recent warning/error line, for one-line failure messages."""
+        """The most telling recent warning/error line, for one-line failure messages.
+
+        llama.cpp ends every failed load with "failed to load model"; the reason is the line
+        before ("llama_model_load: error loading model: check_tensor_dims: tensor 'x' not
+        found"), so that one wins, without the function names in front."""
+        for line in reversed(self.recent_errors):
+            if "error loading model:" in line:
+                return _tidy(line.split("error loading model:", 1)[1])
         for line in reversed(self.recent_errors):
             if "error" in line.lower() or "failed" in line.lower():
-                return line
-        return self.recent_errors[-1] if self.recent_errors else ""
+                return _tidy(line)
+        return _tidy(self.recent_errors[-1]) if self.recent_errors else ""
+
+
+def _tidy(line: str) -> str:
+    """Drop leading "function_name: " prefixes and runs of spaces from a llama.cpp log line."""
+    return " ".join(re.sub(r"^(\s*[A-Za-z_][\w:<>~]*: )+", "", line).split())
 
 
 def install_abort_hook() -> object:

@@ -1,15 +1,18 @@
 """The KV precision check, inside the runtime child: what a cache type costs in quality.
 
 For each prompt the loaded model runs twice on contexts this module creates itself: once with a
-reference cache (f32 K/V, nothing rounded) and once with the candidate K/V types. Both contexts
-share every other setting (flash attention above all, which changes the kernel), so f32 against
-f32 is bit-identical and anything else the check finds comes from the cache alone.
+reference cache (f32 K/V, nothing rounded) and once with the candidate K/V types. The reference
+runs without flash attention: with it, llama.cpp casts f32 K/V to f16 before attention
+(``build_attn_mha`` in llama-graph.cpp), which would make f16 look free. The candidate runs as
+asked (flash attention on by default, as llama.cpp resolves "auto" and as quantized V caches
+need), so its score is what the user's configuration loses against the unrounded model; both
+contexts share every other setting, and f32 against f32 without flash attention is bit-identical.
 
 1. Reference greedy continuation of N tokens (llama.cpp developers compare 30 tokens).
 2. Teacher forcing: prompt + reference continuation in one batch, logits at every continuation
    position, on both contexts; per position KL(ref || cand) and top-1 agreement. The reference
    distributions come from the same batch shape as the candidate's, so nothing but the cache
-   differs (one-token decodes are not bit-identical to batched ones).
+   and its attention kernel differs (one-token decodes are not bit-identical to batched ones).
 3. Candidate greedy continuation up to the first token that differs from the reference.
 
 Reference continuations depend only on the model and prompt, so they are kept for the loaded
@@ -62,11 +65,14 @@ class _Context:
     """One llama_context on the loaded model, with a batch big enough for a whole sequence."""
 
     def __init__(self, m: _Model, type_k: str, type_v: str, n_ctx: int, flash_attn: str,
-                 n_threads: int, last_problem: Callable[[], str]) -> None:
+                 n_threads: int, n_outputs: int, last_problem: Callable[[], str]) -> None:
         cp = LL.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_batch = n_ctx  # the teacher-forced sequence goes in as one batch
         cp.n_ubatch = min(512, n_ctx)
+        # Only the continuation needs logits: reserving n_ubatch rows of n_vocab floats instead
+        # would cost ~270 MB of compute buffer per context for a 262k vocabulary.
+        cp.n_outputs_max = n_outputs
         cp.n_seq_max = 1
         cp.n_threads = cp.n_threads_batch = n_threads
         cp.flash_attn_type = _FLASH[flash_attn]
@@ -150,8 +156,10 @@ def _check_request(req: PrecisionRequest) -> None:
         ggml_type_id(t)  # a clear RequestError for an unknown type
     if req.flash_attn not in _FLASH:
         raise RequestError("params", f"flash attention must be auto, on or off, not {req.flash_attn!r}")
-    for v in (req.type_v, req.reference_type_v):
-        if req.flash_attn == "off" and v not in _FULL_PRECISION:
+    if req.reference_flash_attn not in _FLASH:
+        raise RequestError("params", f"flash attention must be auto, on or off, not {req.reference_flash_attn!r}")
+    for v, fa in ((req.type_v, req.flash_attn), (req.reference_type_v, req.reference_flash_attn)):
+        if fa == "off" and v not in _FULL_PRECISION:
             raise RequestError("params", f"a quantized V cache ({v}) only works with flash attention on")
     if not req.prompts:
         raise RequestError("params", "there are no prompts to check")
@@ -178,7 +186,7 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
     needed = max(len(t) for t in prompts) + req.n_tokens + 1
     n_ctx = max(req.n_ctx, -(-needed // 256) * 256)
     n_threads = int(LL.llama_n_threads(m.ctx))
-    ref_key = (req.reference_type_k, req.reference_type_v, req.flash_attn, n_ctx, req.n_tokens)
+    ref_key = (req.reference_type_k, req.reference_type_v, req.reference_flash_attn, n_ctx, req.n_tokens)
     cached = [_REFERENCES.get(m, (*ref_key, tuple(t))) for t in prompts]
     total = sum(3 + (c is None) for c in cached)
     done = 0
@@ -192,11 +200,11 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
 
     contexts: list[_Context] = []
     try:
-        ref = _Context(m, req.reference_type_k, req.reference_type_v, n_ctx, req.flash_attn,
-                       n_threads, session._log.last_problem)
+        ref = _Context(m, req.reference_type_k, req.reference_type_v, n_ctx,
+                       req.reference_flash_attn, n_threads, req.n_tokens, session._log.last_problem)
         contexts.append(ref)
         n_ctx_used = ref.n_ctx
-        cand = _Context(m, req.type_k, req.type_v, n_ctx, req.flash_attn, n_threads,
+        cand = _Context(m, req.type_k, req.type_v, n_ctx, req.flash_attn, n_threads, req.n_tokens,
                         session._log.last_problem)
         contexts.append(cand)
         emit(PrecisionProgress(id=req.id, done=0, total=total))
@@ -225,4 +233,5 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
         n_tokens=req.n_tokens, mean_kl=s.mean_kl, max_kl=s.max_kl, top1_agreement=s.top1_agreement,
         first_divergence=s.first_divergence, n_positions=s.n_positions,
         prompts=[sc.to_dict() for sc in scores], elapsed_s=time.perf_counter() - t0,
-        reference_cached=all(c is not None for c in cached))
+        reference_cached=all(c is not None for c in cached),
+        reference_flash_attn=req.reference_flash_attn)

@@ -121,6 +121,13 @@ class GenerateRequest(Message):
     #: Never let the first sampled token end the reply (base models often stop at once).
     no_empty: bool = True
     stream: bool = True
+    #: Speculative decoding (engine.speculative): "" none, "model" (the loaded draft), "lookup".
+    draft: str = ""
+    draft_max: int = 8
+    #: Continuous batching (engine.batch_loop): end the reply before the first of these strings,
+    #: and ``serve`` sends the request there even on a one-sequence context (the API server).
+    stop: list[str] = field(default_factory=list)
+    serve: bool = False
 
 
 @message
@@ -241,6 +248,9 @@ class Delta(Message):
     text: str
     tokens: list[int]
     n_past: int = 0  # tokens now in the sequence's KV cache (for the occupancy view)
+    #: Running speculative-decoding counts of this reply (0 without drafting).
+    n_drafted: int = 0
+    n_accepted: int = 0
 
 
 @message
@@ -257,6 +267,27 @@ class Done(Message):
     first_token_s: float
     decode_s: float
     tokens_per_s: float
+    #: Speculative decoding (engine.speculative); all 0 / "" for plain decoding.
+    draft: str = ""
+    n_drafted: int = 0
+    n_accepted: int = 0
+    n_target_decodes: int = 0
+    acceptance: float = 0.0  # n_accepted / n_drafted
+    mean_accepted: float = 0.0  # accepted draft tokens per verify batch that had drafts
+
+
+@message
+@dataclass(frozen=True)
+class Slots(Message):
+    """Per-sequence KV occupancy while the batch loop runs (engine.batch_loop), for the KV view:
+    ``n_past[i]`` tokens in sequence i, ``requests[i]`` its request id (0: free)."""
+
+    TYPE: ClassVar[str] = "slots"
+    n_past: list[int]
+    requests: list[int]
+    n_ctx_seq: int
+    n_waiting: int = 0
+    id: int = 0
 
 
 @message
@@ -354,8 +385,9 @@ class BenchResult(Message):
 class PrecisionRequest(Message):
     """Compare a candidate K/V cache with a full-precision one on the loaded model (engine.precision).
 
-    ``n_ctx`` 0 sizes the check's own contexts to the longest prompt plus ``n_tokens``; the
-    reference shares ``flash_attn`` with the candidate so only the cache differs between them.
+    ``n_ctx`` 0 sizes the check's own contexts to the longest prompt plus ``n_tokens``. The
+    reference runs without flash attention by default: with it, llama.cpp casts an f32 cache to
+    f16 before attention (llama-graph.cpp), so an f32+FA reference is really an f16 one.
     """
 
     TYPE: ClassVar[str] = "precision"
@@ -368,6 +400,7 @@ class PrecisionRequest(Message):
     n_ctx: int = 0
     reference_type_k: str = "f32"
     reference_type_v: str = "f32"
+    reference_flash_attn: str = "off"
 
 
 @message
@@ -406,6 +439,7 @@ class PrecisionResult(Message):
     elapsed_s: float = 0.0
     #: The reference continuations came from an earlier check on the same loaded model.
     reference_cached: bool = False
+    reference_flash_attn: str = "off"
 
 
 @message
@@ -425,3 +459,61 @@ class PairReply(Message):
     TYPE: ClassVar[str] = "pair_reply"
     id: int
     checks: list[dict[str, Any]]
+
+
+# ----------------------------------------------------------------------------- speculative decoding
+
+
+@message
+@dataclass(frozen=True)
+class LoadDraftRequest(Message):
+    """Load a draft model beside the loaded target (engine.speculative).
+
+    Its context is the target's: same n_ctx (never the draft's training default), n_seq_max,
+    n_batch, n_ubatch and, unless ``flash_attn`` says otherwise, flash attention; the cache
+    types are the draft's own. Refused with the reasons when the pair is not compatible.
+    """
+
+    TYPE: ClassVar[str] = "load_draft"
+    id: int
+    path: str
+    type_k: str = "f16"
+    type_v: str = "f16"
+    n_gpu_layers: int = -1
+    flash_attn: str = ""  # "": the target's
+
+
+@message
+@dataclass(frozen=True)
+class DraftLoaded(Message):
+    TYPE: ClassVar[str] = "draft_loaded"
+    id: int
+    path: str
+    n_ctx: int
+    n_ctx_train: int = 0
+    n_vocab: int = 0
+    description: str = ""
+    n_params: int = 0
+    model_bytes: int = 0
+    n_gpu_layers: int = 0
+    type_k: str = "f16"
+    type_v: str = "f16"
+    load_s: float = 0.0
+    #: llama.cpp's log lines about the draft's buffers (its measured memory).
+    memory_log: list[str] = field(default_factory=list)
+    #: The pairing rules that were checked, as engine.pairing.Check dicts.
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@message
+@dataclass(frozen=True)
+class UnloadDraftRequest(Message):
+    TYPE: ClassVar[str] = "unload_draft"
+    id: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class DraftUnloaded(Message):
+    TYPE: ClassVar[str] = "draft_unloaded"
+    id: int

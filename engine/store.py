@@ -1,15 +1,15 @@
 """Chat history and settings in one SQLite file (stdlib ``sqlite3``).
 
-Durability: every write is its own committed transaction, in WAL mode with
-``synchronous=NORMAL``, so a killed process (even ``kill -9``) loses nothing that was
-committed. A streaming reply is stored early with ``complete=False`` and updated every half
+Durability: every write is its own committed transaction, in WAL mode with ``synchronous=NORMAL``,
+so a killed process (even ``kill -9``) loses nothing that was committed. A streaming reply is stored early with ``complete=False`` and updated every half
 second or so; after a crash it reopens as a partial, incomplete message.
 
-Threads: one connection with ``check_same_thread=False``, every use guarded by a lock, so
-the GUI thread and a saver thread may share one `ChatStore`.
+Threads: one connection with ``check_same_thread=False``, every use guarded by a lock, so the GUI
+thread and a saver thread may share one `ChatStore`.
 
 Errors: any sqlite3 or OS failure becomes a `StoreError` with a one-line message, such as
-"cannot open chat history at /x/kvdeck.sqlite3: attempt to write a readonly database".
+"cannot open chat history at /x/kvdeck.sqlite3: attempt to write a readonly database". A write
+that fails because of the disk moves the store into memory (`engine.store_fallback`).
 
 Schema changes: bump `SCHEMA_VERSION` and add a step to `_MIGRATIONS`; `migrate()` upgrades
 older files step by step (tracked in ``PRAGMA user_version``) and refuses newer ones.
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelFileError, StoreError
+from engine.store_fallback import degrade
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 5.0
@@ -130,6 +131,7 @@ class ChatStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._last_time = 0.0
+        self.in_memory = str(path) == ":memory:"  # True also after a disk failure (store_fallback)
         conn = None
         try:
             try:
@@ -209,15 +211,15 @@ class ChatStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except (sqlite3.Error, OSError) as exc:
-                raise self._fail(action, exc) from exc
+                raise degrade(self, self._fail(action, exc), exc) from exc
             try:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                if isinstance(exc, (sqlite3.Error, OSError)):
-                    raise self._fail(action, exc) from exc
+                if isinstance(exc, (sqlite3.Error, OSError)):  # a full disk: go on in memory
+                    raise degrade(self, self._fail(action, exc), exc) from exc
                 raise
 
     # -- conversations ----------------------------------------------------------------------

@@ -1,0 +1,259 @@
+"""The draft picker beside the model, and the controller that checks a pair before loading it.
+
+Speculative decoding only helps when the draft shares the target's vocabulary and both fit in
+memory, and a user cannot know either by looking at file names. So choosing a draft model first
+runs ``kvdeck pair``'s checks (``engine.cli_memory.pair_report``: llama.cpp's own rules in a
+throwaway child, plus the memory fit) on a worker thread; the verdict shows beside the picker and
+only a compatible draft is loaded. The controller also turns the runtime's counts into the
+dashboard's live numbers, with the speed-up measured against the last plain reply.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidget
+
+from app.runtime_bridge import RuntimeBridge
+from engine import protocol as P
+from engine.memory_types import Device, MemoryPlan, PlanSettings
+from engine.store import ChatStore
+
+NONE, LOOKUP, CHOOSE = "", "lookup", "choose"
+MAX_RECENT_DRAFTS = 6
+
+
+class DraftPicker(QWidget):
+    """"Draft: none / n-gram lookup / <recent drafts> / Choose model…" and the pair's verdict."""
+
+    chosen = Signal(str, str)  # mode ("", "lookup", "model", "choose"), path
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.combo = QComboBox(self)
+        self.combo.setToolTip("Speculative decoding: a draft proposes tokens, the model checks "
+                              "them in one batch. The reply is the same, only faster or slower.")
+        self.verdict = QLabel(self)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel("Draft:"))
+        layout.addWidget(self.combo)
+        layout.addWidget(self.verdict)
+        self._state: tuple[str, str] = (NONE, "")
+        self.set_items([])
+        self.combo.activated.connect(self._on_activated)
+
+    def set_items(self, recent: list[str]) -> None:
+        """Fill the list: none, lookup, recent draft models, choose…; keeps the shown state."""
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        self.combo.addItem("none", (NONE, ""))
+        self.combo.addItem("n-gram lookup", (LOOKUP, ""))
+        for path in recent:
+            self.combo.addItem(Path(path).name, ("model", path))
+            self.combo.setItemData(self.combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
+        self.combo.addItem("Choose model…", (CHOOSE, ""))
+        self.combo.blockSignals(False)
+        self.show_state(*self._state)
+
+    @property
+    def state(self) -> tuple[str, str]:
+        """(mode, path) in effect: what to go back to when a choice is refused."""
+        return self._state
+
+    def show_state(self, mode: str, path: str = "") -> None:
+        """Show what is in effect, without emitting ``chosen``."""
+        self._state = (mode, path)
+        for i in range(self.combo.count()):
+            if self.combo.itemData(i) == (mode, path if mode == "model" else ""):
+                self.combo.blockSignals(True)
+                self.combo.setCurrentIndex(i)
+                self.combo.blockSignals(False)
+                return
+
+    def show_verdict(self, text: str, ok: bool | None, tooltip: str = "") -> None:
+        color = {True: "#1b7f3b", False: "#b3261e", None: "palette(mid)"}[ok]
+        self.verdict.setText(text)
+        self.verdict.setStyleSheet(f"color: {color}")
+        self.verdict.setToolTip(tooltip)
+
+    def _on_activated(self, index: int) -> None:
+        mode, path = self.combo.itemData(index)
+        self.chosen.emit(mode, path)
+
+
+def verdict_text(report: dict[str, Any]) -> tuple[str, str]:
+    """Short label and a tooltip with every rule, from ``pair_report``'s dict."""
+    rules = "\n".join(f"{'✓' if c['ok'] else '✗'} {c['name']}: {c['detail']}" for c in report["checks"])
+    if report["compatible"]:
+        return "✓ compatible", rules
+    first = next(c for c in report["checks"] if not c["ok"])
+    return f"✗ {first['name']}", rules
+
+
+def speculation_text(stats: dict[str, Any], plain_tps: float | None) -> str:
+    """The dashboard's lines: acceptance, accepted length, counts and speed-up over plain."""
+    mode = "n-gram lookup" if stats.get("draft") == "lookup" else "draft model"
+    drafted, accepted = stats.get("n_drafted", 0), stats.get("n_accepted", 0)
+    lines = [f"{mode}: {accepted:,} of {drafted:,} drafted tokens accepted"
+             + (f" ({accepted / drafted:.0%})" if drafted else "")]
+    if stats.get("n_target_decodes"):
+        lines.append(f"mean accepted length {stats.get('mean_accepted', 0.0):.2f} per verify; "
+                     f"{stats.get('n_tokens', 0) / stats['n_target_decodes']:.2f} tokens per target decode")
+    tps = stats.get("tokens_per_s") or 0.0
+    if tps and plain_tps:
+        lines.append(f"speed-up {tps / plain_tps:.2f}× ({tps:.1f} against {plain_tps:.1f} tokens/s "
+                     f"of the last plain reply)")
+    elif tps:
+        lines.append(f"{tps:.1f} tokens/s; send a reply without drafting to measure the speed-up")
+    return "\n".join(lines)
+
+
+class _PairWorker(QObject):
+    """Runs the pairing checks on a thread (they start a short-lived runtime child)."""
+
+    done = Signal(str, object)  # draft path, report dict | error text
+
+    def run(self, target: str, draft: str, settings: PlanSettings | None, devices: list[Device]) -> None:
+        def work() -> None:
+            from engine.cli_memory import pair_report
+
+            try:
+                result: object = pair_report(target, draft, settings=settings, devices=devices,
+                                             max_context=settings.n_ctx if settings and settings.n_ctx else None)
+            except Exception as exc:  # a broken file, a runtime that would not start
+                result = f"{Path(draft).name} could not be checked: {exc}"
+            self.done.emit(draft, result)
+
+        threading.Thread(target=work, name="kvdeck-pair", daemon=True).start()
+
+
+class DraftController(QObject):
+    """Picker → pair check → bridge; runtime counts → dashboard text; draft plan → plan bars."""
+
+    problem = Signal(str)
+    draftPlan = Signal(object)  # MemoryPlan | None: the draft at the target's context
+    stats = Signal(str)  # the dashboard's "Speculative decoding" text
+
+    def __init__(self, picker: DraftPicker, bridge: RuntimeBridge, store: ChatStore,
+                 settings: Callable[[], PlanSettings | None], devices: Callable[[], list[Device]],
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.picker, self.bridge, self.store = picker, bridge, store
+        self._settings, self._devices = settings, devices
+        self._worker = _PairWorker(self)
+        self._worker.done.connect(self._on_checked)
+        self._checking = ""
+        self.plain_tps: float | None = None
+        self._live: dict[str, Any] = {}
+        self._infos: dict[str, Any] = {}  # draft path -> GGUFInfo (read once)
+        picker.set_items(self._recent())
+        picker.chosen.connect(self.choose)
+        bridge.draftLoaded.connect(self._on_draft_loaded)
+        bridge.draftFailed.connect(self._on_draft_failed)
+        bridge.speculation.connect(self._on_counts)
+        bridge.finished.connect(self._on_finished)
+        bridge.loaded.connect(lambda _info: self._publish_plan())
+
+    def _recent(self) -> list[str]:
+        return [p for p in self.store.get_setting("recent_drafts", []) if Path(p).is_file()]
+
+    # ------------------------------------------------------------------ choosing
+    def choose(self, mode: str, path: str = "") -> None:
+        if mode == CHOOSE:
+            start = self.store.get_setting("last_dir", str(Path.home()))
+            path, _ = QFileDialog.getOpenFileName(self.picker, "Choose a draft model", start,
+                                                  "GGUF models (*.gguf);;All files (*)")
+            if not path:
+                self.picker.show_state(*self.picker.state)
+                return
+            mode = "model"
+        if mode != "model":
+            self.bridge.set_draft(mode)
+            self.picker.show_state(mode)
+            self.picker.show_verdict("", None)
+            self.draftPlan.emit(None)
+            return
+        info = self.bridge.loaded_info
+        if info is None:
+            self.problem.emit("Load a model first: a draft is checked against it and gets its context.")
+            self.picker.show_state(*self.picker.state)
+            return
+        self._checking = path
+        self.picker.show_verdict("checking…", None)
+        self._worker.run(info.path, path, self._settings(), self._devices())
+
+    def _on_checked(self, path: str, result: object) -> None:
+        if path != self._checking:
+            return  # the user picked something else meanwhile
+        self._checking = ""
+        if isinstance(result, str):
+            self.picker.show_verdict("✗ not checked", False, result)
+            self.picker.show_state(*self.picker.state)
+            self.problem.emit(result)
+            return
+        text, tip = verdict_text(result)  # type: ignore[arg-type]
+        self.picker.show_verdict(text, result["compatible"], tip)  # type: ignore[index]
+        if not result["compatible"]:  # type: ignore[index]
+            bad = "; ".join(f"{c['name']}: {c['detail']}" for c in result["checks"] if not c["ok"])  # type: ignore[index]
+            self.problem.emit(f"{Path(path).name} cannot draft for this model: {bad}")
+            self.picker.show_state(*self.picker.state)
+            return
+        recent = [path] + [p for p in self._recent() if p != path]
+        self.store.set_setting("recent_drafts", recent[:MAX_RECENT_DRAFTS])
+        self.picker.set_items(recent[:MAX_RECENT_DRAFTS])
+        self.picker.show_state("model", path)
+        self.bridge.set_draft("model", path)
+
+    def _on_draft_loaded(self, msg: P.DraftLoaded) -> None:
+        self.picker.show_state("model", msg.path)
+        self._publish_plan()
+
+    def _on_draft_failed(self, message: str) -> None:
+        self.picker.show_state(NONE)
+        self.picker.show_verdict("✗ not loaded", False, message)
+        self.draftPlan.emit(None)
+        if message:
+            self.problem.emit(message)
+
+    def _publish_plan(self) -> None:
+        """The draft's analytic plan at the target's loaded context, for the plan bars."""
+        path, info, settings = self.bridge.draft_path, self.bridge.loaded_info, self._settings()
+        if self.bridge.draft_mode != "model" or not path or info is None or settings is None:
+            self.draftPlan.emit(None)
+            return
+        from engine.gguf_inspect import inspect_gguf
+        from engine.memory_plan import analytic_plan
+
+        try:
+            if path not in self._infos:
+                self._infos[path] = inspect_gguf(path)
+            plan: MemoryPlan | None = analytic_plan(self._infos[path], settings.replace(
+                n_ctx=info.n_ctx, type_k="f16", type_v="f16"), self._devices())
+        except Exception:  # the plan is a display aid; the runtime already has the draft
+            plan = None
+        self.draftPlan.emit(plan)
+
+    # ------------------------------------------------------------------ live numbers
+    def _on_counts(self, counts: dict[str, Any]) -> None:
+        self._live = counts
+        self.stats.emit(speculation_text(counts, self.plain_tps))
+
+    def live_speed(self, tokens_per_s: float) -> None:
+        """The chat's live tokens/s, so the speed-up moves while a drafted reply streams."""
+        if self._live and self.bridge.generating:
+            self._live = {**self._live, "tokens_per_s": tokens_per_s}
+            self.stats.emit(speculation_text(self._live, self.plain_tps))
+
+    def _on_finished(self, done: P.Done) -> None:
+        if not done.draft:
+            if done.tokens_per_s > 0:
+                self.plain_tps = done.tokens_per_s
+            return
+        self._live = {}
+        self.stats.emit(speculation_text({
+            "draft": done.draft, "n_drafted": done.n_drafted, "n_accepted": done.n_accepted,
+            "n_target_decodes": done.n_target_decodes, "mean_accepted": done.mean_accepted,
+            "n_tokens": len(done.tokens), "tokens_per_s": done.tokens_per_s}, self.plain_tps))

@@ -1,0 +1,103 @@
+"""The window's Server toggle: serves the model loaded in the window through the OpenAI API.
+
+The server (engine.server) talks to the window's own runtime, so clients share the model the
+user already loaded, with its parallel sequences (Memory → Cache & split → Parallel sequences):
+one sequence per client, the rest waiting their turn. It reads the bridge's host and model each
+request, so loading another model or restarting the runtime needs no restart of the server.
+
+uvicorn runs on its own thread, and starting (binding, waiting for readiness) and stopping
+(waiting for open streams to end) happen on short-lived threads too: the GUI thread never waits.
+"""
+from __future__ import annotations
+
+import threading
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QWidget
+
+from app.runtime_bridge import RuntimeBridge
+from engine.errors import KvDeckError
+from engine.server import ApiServer, ServedModel, ServerConfig
+
+DEFAULT_PORT = 8080
+
+
+class ServerToggle(QObject):
+    urlChanged = Signal(str)  # the base URL while serving, "" when stopped
+    problem = Signal(str)  # one line for the window's banner
+    _started = Signal(object, str)
+    _failed = Signal(str)
+
+    def __init__(self, bridge: RuntimeBridge, parent: QWidget, port: int = DEFAULT_PORT) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.port = port
+        self.server: ApiServer | None = None
+        self.url = ""
+        self.action = QAction("Serve the loaded model (OpenAI API)", parent, checkable=True)
+        self.action.setToolTip("Other programs can use the loaded model at http://127.0.0.1:PORT/v1; "
+                               "each client gets one of the model's parallel sequences")
+        self.action.toggled.connect(self._toggled)
+        self._started.connect(self._on_started)
+        self._failed.connect(self._on_failed)
+
+    def _slots(self) -> int:
+        params = self.bridge.last_params
+        return max(1, params.n_seq_max) if params is not None else 1
+
+    def _set_checked(self, on: bool) -> None:
+        self.action.blockSignals(True)
+        self.action.setChecked(on)
+        self.action.blockSignals(False)
+
+    def _toggled(self, on: bool) -> None:
+        if on:
+            self.start()
+        else:
+            self.stop()
+
+    def start(self) -> None:
+        """Serve on 127.0.0.1 (the default port, or any free one when it is taken)."""
+        if self.bridge.loaded_info is None:
+            self._set_checked(False)
+            self.problem.emit("Load a model before starting the API server.")
+            return
+        bridge = self.bridge
+        model = ServedModel(host=lambda: bridge.host, loaded=lambda: bridge.loaded_info, slots=self._slots)
+        self._set_checked(True)
+        self.action.setEnabled(False)  # until it has started or failed
+
+        def work() -> None:
+            last = ""
+            for port in (self.port, 0):
+                try:
+                    server = ApiServer(model, ServerConfig(port=port))
+                    self._started.emit(server, server.start())
+                    return
+                except KvDeckError as exc:
+                    last = str(exc)
+            self._failed.emit(last)
+
+        threading.Thread(target=work, name="kvdeck-api-start", daemon=True).start()
+
+    def _on_started(self, server: ApiServer, url: str) -> None:
+        self.action.setEnabled(True)
+        if not self.action.isChecked():  # switched off while it was starting
+            threading.Thread(target=server.stop, daemon=True).start()
+            return
+        self.server, self.url = server, url
+        self.urlChanged.emit(url)
+
+    def _on_failed(self, message: str) -> None:
+        self.action.setEnabled(True)
+        self._set_checked(False)
+        self.problem.emit(f"The API server did not start: {message}")
+
+    def stop(self) -> None:
+        server, self.server = self.server, None
+        self._set_checked(False)
+        self.url = ""
+        self.urlChanged.emit("")
+        if server is not None:
+            threading.Thread(target=server.stop, name="kvdeck-api-stop", daemon=True).start()

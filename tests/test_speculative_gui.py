@@ -1,0 +1,111 @@
+"""The draft picker, the pair verdict before loading, and the dashboard's speculative numbers."""
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.dashboard import SPEC_OFF, DashboardPanel
+from app.draft_picker import DraftPicker, speculation_text, verdict_text
+from engine.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
+
+LOAD_TIMEOUT_MS = 180_000
+
+
+def _plan(n_ctx: int, weights: int, kv: int) -> MemoryPlan:
+    allocs = (Allocation("weights", "CPU", weights), Allocation("kv", "CPU", kv),
+              Allocation("compute", "CPU", 20 * MiB))
+    return MemoryPlan("analytic", PlanSettings(n_ctx=n_ctx), n_ctx, n_ctx, n_ctx, 0, allocs)
+
+
+def test_verdict_and_speculation_texts():
+    ok = {"compatible": True, "checks": [{"name": "vocabulary type", "ok": True, "detail": "both BPE"}]}
+    assert verdict_text(ok)[0] == "✓ compatible" and "both BPE" in verdict_text(ok)[1]
+    bad = {"compatible": False, "checks": [{"name": "vocabulary type", "ok": True, "detail": "x"},
+                                            {"name": "token texts", "ok": False, "detail": "token 5"}]}
+    assert verdict_text(bad)[0] == "✗ token texts"
+    stats = {"draft": "model", "n_drafted": 80, "n_accepted": 60, "n_target_decodes": 20,
+             "mean_accepted": 3.0, "n_tokens": 80, "tokens_per_s": 45.0}
+    text = speculation_text(stats, plain_tps=30.0)
+    assert "60 of 80 drafted tokens accepted (75%)" in text
+    assert "mean accepted length 3.00" in text and "4.00 tokens per target decode" in text
+    assert "speed-up 1.50×" in text
+    assert "send a reply without drafting" in speculation_text(stats, plain_tps=None)
+    assert speculation_text({"draft": "lookup"}, None).startswith("n-gram lookup")
+
+
+def test_dashboard_shows_the_draft_as_its_own_bars_and_the_live_numbers(qtbot):
+    panel = DashboardPanel()
+    qtbot.addWidget(panel)
+    target = _plan(1024, 2 * GiB, 256 * MiB)
+    panel.show_plans(target, None)
+    panel.show_draft_plan(_plan(1024, 200 * MiB, 24 * MiB))
+    assert len(panel.draft_bars) == 1 and len(panel.plan_bars) == 1
+    bar = panel.draft_bars[0]
+    assert "draft model" in bar.title and "1,024-token context" in bar.title
+    assert [s.label for s in bar.segments] == ["weights", "kv", "compute"]
+    assert bar.scale == target.bytes_for("CPU") and "with the target" in bar.caption
+    panel.show_plans(target, None)  # replanning the target keeps the draft's bars
+    assert len(panel.draft_bars) == 1
+    panel.show_draft_plan(None)
+    assert panel.draft_bars == []
+    assert panel.spec_label.text() == SPEC_OFF
+    panel.show_speculation("draft model: 3 of 4 drafted tokens accepted (75%)")
+    assert "75%" in panel.spec_label.text()
+
+
+def test_picker_emits_choices_and_shows_state_without_emitting(qtbot, tmp_path):
+    picker = DraftPicker()
+    qtbot.addWidget(picker)
+    draft = tmp_path / "draft.gguf"
+    picker.set_items([str(draft)])
+    labels = [picker.combo.itemText(i) for i in range(picker.combo.count())]
+    assert labels == ["none", "n-gram lookup", "draft.gguf", "Choose model…"]
+    with qtbot.assertNotEmitted(picker.chosen):
+        picker.show_state("model", str(draft))
+    assert picker.combo.currentText() == "draft.gguf" and picker.state == ("model", str(draft))
+    with qtbot.waitSignal(picker.chosen) as sig:
+        picker.combo.activated.emit(1)
+    assert sig.args == ["lookup", ""]
+    picker.show_verdict("✓ compatible", True, "all rules")
+    assert picker.verdict.text() == "✓ compatible" and picker.verdict.toolTip() == "all rules"
+
+
+@pytest.mark.slow
+def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, smollm2_path,
+                                                 gemma3_path):
+    from app.main_window import MainWindow
+    from engine.store import ChatStore
+
+    monkeypatch.setenv("KVDECK_DEMO_MODEL", str(smollm2_path))
+    store = ChatStore(tmp_path / "chat.sqlite3")
+    store.set_setting("preset", "Greedy (deterministic)")
+    store.set_setting("max_tokens", 24)
+    win = MainWindow(store)
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.start()
+        # an incompatible draft: the verdict says why, nothing is loaded
+        win.drafting.choose("model", str(gemma3_path))
+        qtbot.waitUntil(lambda: win.chat.draft_picker.verdict.text().startswith("✗"),
+                        timeout=LOAD_TIMEOUT_MS)
+        assert "cannot draft" in win.banner.label.text()
+        assert win.bridge.draft_mode == "" and win.chat.draft_picker.state == ("", "")
+        # a compatible one: checked, then loaded with the target's context, its memory planned
+        with qtbot.waitSignal(win.bridge.draftLoaded, timeout=LOAD_TIMEOUT_MS) as loaded:
+            win.drafting.choose("model", str(smollm2_path))
+        assert win.chat.draft_picker.verdict.text() == "✓ compatible"
+        assert loaded.args[0].n_ctx == win.bridge.loaded_info.n_ctx
+        assert win.memory.dashboard.draft_bars
+        win.chat.input.setPlainText("Name three colours.")
+        with qtbot.waitSignal(win.bridge.finished, timeout=LOAD_TIMEOUT_MS) as done:
+            qtbot.mouseClick(win.chat.send_button, Qt.MouseButton.LeftButton)
+        assert done.args[0].draft == "model" and done.args[0].n_drafted > 0
+        assert "drafted tokens accepted" in win.memory.dashboard.spec_label.text()
+        # back to none: plain decoding, the draft unloaded
+        win.drafting.choose("", "")
+        assert win.bridge.draft_mode == "" and not win.memory.dashboard.draft_bars
+    finally:
+        win.close()
+        store.close()
