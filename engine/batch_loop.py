@@ -35,8 +35,8 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine import protocol as P
-from engine.batch_slot import Slot, StopText, Waiting, build_chain, sampler_specs
-from engine.decode_sampling import RequestError
+from engine.batch_slot import Slot, StopText, Waiting, sampler_specs
+from engine.decode_sampling import RequestError, build_chain
 from engine.errors import KvDeckError
 from engine.sampling import SamplingParams
 

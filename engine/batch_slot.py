@@ -13,7 +13,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import llama_cpp.llama_cpp as LL
 
 from engine import protocol as P
 from engine.decode_sampling import chain_spec
@@ -89,26 +88,6 @@ def sampler_specs(s: SamplingParams, sampling: dict[str, Any], eog: tuple[int, .
             main.insert(1 if main and main[0][0] == "top_k" else 0, entry)
     first = (("logit_bias", eog), *main) if no_empty and eog else None
     return (None if main == [("greedy",)] else tuple(main)), first
-
-
-def build_chain(spec: tuple[Any, ...], n_vocab: int) -> object:
-    """A native CPU sampler chain from ``sampler_specs`` data (penalties with freq/presence)."""
-    chain = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
-    for name, *args in spec:
-        if name == "logit_bias":
-            biases = (LL.llama_logit_bias * len(args[0]))(
-                *[LL.llama_logit_bias(t, float("-inf")) for t in args[0]])
-            smpl = LL.llama_sampler_init_logit_bias(n_vocab, len(args[0]), biases)
-        elif name == "penalties":
-            last_n, repeat, *rest = args
-            freq, pres = rest if rest else (0.0, 0.0)
-            smpl = LL.llama_sampler_init_penalties(n_vocab, last_n, repeat, freq, pres)
-        elif name in ("top_p", "min_p"):
-            smpl = getattr(LL, f"llama_sampler_init_{name}")(args[0], 1)
-        else:
-            smpl = getattr(LL, f"llama_sampler_init_{name}")(*args)
-        LL.llama_sampler_chain_add(chain, smpl)
-    return chain
 
 
 @dataclass

@@ -34,6 +34,17 @@ __all__ = ["GenerationMixin", "RequestError"]
 _DELTA_INTERVAL_S = 0.02
 
 
+def prompt_tokens(session: Any, m: Any, prompt: str) -> list[int]:
+    """Tokenise a prompt and refuse, in words, one that is empty or leaves no room to reply."""
+    tokens = session.tokenize(prompt)
+    if not tokens:
+        raise RequestError("params", "the prompt is empty")
+    if m.n_ctx - len(tokens) < 2:
+        raise RequestError("context", f"the conversation is {len(tokens)} tokens long but the context "
+                                      f"holds {m.n_ctx}; start a new chat or load with a larger context")
+    return tokens
+
+
 class GenerationMixin(SamplingMixin):
     """Needs ``_require()``, ``_emit``, ``_log``, ``_cached``, ``_m``, ``tokenize`` and ``_piece``."""
 
@@ -109,13 +120,8 @@ class GenerationMixin(SamplingMixin):
             return generate_speculative(self, req, cancel)  # type: ignore[arg-type]
         m = self._require()
         sampling = SamplingParams.from_dict(req.sampling)
-        tokens = self.tokenize(req.prompt)
-        if not tokens:
-            raise RequestError("params", "the prompt is empty")
+        tokens = prompt_tokens(self, m, req.prompt)
         room = m.n_ctx - len(tokens)
-        if room < 2:
-            raise RequestError("context", f"the conversation is {len(tokens)} tokens long but the context "
-                                          f"holds {m.n_ctx}; start a new chat or load with a larger context")
         max_tokens = max(1, min(req.max_tokens, room))
         t0 = time.perf_counter()
         sp = self._sampling(m, sampling, DEFAULT_SAMPLER, req.no_empty)

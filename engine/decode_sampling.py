@@ -85,6 +85,7 @@ def chain_spec(s: SamplingParams, *, device: bool, topk1: bool = False,
 
 
 def build_chain(spec: Spec, n_vocab: int) -> object:
+    """A native sampler chain from spec data; penalties may carry frequency/presence too."""
     chain = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
     for name, *args in spec:
         if name == "logit_bias":
@@ -92,7 +93,9 @@ def build_chain(spec: Spec, n_vocab: int) -> object:
                 *[LL.llama_logit_bias(t, float("-inf")) for t in args[0]])
             smpl = LL.llama_sampler_init_logit_bias(n_vocab, len(args[0]), biases)
         elif name == "penalties":
-            smpl = LL.llama_sampler_init_penalties(n_vocab, args[0], args[1], 0.0, 0.0)
+            last_n, repeat, *rest = args
+            freq, pres = rest if rest else (0.0, 0.0)
+            smpl = LL.llama_sampler_init_penalties(n_vocab, last_n, repeat, freq, pres)
         elif name == "top_p" or name == "min_p":
             smpl = getattr(LL, f"llama_sampler_init_{name}")(args[0], 1)
         else:

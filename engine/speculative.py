@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.decode_loop import RequestError
+from engine.decode_loop import RequestError, prompt_tokens
 from engine.decode_sampling import gpu_present
 from engine.draft_model import Draft, draft_for, load_draft, refuse_rollback_less, unload_draft
 from engine.ngram import NgramIndex
@@ -62,13 +62,8 @@ def generate_speculative(session: LlamaSession, req: GenerateRequest, cancel: th
     refuse_rollback_less(m.model, "target")
     draft = draft_for(session, m) if req.draft == "model" else None
     s = SamplingParams.from_dict(req.sampling)
-    tokens = session.tokenize(req.prompt)
-    if not tokens:
-        raise RequestError("params", "the prompt is empty")
+    tokens = prompt_tokens(session, m, req.prompt)
     room = m.n_ctx - len(tokens)
-    if room < 2:
-        raise RequestError("context", f"the conversation is {len(tokens)} tokens long but the context "
-                                      f"holds {m.n_ctx}; start a new chat or load with a larger context")
     t0 = time.perf_counter()
     session._free_retired()
     session._detach(m)  # a device chain would turn the verify rows into sampled logits
