@@ -17,6 +17,7 @@ from app.precision_view import PrecisionView, Source
 from engine.cache_rules import check_settings, default_cache_type
 from engine.fit import fit
 from engine.gguf_inspect import GGUFInfo
+from engine.kv_speed import speed_hint
 from engine.memory_plan import analytic_plan
 from engine.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings, Problem
 
@@ -129,12 +130,15 @@ class CachePanel(QWidget):
         split_box.setLayout(split)
 
         self.problems = QLabel(self, wordWrap=True, textFormat=Qt.TextFormat.RichText)
+        self.speed_hint = QLabel(self, wordWrap=True)
+        self.speed_hint.setStyleSheet("color: #666;")
         self.summary = QLabel(self, wordWrap=True, textFormat=Qt.TextFormat.RichText)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.apply = QPushButton("Apply and reload", self, clicked=self._apply)
         layout = QVBoxLayout(self)
         layout.addWidget(cache_box)
         layout.addWidget(split_box)
+        layout.addWidget(self.speed_hint)
         layout.addWidget(self.problems)
         layout.addWidget(self.summary)
         layout.addWidget(self.apply)
@@ -220,6 +224,7 @@ class CachePanel(QWidget):
             tensor_split=ratios if any(ratios) else (), main_gpu=max(0, self.main_gpu.currentIndex()))
 
     def _changed(self, refit: bool) -> None:
+        self.speed_hint.setText(speed_hint(self.type_k.currentText(), self.type_v.currentText()))
         if self._building or self.info is None:
             return
         s = self.settings()

@@ -70,3 +70,13 @@ def test_changes_replan_at_once_and_apply_reloads(qtbot, window):
     assert same_at_log_precision(window.memory.measured.bytes_for(None, "kv"), kv_q8)
     saved = window.store.get_model_settings(model_key(window.bridge.loaded_info.path))["plan"]
     assert saved["n_ctx"] == 1024 and saved["type_k"] == "q8_0"
+
+
+def test_measured_decode_cost_of_the_cache_type_is_hinted(window):
+    panel = window.memory.cache
+    panel.flash.setCurrentText("on")
+    panel.type_k.setCurrentText("q8_0")
+    panel.type_v.setCurrentText("q8_0")
+    assert "0.80× f16" in panel.speed_hint.text() and "H100" in panel.speed_hint.text()
+    panel.type_v.setCurrentText("f16")
+    assert panel.speed_hint.text() == ""
