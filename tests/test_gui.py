@@ -17,18 +17,24 @@ pytestmark = pytest.mark.slow
 LOAD_TIMEOUT_MS = 120_000
 
 
-@pytest.fixture
-def window(qtbot, tmp_path, monkeypatch, smollm2_path):
-    monkeypatch.setenv("KVDECK_DEMO_MODEL", str(smollm2_path))
+def new_window(qtbot, tmp_path, monkeypatch, demo, *, max_tokens: int = 24) -> MainWindow:
+    """A real window on a private chat store, greedy replies, ``demo`` as the first-start model."""
+    monkeypatch.setenv("KVDECK_DEMO_MODEL", str(demo))
     store = ChatStore(tmp_path / "chat.sqlite3")
     store.set_setting("preset", "Greedy (deterministic)")
-    store.set_setting("max_tokens", 24)
+    store.set_setting("max_tokens", max_tokens)
     win = MainWindow(store)
     qtbot.addWidget(win)
     win.show()
+    return win
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch, smollm2_path):
+    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
     yield win
     win.close()
-    store.close()
+    win.store.close()
 
 
 def drop(win: MainWindow, path: str) -> None:

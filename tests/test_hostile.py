@@ -244,17 +244,10 @@ def _no_network(*pids: int) -> None:
 def test_window_survives_every_hostile_drop(qtbot, tmp_path, monkeypatch, smollm2_path, hostile) -> None:
     from PySide6.QtCore import Qt, QUrl
 
-    from app.main_window import MainWindow
-    from engine.store import ChatStore
-    from tests.test_gui import LOAD_TIMEOUT_MS, ask
+    from tests.test_gui import LOAD_TIMEOUT_MS, ask, new_window
 
-    monkeypatch.setenv("KVDECK_DEMO_MODEL", str(smollm2_path))
-    store = ChatStore(tmp_path / "chat.sqlite3")
-    store.set_setting("preset", "Greedy (deterministic)")
-    store.set_setting("max_tokens", 4)
-    win = MainWindow(store)
-    qtbot.addWidget(win)
-    win.show()
+    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path, max_tokens=4)
+    store = win.store
     with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
         win.start()
     ask(qtbot, win, "Hello")

@@ -73,16 +73,10 @@ def test_picker_emits_choices_and_shows_state_without_emitting(qtbot, tmp_path):
 @pytest.mark.slow
 def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, smollm2_path,
                                                  gemma3_path):
-    from app.main_window import MainWindow
-    from engine.store import ChatStore
+    from tests.test_gui import new_window
 
-    monkeypatch.setenv("KVDECK_DEMO_MODEL", str(smollm2_path))
-    store = ChatStore(tmp_path / "chat.sqlite3")
-    store.set_setting("preset", "Greedy (deterministic)")
-    store.set_setting("max_tokens", 24)
-    win = MainWindow(store)
-    qtbot.addWidget(win)
-    win.show()
+    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
+    store = win.store
     try:
         with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
             win.start()
