@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from engine.gguf_hparams import NO_MEMORY_ARCHS, RECURRENT_ARCHS
 from engine.gguf_inspect import GGUFInfo
-from engine.memory_plan import (BLOCKS, LLAMA_MAX_SEQ, RS_ROLLBACK_ARCHS, geometry,
-                                resolve_context, row_bytes, weights_cache_type)
+from engine.kv_sizes import BLOCKS, geometry, resolve_context, row_bytes
+from engine.memory_plan import LLAMA_MAX_SEQ, RS_ROLLBACK_ARCHS, weights_cache_type
 from engine.memory_types import GiB, PlanSettings, Problem
 
 _U32_MAX = 2**32 - 1

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 from engine.memory_types import MiB
 
 if TYPE_CHECKING:
-    from engine.memory_plan import Resolved
+    from engine.kv_sizes import Resolved
 
 # Recurrent mixer phase: floats per token = a_unit × unit + a0; per sequence = c_s × n_embd_s
-# + c_r × n_embd_r. "unit" is d_inner for SSMs, n_embd otherwise (fitted on the corpus).
+# + c_r × n_embd_r. "unit" is d_inner for SSMs, n_head × kda.head_dim for KDA, n_embd
+# otherwise (fitted on the corpus).
 _REC_PHASE: dict[str, tuple[str, float, float, float, float]] = {
     "mamba": ("d_inner", 6.508, 0.0, 1.329, 0.249),
     "jamba": ("d_inner", 6.528, 0.0, 1.872, 0.351),
@@ -47,10 +48,15 @@ _REC_PHASE: dict[str, tuple[str, float, float, float, float]] = {
     "qwen3next": ("n_embd", 12.117, 0.0, 0.0, 0.0),
     "lfm2": ("n_embd", 9.0, 0.0, 0.0, 1.0),
     "lfm2moe": ("n_embd", 9.0, 0.0, 0.0, 1.0),
+    # fused KDA (kimi-linear, "kda" = n_head × kda.head_dim): fitted on 128-512 wide fixtures
+    # with 4-8 heads of 32-128 (kda 128 is Kimi-Linear-48B's), 1-8 sequences: within 0.45 MiB.
+    "kimi-linear": ("kda", 6.6, 0.0, 2.05, 0.0),
 }
+# Extra floats per token × n_embd in the recurrent phase (hidden rows live around the mixer).
+_REC_EMBD = {"kimi-linear": 3.3}
 # 1.0: the KQ masks are still live during the recurrent phase (attention layers come after).
 _REC_MASK = {"qwen3next": 1.0, "jamba": 1.0, "granitehybrid": 1.0, "nemotron_h": 1.0,
-             "nemotron_h_moe": 1.0, "falcon-h1": 1.0}
+             "nemotron_h_moe": 1.0, "falcon-h1": 1.0, "kimi-linear": 1.0}
 # Extra per-token floats (× n_embd) in the attention phase without flash attention.
 _ATTN_OFF_EXTRA = {"gemma2": 2.0, "gemma3": 2.0, "gemma3n": 2.0, "gemma4": 2.0,
                    "qwen3next": 3.06, "qwen35": 3.06, "qwen35moe": 3.06, "deepseek2": 0.06}
@@ -69,8 +75,10 @@ class ComputeShape:
     has_swa: bool  # some attention layer uses the sliding-window cache
     ffn_width: int  # widest FFN activation per token (dense n_ff or used experts × n_ff_exp)
     mla_rank: int
-    rec_unit: int  # d_inner or n_embd, see _REC_PHASE
+    rec_unit: int  # d_inner, n_head × kda.head_dim or n_embd, see _REC_PHASE
     rec_state: tuple[int, int]  # (n_embd_s, n_embd_r) of one recurrent layer
+    dsa_top_k: int = 0  # DSA lightning indexer's top-k (0: no indexer)
+    ple_width: int = 0  # gemma3n per-layer inputs per token: 256 (n_embd_altup) × n_layer
 
     @classmethod
     def from_info(cls, info: Any, kv_layers: Sequence[int], head_k: Sequence[int],
@@ -86,14 +94,19 @@ class ComputeShape:
         phase = _REC_PHASE.get(info.architecture)
         unit = 0
         if rec_layers and phase:
-            unit = (info.ssm or {}).get("d_inner", 0) if phase[0] == "d_inner" else info.n_embd
+            ssm = info.ssm or {}
+            unit = {"d_inner": ssm.get("d_inner", 0), "n_embd": info.n_embd,
+                    "kda": heads[0] * ssm.get("kda_head_dim", 0)}[phase[0]]
         return cls(
             arch=info.architecture, n_embd=info.n_embd, n_vocab=info.n_vocab, q_width=q,
             n_head=max((heads[il] for il in kv_layers), default=0),
             has_full=any(not (info.n_swa and swa[il]) for il in kv_layers),
             has_swa=any(info.n_swa and swa[il] for il in kv_layers),
             ffn_width=ffn, mla_rank=mla.get("kv_lora_rank", 0) if info.mla else 0,
-            rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0))
+            rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0),
+            dsa_top_k=(info.indexer or {}).get("top_k", 0),
+            ple_width=256 * (info.n_layer - info.n_layer_nextn)
+            if info.architecture == "gemma3n" else 0)
 
 
 def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
@@ -120,16 +133,58 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
             per_tok = 3 * e + 3 * shape.q_width + 5 + _ATTN_OFF_EXTRA.get(shape.arch, 0.0) * e
             v_t = shape.mla_rank * n_kv * r.n_stream  # MLA: half of a transposed V copy (f16)
             result["attention"] = int(mask + 4 * n_kv * t * shape.n_head + 4 * t * per_tok + v_t)
+        if shape.dsa_top_k:
+            result["attention"] += _dsa_extra(shape, r, t, fa_on)
     if shape.ffn_width:
         result["ffn"] = mask + 4 * t * (e + 4 * shape.ffn_width + 7)
+    if shape.ple_width:
+        _add_per_layer_inputs(result, shape, t, mask, fa_on,
+                              shape.has_swa and n_swa_cells >= r.n_ctx_seq)
     phase = _REC_PHASE.get(shape.arch)
     if phase and shape.rec_unit:
         _unit, a, a0, c_s, c_r = phase
         s, rr = shape.rec_state
         result["recurrent"] = int(mask * _REC_MASK.get(shape.arch, 0)
-                                  + 4 * t * (a * shape.rec_unit + a0)
+                                  + 4 * t * (a * shape.rec_unit + a0
+                                             + _REC_EMBD.get(shape.arch, 0.0) * e)
                                   + 4 * r.n_seq * (c_s * s + c_r * rr))
     return result
+
+
+def _dsa_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:
+    """DSA (deepseek32, glm-dsa, hy_v4) on top of the MLA attention phase: the indexer's own
+    KQ mask (always f16: the fused lightning indexer is always on) plus the sparse copy of
+    the attention mask (a fill and an add of the mask's type), i.e. 2 + 2 × mask bytes per
+    cell and token; the top-k indices (i32 result, its cont copy, f32 zeros), about 16 bytes
+    per kept key and token; and one (two without flash attention) query rows fewer than the
+    plain MLA phase, which are dead by then. Fitted on the CPU backend over indexer heads 2-8,
+    key length 64-128, top-k 64-2048, 256-8192 cells, 1-4 streams: within 0.75 MiB with
+    flash attention, 2.2 MiB without (where the f32 KQ scores dominate real models)."""
+    cell = 2 if fa_on else 4
+    kept = min(shape.dsa_top_k, r.n_ctx_seq)
+    return t * (r.n_ctx_seq * (2 + 2 * cell) + (17 if fa_on else 15) * kept
+                - 4 * shape.q_width * (1 if fa_on else 2))
+
+
+def _add_per_layer_inputs(result: dict[str, int], shape: ComputeShape, t: int, mask: int,
+                          fa_on: bool, swa_spans_cache: bool) -> None:
+    """gemma3n: every token gathers and projects 256 floats per layer (`ple_width`) before the
+    first layer. That projection is its own peak: four ple_width rows per token live at once
+    (gathered table row, projection, norm, sum) + two hidden rows; without flash attention
+    about two more q-width rows. The projected inputs then stay live through every layer,
+    next to the four altup streams: + one ple_width row and six hidden rows per token in the
+    attention and FFN phases. Layer 0 is a SWA layer and runs before the gathered table is
+    freed: when its window spans the whole cache (swa_full) and the f32 KQ scores exist (no
+    flash attention), its attention is the peak, with about 3/4 of a ple_width row more.
+    Fitted on the CPU backend (n_layer 22-26, n_embd 128-256, 256-8192 cells, 64-512 tokens,
+    1-3 sequences: within 0.15 MiB, 0.6 MiB in the swa_full case)."""
+    e, ple = shape.n_embd, shape.ple_width
+    live = 4 * t * (ple + 6 * e) + (3 * t * ple if swa_spans_cache and not fa_on else 0)
+    for phase in ("attention", "ffn"):
+        if phase in result:
+            result[phase] += live
+    result["per-layer inputs"] = mask + 4 * t * (4 * ple + 2 * e
+                                                 + (16 if fa_on else 2 * shape.q_width))
 
 
 def estimate_compute(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,

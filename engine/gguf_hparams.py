@@ -69,6 +69,14 @@ SSM_KEYS = {  # {arch}.<key> -> name in GGUFInfo.ssm (recurrent-state geometry, 
 MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
             "key_length_mla_swa", "value_length_mla_swa", "kv_lora_rank_swa")
 
+# Archs whose memory is llama_kv_cache_dsa (notes §7): the MLA cache plus a K-only cache of the
+# lightning indexer's keys (hy_v4 only when attention.indexer.top_k > 0).
+DSA_ARCHS = frozenset({"deepseek32", "glm-dsa", "hy_v4"})
+# glm-dsa default when attention.indexer.types is absent and n_ctx_train >= 1048576 (GLM-5.2,
+# src/models/glm-dsa.cpp GLM_5_2_DEFAULT_INDEXER_TYPES): layers 0, 1, then every 4th from 2
+# up to 74; the array has 78 initializers, the rest of LLAMA_MAX_LAYERS is zero.
+_GLM52_FULL = frozenset({0, 1} | set(range(2, 78, 4)))
+
 _INPUT_TENSORS = ("token_embd.", "position_embd.", "token_types.", "per_layer_token_embd.")
 _OUTPUT_TENSORS = ("output.", "output_norm.", "cls.", "cls_norm.", "dense_2.", "dense_3.")
 
@@ -162,3 +170,26 @@ def kv_layer_flags(arch: str, n_layer: int, n_layer_main: int, recurrent: Sequen
         return tuple(il < n_layer_main and not recurrent[il] for il in range(n_layer))
     limit = n_layer if from_start is None or from_start < 0 else min(from_start, n_layer)
     return tuple(il < limit and il < n_layer_main for il in range(n_layer))
+
+
+def indexer_layer_flags(arch: str, n_layer: int, n_layer_main: int, n_ctx_train: int,
+                        top_k: int, types: Sequence[int] | None) -> tuple[bool, ...]:
+    """Which layers get a lightning-indexer key cache in the main context: llama_model::
+    create_memory's `filter_lid` over `hparams.is_indexer_full(il)` (notes §7). `types` is
+    `attention.indexer.types` expanded to n_layer_main flags, None when the key is absent."""
+    if arch not in DSA_ARCHS or (arch == "hy_v4" and top_k == 0):
+        return (False,) * n_layer
+    if types is not None and len(types) != n_layer_main:
+        raise ValueError(f"attention.indexer.types has {len(types)} entries for "
+                         f"{n_layer_main} layers")
+    if arch == "deepseek32":  # every trunk layer; the key is not read
+        full = [True] * n_layer_main
+    elif types is not None:
+        full = [bool(v) for v in types]
+    elif arch == "glm-dsa":  # GLM 5/5.1 (shorter training context) index every layer
+        full = [n_ctx_train < 1048576 or il in _GLM52_FULL for il in range(n_layer_main)]
+    else:
+        full = [False] * n_layer_main
+    if arch == "hy_v4" and not (full and full[0]):
+        raise ValueError("hy_v4 needs attention.indexer.types with an indexer in layer 0")
+    return tuple(il < n_layer_main and full[il] for il in range(n_layer))

@@ -18,9 +18,10 @@ from typing import Any
 from gguf import LlamaFileType
 
 from engine.errors import ModelFileError
-from engine.gguf_hparams import (HYBRID_ARCHS, KNOWN_ARCHS, MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS,
-                                 SWA_ALWAYS, SWA_IF_WINDOW, WeightLayout, kv_layer_flags,
-                                 recurrent_flags, weight_layout)
+from engine.gguf_hparams import (DSA_ARCHS, HYBRID_ARCHS, KNOWN_ARCHS, MLA_KEYS, RECURRENT_ARCHS,
+                                 SSM_KEYS, SWA_ALWAYS, SWA_IF_WINDOW, WeightLayout,
+                                 indexer_layer_flags, kv_layer_flags, recurrent_flags,
+                                 weight_layout)
 from engine.gguf_reader import Array as _Array, Corrupt as _Corrupt, read_header
 
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts (GGML_ASSERT) above this.
@@ -81,6 +82,10 @@ class GGUFInfo:
     causal: bool = True  # {arch}.attention.causal
     weights: WeightLayout | None = None
     n_vocab_embd: int = 0  # rows of token_embd.weight (0: none); llama.cpp wants n_vocab rows
+    # DSA lightning indexer (deepseek32, glm-dsa, hy_v4; notes §7): head_count, key_length,
+    # top_k; and the layers that keep its keys in a second, K-only cache.
+    indexer: dict[str, int] | None = None
+    indexer_layers: tuple[bool, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict; the template text is replaced by its length to keep reports small."""
@@ -231,6 +236,7 @@ def _build(path: str, size: int) -> GGUFInfo:
                                ssm.get("full_attention_interval"))
     except ValueError as exc:
         raise _Corrupt(f"has an unusable {at}recurrent_layers ({exc})") from None
+    indexer, indexer_layers = _indexer(meta, arch, n_layer, n_layer - n_nextn, n_ctx)
     mla = {k: _int(meta, at + k) or 0 for k in MLA_KEYS if at + k in meta}
     is_mla = {"key_length_mla", "value_length_mla"} <= mla.keys()  # llama_hparams::is_mla
     n_expert = _int(meta, a + "expert_count", 0) or 0
@@ -271,8 +277,34 @@ def _build(path: str, size: int) -> GGUFInfo:
         n_layer_nextn=n_nextn, n_ff_per_layer=n_ff, n_ff_expert=n_ff_exp, recurrent_layers=recr,
         kv_layers=kv_layer_flags(arch, n_layer, n_layer - n_nextn, recr, n_ff, from_start),
         causal=meta.get(at + "causal") is not False, weights=weight_layout(tensors, n_layer),
-        n_vocab_embd=embd_rows,
+        n_vocab_embd=embd_rows, indexer=indexer, indexer_layers=indexer_layers,
     )
+
+
+def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: int
+             ) -> tuple[dict[str, int] | None, tuple[bool, ...]]:
+    """The lightning-indexer keys of a DSA arch and its per-layer cache flags. deepseek32 and
+    glm-dsa require the three keys (llama.cpp fails to load without them)."""
+    if arch not in DSA_ARCHS:
+        return None, ()
+    p = f"{arch}.attention.indexer."
+    required = arch != "hy_v4"
+    idx = {k: _int(meta, p + k, 0, required=required) or 0
+           for k in ("head_count", "key_length", "top_k")}
+    read = arch == "glm-dsa" or (arch == "hy_v4" and idx["top_k"] > 0)  # else never read
+    raw = meta.get(p + "types") if read else None
+    types: tuple[int, ...] | None = None
+    if isinstance(raw, _Array):  # bool, uint32 or int32 elements, one per trunk layer
+        if raw.items is None or raw.elem_type not in (4, 5, 7):
+            raise _Corrupt(f"has an unusable {p}types")
+        types = tuple(int(v) for v in raw.items)
+    elif raw is not None:
+        types = ((_int(meta, p + "types") or 0),) * n_main
+    try:
+        flags = indexer_layer_flags(arch, n_layer, n_main, n_ctx, idx["top_k"], types)
+    except ValueError as exc:
+        raise _Corrupt(f"has an unusable indexer setup ({exc})") from None
+    return (idx if any(flags) else None), flags
 
 
 def inspect_gguf(path: str | os.PathLike[str]) -> GGUFInfo:

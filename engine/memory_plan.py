@@ -3,148 +3,33 @@
 The GUI recomputes this on every slider move, so it must be fast (well under 16 ms): all
 per-model work (per-layer K/V widths, which layers hold KV or recurrent state, weight bytes per
 layer) is derived once into a `ModelGeometry` and cached; a plan is then a few loops over layers.
-Formulas follow notes/llama-cpp-memory.md: context resolution §1, KV §2-§5, recurrent state §6,
-output §8, weights placement §10. KV and recurrent bytes equal llama.cpp's `size =` tensor sums;
-compute buffers have no closed form (§9) and come from `engine.compute_estimate`.
+Formulas follow notes/llama-cpp-memory.md: context resolution §1 and KV §2-§5, §7 (in
+`engine.kv_sizes`), recurrent state §6, output §8, weights placement §10. KV and recurrent bytes
+equal llama.cpp's `size =` tensor sums; compute buffers have no closed form (§9) and come from
+`engine.compute_estimate`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from engine.compute_estimate import ComputeShape, estimate_compute
-from engine.gguf_hparams import NO_MEMORY_ARCHS, WeightLayout
+from engine.compute_estimate import estimate_compute
+from engine.gguf_hparams import NO_MEMORY_ARCHS
 from engine.gguf_inspect import GGUFInfo
+# Cache sizing lives in engine.kv_sizes; these names are re-exported for existing importers.
+from engine.kv_sizes import (BLOCKS, CacheSize, ModelGeometry, Resolved, geometry, kv_caches,
+                             resolve_context, row_bytes)
 from engine.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 
-#: ggml (block elements, block bytes) of the cache types (ggml_row_size).
-BLOCKS = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18),
-          "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24), "iq4_nl": (32, 18)}
+__all__ = ["BLOCKS", "CacheSize", "LLAMA_MAX_SEQ", "ModelGeometry", "RS_ROLLBACK_ARCHS",
+           "Resolved", "analytic_plan", "geometry", "kv_caches", "layer_devices",
+           "resolve_context", "row_bytes", "weights_cache_type"]
+
 RS_ROLLBACK_ARCHS = frozenset({"kimi-k3", "qwen35", "qwen35moe", "qwen4exp", "deepseek4",
                                "glm5-next", "nemotron_h", "nemotron_h_moe", "lfm2", "lfm2moe",
                                "bailingmoe3"})
 LLAMA_MAX_SEQ = 256
-_U32 = 0xFFFFFFFF
-
-
-def row_bytes(type_name: str, n: int) -> int:
-    """ggml_row_size: bytes of n elements of a cache type."""
-    block, size = BLOCKS[type_name]
-    return n // block * size
-
-
-def _pad(x: int, n: int) -> int:
-    """GGML_PAD in uint32 arithmetic, wrapping like the C code near 2**32."""
-    return ((x + n - 1) // n * n) & _U32
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """§1: the numbers llama_context prints (`n_ctx = …`, `n_ctx_seq = …`, …)."""
-
-    n_seq: int
-    n_ctx: int
-    n_ctx_seq: int
-    n_batch: int
-    n_ubatch: int
-    n_outputs_max: int
-    n_stream: int
-
-
-def resolve_context(s: PlanSettings, n_ctx_train: int, causal: bool = True) -> Resolved:
-    """llama_context::llama_context's resolution of context and batch sizes."""
-    n_seq = max(1, s.n_seq_max)
-    n_ctx = (s.n_ctx or n_ctx_train) & _U32
-    n_batch = min(n_ctx, s.n_batch) if causal else s.n_batch
-    n_ubatch = min(n_batch, s.n_ubatch or n_batch)
-    n_ctx = _pad(n_ctx, 256)
-    if s.kv_unified:
-        n_ctx_seq = n_ctx
-    else:
-        n_ctx_seq = _pad(n_ctx // n_seq, 256)
-        n_ctx = (n_ctx_seq * n_seq) & _U32
-    return Resolved(n_seq, n_ctx, n_ctx_seq, n_batch, n_ubatch, n_batch,
-                    1 if s.kv_unified else n_seq)
-
-
-@dataclass(frozen=True)
-class ModelGeometry:
-    """Everything per layer that sizing needs, derived once per model file."""
-
-    arch: str
-    n_layer: int
-    n_embd: int
-    n_vocab: int
-    kv_layers: tuple[int, ...]
-    k_width: tuple[int, ...]  # n_embd_k_gqa(il) for every layer
-    v_width: tuple[int, ...]
-    head_k: tuple[int, ...]
-    head_v: tuple[int, ...]
-    n_head: tuple[int, ...]
-    swa: tuple[bool, ...]
-    iswa: bool  # sliding-window cache pair in use (swa_type != NONE)
-    mla: bool
-    rec_layers: tuple[int, ...]
-    n_embd_r: int
-    n_embd_s: int
-    weights: WeightLayout | None
-    compute: ComputeShape
-
-
-def _n_embd_r_s(info: GGUFInfo) -> tuple[int, int]:
-    """llama_hparams::n_embd_r / n_embd_s (§6), state floats per layer per sequence."""
-    ssm = info.ssm or {}
-    if ssm.get("wkv_head_size"):
-        shift = ssm.get("token_shift_count") or 2
-        return shift * info.n_embd, info.n_embd * ssm["wkv_head_size"]
-    if ssm.get("shortconv_l_cache"):
-        return info.n_embd * (ssm["shortconv_l_cache"] - 1), 0
-    if ssm.get("kda_head_dim"):
-        kda, heads = ssm["kda_head_dim"], info.n_head_per_layer[0]
-        return 3 * (ssm.get("d_conv", 4) - 1 or 3) * heads * kda, kda * kda * heads
-    d_conv, d_inner = ssm.get("d_conv", 0), ssm.get("d_inner", 0)
-    d_state, n_group = ssm.get("d_state", 0), ssm.get("n_group", 0)
-    return max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state), d_state * d_inner
-
-
-_GEOMETRY: dict[tuple[object, ...], ModelGeometry] = {}
-
-
-def geometry(info: GGUFInfo) -> ModelGeometry:
-    """The cached ModelGeometry of a GGUFInfo (keyed by file identity and shape)."""
-    key = (info.path, info.file_bytes, info.tensor_bytes, info.architecture, info.n_layer,
-           info.n_ctx_train, info.n_head_kv_per_layer, info.kv_layers, info.swa_layers)
-    geo = _GEOMETRY.get(key)
-    if geo is None:
-        if len(_GEOMETRY) > 64:
-            _GEOMETRY.clear()
-        geo = _GEOMETRY[key] = _build_geometry(info)
-    return geo
-
-
-def _build_geometry(info: GGUFInfo) -> ModelGeometry:
-    n = info.n_layer
-    swa = tuple(info.swa_layers) or (False,) * n
-    hk = tuple(info.head_dim_k_swa if s and info.head_dim_k_swa else info.head_dim_k for s in swa)
-    hv = tuple(info.head_dim_v_swa if s and info.head_dim_v_swa else info.head_dim_v for s in swa)
-    kvh = info.n_head_kv_per_layer
-    kv_layers = tuple(il for il, k in enumerate(info.kv_layers) if k and kvh[il] > 0)
-    if not info.kv_layers and not info.recurrent:  # old callers: every layer with KV heads
-        kv_layers = tuple(il for il in range(n) if kvh[il] > 0)
-    n_main = n - info.n_layer_nextn
-    rec = tuple(il for il, r in enumerate(info.recurrent_layers) if r and il < n_main)
-    r, s = _n_embd_r_s(info) if rec else (0, 0)
-    mla = info.mla is not None
-    ff = info.n_ff_per_layer or (0,) * n
-    shape = ComputeShape.from_info(info, kv_layers, hk, rec, r, s, ff)
-    return ModelGeometry(
-        arch=info.architecture, n_layer=n, n_embd=info.n_embd, n_vocab=info.n_vocab,
-        kv_layers=kv_layers, k_width=tuple(h * k for h, k in zip(hk, kvh)),
-        v_width=tuple(h * k for h, k in zip(hv, kvh)), head_k=hk, head_v=hv,
-        n_head=info.n_head_per_layer, swa=swa, iswa=info.n_swa > 0 and any(swa),
-        mla=mla, rec_layers=rec, n_embd_r=r, n_embd_s=s, weights=info.weights, compute=shape)
 
 
 # --- devices ------------------------------------------------------------------------------
@@ -255,7 +140,9 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
                      + f" + ubatch {r.n_ubatch} → {n_swa_cells} cells")
     for c in caches:
         for dev, (n, k, v) in c.per_device(kv_dev).items():
-            detail = (f"{c.kind}: {n} layers × {c.cells} cells × {c.streams} streams, K-width "
+            label = ("indexer cache (DSA lightning-indexer keys, one head per layer)"
+                     if c.kind == "indexer" else c.kind)
+            detail = (f"{label}: {n} layers × {c.cells} cells × {c.streams} streams, K-width "
                       f"{'/'.join(map(str, c.k_widths))} {c.type_k} = {k / MiB:.2f} MiB, "
                       + ("no V (MLA: K only)" if geo.mla else
                          f"V {c.type_v} = {v / MiB:.2f} MiB"))
@@ -330,70 +217,6 @@ def _cuda_fa_kernel(geo: ModelGeometry, info: GGUFInfo, il: int) -> bool:
     return ((k, v) in ((576, 512), (512, 512)) and gqa >= 2) or \
         ((k, v) == (192, 128) and gqa % 8 == 0) or ((k, v) == (320, 256) and gqa % 32 == 0)
 
-
-@dataclass(frozen=True)
-class CacheSize:
-    """One llama_kv_cache (a `llama_kv_cache: size = …` line): exact tensor sums."""
-
-    kind: str  # "attention", "full-attention" (iSWA base) or "SWA"
-    layers: tuple[int, ...]
-    cells: int  # per stream
-    streams: int
-    type_k: str
-    type_v: str
-    k_widths: tuple[int, ...]
-    k_layer: tuple[int, ...]  # K bytes per layer (aligned with `layers`)
-    v_layer: tuple[int, ...]
-
-    @property
-    def k_bytes(self) -> int:
-        return sum(self.k_layer)
-
-    @property
-    def v_bytes(self) -> int:
-        return sum(self.v_layer)
-
-    def per_device(self, kv_dev: Sequence[str]) -> dict[str, tuple[int, int, int]]:
-        """device -> (layers, K bytes, V bytes)."""
-        out: dict[str, tuple[int, int, int]] = {}
-        for il, k, v in zip(self.layers, self.k_layer, self.v_layer):
-            n, kk, vv = out.get(kv_dev[il], (0, 0, 0))
-            out[kv_dev[il]] = (n + 1, kk + k, vv + v)
-        return out
-
-
-def kv_caches(info: GGUFInfo, settings: PlanSettings, r: Resolved | None = None,
-              v_trans: bool | None = None) -> tuple[list[CacheSize], int]:
-    """The attention caches llama.cpp creates (§2-§5) and the SWA cell count (0 if none).
-    v_trans: V stored transposed (flash attention explicitly off) pads V to the widest layer."""
-    geo = geometry(info)
-    r = r or resolve_context(settings, info.n_ctx_train, info.causal)
-    if v_trans is None:
-        v_trans = settings.flash_attn == "off"
-    tk = settings.type_k if settings.type_k in BLOCKS else "f16"
-    tv = settings.type_v if settings.type_v in BLOCKS else "f16"
-    n_swa_cells = 0
-    if geo.iswa:
-        n_unified = r.n_seq if settings.kv_unified else 1
-        n_swa_cells = r.n_ctx_seq if settings.swa_full else \
-            _pad(min(r.n_ctx_seq, info.n_swa * n_unified + r.n_ubatch), 256)
-    if geo.arch in NO_MEMORY_ARCHS:
-        return [], n_swa_cells
-    w_v_max = max(geo.v_width) if geo.v_width else 0
-    groups = [("attention", False)] if not geo.iswa else [("full-attention", False),
-                                                          ("SWA", True)]
-    out = []
-    for kind, want_swa in groups:
-        layers = tuple(il for il in geo.kv_layers if (geo.iswa and geo.swa[il]) == want_swa)
-        if not layers:
-            continue
-        cells = n_swa_cells if want_swa else r.n_ctx_seq
-        k = tuple(row_bytes(tk, geo.k_width[il]) * cells * r.n_stream for il in layers)
-        v = tuple(0 if geo.mla else row_bytes(tv, w_v_max if v_trans else geo.v_width[il])
-                  * cells * r.n_stream for il in layers)
-        widths = tuple(sorted({geo.k_width[il] for il in layers}))
-        out.append(CacheSize(kind, layers, cells, r.n_stream, tk, tv, widths, k, v))
-    return out, n_swa_cells
 
 
 def _weights(geo: ModelGeometry, ldev: list[str], has_gpu: bool) -> list[Allocation]:

@@ -1,13 +1,16 @@
 """Tiny synthetic GGUF models that llama.cpp (0c1e570) loads, one per memory family.
 
 Memory planning has a different formula per family (dense KV, MoE, SWA, shared KV, MLA, Mamba
-state, RWKV state, hybrids), and real models of each family are gigabytes. These files carry
-realistic metadata and every tensor the arch's `load_arch_tensors` requires, with zero data and
-tiny dimensions (each < 5 MB), so a no_alloc dry run of llama.cpp can be compared with the
-analytic plan in well under a second per model.
+state, RWKV state, hybrids, KDA hybrids, DSA indexer caches), and real models of each family are
+gigabytes. These files carry realistic metadata and every tensor the arch's `load_arch_tensors`
+requires, with zero data and tiny dimensions (each < 5 MB, except gemma3n at 18 MB: its shared-KV
+layers start at the hard-coded layer 20 and its per-layer embedding table is 256 × n_layer
+wide), so a no_alloc dry run of llama.cpp can be compared with the analytic plan in well under a
+second per model.
 
-Tensor lists were found by asking llama.cpp itself (missing tensor / wrong shape errors) and are
-stored compactly: `GLOBAL` tensors plus per-layer-kind tensors and a layer-kind pattern string.
+Tensor lists were found by asking llama.cpp itself (missing tensor / wrong shape errors) or read
+from the arch's `load_arch_tensors` (kimi-linear, deepseek32, gemma3n), and are stored
+compactly: `GLOBAL` tensors plus per-layer-kind tensors and a layer-kind pattern string.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ import numpy as np
 
 VOCAB_WORDS = 61  # 3 control + 256 byte tokens + words = 320 tokens
 _F16 = re.compile(r"(attn_(q|k|v|qkv|output|q_a|q_b|kv_a_mqa|kv_b|k_b|v_b)|ffn_(up|down|gate)"
-                  r"(_exps|_shexp)?|token_embd|output|ssm_in|ssm_out)\.weight$")
+                  r"(_exps|_shexp)?|token_embd|output|ssm_in|ssm_out)\.weight$"
+                  r"|^(per_layer_token_embd|per_layer_model_proj|altup(_unembd)?_proj)\.weight$"
+                  r"|\.(inp_gate|proj|laurel_[lr])\.weight$")  # gemma3n's wide PLE tables
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,26 @@ _BASE = {"context_length": 4096, "embedding_length": 128, "feed_forward_length":
          "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 64,
          "attention.value_length": 64, "rope.dimension_count": 64,
          "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 10000.0}
+
+_DENSE_FFN = ("ffn_norm.weight:128 ffn_gate.weight:128x256 ffn_down.weight:256x128 "
+              "ffn_up.weight:128x256")
+_MOE_FFN = ("ffn_norm.weight:128 ffn_gate_inp.weight:128x4 ffn_gate_exps.weight:128x64x4 "
+            "ffn_down_exps.weight:64x128x4 ffn_up_exps.weight:128x64x4 "
+            "ffn_gate_shexp.weight:128x64 ffn_down_shexp.weight:64x128 "
+            "ffn_up_shexp.weight:128x64 exp_probs_b.bias:4")
+# Kimi Delta Attention: 4 heads x 32, short conv 4 on q/k/v (kimi-linear.cpp).
+_KDA = ("attn_norm.weight:128 ssm_conv1d_q.weight:4x1x128 ssm_conv1d_k.weight:4x1x128 "
+        "ssm_conv1d_v.weight:4x1x128 attn_q.weight:128x128 attn_k.weight:128x128 "
+        "attn_v.weight:128x128 ssm_f_a.weight:128x32 ssm_f_b.weight:32x128 "
+        "ssm_beta.weight:128x4 ssm_a:1x4 ssm_dt.bias:128 ssm_g_a.weight:128x32 "
+        "ssm_g_b.weight:32x128 ssm_norm.weight:32 attn_output.weight:128x128")
+# DeepSeek V3.2 attention: MLA (q_lora 64, kv_lora 64, rope 32: K row 96, divisible by the
+# 32-element blocks of quantized caches) + lightning indexer (2 heads x 64).
+_DSA_ATTN = ("attn_norm.weight:128 attn_q_a_norm.weight:64 attn_kv_a_norm.weight:64 "
+             "attn_q_a.weight:128x64 attn_q_b.weight:64x256 attn_kv_a_mqa.weight:128x96 "
+             "attn_k_b.weight:32x64x4 attn_v_b.weight:64x32x4 attn_output.weight:128x128 "
+             "indexer.k_norm.weight:64 indexer.k_norm.bias:64 indexer.proj.weight:128x2 "
+             "indexer.attn_k.weight:128x64 indexer.attn_q_b.weight:64x128")
 
 FAMILIES: dict[str, Family] = {
     "llama": Family(
@@ -413,4 +438,75 @@ FAMILIES: dict[str, Family] = {
                  "attn_norm.weight:128 ffn_norm:128 ffn_gate.weight:128x256 "
                  "ffn_down.weight:256x128 ffn_up.weight:128x256",
         }, "AA"),
+    # Kimi-Linear: KDA recurrent layers (n_head_kv 0) + MLA attention layers (K-only cache),
+    # layer 0 dense FFN, the rest MoE; 3 KDA : 1 MLA like the 48B model.
+    "kimi-linear": Family(
+        "kimi-linear", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 256, "attention.head_count": 4,
+         "attention.head_count_kv": [0, 0, 0, 1], "attention.key_length": 96,
+         "attention.value_length": 64, "attention.key_length_mla": 64,
+         "attention.value_length_mla": 32, "attention.kv_lora_rank": 64,
+         "rope.dimension_count": 32, "ssm.conv_kernel": 4, "kda.head_dim": 32,
+         "attention.layer_norm_rms_epsilon": 1e-05, "leading_dense_block_count": 1,
+         "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
+         "expert_shared_count": 1, "expert_gating_func": 2, "expert_weights_scale": 2.4,
+         "expert_weights_norm": True, "vocab_size": 320},
+        "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
+        {
+            "A": _KDA + " " + _DENSE_FFN,
+            "B": _KDA + " " + _MOE_FFN,
+            "C": "attn_norm.weight:128 attn_kv_a_norm.weight:64 attn_q.weight:128x256 "
+                 "attn_kv_a_mqa.weight:128x96 attn_k_b.weight:32x64x4 attn_v_b.weight:64x32x4 "
+                 "attn_output.weight:128x128 " + _MOE_FFN,
+        }, "ABBC"),
+    # DeepSeek V3.2: MLA main cache + lightning-indexer K cache (one 64-wide head per layer; the
+    # indexer's Hadamard rotation needs a multiple of 64).
+    "deepseek32": Family(
+        "deepseek32", {"block_count": 3, "context_length": 4096, "embedding_length": 128,
+         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 1,
+         "attention.key_length": 96, "attention.value_length": 64,
+         "attention.key_length_mla": 64, "attention.value_length_mla": 32,
+         "attention.q_lora_rank": 64, "attention.kv_lora_rank": 64, "rope.dimension_count": 32,
+         "attention.indexer.head_count": 2, "attention.indexer.key_length": 64,
+         "attention.indexer.top_k": 256, "attention.layer_norm_rms_epsilon": 1e-06,
+         "leading_dense_block_count": 1, "expert_count": 4, "expert_used_count": 2,
+         "expert_feed_forward_length": 64, "expert_shared_count": 1, "expert_gating_func": 2,
+         "expert_weights_norm": True, "expert_weights_scale": 2.5},
+        "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
+        {
+            "A": _DSA_ATTN + " " + _DENSE_FFN,
+            "B": _DSA_ATTN + " " + _MOE_FFN,
+        }, "ABB"),
+    # Gemma 3n: SWA period 5, layers >= 20 reuse the KV of layers 18 (SWA) / 19 (full);
+    # altup (4 streams), laurel (rank 64) and 256-wide per-layer embeddings are fixed in 0c1e570.
+    "gemma3n": Family(
+        "gemma3n", {**_BASE, "block_count": 22, "attention.sliding_window": 128,
+         "rope.freq_base_swa": 10000.0, "final_logit_softcapping": 30.0},
+        "token_embd.weight:128x320 output_norm.weight:128 altup_proj.weight:128x128x3 "
+        "altup_unembd_proj.weight:128x128x3 per_layer_token_embd.weight:5632x320 "
+        "per_layer_model_proj.weight:128x5632 per_layer_proj_norm.weight:256",
+        {
+            "A": "attn_norm.weight:128 attn_q.weight:128x256 attn_k.weight:128x128 "
+                 "attn_v.weight:128x128 attn_output.weight:256x128 attn_q_norm.weight:64 "
+                 "attn_k_norm.weight:64 post_attention_norm.weight:128 " + _DENSE_FFN
+                 + " post_ffw_norm.weight:128 inp_gate.weight:128x256 proj.weight:256x128 "
+                 "post_norm.weight:128 altup_correct_coef.weight:4x4 "
+                 "altup_correct_scale.weight:128 altup_predict_coef.weight:4x16 "
+                 "altup_router.weight:128x4 altup_router_norm.weight:128 "
+                 "laurel_l.weight:128x64 laurel_r.weight:64x128 laurel_post_norm.weight:128",
+        }, "A" * 22),
 }
+
+
+def write_glm_dsa(path: str | Path, pattern: str = "ABCB", **kv: Any) -> Path:
+    """A GLM-DSA model: deepseek32's shapes, but only layers marked A/C (dense/MoE) carry the
+    lightning indexer; B layers (MoE) reuse the previous indexer's top-k and have none. Which
+    layers own an indexer cache follows `attention.indexer.types` (`kv`, None deletes), else
+    the GLM-5 (every layer) or GLM-5.2 (n_ctx_train >= 2^20) default."""
+    base = FAMILIES["deepseek32"]
+    plain = " ".join(t for t in _DSA_ATTN.split() if not t.startswith("indexer."))
+    meta = {**base.kv, "block_count": len(pattern), "expert_gating_func": None, **kv}
+    fam = Family("glm-dsa", meta, base.globals_,
+                 {"A": _DSA_ATTN + " " + _DENSE_FFN, "B": plain + " " + _MOE_FFN,
+                  "C": _DSA_ATTN + " " + _MOE_FFN}, pattern)
+    return write_gguf(path, "glm-dsa", meta, tensors_of(fam))

@@ -16,11 +16,12 @@ import pytest
 
 from engine.cache_rules import check_settings, default_cache_type
 from engine.errors import ModelFileError
+from engine.gguf_hparams import indexer_layer_flags
 from engine.gguf_inspect import GGUFInfo, inspect_gguf
 from engine.memory_log import MemoryLogParser, device_of
 from engine.memory_plan import analytic_plan, geometry, kv_caches, resolve_context
 from engine.memory_types import Device, MiB, PlanSettings
-from gguf_factory import FAMILIES, write_family, write_gguf, write_llama
+from gguf_factory import FAMILIES, write_family, write_glm_dsa, write_gguf, write_llama
 from llama_dry_run import DryRun, dry_run
 
 S = PlanSettings
@@ -118,7 +119,7 @@ def _check_kv(info: GGUFInfo, settings: PlanSettings, log: MemoryLogParser) -> N
     """Each sub-cache: cells, layers, types and K/V/total MiB exactly as llama.cpp prints."""
     fa_off = settings.flash_attn == "off"
     caches, _swa = kv_caches(info, settings, v_trans=fa_off)
-    kinds = {"attention": "kv", "full-attention": "base", "SWA": "swa"}
+    kinds = {"attention": "kv", "full-attention": "base", "SWA": "swa", "indexer": "indexer"}
     logged = [c for c in log.kv_caches if c.layers]
     assert [kinds[c.kind] for c in caches] == [c.kind for c in logged]
     for mine, theirs in zip(caches, logged):
@@ -198,6 +199,47 @@ def test_plan_explains_itself(infos: dict) -> None:
     assert "no V (MLA: K only)" in kv.detail
     gemma4 = analytic_plan(infos["gemma4"], S(flash_attn="off"), [])
     assert any("padded to the widest (128)" in n for n in gemma4.notes)
+    _mla, indexer = [a for a in analytic_plan(infos["deepseek32"], S(n_ctx=1024), []).allocations
+                    if a.component == "kv"]
+    assert "lightning-indexer" in indexer.detail and "no V" in indexer.detail
+    assert indexer.bytes == 3 * 64 * 2 * 1024  # 3 layers × one 64-wide f16 key × 1024 cells
+
+
+def test_dsa_indexer_layers_follow_llama(tmp_path: Path) -> None:
+    """glm-dsa keeps indexer keys only for `is_indexer_full` layers: `attention.indexer.types`,
+    else every layer (GLM 5/5.1) or the GLM-5.2 pattern (n_ctx_train >= 2^20). A types array
+    of the wrong length is refused, as llama.cpp refuses to load it."""
+    cases = [("types", "ABCB", {"attention.indexer.types": [1, 0, 1, 0]}, (0, 2)),
+             ("glm5", "ACCC", {}, (0, 1, 2, 3)),
+             ("glm52", "ACCB", {"context_length": 1 << 20}, (0, 1, 2))]
+    grid = [S(n_ctx=1000, n_seq_max=2, flash_attn="on", type_k="q8_0", type_v="q8_0"),
+            S(n_ctx=4096, flash_attn="off")]
+    jobs = []
+    for name, pattern, kv, want in cases:
+        path = write_glm_dsa(tmp_path / f"{name}.gguf", pattern, **kv)
+        info = inspect_gguf(path)
+        assert tuple(il for il, f in enumerate(info.indexer_layers) if f) == want, name
+        jobs += [(path, info, s) for s in grid]
+    bad = write_glm_dsa(tmp_path / "bad.gguf", **{"attention.indexer.types": [1, 0, 1]})
+    with pytest.raises(ModelFileError, match="indexer"):
+        inspect_gguf(bad)
+    runs = dry_run([(str(p), s) for p, _i, s in jobs] + [(str(bad), S())])
+    for (_path, info, settings), run in zip(jobs, runs):
+        assert run.ok, run.error
+        _check_kv(info, settings, run.parser)
+        assert [c.kind for c in run.parser.kv_caches] == ["kv", "indexer"]
+    assert not runs[-1].ok
+
+
+def test_indexer_layer_rules() -> None:
+    """The rest of the selection rule (src/models/{deepseek32,glm-dsa,hy-v4}.cpp)."""
+    assert indexer_layer_flags("deepseek32", 4, 3, 4096, 2048, None) == (True,) * 3 + (False,)
+    glm52 = indexer_layer_flags("glm-dsa", 78, 78, 1 << 20, 2048, None)
+    assert [il for il, f in enumerate(glm52) if f] == [0, 1, *range(2, 78, 4)]
+    assert indexer_layer_flags("hy_v4", 3, 3, 4096, 0, None) == (False,) * 3  # no DSA
+    assert indexer_layer_flags("hy_v4", 3, 3, 4096, 64, (1, 0, 1)) == (True, False, True)
+    with pytest.raises(ValueError):  # llama.cpp: "layer 0 must own an indexer"
+        indexer_layer_flags("hy_v4", 3, 3, 4096, 64, None)
 
 
 # --- hostile metadata and invalid settings ---------------------------------------------------
