@@ -81,7 +81,11 @@ class MemoryDock(QDockWidget):
         self.telemetry.close()
 
     def devices(self) -> tuple[list[Device], str]:
-        return plan_devices(self.telemetry.devices())
+        """Fit devices; a runtime child already on a GPU has paid for its CUDA context."""
+        child = self._runtime_pid()
+        held = bool(child) and any(g.this_app_bytes > 0 for g in self.telemetry.snapshot(
+            [os.getpid(), child]).gpus)
+        return plan_devices(self.telemetry.devices(), runtime_on_gpu=held)
 
     # ------------------------------------------------------------------ model events
     def model_inspected(self, info: GGUFInfo, settings: PlanSettings) -> None:

@@ -6,13 +6,16 @@ allocated, per device and component, and ``fit`` against llama.cpp's ``llama-fit
 Writes a Llama-3.1-8B-shaped GGUF (random Q4_0 weights, 128k training context) and, for a set of
 cache settings, compares the analytic plan, the exact plan (a no-alloc dry run) and the sizes
 llama.cpp reports when it really loads (its own log). Then, for budgets of 8/16/24/40 GiB, runs
-KV Deck's fit and ``llama-fit-params`` with the same usable memory (budget minus 1 GiB margin)
-and loads the model at KV Deck's fitted settings to prove they load. Results go to
+KV Deck's fit and ``llama-fit-params`` with the same usable memory (budget minus 1 GiB margin),
+again with KV Deck given the free memory llama-fit-params itself read (after creating its CUDA
+context), and loads the model at KV Deck's fitted settings to prove they load. NVML's reading of
+the runtime child, minus llama.cpp's buffers, gives what a CUDA process holds outside them. Results go to
 ``gpu-memory-<date>.json`` and ``.md`` in the output folder.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -34,6 +37,7 @@ from engine.host import RuntimeHost  # noqa: E402
 from engine.memory_plan import analytic_plan  # noqa: E402
 from engine.memory_types import COMPONENTS, GiB, MiB, MemoryPlan, PlanSettings  # noqa: E402
 from engine.runtime_info import plan_devices  # noqa: E402
+from engine.telemetry import Telemetry  # noqa: E402
 
 SHAPES["llama31-8b"] = {**SHAPES["llama3-8b"], "n_ctx_train": 131072}
 CASES = [
@@ -52,22 +56,68 @@ def table(plan: MemoryPlan) -> dict[str, dict[str, int]]:
     return {d: {c: plan.bytes_for(d, c) for c in COMPONENTS} for d in plan.devices()}
 
 
-def load_measured(host: RuntimeHost, model: Path, s: PlanSettings) -> tuple[MemoryPlan | None, str]:
+def load_measured(host: RuntimeHost, model: Path, s: PlanSettings, tel: Telemetry | None = None,
+                  footprint: list[dict[str, Any]] | None = None) -> tuple[MemoryPlan | None, str]:
     try:
         loaded = host.load(P.load_params(str(model), s), timeout=600)
     except Exception as exc:  # noqa: BLE001 - recorded in the results
         return None, str(exc)
+    plan = plan_from_log(loaded.memory_log, s, "measured")
+    if tel is not None and footprint is not None:
+        held = child_gpu_mib(tel, host.pid)
+        buffers = sum(a.bytes for a in plan.allocations if a.device.startswith("CUDA")) / MiB
+        footprint.append({"settings": s.to_dict(), "child_nvml_mib": held,
+                          "buffers_mib": round(buffers, 1),
+                          "outside_buffers_mib": None if held is None else round(held - buffers, 1)})
     host.unload()
-    return plan_from_log(loaded.memory_log, s, "measured"), ""
+    return plan, ""
 
 
 def fit_params(binary: str, model: Path, free_mib: int, budget_mib: int) -> dict[str, Any]:
+    """llama-fit-params with a margin that leaves ``budget_mib - 1024`` of *our* free reading;
+    its own free reading (taken after it created its CUDA context) comes back as ``free_mib``."""
     margin = max(0, free_mib - budget_mib + 1024)
-    r = subprocess.run([binary, "-m", str(model), "-fitt", str(margin)], capture_output=True,
-                       text=True, timeout=600)
-    m = re.search(r"-c (\d+) -ngl (-?\d+)", r.stdout + r.stderr)
+    r = subprocess.run([binary, "-m", str(model), "-fitt", str(margin), "-lv", "4"],
+                       capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    m = re.search(r"-c (\d+) -ngl (-?\d+)", out)
+    f = re.search(r"MiB of device memory vs\. (\d+) MiB of free device memory", out)
     return {"n_ctx": int(m.group(1)) if m else None, "n_gpu_layers": int(m.group(2)) if m else None,
-            "margin_mib": margin, "rc": r.returncode, "tail": (r.stdout + r.stderr)[-400:]}
+            "margin_mib": margin, "free_mib": int(f.group(1)) if f else None, "rc": r.returncode,
+            "tail": out[-400:]}
+
+
+def child_gpu_mib(tel: Telemetry, pid: int | None) -> float | None:
+    """What NVML says the runtime child holds on the first GPU (None without a reading)."""
+    if not pid:
+        return None
+    gpus = tel.snapshot([pid]).gpus
+    return round(gpus[0].this_app_bytes / MiB, 1) if gpus else None
+
+
+def write_md(res: dict[str, Any], path: Path) -> None:
+    """The run as the tables the closing note quotes."""
+    rows = ["| settings | device | component | analytic MiB | exact MiB | measured MiB | analytic error |",
+            "|---|---|---|---|---|---|---|"]
+    for c in res["cases"]:
+        label = " ".join(f"{k}={v}" for k, v in c["settings"].items())
+        for dev, comps in c["analytic"].items():
+            for comp, a in comps.items():
+                e = c["exact"].get(dev, {}).get(comp, 0)
+                m = (c["measured"] or {}).get(dev, {}).get(comp, 0)
+                if a or e or m:
+                    pct = f" ({(a - m) / m * 100:+.1f} %)" if m else ""
+                    rows.append(f"| {label} | {dev} | {comp} | {a / MiB:.1f} | {e / MiB:.1f} | "
+                                f"{m / MiB:.1f} | {(a - m) / MiB:+.1f} MiB{pct} |")
+    rows += ["", "Runtime child on the GPU outside llama.cpp's buffers (NVML minus buffers): "
+             + ", ".join(f"{f['outside_buffers_mib']}" for f in res.get("footprint", [])) + " MiB.",
+             "", "| budget | KV Deck n_ctx (reserve) | KV Deck n_ctx given llama-fit-params' free "
+             "reading | llama-fit-params n_ctx | its free reading MiB | loads |", "|---|---|---|---|---|---|"]
+    for f in res["fit"]:
+        ref, same = f["llama_fit_params"] or {}, f.get("kvdeck_same_free") or {}
+        rows.append(f"| {f['budget_gib']} GiB | {f['kvdeck']['n_ctx']} ({f.get('reserve_mib')} MiB) | "
+                    f"{same.get('n_ctx')} | {ref.get('n_ctx')} | {ref.get('free_mib')} | {f['loads']} |")
+    path.write_text("\n".join([f"# Memory plan vs llama.cpp on a GPU ({res['date']})", ""] + rows) + "\n")
 
 
 def main() -> int:
@@ -89,13 +139,16 @@ def main() -> int:
     host = RuntimeHost()
     host.start()
     host.wait_ready()
+    tel = Telemetry()
+    res["child_gpu_mib_ready"] = child_gpu_mib(tel, host.pid)  # before any model
+    res["footprint"] = []
     for case in CASES:
         s = PlanSettings(**case)
         a = analytic_plan(info, s, devices)
         t = time.time()
         e = exact_plan(info, s, devices)
         exact_s = time.time() - t
-        m, err = load_measured(host, model, s)
+        m, err = load_measured(host, model, s, tel, res["footprint"])
         res["cases"].append({"settings": case, "analytic": table(a), "exact": table(e),
                              "measured": table(m) if m else None, "error": err,
                              "exact_wall_s": round(exact_s, 2), "flash_attn_exact": e.flash_attn_resolved})
@@ -110,11 +163,22 @@ def main() -> int:
             ok = m is not None
         ref = fit_params(args.fit_params, model, gpu.free_bytes // MiB, budget * 1024) if (
             args.fit_params and gpu) else None
+        same = None
+        if ref and ref.get("free_mib"):  # KV Deck given exactly the memory llama.cpp saw
+            seen = [dataclasses.replace(d, free_bytes=ref["free_mib"] * MiB, reserved_bytes=0)
+                    if d.kind == "gpu" else d for d in devices]
+            rs = fit(info, PlanSettings(n_ctx=0), seen, plan_fn=analytic_plan,
+                     margin_bytes=ref["margin_mib"] * MiB)
+            same = {"n_ctx": rs.plan.n_ctx, "limited_by": rs.limited_by}
         res["fit"].append({"budget_gib": budget, "kvdeck": {"n_ctx": r.plan.n_ctx, "n_gpu_layers":
                            r.settings.n_gpu_layers, "limited_by": r.limited_by, "fits": r.fits},
-                           "loads": ok, "load_error": err, "llama_fit_params": ref})
+                           "kvdeck_same_free": same, "reserve_mib": gpu.reserved_bytes // MiB
+                           if gpu else None, "loads": ok, "load_error": err,
+                           "llama_fit_params": ref})
         (out / f"gpu-memory-{res['date']}.json").write_text(json.dumps(res, indent=1))
     host.stop()
+    tel.close()
+    write_md(res, out / f"gpu-memory-{res['date']}.md")
     print(json.dumps(res, indent=1)[:6000])
     return 0
 

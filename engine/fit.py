@@ -31,7 +31,9 @@ class DraftSpec:
 
 def budgets_for(devices: list[Device], *, budget_bytes: int | None = None,
                 margin_bytes: int | None = None) -> dict[str, int]:
-    """Usable bytes per device. A user budget applies to every GPU (or to the CPU without GPUs)."""
+    """Usable bytes per device. A user budget applies to every GPU (or to the CPU without GPUs).
+    Either way the runtime's own reserve (its CUDA context) comes off first: a budget is what the
+    whole app may use, and llama.cpp's buffers are not all of it."""
     has_gpu = any(d.kind == "gpu" for d in devices)
     out: dict[str, int] = {}
     for d in devices:
@@ -40,7 +42,7 @@ def budgets_for(devices: list[Device], *, budget_bytes: int | None = None,
         base = d.free_bytes
         if budget_bytes is not None and (d.kind == "gpu" or not has_gpu):
             base = budget_bytes
-        out[d.name] = max(0, base - margin)
+        out[d.name] = max(0, base - margin - d.reserved_bytes)
     return out
 
 

@@ -65,6 +65,9 @@ class Device:
     total_bytes: int
     free_bytes: int
     description: str = ""
+    #: Memory the runtime child will take on this device outside llama.cpp's buffers (the CUDA
+    #: context and its kernels) that ``free_bytes`` does not already exclude; fit keeps it free.
+    reserved_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ memory appears in a plan at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -47,11 +48,27 @@ def gpu_backend() -> str:
     return "cpu"
 
 
-def plan_devices(telemetry_devices: list[Device] | None = None) -> tuple[list[Device], str]:
+#: What a llama.cpp CUDA process holds on a GPU besides its buffers (context, kernel images,
+#: cuBLAS workspace): 522.1-523.2 MiB on an H100, driver 580 (benchmarks/gpu_memory.py). Override
+#: with KVDECK_CUDA_RESERVE_MIB where a driver or GPU differs.
+CUDA_RESERVE_MIB = 524
+
+
+def cuda_reserve_bytes() -> int:
+    try:
+        return int(float(os.environ.get("KVDECK_CUDA_RESERVE_MIB", CUDA_RESERVE_MIB)) * 2**20)
+    except ValueError:
+        return CUDA_RESERVE_MIB * 2**20
+
+
+def plan_devices(telemetry_devices: list[Device] | None = None, runtime_on_gpu: bool = False
+                 ) -> tuple[list[Device], str]:
     """Devices a plan may use, and why GPUs are absent when they are.
 
     GPUs count only if the runtime can offload to them: an NVIDIA card next to a CPU-only
     build holds nothing, and the plan must say so instead of promising VRAM it cannot use.
+    Unless the runtime child already holds its CUDA context (``runtime_on_gpu``: then the free
+    figure already excludes it), each GPU carries the context as ``reserved_bytes``.
     """
     if telemetry_devices is None:
         from engine.telemetry import Telemetry
@@ -69,4 +86,5 @@ def plan_devices(telemetry_devices: list[Device] | None = None) -> tuple[list[De
     if backend != "cuda":
         return cpu, (f"{len(gpus)} GPU(s) found, but the installed llama.cpp runtime is a CPU-only "
                      "build; see the README's GPU section")
-    return cpu + gpus, ""
+    reserve = 0 if runtime_on_gpu else cuda_reserve_bytes()
+    return cpu + [dataclasses.replace(g, reserved_bytes=reserve) for g in gpus], ""

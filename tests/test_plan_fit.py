@@ -91,3 +91,17 @@ def test_fitted_settings_load(smollm2_path, budget_mib):
         assert host.generate("Hi", max_tokens=2).tokens
     finally:
         host.stop()
+
+
+def test_the_runtimes_own_gpu_reserve_comes_out_of_the_budget(smollm2_path):
+    """A CUDA child holds ~523 MiB outside llama.cpp's buffers (H100): a budget is what the whole
+    app may use, so fit leaves that free, whether the budget is the user's or the free memory."""
+    info = inspect_gguf(smollm2_path)
+    cpu = Device("CPU", "cpu", 64 * GiB, 64 * GiB)
+    bare = Device("CUDA0", "gpu", 8 * GiB, 3 * GiB)
+    held = Device("CUDA0", "gpu", 8 * GiB, 3 * GiB, reserved_bytes=524 * MiB)
+    for budget in (None, 2 * GiB):
+        a, b = (fit(info, PlanSettings(n_ctx=0), [cpu, gpu], plan_fn=analytic_plan,
+                    budget_bytes=budget, margin_bytes=1024 * MiB) for gpu in (bare, held))
+        assert a.budgets["CUDA0"] - b.budgets["CUDA0"] == 524 * MiB
+        assert b.fits and b.plan.bytes_for("CUDA0") <= b.budgets["CUDA0"]
