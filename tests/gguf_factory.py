@@ -11,6 +11,7 @@ second per model.
 Tensor lists were found by asking llama.cpp itself (missing tensor / wrong shape errors) or read
 from the arch's `load_arch_tensors` (kimi-linear, deepseek32, gemma3n), and are stored
 compactly: `GLOBAL` tensors plus per-layer-kind tensors and a layer-kind pattern string.
+Later families (gpt-oss, …) are in tests/gguf_families2.py and merged into FAMILIES below.
 """
 from __future__ import annotations
 
@@ -510,3 +511,9 @@ def write_glm_dsa(path: str | Path, pattern: str = "ABCB", **kv: Any) -> Path:
                  {"A": _DSA_ATTN + " " + _DENSE_FFN, "B": plain + " " + _MOE_FFN,
                   "C": _DSA_ATTN + " " + _MOE_FFN}, pattern)
     return write_gguf(path, "glm-dsa", meta, tensors_of(fam))
+
+
+# Families added later live in gguf_families2 (it imports Family from here, so import last).
+from gguf_families2 import FAMILIES2  # noqa: E402
+
+FAMILIES.update(FAMILIES2)
