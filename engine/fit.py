@@ -181,6 +181,11 @@ def default_settings(info: GGUFInfo, devices: list[Device], *, plan_fn: PlanFn,
     return chosen, result
 
 
+def _reserve_words(d: Device) -> str:
+    return (f", of which the runtime itself needs {d.reserved_bytes / MiB:,.0f} MiB"
+            if d.reserved_bytes else "")
+
+
 def preflight(info: GGUFInfo, settings: PlanSettings, devices: list[Device], backend: str, *,
               plan_fn: PlanFn, margin_bytes: int = 256 * MiB) -> MemoryPlan:
     """Refuse, in one sentence, settings llama.cpp would reject or that cannot fit, before loading.
@@ -198,10 +203,10 @@ def preflight(info: GGUFInfo, settings: PlanSettings, devices: list[Device], bac
     plan = plan_fn(info, settings, devices)
     for d in devices:
         need = plan.bytes_for(d.name)
-        if need > max(0, d.free_bytes - margin_bytes):
+        if need > max(0, d.free_bytes - margin_bytes - d.reserved_bytes):
             biggest = max(COMPONENTS, key=lambda c: plan.bytes_for(d.name, c))
             raise KvDeckError(
                 f"this needs {need / MiB:,.0f} MiB on {d.name} but only {d.free_bytes / MiB:,.0f} MiB "
-                f"is free ({biggest} alone is {plan.bytes_for(d.name, biggest) / MiB:,.0f} MiB); "
+                f"is free{_reserve_words(d)} ({biggest} alone is {plan.bytes_for(d.name, biggest) / MiB:,.0f} MiB); "
                 f"lower the context or use a smaller cache type")
     return plan
