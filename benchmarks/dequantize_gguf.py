@@ -1,4 +1,4 @@
-"""Write a higher-precision copy of a quantized GGUF (F16 or Q8_0 matrices, F32 vectors).
+"""Write a higher-precision copy of a quantized GGUF (F16, F32 or Q8_0 matrices, F32 vectors).
 
 The speculative-decoding benchmark (issue 5) needs a pair that shares a vocabulary: a precise
 target and a cheap draft. The only small model shipped is SmolLM2-135M in Q4_1, so the target is
@@ -25,15 +25,18 @@ def convert(src: str, dst: str, target: str = "F16") -> None:
             continue
         value = field.contents()
         if field.name == gguf.Keys.General.FILE_TYPE:
-            value = int(gguf.LlamaFileType.MOSTLY_F16 if target == "F16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+            value = int({"F16": gguf.LlamaFileType.MOSTLY_F16, "F32": gguf.LlamaFileType.ALL_F32}.get(
+                target, gguf.LlamaFileType.MOSTLY_Q8_0))
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, value, vtype, sub_type=sub)
     for t in reader.tensors:
         data = dequantize(t.data, t.tensor_type).astype(np.float32)
         if data.ndim >= 2:
-            out = data.astype(np.float16) if target == "F16" else quantize(data, qtype)
-            writer.add_tensor(t.name, out, raw_dtype=qtype if target != "F16" else None)
+            if target in ("F16", "F32"):
+                writer.add_tensor(t.name, data.astype(np.float16 if target == "F16" else np.float32))
+            else:
+                writer.add_tensor(t.name, quantize(data, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(t.name, data)
     writer.write_header_to_file()

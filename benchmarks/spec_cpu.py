@@ -2,8 +2,8 @@
 
     python benchmarks/spec_cpu.py DRAFT.gguf [--cores 2,4,8,16] [--out DIR]
 
-The target is the draft dequantized to F16 (``dequantize_gguf.py``): SmolLM2-135M F16 drafted by
-its shipped Q4_1. For each core count (pinned with ``taskset``, CUDA hidden) it runs
+The targets are the draft dequantized to F16 and F32 (``dequantize_gguf.py``): SmolLM2-135M drafted
+by its shipped Q4_1. For each core count (pinned with ``taskset``, CUDA hidden) it runs
 ``kvdeck bench --draft`` (plain and speculative decoding of the same prompt), llama.cpp's
 ``llama-bench`` (plain decode) and ``llama-speculative-simple`` (llama.cpp's own speculative loop)
 on the same pair, threads and prompt. Results: ``spec-cpu-<date>.json`` in the output folder.
@@ -82,20 +82,21 @@ def main() -> int:
     ap.add_argument("--cores", default="2,4,8,16")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--target-dir", default="/tmp")
+    ap.add_argument("--types", default="F16,F32", help="target precisions to write and compare")
     args = ap.parse_args()
     draft = Path(args.draft)
-    target = Path(args.target_dir) / "smollm2-f16.gguf"
-    if not target.exists():
-        convert(str(draft), str(target), "F16")
     bench, spec = shutil.which("llama-bench"), shutil.which("llama-speculative-simple")
     prompt = ("<|im_start|>user\n" + SPEC_PROMPT + "<|im_end|>\n<|im_start|>assistant\n")
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "cpu": os.cpu_count(), "tg": TG,
-                           "target": "SmolLM2-135M F16 (dequantized Q4_1)", "draft": draft.name,
+                           "target": "SmolLM2-135M dequantized from the draft", "draft": draft.name,
                            "rows": []}
-    for cores in (int(c) for c in args.cores.split(",")):
+    for ttype, cores in ((t, int(c)) for t in args.types.split(",") for c in args.cores.split(",")):
         if cores > (os.cpu_count() or 1):
             continue
-        row = {"cores": cores, "kvdeck": kvdeck(target, draft, cores),
+        target = Path(args.target_dir) / f"smollm2-{ttype.lower()}.gguf"
+        if not target.exists():
+            convert(str(draft), str(target), ttype)
+        row = {"target": ttype, "cores": cores, "kvdeck": kvdeck(target, draft, cores),
                "llama_bench_tg": llama_bench(bench, target, cores) if bench else None,
                "llama_speculative_simple": llama_spec(spec, target, draft, cores, prompt)
                if spec else None}
