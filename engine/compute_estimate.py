@@ -79,6 +79,9 @@ class ComputeShape:
     rec_state: tuple[int, int]  # (n_embd_s, n_embd_r) of one recurrent layer
     dsa_top_k: int = 0  # DSA lightning indexer's top-k (0: no indexer)
     ple_width: int = 0  # gemma3n per-layer inputs per token: 256 (n_embd_altup) × n_layer
+    dsv4_ratio: int = 0  # deepseek4: smallest compression ratio in use (4 CSA, 128 HCA)
+    hc_mult: int = 0  # deepseek4 hyper-connection streams (hidden rows per token)
+    msa: tuple[int, int] = (0, 0)  # minimax-m3 sparse attention: (indexer heads, block size)
 
     @classmethod
     def from_info(cls, info: Any, kv_layers: Sequence[int], head_k: Sequence[int],
@@ -86,6 +89,7 @@ class ComputeShape:
                   n_ff: Sequence[int]) -> "ComputeShape":
         heads = info.n_head_per_layer
         mla = info.mla or {}
+        sp = info.sparse or {}
         q = max((heads[il] * head_k[il] for il in kv_layers), default=0)
         swa = tuple(info.swa_layers)
         ffn = max(n_ff, default=0)
@@ -106,7 +110,11 @@ class ComputeShape:
             rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0),
             dsa_top_k=(info.indexer or {}).get("top_k", 0),
             ple_width=256 * (info.n_layer - info.n_layer_nextn)
-            if info.architecture == "gemma3n" else 0)
+            if info.architecture == "gemma3n" else 0,
+            dsv4_ratio=min((x for x in sp.get("ratios", ()) if x), default=0),
+            hc_mult=sp.get("hc_mult", 0),
+            msa=(sp["indexer_head_count"], sp["block_size"]) if sp.get("kind") == "msa"
+            else (0, 0))
 
 
 def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
@@ -135,6 +143,10 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
             result["attention"] = int(mask + 4 * n_kv * t * shape.n_head + 4 * t * per_tok + v_t)
         if shape.dsa_top_k:
             result["attention"] += _dsa_extra(shape, r, t, fa_on)
+        if shape.dsv4_ratio:
+            result["attention"] += _dsv4_extra(shape, r, t, fa_on, n_swa_cells)
+        if shape.msa[0] and fa_on and (r.n_seq == 1 or not kv_unified):
+            result["attention"] += _msa_extra(shape, r, t)
     if shape.ffn_width:
         result["ffn"] = mask + 4 * t * (e + 4 * shape.ffn_width + 7)
     if shape.ple_width:
@@ -164,6 +176,40 @@ def _dsa_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:
     kept = min(shape.dsa_top_k, r.n_ctx_seq)
     return t * (r.n_ctx_seq * (2 + 2 * cell) + (17 if fa_on else 15) * kept
                 - 4 * shape.q_width * (1 if fa_on else 2))
+
+
+def _msa_extra(shape: ComputeShape, r: "Resolved", t: int) -> int:
+    """minimax-m3 with flash attention (and per-sequence streams), i.e. MiniMax sparse
+    attention: graph inputs live through every layer: an f32 copy of the KQ mask and the
+    f32 position mask (n_ps = cells padded to the block) and block bias, per token; then per
+    stream and sparse layer the block mask expanded to cells, one per indexer head: the f32
+    gathered rows, their f32 transposed copy and the f16 cast (8 bytes per head and cell and
+    token of the stream, less 4 the allocator reuses). One sequence (fixtures with 2 and 4
+    indexer heads, 2k-16k cells, 128/512 tokens): within 0.8 MiB / 2 %. Several sequences
+    (per-stream loop): within about 20 %, more often over; the plan notes it."""
+    heads, blk = shape.msa
+    n_kv = r.n_ctx_seq
+    n_ps = -(-n_kv // blk) * blk
+    return int(t * (4 * n_kv + 4 * n_ps + 4 * (n_ps // blk))
+               + (8 * heads - 4) * (t // r.n_seq) * n_kv)
+
+
+def _dsv4_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool, raw_cells: int
+                ) -> int:
+    """deepseek4, ROUGH (not a model of its graph): on top of the plain attention phase over
+    the raw sliding-window cells, per token and compressed (CSA) cell the CSA/indexer masks,
+    the top-k mask (fill, set_rows, add) and the raw+compressed mask concat (f16 with flash
+    attention: ~10 bytes; f32 without: ~19 + the f32 KQ scores, 4 per head); the mask concat's
+    raw part (2 or 4 bytes per raw cell and token, less the 768-cell window the fit absorbed);
+    the concatenated raw+compressed K of every stream; ~2.5 hyper-connection rows (hc_mult ×
+    n_embd f32) per token. Fitted on two CPU fixtures (4/8 heads, 2k-32k cells, 1-3 sequences,
+    unified or not, swa_full or not): within 3 MiB / 10 %, mostly over. The plan says so in
+    its notes; the exact plan is authoritative."""
+    cells = max(256, -(-(-(-r.n_ctx_seq // shape.dsv4_ratio)) // 256) * 256)
+    per_cell = 10.25 if fa_on else 19.2 + 4 * shape.n_head
+    k_all = (raw_cells + cells) * 2 * (shape.q_width // max(1, shape.n_head)) * r.n_seq
+    return int(t * cells * per_cell + t * (raw_cells - 768) * (2 if fa_on else 4)
+               + 2.5 * t * 4 * shape.n_embd * shape.hc_mult + k_all)
 
 
 def _add_per_layer_inputs(result: dict[str, int], shape: ComputeShape, t: int, mask: int,

@@ -23,6 +23,7 @@ from engine.gguf_hparams import (DSA_ARCHS, HYBRID_ARCHS, KNOWN_ARCHS, MLA_KEYS,
                                  indexer_layer_flags, kv_layer_flags, recurrent_flags,
                                  weight_layout)
 from engine.gguf_reader import Array as _Array, Corrupt as _Corrupt, read_header
+from engine.gguf_sparse import sparse_meta
 
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts (GGML_ASSERT) above this.
 MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS, same consequence.
@@ -86,6 +87,8 @@ class GGUFInfo:
     # top_k; and the layers that keep its keys in a second, K-only cache.
     indexer: dict[str, int] | None = None
     indexer_layers: tuple[bool, ...] = ()
+    # deepseek4 / minimax-m3 sparse-cache geometry (engine.gguf_sparse), else None.
+    sparse: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict; the template text is replaced by its length to keep reports small."""
@@ -278,6 +281,7 @@ def _build(path: str, size: int) -> GGUFInfo:
         kv_layers=kv_layer_flags(arch, n_layer, n_layer - n_nextn, recr, n_ff, from_start),
         causal=meta.get(at + "causal") is not False, weights=weight_layout(tensors, n_layer),
         n_vocab_embd=embd_rows, indexer=indexer, indexer_layers=indexer_layers,
+        sparse=sparse_meta(meta, arch, n_layer),
     )
 
 

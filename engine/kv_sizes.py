@@ -3,8 +3,9 @@
 Split out of `engine.memory_plan` (which places these bytes on devices and adds weights, output
 and compute): this module resolves the context (notes §1), derives the per-layer geometry once
 per model file (`ModelGeometry`), and sizes every `llama_kv_cache` the memory module builds
-(§2-§5, and the DSA lightning-indexer key cache of §7). Each `CacheSize` is one
-`llama_kv_cache: size = …` line of llama.cpp's log, as an exact tensor sum.
+(§2-§5, and the DSA lightning-indexer key cache of §7; the other §7 kinds are in
+`engine.kv_sparse`). Each `CacheSize` is one `llama_kv_cache: size = …` line of llama.cpp's
+log, as an exact tensor sum.
 """
 from __future__ import annotations
 
@@ -102,7 +103,10 @@ def _n_embd_r_s(info: GGUFInfo) -> tuple[int, int]:
         return 3 * (d_conv - 1 if d_conv > 0 else 3) * heads * kda, kda * kda * heads
     d_conv, d_inner = ssm.get("d_conv", 0), ssm.get("d_inner", 0)
     d_state, n_group = ssm.get("d_state", 0), ssm.get("n_group", 0)
-    return max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state), d_state * d_inner
+    r = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state)
+    if info.architecture == "minimax-01":  # lightning attention: n_embd_head_la = head_k
+        return r, info.head_dim_k ** 2 * info.n_head_per_layer[0]
+    return r, d_state * d_inner
 
 
 _GEOMETRY: dict[tuple[object, ...], ModelGeometry] = {}
@@ -160,6 +164,8 @@ class CacheSize:
     k_widths: tuple[int, ...]
     k_layer: tuple[int, ...]  # K bytes per layer (aligned with `layers`)
     v_layer: tuple[int, ...]
+    k_only: bool = False  # stores no V (MLA, DSV4, indexer keys)
+    label: str = ""  # what the cache holds, in words (sparse kinds, engine.kv_sparse)
 
     @property
     def k_bytes(self) -> int:
@@ -195,6 +201,9 @@ def kv_caches(info: GGUFInfo, settings: PlanSettings, r: Resolved | None = None,
             _pad(min(r.n_ctx_seq, info.n_swa * n_unified + r.n_ubatch), 256)
     if geo.arch in NO_MEMORY_ARCHS:
         return [], n_swa_cells
+    if info.sparse:  # deepseek4, minimax-m3: §7 caches on tweaked hparams
+        from engine.kv_sparse import sparse_caches
+        return sparse_caches(info, settings, r, tk, tv, v_trans)
     w_v_max = max(geo.v_width) if geo.v_width else 0
     groups = [("attention", False)] if not geo.iswa else [("full-attention", False),
                                                           ("SWA", True)]
@@ -208,7 +217,7 @@ def kv_caches(info: GGUFInfo, settings: PlanSettings, r: Resolved | None = None,
         v = tuple(0 if geo.mla else row_bytes(tv, w_v_max if v_trans else geo.v_width[il])
                   * cells * r.n_stream for il in layers)
         widths = tuple(sorted({geo.k_width[il] for il in layers}))
-        out.append(CacheSize(kind, layers, cells, r.n_stream, tk, tv, widths, k, v))
+        out.append(CacheSize(kind, layers, cells, r.n_stream, tk, tv, widths, k, v, geo.mla))
     if geo.indexer_width:
         out.append(_indexer_cache(geo, r, tk, tv, v_trans))
     return out, n_swa_cells
@@ -226,5 +235,6 @@ def _indexer_cache(geo: ModelGeometry, r: Resolved, tk: str, tv: str, v_trans: b
     v_max = max(geo.head_v) if geo.head_v else 0
     v = tuple(0 if geo.mla else row_bytes(tv, v_max if v_trans else geo.head_v[il])
               * cells * r.n_stream for il in layers)
-    return CacheSize("indexer", layers, cells, r.n_stream, tk, tv, (width,), k, v)
+    return CacheSize("indexer", layers, cells, r.n_stream, tk, tv, (width,), k, v, geo.mla,
+                     "indexer cache (DSA lightning-indexer keys, one head per layer)")
 

@@ -26,9 +26,14 @@ _RE_RS = re.compile(r"^llama_memory_recurrent: size = \s*" + _NUM + r" MiB \(\s*
                     r"\s*(\d+) layers,\s*(\d+) seqs\s+(\d+) rs_seq\), R \((\w+)\):\s*" + _NUM
                     + r" MiB, S \((\w+)\):\s*" + _NUM + r" MiB(?:, P \((\w+)\):\s*" + _NUM
                     + " MiB)?")
+_RE_STATE = re.compile(r"^llama_dsv4_comp_state: (\w+) ratio = (\d+), state = (\d+) x (\d+), "
+                       r"streams = (\d+), rs_seq = (\d+), layers = (\d+), size = \s*" + _NUM
+                       + " MiB")
+_RE_STATE_BUFFER = re.compile(r"^llama_dsv4_comp_state:\s+(\S+) DSV4 \w+ state buffer size = \s*"
+                              + _NUM + " MiB")
 _RE_CREATING = re.compile(r"^(\w+): creating\s+(.*?)\s*(?:KV )?cache(?:, size = (\d+) cells)?$")
-_RE_LAYER_DEV = re.compile(r"^(llama_kv_cache|llama_memory_recurrent)[:,] layer\s+(\d+): "
-                           r"dev = (\S+)")
+_RE_LAYER_DEV = re.compile(r"^(llama_kv_cache|llama_memory_recurrent|llama_dsv4_comp_state)[:,] "
+                           r"layer\s+(\d+): dev = (\S+)")
 _RE_VPAD = re.compile(r"padding V cache to (\d+)")
 
 
@@ -70,6 +75,7 @@ class MemoryLogParser:
         self.params: dict[str, str] = {}
         self.kv_caches: list[CacheLine] = []
         self.recurrent: list[CacheLine] = []
+        self.states: list[CacheLine] = []  # DSV4 compressor states (kind "csa state", …)
         self.buffers: dict[tuple[str, str], float] = {}  # (component, buffer type) -> MiB
         self.flash_attn: bool | None = None
         self.v_padded_to: int | None = None
@@ -80,6 +86,8 @@ class MemoryLogParser:
         self._pending_devs: dict[int, str] = {}
         self._rs_buffers: dict[str, float] = {}
         self._rs_devs: dict[int, str] = {}
+        self._state_buffers: dict[str, float] = {}
+        self._state_devs: dict[int, str] = {}
 
     def feed(self, line: str) -> None:
         """Consume one log line (trailing newline optional); unknown lines are ignored."""
@@ -109,14 +117,28 @@ class MemoryLogParser:
             self.recurrent.append(CacheLine("recurrent", g[0], int(g[1]), int(g[2]), int(g[3]),
                                             int(g[4]), parts, self._rs_buffers, self._rs_devs))
             self._rs_buffers, self._rs_devs = {}, {}
+        elif m := _RE_STATE_BUFFER.match(line):
+            self._state_buffers[m.group(1)] = float(m.group(2))
+            self.buffers[("recurrent", m.group(1))] = \
+                self.buffers.get(("recurrent", m.group(1)), 0.0) + float(m.group(2))
+        elif m := _RE_STATE.match(line):  # cells = state rows, streams field = rs_seq
+            g = m.groups()  # parts: "state" -> ("f32", "<rows> x <n_embd_state>")
+            self.states.append(CacheLine(
+                f"{g[0]} state", g[7], int(g[2]), int(g[6]), int(g[4]), int(g[5]),
+                {"state": ("f32", f"{g[2]} x {g[3]}")}, self._state_buffers,
+                self._state_devs))
+            self._state_buffers, self._state_devs = {}, {}
         elif m := _RE_CREATING.match(line):
             what = m.group(2).strip()
-            kind = {"non-SWA": "base", "SWA": "swa", "main": "kv"}.get(what, what.lower())
+            kind = {"non-SWA": "base", "SWA": "swa", "main": "kv", "DSV4 CSA compressed": "csa",
+                    "DSV4 HCA compressed": "hca", "DSV4 lightning-indexer": "indexer"
+                    }.get(what, what.lower())
             self._pending_kind = kind
             if m.group(3):
                 self.cells_announced[kind] = int(m.group(3))
         elif m := _RE_LAYER_DEV.match(line):
-            target = self._pending_devs if m.group(1) == "llama_kv_cache" else self._rs_devs
+            target = {"llama_kv_cache": self._pending_devs, "llama_memory_recurrent": self._rs_devs
+                      }.get(m.group(1), self._state_devs)
             target[int(m.group(2))] = m.group(3)
         elif "Flash Attention enabled" in line:
             self.flash_attn = True
@@ -175,8 +197,9 @@ class MemoryLogParser:
                     f"{buft} {component} buffer {mib:.2f} MiB (log)"))
         for cache in self.kv_caches:
             allocs += self._split(cache, "kv")
-        for cache in self.recurrent:
-            allocs += self._split(cache, "recurrent")
+        for cache in self.recurrent + self.states:
+            if cache.layers:
+                allocs += self._split(cache, "recurrent")
         merged: dict[tuple[str, str], Allocation] = {}
         for a in allocs:  # one allocation per (component, device), details joined
             key = (a.component, a.device)

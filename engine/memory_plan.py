@@ -20,6 +20,7 @@ from engine.gguf_inspect import GGUFInfo
 # Cache sizing lives in engine.kv_sizes; these names are re-exported for existing importers.
 from engine.kv_sizes import (BLOCKS, CacheSize, ModelGeometry, Resolved, geometry, kv_caches,
                              resolve_context, row_bytes)
+from engine.kv_sparse import dsv4_states, unmodelled_notes
 from engine.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 
 __all__ = ["BLOCKS", "CacheSize", "LLAMA_MAX_SEQ", "ModelGeometry", "RS_ROLLBACK_ARCHS",
@@ -133,19 +134,18 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     # KV cache (§2-§5): per kept layer, cells per stream × streams.
     caches, n_swa_cells = kv_caches(info, settings_kv, r, v_trans)
     if geo.iswa:
-        n_unified = r.n_seq if settings.kv_unified else 1
+        n_unified = r.n_seq if settings.kv_unified and not info.sparse else 1  # DSV4: per seq
         notes.append("SWA layers use a full-size cache (swa_full)" if settings.swa_full else
                      f"SWA layers: window {info.n_swa}"
                      + (f" × {r.n_seq} sequences" if n_unified > 1 else "")
                      + f" + ubatch {r.n_ubatch} → {n_swa_cells} cells")
     for c in caches:
         for dev, (n, k, v) in c.per_device(kv_dev).items():
-            label = ("indexer cache (DSA lightning-indexer keys, one head per layer)"
-                     if c.kind == "indexer" else c.kind)
-            detail = (f"{label}: {n} layers × {c.cells} cells × {c.streams} streams, K-width "
-                      f"{'/'.join(map(str, c.k_widths))} {c.type_k} = {k / MiB:.2f} MiB, "
-                      + ("no V (MLA: K only)" if geo.mla else
-                         f"V {c.type_v} = {v / MiB:.2f} MiB"))
+            detail = (f"{c.label or c.kind}: {n} layers × {c.cells} cells × {c.streams} "
+                      f"streams, K-width {'/'.join(map(str, c.k_widths))} {c.type_k} = "
+                      f"{k / MiB:.2f} MiB, "
+                      + (("no V (MLA: K only)" if geo.mla else "no V (K only)") if c.k_only
+                         else f"V {c.type_v} = {v / MiB:.2f} MiB"))
             allocs.append(Allocation("kv", dev, k + v, detail))
     layers = () if no_mem else geo.kv_layers
     w_v_max = max(geo.v_width) if geo.v_width else 0
@@ -168,6 +168,15 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
             one = 4 * (geo.n_embd_r + geo.n_embd_s) * len(geo.rec_layers)
             notes.append(f"parallel sequences multiply the recurrent state ({rows} × "
                          f"{one / MiB:.2f} MiB)")
+    for st in dsv4_states(info, r, rs_seq):  # f32 compressor states (§7), per sequence
+        by_dev: dict[str, int] = {}
+        for il in st.layers:
+            by_dev[kv_dev[il]] = by_dev.get(kv_dev[il], 0) + st.layer_bytes
+        for dev, b in by_dev.items():
+            allocs.append(Allocation("recurrent", dev, b, (
+                f"DSV4 {st.name} compressor state: {b // st.layer_bytes} layers × 2 × "
+                f"{st.n_embd_state} × {st.state_size} f32 × {r.n_seq} seqs"
+                + (f" × (1 + {rs_seq} rollback)" if rs_seq else ""))))
     if settings.n_rs_seq and geo.rec_layers and not rs_seq:
         notes.append(f"{geo.arch} has no state rollback: n_rs_seq is ignored")
 
@@ -197,6 +206,7 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
                      f"{info.n_ctx_train}")
     if fa == "auto" and fa_compute:
         notes.append("flash attention auto: sized as enabled (the probe decides at load)")
+    notes += unmodelled_notes(info, settings, fa_compute)
     return MemoryPlan(
         source="analytic", settings=settings, n_ctx=r.n_ctx, n_ctx_seq=r.n_ctx_seq,
         kv_cells=r.n_ctx_seq if layers else 0, kv_cells_swa=n_swa_cells if layers else 0,

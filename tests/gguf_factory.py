@@ -513,7 +513,11 @@ def write_glm_dsa(path: str | Path, pattern: str = "ABCB", **kv: Any) -> Path:
     return write_gguf(path, "glm-dsa", meta, tensors_of(fam))
 
 
-# Families added later live in gguf_families2 (it imports Family from here, so import last).
-from gguf_families2 import FAMILIES2  # noqa: E402
+# Families added later live in gguf_families2 (plain data; imported as a sibling module, or
+# through the tests package when this module was imported as tests.gguf_factory).
+try:
+    from gguf_families2 import FAMILIES2  # noqa: E402
+except ImportError:
+    from tests.gguf_families2 import FAMILIES2  # noqa: E402
 
-FAMILIES.update(FAMILIES2)
+FAMILIES.update({name: Family(*fam) for name, fam in FAMILIES2.items()})

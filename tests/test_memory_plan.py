@@ -8,6 +8,7 @@ Hostile metadata and invalid settings must be refused before llama.cpp sees them
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -19,7 +20,9 @@ from engine.errors import ModelFileError
 from engine.gguf_hparams import indexer_layer_flags
 from engine.gguf_inspect import GGUFInfo, inspect_gguf
 from engine.memory_log import MemoryLogParser, device_of
-from engine.memory_plan import analytic_plan, geometry, kv_caches, resolve_context
+from engine.kv_sparse import dsv4_states
+from engine.memory_plan import (RS_ROLLBACK_ARCHS, analytic_plan, geometry, kv_caches,
+                                resolve_context)
 from engine.memory_types import Device, MiB, PlanSettings
 from gguf_factory import FAMILIES, write_family, write_glm_dsa, write_gguf, write_llama
 from llama_dry_run import DryRun, dry_run
@@ -40,8 +43,10 @@ GRID = [
 ]
 REAL_GRID = [GRID[0], GRID[1], GRID[3], GRID[4], GRID[7]]
 # Worst compute error seen per family on the grid above (see the report in the module doc of
-# engine/compute_estimate.py); the assertion below is the 1 % / 1 MiB target for all.
+# engine/compute_estimate.py); the assertion below is the 1 % / 1 MiB target for all, except
+# families whose compute graph is only roughly estimated (the plan says so in its notes).
 COMPUTE_TOLERANCE_MIB = 1.0
+ROUGH_COMPUTE = {"deepseek4": (2.5, 0.12)}  # (MiB, fraction): DSV4 compressed attention
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +115,11 @@ def test_plan_matches_llama(name: str, models: dict[str, Path], runs: dict, info
         assert abs(plan.bytes_for("CPU", "output") / MiB - out) <= max(0.01 * out, 0.006)
         real = [v for (c, _b), v in log.buffers.items() if c == "compute"]
         est = plan.bytes_for(component="compute") / MiB
-        assert abs(est - sum(real)) <= max(0.01 * sum(real), COMPUTE_TOLERANCE_MIB), \
+        tol_mib, tol_frac = ROUGH_COMPUTE.get(name, (COMPUTE_TOLERANCE_MIB, 0.01))
+        assert abs(est - sum(real)) <= max(tol_frac * sum(real), tol_mib), \
             (settings, est, real)
+        if name in ROUGH_COMPUTE:
+            assert any("--exact" in n and "compute" in n for n in plan.notes), plan.notes
     assert checked >= 3
 
 
@@ -119,7 +127,8 @@ def _check_kv(info: GGUFInfo, settings: PlanSettings, log: MemoryLogParser) -> N
     """Each sub-cache: cells, layers, types and K/V/total MiB exactly as llama.cpp prints."""
     fa_off = settings.flash_attn == "off"
     caches, _swa = kv_caches(info, settings, v_trans=fa_off)
-    kinds = {"attention": "kv", "full-attention": "base", "SWA": "swa", "indexer": "indexer"}
+    kinds = {"attention": "kv", "full-attention": "base", "SWA": "swa", "indexer": "indexer",
+             "CSA": "csa", "HCA": "hca"}
     logged = [c for c in log.kv_caches if c.layers]
     assert [kinds[c.kind] for c in caches] == [c.kind for c in logged]
     for mine, theirs in zip(caches, logged):
@@ -133,8 +142,18 @@ def _check_kv(info: GGUFInfo, settings: PlanSettings, log: MemoryLogParser) -> N
 def _check_recurrent(info: GGUFInfo, settings: PlanSettings, log: MemoryLogParser) -> None:
     geo = geometry(info)
     plan = analytic_plan(info, settings, [])
+    r = resolve_context(settings, info.n_ctx_train)
+    rs_seq = settings.n_rs_seq if info.architecture in RS_ROLLBACK_ARCHS else 0
+    states = dsv4_states(info, r, rs_seq)  # DSV4 compressor states, counted as recurrent
+    assert [(f"{s.name} state", f"{s.state_size} x {s.n_embd_state}", len(s.layers))
+            for s in states] == [(c.kind, c.parts["state"][1], c.layers) for c in log.states]
+    for mine, theirs in zip(states, log.states):
+        assert (theirs.seqs, theirs.streams) == (r.n_seq, rs_seq)
+        assert theirs.total_mib == _fmt(mine.bytes)
     if not geo.rec_layers:
         assert not log.recurrent
+        assert _fmt(plan.bytes_for(component="recurrent")) == \
+            _fmt(sum(s.bytes for s in states))
         return
     (rs,) = log.recurrent
     rows = rs.cells * (1 + rs.streams)  # cells = mem_size, streams field = rs_seq
@@ -203,6 +222,29 @@ def test_plan_explains_itself(infos: dict) -> None:
                     if a.component == "kv"]
     assert "lightning-indexer" in indexer.detail and "no V" in indexer.detail
     assert indexer.bytes == 3 * 64 * 2 * 1024  # 3 layers × one 64-wide f16 key × 1024 cells
+    # DSV4: per-sequence raw streams even when unified; compressor states as recurrent state
+    ds4 = analytic_plan(infos["deepseek4"], S(n_ctx=4096, n_seq_max=2, kv_unified=True), [])
+    raw = next(a for a in ds4.allocations if a.component == "kv")
+    assert "per-sequence streams" in raw.detail and "× 2 streams" in raw.detail
+    assert raw.bytes == 4 * 64 * 2 * 768 * 2  # 4 layers × 64-wide f16 K × PAD(128+512) × 2
+    states = [a for a in ds4.allocations if a.component == "recurrent"]
+    assert [a.detail.split(":")[0] for a in states] == [
+        "DSV4 csa compressor state", "DSV4 hca compressor state", "DSV4 lid compressor state"]
+    assert any("--exact" in n for n in ds4.notes)
+
+
+def test_unmodelled_memory_is_named(infos: dict) -> None:
+    """Archs with a memory kind the plan does not size say which, and defer to --exact."""
+    for arch, words in (("dots3note", "DSA-iSWA"), ("glm5-next", "indexer cache"),
+                        ("qwen4exp", "PLE convolution state"), ("hy_v4", "dry run")):
+        info = dataclasses.replace(infos["llama"], architecture=arch)
+        notes = [n for n in analytic_plan(info, S(), []).notes if n.startswith(arch)]
+        assert len(notes) == 1 and words in notes[0] and "--exact" in notes[0], (arch, notes)
+    assert not [n for n in analytic_plan(infos["gpt-oss"], S(), []).notes if "--exact" in n]
+    m3 = infos["minimax-m3"]
+    assert not [n for n in analytic_plan(m3, S(flash_attn="on"), []).notes if "--exact" in n]
+    assert [n for n in analytic_plan(m3, S(flash_attn="on", n_seq_max=2), []).notes
+            if "--exact" in n]
 
 
 def test_dsa_indexer_layers_follow_llama(tmp_path: Path) -> None:

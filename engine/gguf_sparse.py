@@ -1,0 +1,62 @@
+"""Metadata of the sparse-attention memory kinds of llama.cpp 0c1e570 (notes §7).
+
+Two archs build memory modules beyond the plain, SWA, MLA and DSA caches that are sized here:
+
+* deepseek4 (`llama_kv_cache_dsv4`): a raw sliding-window K-only cache, CSA (ratio 4) and HCA
+  (ratio 128) compressed K-only caches chosen per layer by `attention.compress_ratios`, a
+  lightning-indexer K cache on the CSA layers, and f32 compressor states;
+* minimax-m3 (`llama_kv_cache_msa`): the main cache plus an indexer cache (one key head of
+  `attention.indexer.key_length` and, the model not being MLA, a V of the normal head width)
+  on the layers after `leading_dense_block_count`.
+
+(glm5-next and qwen4exp's `llama_memory_hybrid_idx` indexer cache is not read yet: the plan
+names it as not modelled, engine.kv_sparse.unmodelled_notes.)
+
+`sparse_meta` reads what sizing needs into the plain dict kept as `GGUFInfo.sparse`, refusing
+what llama.cpp refuses at load. Keys: "kind" ("dsv4" or "msa"), "indexer_key_length"; dsv4:
+"ratios" (compression ratio per layer) and "hc_mult" (hyper-connection streams); msa:
+"dense_lead", "indexer_head_count" and "block_size".
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from engine.gguf_reader import Array, Corrupt
+
+SPARSE_ARCHS = frozenset({"deepseek4", "minimax-m3"})
+
+
+def _u32(meta: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = meta.get(key, default)
+    if value is None:
+        raise Corrupt(f"lacks the required key {key}")
+    if type(value) is not int or not 0 <= value < 2**32:
+        raise Corrupt(f"has an invalid value for {key}")
+    return value
+
+
+def sparse_meta(meta: dict[str, Any], arch: str, n_layer: int) -> dict[str, Any] | None:
+    """The sparse-cache geometry of `arch` (None for every other arch)."""
+    if arch not in SPARSE_ARCHS:
+        return None
+    p = f"{arch}.attention."
+    if arch == "deepseek4":
+        raw = meta.get(p + "compress_ratios")
+        if not isinstance(raw, Array) or raw.items is None:
+            raise Corrupt(f"lacks the required array {p}compress_ratios")
+        if raw.length < n_layer:  # llama.cpp: "compress_ratios is shorter than block_count"
+            raise Corrupt(f"has a {p}compress_ratios shorter than its {n_layer} layers")
+        ratios = tuple(int(v) for v in raw.items[:n_layer])
+        if any(v not in (0, 4, 128) for v in ratios):  # "only supports … 0, 4, and 128"
+            raise Corrupt(f"has a {p}compress_ratios entry other than 0, 4 or 128")
+        return {"kind": "dsv4", "ratios": ratios,
+                "indexer_key_length": _u32(meta, p + "indexer.key_length"),
+                "hc_mult": _u32(meta, f"{arch}.hyper_connection.count")}
+    # minimax-m3
+    _u32(meta, p + "indexer.block_size")
+    if not meta.get(p + "indexer.block_size"):  # GGML_ASSERT(indexer_block_size > 0)
+        raise Corrupt(f"has {p}indexer.block_size 0")
+    return {"kind": "msa", "indexer_key_length": _u32(meta, p + "indexer.key_length"),
+            "dense_lead": _u32(meta, f"{arch}.leading_dense_block_count", 0),
+            "indexer_head_count": _u32(meta, p + "indexer.head_count"),
+            "block_size": _u32(meta, p + "indexer.block_size")}
