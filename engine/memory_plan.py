@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.compute_estimate import estimate_compute
+from engine.cpu_repack import RepackPlan, cpu_only_repack
 from engine.gguf_hparams import NO_MEMORY_ARCHS
 from engine.gguf_inspect import GGUFInfo
 # Cache sizing lives in engine.kv_sizes; these names are re-exported for existing importers.
@@ -75,10 +76,6 @@ def weights_cache_type(info: GGUFInfo) -> str:
     f16 and is at least a tenth of the file."""
     bf16, f16 = info.weight_types.get("BF16", 0), info.weight_types.get("F16", 0)
     return "bf16" if bf16 > f16 and bf16 * 10 >= max(1, info.tensor_bytes) else "f16"
-
-
-#: Weight types the CPU backend can repack into an extra buffer (notes §10).
-_REPACKABLE = {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "IQ4_NL", "Q8_0", "MXFP4"}
 
 
 def _cuda_fa_dequant(geo: ModelGeometry, n_kv: int, n_ubatch: int, tk: str, tv: str, b: int,
@@ -187,11 +184,10 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
                              "outputs requested per batch)"))
 
     # Weights (§10).
-    allocs += _weights(geo, ldev, bool(gpus))
-    if not gpus and _REPACKABLE & set(info.weight_types):
-        notes.append("without a GPU llama.cpp may also keep repacked copies of "
-                     + "/".join(sorted(_REPACKABLE & set(info.weight_types)))
-                     + " matrices (CPU_REPACK, depends on CPU features); not counted here")
+    # Without a GPU, repackable matrices move to a CPU_REPACK buffer (engine.cpu_repack).
+    repack, repack_note = (None, None) if gpus else cpu_only_repack(info)
+    allocs += _weights(geo, ldev, bool(gpus), repack)
+    notes += [repack_note] if repack_note else []
 
     # Compute (§9): calibrated estimate.
     for dev, b, detail in estimate_compute(geo.compute, r, fa_compute, n_swa_cells,
@@ -229,8 +225,10 @@ def _cuda_fa_kernel(geo: ModelGeometry, info: GGUFInfo, il: int) -> bool:
 
 
 
-def _weights(geo: ModelGeometry, ldev: list[str], has_gpu: bool) -> list[Allocation]:
-    """Weight bytes per device: input layer on the host, layers and output where ldev says."""
+def _weights(geo: ModelGeometry, ldev: list[str], has_gpu: bool,
+             repack: RepackPlan | None = None) -> list[Allocation]:
+    """Weight bytes per device: input layer on the host, layers and output where ldev says;
+    a CPU-only load's repacked matrices as a second CPU allocation (CPU_REPACK)."""
     w = geo.weights
     if w is None:
         return []
@@ -257,5 +255,10 @@ def _weights(geo: ModelGeometry, ldev: list[str], has_gpu: bool) -> list[Allocat
             parts.append("output layer" + (" + copy of the tied token embeddings"
                                            if tied else ""))
         pad = "128-byte aligned, quantized rows padded" if dev != "CPU" else "32-byte aligned"
+        if dev == "CPU" and repack is not None and repack.bytes:
+            b -= repack.moved
+            parts.append("the rest of the matrices")
         out.append(Allocation("weights", dev, b, ", ".join(parts) + f" ({pad})"))
+    if repack is not None and repack.bytes:
+        out.append(Allocation("weights", "CPU", repack.bytes, repack.detail()))
     return out
