@@ -82,6 +82,8 @@ class ComputeShape:
     dsv4_ratio: int = 0  # deepseek4: smallest compression ratio in use (4 CSA, 128 HCA)
     hc_mult: int = 0  # deepseek4 hyper-connection streams (hidden rows per token)
     msa: tuple[int, int] = (0, 0)  # minimax-m3 sparse attention: (indexer heads, block size)
+    # qwen4exp QSA: (indexer heads, indexer key length, smallest block ratio, hc streams)
+    qsa: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     @classmethod
     def from_info(cls, info: Any, kv_layers: Sequence[int], head_k: Sequence[int],
@@ -108,11 +110,13 @@ class ComputeShape:
             has_swa=any(info.n_swa and swa[il] for il in kv_layers),
             ffn_width=ffn, mla_rank=mla.get("kv_lora_rank", 0) if info.mla else 0,
             rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0),
-            dsa_top_k=(info.indexer or {}).get("top_k", 0),
+            dsa_top_k=(info.indexer or {}).get("top_k", 0) if not sp else 0,
             ple_width=256 * (info.n_layer - info.n_layer_nextn)
             if info.architecture == "gemma3n" else 0,
-            dsv4_ratio=min((x for x in sp.get("ratios", ()) if x), default=0),
-            hc_mult=sp.get("hc_mult", 0),
+            dsv4_ratio=min((x for x in sp.get("ratios", ()) if x), default=0)
+            if sp.get("kind") == "dsv4" else 0,
+            hc_mult=sp.get("hc_mult", 0) if sp.get("kind") == "dsv4" else 0,
+            qsa=_qsa_shape(info, kv_layers) if sp.get("kind") == "qsa" else (0, 0, 0, 0),
             msa=(sp["indexer_head_count"], sp["block_size"]) if sp.get("kind") == "msa"
             else (0, 0))
 
@@ -134,7 +138,9 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
         mask = (r.n_ctx_seq * t * cell if shape.has_full else 0) \
             + (n_swa_cells * t * cell if shape.has_swa else 0)
         n_kv = r.n_ctx_seq if shape.has_full else n_swa_cells
-        if fa_on:
+        if shape.qsa[0]:
+            result["attention"] = mask + _qsa_attention(shape, r, t, fa_on)
+        elif fa_on:
             per_tok = e + 3 * shape.q_width + 7 + 2 * shape.mla_rank
             result["attention"] = mask + 4 * t * per_tok
         else:
@@ -161,6 +167,32 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
                                              + _REC_EMBD.get(shape.arch, 0.0) * e)
                                   + 4 * r.n_seq * (c_s * s + c_r * rr))
     return result
+
+
+def _qsa_shape(info: Any, kv_layers: Sequence[int]) -> tuple[int, int, int, int]:
+    idx, sp = info.indexer or {}, info.sparse
+    ratio = min((sp["ratios"][il] for il in kv_layers if sp["ratios"][il]), default=0)
+    return (idx.get("head_count", 0) if ratio else 0, idx.get("key_length", 0), ratio,
+            sp["hc_mult"])
+
+
+def _qsa_attention(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:
+    """qwen4exp's attention phase with QSA (besides the KQ masks), whose peak is the indexer
+    scoring every cell: per cell and token the block scores expanded to cells (f32), the mask
+    in f32 added to them (a cast with flash attention) and the per-block score rows (4 bytes
+    per block); without flash attention also the f32 KQ scores of every head. Per token: the
+    hc hyper-connection streams (two rows each), the indexer queries (4 rows per head with
+    flash attention, 2 without), the q|gate projection (once, twice without flash attention)
+    and most of a hidden row. Fitted on the CPU backend (ratios 4-16, indexer heads 2-4, hc
+    2-4, 1k-4k cells, 128-512 tokens, 1-2 sequences, unified or not): within 1 MiB / 12 %,
+    under rather than over; on the test grid within 0.56 MiB."""
+    e = shape.n_embd
+    heads, idx_dim, ratio, hc = shape.qsa
+    cells = r.n_ctx_seq
+    per_cell = 8 + 4 / ratio + (0 if fa_on else 4 * shape.n_head)
+    per_tok = 2 * hc * e + (4 if fa_on else 2) * heads * idx_dim \
+        + (2 if fa_on else 4) * shape.q_width + (0.8 if fa_on else 0.75) * e
+    return int(t * cells * per_cell + 4 * t * per_tok)
 
 
 def _dsa_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:

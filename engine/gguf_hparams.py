@@ -72,6 +72,10 @@ MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
 # Archs whose memory is llama_kv_cache_dsa (notes §7): the MLA cache plus a K-only cache of the
 # lightning indexer's keys (hy_v4 only when attention.indexer.top_k > 0).
 DSA_ARCHS = frozenset({"deepseek32", "glm-dsa", "hy_v4"})
+# Hybrids whose memory is llama_memory_hybrid_idx (notes §7): attention + recurrent state + a
+# K-only indexer cache ("idx_") on the attention layers (glm5-next: those with
+# attention.indexer.types set; its k-pool triples the cached row).
+IDX_HYBRID_ARCHS = frozenset({"qwen4exp", "glm5-next"})
 # glm-dsa default when attention.indexer.types is absent and n_ctx_train >= 1048576 (GLM-5.2,
 # src/models/glm-dsa.cpp GLM_5_2_DEFAULT_INDEXER_TYPES): layers 0, 1, then every 4th from 2
 # up to 74; the array has 78 initializers, the rest of LLAMA_MAX_LAYERS is zero.
@@ -173,15 +177,23 @@ def kv_layer_flags(arch: str, n_layer: int, n_layer_main: int, recurrent: Sequen
 
 
 def indexer_layer_flags(arch: str, n_layer: int, n_layer_main: int, n_ctx_train: int,
-                        top_k: int, types: Sequence[int] | None) -> tuple[bool, ...]:
+                        top_k: int, types: Sequence[int] | None,
+                        recurrent: Sequence[bool] = ()) -> tuple[bool, ...]:
     """Which layers get a lightning-indexer key cache in the main context: llama_model::
-    create_memory's `filter_lid` over `hparams.is_indexer_full(il)` (notes §7). `types` is
+    create_memory's `filter_lid` over `hparams.is_indexer_full(il)` (notes §7), or the
+    `filter_idx` of llama_memory_hybrid_idx (attention layers: not `recurrent`). `types` is
     `attention.indexer.types` expanded to n_layer_main flags, None when the key is absent."""
-    if arch not in DSA_ARCHS or (arch == "hy_v4" and top_k == 0):
+    if (arch not in DSA_ARCHS and arch not in IDX_HYBRID_ARCHS) or (
+            arch == "hy_v4" and top_k == 0):
         return (False,) * n_layer
     if types is not None and len(types) != n_layer_main:
         raise ValueError(f"attention.indexer.types has {len(types)} entries for "
                          f"{n_layer_main} layers")
+    if arch in IDX_HYBRID_ARCHS:  # qwen4exp: every attention layer; glm5-next: types, else all
+        full = [True] * n_layer_main if types is None or arch == "qwen4exp" else \
+            [bool(v) for v in types]
+        recr = tuple(recurrent) or (False,) * n_layer
+        return tuple(il < n_layer_main and not recr[il] and full[il] for il in range(n_layer))
     if arch == "deepseek32":  # every trunk layer; the key is not read
         full = [True] * n_layer_main
     elif types is not None:

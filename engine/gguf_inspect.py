@@ -18,7 +18,7 @@ from typing import Any
 from gguf import LlamaFileType
 
 from engine.errors import ModelFileError
-from engine.gguf_hparams import (DSA_ARCHS, HYBRID_ARCHS, KNOWN_ARCHS, MLA_KEYS, RECURRENT_ARCHS,
+from engine.gguf_hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, KNOWN_ARCHS, MLA_KEYS, RECURRENT_ARCHS,
                                  SSM_KEYS, SWA_ALWAYS, SWA_IF_WINDOW, WeightLayout,
                                  indexer_layer_flags, kv_layer_flags, recurrent_flags,
                                  weight_layout)
@@ -239,7 +239,7 @@ def _build(path: str, size: int) -> GGUFInfo:
                                ssm.get("full_attention_interval"))
     except ValueError as exc:
         raise _Corrupt(f"has an unusable {at}recurrent_layers ({exc})") from None
-    indexer, indexer_layers = _indexer(meta, arch, n_layer, n_layer - n_nextn, n_ctx)
+    indexer, indexer_layers = _indexer(meta, arch, n_layer, n_layer - n_nextn, n_ctx, recr)
     mla = {k: _int(meta, at + k) or 0 for k in MLA_KEYS if at + k in meta}
     is_mla = {"key_length_mla", "value_length_mla"} <= mla.keys()  # llama_hparams::is_mla
     n_expert = _int(meta, a + "expert_count", 0) or 0
@@ -285,17 +285,28 @@ def _build(path: str, size: int) -> GGUFInfo:
     )
 
 
-def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: int
-             ) -> tuple[dict[str, int] | None, tuple[bool, ...]]:
-    """The lightning-indexer keys of a DSA arch and its per-layer cache flags. deepseek32 and
-    glm-dsa require the three keys (llama.cpp fails to load without them)."""
-    if arch not in DSA_ARCHS:
+def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: int,
+             recurrent: tuple[bool, ...]) -> tuple[dict[str, int] | None, tuple[bool, ...]]:
+    """The lightning-indexer keys of a DSA or hybrid-idx arch and its per-layer cache flags.
+    deepseek32, glm-dsa, glm5-next and qwen4exp require the keys (llama.cpp fails to load
+    without them). "cache_width" is the cached row: key_length, × 3 with glm5-next's k-pool
+    (key, gate and pooled values per token)."""
+    if arch not in DSA_ARCHS and arch not in IDX_HYBRID_ARCHS:
         return None, ()
     p = f"{arch}.attention.indexer."
     required = arch != "hy_v4"
     idx = {k: _int(meta, p + k, 0, required=required) or 0
            for k in ("head_count", "key_length", "top_k")}
-    read = arch == "glm-dsa" or (arch == "hy_v4" and idx["top_k"] > 0)  # else never read
+    if arch == "qwen4exp" and not all(idx.values()):  # qwen4exp_require_nonzero
+        raise _Corrupt(f"has a zero {p}head_count, key_length or top_k")
+    idx["cache_width"] = idx["key_length"]
+    if arch == "glm5-next":  # GGML_ASSERT(kpool > 1 && top_k % kpool == 0): an abort
+        kpool = _int(meta, p + "kpool", required=True) or 0
+        if kpool <= 1 or idx["top_k"] % kpool:
+            raise _Corrupt(f"has an unusable {p}kpool ({kpool}: must exceed 1 and divide "
+                           "top_k)")
+        idx["cache_width"] = 3 * idx["key_length"]
+    read = arch in ("glm-dsa", "glm5-next") or (arch == "hy_v4" and idx["top_k"] > 0)
     raw = meta.get(p + "types") if read else None
     types: tuple[int, ...] | None = None
     if isinstance(raw, _Array):  # bool, uint32 or int32 elements, one per trunk layer
@@ -305,7 +316,8 @@ def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: 
     elif raw is not None:
         types = ((_int(meta, p + "types") or 0),) * n_main
     try:
-        flags = indexer_layer_flags(arch, n_layer, n_main, n_ctx, idx["top_k"], types)
+        flags = indexer_layer_flags(arch, n_layer, n_main, n_ctx, idx["top_k"], types,
+                                    recurrent)
     except ValueError as exc:
         raise _Corrupt(f"has an unusable indexer setup ({exc})") from None
     return (idx if any(flags) else None), flags

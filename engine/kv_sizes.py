@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from engine.compute_estimate import ComputeShape
-from engine.gguf_hparams import NO_MEMORY_ARCHS, WeightLayout
+from engine.gguf_hparams import IDX_HYBRID_ARCHS, NO_MEMORY_ARCHS, WeightLayout
 from engine.gguf_inspect import GGUFInfo
 from engine.memory_types import PlanSettings
 
@@ -146,7 +146,7 @@ def _build_geometry(info: GGUFInfo) -> ModelGeometry:
         v_width=tuple(h * k for h, k in zip(hv, kvh)), head_k=hk, head_v=hv,
         n_head=info.n_head_per_layer, swa=swa, iswa=info.n_swa > 0 and any(swa),
         mla=mla, indexer_layers=tuple(il for il, f in enumerate(info.indexer_layers) if f),
-        indexer_width=(info.indexer or {}).get("key_length", 0), rec_layers=rec, n_embd_r=r,
+        indexer_width=(info.indexer or {}).get("cache_width", 0), rec_layers=rec, n_embd_r=r,
         n_embd_s=s, weights=info.weights, compute=shape)
 
 
@@ -201,7 +201,7 @@ def kv_caches(info: GGUFInfo, settings: PlanSettings, r: Resolved | None = None,
             _pad(min(r.n_ctx_seq, info.n_swa * n_unified + r.n_ubatch), 256)
     if geo.arch in NO_MEMORY_ARCHS:
         return [], n_swa_cells
-    if info.sparse:  # deepseek4, minimax-m3: §7 caches on tweaked hparams
+    if (info.sparse or {}).get("kind") in ("dsv4", "msa"):  # §7 caches on tweaked hparams
         from engine.kv_sparse import sparse_caches
         return sparse_caches(info, settings, r, tk, tv, v_trans)
     w_v_max = max(geo.v_width) if geo.v_width else 0
@@ -225,16 +225,17 @@ def kv_caches(info: GGUFInfo, settings: PlanSettings, r: Resolved | None = None,
 
 def _indexer_cache(geo: ModelGeometry, r: Resolved, tk: str, tv: str, v_trans: bool
                    ) -> CacheSize:
-    """llama_kv_cache_dsa's second cache (§7): the same llama_kv_cache code run on hparams
-    with one KV head of `indexer.key_length` per layer, so it has the main cache's cells,
-    streams and K type; like every MLA cache it stores no V. Being K-only and one head wide it
-    is small next to the MLA cache, but it grows with the context like any K cache."""
+    """The K-only indexer cache of §7: llama_kv_cache_dsa's second cache, or the "idx_" cache
+    of llama_memory_hybrid_idx (qwen4exp, glm5-next). Both run the llama_kv_cache code on
+    hparams with one KV head of `cache_width` per layer (indexer.key_length; × 3 with
+    glm5-next's k-pool), the main cache's cells, streams and K type; neither stores V (the DSA
+    models are MLA, and the hybrid-idx cache is declared MLA to drop it). Small next to the
+    main cache, but it grows with the context like any K cache."""
     layers = geo.indexer_layers
     cells, width = r.n_ctx_seq, geo.indexer_width
     k = tuple(row_bytes(tk, width) * cells * r.n_stream for _ in layers)
-    v_max = max(geo.head_v) if geo.head_v else 0
-    v = tuple(0 if geo.mla else row_bytes(tv, v_max if v_trans else geo.head_v[il])
-              * cells * r.n_stream for il in layers)
-    return CacheSize("indexer", layers, cells, r.n_stream, tk, tv, (width,), k, v, geo.mla,
-                     "indexer cache (DSA lightning-indexer keys, one head per layer)")
-
+    label = ("indexer cache (idx_: indexer keys, one head per attention layer)"
+             if geo.arch in IDX_HYBRID_ARCHS else
+             "indexer cache (DSA lightning-indexer keys, one head per layer)")
+    return CacheSize("indexer", layers, cells, r.n_stream, tk, tv, (width,), k,
+                     (0,) * len(layers), True, label)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.gguf_inspect import GGUFInfo
-from engine.kv_sizes import CacheSize, Resolved, _pad, row_bytes
+from engine.kv_sizes import CacheSize, Resolved, _pad, resolve_context, row_bytes
 from engine.memory_types import PlanSettings
 
 CSA, HCA = 4, 128
@@ -120,9 +120,27 @@ def dsv4_states(info: GGUFInfo, r: Resolved, n_rs_seq: int) -> list[StateSize]:
             StateSize("lid", csa, 2 * CSA, 2 * ik, planes)]
 
 
+def ple_conv_state(info: GGUFInfo, r: Resolved, n_rs_seq: int) -> tuple[tuple[int, ...], int]:
+    """qwen4exp's PLE convolution history, the recurrent memory's third row ("P", f32):
+    (PLE layers, bytes per layer) = ple_conv_state floats × n_seq_max × (1 + n_rs_seq) rows
+    (llama_memory_recurrent: `cache_ple_r_l<il>`, on the PLE layer only)."""
+    sp = info.sparse or {}
+    if sp.get("kind") != "qsa" or not sp["ple_conv_state"]:
+        return (), 0
+    return sp["ple_layers"], 4 * sp["ple_conv_state"] * r.n_seq * (1 + n_rs_seq)
+
+
 def unmodelled_notes(info: GGUFInfo, s: PlanSettings, fa_on: bool) -> list[str]:
     """Notes for memory this module sizes only roughly or not at all (notes §7)."""
     arch = info.architecture
+    if arch == "qwen4exp":
+        layers, per_layer = ple_conv_state(info, resolve_context(s, info.n_ctx_train),
+                                           s.n_rs_seq)
+        if not per_layer:
+            return []
+        return [f"qwen4exp: the PLE convolution state (P, {len(layers) * per_layer / 2**20:.2f} "
+                "MiB here) is part of the recurrent state but not yet counted in this plan; "
+                "the exact plan (--exact) is authoritative"]
     if arch == "deepseek4":
         return ["deepseek4: KV caches and compressor states are exact, but the compute buffer "
                 "of its compressed/indexed attention is only a rough estimate (about ±10 %); "
@@ -145,9 +163,6 @@ _NOT_MODELLED = {
     "glm5-next": "the K-only indexer cache (idx_, indexer key length x 3 with the k-pool) of "
                  "its hybrid-indexer memory is not counted, nor are the indexer and "
                  "hyper-connection tensors in the compute buffer",
-    "qwen4exp": "the K-only indexer cache (idx_) of its hybrid-indexer memory and the PLE "
-                "convolution state (P) of the recurrent state are not counted, nor are the "
-                "indexer and hyper-connection tensors in the compute buffer",
     "hy_v4": "the lightning-indexer cache follows llama.cpp's source but is not checked "
              "against a dry run, and its compute buffer uses the deepseek32 calibration",
     "minimax-01": "the lightning-attention state (head_k² × heads f32 per layer and sequence) "

@@ -31,7 +31,8 @@ _RE_STATE = re.compile(r"^llama_dsv4_comp_state: (\w+) ratio = (\d+), state = (\
                        + " MiB")
 _RE_STATE_BUFFER = re.compile(r"^llama_dsv4_comp_state:\s+(\S+) DSV4 \w+ state buffer size = \s*"
                               + _NUM + " MiB")
-_RE_CREATING = re.compile(r"^(\w+): creating\s+(.*?)\s*(?:KV )?cache(?:, size = (\d+) cells)?$")
+# llama_memory_hybrid_idx announces its indexer cache from a lambda: "operator(): creating …"
+_RE_CREATING = re.compile(r"^(\w+(?:\(\))?): creating\s+(.*?)\s*(?:KV )?cache(?:, size = (\d+) cells)?$")
 _RE_LAYER_DEV = re.compile(r"^(llama_kv_cache|llama_memory_recurrent|llama_dsv4_comp_state)[:,] "
                            r"layer\s+(\d+): dev = (\S+)")
 _RE_VPAD = re.compile(r"padding V cache to (\d+)")

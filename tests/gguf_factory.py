@@ -71,7 +71,11 @@ def add_tokenizer(writer: gguf.GGUFWriter, n_words: int = VOCAB_WORDS) -> int:
 
 
 def _add_kv(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
-    if isinstance(value, bool):
+    sub_type = getattr(value, "gguf_sub_type", None)  # e.g. gguf_families2.U64
+    if sub_type:
+        writer.add_key_value(key, list(value), gguf.GGUFValueType.ARRAY,
+                             sub_type=gguf.GGUFValueType[sub_type])
+    elif isinstance(value, bool):
         writer.add_bool(key, value)
     elif isinstance(value, int):
         (writer.add_uint64 if value >= 2**32 else writer.add_uint32)(key, value)

@@ -22,6 +22,12 @@ class Family(NamedTuple):
     pattern: str
 
 
+class U64(tuple):
+    """An array written with uint64 elements (gguf_factory._add_kv reads `gguf_sub_type`)."""
+
+    gguf_sub_type = "UINT64"
+
+
 _ATTN_128 = ("attn_norm.weight:128 attn_q.weight:128x256 attn_k.weight:128x128 "
              "attn_v.weight:128x128 attn_output.weight:256x128")
 
@@ -106,3 +112,46 @@ FAMILIES2: dict[str, Family] = {
                  "indexer.q_norm.weight:128 indexer.k_norm.weight:128",
         }, "ABB"),
 }
+
+# Qwen4-exp: Gated DeltaNet layers (ssm conv 4, 2 k-heads x 32, 4 v-heads x 32) with one full
+# attention layer in 4 (q|gate interleaved, QK-norm, mrope sections), 2 low-rank
+# hyper-connection streams in place of layer norms, sigmoid-gated shared expert, the QSA
+# indexer (2 heads x 64, blocks of compress_ratios[il] tokens) on attention layers, and the
+# per-layer n-gram embeddings (PLE) on linear layer 0, whose conv history is the recurrent
+# memory's P row: (conv_kernel - 1) x ngram_size x hc x n_embd floats.
+_Q4_HC = ("hc_attn_norm.weight:128x2 hc_attn_down.weight:256x16 hc_attn_up.weight:16x256 "
+          "hc_attn_inject.weight:256x2 hc_ffn_norm.weight:128x2 hc_ffn_down.weight:256x16 "
+          "hc_ffn_up.weight:16x256 hc_ffn_inject.weight:256x2 "
+          "ffn_gate_inp.weight:128x4 ffn_down_exps.weight:64x128x4 "
+          "ffn_gate_exps.weight:128x64x4 ffn_up_exps.weight:128x64x4 "
+          "ffn_gate_inp_shexp.weight:128 ffn_gate_shexp.weight:128x64 "
+          "ffn_up_shexp.weight:128x64 ffn_down_shexp.weight:64x128")
+_Q4_GDN = ("attn_qkv.weight:128x256 attn_gate.weight:128x128 ssm_conv1d.weight:4x256 "
+           "ssm_dt.bias:4 ssm_a:4 ssm_beta.weight:128x4 ssm_alpha.weight:128x4 "
+           "ssm_norm.weight:32 ssm_out.weight:128x128 " + _Q4_HC)
+_Q4_PLE = ("ple_key.weight:128x256 ple_value.weight:128x128 ple_norm_key.weight:128x2 "
+           "ple_norm_query.weight:128x2 ple_norm_conv.weight:128x2 ple_conv1d.weight:4x256")
+_Q4_ATTN = ("attn_q.weight:128x512 attn_k.weight:128x128 attn_v.weight:128x128 "
+            "attn_output.weight:256x128 attn_q_norm.weight:64 attn_k_norm.weight:64 "
+            "indexer.q_proj.weight:128x128 indexer.k_proj.weight:128x64 "
+            "indexer.q_norm.weight:64 indexer.k_norm.weight:64 " + _Q4_HC)
+
+FAMILIES2["qwen4exp"] = Family(
+    "qwen4exp", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
+     "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 2,
+     "attention.key_length": 64, "attention.value_length": 64, "rope.dimension_count": 64,
+     "rope.dimension_sections": [16, 8, 8, 0], "ssm.conv_kernel": 4, "ssm.inner_size": 128,
+     "ssm.state_size": 32, "ssm.time_step_rank": 4, "ssm.group_count": 2,
+     "full_attention_interval": 4, "expert_count": 4, "expert_used_count": 2,
+     "expert_feed_forward_length": 64, "expert_shared_feed_forward_length": 64,
+     "attention.layer_norm_rms_epsilon": 1e-06, "hyper_connection.count": 2,
+     "hyper_connection.low_rank": 16, "attention.indexer.head_count": 2,
+     "attention.indexer.key_length": 64, "attention.indexer.top_k": 64,
+     "attention.compress_ratios": [0, 0, 0, 4], "ple.layers": [0], "ple.ngram_size": 3,
+     "ple.heads_per_ngram": 2, "ple.conv_kernel": 4, "ple.layer_multipliers": U64((3, 5, 7)),
+     "ple.head_offsets": U64((0, 64, 128, 192)),
+     "ple.head_vocab_sizes": U64((64, 64, 64, 64)),
+     "ple.eos_token_id": 2, "embedding_length_per_layer_input": 32},
+    "token_embd.weight:128x320 output_hc_norm.weight:128x2 output_hc_down.weight:256x16 "
+    "output_hc_up.weight:16x256 per_layer_token_embd.weight:32x256",
+    {"P": _Q4_GDN + " " + _Q4_PLE, "R": _Q4_GDN, "A": _Q4_ATTN}, "PRRA")
