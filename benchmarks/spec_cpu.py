@@ -69,7 +69,7 @@ def llama_spec(binary: str, target: Path, draft: Path, cores: int, prompt: str) 
                        capture_output=True, text=True, timeout=600,
                        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     out = r.stdout + r.stderr
-    speed = re.search(r"speed:\s*([\d.]+) t/s", out)
+    speed = re.search(r"decoded\s+\d+ tokens in\s+[\d.]+ seconds, speed:\s*([\d.]+) t/s", out)
     acc = re.search(r"accept\s*=\s*([\d.]+)%", out)
     return {"tokens_per_s": float(speed.group(1)) if speed else None,
             "acceptance": float(acc.group(1)) / 100 if acc else None,
