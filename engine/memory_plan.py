@@ -197,6 +197,10 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
             b, detail = _cuda_fa_dequant(geo, r.n_ctx_seq, settings.n_ubatch, tk, tv, b, detail)
         allocs.append(Allocation("compute", dev, b, detail))
 
+    if settings.split_mode == "tensor" and len(gpus) > 1:
+        notes.append("tensor split: llama.cpp divides every weight and the KV cache across the GPUs "
+                     "by heads; this plan places whole layers by the split ratios instead (not yet "
+                     "measured on a multi-GPU machine), so per-GPU figures are approximate")
     if r.n_ctx_seq > info.n_ctx_train:
         notes.append(f"context per sequence {r.n_ctx_seq} exceeds the training context "
                      f"{info.n_ctx_train}")
