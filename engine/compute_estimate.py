@@ -84,6 +84,7 @@ class ComputeShape:
     msa: tuple[int, int] = (0, 0)  # minimax-m3 sparse attention: (indexer heads, block size)
     # qwen4exp QSA: (indexer heads, indexer key length, smallest block ratio, hc streams)
     qsa: tuple[int, int, int, int] = (0, 0, 0, 0)
+    kpool_rows: int = 0  # glm5-next: MLA K row + k-pool indexer row (elements per cell)
 
     @classmethod
     def from_info(cls, info: Any, kv_layers: Sequence[int], head_k: Sequence[int],
@@ -110,7 +111,10 @@ class ComputeShape:
             has_swa=any(info.n_swa and swa[il] for il in kv_layers),
             ffn_width=ffn, mla_rank=mla.get("kv_lora_rank", 0) if info.mla else 0,
             rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0),
-            dsa_top_k=(info.indexer or {}).get("top_k", 0) if not sp else 0,
+            dsa_top_k=(info.indexer or {}).get("top_k", 0)
+            if not sp and info.architecture != "glm5-next" else 0,
+            kpool_rows=info.head_dim_k + (info.indexer or {}).get("cache_width", 0)
+            if info.architecture == "glm5-next" and kv_layers else 0,
             ple_width=256 * (info.n_layer - info.n_layer_nextn)
             if info.architecture == "gemma3n" else 0,
             dsv4_ratio=min((x for x in sp.get("ratios", ()) if x), default=0)
@@ -138,7 +142,9 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
         mask = (r.n_ctx_seq * t * cell if shape.has_full else 0) \
             + (n_swa_cells * t * cell if shape.has_swa else 0)
         n_kv = r.n_ctx_seq if shape.has_full else n_swa_cells
-        if shape.qsa[0]:
+        if shape.kpool_rows:
+            result["attention"] = _glm5_next_attention(shape, r, t, fa_on)
+        elif shape.qsa[0]:
             result["attention"] = mask + _qsa_attention(shape, r, t, fa_on)
         elif fa_on:
             per_tok = e + 3 * shape.q_width + 7 + 2 * shape.mla_rank
@@ -193,6 +199,25 @@ def _qsa_attention(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> i
     per_tok = 2 * hc * e + (4 if fa_on else 2) * heads * idx_dim \
         + (2 if fa_on else 4) * shape.q_width + (0.8 if fa_on else 0.75) * e
     return int(t * cells * per_cell + 4 * t * per_tok)
+
+
+def _glm5_next_attention(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:
+    """glm5-next, ROUGH (a fit, not a model of its graph): the larger of two peaks fitted on
+    one CPU fixture (n_embd 128, 4 mHC streams, MLA row 64 + k-pool indexer row 192,
+    1k-8k cells, 64-512 tokens, 1-4 sequences): one growing with sequences × cells (per
+    sequence, f32 rows of both cached keys with flash attention, about half without) and the
+    indexer/mask peak growing with cells × tokens. Per-token terms are scaled by n_embd from
+    that one width. Within 2.5 MiB / 30 % (flash attention) and 7 MiB / 20 % (without) on the
+    fit grid; the plan notes it, the exact plan is authoritative."""
+    c, ns, e = r.n_ctx_seq, r.n_seq, shape.n_embd
+    rows = 4 * shape.kpool_rows  # f32 bytes of both cached rows per cell
+    if fa_on:
+        p1 = 1.0 * rows * ns * c + 6.14 * c * t + (52.7 * ns - 124) * e * t
+        p2 = 7.18 * c * t - 80 * c + 52.2 * e * t + 729_000
+    else:
+        p1 = 0.445 * rows * ns * c + 30.4 * c * t + (62.3 * ns - 198) * e * t
+        p2 = 29.2 * c * t + 60 * c + 65.4 * e * t + 190_000
+    return int(max(p1, p2))
 
 
 def _dsa_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:

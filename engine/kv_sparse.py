@@ -145,6 +145,10 @@ def unmodelled_notes(info: GGUFInfo, s: PlanSettings, fa_on: bool) -> list[str]:
         return ["deepseek4: KV caches and compressor states are exact, but the compute buffer "
                 "of its compressed/indexed attention is only a rough estimate (about ±10 %); "
                 "the exact plan (--exact) is authoritative"]
+    if arch == "glm5-next":
+        return ["glm5-next: KV caches (with the k-pool indexer cache) and the KDA state are "
+                "exact, but the compute buffer of its indexer and hyper-connections is only a "
+                "rough estimate (about ±30 %); the exact plan (--exact) is authoritative"]
     if arch == "minimax-m3" and fa_on and s.n_seq_max > 1 and not s.kv_unified:
         return ["minimax-m3: the compute buffer of sparse attention over several sequences "
                 "is approximate (about ±20 %); the exact plan (--exact) is authoritative"]
@@ -160,9 +164,6 @@ _NOT_MODELLED = {
     "dots3note": "its DSA-iSWA cache (llama_kv_cache_dsa_iswa: MLA geometry of the SWA layers "
                  "from the *_swa keys, lightning-indexer keys of the full layers) is not "
                  "modelled: KV and compute are sized as a plain MLA iSWA model",
-    "glm5-next": "the K-only indexer cache (idx_, indexer key length x 3 with the k-pool) of "
-                 "its hybrid-indexer memory is not counted, nor are the indexer and "
-                 "hyper-connection tensors in the compute buffer",
     "hy_v4": "the lightning-indexer cache follows llama.cpp's source but is not checked "
              "against a dry run, and its compute buffer uses the deepseek32 calibration",
     "minimax-01": "the lightning-attention state (head_k² × heads f32 per layer and sequence) "

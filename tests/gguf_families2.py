@@ -155,3 +155,44 @@ FAMILIES2["qwen4exp"] = Family(
     "token_embd.weight:128x320 output_hc_norm.weight:128x2 output_hc_down.weight:256x16 "
     "output_hc_up.weight:16x256 per_layer_token_embd.weight:32x256",
     {"P": _Q4_GDN + " " + _Q4_PLE, "R": _Q4_GDN, "A": _Q4_ATTN}, "PRRA")
+
+# GLM5-Next: KDA linear layers (n_head_kv 0: 4 heads x 32, conv 4) and one MLA layer with a
+# k-pool DSA indexer (2 heads x 64, kpool 2: the idx_ cache row is key, gate and pooled
+# values, 3 x 64), 4 mHC streams (required), dense lead + sigmoid-routed MoE. The MLA
+# is NoPE (rope.dimension_count 0, asserted), so its K row is the kv_lora_rank, 64.
+_G5_HC = ("attn_norm.weight:128 ffn_norm.weight:128 hc_attn_fn.weight:512x24 "
+          "hc_attn_base.weight:24 hc_attn_scale.weight:3 hc_ffn_fn.weight:512x24 "
+          "hc_ffn_base.weight:24 hc_ffn_scale.weight:3")
+_G5_KDA = ("ssm_conv1d_q.weight:4x1x128 ssm_conv1d_k.weight:4x1x128 ssm_conv1d_v.weight:4x1x128 "
+           "attn_q.weight:128x128 attn_k.weight:128x128 attn_v.weight:128x128 "
+           "ssm_f_a.weight:128x32 ssm_f_b.weight:32x128 ssm_beta.weight:128x4 ssm_a:4 "
+           "ssm_dt.bias:128 ssm_g_a.weight:128x32 ssm_g_b.weight:32x128 ssm_norm.weight:32 "
+           "attn_output.weight:128x128")
+_G5_MLA = ("attn_q_a_norm.weight:64 attn_kv_a_norm.weight:64 attn_q_a.weight:128x64 "
+           "attn_q_b.weight:64x256 attn_kv_a_mqa.weight:128x64 attn_k_b.weight:64x64x4 "
+           "attn_v_b.weight:64x32x4 attn_output.weight:128x128 indexer.k_norm.weight:64 "
+           "indexer.k_norm.bias:64 indexer.proj.weight:128x2 indexer.attn_k.weight:128x64 "
+           "indexer.attn_q_b.weight:64x128 indexer_compressor_gate.weight:128x64 "
+           "indexer_compressor_ape.weight:64x2")
+_G5_MOE = ("ffn_gate_inp.weight:128x4 exp_probs_b.bias:4 ffn_gate_exps.weight:128x64x4 "
+           "ffn_down_exps.weight:64x128x4 ffn_up_exps.weight:128x64x4 "
+           "ffn_gate_shexp.weight:128x64 ffn_down_shexp.weight:64x128 ffn_up_shexp.weight:128x64")
+_G5_DENSE = "ffn_gate.weight:128x256 ffn_down.weight:256x128 ffn_up.weight:128x256"
+
+FAMILIES2["glm5-next"] = Family(
+    "glm5-next", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
+     "feed_forward_length": 256, "attention.head_count": 4,
+     "attention.head_count_kv": [0, 0, 0, 1], "attention.key_length": 64,
+     "attention.value_length": 64, "attention.key_length_mla": 64,
+     "attention.value_length_mla": 32, "attention.q_lora_rank": 64,
+     "attention.kv_lora_rank": 64, "rope.dimension_count": 0, "ssm.conv_kernel": 4,
+     "kda.head_dim": 32, "attention.layer_norm_rms_epsilon": 1e-05,
+     "leading_dense_block_count": 1, "expert_count": 4, "expert_used_count": 2,
+     "expert_feed_forward_length": 64, "expert_shared_count": 1, "expert_weights_scale": 2.5,
+     "expert_weights_norm": True, "attention.indexer.head_count": 2,
+     "attention.indexer.key_length": 64, "attention.indexer.top_k": 64,
+     "attention.indexer.kpool": 2, "hyper_connection.count": 4,
+     "hyper_connection.sinkhorn_iterations": 20, "hyper_connection.epsilon": 1e-06},
+    "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
+    {"A": _G5_HC + " " + _G5_KDA + " " + _G5_DENSE, "B": _G5_HC + " " + _G5_KDA + " " + _G5_MOE,
+     "C": _G5_HC + " " + _G5_MLA + " " + _G5_MOE}, "ABBC")
