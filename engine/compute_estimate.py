@@ -85,6 +85,7 @@ class ComputeShape:
     # qwen4exp QSA: (indexer heads, indexer key length, smallest block ratio, hc streams)
     qsa: tuple[int, int, int, int] = (0, 0, 0, 0)
     kpool_rows: int = 0  # glm5-next: MLA K row + k-pool indexer row (elements per cell)
+    la_heads: int = 0  # minimax-01 lightning attention: heads of its linear layers
 
     @classmethod
     def from_info(cls, info: Any, kv_layers: Sequence[int], head_k: Sequence[int],
@@ -113,6 +114,7 @@ class ComputeShape:
             rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0),
             dsa_top_k=(info.indexer or {}).get("top_k", 0)
             if not sp and info.architecture != "glm5-next" else 0,
+            la_heads=heads[0] if info.architecture == "minimax-01" and rec_layers else 0,
             kpool_rows=info.head_dim_k + (info.indexer or {}).get("cache_width", 0)
             if info.architecture == "glm5-next" and kv_layers else 0,
             ple_width=256 * (info.n_layer - info.n_layer_nextn)
@@ -159,6 +161,8 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
             result["attention"] += _dsv4_extra(shape, r, t, fa_on, n_swa_cells)
         if shape.msa[0] and fa_on and (r.n_seq == 1 or not kv_unified):
             result["attention"] += _msa_extra(shape, r, t)
+    if shape.la_heads:
+        _add_lightning(result, shape, t, r.n_seq, mask, fa_on)
     if shape.ffn_width:
         result["ffn"] = mask + 4 * t * (e + 4 * shape.ffn_width + 7)
     if shape.ple_width:
@@ -199,6 +203,24 @@ def _qsa_attention(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> i
     per_tok = 2 * hc * e + (4 if fa_on else 2) * heads * idx_dim \
         + (2 if fa_on else 4) * shape.q_width + (0.8 if fa_on else 0.75) * e
     return int(t * cells * per_cell + 4 * t * per_tok)
+
+
+def _add_lightning(result: dict[str, int], shape: ComputeShape, t: int, n_seq: int, mask: int,
+                   fa_on: bool) -> None:
+    """minimax-01's lightning-attention layers work on [tokens per sequence]² × heads f32
+    blocks per sequence (`L` bytes): the diag-decay graph input, its decayed copy and the
+    masked QK product are live at once (3 L), next to the KQ masks and about 8 hidden rows
+    per token. The decay input stays allocated into the softmax layers, where it costs what
+    the freed per-token rows do not cover (without flash attention: L less ~4 rows per
+    token). Fitted on the CPU backend (4 and 8 heads, 1k-4k cells, 128-512 tokens, 1-4
+    sequences): within 0.3 MiB / 2 % of the reserve llama.cpp sizes in a dry run (its first
+    pp graph; the extra n_seqs = 1 reserve of §9 is not in the dry run either)."""
+    e = shape.n_embd
+    per_seq = t // n_seq
+    la = 4 * shape.la_heads * per_seq * per_seq * n_seq
+    result["lightning"] = 3 * la + mask + int(4 * t * 8.16 * e)
+    if not fa_on and "attention" in result:
+        result["attention"] += max(0, la - int(4 * t * 3.92 * e))
 
 
 def _glm5_next_attention(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:

@@ -38,7 +38,7 @@ HYBRID_ARCHS = frozenset({"jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2
                           "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe",
                           "qwen4exp", "deepseek4", "minimax-01"})
 # Hybrids whose recurrent layers come from `attention.recurrent_layers` or
-# `full_attention_interval` (default 4) instead of a zero KV head count.
+# `full_attention_interval` (default 4; minimax-01: 8) instead of a zero KV head count.
 _INTERVAL_HYBRIDS = frozenset({"qwen3next", "qwen35", "qwen35moe", "qwen4exp", "minimax-01"})
 # Archs that get no memory module at all (llama_model::create_memory returns nullptr).
 NO_MEMORY_ARCHS = frozenset({"bert", "jina-bert-v2", "jina-bert-v3", "nomic-bert",
@@ -156,7 +156,7 @@ def recurrent_flags(arch: str, n_layer: int, n_layer_main: int, kv_heads: Sequen
             if len(flags) != n_layer:
                 raise ValueError("attention.recurrent_layers is not one flag per layer")
             return flags
-        period = interval or 4
+        period = interval or (8 if arch == "minimax-01" else 4)  # load_arch_hparams defaults
         return tuple(il < n_layer_main and (il + 1) % period != 0 for il in range(n_layer))
     return tuple(il < n_layer_main and kv_heads[il] == 0 for il in range(n_layer))
 

@@ -166,7 +166,4 @@ _NOT_MODELLED = {
                  "modelled: KV and compute are sized as a plain MLA iSWA model",
     "hy_v4": "the lightning-indexer cache follows llama.cpp's source but is not checked "
              "against a dry run, and its compute buffer uses the deepseek32 calibration",
-    "minimax-01": "the lightning-attention state (head_k² × heads f32 per layer and sequence) "
-                  "follows llama.cpp's source but is not checked against a dry run, and its "
-                  "compute buffer is not modelled for the linear-attention layers",
 }

@@ -196,3 +196,20 @@ FAMILIES2["glm5-next"] = Family(
     "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
     {"A": _G5_HC + " " + _G5_KDA + " " + _G5_DENSE, "B": _G5_HC + " " + _G5_KDA + " " + _G5_MOE,
      "C": _G5_HC + " " + _G5_MLA + " " + _G5_MOE}, "ABBC")
+
+# MiniMax-01 (MiniMax-Text-01): lightning (linear) attention on 7 of 8 layers (default
+# full_attention_interval 8), softmax GQA on layer 7; the lightning state is
+# key_length^2 x heads f32 per layer and sequence (4 heads x 32 here), no conv state.
+_MM01_MOE = ("ffn_norm.weight:128 ffn_gate_inp.weight:128x4 ffn_gate_exps.weight:128x64x4 "
+             "ffn_down_exps.weight:64x128x4 ffn_up_exps.weight:128x64x4")
+FAMILIES2["minimax-01"] = Family(
+    "minimax-01", {"block_count": 8, "context_length": 4096, "embedding_length": 128,
+     "feed_forward_length": 64, "attention.head_count": 4, "attention.head_count_kv": 2,
+     "attention.key_length": 32, "attention.value_length": 32, "rope.dimension_count": 32,
+     "attention.layer_norm_rms_epsilon": 1e-06, "residual_scale": 1.0, "expert_count": 4,
+     "expert_used_count": 2},
+    "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
+    {"L": "attn_norm.weight:128 attn_norm_2.weight:128 attn_qkv.weight:128x384 "
+          "attn_gate.weight:128x128 attn_output.weight:128x128 " + _MM01_MOE,
+     "A": "attn_norm.weight:128 attn_q.weight:128x128 attn_k.weight:128x64 "
+          "attn_v.weight:128x64 attn_output.weight:128x128 " + _MM01_MOE}, "LLLLLLLA")
