@@ -70,8 +70,9 @@ MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
             "key_length_mla_swa", "value_length_mla_swa", "kv_lora_rank_swa")
 
 # Archs whose memory is llama_kv_cache_dsa (notes §7): the MLA cache plus a K-only cache of the
-# lightning indexer's keys (hy_v4 only when attention.indexer.top_k > 0).
-DSA_ARCHS = frozenset({"deepseek32", "glm-dsa", "hy_v4"})
+# lightning indexer's keys (hy_v4 only when attention.indexer.top_k > 0; dots3note inside
+# llama_kv_cache_dsa_iswa, whose full layers form the DSA cache).
+DSA_ARCHS = frozenset({"deepseek32", "glm-dsa", "hy_v4", "dots3note"})
 # Hybrids whose memory is llama_memory_hybrid_idx (notes §7): attention + recurrent state + a
 # K-only indexer cache ("idx_") on the attention layers (glm5-next: those with
 # attention.indexer.types set; its k-pool triples the cached row).

@@ -18,8 +18,8 @@ from typing import Any
 from gguf import LlamaFileType
 
 from engine.errors import ModelFileError
-from engine.gguf_hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, KNOWN_ARCHS, MLA_KEYS, RECURRENT_ARCHS,
-                                 SSM_KEYS, SWA_ALWAYS, SWA_IF_WINDOW, WeightLayout,
+from engine.gguf_hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, KNOWN_ARCHS,
+                                 MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS, SWA_ALWAYS, SWA_IF_WINDOW, WeightLayout,
                                  indexer_layer_flags, kv_layer_flags, recurrent_flags,
                                  weight_layout)
 from engine.gguf_reader import Array as _Array, Corrupt as _Corrupt, read_header
@@ -306,7 +306,8 @@ def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: 
             raise _Corrupt(f"has an unusable {p}kpool ({kpool}: must exceed 1 and divide "
                            "top_k)")
         idx["cache_width"] = 3 * idx["key_length"]
-    read = arch in ("glm-dsa", "glm5-next") or (arch == "hy_v4" and idx["top_k"] > 0)
+    read = arch in ("glm-dsa", "glm5-next", "dots3note") or (
+        arch == "hy_v4" and idx["top_k"] > 0)
     raw = meta.get(p + "types") if read else None
     types: tuple[int, ...] | None = None
     if isinstance(raw, _Array):  # bool, uint32 or int32 elements, one per trunk layer
@@ -315,6 +316,10 @@ def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: 
         types = tuple(int(v) for v in raw.items)
     elif raw is not None:
         types = ((_int(meta, p + "types") or 0),) * n_main
+    if arch == "dots3note":  # get_arr, required, any length up to LLAMA_MAX_LAYERS
+        if types is None or len(types) > MAX_LAYERS:
+            raise _Corrupt(f"lacks a usable array {p}types")
+        types = (types + (0,) * n_main)[:n_main]
     try:
         flags = indexer_layer_flags(arch, n_layer, n_main, n_ctx, idx["top_k"], types,
                                     recurrent)

@@ -9,7 +9,7 @@ log, as an exact tensor sum.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from engine.compute_estimate import ComputeShape
@@ -220,6 +220,10 @@ def kv_caches(info: GGUFInfo, settings: PlanSettings, r: Resolved | None = None,
         out.append(CacheSize(kind, layers, cells, r.n_stream, tk, tv, widths, k, v, geo.mla))
     if geo.indexer_width:
         out.append(_indexer_cache(geo, r, tk, tv, v_trans))
+    if geo.arch == "dots3note" and geo.iswa:  # llama_kv_cache_dsa_iswa: DSA (main + indexer)
+        swa = [c for c in out if c.kind == "SWA"]  # cache of the full layers, then SWA
+        out = [replace(c, kind="attention") if c.kind == "full-attention" else c
+               for c in out if c.kind != "SWA"] + swa
     return out, n_swa_cells
 
 

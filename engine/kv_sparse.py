@@ -161,9 +161,6 @@ def unmodelled_notes(info: GGUFInfo, s: PlanSettings, fa_on: bool) -> list[str]:
 #: Memory kinds of llama.cpp 0c1e570 this engine does not size (or sizes from the source only,
 #: unchecked against a dry run), by arch.
 _NOT_MODELLED = {
-    "dots3note": "its DSA-iSWA cache (llama_kv_cache_dsa_iswa: MLA geometry of the SWA layers "
-                 "from the *_swa keys, lightning-indexer keys of the full layers) is not "
-                 "modelled: KV and compute are sized as a plain MLA iSWA model",
     "hy_v4": "the lightning-indexer cache follows llama.cpp's source but is not checked "
              "against a dry run, and its compute buffer uses the deepseek32 calibration",
 }

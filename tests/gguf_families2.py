@@ -213,3 +213,41 @@ FAMILIES2["minimax-01"] = Family(
           "attn_gate.weight:128x128 attn_output.weight:128x128 " + _MM01_MOE,
      "A": "attn_norm.weight:128 attn_q.weight:128x128 attn_k.weight:128x64 "
           "attn_v.weight:128x64 attn_output.weight:128x128 " + _MM01_MOE}, "LLLLLLLA")
+
+# dots3note: MLA everywhere, full layers (0, 3: kv_lora 64 + rope 32, 4 heads, K row 96) with
+# the DSA lightning indexer (types [1, 0, 0, 1], 2 heads x 64) and sliding-window layers with
+# their own MLA geometry (kv_lora 32 + rope 32, K row 64: key_length_swa), head-wise output
+# gate, dense lead + MoE. Memory: llama_kv_cache_dsa_iswa (DSA cache + indexer cache of the
+# full layers, then the SWA cache).
+_D3_COMMON = ("attn_norm.weight:128 attn_q_a_norm.weight:64 attn_k_norm.weight:32 "
+              "attn_q_a.weight:128x64 attn_output.weight:128x128 attn_gate.weight:128x4 "
+              "ffn_norm.weight:128")
+_D3_FULL = (_D3_COMMON + " attn_kv_a_norm.weight:64 attn_q_b.weight:64x256 "
+            "attn_kv_a_mqa.weight:128x96 attn_k_b.weight:32x64x4 attn_v_b.weight:64x32x4 "
+            "indexer.k_norm.weight:64 indexer.k_norm.bias:64 indexer.proj.weight:128x2 "
+            "indexer.attn_k.weight:128x64 indexer.attn_q_b.weight:64x128")
+_D3_SWA = (_D3_COMMON + " attn_kv_a_norm.weight:32 attn_q_b.weight:64x192 "
+           "attn_kv_a_mqa.weight:128x64 attn_k_b.weight:16x32x4 attn_v_b.weight:32x32x4")
+_D3_MOE = ("ffn_gate_inp.weight:128x4 exp_probs_b.bias:4 ffn_gate_exps.weight:128x64x4 "
+           "ffn_down_exps.weight:64x128x4 ffn_up_exps.weight:128x64x4 "
+           "ffn_gate_shexp.weight:128x64 ffn_down_shexp.weight:64x128 ffn_up_shexp.weight:128x64")
+FAMILIES2["dots3note"] = Family(
+    "dots3note", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
+     "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 1,
+     "attention.key_length": 96, "attention.value_length": 64,
+     "attention.key_length_swa": 64, "attention.value_length_swa": 32,
+     "attention.key_length_mla": 64, "attention.value_length_mla": 32,
+     "attention.key_length_mla_swa": 48, "attention.value_length_mla_swa": 32,
+     "attention.q_lora_rank": 64, "attention.kv_lora_rank": 64,
+     "attention.kv_lora_rank_swa": 32, "rope.dimension_count": 32,
+     "attention.sliding_window": 128, "rope.freq_base_swa": 10000.0,
+     "attention.sliding_window_pattern": [False, True, True, False],
+     "attention.layer_norm_rms_epsilon": 1e-06, "leading_dense_block_count": 1,
+     "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
+     "expert_shared_count": 1, "expert_gating_func": 2, "expert_weights_norm": True,
+     "expert_weights_scale": 1.0, "attention.indexer.head_count": 2,
+     "attention.indexer.key_length": 64, "attention.indexer.top_k": 256,
+     "attention.indexer.types": [1, 0, 0, 1]},
+    "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
+    {"F": _D3_FULL + " ffn_gate.weight:128x256 ffn_down.weight:256x128 ffn_up.weight:128x256",
+     "G": _D3_FULL + " " + _D3_MOE, "S": _D3_SWA + " " + _D3_MOE}, "FSSG")

@@ -243,7 +243,7 @@ def test_plan_explains_itself(infos: dict) -> None:
 
 def test_unmodelled_memory_is_named(infos: dict) -> None:
     """Archs with a memory kind the plan does not size say which, and defer to --exact."""
-    for arch, words in (("dots3note", "DSA-iSWA"), ("glm5-next", "rough estimate"),
+    for arch, words in (("glm5-next", "rough estimate"),
                         ("qwen4exp", "PLE convolution state"), ("hy_v4", "dry run")):
         info = infos[arch] if arch in infos else dataclasses.replace(infos["llama"],
                                                                      architecture=arch)
@@ -253,7 +253,7 @@ def test_unmodelled_memory_is_named(infos: dict) -> None:
     q4 = dataclasses.replace(infos["qwen4exp"], sparse={**infos["qwen4exp"].sparse,
                                                         "ple_conv_state": 0})
     assert not [n for n in analytic_plan(q4, S(), []).notes if "--exact" in n]
-    for name in ("gpt-oss", "minimax-01"):
+    for name in ("gpt-oss", "minimax-01", "dots3note"):
         assert not [n for n in analytic_plan(infos[name], S(), []).notes if "--exact" in n]
     m3 = infos["minimax-m3"]
     assert not [n for n in analytic_plan(m3, S(flash_attn="on"), []).notes if "--exact" in n]
