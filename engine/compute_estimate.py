@@ -113,7 +113,7 @@ class ComputeShape:
             ffn_width=ffn, mla_rank=mla.get("kv_lora_rank", 0) if info.mla else 0,
             rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0),
             dsa_top_k=(info.indexer or {}).get("top_k", 0)
-            if not sp and info.architecture != "glm5-next" else 0,
+            if sp.get("kind", "hc") == "hc" and info.architecture != "glm5-next" else 0,
             la_heads=heads[0] if info.architecture == "minimax-01" and rec_layers else 0,
             kpool_rows=info.head_dim_k + (info.indexer or {}).get("cache_width", 0)
             if info.architecture == "glm5-next" and kv_layers else 0,
@@ -121,7 +121,7 @@ class ComputeShape:
             if info.architecture == "gemma3n" else 0,
             dsv4_ratio=min((x for x in sp.get("ratios", ()) if x), default=0)
             if sp.get("kind") == "dsv4" else 0,
-            hc_mult=sp.get("hc_mult", 0) if sp.get("kind") == "dsv4" else 0,
+            hc_mult=sp.get("hc_mult", 0) if sp.get("kind") in ("dsv4", "hc") else 0,
             qsa=_qsa_shape(info, kv_layers) if sp.get("kind") == "qsa" else (0, 0, 0, 0),
             msa=(sp["indexer_head_count"], sp["block_size"]) if sp.get("kind") == "msa"
             else (0, 0))
@@ -157,6 +157,9 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
             result["attention"] = int(mask + 4 * n_kv * t * shape.n_head + 4 * t * per_tok + v_t)
         if shape.dsa_top_k:
             result["attention"] += _dsa_extra(shape, r, t, fa_on)
+            if shape.hc_mult and not shape.dsv4_ratio:  # hy_v4's hyper-connection streams
+                result["attention"] += int(4 * t * shape.hc_mult * e * (1.0 if fa_on else 1.8)
+                                           + (t * r.n_ctx_seq // 6 if fa_on else 0))
         if shape.dsv4_ratio:
             result["attention"] += _dsv4_extra(shape, r, t, fa_on, n_swa_cells)
         if shape.msa[0] and fa_on and (r.n_seq == 1 or not kv_unified):
@@ -248,7 +251,11 @@ def _dsa_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:
     the attention mask (a fill and an add of the mask's type), i.e. 2 + 2 × mask bytes per
     cell and token; the top-k indices (i32 result, its cont copy, f32 zeros), about 16 bytes
     per kept key and token; and one (two without flash attention) query rows fewer than the
-    plain MLA phase, which are dead by then. Fitted on the CPU backend over indexer heads 2-8,
+    plain MLA phase, which are dead by then. hy_v4 adds its hc hyper-connection streams: one
+    hc-wide row per token (1.8 without flash attention) and 1/6 byte per cell and token with
+    flash attention (one fixture, 1k-4k cells, 128-512 tokens, 1-3 sequences: within
+    0.35 MiB, or 1.1 MiB / 2 % with 3 sequences × 4k cells without flash attention).
+    Fitted on the CPU backend over indexer heads 2-8,
     key length 64-128, top-k 64-2048, 256-8192 cells, 1-4 streams: within 0.75 MiB with
     flash attention, 2.2 MiB without (where the f32 KQ scores dominate real models)."""
     cell = 2 if fa_on else 4

@@ -9,20 +9,23 @@ Two archs build memory modules beyond the plain, SWA, MLA and DSA caches that ar
   `attention.indexer.key_length` and, the model not being MLA, a V of the normal head width)
   on the layers after `leading_dense_block_count`.
 
-and one more reads what sizing needs beyond the hybrid-indexer cache (whose keys are the DSA
-indexer keys, `engine.gguf_inspect._indexer`):
+and two more read what sizing needs beyond their DSA / hybrid-indexer caches (whose keys
+are read by `engine.gguf_inspect._indexer`):
 
 * qwen4exp (`llama_memory_hybrid_idx`): per-layer QSA block sizes (`attention.compress_ratios`),
   hyper-connection streams and the per-layer n-gram embedding (PLE) module, whose convolution
   history is a third f32 row ("P") of the recurrent state on the PLE layer:
   `(ple.conv_kernel - 1) × ple.ngram_size × hyper_connection.count × n_embd` floats
-  (`llama_hparams::ple_conv_state`).
+  (`llama_hparams::ple_conv_state`);
+* hy_v4: its hyper-connection stream count (compute only), refusing the non-MLA files
+  llama.cpp asserts on.
 
 `sparse_meta` reads what sizing needs into the plain dict kept as `GGUFInfo.sparse`, refusing
 what llama.cpp refuses at load. Keys: "kind" ("dsv4" or "msa"), "indexer_key_length"; dsv4:
 "ratios" (compression ratio per layer) and "hc_mult" (hyper-connection streams); msa:
 "dense_lead", "indexer_head_count" and "block_size"; qsa (qwen4exp): "ratios", "hc_mult",
-"ple_layers" and "ple_conv_state" (floats per sequence row, 0 without PLE).
+"ple_layers" and "ple_conv_state" (floats per sequence row, 0 without PLE); hc (hy_v4):
+"hc_mult" only.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from typing import Any
 
 from engine.gguf_reader import Array, Corrupt
 
-SPARSE_ARCHS = frozenset({"deepseek4", "minimax-m3", "qwen4exp"})
+SPARSE_ARCHS = frozenset({"deepseek4", "minimax-m3", "qwen4exp", "hy_v4"})
 
 
 def _u32(meta: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -61,6 +64,10 @@ def sparse_meta(meta: dict[str, Any], arch: str, n_layer: int) -> dict[str, Any]
                 "hc_mult": _u32(meta, f"{arch}.hyper_connection.count")}
     if arch == "qwen4exp":
         return _qwen4exp(meta, arch, n_layer)
+    if arch == "hy_v4":  # plain DSA caches; only its hyper-connection width matters (compute)
+        if not (meta.get(p + "key_length_mla") and meta.get(p + "value_length_mla")):
+            raise Corrupt("is a hy_v4 model without MLA keys (llama.cpp asserts is_mla)")
+        return {"kind": "hc", "hc_mult": _u32(meta, f"{arch}.hyper_connection.count")}
     # minimax-m3
     _u32(meta, p + "indexer.block_size")
     if not meta.get(p + "indexer.block_size"):  # GGML_ASSERT(indexer_block_size > 0)

@@ -152,15 +152,5 @@ def unmodelled_notes(info: GGUFInfo, s: PlanSettings, fa_on: bool) -> list[str]:
     if arch == "minimax-m3" and fa_on and s.n_seq_max > 1 and not s.kv_unified:
         return ["minimax-m3: the compute buffer of sparse attention over several sequences "
                 "is approximate (about ±20 %); the exact plan (--exact) is authoritative"]
-    missing = _NOT_MODELLED.get(arch)
-    if missing:
-        return [f"{arch}: {missing}; the exact plan (--exact) is authoritative"]
     return []
 
-
-#: Memory kinds of llama.cpp 0c1e570 this engine does not size (or sizes from the source only,
-#: unchecked against a dry run), by arch.
-_NOT_MODELLED = {
-    "hy_v4": "the lightning-indexer cache follows llama.cpp's source but is not checked "
-             "against a dry run, and its compute buffer uses the deepseek32 calibration",
-}

@@ -251,3 +251,33 @@ FAMILIES2["dots3note"] = Family(
     "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
     {"F": _D3_FULL + " ffn_gate.weight:128x256 ffn_down.weight:256x128 ffn_up.weight:128x256",
      "G": _D3_FULL + " " + _D3_MOE, "S": _D3_SWA + " " + _D3_MOE}, "FSSG")
+
+# hy_v4: MLA (kv_lora 64 + rope 32, K row 96) with attention sinks and a gated output, 4
+# hyper-connection streams, and the DSA lightning indexer (2 heads x 64, top-k 256) on the
+# "full" layers of attention.indexer.types [1, 0, 1] (layer 1 reuses layer 0's top-k).
+_HY4_ATTN = ("attn_norm.weight:128 attn_sinks.weight:4 attn_q_a.weight:128x64 "
+             "attn_q_a_norm.weight:64 attn_q_b.weight:64x256 attn_kv_a_mqa.weight:128x96 "
+             "attn_kv_a_norm.weight:64 attn_k_b.weight:32x64x4 attn_v_b.weight:64x32x4 "
+             "attn_output.weight:128x128 attn_gate.weight:128x128 hc_attn_fn.weight:512x8 "
+             "hc_attn_base.weight:8 hc_attn_scale.weight:2 hc_ffn_fn.weight:512x8 "
+             "hc_ffn_base.weight:8 hc_ffn_scale.weight:2 ffn_norm.weight:128")
+_HY4_IDX = ("indexer.attn_q_b.weight:64x128 indexer.attn_k.weight:128x64 "
+            "indexer.k_norm.weight:64 indexer.k_norm.bias:64 indexer.proj.weight:128x2")
+FAMILIES2["hy_v4"] = Family(
+    "hy_v4", {"block_count": 3, "context_length": 4096, "embedding_length": 128,
+     "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 1,
+     "attention.key_length": 96, "attention.value_length": 64,
+     "attention.key_length_mla": 64, "attention.value_length_mla": 32,
+     "attention.q_lora_rank": 64, "attention.kv_lora_rank": 64, "rope.dimension_count": 32,
+     "attention.layer_norm_rms_epsilon": 1e-06, "leading_dense_block_count": 1,
+     "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
+     "expert_shared_count": 1, "expert_gating_func": 2, "expert_weights_norm": True,
+     "expert_weights_scale": 1.0, "hyper_connection.count": 4,
+     "hyper_connection.epsilon": 1e-06, "hyper_connection.magnitude": 1.0,
+     "attention.indexer.head_count": 2, "attention.indexer.key_length": 64,
+     "attention.indexer.top_k": 256, "attention.indexer.types": [1, 0, 1]},
+    "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320 "
+    "output_hc_fn.weight:512x4 output_hc_base.weight:4 output_hc_scale.weight:1",
+    {"D": _HY4_ATTN + " " + _HY4_IDX + " ffn_gate.weight:128x256 ffn_down.weight:256x128 "
+          "ffn_up.weight:128x256",
+     "F": _HY4_ATTN + " " + _HY4_IDX + " " + _D3_MOE, "S": _HY4_ATTN + " " + _D3_MOE}, "DSF")

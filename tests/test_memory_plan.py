@@ -243,17 +243,15 @@ def test_plan_explains_itself(infos: dict) -> None:
 
 def test_unmodelled_memory_is_named(infos: dict) -> None:
     """Archs with a memory kind the plan does not size say which, and defer to --exact."""
-    for arch, words in (("glm5-next", "rough estimate"),
-                        ("qwen4exp", "PLE convolution state"), ("hy_v4", "dry run")):
-        info = infos[arch] if arch in infos else dataclasses.replace(infos["llama"],
-                                                                     architecture=arch)
+    for arch, words in (("glm5-next", "rough estimate"), ("qwen4exp", "PLE convolution state")):
+        info = infos[arch]
         notes = [n for n in analytic_plan(info, S(), []).notes if n.startswith(arch)]
         assert len(notes) == 1 and words in notes[0] and "--exact" in notes[0], (arch, notes)
     # qwen4exp without the PLE module: everything is counted, no note
     q4 = dataclasses.replace(infos["qwen4exp"], sparse={**infos["qwen4exp"].sparse,
                                                         "ple_conv_state": 0})
     assert not [n for n in analytic_plan(q4, S(), []).notes if "--exact" in n]
-    for name in ("gpt-oss", "minimax-01", "dots3note"):
+    for name in ("gpt-oss", "minimax-01", "dots3note", "hy_v4"):
         assert not [n for n in analytic_plan(infos[name], S(), []).notes if "--exact" in n]
     m3 = infos["minimax-m3"]
     assert not [n for n in analytic_plan(m3, S(flash_attn="on"), []).notes if "--exact" in n]
@@ -320,6 +318,8 @@ def test_hostile_metadata_is_refused(tmp_path: Path) -> None:
         inspect_gguf(write_family("glm5-next", tmp_path, **{"attention.indexer.kpool": 3}))
     with pytest.raises(ModelFileError, match="hyper_connection.count"):
         inspect_gguf(write_family("qwen4exp", tmp_path, **{"hyper_connection.count": 1}))
+    with pytest.raises(ModelFileError, match="MLA"):
+        inspect_gguf(write_family("hy_v4", tmp_path, **{"attention.key_length_mla": None}))
 
 
 def test_refusals_agree_with_llama(tmp_path: Path, models: dict[str, Path]) -> None:
