@@ -306,6 +306,9 @@ def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: 
             raise _Corrupt(f"has an unusable {p}kpool ({kpool}: must exceed 1 and divide "
                            "top_k)")
         idx["cache_width"] = 3 * idx["key_length"]
+        if _int(meta, f"{arch}.rope.dimension_count", 1):  # n_rot defaults to the head size
+            raise _Corrupt(f"has rotary dimensions, but llama.cpp asserts that glm5-next's MLA "
+                           f"is NoPE-only ({arch}.rope.dimension_count must be 0)")
     read = arch in ("glm-dsa", "glm5-next", "dots3note") or (
         arch == "hy_v4" and idx["top_k"] > 0)
     raw = meta.get(p + "types") if read else None

@@ -316,6 +316,8 @@ def test_hostile_metadata_is_refused(tmp_path: Path) -> None:
     # llama.cpp asserts (aborts) on these; qwen4exp's loader throws
     with pytest.raises(ModelFileError, match="kpool"):
         inspect_gguf(write_family("glm5-next", tmp_path, **{"attention.indexer.kpool": 3}))
+    with pytest.raises(ModelFileError, match="NoPE"):
+        inspect_gguf(write_family("glm5-next", tmp_path, **{"rope.dimension_count": None}))
     with pytest.raises(ModelFileError, match="hyper_connection.count"):
         inspect_gguf(write_family("qwen4exp", tmp_path, **{"hyper_connection.count": 1}))
     with pytest.raises(ModelFileError, match="MLA"):
