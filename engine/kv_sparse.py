@@ -133,14 +133,6 @@ def ple_conv_state(info: GGUFInfo, r: Resolved, n_rs_seq: int) -> tuple[tuple[in
 def unmodelled_notes(info: GGUFInfo, s: PlanSettings, fa_on: bool) -> list[str]:
     """Notes for memory this module sizes only roughly or not at all (notes §7)."""
     arch = info.architecture
-    if arch == "qwen4exp":
-        layers, per_layer = ple_conv_state(info, resolve_context(s, info.n_ctx_train),
-                                           s.n_rs_seq)
-        if not per_layer:
-            return []
-        return [f"qwen4exp: the PLE convolution state (P, {len(layers) * per_layer / 2**20:.2f} "
-                "MiB here) is part of the recurrent state but not yet counted in this plan; "
-                "the exact plan (--exact) is authoritative"]
     if arch == "deepseek4":
         return ["deepseek4: KV caches and compressor states are exact, but the compute buffer "
                 "of its compressed/indexed attention is only a rough estimate (about ±10 %); "

@@ -21,7 +21,7 @@ from engine.gguf_inspect import GGUFInfo
 # Cache sizing lives in engine.kv_sizes; these names are re-exported for existing importers.
 from engine.kv_sizes import (BLOCKS, CacheSize, ModelGeometry, Resolved, geometry, kv_caches,
                              resolve_context, row_bytes)
-from engine.kv_sparse import dsv4_states, unmodelled_notes
+from engine.kv_sparse import dsv4_states, ple_conv_state, unmodelled_notes
 from engine.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 
 __all__ = ["BLOCKS", "CacheSize", "LLAMA_MAX_SEQ", "ModelGeometry", "RS_ROLLBACK_ARCHS",
@@ -165,6 +165,11 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
             one = 4 * (geo.n_embd_r + geo.n_embd_s) * len(geo.rec_layers)
             notes.append(f"parallel sequences multiply the recurrent state ({rows} × "
                          f"{one / MiB:.2f} MiB)")
+    ple_layers, ple_bytes = ple_conv_state(info, r, rs_seq)  # qwen4exp: the "P" row (§6)
+    for il in ple_layers:
+        allocs.append(Allocation("recurrent", kv_dev[il], ple_bytes, (
+            f"PLE convolution state (P) of layer {il}: f32 × {r.n_seq} seqs"
+            + (f" × (1 + {rs_seq} rollback)" if rs_seq else ""))))
     for st in dsv4_states(info, r, rs_seq):  # f32 compressor states (§7), per sequence
         by_dev: dict[str, int] = {}
         for il in st.layers:
