@@ -11,8 +11,9 @@ exactly what plain greedy decoding picks. Whether the *logits* are the same as p
 depends on llama.cpp's kernels. On the CPU a 1-row batch multiplies with ggml's vec_dot and a larger
 one with llamafile's sgemm wherever it has a kernel for the weight type (F32, F16, BF16, Q8_0, Q4_0,
 Q5_0, IQ4_NL on x86; ggml-cpu.c: ``llamafile_sgemm`` refuses n < 2); the two sum in different
-orders, so with such weights a near-tie can flip (SmolLM2 F16 drafted by its Q4_1, 160 tokens on
-8 prompts: 1 differed from token 48; the Q8_0 and Q4_1 targets: 8 of 8 identical). On
+orders for float weights, so a near-tie can flip (SmolLM2 drafted by its Q4_1, 160 tokens on 8
+prompts, AVX2 CPU: F16 target 1 differed from token 48, F32 1 from token 150; the Q8_0 and Q4_1
+targets 8 of 8 identical: their block sums come out the same either way). On
 CUDA, logits depend on the batch size too: verify batches are kept at ≤ 8 rows (the matrix-vector
 kernels), but with flash attention on, a 1-row and a multi-row batch still take different
 attention kernels and near-ties can flip (measured on an H100: identical with flash attention
