@@ -23,6 +23,16 @@ from typing import Any
 import gguf
 import numpy as np
 
+# Families added later, and the metadata runs and tensor lists they share with the ones here,
+# live in gguf_families2 (plain data; imported as a sibling module, or through the tests
+# package when this module was imported as tests.gguf_factory).
+try:
+    from gguf_families2 import (_DIMS, _DS_MOE, _DSA_INDEXER, _GQA, _INDEXER, _MLA, _MLA_KV,
+                                _SHARED_MOE_KV, FAMILIES2)
+except ImportError:
+    from tests.gguf_families2 import (_DIMS, _DS_MOE, _DSA_INDEXER, _GQA, _INDEXER, _MLA, _MLA_KV,
+                                      _SHARED_MOE_KV, FAMILIES2)
+
 VOCAB_WORDS = 61  # 3 control + 256 byte tokens + words = 320 tokens
 _F16 = re.compile(r"(attn_(q|k|v|qkv|output|q_a|q_b|kv_a_mqa|kv_b|k_b|v_b)|ffn_(up|down|gate)"
                   r"(_exps|_shexp)?|token_embd|output|ssm_in|ssm_out)\.weight$"
@@ -156,10 +166,8 @@ def write_llama(path: str | Path, n_layer: int = 2, n_embd: int = 128, n_head: i
 
 # --- the families -----------------------------------------------------------------------------
 # Shared tiny geometry: n_embd 128, 4 query heads x 64, 2 KV heads, n_ff 256, vocab 320.
-_BASE = {"context_length": 4096, "embedding_length": 128, "feed_forward_length": 256,
-         "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 64,
-         "attention.value_length": 64, "rope.dimension_count": 64,
-         "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 10000.0}
+_BASE = {**_DIMS, **_GQA, "rope.dimension_count": 64, "attention.layer_norm_rms_epsilon": 1e-6,
+         "rope.freq_base": 10000.0}
 
 _DENSE_FFN = ("ffn_norm.weight:128 ffn_gate.weight:128x256 ffn_down.weight:256x128 "
               "ffn_up.weight:128x256")
@@ -178,8 +186,7 @@ _KDA = ("attn_norm.weight:128 ssm_conv1d_q.weight:4x1x128 ssm_conv1d_k.weight:4x
 _DSA_ATTN = ("attn_norm.weight:128 attn_q_a_norm.weight:64 attn_kv_a_norm.weight:64 "
              "attn_q_a.weight:128x64 attn_q_b.weight:64x256 attn_kv_a_mqa.weight:128x96 "
              "attn_k_b.weight:32x64x4 attn_v_b.weight:64x32x4 attn_output.weight:128x128 "
-             "indexer.k_norm.weight:64 indexer.k_norm.bias:64 indexer.proj.weight:128x2 "
-             "indexer.attn_k.weight:128x64 indexer.attn_q_b.weight:64x128")
+             + _DSA_INDEXER)
 
 FAMILIES: dict[str, Family] = {
     "llama": Family(
@@ -252,15 +259,11 @@ FAMILIES: dict[str, Family] = {
                  "post_ffw_norm.weight:128",
         }, "ABABCD"),
     "deepseek2": Family(
-        "deepseek2", {"block_count": 3, "context_length": 4096, "embedding_length": 128,
-         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 1,
+        "deepseek2", {"block_count": 3, **_DIMS, "attention.head_count_kv": 1,
          "attention.key_length": 160, "attention.value_length": 128,
          "attention.key_length_mla": 96, "attention.value_length_mla": 64,
          "attention.q_lora_rank": 64, "attention.kv_lora_rank": 128, "rope.dimension_count": 32,
-         "attention.layer_norm_rms_epsilon": 1e-06, "leading_dense_block_count": 1,
-         "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
-         "expert_shared_count": 1, "expert_gating_func": 2, "expert_weights_norm": True,
-         "expert_weights_scale": 1.0},
+         "attention.layer_norm_rms_epsilon": 1e-06, **_DS_MOE},
         "token_embd.weight:128x320 output_norm.weight:128",
         {
             "A": "attn_norm.weight:128 attn_q_a_norm.weight:64 attn_kv_a_norm.weight:128 "
@@ -446,16 +449,11 @@ FAMILIES: dict[str, Family] = {
     # Kimi-Linear: KDA recurrent layers (n_head_kv 0) + MLA attention layers (K-only cache),
     # layer 0 dense FFN, the rest MoE; 3 KDA : 1 MLA like the 48B model.
     "kimi-linear": Family(
-        "kimi-linear", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
-         "feed_forward_length": 256, "attention.head_count": 4,
-         "attention.head_count_kv": [0, 0, 0, 1], "attention.key_length": 96,
-         "attention.value_length": 64, "attention.key_length_mla": 64,
-         "attention.value_length_mla": 32, "attention.kv_lora_rank": 64,
-         "rope.dimension_count": 32, "ssm.conv_kernel": 4, "kda.head_dim": 32,
-         "attention.layer_norm_rms_epsilon": 1e-05, "leading_dense_block_count": 1,
-         "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
-         "expert_shared_count": 1, "expert_gating_func": 2, "expert_weights_scale": 2.4,
-         "expert_weights_norm": True, "vocab_size": 320},
+        "kimi-linear", {"block_count": 4, **_DIMS, "attention.head_count_kv": [0, 0, 0, 1],
+         **_MLA_KV, "attention.kv_lora_rank": 64, "rope.dimension_count": 32,
+         "ssm.conv_kernel": 4, "kda.head_dim": 32, "attention.layer_norm_rms_epsilon": 1e-05,
+         "leading_dense_block_count": 1, **_SHARED_MOE_KV, "expert_gating_func": 2,
+         "expert_weights_scale": 2.4, "expert_weights_norm": True, "vocab_size": 320},
         "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
         {
             "A": _KDA + " " + _DENSE_FFN,
@@ -467,16 +465,9 @@ FAMILIES: dict[str, Family] = {
     # DeepSeek V3.2: MLA main cache + lightning-indexer K cache (one 64-wide head per layer; the
     # indexer's Hadamard rotation needs a multiple of 64).
     "deepseek32": Family(
-        "deepseek32", {"block_count": 3, "context_length": 4096, "embedding_length": 128,
-         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 1,
-         "attention.key_length": 96, "attention.value_length": 64,
-         "attention.key_length_mla": 64, "attention.value_length_mla": 32,
-         "attention.q_lora_rank": 64, "attention.kv_lora_rank": 64, "rope.dimension_count": 32,
-         "attention.indexer.head_count": 2, "attention.indexer.key_length": 64,
-         "attention.indexer.top_k": 256, "attention.layer_norm_rms_epsilon": 1e-06,
-         "leading_dense_block_count": 1, "expert_count": 4, "expert_used_count": 2,
-         "expert_feed_forward_length": 64, "expert_shared_count": 1, "expert_gating_func": 2,
-         "expert_weights_norm": True, "expert_weights_scale": 2.5},
+        "deepseek32", {"block_count": 3, **_DIMS, "attention.head_count_kv": 1, **_MLA,
+         **_INDEXER, "attention.layer_norm_rms_epsilon": 1e-06, **_DS_MOE,
+         "expert_weights_scale": 2.5},
         "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
         {
             "A": _DSA_ATTN + " " + _DENSE_FFN,
@@ -516,12 +507,5 @@ def write_glm_dsa(path: str | Path, pattern: str = "ABCB", **kv: Any) -> Path:
                   "C": _DSA_ATTN + " " + _MOE_FFN}, pattern)
     return write_gguf(path, "glm-dsa", meta, tensors_of(fam))
 
-
-# Families added later live in gguf_families2 (plain data; imported as a sibling module, or
-# through the tests package when this module was imported as tests.gguf_factory).
-try:
-    from gguf_families2 import FAMILIES2  # noqa: E402
-except ImportError:
-    from tests.gguf_families2 import FAMILIES2  # noqa: E402
 
 FAMILIES.update({name: Family(*fam) for name, fam in FAMILIES2.items()})

@@ -28,8 +28,41 @@ class U64(tuple):
     gguf_sub_type = "UINT64"
 
 
+# Metadata runs shared by several families (here and in gguf_factory), merged as `{**_X, ...}`.
+# GGUF writes keys in dict order, so a run is shared only where families list the keys in the
+# same order; a later key of the same name changes the value in place.
+_DIMS = {"context_length": 4096, "embedding_length": 128, "feed_forward_length": 256,
+         "attention.head_count": 4}
+_GQA = {"attention.head_count_kv": 2, "attention.key_length": 64, "attention.value_length": 64}
+# DeepSeek-style MLA: kv_lora 64 + rope 32 = K row 96; decompressed heads 64 (K) / 32 (V).
+_MLA_KV = {"attention.key_length": 96, "attention.value_length": 64,
+           "attention.key_length_mla": 64, "attention.value_length_mla": 32}
+_MLA = {**_MLA_KV, "attention.q_lora_rank": 64, "attention.kv_lora_rank": 64,
+        "rope.dimension_count": 32}
+# MoE: 4 experts x 64, 2 used (+ 1 shared); DeepSeek style adds one dense lead layer and
+# sigmoid gating with normalized, scaled weights.
+_MOE_KV = {"expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64}
+_SHARED_MOE_KV = {**_MOE_KV, "expert_shared_count": 1}
+_DS_MOE = {"leading_dense_block_count": 1, **_SHARED_MOE_KV, "expert_gating_func": 2,
+           "expert_weights_norm": True, "expert_weights_scale": 1.0}
+# Lightning-style indexer: 2 heads x 64, top-k 256.
+_INDEXER = {"attention.indexer.head_count": 2, "attention.indexer.key_length": 64,
+            "attention.indexer.top_k": 256}
+_MHC4 = {"hyper_connection.count": 4, "hyper_connection.sinkhorn_iterations": 20,
+         "hyper_connection.epsilon": 1e-06}
+
+
 _ATTN_128 = ("attn_norm.weight:128 attn_q.weight:128x256 attn_k.weight:128x128 "
              "attn_v.weight:128x128 attn_output.weight:256x128")
+
+_DENSE = "ffn_gate.weight:128x256 ffn_down.weight:256x128 ffn_up.weight:128x256"
+# Sigmoid-routed MoE (expert bias exp_probs_b) + shared expert, without the ffn_norm.
+_ROUTED_MOE = ("ffn_gate_inp.weight:128x4 exp_probs_b.bias:4 ffn_gate_exps.weight:128x64x4 "
+               "ffn_down_exps.weight:64x128x4 ffn_up_exps.weight:128x64x4 "
+               "ffn_gate_shexp.weight:128x64 ffn_down_shexp.weight:64x128 "
+               "ffn_up_shexp.weight:128x64")
+_DSA_INDEXER = ("indexer.k_norm.weight:64 indexer.k_norm.bias:64 indexer.proj.weight:128x2 "
+                "indexer.attn_k.weight:128x64 indexer.attn_q_b.weight:64x128")
 
 _MOE = ("ffn_norm.weight:128 ffn_gate_inp.weight:128x4 ffn_gate_exps.weight:128x64x4 "
         "ffn_down_exps.weight:64x128x4 ffn_up_exps.weight:128x64x4 "
@@ -56,12 +89,9 @@ FAMILIES2: dict[str, Family] = {
     # GPT-OSS: SWA on even layers (period 2), attention sinks per head, biased q/k/v/o and a
     # biased SwiGLU-OAI MoE (softmax-weighted, no shared expert).
     "gpt-oss": Family(
-        "gpt-oss", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
-         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 2,
-         "attention.key_length": 64, "attention.value_length": 64, "rope.dimension_count": 64,
+        "gpt-oss", {"block_count": 4, **_DIMS, **_GQA, "rope.dimension_count": 64,
          "attention.sliding_window": 128, "attention.layer_norm_rms_epsilon": 1e-05,
-         "rope.freq_base": 150000.0, "expert_count": 4, "expert_used_count": 2,
-         "expert_feed_forward_length": 64},
+         "rope.freq_base": 150000.0, **_MOE_KV},
         "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
         {
             "A": _ATTN_128 + " attn_q.bias:256 attn_k.bias:128 attn_v.bias:128 "
@@ -71,19 +101,14 @@ FAMILIES2: dict[str, Family] = {
                  "ffn_gate_exps.bias:64x4 ffn_down_exps.bias:128x4 ffn_up_exps.bias:64x4",
         }, "AAAA"),
     "deepseek4": Family(
-        "deepseek4", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
-         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 1,
+        "deepseek4", {"block_count": 4, **_DIMS, "attention.head_count_kv": 1,
          "attention.key_length": 64, "attention.value_length": 64, "rope.dimension_count": 32,
          "attention.q_lora_rank": 64, "attention.sliding_window": 128,
-         "attention.layer_norm_rms_epsilon": 1e-06, "expert_count": 4, "expert_used_count": 2,
-         "expert_feed_forward_length": 64, "expert_shared_count": 1,
+         "attention.layer_norm_rms_epsilon": 1e-06, **_SHARED_MOE_KV,
          "expert_weights_scale": 1.5, "expert_weights_norm": True, "expert_gating_func": 4,
-         "swiglu_clamp_exp": 10.0, "attention.indexer.head_count": 2,
-         "attention.indexer.key_length": 64, "attention.indexer.top_k": 256,
-         "attention.output_group_count": 2, "attention.output_lora_rank": 32,
-         "attention.compress_rope_freq_base": 160000.0, "hyper_connection.count": 4,
-         "hyper_connection.sinkhorn_iterations": 20, "hyper_connection.epsilon": 1e-06,
-         "hash_layer_count": 0, "attention.compress_ratios": [0, 4, 128, 4]},
+         "swiglu_clamp_exp": 10.0, **_INDEXER, "attention.output_group_count": 2,
+         "attention.output_lora_rank": 32, "attention.compress_rope_freq_base": 160000.0,
+         **_MHC4, "hash_layer_count": 0, "attention.compress_ratios": [0, 4, 128, 4]},
         "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320 "
         "output_hc_fn.weight:512x4 output_hc_base.weight:4 output_hc_scale.weight:1",
         {"A": _DSV4_ATTN, "B": _DSV4_ATTN + " " + _DSV4_CSA, "C": _DSV4_ATTN + " " + _DSV4_HCA},
@@ -93,20 +118,16 @@ FAMILIES2: dict[str, Family] = {
     # of 64 tokens, 1 local block); indexer keys 128 wide, twice the
     # head size, so the indexer cache's K (128) and V (64, the head size) differ.
     "minimax-m3": Family(
-        "minimax-m3", {"block_count": 3, "context_length": 4096, "embedding_length": 128,
-         "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 2,
-         "attention.key_length": 64, "attention.value_length": 64, "rope.dimension_count": 32,
+        "minimax-m3", {"block_count": 3, **_DIMS, **_GQA, "rope.dimension_count": 32,
          "attention.layer_norm_rms_epsilon": 1e-06, "leading_dense_block_count": 1,
-         "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
-         "expert_shared_count": 1, "expert_weights_scale": 2.0, "expert_weights_norm": True,
+         **_SHARED_MOE_KV, "expert_weights_scale": 2.0, "expert_weights_norm": True,
          "expert_gating_func": 2, "attention.indexer.head_count": 2,
          "attention.indexer.key_length": 128, "attention.indexer.top_k": 4,
          "attention.indexer.block_size": 64, "attention.indexer.local_blocks": 1},
         "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
         {
-            "A": _ATTN_128 + " attn_q_norm.weight:64 attn_k_norm.weight:64 "
-                 "ffn_norm.weight:128 ffn_gate.weight:128x256 ffn_down.weight:256x128 "
-                 "ffn_up.weight:128x256",
+            "A": _ATTN_128 + " attn_q_norm.weight:64 attn_k_norm.weight:64 ffn_norm.weight:128 "
+                 + _DENSE,
             "B": _ATTN_128 + " attn_q_norm.weight:64 attn_k_norm.weight:64 exp_probs_b.bias:4 "
                  + _MOE + " indexer.q_proj.weight:128x256 indexer.k_proj.weight:128x128 "
                  "indexer.q_norm.weight:128 indexer.k_norm.weight:128",
@@ -137,16 +158,12 @@ _Q4_ATTN = ("attn_q.weight:128x512 attn_k.weight:128x128 attn_v.weight:128x128 "
             "indexer.q_norm.weight:64 indexer.k_norm.weight:64 " + _Q4_HC)
 
 FAMILIES2["qwen4exp"] = Family(
-    "qwen4exp", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
-     "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 2,
-     "attention.key_length": 64, "attention.value_length": 64, "rope.dimension_count": 64,
+    "qwen4exp", {"block_count": 4, **_DIMS, **_GQA, "rope.dimension_count": 64,
      "rope.dimension_sections": [16, 8, 8, 0], "ssm.conv_kernel": 4, "ssm.inner_size": 128,
      "ssm.state_size": 32, "ssm.time_step_rank": 4, "ssm.group_count": 2,
-     "full_attention_interval": 4, "expert_count": 4, "expert_used_count": 2,
-     "expert_feed_forward_length": 64, "expert_shared_feed_forward_length": 64,
+     "full_attention_interval": 4, **_MOE_KV, "expert_shared_feed_forward_length": 64,
      "attention.layer_norm_rms_epsilon": 1e-06, "hyper_connection.count": 2,
-     "hyper_connection.low_rank": 16, "attention.indexer.head_count": 2,
-     "attention.indexer.key_length": 64, "attention.indexer.top_k": 64,
+     "hyper_connection.low_rank": 16, **_INDEXER, "attention.indexer.top_k": 64,
      "attention.compress_ratios": [0, 0, 0, 4], "ple.layers": [0], "ple.ngram_size": 3,
      "ple.heads_per_ngram": 2, "ple.conv_kernel": 4, "ple.layer_multipliers": U64((3, 5, 7)),
      "ple.head_offsets": U64((0, 64, 128, 192)),
@@ -170,32 +187,19 @@ _G5_KDA = ("ssm_conv1d_q.weight:4x1x128 ssm_conv1d_k.weight:4x1x128 ssm_conv1d_v
            "attn_output.weight:128x128")
 _G5_MLA = ("attn_q_a_norm.weight:64 attn_kv_a_norm.weight:64 attn_q_a.weight:128x64 "
            "attn_q_b.weight:64x256 attn_kv_a_mqa.weight:128x64 attn_k_b.weight:64x64x4 "
-           "attn_v_b.weight:64x32x4 attn_output.weight:128x128 indexer.k_norm.weight:64 "
-           "indexer.k_norm.bias:64 indexer.proj.weight:128x2 indexer.attn_k.weight:128x64 "
-           "indexer.attn_q_b.weight:64x128 indexer_compressor_gate.weight:128x64 "
-           "indexer_compressor_ape.weight:64x2")
-_G5_MOE = ("ffn_gate_inp.weight:128x4 exp_probs_b.bias:4 ffn_gate_exps.weight:128x64x4 "
-           "ffn_down_exps.weight:64x128x4 ffn_up_exps.weight:128x64x4 "
-           "ffn_gate_shexp.weight:128x64 ffn_down_shexp.weight:64x128 ffn_up_shexp.weight:128x64")
-_G5_DENSE = "ffn_gate.weight:128x256 ffn_down.weight:256x128 ffn_up.weight:128x256"
+           "attn_v_b.weight:64x32x4 attn_output.weight:128x128 " + _DSA_INDEXER
+           + " indexer_compressor_gate.weight:128x64 indexer_compressor_ape.weight:64x2")
 
 FAMILIES2["glm5-next"] = Family(
-    "glm5-next", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
-     "feed_forward_length": 256, "attention.head_count": 4,
-     "attention.head_count_kv": [0, 0, 0, 1], "attention.key_length": 64,
-     "attention.value_length": 64, "attention.key_length_mla": 64,
-     "attention.value_length_mla": 32, "attention.q_lora_rank": 64,
-     "attention.kv_lora_rank": 64, "rope.dimension_count": 0, "ssm.conv_kernel": 4,
+    "glm5-next", {"block_count": 4, **_DIMS, "attention.head_count_kv": [0, 0, 0, 1], **_MLA,
+     "attention.key_length": 64, "rope.dimension_count": 0, "ssm.conv_kernel": 4,
      "kda.head_dim": 32, "attention.layer_norm_rms_epsilon": 1e-05,
-     "leading_dense_block_count": 1, "expert_count": 4, "expert_used_count": 2,
-     "expert_feed_forward_length": 64, "expert_shared_count": 1, "expert_weights_scale": 2.5,
-     "expert_weights_norm": True, "attention.indexer.head_count": 2,
-     "attention.indexer.key_length": 64, "attention.indexer.top_k": 64,
-     "attention.indexer.kpool": 2, "hyper_connection.count": 4,
-     "hyper_connection.sinkhorn_iterations": 20, "hyper_connection.epsilon": 1e-06},
+     "leading_dense_block_count": 1, **_SHARED_MOE_KV, "expert_weights_scale": 2.5,
+     "expert_weights_norm": True, **_INDEXER, "attention.indexer.top_k": 64,
+     "attention.indexer.kpool": 2, **_MHC4},
     "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
-    {"A": _G5_HC + " " + _G5_KDA + " " + _G5_DENSE, "B": _G5_HC + " " + _G5_KDA + " " + _G5_MOE,
-     "C": _G5_HC + " " + _G5_MLA + " " + _G5_MOE}, "ABBC")
+    {"A": _G5_HC + " " + _G5_KDA + " " + _DENSE, "B": _G5_HC + " " + _G5_KDA + " " + _ROUTED_MOE,
+     "C": _G5_HC + " " + _G5_MLA + " " + _ROUTED_MOE}, "ABBC")
 
 # MiniMax-01 (MiniMax-Text-01): lightning (linear) attention on 7 of 8 layers (default
 # full_attention_interval 8), softmax GQA on layer 7; the lightning state is
@@ -203,8 +207,8 @@ FAMILIES2["glm5-next"] = Family(
 _MM01_MOE = ("ffn_norm.weight:128 ffn_gate_inp.weight:128x4 ffn_gate_exps.weight:128x64x4 "
              "ffn_down_exps.weight:64x128x4 ffn_up_exps.weight:128x64x4")
 FAMILIES2["minimax-01"] = Family(
-    "minimax-01", {"block_count": 8, "context_length": 4096, "embedding_length": 128,
-     "feed_forward_length": 64, "attention.head_count": 4, "attention.head_count_kv": 2,
+    "minimax-01", {"block_count": 8, **_DIMS, "feed_forward_length": 64,
+     "attention.head_count_kv": 2,
      "attention.key_length": 32, "attention.value_length": 32, "rope.dimension_count": 32,
      "attention.layer_norm_rms_epsilon": 1e-06, "residual_scale": 1.0, "expert_count": 4,
      "expert_used_count": 2},
@@ -224,16 +228,11 @@ _D3_COMMON = ("attn_norm.weight:128 attn_q_a_norm.weight:64 attn_k_norm.weight:3
               "ffn_norm.weight:128")
 _D3_FULL = (_D3_COMMON + " attn_kv_a_norm.weight:64 attn_q_b.weight:64x256 "
             "attn_kv_a_mqa.weight:128x96 attn_k_b.weight:32x64x4 attn_v_b.weight:64x32x4 "
-            "indexer.k_norm.weight:64 indexer.k_norm.bias:64 indexer.proj.weight:128x2 "
-            "indexer.attn_k.weight:128x64 indexer.attn_q_b.weight:64x128")
+            + _DSA_INDEXER)
 _D3_SWA = (_D3_COMMON + " attn_kv_a_norm.weight:32 attn_q_b.weight:64x192 "
            "attn_kv_a_mqa.weight:128x64 attn_k_b.weight:16x32x4 attn_v_b.weight:32x32x4")
-_D3_MOE = ("ffn_gate_inp.weight:128x4 exp_probs_b.bias:4 ffn_gate_exps.weight:128x64x4 "
-           "ffn_down_exps.weight:64x128x4 ffn_up_exps.weight:128x64x4 "
-           "ffn_gate_shexp.weight:128x64 ffn_down_shexp.weight:64x128 ffn_up_shexp.weight:128x64")
 FAMILIES2["dots3note"] = Family(
-    "dots3note", {"block_count": 4, "context_length": 4096, "embedding_length": 128,
-     "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 1,
+    "dots3note", {"block_count": 4, **_DIMS, "attention.head_count_kv": 1,
      "attention.key_length": 96, "attention.value_length": 64,
      "attention.key_length_swa": 64, "attention.value_length_swa": 32,
      "attention.key_length_mla": 64, "attention.value_length_mla": 32,
@@ -242,15 +241,11 @@ FAMILIES2["dots3note"] = Family(
      "attention.kv_lora_rank_swa": 32, "rope.dimension_count": 32,
      "attention.sliding_window": 128, "rope.freq_base_swa": 10000.0,
      "attention.sliding_window_pattern": [False, True, True, False],
-     "attention.layer_norm_rms_epsilon": 1e-06, "leading_dense_block_count": 1,
-     "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
-     "expert_shared_count": 1, "expert_gating_func": 2, "expert_weights_norm": True,
-     "expert_weights_scale": 1.0, "attention.indexer.head_count": 2,
-     "attention.indexer.key_length": 64, "attention.indexer.top_k": 256,
+     "attention.layer_norm_rms_epsilon": 1e-06, **_DS_MOE, **_INDEXER,
      "attention.indexer.types": [1, 0, 0, 1]},
     "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
-    {"F": _D3_FULL + " ffn_gate.weight:128x256 ffn_down.weight:256x128 ffn_up.weight:128x256",
-     "G": _D3_FULL + " " + _D3_MOE, "S": _D3_SWA + " " + _D3_MOE}, "FSSG")
+    {"F": _D3_FULL + " " + _DENSE, "G": _D3_FULL + " " + _ROUTED_MOE,
+     "S": _D3_SWA + " " + _ROUTED_MOE}, "FSSG")
 
 # hy_v4: MLA (kv_lora 64 + rope 32, K row 96) with attention sinks and a gated output, 4
 # hyper-connection streams, and the DSA lightning indexer (2 heads x 64, top-k 256) on the
@@ -264,20 +259,12 @@ _HY4_ATTN = ("attn_norm.weight:128 attn_sinks.weight:4 attn_q_a.weight:128x64 "
 _HY4_IDX = ("indexer.attn_q_b.weight:64x128 indexer.attn_k.weight:128x64 "
             "indexer.k_norm.weight:64 indexer.k_norm.bias:64 indexer.proj.weight:128x2")
 FAMILIES2["hy_v4"] = Family(
-    "hy_v4", {"block_count": 3, "context_length": 4096, "embedding_length": 128,
-     "feed_forward_length": 256, "attention.head_count": 4, "attention.head_count_kv": 1,
-     "attention.key_length": 96, "attention.value_length": 64,
-     "attention.key_length_mla": 64, "attention.value_length_mla": 32,
-     "attention.q_lora_rank": 64, "attention.kv_lora_rank": 64, "rope.dimension_count": 32,
-     "attention.layer_norm_rms_epsilon": 1e-06, "leading_dense_block_count": 1,
-     "expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 64,
-     "expert_shared_count": 1, "expert_gating_func": 2, "expert_weights_norm": True,
-     "expert_weights_scale": 1.0, "hyper_connection.count": 4,
-     "hyper_connection.epsilon": 1e-06, "hyper_connection.magnitude": 1.0,
-     "attention.indexer.head_count": 2, "attention.indexer.key_length": 64,
-     "attention.indexer.top_k": 256, "attention.indexer.types": [1, 0, 1]},
+    "hy_v4", {"block_count": 3, **_DIMS, "attention.head_count_kv": 1, **_MLA,
+     "attention.layer_norm_rms_epsilon": 1e-06, **_DS_MOE, "hyper_connection.count": 4,
+     "hyper_connection.epsilon": 1e-06, "hyper_connection.magnitude": 1.0, **_INDEXER,
+     "attention.indexer.types": [1, 0, 1]},
     "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320 "
     "output_hc_fn.weight:512x4 output_hc_base.weight:4 output_hc_scale.weight:1",
-    {"D": _HY4_ATTN + " " + _HY4_IDX + " ffn_gate.weight:128x256 ffn_down.weight:256x128 "
-          "ffn_up.weight:128x256",
-     "F": _HY4_ATTN + " " + _HY4_IDX + " " + _D3_MOE, "S": _HY4_ATTN + " " + _D3_MOE}, "DSF")
+    {"D": _HY4_ATTN + " " + _HY4_IDX + " " + _DENSE,
+     "F": _HY4_ATTN + " " + _HY4_IDX + " " + _ROUTED_MOE, "S": _HY4_ATTN + " " + _ROUTED_MOE},
+    "DSF")
