@@ -19,7 +19,7 @@ from engine.gguf_inspect import GGUFInfo
 from engine.memory_log import MemoryLogParser
 from engine.memory_types import Device, MemoryPlan, PlanSettings
 from engine.runtime_info import gpu_backend, plan_devices
-from engine.telemetry import Telemetry, TelemetrySampler
+from engine.telemetry import Telemetry, TelemetrySampler, fit_devices
 
 
 class _SnapshotRelay(QObject):
@@ -81,11 +81,11 @@ class MemoryDock(QDockWidget):
         self.telemetry.close()
 
     def devices(self) -> tuple[list[Device], str]:
-        """Fit devices; a runtime child already on a GPU has paid for its CUDA context."""
-        child = self._runtime_pid()
-        held = bool(child) and any(g.this_app_bytes > 0 for g in self.telemetry.snapshot(
-            [os.getpid(), child]).gpus)
-        return plan_devices(self.telemetry.devices(), runtime_on_gpu=held)
+        """Fit devices, from one snapshot: a runtime child already holding GPU memory has paid
+        for its CUDA context (the window itself never holds any)."""
+        snap = self.telemetry.snapshot(self._pids())
+        return plan_devices(fit_devices(snap),
+                            runtime_on_gpu=any(g.this_app_bytes > 0 for g in snap.gpus))
 
     # ------------------------------------------------------------------ model events
     def model_inspected(self, info: GGUFInfo, settings: PlanSettings) -> None:

@@ -183,6 +183,13 @@ def attribute_gpu_memory(used_bytes: int, processes: Iterable[tuple[int, int | N
     return Attribution(this, max(0, used_bytes - this), method, note)  # type: ignore[arg-type]
 
 
+def fit_devices(snap: TelemetrySnapshot) -> list[Device]:
+    """The memory pools of a snapshot as fit sees them (see ``Telemetry.devices``)."""
+    return ([Device("CPU", "cpu", snap.host.total_bytes, snap.host.available_bytes, "host RAM")]
+            + [Device(g.device_name, "gpu", g.total_bytes - (g.reserved_bytes or 0),
+                      g.free_bytes, g.name) for g in snap.gpus])
+
+
 class Telemetry:
     """Reads host and GPU memory; one per app, safe from any thread. NVML is opened on first
     use and kept open (``nvmlInit`` costs milliseconds, a reading microseconds). ``nvml`` is the
@@ -261,10 +268,7 @@ class Telemetry:
         """Memory pools for the fit budget: "CPU" plus one "CUDA<i>" per GPU llama.cpp sees.
         A GPU's total leaves out what the driver reserves, as ``cudaMemGetInfo`` does (the free
         figures agree exactly; seen on an H100)."""
-        snap = self._snapshot([self._self_pid], may_set_baseline=False)
-        return ([Device("CPU", "cpu", snap.host.total_bytes, snap.host.available_bytes, "host RAM")]
-                + [Device(g.device_name, "gpu", g.total_bytes - (g.reserved_bytes or 0),
-                          g.free_bytes, g.name) for g in snap.gpus])
+        return fit_devices(self._snapshot([self._self_pid], may_set_baseline=False))
 
     def _snapshot(self, our_pids: Iterable[int], may_set_baseline: bool) -> TelemetrySnapshot:
         now = time.time()
