@@ -11,6 +11,7 @@ from engine.cli import main as cli_main
 from engine.errors import RuntimeFailure
 from engine.host import RuntimeHost
 from engine.sampling import PRESETS, SamplingParams
+from tests.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
@@ -19,17 +20,13 @@ CHAT = "<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n<|im_star
 FINISHED = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\nHi! How can I help you today?"
 
 
-def _host(path, sampler: str = "auto", n_ctx: int = 1024) -> RuntimeHost:
-    host = RuntimeHost(env={**os.environ, "KVDECK_SAMPLER": sampler})
-    host.start()
-    host.wait_ready()
-    host.load(P.LoadParams(path=str(path), n_ctx=n_ctx))
-    return host
+def _host(path, sampler: str = "auto", n_ctx: int = 1024):
+    return running_host(P.LoadParams(path=str(path), n_ctx=n_ctx),
+                        env={**os.environ, "KVDECK_SAMPLER": sampler})
 
 
 def test_bench_measures_each_repetition_and_leaves_the_model_usable(smollm2_path):
-    host = _host(smollm2_path)
-    try:
+    with _host(smollm2_path) as (host, _):
         res = host.bench(n_prompt=32, n_gen=8, depth=16, repetitions=2)
         assert len(res.pp_tokens_per_s) == 2 and len(res.tg_tokens_per_s) == 2
         assert all(x > 0 for x in res.pp_tokens_per_s + res.tg_tokens_per_s)
@@ -41,8 +38,6 @@ def test_bench_measures_each_repetition_and_leaves_the_model_usable(smollm2_path
         with pytest.raises(RuntimeFailure, match="context of"):
             host.bench(n_prompt=16, n_gen=8, depth=5000)
         assert host.generate(CHAT, max_tokens=4, sampling=GREEDY).tokens  # still usable
-    finally:
-        host.stop()
 
 
 def test_cli_bench_json_contract(smollm2_path, capsys):
@@ -79,20 +74,14 @@ def _paths(host: RuntimeHost) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def reference_paths(smollm2_path) -> list[list[int]]:
-    host = _host(smollm2_path, "cpu-chain")
-    try:
+    with _host(smollm2_path, "cpu-chain") as (host, _):
         return _paths(host)
-    finally:
-        host.stop()
 
 
 @pytest.mark.parametrize("sampler", ["backend", "backend-topk1", "cpu"])
 def test_sampling_paths_agree_with_the_cpu_chain(smollm2_path, reference_paths, sampler):
     """Greedy, greedy with penalties and the never-empty first token give the same tokens on
     every path (the device chains included, which run on the CPU backend here)."""
-    host = _host(smollm2_path, sampler)
-    try:
+    with _host(smollm2_path, sampler) as (host, _):
         assert _paths(host) == reference_paths
-    finally:
-        host.stop()
     assert all(reference_paths)

@@ -24,6 +24,7 @@ from PySide6.QtCore import Qt, QUrl
 from app.main_window import MainWindow
 from engine import protocol as P
 from engine.store import ChatStore
+from tests.runtime_host import running_host
 from tests.test_gui import LOAD_TIMEOUT_MS, ask
 from tests.test_hostile import _drop_url
 
@@ -286,7 +287,6 @@ def test_out_of_memory_is_refused_first_and_named_when_it_happens(smollm2_path) 
     from engine.errors import KvDeckError, RuntimeFailure
     from engine.fit import fit, preflight
     from engine.gguf_inspect import inspect_gguf
-    from engine.host import RuntimeHost
     from engine.memory_plan import analytic_plan
     from engine.memory_types import Device, GiB, PlanSettings
 
@@ -296,10 +296,7 @@ def test_out_of_memory_is_refused_first_and_named_when_it_happens(smollm2_path) 
         preflight(info, PlanSettings(n_ctx=10_000_000), ram, "cpu", plan_fn=analytic_plan)
     fitted = fit(info, PlanSettings(n_ctx=0), ram, plan_fn=analytic_plan)
     assert fitted.fits and fitted.plan.bytes_for("CPU") <= 8 * GiB
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
+    with running_host() as (host, _):
         for params, component in (
                 (P.LoadParams(path=str(smollm2_path), n_ctx=10_000_000), "the KV cache"),
                 (P.LoadParams(path=str(smollm2_path), n_ctx=65536, n_batch=65536, n_ubatch=65536,
@@ -311,8 +308,6 @@ def test_out_of_memory_is_refused_first_and_named_when_it_happens(smollm2_path) 
             assert "\n" not in message and host.running
         assert host.load(P.LoadParams(path=str(smollm2_path), n_ctx=512)).n_ctx == 512
         assert host.generate("Hello", max_tokens=2).tokens
-    finally:
-        host.stop()
 
 
 def test_allocation_failures_in_words() -> None:

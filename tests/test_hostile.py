@@ -30,6 +30,7 @@ from engine.host import RuntimeHost
 from engine.memory_plan import analytic_plan
 from engine.memory_types import MiB, PlanSettings
 from tests.hostile_gguf import Hostile, all_cases, write_all
+from tests.runtime_host import running_host
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 2.0  # the promise, per command, in process
@@ -169,10 +170,7 @@ class _PeakRss:
 def test_files_that_reach_llama_cpp(hostile, smollm2_path) -> None:
     """Every file that passes the checks up front, loaded into one runtime child: llama.cpp's
     refusals leave it alive, memory stays within the plan, hostile templates fail at rendering."""
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
+    with running_host() as (host, _):
         rss = _PeakRss(host.pid)  # type: ignore[arg-type]
         outcomes: Counter[str] = Counter()
         for case, path in hostile:
@@ -207,8 +205,6 @@ def test_files_that_reach_llama_cpp(hostile, smollm2_path) -> None:
         assert host.load(P.LoadParams(path=str(smollm2_path), n_ctx=512)).n_ctx == 512
         assert host.generate("Hello", max_tokens=2).tokens
         print(f"\nruntime outcomes: {dict(outcomes)}")
-    finally:
-        host.stop()
 
 
 # --- the window ----------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ import pytest
 from engine import protocol as P
 from engine.fit import fit
 from engine.gguf_inspect import inspect_gguf
-from engine.host import RuntimeHost
 from engine.memory_plan import analytic_plan
 from engine.memory_types import Device, GiB, MiB, PlanSettings
+from tests.runtime_host import running_host
 from tests.test_cli import kvdeck
 
 KEYS = ("weights", "kv", "recurrent", "compute", "output", "total")
@@ -82,15 +82,9 @@ def test_fitted_settings_load(smollm2_path, budget_mib):
     cpu = [Device("CPU", "cpu", 64 * GiB, 64 * GiB)]
     result = fit(info, PlanSettings(n_ctx=0), cpu, plan_fn=analytic_plan, budget_bytes=budget_mib * MiB)
     assert result.fits
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
-        loaded = host.load(P.load_params(str(smollm2_path), result.settings))
+    with running_host(P.load_params(str(smollm2_path), result.settings)) as (host, loaded):
         assert loaded.n_ctx == result.plan.n_ctx
         assert host.generate("Hi", max_tokens=2).tokens
-    finally:
-        host.stop()
 
 
 def test_the_runtimes_own_gpu_reserve_comes_out_of_the_budget(smollm2_path):

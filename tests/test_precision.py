@@ -14,9 +14,9 @@ import pytest
 
 from engine import protocol as P
 from engine.errors import KvDeckError, RuntimeFailure
-from engine.host import RuntimeHost
 from engine.precision_metrics import first_divergence, kl_divergence, summarize, score_prompt
 from engine.precision_prompts import builtin_prompts, load_prompts, parse_prompts
+from tests.runtime_host import running_host
 from tests.test_cli import kvdeck
 
 PROMPTS = [builtin_prompts()[0], builtin_prompts()[3]]  # code and German: the fragile ones
@@ -74,26 +74,20 @@ def test_prompts_are_paragraphs(tmp_path):
 # ----------------------------------------------------------------------------- runtime
 
 
-def _host(path) -> RuntimeHost:
-    host = RuntimeHost()
-    host.start()
-    host.wait_ready()
-    host.load(P.LoadParams(path=str(path), n_ctx=256, n_threads=1))
-    return host
+def _host(path):
+    return running_host(P.LoadParams(path=str(path), n_ctx=256, n_threads=1))
 
 
 @pytest.fixture(scope="module")
 def smol_host(smollm2_path):
-    host = _host(smollm2_path)
-    yield host
-    host.stop()
+    with _host(smollm2_path) as (host, _):
+        yield host
 
 
 @pytest.fixture(scope="module")
 def gemma_host(gemma3_path):
-    host = _host(gemma3_path)
-    yield host
-    host.stop()
+    with _host(gemma3_path) as (host, _):
+        yield host
 
 
 @pytest.mark.slow

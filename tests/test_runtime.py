@@ -15,6 +15,7 @@ from engine.chat_template import ChatMessage
 from engine.errors import ModelFileError, RuntimeFailure, TemplateError
 from engine.host import RuntimeHost
 from engine.sampling import SamplingParams
+from tests.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
@@ -22,12 +23,8 @@ GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
 
 @pytest.fixture(scope="module")
 def smol(smollm2_path):
-    host = RuntimeHost()
-    host.start()
-    host.wait_ready()
-    loaded = host.load(P.LoadParams(path=str(smollm2_path), n_ctx=2048))
-    yield host, loaded
-    host.stop()
+    with running_host(P.LoadParams(path=str(smollm2_path), n_ctx=2048)) as (host, loaded):
+        yield host, loaded
 
 
 def test_load_reports_the_model(smol, smollm2_path):
@@ -103,13 +100,8 @@ def test_cancel_stops_a_running_generation(smol):
 
 def test_log_lines_reach_python_logging_with_levels(smollm2_path, caplog):
     caplog.set_level(logging.INFO, logger="kvdeck.llama")
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
-        host.load(P.LoadParams(path=str(smollm2_path), n_ctx=512))
-    finally:
-        host.stop()
+    with running_host(P.LoadParams(path=str(smollm2_path), n_ctx=512)):
+        pass  # loading is what writes the log lines
     records = [r for r in caplog.records if r.name == "kvdeck.llama"]
     assert any("llama_model_loader" in r.getMessage() or "llama_context" in r.getMessage()
                for r in records)
@@ -118,15 +110,9 @@ def test_log_lines_reach_python_logging_with_levels(smollm2_path, caplog):
 
 
 def test_base_model_gets_completion_mode_and_a_non_empty_reply(gemma3_path):
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
-        loaded = host.load(P.LoadParams(path=str(gemma3_path), n_ctx=1024))
+    with running_host(P.LoadParams(path=str(gemma3_path), n_ctx=1024)) as (host, loaded):
         result = reply(host, loaded, [ChatMessage("user", "The three primary colours are")],
                        sampling=GREEDY, max_tokens=16)
-    finally:
-        host.stop()
     if loaded.chat_template:
         pytest.skip("this Gemma 3 build ships a chat template")
     assert result.prompt.mode == "completion"
@@ -179,17 +165,12 @@ def test_segfault_is_reported_as_a_crash(smollm2_path):
 def test_broken_file_is_a_model_error_and_the_child_survives(tmp_path, smollm2_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
+    with running_host() as (host, _):
         with pytest.raises(ModelFileError) as info:
             host.load(P.LoadParams(path=str(bad)))
         assert "broken.gguf" in str(info.value) and "\n" not in str(info.value)
         assert host.running
         assert host.load(P.LoadParams(path=str(smollm2_path), n_ctx=512)).n_ctx == 512
-    finally:
-        host.stop()
 
 
 def test_hostile_template_cannot_hang_or_escape():

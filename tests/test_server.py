@@ -21,8 +21,8 @@ import pytest
 from engine import protocol as P
 from engine.batch_slot import StopText
 from engine.errors import KvDeckError
-from engine.host import RuntimeHost
 from engine.server import ApiServer, ServedModel, ServerConfig, check_config
+from tests.runtime_host import running_host
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
@@ -60,16 +60,14 @@ def test_non_loopback_bind_needs_an_api_key():
 @pytest.fixture(scope="module")
 def served(smollm2_path):
     slots: list[P.Slots] = []
-    host = RuntimeHost(on_event=lambda m: slots.append(m) if isinstance(m, P.Slots) else None)
-    host.start()
-    host.wait_ready()
-    loaded = host.load(P.LoadParams(path=str(smollm2_path), n_ctx=2048, n_seq_max=SLOTS))
-    model = ServedModel(host=lambda: host, loaded=lambda: loaded, slots=lambda: SLOTS)
-    server = ApiServer(model, ServerConfig(port=0, max_queue=1))
-    url = server.start()
-    yield SimpleNamespace(url=url, host=host, loaded=loaded, slots=slots, model=model)
-    server.stop()
-    host.stop()
+    params = P.LoadParams(path=str(smollm2_path), n_ctx=2048, n_seq_max=SLOTS)
+    with running_host(params, on_event=lambda m: slots.append(m) if isinstance(m, P.Slots)
+                      else None) as (host, loaded):
+        model = ServedModel(host=lambda: host, loaded=lambda: loaded, slots=lambda: SLOTS)
+        server = ApiServer(model, ServerConfig(port=0, max_queue=1))
+        url = server.start()
+        yield SimpleNamespace(url=url, host=host, loaded=loaded, slots=slots, model=model)
+        server.stop()
 
 
 def client(url: str, key: str = "unused") -> openai.OpenAI:

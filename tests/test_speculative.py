@@ -17,10 +17,10 @@ from engine import protocol as P
 from engine.chat import conversation_prompt
 from engine.chat_template import ChatMessage
 from engine.errors import RuntimeFailure
-from engine.host import RuntimeHost
 from engine.ngram import NgramIndex
 from engine.sampling import SamplingParams
 from engine.spec_sampling import accept_or_resample, final_distribution, greedy_token
+from tests.runtime_host import running_host
 from tests.test_cli import kvdeck
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
@@ -106,13 +106,8 @@ def test_ngram_lookup_proposes_what_followed_the_longest_match():
 @pytest.fixture(scope="module")
 def spec(smollm2_path):
     """SmolLM2 as target and as its own draft (the ideal draft: every token should be accepted)."""
-    host = RuntimeHost()
-    host.start()
-    host.wait_ready()
-    loaded = host.load(P.LoadParams(path=str(smollm2_path), n_ctx=1024))
-    draft = host.load_draft(str(smollm2_path))
-    yield host, loaded, draft
-    host.stop()
+    with running_host(P.LoadParams(path=str(smollm2_path), n_ctx=1024)) as (host, loaded):
+        yield host, loaded, host.load_draft(str(smollm2_path))
 
 
 def _prompt(loaded: P.Loaded, text: str) -> str:
@@ -214,18 +209,12 @@ def test_seed_scenario_target_context_smaller_than_the_drafts_default(smollm2_pa
                  margin_bytes=0, draft=DraftSpec(info, settings))
     assert result.fits and result.plan.n_ctx == 1024 < info.n_ctx_train == 8192
     assert result.extra["draft_plan"].n_ctx == 1024
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
-        loaded = host.load(P.load_params(str(smollm2_path), result.settings))
+    with running_host(P.load_params(str(smollm2_path), result.settings)) as (host, loaded):
         draft = host.load_draft(str(smollm2_path))
         assert loaded.n_ctx == draft.n_ctx == 1024
         done = host.generate(_prompt(loaded, "Name three fruits."), max_tokens=24, sampling=GREEDY,
                              draft="model")
         assert done.tokens and done.n_drafted > 0 and done.stop_reason in ("eog", "length")
-    finally:
-        host.stop()
 
 
 @pytest.mark.slow
@@ -233,10 +222,7 @@ def test_recurrent_target_is_refused_with_the_reason(tmp_path):
     from tests.gguf_factory import write_family, write_llama
 
     target, draft = write_family("mamba", tmp_path), write_llama(tmp_path / "draft.gguf")
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
+    with running_host() as (host, _):
         with pytest.raises(RuntimeFailure, match="load the target model first"):
             host.load_draft(str(draft))
         host.load(P.LoadParams(path=str(target), n_ctx=256))
@@ -246,8 +232,6 @@ def test_recurrent_target_is_refused_with_the_reason(tmp_path):
             host.generate("w1 w2 w3", max_tokens=4, sampling=GREEDY, draft="lookup")
         with pytest.raises(RuntimeFailure, match="no draft model is loaded|recurrent"):
             host.generate("w1 w2 w3", max_tokens=4, sampling=GREEDY, draft="model")
-    finally:
-        host.stop()
 
 
 @pytest.mark.slow

@@ -1,0 +1,21 @@
+"""The one way tests run a real runtime child: started, ready, a model loaded if asked, and
+always stopped, even when a step in between fails (a leaked child would outlive the test run)."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from engine import protocol as P
+from engine.host import RuntimeHost
+
+
+@contextmanager
+def running_host(params: P.LoadParams | None = None, **host_kwargs: Any
+                 ) -> Iterator[tuple[RuntimeHost, P.Loaded | None]]:
+    host = RuntimeHost(**host_kwargs)
+    host.start()
+    try:
+        host.wait_ready()
+        yield host, (host.load(params) if params is not None else None)
+    finally:
+        host.stop()
