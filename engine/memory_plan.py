@@ -152,33 +152,20 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     # Recurrent state (§6): f32, per sequence, never per context cell.
     rs_seq = settings.n_rs_seq if geo.arch in RS_ROLLBACK_ARCHS else 0
     rows = r.n_seq * (1 + rs_seq)
+    seqs = f" f32 × {r.n_seq} seqs" + (f" × (1 + {rs_seq} rollback)" if rs_seq else "")
     if geo.rec_layers and not no_mem:
-        per_layer = 4 * (geo.n_embd_r + geo.n_embd_s) * rows
-        rs: dict[str, int] = {}
-        for il in geo.rec_layers:
-            rs[kv_dev[il]] = rs.get(kv_dev[il], 0) + per_layer
-        for dev, b in rs.items():
-            allocs.append(Allocation("recurrent", dev, b, (
-                f"{b // per_layer} layers × (R {geo.n_embd_r} + S {geo.n_embd_s}) f32 × "
-                f"{r.n_seq} seqs" + (f" × (1 + {rs_seq} rollback)" if rs_seq else ""))))
+        allocs += _per_layer_state(geo.rec_layers, 4 * (geo.n_embd_r + geo.n_embd_s) * rows,
+                                   kv_dev, "", f" × (R {geo.n_embd_r} + S {geo.n_embd_s}){seqs}")
         if rows > 1:
             one = 4 * (geo.n_embd_r + geo.n_embd_s) * len(geo.rec_layers)
             notes.append(f"parallel sequences multiply the recurrent state ({rows} × "
                          f"{one / MiB:.2f} MiB)")
     ple_layers, ple_bytes = ple_conv_state(info, r, rs_seq)  # qwen4exp: the "P" row (§6)
-    for il in ple_layers:
-        allocs.append(Allocation("recurrent", kv_dev[il], ple_bytes, (
-            f"PLE convolution state (P) of layer {il}: f32 × {r.n_seq} seqs"
-            + (f" × (1 + {rs_seq} rollback)" if rs_seq else ""))))
+    allocs += _per_layer_state(ple_layers, ple_bytes, kv_dev, "PLE convolution state (P)", seqs)
     for st in dsv4_states(info, r, rs_seq):  # f32 compressor states (§7), per sequence
-        by_dev: dict[str, int] = {}
-        for il in st.layers:
-            by_dev[kv_dev[il]] = by_dev.get(kv_dev[il], 0) + st.layer_bytes
-        for dev, b in by_dev.items():
-            allocs.append(Allocation("recurrent", dev, b, (
-                f"DSV4 {st.name} compressor state: {b // st.layer_bytes} layers × 2 × "
-                f"{st.n_embd_state} × {st.state_size} f32 × {r.n_seq} seqs"
-                + (f" × (1 + {rs_seq} rollback)" if rs_seq else ""))))
+        allocs += _per_layer_state(st.layers, st.layer_bytes, kv_dev,
+                                   f"DSV4 {st.name} compressor state",
+                                   f" × 2 × {st.n_embd_state} × {st.state_size}{seqs}")
     if settings.n_rs_seq and geo.rec_layers and not rs_seq:
         notes.append(f"{geo.arch} has no state rollback: n_rs_seq is ignored")
 
@@ -232,6 +219,18 @@ def _cuda_fa_kernel(geo: ModelGeometry, info: GGUFInfo, il: int) -> bool:
     return ((k, v) in ((576, 512), (512, 512)) and gqa >= 2) or \
         ((k, v) == (192, 128) and gqa % 8 == 0) or ((k, v) == (320, 256) and gqa % 32 == 0)
 
+
+
+def _per_layer_state(layers: Sequence[int], layer_bytes: int, kv_dev: Sequence[str],
+                     name: str, each: str) -> list[Allocation]:
+    """Recurrent-kind buffers of equal size per layer, summed per device (on the layer's
+    device when K/V are offloaded, else the host)."""
+    count: dict[str, int] = {}
+    for il in layers:
+        count[kv_dev[il]] = count.get(kv_dev[il], 0) + 1
+    return [Allocation("recurrent", dev, n * layer_bytes,
+                       (f"{name}: " if name else "") + f"{n} layers{each}")
+            for dev, n in count.items()]
 
 
 def _weights(geo: ModelGeometry, ldev: list[str], has_gpu: bool,
