@@ -42,7 +42,7 @@ class Sidebar(QWidget):
         self.store = store
         self._scanner = _Scanner(self)
         self._scanner.done.connect(self._show_models)
-        self.new_button = QPushButton("New chat", self, clicked=self.newConversation.emit)
+        self.new_button = QPushButton("New chat", self, clicked=lambda: self.newConversation.emit())
         self.conversations = QListWidget(self)
         self.conversations.itemClicked.connect(
             lambda item: self.conversationSelected.emit(item.data(_ROLE)))
@@ -52,7 +52,7 @@ class Sidebar(QWidget):
         self.models.itemActivated.connect(lambda item: self.modelChosen.emit(item.data(_ROLE)))
         self.models.itemDoubleClicked.connect(lambda item: self.modelChosen.emit(item.data(_ROLE)))
         self.models.setToolTip("Double-click a model to load it")
-        open_button = QPushButton("Open GGUF…", self, clicked=self.openFileRequested.emit)
+        open_button = QPushButton("Open GGUF…", self, clicked=lambda: self.openFileRequested.emit())
         rescan = QPushButton("Rescan", self, clicked=self.refresh_models)
         row = QHBoxLayout()
         row.addWidget(open_button, 1)

@@ -66,6 +66,10 @@ SSM_KEYS = {  # {arch}.<key> -> name in GGUFInfo.ssm (recurrent-state geometry, 
     "wkv.head_size": "wkv_head_size", "token_shift_count": "token_shift_count",
     "shortconv.l_cache": "shortconv_l_cache", "kda.head_dim": "kda_head_dim",
     "full_attention_interval": "full_attention_interval"}
+# Archs whose load_arch_hparams reads `attention.key_length_mla` / `value_length_mla`
+# (src/models/*.cpp; mistral4 reuses deepseek2's loader). No other arch can be MLA.
+MLA_ARCHS = frozenset({"deepseek2", "mistral4", "deepseek32", "dots3note", "glm-dsa",
+                       "glm5-next", "hy_v4", "kimi-k3", "kimi-linear", "bailingmoe3"})
 MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
             "key_length_mla_swa", "value_length_mla_swa", "kv_lora_rank_swa")
 

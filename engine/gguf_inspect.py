@@ -19,7 +19,8 @@ from gguf import LlamaFileType
 
 from engine.errors import ModelFileError
 from engine.gguf_hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, KNOWN_ARCHS,
-                                 MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS, SWA_ALWAYS, SWA_IF_WINDOW, WeightLayout,
+                                 MLA_ARCHS, MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS, SWA_ALWAYS,
+                                 SWA_IF_WINDOW, WeightLayout,
                                  indexer_layer_flags, kv_layer_flags, recurrent_flags,
                                  weight_layout)
 from engine.gguf_reader import Array as _Array, Corrupt as _Corrupt, read_header
@@ -240,8 +241,11 @@ def _build(path: str, size: int) -> GGUFInfo:
     except ValueError as exc:
         raise _Corrupt(f"has an unusable {at}recurrent_layers ({exc})") from None
     indexer, indexer_layers = _indexer(meta, arch, n_layer, n_layer - n_nextn, n_ctx, recr)
-    mla = {k: _int(meta, at + k) or 0 for k in MLA_KEYS if at + k in meta}
-    is_mla = {"key_length_mla", "value_length_mla"} <= mla.keys()  # llama_hparams::is_mla
+    # Only the MLA archs' loaders read the `_mla` keys, and llama_hparams::is_mla() asks for
+    # both head sizes to be non-zero: other writers put these keys, zeroed, into every file.
+    mla = {k: _int(meta, at + k) or 0 for k in MLA_KEYS if at + k in meta} \
+        if arch in MLA_ARCHS else {}
+    is_mla = bool(mla.get("key_length_mla")) and bool(mla.get("value_length_mla"))
     n_expert = _int(meta, a + "expert_count", 0) or 0
     n_expert_used = max(_per_layer(meta, a + "expert_used_count", n_layer, (0,)))
     if n_expert > MAX_EXPERTS or n_expert_used > n_expert or (n_expert and not n_expert_used):
