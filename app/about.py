@@ -19,9 +19,9 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from app.gui import resource_path
-from engine import paths
-from engine.errors import KvDeckError
-from engine.runtime_info import gpu_backend, runtime_lib_dir
+from engine.core import paths
+from engine.core.errors import KvDeckError
+from engine.runtime.info import gpu_backend, runtime_lib_dir
 
 APP_NAME = "KV Deck"
 LICENSE = ("MIT License. Models run on llama.cpp (MIT) through llama-cpp-python (MIT); "

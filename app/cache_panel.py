@@ -14,12 +14,12 @@ from PySide6.QtWidgets import (
 )
 
 from app.precision_view import PrecisionView, Source
-from engine.cache_rules import check_settings, default_cache_type
-from engine.fit import fit
-from engine.gguf_inspect import GGUFInfo
-from engine.kv_speed import speed_hint
-from engine.memory_plan import analytic_plan
-from engine.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings, Problem
+from engine.plan.rules import check_settings, default_cache_type
+from engine.plan.fit import fit
+from engine.gguf.inspect import GGUFInfo
+from engine.plan.kv_speed import speed_hint
+from engine.plan.analytic import analytic_plan
+from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings, Problem
 
 def split_unavailable(mode: str, n_gpus: int, backend: str) -> str | None:
     """Why a split mode cannot be used on this machine with this runtime, or None."""

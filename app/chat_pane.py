@@ -19,12 +19,12 @@ from app.chat_view import ChatView, ShownMessage
 from app.draft_picker import DraftPicker
 from app.runtime_bridge import RuntimeBridge
 from engine import protocol as P
-from engine.chat import conversation_prompt
-from engine.chat_template import ChatMessage
-from engine.errors import KvDeckError
-from engine.sampling import DEFAULT_PRESET, PRESETS
-from engine.store import ChatStore, Message, title_from_text
-from engine.store_fallback import StoreDegraded
+from engine.chat.conversation import conversation_prompt
+from engine.chat.template import ChatMessage
+from engine.core.errors import KvDeckError
+from engine.core.sampling import DEFAULT_PRESET, PRESETS
+from engine.storage.store import ChatStore, Message, title_from_text
+from engine.storage.fallback import StoreDegraded
 
 T = TypeVar("T")
 SAVE_INTERVAL_MS = 500

@@ -2,7 +2,7 @@
 each sequence's KV cache is, and how fast tokens come.
 
 The panel only displays what its slots are given: telemetry is sampled on a worker thread
-(``engine.telemetry.TelemetrySampler``) and reaches these slots through a bridge's queued
+(``engine.runtime.telemetry.TelemetrySampler``) and reaches these slots through a bridge's queued
 signals, so nothing here blocks the GUI thread. Repaints go through ``update()``, which Qt
 coalesces; the speed chart, fed once per token, repaints at most about 15 times a second.
 """
@@ -18,8 +18,8 @@ from app.dashboard_widgets import (
     COMPONENT_COLORS, OTHERS, THIS_APP, Legend, Segment, SequenceBars, SpeedChart, StackedBar,
     format_bytes,
 )
-from engine.memory_types import COMPONENTS, MemoryPlan
-from engine.telemetry import GpuSnapshot, HostSnapshot, TelemetrySnapshot
+from engine.core.memory_types import COMPONENTS, MemoryPlan
+from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, TelemetrySnapshot
 
 SPEED_POINTS = 120
 SPEC_OFF = "Off: choose a draft model or n-gram lookup beside the model."

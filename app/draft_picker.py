@@ -2,7 +2,7 @@
 
 Speculative decoding only helps when the draft shares the target's vocabulary and both fit in
 memory, and a user cannot know either by looking at file names. So choosing a draft model first
-runs ``kvdeck pair``'s checks (``engine.cli_memory.pair_report``: llama.cpp's own rules in a
+runs ``kvdeck pair``'s checks (``engine.cli.memory.pair_report``: llama.cpp's own rules in a
 throwaway child, plus the memory fit) on a worker thread; the verdict shows beside the picker and
 only a compatible draft is loaded. The controller also turns the runtime's counts into the
 dashboard's live numbers, with the speed-up measured against the last plain reply.
@@ -18,8 +18,8 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidg
 
 from app.runtime_bridge import RuntimeBridge
 from engine import protocol as P
-from engine.memory_types import Device, MemoryPlan, PlanSettings
-from engine.store import ChatStore
+from engine.core.memory_types import Device, MemoryPlan, PlanSettings
+from engine.storage.store import ChatStore
 
 NONE, LOOKUP, CHOOSE = "", "lookup", "choose"
 MAX_RECENT_DRAFTS = 6
@@ -118,7 +118,7 @@ class _PairWorker(QObject):
 
     def run(self, target: str, draft: str, settings: PlanSettings | None, devices: list[Device]) -> None:
         def work() -> None:
-            from engine.cli_memory import pair_report
+            from engine.cli.memory import pair_report
 
             try:
                 result: object = pair_report(target, draft, settings=settings, devices=devices,
@@ -224,8 +224,8 @@ class DraftController(QObject):
         if self.bridge.draft_mode != "model" or not path or info is None or settings is None:
             self.draftPlan.emit(None)
             return
-        from engine.gguf_inspect import inspect_gguf
-        from engine.memory_plan import analytic_plan
+        from engine.gguf.inspect import inspect_gguf
+        from engine.plan.analytic import analytic_plan
 
         try:
             if path not in self._infos:

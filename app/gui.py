@@ -10,9 +10,9 @@ from typing import Sequence
 
 import psutil
 
-from engine import paths
-from engine.errors import KvDeckError
-from engine.store import ChatStore
+from engine.core import paths
+from engine.core.errors import KvDeckError
+from engine.storage.store import ChatStore
 
 log = logging.getLogger("kvdeck")
 
@@ -51,7 +51,7 @@ def open_store() -> tuple[ChatStore, str]:
     try:
         return ChatStore.open_default(), ""
     except KvDeckError as exc:
-        from engine.store_fallback import IN_MEMORY_NOTE, memory_copy
+        from engine.storage.fallback import IN_MEMORY_NOTE, memory_copy
 
         try:
             path = paths.db_path()

@@ -28,12 +28,12 @@ def self_test(max_tokens: int = 8) -> int:
     """Load the demo model in the runtime child, decode a few greedy tokens, report one line."""
     import logging
 
-    from engine import paths
-    from engine.chat import reply
-    from engine.chat_template import ChatMessage
-    from engine.host import RuntimeHost
+    from engine.core import paths
+    from engine.chat.conversation import reply
+    from engine.chat.template import ChatMessage
+    from engine.runtime.host import RuntimeHost
     from engine.protocol import LoadParams
-    from engine.sampling import SamplingParams
+    from engine.core.sampling import SamplingParams
 
     logging.getLogger("kvdeck").addHandler(logging.NullHandler())  # the one line says it all
     try:
@@ -64,7 +64,7 @@ def self_test(max_tokens: int = 8) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--runtime-child"]:
-        from engine.child import main as child_main
+        from engine.child.main import main as child_main
 
         return child_main()
     if args[:1] == ["--self-test"]:
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _say(version_text())
         return 0
-    from engine.cli import COMMANDS, main as cli_main
+    from engine.cli.main import COMMANDS, main as cli_main
 
     if args and (args[0] in COMMANDS or args[0] in ("-h", "--help")):
         return cli_main(args)

@@ -23,16 +23,16 @@ from app.memory_dock import MemoryDock
 from app.runtime_bridge import RuntimeBridge
 from app.server_toggle import ServerToggle
 from app.sidebar import Sidebar
-from engine import paths
+from engine.core import paths
 from engine import protocol as P
-from engine.errors import KvDeckError
-from engine.gguf_inspect import GGUFInfo, inspect_gguf
-from engine.fit import default_settings, preflight
-from engine.host import ProcessOutcome
-from engine.memory_plan import analytic_plan
-from engine.memory_types import PlanSettings
-from engine.runtime_info import gpu_backend
-from engine.store import ChatStore, model_key
+from engine.core.errors import KvDeckError
+from engine.gguf.inspect import GGUFInfo, inspect_gguf
+from engine.plan.fit import default_settings, preflight
+from engine.runtime.host import ProcessOutcome
+from engine.plan.analytic import analytic_plan
+from engine.core.memory_types import PlanSettings
+from engine.runtime.info import gpu_backend
+from engine.storage.store import ChatStore, model_key
 
 log = logging.getLogger(__name__)
 APP_NAME = "KV Deck"

@@ -15,11 +15,11 @@ from PySide6.QtWidgets import QDockWidget, QScrollArea, QTabWidget, QWidget
 from app.cache_panel import CachePanel
 from app.dashboard import DashboardPanel
 from engine import protocol as P
-from engine.gguf_inspect import GGUFInfo
-from engine.memory_log import MemoryLogParser
-from engine.memory_types import Device, MemoryPlan, PlanSettings
-from engine.runtime_info import gpu_backend, plan_devices
-from engine.telemetry import Telemetry, TelemetrySampler, fit_devices
+from engine.gguf.inspect import GGUFInfo
+from engine.plan.measured import MemoryLogParser
+from engine.core.memory_types import Device, MemoryPlan, PlanSettings
+from engine.runtime.info import gpu_backend, plan_devices
+from engine.runtime.telemetry import Telemetry, TelemetrySampler, fit_devices
 
 
 class _SnapshotRelay(QObject):

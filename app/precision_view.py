@@ -21,14 +21,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.precision_chart import ChartPoint, QualityChart
-from engine.cache_rules import check_settings, default_cache_type
-from engine.errors import KvDeckError
-from engine.gguf_inspect import GGUFInfo
-from engine.host import RuntimeHost
-from engine.memory_plan import analytic_plan
-from engine.memory_types import Device, MiB, PlanSettings
-from engine.precision_metrics import finite_or_none
-from engine.precision_prompts import builtin_prompts
+from engine.plan.rules import check_settings, default_cache_type
+from engine.core.errors import KvDeckError
+from engine.gguf.inspect import GGUFInfo
+from engine.runtime.host import RuntimeHost
+from engine.plan.analytic import analytic_plan
+from engine.core.memory_types import Device, MiB, PlanSettings
+from engine.core.precision_metrics import finite_or_none
+from engine.cli.precision_prompts import builtin_prompts
 from engine.protocol import LoadParams, PrecisionResult
 
 #: Checked besides the chosen type (K = V): half, 8-bit, 5-bit and 4-bit caches.

@@ -12,9 +12,9 @@ from dataclasses import replace
 from PySide6.QtCore import QObject, Signal
 
 from engine import protocol as P
-from engine.errors import KvDeckError
-from engine.host import Exited, ProcessOutcome, RuntimeHost
-from engine.sampling import SamplingParams
+from engine.core.errors import KvDeckError
+from engine.runtime.host import Exited, ProcessOutcome, RuntimeHost
+from engine.core.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,14 @@ class RuntimeBridge(QObject):
     started = Signal(object)  # P.Started
     delta = Signal(str, int)  # text, number of tokens
     kvUsed = Signal(int, int)  # tokens in the KV cache, context size
-    kvSlots = Signal(list, int)  # tokens per parallel sequence, capacity of each (engine.batch_loop)
+    kvSlots = Signal(list, int)  # tokens per parallel sequence, capacity of each (engine.child.batch)
     finished = Signal(object)  # P.Done
     generationFailed = Signal(str)
     exited = Signal(object)  # ProcessOutcome (unexpected ends only)
     busyChanged = Signal(bool)
     draftLoaded = Signal(object)  # P.DraftLoaded (speculative decoding)
     draftFailed = Signal(str)
-    speculation = Signal(object)  # dict: running counts of a drafted reply (engine.speculative)
+    speculation = Signal(object)  # dict: running counts of a drafted reply (engine.child.speculative)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)

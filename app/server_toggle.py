@@ -1,6 +1,6 @@
 """The window's Server toggle: serves the model loaded in the window through the OpenAI API.
 
-The server (engine.server) talks to the window's own runtime, so clients share the model the
+The server (engine.serve.server) talks to the window's own runtime, so clients share the model the
 user already loaded, with its parallel sequences (Memory → Cache & split → Parallel sequences):
 one sequence per client, the rest waiting their turn. It reads the bridge's host and model each
 request, so loading another model or restarting the runtime needs no restart of the server.
@@ -17,8 +17,8 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QWidget
 
 from app.runtime_bridge import RuntimeBridge
-from engine.errors import KvDeckError
-from engine.server import ApiServer, ServedModel, ServerConfig
+from engine.core.errors import KvDeckError
+from engine.serve.server import ApiServer, ServedModel, ServerConfig
 
 DEFAULT_PORT = 8080
 

@@ -13,8 +13,8 @@ from PySide6.QtWidgets import (
     QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMenu, QPushButton, QVBoxLayout, QWidget,
 )
 
-from engine.library import ModelEntry, scan_models
-from engine.store import ChatStore
+from engine.storage.library import ModelEntry, scan_models
+from engine.storage.store import ChatStore
 
 _ROLE = Qt.ItemDataRole.UserRole
 

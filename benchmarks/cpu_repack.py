@@ -9,13 +9,13 @@ IQ4_NL, Q8_0, MXFP4, Q1_0 — including MoE experts (3-D, MUL_MAT_ID), a tied ou
 (ne[1] % 8 != 0). Each is then loaded for real by llama.cpp in a child process (this file with
 --child; imports llama_cpp there only), twice: load_mode NONE (weights in `CPU` + `CPU_REPACK`
 buffers) and MMAP (`CPU_Mapped` + `CPU_REPACK`). The parent parses the `load_tensors: … model
-buffer size` lines with engine.memory_log and compares, in MiB as printed (2 decimals):
+buffer size` lines with engine.plan.measured and compares, in MiB as printed (2 decimals):
 
-- CPU_REPACK (both modes) with engine.cpu_repack's prediction for the detected CPU features,
+- CPU_REPACK (both modes) with engine.plan.cpu_repack's prediction for the detected CPU features,
 - CPU (NONE) with the analytic plan's remaining CPU weights,
 - CPU_Mapped (MMAP) with the file span of the tensors not repacked (notes §10).
 
-It also records the features three ways: engine.cpu_features.detect() (what the plan uses),
+It also records the features three ways: engine.plan.cpu_features.detect() (what the plan uses),
 the processor (/proc/cpuinfo) and the child's llama_print_system_info(). Run it where no GPU
 is visible (CUDA_VISIBLE_DEVICES=""): with a GPU the host buffer type wins and nothing is
 repacked. Imports only engine/, gguf and numpy in the parent. Prints a table; writes
@@ -183,7 +183,7 @@ def real_loads(jobs: list[dict[str, str]], timeout: float) -> tuple[dict[str, An
 # --- the parent: predictions and comparison --------------------------------------------------
 
 def model_buffers(lines: list[str]) -> dict[str, float]:
-    from engine.memory_log import MemoryLogParser
+    from engine.plan.measured import MemoryLogParser
 
     parser = MemoryLogParser()
     for line in lines:
@@ -196,7 +196,7 @@ def mapped_span(path: Path, features: Any) -> int:
     (get_mapping_range); repacked tensors are copied out instead."""
     import gguf
 
-    from engine.cpu_repack import tensor_layout
+    from engine.plan.cpu_repack import tensor_layout
 
     first, last = None, 0
     for t in gguf.GGUFReader(str(path)).tensors:
@@ -225,12 +225,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     args = ap.parse_args()
 
-    from engine.cpu_features import detect, host_features, parse_system_info
-    from engine.cpu_repack import cpu_only_repack
-    from engine.gguf_inspect import inspect_gguf
-    from engine.memory_plan import analytic_plan
-    from engine.memory_types import PlanSettings
-    from engine.runtime_info import runtime_lib_dir
+    from engine.plan.cpu_features import detect, host_features, parse_system_info
+    from engine.plan.cpu_repack import cpu_only_repack
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.analytic import analytic_plan
+    from engine.core.memory_types import PlanSettings
+    from engine.runtime.info import runtime_lib_dir
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="cpu-repack-"))
     work.mkdir(parents=True, exist_ok=True)

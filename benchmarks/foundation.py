@@ -67,7 +67,7 @@ def cold_start(model: str, timeout: float = 300) -> dict:
 
 
 def main() -> int:
-    from engine.paths import demo_model_path
+    from engine.core.paths import demo_model_path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(demo_model_path() or ""))

@@ -5,7 +5,7 @@
 
 Writes a llama-3-8B-shaped GGUF with random Q4_0 weights (seconds: one pool of random blocks
 is sliced into every tensor; speed does not depend on the values), then for each K/V type runs
-``llama-bench -p 512 -n 128 -d 0,DEPTH -fa on`` and KV Deck's own benchmark (``engine.bench``,
+``llama-bench -p 512 -n 128 -d 0,DEPTH -fa on`` and KV Deck's own benchmark (``engine.child.bench``,
 the chat's real hot loop) with the same settings and threads, and finally an ablation of the
 sampling paths on the f16 cache. Results: ``gpu-<date>.json`` (``tg_ratio``/``pp_ratio`` =
 KV Deck / llama-bench tg128/pp512, same run; per-K/V-type depth results and ratios) and
@@ -142,7 +142,7 @@ class _Runtime:
 
     def start(self) -> Any:
         from engine import protocol as P
-        from engine.host import RuntimeHost
+        from engine.runtime.host import RuntimeHost
 
         model, kv, threads, n_ctx = self.params
         self.host = RuntimeHost()
@@ -178,8 +178,8 @@ def kvdeck(model: Path, kv: str, threads: int, reps: int, depth: int, pp: int, t
            ablation: bool) -> dict[str, Any]:
     """KV Deck's runtime child on the same file and settings: depth 0 and ``depth``, then
     (for one K/V type) each sampling path and thread count at depth 0."""
-    from engine.cli_bench import context_for
-    from engine.sampling import PRESETS
+    from engine.cli.bench import context_for
+    from engine.core.sampling import PRESETS
 
     rt = _Runtime(model, kv, threads, context_for(pp, tg, depth))
     try:

@@ -30,14 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_bench import SHAPES, write_gguf  # noqa: E402
 from engine import protocol as P  # noqa: E402
-from engine.exact_plan import exact_plan, plan_from_log  # noqa: E402
-from engine.fit import fit  # noqa: E402
-from engine.gguf_inspect import inspect_gguf  # noqa: E402
-from engine.host import RuntimeHost  # noqa: E402
-from engine.memory_plan import analytic_plan  # noqa: E402
-from engine.memory_types import COMPONENTS, GiB, MiB, MemoryPlan, PlanSettings  # noqa: E402
-from engine.runtime_info import plan_devices  # noqa: E402
-from engine.telemetry import Telemetry  # noqa: E402
+from engine.runtime.exact_plan import exact_plan, plan_from_log  # noqa: E402
+from engine.plan.fit import fit  # noqa: E402
+from engine.gguf.inspect import inspect_gguf  # noqa: E402
+from engine.runtime.host import RuntimeHost  # noqa: E402
+from engine.plan.analytic import analytic_plan  # noqa: E402
+from engine.core.memory_types import COMPONENTS, GiB, MiB, MemoryPlan, PlanSettings  # noqa: E402
+from engine.runtime.info import plan_devices  # noqa: E402
+from engine.runtime.telemetry import Telemetry  # noqa: E402
 
 SHAPES["llama31-8b"] = {**SHAPES["llama3-8b"], "n_ctx_train": 131072}
 CASES = [

@@ -19,11 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.cli_precision import kv_bytes  # noqa: E402
-from engine.gguf_inspect import inspect_gguf  # noqa: E402
-from engine.host import RuntimeHost  # noqa: E402
-from engine.memory_types import KV_TYPES, MiB  # noqa: E402
-from engine.precision_prompts import builtin_names, builtin_prompts  # noqa: E402
+from engine.cli.precision import kv_bytes  # noqa: E402
+from engine.gguf.inspect import inspect_gguf  # noqa: E402
+from engine.runtime.host import RuntimeHost  # noqa: E402
+from engine.core.memory_types import KV_TYPES, MiB  # noqa: E402
+from engine.cli.precision_prompts import builtin_names, builtin_prompts  # noqa: E402
 from engine.protocol import LoadParams  # noqa: E402
 
 

@@ -127,7 +127,7 @@ def main() -> int:
     ap.add_argument("--label", default="", help="a note stored with the results (machine, build)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from engine import paths
+    from engine.core import paths
 
     model = args.model or str(paths.demo_model_path() or "")
     if not model:

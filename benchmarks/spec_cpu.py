@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.dequantize_gguf import convert  # noqa: E402
-from engine.cli_bench import SPEC_PROMPT  # noqa: E402
+from engine.cli.bench import SPEC_PROMPT  # noqa: E402
 
 TG = 128
 

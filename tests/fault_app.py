@@ -28,7 +28,7 @@ def main(db: str) -> int:
 
     app = QApplication([sys.argv[0]])
     from app.main_window import MainWindow
-    from engine.store import ChatStore
+    from engine.storage.store import ChatStore
 
     store = ChatStore(db)
     store.add_message = _printing(  # type: ignore[method-assign]

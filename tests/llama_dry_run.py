@@ -5,7 +5,7 @@ is this file run as a script: it loads each model once per batch of jobs with `n
 and `load_mode=NONE` (notes §9: the sizes equal a real run for KV, recurrent, output and
 compute; weights print 0.00) — or for real with `real=True`, to measure weights — creates one
 context per job and prints the captured log lines as JSON. The parent parses them with
-`engine.memory_log`. The child imports nothing from the project on purpose: it is the template
+`engine.plan.measured`. The child imports nothing from the project on purpose: it is the template
 for the production "exact plan" in the runtime child.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def dry_run(jobs: list[tuple[str, Any]], real: bool = False, timeout: float = 12
 
     A job that aborts the child is reported with the child's stderr tail; the remaining jobs
     continue in a fresh child."""
-    from engine.memory_log import MemoryLogParser
+    from engine.plan.measured import MemoryLogParser
 
     results: list[DryRun] = []
     pending = list(jobs)

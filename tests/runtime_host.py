@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from engine import protocol as P
-from engine.host import RuntimeHost
+from engine.runtime.host import RuntimeHost
 
 
 @contextmanager

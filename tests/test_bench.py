@@ -1,4 +1,4 @@
-"""The speed benchmark (engine.bench, ``kvdeck bench``) and the sampling paths of the hot loop."""
+"""The speed benchmark (engine.child.bench, ``kvdeck bench``) and the sampling paths of the hot loop."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ import os
 import pytest
 
 from engine import protocol as P
-from engine.cli import main as cli_main
-from engine.errors import RuntimeFailure
-from engine.host import RuntimeHost
-from engine.sampling import PRESETS, SamplingParams
+from engine.cli.main import main as cli_main
+from engine.core.errors import RuntimeFailure
+from engine.runtime.host import RuntimeHost
+from engine.core.sampling import PRESETS, SamplingParams
 from tests.runtime_host import running_host
 
 pytestmark = pytest.mark.slow

@@ -1,8 +1,8 @@
 """CPU_REPACK: which weights llama.cpp repacks for which CPU features, and what the plan shows.
 
 The real-load comparison is benchmarks/cpu_repack.py (it needs a CPU with the features in
-question); here the rules of engine.cpu_repack are checked on a synthetic file, feature set by
-feature set, plus the detection of engine.cpu_features.
+question); here the rules of engine.plan.cpu_repack are checked on a synthetic file, feature set by
+feature set, plus the detection of engine.plan.cpu_features.
 """
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ import gguf
 import numpy as np
 import pytest
 
-from engine import cpu_features, cpu_repack
-from engine.cpu_features import CpuFeatures
-from engine.cpu_repack import layout, repack_plan, tensor_layout
-from engine.gguf_inspect import inspect_gguf
-from engine.memory_plan import analytic_plan
-from engine.memory_types import MiB, PlanSettings
+from engine.plan import cpu_features
+
+from engine.plan import cpu_repack
+from engine.plan.cpu_features import CpuFeatures
+from engine.plan.cpu_repack import layout, repack_plan, tensor_layout
+from engine.gguf.inspect import inspect_gguf
+from engine.plan.analytic import analytic_plan
+from engine.core.memory_types import MiB, PlanSettings
 from gguf_factory import add_tokenizer
 from llama_dry_run import dry_run
 
@@ -198,7 +200,7 @@ def test_constant_functions_are_decoded() -> None:
 
 def test_installed_library_agrees_with_llama_print_system_info() -> None:
     """The parent reads libggml-cpu as a file; a child that loads it must report the same."""
-    from engine.runtime_info import runtime_lib_dir
+    from engine.runtime.info import runtime_lib_dir
 
     built = cpu_features.build_features(runtime_lib_dir())
     if built is None:

@@ -11,8 +11,8 @@ from PySide6.QtWidgets import QApplication
 
 from app.dashboard import SPEED_POINTS, DashboardPanel, error_text
 from app.dashboard_widgets import format_bytes
-from engine.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
-from engine.telemetry import GpuSnapshot, HostSnapshot, Telemetry, TelemetrySnapshot
+from engine.core.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
+from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, Telemetry, TelemetrySnapshot
 
 HOST = HostSnapshot(total_bytes=64 * GiB, available_bytes=40 * GiB, used_bytes=24 * GiB,
                     this_app_rss_bytes=3 * GiB, cpu_pct=12.5)

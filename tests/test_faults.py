@@ -23,7 +23,7 @@ from PySide6.QtCore import Qt, QUrl
 
 from app.main_window import MainWindow
 from engine import protocol as P
-from engine.store import ChatStore
+from engine.storage.store import ChatStore
 from tests.runtime_host import running_host
 from tests.test_gui import LOAD_TIMEOUT_MS, ask
 from tests.test_hostile import _drop_url
@@ -284,11 +284,11 @@ def test_out_of_memory_is_refused_first_and_named_when_it_happens(smollm2_path) 
     """Settings that cannot fit never reach llama.cpp; when llama.cpp is asked anyway (the host
     called directly, bypassing preflight) the failure names the component and its size, and the
     same runtime loads the next model."""
-    from engine.errors import KvDeckError, RuntimeFailure
-    from engine.fit import fit, preflight
-    from engine.gguf_inspect import inspect_gguf
-    from engine.memory_plan import analytic_plan
-    from engine.memory_types import Device, GiB, PlanSettings
+    from engine.core.errors import KvDeckError, RuntimeFailure
+    from engine.plan.fit import fit, preflight
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.analytic import analytic_plan
+    from engine.core.memory_types import Device, GiB, PlanSettings
 
     info = inspect_gguf(smollm2_path)
     ram = [Device("CPU", "cpu", 16 * GiB, 8 * GiB)]
@@ -312,7 +312,7 @@ def test_out_of_memory_is_refused_first_and_named_when_it_happens(smollm2_path) 
 
 def test_allocation_failures_in_words() -> None:
     """The log lines of CUDA and host failures, as llama.cpp 0c1e570 prints them."""
-    from engine.alloc_failure import describe_allocation_failure as describe
+    from engine.plan.alloc_failure import describe_allocation_failure as describe
 
     cuda = ["ggml_backend_cuda_buffer_type_alloc_buffer: allocating 9216.00 MiB on device 0: "
             "cudaMalloc failed: out of memory",

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.cache_rules import check_settings
-from engine.gguf_inspect import inspect_gguf
-from engine.memory_plan import analytic_plan, kv_caches
-from engine.memory_types import MiB, PlanSettings
+from engine.plan.rules import check_settings
+from engine.gguf.inspect import inspect_gguf
+from engine.plan.analytic import analytic_plan, kv_caches
+from engine.core.memory_types import MiB, PlanSettings
 from gguf_factory import write_family
 from llama_dry_run import dry_run
 

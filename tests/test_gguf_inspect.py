@@ -1,4 +1,4 @@
-"""Specification of `engine.gguf_inspect`: real models, llama.cpp's per-arch rules, bad files."""
+"""Specification of `engine.gguf.inspect`: real models, llama.cpp's per-arch rules, bad files."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ import gguf
 import numpy as np
 import pytest
 
-from engine.errors import ModelFileError
-from engine.gguf_inspect import GGUFInfo, inspect_gguf
+from engine.core.errors import ModelFileError
+from engine.gguf.inspect import GGUFInfo, inspect_gguf
 
 REQUIRED_JSON_KEYS = {
     "path", "architecture", "n_layer", "n_ctx_train", "n_embd", "n_head", "n_head_kv",

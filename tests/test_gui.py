@@ -11,7 +11,7 @@ from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
 from app.main_window import MainWindow
-from engine.store import ChatStore
+from engine.storage.store import ChatStore
 
 pytestmark = pytest.mark.slow
 LOAD_TIMEOUT_MS = 120_000

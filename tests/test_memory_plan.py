@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.cache_rules import check_settings, default_cache_type
-from engine.errors import ModelFileError
-from engine.gguf_hparams import indexer_layer_flags
-from engine.gguf_inspect import GGUFInfo, inspect_gguf
-from engine.memory_log import MemoryLogParser, device_of
-from engine.kv_sparse import dsv4_states, ple_conv_state
-from engine.memory_plan import (RS_ROLLBACK_ARCHS, analytic_plan, geometry, kv_caches,
+from engine.plan.rules import check_settings, default_cache_type
+from engine.core.errors import ModelFileError
+from engine.gguf.hparams import indexer_layer_flags
+from engine.gguf.inspect import GGUFInfo, inspect_gguf
+from engine.plan.measured import MemoryLogParser, device_of
+from engine.plan.sparse_caches import dsv4_states, ple_conv_state
+from engine.plan.analytic import (RS_ROLLBACK_ARCHS, analytic_plan, geometry, kv_caches,
                                 resolve_context)
-from engine.memory_types import Device, MiB, PlanSettings
+from engine.core.memory_types import Device, MiB, PlanSettings
 from gguf_factory import FAMILIES, write_family, write_glm_dsa, write_gguf, write_llama
 from llama_dry_run import DryRun, dry_run
 
@@ -42,7 +42,7 @@ GRID = [
 ]
 REAL_GRID = [GRID[0], GRID[1], GRID[3], GRID[4], GRID[7]]
 # Worst compute error seen per family on the grid above (see the report in the module doc of
-# engine/compute_estimate.py); the assertion below is the 1 % / 1 MiB target for all, except
+# engine/plan/compute.py); the assertion below is the 1 % / 1 MiB target for all, except
 # families whose compute graph is only roughly estimated (the plan says so in its notes).
 COMPUTE_TOLERANCE_MIB = 1.0
 # (MiB, fraction): DSV4 compressed attention; GLM5-Next k-pool indexer + mHC (a two-peak fit)

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from engine import protocol as P
-from engine.fit import fit
-from engine.gguf_inspect import inspect_gguf
-from engine.memory_plan import analytic_plan
-from engine.memory_types import Device, GiB, MiB, PlanSettings
+from engine.plan.fit import fit
+from engine.gguf.inspect import inspect_gguf
+from engine.plan.analytic import analytic_plan
+from engine.core.memory_types import Device, GiB, MiB, PlanSettings
 from tests.runtime_host import running_host
 from tests.test_cli import kvdeck
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from engine import protocol as P
-from engine.errors import KvDeckError, RuntimeFailure
-from engine.precision_metrics import first_divergence, kl_divergence, summarize, score_prompt
-from engine.precision_prompts import builtin_prompts, load_prompts, parse_prompts
+from engine.core.errors import KvDeckError, RuntimeFailure
+from engine.core.precision_metrics import first_divergence, kl_divergence, summarize, score_prompt
+from engine.cli.precision_prompts import builtin_prompts, load_prompts, parse_prompts
 from tests.runtime_host import running_host
 from tests.test_cli import kvdeck
 
@@ -142,8 +142,8 @@ def test_bad_requests_fail_cleanly_and_the_child_lives_on(smol_host):
 
 @pytest.mark.slow
 def test_cli_json_contract(smollm2_path, tmp_path):
-    from engine.cli_precision import kv_bytes
-    from engine.gguf_inspect import inspect_gguf
+    from engine.cli.precision import kv_bytes
+    from engine.gguf.inspect import inspect_gguf
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The capital of France is\n\ndef add(a, b):\n    return", encoding="utf-8")
@@ -194,9 +194,9 @@ def test_cli_error_for_a_missing_model():
 @pytest.fixture
 def source(smollm2_path):
     from app.precision_view import Source
-    from engine.gguf_inspect import inspect_gguf
-    from engine.memory_types import PlanSettings
-    from engine.runtime_info import plan_devices
+    from engine.gguf.inspect import inspect_gguf
+    from engine.core.memory_types import PlanSettings
+    from engine.runtime.info import plan_devices
 
     settings = PlanSettings(n_ctx=2048, type_k="q8_0", type_v="q8_0", flash_attn="on")
     return Source(inspect_gguf(str(smollm2_path)), settings, plan_devices()[0])

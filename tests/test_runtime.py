@@ -10,11 +10,11 @@ import time
 import pytest
 
 from engine import protocol as P
-from engine.chat import conversation_prompt, reply
-from engine.chat_template import ChatMessage
-from engine.errors import ModelFileError, RuntimeFailure, TemplateError
-from engine.host import RuntimeHost
-from engine.sampling import SamplingParams
+from engine.chat.conversation import conversation_prompt, reply
+from engine.chat.template import ChatMessage
+from engine.core.errors import ModelFileError, RuntimeFailure, TemplateError
+from engine.runtime.host import RuntimeHost
+from engine.core.sampling import SamplingParams
 from tests.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
@@ -174,7 +174,7 @@ def test_broken_file_is_a_model_error_and_the_child_survives(tmp_path, smollm2_p
 
 
 def test_hostile_template_cannot_hang_or_escape():
-    from engine.chat_template import render_chat
+    from engine.chat.template import render_chat
 
     msgs = [ChatMessage("user", "hi")]
     with pytest.raises(TemplateError):

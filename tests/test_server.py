@@ -19,9 +19,9 @@ import openai
 import pytest
 
 from engine import protocol as P
-from engine.batch_slot import StopText
-from engine.errors import KvDeckError
-from engine.server import ApiServer, ServedModel, ServerConfig, check_config
+from engine.child.slots import StopText
+from engine.core.errors import KvDeckError
+from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config
 from tests.runtime_host import running_host
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,8 +257,8 @@ def test_api_key_is_enforced_except_on_health(served):
 def test_gui_server_toggle_serves_the_window_model_with_a_bar_per_sequence(qtbot, tmp_path, monkeypatch,
                                                                            smollm2_path):
     from app.main_window import MainWindow
-    from engine.memory_types import PlanSettings
-    from engine.store import ChatStore, model_key
+    from engine.core.memory_types import PlanSettings
+    from engine.storage.store import ChatStore, model_key
 
     monkeypatch.setenv("KVDECK_DEMO_MODEL", str(smollm2_path))
     store = ChatStore(tmp_path / "chat.sqlite3")

@@ -1,6 +1,6 @@
 """Speculative decoding: the output is the target's, only faster (or, with a bad draft, slower).
 
-The first tests are the arithmetic (engine.spec_sampling, engine.ngram) on synthetic arrays;
+The first tests are the arithmetic (engine.child.spec_sampling, engine.child.ngram) on synthetic arrays;
 the rest run real models in a child process: SmolLM2 drafting for itself (acceptance ~100 %),
 n-gram lookup, the seed scenario of the issue (a draft whose training context is larger than
 the target's fitted one), refusals with reasons, and cancel mid-speculation.
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from engine import protocol as P
-from engine.chat import conversation_prompt
-from engine.chat_template import ChatMessage
-from engine.errors import RuntimeFailure
-from engine.ngram import NgramIndex
-from engine.sampling import SamplingParams
-from engine.spec_sampling import accept_or_resample, final_distribution, greedy_token
+from engine.chat.conversation import conversation_prompt
+from engine.chat.template import ChatMessage
+from engine.core.errors import RuntimeFailure
+from engine.child.ngram import NgramIndex
+from engine.core.sampling import SamplingParams
+from engine.child.spec_sampling import accept_or_resample, final_distribution, greedy_token
 from tests.runtime_host import running_host
 from tests.test_cli import kvdeck
 
@@ -196,10 +196,10 @@ def test_an_incompatible_draft_is_refused_with_the_reasons(spec, gemma3_path):
 def test_seed_scenario_target_context_smaller_than_the_drafts_default(smollm2_path):
     """The issue's seed scenario (llama.cpp b9550 crashed here): the budget fits the target at
     1024 tokens, the draft's own default would be its training context (8192)."""
-    from engine.fit import DraftSpec, fit
-    from engine.gguf_inspect import inspect_gguf
-    from engine.memory_plan import analytic_plan
-    from engine.memory_types import Device, PlanSettings
+    from engine.plan.fit import DraftSpec, fit
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.analytic import analytic_plan
+    from engine.core.memory_types import Device, PlanSettings
 
     info = inspect_gguf(str(smollm2_path))
     devices = [Device("CPU", "cpu", 64 << 30, 64 << 30)]

@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt
 
 from app.dashboard import SPEC_OFF, DashboardPanel
 from app.draft_picker import DraftPicker, speculation_text, verdict_text
-from engine.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
+from engine.core.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
 
 LOAD_TIMEOUT_MS = 180_000
 

@@ -1,4 +1,4 @@
-"""Tests for engine.store: chat history, settings, crash safety and error reporting."""
+"""Tests for engine.storage.store: chat history, settings, crash safety and error reporting."""
 from __future__ import annotations
 
 import os
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import KvDeckError, ModelFileError, StoreError
-from engine.store import (
+from engine.core.errors import KvDeckError, ModelFileError, StoreError
+from engine.storage.store import (
     SCHEMA_VERSION,
     ChatStore,
     Conversation,
@@ -213,7 +213,7 @@ def test_context_manager_closes_and_closed_store_raises(db: Path) -> None:
 WRITER = r"""
 import sys
 from pathlib import Path
-from engine.store import ChatStore
+from engine.storage.store import ChatStore
 
 store = ChatStore(Path(sys.argv[1]))
 conv = store.create_conversation("kill test")

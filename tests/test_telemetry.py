@@ -21,8 +21,8 @@ import psutil
 import pynvml
 import pytest
 
-from engine.memory_types import GiB, MiB
-from engine.telemetry import (
+from engine.core.memory_types import GiB, MiB
+from engine.runtime.telemetry import (
     NO_GPU, NVML_NOT_FOUND, GpuIdentity, Telemetry, TelemetrySampler, TelemetrySnapshot,
     attribute_gpu_memory, cuda_order,
 )

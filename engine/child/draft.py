@@ -1,0 +1,175 @@
+"""The draft model of speculative decoding: loaded beside the target, with the target's context.
+
+Child side. The draft's context is built from the target's *live* context (llama_n_ctx,
+n_batch, n_ubatch, n_seq_max, threads), never from the draft's own training default: llama.cpp
+b9550 crashed when a draft got a larger context than the fitted target. The pair is checked with
+llama.cpp's own compatibility rules (``engine.plan.pairing``) before anything is loaded, and targets
+or drafts whose state cannot be rolled back (recurrent, hybrid) are refused with the reason.
+When the target is reloaded, the draft keeps its weights and gets a new context on next use.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import llama_cpp.llama_cpp as LL
+
+from engine.child.decode import RequestError
+from engine.protocol import DraftLoaded, LoadDraftRequest, LoadParams
+
+if TYPE_CHECKING:
+    from engine.child.session import LlamaSession, _Model
+
+
+@dataclass
+class Draft:
+    """The draft model and the context it got for the current target."""
+
+    model: Any
+    path: str
+    vocab: Any
+    n_vocab: int
+    type_k: str
+    type_v: str
+    flash_attn: str
+    target_path: str
+    ctx: Any = None
+    mem: Any = None
+    batch: Any = None
+    n_ctx: int = 0
+    target: Any = None  # the target _Model its context was sized for
+    cached: list[int] = field(default_factory=list)  # tokens in the draft's sequence 0
+
+    def free_context(self) -> None:
+        if self.batch is not None:
+            LL.llama_batch_free(self.batch)
+        if self.ctx is not None:
+            LL.llama_free(self.ctx)
+        self.ctx = self.mem = self.batch = self.target = None
+        self.cached = []
+
+
+def refuse_rollback_less(model: Any, role: str) -> None:
+    if LL.llama_model_is_recurrent(model) or LL.llama_model_is_hybrid(model):
+        kind = "hybrid (attention + recurrent)" if LL.llama_model_is_hybrid(model) else "recurrent"
+        raise RequestError("params", f"speculative decoding is not available: the {role} model is {kind}, "
+                                     "its state cannot be rolled back past rejected draft tokens")
+
+
+def _check_pair(target_path: str, draft_path: str) -> list[dict[str, Any]]:
+    from engine.child.vocab import pair_checks
+
+    checks = pair_checks(target_path, draft_path)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise RequestError("params", f"{os.path.basename(draft_path)} cannot draft for "
+                                     f"{os.path.basename(target_path)}: "
+                                     + "; ".join(f"{c.name}: {c.detail}" for c in bad))
+    return [vars(c) for c in checks]
+
+
+def _create_context(session: LlamaSession, d: Draft, m: _Model) -> None:
+    """The draft's context is built from the target's live context, not from any default."""
+    from engine.child.session import _FLASH, ggml_type_id
+
+    tp: LoadParams | None = getattr(session, "load_params", None)
+    t = m.ctx
+    cp = LL.llama_context_default_params()
+    cp.n_ctx = int(LL.llama_n_ctx(t))
+    cp.n_batch, cp.n_ubatch = int(LL.llama_n_batch(t)), int(LL.llama_n_ubatch(t))
+    cp.n_seq_max = int(LL.llama_n_seq_max(t))
+    cp.n_threads, cp.n_threads_batch = int(LL.llama_n_threads(t)), int(LL.llama_n_threads_batch(t))
+    flash = d.flash_attn or (tp.flash_attn if tp else "auto")
+    if flash not in _FLASH:
+        raise RequestError("params", f"flash attention must be auto, on or off, not {flash!r}")
+    cp.flash_attn_type = _FLASH[flash]
+    cp.type_k, cp.type_v = ggml_type_id(d.type_k), ggml_type_id(d.type_v)
+    cp.swa_full = tp.swa_full if tp else False
+    cp.kv_unified = tp.kv_unified if tp else False
+    cp.offload_kqv = tp.offload_kqv if tp else True
+    session._log.recent_errors = []  # the sentence must be about this context, not an older one
+    ctx = LL.llama_init_from_model(d.model, cp)
+    if not ctx:
+        from engine.plan.alloc_failure import describe_allocation_failure
+
+        why = (describe_allocation_failure(session._log.recent_errors)
+               or session._log.last_problem() or "unknown reason")
+        raise RequestError("params", f"could not create the draft's context of {cp.n_ctx} tokens "
+                                     f"(the target's): {why}")
+    d.ctx, d.mem, d.target, d.cached = ctx, LL.llama_get_memory(ctx), m, []
+    d.batch = LL.llama_batch_init(cp.n_batch, 0, 1)
+    d.n_ctx = int(LL.llama_n_ctx(ctx))
+    d.target_path = m.path
+
+
+def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.Event) -> DraftLoaded:
+    """Check the pair with llama.cpp's rules, then load the draft with the target's context."""
+    if session._m is None:
+        raise RequestError("state", "load the target model first: the draft gets the target's context")
+    m = session._m
+    if not os.path.isfile(req.path):
+        raise RequestError("model", f"draft model file not found: {req.path}")
+    refuse_rollback_less(m.model, "target")
+    checks = _check_pair(m.path, req.path)
+    unload_draft(session)
+    t0 = time.perf_counter()
+    offload = bool(LL.llama_supports_gpu_offload())
+    tp: LoadParams | None = getattr(session, "load_params", None)
+    lp = LoadParams(path=req.path, n_gpu_layers=req.n_gpu_layers, main_gpu=tp.main_gpu if tp else 0)
+    mp, keep = session._model_params(req.id, lp, offload, cancel)
+    session._log.start_capture()
+    try:
+        model = LL.llama_model_load_from_file(os.fsencode(req.path), mp)
+        if not model:
+            if cancel.is_set():
+                raise RequestError("cancelled", "loading the draft was cancelled")
+            why = session._log.last_problem() or "llama.cpp refused the file"
+            raise RequestError("model", f"could not load {os.path.basename(req.path)}: {why}")
+        vocab = LL.llama_model_get_vocab(model)
+        d = Draft(model=model, path=req.path, vocab=vocab, n_vocab=int(LL.llama_vocab_n_tokens(vocab)),
+                  type_k=req.type_k, type_v=req.type_v, flash_attn=req.flash_attn, target_path=m.path)
+        try:
+            refuse_rollback_less(model, "draft")
+            _create_context(session, d, m)
+        except BaseException:
+            d.free_context()
+            LL.llama_model_free(model)
+            raise
+    finally:
+        lines = session._log.stop_capture()
+        del keep
+    session._draft = d  # type: ignore[attr-defined]
+    desc = ctypes.create_string_buffer(256)
+    LL.llama_model_desc(model, desc, len(desc))
+    return DraftLoaded(
+        id=req.id, path=req.path, n_ctx=d.n_ctx, n_ctx_train=int(LL.llama_model_n_ctx_train(model)),
+        n_vocab=d.n_vocab, description=desc.value.decode("utf-8", "replace"),
+        n_params=int(LL.llama_model_n_params(model)), model_bytes=int(LL.llama_model_size(model)),
+        n_gpu_layers=(999 if req.n_gpu_layers < 0 else req.n_gpu_layers) if offload else 0,
+        type_k=req.type_k, type_v=req.type_v, load_s=time.perf_counter() - t0, memory_log=lines,
+        checks=checks)
+
+
+def unload_draft(session: LlamaSession) -> None:
+    d: Draft | None = getattr(session, "_draft", None)
+    session._draft = None  # type: ignore[attr-defined]
+    if d is not None:
+        d.free_context()
+        LL.llama_model_free(d.model)
+
+
+def draft_for(session: LlamaSession, m: _Model) -> Draft:
+    """The loaded draft, its context rebuilt when the target changed since it was made."""
+    d: Draft | None = getattr(session, "_draft", None)
+    if d is None:
+        raise RequestError("state", "no draft model is loaded: load one, or draft by n-gram lookup")
+    if d.target is not m:
+        if d.target_path != m.path:
+            _check_pair(m.path, d.path)
+        d.free_context()
+        _create_context(session, d, m)
+    return d

@@ -1,0 +1,122 @@
+"""One request inside the continuous batch (engine.child.batch): its samplers, its text, its state.
+
+Kept apart from the scheduler so these rules can be read, and tested without a model. Stop
+strings are matched on the decoded text, because a stop string may span several tokens and a
+token may hold more than one stop string's worth of text. Text that could still turn out to be
+the start of a stop string is held back, so a streaming client never receives part of a stop
+string it asked to stop before; the held text is released as soon as it can no longer match.
+The sampler chains are the single-sequence loop's CPU chains (``chain_spec``), one per request.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+from engine import protocol as P
+from engine.child.sampler import chain_spec
+from engine.core.sampling import SamplingParams
+
+
+class StopText:
+    """The reply text so far, cut before the first stop string, and how much was already sent."""
+
+    def __init__(self, stops: list[str] | tuple[str, ...] = ()) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self._longest = max((len(s) for s in self.stops), default=0)
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def add(self, piece: str) -> bool:
+        """Append decoded text; True once a stop string appeared (the text then ends before it)."""
+        if self.stopped or not piece:
+            return self.stopped
+        start = max(0, len(self.text) - self._longest + 1)  # a match may begin in the old tail
+        self.text += piece
+        if self.stops:
+            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+            if hits:
+                self.text = self.text[:min(hits)]
+                self.stopped = True
+        return self.stopped
+
+    def _held(self) -> int:
+        """Length of the longest tail of the text that is a proper prefix of a stop string."""
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.text)), hold, -1):
+                if self.text.endswith(s[:k]):
+                    hold = k
+                    break
+        return hold
+
+    def ready(self) -> str:
+        """Unsent text that can no longer become part of a stop string; marks it sent."""
+        end = len(self.text) if self.stopped else len(self.text) - self._held()
+        if end <= self.sent:
+            return ""
+        out, self.sent = self.text[self.sent:end], end
+        return out
+
+    def rest(self) -> str:
+        """Everything not sent yet (the reply has ended: nothing can match any more)."""
+        out, self.sent = self.text[self.sent:], len(self.text)
+        return out
+
+
+def sampler_specs(s: SamplingParams, sampling: dict[str, Any], eog: tuple[int, ...],
+                  no_empty: bool) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
+    """(main chain, first-token chain) as data; main None means greedy by argmax.
+
+    The layouts are the single-sequence loop's CPU chains (``chain_spec``), so a greedy reply
+    is the same token for token; OpenAI's frequency/presence penalties ride on the same
+    penalties sampler as the repeat penalty.
+    """
+    freq = float(sampling.get("frequency_penalty", 0.0) or 0.0)
+    pres = float(sampling.get("presence_penalty", 0.0) or 0.0)
+    main = list(chain_spec(s, device=False))
+    if freq or pres:
+        at = next((i for i, e in enumerate(main) if e[0] == "penalties"), None)
+        entry = ("penalties", s.repeat_last_n, s.repeat_penalty, freq, pres)
+        if at is not None:
+            main[at] = entry
+        elif main == [("greedy",)]:
+            main = [("top_k", 64), entry, ("greedy",)]
+        else:
+            main.insert(1 if main and main[0][0] == "top_k" else 0, entry)
+    first = (("logit_bias", eog), *main) if no_empty and eog else None
+    return (None if main == [("greedy",)] else tuple(main)), first
+
+
+@dataclass
+class Waiting:
+    req: P.GenerateRequest
+    prompt: list[int]
+    sampling: SamplingParams
+    cancel: threading.Event
+    t0: float
+
+
+@dataclass
+class Slot:
+    """One request in one sequence. ``next_tok`` is sampled and decoded on the next step."""
+
+    w: Waiting
+    seq: int
+    max_tokens: int
+    chain: object | None
+    first: object | None
+    text: StopText
+    decoder: Any
+    n_fed: int = 0
+    n_past: int = 0
+    next_tok: int = -1
+    out: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
+    t_prefill: float = 0.0
+    t_first: float = 0.0
+    last_flush: float = 0.0
+    finish: str = ""
+    error: tuple[str, str] | None = None

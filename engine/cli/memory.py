@@ -1,0 +1,212 @@
+"""``kvdeck plan`` and ``kvdeck fit``: the memory numbers of the GUI, on the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import KvDeckError
+from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings
+
+
+def add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path")
+    p.add_argument("--ctx", type=int, default=None, help="context size (default: 4096, or the fitted one)")
+    p.add_argument("--parallel", type=int, default=1, help="parallel sequences (n_seq_max)")
+    p.add_argument("--cache-type-k", choices=KV_TYPES, default=None)
+    p.add_argument("--cache-type-v", choices=KV_TYPES, default=None)
+    p.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--swa-full", action="store_true")
+    p.add_argument("--kv-unified", action="store_true")
+    p.add_argument("--n-gpu-layers", type=int, default=-1)
+    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--ubatch", type=int, default=512)
+    p.add_argument("--split-mode", choices=("none", "layer", "row", "tensor"), default="layer")
+    p.add_argument("--tensor-split", default="", help="ratios per GPU, e.g. 3,1")
+    p.add_argument("--json", action="store_true")
+
+
+def settings_from_args(args: argparse.Namespace, info: Any) -> PlanSettings:
+    from engine.plan.rules import default_cache_type
+
+    try:
+        split = tuple(float(x) for x in args.tensor_split.split(",") if x.strip())
+    except ValueError:
+        raise KvDeckError(f"--tensor-split must be numbers separated by commas, not {args.tensor_split!r}") from None
+    default_type = default_cache_type(info)
+    for name in ("ctx", "parallel", "batch", "ubatch"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "ctx" else 1):
+            raise KvDeckError(f"--{name} must be positive, not {value}")
+    return PlanSettings(
+        n_ctx=args.ctx if args.ctx is not None else 4096, n_seq_max=args.parallel,
+        kv_unified=args.kv_unified, type_k=args.cache_type_k or default_type,
+        type_v=args.cache_type_v or default_type, flash_attn=args.flash_attn, swa_full=args.swa_full,
+        n_batch=args.batch, n_ubatch=args.ubatch, n_gpu_layers=args.n_gpu_layers,
+        split_mode=args.split_mode, tensor_split=split)
+
+
+def plan_json(path: str, plan: MemoryPlan, method: str) -> dict[str, Any]:
+    devices = []
+    for dev in plan.devices():
+        row: dict[str, Any] = {"name": dev}
+        row.update({c: plan.bytes_for(dev, c) for c in COMPONENTS})
+        row["total"] = plan.bytes_for(dev)
+        devices.append(row)
+    totals = {c: plan.bytes_for(None, c) for c in COMPONENTS}
+    totals["total"] = plan.bytes_for()
+    s = plan.settings
+    return {
+        "model": path, "n_ctx": plan.n_ctx, "n_ctx_seq": plan.n_ctx_seq, "n_seq": s.n_seq_max,
+        "flash_attn": plan.flash_attn_resolved, "type_k": s.type_k, "type_v": s.type_v,
+        "method": method, "devices": devices, "totals": totals, "kv_cells": plan.kv_cells,
+        "kv_cells_swa": plan.kv_cells_swa, "notes": list(plan.notes),
+        "allocations": [{"component": a.component, "device": a.device, "bytes": a.bytes, "detail": a.detail}
+                        for a in plan.allocations],
+    }
+
+
+def print_plan(data: dict[str, Any]) -> None:
+    fa = {True: "on", False: "off", None: "auto (resolved at load)"}[data["flash_attn"]]
+    print(f"{data['model']}\n  context {data['n_ctx']} tokens ({data['n_seq']} sequence(s)), "
+          f"K {data['type_k']}, V {data['type_v']}, flash attention {fa}, {data['method']} plan")
+    header = f"  {'device':<8}" + "".join(f"{c:>11}" for c in (*COMPONENTS, "total"))
+    print(header)
+    for row in data["devices"] + [{"name": "all", **data["totals"]}]:
+        print(f"  {row['name']:<8}" + "".join(f"{row[c] / MiB:>8.1f}MiB" for c in (*COMPONENTS, "total")))
+    for note in data["notes"]:
+        print(f"  · {note}")
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, PlanSettings, list[Device], str]:
+    from engine.plan.rules import check_settings
+    from engine.gguf.inspect import inspect_gguf
+    from engine.runtime.info import gpu_backend, plan_devices
+
+    info = inspect_gguf(args.path)
+    settings = settings_from_args(args, info)
+    devices, _why = plan_devices()
+    n_gpus = sum(1 for d in devices if d.kind == "gpu")
+    errors = [p for p in check_settings(info, settings, n_gpus, gpu_backend()) if p.severity == "error"]
+    if errors:
+        raise KvDeckError(errors[0].message)
+    return info, settings, devices, _why
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from engine.plan.analytic import analytic_plan
+
+    info, settings, devices, _ = _load(args)
+    if args.exact:
+        from engine.runtime.exact_plan import exact_plan
+
+        plan, method = exact_plan(info, settings, devices), "exact"
+    else:
+        plan, method = analytic_plan(info, settings, devices), "analytic"
+    data = plan_json(args.path, plan, method)
+    print(json.dumps(data, indent=2)) if args.json else print_plan(data)
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from engine.plan.fit import DraftSpec, fit
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.analytic import analytic_plan
+
+    info, settings, devices, _ = _load(args)
+    draft = None
+    if args.draft:
+        dinfo = inspect_gguf(args.draft)
+        draft = DraftSpec(dinfo, settings.replace(type_k="f16", type_v="f16"))
+    budget = args.budget_mib * MiB if args.budget_mib is not None else None
+    margin = args.margin_mib * MiB if args.margin_mib is not None else None
+    result = fit(info, settings, devices, plan_fn=analytic_plan, budget_bytes=budget,
+                 margin_bytes=margin, draft=draft, max_context=args.ctx)
+    dplan = result.extra.get("draft_plan")
+    data = {
+        "fits": result.fits, "n_ctx": result.plan.n_ctx, "n_gpu_layers": result.settings.n_gpu_layers,
+        "limited_by": result.limited_by, "reason": result.reason,
+        "budgets": result.budgets, "plan": plan_json(args.path, result.plan, "analytic"),
+        "draft": None if dplan is None else {
+            "n_ctx": dplan.n_ctx, "n_gpu_layers": result.settings.n_gpu_layers,
+            "plan": plan_json(args.draft, dplan, "analytic")},
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        verdict = "fits" if result.fits else "does NOT fit"
+        print(f"{verdict}: context {data['n_ctx']} tokens, GPU layers {data['n_gpu_layers']}; "
+              f"limited by {result.limited_by}: {result.reason}")
+        print_plan(data["plan"])
+    if not result.fits:  # the same one-line contract as every other refusal
+        raise KvDeckError(f"{Path(args.path).name} {result.reason}")
+    return 0
+
+
+def pair_report(target_path: str, draft_path: str, *, budget_bytes: int | None = None,
+                max_context: int | None = None, settings: PlanSettings | None = None,
+                devices: list[Device] | None = None) -> dict[str, Any]:
+    """Vocabulary rules from llama.cpp itself (in a throwaway child), plus: do both fit together
+    at the target's context. ``settings`` are the target's (the draft keeps f16 K/V); the GUI
+    calls this off its thread before loading a draft."""
+    from engine.plan.fit import DraftSpec, fit
+    from engine.gguf.inspect import inspect_gguf
+    from engine.runtime.host import RuntimeHost
+    from engine.plan.analytic import analytic_plan
+    from engine.plan.pairing import Check, verdict
+    from engine.runtime.info import plan_devices
+
+    target, draft = inspect_gguf(target_path), inspect_gguf(draft_path)
+    host = RuntimeHost()
+    host.start()
+    try:
+        host.wait_ready()
+        checks = [Check(**c) for c in host.pair(target_path, draft_path)]
+    finally:
+        host.stop()
+    if target.recurrent or target.hybrid:
+        checks.append(Check("target can roll back", False,
+                            f"{target.architecture} keeps a recurrent state that cannot be rolled back "
+                            "past rejected draft tokens"))
+    if devices is None:
+        devices, _ = plan_devices()
+    base = settings if settings is not None else PlanSettings(n_ctx=0)
+    dsettings = base if settings is None else base.replace(type_k="f16", type_v="f16")
+    result = fit(target, base, devices, plan_fn=analytic_plan, budget_bytes=budget_bytes,
+                 draft=DraftSpec(draft, dsettings), max_context=max_context)
+    checks.append(Check("memory", result.fits,
+                        f"target and draft fit together at {result.plan.n_ctx:,} tokens of context "
+                        f"({result.limited_by} limits it)" if result.fits else result.reason))
+    return verdict(checks)
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    """``kvdeck pair``: :func:`pair_report` as JSON or as one line per rule."""
+    budget = args.budget_mib * MiB if args.budget_mib is not None else None
+    data = pair_report(args.target, args.draft, budget_bytes=budget, max_context=args.ctx)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print("compatible" if data["compatible"] else "NOT compatible")
+        for c in data["checks"]:
+            print(f"  {'ok ' if c['ok'] else 'NO '} {c['name']}: {c['detail']}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``plan`` and ``fit`` to the CLI's subparsers."""
+    p = sub.add_parser("plan", help="predict memory per device and component before loading")
+    add_plan_options(p)
+    p.add_argument("--exact", action="store_true", help="ask llama.cpp itself (a dry run, no allocation)")
+    f = sub.add_parser("fit", help="largest context (then most GPU layers) that fits the memory budget")
+    add_plan_options(f)
+    f.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
+    f.add_argument("--margin-mib", type=int, default=None, help="safety margin per device (default 1024)")
+    f.add_argument("--draft", default=None, help="a draft model fitted with the same context")
+    p2 = sub.add_parser("pair", help="can DRAFT speculate for TARGET? each rule with its verdict")
+    p2.add_argument("target")
+    p2.add_argument("draft")
+    p2.add_argument("--ctx", type=int, default=None, help="largest context to consider")
+    p2.add_argument("--budget-mib", type=int, default=None)
+    p2.add_argument("--json", action="store_true")

@@ -1,0 +1,125 @@
+"""``kvdeck serve``: the OpenAI-compatible API server (engine.serve.server) on the command line.
+
+The memory is planned for all parallel sequences before anything loads, exactly like ``kvdeck
+plan``/``fit`` would for the same options: N sequences of n_ctx/N tokens each (one shared pool
+of n_ctx with ``--kv-unified``). Without ``--ctx`` each sequence gets min(training context,
+4096) tokens, shrunk to what fits the memory; an explicit ``--ctx`` that does not fit is refused
+instead, in one line, like every other CLI error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from engine.cli.memory import add_plan_options, settings_from_args
+from engine.core.errors import KvDeckError, RuntimeFailure
+from engine.core.memory_types import MiB
+
+DEFAULT_PARALLEL = 4
+
+
+class _Skipping:
+    """Lets ``add_plan_options`` add everything except the options serve defines its own way."""
+
+    def __init__(self, parser: argparse.ArgumentParser, skip: set[str]) -> None:
+        self.parser, self.skip = parser, skip
+
+    def add_argument(self, *names: str, **kwargs: Any) -> Any:
+        if names[0] in self.skip:
+            return None
+        return self.parser.add_argument(*names, **kwargs)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a model through an OpenAI-compatible HTTP API")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("path", nargs="?")
+    src.add_argument("--demo", action="store_true", help="use the bundled SmolLM2-135M demo model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any "
+                   "other address requires --api-key)")
+    p.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    p.add_argument("--api-key", default=os.environ.get("KVDECK_API_KEY", ""),
+                   help="require 'Authorization: Bearer KEY' (default: $KVDECK_API_KEY)")
+    p.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                   help=f"parallel sequences, one per client (default {DEFAULT_PARALLEL})")
+    p.add_argument("--ctx", type=int, default=None,
+                   help="total context of all sequences (default: parallel x min(training, 4096), "
+                        "fitted to the memory)")
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait for a sequence "
+                   "(more are answered 429)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN (repeatable; default: no CORS)")
+    p.add_argument("--alias", default="", help="a second model name clients may use")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
+    add_plan_options(_Skipping(p, {"path", "--ctx", "--parallel", "--json"}))  # type: ignore[arg-type]
+
+
+def plan_settings(args: argparse.Namespace, info: Any) -> Any:
+    """PlanSettings for N sequences that pass preflight, fitted when --ctx was not given."""
+    from engine.plan.fit import fit, preflight
+    from engine.plan.analytic import analytic_plan
+    from engine.runtime.info import gpu_backend, plan_devices
+
+    if args.parallel < 1 or args.parallel > 256:
+        raise KvDeckError(f"--parallel must be between 1 and 256, not {args.parallel}")
+    given = args.ctx is not None
+    if not given:
+        args.ctx = args.parallel * min(info.n_ctx_train or 4096, 4096)
+    settings = settings_from_args(args, info)
+    devices, _ = plan_devices()
+    budget = args.budget_mib * MiB if args.budget_mib is not None else None
+    if budget is None:
+        try:
+            preflight(info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
+            return settings
+        except KvDeckError:
+            if given:
+                raise
+    result = fit(info, settings, devices, plan_fn=analytic_plan, budget_bytes=budget,
+                 max_context=settings.n_ctx, min_context=min(settings.n_ctx, 256 * args.parallel))
+    if not result.fits:
+        raise KvDeckError(f"{args.parallel} parallel sequences {result.reason}")
+    preflight(info, result.settings, devices, gpu_backend(), plan_fn=analytic_plan)
+    return result.settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.cli.main import _model_path
+    from engine.gguf.inspect import inspect_gguf
+    from engine.runtime.host import RuntimeHost
+    from engine.protocol import load_params
+    from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config, model_id
+
+    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
+                          cors_origins=tuple(args.cors_origin), max_queue=max(0, args.queue))
+    check_config(config)  # before minutes of loading, not after
+    path = _model_path(args)
+    info = inspect_gguf(path)
+    settings = plan_settings(args, info)
+    host = RuntimeHost()
+    host.start()
+    server: ApiServer | None = None
+    try:
+        host.wait_ready()
+        loaded = host.load(load_params(path, settings, n_threads=args.threads))
+        served = ServedModel(host=lambda: host, loaded=lambda: loaded,
+                             slots=lambda: settings.n_seq_max, alias=args.alias)
+        server = ApiServer(served, config)
+        url = server.start()
+        print(f"serving {model_id(loaded)} at {url}/v1 ({settings.n_seq_max} parallel sequences of "
+              f"{loaded.n_ctx_seq} tokens; Ctrl-C stops)", flush=True)
+        try:
+            while server.running and host.running:
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            return 0
+        if not host.running and host.outcome is not None and not host.outcome.expected:
+            raise RuntimeFailure(host.outcome.sentence)
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+        host.stop()

@@ -1,0 +1,272 @@
+"""Predict what llama.cpp (0c1e570) allocates for a model and settings, without loading it.
+
+The GUI recomputes this on every slider move, so it must be fast (well under 16 ms): all
+per-model work (per-layer K/V widths, which layers hold KV or recurrent state, weight bytes per
+layer) is derived once into a `ModelGeometry` and cached; a plan is then a few loops over layers.
+Formulas follow notes/llama-cpp-memory.md: context resolution §1 and KV §2-§5, §7 (in
+`engine.plan.kv_sizes`), recurrent state §6, output §8, weights placement §10. KV and recurrent bytes
+equal llama.cpp's `size =` tensor sums; compute buffers have no closed form (§9) and come from
+`engine.plan.compute`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from engine.plan.compute import estimate_compute
+from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
+from engine.gguf.hparams import NO_MEMORY_ARCHS
+from engine.gguf.inspect import GGUFInfo
+# Cache sizing lives in engine.plan.kv_sizes; these names are re-exported for existing importers.
+from engine.plan.kv_sizes import (BLOCKS, CacheSize, ModelGeometry, Resolved, geometry, kv_caches,
+                             resolve_context, row_bytes)
+from engine.plan.sparse_caches import dsv4_states, ple_conv_state, unmodelled_notes
+from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
+
+__all__ = ["BLOCKS", "CacheSize", "LLAMA_MAX_SEQ", "ModelGeometry", "RS_ROLLBACK_ARCHS",
+           "Resolved", "analytic_plan", "geometry", "kv_caches", "layer_devices",
+           "resolve_context", "row_bytes", "weights_cache_type"]
+
+RS_ROLLBACK_ARCHS = frozenset({"kimi-k3", "qwen35", "qwen35moe", "qwen4exp", "deepseek4",
+                               "glm5-next", "nemotron_h", "nemotron_h_moe", "lfm2", "lfm2moe",
+                               "bailingmoe3"})
+LLAMA_MAX_SEQ = 256
+
+
+# --- devices ------------------------------------------------------------------------------
+
+def _gpus(settings: PlanSettings, devices: Sequence[Device]) -> list[Device]:
+    gpus = [d for d in devices if d.kind == "gpu"]
+    if settings.split_mode == "none":
+        ok = 0 <= settings.main_gpu < len(gpus)
+        return [gpus[settings.main_gpu]] if ok else []
+    return gpus
+
+
+def layer_devices(n_layer: int, settings: PlanSettings, gpus: Sequence[Device]) -> list[str]:
+    """§10 layer_dev for il in 0..n_layer (the last entry is the output layer)."""
+    if not gpus:
+        return ["CPU"] * (n_layer + 1)
+    ngl = n_layer + 1 if settings.n_gpu_layers < 0 else settings.n_gpu_layers
+    start = max(n_layer + 1 - ngl, 0)
+    act = min(ngl, n_layer + 1)
+    split = [float(x) for x in settings.tensor_split[:len(gpus)]]
+    if not any(split):
+        split = [float(max(g.free_bytes, 1)) for g in gpus]
+    split += [0.0] * (len(gpus) - len(split))
+    cum = np.cumsum(np.asarray(split, dtype=np.float32))
+    cum /= cum[-1]
+    out = []
+    for il in range(n_layer + 1):
+        if il < start or il - start >= act:
+            out.append("CPU")
+        else:
+            frac = np.float32(il - start) / np.float32(act)
+            idx = int(np.searchsorted(cum, frac, side="right"))
+            out.append(gpus[min(idx, len(gpus) - 1)].name)
+    return out
+
+
+# --- the plan -----------------------------------------------------------------------------
+
+def weights_cache_type(info: GGUFInfo) -> str:
+    """"bf16" when the weights are mostly bf16 (trained in bf16: f16 K/V can overflow), else
+    "f16". By bytes; a quantized file whose float tensors are bf16 counts when bf16 outweighs
+    f16 and is at least a tenth of the file."""
+    bf16, f16 = info.weight_types.get("BF16", 0), info.weight_types.get("F16", 0)
+    return "bf16" if bf16 > f16 and bf16 * 10 >= max(1, info.tensor_bytes) else "f16"
+
+
+def _cuda_fa_dequant(geo: ModelGeometry, n_kv: int, n_ubatch: int, tk: str, tv: str, b: int,
+                     detail: str) -> tuple[int, str]:
+    """CUDA flash attention converts a quantized K/V view to f16 before its kernel runs; at long
+    contexts those temporaries outgrow everything else in the compute buffer. Measured on an
+    H100 (8B shape, q4_0, 65536 cells: 352.1 MiB vs 258.5 MiB of logits at short context):
+    K and V as f16 over every cell plus about twelve f32 activation rows per token."""
+    conv = n_kv * 2 * ((max(geo.k_width) if BLOCKS[tk][0] > 1 else 0)
+                       + (max(geo.v_width) if BLOCKS[tv][0] > 1 else 0))
+    need = conv + 12 * geo.n_embd * n_ubatch * 4
+    if need <= b:
+        return b, detail
+    return need, f"{detail}; CUDA flash attention dequantizes K/V to f16 over {n_kv} cells"
+
+
+def _cache_type(name: str, notes: list[str], which: str) -> str:
+    if name in BLOCKS:
+        return name
+    notes.append(f"unknown {which} cache type {name!r}: sized as f16")
+    return "f16"
+
+
+def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device]) -> MemoryPlan:
+    """Memory per device and component predicted from the GGUF metadata alone."""
+    geo = geometry(info)
+    notes: list[str] = []
+    r = resolve_context(settings, info.n_ctx_train, info.causal)
+    default = weights_cache_type(info)  # an empty type means "follow the weights"
+    tk = _cache_type(settings.type_k or default, notes, "K")
+    tv = _cache_type(settings.type_v or default, notes, "V")
+    settings_kv = settings.replace(type_k=tk, type_v=tv)
+    fa = settings.flash_attn
+    if fa == "auto" and (tv not in ("f32", "f16", "bf16") or settings.split_mode == "tensor"):
+        fa = "on"  # forced before the probe (§1)
+    v_trans = fa == "off"
+    gpus = _gpus(settings, devices)
+    ldev = layer_devices(geo.n_layer, settings, gpus)
+    kv_dev = ldev if settings.offload_kqv else ["CPU"] * len(ldev)
+    fa_compute = fa != "off"
+    if fa == "auto":
+        attn = (il for il, kvh in enumerate(info.n_head_kv_per_layer)  # shared-KV layers too
+                if kvh and il not in geo.rec_layers)
+        bad = [il for il in attn
+               if ldev[il].startswith("CUDA") and not _cuda_fa_kernel(geo, info, il)]
+        if bad:  # the probe (§1) will find FLASH_ATTN_EXT on the CPU and switch FA off
+            fa_compute = False
+            notes.append(f"flash attention auto: CUDA has no kernel for head size "
+                         f"{geo.head_k[bad[0]]}/{geo.head_v[bad[0]]}, so it resolves to off "
+                         "(V stays untransposed; compute sized without flash attention)")
+    allocs: list[Allocation] = []
+    no_mem = geo.arch in NO_MEMORY_ARCHS
+    # KV cache (§2-§5): per kept layer, cells per stream × streams.
+    caches, n_swa_cells = kv_caches(info, settings_kv, r, v_trans)
+    if geo.iswa:
+        n_unified = r.n_seq if settings.kv_unified and not info.sparse else 1  # DSV4: per seq
+        notes.append("SWA layers use a full-size cache (swa_full)" if settings.swa_full else
+                     f"SWA layers: window {info.n_swa}"
+                     + (f" × {r.n_seq} sequences" if n_unified > 1 else "")
+                     + f" + ubatch {r.n_ubatch} → {n_swa_cells} cells")
+    for c in caches:
+        for dev, (n, k, v) in c.per_device(kv_dev).items():
+            detail = (f"{c.label or c.kind}: {n} layers × {c.cells} cells × {c.streams} "
+                      f"streams, K-width {'/'.join(map(str, c.k_widths))} {c.type_k} = "
+                      f"{k / MiB:.2f} MiB, "
+                      + (("no V (MLA: K only)" if geo.mla else "no V (K only)") if c.k_only
+                         else f"V {c.type_v} = {v / MiB:.2f} MiB"))
+            allocs.append(Allocation("kv", dev, k + v, detail))
+    layers = () if no_mem else geo.kv_layers
+    w_v_max = max(geo.v_width) if geo.v_width else 0
+    if v_trans and any(geo.v_width[il] != w_v_max for il in layers):
+        notes.append(f"flash attention off: every layer's V is padded to the widest ({w_v_max})")
+
+    # Recurrent state (§6): f32, per sequence, never per context cell.
+    rs_seq = settings.n_rs_seq if geo.arch in RS_ROLLBACK_ARCHS else 0
+    rows = r.n_seq * (1 + rs_seq)
+    seqs = f" f32 × {r.n_seq} seqs" + (f" × (1 + {rs_seq} rollback)" if rs_seq else "")
+    if geo.rec_layers and not no_mem:
+        allocs += _per_layer_state(geo.rec_layers, 4 * (geo.n_embd_r + geo.n_embd_s) * rows,
+                                   kv_dev, "", f" × (R {geo.n_embd_r} + S {geo.n_embd_s}){seqs}")
+        if rows > 1:
+            one = 4 * (geo.n_embd_r + geo.n_embd_s) * len(geo.rec_layers)
+            notes.append(f"parallel sequences multiply the recurrent state ({rows} × "
+                         f"{one / MiB:.2f} MiB)")
+    ple_layers, ple_bytes = ple_conv_state(info, r, rs_seq)  # qwen4exp: the "P" row (§6)
+    allocs += _per_layer_state(ple_layers, ple_bytes, kv_dev, "PLE convolution state (P)", seqs)
+    for st in dsv4_states(info, r, rs_seq):  # f32 compressor states (§7), per sequence
+        allocs += _per_layer_state(st.layers, st.layer_bytes, kv_dev,
+                                   f"DSV4 {st.name} compressor state",
+                                   f" × 2 × {st.n_embd_state} × {st.state_size}{seqs}")
+    if settings.n_rs_seq and geo.rec_layers and not rs_seq:
+        notes.append(f"{geo.arch} has no state rollback: n_rs_seq is ignored")
+
+    # Output buffer (§8): logits for n_seq_max rows at context creation, on the host.
+    out_bytes = 4 * geo.n_vocab * r.n_seq
+    allocs.append(Allocation("output", "CPU", out_bytes,
+                             f"logits {geo.n_vocab} vocab × {r.n_seq} rows f32 (grows with "
+                             "outputs requested per batch)"))
+
+    # Weights (§10).
+    # Without a GPU, repackable matrices move to a CPU_REPACK buffer (engine.plan.cpu_repack).
+    repack, repack_note = (None, None) if gpus else cpu_only_repack(info)
+    allocs += _weights(geo, ldev, bool(gpus), repack)
+    notes += [repack_note] if repack_note else []
+
+    # Compute (§9): calibrated estimate.
+    for dev, b, detail in estimate_compute(geo.compute, r, fa_compute, n_swa_cells,
+                                           settings.kv_unified, ldev[-1] if gpus else "CPU",
+                                           bool(gpus), BLOCKS[tk][0] > 1 or BLOCKS[tv][0] > 1):
+        if dev.startswith("CUDA") and fa_compute and (BLOCKS[tk][0] > 1 or BLOCKS[tv][0] > 1):
+            b, detail = _cuda_fa_dequant(geo, r.n_ctx_seq, settings.n_ubatch, tk, tv, b, detail)
+        allocs.append(Allocation("compute", dev, b, detail))
+
+    if settings.split_mode == "tensor" and len(gpus) > 1:
+        notes.append("tensor split: llama.cpp divides every weight and the KV cache across the GPUs "
+                     "by heads; this plan places whole layers by the split ratios instead (not yet "
+                     "measured on a multi-GPU machine), so per-GPU figures are approximate")
+    if r.n_ctx_seq > info.n_ctx_train:
+        notes.append(f"context per sequence {r.n_ctx_seq} exceeds the training context "
+                     f"{info.n_ctx_train}")
+    if fa == "auto" and fa_compute:
+        notes.append("flash attention auto: sized as enabled (the probe decides at load)")
+    notes += unmodelled_notes(info, settings, fa_compute)
+    return MemoryPlan(
+        source="analytic", settings=settings, n_ctx=r.n_ctx, n_ctx_seq=r.n_ctx_seq,
+        kv_cells=r.n_ctx_seq if layers else 0, kv_cells_swa=n_swa_cells if layers else 0,
+        allocations=tuple(allocs), notes=tuple(notes),
+        flash_attn_resolved=(None if fa_compute else False) if fa == "auto" else fa == "on")
+
+
+_CUDA_FA_HEADS = {40, 64, 72, 80, 96, 112, 128, 256}
+
+
+def _cuda_fa_kernel(geo: ModelGeometry, info: GGUFInfo, il: int) -> bool:
+    """Whether ggml-cuda has a FLASH_ATTN_EXT kernel for layer il's head sizes
+    (fattn.cu: ggml_cuda_get_best_fattn_kernel; the cache types are all supported)."""
+    k, v = geo.head_k[il], geo.head_v[il]
+    gqa = geo.n_head[il] // max(1, info.n_head_kv_per_layer[il])
+    if k in _CUDA_FA_HEADS:
+        return v == k
+    return ((k, v) in ((576, 512), (512, 512)) and gqa >= 2) or \
+        ((k, v) == (192, 128) and gqa % 8 == 0) or ((k, v) == (320, 256) and gqa % 32 == 0)
+
+
+
+def _per_layer_state(layers: Sequence[int], layer_bytes: int, kv_dev: Sequence[str],
+                     name: str, each: str) -> list[Allocation]:
+    """Recurrent-kind buffers of equal size per layer, summed per device (on the layer's
+    device when K/V are offloaded, else the host)."""
+    count: dict[str, int] = {}
+    for il in layers:
+        count[kv_dev[il]] = count.get(kv_dev[il], 0) + 1
+    return [Allocation("recurrent", dev, n * layer_bytes,
+                       (f"{name}: " if name else "") + f"{n} layers{each}")
+            for dev, n in count.items()]
+
+
+def _weights(geo: ModelGeometry, ldev: list[str], has_gpu: bool,
+             repack: RepackPlan | None = None) -> list[Allocation]:
+    """Weight bytes per device: input layer on the host, layers and output where ldev says;
+    a CPU-only load's repacked matrices as a second CPU allocation (CPU_REPACK)."""
+    w = geo.weights
+    if w is None:
+        return []
+    by_dev: dict[str, int] = {"CPU": w.input_host}
+    count: dict[str, int] = {}
+    for il, dev in enumerate(ldev[:-1]):
+        b = w.layers_cuda[il] if dev != "CPU" else w.layers_host[il]
+        by_dev[dev] = by_dev.get(dev, 0) + b
+        count[dev] = count.get(dev, 0) + 1
+    out_dev = ldev[-1]
+    by_dev[out_dev] = by_dev.get(out_dev, 0) + (w.output_cuda if out_dev != "CPU"
+                                                else w.output_host)
+    # A tied output is a copy of token_embd in the output layer's buffer. Archs that create
+    # that copy before token_embd itself (gemma3n, gemma4) keep two copies even on the CPU.
+    tied = w.tied_output and (out_dev != "CPU" or geo.arch in ("gemma3n", "gemma4"))
+    if tied:
+        by_dev[out_dev] += w.token_embd_cuda if out_dev != "CPU" else w.token_embd_host
+    out = []
+    for dev, b in by_dev.items():
+        parts = [f"{count.get(dev, 0)} layers"]
+        if dev == "CPU":
+            parts.append("token embeddings (input layer, always host)")
+        if dev == out_dev:
+            parts.append("output layer" + (" + copy of the tied token embeddings"
+                                           if tied else ""))
+        pad = "128-byte aligned, quantized rows padded" if dev != "CPU" else "32-byte aligned"
+        if dev == "CPU" and repack is not None and repack.bytes:
+            b -= repack.moved
+            parts.append("the rest of the matrices")
+        out.append(Allocation("weights", dev, b, ", ".join(parts) + f" ({pad})"))
+    if repack is not None and repack.bytes:
+        out.append(Allocation("weights", "CPU", repack.bytes, repack.detail()))
+    return out

@@ -1,0 +1,212 @@
+"""Fit: the largest context, then the most GPU layers, that fit each device's budget.
+
+Context first, like llama.cpp's own ``common_params_fit``: a user who loads a model wants it on
+the GPU at a usable context before anything else. The search runs on the analytic plan (a few
+milliseconds per candidate), so the GUI can show the fitted maximum on the context slider live.
+The budget of a device is its free memory (or the user's budget) minus a safety margin.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from engine.gguf.inspect import GGUFInfo
+from engine.core.memory_types import COMPONENTS, Device, FitResult, MemoryPlan, MiB, PlanSettings
+
+PlanFn = Callable[[GGUFInfo, PlanSettings, list[Device]], MemoryPlan]
+
+DEFAULT_GPU_MARGIN = 1024 * MiB  # llama.cpp's -fitt default
+DEFAULT_CPU_MARGIN = 1024 * MiB
+MIN_CONTEXT = 256
+PAD = 256
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    """A draft model to fit together with the target: same context, its own cache types."""
+
+    info: GGUFInfo
+    settings: PlanSettings
+
+
+def budgets_for(devices: list[Device], *, budget_bytes: int | None = None,
+                margin_bytes: int | None = None) -> dict[str, int]:
+    """Usable bytes per device. A user budget applies to every GPU (or to the CPU without GPUs).
+    Either way the runtime's own reserve (its CUDA context) comes off first: a budget is what the
+    whole app may use, and llama.cpp's buffers are not all of it."""
+    has_gpu = any(d.kind == "gpu" for d in devices)
+    out: dict[str, int] = {}
+    for d in devices:
+        margin = margin_bytes if margin_bytes is not None else (
+            DEFAULT_GPU_MARGIN if d.kind == "gpu" else DEFAULT_CPU_MARGIN)
+        base = d.free_bytes
+        if budget_bytes is not None and (d.kind == "gpu" or not has_gpu):
+            base = budget_bytes
+        out[d.name] = max(0, base - margin - d.reserved_bytes)
+    return out
+
+
+def _combined(target: MemoryPlan, draft: MemoryPlan | None) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for plan in (target, draft):
+        if plan is None:
+            continue
+        for a in plan.allocations:
+            totals[a.device] = totals.get(a.device, 0) + a.bytes
+    return totals
+
+
+def _overflow(totals: dict[str, int], budgets: dict[str, int]) -> str | None:
+    """The first device over its budget, or None. Devices without a budget are unlimited."""
+    worst, worst_by = None, 0
+    for dev, used in totals.items():
+        if dev in budgets and used - budgets[dev] > worst_by:
+            worst, worst_by = dev, used - budgets[dev]
+    return worst
+
+
+class _Search:
+    def __init__(self, info: GGUFInfo, base: PlanSettings, devices: list[Device],
+                 budgets: dict[str, int], draft: DraftSpec | None, plan_fn: PlanFn) -> None:
+        self.info, self.base, self.devices = info, base, devices
+        self.budgets, self.draft, self.plan_fn = budgets, draft, plan_fn
+
+    def plans(self, n_ctx: int, ngl: int) -> tuple[MemoryPlan, MemoryPlan | None]:
+        s = self.base.replace(n_ctx=n_ctx, n_gpu_layers=ngl)
+        target = self.plan_fn(self.info, s, self.devices)
+        draft = None
+        if self.draft is not None:
+            # the draft gets the target's *resolved* context, never its own training default
+            ds = self.draft.settings.replace(n_ctx=target.n_ctx, n_seq_max=s.n_seq_max,
+                                             kv_unified=s.kv_unified, n_batch=s.n_batch,
+                                             n_ubatch=s.n_ubatch)
+            draft = self.plan_fn(self.draft.info, ds, self.devices)
+        return target, draft
+
+    def over(self, n_ctx: int, ngl: int) -> str | None:
+        return _overflow(_combined(*self.plans(n_ctx, ngl)), self.budgets)
+
+    def max_context(self, ngl: int, lo: int, hi: int) -> int | None:
+        """Largest multiple of PAD in [lo, hi] that fits, assuming memory grows with context."""
+        lo, hi = max(PAD, lo // PAD * PAD), max(PAD, hi // PAD * PAD)
+        if self.over(lo, ngl) is not None:
+            return None
+        if self.over(hi, ngl) is None:
+            return hi
+        while hi - lo > PAD:
+            mid = (lo + hi) // 2 // PAD * PAD
+            if self.over(mid, ngl) is None:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+
+def _limit_reason(search: _Search, n_ctx: int, ngl: int, n_ctx_train: int) -> tuple[str, str]:
+    if n_ctx >= n_ctx_train:
+        return "training context", f"the model's training context ({n_ctx_train} tokens) is the limit"
+    t1, d1 = search.plans(n_ctx + PAD, ngl)
+    totals = _combined(t1, d1)
+    dev = _overflow(totals, search.budgets) or "CPU"
+    t0, d0 = search.plans(n_ctx, ngl)
+    growth = {c: t1.bytes_for(dev, c) - t0.bytes_for(dev, c) + (
+        (d1.bytes_for(dev, c) - d0.bytes_for(dev, c)) if d1 and d0 else 0) for c in COMPONENTS}
+    comp = max(growth, key=lambda c: growth[c])
+    biggest = max(COMPONENTS, key=lambda c: t0.bytes_for(dev, c))
+    return (f"{dev} {comp}",
+            f"{dev} is full: {search.budgets.get(dev, 0) // MiB} MiB usable, "
+            f"{biggest} is the largest part and {comp} grows with the context")
+
+
+def fit(info: GGUFInfo, settings: PlanSettings, devices: list[Device], *, plan_fn: PlanFn,
+        budget_bytes: int | None = None, margin_bytes: int | None = None,
+        draft: DraftSpec | None = None, min_context: int = 4096,
+        max_context: int | None = None) -> FitResult:
+    """Largest context (up to the training context), then the most GPU layers, within budget."""
+    budgets = budgets_for(devices, budget_bytes=budget_bytes, margin_bytes=margin_bytes)
+    search = _Search(info, settings, devices, budgets, draft, plan_fn)
+    n_train = max(MIN_CONTEXT, info.n_ctx_train or 4096)
+    hi = min(n_train, max_context) if max_context else n_train
+    floor = min(min_context, hi)
+    has_gpu = any(d.kind == "gpu" for d in devices)
+    n_layers_all = info.n_layer + 1
+    ngl = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else n_layers_all
+    if not has_gpu:
+        ngl = 0
+    n_ctx = search.max_context(ngl, floor, hi)
+    if n_ctx is None and has_gpu:
+        # the minimum context does not fit with these layers on the GPU: find the most layers that do
+        lo_l, hi_l = 0, ngl
+        if search.max_context(0, floor, floor) is not None:
+            while hi_l - lo_l > 1:
+                mid = (lo_l + hi_l) // 2
+                if search.max_context(mid, floor, floor) is not None:
+                    lo_l = mid
+                else:
+                    hi_l = mid
+            ngl = lo_l
+            n_ctx = search.max_context(ngl, floor, hi)
+    if n_ctx is None:
+        n_ctx = search.max_context(ngl, MIN_CONTEXT, floor)
+    if n_ctx is None:
+        target, dplan = search.plans(MIN_CONTEXT, ngl)
+        dev = _overflow(_combined(target, dplan), budgets) or "CPU"
+        need = _combined(target, dplan).get(dev, 0)
+        return FitResult(settings.replace(n_ctx=MIN_CONTEXT, n_gpu_layers=ngl), target, budgets,
+                         limited_by=f"{dev} weights", fits=False,
+                         reason=(f"does not fit: even {MIN_CONTEXT} tokens need {need // MiB} MiB on {dev}, "
+                                 f"{budgets.get(dev, 0) // MiB} MiB usable"),
+                         extra={"draft_plan": dplan})
+    target, dplan = search.plans(n_ctx, ngl)
+    limited_by, reason = _limit_reason(search, n_ctx, ngl, n_train if not max_context else hi)
+    chosen = settings.replace(n_ctx=n_ctx, n_gpu_layers=ngl)
+    return FitResult(chosen, target, budgets, limited_by=limited_by, reason=reason, fits=True,
+                     extra={"draft_plan": dplan})
+
+
+DEFAULT_MAX_CONTEXT = 16384
+
+
+def default_settings(info: GGUFInfo, devices: list[Device], *, plan_fn: PlanFn,
+                     base: PlanSettings | None = None) -> tuple[PlanSettings, FitResult]:
+    """First-load settings: cache types matched to the weights, the fitted context (capped so a
+    128k-context model does not reserve gigabytes the user never asked for) and fitted GPU layers."""
+    from engine.plan.rules import default_cache_type
+
+    kv = default_cache_type(info)
+    start = (base or PlanSettings()).replace(type_k=kv, type_v=kv, n_ctx=0)
+    cap = min(info.n_ctx_train or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
+    result = fit(info, start, devices, plan_fn=plan_fn, max_context=cap, min_context=min(4096, cap))
+    chosen = result.settings if result.fits else start.replace(n_ctx=min(4096, cap))
+    return chosen, result
+
+
+def _reserve_words(d: Device) -> str:
+    return (f", of which the runtime itself needs {d.reserved_bytes / MiB:,.0f} MiB"
+            if d.reserved_bytes else "")
+
+
+def preflight(info: GGUFInfo, settings: PlanSettings, devices: list[Device], backend: str, *,
+              plan_fn: PlanFn, margin_bytes: int = 256 * MiB) -> MemoryPlan:
+    """Refuse, in one sentence, settings llama.cpp would reject or that cannot fit, before loading.
+
+    Loading is where a bad file or an absurd context turns into a multi-gigabyte allocation or an
+    abort; everything that can be known from the metadata is checked here first.
+    """
+    from engine.plan.rules import check_settings
+    from engine.core.errors import KvDeckError
+
+    n_gpus = sum(1 for d in devices if d.kind == "gpu")
+    errors = [p for p in check_settings(info, settings, n_gpus, backend) if p.severity == "error"]
+    if errors:
+        raise KvDeckError(errors[0].message)
+    plan = plan_fn(info, settings, devices)
+    for d in devices:
+        need = plan.bytes_for(d.name)
+        if need > max(0, d.free_bytes - margin_bytes - d.reserved_bytes):
+            biggest = max(COMPONENTS, key=lambda c: plan.bytes_for(d.name, c))
+            raise KvDeckError(
+                f"this needs {need / MiB:,.0f} MiB on {d.name} but only {d.free_bytes / MiB:,.0f} MiB "
+                f"is free{_reserve_words(d)} ({biggest} alone is {plan.bytes_for(d.name, biggest) / MiB:,.0f} MiB); "
+                f"lower the context or use a smaller cache type")
+    return plan

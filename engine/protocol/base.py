@@ -1,0 +1,63 @@
+"""The wire format between the runtime host (parent) and the llama.cpp child process.
+
+One JSON object per line, in both directions. Every message is a frozen dataclass registered
+under a short ``type`` name, so both sides agree on the fields and a typo fails loudly in tests
+instead of silently in the field. JSON (not pickle) keeps a crashed or hostile child from
+executing anything in the parent: the worst a garbled line can do is fail to decode.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+_REGISTRY: dict[str, type["Message"]] = {}
+_M = TypeVar("_M", bound=type)
+
+#: Prefix of the line the child's abort hook writes to stderr just before ``abort()``.
+ABORT_PREFIX = "KVDECK-ABORT: "
+#: Lines longer than this are refused by the reader; a runaway child cannot exhaust memory.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid protocol message."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base class: subclasses set ``TYPE`` and are registered by :func:`message`."""
+
+    TYPE: ClassVar[str] = ""
+
+
+def message(cls: _M) -> _M:
+    """Register a message dataclass under its ``TYPE``."""
+    if cls.TYPE in _REGISTRY:
+        raise RuntimeError(f"duplicate message type {cls.TYPE!r}")
+    _REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+def encode(msg: Message) -> bytes:
+    data = dataclasses.asdict(msg)
+    data["type"] = msg.TYPE
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def decode(line: bytes | str) -> Message:
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("not a JSON object")
+    cls = _REGISTRY.get(str(data.pop("type", "")))
+    if cls is None:
+        raise ProtocolError("unknown message type")
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise ProtocolError(f"bad fields for {cls.TYPE}: {exc}") from None

@@ -1,0 +1,278 @@
+"""The core messages: load, generate, cancel, stats, tokenize, unload and their events.
+
+Registered with :func:`engine.protocol.base.message`; the tools' messages (bench, precision,
+pairing, drafts) are in :mod:`engine.protocol.tools`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from engine.protocol.base import Message, message
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    """Everything that decides how a model is loaded and how its context is built."""
+
+    path: str
+    n_ctx: int = 0  # 0: min(training context, 4096)
+    n_gpu_layers: int = -1  # -1: all layers if the build can offload, else 0
+    n_threads: int = 0  # 0: physical cores
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    flash_attn: str = "auto"  # auto | on | off
+    type_k: str = "f16"
+    type_v: str = "f16"
+    n_seq_max: int = 1
+    swa_full: bool = False
+    kv_unified: bool = False
+    split_mode: str = "layer"  # none | layer | row | tensor
+    tensor_split: tuple[float, ...] = ()
+    main_gpu: int = 0
+    offload_kqv: bool = True
+    n_rs_seq: int = 0
+    #: Size everything without allocating weights or KV (llama.cpp's no_alloc), then unload.
+    dry_run: bool = False
+
+
+def load_params(path: str, settings: Any, n_threads: int = 0) -> LoadParams:
+    """LoadParams for a model file and a ``memory_types.PlanSettings``."""
+    return LoadParams(
+        path=path, n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers, n_threads=n_threads,
+        n_batch=settings.n_batch, n_ubatch=settings.n_ubatch, flash_attn=settings.flash_attn,
+        type_k=settings.type_k, type_v=settings.type_v, n_seq_max=settings.n_seq_max,
+        swa_full=settings.swa_full, kv_unified=settings.kv_unified, split_mode=settings.split_mode,
+        tensor_split=tuple(settings.tensor_split), main_gpu=settings.main_gpu,
+        offload_kqv=settings.offload_kqv, n_rs_seq=settings.n_rs_seq)
+
+
+@message
+@dataclass(frozen=True)
+class LoadRequest(Message):
+    TYPE: ClassVar[str] = "load"
+    id: int
+    params: dict[str, Any]
+
+
+@message
+@dataclass(frozen=True)
+class GenerateRequest(Message):
+    TYPE: ClassVar[str] = "generate"
+    id: int
+    prompt: str
+    max_tokens: int = 512
+    sampling: dict[str, Any] = field(default_factory=dict)
+    #: Never let the first sampled token end the reply (base models often stop at once).
+    no_empty: bool = True
+    stream: bool = True
+    #: Speculative decoding (engine.child.speculative): "" none, "model" (the loaded draft), "lookup".
+    draft: str = ""
+    draft_max: int = 8
+    #: Continuous batching (engine.child.batch): end the reply before the first of these strings,
+    #: and ``serve`` sends the request there even on a one-sequence context (the API server).
+    stop: list[str] = field(default_factory=list)
+    serve: bool = False
+
+
+@message
+@dataclass(frozen=True)
+class CancelRequest(Message):
+    """Handled by the child's reader thread at once, even while a generation runs."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class StatsRequest(Message):
+    TYPE: ClassVar[str] = "stats"
+    id: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class TokenizeRequest(Message):
+    TYPE: ClassVar[str] = "tokenize"
+    id: int
+    text: str
+    add_special: bool = True
+
+
+@message
+@dataclass(frozen=True)
+class UnloadRequest(Message):
+    TYPE: ClassVar[str] = "unload"
+    id: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class ShutdownRequest(Message):
+    TYPE: ClassVar[str] = "shutdown"
+    id: int = 0
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@message
+@dataclass(frozen=True)
+class Hello(Message):
+    TYPE: ClassVar[str] = "hello"
+    pid: int
+    llama_cpp_python: str
+    gpu_offload: bool
+    system_info: str
+
+
+@message
+@dataclass(frozen=True)
+class LogEvent(Message):
+    """A line from llama.cpp's log callback; ``level`` is a Python logging level."""
+
+    TYPE: ClassVar[str] = "log"
+    level: int
+    text: str
+
+
+@message
+@dataclass(frozen=True)
+class Progress(Message):
+    TYPE: ClassVar[str] = "progress"
+    id: int
+    fraction: float
+
+
+@message
+@dataclass(frozen=True)
+class Loaded(Message):
+    TYPE: ClassVar[str] = "loaded"
+    id: int
+    path: str
+    description: str
+    n_ctx: int
+    n_ctx_train: int
+    n_ctx_seq: int
+    n_vocab: int
+    n_params: int
+    model_bytes: int
+    n_gpu_layers: int
+    gpu_offload: bool
+    recurrent: bool
+    hybrid: bool
+    n_threads: int
+    load_s: float
+    chat_template: str
+    bos_text: str
+    eos_text: str
+    #: llama.cpp's log lines about buffer sizes, context and cache geometry during this load.
+    memory_log: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+@message
+@dataclass(frozen=True)
+class Started(Message):
+    """Prompt tokenised; ``n_reused`` tokens came from the KV cache of the previous turn."""
+
+    TYPE: ClassVar[str] = "started"
+    id: int
+    n_prompt: int
+    n_reused: int
+
+
+@message
+@dataclass(frozen=True)
+class Delta(Message):
+    """Newly generated text; several tokens may be coalesced into one delta."""
+
+    TYPE: ClassVar[str] = "delta"
+    id: int
+    text: str
+    tokens: list[int]
+    n_past: int = 0  # tokens now in the sequence's KV cache (for the occupancy view)
+    #: Running speculative-decoding counts of this reply (0 without drafting).
+    n_drafted: int = 0
+    n_accepted: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class Done(Message):
+    TYPE: ClassVar[str] = "done"
+    id: int
+    text: str
+    tokens: list[int]
+    n_prompt: int
+    n_reused: int
+    stop_reason: str  # eog | length | cancelled | context
+    prefill_s: float
+    first_token_s: float
+    decode_s: float
+    tokens_per_s: float
+    #: Speculative decoding (engine.child.speculative); all 0 / "" for plain decoding.
+    draft: str = ""
+    n_drafted: int = 0
+    n_accepted: int = 0
+    n_target_decodes: int = 0
+    acceptance: float = 0.0  # n_accepted / n_drafted
+    mean_accepted: float = 0.0  # accepted draft tokens per verify batch that had drafts
+
+
+@message
+@dataclass(frozen=True)
+class Slots(Message):
+    """Per-sequence KV occupancy while the batch loop runs (engine.child.batch), for the KV view:
+    ``n_past[i]`` tokens in sequence i, ``requests[i]`` its request id (0: free)."""
+
+    TYPE: ClassVar[str] = "slots"
+    n_past: list[int]
+    requests: list[int]
+    n_ctx_seq: int
+    n_waiting: int = 0
+    id: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class Tokens(Message):
+    TYPE: ClassVar[str] = "tokens"
+    id: int
+    tokens: list[int]
+
+
+@message
+@dataclass(frozen=True)
+class Stats(Message):
+    TYPE: ClassVar[str] = "stats_reply"
+    id: int
+    loaded: bool
+    n_ctx: int
+    kv_pos_min: int
+    kv_pos_max: int
+    n_cached_tokens: int
+    rss_bytes: int
+
+
+@message
+@dataclass(frozen=True)
+class Unloaded(Message):
+    TYPE: ClassVar[str] = "unloaded"
+    id: int
+
+
+@message
+@dataclass(frozen=True)
+class ErrorEvent(Message):
+    """A request failed but the child is alive and ready for the next one."""
+
+    TYPE: ClassVar[str] = "error"
+    id: int
+    kind: str  # model | params | runtime | busy
+    message: str
+

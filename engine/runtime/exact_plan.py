@@ -1,0 +1,62 @@
+"""The exact plan: ask llama.cpp itself, in a throwaway child process, without allocating.
+
+A no_alloc dry run builds the real context (so flash-attention "auto" is resolved and the
+compute buffers are sized by ggml's own allocator) but gives weights and KV dummy buffers. It
+runs in its own short-lived process: hostile metadata can abort llama.cpp, and the loaded model
+of the chat must never pay for that. Weights are printed as 0.00 in a dry run, so they come from
+the analytic placement, which is exact for tensor bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from engine import protocol as P
+from engine.gguf.inspect import GGUFInfo
+from engine.runtime.host import RuntimeHost
+from engine.plan.measured import MemoryLogParser
+from engine.plan.analytic import analytic_plan
+from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
+
+
+def plan_from_log(lines: list[str], settings: PlanSettings, source: str) -> MemoryPlan:
+    parser = MemoryLogParser()
+    for line in lines:
+        parser.feed(line)
+    return parser.result(settings, source)
+
+
+def _kv_by_layer_devices(dry: tuple[Allocation, ...], analytic: MemoryPlan) -> tuple[Allocation, ...]:
+    """A dry run reports each cache's total but 0.00 per-device buffers; when its total agrees
+    with the analytic one (to the log's 0.01 MiB), place it on devices by the analytic layer
+    placement, which is exact for which layer lives where."""
+    out = list(dry)
+    for comp in ("kv", "recurrent"):
+        d_total = sum(a.bytes for a in dry if a.component == comp)
+        a_allocs = [a for a in analytic.allocations if a.component == comp]
+        if len({a.device for a in a_allocs}) < 2 or abs(d_total - sum(a.bytes for a in a_allocs)) > MiB // 100:
+            continue
+        detail = next((a.detail for a in dry if a.component == comp), "")
+        out = [a for a in out if a.component != comp]
+        out += [Allocation(comp, a.device, a.bytes, detail) for a in a_allocs]  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def exact_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device],
+               timeout: float = 300) -> MemoryPlan:
+    """Sizes from llama.cpp's own dry run, weights from the analytic placement."""
+    host = RuntimeHost()
+    host.start()
+    try:
+        host.wait_ready()
+        loaded = host.load(dataclasses.replace(P.load_params(info.path, settings), dry_run=True),
+                           timeout=timeout)
+    finally:
+        host.stop()
+    dry = plan_from_log(loaded.memory_log, settings, "exact")
+    analytic = analytic_plan(info, settings, devices)
+    weights = tuple(a for a in analytic.allocations if a.component == "weights")
+    others = tuple(a for a in dry.allocations if a.component != "weights")
+    others = _kv_by_layer_devices(others, analytic)
+    return dataclasses.replace(dry, allocations=weights + others,
+                               notes=dry.notes + ("weights from the analytic placement (a dry run "
+                                                  "allocates none)",))

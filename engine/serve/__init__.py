@@ -1,0 +1,2 @@
+"""The OpenAI-compatible API server (`kvdeck serve`, Server menu).
+"""

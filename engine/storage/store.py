@@ -1,0 +1,399 @@
+"""Chat history and settings in one SQLite file (stdlib ``sqlite3``).
+
+Durability: every write is its own committed transaction, in WAL mode with ``synchronous=NORMAL``,
+so a killed process (even ``kill -9``) loses nothing that was committed. A streaming reply is stored early with ``complete=False`` and updated every half
+second or so; after a crash it reopens as a partial, incomplete message.
+
+Threads: one connection with ``check_same_thread=False``, every use guarded by a lock, so the GUI
+thread and a saver thread may share one `ChatStore`.
+
+Errors: any sqlite3 or OS failure becomes a `StoreError` with a one-line message, such as
+"cannot open chat history at /x/kvdeck.sqlite3: attempt to write a readonly database". A write
+that fails because of the disk moves the store into memory (`engine.storage.fallback`).
+
+Schema changes: bump `SCHEMA_VERSION` and add a step to `_MIGRATIONS`; `migrate()` upgrades
+older files step by step (tracked in ``PRAGMA user_version``) and refuses newer ones.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import ModelFileError, StoreError
+from engine.storage.fallback import degrade
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 5.0
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+DEFAULT_TITLE = "New chat"
+_KEY_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str
+    model_path: str | None
+    model_key: str | None
+    system_prompt: str
+    created: float  # seconds since the epoch
+    updated: float
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    complete: bool
+    created: float
+    n_tokens: int | None
+    tokens_per_s: float | None
+
+
+_SCHEMA_1 = (
+    "CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, model_path TEXT,"
+    " model_key TEXT, system_prompt TEXT NOT NULL DEFAULT '', created REAL NOT NULL,"
+    " updated REAL NOT NULL)",
+    "CREATE INDEX conversations_by_updated ON conversations(updated DESC, id DESC)",
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL"
+    " REFERENCES conversations(id) ON DELETE CASCADE, role TEXT NOT NULL, content TEXT NOT NULL,"
+    " complete INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL, n_tokens INTEGER, tokens_per_s REAL)",
+    "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
+    "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE model_settings (model_key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+def _migrate_to_1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_1:
+        conn.execute(statement)
+
+
+# _MIGRATIONS[n] upgrades a version n-1 database to version n.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Upgrade the schema step by step to `target`; returns the version found before.
+
+    Each step runs in its own transaction together with its ``user_version`` bump. The
+    connection must be in autocommit mode (``isolation_level=None``). Raises `StoreError` for
+    a database written by a newer KV Deck.
+    """
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found > target:
+        raise StoreError(
+            f"it uses schema version {found}, newer than this KV Deck understands ({target}); "
+            "please update KV Deck"
+        )
+    for version in range(found + 1, target + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+    return found
+
+
+def _loads(text: str, default: Any) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class ChatStore:
+    """Conversations, messages and settings in one SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._last_time = 0.0
+        self.in_memory = str(path) == ":memory:"  # True also after a disk failure (store_fallback)
+        conn = None
+        try:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as exc:
+                raise OSError(f"{self.path.parent} is not a folder") from exc
+            conn = sqlite3.connect(
+                str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn)
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
+            raise self._fail("open", exc) from exc
+        self._conn = conn
+
+    @classmethod
+    def open_default(cls) -> ChatStore:
+        """The store at `engine.core.paths.db_path()`."""
+        from engine.core import paths
+
+        return cls(paths.db_path())
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> ChatStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._read("read the schema version of") as conn:
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _now(self) -> float:
+        # Strictly increasing within this store, so "most recently updated" is well defined.
+        now = max(time.time(), self._last_time + 1e-6)
+        self._last_time = now
+        return now
+
+    def _fail(self, action: str, exc: BaseException) -> StoreError:
+        reason = str(exc) if isinstance(exc, StoreError) else _reason(exc)
+        return StoreError(f"cannot {action} chat history at {self.path}: {reason}")
+
+    def _connection(self, action: str) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"cannot {action} chat history at {self.path}: it is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _read(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection(action)
+            try:
+                yield conn
+            except (sqlite3.Error, OSError) as exc:
+                raise self._fail(action, exc) from exc
+
+    @contextlib.contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One committed transaction; rolled back on any error."""
+        with self._lock:
+            conn = self._connection(action)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except (sqlite3.Error, OSError) as exc:
+                raise degrade(self, self._fail(action, exc), exc) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, (sqlite3.Error, OSError)):  # a full disk: go on in memory
+                    raise degrade(self, self._fail(action, exc), exc) from exc
+                raise
+
+    # -- conversations ----------------------------------------------------------------------
+
+    _CONV_COLS = "id, title, model_path, model_key, system_prompt, created, updated"
+
+    def create_conversation(self, title: str = DEFAULT_TITLE, model_path: str | Path | None = None,
+                            model_key: str | None = None, system_prompt: str = "") -> Conversation:
+        with self._write("write to") as conn:
+            now = self._now()
+            mp = None if model_path is None else str(model_path)
+            cur = conn.execute(
+                "INSERT INTO conversations (title, model_path, model_key, system_prompt, created,"
+                " updated) VALUES (?, ?, ?, ?, ?, ?)", (title, mp, model_key, system_prompt, now, now))
+            return Conversation(cur.lastrowid, title, mp, model_key, system_prompt, now, now)
+
+    def list_conversations(self) -> list[Conversation]:
+        """All conversations, most recently updated first."""
+        with self._read("read") as conn:
+            sql = f"SELECT {self._CONV_COLS} FROM conversations ORDER BY updated DESC, id DESC"
+            rows = conn.execute(sql).fetchall()
+        return [Conversation(*row) for row in rows]
+
+    def get_conversation(self, conv_id: int) -> Conversation | None:
+        with self._read("read") as conn:
+            sql = f"SELECT {self._CONV_COLS} FROM conversations WHERE id = ?"
+            row = conn.execute(sql, (conv_id,)).fetchone()
+        return None if row is None else Conversation(*row)
+
+    def _update_conversation(self, conv_id: int, assignments: str, values: tuple) -> None:
+        with self._write("write to") as conn:
+            sql = f"UPDATE conversations SET {assignments}, updated = ? WHERE id = ?"
+            cur = conn.execute(sql, (*values, self._now(), conv_id))
+            if cur.rowcount == 0:
+                raise StoreError(f"conversation {conv_id} no longer exists")
+
+    def rename_conversation(self, conv_id: int, title: str) -> None:
+        self._update_conversation(conv_id, "title = ?", (title,))
+
+    def set_system_prompt(self, conv_id: int, text: str) -> None:
+        self._update_conversation(conv_id, "system_prompt = ?", (text,))
+
+    def set_conversation_model(self, conv_id: int, model_path: str | Path | None,
+                               model_key: str | None) -> None:
+        mp = None if model_path is None else str(model_path)
+        self._update_conversation(conv_id, "model_path = ?, model_key = ?", (mp, model_key))
+
+    def delete_conversation(self, conv_id: int) -> None:
+        """Delete a conversation and its messages; deleting a missing one is a no-op."""
+        with self._write("write to") as conn:
+            conn.execute("DELETE FROM conversations WHERE id = ?", (conv_id,))
+
+    # -- messages ---------------------------------------------------------------------------
+
+    _MSG_COLS = "id, conversation_id, role, content, complete, created, n_tokens, tokens_per_s"
+
+    @staticmethod
+    def _message(row: tuple) -> Message:
+        mid, cid, role, content, complete, created, n_tokens, tps = row
+        return Message(mid, cid, role, content, bool(complete), created, n_tokens, tps)
+
+    def add_message(self, conv_id: int, role: str, content: str, complete: bool = True,
+                    n_tokens: int | None = None, tokens_per_s: float | None = None) -> Message:
+        if role not in ROLES:
+            raise ValueError(f"unknown message role {role!r}")
+        with self._write("write to") as conn:
+            now = self._now()
+            cur = conn.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conv_id))
+            if cur.rowcount == 0:
+                raise StoreError(f"conversation {conv_id} no longer exists")
+            values = (conv_id, role, content, bool(complete), now, n_tokens, tokens_per_s)
+            cur = conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, complete, created, n_tokens,"
+                " tokens_per_s) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            return Message(cur.lastrowid, *values)
+
+    def update_message(self, msg_id: int, content: str, complete: bool,
+                       n_tokens: int | None = None, tokens_per_s: float | None = None) -> None:
+        """Replace a message's text and status (called repeatedly while a reply streams)."""
+        with self._write("write to") as conn:
+            cur = conn.execute(
+                "UPDATE messages SET content = ?, complete = ?, n_tokens = ?, tokens_per_s = ? WHERE id = ?",
+                (content, bool(complete), n_tokens, tokens_per_s, msg_id))
+            if cur.rowcount == 0:
+                raise StoreError(f"message {msg_id} no longer exists")
+
+    def messages(self, conv_id: int) -> list[Message]:
+        """The conversation's messages in the order they were added."""
+        with self._read("read") as conn:
+            sql = f"SELECT {self._MSG_COLS} FROM messages WHERE conversation_id = ? ORDER BY id"
+            rows = conn.execute(sql, (conv_id,)).fetchall()
+        return [self._message(row) for row in rows]
+
+    def truncate_after(self, conv_id: int, msg_id: int, inclusive: bool) -> int:
+        """Delete the messages after `msg_id` (and `msg_id` itself when `inclusive`).
+
+        For edit-and-resend and regenerate. Returns how many messages were deleted.
+        """
+        with self._write("write to") as conn:
+            sql = "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?"
+            if conn.execute(sql, (msg_id, conv_id)).fetchone() is None:
+                raise StoreError(f"message {msg_id} is not part of conversation {conv_id}")
+            sql = f"DELETE FROM messages WHERE conversation_id = ? AND id {'>=' if inclusive else '>'} ?"
+            cur = conn.execute(sql, (conv_id, msg_id))
+            conn.execute("UPDATE conversations SET updated = ? WHERE id = ?", (self._now(), conv_id))
+            return cur.rowcount
+
+    # -- settings ---------------------------------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        with self._read("read settings from") as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else _loads(row[0], default)
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value (TypeError otherwise)."""
+        encoded = json.dumps(value)
+        with self._write("write settings to") as conn:
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?)"
+                         " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, encoded))
+
+    @staticmethod
+    def _model_row(conn: sqlite3.Connection, model_key: str) -> dict[str, Any]:
+        sql = "SELECT value FROM model_settings WHERE model_key = ?"
+        row = conn.execute(sql, (model_key,)).fetchone()
+        value = _loads(row[0], {}) if row else {}
+        return value if isinstance(value, dict) else {}
+
+    def get_model_settings(self, model_key: str) -> dict[str, Any]:
+        with self._read("read settings from") as conn:
+            return self._model_row(conn, model_key)
+
+    def set_model_settings(self, model_key: str, settings: dict[str, Any], replace: bool = False) -> dict:
+        """Merge `settings` into the model's settings (a None value removes that key), or
+        replace them all when `replace`. Returns the resulting settings."""
+        with self._write("write settings to") as conn:
+            merged = {} if replace else self._model_row(conn, model_key)
+            merged.update(settings)
+            merged = {k: v for k, v in merged.items() if v is not None}
+            conn.execute("INSERT INTO model_settings (model_key, value) VALUES (?, ?) ON CONFLICT(model_key)"
+                         " DO UPDATE SET value = excluded.value", (model_key, json.dumps(merged)))
+        return merged
+
+
+def model_key(path: Path | str) -> str:
+    """A model file's identity, independent of where it lies: ``"{size}-{hash16}"``.
+
+    The hash is SHA-256 over the size, the first MiB and the last MiB, so it is cheap even for
+    a 100 GB file. Raises `ModelFileError` when the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            digest = hashlib.sha256(str(size).encode("ascii") + b"\0")
+            digest.update(fh.read(_KEY_CHUNK))
+            if size > _KEY_CHUNK:
+                fh.seek(max(_KEY_CHUNK, size - _KEY_CHUNK))
+                digest.update(fh.read(_KEY_CHUNK))
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {path}: {_reason(exc)}") from exc
+    return f"{size}-{digest.hexdigest()[:16]}"
+
+
+def title_from_text(text: str, limit: int = 48) -> str:
+    """A conversation title from the first non-empty line of `text`, at most `limit` chars."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = " ".join(line.split())
+    if not line:
+        return DEFAULT_TITLE
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-") + "…"
