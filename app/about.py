@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QV
 from app.gui import resource_path
 from engine.core import paths
 from engine.core.errors import KvDeckError
-from engine.runtime.info import gpu_backend, runtime_lib_dir
+from engine.core.build import gpu_backend, runtime_lib_dir
 
 APP_NAME = "KV Deck"
 LICENSE = ("MIT License. Models run on llama.cpp (MIT) through llama-cpp-python (MIT); "

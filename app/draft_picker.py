@@ -118,7 +118,7 @@ class _PairWorker(QObject):
 
     def run(self, target: str, draft: str, settings: PlanSettings | None, devices: list[Device]) -> None:
         def work() -> None:
-            from engine.cli.memory import pair_report
+            from engine.runtime.pairing import pair_report
 
             try:
                 result: object = pair_report(target, draft, settings=settings, devices=devices,

@@ -51,13 +51,13 @@ def open_store() -> tuple[ChatStore, str]:
     try:
         return ChatStore.open_default(), ""
     except KvDeckError as exc:
-        from engine.storage.fallback import IN_MEMORY_NOTE, memory_copy
+        from engine.storage.fallback import IN_MEMORY_NOTE
 
         try:
             path = paths.db_path()
         except KvDeckError:
             return ChatStore(":memory:"), f"{exc} — {IN_MEMORY_NOTE}."
-        return memory_copy(path), f"{exc} — {IN_MEMORY_NOTE}."
+        return ChatStore.memory_copy(path), f"{exc} — {IN_MEMORY_NOTE}."
 
 
 def run(argv: Sequence[str]) -> int:

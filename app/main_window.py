@@ -31,7 +31,7 @@ from engine.plan.fit import default_settings, preflight
 from engine.runtime.host import ProcessOutcome
 from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import PlanSettings
-from engine.runtime.info import gpu_backend
+from engine.core.build import gpu_backend
 from engine.storage.store import ChatStore, model_key
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from engine import protocol as P
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.measured import MemoryLogParser
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
-from engine.runtime.info import gpu_backend, plan_devices
+from engine.core.build import gpu_backend
+from engine.runtime.info import plan_devices
 from engine.runtime.telemetry import Telemetry, TelemetrySampler, fit_devices
 
 

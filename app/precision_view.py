@@ -28,7 +28,7 @@ from engine.runtime.host import RuntimeHost
 from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import Device, MiB, PlanSettings
 from engine.core.precision_metrics import finite_or_none
-from engine.cli.precision_prompts import builtin_prompts
+from engine.core.precision_prompts import builtin_prompts
 from engine.protocol import LoadParams, PrecisionResult
 
 #: Checked besides the chosen type (K = V): half, 8-bit, 5-bit and 4-bit caches.

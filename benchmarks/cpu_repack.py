@@ -230,7 +230,7 @@ def main() -> int:
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
     from engine.core.memory_types import PlanSettings
-    from engine.runtime.info import runtime_lib_dir
+    from engine.core.build import runtime_lib_dir
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="cpu-repack-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def kvdeck_chat(model: str, threads: int, n: int) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "app.launcher", "chat", model, "--prompt",
+        [sys.executable, "-m", "kvdeck", "chat", model, "--prompt",
          "Write a long story about a lighthouse keeper.", "--max-tokens", str(n), "--temperature", "0",
          "--repeat-penalty", "1.0", "--threads", str(threads), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=900, check=True)
@@ -45,7 +45,7 @@ def llama_bench(binary: str, model: str, threads: int, n: int) -> float:
 def cold_start(model: str, timeout: float = 300) -> dict:
     data = tempfile.mkdtemp(prefix="kvdeck-bench-")
     env = dict(os.environ, KVDECK_DATA_DIR=data, KVDECK_DEMO_MODEL=model, QT_QPA_PLATFORM="offscreen")
-    proc = subprocess.Popen([sys.executable, "-m", "app.launcher"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "kvdeck"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = Path(data) / "kvdeck.log"
     found: dict[str, float] = {}

@@ -23,7 +23,7 @@ from engine.cli.precision import kv_bytes  # noqa: E402
 from engine.gguf.inspect import inspect_gguf  # noqa: E402
 from engine.runtime.host import RuntimeHost  # noqa: E402
 from engine.core.memory_types import KV_TYPES, MiB  # noqa: E402
-from engine.cli.precision_prompts import builtin_names, builtin_prompts  # noqa: E402
+from engine.core.precision_prompts import builtin_names, builtin_prompts  # noqa: E402
 from engine.protocol import LoadParams  # noqa: E402
 
 

@@ -39,7 +39,7 @@ PROMPTS = ["Write a long story about a lighthouse keeper.", "Explain how rain fo
 
 def start_server(model: str, parallel: int, ctx: int | None, threads: int,
                  extra: list[str]) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "app.launcher", "serve", model, "--port", "0", "--parallel", str(parallel),
+    cmd = [sys.executable, "-m", "kvdeck", "serve", model, "--port", "0", "--parallel", str(parallel),
            "--threads", str(threads), "--queue", "64", *extra]
     if ctx:
         cmd += ["--ctx", str(ctx)]

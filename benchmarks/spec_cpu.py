@@ -36,7 +36,7 @@ def _pin(cores: int) -> list[str]:
 
 def kvdeck(target: Path, draft: Path, cores: int) -> dict[str, Any]:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    cmd = _pin(cores) + [sys.executable, "-m", "app.launcher", "bench", str(target), "--draft",
+    cmd = _pin(cores) + [sys.executable, "-m", "kvdeck", "bench", str(target), "--draft",
                          str(draft), "--pp", "0", "--tg", str(TG), "--reps", "3", "--threads",
                          str(cores), "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)

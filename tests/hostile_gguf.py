@@ -15,7 +15,6 @@ must refuse it:
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal

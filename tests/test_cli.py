@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def kvdeck(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
     full_env = dict(os.environ, **(env or {}))
     full_env.pop("QT_QPA_PLATFORM", None)
-    return subprocess.run([sys.executable, "-m", "app.launcher", *args], cwd=ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", "kvdeck", *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -200,7 +200,7 @@ def test_constant_functions_are_decoded() -> None:
 
 def test_installed_library_agrees_with_llama_print_system_info() -> None:
     """The parent reads libggml-cpu as a file; a child that loads it must report the same."""
-    from engine.runtime.info import runtime_lib_dir
+    from engine.core.build import runtime_lib_dir
 
     built = cpu_features.build_features(runtime_lib_dir())
     if built is None:

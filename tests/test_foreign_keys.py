@@ -13,7 +13,8 @@ import pytest
 
 from engine.plan.rules import check_settings
 from engine.gguf.inspect import inspect_gguf
-from engine.plan.analytic import analytic_plan, kv_caches
+from engine.plan.analytic import analytic_plan
+from engine.plan.kv_sizes import kv_caches
 from engine.core.memory_types import MiB, PlanSettings
 from gguf_factory import write_family
 from llama_dry_run import dry_run

@@ -139,7 +139,7 @@ def test_cli_subprocess_sample(hostile, tmp_path) -> None:
     for cmd, path in runs:
         extra = ("--prompt", "hi", "--max-tokens", "2", "--n-ctx", "512") if cmd == "chat" else ()
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "app.launcher", cmd, str(path), *extra], cwd=ROOT,
+        r = subprocess.run([sys.executable, "-m", "kvdeck", cmd, str(path), *extra], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=60)
         times.append(time.perf_counter() - t0)
         assert r.returncode == 2, (cmd, path.name, r.stderr)

@@ -19,7 +19,7 @@ import pytest
 from PySide6.QtCore import qVersion
 
 from app.about import AboutDialog, llama_cpp_commit, version_text
-from engine.runtime.info import gpu_backend
+from engine.core.build import gpu_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 OK_LINE = re.compile(r"self-test ok: (?P<model>\S+\.gguf), (?P<n>\d+) tokens, [\d.]+ tokens/s, load [\d.]+ s")
@@ -27,7 +27,7 @@ OK_LINE = re.compile(r"self-test ok: (?P<model>\S+\.gguf), (?P<n>\d+) tokens, [\
 
 def kvdeck(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`kvdeck ARGS` from this checkout, as a user's terminal runs it."""
-    return subprocess.run([sys.executable, "-m", "app.launcher", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "kvdeck", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -20,8 +20,9 @@ from engine.gguf.hparams import indexer_layer_flags
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
 from engine.plan.measured import MemoryLogParser, device_of
 from engine.plan.sparse_caches import dsv4_states, ple_conv_state
-from engine.plan.analytic import (RS_ROLLBACK_ARCHS, analytic_plan, geometry, kv_caches,
-                                resolve_context)
+from engine.plan.analytic import RS_ROLLBACK_ARCHS, analytic_plan
+from engine.plan.context import resolve_context
+from engine.plan.kv_sizes import geometry, kv_caches
 from engine.core.memory_types import Device, MiB, PlanSettings
 from gguf_factory import FAMILIES, write_family, write_glm_dsa, write_gguf, write_llama
 from llama_dry_run import DryRun, dry_run

@@ -15,7 +15,7 @@ import pytest
 from engine import protocol as P
 from engine.core.errors import KvDeckError, RuntimeFailure
 from engine.core.precision_metrics import first_divergence, kl_divergence, summarize, score_prompt
-from engine.cli.precision_prompts import builtin_prompts, load_prompts, parse_prompts
+from engine.core.precision_prompts import builtin_prompts, load_prompts, parse_prompts
 from tests.runtime_host import running_host
 from tests.test_cli import kvdeck
 

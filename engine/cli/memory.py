@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings
+from engine.runtime.pairing import pair_report
 
 
 def add_plan_options(p: argparse.ArgumentParser) -> None:
@@ -82,7 +83,9 @@ def print_plan(data: dict[str, Any]) -> None:
 def _load(args: argparse.Namespace) -> tuple[Any, PlanSettings, list[Device], str]:
     from engine.plan.rules import check_settings
     from engine.gguf.inspect import inspect_gguf
-    from engine.runtime.info import gpu_backend, plan_devices
+    from engine.core.build import gpu_backend
+
+    from engine.runtime.info import plan_devices
 
     info = inspect_gguf(args.path)
     settings = settings_from_args(args, info)
@@ -142,43 +145,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not result.fits:  # the same one-line contract as every other refusal
         raise KvDeckError(f"{Path(args.path).name} {result.reason}")
     return 0
-
-
-def pair_report(target_path: str, draft_path: str, *, budget_bytes: int | None = None,
-                max_context: int | None = None, settings: PlanSettings | None = None,
-                devices: list[Device] | None = None) -> dict[str, Any]:
-    """Vocabulary rules from llama.cpp itself (in a throwaway child), plus: do both fit together
-    at the target's context. ``settings`` are the target's (the draft keeps f16 K/V); the GUI
-    calls this off its thread before loading a draft."""
-    from engine.plan.fit import DraftSpec, fit
-    from engine.gguf.inspect import inspect_gguf
-    from engine.runtime.host import RuntimeHost
-    from engine.plan.analytic import analytic_plan
-    from engine.plan.pairing import Check, verdict
-    from engine.runtime.info import plan_devices
-
-    target, draft = inspect_gguf(target_path), inspect_gguf(draft_path)
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
-        checks = [Check(**c) for c in host.pair(target_path, draft_path)]
-    finally:
-        host.stop()
-    if target.recurrent or target.hybrid:
-        checks.append(Check("target can roll back", False,
-                            f"{target.architecture} keeps a recurrent state that cannot be rolled back "
-                            "past rejected draft tokens"))
-    if devices is None:
-        devices, _ = plan_devices()
-    base = settings if settings is not None else PlanSettings(n_ctx=0)
-    dsettings = base if settings is None else base.replace(type_k="f16", type_v="f16")
-    result = fit(target, base, devices, plan_fn=analytic_plan, budget_bytes=budget_bytes,
-                 draft=DraftSpec(draft, dsettings), max_context=max_context)
-    checks.append(Check("memory", result.fits,
-                        f"target and draft fit together at {result.plan.n_ctx:,} tokens of context "
-                        f"({result.limited_by} limits it)" if result.fits else result.reason))
-    return verdict(checks)
 
 
 def cmd_pair(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import KV_TYPES, MiB, PlanSettings
 from engine.core.precision_metrics import finite_or_none
-from engine.cli.precision_prompts import builtin_names, builtin_prompts, check_prompts, load_prompts
+from engine.core.precision_prompts import builtin_names, builtin_prompts, check_prompts, load_prompts
 from engine.protocol import LoadParams, PrecisionResult
 
 REFERENCE = ("f32", "f32")
@@ -51,7 +51,9 @@ def _validate(args: argparse.Namespace) -> tuple[Any, list[str], list[str]]:
     """GGUF info, prompts and their names; KvDeckError for anything llama.cpp would refuse."""
     from engine.plan.rules import check_settings
     from engine.gguf.inspect import inspect_gguf
-    from engine.runtime.info import gpu_backend, plan_devices
+    from engine.core.build import gpu_backend
+
+    from engine.runtime.info import plan_devices
 
     if not 1 <= args.tokens <= MAX_TOKENS:
         raise KvDeckError(f"--tokens must be between 1 and {MAX_TOKENS}, not {args.tokens}")

@@ -61,7 +61,9 @@ def plan_settings(args: argparse.Namespace, info: Any) -> Any:
     """PlanSettings for N sequences that pass preflight, fitted when --ctx was not given."""
     from engine.plan.fit import fit, preflight
     from engine.plan.analytic import analytic_plan
-    from engine.runtime.info import gpu_backend, plan_devices
+    from engine.core.build import gpu_backend
+
+    from engine.runtime.info import plan_devices
 
     if args.parallel < 1 or args.parallel > 256:
         raise KvDeckError(f"--parallel must be between 1 and 256, not {args.parallel}")
@@ -87,7 +89,7 @@ def plan_settings(args: argparse.Namespace, info: Any) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from engine.cli.main import _model_path
+    from engine.cli.args import model_path
     from engine.gguf.inspect import inspect_gguf
     from engine.runtime.host import RuntimeHost
     from engine.protocol import load_params
@@ -96,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
                           cors_origins=tuple(args.cors_origin), max_queue=max(0, args.queue))
     check_config(config)  # before minutes of loading, not after
-    path = _model_path(args)
+    path = model_path(args)
     info = inspect_gguf(path)
     settings = plan_settings(args, info)
     host = RuntimeHost()

@@ -38,5 +38,17 @@ class StoreError(KvDeckError):
     """The chat history database could not be read or written."""
 
 
+class InvalidSettings(KvDeckError):
+    """Parameters the runtime refused (a sampling value, a cache type, a draft setting)."""
+
+
+class ContextFull(KvDeckError):
+    """The prompt, or the conversation, does not fit the loaded context."""
+
+
+class NotReady(KvDeckError):
+    """The runtime is not in a state for this request (no model loaded, no draft, busy)."""
+
+
 class Cancelled(KvDeckError):
     """The user cancelled the operation; not a failure worth an error dialog."""

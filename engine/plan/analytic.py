@@ -18,9 +18,8 @@ from engine.plan.compute import estimate_compute
 from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
 from engine.gguf.hparams import NO_MEMORY_ARCHS
 from engine.gguf.inspect import GGUFInfo
-# Cache sizing lives in engine.plan.kv_sizes; these names are re-exported for existing importers.
-from engine.plan.kv_sizes import (BLOCKS, CacheSize, ModelGeometry, Resolved, geometry, kv_caches,
-                             resolve_context, row_bytes)
+from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
+from engine.plan.kv_sizes import ModelGeometry, geometry, kv_caches
 from engine.plan.sparse_caches import dsv4_states, ple_conv_state, unmodelled_notes
 from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 

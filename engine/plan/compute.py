@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from engine.core.memory_types import MiB
 
 if TYPE_CHECKING:
-    from engine.plan.kv_sizes import Resolved
+    from engine.plan.context import Resolved
 
 # Recurrent mixer phase: floats per token = a_unit × unit + a0; per sequence = c_s × n_embd_s
 # + c_r × n_embd_r. "unit" is d_inner for SSMs, n_head × kda.head_dim for KDA, n_embd

@@ -236,7 +236,7 @@ def _detect(override: str | None, lib_dir: str | None) -> CpuFeatures | None:
 
 def detect() -> CpuFeatures | None:
     """The features the installed runtime's CPU backend will report (cached), or None."""
-    from engine.runtime.info import runtime_lib_dir
+    from engine.core.build import runtime_lib_dir
 
     lib = runtime_lib_dir()
     return _detect(os.environ.get("KVDECK_CPU_FEATURES"), str(lib) if lib else None)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from engine.gguf.hparams import NO_MEMORY_ARCHS, RECURRENT_ARCHS
 from engine.gguf.inspect import GGUFInfo
-from engine.plan.kv_sizes import BLOCKS, geometry, resolve_context, row_bytes
+from engine.plan.context import BLOCKS, resolve_context, row_bytes
+from engine.plan.kv_sizes import geometry
 from engine.plan.analytic import LLAMA_MAX_SEQ, RS_ROLLBACK_ARCHS, weights_cache_type
 from engine.core.memory_types import GiB, PlanSettings, Problem
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.gguf.inspect import GGUFInfo
-from engine.plan.kv_sizes import CacheSize, Resolved, _pad, resolve_context, row_bytes
+from engine.plan.context import CacheSize, Resolved, pad, row_bytes
 from engine.core.memory_types import PlanSettings
 
 CSA, HCA = 4, 128
 
 
 def _comp_cells(n_ctx_seq: int, ratio: int) -> int:
-    return _pad(max(1, -(-n_ctx_seq // ratio)), 256)
+    return pad(max(1, -(-n_ctx_seq // ratio)), 256)
 
 
 def _cache(kind: str, layers: tuple[int, ...], cells: int, streams: int, tk: str, tv: str,
@@ -46,7 +46,7 @@ def sparse_caches(info: GGUFInfo, s: PlanSettings, r: Resolved, tk: str, tv: str
     kvh = info.n_head_kv_per_layer
     if sp.get("kind") == "dsv4":
         streams = r.n_seq  # unified_raw = unified_compressed = false in the constructor
-        swa = r.n_ctx_seq if s.swa_full else _pad(min(r.n_ctx_seq, info.n_swa + r.n_ubatch),
+        swa = r.n_ctx_seq if s.swa_full else pad(min(r.n_ctx_seq, info.n_swa + r.n_ubatch),
                                                    256)
         raw = tuple(range(n))  # no filter: every layer, MTP layers included
         out = [_cache("SWA", raw, swa, streams, tk, tv,

@@ -1,64 +1,12 @@
-"""What the installed llama.cpp runtime can do, found without loading it.
-
-The parent process never loads llama.cpp (a crash there would take the window down), so the
-backends are read from the shared libraries the llama-cpp-python wheel ships: a CUDA build has
-``libggml-cuda``, a Metal build ``libggml-metal`` and so on. That is what decides whether GPU
-memory appears in a plan at all.
+"""The devices a plan may use on this machine: telemetry's devices filtered by what the
+installed runtime build can offload to (`engine.core.build`).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
-import os
-from pathlib import Path
 
+from engine.core.build import cuda_reserve_bytes, gpu_backend
 from engine.core.memory_types import Device
-
-_BACKENDS = {"cuda": "ggml-cuda", "metal": "ggml-metal", "vulkan": "ggml-vulkan", "hip": "ggml-hip",
-             "sycl": "ggml-sycl"}
-
-
-@functools.lru_cache(maxsize=1)
-def runtime_lib_dir() -> Path | None:
-    override = os.environ.get("LLAMA_CPP_LIB_PATH")
-    if override:
-        return Path(override)
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "lib"
-
-
-@functools.lru_cache(maxsize=1)
-def runtime_backends() -> frozenset[str]:
-    """GPU backends built into the runtime ("cuda", "metal", ...); empty for a CPU-only build."""
-    lib = runtime_lib_dir()
-    if lib is None or not lib.is_dir():
-        return frozenset()
-    names = [p.name for p in lib.iterdir()]
-    return frozenset(b for b, stem in _BACKENDS.items() if any(stem in n for n in names))
-
-
-def gpu_backend() -> str:
-    """The backend that GPU devices would use: "cuda", "metal", ... or "cpu"."""
-    for name in ("cuda", "hip", "metal", "vulkan", "sycl"):
-        if name in runtime_backends():
-            return name
-    return "cpu"
-
-
-#: What a llama.cpp CUDA process holds on a GPU besides its buffers (context, kernel images,
-#: cuBLAS workspace): 522.1-523.2 MiB on an H100, driver 580 (benchmarks/gpu_memory.py). Override
-#: with KVDECK_CUDA_RESERVE_MIB where a driver or GPU differs.
-CUDA_RESERVE_MIB = 524
-
-
-def cuda_reserve_bytes() -> int:
-    try:
-        return int(float(os.environ.get("KVDECK_CUDA_RESERVE_MIB", CUDA_RESERVE_MIB)) * 2**20)
-    except ValueError:
-        return CUDA_RESERVE_MIB * 2**20
 
 
 def plan_devices(telemetry_devices: list[Device] | None = None, runtime_on_gpu: bool = False

@@ -4,21 +4,17 @@ A full disk or a data folder that turned read-only must not stop the user mid-co
 On the first write that fails for such a reason, the store copies everything it holds into an
 in-memory SQLite database (reading still works) and carries on there; the failing call raises
 `StoreDegraded`, whose message tells the user that nothing from now on is saved, and which the
-caller may simply retry. At start-up, `memory_copy` opens an unwritable history read-only, so
-old conversations stay visible. Kept apart from `engine.storage.store` (which calls `degrade` from its
-write path) because it is about failure policy, not storage.
+caller may simply retry. At start-up, `ChatStore.memory_copy` opens an unwritable history
+read-only, so old conversations stay visible. Kept apart from `engine.storage.store` (which
+calls these from its write path) because it is about failure policy, not storage; it works on
+connections and never imports the store.
 """
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from engine.core.errors import StoreError
-
-if TYPE_CHECKING:
-    from engine.storage.store import ChatStore
 
 # sqlite primary result codes that mean "the disk, not the data": READONLY, IOERR, FULL, CANTOPEN
 _DISK_CODES = frozenset({8, 10, 13, 14})
@@ -39,43 +35,32 @@ def _disk_problem(exc: BaseException) -> bool:
     return any(w in text for w in ("full", "readonly", "read-only", "disk i/o"))
 
 
-def degrade(store: ChatStore, error: StoreError, cause: BaseException) -> StoreError:
-    """`error` as it stands, or `StoreDegraded` after moving `store` into memory (called with
-    the store's lock held, after the failed transaction was rolled back)."""
-    conn = store._conn
-    if conn is None or store.in_memory or not _disk_problem(cause):
-        return error
+def memory_clone(conn: sqlite3.Connection, cause: BaseException) -> sqlite3.Connection | None:
+    """An in-memory copy of `conn` when `cause` is a disk problem (the store then moves onto
+    it and closes `conn`), else None: the error is about the data, not the disk."""
+    if not _disk_problem(cause):
+        return None
     memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     try:
         conn.backup(memory)
         memory.execute("PRAGMA foreign_keys = ON")
     except sqlite3.Error:
         memory.close()
-        return error
-    store._conn = memory
-    store.in_memory = True
-    with contextlib.suppress(sqlite3.Error):
-        conn.close()
-    return StoreDegraded(f"{error} — {IN_MEMORY_NOTE}")
+        return None
+    return memory
 
 
-def memory_copy(path: Path) -> ChatStore:
-    """An in-memory store holding whatever an unwritable history file at `path` contains
-    (empty when there is none or it cannot be read)."""
-    from engine.storage.store import SCHEMA_VERSION, ChatStore
-
-    store = ChatStore(":memory:")
-    store.in_memory = True
+def restore_read_only(path: Path, into: sqlite3.Connection, schema_version: int) -> None:
+    """Copy an unwritable history file at `path` into the connection `into` (nothing when
+    there is none, it cannot be read, or it has another schema version)."""
     if not path.is_file():
-        return store
+        return
     try:
         src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
-            if src.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-                assert store._conn is not None
-                src.backup(store._conn)
+            if src.execute("PRAGMA user_version").fetchone()[0] == schema_version:
+                src.backup(into)
         finally:
             src.close()
     except (sqlite3.Error, OSError):
         pass
-    return store

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import ModelFileError, StoreError
-from engine.storage.fallback import degrade
+from engine.storage.fallback import IN_MEMORY_NOTE, StoreDegraded, memory_clone, restore_read_only
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 5.0
@@ -131,7 +131,7 @@ class ChatStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._last_time = 0.0
-        self.in_memory = str(path) == ":memory:"  # True also after a disk failure (store_fallback)
+        self.in_memory = str(path) == ":memory:"  # True also after a disk failure (fallback)
         conn = None
         try:
             try:
@@ -151,6 +151,15 @@ class ChatStore:
                 conn.close()
             raise self._fail("open", exc) from exc
         self._conn = conn
+
+    @classmethod
+    def memory_copy(cls, path: Path) -> ChatStore:
+        """An in-memory store holding whatever an unwritable history file at `path` contains
+        (empty when there is none or it cannot be read)."""
+        store = cls(":memory:")
+        assert store._conn is not None
+        restore_read_only(path, store._conn, SCHEMA_VERSION)
+        return store
 
     @classmethod
     def open_default(cls) -> ChatStore:
@@ -189,6 +198,18 @@ class ChatStore:
         reason = str(exc) if isinstance(exc, StoreError) else _reason(exc)
         return StoreError(f"cannot {action} chat history at {self.path}: {reason}")
 
+    def _degrade(self, error: StoreError, cause: BaseException) -> StoreError:
+        """`error` as it stands, or `StoreDegraded` after moving into memory (called with the
+        lock held, after the failed transaction was rolled back)."""
+        conn = self._conn
+        memory = None if conn is None or self.in_memory else memory_clone(conn, cause)
+        if conn is None or memory is None:
+            return error
+        self._conn, self.in_memory = memory, True
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+        return StoreDegraded(f"{error} — {IN_MEMORY_NOTE}")
+
     def _connection(self, action: str) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError(f"cannot {action} chat history at {self.path}: it is closed")
@@ -211,7 +232,7 @@ class ChatStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except (sqlite3.Error, OSError) as exc:
-                raise degrade(self, self._fail(action, exc), exc) from exc
+                raise self._degrade(self._fail(action, exc), exc) from exc
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -219,7 +240,7 @@ class ChatStore:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 if isinstance(exc, (sqlite3.Error, OSError)):  # a full disk: go on in memory
-                    raise degrade(self, self._fail(action, exc), exc) from exc
+                    raise self._degrade(self._fail(action, exc), exc) from exc
                 raise
 
     # -- conversations ----------------------------------------------------------------------
