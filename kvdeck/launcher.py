@@ -78,9 +78,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args and (args[0] in COMMANDS or args[0] in ("-h", "--help")):
         return cli_main(args)
+    word = next((a for a in args if not a.startswith("-")), None)
+    if word is not None and not _looks_like_a_model(word):
+        _error(f"unknown command {word!r}; commands: {', '.join(sorted(COMMANDS))} "
+               "(kvdeck --help), or give a .gguf file to open it in the window")
+        return 2
+    from app.display import display_problem
+
+    problem = display_problem()
+    if problem:
+        _error(problem)
+        return 2
     from app.gui import run
 
     return run(args)
+
+
+def _looks_like_a_model(word: str) -> bool:
+    """``kvdeck MODEL.gguf`` (what a file manager runs) opens the window; any other word is a
+    mistyped command, which must not open a window."""
+    from pathlib import Path
+
+    return word.lower().endswith(".gguf") or Path(word).expanduser().exists()
+
+
+def _error(line: str) -> None:
+    if sys.stderr is not None:
+        print(f"error: {line}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

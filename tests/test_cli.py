@@ -84,3 +84,32 @@ def test_chat_refuses_a_context_that_cannot_fit_before_loading(smollm2_path):
     assert r.returncode == 2
     assert r.stderr.startswith("error: this needs") and "MiB on CPU" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_command_is_one_line_and_never_a_window():
+    r = kvdeck("frobnicate", env={"DISPLAY": ":0"})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown command 'frobnicate'")
+    assert "inspect" in lines[0] and "serve" in lines[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11/Wayland are Linux's")
+def test_no_display_is_one_line_naming_the_way_out():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    r = subprocess.run([sys.executable, "-m", "kvdeck"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no display found")
+    assert "QT_QPA_PLATFORM=offscreen" in lines[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11 is Linux's")
+def test_a_display_nobody_serves_is_one_line_not_an_abort():
+    r = kvdeck(env={"DISPLAY": ":97", "WAYLAND_DISPLAY": ""}, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert ":97" in lines[0] or "missing" in lines[0]
