@@ -23,7 +23,9 @@ from engine.chat.conversation import conversation_prompt
 from engine.chat.template import ChatMessage
 from engine.core.errors import KvDeckError
 from engine.core.sampling import DEFAULT_PRESET, PRESETS
-from engine.storage.store import ChatStore, Message, title_from_text
+from engine.storage.identity import title_from_text
+from engine.storage.records import Message
+from engine.storage.store import ChatStore
 from engine.storage.fallback import StoreDegraded
 
 T = TypeVar("T")

@@ -32,7 +32,8 @@ from engine.runtime.host import ProcessOutcome
 from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import PlanSettings
 from engine.core.build import gpu_backend
-from engine.storage.store import ChatStore, model_key
+from engine.storage.identity import model_key
+from engine.storage.store import ChatStore
 
 log = logging.getLogger(__name__)
 APP_NAME = "KV Deck"

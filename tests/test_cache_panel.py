@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from app.main_window import MainWindow
-from engine.storage.store import ChatStore, model_key
+from engine.storage.identity import model_key
+from engine.storage.store import ChatStore
 
 pytestmark = pytest.mark.slow
 LOAD_TIMEOUT_MS = 120_000

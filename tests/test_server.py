@@ -258,7 +258,8 @@ def test_gui_server_toggle_serves_the_window_model_with_a_bar_per_sequence(qtbot
                                                                            smollm2_path):
     from app.main_window import MainWindow
     from engine.core.memory_types import PlanSettings
-    from engine.storage.store import ChatStore, model_key
+    from engine.storage.identity import model_key
+    from engine.storage.store import ChatStore
 
     monkeypatch.setenv("KVDECK_DEMO_MODEL", str(smollm2_path))
     store = ChatStore(tmp_path / "chat.sqlite3")

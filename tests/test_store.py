@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from engine.core.errors import KvDeckError, ModelFileError, StoreError
-from engine.storage.store import (
-    SCHEMA_VERSION,
-    ChatStore,
-    Conversation,
-    Message,
-    migrate,
-    model_key,
-    title_from_text,
-)
+from engine.storage.schema import SCHEMA_VERSION, migrate
+from engine.storage.identity import model_key, title_from_text
+from engine.storage.records import Conversation, Message
+from engine.storage.store import ChatStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -157,7 +152,7 @@ def test_truncate_after(store: ChatStore) -> None:
     assert store.list_conversations()[0].id == conv.id  # truncation counts as an update
 
 
-def test_delete_conversation_cascades(db: Path) -> None:
+def test_delete_hides_until_undo_or_reopen_then_cascades(db: Path) -> None:
     with ChatStore(db) as s:
         conv = s.create_conversation()
         keep = s.create_conversation()
@@ -167,12 +162,46 @@ def test_delete_conversation_cascades(db: Path) -> None:
         s.delete_conversation(conv.id)
         s.delete_conversation(conv.id)  # a second delete is a no-op
         assert s.get_conversation(conv.id) is None
+        assert [c.id for c in s.list_conversations()] == [keep.id]
+        assert s.restore_conversation(conv.id)  # undo
+        assert [m.content for m in s.messages(conv.id)] == ["0", "1", "2", "3", "4"]
+        s.delete_conversation(conv.id)
+    with ChatStore(db) as s:  # reopening ends the chance to undo
+        assert not s.restore_conversation(conv.id)
         assert s.messages(conv.id) == []
     raw = sqlite3.connect(db)
     try:
         assert raw.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
     finally:
         raw.close()
+
+
+def test_search_finds_words_of_old_replies_and_titles(db: Path) -> None:
+    with ChatStore(db) as s:
+        old = s.create_conversation("Trip planning")
+        s.add_message(old.id, "user", "Where should I go?")
+        reply = s.add_message(old.id, "assistant", "Consider the quantization of Lisbon's trams.")
+        s.update_message(reply.id, "Lisbon has beautiful tiled façades.", True, end_reason="eog")
+        other = s.create_conversation("Cooking")
+        s.add_message(other.id, "user", "How long do eggs boil?")
+        hits = s.search("facades")  # diacritics folded, FTS5 on the updated text
+        assert [(h.conversation_id, h.message_id) for h in hits] == [(old.id, reply.id)]
+        assert "[façades]" in hits[0].snippet
+        assert not s.search("quantization")  # the old text left the index
+        assert [h.conversation_id for h in s.search("cook")] == [other.id]  # title prefix
+        assert s.search('"; DROP TABLE messages; --') == []  # words, never FTS syntax
+        assert s.messages(old.id)[1].end_reason == "eog"
+
+
+def test_conversation_settings_merge(db: Path) -> None:
+    with ChatStore(db) as s:
+        conv = s.create_conversation()
+        s.set_conversation_settings(conv.id, {"overflow": "rolling", "sampling": {"top_k": 40}})
+        s.set_conversation_settings(conv.id, {"overflow": "middle", "cut": 6})
+        assert s.get_conversation(conv.id).settings == {
+            "overflow": "middle", "cut": 6, "sampling": {"top_k": 40}}
+        s.set_conversation_settings(conv.id, {"cut": None})
+        assert "cut" not in s.list_conversations()[0].settings
 
 
 def test_concurrent_threads(store: ChatStore) -> None:
@@ -462,3 +491,17 @@ def test_title_from_long_text() -> None:
     assert long.startswith(title[:-1])
     nospace = "x" * 100
     assert title_from_text(nospace) == "x" * 47 + "…"
+
+
+def test_a_version_1_history_is_upgraded_and_searchable(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    raw = sqlite3.connect(db, isolation_level=None)
+    migrate(raw, target=1)
+    raw.execute("INSERT INTO conversations (title, created, updated) VALUES ('Old', 1, 1)")
+    raw.execute("INSERT INTO messages (conversation_id, role, content, created)"
+                " VALUES (1, 'assistant', 'an answer about sliding windows', 1)")
+    raw.close()
+    with ChatStore(db) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        assert [h.conversation_id for h in s.search("sliding")] == [1]
+        assert s.messages(1)[0].end_reason is None and s.get_conversation(1).settings == {}

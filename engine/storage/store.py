@@ -11,103 +11,27 @@ Errors: any sqlite3 or OS failure becomes a `StoreError` with a one-line message
 "cannot open chat history at /x/kvdeck.sqlite3: attempt to write a readonly database". A write
 that fails because of the disk moves the store into memory (`engine.storage.fallback`).
 
-Schema changes: bump `SCHEMA_VERSION` and add a step to `_MIGRATIONS`; `migrate()` upgrades
-older files step by step (tracked in ``PRAGMA user_version``) and refuses newer ones.
+Schema and its migrations: `engine.storage.schema`.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import ModelFileError, StoreError
+from engine.core.errors import StoreError
 from engine.storage.fallback import IN_MEMORY_NOTE, StoreDegraded, memory_clone, restore_read_only
+from engine.storage.identity import DEFAULT_TITLE, os_reason
+from engine.storage.records import Conversation, Message, SearchHit
+from engine.storage.schema import SCHEMA_VERSION, migrate
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 5.0
 ROLES = frozenset({"system", "user", "assistant", "tool"})
-DEFAULT_TITLE = "New chat"
-_KEY_CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: int
-    title: str
-    model_path: str | None
-    model_key: str | None
-    system_prompt: str
-    created: float  # seconds since the epoch
-    updated: float
-
-
-@dataclass(frozen=True)
-class Message:
-    id: int
-    conversation_id: int
-    role: str
-    content: str
-    complete: bool
-    created: float
-    n_tokens: int | None
-    tokens_per_s: float | None
-
-
-_SCHEMA_1 = (
-    "CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, model_path TEXT,"
-    " model_key TEXT, system_prompt TEXT NOT NULL DEFAULT '', created REAL NOT NULL,"
-    " updated REAL NOT NULL)",
-    "CREATE INDEX conversations_by_updated ON conversations(updated DESC, id DESC)",
-    "CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL"
-    " REFERENCES conversations(id) ON DELETE CASCADE, role TEXT NOT NULL, content TEXT NOT NULL,"
-    " complete INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL, n_tokens INTEGER, tokens_per_s REAL)",
-    "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
-    "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE model_settings (model_key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-)
-
-
-def _migrate_to_1(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_1:
-        conn.execute(statement)
-
-
-# _MIGRATIONS[n] upgrades a version n-1 database to version n.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
-
-
-def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Upgrade the schema step by step to `target`; returns the version found before.
-
-    Each step runs in its own transaction together with its ``user_version`` bump. The
-    connection must be in autocommit mode (``isolation_level=None``). Raises `StoreError` for
-    a database written by a newer KV Deck.
-    """
-    found = conn.execute("PRAGMA user_version").fetchone()[0]
-    if found > target:
-        raise StoreError(
-            f"it uses schema version {found}, newer than this KV Deck understands ({target}); "
-            "please update KV Deck"
-        )
-    for version in range(found + 1, target + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            _MIGRATIONS[version](conn)
-            conn.execute(f"PRAGMA user_version = {int(version)}")
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-    return found
 
 
 def _loads(text: str, default: Any) -> Any:
@@ -117,10 +41,6 @@ def _loads(text: str, default: Any) -> Any:
         return default
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 class ChatStore:
@@ -146,6 +66,7 @@ class ChatStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             migrate(conn)
+            conn.execute("DELETE FROM conversations WHERE deleted IS NOT NULL")  # undo is over
         except (StoreError, sqlite3.Error, OSError) as exc:
             if conn is not None:
                 conn.close()
@@ -195,7 +116,7 @@ class ChatStore:
         return now
 
     def _fail(self, action: str, exc: BaseException) -> StoreError:
-        reason = str(exc) if isinstance(exc, StoreError) else _reason(exc)
+        reason = str(exc) if isinstance(exc, StoreError) else os_reason(exc)
         return StoreError(f"cannot {action} chat history at {self.path}: {reason}")
 
     def _degrade(self, error: StoreError, cause: BaseException) -> StoreError:
@@ -245,7 +166,13 @@ class ChatStore:
 
     # -- conversations ----------------------------------------------------------------------
 
-    _CONV_COLS = "id, title, model_path, model_key, system_prompt, created, updated"
+    _CONV_COLS = "id, title, model_path, model_key, system_prompt, created, updated, settings"
+
+    @staticmethod
+    def _conversation(row: tuple) -> Conversation:
+        *head, settings = row
+        value = _loads(settings, {})
+        return Conversation(*head, settings=value if isinstance(value, dict) else {})
 
     def create_conversation(self, title: str = DEFAULT_TITLE, model_path: str | Path | None = None,
                             model_key: str | None = None, system_prompt: str = "") -> Conversation:
@@ -255,20 +182,21 @@ class ChatStore:
             cur = conn.execute(
                 "INSERT INTO conversations (title, model_path, model_key, system_prompt, created,"
                 " updated) VALUES (?, ?, ?, ?, ?, ?)", (title, mp, model_key, system_prompt, now, now))
-            return Conversation(cur.lastrowid, title, mp, model_key, system_prompt, now, now)
+            return Conversation(cur.lastrowid, title, mp, model_key, system_prompt, now, now, {})
 
     def list_conversations(self) -> list[Conversation]:
         """All conversations, most recently updated first."""
         with self._read("read") as conn:
-            sql = f"SELECT {self._CONV_COLS} FROM conversations ORDER BY updated DESC, id DESC"
+            sql = (f"SELECT {self._CONV_COLS} FROM conversations WHERE deleted IS NULL"
+                   " ORDER BY updated DESC, id DESC")
             rows = conn.execute(sql).fetchall()
-        return [Conversation(*row) for row in rows]
+        return [self._conversation(row) for row in rows]
 
     def get_conversation(self, conv_id: int) -> Conversation | None:
         with self._read("read") as conn:
-            sql = f"SELECT {self._CONV_COLS} FROM conversations WHERE id = ?"
+            sql = f"SELECT {self._CONV_COLS} FROM conversations WHERE id = ? AND deleted IS NULL"
             row = conn.execute(sql, (conv_id,)).fetchone()
-        return None if row is None else Conversation(*row)
+        return None if row is None else self._conversation(row)
 
     def _update_conversation(self, conv_id: int, assignments: str, values: tuple) -> None:
         with self._write("write to") as conn:
@@ -288,19 +216,75 @@ class ChatStore:
         mp = None if model_path is None else str(model_path)
         self._update_conversation(conv_id, "model_path = ?, model_key = ?", (mp, model_key))
 
-    def delete_conversation(self, conv_id: int) -> None:
-        """Delete a conversation and its messages; deleting a missing one is a no-op."""
+    def set_conversation_settings(self, conv_id: int, settings: dict[str, Any]) -> dict[str, Any]:
+        """Merge `settings` into the conversation's (a None value removes a key); returns them."""
         with self._write("write to") as conn:
-            conn.execute("DELETE FROM conversations WHERE id = ?", (conv_id,))
+            row = conn.execute("SELECT settings FROM conversations WHERE id = ?",
+                               (conv_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"conversation {conv_id} no longer exists")
+            merged = _loads(row[0], {})
+            merged = merged if isinstance(merged, dict) else {}
+            merged.update(settings)
+            merged = {k: v for k, v in merged.items() if v is not None}
+            conn.execute("UPDATE conversations SET settings = ? WHERE id = ?",
+                         (json.dumps(merged), conv_id))
+        return merged
+
+    def delete_conversation(self, conv_id: int) -> None:
+        """Hide a conversation (undo with `restore_conversation` until the store is reopened,
+        when hidden ones are deleted for good); deleting a missing one is a no-op."""
+        with self._write("write to") as conn:
+            conn.execute("UPDATE conversations SET deleted = ? WHERE id = ?", (time.time(), conv_id))
+
+    def restore_conversation(self, conv_id: int) -> bool:
+        """Undo `delete_conversation`; False when it is gone for good."""
+        with self._write("write to") as conn:
+            cur = conn.execute("UPDATE conversations SET deleted = NULL WHERE id = ? AND deleted"
+                               " IS NOT NULL", (conv_id,))
+            return cur.rowcount > 0
+
+    def purge_deleted(self) -> int:
+        """Delete hidden conversations and their messages for good; returns how many."""
+        with self._write("write to") as conn:
+            return conn.execute("DELETE FROM conversations WHERE deleted IS NOT NULL").rowcount
+
+    def search(self, query: str, limit: int = 50) -> list[SearchHit]:
+        """Conversations whose title or messages contain every word of `query` (prefixes match:
+        "quant" finds "quantization"), most recent first; SQLite FTS5 for the messages."""
+        words = [w.replace('"', '""') for w in query.split()][:16]
+        if not words:
+            return []
+        match = " ".join(f'"{w}"*' for w in words)
+        like = [f"%{w}%" for w in query.split()[:16]]
+        with self._read("search") as conn:
+            rows = conn.execute(
+                "SELECT c.id, c.title, m.id, snippet(messages_fts, 0, '[', ']', '…', 12)"
+                " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+                " JOIN conversations c ON c.id = m.conversation_id"
+                " WHERE messages_fts MATCH ? AND c.deleted IS NULL"
+                " ORDER BY c.updated DESC, m.id DESC LIMIT ?", (match, limit)).fetchall()
+            titles = conn.execute(
+                "SELECT id, title FROM conversations WHERE deleted IS NULL AND "
+                + " AND ".join("title LIKE ?" for _ in like) + " ORDER BY updated DESC LIMIT ?",
+                (*like, limit)).fetchall()
+        hits = [SearchHit(cid, title, None, title) for cid, title in titles]
+        seen = {h.conversation_id for h in hits}
+        for cid, title, mid, snip in rows:
+            if cid not in seen:
+                seen.add(cid)
+                hits.append(SearchHit(cid, title, mid, " ".join(snip.split())))
+        return hits[:limit]
 
     # -- messages ---------------------------------------------------------------------------
 
-    _MSG_COLS = "id, conversation_id, role, content, complete, created, n_tokens, tokens_per_s"
+    _MSG_COLS = ("id, conversation_id, role, content, complete, created, n_tokens, tokens_per_s,"
+                 " end_reason")
 
     @staticmethod
     def _message(row: tuple) -> Message:
-        mid, cid, role, content, complete, created, n_tokens, tps = row
-        return Message(mid, cid, role, content, bool(complete), created, n_tokens, tps)
+        mid, cid, role, content, complete, created, n_tokens, tps, end = row
+        return Message(mid, cid, role, content, bool(complete), created, n_tokens, tps, end)
 
     def add_message(self, conv_id: int, role: str, content: str, complete: bool = True,
                     n_tokens: int | None = None, tokens_per_s: float | None = None) -> Message:
@@ -318,12 +302,14 @@ class ChatStore:
             return Message(cur.lastrowid, *values)
 
     def update_message(self, msg_id: int, content: str, complete: bool,
-                       n_tokens: int | None = None, tokens_per_s: float | None = None) -> None:
+                       n_tokens: int | None = None, tokens_per_s: float | None = None,
+                       end_reason: str | None = None) -> None:
         """Replace a message's text and status (called repeatedly while a reply streams)."""
         with self._write("write to") as conn:
             cur = conn.execute(
-                "UPDATE messages SET content = ?, complete = ?, n_tokens = ?, tokens_per_s = ? WHERE id = ?",
-                (content, bool(complete), n_tokens, tokens_per_s, msg_id))
+                "UPDATE messages SET content = ?, complete = ?, n_tokens = ?, tokens_per_s = ?,"
+                " end_reason = ? WHERE id = ?",
+                (content, bool(complete), n_tokens, tokens_per_s, end_reason, msg_id))
             if cur.rowcount == 0:
                 raise StoreError(f"message {msg_id} no longer exists")
 
@@ -383,38 +369,3 @@ class ChatStore:
             conn.execute("INSERT INTO model_settings (model_key, value) VALUES (?, ?) ON CONFLICT(model_key)"
                          " DO UPDATE SET value = excluded.value", (model_key, json.dumps(merged)))
         return merged
-
-
-def model_key(path: Path | str) -> str:
-    """A model file's identity, independent of where it lies: ``"{size}-{hash16}"``.
-
-    The hash is SHA-256 over the size, the first MiB and the last MiB, so it is cheap even for
-    a 100 GB file. Raises `ModelFileError` when the file cannot be read.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            digest = hashlib.sha256(str(size).encode("ascii") + b"\0")
-            digest.update(fh.read(_KEY_CHUNK))
-            if size > _KEY_CHUNK:
-                fh.seek(max(_KEY_CHUNK, size - _KEY_CHUNK))
-                digest.update(fh.read(_KEY_CHUNK))
-    except OSError as exc:
-        raise ModelFileError(f"cannot read model file {path}: {_reason(exc)}") from exc
-    return f"{size}-{digest.hexdigest()[:16]}"
-
-
-def title_from_text(text: str, limit: int = 48) -> str:
-    """A conversation title from the first non-empty line of `text`, at most `limit` chars."""
-    line = next((ln for ln in text.splitlines() if ln.strip()), "")
-    line = " ".join(line.split())
-    if not line:
-        return DEFAULT_TITLE
-    if len(line) <= limit:
-        return line
-    cut = line[: limit - 1]
-    space = cut.rfind(" ")
-    if space >= limit // 2:
-        cut = cut[:space]
-    return cut.rstrip(" ,;:.-") + "…"
