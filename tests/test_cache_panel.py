@@ -5,9 +5,9 @@ import pytest
 
 from app.main_window import MainWindow
 from engine.storage.store import ChatStore, model_key
+from tests.helpers.gui import LOAD_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
-LOAD_TIMEOUT_MS = 120_000
 
 
 def same_at_log_precision(a: int, b: int) -> bool:

@@ -2,21 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def kvdeck(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
-    full_env = dict(os.environ, **(env or {}))
-    full_env.pop("QT_QPA_PLATFORM", None)
-    return subprocess.run([sys.executable, "-m", "kvdeck", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+from tests.helpers.cli import ROOT, kvdeck
 
 
 def test_inspect_json(smollm2_path):

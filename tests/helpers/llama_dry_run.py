@@ -1,7 +1,7 @@
 """Ask llama.cpp (CPU build) what it would allocate, in a child process.
 
 Context creation can abort the process (GGML_ASSERT), so it never runs inside pytest. The child
-is this file run as a script: it loads each model once per batch of jobs with `no_alloc=True`
+is this module run as ``python -m tests.helpers.llama_dry_run`` from the repository root: it loads each model once per batch of jobs with `no_alloc=True`
 and `load_mode=NONE` (notes §9: the sizes equal a real run for KV, recurrent, output and
 compute; weights print 0.00) — or for real with `real=True`, to measure weights — creates one
 context per job and prints the captured log lines as JSON. The parent parses them with
@@ -15,7 +15,10 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
 
 _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
                "iq4_nl": 20, "bf16": 30}
@@ -113,7 +116,7 @@ def dry_run(jobs: list[tuple[str, Any]], real: bool = False, timeout: float = 12
     while pending:
         payload = {"jobs": [{"path": str(p), "settings": s.to_dict(), "real": real}
                             for p, s in pending]}
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__)],
+        proc = subprocess.run([sys.executable, "-m", "tests.helpers.llama_dry_run"], cwd=ROOT,
                               input=json.dumps(payload), capture_output=True, text=True,
                               timeout=timeout, env=env)
         done = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
