@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Sequence
 
 import psutil
 
-from engine.core import paths
+from engine.core import logfile, paths
 from engine.core.errors import KvDeckError
 from engine.storage.store import ChatStore
 
@@ -32,10 +31,7 @@ def _setup_logging() -> None:
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(console)
     try:
-        handler = logging.handlers.RotatingFileHandler(paths.data_dir() / "kvdeck.log",
-                                                       maxBytes=2_000_000, backupCount=2, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+        root.addHandler(logfile.file_handler())
     except (OSError, KvDeckError) as exc:
         log.warning("no log file: %s", exc)
 

@@ -130,26 +130,14 @@ def write_model(path: Path, name: str, seed: int = 0) -> dict[str, Any]:
 def _child() -> None:  # pragma: no cover - runs in the child process
     # Nothing may load numpy before llama.cpp here: with numpy's OpenBLAS loaded first, the CUDA
     # build segfaults while loading a model on the H100 host (CUDA hidden); the parent imports
-    # numpy only where it writes models.
-    import ctypes
+    # numpy only where it writes models. engine.child.native_log imports llama_cpp first thing.
+    from engine.child.native_log import NativeLog
 
-    import llama_cpp  # noqa: F401  (installs a log callback; replaced below)
     import llama_cpp.llama_cpp as LL
 
     lines: list[str] = []
-    state = {"level": 2, "buf": ""}
-
-    def on_log(level: int, text: bytes, _ud: object) -> None:
-        if level == 5:  # CONT
-            level = state["level"]
-        state["level"] = level
-        state["buf"] += text.decode("utf-8", "replace")
-        while "\n" in state["buf"]:
-            line, state["buf"] = state["buf"].split("\n", 1)
-            lines.append(line)
-
-    callback = LL.llama_log_callback(on_log)
-    LL.llama_log_set(callback, ctypes.c_void_p())
+    # every line, DEBUG included; kept in a variable: C holds its callback
+    _log = NativeLog(lambda _level, line: lines.append(line), keep_debug=("",))
     LL.llama_backend_init()
     print(json.dumps({"system_info": LL.llama_print_system_info().decode("utf-8", "replace"),
                       "gpu_offload": bool(LL.llama_supports_gpu_offload())}), flush=True)

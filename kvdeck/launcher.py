@@ -28,7 +28,8 @@ def self_test(max_tokens: int = 8) -> int:
     """Load the demo model in the runtime child, decode a few greedy tokens, report one line."""
     import logging
 
-    from engine.core import paths
+    from engine.core import logfile, paths
+    from engine.core.errors import KvDeckError
     from engine.chat.conversation import reply
     from engine.chat.template import ChatMessage
     from engine.runtime.host import RuntimeHost
@@ -36,6 +37,14 @@ def self_test(max_tokens: int = 8) -> int:
     from engine.core.sampling import SamplingParams
 
     logging.getLogger("kvdeck").addHandler(logging.NullHandler())  # the one line says it all
+    log_file = None
+    if not logging.getLogger().handlers:  # the details, a failure's traceback included, go to the log file
+        try:
+            logging.getLogger().addHandler(logfile.file_handler())
+            logging.getLogger().setLevel(logging.INFO)
+            log_file = paths.log_path()
+        except (OSError, KvDeckError):
+            pass
     try:
         model = paths.demo_model_path()
         if model is None:
@@ -53,8 +62,10 @@ def self_test(max_tokens: int = 8) -> int:
             host.stop()
         if not done.tokens:
             raise RuntimeError("the model generated no tokens")
-    except Exception as exc:  # any failure is the answer, as one line
-        _say(f"self-test failed: {' '.join(str(exc).split()) or type(exc).__name__}")
+    except Exception as exc:  # any failure is the answer, as one line; its traceback in the log file
+        logging.getLogger("kvdeck.self_test").error("self-test failed", exc_info=True)
+        where = f" (details in {log_file})" if log_file else ""
+        _say(f"self-test failed: {' '.join(str(exc).split()) or type(exc).__name__}{where}")
         return 1
     _say(f"self-test ok: {model.name}, {len(done.tokens)} tokens, {done.tokens_per_s:.1f} tokens/s, "
          f"load {load_s:.2f} s")

@@ -11,7 +11,7 @@ from engine.cli.main import main as cli_main
 from engine.core.errors import RuntimeFailure
 from engine.runtime.host import RuntimeHost
 from engine.core.sampling import PRESETS, SamplingParams
-from tests.runtime_host import running_host
+from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)

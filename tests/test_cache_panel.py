@@ -6,9 +6,9 @@ import pytest
 from app.main_window import MainWindow
 from engine.storage.identity import model_key
 from engine.storage.store import ChatStore
+from tests.helpers.gui import LOAD_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
-LOAD_TIMEOUT_MS = 120_000
 
 
 def same_at_log_precision(a: int, b: int) -> bool:

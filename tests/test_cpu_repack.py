@@ -23,8 +23,8 @@ from engine.plan.cpu_repack import layout, repack_plan, tensor_layout
 from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import MiB, PlanSettings
-from gguf_factory import add_tokenizer
-from llama_dry_run import dry_run
+from tests.helpers.gguf_factory import add_tokenizer
+from tests.helpers.llama_dry_run import dry_run
 
 AVX2 = CpuFeatures.of("AVX2")
 AVX512 = CpuFeatures.of("AVX2", "AVX512")

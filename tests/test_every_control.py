@@ -16,7 +16,7 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QAbstractButton, QApplication, QDialog, QFileDialog, QMenu
 
 from app.main_window import MainWindow
-from test_gui import LOAD_TIMEOUT_MS, new_window
+from tests.helpers.gui import LOAD_TIMEOUT_MS, new_window
 
 pytestmark = pytest.mark.slow
 

@@ -24,9 +24,8 @@ from PySide6.QtCore import Qt, QUrl
 from app.main_window import MainWindow
 from engine import protocol as P
 from engine.storage.store import ChatStore
-from tests.runtime_host import running_host
-from tests.test_gui import LOAD_TIMEOUT_MS, ask
-from tests.test_hostile import _drop_url
+from tests.helpers.gui import LOAD_TIMEOUT_MS, ask, drop_url
+from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +105,7 @@ def test_runtime_killed_in_every_phase_twenty_times(qtbot, tmp_path, monkeypatch
         t0 = time.perf_counter()
         with qtbot.waitSignal(win.bridge.exited, timeout=60_000):
             if phase == "load":
-                _drop_url(win, QUrl.fromLocalFile(str(smollm2_path)))
+                drop_url(win, QUrl.fromLocalFile(str(smollm2_path)))
             else:
                 win.chat.new_conversation()
                 win.chat.input.setPlainText(LONG_PROMPT if phase == "prefill" else "Count from 1 to 300.")
@@ -154,14 +153,14 @@ def _read_promises(lines: list[str]) -> tuple[dict[int, str], dict[int, tuple[in
 
 
 def test_app_killed_while_saving_loses_nothing_committed(tmp_path, smollm2_path) -> None:
-    """The real window (tests/fault_app.py) chats on its own; SIGKILL it at random moments while
+    """The real window (tests/helpers/fault_app.py) chats on its own; SIGKILL it at random moments while
     replies stream and are saved; every write it reported must be in a database that opens."""
     db, rng = tmp_path / "chat.sqlite3", random.Random(7)
     env = {**os.environ, "KVDECK_DEMO_MODEL": str(smollm2_path), "KVDECK_DATA_DIR": str(tmp_path)}
     promised_roles: dict[int, str] = {}
     for round_ in range(3):
         log = open(tmp_path / f"app{round_}.log", "w")  # noqa: SIM115 (closed below)
-        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_app.py"), str(db)],
+        proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.fault_app", str(db)],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
         lines: list[str] = []
         wanted, deadline = rng.randint(2, 6), time.monotonic() + 90

@@ -16,8 +16,8 @@ from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.kv_sizes import kv_caches
 from engine.core.memory_types import MiB, PlanSettings
-from gguf_factory import write_family
-from llama_dry_run import dry_run
+from tests.helpers.gguf_factory import write_family
+from tests.helpers.llama_dry_run import dry_run
 
 ZEROED_MLA = {"attention.key_length_mla": 0, "attention.value_length_mla": 0,
               "attention.kv_lora_rank": 0, "attention.q_lora_rank": 0}

@@ -3,30 +3,15 @@ from __future__ import annotations
 
 import os
 import signal
-import warnings
 
 import pytest
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import Qt
 
 from app.main_window import MainWindow
 from engine.storage.store import ChatStore
+from tests.helpers.gui import LOAD_TIMEOUT_MS, ask, drop, new_window
 
 pytestmark = pytest.mark.slow
-LOAD_TIMEOUT_MS = 120_000
-
-
-def new_window(qtbot, tmp_path, monkeypatch, demo, *, max_tokens: int = 24) -> MainWindow:
-    """A real window on a private chat store, greedy replies, ``demo`` as the first-start model."""
-    monkeypatch.setenv("KVDECK_DEMO_MODEL", str(demo))
-    store = ChatStore(tmp_path / "chat.sqlite3")
-    store.set_setting("preset", "Greedy (deterministic)")
-    store.set_setting("max_tokens", max_tokens)
-    win = MainWindow(store)
-    qtbot.addWidget(win)
-    win.show()
-    return win
 
 
 @pytest.fixture
@@ -35,29 +20,6 @@ def window(qtbot, tmp_path, monkeypatch, smollm2_path):
     yield win
     win.close()
     win.store.close()
-
-
-def drop(win: MainWindow, path: str) -> None:
-    """Drag a file over the chat transcript and drop it, as a file manager would."""
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(path)])
-    target = win.chat.view.viewport()
-    pos = QPoint(40, 40)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                                Qt.KeyboardModifier.NoModifier)
-    QApplication.sendEvent(target, enter)
-    assert enter.isAccepted()
-    event = QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                       Qt.KeyboardModifier.NoModifier)
-    assert QApplication.sendEvent(target, event)
-
-
-def ask(qtbot, win: MainWindow, text: str) -> None:
-    win.chat.input.setPlainText(text)
-    with qtbot.waitSignal(win.bridge.finished, timeout=LOAD_TIMEOUT_MS):
-        qtbot.mouseClick(win.chat.send_button, Qt.MouseButton.LeftButton)
 
 
 def test_first_start_loads_the_demo_model_and_chats(qtbot, window):

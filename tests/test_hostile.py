@@ -1,4 +1,4 @@
-"""Every hostile GGUF file (tests/hostile_gguf.py) through every way in: the CLI, the runtime, the GUI.
+"""Every hostile GGUF file (tests/helpers/hostile_gguf.py) through every way in: the CLI, the runtime, the GUI.
 
 The promise: a clear one-line error within 2 seconds, never a traceback; nothing reaches
 llama.cpp that the checks up front can refuse, and what does reach it fails inside a child that
@@ -31,8 +31,8 @@ from engine.gguf.inspect import inspect_gguf
 from engine.runtime.host import RuntimeHost
 from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import MiB, PlanSettings
-from tests.hostile_gguf import Hostile, all_cases, write_all
-from tests.runtime_host import running_host
+from tests.helpers.hostile_gguf import Hostile, all_cases, write_all
+from tests.helpers.runtime_host import running_host
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 2.0  # the promise, per command, in process
@@ -211,26 +211,6 @@ def test_files_that_reach_llama_cpp(hostile, smollm2_path) -> None:
 
 # --- the window ----------------------------------------------------------------------------------
 
-def _drop_url(win, url) -> None:  # noqa: ANN001
-    """Drop any URL (test_gui.drop only makes local ones)."""
-    import warnings
-
-    from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt
-    from PySide6.QtGui import QDragEnterEvent, QDropEvent
-    from PySide6.QtWidgets import QApplication
-
-    mime = QMimeData()
-    mime.setUrls([url])
-    target, pos = win.chat.view.viewport(), QPoint(40, 40)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        QApplication.sendEvent(target, QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime,
-                                                       Qt.MouseButton.LeftButton,
-                                                       Qt.KeyboardModifier.NoModifier))
-    QApplication.sendEvent(target, QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, mime,
-                                              Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
-
-
 def _no_network(*pids: int) -> None:
     """No listening socket, indeed no internet socket at all, in the app or its runtime."""
     for pid in pids:
@@ -242,7 +222,7 @@ def _no_network(*pids: int) -> None:
 def test_window_survives_every_hostile_drop(qtbot, tmp_path, monkeypatch, smollm2_path, hostile) -> None:
     from PySide6.QtCore import Qt, QUrl
 
-    from tests.test_gui import LOAD_TIMEOUT_MS, ask, new_window
+    from tests.helpers.gui import LOAD_TIMEOUT_MS, ask, drop_url, new_window
 
     win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path, max_tokens=4)
     store = win.store
@@ -262,7 +242,7 @@ def test_window_survives_every_hostile_drop(qtbot, tmp_path, monkeypatch, smollm
     for stage, url in drops:
         win.banner.hide()
         t0 = time.perf_counter()
-        _drop_url(win, url)
+        drop_url(win, url)
         qtbot.waitUntil(win.banner.isVisible, timeout=10_000)
         slowest = max(slowest, time.perf_counter() - t0)
         text = win.banner.label.text()
@@ -279,7 +259,7 @@ def test_window_survives_every_hostile_drop(qtbot, tmp_path, monkeypatch, smollm
     # a hostile template loads, then fails in one line when the prompt is built
     template = next(p for c, p in hostile if c.name == "template-escape-mro")
     with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        _drop_url(win, QUrl.fromLocalFile(str(template)))
+        drop_url(win, QUrl.fromLocalFile(str(template)))
     win.banner.hide()
     win.chat.input.setPlainText("hi")
     t0 = time.perf_counter()
@@ -289,7 +269,7 @@ def test_window_survives_every_hostile_drop(qtbot, tmp_path, monkeypatch, smollm
     assert "chat template" in win.banner.label.text() and "\n" not in win.banner.label.text()
     assert not win.bridge.generating and store.messages(conv)[:len(before)] == before
     with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        _drop_url(win, QUrl.fromLocalFile(demo))
+        drop_url(win, QUrl.fromLocalFile(demo))
     ask(qtbot, win, "Still fine?")
     assert store.messages(conv)[-1].complete
     _no_network(os.getpid(), win.bridge.host.pid)
@@ -325,7 +305,7 @@ def test_hostile_templates_fail_fast_without_memory_growth(smollm2_path) -> None
     """Every hostile template, rendered directly: a TemplateError in one line, in time, and the
     process does not balloon (one C call such as 'x'.center(10**10) would take 10 GB)."""
     from engine.chat.template import render_chat
-    from tests.hostile_gguf import HOSTILE_TEMPLATES
+    from tests.helpers.hostile_gguf import HOSTILE_TEMPLATES
 
     peak = _PeakRss(os.getpid())
     for name, template in HOSTILE_TEMPLATES.items():

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -20,20 +19,14 @@ from PySide6.QtCore import qVersion
 
 from app.about import AboutDialog, llama_cpp_commit, version_text
 from engine.core.build import gpu_backend
+from tests.helpers.cli import ROOT, kvdeck
 
-ROOT = Path(__file__).resolve().parent.parent
 OK_LINE = re.compile(r"self-test ok: (?P<model>\S+\.gguf), (?P<n>\d+) tokens, [\d.]+ tokens/s, load [\d.]+ s")
-
-
-def kvdeck(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`kvdeck ARGS` from this checkout, as a user's terminal runs it."""
-    return subprocess.run([sys.executable, "-m", "kvdeck", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
 def test_self_test_from_source_prints_one_ok_line(smollm2_path):
-    result = kvdeck("--self-test", env={**os.environ, "KVDECK_DEMO_MODEL": str(smollm2_path)})
+    result = kvdeck("--self-test", env={"KVDECK_DEMO_MODEL": str(smollm2_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and OK_LINE.fullmatch(lines[0]), result.stdout
@@ -45,15 +38,18 @@ def test_self_test_from_source_prints_one_ok_line(smollm2_path):
 def test_self_test_reports_a_broken_model_in_one_line_and_exits_1(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 60)
-    result = kvdeck("--self-test", env={**os.environ, "KVDECK_DEMO_MODEL": str(bad)})
+    result = kvdeck("--self-test", env={"KVDECK_DEMO_MODEL": str(bad)})
     assert result.returncode == 1
     assert re.fullmatch(r"self-test failed: .*broken\.gguf.*\n", result.stdout), result.stdout
 
 
 def test_self_test_without_a_model_fails_fast(tmp_path):
-    result = kvdeck("--self-test", env={**os.environ, "KVDECK_DEMO_MODEL": str(tmp_path / "gone.gguf")},
-                    timeout=60)
+    data = tmp_path / "data"
+    result = kvdeck("--self-test", env={"KVDECK_DEMO_MODEL": str(tmp_path / "gone.gguf"),
+                                        "KVDECK_DATA_DIR": str(data)}, timeout=60)
     assert (result.returncode, result.stdout.startswith("self-test failed: no demo model")) == (1, True)
+    assert result.stdout.endswith(f"(details in {data / 'kvdeck.log'})\n"), result.stdout
+    assert "Traceback (most recent call last)" in (data / "kvdeck.log").read_text(encoding="utf-8")
 
 
 def test_version_names_every_component():

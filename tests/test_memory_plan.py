@@ -1,6 +1,6 @@
 """Specification of the memory plan: the analytic prediction against llama.cpp itself.
 
-Every corpus family (tests/gguf_factory.py) and the two real fixtures are dry-run on the CPU
+Every corpus family (tests/helpers/gguf_factory.py) and the two real fixtures are dry-run on the CPU
 build over a grid of settings in one child process; KV and recurrent tensor sums must equal
 llama.cpp's `size =` lines (as printed: two decimals of MiB, plus exact cells/layers/types),
 the resolved context must match, output and compute buffers must be within 1 % or 1 MiB.
@@ -24,8 +24,8 @@ from engine.plan.analytic import RS_ROLLBACK_ARCHS, analytic_plan
 from engine.plan.context import resolve_context
 from engine.plan.kv_sizes import geometry, kv_caches
 from engine.core.memory_types import Device, MiB, PlanSettings
-from gguf_factory import FAMILIES, write_family, write_glm_dsa, write_gguf, write_llama
-from llama_dry_run import DryRun, dry_run
+from tests.helpers.gguf_factory import FAMILIES, write_family, write_glm_dsa, write_gguf, write_llama
+from tests.helpers.llama_dry_run import DryRun, dry_run
 
 S = PlanSettings
 GRID = [

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.test_cli import kvdeck
+from tests.helpers.cli import kvdeck
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from engine.plan.fit import fit
 from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import Device, GiB, MiB, PlanSettings
-from tests.runtime_host import running_host
-from tests.test_cli import kvdeck
+from tests.helpers.runtime_host import running_host
+from tests.helpers.cli import kvdeck
 
 KEYS = ("weights", "kv", "recurrent", "compute", "output", "total")
 

@@ -16,8 +16,8 @@ from engine import protocol as P
 from engine.core.errors import KvDeckError, RuntimeFailure
 from engine.core.precision_metrics import first_divergence, kl_divergence, summarize, score_prompt
 from engine.core.precision_prompts import builtin_prompts, load_prompts, parse_prompts
-from tests.runtime_host import running_host
-from tests.test_cli import kvdeck
+from tests.helpers.runtime_host import running_host
+from tests.helpers.cli import kvdeck
 
 PROMPTS = [builtin_prompts()[0], builtin_prompts()[3]]  # code and German: the fragile ones
 N_TOKENS = 8

@@ -15,7 +15,7 @@ from engine.chat.template import ChatMessage
 from engine.core.errors import ModelFileError, RuntimeFailure, TemplateError
 from engine.runtime.host import RuntimeHost
 from engine.core.sampling import SamplingParams
-from tests.runtime_host import running_host
+from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)

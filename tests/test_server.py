@@ -22,7 +22,7 @@ from engine import protocol as P
 from engine.child.slots import StopText
 from engine.core.errors import KvDeckError
 from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config
-from tests.runtime_host import running_host
+from tests.helpers.runtime_host import running_host
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "SmolLM2-135M-Instruct.Q4_1"

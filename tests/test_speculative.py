@@ -20,8 +20,8 @@ from engine.core.errors import RuntimeFailure
 from engine.child.ngram import NgramIndex
 from engine.core.sampling import SamplingParams
 from engine.child.spec_sampling import accept_or_resample, final_distribution, greedy_token
-from tests.runtime_host import running_host
-from tests.test_cli import kvdeck
+from tests.helpers.runtime_host import running_host
+from tests.helpers.cli import kvdeck
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 PROMPTS = ["Write a short poem about the sea.", "What are the three primary colours? Explain briefly."]
@@ -219,7 +219,7 @@ def test_seed_scenario_target_context_smaller_than_the_drafts_default(smollm2_pa
 
 @pytest.mark.slow
 def test_recurrent_target_is_refused_with_the_reason(tmp_path):
-    from tests.gguf_factory import write_family, write_llama
+    from tests.helpers.gguf_factory import write_family, write_llama
 
     target, draft = write_family("mamba", tmp_path), write_llama(tmp_path / "draft.gguf")
     with running_host() as (host, _):

@@ -73,7 +73,7 @@ def test_picker_emits_choices_and_shows_state_without_emitting(qtbot, tmp_path):
 @pytest.mark.slow
 def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, smollm2_path,
                                                  gemma3_path):
-    from tests.test_gui import new_window
+    from tests.helpers.gui import new_window
 
     win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
     store = win.store

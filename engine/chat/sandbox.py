@@ -23,7 +23,7 @@ import string
 import sys
 import time
 from types import FrameType
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import psutil
 from jinja2 import nodes
@@ -190,7 +190,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             _check_numbers(right if isinstance(right, tuple) else (right,), {})
         return super().call_binop(context, operator, left, right)
 
-    def concat(self, parts: tuple[Any, ...]) -> str:
+    def concat(self, parts: Iterable[Any]) -> str:  # jinja2 passes any values (its stub: Iterable[str])
         texts = [str(p) for p in parts]
         _check_size(sum(len(t) for t in texts))
         return "".join(texts)

@@ -121,7 +121,7 @@ def main() -> int:
             if isinstance(msg, P.LoadRequest):
                 params = P.LoadParams(**{**msg.params,
                                          "tensor_split": tuple(msg.params.get("tensor_split", ()))})
-                session.load_params = params  # type: ignore[attr-defined]  (a draft copies its context)
+                session.load_params = params  # type: ignore[attr-defined]  # a draft copies its context
                 emit(session.load(req_id, params, requests.cancel_event(req_id)))
             elif isinstance(msg, P.GenerateRequest):
                 from engine.child.batch import batch_wanted, run_batch

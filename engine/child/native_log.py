@@ -37,10 +37,14 @@ class NativeLog:
 
     Replaces llama-cpp-python's import-time callback, whose level map is stale for this tree
     (it hides real errors). DEBUG is dropped first thing: some of it arrives once per token.
+    Tools that read a single load's log (tests/helpers/llama_dry_run.py, benchmarks/) keep the
+    DEBUG lines that contain one of ``keep_debug`` (``("",)``: all of them), passed on at
+    `logging.DEBUG`.
     """
 
-    def __init__(self, sink: Callable[[int, str], None]) -> None:
+    def __init__(self, sink: Callable[[int, str], None], keep_debug: tuple[str, ...] = ()) -> None:
         self._sink = sink
+        self._keep_debug = keep_debug
         self._level = 2
         self._buffer = b""
         self.recent_errors: list[str] = []
@@ -53,12 +57,14 @@ class NativeLog:
             level = self._level
         else:
             self._level = level
-        if level == 1 or not text:
+        if (level == 1 and not self._keep_debug) or not text:
             return
         self._buffer += text
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             message = line.decode("utf-8", "replace").rstrip()
+            if level == 1 and not any(k in message for k in self._keep_debug):
+                continue
             if message:
                 if self._capture is not None and len(self._capture) < MAX_CAPTURE and _is_memory_line(message):
                     self._capture.append(message)

@@ -1,7 +1,10 @@
 """``kvdeck inspect|chat ...``: the command-line twin of the GUI, Qt-free.
 
-Every failure a user can cause ends as one line ``error: ...`` on stderr and exit status 2;
-unexpected bugs also end as one line (the traceback goes to the log file, not the terminal).
+Every failure a user can cause ends as one line ``error: ...`` on stderr and exit status 2
+(`EXIT_ERROR`). A bug (any other exception) also ends as one line, ``error: internal error
+(...)`` naming the log file, with exit status 1 (`EXIT_BUG`, what an uncaught Python exception
+gives); its full traceback goes to the log file (`engine.core.logfile`), never the terminal.
+Ctrl-C ends with ``error: interrupted`` and 130.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from engine.cli import memory as cli_memory
@@ -18,13 +22,18 @@ from engine.cli import bench as cli_bench
 from engine.cli import serve as cli_serve
 from engine.chat.conversation import reply
 from engine.chat.template import ChatMessage
+from engine.core import logfile, paths
 from engine.core.errors import KvDeckError
 from engine.runtime.host import RuntimeHost
 from engine.protocol import load_params
 from engine.core.sampling import PRESETS, DEFAULT_PRESET, RANDOM_SEED, SamplingParams
 from engine.cli.args import model_path
 
-EXIT_ERROR = 2
+EXIT_ERROR = 2  # the command or its input was refused: the line says why
+EXIT_BUG = 1  # KV Deck failed: the line names the log file that holds the traceback
+
+#: Where main() logs a bug's traceback: to the log file only (the console handler skips it).
+crash_log = logging.getLogger("kvdeck.cli")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -173,18 +182,35 @@ COMMANDS["bench"] = cli_bench.cmd_bench
 COMMANDS["serve"] = cli_serve.cmd_serve
 
 
+def _setup_logging() -> Path | None:
+    """Errors to the terminal, everything from INFO to the log file; the log file, or None.
+
+    Like basicConfig, only when nothing is configured yet (a host program's logging stays), and
+    minus what the one-line ``error: ...`` already says: llama.cpp's log, the runtime's abort
+    line and a bug's traceback (`crash_log`) go to the file alone."""
+    root = logging.getLogger()
+    if root.handlers:
+        return None
+    console = logging.StreamHandler()
+    console.setLevel(logging.ERROR)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console.addFilter(lambda r: not r.name.startswith(("kvdeck.llama", "kvdeck.runtime", crash_log.name)))
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+    logging.raiseExceptions = False  # a log file that fails mid-run never adds lines to the terminal
+    try:
+        root.addHandler(logfile.file_handler())
+    except (OSError, KvDeckError):  # no data folder, read-only: the terminal line still comes
+        return None
+    return paths.log_path()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()
         return 0
-    root = logging.getLogger()
-    if not root.handlers:  # like basicConfig, minus llama.cpp's log and the runtime's abort
-        handler = logging.StreamHandler()  # line: the one-line error already says what they say
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler.addFilter(lambda r: not r.name.startswith(("kvdeck.llama", "kvdeck.runtime")))
-        root.addHandler(handler)
-        root.setLevel(logging.ERROR)
+    log_file = _setup_logging()
     try:
         return COMMANDS[args.command](args)
     except KvDeckError as exc:
@@ -193,7 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: one line here, the details in the log
-        logging.getLogger("kvdeck").debug("unexpected error", exc_info=True)
-        print(f"error: internal error ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return EXIT_ERROR
+    except Exception as exc:  # a bug: one line here, the traceback in the log file
+        command = " ".join(sys.argv[1:] if argv is None else argv)
+        crash_log.error("internal error in: kvdeck %s", command, exc_info=True)
+        where = f"; the traceback is in {log_file}" if log_file else ""
+        summary = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever exc says
+        print(f"error: internal error ({summary}){where}", file=sys.stderr)
+        return EXIT_BUG

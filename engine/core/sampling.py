@@ -59,7 +59,7 @@ class SamplingParams:
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in data.items() if k in names}
         try:
-            kwargs = {
+            kwargs: dict[str, Any] = {
                 k: (int(v) if isinstance(getattr(cls, k, None), int) else float(v))
                 for k, v in known.items()
             }

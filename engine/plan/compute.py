@@ -11,7 +11,7 @@ few phases, each dominated by a handful of tensors; we take the maximum of:
 * recurrent: per-token scan temporaries + per-sequence state copies.
 
 The per-token coefficients were fitted on the CPU backend against `~llama_context: compute
-buffer size is …` for the synthetic corpus (tests/gguf_factory.py) and checked on SmolLM2-135M and
+buffer size is …` for the synthetic corpus (tests/helpers/gguf_factory.py) and checked on SmolLM2-135M and
 Gemma-3-270M: dense/MoE/SWA/MLA transformers are exact to a few KiB except for allocator
 fragmentation worth up to one `n_ubatch × n_embd` f32 row (split as a half-row hedge), recurrent
 mixers are within a few percent. On CUDA (checked with the corpus on an H100) the GPU buffer is

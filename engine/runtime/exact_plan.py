@@ -37,7 +37,7 @@ def _kv_by_layer_devices(dry: tuple[Allocation, ...], analytic: MemoryPlan) -> t
             continue
         detail = next((a.detail for a in dry if a.component == comp), "")
         out = [a for a in out if a.component != comp]
-        out += [Allocation(comp, a.device, a.bytes, detail) for a in a_allocs]  # type: ignore[arg-type]
+        out += [Allocation(comp, a.device, a.bytes, detail) for a in a_allocs]
     return tuple(out)
 
 

@@ -182,6 +182,7 @@ class ChatStore:
             cur = conn.execute(
                 "INSERT INTO conversations (title, model_path, model_key, system_prompt, created,"
                 " updated) VALUES (?, ?, ?, ?, ?, ?)", (title, mp, model_key, system_prompt, now, now))
+            assert cur.lastrowid is not None  # an INSERT into a rowid table sets it
             return Conversation(cur.lastrowid, title, mp, model_key, system_prompt, now, now, {})
 
     def list_conversations(self) -> list[Conversation]:
@@ -299,6 +300,7 @@ class ChatStore:
             cur = conn.execute(
                 "INSERT INTO messages (conversation_id, role, content, complete, created, n_tokens,"
                 " tokens_per_s) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            assert cur.lastrowid is not None  # an INSERT into a rowid table sets it
             return Message(cur.lastrowid, *values)
 
     def update_message(self, msg_id: int, content: str, complete: bool,

@@ -1,12 +1,13 @@
 """Ask llama.cpp (CPU build) what it would allocate, in a child process.
 
 Context creation can abort the process (GGML_ASSERT), so it never runs inside pytest. The child
-is this file run as a script: it loads each model once per batch of jobs with `no_alloc=True`
-and `load_mode=NONE` (notes §9: the sizes equal a real run for KV, recurrent, output and
-compute; weights print 0.00) — or for real with `real=True`, to measure weights — creates one
-context per job and prints the captured log lines as JSON. The parent parses them with
-`engine.plan.measured`. The child imports nothing from the project on purpose: it is the template
-for the production "exact plan" in the runtime child.
+is this module run as ``python -m tests.helpers.llama_dry_run`` from the repository root: it
+loads each model once per batch of jobs with `no_alloc=True` and `load_mode=NONE` (notes §9: the
+sizes equal a real run for KV, recurrent, output and compute; weights print 0.00) — or for real
+with `real=True`, to measure weights — creates one context per job and prints the captured log
+lines as JSON. The parent parses them with `engine.plan.measured`. The child's log capture is
+the runtime child's own (`engine.child.native_log.NativeLog`), plus the DEBUG lines that carry
+sizes; everything else it does with llama.cpp directly.
 """
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
 
 _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
                "iq4_nl": 20, "bf16": 30}
@@ -26,25 +30,13 @@ _SPLIT = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
 def _child() -> None:  # pragma: no cover - runs in the child process
     import ctypes
 
-    import llama_cpp  # noqa: F401  (its import installs a log callback; replaced right below)
     import llama_cpp.llama_cpp as LL
 
-    keep_debug = ("dev = ", "compute buffer size is", "reserving a graph", "worst-case")
+    from engine.child.native_log import NativeLog
+
     lines: list[str] = []
-    state = {"level": 2, "buf": ""}
-
-    def on_log(level: int, text: bytes, _ud: object) -> None:
-        if level == 5:  # CONT continues the previous line at its level
-            level = state["level"]
-        state["level"] = level
-        state["buf"] += text.decode("utf-8", "replace")
-        while "\n" in state["buf"]:
-            line, state["buf"] = state["buf"].split("\n", 1)
-            if level != 1 or any(k in line for k in keep_debug):
-                lines.append(line)
-
-    callback = LL.llama_log_callback(on_log)
-    LL.llama_log_set(callback, ctypes.c_void_p())
+    _log = NativeLog(lambda _level, line: lines.append(line),  # kept: C holds its callback
+                     keep_debug=("dev = ", "compute buffer size is", "reserving a graph", "worst-case"))
     LL.llama_backend_init()
     request = json.loads(sys.stdin.read())
     model, model_key, load_lines = None, None, []
@@ -113,7 +105,7 @@ def dry_run(jobs: list[tuple[str, Any]], real: bool = False, timeout: float = 12
     while pending:
         payload = {"jobs": [{"path": str(p), "settings": s.to_dict(), "real": real}
                             for p, s in pending]}
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__)],
+        proc = subprocess.run([sys.executable, "-m", "tests.helpers.llama_dry_run"], cwd=ROOT,
                               input=json.dumps(payload), capture_output=True, text=True,
                               timeout=timeout, env=env)
         done = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]

@@ -2,7 +2,7 @@
 
 `gguf.GGUFWriter` only writes valid files; hostile-file tests need counts, lengths, shapes and
 offsets that contradict the bytes around them. `parse` splits a valid file (from
-`tests/gguf_factory.py`) into metadata pairs and tensor infos; `Spec.to_bytes` writes them back
+`tests/helpers/gguf_factory.py`) into metadata pairs and tensor infos; `Spec.to_bytes` writes them back
 with whatever lies a test put in, laying out zero tensor data the way a valid writer would.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gguf
 
-from tests.gguf_factory import write_family, write_llama
+from tests.helpers.gguf_factory import write_family, write_llama
 
 T_U32, T_I32, T_F32, T_BOOL, T_STR, T_ARR, T_U64 = 4, 5, 6, 7, 8, 9, 10
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}

@@ -1,4 +1,4 @@
-"""More synthetic families for tests/gguf_factory.py (merged into its FAMILIES).
+"""More synthetic families for tests/helpers/gguf_factory.py (merged into its FAMILIES).
 
 Kept apart so the fixture file stays readable: gpt-oss (sliding window every other layer,
 attention sinks, biased MoE), deepseek4, minimax-m3 and the hybrid-indexer archs. Tensor lists

@@ -2,16 +2,15 @@
 
 `tests/test_faults.py` runs this as a subprocess and kills it with SIGKILL mid-save: a line is
 printed only after the store call returned (its transaction committed), so each printed line is
-a promise the database must keep after the kill. Usage: ``python tests/fault_app.py DB``.
+a promise the database must keep after the kill. Usage, from the repository root:
+``python -m tests.helpers.fault_app DB``.
 """
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 

@@ -11,7 +11,7 @@ second per model.
 Tensor lists were found by asking llama.cpp itself (missing tensor / wrong shape errors) or read
 from the arch's `load_arch_tensors` (kimi-linear, deepseek32, gemma3n), and are stored
 compactly: `GLOBAL` tensors plus per-layer-kind tensors and a layer-kind pattern string.
-Later families (gpt-oss, …) are in tests/gguf_families2.py and merged into FAMILIES below.
+Later families (gpt-oss, …) are in tests/helpers/gguf_families2.py and merged into FAMILIES below.
 """
 from __future__ import annotations
 
@@ -24,14 +24,9 @@ import gguf
 import numpy as np
 
 # Families added later, and the metadata runs and tensor lists they share with the ones here,
-# live in gguf_families2 (plain data; imported as a sibling module, or through the tests
-# package when this module was imported as tests.gguf_factory).
-try:
-    from gguf_families2 import (_DIMS, _DS_MOE, _DSA_INDEXER, _GQA, _INDEXER, _MLA, _MLA_KV,
-                                _SHARED_MOE_KV, FAMILIES2)
-except ImportError:
-    from tests.gguf_families2 import (_DIMS, _DS_MOE, _DSA_INDEXER, _GQA, _INDEXER, _MLA, _MLA_KV,
-                                      _SHARED_MOE_KV, FAMILIES2)
+# live in gguf_families2 (plain data).
+from tests.helpers.gguf_families2 import (_DIMS, _DS_MOE, _DSA_INDEXER, _GQA, _INDEXER, _MLA,
+                                          _MLA_KV, _SHARED_MOE_KV, FAMILIES2)
 
 VOCAB_WORDS = 61  # 3 control + 256 byte tokens + words = 320 tokens
 _F16 = re.compile(r"(attn_(q|k|v|qkv|output|q_a|q_b|kv_a_mqa|kv_b|k_b|v_b)|ffn_(up|down|gate)"

@@ -2,7 +2,7 @@
 
 A GGUF downloaded from the internet is untrusted input to two parsers (ours, then llama.cpp's), to
 the memory planner and to a Jinja2 template engine. Every case starts from a small valid model
-(`tests/gguf_factory.py`), taken apart here into its raw pieces (so lengths, counts and offsets
+(`tests/helpers/gguf_factory.py`), taken apart here into its raw pieces (so lengths, counts and offsets
 can lie, which `gguf.GGUFWriter` never allows), and changes one thing. `stage` is where KV Deck
 must refuse it:
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from tests.gguf_raw import (BIG, CHATML, KV, T_ARR, T_BOOL, T_F32, T_I32, T_STR, T_U32, T_U64,
+from tests.helpers.gguf_raw import (BIG, CHATML, KV, T_ARR, T_BOOL, T_F32, T_I32, T_STR, T_U32, T_U64,
                             Spec, Tensor, _str, _u32, _u64, base, kv, kv_array)
 
 Stage = Literal["inspect", "plan", "fit", "load", "template", "none"]
