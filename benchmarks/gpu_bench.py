@@ -142,14 +142,14 @@ class _Runtime:
 
     def start(self) -> Any:
         from engine import protocol as P
+        from engine.core.memory_types import PlanSettings
         from engine.runtime.host import RuntimeHost
 
         model, kv, threads, n_ctx = self.params
         self.host = RuntimeHost()
         self.host.start()
         hello = self.host.wait_ready()
-        loaded = self.host.load(P.LoadParams(path=str(model), n_ctx=n_ctx, n_gpu_layers=-1,
-                                             n_threads=threads, flash_attn="on", type_k=kv, type_v=kv))
+        loaded = self.host.load(P.LoadParams(path=str(model), settings=PlanSettings(n_ctx=n_ctx, n_gpu_layers=-1, flash_attn="on", type_k=kv, type_v=kv), n_threads=threads))
         self.info = {"load_s": round(loaded.load_s, 2), "n_ctx": loaded.n_ctx,
                      "llama_cpp_python": hello.llama_cpp_python,
                      "cuda_graphs": "USE_GRAPHS = 1" in hello.system_info}

@@ -59,7 +59,7 @@ def table(plan: MemoryPlan) -> dict[str, dict[str, int]]:
 def load_measured(host: RuntimeHost, model: Path, s: PlanSettings, tel: Telemetry | None = None,
                   footprint: list[dict[str, Any]] | None = None) -> tuple[MemoryPlan | None, str]:
     try:
-        loaded = host.load(P.load_params(str(model), s), timeout=600)
+        loaded = host.load(P.LoadParams(str(model), s), timeout=600)
     except Exception as exc:  # noqa: BLE001 - recorded in the results
         return None, str(exc)
     plan = plan_from_log(loaded.memory_log, s, "measured")

@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.core.memory_types import PlanSettings
 from engine.cli.precision import kv_bytes  # noqa: E402
 from engine.gguf.inspect import inspect_gguf  # noqa: E402
 from engine.runtime.host import RuntimeHost  # noqa: E402
@@ -35,7 +36,7 @@ def run_model(path: str, types: list[str], tokens: int, threads: int, ctx_mem: i
     rows = []
     try:
         host.wait_ready()
-        loaded = host.load(LoadParams(path=path, n_ctx=256, n_threads=threads))
+        loaded = host.load(LoadParams(path=path, settings=PlanSettings(n_ctx=256), n_threads=threads))
         for t in types:
             started = time.perf_counter()
             r = host.precision(t, t, builtin_prompts(), tokens, flash_attn=fa,

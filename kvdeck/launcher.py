@@ -32,6 +32,7 @@ def self_test(max_tokens: int = 8) -> int:
     from engine.chat.conversation import reply
     from engine.chat.template import ChatMessage
     from engine.runtime.host import RuntimeHost
+    from engine.core.memory_types import PlanSettings
     from engine.protocol import LoadParams
     from engine.core.sampling import SamplingParams
 
@@ -45,7 +46,7 @@ def self_test(max_tokens: int = 8) -> int:
         try:
             host.wait_ready(timeout=120)
             started = time.perf_counter()
-            loaded = host.load(LoadParams(path=str(model), n_ctx=512), timeout=300)
+            loaded = host.load(LoadParams(path=str(model), settings=PlanSettings(n_ctx=512)), timeout=300)
             load_s = time.perf_counter() - started
             done = reply(host, loaded, [ChatMessage("user", SELF_TEST_PROMPT)], max_tokens=max_tokens,
                          sampling=SamplingParams(temperature=0.0)).done

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.cli.main import main as cli_main
 from engine.core.errors import RuntimeFailure
@@ -21,7 +22,7 @@ FINISHED = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\nHi! How 
 
 
 def _host(path, sampler: str = "auto", n_ctx: int = 1024):
-    return running_host(P.LoadParams(path=str(path), n_ctx=n_ctx),
+    return running_host(P.LoadParams(path=str(path), settings=PlanSettings(n_ctx=n_ctx)),
                         env={**os.environ, "KVDECK_SAMPLER": sampler})
 
 

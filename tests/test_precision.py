@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.core.errors import KvDeckError, RuntimeFailure
 from engine.core.precision_metrics import first_divergence, kl_divergence, summarize, score_prompt
@@ -75,7 +76,7 @@ def test_prompts_are_paragraphs(tmp_path):
 
 
 def _host(path):
-    return running_host(P.LoadParams(path=str(path), n_ctx=256, n_threads=1))
+    return running_host(P.LoadParams(path=str(path), settings=PlanSettings(n_ctx=256), n_threads=1))
 
 
 @pytest.fixture(scope="module")

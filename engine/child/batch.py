@@ -29,20 +29,19 @@ import ctypes
 import logging
 import queue
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine import protocol as P
+from engine.child.errors import RequestError
+from engine.child.io import Requests
+from engine.child.sampler import build_chain
+from engine.child.session import LlamaSession
 from engine.child.slots import Slot, StopText, Waiting, sampler_specs
-from engine.child.sampler import RequestError, build_chain
 from engine.core.errors import KvDeckError
 from engine.core.sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from engine.child.main import Requests
-    from engine.child.session import LlamaSession
 
 log = logging.getLogger(__name__)
 Emit = Callable[[object], None]
@@ -62,17 +61,17 @@ _LIB.llama_get_logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
 
 def batch_wanted(session: LlamaSession, req: P.GenerateRequest) -> bool:
     """Whether this generation belongs to the batch loop rather than the single-sequence one."""
-    m = getattr(session, "_m", None)
-    if m is None or getattr(req, "draft", ""):
+    m = session.model
+    if m is None or req.draft:
         return False
-    return bool(getattr(req, "serve", False)) or int(LL.llama_n_seq_max(m.ctx)) > 1
+    return req.serve or m.n_seq_max > 1
 
 
 class BatchLoop:
     """Schedules every admitted request of one run; created per run by :func:`run_batch`."""
 
     def __init__(self, session: LlamaSession, requests: Requests, emit: Emit) -> None:
-        m = session._require()
+        m = session.require()
         self.s, self.m, self.requests, self.emit = session, m, requests, emit
         self.n_seq = int(LL.llama_n_seq_max(m.ctx))
         self.n_batch = int(LL.llama_n_batch(m.ctx))
@@ -86,9 +85,8 @@ class BatchLoop:
         self.pieces: dict[int, bytes] = {}
         self.buf = ctypes.create_string_buffer(256)
         self.last_report = 0.0
-        session._detach(m)  # a device chain on sequence 0 would replace that row's logits
-        LL.llama_memory_clear(m.mem, True)
-        session._cached.clear()  # the single-sequence loop's prefix cache is gone now
+        session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
+        m.clear()  # the single-sequence loop's prefix cache is gone now
         self.batch = LL.llama_batch_init(self.n_batch, 0, 1)
         b = self.batch
         for i in range(self.n_batch):
@@ -214,7 +212,7 @@ class BatchLoop:
                 worst.error = ("context", "the KV cache is full; try again when other requests end")
             return
         if rc != 0:
-            why = f"llama_decode failed with code {rc}: {self.s._log.last_problem()}"
+            why = f"llama_decode failed with code {rc}: {self.s.log.last_problem()}"
             for s in active:
                 s.error = ("runtime", why)
                 s.finish = "error"
@@ -256,7 +254,7 @@ class BatchLoop:
         s.pending.append(tok)
         piece = self.pieces.get(tok)
         if piece is None:
-            piece = self.pieces[tok] = self.s._piece(tok, self.buf)
+            piece = self.pieces[tok] = self.m.piece(tok, self.buf)
         if s.text.add(s.decoder.decode(piece)):
             s.finish = "stop"
         elif len(s.out) >= s.max_tokens:
@@ -331,8 +329,7 @@ class BatchLoop:
 
     def close(self) -> None:
         LL.llama_batch_free(self.batch)
-        LL.llama_memory_clear(self.m.mem, True)
-        self.s._cached.clear()
+        self.m.clear()
         self.report(force=True)
 
     # ------------------------------------------------------------------ the loop

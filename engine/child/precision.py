@@ -23,18 +23,16 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child.decode import RequestError
-from engine.child.session import _FLASH, ggml_type_id
+from engine.child.errors import RequestError
+from engine.child.model import FLASH, Model, flash_type, ggml_type_id
+from engine.child.session import LlamaSession
 from engine.core.precision_metrics import PromptScore, score_prompt, summarize
 from engine.protocol import PrecisionProgress, PrecisionRequest, PrecisionResult
-
-if TYPE_CHECKING:
-    from engine.child.session import LlamaSession, _Model
 
 Emit = Callable[[object], None]
 MAX_TOKENS = 512
@@ -48,12 +46,12 @@ class _ReferenceCache:
         self._owner: object | None = None
         self._entries: dict[tuple[object, ...], list[int]] = {}
 
-    def get(self, m: _Model, key: tuple[object, ...]) -> list[int] | None:
+    def get(self, m: Model, key: tuple[object, ...]) -> list[int] | None:
         if self._owner is not m:  # another model (or a reload): nothing carries over
             self._owner, self._entries = m, {}
         return self._entries.get(key)
 
-    def put(self, m: _Model, key: tuple[object, ...], tokens: list[int]) -> None:
+    def put(self, m: Model, key: tuple[object, ...], tokens: list[int]) -> None:
         if self._owner is m and len(self._entries) < 256:
             self._entries[key] = list(tokens)
 
@@ -64,7 +62,7 @@ _REFERENCES = _ReferenceCache()
 class _Context:
     """One llama_context on the loaded model, with a batch big enough for a whole sequence."""
 
-    def __init__(self, m: _Model, type_k: str, type_v: str, n_ctx: int, flash_attn: str,
+    def __init__(self, m: Model, type_k: str, type_v: str, n_ctx: int, flash_attn: str,
                  n_threads: int, n_outputs: int, last_problem: Callable[[], str]) -> None:
         cp = LL.llama_context_default_params()
         cp.n_ctx = n_ctx
@@ -75,7 +73,7 @@ class _Context:
         cp.n_outputs_max = n_outputs
         cp.n_seq_max = 1
         cp.n_threads = cp.n_threads_batch = n_threads
-        cp.flash_attn_type = _FLASH[flash_attn]
+        cp.flash_attn_type = flash_type(flash_attn)
         cp.type_k = ggml_type_id(type_k)
         cp.type_v = ggml_type_id(type_v)
         cp.swa_full = False  # as the app loads models (and as the memory plan assumes)
@@ -154,9 +152,9 @@ class _Context:
 def _check_request(req: PrecisionRequest) -> None:
     for t in (req.type_k, req.type_v, req.reference_type_k, req.reference_type_v):
         ggml_type_id(t)  # a clear RequestError for an unknown type
-    if req.flash_attn not in _FLASH:
+    if req.flash_attn not in FLASH:
         raise RequestError("params", f"flash attention must be auto, on or off, not {req.flash_attn!r}")
-    if req.reference_flash_attn not in _FLASH:
+    if req.reference_flash_attn not in FLASH:
         raise RequestError("params", f"flash attention must be auto, on or off, not {req.reference_flash_attn!r}")
     for v, fa in ((req.type_v, req.flash_attn), (req.reference_type_v, req.reference_flash_attn)):
         if fa == "off" and v not in _FULL_PRECISION:
@@ -168,15 +166,15 @@ def _check_request(req: PrecisionRequest) -> None:
                                      f"not {req.n_tokens}")
 
 
-def _text(session: LlamaSession, tokens: list[int]) -> str:
+def _text(m: Model, tokens: list[int]) -> str:
     buf = ctypes.create_string_buffer(256)
-    return b"".join(session._piece(t, buf) for t in tokens).decode("utf-8", "replace")
+    return b"".join(m.piece(t, buf) for t in tokens).decode("utf-8", "replace")
 
 
 def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
                   cancel: threading.Event) -> PrecisionResult:
     """Compare the candidate cache with the reference on every prompt; see the module docstring."""
-    m = session._require()
+    m = session.require()
     _check_request(req)
     t0 = time.perf_counter()
     prompts = [session.tokenize(p) for p in req.prompts]
@@ -201,11 +199,11 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
     contexts: list[_Context] = []
     try:
         ref = _Context(m, req.reference_type_k, req.reference_type_v, n_ctx,
-                       req.reference_flash_attn, n_threads, req.n_tokens, session._log.last_problem)
+                       req.reference_flash_attn, n_threads, req.n_tokens, session.log.last_problem)
         contexts.append(ref)
         n_ctx_used = ref.n_ctx
         cand = _Context(m, req.type_k, req.type_v, n_ctx, req.flash_attn, n_threads, req.n_tokens,
-                        session._log.last_problem)
+                        session.log.last_problem)
         contexts.append(cand)
         emit(PrecisionProgress(id=req.id, done=0, total=total))
         scores: list[PromptScore] = []
@@ -220,7 +218,7 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
             step()
             follow = cand.greedy(toks, len(continuation), m.eog, cancel, follow=continuation)
             scores.append(score_prompt(ref_logits, cand_logits, continuation, follow, len(toks),
-                                       _text(session, continuation), _text(session, follow)))
+                                       _text(m, continuation), _text(m, follow)))
             del ref_logits, cand_logits
             step()
     finally:

@@ -5,7 +5,7 @@ import os
 
 import llama_cpp.llama_cpp as LL
 
-from engine.child.decode import RequestError
+from engine.child.errors import RequestError
 from engine.plan.pairing import SPEC_VOCAB_CHECK_START_TOKEN_ID, Check, VocabFacts, vocab_checks
 
 

@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from engine.core.memory_types import PlanSettings
 from engine.core.errors import KvDeckError, ModelFileError
 from engine.core.memory_types import KV_TYPES
 from engine.protocol import BenchResult, Hello, Loaded, LoadParams
@@ -146,10 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         hello = host.wait_ready()
         n_ctx = context_for(args.pp, args.tg, args.depth) + (SPEC_PROMPT_ROOM if drafting else 0)
-        loaded = host.load(LoadParams(
-            path=path, n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers,
-            n_threads=args.threads, n_batch=args.batch, n_ubatch=args.ubatch, flash_attn=args.flash_attn,
-            type_k=args.cache_type_k, type_v=args.cache_type_v))
+        loaded = host.load(LoadParams(path=path, settings=PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, n_batch=args.batch, n_ubatch=args.ubatch, flash_attn=args.flash_attn, type_k=args.cache_type_k, type_v=args.cache_type_v), n_threads=args.threads))
         res = host.bench(args.pp, args.tg, args.depth, args.reps, sampling=sampling,
                          sampler=args.sampler)
         spec = spec_bench(host, loaded, args) if drafting else None

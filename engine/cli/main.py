@@ -20,7 +20,7 @@ from engine.chat.conversation import reply
 from engine.chat.template import ChatMessage
 from engine.core.errors import KvDeckError
 from engine.runtime.host import RuntimeHost
-from engine.protocol import load_params
+from engine.protocol import LoadParams
 from engine.core.sampling import PRESETS, DEFAULT_PRESET, RANDOM_SEED, SamplingParams
 from engine.cli.args import model_path
 
@@ -125,7 +125,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     host.start()
     try:
         host.wait_ready()
-        loaded = host.load(load_params(path, settings, n_threads=args.threads))
+        loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
         if draft_path:
             host.load_draft(draft_path, n_gpu_layers=args.n_gpu_layers)
         stream = None if args.json else _print_stream

@@ -146,8 +146,7 @@ def cmd_precision(args: argparse.Namespace) -> int:
     host.start()
     try:
         host.wait_ready()
-        host.load(LoadParams(path=args.path, n_ctx=256, n_gpu_layers=args.n_gpu_layers,
-                             n_threads=args.threads))
+        host.load(LoadParams(path=args.path, settings=PlanSettings(n_ctx=256, n_gpu_layers=args.n_gpu_layers), n_threads=args.threads))
         result = host.precision(args.cache_type_k, args.cache_type_v, prompts, args.tokens,
                                 flash_attn=args.flash_attn, n_ctx=args.ctx,
                                 reference_flash_attn=args.reference_flash_attn,

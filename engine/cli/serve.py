@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.cli.args import model_path
     from engine.gguf.inspect import inspect_gguf
     from engine.runtime.host import RuntimeHost
-    from engine.protocol import load_params
+    from engine.protocol import LoadParams
     from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config, model_id
 
     config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
@@ -106,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server: ApiServer | None = None
     try:
         host.wait_ready()
-        loaded = host.load(load_params(path, settings, n_threads=args.threads))
+        loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
         served = ServedModel(host=lambda: host, loaded=lambda: loaded,
                              slots=lambda: settings.n_seq_max, alias=args.alias)
         server = ApiServer(served, config)

@@ -48,7 +48,7 @@ def exact_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device],
     host.start()
     try:
         host.wait_ready()
-        loaded = host.load(dataclasses.replace(P.load_params(info.path, settings), dry_run=True),
+        loaded = host.load(dataclasses.replace(P.LoadParams(info.path, settings), dry_run=True),
                            timeout=timeout)
     finally:
         host.stop()

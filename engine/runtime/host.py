@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -225,7 +225,7 @@ class RuntimeHost:
 
     def submit_load(self, params: P.LoadParams,
                     on_event: Callable[[P.Message], None] | None = None) -> int:
-        return self._submit("load", lambda i: P.LoadRequest(id=i, params=asdict(params)), on_event)[0]
+        return self._submit("load", lambda i: P.LoadRequest(id=i, params=params.to_dict()), on_event)[0]
 
     def submit_generate(self, prompt: str, *, max_tokens: int = 512,
                         sampling: SamplingParams | None = None, no_empty: bool = True,
@@ -262,7 +262,7 @@ class RuntimeHost:
 
     def load(self, params: P.LoadParams, on_event: Callable[[P.Message], None] | None = None,
              timeout: float | None = 900) -> P.Loaded:
-        return self._call("load", lambda i: P.LoadRequest(id=i, params=asdict(params)), timeout,
+        return self._call("load", lambda i: P.LoadRequest(id=i, params=params.to_dict()), timeout,
                           on_event)  # type: ignore[return-value]
 
     def generate(self, prompt: str, *, max_tokens: int = 512, sampling: SamplingParams | None = None,
