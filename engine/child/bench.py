@@ -26,7 +26,7 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine.child.decode import run_loop
-from engine.child.errors import RequestError
+from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
 from engine.child.sampler import Sampling
 from engine.child.session import LlamaSession
@@ -103,7 +103,7 @@ class _Bench:
         done = run_loop(s.emit, self.req.id, m, sp, tok, len(prompt), 0, n_gen + 1, t, t, self.cancel,
                         stream=True, stop_at_eog=False)
         if done.stop_reason != "length":
-            raise RequestError("cancelled" if done.stop_reason == "cancelled" else "context",
+            raise RequestError(ErrorKind.CANCELLED if done.stop_reason == "cancelled" else ErrorKind.CONTEXT,
                                f"the benchmark stopped early ({done.stop_reason})")
         if count:
             after = LL.llama_perf_context(m.ctx)
@@ -114,12 +114,12 @@ class _Bench:
     def run(self) -> BenchResult:
         req, m = self.req, self.m
         if min(req.n_prompt, req.n_gen, req.depth) < 0 or req.repetitions < 1:
-            raise RequestError("params", "token counts must not be negative and repetitions at least 1")
+            raise RequestError(ErrorKind.PARAMS, "token counts must not be negative and repetitions at least 1")
         if req.n_prompt == 0 and req.n_gen == 0:
-            raise RequestError("params", "nothing to measure: both the prompt and the generation length are 0")
+            raise RequestError(ErrorKind.PARAMS, "nothing to measure: both the prompt and the generation length are 0")
         need = max(req.depth + req.n_prompt, max(req.depth, 1) + req.n_gen + 1)
         if need > m.n_ctx:
-            raise RequestError("params", f"the benchmark needs a context of {need} tokens; the model "
+            raise RequestError(ErrorKind.PARAMS, f"the benchmark needs a context of {need} tokens; the model "
                                          f"was loaded with {m.n_ctx}")
         sampling = SamplingParams.from_dict(req.sampling) if req.sampling else GREEDY
         threads = (LL.llama_n_threads(m.ctx), LL.llama_n_threads_batch(m.ctx))

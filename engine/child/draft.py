@@ -18,7 +18,7 @@ from typing import Any
 
 import llama_cpp.llama_cpp as LL
 
-from engine.child.errors import RequestError
+from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model, flash_type, ggml_type_id
 from engine.child.session import LlamaSession
 from engine.child.vocab import pair_checks
@@ -57,7 +57,7 @@ class Draft:
 def refuse_rollback_less(model: Any, role: str) -> None:
     if LL.llama_model_is_recurrent(model) or LL.llama_model_is_hybrid(model):
         kind = "hybrid (attention + recurrent)" if LL.llama_model_is_hybrid(model) else "recurrent"
-        raise RequestError("params", f"speculative decoding is not available: the {role} model is {kind}, "
+        raise RequestError(ErrorKind.PARAMS, f"speculative decoding is not available: the {role} model is {kind}, "
                                      "its state cannot be rolled back past rejected draft tokens")
 
 
@@ -65,7 +65,7 @@ def _check_pair(target_path: str, draft_path: str) -> list[dict[str, Any]]:
     checks = pair_checks(target_path, draft_path)
     bad = [c for c in checks if not c.ok]
     if bad:
-        raise RequestError("params", f"{os.path.basename(draft_path)} cannot draft for "
+        raise RequestError(ErrorKind.PARAMS, f"{os.path.basename(draft_path)} cannot draft for "
                                      f"{os.path.basename(target_path)}: "
                                      + "; ".join(f"{c.name}: {c.detail}" for c in bad))
     return [vars(c) for c in checks]
@@ -91,7 +91,7 @@ def _create_context(session: LlamaSession, d: Draft, m: Model) -> None:
     if not ctx:
         why = (describe_allocation_failure(session.log.recent_errors)
                or session.log.last_problem() or "unknown reason")
-        raise RequestError("params", f"could not create the draft's context of {cp.n_ctx} tokens "
+        raise RequestError(ErrorKind.PARAMS, f"could not create the draft's context of {cp.n_ctx} tokens "
                                      f"(the target's): {why}")
     d.ctx, d.mem, d.target, d.cached = ctx, LL.llama_get_memory(ctx), m, []
     d.batch = LL.llama_batch_init(cp.n_batch, 0, 1)
@@ -102,10 +102,10 @@ def _create_context(session: LlamaSession, d: Draft, m: Model) -> None:
 def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.Event) -> DraftLoaded:
     """Check the pair with llama.cpp's rules, then load the draft with the target's context."""
     if session.model is None:
-        raise RequestError("state", "load the target model first: the draft gets the target's context")
+        raise RequestError(ErrorKind.STATE, "load the target model first: the draft gets the target's context")
     m = session.model
     if not os.path.isfile(req.path):
-        raise RequestError("model", f"draft model file not found: {req.path}")
+        raise RequestError(ErrorKind.MODEL, f"draft model file not found: {req.path}")
     refuse_rollback_less(m.model, "target")
     checks = _check_pair(m.path, req.path)
     unload_draft(session)
@@ -119,9 +119,9 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
         model = LL.llama_model_load_from_file(os.fsencode(req.path), mp)
         if not model:
             if cancel.is_set():
-                raise RequestError("cancelled", "loading the draft was cancelled")
+                raise RequestError(ErrorKind.CANCELLED, "loading the draft was cancelled")
             why = session.log.last_problem() or "llama.cpp refused the file"
-            raise RequestError("model", f"could not load {os.path.basename(req.path)}: {why}")
+            raise RequestError(ErrorKind.MODEL, f"could not load {os.path.basename(req.path)}: {why}")
         vocab = LL.llama_model_get_vocab(model)
         d = Draft(model=model, path=req.path, vocab=vocab, n_vocab=int(LL.llama_vocab_n_tokens(vocab)),
                   type_k=req.type_k, type_v=req.type_v, flash_attn=req.flash_attn, target_path=m.path)
@@ -159,7 +159,7 @@ def draft_for(session: LlamaSession, m: Model) -> Draft:
     """The loaded draft, its context rebuilt when the target changed since it was made."""
     d: Draft | None = session.draft
     if d is None:
-        raise RequestError("state", "no draft model is loaded: load one, or draft by n-gram lookup")
+        raise RequestError(ErrorKind.STATE, "no draft model is loaded: load one, or draft by n-gram lookup")
     if d.target is not m:
         if d.target_path != m.path:
             _check_pair(m.path, d.path)

@@ -32,7 +32,8 @@ def main() -> int:
     import llama_cpp
     import llama_cpp.llama_cpp as LL
 
-    from engine.child.errors import RequestError
+    from engine.child.errors import RequestError, error_event
+    from engine.core.errors import KvDeckError
     from engine.child.session import LlamaSession
 
     session = LlamaSession(emit, log)
@@ -90,11 +91,12 @@ def main() -> int:
 
                 unload_draft(session)
                 emit(P.DraftUnloaded(id=req_id))
-        except RequestError as exc:
-            emit(P.ErrorEvent(id=req_id, kind=exc.kind, message=str(exc)))
-        except Exception as exc:  # a bug or bad parameters: report it and stay alive
-            logging.getLogger(__name__).exception("request failed")
-            emit(P.ErrorEvent(id=req_id, kind="runtime", message=f"{type(exc).__name__}: {exc}"))
+        except KvDeckError as exc:  # refused settings (SamplingParams), typed by class
+            emit(error_event(req_id, exc))
+        except Exception as exc:  # RequestError carries its kind; anything else is a bug
+            if not isinstance(exc, RequestError):
+                logging.getLogger(__name__).exception("request failed")
+            emit(error_event(req_id, exc))
         finally:
             requests.finished(req_id)
     session.unload()

@@ -19,7 +19,7 @@ import gguf
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child.errors import RequestError
+from engine.child.errors import ErrorKind, RequestError
 from engine.child.native_log import NativeLog
 
 #: llama.cpp's flash-attention settings by the names KV Deck uses.
@@ -31,14 +31,14 @@ KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_n
 def ggml_type_id(name: str) -> int:
     """The ggml type of a KV cache type name; an unknown one is refused in words."""
     if name not in KV_TYPES:
-        raise RequestError("params", f"unknown KV cache type {name!r}; choose one of {', '.join(KV_TYPES)}")
+        raise RequestError(ErrorKind.PARAMS, f"unknown KV cache type {name!r}; choose one of {', '.join(KV_TYPES)}")
     return int(gguf.GGMLQuantizationType[name.upper()])
 
 
 def flash_type(name: str) -> int:
     """llama.cpp's flash-attention enum for auto/on/off; anything else is refused in words."""
     if name not in FLASH:
-        raise RequestError("params", f"flash attention must be auto, on or off, not {name!r}")
+        raise RequestError(ErrorKind.PARAMS, f"flash attention must be auto, on or off, not {name!r}")
     return FLASH[name]
 
 
@@ -109,9 +109,9 @@ class Model:
         """Tokenise a prompt and refuse, in words, one that is empty or leaves no room to reply."""
         tokens = self.tokenize(prompt)
         if not tokens:
-            raise RequestError("params", "the prompt is empty")
+            raise RequestError(ErrorKind.PARAMS, "the prompt is empty")
         if self.n_ctx - len(tokens) < 2:
-            raise RequestError("context", f"the conversation is {len(tokens)} tokens long but the context "
+            raise RequestError(ErrorKind.CONTEXT, f"the conversation is {len(tokens)} tokens long but the context "
                                           f"holds {self.n_ctx}; start a new chat or load with a larger context")
         return tokens
 
@@ -136,10 +136,10 @@ class Model:
         if rc == 0:
             return
         if rc == 1:
-            raise RequestError("context", "the context is full (no free KV cache slot)")
+            raise RequestError(ErrorKind.CONTEXT, "the context is full (no free KV cache slot)")
         if rc == 2:
-            raise RequestError("cancelled", "cancelled")
-        raise RequestError("runtime", f"llama_decode failed with code {rc}: {self.log.last_problem()}")
+            raise RequestError(ErrorKind.CANCELLED, "cancelled")
+        raise RequestError(ErrorKind.RUNTIME, f"llama_decode failed with code {rc}: {self.log.last_problem()}")
 
     def prefill(self, tokens: list[int], pos0: int, cancel: threading.Event) -> None:
         """Decode ``tokens`` at ``pos0`` in chunks of n_batch; logits only for the last one.
@@ -151,7 +151,7 @@ class Model:
         tok_a, pos_a, out_a = self.views
         for start in range(0, len(tokens), self.n_batch):
             if cancel.is_set():
-                raise RequestError("cancelled", "cancelled")
+                raise RequestError(ErrorKind.CANCELLED, "cancelled")
             chunk = tokens[start:start + self.n_batch]
             n = len(chunk)
             tok_a[:n] = chunk

@@ -28,7 +28,7 @@ from typing import Callable
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child.errors import RequestError
+from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import FLASH, Model, flash_type, ggml_type_id
 from engine.child.session import LlamaSession
 from engine.core.precision_metrics import PromptScore, score_prompt, summarize
@@ -80,7 +80,7 @@ class _Context:
         self.ctx = LL.llama_init_from_model(m.model, cp)
         if not self.ctx:
             why = last_problem() or "llama.cpp refused the settings"
-            raise RequestError("params", f"could not create a {type_k}/{type_v} context of "
+            raise RequestError(ErrorKind.PARAMS, f"could not create a {type_k}/{type_v} context of "
                                          f"{n_ctx} tokens for the check: {why}")
         self.n_ctx = int(LL.llama_n_ctx(self.ctx))
         self.batch = LL.llama_batch_init(self.n_ctx, 0, 1)
@@ -105,13 +105,13 @@ class _Context:
         b.n_tokens = n
         rc = LL.llama_decode(self.ctx, b)
         if rc != 0:
-            raise RequestError("runtime", f"llama_decode failed with code {rc} during the check")
+            raise RequestError(ErrorKind.RUNTIME, f"llama_decode failed with code {rc} during the check")
 
     def row(self, i: int) -> np.ndarray:
         """A view of the logits of batch index ``i`` (-1: the last); valid until the next decode."""
         ptr = LL.llama_get_logits_ith(self.ctx, i)
         if not ptr:
-            raise RequestError("runtime", "llama.cpp returned no logits")
+            raise RequestError(ErrorKind.RUNTIME, "llama.cpp returned no logits")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def clear(self) -> None:
@@ -144,7 +144,7 @@ class _Context:
                                              (len(out) > len(follow) or follow[len(out) - 1] != tok)):
                 return out
             if cancel.is_set():
-                raise RequestError("cancelled", "cancelled")
+                raise RequestError(ErrorKind.CANCELLED, "cancelled")
             self.decode([tok], pos, 1)
             pos += 1
 
@@ -153,16 +153,16 @@ def _check_request(req: PrecisionRequest) -> None:
     for t in (req.type_k, req.type_v, req.reference_type_k, req.reference_type_v):
         ggml_type_id(t)  # a clear RequestError for an unknown type
     if req.flash_attn not in FLASH:
-        raise RequestError("params", f"flash attention must be auto, on or off, not {req.flash_attn!r}")
+        raise RequestError(ErrorKind.PARAMS, f"flash attention must be auto, on or off, not {req.flash_attn!r}")
     if req.reference_flash_attn not in FLASH:
-        raise RequestError("params", f"flash attention must be auto, on or off, not {req.reference_flash_attn!r}")
+        raise RequestError(ErrorKind.PARAMS, f"flash attention must be auto, on or off, not {req.reference_flash_attn!r}")
     for v, fa in ((req.type_v, req.flash_attn), (req.reference_type_v, req.reference_flash_attn)):
         if fa == "off" and v not in _FULL_PRECISION:
-            raise RequestError("params", f"a quantized V cache ({v}) only works with flash attention on")
+            raise RequestError(ErrorKind.PARAMS, f"a quantized V cache ({v}) only works with flash attention on")
     if not req.prompts:
-        raise RequestError("params", "there are no prompts to check")
+        raise RequestError(ErrorKind.PARAMS, "there are no prompts to check")
     if not 1 <= req.n_tokens <= MAX_TOKENS:
-        raise RequestError("params", f"the number of tokens must be between 1 and {MAX_TOKENS}, "
+        raise RequestError(ErrorKind.PARAMS, f"the number of tokens must be between 1 and {MAX_TOKENS}, "
                                      f"not {req.n_tokens}")
 
 
@@ -180,7 +180,7 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
     prompts = [session.tokenize(p) for p in req.prompts]
     for i, toks in enumerate(prompts, 1):
         if not toks:
-            raise RequestError("params", f"prompt {i} is empty")
+            raise RequestError(ErrorKind.PARAMS, f"prompt {i} is empty")
     needed = max(len(t) for t in prompts) + req.n_tokens + 1
     n_ctx = max(req.n_ctx, -(-needed // 256) * 256)
     n_threads = int(LL.llama_n_threads(m.ctx))
@@ -194,7 +194,7 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
         done += 1
         emit(PrecisionProgress(id=req.id, done=done, total=total))
         if cancel.is_set():
-            raise RequestError("cancelled", "cancelled")
+            raise RequestError(ErrorKind.CANCELLED, "cancelled")
 
     contexts: list[_Context] = []
     try:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child.errors import RequestError
+from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
 from engine.core.sampling import RANDOM_SEED, SamplingParams
 
@@ -170,7 +170,7 @@ class Samplers:
     def choose(self, m: Model, s: SamplingParams, mode: str, no_empty: bool) -> Sampling:
         """Pick the sampling path; attach (or keep) the device chain before the prefill."""
         if mode not in SAMPLER_MODES:
-            raise RequestError("params", f"sampler must be one of {', '.join(SAMPLER_MODES)}")
+            raise RequestError(ErrorKind.PARAMS, f"sampler must be one of {', '.join(SAMPLER_MODES)}")
         self.free_retired(m)
         if mode == "auto":
             if self._gpu is None:

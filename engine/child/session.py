@@ -19,7 +19,7 @@ import psutil
 
 from engine.plan.alloc_failure import describe_allocation_failure
 from engine.protocol import Loaded, LoadParams, Progress, Stats
-from engine.child.errors import RequestError
+from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model, flash_type, ggml_type_id
 from engine.child.native_log import NativeLog
 from engine.child.sampler import Samplers
@@ -60,7 +60,7 @@ class LlamaSession:
         self.unload()
         self.load_params = p  # a draft builds its context with the target's settings
         if not os.path.isfile(p.path):
-            raise RequestError("model", f"model file not found: {p.path}")
+            raise RequestError(ErrorKind.MODEL, f"model file not found: {p.path}")
         t0 = time.perf_counter()
         offload = bool(LL.llama_supports_gpu_offload())
         s = p.settings
@@ -72,10 +72,10 @@ class LlamaSession:
             model = LL.llama_model_load_from_file(os.fsencode(p.path), mp)
             if not model:
                 if cancel.is_set():
-                    raise RequestError("cancelled", "loading was cancelled")
+                    raise RequestError(ErrorKind.CANCELLED, "loading was cancelled")
                 why = (describe_allocation_failure(self.log.recent_errors)
                        or self.log.last_problem() or "llama.cpp refused the file")
-                raise RequestError("model", f"could not load {os.path.basename(p.path)}: {why}")
+                raise RequestError(ErrorKind.MODEL, f"could not load {os.path.basename(p.path)}: {why}")
             try:
                 loaded = self._create_context(req_id, p, model, offload, mp.n_gpu_layers, t0)
             except BaseException:
@@ -98,7 +98,7 @@ class LlamaSession:
         mp = LL.llama_model_default_params()
         mp.n_gpu_layers = (999 if n_gpu_layers < 0 else n_gpu_layers) if offload else 0
         if split_mode not in _SPLIT:
-            raise RequestError("params", f"split mode must be none, layer, row or tensor, not {split_mode!r}")
+            raise RequestError(ErrorKind.PARAMS, f"split mode must be none, layer, row or tensor, not {split_mode!r}")
         mp.split_mode = _SPLIT[split_mode]
         mp.main_gpu = main_gpu
         keep: list[object] = []
@@ -149,7 +149,7 @@ class LlamaSession:
         if not ctx:
             why = (describe_allocation_failure(self.log.recent_errors)
                    or self.log.last_problem() or "unknown reason")
-            raise RequestError("params", f"could not create a context of {cp.n_ctx or n_ctx_train} tokens: {why}")
+            raise RequestError(ErrorKind.PARAMS, f"could not create a context of {cp.n_ctx or n_ctx_train} tokens: {why}")
         vocab = LL.llama_model_get_vocab(model)
         n_vocab = int(LL.llama_vocab_n_tokens(vocab))
         eog = np.fromiter((bool(LL.llama_vocab_is_eog(vocab, i)) for i in range(n_vocab)),
@@ -188,7 +188,7 @@ class LlamaSession:
     def require(self) -> Model:
         """The loaded model, or a ``state`` error saying that none is."""
         if self.model is None:
-            raise RequestError("state", "no model is loaded")
+            raise RequestError(ErrorKind.STATE, "no model is loaded")
         return self.model
 
     # ------------------------------------------------------------------ tokens, stats

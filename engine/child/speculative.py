@@ -39,7 +39,7 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine.child.draft import Draft, draft_for, load_draft, refuse_rollback_less, unload_draft
-from engine.child.errors import RequestError
+from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
 from engine.child.sampler import gpu_present
 from engine.child.session import LlamaSession
@@ -63,7 +63,7 @@ def generate_speculative(session: LlamaSession, req: GenerateRequest, cancel: th
     """Entry point from the child's main loop when the request asks for drafting."""
     m = session.require()
     if req.draft not in MODES:
-        raise RequestError("params", f"draft must be one of {', '.join(MODES)}, not {req.draft!r}")
+        raise RequestError(ErrorKind.PARAMS, f"draft must be one of {', '.join(MODES)}, not {req.draft!r}")
     refuse_rollback_less(m.model, "target")
     draft = draft_for(session, m) if req.draft == "model" else None
     s = SamplingParams.from_dict(req.sampling)
@@ -175,7 +175,7 @@ class _Run:
         c = min(_common(d.cached, hist, min(self.d_ok, len(d.cached), n)), n)
         if c < len(d.cached):
             if not LL.llama_memory_seq_rm(d.mem, 0, c, -1):
-                raise RequestError("runtime", "the draft's cache could not be rolled back")
+                raise RequestError(ErrorKind.RUNTIME, "the draft's cache could not be rolled back")
             del d.cached[c:]
         self._draft_decode(hist[c:] + [last], c)
         self.d_ok = n + 1
@@ -287,7 +287,7 @@ class _Run:
                     break
             keep = min(emitted, a)  # the bonus token is not in the cache yet
             if not LL.llama_memory_seq_rm(m.mem, 0, n + 1 + keep, -1):
-                raise RequestError("runtime", "the target's cache could not be rolled back")
+                raise RequestError(ErrorKind.RUNTIME, "the target's cache could not be rolled back")
             hist.append(last)
             hist.extend(drafts[:keep])
             if self.ngram is not None:

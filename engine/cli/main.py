@@ -121,10 +121,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     kv = default_cache_type(info)
     settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, type_k=kv, type_v=kv)
     preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=analytic_plan)
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
+    with RuntimeHost() as host:
         loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
         if draft_path:
             host.load_draft(draft_path, n_gpu_layers=args.n_gpu_layers)
@@ -133,8 +130,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
                        sampling=sampling, max_tokens=args.max_tokens, on_text=stream,
                        draft="model" if draft_path else "lookup" if args.lookup else "",
                        draft_max=args.draft_max)
-    finally:
-        host.stop()
     done = result.done
     if args.json:
         out: dict[str, Any] = {
