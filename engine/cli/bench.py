@@ -19,7 +19,7 @@ from engine.core.memory_types import KV_TYPES
 from engine.protocol import BenchResult, Hello, Loaded, LoadParams
 from engine.core.sampling import PRESETS
 
-#: engine.child.decode.SAMPLER_MODES (the parent never imports llama.cpp, so it is repeated here).
+#: engine.child.sampler.SAMPLER_MODES (the parent never imports llama.cpp, so it is repeated here).
 SAMPLERS = ("auto", "backend", "backend-topk1", "cpu", "cpu-chain")
 
 
