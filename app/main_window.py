@@ -245,7 +245,7 @@ class MainWindow(QMainWindow):
         if info is not self.model_info and info is not None:
             self.memory.model_inspected(info, settings)
         self.model_info, self.settings = info, settings
-        params = P.load_params(path, settings)
+        params = P.LoadParams(path, settings)
         if not self.banner.sticky:
             self.banner.hide()
         self.progress.setValue(0)

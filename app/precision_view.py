@@ -96,7 +96,7 @@ class PrecisionJob:
             if self._stopped.is_set():
                 return
             self._emit(self.relay.progress, 0, "loading the model…")
-            host.load(LoadParams(path=self.path, n_ctx=256, n_gpu_layers=self.n_gpu_layers,
+            host.load(LoadParams(path=self.path, settings=PlanSettings(n_ctx=256, n_gpu_layers=self.n_gpu_layers),
                                  n_threads=self.n_threads))
             n = len(self.pairs)
             for i, (tk, tv) in enumerate(self.pairs):

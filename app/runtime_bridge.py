@@ -200,11 +200,11 @@ class RuntimeBridge(QObject):
         elif isinstance(msg, P.ErrorEvent):
             if req_id == self._load_id:
                 self._load_id = 0
-                self.loadFailed.emit("" if msg.kind == "cancelled" else msg.message)
+                self.loadFailed.emit("" if P.ErrorKind.parse(msg.kind) is P.ErrorKind.CANCELLED else msg.message)
                 self.busyChanged.emit(False)
             elif req_id == self._gen_id:
                 self._gen_id = 0
-                self.generationFailed.emit("" if msg.kind == "cancelled" else msg.message)
+                self.generationFailed.emit("" if P.ErrorKind.parse(msg.kind) is P.ErrorKind.CANCELLED else msg.message)
                 self.busyChanged.emit(False)
 
     def _on_exit(self, outcome: ProcessOutcome) -> None:

@@ -44,7 +44,7 @@ class ServerToggle(QObject):
 
     def _slots(self) -> int:
         params = self.bridge.last_params
-        return max(1, params.n_seq_max) if params is not None else 1
+        return max(1, params.settings.n_seq_max) if params is not None else 1
 
     def _set_checked(self, on: bool) -> None:
         self.action.blockSignals(True)

@@ -14,6 +14,7 @@ KV Deck / llama-bench tg128/pp512, same run; per-K/V-type depth results and rati
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -142,14 +143,15 @@ class _Runtime:
 
     def start(self) -> Any:
         from engine import protocol as P
+        from engine.core.memory_types import PlanSettings
         from engine.runtime.host import RuntimeHost
 
         model, kv, threads, n_ctx = self.params
-        self.host = RuntimeHost()
-        self.host.start()
-        hello = self.host.wait_ready()
-        loaded = self.host.load(P.LoadParams(path=str(model), n_ctx=n_ctx, n_gpu_layers=-1,
-                                             n_threads=threads, flash_attn="on", type_k=kv, type_v=kv))
+        self._stack = contextlib.ExitStack()  # the child lives until stop(), across calls
+        self.host = self._stack.enter_context(RuntimeHost())
+        hello = self.host.hello
+        settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=-1, flash_attn="on", type_k=kv, type_v=kv)
+        loaded = self.host.load(P.LoadParams(path=str(model), settings=settings, n_threads=threads))
         self.info = {"load_s": round(loaded.load_s, 2), "n_ctx": loaded.n_ctx,
                      "llama_cpp_python": hello.llama_cpp_python,
                      "cuda_graphs": "USE_GRAPHS = 1" in hello.system_info}
@@ -171,7 +173,7 @@ class _Runtime:
 
     def stop(self) -> None:
         if self.host is not None:
-            self.host.stop()
+            self._stack.close()
 
 
 def kvdeck(model: Path, kv: str, threads: int, reps: int, depth: int, pp: int, tg: int,

@@ -59,7 +59,7 @@ def table(plan: MemoryPlan) -> dict[str, dict[str, int]]:
 def load_measured(host: RuntimeHost, model: Path, s: PlanSettings, tel: Telemetry | None = None,
                   footprint: list[dict[str, Any]] | None = None) -> tuple[MemoryPlan | None, str]:
     try:
-        loaded = host.load(P.load_params(str(model), s), timeout=600)
+        loaded = host.load(P.LoadParams(str(model), s), timeout=600)
     except Exception as exc:  # noqa: BLE001 - recorded in the results
         return None, str(exc)
     plan = plan_from_log(loaded.memory_log, s, "measured")
@@ -136,47 +136,44 @@ def main() -> int:
     devices, note = plan_devices()
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "model": meta, "write_s": round(time.time() - t, 1),
                            "devices": [d.__dict__ for d in devices], "gpu_note": note, "cases": [], "fit": []}
-    host = RuntimeHost()
-    host.start()
-    host.wait_ready()
-    tel = Telemetry()
-    res["child_gpu_mib_ready"] = child_gpu_mib(tel, host.pid)  # before any model
-    res["footprint"] = []
-    for case in CASES:
-        s = PlanSettings(**case)
-        a = analytic_plan(info, s, devices)
-        t = time.time()
-        e = exact_plan(info, s, devices)
-        exact_s = time.time() - t
-        m, err = load_measured(host, model, s, tel, res["footprint"])
-        res["cases"].append({"settings": case, "analytic": table(a), "exact": table(e),
-                             "measured": table(m) if m else None, "error": err,
-                             "exact_wall_s": round(exact_s, 2), "flash_attn_exact": e.flash_attn_resolved})
-        (out / f"gpu-memory-{res['date']}.json").write_text(json.dumps(res, indent=1))
-    gpu = next((d for d in devices if d.kind == "gpu"), None)
-    for budget in BUDGETS_GIB:
-        r = fit(info, PlanSettings(n_ctx=0), devices, plan_fn=analytic_plan, budget_bytes=budget * GiB,
-                margin_bytes=1024 * MiB)
-        ok, err = (False, "did not fit")
-        if r.fits:
-            m, err = load_measured(host, model, r.settings)
-            ok = m is not None
-        ref = fit_params(args.fit_params, model, gpu.free_bytes // MiB, budget * 1024) if (
-            args.fit_params and gpu) else None
-        same = None
-        if ref and ref.get("free_mib"):  # KV Deck given exactly the memory llama.cpp saw
-            seen = [dataclasses.replace(d, free_bytes=ref["free_mib"] * MiB, reserved_bytes=0)
-                    if d.kind == "gpu" else d for d in devices]
-            rs = fit(info, PlanSettings(n_ctx=0), seen, plan_fn=analytic_plan,
-                     margin_bytes=ref["margin_mib"] * MiB)
-            same = {"n_ctx": rs.plan.n_ctx, "limited_by": rs.limited_by}
-        res["fit"].append({"budget_gib": budget, "kvdeck": {"n_ctx": r.plan.n_ctx, "n_gpu_layers":
-                           r.settings.n_gpu_layers, "limited_by": r.limited_by, "fits": r.fits},
-                           "kvdeck_same_free": same, "reserve_mib": gpu.reserved_bytes // MiB
-                           if gpu else None, "loads": ok, "load_error": err,
-                           "llama_fit_params": ref})
-        (out / f"gpu-memory-{res['date']}.json").write_text(json.dumps(res, indent=1))
-    host.stop()
+    with RuntimeHost() as host:
+        tel = Telemetry()
+        res["child_gpu_mib_ready"] = child_gpu_mib(tel, host.pid)  # before any model
+        res["footprint"] = []
+        for case in CASES:
+            s = PlanSettings(**case)
+            a = analytic_plan(info, s, devices)
+            t = time.time()
+            e = exact_plan(info, s, devices)
+            exact_s = time.time() - t
+            m, err = load_measured(host, model, s, tel, res["footprint"])
+            res["cases"].append({"settings": case, "analytic": table(a), "exact": table(e),
+                                 "measured": table(m) if m else None, "error": err,
+                                 "exact_wall_s": round(exact_s, 2), "flash_attn_exact": e.flash_attn_resolved})
+            (out / f"gpu-memory-{res['date']}.json").write_text(json.dumps(res, indent=1))
+        gpu = next((d for d in devices if d.kind == "gpu"), None)
+        for budget in BUDGETS_GIB:
+            r = fit(info, PlanSettings(n_ctx=0), devices, plan_fn=analytic_plan, budget_bytes=budget * GiB,
+                    margin_bytes=1024 * MiB)
+            ok, err = (False, "did not fit")
+            if r.fits:
+                m, err = load_measured(host, model, r.settings)
+                ok = m is not None
+            ref = fit_params(args.fit_params, model, gpu.free_bytes // MiB, budget * 1024) if (
+                args.fit_params and gpu) else None
+            same = None
+            if ref and ref.get("free_mib"):  # KV Deck given exactly the memory llama.cpp saw
+                seen = [dataclasses.replace(d, free_bytes=ref["free_mib"] * MiB, reserved_bytes=0)
+                        if d.kind == "gpu" else d for d in devices]
+                rs = fit(info, PlanSettings(n_ctx=0), seen, plan_fn=analytic_plan,
+                         margin_bytes=ref["margin_mib"] * MiB)
+                same = {"n_ctx": rs.plan.n_ctx, "limited_by": rs.limited_by}
+            res["fit"].append({"budget_gib": budget, "kvdeck": {"n_ctx": r.plan.n_ctx, "n_gpu_layers":
+                               r.settings.n_gpu_layers, "limited_by": r.limited_by, "fits": r.fits},
+                               "kvdeck_same_free": same, "reserve_mib": gpu.reserved_bytes // MiB
+                               if gpu else None, "loads": ok, "load_error": err,
+                               "llama_fit_params": ref})
+            (out / f"gpu-memory-{res['date']}.json").write_text(json.dumps(res, indent=1))
     tel.close()
     write_md(res, out / f"gpu-memory-{res['date']}.md")
     print(json.dumps(res, indent=1)[:6000])

@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.core.memory_types import PlanSettings
 from engine.cli.precision import kv_bytes  # noqa: E402
 from engine.gguf.inspect import inspect_gguf  # noqa: E402
 from engine.runtime.host import RuntimeHost  # noqa: E402
@@ -30,12 +31,9 @@ from engine.protocol import LoadParams  # noqa: E402
 def run_model(path: str, types: list[str], tokens: int, threads: int, ctx_mem: int,
               fa: str = "on", ref_fa: str = "off") -> dict:
     info = inspect_gguf(path)
-    host = RuntimeHost()
-    host.start()
     rows = []
-    try:
-        host.wait_ready()
-        loaded = host.load(LoadParams(path=path, n_ctx=256, n_threads=threads))
+    with RuntimeHost() as host:
+        loaded = host.load(LoadParams(path=path, settings=PlanSettings(n_ctx=256), n_threads=threads))
         for t in types:
             started = time.perf_counter()
             r = host.precision(t, t, builtin_prompts(), tokens, flash_attn=fa,
@@ -50,8 +48,6 @@ def run_model(path: str, types: list[str], tokens: int, threads: int, ctx_mem: i
                 "per_prompt": r.prompts})
             print(f"{Path(path).name} {t}: KL {r.mean_kl:.3g}, top-1 {r.top1_agreement:.3f}, "
                   f"first divergence {r.first_divergence}", file=sys.stderr, flush=True)
-    finally:
-        host.stop()
     return {"model": Path(path).name, "description": loaded.description, "n_vocab": loaded.n_vocab,
             "n_threads": loaded.n_threads, "tokens": tokens, "ctx_for_memory": ctx_mem,
             "prompts": builtin_names(), "flash_attn": fa, "reference_flash_attn": ref_fa,

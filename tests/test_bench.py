@@ -6,9 +6,10 @@ import os
 
 import pytest
 
+from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.cli.main import main as cli_main
-from engine.core.errors import RuntimeFailure
+from engine.core.errors import InvalidSettings
 from engine.runtime.host import RuntimeHost
 from engine.core.sampling import PRESETS, SamplingParams
 from tests.helpers.runtime_host import running_host
@@ -21,7 +22,7 @@ FINISHED = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\nHi! How 
 
 
 def _host(path, sampler: str = "auto", n_ctx: int = 1024):
-    return running_host(P.LoadParams(path=str(path), n_ctx=n_ctx),
+    return running_host(P.LoadParams(path=str(path), settings=PlanSettings(n_ctx=n_ctx)),
                         env={**os.environ, "KVDECK_SAMPLER": sampler})
 
 
@@ -35,7 +36,7 @@ def test_bench_measures_each_repetition_and_leaves_the_model_usable(smollm2_path
         only_tg = host.bench(n_prompt=0, n_gen=4, repetitions=1, sampler="cpu-chain",
                              sampling=PRESETS["Balanced"])
         assert only_tg.pp_tokens_per_s == [] and len(only_tg.tg_tokens_per_s) == 1
-        with pytest.raises(RuntimeFailure, match="context of"):
+        with pytest.raises(InvalidSettings, match="context of"):
             host.bench(n_prompt=16, n_gen=8, depth=5000)
         assert host.generate(CHAT, max_tokens=4, sampling=GREEDY).tokens  # still usable
 

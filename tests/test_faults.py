@@ -283,7 +283,7 @@ def test_out_of_memory_is_refused_first_and_named_when_it_happens(smollm2_path) 
     """Settings that cannot fit never reach llama.cpp; when llama.cpp is asked anyway (the host
     called directly, bypassing preflight) the failure names the component and its size, and the
     same runtime loads the next model."""
-    from engine.core.errors import KvDeckError, RuntimeFailure
+    from engine.core.errors import InvalidSettings, KvDeckError
     from engine.plan.fit import fit, preflight
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
@@ -297,15 +297,14 @@ def test_out_of_memory_is_refused_first_and_named_when_it_happens(smollm2_path) 
     assert fitted.fits and fitted.plan.bytes_for("CPU") <= 8 * GiB
     with running_host() as (host, _):
         for params, component in (
-                (P.LoadParams(path=str(smollm2_path), n_ctx=10_000_000), "the KV cache"),
-                (P.LoadParams(path=str(smollm2_path), n_ctx=65536, n_batch=65536, n_ubatch=65536,
-                              flash_attn="off"), "the compute buffers")):
-            with pytest.raises(RuntimeFailure) as info_:
+                (P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=10_000_000)), "the KV cache"),
+                (P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=65536, n_batch=65536, n_ubatch=65536, flash_attn="off")), "the compute buffers")):
+            with pytest.raises(InvalidSettings) as info_:
                 host.load(params, timeout=120)
             message = str(info_.value)
             assert f"not enough memory for {component} (" in message and "GiB on CPU)" in message
             assert "\n" not in message and host.running
-        assert host.load(P.LoadParams(path=str(smollm2_path), n_ctx=512)).n_ctx == 512
+        assert host.load(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512))).n_ctx == 512
         assert host.generate("Hello", max_tokens=2).tokens
 
 

@@ -183,7 +183,7 @@ def test_files_that_reach_llama_cpp(hostile, smollm2_path) -> None:
             allowed = rss.reset() + plan.bytes_for() + 64 * MiB
             t0 = time.perf_counter()
             try:
-                loaded = host.load(P.load_params(str(path), settings), timeout=60)
+                loaded = host.load(P.LoadParams(str(path), settings), timeout=60)
             except KvDeckError as exc:
                 assert case.stage == "load", (case.name, exc)
                 assert "\n" not in str(exc) and time.perf_counter() - t0 < BOUND_S, (case.name, exc)
@@ -204,7 +204,7 @@ def test_files_that_reach_llama_cpp(hostile, smollm2_path) -> None:
                     outcomes["loaded and ran"] += 1
             assert rss.peak <= allowed, (case.name, rss.peak // MiB, allowed // MiB)
         rss.stop()
-        assert host.load(P.LoadParams(path=str(smollm2_path), n_ctx=512)).n_ctx == 512
+        assert host.load(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512))).n_ctx == 512
         assert host.generate("Hello", max_tokens=2).tokens
         print(f"\nruntime outcomes: {dict(outcomes)}")
 

@@ -82,7 +82,7 @@ def test_fitted_settings_load(smollm2_path, budget_mib):
     cpu = [Device("CPU", "cpu", 64 * GiB, 64 * GiB)]
     result = fit(info, PlanSettings(n_ctx=0), cpu, plan_fn=analytic_plan, budget_bytes=budget_mib * MiB)
     assert result.fits
-    with running_host(P.load_params(str(smollm2_path), result.settings)) as (host, loaded):
+    with running_host(P.LoadParams(str(smollm2_path), result.settings)) as (host, loaded):
         assert loaded.n_ctx == result.plan.n_ctx
         assert host.generate("Hi", max_tokens=2).tokens
 

@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from engine.core.memory_types import PlanSettings
 from engine import protocol as P
-from engine.core.errors import KvDeckError, RuntimeFailure
+from engine.core.errors import InvalidSettings, KvDeckError
 from engine.core.precision_metrics import first_divergence, kl_divergence, summarize, score_prompt
 from engine.core.precision_prompts import builtin_prompts, load_prompts, parse_prompts
 from tests.helpers.runtime_host import running_host
@@ -75,7 +76,7 @@ def test_prompts_are_paragraphs(tmp_path):
 
 
 def _host(path):
-    return running_host(P.LoadParams(path=str(path), n_ctx=256, n_threads=1))
+    return running_host(P.LoadParams(path=str(path), settings=PlanSettings(n_ctx=256), n_threads=1))
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +131,9 @@ def test_the_reference_runs_without_flash_attention_because_it_rounds_f32_to_f16
 
 @pytest.mark.slow
 def test_bad_requests_fail_cleanly_and_the_child_lives_on(smol_host):
-    with pytest.raises(RuntimeFailure, match="unknown KV cache type"):
+    with pytest.raises(InvalidSettings, match="unknown KV cache type"):
         smol_host.precision("q9", "f16", PROMPTS, N_TOKENS)
-    with pytest.raises(RuntimeFailure, match="flash attention"):
+    with pytest.raises(InvalidSettings, match="flash attention"):
         smol_host.precision("f16", "q4_0", PROMPTS, N_TOKENS, flash_attn="off")
     assert smol_host.running and smol_host.stats().loaded
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.chat.conversation import conversation_prompt, reply
 from engine.chat.template import ChatMessage
@@ -23,7 +24,7 @@ GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
 
 @pytest.fixture(scope="module")
 def smol(smollm2_path):
-    with running_host(P.LoadParams(path=str(smollm2_path), n_ctx=2048)) as (host, loaded):
+    with running_host(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=2048))) as (host, loaded):
         yield host, loaded
 
 
@@ -100,7 +101,7 @@ def test_cancel_stops_a_running_generation(smol):
 
 def test_log_lines_reach_python_logging_with_levels(smollm2_path, caplog):
     caplog.set_level(logging.INFO, logger="kvdeck.llama")
-    with running_host(P.LoadParams(path=str(smollm2_path), n_ctx=512)):
+    with running_host(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512))):
         pass  # loading is what writes the log lines
     records = [r for r in caplog.records if r.name == "kvdeck.llama"]
     assert any("llama_model_loader" in r.getMessage() or "llama_context" in r.getMessage()
@@ -110,7 +111,7 @@ def test_log_lines_reach_python_logging_with_levels(smollm2_path, caplog):
 
 
 def test_base_model_gets_completion_mode_and_a_non_empty_reply(gemma3_path):
-    with running_host(P.LoadParams(path=str(gemma3_path), n_ctx=1024)) as (host, loaded):
+    with running_host(P.LoadParams(path=str(gemma3_path), settings=PlanSettings(n_ctx=1024))) as (host, loaded):
         result = reply(host, loaded, [ChatMessage("user", "The three primary colours are")],
                        sampling=GREEDY, max_tokens=16)
     if loaded.chat_template:
@@ -121,45 +122,41 @@ def test_base_model_gets_completion_mode_and_a_non_empty_reply(gemma3_path):
 
 
 def test_killed_child_becomes_a_readable_outcome(smollm2_path):
-    host = RuntimeHost()
-    host.start()
-    host.wait_ready()
-    loaded = host.load(P.LoadParams(path=str(smollm2_path), n_ctx=1024))
-    streaming = threading.Event()
-    errors: list[Exception] = []
+    with RuntimeHost() as host:
+        loaded = host.load(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=1024)))
+        streaming = threading.Event()
+        errors: list[Exception] = []
 
-    def run():
-        try:
-            host.generate("<|im_start|>user\nCount to 1000.<|im_end|>\n<|im_start|>assistant\n",
-                          max_tokens=3000, sampling=GREEDY,
-                          on_event=lambda m: isinstance(m, P.Delta) and streaming.set())
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
+        def run():
+            try:
+                host.generate("<|im_start|>user\nCount to 1000.<|im_end|>\n<|im_start|>assistant\n",
+                              max_tokens=3000, sampling=GREEDY,
+                              on_event=lambda m: isinstance(m, P.Delta) and streaming.set())
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
 
-    t = threading.Thread(target=run)
-    t.start()
-    assert streaming.wait(60)
-    os.kill(host.pid, signal.SIGKILL)
-    t.join(30)
-    assert errors and isinstance(errors[0], RuntimeFailure)
-    assert "killed (SIGKILL) while generating" in str(errors[0])
-    assert host.outcome is not None and host.outcome.signal_name == "SIGKILL"
-    assert not host.running
-    assert loaded.n_ctx == 1024
-    with pytest.raises(RuntimeFailure):
-        host.generate("x", max_tokens=1)
+        t = threading.Thread(target=run)
+        t.start()
+        assert streaming.wait(60)
+        os.kill(host.pid, signal.SIGKILL)
+        t.join(30)
+        assert errors and isinstance(errors[0], RuntimeFailure)
+        assert "killed (SIGKILL) while generating" in str(errors[0])
+        assert host.outcome is not None and host.outcome.signal_name == "SIGKILL"
+        assert not host.running
+        assert loaded.n_ctx == 1024
+        with pytest.raises(RuntimeFailure):
+            host.generate("x", max_tokens=1)
 
 
 def test_segfault_is_reported_as_a_crash(smollm2_path):
-    host = RuntimeHost()
-    host.start()
-    host.wait_ready()
-    os.kill(host.pid, signal.SIGSEGV)
-    deadline = time.time() + 10
-    while host.outcome is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert host.outcome is not None
-    assert "crashed (segmentation fault)" in host.outcome.sentence
+    with RuntimeHost() as host:
+        os.kill(host.pid, signal.SIGSEGV)
+        deadline = time.time() + 10
+        while host.outcome is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert host.outcome is not None
+        assert "crashed (segmentation fault)" in host.outcome.sentence
 
 
 def test_broken_file_is_a_model_error_and_the_child_survives(tmp_path, smollm2_path):
@@ -170,7 +167,7 @@ def test_broken_file_is_a_model_error_and_the_child_survives(tmp_path, smollm2_p
             host.load(P.LoadParams(path=str(bad)))
         assert "broken.gguf" in str(info.value) and "\n" not in str(info.value)
         assert host.running
-        assert host.load(P.LoadParams(path=str(smollm2_path), n_ctx=512)).n_ctx == 512
+        assert host.load(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512))).n_ctx == 512
 
 
 def test_hostile_template_cannot_hang_or_escape():

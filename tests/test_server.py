@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.child.slots import StopText
 from engine.core.errors import KvDeckError
@@ -60,7 +61,7 @@ def test_non_loopback_bind_needs_an_api_key():
 @pytest.fixture(scope="module")
 def served(smollm2_path):
     slots: list[P.Slots] = []
-    params = P.LoadParams(path=str(smollm2_path), n_ctx=2048, n_seq_max=SLOTS)
+    params = P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=2048, n_seq_max=SLOTS))
     with running_host(params, on_event=lambda m: slots.append(m) if isinstance(m, P.Slots)
                       else None) as (host, loaded):
         model = ServedModel(host=lambda: host, loaded=lambda: loaded, slots=lambda: SLOTS)

@@ -13,10 +13,11 @@ import threading
 import numpy as np
 import pytest
 
+from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.chat.conversation import conversation_prompt
 from engine.chat.template import ChatMessage
-from engine.core.errors import RuntimeFailure
+from engine.core.errors import InvalidSettings, NotReady
 from engine.child.ngram import NgramIndex
 from engine.core.sampling import SamplingParams
 from engine.child.spec_sampling import accept_or_resample, final_distribution, greedy_token
@@ -106,7 +107,7 @@ def test_ngram_lookup_proposes_what_followed_the_longest_match():
 @pytest.fixture(scope="module")
 def spec(smollm2_path):
     """SmolLM2 as target and as its own draft (the ideal draft: every token should be accepted)."""
-    with running_host(P.LoadParams(path=str(smollm2_path), n_ctx=1024)) as (host, loaded):
+    with running_host(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=1024))) as (host, loaded):
         yield host, loaded, host.load_draft(str(smollm2_path))
 
 
@@ -184,7 +185,7 @@ def test_cancel_mid_speculation(spec):
 @pytest.mark.slow
 def test_an_incompatible_draft_is_refused_with_the_reasons(spec, gemma3_path):
     host, loaded, _ = spec
-    with pytest.raises(RuntimeFailure) as err:
+    with pytest.raises(InvalidSettings) as err:
         host.load_draft(str(gemma3_path))
     message = str(err.value)
     assert "cannot draft for" in message and "vocabulary size" in message and "262,144" in message
@@ -209,7 +210,7 @@ def test_seed_scenario_target_context_smaller_than_the_drafts_default(smollm2_pa
                  margin_bytes=0, draft=DraftSpec(info, settings))
     assert result.fits and result.plan.n_ctx == 1024 < info.n_ctx_train == 8192
     assert result.extra["draft_plan"].n_ctx == 1024
-    with running_host(P.load_params(str(smollm2_path), result.settings)) as (host, loaded):
+    with running_host(P.LoadParams(str(smollm2_path), result.settings)) as (host, loaded):
         draft = host.load_draft(str(smollm2_path))
         assert loaded.n_ctx == draft.n_ctx == 1024
         done = host.generate(_prompt(loaded, "Name three fruits."), max_tokens=24, sampling=GREEDY,
@@ -223,14 +224,14 @@ def test_recurrent_target_is_refused_with_the_reason(tmp_path):
 
     target, draft = write_family("mamba", tmp_path), write_llama(tmp_path / "draft.gguf")
     with running_host() as (host, _):
-        with pytest.raises(RuntimeFailure, match="load the target model first"):
+        with pytest.raises(NotReady, match="load the target model first"):
             host.load_draft(str(draft))
-        host.load(P.LoadParams(path=str(target), n_ctx=256))
-        with pytest.raises(RuntimeFailure, match="recurrent.*cannot be rolled back"):
+        host.load(P.LoadParams(path=str(target), settings=PlanSettings(n_ctx=256)))
+        with pytest.raises(InvalidSettings, match="recurrent.*cannot be rolled back"):
             host.load_draft(str(draft))
-        with pytest.raises(RuntimeFailure, match="recurrent"):
+        with pytest.raises(InvalidSettings, match="recurrent"):
             host.generate("w1 w2 w3", max_tokens=4, sampling=GREEDY, draft="lookup")
-        with pytest.raises(RuntimeFailure, match="no draft model is loaded|recurrent"):
+        with pytest.raises((NotReady, InvalidSettings), match="no draft model is loaded|recurrent"):
             host.generate("w1 w2 w3", max_tokens=4, sampling=GREEDY, draft="model")
 
 

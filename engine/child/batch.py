@@ -29,20 +29,19 @@ import ctypes
 import logging
 import queue
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine import protocol as P
+from engine.child.errors import ErrorKind, RequestError, error_event
+from engine.child.io import Requests
+from engine.child.sampler import build_chain
+from engine.child.session import LlamaSession
 from engine.child.slots import Slot, StopText, Waiting, sampler_specs
-from engine.child.sampler import RequestError, build_chain
 from engine.core.errors import KvDeckError
 from engine.core.sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from engine.child.main import Requests
-    from engine.child.session import LlamaSession
 
 log = logging.getLogger(__name__)
 Emit = Callable[[object], None]
@@ -62,17 +61,17 @@ _LIB.llama_get_logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
 
 def batch_wanted(session: LlamaSession, req: P.GenerateRequest) -> bool:
     """Whether this generation belongs to the batch loop rather than the single-sequence one."""
-    m = getattr(session, "_m", None)
-    if m is None or getattr(req, "draft", ""):
+    m = session.model
+    if m is None or req.draft:
         return False
-    return bool(getattr(req, "serve", False)) or int(LL.llama_n_seq_max(m.ctx)) > 1
+    return req.serve or m.n_seq_max > 1
 
 
 class BatchLoop:
     """Schedules every admitted request of one run; created per run by :func:`run_batch`."""
 
     def __init__(self, session: LlamaSession, requests: Requests, emit: Emit) -> None:
-        m = session._require()
+        m = session.require()
         self.s, self.m, self.requests, self.emit = session, m, requests, emit
         self.n_seq = int(LL.llama_n_seq_max(m.ctx))
         self.n_batch = int(LL.llama_n_batch(m.ctx))
@@ -86,9 +85,8 @@ class BatchLoop:
         self.pieces: dict[int, bytes] = {}
         self.buf = ctypes.create_string_buffer(256)
         self.last_report = 0.0
-        session._detach(m)  # a device chain on sequence 0 would replace that row's logits
-        LL.llama_memory_clear(m.mem, True)
-        session._cached.clear()  # the single-sequence loop's prefix cache is gone now
+        session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
+        m.clear()  # the single-sequence loop's prefix cache is gone now
         self.batch = LL.llama_batch_init(self.n_batch, 0, 1)
         b = self.batch
         for i in range(self.n_batch):
@@ -105,18 +103,15 @@ class BatchLoop:
         """Tokenise and check a request at once, so a bad one is refused without waiting."""
         cancel = self.requests.cancel_event(req.id)
         try:
-            try:
-                sampling = SamplingParams.from_dict(req.sampling)
-            except KvDeckError as exc:
-                raise RequestError("params", str(exc)) from None
+            sampling = SamplingParams.from_dict(req.sampling)
             tokens = self.s.tokenize(req.prompt)
             if not tokens:
-                raise RequestError("params", "the prompt is empty")
+                raise RequestError(ErrorKind.PARAMS, "the prompt is empty")
             if self.n_ctx_seq - len(tokens) < 2:
-                raise RequestError("context", f"the prompt is {len(tokens)} tokens long but each "
+                raise RequestError(ErrorKind.CONTEXT, f"the prompt is {len(tokens)} tokens long but each "
                                               f"sequence holds {self.n_ctx_seq}")
-        except RequestError as exc:
-            self.emit(P.ErrorEvent(id=req.id, kind=exc.kind, message=str(exc)))
+        except (RequestError, KvDeckError) as exc:
+            self.emit(error_event(req.id, exc))
             self.requests.finished(req.id)
             return
         self.waiting.append(Waiting(req, tokens, sampling, cancel, time.perf_counter()))
@@ -147,14 +142,14 @@ class BatchLoop:
             else:
                 self.emit(self.s.stats(req_id))
         except RequestError as exc:
-            self.emit(P.ErrorEvent(id=req_id, kind=exc.kind, message=str(exc)))
+            self.emit(error_event(req_id, exc))
 
     def admit(self) -> None:
         for i in range(self.n_seq):
             while self.slots[i] is None and self.waiting:
                 w = self.waiting.popleft()
                 if w.cancel.is_set():
-                    self.emit(P.ErrorEvent(id=w.req.id, kind="cancelled", message="cancelled"))
+                    self.emit(error_event(w.req.id, kind=ErrorKind.CANCELLED, message="cancelled"))
                     self.requests.finished(w.req.id)
                     continue
                 main, first = sampler_specs(w.sampling, w.req.sampling, tuple(self.m.eog_ids),
@@ -211,12 +206,12 @@ class BatchLoop:
             worst = max((s for s, _ in fed), key=lambda s: s.n_past)
             worst.finish = "context"
             if not worst.out:
-                worst.error = ("context", "the KV cache is full; try again when other requests end")
+                worst.error = (ErrorKind.CONTEXT, "the KV cache is full; try again when other requests end")
             return
         if rc != 0:
-            why = f"llama_decode failed with code {rc}: {self.s._log.last_problem()}"
+            why = f"llama_decode failed with code {rc}: {self.s.log.last_problem()}"
             for s in active:
-                s.error = ("runtime", why)
+                s.error = (ErrorKind.RUNTIME, why)
                 s.finish = "error"
             return
         now = time.perf_counter()
@@ -256,7 +251,7 @@ class BatchLoop:
         s.pending.append(tok)
         piece = self.pieces.get(tok)
         if piece is None:
-            piece = self.pieces[tok] = self.s._piece(tok, self.buf)
+            piece = self.pieces[tok] = self.m.piece(tok, self.buf)
         if s.text.add(s.decoder.decode(piece)):
             s.finish = "stop"
         elif len(s.out) >= s.max_tokens:
@@ -286,7 +281,7 @@ class BatchLoop:
         req = s.w.req
         try:
             if s.error is not None:
-                self.emit(P.ErrorEvent(id=req.id, kind=s.error[0], message=s.error[1]))
+                self.emit(error_event(req.id, kind=s.error[0], message=s.error[1]))
                 return
             if s.finish != "stop":
                 s.text.add(s.decoder.decode(b"", final=True))
@@ -317,7 +312,7 @@ class BatchLoop:
                               requests=[s.w.req.id if s else 0 for s in self.slots],
                               n_ctx_seq=self.n_ctx_seq, n_waiting=len(self.waiting)))
 
-    def abandon(self, kind: str, message: str) -> None:
+    def abandon(self, kind: ErrorKind, message: str) -> None:
         """After an unexpected failure: every request gets its error, the caches are emptied."""
         for i, s in enumerate(self.slots):
             if s is not None:
@@ -326,13 +321,12 @@ class BatchLoop:
                 self.slots[i] = None
         while self.waiting:
             w = self.waiting.popleft()
-            self.emit(P.ErrorEvent(id=w.req.id, kind=kind, message=message))
+            self.emit(error_event(w.req.id, kind=kind, message=message))
             self.requests.finished(w.req.id)
 
     def close(self) -> None:
         LL.llama_batch_free(self.batch)
-        LL.llama_memory_clear(self.m.mem, True)
-        self.s._cached.clear()
+        self.m.clear()
         self.report(force=True)
 
     # ------------------------------------------------------------------ the loop
@@ -360,7 +354,7 @@ def run_batch(session: LlamaSession, first: P.GenerateRequest, requests: Request
         loop.run(first)
     except Exception as exc:  # a bug: every request learns it, the child stays alive
         log.exception("batch loop failed")
-        loop.abandon("runtime", f"{type(exc).__name__}: {exc}")
+        loop.abandon(ErrorKind.RUNTIME, f"{type(exc).__name__}: {exc}")
         for msg in loop.deferred:
             requests.push_back(msg)
     finally:

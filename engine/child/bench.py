@@ -11,7 +11,7 @@ mirrors what it does (``tools/llama-bench/llama-bench.cpp``: ``test_prompt``/``t
   ``avg_ts`` is their mean).
 
 Unlike llama-bench, tg runs through KV Deck's real generation path: the same hot loop a chat
-reply uses (``GenerationMixin._loop``), with the native sampler chain (on the device when
+reply uses (``engine.child.decode.run_loop``), with the native sampler chain (on the device when
 available), detokenisation and streamed Delta events; only the end-of-generation stop is off,
 so a random model cannot end a repetition early. The difference to llama-bench is therefore
 exactly what the app adds per token.
@@ -21,17 +21,17 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from typing import TYPE_CHECKING
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child.decode import RequestError
-from engine.protocol import BenchRequest, BenchResult
+from engine.child.decode import run_loop
+from engine.child.errors import ErrorKind, RequestError
+from engine.child.model import Model
+from engine.child.sampler import Sampling
+from engine.child.session import LlamaSession
 from engine.core.sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from engine.child.session import LlamaSession, _Model
+from engine.protocol import BenchRequest, BenchResult
 
 #: llama-bench's tg compares with plain greedy: no penalties, no truncation.
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
@@ -63,7 +63,7 @@ class _Bench:
         self.s = session
         self.req = req
         self.cancel = cancel
-        self.m: _Model = session._require()
+        self.m: Model = session.require()
         self.rng = np.random.default_rng(1234)
         self.reused = 0
         self.evals = 0
@@ -72,12 +72,11 @@ class _Bench:
         return self.rng.integers(0, self.m.n_vocab, size=n).tolist()
 
     def clear(self) -> None:
-        self.s._cached.clear()
-        LL.llama_memory_clear(self.m.mem, True)
+        self.m.clear()
 
     def prefill(self, tokens: list[int], pos0: int) -> None:
         """KV Deck's prefill path, then a synchronise (llama_decode returns before the device ends)."""
-        self.s._decode(tokens, pos0, self.cancel)
+        self.m.prefill(tokens, pos0, self.cancel)
         LL.llama_synchronize(self.m.ctx)
 
     def pp(self) -> float:
@@ -90,21 +89,21 @@ class _Bench:
         self.prefill(toks, depth)
         return n / (time.perf_counter() - t0)
 
-    def tg(self, sp: object, n_gen: int, count: bool = True) -> float:
+    def tg(self, sp: Sampling, n_gen: int, count: bool = True) -> float:
         """n_gen decodes through the chat's hot loop, after ``depth`` untimed tokens."""
         self.clear()
         prompt = self.tokens(max(self.req.depth, 1))
         self.prefill(prompt, 0)
         s, m = self.s, self.m
-        if sp.chain is not None:  # type: ignore[attr-defined]
-            LL.llama_sampler_reset(sp.chain)  # type: ignore[attr-defined]
-        tok = s._first_token(m, sp, prompt, False, self.cancel)  # type: ignore[arg-type]
+        if sp.chain is not None:
+            LL.llama_sampler_reset(sp.chain)
+        tok = s.samplers.first_token(m, sp, prompt, False, self.cancel)
         before = LL.llama_perf_context(m.ctx)
         t = time.perf_counter()
-        done = s._loop(self.req.id, m, sp, tok, len(prompt), 0, n_gen + 1, t, t, self.cancel,  # type: ignore[arg-type]
-                       stream=True, stop_at_eog=False)
+        done = run_loop(s.emit, self.req.id, m, sp, tok, len(prompt), 0, n_gen + 1, t, t, self.cancel,
+                        stream=True, stop_at_eog=False)
         if done.stop_reason != "length":
-            raise RequestError("cancelled" if done.stop_reason == "cancelled" else "context",
+            raise RequestError(ErrorKind.CANCELLED if done.stop_reason == "cancelled" else ErrorKind.CONTEXT,
                                f"the benchmark stopped early ({done.stop_reason})")
         if count:
             after = LL.llama_perf_context(m.ctx)
@@ -115,18 +114,18 @@ class _Bench:
     def run(self) -> BenchResult:
         req, m = self.req, self.m
         if min(req.n_prompt, req.n_gen, req.depth) < 0 or req.repetitions < 1:
-            raise RequestError("params", "token counts must not be negative and repetitions at least 1")
+            raise RequestError(ErrorKind.PARAMS, "token counts must not be negative and repetitions at least 1")
         if req.n_prompt == 0 and req.n_gen == 0:
-            raise RequestError("params", "nothing to measure: both the prompt and the generation length are 0")
+            raise RequestError(ErrorKind.PARAMS, "nothing to measure: both the prompt and the generation length are 0")
         need = max(req.depth + req.n_prompt, max(req.depth, 1) + req.n_gen + 1)
         if need > m.n_ctx:
-            raise RequestError("params", f"the benchmark needs a context of {need} tokens; the model "
+            raise RequestError(ErrorKind.PARAMS, f"the benchmark needs a context of {need} tokens; the model "
                                          f"was loaded with {m.n_ctx}")
         sampling = SamplingParams.from_dict(req.sampling) if req.sampling else GREEDY
         threads = (LL.llama_n_threads(m.ctx), LL.llama_n_threads_batch(m.ctx))
         if req.n_threads > 0:
             LL.llama_set_n_threads(m.ctx, req.n_threads, req.n_threads)
-        sp = self.s._sampling(m, sampling, req.sampler, no_empty=False)
+        sp = self.s.samplers.choose(m, sampling, req.sampler, no_empty=False)
         try:
             # like llama-bench, pp and tg are separate tests, each with its own warm-up: a pp
             # rep between tg reps would make every tg rep start on a rebuilt, uncaptured graph
@@ -152,7 +151,7 @@ class _Bench:
                 graph_reuse=self.reused / self.evals if self.evals else 0.0, warmup_s=warmup_s)
         finally:
             self.clear()
-            self.s._release(sp)  # type: ignore[arg-type]
+            self.s.samplers.release(sp)
             LL.llama_set_n_threads(m.ctx, *threads)
 
 

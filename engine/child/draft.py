@@ -14,15 +14,16 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp.llama_cpp as LL
 
-from engine.child.decode import RequestError
-from engine.protocol import DraftLoaded, LoadDraftRequest, LoadParams
-
-if TYPE_CHECKING:
-    from engine.child.session import LlamaSession, _Model
+from engine.child.errors import ErrorKind, RequestError
+from engine.child.model import Model, flash_type, ggml_type_id
+from engine.child.session import LlamaSession
+from engine.child.vocab import pair_checks
+from engine.plan.alloc_failure import describe_allocation_failure
+from engine.protocol import DraftLoaded, LoadDraftRequest
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Draft:
     mem: Any = None
     batch: Any = None
     n_ctx: int = 0
-    target: Any = None  # the target _Model its context was sized for
+    target: Model | None = None  # the target Model its context was sized for
     cached: list[int] = field(default_factory=list)  # tokens in the draft's sequence 0
 
     def free_context(self) -> None:
@@ -56,27 +57,23 @@ class Draft:
 def refuse_rollback_less(model: Any, role: str) -> None:
     if LL.llama_model_is_recurrent(model) or LL.llama_model_is_hybrid(model):
         kind = "hybrid (attention + recurrent)" if LL.llama_model_is_hybrid(model) else "recurrent"
-        raise RequestError("params", f"speculative decoding is not available: the {role} model is {kind}, "
+        raise RequestError(ErrorKind.PARAMS, f"speculative decoding is not available: the {role} model is {kind}, "
                                      "its state cannot be rolled back past rejected draft tokens")
 
 
 def _check_pair(target_path: str, draft_path: str) -> list[dict[str, Any]]:
-    from engine.child.vocab import pair_checks
-
     checks = pair_checks(target_path, draft_path)
     bad = [c for c in checks if not c.ok]
     if bad:
-        raise RequestError("params", f"{os.path.basename(draft_path)} cannot draft for "
+        raise RequestError(ErrorKind.PARAMS, f"{os.path.basename(draft_path)} cannot draft for "
                                      f"{os.path.basename(target_path)}: "
                                      + "; ".join(f"{c.name}: {c.detail}" for c in bad))
     return [vars(c) for c in checks]
 
 
-def _create_context(session: LlamaSession, d: Draft, m: _Model) -> None:
+def _create_context(session: LlamaSession, d: Draft, m: Model) -> None:
     """The draft's context is built from the target's live context, not from any default."""
-    from engine.child.session import _FLASH, ggml_type_id
-
-    tp: LoadParams | None = getattr(session, "load_params", None)
+    tp = session.load_params.settings if session.load_params else None
     t = m.ctx
     cp = LL.llama_context_default_params()
     cp.n_ctx = int(LL.llama_n_ctx(t))
@@ -84,21 +81,17 @@ def _create_context(session: LlamaSession, d: Draft, m: _Model) -> None:
     cp.n_seq_max = int(LL.llama_n_seq_max(t))
     cp.n_threads, cp.n_threads_batch = int(LL.llama_n_threads(t)), int(LL.llama_n_threads_batch(t))
     flash = d.flash_attn or (tp.flash_attn if tp else "auto")
-    if flash not in _FLASH:
-        raise RequestError("params", f"flash attention must be auto, on or off, not {flash!r}")
-    cp.flash_attn_type = _FLASH[flash]
+    cp.flash_attn_type = flash_type(flash)
     cp.type_k, cp.type_v = ggml_type_id(d.type_k), ggml_type_id(d.type_v)
     cp.swa_full = tp.swa_full if tp else False
     cp.kv_unified = tp.kv_unified if tp else False
     cp.offload_kqv = tp.offload_kqv if tp else True
-    session._log.recent_errors = []  # the sentence must be about this context, not an older one
+    session.log.recent_errors = []  # the sentence must be about this context, not an older one
     ctx = LL.llama_init_from_model(d.model, cp)
     if not ctx:
-        from engine.plan.alloc_failure import describe_allocation_failure
-
-        why = (describe_allocation_failure(session._log.recent_errors)
-               or session._log.last_problem() or "unknown reason")
-        raise RequestError("params", f"could not create the draft's context of {cp.n_ctx} tokens "
+        why = (describe_allocation_failure(session.log.recent_errors)
+               or session.log.last_problem() or "unknown reason")
+        raise RequestError(ErrorKind.PARAMS, f"could not create the draft's context of {cp.n_ctx} tokens "
                                      f"(the target's): {why}")
     d.ctx, d.mem, d.target, d.cached = ctx, LL.llama_get_memory(ctx), m, []
     d.batch = LL.llama_batch_init(cp.n_batch, 0, 1)
@@ -108,27 +101,27 @@ def _create_context(session: LlamaSession, d: Draft, m: _Model) -> None:
 
 def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.Event) -> DraftLoaded:
     """Check the pair with llama.cpp's rules, then load the draft with the target's context."""
-    if session._m is None:
-        raise RequestError("state", "load the target model first: the draft gets the target's context")
-    m = session._m
+    if session.model is None:
+        raise RequestError(ErrorKind.STATE, "load the target model first: the draft gets the target's context")
+    m = session.model
     if not os.path.isfile(req.path):
-        raise RequestError("model", f"draft model file not found: {req.path}")
+        raise RequestError(ErrorKind.MODEL, f"draft model file not found: {req.path}")
     refuse_rollback_less(m.model, "target")
     checks = _check_pair(m.path, req.path)
     unload_draft(session)
     t0 = time.perf_counter()
     offload = bool(LL.llama_supports_gpu_offload())
-    tp: LoadParams | None = getattr(session, "load_params", None)
-    lp = LoadParams(path=req.path, n_gpu_layers=req.n_gpu_layers, main_gpu=tp.main_gpu if tp else 0)
-    mp, keep = session._model_params(req.id, lp, offload, cancel)
-    session._log.start_capture()
+    tp = session.load_params.settings if session.load_params else None
+    mp, keep = session.model_params(req.id, req.path, req.n_gpu_layers, offload, cancel,
+                                    main_gpu=tp.main_gpu if tp else 0)
+    session.log.start_capture()
     try:
         model = LL.llama_model_load_from_file(os.fsencode(req.path), mp)
         if not model:
             if cancel.is_set():
-                raise RequestError("cancelled", "loading the draft was cancelled")
-            why = session._log.last_problem() or "llama.cpp refused the file"
-            raise RequestError("model", f"could not load {os.path.basename(req.path)}: {why}")
+                raise RequestError(ErrorKind.CANCELLED, "loading the draft was cancelled")
+            why = session.log.last_problem() or "llama.cpp refused the file"
+            raise RequestError(ErrorKind.MODEL, f"could not load {os.path.basename(req.path)}: {why}")
         vocab = LL.llama_model_get_vocab(model)
         d = Draft(model=model, path=req.path, vocab=vocab, n_vocab=int(LL.llama_vocab_n_tokens(vocab)),
                   type_k=req.type_k, type_v=req.type_v, flash_attn=req.flash_attn, target_path=m.path)
@@ -140,9 +133,9 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
             LL.llama_model_free(model)
             raise
     finally:
-        lines = session._log.stop_capture()
+        lines = session.log.stop_capture()
         del keep
-    session._draft = d  # type: ignore[attr-defined]
+    session.draft = d
     desc = ctypes.create_string_buffer(256)
     LL.llama_model_desc(model, desc, len(desc))
     return DraftLoaded(
@@ -155,18 +148,18 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
 
 
 def unload_draft(session: LlamaSession) -> None:
-    d: Draft | None = getattr(session, "_draft", None)
-    session._draft = None  # type: ignore[attr-defined]
+    d: Draft | None = session.draft
+    session.draft = None
     if d is not None:
         d.free_context()
         LL.llama_model_free(d.model)
 
 
-def draft_for(session: LlamaSession, m: _Model) -> Draft:
+def draft_for(session: LlamaSession, m: Model) -> Draft:
     """The loaded draft, its context rebuilt when the target changed since it was made."""
-    d: Draft | None = getattr(session, "_draft", None)
+    d: Draft | None = session.draft
     if d is None:
-        raise RequestError("state", "no draft model is loaded: load one, or draft by n-gram lookup")
+        raise RequestError(ErrorKind.STATE, "no draft model is loaded: load one, or draft by n-gram lookup")
     if d.target is not m:
         if d.target_path != m.path:
             _check_pair(m.path, d.path)

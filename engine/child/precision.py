@@ -23,18 +23,16 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child.decode import RequestError
-from engine.child.session import _FLASH, ggml_type_id
+from engine.child.errors import ErrorKind, RequestError
+from engine.child.model import FLASH, Model, flash_type, ggml_type_id
+from engine.child.session import LlamaSession
 from engine.core.precision_metrics import PromptScore, score_prompt, summarize
 from engine.protocol import PrecisionProgress, PrecisionRequest, PrecisionResult
-
-if TYPE_CHECKING:
-    from engine.child.session import LlamaSession, _Model
 
 Emit = Callable[[object], None]
 MAX_TOKENS = 512
@@ -48,12 +46,12 @@ class _ReferenceCache:
         self._owner: object | None = None
         self._entries: dict[tuple[object, ...], list[int]] = {}
 
-    def get(self, m: _Model, key: tuple[object, ...]) -> list[int] | None:
+    def get(self, m: Model, key: tuple[object, ...]) -> list[int] | None:
         if self._owner is not m:  # another model (or a reload): nothing carries over
             self._owner, self._entries = m, {}
         return self._entries.get(key)
 
-    def put(self, m: _Model, key: tuple[object, ...], tokens: list[int]) -> None:
+    def put(self, m: Model, key: tuple[object, ...], tokens: list[int]) -> None:
         if self._owner is m and len(self._entries) < 256:
             self._entries[key] = list(tokens)
 
@@ -64,7 +62,7 @@ _REFERENCES = _ReferenceCache()
 class _Context:
     """One llama_context on the loaded model, with a batch big enough for a whole sequence."""
 
-    def __init__(self, m: _Model, type_k: str, type_v: str, n_ctx: int, flash_attn: str,
+    def __init__(self, m: Model, type_k: str, type_v: str, n_ctx: int, flash_attn: str,
                  n_threads: int, n_outputs: int, last_problem: Callable[[], str]) -> None:
         cp = LL.llama_context_default_params()
         cp.n_ctx = n_ctx
@@ -75,14 +73,14 @@ class _Context:
         cp.n_outputs_max = n_outputs
         cp.n_seq_max = 1
         cp.n_threads = cp.n_threads_batch = n_threads
-        cp.flash_attn_type = _FLASH[flash_attn]
+        cp.flash_attn_type = flash_type(flash_attn)
         cp.type_k = ggml_type_id(type_k)
         cp.type_v = ggml_type_id(type_v)
         cp.swa_full = False  # as the app loads models (and as the memory plan assumes)
         self.ctx = LL.llama_init_from_model(m.model, cp)
         if not self.ctx:
             why = last_problem() or "llama.cpp refused the settings"
-            raise RequestError("params", f"could not create a {type_k}/{type_v} context of "
+            raise RequestError(ErrorKind.PARAMS, f"could not create a {type_k}/{type_v} context of "
                                          f"{n_ctx} tokens for the check: {why}")
         self.n_ctx = int(LL.llama_n_ctx(self.ctx))
         self.batch = LL.llama_batch_init(self.n_ctx, 0, 1)
@@ -107,13 +105,13 @@ class _Context:
         b.n_tokens = n
         rc = LL.llama_decode(self.ctx, b)
         if rc != 0:
-            raise RequestError("runtime", f"llama_decode failed with code {rc} during the check")
+            raise RequestError(ErrorKind.RUNTIME, f"llama_decode failed with code {rc} during the check")
 
     def row(self, i: int) -> np.ndarray:
         """A view of the logits of batch index ``i`` (-1: the last); valid until the next decode."""
         ptr = LL.llama_get_logits_ith(self.ctx, i)
         if not ptr:
-            raise RequestError("runtime", "llama.cpp returned no logits")
+            raise RequestError(ErrorKind.RUNTIME, "llama.cpp returned no logits")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def clear(self) -> None:
@@ -146,7 +144,7 @@ class _Context:
                                              (len(out) > len(follow) or follow[len(out) - 1] != tok)):
                 return out
             if cancel.is_set():
-                raise RequestError("cancelled", "cancelled")
+                raise RequestError(ErrorKind.CANCELLED, "cancelled")
             self.decode([tok], pos, 1)
             pos += 1
 
@@ -154,35 +152,35 @@ class _Context:
 def _check_request(req: PrecisionRequest) -> None:
     for t in (req.type_k, req.type_v, req.reference_type_k, req.reference_type_v):
         ggml_type_id(t)  # a clear RequestError for an unknown type
-    if req.flash_attn not in _FLASH:
-        raise RequestError("params", f"flash attention must be auto, on or off, not {req.flash_attn!r}")
-    if req.reference_flash_attn not in _FLASH:
-        raise RequestError("params", f"flash attention must be auto, on or off, not {req.reference_flash_attn!r}")
+    if req.flash_attn not in FLASH:
+        raise RequestError(ErrorKind.PARAMS, f"flash attention must be auto, on or off, not {req.flash_attn!r}")
+    if req.reference_flash_attn not in FLASH:
+        raise RequestError(ErrorKind.PARAMS, f"flash attention must be auto, on or off, not {req.reference_flash_attn!r}")
     for v, fa in ((req.type_v, req.flash_attn), (req.reference_type_v, req.reference_flash_attn)):
         if fa == "off" and v not in _FULL_PRECISION:
-            raise RequestError("params", f"a quantized V cache ({v}) only works with flash attention on")
+            raise RequestError(ErrorKind.PARAMS, f"a quantized V cache ({v}) only works with flash attention on")
     if not req.prompts:
-        raise RequestError("params", "there are no prompts to check")
+        raise RequestError(ErrorKind.PARAMS, "there are no prompts to check")
     if not 1 <= req.n_tokens <= MAX_TOKENS:
-        raise RequestError("params", f"the number of tokens must be between 1 and {MAX_TOKENS}, "
+        raise RequestError(ErrorKind.PARAMS, f"the number of tokens must be between 1 and {MAX_TOKENS}, "
                                      f"not {req.n_tokens}")
 
 
-def _text(session: LlamaSession, tokens: list[int]) -> str:
+def _text(m: Model, tokens: list[int]) -> str:
     buf = ctypes.create_string_buffer(256)
-    return b"".join(session._piece(t, buf) for t in tokens).decode("utf-8", "replace")
+    return b"".join(m.piece(t, buf) for t in tokens).decode("utf-8", "replace")
 
 
 def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
                   cancel: threading.Event) -> PrecisionResult:
     """Compare the candidate cache with the reference on every prompt; see the module docstring."""
-    m = session._require()
+    m = session.require()
     _check_request(req)
     t0 = time.perf_counter()
     prompts = [session.tokenize(p) for p in req.prompts]
     for i, toks in enumerate(prompts, 1):
         if not toks:
-            raise RequestError("params", f"prompt {i} is empty")
+            raise RequestError(ErrorKind.PARAMS, f"prompt {i} is empty")
     needed = max(len(t) for t in prompts) + req.n_tokens + 1
     n_ctx = max(req.n_ctx, -(-needed // 256) * 256)
     n_threads = int(LL.llama_n_threads(m.ctx))
@@ -196,16 +194,16 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
         done += 1
         emit(PrecisionProgress(id=req.id, done=done, total=total))
         if cancel.is_set():
-            raise RequestError("cancelled", "cancelled")
+            raise RequestError(ErrorKind.CANCELLED, "cancelled")
 
     contexts: list[_Context] = []
     try:
         ref = _Context(m, req.reference_type_k, req.reference_type_v, n_ctx,
-                       req.reference_flash_attn, n_threads, req.n_tokens, session._log.last_problem)
+                       req.reference_flash_attn, n_threads, req.n_tokens, session.log.last_problem)
         contexts.append(ref)
         n_ctx_used = ref.n_ctx
         cand = _Context(m, req.type_k, req.type_v, n_ctx, req.flash_attn, n_threads, req.n_tokens,
-                        session._log.last_problem)
+                        session.log.last_problem)
         contexts.append(cand)
         emit(PrecisionProgress(id=req.id, done=0, total=total))
         scores: list[PromptScore] = []
@@ -220,7 +218,7 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
             step()
             follow = cand.greedy(toks, len(continuation), m.eog, cancel, follow=continuation)
             scores.append(score_prompt(ref_logits, cand_logits, continuation, follow, len(toks),
-                                       _text(session, continuation), _text(session, follow)))
+                                       _text(m, continuation), _text(m, follow)))
             del ref_logits, cand_logits
             step()
     finally:

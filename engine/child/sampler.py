@@ -22,15 +22,14 @@ import ctypes
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
+from engine.child.errors import ErrorKind, RequestError
+from engine.child.model import Model
 from engine.core.sampling import RANDOM_SEED, SamplingParams
-
-if TYPE_CHECKING:
-    from engine.child.session import _Model
 
 #: auto: plain greedy as a numpy argmax, other chains on the device when there is a GPU, else
 #: on the CPU; the others force one path for measuring (backend-topk1: greedy as top_k(1)+dist,
@@ -45,14 +44,6 @@ _LIB.llama_get_logits_ith.restype = ctypes.c_void_p
 _LIB.llama_get_logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
 
 Spec = tuple[tuple[Any, ...], ...]
-
-
-class RequestError(Exception):
-    """A request failed in a way the child survives; ``kind`` tells the parent whose fault."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(" ".join(message.split()))
-        self.kind = kind
 
 
 def chain_spec(s: SamplingParams, *, device: bool, topk1: bool = False,
@@ -125,9 +116,25 @@ def gpu_present() -> bool:
                for i in range(lib.ggml_backend_dev_count()))
 
 
+def argmax_of(m: Model) -> Callable[[], int]:
+    """Greedy without llama.cpp's O(vocab) candidate copy; the view is rebuilt only when the
+    output buffer moved (it is reallocated when a batch needs more output rows)."""
+    ctx, n, get = m.ctx, m.n_vocab, _LIB.llama_get_logits_ith
+    state: list[Any] = [0, None]
+
+    def sample() -> int:
+        addr = get(ctx, -1)
+        if addr != state[0]:
+            state[0] = addr
+            state[1] = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr))
+        return int(state[1].argmax())
+
+    return sample
+
+
 @dataclass
 class _Attached:
-    model: Any  # the _Model itself: a new context may reuse a freed one's address
+    model: Model  # the Model itself: a new context may reuse a freed one's address
     spec: Spec
     chain: object
 
@@ -147,21 +154,24 @@ class Sampling:
         return "numpy argmax" if self.chain is None else chain_name(self.chain)
 
 
-class SamplingMixin:
-    """Needs ``_m``, ``_cached`` and ``_decode`` from the session and the generation mixin."""
+class Samplers:
+    """The sampler chains of the loaded context: the one attached to it (a device chain lives
+    as long as its settings stay the same) and the replaced ones not yet safe to free.
 
-    _m: Any
-    _cached: list[int]
-    _attached: _Attached | None = None
-    _retired: list[object] | None = None
-    _gpu: bool | None = None
-    _decode: Callable[[list[int], int, threading.Event], None]
+    One per session (``LlamaSession.samplers``); every generation path asks it for a request's
+    :class:`Sampling` and gives it back with :meth:`release`.
+    """
 
-    def _sampling(self, m: _Model, s: SamplingParams, mode: str, no_empty: bool) -> Sampling:
+    def __init__(self) -> None:
+        self._attached: _Attached | None = None
+        self._retired: list[object] = []
+        self._gpu: bool | None = None
+
+    def choose(self, m: Model, s: SamplingParams, mode: str, no_empty: bool) -> Sampling:
         """Pick the sampling path; attach (or keep) the device chain before the prefill."""
         if mode not in SAMPLER_MODES:
-            raise RequestError("params", f"sampler must be one of {', '.join(SAMPLER_MODES)}")
-        self._free_retired()
+            raise RequestError(ErrorKind.PARAMS, f"sampler must be one of {', '.join(SAMPLER_MODES)}")
+        self.free_retired(m)
         if mode == "auto":
             if self._gpu is None:
                 self._gpu = gpu_present()
@@ -183,7 +193,7 @@ class SamplingMixin:
                 return Sampling(s, chain, backend=True)
             LL.llama_sampler_free(chain)  # not offloadable here (tensor split): CPU after all
             self._retire()
-        self._detach(m)
+        self.detach(m)
         forbid = tuple(m.eog_ids) if no_empty else ()
         first = build_chain(chain_spec(s, device=False, forbid=forbid), m.n_vocab) if forbid else None
         owned = [first] if first else []
@@ -192,7 +202,7 @@ class SamplingMixin:
         chain = build_chain(chain_spec(s, device=False), m.n_vocab)
         return Sampling(s, chain, first, owned=owned + [chain])
 
-    def _detach(self, m: _Model) -> None:
+    def detach(self, m: Model) -> None:
         if self._attached is not None and self._attached.model is m:
             LL.llama_set_sampler(m.ctx, 0, None)
             self._retire()
@@ -204,40 +214,23 @@ class SamplingMixin:
         referenced it, so it is only freed once the next context exists.
         """
         if self._attached is not None:
-            if self._retired is None:
-                self._retired = []
             self._retired.append(self._attached.chain)
             self._attached = None
 
-    def _free_retired(self) -> None:
-        m = self._m
+    def free_retired(self, m: Model | None) -> None:
+        """Free replaced chains; ``m`` is the loaded model (a chain attached to another is gone)."""
         if self._attached is not None and self._attached.model is not m:
             self._retire()  # its context is gone
-        for chain in self._retired or ():
+        for chain in self._retired:
             LL.llama_sampler_free(chain)
         self._retired = []
 
-    def _release(self, sp: Sampling) -> None:
+    def release(self, sp: Sampling) -> None:
         for chain in sp.owned:
             LL.llama_sampler_free(chain)
         sp.owned.clear()
 
-    def _argmax(self, m: _Model) -> Callable[[], int]:
-        """Greedy without llama.cpp's O(vocab) candidate copy; the view is rebuilt only when the
-        output buffer moved (it is reallocated when a batch needs more output rows)."""
-        ctx, n, get = m.ctx, m.n_vocab, _LIB.llama_get_logits_ith
-        state: list[Any] = [0, None]
-
-        def sample() -> int:
-            addr = get(ctx, -1)
-            if addr != state[0]:
-                state[0] = addr
-                state[1] = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr))
-            return int(state[1].argmax())
-
-        return sample
-
-    def _first_token(self, m: _Model, sp: Sampling, tokens: list[int], no_empty: bool,
+    def first_token(self, m: Model, sp: Sampling, tokens: list[int], no_empty: bool,
                      cancel: threading.Event) -> int:
         """The token after the prompt; with ``no_empty`` never an end-of-generation token."""
         ctx = m.ctx
@@ -246,7 +239,7 @@ class SamplingMixin:
             if sp.chain is not None:
                 LL.llama_sampler_accept(sp.chain, tok)
             return tok
-        tok = LL.llama_sampler_sample(sp.chain, ctx, -1) if sp.chain else self._argmax(m)()
+        tok = LL.llama_sampler_sample(sp.chain, ctx, -1) if sp.chain else argmax_of(m)()
         if not (no_empty and sp.backend and tok in set(m.eog_ids)):
             return tok
         alt = self._without_eog(m, sp.params)
@@ -256,7 +249,7 @@ class SamplingMixin:
             return alt
         return self._cpu_first_token(m, sp, tokens, cancel)
 
-    def _without_eog(self, m: _Model, s: SamplingParams) -> int | None:
+    def _without_eog(self, m: Model, s: SamplingParams) -> int | None:
         """Pick again from what the device chain left, minus end-of-generation tokens."""
         ctx = m.ctx
         n_probs = LL.llama_get_sampled_probs_count_ith(ctx, -1)
@@ -276,23 +269,20 @@ class SamplingMixin:
         rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
         return int(rng.choice(ids[ok], p=probs / probs.sum()))
 
-    def _cpu_first_token(self, m: _Model, sp: Sampling, tokens: list[int],
+    def _cpu_first_token(self, m: Model, sp: Sampling, tokens: list[int],
                          cancel: threading.Event) -> int:
         """Rare: every candidate the device kept ends the reply. Decode the last prompt token
         again without the device chain and sample on the CPU with end-of-generation forbidden;
         the rest of this request samples on the CPU, the next one attaches a fresh chain."""
-        self._detach(m)
+        self.detach(m)
         last = len(tokens) - 1
-        if LL.llama_memory_seq_rm(m.mem, 0, last, -1):
-            del self._cached[last:]
-            self._decode(tokens[last:], last, cancel)
-        else:  # recurrent state cannot roll back one token
-            LL.llama_memory_clear(m.mem, True)
-            self._cached.clear()
-            self._decode(tokens, 0, cancel)
+        if m.truncate(last):
+            m.prefill(tokens[last:], last, cancel)
+        else:  # recurrent state cannot roll back one token (truncate cleared everything)
+            m.prefill(tokens, 0, cancel)
         sp.chain = build_chain(chain_spec(sp.params, device=False), m.n_vocab)
         sp.first = build_chain(chain_spec(sp.params, device=False, forbid=tuple(m.eog_ids)),
                                m.n_vocab)
         sp.owned += [sp.chain, sp.first]
         sp.backend = False
-        return self._first_token(m, sp, tokens, True, cancel)
+        return self.first_token(m, sp, tokens, True, cancel)

@@ -15,6 +15,7 @@ from typing import Any
 
 
 from engine import protocol as P
+from engine.protocol.errors import ErrorKind
 from engine.child.sampler import chain_spec
 from engine.core.sampling import SamplingParams
 
@@ -119,4 +120,4 @@ class Slot:
     t_first: float = 0.0
     last_flush: float = 0.0
     finish: str = ""
-    error: tuple[str, str] | None = None
+    error: tuple[ErrorKind, str] | None = None

@@ -5,7 +5,7 @@ tested on synthetic distributions: the whole promise of speculative decoding is 
 output has exactly the target's distribution, and that is a property of these few functions.
 
 * :func:`final_distribution` turns one row of logits into the distribution the plain sampler
-  chain draws from (``engine.child.decode.chain_spec``: top-k, repetition penalty, top-p, min-p,
+  chain draws from (``engine.child.sampler.chain_spec``: top-k, repetition penalty, top-p, min-p,
   temperature, in that order), in float64 over the whole vocabulary. The target's p and the
   draft's q both come from it, so q is the draft's *final* distribution, as exact speculative
   sampling requires (llama.cpp's own examples compare against an argmax draft, which is not).
@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.core.sampling import SamplingParams
 
-#: engine.child.decode.chain_spec: greedy with a repetition penalty penalises the top 64 only.
+#: engine.child.sampler.chain_spec: greedy with a repetition penalty penalises the top 64 only.
 GREEDY_PENALTY_TOP_K = 64
 
 

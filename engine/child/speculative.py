@@ -33,21 +33,20 @@ import ctypes
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child.decode import RequestError, prompt_tokens
-from engine.child.sampler import gpu_present
 from engine.child.draft import Draft, draft_for, load_draft, refuse_rollback_less, unload_draft
+from engine.child.errors import ErrorKind, RequestError
+from engine.child.model import Model
+from engine.child.sampler import gpu_present
+from engine.child.session import LlamaSession
 from engine.child.ngram import NgramIndex
 from engine.protocol import Delta, Done, GenerateRequest, Started
 from engine.core.sampling import RANDOM_SEED, SamplingParams
 from engine.child.spec_sampling import accept_or_resample, final_distribution, greedy_token, sample
-
-if TYPE_CHECKING:
-    from engine.child.session import LlamaSession, _Model
 
 __all__ = ["MODES", "generate_speculative", "load_draft", "unload_draft"]
 
@@ -61,24 +60,23 @@ _GPU: list[bool] = []
 
 # ---------------------------------------------------------------------------------- generation
 def generate_speculative(session: LlamaSession, req: GenerateRequest, cancel: threading.Event) -> Done:
-    """Entry point from ``GenerationMixin.generate`` when the request asks for drafting."""
-    m = session._require()
+    """Entry point from the child's main loop when the request asks for drafting."""
+    m = session.require()
     if req.draft not in MODES:
-        raise RequestError("params", f"draft must be one of {', '.join(MODES)}, not {req.draft!r}")
+        raise RequestError(ErrorKind.PARAMS, f"draft must be one of {', '.join(MODES)}, not {req.draft!r}")
     refuse_rollback_less(m.model, "target")
     draft = draft_for(session, m) if req.draft == "model" else None
     s = SamplingParams.from_dict(req.sampling)
-    tokens = prompt_tokens(session, m, req.prompt)
+    tokens = m.prompt_tokens(req.prompt)
     room = m.n_ctx - len(tokens)
     t0 = time.perf_counter()
-    session._free_retired()
-    session._detach(m)  # a device chain would turn the verify rows into sampled logits
+    session.samplers.free_retired(m)
+    session.samplers.detach(m)  # a device chain would turn the verify rows into sampled logits
     run = _Run(session, m, draft, req, s, cancel)
     try:
         return run.run(tokens, max(1, min(req.max_tokens, room)), t0)
     except RequestError:
-        session._cached.clear()
-        LL.llama_memory_clear(m.mem, True)
+        m.clear()
         if draft is not None:
             draft.cached.clear()
             LL.llama_memory_clear(draft.mem, True)
@@ -96,7 +94,7 @@ def _common(a: list[int], b: list[int], start: int) -> int:
 class _Run:
     """One speculative request: state shared by the rounds (draft, verify, accept, emit)."""
 
-    def __init__(self, session: LlamaSession, m: _Model, draft: Draft | None, req: GenerateRequest,
+    def __init__(self, session: LlamaSession, m: Model, draft: Draft | None, req: GenerateRequest,
                  s: SamplingParams, cancel: threading.Event) -> None:
         self.session, self.m, self.draft, self.req, self.s, self.cancel = session, m, draft, req, s, cancel
         self.rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
@@ -111,7 +109,7 @@ class _Run:
         self.n_drafted = self.n_accepted = self.n_decodes = self.n_verify = 0
         self.ngram: NgramIndex | None = None
         self.d_ok = 0  # the draft's cached tokens agree with the target's up to here
-        self.pieces = session._piece_cache(m)
+        self.pieces = m.pieces
         self.buf = ctypes.create_string_buffer(256)
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.text: list[str] = []
@@ -139,7 +137,7 @@ class _Run:
     def _push(self, tok: int) -> None:
         piece = self.pieces.get(tok)
         if piece is None:
-            piece = self.pieces[tok] = self.session._piece(tok, self.buf)
+            piece = self.pieces[tok] = self.m.piece(tok, self.buf)
         self.text.append(self.decoder.decode(piece))
         self.pending.append(tok)
         self.out.append(tok)
@@ -149,7 +147,7 @@ class _Run:
         if not self.req.stream or not (final or now - self.last_flush >= _DELTA_INTERVAL_S):
             return
         if self.pending or len(self.text) > self.flushed:
-            self.session._emit(Delta(id=self.req.id, text="".join(self.text[self.flushed:]),
+            self.session.emit(Delta(id=self.req.id, text="".join(self.text[self.flushed:]),
                                      tokens=self.pending, n_past=n_past, n_drafted=self.n_drafted,
                                      n_accepted=self.n_accepted))
         self.flushed, self.pending, self.last_flush = len(self.text), [], now
@@ -166,7 +164,7 @@ class _Run:
                 b.seq_id[i][0] = 0
             b.logits[len(chunk) - 1] = 1
             b.n_tokens = len(chunk)
-            self.session._check(LL.llama_decode(d.ctx, b))
+            self.m.check(LL.llama_decode(d.ctx, b))
             d.cached.extend(chunk)
 
     def _propose_model(self, hist: list[int], last: int, k: int) -> tuple[list[int], list[np.ndarray]]:
@@ -177,7 +175,7 @@ class _Run:
         c = min(_common(d.cached, hist, min(self.d_ok, len(d.cached), n)), n)
         if c < len(d.cached):
             if not LL.llama_memory_seq_rm(d.mem, 0, c, -1):
-                raise RequestError("runtime", "the draft's cache could not be rolled back")
+                raise RequestError(ErrorKind.RUNTIME, "the draft's cache could not be rolled back")
             del d.cached[c:]
         self._draft_decode(hist[c:] + [last], c)
         self.d_ok = n + 1
@@ -237,14 +235,14 @@ class _Run:
     # ------------------------------------------------------------------ the loop
     def run(self, tokens: list[int], max_tokens: int, t0: float) -> Done:
         session, m, cancel = self.session, self.m, self.cancel
-        n_reused = session._reuse_prefix(tokens)
-        session._decode(tokens[n_reused:], n_reused, cancel)
+        n_reused = m.reuse_prefix(tokens)
+        m.prefill(tokens[n_reused:], n_reused, cancel)
         t_prefill = time.perf_counter()
-        session._emit(Started(id=self.req.id, n_prompt=len(tokens), n_reused=n_reused))
+        session.emit(Started(id=self.req.id, n_prompt=len(tokens), n_reused=n_reused))
         forbid = m.eog if self.req.no_empty else None
         last = self._pick(self._row(m.ctx, m.n_vocab), [], forbid)[0]
         t_first = time.perf_counter()
-        hist = session._cached  # exactly the tokens in the target's KV cache
+        hist = m.cached  # exactly the tokens in the target's KV cache
         if self.draft is None:
             self.ngram = NgramIndex(hist + [last])
         stop = "eog" if last in self.eog else None
@@ -271,7 +269,7 @@ class _Run:
             if rc == 1:
                 stop = "context"
                 break
-            session._check(rc)
+            m.check(rc)
             a, nxt = self._decide(drafts, qs)
             self.n_decodes += 1
             self.n_drafted += len(drafts)
@@ -289,7 +287,7 @@ class _Run:
                     break
             keep = min(emitted, a)  # the bonus token is not in the cache yet
             if not LL.llama_memory_seq_rm(m.mem, 0, n + 1 + keep, -1):
-                raise RequestError("runtime", "the target's cache could not be rolled back")
+                raise RequestError(ErrorKind.RUNTIME, "the target's cache could not be rolled back")
             hist.append(last)
             hist.extend(drafts[:keep])
             if self.ngram is not None:

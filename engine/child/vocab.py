@@ -5,7 +5,7 @@ import os
 
 import llama_cpp.llama_cpp as LL
 
-from engine.child.decode import RequestError
+from engine.child.errors import ErrorKind, RequestError
 from engine.plan.pairing import SPEC_VOCAB_CHECK_START_TOKEN_ID, Check, VocabFacts, vocab_checks
 
 
@@ -15,7 +15,7 @@ def vocab_facts(path: str) -> VocabFacts:
     mp.n_gpu_layers = 0
     model = LL.llama_model_load_from_file(path.encode(), mp)
     if not model:
-        raise RequestError("model", f"could not read the vocabulary of {os.path.basename(path)}")
+        raise RequestError(ErrorKind.MODEL, f"could not read the vocabulary of {os.path.basename(path)}")
     try:
         vocab = LL.llama_model_get_vocab(model)
         n = int(LL.llama_vocab_n_tokens(vocab))

@@ -13,12 +13,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from engine.core.memory_types import PlanSettings
 from engine.core.errors import KvDeckError, ModelFileError
 from engine.core.memory_types import KV_TYPES
 from engine.protocol import BenchResult, Hello, Loaded, LoadParams
 from engine.core.sampling import PRESETS
 
-#: engine.child.decode.SAMPLER_MODES (the parent never imports llama.cpp, so it is repeated here).
+#: engine.child.sampler.SAMPLER_MODES (the parent never imports llama.cpp, so it is repeated here).
 SAMPLERS = ("auto", "backend", "backend-topk1", "cpu", "cpu-chain")
 
 
@@ -141,20 +142,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "flash_attn": args.flash_attn, "n_batch": args.batch, "n_ubatch": args.ubatch,
                 "sampling": sampling.to_dict() if sampling else "greedy"}
     drafting = bool(args.draft or args.lookup)
-    host = RuntimeHost()
-    host.start()
-    try:
-        hello = host.wait_ready()
+    with RuntimeHost() as host:
+        hello = host.hello
+        assert hello is not None
         n_ctx = context_for(args.pp, args.tg, args.depth) + (SPEC_PROMPT_ROOM if drafting else 0)
-        loaded = host.load(LoadParams(
-            path=path, n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers,
-            n_threads=args.threads, n_batch=args.batch, n_ubatch=args.ubatch, flash_attn=args.flash_attn,
-            type_k=args.cache_type_k, type_v=args.cache_type_v))
+        plan = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, n_batch=args.batch,
+                            n_ubatch=args.ubatch, flash_attn=args.flash_attn,
+                            type_k=args.cache_type_k, type_v=args.cache_type_v)
+        loaded = host.load(LoadParams(path=path, settings=plan, n_threads=args.threads))
         res = host.bench(args.pp, args.tg, args.depth, args.reps, sampling=sampling,
                          sampler=args.sampler)
         spec = spec_bench(host, loaded, args) if drafting else None
-    finally:
-        host.stop()
     data = bench_json(path, hello, loaded, res, settings)
     if spec is not None:
         data.update(spec_summary(data, spec))

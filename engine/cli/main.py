@@ -25,7 +25,7 @@ from engine.chat.template import ChatMessage
 from engine.core import logfile, paths
 from engine.core.errors import KvDeckError
 from engine.runtime.host import RuntimeHost
-from engine.protocol import load_params
+from engine.protocol import LoadParams
 from engine.core.sampling import PRESETS, DEFAULT_PRESET, RANDOM_SEED, SamplingParams
 from engine.cli.args import model_path
 
@@ -130,11 +130,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     kv = default_cache_type(info)
     settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, type_k=kv, type_v=kv)
     preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=analytic_plan)
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
-        loaded = host.load(load_params(path, settings, n_threads=args.threads))
+    with RuntimeHost() as host:
+        loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
         if draft_path:
             host.load_draft(draft_path, n_gpu_layers=args.n_gpu_layers)
         stream = None if args.json else _print_stream
@@ -142,8 +139,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
                        sampling=sampling, max_tokens=args.max_tokens, on_text=stream,
                        draft="model" if draft_path else "lookup" if args.lookup else "",
                        draft_max=args.draft_max)
-    finally:
-        host.stop()
     done = result.done
     if args.json:
         out: dict[str, Any] = {

@@ -142,18 +142,16 @@ def cmd_precision(args: argparse.Namespace) -> int:
     from engine.runtime.host import RuntimeHost
 
     info, prompts, names = _validate(args)
-    host = RuntimeHost()
-    host.start()
     try:
-        host.wait_ready()
-        host.load(LoadParams(path=args.path, n_ctx=256, n_gpu_layers=args.n_gpu_layers,
-                             n_threads=args.threads))
-        result = host.precision(args.cache_type_k, args.cache_type_v, prompts, args.tokens,
-                                flash_attn=args.flash_attn, n_ctx=args.ctx,
-                                reference_flash_attn=args.reference_flash_attn,
-                                on_progress=None if args.json else _progress)
+        with RuntimeHost() as host:
+            host.load(LoadParams(path=args.path,
+                                 settings=PlanSettings(n_ctx=256, n_gpu_layers=args.n_gpu_layers),
+                                 n_threads=args.threads))
+            result = host.precision(args.cache_type_k, args.cache_type_v, prompts, args.tokens,
+                                    flash_attn=args.flash_attn, n_ctx=args.ctx,
+                                    reference_flash_attn=args.reference_flash_attn,
+                                    on_progress=None if args.json else _progress)
     finally:
-        host.stop()
         if not args.json and sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
     data = result_json(args.path, info, result, names, args.n_gpu_layers)

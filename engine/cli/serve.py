@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.cli.args import model_path
     from engine.gguf.inspect import inspect_gguf
     from engine.runtime.host import RuntimeHost
-    from engine.protocol import load_params
+    from engine.protocol import LoadParams
     from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config, model_id
 
     config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
@@ -101,27 +101,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = model_path(args)
     info = inspect_gguf(path)
     settings = plan_settings(args, info)
-    host = RuntimeHost()
-    host.start()
     server: ApiServer | None = None
-    try:
-        host.wait_ready()
-        loaded = host.load(load_params(path, settings, n_threads=args.threads))
-        served = ServedModel(host=lambda: host, loaded=lambda: loaded,
-                             slots=lambda: settings.n_seq_max, alias=args.alias)
-        server = ApiServer(served, config)
-        url = server.start()
-        print(f"serving {model_id(loaded)} at {url}/v1 ({settings.n_seq_max} parallel sequences of "
-              f"{loaded.n_ctx_seq} tokens; Ctrl-C stops)", flush=True)
+    with RuntimeHost() as host:
         try:
-            while server.running and host.running:
-                time.sleep(0.25)
-        except KeyboardInterrupt:
+            loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
+            served = ServedModel(host=lambda: host, loaded=lambda: loaded,
+                                 slots=lambda: settings.n_seq_max, alias=args.alias)
+            server = ApiServer(served, config)
+            url = server.start()
+            print(f"serving {model_id(loaded)} at {url}/v1 ({settings.n_seq_max} parallel sequences of "
+                  f"{loaded.n_ctx_seq} tokens; Ctrl-C stops)", flush=True)
+            try:
+                while server.running and host.running:
+                    time.sleep(0.25)
+            except KeyboardInterrupt:
+                return 0
+            if not host.running and host.outcome is not None and not host.outcome.expected:
+                raise RuntimeFailure(host.outcome.sentence)
             return 0
-        if not host.running and host.outcome is not None and not host.outcome.expected:
-            raise RuntimeFailure(host.outcome.sentence)
-        return 0
-    finally:
-        if server is not None:
-            server.stop()
-        host.stop()
+        finally:
+            if server is not None:
+                server.stop()

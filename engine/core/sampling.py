@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from engine.core.errors import KvDeckError
+from engine.core.errors import InvalidSettings
 
 #: llama.cpp's LLAMA_DEFAULT_SEED: "pick a random seed".
 RANDOM_SEED = 0xFFFFFFFF
@@ -35,19 +35,19 @@ class SamplingParams:
     def validated(self) -> "SamplingParams":
         """Return self, or raise a one-line error naming the first impossible value."""
         if not (0.0 <= self.temperature <= 5.0):
-            raise KvDeckError(f"temperature must be between 0 and 5, not {self.temperature}")
+            raise InvalidSettings(f"temperature must be between 0 and 5, not {self.temperature}")
         if self.top_k < 0:
-            raise KvDeckError(f"top-k must be 0 (off) or positive, not {self.top_k}")
+            raise InvalidSettings(f"top-k must be 0 (off) or positive, not {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):
-            raise KvDeckError(f"top-p must be in (0, 1], not {self.top_p}")
+            raise InvalidSettings(f"top-p must be in (0, 1], not {self.top_p}")
         if not (0.0 <= self.min_p < 1.0):
-            raise KvDeckError(f"min-p must be in [0, 1), not {self.min_p}")
+            raise InvalidSettings(f"min-p must be in [0, 1), not {self.min_p}")
         if not (0.5 <= self.repeat_penalty <= 3.0):
-            raise KvDeckError(f"repeat penalty must be between 0.5 and 3, not {self.repeat_penalty}")
+            raise InvalidSettings(f"repeat penalty must be between 0.5 and 3, not {self.repeat_penalty}")
         if self.repeat_last_n < 0:
-            raise KvDeckError(f"repeat window must not be negative, not {self.repeat_last_n}")
+            raise InvalidSettings(f"repeat window must not be negative, not {self.repeat_last_n}")
         if not (0 <= self.seed <= 0xFFFFFFFF):
-            raise KvDeckError(f"seed must be between 0 and 4294967295, not {self.seed}")
+            raise InvalidSettings(f"seed must be between 0 and 4294967295, not {self.seed}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,7 +64,7 @@ class SamplingParams:
                 for k, v in known.items()
             }
         except (TypeError, ValueError) as exc:
-            raise KvDeckError(f"bad sampling setting: {exc}") from None
+            raise InvalidSettings(f"bad sampling setting: {exc}") from None
         return cls(**kwargs).validated()
 
 

@@ -44,3 +44,12 @@ EXCEPTIONS: dict[ErrorKind, type[KvDeckError]] = {
 def exception_for(kind: str, message: str) -> KvDeckError:
     """The one exception class for an error event's kind, carrying its message."""
     return EXCEPTIONS[ErrorKind.parse(kind)](message)
+
+
+def kind_for(exc: KvDeckError) -> ErrorKind:
+    """The kind whose exception class ``exc`` is (the inverse of :func:`exception_for`); any
+    other KvDeckError is RUNTIME."""
+    for kind, cls in EXCEPTIONS.items():
+        if type(exc) is cls:
+            return kind
+    return ErrorKind.RUNTIME

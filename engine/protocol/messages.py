@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from engine.core.memory_types import PlanSettings
 from engine.protocol.base import Message, message
 
 
@@ -16,38 +17,27 @@ from engine.protocol.base import Message, message
 
 @dataclass(frozen=True)
 class LoadParams:
-    """Everything that decides how a model is loaded and how its context is built."""
+    """What a load request carries: the planned settings themselves, plus what is not planned.
+
+    ``settings`` is the very :class:`PlanSettings` the memory plan sized, so what is planned is
+    what is loaded: no field is copied by hand, and ``n_ctx = 0`` means the training context in
+    both places (as in llama.cpp). On the wire it is ``to_dict()``, rebuilt by ``from_dict``.
+    """
 
     path: str
-    n_ctx: int = 0  # 0: min(training context, 4096)
-    n_gpu_layers: int = -1  # -1: all layers if the build can offload, else 0
+    settings: PlanSettings = field(default_factory=PlanSettings)
     n_threads: int = 0  # 0: physical cores
-    n_batch: int = 2048
-    n_ubatch: int = 512
-    flash_attn: str = "auto"  # auto | on | off
-    type_k: str = "f16"
-    type_v: str = "f16"
-    n_seq_max: int = 1
-    swa_full: bool = False
-    kv_unified: bool = False
-    split_mode: str = "layer"  # none | layer | row | tensor
-    tensor_split: tuple[float, ...] = ()
-    main_gpu: int = 0
-    offload_kqv: bool = True
-    n_rs_seq: int = 0
     #: Size everything without allocating weights or KV (llama.cpp's no_alloc), then unload.
     dry_run: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "settings": self.settings.to_dict(), "n_threads": self.n_threads,
+                "dry_run": self.dry_run}
 
-def load_params(path: str, settings: Any, n_threads: int = 0) -> LoadParams:
-    """LoadParams for a model file and a ``memory_types.PlanSettings``."""
-    return LoadParams(
-        path=path, n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers, n_threads=n_threads,
-        n_batch=settings.n_batch, n_ubatch=settings.n_ubatch, flash_attn=settings.flash_attn,
-        type_k=settings.type_k, type_v=settings.type_v, n_seq_max=settings.n_seq_max,
-        swa_full=settings.swa_full, kv_unified=settings.kv_unified, split_mode=settings.split_mode,
-        tensor_split=tuple(settings.tensor_split), main_gpu=settings.main_gpu,
-        offload_kqv=settings.offload_kqv, n_rs_seq=settings.n_rs_seq)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadParams:
+        return cls(path=str(data["path"]), settings=PlanSettings.from_dict(data.get("settings") or {}),
+                   n_threads=int(data.get("n_threads", 0)), dry_run=bool(data.get("dry_run", False)))
 
 
 @message

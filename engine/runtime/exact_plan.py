@@ -44,14 +44,8 @@ def _kv_by_layer_devices(dry: tuple[Allocation, ...], analytic: MemoryPlan) -> t
 def exact_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device],
                timeout: float = 300) -> MemoryPlan:
     """Sizes from llama.cpp's own dry run, weights from the analytic placement."""
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
-        loaded = host.load(dataclasses.replace(P.load_params(info.path, settings), dry_run=True),
-                           timeout=timeout)
-    finally:
-        host.stop()
+    with RuntimeHost() as host:
+        loaded = host.load(P.LoadParams(info.path, settings, dry_run=True), timeout=timeout)
     dry = plan_from_log(loaded.memory_log, settings, "exact")
     analytic = analytic_plan(info, settings, devices)
     weights = tuple(a for a in analytic.allocations if a.component == "weights")

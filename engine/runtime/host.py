@@ -17,12 +17,12 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from engine import protocol as P
-from engine.core.errors import Cancelled, KvDeckError, ModelFileError, RuntimeFailure
+from engine.core.errors import KvDeckError, RuntimeFailure
 from engine.core.sampling import SamplingParams
 
 log = logging.getLogger("kvdeck.runtime")
@@ -105,12 +105,19 @@ _PHASES["load_draft"] = "loading the draft model"
 
 
 class RuntimeHost:
-    """One child process; start it, send requests, get events. Thread-safe."""
+    """One child process; start it, send requests, get events. Thread-safe.
+
+    As a context manager (``with RuntimeHost() as host:``) it starts the child, waits until it
+    is ready (``ready_timeout`` seconds) and always stops it, even when a step fails: a leaked
+    child would keep its model's memory after the caller is gone. Long-lived owners (the GUI)
+    call :meth:`start` and :meth:`stop` themselves.
+    """
 
     def __init__(self, on_event: Callable[[object], None] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> None:
         self._on_event = on_event
         self._env = env
+        self._ready_timeout = ready_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -125,6 +132,18 @@ class RuntimeHost:
         self.outcome: ProcessOutcome | None = None
 
     # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> RuntimeHost:
+        self.start()
+        try:
+            self.wait_ready(self._ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def start(self) -> None:
         if self.running:
             return
@@ -225,7 +244,7 @@ class RuntimeHost:
 
     def submit_load(self, params: P.LoadParams,
                     on_event: Callable[[P.Message], None] | None = None) -> int:
-        return self._submit("load", lambda i: P.LoadRequest(id=i, params=asdict(params)), on_event)[0]
+        return self._submit("load", lambda i: P.LoadRequest(id=i, params=params.to_dict()), on_event)[0]
 
     def submit_generate(self, prompt: str, *, max_tokens: int = 512,
                         sampling: SamplingParams | None = None, no_empty: bool = True,
@@ -241,6 +260,12 @@ class RuntimeHost:
         """Send any request built from its new id; its events go to ``on_event`` on the reader
         thread. For callers that need fields the helpers do not offer (engine.serve.server)."""
         return self._submit(kind, build, on_event)[0]
+
+    def call(self, kind: str, build: Callable[[int], P.Message], timeout: float | None = None,
+             on_event: Callable[[P.Message], None] | None = None) -> P.Message:
+        """Send any request built from its new id and wait for its final event; a refusal is
+        raised as the one KvDeckError subclass of its kind (``engine.protocol.errors``)."""
+        return self._call(kind, build, timeout, on_event)
 
     def cancel(self, req_id: int = 0) -> None:
         try:
@@ -262,7 +287,7 @@ class RuntimeHost:
 
     def load(self, params: P.LoadParams, on_event: Callable[[P.Message], None] | None = None,
              timeout: float | None = 900) -> P.Loaded:
-        return self._call("load", lambda i: P.LoadRequest(id=i, params=asdict(params)), timeout,
+        return self._call("load", lambda i: P.LoadRequest(id=i, params=params.to_dict()), timeout,
                           on_event)  # type: ignore[return-value]
 
     def generate(self, prompt: str, *, max_tokens: int = 512, sampling: SamplingParams | None = None,
@@ -370,7 +395,7 @@ class RuntimeHost:
             if pending.on_event is not None:
                 self._safe(pending.on_event, msg)
             if isinstance(msg, P.ErrorEvent):
-                pending.done.put(_error_for(msg))
+                pending.done.put(P.exception_for(msg.kind, msg.message))
             elif isinstance(msg, _FINAL):
                 pending.done.put(msg)
         if self._on_event is not None:
@@ -413,10 +438,3 @@ class RuntimeHost:
         if self._on_event is not None:
             self._safe(self._on_event, Exited(outcome))
 
-
-def _error_for(msg: P.ErrorEvent) -> KvDeckError:
-    if msg.kind == "model":
-        return ModelFileError(msg.message)
-    if msg.kind == "cancelled":
-        return Cancelled(msg.message)
-    return RuntimeFailure(msg.message)

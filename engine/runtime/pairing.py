@@ -24,13 +24,8 @@ def pair_report(target_path: str, draft_path: str, *, budget_bytes: int | None =
     at the target's context. ``settings`` are the target's (the draft keeps f16 K/V); the GUI
     calls this off its thread before loading a draft."""
     target, draft = inspect_gguf(target_path), inspect_gguf(draft_path)
-    host = RuntimeHost()
-    host.start()
-    try:
-        host.wait_ready()
+    with RuntimeHost() as host:
         checks = [Check(**c) for c in host.pair(target_path, draft_path)]
-    finally:
-        host.stop()
     if target.recurrent or target.hybrid:
         checks.append(Check("target can roll back", False,
                             f"{target.architecture} keeps a recurrent state that cannot be rolled back "

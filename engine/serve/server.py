@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from engine import protocol as P
+from engine.protocol.errors import ErrorKind
 from engine.core.errors import KvDeckError, TemplateError
 from engine.runtime.host import RuntimeHost
 from engine.serve.openai_api import (FINISH, ApiError, Job, chunk, error_body, new_id,
@@ -112,15 +113,25 @@ class _Call:
             self.host.cancel(self.req_id)
 
 
+#: One HTTP answer per kind of refusal: (status, OpenAI error type, param, code, fixed message).
+#: STATE is 503: the server only runs with a model loaded, so "no model" (or no draft) means it
+#: is being replaced or stopped right now: a passing condition a client may retry, not a
+#: conflict the client caused (409). MODEL is 500: a client cannot name a file here, so a model
+#: that fails is the server's fault.
+REFUSALS: dict[ErrorKind, tuple[int, str, str | None, str | None, str | None]] = {
+    ErrorKind.CONTEXT: (400, "invalid_request_error", "messages", "context_length_exceeded", None),
+    ErrorKind.PARAMS: (400, "invalid_request_error", None, None, None),
+    ErrorKind.CANCELLED: (503, "server_error", None, "cancelled",
+                          "the request was cancelled (the model is being replaced or stopped)"),
+    ErrorKind.STATE: (503, "server_error", None, "state", None),
+    ErrorKind.MODEL: (500, "server_error", None, "model", None),
+    ErrorKind.RUNTIME: (500, "server_error", None, "runtime", None),
+}
+
+
 def _refusal(msg: P.ErrorEvent) -> ApiError:
-    if msg.kind == "context":
-        return ApiError(400, msg.message, param="messages", code="context_length_exceeded")
-    if msg.kind == "params":
-        return ApiError(400, msg.message)
-    if msg.kind == "cancelled":
-        return ApiError(503, "the request was cancelled (the model is being replaced or stopped)",
-                        "server_error", code="cancelled")
-    return ApiError(500, msg.message, "server_error", code=msg.kind)
+    status, type_, param, code, text = REFUSALS[ErrorKind.parse(msg.kind)]
+    return ApiError(status, text or msg.message, type_, param=param, code=code)
 
 
 def _sse(data: dict[str, Any] | str) -> str:

@@ -12,10 +12,5 @@ from engine.runtime.host import RuntimeHost
 @contextmanager
 def running_host(params: P.LoadParams | None = None, **host_kwargs: Any
                  ) -> Iterator[tuple[RuntimeHost, P.Loaded | None]]:
-    host = RuntimeHost(**host_kwargs)
-    host.start()
-    try:
-        host.wait_ready()
+    with RuntimeHost(**host_kwargs) as host:
         yield host, (host.load(params) if params is not None else None)
-    finally:
-        host.stop()
