@@ -34,7 +34,11 @@ Report = Callable[[object], None]
 
 class Worker(QObject):
     """One call on a background thread. Connect before :meth:`start`; every signal is emitted on
-    the GUI thread. ``finished`` follows ``result`` or ``error``."""
+    the GUI thread. ``finished`` follows ``result`` or ``error``. The worker lives as long as its
+    parent (a small QObject per finished job, and it drops its call's arguments when the thread
+    takes them): a ``deleteLater`` after ``finished`` segfaulted in ``~QObject`` under PySide
+    6.12 in the precision check, cause not found. :attr:`running` and :meth:`wait` keep working
+    after the parent deleted it."""
 
     result = Signal(object)
     error = Signal(object)  # the exception (BaseException)
@@ -47,7 +51,7 @@ class Worker(QObject):
         from the worker thread) emits ``progress(value)`` on the GUI thread."""
         super().__init__(parent)
         self.setObjectName(name)
-        self._call = functools.partial(fn, *args, **kwargs)
+        self._call: Callable[..., Any] | None = functools.partial(fn, *args, **kwargs)
         self._with_report = with_report
         self._thread: threading.Thread | None = None
 
@@ -58,10 +62,11 @@ class Worker(QObject):
 
     def start(self) -> Worker:
         """Start the call once, from the GUI thread; returns self for chaining."""
-        if self._thread is not None:
+        if self._call is None:
             raise RuntimeError(f"{self.objectName()} was already started")
         relay = _Relay(self)
-        self._thread = threading.Thread(target=_run, args=(self._call, relay, self._with_report),
+        call, self._call = self._call, None  # the thread's now: a finished worker holds no arguments
+        self._thread = threading.Thread(target=_run, args=(call, relay, self._with_report),
                                         name=self.objectName(), daemon=True)
         self._thread.start()
         return self
