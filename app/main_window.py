@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
 )
 
+from app.appinfo import APP_NAME, seconds_since_start
+from app.background import run_in_background
 from app.banner import Banner
 from app.chat_pane import ChatPane
 from app.draft_picker import DraftController
@@ -35,7 +36,6 @@ from engine.core.build import gpu_backend
 from engine.storage.store import ChatStore, model_key
 
 log = logging.getLogger(__name__)
-APP_NAME = "KV Deck"
 MAX_RECENT = 12
 
 
@@ -57,22 +57,12 @@ def check_model_path(path: str) -> str | None:
     return None
 
 
-class _Inspector(QObject):
-    """Inspects a file off the GUI thread (a multi-GB file on a slow disk can take a moment)."""
-
-    done = Signal(str, object)  # path, GGUFInfo | str (error)
-
-    def run(self, path: str) -> None:
-        def work() -> None:
-            try:
-                result: object = inspect_gguf(path)
-            except KvDeckError as exc:
-                result = str(exc)
-            except Exception as exc:  # never let a hostile file take the window down
-                result = f"{Path(path).name} could not be read: {exc}"
-            self.done.emit(path, result)
-
-        threading.Thread(target=work, name="kvdeck-inspect", daemon=True).start()
+def unreadable(path: str, exc: BaseException) -> str:
+    """The banner line for a file whose inspection failed: the engine's own sentence, or (a
+    parser bug, a hostile file) the file's name and the exception, never a traceback."""
+    if isinstance(exc, KvDeckError):
+        return str(exc)
+    return f"{Path(path).name} could not be read: {exc}"
 
 
 class MainWindow(QMainWindow):
@@ -85,8 +75,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
         self.resize(1500, 860)
-        self._inspector = _Inspector(self)
-        self._inspector.done.connect(self._on_inspected)
+        #: Numbers every inspection; only the latest one may load its model (a slow read of an
+        #: older choice must not replace the model the user picked after it).
+        self._inspections = 0
 
         self.sidebar = Sidebar(store, self)
         self.chat = ChatPane(store, self.bridge, self)
@@ -193,14 +184,23 @@ class MainWindow(QMainWindow):
             self.show_problem(problem)
             return
         self.model_label.setText(f"Reading {Path(path).name}…")
-        self._inspector.run(path)
+        self._inspections += 1
+        ticket = self._inspections
+        run_in_background(  # a multi-GB file on a slow disk can take a moment
+            inspect_gguf, path, parent=self, name="kvdeck-inspect",
+            on_result=lambda info: self._on_inspected(ticket, path, info),
+            on_error=lambda exc: self._on_inspected(ticket, path, unreadable(path, exc)))
 
-    def _on_inspected(self, path: str, result: object) -> None:
+    def _on_inspected(self, ticket: int, path: str, result: GGUFInfo | str) -> None:
+        """An inspection ended (``result`` is the model, or why it cannot be read)."""
+        if ticket != self._inspections:
+            log.info("%s was read after a newer choice; not loading it", Path(path).name)
+            return
         if isinstance(result, str):
             self.show_problem(result)
             self._show_model_state()
             return
-        info: GGUFInfo = result  # type: ignore[assignment]
+        info = result
         saved: dict = {}
         try:
             saved = self.store.get_model_settings(model_key(path)).get("plan", {})
@@ -258,8 +258,6 @@ class MainWindow(QMainWindow):
 
     def _on_loaded(self, info: P.Loaded) -> None:
         if not self._first_load_logged:
-            from app.gui import seconds_since_start
-
             self._first_load_logged = True
             log.info("first model ready %.2f s after process start (load %.2f s)",
                      seconds_since_start(), info.load_s)
