@@ -16,9 +16,9 @@ from PySide6.QtWidgets import (
 
 from app.dashboard_widgets import (
     COMPONENT_COLORS, OTHERS, THIS_APP, Legend, Segment, SequenceBars, SpeedChart, StackedBar,
-    format_bytes,
 )
 from engine.core.memory_types import COMPONENTS, MemoryPlan
+from engine.core.units import format_bytes
 from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, TelemetrySnapshot
 
 SPEED_POINTS = 120

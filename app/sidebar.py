@@ -14,19 +14,12 @@ from PySide6.QtWidgets import (
 )
 
 from app.background import run_in_background
+from engine.core.units import format_bytes
 from engine.storage.library import ModelEntry, scan_models
 from engine.storage.store import ChatStore
 
 log = logging.getLogger(__name__)
 _ROLE = Qt.ItemDataRole.UserRole
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 class Sidebar(QWidget):
@@ -101,7 +94,7 @@ class Sidebar(QWidget):
         labels = {"demo": "demo", "recent": "recent", "huggingface": "Hugging Face",
                   "lmstudio": "LM Studio", "models-folder": "~/models"}
         for e in entries:
-            item = QListWidgetItem(f"{e.name}  ({_size(e.size)})")
+            item = QListWidgetItem(f"{e.name}  ({format_bytes(e.size)})")
             item.setData(_ROLE, str(e.path))
             item.setToolTip(f"{e.path}\n{labels.get(e.source, e.source)}")
             self.models.addItem(item)
