@@ -18,11 +18,11 @@ from PySide6.QtWidgets import (
 from app.appinfo import APP_NAME, seconds_since_start
 from app.background import run_in_background
 from app.banner import Banner
-from app.chat_pane import ChatPane
-from app.draft_picker import DraftController
-from app.memory_dock import MemoryDock
-from app.runtime_bridge import RuntimeBridge
-from app.server_toggle import ServerToggle
+from app.chat.chat_pane import ChatPane
+from app.bridges.draft_picker import DraftController
+from app.memory.memory_dock import MemoryDock
+from app.bridges.runtime_bridge import RuntimeBridge
+from app.bridges.server_toggle import ServerToggle
 from app.sidebar import Sidebar
 from engine.core import paths
 from engine import protocol as P
@@ -136,7 +136,7 @@ class MainWindow(QMainWindow):
         self.bridge.kvSlots.connect(self.memory.kv_slots)  # one bar per parallel sequence
         self.chat.speed.connect(self.memory.speed)
         self.memory.start()
-        # speculative decoding: the picker beside the model, checked before loading (app.draft_picker)
+        # speculative decoding: the picker beside the model, checked before loading (app.bridges.draft_picker)
         self.drafting = DraftController(self.chat.draft_picker, self.bridge, store,
                                         lambda: self.settings, lambda: self.memory.devices()[0], self)
         self.drafting.problem.connect(self.show_problem)

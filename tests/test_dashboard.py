@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
-from app.dashboard import SPEED_POINTS, DashboardPanel, error_text
+from app.memory.dashboard import SPEED_POINTS, DashboardPanel, error_text
 from engine.core.units import format_bytes
 from engine.core.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
 from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, Telemetry, TelemetrySnapshot

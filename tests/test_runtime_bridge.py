@@ -1,10 +1,10 @@
-"""app.runtime_bridge with the real runtime child: events change its state on the GUI thread only."""
+"""app.bridges.runtime_bridge with the real runtime child: events change its state on the GUI thread only."""
 from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import QCoreApplication, QThread, Qt
 
-from app.runtime_bridge import RuntimeBridge
+from app.bridges.runtime_bridge import RuntimeBridge
 from engine import protocol as P
 
 pytestmark = pytest.mark.slow

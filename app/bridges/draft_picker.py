@@ -16,7 +16,7 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidget
 
 from app.background import run_in_background
-from app.runtime_bridge import RuntimeBridge
+from app.bridges.runtime_bridge import RuntimeBridge
 from engine import protocol as P
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
 from engine.storage.store import ChatStore

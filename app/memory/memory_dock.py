@@ -13,8 +13,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QDockWidget, QScrollArea, QTabWidget, QWidget
 
 from app.background import gui_thread_callback
-from app.cache_panel import CachePanel
-from app.dashboard import DashboardPanel
+from app.memory.cache_panel import CachePanel
+from app.memory.dashboard import DashboardPanel
 from engine import protocol as P
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.measured import MemoryLogParser

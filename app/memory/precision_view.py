@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.background import Report, Worker, run_in_background
-from app.precision_chart import ChartPoint, QualityChart
+from app.memory.precision_chart import ChartPoint, QualityChart
 from engine.plan.rules import check_settings, default_cache_type
 from engine.core.errors import KvDeckError
 from engine.gguf.inspect import GGUFInfo

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (
     QSlider, QSpinBox, QStyle, QStyleOptionSlider, QVBoxLayout, QWidget,
 )
 
-from app.precision_view import PrecisionView, Source
+from app.memory.precision_view import PrecisionView, Source
 from engine.plan.rules import check_settings, default_cache_type
 from engine.plan.fit import fit
 from engine.gguf.inspect import GGUFInfo

@@ -16,7 +16,7 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QWidget
 
 from app.background import run_in_background
-from app.runtime_bridge import RuntimeBridge
+from app.bridges.runtime_bridge import RuntimeBridge
 from engine.core.errors import KvDeckError
 from engine.serve.server import ApiServer, ServedModel, ServerConfig
 
