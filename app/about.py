@@ -18,12 +18,11 @@ from PySide6.QtCore import Qt, QUrl, qVersion
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
-from app.gui import resource_path
+from app.appinfo import APP_NAME, resource_path
 from engine.core import paths
 from engine.core.errors import KvDeckError
 from engine.core.build import gpu_backend, runtime_lib_dir
 
-APP_NAME = "KV Deck"
 LICENSE = ("MIT License. Models run on llama.cpp (MIT) through llama-cpp-python (MIT); "
            "the window uses Qt for Python (LGPLv3).")
 _COMMIT = re.compile(r"set\(LLAMA_BUILD_COMMIT\s+([0-9A-Za-z]+)\)")
@@ -59,7 +58,7 @@ def versions() -> dict[str, str]:
     except KvDeckError as exc:
         data = str(exc)
     return {
-        "KV Deck": dist_version("kvdeck"),
+        APP_NAME: dist_version("kvdeck"),
         "llama.cpp": llama_cpp_commit(),
         "llama-cpp-python": dist_version("llama_cpp_python"),
         "Qt": qVersion(),
@@ -85,13 +84,13 @@ class AboutDialog(QDialog):
         icon = QLabel(self)
         icon.setPixmap(QIcon(str(resource_path("icons/kvdeck.svg"))).pixmap(96, 96))
         icon.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.title = QLabel(f"<h2>{APP_NAME} {self.versions['KV Deck']}</h2>"
+        self.title = QLabel(f"<h2>{APP_NAME} {self.versions[APP_NAME]}</h2>"
                             "Run GGUF language models offline and see where the memory goes.", self)
         self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
         form = QFormLayout()
         self.fields: dict[str, QLabel] = {}
         for key, value in self.versions.items():
-            if key == "KV Deck":
+            if key == APP_NAME:
                 continue
             label = QLabel(value, self)
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)

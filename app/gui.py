@@ -3,23 +3,15 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-from pathlib import Path
 from typing import Sequence
 
-import psutil
 
+from app.appinfo import APP_NAME, resource_path, seconds_since_start
 from engine.core import logfile, paths
 from engine.core.errors import KvDeckError
 from engine.storage.store import ChatStore
 
 log = logging.getLogger("kvdeck")
-
-
-def resource_path(relative: str) -> Path:
-    """A file under ``resources/`` (next to the packages in a checkout, bundled when frozen)."""
-    base = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent.parent))
-    return base / "resources" / relative
 
 
 def _setup_logging() -> None:
@@ -34,11 +26,6 @@ def _setup_logging() -> None:
         root.addHandler(logfile.file_handler())
     except (OSError, KvDeckError) as exc:
         log.warning("no log file: %s", exc)
-
-
-def seconds_since_start() -> float:
-    """Wall time since this process started (the cold-start figure users feel)."""
-    return time.time() - psutil.Process().create_time()
 
 
 def open_store() -> tuple[ChatStore, str]:
@@ -60,14 +47,14 @@ def run(argv: Sequence[str]) -> int:
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
-    from app.main_window import APP_NAME, MainWindow
+    from app.main_window import MainWindow
 
     _setup_logging()
     app = QApplication.instance() or QApplication([sys.argv[0], *argv])
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName(APP_NAME)
     app.setDesktopFileName("kvdeck")  # matches installer/linux/kvdeck.desktop (Wayland icon, menu entry)
-    app.setOrganizationName("KV Deck")
+    app.setOrganizationName(APP_NAME)
     icon = resource_path("icons/kvdeck.svg")
     if icon.is_file():
         app.setWindowIcon(QIcon(str(icon)))

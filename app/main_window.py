@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
 )
 
+from app.appinfo import APP_NAME, seconds_since_start
+from app.background import run_in_background
 from app.banner import Banner
-from app.chat_pane import ChatPane
-from app.draft_picker import DraftController
-from app.memory_dock import MemoryDock
-from app.runtime_bridge import RuntimeBridge
-from app.server_toggle import ServerToggle
+from app.chat.chat_pane import ChatPane
+from app.bridges.draft_picker import DraftController
+from app.memory.memory_dock import MemoryDock
+from app.bridges.runtime_bridge import RuntimeBridge
+from app.bridges.server_toggle import ServerToggle
 from app.sidebar import Sidebar
 from engine.core import paths
 from engine import protocol as P
@@ -36,7 +37,6 @@ from engine.storage.identity import model_key
 from engine.storage.store import ChatStore
 
 log = logging.getLogger(__name__)
-APP_NAME = "KV Deck"
 MAX_RECENT = 12
 
 
@@ -58,22 +58,12 @@ def check_model_path(path: str) -> str | None:
     return None
 
 
-class _Inspector(QObject):
-    """Inspects a file off the GUI thread (a multi-GB file on a slow disk can take a moment)."""
-
-    done = Signal(str, object)  # path, GGUFInfo | str (error)
-
-    def run(self, path: str) -> None:
-        def work() -> None:
-            try:
-                result: object = inspect_gguf(path)
-            except KvDeckError as exc:
-                result = str(exc)
-            except Exception as exc:  # never let a hostile file take the window down
-                result = f"{Path(path).name} could not be read: {exc}"
-            self.done.emit(path, result)
-
-        threading.Thread(target=work, name="kvdeck-inspect", daemon=True).start()
+def unreadable(path: str, exc: BaseException) -> str:
+    """The banner line for a file whose inspection failed: the engine's own sentence, or (a
+    parser bug, a hostile file) the file's name and the exception, never a traceback."""
+    if isinstance(exc, KvDeckError):
+        return str(exc)
+    return f"{Path(path).name} could not be read: {exc}"
 
 
 class MainWindow(QMainWindow):
@@ -86,8 +76,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
         self.resize(1500, 860)
-        self._inspector = _Inspector(self)
-        self._inspector.done.connect(self._on_inspected)
+        #: Numbers every inspection; only the latest one may load its model (a slow read of an
+        #: older choice must not replace the model the user picked after it).
+        self._inspections = 0
 
         self.sidebar = Sidebar(store, self)
         self.chat = ChatPane(store, self.bridge, self)
@@ -146,7 +137,7 @@ class MainWindow(QMainWindow):
         self.bridge.kvSlots.connect(self.memory.kv_slots)  # one bar per parallel sequence
         self.chat.speed.connect(self.memory.speed)
         self.memory.start()
-        # speculative decoding: the picker beside the model, checked before loading (app.draft_picker)
+        # speculative decoding: the picker beside the model, checked before loading (app.bridges.draft_picker)
         self.drafting = DraftController(self.chat.draft_picker, self.bridge, store,
                                         lambda: self.settings, lambda: self.memory.devices()[0], self)
         self.drafting.problem.connect(self.show_problem)
@@ -194,14 +185,23 @@ class MainWindow(QMainWindow):
             self.show_problem(problem)
             return
         self.model_label.setText(f"Reading {Path(path).name}…")
-        self._inspector.run(path)
+        self._inspections += 1
+        ticket = self._inspections
+        run_in_background(  # a multi-GB file on a slow disk can take a moment
+            inspect_gguf, path, parent=self, name="kvdeck-inspect",
+            on_result=lambda info: self._on_inspected(ticket, path, info),
+            on_error=lambda exc: self._on_inspected(ticket, path, unreadable(path, exc)))
 
-    def _on_inspected(self, path: str, result: object) -> None:
+    def _on_inspected(self, ticket: int, path: str, result: GGUFInfo | str) -> None:
+        """An inspection ended (``result`` is the model, or why it cannot be read)."""
+        if ticket != self._inspections:
+            log.info("%s was read after a newer choice; not loading it", Path(path).name)
+            return
         if isinstance(result, str):
             self.show_problem(result)
             self._show_model_state()
             return
-        info: GGUFInfo = result  # type: ignore[assignment]
+        info = result
         saved: dict = {}
         try:
             saved = self.store.get_model_settings(model_key(path)).get("plan", {})
@@ -259,8 +259,6 @@ class MainWindow(QMainWindow):
 
     def _on_loaded(self, info: P.Loaded) -> None:
         if not self._first_load_logged:
-            from app.gui import seconds_since_start
-
             self._first_load_logged = True
             log.info("first model ready %.2f s after process start (load %.2f s)",
                      seconds_since_start(), info.load_s)

@@ -1,34 +1,25 @@
 """Left sidebar: conversations and the model library (known models found on disk).
 
-Scanning the disk for models runs on a worker thread: a slow network drive must never freeze
+Scanning the disk for models runs in the background (``app.background``): a slow network drive must never freeze
 the window, and the list simply fills in when the scan is done.
 """
 from __future__ import annotations
 
-import threading
+import logging
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMenu, QPushButton, QVBoxLayout, QWidget,
 )
 
+from app.background import run_in_background
+from engine.core.units import format_bytes
 from engine.storage.library import ModelEntry, scan_models
 from engine.storage.store import ChatStore
 
+log = logging.getLogger(__name__)
 _ROLE = Qt.ItemDataRole.UserRole
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-class _Scanner(QObject):
-    done = Signal(list)
 
 
 class Sidebar(QWidget):
@@ -40,8 +31,6 @@ class Sidebar(QWidget):
     def __init__(self, store: ChatStore, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.store = store
-        self._scanner = _Scanner(self)
-        self._scanner.done.connect(self._show_models)
         self.new_button = QPushButton("New chat", self, clicked=lambda: self.newConversation.emit())
         self.conversations = QListWidget(self)
         self.conversations.itemClicked.connect(
@@ -92,23 +81,20 @@ class Sidebar(QWidget):
     # ------------------------------------------------------------------ models
     def refresh_models(self) -> None:
         recent = [Path(p) for p in self.store.get_setting("recent_models", [])]
-        signal = self._scanner.done
+        run_in_background(scan_models, recent=recent, parent=self, name="kvdeck-model-scan",
+                          on_result=self._show_models, on_error=self._scan_failed)
 
-        def work() -> None:
-            try:
-                found = scan_models(recent=recent)
-            except Exception:  # a scan problem must not take the window down
-                found = []
-            signal.emit(found)
-
-        threading.Thread(target=work, name="kvdeck-model-scan", daemon=True).start()
+    def _scan_failed(self, exc: BaseException) -> None:
+        """A scan problem must not take the window down: the list stays empty, the log says why."""
+        log.warning("scanning for models failed", exc_info=exc)
+        self._show_models([])
 
     def _show_models(self, entries: list[ModelEntry]) -> None:
         self.models.clear()
         labels = {"demo": "demo", "recent": "recent", "huggingface": "Hugging Face",
                   "lmstudio": "LM Studio", "models-folder": "~/models"}
         for e in entries:
-            item = QListWidgetItem(f"{e.name}  ({_size(e.size)})")
+            item = QListWidgetItem(f"{e.name}  ({format_bytes(e.size)})")
             item.setData(_ROLE, str(e.path))
             item.setToolTip(f"{e.path}\n{labels.get(e.source, e.source)}")
             self.models.addItem(item)

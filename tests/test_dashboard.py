@@ -9,8 +9,8 @@ import pytest
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
-from app.dashboard import SPEED_POINTS, DashboardPanel, error_text
-from app.dashboard_widgets import format_bytes
+from app.memory.dashboard import SPEED_POINTS, DashboardPanel, error_text
+from engine.core.units import format_bytes
 from engine.core.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
 from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, Telemetry, TelemetrySnapshot
 
@@ -112,9 +112,9 @@ def test_plans_show_bars_and_the_error(panel):
 
 
 def test_error_text():
-    assert error_text(110 * MiB, 100 * MiB) == "+10 MiB (+10.0 %)"
+    assert error_text(110 * MiB, 100 * MiB) == "+10.0 MiB (+10.0 %)"
     assert error_text(3 * GiB, 4 * GiB) == "−1.00 GiB (−25.0 %)"
-    assert error_text(5 * MiB, 0) == "+5 MiB"
+    assert error_text(5 * MiB, 0) == "+5.0 MiB"
     assert format_bytes(0) == "0 MiB"
 
 

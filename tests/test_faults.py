@@ -316,14 +316,14 @@ def test_allocation_failures_in_words() -> None:
             "cudaMalloc failed: out of memory",
             "alloc_tensor_range: failed to allocate CUDA0 buffer of size 9663676416",
             "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache"]
-    assert describe(cuda) == "not enough memory for the KV cache (9.0 GiB on CUDA0)"
+    assert describe(cuda) == "not enough memory for the KV cache (9.00 GiB on CUDA0)"
     assert describe(["ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 2147483648",
                      "graph_reserve: failed to allocate compute buffers"]) == \
-        "not enough memory for the compute buffers (2.0 GiB on CUDA0)"
+        "not enough memory for the compute buffers (2.00 GiB on CUDA0)"
     assert describe(["llama_model_load: error loading model: unable to allocate CUDA0 buffer"]) == \
         "not enough memory for the model weights on CUDA0"
     assert describe(["output_reserve: failed to allocate output buffer of size 1024.00 MiB"]) == \
-        "not enough memory for the output buffer (1.0 GiB)"
+        "not enough memory for the output buffer (1.00 GiB)"
     assert describe(["llama_init_from_model: failed to initialize the context: failed to allocate "
                      "buffer for rs cache"]) == "not enough memory for the recurrent state"
     assert describe(["llama_model_load: error loading model: check_tensor_dims: tensor 'x' not found"]) is None

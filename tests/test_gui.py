@@ -46,6 +46,22 @@ def test_dropping_a_gguf_loads_it_and_a_reply_appears(qtbot, window, gemma3_path
     assert reply.role == "assistant" and reply.content.strip()
 
 
+def test_an_older_inspection_never_loads_over_a_newer_choice(qtbot, window, gemma3_path, smollm2_path):
+    """Open A, then B: A's inspection answering after B was asked for must not load A."""
+    from app.background import Worker
+
+    window.open_model(str(gemma3_path))  # A
+    [reading_a] = window.findChildren(Worker, "kvdeck-inspect")
+    assert reading_a.wait(30)  # A has been read; its answer waits in the GUI thread's queue
+    models_after_a: list[str | None] = []
+    reading_a.finished.connect(lambda: models_after_a.append(window.model_info and window.model_info.path))
+    with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS) as loaded:
+        window.open_model(str(smollm2_path))  # B, the user's latest choice
+    assert models_after_a == [None]  # A's answer changed nothing
+    assert loaded.args[0].path == window.bridge.last_params.path == str(smollm2_path)
+    assert not window.bridge.loading
+
+
 def test_bad_drops_show_one_line_and_keep_the_conversation(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
         window.start()

@@ -281,7 +281,7 @@ def test_model_output_is_shown_as_text_and_nothing_is_fetched(qtbot, monkeypatch
     from PySide6.QtCore import QUrl
     from PySide6.QtGui import QTextDocument
 
-    from app.chat_view import ChatView, ShownMessage
+    from app.chat.chat_view import ChatView, ShownMessage
 
     asked: list[str] = []
     original = ChatView.loadResource

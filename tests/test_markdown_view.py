@@ -1,4 +1,4 @@
-"""Tests for app.markdown_view: safety of untrusted model output, code
+"""Tests for app.chat.markdown_view: safety of untrusted model output, code
 highlighting, streaming behaviour, speed, and that Qt really accepts the HTML."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from app import markdown_view
-from app.markdown_view import escape_plain, render_markdown
+from app.chat.markdown_view import escape_plain, render_markdown
 
 # --- raw HTML is text, never markup ---------------------------------------
 

@@ -194,7 +194,7 @@ def test_cli_error_for_a_missing_model():
 
 @pytest.fixture
 def source(smollm2_path):
-    from app.precision_view import Source
+    from app.memory.precision_view import Source
     from engine.gguf.inspect import inspect_gguf
     from engine.core.memory_types import PlanSettings
     from engine.runtime.info import plan_devices
@@ -207,7 +207,7 @@ def source(smollm2_path):
 def test_view_checks_in_the_background_and_shows_memory_against_quality(qtbot, source):
     from PySide6.QtCore import QTimer
 
-    from app.precision_view import PrecisionView
+    from app.memory.precision_view import PrecisionView
 
     view = PrecisionView(lambda: source)
     qtbot.addWidget(view)
@@ -244,7 +244,7 @@ def test_view_checks_in_the_background_and_shows_memory_against_quality(qtbot, s
 
 @pytest.mark.slow
 def test_stop_ends_the_check_and_its_runtime(qtbot, source):
-    from app.precision_view import PrecisionView
+    from app.memory.precision_view import PrecisionView
 
     view = PrecisionView(lambda: source)
     qtbot.addWidget(view)
@@ -259,7 +259,7 @@ def test_stop_ends_the_check_and_its_runtime(qtbot, source):
 
 
 def test_cache_panel_offers_the_check_for_its_own_settings(qtbot, source):
-    from app.cache_panel import CachePanel
+    from app.memory.cache_panel import CachePanel
 
     panel = CachePanel()
     qtbot.addWidget(panel)
@@ -273,7 +273,7 @@ def test_cache_panel_offers_the_check_for_its_own_settings(qtbot, source):
 
 
 def test_candidates_are_the_chosen_pair_then_the_alternatives(source):
-    from app.precision_view import candidate_pairs
+    from app.memory.precision_view import candidate_pairs
 
     assert candidate_pairs(source) == [("q8_0", "q8_0"), ("f16", "f16"), ("q5_1", "q5_1"),
                                        ("q4_0", "q4_0")]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import Qt
 
-from app.dashboard import SPEC_OFF, DashboardPanel
-from app.draft_picker import DraftPicker, speculation_text, verdict_text
+from app.memory.dashboard import SPEC_OFF, DashboardPanel
+from app.bridges.draft_picker import DraftPicker, speculation_text, verdict_text
 from engine.core.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
 
 LOAD_TIMEOUT_MS = 180_000

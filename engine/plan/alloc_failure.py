@@ -4,13 +4,15 @@ When llama.cpp cannot allocate, the C API only says NULL; the story is in the lo
 from the backend ("alloc_tensor_range: failed to allocate CPU buffer of size 230402949120",
 "cudaMalloc failed: out of memory") followed by what was being built ("failed to allocate buffer
 for kv cache", "failed to allocate compute pp buffers"). A user needs both in one sentence:
-"not enough memory for the KV cache (214.6 GiB on CPU)". Pure Python, so it can be tested
+"not enough memory for the KV cache (214.58 GiB on CPU)". Pure Python, so it can be tested
 without loading anything.
 """
 from __future__ import annotations
 
 import re
 from typing import Sequence
+
+from engine.core.units import format_bytes
 
 # What was being built, from the line that ends the failure (most specific first).
 _COMPONENTS = (
@@ -56,12 +58,7 @@ def describe_allocation_failure(lines: Sequence[str]) -> str | None:
         m = next((_BUFFER.search(line) for line in reversed(lines) if _BUFFER.search(line)), None)
         device = m["dev"] if m else None
     where = f" on {device}" if device else ""
-    return (f"not enough memory for {component} ({_human(size)}{where})" if size is not None
+    return (f"not enough memory for {component} ({format_bytes(size)}{where})" if size is not None
             else f"not enough memory for {component}{where}")
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{n:.0f} bytes"

@@ -14,7 +14,7 @@ from PySide6.QtCore import QUrl, Signal, Qt
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
-from app.markdown_view import escape_plain, render_markdown
+from app.chat.markdown_view import escape_plain, render_markdown
 
 
 @dataclass(frozen=True)

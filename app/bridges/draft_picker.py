@@ -3,20 +3,20 @@
 Speculative decoding only helps when the draft shares the target's vocabulary and both fit in
 memory, and a user cannot know either by looking at file names. So choosing a draft model first
 runs ``kvdeck pair``'s checks (``engine.cli.memory.pair_report``: llama.cpp's own rules in a
-throwaway child, plus the memory fit) on a worker thread; the verdict shows beside the picker and
+throwaway child, plus the memory fit) in the background (``app.background``); the verdict shows beside the picker and
 only a compatible draft is loaded. The controller also turns the runtime's counts into the
 dashboard's live numbers, with the speed-up measured against the last plain reply.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidget
 
-from app.runtime_bridge import RuntimeBridge
+from app.background import run_in_background
+from app.bridges.runtime_bridge import RuntimeBridge
 from engine import protocol as P
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
 from engine.storage.store import ChatStore
@@ -111,23 +111,13 @@ def speculation_text(stats: dict[str, Any], plain_tps: float | None) -> str:
     return "\n".join(lines)
 
 
-class _PairWorker(QObject):
-    """Runs the pairing checks on a thread (they start a short-lived runtime child)."""
+def _pair_report(target: str, draft: str, settings: PlanSettings | None,
+                 devices: list[Device]) -> dict[str, Any]:
+    """The pairing checks (they start a short-lived runtime child: run in the background)."""
+    from engine.runtime.pairing import pair_report
 
-    done = Signal(str, object)  # draft path, report dict | error text
-
-    def run(self, target: str, draft: str, settings: PlanSettings | None, devices: list[Device]) -> None:
-        def work() -> None:
-            from engine.runtime.pairing import pair_report
-
-            try:
-                result: object = pair_report(target, draft, settings=settings, devices=devices,
-                                             max_context=settings.n_ctx if settings and settings.n_ctx else None)
-            except Exception as exc:  # a broken file, a runtime that would not start
-                result = f"{Path(draft).name} could not be checked: {exc}"
-            self.done.emit(draft, result)
-
-        threading.Thread(target=work, name="kvdeck-pair", daemon=True).start()
+    return pair_report(target, draft, settings=settings, devices=devices,
+                       max_context=settings.n_ctx if settings and settings.n_ctx else None)
 
 
 class DraftController(QObject):
@@ -143,8 +133,6 @@ class DraftController(QObject):
         super().__init__(parent)
         self.picker, self.bridge, self.store = picker, bridge, store
         self._settings, self._devices = settings, devices
-        self._worker = _PairWorker(self)
-        self._worker.done.connect(self._on_checked)
         self._checking = ""
         self.plain_tps: float | None = None
         self._live: dict[str, Any] = {}
@@ -183,7 +171,10 @@ class DraftController(QObject):
             return
         self._checking = path
         self.picker.show_verdict("checking…", None)
-        self._worker.run(info.path, path, self._settings(), self._devices())
+        run_in_background(  # a broken file or a runtime that will not start: the error's words
+            _pair_report, info.path, path, self._settings(), self._devices(), parent=self,
+            name="kvdeck-pair", on_result=lambda report: self._on_checked(path, report),
+            on_error=lambda exc: self._on_checked(path, f"{Path(path).name} could not be checked: {exc}"))
 
     def _on_checked(self, path: str, result: object) -> None:
         if path != self._checking:

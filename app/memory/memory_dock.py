@@ -1,7 +1,7 @@
 """The Memory dock: live telemetry, predicted-vs-measured memory, KV fill, speed, cache controls.
 
-Owns the telemetry sampler (a background thread at 2 Hz) and re-emits its snapshots as a Qt
-signal, so the dashboard only ever paints on the GUI thread. Plans come from the cache panel
+Owns the telemetry sampler (a background thread at 2 Hz) and hands its snapshots to the GUI
+thread (``app.background.gui_thread_callback``), so the dashboard only ever paints there. Plans come from the cache panel
 (predicted, on every change) and from the runtime's own log at load time (measured).
 """
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import time
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QDockWidget, QScrollArea, QTabWidget, QWidget
 
-from app.cache_panel import CachePanel
-from app.dashboard import DashboardPanel
+from app.background import gui_thread_callback
+from app.memory.cache_panel import CachePanel
+from app.memory.dashboard import DashboardPanel
 from engine import protocol as P
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.measured import MemoryLogParser
@@ -21,10 +22,6 @@ from engine.core.memory_types import Device, MemoryPlan, PlanSettings
 from engine.core.build import gpu_backend
 from engine.runtime.info import plan_devices
 from engine.runtime.telemetry import Telemetry, TelemetrySampler, fit_devices
-
-
-class _SnapshotRelay(QObject):
-    snapshot = Signal(object)
 
 
 def measured_plan(loaded: P.Loaded, settings: PlanSettings) -> MemoryPlan | None:
@@ -61,11 +58,9 @@ class MemoryDock(QDockWidget):
         self.predicted: MemoryPlan | None = None
         self.measured: MemoryPlan | None = None
         self.telemetry = Telemetry()
-        self._relay = _SnapshotRelay(self)
-        self._relay.snapshot.connect(self.dashboard.show_snapshot)
         self._runtime_pid = runtime_pid
         self.sampler = TelemetrySampler(self.telemetry, self._pids, hz=2.0,
-                                        callback=self._relay.snapshot.emit)
+                                        callback=gui_thread_callback(self.dashboard.show_snapshot, self))
         self.cache.planChanged.connect(self._on_plan)
         self.cache.applyRequested.connect(self.applyRequested.emit)
         self._recurrent = False

@@ -1,7 +1,8 @@
 """The "Check quality" button: what each KV cache type costs in quality, measured in the background.
 
 The check needs the model loaded a second time (the chat's runtime keeps its model and cache
-untouched), so a :class:`PrecisionJob` starts its own runtime child from a worker thread and
+untouched), so a :class:`PrecisionJob` starts its own runtime child on a background worker
+(``app.background``) and
 asks it for one ``precision`` request per cache type; the child keeps the f32 reference
 continuations between requests, so they are generated once. The GUI thread only receives
 signals (progress, one row per type, finished) and never waits for the child.
@@ -20,7 +21,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.precision_chart import ChartPoint, QualityChart
+from app.background import Report, Worker, run_in_background
+from app.memory.precision_chart import ChartPoint, QualityChart
 from engine.plan.rules import check_settings, default_cache_type
 from engine.core.errors import KvDeckError
 from engine.gguf.inspect import GGUFInfo
@@ -46,28 +48,28 @@ class Source:
     devices: list[Device]
 
 
-class _Relay(QObject):
-    """Carries the worker thread's news to the GUI thread (queued connections)."""
-
-    progress = Signal(int, str)  # per mille, what runs
-    result = Signal(object)  # PrecisionResult
-    finished = Signal(str)  # "" or an error sentence
-
-
 class PrecisionJob:
-    """One background run: its own runtime child, one precision request per K/V pair."""
+    """One background run: its own runtime child, one precision request per K/V pair.
+
+    :meth:`start` runs it on a :class:`~app.background.Worker`; the view hears ``("progress",
+    per_mille, label)`` and ``("result", PrecisionResult)`` news, then the worker's result (None)
+    or error, all on the GUI thread. :meth:`stop` may be called from the GUI thread at any time.
+    """
 
     def __init__(self, path: str, pairs: list[Pair], prompts: list[str], n_tokens: int,
                  n_gpu_layers: int = -1, n_threads: int = 0) -> None:
         self.path, self.pairs, self.prompts, self.n_tokens = path, pairs, prompts, n_tokens
         self.n_gpu_layers, self.n_threads = n_gpu_layers, n_threads
-        self.relay = _Relay()
         self._host: RuntimeHost | None = None
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kvdeck-precision", daemon=True)
+        self.worker: Worker | None = None
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, parent: QObject, on_news: Callable[[tuple], None],
+              on_done: Callable[[str], None]) -> None:
+        """Run on a worker owned by ``parent``; ``on_done("")`` or ``on_done(error sentence)``."""
+        self.worker = run_in_background(
+            self._run, parent=parent, name="kvdeck-precision", on_progress=on_news,
+            on_result=lambda _none: on_done(""), on_error=lambda exc: on_done(_error_text(exc)))
 
     def stop(self) -> None:
         """Stop at once: the child is ours alone, so killing it loses nothing."""
@@ -77,17 +79,12 @@ class PrecisionJob:
             host.kill()
 
     def wait(self, timeout: float = 10.0) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self.worker is None or self.worker.wait(timeout)
 
-    def _emit(self, signal: object, *args: object) -> None:
-        if not self._stopped.is_set():
-            signal.emit(*args)  # type: ignore[attr-defined]
-
-    def _run(self) -> None:
+    def _run(self, report: Report) -> None:
+        """The worker thread: start a child, load the model, one request per pair, always stop."""
         host = RuntimeHost()
         self._host = host
-        error = ""
         try:
             if self._stopped.is_set():
                 return
@@ -95,7 +92,7 @@ class PrecisionJob:
             host.wait_ready()
             if self._stopped.is_set():
                 return
-            self._emit(self.relay.progress, 0, "loading the model…")
+            report(("progress", 0, "loading the model…"))
             host.load(LoadParams(path=self.path, settings=PlanSettings(n_ctx=256, n_gpu_layers=self.n_gpu_layers),
                                  n_threads=self.n_threads))
             n = len(self.pairs)
@@ -103,20 +100,23 @@ class PrecisionJob:
                 label = f"checking K {tk} / V {tv} ({i + 1} of {n})…"
 
                 def on_progress(done: int, total: int, i: int = i, label: str = label) -> None:
-                    self._emit(self.relay.progress, int(1000 * (i + done / max(1, total)) / n), label)
+                    report(("progress", int(1000 * (i + done / max(1, total)) / n), label))
 
                 on_progress(0, 1)
-                result = host.precision(tk, tv, self.prompts, self.n_tokens, flash_attn="on",
-                                        on_progress=on_progress)
-                self._emit(self.relay.result, result)
-        except KvDeckError as exc:
-            error = str(exc)
-        except Exception as exc:  # a bug: say so instead of dying silently on a thread
-            error = f"internal error ({type(exc).__name__}: {exc})"
+                report(("result", host.precision(tk, tv, self.prompts, self.n_tokens,
+                                                 flash_attn="on", on_progress=on_progress)))
+        except KvDeckError:
+            if not self._stopped.is_set():
+                raise
+            # stopped: the killed child's failure is the stop itself, not news
         finally:
             host.stop(timeout=3.0)
-            if not self._stopped.is_set():
-                self.relay.finished.emit(error)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, KvDeckError):
+        return str(exc)
+    return f"internal error ({type(exc).__name__}: {exc})"  # a bug: say so, in the status line
 
 
 def candidate_pairs(source: Source, alternatives: tuple[str, ...] = ALTERNATIVES) -> list[Pair]:
@@ -212,9 +212,6 @@ class PrecisionView(QGroupBox):
         self.results = {}
         job = PrecisionJob(str(src.info.path), pairs, list(self.prompts), self.n_tokens,
                            src.settings.n_gpu_layers, self.n_threads)
-        job.relay.progress.connect(self._on_progress)
-        job.relay.result.connect(self._on_result)
-        job.relay.finished.connect(self._on_finished)
         self.job = job
         self.destroyed.connect(lambda *_: job.stop())  # never outlive the view
         self.check.setEnabled(False)
@@ -223,7 +220,7 @@ class PrecisionView(QGroupBox):
         self.progress.setVisible(True)
         self.status.setText("starting a runtime for the check…")
         self._refresh()
-        job.start()
+        job.start(self, lambda news: self._on_news(job, news), lambda error: self._on_finished(job, error))
 
     def stop(self) -> None:
         job, self.job = self.job, None
@@ -235,22 +232,19 @@ class PrecisionView(QGroupBox):
         self.stop()
         super().closeEvent(event)
 
-    def _from_job(self) -> bool:
-        """Is the signal being handled from the running job (not a stopped one's late news)?"""
-        return self.job is not None and self.sender() is self.job.relay
-
-    def _on_progress(self, per_mille: int, label: str) -> None:
-        if self._from_job():
-            self.progress.setValue(per_mille)
-            self.status.setText(label)
-
-    def _on_result(self, r: PrecisionResult) -> None:
-        if self._from_job():
+    def _on_news(self, job: PrecisionJob, news: tuple) -> None:
+        if job is not self.job:
+            return  # a stopped job's late news
+        if news[0] == "progress":
+            self.progress.setValue(news[1])
+            self.status.setText(news[2])
+        else:
+            r: PrecisionResult = news[1]
             self.results[(r.type_k, r.type_v)] = r
             self._refresh()
 
-    def _on_finished(self, error: str) -> None:
-        if not self._from_job():
+    def _on_finished(self, job: PrecisionJob, error: str) -> None:
+        if job is not self.job:
             return
         self.job = None
         n = len(self.prompts)

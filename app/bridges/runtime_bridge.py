@@ -1,15 +1,18 @@
 """The one QObject between the GUI and the runtime host.
 
-The host calls back on its reader thread; emitting Qt signals from there queues them to the
-GUI thread, so widgets only ever see runtime events on their own thread and the GUI thread never
-waits for the child. Requests are small pipe writes and return at once.
+The bridge's state (which request is loading or generating, what is loaded) has one owner: the
+GUI thread. The host calls back on its reader thread, and that callback does nothing but emit a
+private signal with a queued connection; the event is handled on the GUI thread, after the
+request that it answers has returned and stored its id. (Handling it on the reader thread
+raced with that store: an error answering at once was dropped and the window stayed busy.)
+Requests are small pipe writes and return at once, so the GUI thread never waits for the child.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 
 from engine import protocol as P
 from engine.core.errors import KvDeckError
@@ -34,6 +37,7 @@ class RuntimeBridge(QObject):
     draftLoaded = Signal(object)  # P.DraftLoaded (speculative decoding)
     draftFailed = Signal(str)
     speculation = Signal(object)  # dict: running counts of a drafted reply (engine.child.speculative)
+    _event = Signal(object, object)  # (host, message), emitted on the host's reader thread
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -50,6 +54,7 @@ class RuntimeBridge(QObject):
         self.draft_info: P.DraftLoaded | None = None
         self._draft_id = 0
         self._spec_tokens = 0
+        self._event.connect(self._on_host_event, Qt.ConnectionType.QueuedConnection)
 
     # ------------------------------------------------------------------ state
     @property
@@ -67,12 +72,7 @@ class RuntimeBridge(QObject):
     def _ensure_host(self) -> RuntimeHost:
         if self._host is None or not self._host.running:
             holder: list[RuntimeHost] = []
-
-            def listener(msg: object) -> None:
-                if holder and self._host is holder[0]:  # ignore late events of a replaced runtime
-                    self._on_event(msg)
-
-            host = RuntimeHost(on_event=listener)
+            host = RuntimeHost(on_event=lambda msg: self._event.emit(holder[0], msg))  # reader thread
             holder.append(host)
             self._host = host
             host.start()
@@ -170,7 +170,11 @@ class RuntimeBridge(QObject):
         if self._host is not None:
             self._host.kill()
 
-    # ------------------------------------------------------------------ events (reader thread)
+    # ------------------------------------------------------------------ events (GUI thread)
+    def _on_host_event(self, host: RuntimeHost, msg: object) -> None:
+        if host is self._host:  # late events of a replaced or shut down runtime are dropped
+            self._on_event(msg)
+
     def _on_event(self, msg: object) -> None:
         if isinstance(msg, Exited):
             self._on_exit(msg.outcome)

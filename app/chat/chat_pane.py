@@ -15,9 +15,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.chat_view import ChatView, ShownMessage
-from app.draft_picker import DraftPicker
-from app.runtime_bridge import RuntimeBridge
+from app.chat.chat_view import ChatView, ShownMessage
+from app.bridges.draft_picker import DraftPicker
+from app.bridges.runtime_bridge import RuntimeBridge
 from engine import protocol as P
 from engine.chat.conversation import conversation_prompt
 from engine.chat.template import ChatMessage

@@ -14,11 +14,11 @@ from PySide6.QtWidgets import (
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from app.dashboard_widgets import (
+from app.memory.dashboard_widgets import (
     COMPONENT_COLORS, OTHERS, THIS_APP, Legend, Segment, SequenceBars, SpeedChart, StackedBar,
-    format_bytes,
 )
 from engine.core.memory_types import COMPONENTS, MemoryPlan
+from engine.core.units import format_bytes
 from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, TelemetrySnapshot
 
 SPEED_POINTS = 120
@@ -295,5 +295,5 @@ class DashboardPanel(QWidget):
 
     @Slot(str)
     def show_speculation(self, text: str) -> None:
-        """Acceptance, mean accepted length, counts and speed-up (app.draft_picker's text)."""
+        """Acceptance, mean accepted length, counts and speed-up (app.bridges.draft_picker's text)."""
         self.spec_label.setText(text or SPEC_OFF)

@@ -13,13 +13,14 @@ from PySide6.QtWidgets import (
     QSlider, QSpinBox, QStyle, QStyleOptionSlider, QVBoxLayout, QWidget,
 )
 
-from app.precision_view import PrecisionView, Source
+from app.memory.precision_view import PrecisionView, Source
 from engine.plan.rules import check_settings, default_cache_type
 from engine.plan.fit import fit
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.kv_speed import speed_hint
 from engine.plan.analytic import analytic_plan
-from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings, Problem
+from engine.core.units import format_bytes
+from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, PlanSettings, Problem
 
 def split_unavailable(mode: str, n_gpus: int, backend: str) -> str | None:
     """Why a split mode cannot be used on this machine with this runtime, or None."""
@@ -62,10 +63,6 @@ class MarkedSlider(QSlider):
         painter.setPen(QPen(QColor("#c62828"), 2))
         painter.drawLine(x, 0, x, self.height())
         painter.end()
-
-
-def _mib(n: int) -> str:
-    return f"{n / MiB:,.1f} MiB" if n < 10 * 1024 * MiB else f"{n / (1024 * MiB):,.2f} GiB"
 
 
 class CachePanel(QWidget):
@@ -266,10 +263,10 @@ class CachePanel(QWidget):
                 if not now and not (prev and prev.bytes_for(dev, c)):
                     continue
                 delta = now - prev.bytes_for(dev, c) if prev else 0
-                change = f' <span style="color:#888;">({"+" if delta > 0 else "−"}{_mib(abs(delta))})</span>' \
+                change = f' <span style="color:#888;">({format_bytes(delta, signed=True)})</span>' \
                     if delta else ""
-                parts.append(f"{c} {_mib(now)}{change}")
-            lines.append(f"<b>{dev}</b>: {_mib(plan.bytes_for(dev))} — " + ", ".join(parts))
+                parts.append(f"{c} {format_bytes(now)}{change}")
+            lines.append(f"<b>{dev}</b>: {format_bytes(plan.bytes_for(dev))} — " + ", ".join(parts))
         lines += [f"· {n}" for n in plan.notes]
         self.summary.setText("<br>".join(lines))
 

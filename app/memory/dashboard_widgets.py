@@ -16,6 +16,8 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt, QTimer
 from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from engine.core.units import format_bytes
+
 COMPONENT_COLORS = {"weights": QColor("#4e79a7"), "kv": QColor("#f28e2b"),
                     "recurrent": QColor("#b07aa1"), "compute": QColor("#59a14f"),
                     "output": QColor("#e15759")}
@@ -25,15 +27,6 @@ SPEED = QColor("#59a14f")
 BAR_H = 18
 SWATCH = 10
 GAP = 4
-
-
-def format_bytes(n: float, signed: bool = False) -> str:
-    """MiB below one GiB, GiB above: the units nvidia-smi and llama.cpp's logs use."""
-    sign = ("+" if n > 0 else "−" if n < 0 else "±") if signed else ("−" if n < 0 else "")
-    n = abs(n)
-    if n >= 1 << 30:
-        return f"{sign}{n / (1 << 30):.2f} GiB"
-    return f"{sign}{n / (1 << 20):.0f} MiB" if n >= 1 << 20 or n == 0 else f"{sign}{n / 1024:.0f} KiB"
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,17 @@ one sequence per client, the rest waiting their turn. It reads the bridge's host
 request, so loading another model or restarting the runtime needs no restart of the server.
 
 uvicorn runs on its own thread, and starting (binding, waiting for readiness) and stopping
-(waiting for open streams to end) happen on short-lived threads too: the GUI thread never waits.
+(waiting for open streams to end) run in the background too (``app.background``): the GUI
+thread never waits.
 """
 from __future__ import annotations
-
-import threading
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QWidget
 
-from app.runtime_bridge import RuntimeBridge
+from app.background import run_in_background
+from app.bridges.runtime_bridge import RuntimeBridge
 from engine.core.errors import KvDeckError
 from engine.serve.server import ApiServer, ServedModel, ServerConfig
 
@@ -26,8 +26,6 @@ DEFAULT_PORT = 8080
 class ServerToggle(QObject):
     urlChanged = Signal(str)  # the base URL while serving, "" when stopped
     problem = Signal(str)  # one line for the window's banner
-    _started = Signal(object, str)
-    _failed = Signal(str)
 
     def __init__(self, bridge: RuntimeBridge, parent: QWidget, port: int = DEFAULT_PORT) -> None:
         super().__init__(parent)
@@ -39,8 +37,6 @@ class ServerToggle(QObject):
         self.action.setToolTip("Other programs can use the loaded model at http://127.0.0.1:PORT/v1; "
                                "each client gets one of the model's parallel sequences")
         self.action.toggled.connect(self._toggled)
-        self._started.connect(self._on_started)
-        self._failed.connect(self._on_failed)
 
     def _slots(self) -> int:
         params = self.bridge.last_params
@@ -68,36 +64,39 @@ class ServerToggle(QObject):
         self._set_checked(True)
         self.action.setEnabled(False)  # until it has started or failed
 
-        def work() -> None:
-            last = ""
-            for port in (self.port, 0):
-                try:
-                    server = ApiServer(model, ServerConfig(port=port))
-                    self._started.emit(server, server.start())
-                    return
-                except KvDeckError as exc:
-                    last = str(exc)
-            self._failed.emit(last)
+        run_in_background(_start_server, model, self.port, parent=self, name="kvdeck-api-start",
+                          on_result=self._on_started, on_error=self._on_failed)
 
-        threading.Thread(target=work, name="kvdeck-api-start", daemon=True).start()
-
-    def _on_started(self, server: ApiServer, url: str) -> None:
+    def _on_started(self, started: tuple[ApiServer, str]) -> None:
+        server, url = started
         self.action.setEnabled(True)
         if not self.action.isChecked():  # switched off while it was starting
-            threading.Thread(target=server.stop, daemon=True).start()
+            run_in_background(server.stop, parent=self, name="kvdeck-api-stop")
             return
         self.server, self.url = server, url
         self.urlChanged.emit(url)
 
-    def _on_failed(self, message: str) -> None:
+    def _on_failed(self, exc: BaseException) -> None:
         self.action.setEnabled(True)
         self._set_checked(False)
-        self.problem.emit(f"The API server did not start: {message}")
+        self.problem.emit(f"The API server did not start: {exc}")
 
     def stop(self) -> None:
         server, self.server = self.server, None
         self._set_checked(False)
         self.url = ""
         self.urlChanged.emit("")
-        if server is not None:
-            threading.Thread(target=server.stop, name="kvdeck-api-stop", daemon=True).start()
+        if server is not None:  # waits for open streams to end; errors go to the log
+            run_in_background(server.stop, parent=self, name="kvdeck-api-stop")
+
+
+def _start_server(model: ServedModel, port: int) -> tuple[ApiServer, str]:
+    """Bind ``port``, or any free port when it is taken; the last refusal when neither works."""
+    try:
+        server = ApiServer(model, ServerConfig(port=port))
+        return server, server.start()
+    except KvDeckError:
+        if port == 0:
+            raise
+    server = ApiServer(model, ServerConfig(port=0))
+    return server, server.start()
