@@ -18,7 +18,8 @@ from typing import Any
 from gguf import LlamaFileType
 
 from engine.core.errors import ModelFileError
-from engine.gguf.hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, KNOWN_ARCHS,
+from engine.gguf.arch_keys import known_arch, visible_metadata
+from engine.gguf.hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS,
                                  MLA_ARCHS, MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS, SWA_ALWAYS,
                                  SWA_IF_WINDOW, WeightLayout,
                                  indexer_layer_flags, kv_layer_flags, recurrent_flags,
@@ -184,9 +185,11 @@ def _build(path: str, size: int) -> GGUFInfo:
     if arch == "clip":
         raise _Corrupt("is a vision projector (mmproj), not a language model: open the model "
                        "file it belongs to")
-    if arch not in KNOWN_ARCHS:
+    if not known_arch(arch):
         raise _Corrupt(f"uses the model architecture {arch!r}, which this version of llama.cpp "
                        "does not know (a newer KV Deck may)")
+    # From here on only the keys llama.cpp's loader reads for this arch exist (arch_table).
+    meta = visible_metadata(meta, arch)
     a, at = arch + ".", arch + ".attention."
     n_layer = _int(meta, a + "block_count", required=True) or 0
     n_nextn = _int(meta, a + "nextn_predict_layers", 0) or 0  # MTP layers, counted in n_layer
