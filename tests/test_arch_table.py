@@ -61,3 +61,19 @@ def test_hand_checked_facts() -> None:
     # qwen4exp's file-local helper qwen4exp_require_arr_len reads ple.* arrays' lengths
     assert reads("qwen4exp")["qwen4exp.ssm.conv_kernel"][1]
     assert len(arch_table.ARCH_LOADER) > 140 and len(all_arch_keys()) > 150
+
+
+def test_the_analytic_plan_says_which_architectures_it_does_not_know(tmp_path: Path) -> None:
+    import dataclasses
+
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.analytic import analytic_plan
+    from engine.core.memory_types import PlanSettings
+    from gguf_factory import write_llama
+
+    llama = inspect_gguf(write_llama(tmp_path / "m.gguf"))
+    assert not any("does not know" in n for n in analytic_plan(llama, PlanSettings(), []).notes)
+    for arch in ("t5", "wavtokenizer-dec", "gptj", "made-up"):
+        plan = analytic_plan(dataclasses.replace(llama, architecture=arch), PlanSettings(), [])
+        assert any(f"does not know architecture {arch!r}" in n and "--exact" in n
+                   for n in plan.notes), plan.notes

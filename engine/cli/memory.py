@@ -87,7 +87,12 @@ def _load(args: argparse.Namespace) -> tuple[Any, PlanSettings, list[Device], st
 
     from engine.runtime.info import plan_devices
 
+    from engine.plan.sparse_caches import unknown_arch_note
+
     info = inspect_gguf(args.path)
+    unknown = unknown_arch_note(info)
+    if unknown and not getattr(args, "exact", False):  # say so rather than guess numbers
+        raise KvDeckError(f"{Path(args.path).name}: {unknown}")
     settings = settings_from_args(args, info)
     devices, _why = plan_devices()
     n_gpus = sum(1 for d in devices if d.kind == "gpu")

@@ -19,7 +19,7 @@ from gguf import LlamaFileType
 
 from engine.core.errors import ModelFileError
 from engine.gguf.arch_keys import known_arch, visible_metadata
-from engine.gguf.hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS,
+from engine.gguf.hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, NO_MEMORY_ARCHS,
                                  MLA_ARCHS, MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS, SWA_ALWAYS,
                                  SWA_IF_WINDOW, WeightLayout,
                                  indexer_layer_flags, kv_layer_flags, recurrent_flags,
@@ -166,14 +166,23 @@ def _swa(meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int,
         if pattern.items is None or pattern.length > MAX_LAYERS:
             raise _Corrupt(f"has an unusable {p}sliding_window_pattern")
         given = tuple(bool(v) for v in pattern.items[:n_layer])
-        return window, given + (False,) * (n_layer - len(given))
+        return window, _some_swa(arch, p, given + (False,) * (n_layer - len(given)))
     if pattern is not None:  # a scalar overrides the arch's period
         period = _int(meta, p + "sliding_window_pattern")
     if period is None:
         raise _Corrupt(f"lacks the required array {p}sliding_window_pattern")
-    return window, tuple(il < n_layer_main and (
+    return window, _some_swa(arch, p, tuple(il < n_layer_main and (
         period == 0 or (il % period != 0 if dense_first else il % period < period - 1))
-        for il in range(n_layer))
+        for il in range(n_layer)))
+
+
+def _some_swa(arch: str, p: str, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+    """The arch turned sliding-window attention on, so llama_model::create_memory asserts
+    `hparams.is_swa_any()` (an abort): an empty or all-false pattern cannot load."""
+    if not any(flags) and arch not in NO_MEMORY_ARCHS:
+        raise _Corrupt(f"turns sliding-window attention on, but {p}sliding_window_pattern "
+                       "marks no layer as sliding-window (llama.cpp aborts)")
+    return flags
 
 
 def _build(path: str, size: int) -> GGUFInfo:
