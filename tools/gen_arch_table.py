@@ -11,6 +11,7 @@ ignores. Hand-kept lists drift, so this script derives the table from the vendor
 - `src/llama-model.cpp: llama_model_mapping`: which loader class each architecture gets.
 - `src/models/models.h`: class inheritance; a class without its own `load_arch_hparams`
   reuses its parent's (mistral4 -> deepseek2, llama_embed -> llama, ...).
+- `src/llama-vocab.cpp`: the few `%s.` keys the vocabulary loader reads (vocab_size).
 - each `load_arch_hparams` body: every `ml.get_key / get_key_or_arr / get_arr / get_arr_n`,
   calls of `llama_model_base` helpers (`load_swa_pattern`) and of file-local static helpers
   that take an `llm_kv` (qwen4exp's `qwen4exp_require_arr_len`).
@@ -214,6 +215,11 @@ def parse(src: Path) -> dict[str, object]:
     common_body = next(b for n, b in _functions(model_cpp, r"llama_model_base::load_hparams"))
     common_body = common_body[:common_body.index("load_arch_hparams(ml)")]
     common, common_by_arch = _common_reads(common_body, kv_names, hp_defaults, arch_names)
+    # llama_vocab::impl::load reads a few `%s.` keys too (vocab_size without a token list):
+    # for every arch, on some tokenizer paths only.
+    vocab = read("src/llama-vocab.cpp")
+    common += [r._replace(conditional=True, required=False)
+               for r in _reads(vocab, kv_names, hp_defaults, {}, {}) if r.key.startswith("%s.")]
 
     loaders: dict[str, list[Read]] = {}
     for path in sorted((src / "src" / "models").glob("*.cpp")):

@@ -46,6 +46,7 @@ COMMON: dict[str, Read] = {
     '%s.attention.value_length_swa': ('get_key', False, True, 'hparams.n_embd_head_v_full'),
     '%s.rope.dimension_count_swa': ('get_key', False, True, 'hparams.n_rot_full'),
     '%s.classifier.output_labels': ('get_arr', False, False, None),
+    '%s.vocab_size': ('get_key', False, True, '0'),
 }
 
 # load_hparams reads under `if (arch == LLM_ARCH_…)`.
