@@ -87,7 +87,12 @@ def _load(args: argparse.Namespace) -> tuple[Any, PlanSettings, list[Device], st
 
     from engine.runtime.info import plan_devices
 
+    from engine.plan.sparse_caches import unknown_arch_note
+
     info = inspect_gguf(args.path)
+    unknown = unknown_arch_note(info)
+    if unknown and not getattr(args, "exact", False):  # say so rather than guess numbers
+        raise KvDeckError(f"{Path(args.path).name}: {unknown}")
     settings = settings_from_args(args, info)
     devices, _why = plan_devices()
     n_gpus = sum(1 for d in devices if d.kind == "gpu")
@@ -114,6 +119,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from engine.plan.fit import DraftSpec, fit
+    from engine.plan.margins import Margins
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
 
@@ -123,9 +129,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         dinfo = inspect_gguf(args.draft)
         draft = DraftSpec(dinfo, settings.replace(type_k="f16", type_v="f16"))
     budget = args.budget_mib * MiB if args.budget_mib is not None else None
-    margin = args.margin_mib * MiB if args.margin_mib is not None else None
+    margins = Margins.from_options(args.margin_mib, args.cpu_margin_mib)
     result = fit(info, settings, devices, plan_fn=analytic_plan, budget_bytes=budget,
-                 margin_bytes=margin, draft=draft, max_context=args.ctx)
+                 margins=margins, draft=draft, max_context=args.ctx)
     dplan = result.extra.get("draft_plan")
     data = {
         "fits": result.fits, "n_ctx": result.plan.n_ctx, "n_gpu_layers": result.settings.n_gpu_layers,
@@ -168,7 +174,12 @@ def register(sub: Any) -> None:
     f = sub.add_parser("fit", help="largest context (then most GPU layers) that fits the memory budget")
     add_plan_options(f)
     f.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
-    f.add_argument("--margin-mib", type=int, default=None, help="safety margin per device (default 1024)")
+    f.add_argument("--margin-mib", default=None, metavar="MIB|DEV=MIB,…",
+                   help="safety margin per GPU in MiB (default 1024, like llama.cpp's -fitt); "
+                        "per device: CUDA0=2048,CUDA1=1024; both: 1536,CUDA1=512")
+    f.add_argument("--cpu-margin-mib", type=int, default=None,
+                   help="safety margin of host RAM in MiB (default 1024); --margin-mib never "
+                        "applies to the host")
     f.add_argument("--draft", default=None, help="a draft model fitted with the same context")
     p2 = sub.add_parser("pair", help="can DRAFT speculate for TARGET? each rule with its verdict")
     p2.add_argument("target")

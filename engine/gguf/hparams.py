@@ -13,25 +13,12 @@ from typing import Any, Sequence
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-# Every architecture name llama.cpp 0c1e570 knows (src/llama-arch.cpp: LLM_ARCH_NAMES, less the
-# quantizer-only "clip"): any other name fails to load with "unknown model architecture".
-KNOWN_ARCHS = frozenset("""
-    llama llama4 deci falcon grok gpt2 gptj gptneox mpt baichuan starcoder refact bert
-    modern-bert nomic-bert nomic-bert-moe neo-bert jina-bert-v2 jina-bert-v3 eurobert bloom
-    stablelm qwen qwen2 qwen2moe qwen2vl qwen3 qwen3moe qwen3next qwen3vl qwen3vlmoe qwen35
-    qwen35moe qwen4exp phi2 phi3 phimoe plamo plamo2 plamo3 codeshell orion internlm2
-    minicpm minicpm3 gemma gemma2 gemma3 gemma3n gemma4 gemma4-assistant gemma-embedding
-    starcoder2 mamba mamba2 maple jamba falcon-h1 xverse command-r cohere2 cohere2moe dbrx
-    olmo olmo2 olmoe muse-glimmer openelm arctic deepseek deepseek2 deepseek2-ocr deepseek32
-    deepseek4 chatglm glm4 glm4moe glm-dsa bitnet t5 t5encoder jais jais2 nemotron
-    nemotron_h nemotron_h_moe exaone exaone4 exaone-moe rwkv6 rwkv6qwen2 rwkv7 arwkv7
-    granite granitemoe granitehybrid graniteswitch granite_swa chameleon wavtokenizer-dec
-    plm bailingmoe bailingmoe2 bailingmoe3 dots1 dots3note arcee afmoe laguna ernie4_5
-    ernie4_5-moe hunyuan-moe hunyuan-dense hunyuan_vl hy_v3 hy_v4 smollm3 gpt-oss lfm2
-    lfm2moe dream smallthinker llada llada-moe seed_oss grovemoe apertus minimax-01 hrm_text
-    minimax-m2 minimax-m3 cogvlm rnd1 pangu-embedded mistral3 eagle3 dflash mistral4
-    paddleocr mimo2 step35 spark2_5 llama-embed maincoder kimi-linear kimi-k3 glm5-next
-    talkie mellum nanbeige qwen3tts pockettts""".split())
+from engine.gguf.arch_table import ARCH_LOADER, LOADER_READS
+
+# Every architecture llama.cpp 0c1e570 maps to a model class (generated from its source, see
+# engine/gguf/arch_table.py), less the projector-only "clip": any other name fails to load with
+# "unknown model architecture" or "unsupported model architecture" (gptj is named but unmapped).
+KNOWN_ARCHS = frozenset(ARCH_LOADER) - {"clip"}
 RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
 HYBRID_ARCHS = frozenset({"jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe",
                           "nemotron_h", "nemotron_h_moe", "qwen3next", "kimi-linear",
@@ -66,10 +53,10 @@ SSM_KEYS = {  # {arch}.<key> -> name in GGUFInfo.ssm (recurrent-state geometry, 
     "wkv.head_size": "wkv_head_size", "token_shift_count": "token_shift_count",
     "shortconv.l_cache": "shortconv_l_cache", "kda.head_dim": "kda_head_dim",
     "full_attention_interval": "full_attention_interval"}
-# Archs whose load_arch_hparams reads `attention.key_length_mla` / `value_length_mla`
-# (src/models/*.cpp; mistral4 reuses deepseek2's loader). No other arch can be MLA.
-MLA_ARCHS = frozenset({"deepseek2", "mistral4", "deepseek32", "dots3note", "glm-dsa",
-                       "glm5-next", "hy_v4", "kimi-k3", "kimi-linear", "bailingmoe3"})
+# Archs whose load_arch_hparams reads `attention.key_length_mla` (from the generated table;
+# mistral4 reuses deepseek2's loader). No other arch can be MLA.
+MLA_ARCHS = frozenset(a for a, cls in ARCH_LOADER.items()
+                      if cls and "%s.attention.key_length_mla" in LOADER_READS[cls])
 MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
             "key_length_mla_swa", "value_length_mla_swa", "kv_lora_rank_swa")
 

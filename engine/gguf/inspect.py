@@ -18,7 +18,8 @@ from typing import Any
 from gguf import LlamaFileType
 
 from engine.core.errors import ModelFileError
-from engine.gguf.hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, KNOWN_ARCHS,
+from engine.gguf.arch_keys import known_arch, visible_metadata
+from engine.gguf.hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, NO_MEMORY_ARCHS,
                                  MLA_ARCHS, MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS, SWA_ALWAYS,
                                  SWA_IF_WINDOW, WeightLayout,
                                  indexer_layer_flags, kv_layer_flags, recurrent_flags,
@@ -165,14 +166,23 @@ def _swa(meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int,
         if pattern.items is None or pattern.length > MAX_LAYERS:
             raise _Corrupt(f"has an unusable {p}sliding_window_pattern")
         given = tuple(bool(v) for v in pattern.items[:n_layer])
-        return window, given + (False,) * (n_layer - len(given))
+        return window, _some_swa(arch, p, given + (False,) * (n_layer - len(given)))
     if pattern is not None:  # a scalar overrides the arch's period
         period = _int(meta, p + "sliding_window_pattern")
     if period is None:
         raise _Corrupt(f"lacks the required array {p}sliding_window_pattern")
-    return window, tuple(il < n_layer_main and (
+    return window, _some_swa(arch, p, tuple(il < n_layer_main and (
         period == 0 or (il % period != 0 if dense_first else il % period < period - 1))
-        for il in range(n_layer))
+        for il in range(n_layer)))
+
+
+def _some_swa(arch: str, p: str, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+    """The arch turned sliding-window attention on, so llama_model::create_memory asserts
+    `hparams.is_swa_any()` (an abort): an empty or all-false pattern cannot load."""
+    if not any(flags) and arch not in NO_MEMORY_ARCHS:
+        raise _Corrupt(f"turns sliding-window attention on, but {p}sliding_window_pattern "
+                       "marks no layer as sliding-window (llama.cpp aborts)")
+    return flags
 
 
 def _build(path: str, size: int) -> GGUFInfo:
@@ -184,9 +194,11 @@ def _build(path: str, size: int) -> GGUFInfo:
     if arch == "clip":
         raise _Corrupt("is a vision projector (mmproj), not a language model: open the model "
                        "file it belongs to")
-    if arch not in KNOWN_ARCHS:
+    if not known_arch(arch):
         raise _Corrupt(f"uses the model architecture {arch!r}, which this version of llama.cpp "
                        "does not know (a newer KV Deck may)")
+    # From here on only the keys llama.cpp's loader reads for this arch exist (arch_table).
+    meta = visible_metadata(meta, arch)
     a, at = arch + ".", arch + ".attention."
     n_layer = _int(meta, a + "block_count", required=True) or 0
     n_nextn = _int(meta, a + "nextn_predict_layers", 0) or 0  # MTP layers, counted in n_layer

@@ -108,8 +108,8 @@ class ComputeShape:
         return cls(
             arch=info.architecture, n_embd=info.n_embd, n_vocab=info.n_vocab, q_width=q,
             n_head=max((heads[il] for il in kv_layers), default=0),
-            has_full=any(not (info.n_swa and swa[il]) for il in kv_layers),
-            has_swa=any(info.n_swa and swa[il] for il in kv_layers),
+            has_full=any(not swa[il] for il in kv_layers),
+            has_swa=any(swa[il] for il in kv_layers),
             ffn_width=ffn, mla_rank=mla.get("kv_lora_rank", 0) if info.mla else 0,
             rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0),
             dsa_top_k=(info.indexer or {}).get("top_k", 0)

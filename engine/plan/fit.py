@@ -12,11 +12,12 @@ from typing import Callable
 
 from engine.gguf.inspect import GGUFInfo
 from engine.core.memory_types import COMPONENTS, Device, FitResult, MemoryPlan, MiB, PlanSettings
+from engine.plan.margins import DEFAULT_CPU_MARGIN, DEFAULT_GPU_MARGIN, Margins
 
 PlanFn = Callable[[GGUFInfo, PlanSettings, list[Device]], MemoryPlan]
 
-DEFAULT_GPU_MARGIN = 1024 * MiB  # llama.cpp's -fitt default
-DEFAULT_CPU_MARGIN = 1024 * MiB
+__all__ = ["DEFAULT_CPU_MARGIN", "DEFAULT_GPU_MARGIN", "DraftSpec", "Margins", "budgets_for",
+           "default_settings", "fit", "preflight"]
 MIN_CONTEXT = 256
 PAD = 256
 
@@ -30,19 +31,23 @@ class DraftSpec:
 
 
 def budgets_for(devices: list[Device], *, budget_bytes: int | None = None,
-                margin_bytes: int | None = None) -> dict[str, int]:
+                margin_bytes: int | None = None, margins: Margins | None = None
+                ) -> dict[str, int]:
     """Usable bytes per device. A user budget applies to every GPU (or to the CPU without GPUs).
     Either way the runtime's own reserve (its CUDA context) comes off first: a budget is what the
-    whole app may use, and llama.cpp's buffers are not all of it."""
+    whole app may use, and llama.cpp's buffers are not all of it. Margins are per device kind
+    (`margins`; a GPU margin never comes off host RAM); `margin_bytes` is one margin for every
+    device, host included, and wins when given."""
     has_gpu = any(d.kind == "gpu" for d in devices)
+    if margin_bytes is not None:
+        margins = Margins.uniform(margin_bytes)
+    margins = margins or Margins()
     out: dict[str, int] = {}
     for d in devices:
-        margin = margin_bytes if margin_bytes is not None else (
-            DEFAULT_GPU_MARGIN if d.kind == "gpu" else DEFAULT_CPU_MARGIN)
         base = d.free_bytes
         if budget_bytes is not None and (d.kind == "gpu" or not has_gpu):
             base = budget_bytes
-        out[d.name] = max(0, base - margin - d.reserved_bytes)
+        out[d.name] = max(0, base - margins.for_device(d) - d.reserved_bytes)
     return out
 
 
@@ -120,10 +125,12 @@ def _limit_reason(search: _Search, n_ctx: int, ngl: int, n_ctx_train: int) -> tu
 
 def fit(info: GGUFInfo, settings: PlanSettings, devices: list[Device], *, plan_fn: PlanFn,
         budget_bytes: int | None = None, margin_bytes: int | None = None,
-        draft: DraftSpec | None = None, min_context: int = 4096,
-        max_context: int | None = None) -> FitResult:
-    """Largest context (up to the training context), then the most GPU layers, within budget."""
-    budgets = budgets_for(devices, budget_bytes=budget_bytes, margin_bytes=margin_bytes)
+        margins: Margins | None = None, draft: DraftSpec | None = None,
+        min_context: int = 4096, max_context: int | None = None) -> FitResult:
+    """Largest context (up to the training context), then the most GPU layers, within budget
+    (margins as in `budgets_for`)."""
+    budgets = budgets_for(devices, budget_bytes=budget_bytes, margin_bytes=margin_bytes,
+                          margins=margins)
     search = _Search(info, settings, devices, budgets, draft, plan_fn)
     n_train = max(MIN_CONTEXT, info.n_ctx_train or 4096)
     hi = min(n_train, max_context) if max_context else n_train
@@ -168,7 +175,8 @@ DEFAULT_MAX_CONTEXT = 16384
 
 
 def default_settings(info: GGUFInfo, devices: list[Device], *, plan_fn: PlanFn,
-                     base: PlanSettings | None = None) -> tuple[PlanSettings, FitResult]:
+                     base: PlanSettings | None = None, margins: Margins | None = None
+                     ) -> tuple[PlanSettings, FitResult]:
     """First-load settings: cache types matched to the weights, the fitted context (capped so a
     128k-context model does not reserve gigabytes the user never asked for) and fitted GPU layers."""
     from engine.plan.rules import default_cache_type
@@ -176,7 +184,8 @@ def default_settings(info: GGUFInfo, devices: list[Device], *, plan_fn: PlanFn,
     kv = default_cache_type(info)
     start = (base or PlanSettings()).replace(type_k=kv, type_v=kv, n_ctx=0)
     cap = min(info.n_ctx_train or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
-    result = fit(info, start, devices, plan_fn=plan_fn, max_context=cap, min_context=min(4096, cap))
+    result = fit(info, start, devices, plan_fn=plan_fn, max_context=cap, min_context=min(4096, cap),
+                 margins=margins)
     chosen = result.settings if result.fits else start.replace(n_ctx=min(4096, cap))
     return chosen, result
 
@@ -187,8 +196,12 @@ def _reserve_words(d: Device) -> str:
 
 
 def preflight(info: GGUFInfo, settings: PlanSettings, devices: list[Device], backend: str, *,
-              plan_fn: PlanFn, margin_bytes: int = 256 * MiB) -> MemoryPlan:
+              plan_fn: PlanFn, margin_bytes: int = 256 * MiB,
+              margins: Margins | None = None) -> MemoryPlan:
     """Refuse, in one sentence, settings llama.cpp would reject or that cannot fit, before loading.
+
+    The margin is smaller than fit's (a user who chose settings explicitly gets the benefit of
+    the doubt): `margin_bytes` on every device, unless `margins` gives one per kind or device.
 
     Loading is where a bad file or an absurd context turns into a multi-gigabyte allocation or an
     abort; everything that can be known from the metadata is checked here first.
@@ -201,9 +214,10 @@ def preflight(info: GGUFInfo, settings: PlanSettings, devices: list[Device], bac
     if errors:
         raise KvDeckError(errors[0].message)
     plan = plan_fn(info, settings, devices)
+    margins = margins or Margins.uniform(margin_bytes)
     for d in devices:
         need = plan.bytes_for(d.name)
-        if need > max(0, d.free_bytes - margin_bytes - d.reserved_bytes):
+        if need > max(0, d.free_bytes - margins.for_device(d) - d.reserved_bytes):
             biggest = max(COMPONENTS, key=lambda c: plan.bytes_for(d.name, c))
             raise KvDeckError(
                 f"this needs {need / MiB:,.0f} MiB on {d.name} but only {d.free_bytes / MiB:,.0f} MiB "

@@ -98,7 +98,7 @@ def _build_geometry(info: GGUFInfo) -> ModelGeometry:
         arch=info.architecture, n_layer=n, n_embd=info.n_embd, n_vocab=info.n_vocab,
         kv_layers=kv_layers, k_width=tuple(h * k for h, k in zip(hk, kvh)),
         v_width=tuple(h * k for h, k in zip(hv, kvh)), head_k=hk, head_v=hv,
-        n_head=info.n_head_per_layer, swa=swa, iswa=info.n_swa > 0 and any(swa),
+        n_head=info.n_head_per_layer, swa=swa, iswa=any(swa),  # swa_type set, even with window 0
         mla=mla, indexer_layers=tuple(il for il, f in enumerate(info.indexer_layers) if f),
         indexer_width=(info.indexer or {}).get("cache_width", 0), rec_layers=rec, n_embd_r=r,
         n_embd_s=s, weights=info.weights, compute=shape)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.gguf.arch_keys import known_arch
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.context import CacheSize, Resolved, pad, row_bytes
 from engine.core.memory_types import PlanSettings
@@ -130,9 +131,30 @@ def ple_conv_state(info: GGUFInfo, r: Resolved, n_rs_seq: int) -> tuple[tuple[in
     return sp["ple_layers"], 4 * sp["ple_conv_state"] * r.n_seq * (1 + n_rs_seq)
 
 
+# Architectures llama.cpp loads whose memory the analytic plan has no model for: it says so
+# instead of guessing (the CLI refuses an analytic plan for them; the GUI shows the note).
+UNKNOWN_TO_ANALYTIC = {
+    "t5": "an encoder-decoder: the encoder output and cross-attention inputs are not modelled",
+    "wavtokenizer-dec": "an audio decoder (PosNet/ConvNeXt blocks): its compute is not modelled",
+}
+
+
+def unknown_arch_note(info: GGUFInfo) -> str | None:
+    """The sentence for an architecture the analytic plan does not know, else None: one the
+    generated table does not list (llama.cpp would not load it) or one in UNKNOWN_TO_ANALYTIC."""
+    arch = info.architecture
+    if known_arch(arch) and arch not in UNKNOWN_TO_ANALYTIC:
+        return None
+    why = UNKNOWN_TO_ANALYTIC.get(arch, "llama.cpp 0c1e570 has no loader for it")
+    return f"the analytic plan does not know architecture {arch!r} ({why}); use --exact"
+
+
 def unmodelled_notes(info: GGUFInfo, s: PlanSettings, fa_on: bool) -> list[str]:
     """Notes for memory this module sizes only roughly or not at all (notes §7)."""
     arch = info.architecture
+    unknown = unknown_arch_note(info)
+    if unknown:
+        return [unknown]
     if arch == "deepseek4":
         return ["deepseek4: KV caches and compressor states are exact, but the compute buffer "
                 "of its compressed/indexed attention is only a rough estimate (about ±10 %); "
