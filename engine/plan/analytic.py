@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.plan.compute import estimate_compute
+from engine.plan.compute_placement import cuda_compute
 from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
 from engine.gguf.hparams import NO_MEMORY_ARCHS
 from engine.gguf.inspect import GGUFInfo
@@ -75,20 +76,6 @@ def weights_cache_type(info: GGUFInfo) -> str:
     f16 and is at least a tenth of the file."""
     bf16, f16 = info.weight_types.get("BF16", 0), info.weight_types.get("F16", 0)
     return "bf16" if bf16 > f16 and bf16 * 10 >= max(1, info.tensor_bytes) else "f16"
-
-
-def _cuda_fa_dequant(geo: ModelGeometry, n_kv: int, n_ubatch: int, tk: str, tv: str, b: int,
-                     detail: str) -> tuple[int, str]:
-    """CUDA flash attention converts a quantized K/V view to f16 before its kernel runs; at long
-    contexts those temporaries outgrow everything else in the compute buffer. Measured on an
-    H100 (8B shape, q4_0, 65536 cells: 352.1 MiB vs 258.5 MiB of logits at short context):
-    K and V as f16 over every cell plus about twelve f32 activation rows per token."""
-    conv = n_kv * 2 * ((max(geo.k_width) if BLOCKS[tk][0] > 1 else 0)
-                       + (max(geo.v_width) if BLOCKS[tv][0] > 1 else 0))
-    need = conv + 12 * geo.n_embd * n_ubatch * 4
-    if need <= b:
-        return b, detail
-    return need, f"{detail}; CUDA flash attention dequantizes K/V to f16 over {n_kv} cells"
 
 
 def _cache_type(name: str, notes: list[str], which: str) -> str:
@@ -180,12 +167,13 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     allocs += _weights(geo, ldev, bool(gpus), repack)
     notes += [repack_note] if repack_note else []
 
-    # Compute (§9): calibrated estimate.
-    for dev, b, detail in estimate_compute(geo.compute, r, fa_compute, n_swa_cells,
-                                           settings.kv_unified, ldev[-1] if gpus else "CPU",
-                                           bool(gpus), BLOCKS[tk][0] > 1 or BLOCKS[tv][0] > 1):
-        if dev.startswith("CUDA") and fa_compute and (BLOCKS[tk][0] > 1 or BLOCKS[tv][0] > 1):
-            b, detail = _cuda_fa_dequant(geo, r.n_ctx_seq, settings.n_ubatch, tk, tv, b, detail)
+    # Compute (§9): the CPU calibration, or on CUDA what the scheduler allocates there.
+    quant_k, quant_v = BLOCKS[tk][0] > 1, BLOCKS[tv][0] > 1
+    ests = estimate_compute(geo.compute, r, fa_compute, n_swa_cells, settings.kv_unified,
+                            ldev[-1] if gpus else "CPU", bool(gpus), quant_k or quant_v)
+    if gpus and all(g.name.startswith("CUDA") for g in gpus):
+        ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), ldev, ests, notes)
+    for dev, b, detail in ests:
         allocs.append(Allocation("compute", dev, b, detail))
 
     if settings.split_mode == "tensor" and len(gpus) > 1:

@@ -86,6 +86,7 @@ class ComputeShape:
     qsa: tuple[int, int, int, int] = (0, 0, 0, 0)
     kpool_rows: int = 0  # glm5-next: MLA K row + k-pool indexer row (elements per cell)
     la_heads: int = 0  # minimax-01 lightning attention: heads of its linear layers
+    moe_used: int = 0  # experts used per token (0: dense FFN)
 
     @classmethod
     def from_info(cls, info: Any, kv_layers: Sequence[int], head_k: Sequence[int],
@@ -115,6 +116,7 @@ class ComputeShape:
             dsa_top_k=(info.indexer or {}).get("top_k", 0)
             if sp.get("kind", "hc") == "hc" and info.architecture != "glm5-next" else 0,
             la_heads=heads[0] if info.architecture == "minimax-01" and rec_layers else 0,
+            moe_used=info.n_expert_used if info.n_expert else 0,
             kpool_rows=info.head_dim_k + (info.indexer or {}).get("cache_width", 0)
             if info.architecture == "glm5-next" and kv_layers else 0,
             ple_width=256 * (info.n_layer - info.n_layer_nextn)
@@ -324,7 +326,8 @@ def estimate_compute(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cell
                      ) -> list[tuple[str, int, str]]:
     """[(device, bytes, detail)]: the CPU buffer, or a GPU buffer plus the host's inputs."""
     # The quantized-K/V fragmentation is a CPU allocator effect (an H100 showed none at
-    # q8_0/32k); CUDA's own quantized-K/V cost is engine.plan.analytic's dequantization term.
+    # q8_0/32k). CUDA loads are re-sized by engine.plan.compute_placement; the GPU branch
+    # below stays for other GPU backends.
     ph = phases(shape, r, fa_on, n_swa_cells, kv_unified, quant_kv and not has_gpu)
     name, peak = max(ph.items(), key=lambda kv: kv[1])
     t = min(r.n_ctx, r.n_ubatch)

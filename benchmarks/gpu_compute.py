@@ -1,0 +1,333 @@
+"""CUDA compute buffers of real model shapes, from llama.cpp's own no-alloc dry run (issue 18).
+
+    python benchmarks/gpu_compute.py --out DIR [--grid main|check] [--shapes a,b] [--real]
+                                     [--debug] [--budget-s 400]
+
+Writes each shape as a *sparse* GGUF: metadata and tensor infos of the real model (real vocab
+size, all matrices Q4_0) followed by a hole up to the full data size, so a 70B file costs no
+disk. A dry run (`no_alloc`, `load_mode NONE`) never reads tensor data, and a real load reads
+zeros, which is all a memory measurement needs. For every case of the grid a child process
+creates the context and we keep llama.cpp's `sched_reserve: <buft> compute buffer size` lines
+(and the KV/output lines): `raw-<grid>.json` in DIR. The analytic side is computed later, on
+any machine, by benchmarks/gpu_compute_report.py (it rewrites the same sparse files locally).
+`--debug` also keeps `GGML_SCHED_DEBUG=2` graph dumps (node, size, backend, split inputs) of a
+few cases, gzipped, to read where the peak of each backend is.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Real model dimensions (Hugging Face configs); matrices Q4_0, norms f32.
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama3-8b": dict(arch="llama", n_vocab=128256, n_embd=4096, n_layer=32, n_head=32,
+                      n_head_kv=8, head_dim=128, n_ff=14336),
+    "qwen3-32b": dict(arch="qwen3", n_vocab=151936, n_embd=5120, n_layer=64, n_head=64,
+                      n_head_kv=8, head_dim=128, n_ff=25600),
+    "llama3-70b": dict(arch="llama", n_vocab=128256, n_embd=8192, n_layer=80, n_head=64,
+                       n_head_kv=8, head_dim=128, n_ff=28672),
+    "qwen3moe-30b-a3b": dict(arch="qwen3moe", n_vocab=151936, n_embd=2048, n_layer=48, n_head=32,
+                             n_head_kv=4, head_dim=128, n_ff=6144, n_expert=128,
+                             n_expert_used=8, n_ff_exp=768),
+    "gemma3-27b": dict(arch="gemma3", n_vocab=262208, n_embd=5376, n_layer=62, n_head=32,
+                       n_head_kv=16, head_dim=128, n_ff=21504, n_swa=1024, tied=True),
+    "tiny": dict(arch="llama", n_vocab=32000, n_embd=256, n_layer=4, n_head=4, n_head_kv=2,
+                 head_dim=64, n_ff=768),
+}
+Q4_0, F32 = 2, 0
+
+
+def tensors(h: dict[str, Any]) -> list[tuple[str, tuple[int, ...], int]]:
+    """[(name, ggml ne, type)] for a shape: what the arch's load_arch_tensors asks for."""
+    e, q, kv = h["n_embd"], h["n_head"] * h["head_dim"], h["n_head_kv"] * h["head_dim"]
+    arch = h["arch"]
+    out = [("token_embd.weight", (e, h["n_vocab"]), Q4_0), ("output_norm.weight", (e,), F32)]
+    if not h.get("tied"):
+        out.append(("output.weight", (e, h["n_vocab"]), Q4_0))
+    for il in range(h["n_layer"]):
+        lay = [("attn_norm.weight", (e,), F32), ("attn_q.weight", (e, q), Q4_0),
+               ("attn_k.weight", (e, kv), Q4_0), ("attn_v.weight", (e, kv), Q4_0),
+               ("attn_output.weight", (q, e), Q4_0), ("ffn_norm.weight", (e,), F32)]
+        if arch in ("qwen3", "qwen3moe", "gemma3"):
+            lay += [("attn_q_norm.weight", (h["head_dim"],), F32),
+                    ("attn_k_norm.weight", (h["head_dim"],), F32)]
+        if arch == "gemma3":
+            lay += [("post_attention_norm.weight", (e,), F32), ("post_ffw_norm.weight", (e,), F32)]
+        if h.get("n_expert"):
+            ne, fe = h["n_expert"], h["n_ff_exp"]
+            lay += [("ffn_gate_inp.weight", (e, ne), F32),
+                    ("ffn_gate_exps.weight", (e, fe, ne), Q4_0),
+                    ("ffn_up_exps.weight", (e, fe, ne), Q4_0),
+                    ("ffn_down_exps.weight", (fe, e, ne), Q4_0)]
+        else:
+            lay += [("ffn_gate.weight", (e, h["n_ff"]), Q4_0), ("ffn_up.weight", (e, h["n_ff"]), Q4_0),
+                    ("ffn_down.weight", (h["n_ff"], e), Q4_0)]
+        out += [(f"blk.{il}.{n}", ne, t) for n, ne, t in lay]
+    return out
+
+
+def _nbytes(ne: tuple[int, ...], t: int) -> int:
+    n = 1
+    for x in ne:
+        n *= x
+    return n * 4 if t == F32 else n // 32 * 18
+
+
+def write_sparse_gguf(path: Path, name: str, n_ctx_train: int = 131072) -> dict[str, Any]:
+    """The shape's GGUF: header, metadata and tensor infos, then a hole to the full size."""
+    import gguf
+    import numpy as np
+
+    h = SHAPES[name]
+    arch = h["arch"]
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_string("general.name", f"synthetic {name} (sparse, no data)")
+    w.add_uint32("general.file_type", 2)  # MOSTLY_Q4_0
+    kv: dict[str, Any] = {
+        "context_length": n_ctx_train, "embedding_length": h["n_embd"],
+        "block_count": h["n_layer"], "feed_forward_length": h["n_ff"],
+        "attention.head_count": h["n_head"], "attention.head_count_kv": h["n_head_kv"],
+        "attention.key_length": h["head_dim"], "attention.value_length": h["head_dim"],
+        "rope.dimension_count": h["head_dim"], "rope.freq_base": 1000000.0,
+        "attention.layer_norm_rms_epsilon": 1e-6}
+    if h.get("n_expert"):
+        kv.update({"expert_count": h["n_expert"], "expert_used_count": h["n_expert_used"],
+                   "expert_feed_forward_length": h["n_ff_exp"]})
+    if h.get("n_swa"):
+        kv.update({"attention.sliding_window": h["n_swa"], "rope.freq_base_swa": 10000.0})
+    for k, v in kv.items():
+        (w.add_float32 if isinstance(v, float) else w.add_uint32)(f"{arch}.{k}", v)
+    v = h["n_vocab"]
+    toks = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    toks += [f"\u2581t{i}" for i in range(v - len(toks))]
+    w.add_string("tokenizer.ggml.model", "llama")
+    w.add_array("tokenizer.ggml.tokens", toks)
+    w.add_array("tokenizer.ggml.scores", [0.0] * v)
+    w.add_array("tokenizer.ggml.token_type", [2, 3, 3] + [6] * 256 + [1] * (v - 259))
+    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
+    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
+    total = 0
+    for tname, ne, t in tensors(h):
+        nb = _nbytes(ne, t)
+        w.add_tensor_info(tname, tuple(reversed(ne)), np.dtype(np.float32), nb,
+                          raw_dtype=gguf.GGMLQuantizationType(t))
+        total += -(-nb // 32) * 32
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    start = -(-path.stat().st_size // 32) * 32
+    os.truncate(path, start + total)
+    return {"shape": name, **h, "file_bytes": start + total, "data_offset": start}
+
+
+# --- the child: one model load per (path, ngl), one context per case ----------------------------
+
+_GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+_FA = {"auto": -1, "off": 0, "on": 1}
+
+
+def _child() -> None:  # pragma: no cover - runs in the child process
+    import ctypes
+
+    import llama_cpp  # noqa: F401
+    import llama_cpp.llama_cpp as LL
+
+    keep_debug = ("compute buffer size is", "worst-case", "## SPLIT", "node #")
+    lines: list[str] = []
+    state = {"level": 2, "buf": "", "all": False}
+
+    def on_log(level: int, text: bytes, _ud: object) -> None:
+        if level == 5:
+            level = state["level"]
+        state["level"] = level
+        state["buf"] += text.decode("utf-8", "replace")
+        while "\n" in state["buf"]:
+            line, state["buf"] = state["buf"].split("\n", 1)
+            if level != 1 or any(k in line for k in keep_debug):
+                lines.append(line)
+
+    cb = LL.llama_log_callback(on_log)
+    LL.llama_log_set(cb, ctypes.c_void_p())
+    LL.llama_backend_init()
+    req = json.loads(sys.stdin.read())
+    model, key = None, None
+    for job in req["jobs"]:
+        s = job["s"]
+        k = (job["path"], job.get("real", False), s["ngl"])
+        if k != key:
+            if model:
+                LL.llama_model_free(model)
+            mp = LL.llama_model_default_params()
+            mp.no_alloc = not job.get("real", False)
+            mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
+            mp.n_gpu_layers = s["ngl"]
+            model = LL.llama_model_load_from_file(job["path"].encode(), mp)
+            key = k
+        lines.clear()
+        t = time.time()
+        ok = False
+        if model:
+            cp = LL.llama_context_default_params()
+            cp.n_ctx, cp.n_batch, cp.n_ubatch = s["n_ctx"], s.get("n_batch", 2048), s.get("n_ubatch", 512)
+            cp.n_seq_max = s.get("n_seq", 1)
+            cp.type_k, cp.type_v = _GGML_TYPES[s["tk"]], _GGML_TYPES[s["tv"]]
+            cp.flash_attn_type = _FA[s["fa"]]
+            cp.swa_full = s.get("swa_full", False)
+            cp.n_threads = cp.n_threads_batch = 4
+            ctx = LL.llama_init_from_model(model, cp)
+            ok = bool(ctx)
+            if ctx:
+                LL.llama_free(ctx)
+        else:
+            key = None
+        print(json.dumps({"ok": ok, "s": time.time() - t, "lines": lines}), flush=True)
+
+
+def run_jobs(jobs: list[dict[str, Any]], env: dict[str, str] | None = None,
+             timeout: float = 900) -> list[dict[str, Any]]:
+    """Run jobs in as few children as possible; a job that kills the child is reported."""
+    out: list[dict[str, Any]] = []
+    pending = list(jobs)
+    e = {**os.environ, "GGML_NO_BACKTRACE": "1", **(env or {})}
+    while pending:
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"],
+                           input=json.dumps({"jobs": pending}), capture_output=True, text=True,
+                           timeout=timeout, env=e)
+        done = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+        out += done
+        if len(done) < len(pending):
+            out.append({"ok": False, "lines": [], "died": p.stderr[-800:]})
+            pending = pending[len(done) + 1:]
+        else:
+            pending = []
+    return out
+
+
+def parse(lines: list[str]) -> dict[str, Any]:
+    """compute buffer sizes (MiB) per buffer type, exact to 1e-4 when the DEBUG line exists."""
+    import re
+
+    r: dict[str, Any] = {"compute": {}, "kv": {}, "output": {}, "other": []}
+    for ln in lines:
+        m = re.search(r"(\S+) (compute|KV|output) buffer size = +([0-9.]+) MiB", ln)
+        if m:
+            comp = {"compute": "compute", "KV": "kv", "output": "output"}[m.group(2)]
+            r[comp][m.group(1)] = float(m.group(3))
+            continue
+        m = re.search(r"(\S+) compute buffer size is +([0-9.]+) MiB", ln)
+        if m:
+            r["compute"][m.group(1)] = float(m.group(2))
+        elif "flash_attn" in ln or "graph nodes" in ln or "graph:" in ln or "worst-case" in ln \
+                or "Flash Attention" in ln or "failed" in ln or "error" in ln.lower():
+            r["other"].append(ln.strip()[:200])
+    return r
+
+
+def grid(name: str, which: str) -> list[dict[str, Any]]:
+    h = SHAPES[name]
+    n = h["n_layer"]
+    if which == "main":
+        ngls = [-1, n, 3 * n // 4, n // 2, n // 4, 0]
+        ctxs = [4096, 32768, 131072]
+        kvs = [("f16", "f16", "on"), ("f16", "f16", "off"), ("q8_0", "q8_0", "on"),
+               ("q4_0", "q4_0", "on")]
+        cases = [dict(ngl=g, n_ctx=c, tk=k, tv=v, fa=f) for g in ngls for c in ctxs
+                 for k, v, f in kvs]
+        # ubatch, parallel sequences, mixed K/V types, explicit FA auto
+        cases += [dict(ngl=-1, n_ctx=16384, tk="f16", tv="f16", fa="on", n_ubatch=2048),
+                  dict(ngl=-1, n_ctx=16384, tk="q8_0", tv="q8_0", fa="on", n_ubatch=1024),
+                  dict(ngl=-1, n_ctx=16384, tk="f16", tv="f16", fa="off", n_ubatch=1024),
+                  dict(ngl=n // 2, n_ctx=16384, tk="f16", tv="f16", fa="on", n_ubatch=2048),
+                  dict(ngl=-1, n_ctx=32768, tk="f16", tv="f16", fa="on", n_seq=4),
+                  dict(ngl=-1, n_ctx=32768, tk="q8_0", tv="q8_0", fa="on", n_seq=4),
+                  dict(ngl=-1, n_ctx=16384, tk="q8_0", tv="f16", fa="off"),
+                  dict(ngl=-1, n_ctx=16384, tk="q4_0", tv="f16", fa="on"),
+                  dict(ngl=-1, n_ctx=8192, tk="f16", tv="f16", fa="auto")]
+        return cases
+    # "check": settings the fit never saw
+    ngls = [-1, n - 1, n // 3, 1]
+    return [dict(ngl=g, n_ctx=c, tk=k, tv=k, fa=f) for g in ngls for c in (12288, 65536)
+            for k, f in (("f16", "on"), ("q8_0", "on"), ("q4_0", "on"), ("f16", "off"))]
+
+
+DEBUG_CASES = [("llama3-70b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on")),
+               ("llama3-70b", dict(ngl=-1, n_ctx=65536, tk="q4_0", tv="q4_0", fa="on")),
+               ("llama3-8b", dict(ngl=-1, n_ctx=8192, tk="f16", tv="f16", fa="off")),
+               ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=32768, tk="f16", tv="f16", fa="on")),
+               ("qwen3moe-30b-a3b", dict(ngl=12, n_ctx=32768, tk="f16", tv="f16", fa="on")),
+               ("gemma3-27b", dict(ngl=-1, n_ctx=32768, tk="q8_0", tv="q8_0", fa="on")),
+               ("qwen3-32b", dict(ngl=32, n_ctx=4096, tk="f16", tv="f16", fa="off"))]
+REAL_CASES = [("llama3-8b", dict(ngl=-1, n_ctx=32768, tk="q8_0", tv="q8_0", fa="on")),
+              ("llama3-8b", dict(ngl=16, n_ctx=16384, tk="f16", tv="f16", fa="on")),
+              ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=16384, tk="q4_0", tv="q4_0", fa="on")),
+              ("llama3-70b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on"))]
+
+
+def main() -> int:
+    if "--child" in sys.argv:
+        _child()
+        return 0
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--grid", default="main")
+    ap.add_argument("--shapes", default="llama3-8b,qwen3-32b,llama3-70b,qwen3moe-30b-a3b,gemma3-27b")
+    ap.add_argument("--model-dir", default="/tmp/kvdeck-shapes")
+    ap.add_argument("--real", action="store_true")
+    ap.add_argument("--debug", action="store_true")
+    ap.add_argument("--budget-s", type=float, default=420)
+    a = ap.parse_args()
+    t0 = time.time()
+    out, mdir = Path(a.out), Path(a.model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mdir.mkdir(parents=True, exist_ok=True)
+    names = a.shapes.split(",")
+    meta = {n: write_sparse_gguf(mdir / f"{n}.gguf", n) for n in names}
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "shapes": meta, "cases": [],
+                           "real": [], "write_s": round(time.time() - t0, 1)}
+    path = out / f"raw-{a.grid}.json"
+    for n in names:
+        cases = grid(n, a.grid)
+        jobs = [{"path": str(mdir / f"{n}.gguf"), "s": c} for c in cases]
+        t = time.time()
+        for c, r in zip(cases, run_jobs(jobs)):
+            res["cases"].append({"shape": n, "settings": c, "ok": r["ok"], "wall_s": r.get("s"),
+                                 **parse(r["lines"]), "died": r.get("died")})
+        print(f"{n}: {len(cases)} cases in {time.time() - t:.1f} s", flush=True)
+        path.write_text(json.dumps(res, indent=0))
+    if a.debug:
+        for i, (n, c) in enumerate(DEBUG_CASES):
+            if n not in names or time.time() - t0 > a.budget_s * 0.7:
+                continue
+            r = run_jobs([{"path": str(mdir / f"{n}.gguf"), "s": c}], env={"GGML_SCHED_DEBUG": "2"})
+            with gzip.open(out / f"debug{i}.txt.gz", "wt") as f:
+                f.write(json.dumps({"shape": n, "settings": c}) + "\n")
+                f.write("\n".join(r[0]["lines"]))
+    if a.real:
+        for n, c in REAL_CASES:
+            if n not in names or time.time() - t0 > a.budget_s * 0.8:
+                continue
+            t = time.time()
+            r = run_jobs([{"path": str(mdir / f"{n}.gguf"), "s": c, "real": True}])[0]
+            res["real"].append({"shape": n, "settings": c, "ok": r["ok"], "load_s": time.time() - t,
+                                **parse(r["lines"]), "died": r.get("died")})
+            print(f"real {n} {c}: {time.time() - t:.1f} s", flush=True)
+            path.write_text(json.dumps(res, indent=0))
+    res["total_s"] = round(time.time() - t0, 1)
+    path.write_text(json.dumps(res, indent=0))
+    print(json.dumps({"cases": len(res["cases"]), "bad": sum(not c["ok"] for c in res["cases"]),
+                      "total_s": res["total_s"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
