@@ -17,10 +17,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from engine.core.errors import KvDeckError
-from engine.hub.names import RemoteFile, RemoteModel, group_files, valid_file_name, valid_repo_id
+from engine.hub.names import (
+    RemoteFile,
+    RemoteModel,
+    group_files,
+    valid_file_name,
+    valid_repo_id,
+)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONNECT_TIMEOUT_S = 10.0
@@ -57,11 +63,16 @@ def session() -> Any:
     return get_session()
 
 
-def headers(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Request headers with the user's token (``HF_TOKEN`` or ``hf auth login``), if any."""
+def headers(extra: dict[str, str] | None = None, url: str | None = None) -> dict[str, str]:
+    """Request headers with the user's token (``HF_TOKEN`` or ``hf auth login``), if any.
+
+    Never for another host than the Hub's (`url`: the CDN's signed URL reused for the next
+    range): the token is the Hub's secret, and a signed URL refuses a second credential."""
     from huggingface_hub.utils import build_hf_headers
 
-    return build_hf_headers(library_name="kvdeck", headers=extra)
+    foreign = url is not None and urlsplit(url).hostname != urlsplit(endpoint()).hostname
+    return build_hf_headers(token=False if foreign else None, library_name="kvdeck",
+                            headers=extra)
 
 
 def check_repo(repo: str) -> None:

@@ -22,9 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.core import paths
-from engine.hub.client import (READ_TIMEOUT_S, HubError, HubUnreachable, check_file,
-                               check_repo, endpoint, headers, hub_errors, offline,
-                               resolve_url, session, timeout)
+from engine.hub.client import (
+    READ_TIMEOUT_S,
+    HubError,
+    HubUnreachable,
+    check_file,
+    check_repo,
+    endpoint,
+    headers,
+    hub_errors,
+    offline,
+    resolve_url,
+    session,
+    timeout,
+)
 from engine.hub.names import RemoteModel
 
 CHUNK = 1024 * 1024
@@ -83,7 +94,7 @@ def _link(blob: Path, snap: Path) -> None:
     os.replace(tmp, snap)
 
 
-def _hash_prefix(path: Path, cancel: threading.Event | None) -> "hashlib._Hash":
+def _hash_prefix(path: Path, cancel: threading.Event | None) -> hashlib._Hash:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
@@ -131,7 +142,7 @@ def _fetch(url: str, partial: Path, total: int, sha: hashlib._Hash, meter: _Mete
         got = 0
         try:
             with hub_errors(label), session().stream("GET", url, timeout=timeout(), headers=headers(
-                    {"Range": f"bytes={have}-", "Accept-Encoding": "identity"})) as r:
+                    {"Range": f"bytes={have}-", "Accept-Encoding": "identity"}, url)) as r:
                 if r.status_code >= 400:
                     r.read()
                     from huggingface_hub.utils import hf_raise_for_status
@@ -147,7 +158,7 @@ def _fetch(url: str, partial: Path, total: int, sha: hashlib._Hash, meter: _Mete
                                    "file (a login or proxy page?)")
                 url = str(r.url)  # the CDN's URL: later ranges skip the redirect
                 with open(partial, "ab") as fh:
-                    for chunk in r.iter_bytes(CHUNK):
+                    for chunk in r.iter_bytes():  # as it arrives: a drop loses nothing
                         if cancel is not None and cancel.is_set():
                             raise Cancelled(f"{label}: download cancelled")
                         if have + got + len(chunk) > total:

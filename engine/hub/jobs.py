@@ -8,6 +8,7 @@ partial file, so adding the model again resumes it, unless the cancel discards i
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from engine.hub.download import Cancelled, Progress, download_model
 from engine.hub.names import RemoteModel
 
 _ids = itertools.count(1)
+_log = logging.getLogger("kvdeck.hub")
 
 
 @dataclass
@@ -108,8 +110,8 @@ class DownloadQueue:
         if self._on_change is not None:
             try:
                 self._on_change(job)
-            except Exception:  # a broken listener must not kill the queue
-                pass
+            except Exception:  # noqa: BLE001  (a broken listener must not kill the queue)
+                _log.exception("download listener failed")
 
     def _run(self) -> None:
         while True:
@@ -140,7 +142,8 @@ class DownloadQueue:
                 self._discard(job)
         except KvDeckError as exc:
             job.state, job.error = "failed", str(exc)
-        except Exception as exc:  # a bug: the job fails with a sentence, the queue goes on
+        except Exception as exc:  # noqa: BLE001  (a bug: the job fails, the queue goes on)
+            _log.exception("download failed")
             job.state, job.error = "failed", f"internal error ({type(exc).__name__}: {exc})"
 
     @staticmethod

@@ -16,7 +16,7 @@ from typing import Any
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 _QUANT_RE = re.compile(
     r"(?<![A-Za-z0-9])(?:UD-)?("
-    r"I?Q\d(?:_[A-Z0-9]{1,2}){0,3}|TQ\d_\d|MXFP4(?:_MOE)?|NVFP4|BF16|F16|F32|FP16|FP32"
+    r"I?Q\d(?:_[A-Z0-9]{1,3}){0,3}|TQ\d_\d|MXFP4(?:_MOE)?|NVFP4|BF16|F16|F32|FP16|FP32"
     r")(?![A-Za-z0-9])", re.IGNORECASE)
 _MTP_RE = re.compile(r"(?<![a-z0-9])mtp(?![a-z])", re.IGNORECASE)
 ROLES = ("model", "mmproj", "draft", "mtp")
@@ -26,7 +26,7 @@ _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._
 
 def valid_repo_id(repo: str) -> bool:
     """True for ``owner/name`` made of the characters the Hub allows (no ``..`` or ``--``)."""
-    return bool(_REPO_RE.match(repo)) and ".." not in repo and "--" not in repo
+    return bool(_REPO_RE.fullmatch(repo)) and ".." not in repo and "--" not in repo
 
 
 def valid_file_name(name: str) -> bool:

@@ -23,11 +23,20 @@ from engine.core import paths
 from engine.core.errors import ModelFileError
 from engine.gguf.inspect import GGUFInfo, inspect_header
 from engine.gguf.reader import Corrupt, Incomplete, read_header
-from engine.hub.client import (HubError, check_file, check_repo, headers, hub_errors,
-                               resolve_url, session, timeout)
+from engine.hub.client import (
+    HubError,
+    check_file,
+    check_repo,
+    headers,
+    hub_errors,
+    resolve_url,
+    session,
+    timeout,
+)
 from engine.hub.names import RemoteFile, RemoteModel
 
-FIRST_RANGE = 512 * 1024
+FIRST_RANGE = 512 * 1024  # most of it is the vocabulary: 256k tokens need a few MB
+LATER_PART_RANGE = 64 * 1024  # parts after a split model's first: a tensor table, no vocab
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # no real header comes close; a lying one stops here
 
 
@@ -64,39 +73,40 @@ class _RangeReader:
     def read(self, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file; fewer only if the file ends sooner."""
         want = end - start
-        with hub_errors(self.label):
-            with session().stream("GET", self.url, timeout=timeout(), headers=headers(
-                    {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"})) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    from huggingface_hub.utils import hf_raise_for_status
+        ask = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+        with hub_errors(self.label), session().stream(
+                "GET", self.url, timeout=timeout(), headers=headers(ask, self.url)) as r:
+            if r.status_code >= 400:
+                r.read()
+                from huggingface_hub.utils import hf_raise_for_status
 
-                    hf_raise_for_status(r)
-                if r.status_code not in (200, 206):
-                    raise HubError(f"{self.label}: the Hub answered HTTP {r.status_code}")
-                if "text/html" in r.headers.get("content-type", "").lower():
-                    raise HubError(f"{self.label}: the server answered with a web page, not "
-                                   "the file (a login or proxy page?)")
-                skip = start if r.status_code == 200 else 0  # range ignored: whole file
-                if r.status_code == 206 and not r.headers.get(
-                        "content-range", "").startswith(f"bytes {start}-"):
-                    raise HubError(f"{self.label}: the server answered a different range")
-                self.url = str(r.url)  # after redirects: the CDN's (signed) URL
-                out = bytearray()
-                for chunk in r.iter_bytes(64 * 1024):
-                    self.stats.bytes_read += len(chunk)
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                    out += chunk
-                    if len(out) >= want:
-                        break
-                self.stats.requests += 1
+                hf_raise_for_status(r)
+            if r.status_code not in (200, 206):
+                raise HubError(f"{self.label}: the Hub answered HTTP {r.status_code}")
+            if "text/html" in r.headers.get("content-type", "").lower():
+                raise HubError(f"{self.label}: the server answered with a web page, not "
+                               "the file (a login or proxy page?)")
+            skip = start if r.status_code == 200 else 0  # range ignored: whole file
+            if r.status_code == 206 and not r.headers.get(
+                    "content-range", "").startswith(f"bytes {start}-"):
+                raise HubError(f"{self.label}: the server answered a different range")
+            self.url = str(r.url)  # after redirects: the CDN's (signed) URL
+            out = bytearray()
+            for chunk in r.iter_bytes():
+                self.stats.bytes_read += len(chunk)
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                out += chunk
+                if len(out) >= want:
+                    break
+            self.stats.requests += 1
         return bytes(out[:want])
 
 
 def fetch_header(repo: str, f: RemoteFile, revision: str = "main",
-                 stats: ReadStats | None = None) -> tuple[Path, tuple[Any, Any, Any]]:
+                 stats: ReadStats | None = None, first_range: int = FIRST_RANGE
+                 ) -> tuple[Path, tuple[Any, Any, Any]]:
     """(cached header file, parsed header) of one remote GGUF file, fetching only what the
     disk cache lacks. Raises `HubError` or `ModelFileError` (not a GGUF, corrupt, too big)."""
     check_repo(repo)
@@ -114,7 +124,7 @@ def fetch_header(repo: str, f: RemoteFile, revision: str = "main",
     except OSError:
         data = b""
     reader: _RangeReader | None = None
-    want = min(f.size, max(FIRST_RANGE, len(data)))
+    want = min(f.size, max(first_range, len(data)))
     while True:
         if len(data) < want:
             reader = reader or _RangeReader(repo, f, revision, stats)
@@ -162,7 +172,8 @@ def remote_info(model: RemoteModel, revision: str = "main",
                                                       stats)
     tensors = list(tensors)
     for part in model.files[1:]:
-        _p, (_m, _t, more) = fetch_header(model.repo, part, revision, stats)
+        _p, (_m, _t, more) = fetch_header(model.repo, part, revision, stats,
+                                          first_range=LATER_PART_RANGE)
         tensors += more
     try:
         return inspect_header(str(first_path), (meta, types, tensors), model.size or 0)
