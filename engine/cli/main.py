@@ -20,6 +20,7 @@ from engine.cli import memory as cli_memory
 from engine.cli import precision as cli_precision
 from engine.cli import bench as cli_bench
 from engine.cli import serve as cli_serve
+from engine.cli import hub as cli_hub
 from engine.chat.conversation import reply
 from engine.chat.template import ChatMessage
 from engine.core import logfile, paths
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_precision.register(sub)
     cli_bench.register(sub)
     cli_serve.register(sub)  # the OpenAI-compatible API server (engine.serve.server)
+    cli_hub.register(sub)  # kvdeck hub search|files|get (engine.hub)
     return parser
 
 
@@ -175,6 +177,7 @@ COMMANDS = {"inspect": cmd_inspect, "chat": cmd_chat, "plan": cli_memory.cmd_pla
 COMMANDS["precision"] = cli_precision.cmd_precision
 COMMANDS["bench"] = cli_bench.cmd_bench
 COMMANDS["serve"] = cli_serve.cmd_serve
+COMMANDS["hub"] = cli_hub.cmd_hub
 
 
 def _setup_logging() -> Path | None:

@@ -48,6 +48,20 @@ def data_dir() -> Path:
     return path
 
 
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache folder, resolved like `huggingface_hub` does but at call
+    time (its constants are read once at import): ``HF_HUB_CACHE``, else ``HF_HOME/hub``,
+    else ``$XDG_CACHE_HOME/huggingface/hub`` or ``~/.cache/huggingface/hub``. The library
+    scan looks for models there and `engine.hub` downloads into it, so both must agree."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "huggingface" / "hub"
+
+
 def db_path() -> Path:
     """The chat history database file (it may not exist yet)."""
     return data_dir() / DB_FILENAME

@@ -24,7 +24,7 @@ from engine.gguf.hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, NO_M
                                  SWA_IF_WINDOW, WeightLayout,
                                  indexer_layer_flags, kv_layer_flags, recurrent_flags,
                                  weight_layout)
-from engine.gguf.reader import Array as _Array, Corrupt as _Corrupt, read_header
+from engine.gguf.reader import Array as _Array, Corrupt as _Corrupt, TensorRow, read_header
 from engine.gguf.sparse import sparse_meta
 
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts (GGML_ASSERT) above this.
@@ -34,6 +34,7 @@ _MAX_DIM = 1 << 20  # sanity bound for embedding width, head counts and head siz
 _FTYPE_NAMES = {int(t): t.name.split("_", 1)[1] for t in LlamaFileType
                 if t.name.startswith(("MOSTLY_", "ALL_"))}  # MOSTLY_Q4_K_M -> Q4_K_M
 _U32_MAX = 2**32 - 1
+Header = tuple[dict[str, Any], dict[str, int], list[TensorRow]]  # what read_header returns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,9 +186,9 @@ def _some_swa(arch: str, p: str, flags: tuple[bool, ...]) -> tuple[bool, ...]:
     return flags
 
 
-def _build(path: str, size: int) -> GGUFInfo:
+def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
     """Apply llama.cpp's hparam rules to the parsed header, rejecting what it would reject."""
-    meta, _types, tensors = read_header(path, size)
+    meta, _types, tensors = header or read_header(path, size)
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch.isprintable() or not 0 < len(arch.strip()) < 64:
         raise _Corrupt("lacks a usable general.architecture")
@@ -373,3 +374,15 @@ def inspect_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
     except Exception as exc:  # a parser bug must still read as a sentence, never a traceback
         raise ModelFileError(f"{label} could not be inspected ({type(exc).__name__}: {exc})"
                              ) from exc
+
+
+def inspect_header(path: str, header: Header, file_bytes: int) -> GGUFInfo:
+    """`inspect_gguf` for a header parsed elsewhere: read with range requests from a prefix of
+    a remote file (engine.hub), or the tensor tables of a split model's parts put together.
+    `path` names the model in messages and must hold a copy of the header for re-reads
+    (`read_tensor_dims`); the same rules apply and failures read the same."""
+    label = os.path.basename(os.path.normpath(path)) or path
+    try:
+        return _build(path, file_bytes, header)
+    except _Corrupt as exc:
+        raise ModelFileError(f"{label} {exc}") from None

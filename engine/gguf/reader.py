@@ -11,9 +11,11 @@ that fails gets a sentence instead of a log line from a child process.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import struct
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -38,6 +40,16 @@ class Corrupt(Exception):
     """The header is malformed; the message completes "<file> ..."."""
 
 
+class Incomplete(Exception):
+    """A header read from a prefix of the file (`read_header(..., data=prefix)`) needs more
+    bytes than the prefix holds: `needed` of them, at least. Remote readers (range requests)
+    fetch more and parse again; a local file never raises this."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(f"the header needs at least {needed} bytes")
+        self.needed = needed
+
+
 class Array(NamedTuple):
     """A metadata array; `items` is None for string arrays and very long numeric ones."""
 
@@ -49,12 +61,15 @@ class Array(NamedTuple):
 class _Cursor:
     """Bounds-checked little-endian reader over the mapped header."""
 
-    def __init__(self, buf: mmap.mmap, size: int) -> None:
+    def __init__(self, buf: mmap.mmap | bytes, size: int) -> None:
         self.buf, self.size, self.pos = buf, size, 0
+        self.avail = min(size, len(buf))  # < size when only a prefix of the file is at hand
 
     def take(self, n: int) -> int:
         if n < 0 or self.pos + n > self.size:
             raise Corrupt(TRUNCATED)
+        if self.pos + n > self.avail:
+            raise Incomplete(self.pos + n)
         self.pos += n
         return self.pos - n
 
@@ -93,10 +108,10 @@ class _Cursor:
                          if keep else None)
         if elem != 8 or count * 8 > self.size - self.pos:  # llama.cpp rejects nested arrays
             raise Corrupt("is corrupt (malformed metadata array)")
-        buf, pos, size, unpack = self.buf, self.pos, self.size, _STRUCTS["Q"].unpack_from
+        buf, pos, avail, unpack = self.buf, self.pos, self.avail, _STRUCTS["Q"].unpack_from
         for _ in range(count):  # hot loop: step over tokens/merges without decoding them
-            if pos + 8 > size:
-                raise Corrupt(TRUNCATED)
+            if pos + 8 > avail:
+                self.take(pos + 8 - self.pos)  # raises Corrupt, or Incomplete for a prefix
             pos += 8 + unpack(buf, pos)[0]
         self.take(pos - self.pos)
         return Array(elem, count, None)
@@ -126,9 +141,24 @@ def _tensor_info(cur: _Cursor) -> tuple[str, list[int], int, int]:
     return name, dims, cur.num("I"), cur.num("Q")
 
 
-def read_header(path: str, size: int) -> tuple[dict[str, Any], dict[str, int], list[TensorRow]]:
-    """(metadata, value type per key, tensors) of a GGUF file, or `Corrupt`."""
+@contextlib.contextmanager
+def _mapped(path: str, data: bytes | None) -> Iterator[mmap.mmap | bytes]:
+    """`data` itself, else the file at `path` mapped read-only."""
+    if data is not None:
+        yield data
+        return
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        yield buf
+
+
+def read_header(path: str, size: int, data: bytes | None = None
+                ) -> tuple[dict[str, Any], dict[str, int], list[TensorRow]]:
+    """(metadata, value type per key, tensors) of a GGUF file, or `Corrupt`.
+
+    `data`, when given, is the start of the file (fetched with a range request; `size` is the
+    whole file's) and is parsed instead of opening `path`: `Incomplete` says how much more of
+    the file the header needs."""
+    with _mapped(path, data) as buf:
         cur = _Cursor(buf, size)
         if buf[:4] != b"GGUF":
             raise Corrupt("is not a GGUF file (bad magic)")

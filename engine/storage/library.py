@@ -42,13 +42,7 @@ class ModelEntry:
 
 
 def _hf_hub_cache() -> Path:
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(cache).expanduser() / "huggingface" / "hub"
+    return paths.hf_hub_cache()  # shared with engine.hub, which downloads into it
 
 
 def default_search_roots() -> list[tuple[str, Path]]:
