@@ -24,8 +24,8 @@ from engine.gguf.inspect import GGUFInfo, inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.kv_sizes import kv_caches
 from engine.plan.rules import check_settings
-from gguf_factory import FAMILIES, write_family
-from llama_dry_run import DryRun, dry_run
+from tests.helpers.gguf_factory import FAMILIES, write_family
+from tests.helpers.llama_dry_run import DryRun, dry_run
 
 SETTINGS = [S(n_ctx=512, flash_attn="on"),
             S(n_ctx=1024, n_seq_max=2, flash_attn="off", swa_full=False)]

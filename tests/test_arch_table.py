@@ -69,7 +69,7 @@ def test_the_analytic_plan_says_which_architectures_it_does_not_know(tmp_path: P
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
     from engine.core.memory_types import PlanSettings
-    from gguf_factory import write_llama
+    from tests.helpers.gguf_factory import write_llama
 
     llama = inspect_gguf(write_llama(tmp_path / "m.gguf"))
     assert not any("does not know" in n for n in analytic_plan(llama, PlanSettings(), []).notes)

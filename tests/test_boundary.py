@@ -16,8 +16,8 @@ from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.protocol.errors import EXCEPTIONS, ErrorKind, exception_for, kind_for
 from engine.serve.server import REFUSALS, _refusal
-from tests.gguf_factory import write_llama
-from tests.runtime_host import running_host
+from tests.helpers.gguf_factory import write_llama
+from tests.helpers.runtime_host import running_host
 
 CPU = [Device("CPU", "cpu", 64 * GiB, 64 * GiB)]
 

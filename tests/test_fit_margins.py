@@ -16,7 +16,7 @@ from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.fit import budgets_for, default_settings, fit, preflight
 from engine.plan.margins import DEFAULT_CPU_MARGIN, DEFAULT_GPU_MARGIN, Margins
-from gguf_factory import write_llama
+from tests.helpers.gguf_factory import write_llama
 
 CPU = Device("CPU", "cpu", 8 * GiB, 3 * GiB)
 GPU0 = Device("CUDA0", "gpu", 24 * GiB, 20 * GiB)

@@ -1,4 +1,4 @@
-"""engine.hub and ``kvdeck hub`` against a fake Hub on 127.0.0.1 (tests/hub_server.py).
+"""engine.hub and ``kvdeck hub`` against a fake Hub on 127.0.0.1 (tests/helpers/hub_server.py).
 
 Covers: search -> files -> a verdict equal to `kvdeck fit` on the same file locally, read
 from a small fraction of the file; split models; downloads that resume after a dropped
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import gguf
 import pytest
-from gguf_factory import write_llama
-from hub_server import COMMIT, FakeHub
+from tests.helpers.gguf_factory import write_llama
+from tests.helpers.hub_server import COMMIT, FakeHub
 
 from engine.cli.main import main
 from engine.core.errors import KvDeckError

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app import markdown_view
+from app.chat import markdown_view
 from app.chat.markdown_view import escape_plain, render_markdown
 
 # --- raw HTML is text, never markup ---------------------------------------
