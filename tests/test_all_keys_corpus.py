@@ -37,7 +37,7 @@ class Empty(tuple):
 
 def write_odd(name: str, directory: Path, changes: dict[str, Any]) -> Path:
     """FAMILIES[name] with `changes`; empty arrays are patched in through gguf_raw."""
-    from gguf_raw import T_U32, base, kv_array
+    from tests.helpers.gguf_raw import T_U32, base, kv_array
 
     arch = FAMILIES[name].arch
     empty = [k for k, v in changes.items() if isinstance(v, Empty)]

@@ -6,6 +6,7 @@ from PySide6.QtCore import QCoreApplication, QThread, Qt
 
 from app.bridges.runtime_bridge import RuntimeBridge
 from engine import protocol as P
+from engine.core.memory_types import PlanSettings
 
 pytestmark = pytest.mark.slow
 TIMEOUT_MS = 60_000
@@ -45,7 +46,7 @@ def test_a_refused_generate_is_answered_on_the_gui_thread(qtbot, smollm2_path):
     bridge = RuntimeBridge()
     try:
         with qtbot.waitSignal(bridge.loaded, timeout=TIMEOUT_MS):
-            bridge.load(P.LoadParams(path=str(smollm2_path), n_ctx=256, n_threads=1))
+            bridge.load(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=256), n_threads=1))
         threads: list[bool] = []
         bridge.generationFailed.connect(lambda _m: threads.append(_on_gui_thread()),
                                         Qt.ConnectionType.DirectConnection)
