@@ -36,7 +36,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_files(args: argparse.Namespace) -> int:
     from engine.hub.client import list_files
-    from engine.hub.verdict import judge, sort_key, Candidate
+    from engine.hub.verdict import Candidate, judge, sort_key
 
     listing = list_files(args.repo, args.revision)
     if args.no_verdict:
