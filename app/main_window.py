@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
@@ -342,9 +342,13 @@ class MainWindow(QMainWindow):
         """The "Get models" pane, wide enough for its verdicts, the search field focused."""
         self.hub.show()
         self.hub.raise_()
-        if self.hub.width() < 760:
-            self.resizeDocks([self.hub], [760], Qt.Orientation.Horizontal)
+        QTimer.singleShot(0, self._widen_hub)  # once the dock is laid out (a first show)
         self.hub.pane.query.setFocus()
+
+    def _widen_hub(self) -> None:
+        wanted = max(760, self.width() // 2)
+        if self.hub.isVisible() and self.hub.width() < wanted:
+            self.resizeDocks([self.hub], [wanted], Qt.Orientation.Horizontal)
 
     # ------------------------------------------------------------------ conversations
     def _new_conversation(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 from PySide6.QtCore import Qt, QTimer
 
 from app.hub import text
-from app.hub.files_view import ROLE, VERDICT
+from app.hub.files_view import NAME, ROLE, VERDICT
 from app.hub.pane import HubPane
 from engine.core.memory_types import Device
 from engine.hub import client
@@ -94,8 +94,11 @@ def _open(qtbot, pane: HubPane, repo: str) -> None:
 
 def _rows(pane: HubPane) -> list[tuple[str, str, str]]:
     t = pane.files.tree
-    return [(t.topLevelItem(i).data(1, Qt.ItemDataRole.UserRole), t.topLevelItem(i).text(ROLE),
-             t.topLevelItem(i).text(VERDICT)) for i in range(t.topLevelItemCount())]
+    rows = [t.topLevelItem(i) for i in range(t.topLevelItemCount())]
+    for r in rows:  # what the user reads: the name, then the verdict on the second line
+        assert r.text(NAME).endswith("\n" + r.data(NAME, VERDICT))
+    return [(r.data(NAME, Qt.ItemDataRole.UserRole), r.text(ROLE), r.data(NAME, VERDICT))
+            for r in rows]
 
 
 def _cache_files(hub_home: Path) -> list[Path]:
@@ -123,7 +126,7 @@ def test_search_files_and_verdicts_equal_the_engine(qtbot, hub: FakeHub, pane: H
     assert any(c.verdict is not None and c.verdict.fits for c in engine)
     assert _rows(pane)[-1][1] == "vision projector"
     split = pane.files.row_of("split/tiny-llama-split-F16.gguf")
-    assert split is not None and split.childCount() > 1 and "parts)" in split.text(1)
+    assert split is not None and split.childCount() > 1 and split.text(NAME).split("\n")[0].endswith(f" · {split.childCount()} parts")
     assert "fit this machine" in pane.status.text()
 
 

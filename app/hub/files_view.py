@@ -30,8 +30,9 @@ from engine.hub.client import RepoListing
 from engine.hub.names import RemoteModel
 
 log = logging.getLogger(__name__)
-COLUMNS = ("Quant", "File", "Size", "Role", "Memory verdict (this machine)", "")
-Q, NAME, SIZE, ROLE, VERDICT, ACTION = range(6)
+COLUMNS = ("File · memory verdict on this machine", "Quant", "Size", "Role", "")
+NAME, Q, SIZE, ROLE, ACTION = range(5)
+VERDICT = Qt.ItemDataRole.UserRole + 1  # the verdict line of a row (data of the NAME column)
 LOADABLE = ("model", "draft")  # a projector or an MTP head is not a chat model on its own
 
 
@@ -56,18 +57,17 @@ class FilesView(QWidget):
         self.tree.setColumnCount(len(COLUMNS))
         self.tree.setHeaderLabels(list(COLUMNS))
         self.tree.setRootIsDecorated(True)
-        self.tree.setUniformRowHeights(True)
+        # the verdict is the point of the list: it is the second line under the file name, in
+        # the widest column, so a narrow dock does not cut it off in a column of its own; a
+        # line too long still loses its end, not its gist (the whole is the row's tooltip)
+        self.tree.setUniformRowHeights(False)
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         header = self.tree.header()
         header.setStretchLastSection(False)
-        for col, mode in ((Q, QHeaderView.ResizeMode.ResizeToContents),
-                          (NAME, QHeaderView.ResizeMode.Interactive),
-                          (SIZE, QHeaderView.ResizeMode.ResizeToContents),
-                          (ROLE, QHeaderView.ResizeMode.ResizeToContents),
-                          (VERDICT, QHeaderView.ResizeMode.Stretch),
-                          (ACTION, QHeaderView.ResizeMode.ResizeToContents)):
-            header.setSectionResizeMode(col, mode)
-        header.resizeSection(NAME, 230)
+        header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)
+        for col in (Q, SIZE, ROLE, ACTION):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tree)
@@ -184,24 +184,25 @@ class FilesView(QWidget):
     def _item(self, m: RemoteModel) -> QTreeWidgetItem:
         c = self.candidates.get(m.name)
         verdict = verdict_text(c) if c is not None else "checking…"
-        parts = f"  ({len(m.files)} of {m.n_parts} parts)" if m.n_parts > 1 else ""
-        item = QTreeWidgetItem([m.quant, m.name + parts, size_text(m.size), role_text(m.role),
-                                verdict, ""])
+        parts = ("" if m.n_parts == 1 else f" · {m.n_parts} parts" if m.complete
+                 else f" · {len(m.files)} of {m.n_parts} parts (incomplete)")
+        item = QTreeWidgetItem([f"{m.name}{parts}\n{verdict}", m.quant, size_text(m.size),
+                                role_text(m.role), ""])
         item.setData(NAME, Qt.ItemDataRole.UserRole, m.name)
-        item.setToolTip(NAME, f"{m.repo}\n{m.name}")
-        item.setToolTip(VERDICT, verdict)
+        item.setData(NAME, VERDICT, verdict)
+        item.setToolTip(NAME, f"{m.repo} · {m.name}\n{verdict}")
         style = self.style()
         if c is not None:
             sp = QStyle.StandardPixmap
             icon = (sp.SP_MessageBoxInformation if m.role == "mmproj"
                     else sp.SP_MessageBoxWarning if c.verdict is None
                     else sp.SP_DialogApplyButton if c.verdict.fits else sp.SP_DialogCancelButton)
-            item.setIcon(VERDICT, style.standardIcon(icon))
+            item.setIcon(NAME, style.standardIcon(icon))
         item.setTextAlignment(SIZE, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if m.n_parts > 1:
             for f in m.files:
-                child = QTreeWidgetItem(["", f.name.rsplit("/", 1)[-1], size_text(f.size), "",
-                                         "", ""])
+                child = QTreeWidgetItem([f.name.rsplit("/", 1)[-1], "", size_text(f.size), "",
+                                         ""])
                 child.setTextAlignment(SIZE, Qt.AlignmentFlag.AlignRight
                                        | Qt.AlignmentFlag.AlignVCenter)
                 child.setToolTip(NAME, f.name)

@@ -205,9 +205,11 @@ class HubPane(QWidget):
         listing = self.files.listing
         if listing is None:
             return
-        fits = sum(1 for c in self.files.candidates.values() if c.verdict and c.verdict.fits)
-        self.say(f"{listing.repo}: {fits} of {len(listing.models)} fit this machine; best fit "
-                 "first.")
+        models = [m for m in listing.models if m.role != "mmproj"]  # projectors get no verdict
+        fits = sum(1 for m in models if (c := self.files.candidates.get(m.name)) is not None
+                   and c.verdict is not None and c.verdict.fits)
+        self.say(f"{listing.repo}: {fits} of {len(models)} model{'s' * (len(models) != 1)} fit "
+                 "this machine; best fit first.")
 
     # ------------------------------------------------------------------ downloads
     def download(self, model: RemoteModel) -> DownloadJob | None:
