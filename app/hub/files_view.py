@@ -153,19 +153,19 @@ class FilesView(QWidget):
         waiting = [m for m in self.listing.models if m.name not in self.candidates]
         return [c.model for c in judged] + waiting
 
+    def rows(self) -> list[QTreeWidgetItem]:
+        """The top-level rows (one per model), in display order."""
+        found = (self.tree.topLevelItem(i) for i in range(self.tree.topLevelItemCount()))
+        return [item for item in found if item is not None]
+
     def row_of(self, name: str) -> QTreeWidgetItem | None:
-        for i in range(self.tree.topLevelItemCount()):
-            item = self.tree.topLevelItem(i)
-            if item.data(NAME, Qt.ItemDataRole.UserRole) == name:
-                return item
-        return None
+        return next((r for r in self.rows() if r.data(NAME, Qt.ItemDataRole.UserRole) == name),
+                    None)
 
     def _rebuild(self) -> None:
         current = self.tree.currentItem()
         keep = current.data(NAME, Qt.ItemDataRole.UserRole) if current is not None else None
-        expanded = {self.tree.topLevelItem(i).data(NAME, Qt.ItemDataRole.UserRole)
-                    for i in range(self.tree.topLevelItemCount())
-                    if self.tree.topLevelItem(i).isExpanded()}
+        expanded = {r.data(NAME, Qt.ItemDataRole.UserRole) for r in self.rows() if r.isExpanded()}
         scroll = self.tree.verticalScrollBar().value()
         self.tree.setUpdatesEnabled(False)
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView, QDockWidget, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
-    QSizePolicy, QSplitter, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
+    QSizePolicy, QSplitter, QStyle, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
 )
 
 from app.background import run_in_background
@@ -71,11 +71,11 @@ class HubPane(QWidget):
                                       "(e.g. qwen3, gemma 3, smollm2) and press Enter")
         self.query.setClearButtonEnabled(True)
         self.query.returnPressed.connect(self.search)
-        self.search_button = QPushButton("Search", self, clicked=self.search)
-        self.status = QLabel("Type a model name and press Enter. Nothing is sent to the Hub "
-                             "until you search.", self)
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.search_button = QPushButton("Search", self)
+        self.search_button.clicked.connect(self.search)
+        self.status = StatusLine(self)
+        self.status.setText("Type a model name and press Enter. Nothing is sent to the Hub "
+                            "until you search.")
         self.results = QTreeWidget(self)
         self.results.setHeaderLabels(["Repository", "Downloads", "Likes", "Updated"])
         self.results.setRootIsDecorated(False)
@@ -85,8 +85,7 @@ class HubPane(QWidget):
         self.results.header().setStretchLastSection(False)
         for col in (1, 2, 3):
             self.results.header().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        self.results.currentItemChanged.connect(lambda cur, _prev: cur and self.open_repo(
-            cur.data(0, _REPO)))
+        self.results.currentItemChanged.connect(self._repo_chosen)
         self.repo_label = QLabel("Files", self)
         self.files = FilesView(devices, self)
         self.files.downloadRequested.connect(self.download)
@@ -125,8 +124,7 @@ class HubPane(QWidget):
         """One line in the status; a problem is also kept in `problem` until the next one."""
         line = one_line(text)
         self.problem = line if problem else None
-        self.status.setText(line)
-        self.status.setToolTip(line)
+        self.status.setText(line, problem)
 
     # ------------------------------------------------------------------ search
     def search(self) -> None:
@@ -164,9 +162,14 @@ class HubPane(QWidget):
         if ticket != self._search_ticket:
             return
         self.searching = False
+        self.results.clear()  # hits of an earlier search would read as answers to this one
         self.say(problem_line(exc), problem=True)
 
     # ------------------------------------------------------------------ files
+    def _repo_chosen(self, current: QTreeWidgetItem | None, _previous: object = None) -> None:
+        if current is not None:
+            self.open_repo(current.data(0, _REPO))
+
     def open_repo(self, repo: str | None) -> None:
         """List `repo`'s GGUF models in the background, then judge them."""
         if not repo:
@@ -238,6 +241,45 @@ class HubPane(QWidget):
             self.say(f"{job.model.name}: {job.error or 'the download failed'}", problem=True)
         else:
             self.say(f"{job.model.name}: download cancelled.")
+
+
+class StatusLine(QWidget):
+    """The pane's one line: elided to the width with "…" (the whole line is the tooltip), and
+    a warning icon when it is a problem, so a failure does not read like progress."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.icon = QLabel(self)
+        size = self.style().pixelMetric(QStyle.PixelMetric.PM_SmallIconSize)
+        self.icon.setPixmap(self.style().standardIcon(
+            QStyle.StandardPixmap.SP_MessageBoxWarning).pixmap(size, size))
+        self.icon.hide()
+        self.label = QLabel(self)
+        self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.icon)
+        layout.addWidget(self.label, 1)
+        self._text = ""
+
+    def text(self) -> str:
+        return self._text
+
+    def setText(self, text: str, problem: bool = False) -> None:  # noqa: N802  (Qt's name)
+        self._text = text
+        self.icon.setVisible(problem)
+        self.setToolTip(text)
+        self._elide()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802, ANN001
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        width = max(20, self.label.width())
+        self.label.setText(self.label.fontMetrics().elidedText(
+            self._text, Qt.TextElideMode.ElideRight, width))
 
 
 def _boxed(title: QLabel, body: QWidget) -> QWidget:
