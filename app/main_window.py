@@ -9,8 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
 )
@@ -19,6 +19,7 @@ from app.appinfo import APP_NAME, seconds_since_start
 from app.background import run_in_background
 from app.banner import Banner
 from app.chat.chat_pane import ChatPane
+from app.hub.pane import HubDock
 from app.bridges.draft_picker import DraftController
 from app.memory.memory_dock import MemoryDock
 from app.bridges.runtime_bridge import RuntimeBridge
@@ -109,6 +110,9 @@ class MainWindow(QMainWindow):
         self.server_toggle = ServerToggle(self.bridge, self)  # the OpenAI-compatible API server
         self.api_label = QLabel("")
         bar.addPermanentWidget(self.api_label)
+        models_menu = self.menuBar().addMenu("&Models")  # the desktop branch may fold it into File
+        self.get_models_action = models_menu.addAction("Get models…", self.show_hub)
+        self.get_models_action.setShortcut(QKeySequence("Ctrl+Shift+M"))
         self.menuBar().addMenu("&Server").addAction(self.server_toggle.action)
         self.server_toggle.urlChanged.connect(lambda url: self.api_label.setText(url and f"API {url}/v1"))
         self.server_toggle.problem.connect(self.show_problem)
@@ -119,6 +123,7 @@ class MainWindow(QMainWindow):
         self.sidebar.conversationSelected.connect(self._select_conversation)
         self.sidebar.modelChosen.connect(lambda p: p and self.open_model(p))
         self.sidebar.openFileRequested.connect(self.choose_file)
+        self.sidebar.getModelsRequested.connect(self.show_hub)
         self.chat.conversationsChanged.connect(
             lambda: self.sidebar.refresh_conversations(self.chat.conversation_id))
         self.chat.problem.connect(self.show_problem)
@@ -137,6 +142,13 @@ class MainWindow(QMainWindow):
         self.bridge.kvSlots.connect(self.memory.kv_slots)  # one bar per parallel sequence
         self.chat.speed.connect(self.memory.speed)
         self.memory.start()
+        self.hub = HubDock(lambda: self.memory.devices()[0], self)  # app.hub: search, verdict, download
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.hub)
+        self.tabifyDockWidget(self.memory, self.hub)
+        self.memory.raise_()
+        self.hub.hide()
+        self.hub.pane.modelReady.connect(lambda _path: self.sidebar.refresh_models())
+        self.hub.pane.loadRequested.connect(self.open_model)
         # speculative decoding: the picker beside the model, checked before loading (app.bridges.draft_picker)
         self.drafting = DraftController(self.chat.draft_picker, self.bridge, store,
                                         lambda: self.settings, lambda: self.memory.devices()[0], self)
@@ -326,6 +338,18 @@ class MainWindow(QMainWindow):
             self.progress.show()
             self.bridge.reload()
 
+    def show_hub(self) -> None:
+        """The "Get models" pane, wide enough for its verdicts, the search field focused."""
+        self.hub.show()
+        self.hub.raise_()
+        QTimer.singleShot(0, self._widen_hub)  # once the dock is laid out (a first show)
+        self.hub.pane.query.setFocus()
+
+    def _widen_hub(self) -> None:
+        wanted = max(760, self.width() // 2)
+        if self.hub.isVisible() and self.hub.width() < wanted:
+            self.resizeDocks([self.hub], [wanted], Qt.Orientation.Horizontal)
+
     # ------------------------------------------------------------------ conversations
     def _new_conversation(self) -> None:
         self.chat.new_conversation()
@@ -369,6 +393,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         self.chat._save_reply()
         self.memory.stop()
+        self.hub.shutdown()
         self.server_toggle.stop()
         self.bridge.shutdown()
         super().closeEvent(event)

@@ -27,6 +27,7 @@ class Sidebar(QWidget):
     newConversation = Signal()
     modelChosen = Signal(str)
     openFileRequested = Signal()
+    getModelsRequested = Signal()  # the Hub's "Get models" pane (app.hub)
 
     def __init__(self, store: ChatStore, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -46,6 +47,9 @@ class Sidebar(QWidget):
         row = QHBoxLayout()
         row.addWidget(open_button, 1)
         row.addWidget(rescan)
+        self.get_models_button = QPushButton("Get models…", self,
+                                             clicked=lambda: self.getModelsRequested.emit())
+        self.get_models_button.setToolTip("Search the Hugging Face Hub, see what fits, download")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 0, 0)
         layout.addWidget(self.new_button)
@@ -54,6 +58,7 @@ class Sidebar(QWidget):
         layout.addWidget(QLabel("<b>Models</b>"))
         layout.addWidget(self.models, 2)
         layout.addLayout(row)
+        layout.addWidget(self.get_models_button)
         self.setMinimumWidth(220)
 
     # ------------------------------------------------------------------ conversations

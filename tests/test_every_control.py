@@ -36,6 +36,10 @@ def _close_popups() -> None:
 
 @pytest.fixture
 def loaded(qtbot, tmp_path, monkeypatch, smollm2_path) -> Iterator[MainWindow]:
+    # "Get models…" opens the Hub pane: never the internet from a test (offline, and a port
+    # where nothing listens should anything ignore offline mode)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
     with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
         win.start()
@@ -76,7 +80,14 @@ def test_every_button_and_menu_entry_runs_without_error(qtbot, loaded, monkeypat
     finally:
         closer.stop()
     assert not errors, errors
-    assert {"New chat", "Open GGUF…", "Send", "Rescan"} <= set(clicked), clicked
+    assert {"New chat", "Open GGUF…", "Send", "Rescan", "Get models…"} <= set(clicked), clicked
+    # the Hub pane searches off the GUI thread and, offline, says so in one line
+    loaded.show_hub()
+    pane = loaded.hub.pane
+    pane.query.setText("qwen3")
+    qtbot.mouseClick(pane.search_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: pane.problem is not None, timeout=10_000)
+    assert "offline mode" in pane.problem and "\n" not in pane.problem
     # the window still works afterwards: the model answers
     qtbot.waitUntil(lambda: loaded.chat.send_button.isEnabled(), timeout=LOAD_TIMEOUT_MS)
     assert loaded.bridge.loaded_info is not None

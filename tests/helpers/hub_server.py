@@ -6,8 +6,9 @@ It speaks the part of the Hub that `engine.hub` and ``huggingface_hub`` use: mod
 ``X-Linked-Etag`` and ``X-Linked-Size`` headers; the CDN serves bytes with ``Range``/206.
 Errors carry ``X-Error-Code`` like the Hub (GatedRepo, RepoNotFound, EntryNotFound). Knobs
 for the failure tests: throttling, dropping the connection once after N bytes, corrupting a
-byte, answering HTML to the API, and a sibling that claims a size no disk has. Every CDN
-response is logged with the bytes it sent.
+byte, answering HTML to the API, a slow API (``api_delay_s``: every ``/api/`` answer waits,
+as an overloaded Hub does), and a sibling that claims a size no disk has. Every CDN response
+is logged with the bytes it sent.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class FakeHub:
         self.drop_after: int | None = None  # close the next CDN response after this many bytes
         self.corrupt_at: int | None = None  # flip this byte offset in every CDN response
         self.html_api = False
+        self.api_delay_s = 0.0  # sleep before answering any /api/ request
         self.cdn_auth: list[str] = []  # CDN requests that carried a token (must stay empty)
         self._server: ThreadingHTTPServer | None = None
         self.lock = threading.Lock()
@@ -128,6 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = unquote(url.path), parse_qs(url.query)
         if path.startswith("/cdn/"):
             return self._cdn(path[5:])
+        if path.startswith("/api/") and self.hub.api_delay_s:
+            time.sleep(self.hub.api_delay_s)
         if path.startswith("/api/models"):
             if self.hub.html_api:
                 return self._send(200, b"<!doctype html><html><body>Login</body></html>",
