@@ -76,7 +76,8 @@ def verdict(info: GGUFInfo, devices: list[Device] | None = None, *,
     s, need = result.settings, result.plan.bytes_for()
     ngl = min(s.n_gpu_layers, n_layers) if n_gpus else 0
     if not result.fits:
-        where, text = "none", f"does not fit: needs {need / GiB:.1f} GiB ({result.reason})"
+        why = result.reason.removeprefix("does not fit: ")  # fit's sentence starts the same way
+        where, text = "none", f"does not fit: needs {need / GiB:.1f} GiB ({why})"
     elif n_gpus and ngl >= n_layers:
         where = "gpu"
         text = f"fits fully on GPU at {ctx_words(s.n_ctx)} context with {_kv_words(s)}"
