@@ -159,14 +159,15 @@ def _returned_constant(machine: int, code: bytes) -> int | None:
         if code.startswith(b"\xf3\x0f\x1e\xfa"):
             code = code[4:]
         if code[:1] == b"\xb8":
-            return struct.unpack_from("<I", code, 1)[0]
+            value: int = struct.unpack_from("<I", code, 1)[0]
+            return value
         return 0 if code[:2] in (b"\x31\xc0", b"\x33\xc0") else None
     if machine == 183:  # AArch64: [bti/pac hints] mov w0, #imm | mov w0, wzr; ret
         for (word,) in struct.iter_unpack("<I", code[:16]):
             if word & 0xFFFFF01F == 0xD503201F:  # HINT (bti c, paciasp, nop)
                 continue
             if word & 0xFFE0001F == 0x52800000:  # MOVZ w0, #imm16
-                return (word >> 5) & 0xFFFF
+                return int((word >> 5) & 0xFFFF)
             return 0 if word == 0x2A1F03E0 else None  # ORR w0, wzr, wzr
     return None
 

@@ -11,4 +11,4 @@ from engine.protocol.base import *  # noqa: F401,F403
 from engine.protocol.base import ABORT_PREFIX, MAX_LINE_BYTES, ProtocolError, decode, encode  # noqa: F401
 from engine.protocol.messages import *  # noqa: F401,F403
 from engine.protocol.tools import *  # noqa: F401,F403
-from engine.protocol.errors import ErrorKind, exception_for  # noqa: F401
+from engine.protocol.errors import ErrorKind as ErrorKind, exception_for as exception_for

@@ -170,9 +170,10 @@ class ChatStore:
 
     @staticmethod
     def _conversation(row: tuple) -> Conversation:
-        *head, settings = row
+        cid, title, model_path, key, system_prompt, created, updated, settings = row
         value = _loads(settings, {})
-        return Conversation(*head, settings=value if isinstance(value, dict) else {})
+        return Conversation(cid, title, model_path, key, system_prompt, created, updated,
+                            value if isinstance(value, dict) else {})
 
     def create_conversation(self, title: str = DEFAULT_TITLE, model_path: str | Path | None = None,
                             model_key: str | None = None, system_prompt: str = "") -> Conversation:
