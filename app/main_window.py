@@ -30,7 +30,7 @@ from engine import protocol as P
 from engine.core.errors import KvDeckError
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
 from engine.plan.fit import default_settings, preflight
-from engine.runtime.host import ProcessOutcome
+from engine.runtime.outcome import ProcessOutcome
 from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import PlanSettings
 from engine.core.build import gpu_backend

@@ -16,7 +16,8 @@ from PySide6.QtCore import QObject, Qt, Signal
 
 from engine import protocol as P
 from engine.core.errors import KvDeckError
-from engine.runtime.host import Exited, ProcessOutcome, RuntimeHost
+from engine.runtime.host import RuntimeHost
+from engine.runtime.outcome import Exited, ProcessOutcome
 from engine.core.sampling import SamplingParams
 
 log = logging.getLogger(__name__)

@@ -13,79 +13,18 @@ import logging
 import os
 import queue
 import re
-import signal
 import subprocess
-import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from engine import protocol as P
 from engine.core.errors import KvDeckError, RuntimeFailure
 from engine.core.sampling import SamplingParams
+from engine.runtime.outcome import Exited, ProcessOutcome, child_command, describe_exit
 
 log = logging.getLogger("kvdeck.runtime")
 native_log = logging.getLogger("kvdeck.llama")
-
-_PHASES = {"load": "loading the model", "generate": "generating a reply", "idle": "idle",
-           "start": "starting"}
-
-
-@dataclass(frozen=True)
-class ProcessOutcome:
-    """How the child ended, and a sentence for the user."""
-
-    exit_code: int | None
-    signal_name: str | None
-    phase: str
-    abort_message: str
-    last_error: str
-    expected: bool
-    sentence: str
-
-
-@dataclass(frozen=True)
-class Exited:
-    """Delivered to the event callback once, after the child has gone."""
-
-    outcome: ProcessOutcome
-
-
-def child_command() -> list[str]:
-    """How to start the child: a module in development, a flag of the bundled executable."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "--runtime-child"]
-    return [sys.executable, "-m", "engine.child"]
-
-
-def describe_exit(code: int | None, phase: str, abort_message: str, last_error: str,
-                  expected: bool) -> ProcessOutcome:
-    sig_name = None
-    if code is not None and code < 0:
-        try:
-            sig_name = signal.Signals(-code).name
-        except ValueError:
-            sig_name = f"signal {-code}"
-    doing = _PHASES.get(phase, phase)
-    if expected and code in (0, None, -signal.SIGTERM, -signal.SIGKILL):
-        sentence = "The runtime stopped."
-    elif sig_name == "SIGKILL":
-        sentence = (f"The runtime was killed (SIGKILL) while {doing}; the system may have run out "
-                    f"of memory, or another program ended it.")
-    elif sig_name == "SIGABRT" and abort_message:
-        sentence = f"The runtime crashed while {doing}: {abort_message}"
-    elif sig_name:
-        reason = {"SIGSEGV": "segmentation fault", "SIGABRT": "aborted", "SIGBUS": "bus error",
-                  "SIGILL": "illegal instruction", "SIGTERM": "terminated"}.get(sig_name, sig_name)
-        detail = f": {abort_message or last_error}" if (abort_message or last_error) else "."
-        sentence = f"The runtime crashed ({reason}) while {doing}{detail}"
-    else:
-        detail = f": {abort_message or last_error}" if (abort_message or last_error) else "."
-        sentence = f"The runtime exited with status {code} while {doing}{detail}"
-    return ProcessOutcome(code, sig_name, phase, abort_message, last_error, expected,
-                          " ".join(sentence.split()))
-
 
 class _Pending:
     def __init__(self, kind: str, on_event: Callable[[P.Message], None] | None) -> None:
@@ -96,12 +35,9 @@ class _Pending:
 
 _FINAL = (P.Loaded, P.Done, P.Tokens, P.Stats, P.Unloaded, P.ErrorEvent)
 _FINAL += (P.PrecisionResult,)  # KV precision check (engine.child.precision)
-_PHASES["precision"] = "checking the quality of a KV cache type"
 _FINAL += (P.BenchResult,)  # speed benchmark (engine.child.bench)
 _FINAL += (P.PairReply,)  # draft compatibility (engine.plan.pairing)
-_PHASES["bench"] = "running a benchmark"
 _FINAL += (P.DraftLoaded, P.DraftUnloaded)  # speculative decoding (engine.child.speculative)
-_PHASES["load_draft"] = "loading the draft model"
 
 
 class RuntimeHost:
