@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidg
 
 from app.background import run_in_background
 from app.bridges.runtime_bridge import RuntimeBridge
+from app.theme import status_color
 from engine import protocol as P
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
 from engine.storage.store import ChatStore
@@ -74,9 +75,9 @@ class DraftPicker(QWidget):
                 return
 
     def show_verdict(self, text: str, ok: bool | None, tooltip: str = "") -> None:
-        color = {True: "#1b7f3b", False: "#b3261e", None: "palette(mid)"}[ok]
+        self._ok = ok
         self.verdict.setText(text)
-        self.verdict.setStyleSheet(f"color: {color}")
+        self.verdict.setStyleSheet(f"color: {status_color(ok, self.palette())}")
         self.verdict.setToolTip(tooltip)
 
     def _on_activated(self, index: int) -> None:
