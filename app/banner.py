@@ -6,7 +6,7 @@ be written) goes through here as one line, never a dialog, so the conversation s
 from __future__ import annotations
 
 from PySide6.QtCore import QEvent, Qt
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
+from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from app.theme import banner_style
 
@@ -35,8 +35,8 @@ class Banner(QFrame):
         self.hide()
 
     def _restyle(self) -> None:
-        """Colours from the current palette; set only when they change (no event loop)."""
-        style = banner_style(self.palette())
+        """Colours from the application palette (the widget's own is the style sheet's result)."""
+        style = banner_style(QApplication.palette())
         if style != self.styleSheet():
             self.setStyleSheet(style)
 

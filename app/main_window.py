@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QResizeEvent
 from PySide6.QtWidgets import (
     QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
 )
@@ -24,6 +25,8 @@ from app.memory.memory_dock import MemoryDock
 from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.server_toggle import ServerToggle
 from app.sidebar import Sidebar
+from app import window_state
+from app.menus import WindowMenus
 from engine.core import paths
 from engine import protocol as P
 from engine.core.errors import KvDeckError
@@ -38,6 +41,29 @@ from engine.storage.store import ChatStore
 
 log = logging.getLogger(__name__)
 MAX_RECENT = 12
+
+
+MEMORY_MIN_WIDTH = 330  # the cache panel's form rows stay readable (at ~165 px they were cut off)
+MEMORY_WIDTH = 420
+_SIZE_WORD = re.compile(r"^\d+(\.\d+)?[KMBT]$")
+
+
+def model_summary(description: str, n_params: int) -> str:
+    """llama.cpp's description with its size word replaced by the real parameter count: the
+    description names a size class from the layer count ("llama 256M" for SmolLM2-135M)."""
+    words = description.split()
+    if n_params > 0 and len(words) >= 2 and _SIZE_WORD.match(words[1]):
+        words[1] = f"{format_count(n_params)} params"
+    return " ".join(words)
+
+
+def format_count(n: int) -> str:
+    """135M, 1.7B, 70B: three significant figures at most."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            value = n / size
+            return f"{value:.3g}{unit}"
+    return str(n)
 
 
 def check_model_path(path: str) -> str | None:
@@ -75,7 +101,6 @@ class MainWindow(QMainWindow):
         self._first_load_logged = False
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
-        self.resize(1500, 860)
         #: Numbers every inspection; only the latest one may load its model (a slow read of an
         #: older choice must not replace the model the user picked after it).
         self._inspections = 0
@@ -99,7 +124,8 @@ class MainWindow(QMainWindow):
         self.ctx_label = QLabel("")
         self.speed_label = QLabel("")
         self.progress = QProgressBar(self, maximum=1000, textVisible=True)
-        self.progress.setFixedWidth(220)
+        self.progress.setFixedWidth(120)  # the file name is in the model label: only "42%" here
+        self.progress.setFormat("%p%")
         self.progress.hide()
         bar = self.statusBar()
         bar.addWidget(self.model_label, 1)
@@ -109,11 +135,10 @@ class MainWindow(QMainWindow):
         self.server_toggle = ServerToggle(self.bridge, self)  # the OpenAI-compatible API server
         self.api_label = QLabel("")
         bar.addPermanentWidget(self.api_label)
-        self.menuBar().addMenu("&Server").addAction(self.server_toggle.action)
+        self.server_toggle.port = int(store.get_setting("server_port", self.server_toggle.port))
+        self.server_toggle.api_key = str(store.get_setting("server_api_key", ""))
         self.server_toggle.urlChanged.connect(lambda url: self.api_label.setText(url and f"API {url}/v1"))
         self.server_toggle.problem.connect(self.show_problem)
-        help_menu = self.menuBar().addMenu("&Help")
-        self.about_action = help_menu.addAction(f"&About {APP_NAME}", self.show_about)
 
         self.sidebar.newConversation.connect(self._new_conversation)
         self.sidebar.conversationSelected.connect(self._select_conversation)
@@ -131,6 +156,7 @@ class MainWindow(QMainWindow):
 
         self.memory = MemoryDock(self._runtime_pid, self)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.memory)
+        self.memory.setMinimumWidth(MEMORY_MIN_WIDTH)
         self.resizeDocks([self.memory], [420], Qt.Orientation.Horizontal)
         self.memory.applyRequested.connect(self._apply_settings)
         self.bridge.kvUsed.connect(self.memory.kv_used)
@@ -147,6 +173,10 @@ class MainWindow(QMainWindow):
         self.settings: PlanSettings | None = None
         # (info, settings, params) of the loaded model while another one is being loaded
         self._fallback: tuple[GGUFInfo | None, PlanSettings | None, P.LoadParams] | None = None
+
+        self.menus = WindowMenus(self)  # File, Edit, Chat, View, Server, Help, with shortcuts
+        self.about_action = self.menus.about
+        window_state.restore(self)
 
         self.sidebar.refresh_models()
         convs = store.list_conversations()
@@ -249,7 +279,6 @@ class MainWindow(QMainWindow):
         if not self.banner.sticky:
             self.banner.hide()
         self.progress.setValue(0)
-        self.progress.setFormat(f"Loading {Path(path).name} %p%")
         self.progress.show()
         self.model_label.setText(f"Loading {Path(path).name}…")
         self.bridge.load(params)
@@ -288,7 +317,8 @@ class MainWindow(QMainWindow):
             return
         mode = "chat" if info.chat_template else "completion (base model, no chat template)"
         where = "GPU" if info.gpu_offload and info.n_gpu_layers else "CPU"
-        self.model_label.setText(f"{Path(info.path).name} · {info.description} · {mode} · {where}")
+        self.model_label.setText(f"{Path(info.path).name} · {model_summary(info.description, info.n_params)}"
+                                 f" · {mode} · {where}")
         self.ctx_label.setText(f"context {info.n_ctx} tokens")
 
     def _on_load_failed(self, message: str) -> None:
@@ -366,7 +396,26 @@ class MainWindow(QMainWindow):
             return
         self.open_model(url.toLocalFile())
 
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        """A window made wider gives the Memory dock its share back (docks keep their width)."""
+        super().resizeEvent(event)
+        grew = event.oldSize().width() > 0 and event.size().width() > event.oldSize().width()
+        want = min(MEMORY_WIDTH, int(self.width() * 0.32))
+        if grew and self.memory.isVisible() and not self.memory.isFloating() and self.memory.width() < want:
+            self.resizeDocks([self.memory], [want], Qt.Orientation.Horizontal)
+
+    def receive_arguments(self, args: list[str]) -> None:
+        """A second ``kvdeck FILE`` launch handed its arguments over: show this window, open the file."""
+        if self.isMinimized():
+            self.showNormal()
+        self.raise_()
+        self.activateWindow()
+        files = [a for a in args if not a.startswith("-")]
+        if files:
+            self.open_model(files[0])
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        window_state.save(self)
         self.chat._save_reply()
         self.memory.stop()
         self.server_toggle.stop()

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # Qt is imported where it is used: app.chat.markdown_view rea
     from PySide6.QtGui import QColor, QPalette  # here and must stay free of Qt
     from PySide6.QtWidgets import QApplication
 
-THEMES = ("system", "light", "dark")
+THEMES = ("light", "dark", "system")  # menu order
 SETTING = "theme"
 
 _LIGHT = {"window": "#f3f3f3", "base": "#ffffff", "alt": "#f6f6f6", "text": "#1b1b1b",

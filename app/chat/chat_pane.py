@@ -34,13 +34,18 @@ RENDER_INTERVAL_MS = 50
 
 
 class PromptEdit(QPlainTextEdit):
-    """Enter sends, Shift+Enter adds a line; dropped files go to the window, not into the text."""
+    """Enter sends, Shift+Enter adds a line (or, with ``ctrl_enter_sends``, Ctrl+Enter sends and
+    Enter adds a line: Chat menu); dropped files go to the window, not into the text."""
 
     submitted = Signal()
+    ctrl_enter_sends = False
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        mods = event.modifiers()
+        wanted = Qt.KeyboardModifier.ControlModifier if self.ctrl_enter_sends else Qt.KeyboardModifier.NoModifier
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not (
-                event.modifiers() & Qt.KeyboardModifier.ShiftModifier):
+                mods & Qt.KeyboardModifier.ShiftModifier) and (
+                mods & Qt.KeyboardModifier.ControlModifier) == wanted:
             self.submitted.emit()
             return
         super().keyPressEvent(event)
