@@ -13,7 +13,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QResizeEvent
 from PySide6.QtWidgets import (
-    QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
+    QComboBox, QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
 )
 
 from app.appinfo import APP_NAME, seconds_since_start
@@ -60,9 +60,8 @@ def model_summary(description: str, n_params: int) -> str:
 def format_count(n: int) -> str:
     """135M, 1.7B, 70B: three significant figures at most."""
     for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            value = n / size
-            return f"{value:.3g}{unit}"
+        if n >= size * 0.9995:  # 999.9M is "1B", not "1e+03M"
+            return f"{n / size:.3g}{unit}"
     return str(n)
 
 
@@ -174,6 +173,7 @@ class MainWindow(QMainWindow):
         # (info, settings, params) of the loaded model while another one is being loaded
         self._fallback: tuple[GGUFInfo | None, PlanSettings | None, P.LoadParams] | None = None
 
+        self._fit_narrow_windows()
         self.menus = WindowMenus(self)  # File, Edit, Chat, View, Server, Help, with shortcuts
         self.about_action = self.menus.about
         window_state.restore(self)
@@ -185,6 +185,15 @@ class MainWindow(QMainWindow):
         self.chat.view.set_placeholder(
             "<h2>Welcome to KV Deck</h2><p>Type a message below to chat with the loaded model, or drop a "
             "<b>.gguf</b> file anywhere on this window to load another one.</p>")
+
+    def _fit_narrow_windows(self) -> None:
+        """Let 1000 px hold the sidebar, the chat and the Memory dock: combo boxes as wide as a
+        short name (their lists still show the full names), a narrower sidebar."""
+        for combo in (self.chat.preset_box, self.chat.draft_picker.combo):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(5)
+            combo.setMinimumWidth(96)  # below its cached hint: the layout takes this one
+        self.sidebar.setMinimumWidth(180)
 
     # ------------------------------------------------------------------ models
     def start(self) -> None:
@@ -406,6 +415,7 @@ class MainWindow(QMainWindow):
 
     def receive_arguments(self, args: list[str]) -> None:
         """A second ``kvdeck FILE`` launch handed its arguments over: show this window, open the file."""
+        log.info("a second launch handed over %s", args)
         if self.isMinimized():
             self.showNormal()
         self.raise_()

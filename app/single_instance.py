@@ -40,8 +40,12 @@ def send_to_running(name: str, args: list[str], timeout_ms: int = CONNECT_MS) ->
     if not sock.waitForConnected(timeout_ms):
         return False
     sock.write(QByteArray((json.dumps({"args": args}) + "\n").encode("utf-8")))
-    ok = sock.waitForBytesWritten(timeout_ms) and sock.waitForReadyRead(timeout_ms) \
-        and bytes(sock.readAll().data()).startswith(b"ok")
+    sock.flush()
+    while sock.bytesToWrite() > 0 and sock.waitForBytesWritten(timeout_ms):
+        pass
+    while not sock.canReadLine() and sock.waitForReadyRead(timeout_ms):
+        pass
+    ok = bytes(sock.readLine().data()).startswith(b"ok")
     sock.disconnectFromServer()
     return ok
 

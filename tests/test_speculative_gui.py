@@ -87,7 +87,7 @@ def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, s
         win.drafting.choose("model", str(gemma3_path))
         qtbot.waitUntil(lambda: win.chat.draft_picker.verdict.text().startswith("✗"),
                         timeout=LOAD_TIMEOUT_MS)
-        assert "cannot draft" in win.banner.label.text()
+        assert "cannot be a draft" in win.banner.label.text()
         assert win.bridge.draft_mode == "" and win.chat.draft_picker.state == ("", "")
         # a compatible one: checked, then loaded with the target's context, its memory planned
         with qtbot.waitSignal(win.bridge.draftLoaded, timeout=LOAD_TIMEOUT_MS) as loaded:

@@ -110,6 +110,7 @@ class CachePanel(QWidget):
         cache.addRow("", self.ctx_label)
         cache.addRow("GPU layers", self.ngl)
         cache.addRow("Micro-batch", self.ubatch)
+        cache.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # a narrow dock: labels above
         cache_box = QGroupBox("KV cache", self)
         cache_box.setLayout(cache)
 
@@ -124,6 +125,7 @@ class CachePanel(QWidget):
         split.addRow("Main GPU", self.main_gpu)
         split.addRow("Tensor split", self.ratio_row)
         split.addRow(self.split_note)
+        split.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         split_box = QGroupBox("Multi-GPU split", self)
         split_box.setLayout(split)
 
