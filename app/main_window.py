@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 MAX_RECENT = 12
 
 
-MEMORY_MIN_WIDTH = 330  # the cache panel's form rows stay readable (at ~165 px they were cut off)
+MEMORY_MIN_WIDTH = 360  # the dashboard's plan table and the cache panel's forms fit (~165 px cut them off)
 MEMORY_WIDTH = 420
 _SIZE_WORD = re.compile(r"^\d+(\.\d+)?[KMBT]$")
 
@@ -188,12 +188,17 @@ class MainWindow(QMainWindow):
 
     def _fit_narrow_windows(self) -> None:
         """Let 1000 px hold the sidebar, the chat and the Memory dock: combo boxes as wide as a
-        short name (their lists still show the full names), a narrower sidebar."""
+        short name (their lists still show the full names), a narrower sidebar whose long names
+        end in "…" instead of a horizontal scroll bar."""
         for combo in (self.chat.preset_box, self.chat.draft_picker.combo):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(5)
-            combo.setMinimumWidth(96)  # below its cached hint: the layout takes this one
-        self.sidebar.setMinimumWidth(180)
+            combo.setMinimumWidth(88)  # below its cached hint: the layout takes this one
+        self.sidebar.setMinimumWidth(168)  # "Open GGUF…" and "Rescan" still show whole
+        for names in (self.sidebar.conversations, self.sidebar.models):  # "a long title…", no scroll bar
+            names.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            names.setTextElideMode(Qt.TextElideMode.ElideRight)
+            names.setUniformItemSizes(True)
 
     # ------------------------------------------------------------------ models
     def start(self) -> None:

@@ -117,7 +117,7 @@ def test_window_menus_shortcuts_layout_and_state(qtbot, tmp_path, monkeypatch, s
         assert win.minimumSizeHint().width() <= 1000 and win.minimumSizeHint().height() <= 700
         win.resize(1000, 700)
         qtbot.waitUntil(lambda: win.width() == 1000)
-        assert win.memory.width() >= 330
+        assert win.memory.width() >= 360
         assert win.memory.cache.parentWidget() is not None
         assert any(isinstance(a, QScrollArea) and a.widget() is win.memory.cache
                    for a in win.memory.findChildren(QScrollArea))
