@@ -11,6 +11,8 @@ thread never waits.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QWidget
@@ -18,7 +20,9 @@ from PySide6.QtWidgets import QWidget
 from app.background import run_in_background
 from app.bridges.runtime_bridge import RuntimeBridge
 from engine.core.errors import KvDeckError
-from engine.serve.server import ApiServer, ServedModel, ServerConfig
+
+if TYPE_CHECKING:  # imported when the server starts: uvicorn and the API cost ~0.2 s of start-up
+    from engine.serve.server import ApiServer, ServedModel
 
 DEFAULT_PORT = 8080
 PORT_SETTING, KEY_SETTING = "server_port", "server_api_key"  # chat-store settings (Server settings…)
@@ -71,6 +75,8 @@ class ServerToggle(QObject):
             self.problem.emit("Load a model before starting the API server.")
             return
         bridge = self.bridge
+        from engine.serve.server import ServedModel
+
         model = ServedModel(host=lambda: bridge.host, loaded=lambda: bridge.loaded_info, slots=self._slots)
         self._set_checked(True)
         self.action.setEnabled(False)  # until it has started or failed
@@ -103,6 +109,8 @@ class ServerToggle(QObject):
 
 def _start_server(model: ServedModel, port: int, api_key: str = "") -> tuple[ApiServer, str]:
     """Bind ``port``, or any free port when it is taken; the last refusal when neither works."""
+    from engine.serve.server import ApiServer, ServerConfig
+
     try:
         server = ApiServer(model, ServerConfig(port=port, api_key=api_key))
         return server, server.start()
