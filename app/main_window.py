@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QResizeEvent
 from PySide6.QtWidgets import (
-    QComboBox, QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
+    QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
 )
 
 from app.appinfo import APP_NAME, seconds_since_start
@@ -27,6 +26,7 @@ from app.bridges.server_toggle import ServerToggle
 from app.sidebar import Sidebar
 from app import window_state
 from app.menus import WindowMenus
+from app.model_text import model_summary
 from engine.core import paths
 from engine import protocol as P
 from engine.core.errors import KvDeckError
@@ -45,26 +45,6 @@ MAX_RECENT = 12
 
 MEMORY_MIN_WIDTH = 360  # the dashboard's plan table and the cache panel's forms fit (~165 px cut them off)
 MEMORY_WIDTH = 420
-_SIZE_WORD = re.compile(r"^\d+(\.\d+)?[KMBT]$")
-
-
-def model_summary(description: str, n_params: int) -> str:
-    """llama.cpp's description with its size word replaced by the real parameter count: the
-    description names a size class from the layer count ("llama 256M" for SmolLM2-135M)."""
-    words = description.split()
-    if n_params > 0 and len(words) >= 2 and _SIZE_WORD.match(words[1]):
-        words[1] = f"{format_count(n_params)} params"
-    return " ".join(words)
-
-
-def format_count(n: int) -> str:
-    """135M, 1.7B, 70B: three significant figures at most."""
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size * 0.9995:  # 999.9M is "1B", not "1e+03M"
-            return f"{n / size:.3g}{unit}"
-    return str(n)
-
-
 def check_model_path(path: str) -> str | None:
     """A one-line reason why ``path`` cannot be a model, or None. Cheap: no file is parsed."""
     p = Path(path)
@@ -173,7 +153,7 @@ class MainWindow(QMainWindow):
         # (info, settings, params) of the loaded model while another one is being loaded
         self._fallback: tuple[GGUFInfo | None, PlanSettings | None, P.LoadParams] | None = None
 
-        self._fit_narrow_windows()
+        window_state.fit_narrow_windows(self)
         self.menus = WindowMenus(self)  # File, Edit, Chat, View, Server, Help, with shortcuts
         self.about_action = self.menus.about
         window_state.restore(self)
@@ -185,20 +165,6 @@ class MainWindow(QMainWindow):
         self.chat.view.set_placeholder(
             "<h2>Welcome to KV Deck</h2><p>Type a message below to chat with the loaded model, or drop a "
             "<b>.gguf</b> file anywhere on this window to load another one.</p>")
-
-    def _fit_narrow_windows(self) -> None:
-        """Let 1000 px hold the sidebar, the chat and the Memory dock: combo boxes as wide as a
-        short name (their lists still show the full names), a narrower sidebar whose long names
-        end in "…" instead of a horizontal scroll bar."""
-        for combo in (self.chat.preset_box, self.chat.draft_picker.combo):
-            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(5)
-            combo.setMinimumWidth(88)  # below its cached hint: the layout takes this one
-        self.sidebar.setMinimumWidth(168)  # "Open GGUF…" and "Rescan" still show whole
-        for names in (self.sidebar.conversations, self.sidebar.models):  # "a long title…", no scroll bar
-            names.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-            names.setTextElideMode(Qt.TextElideMode.ElideRight)
-            names.setUniformItemSizes(True)
 
     # ------------------------------------------------------------------ models
     def start(self) -> None:

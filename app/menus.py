@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
@@ -19,9 +19,6 @@ from PySide6.QtWidgets import (
 
 from app.theme import SETTING as THEME_SETTING, THEMES, apply_theme
 from engine.core.errors import KvDeckError
-
-if TYPE_CHECKING:
-    from app.main_window import MainWindow
 
 SEND_KEY_SETTING = "send_with_ctrl_enter"
 
@@ -40,7 +37,7 @@ def _action(menu: QMenu, text: str, slot: Callable[[], object], shortcut: str | 
 class WindowMenus:
     """Builds the menu bar of ``win`` and keeps the handles tests and other panes need."""
 
-    def __init__(self, win: MainWindow) -> None:
+    def __init__(self, win: Any) -> None:  # app.main_window.MainWindow (which imports this module)
         self.win = win
         bar = win.menuBar()
         # ---------------------------------------------------------------- File

@@ -1,4 +1,5 @@
-"""Where the window and its docks were: saved on close, restored on start, per data folder.
+"""Where the window and its docks were (saved on close, restored on start, per data folder), and
+the few size limits that let the window work from 1000×700 up.
 
 Stored in ``window.ini`` in the data folder (not the desktop-wide QSettings location), so two
 data folders (a test, a portable copy) never fight over one geometry. A first start sizes the
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from PySide6.QtCore import QSettings
-from PySide6.QtWidgets import QMainWindow
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QComboBox, QMainWindow
 
 from engine.core import paths
 from engine.core.errors import KvDeckError
@@ -54,3 +56,18 @@ def save(win: QMainWindow) -> None:
     settings.setValue("geometry", win.saveGeometry())
     settings.setValue("state", win.saveState(STATE_VERSION))
     settings.sync()
+
+
+def fit_narrow_windows(win: Any) -> None:  # app.main_window.MainWindow
+    """Let 1000 px hold the sidebar, the chat and the Memory dock: combo boxes as wide as a
+    short name (their lists still show the full names), a narrower sidebar whose long names
+    end in "…" instead of a horizontal scroll bar."""
+    for combo in (win.chat.preset_box, win.chat.draft_picker.combo):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(5)
+        combo.setMinimumWidth(88)  # below its cached hint: the layout takes this one
+    win.sidebar.setMinimumWidth(168)  # "Open GGUF…" and "Rescan" still show whole
+    for names in (win.sidebar.conversations, win.sidebar.models):  # "a long title…", no scroll bar
+        names.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        names.setTextElideMode(Qt.TextElideMode.ElideRight)
+        names.setUniformItemSizes(True)
