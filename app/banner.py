@@ -5,8 +5,10 @@ be written) goes through here as one line, never a dialog, so the conversation s
 """
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
+
+from app.theme import banner_style
 
 
 class Banner(QFrame):
@@ -15,8 +17,7 @@ class Banner(QFrame):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("banner")
-        self.setStyleSheet("#banner { background: #fdecea; border: 1px solid #f5c2c0; border-radius: 4px; }"
-                           "#banner QLabel { color: #611a15; }")
+        self._restyle()
         self.label = QLabel(self, wordWrap=True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.action_button = QPushButton(self)
@@ -32,6 +33,17 @@ class Banner(QFrame):
         self.sticky = False  # stays when a model load starts (e.g. "chat history is read-only")
         self.action_button.clicked.connect(self._run_action)
         self.hide()
+
+    def _restyle(self) -> None:
+        """Colours from the application palette (the widget's own is the style sheet's result)."""
+        style = banner_style(QApplication.palette())
+        if style != self.styleSheet():
+            self.setStyleSheet(style)
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt API)
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange:
+            self._restyle()
 
     def show_message(self, text: str, action_text: str = "", action=None,  # noqa: ANN001
                      sticky: bool = False) -> None:

@@ -43,6 +43,19 @@ def open_store() -> tuple[ChatStore, str]:
         return ChatStore.memory_copy(path), f"{exc} — {IN_MEMORY_NOTE}."
 
 
+def _single_instance():  # noqa: ANN202 (SingleInstance | None; Qt is imported lazily)
+    """This data folder's single-instance guard, or None when the folder cannot be had."""
+    from app.single_instance import SingleInstance
+
+    try:
+        folder = paths.data_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+    except (KvDeckError, OSError) as exc:
+        log.info("no single-instance guard: %s", exc)
+        return None
+    return SingleInstance(folder)
+
+
 def run(argv: Sequence[str]) -> int:
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
@@ -58,17 +71,30 @@ def run(argv: Sequence[str]) -> int:
     icon = resource_path("icons/kvdeck.svg")
     if icon.is_file():
         app.setWindowIcon(QIcon(str(icon)))
+    instance = _single_instance()
+    model_args = [a for a in argv if not a.startswith("-")]
+    if instance is not None and not instance.claim():
+        if instance.hand_over(list(model_args)):
+            log.info("handed %s to the KV Deck window already open", model_args or "nothing")
+            return 0
+        log.warning("another KV Deck holds this data folder but does not answer; opening anyway")
     store, store_problem = open_store()
+    from app.theme import apply_theme
+
+    apply_theme(str(store.get_setting("theme", "system")))
     window = MainWindow(store)
+    if instance is not None:
+        instance.received.connect(window.receive_arguments)
     window.show()
     log.info("window shown %.2f s after process start", seconds_since_start())
     if store_problem:
         window.show_problem(store_problem, sticky=True)
-    model_args = [a for a in argv if not a.startswith("-")]
     if model_args:
         window.open_model(model_args[0])
     else:
         window.start()
     code = app.exec()
     store.close()
+    if instance is not None:
+        instance.release()
     return code

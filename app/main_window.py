@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
     QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
 )
@@ -25,6 +25,9 @@ from app.memory.memory_dock import MemoryDock
 from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.server_toggle import ServerToggle
 from app.sidebar import Sidebar
+from app import window_state
+from app.menus import WindowMenus
+from app.model_text import model_summary
 from engine.core import paths
 from engine import protocol as P
 from engine.core.errors import KvDeckError
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 MAX_RECENT = 12
 
 
+MEMORY_MIN_WIDTH = 360  # the dashboard's plan table and the cache panel's forms fit (~165 px cut them off)
+MEMORY_WIDTH = 420
 def check_model_path(path: str) -> str | None:
     """A one-line reason why ``path`` cannot be a model, or None. Cheap: no file is parsed."""
     p = Path(path)
@@ -76,7 +81,6 @@ class MainWindow(QMainWindow):
         self._first_load_logged = False
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
-        self.resize(1500, 860)
         #: Numbers every inspection; only the latest one may load its model (a slow read of an
         #: older choice must not replace the model the user picked after it).
         self._inspections = 0
@@ -100,7 +104,8 @@ class MainWindow(QMainWindow):
         self.ctx_label = QLabel("")
         self.speed_label = QLabel("")
         self.progress = QProgressBar(self, maximum=1000, textVisible=True)
-        self.progress.setFixedWidth(220)
+        self.progress.setFixedWidth(120)  # the file name is in the model label: only "42%" here
+        self.progress.setFormat("%p%")
         self.progress.hide()
         bar = self.statusBar()
         bar.addWidget(self.model_label, 1)
@@ -110,14 +115,10 @@ class MainWindow(QMainWindow):
         self.server_toggle = ServerToggle(self.bridge, self)  # the OpenAI-compatible API server
         self.api_label = QLabel("")
         bar.addPermanentWidget(self.api_label)
-        models_menu = self.menuBar().addMenu("&Models")  # the desktop branch may fold it into File
-        self.get_models_action = models_menu.addAction("Get models…", self.show_hub)
-        self.get_models_action.setShortcut(QKeySequence("Ctrl+Shift+M"))
-        self.menuBar().addMenu("&Server").addAction(self.server_toggle.action)
+        self.server_toggle.port = int(store.get_setting("server_port", self.server_toggle.port))
+        self.server_toggle.api_key = str(store.get_setting("server_api_key", ""))
         self.server_toggle.urlChanged.connect(lambda url: self.api_label.setText(url and f"API {url}/v1"))
         self.server_toggle.problem.connect(self.show_problem)
-        help_menu = self.menuBar().addMenu("&Help")
-        self.about_action = help_menu.addAction(f"&About {APP_NAME}", self.show_about)
 
         self.sidebar.newConversation.connect(self._new_conversation)
         self.sidebar.conversationSelected.connect(self._select_conversation)
@@ -136,6 +137,7 @@ class MainWindow(QMainWindow):
 
         self.memory = MemoryDock(self._runtime_pid, self)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.memory)
+        self.memory.setMinimumWidth(MEMORY_MIN_WIDTH)
         self.resizeDocks([self.memory], [420], Qt.Orientation.Horizontal)
         self.memory.applyRequested.connect(self._apply_settings)
         self.bridge.kvUsed.connect(self.memory.kv_used)
@@ -159,6 +161,15 @@ class MainWindow(QMainWindow):
         self.settings: PlanSettings | None = None
         # (info, settings, params) of the loaded model while another one is being loaded
         self._fallback: tuple[GGUFInfo | None, PlanSettings | None, P.LoadParams] | None = None
+
+        window_state.fit_narrow_windows(self)
+        self.menus = WindowMenus(self)  # File, Edit, Chat, View, Server, Help, with shortcuts
+        self.get_models_action = QAction("&Get models…", self)  # the Hugging Face pane (app.hub)
+        self.get_models_action.setShortcut(QKeySequence("Ctrl+Shift+M"))
+        self.get_models_action.triggered.connect(self.show_hub)
+        self.menus.file_menu.insertAction(self.menus.models_section, self.get_models_action)
+        self.about_action = self.menus.about
+        window_state.restore(self)
 
         self.sidebar.refresh_models()
         convs = store.list_conversations()
@@ -261,7 +272,6 @@ class MainWindow(QMainWindow):
         if not self.banner.sticky:
             self.banner.hide()
         self.progress.setValue(0)
-        self.progress.setFormat(f"Loading {Path(path).name} %p%")
         self.progress.show()
         self.model_label.setText(f"Loading {Path(path).name}…")
         self.bridge.load(params)
@@ -300,7 +310,8 @@ class MainWindow(QMainWindow):
             return
         mode = "chat" if info.chat_template else "completion (base model, no chat template)"
         where = "GPU" if info.gpu_offload and info.n_gpu_layers else "CPU"
-        self.model_label.setText(f"{Path(info.path).name} · {info.description} · {mode} · {where}")
+        self.model_label.setText(f"{Path(info.path).name} · {model_summary(info.description, info.n_params)}"
+                                 f" · {mode} · {where}")
         self.ctx_label.setText(f"context {info.n_ctx} tokens")
 
     def _on_load_failed(self, message: str) -> None:
@@ -390,7 +401,27 @@ class MainWindow(QMainWindow):
             return
         self.open_model(url.toLocalFile())
 
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        """A window made wider gives the Memory dock its share back (docks keep their width)."""
+        super().resizeEvent(event)
+        grew = event.oldSize().width() > 0 and event.size().width() > event.oldSize().width()
+        want = min(MEMORY_WIDTH, int(self.width() * 0.32))
+        if grew and self.memory.isVisible() and not self.memory.isFloating() and self.memory.width() < want:
+            self.resizeDocks([self.memory], [want], Qt.Orientation.Horizontal)
+
+    def receive_arguments(self, args: list[str]) -> None:
+        """A second ``kvdeck FILE`` launch handed its arguments over: show this window, open the file."""
+        log.info("a second launch handed over %s", args)
+        if self.isMinimized():
+            self.showNormal()
+        self.raise_()
+        self.activateWindow()
+        files = [a for a in args if not a.startswith("-")]
+        if files:
+            self.open_model(files[0])
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        window_state.save(self)
         self.chat._save_reply()
         self.memory.stop()
         self.hub.shutdown()

@@ -5,7 +5,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.memory.dashboard import SPEC_OFF, DashboardPanel
-from app.bridges.draft_picker import DraftPicker, speculation_text, verdict_text
+from app.bridges.draft_picker import DraftPicker, incompatible_sentence, speculation_text, verdict_text
 from engine.core.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
 
 LOAD_TIMEOUT_MS = 180_000
@@ -22,7 +22,10 @@ def test_verdict_and_speculation_texts():
     assert verdict_text(ok)[0] == "✓ compatible" and "both BPE" in verdict_text(ok)[1]
     bad = {"compatible": False, "checks": [{"name": "vocabulary type", "ok": True, "detail": "x"},
                                             {"name": "token texts", "ok": False, "detail": "token 5"}]}
-    assert verdict_text(bad)[0] == "✗ token texts"
+    assert verdict_text(bad)[0] == "✗ not compatible" and "token texts" in verdict_text(bad)[1]
+    sentence = incompatible_sentence("/m/draft.gguf", bad)  # one plain line, no rule jargon
+    assert sentence.startswith("draft.gguf cannot be a draft") and "different tokens" in sentence
+    assert "token 5" not in sentence and "\n" not in sentence
     stats = {"draft": "model", "n_drafted": 80, "n_accepted": 60, "n_target_decodes": 20,
              "mean_accepted": 3.0, "n_tokens": 80, "tokens_per_s": 45.0}
     text = speculation_text(stats, plain_tps=30.0)
@@ -84,7 +87,7 @@ def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, s
         win.drafting.choose("model", str(gemma3_path))
         qtbot.waitUntil(lambda: win.chat.draft_picker.verdict.text().startswith("✗"),
                         timeout=LOAD_TIMEOUT_MS)
-        assert "cannot draft" in win.banner.label.text()
+        assert "cannot be a draft" in win.banner.label.text()
         assert win.bridge.draft_mode == "" and win.chat.draft_picker.state == ("", "")
         # a compatible one: checked, then loaded with the target's context, its memory planned
         with qtbot.waitSignal(win.bridge.draftLoaded, timeout=LOAD_TIMEOUT_MS) as loaded:

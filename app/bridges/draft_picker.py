@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidg
 
 from app.background import run_in_background
 from app.bridges.runtime_bridge import RuntimeBridge
+from app.theme import status_color
 from engine import protocol as P
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
 from engine.storage.store import ChatStore
@@ -74,9 +75,9 @@ class DraftPicker(QWidget):
                 return
 
     def show_verdict(self, text: str, ok: bool | None, tooltip: str = "") -> None:
-        color = {True: "#1b7f3b", False: "#b3261e", None: "palette(mid)"}[ok]
+        self._ok = ok
         self.verdict.setText(text)
-        self.verdict.setStyleSheet(f"color: {color}")
+        self.verdict.setStyleSheet(f"color: {status_color(ok, self.palette())}")
         self.verdict.setToolTip(tooltip)
 
     def _on_activated(self, index: int) -> None:
@@ -84,13 +85,32 @@ class DraftPicker(QWidget):
         self.chosen.emit(mode, path)
 
 
+#: What a failed pairing rule means, in words a user without llama.cpp jargon can act on.
+PLAIN_REASONS = {"vocabulary type": "the two models split text into different tokens",
+                 "vocabulary size": "the two models split text into different tokens",
+                 "token texts": "the two models split text into different tokens",
+                 "BOS token": "the two models mark the start of a text differently",
+                 "EOS token": "the two models mark the end of a text differently"}
+
+
 def verdict_text(report: dict[str, Any]) -> tuple[str, str]:
     """Short label and a tooltip with every rule, from ``pair_report``'s dict."""
     rules = "\n".join(f"{'✓' if c['ok'] else '✗'} {c['name']}: {c['detail']}" for c in report["checks"])
     if report["compatible"]:
         return "✓ compatible", rules
-    first = next(c for c in report["checks"] if not c["ok"])
-    return f"✗ {first['name']}", rules
+    return "✗ not compatible", rules
+
+
+def incompatible_sentence(draft: str, report: dict[str, Any]) -> str:
+    """One short line for the banner: why this draft cannot be used (the rules are in the tooltip)."""
+    reasons: list[str] = []
+    for c in report["checks"]:
+        if not c["ok"]:
+            reason = PLAIN_REASONS.get(c["name"], f"{c['name']}: {c['detail']}")
+            if reason not in reasons:
+                reasons.append(reason)
+    return (f"{Path(draft).name} cannot be a draft for this model: {'; '.join(reasons)}. "
+            "Pick a smaller model of the same family.")
 
 
 def speculation_text(stats: dict[str, Any], plain_tps: float | None) -> str:
@@ -143,7 +163,38 @@ class DraftController(QObject):
         bridge.draftFailed.connect(self._on_draft_failed)
         bridge.speculation.connect(self._on_counts)
         bridge.finished.connect(self._on_finished)
-        bridge.loaded.connect(lambda _info: self._publish_plan())
+        bridge.loaded.connect(self._on_target_loaded)
+        self._verdict_for = ""  # the model the shown verdict was checked against
+
+    def _on_target_loaded(self, info: P.Loaded) -> None:
+        """Another model: a verdict checked against the previous one no longer applies."""
+        if info.path != self._verdict_for and self.bridge.draft_mode != "model":
+            self.picker.show_verdict("", None)
+        self._publish_plan()
+
+    def _start_folder(self) -> str:
+        """Where "Choose model…" opens: the last folder a model came from, else the loaded
+        model's folder (where its smaller siblings usually are), else the home folder."""
+        last = self.store.get_setting("last_dir", "")
+        if last and Path(last).is_dir():
+            return str(last)
+        info = self.bridge.loaded_info
+        if info is not None and Path(info.path).parent.is_dir():
+            return str(Path(info.path).parent)
+        return str(Path.home())
+
+    def _pick_file(self) -> str:
+        from PySide6.QtCore import QUrl
+
+        from engine.storage.library import default_search_roots
+
+        dialog = QFileDialog(self.picker, "Choose a draft model (a small model of the same family)",
+                             self._start_folder(), "GGUF models (*.gguf);;All files (*)")
+        dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
+        dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)  # so the library folders show
+        roots = [QUrl.fromLocalFile(str(root)) for _src, root in default_search_roots() if root.is_dir()]
+        dialog.setSidebarUrls([QUrl.fromLocalFile(str(Path.home())), *roots])
+        return dialog.selectedFiles()[0] if dialog.exec() and dialog.selectedFiles() else ""
 
     def _recent(self) -> list[str]:
         return [p for p in self.store.get_setting("recent_drafts", []) if Path(p).is_file()]
@@ -151,9 +202,7 @@ class DraftController(QObject):
     # ------------------------------------------------------------------ choosing
     def choose(self, mode: str, path: str = "") -> None:
         if mode == CHOOSE:
-            start = self.store.get_setting("last_dir", str(Path.home()))
-            path, _ = QFileDialog.getOpenFileName(self.picker, "Choose a draft model", start,
-                                                  "GGUF models (*.gguf);;All files (*)")
+            path = self._pick_file()
             if not path:
                 self.picker.show_state(*self.picker.state)
                 return
@@ -170,6 +219,7 @@ class DraftController(QObject):
             self.picker.show_state(*self.picker.state)
             return
         self._checking = path
+        self._verdict_for = info.path
         self.picker.show_verdict("checking…", None)
         run_in_background(  # a broken file or a runtime that will not start: the error's words
             _pair_report, info.path, path, self._settings(), self._devices(), parent=self,
@@ -188,8 +238,7 @@ class DraftController(QObject):
         text, tip = verdict_text(result)  # type: ignore[arg-type]
         self.picker.show_verdict(text, result["compatible"], tip)  # type: ignore[index]
         if not result["compatible"]:  # type: ignore[index]
-            bad = "; ".join(f"{c['name']}: {c['detail']}" for c in result["checks"] if not c["ok"])  # type: ignore[index]
-            self.problem.emit(f"{Path(path).name} cannot draft for this model: {bad}")
+            self.problem.emit(incompatible_sentence(path, result))  # type: ignore[arg-type]
             self.picker.show_state(*self.picker.state)
             return
         recent = [path] + [p for p in self._recent() if p != path]

@@ -11,6 +11,8 @@ thread never waits.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QWidget
@@ -18,25 +20,38 @@ from PySide6.QtWidgets import QWidget
 from app.background import run_in_background
 from app.bridges.runtime_bridge import RuntimeBridge
 from engine.core.errors import KvDeckError
-from engine.serve.server import ApiServer, ServedModel, ServerConfig
+
+if TYPE_CHECKING:  # imported when the server starts: uvicorn and the API cost ~0.2 s of start-up
+    from engine.serve.server import ApiServer, ServedModel
 
 DEFAULT_PORT = 8080
+PORT_SETTING, KEY_SETTING = "server_port", "server_api_key"  # chat-store settings (Server settings…)
 
 
 class ServerToggle(QObject):
     urlChanged = Signal(str)  # the base URL while serving, "" when stopped
     problem = Signal(str)  # one line for the window's banner
 
-    def __init__(self, bridge: RuntimeBridge, parent: QWidget, port: int = DEFAULT_PORT) -> None:
+    def __init__(self, bridge: RuntimeBridge, parent: QWidget, port: int = DEFAULT_PORT,
+                 api_key: str = "") -> None:
         super().__init__(parent)
         self.bridge = bridge
         self.port = port
+        self.api_key = api_key
         self.server: ApiServer | None = None
         self.url = ""
         self.action = QAction("Serve the loaded model (OpenAI API)", parent, checkable=True)
         self.action.setToolTip("Other programs can use the loaded model at http://127.0.0.1:PORT/v1; "
                                "each client gets one of the model's parallel sequences")
         self.action.toggled.connect(self._toggled)
+
+    def configure(self, port: int, api_key: str) -> None:
+        """New port and key (Server settings…); a running server restarts with them."""
+        changed = (port, api_key) != (self.port, self.api_key)
+        self.port, self.api_key = port, api_key
+        if changed and self.server is not None:
+            self.stop()
+            self.start()
 
     def _slots(self) -> int:
         params = self.bridge.last_params
@@ -60,11 +75,13 @@ class ServerToggle(QObject):
             self.problem.emit("Load a model before starting the API server.")
             return
         bridge = self.bridge
+        from engine.serve.server import ServedModel
+
         model = ServedModel(host=lambda: bridge.host, loaded=lambda: bridge.loaded_info, slots=self._slots)
         self._set_checked(True)
         self.action.setEnabled(False)  # until it has started or failed
 
-        run_in_background(_start_server, model, self.port, parent=self, name="kvdeck-api-start",
+        run_in_background(_start_server, model, self.port, self.api_key, parent=self, name="kvdeck-api-start",
                           on_result=self._on_started, on_error=self._on_failed)
 
     def _on_started(self, started: tuple[ApiServer, str]) -> None:
@@ -90,13 +107,15 @@ class ServerToggle(QObject):
             run_in_background(server.stop, parent=self, name="kvdeck-api-stop")
 
 
-def _start_server(model: ServedModel, port: int) -> tuple[ApiServer, str]:
+def _start_server(model: ServedModel, port: int, api_key: str = "") -> tuple[ApiServer, str]:
     """Bind ``port``, or any free port when it is taken; the last refusal when neither works."""
+    from engine.serve.server import ApiServer, ServerConfig
+
     try:
-        server = ApiServer(model, ServerConfig(port=port))
+        server = ApiServer(model, ServerConfig(port=port, api_key=api_key))
         return server, server.start()
     except KvDeckError:
         if port == 0:
             raise
-    server = ApiServer(model, ServerConfig(port=0))
+    server = ApiServer(model, ServerConfig(port=0, api_key=api_key))
     return server, server.start()

@@ -34,13 +34,18 @@ RENDER_INTERVAL_MS = 50
 
 
 class PromptEdit(QPlainTextEdit):
-    """Enter sends, Shift+Enter adds a line; dropped files go to the window, not into the text."""
+    """Enter sends, Shift+Enter adds a line (or, with ``ctrl_enter_sends``, Ctrl+Enter sends and
+    Enter adds a line: Chat menu); dropped files go to the window, not into the text."""
 
     submitted = Signal()
+    ctrl_enter_sends = False
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        mods = event.modifiers()
+        wanted = Qt.KeyboardModifier.ControlModifier if self.ctrl_enter_sends else Qt.KeyboardModifier.NoModifier
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not (
-                event.modifiers() & Qt.KeyboardModifier.ShiftModifier):
+                mods & Qt.KeyboardModifier.ShiftModifier) and (
+                mods & Qt.KeyboardModifier.ControlModifier) == wanted:
             self.submitted.emit()
             return
         super().keyPressEvent(event)
@@ -101,14 +106,16 @@ class ChatPane(QWidget):
         self.max_tokens.setValue(int(self.store.get_setting("max_tokens", 512)))
         self.max_tokens.valueChanged.connect(lambda v: self._setting("max_tokens", v))
         self.max_tokens.setToolTip("Longest reply, in tokens")
-        top = QHBoxLayout()
-        top.addWidget(self.system_edit, 1)
-        top.addWidget(QLabel("Sampling:"))
-        top.addWidget(self.preset_box)
-        top.addWidget(QLabel("Max tokens:"))
-        top.addWidget(self.max_tokens)
+        top = QHBoxLayout()  # the system prompt gets a row of its own: beside the controls it
+        top.addWidget(self.system_edit, 1)  # was a few characters wide in a 1000 px window
+        controls = QHBoxLayout()
+        controls.addWidget(QLabel("Sampling:"))
+        controls.addWidget(self.preset_box)
+        controls.addWidget(QLabel("Max tokens:"))
+        controls.addWidget(self.max_tokens)
         self.draft_picker = DraftPicker(self)  # speculative decoding (MainWindow wires it)
-        top.addWidget(self.draft_picker)
+        controls.addWidget(self.draft_picker)
+        controls.addStretch(1)
 
         self.input = PromptEdit(self, placeholderText="Ask anything — Enter sends, Shift+Enter for a new line")
         self.input.setFixedHeight(84)
@@ -128,6 +135,7 @@ class ChatPane(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
+        layout.addLayout(controls)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.edit_label)
         layout.addLayout(bottom)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from PySide6.QtCore import QUrl, Signal, Qt
-from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtCore import QEvent, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
 from app.chat.markdown_view import escape_plain, render_markdown
+from app.theme import chat_colors, is_dark
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,7 @@ class ShownMessage:
     meta: str = ""
 
 
-def is_dark() -> bool:
-    hints = QGuiApplication.styleHints()
-    try:
-        return hints.colorScheme() == Qt.ColorScheme.Dark
-    except AttributeError:  # Qt < 6.5
-        return False
+__all__ = ["ChatView", "ShownMessage", "is_dark"]
 
 
 class ChatView(QTextBrowser):
@@ -48,8 +44,18 @@ class ChatView(QTextBrowser):
         self._messages: list[ShownMessage] = []
         self._cache: dict[tuple[int, str, bool, str, bool], str] = {}
         self._placeholder = ""
-        self._dark = is_dark()
+        self._colors = chat_colors(self.palette())
+        self._dark = self._colors.dark
         self.document().setDocumentMargin(12)
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt API)
+        """A theme switch (View → Theme, or the desktop's): bubbles follow the new palette."""
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange:
+            self._colors = chat_colors(self.palette())
+            self._dark = self._colors.dark
+            self._cache.clear()
+            self._render()
 
     def loadResource(self, kind: int, url: QUrl) -> object:  # noqa: N802 (Qt API)
         return None  # never load images or anything else a message refers to
@@ -94,22 +100,22 @@ class ChatView(QTextBrowser):
         if cached is not None:
             return cached
         user = m.role == "user"
-        dark = self._dark
-        bg = ("#2b3a55" if dark else "#e8f0fe") if user else ("#262626" if dark else "#f7f7f8")
+        dark, colors = self._dark, self._colors
+        bg = colors.user_bg if user else colors.assistant_bg
         who = {"user": "You", "assistant": "Assistant", "system": "System"}.get(m.role, m.role)
         body = escape_plain(m.content) if user else render_markdown(m.content, dark=dark)
         if not m.content and not user:
             body = "<i>…</i>"
-        links = [f'<a href="kvdeck:copy/{m.id}">copy</a>']
+        links = [f'<a style="color:{colors.link};" href="kvdeck:copy/{m.id}">copy</a>']
         if user:
-            links.append(f'<a href="kvdeck:edit/{m.id}">edit</a>')
+            links.append(f'<a style="color:{colors.link};" href="kvdeck:edit/{m.id}">edit</a>')
         elif is_last_reply and m.id > 0:
-            links.append(f'<a href="kvdeck:regenerate/{m.id}">regenerate</a>')
-        status = "" if m.complete else ' <span style="color:#c0392b;">(incomplete)</span>'
-        meta = f' <span style="color:#888888;">{html.escape(m.meta)}</span>' if m.meta else ""
+            links.append(f'<a style="color:{colors.link};" href="kvdeck:regenerate/{m.id}">regenerate</a>')
+        status = "" if m.complete else f' <span style="color:{colors.error};">(incomplete)</span>'
+        meta = f' <span style="color:{colors.muted};">{html.escape(m.meta)}</span>' if m.meta else ""
         out = (
             f'<table width="100%" cellspacing="0" cellpadding="10" style="background-color:{bg};'
-            f'margin-bottom:10px;"><tr><td>'
+            f'color:{colors.text}; margin-bottom:10px;"><tr><td>'
             f'<p style="margin:0;"><b>{who}</b>{status}{meta}'
             f'&nbsp;&nbsp;<span style="font-size:small;">{" · ".join(links)}</span></p>'
             f"{body}</td></tr></table>"

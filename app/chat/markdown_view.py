@@ -34,6 +34,8 @@ from pygments.styles import get_style_by_name
 from pygments.token import Token as PygToken
 from pygments.util import ClassNotFound
 
+from app.theme import MARKDOWN
+
 __all__ = ["escape_plain", "render_markdown"]
 
 # Only these schemes get a clickable <a href>; the widget opens them externally.
@@ -44,13 +46,8 @@ _SAFE_LINK_PREFIXES = ("http://", "https://", "mailto:")
 _Env = MutableMapping[str, Any]  # markdown-it's render env; carries {"dark": bool}
 _MONO = "'JetBrains Mono','Cascadia Code',Consolas,'DejaVu Sans Mono',monospace"
 
-# Colours for the non-code chrome, per theme. Code colours come from Pygments.
-_THEME: dict[bool, dict[str, str]] = {
-    False: {"pygments": "friendly", "inline_bg": "#eef0f3", "label": "#6a737d",
-            "quote": "#57606a", "border": "#c8ccd0", "th_bg": "#f3f4f6", "link": "#0969da"},
-    True: {"pygments": "monokai", "inline_bg": "#3a3d41", "label": "#9da5b4",
-           "quote": "#a0a8b0", "border": "#5a5f66", "th_bg": "#2f3237", "link": "#58a6ff"},
-}
+# Colours for the non-code chrome and the code blocks, per theme: app.theme owns every colour.
+_THEME = MARKDOWN
 
 
 def _safe_href(href: str) -> bool:
@@ -86,8 +83,8 @@ def _formatter(dark: bool) -> tuple[HtmlFormatter, str, str]:
     style = get_style_by_name(style_name)
     fmt = HtmlFormatter(style=style_name, noclasses=True, nowrap=True)
     fg = style.style_for_token(PygToken.Text).get("color") or ""
-    fg = f"#{fg}" if fg else ("#f8f8f2" if dark else "#24292f")
-    return fmt, style.background_color or ("#272822" if dark else "#f6f8fa"), fg
+    fg = f"#{fg}" if fg else _THEME[dark]["code_fg"]
+    return fmt, style.background_color or _THEME[dark]["code_bg"], fg
 
 
 @lru_cache(maxsize=256)

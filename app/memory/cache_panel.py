@@ -7,13 +7,14 @@ changes. Nothing is loaded until the user presses *Apply and reload*.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPen
+from PySide6.QtGui import QPainter, QPaintEvent, QPalette, QPen
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
     QSlider, QSpinBox, QStyle, QStyleOptionSlider, QVBoxLayout, QWidget,
 )
 
 from app.memory.precision_view import PrecisionView, Source
+from app.theme import series, status_color, warning_color
 from engine.plan.rules import check_settings, default_cache_type
 from engine.plan.fit import fit
 from engine.gguf.inspect import GGUFInfo
@@ -60,7 +61,7 @@ class MarkedSlider(QSlider):
         x = QStyle.sliderPositionFromValue(self.minimum(), self.maximum(),
                                            min(self.mark, self.maximum()), span) + handle.width() // 2
         painter = QPainter(self)
-        painter.setPen(QPen(QColor("#c62828"), 2))
+        painter.setPen(QPen(series("limit"), 2))
         painter.drawLine(x, 0, x, self.height())
         painter.end()
 
@@ -109,6 +110,7 @@ class CachePanel(QWidget):
         cache.addRow("", self.ctx_label)
         cache.addRow("GPU layers", self.ngl)
         cache.addRow("Micro-batch", self.ubatch)
+        cache.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # a narrow dock: labels above
         cache_box = QGroupBox("KV cache", self)
         cache_box.setLayout(cache)
 
@@ -123,12 +125,13 @@ class CachePanel(QWidget):
         split.addRow("Main GPU", self.main_gpu)
         split.addRow("Tensor split", self.ratio_row)
         split.addRow(self.split_note)
+        split.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         split_box = QGroupBox("Multi-GPU split", self)
         split_box.setLayout(split)
 
         self.problems = QLabel(self, wordWrap=True, textFormat=Qt.TextFormat.RichText)
         self.speed_hint = QLabel(self, wordWrap=True)
-        self.speed_hint.setStyleSheet("color: #666;")
+        self.speed_hint.setForegroundRole(QPalette.ColorRole.PlaceholderText)
         self.summary = QLabel(self, wordWrap=True, textFormat=Qt.TextFormat.RichText)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.apply = QPushButton("Apply and reload", self, clicked=self._apply)
@@ -221,7 +224,11 @@ class CachePanel(QWidget):
             tensor_split=ratios if any(ratios) else (), main_gpu=max(0, self.main_gpu.currentIndex()))
 
     def _changed(self, refit: bool) -> None:
-        self.speed_hint.setText(speed_hint(self.type_k.currentText(), self.type_v.currentText()))
+        # measured on a CUDA GPU: meaningless for a CPU-only (or another GPU backend) build
+        hint = speed_hint(self.type_k.currentText(), self.type_v.currentText()) \
+            if getattr(self, "backend", "") == "cuda" else ""
+        self.speed_hint.setText(hint)
+        self.speed_hint.setVisible(bool(hint))
         if self._building or self.info is None:
             return
         s = self.settings()
@@ -245,7 +252,7 @@ class CachePanel(QWidget):
         self.planChanged.emit(plan)
 
     def _show_problems(self, problems: list[Problem]) -> None:
-        rows = [f'<p style="color:{"#b3261e" if p.severity == "error" else "#9a6700"};">'
+        rows = [f'<p style="color:{status_color(False, self.palette()) if p.severity == "error" else warning_color(self.palette())};">'
                 f'{"✖" if p.severity == "error" else "⚠"} {p.message}</p>' for p in problems]
         self.problems.setText("".join(rows))
         self.problems.setVisible(bool(rows))
@@ -263,7 +270,8 @@ class CachePanel(QWidget):
                 if not now and not (prev and prev.bytes_for(dev, c)):
                     continue
                 delta = now - prev.bytes_for(dev, c) if prev else 0
-                change = f' <span style="color:#888;">({format_bytes(delta, signed=True)})</span>' \
+                muted = status_color(None, self.palette())
+                change = f' <span style="color:{muted};">({format_bytes(delta, signed=True)})</span>' \
                     if delta else ""
                 parts.append(f"{c} {format_bytes(now)}{change}")
             lines.append(f"<b>{dev}</b>: {format_bytes(plan.bytes_for(dev))} — " + ", ".join(parts))

@@ -16,14 +16,13 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt, QTimer
 from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from app.theme import series
 from engine.core.units import format_bytes
 
-COMPONENT_COLORS = {"weights": QColor("#4e79a7"), "kv": QColor("#f28e2b"),
-                    "recurrent": QColor("#b07aa1"), "compute": QColor("#59a14f"),
-                    "output": QColor("#e15759")}
-THIS_APP = QColor("#3d85c6")
-OTHERS = QColor("#e69138")
-SPEED = QColor("#59a14f")
+COMPONENT_COLORS = {name: series(name) for name in ("weights", "kv", "recurrent", "compute", "output")}
+THIS_APP = series("this_app")
+OTHERS = series("others")
+SPEED = series("speed")
 BAR_H = 18
 SWATCH = 10
 GAP = 4
@@ -38,6 +37,22 @@ class Segment:
     color: QColor | None
 
 
+#: Seconds without a speed sample after which the chart breaks its line: replies are streamed
+#: at several samples a second, so a longer silence is the model idling, not a slow token.
+IDLE_GAP_S = 3.0
+
+
+def idle_split(points: list[tuple[float, float]], gap: float = IDLE_GAP_S) -> list[list[tuple[float, float]]]:
+    """The samples as runs of generation, split wherever ``gap`` seconds passed without one."""
+    runs: list[list[tuple[float, float]]] = []
+    for point in points:
+        if runs and point[0] - runs[-1][-1][0] <= gap:
+            runs[-1].append(point)
+        else:
+            runs.append([point])
+    return runs
+
+
 def _text_color(widget: QWidget, alpha: int = 255) -> QColor:
     color = QColor(widget.palette().color(QPalette.ColorRole.WindowText))
     color.setAlpha(alpha)
@@ -46,7 +61,7 @@ def _text_color(widget: QWidget, alpha: int = 255) -> QColor:
 
 def _on(fill: QColor) -> QColor:
     """Black or white text, whichever is legible on ``fill``."""
-    return QColor("#000000") if fill.lightnessF() > 0.6 else QColor("#ffffff")
+    return QColor(Qt.GlobalColor.black) if fill.lightnessF() > 0.6 else QColor(Qt.GlobalColor.white)
 
 
 def _track(painter: QPainter, widget: QWidget, rect: QRectF) -> None:
@@ -310,16 +325,19 @@ class SpeedChart(QWidget):
                 x = plot.left() + plot.width() * ((t - t0) / span if len(self.points) > 1 else 1.0)
                 return QPointF(x, plot.bottom() - plot.height() * v / top)
 
-            line = QPainterPath(at(*self.points[0]))
-            for t, v in list(self.points)[1:]:
-                line.lineTo(at(t, v))
-            area = QPainterPath(line)
-            area.lineTo(QPointF(at(t1, 0).x(), plot.bottom()))
-            area.lineTo(QPointF(at(t0, 0).x(), plot.bottom()))
+            line = QPainterPath()
             fill = QColor(SPEED)
             fill.setAlpha(60)
             p.setPen(Qt.PenStyle.NoPen)
-            p.fillPath(area, fill)
+            for run in idle_split(list(self.points)):  # no line across the time nothing ran
+                segment = QPainterPath(at(*run[0]))
+                for t, v in run[1:]:
+                    segment.lineTo(at(t, v))
+                line.addPath(segment)
+                filled = QPainterPath(segment)
+                filled.lineTo(QPointF(at(run[-1][0], 0).x(), plot.bottom()))
+                filled.lineTo(QPointF(at(run[0][0], 0).x(), plot.bottom()))
+                p.fillPath(filled, fill)
             p.setPen(QPen(SPEED, 2))
             p.setBrush(Qt.BrushStyle.NoBrush)
             p.drawPath(line)

@@ -13,6 +13,8 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from app.theme import series
+
 KL_FLOOR = 1e-12  # the lowest floor the axis goes down to
 
 
@@ -109,15 +111,15 @@ class QualityChart(QWidget):
         p.end()
 
     def _draw_point(self, p: QPainter, pt: ChartPoint, at: QPointF, fg: QColor) -> None:
-        color = QColor("#1a73e8") if pt.chosen else QColor("#b3261e") if pt.mean_kl is None \
-            else QColor("#5f6368")
+        color = series("chosen") if pt.chosen else series("failed") if pt.mean_kl is None \
+            else series("point")
         radius = 5.5 if pt.chosen else 4.0
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(color)
         p.drawEllipse(at, radius, radius)
         if pt.matched:
             p.setBrush(Qt.BrushStyle.NoBrush)
-            p.setPen(QPen(QColor("#188038"), 2))
+            p.setPen(QPen(series("ok"), 2))
             p.drawEllipse(at, radius + 4, radius + 4)
         p.setPen(fg)
         label = pt.label + (" ★" if pt.matched else "")
