@@ -137,8 +137,12 @@ class ChatSettings(QWidget):
         self._summarise()
 
     def set_policy(self, policy: str) -> None:
-        """Switch the overflow policy as if the user had (the "let older messages drop out" button)."""
+        """Switch the overflow policy as if the user had (the "let older messages drop out" button);
+        `changed` follows even when it was already chosen, so the conversation stores it."""
+        self._quiet = True
         self.overflow_box.setCurrentIndex(max(0, self.overflow_box.findData(policy)))
+        self._quiet = False
+        self._emit()
 
     def _show_sampling(self, s: SamplingParams) -> None:
         self.temperature.setValue(s.temperature)
