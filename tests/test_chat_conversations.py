@@ -46,7 +46,7 @@ def test_each_reply_end_reason_is_stored_and_shown(qtbot, window):
     with qtbot.waitSignal(window.bridge.finished, timeout=LOAD_TIMEOUT_MS):
         _stream_then(qtbot, window, lambda: qtbot.mouseClick(window.chat.stop_button, Qt.MouseButton.LeftButton))
     last = window.store.messages(window.chat.conversation_id)[-1]
-    assert last.end_reason == "stop" and last.content and not last.complete
+    assert last.end_reason == "stop" and last.content and last.complete
     assert "stopped by you" in window.chat.view.toPlainText()
     assert "(incomplete)" not in window.chat.view.toPlainText()
 

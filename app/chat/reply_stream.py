@@ -67,8 +67,9 @@ class ReplyStream:
         info = self.bridge.loaded_info
         self.prefill[self._reply_id] = (done.n_prompt, done.n_reused)
         reason = end_reason(done, info.n_ctx_seq if info else 0)
-        self._end_reply(done.text, reason in ("eog", "length"), len(done.tokens),
-                        done.tokens_per_s, reason)
+        # the runtime ended the reply on purpose (even when stopped or out of room): complete,
+        # with its reason shown; only a reply the runtime never finished is "(incomplete)"
+        self._end_reply(done.text, True, len(done.tokens), done.tokens_per_s, reason)
         self.speed.emit(done.tokens_per_s)
         if reason == "context":
             self.notice.ask("The reply reached the end of the context.", can_drop=False)
