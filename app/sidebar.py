@@ -121,9 +121,15 @@ class Sidebar(QWidget):
         try:
             if title:
                 self.store.rename_conversation(conv_id, title)
+            conv = None if title else self.store.get_conversation(conv_id)
+            title = title or (conv.title if conv else item.text())
         except KvDeckError as exc:
             self.problem.emit(str(exc))
-        self.refresh_conversations(self._current)
+        # the item only, not the list: a rebuild would move the selection under the user
+        self.conversations.blockSignals(True)
+        item.setText(title)
+        item.setToolTip(title)
+        self.conversations.blockSignals(False)
 
     def delete_current(self) -> None:
         item = self.conversations.currentItem()
