@@ -32,7 +32,7 @@ from engine.core import paths
 from engine import protocol as P
 from engine.core.errors import KvDeckError
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
-from engine.plan.fit import default_settings, preflight
+from engine.plan.fit import FitResult, default_settings, fit, preflight
 from engine.runtime.outcome import ProcessOutcome
 from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import PlanSettings
@@ -130,6 +130,10 @@ class MainWindow(QMainWindow):
         self.chat.problem.connect(self.show_problem)
         self.chat.storeProblem.connect(lambda text: self.show_problem(text, sticky=True))
         self.chat.speed.connect(lambda tps: self.speed_label.setText(f"{tps:.1f} tokens/s"))
+        self.chat.copied.connect(lambda text: self.statusBar().showMessage(text, 2000))
+        self.chat.largerContextRequested.connect(self.use_larger_context)
+        self.sidebar.problem.connect(self.show_problem)
+        self.sidebar.conversationDeleted.connect(self._on_conversation_deleted)
         self.bridge.loadProgress.connect(self._on_progress)
         self.bridge.loaded.connect(self._on_loaded)
         self.bridge.loadFailed.connect(self._on_load_failed)
@@ -368,6 +372,37 @@ class MainWindow(QMainWindow):
 
     def _select_conversation(self, conv_id: int) -> None:
         self.chat.open_conversation(conv_id)
+
+    def _on_conversation_deleted(self, conv_id: int, title: str) -> None:
+        self.show_problem(f"Deleted “{title}”.", "Undo", lambda: self.sidebar.restore(conv_id))
+
+    def use_larger_context(self) -> None:
+        """Reload the model with the largest context that fits this machine (engine.plan.fit with
+        the current settings and devices); the chat pane then answers the waiting message."""
+        info, settings = self.model_info, self.settings
+        if info is None or settings is None:
+            self.show_problem("No model is loaded: there is no context to make larger.")
+            return
+        devices = self.memory.devices()[0]
+        current = self.bridge.loaded_info.n_ctx if self.bridge.loaded_info else settings.n_ctx
+        run_in_background(fit, info, settings, devices, plan_fn=analytic_plan,
+                          min_context=min(current + 1, info.n_ctx_train or current + 1),
+                          parent=self, name="kvdeck-fit-larger",
+                          on_result=lambda result: self._larger_fitted(info, current, result),
+                          on_error=lambda exc: self.show_problem(f"could not fit a larger context: {exc}"))
+
+    def _larger_fitted(self, info: GGUFInfo, current: int, result: FitResult) -> None:
+        if info is not self.model_info:
+            return  # another model was chosen meanwhile
+        n_ctx = result.settings.n_ctx if result.fits else 0
+        if n_ctx <= current:
+            limit = "the model's training context" if current >= (info.n_ctx_train or 0) else \
+                "the memory of this machine"
+            self.show_problem(f"{current:,} tokens is already the largest context that fits "
+                              f"({limit}): start a new chat or let older messages drop out.")
+            return
+        log.info("reloading %s with a larger context: %d -> %d", info.path, current, n_ctx)
+        self._apply_settings(result.settings)
 
     def show_problem(self, message: str, action_text: str = "", action=None,  # noqa: ANN001
                      sticky: bool = False) -> None:

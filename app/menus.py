@@ -115,15 +115,12 @@ class WindowMenus:
         if focus is not None and hasattr(focus, "copy") and focus is not self.win.chat.view:
             focus.copy()  # type: ignore[attr-defined]
             return
-        self.win.chat.view.copy()
+        self.win.chat.copy_selection()  # says "Copied"
 
     def find_text(self) -> None:
         """Ctrl+F: the sidebar's conversation search when it has one, else find in the transcript."""
-        search = getattr(self.win.sidebar, "search", None)
-        if isinstance(search, QWidget) and search.isVisible():
-            search.setFocus()
-            if hasattr(search, "selectAll"):
-                search.selectAll()  # type: ignore[attr-defined]
+        if self.win.sidebar.isVisible():
+            self.win.sidebar.focus_search()  # titles and text of every conversation (FTS5)
             return
         text, ok = QInputDialog.getText(self.win, "Find", "Find in this conversation:",
                                         text=getattr(self, "_last_find", ""))

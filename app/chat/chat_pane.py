@@ -1,7 +1,14 @@
-"""The chat pane: transcript, prompt box, system prompt, sampling preset, stop / regenerate / edit.
+"""The chat pane: transcript, prompt box, settings, stop / regenerate / edit, the context notice.
 
 Every message is written to the store the moment it exists; a streaming reply is saved about
-twice a second marked incomplete, so a crash or kill keeps what was already shown.
+twice a second marked incomplete, so a crash or kill keeps what was already shown. Each reply
+ends with a stored reason (``Message.end_reason``), and a reply that never wrote a word is
+deleted rather than left as an empty bubble.
+
+Before each reply the conversation is fitted to the context (engine.chat.conversation
+.fit_conversation, which tokenizes through the runtime: on a background thread). The cut it
+chose is stored per conversation as the id of the first kept message, so the next reply keeps
+the same prompt start and the runtime reuses its cached prefix instead of prefilling it again.
 """
 from __future__ import annotations
 
@@ -9,66 +16,51 @@ import time
 from typing import Callable, TypeVar
 
 from PySide6.QtCore import QTimer, Qt, Signal
-from PySide6.QtGui import QGuiApplication, QKeyEvent
-from PySide6.QtWidgets import (
-    QComboBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSpinBox, QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from app.chat.chat_view import ChatView, ShownMessage
+from app.background import run_in_background
 from app.bridges.draft_picker import DraftPicker
 from app.bridges.runtime_bridge import RuntimeBridge
+from app.chat.chat_settings import effective_settings, save_settings
+from app.chat.chat_view import ChatView, ShownMessage
+from app.chat.context_notice import ContextNotice
+from app.chat.markdown_view import code_blocks
+from app.chat.prompt_edit import PromptEdit
+from app.chat.reply_stream import ReplyStream
+from app.chat.settings_panel import ChatSettings
 from engine import protocol as P
-from engine.chat.conversation import conversation_prompt
+from engine.chat.conversation import conversation_prompt, fit_conversation
+from engine.chat.overflow import Fitted, OverflowPolicy
 from engine.chat.template import ChatMessage
-from engine.core.errors import KvDeckError
-from engine.core.sampling import DEFAULT_PRESET, PRESETS
+from engine.core.errors import ContextFull, KvDeckError
+from engine.storage.fallback import StoreDegraded
 from engine.storage.identity import title_from_text
 from engine.storage.records import Message
 from engine.storage.store import ChatStore
-from engine.storage.fallback import StoreDegraded
 
 T = TypeVar("T")
 SAVE_INTERVAL_MS = 500
 RENDER_INTERVAL_MS = 50
+CHAT_HINT = "Ask anything — Enter sends, Shift+Enter for a new line"
+BASE_HINT = "Continue the text (a base model completes what you write) — Enter sends"
 
 
-class PromptEdit(QPlainTextEdit):
-    """Enter sends, Shift+Enter adds a line (or, with ``ctrl_enter_sends``, Ctrl+Enter sends and
-    Enter adds a line: Chat menu); dropped files go to the window, not into the text."""
-
-    submitted = Signal()
-    ctrl_enter_sends = False
-
-    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
-        mods = event.modifiers()
-        wanted = Qt.KeyboardModifier.ControlModifier if self.ctrl_enter_sends else Qt.KeyboardModifier.NoModifier
-        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not (
-                mods & Qt.KeyboardModifier.ShiftModifier) and (
-                mods & Qt.KeyboardModifier.ControlModifier) == wanted:
-            self.submitted.emit()
-            return
-        super().keyPressEvent(event)
-
-    def dragEnterEvent(self, event) -> None:  # noqa: N802
-        if event.mimeData().hasUrls():
-            event.ignore()  # let the main window take model files
-            return
-        super().dragEnterEvent(event)
-
-
-def _meta(m: Message) -> str:
+def _meta(m: Message, prefill: tuple[int, int] | None) -> str:
     if m.role != "assistant" or not m.n_tokens:
         return ""
     speed = f" · {m.tokens_per_s:.1f} tokens/s" if m.tokens_per_s else ""
-    return f"{m.n_tokens} tokens{speed}"
+    cached = f" · prompt {prefill[0]} tokens, {prefill[1]} from cache" if prefill else ""
+    return f"{m.n_tokens} tokens{speed}{cached}"
 
 
-class ChatPane(QWidget):
+class ChatPane(ReplyStream, QWidget):
     conversationsChanged = Signal()
     problem = Signal(str)  # one-line message for the window's banner
     storeProblem = Signal(str)  # the chat history cannot be written: stays on the banner
     speed = Signal(float)  # live tokens/s
+    copied = Signal(str)  # "Copied": the window shows it briefly in the status bar
+    largerContextRequested = Signal()  # the window fits the largest context and reloads
 
     def __init__(self, store: ChatStore, bridge: RuntimeBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -80,6 +72,10 @@ class ChatPane(QWidget):
         self._reply_text = ""
         self._reply_tokens = 0
         self._reply_t0 = 0.0
+        self._fitting = 0  # ticket of the fit running in the background (0: none)
+        self._retry_after_load: int | None = None  # conversation to answer once reloaded
+        #: (prompt tokens, tokens reused from the KV cache) per reply of this session, by message id
+        self.prefill: dict[int, tuple[int, int]] = {}
         self._build()
         self._render_timer = QTimer(self, singleShot=True, interval=RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render_reply)
@@ -89,35 +85,34 @@ class ChatPane(QWidget):
         bridge.finished.connect(self._on_finished)
         bridge.generationFailed.connect(self._on_failed)
         bridge.busyChanged.connect(lambda _busy: self._update_buttons())
-        bridge.loaded.connect(lambda _info: self._update_buttons())
+        bridge.loaded.connect(self._on_loaded)
+        bridge.loadFailed.connect(lambda _m: setattr(self, "_retry_after_load", None))
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         self.view = ChatView(self)
         self.view.action.connect(self._on_action)
-        self.system_edit = QLineEdit(self, placeholderText="System prompt (optional)")
-        self.system_edit.editingFinished.connect(self._save_system_prompt)
-        self.preset_box = QComboBox(self)
-        self.preset_box.addItems(list(PRESETS))
-        preset = self.store.get_setting("preset", DEFAULT_PRESET)
-        self.preset_box.setCurrentText(preset if preset in PRESETS else DEFAULT_PRESET)
-        self.preset_box.currentTextChanged.connect(lambda t: self._setting("preset", t))
-        self.max_tokens = QSpinBox(self, minimum=1, maximum=32768, singleStep=64)
-        self.max_tokens.setValue(int(self.store.get_setting("max_tokens", 512)))
-        self.max_tokens.valueChanged.connect(lambda v: self._setting("max_tokens", v))
-        self.max_tokens.setToolTip("Longest reply, in tokens")
-        top = QHBoxLayout()  # the system prompt gets a row of its own: beside the controls it
-        top.addWidget(self.system_edit, 1)  # was a few characters wide in a 1000 px window
-        controls = QHBoxLayout()
-        controls.addWidget(QLabel("Sampling:"))
-        controls.addWidget(self.preset_box)
-        controls.addWidget(QLabel("Max tokens:"))
-        controls.addWidget(self.max_tokens)
+        self.view.codeCopy.connect(self._copy_code)
+        self.settings = ChatSettings(self)
+        self.settings.changed.connect(self._save_settings)
+        self.settings.system_edit.textChanged.connect(self._system_edited)
+        self.system_edit = self.settings.system_edit
+        self.preset_box = self.settings.preset_box
+        self.max_tokens = self.settings.max_tokens
+        self._system_timer = QTimer(self, singleShot=True, interval=400)
+        self._system_timer.timeout.connect(self._save_system_prompt)
+        self.model_label = QLabel(self)
+        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        top = QHBoxLayout()
+        top.addWidget(self.model_label, 1)
         self.draft_picker = DraftPicker(self)  # speculative decoding (MainWindow wires it)
-        controls.addWidget(self.draft_picker)
-        controls.addStretch(1)
+        top.addWidget(self.draft_picker)
+        self.notice = ContextNotice(self)
+        self.notice.largerContext.connect(self.use_larger_context)
+        self.notice.newChat.connect(self._new_chat_with_last_message)
+        self.notice.dropOlder.connect(self._let_older_drop)
 
-        self.input = PromptEdit(self, placeholderText="Ask anything — Enter sends, Shift+Enter for a new line")
+        self.input = PromptEdit(self, placeholderText=CHAT_HINT)
         self.input.setFixedHeight(84)
         self.input.submitted.connect(self.send)
         self.edit_label = QLabel(self)
@@ -135,47 +130,91 @@ class ChatPane(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
-        layout.addLayout(controls)
+        layout.addWidget(self.settings)
         layout.addWidget(self.view, 1)
+        layout.addWidget(self.notice)
         layout.addWidget(self.edit_label)
         layout.addLayout(bottom)
+        self._show_settings()
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        busy = self.bridge.generating
+        busy = self.bridge.generating or bool(self._fitting)
         ready = self.bridge.loaded_info is not None
         self.send_button.setEnabled(ready and not busy)
         self.stop_button.setEnabled(busy)
         has_reply = any(m.role == "assistant" for m in self.view.messages())
         self.regen_button.setEnabled(ready and not busy and has_reply)
 
+    def _on_loaded(self, info: P.Loaded) -> None:
+        self.input.setPlaceholderText(CHAT_HINT if info.chat_template else BASE_HINT)
+        if self.conversation_id is None:
+            self._show_settings()  # a new chat starts from this model's defaults
+        self._update_buttons()
+        retry, self._retry_after_load = self._retry_after_load, None
+        if retry is not None and retry == self.conversation_id:
+            self._start_reply()  # "Use a larger context": answer the waiting message
+
     # ------------------------------------------------------------------ conversations
     def open_conversation(self, conv_id: int | None) -> None:
-        if self.bridge.generating:
+        if self.bridge.generating or self._fitting:
             self.stop()
         self._finish_editing()
+        self.notice.hide()
+        self._retry_after_load = None
         self.conversation_id = conv_id
-        conv = self.store.get_conversation(conv_id) if conv_id else None
-        self.system_edit.setText(conv.system_prompt if conv else self.store.get_setting("system_prompt", ""))
+        self._show_settings()
         self._reload()
 
     def new_conversation(self) -> None:
         self.open_conversation(None)
         self.input.setFocus()
 
+    def _show_settings(self) -> None:
+        conv = self.store.get_conversation(self.conversation_id) if self.conversation_id else None
+        info = self.bridge.loaded_info
+        try:
+            values = effective_settings(self.store, self.conversation_id, info.path if info else None)
+        except KvDeckError:
+            values = {}
+        self.settings.set_values(values)
+        system = conv.system_prompt if conv else self.store.get_setting("system_prompt", "")
+        self.system_edit.blockSignals(True)
+        self.system_edit.setPlainText(system)
+        self.system_edit.blockSignals(False)
+        model = (conv.model_path if conv else None) or (info.path if info else "")
+        self.model_label.setText(f"Model: {model.replace(chr(92), '/').rsplit('/', 1)[-1]}"
+                                 if model else "")
+        self.model_label.setToolTip(model)
+        outside = conv.settings.get("dropped_ids", []) if conv else []
+        self.view.set_outside(set(outside), str(conv.settings.get("note", "")) if conv else "")
+
     def _reload(self) -> None:
         msgs = self.store.messages(self.conversation_id) if self.conversation_id else []
-        self.view.set_messages([ShownMessage(m.id, m.role, m.content, m.complete, _meta(m)) for m in msgs])
+        shown = []
+        for m in msgs:
+            if m.role == "assistant" and not m.content and m.id != self._reply_id:
+                self._write_quietly(self.store.delete_message, m.id)  # an empty reply of the past
+                continue
+            shown.append(ShownMessage(m.id, m.role, m.content, m.complete,
+                                      _meta(m, self.prefill.get(m.id)), m.id == self._reply_id,
+                                      m.end_reason))
+        self.view.set_messages(shown)
         self._update_buttons()
 
+    def _system_edited(self) -> None:
+        self._system_timer.start()  # saved once typing pauses
+
     def _save_system_prompt(self) -> None:
-        text = self.system_edit.text()
-        try:
-            if self.conversation_id:
-                self._write(self.store.set_system_prompt, self.conversation_id, text)
-            self._write(self.store.set_setting, "system_prompt", text)
-        except KvDeckError as exc:
-            self.problem.emit(str(exc))
+        text = self.system_edit.toPlainText()
+        if self.conversation_id:
+            self._write_quietly(self.store.set_system_prompt, self.conversation_id, text)
+        self._write_quietly(self.store.set_setting, "system_prompt", text)
+
+    def _save_settings(self) -> None:
+        info = self.bridge.loaded_info
+        self._write_quietly(save_settings, self.store, self.conversation_id,
+                            info.path if info else None, self.settings.values())
 
     # ------------------------------------------------------------------ store writes
     def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -187,16 +226,20 @@ class ChatPane(QWidget):
             self.storeProblem.emit(str(exc))
             return fn(*args, **kwargs)
 
-    def _setting(self, key: str, value: object) -> None:
+    def _write_quietly(self, fn: Callable[..., object], *args: object) -> None:
+        """A write whose failure is reported on the banner and otherwise ignored."""
         try:
-            self._write(self.store.set_setting, key, value)
+            self._write(fn, *args)
         except KvDeckError as exc:
             self.problem.emit(str(exc))
+
+    def _setting(self, key: str, value: object) -> None:
+        self._write_quietly(self.store.set_setting, key, value)
 
     # ------------------------------------------------------------------ sending
     def send(self) -> None:
         text = self.input.toPlainText().strip()
-        if not text or self.bridge.generating:
+        if not text or self.bridge.generating or self._fitting:
             return
         if self.bridge.loaded_info is None:
             self.problem.emit("No model is loaded yet: drop a .gguf file on the window or pick one on the left.")
@@ -205,8 +248,9 @@ class ChatPane(QWidget):
             if self.conversation_id is None:
                 info = self.bridge.loaded_info
                 conv = self._write(self.store.create_conversation, title_from_text(text),
-                                   model_path=info.path, system_prompt=self.system_edit.text())
+                                   model_path=info.path, system_prompt=self.system_edit.toPlainText())
                 self.conversation_id = conv.id
+                self._save_settings()
                 self.conversationsChanged.emit()
             if self._editing_id is not None:
                 self._write(self.store.truncate_after, self.conversation_id, self._editing_id,
@@ -217,32 +261,74 @@ class ChatPane(QWidget):
             return
         self.input.clear()
         self._finish_editing()
+        self.notice.hide()
         self._reload()
         self._start_reply()
 
-    def _start_reply(self) -> None:
+    def _history(self) -> tuple[list[int], list[ChatMessage]]:
         assert self.conversation_id is not None
-        info = self.bridge.loaded_info
-        if info is None:
+        msgs = [m for m in self.store.messages(self.conversation_id)
+                if m.role in ("user", "assistant") and (m.content or m.role == "user")]
+        return [m.id for m in msgs], [ChatMessage(m.role, m.content) for m in msgs]  # type: ignore[arg-type]
+
+    def _start_reply(self) -> None:
+        """Fit the conversation to the context in the background, then generate."""
+        info, host = self.bridge.loaded_info, self.bridge.host
+        if self.conversation_id is None or info is None or host is None:
             return
-        history = [m for m in self.store.messages(self.conversation_id) if m.content or m.role == "user"]
-        turns = [ChatMessage(m.role, m.content) for m in history if m.role in ("user", "assistant")]
+        ids, turns = self._history()
+        conv = self.store.get_conversation(self.conversation_id)
+        cut_id = conv.settings.get("cut_id") if conv else None
+        previous_cut = ids.index(cut_id) if cut_id in ids else 0
+        self._fitting = ticket = time.monotonic_ns()
+        conv_id, system = self.conversation_id, self.system_edit.toPlainText()
+        run_in_background(fit_conversation, host.tokenize, info, system, turns,
+                          max_tokens=self.max_tokens.value(), policy=self.settings.policy,
+                          previous_cut=previous_cut, parent=self, name="kvdeck-fit-context",
+                          on_result=lambda f: self._on_fitted(ticket, conv_id, ids, system, f),
+                          on_error=lambda exc: self._on_fit_failed(ticket, exc))
+        self._update_buttons()
+
+    def _on_fit_failed(self, ticket: int, exc: BaseException) -> None:
+        if ticket != self._fitting:
+            return
+        self._fitting = 0
+        self._update_buttons()
+        if isinstance(exc, ContextFull):
+            can_drop = self.settings.policy == OverflowPolicy.STOP.value
+            self.notice.ask(f"This conversation does not fit the context: {exc}.", can_drop=can_drop)
+        else:
+            self.problem.emit(str(exc))
+
+    def _on_fitted(self, ticket: int, conv_id: int, ids: list[int], system: str, fitted: Fitted) -> None:
+        info = self.bridge.loaded_info
+        if ticket != self._fitting or conv_id != self.conversation_id or info is None:
+            return  # stopped, another conversation opened, or the model went away meanwhile
+        self._fitting = 0
+        dropped = [ids[i] for i in fitted.dropped]
+        state = {"cut_id": ids[fitted.cut] if 0 < fitted.cut < len(ids) else None,
+                 "dropped_ids": dropped or None, "note": fitted.note or None,
+                 "dropped_tokens": fitted.dropped_tokens or None}
+        self._write_quietly(self.store.set_conversation_settings, conv_id, state)
+        self.view.set_outside(set(dropped), fitted.note)
         try:
-            prompt = conversation_prompt(info, self.system_edit.text(), turns)
-            reply = self._write(self.store.add_message, self.conversation_id, "assistant", "",
-                                complete=False)
+            prompt = conversation_prompt(info, system, list(fitted.turns))
+            reply = self._write(self.store.add_message, conv_id, "assistant", "", complete=False)
         except KvDeckError as exc:
             self.problem.emit(str(exc))
+            self._update_buttons()
             return
         self._reply_id, self._reply_text, self._reply_tokens = reply.id, "", 0
         self._reply_t0 = time.perf_counter()
-        self.view.update_last(ShownMessage(reply.id, "assistant", "", False))
-        sampling = PRESETS.get(self.preset_box.currentText(), PRESETS[DEFAULT_PRESET])
-        if self.bridge.generate(prompt.text, sampling, self.max_tokens.value()):
+        self.view.update_last(ShownMessage(reply.id, "assistant", "", False, streaming=True))
+        if self.bridge.generate(prompt.text, self.settings.sampling(), self.max_tokens.value()):
             self._save_timer.start()
         self._update_buttons()
 
     def stop(self) -> None:
+        if self._fitting:
+            self._fitting = 0
+            self._update_buttons()
         self.bridge.cancel()
 
     def regenerate_last(self) -> None:
@@ -251,7 +337,8 @@ class ChatPane(QWidget):
             self._regenerate(last.id)
 
     def _regenerate(self, msg_id: int) -> None:
-        if self.bridge.generating or self.conversation_id is None or self.bridge.loaded_info is None:
+        if self.bridge.generating or self._fitting or self.conversation_id is None \
+                or self.bridge.loaded_info is None:
             return
         try:
             self._write(self.store.truncate_after, self.conversation_id, msg_id, inclusive=True)
@@ -265,12 +352,35 @@ class ChatPane(QWidget):
         self._editing_id = None
         self.edit_label.hide()
 
+    # ------------------------------------------------------------------ the context is full
+    def use_larger_context(self) -> None:
+        """Reload with the largest context that fits (the window computes it), then answer."""
+        self._retry_after_load = self.conversation_id if self._waiting_for_reply() else None
+        self.largerContextRequested.emit()
+
+    def _waiting_for_reply(self) -> bool:
+        msgs = self.view.messages()
+        return bool(msgs) and msgs[-1].role == "user"
+
+    def _new_chat_with_last_message(self) -> None:
+        msgs = self.view.messages()
+        text = msgs[-1].content if msgs and msgs[-1].role == "user" else ""
+        self.new_conversation()
+        self.conversationsChanged.emit()
+        self.input.setPlainText(text)
+
+    def _let_older_drop(self) -> None:
+        self.settings.set_policy(OverflowPolicy.ROLLING.value)  # saved through `changed`
+        if self._waiting_for_reply():
+            self._start_reply()
+
+    # ------------------------------------------------------------------ copying
     def _on_action(self, name: str, msg_id: int) -> None:
         shown = next((m for m in self.view.messages() if m.id == msg_id), None)
         if shown is None:
             return
         if name == "copy":
-            QGuiApplication.clipboard().setText(shown.content)
+            self._copy(shown.content)
         elif name == "edit" and not self.bridge.generating:
             self._editing_id = msg_id
             self.input.setPlainText(shown.content)
@@ -280,49 +390,18 @@ class ChatPane(QWidget):
         elif name == "regenerate":
             self._regenerate(msg_id)
 
-    # ------------------------------------------------------------------ streaming
-    def _on_delta(self, text: str, n_tokens: int) -> None:
-        if self._reply_id is None:
-            return
-        self._reply_text += text
-        self._reply_tokens += n_tokens
-        elapsed = time.perf_counter() - self._reply_t0
-        if elapsed > 0:
-            self.speed.emit(self._reply_tokens / elapsed)
-        if not self._render_timer.isActive():
-            self._render_timer.start()
+    def _copy_code(self, msg_id: int, block: int) -> None:
+        shown = next((m for m in self.view.messages() if m.id == msg_id), None)
+        blocks = code_blocks(shown.content) if shown else []
+        if 0 <= block < len(blocks):
+            self._copy(blocks[block])
 
-    def _render_reply(self) -> None:
-        if self._reply_id is not None:
-            self.view.update_last(ShownMessage(self._reply_id, "assistant", self._reply_text, False))
+    def _copy(self, text: str) -> None:
+        QGuiApplication.clipboard().setText(text)
+        self.copied.emit("Copied")
 
-    def _save_reply(self) -> None:
-        if self._reply_id is not None:
-            try:
-                self._write(self.store.update_message, self._reply_id, self._reply_text,
-                            complete=False)
-            except KvDeckError as exc:
-                self.problem.emit(str(exc))
-
-    def _on_finished(self, done: P.Done) -> None:
-        if self._reply_id is None:
-            return
-        self._end_reply(done.text, complete=True, n_tokens=len(done.tokens), tps=done.tokens_per_s)
-        self.speed.emit(done.tokens_per_s)
-
-    def _on_failed(self, message: str) -> None:
-        if self._reply_id is not None:
-            self._end_reply(self._reply_text, complete=False, n_tokens=self._reply_tokens or None, tps=None)
-        if message:
-            self.problem.emit(message)
-
-    def _end_reply(self, text: str, complete: bool, n_tokens: int | None, tps: float | None) -> None:
-        self._save_timer.stop()
-        self._render_timer.stop()
-        reply_id, self._reply_id = self._reply_id, None
-        try:
-            self._write(self.store.update_message, reply_id, text, complete=complete,
-                        n_tokens=n_tokens, tokens_per_s=tps)
-        except KvDeckError as exc:
-            self.problem.emit(str(exc))
-        self._reload()
+    def copy_selection(self) -> None:
+        """Copy the transcript's selected text (Edit ▸ Copy); says "Copied" when there was some."""
+        if self.view.textCursor().hasSelection():
+            self.view.copy()
+            self.copied.emit("Copied")

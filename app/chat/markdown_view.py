@@ -293,3 +293,10 @@ def escape_plain(text: str) -> str:
     """
     body = html.escape(text.replace("\r\n", "\n").replace("\r", "\n"), quote=False)
     return f'<p style="white-space:pre-wrap; margin:0px;">{body.replace(chr(10), "<br>")}</p>'
+
+
+def code_blocks(text: str) -> list[str]:
+    """The code of each code block of ``text``, in the order the rendered HTML shows them (the
+    transcript's "copy code" links number them so)."""
+    tokens = _MD.parse(text.replace("\r\n", "\n").replace("\r", "\n"), {})
+    return [t.content.rstrip("\n") for t in tokens if t.type in ("fence", "code_block")]

@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from collections.abc import Sequence
+
 from engine import protocol as P
+from engine.chat.overflow import Fitted, OverflowPolicy, fit_turns
 from engine.chat.template import ChatMessage, Prompt, build_prompt
 from engine.core.errors import TemplateError
 from engine.runtime.host import RuntimeHost
@@ -31,6 +34,46 @@ def conversation_prompt(loaded: P.Loaded, system_prompt: str, turns: list[ChatMe
             raise
     merged = [ChatMessage("user", f"{system_prompt.strip()}\n\n{turns[0].content}")] + turns[1:]
     return build_prompt(template, merged, bos_token=loaded.bos_text, eos_token=loaded.eos_text)
+
+
+def reply_reserve(n_ctx_seq: int, max_tokens: int) -> int:
+    """Tokens kept free for the reply when fitting the prompt: the reply's maximum, but never more
+    than a quarter of the context (a 2,000-token maximum must not hide a 512-token conversation)."""
+    return max(1, min(max_tokens, n_ctx_seq // 4))
+
+
+def fit_conversation(tokenize: Callable[[str], list[int]], loaded: P.Loaded, system_prompt: str,
+                     turns: Sequence[ChatMessage], *, max_tokens: int,
+                     policy: OverflowPolicy | str = OverflowPolicy.ROLLING,
+                     previous_cut: int = 0) -> Fitted:
+    """The turns to send for the next reply (engine.chat.overflow), measured with the runtime's own
+    tokenizer on the rendered prompt, so template tokens and the system prompt count too.
+
+    ``tokenize`` is ``RuntimeHost.tokenize``: a round trip to the child per measurement (O(log n)
+    of them), so GUI callers run this off the GUI thread. Raises ContextFull (see fit_turns)."""
+    cache: dict[tuple[ChatMessage, ...], int] = {}
+
+    def measure(ts: Sequence[ChatMessage]) -> int:
+        key = tuple(ts)
+        if key not in cache:
+            cache[key] = len(tokenize(conversation_prompt(loaded, system_prompt, list(key)).text))
+        return cache[key]
+
+    budget = loaded.n_ctx_seq - reply_reserve(loaded.n_ctx_seq, max_tokens)
+    return fit_turns(turns, measure, budget, policy, previous_cut=previous_cut)
+
+
+def end_reason(done: P.Done, n_ctx_seq: int) -> str:
+    """How a reply ended, as ``engine.storage.records.END_REASONS`` names it.
+
+    The child caps a reply at the room left in the context and then reports "length"; a reply
+    that filled the context is "context" whatever the child called it."""
+    if done.stop_reason == "cancelled":
+        return "stop"
+    if done.stop_reason == "context" or (
+            n_ctx_seq and done.n_prompt + len(done.tokens) >= n_ctx_seq - 1):
+        return "context"
+    return "length" if done.stop_reason == "length" else "eog"
 
 
 @dataclass(frozen=True)

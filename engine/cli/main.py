@@ -21,7 +21,9 @@ from engine.cli import precision as cli_precision
 from engine.cli import bench as cli_bench
 from engine.cli import serve as cli_serve
 from engine.cli import hub as cli_hub
-from engine.chat.conversation import reply
+from engine.chat.conversation import fit_conversation, reply
+from engine.chat.history import read_history
+from engine.chat.overflow import POLICY_LABELS, OverflowPolicy
 from engine.chat.template import ChatMessage
 from engine.core import logfile, paths
 from engine.core.errors import KvDeckError
@@ -52,11 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    c = sub.add_parser("chat", help="answer one prompt with a model")
+    c = sub.add_parser("chat", help="answer one prompt (or continue a conversation) with a model")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("path", nargs="?")
     src.add_argument("--demo", action="store_true", help="use the bundled SmolLM2-135M demo model")
-    c.add_argument("--prompt", required=True)
+    c.add_argument("--prompt", default=None, help="the next user message (optional with --history)")
+    c.add_argument("--history", default=None, metavar="FILE.json",
+                   help="the conversation so far: an OpenAI-style message list")
+    c.add_argument("--overflow", choices=[p.value for p in OverflowPolicy], default="rolling",
+                   help="when the history does not fit the context: " + "; ".join(
+                       f"{p.value}: {label}" for p, label in POLICY_LABELS.items()))
     c.add_argument("--system", default="", help="system prompt")
     c.add_argument("--max-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=None)
@@ -110,8 +117,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _turns(args: argparse.Namespace) -> tuple[str, list[ChatMessage]]:
+    """(system prompt, turns) from --history and --prompt; the last turn is the user's."""
+    system, turns = args.system, []
+    if args.history:
+        history_system, turns = read_history(args.history)
+        system = args.system or history_system
+    if args.prompt is not None:
+        turns.append(ChatMessage("user", args.prompt))
+    if not turns or turns[-1].role != "user":
+        raise KvDeckError("nothing to answer: give --prompt, or a --history whose last message is "
+                          "the user's")
+    return system, turns
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     path = model_path(args)
+    system, turns = _turns(args)
     if args.max_tokens < 1:
         raise KvDeckError(f"--max-tokens must be at least 1, not {args.max_tokens}")
     sampling = _sampling(args)
@@ -136,8 +158,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
         loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
         if draft_path:
             host.load_draft(draft_path, n_gpu_layers=args.n_gpu_layers)
+        fitted = fit_conversation(host.tokenize, loaded, system, turns,
+                                  max_tokens=args.max_tokens, policy=args.overflow)
+        if fitted.note and not args.json:
+            print(f"[{fitted.note}]", file=sys.stderr)
         stream = None if args.json else _print_stream
-        result = reply(host, loaded, [ChatMessage("user", args.prompt)], system_prompt=args.system,
+        result = reply(host, loaded, list(fitted.turns), system_prompt=system,
                        sampling=sampling, max_tokens=args.max_tokens, on_text=stream,
                        draft="model" if draft_path else "lookup" if args.lookup else "",
                        draft_max=args.draft_max)
@@ -150,6 +176,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             "stop_reason": done.stop_reason, "load_s": round(loaded.load_s, 4),
             "first_token_s": round(done.first_token_s, 4), "prefill_s": round(done.prefill_s, 4),
             "n_ctx": loaded.n_ctx, "sampling": sampling.to_dict(),
+            "n_messages": len(turns), "dropped_messages": len(fitted.dropped),
+            "dropped_tokens": fitted.dropped_tokens, "overflow": args.overflow,
         }
         if done.draft:  # speculative decoding
             out.update({"draft": done.draft, "n_drafted": done.n_drafted, "n_accepted": done.n_accepted,

@@ -316,6 +316,12 @@ class ChatStore:
             if cur.rowcount == 0:
                 raise StoreError(f"message {msg_id} no longer exists")
 
+    def delete_message(self, msg_id: int) -> None:
+        """Delete one message (an empty reply that never produced text: no empty bubble stays
+        behind, even after a restart); a missing one is a no-op."""
+        with self._write("write to") as conn:
+            conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+
     def messages(self, conv_id: int) -> list[Message]:
         """The conversation's messages in the order they were added."""
         with self._read("read") as conn:
