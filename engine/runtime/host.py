@@ -102,6 +102,7 @@ _FINAL += (P.PairReply,)  # draft compatibility (engine.plan.pairing)
 _PHASES["bench"] = "running a benchmark"
 _FINAL += (P.DraftLoaded, P.DraftUnloaded)  # speculative decoding (engine.child.speculative)
 _PHASES["load_draft"] = "loading the draft model"
+_FINAL += (P.Detokenized, P.Embeddings)  # the API server's /detokenize and /v1/embeddings
 
 
 class RuntimeHost:
