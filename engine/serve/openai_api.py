@@ -341,9 +341,11 @@ def new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
 
 
-def usage(n_prompt: int, n_completion: int) -> dict[str, int]:
+def usage(n_prompt: int, n_completion: int, n_cached: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; ``cached_tokens``: prompt tokens whose KV the sequence already held."""
     return {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
-            "total_tokens": n_prompt + n_completion}
+            "total_tokens": n_prompt + n_completion,
+            "prompt_tokens_details": {"cached_tokens": n_cached}}
 
 
 def logprobs_body(job: Job, entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any] | None:
@@ -375,14 +377,14 @@ def choice(job: Job, index: int, text: str, finish: str, entries: list[dict[str,
 
 
 def response(job: Job, rid: str, model: str, choices: list[dict[str, Any]], n_prompt: int,
-             n_completion: int) -> dict[str, Any]:
+             n_completion: int, n_cached: int = 0) -> dict[str, Any]:
     obj = "chat.completion" if job.kind == "chat" else "text_completion"
     return {"id": rid, "object": obj, "created": int(time.time()), "model": model,
-            "choices": choices, "usage": usage(n_prompt, n_completion)}
+            "choices": choices, "usage": usage(n_prompt, n_completion, n_cached)}
 
 
 def chunk(job: Job, rid: str, model: str, text: str | None, finish: str | None = None,
-          *, first: bool = False, usage_counts: dict[str, int] | None = None, index: int = 0,
+          *, first: bool = False, usage_counts: dict[str, Any] | None = None, index: int = 0,
           entries: list[dict[str, Any]] | None = None,
           tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One server-sent event; ``usage_counts`` makes the extra final chunk with no choices."""

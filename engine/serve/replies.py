@@ -41,7 +41,7 @@ def full_response(job: Job, name: str, results: list[P.Done]) -> dict[str, Any]:
         text, finish, calls = _finish(job, done)
         choices.append(choice(job, i, text, finish, done.logprobs, calls))
     return response(job, new_id(job.kind), name, choices, results[0].n_prompt,
-                    sum(len(d.tokens) for d in results))
+                    sum(len(d.tokens) for d in results), min(d.n_reused for d in results))
 
 
 async def stream_events(job: Job, call: Call, name: str, early: list[P.Message],
@@ -52,7 +52,7 @@ async def stream_events(job: Job, call: Call, name: str, early: list[P.Message],
     held = [""] * n
     held_lp: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     ended: set[int] = set()
-    n_prompt = n_completion = 0
+    n_prompt = n_completion = n_cached = 0
     try:
         if job.kind == "chat":
             for i in range(n):
@@ -78,7 +78,7 @@ async def stream_events(job: Job, call: Call, name: str, early: list[P.Message],
                     yield sse(chunk(job, rid, name, text, index=i, entries=entries))
                 continue
             ended.add(i)
-            n_prompt, n_completion = msg.n_prompt, n_completion + len(msg.tokens)
+            n_prompt, n_completion, n_cached = msg.n_prompt, n_completion + len(msg.tokens), msg.n_reused
             finish = FINISH.get(msg.stop_reason, "stop")
             if holding[i]:
                 content, finish, calls = _finish(job, msg)
@@ -89,7 +89,7 @@ async def stream_events(job: Job, call: Call, name: str, early: list[P.Message],
             yield sse(chunk(job, rid, name, None, finish, index=i))
         else:
             if job.include_usage:
-                yield sse(chunk(job, rid, name, None, usage_counts=usage(n_prompt, n_completion)))
+                yield sse(chunk(job, rid, name, None, usage_counts=usage(n_prompt, n_completion, n_cached)))
     except ApiError as exc:  # the runtime died mid-stream
         yield sse(exc.body())
     finally:
