@@ -64,6 +64,8 @@ from engine.serve.security import (
     is_loopback,
 )
 
+_refusal = refusal_of  # the name engine.serve.server used before engine.serve.calls existed
+
 __all__ = ["REFUSALS", "ApiServer", "ServedModel", "ServerConfig", "check_config", "create_app",
            "is_loopback", "model_id"]
 
