@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -33,6 +34,11 @@ REFUSALS: dict[ErrorKind, tuple[int, str, str | None, str | None, str | None]] =
     ErrorKind.MODEL: (500, "server_error", None, "model", None),
     ErrorKind.RUNTIME: (500, "server_error", None, "runtime", None),
 }
+
+
+def model_id(loaded: P.Loaded) -> str:
+    """The name the API gives the loaded model: its file name without ``.gguf``."""
+    return Path(loaded.path).name.removesuffix(".gguf")
 
 
 def refusal(kind: ErrorKind | str, message: str) -> ApiError:

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,11 +22,11 @@ from starlette.responses import JSONResponse, Response
 
 from engine import protocol as P
 from engine.core.errors import KvDeckError
-from engine.serve.calls import refusal_for
+from engine.serve.calls import model_id, refusal_for
 from engine.serve.openai_api import ApiError
 
-if TYPE_CHECKING:
-    from engine.serve.server import Api
+#: The server's Api object (engine.serve.server), passed in: importing it here would be a cycle.
+Api = Any
 
 MAX_INPUTS = 256
 MAX_TOKENS = 1 << 20
@@ -94,8 +94,6 @@ async def embeddings(api: Api, request: Request) -> Response:
     finally:
         api._leave()
     _, loaded = api._ready()
-    from engine.serve.server import model_id
-
     data = []
     for k, vec in enumerate(msg.vectors):  # type: ignore[attr-defined]
         value: Any = vec if fmt == "float" else base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()

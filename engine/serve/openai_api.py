@@ -24,6 +24,8 @@ from typing import Any
 
 from engine.chat.template import ChatMessage
 from engine.core.sampling import RANDOM_SEED, SamplingParams
+from engine.serve.errors import ApiError, error_body  # noqa: F401  (re-exported)
+from engine.serve.tools import parse_tools
 
 MAX_BODY_BYTES = 1 << 20
 MAX_STOPS = 4
@@ -36,25 +38,6 @@ _UNSUPPORTED = ("logit_bias", "suffix", "audio", "prediction")
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 MAX_SCHEMA_CHARS = 100_000
-
-
-class ApiError(Exception):
-    """A refusal with its HTTP status, in OpenAI's ``{"error": {...}}`` shape."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 @dataclass(frozen=True)
@@ -255,8 +238,6 @@ def _content(message: dict[str, Any], i: int) -> str:
 
 
 def parse_chat(body: dict[str, Any]) -> Job:
-    from engine.serve.tools import parse_tools
-
     common = _common(body)
     tools = parse_tools(body)
     if tools is not None and common["json_schema"]:

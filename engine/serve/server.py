@@ -45,7 +45,7 @@ from engine.core.memory_types import PlanSettings
 from engine.core.sampling import RANDOM_SEED
 from engine.runtime.host import RuntimeHost
 from engine.serve import extras
-from engine.serve.calls import REFUSALS, Call, Gone, Once, refusal_of
+from engine.serve.calls import REFUSALS, Call, Gone, Once, model_id, refusal_of
 from engine.serve.openai_api import (
     ApiError,
     Job,
@@ -87,8 +87,6 @@ class ServedModel:
 
 
 
-def model_id(loaded: P.Loaded) -> str:
-    return Path(loaded.path).name.removesuffix(".gguf")
 
 
 

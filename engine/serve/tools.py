@@ -30,7 +30,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from engine.serve.openai_api import ApiError
+from engine.serve.errors import ApiError
 
 MAX_TOOLS = 128
 
