@@ -8,9 +8,11 @@ The context is loaded with n_seq_max = N and slot i is llama.cpp sequence i. Eve
 ONE llama_batch: first one token per generating sequence (they must not wait behind a long
 prompt), then prefill chunks of admitted prompts in arrival order, never more than n_batch
 tokens in all (more aborts the process). Each sequence samples its own output row with its own
-CPU sampler chain, seeded per request; a sequence's cells are removed the moment its request
-ends (end of generation, max_tokens, a stop string, a cancel, a client that went away), so a
-waiting request starts on the next step.
+CPU sampler chain (with llama.cpp's grammar sampler first for constrained requests,
+engine.child.grammar), seeded per request; a sequence is free the moment its request ends (end
+of generation, max_tokens, a stop string, a cancel, a client that went away), so a waiting
+request starts on the next step. Its cells stay for a request sharing the prefix
+(engine.child.prefix).
 
 Between steps the request queue is polled without blocking, so new requests and cancels join
 the running batch. A request the loop cannot run beside the others (a load, a benchmark, a
@@ -18,8 +20,9 @@ speculative generation) stops admission: the sequences still running finish (or 
 when the model is going away) and the message goes back to the child's main loop.
 
 Runs only in the runtime child, on its main thread (nothing in llama.cpp is safe against a
-concurrent decode). A one-sequence context only comes here when a request asks (``serve``), so
-chat on such a context keeps its own loop (engine.child.decode) and its prefix reuse.
+concurrent decode). A one-sequence context only comes here when a request asks (``serve``, a
+grammar, log-probabilities); sequence 0's prefix list is the single-sequence loop's
+(engine.child.decode), so both loops agree on what the cache holds.
 """
 from __future__ import annotations
 
@@ -44,9 +47,10 @@ from engine.child.grammar import (
     prepend,
 )
 from engine.child.io import Requests
+from engine.child.prefix import SeqPrefixes
 from engine.child.sampler import build_chain
 from engine.child.session import LlamaSession
-from engine.child.slots import Slot, StopText, Waiting, common_prefix, sampler_specs
+from engine.child.slots import Slot, StopText, Waiting, sampler_specs
 from engine.core.errors import KvDeckError
 from engine.core.sampling import SamplingParams
 
@@ -94,12 +98,7 @@ class BatchLoop:
         self.buf = ctypes.create_string_buffer(256)
         self.last_report = 0.0
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
-        # Per-slot prefix reuse: what each sequence holds stays in the cache after its request
-        # ended (and between runs of this loop); a new request goes to the free sequence with
-        # the longest common prefix and prefills only the rest. Sequence 0's list is the
-        # single-sequence loop's ``m.cached``, so both loops agree on what it holds.
-        self.kept: list[list[int]] = [m.cached if i == 0 else m.seq_cached.setdefault(i, [])
-                                      for i in range(self.n_seq)]
+        self.prefixes = SeqPrefixes(m, self.n_seq)  # per-slot prefix reuse (engine.child.prefix)
         self.batch = LL.llama_batch_init(self.n_batch, 0, 1)
         b = self.batch
         for i in range(self.n_batch):
@@ -177,11 +176,7 @@ class BatchLoop:
                 self.emit(error_event(w.req.id, kind=ErrorKind.CANCELLED, message="cancelled"))
                 self.requests.finished(w.req.id)
                 continue
-            # The free sequence sharing the longest prefix; on a tie the one holding least, so
-            # long cached prefixes survive for the requests that can use them.
-            i, reuse = max(((i, common_prefix(self.kept[i], w.prompt)) for i in free),
-                           key=lambda e: (e[1], -len(self.kept[e[0]])))
-            reuse = self._keep(i, min(reuse, len(w.prompt) - 1))
+            i, reuse = self.prefixes.place(free, w.prompt)
             main, first = sampler_specs(w.sampling, w.req.sampling, tuple(self.m.eog_ids),
                                         w.req.no_empty and w.grammar is None)
             chain = build_chain(main, self.m.n_vocab) if main else None
@@ -194,27 +189,6 @@ class BatchLoop:
                 codecs.getincrementaldecoder("utf-8")("replace"))
             s.n_fed = s.n_past = s.n_reused = reuse
             self.report(force=True)
-
-    def _keep(self, seq: int, n: int) -> int:
-        """Keep the first ``n`` cached tokens of ``seq`` and drop the rest; how many were kept
-        (0 when the memory cannot drop a tail, as in recurrent models)."""
-        kept = self.kept[seq]
-        if n < len(kept) or n == 0:
-            if not LL.llama_memory_seq_rm(self.m.mem, seq, n, -1):
-                LL.llama_memory_seq_rm(self.m.mem, seq, -1, -1)
-                n = 0
-            del kept[n:]
-        return n
-
-    def _evict_idle(self) -> bool:
-        """Free the cells free sequences still hold (a shared KV pool ran full); False if none."""
-        freed = False
-        for i, kept in enumerate(self.kept):
-            if self.slots[i] is None and kept:
-                LL.llama_memory_seq_rm(self.m.mem, i, -1, -1)
-                kept.clear()
-                freed = True
-        return freed
 
     # ------------------------------------------------------------------ one step
     def _rows(self, n: int, k: int, seq: int) -> None:
@@ -256,7 +230,7 @@ class BatchLoop:
             return
         self.batch.n_tokens = n
         rc = LL.llama_decode(self.m.ctx, self.batch)
-        if rc == 1 and self._evict_idle():  # no room: cached prefixes of free sequences go first
+        if rc == 1 and self.prefixes.evict_idle([s is not None for s in self.slots]):  # no room: cached prefixes of free sequences go first
             return
         if rc == 1:  # no room in the KV cache (a shared pool): the longest sequence gives way
             worst = max((s for s, _ in fed), key=lambda s: s.n_past)
@@ -347,11 +321,7 @@ class BatchLoop:
 
     def _finish(self, s: Slot) -> None:
         # The slot is free for the next step; its cells stay for a request sharing the prefix.
-        kept = self.kept[s.seq]
-        kept[:] = (s.w.prompt + s.out)[:s.n_past]
-        if s.error is not None:
-            LL.llama_memory_seq_rm(self.m.mem, s.seq, -1, -1)
-            kept.clear()
+        self.prefixes.ended(s.seq, (s.w.prompt + s.out)[:s.n_past], s.error is None)
         req = s.w.req
         try:
             if s.error is not None:

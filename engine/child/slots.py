@@ -126,13 +126,3 @@ class Slot:
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     pending_lp: list[dict[str, Any]] = field(default_factory=list)
 
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    import numpy as np
-
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if diff.size else n
