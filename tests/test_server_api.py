@@ -304,3 +304,68 @@ def test_overflow_policy_fits_long_chats_instead_of_400(served):
                 assert exc.value.body["code"] == "context_length_exceeded"
         finally:
             server.stop()
+
+
+# ----------------------------------------------------------------------------- an embedding model
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    """A tiny synthetic llama GGUF (random weights, benchmarks/gpu_bench.py) whose metadata
+    declares mean pooling: llama.cpp pools any architecture's hidden states when told to."""
+    import sys
+    from pathlib import Path
+
+    import gguf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from gpu_bench import write_gguf
+
+    class Pooled(gguf.GGUFWriter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_pooling_type(gguf.PoolingType.MEAN)
+
+    path = tmp_path_factory.mktemp("embed") / "tiny-mean-pooled.gguf"
+    real, gguf.GGUFWriter = gguf.GGUFWriter, Pooled
+    try:
+        write_gguf(path, "tiny")
+    finally:
+        gguf.GGUFWriter = real
+    params = P.LoadParams(path=str(path), settings=PlanSettings(n_ctx=1024, n_seq_max=1))
+    with running_host(params) as (host, loaded):
+        model = ServedModel(host=lambda: host, loaded=lambda: loaded, slots=lambda: 1)
+        server = ApiServer(model, ServerConfig(port=0))
+        yield server.start()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_embeddings_are_pooled_normalised_and_deterministic(embedder):
+    c = client(embedder)
+    r = c.embeddings.create(model="text-embedding-3-small", input=["a red apple", "a red apple", "quantum field"])
+    vecs = [d.embedding for d in r.data]
+    assert [d.index for d in r.data] == [0, 1, 2] and len(vecs[0]) == 256 and r.usage.prompt_tokens > 3
+    assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-4) for v in vecs)
+    assert vecs[0] == pytest.approx(vecs[1], abs=1e-6)
+    assert max(abs(a - b) for a, b in zip(vecs[0], vecs[2])) > 1e-3
+    one = c.embeddings.create(model="x", input="a red apple", encoding_format="base64")
+    assert isinstance(one.data[0].embedding, (str, list))
+    with pytest.raises(openai.BadRequestError):
+        c.embeddings.create(model="x", input="")
+
+
+@pytest.mark.slow
+def test_a_model_without_chat_template_refuses_tools_in_words(gemma3_path):
+    params = P.LoadParams(path=str(gemma3_path), settings=PlanSettings(n_ctx=1024, n_seq_max=1))
+    with running_host(params) as (host, loaded):
+        server = ApiServer(ServedModel(host=lambda: host, loaded=lambda: loaded, slots=lambda: 1),
+                           ServerConfig(port=0))
+        url = server.start()
+        try:
+            with pytest.raises(openai.BadRequestError) as exc:
+                chat(url, "Weather?", tools=[WEATHER], tool_choice="required", max_tokens=8)
+            assert "no chat template" in exc.value.body["message"]
+            r = chat(url, "Weather?", max_tokens=30, temperature=0,
+                     response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": SEARCH["function"]["parameters"]}})
+            jsonschema.validate(json.loads(r.choices[0].message.content), SEARCH["function"]["parameters"])
+        finally:
+            server.stop()

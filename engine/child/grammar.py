@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import re
 from typing import Any
 
 import llama_cpp.llama_cpp as LL
@@ -47,7 +48,10 @@ def gbnf_for(grammar: str, json_schema: str) -> str:
     except Exception as exc:  # noqa: BLE001 - the converter raises many kinds for schemas it cannot handle
         raise RequestError(ErrorKind.PARAMS, f"the JSON schema cannot be used to constrain output: "
                                              f"{type(exc).__name__}: {exc}") from None
-    return text
+    # llama-cpp-python's string character rule lets raw control characters (a newline, a tab)
+    # into JSON strings, which no JSON parser accepts; llama.cpp's own converter excludes them.
+    return re.sub(r'^char ::= \[\^"\\\\\]', lambda _: 'char ::= [^"\\\\\\x7F\\x00-\\x1F]', text,
+                  flags=re.MULTILINE)
 
 
 def grammar_sampler(vocab: object, gbnf: str) -> object:
