@@ -86,7 +86,8 @@ class Reply:
 
 def reply(host: RuntimeHost, loaded: P.Loaded, turns: list[ChatMessage], *, system_prompt: str = "",
           sampling: SamplingParams | None = None, max_tokens: int = 512,
-          on_text: Callable[[str], None] | None = None, draft: str = "", draft_max: int = 8) -> Reply:
+          on_text: Callable[[str], None] | None = None, draft: str = "", draft_max: int = 8,
+          json_schema: str = "") -> Reply:
     """Generate the next assistant turn, streaming text to ``on_text`` as it arrives.
 
     ``draft``: "" plain decoding, "model" (the draft loaded with ``host.load_draft``) or
@@ -98,5 +99,5 @@ def reply(host: RuntimeHost, loaded: P.Loaded, turns: list[ChatMessage], *, syst
             on_text(msg.text)
 
     done = host.generate(prompt.text, max_tokens=max_tokens, sampling=sampling, on_event=on_event,
-                         draft=draft, draft_max=draft_max)
+                         draft=draft, draft_max=draft_max, json_schema=json_schema)
     return Reply(prompt=prompt, done=done)

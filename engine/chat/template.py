@@ -73,15 +73,20 @@ def _compile(source: str) -> jinja2.Template:
 
 def render_chat(
     template: str,
-    messages: Iterable[ChatMessage],
+    messages: Iterable[ChatMessage | dict[str, Any]],
     *,
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    """Render ``messages`` with the model's own template, inside the sandbox and its limits."""
+    """Render ``messages`` with the model's own template, inside the sandbox and its limits.
+
+    ``tools`` (OpenAI's list of function tools) and message dicts (with ``tool_calls``, role
+    ``tool``) are for the API server's tool calls: templates that support tools read both.
+    """
     compiled = _compile(template)
-    payload = [{"role": m.role, "content": m.content} for m in messages]
+    payload = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
     try:
         with Deadline(RENDER_DEADLINE_S):
             chunks: list[str] = []
@@ -91,7 +96,7 @@ def render_chat(
                 bos_token=bos_token,
                 eos_token=eos_token,
                 add_generation_prompt=add_generation_prompt,
-                tools=None,
+                tools=tools,
                 documents=None,
             ):
                 size += len(chunk)

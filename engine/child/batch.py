@@ -8,9 +8,11 @@ The context is loaded with n_seq_max = N and slot i is llama.cpp sequence i. Eve
 ONE llama_batch: first one token per generating sequence (they must not wait behind a long
 prompt), then prefill chunks of admitted prompts in arrival order, never more than n_batch
 tokens in all (more aborts the process). Each sequence samples its own output row with its own
-CPU sampler chain, seeded per request; a sequence's cells are removed the moment its request
-ends (end of generation, max_tokens, a stop string, a cancel, a client that went away), so a
-waiting request starts on the next step.
+CPU sampler chain (with llama.cpp's grammar sampler first for constrained requests,
+engine.child.grammar), seeded per request; a sequence is free the moment its request ends (end
+of generation, max_tokens, a stop string, a cancel, a client that went away), so a waiting
+request starts on the next step. Its cells stay for a request sharing the prefix
+(engine.child.prefix).
 
 Between steps the request queue is polled without blocking, so new requests and cancels join
 the running batch. A request the loop cannot run beside the others (a load, a benchmark, a
@@ -18,8 +20,9 @@ speculative generation) stops admission: the sequences still running finish (or 
 when the model is going away) and the message goes back to the child's main loop.
 
 Runs only in the runtime child, on its main thread (nothing in llama.cpp is safe against a
-concurrent decode). A one-sequence context only comes here when a request asks (``serve``), so
-chat on such a context keeps its own loop (engine.child.decode) and its prefix reuse.
+concurrent decode). A one-sequence context only comes here when a request asks (``serve``, a
+grammar, log-probabilities); sequence 0's prefix list is the single-sequence loop's
+(engine.child.decode), so both loops agree on what the cache holds.
 """
 from __future__ import annotations
 
@@ -29,14 +32,22 @@ import ctypes
 import logging
 import queue
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine import protocol as P
 from engine.child.errors import ErrorKind, RequestError, error_event
+from engine.child.grammar import (
+    gbnf_for,
+    grammar_sampler,
+    logits_row,
+    logprob_entry,
+    prepend,
+)
 from engine.child.io import Requests
+from engine.child.prefix import SeqPrefixes
 from engine.child.sampler import build_chain
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot, StopText, Waiting, sampler_specs
@@ -64,7 +75,8 @@ def batch_wanted(session: LlamaSession, req: P.GenerateRequest) -> bool:
     m = session.model
     if m is None or req.draft:
         return False
-    return req.serve or m.n_seq_max > 1
+    # Grammars and log-probabilities are implemented here only, so such requests come here too.
+    return req.serve or m.n_seq_max > 1 or bool(req.grammar or req.json_schema) or req.logprobs >= 0
 
 
 class BatchLoop:
@@ -86,7 +98,7 @@ class BatchLoop:
         self.buf = ctypes.create_string_buffer(256)
         self.last_report = 0.0
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
-        m.clear()  # the single-sequence loop's prefix cache is gone now
+        self.prefixes = SeqPrefixes(m, self.n_seq)  # per-slot prefix reuse (engine.child.prefix)
         self.batch = LL.llama_batch_init(self.n_batch, 0, 1)
         b = self.batch
         for i in range(self.n_batch):
@@ -102,6 +114,7 @@ class BatchLoop:
     def accept(self, req: P.GenerateRequest) -> None:
         """Tokenise and check a request at once, so a bad one is refused without waiting."""
         cancel = self.requests.cancel_event(req.id)
+        grammar = None
         try:
             sampling = SamplingParams.from_dict(req.sampling)
             tokens = self.s.tokenize(req.prompt)
@@ -110,11 +123,14 @@ class BatchLoop:
             if self.n_ctx_seq - len(tokens) < 2:
                 raise RequestError(ErrorKind.CONTEXT, f"the prompt is {len(tokens)} tokens long but each "
                                               f"sequence holds {self.n_ctx_seq}")
+            gbnf = gbnf_for(req.grammar, req.json_schema)
+            if gbnf:
+                grammar = grammar_sampler(self.m.vocab, gbnf)
         except (RequestError, KvDeckError) as exc:
             self.emit(error_event(req.id, exc))
             self.requests.finished(req.id)
             return
-        self.waiting.append(Waiting(req, tokens, sampling, cancel, time.perf_counter()))
+        self.waiting.append(Waiting(req, tokens, sampling, cancel, time.perf_counter(), grammar))
 
     def poll(self) -> None:
         """Take every queued message without blocking; generations join, others stop admission."""
@@ -125,7 +141,7 @@ class BatchLoop:
                 return
             if isinstance(msg, P.GenerateRequest) and batch_wanted(self.s, msg):
                 self.accept(msg)
-            elif isinstance(msg, (P.TokenizeRequest, P.StatsRequest)):
+            elif isinstance(msg, (P.TokenizeRequest, P.StatsRequest, P.DetokenizeRequest)):
                 self._answer(msg)
             else:
                 self.stopping = True
@@ -139,28 +155,40 @@ class BatchLoop:
         try:
             if isinstance(msg, P.TokenizeRequest):
                 self.emit(P.Tokens(id=req_id, tokens=self.s.tokenize(msg.text, msg.add_special)))
+            elif isinstance(msg, P.DetokenizeRequest):
+                from engine.child.embed import detokenize
+
+                self.emit(P.Detokenized(id=req_id, text=detokenize(self.m, msg.tokens)))
             else:
                 self.emit(self.s.stats(req_id))
         except RequestError as exc:
             self.emit(error_event(req_id, exc))
 
     def admit(self) -> None:
-        for i in range(self.n_seq):
-            while self.slots[i] is None and self.waiting:
-                w = self.waiting.popleft()
-                if w.cancel.is_set():
-                    self.emit(error_event(w.req.id, kind=ErrorKind.CANCELLED, message="cancelled"))
-                    self.requests.finished(w.req.id)
-                    continue
-                main, first = sampler_specs(w.sampling, w.req.sampling, tuple(self.m.eog_ids),
-                                            w.req.no_empty)
-                self.slots[i] = Slot(
-                    w, i, max(1, min(w.req.max_tokens, self.n_ctx_seq - len(w.prompt))),
-                    build_chain(main, self.m.n_vocab) if main else None,
-                    build_chain(first, self.m.n_vocab) if first else None,
-                    StopText(list(getattr(w.req, "stop", []) or [])),
-                    codecs.getincrementaldecoder("utf-8")("replace"))
-                self.report(force=True)
+        while self.waiting:
+            free = [i for i in range(self.n_seq) if self.slots[i] is None]
+            if not free:
+                return
+            w = self.waiting.popleft()
+            if w.cancel.is_set():
+                if w.grammar is not None:
+                    LL.llama_sampler_free(w.grammar)
+                self.emit(error_event(w.req.id, kind=ErrorKind.CANCELLED, message="cancelled"))
+                self.requests.finished(w.req.id)
+                continue
+            i, reuse = self.prefixes.place(free, w.prompt)
+            main, first = sampler_specs(w.sampling, w.req.sampling, tuple(self.m.eog_ids),
+                                        w.req.no_empty and w.grammar is None)
+            chain = build_chain(main, self.m.n_vocab) if main else None
+            if w.grammar is not None:  # the grammar decides first; its sampler now owned by the chain
+                chain, w.grammar, first = prepend(w.grammar, chain), None, None
+            self.slots[i] = s = Slot(
+                w, i, max(1, min(w.req.max_tokens, self.n_ctx_seq - len(w.prompt))),
+                chain, build_chain(first, self.m.n_vocab) if first else None,
+                StopText(list(getattr(w.req, "stop", []) or [])),
+                codecs.getincrementaldecoder("utf-8")("replace"))
+            s.n_fed = s.n_past = s.n_reused = reuse
+            self.report(force=True)
 
     # ------------------------------------------------------------------ one step
     def _rows(self, n: int, k: int, seq: int) -> None:
@@ -202,6 +230,8 @@ class BatchLoop:
             return
         self.batch.n_tokens = n
         rc = LL.llama_decode(self.m.ctx, self.batch)
+        if rc == 1 and self.prefixes.evict_idle([s is not None for s in self.slots]):  # no room: cached prefixes of free sequences go first
+            return
         if rc == 1:  # no room in the KV cache (a shared pool): the longest sequence gives way
             worst = max((s for s, _ in fed), key=lambda s: s.n_past)
             worst.finish = "context"
@@ -224,7 +254,19 @@ class BatchLoop:
                 s.n_past += k
         for i, s in rows:
             if not s.w.cancel.is_set():
-                self._take(s, self._sample(s, i), now)
+                tok = self._sample(s, i)
+                if s.w.req.logprobs >= 0 and tok not in self.eog:
+                    entry = logprob_entry(logits_row(_LIB, self.m.ctx, i, self.m.n_vocab), tok,
+                                          s.w.req.logprobs, self._text)
+                    s.logprobs.append(entry)
+                    s.pending_lp.append(entry)
+                self._take(s, tok, now)
+
+    def _text(self, tok: int) -> str:
+        piece = self.pieces.get(tok)
+        if piece is None:
+            piece = self.pieces[tok] = self.m.piece(tok, self.buf)
+        return piece.decode("utf-8", "replace")
 
     def _sample(self, s: Slot, i: int) -> int:
         ctx = self.m.ctx
@@ -242,7 +284,7 @@ class BatchLoop:
         """Account one sampled token: end of generation, stop strings, length, streaming."""
         if not s.t_first:
             s.t_prefill = s.t_first = now
-            self.emit(P.Started(id=s.w.req.id, n_prompt=len(s.w.prompt), n_reused=0))
+            self.emit(P.Started(id=s.w.req.id, n_prompt=len(s.w.prompt), n_reused=s.n_reused))
             self.report(force=True)  # the prompt's cells are in the cache now
         if tok in self.eog:
             s.finish = "eog"
@@ -261,8 +303,9 @@ class BatchLoop:
         if s.w.req.stream and not s.finish and now - s.last_flush >= _DELTA_INTERVAL_S:
             text = s.text.ready()
             if text or s.pending:
-                self.emit(P.Delta(id=s.w.req.id, text=text, tokens=s.pending, n_past=s.n_past))
-                s.pending, s.last_flush = [], now
+                self.emit(P.Delta(id=s.w.req.id, text=text, tokens=s.pending, n_past=s.n_past,
+                                  logprobs=s.pending_lp))
+                s.pending, s.pending_lp, s.last_flush = [], [], now
 
     # ------------------------------------------------------------------ ending requests
     def sweep(self) -> None:
@@ -277,7 +320,8 @@ class BatchLoop:
                 self.report(force=True)
 
     def _finish(self, s: Slot) -> None:
-        LL.llama_memory_seq_rm(self.m.mem, s.seq, -1, -1)  # the slot is free for the next step
+        # The slot is free for the next step; its cells stay for a request sharing the prefix.
+        self.prefixes.ended(s.seq, (s.w.prompt + s.out)[:s.n_past], s.error is None)
         req = s.w.req
         try:
             if s.error is not None:
@@ -287,15 +331,17 @@ class BatchLoop:
                 s.text.add(s.decoder.decode(b"", final=True))
             rest = s.text.rest()
             if req.stream and (rest or s.pending):
-                self.emit(P.Delta(id=req.id, text=rest, tokens=s.pending, n_past=s.n_past))
+                self.emit(P.Delta(id=req.id, text=rest, tokens=s.pending, n_past=s.n_past,
+                                  logprobs=s.pending_lp))
             end = time.perf_counter()
             n_dec = max(0, len(s.out) - 1)
             decode_s = end - s.t_first if s.t_first else 0.0
             self.emit(P.Done(
-                id=req.id, text=s.text.text, tokens=s.out, n_prompt=len(s.w.prompt), n_reused=0,
+                id=req.id, text=s.text.text, tokens=s.out, n_prompt=len(s.w.prompt), n_reused=s.n_reused,
                 stop_reason=s.finish, prefill_s=(s.t_prefill or end) - s.w.t0,
                 first_token_s=(s.t_first or end) - s.w.t0, decode_s=decode_s,
-                tokens_per_s=n_dec / decode_s if n_dec and decode_s > 0 else 0.0))
+                tokens_per_s=n_dec / decode_s if n_dec and decode_s > 0 else 0.0,
+                logprobs=s.logprobs))
         finally:
             for chain in (s.chain, s.first):
                 if chain is not None:
@@ -321,12 +367,15 @@ class BatchLoop:
                 self.slots[i] = None
         while self.waiting:
             w = self.waiting.popleft()
+            if w.grammar is not None:
+                LL.llama_sampler_free(w.grammar)
             self.emit(error_event(w.req.id, kind=kind, message=message))
             self.requests.finished(w.req.id)
+        self.m.clear()  # what the sequences hold is unknown now
 
     def close(self) -> None:
+        """Free the batch; the sequences' cells and their token lists stay for the next run."""
         LL.llama_batch_free(self.batch)
-        self.m.clear()
         self.report(force=True)
 
     # ------------------------------------------------------------------ the loop

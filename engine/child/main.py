@@ -67,6 +67,14 @@ def main() -> int:
                 emit(P.Tokens(id=req_id, tokens=session.tokenize(msg.text, msg.add_special)))
             elif isinstance(msg, P.StatsRequest):
                 emit(session.stats(req_id))
+            elif isinstance(msg, P.DetokenizeRequest):
+                from engine.child.embed import detokenize
+
+                emit(P.Detokenized(id=req_id, text=detokenize(session.require(), msg.tokens)))
+            elif isinstance(msg, P.EmbedRequest):
+                from engine.child.embed import embed
+
+                emit(embed(session.require(), msg))
             elif isinstance(msg, P.BenchRequest):
                 from engine.child.bench import run_bench
 

@@ -61,6 +61,9 @@ class Model:
     log: NativeLog
     #: Tokens whose KV is in sequence 0, in order: the prefix a next request may reuse.
     cached: list[int] = field(default_factory=list)
+    #: Tokens whose KV is in sequences 1.. (the batch loop's per-slot prefix cache; sequence 0's
+    #: is ``cached``). Emptied with the cache by :meth:`clear`.
+    seq_cached: dict[int, list[int]] = field(default_factory=dict)
     #: Detokenised pieces of tokens generated so far (filled by the decode loops).
     pieces: dict[int, bytes] = field(default_factory=dict)
 
@@ -187,6 +190,7 @@ class Model:
     def clear(self) -> None:
         """Empty the whole KV cache (every sequence) and forget the cached prefix."""
         self.cached.clear()
+        self.seq_cached.clear()
         LL.llama_memory_clear(self.mem, True)
 
     def pos_range(self, seq: int = 0) -> tuple[int, int]:

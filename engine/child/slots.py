@@ -13,11 +13,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from engine import protocol as P
-from engine.protocol.errors import ErrorKind
 from engine.child.sampler import chain_spec
 from engine.core.sampling import SamplingParams
+from engine.protocol.errors import ErrorKind
 
 
 class StopText:
@@ -98,6 +97,8 @@ class Waiting:
     sampling: SamplingParams
     cancel: threading.Event
     t0: float
+    #: llama.cpp's grammar sampler for this request (engine.child.grammar), owned until admitted.
+    grammar: object | None = None
 
 
 @dataclass
@@ -121,3 +122,7 @@ class Slot:
     last_flush: float = 0.0
     finish: str = ""
     error: tuple[ErrorKind, str] | None = None
+    n_reused: int = 0  # prompt tokens whose KV this sequence already held (prefix reuse)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    pending_lp: list[dict[str, Any]] = field(default_factory=list)
+

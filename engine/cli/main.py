@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n-gpu-layers", type=int, default=-1)
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
+    c.add_argument("--json-schema", default=None, metavar="FILE",
+                   help="constrain the reply to JSON matching this JSON schema file")
     spec = c.add_mutually_exclusive_group()  # speculative decoding (engine.child.speculative)
     spec.add_argument("--draft", default=None, metavar="PATH", help="a draft model that proposes tokens")
     spec.add_argument("--lookup", action="store_true", help="draft by n-gram lookup in the conversation")
@@ -140,6 +142,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     draft_path = model_path(argparse.Namespace(path=args.draft)) if args.draft else None
     if args.draft_max < 1:
         raise KvDeckError(f"--draft-max must be at least 1, not {args.draft_max}")
+    schema = _json_schema(args.json_schema) if args.json_schema else ""
+    if schema and (args.draft or args.lookup):
+        raise KvDeckError("--json-schema cannot be combined with speculative decoding (--draft, --lookup)")
     from engine.plan.rules import default_cache_type
     from engine.plan.fit import preflight
     from engine.gguf.inspect import inspect_gguf
@@ -166,7 +171,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         result = reply(host, loaded, list(fitted.turns), system_prompt=system,
                        sampling=sampling, max_tokens=args.max_tokens, on_text=stream,
                        draft="model" if draft_path else "lookup" if args.lookup else "",
-                       draft_max=args.draft_max)
+                       draft_max=args.draft_max, json_schema=schema)
     done = result.done
     if args.json:
         out: dict[str, Any] = {
@@ -193,6 +198,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"[{done.draft} drafting: {done.n_accepted}/{done.n_drafted} drafted tokens accepted "
                   f"({done.acceptance:.0%}), {done.mean_accepted:.2f} per verify]", file=sys.stderr)
     return 0
+
+
+def _json_schema(path: str) -> str:
+    """The schema file's JSON text, refused in one sentence when it is not a JSON object."""
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KvDeckError(f"cannot read the JSON schema {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise KvDeckError(f"the JSON schema {path} is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise KvDeckError(f"the JSON schema {path} must be a JSON object")
+    return json.dumps(schema)
 
 
 def _print_stream(text: str) -> None:

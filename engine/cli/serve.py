@@ -51,7 +51,12 @@ def register(sub: Any) -> None:
                    "(more are answered 429)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from ORIGIN (repeatable; default: no CORS)")
-    p.add_argument("--alias", default="", help="a second model name clients may use")
+    p.add_argument("--alias", default="", help="a second model name shown in /v1/models (requests "
+                   "naming any model are answered by the loaded one)")
+    p.add_argument("--overflow", choices=("rolling", "middle", "stop"), default=None,
+                   help="what to do with a chat request longer than a sequence: drop the oldest "
+                        "turns (rolling), keep the first exchange and the newest (middle), or "
+                        "refuse (stop); default: OpenAI's 400 context_length_exceeded")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
     add_plan_options(_Skipping(p, {"path", "--ctx", "--parallel", "--json"}))  # type: ignore[arg-type]
@@ -92,21 +97,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.cli.args import model_path
     from engine.gguf.inspect import inspect_gguf
     from engine.runtime.host import RuntimeHost
+    from engine import protocol as P
     from engine.protocol import LoadParams
     from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config, model_id
 
     config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
-                          cors_origins=tuple(args.cors_origin), max_queue=max(0, args.queue))
+                          cors_origins=tuple(args.cors_origin), max_queue=max(0, args.queue),
+                          overflow=args.overflow or "")
     check_config(config)  # before minutes of loading, not after
     path = model_path(args)
     info = inspect_gguf(path)
     settings = plan_settings(args, info)
     server: ApiServer | None = None
-    with RuntimeHost() as host:
+    latest: list[P.Slots] = []
+
+    def on_event(msg: object) -> None:  # the KV fill per sequence, for /v1/kvdeck/memory
+        if isinstance(msg, P.Slots):
+            latest[:] = [msg]
+
+    with RuntimeHost(on_event=on_event) as host:
         try:
             loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
             served = ServedModel(host=lambda: host, loaded=lambda: loaded,
-                                 slots=lambda: settings.n_seq_max, alias=args.alias)
+                                 slots=lambda: settings.n_seq_max, alias=args.alias,
+                                 settings=lambda: settings,
+                                 slots_state=lambda: latest[0] if latest else None)
             server = ApiServer(served, config)
             url = server.start()
             print(f"serving {model_id(loaded)} at {url}/v1 ({settings.n_seq_max} parallel sequences of "

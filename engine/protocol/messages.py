@@ -66,6 +66,13 @@ class GenerateRequest(Message):
     #: and ``serve`` sends the request there even on a one-sequence context (the API server).
     stop: list[str] = field(default_factory=list)
     serve: bool = False
+    #: Constrained sampling (engine.child.grammar): a GBNF grammar, or a JSON schema (as JSON
+    #: text) that the child converts to GBNF with llama-cpp-python's converter. Either one sends
+    #: the request to the batch loop, which puts llama.cpp's grammar sampler first in its chain.
+    grammar: str = ""
+    json_schema: str = ""
+    #: -1: no log-probabilities; k >= 0: the sampled token's and the k most likely tokens'.
+    logprobs: int = -1
 
 
 @message
@@ -91,6 +98,43 @@ class TokenizeRequest(Message):
     id: int
     text: str
     add_special: bool = True
+
+
+@message
+@dataclass(frozen=True)
+class DetokenizeRequest(Message):
+    TYPE: ClassVar[str] = "detokenize"
+    id: int
+    tokens: list[int]
+
+
+@message
+@dataclass(frozen=True)
+class Detokenized(Message):
+    TYPE: ClassVar[str] = "detokenized"
+    id: int
+    text: str
+
+
+@message
+@dataclass(frozen=True)
+class EmbedRequest(Message):
+    """Pooled embeddings of ``texts`` (only for models whose GGUF metadata declares a pooling)."""
+
+    TYPE: ClassVar[str] = "embed"
+    id: int
+    texts: list[str]
+    normalize: bool = True
+
+
+@message
+@dataclass(frozen=True)
+class Embeddings(Message):
+    TYPE: ClassVar[str] = "embeddings"
+    id: int
+    vectors: list[list[float]]
+    n_tokens: int
+    pooling: str
 
 
 @message
@@ -189,6 +233,8 @@ class Delta(Message):
     #: Running speculative-decoding counts of this reply (0 without drafting).
     n_drafted: int = 0
     n_accepted: int = 0
+    #: With ``GenerateRequest.logprobs``: one entry per token of ``tokens`` (engine.child.logprobs).
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @message
@@ -212,6 +258,7 @@ class Done(Message):
     n_target_decodes: int = 0
     acceptance: float = 0.0  # n_accepted / n_drafted
     mean_accepted: float = 0.0  # accepted draft tokens per verify batch that had drafts
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # one entry per token
 
 
 @message

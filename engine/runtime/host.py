@@ -38,6 +38,7 @@ _FINAL += (P.PrecisionResult,)  # KV precision check (engine.child.precision)
 _FINAL += (P.BenchResult,)  # speed benchmark (engine.child.bench)
 _FINAL += (P.PairReply,)  # draft compatibility (engine.plan.pairing)
 _FINAL += (P.DraftLoaded, P.DraftUnloaded)  # speculative decoding (engine.child.speculative)
+_FINAL += (P.Detokenized, P.Embeddings)  # the API server's /detokenize and /v1/embeddings
 
 
 class RuntimeHost:
@@ -228,12 +229,15 @@ class RuntimeHost:
 
     def generate(self, prompt: str, *, max_tokens: int = 512, sampling: SamplingParams | None = None,
                  no_empty: bool = True, on_event: Callable[[P.Message], None] | None = None,
-                 timeout: float | None = None, draft: str = "", draft_max: int = 8) -> P.Done:
-        """``draft``: "" plain decoding, "model" the loaded draft, "lookup" n-gram drafting."""
+                 timeout: float | None = None, draft: str = "", draft_max: int = 8,
+                 json_schema: str = "") -> P.Done:
+        """``draft``: "" plain decoding, "model" the loaded draft, "lookup" n-gram drafting;
+        ``json_schema`` (JSON text): the reply is constrained to match it (engine.child.grammar)."""
         s = (sampling or SamplingParams()).validated()
         return self._call("generate", lambda i: P.GenerateRequest(
-            id=i, prompt=prompt, max_tokens=max_tokens, sampling=s.to_dict(), no_empty=no_empty,
-            draft=draft, draft_max=draft_max), timeout, on_event)  # type: ignore[return-value]
+            id=i, prompt=prompt, max_tokens=max_tokens, sampling=s.to_dict(),
+            no_empty=no_empty and not json_schema, draft=draft, draft_max=draft_max,
+            json_schema=json_schema), timeout, on_event)  # type: ignore[return-value]
 
     def submit_load_draft(self, path: str, on_event: Callable[[P.Message], None] | None = None,
                           **options: Any) -> int:

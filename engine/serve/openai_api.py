@@ -5,6 +5,11 @@ tested) in one place. Requests are checked field by field and refused with a 400
 field, in OpenAI's error shape, because the clients people point at us (the official SDKs,
 editors, agents) show exactly that message to the user.
 
+Structured output (``response_format``), log-probabilities and ``n`` are parsed here and
+carried in :class:`Job`; tools are checked by engine.serve.tools. The ``model`` field must be a
+string but may name anything: OpenAI clients send their own model names, and this server has
+exactly one model, so every name is answered by it (the replies name the loaded model).
+
 Defaults: a field the client leaves out takes KV Deck's default preset (what the GUI and
 ``kvdeck chat`` use), so the same prompt and settings give the same reply on every front end;
 ``temperature: 0`` is greedy and equals ``kvdeck chat --temperature 0``.
@@ -19,34 +24,20 @@ from typing import Any
 
 from engine.chat.template import ChatMessage
 from engine.core.sampling import RANDOM_SEED, SamplingParams
+from engine.serve.errors import ApiError, error_body  # noqa: F401  (re-exported)
+from engine.serve.tools import parse_tools
 
 MAX_BODY_BYTES = 1 << 20
 MAX_STOPS = 4
 MAX_STOP_CHARS = 256
 #: How a reply ended in the child (engine.child.batch) → OpenAI's finish_reason.
 FINISH = {"eog": "stop", "stop": "stop", "length": "length", "context": "length"}
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logit_bias", "suffix",
-                "audio", "prediction")
-
-
-class ApiError(Exception):
-    """A refusal with its HTTP status, in OpenAI's ``{"error": {...}}`` shape."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+          "tool": "tool"}
+_UNSUPPORTED = ("logit_bias", "suffix", "audio", "prediction")
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
+MAX_SCHEMA_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +53,12 @@ class Job:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
+    n: int = 1
+    logprobs: int = -1  # -1 none, else how many alternatives per token (top_logprobs)
+    json_schema: str = ""  # response_format's schema as JSON text (converted in the child)
+    tools: Any = None  # engine.serve.tools.Tools, or None
+    #: The messages as dicts (tool calls, tool results) for templates that render tools.
+    raw_messages: tuple[dict[str, Any], ...] = ()
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -105,14 +102,11 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
     for key in _UNSUPPORTED:
         if body.get(key):
             raise ApiError(400, f"{key} is not supported by this server", param=key)
-    if body.get("logprobs") or body.get("top_logprobs") or body.get("echo"):
-        raise ApiError(400, "logprobs and echo are not supported by this server", param="logprobs")
-    for key in ("n", "best_of"):
-        if body.get(key) is not None and (isinstance(body[key], bool) or body[key] != 1):
-            raise ApiError(400, f"{key} must be 1 (one choice per request)", param=key)
-    fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type", "text") != "text"):
-        raise ApiError(400, "only response_format {\"type\": \"text\"} is supported", param="response_format")
+    if body.get("echo"):
+        raise ApiError(400, "echo is not supported by this server", param="echo")
+    n = int(_number(body, "n", 1, MAX_N, integer=True) or 1)
+    if body.get("best_of") is not None and (isinstance(body["best_of"], bool) or body["best_of"] != n):
+        raise ApiError(400, "best_of must equal n (choices are not ranked here)", param="best_of")
     limit = None
     for key in ("max_completion_tokens", "max_tokens"):
         value = _number(body, key, 1, 1 << 30, integer=True)
@@ -133,7 +127,77 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         if value:
             base[key] = float(value)
     return {"model": model, "max_tokens": limit, "sampling": base, "stop": _stops(body.get("stop")),
-            "stream": _flag(body, "stream"), "include_usage": _include_usage(body)}
+            "stream": _flag(body, "stream"), "include_usage": _include_usage(body), "n": n,
+            "json_schema": _response_format(body.get("response_format"))}
+
+
+def _response_format(fmt: Any) -> str:
+    """response_format → the JSON schema (as text) the reply must match; '' for plain text."""
+    if fmt is None:
+        return ""
+    kind = fmt.get("type", "text") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return ""
+    if kind == "json_object":
+        return json.dumps({"type": "object"})
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name", ""), str):
+            raise ApiError(400, "response_format.json_schema must be an object with a name and a schema",
+                           param="response_format.json_schema")
+        if schema is None:
+            schema = {}
+        if not isinstance(schema, dict):
+            raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object",
+                           param="response_format.json_schema.schema")
+        _check_schema(schema, "response_format.json_schema.schema")
+        text = json.dumps(schema)
+        if len(text) > MAX_SCHEMA_CHARS:
+            raise ApiError(400, f"the JSON schema is larger than {MAX_SCHEMA_CHARS} characters",
+                           param="response_format.json_schema.schema")
+        return text
+    raise ApiError(400, "response_format.type must be text, json_object or json_schema",
+                   param="response_format")
+
+
+_TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
+
+
+def _check_schema(schema: Any, param: str, depth: int = 0) -> None:
+    """The structural mistakes the grammar converter would not catch in words: unknown types,
+    non-object subschemas, non-list enums. Deeper semantics are the converter's (in the child)."""
+    if depth > 64:
+        raise ApiError(400, "the JSON schema is nested too deeply", param=param)
+    if isinstance(schema, bool):
+        return
+    if not isinstance(schema, dict):
+        raise ApiError(400, f"a JSON schema must be an object, not {type(schema).__name__}", param=param)
+    kind = schema.get("type")
+    for k in ([kind] if isinstance(kind, str) else kind if isinstance(kind, list) else
+              [] if kind is None else [None]):
+        if k not in _TYPES:
+            raise ApiError(400, f"the JSON schema has an unknown type {k!r}", param=param)
+    if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
+        raise ApiError(400, "a JSON schema enum must be a non-empty list", param=param)
+    for key in ("properties", "$defs", "definitions", "patternProperties"):
+        sub = schema.get(key)
+        if sub is not None:
+            if not isinstance(sub, dict):
+                raise ApiError(400, f"a JSON schema's {key} must be an object", param=param)
+            for value in sub.values():
+                _check_schema(value, param, depth + 1)
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(schema.get(key), (dict, bool)):
+            _check_schema(schema[key], param, depth + 1)
+        elif key in schema:
+            raise ApiError(400, f"a JSON schema's {key} must be a schema", param=param)
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if key in schema:
+            if not isinstance(schema[key], list):
+                raise ApiError(400, f"a JSON schema's {key} must be a list", param=param)
+            for value in schema[key]:
+                _check_schema(value, param, depth + 1)
 
 
 def _stops(value: Any) -> tuple[str, ...]:
@@ -175,17 +239,59 @@ def _content(message: dict[str, Any], i: int) -> str:
 
 def parse_chat(body: dict[str, Any]) -> Job:
     common = _common(body)
+    tools = parse_tools(body)
+    if tools is not None and common["json_schema"]:
+        raise ApiError(400, "response_format json_object/json_schema cannot be combined with tools",
+                       param="response_format")
+    top = body.get("top_logprobs")
+    if _flag(body, "logprobs"):
+        common["logprobs"] = int(_number(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, integer=True) or 0)
+    elif top is not None:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", param="messages")
-    out = []
+    out, raw = [], []
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in _ROLES:
-            raise ApiError(400, f"messages[{i}].role must be system, developer, user or assistant",
+            raise ApiError(400, f"messages[{i}].role must be system, developer, user, assistant or tool",
                            param=f"messages.{i}.role")
-        out.append(ChatMessage(_ROLES[role], _content(message, i)))  # type: ignore[arg-type]
-    return Job(kind="chat", messages=tuple(out), **common)
+        calls = message.get("tool_calls") if role == "assistant" else None
+        if calls:
+            _check_calls(calls, i)
+        content = "" if calls and message.get("content") is None else _content(message, i)
+        entry: dict[str, Any] = {"role": _ROLES[role], "content": content}
+        if calls:
+            entry["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _arguments(c)}}
+                                   for c in calls]
+        if role == "tool":
+            for key in ("tool_call_id", "name"):
+                if isinstance(message.get(key), str):
+                    entry[key] = message[key]
+        raw.append(entry)
+        out.append(ChatMessage(_ROLES[role], content))  # type: ignore[arg-type]
+    return Job(kind="chat", messages=tuple(out), raw_messages=tuple(raw), tools=tools, **common)
+
+
+def _check_calls(calls: Any, i: int) -> None:
+    ok = isinstance(calls, list) and all(
+        isinstance(c, dict) and isinstance(c.get("function"), dict)
+        and isinstance(c["function"].get("name"), str) for c in calls)
+    if not ok:
+        raise ApiError(400, f"messages[{i}].tool_calls must be a list of {{\"id\", \"type\": \"function\", "
+                            "\"function\": {\"name\", \"arguments\"}}", param=f"messages.{i}.tool_calls")
+
+
+def _arguments(call: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments as an object (clients send OpenAI's JSON text; templates want a dict)."""
+    args = call["function"].get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            return {"value": args}
+    return args if isinstance(args, dict) else {"value": args}
 
 
 def parse_completion(body: dict[str, Any]) -> Job:
@@ -195,6 +301,11 @@ def parse_completion(body: dict[str, Any]) -> Job:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string (one prompt per request)", param="prompt")
+    if body.get("logprobs") is not None:
+        common["logprobs"] = int(_number(body, "logprobs", 0, MAX_TOP_LOGPROBS, integer=True))  # type: ignore[arg-type]
+    for key in ("tools", "tool_choice"):
+        if body.get(key):
+            raise ApiError(400, f"{key} is only for /v1/chat/completions", param=key)
     return Job(kind="completion", prompt=prompt, **common)
 
 
@@ -211,36 +322,65 @@ def new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
 
 
-def usage(n_prompt: int, n_completion: int) -> dict[str, int]:
+def usage(n_prompt: int, n_completion: int, n_cached: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; ``cached_tokens``: prompt tokens whose KV the sequence already held."""
     return {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
-            "total_tokens": n_prompt + n_completion}
+            "total_tokens": n_prompt + n_completion,
+            "prompt_tokens_details": {"cached_tokens": n_cached}}
 
 
-def response(job: Job, rid: str, model: str, text: str, finish: str, n_prompt: int,
-             n_completion: int) -> dict[str, Any]:
+def logprobs_body(job: Job, entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any] | None:
+    """OpenAI's logprobs object from the child's entries (engine.child.grammar.logprob_entry)."""
+    if job.logprobs < 0:
+        return None
     if job.kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                  "finish_reason": finish, "logprobs": None}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        obj = "text_completion"
+        return {"content": [{"token": e["token"], "logprob": e["logprob"],
+                             "bytes": list(e["token"].encode("utf-8")),
+                             "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
+                                              for _, t, lp in e["top"]]} for e in entries]}
+    offsets, pos = [], offset
+    for e in entries:
+        offsets.append(pos)
+        pos += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t: lp for _, t, lp in e["top"]} for e in entries], "text_offset": offsets}
+
+
+def choice(job: Job, index: int, text: str, finish: str, entries: list[dict[str, Any]],
+           tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    lp = logprobs_body(job, entries)
+    if job.kind == "chat":
+        message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        return {"index": index, "message": message, "finish_reason": finish, "logprobs": lp}
+    return {"index": index, "text": text, "finish_reason": finish, "logprobs": lp}
+
+
+def response(job: Job, rid: str, model: str, choices: list[dict[str, Any]], n_prompt: int,
+             n_completion: int, n_cached: int = 0) -> dict[str, Any]:
+    obj = "chat.completion" if job.kind == "chat" else "text_completion"
     return {"id": rid, "object": obj, "created": int(time.time()), "model": model,
-            "choices": [choice], "usage": usage(n_prompt, n_completion)}
+            "choices": choices, "usage": usage(n_prompt, n_completion, n_cached)}
 
 
 def chunk(job: Job, rid: str, model: str, text: str | None, finish: str | None = None,
-          *, first: bool = False, usage_counts: dict[str, int] | None = None) -> dict[str, Any]:
+          *, first: bool = False, usage_counts: dict[str, Any] | None = None, index: int = 0,
+          entries: list[dict[str, Any]] | None = None,
+          tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One server-sent event; ``usage_counts`` makes the extra final chunk with no choices."""
+    lp = logprobs_body(job, entries or []) if entries else None
     if job.kind == "chat":
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text is not None:
             delta["content"] = text
-        choices: list[dict[str, Any]] = [{"index": 0, "delta": delta, "finish_reason": finish,
-                                          "logprobs": None}]
+        if tool_calls:
+            delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(tool_calls)]
+        choices: list[dict[str, Any]] = [{"index": index, "delta": delta, "finish_reason": finish,
+                                          "logprobs": lp}]
         obj = "chat.completion.chunk"
     else:
-        choices = [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]
+        choices = [{"index": index, "text": text or "", "finish_reason": finish, "logprobs": lp}]
         obj = "text_completion"
     out: dict[str, Any] = {"id": rid, "object": obj, "created": int(time.time()), "model": model,
                            "choices": [] if usage_counts is not None else choices}

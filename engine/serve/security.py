@@ -33,6 +33,9 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     max_queue: int = 16
     max_body_bytes: int = MAX_BODY_BYTES
+    #: "" (OpenAI's 400 context_length_exceeded) or an engine.chat.overflow policy:
+    #: rolling | middle | stop, applied to chat requests that do not fit a sequence.
+    overflow: str = ""
 
 
 def is_loopback(host: str) -> bool:

@@ -21,15 +21,14 @@ error is OpenAI's ``{"error": {...}}`` JSON and never a traceback.
 """
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -41,16 +40,34 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from engine import protocol as P
-from engine.protocol.errors import ErrorKind
-from engine.core.errors import KvDeckError, TemplateError
+from engine.core.errors import KvDeckError
+from engine.core.memory_types import PlanSettings
+from engine.core.sampling import RANDOM_SEED
 from engine.runtime.host import RuntimeHost
-from engine.serve.openai_api import (FINISH, ApiError, Job, chunk, error_body, new_id,
-                               parse_chat, parse_completion, parse_json, response, split_system,
-                               usage)
-from engine.serve.security import LOOPBACK_NAMES, Guard, ServerConfig, check_config, is_loopback
+from engine.serve import extras
+from engine.serve.calls import REFUSALS, Call, Gone, Once, model_id, refusal_of
+from engine.serve.openai_api import (
+    ApiError,
+    Job,
+    error_body,
+    parse_chat,
+    parse_completion,
+    parse_json,
+)
+from engine.serve.prompts import build as build_prompt
+from engine.serve.replies import full_response, stream_events
+from engine.serve.security import (
+    LOOPBACK_NAMES,
+    Guard,
+    ServerConfig,
+    check_config,
+    is_loopback,
+)
 
-__all__ = ["ApiServer", "ServedModel", "ServerConfig", "check_config", "create_app", "is_loopback",
-           "model_id"]
+_refusal = refusal_of  # the name engine.serve.server used before engine.serve.calls existed
+
+__all__ = ["REFUSALS", "ApiServer", "ServedModel", "ServerConfig", "check_config", "create_app",
+           "is_loopback", "model_id"]
 
 log = logging.getLogger("kvdeck.server")
 
@@ -63,79 +80,14 @@ class ServedModel:
     loaded: Callable[[], P.Loaded | None]
     slots: Callable[[], int]
     alias: str = ""
+    #: For /v1/kvdeck/memory: the settings the model was loaded with (for the plan) and the
+    #: child's latest per-sequence occupancy (P.Slots); None when the front end has neither.
+    settings: Callable[[], PlanSettings | None] = lambda: None
+    slots_state: Callable[[], P.Slots | None] = lambda: None
 
 
 
-def model_id(loaded: P.Loaded) -> str:
-    return Path(loaded.path).name.removesuffix(".gguf")
 
-
-
-class _Gone(Exception):
-    """The client disconnected before its reply was complete."""
-
-
-class _Call:
-    """One request's events, carried from the host's reader thread into the event loop."""
-
-    def __init__(self, host: RuntimeHost) -> None:
-        self.host = host
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[P.Message] = asyncio.Queue()
-        self.req_id = 0
-        self.ended = False
-
-    def on_event(self, msg: P.Message) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, msg)
-        except RuntimeError:  # the event loop is closed: the server stopped
-            pass
-
-    async def next(self, request: Request | None = None) -> P.Message:
-        while True:
-            try:
-                msg = await asyncio.wait_for(self.queue.get(), 0.5)
-            except asyncio.TimeoutError:
-                if not self.host.running:
-                    self.ended = True
-                    why = self.host.outcome.sentence if self.host.outcome else "the runtime stopped"
-                    raise ApiError(503, why, "server_error", code="runtime_stopped") from None
-                if request is not None and await request.is_disconnected():
-                    raise _Gone() from None
-                continue
-            if isinstance(msg, (P.Done, P.ErrorEvent)):
-                self.ended = True
-            return msg
-
-    def cancel(self) -> None:
-        if self.req_id and not self.ended:
-            self.ended = True
-            self.host.cancel(self.req_id)
-
-
-#: One HTTP answer per kind of refusal: (status, OpenAI error type, param, code, fixed message).
-#: STATE is 503: the server only runs with a model loaded, so "no model" (or no draft) means it
-#: is being replaced or stopped right now: a passing condition a client may retry, not a
-#: conflict the client caused (409). MODEL is 500: a client cannot name a file here, so a model
-#: that fails is the server's fault.
-REFUSALS: dict[ErrorKind, tuple[int, str, str | None, str | None, str | None]] = {
-    ErrorKind.CONTEXT: (400, "invalid_request_error", "messages", "context_length_exceeded", None),
-    ErrorKind.PARAMS: (400, "invalid_request_error", None, None, None),
-    ErrorKind.CANCELLED: (503, "server_error", None, "cancelled",
-                          "the request was cancelled (the model is being replaced or stopped)"),
-    ErrorKind.STATE: (503, "server_error", None, "state", None),
-    ErrorKind.MODEL: (500, "server_error", None, "model", None),
-    ErrorKind.RUNTIME: (500, "server_error", None, "runtime", None),
-}
-
-
-def _refusal(msg: P.ErrorEvent) -> ApiError:
-    status, type_, param, code, text = REFUSALS[ErrorKind.parse(msg.kind)]
-    return ApiError(status, text or msg.message, type_, param=param, code=code)
-
-
-def _sse(data: dict[str, Any] | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 class Api:
@@ -144,6 +96,7 @@ class Api:
     def __init__(self, model: ServedModel, config: ServerConfig) -> None:
         self.model, self.config = model, config
         self.in_flight = 0
+        self.telemetry: Any = None  # engine.runtime.telemetry.Telemetry, made on first use
 
     # ------------------------------------------------------------------ helpers
     def _ready(self) -> tuple[RuntimeHost, P.Loaded]:
@@ -170,40 +123,34 @@ class Api:
             parts.append(part)
         return parse_json(b"".join(parts))
 
-    def _enter(self) -> None:
-        if self.in_flight >= max(1, self.model.slots()) + self.config.max_queue:
+    def _enter(self, n: int = 1) -> None:
+        if self.in_flight + n > max(1, self.model.slots()) + self.config.max_queue:
             raise ApiError(429, "the server is busy: every sequence is in use and the queue is full; "
                                 "retry shortly", "rate_limit_error", code="rate_limit_exceeded",
                            headers={"Retry-After": "1"})
-        self.in_flight += 1
+        self.in_flight += n
 
-    @staticmethod
-    def _prompt(loaded: P.Loaded, job: Job) -> str:
-        if job.kind == "completion":
-            return job.prompt
-        from engine.chat.conversation import conversation_prompt
+    def _leave(self, n: int = 1) -> None:
+        self.in_flight -= n
 
-        system, turns = split_system(job.messages)
-        try:
-            return conversation_prompt(loaded, system, turns).text
-        except TemplateError as exc:
-            raise ApiError(400, str(exc), param="messages", code="template_error") from None
-
-    async def _start(self, job: Job) -> tuple[_Call, str]:
+    async def _start(self, job: Job) -> tuple[Call, str]:
+        """Build the prompt and submit one runtime request per choice. Any ``model`` name is
+        answered by the loaded model (OpenAI clients send their own names)."""
         host, loaded = self._ready()
-        if job.model not in self._ids(loaded):
-            raise ApiError(404, f"the model {job.model!r} does not exist; this server has "
-                                f"{model_id(loaded)!r}", param="model", code="model_not_found")
-        prompt = await run_in_threadpool(self._prompt, loaded, job)
-        call = _Call(host)
-        build = lambda i: P.GenerateRequest(  # noqa: E731
-            id=i, prompt=prompt, max_tokens=job.max_tokens or loaded.n_ctx, sampling=job.sampling,
-            stream=job.stream, stop=list(job.stop), serve=True)
-        try:
-            call.req_id = host.submit("generate", build, call.on_event)
-        except KvDeckError as exc:
-            raise ApiError(503, str(exc), "server_error", code="runtime_stopped") from None
-        return call, job.model
+        measure = (lambda text: len(host.tokenize(text, timeout=60))) if self.config.overflow else None
+        built = await run_in_threadpool(build_prompt, loaded, job, overflow=self.config.overflow,
+                                        measure=measure)
+        call = Call(host)
+        seed = int(job.sampling.get("seed", RANDOM_SEED))
+        for i in range(job.n):
+            sampling = dict(job.sampling)
+            if i and seed != RANDOM_SEED:  # n choices of one fixed seed must still differ
+                sampling["seed"] = (seed + i) % RANDOM_SEED
+            call.submit(lambda rid, sampling=sampling: P.GenerateRequest(  # type: ignore[misc]
+                id=rid, prompt=built.prompt, max_tokens=job.max_tokens or loaded.n_ctx, sampling=sampling,
+                stream=job.stream, stop=list(job.stop), serve=True, json_schema=built.json_schema,
+                logprobs=job.logprobs, no_empty=not built.json_schema))
+        return call, model_id(loaded)
 
     # ------------------------------------------------------------------ routes
     async def health(self, request: Request) -> Response:
@@ -214,18 +161,30 @@ class Api:
         return JSONResponse(data, 200 if ok else 503)
 
     async def models(self, request: Request) -> Response:
+        """The loaded model (and its alias). Any other name a client asks for is answered by the
+        same model, so retrieving one returns the loaded model rather than 404."""
         _, loaded = self._ready()
         created = int(Path(loaded.path).stat().st_mtime) if Path(loaded.path).exists() else 0
-        data = [{"id": i, "object": "model", "created": created, "owned_by": "kvdeck"}
+        note = "this server has one model; requests naming any model are answered by it"
+        data = [{"id": i, "object": "model", "created": created, "owned_by": "kvdeck", "kvdeck_note": note}
                 for i in self._ids(loaded)]
         wanted = request.path_params.get("model")
         if wanted is not None:
             match = [d for d in data if d["id"] == wanted]
-            if not match:
-                raise ApiError(404, f"the model {wanted!r} does not exist", param="model",
-                               code="model_not_found")
-            return JSONResponse(match[0])
+            return JSONResponse(match[0] if match else data[0])
         return JSONResponse({"object": "list", "data": data})
+
+    async def embeddings(self, request: Request) -> Response:
+        return await extras.embeddings(self, request)
+
+    async def tokenize(self, request: Request) -> Response:
+        return await extras.tokenize(self, request)
+
+    async def detokenize(self, request: Request) -> Response:
+        return await extras.detokenize(self, request)
+
+    async def memory(self, request: Request) -> Response:
+        return await extras.memory(self, request)
 
     async def chat(self, request: Request) -> Response:
         return await self._generate(request, parse_chat(await self._body(request)))
@@ -234,72 +193,40 @@ class Api:
         return await self._generate(request, parse_completion(await self._body(request)))
 
     async def _generate(self, request: Request, job: Job) -> Response:
-        self._enter()
-        call: _Call | None = None
+        self._enter(job.n)
+        call: Call | None = None
         streaming = False
         try:
             call, name = await self._start(job)
-            msg = await call.next(request)  # Started, or a refusal: a real 4xx before any header
-            if isinstance(msg, P.ErrorEvent):
-                raise _refusal(msg)
+            early: list[P.Message] = []  # each choice's first event: a refusal is a real 4xx
+            firsts: set[int] = set()
+            while len(firsts) < job.n:
+                msg = await call.next(request)
+                if isinstance(msg, P.ErrorEvent):
+                    raise refusal_of(msg)
+                firsts.add(msg.id)  # type: ignore[attr-defined]
+                early.append(msg)
             if job.stream:
                 streaming = True
-                done = _Once(lambda: (call.cancel(), self._leave()))  # type: ignore[union-attr]
-                return StreamingResponse(self._events(job, call, name, msg, done),
+                done = Once(lambda: (call.cancel(), self._leave(job.n)))  # type: ignore[union-attr]
+                return StreamingResponse(stream_events(job, call, name, early, done),
                                          media_type="text/event-stream", background=BackgroundTask(done),
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            while not isinstance(msg, P.Done):
+            results: dict[int, P.Done] = {}
+            while len(results) < job.n:
+                msg = early.pop(0) if early else await call.next(request)
                 if isinstance(msg, P.ErrorEvent):
-                    raise _refusal(msg)
-                msg = await call.next(request)
-            return JSONResponse(response(job, new_id(job.kind), name, msg.text,
-                                         FINISH.get(msg.stop_reason, "stop"), msg.n_prompt, len(msg.tokens)))
-        except _Gone:
+                    raise refusal_of(msg)
+                if isinstance(msg, P.Done):
+                    results[call.index(msg)] = msg
+            return JSONResponse(full_response(job, name, [results[i] for i in range(job.n)]))
+        except Gone:
             return Response(status_code=499)
         finally:
             if not streaming:
                 if call is not None:
                     call.cancel()
-                self._leave()
-
-    def _leave(self) -> None:
-        self.in_flight -= 1
-
-    async def _events(self, job: Job, call: _Call, name: str, msg: P.Message,
-                      done: Callable[[], None]) -> AsyncIterator[str]:
-        rid = new_id(job.kind)
-        try:
-            if job.kind == "chat":
-                yield _sse(chunk(job, rid, name, "", first=True))
-            while True:
-                if isinstance(msg, P.Delta) and msg.text:
-                    yield _sse(chunk(job, rid, name, msg.text))
-                elif isinstance(msg, P.Done):
-                    yield _sse(chunk(job, rid, name, None, FINISH.get(msg.stop_reason, "stop")))
-                    if job.include_usage:
-                        yield _sse(chunk(job, rid, name, None, usage_counts=usage(msg.n_prompt, len(msg.tokens))))
-                    break
-                elif isinstance(msg, P.ErrorEvent):
-                    yield _sse(_refusal(msg).body())
-                    break
-                msg = await call.next()
-        except ApiError as exc:  # the runtime died mid-stream
-            yield _sse(exc.body())
-        finally:
-            done()
-        yield "data: [DONE]\n\n"
-
-
-class _Once:
-    """Cleanup that may be reached from the stream's end and from its background task."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self.fn: Callable[[], object] | None = fn
-
-    def __call__(self) -> None:
-        fn, self.fn = self.fn, None
-        if fn is not None:
-            fn()
+                self._leave(job.n)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -323,7 +250,11 @@ def create_app(model: ServedModel, config: ServerConfig) -> Starlette:
     routes = [Route("/health", api.health), Route("/v1/models", api.models),
               Route("/v1/models/{model:path}", api.models),
               Route("/v1/chat/completions", api.chat, methods=["POST"]),
-              Route("/v1/completions", api.completions, methods=["POST"])]
+              Route("/v1/completions", api.completions, methods=["POST"]),
+              Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+              Route("/tokenize", api.tokenize, methods=["POST"]),
+              Route("/detokenize", api.detokenize, methods=["POST"]),
+              Route("/v1/kvdeck/memory", api.memory)]
     hosts = (LOOPBACK_NAMES | {config.host.strip("[]").lower()}) if is_loopback(config.host) else None
     middleware = []
     if config.cors_origins:

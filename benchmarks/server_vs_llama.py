@@ -1,0 +1,227 @@
+"""``kvdeck serve`` against llama.cpp's own tools, same model, same load, one run (the GPU machine).
+
+    python benchmarks/server_vs_llama.py --bin DIR [--shape llama3-8b] [--parallel 16]
+                                        [--clients 1,4,16,64] [--pp 128] [--tg 128] [--out FILE]
+
+1. Writes a synthetic Q4_0 GGUF of ``--shape`` (benchmarks/gpu_bench.py ``write_gguf``).
+2. ``llama-batched-bench`` at B = each client count (prompt ``--pp``, generation ``--tg``): the
+   ceiling for batched decoding on this GPU, no HTTP, no scheduling.
+3. ``kvdeck serve --parallel N`` and ``llama-server -np N`` (same context per sequence), each
+   driven by the same streaming /v1/completions clients (benchmarks/server_load.py's load shape):
+   aggregate t/s = completion tokens / wall time of the round; decode t/s = tokens after each
+   request's first one / (last reply's end - first token of the round); time to first token.
+4. Prompt-prefix reuse: a request with a long shared prefix, then another with the same prefix
+   and a different tail; time to first token of both, and kvdeck's ``cached_tokens``.
+
+Random weights make end-of-generation as likely as any other token (1 in 128k per step), so the
+replies run to ``--tg`` tokens on both servers; the figures count what the servers report.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+WORDS = ("river stone light window garden market letter morning silver engine harbor "
+         "mountain lantern paper orange winter valley forest bridge thunder").split()
+
+
+def prompt_text(i: int, n_words: int) -> str:
+    return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(n_words))
+
+
+def stream_request(url: str, prompt: str, max_tokens: int, seed: int) -> dict:
+    body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.7, "top_k": 40,
+            "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first = None
+    chunks = 0
+    usage: dict = {}
+    timings: dict = {}
+    with httpx.Client(timeout=600) as http, http.stream("POST", f"{url}/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            return {"ok": False, "status": r.status_code, "body": r.read().decode()[:300]}
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            usage = data.get("usage") or usage
+            timings = data.get("timings") or timings
+            if data.get("choices") and data["choices"][0].get("text"):
+                chunks += 1
+                if first is None:
+                    first = time.perf_counter()
+    end = time.perf_counter()
+    tokens = usage.get("completion_tokens") or timings.get("predicted_n") or chunks
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", timings.get("cache_n"))
+    return {"ok": True, "t0": t0, "first": first or end, "end": end, "tokens": int(tokens),
+            "prompt_tokens": usage.get("prompt_tokens", timings.get("prompt_n")), "cached": cached}
+
+
+def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int) -> dict:
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for k in range(per_client):
+            r = stream_request(url, prompt_text(c * per_client + k, pp_words), tg, c * 1000 + k)
+            with lock:
+                results.append(r)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if r["ok"]]
+    tokens = sum(r["tokens"] for r in ok)
+    span = max(r["end"] for r in ok) - min(r["first"] for r in ok) if ok else 0.0
+    ttft = [r["first"] - r["t0"] for r in ok]
+    return {"clients": clients, "requests": len(results), "failed": len(results) - len(ok),
+            "errors": [r for r in results if not r["ok"]][:2], "tokens": tokens,
+            "prompt_tokens": ok[0]["prompt_tokens"] if ok else None, "wall_s": round(wall, 3),
+            "aggregate_tps": round(tokens / wall, 1) if wall else 0.0,
+            "decode_tps": round(sum(r["tokens"] - 1 for r in ok) / span, 1) if span > 0 else 0.0,
+            "ttft_median_s": round(statistics.median(ttft), 4) if ttft else None,
+            "ttft_max_s": round(max(ttft), 4) if ttft else None}
+
+
+def prefix_reuse(url: str, prefix_words: int) -> dict:
+    long = prompt_text(99, prefix_words)
+    a = stream_request(url, long + " first question about the river", 4, 1)
+    b = stream_request(url, long + " another question about the garden", 4, 2)
+    if not (a["ok"] and b["ok"]):
+        return {"failed": [a, b]}
+    return {"prefix_words": prefix_words, "prompt_tokens": a.get("prompt_tokens"),
+            "ttft_first_s": round(a["first"] - a["t0"], 4), "ttft_second_s": round(b["first"] - b["t0"], 4),
+            "cached_tokens_first": a.get("cached"), "cached_tokens_second": b.get("cached")}
+
+
+def wait_health(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("server did not become healthy")
+
+
+def serve_rounds(url: str, args: argparse.Namespace) -> dict:
+    stream_request(url, prompt_text(0, args.pp_words), 8, 0)  # warm-up
+    rounds = []
+    for c in args.client_list:
+        per = max(1, args.min_requests // c)
+        rounds.append(run_round(url, c, per, args.pp_words, args.tg))
+        print(json.dumps(rounds[-1]), flush=True)
+    return {"rounds": rounds, "prefix_reuse": prefix_reuse(url, args.prefix_words)}
+
+
+def batched_bench(binary: Path, model: Path, args: argparse.Namespace, pp: int) -> list[dict]:
+    ctx = max(args.client_list) * (pp + args.tg) + 1024
+    cmd = [str(binary), "-m", str(model), "-c", str(ctx), "-b", "2048", "-ub", "512", "-ngl", "99",
+           "-npp", str(pp), "-ntg", str(args.tg), "-npl", ",".join(map(str, args.client_list))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    rows = []
+    for line in out.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and cells[0].isdigit():
+            rows.append({"pp": int(cells[0]), "tg": int(cells[1]), "b": int(cells[2]),
+                         "s_pp_tps": float(cells[5]), "s_tg_tps": float(cells[7]), "s_tps": float(cells[9])})
+    if not rows:
+        print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bin", required=True, help="folder with llama-server and llama-batched-bench")
+    ap.add_argument("--shape", default="llama3-8b")
+    ap.add_argument("--model", default="/tmp/bench-8b-q4_0.gguf")
+    ap.add_argument("--parallel", type=int, default=16)
+    ap.add_argument("--ctx-per-seq", type=int, default=2048)
+    ap.add_argument("--clients", default="1,4,16,64")
+    ap.add_argument("--min-requests", type=int, default=4, help="requests per round at least")
+    ap.add_argument("--pp-words", type=int, default=14, help="~9 tokens a word in the synthetic vocabulary")
+    ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--prefix-words", type=int, default=160)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "server-2026-12-04.json"))
+    args = ap.parse_args()
+    args.client_list = [int(x) for x in args.clients.split(",")]
+    bindir = Path(args.bin)
+    model = Path(args.model)
+    res: dict = {"date": dt.date.today().isoformat(), "shape": args.shape, "parallel": args.parallel,
+                 "ctx_per_seq": args.ctx_per_seq, "tg": args.tg, "sampling": "temperature 0.7, top_k 40"}
+    t = time.time()
+    if not model.exists():
+        from gpu_bench import write_gguf
+
+        res["model"] = write_gguf(model, args.shape)
+    res["write_s"] = round(time.time() - t, 1)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ctx = args.parallel * args.ctx_per_seq
+
+    def server(cmd: list[str], url: str) -> dict:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_health(url, proc)
+            return serve_rounds(url, args)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    port = 18431
+    res["kvdeck"] = server([sys.executable, "-m", "kvdeck", "serve", str(model), "--port", str(port),
+                            "--parallel", str(args.parallel), "--ctx", str(ctx), "--queue", "256"],
+                           f"http://127.0.0.1:{port}")
+    pp = res["kvdeck"]["rounds"][0]["prompt_tokens"] or 128
+    res["llama_server"] = server([str(bindir / "llama-server"), "-m", str(model), "--port", str(port + 1),
+                                  "-np", str(args.parallel), "-c", str(ctx), "-ngl", "99"],
+                                 f"http://127.0.0.1:{port + 1}")
+    res["batched_bench"] = batched_bench(bindir / "llama-batched-bench", model, args, int(pp))
+    table = []
+    bb = {r["b"]: r for r in res["batched_bench"]}
+    for k, l, c in zip(res["kvdeck"]["rounds"], res["llama_server"]["rounds"], args.client_list):
+        b_same, b_slots = bb.get(c), bb.get(min(c, args.parallel))
+        table.append({
+            "clients": c, "kvdeck_tps": k["aggregate_tps"], "llama_server_tps": l["aggregate_tps"],
+            "vs_llama_server": round(k["aggregate_tps"] / l["aggregate_tps"], 3) if l["aggregate_tps"] else None,
+            "kvdeck_decode_tps": k["decode_tps"], "llama_server_decode_tps": l["decode_tps"],
+            "batched_bench_tg_tps_same_b": b_same and b_same["s_tg_tps"],
+            "batched_bench_tg_tps_b_slots": b_slots and b_slots["s_tg_tps"],
+            "kvdeck_decode_vs_batched_bench_b_slots":
+                round(k["decode_tps"] / b_slots["s_tg_tps"], 3) if b_slots else None,
+            "ttft_median_s": {"kvdeck": k["ttft_median_s"], "llama_server": l["ttft_median_s"]}})
+    res["table"] = table
+    print(json.dumps(table, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Per-sequence prefix reuse for the batch loop (engine.child.batch).
+
+What a sequence held when its request ended stays in the KV cache, with the token list it
+holds. The next request goes to the free sequence sharing the longest prefix with its prompt
+and prefills only the rest, so a long system prompt shared by many requests is prefilled once
+per sequence, not once per request. On a tie the sequence holding least is taken, so long
+cached prefixes survive for the requests that can use them. In a shared KV pool (unified
+cache) that runs full, the cells of free sequences are dropped first.
+
+The lists live on the Model (sequence 0's is ``Model.cached``, the single-sequence loop's own
+prefix cache; the others ``Model.seq_cached``), so they survive between runs of the batch loop
+and are emptied with the cache by ``Model.clear``.
+"""
+from __future__ import annotations
+
+import llama_cpp.llama_cpp as LL
+import numpy as np
+
+from engine.child.model import Model
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+class SeqPrefixes:
+    def __init__(self, m: Model, n_seq: int) -> None:
+        self.m = m
+        self.kept: list[list[int]] = [m.cached if i == 0 else m.seq_cached.setdefault(i, [])
+                                      for i in range(n_seq)]
+
+    def place(self, free: list[int], prompt: list[int]) -> tuple[int, int]:
+        """(sequence, prompt tokens already in it) for a new request; the sequence keeps exactly
+        those cells (at least one prompt token is left to decode, for its logits)."""
+        i, reuse = max(((i, common_prefix(self.kept[i], prompt)) for i in free),
+                       key=lambda e: (e[1], -len(self.kept[e[0]])))
+        return i, self._keep(i, min(reuse, len(prompt) - 1))
+
+    def _keep(self, seq: int, n: int) -> int:
+        kept = self.kept[seq]
+        if n < len(kept) or n == 0:
+            if not LL.llama_memory_seq_rm(self.m.mem, seq, n, -1):  # recurrent: all or nothing
+                LL.llama_memory_seq_rm(self.m.mem, seq, -1, -1)
+                n = 0
+            del kept[n:]
+        return n
+
+    def ended(self, seq: int, tokens: list[int], ok: bool) -> None:
+        """A request left ``seq`` holding ``tokens`` (nothing trustworthy when not ``ok``)."""
+        kept = self.kept[seq]
+        kept[:] = tokens if ok else []
+        if not ok:
+            LL.llama_memory_seq_rm(self.m.mem, seq, -1, -1)
+
+    def evict_idle(self, busy: list[bool]) -> bool:
+        """Drop the cells of free sequences; False when there were none."""
+        freed = False
+        for i, kept in enumerate(self.kept):
+            if not busy[i] and kept:
+                LL.llama_memory_seq_rm(self.m.mem, i, -1, -1)
+                kept.clear()
+                freed = True
+        return freed

@@ -1,0 +1,97 @@
+"""Finished runtime replies → OpenAI responses and server-sent events (choices, tool calls, logprobs).
+
+Tool calls while streaming: a choice whose text could still be a tool call (engine.serve.tools
+``may_be_call``: it starts with ``{``, ``[``, a fence or a call marker) is held back until either
+it clearly is not one (then it streams on as content) or the reply ends; a call is then sent as
+OpenAI does: a delta with ``tool_calls`` (index, id, type, function name and arguments) and a
+final chunk with ``finish_reason: "tool_calls"``.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from engine import protocol as P
+from engine.serve.calls import Call, refusal_of, sse
+from engine.serve.openai_api import (
+    FINISH,
+    ApiError,
+    Job,
+    choice,
+    chunk,
+    new_id,
+    response,
+    usage,
+)
+from engine.serve.tools import may_be_call, parse_calls
+
+
+def _finish(job: Job, done: P.Done) -> tuple[str, str, list[dict[str, Any]] | None]:
+    """(content, finish_reason, tool calls) of one finished choice."""
+    finish = FINISH.get(done.stop_reason, "stop")
+    if job.tools is None:
+        return done.text, finish, None
+    content, calls = parse_calls(done.text, job.tools.names)
+    return (content, "tool_calls", calls) if calls else (done.text, finish, None)
+
+
+def full_response(job: Job, name: str, results: list[P.Done]) -> dict[str, Any]:
+    choices = []
+    for i, done in enumerate(results):
+        text, finish, calls = _finish(job, done)
+        choices.append(choice(job, i, text, finish, done.logprobs, calls))
+    return response(job, new_id(job.kind), name, choices, results[0].n_prompt,
+                    sum(len(d.tokens) for d in results), min(d.n_reused for d in results))
+
+
+async def stream_events(job: Job, call: Call, name: str, early: list[P.Message],
+                        done: Callable[[], None]) -> AsyncIterator[str]:
+    rid = new_id(job.kind)
+    n = job.n
+    holding = [job.tools is not None] * n
+    held = [""] * n
+    held_lp: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    ended: set[int] = set()
+    n_prompt = n_completion = n_cached = 0
+    try:
+        if job.kind == "chat":
+            for i in range(n):
+                yield sse(chunk(job, rid, name, "", first=True, index=i))
+        while len(ended) < n:
+            msg = early.pop(0) if early else await call.next()
+            if isinstance(msg, P.ErrorEvent):
+                yield sse(refusal_of(msg).body())
+                break
+            if not isinstance(msg, (P.Delta, P.Done)):
+                continue
+            i = call.index(msg)
+            if isinstance(msg, P.Delta):
+                if holding[i]:
+                    held[i] += msg.text
+                    held_lp[i] += msg.logprobs
+                    if may_be_call(held[i]):
+                        continue
+                    text, entries, holding[i], held[i], held_lp[i] = held[i], held_lp[i], False, "", []
+                else:
+                    text, entries = msg.text, msg.logprobs
+                if text or entries:
+                    yield sse(chunk(job, rid, name, text, index=i, entries=entries))
+                continue
+            ended.add(i)
+            n_prompt, n_completion, n_cached = msg.n_prompt, n_completion + len(msg.tokens), msg.n_reused
+            finish = FINISH.get(msg.stop_reason, "stop")
+            if holding[i]:
+                content, finish, calls = _finish(job, msg)
+                if calls:
+                    yield sse(chunk(job, rid, name, content or None, index=i, tool_calls=calls))
+                elif content or held_lp[i]:
+                    yield sse(chunk(job, rid, name, content, index=i, entries=held_lp[i]))
+            yield sse(chunk(job, rid, name, None, finish, index=i))
+        else:
+            if job.include_usage:
+                yield sse(chunk(job, rid, name, None, usage_counts=usage(n_prompt, n_completion, n_cached)))
+    except ApiError as exc:  # the runtime died mid-stream
+        yield sse(exc.body())
+    finally:
+        done()
+    yield "data: [DONE]\n\n"
