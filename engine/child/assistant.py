@@ -11,7 +11,7 @@ import ctypes
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import llama_cpp.llama_cpp as LL
 
@@ -31,10 +31,10 @@ def is_assistant(path: str) -> bool:
         return False
 
 
-def load_assistant(session: Any, req: LoadDraftRequest, cancel: threading.Event) -> DraftLoaded:
-    """Check the pair, load the assistant's weights and give it a context sharing the target's KV."""
-    from engine.child.draft import unload_draft
-
+def load_assistant(session: Any, req: LoadDraftRequest, cancel: threading.Event,
+                   unload_draft: Callable[[Any], None]) -> DraftLoaded:
+    """Check the pair, load the assistant's weights and give it a context sharing the target's KV
+    (``unload_draft`` frees the previous draft, only once the new pair has passed the rules)."""
     m = session.require()
     target, assistant = inspect_gguf(m.path), inspect_gguf(req.path)
     checks = assistant_checks(target, assistant, embedding_length_out(req.path))

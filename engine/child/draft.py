@@ -112,10 +112,6 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
     if not os.path.isfile(req.path):
         raise RequestError(ErrorKind.MODEL, f"draft model file not found: {req.path}")
     refuse_rollback_less(m.model, "target", m.ctx)
-    from engine.child.assistant import is_assistant, load_assistant
-
-    if is_assistant(req.path):  # a Gemma 4 assistant: shares the target's KV (engine.child.selfdraft)
-        return load_assistant(session, req, cancel)
     checks = _check_pair(m.path, req.path)
     unload_draft(session)
     t0 = time.perf_counter()

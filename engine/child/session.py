@@ -212,9 +212,9 @@ class LlamaSession:
             self.mtp = None
         d = self.draft
         if d is not None and getattr(d, "shared", False):
-            from engine.child.draft import unload_draft
-
-            unload_draft(self)  # an assistant cannot outlive the target whose memory it reads
+            self.draft = None  # an assistant cannot outlive the target whose memory it reads
+            d.free()
+            LL.llama_model_free(d.model)
         elif d is not None:
             d.free_context()  # a draft model keeps its weights and gets a new context on next use
         m, self.model = self.model, None

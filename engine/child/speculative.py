@@ -42,14 +42,15 @@ from typing import Any
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child.draft import Draft, draft_for, load_draft, refuse_rollback_less, unload_draft
+from engine.child.assistant import is_assistant, load_assistant
+from engine.child.draft import Draft, draft_for, load_draft as _load_draft_model, refuse_rollback_less, unload_draft
 from engine.child.selfdraft import SelfDraft
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
 from engine.child.sampler import gpu_present
 from engine.child.session import LlamaSession
 from engine.child.ngram import NgramIndex
-from engine.protocol import Delta, Done, GenerateRequest, Started
+from engine.protocol import Delta, Done, DraftLoaded, GenerateRequest, LoadDraftRequest, Started
 from engine.core.sampling import RANDOM_SEED, SamplingParams
 from engine.child.spec_sampling import accept_or_resample, final_distribution, greedy_token, sample
 
@@ -105,6 +106,14 @@ def _self_drafter(session: LlamaSession, m: Model, mode: str) -> SelfDraft | Non
             raise RequestError(ErrorKind.STATE, "the assistant was loaded for another target; load it again")
         return d
     return None
+
+
+def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.Event) -> DraftLoaded:
+    """A draft model, or a Gemma 4 assistant (detected by architecture) that shares the target's KV."""
+    if session.model is not None and is_assistant(req.path):
+        refuse_rollback_less(session.model.model, "target", session.model.ctx)
+        return load_assistant(session, req, cancel, unload_draft)
+    return _load_draft_model(session, req, cancel)
 
 
 def _common(a: list[int], b: list[int], start: int) -> int:
