@@ -54,11 +54,16 @@ class Draft:
         self.cached = []
 
 
-def refuse_rollback_less(model: Any, role: str) -> None:
+def refuse_rollback_less(model: Any, role: str, ctx: Any = None, draft_max: int = 1) -> None:
+    """Refuse a model whose state cannot be cut back past a rejected draft token. A hybrid target
+    created with recurrent-state snapshots (n_rs_seq >= 2, e.g. Qwen3.5 with its MTP head) can."""
+    if ctx is not None and int(LL.llama_n_rs_seq(ctx)) >= 2:
+        return
     if LL.llama_model_is_recurrent(model) or LL.llama_model_is_hybrid(model):
         kind = "hybrid (attention + recurrent)" if LL.llama_model_is_hybrid(model) else "recurrent"
         raise RequestError(ErrorKind.PARAMS, f"speculative decoding is not available: the {role} model is {kind}, "
-                                     "its state cannot be rolled back past rejected draft tokens")
+                                     "its state cannot be rolled back past rejected draft tokens"
+                                     + (" (load it with n_rs_seq of at least 2)" if role == "target" else ""))
 
 
 def _check_pair(target_path: str, draft_path: str) -> list[dict[str, Any]]:
@@ -106,7 +111,7 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
     m = session.model
     if not os.path.isfile(req.path):
         raise RequestError(ErrorKind.MODEL, f"draft model file not found: {req.path}")
-    refuse_rollback_less(m.model, "target")
+    refuse_rollback_less(m.model, "target", m.ctx)
     checks = _check_pair(m.path, req.path)
     unload_draft(session)
     t0 = time.perf_counter()
@@ -148,10 +153,13 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
 
 
 def unload_draft(session: LlamaSession) -> None:
-    d: Draft | None = session.draft
+    d: Any = session.draft
     session.draft = None
     if d is not None:
-        d.free_context()
+        if hasattr(d, "free_context"):
+            d.free_context()
+        else:  # a SelfDraft (assistant): its context first, it reads the target's memory
+            d.free()
         LL.llama_model_free(d.model)
 
 

@@ -77,6 +77,10 @@ class NativeLog:
         """Collect the memory-related lines of a load (sizes, cells, context) for the plan."""
         self._capture = []
 
+    def captured(self) -> list[str]:
+        """The lines captured so far, without stopping (a load reads its own flash-attention choice)."""
+        return list(self._capture or [])
+
     def stop_capture(self) -> list[str]:
         lines, self._capture = self._capture or [], None
         return lines

@@ -26,6 +26,12 @@ from engine.child.sampler import Samplers
 
 Emit = Callable[[object], None]
 
+
+def _resolved_flash(lines: list[str], asked: str) -> str:
+    from engine.child.selfdraft import resolved_flash
+
+    return resolved_flash(lines, asked)
+
 _SPLIT = {"none": LL.LLAMA_SPLIT_MODE_NONE, "layer": LL.LLAMA_SPLIT_MODE_LAYER,
           "row": LL.LLAMA_SPLIT_MODE_ROW, "tensor": LL.LLAMA_SPLIT_MODE_TENSOR}
 
@@ -47,7 +53,11 @@ class LlamaSession:
         self.model: Model | None = None
         self.load_params: LoadParams | None = None
         self.samplers = Samplers()
-        self.draft: Any = None  # an engine.child.draft.Draft, owned and typed there
+        self.draft: Any = None  # an engine.child.draft.Draft or a selfdraft.SelfDraft (assistant)
+        #: The model's own MTP drafting context (engine.child.selfdraft.SelfDraft) when loaded with
+        #: settings.mtp, and the flash-attention choice the target's context resolved to.
+        self.mtp: Any = None
+        self.flash_resolved = "auto"
         LL.llama_backend_init()
 
     # ------------------------------------------------------------------ load / unload
@@ -65,7 +75,8 @@ class LlamaSession:
         offload = bool(LL.llama_supports_gpu_offload())
         s = p.settings
         mp, keep = self.model_params(req_id, p.path, s.n_gpu_layers, offload, cancel, split_mode=s.split_mode,
-                                     main_gpu=s.main_gpu, tensor_split=s.tensor_split, dry_run=p.dry_run)
+                                     main_gpu=s.main_gpu, tensor_split=s.tensor_split, dry_run=p.dry_run,
+                                     load_mtp=s.mtp)
         self.log.start_capture()
         self.log.recent_errors = []  # a sentence about this load must not quote an older one
         try:
@@ -81,6 +92,7 @@ class LlamaSession:
             except BaseException:
                 LL.llama_model_free(model)
                 raise
+            loaded = replace(loaded, **self._create_mtp(p))
         finally:
             lines = self.log.stop_capture()
             del keep
@@ -91,7 +103,7 @@ class LlamaSession:
 
     def model_params(self, req_id: int, path: str, n_gpu_layers: int, offload: bool,
                      cancel: threading.Event, *, split_mode: str = "layer", main_gpu: int = 0,
-                     tensor_split: tuple[float, ...] = (), dry_run: bool = False
+                     tensor_split: tuple[float, ...] = (), dry_run: bool = False, load_mtp: bool = False
                      ) -> tuple[LL.llama_model_params, list[object]]:
         """llama_model_params plus the ctypes objects that must outlive the load call; load
         progress goes out as Progress events of ``req_id`` and stops the load on ``cancel``."""
@@ -101,6 +113,7 @@ class LlamaSession:
             raise RequestError(ErrorKind.PARAMS, f"split mode must be none, layer, row or tensor, not {split_mode!r}")
         mp.split_mode = _SPLIT[split_mode]
         mp.main_gpu = main_gpu
+        mp.load_mtp = load_mtp  # nextn layers: skipped unless a drafting context will use them
         keep: list[object] = []
         if tensor_split:
             n = int(LL.llama_max_devices())
@@ -176,7 +189,34 @@ class LlamaSession:
             eos_text=m.token_text(int(LL.llama_vocab_eos(vocab))),
         )
 
+    def _create_mtp(self, p: LoadParams) -> dict[str, Any]:
+        """The model's own drafting context, right after the target's (so the load's memory log
+        holds both); a model that cannot draft for itself still loads, with the reason."""
+        m = self.require()
+        self.flash_resolved = _resolved_flash(self.log.captured(), p.settings.flash_attn)
+        n_nextn = int(LL.llama_model_n_layer_nextn(m.model))
+        if not p.settings.mtp:
+            return {"n_layer_nextn": n_nextn}
+        from engine.child.selfdraft import create
+
+        try:
+            self.mtp = create("mtp", m, p.settings, self.flash_resolved, self.log)
+        except RequestError as exc:
+            return {"n_layer_nextn": n_nextn, "mtp": str(exc)}
+        return {"n_layer_nextn": n_nextn, "mtp": "ready"}
+
     def unload(self) -> None:
+        """Drafting contexts go first: an assistant's context holds views of the target's KV."""
+        if self.mtp is not None:
+            self.mtp.free()
+            self.mtp = None
+        d = self.draft
+        if d is not None and getattr(d, "shared", False):
+            self.draft = None  # an assistant cannot outlive the target whose memory it reads
+            d.free()
+            LL.llama_model_free(d.model)
+        elif d is not None:
+            d.free_context()  # a draft model keeps its weights and gets a new context on next use
         m, self.model = self.model, None
         if m is not None:
             m.free()

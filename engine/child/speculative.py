@@ -20,6 +20,10 @@ attention kernels and near-ties can flip (measured on an H100: identical with fl
 off, a few differing tokens per hundred with it on). Sampled requests use true speculative
 sampling (``engine.child.spec_sampling``), so the output follows the target's distribution.
 
+Self-drafting (``engine.child.selfdraft``: the model's own MTP heads, mode "mtp", or a Gemma 4
+assistant loaded as the draft model) uses the same verify/accept loop; its drafter is fed the
+target's hidden states after every target decode, and its cache is cut back with the target's.
+
 Why the draft lives here, in the child, beside the target: llama.cpp's speculative helpers are
 C++ (``common/``) and unreachable from Python, and the draft's context must be the target's
 (llama.cpp b9550 crashed when a draft got its larger training context), so one owner builds both.
@@ -38,19 +42,21 @@ from typing import Any
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child.draft import Draft, draft_for, load_draft, refuse_rollback_less, unload_draft
+from engine.child.assistant import is_assistant, load_assistant
+from engine.child.draft import Draft, draft_for, load_draft as _load_draft_model, refuse_rollback_less, unload_draft
+from engine.child.selfdraft import SelfDraft
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
 from engine.child.sampler import gpu_present
 from engine.child.session import LlamaSession
 from engine.child.ngram import NgramIndex
-from engine.protocol import Delta, Done, GenerateRequest, Started
+from engine.protocol import Delta, Done, DraftLoaded, GenerateRequest, LoadDraftRequest, Started
 from engine.core.sampling import RANDOM_SEED, SamplingParams
 from engine.child.spec_sampling import accept_or_resample, final_distribution, greedy_token, sample
 
 __all__ = ["MODES", "generate_speculative", "load_draft", "unload_draft"]
 
-MODES = ("model", "lookup")
+MODES = ("model", "lookup", "mtp")
 #: Most verify rows on a GPU: CUDA uses its matrix-vector kernels up to batch 8, so a verify
 #: batch computes the same logits as single-token decoding (greedy identity).
 GPU_MAX_VERIFY = int(os.environ.get("KVDECK_SPEC_MAX_VERIFY", "8"))
@@ -64,15 +70,16 @@ def generate_speculative(session: LlamaSession, req: GenerateRequest, cancel: th
     m = session.require()
     if req.draft not in MODES:
         raise RequestError(ErrorKind.PARAMS, f"draft must be one of {', '.join(MODES)}, not {req.draft!r}")
-    refuse_rollback_less(m.model, "target")
-    draft = draft_for(session, m) if req.draft == "model" else None
+    refuse_rollback_less(m.model, "target", m.ctx, req.draft_max)
+    sd = _self_drafter(session, m, req.draft)
+    draft = draft_for(session, m) if req.draft == "model" and sd is None else None
     s = SamplingParams.from_dict(req.sampling)
     tokens = m.prompt_tokens(req.prompt)
     room = m.n_ctx - len(tokens)
     t0 = time.perf_counter()
     session.samplers.free_retired(m)
     session.samplers.detach(m)  # a device chain would turn the verify rows into sampled logits
-    run = _Run(session, m, draft, req, s, cancel)
+    run = _Run(session, m, draft, req, s, cancel, sd)
     try:
         return run.run(tokens, max(1, min(req.max_tokens, room)), t0)
     except RequestError:
@@ -80,7 +87,33 @@ def generate_speculative(session: LlamaSession, req: GenerateRequest, cancel: th
         if draft is not None:
             draft.cached.clear()
             LL.llama_memory_clear(draft.mem, True)
+        if sd is not None:
+            sd.truncate(0)
         raise
+
+
+def _self_drafter(session: LlamaSession, m: Model, mode: str) -> SelfDraft | None:
+    """The MTP heads for mode "mtp"; the loaded draft when it is a Gemma 4 assistant; else None."""
+    if mode == "mtp":
+        sd = session.mtp
+        if sd is None:
+            raise RequestError(ErrorKind.STATE, "this model was not loaded with its MTP heads (settings.mtp, "
+                               "kvdeck --mtp), so it cannot draft for itself")
+        return sd
+    d = session.draft
+    if mode == "model" and isinstance(d, SelfDraft):
+        if d.target is not m:
+            raise RequestError(ErrorKind.STATE, "the assistant was loaded for another target; load it again")
+        return d
+    return None
+
+
+def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.Event) -> DraftLoaded:
+    """A draft model, or a Gemma 4 assistant (detected by architecture) that shares the target's KV."""
+    if session.model is not None and is_assistant(req.path):
+        refuse_rollback_less(session.model.model, "target", session.model.ctx)
+        return load_assistant(session, req, cancel, unload_draft)
+    return _load_draft_model(session, req, cancel)
 
 
 def _common(a: list[int], b: list[int], start: int) -> int:
@@ -95,18 +128,26 @@ class _Run:
     """One speculative request: state shared by the rounds (draft, verify, accept, emit)."""
 
     def __init__(self, session: LlamaSession, m: Model, draft: Draft | None, req: GenerateRequest,
-                 s: SamplingParams, cancel: threading.Event) -> None:
+                 s: SamplingParams, cancel: threading.Event, sd: SelfDraft | None = None) -> None:
         self.session, self.m, self.draft, self.req, self.s, self.cancel = session, m, draft, req, s, cancel
+        self.sd = sd
         self.rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
         self.eog = frozenset(m.eog_ids)
         if not _GPU:
             _GPU.append(gpu_present())
         cap = min(m.n_batch - 1, GPU_MAX_VERIFY - 1) if _GPU[0] else m.n_batch - 1
+        if sd is not None:
+            cap = min(cap, sd.max_k)
+        n_rs = int(LL.llama_n_rs_seq(m.ctx))
+        if n_rs:  # a hybrid target rolls back at most n_rs_seq - 1 rejected positions
+            cap = min(cap, n_rs - 1)
         self.k_max = max(1, min(req.draft_max, cap))
         self.k = self.k_max
         self.n_dist = max(m.n_vocab, draft.n_vocab if draft else 0)
         self.out: list[int] = []
         self.n_drafted = self.n_accepted = self.n_decodes = self.n_verify = 0
+        self.drafted_at = [0] * self.k_max  # per draft position: drafted / accepted there
+        self.accepted_at = [0] * self.k_max
         self.ngram: NgramIndex | None = None
         self.d_ok = 0  # the draft's cached tokens agree with the target's up to here
         self.pieces = m.pieces
@@ -236,14 +277,19 @@ class _Run:
     def run(self, tokens: list[int], max_tokens: int, t0: float) -> Done:
         session, m, cancel = self.session, self.m, self.cancel
         n_reused = m.reuse_prefix(tokens)
-        m.prefill(tokens[n_reused:], n_reused, cancel)
+        sd = self.sd
+        if sd is not None:
+            sd.truncate(n_reused)
+            sd.prefill(tokens[n_reused:], n_reused, cancel)
+        else:
+            m.prefill(tokens[n_reused:], n_reused, cancel)
         t_prefill = time.perf_counter()
         session.emit(Started(id=self.req.id, n_prompt=len(tokens), n_reused=n_reused))
         forbid = m.eog if self.req.no_empty else None
         last = self._pick(self._row(m.ctx, m.n_vocab), [], forbid)[0]
         t_first = time.perf_counter()
         hist = m.cached  # exactly the tokens in the target's KV cache
-        if self.draft is None:
+        if self.draft is None and sd is None:
             self.ngram = NgramIndex(hist + [last])
         stop = "eog" if last in self.eog else None
         if stop is None:
@@ -261,6 +307,8 @@ class _Run:
             qs: list[np.ndarray] = []
             if k == 0:
                 drafts: list[int] = []
+            elif sd is not None:
+                drafts = sd.draft(last, n, k)
             elif self.draft is not None:
                 drafts, qs = self._propose_model(hist, last, k)
             else:
@@ -270,7 +318,12 @@ class _Run:
                 stop = "context"
                 break
             m.check(rc)
+            if sd is not None:  # while the target's hidden states are this batch's
+                sd.process([last] + drafts, n)
             a, nxt = self._decide(drafts, qs)
+            for i in range(len(drafts)):
+                self.drafted_at[i] += 1
+                self.accepted_at[i] += i < a
             self.n_decodes += 1
             self.n_drafted += len(drafts)
             self.n_accepted += a
@@ -288,6 +341,9 @@ class _Run:
             keep = min(emitted, a)  # the bonus token is not in the cache yet
             if not LL.llama_memory_seq_rm(m.mem, 0, n + 1 + keep, -1):
                 raise RequestError(ErrorKind.RUNTIME, "the target's cache could not be rolled back")
+            if sd is not None:
+                sd.accept(a)
+                sd.truncate(n + 1 + keep)
             hist.append(last)
             hist.extend(drafts[:keep])
             if self.ngram is not None:
@@ -310,4 +366,5 @@ class _Run:
             draft=self.req.draft, n_drafted=self.n_drafted, n_accepted=self.n_accepted,
             n_target_decodes=self.n_decodes,
             acceptance=self.n_accepted / self.n_drafted if self.n_drafted else 0.0,
-            mean_accepted=self.n_accepted / self.n_verify if self.n_verify else 0.0)
+            mean_accepted=self.n_accepted / self.n_verify if self.n_verify else 0.0,
+            drafted_at=list(self.drafted_at), accepted_at=list(self.accepted_at))

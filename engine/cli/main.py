@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     spec = c.add_mutually_exclusive_group()  # speculative decoding (engine.child.speculative)
     spec.add_argument("--draft", default=None, metavar="PATH", help="a draft model that proposes tokens")
     spec.add_argument("--lookup", action="store_true", help="draft by n-gram lookup in the conversation")
+    spec.add_argument("--mtp", action="store_true", help="the model drafts for itself with its MTP heads")
     c.add_argument("--draft-max", type=int, default=8, help="most tokens drafted per step (default 8)")
     cli_memory.register(sub)
     cli_precision.register(sub)
@@ -158,11 +159,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
     n_ctx = args.n_ctx or min(info.n_ctx_train or 4096, 4096)
     kv = default_cache_type(info)
     settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, type_k=kv, type_v=kv)
+    if args.mtp:  # a hybrid target rolls back rejected drafts from recurrent-state snapshots
+        settings = settings.replace(mtp=True, n_rs_seq=args.draft_max + 1 if info.hybrid else 0)
     preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=analytic_plan)
+    mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
     with RuntimeHost() as host:
         loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
+        if args.mtp and loaded.mtp != "ready":
+            print(loaded.mtp, file=sys.stderr)  # one line; chat goes on without drafting
+            mode = ""
         if draft_path:
-            host.load_draft(draft_path, n_gpu_layers=args.n_gpu_layers)
+            mode = _load_draft(host, draft_path, args.n_gpu_layers)
         fitted = fit_conversation(host.tokenize, loaded, system, turns,
                                   max_tokens=args.max_tokens, policy=args.overflow)
         if fitted.note and not args.json:
@@ -170,8 +177,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         stream = None if args.json else _print_stream
         result = reply(host, loaded, list(fitted.turns), system_prompt=system,
                        sampling=sampling, max_tokens=args.max_tokens, on_text=stream,
-                       draft="model" if draft_path else "lookup" if args.lookup else "",
-                       draft_max=args.draft_max, json_schema=schema)
+                       draft=mode, draft_max=args.draft_max, json_schema=schema)
     done = result.done
     if args.json:
         out: dict[str, Any] = {
@@ -187,7 +193,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if done.draft:  # speculative decoding
             out.update({"draft": done.draft, "n_drafted": done.n_drafted, "n_accepted": done.n_accepted,
                         "acceptance": round(done.acceptance, 4), "mean_accepted": round(done.mean_accepted, 3),
-                        "n_target_decodes": done.n_target_decodes})
+                        "n_target_decodes": done.n_target_decodes,
+                        "acceptance_by_position": _by_position(done)})
         print(json.dumps(out, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
@@ -211,6 +218,28 @@ def _json_schema(path: str) -> str:
     if not isinstance(schema, dict):
         raise KvDeckError(f"the JSON schema {path} must be a JSON object")
     return json.dumps(schema)
+
+
+def _load_draft(host: RuntimeHost, path: str, n_gpu_layers: int) -> str:
+    """Load the draft; a Gemma 4 assistant that does not fit the target is one line on stderr and
+    the chat goes on without drafting (any other refusal still stops the command)."""
+    from engine.core.errors import InvalidSettings
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.assistant_rules import ASSISTANT_ARCH
+
+    try:
+        host.load_draft(path, n_gpu_layers=n_gpu_layers)
+    except InvalidSettings as exc:
+        if inspect_gguf(path).architecture != ASSISTANT_ARCH:
+            raise
+        print(str(exc), file=sys.stderr)
+        return ""
+    return "model"
+
+
+def _by_position(done: Any) -> list[float | None]:
+    """Acceptance of the 1st, 2nd, ... drafted token of a step (None where none was drafted)."""
+    return [round(a / d, 4) if d else None for d, a in zip(done.drafted_at, done.accepted_at)]
 
 
 def _print_stream(text: str) -> None:

@@ -38,6 +38,8 @@ class PlanSettings:
     main_gpu: int = 0
     offload_kqv: bool = True
     n_rs_seq: int = 0
+    #: Load the model's MTP (nextn) layers and give it a drafting context (engine.child.selfdraft).
+    mtp: bool = False
 
     def replace(self, **changes: Any) -> "PlanSettings":
         return dataclasses.replace(self, **changes)

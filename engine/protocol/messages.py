@@ -207,6 +207,10 @@ class Loaded(Message):
     #: llama.cpp's log lines about buffer sizes, context and cache geometry during this load.
     memory_log: list[str] = field(default_factory=list)
     dry_run: bool = False
+    #: MTP self-drafting (settings.mtp): the model's nextn layer count, and "ready" or the sentence
+    #: saying why the model cannot draft for itself (chat then works without drafting).
+    n_layer_nextn: int = 0
+    mtp: str = ""
 
 
 @message
@@ -259,6 +263,10 @@ class Done(Message):
     acceptance: float = 0.0  # n_accepted / n_drafted
     mean_accepted: float = 0.0  # accepted draft tokens per verify batch that had drafts
     logprobs: list[dict[str, Any]] = field(default_factory=list)  # one entry per token
+    #: Per draft position (1st, 2nd, ... drafted token of a step): how often one was drafted there
+    #: and how often it was accepted; acceptance at position i is accepted_at[i] / drafted_at[i].
+    drafted_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
 
 
 @message

@@ -184,6 +184,9 @@ class DraftLoaded(Message):
     memory_log: list[str] = field(default_factory=list)
     #: The pairing rules that were checked, as engine.plan.pairing.Check dicts.
     checks: list[dict[str, Any]] = field(default_factory=list)
+    #: "model" (a separate draft with its own KV) or "assistant" (Gemma 4: reads the target's KV).
+    kind: str = "model"
+    shares_target_kv: bool = False
 
 
 @message

@@ -1,0 +1,262 @@
+"""Self-drafting: the model's own MTP (nextn) heads, or a Gemma 4 assistant that reads the target's KV.
+
+A transcription of llama.cpp's ``common_speculative_impl_draft_mtp`` (common/speculative.cpp) for
+one sequence. Three modes, decided by the drafting context itself:
+
+* **single MTP head** (qwen35, glm4-moe, deepseek...): the MTP context has its own small KV
+  (the nextn layers only); each draft token grows it by one position.
+* **chained heads** (hy_v3, step35, mimo2): head i drafts token i; every head rebuilds its own
+  layer's KV over the draft region (``llama_set_nextn_layer_offset``), so k <= number of heads.
+* **shared memory** (gemma4-assistant, ``llama_get_ctx_other(dft) == tgt``): the assistant has no
+  KV of its own, it reads the target's; draft tokens all sit at the same position.
+
+The drafter is fed the target's post-norm hidden state ``h_nextn``: the MTP KV at position p holds
+(x_p, h_{p-1}). So after *every* target decode (prefill chunks and verify batches) :meth:`process`
+must run while the target's nextn rows are still those of that batch. A wrong or missing h only
+makes drafts worse, never the output wrong: the target verifies every token.
+
+The drafting context is always built from the target's *resolved* context (n_ctx, n_seq_max,
+kv_unified, swa_full, flash attention, K/V types, n_batch/n_ubatch): an assistant whose stream
+count differs aborts the process in ggml_view_4d, and a flash-attention mismatch gives wrong
+drafts silently. It is created after the target, freed before it, recreated with it.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp.llama_cpp as LL
+import numpy as np
+
+from engine.child.errors import ErrorKind, RequestError
+from engine.child.llama_ext import Ext, ext
+from engine.child.model import Model, flash_type, ggml_type_id
+from engine.plan.alloc_failure import describe_allocation_failure
+from engine.plan.assistant_rules import outgrows
+
+_FLOAT_P = ctypes.POINTER(ctypes.c_float)
+
+
+def resolved_flash(lines: list[str], asked: str) -> str:
+    """The flash-attention choice llama.cpp actually made for a context ("on"/"off"), read from its
+    log: "auto" is resolved per device inside llama_init_from_model and no getter exposes it."""
+    if asked != "auto":
+        return asked
+    for line in reversed(lines):
+        if "Flash Attention enabled" in line or "enabling flash_attn" in line:
+            return "on"
+        if "Flash Attention not supported" in line or ("Flash Attention" in line and "disabled" in line):
+            return "off"
+    return "auto"
+
+
+def drafting_params(m: Model, settings: Any, flash: str, ctx_other: Any) -> LL.llama_context_params:
+    """The drafting context's parameters, taken from the target's live context and never from user
+    input or the drafter's own defaults (its training context may be far larger than the fitted
+    target's)."""
+    t = m.ctx
+    cp = LL.llama_context_default_params()
+    cp.n_ctx = int(LL.llama_n_ctx(t))
+    cp.n_batch, cp.n_ubatch = int(LL.llama_n_batch(t)), int(LL.llama_n_ubatch(t))
+    cp.n_seq_max = int(LL.llama_n_seq_max(t))
+    cp.n_threads, cp.n_threads_batch = int(LL.llama_n_threads(t)), int(LL.llama_n_threads_batch(t))
+    cp.flash_attn_type = flash_type(flash)
+    cp.type_k, cp.type_v = ggml_type_id(settings.type_k), ggml_type_id(settings.type_v)
+    cp.swa_full, cp.kv_unified, cp.offload_kqv = settings.swa_full, settings.kv_unified, settings.offload_kqv
+    cp.ctx_type = LL.LLAMA_CONTEXT_TYPE_MTP
+    cp.n_rs_seq = 0
+    cp.ctx_other = ctx_other
+    return cp
+
+
+def preflight(cp: LL.llama_context_params, m: Model) -> None:
+    """Refuse, in one sentence, a drafting context that would not follow the target's size."""
+    t = m.ctx
+    why = outgrows({"context": int(LL.llama_n_ctx(t)), "sequences": int(LL.llama_n_seq_max(t)),
+                    "batch": int(LL.llama_n_batch(t))},
+                   {"context": int(cp.n_ctx), "sequences": int(cp.n_seq_max), "batch": int(cp.n_batch)})
+    if why:
+        raise RequestError(ErrorKind.PARAMS, why)
+
+
+@dataclass(eq=False)
+class SelfDraft:
+    """A drafting context (MTP heads or assistant) bound to one target :class:`Model`."""
+
+    kind: str  # "mtp" (the model's own heads) | "assistant" (gemma4-assistant)
+    x: Ext
+    target: Model
+    ctx: Any
+    n_embd: int
+    n_heads: int
+    shared: bool
+    n_vocab: int
+    model: Any = None  # the assistant's own weights; None for MTP heads (the target's model)
+    path: str = ""
+    memory_log: list[str] = field(default_factory=list)
+    pending_h: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    pending_pos: int = -1  # the position whose hidden state pending_h is
+    verify_h: np.ndarray | None = None
+    verify_pos0: int = 0
+
+    def __post_init__(self) -> None:
+        self.mem = LL.llama_get_memory(self.ctx)
+        self.bext = LL.llama_batch_ext_init(self.ctx)
+        self.chain = self.n_heads > 1 and not self.shared
+        self.pending_h = np.zeros(self.n_embd, np.float32)
+        self.x.set_embeddings_nextn(self.target.ctx, True, False)  # every target row: h_nextn
+        self.x.set_embeddings_nextn(self.ctx, True, True)  # the drafter: output rows only
+
+    @property
+    def max_k(self) -> int:
+        """Most tokens one draft may have: one per head when heads are chained."""
+        return self.n_heads if self.chain else 1 << 30
+
+    def free(self) -> None:
+        """Free the drafting context (before the target's: an assistant holds views of its KV)."""
+        if self.ctx is not None:
+            LL.llama_batch_ext_free(self.bext)
+            LL.llama_free(self.ctx)
+            self.x.set_embeddings_nextn(self.target.ctx, False, False)
+        self.ctx = self.bext = None
+
+    # ------------------------------------------------------------------ batches
+    def _decode(self, items: list[tuple[int, int, bool, np.ndarray]], what: str) -> None:
+        b = self.bext
+        LL.llama_batch_ext_clear(b)
+        pos = (ctypes.c_int32 * 4)()
+        for tok, p, out, h in items:
+            idx = LL.llama_batch_ext_add_token(b, 0, tok)
+            pos[0] = p
+            LL.llama_batch_ext_set_pos(b, idx, pos)
+            row = np.ascontiguousarray(h, dtype=np.float32)
+            LL.llama_batch_ext_set_embd_token(b, idx, LL.llama_embd(row.ctypes.data_as(_FLOAT_P), 1, self.n_embd))
+            if out:
+                LL.llama_batch_ext_set_output_logits(b, idx, True)
+        rc = LL.llama_process(self.ctx, LL.LLAMA_PROCESS_TYPE_DECODE, b)
+        if rc != 0:
+            raise RequestError(ErrorKind.RUNTIME, f"the {self.kind} drafter failed ({what}, code {rc}): "
+                               f"{self.target.log.last_problem()}")
+
+    def _h_for(self, pos: int) -> np.ndarray:
+        """The target's hidden state of position pos - 1, or zeros when it is not known (after a
+        reused prefix): a weaker draft for one step, never a wrong output."""
+        return self.pending_h if self.pending_pos == pos - 1 else np.zeros(self.n_embd, np.float32)
+
+    # ------------------------------------------------------------------ the driver
+    def process(self, toks: list[int], pos0: int) -> None:
+        """Catch the drafter up on a target decode of ``toks`` at ``pos0``.. (call right after it)."""
+        n = len(toks)
+        ptr = self.x.get_embeddings_nextn(self.target.ctx)
+        if not ptr:
+            raise RequestError(ErrorKind.RUNTIME, "the target did not export its hidden states for drafting")
+        h = np.ctypeslib.as_array(ptr, shape=(n, self.n_embd)).copy()
+        if not self.shared:
+            first = self._h_for(pos0)
+            items = [(t, pos0 + k, False, first if k == 0 else h[k - 1]) for k, t in enumerate(toks)]
+            for head in range(self.n_heads if self.chain else 1):
+                if self.chain:
+                    LL.llama_memory_seq_rm(self.mem, 0, pos0, -1)
+                    self.x.set_nextn_layer_offset(self.ctx, head)
+                self._decode(items, f"catch-up, head {head}")
+            if self.chain:
+                self.x.set_nextn_layer_offset(self.ctx, 0)
+        self.verify_h, self.verify_pos0 = h, pos0
+        self.pending_h, self.pending_pos = h[-1].copy(), pos0 + n - 1
+
+    def draft(self, id_last: int, pos0: int, k: int) -> list[int]:
+        """Up to k greedy draft tokens after ``id_last`` (at ``pos0``, not yet in the target)."""
+        k = min(k, self.max_k)
+        if k <= 0:
+            return []
+        items = [(id_last, pos0, True, self._h_for(pos0))]
+        chain_h = [items[0][3]]
+        out: list[int] = []
+        try:
+            for i in range(k):
+                if self.chain:
+                    LL.llama_memory_seq_rm(self.mem, 0, pos0, -1)
+                    self.x.set_nextn_layer_offset(self.ctx, i)
+                self._decode(items, f"draft step {i}")
+                last = len(items) - 1
+                logits = np.ctypeslib.as_array(LL.llama_get_logits_ith(self.ctx, last), shape=(self.n_vocab,))
+                tok = int(logits.argmax())
+                out.append(tok)
+                if i == k - 1 or tok >= self.target.n_vocab:
+                    break
+                hp = self.x.get_embeddings_nextn_ith(self.ctx, last)
+                h = np.ctypeslib.as_array(hp, shape=(self.n_embd,)).copy()
+                if self.chain:  # the whole prefix again: the next head rebuilds its own layer's KV
+                    chain_h.append(h)
+                    toks = [id_last] + out
+                    items = [(t, pos0 + j, j == len(toks) - 1, chain_h[j]) for j, t in enumerate(toks)]
+                elif self.shared:  # the assistant: every draft token at the same position
+                    items = [(tok, pos0, True, h)]
+                else:
+                    items = [(tok, pos0 + i + 1, True, h)]
+        finally:
+            if self.chain:
+                self.x.set_nextn_layer_offset(self.ctx, 0)
+            if not self.shared:  # the catch-up of the verify batch re-adds these positions
+                LL.llama_memory_seq_rm(self.mem, 0, pos0, -1)
+        return [t for t in out if t < self.target.n_vocab]
+
+    def accept(self, n_accepted: int) -> None:
+        """The hidden state of the last accepted position pairs with the target's next token."""
+        if self.verify_h is not None:
+            i = min(n_accepted, len(self.verify_h) - 1)
+            self.pending_h, self.pending_pos = self.verify_h[i].copy(), self.verify_pos0 + i
+
+    def truncate(self, n: int) -> None:
+        """Drop the drafter's positions from n on (the shared assistant has none of its own)."""
+        if not self.shared and not LL.llama_memory_seq_rm(self.mem, 0, n, -1):
+            LL.llama_memory_clear(self.mem, True)
+
+    def prefill(self, tokens: list[int], pos0: int, cancel: Any) -> None:
+        """The target's prefill chunk by chunk, each followed by the drafter's catch-up."""
+        m = self.target
+        for start in range(0, len(tokens), m.n_batch):
+            chunk = tokens[start:start + m.n_batch]
+            m.prefill(chunk, pos0 + start, cancel)
+            self.process(chunk, pos0 + start)
+
+
+def create(kind: str, m: Model, settings: Any, flash: str, log: Any, model: Any = None,
+           path: str = "") -> SelfDraft:
+    """A drafting context for target ``m``: the target's own heads (``model`` None) or an assistant."""
+    x = ext()
+    if isinstance(x, str):
+        raise RequestError(ErrorKind.PARAMS, x)
+    dmodel = model if model is not None else m.model
+    n_nextn = int(LL.llama_model_n_layer_nextn(dmodel))
+    if n_nextn == 0:
+        raise RequestError(ErrorKind.PARAMS, f"{_name(m.path)} has no MTP (nextn) layers, so it cannot draft for "
+                           "itself; drafting is off")
+    n_embd = int(LL.llama_model_n_embd_out(dmodel))
+    t_embd = int(LL.llama_model_n_embd_out(m.model))
+    if n_embd != t_embd:
+        raise RequestError(ErrorKind.PARAMS, f"the drafter's output size {n_embd} differs from the target's hidden "
+                           f"size {t_embd}; drafting is off")
+    cp = drafting_params(m, settings, flash, m.ctx)
+    what = "the MTP drafting context" if model is None else f"the assistant's context ({_name(path)})"
+    preflight(cp, m)
+    log.recent_errors = []
+    ctx = LL.llama_init_from_model(dmodel, cp)
+    if not ctx:
+        why = describe_allocation_failure(log.recent_errors) or log.last_problem() or "unknown reason"
+        raise RequestError(ErrorKind.PARAMS, f"could not create {what} of {cp.n_ctx} tokens (the target's): {why}")
+    other = x.get_ctx_other(ctx)
+    shared = bool(other) and int(other) == int(m.ctx)
+    sd = SelfDraft(kind=kind, x=x, target=m, ctx=ctx, n_embd=n_embd, n_heads=max(1, n_nextn), shared=shared,
+                   n_vocab=int(LL.llama_vocab_n_tokens(LL.llama_model_get_vocab(dmodel))), model=model, path=path)
+    if int(LL.llama_n_ctx(ctx)) != m.n_ctx:
+        sd.free()
+        raise RequestError(ErrorKind.PARAMS, f"{what} got {LL.llama_n_ctx(ctx)} tokens of context, not the "
+                           f"target's {m.n_ctx}; drafting is off")
+    return sd
+
+
+def _name(path: str) -> str:
+    return os.path.basename(path)
