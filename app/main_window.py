@@ -32,7 +32,8 @@ from engine.core import paths
 from engine import protocol as P
 from engine.core.errors import KvDeckError
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
-from engine.plan.fit import FitResult, default_settings, fit, preflight
+from engine.core.memory_types import FitResult
+from engine.plan.fit import default_settings, fit, preflight
 from engine.runtime.outcome import ProcessOutcome
 from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import PlanSettings

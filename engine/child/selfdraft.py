@@ -248,7 +248,7 @@ def create(kind: str, m: Model, settings: Any, flash: str, log: Any, model: Any 
         why = describe_allocation_failure(log.recent_errors) or log.last_problem() or "unknown reason"
         raise RequestError(ErrorKind.PARAMS, f"could not create {what} of {cp.n_ctx} tokens (the target's): {why}")
     other = x.get_ctx_other(ctx)
-    shared = bool(other) and int(other) == int(m.ctx)
+    shared = bool(other) and int(other) == int(m.ctx)  # type: ignore[call-overload]  # ctypes handles
     sd = SelfDraft(kind=kind, x=x, target=m, ctx=ctx, n_embd=n_embd, n_heads=max(1, n_nextn), shared=shared,
                    n_vocab=int(LL.llama_vocab_n_tokens(LL.llama_model_get_vocab(dmodel))), model=model, path=path)
     if int(LL.llama_n_ctx(ctx)) != m.n_ctx:

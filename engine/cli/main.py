@@ -122,7 +122,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _turns(args: argparse.Namespace) -> tuple[str, list[ChatMessage]]:
     """(system prompt, turns) from --history and --prompt; the last turn is the user's."""
-    system, turns = args.system, []
+    system: str = args.system
+    turns: list[ChatMessage] = []
     if args.history:
         history_system, turns = read_history(args.history)
         system = args.system or history_system
