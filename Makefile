@@ -43,6 +43,9 @@ run: $(STAMP)
 	$(BIN)/kvdeck
 
 test: $(MODELS) $(LLAMA_SRC)
+	cd $(CURDIR) && $(BIN)/ruff check .
+	cd $(CURDIR) && $(BIN)/ruff format --check .
+	cd $(CURDIR) && $(BIN)/mypy
 	cd $(CURDIR) && $(BIN)/lint-imports
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest
 

@@ -6,6 +6,7 @@ the data lives. None of it loads llama.cpp: the window's process never does (a n
 would take the window down), so the commit is read from the CMake package file that the
 llama-cpp-python build installs (the bundle keeps a copy next to the libraries).
 """
+
 from __future__ import annotations
 
 import html
@@ -20,11 +21,13 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QV
 
 from app.appinfo import APP_NAME, resource_path
 from engine.core import paths
-from engine.core.errors import KvDeckError
 from engine.core.build import gpu_backend, runtime_lib_dir
+from engine.core.errors import KvDeckError
 
-LICENSE = ("MIT License. Models run on llama.cpp (MIT) through llama-cpp-python (MIT); "
-           "the window uses Qt for Python (LGPLv3).")
+LICENSE = (
+    "MIT License. Models run on llama.cpp (MIT) through llama-cpp-python (MIT); "
+    "the window uses Qt for Python (LGPLv3)."
+)
 _COMMIT = re.compile(r"set\(LLAMA_BUILD_COMMIT\s+([0-9A-Za-z]+)\)")
 
 
@@ -84,8 +87,11 @@ class AboutDialog(QDialog):
         icon = QLabel(self)
         icon.setPixmap(QIcon(str(resource_path("icons/kvdeck.svg"))).pixmap(96, 96))
         icon.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.title = QLabel(f"<h2>{APP_NAME} {self.versions[APP_NAME]}</h2>"
-                            "Run GGUF language models offline and see where the memory goes.", self)
+        self.title = QLabel(
+            f"<h2>{APP_NAME} {self.versions[APP_NAME]}</h2>"
+            "Run GGUF language models offline and see where the memory goes.",
+            self,
+        )
         self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
         form = QFormLayout()
         self.fields: dict[str, QLabel] = {}

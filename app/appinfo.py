@@ -3,6 +3,7 @@
 At the bottom of ``app`` (it imports nothing from it), so the window, the About dialog and the
 start-up code can all use it without importing each other.
 """
+
 from __future__ import annotations
 
 import sys

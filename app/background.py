@@ -17,12 +17,14 @@ GUI thread. Every such job in ``app`` goes through :func:`run_in_background`:
 :func:`gui_thread_callback` is the same relay for engine threads that report repeatedly (the
 telemetry sampler): a plain callable, safe to call from any thread.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import shiboken6
 from PySide6.QtCore import QCoreApplication, QMetaMethod, QObject, Qt, Signal, Slot
@@ -45,8 +47,15 @@ class Worker(QObject):
     progress = Signal(object)  # whatever the call passes to ``report``
     finished = Signal()
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, parent: QObject | None = None,
-                 name: str = "kvdeck-worker", with_report: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        parent: QObject | None = None,
+        name: str = "kvdeck-worker",
+        with_report: bool = False,
+        **kwargs: Any,
+    ) -> None:
         """``with_report``: call ``fn(*args, report=..., **kwargs)``, where ``report(value)`` (safe
         from the worker thread) emits ``progress(value)`` on the GUI thread."""
         super().__init__(parent)
@@ -66,8 +75,9 @@ class Worker(QObject):
             raise RuntimeError(f"{self.objectName()} was already started")
         relay = _Relay(self)
         call, self._call = self._call, None  # the thread's now: a finished worker holds no arguments
-        self._thread = threading.Thread(target=_run, args=(call, relay, self._with_report),
-                                        name=self.objectName(), daemon=True)
+        self._thread = threading.Thread(
+            target=_run, args=(call, relay, self._with_report), name=self.objectName(), daemon=True
+        )
         self._thread.start()
         return self
 
@@ -79,11 +89,16 @@ class Worker(QObject):
         return not self.running
 
 
-def run_in_background(fn: Callable[..., Any], *args: Any, parent: QObject | None,
-                      on_result: Callable[[Any], None] | None = None,
-                      on_error: Callable[[BaseException], None] | None = None,
-                      on_progress: Callable[[Any], None] | None = None,
-                      name: str = "kvdeck-worker", **kwargs: Any) -> Worker:
+def run_in_background(
+    fn: Callable[..., Any],
+    *args: Any,
+    parent: QObject | None,
+    on_result: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_progress: Callable[[Any], None] | None = None,
+    name: str = "kvdeck-worker",
+    **kwargs: Any,
+) -> Worker:
     """Run ``fn(*args, **kwargs)`` on a thread; the handlers run on the GUI thread.
 
     With ``on_progress``, ``fn`` also gets ``report=`` (see :class:`Worker`). Without
@@ -171,8 +186,12 @@ class _Relay(QObject):
         if worker is not None and worker.isSignalConnected(QMetaMethod.fromSignal(worker.error)):
             worker.error.emit(exc)
         else:
-            log.error("background work %s failed%s", self._name,
-                      "" if worker is not None else " after its owner was deleted", exc_info=exc)
+            log.error(
+                "background work %s failed%s",
+                self._name,
+                "" if worker is not None else " after its owner was deleted",
+                exc_info=exc,
+            )
         if worker is not None:
             worker.finished.emit()
 

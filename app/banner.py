@@ -3,6 +3,7 @@
 Every problem the user should see (a refused file, a crashed runtime, a chat history that cannot
 be written) goes through here as one line, never a dialog, so the conversation stays in view.
 """
+
 from __future__ import annotations
 
 from PySide6.QtCore import QEvent, Qt
@@ -45,8 +46,13 @@ class Banner(QFrame):
         if event.type() == QEvent.Type.PaletteChange:
             self._restyle()
 
-    def show_message(self, text: str, action_text: str = "", action=None,  # noqa: ANN001
-                     sticky: bool = False) -> None:
+    def show_message(
+        self,
+        text: str,
+        action_text: str = "",
+        action=None,  # noqa: ANN001
+        sticky: bool = False,
+    ) -> None:
         self.label.setText(" ".join(text.split()))
         self.sticky = sticky
         self._action = action

@@ -6,6 +6,7 @@ plugin xcb"), after which nothing can be said to the user. This module finds the
 first, without importing Qt's GUI modules, and words them as one line naming what is missing and
 the package that provides it. Linux only: on Windows and macOS the platform plugin always loads.
 """
+
 from __future__ import annotations
 
 import ctypes.util
@@ -52,8 +53,7 @@ def missing_libraries(binaries: list[Path]) -> list[str]:
         if ldd is None or not binary.is_file():
             continue
         try:
-            out = subprocess.run([ldd, str(binary)], capture_output=True, text=True,
-                                 timeout=10).stdout
+            out = subprocess.run([ldd, str(binary)], capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             continue
         for line in out.splitlines():
@@ -79,24 +79,29 @@ def display_problem() -> str | None:
         return None
     platform = _platform()
     if not platform:
-        return ("no display found (neither DISPLAY nor WAYLAND_DISPLAY is set): start KV Deck "
-                f"from a desktop session, or {HEADLESS_HINT}")
+        return (
+            "no display found (neither DISPLAY nor WAYLAND_DISPLAY is set): start KV Deck "
+            f"from a desktop session, or {HEADLESS_HINT}"
+        )
     if platform != "xcb":
         return None
     qt = _qt_dir()
     if qt is None:
         return None
-    missing = missing_libraries([qt / "plugins" / "platforms" / "libqxcb.so",
-                                 qt / "lib" / "libQt6XcbQpa.so.6"])
+    missing = missing_libraries(
+        [qt / "plugins" / "platforms" / "libqxcb.so", qt / "lib" / "libQt6XcbQpa.so.6"]
+    )
     if ctypes.util.find_library("xcb-cursor") is None:  # dlopen'ed by Qt >= 6.5, not in ldd
         missing.append("libxcb-cursor.so.0")
     if not missing:
         return _x_server_problem(os.environ.get("DISPLAY", ""))
     debian = sorted({XCB_PACKAGES.get(m, (m, m))[0] for m in missing})
     fedora = sorted({XCB_PACKAGES.get(m, (m, m))[1] for m in missing})
-    return (f"the window needs system libraries that are missing ({', '.join(missing)}): install "
-            f"them (Debian/Ubuntu: apt install {' '.join(debian)}; Fedora: dnf install "
-            f"{' '.join(fedora)}), or {HEADLESS_HINT}")
+    return (
+        f"the window needs system libraries that are missing ({', '.join(missing)}): install "
+        f"them (Debian/Ubuntu: apt install {' '.join(debian)}; Fedora: dnf install "
+        f"{' '.join(fedora)}), or {HEADLESS_HINT}"
+    )
 
 
 def _x_server_problem(display: str) -> str | None:

@@ -1,10 +1,10 @@
 """Start the desktop app: logging, the chat store, the window, and the first model."""
+
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Sequence
-
+from collections.abc import Sequence
 
 from app.appinfo import APP_NAME, resource_path, seconds_since_start
 from engine.core import logfile, paths

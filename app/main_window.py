@@ -3,6 +3,7 @@
 Dropping a file anywhere on the window loads it. Every problem (a bad file, a crashed runtime,
 a full disk) becomes one line in the banner at the top; the conversation is never touched.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,32 +13,37 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
-    QFileDialog, QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
 )
 
+from app import window_state
 from app.appinfo import APP_NAME, seconds_since_start
 from app.background import run_in_background
 from app.banner import Banner
-from app.chat.chat_pane import ChatPane
-from app.hub.pane import HubDock
 from app.bridges.draft_picker import DraftController
-from app.memory.memory_dock import MemoryDock
 from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.server_toggle import ServerToggle
-from app.sidebar import Sidebar
-from app import window_state
+from app.chat.chat_pane import ChatPane
+from app.hub.pane import HubDock
+from app.memory.memory_dock import MemoryDock
 from app.menus import WindowMenus
 from app.model_text import model_summary
-from engine.core import paths
+from app.sidebar import Sidebar
 from engine import protocol as P
+from engine.core import paths
+from engine.core.build import gpu_backend
 from engine.core.errors import KvDeckError
+from engine.core.memory_types import FitResult, PlanSettings
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
-from engine.core.memory_types import FitResult
+from engine.plan.analytic import analytic_plan
 from engine.plan.fit import default_settings, fit, preflight
 from engine.runtime.outcome import ProcessOutcome
-from engine.plan.analytic import analytic_plan
-from engine.core.memory_types import PlanSettings
-from engine.core.build import gpu_backend
 from engine.storage.identity import model_key
 from engine.storage.store import ChatStore
 
@@ -47,6 +53,8 @@ MAX_RECENT = 12
 
 MEMORY_MIN_WIDTH = 360  # the dashboard's plan table and the cache panel's forms fit (~165 px cut them off)
 MEMORY_WIDTH = 420
+
+
 def check_model_path(path: str) -> str | None:
     """A one-line reason why ``path`` cannot be a model, or None. Cheap: no file is parsed."""
     p = Path(path)
@@ -127,7 +135,8 @@ class MainWindow(QMainWindow):
         self.sidebar.openFileRequested.connect(self.choose_file)
         self.sidebar.getModelsRequested.connect(self.show_hub)
         self.chat.conversationsChanged.connect(
-            lambda: self.sidebar.refresh_conversations(self.chat.conversation_id))
+            lambda: self.sidebar.refresh_conversations(self.chat.conversation_id)
+        )
         self.chat.problem.connect(self.show_problem)
         self.chat.storeProblem.connect(lambda text: self.show_problem(text, sticky=True))
         self.chat.speed.connect(lambda tps: self.speed_label.setText(f"{tps:.1f} tokens/s"))
@@ -157,8 +166,14 @@ class MainWindow(QMainWindow):
         self.hub.pane.modelReady.connect(lambda _path: self.sidebar.refresh_models())
         self.hub.pane.loadRequested.connect(self.open_model)
         # speculative decoding: the picker beside the model, checked before loading (app.bridges.draft_picker)
-        self.drafting = DraftController(self.chat.draft_picker, self.bridge, store,
-                                        lambda: self.settings, lambda: self.memory.devices()[0], self)
+        self.drafting = DraftController(
+            self.chat.draft_picker,
+            self.bridge,
+            store,
+            lambda: self.settings,
+            lambda: self.memory.devices()[0],
+            self,
+        )
         self.drafting.problem.connect(self.show_problem)
         self.drafting.draftPlan.connect(self.memory.dashboard.show_draft_plan)
         self.drafting.stats.connect(self.memory.dashboard.show_speculation)
@@ -182,7 +197,8 @@ class MainWindow(QMainWindow):
         self.chat.open_conversation(convs[0].id if convs else None)
         self.chat.view.set_placeholder(
             "<h2>Welcome to KV Deck</h2><p>Type a message below to chat with the loaded model, or drop a "
-            "<b>.gguf</b> file anywhere on this window to load another one.</p>")
+            "<b>.gguf</b> file anywhere on this window to load another one.</p>"
+        )
 
     # ------------------------------------------------------------------ models
     def start(self) -> None:
@@ -199,7 +215,9 @@ class MainWindow(QMainWindow):
 
     def choose_file(self) -> None:
         start = self.store.get_setting("last_dir", str(Path.home()))
-        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", start, "GGUF models (*.gguf);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a GGUF model", start, "GGUF models (*.gguf);;All files (*)"
+        )
         if path:
             try:
                 self.chat._write(self.store.set_setting, "last_dir", str(Path(path).parent))
@@ -216,9 +234,13 @@ class MainWindow(QMainWindow):
         self._inspections += 1
         ticket = self._inspections
         run_in_background(  # a multi-GB file on a slow disk can take a moment
-            inspect_gguf, path, parent=self, name="kvdeck-inspect",
+            inspect_gguf,
+            path,
+            parent=self,
+            name="kvdeck-inspect",
             on_result=lambda info: self._on_inspected(ticket, path, info),
-            on_error=lambda exc: self._on_inspected(ticket, path, unreadable(path, exc)))
+            on_error=lambda exc: self._on_inspected(ticket, path, unreadable(path, exc)),
+        )
 
     def _on_inspected(self, ticket: int, path: str, result: GGUFInfo | str) -> None:
         """An inspection ended (``result`` is the model, or why it cannot be read)."""
@@ -287,16 +309,18 @@ class MainWindow(QMainWindow):
     def _on_loaded(self, info: P.Loaded) -> None:
         if not self._first_load_logged:
             self._first_load_logged = True
-            log.info("first model ready %.2f s after process start (load %.2f s)",
-                     seconds_since_start(), info.load_s)
+            log.info(
+                "first model ready %.2f s after process start (load %.2f s)",
+                seconds_since_start(),
+                info.load_s,
+            )
         self.progress.hide()
         self._fallback = None
         self._show_model_state()
         try:
             self.chat._write(self.store.set_setting, "last_model", info.path)
             recent = [p for p in self.store.get_setting("recent_models", []) if p != info.path]
-            self.chat._write(self.store.set_setting, "recent_models",
-                             [info.path] + recent[: MAX_RECENT - 1])
+            self.chat._write(self.store.set_setting, "recent_models", [info.path] + recent[: MAX_RECENT - 1])
         except KvDeckError as exc:
             self.show_problem(str(exc))
         self.chat.input.setFocus()
@@ -315,8 +339,9 @@ class MainWindow(QMainWindow):
             return
         mode = "chat" if info.chat_template else "completion (base model, no chat template)"
         where = "GPU" if info.gpu_offload and info.n_gpu_layers else "CPU"
-        self.model_label.setText(f"{Path(info.path).name} · {model_summary(info.description, info.n_params)}"
-                                 f" · {mode} · {where}")
+        self.model_label.setText(
+            f"{Path(info.path).name} · {model_summary(info.description, info.n_params)} · {mode} · {where}"
+        )
         self.ctx_label.setText(f"context {info.n_ctx} tokens")
 
     def _on_load_failed(self, message: str) -> None:
@@ -342,8 +367,9 @@ class MainWindow(QMainWindow):
     def _on_runtime_exit(self, outcome: ProcessOutcome) -> None:
         self.progress.hide()
         self._show_model_state()
-        self.show_problem(outcome.sentence + " Your conversation is saved.", "Restart runtime",
-                          self.restart_runtime)
+        self.show_problem(
+            outcome.sentence + " Your conversation is saved.", "Restart runtime", self.restart_runtime
+        )
 
     def restart_runtime(self) -> None:
         """A fresh runtime with the last good model (not a new file that crashed it)."""
@@ -386,27 +412,44 @@ class MainWindow(QMainWindow):
             return
         devices = self.memory.devices()[0]
         current = self.bridge.loaded_info.n_ctx if self.bridge.loaded_info else settings.n_ctx
-        run_in_background(fit, info, settings, devices, plan_fn=analytic_plan,
-                          min_context=min(current + 1, info.n_ctx_train or current + 1),
-                          parent=self, name="kvdeck-fit-larger",
-                          on_result=lambda result: self._larger_fitted(info, current, result),
-                          on_error=lambda exc: self.show_problem(f"could not fit a larger context: {exc}"))
+        run_in_background(
+            fit,
+            info,
+            settings,
+            devices,
+            plan_fn=analytic_plan,
+            min_context=min(current + 1, info.n_ctx_train or current + 1),
+            parent=self,
+            name="kvdeck-fit-larger",
+            on_result=lambda result: self._larger_fitted(info, current, result),
+            on_error=lambda exc: self.show_problem(f"could not fit a larger context: {exc}"),
+        )
 
     def _larger_fitted(self, info: GGUFInfo, current: int, result: FitResult) -> None:
         if info is not self.model_info:
             return  # another model was chosen meanwhile
         n_ctx = result.settings.n_ctx if result.fits else 0
         if n_ctx <= current:
-            limit = "the model's training context" if current >= (info.n_ctx_train or 0) else \
-                "the memory of this machine"
-            self.show_problem(f"{current:,} tokens is already the largest context that fits "
-                              f"({limit}): start a new chat or let older messages drop out.")
+            limit = (
+                "the model's training context"
+                if current >= (info.n_ctx_train or 0)
+                else "the memory of this machine"
+            )
+            self.show_problem(
+                f"{current:,} tokens is already the largest context that fits "
+                f"({limit}): start a new chat or let older messages drop out."
+            )
             return
         log.info("reloading %s with a larger context: %d -> %d", info.path, current, n_ctx)
         self._apply_settings(result.settings)
 
-    def show_problem(self, message: str, action_text: str = "", action=None,  # noqa: ANN001
-                     sticky: bool = False) -> None:
+    def show_problem(
+        self,
+        message: str,
+        action_text: str = "",
+        action=None,  # noqa: ANN001
+        sticky: bool = False,
+    ) -> None:
         """One line in the banner; `sticky` ones (about the chat history) survive model loads."""
         self.banner.show_message(message, action_text, action, sticky)
 

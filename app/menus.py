@@ -5,26 +5,37 @@ from the keyboard and a closed Memory dock can always be brought back (View → 
 chat pane and sidebar are asked for what they offer (``getattr``): a conversation search field,
 when the sidebar has one, takes Ctrl+F; otherwise Ctrl+F finds text in the transcript.
 """
+
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
-    QApplication, QDialog, QDialogButtonBox, QInputDialog, QLabel, QMenu, QVBoxLayout, QWidget,
+    QApplication,
+    QDialog,
+    QDialogButtonBox,
+    QInputDialog,
+    QLabel,
+    QMenu,
+    QVBoxLayout,
+    QWidget,
 )
 
-from app.theme import SETTING as THEME_SETTING, THEMES, apply_theme
+from app.theme import SETTING as THEME_SETTING
+from app.theme import THEMES, apply_theme
 from engine.core.errors import KvDeckError
 
 SEND_KEY_SETTING = "send_with_ctrl_enter"
 
 
-def _action(menu: QMenu, text: str, slot: Callable[[], object], shortcut: str | QKeySequence = "",
-            tip: str = "") -> QAction:
+def _action(
+    menu: QMenu, text: str, slot: Callable[[], object], shortcut: str | QKeySequence = "", tip: str = ""
+) -> QAction:
     action = menu.addAction(text)
     action.triggered.connect(lambda _checked=False: slot())  # Qt passes `checked`; slots take none
     if shortcut:
@@ -42,8 +53,12 @@ class WindowMenus:
         bar = win.menuBar()
         # ---------------------------------------------------------------- File
         self.file_menu = bar.addMenu("&File")
-        self.new_chat = _action(self.file_menu, "&New chat", win._new_conversation, QKeySequence.StandardKey.New)
-        self.open_file = _action(self.file_menu, "&Open GGUF…", win.choose_file, QKeySequence.StandardKey.Open)
+        self.new_chat = _action(
+            self.file_menu, "&New chat", win._new_conversation, QKeySequence.StandardKey.New
+        )
+        self.open_file = _action(
+            self.file_menu, "&Open GGUF…", win.choose_file, QKeySequence.StandardKey.Open
+        )
         self.recent_menu = self.file_menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         self._fill_recent()
@@ -58,8 +73,9 @@ class WindowMenus:
         self.find.setShortcuts([QKeySequence("Ctrl+F")])
         # ---------------------------------------------------------------- Chat
         chat = bar.addMenu("&Chat")
-        self.send = _action(chat, "&Send", win.chat.send, "Ctrl+Return",
-                            "Send the message (Ctrl+Enter works in both modes)")
+        self.send = _action(
+            chat, "&Send", win.chat.send, "Ctrl+Return", "Send the message (Ctrl+Enter works in both modes)"
+        )
         self.send.setShortcuts([QKeySequence("Ctrl+Return"), QKeySequence("Ctrl+Enter")])
         self.stop = _action(chat, "S&top generating", win.chat.stop, "Esc")
         self.regenerate = _action(chat, "&Regenerate last reply", win.chat.regenerate_last, "Ctrl+R")
@@ -80,8 +96,9 @@ class WindowMenus:
         chosen = win.store.get_setting(THEME_SETTING, "system")
         self.theme_actions: dict[str, QAction] = {}
         for name in THEMES:
-            act = self.theme_menu.addAction({"system": "Follow the &system", "light": "&Light",
-                                             "dark": "&Dark"}[name])
+            act = self.theme_menu.addAction(
+                {"system": "Follow the &system", "light": "&Light", "dark": "&Dark"}[name]
+            )
             act.setCheckable(True)
             act.setChecked(name == chosen)
             act.triggered.connect(lambda _c=False, n=name: self.set_theme(n))
@@ -93,8 +110,9 @@ class WindowMenus:
         self.server_settings = _action(server, "Server &settings…", self.show_server_settings)
         # ---------------------------------------------------------------- Help
         help_menu = bar.addMenu("&Help")
-        self.shortcuts = _action(help_menu, "&Keyboard shortcuts", self.show_shortcuts,
-                                 QKeySequence.StandardKey.HelpContents)
+        self.shortcuts = _action(
+            help_menu, "&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents
+        )
         self.about = _action(help_menu, "&About KV Deck", win.show_about)
 
     # ------------------------------------------------------------------ File
@@ -122,8 +140,9 @@ class WindowMenus:
         if self.win.sidebar.isVisible():
             self.win.sidebar.focus_search()  # titles and text of every conversation (FTS5)
             return
-        text, ok = QInputDialog.getText(self.win, "Find", "Find in this conversation:",
-                                        text=getattr(self, "_last_find", ""))
+        text, ok = QInputDialog.getText(
+            self.win, "Find", "Find in this conversation:", text=getattr(self, "_last_find", "")
+        )
         if ok and text:
             self._last_find = text
             self.find_in_transcript(text)
@@ -145,8 +164,11 @@ class WindowMenus:
     def _set_send_key(self, ctrl_enter: bool, save: bool = True) -> None:
         prompt = self.win.chat.input
         prompt.ctrl_enter_sends = ctrl_enter
-        prompt.setPlaceholderText("Ask anything — Ctrl+Enter sends, Enter for a new line" if ctrl_enter
-                                  else "Ask anything — Enter sends, Shift+Enter for a new line")
+        prompt.setPlaceholderText(
+            "Ask anything — Ctrl+Enter sends, Enter for a new line"
+            if ctrl_enter
+            else "Ask anything — Enter sends, Shift+Enter for a new line"
+        )
         if save:
             self._save(SEND_KEY_SETTING, ctrl_enter)
 
@@ -192,8 +214,10 @@ class ShortcutsDialog(QDialog):
     def __init__(self, rows: list[tuple[str, str]], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Keyboard shortcuts")
-        body = "".join(f"<tr><td style='padding-right:18px;'><b>{html.escape(k)}</b></td>"
-                       f"<td>{html.escape(d)}</td></tr>" for k, d in rows)
+        body = "".join(
+            f"<tr><td style='padding-right:18px;'><b>{html.escape(k)}</b></td><td>{html.escape(d)}</td></tr>"
+            for k, d in rows
+        )
         label = QLabel(f"<table cellspacing='4'>{body}</table>", self)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, self)
         buttons.rejected.connect(self.reject)

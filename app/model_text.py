@@ -1,4 +1,5 @@
 """How a loaded model is named in the status bar."""
+
 from __future__ import annotations
 
 import re

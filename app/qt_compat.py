@@ -9,6 +9,7 @@ have been streamed (each one a signal and a repaint). `keep_singletons_alive` gi
 reference count no session can exhaust, which is exactly what Python 3.12 does by design; extra
 references to these three objects cost nothing, so it is safe with a fixed PySide6 too.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -8,6 +8,7 @@ final, so the window can offer Undo (``conversationDeleted``).
 Scanning the disk for models runs in the background (``app.background``): a slow network drive must never freeze
 the window, and the list simply fills in when the scan is done.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,17 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
-    QMenu, QPushButton, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from app.background import run_in_background
@@ -49,10 +59,10 @@ class Sidebar(QWidget):
         self.search_edit = QLineEdit(self, placeholderText="Search conversations", clearButtonEnabled=True)
         self.search_edit.textChanged.connect(lambda _t: self.refresh_conversations(self._current))
         self.conversations = QListWidget(self)
-        self.conversations.itemClicked.connect(
-            lambda item: self.conversationSelected.emit(item.data(_ROLE)))
-        self.conversations.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
-                                           | QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.conversations.itemClicked.connect(lambda item: self.conversationSelected.emit(item.data(_ROLE)))
+        self.conversations.setEditTriggers(
+            QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed
+        )
         self.conversations.itemChanged.connect(self._renamed)
         self.conversations.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.conversations.customContextMenuRequested.connect(self._conversation_menu)
@@ -65,8 +75,9 @@ class Sidebar(QWidget):
         row = QHBoxLayout()
         row.addWidget(open_button, 1)
         row.addWidget(rescan)
-        self.get_models_button = QPushButton("Get models…", self,
-                                             clicked=lambda: self.getModelsRequested.emit())
+        self.get_models_button = QPushButton(
+            "Get models…", self, clicked=lambda: self.getModelsRequested.emit()
+        )
         self.get_models_button.setToolTip("Search the Hugging Face Hub, see what fits, download")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 0, 0)
@@ -103,7 +114,9 @@ class Sidebar(QWidget):
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
             item.setData(_ROLE, conv_id)
             model_name = Path(model).name if model else ""
-            item.setToolTip("\n".join(x for x in (title, snippet, model_name and f"Model: {model_name}") if x))
+            item.setToolTip(
+                "\n".join(x for x in (title, snippet, model_name and f"Model: {model_name}") if x)
+            )
             self.conversations.addItem(item)
             if conv_id == current:
                 self.conversations.setCurrentItem(item)
@@ -196,8 +209,9 @@ class Sidebar(QWidget):
         """Import a JSON conversation (asks for the file when none is given); returns its id."""
         if not path:
             start = self.store.get_setting("last_export_dir", str(Path.home()))
-            path, _ = QFileDialog.getOpenFileName(self, "Import a conversation", start,
-                                                  "JSON (*.json);;All files (*)")
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Import a conversation", start, "JSON (*.json);;All files (*)"
+            )
         if not path:
             return None
         try:
@@ -213,8 +227,14 @@ class Sidebar(QWidget):
     # ------------------------------------------------------------------ models
     def refresh_models(self) -> None:
         recent = [Path(p) for p in self.store.get_setting("recent_models", [])]
-        run_in_background(scan_models, recent=recent, parent=self, name="kvdeck-model-scan",
-                          on_result=self._show_models, on_error=self._scan_failed)
+        run_in_background(
+            scan_models,
+            recent=recent,
+            parent=self,
+            name="kvdeck-model-scan",
+            on_result=self._show_models,
+            on_error=self._scan_failed,
+        )
 
     def _scan_failed(self, exc: BaseException) -> None:
         """A scan problem must not take the window down: the list stays empty, the log says why."""
@@ -223,8 +243,13 @@ class Sidebar(QWidget):
 
     def _show_models(self, entries: list[ModelEntry]) -> None:
         self.models.clear()
-        labels = {"demo": "demo", "recent": "recent", "huggingface": "Hugging Face",
-                  "lmstudio": "LM Studio", "models-folder": "~/models"}
+        labels = {
+            "demo": "demo",
+            "recent": "recent",
+            "huggingface": "Hugging Face",
+            "lmstudio": "LM Studio",
+            "models-folder": "~/models",
+        }
         for e in entries:
             item = QListWidgetItem(f"{e.name}  ({format_bytes(e.size)})")
             item.setData(_ROLE, str(e.path))

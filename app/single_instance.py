@@ -10,6 +10,7 @@ A crash leaves a lock and (on Unix) a socket file behind. `QLockFile` sees that 
 process is gone and takes the lock over; the socket is removed before listening
 (`QLocalServer.removeServer`), so neither can block the next start.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -5,6 +5,7 @@ Stored in ``window.ini`` in the data folder (not the desktop-wide QSettings loca
 data folders (a test, a portable copy) never fight over one geometry. A first start sizes the
 window to the screen it opens on: the old fixed 1500×860 did not fit a 1000×700 display.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,10 @@ def restore(win: QMainWindow) -> bool:
     if screen is None:
         win.resize(*PREFERRED_SIZE)
     else:
-        win.resize(min(PREFERRED_SIZE[0], int(screen.width() * 0.92)),
-                   min(PREFERRED_SIZE[1], int(screen.height() * 0.9)))
+        win.resize(
+            min(PREFERRED_SIZE[0], int(screen.width() * 0.92)),
+            min(PREFERRED_SIZE[1], int(screen.height() * 0.9)),
+        )
     return False
 
 

@@ -21,6 +21,7 @@ is visible (CUDA_VISIBLE_DEVICES=""): with a GPU the host buffer type wins and n
 repacked. Imports only engine/, gguf and numpy in the parent. Prints a table; writes
 DIR/cpu-repack-<date>.json. Exit status 0 when every number agrees.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,32 @@ MiB = 2**20
 # name -> (token_embd type, output type or None for tied, {role: type}, n_vocab, n_expert)
 MODELS: dict[str, tuple[str, str | None, dict[str, str], int, int]] = {
     "q4_0": ("Q4_0", "Q6_K", {"*": "Q4_0"}, 8192, 0),
-    "q4_k_m": ("Q4_K", "Q6_K", {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K",
-                                "attn_output": "Q4_K", "ffn_gate": "Q4_K", "ffn_up": "Q4_K",
-                                "ffn_down": "Q6_K"}, 8192, 0),
+    "q4_k_m": (
+        "Q4_K",
+        "Q6_K",
+        {
+            "attn_q": "Q4_K",
+            "attn_k": "Q4_K",
+            "attn_v": "Q6_K",
+            "attn_output": "Q4_K",
+            "ffn_gate": "Q4_K",
+            "ffn_up": "Q4_K",
+            "ffn_down": "Q6_K",
+        },
+        8192,
+        0,
+    ),
     "q5_k_q8_0": ("Q8_0", "Q8_0", {"*": "Q5_K", "attn_v": "Q8_0"}, 8196, 0),
     "q2_k": ("Q2_K", "Q2_K", {"*": "Q2_K", "ffn_down": "Q4_K"}, 8192, 0),
     "iq4_nl_tied": ("IQ4_NL", None, {"*": "IQ4_NL"}, 8192, 0),
     "q4_0_tied_8k4": ("Q4_0", None, {"*": "Q4_0"}, 8196, 0),
-    "moe_mxfp4": ("Q8_0", "Q8_0", {"*": "Q8_0", "ffn_gate_exps": "MXFP4",
-                                   "ffn_up_exps": "MXFP4", "ffn_down_exps": "MXFP4"}, 8192, 4),
+    "moe_mxfp4": (
+        "Q8_0",
+        "Q8_0",
+        {"*": "Q8_0", "ffn_gate_exps": "MXFP4", "ffn_up_exps": "MXFP4", "ffn_down_exps": "MXFP4"},
+        8192,
+        4,
+    ),
     "moe_q4_k_tied": ("Q4_K", None, {"*": "Q4_K", "ffn_down_exps": "Q6_K"}, 8192, 4),
     "q1_0": ("Q8_0", "Q8_0", {"*": "Q1_0"}, 8192, 0),
 }
@@ -71,8 +89,9 @@ def write_model(path: Path, name: str, seed: int = 0) -> dict[str, Any]:
             return
         block, size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
         shape = tuple(reversed(ne[1:])) + (ne[0] // block * size,)
-        w.add_tensor(tname, rng.integers(0, 256, size=shape, dtype=np.uint8),
-                     raw_dtype=GGMLQuantizationType[qtype])
+        w.add_tensor(
+            tname, rng.integers(0, 256, size=shape, dtype=np.uint8), raw_dtype=GGMLQuantizationType[qtype]
+        )
 
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(f"cpu-repack {name}")
@@ -100,16 +119,21 @@ def write_model(path: Path, name: str, seed: int = 0) -> dict[str, Any]:
     for il in range(N_LAYER):
         p = f"blk.{il}."
         tensor(w, p + "attn_norm.weight", "F32", (N_EMBD,))
-        mats = [("attn_q", (N_EMBD, N_HEAD * HEAD)), ("attn_k", (N_EMBD, kv)),
-                ("attn_v", (N_EMBD, kv)), ("attn_output", (N_HEAD * HEAD, N_EMBD))]
+        mats = [
+            ("attn_q", (N_EMBD, N_HEAD * HEAD)),
+            ("attn_k", (N_EMBD, kv)),
+            ("attn_v", (N_EMBD, kv)),
+            ("attn_output", (N_HEAD * HEAD, N_EMBD)),
+        ]
         if n_expert:
             tensor(w, p + "ffn_gate_inp.weight", "F32", (N_EMBD, n_expert))
-            mats += [("ffn_gate_exps", (N_EMBD, N_FF_EXP, n_expert)),
-                     ("ffn_up_exps", (N_EMBD, N_FF_EXP, n_expert)),
-                     ("ffn_down_exps", (N_FF_EXP, N_EMBD, n_expert))]
+            mats += [
+                ("ffn_gate_exps", (N_EMBD, N_FF_EXP, n_expert)),
+                ("ffn_up_exps", (N_EMBD, N_FF_EXP, n_expert)),
+                ("ffn_down_exps", (N_FF_EXP, N_EMBD, n_expert)),
+            ]
         else:
-            mats += [("ffn_gate", (N_EMBD, N_FF)), ("ffn_up", (N_EMBD, N_FF)),
-                     ("ffn_down", (N_FF, N_EMBD))]
+            mats += [("ffn_gate", (N_EMBD, N_FF)), ("ffn_up", (N_EMBD, N_FF)), ("ffn_down", (N_FF, N_EMBD))]
         for role, ne in mats:
             tensor(w, p + role + ".weight", roles.get(role) or roles["*"], ne)
         tensor(w, p + "ffn_norm.weight", "F32", (N_EMBD,))
@@ -121,26 +145,40 @@ def write_model(path: Path, name: str, seed: int = 0) -> dict[str, Any]:
     w.write_tensors_to_file()
     w.close()
     types = sorted({embd_t, *roles.values()} | ({out_t} if out_t else set()))
-    return {"name": name, "types": types, "tied": out_t is None, "n_vocab": n_vocab,
-            "n_expert": n_expert, "size_bytes": path.stat().st_size}
+    return {
+        "name": name,
+        "types": types,
+        "tied": out_t is None,
+        "n_vocab": n_vocab,
+        "n_expert": n_expert,
+        "size_bytes": path.stat().st_size,
+    }
 
 
 # --- the child: a real load, log captured ----------------------------------------------------
+
 
 def _child() -> None:  # pragma: no cover - runs in the child process
     # Nothing may load numpy before llama.cpp here: with numpy's OpenBLAS loaded first, the CUDA
     # build segfaults while loading a model on the H100 host (CUDA hidden); the parent imports
     # numpy only where it writes models. engine.child.native_log imports llama_cpp first thing.
-    from engine.child.native_log import NativeLog
-
     import llama_cpp.llama_cpp as LL
+
+    from engine.child.native_log import NativeLog
 
     lines: list[str] = []
     # every line, DEBUG included; kept in a variable: C holds its callback
     _log = NativeLog(lambda _level, line: lines.append(line), keep_debug=("",))
     LL.llama_backend_init()
-    print(json.dumps({"system_info": LL.llama_print_system_info().decode("utf-8", "replace"),
-                      "gpu_offload": bool(LL.llama_supports_gpu_offload())}), flush=True)
+    print(
+        json.dumps(
+            {
+                "system_info": LL.llama_print_system_info().decode("utf-8", "replace"),
+                "gpu_offload": bool(LL.llama_supports_gpu_offload()),
+            }
+        ),
+        flush=True,
+    )
     modes = {"none": LL.LLAMA_LOAD_MODE_NONE, "mmap": LL.LLAMA_LOAD_MODE_MMAP}
     for job in json.loads(sys.stdin.read()):
         lines.clear()
@@ -152,15 +190,19 @@ def _child() -> None:  # pragma: no cover - runs in the child process
         dt = time.perf_counter() - t0
         if model:
             LL.llama_model_free(model)
-        print(json.dumps({"ok": bool(model), "load_s": round(dt, 3), "lines": list(lines)}),
-              flush=True)
+        print(json.dumps({"ok": bool(model), "load_s": round(dt, 3), "lines": list(lines)}), flush=True)
 
 
 def real_loads(jobs: list[dict[str, str]], timeout: float) -> tuple[dict[str, Any], list[dict]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GGML_NO_BACKTRACE": "1"}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"],
-                          input=json.dumps(jobs), capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child"],
+        input=json.dumps(jobs),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     out = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     if not out or len(out) < len(jobs) + 1:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
@@ -169,6 +211,7 @@ def real_loads(jobs: list[dict[str, str]], timeout: float) -> tuple[dict[str, An
 
 
 # --- the parent: predictions and comparison --------------------------------------------------
+
 
 def model_buffers(lines: list[str]) -> dict[str, float]:
     from engine.plan.measured import MemoryLogParser
@@ -213,39 +256,44 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     args = ap.parse_args()
 
-    from engine.plan.cpu_features import detect, host_features, parse_system_info
-    from engine.plan.cpu_repack import cpu_only_repack
+    from engine.core.build import runtime_lib_dir
+    from engine.core.memory_types import PlanSettings
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
-    from engine.core.memory_types import PlanSettings
-    from engine.core.build import runtime_lib_dir
+    from engine.plan.cpu_features import detect, host_features, parse_system_info
+    from engine.plan.cpu_repack import cpu_only_repack
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="cpu-repack-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    written = {n: write_model(work / f"{n}.gguf", n, seed=i)
-               for i, n in enumerate(args.models.split(","))}
-    print(f"wrote {len(written)} models in {time.perf_counter() - t0:.1f} s to {work}",
-          flush=True)
+    written = {n: write_model(work / f"{n}.gguf", n, seed=i) for i, n in enumerate(args.models.split(","))}
+    print(f"wrote {len(written)} models in {time.perf_counter() - t0:.1f} s to {work}", flush=True)
 
     jobs = [{"path": str(work / f"{n}.gguf"), "mode": m} for n in written for m in ("none", "mmap")]
     hello, loads = real_loads(jobs, args.timeout)
     feats, host = detect(), host_features()
     built = parse_system_info(hello["system_info"])
     res: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
-        "processor": _cpu_name(), "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "python": platform.python_version(),
         "llama_cpp_lib": str(runtime_lib_dir()),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "features": {"detected": _feat(feats), "processor": _feat(host),
-                     "system_info": _feat(built), "system_info_text": hello["system_info"]},
-        "detected_matches_build": (feats is not None and built is not None
-                                   and feats.flags == built.flags),
-        "models": []}
-    header = (f"{'model':<15} {'types':<22} {'REPACK plan':>11} {'none':>8} {'mmap':>8} "
-              f"{'CPU plan':>9} {'CPU log':>8} {'span':>8} {'Mapped':>8}  ok")
-    print(f"features: detected {_feat(feats)}; build says {_feat(built)}; processor "
-          f"{_feat(host)}")
+        "features": {
+            "detected": _feat(feats),
+            "processor": _feat(host),
+            "system_info": _feat(built),
+            "system_info_text": hello["system_info"],
+        },
+        "detected_matches_build": (feats is not None and built is not None and feats.flags == built.flags),
+        "models": [],
+    }
+    header = (
+        f"{'model':<15} {'types':<22} {'REPACK plan':>11} {'none':>8} {'mmap':>8} "
+        f"{'CPU plan':>9} {'CPU log':>8} {'span':>8} {'Mapped':>8}  ok"
+    )
+    print(f"features: detected {_feat(feats)}; build says {_feat(built)}; processor {_feat(host)}")
     print(header + "\n" + "-" * len(header))
     all_ok = True
     for i, (name, meta) in enumerate(written.items()):
@@ -268,16 +316,27 @@ def main() -> int:
         }
         ok = all(checks.values())
         all_ok &= ok
-        res["models"].append({
-            **meta, "plan_repack_bytes": p_rep, "plan_cpu_bytes": p_cpu, "mapped_span_bytes": span,
-            "repack_by_type": [list(x) for x in repack.by_type] if repack else [],
-            "plan_note": note, "log_none_mib": b_none, "log_mmap_mib": b_mmap,
-            "load_s": {"none": none.get("load_s"), "mmap": mmap_.get("load_s")},
-            "checks": checks, "ok": ok})
-        print(f"{name:<15} {'/'.join(meta['types']):<22} {mib(p_rep):>11} "
-              f"{mib(b_none.get('CPU_REPACK')):>8} {mib(b_mmap.get('CPU_REPACK')):>8} "
-              f"{mib(p_cpu):>9} {mib(b_none.get('CPU')):>8} {mib(span):>8} "
-              f"{mib(b_mmap.get('CPU_Mapped')):>8}  {'yes' if ok else 'NO ' + str([k for k, v in checks.items() if not v])}")
+        res["models"].append(
+            {
+                **meta,
+                "plan_repack_bytes": p_rep,
+                "plan_cpu_bytes": p_cpu,
+                "mapped_span_bytes": span,
+                "repack_by_type": [list(x) for x in repack.by_type] if repack else [],
+                "plan_note": note,
+                "log_none_mib": b_none,
+                "log_mmap_mib": b_mmap,
+                "load_s": {"none": none.get("load_s"), "mmap": mmap_.get("load_s")},
+                "checks": checks,
+                "ok": ok,
+            }
+        )
+        print(
+            f"{name:<15} {'/'.join(meta['types']):<22} {mib(p_rep):>11} "
+            f"{mib(b_none.get('CPU_REPACK')):>8} {mib(b_mmap.get('CPU_REPACK')):>8} "
+            f"{mib(p_cpu):>9} {mib(b_none.get('CPU')):>8} {mib(span):>8} "
+            f"{mib(b_mmap.get('CPU_Mapped')):>8}  {'yes' if ok else 'NO ' + str([k for k, v in checks.items() if not v])}"
+        )
     res["all_ok"] = all_ok
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,8 +351,11 @@ def main() -> int:
 
 
 def _feat(f: Any) -> str | None:
-    return None if f is None else f"{f.label()}" + (f" (SVE {f.sve_bytes} B)" if f.sve_bytes else "") \
-        + f" [{f.source}]"
+    return (
+        None
+        if f is None
+        else f"{f.label()}" + (f" (SVE {f.sve_bytes} B)" if f.sve_bytes else "") + f" [{f.source}]"
+    )
 
 
 def _cpu_name() -> str:

@@ -6,6 +6,7 @@ that file dequantized (same weights as the draft up to Q4_1 rounding, hence high
 
     python benchmarks/dequantize_gguf.py SmolLM2-135M-Instruct.Q4_1.gguf /tmp/smol-f16.gguf
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,8 +26,11 @@ def convert(src: str, dst: str, target: str = "F16") -> None:
             continue
         value = field.contents()
         if field.name == gguf.Keys.General.FILE_TYPE:
-            value = int({"F16": gguf.LlamaFileType.MOSTLY_F16, "F32": gguf.LlamaFileType.ALL_F32}.get(
-                target, gguf.LlamaFileType.MOSTLY_Q8_0))
+            value = int(
+                {"F16": gguf.LlamaFileType.MOSTLY_F16, "F32": gguf.LlamaFileType.ALL_F32}.get(
+                    target, gguf.LlamaFileType.MOSTLY_Q8_0
+                )
+            )
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, value, vtype, sub_type=sub)

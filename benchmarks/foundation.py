@@ -7,6 +7,7 @@ thread count, in the same run, so the ratio is meaningful even on a noisy machin
 the app's own log line ("first model ready ... after process start"), with the window shown on
 the offscreen Qt platform.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,16 +29,41 @@ sys.path.insert(0, str(ROOT))
 
 def kvdeck_chat(model: str, threads: int, n: int) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "kvdeck", "chat", model, "--prompt",
-         "Write a long story about a lighthouse keeper.", "--max-tokens", str(n), "--temperature", "0",
-         "--repeat-penalty", "1.0", "--threads", str(threads), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=True)
+        [
+            sys.executable,
+            "-m",
+            "kvdeck",
+            "chat",
+            model,
+            "--prompt",
+            "Write a long story about a lighthouse keeper.",
+            "--max-tokens",
+            str(n),
+            "--temperature",
+            "0",
+            "--repeat-penalty",
+            "1.0",
+            "--threads",
+            str(threads),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
 def llama_bench(binary: str, model: str, threads: int, n: int) -> float:
-    out = subprocess.run([binary, "-m", model, "-p", "0", "-n", str(n), "-t", str(threads), "-o", "json"],
-                         capture_output=True, text=True, timeout=900, check=True)
+    out = subprocess.run(
+        [binary, "-m", model, "-p", "0", "-n", str(n), "-t", str(threads), "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
     rows = json.loads(out.stdout)
     return float(rows[0]["avg_ts"])
 
@@ -45,8 +71,13 @@ def llama_bench(binary: str, model: str, threads: int, n: int) -> float:
 def cold_start(model: str, timeout: float = 300) -> dict:
     data = tempfile.mkdtemp(prefix="kvdeck-bench-")
     env = dict(os.environ, KVDECK_DATA_DIR=data, KVDECK_DEMO_MODEL=model, QT_QPA_PLATFORM="offscreen")
-    proc = subprocess.Popen([sys.executable, "-m", "kvdeck"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvdeck"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = Path(data) / "kvdeck.log"
     found: dict[str, float] = {}
     deadline = time.time() + timeout
@@ -81,8 +112,11 @@ def main() -> int:
     import llama_cpp
 
     runs = [kvdeck_chat(args.model, args.threads, args.tokens) for _ in range(args.repeats)]
-    bench = [llama_bench(args.llama_bench, args.model, args.threads, args.tokens)
-             for _ in range(args.repeats)] if args.llama_bench else []
+    bench = (
+        [llama_bench(args.llama_bench, args.model, args.threads, args.tokens) for _ in range(args.repeats)]
+        if args.llama_bench
+        else []
+    )
     starts = [cold_start(args.model) for _ in range(args.repeats)]
     tps = statistics.median(r["tokens_per_s"] for r in runs)
     result = {
@@ -97,8 +131,12 @@ def main() -> int:
         "tg_ratio": round(tps / statistics.median(bench), 4) if bench else None,
         "load_s": round(statistics.median(r["load_s"] for r in runs), 3),
         "first_token_s": round(statistics.median(r["first_token_s"] for r in runs), 3),
-        "cold_start_window_s": round(statistics.median(s.get("window_shown_s", float("nan")) for s in starts), 2),
-        "cold_start_model_ready_s": round(statistics.median(s.get("model_ready_s", float("nan")) for s in starts), 2),
+        "cold_start_window_s": round(
+            statistics.median(s.get("window_shown_s", float("nan")) for s in starts), 2
+        ),
+        "cold_start_model_ready_s": round(
+            statistics.median(s.get("model_ready_s", float("nan")) for s in starts), 2
+        ),
         "raw": {"kvdeck": [r["tokens_per_s"] for r in runs], "llama_bench": bench, "cold_start": starts},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ any machine, by benchmarks/gpu_compute_report.py (it rewrites the same sparse fi
 `--debug` also keeps `GGML_SCHED_DEBUG=2` graph dumps (node, size, backend, split inputs) of a
 few cases, gzipped, to read where the peak of each backend is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,19 +30,64 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Real model dimensions (Hugging Face configs); matrices Q4_0, norms f32.
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama3-8b": dict(arch="llama", n_vocab=128256, n_embd=4096, n_layer=32, n_head=32,
-                      n_head_kv=8, head_dim=128, n_ff=14336),
-    "qwen3-32b": dict(arch="qwen3", n_vocab=151936, n_embd=5120, n_layer=64, n_head=64,
-                      n_head_kv=8, head_dim=128, n_ff=25600),
-    "llama3-70b": dict(arch="llama", n_vocab=128256, n_embd=8192, n_layer=80, n_head=64,
-                       n_head_kv=8, head_dim=128, n_ff=28672),
-    "qwen3moe-30b-a3b": dict(arch="qwen3moe", n_vocab=151936, n_embd=2048, n_layer=48, n_head=32,
-                             n_head_kv=4, head_dim=128, n_ff=6144, n_expert=128,
-                             n_expert_used=8, n_ff_exp=768),
-    "gemma3-27b": dict(arch="gemma3", n_vocab=262208, n_embd=5376, n_layer=62, n_head=32,
-                       n_head_kv=16, head_dim=128, n_ff=21504, n_swa=1024, tied=True),
-    "tiny": dict(arch="llama", n_vocab=32000, n_embd=256, n_layer=4, n_head=4, n_head_kv=2,
-                 head_dim=64, n_ff=768),
+    "llama3-8b": dict(
+        arch="llama",
+        n_vocab=128256,
+        n_embd=4096,
+        n_layer=32,
+        n_head=32,
+        n_head_kv=8,
+        head_dim=128,
+        n_ff=14336,
+    ),
+    "qwen3-32b": dict(
+        arch="qwen3",
+        n_vocab=151936,
+        n_embd=5120,
+        n_layer=64,
+        n_head=64,
+        n_head_kv=8,
+        head_dim=128,
+        n_ff=25600,
+    ),
+    "llama3-70b": dict(
+        arch="llama",
+        n_vocab=128256,
+        n_embd=8192,
+        n_layer=80,
+        n_head=64,
+        n_head_kv=8,
+        head_dim=128,
+        n_ff=28672,
+    ),
+    "qwen3moe-30b-a3b": dict(
+        arch="qwen3moe",
+        n_vocab=151936,
+        n_embd=2048,
+        n_layer=48,
+        n_head=32,
+        n_head_kv=4,
+        head_dim=128,
+        n_ff=6144,
+        n_expert=128,
+        n_expert_used=8,
+        n_ff_exp=768,
+    ),
+    "gemma3-27b": dict(
+        arch="gemma3",
+        n_vocab=262208,
+        n_embd=5376,
+        n_layer=62,
+        n_head=32,
+        n_head_kv=16,
+        head_dim=128,
+        n_ff=21504,
+        n_swa=1024,
+        tied=True,
+    ),
+    "tiny": dict(
+        arch="llama", n_vocab=32000, n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=768
+    ),
 }
 Q4_0, F32 = 2, 0
 
@@ -54,23 +100,35 @@ def tensors(h: dict[str, Any]) -> list[tuple[str, tuple[int, ...], int]]:
     if not h.get("tied"):
         out.append(("output.weight", (e, h["n_vocab"]), Q4_0))
     for il in range(h["n_layer"]):
-        lay = [("attn_norm.weight", (e,), F32), ("attn_q.weight", (e, q), Q4_0),
-               ("attn_k.weight", (e, kv), Q4_0), ("attn_v.weight", (e, kv), Q4_0),
-               ("attn_output.weight", (q, e), Q4_0), ("ffn_norm.weight", (e,), F32)]
+        lay = [
+            ("attn_norm.weight", (e,), F32),
+            ("attn_q.weight", (e, q), Q4_0),
+            ("attn_k.weight", (e, kv), Q4_0),
+            ("attn_v.weight", (e, kv), Q4_0),
+            ("attn_output.weight", (q, e), Q4_0),
+            ("ffn_norm.weight", (e,), F32),
+        ]
         if arch in ("qwen3", "qwen3moe", "gemma3"):
-            lay += [("attn_q_norm.weight", (h["head_dim"],), F32),
-                    ("attn_k_norm.weight", (h["head_dim"],), F32)]
+            lay += [
+                ("attn_q_norm.weight", (h["head_dim"],), F32),
+                ("attn_k_norm.weight", (h["head_dim"],), F32),
+            ]
         if arch == "gemma3":
             lay += [("post_attention_norm.weight", (e,), F32), ("post_ffw_norm.weight", (e,), F32)]
         if h.get("n_expert"):
             ne, fe = h["n_expert"], h["n_ff_exp"]
-            lay += [("ffn_gate_inp.weight", (e, ne), F32),
-                    ("ffn_gate_exps.weight", (e, fe, ne), Q4_0),
-                    ("ffn_up_exps.weight", (e, fe, ne), Q4_0),
-                    ("ffn_down_exps.weight", (fe, e, ne), Q4_0)]
+            lay += [
+                ("ffn_gate_inp.weight", (e, ne), F32),
+                ("ffn_gate_exps.weight", (e, fe, ne), Q4_0),
+                ("ffn_up_exps.weight", (e, fe, ne), Q4_0),
+                ("ffn_down_exps.weight", (fe, e, ne), Q4_0),
+            ]
         else:
-            lay += [("ffn_gate.weight", (e, h["n_ff"]), Q4_0), ("ffn_up.weight", (e, h["n_ff"]), Q4_0),
-                    ("ffn_down.weight", (h["n_ff"], e), Q4_0)]
+            lay += [
+                ("ffn_gate.weight", (e, h["n_ff"]), Q4_0),
+                ("ffn_up.weight", (e, h["n_ff"]), Q4_0),
+                ("ffn_down.weight", (h["n_ff"], e), Q4_0),
+            ]
         out += [(f"blk.{il}.{n}", ne, t) for n, ne, t in lay]
     return out
 
@@ -93,15 +151,26 @@ def write_sparse_gguf(path: Path, name: str, n_ctx_train: int = 131072) -> dict[
     w.add_string("general.name", f"synthetic {name} (sparse, no data)")
     w.add_uint32("general.file_type", 2)  # MOSTLY_Q4_0
     kv: dict[str, Any] = {
-        "context_length": n_ctx_train, "embedding_length": h["n_embd"],
-        "block_count": h["n_layer"], "feed_forward_length": h["n_ff"],
-        "attention.head_count": h["n_head"], "attention.head_count_kv": h["n_head_kv"],
-        "attention.key_length": h["head_dim"], "attention.value_length": h["head_dim"],
-        "rope.dimension_count": h["head_dim"], "rope.freq_base": 1000000.0,
-        "attention.layer_norm_rms_epsilon": 1e-6}
+        "context_length": n_ctx_train,
+        "embedding_length": h["n_embd"],
+        "block_count": h["n_layer"],
+        "feed_forward_length": h["n_ff"],
+        "attention.head_count": h["n_head"],
+        "attention.head_count_kv": h["n_head_kv"],
+        "attention.key_length": h["head_dim"],
+        "attention.value_length": h["head_dim"],
+        "rope.dimension_count": h["head_dim"],
+        "rope.freq_base": 1000000.0,
+        "attention.layer_norm_rms_epsilon": 1e-6,
+    }
     if h.get("n_expert"):
-        kv.update({"expert_count": h["n_expert"], "expert_used_count": h["n_expert_used"],
-                   "expert_feed_forward_length": h["n_ff_exp"]})
+        kv.update(
+            {
+                "expert_count": h["n_expert"],
+                "expert_used_count": h["n_expert_used"],
+                "expert_feed_forward_length": h["n_ff_exp"],
+            }
+        )
     if h.get("n_swa"):
         kv.update({"attention.sliding_window": h["n_swa"], "rope.freq_base_swa": 10000.0})
     for k, v in kv.items():
@@ -118,8 +187,9 @@ def write_sparse_gguf(path: Path, name: str, n_ctx_train: int = 131072) -> dict[
     total = 0
     for tname, ne, t in tensors(h):
         nb = _nbytes(ne, t)
-        w.add_tensor_info(tname, tuple(reversed(ne)), np.dtype(np.float32), nb,
-                          raw_dtype=gguf.GGMLQuantizationType(t))
+        w.add_tensor_info(
+            tname, tuple(reversed(ne)), np.dtype(np.float32), nb, raw_dtype=gguf.GGMLQuantizationType(t)
+        )
         total += -(-nb // 32) * 32
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -193,21 +263,27 @@ def _child() -> None:  # pragma: no cover - runs in the child process
         print(json.dumps({"ok": ok, "s": time.time() - t, "lines": lines}), flush=True)
 
 
-def run_jobs(jobs: list[dict[str, Any]], env: dict[str, str] | None = None,
-             timeout: float = 900) -> list[dict[str, Any]]:
+def run_jobs(
+    jobs: list[dict[str, Any]], env: dict[str, str] | None = None, timeout: float = 900
+) -> list[dict[str, Any]]:
     """Run jobs in as few children as possible; a job that kills the child is reported."""
     out: list[dict[str, Any]] = []
     pending = list(jobs)
     e = {**os.environ, "GGML_NO_BACKTRACE": "1", **(env or {})}
     while pending:
-        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"],
-                           input=json.dumps({"jobs": pending}), capture_output=True, text=True,
-                           timeout=timeout, env=e)
+        p = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--child"],
+            input=json.dumps({"jobs": pending}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=e,
+        )
         done = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
         out += done
         if len(done) < len(pending):
             out.append({"ok": False, "lines": [], "died": p.stderr[-800:]})
-            pending = pending[len(done) + 1:]
+            pending = pending[len(done) + 1 :]
         else:
             pending = []
     return out
@@ -227,8 +303,15 @@ def parse(lines: list[str]) -> dict[str, Any]:
         m = re.search(r"(\S+) compute buffer size is +([0-9.]+) MiB", ln)
         if m:
             r["compute"][m.group(1)] = float(m.group(2))
-        elif "flash_attn" in ln or "graph nodes" in ln or "graph:" in ln or "worst-case" in ln \
-                or "Flash Attention" in ln or "failed" in ln or "error" in ln.lower():
+        elif (
+            "flash_attn" in ln
+            or "graph nodes" in ln
+            or "graph:" in ln
+            or "worst-case" in ln
+            or "Flash Attention" in ln
+            or "failed" in ln
+            or "error" in ln.lower()
+        ):
             r["other"].append(ln.strip()[:200])
     return r
 
@@ -239,38 +322,46 @@ def grid(name: str, which: str) -> list[dict[str, Any]]:
     if which == "main":
         ngls = [-1, n, 3 * n // 4, n // 2, n // 4, 0]
         ctxs = [4096, 32768, 131072]
-        kvs = [("f16", "f16", "on"), ("f16", "f16", "off"), ("q8_0", "q8_0", "on"),
-               ("q4_0", "q4_0", "on")]
-        cases = [dict(ngl=g, n_ctx=c, tk=k, tv=v, fa=f) for g in ngls for c in ctxs
-                 for k, v, f in kvs]
+        kvs = [("f16", "f16", "on"), ("f16", "f16", "off"), ("q8_0", "q8_0", "on"), ("q4_0", "q4_0", "on")]
+        cases = [dict(ngl=g, n_ctx=c, tk=k, tv=v, fa=f) for g in ngls for c in ctxs for k, v, f in kvs]
         # ubatch, parallel sequences, mixed K/V types, explicit FA auto
-        cases += [dict(ngl=-1, n_ctx=16384, tk="f16", tv="f16", fa="on", n_ubatch=2048),
-                  dict(ngl=-1, n_ctx=16384, tk="q8_0", tv="q8_0", fa="on", n_ubatch=1024),
-                  dict(ngl=-1, n_ctx=16384, tk="f16", tv="f16", fa="off", n_ubatch=1024),
-                  dict(ngl=n // 2, n_ctx=16384, tk="f16", tv="f16", fa="on", n_ubatch=2048),
-                  dict(ngl=-1, n_ctx=32768, tk="f16", tv="f16", fa="on", n_seq=4),
-                  dict(ngl=-1, n_ctx=32768, tk="q8_0", tv="q8_0", fa="on", n_seq=4),
-                  dict(ngl=-1, n_ctx=16384, tk="q8_0", tv="f16", fa="off"),
-                  dict(ngl=-1, n_ctx=16384, tk="q4_0", tv="f16", fa="on"),
-                  dict(ngl=-1, n_ctx=8192, tk="f16", tv="f16", fa="auto")]
+        cases += [
+            dict(ngl=-1, n_ctx=16384, tk="f16", tv="f16", fa="on", n_ubatch=2048),
+            dict(ngl=-1, n_ctx=16384, tk="q8_0", tv="q8_0", fa="on", n_ubatch=1024),
+            dict(ngl=-1, n_ctx=16384, tk="f16", tv="f16", fa="off", n_ubatch=1024),
+            dict(ngl=n // 2, n_ctx=16384, tk="f16", tv="f16", fa="on", n_ubatch=2048),
+            dict(ngl=-1, n_ctx=32768, tk="f16", tv="f16", fa="on", n_seq=4),
+            dict(ngl=-1, n_ctx=32768, tk="q8_0", tv="q8_0", fa="on", n_seq=4),
+            dict(ngl=-1, n_ctx=16384, tk="q8_0", tv="f16", fa="off"),
+            dict(ngl=-1, n_ctx=16384, tk="q4_0", tv="f16", fa="on"),
+            dict(ngl=-1, n_ctx=8192, tk="f16", tv="f16", fa="auto"),
+        ]
         return cases
     # "check": settings the fit never saw
     ngls = [-1, n - 1, n // 3, 1]
-    return [dict(ngl=g, n_ctx=c, tk=k, tv=k, fa=f) for g in ngls for c in (12288, 65536)
-            for k, f in (("f16", "on"), ("q8_0", "on"), ("q4_0", "on"), ("f16", "off"))]
+    return [
+        dict(ngl=g, n_ctx=c, tk=k, tv=k, fa=f)
+        for g in ngls
+        for c in (12288, 65536)
+        for k, f in (("f16", "on"), ("q8_0", "on"), ("q4_0", "on"), ("f16", "off"))
+    ]
 
 
-DEBUG_CASES = [("llama3-70b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on")),
-               ("llama3-70b", dict(ngl=-1, n_ctx=65536, tk="q4_0", tv="q4_0", fa="on")),
-               ("llama3-8b", dict(ngl=-1, n_ctx=8192, tk="f16", tv="f16", fa="off")),
-               ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=32768, tk="f16", tv="f16", fa="on")),
-               ("qwen3moe-30b-a3b", dict(ngl=12, n_ctx=32768, tk="f16", tv="f16", fa="on")),
-               ("gemma3-27b", dict(ngl=-1, n_ctx=32768, tk="q8_0", tv="q8_0", fa="on")),
-               ("qwen3-32b", dict(ngl=32, n_ctx=4096, tk="f16", tv="f16", fa="off"))]
-REAL_CASES = [("llama3-8b", dict(ngl=-1, n_ctx=32768, tk="q8_0", tv="q8_0", fa="on")),
-              ("llama3-8b", dict(ngl=16, n_ctx=16384, tk="f16", tv="f16", fa="on")),
-              ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=16384, tk="q4_0", tv="q4_0", fa="on")),
-              ("llama3-70b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on"))]
+DEBUG_CASES = [
+    ("llama3-70b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on")),
+    ("llama3-70b", dict(ngl=-1, n_ctx=65536, tk="q4_0", tv="q4_0", fa="on")),
+    ("llama3-8b", dict(ngl=-1, n_ctx=8192, tk="f16", tv="f16", fa="off")),
+    ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=32768, tk="f16", tv="f16", fa="on")),
+    ("qwen3moe-30b-a3b", dict(ngl=12, n_ctx=32768, tk="f16", tv="f16", fa="on")),
+    ("gemma3-27b", dict(ngl=-1, n_ctx=32768, tk="q8_0", tv="q8_0", fa="on")),
+    ("qwen3-32b", dict(ngl=32, n_ctx=4096, tk="f16", tv="f16", fa="off")),
+]
+REAL_CASES = [
+    ("llama3-8b", dict(ngl=-1, n_ctx=32768, tk="q8_0", tv="q8_0", fa="on")),
+    ("llama3-8b", dict(ngl=16, n_ctx=16384, tk="f16", tv="f16", fa="on")),
+    ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=16384, tk="q4_0", tv="q4_0", fa="on")),
+    ("llama3-70b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on")),
+]
 
 
 def main() -> int:
@@ -292,16 +383,29 @@ def main() -> int:
     mdir.mkdir(parents=True, exist_ok=True)
     names = a.shapes.split(",")
     meta = {n: write_sparse_gguf(mdir / f"{n}.gguf", n) for n in names}
-    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "shapes": meta, "cases": [],
-                           "real": [], "write_s": round(time.time() - t0, 1)}
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "shapes": meta,
+        "cases": [],
+        "real": [],
+        "write_s": round(time.time() - t0, 1),
+    }
     path = out / f"raw-{a.grid}.json"
     for n in names:
         cases = grid(n, a.grid)
         jobs = [{"path": str(mdir / f"{n}.gguf"), "s": c} for c in cases]
         t = time.time()
         for c, r in zip(cases, run_jobs(jobs)):
-            res["cases"].append({"shape": n, "settings": c, "ok": r["ok"], "wall_s": r.get("s"),
-                                 **parse(r["lines"]), "died": r.get("died")})
+            res["cases"].append(
+                {
+                    "shape": n,
+                    "settings": c,
+                    "ok": r["ok"],
+                    "wall_s": r.get("s"),
+                    **parse(r["lines"]),
+                    "died": r.get("died"),
+                }
+            )
         print(f"{n}: {len(cases)} cases in {time.time() - t:.1f} s", flush=True)
         path.write_text(json.dumps(res, indent=0))
     if a.debug:
@@ -318,14 +422,29 @@ def main() -> int:
                 continue
             t = time.time()
             r = run_jobs([{"path": str(mdir / f"{n}.gguf"), "s": c, "real": True}])[0]
-            res["real"].append({"shape": n, "settings": c, "ok": r["ok"], "load_s": time.time() - t,
-                                **parse(r["lines"]), "died": r.get("died")})
+            res["real"].append(
+                {
+                    "shape": n,
+                    "settings": c,
+                    "ok": r["ok"],
+                    "load_s": time.time() - t,
+                    **parse(r["lines"]),
+                    "died": r.get("died"),
+                }
+            )
             print(f"real {n} {c}: {time.time() - t:.1f} s", flush=True)
             path.write_text(json.dumps(res, indent=0))
     res["total_s"] = round(time.time() - t0, 1)
     path.write_text(json.dumps(res, indent=0))
-    print(json.dumps({"cases": len(res["cases"]), "bad": sum(not c["ok"] for c in res["cases"]),
-                      "total_s": res["total_s"]}))
+    print(
+        json.dumps(
+            {
+                "cases": len(res["cases"]),
+                "bad": sum(not c["ok"] for c in res["cases"]),
+                "total_s": res["total_s"],
+            }
+        )
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ for every case with one H200-sized CUDA device, and compares the compute allocat
 device with the exact numbers: CUDA0 with `CUDA0 compute buffer`, CPU with `CUDA_Host` (+
 `CPU`). Prints the worst error per shape × regime and writes every case.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,20 @@ from engine.core.memory_types import Device, GiB, MiB, PlanSettings  # noqa: E40
 from engine.gguf.inspect import inspect_gguf  # noqa: E402
 from engine.plan.analytic import analytic_plan  # noqa: E402
 
-DEVICES = [Device("CPU", "cpu", 128 * GiB, 120 * GiB),
-           Device("CUDA0", "gpu", 143771 * MiB, 143000 * MiB)]
+DEVICES = [Device("CPU", "cpu", 128 * GiB, 120 * GiB), Device("CUDA0", "gpu", 143771 * MiB, 143000 * MiB)]
 
 
 def settings_of(s: dict[str, Any]) -> PlanSettings:
-    return PlanSettings(n_ctx=s["n_ctx"], type_k=s["tk"], type_v=s["tv"], flash_attn=s["fa"],
-                        n_gpu_layers=s["ngl"], n_ubatch=s.get("n_ubatch", 512),
-                        n_seq_max=s.get("n_seq", 1), swa_full=s.get("swa_full", False))
+    return PlanSettings(
+        n_ctx=s["n_ctx"],
+        type_k=s["tk"],
+        type_v=s["tv"],
+        flash_attn=s["fa"],
+        n_gpu_layers=s["ngl"],
+        n_ubatch=s.get("n_ubatch", 512),
+        n_seq_max=s.get("n_seq", 1),
+        swa_full=s.get("swa_full", False),
+    )
 
 
 def regime(s: dict[str, Any], n_layer: int) -> str:
@@ -50,16 +57,24 @@ def compare(raw: dict[str, Any], mdir: Path, which: str = "cases") -> list[dict[
             infos[n] = inspect_gguf(p)
         s = settings_of(c["settings"])
         plan = analytic_plan(infos[n], s, DEVICES)
-        exact = {"CUDA0": c["compute"].get("CUDA0", 0.0),
-                 "CPU": c["compute"].get("CUDA_Host", 0.0) + c["compute"].get("CPU", 0.0)}
-        row = {"shape": n, "settings": c["settings"], "regime": regime(c["settings"],
-                                                                        SHAPES[n]["n_layer"]),
-               "devices": {}}
+        exact = {
+            "CUDA0": c["compute"].get("CUDA0", 0.0),
+            "CPU": c["compute"].get("CUDA_Host", 0.0) + c["compute"].get("CPU", 0.0),
+        }
+        row = {
+            "shape": n,
+            "settings": c["settings"],
+            "regime": regime(c["settings"], SHAPES[n]["n_layer"]),
+            "devices": {},
+        }
         for dev, e in exact.items():
             a = plan.bytes_for(dev, "compute") / MiB
-            row["devices"][dev] = {"analytic_mib": round(a, 2), "exact_mib": e,
-                                   "error_mib": round(a - e, 2),
-                                   "error_pct": round((a - e) / e * 100, 2) if e else None}
+            row["devices"][dev] = {
+                "analytic_mib": round(a, 2),
+                "exact_mib": e,
+                "error_mib": round(a - e, 2),
+                "error_pct": round((a - e) / e * 100, 2) if e else None,
+            }
         row["notes"] = [x for x in plan.notes if x.startswith("compute")]
         rows.append(row)
     return rows
@@ -72,9 +87,11 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
             k = (r["shape"], r["regime"], dev)
             lo, hi, pct = worst.get(k, (1e9, -1e9, 0.0))
             err = d["error_mib"]
-            worst[k] = (min(lo, err), max(hi, err),
-                        max(pct, abs(d["error_pct"] or 0.0)))
-    out = ["| shape | regime | device | most under MiB | most over MiB | worst % |", "|---|---|---|---|---|---|"]
+            worst[k] = (min(lo, err), max(hi, err), max(pct, abs(d["error_pct"] or 0.0)))
+    out = [
+        "| shape | regime | device | most under MiB | most over MiB | worst % |",
+        "|---|---|---|---|---|---|",
+    ]
     for (shape, reg, dev), (lo, hi, pct) in sorted(worst.items()):
         out.append(f"| {shape} | {reg} | {dev} | {lo:+.2f} | {hi:+.2f} | {pct:.1f} |")
     return out
@@ -95,8 +112,12 @@ def main() -> int:
         name = Path(path).stem
         rows = compare(raw, mdir)
         real = compare(raw, mdir, "real") if raw.get("real") else []
-        res["grids"][name] = {"date": raw.get("date"), "shapes": raw.get("shapes"),
-                              "cases": rows, "real_loads": real}
+        res["grids"][name] = {
+            "date": raw.get("date"),
+            "shapes": raw.get("shapes"),
+            "cases": rows,
+            "real_loads": real,
+        }
         all_rows += rows + real
     table = summary(all_rows)
     res["summary"] = table

@@ -12,6 +12,7 @@ context), and loads the model at KV Deck's fitted settings to prove they load. N
 the runtime child, minus llama.cpp's buffers, gives what a CUDA process holds outside them. Results go to
 ``gpu-memory-<date>.json`` and ``.md`` in the output folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_bench import SHAPES, write_gguf  # noqa: E402
 from engine import protocol as P  # noqa: E402
-from engine.runtime.exact_plan import exact_plan, plan_from_log  # noqa: E402
-from engine.plan.fit import fit  # noqa: E402
+from engine.core.memory_types import COMPONENTS, GiB, MemoryPlan, MiB, PlanSettings  # noqa: E402
 from engine.gguf.inspect import inspect_gguf  # noqa: E402
-from engine.runtime.host import RuntimeHost  # noqa: E402
 from engine.plan.analytic import analytic_plan  # noqa: E402
-from engine.core.memory_types import COMPONENTS, GiB, MiB, MemoryPlan, PlanSettings  # noqa: E402
+from engine.plan.fit import fit  # noqa: E402
+from engine.runtime.exact_plan import exact_plan, plan_from_log  # noqa: E402
+from engine.runtime.host import RuntimeHost  # noqa: E402
 from engine.runtime.info import plan_devices  # noqa: E402
 from engine.runtime.telemetry import Telemetry  # noqa: E402
 
@@ -56,8 +57,13 @@ def table(plan: MemoryPlan) -> dict[str, dict[str, int]]:
     return {d: {c: plan.bytes_for(d, c) for c in COMPONENTS} for d in plan.devices()}
 
 
-def load_measured(host: RuntimeHost, model: Path, s: PlanSettings, tel: Telemetry | None = None,
-                  footprint: list[dict[str, Any]] | None = None) -> tuple[MemoryPlan | None, str]:
+def load_measured(
+    host: RuntimeHost,
+    model: Path,
+    s: PlanSettings,
+    tel: Telemetry | None = None,
+    footprint: list[dict[str, Any]] | None = None,
+) -> tuple[MemoryPlan | None, str]:
     try:
         loaded = host.load(P.LoadParams(str(model), s), timeout=600)
     except Exception as exc:  # noqa: BLE001 - recorded in the results
@@ -66,9 +72,14 @@ def load_measured(host: RuntimeHost, model: Path, s: PlanSettings, tel: Telemetr
     if tel is not None and footprint is not None:
         held = child_gpu_mib(tel, host.pid)
         buffers = sum(a.bytes for a in plan.allocations if a.device.startswith("CUDA")) / MiB
-        footprint.append({"settings": s.to_dict(), "child_nvml_mib": held,
-                          "buffers_mib": round(buffers, 1),
-                          "outside_buffers_mib": None if held is None else round(held - buffers, 1)})
+        footprint.append(
+            {
+                "settings": s.to_dict(),
+                "child_nvml_mib": held,
+                "buffers_mib": round(buffers, 1),
+                "outside_buffers_mib": None if held is None else round(held - buffers, 1),
+            }
+        )
     host.unload()
     return plan, ""
 
@@ -77,14 +88,23 @@ def fit_params(binary: str, model: Path, free_mib: int, budget_mib: int) -> dict
     """llama-fit-params with a margin that leaves ``budget_mib - 1024`` of *our* free reading;
     its own free reading (taken after it created its CUDA context) comes back as ``free_mib``."""
     margin = max(0, free_mib - budget_mib + 1024)
-    r = subprocess.run([binary, "-m", str(model), "-fitt", str(margin), "-lv", "4"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [binary, "-m", str(model), "-fitt", str(margin), "-lv", "4"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = r.stdout + r.stderr
     m = re.search(r"-c (\d+) -ngl (-?\d+)", out)
     f = re.search(r"MiB of device memory vs\. (\d+) MiB of free device memory", out)
-    return {"n_ctx": int(m.group(1)) if m else None, "n_gpu_layers": int(m.group(2)) if m else None,
-            "margin_mib": margin, "free_mib": int(f.group(1)) if f else None, "rc": r.returncode,
-            "tail": out[-400:]}
+    return {
+        "n_ctx": int(m.group(1)) if m else None,
+        "n_gpu_layers": int(m.group(2)) if m else None,
+        "margin_mib": margin,
+        "free_mib": int(f.group(1)) if f else None,
+        "rc": r.returncode,
+        "tail": out[-400:],
+    }
 
 
 def child_gpu_mib(tel: Telemetry, pid: int | None) -> float | None:
@@ -97,8 +117,10 @@ def child_gpu_mib(tel: Telemetry, pid: int | None) -> float | None:
 
 def write_md(res: dict[str, Any], path: Path) -> None:
     """The run as the tables the closing note quotes."""
-    rows = ["| settings | device | component | analytic MiB | exact MiB | measured MiB | analytic error |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| settings | device | component | analytic MiB | exact MiB | measured MiB | analytic error |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in res["cases"]:
         label = " ".join(f"{k}={v}" for k, v in c["settings"].items())
         for dev, comps in c["analytic"].items():
@@ -107,16 +129,26 @@ def write_md(res: dict[str, Any], path: Path) -> None:
                 m = (c["measured"] or {}).get(dev, {}).get(comp, 0)
                 if a or e or m:
                     pct = f" ({(a - m) / m * 100:+.1f} %)" if m else ""
-                    rows.append(f"| {label} | {dev} | {comp} | {a / MiB:.1f} | {e / MiB:.1f} | "
-                                f"{m / MiB:.1f} | {(a - m) / MiB:+.1f} MiB{pct} |")
-    rows += ["", "Runtime child on the GPU outside llama.cpp's buffers (NVML minus buffers): "
-             + ", ".join(f"{f['outside_buffers_mib']}" for f in res.get("footprint", [])) + " MiB.",
-             "", "| budget | KV Deck n_ctx (reserve) | KV Deck n_ctx given llama-fit-params' free "
-             "reading | llama-fit-params n_ctx | its free reading MiB | loads |", "|---|---|---|---|---|---|"]
+                    rows.append(
+                        f"| {label} | {dev} | {comp} | {a / MiB:.1f} | {e / MiB:.1f} | "
+                        f"{m / MiB:.1f} | {(a - m) / MiB:+.1f} MiB{pct} |"
+                    )
+    rows += [
+        "",
+        "Runtime child on the GPU outside llama.cpp's buffers (NVML minus buffers): "
+        + ", ".join(f"{f['outside_buffers_mib']}" for f in res.get("footprint", []))
+        + " MiB.",
+        "",
+        "| budget | KV Deck n_ctx (reserve) | KV Deck n_ctx given llama-fit-params' free "
+        "reading | llama-fit-params n_ctx | its free reading MiB | loads |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in res["fit"]:
         ref, same = f["llama_fit_params"] or {}, f.get("kvdeck_same_free") or {}
-        rows.append(f"| {f['budget_gib']} GiB | {f['kvdeck']['n_ctx']} ({f.get('reserve_mib')} MiB) | "
-                    f"{same.get('n_ctx')} | {ref.get('n_ctx')} | {ref.get('free_mib')} | {f['loads']} |")
+        rows.append(
+            f"| {f['budget_gib']} GiB | {f['kvdeck']['n_ctx']} ({f.get('reserve_mib')} MiB) | "
+            f"{same.get('n_ctx')} | {ref.get('n_ctx')} | {ref.get('free_mib')} | {f['loads']} |"
+        )
     path.write_text("\n".join([f"# Memory plan vs llama.cpp on a GPU ({res['date']})", ""] + rows) + "\n")
 
 
@@ -134,8 +166,15 @@ def main() -> int:
     meta = write_gguf(model, args.shape)
     info = inspect_gguf(model)
     devices, note = plan_devices()
-    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "model": meta, "write_s": round(time.time() - t, 1),
-                           "devices": [d.__dict__ for d in devices], "gpu_note": note, "cases": [], "fit": []}
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "model": meta,
+        "write_s": round(time.time() - t, 1),
+        "devices": [d.__dict__ for d in devices],
+        "gpu_note": note,
+        "cases": [],
+        "fit": [],
+    }
     with RuntimeHost() as host:
         tel = Telemetry()
         res["child_gpu_mib_ready"] = child_gpu_mib(tel, host.pid)  # before any model
@@ -147,32 +186,69 @@ def main() -> int:
             e = exact_plan(info, s, devices)
             exact_s = time.time() - t
             m, err = load_measured(host, model, s, tel, res["footprint"])
-            res["cases"].append({"settings": case, "analytic": table(a), "exact": table(e),
-                                 "measured": table(m) if m else None, "error": err,
-                                 "exact_wall_s": round(exact_s, 2), "flash_attn_exact": e.flash_attn_resolved})
+            res["cases"].append(
+                {
+                    "settings": case,
+                    "analytic": table(a),
+                    "exact": table(e),
+                    "measured": table(m) if m else None,
+                    "error": err,
+                    "exact_wall_s": round(exact_s, 2),
+                    "flash_attn_exact": e.flash_attn_resolved,
+                }
+            )
             (out / f"gpu-memory-{res['date']}.json").write_text(json.dumps(res, indent=1))
         gpu = next((d for d in devices if d.kind == "gpu"), None)
         for budget in BUDGETS_GIB:
-            r = fit(info, PlanSettings(n_ctx=0), devices, plan_fn=analytic_plan, budget_bytes=budget * GiB,
-                    margin_bytes=1024 * MiB)
+            r = fit(
+                info,
+                PlanSettings(n_ctx=0),
+                devices,
+                plan_fn=analytic_plan,
+                budget_bytes=budget * GiB,
+                margin_bytes=1024 * MiB,
+            )
             ok, err = (False, "did not fit")
             if r.fits:
                 m, err = load_measured(host, model, r.settings)
                 ok = m is not None
-            ref = fit_params(args.fit_params, model, gpu.free_bytes // MiB, budget * 1024) if (
-                args.fit_params and gpu) else None
+            ref = (
+                fit_params(args.fit_params, model, gpu.free_bytes // MiB, budget * 1024)
+                if (args.fit_params and gpu)
+                else None
+            )
             same = None
             if ref and ref.get("free_mib"):  # KV Deck given exactly the memory llama.cpp saw
-                seen = [dataclasses.replace(d, free_bytes=ref["free_mib"] * MiB, reserved_bytes=0)
-                        if d.kind == "gpu" else d for d in devices]
-                rs = fit(info, PlanSettings(n_ctx=0), seen, plan_fn=analytic_plan,
-                         margin_bytes=ref["margin_mib"] * MiB)
+                seen = [
+                    dataclasses.replace(d, free_bytes=ref["free_mib"] * MiB, reserved_bytes=0)
+                    if d.kind == "gpu"
+                    else d
+                    for d in devices
+                ]
+                rs = fit(
+                    info,
+                    PlanSettings(n_ctx=0),
+                    seen,
+                    plan_fn=analytic_plan,
+                    margin_bytes=ref["margin_mib"] * MiB,
+                )
                 same = {"n_ctx": rs.plan.n_ctx, "limited_by": rs.limited_by}
-            res["fit"].append({"budget_gib": budget, "kvdeck": {"n_ctx": r.plan.n_ctx, "n_gpu_layers":
-                               r.settings.n_gpu_layers, "limited_by": r.limited_by, "fits": r.fits},
-                               "kvdeck_same_free": same, "reserve_mib": gpu.reserved_bytes // MiB
-                               if gpu else None, "loads": ok, "load_error": err,
-                               "llama_fit_params": ref})
+            res["fit"].append(
+                {
+                    "budget_gib": budget,
+                    "kvdeck": {
+                        "n_ctx": r.plan.n_ctx,
+                        "n_gpu_layers": r.settings.n_gpu_layers,
+                        "limited_by": r.limited_by,
+                        "fits": r.fits,
+                    },
+                    "kvdeck_same_free": same,
+                    "reserve_mib": gpu.reserved_bytes // MiB if gpu else None,
+                    "loads": ok,
+                    "load_error": err,
+                    "llama_fit_params": ref,
+                }
+            )
             (out / f"gpu-memory-{res['date']}.json").write_text(json.dumps(res, indent=1))
     tel.close()
     write_md(res, out / f"gpu-memory-{res['date']}.md")

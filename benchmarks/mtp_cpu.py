@@ -4,6 +4,7 @@ real models; the speed-up here is Python overhead on a model that costs microsec
 
 Usage: PYTHONPATH=. python benchmarks/mtp_cpu.py OUT.json
 """
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,14 @@ def run(path: Path, settings: PlanSettings, mode: str, assistant: Path | None = 
             tps_plain.append(a.tokens_per_s)
             tps_spec.append(b.tokens_per_s)
     n = max(i + 1 for i, d in enumerate(drafted) if d) if any(drafted) else 0
-    return {"greedy_identical": f"{same}/{len(PROMPTS)}", "drafted_at": drafted[:n], "accepted_at": accepted[:n],
-            "acceptance": [round(c / d, 4) if d else None for d, c in zip(drafted[:n], accepted[:n])],
-            "plain_tokens_per_s": round(sum(tps_plain) / len(tps_plain), 1),
-            "drafted_tokens_per_s": round(sum(tps_spec) / len(tps_spec), 1)}
+    return {
+        "greedy_identical": f"{same}/{len(PROMPTS)}",
+        "drafted_at": drafted[:n],
+        "accepted_at": accepted[:n],
+        "acceptance": [round(c / d, 4) if d else None for d, c in zip(drafted[:n], accepted[:n])],
+        "plain_tokens_per_s": round(sum(tps_plain) / len(tps_plain), 1),
+        "drafted_tokens_per_s": round(sum(tps_spec) / len(tps_spec), 1),
+    }
 
 
 def main() -> None:
@@ -48,9 +53,15 @@ def main() -> None:
     base = dict(n_ctx=512, n_batch=64, n_ubatch=64)
     out = {
         "hy_v3 3 chained heads": run(mm.write_hyv3(d / "h.gguf"), PlanSettings(mtp=True, **base), "mtp"),
-        "qwen35 1 head, hybrid, n_rs_seq 4": run(mm.write_qwen35(d / "q.gguf"), PlanSettings(mtp=True, n_rs_seq=4, **base), "mtp"),
-        "gemma4 + gemma4-assistant (shared KV)": run(mm.write_gemma4_target(d / "g.gguf"), PlanSettings(**base), "model",
-                                                     mm.write_gemma4_assistant(d / "a.gguf")),
+        "qwen35 1 head, hybrid, n_rs_seq 4": run(
+            mm.write_qwen35(d / "q.gguf"), PlanSettings(mtp=True, n_rs_seq=4, **base), "mtp"
+        ),
+        "gemma4 + gemma4-assistant (shared KV)": run(
+            mm.write_gemma4_target(d / "g.gguf"),
+            PlanSettings(**base),
+            "model",
+            mm.write_gemma4_assistant(d / "a.gguf"),
+        ),
     }
     json.dump(out, open(sys.argv[1], "w"), indent=1)
     print(json.dumps(out, indent=1))

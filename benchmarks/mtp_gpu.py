@@ -14,6 +14,7 @@ own classes (engine.child.session / selfdraft / speculative):
 
 Usage: python mtp_gpu.py OUTDIR [MODELDIR]
 """
+
 from __future__ import annotations
 
 import json
@@ -45,14 +46,27 @@ def write_target(path: str) -> None:
     w = gguf.GGUFWriter(path, "hy_v3")
     a = "hy_v3"
     w.add_string("general.name", "synthetic-8b-mtp1")
-    for k, v in (("context_length", 8192), ("embedding_length", E), ("block_count", N_TRUNK + 1),
-                 ("feed_forward_length", FF), ("attention.head_count", H), ("attention.head_count_kv", HKV),
-                 ("attention.key_length", D), ("attention.value_length", D), ("rope.dimension_count", D),
-                 ("expert_feed_forward_length", 0), ("nextn_predict_layers", 1)):
+    for k, v in (
+        ("context_length", 8192),
+        ("embedding_length", E),
+        ("block_count", N_TRUNK + 1),
+        ("feed_forward_length", FF),
+        ("attention.head_count", H),
+        ("attention.head_count_kv", HKV),
+        ("attention.key_length", D),
+        ("attention.value_length", D),
+        ("rope.dimension_count", D),
+        ("expert_feed_forward_length", 0),
+        ("nextn_predict_layers", 1),
+    ):
         w.add_uint32(f"{a}.{k}", v)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
     w.add_float32(f"{a}.rope.freq_base", 500000.0)
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"\u2581w{i}" for i in range(N_WORDS)]
+    tokens = (
+        ["<unk>", "<s>", "</s>"]
+        + [f"<0x{b:02X}>" for b in range(256)]
+        + [f"\u2581w{i}" for i in range(N_WORDS)]
+    )
     w.add_string("tokenizer.ggml.model", "llama")
     w.add_array("tokenizer.ggml.tokens", tokens)
     w.add_array("tokenizer.ggml.scores", [0.0] * len(tokens))
@@ -105,11 +119,15 @@ def main() -> None:
     t0 = time.time()
     if not (os.path.exists(path) and os.path.getsize(path) > 1 << 30):
         write_target(path)
-    result: dict = {"model": "hy_v3 llama3-8B-shaped Q8_0 + 1 MTP head, random weights",
-                    "file_bytes": os.path.getsize(path), "write_s": round(time.time() - t0, 1)}
+    result: dict = {
+        "model": "hy_v3 llama3-8B-shaped Q8_0 + 1 MTP head, random weights",
+        "file_bytes": os.path.getsize(path),
+        "write_s": round(time.time() - t0, 1),
+    }
     print("written", result, flush=True)
 
     import llama_cpp.llama_cpp as LL
+
     from engine.child.decode import generate
     from engine.child.native_log import NativeLog
     from engine.child.session import LlamaSession
@@ -118,13 +136,19 @@ def main() -> None:
     from engine.core.sampling import SamplingParams
     from engine.protocol import GenerateRequest, LoadParams
 
-    log = NativeLog(lambda lvl, msg: print(msg, flush=True) if lvl >= 30 or "MTP" in msg or "nextn" in msg else None)
+    log = NativeLog(
+        lambda lvl, msg: print(msg, flush=True) if lvl >= 30 or "MTP" in msg or "nextn" in msg else None
+    )
     s = LlamaSession(lambda m: None, log)
     cancel = threading.Event()
     loaded = s.load(1, LoadParams(path, settings=PlanSettings(n_ctx=4096, mtp=True, n_gpu_layers=-1)), cancel)
-    result["load"] = {"mtp": loaded.mtp, "n_layer_nextn": loaded.n_layer_nextn, "n_ctx": loaded.n_ctx,
-                      "flash": s.flash_resolved,
-                      "memory_log": [ln for ln in loaded.memory_log if "buffer size" in ln or "KV" in ln][:40]}
+    result["load"] = {
+        "mtp": loaded.mtp,
+        "n_layer_nextn": loaded.n_layer_nextn,
+        "n_ctx": loaded.n_ctx,
+        "flash": s.flash_resolved,
+        "memory_log": [ln for ln in loaded.memory_log if "buffer size" in ln or "KV" in ln][:40],
+    }
     print("loaded", result["load"]["mtp"], s.flash_resolved, flush=True)
     m, sd = s.model, s.mtp
     greedy = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0).to_dict()
@@ -168,7 +192,7 @@ def main() -> None:
     costs["plain"] = costs["verify_0"]
     # the drafter needs the target's hidden state of position n-1: re-run the last prompt token
     ds = []
-    for r in range(R + 3):
+    for _ in range(R + 3):
         t = time.perf_counter()
         sd.draft(last, n, 1)
         ds.append(time.perf_counter() - t)
@@ -178,7 +202,8 @@ def main() -> None:
     result["costs_relative_to_plain_decode"] = rel
     print("costs", result["costs_ms"], flush=True)
     result["modelled_speedup"] = {
-        str(a): {f"k={k}": round(speedup(a, k, costs), 3) for k in range(1, 5)} for a in (0.5, 0.7, 0.9)}
+        str(a): {f"k={k}": round(speedup(a, k, costs), 3) for k in range(1, 5)} for a in (0.5, 0.7, 0.9)
+    }
     print("modelled", result["modelled_speedup"], flush=True)
 
     # --- end to end (random weights: acceptance ~0, this is the overhead) and greedy identity
@@ -186,9 +211,16 @@ def main() -> None:
     same = 0
     prompts = [" ".join(f"w{(7 * j + i) % 5000}" for i in range(40)) for j in range(4)]
     for j, p in enumerate(prompts):
-        plain = generate(s, GenerateRequest(id=10 + j, prompt=p, max_tokens=128, sampling=greedy, stream=False), cancel)
-        spec = generate_speculative(s, GenerateRequest(id=20 + j, prompt=p, max_tokens=128, sampling=greedy,
-                                                        stream=False, draft="mtp", draft_max=3), cancel)
+        plain = generate(
+            s, GenerateRequest(id=10 + j, prompt=p, max_tokens=128, sampling=greedy, stream=False), cancel
+        )
+        spec = generate_speculative(
+            s,
+            GenerateRequest(
+                id=20 + j, prompt=p, max_tokens=128, sampling=greedy, stream=False, draft="mtp", draft_max=3
+            ),
+            cancel,
+        )
         same += plain.tokens == spec.tokens
         e2e.setdefault("plain_tps", []).append(round(plain.tokens_per_s, 2))
         e2e.setdefault("mtp_tps", []).append(round(spec.tokens_per_s, 2))

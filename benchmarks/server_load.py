@@ -12,6 +12,7 @@ after the last. Bounded: every client sends ``--requests`` requests of at most `
 tokens, so a round ends however slow the machine is. The load average is recorded too: on a
 shared machine, compare rounds of one run, not runs of different days.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,15 +33,35 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PROMPTS = ["Write a long story about a lighthouse keeper.", "Explain how rain forms, in detail.",
-           "Describe a busy market in a port city.", "Write a letter to a friend about a journey.",
-           "Tell the history of the bicycle.", "Describe how bread is baked, step by step."]
+PROMPTS = [
+    "Write a long story about a lighthouse keeper.",
+    "Explain how rain forms, in detail.",
+    "Describe a busy market in a port city.",
+    "Write a letter to a friend about a journey.",
+    "Tell the history of the bicycle.",
+    "Describe how bread is baked, step by step.",
+]
 
 
-def start_server(model: str, parallel: int, ctx: int | None, threads: int,
-                 extra: list[str]) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "kvdeck", "serve", model, "--port", "0", "--parallel", str(parallel),
-           "--threads", str(threads), "--queue", "64", *extra]
+def start_server(
+    model: str, parallel: int, ctx: int | None, threads: int, extra: list[str]
+) -> tuple[subprocess.Popen, str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "kvdeck",
+        "serve",
+        model,
+        "--port",
+        "0",
+        "--parallel",
+        str(parallel),
+        "--threads",
+        str(threads),
+        "--queue",
+        "64",
+        *extra,
+    ]
     if ctx:
         cmd += ["--ctx", str(ctx)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -53,7 +74,11 @@ def start_server(model: str, parallel: int, ctx: int | None, threads: int,
 
 def runtime_child(proc: subprocess.Popen) -> psutil.Process:
     for _ in range(50):
-        kids = [p for p in psutil.Process(proc.pid).children(recursive=True) if "engine.child" in " ".join(p.cmdline())]
+        kids = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "engine.child" in " ".join(p.cmdline())
+        ]
         if kids:
             return kids[0]
         time.sleep(0.1)
@@ -61,9 +86,15 @@ def runtime_child(proc: subprocess.Popen) -> psutil.Process:
 
 
 def one_request(url: str, model: str, i: int, max_tokens: int) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-            "max_tokens": max_tokens, "temperature": 0.7, "seed": i, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "seed": i,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     ttft, tokens = None, 0
     with httpx.Client(timeout=900) as http:
@@ -107,11 +138,18 @@ def run_round(url: str, model: str, clients: int, requests: int, max_tokens: int
     ok = [r for r in results if r["ok"]]
     ttfts = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
     tokens = sum(r["tokens"] for r in ok)
-    return {"clients": clients, "requests": len(results), "failed": len(results) - len(ok),
-            "tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2),
-            "per_client_tokens_per_s": round(statistics.mean(r["tokens"] / r["total_s"] for r in ok), 2),
-            "ttft_median_s": round(statistics.median(ttfts), 3), "ttft_p95_s": round(p95(ttfts), 3),
-            "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "failed": len(results) - len(ok),
+        "tokens": tokens,
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(tokens / wall, 2),
+        "per_client_tokens_per_s": round(statistics.mean(r["tokens"] / r["total_s"] for r in ok), 2),
+        "ttft_median_s": round(statistics.median(ttfts), 3),
+        "ttft_p95_s": round(p95(ttfts), 3),
+        "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
+    }
 
 
 def main() -> int:
@@ -132,8 +170,9 @@ def main() -> int:
     model = args.model or str(paths.demo_model_path() or "")
     if not model:
         raise SystemExit("no model: pass --model or install the demo model")
-    proc, url = start_server(model, args.parallel, args.ctx or 1024 * args.parallel, args.threads,
-                             args.serve_args.split())
+    proc, url = start_server(
+        model, args.parallel, args.ctx or 1024 * args.parallel, args.threads, args.serve_args.split()
+    )
     url += "" if url.endswith("/v1") else "/v1"
     child = runtime_child(proc)
     peak = [child.memory_info().rss]
@@ -162,15 +201,27 @@ def main() -> int:
         proc.terminate()
         proc.wait(30)
     out = {
-        "date": dt.date.today().isoformat(), "model": Path(model).name, "parallel": args.parallel,
-        "ctx_total": args.ctx or 1024 * args.parallel, "max_tokens": args.max_tokens,
-        "requests_per_client": args.requests, "threads": args.threads or psutil.cpu_count(logical=False),
-        "serve_args": args.serve_args, "label": args.label,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores_logical": os.cpu_count(),
-                    "cores_physical": psutil.cpu_count(logical=False), "python": platform.python_version()},
+        "date": dt.date.today().isoformat(),
+        "model": Path(model).name,
+        "parallel": args.parallel,
+        "ctx_total": args.ctx or 1024 * args.parallel,
+        "max_tokens": args.max_tokens,
+        "requests_per_client": args.requests,
+        "threads": args.threads or psutil.cpu_count(logical=False),
+        "serve_args": args.serve_args,
+        "label": args.label,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores_logical": os.cpu_count(),
+            "cores_physical": psutil.cpu_count(logical=False),
+            "python": platform.python_version(),
+        },
         "rounds": rounds,
-        "runtime_rss_mib": {"before": round(rss_before / 2**20, 1), "peak": round(peak[0] / 2**20, 1),
-                            "after": round(rss_after / 2**20, 1)},
+        "runtime_rss_mib": {
+            "before": round(rss_before / 2**20, 1),
+            "peak": round(peak[0] / 2**20, 1),
+            "after": round(rss_after / 2**20, 1),
+        },
     }
     path = Path(args.out or ROOT / "benchmarks" / "results" / f"server-{out['date']}.json")
     path.write_text(json.dumps(out, indent=2) + "\n")

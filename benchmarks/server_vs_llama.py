@@ -16,6 +16,7 @@
 Random weights make end-of-generation as likely as any other token (1 in 128k per step), so the
 replies run to ``--tg`` tokens on both servers; the figures count what the servers report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-WORDS = ("river stone light window garden market letter morning silver engine harbor "
-         "mountain lantern paper orange winter valley forest bridge thunder").split()
+WORDS = (
+    "river stone light window garden market letter morning silver engine harbor "
+    "mountain lantern paper orange winter valley forest bridge thunder"
+).split()
 
 
 def prompt_text(i: int, n_words: int) -> str:
@@ -44,8 +47,16 @@ def prompt_text(i: int, n_words: int) -> str:
 
 
 def stream_request(url: str, prompt: str, max_tokens: int, seed: int) -> dict:
-    body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.7, "top_k": 40,
-            "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "m",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "top_k": 40,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     first = None
     chunks = 0
@@ -67,8 +78,15 @@ def stream_request(url: str, prompt: str, max_tokens: int, seed: int) -> dict:
     end = time.perf_counter()
     tokens = usage.get("completion_tokens") or timings.get("predicted_n") or chunks
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", timings.get("cache_n"))
-    return {"ok": True, "t0": t0, "first": first or end, "end": end, "tokens": int(tokens),
-            "prompt_tokens": usage.get("prompt_tokens", timings.get("prompt_n")), "cached": cached}
+    return {
+        "ok": True,
+        "t0": t0,
+        "first": first or end,
+        "end": end,
+        "tokens": int(tokens),
+        "prompt_tokens": usage.get("prompt_tokens", timings.get("prompt_n")),
+        "cached": cached,
+    }
 
 
 def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int) -> dict:
@@ -92,13 +110,19 @@ def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int) -
     tokens = sum(r["tokens"] for r in ok)
     span = max(r["end"] for r in ok) - min(r["first"] for r in ok) if ok else 0.0
     ttft = [r["first"] - r["t0"] for r in ok]
-    return {"clients": clients, "requests": len(results), "failed": len(results) - len(ok),
-            "errors": [r for r in results if not r["ok"]][:2], "tokens": tokens,
-            "prompt_tokens": ok[0]["prompt_tokens"] if ok else None, "wall_s": round(wall, 3),
-            "aggregate_tps": round(tokens / wall, 1) if wall else 0.0,
-            "decode_tps": round(sum(r["tokens"] - 1 for r in ok) / span, 1) if span > 0 else 0.0,
-            "ttft_median_s": round(statistics.median(ttft), 4) if ttft else None,
-            "ttft_max_s": round(max(ttft), 4) if ttft else None}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "failed": len(results) - len(ok),
+        "errors": [r for r in results if not r["ok"]][:2],
+        "tokens": tokens,
+        "prompt_tokens": ok[0]["prompt_tokens"] if ok else None,
+        "wall_s": round(wall, 3),
+        "aggregate_tps": round(tokens / wall, 1) if wall else 0.0,
+        "decode_tps": round(sum(r["tokens"] - 1 for r in ok) / span, 1) if span > 0 else 0.0,
+        "ttft_median_s": round(statistics.median(ttft), 4) if ttft else None,
+        "ttft_max_s": round(max(ttft), 4) if ttft else None,
+    }
 
 
 def prefix_reuse(url: str, prefix_words: int) -> dict:
@@ -107,9 +131,14 @@ def prefix_reuse(url: str, prefix_words: int) -> dict:
     b = stream_request(url, long + " another question about the garden", 4, 2)
     if not (a["ok"] and b["ok"]):
         return {"failed": [a, b]}
-    return {"prefix_words": prefix_words, "prompt_tokens": a.get("prompt_tokens"),
-            "ttft_first_s": round(a["first"] - a["t0"], 4), "ttft_second_s": round(b["first"] - b["t0"], 4),
-            "cached_tokens_first": a.get("cached"), "cached_tokens_second": b.get("cached")}
+    return {
+        "prefix_words": prefix_words,
+        "prompt_tokens": a.get("prompt_tokens"),
+        "ttft_first_s": round(a["first"] - a["t0"], 4),
+        "ttft_second_s": round(b["first"] - b["t0"], 4),
+        "cached_tokens_first": a.get("cached"),
+        "cached_tokens_second": b.get("cached"),
+    }
 
 
 def wait_health(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -138,15 +167,40 @@ def serve_rounds(url: str, args: argparse.Namespace) -> dict:
 
 def batched_bench(binary: Path, model: Path, args: argparse.Namespace, pp: int) -> list[dict]:
     ctx = max(args.client_list) * (pp + args.tg) + 1024
-    cmd = [str(binary), "-m", str(model), "-c", str(ctx), "-b", "2048", "-ub", "512", "-ngl", "99",
-           "-npp", str(pp), "-ntg", str(args.tg), "-npl", ",".join(map(str, args.client_list))]
+    cmd = [
+        str(binary),
+        "-m",
+        str(model),
+        "-c",
+        str(ctx),
+        "-b",
+        "2048",
+        "-ub",
+        "512",
+        "-ngl",
+        "99",
+        "-npp",
+        str(pp),
+        "-ntg",
+        str(args.tg),
+        "-npl",
+        ",".join(map(str, args.client_list)),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     rows = []
     for line in out.stdout.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 10 and cells[0].isdigit():
-            rows.append({"pp": int(cells[0]), "tg": int(cells[1]), "b": int(cells[2]),
-                         "s_pp_tps": float(cells[5]), "s_tg_tps": float(cells[7]), "s_tps": float(cells[9])})
+            rows.append(
+                {
+                    "pp": int(cells[0]),
+                    "tg": int(cells[1]),
+                    "b": int(cells[2]),
+                    "s_pp_tps": float(cells[5]),
+                    "s_tg_tps": float(cells[7]),
+                    "s_tps": float(cells[9]),
+                }
+            )
     if not rows:
         print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
     return rows
@@ -169,8 +223,14 @@ def main() -> int:
     args.client_list = [int(x) for x in args.clients.split(",")]
     bindir = Path(args.bin)
     model = Path(args.model)
-    res: dict = {"date": dt.date.today().isoformat(), "shape": args.shape, "parallel": args.parallel,
-                 "ctx_per_seq": args.ctx_per_seq, "tg": args.tg, "sampling": "temperature 0.7, top_k 40"}
+    res: dict = {
+        "date": dt.date.today().isoformat(),
+        "shape": args.shape,
+        "parallel": args.parallel,
+        "ctx_per_seq": args.ctx_per_seq,
+        "tg": args.tg,
+        "sampling": "temperature 0.7, top_k 40",
+    }
     t = time.time()
     if not model.exists():
         from gpu_bench import write_gguf
@@ -181,7 +241,9 @@ def main() -> int:
     ctx = args.parallel * args.ctx_per_seq
 
     def server(cmd: list[str], url: str) -> dict:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         try:
             wait_health(url, proc)
             return serve_rounds(url, args)
@@ -193,27 +255,64 @@ def main() -> int:
                 proc.kill()
 
     port = 18431
-    res["kvdeck"] = server([sys.executable, "-m", "kvdeck", "serve", str(model), "--port", str(port),
-                            "--parallel", str(args.parallel), "--ctx", str(ctx), "--queue", "256"],
-                           f"http://127.0.0.1:{port}")
+    res["kvdeck"] = server(
+        [
+            sys.executable,
+            "-m",
+            "kvdeck",
+            "serve",
+            str(model),
+            "--port",
+            str(port),
+            "--parallel",
+            str(args.parallel),
+            "--ctx",
+            str(ctx),
+            "--queue",
+            "256",
+        ],
+        f"http://127.0.0.1:{port}",
+    )
     pp = res["kvdeck"]["rounds"][0]["prompt_tokens"] or 128
-    res["llama_server"] = server([str(bindir / "llama-server"), "-m", str(model), "--port", str(port + 1),
-                                  "-np", str(args.parallel), "-c", str(ctx), "-ngl", "99"],
-                                 f"http://127.0.0.1:{port + 1}")
+    res["llama_server"] = server(
+        [
+            str(bindir / "llama-server"),
+            "-m",
+            str(model),
+            "--port",
+            str(port + 1),
+            "-np",
+            str(args.parallel),
+            "-c",
+            str(ctx),
+            "-ngl",
+            "99",
+        ],
+        f"http://127.0.0.1:{port + 1}",
+    )
     res["batched_bench"] = batched_bench(bindir / "llama-batched-bench", model, args, int(pp))
     table = []
     bb = {r["b"]: r for r in res["batched_bench"]}
-    for k, l, c in zip(res["kvdeck"]["rounds"], res["llama_server"]["rounds"], args.client_list):
+    for k, ls, c in zip(res["kvdeck"]["rounds"], res["llama_server"]["rounds"], args.client_list):
         b_same, b_slots = bb.get(c), bb.get(min(c, args.parallel))
-        table.append({
-            "clients": c, "kvdeck_tps": k["aggregate_tps"], "llama_server_tps": l["aggregate_tps"],
-            "vs_llama_server": round(k["aggregate_tps"] / l["aggregate_tps"], 3) if l["aggregate_tps"] else None,
-            "kvdeck_decode_tps": k["decode_tps"], "llama_server_decode_tps": l["decode_tps"],
-            "batched_bench_tg_tps_same_b": b_same and b_same["s_tg_tps"],
-            "batched_bench_tg_tps_b_slots": b_slots and b_slots["s_tg_tps"],
-            "kvdeck_decode_vs_batched_bench_b_slots":
-                round(k["decode_tps"] / b_slots["s_tg_tps"], 3) if b_slots else None,
-            "ttft_median_s": {"kvdeck": k["ttft_median_s"], "llama_server": l["ttft_median_s"]}})
+        table.append(
+            {
+                "clients": c,
+                "kvdeck_tps": k["aggregate_tps"],
+                "llama_server_tps": ls["aggregate_tps"],
+                "vs_llama_server": round(k["aggregate_tps"] / ls["aggregate_tps"], 3)
+                if ls["aggregate_tps"]
+                else None,
+                "kvdeck_decode_tps": k["decode_tps"],
+                "llama_server_decode_tps": ls["decode_tps"],
+                "batched_bench_tg_tps_same_b": b_same and b_same["s_tg_tps"],
+                "batched_bench_tg_tps_b_slots": b_slots and b_slots["s_tg_tps"],
+                "kvdeck_decode_vs_batched_bench_b_slots": round(k["decode_tps"] / b_slots["s_tg_tps"], 3)
+                if b_slots
+                else None,
+                "ttft_median_s": {"kvdeck": k["ttft_median_s"], "llama_server": ls["ttft_median_s"]},
+            }
+        )
     res["table"] = table
     print(json.dumps(table, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ source: desktop menus want PNGs (hicolor 16..512), Windows an ``.ico`` and macOS
 ``.iconset`` folder that ``iconutil`` turns into ``.icns``. Qt renders with the offscreen
 platform, so no display is needed.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """``python -m kvdeck``: the same as the ``kvdeck`` command."""
+
 import sys
 
 from kvdeck.launcher import main

@@ -9,11 +9,12 @@ when "it does not start"): it proves, without Qt or a display, that the executab
 itself as the runtime child, that llama.cpp loads from the bundle and that the demo model is
 there. ``--version`` prints what a bug report needs.
 """
+
 from __future__ import annotations
 
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 SELF_TEST_PROMPT = "Say hello in five words."
 
@@ -28,14 +29,14 @@ def self_test(max_tokens: int = 8) -> int:
     """Load the demo model in the runtime child, decode a few greedy tokens, report one line."""
     import logging
 
-    from engine.core import logfile, paths
-    from engine.core.errors import KvDeckError
     from engine.chat.conversation import reply
     from engine.chat.template import ChatMessage
-    from engine.runtime.host import RuntimeHost
+    from engine.core import logfile, paths
+    from engine.core.errors import KvDeckError
     from engine.core.memory_types import PlanSettings
-    from engine.protocol import LoadParams
     from engine.core.sampling import SamplingParams
+    from engine.protocol import LoadParams
+    from engine.runtime.host import RuntimeHost
 
     logging.getLogger("kvdeck").addHandler(logging.NullHandler())  # the one line says it all
     log_file = None
@@ -54,8 +55,13 @@ def self_test(max_tokens: int = 8) -> int:
             started = time.perf_counter()
             loaded = host.load(LoadParams(path=str(model), settings=PlanSettings(n_ctx=512)), timeout=300)
             load_s = time.perf_counter() - started
-            done = reply(host, loaded, [ChatMessage("user", SELF_TEST_PROMPT)], max_tokens=max_tokens,
-                         sampling=SamplingParams(temperature=0.0)).done
+            done = reply(
+                host,
+                loaded,
+                [ChatMessage("user", SELF_TEST_PROMPT)],
+                max_tokens=max_tokens,
+                sampling=SamplingParams(temperature=0.0),
+            ).done
         if not done.tokens:
             raise RuntimeError("the model generated no tokens")
     except Exception as exc:  # any failure is the answer, as one line; its traceback in the log file
@@ -63,8 +69,10 @@ def self_test(max_tokens: int = 8) -> int:
         where = f" (details in {log_file})" if log_file else ""
         _say(f"self-test failed: {' '.join(str(exc).split()) or type(exc).__name__}{where}")
         return 1
-    _say(f"self-test ok: {model.name}, {len(done.tokens)} tokens, {done.tokens_per_s:.1f} tokens/s, "
-         f"load {load_s:.2f} s")
+    _say(
+        f"self-test ok: {model.name}, {len(done.tokens)} tokens, {done.tokens_per_s:.1f} tokens/s, "
+        f"load {load_s:.2f} s"
+    )
     return 0
 
 
@@ -81,14 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _say(version_text())
         return 0
-    from engine.cli.main import COMMANDS, main as cli_main
+    from engine.cli.main import COMMANDS
+    from engine.cli.main import main as cli_main
 
     if args and (args[0] in COMMANDS or args[0] in ("-h", "--help")):
         return cli_main(args)
     word = next((a for a in args if not a.startswith("-")), None)
     if word is not None and not _looks_like_a_model(word):
-        _error(f"unknown command {word!r}; commands: {', '.join(sorted(COMMANDS))} "
-               "(kvdeck --help), or give a .gguf file to open it in the window")
+        _error(
+            f"unknown command {word!r}; commands: {', '.join(sorted(COMMANDS))} "
+            "(kvdeck --help), or give a .gguf file to open it in the window"
+        )
         return 2
     from app.display import display_problem
 

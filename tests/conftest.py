@@ -3,6 +3,7 @@
 Tests use real files because metadata written by real converters is what the app meets.
 The packages are optional; tests that need a model are skipped when it is not installed.
 """
+
 from __future__ import annotations
 
 import importlib

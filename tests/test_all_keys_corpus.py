@@ -10,6 +10,7 @@ model. Odd-but-legal values of keys the arch *does* read (`sliding_window = 0`, 
 per-layer array, `nextn_predict_layers = 0`) must give the same outcome as llama.cpp: the same
 plan when it loads the file, a refusal when it refuses.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 import pytest
 
 from engine.core.errors import ModelFileError
-from engine.core.memory_types import MiB, PlanSettings as S
+from engine.core.memory_types import MiB
+from engine.core.memory_types import PlanSettings as S
 from engine.gguf.arch_keys import all_arch_keys, reads
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
 from engine.plan.analytic import analytic_plan
@@ -27,8 +29,7 @@ from engine.plan.rules import check_settings
 from tests.helpers.gguf_factory import FAMILIES, write_family
 from tests.helpers.llama_dry_run import DryRun, dry_run
 
-SETTINGS = [S(n_ctx=512, flash_attn="on"),
-            S(n_ctx=1024, n_seq_max=2, flash_attn="off", swa_full=False)]
+SETTINGS = [S(n_ctx=512, flash_attn="on"), S(n_ctx=1024, n_seq_max=2, flash_attn="off", swa_full=False)]
 
 
 class Empty(tuple):
@@ -62,9 +63,11 @@ def _memory(run: DryRun) -> Any:
     if not run.ok:
         return None
     log = run.parser
-    return ([(c.kind, c.cells, c.layers, c.parts) for c in log.kv_caches],
-            [(c.kind, c.cells, c.layers, c.parts) for c in log.recurrent + log.states],
-            sorted(log.buffers.items()))
+    return (
+        [(c.kind, c.cells, c.layers, c.parts) for c in log.kv_caches],
+        [(c.kind, c.cells, c.layers, c.parts) for c in log.recurrent + log.states],
+        sorted(log.buffers.items()),
+    )
 
 
 def _ours(path: Path, settings: S) -> tuple[GGUFInfo | None, bool]:
@@ -77,17 +80,19 @@ def _ours(path: Path, settings: S) -> tuple[GGUFInfo | None, bool]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory
-           ) -> dict[str, tuple[Path, Path, list[DryRun], list[DryRun]]]:
+def corpus(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Path, Path, list[DryRun], list[DryRun]]]:
     """name -> (plain, all keys, plain dry runs, all-keys dry runs), all runs in one child."""
     plain_dir, full_dir = tmp_path_factory.mktemp("plain"), tmp_path_factory.mktemp("allkeys")
-    files = {n: (write_family(n, plain_dir), write_family(n, full_dir, **zero_keys(n)))
-             for n in FAMILIES}
+    files = {n: (write_family(n, plain_dir), write_family(n, full_dir, **zero_keys(n))) for n in FAMILIES}
     jobs = [(str(p), s) for pair in files.values() for p in pair for s in SETTINGS]
     runs = iter(dry_run(jobs, timeout=300))
     k = len(SETTINGS)
-    return {n: (p, f, [next(runs) for _ in range(k)], [next(runs) for _ in range(k)])
-            for n, (p, f) in files.items()}
+    return {
+        n: (p, f, [next(runs) for _ in range(k)], [next(runs) for _ in range(k)])
+        for n, (p, f) in files.items()
+    }
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -105,7 +110,10 @@ def test_all_keys_file_plans_like_the_plain_file(name: str, corpus: dict) -> Non
         mine, theirs = analytic_plan(full, settings, []), analytic_plan(plain, settings, [])
         assert mine.allocations == theirs.allocations and mine.notes == theirs.notes
         assert (mine.n_ctx, mine.kv_cells, mine.kv_cells_swa) == (
-            theirs.n_ctx, theirs.kv_cells, theirs.kv_cells_swa)
+            theirs.n_ctx,
+            theirs.kv_cells,
+            theirs.kv_cells_swa,
+        )
         _check_against_log(full, settings, frun)
 
 
@@ -161,5 +169,6 @@ def test_odd_but_legal_values_have_llama_cpps_outcome(tmp_path: Path) -> None:
                 _check_against_log(info, settings, run)
                 same_as_plain = _memory(run) == _memory(prun)
                 plain_plan = analytic_plan(inspect_gguf(plains[name]), settings, [])
-                assert same_as_plain == (analytic_plan(info, settings, []).allocations
-                                         == plain_plan.allocations), (name, why)
+                assert same_as_plain == (
+                    analytic_plan(info, settings, []).allocations == plain_plan.allocations
+                ), (name, why)

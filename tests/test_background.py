@@ -1,4 +1,5 @@
 """app.background: the one way the window runs work off the GUI thread."""
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,12 @@ def test_result_and_progress_arrive_on_the_gui_thread(qtbot):
     worker.result.connect(lambda v: seen.append(("result", v, _on_gui_thread(), "")))
     with qtbot.waitSignal(worker.finished):
         worker.start()
-    assert seen == [("progress", 0, True, ""), ("progress", 1, True, ""), ("progress", 2, True, ""),
-                    ("result", 30, True, "")]
+    assert seen == [
+        ("progress", 0, True, ""),
+        ("progress", 1, True, ""),
+        ("progress", 2, True, ""),
+        ("result", 30, True, ""),
+    ]
     assert worker.wait(5) and not worker.running
     with pytest.raises(RuntimeError):
         worker.start()  # one call per worker
@@ -46,8 +51,12 @@ def test_an_exception_reaches_the_error_handler_on_the_gui_thread(qtbot):
     def broken() -> None:
         raise ValueError("bad header")
 
-    worker = run_in_background(broken, parent=owner, on_result=results.append,
-                               on_error=lambda exc: got.append((exc, _on_gui_thread())))
+    worker = run_in_background(
+        broken,
+        parent=owner,
+        on_result=results.append,
+        on_error=lambda exc: got.append((exc, _on_gui_thread())),
+    )
     qtbot.waitSignal(worker.finished).wait()
     assert results == []
     assert len(got) == 1 and isinstance(got[0][0], ValueError) and got[0][1]
@@ -81,8 +90,9 @@ def test_owner_deleted_while_the_call_runs(qtbot, caplog):
 
     owner = QWidget()
     ok = run_in_background(slow, "ok", parent=owner, on_result=results.append, name="slow-ok")
-    bad = run_in_background(slow, "error", parent=owner, on_result=results.append,
-                            on_error=results.append, name="slow-bad")
+    bad = run_in_background(
+        slow, "error", parent=owner, on_result=results.append, on_error=results.append, name="slow-bad"
+    )
     relays = [QCoreApplication.instance().findChild(QObject, f"relay:{w.objectName()}") for w in (ok, bad)]
     assert all(r is not None for r in relays)
     with qtbot.waitSignal(owner.destroyed):
@@ -91,7 +101,9 @@ def test_owner_deleted_while_the_call_runs(qtbot, caplog):
         with qtbot.waitSignals([r.destroyed for r in relays]):
             release.set()  # both threads now deliver to a worker that no longer exists
     assert results == []
-    assert ["background work slow-bad failed after its owner was deleted"] == [r.getMessage() for r in caplog.records]
+    assert ["background work slow-bad failed after its owner was deleted"] == [
+        r.getMessage() for r in caplog.records
+    ]
 
 
 def test_gui_thread_callback_from_an_engine_thread(qtbot):

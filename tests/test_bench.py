@@ -1,4 +1,5 @@
 """The speed benchmark (engine.child.bench, ``kvdeck bench``) and the sampling paths of the hot loop."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,12 @@ import os
 
 import pytest
 
-from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.cli.main import main as cli_main
 from engine.core.errors import InvalidSettings
-from engine.runtime.host import RuntimeHost
+from engine.core.memory_types import PlanSettings
 from engine.core.sampling import PRESETS, SamplingParams
+from engine.runtime.host import RuntimeHost
 from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
@@ -22,8 +23,10 @@ FINISHED = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\nHi! How 
 
 
 def _host(path, sampler: str = "auto", n_ctx: int = 1024):
-    return running_host(P.LoadParams(path=str(path), settings=PlanSettings(n_ctx=n_ctx)),
-                        env={**os.environ, "KVDECK_SAMPLER": sampler})
+    return running_host(
+        P.LoadParams(path=str(path), settings=PlanSettings(n_ctx=n_ctx)),
+        env={**os.environ, "KVDECK_SAMPLER": sampler},
+    )
 
 
 def test_bench_measures_each_repetition_and_leaves_the_model_usable(smollm2_path):
@@ -33,8 +36,9 @@ def test_bench_measures_each_repetition_and_leaves_the_model_usable(smollm2_path
         assert all(x > 0 for x in res.pp_tokens_per_s + res.tg_tokens_per_s)
         assert (res.n_prompt, res.n_gen, res.depth) == (32, 8, 16)
         assert res.sampler and res.devices and 0.0 <= res.graph_reuse <= 1.0
-        only_tg = host.bench(n_prompt=0, n_gen=4, repetitions=1, sampler="cpu-chain",
-                             sampling=PRESETS["Balanced"])
+        only_tg = host.bench(
+            n_prompt=0, n_gen=4, repetitions=1, sampler="cpu-chain", sampling=PRESETS["Balanced"]
+        )
         assert only_tg.pp_tokens_per_s == [] and len(only_tg.tg_tokens_per_s) == 1
         with pytest.raises(InvalidSettings, match="context of"):
             host.bench(n_prompt=16, n_gen=8, depth=5000)
@@ -42,8 +46,7 @@ def test_bench_measures_each_repetition_and_leaves_the_model_usable(smollm2_path
 
 
 def test_cli_bench_json_contract(smollm2_path, capsys):
-    assert cli_main(["bench", str(smollm2_path), "--pp", "16", "--tg", "4", "--reps", "1",
-                     "--json"]) == 0
+    assert cli_main(["bench", str(smollm2_path), "--pp", "16", "--tg", "4", "--reps", "1", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {"model", "pp", "tg", "settings", "device"} <= set(data)
     assert data["pp"]["n"] == 16 and data["pp"]["tokens_per_s"] > 0

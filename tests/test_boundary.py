@@ -5,6 +5,7 @@ and the API server answers exactly one HTTP status. The load message carries the
 ``PlanSettings``, so the context the analytic plan sizes is the one the child creates, also for
 ``n_ctx = 0`` (the training context, in both places).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -48,11 +49,19 @@ def test_refusals_arrive_typed_through_the_real_child(smollm2_path):
         host.load(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=256)))
         # past the parent's own validation: the child refuses the raw value itself
         with pytest.raises(InvalidSettings, match="top-p"):
-            host.call("generate", lambda i: P.GenerateRequest(id=i, prompt="Hi", max_tokens=2,
-                                                              sampling={"top_p": 5.0}), timeout=60)
+            host.call(
+                "generate",
+                lambda i: P.GenerateRequest(id=i, prompt="Hi", max_tokens=2, sampling={"top_p": 5.0}),
+                timeout=60,
+            )
         with pytest.raises(InvalidSettings, match="temperature"):
-            host.call("generate", lambda i: P.GenerateRequest(id=i, prompt="Hi", max_tokens=2, serve=True,
-                                                              sampling={"temperature": 99}), timeout=60)
+            host.call(
+                "generate",
+                lambda i: P.GenerateRequest(
+                    id=i, prompt="Hi", max_tokens=2, serve=True, sampling={"temperature": 99}
+                ),
+                timeout=60,
+            )
         with pytest.raises(ContextFull, match="context"):
             host.generate("hello " * 400, max_tokens=4)
         assert host.generate("Hello", max_tokens=2).tokens  # the child lives on
@@ -61,12 +70,13 @@ def test_refusals_arrive_typed_through_the_real_child(smollm2_path):
 @pytest.mark.slow
 def test_the_planned_context_is_the_loaded_context(tmp_path, smollm2_path):
     small = write_llama(tmp_path / "small-ctx.gguf", context_length=1024)
-    cases = [(small, PlanSettings(n_ctx=0)),  # the training context, not min(train, 4096)
-             (small, PlanSettings(n_ctx=300)),
-             (small, PlanSettings(n_ctx=1000, n_seq_max=3)),
-             (small, PlanSettings(n_ctx=1000, n_seq_max=3, kv_unified=True)),
-             (smollm2_path, PlanSettings(n_ctx=700, n_batch=256, n_ubatch=64, type_k="q8_0",
-                                         flash_attn="on"))]
+    cases = [
+        (small, PlanSettings(n_ctx=0)),  # the training context, not min(train, 4096)
+        (small, PlanSettings(n_ctx=300)),
+        (small, PlanSettings(n_ctx=1000, n_seq_max=3)),
+        (small, PlanSettings(n_ctx=1000, n_seq_max=3, kv_unified=True)),
+        (smollm2_path, PlanSettings(n_ctx=700, n_batch=256, n_ubatch=64, type_k="q8_0", flash_attn="on")),
+    ]
     with running_host() as (host, _):
         for path, settings in cases:
             plan = analytic_plan(inspect_gguf(path), settings, CPU)

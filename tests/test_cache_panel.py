@@ -1,4 +1,5 @@
 """The Memory dock in the real window: cache controls, plan updates, apply and reload."""
+
 from __future__ import annotations
 
 import pytest

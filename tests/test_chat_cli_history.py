@@ -1,4 +1,5 @@
 """``kvdeck chat --history FILE.json --overflow ...``: the CLI twin of the window's overflow policies."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,20 @@ pytestmark = pytest.mark.slow
 def long_history(path, n_turns: int = 12):
     msgs = [{"role": "system", "content": "You are terse."}]
     for i in range(n_turns):
-        msgs.append({"role": "user", "content": f"Question {i}: tell me about the number {i} "
-                     "and why it matters in mathematics, history and culture."})
-        msgs.append({"role": "assistant", "content": f"The number {i} is interesting because "
-                     + "it appears in many places and has many properties. " * 4})
+        msgs.append(
+            {
+                "role": "user",
+                "content": f"Question {i}: tell me about the number {i} "
+                "and why it matters in mathematics, history and culture.",
+            }
+        )
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": f"The number {i} is interesting because "
+                + "it appears in many places and has many properties. " * 4,
+            }
+        )
     msgs.append({"role": "user", "content": "And what about 13?"})
     path.write_text(json.dumps(msgs), encoding="utf-8")
     return path
@@ -24,8 +35,19 @@ def long_history(path, n_turns: int = 12):
 
 def test_a_history_that_does_not_fit_rolls_and_says_what_was_left_out(smollm2_path, tmp_path):
     history = long_history(tmp_path / "h.json")
-    r = kvdeck("chat", str(smollm2_path), "--history", str(history), "--n-ctx", "512",
-               "--max-tokens", "8", "--temperature", "0", "--json")
+    r = kvdeck(
+        "chat",
+        str(smollm2_path),
+        "--history",
+        str(history),
+        "--n-ctx",
+        "512",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["n_messages"] == 25 and out["overflow"] == "rolling"
@@ -37,13 +59,39 @@ def test_a_history_that_does_not_fit_rolls_and_says_what_was_left_out(smollm2_pa
 
 def test_middle_keeps_the_first_exchange_and_a_fitting_history_drops_nothing(smollm2_path, tmp_path):
     history = long_history(tmp_path / "h.json")
-    r = kvdeck("chat", str(smollm2_path), "--history", str(history), "--n-ctx", "512",
-               "--max-tokens", "4", "--temperature", "0", "--overflow", "middle", "--json")
+    r = kvdeck(
+        "chat",
+        str(smollm2_path),
+        "--history",
+        str(history),
+        "--n-ctx",
+        "512",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--overflow",
+        "middle",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["dropped_messages"] > 0
     short = long_history(tmp_path / "short.json", n_turns=1)
-    r = kvdeck("chat", str(smollm2_path), "--history", str(short), "--prompt", "Thanks!",
-               "--n-ctx", "512", "--max-tokens", "4", "--overflow", "stop", "--json")
+    r = kvdeck(
+        "chat",
+        str(smollm2_path),
+        "--history",
+        str(short),
+        "--prompt",
+        "Thanks!",
+        "--n-ctx",
+        "512",
+        "--max-tokens",
+        "4",
+        "--overflow",
+        "stop",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["dropped_messages"] == 0 and out["dropped_tokens"] == 0 and out["n_messages"] == 4
@@ -51,18 +99,35 @@ def test_middle_keeps_the_first_exchange_and_a_fitting_history_drops_nothing(smo
 
 def test_stop_policy_with_a_history_that_does_not_fit_is_exit_2_with_one_line(smollm2_path, tmp_path):
     history = long_history(tmp_path / "h.json")
-    r = kvdeck("chat", str(smollm2_path), "--history", str(history), "--n-ctx", "512",
-               "--max-tokens", "8", "--overflow", "stop", "--json")
+    r = kvdeck(
+        "chat",
+        str(smollm2_path),
+        "--history",
+        str(history),
+        "--n-ctx",
+        "512",
+        "--max-tokens",
+        "8",
+        "--overflow",
+        "stop",
+        "--json",
+    )
     assert r.returncode == 2
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "context" in lines[0]
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ('[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]', "nothing to answer"),
-    ('{"not": "a list"}', "JSON list"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (
+            '[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]',
+            "nothing to answer",
+        ),
+        ('{"not": "a list"}', "JSON list"),
+    ],
+)
 def test_bad_histories_are_one_line(smollm2_path, tmp_path, content, fragment):
     path = tmp_path / "bad.json"
     path.write_text(content, encoding="utf-8")

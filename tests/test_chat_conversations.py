@@ -1,5 +1,6 @@
 """Replies end with a reason, conversations can be found, renamed, moved and undeleted, and the
 chat settings are in view: the window with the real runtime child (SmolLM2, greedy)."""
+
 from __future__ import annotations
 
 import json
@@ -41,10 +42,14 @@ def test_each_reply_end_reason_is_stored_and_shown(qtbot, window):
     window.chat.max_tokens.setValue(4)
     ask(qtbot, window, "Tell me a long story about a dragon.")
     last = window.store.messages(window.chat.conversation_id)[-1]
-    assert last.end_reason == "length" and "reached the maximum reply length" in window.chat.view.toPlainText()
+    assert (
+        last.end_reason == "length" and "reached the maximum reply length" in window.chat.view.toPlainText()
+    )
 
     with qtbot.waitSignal(window.bridge.finished, timeout=LOAD_TIMEOUT_MS):
-        _stream_then(qtbot, window, lambda: qtbot.mouseClick(window.chat.stop_button, Qt.MouseButton.LeftButton))
+        _stream_then(
+            qtbot, window, lambda: qtbot.mouseClick(window.chat.stop_button, Qt.MouseButton.LeftButton)
+        )
     last = window.store.messages(window.chat.conversation_id)[-1]
     assert last.end_reason == "stop" and last.content and last.complete
     assert "stopped by you" in window.chat.view.toPlainText()
@@ -70,7 +75,9 @@ def test_a_reply_that_fills_the_context_says_so_and_offers_a_larger_one(qtbot, w
     assert window.chat.notice.isVisible() and window.chat.notice.larger_button.isVisible()
 
 
-def test_an_empty_incomplete_reply_from_an_older_version_is_not_shown(qtbot, tmp_path, monkeypatch, smollm2_path):
+def test_an_empty_incomplete_reply_from_an_older_version_is_not_shown(
+    qtbot, tmp_path, monkeypatch, smollm2_path
+):
     store = ChatStore(tmp_path / "chat.sqlite3")
     conv = store.create_conversation("old")
     store.add_message(conv.id, "user", "hello")
@@ -100,8 +107,9 @@ def test_export_import_round_trip_search_rename_and_undo(qtbot, window, tmp_path
     assert "## Assistant" in (tmp_path / "out.md").read_text(encoding="utf-8")
     copy = window.sidebar.import_conversation(str(path))
     assert copy != conv and window.chat.conversation_id == copy
-    assert [(m.role, m.content) for m in window.store.messages(copy)] == \
-        [(m.role, m.content) for m in window.store.messages(conv)]
+    assert [(m.role, m.content) for m in window.store.messages(copy)] == [
+        (m.role, m.content) for m in window.store.messages(conv)
+    ]
     assert window.store.get_conversation(copy).system_prompt == system
     assert json.loads(path.read_text(encoding="utf-8"))["title"] == window.store.get_conversation(copy).title
 
@@ -111,14 +119,19 @@ def test_export_import_round_trip_search_rename_and_undo(qtbot, window, tmp_path
     word = max(reply.split(), key=len).strip(".,!?*")
     window.sidebar.focus_search()
     window.sidebar.search_edit.setText(word)
-    found = {window.sidebar.conversations.item(i).data(Qt.ItemDataRole.UserRole)
-             for i in range(window.sidebar.conversations.count())}
+    found = {
+        window.sidebar.conversations.item(i).data(Qt.ItemDataRole.UserRole)
+        for i in range(window.sidebar.conversations.count())
+    }
     assert conv in found and window.chat.conversation_id not in found
     window.sidebar.search_edit.clear()
 
     # rename in place, delete, undo
-    item = next(window.sidebar.conversations.item(i) for i in range(window.sidebar.conversations.count())
-                if window.sidebar.conversations.item(i).data(Qt.ItemDataRole.UserRole) == conv)
+    item = next(
+        window.sidebar.conversations.item(i)
+        for i in range(window.sidebar.conversations.count())
+        if window.sidebar.conversations.item(i).data(Qt.ItemDataRole.UserRole) == conv
+    )
     window.sidebar.conversations.setCurrentItem(item)
     item.setText("Colours")
     assert window.store.get_conversation(conv).title == "Colours"
@@ -132,9 +145,18 @@ def test_export_import_round_trip_search_rename_and_undo(qtbot, window, tmp_path
 
 def test_code_blocks_copy_and_every_copy_says_copied(qtbot, window, tmp_path):
     path = tmp_path / "code.json"
-    path.write_text(json.dumps([{"role": "user", "content": "code?"},
-                                {"role": "assistant", "content": "Here:\n\n```python\nprint(1)\n```\n\nand\n\n"
-                                 "```\nls -l\n```"}]), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            [
+                {"role": "user", "content": "code?"},
+                {
+                    "role": "assistant",
+                    "content": "Here:\n\n```python\nprint(1)\n```\n\nand\n\n```\nls -l\n```",
+                },
+            ]
+        ),
+        encoding="utf-8",
+    )
     conv = window.sidebar.import_conversation(str(path))
     reply = window.store.messages(conv)[-1]
     assert window.chat.view.toPlainText().count("copy code") == 2

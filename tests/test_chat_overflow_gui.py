@@ -1,5 +1,6 @@
 """A chat that never dead-ends: a long conversation in a 512-token context, under each overflow
 policy, with the real runtime child (SmolLM2, greedy)."""
+
 from __future__ import annotations
 
 import json
@@ -34,10 +35,20 @@ def import_long(win: MainWindow, tmp_path, n_turns: int = 12) -> int:
     """A 12-exchange conversation (about 1,000 tokens) imported through the sidebar."""
     msgs = []
     for i in range(n_turns):
-        msgs.append({"role": "user", "content": f"Question {i}: tell me about the number {i} and "
-                     "why it matters in mathematics, history and culture."})
-        msgs.append({"role": "assistant", "content": f"The number {i} is interesting because "
-                     + "it appears in many places and has many properties. " * 4})
+        msgs.append(
+            {
+                "role": "user",
+                "content": f"Question {i}: tell me about the number {i} and "
+                "why it matters in mathematics, history and culture.",
+            }
+        )
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": f"The number {i} is interesting because "
+                + "it appears in many places and has many properties. " * 4,
+            }
+        )
     path = tmp_path / "long.json"
     path.write_text(json.dumps({"title": "Numbers", "messages": msgs}), encoding="utf-8")
     conv_id = win.sidebar.import_conversation(str(path))
@@ -47,7 +58,8 @@ def import_long(win: MainWindow, tmp_path, n_turns: int = 12) -> int:
 
 @pytest.mark.parametrize("policy", ["rolling", "middle"])
 def test_a_long_conversation_continues_and_the_transcript_says_what_was_left_out(
-        qtbot, small, tmp_path, policy):
+    qtbot, small, tmp_path, policy
+):
     conv = import_long(small, tmp_path)
     small.chat.settings.set_policy(policy)
     ask(qtbot, small, "And what about 13?")
@@ -77,7 +89,9 @@ def test_stop_and_ask_offers_every_way_on_and_never_leaves_an_empty_bubble(qtbot
     notice = small.chat.notice
     qtbot.waitUntil(notice.isVisible, timeout=LOAD_TIMEOUT_MS)
     assert "does not fit the context" in notice.label.text()
-    assert notice.larger_button.isVisible() and notice.new_button.isVisible() and notice.drop_button.isVisible()
+    assert (
+        notice.larger_button.isVisible() and notice.new_button.isVisible() and notice.drop_button.isVisible()
+    )
     msgs = small.store.messages(conv)
     assert msgs[-1].role == "user"  # no assistant message, empty or not
     assert small.chat.send_button.isEnabled() and not small.bridge.generating
@@ -107,8 +121,13 @@ def test_use_a_larger_context_reloads_with_the_fitted_context_and_answers(qtbot,
     small.chat.input.setPlainText("And what about 13?")
     small.chat.send()
     qtbot.waitUntil(small.chat.notice.isVisible, timeout=LOAD_TIMEOUT_MS)
-    expected = fit(small.model_info, small.settings, small.memory.devices()[0],
-                   plan_fn=analytic_plan, min_context=N_CTX + 1).settings.n_ctx
+    expected = fit(
+        small.model_info,
+        small.settings,
+        small.memory.devices()[0],
+        plan_fn=analytic_plan,
+        min_context=N_CTX + 1,
+    ).settings.n_ctx
     assert expected > N_CTX
     with qtbot.waitSignal(small.bridge.finished, timeout=LOAD_TIMEOUT_MS):
         qtbot.mouseClick(small.chat.notice.larger_button, Qt.MouseButton.LeftButton)
@@ -129,8 +148,7 @@ def test_the_prefix_cache_is_reused_across_a_sliding_window(qtbot, small):
     replies = [m for m in small.store.messages(conv) if m.role == "assistant"]
     counts = [small.chat.prefill[m.id] for m in replies]
     prefilled = [n_prompt - n_reused for n_prompt, n_reused in counts]
-    print("prefill per turn (prompt, reused, prefilled):",
-          [(p, r, p - r) for p, r in counts])
+    print("prefill per turn (prompt, reused, prefilled):", [(p, r, p - r) for p, r in counts])
     assert small.store.get_conversation(conv).settings.get("dropped_ids"), "the window never slid"
     new_part = 24 + 60  # the last reply and the new question, with their template tokens
     cheap = [n for n in prefilled[1:] if n <= new_part]

@@ -1,4 +1,5 @@
 """``kvdeck`` on the command line, as a separate process, with its JSON contracts."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,23 @@ def test_inspect_json(smollm2_path):
     r = kvdeck("inspect", str(smollm2_path), "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    for key in ("path", "architecture", "n_layer", "n_ctx_train", "n_embd", "n_head", "n_head_kv",
-                "head_dim_k", "head_dim_v", "n_swa", "recurrent", "n_vocab", "file_type",
-                "has_chat_template", "file_bytes"):
+    for key in (
+        "path",
+        "architecture",
+        "n_layer",
+        "n_ctx_train",
+        "n_embd",
+        "n_head",
+        "n_head_kv",
+        "head_dim_k",
+        "head_dim_v",
+        "n_swa",
+        "recurrent",
+        "n_vocab",
+        "file_type",
+        "has_chat_template",
+        "file_bytes",
+    ):
         assert key in data
     assert data["architecture"] == "llama" and data["n_layer"] == 30
     assert "PySide6" not in r.stderr
@@ -26,8 +41,17 @@ def test_inspect_json(smollm2_path):
 
 @pytest.mark.slow
 def test_chat_json_is_greedy_deterministic(smollm2_path):
-    args = ("chat", "--demo", "--prompt", "Name three fruits.", "--max-tokens", "16",
-            "--temperature", "0", "--json")
+    args = (
+        "chat",
+        "--demo",
+        "--prompt",
+        "Name three fruits.",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--json",
+    )
     env = {"KVDECK_DEMO_MODEL": str(smollm2_path)}
     a = kvdeck(*args, env=env)
     assert a.returncode == 0, a.stderr
@@ -48,14 +72,17 @@ def test_chat_streams_text_without_json(smollm2_path):
     assert "tokens/s" in r.stderr
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (("inspect", "/nonexistent/model.gguf"), "no such file"),
-    (("chat", "/nonexistent/model.gguf", "--prompt", "x"), "no such file"),
-    (("inspect", str(ROOT / "pyproject.toml")), "pyproject.toml"),
-    (("chat", "--demo", "--prompt", "x", "--temperature", "-1"), "temperature"),
-    (("chat", "--prompt", "x"), "error:"),
-    (("inspect",), "error:"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("inspect", "/nonexistent/model.gguf"), "no such file"),
+        (("chat", "/nonexistent/model.gguf", "--prompt", "x"), "no such file"),
+        (("inspect", str(ROOT / "pyproject.toml")), "pyproject.toml"),
+        (("chat", "--demo", "--prompt", "x", "--temperature", "-1"), "temperature"),
+        (("chat", "--prompt", "x"), "error:"),
+        (("inspect",), "error:"),
+    ],
+)
 def test_errors_are_one_line_with_status_2(args, fragment, smollm2_path):
     r = kvdeck(*args, env={"KVDECK_DEMO_MODEL": str(smollm2_path)})
     assert r.returncode == 2
@@ -89,10 +116,10 @@ def test_unknown_command_is_one_line_and_never_a_window():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11/Wayland are Linux's")
 def test_no_display_is_one_line_naming_the_way_out():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    r = subprocess.run([sys.executable, "-m", "kvdeck"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    r = subprocess.run(
+        [sys.executable, "-m", "kvdeck"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no display found")
@@ -121,15 +148,20 @@ def test_a_bug_is_one_line_on_the_terminal_and_a_traceback_in_the_log_file(smoll
     if any(d.kind == "gpu" for d in plan_devices()[0]):
         pytest.skip("the CPU repack step (the trigger) runs only when the plan has no GPU")
     data = tmp_path / "data"
-    r = kvdeck("plan", str(smollm2_path), env={"KVDECK_DATA_DIR": str(data),
-                                               "KVDECK_CPU_FEATURES": "AVX2,SVE_CNT=x"})
+    r = kvdeck(
+        "plan", str(smollm2_path), env={"KVDECK_DATA_DIR": str(data), "KVDECK_CPU_FEATURES": "AVX2,SVE_CNT=x"}
+    )
     log = data / "kvdeck.log"
     assert (r.returncode, r.stdout) == (1, ""), r.stderr
     assert r.stderr.splitlines() == [
         f"error: internal error (ValueError: invalid literal for int() with base 10: 'x'); "
-        f"the traceback is in {log}"]
+        f"the traceback is in {log}"
+    ]
     text = log.read_text(encoding="utf-8")
-    assert f"ERROR kvdeck.cli: internal error in: kvdeck plan {smollm2_path}\nTraceback (most recent call last):" in text
+    assert (
+        f"ERROR kvdeck.cli: internal error in: kvdeck plan {smollm2_path}\nTraceback (most recent call last):"
+        in text
+    )
     assert 'engine/plan/cpu_features.py", line' in text.replace("\\", "/")
     assert text.rstrip().endswith("ValueError: invalid literal for int() with base 10: 'x'")
 
@@ -137,5 +169,7 @@ def test_a_bug_is_one_line_on_the_terminal_and_a_traceback_in_the_log_file(smoll
 def test_a_user_error_is_one_line_with_status_2_and_no_traceback_in_the_log(tmp_path):
     data = tmp_path / "data"
     r = kvdeck("inspect", str(tmp_path / "missing.gguf"), env={"KVDECK_DATA_DIR": str(data)})
-    assert r.returncode == 2 and r.stderr.splitlines() == [f"error: no such file: {tmp_path / 'missing.gguf'}"]
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"error: no such file: {tmp_path / 'missing.gguf'}"
+    ]
     assert "Traceback" not in (data / "kvdeck.log").read_text(encoding="utf-8")

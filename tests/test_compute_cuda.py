@@ -4,6 +4,7 @@ The expected numbers are `sched_reserve: … compute buffer size` lines recorded
 benchmarks/gpu_compute.py (benchmarks/results/gpu-memory-2026-12-04.json); the model is a
 sparse Llama-3-70B-shaped GGUF (header only, no data), written in a second.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -23,14 +24,17 @@ def llama70b(tmp_path_factory):
     return inspect_gguf(path)
 
 
-@pytest.mark.parametrize("ngl,n_ctx,kv,fa,gpu,host", [
-    (-1, 32768, "q8_0", "on", 266.50, 64.09),     # issue 18: was +53.5 MiB
-    (-1, 131072, "q4_0", "on", 704.09, 160.09),   # f16 copies of K and V in the FA output
-    (-1, 4096, "f16", "on", 266.50, 36.01),
-    (-1, 32768, "f16", "off", 4228.01, 100.01),
-    (20, 16384, "f16", "on", 322.00, 48.01),      # issue 18: was -55.5 MiB (also a real load)
-    (0, 4096, "f16", "on", 1028.13, 36.01),
-])
+@pytest.mark.parametrize(
+    "ngl,n_ctx,kv,fa,gpu,host",
+    [
+        (-1, 32768, "q8_0", "on", 266.50, 64.09),  # issue 18: was +53.5 MiB
+        (-1, 131072, "q4_0", "on", 704.09, 160.09),  # f16 copies of K and V in the FA output
+        (-1, 4096, "f16", "on", 266.50, 36.01),
+        (-1, 32768, "f16", "off", 4228.01, 100.01),
+        (20, 16384, "f16", "on", 322.00, 48.01),  # issue 18: was -55.5 MiB (also a real load)
+        (0, 4096, "f16", "on", 1028.13, 36.01),
+    ],
+)
 def test_cuda_compute_never_under(llama70b, ngl, n_ctx, kv, fa, gpu, host):
     s = PlanSettings(n_ctx=n_ctx, type_k=kv, type_v=kv, flash_attn=fa, n_gpu_layers=ngl)
     plan = analytic_plan(llama70b, s, DEVICES)

@@ -4,6 +4,7 @@ The real-load comparison is benchmarks/cpu_repack.py (it needs a CPU with the fe
 question); here the rules of engine.plan.cpu_repack are checked on a synthetic file, feature set by
 feature set, plus the detection of engine.plan.cpu_features.
 """
+
 from __future__ import annotations
 
 import struct
@@ -15,14 +16,12 @@ import gguf
 import numpy as np
 import pytest
 
-from engine.plan import cpu_features
-
-from engine.plan import cpu_repack
+from engine.core.memory_types import MiB, PlanSettings
+from engine.gguf.inspect import inspect_gguf
+from engine.plan import cpu_features, cpu_repack
+from engine.plan.analytic import analytic_plan
 from engine.plan.cpu_features import CpuFeatures
 from engine.plan.cpu_repack import layout, repack_plan, tensor_layout
-from engine.gguf.inspect import inspect_gguf
-from engine.plan.analytic import analytic_plan
-from engine.core.memory_types import MiB, PlanSettings
 from tests.helpers.gguf_factory import add_tokenizer
 from tests.helpers.llama_dry_run import dry_run
 
@@ -67,9 +66,14 @@ def _write(path: Path, tied: bool) -> Path:
     rng = np.random.default_rng(0)
     T = gguf.GGMLQuantizationType
     w = gguf.GGUFWriter(str(path), "llama")
-    for key, val in (("context_length", 256), ("embedding_length", E), ("block_count", 2),
-                     ("feed_forward_length", FF), ("attention.head_count", 4),
-                     ("attention.head_count_kv", 2)):
+    for key, val in (
+        ("context_length", 256),
+        ("embedding_length", E),
+        ("block_count", 2),
+        ("feed_forward_length", FF),
+        ("attention.head_count", 4),
+        ("attention.head_count_kv", 2),
+    ):
         w.add_uint32(f"llama.{key}", val)
     w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
     add_tokenizer(w, n_words=V - 259)
@@ -109,24 +113,29 @@ DOWN = 2 * _nbytes("Q2_K", FF, E)
 EMBD = _nbytes("Q4_0", E, V)
 
 
-@pytest.mark.parametrize("features, tied, expected", [
-    (NONE, True, 0),
-    (AVX2, True, ATTN),  # 324 rows: the tied output's token_embd copy is not repacked
-    (AVX512, False, ATTN + DOWN),  # Q2_K needs AVX512; the output's 324 rows are not 8k
-    (AVX2, False, ATTN),
-    (DOTPROD, True, ATTN + FFN + EMBD),  # ARM: Q6_K too, and the tied copy (324 % 4 == 0)
-    (I8MM, False, ATTN + FFN),
-])
-def test_repacked_bytes_per_feature_set(tmp_path: Path, features: CpuFeatures, tied: bool,
-                                        expected: int) -> None:
+@pytest.mark.parametrize(
+    "features, tied, expected",
+    [
+        (NONE, True, 0),
+        (AVX2, True, ATTN),  # 324 rows: the tied output's token_embd copy is not repacked
+        (AVX512, False, ATTN + DOWN),  # Q2_K needs AVX512; the output's 324 rows are not 8k
+        (AVX2, False, ATTN),
+        (DOTPROD, True, ATTN + FFN + EMBD),  # ARM: Q6_K too, and the tied copy (324 % 4 == 0)
+        (I8MM, False, ATTN + FFN),
+    ],
+)
+def test_repacked_bytes_per_feature_set(
+    tmp_path: Path, features: CpuFeatures, tied: bool, expected: int
+) -> None:
     info = inspect_gguf(_write(tmp_path / "m.gguf", tied))
     plan = repack_plan(info, features)
     assert plan.bytes == expected
     assert plan.moved == expected - (EMBD if tied and features is DOTPROD else 0)
 
 
-def test_plan_splits_cpu_weights_and_adds_the_tied_copy(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_splits_cpu_weights_and_adds_the_tied_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     info = inspect_gguf(_write(tmp_path / "m.gguf", tied=True))
     monkeypatch.setenv("KVDECK_CPU_FEATURES", "unknown")
     before = analytic_plan(info, PlanSettings(n_ctx=256), [])
@@ -173,6 +182,7 @@ def test_amx_builds_are_not_modelled(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 # --- feature detection ---------------------------------------------------------------------
 
+
 def test_cpuinfo_and_system_info_parsing() -> None:
     x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_vnni\n"
     assert cpu_features.parse_cpuinfo(x86).flags == {"AVX2", "AVX512", "AVX512_VNNI"}
@@ -205,9 +215,12 @@ def test_installed_library_agrees_with_llama_print_system_info() -> None:
     built = cpu_features.build_features(runtime_lib_dir())
     if built is None:
         pytest.skip("no single ELF libggml-cpu in the installed runtime")
-    text = subprocess.run([sys.executable, "-c", "import llama_cpp; print(llama_cpp."
-                           "llama_print_system_info().decode())"], capture_output=True,
-                          text=True, timeout=120).stdout
+    text = subprocess.run(
+        [sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     reported = cpu_features.parse_system_info(text)
     assert reported is not None and built.flags == reported.flags
 

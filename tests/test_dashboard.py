@@ -1,4 +1,5 @@
 """The dashboard panel, driven through its slots as the telemetry bridge and runtime drive it."""
+
 from __future__ import annotations
 
 import math
@@ -10,28 +11,50 @@ from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
 from app.memory.dashboard import SPEED_POINTS, DashboardPanel, error_text
+from engine.core.memory_types import Allocation, GiB, MemoryPlan, MiB, PlanSettings
 from engine.core.units import format_bytes
-from engine.core.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
 from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, Telemetry, TelemetrySnapshot
 
-HOST = HostSnapshot(total_bytes=64 * GiB, available_bytes=40 * GiB, used_bytes=24 * GiB,
-                    this_app_rss_bytes=3 * GiB, cpu_pct=12.5)
+HOST = HostSnapshot(
+    total_bytes=64 * GiB,
+    available_bytes=40 * GiB,
+    used_bytes=24 * GiB,
+    this_app_rss_bytes=3 * GiB,
+    cpu_pct=12.5,
+)
 
 
-def gpu(index: int, this_app: int, others: int, total: int = 80 * GiB,
-        name: str = "NVIDIA H100 80GB HBM3") -> GpuSnapshot:
+def gpu(
+    index: int, this_app: int, others: int, total: int = 80 * GiB, name: str = "NVIDIA H100 80GB HBM3"
+) -> GpuSnapshot:
     used = this_app + others
-    return GpuSnapshot(index, name, f"GPU-{index:04d}", total, used, total - used, this_app, others,
-                       utilization_pct=87, temperature_c=61, power_w=412.0,
-                       pci_bus_id=f"00000000:{index + 1:02X}:00.0", reserved_bytes=480 * MiB)
+    return GpuSnapshot(
+        index,
+        name,
+        f"GPU-{index:04d}",
+        total,
+        used,
+        total - used,
+        this_app,
+        others,
+        utilization_pct=87,
+        temperature_c=61,
+        power_w=412.0,
+        pci_bus_id=f"00000000:{index + 1:02X}:00.0",
+        reserved_bytes=480 * MiB,
+    )
 
 
 def plan(source: str, scale: float) -> MemoryPlan:
-    parts = {"CUDA0": {"weights": 7.6 * GiB, "kv": 4 * GiB, "compute": 0.55 * GiB,
-                       "output": 0.25 * GiB},
-             "CPU": {"weights": 0.4 * GiB, "compute": 0.02 * GiB}}
-    allocs = tuple(Allocation(c, d, int(b * (scale if c != "weights" else 1.0)))
-                   for d, comps in parts.items() for c, b in comps.items())
+    parts = {
+        "CUDA0": {"weights": 7.6 * GiB, "kv": 4 * GiB, "compute": 0.55 * GiB, "output": 0.25 * GiB},
+        "CPU": {"weights": 0.4 * GiB, "compute": 0.02 * GiB},
+    }
+    allocs = tuple(
+        Allocation(c, d, int(b * (scale if c != "weights" else 1.0)))
+        for d, comps in parts.items()
+        for c, b in comps.items()
+    )
     return MemoryPlan(source, PlanSettings(), 32768, 32768, 32768, 0, allocs)  # type: ignore[arg-type]
 
 
@@ -54,20 +77,21 @@ def test_host_only_snapshot_shows_the_reason(panel, qtbot):
     assert panel.reason_label.isVisible()
     assert "NVML not found (no NVIDIA driver)" in panel.reason_label.text()
     assert panel.host_bar.title == "Host RAM"
-    assert [s.label for s in panel.host_bar.segments] == ["this app", "other processes",
-                                                          "available"]
+    assert [s.label for s in panel.host_bar.segments] == ["this app", "other processes", "available"]
     assert sum(s.value for s in panel.host_bar.segments) == snap.host.total_bytes
 
 
 def test_two_gpus_show_two_bars(panel):
-    snap = TelemetrySnapshot(time.time(), HOST, (gpu(0, 14 * GiB, 2 * GiB), gpu(1, 9 * GiB, 0)),
-                             None)
+    snap = TelemetrySnapshot(time.time(), HOST, (gpu(0, 14 * GiB, 2 * GiB), gpu(1, 9 * GiB, 0)), None)
     panel.show_snapshot(snap)
     assert len(panel.gpu_bars) == 2 and not panel.reason_label.isVisible()
     first = panel.gpu_bars[0]
     assert first.title == "CUDA0 · NVIDIA H100 80GB HBM3"
     assert [(s.label, s.value) for s in first.segments] == [
-        ("this app", 14 * GiB), ("other processes", 2 * GiB), ("free", 64 * GiB)]
+        ("this app", 14 * GiB),
+        ("other processes", 2 * GiB),
+        ("free", 64 * GiB),
+    ]
     assert "87 %" in first.caption and "61 °C" in first.caption and "412 W" in first.caption
     assert "reserved by the driver" in first.toolTip()
     # a GPU goes away (CUDA_VISIBLE_DEVICES changed, say): its bar goes at once
@@ -79,9 +103,21 @@ def test_two_gpus_show_two_bars(panel):
 
 
 def test_estimated_attribution_is_labelled_and_explained(panel):
-    est = GpuSnapshot(0, "NVIDIA H100 80GB HBM3", "GPU-0", 80 * GiB, 10 * GiB, 70 * GiB, 9 * GiB,
-                      GiB, None, None, None, attribution="difference",
-                      attribution_note="growth since before the runtime started")
+    est = GpuSnapshot(
+        0,
+        "NVIDIA H100 80GB HBM3",
+        "GPU-0",
+        80 * GiB,
+        10 * GiB,
+        70 * GiB,
+        9 * GiB,
+        GiB,
+        None,
+        None,
+        None,
+        attribution="difference",
+        attribution_note="growth since before the runtime started",
+    )
     panel.show_snapshot(TelemetrySnapshot(time.time(), HOST, (est,), None))
     assert panel.gpu_bars[0].segments[0].label == "this app (estimated)"
     assert panel.notes_label.isVisible() and "growth" in panel.notes_label.text()
@@ -96,8 +132,10 @@ def test_plans_show_bars_and_the_error(panel):
     assert [s.label for s in panel.plan_bars[0].segments] == ["weights", "kv", "compute", "output"]
     rows = {(device, comp): error for device, comp, _, _, error in panel.plan_rows}
     table = panel.plan_table
-    shown = [[table.item(r, c).text() if table.item(r, c) else "" for c in range(4)]
-             for r in range(table.rowCount())]
+    shown = [
+        [table.item(r, c).text() if table.item(r, c) else "" for c in range(4)]
+        for r in range(table.rowCount())
+    ]
     assert shown[0][0] == "CUDA0" and table.columnSpan(0, 0) == 4  # device heading row
     assert shown[2] == ["  kv", "4.00 GiB", "4.20 GiB", rows[("CUDA0", "kv")]]
     assert rows[("CUDA0", "weights")] == "±0 MiB (+0.0 %)"
@@ -141,8 +179,9 @@ def test_speed_keeps_at_most_the_cap(panel):
 
 
 def fill(panel: DashboardPanel) -> None:
-    panel.show_snapshot(TelemetrySnapshot(time.time(), HOST,
-                                          (gpu(0, 13 * GiB, 3 * GiB), gpu(1, 9 * GiB, 0)), None))
+    panel.show_snapshot(
+        TelemetrySnapshot(time.time(), HOST, (gpu(0, 13 * GiB, 3 * GiB), gpu(1, 9 * GiB, 0)), None)
+    )
     panel.show_plans(plan("analytic", 1.0), plan("measured", 1.05))
     panel.show_kv([1200, 4096, 0, 310], 4096, "kv")
     for i in range(150):  # decode slows a little as the context grows; some jitter
@@ -153,9 +192,12 @@ def fill(panel: DashboardPanel) -> None:
 def test_grab_renders_to_png(panel, tmp_path: Path, dark: bool):
     if dark:
         pal = QPalette()
-        for role, color in ((QPalette.ColorRole.Window, "#202124"),
-                            (QPalette.ColorRole.WindowText, "#e8eaed"),
-                            (QPalette.ColorRole.Base, "#2b2c2f"), (QPalette.ColorRole.Text, "#e8eaed")):
+        for role, color in (
+            (QPalette.ColorRole.Window, "#202124"),
+            (QPalette.ColorRole.WindowText, "#e8eaed"),
+            (QPalette.ColorRole.Base, "#2b2c2f"),
+            (QPalette.ColorRole.Text, "#e8eaed"),
+        ):
             pal.setColor(role, QColor(color))
         panel.setPalette(pal)
     fill(panel)

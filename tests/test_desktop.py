@@ -4,6 +4,7 @@ The contrast test reads the colours Qt actually applied to the rendered transcri
 fragment's foreground against the background of its block, table cell or table) and checks a
 grabbed pixel of each bubble, in the light and the dark theme.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,10 @@ from engine.core import paths
 from tests.helpers.gui import LOAD_TIMEOUT_MS, new_window
 
 ROOT = Path(__file__).resolve().parents[1]
-REPLY = ("Sure, here is **one**:\n\n```python\n# add one\ndef f(x):\n    return x + 1  # done\n```\n\n"
-         "Inline `code`, a [link](https://example.org) and\n\n> a quote")
+REPLY = (
+    "Sure, here is **one**:\n\n```python\n# add one\ndef f(x):\n    return x + 1  # done\n```\n\n"
+    "Inline `code`, a [link](https://example.org) and\n\n> a quote"
+)
 
 
 @pytest.fixture
@@ -56,8 +59,11 @@ def _fragments(view: ChatView):
         while not it.atEnd():
             frag = it.fragment()
             fmt = frag.charFormat()
-            fg = fmt.foreground().color() if fmt.hasProperty(QTextFormat.Property.ForegroundBrush) else \
-                pal.color(QPalette.ColorRole.Link if fmt.isAnchor() else QPalette.ColorRole.Text)
+            fg = (
+                fmt.foreground().color()
+                if fmt.hasProperty(QTextFormat.Property.ForegroundBrush)
+                else pal.color(QPalette.ColorRole.Link if fmt.isAnchor() else QPalette.ColorRole.Text)
+            )
             fbg = fmt.background().color() if fmt.hasProperty(QTextFormat.Property.BackgroundBrush) else bg
             if frag.text().strip():
                 yield frag.text(), fg, fbg
@@ -72,16 +78,21 @@ def test_chat_text_meets_wcag_aa_in_both_themes(qtbot, theme, theme_reset) -> No
     qtbot.addWidget(view)
     view.resize(760, 900)
     view.show()
-    view.set_messages([ShownMessage(1, "user", "What is **one** plus x?", True),
-                       ShownMessage(2, "assistant", REPLY, True, "31 tokens · 42.0 tokens/s"),
-                       ShownMessage(3, "assistant", "cut off", False)])
+    view.set_messages(
+        [
+            ShownMessage(1, "user", "What is **one** plus x?", True),
+            ShownMessage(2, "assistant", REPLY, True, "31 tokens · 42.0 tokens/s"),
+            ShownMessage(3, "assistant", "cut off", False),
+        ]
+    )
     colors = chat_colors(view.palette())
     assert colors.dark == (theme == "dark")
     seen = list(_fragments(view))
     texts = " ".join(t for t, _, _ in seen)
     assert "add one" in texts and "return" in texts and "incomplete" in texts and "copy" in texts
-    low = [(t, fg.name(), bg.name(), round(contrast(fg, bg), 2)) for t, fg, bg in seen
-           if contrast(fg, bg) < 4.5]
+    low = [
+        (t, fg.name(), bg.name(), round(contrast(fg, bg), 2)) for t, fg, bg in seen if contrast(fg, bg) < 4.5
+    ]
     assert not low, low
     # the bubbles really are painted in the theme's colours (grab the widget and look)
     image = view.viewport().grab().toImage()
@@ -107,9 +118,13 @@ def test_window_menus_shortcuts_layout_and_state(qtbot, tmp_path, monkeypatch, s
     try:
         titles = [a.text().replace("&", "") for a in win.menuBar().actions()]
         assert titles[:2] == ["File", "Edit"] and {"View", "Server", "Help"} <= set(titles)
-        keys = {a.text().replace("&", ""): a.shortcut().toString() for a in win.findChildren(type(win.menus.quit))}
+        keys = {
+            a.text().replace("&", ""): a.shortcut().toString() for a in win.findChildren(type(win.menus.quit))
+        }
         assert keys["New chat"] == "Ctrl+N" and keys["Open GGUF…"] == "Ctrl+O" and keys["Quit"] == "Ctrl+Q"
-        assert keys["Find…"] == "Ctrl+F" and keys["Stop generating"] == "Esc" and keys["Send"] == "Ctrl+Return"
+        assert (
+            keys["Find…"] == "Ctrl+F" and keys["Stop generating"] == "Esc" and keys["Send"] == "Ctrl+Return"
+        )
         rows = dict(win.menus.shortcut_rows())
         assert rows["Esc"] == "Stop generating" and "Ctrl+Q" in rows
         # 1000×700: the Memory dock keeps a usable width and its cache panel scrolls
@@ -119,8 +134,10 @@ def test_window_menus_shortcuts_layout_and_state(qtbot, tmp_path, monkeypatch, s
         qtbot.waitUntil(lambda: win.width() == 1000)
         assert win.memory.width() >= 360
         assert win.memory.cache.parentWidget() is not None
-        assert any(isinstance(a, QScrollArea) and a.widget() is win.memory.cache
-                   for a in win.memory.findChildren(QScrollArea))
+        assert any(
+            isinstance(a, QScrollArea) and a.widget() is win.memory.cache
+            for a in win.memory.findChildren(QScrollArea)
+        )
         win.resize(1600, 1000)  # growing the window gives the dock its width back
         qtbot.waitUntil(lambda: win.memory.width() >= 400)
         # closing the Memory dock is not for good: View → Memory panel brings it back
@@ -181,11 +198,14 @@ def test_single_instance_in_process(qtbot, tmp_path) -> None:
     assert not second.claim()
     # the second side in a small process of its own: its blocking hand-over must not hold this
     # thread (PySide6 keeps the GIL in waitForReadyRead), whose event loop answers it
-    code = ("import sys; from app.single_instance import send_to_running; "
-            f"sys.exit(0 if send_to_running({second.name!r}, ['/m/x.gguf'], 10_000) else 1)")
+    code = (
+        "import sys; from app.single_instance import send_to_running; "
+        f"sys.exit(0 if send_to_running({second.name!r}, ['/m/x.gguf'], 10_000) else 1)"
+    )
     with qtbot.waitSignal(first.received, timeout=20_000) as got:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
     qtbot.waitUntil(lambda: proc.poll() is not None, timeout=20_000)
     assert proc.returncode == 0
     assert got.args[0] == ["/m/x.gguf"]
@@ -195,8 +215,14 @@ def test_single_instance_in_process(qtbot, tmp_path) -> None:
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kvdeck", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvdeck", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _listening(name: str, timeout: float) -> bool:
@@ -214,11 +240,17 @@ def _listening(name: str, timeout: float) -> bool:
 
 
 @pytest.mark.slow
-def test_second_launch_hands_the_file_to_the_first_and_a_crash_never_blocks(tmp_path, smollm2_path,
-                                                                             gemma3_path) -> None:
+def test_second_launch_hands_the_file_to_the_first_and_a_crash_never_blocks(
+    tmp_path, smollm2_path, gemma3_path
+) -> None:
     data = tmp_path / "data"
-    env = {**os.environ, "KVDECK_DATA_DIR": str(data), "QT_QPA_PLATFORM": "offscreen",
-           "KVDECK_DEMO_MODEL": str(smollm2_path), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "KVDECK_DATA_DIR": str(data),
+        "QT_QPA_PLATFORM": "offscreen",
+        "KVDECK_DEMO_MODEL": str(smollm2_path),
+        "PYTHONPATH": str(ROOT),
+    }
     name = server_name(data)
     first = _start(env)
     try:
@@ -229,8 +261,8 @@ def test_second_launch_hands_the_file_to_the_first_and_a_crash_never_blocks(tmp_
         log = data / "logs"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(
-                "a second launch handed over" in p.read_text(errors="replace")
-                for p in data.rglob("*.log")):
+            "a second launch handed over" in p.read_text(errors="replace") for p in data.rglob("*.log")
+        ):
             time.sleep(0.2)
         assert any(str(gemma3_path.name) in p.read_text(errors="replace") for p in data.rglob("*.log")), log
     finally:

@@ -5,6 +5,7 @@ zero-argument signal) and no test noticed, because none clicked them. This test 
 visible, enabled `QAbstractButton` and triggers every `QAction`, closes whatever dialog or menu
 that opens, and fails on any Python error raised in a slot or any Qt warning.
 """
+
 from __future__ import annotations
 
 import sys
@@ -54,8 +55,7 @@ def _label(obj: QAbstractButton | QAction) -> str:
 
 def test_every_button_and_menu_entry_runs_without_error(qtbot, loaded, monkeypatch) -> None:
     errors: list[str] = []
-    monkeypatch.setattr(sys, "excepthook",
-                        lambda kind, exc, tb: errors.append(f"{kind.__name__}: {exc}"))
+    monkeypatch.setattr(sys, "excepthook", lambda kind, exc, tb: errors.append(f"{kind.__name__}: {exc}"))
     closer = QTimer()
     closer.setInterval(20)
     closer.timeout.connect(_close_popups)
@@ -71,8 +71,12 @@ def test_every_button_and_menu_entry_runs_without_error(qtbot, loaded, monkeypat
             if button.isCheckable() and button.isVisible() and button.isEnabled():
                 qtbot.mouseClick(button, Qt.MouseButton.LeftButton)  # and back
         for action in loaded.findChildren(QAction):
-            if action.isSeparator() or not action.isEnabled() or _label(action) in SKIP_TEXT \
-                    or not action.text():
+            if (
+                action.isSeparator()
+                or not action.isEnabled()
+                or _label(action) in SKIP_TEXT
+                or not action.text()
+            ):
                 continue
             clicked.append(_label(action))
             action.trigger()
@@ -116,8 +120,7 @@ def test_open_gguf_button_opens_the_file_dialog(qtbot, loaded) -> None:
     timer = QTimer()
     timer.timeout.connect(look)
     timer.start(20)
-    open_button = next(b for b in loaded.sidebar.findChildren(QAbstractButton)
-                       if b.text() == "Open GGUF…")
+    open_button = next(b for b in loaded.sidebar.findChildren(QAbstractButton) if b.text() == "Open GGUF…")
     try:
         qtbot.mouseClick(open_button, Qt.MouseButton.LeftButton)
     finally:

@@ -1,6 +1,7 @@
 """Faults from outside: the runtime killed at any moment, the app killed mid-save, a data folder
 that is read-only or full. Nothing the user wrote may be lost, and the window must say what
 happened and keep working."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -84,8 +85,10 @@ class Killer:
 
 
 def _snapshot(store: ChatStore) -> dict[int, list[tuple[str, str, bool]]]:
-    return {c.id: [(m.role, m.content, m.complete) for m in store.messages(c.id)]
-            for c in store.list_conversations()}
+    return {
+        c.id: [(m.role, m.content, m.complete) for m in store.messages(c.id)]
+        for c in store.list_conversations()
+    }
 
 
 def test_runtime_killed_in_every_phase_twenty_times(qtbot, tmp_path, monkeypatch, smollm2_path) -> None:
@@ -119,7 +122,7 @@ def test_runtime_killed_in_every_phase_twenty_times(qtbot, tmp_path, monkeypatch
         after = _snapshot(store)
         assert {k: v for k, v in after.items() if k in before} == before  # nothing earlier changed
         if killer.where != "load":
-            (user, reply), = [v for k, v in after.items() if k not in before]
+            ((user, reply),) = [v for k, v in after.items() if k not in before]
             assert user[0] == "user" and reply[0] == "assistant" and not reply[2]  # marked incomplete
             assert reply[1].startswith("".join(killer.deltas))
             assert bool(reply[1]) == (killer.where == "decode")
@@ -160,8 +163,14 @@ def test_app_killed_while_saving_loses_nothing_committed(tmp_path, smollm2_path)
     promised_roles: dict[int, str] = {}
     for round_ in range(3):
         log = open(tmp_path / f"app{round_}.log", "w")  # noqa: SIM115 (closed below)
-        proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.fault_app", str(db)],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.helpers.fault_app", str(db)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
         lines: list[str] = []
         wanted, deadline = rng.randint(2, 6), time.monotonic() + 90
         assert proc.stdout is not None
@@ -197,9 +206,14 @@ def test_app_killed_while_saving_loses_nothing_committed(tmp_path, smollm2_path)
 def tmpfs(path: Path, size: str) -> Iterator[bool]:
     """A tiny RAM file system at `path` (True), or just the folder (False) when not root."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = os.geteuid() == 0 and shutil.which("mount") is not None and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)],
-        capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and shutil.which("mount") is not None
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         yield mounted
     finally:
@@ -270,7 +284,7 @@ def test_full_data_folder(qtbot, tmp_path, monkeypatch, smollm2_path) -> None:
         ask(qtbot, win, "Still there?")  # the reply still arrives
         text = win.banner.label.text()
         assert win.banner.isVisible() and "full" in text and "memory" in text and "\n" not in text
-        assert store.in_memory and _snapshot(store)[conv][:len(saved)] == saved
+        assert store.in_memory and _snapshot(store)[conv][: len(saved)] == saved
         assert [m.role for m in store.messages(conv)][-2:] == ["user", "assistant"]
         win.banner.hide()
         ask(qtbot, win, "And now?")
@@ -284,10 +298,10 @@ def test_out_of_memory_is_refused_first_and_named_when_it_happens(smollm2_path) 
     called directly, bypassing preflight) the failure names the component and its size, and the
     same runtime loads the next model."""
     from engine.core.errors import InvalidSettings, KvDeckError
-    from engine.plan.fit import fit, preflight
+    from engine.core.memory_types import Device, GiB, PlanSettings
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
-    from engine.core.memory_types import Device, GiB, PlanSettings
+    from engine.plan.fit import fit, preflight
 
     info = inspect_gguf(smollm2_path)
     ram = [Device("CPU", "cpu", 16 * GiB, 8 * GiB)]
@@ -297,8 +311,15 @@ def test_out_of_memory_is_refused_first_and_named_when_it_happens(smollm2_path) 
     assert fitted.fits and fitted.plan.bytes_for("CPU") <= 8 * GiB
     with running_host() as (host, _):
         for params, component in (
-                (P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=10_000_000)), "the KV cache"),
-                (P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=65536, n_batch=65536, n_ubatch=65536, flash_attn="off")), "the compute buffers")):
+            (P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=10_000_000)), "the KV cache"),
+            (
+                P.LoadParams(
+                    path=str(smollm2_path),
+                    settings=PlanSettings(n_ctx=65536, n_batch=65536, n_ubatch=65536, flash_attn="off"),
+                ),
+                "the compute buffers",
+            ),
+        ):
             with pytest.raises(InvalidSettings) as info_:
                 host.load(params, timeout=120)
             message = str(info_.value)
@@ -312,18 +333,39 @@ def test_allocation_failures_in_words() -> None:
     """The log lines of CUDA and host failures, as llama.cpp 0c1e570 prints them."""
     from engine.plan.alloc_failure import describe_allocation_failure as describe
 
-    cuda = ["ggml_backend_cuda_buffer_type_alloc_buffer: allocating 9216.00 MiB on device 0: "
-            "cudaMalloc failed: out of memory",
-            "alloc_tensor_range: failed to allocate CUDA0 buffer of size 9663676416",
-            "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache"]
+    cuda = [
+        "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 9216.00 MiB on device 0: "
+        "cudaMalloc failed: out of memory",
+        "alloc_tensor_range: failed to allocate CUDA0 buffer of size 9663676416",
+        "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache",
+    ]
     assert describe(cuda) == "not enough memory for the KV cache (9.00 GiB on CUDA0)"
-    assert describe(["ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 2147483648",
-                     "graph_reserve: failed to allocate compute buffers"]) == \
-        "not enough memory for the compute buffers (2.00 GiB on CUDA0)"
-    assert describe(["llama_model_load: error loading model: unable to allocate CUDA0 buffer"]) == \
-        "not enough memory for the model weights on CUDA0"
-    assert describe(["output_reserve: failed to allocate output buffer of size 1024.00 MiB"]) == \
-        "not enough memory for the output buffer (1.00 GiB)"
-    assert describe(["llama_init_from_model: failed to initialize the context: failed to allocate "
-                     "buffer for rs cache"]) == "not enough memory for the recurrent state"
-    assert describe(["llama_model_load: error loading model: check_tensor_dims: tensor 'x' not found"]) is None
+    assert (
+        describe(
+            [
+                "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 2147483648",
+                "graph_reserve: failed to allocate compute buffers",
+            ]
+        )
+        == "not enough memory for the compute buffers (2.00 GiB on CUDA0)"
+    )
+    assert (
+        describe(["llama_model_load: error loading model: unable to allocate CUDA0 buffer"])
+        == "not enough memory for the model weights on CUDA0"
+    )
+    assert (
+        describe(["output_reserve: failed to allocate output buffer of size 1024.00 MiB"])
+        == "not enough memory for the output buffer (1.00 GiB)"
+    )
+    assert (
+        describe(
+            [
+                "llama_init_from_model: failed to initialize the context: failed to allocate "
+                "buffer for rs cache"
+            ]
+        )
+        == "not enough memory for the recurrent state"
+    )
+    assert (
+        describe(["llama_model_load: error loading model: check_tensor_dims: tensor 'x' not found"]) is None
+    )

@@ -4,6 +4,7 @@ A margin meant for a GPU must never come off host RAM: with one margin for every
 4 GiB GPU margin on a machine with 3 GiB of free RAM left the CPU nothing and fit answered 256
 tokens. Synthetic devices, a synthetic llama, the analytic plan (no GPU needed).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,11 +34,17 @@ def test_a_huge_gpu_margin_leaves_the_cpu_budget_alone() -> None:
 def test_cpu_margin_and_per_device_margins() -> None:
     margins = Margins.from_options("1536,CUDA1=512", 256)
     budgets = budgets_for([CPU, GPU0, GPU1], margins=margins)
-    assert budgets == {"CPU": 3 * GiB - 256 * MiB, "CUDA0": 20 * GiB - 1536 * MiB,
-                       "CUDA1": 20 * GiB - 512 * MiB}
+    assert budgets == {
+        "CPU": 3 * GiB - 256 * MiB,
+        "CUDA0": 20 * GiB - 1536 * MiB,
+        "CUDA1": 20 * GiB - 512 * MiB,
+    }
     only_named = Margins.from_options("CUDA0=2048,CUDA1=1024", None)
     assert [only_named.for_device(d) for d in (CPU, GPU0, GPU1)] == [
-        DEFAULT_CPU_MARGIN, 2048 * MiB, 1024 * MiB]
+        DEFAULT_CPU_MARGIN,
+        2048 * MiB,
+        1024 * MiB,
+    ]
     assert Margins.from_options(None, None) == Margins(DEFAULT_GPU_MARGIN, DEFAULT_CPU_MARGIN)
     for bad in ("lots", "CUDA0=-1", "CUDA0="):
         with pytest.raises(KvDeckError, match="--margin-mib"):
@@ -55,6 +62,12 @@ def test_fit_with_a_huge_gpu_margin_still_uses_the_host(tmp_path: Path) -> None:
     assert not legacy.fits  # the old single margin: nothing left for the host
     chosen, _r = default_settings(info, [CPU, GPU0], plan_fn=analytic_plan, margins=margins)
     assert chosen.n_ctx >= 256
-    plan = preflight(info, PlanSettings(n_ctx=512, n_gpu_layers=0), [CPU, GPU0], "cuda",
-                     plan_fn=analytic_plan, margins=margins)
+    plan = preflight(
+        info,
+        PlanSettings(n_ctx=512, n_gpu_layers=0),
+        [CPU, GPU0],
+        "cuda",
+        plan_fn=analytic_plan,
+        margins=margins,
+    )
     assert plan.bytes_for("CPU") > 0

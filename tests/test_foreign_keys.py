@@ -5,28 +5,38 @@ reads, per architecture, only the keys that architecture asks for, and `llama_hp
 asks for both MLA head sizes to be non-zero. A llama, qwen3moe or gemma3 file carrying zeroed (or
 even non-zero) MLA keys is therefore a plain GQA model: full K and V caches, K and V types free.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from engine.plan.rules import check_settings
+from engine.core.memory_types import MiB, PlanSettings
 from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.kv_sizes import kv_caches
-from engine.core.memory_types import MiB, PlanSettings
+from engine.plan.rules import check_settings
 from tests.helpers.gguf_factory import write_family
 from tests.helpers.llama_dry_run import dry_run
 
-ZEROED_MLA = {"attention.key_length_mla": 0, "attention.value_length_mla": 0,
-              "attention.kv_lora_rank": 0, "attention.q_lora_rank": 0}
+ZEROED_MLA = {
+    "attention.key_length_mla": 0,
+    "attention.value_length_mla": 0,
+    "attention.kv_lora_rank": 0,
+    "attention.q_lora_rank": 0,
+}
 # A non-MLA arch never reads these, whatever their value.
-FOREIGN_MLA = {"attention.key_length_mla": 192, "attention.value_length_mla": 128,
-               "attention.kv_lora_rank": 64}
-SETTINGS = [PlanSettings(n_ctx=512, flash_attn="on"),
-            PlanSettings(n_ctx=1024, n_seq_max=2, flash_attn="on", type_k="f16", type_v="q4_0"),
-            PlanSettings(n_ctx=512, flash_attn="off", type_k="q8_0")]
+FOREIGN_MLA = {
+    "attention.key_length_mla": 192,
+    "attention.value_length_mla": 128,
+    "attention.kv_lora_rank": 64,
+}
+SETTINGS = [
+    PlanSettings(n_ctx=512, flash_attn="on"),
+    PlanSettings(n_ctx=1024, n_seq_max=2, flash_attn="on", type_k="f16", type_v="q4_0"),
+    PlanSettings(n_ctx=512, flash_attn="off", type_k="q8_0"),
+]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3moe", "gemma3"])
@@ -42,8 +52,7 @@ def test_mla_keys_of_other_archs_are_ignored(family: str, extra: dict, tmp_path:
         assert not [p for p in check_settings(info, settings, 0) if p.severity == "error"]
         assert run.ok, run.error
         plan = analytic_plan(info, settings, [])
-        assert plan.bytes_for(component="kv") == analytic_plan(plain, settings, []).bytes_for(
-            component="kv")
+        assert plan.bytes_for(component="kv") == analytic_plan(plain, settings, []).bytes_for(component="kv")
         caches, _swa = kv_caches(info, settings, v_trans=settings.flash_attn == "off")
         logged = [c for c in run.parser.kv_caches if c.layers]
         assert len(caches) == len(logged)
@@ -54,6 +63,9 @@ def test_mla_keys_of_other_archs_are_ignored(family: str, extra: dict, tmp_path:
 
 def test_zeroed_mla_keys_make_an_mla_arch_plain(tmp_path: Path) -> None:
     """deepseek2 with key/value_length_mla = 0 is not MLA either (is_mla needs both > 0)."""
-    info = inspect_gguf(write_family("deepseek2", tmp_path, **{
-        "attention.key_length_mla": 0, "attention.value_length_mla": 0}))
+    info = inspect_gguf(
+        write_family(
+            "deepseek2", tmp_path, **{"attention.key_length_mla": 0, "attention.value_length_mla": 0}
+        )
+    )
     assert info.mla is None

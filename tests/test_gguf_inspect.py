@@ -1,4 +1,5 @@
 """Specification of `engine.gguf.inspect`: real models, llama.cpp's per-arch rules, bad files."""
+
 from __future__ import annotations
 
 import json
@@ -16,18 +17,37 @@ from engine.core.errors import ModelFileError
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
 
 REQUIRED_JSON_KEYS = {
-    "path", "architecture", "n_layer", "n_ctx_train", "n_embd", "n_head", "n_head_kv",
-    "head_dim_k", "head_dim_v", "n_swa", "recurrent", "n_vocab", "file_type",
-    "has_chat_template", "file_bytes",
+    "path",
+    "architecture",
+    "n_layer",
+    "n_ctx_train",
+    "n_embd",
+    "n_head",
+    "n_head_kv",
+    "head_dim_k",
+    "head_dim_v",
+    "n_swa",
+    "recurrent",
+    "n_vocab",
+    "file_type",
+    "has_chat_template",
+    "file_bytes",
 }
 BASE_KV: dict[str, Any] = {
-    "block_count": 4, "context_length": 2048, "embedding_length": 256,
-    "attention.head_count": 4, "attention.head_count_kv": 2,
+    "block_count": 4,
+    "context_length": 2048,
+    "embedding_length": 256,
+    "attention.head_count": 4,
+    "attention.head_count_kv": 2,
 }
 
 
-def write_gguf(path: Path, arch: str = "llama", kv: dict[str, Any] | None = None,
-               endianess: gguf.GGUFEndian = gguf.GGUFEndian.LITTLE) -> Path:
+def write_gguf(
+    path: Path,
+    arch: str = "llama",
+    kv: dict[str, Any] | None = None,
+    endianess: gguf.GGUFEndian = gguf.GGUFEndian.LITTLE,
+) -> Path:
     """Write a tiny GGUF: BASE_KV updated by `kv` (None deletes a key), one F32 tensor.
 
     Keys without a `general.`/`tokenizer.` prefix get the `{arch}.` prefix. Ints become
@@ -68,6 +88,7 @@ def assert_model_error(path: Path, *fragments: str) -> str:
 
 
 # --- real models -----------------------------------------------------------------------------
+
 
 def test_smollm2_metadata(smollm2_path: Path) -> None:
     info = inspect_gguf(smollm2_path)
@@ -129,6 +150,7 @@ def test_to_json_is_complete_and_serialisable(smollm2_path: Path) -> None:
 
 # --- bad files -------------------------------------------------------------------------------
 
+
 def test_text_file_named_gguf(tmp_path: Path) -> None:
     path = tmp_path / "notes.gguf"
     path.write_text("this is not a model, just some text that is long enough\n")
@@ -175,8 +197,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_missing_block_count(tmp_path: Path) -> None:
-    assert_model_error(write_gguf(tmp_path / "m.gguf", kv={"block_count": None}),
-                       "llama.block_count")
+    assert_model_error(write_gguf(tmp_path / "m.gguf", kv={"block_count": None}), "llama.block_count")
 
 
 def test_missing_architecture(tmp_path: Path) -> None:
@@ -186,21 +207,24 @@ def test_missing_architecture(tmp_path: Path) -> None:
     assert_model_error(path, "general.architecture")
 
 
-@pytest.mark.parametrize("kv, fragment", [
-    ({"attention.head_count": 0, "attention.head_count_kv": 0}, "head count"),
-    ({"attention.head_count": 0}, "head"),
-    ({"attention.head_count": 9, "attention.head_count_kv": 4}, "9 attention heads but 4 KV"),
-    ({"attention.head_count_kv": 8}, "4 attention heads but 8 KV"),
-    ({"attention.head_count": 3, "attention.head_count_kv": 1}, "not divisible"),
-    ({"block_count": 100_000}, "layers"),
-    ({"block_count": 0}, "layers"),
-    ({"embedding_length": 0}, "embedding length"),
-    ({"context_length": 0}, "context length"),
-    ({"context_length": "long"}, "context_length"),
-    ({"attention.head_count": [4, 4, 4]}, "one count per layer"),
-    ({"expert_count": 8}, "expert"),
-    ({"expert_count": 8, "expert_used_count": 9}, "expert"),
-])
+@pytest.mark.parametrize(
+    "kv, fragment",
+    [
+        ({"attention.head_count": 0, "attention.head_count_kv": 0}, "head count"),
+        ({"attention.head_count": 0}, "head"),
+        ({"attention.head_count": 9, "attention.head_count_kv": 4}, "9 attention heads but 4 KV"),
+        ({"attention.head_count_kv": 8}, "4 attention heads but 8 KV"),
+        ({"attention.head_count": 3, "attention.head_count_kv": 1}, "not divisible"),
+        ({"block_count": 100_000}, "layers"),
+        ({"block_count": 0}, "layers"),
+        ({"embedding_length": 0}, "embedding length"),
+        ({"context_length": 0}, "context length"),
+        ({"context_length": "long"}, "context_length"),
+        ({"attention.head_count": [4, 4, 4]}, "one count per layer"),
+        ({"expert_count": 8}, "expert"),
+        ({"expert_count": 8, "expert_used_count": 9}, "expert"),
+    ],
+)
 def test_impossible_hparams(tmp_path: Path, kv: dict[str, Any], fragment: str) -> None:
     assert_model_error(write_gguf(tmp_path / "bad.gguf", kv=kv), fragment)
 
@@ -215,12 +239,13 @@ def test_unknown_tensor_type(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     name = b"token_embd.weight"
     at = data.index(name) + len(name) + 4 + 2 * 8  # after n_dims and two dims: the type
-    data[at:at + 4] = (999).to_bytes(4, "little")
+    data[at : at + 4] = (999).to_bytes(4, "little")
     path.write_bytes(bytes(data))
     assert_model_error(path, "unknown tensor type")
 
 
 # --- metadata quirks -------------------------------------------------------------------------
+
 
 def test_invalid_utf8_is_replaced(tmp_path: Path) -> None:
     path = write_gguf(tmp_path / "u.gguf", kv={"general.name": "XXXXmodel"})
@@ -243,30 +268,41 @@ def test_defaults_without_optional_keys(tmp_path: Path) -> None:
 
 
 def test_tokenizer_and_template(tmp_path: Path) -> None:
-    kv = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": [f"t{i}" for i in range(300)],
-          "tokenizer.chat_template": "{{ messages }}", "tokenizer.ggml.add_bos_token": True,
-          "general.file_type": 15}
+    kv = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": [f"t{i}" for i in range(300)],
+        "tokenizer.chat_template": "{{ messages }}",
+        "tokenizer.ggml.add_bos_token": True,
+        "general.file_type": 15,
+    }
     info = inspect_gguf(write_gguf(tmp_path / "t.gguf", kv=kv))
     assert (info.n_vocab, info.tokenizer_model, info.add_bos) == (300, "gpt2", True)
     assert info.has_chat_template and info.chat_template == "{{ messages }}"
     assert info.file_type == "Q4_K_M"
 
 
-@pytest.mark.parametrize("arch, kv, n_swa, pattern", [
-    ("gemma3", {}, 0, [False] * 4),  # gemma3 uses SWA only when the window key is there
-    ("gemma3", {"attention.sliding_window": 512}, 512, [True, True, True, True]),
-    ("gemma3", {"attention.sliding_window": 512,
-                "attention.sliding_window_pattern": [True, False, True, False]},
-     512, [True, False, True, False]),  # an explicit per-layer array wins over the period
-    ("gemma2", {}, 4096, [True, False, True, False]),  # always SWA, default window
-    ("cohere2moe", {"attention.sliding_window": 128}, 128, [False, True, True, True]),
-    ("llama4", {}, 8192, [True, True, True, False]),  # chunked attention by default
-    ("llama4", {"attention.sliding_window": 0}, 0, [False] * 4),
-    ("phi3", {"attention.sliding_window": 2048}, 0, [False] * 4),  # disabled in llama.cpp
-    ("llama", {"attention.sliding_window": 2048}, 0, [False] * 4),  # arch has no SWA
-])
-def test_sliding_window_rules(tmp_path: Path, arch: str, kv: dict[str, Any], n_swa: int,
-                              pattern: list[bool]) -> None:
+@pytest.mark.parametrize(
+    "arch, kv, n_swa, pattern",
+    [
+        ("gemma3", {}, 0, [False] * 4),  # gemma3 uses SWA only when the window key is there
+        ("gemma3", {"attention.sliding_window": 512}, 512, [True, True, True, True]),
+        (
+            "gemma3",
+            {"attention.sliding_window": 512, "attention.sliding_window_pattern": [True, False, True, False]},
+            512,
+            [True, False, True, False],
+        ),  # an explicit per-layer array wins over the period
+        ("gemma2", {}, 4096, [True, False, True, False]),  # always SWA, default window
+        ("cohere2moe", {"attention.sliding_window": 128}, 128, [False, True, True, True]),
+        ("llama4", {}, 8192, [True, True, True, False]),  # chunked attention by default
+        ("llama4", {"attention.sliding_window": 0}, 0, [False] * 4),
+        ("phi3", {"attention.sliding_window": 2048}, 0, [False] * 4),  # disabled in llama.cpp
+        ("llama", {"attention.sliding_window": 2048}, 0, [False] * 4),  # arch has no SWA
+    ],
+)
+def test_sliding_window_rules(
+    tmp_path: Path, arch: str, kv: dict[str, Any], n_swa: int, pattern: list[bool]
+) -> None:
     info = inspect_gguf(write_gguf(tmp_path / "s.gguf", arch=arch, kv=kv))
     assert (info.n_swa, list(info.swa_layers)) == (n_swa, pattern)
 
@@ -277,26 +313,33 @@ def test_required_swa_pattern_missing(tmp_path: Path) -> None:
 
 
 def test_gemma4_shared_kv_layers(tmp_path: Path) -> None:
-    kv = {"block_count": 6, "attention.sliding_window": 512,
-          "attention.sliding_window_pattern": [True, True, True, False, True, False],
-          "attention.key_length_swa": 32, "attention.value_length_swa": 32,
-          "attention.shared_kv_layers": 2}
+    kv = {
+        "block_count": 6,
+        "attention.sliding_window": 512,
+        "attention.sliding_window_pattern": [True, True, True, False, True, False],
+        "attention.key_length_swa": 32,
+        "attention.value_length_swa": 32,
+        "attention.shared_kv_layers": 2,
+    }
     info = inspect_gguf(write_gguf(tmp_path / "g4.gguf", arch="gemma4", kv=kv))
     assert info.n_layer_kv_from_start == 4
     assert (info.head_dim_k_swa, info.head_dim_v_swa) == (32, 32)
     for shared in (5, 100):  # llama.cpp would abort at context creation
-        bad = write_gguf(tmp_path / f"bad{shared}.gguf", arch="gemma4",
-                         kv={**kv, "attention.shared_kv_layers": shared})
+        bad = write_gguf(
+            tmp_path / f"bad{shared}.gguf", arch="gemma4", kv={**kv, "attention.shared_kv_layers": shared}
+        )
         assert_model_error(bad, "shares the KV cache")
     # layer 4 (SWA) would reuse layer 2, which is a full-attention layer
-    mixed = write_gguf(tmp_path / "mixed.gguf", arch="gemma4", kv={
-        **kv, "attention.sliding_window_pattern": [True, True, False, False, True, False]})
+    mixed = write_gguf(
+        tmp_path / "mixed.gguf",
+        arch="gemma4",
+        kv={**kv, "attention.sliding_window_pattern": [True, True, False, False, True, False]},
+    )
     assert_model_error(mixed, "other attention kind")
 
 
 def test_hybrid_lfm2(tmp_path: Path) -> None:
-    kv = {"attention.head_count_kv": [0, 2, 0, 2], "shortconv.l_cache": 3,
-          "attention.sliding_window": 1024}
+    kv = {"attention.head_count_kv": [0, 2, 0, 2], "shortconv.l_cache": 3, "attention.sliding_window": 1024}
     info = inspect_gguf(write_gguf(tmp_path / "lfm2.gguf", arch="lfm2", kv=kv))
     assert info.hybrid and not info.recurrent
     assert info.n_head_kv_per_layer == (0, 2, 0, 2) and info.n_head_kv == 2
@@ -305,8 +348,14 @@ def test_hybrid_lfm2(tmp_path: Path) -> None:
 
 
 def test_pure_recurrent_mamba(tmp_path: Path) -> None:
-    kv = {"attention.head_count": 0, "attention.head_count_kv": None, "ssm.conv_kernel": 4,
-          "ssm.inner_size": 512, "ssm.state_size": 16, "ssm.time_step_rank": 16}
+    kv = {
+        "attention.head_count": 0,
+        "attention.head_count_kv": None,
+        "ssm.conv_kernel": 4,
+        "ssm.inner_size": 512,
+        "ssm.state_size": 16,
+        "ssm.time_step_rank": 16,
+    }
     info = inspect_gguf(write_gguf(tmp_path / "mamba.gguf", arch="mamba", kv=kv))
     assert info.recurrent and not info.hybrid
     assert (info.n_head, info.n_head_kv, info.head_dim_k) == (0, 0, 0)
@@ -314,9 +363,14 @@ def test_pure_recurrent_mamba(tmp_path: Path) -> None:
 
 
 def test_mla_only_with_both_mla_keys(tmp_path: Path) -> None:
-    kv = {"attention.head_count_kv": 1, "attention.key_length": 576,
-          "attention.value_length": 512, "attention.kv_lora_rank": 512,
-          "expert_count": 8, "expert_used_count": 2}
+    kv = {
+        "attention.head_count_kv": 1,
+        "attention.key_length": 576,
+        "attention.value_length": 512,
+        "attention.kv_lora_rank": 512,
+        "expert_count": 8,
+        "expert_used_count": 2,
+    }
     old = inspect_gguf(write_gguf(tmp_path / "old.gguf", arch="deepseek2", kv=kv))
     assert old.mla is None  # pre-MLA conversion: llama.cpp uses the full MHA cache
     assert (old.n_expert, old.n_expert_used) == (8, 2)
@@ -327,8 +381,12 @@ def test_mla_only_with_both_mla_keys(tmp_path: Path) -> None:
 
 
 def test_per_layer_head_counts(tmp_path: Path) -> None:
-    kv = {"attention.head_count": [4, 8, 4, 8], "attention.head_count_kv": [2, 2, 1, 0],
-          "attention.key_length": 64, "attention.value_length": 64}
+    kv = {
+        "attention.head_count": [4, 8, 4, 8],
+        "attention.head_count_kv": [2, 2, 1, 0],
+        "attention.key_length": 64,
+        "attention.value_length": 64,
+    }
     info = inspect_gguf(write_gguf(tmp_path / "deci.gguf", arch="deci", kv=kv))
     assert (info.n_head, info.n_head_kv) == (8, 2)
     assert info.n_head_per_layer == (4, 8, 4, 8)

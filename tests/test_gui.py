@@ -1,4 +1,5 @@
 """The window, driven as a user would, with the real runtime child."""
+
 from __future__ import annotations
 
 import os
@@ -71,9 +72,11 @@ def test_bad_drops_show_one_line_and_keep_the_conversation(qtbot, window, tmp_pa
     text_file.write_text("not a model")
     fake = tmp_path / "fake.gguf"
     fake.write_text("not a model either")
-    for path, expected in ((str(text_file), "not a GGUF model"),
-                           (str(tmp_path / "missing.gguf"), "does not exist"),
-                           (str(fake), "fake.gguf")):
+    for path, expected in (
+        (str(text_file), "not a GGUF model"),
+        (str(tmp_path / "missing.gguf"), "does not exist"),
+        (str(fake), "fake.gguf"),
+    ):
         window.banner.hide()
         drop(window, path)
         qtbot.waitUntil(window.banner.isVisible, timeout=10_000)

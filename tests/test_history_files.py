@@ -1,4 +1,5 @@
 """Specification of conversation files: OpenAI message lists in and out, Markdown out."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,11 @@ import pytest
 from engine.chat.history import HistoryError, from_openai, read_history, to_markdown, to_openai
 from engine.chat.template import ChatMessage
 
-TURNS = [ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello! ```py\nx = 1\n```"),
-         ChatMessage("user", "Thanks")]
+TURNS = [
+    ChatMessage("user", "Hi"),
+    ChatMessage("assistant", "Hello! ```py\nx = 1\n```"),
+    ChatMessage("user", "Thanks"),
+]
 
 
 def test_json_round_trip_keeps_system_prompt_and_turns(tmp_path):
@@ -19,19 +23,27 @@ def test_json_round_trip_keeps_system_prompt_and_turns(tmp_path):
 
 
 def test_openai_content_parts_and_developer_role_are_read():
-    system, turns = from_openai({"messages": [
-        {"role": "developer", "content": "Rules"},
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})
+    system, turns = from_openai(
+        {
+            "messages": [
+                {"role": "developer", "content": "Rules"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            ]
+        }
+    )
     assert system == "Rules" and turns == [ChatMessage("user", "ab")]
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("{", "is not JSON"),
-    ('{"a": 1}', "must be a JSON list"),
-    ('[{"role": "tool", "content": "x"}]', "role 'tool'"),
-    ('[{"role": "user", "content": [{"type": "image_url"}]}]', "only text content"),
-    ('[{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]', "must come before"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("{", "is not JSON"),
+        ('{"a": 1}', "must be a JSON list"),
+        ('[{"role": "tool", "content": "x"}]', "role 'tool'"),
+        ('[{"role": "user", "content": [{"type": "image_url"}]}]', "only text content"),
+        ('[{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]', "must come before"),
+    ],
+)
 def test_bad_history_files_are_one_line(tmp_path, content, fragment):
     path = tmp_path / "bad.json"
     path.write_text(content)

@@ -6,6 +6,7 @@ survives (or ends with a sentence) without allocating more than the plan allowed
 CLI runs batch all files through `engine.cli.main.main` (one interpreter, captured stderr); a sample
 runs as real subprocesses to prove the same holds for the installed command.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,16 +22,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.cli import main as cli
-
 from engine import protocol as P
 from engine.chat.conversation import conversation_prompt
 from engine.chat.template import ChatMessage
+from engine.cli import main as cli
 from engine.core.errors import KvDeckError, TemplateError
-from engine.gguf.inspect import inspect_gguf
-from engine.runtime.host import RuntimeHost
-from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import MiB, PlanSettings
+from engine.gguf.inspect import inspect_gguf
+from engine.plan.analytic import analytic_plan
+from engine.runtime.host import RuntimeHost
 from tests.helpers.hostile_gguf import Hostile, all_cases, write_all
 from tests.helpers.runtime_host import running_host
 
@@ -69,8 +69,21 @@ def test_the_generator_covers_every_kind_of_hostility() -> None:
     cases = all_cases()
     kinds = Counter(c.kind for c in cases)
     assert len(cases) >= 50
-    assert {"truncated", "header", "counts", "lengths", "shapes", "offsets", "metadata", "vocab",
-            "utf8", "swa", "shared-kv", "template", "memory"} <= set(kinds)
+    assert {
+        "truncated",
+        "header",
+        "counts",
+        "lengths",
+        "shapes",
+        "offsets",
+        "metadata",
+        "vocab",
+        "utf8",
+        "swa",
+        "shared-kv",
+        "template",
+        "memory",
+    } <= set(kinds)
     print(f"\n{len(cases)} hostile files: {dict(Counter(c.stage for c in cases))}")
 
 
@@ -111,14 +124,22 @@ def test_special_paths_are_refused_without_opening_them(tmp_path) -> None:
     (tmp_path / "folder.gguf").mkdir()
     odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/\xff\xfe-name.gguf")
     Path(odd).write_bytes(b"GGUF" + bytes(60))
-    for name, fragment in (("zero.gguf", "not a regular file"), ("pipe.gguf", "not a regular file"),
-                           ("folder.gguf", "directory")):
+    for name, fragment in (
+        ("zero.gguf", "not a regular file"),
+        ("pipe.gguf", "not a regular file"),
+        ("folder.gguf", "directory"),
+    ):
         t0 = time.perf_counter()
         with pytest.raises(KvDeckError, match=fragment):
             inspect_gguf(tmp_path / name)
         assert time.perf_counter() - t0 < 0.5
-    for argv in (("inspect", odd), ("plan", odd), ("chat", odd, "--prompt", "x"),
-                 ("inspect", str(tmp_path / "pipe.gguf")), ("fit", str(tmp_path / "zero.gguf"))):
+    for argv in (
+        ("inspect", odd),
+        ("plan", odd),
+        ("chat", odd, "--prompt", "x"),
+        ("inspect", str(tmp_path / "pipe.gguf")),
+        ("fit", str(tmp_path / "zero.gguf")),
+    ):
         code, _out, err, seconds = run_cli(*argv)
         assert code == 2 and seconds < BOUND_S
         assert_one_line_error(err)
@@ -129,18 +150,30 @@ def test_cli_subprocess_sample(hostile, tmp_path) -> None:
     """The real `kvdeck` command: exit 2, exactly one line, no traceback, quickly."""
     by_name = {c.name: p for c, p in hostile}
     (tmp_path / "zero.gguf").symlink_to("/dev/zero")
-    runs = [(cmd, by_name[n]) for n in ("bad-magic", "weights-256GiB-sparse")
-            for cmd in ("inspect", "plan", "fit", "chat")]
+    runs = [
+        (cmd, by_name[n])
+        for n in ("bad-magic", "weights-256GiB-sparse")
+        for cmd in ("inspect", "plan", "fit", "chat")
+    ]
     runs = [r for r in runs if not (r[1] == by_name["weights-256GiB-sparse"] and r[0] in ("inspect", "plan"))]
-    runs += [("chat", by_name["missing-tensor"]), ("chat", by_name["template-escape-mro"]),
-             ("inspect", tmp_path / "zero.gguf")]
+    runs += [
+        ("chat", by_name["missing-tensor"]),
+        ("chat", by_name["template-escape-mro"]),
+        ("inspect", tmp_path / "zero.gguf"),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
     times = []
     for cmd, path in runs:
         extra = ("--prompt", "hi", "--max-tokens", "2", "--n-ctx", "512") if cmd == "chat" else ()
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "kvdeck", cmd, str(path), *extra], cwd=ROOT,
-                           env=env, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "kvdeck", cmd, str(path), *extra],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         times.append(time.perf_counter() - t0)
         assert r.returncode == 2, (cmd, path.name, r.stderr)
         assert_one_line_error(r.stderr)
@@ -211,6 +244,7 @@ def test_files_that_reach_llama_cpp(hostile, smollm2_path) -> None:
 
 # --- the window ----------------------------------------------------------------------------------
 
+
 def _no_network(*pids: int) -> None:
     """No listening socket, indeed no internet socket at all, in the app or its runtime."""
     for pid in pids:
@@ -235,8 +269,13 @@ def test_window_survives_every_hostile_drop(qtbot, tmp_path, monkeypatch, smollm
     (tmp_path / "zero.gguf").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "pipe.gguf")
     (tmp_path / "dir.gguf").mkdir()
-    drops = [(c.stage, QUrl.fromLocalFile(str(p))) for c, p in hostile if c.stage in EXIT or c.stage == "load"]
-    drops += [("path", QUrl.fromLocalFile(str(tmp_path / n))) for n in ("zero.gguf", "pipe.gguf", "dir.gguf", "nope.gguf")]
+    drops = [
+        (c.stage, QUrl.fromLocalFile(str(p))) for c, p in hostile if c.stage in EXIT or c.stage == "load"
+    ]
+    drops += [
+        ("path", QUrl.fromLocalFile(str(tmp_path / n)))
+        for n in ("zero.gguf", "pipe.gguf", "dir.gguf", "nope.gguf")
+    ]
     drops += [("path", QUrl("http://127.0.0.1:9/model.gguf")), ("path", QUrl("ftp://example.com/m.gguf"))]
     slowest = 0.0
     for stage, url in drops:
@@ -267,7 +306,7 @@ def test_window_survives_every_hostile_drop(qtbot, tmp_path, monkeypatch, smollm
     qtbot.waitUntil(win.banner.isVisible, timeout=5_000)
     assert time.perf_counter() - t0 < BOUND_S
     assert "chat template" in win.banner.label.text() and "\n" not in win.banner.label.text()
-    assert not win.bridge.generating and store.messages(conv)[:len(before)] == before
+    assert not win.bridge.generating and store.messages(conv)[: len(before)] == before
     with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
         drop_url(win, QUrl.fromLocalFile(demo))
     ask(qtbot, win, "Still fine?")
@@ -285,12 +324,17 @@ def test_model_output_is_shown_as_text_and_nothing_is_fetched(qtbot, monkeypatch
 
     asked: list[str] = []
     original = ChatView.loadResource
-    monkeypatch.setattr(ChatView, "loadResource",
-                        lambda self, kind, url: asked.append(url.toString()) or original(self, kind, url))
+    monkeypatch.setattr(
+        ChatView,
+        "loadResource",
+        lambda self, kind, url: asked.append(url.toString()) or original(self, kind, url),
+    )
     view = ChatView()
     qtbot.addWidget(view)
-    reply = ('<img src="http://127.0.0.1:9/x.png"> <script>alert(1)</script> '
-             '<a href="javascript:alert(2)">y</a> ![z](http://127.0.0.1:9/z.png) <iframe src=//e.x>')
+    reply = (
+        '<img src="http://127.0.0.1:9/x.png"> <script>alert(1)</script> '
+        '<a href="javascript:alert(2)">y</a> ![z](http://127.0.0.1:9/z.png) <iframe src=//e.x>'
+    )
     view.set_messages([ShownMessage(1, "user", reply, True), ShownMessage(2, "assistant", reply, True)])
     shown = view.toPlainText()
     assert '<img src="http://127.0.0.1:9/x.png">' in shown and "<script>alert(1)</script>" in shown
@@ -298,7 +342,9 @@ def test_model_output_is_shown_as_text_and_nothing_is_fetched(qtbot, monkeypatch
     for tag in ("<img", "<script", "<iframe", 'href="javascript', 'src="http'):
         assert tag not in html, tag
     assert not [u for u in asked if "127.0.0.1" in u or u.startswith(("http", "//"))], asked
-    assert view.loadResource(QTextDocument.ResourceType.ImageResource, QUrl("http://127.0.0.1:9/x.png")) is None
+    assert (
+        view.loadResource(QTextDocument.ResourceType.ImageResource, QUrl("http://127.0.0.1:9/x.png")) is None
+    )
 
 
 def test_hostile_templates_fail_fast_without_memory_growth(smollm2_path) -> None:

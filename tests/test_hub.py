@@ -4,6 +4,7 @@ Covers: search -> files -> a verdict equal to `kvdeck fit` on the same file loca
 from a small fraction of the file; split models; downloads that resume after a dropped
 connection and after kill -9, checked by sha256; and every failure as one line.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,6 @@ from pathlib import Path
 
 import gguf
 import pytest
-from tests.helpers.gguf_factory import write_llama
-from tests.helpers.hub_server import COMMIT, FakeHub
 
 from engine.cli.main import main
 from engine.core.errors import KvDeckError
@@ -29,6 +28,8 @@ from engine.hub import client, download, names, remote
 from engine.hub import verdict as hv
 from engine.hub.jobs import DownloadQueue
 from engine.storage.library import scan_models
+from tests.helpers.gguf_factory import write_llama
+from tests.helpers.hub_server import COMMIT, FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = "kvdeck-test/SmolLM2-135M-Instruct-GGUF"
@@ -53,8 +54,8 @@ def _huge_tensor(path: Path) -> Path:
     write_llama(path)
     data = bytearray(path.read_bytes())
     at = data.index(b"token_embd.weight") + len(b"token_embd.weight")
-    assert int.from_bytes(data[at:at + 4], "little") == 2
-    data[at + 12:at + 20] = (1 << 52).to_bytes(8, "little")
+    assert int.from_bytes(data[at : at + 4], "little") == 2
+    data[at + 12 : at + 20] = (1 << 52).to_bytes(8, "little")
     path.write_bytes(bytes(data))
     return path
 
@@ -69,14 +70,16 @@ def fake_hub(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory):
     for p in _split_llama(d / "split", n_layer=4):
         hub.add(TINY, f"split/{p.name}", p)
     hub.add(TINY, "mmproj-tiny-F16.gguf", d / "tiny-llama-F16.gguf")
-    hub.add(DL, "dl-F16.gguf", write_llama(d / "dl-F16.gguf", n_layer=2, n_embd=512,
-                                           n_head=8, n_head_kv=4, n_ff=1536))
+    hub.add(
+        DL,
+        "dl-F16.gguf",
+        write_llama(d / "dl-F16.gguf", n_layer=2, n_embd=512, n_head=8, n_head_kv=4, n_ff=1536),
+    )
     hub.add("kvdeck-test/gated-GGUF", "g-Q4_0.gguf", d / "tiny-llama-F16.gguf", gated=True)
     (d / "notes.gguf").write_bytes(b"<html><body>not a model</body></html>" * 3000)
     hub.add("kvdeck-test/bad-GGUF", "notes-Q4_0.gguf", d / "notes.gguf")
     hub.add("kvdeck-test/bad-GGUF", "huge-tensor-F16.gguf", _huge_tensor(d / "huge.gguf"))
-    hub.add("kvdeck-test/bad-GGUF", "huge-Q4_K_M.gguf", d / "tiny-llama-F16.gguf",
-            claimed_size=1 << 50)
+    hub.add("kvdeck-test/bad-GGUF", "huge-Q4_K_M.gguf", d / "tiny-llama-F16.gguf", claimed_size=1 << 50)
     hub.local = d  # type: ignore[attr-defined]
     hub.start()
     yield hub
@@ -88,8 +91,14 @@ def hub(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> F
     """The fake Hub, its knobs reset, and HF_* pointing at it with a private HF cache."""
     import huggingface_hub.constants as hfc
 
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
-                "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    for var in (
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -116,15 +125,29 @@ def _fit_json(path: Path, capsys: pytest.CaptureFixture[str]) -> dict:
 
 # --- names -----------------------------------------------------------------------------------
 
+
 def test_names_group_parts_and_label_quants_and_companions() -> None:
-    files = [names.RemoteFile(n, 10, None) for n in (
-        "Q8_0/M-Q8_0-00002-of-00002.gguf", "Q8_0/M-Q8_0-00001-of-00002.gguf",
-        "M-UD-Q4_K_XL.gguf", "mmproj-M-F16.gguf", "M-IQ3_XXS.gguf", "M-MTP-Q8_0.gguf",
-        "M-assistant-Q4_0.gguf", "README.md", "../evil.gguf", "M-Q2_K-00001-of-00003.gguf")]
+    files = [
+        names.RemoteFile(n, 10, None)
+        for n in (
+            "Q8_0/M-Q8_0-00002-of-00002.gguf",
+            "Q8_0/M-Q8_0-00001-of-00002.gguf",
+            "M-UD-Q4_K_XL.gguf",
+            "mmproj-M-F16.gguf",
+            "M-IQ3_XXS.gguf",
+            "M-MTP-Q8_0.gguf",
+            "M-assistant-Q4_0.gguf",
+            "README.md",
+            "../evil.gguf",
+            "M-Q2_K-00001-of-00003.gguf",
+        )
+    ]
     models = {m.name: m for m in names.group_files("o/r", files)}
     split = models["Q8_0/M-Q8_0.gguf"]
-    assert [f.name for f in split.files] == ["Q8_0/M-Q8_0-00001-of-00002.gguf",
-                                             "Q8_0/M-Q8_0-00002-of-00002.gguf"]
+    assert [f.name for f in split.files] == [
+        "Q8_0/M-Q8_0-00001-of-00002.gguf",
+        "Q8_0/M-Q8_0-00002-of-00002.gguf",
+    ]
     assert split.complete and split.size == 20 and split.quant == "Q8_0"
     assert not models["M-Q2_K.gguf"].complete
     assert models["M-UD-Q4_K_XL.gguf"].quant == "Q4_K_XL"
@@ -140,8 +163,10 @@ def test_names_group_parts_and_label_quants_and_companions() -> None:
 
 # --- search, files, verdicts -------------------------------------------------------------------
 
-def test_search_files_and_verdict_equal_local_fit(hub: FakeHub, smollm2_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_search_files_and_verdict_equal_local_fit(
+    hub: FakeHub, smollm2_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     hits = client.search("smollm2")
     assert [h.repo for h in hits] == [SMOL] and hits[0].downloads == 5000
     assert hits[0].updated == "2026-11-02"
@@ -151,8 +176,7 @@ def test_search_files_and_verdict_equal_local_fit(hub: FakeHub, smollm2_path: Pa
     assert cand.error is None and cand.verdict is not None
     local = _fit_json(smollm2_path, capsys)
     v = cand.verdict
-    assert (v.fits, v.n_ctx, v.n_gpu_layers) == (local["fits"], local["n_ctx"],
-                                                 local["n_gpu_layers"])
+    assert (v.fits, v.n_ctx, v.n_gpu_layers) == (local["fits"], local["n_ctx"], local["n_gpu_layers"])
     assert v.type_k == local["plan"]["type_k"]
     assert v.need_bytes == local["plan"]["totals"]["total"]
     size = smollm2_path.stat().st_size
@@ -161,8 +185,9 @@ def test_search_files_and_verdict_equal_local_fit(hub: FakeHub, smollm2_path: Pa
     assert again.bytes_read == 0 and again.verdict == v
 
 
-def test_gemma3_large_vocab_verdict_equals_local_fit(hub: FakeHub, gemma3_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_gemma3_large_vocab_verdict_equals_local_fit(
+    hub: FakeHub, gemma3_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Gemma 3: a 262k-token vocabulary (the biggest header here) and sliding windows."""
     repo = "kvdeck-test/gemma-3-270m-GGUF"
     if repo not in hub.repos:
@@ -172,9 +197,12 @@ def test_gemma3_large_vocab_verdict_equals_local_fit(hub: FakeHub, gemma3_path: 
     v = cand.verdict
     assert v is not None, cand.error
     assert (v.fits, v.n_ctx, v.n_gpu_layers, v.need_bytes) == (
-        local["fits"], local["n_ctx"], local["n_gpu_layers"], local["plan"]["totals"]["total"])
-    print(f"\n  gemma3: {cand.bytes_read} of {gemma3_path.stat().st_size} bytes, "
-          f"{cand.seconds:.3f} s")
+        local["fits"],
+        local["n_ctx"],
+        local["n_gpu_layers"],
+        local["plan"]["totals"]["total"],
+    )
+    print(f"\n  gemma3: {cand.bytes_read} of {gemma3_path.stat().st_size} bytes, {cand.seconds:.3f} s")
     assert cand.bytes_read < gemma3_path.stat().st_size / 20
 
 
@@ -204,8 +232,9 @@ def test_split_model_reads_every_part(hub: FakeHub) -> None:
     assert hv.verdict(info, devs) == hv.verdict(local, devs)
 
 
-def test_cli_files_sorts_by_fit_and_labels_companions(hub: FakeHub,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_files_sorts_by_fit_and_labels_companions(
+    hub: FakeHub, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["hub", "files", TINY, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     roles = [m["role"] for m in data["models"]]
@@ -226,12 +255,15 @@ def test_verdict_bytes_and_time(hub: FakeHub, smollm2_path: Path) -> None:
     for c in cands:
         print(f"\n  {c.model.name}: {c.bytes_read} of {c.model.size} bytes, {c.seconds:.3f} s")
     secs = [c.seconds for c in cands]
-    print(f"\nverdict bytes: median {statistics.median(read)} max {max(read)}; "
-          f"seconds: median {statistics.median(secs):.3f} max {max(secs):.3f}")
+    print(
+        f"\nverdict bytes: median {statistics.median(read)} max {max(read)}; "
+        f"seconds: median {statistics.median(secs):.3f} max {max(secs):.3f}"
+    )
     assert max(read) <= 4 << 20
 
 
 # --- downloads -----------------------------------------------------------------------------------
+
 
 def _cache() -> Path:
     return Path(os.environ["HF_HOME"]) / "hub"
@@ -244,8 +276,9 @@ def test_download_into_hf_cache_found_by_library_and_not_twice(hub: FakeHub) -> 
     assert path == _cache() / "models--kvdeck-test--dl-GGUF" / "snapshots" / COMMIT / "dl-F16.gguf"
     assert path.read_bytes() == (hub.local / "dl-F16.gguf").read_bytes()  # type: ignore[attr-defined]
     assert seen[-1].state == "done" and seen[-1].done == seen[-1].total == model.size
-    assert [e.path for e in scan_models(roots=[("huggingface", _cache())])
-            if e.source == "huggingface"] == [path]
+    assert [e.path for e in scan_models(roots=[("huggingface", _cache())]) if e.source == "huggingface"] == [
+        path
+    ]
     before = hub.cdn_bytes()
     assert download.download_model(model) == [path]
     assert hub.cdn_bytes() == before  # already in the cache: nothing fetched
@@ -276,8 +309,12 @@ def test_kill_9_then_resume(hub: FakeHub, tmp_path: Path) -> None:
     hub.throttle_bps = size / 6
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     code = "import sys; from engine.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, "hub", "get", DL, "F16"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "hub", "get", DL, "F16"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     partial = _cache() / "models--kvdeck-test--dl-GGUF" / "blobs" / f"{sha}.incomplete"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -309,11 +346,11 @@ def test_corrupted_byte_is_caught_and_nothing_offered(hub: FakeHub) -> None:
     assert not list((store / "blobs").iterdir())  # partial deleted, no blob
     assert not (store / "snapshots").exists()
     assert not scan_models(roots=[("huggingface", _cache())], recent=[]) or all(
-        e.source != "huggingface" for e in scan_models(roots=[("huggingface", _cache())]))
+        e.source != "huggingface" for e in scan_models(roots=[("huggingface", _cache())])
+    )
 
 
-def test_disk_full_refused_before_any_byte(hub: FakeHub, capsys: pytest.CaptureFixture[str]
-                                           ) -> None:
+def test_disk_full_refused_before_any_byte(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["hub", "get", "kvdeck-test/bad-GGUF", "huge-Q4_K_M.gguf"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: not enough disk space for ")
@@ -351,15 +388,20 @@ def test_cancel_keeps_no_visible_half_file(hub: FakeHub) -> None:
 
 # --- failures: one line, exit 2, nothing written outside the caches -----------------------------
 
-@pytest.mark.parametrize("argv, expected", [
-    (["hub", "get", "kvdeck-test/gated-GGUF", "g-Q4_0.gguf"], "is gated"),
-    (["hub", "get", DL, "missing-Q4_0.gguf"], "has no GGUF model 'missing-Q4_0.gguf'"),
-    (["hub", "files", "kvdeck-test/nope"], "no such repository"),
-    (["hub", "files", "../../etc/passwd"], "is not a Hub repository id"),
-    (["hub", "files", "a b/c"], "is not a Hub repository id"),
-])
-def test_refusals_are_one_line(hub: FakeHub, capsys: pytest.CaptureFixture[str],
-                               argv: list[str], expected: str) -> None:
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["hub", "get", "kvdeck-test/gated-GGUF", "g-Q4_0.gguf"], "is gated"),
+        (["hub", "get", DL, "missing-Q4_0.gguf"], "has no GGUF model 'missing-Q4_0.gguf'"),
+        (["hub", "files", "kvdeck-test/nope"], "no such repository"),
+        (["hub", "files", "../../etc/passwd"], "is not a Hub repository id"),
+        (["hub", "files", "a b/c"], "is not a Hub repository id"),
+    ],
+)
+def test_refusals_are_one_line(
+    hub: FakeHub, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
@@ -373,8 +415,9 @@ def test_missing_file_via_resolve_is_one_line(hub: FakeHub) -> None:
         remote.fetch_header("kvdeck-test/gated-GGUF", gated)
 
 
-def test_token_opens_gated_repo_and_never_reaches_the_cdn(hub: FakeHub,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_opens_gated_repo_and_never_reaches_the_cdn(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_kvdeck_test_token")
     model = _model("kvdeck-test/gated-GGUF", "g-Q4_0.gguf")
     [cand] = hv.judge([model])
@@ -392,10 +435,10 @@ def test_html_instead_of_json(hub: FakeHub, capsys: pytest.CaptureFixture[str]) 
         assert len(err) == 1 and "did not answer with JSON" in err[0]
 
 
-def test_bad_files_get_a_sentence_and_write_nothing(hub: FakeHub, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    cands = {c.model.name: c for c in hv.judge(list(client.list_files(
-        "kvdeck-test/bad-GGUF").models))}
+def test_bad_files_get_a_sentence_and_write_nothing(
+    hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cands = {c.model.name: c for c in hv.judge(list(client.list_files("kvdeck-test/bad-GGUF").models))}
     assert cands["notes-Q4_0.gguf"].error == "notes-Q4_0.gguf is not a GGUF file (bad magic)"
     assert "token_embd.weight" in (cands["huge-tensor-F16.gguf"].error or "")
     for name in ("notes-Q4_0.gguf", "huge-tensor-F16.gguf"):
@@ -409,8 +452,9 @@ def test_bad_files_get_a_sentence_and_write_nothing(hub: FakeHub, tmp_path: Path
     assert not (tmp_path / "hf").exists()  # and nothing in the HF cache
 
 
-def test_offline_and_unreachable_fail_fast(hub: FakeHub, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_offline_and_unreachable_fail_fast(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["hub", "search", "x"]) == 2
     assert "cannot be reached: offline mode" in capsys.readouterr().err

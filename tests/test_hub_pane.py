@@ -5,6 +5,7 @@ through the pane lands in the sidebar's library and loads in the window; cancel 
 file; a slow Hub never freezes the window; no network, offline mode and every Hub error are
 one line in the pane.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,8 +45,11 @@ def fake_hub(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory):
     for p in _split_llama(d / "split", n_layer=4):
         hub.add(TINY, f"split/{p.name}", p)
     hub.add(TINY, "mmproj-tiny-F16.gguf", tiny)
-    hub.add(DL, "dl-F16.gguf", write_llama(d / "dl-F16.gguf", n_layer=2, n_embd=512, n_head=8,
-                                           n_head_kv=4, n_ff=1536))
+    hub.add(
+        DL,
+        "dl-F16.gguf",
+        write_llama(d / "dl-F16.gguf", n_layer=2, n_embd=512, n_head=8, n_head_kv=4, n_ff=1536),
+    )
     hub.add("kvdeck-test/gated-GGUF", "g-Q4_0.gguf", tiny, gated=True)
     (d / "notes.gguf").write_bytes(b"<html><body>not a model</body></html>" * 3000)
     hub.add("kvdeck-test/bad-GGUF", "notes-Q4_0.gguf", d / "notes.gguf")
@@ -59,8 +63,14 @@ def hub(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> F
     """The fake Hub, knobs reset, HF_* pointing at it with a private HF cache and no token."""
     import huggingface_hub.constants as hfc
 
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
-                "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    for var in (
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -88,8 +98,10 @@ def _search(qtbot, pane: HubPane, query: str) -> None:
 
 def _open(qtbot, pane: HubPane, repo: str) -> None:
     pane.open_repo(repo)
-    qtbot.waitUntil(lambda: pane.files.listing is not None and not pane.files.judging
-                    or pane.problem is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: pane.files.listing is not None and not pane.files.judging or pane.problem is not None,
+        timeout=WAIT_MS,
+    )
 
 
 def _rows(pane: HubPane) -> list[tuple[str, str, str]]:
@@ -97,8 +109,7 @@ def _rows(pane: HubPane) -> list[tuple[str, str, str]]:
     rows = [t.topLevelItem(i) for i in range(t.topLevelItemCount())]
     for r in rows:  # what the user reads: the name, then the verdict on the second line
         assert r.text(NAME).endswith("\n" + r.data(NAME, VERDICT))
-    return [(r.data(NAME, Qt.ItemDataRole.UserRole), r.text(ROLE), r.data(NAME, VERDICT))
-            for r in rows]
+    return [(r.data(NAME, Qt.ItemDataRole.UserRole), r.text(ROLE), r.data(NAME, VERDICT)) for r in rows]
 
 
 def _cache_files(hub_home: Path) -> list[Path]:
@@ -107,34 +118,41 @@ def _cache_files(hub_home: Path) -> list[Path]:
 
 # --- search -> files -> verdicts ------------------------------------------------------------------
 
-def test_search_files_and_verdicts_equal_the_engine(qtbot, hub: FakeHub, pane: HubPane,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_search_files_and_verdicts_equal_the_engine(
+    qtbot, hub: FakeHub, pane: HubPane, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _search(qtbot, pane, "tiny")
     assert pane.problem is None and pane.results.topLevelItemCount() == 1
     item = pane.results.topLevelItem(0)
     assert [item.text(c) for c in range(4)] == [TINY, "1.2k", "5", "2026-11-02"]
     streamed: list[str] = []
     real = pane.files._on_candidate
-    monkeypatch.setattr(pane.files, "_on_candidate",
-                        lambda ticket, c: (streamed.append(c.model.name), real(ticket, c)))
+    monkeypatch.setattr(
+        pane.files, "_on_candidate", lambda ticket, c: (streamed.append(c.model.name), real(ticket, c))
+    )
     with qtbot.waitSignal(pane.files.verdictsDone, timeout=WAIT_MS):
         pane.results.setCurrentItem(item)  # selecting the repository lists and judges it
     engine = hv.judge(list(client.list_files(TINY).models), devices=DEVICES)
-    assert _rows(pane) == [(c.model.name, text.role_text(c.model.role), text.verdict_text(c))
-                           for c in engine]
+    assert _rows(pane) == [(c.model.name, text.role_text(c.model.role), text.verdict_text(c)) for c in engine]
     assert sorted(streamed) == sorted(c.model.name for c in engine)  # each as it arrived
     assert any(c.verdict is not None and c.verdict.fits for c in engine)
     assert _rows(pane)[-1][1] == "vision projector"
     split = pane.files.row_of("split/tiny-llama-split-F16.gguf")
-    assert split is not None and split.childCount() > 1 and split.text(NAME).split("\n")[0].endswith(f" · {split.childCount()} parts")
+    assert (
+        split is not None
+        and split.childCount() > 1
+        and split.text(NAME).split("\n")[0].endswith(f" · {split.childCount()} parts")
+    )
     assert "fit this machine" in pane.status.text()
 
 
 # --- download, library, load ------------------------------------------------------------------------
 
-def test_download_lands_in_the_library_and_loads(qtbot, hub: FakeHub, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 smollm2_path: Path) -> None:
+
+def test_download_lands_in_the_library_and_loads(
+    qtbot, hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smollm2_path: Path
+) -> None:
     win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
     try:
         win.get_models_action.trigger()
@@ -154,8 +172,10 @@ def test_download_lands_in_the_library_and_loads(qtbot, hub: FakeHub, tmp_path: 
         assert row.job.state == "done" and row.button.text() == "Load"
         assert row.status.text().startswith("done")
         models = win.sidebar.models
-        qtbot.waitUntil(lambda: any(models.item(i).data(Qt.ItemDataRole.UserRole) == path
-                                    for i in range(models.count())), timeout=WAIT_MS)
+        qtbot.waitUntil(
+            lambda: any(models.item(i).data(Qt.ItemDataRole.UserRole) == path for i in range(models.count())),
+            timeout=WAIT_MS,
+        )
         load = pane.files.button_for(name)
         assert load is not None and load.text() == "Load"
         with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS) as loaded:
@@ -175,10 +195,8 @@ def test_cancel_leaves_no_file(qtbot, hub: FakeHub, pane: HubPane, tmp_path: Pat
     qtbot.mouseClick(pane.files.button_for("dl-F16.gguf"), Qt.MouseButton.LeftButton)
     assert pane.files.button_for("dl-F16.gguf").text() == "In queue"
     [row] = pane.downloads.rows.values()
-    qtbot.waitUntil(lambda: row.job.progress is not None and row.job.progress.done > 0,
-                    timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: " left" in row.status.text() or "/s" in row.status.text(),
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: row.job.progress is not None and row.job.progress.done > 0, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: " left" in row.status.text() or "/s" in row.status.text(), timeout=WAIT_MS)
     with qtbot.waitSignal(pane.downloads.finished, timeout=WAIT_MS):
         qtbot.mouseClick(row.button, Qt.MouseButton.LeftButton)
     assert row.job.state == "cancelled" and row.button.text() == "Clear"
@@ -189,6 +207,7 @@ def test_cancel_leaves_no_file(qtbot, hub: FakeHub, pane: HubPane, tmp_path: Pat
 
 
 # --- never blocking, always one line -----------------------------------------------------------------
+
 
 def test_slow_hub_never_freezes_the_window(qtbot, hub: FakeHub, pane: HubPane) -> None:
     hub.api_delay_s = 2.0
@@ -216,12 +235,16 @@ def test_slow_hub_never_freezes_the_window(qtbot, hub: FakeHub, pane: HubPane) -
     assert max(gaps) < 0.5, f"the GUI thread stalled for {max(gaps):.2f} s"
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "cannot be reached"),  # nothing listens there
-    ({"HF_HUB_OFFLINE": "1"}, "cannot be reached: offline mode is on"),
-])
-def test_no_network_is_one_line(qtbot, pane: HubPane, monkeypatch: pytest.MonkeyPatch,
-                                env: dict[str, str], expected: str) -> None:
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "cannot be reached"),  # nothing listens there
+        ({"HF_HUB_OFFLINE": "1"}, "cannot be reached: offline mode is on"),
+    ],
+)
+def test_no_network_is_one_line(
+    qtbot, pane: HubPane, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -253,10 +276,15 @@ def test_hub_errors_are_one_line(qtbot, hub: FakeHub, pane: HubPane) -> None:
 
 # --- words -----------------------------------------------------------------------------------------
 
+
 def test_words() -> None:
     assert [text.count(n) for n in (7, 1234, 56_000, 3_400_000)] == ["7", "1.2k", "56k", "3.4M"]
     assert [text.duration(s) for s in (None, 4.4, 200, 3900)] == [
-        "time left unknown", "4 s", "3 min 20 s", "1 h 05 min"]
+        "time left unknown",
+        "4 s",
+        "3 min 20 s",
+        "1 h 05 min",
+    ]
     p = Progress("x", "downloading", 10 << 20, 40 << 20, 2 << 20, 15.0)
     assert text.progress_text(p, "running") == "10.0 MiB of 40.0 MiB · 2.0 MiB/s · 15 s left"
     assert text.progress_text(None, "queued").startswith("waiting")

@@ -3,6 +3,7 @@
 `--self-test` is the contract: one line, exit 0, from a checkout and from the frozen bundle.
 Building the bundle takes minutes, so that test runs only with ``KVDECK_TEST_BUNDLE=1``.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -45,8 +46,11 @@ def test_self_test_reports_a_broken_model_in_one_line_and_exits_1(tmp_path):
 
 def test_self_test_without_a_model_fails_fast(tmp_path):
     data = tmp_path / "data"
-    result = kvdeck("--self-test", env={"KVDECK_DEMO_MODEL": str(tmp_path / "gone.gguf"),
-                                        "KVDECK_DATA_DIR": str(data)}, timeout=60)
+    result = kvdeck(
+        "--self-test",
+        env={"KVDECK_DEMO_MODEL": str(tmp_path / "gone.gguf"), "KVDECK_DATA_DIR": str(data)},
+        timeout=60,
+    )
     assert (result.returncode, result.stdout.startswith("self-test failed: no demo model")) == (1, True)
     assert result.stdout.endswith(f"(details in {data / 'kvdeck.log'})\n"), result.stdout
     assert "Traceback (most recent call last)" in (data / "kvdeck.log").read_text(encoding="utf-8")
@@ -56,8 +60,12 @@ def test_version_names_every_component():
     result = kvdeck("--version", timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == version_text()
-    for line in (rf"KV Deck:\s+{re.escape(importlib.metadata.version('kvdeck'))}", r"llama\.cpp:\s+[0-9a-f]{7,40}",
-                 rf"Qt:\s+{re.escape(qVersion())}", rf"GPU backend:\s+{gpu_backend()}"):
+    for line in (
+        rf"KV Deck:\s+{re.escape(importlib.metadata.version('kvdeck'))}",
+        r"llama\.cpp:\s+[0-9a-f]{7,40}",
+        rf"Qt:\s+{re.escape(qVersion())}",
+        rf"GPU backend:\s+{gpu_backend()}",
+    ):
         assert re.search(f"^{line}$", result.stdout, re.MULTILINE), (line, result.stdout)
 
 
@@ -98,34 +106,57 @@ def _no_network_prefix() -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("KVDECK_TEST_BUNDLE") != "1",
-                    reason="builds the PyInstaller bundle (minutes): set KVDECK_TEST_BUNDLE=1")
+@pytest.mark.skipif(
+    os.environ.get("KVDECK_TEST_BUNDLE") != "1",
+    reason="builds the PyInstaller bundle (minutes): set KVDECK_TEST_BUNDLE=1",
+)
 def test_linux_bundle_chats_offline(tmp_path):
     offline = _no_network_prefix()
-    build = subprocess.run(["installer/build-linux.sh"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=3600)
+    build = subprocess.run(
+        ["installer/build-linux.sh"], cwd=ROOT, capture_output=True, text=True, timeout=3600
+    )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     archive = ROOT / "dist" / f"kvdeck-linux-{os.uname().machine}.tar.gz"
     with tarfile.open(archive) as tar:  # test what users download, not the build folder
         tar.extractall(tmp_path, filter="tar")
     bundle = tmp_path / "kvdeck"
-    for part in ("kvdeck", "install.sh", "share/applications/kvdeck.desktop",
-                 "share/mime/packages/kvdeck-gguf.xml", "share/icons/hicolor/256x256/apps/kvdeck.png"):
+    for part in (
+        "kvdeck",
+        "install.sh",
+        "share/applications/kvdeck.desktop",
+        "share/mime/packages/kvdeck-gguf.xml",
+        "share/icons/hicolor/256x256/apps/kvdeck.png",
+    ):
         assert (bundle / part).exists(), part
     home = tmp_path / "home"
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "KVDECK_DATA_DIR": str(home / "data"),
-           "QT_QPA_PLATFORM": "offscreen"}  # nothing from this checkout or its venv
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "KVDECK_DATA_DIR": str(home / "data"),
+        "QT_QPA_PLATFORM": "offscreen",
+    }  # nothing from this checkout or its venv
 
     interfaces = subprocess.run([*offline, "cat", "/proc/net/dev"], capture_output=True, text=True)
     assert [ln.split(":")[0].strip() for ln in interfaces.stdout.splitlines()[2:]] == ["lo"]
-    result = subprocess.run([*offline, str(bundle / "kvdeck"), "--self-test"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*offline, str(bundle / "kvdeck"), "--self-test"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert OK_LINE.fullmatch(result.stdout.strip()), result.stdout
 
     # and the window: it comes up and loads the bundled model on its own, still offline
-    window = subprocess.Popen([*offline, str(bundle / "kvdeck")], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    window = subprocess.Popen(
+        [*offline, str(bundle / "kvdeck")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = home / "data" / "kvdeck.log"
     try:
         deadline = time.monotonic() + 120

@@ -4,6 +4,7 @@ A test module imported by another runs its module-level code (fixtures, marks, Q
 under two names, and pytest collects nothing from the import; so helpers live in tests/helpers/,
 fixtures in tests/conftest.py, and every other module under tests/ is a ``test_*.py``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,10 +26,12 @@ def _imported(path: Path) -> list[str]:
 
 
 def test_no_module_under_tests_imports_a_test_module_or_conftest() -> None:
-    offenders = [f"{path.relative_to(TESTS)} imports {name}"
-                 for path in sorted(TESTS.rglob("*.py"))
-                 for name in _imported(path)
-                 if name.split(".")[-1].startswith("test_") or name.split(".")[-1] == "conftest"]
+    offenders = [
+        f"{path.relative_to(TESTS)} imports {name}"
+        for path in sorted(TESTS.rglob("*.py"))
+        for name in _imported(path)
+        if name.split(".")[-1].startswith("test_") or name.split(".")[-1] == "conftest"
+    ]
     assert offenders == [], "import shared code from tests.helpers instead:\n" + "\n".join(offenders)
 
 

@@ -1,4 +1,5 @@
 """Tests for engine.storage.library (model discovery) and engine.core.paths."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.storage import library
-
 from engine.core import paths
-from engine.storage.library import ModelEntry, default_search_roots, display_name, is_model_file_name, scan_models
+from engine.storage import library
+from engine.storage.library import (
+    ModelEntry,
+    default_search_roots,
+    display_name,
+    is_model_file_name,
+    scan_models,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024

@@ -13,6 +13,7 @@ from app.chat.markdown_view import escape_plain, render_markdown
 
 # --- raw HTML is text, never markup ---------------------------------------
 
+
 @pytest.mark.parametrize(
     "raw, escaped",
     [
@@ -28,7 +29,7 @@ def test_raw_html_inline_is_escaped(raw: str, escaped: str) -> None:
 
 
 def test_raw_html_block_is_escaped() -> None:
-    out = render_markdown("<div onclick=\"x()\">\n<script>alert(1)</script>\n</div>")
+    out = render_markdown('<div onclick="x()">\n<script>alert(1)</script>\n</div>')
     assert "<div" not in out and "<script" not in out
     assert "&lt;script&gt;" in out
 
@@ -41,11 +42,12 @@ def test_module_does_not_import_qt() -> None:
 
 # --- images and links -----------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "md",
     [
         "![a cat](http://example.com/cat.png)",
-        "![a cat](https://example.com/cat.png \"title\")",
+        '![a cat](https://example.com/cat.png "title")',
         "![a cat](data:image/png;base64,AAAA)",
         "[![a cat](http://example.com/cat.png)](https://example.com)",
         "![a cat][ref]\n\n[ref]: http://example.com/cat.png",
@@ -63,8 +65,14 @@ def test_image_without_alt_has_placeholder() -> None:
 
 @pytest.mark.parametrize(
     "href",
-    ["javascript:alert(1)", "JavaScript:alert(1)", "file:///etc/passwd",
-     "data:text/html,hi", "vbscript:x", "relative/path.html"],
+    [
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        "file:///etc/passwd",
+        "data:text/html,hi",
+        "vbscript:x",
+        "relative/path.html",
+    ],
 )
 def test_unsafe_link_dropped_text_kept(href: str) -> None:
     out = render_markdown(f"see [click me]({href}) now")
@@ -94,7 +102,7 @@ def test_safe_link_kept(md: str, href: str) -> None:
 
 # --- code -----------------------------------------------------------------
 
-PY_BLOCK = "```python\ndef greet(name):\n    return f\"hi {name}\"  # hello\n```\n"
+PY_BLOCK = '```python\ndef greet(name):\n    return f"hi {name}"  # hello\n```\n'
 
 
 @pytest.mark.parametrize("dark", [False, True])
@@ -112,12 +120,12 @@ def test_dark_and_light_use_different_colours() -> None:
 
 @pytest.mark.parametrize("lang", ["py", "js", "bash", "c++", "rust", "json"])
 def test_common_aliases_highlight(lang: str) -> None:
-    out = render_markdown(f"```{lang}\nx = 1; if (x) {{ print(\"a\") }}\n```")
+    out = render_markdown(f'```{lang}\nx = 1; if (x) {{ print("a") }}\n```')
     assert "<span style=" in out
     assert f">{lang}</p>" in out
 
 
-@pytest.mark.parametrize("info", ["no-such-language-xyz", "{.weird}", "py title=\"a b\"", "", "<script>"])
+@pytest.mark.parametrize("info", ["no-such-language-xyz", "{.weird}", 'py title="a b"', "", "<script>"])
 def test_unknown_or_odd_language_does_not_raise(info: str) -> None:
     out = render_markdown(f"```{info}\n<b>not bold</b>\n```")
     assert "<pre" in out and "bold" in out
@@ -153,6 +161,7 @@ def test_unclosed_fence_while_streaming_renders_code() -> None:
 
 
 # --- incremental (streaming) rendering equals a full render ----------------
+
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
@@ -208,6 +217,7 @@ def test_reference_links_defined_later_resolve() -> None:
 
 # --- other blocks ---------------------------------------------------------
 
+
 def test_table_has_border_attributes() -> None:
     out = render_markdown("| a | b |\n|---|--:|\n| 1 | 2 |\n")
     assert "<table" in out
@@ -222,6 +232,7 @@ def test_blockquote_lists_strikethrough() -> None:
 
 # --- user messages --------------------------------------------------------
 
+
 def test_escape_plain_keeps_text_and_line_breaks() -> None:
     out = escape_plain("hi <b>there</b>\n*not md*\r\nend")
     assert "&lt;b&gt;there&lt;/b&gt;" in out
@@ -231,6 +242,7 @@ def test_escape_plain_keeps_text_and_line_breaks() -> None:
 
 
 # --- speed ----------------------------------------------------------------
+
 
 def _big_message(target: int = 20_000) -> str:
     chunk = (
@@ -278,6 +290,7 @@ def _timed(fn, arg: str) -> float:  # type: ignore[no-untyped-def]
 
 
 # --- real Qt --------------------------------------------------------------
+
 
 @pytest.fixture
 def qt_app(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ llama.cpp's `size =` lines (as printed: two decimals of MiB, plus exact cells/la
 the resolved context must match, output and compute buffers must be within 1 % or 1 MiB.
 Hostile metadata and invalid settings must be refused before llama.cpp sees them.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -14,25 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from engine.plan.rules import check_settings, default_cache_type
 from engine.core.errors import ModelFileError
+from engine.core.memory_types import Device, MiB, PlanSettings
 from engine.gguf.hparams import indexer_layer_flags
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
-from engine.plan.measured import MemoryLogParser, device_of
-from engine.plan.sparse_caches import dsv4_states, ple_conv_state
 from engine.plan.analytic import RS_ROLLBACK_ARCHS, analytic_plan
 from engine.plan.context import resolve_context
 from engine.plan.kv_sizes import geometry, kv_caches
-from engine.core.memory_types import Device, MiB, PlanSettings
-from tests.helpers.gguf_factory import FAMILIES, write_family, write_glm_dsa, write_gguf, write_llama
+from engine.plan.measured import MemoryLogParser, device_of
+from engine.plan.rules import check_settings, default_cache_type
+from engine.plan.sparse_caches import dsv4_states, ple_conv_state
+from tests.helpers.gguf_factory import FAMILIES, write_family, write_gguf, write_glm_dsa, write_llama
 from tests.helpers.llama_dry_run import DryRun, dry_run
 
 S = PlanSettings
 GRID = [
     S(n_ctx=256, n_seq_max=1, flash_attn="on", n_ubatch=512),
     S(n_ctx=1000, n_seq_max=3, flash_attn="on", type_k="q8_0", type_v="q8_0"),
-    S(n_ctx=1000, n_seq_max=3, kv_unified=True, flash_attn="on", type_k="q4_0",
-      type_v="q4_0", n_ubatch=128),
+    S(n_ctx=1000, n_seq_max=3, kv_unified=True, flash_attn="on", type_k="q4_0", type_v="q4_0", n_ubatch=128),
     S(n_ctx=4096, n_seq_max=1, flash_attn="off", n_ubatch=512),
     S(n_ctx=4096, n_seq_max=3, kv_unified=True, flash_attn="off", swa_full=True, n_ubatch=128),
     S(n_ctx=4096, n_seq_max=1, flash_attn="on", swa_full=True, type_k="q8_0"),
@@ -51,8 +51,7 @@ ROUGH_COMPUTE = {"deepseek4": (2.5, 0.12), "glm5-next": (3.0, 0.3)}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-           ) -> dict[str, Path]:
+def models(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Path]:
     """Every corpus family written once, plus the real fixtures when installed."""
     out_dir = tmp_path_factory.mktemp("corpus")
     paths = {name: write_family(name, out_dir) for name in FAMILIES}
@@ -89,8 +88,7 @@ NAMES = list(FAMILIES) + ["smollm2_path", "gemma3_path"]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_plan_matches_llama(name: str, models: dict[str, Path], runs: dict, infos: dict
-                            ) -> None:
+def test_plan_matches_llama(name: str, models: dict[str, Path], runs: dict, infos: dict) -> None:
     if name not in models:
         pytest.skip(f"{name} is not installed")
     info = infos[name]
@@ -117,8 +115,7 @@ def test_plan_matches_llama(name: str, models: dict[str, Path], runs: dict, info
         real = [v for (c, _b), v in log.buffers.items() if c == "compute"]
         est = plan.bytes_for(component="compute") / MiB
         tol_mib, tol_frac = ROUGH_COMPUTE.get(name, (COMPUTE_TOLERANCE_MIB, 0.01))
-        assert abs(est - sum(real)) <= max(tol_frac * sum(real), tol_mib), \
-            (settings, est, real)
+        assert abs(est - sum(real)) <= max(tol_frac * sum(real), tol_mib), (settings, est, real)
         if name in ROUGH_COMPUTE:
             assert any("--exact" in n and "compute" in n for n in plan.notes), plan.notes
     assert checked >= 3
@@ -128,13 +125,18 @@ def _check_kv(info: GGUFInfo, settings: PlanSettings, log: MemoryLogParser) -> N
     """Each sub-cache: cells, layers, types and K/V/total MiB exactly as llama.cpp prints."""
     fa_off = settings.flash_attn == "off"
     caches, _swa = kv_caches(info, settings, v_trans=fa_off)
-    kinds = {"attention": "kv", "full-attention": "base", "SWA": "swa", "indexer": "indexer",
-             "CSA": "csa", "HCA": "hca"}
+    kinds = {
+        "attention": "kv",
+        "full-attention": "base",
+        "SWA": "swa",
+        "indexer": "indexer",
+        "CSA": "csa",
+        "HCA": "hca",
+    }
     logged = [c for c in log.kv_caches if c.layers]
     assert [kinds[c.kind] for c in caches] == [c.kind for c in logged]
     for mine, theirs in zip(caches, logged):
-        assert (mine.cells, len(mine.layers), mine.streams) == \
-            (theirs.cells, theirs.layers, theirs.streams)
+        assert (mine.cells, len(mine.layers), mine.streams) == (theirs.cells, theirs.layers, theirs.streams)
         assert theirs.parts["K"] == (mine.type_k, _fmt(mine.k_bytes))
         assert theirs.parts["V"] == (mine.type_v, _fmt(mine.v_bytes))
         assert theirs.total_mib == _fmt(mine.k_bytes + mine.v_bytes)
@@ -146,15 +148,15 @@ def _check_recurrent(info: GGUFInfo, settings: PlanSettings, log: MemoryLogParse
     r = resolve_context(settings, info.n_ctx_train)
     rs_seq = settings.n_rs_seq if info.architecture in RS_ROLLBACK_ARCHS else 0
     states = dsv4_states(info, r, rs_seq)  # DSV4 compressor states, counted as recurrent
-    assert [(f"{s.name} state", f"{s.state_size} x {s.n_embd_state}", len(s.layers))
-            for s in states] == [(c.kind, c.parts["state"][1], c.layers) for c in log.states]
+    assert [(f"{s.name} state", f"{s.state_size} x {s.n_embd_state}", len(s.layers)) for s in states] == [
+        (c.kind, c.parts["state"][1], c.layers) for c in log.states
+    ]
     for mine, theirs in zip(states, log.states):
         assert (theirs.seqs, theirs.streams) == (r.n_seq, rs_seq)
         assert theirs.total_mib == _fmt(mine.bytes)
     if not geo.rec_layers:
         assert not log.recurrent
-        assert _fmt(plan.bytes_for(component="recurrent")) == \
-            _fmt(sum(s.bytes for s in states))
+        assert _fmt(plan.bytes_for(component="recurrent")) == _fmt(sum(s.bytes for s in states))
         return
     (rs,) = log.recurrent
     rows = rs.cells * (1 + rs.streams)  # cells = mem_size, streams field = rs_seq
@@ -202,8 +204,12 @@ def test_analytic_plan_is_fast(infos: dict) -> None:
     gpus = [Device("CPU", "cpu", 64 << 30, 32 << 30), Device("CUDA0", "gpu", 24 << 30, 20 << 30)]
     times = []
     for i in range(1000):
-        s = S(n_ctx=512 + 37 * i, n_seq_max=1 + i % 4, n_gpu_layers=i % 20,
-              flash_attn=("on", "off", "auto")[i % 3])
+        s = S(
+            n_ctx=512 + 37 * i,
+            n_seq_max=1 + i % 4,
+            n_gpu_layers=i % 20,
+            flash_attn=("on", "off", "auto")[i % 3],
+        )
         t0 = time.perf_counter()
         analytic_plan(info, s, gpus if i % 2 else [])
         times.append(time.perf_counter() - t0)
@@ -214,15 +220,14 @@ def test_plan_explains_itself(infos: dict) -> None:
     plan = analytic_plan(infos["gemma3"], S(n_ctx=4096, n_ubatch=512), [])
     assert any("SWA layers: window 128 + ubatch 512 → 768 cells" in n for n in plan.notes)
     rec = analytic_plan(infos["mamba2"], S(n_seq_max=8), [])
-    assert any(n.startswith("parallel sequences multiply the recurrent state (8 ×")
-               for n in rec.notes)
-    (kv,) = [a for a in analytic_plan(infos["deepseek2"], S(), []).allocations
-             if a.component == "kv"]
+    assert any(n.startswith("parallel sequences multiply the recurrent state (8 ×") for n in rec.notes)
+    (kv,) = [a for a in analytic_plan(infos["deepseek2"], S(), []).allocations if a.component == "kv"]
     assert "no V (MLA: K only)" in kv.detail
     gemma4 = analytic_plan(infos["gemma4"], S(flash_attn="off"), [])
     assert any("padded to the widest (128)" in n for n in gemma4.notes)
-    _mla, indexer = [a for a in analytic_plan(infos["deepseek32"], S(n_ctx=1024), []).allocations
-                    if a.component == "kv"]
+    _mla, indexer = [
+        a for a in analytic_plan(infos["deepseek32"], S(n_ctx=1024), []).allocations if a.component == "kv"
+    ]
     assert "lightning-indexer" in indexer.detail and "no V" in indexer.detail
     assert indexer.bytes == 3 * 64 * 2 * 1024  # 3 layers × one 64-wide f16 key × 1024 cells
     # DSV4: per-sequence raw streams even when unified; compressor states as recurrent state
@@ -232,7 +237,10 @@ def test_plan_explains_itself(infos: dict) -> None:
     assert raw.bytes == 4 * 64 * 2 * 768 * 2  # 4 layers × 64-wide f16 K × PAD(128+512) × 2
     states = [a for a in ds4.allocations if a.component == "recurrent"]
     assert [a.detail.split(":")[0] for a in states] == [
-        "DSV4 csa compressor state", "DSV4 hca compressor state", "DSV4 lid compressor state"]
+        "DSV4 csa compressor state",
+        "DSV4 hca compressor state",
+        "DSV4 lid compressor state",
+    ]
     assert any("--exact" in n for n in ds4.notes)
 
 
@@ -247,19 +255,22 @@ def test_unmodelled_memory_is_named(infos: dict) -> None:
         assert not [n for n in analytic_plan(infos[name], S(), []).notes if "--exact" in n]
     m3 = infos["minimax-m3"]
     assert not [n for n in analytic_plan(m3, S(flash_attn="on"), []).notes if "--exact" in n]
-    assert [n for n in analytic_plan(m3, S(flash_attn="on", n_seq_max=2), []).notes
-            if "--exact" in n]
+    assert [n for n in analytic_plan(m3, S(flash_attn="on", n_seq_max=2), []).notes if "--exact" in n]
 
 
 def test_dsa_indexer_layers_follow_llama(tmp_path: Path) -> None:
     """glm-dsa keeps indexer keys only for `is_indexer_full` layers: `attention.indexer.types`,
     else every layer (GLM 5/5.1) or the GLM-5.2 pattern (n_ctx_train >= 2^20). A types array
     of the wrong length is refused, as llama.cpp refuses to load it."""
-    cases = [("types", "ABCB", {"attention.indexer.types": [1, 0, 1, 0]}, (0, 2)),
-             ("glm5", "ACCC", {}, (0, 1, 2, 3)),
-             ("glm52", "ACCB", {"context_length": 1 << 20}, (0, 1, 2))]
-    grid = [S(n_ctx=1000, n_seq_max=2, flash_attn="on", type_k="q8_0", type_v="q8_0"),
-            S(n_ctx=4096, flash_attn="off")]
+    cases = [
+        ("types", "ABCB", {"attention.indexer.types": [1, 0, 1, 0]}, (0, 2)),
+        ("glm5", "ACCC", {}, (0, 1, 2, 3)),
+        ("glm52", "ACCB", {"context_length": 1 << 20}, (0, 1, 2)),
+    ]
+    grid = [
+        S(n_ctx=1000, n_seq_max=2, flash_attn="on", type_k="q8_0", type_v="q8_0"),
+        S(n_ctx=4096, flash_attn="off"),
+    ]
     jobs = []
     for name, pattern, kv, want in cases:
         path = write_glm_dsa(tmp_path / f"{name}.gguf", pattern, **kv)
@@ -290,15 +301,34 @@ def test_indexer_layer_rules() -> None:
 
 # --- hostile metadata and invalid settings ---------------------------------------------------
 
+
 def test_hostile_metadata_is_refused(tmp_path: Path) -> None:
-    huge = write_gguf(tmp_path / "huge.gguf", "llama", {
-        "block_count": 500, "context_length": 2**40, "embedding_length": 4096,
-        "attention.head_count": 64, "attention.head_count_kv": 64}, [])
+    huge = write_gguf(
+        tmp_path / "huge.gguf",
+        "llama",
+        {
+            "block_count": 500,
+            "context_length": 2**40,
+            "embedding_length": 4096,
+            "attention.head_count": 64,
+            "attention.head_count_kv": 64,
+        },
+        [],
+    )
     problems = check_settings(inspect_gguf(huge), S(n_ctx=4096), 1, "cuda")
     assert any(p.severity == "error" and "32 bits" in p.message for p in problems)
-    wide = write_gguf(tmp_path / "wide.gguf", "llama", {
-        "block_count": 512, "context_length": 2**31, "embedding_length": 65536,
-        "attention.head_count": 1024, "attention.head_count_kv": 1024}, [])
+    wide = write_gguf(
+        tmp_path / "wide.gguf",
+        "llama",
+        {
+            "block_count": 512,
+            "context_length": 2**31,
+            "embedding_length": 65536,
+            "attention.head_count": 1024,
+            "attention.head_count_kv": 1024,
+        },
+        [],
+    )
     problems = check_settings(inspect_gguf(wide), S(n_ctx=0), 0)
     assert any(p.severity == "error" and "GiB of KV cache" in p.message for p in problems)
     with pytest.raises(ModelFileError, match="shares the KV cache of more layers"):
@@ -321,7 +351,8 @@ def test_refusals_agree_with_llama(tmp_path: Path, models: dict[str, Path]) -> N
     wrap = write_llama(tmp_path / "wrap.gguf", context_length=2**32 - 1)
     hd48 = write_llama(tmp_path / "hd48.gguf", n_embd=192, head_dim=48)
     cases = [
-        (wrap, S(n_ctx=0)), (wrap, S(n_ctx=2048)),
+        (wrap, S(n_ctx=0)),
+        (wrap, S(n_ctx=2048)),
         (hd48, S(type_k="q8_0", type_v="q8_0", flash_attn="on")),
         (hd48, S(type_k="q8_0", flash_attn="off")),
         (models["llama"], S(type_v="q8_0", flash_attn="off")),
@@ -332,8 +363,7 @@ def test_refusals_agree_with_llama(tmp_path: Path, models: dict[str, Path]) -> N
         (models["gemma4"], S(type_k="q4_0", type_v="q4_0", flash_attn="on")),
     ]
     for (path, settings), run in zip(cases, dry_run([(str(p), s) for p, s in cases])):
-        errors = [p for p in check_settings(inspect_gguf(path), settings, 0)
-                  if p.severity == "error"]
+        errors = [p for p in check_settings(inspect_gguf(path), settings, 0) if p.severity == "error"]
         assert run.ok == (not errors), (path.name, settings, run.error, errors)
 
 
@@ -342,8 +372,9 @@ def test_rules_in_words(models: dict[str, Path], tmp_path: Path) -> None:
     assert default_cache_type(llama) == "f16"
     bf16 = inspect_gguf(write_llama(tmp_path / "bf16.gguf", matrix_type="bf16"))
     assert default_cache_type(bf16) == "bf16"
-    assert any(p.field == "type_k" and p.severity == "warning"
-               for p in check_settings(bf16, S(type_k="f16"), 0))
+    assert any(
+        p.field == "type_k" and p.severity == "warning" for p in check_settings(bf16, S(type_k="f16"), 0)
+    )
     assert not check_settings(bf16, S(type_k="bf16", type_v="bf16", n_ctx=2048), 0)
     row = check_settings(llama, S(split_mode="row"), 2, "cuda")
     assert row and row[0].field == "split_mode" and row[0].severity == "error"
@@ -355,8 +386,9 @@ def test_rules_in_words(models: dict[str, Path], tmp_path: Path) -> None:
     assert [p.severity for p in batch] == ["warning"]
     mamba = inspect_gguf(models["mamba2"])
     assert any("recurrent state" in p.message for p in check_settings(mamba, S(n_seq_max=4), 0))
-    assert any(p.field == "n_ctx" and p.severity == "warning"
-               for p in check_settings(llama, S(n_ctx=8192), 0))
+    assert any(
+        p.field == "n_ctx" and p.severity == "warning" for p in check_settings(llama, S(n_ctx=8192), 0)
+    )
 
 
 # --- the log parser ------------------------------------------------------------------------

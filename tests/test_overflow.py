@@ -3,6 +3,7 @@
 `measure` stands for "tokens of the whole prompt": here one token per word plus 3 per message of
 template, so the arithmetic can be read; the runtime's real tokenizer is used by the chat tests.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -49,8 +50,10 @@ def test_the_cut_moves_rarely_so_the_prompt_prefix_is_reused():
     turns = conversation(12)
     cut, moves = 0, 0
     for extra in range(8):
-        turns += [ChatMessage("assistant", "answer " + "w " * 20),
-                  ChatMessage("user", f"follow-up {extra} " + "w " * 20)]
+        turns += [
+            ChatMessage("assistant", "answer " + "w " * 20),
+            ChatMessage("user", f"follow-up {extra} " + "w " * 20),
+        ]
         fitted = fit_turns(turns, measure, budget=300, previous_cut=cut)
         assert fitted.prompt_tokens <= 300
         moves += fitted.cut != cut

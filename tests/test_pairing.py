@@ -1,4 +1,5 @@
 """Draft/target compatibility: llama.cpp's rules, each with a verdict in words."""
+
 from __future__ import annotations
 
 import json

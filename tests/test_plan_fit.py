@@ -1,4 +1,5 @@
 """``kvdeck plan`` / ``kvdeck fit`` contracts, and fit's promise: its settings load."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,12 @@ import json
 import pytest
 
 from engine import protocol as P
-from engine.plan.fit import fit
+from engine.core.memory_types import Device, GiB, MiB, PlanSettings
 from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
-from engine.core.memory_types import Device, GiB, MiB, PlanSettings
-from tests.helpers.runtime_host import running_host
+from engine.plan.fit import fit
 from tests.helpers.cli import kvdeck
+from tests.helpers.runtime_host import running_host
 
 KEYS = ("weights", "kv", "recurrent", "compute", "output", "total")
 
@@ -95,7 +96,16 @@ def test_the_runtimes_own_gpu_reserve_comes_out_of_the_budget(smollm2_path):
     bare = Device("CUDA0", "gpu", 8 * GiB, 3 * GiB)
     held = Device("CUDA0", "gpu", 8 * GiB, 3 * GiB, reserved_bytes=524 * MiB)
     for budget in (None, 2 * GiB):
-        a, b = (fit(info, PlanSettings(n_ctx=0), [cpu, gpu], plan_fn=analytic_plan,
-                    budget_bytes=budget, margin_bytes=1024 * MiB) for gpu in (bare, held))
+        a, b = (
+            fit(
+                info,
+                PlanSettings(n_ctx=0),
+                [cpu, gpu],
+                plan_fn=analytic_plan,
+                budget_bytes=budget,
+                margin_bytes=1024 * MiB,
+            )
+            for gpu in (bare, held)
+        )
         assert a.budgets["CUDA0"] - b.budgets["CUDA0"] == 524 * MiB
         assert b.fits and b.plan.bytes_for("CUDA0") <= b.budgets["CUDA0"]

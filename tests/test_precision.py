@@ -4,6 +4,7 @@ Real models, few prompts and few tokens: the checks that matter (f32 against its
 4-bit cache is no better than an 8-bit one) hold at any length, and two slow cores must run this
 file in a couple of minutes.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,13 @@ import time
 import numpy as np
 import pytest
 
-from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.core.errors import InvalidSettings, KvDeckError
-from engine.core.precision_metrics import first_divergence, kl_divergence, summarize, score_prompt
+from engine.core.memory_types import PlanSettings
+from engine.core.precision_metrics import first_divergence, kl_divergence, score_prompt, summarize
 from engine.core.precision_prompts import builtin_prompts, load_prompts, parse_prompts
-from tests.helpers.runtime_host import running_host
 from tests.helpers.cli import kvdeck
+from tests.helpers.runtime_host import running_host
 
 PROMPTS = [builtin_prompts()[0], builtin_prompts()[3]]  # code and German: the fragile ones
 N_TOKENS = 8
@@ -96,8 +97,9 @@ def gemma_host(gemma3_path):
 def test_f32_against_f32_is_exact(request, which):
     host = request.getfixturevalue(which)
     progress: list[tuple[int, int]] = []
-    r = host.precision("f32", "f32", PROMPTS, N_TOKENS, flash_attn="off",
-                       on_progress=lambda d, t: progress.append((d, t)))
+    r = host.precision(
+        "f32", "f32", PROMPTS, N_TOKENS, flash_attn="off", on_progress=lambda d, t: progress.append((d, t))
+    )
     assert r.first_divergence == [None, None]
     assert r.mean_kl == 0.0 or r.mean_kl < 1e-9
     assert r.max_kl < 1e-9 and r.top1_agreement == 1.0
@@ -148,15 +150,35 @@ def test_cli_json_contract(smollm2_path, tmp_path):
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The capital of France is\n\ndef add(a, b):\n    return", encoding="utf-8")
-    r = kvdeck("precision", str(smollm2_path), "--cache-type-k", "q8_0", "--cache-type-v", "q8_0",
-               "--prompts", str(prompts), "--tokens", "4", "--threads", "1", "--json")
+    r = kvdeck(
+        "precision",
+        str(smollm2_path),
+        "--cache-type-k",
+        "q8_0",
+        "--cache-type-v",
+        "q8_0",
+        "--prompts",
+        str(prompts),
+        "--tokens",
+        "4",
+        "--threads",
+        "1",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["reference"]["type_k"] == data["reference"]["type_v"] == "f32"
     assert data["reference"]["flash_attn"] == "off" and data["candidate"]["flash_attn"] == "on"
     c = data["candidate"]
-    for key in ("type_k", "type_v", "mean_kl", "top1_agreement", "first_divergence", "kv_bytes",
-                "reference_kv_bytes"):
+    for key in (
+        "type_k",
+        "type_v",
+        "mean_kl",
+        "top1_agreement",
+        "first_divergence",
+        "kv_bytes",
+        "reference_kv_bytes",
+    ):
         assert key in c
     assert (c["type_k"], c["type_v"]) == ("q8_0", "q8_0")
     assert isinstance(c["mean_kl"], float) and c["mean_kl"] >= 0
@@ -169,14 +191,19 @@ def test_cli_json_contract(smollm2_path, tmp_path):
     assert c["kv_bytes"] * 3 < c["reference_kv_bytes"]  # 34 bytes per 32 values against 128
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (("--cache-type-k", "q9", "--cache-type-v", "f16"), "invalid choice"),
-    (("--cache-type-k", "f16"), "required"),
-    (("--cache-type-k", "f16", "--cache-type-v", "q4_0", "--flash-attn", "off"), "flash attention"),
-    (("--cache-type-k", "f16", "--cache-type-v", "f16", "--tokens", "0"), "--tokens"),
-    (("--cache-type-k", "f16", "--cache-type-v", "f16", "--prompts", "/nonexistent/p.txt"),
-     "no such prompts file"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("--cache-type-k", "q9", "--cache-type-v", "f16"), "invalid choice"),
+        (("--cache-type-k", "f16"), "required"),
+        (("--cache-type-k", "f16", "--cache-type-v", "q4_0", "--flash-attn", "off"), "flash attention"),
+        (("--cache-type-k", "f16", "--cache-type-v", "f16", "--tokens", "0"), "--tokens"),
+        (
+            ("--cache-type-k", "f16", "--cache-type-v", "f16", "--prompts", "/nonexistent/p.txt"),
+            "no such prompts file",
+        ),
+    ],
+)
 def test_cli_errors_are_one_line_and_exit_2(smollm2_path, args, fragment):
     r = kvdeck("precision", str(smollm2_path), *args)
     assert r.returncode == 2
@@ -195,8 +222,8 @@ def test_cli_error_for_a_missing_model():
 @pytest.fixture
 def source(smollm2_path):
     from app.memory.precision_view import Source
-    from engine.gguf.inspect import inspect_gguf
     from engine.core.memory_types import PlanSettings
+    from engine.gguf.inspect import inspect_gguf
     from engine.runtime.info import plan_devices
 
     settings = PlanSettings(n_ctx=2048, type_k="q8_0", type_v="q8_0", flash_attn="on")
@@ -236,7 +263,8 @@ def test_view_checks_in_the_background_and_shows_memory_against_quality(qtbot, s
     kv = {p.label: p.kv_mib for p in view.chart.points}
     assert kv["f32"] > kv["f16"] > kv["q8_0"] > kv["q4_0"] > 0
     assert view.chart.points[0].mean_kl == 0.0 and all(
-        p.mean_kl is not None and p.mean_kl >= 0 for p in view.chart.points)
+        p.mean_kl is not None and p.mean_kl >= 0 for p in view.chart.points
+    )
     assert sum(p.matched for p in view.chart.points) == 1
     assert not view.chart.grab().isNull()  # paints without warnings
     assert view.check.isEnabled() and not view.progress.isVisible()
@@ -275,8 +303,8 @@ def test_cache_panel_offers_the_check_for_its_own_settings(qtbot, source):
 def test_candidates_are_the_chosen_pair_then_the_alternatives(source):
     from app.memory.precision_view import candidate_pairs
 
-    assert candidate_pairs(source) == [("q8_0", "q8_0"), ("f16", "f16"), ("q5_1", "q5_1"),
-                                       ("q4_0", "q4_0")]
-    mixed = source.__class__(source.info, source.settings.replace(type_k="q8_0", type_v="f16",
-                                                                  split_mode="row"), source.devices)
+    assert candidate_pairs(source) == [("q8_0", "q8_0"), ("f16", "f16"), ("q5_1", "q5_1"), ("q4_0", "q4_0")]
+    mixed = source.__class__(
+        source.info, source.settings.replace(type_k="q8_0", type_v="f16", split_mode="row"), source.devices
+    )
     assert candidate_pairs(mixed, ("f32", "q4_0"))[:2] == [("q8_0", "f16"), ("q4_0", "q4_0")]

@@ -1,4 +1,5 @@
 """The runtime host and its child process, on real models."""
+
 from __future__ import annotations
 
 import logging
@@ -9,13 +10,13 @@ import time
 
 import pytest
 
-from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.chat.conversation import conversation_prompt, reply
 from engine.chat.template import ChatMessage
 from engine.core.errors import ModelFileError, RuntimeFailure, TemplateError
-from engine.runtime.host import RuntimeHost
+from engine.core.memory_types import PlanSettings
 from engine.core.sampling import SamplingParams
+from engine.runtime.host import RuntimeHost
 from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,10 @@ GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
 
 @pytest.fixture(scope="module")
 def smol(smollm2_path):
-    with running_host(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=2048))) as (host, loaded):
+    with running_host(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=2048))) as (
+        host,
+        loaded,
+    ):
         yield host, loaded
 
 
@@ -40,8 +44,14 @@ def test_load_reports_the_model(smol, smollm2_path):
 def test_chat_reply_uses_the_models_template_and_streams(smol):
     host, loaded = smol
     chunks: list[str] = []
-    result = reply(host, loaded, [ChatMessage("user", "What is the capital of France?")],
-                   sampling=GREEDY, max_tokens=24, on_text=chunks.append)
+    result = reply(
+        host,
+        loaded,
+        [ChatMessage("user", "What is the capital of France?")],
+        sampling=GREEDY,
+        max_tokens=24,
+        on_text=chunks.append,
+    )
     assert result.prompt.mode == "chat"
     assert result.prompt.text.endswith("<|im_start|>assistant\n")
     assert result.done.text.strip()
@@ -88,8 +98,11 @@ def test_cancel_stops_a_running_generation(smol):
 
     prompt = conversation_prompt(loaded, "", [ChatMessage("user", "Count from 1 to 1000.")]).text
     result: list[P.Done] = []
-    t = threading.Thread(target=lambda: result.append(
-        host.generate(prompt, max_tokens=4000, sampling=GREEDY, on_event=on_event)))
+    t = threading.Thread(
+        target=lambda: result.append(
+            host.generate(prompt, max_tokens=4000, sampling=GREEDY, on_event=on_event)
+        )
+    )
     t.start()
     assert seen.wait(60)
     host.cancel(0)
@@ -104,16 +117,23 @@ def test_log_lines_reach_python_logging_with_levels(smollm2_path, caplog):
     with running_host(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512))):
         pass  # loading is what writes the log lines
     records = [r for r in caplog.records if r.name == "kvdeck.llama"]
-    assert any("llama_model_loader" in r.getMessage() or "llama_context" in r.getMessage()
-               for r in records)
+    assert any("llama_model_loader" in r.getMessage() or "llama_context" in r.getMessage() for r in records)
     assert all(r.levelno in (logging.INFO, logging.WARNING, logging.ERROR) for r in records)
     assert not any(r.getMessage().startswith("\n") for r in records)
 
 
 def test_base_model_gets_completion_mode_and_a_non_empty_reply(gemma3_path):
-    with running_host(P.LoadParams(path=str(gemma3_path), settings=PlanSettings(n_ctx=1024))) as (host, loaded):
-        result = reply(host, loaded, [ChatMessage("user", "The three primary colours are")],
-                       sampling=GREEDY, max_tokens=16)
+    with running_host(P.LoadParams(path=str(gemma3_path), settings=PlanSettings(n_ctx=1024))) as (
+        host,
+        loaded,
+    ):
+        result = reply(
+            host,
+            loaded,
+            [ChatMessage("user", "The three primary colours are")],
+            sampling=GREEDY,
+            max_tokens=16,
+        )
     if loaded.chat_template:
         pytest.skip("this Gemma 3 build ships a chat template")
     assert result.prompt.mode == "completion"
@@ -129,9 +149,12 @@ def test_killed_child_becomes_a_readable_outcome(smollm2_path):
 
         def run():
             try:
-                host.generate("<|im_start|>user\nCount to 1000.<|im_end|>\n<|im_start|>assistant\n",
-                              max_tokens=3000, sampling=GREEDY,
-                              on_event=lambda m: isinstance(m, P.Delta) and streaming.set())
+                host.generate(
+                    "<|im_start|>user\nCount to 1000.<|im_end|>\n<|im_start|>assistant\n",
+                    max_tokens=3000,
+                    sampling=GREEDY,
+                    on_event=lambda m: isinstance(m, P.Delta) and streaming.set(),
+                )
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
 

@@ -1,8 +1,9 @@
 """app.bridges.runtime_bridge with the real runtime child: events change its state on the GUI thread only."""
+
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import QCoreApplication, QThread, Qt
+from PySide6.QtCore import QCoreApplication, Qt, QThread
 
 from app.bridges.runtime_bridge import RuntimeBridge
 from engine import protocol as P
@@ -24,10 +25,12 @@ def test_an_error_that_answers_at_once_ends_busy_on_the_gui_thread(qtbot, tmp_pa
     failed: list[tuple[str, bool, bool]] = []
     busy: list[tuple[bool, bool]] = []
     # direct connections: the slots run on whichever thread the bridge emits from
-    bridge.loadFailed.connect(lambda m: failed.append((m, _on_gui_thread(), bridge.loading)),
-                              Qt.ConnectionType.DirectConnection)
-    bridge.busyChanged.connect(lambda b: busy.append((b, _on_gui_thread())),
-                               Qt.ConnectionType.DirectConnection)
+    bridge.loadFailed.connect(
+        lambda m: failed.append((m, _on_gui_thread(), bridge.loading)), Qt.ConnectionType.DirectConnection
+    )
+    bridge.busyChanged.connect(
+        lambda b: busy.append((b, _on_gui_thread())), Qt.ConnectionType.DirectConnection
+    )
     try:
         for i in range(3):
             missing = tmp_path / f"gone-{i}.gguf"
@@ -37,7 +40,8 @@ def test_an_error_that_answers_at_once_ends_busy_on_the_gui_thread(qtbot, tmp_pa
     finally:
         bridge.shutdown()
     assert [(m.startswith("model file not found"), gui, loading) for m, gui, loading in failed] == [
-        (True, True, False)] * 3
+        (True, True, False)
+    ] * 3
     assert busy == [(True, True), (False, True)] * 3
 
 
@@ -48,8 +52,9 @@ def test_a_refused_generate_is_answered_on_the_gui_thread(qtbot, smollm2_path):
         with qtbot.waitSignal(bridge.loaded, timeout=TIMEOUT_MS):
             bridge.load(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=256), n_threads=1))
         threads: list[bool] = []
-        bridge.generationFailed.connect(lambda _m: threads.append(_on_gui_thread()),
-                                        Qt.ConnectionType.DirectConnection)
+        bridge.generationFailed.connect(
+            lambda _m: threads.append(_on_gui_thread()), Qt.ConnectionType.DirectConnection
+        )
         from engine.core.sampling import SamplingParams
 
         with qtbot.waitSignal(bridge.generationFailed, timeout=TIMEOUT_MS) as refused:

@@ -3,8 +3,8 @@ real child. Random weights make greedy identity meaningful and acceptance meanin
 guesses at chance), so the tests check identity, the per-position counts, the shared context's size
 and the refusals, never acceptance itself.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 
@@ -24,11 +24,15 @@ PROMPTS = [" ".join(f"w{(p * 7 + i) % 61}" for i in range(3 + p)) for p in range
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("mtp")
-    return {"hyv3": mm.write_hyv3(d / "hyv3.gguf"), "qwen35": mm.write_qwen35(d / "qwen35.gguf"),
-            "plain": mm.write_hyv3(d / "plain.gguf", n_nextn=0),
-            "g4": mm.write_gemma4_target(d / "g4.gguf"), "g4a": mm.write_gemma4_assistant(d / "g4a.gguf"),
-            "g4a_heads": mm.write_gemma4_assistant(d / "g4a-heads.gguf", head_full=64),
-            "g4a_embd": mm.write_gemma4_assistant(d / "g4a-embd.gguf", embd_out=96)}
+    return {
+        "hyv3": mm.write_hyv3(d / "hyv3.gguf"),
+        "qwen35": mm.write_qwen35(d / "qwen35.gguf"),
+        "plain": mm.write_hyv3(d / "plain.gguf", n_nextn=0),
+        "g4": mm.write_gemma4_target(d / "g4.gguf"),
+        "g4a": mm.write_gemma4_assistant(d / "g4a.gguf"),
+        "g4a_heads": mm.write_gemma4_assistant(d / "g4a-heads.gguf", head_full=64),
+        "g4a_embd": mm.write_gemma4_assistant(d / "g4a-embd.gguf", embd_out=96),
+    }
 
 
 def _settings(**kw) -> PlanSettings:
@@ -64,7 +68,10 @@ def test_single_head_on_a_hybrid_target_rolls_back_with_snapshots(models):
         assert loaded.mtp == "ready"
         with pytest.raises(InvalidSettings, match="n_rs_seq"):
             host.generate(PROMPTS[0], max_tokens=8, sampling=GREEDY, draft="mtp")
-    with running_host(P.LoadParams(str(models["qwen35"]), settings=_settings(mtp=True, n_rs_seq=4))) as (host, _l):
+    with running_host(P.LoadParams(str(models["qwen35"]), settings=_settings(mtp=True, n_rs_seq=4))) as (
+        host,
+        _l,
+    ):
         same, drafted, _acc = _identity(host, "mtp", 2, 160)
     assert same == 2 and len(drafted) == 3
 
@@ -106,6 +113,8 @@ def test_pair_rules_and_the_size_preflight_in_words(models):
     assert all(c.ok for c in assistant_checks(t, a, embedding_length_out(str(models["g4a"]))))
     bad = {c.name: c for c in assistant_checks(inspect_gguf(models["hyv3"]), a, 64)}
     assert not bad["architecture"].ok and not bad["SWA layout"].ok
-    why = outgrows({"context": 256, "sequences": 2, "batch": 64}, {"context": 131072, "sequences": 2, "batch": 64})
+    why = outgrows(
+        {"context": 256, "sequences": 2, "batch": 64}, {"context": 131072, "sequences": 2, "batch": 64}
+    )
     assert why.startswith("the drafting context would not follow") and "131,072" in why and "\n" not in why
     assert outgrows({"context": 256}, {"context": 256}) == ""

@@ -3,6 +3,7 @@
 One runtime (the demo model, 2 parallel sequences, 1 queued request allowed) serves the whole
 module, so the slow part (loading) happens once; replies are kept short for slow CPUs.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ import httpx
 import openai
 import pytest
 
-from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.child.slots import StopText
 from engine.core.errors import KvDeckError
+from engine.core.memory_types import PlanSettings
 from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config
 from tests.helpers.runtime_host import running_host
 
@@ -51,9 +52,14 @@ def test_non_loopback_bind_needs_an_api_key():
         ApiServer(ServedModel(lambda: None, lambda: None, lambda: 1), ServerConfig(host="192.168.1.5"))
     check_config(ServerConfig(host="0.0.0.0", api_key="secret"))
     check_config(ServerConfig(host="::1"))
-    r = subprocess.run([sys.executable, "-m", "kvdeck", "serve", "--demo", "--host", "0.0.0.0"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "KVDECK_API_KEY": ""})
+    r = subprocess.run(
+        [sys.executable, "-m", "kvdeck", "serve", "--demo", "--host", "0.0.0.0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KVDECK_API_KEY": ""},
+    )
     assert r.returncode == 2 and "api key" in r.stderr.lower() and r.stderr.count("\n") == 1
 
 
@@ -62,8 +68,10 @@ def test_non_loopback_bind_needs_an_api_key():
 def served(smollm2_path):
     slots: list[P.Slots] = []
     params = P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=2048, n_seq_max=SLOTS))
-    with running_host(params, on_event=lambda m: slots.append(m) if isinstance(m, P.Slots)
-                      else None) as (host, loaded):
+    with running_host(params, on_event=lambda m: slots.append(m) if isinstance(m, P.Slots) else None) as (
+        host,
+        loaded,
+    ):
         model = ServedModel(host=lambda: host, loaded=lambda: loaded, slots=lambda: SLOTS)
         server = ApiServer(model, ServerConfig(port=0, max_queue=1))
         url = server.start()
@@ -83,8 +91,8 @@ def healthy(url: str) -> dict:
 
 def ask(url: str, text: str, max_tokens: int = 8, **kw):
     return client(url).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=max_tokens, **kw)
-
+        model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=max_tokens, **kw
+    )
 
 
 @pytest.mark.slow
@@ -104,8 +112,12 @@ def test_streaming_chat_matches_the_reply_and_counts_usage(served):
     kw = dict(temperature=0, max_tokens=10)
     whole = ask(served.url, "Name three colours.", **kw)
     stream = client(served.url).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Name three colours."}], stream=True,
-        stream_options={"include_usage": True}, **kw)
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name three colours."}],
+        stream=True,
+        stream_options={"include_usage": True},
+        **kw,
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -117,9 +129,26 @@ def test_streaming_chat_matches_the_reply_and_counts_usage(served):
 @pytest.mark.slow
 def test_greedy_reply_equals_kvdeck_chat(served, smollm2_path):
     prompt, n = "Name three fruits.", 16
-    r = subprocess.run([sys.executable, "-m", "kvdeck", "chat", str(smollm2_path), "--prompt", prompt,
-                        "--max-tokens", str(n), "--temperature", "0", "--json"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvdeck",
+            "chat",
+            str(smollm2_path),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            str(n),
+            "--temperature",
+            "0",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     cli = json.loads(r.stdout)
     api = ask(served.url, prompt, max_tokens=n, temperature=0)
@@ -135,8 +164,13 @@ def test_completions_with_stop_strings(served):
     stop = plain.choices[0].text.strip()[:1]
     cut = c.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=8, temperature=0, stop=[stop])
     assert stop not in cut.choices[0].text and cut.choices[0].finish_reason == "stop"
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model=MODEL, prompt="1, 2, 3, 4,", max_tokens=8, temperature=0, stop=stop, stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(
+            model=MODEL, prompt="1, 2, 3, 4,", max_tokens=8, temperature=0, stop=stop, stream=True
+        )
+        if ch.choices
+    )
     assert streamed == cut.choices[0].text
 
 
@@ -166,8 +200,12 @@ def test_concurrent_clients_all_complete(served):
 
 def _open_stream(url: str, max_tokens: int = 400) -> tuple[httpx.Client, httpx.Response]:
     http = httpx.Client(timeout=300)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}],
-            "max_tokens": max_tokens, "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell a very long story."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
     resp = http.send(http.build_request("POST", f"{url}/v1/chat/completions", json=body), stream=True)
     return http, resp
 
@@ -210,11 +248,16 @@ def test_disconnect_frees_the_sequence_and_a_full_queue_answers_429(served):
 @pytest.mark.slow
 def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(served):
     url, c = served.url, client(served.url)
-    r = httpx.post(f"{url}/v1/chat/completions", content=b"{not json",
-                   headers={"Content-Type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
-    other = c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
-                                      max_tokens=2)  # any name: answered by the loaded model (issue 20)
+    other = c.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )  # any name: answered by the loaded model (issue 20)
     assert other.model == MODEL
     with pytest.raises(openai.BadRequestError) as neg:
         ask(url, "hi", max_tokens=-5)
@@ -229,8 +272,12 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(served):
         with pytest.raises(openai.APIStatusError) as bad:
             ask(url, "hi", **kw)
         assert bad.value.status_code == status and bad.value.message
-    r = httpx.post(f"{url}/v1/chat/completions", content=b"model=x", timeout=30,
-                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        content=b"model=x",
+        timeout=30,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 415
     r = httpx.get(f"{url}/v1/nothing", timeout=30)
     assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
@@ -255,8 +302,9 @@ def test_api_key_is_enforced_except_on_health(served):
 
 
 @pytest.mark.slow
-def test_gui_server_toggle_serves_the_window_model_with_a_bar_per_sequence(qtbot, tmp_path, monkeypatch,
-                                                                           smollm2_path):
+def test_gui_server_toggle_serves_the_window_model_with_a_bar_per_sequence(
+    qtbot, tmp_path, monkeypatch, smollm2_path
+):
     from app.main_window import MainWindow
     from engine.core.memory_types import PlanSettings
     from engine.storage.identity import model_key
@@ -264,8 +312,9 @@ def test_gui_server_toggle_serves_the_window_model_with_a_bar_per_sequence(qtbot
 
     monkeypatch.setenv("KVDECK_DEMO_MODEL", str(smollm2_path))
     store = ChatStore(tmp_path / "chat.sqlite3")
-    store.set_model_settings(model_key(str(smollm2_path)),
-                             {"plan": PlanSettings(n_ctx=2048, n_seq_max=SLOTS).to_dict()})
+    store.set_model_settings(
+        model_key(str(smollm2_path)), {"plan": PlanSettings(n_ctx=2048, n_seq_max=SLOTS).to_dict()}
+    )
     win = MainWindow(store)
     qtbot.addWidget(win)
     win.show()

@@ -4,6 +4,7 @@ tokenize/detokenize, the memory view, any model name, per-slot prefix reuse and 
 Driven over loopback with the official ``openai`` client (and httpx for llama-server's routes)
 against SmolLM2-135M in a real runtime child; replies are validated with ``jsonschema``.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,27 @@ NAMES = ("get_weather", "search")
 
 
 # ----------------------------------------------------------------------------- without a model
-@pytest.mark.parametrize("text, name, args", [
-    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>', "get_weather", {"city": "Oslo"}),
-    ('{"name": "search", "parameters": {"q": "x"}}', "search", {"q": "x"}),
-    ('<|python_tag|>{"name": "search", "parameters": {"q": "x"}}', "search", {"q": "x"}),
-    ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Rome"}}]', "get_weather", {"city": "Rome"}),
-    ('[TOOL_CALLS]get_weather[ARGS]{"city": "Rome"}', "get_weather", {"city": "Rome"}),
-    ('```tool_code\nget_weather(city="Paris")\n```', "get_weather", {"city": "Paris"}),
-    ('[search(q="cats")]', "search", {"q": "cats"}),
-    ('```json\n{"tool_calls": [{"name": "search", "arguments": {"q": "y"}}]}\n```', "search", {"q": "y"}),
-])
+@pytest.mark.parametrize(
+    "text, name, args",
+    [
+        (
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
+            "get_weather",
+            {"city": "Oslo"},
+        ),
+        ('{"name": "search", "parameters": {"q": "x"}}', "search", {"q": "x"}),
+        ('<|python_tag|>{"name": "search", "parameters": {"q": "x"}}', "search", {"q": "x"}),
+        (
+            '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Rome"}}]',
+            "get_weather",
+            {"city": "Rome"},
+        ),
+        ('[TOOL_CALLS]get_weather[ARGS]{"city": "Rome"}', "get_weather", {"city": "Rome"}),
+        ('```tool_code\nget_weather(city="Paris")\n```', "get_weather", {"city": "Paris"}),
+        ('[search(q="cats")]', "search", {"q": "cats"}),
+        ('```json\n{"tool_calls": [{"name": "search", "arguments": {"q": "y"}}]}\n```', "search", {"q": "y"}),
+    ],
+)
 def test_tool_call_formats_parse(text, name, args):
     content, calls = parse_calls(text, NAMES)
     assert len(calls) == 1 and calls[0]["type"] == "function" and calls[0]["id"].startswith("call_")
@@ -55,10 +67,16 @@ def served(smollm2_path):
     latest: list[P.Slots] = []
     settings = PlanSettings(n_ctx=4096, n_seq_max=SLOTS)
     params = P.LoadParams(path=str(smollm2_path), settings=settings)
-    with running_host(params, on_event=lambda m: latest.__setitem__(slice(None), [m])
-                      if isinstance(m, P.Slots) else None) as (host, loaded):
-        model = ServedModel(host=lambda: host, loaded=lambda: loaded, slots=lambda: SLOTS,
-                            settings=lambda: settings, slots_state=lambda: latest[0] if latest else None)
+    with running_host(
+        params, on_event=lambda m: latest.__setitem__(slice(None), [m]) if isinstance(m, P.Slots) else None
+    ) as (host, loaded):
+        model = ServedModel(
+            host=lambda: host,
+            loaded=lambda: loaded,
+            slots=lambda: SLOTS,
+            settings=lambda: settings,
+            slots_state=lambda: latest[0] if latest else None,
+        )
         server = ApiServer(model, ServerConfig(port=0, max_queue=4))
         url = server.start()
         yield SimpleNamespace(url=url, host=host, loaded=loaded)
@@ -71,7 +89,10 @@ def client(url: str) -> openai.OpenAI:
 
 def chat(url: str, content: str, **kw):
     return client(url).chat.completions.create(
-        model=kw.pop("model", "gpt-4o"), messages=kw.pop("messages", [{"role": "user", "content": content}]), **kw)
+        model=kw.pop("model", "gpt-4o"),
+        messages=kw.pop("messages", [{"role": "user", "content": content}]),
+        **kw,
+    )
 
 
 PERSON = {
@@ -80,9 +101,15 @@ PERSON = {
         "name": {"type": "string", "maxLength": 20},
         "age": {"type": "integer", "minimum": 0, "maximum": 150},
         "role": {"enum": ["admin", "user", "guest"]},
-        "address": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
-                                                     "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
-                    "required": ["city", "zip"], "additionalProperties": False},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 20},
+                "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            },
+            "required": ["city", "zip"],
+            "additionalProperties": False,
+        },
         "tags": {"type": "array", "items": {"type": "string", "maxLength": 10}, "minItems": 1, "maxItems": 3},
     },
     "required": ["name", "age", "role", "address", "tags"],
@@ -102,16 +129,28 @@ def test_any_model_name_is_answered_by_the_loaded_model(served):
 def test_json_schema_with_nested_objects_enums_and_arrays_validates(served):
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
     for seed in (1, 2):
-        r = chat(served.url, "Describe a person as JSON.", response_format=fmt, max_tokens=200,
-                 temperature=0.8, seed=seed)
+        r = chat(
+            served.url,
+            "Describe a person as JSON.",
+            response_format=fmt,
+            max_tokens=200,
+            temperature=0.8,
+            seed=seed,
+        )
         assert r.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
 
 
 @pytest.mark.slow
 def test_json_object_parses_also_when_streamed(served):
-    stream = chat(served.url, "Give me a JSON object about cats.", response_format={"type": "json_object"},
-                  max_tokens=120, temperature=0, stream=True)
+    stream = chat(
+        served.url,
+        "Give me a JSON object about cats.",
+        response_format={"type": "json_object"},
+        max_tokens=120,
+        temperature=0,
+        stream=True,
+    )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert isinstance(json.loads(text), dict)
 
@@ -119,12 +158,24 @@ def test_json_object_parses_also_when_streamed(served):
 @pytest.mark.slow
 def test_bad_schemas_and_unknown_tools_get_400_in_openai_shape(served):
     bad = [
-        dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}),
+        dict(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+            }
+        ),
         dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": [1, 2]}}),
-        dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}),
+        dict(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}},
+            }
+        ),
         dict(response_format={"type": "yaml"}),
-        dict(tools=[{"type": "function", "function": {"name": "get_weather"}}],
-             tool_choice={"type": "function", "function": {"name": "launch_rockets"}}),
+        dict(
+            tools=[{"type": "function", "function": {"name": "get_weather"}}],
+            tool_choice={"type": "function", "function": {"name": "launch_rockets"}},
+        ),
         dict(tools=[{"type": "function", "function": {"name": "bad name!"}}]),
     ]
     for kw in bad:
@@ -135,37 +186,80 @@ def test_bad_schemas_and_unknown_tools_get_400_in_openai_shape(served):
     assert httpx.get(f"{served.url}/health").status_code == 200
 
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"], "additionalProperties": False}}}
-SEARCH = {"type": "function", "function": {"name": "search", "parameters": {
-    "type": "object", "properties": {"q": {"type": "string", "maxLength": 30}}, "required": ["q"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 30},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+SEARCH = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "parameters": {
+            "type": "object",
+            "properties": {"q": {"type": "string", "maxLength": 30}},
+            "required": ["q"],
+        },
+    },
+}
 
 
 @pytest.mark.slow
 def test_named_tool_call_from_smollm2_parses_and_validates_then_the_result_round_trips(served):
     messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
-    r = chat(served.url, "", messages=messages, tools=[WEATHER, SEARCH], max_tokens=80, temperature=0,
-             tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    r = chat(
+        served.url,
+        "",
+        messages=messages,
+        tools=[WEATHER, SEARCH],
+        max_tokens=80,
+        temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     c = r.choices[0]
     assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1
     call = c.message.tool_calls[0]
     assert call.type == "function" and call.function.name == "get_weather"
     jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
-    messages += [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
-                 {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "sky": "clear"}'}]
-    r2 = chat(served.url, "", messages=messages, tools=[WEATHER, SEARCH], tool_choice="none",
-              max_tokens=30, temperature=0)
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "sky": "clear"}'},
+    ]
+    r2 = chat(
+        served.url,
+        "",
+        messages=messages,
+        tools=[WEATHER, SEARCH],
+        tool_choice="none",
+        max_tokens=30,
+        temperature=0,
+    )
     assert r2.choices[0].finish_reason in ("stop", "length") and r2.choices[0].message.content
     assert not r2.choices[0].message.tool_calls
 
 
 @pytest.mark.slow
 def test_required_tool_call_streams_as_tool_call_deltas(served):
-    stream = chat(served.url, "Search for cats.", tools=[WEATHER, SEARCH], tool_choice="required",
-                  max_tokens=80, temperature=0, stream=True)
+    stream = chat(
+        served.url,
+        "Search for cats.",
+        tools=[WEATHER, SEARCH],
+        tool_choice="required",
+        max_tokens=80,
+        temperature=0,
+        stream=True,
+    )
     chunks = [c for c in stream if c.choices]
     calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
     assert chunks[-1].choices[0].finish_reason == "tool_calls" and len(calls) == 1
@@ -194,13 +288,16 @@ def test_logprobs_are_sane_for_chat_and_completions(served):
         assert e.token == e.top_logprobs[0].token  # greedy: the sampled token is the most likely
         assert e.logprob == pytest.approx(e.top_logprobs[0].logprob)
     assert "".join(e.token for e in entries) == r.choices[0].message.content
-    c = client(served.url).completions.create(model="x", prompt="The sky is", max_tokens=5, logprobs=2,
-                                              temperature=0.7, seed=3)
+    c = client(served.url).completions.create(
+        model="x", prompt="The sky is", max_tokens=5, logprobs=2, temperature=0.7, seed=3
+    )
     lp = c.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == c.usage.completion_tokens
     assert all(v <= 0 for v in lp.token_logprobs) and all(len(t) == 2 for t in lp.top_logprobs)
     stream = chat(served.url, "Hi", logprobs=True, max_tokens=5, temperature=0, stream=True)
-    streamed = [e for ch in stream if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
+    streamed = [
+        e for ch in stream if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content
+    ]
     assert streamed and all(e.logprob <= 0 for e in streamed)
 
 
@@ -221,7 +318,7 @@ def test_tokenize_and_detokenize_like_llama_server(served):
     assert back["content"] == "Hello world"
     pieces = httpx.post(f"{served.url}/tokenize", json={"content": "Hello world", "with_pieces": True}).json()
     assert "".join(p["piece"] for p in pieces["tokens"]) == "Hello world"
-    bad = httpx.post(f"{served.url}/detokenize", json={"tokens": [10 ** 9]})
+    bad = httpx.post(f"{served.url}/detokenize", json={"tokens": [10**9]})
     assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
 
 
@@ -249,9 +346,17 @@ def test_a_shared_system_prompt_is_not_prefilled_again(served):
     events: list[P.Message] = []
 
     def ask(q: str) -> P.Done:
-        return served.host.call("generate", lambda i: P.GenerateRequest(
-            id=i, prompt=f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n",
-            max_tokens=4, sampling={"temperature": 0}, serve=True), on_event=events.append)
+        return served.host.call(
+            "generate",
+            lambda i: P.GenerateRequest(
+                id=i,
+                prompt=f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n",
+                max_tokens=4,
+                sampling={"temperature": 0},
+                serve=True,
+            ),
+            on_event=events.append,
+        )
 
     first = ask("What is 2+2?")
     second = ask("Name a colour.")
@@ -267,16 +372,49 @@ def test_cli_chat_json_schema_constrains_the_reply(tmp_path, smollm2_path):
 
     schema = tmp_path / "person.json"
     schema.write_text(json.dumps(PERSON))
-    r = subprocess.run([sys.executable, "-m", "kvdeck", "chat", str(smollm2_path), "--prompt", "A person as JSON.",
-                        "--json-schema", str(schema), "--json", "--max-tokens", "200", "--temperature", "0"],
-                       cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvdeck",
+            "chat",
+            str(smollm2_path),
+            "--prompt",
+            "A person as JSON.",
+            "--json-schema",
+            str(schema),
+            "--json",
+            "--max-tokens",
+            "200",
+            "--temperature",
+            "0",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     jsonschema.validate(json.loads(json.loads(r.stdout)["text"]), PERSON)
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
-    r = subprocess.run([sys.executable, "-m", "kvdeck", "chat", str(smollm2_path), "--prompt", "x",
-                        "--json-schema", str(bad)], cwd=Path(__file__).resolve().parent.parent,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvdeck",
+            "chat",
+            str(smollm2_path),
+            "--prompt",
+            "x",
+            "--json-schema",
+            str(bad),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0 and "must be a JSON object" in r.stderr
 
 
@@ -284,8 +422,10 @@ def test_cli_chat_json_schema_constrains_the_reply(tmp_path, smollm2_path):
 def test_overflow_policy_fits_long_chats_instead_of_400(served):
     turns = []
     for k in range(24):
-        turns += [{"role": "user", "content": f"Tell me fact number {k} about rivers. " * 8},
-                  {"role": "assistant", "content": f"Fact {k}: rivers flow downhill to the sea. " * 8}]
+        turns += [
+            {"role": "user", "content": f"Tell me fact number {k} about rivers. " * 8},
+            {"role": "assistant", "content": f"Fact {k}: rivers flow downhill to the sea. " * 8},
+        ]
     turns.append({"role": "user", "content": "Summarise."})
     with pytest.raises(openai.BadRequestError) as exc:
         chat(served.url, "", messages=turns, max_tokens=4)
@@ -297,7 +437,10 @@ def test_overflow_policy_fits_long_chats_instead_of_400(served):
         try:
             if ok:
                 r = chat(url, "", messages=turns, max_tokens=4, temperature=0)
-                assert r.choices[0].message.content is not None and r.usage.prompt_tokens < served.loaded.n_ctx_seq
+                assert (
+                    r.choices[0].message.content is not None
+                    and r.usage.prompt_tokens < served.loaded.n_ctx_seq
+                )
             else:
                 with pytest.raises(openai.BadRequestError) as exc:
                     chat(url, "", messages=turns, max_tokens=4)
@@ -341,7 +484,9 @@ def embedder(tmp_path_factory):
 @pytest.mark.slow
 def test_embeddings_are_pooled_normalised_and_deterministic(embedder):
     c = client(embedder)
-    r = c.embeddings.create(model="text-embedding-3-small", input=["a red apple", "a red apple", "quantum field"])
+    r = c.embeddings.create(
+        model="text-embedding-3-small", input=["a red apple", "a red apple", "quantum field"]
+    )
     vecs = [d.embedding for d in r.data]
     assert [d.index for d in r.data] == [0, 1, 2] and len(vecs[0]) == 256 and r.usage.prompt_tokens > 3
     assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-4) for v in vecs)
@@ -357,15 +502,24 @@ def test_embeddings_are_pooled_normalised_and_deterministic(embedder):
 def test_a_model_without_chat_template_refuses_tools_in_words(gemma3_path):
     params = P.LoadParams(path=str(gemma3_path), settings=PlanSettings(n_ctx=1024, n_seq_max=1))
     with running_host(params) as (host, loaded):
-        server = ApiServer(ServedModel(host=lambda: host, loaded=lambda: loaded, slots=lambda: 1),
-                           ServerConfig(port=0))
+        server = ApiServer(
+            ServedModel(host=lambda: host, loaded=lambda: loaded, slots=lambda: 1), ServerConfig(port=0)
+        )
         url = server.start()
         try:
             with pytest.raises(openai.BadRequestError) as exc:
                 chat(url, "Weather?", tools=[WEATHER], tool_choice="required", max_tokens=8)
             assert "no chat template" in exc.value.body["message"]
-            r = chat(url, "Weather?", max_tokens=30, temperature=0,
-                     response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": SEARCH["function"]["parameters"]}})
+            r = chat(
+                url,
+                "Weather?",
+                max_tokens=30,
+                temperature=0,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "w", "schema": SEARCH["function"]["parameters"]},
+                },
+            )
             jsonschema.validate(json.loads(r.choices[0].message.content), SEARCH["function"]["parameters"])
         finally:
             server.stop()

@@ -5,6 +5,7 @@ the rest run real models in a child process: SmolLM2 drafting for itself (accept
 n-gram lookup, the seed scenario of the issue (a draft whose training context is larger than
 the target's fitted one), refusals with reasons, and cancel mid-speculation.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,16 @@ import threading
 import numpy as np
 import pytest
 
-from engine.core.memory_types import PlanSettings
 from engine import protocol as P
 from engine.chat.conversation import conversation_prompt
 from engine.chat.template import ChatMessage
-from engine.core.errors import InvalidSettings, NotReady
 from engine.child.ngram import NgramIndex
-from engine.core.sampling import SamplingParams
 from engine.child.spec_sampling import accept_or_resample, final_distribution, greedy_token
-from tests.helpers.runtime_host import running_host
+from engine.core.errors import InvalidSettings, NotReady
+from engine.core.memory_types import PlanSettings
+from engine.core.sampling import SamplingParams
 from tests.helpers.cli import kvdeck
+from tests.helpers.runtime_host import running_host
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 PROMPTS = ["Write a short poem about the sea.", "What are the three primary colours? Explain briefly."]
@@ -107,7 +108,10 @@ def test_ngram_lookup_proposes_what_followed_the_longest_match():
 @pytest.fixture(scope="module")
 def spec(smollm2_path):
     """SmolLM2 as target and as its own draft (the ideal draft: every token should be accepted)."""
-    with running_host(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=1024))) as (host, loaded):
+    with running_host(P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=1024))) as (
+        host,
+        loaded,
+    ):
         yield host, loaded, host.load_draft(str(smollm2_path))
 
 
@@ -119,8 +123,13 @@ def _prompt(loaded: P.Loaded, text: str) -> str:
 def test_draft_gets_the_targets_context_and_the_pairing_verdict(spec):
     host, loaded, draft = spec
     assert draft.n_ctx == loaded.n_ctx == 1024 and draft.n_ctx_train == 8192
-    assert [c["name"] for c in draft.checks] == ["vocabulary type", "BOS token", "EOS token",
-                                                 "vocabulary size", "token texts"]
+    assert [c["name"] for c in draft.checks] == [
+        "vocabulary type",
+        "BOS token",
+        "EOS token",
+        "vocabulary size",
+        "token texts",
+    ]
     assert all(c["ok"] for c in draft.checks)
     assert any("KV" in line or "kv" in line for line in draft.memory_log)
 
@@ -133,8 +142,13 @@ def test_greedy_speculation_is_plain_greedy_token_for_token(spec, mode):
         prompt = _prompt(loaded, text)
         plain = host.generate(prompt, max_tokens=40, sampling=GREEDY)
         deltas: list[P.Delta] = []
-        fast = host.generate(prompt, max_tokens=40, sampling=GREEDY, draft=mode,
-                             on_event=lambda m: isinstance(m, P.Delta) and deltas.append(m))
+        fast = host.generate(
+            prompt,
+            max_tokens=40,
+            sampling=GREEDY,
+            draft=mode,
+            on_event=lambda m, d=deltas: isinstance(m, P.Delta) and d.append(m),
+        )
         assert fast.tokens == plain.tokens and fast.text == plain.text
         assert fast.stop_reason == plain.stop_reason
         assert "".join(d.text for d in deltas) == fast.text
@@ -152,8 +166,9 @@ def test_seeded_sampling_with_a_draft_is_reproducible(spec):
     hot = SamplingParams(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1, seed=7)
     a = host.generate(prompt, max_tokens=32, sampling=hot, draft="model")
     b = host.generate(prompt, max_tokens=32, sampling=hot, draft="model")
-    c = host.generate(prompt, max_tokens=32, sampling=SamplingParams(**{**hot.to_dict(), "seed": 8}),
-                      draft="model")
+    c = host.generate(
+        prompt, max_tokens=32, sampling=SamplingParams(**{**hot.to_dict(), "seed": 8}), draft="model"
+    )
     assert a.tokens == b.tokens and len(a.tokens) == 32 and a.text.strip()
     assert a.tokens != c.tokens
     assert a.n_drafted > 0 and 0.0 < a.acceptance <= 1.0
@@ -167,9 +182,17 @@ def test_cancel_mid_speculation(spec):
     seen = threading.Event()
     prompt = _prompt(loaded, "Count from 1 to 1000, separated by commas.")
     result: list[P.Done] = []
-    t = threading.Thread(target=lambda: result.append(host.generate(
-        prompt, max_tokens=900, sampling=GREEDY, draft="model",
-        on_event=lambda m: isinstance(m, P.Delta) and seen.set())))
+    t = threading.Thread(
+        target=lambda: result.append(
+            host.generate(
+                prompt,
+                max_tokens=900,
+                sampling=GREEDY,
+                draft="model",
+                on_event=lambda m: isinstance(m, P.Delta) and seen.set(),
+            )
+        )
+    )
     t.start()
     assert seen.wait(120)
     host.cancel(0)
@@ -178,8 +201,10 @@ def test_cancel_mid_speculation(spec):
     assert 0 < len(result[0].tokens) < 900
     # both caches are consistent afterwards: drafting still gives plain greedy's answer
     prompt = _prompt(loaded, PROMPTS[0])
-    assert (host.generate(prompt, max_tokens=12, sampling=GREEDY, draft="model").tokens
-            == host.generate(prompt, max_tokens=12, sampling=GREEDY).tokens)
+    assert (
+        host.generate(prompt, max_tokens=12, sampling=GREEDY, draft="model").tokens
+        == host.generate(prompt, max_tokens=12, sampling=GREEDY).tokens
+    )
 
 
 @pytest.mark.slow
@@ -197,24 +222,32 @@ def test_an_incompatible_draft_is_refused_with_the_reasons(spec, gemma3_path):
 def test_seed_scenario_target_context_smaller_than_the_drafts_default(smollm2_path):
     """The issue's seed scenario (llama.cpp b9550 crashed here): the budget fits the target at
     1024 tokens, the draft's own default would be its training context (8192)."""
-    from engine.plan.fit import DraftSpec, fit
+    from engine.core.memory_types import Device, PlanSettings
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
-    from engine.core.memory_types import Device, PlanSettings
+    from engine.plan.fit import DraftSpec, fit
 
     info = inspect_gguf(str(smollm2_path))
     devices = [Device("CPU", "cpu", 64 << 30, 64 << 30)]
     pair = [2 * analytic_plan(info, PlanSettings(n_ctx=n), devices).bytes_for() for n in (1024, 1280)]
     settings = PlanSettings(n_ctx=0)
-    result = fit(info, settings, devices, plan_fn=analytic_plan, budget_bytes=sum(pair) // 2,
-                 margin_bytes=0, draft=DraftSpec(info, settings))
+    result = fit(
+        info,
+        settings,
+        devices,
+        plan_fn=analytic_plan,
+        budget_bytes=sum(pair) // 2,
+        margin_bytes=0,
+        draft=DraftSpec(info, settings),
+    )
     assert result.fits and result.plan.n_ctx == 1024 < info.n_ctx_train == 8192
     assert result.extra["draft_plan"].n_ctx == 1024
     with running_host(P.LoadParams(str(smollm2_path), result.settings)) as (host, loaded):
         draft = host.load_draft(str(smollm2_path))
         assert loaded.n_ctx == draft.n_ctx == 1024
-        done = host.generate(_prompt(loaded, "Name three fruits."), max_tokens=24, sampling=GREEDY,
-                             draft="model")
+        done = host.generate(
+            _prompt(loaded, "Name three fruits."), max_tokens=24, sampling=GREEDY, draft="model"
+        )
         assert done.tokens and done.n_drafted > 0 and done.stop_reason in ("eog", "length")
 
 
@@ -239,8 +272,20 @@ def test_recurrent_target_is_refused_with_the_reason(tmp_path):
 @pytest.mark.parametrize("flags", [["--draft", "SELF"], ["--lookup"]])
 def test_cli_chat_reports_acceptance(smollm2_path, flags):
     flags = [str(smollm2_path) if f == "SELF" else f for f in flags]
-    r = kvdeck("chat", str(smollm2_path), "--prompt", "Say hello.", "--max-tokens", "16",
-               "--temperature", "0", "--n-ctx", "512", "--json", *flags)
+    r = kvdeck(
+        "chat",
+        str(smollm2_path),
+        "--prompt",
+        "Say hello.",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--n-ctx",
+        "512",
+        "--json",
+        *flags,
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     for key in ("n_drafted", "n_accepted", "acceptance", "mean_accepted", "n_target_decodes"):

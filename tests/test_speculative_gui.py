@@ -1,33 +1,49 @@
 """The draft picker, the pair verdict before loading, and the dashboard's speculative numbers."""
+
 from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import Qt
 
-from app.memory.dashboard import SPEC_OFF, DashboardPanel
 from app.bridges.draft_picker import DraftPicker, incompatible_sentence, speculation_text, verdict_text
-from engine.core.memory_types import GiB, MiB, Allocation, MemoryPlan, PlanSettings
+from app.memory.dashboard import SPEC_OFF, DashboardPanel
+from engine.core.memory_types import Allocation, GiB, MemoryPlan, MiB, PlanSettings
 
 LOAD_TIMEOUT_MS = 180_000
 
 
 def _plan(n_ctx: int, weights: int, kv: int) -> MemoryPlan:
-    allocs = (Allocation("weights", "CPU", weights), Allocation("kv", "CPU", kv),
-              Allocation("compute", "CPU", 20 * MiB))
+    allocs = (
+        Allocation("weights", "CPU", weights),
+        Allocation("kv", "CPU", kv),
+        Allocation("compute", "CPU", 20 * MiB),
+    )
     return MemoryPlan("analytic", PlanSettings(n_ctx=n_ctx), n_ctx, n_ctx, n_ctx, 0, allocs)
 
 
 def test_verdict_and_speculation_texts():
     ok = {"compatible": True, "checks": [{"name": "vocabulary type", "ok": True, "detail": "both BPE"}]}
     assert verdict_text(ok)[0] == "✓ compatible" and "both BPE" in verdict_text(ok)[1]
-    bad = {"compatible": False, "checks": [{"name": "vocabulary type", "ok": True, "detail": "x"},
-                                            {"name": "token texts", "ok": False, "detail": "token 5"}]}
+    bad = {
+        "compatible": False,
+        "checks": [
+            {"name": "vocabulary type", "ok": True, "detail": "x"},
+            {"name": "token texts", "ok": False, "detail": "token 5"},
+        ],
+    }
     assert verdict_text(bad)[0] == "✗ not compatible" and "token texts" in verdict_text(bad)[1]
     sentence = incompatible_sentence("/m/draft.gguf", bad)  # one plain line, no rule jargon
     assert sentence.startswith("draft.gguf cannot be a draft") and "different tokens" in sentence
     assert "token 5" not in sentence and "\n" not in sentence
-    stats = {"draft": "model", "n_drafted": 80, "n_accepted": 60, "n_target_decodes": 20,
-             "mean_accepted": 3.0, "n_tokens": 80, "tokens_per_s": 45.0}
+    stats = {
+        "draft": "model",
+        "n_drafted": 80,
+        "n_accepted": 60,
+        "n_target_decodes": 20,
+        "mean_accepted": 3.0,
+        "n_tokens": 80,
+        "tokens_per_s": 45.0,
+    }
     text = speculation_text(stats, plain_tps=30.0)
     assert "60 of 80 drafted tokens accepted (75%)" in text
     assert "mean accepted length 3.00" in text and "4.00 tokens per target decode" in text
@@ -74,8 +90,7 @@ def test_picker_emits_choices_and_shows_state_without_emitting(qtbot, tmp_path):
 
 
 @pytest.mark.slow
-def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, smollm2_path,
-                                                 gemma3_path):
+def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, smollm2_path, gemma3_path):
     from tests.helpers.gui import new_window
 
     win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
@@ -85,8 +100,7 @@ def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, s
             win.start()
         # an incompatible draft: the verdict says why, nothing is loaded
         win.drafting.choose("model", str(gemma3_path))
-        qtbot.waitUntil(lambda: win.chat.draft_picker.verdict.text().startswith("✗"),
-                        timeout=LOAD_TIMEOUT_MS)
+        qtbot.waitUntil(lambda: win.chat.draft_picker.verdict.text().startswith("✗"), timeout=LOAD_TIMEOUT_MS)
         assert "cannot be a draft" in win.banner.label.text()
         assert win.bridge.draft_mode == "" and win.chat.draft_picker.state == ("", "")
         # a compatible one: checked, then loaded with the target's context, its memory planned

@@ -1,4 +1,5 @@
 """Tests for engine.storage.store: chat history, settings, crash safety and error reporting."""
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from engine.core.errors import KvDeckError, ModelFileError, StoreError
-from engine.storage.schema import SCHEMA_VERSION, migrate
 from engine.storage.identity import model_key, title_from_text
 from engine.storage.records import Conversation, Message
+from engine.storage.schema import SCHEMA_VERSION, migrate
 from engine.storage.store import ChatStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +200,10 @@ def test_conversation_settings_merge(db: Path) -> None:
         s.set_conversation_settings(conv.id, {"overflow": "rolling", "sampling": {"top_k": 40}})
         s.set_conversation_settings(conv.id, {"overflow": "middle", "cut": 6})
         assert s.get_conversation(conv.id).settings == {
-            "overflow": "middle", "cut": 6, "sampling": {"top_k": 40}}
+            "overflow": "middle",
+            "cut": 6,
+            "sampling": {"top_k": 40},
+        }
         s.set_conversation_settings(conv.id, {"cut": None})
         assert "cut" not in s.list_conversations()[0].settings
 
@@ -264,7 +268,11 @@ def test_sigkill_keeps_committed_rows(db: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(db)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
     )
     lines: list[str] = []
     deadline = time.monotonic() + 60
@@ -277,7 +285,9 @@ def test_sigkill_keeps_committed_rows(db: Path) -> None:
                 break
             lines.append(line)
             msg_count += line.startswith("msg ")
-        assert msg_count >= 200, f"writer stopped early: {proc.stderr.read() if proc.poll() is not None else ''}"
+        assert msg_count >= 200, (
+            f"writer stopped early: {proc.stderr.read() if proc.poll() is not None else ''}"
+        )
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -498,8 +508,10 @@ def test_a_version_1_history_is_upgraded_and_searchable(db: Path) -> None:
     raw = sqlite3.connect(db, isolation_level=None)
     migrate(raw, target=1)
     raw.execute("INSERT INTO conversations (title, created, updated) VALUES ('Old', 1, 1)")
-    raw.execute("INSERT INTO messages (conversation_id, role, content, created)"
-                " VALUES (1, 'assistant', 'an answer about sliding windows', 1)")
+    raw.execute(
+        "INSERT INTO messages (conversation_id, role, content, created)"
+        " VALUES (1, 'assistant', 'an answer about sliding windows', 1)"
+    )
     raw.close()
     with ChatStore(db) as s:
         assert s.schema_version == SCHEMA_VERSION

@@ -5,6 +5,7 @@ Only the GPU arithmetic uses a stand-in for NVML (``FakeNvmlForArithmetic``): it
 recorded values through pynvml's own function names and error classes, so ``Telemetry`` runs
 its real code path. Everything else uses the real psutil and, where present, the real NVML.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,27 @@ import pytest
 
 from engine.core.memory_types import GiB, MiB
 from engine.runtime.telemetry import (
-    NO_GPU, NVML_NOT_FOUND, GpuIdentity, Telemetry, TelemetrySampler, TelemetrySnapshot,
-    attribute_gpu_memory, cuda_order,
+    NO_GPU,
+    NVML_NOT_FOUND,
+    GpuIdentity,
+    Telemetry,
+    TelemetrySampler,
+    TelemetrySnapshot,
+    attribute_gpu_memory,
+    cuda_order,
 )
 
 ME = os.getpid()
 
 # Recorded on an H100 80GB HBM3 (driver 580.159.04) with one PyTorch child holding 2 GiB.
-H100 = dict(name="NVIDIA H100 80GB HBM3", uuid="GPU-d6adc4d8-cac2-f691-713f-62c50d5c15f0",
-            bus="00000000:00:06.0", total=85520809984, free=82317606912, reserved=503316480)
+H100 = dict(
+    name="NVIDIA H100 80GB HBM3",
+    uuid="GPU-d6adc4d8-cac2-f691-713f-62c50d5c15f0",
+    bus="00000000:00:06.0",
+    total=85520809984,
+    free=82317606912,
+    reserved=503316480,
+)
 H100_CHILD_BYTES = 2690646016  # 2 GiB tensor plus the CUDA context
 
 
@@ -88,8 +101,9 @@ class FakeNvmlForArithmetic:
     def nvmlDeviceGetMemoryInfo(self, h: FakeGpu, version: Any = None) -> Any:
         if h.memory_error is not None:
             raise h.memory_error()
-        return SimpleNamespace(total=h.total, free=h.free, used=h.total - h.free - h.reserved,
-                               reserved=h.reserved)
+        return SimpleNamespace(
+            total=h.total, free=h.free, used=h.total - h.free - h.reserved, reserved=h.reserved
+        )
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: FakeGpu) -> list[Any]:
         return [SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in h.compute]
@@ -110,8 +124,9 @@ class FakeNvmlForArithmetic:
 
 
 def h100(**changes: Any) -> FakeGpu:
-    return FakeGpu(H100["name"], H100["uuid"], H100["bus"], H100["total"], H100["free"],
-                   H100["reserved"], **changes)
+    return FakeGpu(
+        H100["name"], H100["uuid"], H100["bus"], H100["total"], H100["free"], H100["reserved"], **changes
+    )
 
 
 def nvml_works() -> bool:
@@ -126,9 +141,15 @@ def nvml_works() -> bool:
 @pytest.fixture
 def sleeper():
     """A real child process, as the runtime is, so RSS and pid bookkeeping are real."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(64 << 20); "
-                             "print('ready', flush=True); time.sleep(30)"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; b = bytearray(64 << 20); print('ready', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     yield proc
     proc.kill()
@@ -269,9 +290,15 @@ def test_recorded_h100_attributes_our_child():
 
 
 def test_process_in_both_lists_counts_once_and_others_are_others():
-    nv = FakeNvmlForArithmetic([h100(compute=[(10, 3 * GiB), (20, 1 * GiB)],
-                                     graphics=[(10, 3 * GiB), (30, 256 * MiB)],
-                                     power_mw=None)])
+    nv = FakeNvmlForArithmetic(
+        [
+            h100(
+                compute=[(10, 3 * GiB), (20, 1 * GiB)],
+                graphics=[(10, 3 * GiB), (30, 256 * MiB)],
+                power_mw=None,
+            )
+        ]
+    )
     nv.gpus[0].free = H100["total"] - 6 * GiB
     gpu = Telemetry(nvml=nv, env={}, self_pid=ME).snapshot([ME, 10]).gpus[0]
     assert gpu.this_app_bytes == 3 * GiB
@@ -284,7 +311,10 @@ def test_empty_process_list_attributes_by_difference_from_the_baseline():
     tele = Telemetry(nvml=FakeNvmlForArithmetic([gpu]), env={}, self_pid=ME)
     before = tele.snapshot([ME]).gpus[0]  # no runtime yet: the baseline
     assert (before.this_app_bytes, before.attribution, before.attribution_note) == (
-        0, "per-process", None)  # nothing of ours can be there, so this is no estimate
+        0,
+        "per-process",
+        None,
+    )  # nothing of ours can be there, so this is no estimate
     gpu.free -= 6 * GiB  # the runtime loads a model
     tele.devices()  # asking for devices mid-run must not move the baseline
     during = tele.snapshot([ME, 777]).gpus[0]
@@ -313,11 +343,11 @@ def test_nvml_failures_read_as_sentences():
     missing = FakeNvmlForArithmetic([], init_error=pynvml.NVMLError_LibraryNotFound())
     assert Telemetry(nvml=missing).snapshot([ME]).gpu_unavailable_reason == NVML_NOT_FOUND
     driver = FakeNvmlForArithmetic([], init_error=pynvml.NVMLError_DriverNotLoaded())
-    assert (Telemetry(nvml=driver).snapshot([ME]).gpu_unavailable_reason
-            == "NVML error: Driver Not Loaded")
+    assert Telemetry(nvml=driver).snapshot([ME]).gpu_unavailable_reason == "NVML error: Driver Not Loaded"
     broken = Telemetry(nvml=FakeNvmlForArithmetic([], init_error=OSError("bad ELF header")))
     assert [broken.snapshot([ME]).gpu_unavailable_reason for _ in range(2)] == [
-        "NVML error: bad ELF header"] * 2  # a reason, never an exception, and not retried
+        "NVML error: bad ELF header"
+    ] * 2  # a reason, never an exception, and not retried
     none = Telemetry(nvml=FakeNvmlForArithmetic([]), env={})
     assert none.snapshot([ME]).gpu_unavailable_reason == NO_GPU
     assert [d.name for d in none.devices()] == ["CPU"]
@@ -329,17 +359,20 @@ B = GpuIdentity(1, "GPU-bbbb2222", "00000000:01:00.0", "NVIDIA H100 80GB HBM3")
 C = GpuIdentity(2, "GPU-bbbb3333", "00000000:41:00.0", "NVIDIA H100 80GB HBM3")
 
 
-@pytest.mark.parametrize("visible, expected", [
-    (None, [B, C, A]),  # PCI bus order, whatever NVML's own numbering
-    ("2,0", [A, B]),
-    ("GPU-aaaa", [A]),  # a unique UUID prefix
-    ("gpu-bbbb3333, 0", [C, B]),  # case and spaces do not matter
-    ("1,7,0", [C]),  # CUDA stops at the first invalid entry
-    ("0,0", [B]),  # ... and at a repeat
-    ("GPU-bbbb", []),  # ambiguous prefix
-    ("MIG-4f3e2d1c-0000-0000-0000-000000000000", []),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "visible, expected",
+    [
+        (None, [B, C, A]),  # PCI bus order, whatever NVML's own numbering
+        ("2,0", [A, B]),
+        ("GPU-aaaa", [A]),  # a unique UUID prefix
+        ("gpu-bbbb3333, 0", [C, B]),  # case and spaces do not matter
+        ("1,7,0", [C]),  # CUDA stops at the first invalid entry
+        ("0,0", [B]),  # ... and at a repeat
+        ("GPU-bbbb", []),  # ambiguous prefix
+        ("MIG-4f3e2d1c-0000-0000-0000-000000000000", []),
+        ("", []),
+    ],
+)
 def test_cuda_visible_devices(visible, expected):
     env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
     chosen, notes = cuda_order([A, B, C], env)
@@ -361,7 +394,6 @@ def test_telemetry_numbers_gpus_as_cuda_does():
     assert [(g.index, g.uuid) for g in snap.gpus] == [(0, "GPU-near"), (1, "GPU-far")]
     only = Telemetry(nvml=nv, env={"CUDA_VISIBLE_DEVICES": "1"})
     devices = only.devices()  # one reading: the host's free RAM moves between two
-    assert [(d.name, d.free_bytes) for d in devices] == [
-        ("CPU", devices[0].free_bytes), ("CUDA0", 70 * GiB)]
+    assert [(d.name, d.free_bytes) for d in devices] == [("CPU", devices[0].free_bytes), ("CUDA0", 70 * GiB)]
     hidden = Telemetry(nvml=nv, env={"CUDA_VISIBLE_DEVICES": ""}).snapshot([ME])
     assert hidden.gpus == () and "CUDA_VISIBLE_DEVICES" in (hidden.gpu_unavailable_reason or "")

@@ -26,19 +26,23 @@ Usage: python tools/gen_arch_table.py [LLAMA_CPP_ROOT] [--check]
 LLAMA_CPP_ROOT defaults to $KVDECK_LLAMA_SRC, then .venv/src/llama_cpp_python-0.3.36/vendor/
 llama.cpp, then /tmp/llsrc/…  Fetch it with `make llama-src`.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "engine" / "gguf" / "arch_table.py"
 SDIST = "llama_cpp_python-0.3.36"
-CANDIDATES = (ROOT / ".venv" / "src" / SDIST / "vendor" / "llama.cpp",
-              Path("/tmp/llsrc") / SDIST / "vendor" / "llama.cpp")
+CANDIDATES = (
+    ROOT / ".venv" / "src" / SDIST / "vendor" / "llama.cpp",
+    Path("/tmp/llsrc") / SDIST / "vendor" / "llama.cpp",
+)
 COMMIT = "0c1e570"
 
 
@@ -97,7 +101,7 @@ def _functions(text: str, name_re: str) -> Iterator[tuple[str, str]]:
     """(name, body) of every function definition whose name matches `name_re`."""
     for m in re.finditer(r"\b(" + name_re + r")\s*\(([^;{}]*)\)\s*(?:const\s*)?\{", text):
         start = m.end() - 1
-        yield m.group(1), text[start + 1:_block(text, start) - 1]
+        yield m.group(1), text[start + 1 : _block(text, start) - 1]
 
 
 def _is_conditional(body: str, pos: int) -> bool:
@@ -105,9 +109,9 @@ def _is_conditional(body: str, pos: int) -> bool:
     `||`/`&&`/`?` in its own statement."""
     depth = 0
     stmt_start = max(body.rfind(";", 0, pos), body.rfind("{", 0, pos), body.rfind("}", 0, pos))
-    if re.search(r"\|\||&&|\?", body[stmt_start + 1:pos]):
+    if re.search(r"\|\||&&|\?", body[stmt_start + 1 : pos]):
         return True
-    head = body[stmt_start + 1:pos]
+    head = body[stmt_start + 1 : pos]
     if re.search(r"\b(if|while|for|switch)\s*\(", head) and "ml." not in head.split("(")[0]:
         # `if (ml.get_key(...))` runs the read unconditionally; `if (x) ml.get_key(...)` not.
         cond = re.search(r"\b(?:if|while|for|switch)\s*\(", head)
@@ -127,29 +131,39 @@ def _is_conditional(body: str, pos: int) -> bool:
 _CALL = re.compile(r"\bml\.(get_key_or_arr|get_key|get_arr_n|get_arr)\s*\(")
 
 
-def _reads(body: str, kv_names: dict[str, str], hp_defaults: dict[str, str],
-           helpers: dict[str, list[Read]], local: dict[str, tuple[str, bool]]) -> list[Read]:
+def _reads(
+    body: str,
+    kv_names: dict[str, str],
+    hp_defaults: dict[str, str],
+    helpers: dict[str, list[Read]],
+    local: dict[str, tuple[str, bool]],
+) -> list[Read]:
     """Every key read in a function body, in source order."""
     out: list[Read] = []
     for m in _CALL.finditer(body):
-        args = _split_args(body[m.end():_block(body, m.end() - 1) - 1])
+        args = _split_args(body[m.end() : _block(body, m.end() - 1) - 1])
         kid = re.sub(r"^llm_kv\((.*)\)$", r"\1", args[0]) if args else ""
         if kid not in kv_names:
             continue
         n_req = {"get_key_or_arr": 3}.get(m.group(1), 2)
         required = not (len(args) > n_req and args[n_req] == "false")
         target = args[1] if len(args) > 1 else ""
-        out.append(Read(kv_names[kid], m.group(1), required,
-                        _is_conditional(body, m.start()),
-                        _default(body[:m.start()], target, hp_defaults)))
+        out.append(
+            Read(
+                kv_names[kid],
+                m.group(1),
+                required,
+                _is_conditional(body, m.start()),
+                _default(body[: m.start()], target, hp_defaults),
+            )
+        )
     for name, reads in helpers.items():  # llama_model_base helpers: load_swa_pattern(ml, …)
         for m in re.finditer(r"\b" + name + r"\s*\(\s*ml\b", body):
             cond = _is_conditional(body, m.start())
             out += [r._replace(conditional=r.conditional or cond) for r in reads]
     for name, (how, required) in local.items():  # static helper(ml, LLM_KV_X, …)
         for m in re.finditer(r"\b" + name + r"\s*\(\s*ml\s*,\s*(LLM_KV_\w+)", body):
-            out.append(Read(kv_names[m.group(1)], how, required,
-                            _is_conditional(body, m.start()), None))
+            out.append(Read(kv_names[m.group(1)], how, required, _is_conditional(body, m.start()), None))
     return out
 
 
@@ -161,12 +175,11 @@ def _default(before: str, target: str, hp_defaults: dict[str, str]) -> str | Non
     hits = re.findall(r"(?:^|[;{}])\s*" + re.escape(target) + r"\s*=\s*([^;=][^;]*);", before)
     if hits:
         return " ".join(hits[-1].split())
-    fill = re.findall(r"std::fill\(\s*" + re.escape(target) + r"\.begin\(\)\s*,[^,]*,\s*([^;]+)\);",
-                      before)
+    fill = re.findall(r"std::fill\(\s*" + re.escape(target) + r"\.begin\(\)\s*,[^,]*,\s*([^;]+)\);", before)
     if fill:
         return " ".join(fill[-1].split())
     if target.startswith("hparams."):
-        member = target[len("hparams."):]
+        member = target[len("hparams.") :]
         return hp_defaults.get(member)
     local = re.findall(r"\b\w+\s+" + re.escape(target) + r"\s*=\s*([^;]+);", before)
     return " ".join(local[-1].split()) if local else None
@@ -174,15 +187,20 @@ def _default(before: str, target: str, hp_defaults: dict[str, str]) -> str | Non
 
 def parse(src: Path) -> dict[str, object]:
     """Everything the generated module holds, as plain data."""
+
     def read(rel: str) -> str:
         return _strip_comments((src / rel).read_text(encoding="utf-8"))
 
     arch_cpp = read("src/llama-arch.cpp")
     arch_names = dict(re.findall(r"\{\s*(LLM_ARCH_\w+)\s*,\s*\"([^\"]+)\"\s*\}", arch_cpp))
     kv_names = dict(re.findall(r"\{\s*(LLM_KV_\w+)\s*,\s*\"([^\"]+)\"\s*\}", arch_cpp))
-    hp_defaults = {m.group(1): " ".join(m.group(2).split()) for m in re.finditer(
-        r"\b(?:u?int\d+_t|float|bool|double|enum\s+\w+|llama_\w+)\s+(\w+)\s*=\s*([^;]+);",
-        read("src/llama-hparams.h"))}
+    hp_defaults = {
+        m.group(1): " ".join(m.group(2).split())
+        for m in re.finditer(
+            r"\b(?:u?int\d+_t|float|bool|double|enum\s+\w+|llama_\w+)\s+(\w+)\s*=\s*([^;]+);",
+            read("src/llama-hparams.h"),
+        )
+    }
 
     model_cpp = read("src/llama-model.cpp")
     mapping_body = next(b for n, b in _functions(model_cpp, "llama_model_mapping"))
@@ -199,27 +217,28 @@ def parse(src: Path) -> dict[str, object]:
     models_h = read("src/models/models.h")
     parent: dict[str, str] = {}
     own_loader: set[str] = set()
-    for m in re.finditer(r"struct\s+llama_model_(\w+)\s*:\s*public\s+llama_model_(\w+)\s*\{",
-                         models_h):
+    for m in re.finditer(r"struct\s+llama_model_(\w+)\s*:\s*public\s+llama_model_(\w+)\s*\{", models_h):
         parent[m.group(1)] = m.group(2)
-        body = models_h[m.end():_block(models_h, m.end() - 1)]
+        body = models_h[m.end() : _block(models_h, m.end() - 1)]
         if re.search(r"void\s+load_arch_hparams\s*\(", body):
             own_loader.add(m.group(1))
 
     helpers: dict[str, list[Read]] = {}
     for name, body in _functions(model_cpp, r"llama_model_base::\w+"):
         short = name.split("::")[1]
-        if short not in ("load_hparams", "load_tensors", "load_stats", "load_vocab") \
-                and "ml.get_" in body:
+        if short not in ("load_hparams", "load_tensors", "load_stats", "load_vocab") and "ml.get_" in body:
             helpers[short] = _reads(body, kv_names, hp_defaults, {}, {})
     common_body = next(b for n, b in _functions(model_cpp, r"llama_model_base::load_hparams"))
-    common_body = common_body[:common_body.index("load_arch_hparams(ml)")]
+    common_body = common_body[: common_body.index("load_arch_hparams(ml)")]
     common, common_by_arch = _common_reads(common_body, kv_names, hp_defaults, arch_names)
     # llama_vocab::impl::load reads a few `%s.` keys too (vocab_size without a token list):
     # for every arch, on some tokenizer paths only.
     vocab = read("src/llama-vocab.cpp")
-    common += [r._replace(conditional=True, required=False)
-               for r in _reads(vocab, kv_names, hp_defaults, {}, {}) if r.key.startswith("%s.")]
+    common += [
+        r._replace(conditional=True, required=False)
+        for r in _reads(vocab, kv_names, hp_defaults, {}, {})
+        if r.key.startswith("%s.")
+    ]
 
     loaders: dict[str, list[Read]] = {}
     for path in sorted((src / "src" / "models").glob("*.cpp")):
@@ -230,7 +249,7 @@ def parse(src: Path) -> dict[str, object]:
             if m and not name.startswith("llama_model_"):
                 local[name] = (m.group(1), m.group(2) != "false")
         for name, body in _functions(text, r"llama_model_\w+::load_arch_hparams"):
-            cls = name.split("::")[0][len("llama_model_"):]
+            cls = name.split("::")[0][len("llama_model_") :]
             loaders[cls] = _reads(body, kv_names, hp_defaults, helpers, local)
 
     def loader_of(cls: str) -> str | None:
@@ -244,13 +263,18 @@ def parse(src: Path) -> dict[str, object]:
     missing = [c for c in archs.values() if c is not None and c not in loaders]
     if missing:
         raise SystemExit(f"no load_arch_hparams body found for {missing}")
-    return {"archs": archs, "loaders": {c: loaders[c] for c in sorted(set(archs.values()) - {None})},
-            "common": common, "common_by_arch": common_by_arch,
-            "unmapped": sorted(set(arch_names.values()) - set(arch_class))}
+    return {
+        "archs": archs,
+        "loaders": {c: loaders[c] for c in sorted(set(archs.values()) - {None})},
+        "common": common,
+        "common_by_arch": common_by_arch,
+        "unmapped": sorted(set(arch_names.values()) - set(arch_class)),
+    }
 
 
-def _common_reads(body: str, kv_names: dict[str, str], hp_defaults: dict[str, str],
-                  arch_names: dict[str, str]) -> tuple[list[Read], dict[str, list[Read]]]:
+def _common_reads(
+    body: str, kv_names: dict[str, str], hp_defaults: dict[str, str], arch_names: dict[str, str]
+) -> tuple[list[Read], dict[str, list[Read]]]:
     """Reads of llama_model_base::load_hparams before load_arch_hparams: those inside an
     `if (arch == LLM_ARCH_X …)` block belong to those archs only."""
     common: list[Read] = []
@@ -258,8 +282,7 @@ def _common_reads(body: str, kv_names: dict[str, str], hp_defaults: dict[str, st
     blocks = []
     for m in re.finditer(r"if\s*\(([^{]*?LLM_ARCH_[^{]*)\)\s*\{", body):
         end = _block(body, m.end() - 1)
-        blocks.append((m.end(), end, [arch_names[e] for e in re.findall(r"LLM_ARCH_\w+",
-                                                                          m.group(1))]))
+        blocks.append((m.end(), end, [arch_names[e] for e in re.findall(r"LLM_ARCH_\w+", m.group(1))]))
     for r, m in zip(_reads(body, kv_names, hp_defaults, {}, {}), _CALL.finditer(body)):
         owners = [a for start, end, arcs in blocks if start <= m.start() < end for a in arcs]
         if owners:
@@ -280,19 +303,18 @@ def _merge(reads: list[Read]) -> dict[str, tuple[str, bool, bool, str | None]]:
         else:
             how, req, cond, dflt = out[r.key]
             how = how if r.how in how.split("+") else f"{how}+{r.how}"
-            out[r.key] = (how, req or (r.required and not r.conditional),
-                          cond and r.conditional, dflt)
+            out[r.key] = (how, req or (r.required and not r.conditional), cond and r.conditional, dflt)
     return out
 
 
 def render(data: dict[str, object]) -> str:
     """The generated module's text (deterministic)."""
     lines = [
-        '"""GENERATED by tools/gen_arch_table.py from llama.cpp ' + COMMIT + ' - do not edit.',
+        '"""GENERATED by tools/gen_arch_table.py from llama.cpp ' + COMMIT + " - do not edit.",
         "",
         "Which hparam keys llama.cpp's loader reads, per architecture. Keys are GGUF key formats",
         '("%s." = the architecture name). Each read: (how, required, conditional, default):',
-        "how = the loader calls, "+"-joined (get_key, get_key_or_arr = scalar or one entry per",
+        "how = the loader calls, " + "-joined (get_key, get_key_or_arr = scalar or one entry per",
         "layer, get_arr, get_arr_n = array length), required = a missing key fails the load, conditional = the",
         "read happens only on some path (an if, a loop, after || or &&), default = the C++ value",
         "the target holds when the key is absent (None: unknown). Use engine.gguf.arch_keys.",
@@ -307,25 +329,41 @@ def render(data: dict[str, object]) -> str:
         "COMMON: dict[str, Read] = {",
     ]
     lines += [f"    {k!r}: {v!r}," for k, v in _merge(data["common"]).items()]  # type: ignore[arg-type]
-    lines += ["}", "", "# load_hparams reads under `if (arch == LLM_ARCH_…)`.",
-              "COMMON_BY_ARCH: dict[str, dict[str, Read]] = {"]
+    lines += [
+        "}",
+        "",
+        "# load_hparams reads under `if (arch == LLM_ARCH_…)`.",
+        "COMMON_BY_ARCH: dict[str, dict[str, Read]] = {",
+    ]
     for arch, reads in sorted(data["common_by_arch"].items()):  # type: ignore[attr-defined]
         lines.append(f"    {arch!r}: {{")
         lines += [f"        {k!r}: {v!r}," for k, v in _merge(reads).items()]
         lines.append("    },")
-    lines += ["}", "",
-              "# architecture -> class whose load_arch_hparams runs (inheritance resolved);",
-              "# None: llama_model_base's empty default (no arch-specific keys).",
-              "ARCH_LOADER: dict[str, str | None] = {"]
+    lines += [
+        "}",
+        "",
+        "# architecture -> class whose load_arch_hparams runs (inheritance resolved);",
+        "# None: llama_model_base's empty default (no arch-specific keys).",
+        "ARCH_LOADER: dict[str, str | None] = {",
+    ]
     lines += [f"    {a!r}: {c!r}," for a, c in data["archs"].items()]  # type: ignore[attr-defined]
-    lines += ["}", "", "# loader class -> the keys its load_arch_hparams reads.",
-              "LOADER_READS: dict[str, dict[str, Read]] = {"]
+    lines += [
+        "}",
+        "",
+        "# loader class -> the keys its load_arch_hparams reads.",
+        "LOADER_READS: dict[str, dict[str, Read]] = {",
+    ]
     for cls, reads in data["loaders"].items():  # type: ignore[attr-defined]
         lines.append(f"    {cls!r}: {{")
         lines += [f"        {k!r}: {v!r}," for k, v in _merge(reads).items()]
         lines.append("    },")
-    lines += ["}", "", "# In LLM_ARCH_NAMES but refused by llama_model_mapping.",
-              f"UNMAPPED = {tuple(data['unmapped'])!r}", ""]  # type: ignore[call-overload]
+    lines += [
+        "}",
+        "",
+        "# In LLM_ARCH_NAMES but refused by llama_model_mapping.",
+        f"UNMAPPED = {tuple(data['unmapped'])!r}",
+        "",
+    ]  # type: ignore[call-overload]
     return "\n".join(lines)
 
 

@@ -7,10 +7,12 @@ throwaway child, plus the memory fit) in the background (``app.background``); th
 only a compatible draft is loaded. The controller also turns the runtime's counts into the
 dashboard's live numbers, with the speed-up measured against the last plain reply.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidget
@@ -27,15 +29,17 @@ MAX_RECENT_DRAFTS = 6
 
 
 class DraftPicker(QWidget):
-    """"Draft: none / n-gram lookup / <recent drafts> / Choose model…" and the pair's verdict."""
+    """ "Draft: none / n-gram lookup / <recent drafts> / Choose model…" and the pair's verdict."""
 
     chosen = Signal(str, str)  # mode ("", "lookup", "model", "choose"), path
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.combo = QComboBox(self)
-        self.combo.setToolTip("Speculative decoding: a draft proposes tokens, the model checks "
-                              "them in one batch. The reply is the same, only faster or slower.")
+        self.combo.setToolTip(
+            "Speculative decoding: a draft proposes tokens, the model checks "
+            "them in one batch. The reply is the same, only faster or slower."
+        )
         self.verdict = QLabel(self)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -86,11 +90,13 @@ class DraftPicker(QWidget):
 
 
 #: What a failed pairing rule means, in words a user without llama.cpp jargon can act on.
-PLAIN_REASONS = {"vocabulary type": "the two models split text into different tokens",
-                 "vocabulary size": "the two models split text into different tokens",
-                 "token texts": "the two models split text into different tokens",
-                 "BOS token": "the two models mark the start of a text differently",
-                 "EOS token": "the two models mark the end of a text differently"}
+PLAIN_REASONS = {
+    "vocabulary type": "the two models split text into different tokens",
+    "vocabulary size": "the two models split text into different tokens",
+    "token texts": "the two models split text into different tokens",
+    "BOS token": "the two models mark the start of a text differently",
+    "EOS token": "the two models mark the end of a text differently",
+}
 
 
 def verdict_text(report: dict[str, Any]) -> tuple[str, str]:
@@ -109,35 +115,49 @@ def incompatible_sentence(draft: str, report: dict[str, Any]) -> str:
             reason = PLAIN_REASONS.get(c["name"], f"{c['name']}: {c['detail']}")
             if reason not in reasons:
                 reasons.append(reason)
-    return (f"{Path(draft).name} cannot be a draft for this model: {'; '.join(reasons)}. "
-            "Pick a smaller model of the same family.")
+    return (
+        f"{Path(draft).name} cannot be a draft for this model: {'; '.join(reasons)}. "
+        "Pick a smaller model of the same family."
+    )
 
 
 def speculation_text(stats: dict[str, Any], plain_tps: float | None) -> str:
     """The dashboard's lines: acceptance, accepted length, counts and speed-up over plain."""
     mode = "n-gram lookup" if stats.get("draft") == "lookup" else "draft model"
     drafted, accepted = stats.get("n_drafted", 0), stats.get("n_accepted", 0)
-    lines = [f"{mode}: {accepted:,} of {drafted:,} drafted tokens accepted"
-             + (f" ({accepted / drafted:.0%})" if drafted else "")]
+    lines = [
+        f"{mode}: {accepted:,} of {drafted:,} drafted tokens accepted"
+        + (f" ({accepted / drafted:.0%})" if drafted else "")
+    ]
     if stats.get("n_target_decodes"):
-        lines.append(f"mean accepted length {stats.get('mean_accepted', 0.0):.2f} per verify; "
-                     f"{stats.get('n_tokens', 0) / stats['n_target_decodes']:.2f} tokens per target decode")
+        lines.append(
+            f"mean accepted length {stats.get('mean_accepted', 0.0):.2f} per verify; "
+            f"{stats.get('n_tokens', 0) / stats['n_target_decodes']:.2f} tokens per target decode"
+        )
     tps = stats.get("tokens_per_s") or 0.0
     if tps and plain_tps:
-        lines.append(f"speed-up {tps / plain_tps:.2f}× ({tps:.1f} against {plain_tps:.1f} tokens/s "
-                     f"of the last plain reply)")
+        lines.append(
+            f"speed-up {tps / plain_tps:.2f}× ({tps:.1f} against {plain_tps:.1f} tokens/s "
+            f"of the last plain reply)"
+        )
     elif tps:
         lines.append(f"{tps:.1f} tokens/s; send a reply without drafting to measure the speed-up")
     return "\n".join(lines)
 
 
-def _pair_report(target: str, draft: str, settings: PlanSettings | None,
-                 devices: list[Device]) -> dict[str, Any]:
+def _pair_report(
+    target: str, draft: str, settings: PlanSettings | None, devices: list[Device]
+) -> dict[str, Any]:
     """The pairing checks (they start a short-lived runtime child: run in the background)."""
     from engine.runtime.pairing import pair_report
 
-    return pair_report(target, draft, settings=settings, devices=devices,
-                       max_context=settings.n_ctx if settings and settings.n_ctx else None)
+    return pair_report(
+        target,
+        draft,
+        settings=settings,
+        devices=devices,
+        max_context=settings.n_ctx if settings and settings.n_ctx else None,
+    )
 
 
 class DraftController(QObject):
@@ -147,9 +167,15 @@ class DraftController(QObject):
     draftPlan = Signal(object)  # MemoryPlan | None: the draft at the target's context
     stats = Signal(str)  # the dashboard's "Speculative decoding" text
 
-    def __init__(self, picker: DraftPicker, bridge: RuntimeBridge, store: ChatStore,
-                 settings: Callable[[], PlanSettings | None], devices: Callable[[], list[Device]],
-                 parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        picker: DraftPicker,
+        bridge: RuntimeBridge,
+        store: ChatStore,
+        settings: Callable[[], PlanSettings | None],
+        devices: Callable[[], list[Device]],
+        parent: QObject | None = None,
+    ) -> None:
         super().__init__(parent)
         self.picker, self.bridge, self.store = picker, bridge, store
         self._settings, self._devices = settings, devices
@@ -188,8 +214,12 @@ class DraftController(QObject):
 
         from engine.storage.library import default_search_roots
 
-        dialog = QFileDialog(self.picker, "Choose a draft model (a small model of the same family)",
-                             self._start_folder(), "GGUF models (*.gguf);;All files (*)")
+        dialog = QFileDialog(
+            self.picker,
+            "Choose a draft model (a small model of the same family)",
+            self._start_folder(),
+            "GGUF models (*.gguf);;All files (*)",
+        )
         dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
         dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)  # so the library folders show
         roots = [QUrl.fromLocalFile(str(root)) for _src, root in default_search_roots() if root.is_dir()]
@@ -222,9 +252,16 @@ class DraftController(QObject):
         self._verdict_for = info.path
         self.picker.show_verdict("checking…", None)
         run_in_background(  # a broken file or a runtime that will not start: the error's words
-            _pair_report, info.path, path, self._settings(), self._devices(), parent=self,
-            name="kvdeck-pair", on_result=lambda report: self._on_checked(path, report),
-            on_error=lambda exc: self._on_checked(path, f"{Path(path).name} could not be checked: {exc}"))
+            _pair_report,
+            info.path,
+            path,
+            self._settings(),
+            self._devices(),
+            parent=self,
+            name="kvdeck-pair",
+            on_result=lambda report: self._on_checked(path, report),
+            on_error=lambda exc: self._on_checked(path, f"{Path(path).name} could not be checked: {exc}"),
+        )
 
     def _on_checked(self, path: str, result: object) -> None:
         if path != self._checking:
@@ -270,8 +307,11 @@ class DraftController(QObject):
         try:
             if path not in self._infos:
                 self._infos[path] = inspect_gguf(path)
-            plan: MemoryPlan | None = analytic_plan(self._infos[path], settings.replace(
-                n_ctx=info.n_ctx, type_k="f16", type_v="f16"), self._devices())
+            plan: MemoryPlan | None = analytic_plan(
+                self._infos[path],
+                settings.replace(n_ctx=info.n_ctx, type_k="f16", type_v="f16"),
+                self._devices(),
+            )
         except Exception:  # the plan is a display aid; the runtime already has the draft
             plan = None
         self.draftPlan.emit(plan)
@@ -293,7 +333,17 @@ class DraftController(QObject):
                 self.plain_tps = done.tokens_per_s
             return
         self._live = {}
-        self.stats.emit(speculation_text({
-            "draft": done.draft, "n_drafted": done.n_drafted, "n_accepted": done.n_accepted,
-            "n_target_decodes": done.n_target_decodes, "mean_accepted": done.mean_accepted,
-            "n_tokens": len(done.tokens), "tokens_per_s": done.tokens_per_s}, self.plain_tps))
+        self.stats.emit(
+            speculation_text(
+                {
+                    "draft": done.draft,
+                    "n_drafted": done.n_drafted,
+                    "n_accepted": done.n_accepted,
+                    "n_target_decodes": done.n_target_decodes,
+                    "mean_accepted": done.mean_accepted,
+                    "n_tokens": len(done.tokens),
+                    "tokens_per_s": done.tokens_per_s,
+                },
+                self.plain_tps,
+            )
+        )

@@ -7,6 +7,7 @@ request that it answers has returned and stored its id. (Handling it on the read
 raced with that store: an error answering at once was dropped and the window stayed busy.)
 Requests are small pipe writes and return at once, so the GUI thread never waits for the child.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,9 +17,9 @@ from PySide6.QtCore import QObject, Qt, Signal
 
 from engine import protocol as P
 from engine.core.errors import KvDeckError
+from engine.core.sampling import SamplingParams
 from engine.runtime.host import RuntimeHost
 from engine.runtime.outcome import Exited, ProcessOutcome
-from engine.core.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ class RuntimeBridge(QObject):
             return False
         try:
             draft = self.draft_mode if self.draft_mode == "lookup" or self.draft_info else ""
-            self._gen_id = self._host.submit_generate(prompt, max_tokens=max_tokens, sampling=sampling,
-                                                      draft=draft)
+            self._gen_id = self._host.submit_generate(
+                prompt, max_tokens=max_tokens, sampling=sampling, draft=draft
+            )
             self._spec_tokens = 0
         except KvDeckError as exc:
             self.generationFailed.emit(str(exc))
@@ -153,8 +155,14 @@ class RuntimeBridge(QObject):
             return True
         if isinstance(msg, P.Delta) and req_id == self._gen_id and (msg.n_drafted or self._spec_tokens):
             self._spec_tokens += len(msg.tokens)
-            self.speculation.emit({"draft": self.draft_mode, "n_drafted": msg.n_drafted,
-                                   "n_accepted": msg.n_accepted, "n_tokens": self._spec_tokens})
+            self.speculation.emit(
+                {
+                    "draft": self.draft_mode,
+                    "n_drafted": msg.n_drafted,
+                    "n_accepted": msg.n_accepted,
+                    "n_tokens": self._spec_tokens,
+                }
+            )
         return isinstance(msg, (P.DraftLoaded, P.DraftUnloaded))
 
     def cancel(self) -> None:
@@ -205,11 +213,15 @@ class RuntimeBridge(QObject):
         elif isinstance(msg, P.ErrorEvent):
             if req_id == self._load_id:
                 self._load_id = 0
-                self.loadFailed.emit("" if P.ErrorKind.parse(msg.kind) is P.ErrorKind.CANCELLED else msg.message)
+                self.loadFailed.emit(
+                    "" if P.ErrorKind.parse(msg.kind) is P.ErrorKind.CANCELLED else msg.message
+                )
                 self.busyChanged.emit(False)
             elif req_id == self._gen_id:
                 self._gen_id = 0
-                self.generationFailed.emit("" if P.ErrorKind.parse(msg.kind) is P.ErrorKind.CANCELLED else msg.message)
+                self.generationFailed.emit(
+                    "" if P.ErrorKind.parse(msg.kind) is P.ErrorKind.CANCELLED else msg.message
+                )
                 self.busyChanged.emit(False)
 
     def _on_exit(self, outcome: ProcessOutcome) -> None:

@@ -4,13 +4,21 @@ Without this the window's server always asked for port 8080 (or any free port) a
 so a client on the same machine could not be pointed at a fixed address or be kept out.
 Changes apply at the next start; a running server is restarted so they apply now.
 """
+
 from __future__ import annotations
 
 import secrets
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
-    QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
     QWidget,
 )
 
@@ -38,11 +46,15 @@ class ServerSettingsDialog(QDialog):
         form = QFormLayout(self)
         form.addRow("Port", self.port)
         form.addRow("API key", key_row)
-        note = QLabel("Clients send the key as <i>Authorization: Bearer KEY</i>. The server listens "
-                      "on 127.0.0.1 only.", self, wordWrap=True)
+        note = QLabel(
+            "Clients send the key as <i>Authorization: Bearer KEY</i>. The server listens on 127.0.0.1 only.",
+            self,
+            wordWrap=True,
+        )
         form.addRow(note)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save
-                                   | QDialogButtonBox.StandardButton.Cancel, self)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel, self
+        )
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)

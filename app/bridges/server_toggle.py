@@ -9,6 +9,7 @@ uvicorn runs on its own thread, and starting (binding, waiting for readiness) an
 (waiting for open streams to end) run in the background too (``app.background``): the GUI
 thread never waits.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -32,8 +33,9 @@ class ServerToggle(QObject):
     urlChanged = Signal(str)  # the base URL while serving, "" when stopped
     problem = Signal(str)  # one line for the window's banner
 
-    def __init__(self, bridge: RuntimeBridge, parent: QWidget, port: int = DEFAULT_PORT,
-                 api_key: str = "") -> None:
+    def __init__(
+        self, bridge: RuntimeBridge, parent: QWidget, port: int = DEFAULT_PORT, api_key: str = ""
+    ) -> None:
         super().__init__(parent)
         self.bridge = bridge
         self.port = port
@@ -41,8 +43,10 @@ class ServerToggle(QObject):
         self.server: ApiServer | None = None
         self.url = ""
         self.action = QAction("Serve the loaded model (OpenAI API)", parent, checkable=True)
-        self.action.setToolTip("Other programs can use the loaded model at http://127.0.0.1:PORT/v1; "
-                               "each client gets one of the model's parallel sequences")
+        self.action.setToolTip(
+            "Other programs can use the loaded model at http://127.0.0.1:PORT/v1; "
+            "each client gets one of the model's parallel sequences"
+        )
         self.action.toggled.connect(self._toggled)
 
     def configure(self, port: int, api_key: str) -> None:
@@ -81,8 +85,16 @@ class ServerToggle(QObject):
         self._set_checked(True)
         self.action.setEnabled(False)  # until it has started or failed
 
-        run_in_background(_start_server, model, self.port, self.api_key, parent=self, name="kvdeck-api-start",
-                          on_result=self._on_started, on_error=self._on_failed)
+        run_in_background(
+            _start_server,
+            model,
+            self.port,
+            self.api_key,
+            parent=self,
+            name="kvdeck-api-start",
+            on_result=self._on_started,
+            on_error=self._on_failed,
+        )
 
     def _on_started(self, started: tuple[ApiServer, str]) -> None:
         server, url = started

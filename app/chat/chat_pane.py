@@ -10,12 +10,14 @@ Before each reply the conversation is fitted to the context (engine.chat.convers
 chose is stored per conversation as the id of the first kept message, so the next reply keeps
 the same prompt start and the runtime reuses its cached prefix instead of prefilling it again.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-from PySide6.QtCore import QTimer, Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
@@ -183,8 +185,7 @@ class ChatPane(ReplyStream, QWidget):
         self.system_edit.setPlainText(system)
         self.system_edit.blockSignals(False)
         model = (conv.model_path if conv else None) or (info.path if info else "")
-        self.model_label.setText(f"Model: {model.replace(chr(92), '/').rsplit('/', 1)[-1]}"
-                                 if model else "")
+        self.model_label.setText(f"Model: {model.replace(chr(92), '/').rsplit('/', 1)[-1]}" if model else "")
         self.model_label.setToolTip(model)
         outside = conv.settings.get("dropped_ids", []) if conv else []
         self.view.set_outside(set(outside), str(conv.settings.get("note", "")) if conv else "")
@@ -196,9 +197,17 @@ class ChatPane(ReplyStream, QWidget):
             if m.role == "assistant" and not m.content and m.id != self._reply_id:
                 self._write_quietly(self.store.delete_message, m.id)  # an empty reply of the past
                 continue
-            shown.append(ShownMessage(m.id, m.role, m.content, m.complete,
-                                      _meta(m, self.prefill.get(m.id)), m.id == self._reply_id,
-                                      m.end_reason))
+            shown.append(
+                ShownMessage(
+                    m.id,
+                    m.role,
+                    m.content,
+                    m.complete,
+                    _meta(m, self.prefill.get(m.id)),
+                    m.id == self._reply_id,
+                    m.end_reason,
+                )
+            )
         self.view.set_messages(shown)
         self._update_buttons()
 
@@ -213,8 +222,13 @@ class ChatPane(ReplyStream, QWidget):
 
     def _save_settings(self) -> None:
         info = self.bridge.loaded_info
-        self._write_quietly(save_settings, self.store, self.conversation_id,
-                            info.path if info else None, self.settings.values())
+        self._write_quietly(
+            save_settings,
+            self.store,
+            self.conversation_id,
+            info.path if info else None,
+            self.settings.values(),
+        )
 
     # ------------------------------------------------------------------ store writes
     def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -242,19 +256,24 @@ class ChatPane(ReplyStream, QWidget):
         if not text or self.bridge.generating or self._fitting:
             return
         if self.bridge.loaded_info is None:
-            self.problem.emit("No model is loaded yet: drop a .gguf file on the window or pick one on the left.")
+            self.problem.emit(
+                "No model is loaded yet: drop a .gguf file on the window or pick one on the left."
+            )
             return  # the text stays in the box
         try:
             if self.conversation_id is None:
                 info = self.bridge.loaded_info
-                conv = self._write(self.store.create_conversation, title_from_text(text),
-                                   model_path=info.path, system_prompt=self.system_edit.toPlainText())
+                conv = self._write(
+                    self.store.create_conversation,
+                    title_from_text(text),
+                    model_path=info.path,
+                    system_prompt=self.system_edit.toPlainText(),
+                )
                 self.conversation_id = conv.id
                 self._save_settings()
                 self.conversationsChanged.emit()
             if self._editing_id is not None:
-                self._write(self.store.truncate_after, self.conversation_id, self._editing_id,
-                            inclusive=True)
+                self._write(self.store.truncate_after, self.conversation_id, self._editing_id, inclusive=True)
             self._write(self.store.add_message, self.conversation_id, "user", text)
         except KvDeckError as exc:
             self.problem.emit(str(exc))
@@ -267,8 +286,11 @@ class ChatPane(ReplyStream, QWidget):
 
     def _history(self) -> tuple[list[int], list[ChatMessage]]:
         assert self.conversation_id is not None
-        msgs = [m for m in self.store.messages(self.conversation_id)
-                if m.role in ("user", "assistant") and (m.content or m.role == "user")]
+        msgs = [
+            m
+            for m in self.store.messages(self.conversation_id)
+            if m.role in ("user", "assistant") and (m.content or m.role == "user")
+        ]
         return [m.id for m in msgs], [ChatMessage(m.role, m.content) for m in msgs]  # type: ignore[arg-type]
 
     def _start_reply(self) -> None:
@@ -282,11 +304,20 @@ class ChatPane(ReplyStream, QWidget):
         previous_cut = ids.index(cut_id) if cut_id in ids else 0
         self._fitting = ticket = time.monotonic_ns()
         conv_id, system = self.conversation_id, self.system_edit.toPlainText()
-        run_in_background(fit_conversation, host.tokenize, info, system, turns,
-                          max_tokens=self.max_tokens.value(), policy=self.settings.policy,
-                          previous_cut=previous_cut, parent=self, name="kvdeck-fit-context",
-                          on_result=lambda f: self._on_fitted(ticket, conv_id, ids, system, f),
-                          on_error=lambda exc: self._on_fit_failed(ticket, exc))
+        run_in_background(
+            fit_conversation,
+            host.tokenize,
+            info,
+            system,
+            turns,
+            max_tokens=self.max_tokens.value(),
+            policy=self.settings.policy,
+            previous_cut=previous_cut,
+            parent=self,
+            name="kvdeck-fit-context",
+            on_result=lambda f: self._on_fitted(ticket, conv_id, ids, system, f),
+            on_error=lambda exc: self._on_fit_failed(ticket, exc),
+        )
         self._update_buttons()
 
     def _on_fit_failed(self, ticket: int, exc: BaseException) -> None:
@@ -306,9 +337,12 @@ class ChatPane(ReplyStream, QWidget):
             return  # stopped, another conversation opened, or the model went away meanwhile
         self._fitting = 0
         dropped = [ids[i] for i in fitted.dropped]
-        state = {"cut_id": ids[fitted.cut] if 0 < fitted.cut < len(ids) else None,
-                 "dropped_ids": dropped or None, "note": fitted.note or None,
-                 "dropped_tokens": fitted.dropped_tokens or None}
+        state = {
+            "cut_id": ids[fitted.cut] if 0 < fitted.cut < len(ids) else None,
+            "dropped_ids": dropped or None,
+            "note": fitted.note or None,
+            "dropped_tokens": fitted.dropped_tokens or None,
+        }
         self._write_quietly(self.store.set_conversation_settings, conv_id, state)
         self.view.set_outside(set(dropped), fitted.note)
         try:
@@ -337,8 +371,12 @@ class ChatPane(ReplyStream, QWidget):
             self._regenerate(last.id)
 
     def _regenerate(self, msg_id: int) -> None:
-        if self.bridge.generating or self._fitting or self.conversation_id is None \
-                or self.bridge.loaded_info is None:
+        if (
+            self.bridge.generating
+            or self._fitting
+            or self.conversation_id is None
+            or self.bridge.loaded_info is None
+        ):
             return
         try:
             self._write(self.store.truncate_after, self.conversation_id, msg_id, inclusive=True)

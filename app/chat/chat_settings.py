@@ -5,6 +5,7 @@ starts from the loaded model's defaults (the last values used with that model), 
 used before from the global defaults. Edits write all three, so the next new chat continues where
 the user left off, with this model or any other. Qt-free, but app-side: only the window uses it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,8 +35,9 @@ def effective_settings(store: ChatStore, conv_id: int | None, model_path: str | 
     return {k: v for k, v in values.items() if v is not None}
 
 
-def save_settings(store: ChatStore, conv_id: int | None, model_path: str | None,
-                  values: dict[str, Any]) -> None:
+def save_settings(
+    store: ChatStore, conv_id: int | None, model_path: str | None, values: dict[str, Any]
+) -> None:
     """Remember edited panel values for the conversation, the model and as global defaults."""
     if conv_id:
         store.set_conversation_settings(conv_id, values)

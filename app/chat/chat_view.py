@@ -8,6 +8,7 @@ transcript, dimmed, after one line saying how many there are. Code blocks have a
 the whole transcript stays one selectable, searchable document. Nothing is ever fetched: the
 view refuses every resource, and web links open in the user's browser only when clicked.
 """
+
 from __future__ import annotations
 
 import html
@@ -116,8 +117,7 @@ class ChatView(QTextBrowser):
             self.setHtml(self._placeholder)
             return
         last_assistant = max((m.id for m in self._messages if m.role == "assistant"), default=None)
-        last_outside = max((i for i, m in enumerate(self._messages) if m.id in self._outside),
-                           default=None)
+        last_outside = max((i for i, m in enumerate(self._messages) if m.id in self._outside), default=None)
         parts = []
         for i, m in enumerate(self._messages):
             parts.append(self._bubble(m, m.id == last_assistant))
@@ -135,14 +135,18 @@ class ChatView(QTextBrowser):
         dark, colors = self._dark, self._colors
         bg = colors.user_bg if user else colors.assistant_bg
         who = {"user": "You", "assistant": "Assistant", "system": "System"}.get(m.role, m.role)
-        body = escape_plain(m.content) if user else self._with_copy_links(
-            render_markdown(m.content, dark=dark), m.id)
+        body = (
+            escape_plain(m.content)
+            if user
+            else self._with_copy_links(render_markdown(m.content, dark=dark), m.id)
+        )
         if not m.content and not user:
             body = "<i>…</i>"
         dim = colors.muted
         if m.id in self._outside:
-            body = (f'<p style="margin:0; color:{dim}; font-size:small;">outside the model\'s '
-                    f"context</p>{body}")
+            body = (
+                f'<p style="margin:0; color:{dim}; font-size:small;">outside the model\'s context</p>{body}'
+            )
         links = [f'<a style="color:{colors.link};" href="kvdeck:copy/{m.id}">copy</a>']
         if user:
             links.append(f'<a style="color:{colors.link};" href="kvdeck:edit/{m.id}">edit</a>')
@@ -176,15 +180,19 @@ class ChatView(QTextBrowser):
 
     def _note_line(self, note: str) -> str:
         colour = self._colors.muted
-        return (f'<p align="center" style="color:{colour}; margin-bottom:10px;">'
-                f"— {html.escape(note)} —</p>")
+        return f'<p align="center" style="color:{colour}; margin-bottom:10px;">— {html.escape(note)} —</p>'
 
     def _with_copy_links(self, body: str, msg_id: int) -> str:
         """A "copy code" link above each code block (kvdeck:code/<message>-<block>)."""
         count = iter(range(1 << 30))
-        return _PRE.sub(lambda _m: (f'<p align="right" style="margin:0; font-size:small;">'
-                                    f'<a style="color:{self._colors.link};" href="kvdeck:code/{msg_id}-{next(count)}">copy code</a>'
-                                    f"</p><pre"), body)
+        return _PRE.sub(
+            lambda _m: (
+                f'<p align="right" style="margin:0; font-size:small;">'
+                f'<a style="color:{self._colors.link};" href="kvdeck:code/{msg_id}-{next(count)}">copy code</a>'
+                f"</p><pre"
+            ),
+            body,
+        )
 
     # ------------------------------------------------------------------ links
     def _on_anchor(self, url: QUrl) -> None:

@@ -5,6 +5,7 @@ or a reply ran into the end of the context, this says so in one line with button
 continue the chat: load the model again with the largest context this machine fits, start a new
 chat (the unanswered message moves with it), or let older messages drop out.
 """
+
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
@@ -25,8 +26,11 @@ class ContextNotice(QFrame):
         self.new_button = QPushButton("Start a new chat", self)
         self.drop_button = QPushButton("Let older messages drop out", self)
         self.drop_button.setToolTip("Switch this conversation to the rolling window and answer")
-        for button, signal in ((self.larger_button, self.largerContext), (self.new_button, self.newChat),
-                               (self.drop_button, self.dropOlder)):
+        for button, signal in (
+            (self.larger_button, self.largerContext),
+            (self.new_button, self.newChat),
+            (self.drop_button, self.dropOlder),
+        ):
             button.clicked.connect(lambda _checked=False, s=signal: (self.hide(), s.emit()))
         layout = QHBoxLayout(self)
         layout.setContentsMargins(8, 4, 8, 4)

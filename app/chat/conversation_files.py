@@ -4,6 +4,7 @@ The formats are engine.chat.history's (OpenAI's message list), so a conversation
 is what ``kvdeck chat --history`` reads. The JSON export wraps the list as
 ``{"title", "model", "messages"}``; import takes that or a bare list.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from pathlib import Path
 
 from engine.chat.history import read_history, to_markdown, to_openai
 from engine.chat.template import ChatMessage
-from engine.storage.store import ChatStore
 from engine.core.errors import StoreError
+from engine.storage.store import ChatStore
 
 
 def file_name(title: str, fmt: str) -> str:
@@ -23,8 +24,11 @@ def file_name(title: str, fmt: str) -> str:
 
 
 def _turns(store: ChatStore, conv_id: int) -> list[ChatMessage]:
-    return [ChatMessage(m.role, m.content) for m in store.messages(conv_id)  # type: ignore[arg-type]
-            if m.role in ("user", "assistant") and m.content]
+    return [
+        ChatMessage(m.role, m.content)  # type: ignore[arg-type]  # roles filtered below
+        for m in store.messages(conv_id)
+        if m.role in ("user", "assistant") and m.content
+    ]
 
 
 def export(store: ChatStore, conv_id: int, path: str | Path, fmt: str) -> None:
@@ -36,9 +40,11 @@ def export(store: ChatStore, conv_id: int, path: str | Path, fmt: str) -> None:
     if fmt == "md":
         text = to_markdown(conv.title, conv.system_prompt, turns, model)
     else:
-        text = json.dumps({"title": conv.title, "model": model,
-                           "messages": to_openai(conv.system_prompt, turns)},
-                          ensure_ascii=False, indent=2)
+        text = json.dumps(
+            {"title": conv.title, "model": model, "messages": to_openai(conv.system_prompt, turns)},
+            ensure_ascii=False,
+            indent=2,
+        )
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
@@ -56,4 +62,3 @@ def import_json(store: ChatStore, path: str | Path) -> int:
     for t in turns:
         store.add_message(conv.id, t.role, t.content)
     return conv.id
-

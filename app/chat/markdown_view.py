@@ -100,10 +100,18 @@ def _highlight_block(code: str, lang: str, dark: bool) -> str:
     # The formatter ends every line with "\n"; inside <pre> Qt would show the
     # last one as an empty line at the bottom of the block.
     body = body.removesuffix("\n")
-    label = (f'<p style="margin-top:6px; margin-bottom:0px; font-size:small; color:'
-             f'{_THEME[dark]["label"]};">{html.escape(lang)}</p>') if lang else ""
-    return (f'{label}<pre style="background-color:{bg}; color:{fg}; font-family:{_MONO}; '
-            f'white-space:pre-wrap; margin-top:2px; margin-bottom:8px;">{body}</pre>\n')
+    label = (
+        (
+            f'<p style="margin-top:6px; margin-bottom:0px; font-size:small; color:'
+            f'{_THEME[dark]["label"]};">{html.escape(lang)}</p>'
+        )
+        if lang
+        else ""
+    )
+    return (
+        f'{label}<pre style="background-color:{bg}; color:{fg}; font-family:{_MONO}; '
+        f'white-space:pre-wrap; margin-top:2px; margin-bottom:8px;">{body}</pre>\n'
+    )
 
 
 def _drop_unsafe_links(state: StateCore) -> None:
@@ -135,66 +143,66 @@ class _QtRenderer(RendererHTML):
     def _theme(self, env: _Env) -> dict[str, str]:
         return _THEME[bool(env.get("dark"))]
 
-    def fence(self, tokens: Sequence[Token], idx: int, options: OptionsDict,
-              env: _Env) -> str:
+    def fence(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: _Env) -> str:
         info = unescapeAll(tokens[idx].info).strip()
         # "python {.cls}" / "py title=x" -> "python": only the first word names the language.
         lang = info.split(maxsplit=1)[0] if info else ""
         return _highlight_block(tokens[idx].content, lang, bool(env.get("dark")))
 
-    def code_block(self, tokens: Sequence[Token], idx: int, options: OptionsDict,
-                   env: _Env) -> str:
+    def code_block(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: _Env) -> str:
         return _highlight_block(tokens[idx].content, "", bool(env.get("dark")))
 
-    def code_inline(self, tokens: Sequence[Token], idx: int, options: OptionsDict,
-                    env: _Env) -> str:
+    def code_inline(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: _Env) -> str:
         bg = self._theme(env)["inline_bg"]
-        return (f'<code style="background-color:{bg}; font-family:{_MONO};">'
-                f"{html.escape(tokens[idx].content, quote=False)}</code>")
+        return (
+            f'<code style="background-color:{bg}; font-family:{_MONO};">'
+            f"{html.escape(tokens[idx].content, quote=False)}</code>"
+        )
 
-    def image(self, tokens: Sequence[Token], idx: int, options: OptionsDict,
-              env: _Env) -> str:
+    def image(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: _Env) -> str:
         # Never emit <img>: Qt would try to resolve the src, and a remote URL
         # in model output is a tracking pixel / privacy leak in an offline app.
         alt = self.renderInlineAsText(tokens[idx].children or [], options, env)
         text = f"[image: {alt}]" if alt else "[image]"
-        return (f'<span style="color:{self._theme(env)["label"]};">'
-                f"{html.escape(text, quote=False)}</span>")
+        return f'<span style="color:{self._theme(env)["label"]};">{html.escape(text, quote=False)}</span>'
 
-    def link_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict,
-                  env: _Env) -> str:
+    def link_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: _Env) -> str:
         # Qt colours anchors from the palette; in dark mode that is often too dim.
-        tokens[idx].attrSet("style", f'color:{self._theme(env)["link"]};')
+        tokens[idx].attrSet("style", f"color:{self._theme(env)['link']};")
         return self.renderToken(tokens, idx, options, env)
 
-    def table_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict,
-                   env: _Env) -> str:
+    def table_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: _Env) -> str:
         # Attributes, not CSS: Qt honours these on <table> but little table CSS.
-        for name, value in (("border", "1"), ("cellspacing", "0"), ("cellpadding", "4"),
-                            ("style", (f'border-collapse:collapse; border-color:'
-                                       f'{self._theme(env)["border"]}; margin-bottom:8px;'))):
+        for name, value in (
+            ("border", "1"),
+            ("cellspacing", "0"),
+            ("cellpadding", "4"),
+            (
+                "style",
+                (f"border-collapse:collapse; border-color:{self._theme(env)['border']}; margin-bottom:8px;"),
+            ),
+        ):
             tokens[idx].attrSet(name, value)
         return self.renderToken(tokens, idx, options, env)
 
-    def th_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict,
-                env: _Env) -> str:
+    def th_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: _Env) -> str:
         align = tokens[idx].attrGet("style") or ""  # markdown-it's text-align, kept
-        tokens[idx].attrSet("style", f'{align}; background-color:{self._theme(env)["th_bg"]};'
-                            .lstrip("; "))
+        tokens[idx].attrSet("style", f"{align}; background-color:{self._theme(env)['th_bg']};".lstrip("; "))
         return self.renderToken(tokens, idx, options, env)
 
-    def blockquote_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict,
-                        env: _Env) -> str:
+    def blockquote_open(self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: _Env) -> str:
         # Qt has no border-left on blocks; indentation + muted colour reads as a quote.
-        tokens[idx].attrSet("style", f'color:{self._theme(env)["quote"]}; '
-                                     "margin-left:12px; margin-right:0px;")
+        tokens[idx].attrSet(
+            "style", f"color:{self._theme(env)['quote']}; margin-left:12px; margin-right:0px;"
+        )
         return self.renderToken(tokens, idx, options, env)
 
 
 def _build_parser() -> MarkdownIt:
     """Build the shared parser once: MarkdownIt construction is not free."""
-    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False},
-                    renderer_cls=_QtRenderer).enable(["table", "strikethrough"])
+    md = MarkdownIt(
+        "commonmark", {"html": False, "linkify": False, "typographer": False}, renderer_cls=_QtRenderer
+    ).enable(["table", "strikethrough"])
     # Accept every destination at parse time so a "javascript:" link still parses
     # as a link and is then reduced to its text by _drop_unsafe_links, instead of
     # markdown-it's default of leaving the raw "[text](javascript:...)" visible.
@@ -241,8 +249,7 @@ def _stable_cut(tokens: Sequence[Token], complete_lines: int) -> int:
     """
     cut = 0
     for i, tok in enumerate(tokens):
-        if (i and tok.level == 0 and tok.nesting >= 0 and tok.map
-                and tok.map[0] < complete_lines):
+        if i and tok.level == 0 and tok.nesting >= 0 and tok.map and tok.map[0] < complete_lines:
             cut = i
     return cut
 
@@ -260,10 +267,13 @@ def render_markdown(text: str, *, dark: bool = False) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if _REF_DEF.search(text):
         return _MD.render(text, {"dark": dark}).rstrip("\n")
-    base = max((s for s in _STABLE if s.dark == dark and text.startswith(s.key)),
-               key=lambda s: len(s.src), default=None)
+    base = max(
+        (s for s in _STABLE if s.dark == dark and text.startswith(s.key)),
+        key=lambda s: len(s.src),
+        default=None,
+    )
     head_src, head_html = (base.src, base.html) if base else ("", "")
-    tail = text[len(head_src):]
+    tail = text[len(head_src) :]
     env: dict[str, Any] = {"dark": dark}
     tokens = _MD.parse(tail, env)
     cut = _stable_cut(tokens, tail.count("\n"))

@@ -1,4 +1,5 @@
 """The prompt box: Enter sends, Shift+Enter adds a line (or Ctrl+Enter sends: Chat menu)."""
+
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
@@ -15,11 +16,14 @@ class PromptEdit(QPlainTextEdit):
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
         mods = event.modifiers()
-        wanted = (Qt.KeyboardModifier.ControlModifier if self.ctrl_enter_sends
-                  else Qt.KeyboardModifier.NoModifier)
-        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not (
-                mods & Qt.KeyboardModifier.ShiftModifier) and (
-                mods & Qt.KeyboardModifier.ControlModifier) == wanted:
+        wanted = (
+            Qt.KeyboardModifier.ControlModifier if self.ctrl_enter_sends else Qt.KeyboardModifier.NoModifier
+        )
+        if (
+            event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            and not (mods & Qt.KeyboardModifier.ShiftModifier)
+            and (mods & Qt.KeyboardModifier.ControlModifier) == wanted
+        ):
             self.submitted.emit()
             return
         super().keyPressEvent(event)

@@ -5,10 +5,12 @@ the pane's store, bridge, view and timers. Every reply ends with a stored reason
 (``Message.end_reason``): the model finished, stopped by you, maximum length, context full, the
 runtime stopped. A reply that never wrote a word is deleted, so no empty bubble stays behind.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import QTimer
 
@@ -54,8 +56,9 @@ class ReplyStream:
 
     def _render_reply(self) -> None:
         if self._reply_id is not None:
-            self.view.update_last(ShownMessage(self._reply_id, "assistant", self._reply_text, False,
-                                               streaming=True))
+            self.view.update_last(
+                ShownMessage(self._reply_id, "assistant", self._reply_text, False, streaming=True)
+            )
 
     def _save_reply(self) -> None:
         if self._reply_id is not None:
@@ -82,15 +85,23 @@ class ReplyStream:
         if message:
             self.problem.emit(message)
 
-    def _end_reply(self, text: str, complete: bool, n_tokens: int | None, tps: float | None,
-                   reason: str | None) -> None:
+    def _end_reply(
+        self, text: str, complete: bool, n_tokens: int | None, tps: float | None, reason: str | None
+    ) -> None:
         self._save_timer.stop()
         self._render_timer.stop()
         reply_id, self._reply_id = self._reply_id, None
         try:
             if text:
-                self._write(self.store.update_message, reply_id, text, complete=complete,
-                            n_tokens=n_tokens, tokens_per_s=tps, end_reason=reason)
+                self._write(
+                    self.store.update_message,
+                    reply_id,
+                    text,
+                    complete=complete,
+                    n_tokens=n_tokens,
+                    tokens_per_s=tps,
+                    end_reason=reason,
+                )
             else:  # nothing was written: no empty bubble
                 self._write(self.store.delete_message, reply_id)
         except KvDeckError as exc:

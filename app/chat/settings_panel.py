@@ -6,14 +6,24 @@ and editing a field afterwards turns the preset box to "Custom". Where the value
 (per conversation, per model, global default) is the chat pane's business: this widget only
 shows them (`set_values`) and says when the user changed one (`changed`).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit,
-    QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
 from engine.chat.overflow import POLICY_LABELS, OverflowPolicy
@@ -45,10 +55,14 @@ class ChatSettings(QWidget):
         self.preset_box.addItems([*PRESETS, CUSTOM])
         self.preset_box.setToolTip("A starting point: picking one fills the fields below")
         self.temperature = _double(self, 0.0, 5.0, 0.05, "Temperature: 0 always picks the likeliest token")
-        self.top_p = _double(self, 0.01, 1.0, 0.01, "Top-p: keep the likeliest tokens up to this probability mass")
+        self.top_p = _double(
+            self, 0.01, 1.0, 0.01, "Top-p: keep the likeliest tokens up to this probability mass"
+        )
         self.top_k = QSpinBox(self, minimum=0, maximum=1000)
         self.top_k.setToolTip("Top-k: keep only the k likeliest tokens (0: off)")
-        self.min_p = _double(self, 0.0, 0.99, 0.01, "Min-p: drop tokens less likely than this share of the top one")
+        self.min_p = _double(
+            self, 0.0, 0.99, 0.01, "Min-p: drop tokens less likely than this share of the top one"
+        )
         self.repeat_penalty = _double(self, 0.5, 3.0, 0.05, "Repeat penalty (1: off)")
         self.seed = QSpinBox(self, minimum=-1, maximum=_SEED_MAX, specialValueText="random")
         self.seed.setToolTip("Seed: the same seed and settings give the same reply")
@@ -62,9 +76,16 @@ class ChatSettings(QWidget):
         self.system_edit.setFixedHeight(72)
 
         grid = QGridLayout()
-        fields = [("Preset", self.preset_box), ("Temperature", self.temperature), ("Top-p", self.top_p),
-                  ("Top-k", self.top_k), ("Min-p", self.min_p), ("Repeat penalty", self.repeat_penalty),
-                  ("Seed", self.seed), ("Max tokens", self.max_tokens)]
+        fields = [
+            ("Preset", self.preset_box),
+            ("Temperature", self.temperature),
+            ("Top-p", self.top_p),
+            ("Top-k", self.top_k),
+            ("Min-p", self.min_p),
+            ("Repeat penalty", self.repeat_penalty),
+            ("Seed", self.seed),
+            ("Max tokens", self.max_tokens),
+        ]
         for i, (name, widget) in enumerate(fields):
             form = QFormLayout()
             form.addRow(name, widget)
@@ -99,10 +120,14 @@ class ChatSettings(QWidget):
     # ------------------------------------------------------------------ values
     def sampling(self) -> SamplingParams:
         seed = self.seed.value()
-        return SamplingParams(temperature=self.temperature.value(), top_k=self.top_k.value(),
-                              top_p=self.top_p.value(), min_p=self.min_p.value(),
-                              repeat_penalty=self.repeat_penalty.value(),
-                              seed=RANDOM_SEED if seed < 0 else seed)
+        return SamplingParams(
+            temperature=self.temperature.value(),
+            top_k=self.top_k.value(),
+            top_p=self.top_p.value(),
+            min_p=self.min_p.value(),
+            repeat_penalty=self.repeat_penalty.value(),
+            seed=RANDOM_SEED if seed < 0 else seed,
+        )
 
     @property
     def policy(self) -> str:
@@ -110,8 +135,12 @@ class ChatSettings(QWidget):
 
     def values(self) -> dict[str, Any]:
         """What the store keeps per conversation and as defaults (not the system prompt)."""
-        return {"preset": self.preset_box.currentText(), "sampling": self.sampling().to_dict(),
-                "max_tokens": self.max_tokens.value(), "overflow": self.policy}
+        return {
+            "preset": self.preset_box.currentText(),
+            "sampling": self.sampling().to_dict(),
+            "max_tokens": self.max_tokens.value(),
+            "overflow": self.policy,
+        }
 
     def set_values(self, values: dict[str, Any]) -> None:
         """Show stored values (missing ones: the default preset, 512 tokens, rolling); quietly."""
@@ -190,4 +219,5 @@ class ChatSettings(QWidget):
         self.summary.setText(
             f"{self.preset_box.currentText()} · temperature {s.temperature:g} · top-p {s.top_p:g} · "
             f"top-k {s.top_k} · min-p {s.min_p:g} · repeat {s.repeat_penalty:g} · {seed} · "
-            f"max {self.max_tokens.value()} tokens · overflow: {policy}")
+            f"max {self.max_tokens.value()} tokens · overflow: {policy}"
+        )

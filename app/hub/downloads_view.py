@@ -6,14 +6,22 @@ thread. The queue is created on the first download: a window that never download
 thread. Cancel discards the partial file (a user who cancels wants the disk space back; the
 CLI's ``kvdeck hub get`` keeps it for a resume).
 """
+
 from __future__ import annotations
 
 import logging
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QFrame, QGridLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QSizePolicy,
-    QVBoxLayout, QWidget,
+    QFrame,
+    QGridLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
 )
 
 from app.background import gui_thread_callback

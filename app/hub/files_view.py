@@ -10,6 +10,7 @@ choice makes late verdicts of an older one stale: they are dropped by ticket.
 The tree is rebuilt on every verdict instead of sorted in place: rows carry a button each
 (`setItemWidget`), and a few dozen rows rebuild faster than a person can see.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,14 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView, QHeaderView, QPushButton, QStyle, QTreeWidget, QTreeWidgetItem,
-    QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QHeaderView,
+    QPushButton,
+    QStyle,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
 from app.background import run_in_background
@@ -36,8 +43,9 @@ VERDICT = Qt.ItemDataRole.UserRole + 1  # the verdict line of a row (data of the
 LOADABLE = ("model", "draft")  # a projector or an MTP head is not a chat model on its own
 
 
-def _judge(models: list[RemoteModel], revision: str, devices: list[Device] | None,
-           report: Callable[[object], None]) -> list[hv.Candidate]:
+def _judge(
+    models: list[RemoteModel], revision: str, devices: list[Device] | None, report: Callable[[object], None]
+) -> list[hv.Candidate]:
     """On the worker thread: the engine's verdicts, each reported as it is judged."""
     return hv.judge(models, revision, devices, on_result=report)
 
@@ -49,8 +57,9 @@ class FilesView(QWidget):
     loadRequested = Signal(str)  # a local path
     verdictsDone = Signal()
 
-    def __init__(self, devices: Callable[[], list[Device]] | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, devices: Callable[[], list[Device]] | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self._devices = devices
         self.tree = QTreeWidget(self)
@@ -100,11 +109,17 @@ class FilesView(QWidget):
             except Exception:  # noqa: BLE001  (telemetry trouble: the engine asks the machine)
                 log.warning("reading the plan devices failed", exc_info=True)
         ticket, self.judging = self._ticket, True
-        run_in_background(_judge, list(listing.models), listing.revision, devices, parent=self,
-                          name="kvdeck-hub-verdicts",
-                          on_progress=lambda c: self._on_candidate(ticket, c),
-                          on_result=lambda cs: self._on_all(ticket, cs),
-                          on_error=lambda exc: self._on_failed(ticket, exc))
+        run_in_background(
+            _judge,
+            list(listing.models),
+            listing.revision,
+            devices,
+            parent=self,
+            name="kvdeck-hub-verdicts",
+            on_progress=lambda c: self._on_candidate(ticket, c),
+            on_result=lambda cs: self._on_all(ticket, cs),
+            on_error=lambda exc: self._on_failed(ticket, exc),
+        )
 
     def set_busy(self, name: str, busy: bool) -> None:
         (self.busy.add if busy else self.busy.discard)(name)
@@ -148,8 +163,10 @@ class FilesView(QWidget):
         """The listing's models, best fit first; those still being judged after the rest."""
         if self.listing is None:
             return []
-        judged = sorted((self.candidates[m.name] for m in self.listing.models
-                         if m.name in self.candidates), key=hv.sort_key)
+        judged = sorted(
+            (self.candidates[m.name] for m in self.listing.models if m.name in self.candidates),
+            key=hv.sort_key,
+        )
         waiting = [m for m in self.listing.models if m.name not in self.candidates]
         return [c.model for c in judged] + waiting
 
@@ -159,8 +176,7 @@ class FilesView(QWidget):
         return [item for item in found if item is not None]
 
     def row_of(self, name: str) -> QTreeWidgetItem | None:
-        return next((r for r in self.rows() if r.data(NAME, Qt.ItemDataRole.UserRole) == name),
-                    None)
+        return next((r for r in self.rows() if r.data(NAME, Qt.ItemDataRole.UserRole) == name), None)
 
     def _rebuild(self) -> None:
         current = self.tree.currentItem()
@@ -184,27 +200,37 @@ class FilesView(QWidget):
     def _item(self, m: RemoteModel) -> QTreeWidgetItem:
         c = self.candidates.get(m.name)
         verdict = verdict_text(c) if c is not None else "checking…"
-        parts = ("" if m.n_parts == 1 else f" · {m.n_parts} parts" if m.complete
-                 else f" · {len(m.files)} of {m.n_parts} parts (incomplete)")
-        item = QTreeWidgetItem([f"{m.name}{parts}\n{verdict}", m.quant, size_text(m.size),
-                                role_text(m.role), ""])
+        parts = (
+            ""
+            if m.n_parts == 1
+            else f" · {m.n_parts} parts"
+            if m.complete
+            else f" · {len(m.files)} of {m.n_parts} parts (incomplete)"
+        )
+        item = QTreeWidgetItem(
+            [f"{m.name}{parts}\n{verdict}", m.quant, size_text(m.size), role_text(m.role), ""]
+        )
         item.setData(NAME, Qt.ItemDataRole.UserRole, m.name)
         item.setData(NAME, VERDICT, verdict)
         item.setToolTip(NAME, f"{m.repo} · {m.name}\n{verdict}")
         style = self.style()
         if c is not None:
             sp = QStyle.StandardPixmap
-            icon = (sp.SP_MessageBoxInformation if m.role == "mmproj"
-                    else sp.SP_MessageBoxWarning if c.verdict is None
-                    else sp.SP_DialogApplyButton if c.verdict.fits else sp.SP_DialogCancelButton)
+            icon = (
+                sp.SP_MessageBoxInformation
+                if m.role == "mmproj"
+                else sp.SP_MessageBoxWarning
+                if c.verdict is None
+                else sp.SP_DialogApplyButton
+                if c.verdict.fits
+                else sp.SP_DialogCancelButton
+            )
             item.setIcon(NAME, style.standardIcon(icon))
         item.setTextAlignment(SIZE, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if m.n_parts > 1:
             for f in m.files:
-                child = QTreeWidgetItem([f.name.rsplit("/", 1)[-1], "", size_text(f.size), "",
-                                         ""])
-                child.setTextAlignment(SIZE, Qt.AlignmentFlag.AlignRight
-                                       | Qt.AlignmentFlag.AlignVCenter)
+                child = QTreeWidgetItem([f.name.rsplit("/", 1)[-1], "", size_text(f.size), "", ""])
+                child.setTextAlignment(SIZE, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 child.setToolTip(NAME, f.name)
                 item.addChild(child)
         return item

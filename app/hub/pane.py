@@ -8,6 +8,7 @@ an HTML page instead of JSON, a file that is not a GGUF) is one line in the pane
 line, never a dialog; the rest of the window keeps working. Nothing reaches the network until
 the user searches.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,20 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView, QDockWidget, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
-    QSizePolicy, QSplitter, QStyle, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QDockWidget,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QSplitter,
+    QStyle,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
 from app.background import run_in_background
@@ -63,19 +76,20 @@ class HubPane(QWidget):
     modelReady = Signal(str)  # a downloaded model's path (the library should list it)
     loadRequested = Signal(str)
 
-    def __init__(self, devices: Callable[[], list[Device]] | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, devices: Callable[[], list[Device]] | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.query = QLineEdit(self)
-        self.query.setPlaceholderText("Search GGUF models on the Hugging Face Hub "
-                                      "(e.g. qwen3, gemma 3, smollm2) and press Enter")
+        self.query.setPlaceholderText(
+            "Search GGUF models on the Hugging Face Hub (e.g. qwen3, gemma 3, smollm2) and press Enter"
+        )
         self.query.setClearButtonEnabled(True)
         self.query.returnPressed.connect(self.search)
         self.search_button = QPushButton("Search", self)
         self.search_button.clicked.connect(self.search)
         self.status = StatusLine(self)
-        self.status.setText("Type a model name and press Enter. Nothing is sent to the Hub "
-                            "until you search.")
+        self.status.setText("Type a model name and press Enter. Nothing is sent to the Hub until you search.")
         self.results = QTreeWidget(self)
         self.results.setHeaderLabels(["Repository", "Downloads", "Likes", "Updated"])
         self.results.setRootIsDecorated(False)
@@ -135,9 +149,15 @@ class HubPane(QWidget):
         self._search_ticket += 1
         ticket, self.searching = self._search_ticket, True
         self.say(f"Searching the Hub for “{text}”…")
-        run_in_background(client.search, text, SEARCH_LIMIT, parent=self, name="kvdeck-hub-search",
-                          on_result=lambda hits: self._on_hits(ticket, text, hits),
-                          on_error=lambda exc: self._on_search_error(ticket, exc))
+        run_in_background(
+            client.search,
+            text,
+            SEARCH_LIMIT,
+            parent=self,
+            name="kvdeck-hub-search",
+            on_result=lambda hits: self._on_hits(ticket, text, hits),
+            on_error=lambda exc: self._on_search_error(ticket, exc),
+        )
 
     def _on_hits(self, ticket: int, text: str, hits: list[RepoHit]) -> None:
         if ticket != self._search_ticket:
@@ -145,18 +165,26 @@ class HubPane(QWidget):
         self.searching = False
         self.results.clear()
         for h in hits:
-            item = QTreeWidgetItem([h.repo + ("  (gated)" if h.gated else ""), count(h.downloads),
-                                    count(h.likes), h.updated or "—"])
+            item = QTreeWidgetItem(
+                [
+                    h.repo + ("  (gated)" if h.gated else ""),
+                    count(h.downloads),
+                    count(h.likes),
+                    h.updated or "—",
+                ]
+            )
             item.setData(0, _REPO, h.repo)
-            item.setToolTip(0, h.repo + ("\nGated: accept its terms on the Hub and set HF_TOKEN"
-                                         if h.gated else ""))
+            item.setToolTip(
+                0, h.repo + ("\nGated: accept its terms on the Hub and set HF_TOKEN" if h.gated else "")
+            )
             item.setToolTip(1, f"{h.downloads:,} downloads")
             for col in (1, 2):
                 item.setTextAlignment(col, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             self.results.addTopLevelItem(item)
-        self.say(f"{len(hits)} GGUF repositor{'y' if len(hits) == 1 else 'ies'} for “{text}”"
-                 + (": pick one to see its files and whether they fit this machine." if hits
-                    else "."))
+        self.say(
+            f"{len(hits)} GGUF repositor{'y' if len(hits) == 1 else 'ies'} for “{text}”"
+            + (": pick one to see its files and whether they fit this machine." if hits else ".")
+        )
 
     def _on_search_error(self, ticket: int, exc: BaseException) -> None:
         if ticket != self._search_ticket:
@@ -179,9 +207,14 @@ class HubPane(QWidget):
         self.files.clear()
         self.repo_label.setText(f"<b>{repo}</b>")
         self.say(f"Reading the file list of {repo}…")
-        run_in_background(listing_with_local, repo, parent=self, name="kvdeck-hub-files",
-                          on_result=lambda out: self._on_listing(ticket, *out),
-                          on_error=lambda exc: self._on_listing_error(ticket, exc))
+        run_in_background(
+            listing_with_local,
+            repo,
+            parent=self,
+            name="kvdeck-hub-files",
+            on_result=lambda out: self._on_listing(ticket, *out),
+            on_error=lambda exc: self._on_listing_error(ticket, exc),
+        )
 
     def _on_listing(self, ticket: int, listing: RepoListing, local: dict[str, Path]) -> None:
         if ticket != self._list_ticket:
@@ -194,8 +227,10 @@ class HubPane(QWidget):
         self.repo_label.setText(f"<b>{listing.repo}</b> · {n} GGUF model{'s' * (n != 1)}{commit}")
         self.files.show_listing(listing, local)
         if n:
-            self.say(f"{listing.repo}: reading each file's header for a memory verdict "
-                     "(nothing is downloaded yet)…")
+            self.say(
+                f"{listing.repo}: reading each file's header for a memory verdict "
+                "(nothing is downloaded yet)…"
+            )
         else:
             self.say(f"{listing.repo} has no GGUF files.", problem=True)
 
@@ -209,10 +244,17 @@ class HubPane(QWidget):
         if listing is None:
             return
         models = [m for m in listing.models if m.role != "mmproj"]  # projectors get no verdict
-        fits = sum(1 for m in models if (c := self.files.candidates.get(m.name)) is not None
-                   and c.verdict is not None and c.verdict.fits)
-        self.say(f"{listing.repo}: {fits} of {len(models)} model{'s' * (len(models) != 1)} fit "
-                 "this machine; best fit first.")
+        fits = sum(
+            1
+            for m in models
+            if (c := self.files.candidates.get(m.name)) is not None
+            and c.verdict is not None
+            and c.verdict.fits
+        )
+        self.say(
+            f"{listing.repo}: {fits} of {len(models)} model{'s' * (len(models) != 1)} fit "
+            "this machine; best fit first."
+        )
 
     # ------------------------------------------------------------------ downloads
     def download(self, model: RemoteModel) -> DownloadJob | None:
@@ -251,8 +293,9 @@ class StatusLine(QWidget):
         super().__init__(parent)
         self.icon = QLabel(self)
         size = self.style().pixelMetric(QStyle.PixelMetric.PM_SmallIconSize)
-        self.icon.setPixmap(self.style().standardIcon(
-            QStyle.StandardPixmap.SP_MessageBoxWarning).pixmap(size, size))
+        self.icon.setPixmap(
+            self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning).pixmap(size, size)
+        )
         self.icon.hide()
         self.label = QLabel(self)
         self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -278,8 +321,9 @@ class StatusLine(QWidget):
 
     def _elide(self) -> None:
         width = max(20, self.label.width())
-        self.label.setText(self.label.fontMetrics().elidedText(
-            self._text, Qt.TextElideMode.ElideRight, width))
+        self.label.setText(
+            self.label.fontMetrics().elidedText(self._text, Qt.TextElideMode.ElideRight, width)
+        )
 
 
 def _boxed(title: QLabel, body: QWidget) -> QWidget:
@@ -296,8 +340,9 @@ def _boxed(title: QLabel, body: QWidget) -> QWidget:
 class HubDock(QDockWidget):
     """The pane as a dock ("Get models"), hidden until asked for."""
 
-    def __init__(self, devices: Callable[[], list[Device]] | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, devices: Callable[[], list[Device]] | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__("Get models", parent)
         self.setObjectName("hub-dock")
         self.pane = HubPane(devices, self)

@@ -3,14 +3,14 @@
 Pure functions (no Qt), so the pane's wording is tested without a window and stays the same
 wherever a number appears (search results, file rows, download rows).
 """
+
 from __future__ import annotations
 
 from engine.core.units import format_bytes
 from engine.hub.download import Progress
 from engine.hub.verdict import Candidate
 
-ROLE_WORDS = {"model": "model", "mmproj": "vision projector", "draft": "assistant (draft)",
-              "mtp": "MTP head"}
+ROLE_WORDS = {"model": "model", "mmproj": "vision projector", "draft": "assistant (draft)", "mtp": "MTP head"}
 
 
 def one_line(text: str) -> str:
@@ -55,7 +55,7 @@ def verdict_text(c: Candidate) -> str:
 
 
 def progress_text(p: Progress | None, state: str) -> str:
-    """"120 MiB of 4.5 GiB · 12.3 MiB/s · 3 min 20 s left" for a download row."""
+    """ "120 MiB of 4.5 GiB · 12.3 MiB/s · 3 min 20 s left" for a download row."""
     if state == "queued":
         return "waiting for the download before it"
     if p is None:

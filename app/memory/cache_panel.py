@@ -4,24 +4,38 @@ The analytic plan takes milliseconds, so it runs on the GUI thread on every chan
 maximum context (a few dozen plans) is recomputed only when something other than the context
 changes. Nothing is loaded until the user presses *Apply and reload*.
 """
+
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPainter, QPaintEvent, QPalette, QPen
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
-    QSlider, QSpinBox, QStyle, QStyleOptionSlider, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QStyle,
+    QStyleOptionSlider,
+    QVBoxLayout,
+    QWidget,
 )
 
 from app.memory.precision_view import PrecisionView, Source
 from app.theme import series, status_color, warning_color
-from engine.plan.rules import check_settings, default_cache_type
-from engine.plan.fit import fit
-from engine.gguf.inspect import GGUFInfo
-from engine.plan.kv_speed import speed_hint
-from engine.plan.analytic import analytic_plan
-from engine.core.units import format_bytes
 from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, PlanSettings, Problem
+from engine.core.units import format_bytes
+from engine.gguf.inspect import GGUFInfo
+from engine.plan.analytic import analytic_plan
+from engine.plan.fit import fit
+from engine.plan.kv_speed import speed_hint
+from engine.plan.rules import check_settings, default_cache_type
+
 
 def split_unavailable(mode: str, n_gpus: int, backend: str) -> str | None:
     """Why a split mode cannot be used on this machine with this runtime, or None."""
@@ -55,11 +69,16 @@ class MarkedSlider(QSlider):
             return
         opt = QStyleOptionSlider()
         self.initStyleOption(opt)
-        handle = self.style().subControlRect(QStyle.ComplexControl.CC_Slider, opt,
-                                             QStyle.SubControl.SC_SliderHandle, self)
+        handle = self.style().subControlRect(
+            QStyle.ComplexControl.CC_Slider, opt, QStyle.SubControl.SC_SliderHandle, self
+        )
         span = self.width() - handle.width()
-        x = QStyle.sliderPositionFromValue(self.minimum(), self.maximum(),
-                                           min(self.mark, self.maximum()), span) + handle.width() // 2
+        x = (
+            QStyle.sliderPositionFromValue(
+                self.minimum(), self.maximum(), min(self.mark, self.maximum()), span
+            )
+            + handle.width() // 2
+        )
         painter = QPainter(self)
         painter.setPen(QPen(series("limit"), 2))
         painter.drawLine(x, 0, x, self.height())
@@ -143,7 +162,8 @@ class CachePanel(QWidget):
         layout.addWidget(self.summary)
         layout.addWidget(self.apply)
         self.quality = PrecisionView(  # "Check quality": a background run on the chosen types
-            lambda: Source(self.info, self.settings(), self.devices) if self.info else None, self)
+            lambda: Source(self.info, self.settings(), self.devices) if self.info else None, self
+        )
         layout.addWidget(self.quality)
         layout.addStretch(1)
         for w in (self.type_k, self.type_v, self.flash, self.split_mode, self.main_gpu):
@@ -156,8 +176,9 @@ class CachePanel(QWidget):
         self.setEnabled(False)
 
     # ------------------------------------------------------------------ model and devices
-    def set_model(self, info: GGUFInfo, settings: PlanSettings, devices: list[Device], backend: str,
-                  gpu_note: str = "") -> None:
+    def set_model(
+        self, info: GGUFInfo, settings: PlanSettings, devices: list[Device], backend: str, gpu_note: str = ""
+    ) -> None:
         """Show a model's settings; K/V default to the type matched to the weights."""
         self._building = True
         self.info, self.devices, self.backend, self.gpu_note = info, devices, backend, gpu_note
@@ -193,8 +214,11 @@ class CachePanel(QWidget):
             item.setToolTip(why or "")
             if why and mode != "none":
                 reasons.append(f"{mode}: {why}")
-        wanted = settings.split_mode if model.item(["none", "layer", "row", "tensor"].index(
-            settings.split_mode)).isEnabled() else ("layer" if n_gpus else "none")
+        wanted = (
+            settings.split_mode
+            if model.item(["none", "layer", "row", "tensor"].index(settings.split_mode)).isEnabled()
+            else ("layer" if n_gpus else "none")
+        )
         self.split_mode.setCurrentText(wanted)
         while self.ratio_row.count():
             self.ratio_row.takeAt(0).widget().deleteLater()
@@ -216,17 +240,27 @@ class CachePanel(QWidget):
     def settings(self) -> PlanSettings:
         ratios = tuple(b.value() for b in self.ratios) if self.split_mode.currentText() != "none" else ()
         return PlanSettings(
-            n_ctx=self.ctx_slider.value() * 256, n_seq_max=self.parallel.value(),
-            kv_unified=self.unified.isChecked(), type_k=self.type_k.currentText(),
-            type_v=self.type_v.currentText(), flash_attn=self.flash.currentText(),  # type: ignore[arg-type]
-            swa_full=self.swa_full.isChecked(), n_ubatch=self.ubatch.value(),
-            n_gpu_layers=self.ngl.value(), split_mode=self.split_mode.currentText(),  # type: ignore[arg-type]
-            tensor_split=ratios if any(ratios) else (), main_gpu=max(0, self.main_gpu.currentIndex()))
+            n_ctx=self.ctx_slider.value() * 256,
+            n_seq_max=self.parallel.value(),
+            kv_unified=self.unified.isChecked(),
+            type_k=self.type_k.currentText(),
+            type_v=self.type_v.currentText(),
+            flash_attn=self.flash.currentText(),  # type: ignore[arg-type]
+            swa_full=self.swa_full.isChecked(),
+            n_ubatch=self.ubatch.value(),
+            n_gpu_layers=self.ngl.value(),
+            split_mode=self.split_mode.currentText(),  # type: ignore[arg-type]
+            tensor_split=ratios if any(ratios) else (),
+            main_gpu=max(0, self.main_gpu.currentIndex()),
+        )
 
     def _changed(self, refit: bool) -> None:
         # measured on a CUDA GPU: meaningless for a CPU-only (or another GPU backend) build
-        hint = speed_hint(self.type_k.currentText(), self.type_v.currentText()) \
-            if getattr(self, "backend", "") == "cuda" else ""
+        hint = (
+            speed_hint(self.type_k.currentText(), self.type_v.currentText())
+            if getattr(self, "backend", "") == "cuda"
+            else ""
+        )
         self.speed_hint.setText(hint)
         self.speed_hint.setVisible(bool(hint))
         if self._building or self.info is None:
@@ -244,22 +278,30 @@ class CachePanel(QWidget):
             result = fit(self.info, s, self.devices, plan_fn=analytic_plan)
             self.fitted_ctx = result.plan.n_ctx if result.fits else 0
             self.ctx_slider.set_mark(self.fitted_ctx // 256 if self.fitted_ctx else None)
-            self.ctx_slider.setToolTip(f"red mark: the largest context that fits ({self.fitted_ctx:,} tokens)"
-                                       if self.fitted_ctx else "nothing fits the memory budget")
+            self.ctx_slider.setToolTip(
+                f"red mark: the largest context that fits ({self.fitted_ctx:,} tokens)"
+                if self.fitted_ctx
+                else "nothing fits the memory budget"
+            )
         plan = analytic_plan(self.info, s, self.devices)
         self._show_summary(plan)
         self._last_plan = plan
         self.planChanged.emit(plan)
 
     def _show_problems(self, problems: list[Problem]) -> None:
-        rows = [f'<p style="color:{status_color(False, self.palette()) if p.severity == "error" else warning_color(self.palette())};">'
-                f'{"✖" if p.severity == "error" else "⚠"} {p.message}</p>' for p in problems]
+        rows = [
+            f'<p style="color:{status_color(False, self.palette()) if p.severity == "error" else warning_color(self.palette())};">'
+            f"{'✖' if p.severity == 'error' else '⚠'} {p.message}</p>"
+            for p in problems
+        ]
         self.problems.setText("".join(rows))
         self.problems.setVisible(bool(rows))
 
     def _show_summary(self, plan: MemoryPlan) -> None:
         ctx = plan.n_ctx
-        fitted = f" · fits up to <b>{self.fitted_ctx:,}</b>" if self.fitted_ctx else " · does not fit the budget"
+        fitted = (
+            f" · fits up to <b>{self.fitted_ctx:,}</b>" if self.fitted_ctx else " · does not fit the budget"
+        )
         self.ctx_label.setText(f"{ctx:,} tokens (training {self.info.n_ctx_train:,}){fitted}")
         prev = self._last_plan
         lines = []
@@ -271,8 +313,11 @@ class CachePanel(QWidget):
                     continue
                 delta = now - prev.bytes_for(dev, c) if prev else 0
                 muted = status_color(None, self.palette())
-                change = f' <span style="color:{muted};">({format_bytes(delta, signed=True)})</span>' \
-                    if delta else ""
+                change = (
+                    f' <span style="color:{muted};">({format_bytes(delta, signed=True)})</span>'
+                    if delta
+                    else ""
+                )
                 parts.append(f"{c} {format_bytes(now)}{change}")
             lines.append(f"<b>{dev}</b>: {format_bytes(plan.bytes_for(dev))} — " + ", ".join(parts))
         lines += [f"· {n}" for n in plan.notes]

@@ -6,16 +6,31 @@ The panel only displays what its slots are given: telemetry is sampled on a work
 signals, so nothing here blocks the GUI thread. Repaints go through ``update()``, which Qt
 coalesces; the speed chart, fed once per token, repaints at most about 15 times a second.
 """
+
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import (
-    QAbstractItemView, QGroupBox, QHeaderView, QLabel, QScrollArea, QTableWidget,
-    QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QGroupBox,
+    QHeaderView,
+    QLabel,
+    QScrollArea,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
 from app.memory.dashboard_widgets import (
-    COMPONENT_COLORS, OTHERS, THIS_APP, Legend, Segment, SequenceBars, SpeedChart, StackedBar,
+    COMPONENT_COLORS,
+    OTHERS,
+    THIS_APP,
+    Legend,
+    Segment,
+    SequenceBars,
+    SpeedChart,
+    StackedBar,
 )
 from engine.core.memory_types import COMPONENTS, MemoryPlan
 from engine.core.units import format_bytes
@@ -29,18 +44,18 @@ _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 def gpu_bar_data(gpu: GpuSnapshot) -> tuple[str, list[Segment], str, str]:
     """Title, segments, caption and tooltip of one GPU's bar."""
     estimated = gpu.attribution != "per-process"
-    segments = [Segment("this app (estimated)" if estimated else "this app", gpu.this_app_bytes,
-                        THIS_APP),
-                Segment("other processes", gpu.other_processes_bytes, OTHERS),
-                Segment("free", gpu.free_bytes, None)]
+    segments = [
+        Segment("this app (estimated)" if estimated else "this app", gpu.this_app_bytes, THIS_APP),
+        Segment("other processes", gpu.other_processes_bytes, OTHERS),
+        Segment("free", gpu.free_bytes, None),
+    ]
     live = [f"{format_bytes(gpu.total_bytes)}"]
     live += [f"{gpu.utilization_pct} %"] if gpu.utilization_pct is not None else []
     live += [f"{gpu.temperature_c} °C"] if gpu.temperature_c is not None else []
     live += [f"{gpu.power_w:.0f} W"] if gpu.power_w is not None else []
     tip = [f"{s.label}: {format_bytes(s.value)}" for s in segments]
     if gpu.reserved_bytes:
-        tip.append(f"other processes include {format_bytes(gpu.reserved_bytes)} reserved by the "
-                   f"driver")
+        tip.append(f"other processes include {format_bytes(gpu.reserved_bytes)} reserved by the driver")
     tip += [gpu.attribution_note] if gpu.attribution_note else []
     tip.append(f"{gpu.uuid} at PCI {gpu.pci_bus_id}" if gpu.pci_bus_id else gpu.uuid)
     return f"{gpu.device_name} · {gpu.name}", segments, " · ".join(live), "\n".join(tip)
@@ -50,10 +65,14 @@ def host_bar_data(host: HostSnapshot) -> tuple[list[Segment], str]:
     """Segments and caption of the host RAM bar. RSS counts resident pages of a mapped model
     file, which the system also counts as available cache; clamp so the bar sums to the total."""
     ours = min(host.this_app_rss_bytes, host.used_bytes)
-    return ([Segment("this app", ours, THIS_APP),
-             Segment("other processes", host.used_bytes - ours, OTHERS),
-             Segment("available", host.available_bytes, None)],
-            f"{format_bytes(host.total_bytes)} · CPU {host.cpu_pct:.0f} %")
+    return (
+        [
+            Segment("this app", ours, THIS_APP),
+            Segment("other processes", host.used_bytes - ours, OTHERS),
+            Segment("available", host.available_bytes, None),
+        ],
+        f"{format_bytes(host.total_bytes)} · CPU {host.cpu_pct:.0f} %",
+    )
 
 
 def error_text(predicted: int, measured: int) -> str:
@@ -65,8 +84,7 @@ def error_text(predicted: int, measured: int) -> str:
     return f"{format_bytes(diff, signed=True)} ({pct} %)"
 
 
-def _cell(text: str, bold: bool = False, right: bool = False, device: str = ""
-          ) -> QTableWidgetItem:
+def _cell(text: str, bold: bool = False, right: bool = False, device: str = "") -> QTableWidgetItem:
     item = QTableWidgetItem(text)
     if right:
         item.setTextAlignment(_RIGHT)
@@ -100,8 +118,7 @@ class DashboardPanel(QWidget):
         self.reason_label = self._note_label()
         self.notes_label = self._note_label()
         self._gpu_box = QVBoxLayout()
-        self._section("Memory now", self._gpu_box, self.host_bar, self.reason_label,
-                      self.notes_label)
+        self._section("Memory now", self._gpu_box, self.host_bar, self.reason_label, self.notes_label)
         # predicted vs measured
         self.plan_legend = Legend([(c, COMPONENT_COLORS[c]) for c in COMPONENTS])
         self.plan_placeholder = self._note_label("No memory plan yet: pick a model and settings.")
@@ -111,21 +128,27 @@ class DashboardPanel(QWidget):
         self.plan_table = QTableWidget(0, 4)
         self.plan_table.setHorizontalHeaderLabels(["", "Predicted", "Measured", "Error"])
         self.plan_table.horizontalHeaderItem(3).setToolTip(
-            "predicted − measured, and that as a share of measured")
+            "predicted − measured, and that as a share of measured"
+        )
         self.plan_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.plan_table.verticalHeader().hide()
         self.plan_table.verticalHeader().setMinimumSectionSize(1)
         self.plan_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
-        self.plan_table.horizontalHeader().setSectionResizeMode(
-            QHeaderView.ResizeMode.ResizeToContents)
+        self.plan_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.plan_table.horizontalHeader().setStretchLastSection(True)
         self.plan_table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.draft_plan: MemoryPlan | None = None  # speculative decoding's draft, its own bars
         self.draft_bars: list[StackedBar] = []
         self._draft_box = QVBoxLayout()
         self._predicted: MemoryPlan | None = None
-        self._section("Predicted vs measured", self.plan_placeholder, self.plan_legend,
-                      self._plan_box, self._draft_box, self.plan_table)
+        self._section(
+            "Predicted vs measured",
+            self.plan_placeholder,
+            self.plan_legend,
+            self._plan_box,
+            self._draft_box,
+            self.plan_table,
+        )
         # KV occupancy
         self.kv_label = self._note_label("No context yet.")
         self.kv_bars = SequenceBars()
@@ -182,8 +205,9 @@ class DashboardPanel(QWidget):
         reason = snap.gpu_unavailable_reason
         self.reason_label.setText(f"No GPU view: {reason}." if reason else "")
         self.reason_label.setVisible(bool(reason))
-        notes = list(dict.fromkeys(
-            list(snap.notes) + [g.attribution_note for g in snap.gpus if g.attribution_note]))
+        notes = list(
+            dict.fromkeys(list(snap.notes) + [g.attribution_note for g in snap.gpus if g.attribution_note])
+        )
         self.notes_label.setText("\n".join(notes))
         self.notes_label.setVisible(bool(notes))
 
@@ -199,12 +223,20 @@ class DashboardPanel(QWidget):
         for device in devices:
             scale = max(p.bytes_for(device) for p in plans)
             for plan in plans:
-                segments = [Segment(c, plan.bytes_for(device, c), COMPONENT_COLORS[c])
-                            for c in COMPONENTS if plan.bytes_for(device, c)]
+                segments = [
+                    Segment(c, plan.bytes_for(device, c), COMPONENT_COLORS[c])
+                    for c in COMPONENTS
+                    if plan.bytes_for(device, c)
+                ]
                 who = "measured" if plan is measured else f"predicted ({plan.source})"
                 bar = StackedBar()
-                bar.set_data(f"{device} · {who}", segments, scale,
-                             format_bytes(plan.bytes_for(device)), show_values=False)
+                bar.set_data(
+                    f"{device} · {who}",
+                    segments,
+                    scale,
+                    format_bytes(plan.bytes_for(device)),
+                    show_values=False,
+                )
                 self._plan_box.addWidget(bar)
                 self.plan_bars.append(bar)
         self._fill_table(predicted, measured, devices)
@@ -212,8 +244,9 @@ class DashboardPanel(QWidget):
             widget.setVisible(bool(plans))
         self.plan_placeholder.setVisible(not plans)
 
-    def _fill_table(self, predicted: MemoryPlan | None, measured: MemoryPlan | None,
-                    devices: list[str]) -> None:
+    def _fill_table(
+        self, predicted: MemoryPlan | None, measured: MemoryPlan | None, devices: list[str]
+    ) -> None:
         """Rows of (device, component, predicted, measured, error) in ``plan_rows``; the table
         shows each device as a heading row over its components, to stay narrow."""
         self.plan_rows = []
@@ -223,11 +256,15 @@ class DashboardPanel(QWidget):
                 meas = measured.bytes_for(device, comp) if measured else None
                 if comp is not None and not pred and not meas:
                     continue
-                self.plan_rows.append((device, comp or "total",
-                                       "" if pred is None else format_bytes(pred),
-                                       "" if meas is None else format_bytes(meas),
-                                       "" if pred is None or meas is None
-                                       else error_text(pred, meas)))
+                self.plan_rows.append(
+                    (
+                        device,
+                        comp or "total",
+                        "" if pred is None else format_bytes(pred),
+                        "" if meas is None else format_bytes(meas),
+                        "" if pred is None or meas is None else error_text(pred, meas),
+                    )
+                )
         table = self.plan_table
         table.clearSpans()
         table.setRowCount(len(self.plan_rows) + len(devices))
@@ -243,10 +280,15 @@ class DashboardPanel(QWidget):
             r += 1
         # every row shows without an inner scroll bar; a too narrow panel scrolls as a whole
         header = table.horizontalHeader()
-        table.setMinimumWidth(2 * table.frameWidth() + sum(
-            max(table.sizeHintForColumn(c), header.sectionSizeHint(c)) for c in range(4)))
-        table.setFixedHeight(header.sizeHint().height() + 2 * table.frameWidth()
-                             + sum(table.rowHeight(i) for i in range(table.rowCount())))
+        table.setMinimumWidth(
+            2 * table.frameWidth()
+            + sum(max(table.sizeHintForColumn(c), header.sectionSizeHint(c)) for c in range(4))
+        )
+        table.setFixedHeight(
+            header.sizeHint().height()
+            + 2 * table.frameWidth()
+            + sum(table.rowHeight(i) for i in range(table.rowCount()))
+        )
 
     @Slot(list, int, str)
     def show_kv(self, cells_used: list[int], capacity: int, kind: str) -> None:
@@ -255,12 +297,15 @@ class DashboardPanel(QWidget):
         if not n:
             self.kv_label.setText("No context yet.")
         elif kind == "recurrent":
-            self.kv_label.setText(f"Recurrent state: {n} sequence{'s' * (n != 1)}, one fixed-size "
-                                  f"state each (it does not grow with the context).")
+            self.kv_label.setText(
+                f"Recurrent state: {n} sequence{'s' * (n != 1)}, one fixed-size "
+                f"state each (it does not grow with the context)."
+            )
         else:
             total = sum(cells_used)
-            self.kv_label.setText(f"KV cache: {n} sequence{'s' * (n != 1)}, {capacity:,} cells "
-                                  f"each; {total:,} cells in use.")
+            self.kv_label.setText(
+                f"KV cache: {n} sequence{'s' * (n != 1)}, {capacity:,} cells each; {total:,} cells in use."
+            )
         self.kv_bars.set_data(cells_used, capacity, kind)
         self.kv_bars.setVisible(bool(n))
 
@@ -283,13 +328,19 @@ class DashboardPanel(QWidget):
         for device in plan.devices() if plan is not None else []:
             mine = plan.bytes_for(device)
             target = self._predicted.bytes_for(device) if self._predicted is not None else 0
-            segments = [Segment(c, plan.bytes_for(device, c), COMPONENT_COLORS[c])
-                        for c in COMPONENTS if plan.bytes_for(device, c)]
+            segments = [
+                Segment(c, plan.bytes_for(device, c), COMPONENT_COLORS[c])
+                for c in COMPONENTS
+                if plan.bytes_for(device, c)
+            ]
             bar = StackedBar()
-            bar.set_data(f"{device} · draft model (predicted, {plan.n_ctx:,}-token context)", segments,
-                         max(mine, target), format_bytes(mine) + (
-                             f"; with the target {format_bytes(mine + target)}" if target else ""),
-                         show_values=False)
+            bar.set_data(
+                f"{device} · draft model (predicted, {plan.n_ctx:,}-token context)",
+                segments,
+                max(mine, target),
+                format_bytes(mine) + (f"; with the target {format_bytes(mine + target)}" if target else ""),
+                show_values=False,
+            )
             self._draft_box.addWidget(bar)
             self.draft_bars.append(bar)
 

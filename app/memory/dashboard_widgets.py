@@ -6,11 +6,12 @@ and of middle lightness so they read on light and dark palettes alike; text, tra
 backgrounds come from the palette, so a theme change needs nothing but a repaint.
 Each widget only stores what it is given and paints it: no widget here computes or waits.
 """
+
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt, QTimer
 from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPalette, QPen
@@ -84,8 +85,9 @@ def _flow(fm: QFontMetrics, texts: Sequence[str], width: int) -> list[list[tuple
     return rows
 
 
-def _draw_legend(painter: QPainter, widget: QWidget, items: Sequence[tuple[str, QColor | None]],
-                 top: int, width: int) -> None:
+def _draw_legend(
+    painter: QPainter, widget: QWidget, items: Sequence[tuple[str, QColor | None]], top: int, width: int
+) -> None:
     fm = painter.fontMetrics()
     for row, placed in enumerate(_flow(fm, [t for t, _ in items], width)):
         y = top + row * (fm.height() + 2)
@@ -120,12 +122,18 @@ class StackedBar(QWidget):
         sp.setHeightForWidth(True)
         self.setSizePolicy(sp)
 
-    def set_data(self, title: str, segments: Sequence[Segment], scale: int, caption: str = "",
-                 show_values: bool = True, tooltip: str = "") -> None:
+    def set_data(
+        self,
+        title: str,
+        segments: Sequence[Segment],
+        scale: int,
+        caption: str = "",
+        show_values: bool = True,
+        tooltip: str = "",
+    ) -> None:
         self.title, self.caption, self.segments = title, caption, list(segments)
         self.scale, self.show_values = max(0, scale), show_values
-        self.setToolTip(tooltip or "\n".join(f"{s.label}: {format_bytes(s.value)}"
-                                             for s in self.segments))
+        self.setToolTip(tooltip or "\n".join(f"{s.label}: {format_bytes(s.value)}" for s in self.segments))
         self.updateGeometry()
         self.update()
 
@@ -156,8 +164,13 @@ class StackedBar(QWidget):
         p.setPen(_text_color(self))
         p.drawText(w - cap_w, fm.ascent(), self.caption)
         p.setFont(bold)
-        p.drawText(0, fm.ascent(), QFontMetrics(bold).elidedText(
-            self.title, Qt.TextElideMode.ElideRight, max(0, w - cap_w - 2 * GAP)))
+        p.drawText(
+            0,
+            fm.ascent(),
+            QFontMetrics(bold).elidedText(
+                self.title, Qt.TextElideMode.ElideRight, max(0, w - cap_w - 2 * GAP)
+            ),
+        )
         p.setFont(self.font())
         bar = QRectF(0.5, fm.height() + GAP + 0.5, w - 1, BAR_H)
         _track(p, self, bar)
@@ -183,8 +196,9 @@ class StackedBar(QWidget):
 class Legend(QWidget):
     """Colour keys that wrap to the width, for bars drawn without their own values."""
 
-    def __init__(self, items: Sequence[tuple[str, QColor | None]] = (),
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, items: Sequence[tuple[str, QColor | None]] = (), parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.items = list(items)
         sp = QSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
@@ -258,8 +272,9 @@ class SequenceBars(QWidget):
             if self.capacity and used:
                 p.setPen(Qt.PenStyle.NoPen)
                 p.setBrush(color)
-                p.drawRect(QRectF(bar.left(), bar.top(), bar.width() * min(1.0, used / self.capacity),
-                                  bar.height()))
+                p.drawRect(
+                    QRectF(bar.left(), bar.top(), bar.width() * min(1.0, used / self.capacity), bar.height())
+                )
             p.setPen(_text_color(self))
             p.drawText(QPointF(label_w + bar_w + GAP, baseline), texts[i])
         p.end()
@@ -313,8 +328,9 @@ class SpeedChart(QWidget):
         fm = p.fontMetrics()
         p.setPen(_text_color(self))
         p.drawText(0, fm.ascent(), self.summary())
-        plot = QRectF(0.5, fm.height() + GAP + 0.5, self.width() - 1,
-                      self.height() - 2 * fm.height() - 2 * GAP - 1)
+        plot = QRectF(
+            0.5, fm.height() + GAP + 0.5, self.width() - 1, self.height() - 2 * fm.height() - 2 * GAP - 1
+        )
         _track(p, self, plot)
         if len(self.points) >= 1 and plot.height() > 4:
             t0, t1 = self.points[0][0], self.points[-1][0]

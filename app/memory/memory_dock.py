@@ -4,6 +4,7 @@ Owns the telemetry sampler (a background thread at 2 Hz) and hands its snapshots
 thread (``app.background.gui_thread_callback``), so the dashboard only ever paints there. Plans come from the cache panel
 (predicted, on every change) and from the runtime's own log at load time (measured).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,10 @@ from app.background import gui_thread_callback
 from app.memory.cache_panel import CachePanel
 from app.memory.dashboard import DashboardPanel
 from engine import protocol as P
+from engine.core.build import gpu_backend
+from engine.core.memory_types import Device, MemoryPlan, PlanSettings
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.measured import MemoryLogParser
-from engine.core.memory_types import Device, MemoryPlan, PlanSettings
-from engine.core.build import gpu_backend
 from engine.runtime.info import plan_devices
 from engine.runtime.telemetry import Telemetry, TelemetrySampler, fit_devices
 
@@ -59,8 +60,12 @@ class MemoryDock(QDockWidget):
         self.measured: MemoryPlan | None = None
         self.telemetry = Telemetry()
         self._runtime_pid = runtime_pid
-        self.sampler = TelemetrySampler(self.telemetry, self._pids, hz=2.0,
-                                        callback=gui_thread_callback(self.dashboard.show_snapshot, self))
+        self.sampler = TelemetrySampler(
+            self.telemetry,
+            self._pids,
+            hz=2.0,
+            callback=gui_thread_callback(self.dashboard.show_snapshot, self),
+        )
         self.cache.planChanged.connect(self._on_plan)
         self.cache.applyRequested.connect(self.applyRequested.emit)
         self._recurrent = False
@@ -80,8 +85,7 @@ class MemoryDock(QDockWidget):
         """Fit devices, from one snapshot: a runtime child already holding GPU memory has paid
         for its CUDA context (the window itself never holds any)."""
         snap = self.telemetry.snapshot(self._pids())
-        return plan_devices(fit_devices(snap),
-                            runtime_on_gpu=any(g.this_app_bytes > 0 for g in snap.gpus))
+        return plan_devices(fit_devices(snap), runtime_on_gpu=any(g.this_app_bytes > 0 for g in snap.gpus))
 
     # ------------------------------------------------------------------ model events
     def model_inspected(self, info: GGUFInfo, settings: PlanSettings) -> None:
@@ -95,8 +99,9 @@ class MemoryDock(QDockWidget):
         self._recurrent = loaded.recurrent or loaded.hybrid
         self.dashboard.show_plans(self.predicted, self.measured)
         self._parallel = settings.n_seq_max > 1  # the batch loop reports every sequence (kv_slots)
-        self.dashboard.show_kv([0] * max(1, settings.n_seq_max), loaded.n_ctx_seq,
-                               "state" if loaded.recurrent else "cells")
+        self.dashboard.show_kv(
+            [0] * max(1, settings.n_seq_max), loaded.n_ctx_seq, "state" if loaded.recurrent else "cells"
+        )
 
     def kv_used(self, used: int, capacity: int) -> None:
         if getattr(self, "_parallel", False):

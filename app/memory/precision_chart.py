@@ -4,6 +4,7 @@ KL spans orders of magnitude between f16 and a 4-bit cache, so the y axis is log
 decade below the smallest non-zero KL; the f32 reference (KL exactly 0) sits on that floor line,
 labelled "≈0". Painted with QPainter: a handful of points needs no chart library.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,7 @@ class QualityChart(QWidget):
         return x0, x1, min(y0, y1 - 2), y1
 
     def _y(self, kl: float | None, plot: QRectF, y0: float, y1: float) -> float:
-        v = y1 if kl is None else math.log10(max(kl, 10.0 ** y0))
+        v = y1 if kl is None else math.log10(max(kl, 10.0**y0))
         v = min(max(v, y0), y1)
         return plot.bottom() - (v - y0) / (y1 - y0) * plot.height()
 
@@ -85,13 +86,16 @@ class QualityChart(QWidget):
         to_x = lambda v: plot.left() + (v - x0) / (x1 - x0) * plot.width()  # noqa: E731
         # y grid: one line per decade
         for d in range(int(y0), int(y1) + 1):
-            y = self._y(10.0 ** d, plot, y0, y1)
+            y = self._y(10.0**d, plot, y0, y1)
             p.setPen(QPen(grid, 1))
             p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
             p.setPen(fg)
             text = "≈0" if d == int(y0) else f"1e{d}"
-            p.drawText(QRectF(0, y - fm.height() / 2, plot.left() - 6, fm.height()),
-                       Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, text)
+            p.drawText(
+                QRectF(0, y - fm.height() / 2, plot.left() - 6, fm.height()),
+                Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                text,
+            )
         step = _nice_step(x1 - x0)
         v = 0.0
         while v <= x1 + 1e-9:
@@ -99,11 +103,15 @@ class QualityChart(QWidget):
             p.setPen(QPen(grid, 1))
             p.drawLine(QPointF(x, plot.top()), QPointF(x, plot.bottom()))
             p.setPen(fg)
-            p.drawText(QRectF(x - 40, plot.bottom() + 2, 80, fm.height()),
-                       Qt.AlignmentFlag.AlignHCenter, f"{v:g}")
+            p.drawText(
+                QRectF(x - 40, plot.bottom() + 2, 80, fm.height()), Qt.AlignmentFlag.AlignHCenter, f"{v:g}"
+            )
             v += step
-        p.drawText(QRectF(plot.left(), plot.bottom() + fm.height() + 4, plot.width(), fm.height()),
-                   Qt.AlignmentFlag.AlignHCenter, "KV cache (MiB) →   ·   ↑ mean KL divergence vs f32")
+        p.drawText(
+            QRectF(plot.left(), plot.bottom() + fm.height() + 4, plot.width(), fm.height()),
+            Qt.AlignmentFlag.AlignHCenter,
+            "KV cache (MiB) →   ·   ↑ mean KL divergence vs f32",
+        )
         p.setPen(QPen(fg, 1))
         p.drawRect(plot)
         for pt in self.points:
@@ -111,8 +119,7 @@ class QualityChart(QWidget):
         p.end()
 
     def _draw_point(self, p: QPainter, pt: ChartPoint, at: QPointF, fg: QColor) -> None:
-        color = series("chosen") if pt.chosen else series("failed") if pt.mean_kl is None \
-            else series("point")
+        color = series("chosen") if pt.chosen else series("failed") if pt.mean_kl is None else series("point")
         radius = 5.5 if pt.chosen else 4.0
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(color)

@@ -7,31 +7,39 @@ asks it for one ``precision`` request per cache type; the child keeps the f32 re
 continuations between requests, so they are generated once. The GUI thread only receives
 signals (progress, one row per type, finished) and never waits for the child.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
-    QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
     QWidget,
 )
 
 from app.background import Report, Worker, run_in_background
 from app.memory.precision_chart import ChartPoint, QualityChart
-from engine.plan.rules import check_settings, default_cache_type
 from engine.core.errors import KvDeckError
-from engine.gguf.inspect import GGUFInfo
-from engine.runtime.host import RuntimeHost
-from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import Device, MiB, PlanSettings
 from engine.core.precision_metrics import finite_or_none
 from engine.core.precision_prompts import builtin_prompts
+from engine.gguf.inspect import GGUFInfo
+from engine.plan.analytic import analytic_plan
+from engine.plan.rules import check_settings, default_cache_type
 from engine.protocol import LoadParams, PrecisionResult
+from engine.runtime.host import RuntimeHost
 
 #: Checked besides the chosen type (K = V): half, 8-bit, 5-bit and 4-bit caches.
 ALTERNATIVES = ("f16", "q8_0", "q5_1", "q4_0")
@@ -56,20 +64,33 @@ class PrecisionJob:
     or error, all on the GUI thread. :meth:`stop` may be called from the GUI thread at any time.
     """
 
-    def __init__(self, path: str, pairs: list[Pair], prompts: list[str], n_tokens: int,
-                 n_gpu_layers: int = -1, n_threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: str,
+        pairs: list[Pair],
+        prompts: list[str],
+        n_tokens: int,
+        n_gpu_layers: int = -1,
+        n_threads: int = 0,
+    ) -> None:
         self.path, self.pairs, self.prompts, self.n_tokens = path, pairs, prompts, n_tokens
         self.n_gpu_layers, self.n_threads = n_gpu_layers, n_threads
         self._host: RuntimeHost | None = None
         self._stopped = threading.Event()
         self.worker: Worker | None = None
 
-    def start(self, parent: QObject, on_news: Callable[[tuple], None],
-              on_done: Callable[[str], None]) -> None:
+    def start(
+        self, parent: QObject, on_news: Callable[[tuple], None], on_done: Callable[[str], None]
+    ) -> None:
         """Run on a worker owned by ``parent``; ``on_done("")`` or ``on_done(error sentence)``."""
         self.worker = run_in_background(
-            self._run, parent=parent, name="kvdeck-precision", on_progress=on_news,
-            on_result=lambda _none: on_done(""), on_error=lambda exc: on_done(_error_text(exc)))
+            self._run,
+            parent=parent,
+            name="kvdeck-precision",
+            on_progress=on_news,
+            on_result=lambda _none: on_done(""),
+            on_error=lambda exc: on_done(_error_text(exc)),
+        )
 
     def stop(self) -> None:
         """Stop at once: the child is ours alone, so killing it loses nothing."""
@@ -93,8 +114,13 @@ class PrecisionJob:
             if self._stopped.is_set():
                 return
             report(("progress", 0, "loading the model…"))
-            host.load(LoadParams(path=self.path, settings=PlanSettings(n_ctx=256, n_gpu_layers=self.n_gpu_layers),
-                                 n_threads=self.n_threads))
+            host.load(
+                LoadParams(
+                    path=self.path,
+                    settings=PlanSettings(n_ctx=256, n_gpu_layers=self.n_gpu_layers),
+                    n_threads=self.n_threads,
+                )
+            )
             n = len(self.pairs)
             for i, (tk, tv) in enumerate(self.pairs):
                 label = f"checking K {tk} / V {tv} ({i + 1} of {n})…"
@@ -103,8 +129,14 @@ class PrecisionJob:
                     report(("progress", int(1000 * (i + done / max(1, total)) / n), label))
 
                 on_progress(0, 1)
-                report(("result", host.precision(tk, tv, self.prompts, self.n_tokens,
-                                                 flash_attn="on", on_progress=on_progress)))
+                report(
+                    (
+                        "result",
+                        host.precision(
+                            tk, tv, self.prompts, self.n_tokens, flash_attn="on", on_progress=on_progress
+                        ),
+                    )
+                )
         except KvDeckError:
             if not self._stopped.is_set():
                 raise
@@ -131,8 +163,10 @@ def candidate_pairs(source: Source, alternatives: tuple[str, ...] = ALTERNATIVES
         if pair in out or pair == REFERENCE:
             continue
         trial = s.replace(type_k=pair[0], type_v=pair[1], flash_attn="on")
-        if any(p.severity == "error" and p.field in ("type_k", "type_v", "flash_attn")
-               for p in check_settings(source.info, trial, n_gpus)):
+        if any(
+            p.severity == "error" and p.field in ("type_k", "type_v", "flash_attn")
+            for p in check_settings(source.info, trial, n_gpus)
+        ):
             continue  # (problems with other settings, e.g. the split, do not concern the check)
         out.append(pair)
     return out
@@ -166,8 +200,10 @@ class PrecisionView(QGroupBox):
         self._chosen: Pair = REFERENCE
         self.results: dict[Pair, PrecisionResult] = {}
         self.check = QPushButton("Check quality", self, clicked=self.start)
-        self.check.setToolTip("Compare cache types with an f32 cache on this model (loads a second "
-                              "copy of the model in the background)")
+        self.check.setToolTip(
+            "Compare cache types with an f32 cache on this model (loads a second "
+            "copy of the model in the background)"
+        )
         self.stop_button = QPushButton("Stop", self, clicked=self.stop)
         self.stop_button.setEnabled(False)
         self.progress = QProgressBar(self, minimum=0, maximum=1000, textVisible=False)
@@ -210,8 +246,14 @@ class PrecisionView(QGroupBox):
         pairs = candidate_pairs(src, self.alternatives)
         self._current, self._chosen = src, (src.settings.type_k, src.settings.type_v)
         self.results = {}
-        job = PrecisionJob(str(src.info.path), pairs, list(self.prompts), self.n_tokens,
-                           src.settings.n_gpu_layers, self.n_threads)
+        job = PrecisionJob(
+            str(src.info.path),
+            pairs,
+            list(self.prompts),
+            self.n_tokens,
+            src.settings.n_gpu_layers,
+            self.n_threads,
+        )
         self.job = job
         self.destroyed.connect(lambda *_: job.stop())  # never outlive the view
         self.check.setEnabled(False)
@@ -249,10 +291,13 @@ class PrecisionView(QGroupBox):
         self.job = None
         n = len(self.prompts)
         name = Path(self._current.info.path).name if self._current is not None else "the model"
-        self._done(f"Could not finish the check: {error}" if error else
-                   f"{name}, checked against an f32 cache without flash attention (nothing rounded): "
-                   f"{self.n_tokens} greedy tokens × {n} prompts, each type with flash attention "
-                   "on. Lower KL is better; ★ matches the weights.")
+        self._done(
+            f"Could not finish the check: {error}"
+            if error
+            else f"{name}, checked against an f32 cache without flash attention (nothing rounded): "
+            f"{self.n_tokens} greedy tokens × {n} prompts, each type with flash attention "
+            "on. Lower KL is better; ★ matches the weights."
+        )
         self.finished.emit(error)
 
     def _done(self, text: str) -> None:
@@ -273,8 +318,10 @@ class PrecisionView(QGroupBox):
     def rows(self) -> list[tuple[Pair, float | None, float, list[int | None]]]:
         """(pair, mean KL, top-1, divergences) of the reference and every finished type."""
         ref: tuple[Pair, float | None, float, list[int | None]] = (REFERENCE, 0.0, 1.0, [])
-        return [ref] + [((r.type_k, r.type_v), finite_or_none(r.mean_kl), r.top1_agreement,
-                         list(r.first_divergence)) for r in self.results.values()]
+        return [ref] + [
+            ((r.type_k, r.type_v), finite_or_none(r.mean_kl), r.top1_agreement, list(r.first_divergence))
+            for r in self.results.values()
+        ]
 
     def _refresh(self) -> None:
         src = self._current
@@ -289,11 +336,23 @@ class PrecisionView(QGroupBox):
         for i, (pair, kl, top1, first) in enumerate(rows):
             label = pair[0] if pair[0] == pair[1] else f"{pair[0]}/{pair[1]}"
             mib = self.kv_mib(pair)
-            notes = [n for n, on in (("reference", pair == REFERENCE), ("chosen", pair == self._chosen),
-                                     ("★ matches the weights", pair == (matched, matched))) if on]
-            cells = (label, f"{mib:,.1f} MiB", "broken" if kl is None else
-                     "0" if kl == 0 else f"{kl:.2e}", f"{top1:.1%}",
-                     "—" if pair == REFERENCE else _divergences(first), ", ".join(notes))
+            notes = [
+                n
+                for n, on in (
+                    ("reference", pair == REFERENCE),
+                    ("chosen", pair == self._chosen),
+                    ("★ matches the weights", pair == (matched, matched)),
+                )
+                if on
+            ]
+            cells = (
+                label,
+                f"{mib:,.1f} MiB",
+                "broken" if kl is None else "0" if kl == 0 else f"{kl:.2e}",
+                f"{top1:.1%}",
+                "—" if pair == REFERENCE else _divergences(first),
+                ", ".join(notes),
+            )
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if col in (1, 2, 3):
@@ -303,12 +362,14 @@ class PrecisionView(QGroupBox):
                     font.setBold(True)
                     item.setFont(font)
                 self.table.setItem(i, col, item)
-            points.append(ChartPoint(label, mib, kl, chosen=pair == self._chosen,
-                                     matched=pair == (matched, matched)))
+            points.append(
+                ChartPoint(label, mib, kl, chosen=pair == self._chosen, matched=pair == (matched, matched))
+            )
         self.table.resizeColumnsToContents()
         header = self.table.horizontalHeader().height()
-        self.table.setFixedHeight(header + sum(self.table.rowHeight(i) for i in range(len(rows)))
-                                  + 2 * self.table.frameWidth() + 2)
+        self.table.setFixedHeight(
+            header + sum(self.table.rowHeight(i) for i in range(len(rows))) + 2 * self.table.frameWidth() + 2
+        )
         self.chart.set_points(points)
         self.table.setVisible(True)
         self.chart.setVisible(True)

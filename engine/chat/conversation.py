@@ -3,19 +3,18 @@
 Knows nothing about windows or terminals; both front ends call :func:`conversation_prompt`
 so a reply in the GUI and ``kvdeck chat`` see exactly the same prompt text.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
-
-from collections.abc import Sequence
 
 from engine import protocol as P
 from engine.chat.overflow import Fitted, OverflowPolicy, fit_turns
 from engine.chat.template import ChatMessage, Prompt, build_prompt
 from engine.core.errors import TemplateError
-from engine.runtime.host import RuntimeHost
 from engine.core.sampling import SamplingParams
+from engine.runtime.host import RuntimeHost
 
 
 def conversation_prompt(loaded: P.Loaded, system_prompt: str, turns: list[ChatMessage]) -> Prompt:
@@ -27,8 +26,7 @@ def conversation_prompt(loaded: P.Loaded, system_prompt: str, turns: list[ChatMe
     template = loaded.chat_template or None
     system = [ChatMessage("system", system_prompt)] if system_prompt.strip() else []
     try:
-        return build_prompt(template, system + turns, bos_token=loaded.bos_text,
-                            eos_token=loaded.eos_text)
+        return build_prompt(template, system + turns, bos_token=loaded.bos_text, eos_token=loaded.eos_text)
     except TemplateError:
         if not system or not turns or turns[0].role != "user":
             raise
@@ -42,10 +40,16 @@ def reply_reserve(n_ctx_seq: int, max_tokens: int) -> int:
     return max(1, min(max_tokens, n_ctx_seq // 4))
 
 
-def fit_conversation(tokenize: Callable[[str], list[int]], loaded: P.Loaded, system_prompt: str,
-                     turns: Sequence[ChatMessage], *, max_tokens: int,
-                     policy: OverflowPolicy | str = OverflowPolicy.ROLLING,
-                     previous_cut: int = 0) -> Fitted:
+def fit_conversation(
+    tokenize: Callable[[str], list[int]],
+    loaded: P.Loaded,
+    system_prompt: str,
+    turns: Sequence[ChatMessage],
+    *,
+    max_tokens: int,
+    policy: OverflowPolicy | str = OverflowPolicy.ROLLING,
+    previous_cut: int = 0,
+) -> Fitted:
     """The turns to send for the next reply (engine.chat.overflow), measured with the runtime's own
     tokenizer on the rendered prompt, so template tokens and the system prompt count too.
 
@@ -70,8 +74,7 @@ def end_reason(done: P.Done, n_ctx_seq: int) -> str:
     that filled the context is "context" whatever the child called it."""
     if done.stop_reason == "cancelled":
         return "stop"
-    if done.stop_reason == "context" or (
-            n_ctx_seq and done.n_prompt + len(done.tokens) >= n_ctx_seq - 1):
+    if done.stop_reason == "context" or (n_ctx_seq and done.n_prompt + len(done.tokens) >= n_ctx_seq - 1):
         return "context"
     return "length" if done.stop_reason == "length" else "eog"
 
@@ -84,10 +87,19 @@ class Reply:
     done: P.Done
 
 
-def reply(host: RuntimeHost, loaded: P.Loaded, turns: list[ChatMessage], *, system_prompt: str = "",
-          sampling: SamplingParams | None = None, max_tokens: int = 512,
-          on_text: Callable[[str], None] | None = None, draft: str = "", draft_max: int = 8,
-          json_schema: str = "") -> Reply:
+def reply(
+    host: RuntimeHost,
+    loaded: P.Loaded,
+    turns: list[ChatMessage],
+    *,
+    system_prompt: str = "",
+    sampling: SamplingParams | None = None,
+    max_tokens: int = 512,
+    on_text: Callable[[str], None] | None = None,
+    draft: str = "",
+    draft_max: int = 8,
+    json_schema: str = "",
+) -> Reply:
     """Generate the next assistant turn, streaming text to ``on_text`` as it arrives.
 
     ``draft``: "" plain decoding, "model" (the draft loaded with ``host.load_draft``) or
@@ -98,6 +110,13 @@ def reply(host: RuntimeHost, loaded: P.Loaded, turns: list[ChatMessage], *, syst
         if on_text is not None and isinstance(msg, P.Delta) and msg.text:
             on_text(msg.text)
 
-    done = host.generate(prompt.text, max_tokens=max_tokens, sampling=sampling, on_event=on_event,
-                         draft=draft, draft_max=draft_max, json_schema=json_schema)
+    done = host.generate(
+        prompt.text,
+        max_tokens=max_tokens,
+        sampling=sampling,
+        on_event=on_event,
+        draft=draft,
+        draft_max=draft_max,
+        json_schema=json_schema,
+    )
     return Reply(prompt=prompt, done=done)

@@ -4,6 +4,7 @@ The JSON form is what `kvdeck chat --history FILE.json` reads and what the windo
 imports, so a conversation moves between KV Deck, the CLI and any OpenAI-style tool unchanged.
 Reading is strict and says in one line what is wrong: a history file is user input.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,11 @@ def _text(content: Any, where: str) -> str:
     if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or \
-                    not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 raise HistoryError(f"{where}: only text content parts are supported")
             parts.append(part["text"])
         return "".join(parts)
@@ -43,8 +47,9 @@ def from_openai(data: Any) -> tuple[str, list[ChatMessage]]:
     if isinstance(data, dict) and "messages" in data:
         data = data["messages"]
     if not isinstance(data, list):
-        raise HistoryError("the history must be a JSON list of messages "
-                           '([{"role": "user", "content": "..."}, ...])')
+        raise HistoryError(
+            'the history must be a JSON list of messages ([{"role": "user", "content": "..."}, ...])'
+        )
     system: list[str] = []
     turns: list[ChatMessage] = []
     for i, msg in enumerate(data):
@@ -53,8 +58,9 @@ def from_openai(data: Any) -> tuple[str, list[ChatMessage]]:
             raise HistoryError(f"{where} is not an object with role and content")
         role = _ROLES.get(str(msg.get("role")))
         if role is None:
-            raise HistoryError(f"{where} has role {msg.get('role')!r}; expected system, "
-                               "developer, user or assistant")
+            raise HistoryError(
+                f"{where} has role {msg.get('role')!r}; expected system, developer, user or assistant"
+            )
         text = _text(msg.get("content"), where)
         if role == "system":
             if turns:

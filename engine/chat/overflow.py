@@ -13,6 +13,7 @@ start each time and every turn would be prefilled in full. So the cut moves rare
 previous cut is kept while the prompt still fits, and when it must move it moves until the prompt
 uses at most ``1 - slack`` of the budget, leaving room for several turns before the next move.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -54,8 +55,10 @@ class Fitted:
         n = len(self.dropped)
         if not n:
             return ""
-        return (f"{n} earlier message{'s are' if n > 1 else ' is'} outside the model's context "
-                f"({self.dropped_tokens:,} tokens)")
+        return (
+            f"{n} earlier message{'s are' if n > 1 else ' is'} outside the model's context "
+            f"({self.dropped_tokens:,} tokens)"
+        )
 
 
 def _user_starts(turns: Sequence[ChatMessage], lo: int) -> list[int]:
@@ -75,9 +78,15 @@ def _head_end(turns: Sequence[ChatMessage]) -> int:
     return end
 
 
-def fit_turns(turns: Sequence[ChatMessage], measure: Callable[[Sequence[ChatMessage]], int],
-              budget: int, policy: OverflowPolicy | str = OverflowPolicy.ROLLING, *,
-              previous_cut: int = 0, slack: float = DEFAULT_SLACK) -> Fitted:
+def fit_turns(
+    turns: Sequence[ChatMessage],
+    measure: Callable[[Sequence[ChatMessage]], int],
+    budget: int,
+    policy: OverflowPolicy | str = OverflowPolicy.ROLLING,
+    *,
+    previous_cut: int = 0,
+    slack: float = DEFAULT_SLACK,
+) -> Fitted:
     """Choose the turns to send so that ``measure(turns)`` (the whole prompt's tokens, system
     prompt and template included) is at most ``budget``.
 
@@ -92,9 +101,11 @@ def fit_turns(turns: Sequence[ChatMessage], measure: Callable[[Sequence[ChatMess
     if policy is OverflowPolicy.STOP:
         if total <= budget:
             return Fitted(turns, (), total, 0, 0)
-        raise ContextFull(f"the conversation is {total:,} tokens long but the context leaves "
-                          f"{budget:,} for it: start a new chat, load with a larger context, or "
-                          "let older messages drop out (overflow policy)")
+        raise ContextFull(
+            f"the conversation is {total:,} tokens long but the context leaves "
+            f"{budget:,} for it: start a new chat, load with a larger context, or "
+            "let older messages drop out (overflow policy)"
+        )
     last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=len(turns) - 1)
     head = _head_end(turns) if policy is OverflowPolicy.MIDDLE else 0
     if head > last_user:
@@ -120,14 +131,17 @@ def fit_turns(turns: Sequence[ChatMessage], measure: Callable[[Sequence[ChatMess
         choice = _first_fitting(cuts, 0, lambda c: measure(turns[c:]), budget)
     if choice is None:
         alone = measure(turns[last_user:])
-        raise ContextFull(f"the last message alone makes a {alone:,}-token prompt but the context "
-                          f"leaves {budget:,} for it: shorten it or load with a larger context")
+        raise ContextFull(
+            f"the last message alone makes a {alone:,}-token prompt but the context "
+            f"leaves {budget:,} for it: shorten it or load with a larger context"
+        )
     cut, tokens = choice
     return _fitted(turns, head, cut, tokens, total)
 
 
-def _first_fitting(cuts: list[int], lo: int, tokens_of: Callable[[int], int], limit: int
-                   ) -> tuple[int, int] | None:
+def _first_fitting(
+    cuts: list[int], lo: int, tokens_of: Callable[[int], int], limit: int
+) -> tuple[int, int] | None:
     """The earliest cut in cuts[lo:] whose prompt is at most ``limit`` tokens (binary search:
     dropping more never makes the prompt longer), with its token count."""
     found: tuple[int, int] | None = None
@@ -142,7 +156,6 @@ def _first_fitting(cuts: list[int], lo: int, tokens_of: Callable[[int], int], li
     return found
 
 
-def _fitted(turns: tuple[ChatMessage, ...], head: int, cut: int, tokens: int, total: int
-            ) -> Fitted:
+def _fitted(turns: tuple[ChatMessage, ...], head: int, cut: int, tokens: int, total: int) -> Fitted:
     dropped = tuple(range(head, cut))
     return Fitted(turns[:head] + turns[cut:], dropped, tokens, max(0, total - tokens), cut)

@@ -15,6 +15,7 @@ hanging the app or exhausting memory. Two kinds of attack need two kinds of guar
 Anything caught becomes a one-line `TemplateError`; legitimate templates (tens of lines over a
 conversation) stay far below every limit.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,9 @@ import re
 import string
 import sys
 import time
+from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import psutil
 from jinja2 import nodes
@@ -110,8 +112,7 @@ def _joined(sep: str, items: list[Any]) -> int:
     return len(sep) * max(0, len(items) - 1) + sum(len(x) for x in items if isinstance(x, str))
 
 
-def _check_str_method(s: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-                      ) -> tuple[Any, ...]:
+def _check_str_method(s: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Bound the result of the str methods whose output is a product of their inputs."""
     if name == "replace" and len(args) >= 2 and isinstance(args[0], str):
         _check_size(_replaced(s, args[0], str(args[1]), *args[2:3]))
@@ -132,7 +133,7 @@ def _guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _check_numbers(args, kwargs)
-        value, rest = (args[skip], args[skip + 1:]) if len(args) > skip else (None, ())
+        value, rest = (args[skip], args[skip + 1 :]) if len(args) > skip else (None, ())
         if name == "replace" and len(rest) >= 2:
             _check_size(_replaced(str(value), str(rest[0]), str(rest[1]), *rest[2:3]))
         elif name == "indent" and value is not None:
@@ -182,8 +183,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
             bits = left.bit_length() if type(left) is int else 64
             if abs(right) > 1024 or bits * abs(right) > _MAX_POW_BITS:
                 raise _refuse("computes an absurdly large number")
-        elif operator == "+" and isinstance(left, (str, list, tuple)) and \
-                isinstance(right, type(left)):
+        elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, type(left)):
             _check_size(len(left) + len(right))
         elif operator == "%" and isinstance(left, str):
             _check_percent(left)
@@ -210,5 +210,4 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         """Reaching for internals is an attack, not a typo: refuse loudly instead of rendering
         an empty string (the sandbox's default)."""
-        raise _refuse(f"tried to reach {attribute!r} of a {type(obj).__name__}, which the "
-                      "sandbox forbids")
+        raise _refuse(f"tried to reach {attribute!r} of a {type(obj).__name__}, which the sandbox forbids")

@@ -5,19 +5,20 @@ they run in Jinja2's immutable sandbox with time, memory and size limits (engine
 a template can neither reach Python internals nor hang the app nor exhaust its memory. A model without a template (a base model) gets a
 completion mode that continues the conversation as plain text instead of replying with nothing.
 """
+
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import jinja2
 
+from engine.chat.sandbox import MAX_OUTPUT_CHARS, RENDER_DEADLINE_S, Deadline, LimitedEnvironment
 from engine.core.errors import TemplateError
-from engine.chat.sandbox import (MAX_OUTPUT_CHARS, RENDER_DEADLINE_S, Deadline,
-                                     LimitedEnvironment)
 
 Role = Literal["system", "user", "assistant"]
 
@@ -46,11 +47,17 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(str(fmt)[:64])
 
 
-def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False,
-            separators: Any = None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any,
+    indent: int | None = None,
+    ensure_ascii: bool = False,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
     """Like transformers' ``tojson``: no HTML escaping, which Jinja2's default would add."""
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, separators=separators,
-                      sort_keys=sort_keys)
+    return json.dumps(
+        value, indent=indent, ensure_ascii=ensure_ascii, separators=separators, sort_keys=sort_keys
+    )
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,4 +1,5 @@
 """``python -m engine.child``: the runtime child process (see engine.child.main)."""
+
 import sys
 
 from engine.child.main import main

@@ -5,13 +5,15 @@ a wrong pair would abort the process inside llama.cpp, which no Python handler c
 context is then built by construction from the target's resolved context (engine.child.selfdraft
 ``drafting_params``), never from the request: the request only names the file and GPU layers.
 """
+
 from __future__ import annotations
 
 import ctypes
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import llama_cpp.llama_cpp as LL
 
@@ -31,8 +33,9 @@ def is_assistant(path: str) -> bool:
         return False
 
 
-def load_assistant(session: Any, req: LoadDraftRequest, cancel: threading.Event,
-                   unload_draft: Callable[[Any], None]) -> DraftLoaded:
+def load_assistant(
+    session: Any, req: LoadDraftRequest, cancel: threading.Event, unload_draft: Callable[[Any], None]
+) -> DraftLoaded:
     """Check the pair, load the assistant's weights and give it a context sharing the target's KV
     (``unload_draft`` frees the previous draft, only once the new pair has passed the rules)."""
     m = session.require()
@@ -45,16 +48,20 @@ def load_assistant(session: Any, req: LoadDraftRequest, cancel: threading.Event,
     t0 = time.perf_counter()
     offload = bool(LL.llama_supports_gpu_offload())
     tp = session.load_params.settings
-    mp, keep = session.model_params(req.id, req.path, req.n_gpu_layers, offload, cancel,
-                                    main_gpu=tp.main_gpu, load_mtp=True)  # every block is a nextn block
+    mp, keep = session.model_params(
+        req.id, req.path, req.n_gpu_layers, offload, cancel, main_gpu=tp.main_gpu, load_mtp=True
+    )  # every block is a nextn block
     session.log.start_capture()
     try:
         model = LL.llama_model_load_from_file(os.fsencode(req.path), mp)
         if not model:
             if cancel.is_set():
                 raise RequestError(ErrorKind.CANCELLED, "loading the assistant was cancelled")
-            raise RequestError(ErrorKind.MODEL, f"could not load {os.path.basename(req.path)}: "
-                               f"{session.log.last_problem() or 'llama.cpp refused the file'}")
+            raise RequestError(
+                ErrorKind.MODEL,
+                f"could not load {os.path.basename(req.path)}: "
+                f"{session.log.last_problem() or 'llama.cpp refused the file'}",
+            )
         try:
             sd = create("assistant", m, tp, session.flash_resolved, session.log, model=model, path=req.path)
         except BaseException:
@@ -66,17 +73,29 @@ def load_assistant(session: Any, req: LoadDraftRequest, cancel: threading.Event,
     if not sd.shared:  # llama.cpp did not bind it to the target's memory: never draft from it
         sd.free()
         LL.llama_model_free(model)
-        raise RequestError(ErrorKind.PARAMS, f"{os.path.basename(req.path)} did not attach to the target's KV "
-                           "cache; drafting is off")
+        raise RequestError(
+            ErrorKind.PARAMS,
+            f"{os.path.basename(req.path)} did not attach to the target's KV cache; drafting is off",
+        )
     sd.memory_log = lines
     session.draft = sd
     desc = ctypes.create_string_buffer(256)
     LL.llama_model_desc(model, desc, len(desc))
     return DraftLoaded(
-        id=req.id, path=req.path, n_ctx=int(LL.llama_n_ctx(sd.ctx)),
-        n_ctx_train=int(LL.llama_model_n_ctx_train(model)), n_vocab=sd.n_vocab,
-        description=desc.value.decode("utf-8", "replace"), n_params=int(LL.llama_model_n_params(model)),
+        id=req.id,
+        path=req.path,
+        n_ctx=int(LL.llama_n_ctx(sd.ctx)),
+        n_ctx_train=int(LL.llama_model_n_ctx_train(model)),
+        n_vocab=sd.n_vocab,
+        description=desc.value.decode("utf-8", "replace"),
+        n_params=int(LL.llama_model_n_params(model)),
         model_bytes=int(LL.llama_model_size(model)),
         n_gpu_layers=(999 if req.n_gpu_layers < 0 else req.n_gpu_layers) if offload else 0,
-        type_k=tp.type_k, type_v=tp.type_v, load_s=time.perf_counter() - t0, memory_log=lines,
-        checks=[vars(c) for c in checks], kind="assistant", shares_target_kv=True)
+        type_k=tp.type_k,
+        type_v=tp.type_v,
+        load_s=time.perf_counter() - t0,
+        memory_log=lines,
+        checks=[vars(c) for c in checks],
+        kind="assistant",
+        shares_target_kv=True,
+    )

@@ -24,6 +24,7 @@ concurrent decode). A one-sequence context only comes here when a request asks (
 grammar, log-probabilities); sequence 0's prefix list is the single-sequence loop's
 (engine.child.decode), so both loops agree on what the cache holds.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -60,8 +61,7 @@ Emit = Callable[[object], None]
 _DELTA_INTERVAL_S = 0.02
 _SLOTS_INTERVAL_S = 0.25
 #: Messages that replace or drop the model: the running sequences are cancelled, not finished.
-_ENDS_MODEL = (P.LoadRequest, P.UnloadRequest, P.ShutdownRequest, P.LoadDraftRequest,
-               P.UnloadDraftRequest)
+_ENDS_MODEL = (P.LoadRequest, P.UnloadRequest, P.ShutdownRequest, P.LoadDraftRequest, P.UnloadDraftRequest)
 
 # Our own handle so the logits pointer comes back as a plain int (llama_cpp's function objects
 # are shared with the rest of the child and keep their restypes).
@@ -121,8 +121,10 @@ class BatchLoop:
             if not tokens:
                 raise RequestError(ErrorKind.PARAMS, "the prompt is empty")
             if self.n_ctx_seq - len(tokens) < 2:
-                raise RequestError(ErrorKind.CONTEXT, f"the prompt is {len(tokens)} tokens long but each "
-                                              f"sequence holds {self.n_ctx_seq}")
+                raise RequestError(
+                    ErrorKind.CONTEXT,
+                    f"the prompt is {len(tokens)} tokens long but each sequence holds {self.n_ctx_seq}",
+                )
             gbnf = gbnf_for(req.grammar, req.json_schema)
             if gbnf:
                 grammar = grammar_sampler(self.m.vocab, gbnf)
@@ -177,16 +179,21 @@ class BatchLoop:
                 self.requests.finished(w.req.id)
                 continue
             i, reuse = self.prefixes.place(free, w.prompt)
-            main, first = sampler_specs(w.sampling, w.req.sampling, tuple(self.m.eog_ids),
-                                        w.req.no_empty and w.grammar is None)
+            main, first = sampler_specs(
+                w.sampling, w.req.sampling, tuple(self.m.eog_ids), w.req.no_empty and w.grammar is None
+            )
             chain = build_chain(main, self.m.n_vocab) if main else None
             if w.grammar is not None:  # the grammar decides first; its sampler now owned by the chain
                 chain, w.grammar, first = prepend(w.grammar, chain), None, None
             self.slots[i] = s = Slot(
-                w, i, max(1, min(w.req.max_tokens, self.n_ctx_seq - len(w.prompt))),
-                chain, build_chain(first, self.m.n_vocab) if first else None,
+                w,
+                i,
+                max(1, min(w.req.max_tokens, self.n_ctx_seq - len(w.prompt))),
+                chain,
+                build_chain(first, self.m.n_vocab) if first else None,
                 StopText(list(getattr(w.req, "stop", []) or [])),
-                codecs.getincrementaldecoder("utf-8")("replace"))
+                codecs.getincrementaldecoder("utf-8")("replace"),
+            )
             s.n_fed = s.n_past = s.n_reused = reuse
             self.report(force=True)
 
@@ -217,9 +224,9 @@ class BatchLoop:
             if s.next_tok >= 0 or left <= 0 or n >= self.n_batch:
                 continue
             k = min(left, self.n_batch - n)
-            tok_a[n:n + k] = s.w.prompt[s.n_fed:s.n_fed + k]
-            pos_a[n:n + k] = np.arange(s.n_fed, s.n_fed + k, dtype=np.int32)
-            out_a[n:n + k] = 0
+            tok_a[n : n + k] = s.w.prompt[s.n_fed : s.n_fed + k]
+            pos_a[n : n + k] = np.arange(s.n_fed, s.n_fed + k, dtype=np.int32)
+            out_a[n : n + k] = 0
             self._rows(n, k, s.seq)
             if k == left:
                 out_a[n + k - 1] = 1
@@ -230,7 +237,9 @@ class BatchLoop:
             return
         self.batch.n_tokens = n
         rc = LL.llama_decode(self.m.ctx, self.batch)
-        if rc == 1 and self.prefixes.evict_idle([s is not None for s in self.slots]):  # no room: cached prefixes of free sequences go first
+        if rc == 1 and self.prefixes.evict_idle(
+            [s is not None for s in self.slots]
+        ):  # no room: cached prefixes of free sequences go first
             return
         if rc == 1:  # no room in the KV cache (a shared pool): the longest sequence gives way
             worst = max((s for s, _ in fed), key=lambda s: s.n_past)
@@ -256,8 +265,9 @@ class BatchLoop:
             if not s.w.cancel.is_set():
                 tok = self._sample(s, i)
                 if s.w.req.logprobs >= 0 and tok not in self.eog:
-                    entry = logprob_entry(logits_row(_LIB, self.m.ctx, i, self.m.n_vocab), tok,
-                                          s.w.req.logprobs, self._text)
+                    entry = logprob_entry(
+                        logits_row(_LIB, self.m.ctx, i, self.m.n_vocab), tok, s.w.req.logprobs, self._text
+                    )
                     s.logprobs.append(entry)
                     s.pending_lp.append(entry)
                 self._take(s, tok, now)
@@ -303,8 +313,11 @@ class BatchLoop:
         if s.w.req.stream and not s.finish and now - s.last_flush >= _DELTA_INTERVAL_S:
             text = s.text.ready()
             if text or s.pending:
-                self.emit(P.Delta(id=s.w.req.id, text=text, tokens=s.pending, n_past=s.n_past,
-                                  logprobs=s.pending_lp))
+                self.emit(
+                    P.Delta(
+                        id=s.w.req.id, text=text, tokens=s.pending, n_past=s.n_past, logprobs=s.pending_lp
+                    )
+                )
                 s.pending, s.pending_lp, s.last_flush = [], [], now
 
     # ------------------------------------------------------------------ ending requests
@@ -321,7 +334,7 @@ class BatchLoop:
 
     def _finish(self, s: Slot) -> None:
         # The slot is free for the next step; its cells stay for a request sharing the prefix.
-        self.prefixes.ended(s.seq, (s.w.prompt + s.out)[:s.n_past], s.error is None)
+        self.prefixes.ended(s.seq, (s.w.prompt + s.out)[: s.n_past], s.error is None)
         req = s.w.req
         try:
             if s.error is not None:
@@ -331,17 +344,27 @@ class BatchLoop:
                 s.text.add(s.decoder.decode(b"", final=True))
             rest = s.text.rest()
             if req.stream and (rest or s.pending):
-                self.emit(P.Delta(id=req.id, text=rest, tokens=s.pending, n_past=s.n_past,
-                                  logprobs=s.pending_lp))
+                self.emit(
+                    P.Delta(id=req.id, text=rest, tokens=s.pending, n_past=s.n_past, logprobs=s.pending_lp)
+                )
             end = time.perf_counter()
             n_dec = max(0, len(s.out) - 1)
             decode_s = end - s.t_first if s.t_first else 0.0
-            self.emit(P.Done(
-                id=req.id, text=s.text.text, tokens=s.out, n_prompt=len(s.w.prompt), n_reused=s.n_reused,
-                stop_reason=s.finish, prefill_s=(s.t_prefill or end) - s.w.t0,
-                first_token_s=(s.t_first or end) - s.w.t0, decode_s=decode_s,
-                tokens_per_s=n_dec / decode_s if n_dec and decode_s > 0 else 0.0,
-                logprobs=s.logprobs))
+            self.emit(
+                P.Done(
+                    id=req.id,
+                    text=s.text.text,
+                    tokens=s.out,
+                    n_prompt=len(s.w.prompt),
+                    n_reused=s.n_reused,
+                    stop_reason=s.finish,
+                    prefill_s=(s.t_prefill or end) - s.w.t0,
+                    first_token_s=(s.t_first or end) - s.w.t0,
+                    decode_s=decode_s,
+                    tokens_per_s=n_dec / decode_s if n_dec and decode_s > 0 else 0.0,
+                    logprobs=s.logprobs,
+                )
+            )
         finally:
             for chain in (s.chain, s.first):
                 if chain is not None:
@@ -354,9 +377,14 @@ class BatchLoop:
         now = time.perf_counter()
         if force or now - self.last_report >= _SLOTS_INTERVAL_S:
             self.last_report = now
-            self.emit(P.Slots(n_past=[s.n_past if s else 0 for s in self.slots],
-                              requests=[s.w.req.id if s else 0 for s in self.slots],
-                              n_ctx_seq=self.n_ctx_seq, n_waiting=len(self.waiting)))
+            self.emit(
+                P.Slots(
+                    n_past=[s.n_past if s else 0 for s in self.slots],
+                    requests=[s.w.req.id if s else 0 for s in self.slots],
+                    n_ctx_seq=self.n_ctx_seq,
+                    n_waiting=len(self.waiting),
+                )
+            )
 
     def abandon(self, kind: ErrorKind, message: str) -> None:
         """After an unexpected failure: every request gets its error, the caches are emptied."""

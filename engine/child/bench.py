@@ -16,6 +16,7 @@ available), detokenisation and streamed Delta events; only the end-of-generation
 so a random model cannot end a repetition early. The difference to llama-bench is therefore
 exactly what the app adds per token.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -51,8 +52,10 @@ def devices() -> list[str]:
     out = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
-        out.append(f"{lib.ggml_backend_dev_name(dev).decode()}: "
-                   f"{lib.ggml_backend_dev_description(dev).decode(errors='replace')}")
+        out.append(
+            f"{lib.ggml_backend_dev_name(dev).decode()}: "
+            f"{lib.ggml_backend_dev_description(dev).decode(errors='replace')}"
+        )
     return out
 
 
@@ -100,11 +103,26 @@ class _Bench:
         tok = s.samplers.first_token(m, sp, prompt, False, self.cancel)
         before = LL.llama_perf_context(m.ctx)
         t = time.perf_counter()
-        done = run_loop(s.emit, self.req.id, m, sp, tok, len(prompt), 0, n_gen + 1, t, t, self.cancel,
-                        stream=True, stop_at_eog=False)
+        done = run_loop(
+            s.emit,
+            self.req.id,
+            m,
+            sp,
+            tok,
+            len(prompt),
+            0,
+            n_gen + 1,
+            t,
+            t,
+            self.cancel,
+            stream=True,
+            stop_at_eog=False,
+        )
         if done.stop_reason != "length":
-            raise RequestError(ErrorKind.CANCELLED if done.stop_reason == "cancelled" else ErrorKind.CONTEXT,
-                               f"the benchmark stopped early ({done.stop_reason})")
+            raise RequestError(
+                ErrorKind.CANCELLED if done.stop_reason == "cancelled" else ErrorKind.CONTEXT,
+                f"the benchmark stopped early ({done.stop_reason})",
+            )
         if count:
             after = LL.llama_perf_context(m.ctx)
             self.reused += after.n_reused - before.n_reused
@@ -114,13 +132,19 @@ class _Bench:
     def run(self) -> BenchResult:
         req, m = self.req, self.m
         if min(req.n_prompt, req.n_gen, req.depth) < 0 or req.repetitions < 1:
-            raise RequestError(ErrorKind.PARAMS, "token counts must not be negative and repetitions at least 1")
+            raise RequestError(
+                ErrorKind.PARAMS, "token counts must not be negative and repetitions at least 1"
+            )
         if req.n_prompt == 0 and req.n_gen == 0:
-            raise RequestError(ErrorKind.PARAMS, "nothing to measure: both the prompt and the generation length are 0")
+            raise RequestError(
+                ErrorKind.PARAMS, "nothing to measure: both the prompt and the generation length are 0"
+            )
         need = max(req.depth + req.n_prompt, max(req.depth, 1) + req.n_gen + 1)
         if need > m.n_ctx:
-            raise RequestError(ErrorKind.PARAMS, f"the benchmark needs a context of {need} tokens; the model "
-                                         f"was loaded with {m.n_ctx}")
+            raise RequestError(
+                ErrorKind.PARAMS,
+                f"the benchmark needs a context of {need} tokens; the model was loaded with {m.n_ctx}",
+            )
         sampling = SamplingParams.from_dict(req.sampling) if req.sampling else GREEDY
         threads = (LL.llama_n_threads(m.ctx), LL.llama_n_threads_batch(m.ctx))
         if req.n_threads > 0:
@@ -144,11 +168,21 @@ class _Bench:
                 warmup_s += time.perf_counter() - t
                 tg = [self.tg(sp, req.n_gen) for _ in range(req.repetitions)]
             return BenchResult(
-                id=req.id, pp_tokens_per_s=pp, tg_tokens_per_s=tg, n_prompt=req.n_prompt,
-                n_gen=req.n_gen, depth=req.depth, repetitions=req.repetitions, sampler=sp.name,
-                backend_sampling=sp.backend, n_threads=int(LL.llama_n_threads(m.ctx)),
-                n_ctx=m.n_ctx, devices=devices(),
-                graph_reuse=self.reused / self.evals if self.evals else 0.0, warmup_s=warmup_s)
+                id=req.id,
+                pp_tokens_per_s=pp,
+                tg_tokens_per_s=tg,
+                n_prompt=req.n_prompt,
+                n_gen=req.n_gen,
+                depth=req.depth,
+                repetitions=req.repetitions,
+                sampler=sp.name,
+                backend_sampling=sp.backend,
+                n_threads=int(LL.llama_n_threads(m.ctx)),
+                n_ctx=m.n_ctx,
+                devices=devices(),
+                graph_reuse=self.reused / self.evals if self.evals else 0.0,
+                warmup_s=warmup_s,
+            )
         finally:
             self.clear()
             self.s.samplers.release(sp)

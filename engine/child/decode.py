@@ -11,13 +11,14 @@ detokenised and streamed in that shadow, and the next sample (which synchronises
 between a sample and the next decode only the end-of-generation check and two batch fields
 are written.
 """
+
 from __future__ import annotations
 
 import codecs
 import ctypes
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import llama_cpp.llama_cpp as LL
 
@@ -50,8 +51,20 @@ def generate(session: LlamaSession, req: GenerateRequest, cancel: threading.Even
         t_prefill = time.perf_counter()
         session.emit(Started(id=req.id, n_prompt=len(tokens), n_reused=n_reused))
         tok = samplers.first_token(m, sp, tokens, req.no_empty, cancel)
-        return run_loop(session.emit, req.id, m, sp, tok, len(tokens), n_reused, max_tokens, t0,
-                        t_prefill, cancel, stream=req.stream)
+        return run_loop(
+            session.emit,
+            req.id,
+            m,
+            sp,
+            tok,
+            len(tokens),
+            n_reused,
+            max_tokens,
+            t0,
+            t_prefill,
+            cancel,
+            stream=req.stream,
+        )
     except RequestError:
         m.clear()
         raise
@@ -59,9 +72,22 @@ def generate(session: LlamaSession, req: GenerateRequest, cancel: threading.Even
         samplers.release(sp)
 
 
-def run_loop(emit: Emit, req_id: int, m: Model, sp: Sampling, tok: int, n_prompt: int, n_reused: int,
-             max_tokens: int, t0: float, t_prefill: float, cancel: threading.Event, *,
-             stream: bool = True, stop_at_eog: bool = True) -> Done:
+def run_loop(
+    emit: Emit,
+    req_id: int,
+    m: Model,
+    sp: Sampling,
+    tok: int,
+    n_prompt: int,
+    n_reused: int,
+    max_tokens: int,
+    t0: float,
+    t_prefill: float,
+    cancel: threading.Event,
+    *,
+    stream: bool = True,
+    stop_at_eog: bool = True,
+) -> Done:
     """The hot loop: decode, then emit the token just submitted while the device works,
     then sample (which synchronises). Between a sample and the next decode only the
     end-of-generation check and two batch fields are written."""
@@ -109,8 +135,7 @@ def run_loop(emit: Emit, req_id: int, m: Model, sp: Sampling, tok: int, n_prompt
         pending_tokens.append(tok)
         now = clock()
         if stream and now - last_flush >= _DELTA_INTERVAL_S:
-            emit(Delta(id=req_id, text="".join(text_parts[flushed:]), tokens=pending_tokens,
-                             n_past=pos))
+            emit(Delta(id=req_id, text="".join(text_parts[flushed:]), tokens=pending_tokens, n_past=pos))
             flushed, pending_tokens, last_flush = len(text_parts), [], now
         if rc != 0:
             if rc == 1:
@@ -126,14 +151,18 @@ def run_loop(emit: Emit, req_id: int, m: Model, sp: Sampling, tok: int, n_prompt
         tok = sample_chain(chain, ctx, -1) if argmax is None else argmax()
     text_parts.append(decoder.decode(b"", final=True))
     if stream and (pending_tokens or text_parts[-1]):
-        emit(Delta(id=req_id, text="".join(text_parts[flushed:]), tokens=pending_tokens,
-                         n_past=pos))
+        emit(Delta(id=req_id, text="".join(text_parts[flushed:]), tokens=pending_tokens, n_past=pos))
     t_end = clock()
     decode_s = t_end - t_first
     return Done(
-        id=req_id, text="".join(text_parts), tokens=out_tokens, n_prompt=n_prompt,
-        n_reused=n_reused, stop_reason=stop, prefill_s=t_prefill - t0,
-        first_token_s=t_first - t0, decode_s=decode_s,
+        id=req_id,
+        text="".join(text_parts),
+        tokens=out_tokens,
+        n_prompt=n_prompt,
+        n_reused=n_reused,
+        stop_reason=stop,
+        prefill_s=t_prefill - t0,
+        first_token_s=t_first - t0,
+        decode_s=decode_s,
         tokens_per_s=n_decoded / decode_s if n_decoded and decode_s > 0 else 0.0,
     )
-

@@ -7,6 +7,7 @@ llama.cpp's own compatibility rules (``engine.plan.pairing``) before anything is
 or drafts whose state cannot be rolled back (recurrent, hybrid) are refused with the reason.
 When the target is reloaded, the draft keeps its weights and gets a new context on next use.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -61,18 +62,23 @@ def refuse_rollback_less(model: Any, role: str, ctx: Any = None, draft_max: int 
         return
     if LL.llama_model_is_recurrent(model) or LL.llama_model_is_hybrid(model):
         kind = "hybrid (attention + recurrent)" if LL.llama_model_is_hybrid(model) else "recurrent"
-        raise RequestError(ErrorKind.PARAMS, f"speculative decoding is not available: the {role} model is {kind}, "
-                                     "its state cannot be rolled back past rejected draft tokens"
-                                     + (" (load it with n_rs_seq of at least 2)" if role == "target" else ""))
+        raise RequestError(
+            ErrorKind.PARAMS,
+            f"speculative decoding is not available: the {role} model is {kind}, "
+            "its state cannot be rolled back past rejected draft tokens"
+            + (" (load it with n_rs_seq of at least 2)" if role == "target" else ""),
+        )
 
 
 def _check_pair(target_path: str, draft_path: str) -> list[dict[str, Any]]:
     checks = pair_checks(target_path, draft_path)
     bad = [c for c in checks if not c.ok]
     if bad:
-        raise RequestError(ErrorKind.PARAMS, f"{os.path.basename(draft_path)} cannot draft for "
-                                     f"{os.path.basename(target_path)}: "
-                                     + "; ".join(f"{c.name}: {c.detail}" for c in bad))
+        raise RequestError(
+            ErrorKind.PARAMS,
+            f"{os.path.basename(draft_path)} cannot draft for "
+            f"{os.path.basename(target_path)}: " + "; ".join(f"{c.name}: {c.detail}" for c in bad),
+        )
     return [vars(c) for c in checks]
 
 
@@ -94,10 +100,15 @@ def _create_context(session: LlamaSession, d: Draft, m: Model) -> None:
     session.log.recent_errors = []  # the sentence must be about this context, not an older one
     ctx = LL.llama_init_from_model(d.model, cp)
     if not ctx:
-        why = (describe_allocation_failure(session.log.recent_errors)
-               or session.log.last_problem() or "unknown reason")
-        raise RequestError(ErrorKind.PARAMS, f"could not create the draft's context of {cp.n_ctx} tokens "
-                                     f"(the target's): {why}")
+        why = (
+            describe_allocation_failure(session.log.recent_errors)
+            or session.log.last_problem()
+            or "unknown reason"
+        )
+        raise RequestError(
+            ErrorKind.PARAMS,
+            f"could not create the draft's context of {cp.n_ctx} tokens (the target's): {why}",
+        )
     d.ctx, d.mem, d.target, d.cached = ctx, LL.llama_get_memory(ctx), m, []
     d.batch = LL.llama_batch_init(cp.n_batch, 0, 1)
     d.n_ctx = int(LL.llama_n_ctx(ctx))
@@ -107,7 +118,9 @@ def _create_context(session: LlamaSession, d: Draft, m: Model) -> None:
 def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.Event) -> DraftLoaded:
     """Check the pair with llama.cpp's rules, then load the draft with the target's context."""
     if session.model is None:
-        raise RequestError(ErrorKind.STATE, "load the target model first: the draft gets the target's context")
+        raise RequestError(
+            ErrorKind.STATE, "load the target model first: the draft gets the target's context"
+        )
     m = session.model
     if not os.path.isfile(req.path):
         raise RequestError(ErrorKind.MODEL, f"draft model file not found: {req.path}")
@@ -117,8 +130,9 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
     t0 = time.perf_counter()
     offload = bool(LL.llama_supports_gpu_offload())
     tp = session.load_params.settings if session.load_params else None
-    mp, keep = session.model_params(req.id, req.path, req.n_gpu_layers, offload, cancel,
-                                    main_gpu=tp.main_gpu if tp else 0)
+    mp, keep = session.model_params(
+        req.id, req.path, req.n_gpu_layers, offload, cancel, main_gpu=tp.main_gpu if tp else 0
+    )
     session.log.start_capture()
     try:
         model = LL.llama_model_load_from_file(os.fsencode(req.path), mp)
@@ -128,8 +142,16 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
             why = session.log.last_problem() or "llama.cpp refused the file"
             raise RequestError(ErrorKind.MODEL, f"could not load {os.path.basename(req.path)}: {why}")
         vocab = LL.llama_model_get_vocab(model)
-        d = Draft(model=model, path=req.path, vocab=vocab, n_vocab=int(LL.llama_vocab_n_tokens(vocab)),
-                  type_k=req.type_k, type_v=req.type_v, flash_attn=req.flash_attn, target_path=m.path)
+        d = Draft(
+            model=model,
+            path=req.path,
+            vocab=vocab,
+            n_vocab=int(LL.llama_vocab_n_tokens(vocab)),
+            type_k=req.type_k,
+            type_v=req.type_v,
+            flash_attn=req.flash_attn,
+            target_path=m.path,
+        )
         try:
             refuse_rollback_less(model, "draft")
             _create_context(session, d, m)
@@ -144,12 +166,21 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
     desc = ctypes.create_string_buffer(256)
     LL.llama_model_desc(model, desc, len(desc))
     return DraftLoaded(
-        id=req.id, path=req.path, n_ctx=d.n_ctx, n_ctx_train=int(LL.llama_model_n_ctx_train(model)),
-        n_vocab=d.n_vocab, description=desc.value.decode("utf-8", "replace"),
-        n_params=int(LL.llama_model_n_params(model)), model_bytes=int(LL.llama_model_size(model)),
+        id=req.id,
+        path=req.path,
+        n_ctx=d.n_ctx,
+        n_ctx_train=int(LL.llama_model_n_ctx_train(model)),
+        n_vocab=d.n_vocab,
+        description=desc.value.decode("utf-8", "replace"),
+        n_params=int(LL.llama_model_n_params(model)),
+        model_bytes=int(LL.llama_model_size(model)),
         n_gpu_layers=(999 if req.n_gpu_layers < 0 else req.n_gpu_layers) if offload else 0,
-        type_k=req.type_k, type_v=req.type_v, load_s=time.perf_counter() - t0, memory_log=lines,
-        checks=checks)
+        type_k=req.type_k,
+        type_v=req.type_v,
+        load_s=time.perf_counter() - t0,
+        memory_log=lines,
+        checks=checks,
+    )
 
 
 def unload_draft(session: LlamaSession) -> None:

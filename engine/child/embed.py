@@ -9,6 +9,7 @@ Runs on the child's main thread between generations: the batch loop hands an Emb
 back to the main loop (engine.child.batch stops admission), so sequence 0 is free here. What it
 held is dropped first, and its prefix-cache list with it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -20,15 +21,20 @@ from engine import protocol as P
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
 
-POOLING = {LL.LLAMA_POOLING_TYPE_MEAN: "mean", LL.LLAMA_POOLING_TYPE_CLS: "cls",
-           LL.LLAMA_POOLING_TYPE_LAST: "last", 4: "rank"}
+POOLING = {
+    LL.LLAMA_POOLING_TYPE_MEAN: "mean",
+    LL.LLAMA_POOLING_TYPE_CLS: "cls",
+    LL.LLAMA_POOLING_TYPE_LAST: "last",
+    4: "rank",
+}
 
 
 def detokenize(m: Model, tokens: list[int]) -> str:
     bad = [t for t in tokens if not 0 <= t < m.n_vocab]
     if bad:
-        raise RequestError(ErrorKind.PARAMS, f"token {bad[0]} is not in this model's vocabulary "
-                                             f"(0..{m.n_vocab - 1})")
+        raise RequestError(
+            ErrorKind.PARAMS, f"token {bad[0]} is not in this model's vocabulary (0..{m.n_vocab - 1})"
+        )
     if not tokens:
         return ""
     arr = (LL.llama_token * len(tokens))(*tokens)
@@ -38,14 +44,17 @@ def detokenize(m: Model, tokens: list[int]) -> str:
     if n < 0:
         buf = ctypes.create_string_buffer(-n)
         n = LL.llama_detokenize(m.vocab, arr, len(tokens), buf, -n, False, True)
-    return buf.raw[:max(0, n)].decode("utf-8", "replace")
+    return buf.raw[: max(0, n)].decode("utf-8", "replace")
 
 
 def embed(m: Model, req: P.EmbedRequest) -> P.Embeddings:
     pooling = int(LL.llama_pooling_type(m.ctx))
     if pooling not in POOLING:
-        raise RequestError(ErrorKind.PARAMS, "this model cannot make embeddings: its GGUF metadata "
-                                             "declares no pooling (it is not an embedding model)")
+        raise RequestError(
+            ErrorKind.PARAMS,
+            "this model cannot make embeddings: its GGUF metadata "
+            "declares no pooling (it is not an embedding model)",
+        )
     vectors: list[list[float]] = []
     n_total = 0
     n_embd = int(LL.llama_model_n_embd(m.model))
@@ -56,8 +65,11 @@ def embed(m: Model, req: P.EmbedRequest) -> P.Embeddings:
             if not tokens:
                 raise RequestError(ErrorKind.PARAMS, "an input to embed is empty")
             if len(tokens) > min(m.n_batch, m.n_ctx_seq):
-                raise RequestError(ErrorKind.CONTEXT, f"an input is {len(tokens)} tokens long; at most "
-                                                      f"{min(m.n_batch, m.n_ctx_seq)} fit one batch")
+                raise RequestError(
+                    ErrorKind.CONTEXT,
+                    f"an input is {len(tokens)} tokens long; at most "
+                    f"{min(m.n_batch, m.n_ctx_seq)} fit one batch",
+                )
             m.clear()
             tok_a, pos_a, out_a = m.views
             n = len(tokens)

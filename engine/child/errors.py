@@ -5,6 +5,7 @@ Kept in its own module, below everything else in ``engine.child``, so every part
 :class:`ErrorKind`; on the wire it is the kind's value, and the parent turns it back into one
 ``KvDeckError`` subclass (``engine.protocol.errors.exception_for``).
 """
+
 from __future__ import annotations
 
 from engine.core.errors import KvDeckError
@@ -22,8 +23,9 @@ class RequestError(Exception):
         self.kind = ErrorKind(kind)
 
 
-def error_event(req_id: int, exc: BaseException | None = None, *, kind: ErrorKind | None = None,
-                message: str = "") -> ErrorEvent:
+def error_event(
+    req_id: int, exc: BaseException | None = None, *, kind: ErrorKind | None = None, message: str = ""
+) -> ErrorEvent:
     """The ErrorEvent for a failed request: from an exception (its kind: a RequestError's own,
     a KvDeckError's by class, anything else is a runtime bug) or from an explicit kind."""
     if exc is not None:

@@ -13,6 +13,7 @@ grammar) changed it. That is what OpenAI documents ("the log probability of this
 what llama-server reports with ``post_sampling_probs`` off; it is the same for every sampling
 setting, so it can be compared across requests.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -46,12 +47,15 @@ def gbnf_for(grammar: str, json_schema: str) -> str:
     except RequestError:
         raise
     except Exception as exc:  # noqa: BLE001 - the converter raises many kinds for schemas it cannot handle
-        raise RequestError(ErrorKind.PARAMS, f"the JSON schema cannot be used to constrain output: "
-                                             f"{type(exc).__name__}: {exc}") from None
+        raise RequestError(
+            ErrorKind.PARAMS,
+            f"the JSON schema cannot be used to constrain output: {type(exc).__name__}: {exc}",
+        ) from None
     # llama-cpp-python's string character rule lets raw control characters (a newline, a tab)
     # into JSON strings, which no JSON parser accepts; llama.cpp's own converter excludes them.
-    return re.sub(r'^char ::= \[\^"\\\\\]', lambda _: 'char ::= [^"\\\\\\x7F\\x00-\\x1F]', text,
-                  flags=re.MULTILINE)
+    return re.sub(
+        r'^char ::= \[\^"\\\\\]', lambda _: 'char ::= [^"\\\\\\x7F\\x00-\\x1F]', text, flags=re.MULTILINE
+    )
 
 
 def grammar_sampler(vocab: object, gbnf: str) -> object:
@@ -60,8 +64,10 @@ def grammar_sampler(vocab: object, gbnf: str) -> object:
         raise RequestError(ErrorKind.PARAMS, "the grammar is too large")
     smpl = LL.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
     if not smpl:
-        raise RequestError(ErrorKind.PARAMS, "the grammar (or the JSON schema converted to one) "
-                                             "could not be parsed by llama.cpp")
+        raise RequestError(
+            ErrorKind.PARAMS,
+            "the grammar (or the JSON schema converted to one) could not be parsed by llama.cpp",
+        )
     return smpl
 
 

@@ -3,6 +3,7 @@
 Its own module so that the batch loop (``engine.child.batch``), which polls requests between
 decode steps, does not import the main loop that owns it.
 """
+
 from __future__ import annotations
 
 import collections

@@ -6,6 +6,7 @@ stable for a given signature but they are not a C ABI, so :func:`ext` checks eve
 start-up and returns None when any is missing: self-drafting is then switched off with one
 sentence (``MISSING``) instead of crashing on a changed library.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,18 +20,43 @@ _F = ctypes.POINTER(ctypes.c_float)
 
 #: (attribute, mangled symbol, argtypes, restype), from llama-ext.h of llama.cpp 0c1e570.
 _SYMBOLS: tuple[tuple[str, str, list[Any], Any], ...] = (
-    ("set_embeddings_nextn", "_Z26llama_set_embeddings_nextnP13llama_contextbb", [_P, ctypes.c_bool, ctypes.c_bool], None),
-    ("set_nextn_layer_offset", "_Z28llama_set_nextn_layer_offsetP13llama_contexti", [_P, ctypes.c_int32], None),
+    (
+        "set_embeddings_nextn",
+        "_Z26llama_set_embeddings_nextnP13llama_contextbb",
+        [_P, ctypes.c_bool, ctypes.c_bool],
+        None,
+    ),
+    (
+        "set_nextn_layer_offset",
+        "_Z28llama_set_nextn_layer_offsetP13llama_contexti",
+        [_P, ctypes.c_int32],
+        None,
+    ),
     ("get_embeddings_nextn", "_Z26llama_get_embeddings_nextnP13llama_context", [_P], _F),
-    ("get_embeddings_nextn_ith", "_Z30llama_get_embeddings_nextn_ithP13llama_contexti", [_P, ctypes.c_int32], _F),
+    (
+        "get_embeddings_nextn_ith",
+        "_Z30llama_get_embeddings_nextn_ithP13llama_contexti",
+        [_P, ctypes.c_int32],
+        _F,
+    ),
     ("get_ctx_other", "_Z19llama_get_ctx_otherP13llama_context", [_P], _P),
 )
 #: The C API pieces self-drafting needs besides the mangled ones (present in 0.3.36).
-_C_API = ("llama_batch_ext_init", "llama_batch_ext_add_token", "llama_batch_ext_set_pos",
-          "llama_batch_ext_set_embd_token", "llama_batch_ext_set_output_logits", "llama_process",
-          "llama_model_n_layer_nextn", "llama_n_rs_seq", "LLAMA_CONTEXT_TYPE_MTP")
-MISSING = ("self-drafting is not available: this llama.cpp library does not export the MTP functions "
-           "KV Deck needs ({names}); drafting is off")
+_C_API = (
+    "llama_batch_ext_init",
+    "llama_batch_ext_add_token",
+    "llama_batch_ext_set_pos",
+    "llama_batch_ext_set_embd_token",
+    "llama_batch_ext_set_output_logits",
+    "llama_process",
+    "llama_model_n_layer_nextn",
+    "llama_n_rs_seq",
+    "LLAMA_CONTEXT_TYPE_MTP",
+)
+MISSING = (
+    "self-drafting is not available: this llama.cpp library does not export the MTP functions "
+    "KV Deck needs ({names}); drafting is off"
+)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ loads and the protocol keeps a private duplicate. A reader thread takes requests
 cancel reaches a running generation at once; everything that touches llama.cpp runs on the main
 thread, because nothing in llama.cpp is safe against a concurrent decode.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,13 +34,18 @@ def main() -> int:
     import llama_cpp.llama_cpp as LL
 
     from engine.child.errors import RequestError, error_event
-    from engine.core.errors import KvDeckError
     from engine.child.session import LlamaSession
+    from engine.core.errors import KvDeckError
 
     session = LlamaSession(emit, log)
-    emit(P.Hello(pid=os.getpid(), llama_cpp_python=llama_cpp.__version__,
-                 gpu_offload=bool(LL.llama_supports_gpu_offload()),
-                 system_info=LL.llama_print_system_info().decode("utf-8", "replace")))
+    emit(
+        P.Hello(
+            pid=os.getpid(),
+            llama_cpp_python=llama_cpp.__version__,
+            gpu_offload=bool(LL.llama_supports_gpu_offload()),
+            system_info=LL.llama_print_system_info().decode("utf-8", "replace"),
+        )
+    )
     requests = Requests(sys.stdin.buffer)
     while True:
         msg = requests.next()

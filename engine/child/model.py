@@ -9,6 +9,7 @@ The raw llama.cpp handles (``model``, ``ctx``, ``mem``, ``batch``) are public on
 loops call ``llama_decode`` on them directly, because a Python method call per token would cost
 a measurable share of a token's time. Runs only in the runtime child, on its main thread.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -23,15 +24,20 @@ from engine.child.errors import ErrorKind, RequestError
 from engine.child.native_log import NativeLog
 
 #: llama.cpp's flash-attention settings by the names KV Deck uses.
-FLASH = {"auto": LL.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": LL.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-         "off": LL.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+FLASH = {
+    "auto": LL.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": LL.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": LL.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
 
 
 def ggml_type_id(name: str) -> int:
     """The ggml type of a KV cache type name; an unknown one is refused in words."""
     if name not in KV_TYPES:
-        raise RequestError(ErrorKind.PARAMS, f"unknown KV cache type {name!r}; choose one of {', '.join(KV_TYPES)}")
+        raise RequestError(
+            ErrorKind.PARAMS, f"unknown KV cache type {name!r}; choose one of {', '.join(KV_TYPES)}"
+        )
     return int(gguf.GGMLQuantizationType[name.upper()])
 
 
@@ -74,8 +80,11 @@ class Model:
         for i in range(n):
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = 0
-        self.views = (np.ctypeslib.as_array(b.token, (n,)), np.ctypeslib.as_array(b.pos, (n,)),
-                      np.ctypeslib.as_array(b.logits, (n,)))
+        self.views = (
+            np.ctypeslib.as_array(b.token, (n,)),
+            np.ctypeslib.as_array(b.pos, (n,)),
+            np.ctypeslib.as_array(b.logits, (n,)),
+        )
 
     def free(self) -> None:
         """Free the batch, the context and the weights (the object is unusable afterwards)."""
@@ -114,8 +123,11 @@ class Model:
         if not tokens:
             raise RequestError(ErrorKind.PARAMS, "the prompt is empty")
         if self.n_ctx - len(tokens) < 2:
-            raise RequestError(ErrorKind.CONTEXT, f"the conversation is {len(tokens)} tokens long but the context "
-                                          f"holds {self.n_ctx}; start a new chat or load with a larger context")
+            raise RequestError(
+                ErrorKind.CONTEXT,
+                f"the conversation is {len(tokens)} tokens long but the context "
+                f"holds {self.n_ctx}; start a new chat or load with a larger context",
+            )
         return tokens
 
     def piece(self, token: int, buf: ctypes.Array) -> bytes:
@@ -142,7 +154,9 @@ class Model:
             raise RequestError(ErrorKind.CONTEXT, "the context is full (no free KV cache slot)")
         if rc == 2:
             raise RequestError(ErrorKind.CANCELLED, "cancelled")
-        raise RequestError(ErrorKind.RUNTIME, f"llama_decode failed with code {rc}: {self.log.last_problem()}")
+        raise RequestError(
+            ErrorKind.RUNTIME, f"llama_decode failed with code {rc}: {self.log.last_problem()}"
+        )
 
     def prefill(self, tokens: list[int], pos0: int, cancel: threading.Event) -> None:
         """Decode ``tokens`` at ``pos0`` in chunks of n_batch; logits only for the last one.
@@ -155,7 +169,7 @@ class Model:
         for start in range(0, len(tokens), self.n_batch):
             if cancel.is_set():
                 raise RequestError(ErrorKind.CANCELLED, "cancelled")
-            chunk = tokens[start:start + self.n_batch]
+            chunk = tokens[start : start + self.n_batch]
             n = len(chunk)
             tok_a[:n] = chunk
             pos_a[:n] = np.arange(pos0 + start, pos0 + start + n, dtype=np.int32)
@@ -195,5 +209,7 @@ class Model:
 
     def pos_range(self, seq: int = 0) -> tuple[int, int]:
         """(lowest, highest) position held for a sequence; (-1, -1) when it is empty."""
-        return (int(LL.llama_memory_seq_pos_min(self.mem, seq)),
-                int(LL.llama_memory_seq_pos_max(self.mem, seq)))
+        return (
+            int(LL.llama_memory_seq_pos_min(self.mem, seq)),
+            int(LL.llama_memory_seq_pos_max(self.mem, seq)),
+        )

@@ -3,13 +3,14 @@
 Both are process-global in llama.cpp, which is one more reason the runtime lives in its own
 process: the hooks here belong to that process alone.
 """
+
 from __future__ import annotations
 
 import ctypes
 import logging
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import llama_cpp  # noqa: F401  (installs llama-cpp-python's own log callback, replaced below)
 import llama_cpp.llama_cpp as LL
@@ -21,9 +22,28 @@ _LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNIN
 
 
 MAX_CAPTURE = 2000
-_MEMORY_WORDS = ("size", "n_ctx", "n_seq", "n_batch", "n_ubatch", "flash", "Flash", "cells", "SWA",
-                 "offload", "layer", "swa", "causal", "type_k", "type_v", "kv_unified", "cache",
-                 "n_outputs", "n_rs", "Flash Attention")
+_MEMORY_WORDS = (
+    "size",
+    "n_ctx",
+    "n_seq",
+    "n_batch",
+    "n_ubatch",
+    "flash",
+    "Flash",
+    "cells",
+    "SWA",
+    "offload",
+    "layer",
+    "swa",
+    "causal",
+    "type_k",
+    "type_v",
+    "kv_unified",
+    "cache",
+    "n_outputs",
+    "n_rs",
+    "Flash Attention",
+)
 
 
 def _is_memory_line(message: str) -> bool:
@@ -66,7 +86,11 @@ class NativeLog:
             if level == 1 and not any(k in message for k in self._keep_debug):
                 continue
             if message:
-                if self._capture is not None and len(self._capture) < MAX_CAPTURE and _is_memory_line(message):
+                if (
+                    self._capture is not None
+                    and len(self._capture) < MAX_CAPTURE
+                    and _is_memory_line(message)
+                ):
                     self._capture.append(message)
                 py_level = _LEVELS.get(level, logging.INFO)
                 if py_level >= logging.WARNING:

@@ -6,6 +6,7 @@ lookup in the token history costs nothing and is often right. The index maps eve
 length 1..3 to the position right after its latest occurrence, updated as tokens arrive, so a
 proposal is a dictionary lookup instead of a scan of the whole conversation per step.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -17,8 +18,7 @@ NGRAM_MAX = 3
 class NgramIndex:
     """Token history plus, per n-gram length, n-gram -> index of the token that followed it."""
 
-    def __init__(self, tokens: Iterable[int] = (), n_min: int = NGRAM_MIN,
-                 n_max: int = NGRAM_MAX) -> None:
+    def __init__(self, tokens: Iterable[int] = (), n_min: int = NGRAM_MIN, n_max: int = NGRAM_MAX) -> None:
         self.n_min, self.n_max = n_min, n_max
         self.tokens: list[int] = []
         self._next: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(n_min, n_max + 1)}
@@ -30,7 +30,7 @@ class NgramIndex:
             j = len(toks)  # index of the token being added: it follows the n-grams ending at j-1
             for n, table in self._next.items():
                 if j >= n:
-                    table[tuple(toks[j - n:j])] = j
+                    table[tuple(toks[j - n : j])] = j
             toks.append(int(tok))
 
     def propose(self, n_draft: int) -> list[int]:
@@ -44,5 +44,5 @@ class NgramIndex:
                 continue
             j = self._next[n].get(tuple(toks[-n:]))
             if j is not None:
-                return toks[j:j + n_draft]
+                return toks[j : j + n_draft]
         return []

@@ -18,12 +18,13 @@ contexts share every other setting, and f32 against f32 without flash attention 
 Reference continuations depend only on the model and prompt, so they are kept for the loaded
 model: checking several candidates generates them once. Runs only in the child, on its main thread.
 """
+
 from __future__ import annotations
 
 import ctypes
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
@@ -62,8 +63,17 @@ _REFERENCES = _ReferenceCache()
 class _Context:
     """One llama_context on the loaded model, with a batch big enough for a whole sequence."""
 
-    def __init__(self, m: Model, type_k: str, type_v: str, n_ctx: int, flash_attn: str,
-                 n_threads: int, n_outputs: int, last_problem: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        m: Model,
+        type_k: str,
+        type_v: str,
+        n_ctx: int,
+        flash_attn: str,
+        n_threads: int,
+        n_outputs: int,
+        last_problem: Callable[[], str],
+    ) -> None:
         cp = LL.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_batch = n_ctx  # the teacher-forced sequence goes in as one batch
@@ -80,8 +90,10 @@ class _Context:
         self.ctx = LL.llama_init_from_model(m.model, cp)
         if not self.ctx:
             why = last_problem() or "llama.cpp refused the settings"
-            raise RequestError(ErrorKind.PARAMS, f"could not create a {type_k}/{type_v} context of "
-                                         f"{n_ctx} tokens for the check: {why}")
+            raise RequestError(
+                ErrorKind.PARAMS,
+                f"could not create a {type_k}/{type_v} context of {n_ctx} tokens for the check: {why}",
+            )
         self.n_ctx = int(LL.llama_n_ctx(self.ctx))
         self.batch = LL.llama_batch_init(self.n_ctx, 0, 1)
         self.n_vocab = m.n_vocab
@@ -126,8 +138,14 @@ class _Context:
         first = len(seq) - n_out
         return np.stack([self.row(first + j).copy() for j in range(n_out)])
 
-    def greedy(self, prompt: list[int], n: int, eog: np.ndarray, cancel: threading.Event,
-               follow: list[int] | None = None) -> list[int]:
+    def greedy(
+        self,
+        prompt: list[int],
+        n: int,
+        eog: np.ndarray,
+        cancel: threading.Event,
+        follow: list[int] | None = None,
+    ) -> list[int]:
         """Greedy continuation of up to n tokens, ending after an end-of-generation token.
 
         With ``follow`` it stops at the first token that differs from it: only the position of
@@ -140,8 +158,11 @@ class _Context:
         while True:
             tok = int(np.argmax(self.row(-1)))
             out.append(tok)
-            if len(out) >= n or eog[tok] or (follow is not None and
-                                             (len(out) > len(follow) or follow[len(out) - 1] != tok)):
+            if (
+                len(out) >= n
+                or eog[tok]
+                or (follow is not None and (len(out) > len(follow) or follow[len(out) - 1] != tok))
+            ):
                 return out
             if cancel.is_set():
                 raise RequestError(ErrorKind.CANCELLED, "cancelled")
@@ -153,17 +174,24 @@ def _check_request(req: PrecisionRequest) -> None:
     for t in (req.type_k, req.type_v, req.reference_type_k, req.reference_type_v):
         ggml_type_id(t)  # a clear RequestError for an unknown type
     if req.flash_attn not in FLASH:
-        raise RequestError(ErrorKind.PARAMS, f"flash attention must be auto, on or off, not {req.flash_attn!r}")
+        raise RequestError(
+            ErrorKind.PARAMS, f"flash attention must be auto, on or off, not {req.flash_attn!r}"
+        )
     if req.reference_flash_attn not in FLASH:
-        raise RequestError(ErrorKind.PARAMS, f"flash attention must be auto, on or off, not {req.reference_flash_attn!r}")
+        raise RequestError(
+            ErrorKind.PARAMS, f"flash attention must be auto, on or off, not {req.reference_flash_attn!r}"
+        )
     for v, fa in ((req.type_v, req.flash_attn), (req.reference_type_v, req.reference_flash_attn)):
         if fa == "off" and v not in _FULL_PRECISION:
-            raise RequestError(ErrorKind.PARAMS, f"a quantized V cache ({v}) only works with flash attention on")
+            raise RequestError(
+                ErrorKind.PARAMS, f"a quantized V cache ({v}) only works with flash attention on"
+            )
     if not req.prompts:
         raise RequestError(ErrorKind.PARAMS, "there are no prompts to check")
     if not 1 <= req.n_tokens <= MAX_TOKENS:
-        raise RequestError(ErrorKind.PARAMS, f"the number of tokens must be between 1 and {MAX_TOKENS}, "
-                                     f"not {req.n_tokens}")
+        raise RequestError(
+            ErrorKind.PARAMS, f"the number of tokens must be between 1 and {MAX_TOKENS}, not {req.n_tokens}"
+        )
 
 
 def _text(m: Model, tokens: list[int]) -> str:
@@ -171,8 +199,9 @@ def _text(m: Model, tokens: list[int]) -> str:
     return b"".join(m.piece(t, buf) for t in tokens).decode("utf-8", "replace")
 
 
-def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
-                  cancel: threading.Event) -> PrecisionResult:
+def run_precision(
+    session: LlamaSession, req: PrecisionRequest, emit: Emit, cancel: threading.Event
+) -> PrecisionResult:
     """Compare the candidate cache with the reference on every prompt; see the module docstring."""
     m = session.require()
     _check_request(req)
@@ -198,12 +227,28 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
 
     contexts: list[_Context] = []
     try:
-        ref = _Context(m, req.reference_type_k, req.reference_type_v, n_ctx,
-                       req.reference_flash_attn, n_threads, req.n_tokens, session.log.last_problem)
+        ref = _Context(
+            m,
+            req.reference_type_k,
+            req.reference_type_v,
+            n_ctx,
+            req.reference_flash_attn,
+            n_threads,
+            req.n_tokens,
+            session.log.last_problem,
+        )
         contexts.append(ref)
         n_ctx_used = ref.n_ctx
-        cand = _Context(m, req.type_k, req.type_v, n_ctx, req.flash_attn, n_threads, req.n_tokens,
-                        session.log.last_problem)
+        cand = _Context(
+            m,
+            req.type_k,
+            req.type_v,
+            n_ctx,
+            req.flash_attn,
+            n_threads,
+            req.n_tokens,
+            session.log.last_problem,
+        )
         contexts.append(cand)
         emit(PrecisionProgress(id=req.id, done=0, total=total))
         scores: list[PromptScore] = []
@@ -217,8 +262,17 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
             cand_logits = cand.teacher_forced(toks, continuation)
             step()
             follow = cand.greedy(toks, len(continuation), m.eog, cancel, follow=continuation)
-            scores.append(score_prompt(ref_logits, cand_logits, continuation, follow, len(toks),
-                                       _text(m, continuation), _text(m, follow)))
+            scores.append(
+                score_prompt(
+                    ref_logits,
+                    cand_logits,
+                    continuation,
+                    follow,
+                    len(toks),
+                    _text(m, continuation),
+                    _text(m, follow),
+                )
+            )
             del ref_logits, cand_logits
             step()
     finally:
@@ -226,10 +280,21 @@ def run_precision(session: LlamaSession, req: PrecisionRequest, emit: Emit,
             c.free()
     s = summarize(scores)
     return PrecisionResult(
-        id=req.id, type_k=req.type_k, type_v=req.type_v, reference_type_k=req.reference_type_k,
-        reference_type_v=req.reference_type_v, flash_attn=req.flash_attn, n_ctx=n_ctx_used,
-        n_tokens=req.n_tokens, mean_kl=s.mean_kl, max_kl=s.max_kl, top1_agreement=s.top1_agreement,
-        first_divergence=s.first_divergence, n_positions=s.n_positions,
-        prompts=[sc.to_dict() for sc in scores], elapsed_s=time.perf_counter() - t0,
+        id=req.id,
+        type_k=req.type_k,
+        type_v=req.type_v,
+        reference_type_k=req.reference_type_k,
+        reference_type_v=req.reference_type_v,
+        flash_attn=req.flash_attn,
+        n_ctx=n_ctx_used,
+        n_tokens=req.n_tokens,
+        mean_kl=s.mean_kl,
+        max_kl=s.max_kl,
+        top1_agreement=s.top1_agreement,
+        first_divergence=s.first_divergence,
+        n_positions=s.n_positions,
+        prompts=[sc.to_dict() for sc in scores],
+        elapsed_s=time.perf_counter() - t0,
         reference_cached=all(c is not None for c in cached),
-        reference_flash_attn=req.reference_flash_attn)
+        reference_flash_attn=req.reference_flash_attn,
+    )

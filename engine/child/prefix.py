@@ -11,6 +11,7 @@ The lists live on the Model (sequence 0's is ``Model.cached``, the single-sequen
 prefix cache; the others ``Model.seq_cached``), so they survive between runs of the batch loop
 and are emptied with the cache by ``Model.clear``.
 """
+
 from __future__ import annotations
 
 import llama_cpp.llama_cpp as LL
@@ -31,14 +32,17 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class SeqPrefixes:
     def __init__(self, m: Model, n_seq: int) -> None:
         self.m = m
-        self.kept: list[list[int]] = [m.cached if i == 0 else m.seq_cached.setdefault(i, [])
-                                      for i in range(n_seq)]
+        self.kept: list[list[int]] = [
+            m.cached if i == 0 else m.seq_cached.setdefault(i, []) for i in range(n_seq)
+        ]
 
     def place(self, free: list[int], prompt: list[int]) -> tuple[int, int]:
         """(sequence, prompt tokens already in it) for a new request; the sequence keeps exactly
         those cells (at least one prompt token is left to decode, for its logits)."""
-        i, reuse = max(((i, common_prefix(self.kept[i], prompt)) for i in free),
-                       key=lambda e: (e[1], -len(self.kept[e[0]])))
+        i, reuse = max(
+            ((i, common_prefix(self.kept[i], prompt)) for i in free),
+            key=lambda e: (e[1], -len(self.kept[e[0]])),
+        )
         return i, self._keep(i, min(reuse, len(prompt) - 1))
 
     def _keep(self, seq: int, n: int) -> int:

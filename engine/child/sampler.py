@@ -16,13 +16,15 @@ Split from ``engine.child.decode`` so the hot loop stays short. Runs only in the
   again from what the device kept, or, when that is nothing but end-of-generation tokens,
   the last prompt token is decoded again without the device chain.
 """
+
 from __future__ import annotations
 
 import ctypes
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
@@ -46,8 +48,7 @@ _LIB.llama_get_logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
 Spec = tuple[tuple[Any, ...], ...]
 
 
-def chain_spec(s: SamplingParams, *, device: bool, topk1: bool = False,
-               forbid: tuple[int, ...] = ()) -> Spec:
+def chain_spec(s: SamplingParams, *, device: bool, topk1: bool = False, forbid: tuple[int, ...] = ()) -> Spec:
     """The sampler chain as data, so an attached chain can be compared with the next request's.
 
     Penalties come after top-k: on the full vocabulary they cost one hash lookup per token per
@@ -81,7 +82,8 @@ def build_chain(spec: Spec, n_vocab: int) -> object:
     for name, *args in spec:
         if name == "logit_bias":
             biases = (LL.llama_logit_bias * len(args[0]))(
-                *[LL.llama_logit_bias(t, float("-inf")) for t in args[0]])
+                *[LL.llama_logit_bias(t, float("-inf")) for t in args[0]]
+            )
             smpl = LL.llama_sampler_init_logit_bias(n_vocab, len(args[0]), biases)
         elif name == "penalties":
             last_n, repeat, *rest = args
@@ -98,8 +100,7 @@ def build_chain(spec: Spec, n_vocab: int) -> object:
 def chain_name(chain: object) -> str:
     """llama.cpp's names of the chain's samplers; '+' marks those that run on the device."""
     n = LL.llama_sampler_chain_n(chain)
-    return ",".join(LL.llama_sampler_name(LL.llama_sampler_chain_get(chain, i)).decode()
-                    for i in range(n))
+    return ",".join(LL.llama_sampler_name(LL.llama_sampler_chain_get(chain, i)).decode() for i in range(n))
 
 
 def gpu_present() -> bool:
@@ -112,8 +113,10 @@ def gpu_present() -> bool:
     lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
     lib.ggml_backend_dev_type.restype = ctypes.c_int
     lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    return any(lib.ggml_backend_dev_type(lib.ggml_backend_dev_get(i)) in (1, 2)  # GPU, IGPU
-               for i in range(lib.ggml_backend_dev_count()))
+    return any(
+        lib.ggml_backend_dev_type(lib.ggml_backend_dev_get(i)) in (1, 2)  # GPU, IGPU
+        for i in range(lib.ggml_backend_dev_count())
+    )
 
 
 def argmax_of(m: Model) -> Callable[[], int]:
@@ -230,8 +233,9 @@ class Samplers:
             LL.llama_sampler_free(chain)
         sp.owned.clear()
 
-    def first_token(self, m: Model, sp: Sampling, tokens: list[int], no_empty: bool,
-                     cancel: threading.Event) -> int:
+    def first_token(
+        self, m: Model, sp: Sampling, tokens: list[int], no_empty: bool, cancel: threading.Event
+    ) -> int:
         """The token after the prompt; with ``no_empty`` never an end-of-generation token."""
         ctx = m.ctx
         if sp.first is not None:
@@ -269,8 +273,7 @@ class Samplers:
         rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
         return int(rng.choice(ids[ok], p=probs / probs.sum()))
 
-    def _cpu_first_token(self, m: Model, sp: Sampling, tokens: list[int],
-                         cancel: threading.Event) -> int:
+    def _cpu_first_token(self, m: Model, sp: Sampling, tokens: list[int], cancel: threading.Event) -> int:
         """Rare: every candidate the device kept ends the reply. Decode the last prompt token
         again without the device chain and sample on the CPU with end-of-generation forbidden;
         the rest of this request samples on the CPU, the next one attaches a fresh chain."""
@@ -281,8 +284,7 @@ class Samplers:
         else:  # recurrent state cannot roll back one token (truncate cleared everything)
             m.prefill(tokens, 0, cancel)
         sp.chain = build_chain(chain_spec(sp.params, device=False), m.n_vocab)
-        sp.first = build_chain(chain_spec(sp.params, device=False, forbid=tuple(m.eog_ids)),
-                               m.n_vocab)
+        sp.first = build_chain(chain_spec(sp.params, device=False, forbid=tuple(m.eog_ids)), m.n_vocab)
         sp.owned += [sp.chain, sp.first]
         sp.backend = False
         return self.first_token(m, sp, tokens, True, cancel)

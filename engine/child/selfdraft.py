@@ -20,6 +20,7 @@ kv_unified, swa_full, flash attention, K/V types, n_batch/n_ubatch): an assistan
 count differs aborts the process in ggml_view_4d, and a flash-attention mismatch gives wrong
 drafts silently. It is created after the target, freed before it, recreated with it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -74,9 +75,14 @@ def drafting_params(m: Model, settings: Any, flash: str, ctx_other: Any) -> LL.l
 def preflight(cp: LL.llama_context_params, m: Model) -> None:
     """Refuse, in one sentence, a drafting context that would not follow the target's size."""
     t = m.ctx
-    why = outgrows({"context": int(LL.llama_n_ctx(t)), "sequences": int(LL.llama_n_seq_max(t)),
-                    "batch": int(LL.llama_n_batch(t))},
-                   {"context": int(cp.n_ctx), "sequences": int(cp.n_seq_max), "batch": int(cp.n_batch)})
+    why = outgrows(
+        {
+            "context": int(LL.llama_n_ctx(t)),
+            "sequences": int(LL.llama_n_seq_max(t)),
+            "batch": int(LL.llama_n_batch(t)),
+        },
+        {"context": int(cp.n_ctx), "sequences": int(cp.n_seq_max), "batch": int(cp.n_batch)},
+    )
     if why:
         raise RequestError(ErrorKind.PARAMS, why)
 
@@ -132,13 +138,17 @@ class SelfDraft:
             pos[0] = p
             LL.llama_batch_ext_set_pos(b, idx, pos)
             row = np.ascontiguousarray(h, dtype=np.float32)
-            LL.llama_batch_ext_set_embd_token(b, idx, LL.llama_embd(row.ctypes.data_as(_FLOAT_P), 1, self.n_embd))
+            LL.llama_batch_ext_set_embd_token(
+                b, idx, LL.llama_embd(row.ctypes.data_as(_FLOAT_P), 1, self.n_embd)
+            )
             if out:
                 LL.llama_batch_ext_set_output_logits(b, idx, True)
         rc = LL.llama_process(self.ctx, LL.LLAMA_PROCESS_TYPE_DECODE, b)
         if rc != 0:
-            raise RequestError(ErrorKind.RUNTIME, f"the {self.kind} drafter failed ({what}, code {rc}): "
-                               f"{self.target.log.last_problem()}")
+            raise RequestError(
+                ErrorKind.RUNTIME,
+                f"the {self.kind} drafter failed ({what}, code {rc}): {self.target.log.last_problem()}",
+            )
 
     def _h_for(self, pos: int) -> np.ndarray:
         """The target's hidden state of position pos - 1, or zeros when it is not known (after a
@@ -218,13 +228,14 @@ class SelfDraft:
         """The target's prefill chunk by chunk, each followed by the drafter's catch-up."""
         m = self.target
         for start in range(0, len(tokens), m.n_batch):
-            chunk = tokens[start:start + m.n_batch]
+            chunk = tokens[start : start + m.n_batch]
             m.prefill(chunk, pos0 + start, cancel)
             self.process(chunk, pos0 + start)
 
 
-def create(kind: str, m: Model, settings: Any, flash: str, log: Any, model: Any = None,
-           path: str = "") -> SelfDraft:
+def create(
+    kind: str, m: Model, settings: Any, flash: str, log: Any, model: Any = None, path: str = ""
+) -> SelfDraft:
     """A drafting context for target ``m``: the target's own heads (``model`` None) or an assistant."""
     x = ext()
     if isinstance(x, str):
@@ -232,13 +243,18 @@ def create(kind: str, m: Model, settings: Any, flash: str, log: Any, model: Any 
     dmodel = model if model is not None else m.model
     n_nextn = int(LL.llama_model_n_layer_nextn(dmodel))
     if n_nextn == 0:
-        raise RequestError(ErrorKind.PARAMS, f"{_name(m.path)} has no MTP (nextn) layers, so it cannot draft for "
-                           "itself; drafting is off")
+        raise RequestError(
+            ErrorKind.PARAMS,
+            f"{_name(m.path)} has no MTP (nextn) layers, so it cannot draft for itself; drafting is off",
+        )
     n_embd = int(LL.llama_model_n_embd_out(dmodel))
     t_embd = int(LL.llama_model_n_embd_out(m.model))
     if n_embd != t_embd:
-        raise RequestError(ErrorKind.PARAMS, f"the drafter's output size {n_embd} differs from the target's hidden "
-                           f"size {t_embd}; drafting is off")
+        raise RequestError(
+            ErrorKind.PARAMS,
+            f"the drafter's output size {n_embd} differs from the target's hidden "
+            f"size {t_embd}; drafting is off",
+        )
     cp = drafting_params(m, settings, flash, m.ctx)
     what = "the MTP drafting context" if model is None else f"the assistant's context ({_name(path)})"
     preflight(cp, m)
@@ -246,15 +262,30 @@ def create(kind: str, m: Model, settings: Any, flash: str, log: Any, model: Any 
     ctx = LL.llama_init_from_model(dmodel, cp)
     if not ctx:
         why = describe_allocation_failure(log.recent_errors) or log.last_problem() or "unknown reason"
-        raise RequestError(ErrorKind.PARAMS, f"could not create {what} of {cp.n_ctx} tokens (the target's): {why}")
+        raise RequestError(
+            ErrorKind.PARAMS, f"could not create {what} of {cp.n_ctx} tokens (the target's): {why}"
+        )
     other = x.get_ctx_other(ctx)
     shared = bool(other) and int(other) == int(m.ctx)  # type: ignore[call-overload]  # ctypes handles
-    sd = SelfDraft(kind=kind, x=x, target=m, ctx=ctx, n_embd=n_embd, n_heads=max(1, n_nextn), shared=shared,
-                   n_vocab=int(LL.llama_vocab_n_tokens(LL.llama_model_get_vocab(dmodel))), model=model, path=path)
+    sd = SelfDraft(
+        kind=kind,
+        x=x,
+        target=m,
+        ctx=ctx,
+        n_embd=n_embd,
+        n_heads=max(1, n_nextn),
+        shared=shared,
+        n_vocab=int(LL.llama_vocab_n_tokens(LL.llama_model_get_vocab(dmodel))),
+        model=model,
+        path=path,
+    )
     if int(LL.llama_n_ctx(ctx)) != m.n_ctx:
         sd.free()
-        raise RequestError(ErrorKind.PARAMS, f"{what} got {LL.llama_n_ctx(ctx)} tokens of context, not the "
-                           f"target's {m.n_ctx}; drafting is off")
+        raise RequestError(
+            ErrorKind.PARAMS,
+            f"{what} got {LL.llama_n_ctx(ctx)} tokens of context, not the "
+            f"target's {m.n_ctx}; drafting is off",
+        )
     return sd
 
 

@@ -3,26 +3,28 @@
 Runs only inside the runtime child (``engine.child``): importing this module loads the native
 library, and anything in there may abort the process. The parent never imports it.
 """
+
 from __future__ import annotations
 
 import ctypes
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import llama_cpp  # noqa: F401  (installs its own log callback; engine.child.native_log replaces it)
 import llama_cpp.llama_cpp as LL
 import numpy as np
 import psutil
 
-from engine.plan.alloc_failure import describe_allocation_failure
-from engine.protocol import Loaded, LoadParams, Progress, Stats
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model, flash_type, ggml_type_id
 from engine.child.native_log import NativeLog
 from engine.child.sampler import Samplers
+from engine.plan.alloc_failure import describe_allocation_failure
+from engine.protocol import Loaded, LoadParams, Progress, Stats
 
 Emit = Callable[[object], None]
 
@@ -32,8 +34,13 @@ def _resolved_flash(lines: list[str], asked: str) -> str:
 
     return resolved_flash(lines, asked)
 
-_SPLIT = {"none": LL.LLAMA_SPLIT_MODE_NONE, "layer": LL.LLAMA_SPLIT_MODE_LAYER,
-          "row": LL.LLAMA_SPLIT_MODE_ROW, "tensor": LL.LLAMA_SPLIT_MODE_TENSOR}
+
+_SPLIT = {
+    "none": LL.LLAMA_SPLIT_MODE_NONE,
+    "layer": LL.LLAMA_SPLIT_MODE_LAYER,
+    "row": LL.LLAMA_SPLIT_MODE_ROW,
+    "tensor": LL.LLAMA_SPLIT_MODE_TENSOR,
+}
 
 
 class LlamaSession:
@@ -74,9 +81,18 @@ class LlamaSession:
         t0 = time.perf_counter()
         offload = bool(LL.llama_supports_gpu_offload())
         s = p.settings
-        mp, keep = self.model_params(req_id, p.path, s.n_gpu_layers, offload, cancel, split_mode=s.split_mode,
-                                     main_gpu=s.main_gpu, tensor_split=s.tensor_split, dry_run=p.dry_run,
-                                     load_mtp=s.mtp)
+        mp, keep = self.model_params(
+            req_id,
+            p.path,
+            s.n_gpu_layers,
+            offload,
+            cancel,
+            split_mode=s.split_mode,
+            main_gpu=s.main_gpu,
+            tensor_split=s.tensor_split,
+            dry_run=p.dry_run,
+            load_mtp=s.mtp,
+        )
         self.log.start_capture()
         self.log.recent_errors = []  # a sentence about this load must not quote an older one
         try:
@@ -84,8 +100,11 @@ class LlamaSession:
             if not model:
                 if cancel.is_set():
                     raise RequestError(ErrorKind.CANCELLED, "loading was cancelled")
-                why = (describe_allocation_failure(self.log.recent_errors)
-                       or self.log.last_problem() or "llama.cpp refused the file")
+                why = (
+                    describe_allocation_failure(self.log.recent_errors)
+                    or self.log.last_problem()
+                    or "llama.cpp refused the file"
+                )
                 raise RequestError(ErrorKind.MODEL, f"could not load {os.path.basename(p.path)}: {why}")
             try:
                 loaded = self._create_context(req_id, p, model, offload, mp.n_gpu_layers, t0)
@@ -101,16 +120,28 @@ class LlamaSession:
             self.unload()
         return loaded
 
-    def model_params(self, req_id: int, path: str, n_gpu_layers: int, offload: bool,
-                     cancel: threading.Event, *, split_mode: str = "layer", main_gpu: int = 0,
-                     tensor_split: tuple[float, ...] = (), dry_run: bool = False, load_mtp: bool = False
-                     ) -> tuple[LL.llama_model_params, list[object]]:
+    def model_params(
+        self,
+        req_id: int,
+        path: str,
+        n_gpu_layers: int,
+        offload: bool,
+        cancel: threading.Event,
+        *,
+        split_mode: str = "layer",
+        main_gpu: int = 0,
+        tensor_split: tuple[float, ...] = (),
+        dry_run: bool = False,
+        load_mtp: bool = False,
+    ) -> tuple[LL.llama_model_params, list[object]]:
         """llama_model_params plus the ctypes objects that must outlive the load call; load
         progress goes out as Progress events of ``req_id`` and stops the load on ``cancel``."""
         mp = LL.llama_model_default_params()
         mp.n_gpu_layers = (999 if n_gpu_layers < 0 else n_gpu_layers) if offload else 0
         if split_mode not in _SPLIT:
-            raise RequestError(ErrorKind.PARAMS, f"split mode must be none, layer, row or tensor, not {split_mode!r}")
+            raise RequestError(
+                ErrorKind.PARAMS, f"split mode must be none, layer, row or tensor, not {split_mode!r}"
+            )
         mp.split_mode = _SPLIT[split_mode]
         mp.main_gpu = main_gpu
         mp.load_mtp = load_mtp  # nextn layers: skipped unless a drafting context will use them
@@ -140,8 +171,9 @@ class LlamaSession:
         keep.append(progress_cb)
         return mp, keep
 
-    def _create_context(self, req_id: int, p: LoadParams, model: object, offload: bool,
-                        n_gpu_layers: int, t0: float) -> Loaded:
+    def _create_context(
+        self, req_id: int, p: LoadParams, model: object, offload: bool, n_gpu_layers: int, t0: float
+    ) -> Loaded:
         s = p.settings
         n_ctx_train = int(LL.llama_model_n_ctx_train(model))
         cp = LL.llama_context_default_params()
@@ -160,29 +192,51 @@ class LlamaSession:
         cp.n_rs_seq = max(0, s.n_rs_seq)
         ctx = LL.llama_init_from_model(model, cp)
         if not ctx:
-            why = (describe_allocation_failure(self.log.recent_errors)
-                   or self.log.last_problem() or "unknown reason")
-            raise RequestError(ErrorKind.PARAMS, f"could not create a context of {cp.n_ctx or n_ctx_train} tokens: {why}")
+            why = (
+                describe_allocation_failure(self.log.recent_errors)
+                or self.log.last_problem()
+                or "unknown reason"
+            )
+            raise RequestError(
+                ErrorKind.PARAMS, f"could not create a context of {cp.n_ctx or n_ctx_train} tokens: {why}"
+            )
         vocab = LL.llama_model_get_vocab(model)
         n_vocab = int(LL.llama_vocab_n_tokens(vocab))
-        eog = np.fromiter((bool(LL.llama_vocab_is_eog(vocab, i)) for i in range(n_vocab)),
-                          dtype=bool, count=n_vocab)
+        eog = np.fromiter(
+            (bool(LL.llama_vocab_is_eog(vocab, i)) for i in range(n_vocab)), dtype=bool, count=n_vocab
+        )
         m = self.model = Model(
-            model=model, ctx=ctx, vocab=vocab, mem=LL.llama_get_memory(ctx),
-            batch=LL.llama_batch_init(cp.n_batch, 0, 1), n_ctx=int(LL.llama_n_ctx(ctx)),
-            n_batch=int(cp.n_batch), n_vocab=n_vocab, eog=eog,
-            eog_ids=[int(i) for i in np.flatnonzero(eog)], bos=int(LL.llama_vocab_bos(vocab)),
-            path=p.path, log=self.log,
+            model=model,
+            ctx=ctx,
+            vocab=vocab,
+            mem=LL.llama_get_memory(ctx),
+            batch=LL.llama_batch_init(cp.n_batch, 0, 1),
+            n_ctx=int(LL.llama_n_ctx(ctx)),
+            n_batch=int(cp.n_batch),
+            n_vocab=n_vocab,
+            eog=eog,
+            eog_ids=[int(i) for i in np.flatnonzero(eog)],
+            bos=int(LL.llama_vocab_bos(vocab)),
+            path=p.path,
+            log=self.log,
         )
         desc = ctypes.create_string_buffer(256)
         LL.llama_model_desc(model, desc, len(desc))
         return Loaded(
-            id=req_id, path=p.path, description=desc.value.decode("utf-8", "replace"),
-            n_ctx=m.n_ctx, n_ctx_train=n_ctx_train, n_ctx_seq=m.n_ctx_seq,
-            n_vocab=n_vocab, n_params=int(LL.llama_model_n_params(model)),
-            model_bytes=int(LL.llama_model_size(model)), n_gpu_layers=n_gpu_layers,
-            gpu_offload=offload, recurrent=bool(LL.llama_model_is_recurrent(model)),
-            hybrid=bool(LL.llama_model_is_hybrid(model)), n_threads=threads,
+            id=req_id,
+            path=p.path,
+            description=desc.value.decode("utf-8", "replace"),
+            n_ctx=m.n_ctx,
+            n_ctx_train=n_ctx_train,
+            n_ctx_seq=m.n_ctx_seq,
+            n_vocab=n_vocab,
+            n_params=int(LL.llama_model_n_params(model)),
+            model_bytes=int(LL.llama_model_size(model)),
+            n_gpu_layers=n_gpu_layers,
+            gpu_offload=offload,
+            recurrent=bool(LL.llama_model_is_recurrent(model)),
+            hybrid=bool(LL.llama_model_is_hybrid(model)),
+            n_threads=threads,
             load_s=time.perf_counter() - t0,
             chat_template=(LL.llama_model_chat_template(model, None) or b"").decode("utf-8", "replace"),
             bos_text=m.token_text(int(LL.llama_vocab_bos(vocab))),
@@ -239,8 +293,22 @@ class LlamaSession:
         rss = psutil.Process().memory_info().rss
         m = self.model
         if m is None:
-            return Stats(id=req_id, loaded=False, n_ctx=0, kv_pos_min=-1, kv_pos_max=-1,
-                         n_cached_tokens=0, rss_bytes=rss)
+            return Stats(
+                id=req_id,
+                loaded=False,
+                n_ctx=0,
+                kv_pos_min=-1,
+                kv_pos_max=-1,
+                n_cached_tokens=0,
+                rss_bytes=rss,
+            )
         lo, hi = m.pos_range(0)
-        return Stats(id=req_id, loaded=True, n_ctx=m.n_ctx, kv_pos_min=lo, kv_pos_max=hi,
-                     n_cached_tokens=len(m.cached), rss_bytes=rss)
+        return Stats(
+            id=req_id,
+            loaded=True,
+            n_ctx=m.n_ctx,
+            kv_pos_min=lo,
+            kv_pos_max=hi,
+            n_cached_tokens=len(m.cached),
+            rss_bytes=rss,
+        )

@@ -7,6 +7,7 @@ the start of a stop string is held back, so a streaming client never receives pa
 string it asked to stop before; the held text is released as soon as it can no longer match.
 The sampler chains are the single-sequence loop's CPU chains (``chain_spec``), one per request.
 """
+
 from __future__ import annotations
 
 import threading
@@ -38,7 +39,7 @@ class StopText:
         if self.stops:
             hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
             if hits:
-                self.text = self.text[:min(hits)]
+                self.text = self.text[: min(hits)]
                 self.stopped = True
         return self.stopped
 
@@ -57,17 +58,18 @@ class StopText:
         end = len(self.text) if self.stopped else len(self.text) - self._held()
         if end <= self.sent:
             return ""
-        out, self.sent = self.text[self.sent:end], end
+        out, self.sent = self.text[self.sent : end], end
         return out
 
     def rest(self) -> str:
         """Everything not sent yet (the reply has ended: nothing can match any more)."""
-        out, self.sent = self.text[self.sent:], len(self.text)
+        out, self.sent = self.text[self.sent :], len(self.text)
         return out
 
 
-def sampler_specs(s: SamplingParams, sampling: dict[str, Any], eog: tuple[int, ...],
-                  no_empty: bool) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
+def sampler_specs(
+    s: SamplingParams, sampling: dict[str, Any], eog: tuple[int, ...], no_empty: bool
+) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
     """(main chain, first-token chain) as data; main None means greedy by argmax.
 
     The layouts are the single-sequence loop's CPU chains (``chain_spec``), so a greedy reply
@@ -125,4 +127,3 @@ class Slot:
     n_reused: int = 0  # prompt tokens whose KV this sequence already held (prefix reuse)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     pending_lp: list[dict[str, Any]] = field(default_factory=list)
-

@@ -15,6 +15,7 @@ output has exactly the target's distribution, and that is a property of these fe
 * :func:`greedy_token` is what plain greedy decoding picks, so greedy speculation can compare
   the verify rows with the drafts token for token.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,13 +28,12 @@ from engine.core.sampling import SamplingParams
 GREEDY_PENALTY_TOP_K = 64
 
 
-def _penalise(ids: np.ndarray, vals: np.ndarray, s: SamplingParams,
-              history: Sequence[int]) -> None:
+def _penalise(ids: np.ndarray, vals: np.ndarray, s: SamplingParams, history: Sequence[int]) -> None:
     """llama.cpp's repetition penalty (frequency and presence are 0 in KV Deck), in place:
     a positive logit is divided by the penalty, a negative one multiplied."""
     if s.repeat_penalty == 1.0 or not history or s.repeat_last_n <= 0:
         return
-    recent = np.fromiter(history[-s.repeat_last_n:], dtype=np.int64)
+    recent = np.fromiter(history[-s.repeat_last_n :], dtype=np.int64)
     hit = np.isin(ids, recent)
     if hit.any():
         v = vals[hit]
@@ -52,8 +52,13 @@ def _softmax(vals: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def final_distribution(logits: np.ndarray, s: SamplingParams, history: Sequence[int] = (),
-                       n: int = 0, forbid: np.ndarray | None = None) -> np.ndarray:
+def final_distribution(
+    logits: np.ndarray,
+    s: SamplingParams,
+    history: Sequence[int] = (),
+    n: int = 0,
+    forbid: np.ndarray | None = None,
+) -> np.ndarray:
     """The probabilities the plain chain samples from, over ``max(n, len(logits))`` ids.
 
     ``history`` holds the tokens generated so far (the penalty window's source); ``forbid``
@@ -89,8 +94,9 @@ def sample(p: np.ndarray, rng: np.random.Generator) -> int:
     return int(support[min(i, support.shape[0] - 1)])
 
 
-def accept_or_resample(p: np.ndarray, q: np.ndarray | None, token: int,
-                       rng: np.random.Generator) -> tuple[bool, int]:
+def accept_or_resample(
+    p: np.ndarray, q: np.ndarray | None, token: int, rng: np.random.Generator
+) -> tuple[bool, int]:
     """Speculative sampling for one drafted ``token`` drawn from ``q`` (None: q = one-hot).
 
     Returns (accepted, token to emit). Accepted with probability min(1, p/q); on rejection the
@@ -113,8 +119,9 @@ def accept_or_resample(p: np.ndarray, q: np.ndarray | None, token: int,
     return False, sample(residual, rng)
 
 
-def greedy_token(logits: np.ndarray, s: SamplingParams, history: Sequence[int] = (),
-                 forbid: np.ndarray | None = None) -> int:
+def greedy_token(
+    logits: np.ndarray, s: SamplingParams, history: Sequence[int] = (), forbid: np.ndarray | None = None
+) -> int:
     """What plain greedy decoding picks from this row (numpy argmax: first of equal maxima)."""
     x = logits
     if forbid is not None:

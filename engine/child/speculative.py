@@ -30,6 +30,7 @@ C++ (``common/``) and unreachable from Python, and the draft's context must be t
 Recurrent and hybrid targets are refused: their state cannot be rolled back past a rejected
 draft token without checkpoints, and a wrong rollback would silently corrupt the reply.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -43,16 +44,17 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine.child.assistant import is_assistant, load_assistant
-from engine.child.draft import Draft, draft_for, load_draft as _load_draft_model, refuse_rollback_less, unload_draft
-from engine.child.selfdraft import SelfDraft
+from engine.child.draft import Draft, draft_for, refuse_rollback_less, unload_draft
+from engine.child.draft import load_draft as _load_draft_model
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
-from engine.child.sampler import gpu_present
-from engine.child.session import LlamaSession
 from engine.child.ngram import NgramIndex
-from engine.protocol import Delta, Done, DraftLoaded, GenerateRequest, LoadDraftRequest, Started
-from engine.core.sampling import RANDOM_SEED, SamplingParams
+from engine.child.sampler import gpu_present
+from engine.child.selfdraft import SelfDraft
+from engine.child.session import LlamaSession
 from engine.child.spec_sampling import accept_or_resample, final_distribution, greedy_token, sample
+from engine.core.sampling import RANDOM_SEED, SamplingParams
+from engine.protocol import Delta, Done, DraftLoaded, GenerateRequest, LoadDraftRequest, Started
 
 __all__ = ["MODES", "generate_speculative", "load_draft", "unload_draft"]
 
@@ -97,8 +99,11 @@ def _self_drafter(session: LlamaSession, m: Model, mode: str) -> SelfDraft | Non
     if mode == "mtp":
         sd = session.mtp
         if sd is None:
-            raise RequestError(ErrorKind.STATE, "this model was not loaded with its MTP heads (settings.mtp, "
-                               "kvdeck --mtp), so it cannot draft for itself")
+            raise RequestError(
+                ErrorKind.STATE,
+                "this model was not loaded with its MTP heads (settings.mtp, "
+                "kvdeck --mtp), so it cannot draft for itself",
+            )
         return sd
     d = session.draft
     if mode == "model" and isinstance(d, SelfDraft):
@@ -127,8 +132,16 @@ def _common(a: list[int], b: list[int], start: int) -> int:
 class _Run:
     """One speculative request: state shared by the rounds (draft, verify, accept, emit)."""
 
-    def __init__(self, session: LlamaSession, m: Model, draft: Draft | None, req: GenerateRequest,
-                 s: SamplingParams, cancel: threading.Event, sd: SelfDraft | None = None) -> None:
+    def __init__(
+        self,
+        session: LlamaSession,
+        m: Model,
+        draft: Draft | None,
+        req: GenerateRequest,
+        s: SamplingParams,
+        cancel: threading.Event,
+        sd: SelfDraft | None = None,
+    ) -> None:
         self.session, self.m, self.draft, self.req, self.s, self.cancel = session, m, draft, req, s, cancel
         self.sd = sd
         self.rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
@@ -161,13 +174,14 @@ class _Run:
     # ------------------------------------------------------------------ helpers
     def _penalty_history(self, extra: list[int]) -> list[int]:
         s = self.s
-        return [] if s.repeat_penalty == 1.0 else self.out[-s.repeat_last_n:] + extra
+        return [] if s.repeat_penalty == 1.0 else self.out[-s.repeat_last_n :] + extra
 
     def _row(self, ctx: Any, n_vocab: int) -> np.ndarray:
         return np.ctypeslib.as_array(LL.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
 
-    def _pick(self, row: np.ndarray, extra: list[int], forbid: np.ndarray | None = None
-              ) -> tuple[int, np.ndarray | None]:
+    def _pick(
+        self, row: np.ndarray, extra: list[int], forbid: np.ndarray | None = None
+    ) -> tuple[int, np.ndarray | None]:
         """A token from one row as the plain sampler would draw it, and its distribution."""
         hist = self._penalty_history(extra)
         if self.s.greedy:
@@ -188,9 +202,16 @@ class _Run:
         if not self.req.stream or not (final or now - self.last_flush >= _DELTA_INTERVAL_S):
             return
         if self.pending or len(self.text) > self.flushed:
-            self.session.emit(Delta(id=self.req.id, text="".join(self.text[self.flushed:]),
-                                     tokens=self.pending, n_past=n_past, n_drafted=self.n_drafted,
-                                     n_accepted=self.n_accepted))
+            self.session.emit(
+                Delta(
+                    id=self.req.id,
+                    text="".join(self.text[self.flushed :]),
+                    tokens=self.pending,
+                    n_past=n_past,
+                    n_drafted=self.n_drafted,
+                    n_accepted=self.n_accepted,
+                )
+            )
         self.flushed, self.pending, self.last_flush = len(self.text), [], now
 
     # ------------------------------------------------------------------ proposing
@@ -199,7 +220,7 @@ class _Run:
         assert d is not None
         b, n_batch = d.batch, int(LL.llama_n_batch(d.ctx))
         for start in range(0, len(tokens), n_batch):
-            chunk = tokens[start:start + n_batch]
+            chunk = tokens[start : start + n_batch]
             for i, tok in enumerate(chunk):
                 b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos0 + start + i, 1, 0
                 b.seq_id[i][0] = 0
@@ -239,7 +260,7 @@ class _Run:
         drafts = self.ngram.propose(k)
         for i, tok in enumerate(drafts):
             if tok in self.eog:
-                return drafts[:i + 1]
+                return drafts[: i + 1]
         return drafts
 
     # ------------------------------------------------------------------ verifying
@@ -360,11 +381,22 @@ class _Run:
         decode_s = time.perf_counter() - t_first
         n_decoded = len(hist) - len(tokens)
         return Done(
-            id=self.req.id, text="".join(self.text), tokens=self.out, n_prompt=len(tokens),
-            n_reused=n_reused, stop_reason=stop, prefill_s=t_prefill - t0, first_token_s=t_first - t0,
-            decode_s=decode_s, tokens_per_s=n_decoded / decode_s if n_decoded and decode_s > 0 else 0.0,
-            draft=self.req.draft, n_drafted=self.n_drafted, n_accepted=self.n_accepted,
+            id=self.req.id,
+            text="".join(self.text),
+            tokens=self.out,
+            n_prompt=len(tokens),
+            n_reused=n_reused,
+            stop_reason=stop,
+            prefill_s=t_prefill - t0,
+            first_token_s=t_first - t0,
+            decode_s=decode_s,
+            tokens_per_s=n_decoded / decode_s if n_decoded and decode_s > 0 else 0.0,
+            draft=self.req.draft,
+            n_drafted=self.n_drafted,
+            n_accepted=self.n_accepted,
             n_target_decodes=self.n_decodes,
             acceptance=self.n_accepted / self.n_drafted if self.n_drafted else 0.0,
             mean_accepted=self.n_accepted / self.n_verify if self.n_verify else 0.0,
-            drafted_at=list(self.drafted_at), accepted_at=list(self.accepted_at))
+            drafted_at=list(self.drafted_at),
+            accepted_at=list(self.accepted_at),
+        )

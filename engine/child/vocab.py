@@ -1,4 +1,5 @@
 """Read a model's vocabulary with llama.cpp itself (vocab-only load: no weights). Child side."""
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,14 @@ def vocab_facts(path: str) -> VocabFacts:
         n = int(LL.llama_vocab_n_tokens(vocab))
         texts = [LL.llama_vocab_get_text(vocab, i) or b"" for i in range(SPEC_VOCAB_CHECK_START_TOKEN_ID, n)]
         return VocabFacts(
-            vocab_type=int(LL.llama_vocab_type(vocab)), n_vocab=n,
-            add_bos=bool(LL.llama_vocab_get_add_bos(vocab)), add_eos=bool(LL.llama_vocab_get_add_eos(vocab)),
-            bos=int(LL.llama_vocab_bos(vocab)), eos=int(LL.llama_vocab_eos(vocab)), texts=texts)
+            vocab_type=int(LL.llama_vocab_type(vocab)),
+            n_vocab=n,
+            add_bos=bool(LL.llama_vocab_get_add_bos(vocab)),
+            add_eos=bool(LL.llama_vocab_get_add_eos(vocab)),
+            bos=int(LL.llama_vocab_bos(vocab)),
+            eos=int(LL.llama_vocab_eos(vocab)),
+            texts=texts,
+        )
     finally:
         LL.llama_model_free(model)
 

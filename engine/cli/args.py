@@ -1,4 +1,5 @@
 """Argument helpers every command shares."""
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ path, so the numbers can be set beside ``llama-bench -p N -n N -d N`` on the sam
 prompt processing (random tokens in one sequence), tg decode at a depth, both as the mean
 tokens/s over repetitions after one warm-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from engine.core.memory_types import PlanSettings
 from engine.core.errors import KvDeckError, ModelFileError
-from engine.core.memory_types import KV_TYPES
-from engine.protocol import BenchResult, Hello, Loaded, LoadParams
+from engine.core.memory_types import KV_TYPES, PlanSettings
 from engine.core.sampling import PRESETS
+from engine.protocol import BenchResult, Hello, Loaded, LoadParams
 
 #: engine.child.sampler.SAMPLER_MODES (the parent never imports llama.cpp, so it is repeated here).
 SAMPLERS = ("auto", "backend", "backend-topk1", "cpu", "cpu-chain")
@@ -38,19 +38,35 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: physical cores)")
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--ubatch", type=int, default=512)
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="sample with a preset (default: greedy, as llama-bench compares with)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="auto",
-                   help="sampling path (default auto: greedy as a numpy argmax, other chains on "
-                        "the device when there is a GPU)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="sample with a preset (default: greedy, as llama-bench compares with)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="auto",
+        help="sampling path (default auto: greedy as a numpy argmax, other chains on "
+        "the device when there is a GPU)",
+    )
     p.add_argument("--json", action="store_true")
     spec = p.add_mutually_exclusive_group()  # speculative decoding: plain against drafted decode
-    spec.add_argument("--draft", default=None, metavar="PATH",
-                      help="also measure decoding with this draft model, and the speed-up")
+    spec.add_argument(
+        "--draft",
+        default=None,
+        metavar="PATH",
+        help="also measure decoding with this draft model, and the speed-up",
+    )
     spec.add_argument("--lookup", action="store_true", help="also measure n-gram lookup drafting")
     p.add_argument("--draft-max", type=int, default=8, help="most tokens drafted per step (default 8)")
-    p.add_argument("--prompt", default=None, help="the chat prompt of the drafting comparison "
-                   "(default: an essay request; quoting tasks favour --lookup)")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="the chat prompt of the drafting comparison "
+        "(default: an essay request; quoting tasks favour --lookup)",
+    )
 
 
 def _check(args: argparse.Namespace) -> str:
@@ -86,23 +102,43 @@ def _stats(samples: list[float]) -> tuple[float | None, float | None]:
     return round(statistics.fmean(samples), 3), round(sd, 3)
 
 
-def bench_json(path: str, hello: Hello | None, loaded: Loaded, res: BenchResult,
-               settings: dict[str, Any]) -> dict[str, Any]:
+def bench_json(
+    path: str, hello: Hello | None, loaded: Loaded, res: BenchResult, settings: dict[str, Any]
+) -> dict[str, Any]:
     pp_mean, pp_sd = _stats(res.pp_tokens_per_s)
     tg_mean, tg_sd = _stats(res.tg_tokens_per_s)
     info = hello.system_info if hello else ""
     return {
         "model": path,
-        "pp": {"n": res.n_prompt, "depth": res.depth, "tokens_per_s": pp_mean, "stddev": pp_sd,
-               "samples": [round(x, 3) for x in res.pp_tokens_per_s]},
-        "tg": {"n": res.n_gen, "depth": res.depth, "tokens_per_s": tg_mean, "stddev": tg_sd,
-               "samples": [round(x, 3) for x in res.tg_tokens_per_s]},
-        "settings": {**settings, "n_ctx": res.n_ctx, "n_threads": res.n_threads,
-                     "n_gpu_layers": loaded.n_gpu_layers, "repetitions": res.repetitions,
-                     "sampler": res.sampler, "backend_sampling": res.backend_sampling},
-        "device": {"devices": res.devices, "gpu_offload": loaded.gpu_offload,
-                   "llama_cpp_python": hello.llama_cpp_python if hello else "",
-                   "cuda_graphs": "USE_GRAPHS = 1" in info if "CUDA" in info else None},
+        "pp": {
+            "n": res.n_prompt,
+            "depth": res.depth,
+            "tokens_per_s": pp_mean,
+            "stddev": pp_sd,
+            "samples": [round(x, 3) for x in res.pp_tokens_per_s],
+        },
+        "tg": {
+            "n": res.n_gen,
+            "depth": res.depth,
+            "tokens_per_s": tg_mean,
+            "stddev": tg_sd,
+            "samples": [round(x, 3) for x in res.tg_tokens_per_s],
+        },
+        "settings": {
+            **settings,
+            "n_ctx": res.n_ctx,
+            "n_threads": res.n_threads,
+            "n_gpu_layers": loaded.n_gpu_layers,
+            "repetitions": res.repetitions,
+            "sampler": res.sampler,
+            "backend_sampling": res.backend_sampling,
+        },
+        "device": {
+            "devices": res.devices,
+            "gpu_offload": loaded.gpu_offload,
+            "llama_cpp_python": hello.llama_cpp_python if hello else "",
+            "cuda_graphs": "USE_GRAPHS = 1" in info if "CUDA" in info else None,
+        },
         "description": loaded.description,
         "graph_reuse": round(res.graph_reuse, 4),
         "warmup_s": round(res.warmup_s, 3),
@@ -113,8 +149,10 @@ def bench_json(path: str, hello: Hello | None, loaded: Loaded, res: BenchResult,
 def print_bench(data: dict[str, Any]) -> None:
     s = data["settings"]
     gpu = [d for d in data["device"]["devices"] if not d.startswith("CPU")]
-    print(f"{data['model']}\n  {data['description']}; K {s['type_k']}, V {s['type_v']}, flash "
-          f"attention {s['flash_attn']}, {s['n_threads']} threads, {'; '.join(gpu) or 'CPU only'}")
+    print(
+        f"{data['model']}\n  {data['description']}; K {s['type_k']}, V {s['type_v']}, flash "
+        f"attention {s['flash_attn']}, {s['n_threads']} threads, {'; '.join(gpu) or 'CPU only'}"
+    )
     for key in ("pp", "tg"):
         row = data[key]
         if row["n"] and row["tokens_per_s"] is not None:
@@ -125,10 +163,12 @@ def print_bench(data: dict[str, Any]) -> None:
     spec = data.get("speculative")
     if spec:
         same = "identical output" if spec["identical"] else "OUTPUT DIFFERS"
-        print(f"  chat reply, plain {data['plain_tg_tokens_per_s']:.2f} tokens/s, {spec['mode']} drafting "
-              f"{data['spec_tg_tokens_per_s']:.2f} tokens/s: speed-up {data['speedup']:.2f}x; "
-              f"acceptance {data['acceptance']:.0%}, {spec['tokens_per_target_decode']} tokens per "
-              f"target decode; {same}")
+        print(
+            f"  chat reply, plain {data['plain_tg_tokens_per_s']:.2f} tokens/s, {spec['mode']} drafting "
+            f"{data['spec_tg_tokens_per_s']:.2f} tokens/s: speed-up {data['speedup']:.2f}x; "
+            f"acceptance {data['acceptance']:.0%}, {spec['tokens_per_target_decode']} tokens per "
+            f"target decode; {same}"
+        )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -138,20 +178,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = _check(args)
     inspect_gguf(path)  # a clear error for a bad file before any process starts
     sampling = PRESETS[args.preset] if args.preset else None
-    settings = {"type_k": args.cache_type_k, "type_v": args.cache_type_v,
-                "flash_attn": args.flash_attn, "n_batch": args.batch, "n_ubatch": args.ubatch,
-                "sampling": sampling.to_dict() if sampling else "greedy"}
+    settings = {
+        "type_k": args.cache_type_k,
+        "type_v": args.cache_type_v,
+        "flash_attn": args.flash_attn,
+        "n_batch": args.batch,
+        "n_ubatch": args.ubatch,
+        "sampling": sampling.to_dict() if sampling else "greedy",
+    }
     drafting = bool(args.draft or args.lookup)
     with RuntimeHost() as host:
         hello = host.hello
         assert hello is not None
         n_ctx = context_for(args.pp, args.tg, args.depth) + (SPEC_PROMPT_ROOM if drafting else 0)
-        plan = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, n_batch=args.batch,
-                            n_ubatch=args.ubatch, flash_attn=args.flash_attn,
-                            type_k=args.cache_type_k, type_v=args.cache_type_v)
+        plan = PlanSettings(
+            n_ctx=n_ctx,
+            n_gpu_layers=args.n_gpu_layers,
+            n_batch=args.batch,
+            n_ubatch=args.ubatch,
+            flash_attn=args.flash_attn,
+            type_k=args.cache_type_k,
+            type_v=args.cache_type_v,
+        )
         loaded = host.load(LoadParams(path=path, settings=plan, n_threads=args.threads))
-        res = host.bench(args.pp, args.tg, args.depth, args.reps, sampling=sampling,
-                         sampler=args.sampler)
+        res = host.bench(args.pp, args.tg, args.depth, args.reps, sampling=sampling, sampler=args.sampler)
         spec = spec_bench(host, loaded, args) if drafting else None
     data = bench_json(path, hello, loaded, res, settings)
     if spec is not None:
@@ -162,8 +212,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- speculative decoding
 #: A reply long enough for --tg tokens; the same prompt for plain and drafted decoding.
-SPEC_PROMPT = ("Write a detailed, multi-paragraph essay about the history of bread: its origins, "
-               "how baking spread across the world, and how bread is made today.")
+SPEC_PROMPT = (
+    "Write a detailed, multi-paragraph essay about the history of bread: its origins, "
+    "how baking spread across the world, and how bread is made today."
+)
 SPEC_PROMPT_ROOM = 256
 
 
@@ -182,8 +234,9 @@ def spec_bench(host: Any, loaded: Loaded, args: argparse.Namespace) -> dict[str,
     mode = "model" if args.draft else "lookup"
     draft_info = None
     if args.draft:
-        draft_info = host.load_draft(str(Path(args.draft).expanduser()), n_gpu_layers=args.n_gpu_layers,
-                                     flash_attn=args.flash_attn)
+        draft_info = host.load_draft(
+            str(Path(args.draft).expanduser()), n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn
+        )
     prompt = conversation_prompt(loaded, "", [ChatMessage("user", args.prompt or SPEC_PROMPT)]).text
     for draft in ("", mode):  # warm-up: prefix cache, graphs, the draft's catch-up
         host.generate(prompt, max_tokens=4, sampling=greedy, draft=draft, draft_max=args.draft_max)
@@ -197,12 +250,25 @@ def spec_bench(host: Any, loaded: Loaded, args: argparse.Namespace) -> dict[str,
         plain.append(max(0, len(a.tokens) - 1) / a.decode_s if a.decode_s > 0 else 0.0)
         drafted.append(max(0, len(b.tokens) - 1) / b.decode_s if b.decode_s > 0 else 0.0)
         identical = identical and a.tokens == b.tokens
-        counts = [counts[0] + b.n_drafted, counts[1] + b.n_accepted, counts[2] + b.n_target_decodes,
-                  counts[3] + len(b.tokens)]
-    return {"mode": mode, "draft": args.draft or "", "plain": plain, "spec": drafted,
-            "identical": identical, "n_drafted": counts[0], "n_accepted": counts[1],
-            "n_target_decodes": counts[2], "n_tokens": counts[3], "draft_max": args.draft_max,
-            "draft_n_ctx": draft_info.n_ctx if draft_info else None}
+        counts = [
+            counts[0] + b.n_drafted,
+            counts[1] + b.n_accepted,
+            counts[2] + b.n_target_decodes,
+            counts[3] + len(b.tokens),
+        ]
+    return {
+        "mode": mode,
+        "draft": args.draft or "",
+        "plain": plain,
+        "spec": drafted,
+        "identical": identical,
+        "n_drafted": counts[0],
+        "n_accepted": counts[1],
+        "n_target_decodes": counts[2],
+        "n_tokens": counts[3],
+        "draft_max": args.draft_max,
+        "draft_n_ctx": draft_info.n_ctx if draft_info else None,
+    }
 
 
 def spec_summary(data: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -212,14 +278,30 @@ def spec_summary(data: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     speedup = round(fast / plain, 3) if plain and fast else None
     acceptance = round(spec["n_accepted"] / spec["n_drafted"], 4) if spec["n_drafted"] else 0.0
     return {
-        "pp_tokens_per_s": data["pp"]["tokens_per_s"], "tg_tokens_per_s": data["tg"]["tokens_per_s"],
-        "plain_tg_tokens_per_s": plain, "spec_tg_tokens_per_s": fast, "speedup": speedup,
+        "pp_tokens_per_s": data["pp"]["tokens_per_s"],
+        "tg_tokens_per_s": data["tg"]["tokens_per_s"],
+        "plain_tg_tokens_per_s": plain,
+        "spec_tg_tokens_per_s": fast,
+        "speedup": speedup,
         "acceptance": acceptance,
         "speculative": {
-            **{k: spec[k] for k in ("mode", "draft", "draft_max", "draft_n_ctx", "identical",
-                                    "n_drafted", "n_accepted", "n_target_decodes")},
+            **{
+                k: spec[k]
+                for k in (
+                    "mode",
+                    "draft",
+                    "draft_max",
+                    "draft_n_ctx",
+                    "identical",
+                    "n_drafted",
+                    "n_accepted",
+                    "n_target_decodes",
+                )
+            },
             "tokens_per_target_decode": round(spec["n_tokens"] / spec["n_target_decodes"], 3)
-            if spec["n_target_decodes"] else None,
+            if spec["n_target_decodes"]
+            else None,
             "plain_samples": [round(x, 3) for x in spec["plain"]],
-            "spec_samples": [round(x, 3) for x in spec["spec"]]},
+            "spec_samples": [round(x, 3) for x in spec["spec"]],
+        },
     }

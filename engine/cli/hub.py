@@ -1,5 +1,6 @@
 """``kvdeck hub search|files|get``: find GGUFs on the Hugging Face Hub, see whether each one
 fits this machine before downloading it, and download it resumably into the HF cache."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"no GGUF repositories match {args.query!r}")
     width = max((len(h.repo) for h in hits), default=10)
     for h in hits:
-        print(f"{h.repo:<{width}}  {h.downloads:>10,} downloads  {h.likes:>6,} likes  "
-              f"{h.updated or '?':<10}{'  gated' if h.gated else ''}")
+        print(
+            f"{h.repo:<{width}}  {h.downloads:>10,} downloads  {h.likes:>6,} likes  "
+            f"{h.updated or '?':<10}{'  gated' if h.gated else ''}"
+        )
     return 0
 
 
@@ -44,12 +47,10 @@ def cmd_files(args: argparse.Namespace) -> int:
         cands.sort(key=lambda c: (c.model.role != "model", c.model.quant, c.model.name))
     else:
         budget = args.budget_mib * MiB if args.budget_mib is not None else None
-        cands = judge(list(listing.models), args.revision, max_context=args.ctx,
-                      budget_bytes=budget)
+        cands = judge(list(listing.models), args.revision, max_context=args.ctx, budget_bytes=budget)
         cands.sort(key=sort_key)
     if args.json:
-        print(json.dumps({**listing.to_json(), "models": [c.to_json() for c in cands]},
-                         indent=2))
+        print(json.dumps({**listing.to_json(), "models": [c.to_json() for c in cands]}, indent=2))
         return 0
     if not cands:
         print(f"{args.repo} has no GGUF files")
@@ -88,8 +89,11 @@ class _Bar:
             self.step = step
         bar = "#" * int(frac * 30)
         eta = "?" if p.eta_s is None else time.strftime("%H:%M:%S", time.gmtime(p.eta_s))
-        self._line(f"[{bar:<30}] {frac:6.1%}  {_size(p.done)} of {_size(p.total)}  "
-                   f"{p.speed / MiB:.1f} MiB/s  {eta} left", end="" if self.tty else "\n")
+        self._line(
+            f"[{bar:<30}] {frac:6.1%}  {_size(p.done)} of {_size(p.total)}  "
+            f"{p.speed / MiB:.1f} MiB/s  {eta} left",
+            end="" if self.tty else "\n",
+        )
 
     def _line(self, text: str, end: str) -> None:
         sys.stderr.write(("\r\x1b[K" if self.tty else "") + text + end)
@@ -104,18 +108,15 @@ def cmd_get(args: argparse.Namespace) -> int:
     listing = list_files(args.repo, args.revision)
     model = find_model(list(listing.models), args.file)
     if model is None:
-        raise KvDeckError(f"{args.repo} has no GGUF model {args.file!r} (see kvdeck hub files "
-                          f"{args.repo})")
+        raise KvDeckError(f"{args.repo} has no GGUF model {args.file!r} (see kvdeck hub files {args.repo})")
     bar = _Bar()
     try:
-        paths = download_model(model, revision=args.revision,
-                               on_progress=bar)
+        paths = download_model(model, revision=args.revision, on_progress=bar)
     finally:
         if bar.tty:
             sys.stderr.write("\n")
     if args.json:
-        print(json.dumps({"repo": model.repo, "model": model.name,
-                          "paths": [str(p) for p in paths]}))
+        print(json.dumps({"repo": model.repo, "model": model.name, "paths": [str(p) for p in paths]}))
     else:
         print(paths[0])
     return 0
@@ -133,16 +134,19 @@ def register(sub: Any) -> None:
     s.add_argument("query")
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--json", action="store_true")
-    f = hs.add_parser("files", help="a repository's GGUF models with a memory verdict for this "
-                      "machine (reads only their headers)")
+    f = hs.add_parser(
+        "files",
+        help="a repository's GGUF models with a memory verdict for this machine (reads only their headers)",
+    )
     f.add_argument("repo")
     f.add_argument("--revision", default="main")
     f.add_argument("--ctx", type=int, default=None, help="largest context to consider")
     f.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM)")
     f.add_argument("--no-verdict", action="store_true", help="list only, read no headers")
     f.add_argument("--json", action="store_true")
-    g = hs.add_parser("get", help="download a model (all its parts) into the Hugging Face "
-                      "cache; resumes, checks the sha256")
+    g = hs.add_parser(
+        "get", help="download a model (all its parts) into the Hugging Face cache; resumes, checks the sha256"
+    )
     g.add_argument("repo")
     g.add_argument("file", help="a file name, or a quantization such as Q4_K_M")
     g.add_argument("--revision", default="main")

@@ -6,31 +6,32 @@ Every failure a user can cause ends as one line ``error: ...`` on stderr and exi
 gives); its full traceback goes to the log file (`engine.core.logfile`), never the terminal.
 Ctrl-C ends with ``error: interrupted`` and 130.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
-from engine.cli import memory as cli_memory
-
-from engine.cli import precision as cli_precision
-from engine.cli import bench as cli_bench
-from engine.cli import serve as cli_serve
-from engine.cli import hub as cli_hub
 from engine.chat.conversation import fit_conversation, reply
 from engine.chat.history import read_history
 from engine.chat.overflow import POLICY_LABELS, OverflowPolicy
 from engine.chat.template import ChatMessage
+from engine.cli import bench as cli_bench
+from engine.cli import hub as cli_hub
+from engine.cli import memory as cli_memory
+from engine.cli import precision as cli_precision
+from engine.cli import serve as cli_serve
+from engine.cli.args import model_path
 from engine.core import logfile, paths
 from engine.core.errors import KvDeckError
-from engine.runtime.host import RuntimeHost
+from engine.core.sampling import DEFAULT_PRESET, PRESETS, RANDOM_SEED, SamplingParams
 from engine.protocol import LoadParams
-from engine.core.sampling import PRESETS, DEFAULT_PRESET, RANDOM_SEED, SamplingParams
-from engine.cli.args import model_path
+from engine.runtime.host import RuntimeHost
 
 EXIT_ERROR = 2  # the command or its input was refused: the line says why
 EXIT_BUG = 1  # KV Deck failed: the line names the log file that holds the traceback
@@ -46,8 +47,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kvdeck", description="Run GGUF models offline and see where the memory goes. "
-                     "Without a command, opens the KV Deck window.")
+    parser = _Parser(
+        prog="kvdeck",
+        description="Run GGUF models offline and see where the memory goes. "
+        "Without a command, opens the KV Deck window.",
+    )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("inspect", help="show what a GGUF file contains (metadata only, fast)")
@@ -59,11 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("path", nargs="?")
     src.add_argument("--demo", action="store_true", help="use the bundled SmolLM2-135M demo model")
     c.add_argument("--prompt", default=None, help="the next user message (optional with --history)")
-    c.add_argument("--history", default=None, metavar="FILE.json",
-                   help="the conversation so far: an OpenAI-style message list")
-    c.add_argument("--overflow", choices=[p.value for p in OverflowPolicy], default="rolling",
-                   help="when the history does not fit the context: " + "; ".join(
-                       f"{p.value}: {label}" for p, label in POLICY_LABELS.items()))
+    c.add_argument(
+        "--history",
+        default=None,
+        metavar="FILE.json",
+        help="the conversation so far: an OpenAI-style message list",
+    )
+    c.add_argument(
+        "--overflow",
+        choices=[p.value for p in OverflowPolicy],
+        default="rolling",
+        help="when the history does not fit the context: "
+        + "; ".join(f"{p.value}: {label}" for p, label in POLICY_LABELS.items()),
+    )
     c.add_argument("--system", default="", help="system prompt")
     c.add_argument("--max-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=None)
@@ -77,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n-gpu-layers", type=int, default=-1)
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
-    c.add_argument("--json-schema", default=None, metavar="FILE",
-                   help="constrain the reply to JSON matching this JSON schema file")
+    c.add_argument(
+        "--json-schema",
+        default=None,
+        metavar="FILE",
+        help="constrain the reply to JSON matching this JSON schema file",
+    )
     spec = c.add_mutually_exclusive_group()  # speculative decoding (engine.child.speculative)
     spec.add_argument("--draft", default=None, metavar="PATH", help="a draft model that proposes tokens")
     spec.add_argument("--lookup", action="store_true", help="draft by n-gram lookup in the conversation")
@@ -94,9 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _sampling(args: argparse.Namespace) -> SamplingParams:
     base = PRESETS[args.preset].to_dict()
-    for key, value in (("temperature", args.temperature), ("top_k", args.top_k),
-                       ("top_p", args.top_p), ("min_p", args.min_p),
-                       ("repeat_penalty", args.repeat_penalty), ("seed", args.seed)):
+    for key, value in (
+        ("temperature", args.temperature),
+        ("top_k", args.top_k),
+        ("top_p", args.top_p),
+        ("min_p", args.min_p),
+        ("repeat_penalty", args.repeat_penalty),
+        ("seed", args.seed),
+    ):
         if value is not None:
             base[key] = value
     if args.seed is None:
@@ -130,8 +151,7 @@ def _turns(args: argparse.Namespace) -> tuple[str, list[ChatMessage]]:
     if args.prompt is not None:
         turns.append(ChatMessage("user", args.prompt))
     if not turns or turns[-1].role != "user":
-        raise KvDeckError("nothing to answer: give --prompt, or a --history whose last message is "
-                          "the user's")
+        raise KvDeckError("nothing to answer: give --prompt, or a --history whose last message is the user's")
     return system, turns
 
 
@@ -147,13 +167,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     schema = _json_schema(args.json_schema) if args.json_schema else ""
     if schema and (args.draft or args.lookup):
         raise KvDeckError("--json-schema cannot be combined with speculative decoding (--draft, --lookup)")
-    from engine.plan.rules import default_cache_type
-    from engine.plan.fit import preflight
+    from engine.core.build import gpu_backend
+    from engine.core.memory_types import PlanSettings
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
-    from engine.core.memory_types import PlanSettings
-    from engine.core.build import gpu_backend
-
+    from engine.plan.fit import preflight
+    from engine.plan.rules import default_cache_type
     from engine.runtime.info import plan_devices
 
     info = inspect_gguf(path)  # a clear error for a bad file before any process starts
@@ -171,40 +190,71 @@ def cmd_chat(args: argparse.Namespace) -> int:
             mode = ""
         if draft_path:
             mode = _load_draft(host, draft_path, args.n_gpu_layers)
-        fitted = fit_conversation(host.tokenize, loaded, system, turns,
-                                  max_tokens=args.max_tokens, policy=args.overflow)
+        fitted = fit_conversation(
+            host.tokenize, loaded, system, turns, max_tokens=args.max_tokens, policy=args.overflow
+        )
         if fitted.note and not args.json:
             print(f"[{fitted.note}]", file=sys.stderr)
         stream = None if args.json else _print_stream
-        result = reply(host, loaded, list(fitted.turns), system_prompt=system,
-                       sampling=sampling, max_tokens=args.max_tokens, on_text=stream,
-                       draft=mode, draft_max=args.draft_max, json_schema=schema)
+        result = reply(
+            host,
+            loaded,
+            list(fitted.turns),
+            system_prompt=system,
+            sampling=sampling,
+            max_tokens=args.max_tokens,
+            on_text=stream,
+            draft=mode,
+            draft_max=args.draft_max,
+            json_schema=schema,
+        )
     done = result.done
     if args.json:
         out: dict[str, Any] = {
-            "model": path, "text": done.text, "tokens": done.tokens,
-            "n_prompt_tokens": done.n_prompt, "n_tokens": len(done.tokens),
-            "tokens_per_s": round(done.tokens_per_s, 3), "mode": result.prompt.mode,
-            "stop_reason": done.stop_reason, "load_s": round(loaded.load_s, 4),
-            "first_token_s": round(done.first_token_s, 4), "prefill_s": round(done.prefill_s, 4),
-            "n_ctx": loaded.n_ctx, "sampling": sampling.to_dict(),
-            "n_messages": len(turns), "dropped_messages": len(fitted.dropped),
-            "dropped_tokens": fitted.dropped_tokens, "overflow": args.overflow,
+            "model": path,
+            "text": done.text,
+            "tokens": done.tokens,
+            "n_prompt_tokens": done.n_prompt,
+            "n_tokens": len(done.tokens),
+            "tokens_per_s": round(done.tokens_per_s, 3),
+            "mode": result.prompt.mode,
+            "stop_reason": done.stop_reason,
+            "load_s": round(loaded.load_s, 4),
+            "first_token_s": round(done.first_token_s, 4),
+            "prefill_s": round(done.prefill_s, 4),
+            "n_ctx": loaded.n_ctx,
+            "sampling": sampling.to_dict(),
+            "n_messages": len(turns),
+            "dropped_messages": len(fitted.dropped),
+            "dropped_tokens": fitted.dropped_tokens,
+            "overflow": args.overflow,
         }
         if done.draft:  # speculative decoding
-            out.update({"draft": done.draft, "n_drafted": done.n_drafted, "n_accepted": done.n_accepted,
-                        "acceptance": round(done.acceptance, 4), "mean_accepted": round(done.mean_accepted, 3),
-                        "n_target_decodes": done.n_target_decodes,
-                        "acceptance_by_position": _by_position(done)})
+            out.update(
+                {
+                    "draft": done.draft,
+                    "n_drafted": done.n_drafted,
+                    "n_accepted": done.n_accepted,
+                    "acceptance": round(done.acceptance, 4),
+                    "mean_accepted": round(done.mean_accepted, 3),
+                    "n_target_decodes": done.n_target_decodes,
+                    "acceptance_by_position": _by_position(done),
+                }
+            )
         print(json.dumps(out, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
-        print(f"[{len(done.tokens)} tokens, {done.tokens_per_s:.1f} tokens/s, "
-              f"first token {done.first_token_s * 1000:.0f} ms, stop: {done.stop_reason}]",
-              file=sys.stderr)
+        print(
+            f"[{len(done.tokens)} tokens, {done.tokens_per_s:.1f} tokens/s, "
+            f"first token {done.first_token_s * 1000:.0f} ms, stop: {done.stop_reason}]",
+            file=sys.stderr,
+        )
         if done.draft:
-            print(f"[{done.draft} drafting: {done.n_accepted}/{done.n_drafted} drafted tokens accepted "
-                  f"({done.acceptance:.0%}), {done.mean_accepted:.2f} per verify]", file=sys.stderr)
+            print(
+                f"[{done.draft} drafting: {done.n_accepted}/{done.n_drafted} drafted tokens accepted "
+                f"({done.acceptance:.0%}), {done.mean_accepted:.2f} per verify]",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -248,8 +298,13 @@ def _print_stream(text: str) -> None:
     sys.stdout.flush()
 
 
-COMMANDS = {"inspect": cmd_inspect, "chat": cmd_chat, "plan": cli_memory.cmd_plan,
-            "fit": cli_memory.cmd_fit, "pair": cli_memory.cmd_pair}
+COMMANDS = {
+    "inspect": cmd_inspect,
+    "chat": cmd_chat,
+    "plan": cli_memory.cmd_plan,
+    "fit": cli_memory.cmd_fit,
+    "pair": cli_memory.cmd_pair,
+}
 COMMANDS["precision"] = cli_precision.cmd_precision
 COMMANDS["bench"] = cli_bench.cmd_bench
 COMMANDS["serve"] = cli_serve.cmd_serve

@@ -1,4 +1,5 @@
 """``kvdeck plan`` and ``kvdeck fit``: the memory numbers of the GUI, on the command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,18 +35,28 @@ def settings_from_args(args: argparse.Namespace, info: Any) -> PlanSettings:
     try:
         split = tuple(float(x) for x in args.tensor_split.split(",") if x.strip())
     except ValueError:
-        raise KvDeckError(f"--tensor-split must be numbers separated by commas, not {args.tensor_split!r}") from None
+        raise KvDeckError(
+            f"--tensor-split must be numbers separated by commas, not {args.tensor_split!r}"
+        ) from None
     default_type = default_cache_type(info)
     for name in ("ctx", "parallel", "batch", "ubatch"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "ctx" else 1):
             raise KvDeckError(f"--{name} must be positive, not {value}")
     return PlanSettings(
-        n_ctx=args.ctx if args.ctx is not None else 4096, n_seq_max=args.parallel,
-        kv_unified=args.kv_unified, type_k=args.cache_type_k or default_type,
-        type_v=args.cache_type_v or default_type, flash_attn=args.flash_attn, swa_full=args.swa_full,
-        n_batch=args.batch, n_ubatch=args.ubatch, n_gpu_layers=args.n_gpu_layers,
-        split_mode=args.split_mode, tensor_split=split)
+        n_ctx=args.ctx if args.ctx is not None else 4096,
+        n_seq_max=args.parallel,
+        kv_unified=args.kv_unified,
+        type_k=args.cache_type_k or default_type,
+        type_v=args.cache_type_v or default_type,
+        flash_attn=args.flash_attn,
+        swa_full=args.swa_full,
+        n_batch=args.batch,
+        n_ubatch=args.ubatch,
+        n_gpu_layers=args.n_gpu_layers,
+        split_mode=args.split_mode,
+        tensor_split=split,
+    )
 
 
 def plan_json(path: str, plan: MemoryPlan, method: str) -> dict[str, Any]:
@@ -59,19 +70,32 @@ def plan_json(path: str, plan: MemoryPlan, method: str) -> dict[str, Any]:
     totals["total"] = plan.bytes_for()
     s = plan.settings
     return {
-        "model": path, "n_ctx": plan.n_ctx, "n_ctx_seq": plan.n_ctx_seq, "n_seq": s.n_seq_max,
-        "flash_attn": plan.flash_attn_resolved, "type_k": s.type_k, "type_v": s.type_v,
-        "method": method, "devices": devices, "totals": totals, "kv_cells": plan.kv_cells,
-        "kv_cells_swa": plan.kv_cells_swa, "notes": list(plan.notes),
-        "allocations": [{"component": a.component, "device": a.device, "bytes": a.bytes, "detail": a.detail}
-                        for a in plan.allocations],
+        "model": path,
+        "n_ctx": plan.n_ctx,
+        "n_ctx_seq": plan.n_ctx_seq,
+        "n_seq": s.n_seq_max,
+        "flash_attn": plan.flash_attn_resolved,
+        "type_k": s.type_k,
+        "type_v": s.type_v,
+        "method": method,
+        "devices": devices,
+        "totals": totals,
+        "kv_cells": plan.kv_cells,
+        "kv_cells_swa": plan.kv_cells_swa,
+        "notes": list(plan.notes),
+        "allocations": [
+            {"component": a.component, "device": a.device, "bytes": a.bytes, "detail": a.detail}
+            for a in plan.allocations
+        ],
     }
 
 
 def print_plan(data: dict[str, Any]) -> None:
     fa = {True: "on", False: "off", None: "auto (resolved at load)"}[data["flash_attn"]]
-    print(f"{data['model']}\n  context {data['n_ctx']} tokens ({data['n_seq']} sequence(s)), "
-          f"K {data['type_k']}, V {data['type_v']}, flash attention {fa}, {data['method']} plan")
+    print(
+        f"{data['model']}\n  context {data['n_ctx']} tokens ({data['n_seq']} sequence(s)), "
+        f"K {data['type_k']}, V {data['type_v']}, flash attention {fa}, {data['method']} plan"
+    )
     header = f"  {'device':<8}" + "".join(f"{c:>11}" for c in (*COMPONENTS, "total"))
     print(header)
     for row in data["devices"] + [{"name": "all", **data["totals"]}]:
@@ -81,13 +105,11 @@ def print_plan(data: dict[str, Any]) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, PlanSettings, list[Device], str]:
-    from engine.plan.rules import check_settings
-    from engine.gguf.inspect import inspect_gguf
     from engine.core.build import gpu_backend
-
-    from engine.runtime.info import plan_devices
-
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.rules import check_settings
     from engine.plan.sparse_caches import unknown_arch_note
+    from engine.runtime.info import plan_devices
 
     info = inspect_gguf(args.path)
     unknown = unknown_arch_note(info)
@@ -118,10 +140,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from engine.plan.fit import DraftSpec, fit
-    from engine.plan.margins import Margins
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
+    from engine.plan.fit import DraftSpec, fit
+    from engine.plan.margins import Margins
 
     info, settings, devices, _ = _load(args)
     draft = None
@@ -130,23 +152,41 @@ def cmd_fit(args: argparse.Namespace) -> int:
         draft = DraftSpec(dinfo, settings.replace(type_k="f16", type_v="f16"))
     budget = args.budget_mib * MiB if args.budget_mib is not None else None
     margins = Margins.from_options(args.margin_mib, args.cpu_margin_mib)
-    result = fit(info, settings, devices, plan_fn=analytic_plan, budget_bytes=budget,
-                 margins=margins, draft=draft, max_context=args.ctx)
+    result = fit(
+        info,
+        settings,
+        devices,
+        plan_fn=analytic_plan,
+        budget_bytes=budget,
+        margins=margins,
+        draft=draft,
+        max_context=args.ctx,
+    )
     dplan = result.extra.get("draft_plan")
     data = {
-        "fits": result.fits, "n_ctx": result.plan.n_ctx, "n_gpu_layers": result.settings.n_gpu_layers,
-        "limited_by": result.limited_by, "reason": result.reason,
-        "budgets": result.budgets, "plan": plan_json(args.path, result.plan, "analytic"),
-        "draft": None if dplan is None else {
-            "n_ctx": dplan.n_ctx, "n_gpu_layers": result.settings.n_gpu_layers,
-            "plan": plan_json(args.draft, dplan, "analytic")},
+        "fits": result.fits,
+        "n_ctx": result.plan.n_ctx,
+        "n_gpu_layers": result.settings.n_gpu_layers,
+        "limited_by": result.limited_by,
+        "reason": result.reason,
+        "budgets": result.budgets,
+        "plan": plan_json(args.path, result.plan, "analytic"),
+        "draft": None
+        if dplan is None
+        else {
+            "n_ctx": dplan.n_ctx,
+            "n_gpu_layers": result.settings.n_gpu_layers,
+            "plan": plan_json(args.draft, dplan, "analytic"),
+        },
     }
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         verdict = "fits" if result.fits else "does NOT fit"
-        print(f"{verdict}: context {data['n_ctx']} tokens, GPU layers {data['n_gpu_layers']}; "
-              f"limited by {result.limited_by}: {result.reason}")
+        print(
+            f"{verdict}: context {data['n_ctx']} tokens, GPU layers {data['n_gpu_layers']}; "
+            f"limited by {result.limited_by}: {result.reason}"
+        )
         print_plan(data["plan"])
     if not result.fits:  # the same one-line contract as every other refusal
         raise KvDeckError(f"{Path(args.path).name} {result.reason}")
@@ -174,12 +214,19 @@ def register(sub: Any) -> None:
     f = sub.add_parser("fit", help="largest context (then most GPU layers) that fits the memory budget")
     add_plan_options(f)
     f.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
-    f.add_argument("--margin-mib", default=None, metavar="MIB|DEV=MIB,…",
-                   help="safety margin per GPU in MiB (default 1024, like llama.cpp's -fitt); "
-                        "per device: CUDA0=2048,CUDA1=1024; both: 1536,CUDA1=512")
-    f.add_argument("--cpu-margin-mib", type=int, default=None,
-                   help="safety margin of host RAM in MiB (default 1024); --margin-mib never "
-                        "applies to the host")
+    f.add_argument(
+        "--margin-mib",
+        default=None,
+        metavar="MIB|DEV=MIB,…",
+        help="safety margin per GPU in MiB (default 1024, like llama.cpp's -fitt); "
+        "per device: CUDA0=2048,CUDA1=1024; both: 1536,CUDA1=512",
+    )
+    f.add_argument(
+        "--cpu-margin-mib",
+        type=int,
+        default=None,
+        help="safety margin of host RAM in MiB (default 1024); --margin-mib never applies to the host",
+    )
     f.add_argument("--draft", default=None, help="a draft model fitted with the same context")
     p2 = sub.add_parser("pair", help="can DRAFT speculate for TARGET? each rule with its verdict")
     p2.add_argument("target")

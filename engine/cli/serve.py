@@ -6,6 +6,7 @@ of n_ctx with ``--kv-unified``). Without ``--ctx`` each sequence gets min(traini
 4096) tokens, shrunk to what fits the memory; an explicit ``--ctx`` that does not fit is refused
 instead, in one line, like every other CLI error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,26 +38,53 @@ def register(sub: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("path", nargs="?")
     src.add_argument("--demo", action="store_true", help="use the bundled SmolLM2-135M demo model")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any "
-                   "other address requires --api-key)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; any other address requires --api-key)",
+    )
     p.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
-    p.add_argument("--api-key", default=os.environ.get("KVDECK_API_KEY", ""),
-                   help="require 'Authorization: Bearer KEY' (default: $KVDECK_API_KEY)")
-    p.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                   help=f"parallel sequences, one per client (default {DEFAULT_PARALLEL})")
-    p.add_argument("--ctx", type=int, default=None,
-                   help="total context of all sequences (default: parallel x min(training, 4096), "
-                        "fitted to the memory)")
-    p.add_argument("--queue", type=int, default=16, help="requests that may wait for a sequence "
-                   "(more are answered 429)")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="allow browser pages from ORIGIN (repeatable; default: no CORS)")
-    p.add_argument("--alias", default="", help="a second model name shown in /v1/models (requests "
-                   "naming any model are answered by the loaded one)")
-    p.add_argument("--overflow", choices=("rolling", "middle", "stop"), default=None,
-                   help="what to do with a chat request longer than a sequence: drop the oldest "
-                        "turns (rolling), keep the first exchange and the newest (middle), or "
-                        "refuse (stop); default: OpenAI's 400 context_length_exceeded")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("KVDECK_API_KEY", ""),
+        help="require 'Authorization: Bearer KEY' (default: $KVDECK_API_KEY)",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help=f"parallel sequences, one per client (default {DEFAULT_PARALLEL})",
+    )
+    p.add_argument(
+        "--ctx",
+        type=int,
+        default=None,
+        help="total context of all sequences (default: parallel x min(training, 4096), fitted to the memory)",
+    )
+    p.add_argument(
+        "--queue", type=int, default=16, help="requests that may wait for a sequence (more are answered 429)"
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser pages from ORIGIN (repeatable; default: no CORS)",
+    )
+    p.add_argument(
+        "--alias",
+        default="",
+        help="a second model name shown in /v1/models (requests "
+        "naming any model are answered by the loaded one)",
+    )
+    p.add_argument(
+        "--overflow",
+        choices=("rolling", "middle", "stop"),
+        default=None,
+        help="what to do with a chat request longer than a sequence: drop the oldest "
+        "turns (rolling), keep the first exchange and the newest (middle), or "
+        "refuse (stop); default: OpenAI's 400 context_length_exceeded",
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
     add_plan_options(_Skipping(p, {"path", "--ctx", "--parallel", "--json"}))  # type: ignore[arg-type]
@@ -64,10 +92,9 @@ def register(sub: Any) -> None:
 
 def plan_settings(args: argparse.Namespace, info: Any) -> Any:
     """PlanSettings for N sequences that pass preflight, fitted when --ctx was not given."""
-    from engine.plan.fit import fit, preflight
-    from engine.plan.analytic import analytic_plan
     from engine.core.build import gpu_backend
-
+    from engine.plan.analytic import analytic_plan
+    from engine.plan.fit import fit, preflight
     from engine.runtime.info import plan_devices
 
     if args.parallel < 1 or args.parallel > 256:
@@ -85,8 +112,15 @@ def plan_settings(args: argparse.Namespace, info: Any) -> Any:
         except KvDeckError:
             if given:
                 raise
-    result = fit(info, settings, devices, plan_fn=analytic_plan, budget_bytes=budget,
-                 max_context=settings.n_ctx, min_context=min(settings.n_ctx, 256 * args.parallel))
+    result = fit(
+        info,
+        settings,
+        devices,
+        plan_fn=analytic_plan,
+        budget_bytes=budget,
+        max_context=settings.n_ctx,
+        min_context=min(settings.n_ctx, 256 * args.parallel),
+    )
     if not result.fits:
         raise KvDeckError(f"{args.parallel} parallel sequences {result.reason}")
     preflight(info, result.settings, devices, gpu_backend(), plan_fn=analytic_plan)
@@ -94,16 +128,21 @@ def plan_settings(args: argparse.Namespace, info: Any) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from engine import protocol as P
     from engine.cli.args import model_path
     from engine.gguf.inspect import inspect_gguf
-    from engine.runtime.host import RuntimeHost
-    from engine import protocol as P
     from engine.protocol import LoadParams
+    from engine.runtime.host import RuntimeHost
     from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config, model_id
 
-    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
-                          cors_origins=tuple(args.cors_origin), max_queue=max(0, args.queue),
-                          overflow=args.overflow or "")
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        cors_origins=tuple(args.cors_origin),
+        max_queue=max(0, args.queue),
+        overflow=args.overflow or "",
+    )
     check_config(config)  # before minutes of loading, not after
     path = model_path(args)
     info = inspect_gguf(path)
@@ -118,14 +157,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with RuntimeHost(on_event=on_event) as host:
         try:
             loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
-            served = ServedModel(host=lambda: host, loaded=lambda: loaded,
-                                 slots=lambda: settings.n_seq_max, alias=args.alias,
-                                 settings=lambda: settings,
-                                 slots_state=lambda: latest[0] if latest else None)
+            served = ServedModel(
+                host=lambda: host,
+                loaded=lambda: loaded,
+                slots=lambda: settings.n_seq_max,
+                alias=args.alias,
+                settings=lambda: settings,
+                slots_state=lambda: latest[0] if latest else None,
+            )
             server = ApiServer(served, config)
             url = server.start()
-            print(f"serving {model_id(loaded)} at {url}/v1 ({settings.n_seq_max} parallel sequences of "
-                  f"{loaded.n_ctx_seq} tokens; Ctrl-C stops)", flush=True)
+            print(
+                f"serving {model_id(loaded)} at {url}/v1 ({settings.n_seq_max} parallel sequences of "
+                f"{loaded.n_ctx_seq} tokens; Ctrl-C stops)",
+                flush=True,
+            )
             try:
                 while server.running and host.running:
                     time.sleep(0.25)

@@ -6,6 +6,7 @@ backends are read from the shared libraries the llama-cpp-python wheel ships: a 
 memory appears in a plan at all. A leaf: the plan (CPU repacking reads the build's CPU library)
 and the runtime both ask it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,8 +14,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-_BACKENDS = {"cuda": "ggml-cuda", "metal": "ggml-metal", "vulkan": "ggml-vulkan", "hip": "ggml-hip",
-             "sycl": "ggml-sycl"}
+_BACKENDS = {
+    "cuda": "ggml-cuda",
+    "metal": "ggml-metal",
+    "vulkan": "ggml-vulkan",
+    "hip": "ggml-hip",
+    "sycl": "ggml-sycl",
+}
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,6 +4,7 @@ Every failure a user can cause (a bad file, impossible settings, a crashed runti
 `KvDeckError` whose `str()` is one readable line. The CLI prints it after `error:` and the GUI
 shows it in the window; neither ever shows a traceback for these.
 """
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ The terminal gets one line per failure; the details a bug report needs are here.
 CLI command and a server may append to the file at the same time, so each record carries its
 process id.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,9 @@ def file_handler(level: int = logging.INFO) -> logging.Handler:
 
     Raises `KvDeckError` when the data folder cannot be created and `OSError` when the file
     cannot be opened; callers carry on without a log file then."""
-    handler = logging.handlers.RotatingFileHandler(paths.log_path(), maxBytes=MAX_BYTES,
-                                                   backupCount=BACKUPS, encoding="utf-8")
+    handler = logging.handlers.RotatingFileHandler(
+        paths.log_path(), maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
+    )
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(FORMAT))
     return handler

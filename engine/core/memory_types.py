@@ -4,6 +4,7 @@ measurement after loading, fit, the CLI and the dashboard.
 Everything is a frozen dataclass of plain values so it crosses the process boundary as JSON and
 can be compared field by field (predicted against measured).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,7 +42,7 @@ class PlanSettings:
     #: Load the model's MTP (nextn) layers and give it a drafting context (engine.child.selfdraft).
     mtp: bool = False
 
-    def replace(self, **changes: Any) -> "PlanSettings":
+    def replace(self, **changes: Any) -> PlanSettings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,7 +51,7 @@ class PlanSettings:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PlanSettings":
+    def from_dict(cls, data: dict[str, Any]) -> PlanSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         if "tensor_split" in kwargs:
@@ -97,9 +98,11 @@ class MemoryPlan:
     flash_attn_resolved: bool | None = None  # None: not known without a dry run
 
     def bytes_for(self, device: str | None = None, component: Component | None = None) -> int:
-        return sum(a.bytes for a in self.allocations
-                   if (device is None or a.device == device)
-                   and (component is None or a.component == component))
+        return sum(
+            a.bytes
+            for a in self.allocations
+            if (device is None or a.device == device) and (component is None or a.component == component)
+        )
 
     def devices(self) -> list[str]:
         seen: list[str] = []

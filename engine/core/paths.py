@@ -9,6 +9,7 @@
   ``__init__`` imports ``llm`` and ``llama_cpp``, so it is located with
   ``importlib.util.find_spec`` and never imported.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -5,11 +5,12 @@ their own. Logits arrive as float32 rows of n_vocab (up to 262k for Gemma), so e
 step is vectorised and done in float64 in blocks of rows, which keeps both the rounding error
 (KL of close distributions is a difference of nearly equal sums) and the peak memory small.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -40,14 +41,14 @@ def kl_divergence(ref_logits: np.ndarray, cand_logits: np.ndarray) -> np.ndarray
         raise ValueError(f"logit shapes differ: {ref.shape} vs {cand.shape}")
     out = np.empty(ref.shape[0], dtype=np.float64)
     for start in range(0, ref.shape[0], _ROWS_PER_BLOCK):
-        lp = log_softmax(ref[start:start + _ROWS_PER_BLOCK])
-        lq = log_softmax(cand[start:start + _ROWS_PER_BLOCK])
+        lp = log_softmax(ref[start : start + _ROWS_PER_BLOCK])
+        lq = log_softmax(cand[start : start + _ROWS_PER_BLOCK])
         p = np.exp(lp)
         with np.errstate(invalid="ignore"):
             terms = np.where(p > 0.0, p * (lp - lq), 0.0)
         kl = np.sum(terms, axis=-1)
         kl = np.where(np.isnan(kl), np.inf, kl)
-        out[start:start + len(kl)] = np.maximum(kl, 0.0)  # rounding can dip a hair below 0
+        out[start : start + len(kl)] = np.maximum(kl, 0.0)  # rounding can dip a hair below 0
     return out
 
 
@@ -92,23 +93,39 @@ class PromptScore:
         return self.top1_hits / self.n_positions if self.n_positions else 1.0
 
     def to_dict(self) -> dict[str, object]:
-        return {"n_prompt_tokens": self.n_prompt_tokens, "n_positions": self.n_positions,
-                "mean_kl": self.mean_kl, "max_kl": self.max_kl,
-                "top1_agreement": self.top1_agreement, "first_divergence": self.first_divergence,
-                "reference_text": self.reference_text, "candidate_text": self.candidate_text}
+        return {
+            "n_prompt_tokens": self.n_prompt_tokens,
+            "n_positions": self.n_positions,
+            "mean_kl": self.mean_kl,
+            "max_kl": self.max_kl,
+            "top1_agreement": self.top1_agreement,
+            "first_divergence": self.first_divergence,
+            "reference_text": self.reference_text,
+            "candidate_text": self.candidate_text,
+        }
 
 
-def score_prompt(ref_logits: np.ndarray, cand_logits: np.ndarray, reference: Sequence[int],
-                 candidate: Sequence[int], n_prompt_tokens: int, reference_text: str = "",
-                 candidate_text: str = "") -> PromptScore:
+def score_prompt(
+    ref_logits: np.ndarray,
+    cand_logits: np.ndarray,
+    reference: Sequence[int],
+    candidate: Sequence[int],
+    n_prompt_tokens: int,
+    reference_text: str = "",
+    candidate_text: str = "",
+) -> PromptScore:
     """Score one prompt from its teacher-forced logits and the two greedy continuations."""
     kl = kl_divergence(ref_logits, cand_logits)
     return PromptScore(
-        n_prompt_tokens=n_prompt_tokens, n_positions=int(kl.shape[0]), kl_sum=float(np.sum(kl)),
+        n_prompt_tokens=n_prompt_tokens,
+        n_positions=int(kl.shape[0]),
+        kl_sum=float(np.sum(kl)),
         max_kl=float(np.max(kl)) if kl.size else 0.0,
         top1_hits=int(np.count_nonzero(top1_matches(ref_logits, cand_logits))),
         first_divergence=first_divergence(reference, candidate),
-        reference_text=reference_text, candidate_text=candidate_text)
+        reference_text=reference_text,
+        candidate_text=candidate_text,
+    )
 
 
 @dataclass(frozen=True)
@@ -130,7 +147,9 @@ def summarize(scores: Iterable[PromptScore]) -> Summary:
         mean_kl=kl_sum / n if n else 0.0,
         max_kl=max((s.max_kl for s in items), default=0.0),
         top1_agreement=sum(s.top1_hits for s in items) / n if n else 1.0,
-        first_divergence=[s.first_divergence for s in items], n_positions=n)
+        first_divergence=[s.first_divergence for s in items],
+        n_positions=n,
+    )
 
 
 def finite_or_none(x: float) -> float | None:

@@ -6,6 +6,7 @@ distributions. So the built-in set mixes code, arithmetic, English prose and oth
 each prompt is a plain completion (no chat template), so base and instruct models both continue
 it, and 20-60 tokens long, so the whole check takes about a minute on a laptop CPU.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,19 +16,34 @@ from engine.core.errors import KvDeckError
 
 #: Name and text of each built-in prompt.
 BUILTIN_PROMPTS: tuple[tuple[str, str], ...] = (
-    ("code", 'def merge_sorted(a: list[int], b: list[int]) -> list[int]:\n'
-             '    """Merge two sorted lists into one sorted list in linear time."""\n'
-             '    result = []\n    i = j = 0\n'),
-    ("math", "Question: A train leaves at 9:40 and arrives at 13:15. The ticket costs 42 euros "
-             "and a child pays half. How long is the trip, and what do two adults and one child "
-             "pay?\nAnswer: The trip takes"),
-    ("prose", "The lighthouse keeper had not seen a ship in eleven days. Each evening he climbed "
-              "the iron stairs, wiped the salt from the great lens and lit the lamp anyway, "
-              "because"),
-    ("german", "Die Stadtbibliothek bleibt wegen Renovierungsarbeiten bis Ende März geschlossen. "
-               "Bereits ausgeliehene Bücher können in dieser Zeit"),
-    ("french", "Pour préparer une vraie ratatouille, il faut d'abord couper les aubergines, les "
-               "courgettes et les poivrons en dés, puis"),
+    (
+        "code",
+        "def merge_sorted(a: list[int], b: list[int]) -> list[int]:\n"
+        '    """Merge two sorted lists into one sorted list in linear time."""\n'
+        "    result = []\n    i = j = 0\n",
+    ),
+    (
+        "math",
+        "Question: A train leaves at 9:40 and arrives at 13:15. The ticket costs 42 euros "
+        "and a child pays half. How long is the trip, and what do two adults and one child "
+        "pay?\nAnswer: The trip takes",
+    ),
+    (
+        "prose",
+        "The lighthouse keeper had not seen a ship in eleven days. Each evening he climbed "
+        "the iron stairs, wiped the salt from the great lens and lit the lamp anyway, "
+        "because",
+    ),
+    (
+        "german",
+        "Die Stadtbibliothek bleibt wegen Renovierungsarbeiten bis Ende März geschlossen. "
+        "Bereits ausgeliehene Bücher können in dieser Zeit",
+    ),
+    (
+        "french",
+        "Pour préparer une vraie ratatouille, il faut d'abord couper les aubergines, les "
+        "courgettes et les poivrons en dés, puis",
+    ),
 )
 
 MAX_PROMPTS = 64

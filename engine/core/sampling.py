@@ -4,6 +4,7 @@ The values travel to the child process as a plain dict and become llama.cpp's na
 chain there (see ``engine.child.session``); nothing here touches the runtime, so the GUI and CLI
 can validate and display settings without a model loaded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,7 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
-    def validated(self) -> "SamplingParams":
+    def validated(self) -> SamplingParams:
         """Return self, or raise a one-line error naming the first impossible value."""
         if not (0.0 <= self.temperature <= 5.0):
             raise InvalidSettings(f"temperature must be between 0 and 5, not {self.temperature}")
@@ -54,14 +55,13 @@ class SamplingParams:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SamplingParams":
+    def from_dict(cls, data: dict[str, Any]) -> SamplingParams:
         """Build from stored or received settings, ignoring unknown keys from other versions."""
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in data.items() if k in names}
         try:
             kwargs: dict[str, Any] = {
-                k: (int(v) if isinstance(getattr(cls, k, None), int) else float(v))
-                for k, v in known.items()
+                k: (int(v) if isinstance(getattr(cls, k, None), int) else float(v)) for k, v in known.items()
             }
         except (TypeError, ValueError) as exc:
             raise InvalidSettings(f"bad sampling setting: {exc}") from None
@@ -72,7 +72,8 @@ PRESETS: dict[str, SamplingParams] = {
     "Balanced": SamplingParams(),
     "Precise": SamplingParams(temperature=0.2, top_k=20, top_p=0.9, min_p=0.1, repeat_penalty=1.05),
     "Creative": SamplingParams(temperature=1.0, top_k=100, top_p=0.98, min_p=0.02, repeat_penalty=1.1),
-    "Greedy (deterministic)": SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                                             repeat_penalty=1.0),
+    "Greedy (deterministic)": SamplingParams(
+        temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+    ),
 }
 DEFAULT_PRESET = "Balanced"

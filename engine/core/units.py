@@ -1,4 +1,5 @@
 """Bytes as people read them: the one formatter for the window, the CLI and error sentences."""
+
 from __future__ import annotations
 
 _KIB, _MIB, _GIB = 1 << 10, 1 << 20, 1 << 30

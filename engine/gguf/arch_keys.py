@@ -7,9 +7,10 @@ every known key into every file, mostly zero (`ssm.* = 0` on a llama, `kv_lora_r
 or it plans recurrent state, MLA or SWA caches llama.cpp never creates. `visible_metadata`
 drops them; everything else in engine.gguf can then treat "present" exactly as llama.cpp does.
 """
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from engine.gguf.arch_table import ARCH_LOADER, COMMON, COMMON_BY_ARCH, LOADER_READS, Read
@@ -23,7 +24,7 @@ def known_arch(arch: str) -> bool:
     return arch in ARCH_LOADER
 
 
-@lru_cache(maxsize=None)
+@cache
 def reads(arch: str) -> dict[str, Read]:
     """Every key llama.cpp's loader may read for `arch` (full GGUF key -> how it is read):
     the common keys, the arch-conditional common keys, then its loader's (inheritance resolved:
@@ -32,8 +33,7 @@ def reads(arch: str) -> dict[str, Read]:
         return {}
     loader = ARCH_LOADER[arch]
     merged: dict[str, Read] = {}
-    for table in (COMMON, COMMON_BY_ARCH.get(arch, {}),
-                  LOADER_READS.get(loader, {}) if loader else {}):
+    for table in (COMMON, COMMON_BY_ARCH.get(arch, {}), LOADER_READS.get(loader, {}) if loader else {}):
         for fmt, read in table.items():
             merged.setdefault(fmt.replace("%s", arch), read)
     return merged
@@ -50,6 +50,9 @@ def visible_metadata(meta: dict[str, Any], arch: str) -> dict[str, Any]:
 def all_arch_keys() -> tuple[str, ...]:
     """Every `%s.`-prefixed key (suffix after the arch name) any architecture reads, sorted:
     the key list of a writer that puts every known key into every file."""
-    keys = set(COMMON) | {k for t in COMMON_BY_ARCH.values() for k in t} | {
-        k for t in LOADER_READS.values() for k in t}
+    keys = (
+        set(COMMON)
+        | {k for t in COMMON_BY_ARCH.values() for k in t}
+        | {k for t in LOADER_READS.values() for k in t}
+    )
     return tuple(sorted(k[3:] for k in keys if k.startswith("%s.")))

@@ -6,10 +6,12 @@ planning needs (which bytes move with which layer when layers are offloaded, not
 Everything here is plain data in, plain data out; validation errors are raised as ValueError
 and turned into one-line ModelFileErrors by the inspector.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -20,45 +22,113 @@ from engine.gguf.arch_table import ARCH_LOADER, LOADER_READS
 # "unknown model architecture" or "unsupported model architecture" (gptj is named but unmapped).
 KNOWN_ARCHS = frozenset(ARCH_LOADER) - {"clip"}
 RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
-HYBRID_ARCHS = frozenset({"jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe",
-                          "nemotron_h", "nemotron_h_moe", "qwen3next", "kimi-linear",
-                          "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe",
-                          "qwen4exp", "deepseek4", "minimax-01"})
+HYBRID_ARCHS = frozenset(
+    {
+        "jamba",
+        "falcon-h1",
+        "plamo2",
+        "granitehybrid",
+        "lfm2",
+        "lfm2moe",
+        "nemotron_h",
+        "nemotron_h_moe",
+        "qwen3next",
+        "kimi-linear",
+        "bailingmoe3",
+        "kimi-k3",
+        "glm5-next",
+        "qwen35",
+        "qwen35moe",
+        "qwen4exp",
+        "deepseek4",
+        "minimax-01",
+    }
+)
 # Hybrids whose recurrent layers come from `attention.recurrent_layers` or
 # `full_attention_interval` (default 4; minimax-01: 8) instead of a zero KV head count.
 _INTERVAL_HYBRIDS = frozenset({"qwen3next", "qwen35", "qwen35moe", "qwen4exp", "minimax-01"})
 # Archs that get no memory module at all (llama_model::create_memory returns nullptr).
-NO_MEMORY_ARCHS = frozenset({"bert", "jina-bert-v2", "jina-bert-v3", "nomic-bert",
-                             "nomic-bert-moe", "neo-bert", "eurobert", "wavtokenizer-dec",
-                             "modern-bert", "gemma-embedding", "dream", "llada", "llada-moe",
-                             "rnd1"})
+NO_MEMORY_ARCHS = frozenset(
+    {
+        "bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "eurobert",
+        "wavtokenizer-dec",
+        "modern-bert",
+        "gemma-embedding",
+        "dream",
+        "llada",
+        "llada-moe",
+        "rnd1",
+    }
+)
 # SWA rules from each arch's load_arch_hparams. (period, dense_first, default window);
 # period None = the bool array `attention.sliding_window_pattern` is required.
 SWA_ALWAYS: dict[str, tuple[int | None, bool, int | None]] = {
-    "gemma2": (2, False, 4096), "gemma3n": (5, False, None), "cohere2": (4, False, None),
-    "cohere2moe": (4, True, None), "gpt-oss": (2, False, None), "exaone-moe": (4, False, 128),
-    "muse-glimmer": (4, False, None), "gemma-embedding": (6, False, None),
-    **{a: (None, False, None) for a in ("gemma4", "gemma4-assistant", "granite_swa", "mimo2",
-                                        "step35", "spark2_5", "maple", "dots3note")},
+    "gemma2": (2, False, 4096),
+    "gemma3n": (5, False, None),
+    "cohere2": (4, False, None),
+    "cohere2moe": (4, True, None),
+    "gpt-oss": (2, False, None),
+    "exaone-moe": (4, False, 128),
+    "muse-glimmer": (4, False, None),
+    "gemma-embedding": (6, False, None),
+    **{
+        a: (None, False, None)
+        for a in (
+            "gemma4",
+            "gemma4-assistant",
+            "granite_swa",
+            "mimo2",
+            "step35",
+            "spark2_5",
+            "maple",
+            "dots3note",
+        )
+    },
 }
 # Only when `attention.sliding_window` exists and is > 0. (period, dense_first)
 SWA_IF_WINDOW: dict[str, tuple[int | None, bool]] = {
-    "gemma3": (6, False), "olmo2": (4, False), "mellum": (4, False), "afmoe": (4, False),
-    "laguna": (4, True), "plamo3": (8, False), "smallthinker": (4, True),
-    "modern-bert": (3, True), "dflash": (None, False),
+    "gemma3": (6, False),
+    "olmo2": (4, False),
+    "mellum": (4, False),
+    "afmoe": (4, False),
+    "laguna": (4, True),
+    "plamo3": (8, False),
+    "smallthinker": (4, True),
+    "modern-bert": (3, True),
+    "dflash": (None, False),
 }
 SSM_KEYS = {  # {arch}.<key> -> name in GGUFInfo.ssm (recurrent-state geometry, notes §6)
-    "ssm.conv_kernel": "d_conv", "ssm.inner_size": "d_inner", "ssm.state_size": "d_state",
-    "ssm.time_step_rank": "dt_rank", "ssm.group_count": "n_group",
-    "wkv.head_size": "wkv_head_size", "token_shift_count": "token_shift_count",
-    "shortconv.l_cache": "shortconv_l_cache", "kda.head_dim": "kda_head_dim",
-    "full_attention_interval": "full_attention_interval"}
+    "ssm.conv_kernel": "d_conv",
+    "ssm.inner_size": "d_inner",
+    "ssm.state_size": "d_state",
+    "ssm.time_step_rank": "dt_rank",
+    "ssm.group_count": "n_group",
+    "wkv.head_size": "wkv_head_size",
+    "token_shift_count": "token_shift_count",
+    "shortconv.l_cache": "shortconv_l_cache",
+    "kda.head_dim": "kda_head_dim",
+    "full_attention_interval": "full_attention_interval",
+}
 # Archs whose load_arch_hparams reads `attention.key_length_mla` (from the generated table;
 # mistral4 reuses deepseek2's loader). No other arch can be MLA.
-MLA_ARCHS = frozenset(a for a, cls in ARCH_LOADER.items()
-                      if cls and "%s.attention.key_length_mla" in LOADER_READS[cls])
-MLA_KEYS = ("key_length_mla", "value_length_mla", "kv_lora_rank", "q_lora_rank",
-            "key_length_mla_swa", "value_length_mla_swa", "kv_lora_rank_swa")
+MLA_ARCHS = frozenset(
+    a for a, cls in ARCH_LOADER.items() if cls and "%s.attention.key_length_mla" in LOADER_READS[cls]
+)
+MLA_KEYS = (
+    "key_length_mla",
+    "value_length_mla",
+    "kv_lora_rank",
+    "q_lora_rank",
+    "key_length_mla_swa",
+    "value_length_mla_swa",
+    "kv_lora_rank_swa",
+)
 
 # Archs whose memory is llama_kv_cache_dsa (notes §7): the MLA cache plus a K-only cache of the
 # lightning indexer's keys (hy_v4 only when attention.indexer.top_k > 0; dots3note inside
@@ -104,8 +174,7 @@ def _cuda_size(qtype: str, ne0: int, nbytes: int) -> int:
     return -(-nbytes // 128) * 128
 
 
-def weight_layout(tensors: Sequence[tuple[str, str, int, int, int, int]], n_layer: int
-                  ) -> WeightLayout:
+def weight_layout(tensors: Sequence[tuple[str, str, int, int, int, int]], n_layer: int) -> WeightLayout:
     """Sum tensor bytes per llama.cpp layer from (name, type, n_elem, nbytes, offset, ne0)."""
     host, cuda = [0] * (n_layer + 2), [0] * (n_layer + 2)  # [input, layers..., output]
     tied, embd = True, ("F32", 0, 0)
@@ -125,13 +194,29 @@ def weight_layout(tensors: Sequence[tuple[str, str, int, int, int, int]], n_laye
         tied &= name != "output.weight"
         if name == "token_embd.weight":
             embd = (qtype, h, c)
-    return WeightLayout(host[0], host[-1], tuple(host[1:-1]), cuda[0], cuda[-1],
-                        tuple(cuda[1:-1]), tied, embd[1], embd[2], embd[0])
+    return WeightLayout(
+        host[0],
+        host[-1],
+        tuple(host[1:-1]),
+        cuda[0],
+        cuda[-1],
+        tuple(cuda[1:-1]),
+        tied,
+        embd[1],
+        embd[2],
+        embd[0],
+    )
 
 
-def recurrent_flags(arch: str, n_layer: int, n_layer_main: int, kv_heads: Sequence[int],
-                    n_ff: Sequence[int], recurrent_layers: Any, interval: int | None
-                    ) -> tuple[bool, ...]:
+def recurrent_flags(
+    arch: str,
+    n_layer: int,
+    n_layer_main: int,
+    kv_heads: Sequence[int],
+    n_ff: Sequence[int],
+    recurrent_layers: Any,
+    interval: int | None,
+) -> tuple[bool, ...]:
     """llama.cpp's `hparams.is_recr(il)` per layer (notes §6)."""
     if arch in RECURRENT_ARCHS:
         return (True,) * n_layer
@@ -140,8 +225,7 @@ def recurrent_flags(arch: str, n_layer: int, n_layer_main: int, kv_heads: Sequen
     if arch == "falcon-h1":
         return (True,) * n_layer  # every layer has both attention and state
     if arch in ("nemotron_h", "nemotron_h_moe"):
-        return tuple(il < n_layer_main and kv_heads[il] == 0 and n_ff[il] == 0
-                     for il in range(n_layer))
+        return tuple(il < n_layer_main and kv_heads[il] == 0 and n_ff[il] == 0 for il in range(n_layer))
     if arch in _INTERVAL_HYBRIDS:
         if recurrent_layers is not None:
             flags = tuple(bool(v) for v in recurrent_layers)
@@ -153,8 +237,14 @@ def recurrent_flags(arch: str, n_layer: int, n_layer_main: int, kv_heads: Sequen
     return tuple(il < n_layer_main and kv_heads[il] == 0 for il in range(n_layer))
 
 
-def kv_layer_flags(arch: str, n_layer: int, n_layer_main: int, recurrent: Sequence[bool],
-                   n_ff: Sequence[int], from_start: int | None) -> tuple[bool, ...]:
+def kv_layer_flags(
+    arch: str,
+    n_layer: int,
+    n_layer_main: int,
+    recurrent: Sequence[bool],
+    n_ff: Sequence[int],
+    from_start: int | None,
+) -> tuple[bool, ...]:
     """Which layers own attention KV tensors in the main context (notes §2, §4, §6)."""
     if arch in RECURRENT_ARCHS or arch in NO_MEMORY_ARCHS:
         return (False,) * n_layer
@@ -168,22 +258,25 @@ def kv_layer_flags(arch: str, n_layer: int, n_layer_main: int, recurrent: Sequen
     return tuple(il < limit and il < n_layer_main for il in range(n_layer))
 
 
-def indexer_layer_flags(arch: str, n_layer: int, n_layer_main: int, n_ctx_train: int,
-                        top_k: int, types: Sequence[int] | None,
-                        recurrent: Sequence[bool] = ()) -> tuple[bool, ...]:
+def indexer_layer_flags(
+    arch: str,
+    n_layer: int,
+    n_layer_main: int,
+    n_ctx_train: int,
+    top_k: int,
+    types: Sequence[int] | None,
+    recurrent: Sequence[bool] = (),
+) -> tuple[bool, ...]:
     """Which layers get a lightning-indexer key cache in the main context: llama_model::
     create_memory's `filter_lid` over `hparams.is_indexer_full(il)` (notes §7), or the
     `filter_idx` of llama_memory_hybrid_idx (attention layers: not `recurrent`). `types` is
     `attention.indexer.types` expanded to n_layer_main flags, None when the key is absent."""
-    if (arch not in DSA_ARCHS and arch not in IDX_HYBRID_ARCHS) or (
-            arch == "hy_v4" and top_k == 0):
+    if (arch not in DSA_ARCHS and arch not in IDX_HYBRID_ARCHS) or (arch == "hy_v4" and top_k == 0):
         return (False,) * n_layer
     if types is not None and len(types) != n_layer_main:
-        raise ValueError(f"attention.indexer.types has {len(types)} entries for "
-                         f"{n_layer_main} layers")
+        raise ValueError(f"attention.indexer.types has {len(types)} entries for {n_layer_main} layers")
     if arch in IDX_HYBRID_ARCHS:  # qwen4exp: every attention layer; glm5-next: types, else all
-        full = [True] * n_layer_main if types is None or arch == "qwen4exp" else \
-            [bool(v) for v in types]
+        full = [True] * n_layer_main if types is None or arch == "qwen4exp" else [bool(v) for v in types]
         recr = tuple(recurrent) or (False,) * n_layer
         return tuple(il < n_layer_main and not recr[il] and full[il] for il in range(n_layer))
     if arch == "deepseek32":  # every trunk layer; the key is not read

@@ -8,6 +8,7 @@ over an `mmap` (refusing what llama.cpp's parser refuses) and this module applie
 of llama.cpp 0c1e570 (`llama_model_base::load_hparams`, `src/models/*.cpp`); tensor data is never
 read. See notes/llama-cpp-memory.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,20 +20,35 @@ from gguf import LlamaFileType
 
 from engine.core.errors import ModelFileError
 from engine.gguf.arch_keys import known_arch, visible_metadata
-from engine.gguf.hparams import (DSA_ARCHS, HYBRID_ARCHS, IDX_HYBRID_ARCHS, NO_MEMORY_ARCHS,
-                                 MLA_ARCHS, MLA_KEYS, RECURRENT_ARCHS, SSM_KEYS, SWA_ALWAYS,
-                                 SWA_IF_WINDOW, WeightLayout,
-                                 indexer_layer_flags, kv_layer_flags, recurrent_flags,
-                                 weight_layout)
-from engine.gguf.reader import Array as _Array, Corrupt as _Corrupt, TensorRow, read_header
+from engine.gguf.hparams import (
+    DSA_ARCHS,
+    HYBRID_ARCHS,
+    IDX_HYBRID_ARCHS,
+    MLA_ARCHS,
+    MLA_KEYS,
+    NO_MEMORY_ARCHS,
+    RECURRENT_ARCHS,
+    SSM_KEYS,
+    SWA_ALWAYS,
+    SWA_IF_WINDOW,
+    WeightLayout,
+    indexer_layer_flags,
+    kv_layer_flags,
+    recurrent_flags,
+    weight_layout,
+)
+from engine.gguf.reader import Array as _Array
+from engine.gguf.reader import Corrupt as _Corrupt
+from engine.gguf.reader import TensorRow, read_header
 from engine.gguf.sparse import sparse_meta
 
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts (GGML_ASSERT) above this.
 MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS, same consequence.
 _MAX_DIM = 1 << 20  # sanity bound for embedding width, head counts and head sizes.
 
-_FTYPE_NAMES = {int(t): t.name.split("_", 1)[1] for t in LlamaFileType
-                if t.name.startswith(("MOSTLY_", "ALL_"))}  # MOSTLY_Q4_K_M -> Q4_K_M
+_FTYPE_NAMES = {
+    int(t): t.name.split("_", 1)[1] for t in LlamaFileType if t.name.startswith(("MOSTLY_", "ALL_"))
+}  # MOSTLY_Q4_K_M -> Q4_K_M
 _U32_MAX = 2**32 - 1
 Header = tuple[dict[str, Any], dict[str, int], list[TensorRow]]  # what read_header returns
 
@@ -95,17 +111,20 @@ class GGUFInfo:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict; the template text is replaced by its length to keep reports small."""
+
         def plain(v: Any) -> Any:
             if isinstance(v, dict):
                 return {k: plain(x) for k, x in v.items()}
             return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
         out = {k: plain(v) for k, v in dataclasses.asdict(self).items()}
         out["chat_template_chars"] = len(out.pop("chat_template") or "")
         return out
 
 
-def _int(meta: dict[str, Any], key: str, default: int | None = None,
-         required: bool = False, wide: bool = False) -> int | None:
+def _int(
+    meta: dict[str, Any], key: str, default: int | None = None, required: bool = False, wide: bool = False
+) -> int | None:
     """An integer scalar key; rejects floats, strings, negatives and arrays, and (unless `wide`)
     values beyond 32 bits, which llama.cpp reads every such key as (a u64 one fails to load)."""
     if key not in meta:
@@ -124,22 +143,26 @@ def _opt(meta: dict[str, Any], key: str, kind: type[Any]) -> Any:
     return value if type(value) is kind and (kind is not int or value >= 0) else None
 
 
-def _per_layer(meta: dict[str, Any], key: str, n_layer: int, default: tuple[int, ...]
-               ) -> tuple[int, ...]:
+def _per_layer(meta: dict[str, Any], key: str, n_layer: int, default: tuple[int, ...]) -> tuple[int, ...]:
     """llama.cpp's get_key_or_arr: a scalar for every layer or an array of exactly n_layer."""
     value = meta.get(key)
     if value is None:
         return default
     if isinstance(value, _Array):
-        if (value.length != n_layer or value.items is None or value.elem_type in (6, 7, 12)
-                or min(value.items, default=0) < 0):
+        if (
+            value.length != n_layer
+            or value.items is None
+            or value.elem_type in (6, 7, 12)
+            or min(value.items, default=0) < 0
+        ):
             raise _Corrupt(f"has an array {key} that is not one count per layer")
         return tuple(int(v) for v in value.items)
     return (_int(meta, key) or 0,) * n_layer
 
 
-def _swa(meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int,
-         n_head_kv: tuple[int, ...]) -> tuple[int, tuple[bool, ...]]:
+def _swa(
+    meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int, n_head_kv: tuple[int, ...]
+) -> tuple[int, tuple[bool, ...]]:
     """(window, per-layer SWA flags) as the arch's load_arch_hparams sets them; (0, all False)
     when llama.cpp runs the model without sliding-window attention."""
     p = f"{arch}.attention."
@@ -172,17 +195,25 @@ def _swa(meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int,
         period = _int(meta, p + "sliding_window_pattern")
     if period is None:
         raise _Corrupt(f"lacks the required array {p}sliding_window_pattern")
-    return window, _some_swa(arch, p, tuple(il < n_layer_main and (
-        period == 0 or (il % period != 0 if dense_first else il % period < period - 1))
-        for il in range(n_layer)))
+    return window, _some_swa(
+        arch,
+        p,
+        tuple(
+            il < n_layer_main
+            and (period == 0 or (il % period != 0 if dense_first else il % period < period - 1))
+            for il in range(n_layer)
+        ),
+    )
 
 
 def _some_swa(arch: str, p: str, flags: tuple[bool, ...]) -> tuple[bool, ...]:
     """The arch turned sliding-window attention on, so llama_model::create_memory asserts
     `hparams.is_swa_any()` (an abort): an empty or all-false pattern cannot load."""
     if not any(flags) and arch not in NO_MEMORY_ARCHS:
-        raise _Corrupt(f"turns sliding-window attention on, but {p}sliding_window_pattern "
-                       "marks no layer as sliding-window (llama.cpp aborts)")
+        raise _Corrupt(
+            f"turns sliding-window attention on, but {p}sliding_window_pattern "
+            "marks no layer as sliding-window (llama.cpp aborts)"
+        )
     return flags
 
 
@@ -193,11 +224,14 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
     if not isinstance(arch, str) or not arch.isprintable() or not 0 < len(arch.strip()) < 64:
         raise _Corrupt("lacks a usable general.architecture")
     if arch == "clip":
-        raise _Corrupt("is a vision projector (mmproj), not a language model: open the model "
-                       "file it belongs to")
+        raise _Corrupt(
+            "is a vision projector (mmproj), not a language model: open the model file it belongs to"
+        )
     if not known_arch(arch):
-        raise _Corrupt(f"uses the model architecture {arch!r}, which this version of llama.cpp "
-                       "does not know (a newer KV Deck may)")
+        raise _Corrupt(
+            f"uses the model architecture {arch!r}, which this version of llama.cpp "
+            "does not know (a newer KV Deck may)"
+        )
     # From here on only the keys llama.cpp's loader reads for this arch exist (arch_table).
     meta = visible_metadata(meta, arch)
     a, at = arch + ".", arch + ".attention."
@@ -213,14 +247,14 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
     heads = _per_layer(meta, at + "head_count", n_layer, (0,) * n_layer)
     kv_heads = _per_layer(meta, at + "head_count_kv", n_layer, heads)
     if max(heads + kv_heads) > _MAX_DIM or (not recurrent and min(max(heads), max(kv_heads)) == 0):
-        raise _Corrupt(f"has an impossible attention head count ({max(heads)} heads, "
-                       f"{max(kv_heads)} KV heads)")
+        raise _Corrupt(
+            f"has an impossible attention head count ({max(heads)} heads, {max(kv_heads)} KV heads)"
+        )
     # Only hybrids (recurrent layers), pure recurrent archs and deci (linear-attention layers)
     # may have layers without KV heads; elsewhere llama.cpp asserts while building the graph.
     kv_optional = recurrent or hybrid or arch == "deci"
     for il, (nh, nkv) in enumerate(zip(heads, kv_heads)):
-        if (nkv and (nh == 0 or nh % nkv)) or (
-                not nkv and not kv_optional and il < n_layer - n_nextn):
+        if (nkv and (nh == 0 or nh % nkv)) or (not nkv and not kv_optional and il < n_layer - n_nextn):
             raise _Corrupt(f"has {nh} attention heads but {nkv} KV heads in layer {il}")
     # Head sizes derive from layer 0 only, exactly like llama_model_base::load_hparams.
     hk = hv = 0
@@ -233,31 +267,36 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
     if max(kv_heads) and (not 0 < hk <= _MAX_DIM or not 0 < hv <= _MAX_DIM):
         raise _Corrupt("has attention layers but an impossible head size")
     n_swa, swa_layers = _swa(meta, arch, n_layer, n_layer - n_nextn, kv_heads)
-    from_start = {"gemma3n": 20, "gemma4": n_layer - (
-        _int(meta, at + "shared_kv_layers", 0) or 0)}.get(arch)
+    from_start = {"gemma3n": 20, "gemma4": n_layer - (_int(meta, at + "shared_kv_layers", 0) or 0)}.get(arch)
     if from_start is not None:  # reuse targets must exist and be of the same kind, or abort
         if from_start < 2:
             raise _Corrupt("shares the KV cache of more layers than it has")
         for il in range(from_start, n_layer):
             target = from_start - (2 if swa_layers[il] else 1)
             if swa_layers[target] != swa_layers[il]:
-                raise _Corrupt(f"has shared-KV layer {il} whose source layer {target} "
-                               "is of the other attention kind")
+                raise _Corrupt(
+                    f"has shared-KV layer {il} whose source layer {target} is of the other attention kind"
+                )
     ssm = {v: _int(meta, a + k) or 0 for k, v in SSM_KEYS.items() if a + k in meta}
     n_ff = _per_layer(meta, a + "feed_forward_length", n_layer, (0,) * n_layer)
     n_ff_exp = max(_per_layer(meta, a + "expert_feed_forward_length", n_layer, (0,)))
     rl = meta.get(at + "recurrent_layers")
     try:
-        recr = recurrent_flags(arch, n_layer, n_layer - n_nextn, kv_heads, n_ff,
-                               rl.items if isinstance(rl, _Array) else None,
-                               ssm.get("full_attention_interval"))
+        recr = recurrent_flags(
+            arch,
+            n_layer,
+            n_layer - n_nextn,
+            kv_heads,
+            n_ff,
+            rl.items if isinstance(rl, _Array) else None,
+            ssm.get("full_attention_interval"),
+        )
     except ValueError as exc:
         raise _Corrupt(f"has an unusable {at}recurrent_layers ({exc})") from None
     indexer, indexer_layers = _indexer(meta, arch, n_layer, n_layer - n_nextn, n_ctx, recr)
     # Only the MLA archs' loaders read the `_mla` keys, and llama_hparams::is_mla() asks for
     # both head sizes to be non-zero: other writers put these keys, zeroed, into every file.
-    mla = {k: _int(meta, at + k) or 0 for k in MLA_KEYS if at + k in meta} \
-        if arch in MLA_ARCHS else {}
+    mla = {k: _int(meta, at + k) or 0 for k in MLA_KEYS if at + k in meta} if arch in MLA_ARCHS else {}
     is_mla = bool(mla.get("key_length_mla")) and bool(mla.get("value_length_mla"))
     n_expert = _int(meta, a + "expert_count", 0) or 0
     n_expert_used = max(_per_layer(meta, a + "expert_used_count", n_layer, (0,)))
@@ -266,44 +305,73 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = _opt(meta, "tokenizer.ggml.model", str)
     if vocab not in (None, "none", "no_vocab") and not isinstance(tokens, _Array):
-        raise _Corrupt(f"lacks its vocabulary (tokenizer.ggml.tokens) for the {vocab!r} "
-                       "tokenizer")
+        raise _Corrupt(f"lacks its vocabulary (tokenizer.ggml.tokens) for the {vocab!r} tokenizer")
     n_vocab = tokens.length if isinstance(tokens, _Array) else _int(meta, a + "vocab_size", 0) or 0
     template = _opt(meta, "tokenizer.chat_template", str)
     template = template if template and template.strip() else None
-    embd_rows = next((n // max(1, ne0) for name, _t, n, _b, _o, ne0 in tensors
-                      if name == "token_embd.weight"), 0)
+    embd_rows = next(
+        (n // max(1, ne0) for name, _t, n, _b, _o, ne0 in tensors if name == "token_embd.weight"), 0
+    )
     weight_types: dict[str, int] = {}
     for _name, tname, _n, nbytes, _offset, _ne0 in tensors:
         weight_types[tname] = weight_types.get(tname, 0) + nbytes
     ftype = meta.get("general.file_type")  # else name the type that holds the most bytes
     file_type = (_FTYPE_NAMES.get(ftype) if type(ftype) is int else None) or max(
-        weight_types, key=weight_types.__getitem__, default="unknown")
+        weight_types, key=weight_types.__getitem__, default="unknown"
+    )
     return GGUFInfo(
-        path=path, architecture=arch, name=_opt(meta, "general.name", str),
-        n_layer=n_layer, n_ctx_train=n_ctx, n_embd=n_embd, n_head=max(heads),
-        n_head_kv=max(kv_heads), n_head_per_layer=heads, n_head_kv_per_layer=kv_heads,
-        head_dim_k=hk, head_dim_v=hv, head_dim_k_swa=hk_swa, head_dim_v_swa=hv_swa,
-        n_swa=n_swa, swa_layers=swa_layers, n_layer_kv_from_start=from_start,
-        recurrent=recurrent, hybrid=hybrid, ssm=ssm or None, mla=mla if is_mla else None,
-        n_expert=n_expert, n_expert_used=n_expert_used, n_vocab=n_vocab,
+        path=path,
+        architecture=arch,
+        name=_opt(meta, "general.name", str),
+        n_layer=n_layer,
+        n_ctx_train=n_ctx,
+        n_embd=n_embd,
+        n_head=max(heads),
+        n_head_kv=max(kv_heads),
+        n_head_per_layer=heads,
+        n_head_kv_per_layer=kv_heads,
+        head_dim_k=hk,
+        head_dim_v=hv,
+        head_dim_k_swa=hk_swa,
+        head_dim_v_swa=hv_swa,
+        n_swa=n_swa,
+        swa_layers=swa_layers,
+        n_layer_kv_from_start=from_start,
+        recurrent=recurrent,
+        hybrid=hybrid,
+        ssm=ssm or None,
+        mla=mla if is_mla else None,
+        n_expert=n_expert,
+        n_expert_used=n_expert_used,
+        n_vocab=n_vocab,
         tokenizer_model=vocab,
         bos_token_id=_opt(meta, "tokenizer.ggml.bos_token_id", int),
         eos_token_id=_opt(meta, "tokenizer.ggml.eos_token_id", int),
         add_bos=_opt(meta, "tokenizer.ggml.add_bos_token", bool),
-        file_type=file_type, has_chat_template=template is not None, chat_template=template,
-        weight_types=weight_types, n_params=sum(t[2] for t in tensors),
-        tensor_bytes=sum(t[3] for t in tensors), file_bytes=size,
-        n_layer_nextn=n_nextn, n_ff_per_layer=n_ff, n_ff_expert=n_ff_exp, recurrent_layers=recr,
+        file_type=file_type,
+        has_chat_template=template is not None,
+        chat_template=template,
+        weight_types=weight_types,
+        n_params=sum(t[2] for t in tensors),
+        tensor_bytes=sum(t[3] for t in tensors),
+        file_bytes=size,
+        n_layer_nextn=n_nextn,
+        n_ff_per_layer=n_ff,
+        n_ff_expert=n_ff_exp,
+        recurrent_layers=recr,
         kv_layers=kv_layer_flags(arch, n_layer, n_layer - n_nextn, recr, n_ff, from_start),
-        causal=meta.get(at + "causal") is not False, weights=weight_layout(tensors, n_layer),
-        n_vocab_embd=embd_rows, indexer=indexer, indexer_layers=indexer_layers,
+        causal=meta.get(at + "causal") is not False,
+        weights=weight_layout(tensors, n_layer),
+        n_vocab_embd=embd_rows,
+        indexer=indexer,
+        indexer_layers=indexer_layers,
         sparse=sparse_meta(meta, arch, n_layer),
     )
 
 
-def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: int,
-             recurrent: tuple[bool, ...]) -> tuple[dict[str, int] | None, tuple[bool, ...]]:
+def _indexer(
+    meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: int, recurrent: tuple[bool, ...]
+) -> tuple[dict[str, int] | None, tuple[bool, ...]]:
     """The lightning-indexer keys of a DSA or hybrid-idx arch and its per-layer cache flags.
     deepseek32, glm-dsa, glm5-next and qwen4exp require the keys (llama.cpp fails to load
     without them). "cache_width" is the cached row: key_length, × 3 with glm5-next's k-pool
@@ -312,22 +380,21 @@ def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: 
         return None, ()
     p = f"{arch}.attention.indexer."
     required = arch != "hy_v4"
-    idx = {k: _int(meta, p + k, 0, required=required) or 0
-           for k in ("head_count", "key_length", "top_k")}
+    idx = {k: _int(meta, p + k, 0, required=required) or 0 for k in ("head_count", "key_length", "top_k")}
     if arch == "qwen4exp" and not all(idx.values()):  # qwen4exp_require_nonzero
         raise _Corrupt(f"has a zero {p}head_count, key_length or top_k")
     idx["cache_width"] = idx["key_length"]
     if arch == "glm5-next":  # GGML_ASSERT(kpool > 1 && top_k % kpool == 0): an abort
         kpool = _int(meta, p + "kpool", required=True) or 0
         if kpool <= 1 or idx["top_k"] % kpool:
-            raise _Corrupt(f"has an unusable {p}kpool ({kpool}: must exceed 1 and divide "
-                           "top_k)")
+            raise _Corrupt(f"has an unusable {p}kpool ({kpool}: must exceed 1 and divide top_k)")
         idx["cache_width"] = 3 * idx["key_length"]
         if _int(meta, f"{arch}.rope.dimension_count", 1):  # n_rot defaults to the head size
-            raise _Corrupt(f"has rotary dimensions, but llama.cpp asserts that glm5-next's MLA "
-                           f"is NoPE-only ({arch}.rope.dimension_count must be 0)")
-    read = arch in ("glm-dsa", "glm5-next", "dots3note") or (
-        arch == "hy_v4" and idx["top_k"] > 0)
+            raise _Corrupt(
+                f"has rotary dimensions, but llama.cpp asserts that glm5-next's MLA "
+                f"is NoPE-only ({arch}.rope.dimension_count must be 0)"
+            )
+    read = arch in ("glm-dsa", "glm5-next", "dots3note") or (arch == "hy_v4" and idx["top_k"] > 0)
     raw = meta.get(p + "types") if read else None
     types: tuple[int, ...] | None = None
     if isinstance(raw, _Array):  # bool, uint32 or int32 elements, one per trunk layer
@@ -341,8 +408,7 @@ def _indexer(meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: 
             raise _Corrupt(f"lacks a usable array {p}types")
         types = (types + (0,) * n_main)[:n_main]
     try:
-        flags = indexer_layer_flags(arch, n_layer, n_main, n_ctx, idx["top_k"], types,
-                                    recurrent)
+        flags = indexer_layer_flags(arch, n_layer, n_main, n_ctx, idx["top_k"], types, recurrent)
     except ValueError as exc:
         raise _Corrupt(f"has an unusable indexer setup ({exc})") from None
     return (idx if any(flags) else None), flags
@@ -372,8 +438,7 @@ def inspect_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
     except OSError as exc:  # permission denied, I/O error, special files...
         raise ModelFileError(f"{label} cannot be read ({exc.strerror or exc})") from None
     except Exception as exc:  # a parser bug must still read as a sentence, never a traceback
-        raise ModelFileError(f"{label} could not be inspected ({type(exc).__name__}: {exc})"
-                             ) from exc
+        raise ModelFileError(f"{label} could not be inspected ({type(exc).__name__}: {exc})") from exc
 
 
 def inspect_header(path: str, header: Header, file_bytes: int) -> GGUFInfo:

@@ -9,6 +9,7 @@ out back to back at aligned offsets) plus one of its own: everything must lie in
 A file that passes here reaches llama.cpp's parser with nothing it would choke on, and a file
 that fails gets a sentence instead of a log line from a child process.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,15 +22,18 @@ from typing import Any, NamedTuple
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 # GGUF value type id -> struct format (8 = string, 9 = array are handled separately).
-_SCALAR_FMT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
-               11: "q", 12: "d"}
+_SCALAR_FMT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRUCTS = {f: struct.Struct("<" + f) for f in _SCALAR_FMT.values()}
 _MAX_ARRAY_KEEP = 65536  # longer numeric arrays (token scores) are only counted, like strings
 _MAX_STRING = 1 << 30  # GGUF_MAX_STRING_LENGTH and GGUF_MAX_ARRAY_ELEMENTS in gguf.cpp
 _MAX_NAME = 63  # GGML_MAX_NAME - 1
 _I64_MAX = 2**63 - 1
-TEXT_KEYS = {"general.architecture", "general.name", "tokenizer.ggml.model",
-             "tokenizer.chat_template"}  # other string values are skipped and read as ""
+TEXT_KEYS = {
+    "general.architecture",
+    "general.name",
+    "tokenizer.ggml.model",
+    "tokenizer.chat_template",
+}  # other string values are skipped and read as ""
 TRUNCATED = "is truncated or corrupt (header runs past the end of the file)"
 
 #: (name, ggml type name, n_elements, n_bytes, offset, ne0) of one tensor.
@@ -77,8 +81,7 @@ class _Cursor:
         packer = _STRUCTS[fmt]
         return packer.unpack_from(self.buf, self.take(packer.size))[0]
 
-    def string(self, limit: int | None = None, decode: bool = True,
-               errors: str = "replace") -> str:
+    def string(self, limit: int | None = None, decode: bool = True, errors: str = "replace") -> str:
         """Decode only what we use: a corrupt length can point at megabytes of weights.
 
         Keys and tensor names decode with ``surrogateescape`` so that two names differing only
@@ -87,7 +90,7 @@ class _Cursor:
         if limit is not None and n > limit:
             raise Corrupt("is corrupt (implausibly long key or tensor name)")
         start = self.take(n)
-        return self.buf[start:self.pos].decode("utf-8", errors=errors) if decode else ""
+        return self.buf[start : self.pos].decode("utf-8", errors=errors) if decode else ""
 
     def value(self, vtype: int, decode: bool) -> Any:
         if vtype in _SCALAR_FMT:
@@ -104,8 +107,7 @@ class _Cursor:
             fmt = _SCALAR_FMT[elem]
             start = self.take(count * _STRUCTS[fmt].size)
             keep = count <= _MAX_ARRAY_KEEP
-            return Array(elem, count, struct.unpack_from(f"<{count}{fmt}", self.buf, start)
-                         if keep else None)
+            return Array(elem, count, struct.unpack_from(f"<{count}{fmt}", self.buf, start) if keep else None)
         if elem != 8 or count * 8 > self.size - self.pos:  # llama.cpp rejects nested arrays
             raise Corrupt("is corrupt (malformed metadata array)")
         buf, pos, avail, unpack = self.buf, self.pos, self.avail, _STRUCTS["Q"].unpack_from
@@ -151,8 +153,9 @@ def _mapped(path: str, data: bytes | None) -> Iterator[mmap.mmap | bytes]:
         yield buf
 
 
-def read_header(path: str, size: int, data: bytes | None = None
-                ) -> tuple[dict[str, Any], dict[str, int], list[TensorRow]]:
+def read_header(
+    path: str, size: int, data: bytes | None = None
+) -> tuple[dict[str, Any], dict[str, int], list[TensorRow]]:
     """(metadata, value type per key, tensors) of a GGUF file, or `Corrupt`.
 
     `data`, when given, is the start of the file (fetched with a range request; `size` is the
@@ -194,16 +197,16 @@ def read_header(path: str, size: int, data: bytes | None = None
                 raise Corrupt(f"is corrupt (tensor {name} has an impossible shape)")
             if dims and dims[0] % block:
                 raise Corrupt(f"is corrupt (tensor {name} rows do not fit its type)")
-            infos.append((name, qtype.name, n_elem, n_elem // block * type_size, offset,
-                          dims[0] if dims else 1))
+            infos.append(
+                (name, qtype.name, n_elem, n_elem // block * type_size, offset, dims[0] if dims else 1)
+            )
         data_start = -(-cur.pos // alignment) * alignment
         expected = 0  # gguf.cpp: each tensor starts where the previous one ends, aligned
         for name, _t, _n, nbytes, offset, _ne0 in infos:
             if data_start + offset + nbytes > size:
                 raise Corrupt(f"is truncated (data of tensor {name} lies past the end)")
             if offset != expected:
-                raise Corrupt(f"is corrupt (tensor {name} does not start where the one before "
-                              "it ends)")
+                raise Corrupt(f"is corrupt (tensor {name} does not start where the one before it ends)")
             expected += -(-nbytes // alignment) * alignment
     return meta, types, infos
 

@@ -27,6 +27,7 @@ what llama.cpp refuses at load. Keys: "kind" ("dsv4" or "msa"), "indexer_key_len
 "ple_layers" and "ple_conv_state" (floats per sequence row, 0 without PLE); hc (hy_v4):
 "hc_mult" only.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -59,9 +60,12 @@ def sparse_meta(meta: dict[str, Any], arch: str, n_layer: int) -> dict[str, Any]
         ratios = tuple(int(v) for v in raw.items[:n_layer])
         if any(v not in (0, 4, 128) for v in ratios):  # "only supports … 0, 4, and 128"
             raise Corrupt(f"has a {p}compress_ratios entry other than 0, 4 or 128")
-        return {"kind": "dsv4", "ratios": ratios,
-                "indexer_key_length": _u32(meta, p + "indexer.key_length"),
-                "hc_mult": _u32(meta, f"{arch}.hyper_connection.count")}
+        return {
+            "kind": "dsv4",
+            "ratios": ratios,
+            "indexer_key_length": _u32(meta, p + "indexer.key_length"),
+            "hc_mult": _u32(meta, f"{arch}.hyper_connection.count"),
+        }
     if arch == "qwen4exp":
         return _qwen4exp(meta, arch, n_layer)
     if arch == "hy_v4":  # plain DSA caches; only its hyper-connection width matters (compute)
@@ -72,10 +76,13 @@ def sparse_meta(meta: dict[str, Any], arch: str, n_layer: int) -> dict[str, Any]
     _u32(meta, p + "indexer.block_size")
     if not meta.get(p + "indexer.block_size"):  # GGML_ASSERT(indexer_block_size > 0)
         raise Corrupt(f"has {p}indexer.block_size 0")
-    return {"kind": "msa", "indexer_key_length": _u32(meta, p + "indexer.key_length"),
-            "dense_lead": _u32(meta, f"{arch}.leading_dense_block_count", 0),
-            "indexer_head_count": _u32(meta, p + "indexer.head_count"),
-            "block_size": _u32(meta, p + "indexer.block_size")}
+    return {
+        "kind": "msa",
+        "indexer_key_length": _u32(meta, p + "indexer.key_length"),
+        "dense_lead": _u32(meta, f"{arch}.leading_dense_block_count", 0),
+        "indexer_head_count": _u32(meta, p + "indexer.head_count"),
+        "block_size": _u32(meta, p + "indexer.block_size"),
+    }
 
 
 def _qwen4exp(meta: dict[str, Any], arch: str, n_layer: int) -> dict[str, Any]:
@@ -93,8 +100,7 @@ def _qwen4exp(meta: dict[str, Any], arch: str, n_layer: int) -> dict[str, Any]:
         ratios = tuple(int(v) for v in raw.items)
     elif raw is not None:
         ratios = (_u32(meta, f"{arch}.attention.compress_ratios"),) * n_layer
-    out = {"kind": "qsa", "ratios": ratios, "hc_mult": hc, "ple_layers": (),
-           "ple_conv_state": 0}
+    out = {"kind": "qsa", "ratios": ratios, "hc_mult": hc, "ple_layers": (), "ple_conv_state": 0}
     layers = meta.get(f"{arch}.ple.layers")
     if not isinstance(layers, Array) or not layers.length:
         return out

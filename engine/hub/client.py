@@ -9,6 +9,7 @@ Settings are read from the environment at call time, as ``huggingface_hub`` docu
 ``HF_HUB_OFFLINE``; the library reads its own constants once at import, which is too early
 for a long-running app whose user changes them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,14 +72,12 @@ def headers(extra: dict[str, str] | None = None, url: str | None = None) -> dict
     from huggingface_hub.utils import build_hf_headers
 
     foreign = url is not None and urlsplit(url).hostname != urlsplit(endpoint()).hostname
-    return build_hf_headers(token=False if foreign else None, library_name="kvdeck",
-                            headers=extra)
+    return build_hf_headers(token=False if foreign else None, library_name="kvdeck", headers=extra)
 
 
 def check_repo(repo: str) -> None:
     if not valid_repo_id(repo):
-        raise HubError(f"{repo!r} is not a Hub repository id (owner/name, letters, digits, "
-                       "'-', '_' and '.')")
+        raise HubError(f"{repo!r} is not a Hub repository id (owner/name, letters, digits, '-', '_' and '.')")
 
 
 def check_file(name: str) -> None:
@@ -87,8 +86,7 @@ def check_file(name: str) -> None:
 
 
 def resolve_url(repo: str, filename: str, revision: str = "main") -> str:
-    return (f"{endpoint()}/{repo}/resolve/{quote(revision, safe='')}/"
-            f"{quote(filename, safe='/')}")
+    return f"{endpoint()}/{repo}/resolve/{quote(revision, safe='')}/{quote(filename, safe='/')}"
 
 
 @contextlib.contextmanager
@@ -100,22 +98,25 @@ def hub_errors(what: str) -> Iterator[None]:
     from huggingface_hub import errors as hfe
 
     if offline():
-        raise HubUnreachable("the Hugging Face Hub cannot be reached: offline mode is on "
-                             "(HF_HUB_OFFLINE); models already downloaded still work")
+        raise HubUnreachable(
+            "the Hugging Face Hub cannot be reached: offline mode is on "
+            "(HF_HUB_OFFLINE); models already downloaded still work"
+        )
     where = endpoint()
     try:
         yield
     except HubError:
         raise
     except hfe.OfflineModeIsEnabled:
-        raise HubUnreachable("the Hugging Face Hub cannot be reached: offline mode is on "
-                             "(HF_HUB_OFFLINE)") from None
+        raise HubUnreachable(
+            "the Hugging Face Hub cannot be reached: offline mode is on (HF_HUB_OFFLINE)"
+        ) from None
     except hfe.GatedRepoError:
-        raise HubError(f"{what} is gated: accept its terms on the Hub, then set HF_TOKEN "
-                       "(or run `hf auth login`)") from None
+        raise HubError(
+            f"{what} is gated: accept its terms on the Hub, then set HF_TOKEN (or run `hf auth login`)"
+        ) from None
     except hfe.RepositoryNotFoundError:
-        raise HubError(f"{what}: no such repository on the Hub (or it is private: set "
-                       "HF_TOKEN)") from None
+        raise HubError(f"{what}: no such repository on the Hub (or it is private: set HF_TOKEN)") from None
     except hfe.RevisionNotFoundError:
         raise HubError(f"{what}: no such revision on the Hub") from None
     except hfe.RemoteEntryNotFoundError:
@@ -124,17 +125,21 @@ def hub_errors(what: str) -> Iterator[None]:
         code = exc.response.status_code if exc.response is not None else "?"
         raise HubError(f"{what}: the Hub answered HTTP {code}") from None
     except httpx2.TimeoutException:
-        raise HubUnreachable(f"the Hugging Face Hub cannot be reached: {where} did not answer "
-                             f"within {READ_TIMEOUT_S:.0f} s") from None
+        raise HubUnreachable(
+            f"the Hugging Face Hub cannot be reached: {where} did not answer within {READ_TIMEOUT_S:.0f} s"
+        ) from None
     except (httpx2.TransportError, ConnectionError) as exc:
-        raise HubUnreachable(f"the Hugging Face Hub cannot be reached ({where}: "
-                             f"{type(exc).__name__})") from None
+        raise HubUnreachable(
+            f"the Hugging Face Hub cannot be reached ({where}: {type(exc).__name__})"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HubError(f"{where} did not answer with JSON (an HTML page or a proxy's error "
-                       "page?): is HF_ENDPOINT right?") from None
+        raise HubError(
+            f"{where} did not answer with JSON (an HTML page or a proxy's error page?): is HF_ENDPOINT right?"
+        ) from None
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
-        raise HubError(f"{where} answered with data this version cannot read ({what}: "
-                       f"{type(exc).__name__})") from None
+        raise HubError(
+            f"{where} answered with data this version cannot read ({what}: {type(exc).__name__})"
+        ) from None
 
 
 def _json(response: Any) -> Any:
@@ -157,8 +162,13 @@ class RepoHit:
     gated: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"repo": self.repo, "downloads": self.downloads, "likes": self.likes,
-                "updated": self.updated, "gated": self.gated}
+        return {
+            "repo": self.repo,
+            "downloads": self.downloads,
+            "likes": self.likes,
+            "updated": self.updated,
+            "gated": self.gated,
+        }
 
 
 def search(query: str, limit: int = 20) -> list[RepoHit]:
@@ -171,11 +181,18 @@ def search(query: str, limit: int = 20) -> list[RepoHit]:
 
     if not 1 <= limit <= 1000:
         raise HubError(f"--limit must be between 1 and 1000, not {limit}")
-    params = {"search": query, "filter": "gguf", "sort": "downloads", "direction": "-1",
-              "limit": str(limit), "expand": ["downloads", "likes", "lastModified", "gated"]}
+    params = {
+        "search": query,
+        "filter": "gguf",
+        "sort": "downloads",
+        "direction": "-1",
+        "limit": str(limit),
+        "expand": ["downloads", "likes", "lastModified", "gated"],
+    }
     with hub_errors(f"search {query!r}"):
-        rows = _json(session().get(f"{endpoint()}/api/models", params=params,
-                                   headers=headers(), timeout=timeout()))
+        rows = _json(
+            session().get(f"{endpoint()}/api/models", params=params, headers=headers(), timeout=timeout())
+        )
         if not isinstance(rows, list):
             raise TypeError("not a list")
         hits = []
@@ -183,9 +200,15 @@ def search(query: str, limit: int = 20) -> list[RepoHit]:
             info = ModelInfo(**row)
             if not isinstance(info.id, str) or not valid_repo_id(info.id):
                 continue  # never print or follow an id the Hub should not have sent
-            hits.append(RepoHit(info.id, int(info.downloads or 0), int(info.likes or 0),
-                                info.last_modified.date().isoformat()
-                                if info.last_modified else "", bool(info.gated)))
+            hits.append(
+                RepoHit(
+                    info.id,
+                    int(info.downloads or 0),
+                    int(info.likes or 0),
+                    info.last_modified.date().isoformat() if info.last_modified else "",
+                    bool(info.gated),
+                )
+            )
     return hits
 
 
@@ -200,8 +223,13 @@ class RepoListing:
     models: tuple[RemoteModel, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"repo": self.repo, "revision": self.revision, "commit": self.commit,
-                "gated": self.gated, "models": [m.to_json() for m in self.models]}
+        return {
+            "repo": self.repo,
+            "revision": self.revision,
+            "commit": self.commit,
+            "gated": self.gated,
+            "models": [m.to_json() for m in self.models],
+        }
 
 
 def list_files(repo: str, revision: str = "main") -> RepoListing:
@@ -211,14 +239,20 @@ def list_files(repo: str, revision: str = "main") -> RepoListing:
     check_repo(repo)
     with hub_errors(repo):
         info = HfApi(endpoint=endpoint()).model_info(
-            repo, revision=revision, files_metadata=True, timeout=READ_TIMEOUT_S)
+            repo, revision=revision, files_metadata=True, timeout=READ_TIMEOUT_S
+        )
         files = []
         for s in info.siblings or []:
             lfs = s.lfs
             sha = lfs.sha256 if lfs is not None else None
             size = s.size if s.size is not None else (lfs.size if lfs is not None else None)
-            files.append(RemoteFile(s.rfilename, None if size is None else int(size),
-                                    sha if isinstance(sha, str) and _is_sha256(sha) else None))
+            files.append(
+                RemoteFile(
+                    s.rfilename,
+                    None if size is None else int(size),
+                    sha if isinstance(sha, str) and _is_sha256(sha) else None,
+                )
+            )
     models = tuple(group_files(repo, files))
     return RepoListing(repo, revision, info.sha or "", bool(info.gated), models)
 

@@ -10,6 +10,7 @@ of the whole file (the Hub's LFS etag) is checked before the file is moved into 
 linked; free disk space is checked before the first byte; the same lock file as
 ``hf_hub_download`` keeps two downloaders off one blob.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,7 @@ def cached_file(repo: str, filename: str, revision: str = "main") -> Path | None
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(repo, filename, cache_dir=paths.hf_hub_cache(),
-                                       revision=revision)
+        found = try_to_load_from_cache(repo, filename, cache_dir=paths.hf_hub_cache(), revision=revision)
     except ValueError:
         return None
     return Path(found) if isinstance(found, str) else None
@@ -113,8 +113,7 @@ class _Meter:
         self.start, self.session_bytes, self.last = time.monotonic(), 0, 0.0
         self.done_in_file = 0
 
-    def report(self, state: str, done_in_file: int | None = None, force: bool = False,
-               msg: str = "") -> None:
+    def report(self, state: str, done_in_file: int | None = None, force: bool = False, msg: str = "") -> None:
         if done_in_file is None:
             done_in_file = self.done_in_file
         self.done_in_file = done_in_file
@@ -128,8 +127,15 @@ class _Meter:
         self.fn(Progress(self.label, state, done, self.total, speed, eta, msg))
 
 
-def _fetch(url: str, partial: Path, total: int, sha: hashlib._Hash, meter: _Meter,
-           cancel: threading.Event | None, label: str) -> hashlib._Hash:
+def _fetch(
+    url: str,
+    partial: Path,
+    total: int,
+    sha: hashlib._Hash,
+    meter: _Meter,
+    cancel: threading.Event | None,
+    label: str,
+) -> hashlib._Hash:
     """Append the rest of the file to `partial` (which `sha` already covers), resuming after
     dropped connections; returns the hash of the whole file."""
     import httpx2
@@ -141,8 +147,15 @@ def _fetch(url: str, partial: Path, total: int, sha: hashlib._Hash, meter: _Mete
             return sha
         got = 0
         try:
-            with hub_errors(label), session().stream("GET", url, timeout=timeout(), headers=headers(
-                    {"Range": f"bytes={have}-", "Accept-Encoding": "identity"}, url)) as r:
+            with (
+                hub_errors(label),
+                session().stream(
+                    "GET",
+                    url,
+                    timeout=timeout(),
+                    headers=headers({"Range": f"bytes={have}-", "Accept-Encoding": "identity"}, url),
+                ) as r,
+            ):
                 if r.status_code >= 400:
                     r.read()
                     from huggingface_hub.utils import hf_raise_for_status
@@ -154,16 +167,16 @@ def _fetch(url: str, partial: Path, total: int, sha: hashlib._Hash, meter: _Mete
                 elif r.status_code != 206 and r.status_code != 200:
                     raise HubError(f"{label}: the Hub answered HTTP {r.status_code}")
                 if "text/html" in r.headers.get("content-type", "").lower():
-                    raise HubError(f"{label}: the server answered with a web page, not the "
-                                   "file (a login or proxy page?)")
+                    raise HubError(
+                        f"{label}: the server answered with a web page, not the file (a login or proxy page?)"
+                    )
                 url = str(r.url)  # the CDN's URL: later ranges skip the redirect
                 with open(partial, "ab") as fh:
                     for chunk in r.iter_bytes():  # as it arrives: a drop loses nothing
                         if cancel is not None and cancel.is_set():
                             raise Cancelled(f"{label}: download cancelled")
                         if have + got + len(chunk) > total:
-                            raise HubError(f"{label}: the server sent more bytes than the "
-                                           "file has")
+                            raise HubError(f"{label}: the server sent more bytes than the file has")
                         fh.write(chunk)
                         sha.update(chunk)
                         got += len(chunk)
@@ -174,14 +187,23 @@ def _fetch(url: str, partial: Path, total: int, sha: hashlib._Hash, meter: _Mete
         except (HubUnreachable, httpx2.TransportError) as exc:
             failures = 0 if got else failures + 1
             if failures >= RETRIES:
-                raise exc if isinstance(exc, HubError) else HubUnreachable(
-                    f"{label}: the connection keeps dropping; run again to resume") from None
+                raise (
+                    exc
+                    if isinstance(exc, HubError)
+                    else HubUnreachable(f"{label}: the connection keeps dropping; run again to resume")
+                ) from None
             time.sleep(min(4.0, 0.5 * (failures + 1)))
 
 
-def download_file(repo: str, filename: str, *, revision: str = "main",
-                  expected_sha256: str | None = None, meter: _Meter | None = None,
-                  cancel: threading.Event | None = None) -> Path:
+def download_file(
+    repo: str,
+    filename: str,
+    *,
+    revision: str = "main",
+    expected_sha256: str | None = None,
+    meter: _Meter | None = None,
+    cancel: threading.Event | None = None,
+) -> Path:
     """One file into the HF cache; returns its snapshot path. Already there: no transfer."""
     from huggingface_hub import get_hf_file_metadata
 
@@ -193,8 +215,9 @@ def download_file(repo: str, filename: str, *, revision: str = "main",
     cached = cached_file(repo, filename, revision)
     try:
         with hub_errors(label):
-            meta = get_hf_file_metadata(resolve_url(repo, filename, revision),
-                                        timeout=READ_TIMEOUT_S, endpoint=endpoint())
+            meta = get_hf_file_metadata(
+                resolve_url(repo, filename, revision), timeout=READ_TIMEOUT_S, endpoint=endpoint()
+            )
     except HubUnreachable:
         if cached is not None:  # offline first: what we have is good enough
             return cached
@@ -210,8 +233,9 @@ def download_file(repo: str, filename: str, *, revision: str = "main",
         return snap
     blob.parent.mkdir(parents=True, exist_ok=True)
     if not (blob.is_file() and blob.stat().st_size == total):
-        _download_blob(resolve_url(repo, filename, revision), storage, etag, total, sha_hex,
-                       meter, cancel, label)
+        _download_blob(
+            resolve_url(repo, filename, revision), storage, etag, total, sha_hex, meter, cancel, label
+        )
     _link(blob, snap)
     _write_ref(storage, revision, commit)
     return snap
@@ -225,8 +249,16 @@ def _write_ref(storage: Path, revision: str, commit: str) -> None:
             ref.write_text(commit)
 
 
-def _download_blob(url: str, storage: Path, etag: str, total: int, sha_hex: str,
-                   meter: _Meter, cancel: threading.Event | None, label: str) -> None:
+def _download_blob(
+    url: str,
+    storage: Path,
+    etag: str,
+    total: int,
+    sha_hex: str,
+    meter: _Meter,
+    cancel: threading.Event | None,
+    label: str,
+) -> None:
     from filelock import FileLock, Timeout
 
     blob = storage / "blobs" / etag
@@ -245,9 +277,11 @@ def _download_blob(url: str, storage: Path, etag: str, total: int, sha_hex: str,
             have = 0
         free = shutil.disk_usage(blob.parent).free
         if total - have + DISK_MARGIN > free:
-            raise HubError(f"not enough disk space for {label}: it needs "
-                           f"{(total - have) / 2**30:.1f} GiB more, {free / 2**30:.1f} GiB "
-                           f"is free in {blob.parent}")
+            raise HubError(
+                f"not enough disk space for {label}: it needs "
+                f"{(total - have) / 2**30:.1f} GiB more, {free / 2**30:.1f} GiB "
+                f"is free in {blob.parent}"
+            )
         partial.touch()
         sha = _hash_prefix(partial, cancel) if have else hashlib.sha256()
         meter.report("downloading", have, force=True)
@@ -257,9 +291,11 @@ def _download_blob(url: str, storage: Path, etag: str, total: int, sha_hex: str,
             raise HubError(f"{label}: got {partial.stat().st_size} bytes, expected {total}")
         if sha_hex and sha.hexdigest() != sha_hex:
             partial.unlink(missing_ok=True)
-            raise HubError(f"{label} failed its sha256 check (got {sha.hexdigest()[:12]}…, "
-                           f"the Hub says {sha_hex[:12]}…): the download was deleted, "
-                           "try again")
+            raise HubError(
+                f"{label} failed its sha256 check (got {sha.hexdigest()[:12]}…, "
+                f"the Hub says {sha_hex[:12]}…): the download was deleted, "
+                "try again"
+            )
         os.replace(partial, blob)
     finally:
         lock.release()
@@ -275,9 +311,13 @@ def discard_partial(repo: str, etag: str) -> None:
     (_storage(repo) / "blobs" / f"{etag}.incomplete").unlink(missing_ok=True)
 
 
-def download_model(model: RemoteModel, *, revision: str = "main",
-                   on_progress: ProgressFn | None = None,
-                   cancel: threading.Event | None = None) -> list[Path]:
+def download_model(
+    model: RemoteModel,
+    *,
+    revision: str = "main",
+    on_progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> list[Path]:
     """Every part of `model`, in order, into the HF cache; one progress total for all parts.
     Returns the snapshot paths (the first one is what `inspect_gguf`/the library open)."""
     if offline():
@@ -288,8 +328,16 @@ def download_model(model: RemoteModel, *, revision: str = "main",
     out = []
     try:
         for f in model.files:
-            out.append(download_file(model.repo, f.name, revision=revision,
-                                     expected_sha256=f.sha256, meter=meter, cancel=cancel))
+            out.append(
+                download_file(
+                    model.repo,
+                    f.name,
+                    revision=revision,
+                    expected_sha256=f.sha256,
+                    meter=meter,
+                    cancel=cancel,
+                )
+            )
             meter.base += f.size or 0
             meter.done_in_file = 0
     except Cancelled as exc:

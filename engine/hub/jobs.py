@@ -5,6 +5,7 @@ bandwidth and leave two partial files instead of one finished model). Callbacks 
 worker thread: a Qt front end forwards them with a queued signal. Cancelling keeps the
 partial file, so adding the model again resumes it, unless the cancel discards it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -56,8 +57,7 @@ class DownloadQueue:
         self._pending: deque[DownloadJob] = deque()
         self._cv = threading.Condition()
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name="kvdeck-hub-downloads",
-                                        daemon=True)
+        self._worker = threading.Thread(target=self._run, name="kvdeck-hub-downloads", daemon=True)
         self._worker.start()
 
     def add(self, model: RemoteModel, revision: str = "main") -> DownloadJob:
@@ -133,8 +133,9 @@ class DownloadQueue:
             self._emit(job)
 
         try:
-            job.paths = download_model(job.model, revision=job.revision, on_progress=progress,
-                                       cancel=job.cancel_event)
+            job.paths = download_model(
+                job.model, revision=job.revision, on_progress=progress, cancel=job.cancel_event
+            )
             job.state = "done"
         except Cancelled:
             job.state = "cancelled"

@@ -7,6 +7,7 @@ draft/assistant models for speculative decoding and multi-token-prediction heads
 The user picks a *model*, so parts are grouped into one entry and companions are labelled.
 Pure functions: nothing here touches the network.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,9 @@ SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 _QUANT_RE = re.compile(
     r"(?<![A-Za-z0-9])(?:UD-)?("
     r"I?Q\d(?:_[A-Z0-9]{1,3}){0,3}|TQ\d_\d|MXFP4(?:_MOE)?|NVFP4|BF16|F16|F32|FP16|FP32"
-    r")(?![A-Za-z0-9])", re.IGNORECASE)
+    r")(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
 _MTP_RE = re.compile(r"(?<![a-z0-9])mtp(?![a-z])", re.IGNORECASE)
 ROLES = ("model", "mmproj", "draft", "mtp")
 # repo ids: "owner/name", as the Hub allows them (huggingface_hub's validate_repo_id, stricter)
@@ -32,9 +35,14 @@ def valid_repo_id(repo: str) -> bool:
 def valid_file_name(name: str) -> bool:
     """A relative path inside a repo that cannot escape a folder it is joined to."""
     parts = name.split("/")
-    return (0 < len(name) <= 512 and not name.startswith("/") and "\\" not in name
-            and "\x00" not in name and all(p not in ("", ".", "..") for p in parts)
-            and name.isprintable())
+    return (
+        0 < len(name) <= 512
+        and not name.startswith("/")
+        and "\\" not in name
+        and "\x00" not in name
+        and all(p not in ("", ".", "..") for p in parts)
+        and name.isprintable()
+    )
 
 
 def quant_of(name: str) -> str:
@@ -90,10 +98,16 @@ class RemoteModel:
         return len(self.files) == self.n_parts
 
     def to_json(self) -> dict[str, Any]:
-        return {"repo": self.repo, "name": self.name, "quant": self.quant, "role": self.role,
-                "size": self.size, "n_parts": self.n_parts, "complete": self.complete,
-                "files": [{"name": f.name, "size": f.size, "sha256": f.sha256}
-                          for f in self.files]}
+        return {
+            "repo": self.repo,
+            "name": self.name,
+            "quant": self.quant,
+            "role": self.role,
+            "size": self.size,
+            "n_parts": self.n_parts,
+            "complete": self.complete,
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+        }
 
 
 def group_files(repo: str, files: list[RemoteFile]) -> list[RemoteModel]:
@@ -103,7 +117,7 @@ def group_files(repo: str, files: list[RemoteFile]) -> list[RemoteModel]:
         if not f.name.lower().endswith(".gguf") or not valid_file_name(f.name):
             continue
         m = SPLIT_RE.search(f.name)
-        key = f.name[:m.start()] + ".gguf" if m else f.name
+        key = f.name[: m.start()] + ".gguf" if m else f.name
         part, total = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
         groups.setdefault(key, []).append((part, total, f))
     models = []
@@ -111,8 +125,11 @@ def group_files(repo: str, files: list[RemoteFile]) -> list[RemoteModel]:
         parts.sort(key=lambda p: p[0])
         n_parts = max(p[1] for p in parts)
         unique = {p[0]: p[2] for p in parts if 1 <= p[0] <= n_parts}
-        models.append(RemoteModel(repo, key, tuple(unique[i] for i in sorted(unique)),
-                                  quant_of(key), role_of(key), n_parts))
+        models.append(
+            RemoteModel(
+                repo, key, tuple(unique[i] for i in sorted(unique)), quant_of(key), role_of(key), n_parts
+            )
+        )
     return models
 
 

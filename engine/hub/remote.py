@@ -11,6 +11,7 @@ Headers are cached under the data folder, named by the content's sha256 (immutab
 Hub), so listing a repository again costs nothing; the cached file is also what
 `read_tensor_dims` re-reads for the CPU repack plan (the `GGUFInfo.path` of a remote model).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,12 @@ def header_cache_dir() -> Path:
 
 
 def _cache_path(repo: str, revision: str, f: RemoteFile) -> Path:
-    key = f.sha256 or hashlib.sha256(
-        f"{repo}\0{revision}\0{f.name}\0{f.size}".encode("utf-8", "surrogateescape")).hexdigest()
+    key = (
+        f.sha256
+        or hashlib.sha256(
+            f"{repo}\0{revision}\0{f.name}\0{f.size}".encode("utf-8", "surrogateescape")
+        ).hexdigest()
+    )
     return header_cache_dir() / f"{key}.gguf-header"
 
 
@@ -74,8 +79,10 @@ class _RangeReader:
         """Bytes [start, end) of the file; fewer only if the file ends sooner."""
         want = end - start
         ask = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-        with hub_errors(self.label), session().stream(
-                "GET", self.url, timeout=timeout(), headers=headers(ask, self.url)) as r:
+        with (
+            hub_errors(self.label),
+            session().stream("GET", self.url, timeout=timeout(), headers=headers(ask, self.url)) as r,
+        ):
             if r.status_code >= 400:
                 r.read()
                 from huggingface_hub.utils import hf_raise_for_status
@@ -84,11 +91,12 @@ class _RangeReader:
             if r.status_code not in (200, 206):
                 raise HubError(f"{self.label}: the Hub answered HTTP {r.status_code}")
             if "text/html" in r.headers.get("content-type", "").lower():
-                raise HubError(f"{self.label}: the server answered with a web page, not "
-                               "the file (a login or proxy page?)")
+                raise HubError(
+                    f"{self.label}: the server answered with a web page, not "
+                    "the file (a login or proxy page?)"
+                )
             skip = start if r.status_code == 200 else 0  # range ignored: whole file
-            if r.status_code == 206 and not r.headers.get(
-                    "content-range", "").startswith(f"bytes {start}-"):
+            if r.status_code == 206 and not r.headers.get("content-range", "").startswith(f"bytes {start}-"):
                 raise HubError(f"{self.label}: the server answered a different range")
             self.url = str(r.url)  # after redirects: the CDN's (signed) URL
             out = bytearray()
@@ -104,9 +112,13 @@ class _RangeReader:
         return bytes(out[:want])
 
 
-def fetch_header(repo: str, f: RemoteFile, revision: str = "main",
-                 stats: ReadStats | None = None, first_range: int = FIRST_RANGE
-                 ) -> tuple[Path, tuple[Any, Any, Any]]:
+def fetch_header(
+    repo: str,
+    f: RemoteFile,
+    revision: str = "main",
+    stats: ReadStats | None = None,
+    first_range: int = FIRST_RANGE,
+) -> tuple[Path, tuple[Any, Any, Any]]:
     """(cached header file, parsed header) of one remote GGUF file, fetching only what the
     disk cache lacks. Raises `HubError` or `ModelFileError` (not a GGUF, corrupt, too big)."""
     check_repo(repo)
@@ -137,9 +149,9 @@ def fetch_header(repo: str, f: RemoteFile, revision: str = "main",
             break
         except Incomplete as exc:
             if len(data) >= MAX_HEADER_BYTES:
-                raise ModelFileError(f"{label} has a header larger than "
-                                     f"{MAX_HEADER_BYTES >> 20} MiB; not judged remotely"
-                                     ) from None
+                raise ModelFileError(
+                    f"{label} has a header larger than {MAX_HEADER_BYTES >> 20} MiB; not judged remotely"
+                ) from None
             want = min(f.size, MAX_HEADER_BYTES, max(2 * len(data), exc.needed + 64 * 1024))
         except Corrupt as exc:
             raise ModelFileError(f"{label} {exc}") from None
@@ -155,29 +167,28 @@ def fetch_header(repo: str, f: RemoteFile, revision: str = "main",
     return cache, header
 
 
-def remote_info(model: RemoteModel, revision: str = "main",
-                stats: ReadStats | None = None) -> GGUFInfo:
+def remote_info(model: RemoteModel, revision: str = "main", stats: ReadStats | None = None) -> GGUFInfo:
     """What `inspect_gguf` would say about `model` once downloaded, from its header(s) alone.
 
     A split model's tensor table is spread over its parts: every part's header is read and
     the tables put together, so the weights are counted in full."""
     if model.role == "mmproj":
-        raise ModelFileError(f"{model.name} is a vision projector (mmproj), not a language "
-                             "model: pick the model it belongs to")
+        raise ModelFileError(
+            f"{model.name} is a vision projector (mmproj), not a language model: pick the model it belongs to"
+        )
     if not model.complete:
-        raise HubError(f"{model.repo} · {model.name}: the repository lists "
-                       f"{len(model.files)} of its {model.n_parts} parts")
+        raise HubError(
+            f"{model.repo} · {model.name}: the repository lists "
+            f"{len(model.files)} of its {model.n_parts} parts"
+        )
     stats = stats if stats is not None else ReadStats()
-    first_path, (meta, types, tensors) = fetch_header(model.repo, model.files[0], revision,
-                                                      stats)
+    first_path, (meta, types, tensors) = fetch_header(model.repo, model.files[0], revision, stats)
     tensors = list(tensors)
     for part in model.files[1:]:
-        _p, (_m, _t, more) = fetch_header(model.repo, part, revision, stats,
-                                          first_range=LATER_PART_RANGE)
+        _p, (_m, _t, more) = fetch_header(model.repo, part, revision, stats, first_range=LATER_PART_RANGE)
         tensors += more
     try:
         return inspect_header(str(first_path), (meta, types, tensors), model.size or 0)
     except ModelFileError as exc:  # name the model, not the cache file
         text = str(exc)
-        raise ModelFileError(model.name + text[text.find(" "):] if " " in text else text
-                             ) from None
+        raise ModelFileError(model.name + text[text.find(" ") :] if " " in text else text) from None

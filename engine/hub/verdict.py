@@ -6,6 +6,7 @@ remotely and on this machine's devices (`plan_devices`), so the verdict on a Hub
 what `kvdeck fit` says once it is on disk. The text is what a user choosing between
 quantizations needs: where it runs, at what context, and what it would take if it does not.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,8 +52,13 @@ def _kv_words(s: PlanSettings) -> str:
     return f"{s.type_k} K/V" if s.type_k == s.type_v else f"{s.type_k} K and {s.type_v} V"
 
 
-def verdict(info: GGUFInfo, devices: list[Device] | None = None, *,
-            max_context: int | None = None, budget_bytes: int | None = None) -> Verdict:
+def verdict(
+    info: GGUFInfo,
+    devices: list[Device] | None = None,
+    *,
+    max_context: int | None = None,
+    budget_bytes: int | None = None,
+) -> Verdict:
     """`kvdeck fit`'s answer for `info` on `devices` (default: this machine's)."""
     from engine.core.build import gpu_backend
     from engine.plan.analytic import analytic_plan
@@ -66,13 +72,24 @@ def verdict(info: GGUFInfo, devices: list[Device] | None = None, *,
     settings = PlanSettings(n_ctx=4096, n_gpu_layers=-1, type_k=kv, type_v=kv)
     n_layers = info.n_layer + 1
     n_gpus = sum(1 for d in devices if d.kind == "gpu")
-    errors = [p for p in check_settings(info, settings, n_gpus, gpu_backend())
-              if p.severity == "error"]
+    errors = [p for p in check_settings(info, settings, n_gpus, gpu_backend()) if p.severity == "error"]
     if errors:
-        return Verdict(False, "none", 0, 0, n_layers, kv, kv, 0, "settings",
-                       errors[0].message, f"cannot run: {errors[0].message}")
-    result = fit(info, settings, devices, plan_fn=analytic_plan, budget_bytes=budget_bytes,
-                 max_context=max_context)
+        return Verdict(
+            False,
+            "none",
+            0,
+            0,
+            n_layers,
+            kv,
+            kv,
+            0,
+            "settings",
+            errors[0].message,
+            f"cannot run: {errors[0].message}",
+        )
+    result = fit(
+        info, settings, devices, plan_fn=analytic_plan, budget_bytes=budget_bytes, max_context=max_context
+    )
     s, need = result.settings, result.plan.bytes_for()
     ngl = min(s.n_gpu_layers, n_layers) if n_gpus else 0
     if not result.fits:
@@ -83,14 +100,28 @@ def verdict(info: GGUFInfo, devices: list[Device] | None = None, *,
         text = f"fits fully on GPU at {ctx_words(s.n_ctx)} context with {_kv_words(s)}"
     elif n_gpus and ngl > 0:
         where = "split"
-        text = (f"fits with {ngl} of {n_layers} layers on GPU at {ctx_words(s.n_ctx)} context "
-                f"with {_kv_words(s)}")
+        text = (
+            f"fits with {ngl} of {n_layers} layers on GPU at {ctx_words(s.n_ctx)} context with {_kv_words(s)}"
+        )
     else:
         where = "cpu"
-        text = (f"fits in RAM{'' if n_gpus else ' (no usable GPU)'} at "
-                f"{ctx_words(s.n_ctx)} context with {_kv_words(s)}")
-    return Verdict(result.fits, where, s.n_ctx, ngl, n_layers, s.type_k, s.type_v, need,
-                   result.limited_by, result.reason, text)
+        text = (
+            f"fits in RAM{'' if n_gpus else ' (no usable GPU)'} at "
+            f"{ctx_words(s.n_ctx)} context with {_kv_words(s)}"
+        )
+    return Verdict(
+        result.fits,
+        where,
+        s.n_ctx,
+        ngl,
+        n_layers,
+        s.type_k,
+        s.type_v,
+        need,
+        result.limited_by,
+        result.reason,
+        text,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,9 +135,13 @@ class Candidate:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.model.to_json(), "verdict": self.verdict.to_json() if self.verdict
-                else None, "error": self.error, "bytes_read": self.bytes_read,
-                "seconds": round(self.seconds, 4)}
+        return {
+            **self.model.to_json(),
+            "verdict": self.verdict.to_json() if self.verdict else None,
+            "error": self.error,
+            "bytes_read": self.bytes_read,
+            "seconds": round(self.seconds, 4),
+        }
 
 
 _RANK = {"gpu": 0, "split": 1, "cpu": 2, "none": 3}
@@ -123,8 +158,9 @@ def sort_key(c: Candidate) -> tuple[Any, ...]:
     return (_RANK[v.where], -round(frac, 2), -(c.model.size or 0), -v.n_ctx, c.model.name)
 
 
-def judge_one(model: RemoteModel, revision: str = "main",
-              devices: list[Device] | None = None, **fit_options: Any) -> Candidate:
+def judge_one(
+    model: RemoteModel, revision: str = "main", devices: list[Device] | None = None, **fit_options: Any
+) -> Candidate:
     """Verdict on one remote model; failures become the candidate's `error`, not exceptions."""
     start, stats = time.perf_counter(), ReadStats()
     try:
@@ -135,10 +171,15 @@ def judge_one(model: RemoteModel, revision: str = "main",
     return Candidate(model, v, err, stats.bytes_read, time.perf_counter() - start)
 
 
-def judge(models: list[RemoteModel], revision: str = "main",
-          devices: list[Device] | None = None, *, workers: int = 4,
-          on_result: Callable[[Candidate], None] | None = None,
-          **fit_options: Any) -> list[Candidate]:
+def judge(
+    models: list[RemoteModel],
+    revision: str = "main",
+    devices: list[Device] | None = None,
+    *,
+    workers: int = 4,
+    on_result: Callable[[Candidate], None] | None = None,
+    **fit_options: Any,
+) -> list[Candidate]:
     """Verdicts on `models` (a few headers at a time), sorted best fit first.
 
     `on_result` sees each candidate as it is judged (a GUI fills its list as they come).

@@ -7,10 +7,11 @@ for kv cache", "failed to allocate compute pp buffers"). A user needs both in on
 "not enough memory for the KV cache (214.58 GiB on CPU)". Pure Python, so it can be tested
 without loading anything.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from engine.core.units import format_bytes
 
@@ -34,11 +35,18 @@ _BUFFER = re.compile(r"unable to allocate (?P<dev>\S+) buffer")
 
 
 def describe_allocation_failure(lines: Sequence[str]) -> str | None:
-    """"not enough memory for <component> (<size> on <device>)", or None if `lines` (recent
+    """ "not enough memory for <component> (<size> on <device>)", or None if `lines` (recent
     warning/error log lines, oldest first) show no allocation failure."""
     text = [line.lower() for line in lines]
-    component = next((name for line in reversed(text) for key, name in _COMPONENTS
-                      if key in line and ("alloc" in line or "memory" in line)), None)
+    component = next(
+        (
+            name
+            for line in reversed(text)
+            for key, name in _COMPONENTS
+            if key in line and ("alloc" in line or "memory" in line)
+        ),
+        None,
+    )
     if component is None:
         if any("bad_alloc" in line for line in text):  # a C++ container, sized by n_ctx & co
             return "not enough memory for llama.cpp's own bookkeeping (std::bad_alloc)"
@@ -58,7 +66,8 @@ def describe_allocation_failure(lines: Sequence[str]) -> str | None:
         m = next((_BUFFER.search(line) for line in reversed(lines) if _BUFFER.search(line)), None)
         device = m["dev"] if m else None
     where = f" on {device}" if device else ""
-    return (f"not enough memory for {component} ({format_bytes(size)}{where})" if size is not None
-            else f"not enough memory for {component}{where}")
-
-
+    return (
+        f"not enough memory for {component} ({format_bytes(size)}{where})"
+        if size is not None
+        else f"not enough memory for {component}{where}"
+    )

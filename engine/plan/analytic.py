@@ -8,33 +8,59 @@ Formulas follow notes/llama-cpp-memory.md: context resolution §1 and KV §2-§5
 equal llama.cpp's `size =` tensor sums; compute buffers have no closed form (§9) and come from
 `engine.plan.compute`.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from engine.plan.compute import estimate_compute
-from engine.plan.compute_placement import cuda_compute
-from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
+from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 from engine.gguf.hparams import NO_MEMORY_ARCHS
 from engine.gguf.inspect import GGUFInfo
+from engine.plan.compute import estimate_compute
+from engine.plan.compute_placement import cuda_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
+from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
 from engine.plan.kv_sizes import ModelGeometry, geometry, kv_caches
 from engine.plan.sparse_caches import dsv4_states, ple_conv_state, unmodelled_notes
-from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 
-__all__ = ["BLOCKS", "CacheSize", "LLAMA_MAX_SEQ", "ModelGeometry", "RS_ROLLBACK_ARCHS",
-           "Resolved", "analytic_plan", "geometry", "kv_caches", "layer_devices",
-           "resolve_context", "row_bytes", "weights_cache_type"]
+__all__ = [
+    "BLOCKS",
+    "CacheSize",
+    "LLAMA_MAX_SEQ",
+    "ModelGeometry",
+    "RS_ROLLBACK_ARCHS",
+    "Resolved",
+    "analytic_plan",
+    "geometry",
+    "kv_caches",
+    "layer_devices",
+    "resolve_context",
+    "row_bytes",
+    "weights_cache_type",
+]
 
-RS_ROLLBACK_ARCHS = frozenset({"kimi-k3", "qwen35", "qwen35moe", "qwen4exp", "deepseek4",
-                               "glm5-next", "nemotron_h", "nemotron_h_moe", "lfm2", "lfm2moe",
-                               "bailingmoe3"})
+RS_ROLLBACK_ARCHS = frozenset(
+    {
+        "kimi-k3",
+        "qwen35",
+        "qwen35moe",
+        "qwen4exp",
+        "deepseek4",
+        "glm5-next",
+        "nemotron_h",
+        "nemotron_h_moe",
+        "lfm2",
+        "lfm2moe",
+        "bailingmoe3",
+    }
+)
 LLAMA_MAX_SEQ = 256
 
 
 # --- devices ------------------------------------------------------------------------------
+
 
 def _gpus(settings: PlanSettings, devices: Sequence[Device]) -> list[Device]:
     gpus = [d for d in devices if d.kind == "gpu"]
@@ -51,7 +77,7 @@ def layer_devices(n_layer: int, settings: PlanSettings, gpus: Sequence[Device]) 
     ngl = n_layer + 1 if settings.n_gpu_layers < 0 else settings.n_gpu_layers
     start = max(n_layer + 1 - ngl, 0)
     act = min(ngl, n_layer + 1)
-    split = [float(x) for x in settings.tensor_split[:len(gpus)]]
+    split = [float(x) for x in settings.tensor_split[: len(gpus)]]
     if not any(split):
         split = [float(max(g.free_bytes, 1)) for g in gpus]
     split += [0.0] * (len(gpus) - len(split))
@@ -70,8 +96,9 @@ def layer_devices(n_layer: int, settings: PlanSettings, gpus: Sequence[Device]) 
 
 # --- the plan -----------------------------------------------------------------------------
 
+
 def weights_cache_type(info: GGUFInfo) -> str:
-    """"bf16" when the weights are mostly bf16 (trained in bf16: f16 K/V can overflow), else
+    """ "bf16" when the weights are mostly bf16 (trained in bf16: f16 K/V can overflow), else
     "f16". By bytes; a quantized file whose float tensors are bf16 counts when bf16 outweighs
     f16 and is at least a tenth of the file."""
     bf16, f16 = info.weight_types.get("BF16", 0), info.weight_types.get("F16", 0)
@@ -103,32 +130,44 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     kv_dev = ldev if settings.offload_kqv else ["CPU"] * len(ldev)
     fa_compute = fa != "off"
     if fa == "auto":
-        attn = (il for il, kvh in enumerate(info.n_head_kv_per_layer)  # shared-KV layers too
-                if kvh and il not in geo.rec_layers)
-        bad = [il for il in attn
-               if ldev[il].startswith("CUDA") and not _cuda_fa_kernel(geo, info, il)]
+        attn = (
+            il
+            for il, kvh in enumerate(info.n_head_kv_per_layer)  # shared-KV layers too
+            if kvh and il not in geo.rec_layers
+        )
+        bad = [il for il in attn if ldev[il].startswith("CUDA") and not _cuda_fa_kernel(geo, info, il)]
         if bad:  # the probe (§1) will find FLASH_ATTN_EXT on the CPU and switch FA off
             fa_compute = False
-            notes.append(f"flash attention auto: CUDA has no kernel for head size "
-                         f"{geo.head_k[bad[0]]}/{geo.head_v[bad[0]]}, so it resolves to off "
-                         "(V stays untransposed; compute sized without flash attention)")
+            notes.append(
+                f"flash attention auto: CUDA has no kernel for head size "
+                f"{geo.head_k[bad[0]]}/{geo.head_v[bad[0]]}, so it resolves to off "
+                "(V stays untransposed; compute sized without flash attention)"
+            )
     allocs: list[Allocation] = []
     no_mem = geo.arch in NO_MEMORY_ARCHS
     # KV cache (§2-§5): per kept layer, cells per stream × streams.
     caches, n_swa_cells = kv_caches(info, settings_kv, r, v_trans)
     if geo.iswa:
         n_unified = r.n_seq if settings.kv_unified and not info.sparse else 1  # DSV4: per seq
-        notes.append("SWA layers use a full-size cache (swa_full)" if settings.swa_full else
-                     f"SWA layers: window {info.n_swa}"
-                     + (f" × {r.n_seq} sequences" if n_unified > 1 else "")
-                     + f" + ubatch {r.n_ubatch} → {n_swa_cells} cells")
+        notes.append(
+            "SWA layers use a full-size cache (swa_full)"
+            if settings.swa_full
+            else f"SWA layers: window {info.n_swa}"
+            + (f" × {r.n_seq} sequences" if n_unified > 1 else "")
+            + f" + ubatch {r.n_ubatch} → {n_swa_cells} cells"
+        )
     for c in caches:
         for dev, (n, k, v) in c.per_device(kv_dev).items():
-            detail = (f"{c.label or c.kind}: {n} layers × {c.cells} cells × {c.streams} "
-                      f"streams, K-width {'/'.join(map(str, c.k_widths))} {c.type_k} = "
-                      f"{k / MiB:.2f} MiB, "
-                      + (("no V (MLA: K only)" if geo.mla else "no V (K only)") if c.k_only
-                         else f"V {c.type_v} = {v / MiB:.2f} MiB"))
+            detail = (
+                f"{c.label or c.kind}: {n} layers × {c.cells} cells × {c.streams} "
+                f"streams, K-width {'/'.join(map(str, c.k_widths))} {c.type_k} = "
+                f"{k / MiB:.2f} MiB, "
+                + (
+                    ("no V (MLA: K only)" if geo.mla else "no V (K only)")
+                    if c.k_only
+                    else f"V {c.type_v} = {v / MiB:.2f} MiB"
+                )
+            )
             allocs.append(Allocation("kv", dev, k + v, detail))
     layers = () if no_mem else geo.kv_layers
     w_v_max = max(geo.v_width) if geo.v_width else 0
@@ -140,26 +179,39 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     rows = r.n_seq * (1 + rs_seq)
     seqs = f" f32 × {r.n_seq} seqs" + (f" × (1 + {rs_seq} rollback)" if rs_seq else "")
     if geo.rec_layers and not no_mem:
-        allocs += _per_layer_state(geo.rec_layers, 4 * (geo.n_embd_r + geo.n_embd_s) * rows,
-                                   kv_dev, "", f" × (R {geo.n_embd_r} + S {geo.n_embd_s}){seqs}")
+        allocs += _per_layer_state(
+            geo.rec_layers,
+            4 * (geo.n_embd_r + geo.n_embd_s) * rows,
+            kv_dev,
+            "",
+            f" × (R {geo.n_embd_r} + S {geo.n_embd_s}){seqs}",
+        )
         if rows > 1:
             one = 4 * (geo.n_embd_r + geo.n_embd_s) * len(geo.rec_layers)
-            notes.append(f"parallel sequences multiply the recurrent state ({rows} × "
-                         f"{one / MiB:.2f} MiB)")
+            notes.append(f"parallel sequences multiply the recurrent state ({rows} × {one / MiB:.2f} MiB)")
     ple_layers, ple_bytes = ple_conv_state(info, r, rs_seq)  # qwen4exp: the "P" row (§6)
     allocs += _per_layer_state(ple_layers, ple_bytes, kv_dev, "PLE convolution state (P)", seqs)
     for st in dsv4_states(info, r, rs_seq):  # f32 compressor states (§7), per sequence
-        allocs += _per_layer_state(st.layers, st.layer_bytes, kv_dev,
-                                   f"DSV4 {st.name} compressor state",
-                                   f" × 2 × {st.n_embd_state} × {st.state_size}{seqs}")
+        allocs += _per_layer_state(
+            st.layers,
+            st.layer_bytes,
+            kv_dev,
+            f"DSV4 {st.name} compressor state",
+            f" × 2 × {st.n_embd_state} × {st.state_size}{seqs}",
+        )
     if settings.n_rs_seq and geo.rec_layers and not rs_seq:
         notes.append(f"{geo.arch} has no state rollback: n_rs_seq is ignored")
 
     # Output buffer (§8): logits for n_seq_max rows at context creation, on the host.
     out_bytes = 4 * geo.n_vocab * r.n_seq
-    allocs.append(Allocation("output", "CPU", out_bytes,
-                             f"logits {geo.n_vocab} vocab × {r.n_seq} rows f32 (grows with "
-                             "outputs requested per batch)"))
+    allocs.append(
+        Allocation(
+            "output",
+            "CPU",
+            out_bytes,
+            f"logits {geo.n_vocab} vocab × {r.n_seq} rows f32 (grows with outputs requested per batch)",
+        )
+    )
 
     # Weights (§10).
     # Without a GPU, repackable matrices move to a CPU_REPACK buffer (engine.plan.cpu_repack).
@@ -169,28 +221,43 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
 
     # Compute (§9): the CPU calibration, or on CUDA what the scheduler allocates there.
     quant_k, quant_v = BLOCKS[tk][0] > 1, BLOCKS[tv][0] > 1
-    ests = estimate_compute(geo.compute, r, fa_compute, n_swa_cells, settings.kv_unified,
-                            ldev[-1] if gpus else "CPU", bool(gpus), quant_k or quant_v)
+    ests = estimate_compute(
+        geo.compute,
+        r,
+        fa_compute,
+        n_swa_cells,
+        settings.kv_unified,
+        ldev[-1] if gpus else "CPU",
+        bool(gpus),
+        quant_k or quant_v,
+    )
     if gpus and all(g.name.startswith("CUDA") for g in gpus):
         ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), ldev, ests, notes)
     for dev, b, detail in ests:
         allocs.append(Allocation("compute", dev, b, detail))
 
     if settings.split_mode == "tensor" and len(gpus) > 1:
-        notes.append("tensor split: llama.cpp divides every weight and the KV cache across the GPUs "
-                     "by heads; this plan places whole layers by the split ratios instead (not yet "
-                     "measured on a multi-GPU machine), so per-GPU figures are approximate")
+        notes.append(
+            "tensor split: llama.cpp divides every weight and the KV cache across the GPUs "
+            "by heads; this plan places whole layers by the split ratios instead (not yet "
+            "measured on a multi-GPU machine), so per-GPU figures are approximate"
+        )
     if r.n_ctx_seq > info.n_ctx_train:
-        notes.append(f"context per sequence {r.n_ctx_seq} exceeds the training context "
-                     f"{info.n_ctx_train}")
+        notes.append(f"context per sequence {r.n_ctx_seq} exceeds the training context {info.n_ctx_train}")
     if fa == "auto" and fa_compute:
         notes.append("flash attention auto: sized as enabled (the probe decides at load)")
     notes += unmodelled_notes(info, settings, fa_compute)
     return MemoryPlan(
-        source="analytic", settings=settings, n_ctx=r.n_ctx, n_ctx_seq=r.n_ctx_seq,
-        kv_cells=r.n_ctx_seq if layers else 0, kv_cells_swa=n_swa_cells if layers else 0,
-        allocations=tuple(allocs), notes=tuple(notes),
-        flash_attn_resolved=(None if fa_compute else False) if fa == "auto" else fa == "on")
+        source="analytic",
+        settings=settings,
+        n_ctx=r.n_ctx,
+        n_ctx_seq=r.n_ctx_seq,
+        kv_cells=r.n_ctx_seq if layers else 0,
+        kv_cells_swa=n_swa_cells if layers else 0,
+        allocations=tuple(allocs),
+        notes=tuple(notes),
+        flash_attn_resolved=(None if fa_compute else False) if fa == "auto" else fa == "on",
+    )
 
 
 _CUDA_FA_HEADS = {40, 64, 72, 80, 96, 112, 128, 256}
@@ -203,25 +270,30 @@ def _cuda_fa_kernel(geo: ModelGeometry, info: GGUFInfo, il: int) -> bool:
     gqa = geo.n_head[il] // max(1, info.n_head_kv_per_layer[il])
     if k in _CUDA_FA_HEADS:
         return v == k
-    return ((k, v) in ((576, 512), (512, 512)) and gqa >= 2) or \
-        ((k, v) == (192, 128) and gqa % 8 == 0) or ((k, v) == (320, 256) and gqa % 32 == 0)
+    return (
+        ((k, v) in ((576, 512), (512, 512)) and gqa >= 2)
+        or ((k, v) == (192, 128) and gqa % 8 == 0)
+        or ((k, v) == (320, 256) and gqa % 32 == 0)
+    )
 
 
-
-def _per_layer_state(layers: Sequence[int], layer_bytes: int, kv_dev: Sequence[str],
-                     name: str, each: str) -> list[Allocation]:
+def _per_layer_state(
+    layers: Sequence[int], layer_bytes: int, kv_dev: Sequence[str], name: str, each: str
+) -> list[Allocation]:
     """Recurrent-kind buffers of equal size per layer, summed per device (on the layer's
     device when K/V are offloaded, else the host)."""
     count: dict[str, int] = {}
     for il in layers:
         count[kv_dev[il]] = count.get(kv_dev[il], 0) + 1
-    return [Allocation("recurrent", dev, n * layer_bytes,
-                       (f"{name}: " if name else "") + f"{n} layers{each}")
-            for dev, n in count.items()]
+    return [
+        Allocation("recurrent", dev, n * layer_bytes, (f"{name}: " if name else "") + f"{n} layers{each}")
+        for dev, n in count.items()
+    ]
 
 
-def _weights(geo: ModelGeometry, ldev: list[str], has_gpu: bool,
-             repack: RepackPlan | None = None) -> list[Allocation]:
+def _weights(
+    geo: ModelGeometry, ldev: list[str], has_gpu: bool, repack: RepackPlan | None = None
+) -> list[Allocation]:
     """Weight bytes per device: input layer on the host, layers and output where ldev says;
     a CPU-only load's repacked matrices as a second CPU allocation (CPU_REPACK)."""
     w = geo.weights
@@ -234,8 +306,7 @@ def _weights(geo: ModelGeometry, ldev: list[str], has_gpu: bool,
         by_dev[dev] = by_dev.get(dev, 0) + b
         count[dev] = count.get(dev, 0) + 1
     out_dev = ldev[-1]
-    by_dev[out_dev] = by_dev.get(out_dev, 0) + (w.output_cuda if out_dev != "CPU"
-                                                else w.output_host)
+    by_dev[out_dev] = by_dev.get(out_dev, 0) + (w.output_cuda if out_dev != "CPU" else w.output_host)
     # A tied output is a copy of token_embd in the output layer's buffer. Archs that create
     # that copy before token_embd itself (gemma3n, gemma4) keep two copies even on the CPU.
     tied = w.tied_output and (out_dev != "CPU" or geo.arch in ("gemma3n", "gemma4"))
@@ -247,8 +318,7 @@ def _weights(geo: ModelGeometry, ldev: list[str], has_gpu: bool,
         if dev == "CPU":
             parts.append("token embeddings (input layer, always host)")
         if dev == out_dev:
-            parts.append("output layer" + (" + copy of the tied token embeddings"
-                                           if tied else ""))
+            parts.append("output layer" + (" + copy of the tied token embeddings" if tied else ""))
         pad = "128-byte aligned, quantized rows padded" if dev != "CPU" else "32-byte aligned"
         if dev == "CPU" and repack is not None and repack.bytes:
             b -= repack.moved

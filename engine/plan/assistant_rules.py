@@ -9,6 +9,7 @@ architecture, hidden size (``embedding_length_out``), vocabulary, the SWA layout
 last two layers and the head sizes of the shared layers. Used by the child before loading, by
 ``kvdeck pair`` and by the GUI's draft picker.
 """
+
 from __future__ import annotations
 
 from engine.gguf.inspect import GGUFInfo
@@ -34,32 +35,65 @@ def _main(info: GGUFInfo) -> int:
 
 def assistant_checks(target: GGUFInfo, assistant: GGUFInfo, embd_out: int) -> list[Check]:
     """Every rule with its verdict; ``embd_out`` is :func:`embedding_length_out` of the assistant."""
-    checks = [Check("architecture", target.architecture in TARGET_ARCHS,
-                    f"a {ASSISTANT_ARCH} drafts for Gemma 4 and the target is {target.architecture}"
-                    if target.architecture not in TARGET_ARCHS else "a Gemma 4 target for a Gemma 4 assistant")]
-    checks.append(Check("hidden size", embd_out == target.n_embd,
-                        f"the assistant expects a hidden size of {embd_out}, the target has {target.n_embd}"
-                        if embd_out != target.n_embd else f"both {target.n_embd}"))
+    checks = [
+        Check(
+            "architecture",
+            target.architecture in TARGET_ARCHS,
+            f"a {ASSISTANT_ARCH} drafts for Gemma 4 and the target is {target.architecture}"
+            if target.architecture not in TARGET_ARCHS
+            else "a Gemma 4 target for a Gemma 4 assistant",
+        )
+    ]
+    checks.append(
+        Check(
+            "hidden size",
+            embd_out == target.n_embd,
+            f"the assistant expects a hidden size of {embd_out}, the target has {target.n_embd}"
+            if embd_out != target.n_embd
+            else f"both {target.n_embd}",
+        )
+    )
     same_vocab = target.n_vocab == assistant.n_vocab and target.tokenizer_model == assistant.tokenizer_model
-    checks.append(Check("vocabulary", same_vocab,
-                        f"target {target.n_vocab:,} tokens, assistant {assistant.n_vocab:,}"
-                        if not same_vocab else f"same {target.n_vocab:,}-token vocabulary"))
+    checks.append(
+        Check(
+            "vocabulary",
+            same_vocab,
+            f"target {target.n_vocab:,} tokens, assistant {assistant.n_vocab:,}"
+            if not same_vocab
+            else f"same {target.n_vocab:,}-token vocabulary",
+        )
+    )
     n = _main(target)
     swa = target.swa_layers[:n]
     layout_ok = n >= 2 and len(swa) >= 2 and swa[-2] and not swa[-1]
-    checks.append(Check("SWA layout", layout_ok,
-                        "the target's last two layers are sliding-window then full attention, as the assistant reads them"
-                        if layout_ok else "the assistant reads the target's layer n-2 as sliding-window and n-1 as "
-                        "full attention, but this target's last two layers are not laid out that way"))
-    a_swa = assistant.swa_layers[:assistant.n_layer]
+    checks.append(
+        Check(
+            "SWA layout",
+            layout_ok,
+            "the target's last two layers are sliding-window then full attention, as the assistant reads them"
+            if layout_ok
+            else "the assistant reads the target's layer n-2 as sliding-window and n-1 as "
+            "full attention, but this target's last two layers are not laid out that way",
+        )
+    )
+    a_swa = assistant.swa_layers[: assistant.n_layer]
     t_full, t_swa = target.head_dim_k, target.head_dim_k_swa or target.head_dim_k
     a_full, a_swa_dim = assistant.head_dim_k, assistant.head_dim_k_swa or assistant.head_dim_k
-    heads_ok = (a_full == t_full and (a_swa_dim == t_swa or not any(a_swa))
-                and assistant.n_head_kv == target.n_head_kv)
-    checks.append(Check("head sizes", heads_ok,
-                        f"shared layers: assistant heads {a_swa_dim}/{a_full} (SWA/full) with {assistant.n_head_kv} KV heads, "
-                        f"target {t_swa}/{t_full} with {target.n_head_kv}" if not heads_ok
-                        else f"the shared layers agree ({t_swa}/{t_full}, {target.n_head_kv} KV heads)"))
+    heads_ok = (
+        a_full == t_full
+        and (a_swa_dim == t_swa or not any(a_swa))
+        and assistant.n_head_kv == target.n_head_kv
+    )
+    checks.append(
+        Check(
+            "head sizes",
+            heads_ok,
+            f"shared layers: assistant heads {a_swa_dim}/{a_full} (SWA/full) with {assistant.n_head_kv} KV heads, "
+            f"target {t_swa}/{t_full} with {target.n_head_kv}"
+            if not heads_ok
+            else f"the shared layers agree ({t_swa}/{t_full}, {target.n_head_kv} KV heads)",
+        )
+    )
     return checks
 
 
@@ -68,8 +102,11 @@ def refusal(target_name: str, assistant_name: str, checks: list[Check]) -> str:
     bad = [c for c in checks if not c.ok]
     if not bad:
         return ""
-    return (f"{assistant_name} cannot draft for {target_name}: "
-            + "; ".join(f"{c.name}: {c.detail}" for c in bad) + "; chat works without drafting")
+    return (
+        f"{assistant_name} cannot draft for {target_name}: "
+        + "; ".join(f"{c.name}: {c.detail}" for c in bad)
+        + "; chat works without drafting"
+    )
 
 
 def outgrows(target: dict[str, int], drafter: dict[str, int]) -> str:
@@ -79,6 +116,8 @@ def outgrows(target: dict[str, int], drafter: dict[str, int]) -> str:
     bad = [k for k in target if drafter.get(k, target[k]) != target[k]]
     if not bad:
         return ""
-    return ("the drafting context would not follow the target's size ("
-            + ", ".join(f"{k} {drafter[k]:,} against the target's {target[k]:,}" for k in bad)
-            + "); drafting is off")
+    return (
+        "the drafting context would not follow the target's size ("
+        + ", ".join(f"{k} {drafter[k]:,} against the target's {target[k]:,}" for k in bad)
+        + "); drafting is off"
+    )

@@ -20,10 +20,12 @@ the host buffer holds the masks plus 2-4 hidden rows per token, within ~1.5 MiB 
 Not modelled: weight copies that op_offload streams into the GPU buffer for CPU-resident layers,
 and ops that fall back to the CPU (e.g. flash attention for head sizes CUDA has no kernel for).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from engine.core.memory_types import MiB
 
@@ -55,11 +57,26 @@ _REC_PHASE: dict[str, tuple[str, float, float, float, float]] = {
 # Extra floats per token × n_embd in the recurrent phase (hidden rows live around the mixer).
 _REC_EMBD = {"kimi-linear": 3.3}
 # 1.0: the KQ masks are still live during the recurrent phase (attention layers come after).
-_REC_MASK = {"qwen3next": 1.0, "jamba": 1.0, "granitehybrid": 1.0, "nemotron_h": 1.0,
-             "nemotron_h_moe": 1.0, "falcon-h1": 1.0, "kimi-linear": 1.0}
+_REC_MASK = {
+    "qwen3next": 1.0,
+    "jamba": 1.0,
+    "granitehybrid": 1.0,
+    "nemotron_h": 1.0,
+    "nemotron_h_moe": 1.0,
+    "falcon-h1": 1.0,
+    "kimi-linear": 1.0,
+}
 # Extra per-token floats (× n_embd) in the attention phase without flash attention.
-_ATTN_OFF_EXTRA = {"gemma2": 2.0, "gemma3": 2.0, "gemma3n": 2.0, "gemma4": 2.0,
-                   "qwen3next": 3.06, "qwen35": 3.06, "qwen35moe": 3.06, "deepseek2": 0.06}
+_ATTN_OFF_EXTRA = {
+    "gemma2": 2.0,
+    "gemma3": 2.0,
+    "gemma3n": 2.0,
+    "gemma4": 2.0,
+    "qwen3next": 3.06,
+    "qwen35": 3.06,
+    "qwen35moe": 3.06,
+    "deepseek2": 0.06,
+}
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,16 @@ class ComputeShape:
     moe_used: int = 0  # experts used per token (0: dense FFN)
 
     @classmethod
-    def from_info(cls, info: Any, kv_layers: Sequence[int], head_k: Sequence[int],
-                  rec_layers: Sequence[int], n_embd_r: int, n_embd_s: int,
-                  n_ff: Sequence[int]) -> "ComputeShape":
+    def from_info(
+        cls,
+        info: Any,
+        kv_layers: Sequence[int],
+        head_k: Sequence[int],
+        rec_layers: Sequence[int],
+        n_embd_r: int,
+        n_embd_s: int,
+        n_ff: Sequence[int],
+    ) -> ComputeShape:
         heads = info.n_head_per_layer
         mla = info.mla or {}
         sp = info.sparse or {}
@@ -104,33 +128,44 @@ class ComputeShape:
         unit = 0
         if rec_layers and phase:
             ssm = info.ssm or {}
-            unit = {"d_inner": ssm.get("d_inner", 0), "n_embd": info.n_embd,
-                    "kda": heads[0] * ssm.get("kda_head_dim", 0)}[phase[0]]
+            unit = {
+                "d_inner": ssm.get("d_inner", 0),
+                "n_embd": info.n_embd,
+                "kda": heads[0] * ssm.get("kda_head_dim", 0),
+            }[phase[0]]
         return cls(
-            arch=info.architecture, n_embd=info.n_embd, n_vocab=info.n_vocab, q_width=q,
+            arch=info.architecture,
+            n_embd=info.n_embd,
+            n_vocab=info.n_vocab,
+            q_width=q,
             n_head=max((heads[il] for il in kv_layers), default=0),
             has_full=any(not swa[il] for il in kv_layers),
             has_swa=any(swa[il] for il in kv_layers),
-            ffn_width=ffn, mla_rank=mla.get("kv_lora_rank", 0) if info.mla else 0,
-            rec_unit=unit, rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0),
+            ffn_width=ffn,
+            mla_rank=mla.get("kv_lora_rank", 0) if info.mla else 0,
+            rec_unit=unit,
+            rec_state=(n_embd_s, n_embd_r) if rec_layers else (0, 0),
             dsa_top_k=(info.indexer or {}).get("top_k", 0)
-            if sp.get("kind", "hc") == "hc" and info.architecture != "glm5-next" else 0,
+            if sp.get("kind", "hc") == "hc" and info.architecture != "glm5-next"
+            else 0,
             la_heads=heads[0] if info.architecture == "minimax-01" and rec_layers else 0,
             moe_used=info.n_expert_used if info.n_expert else 0,
             kpool_rows=info.head_dim_k + (info.indexer or {}).get("cache_width", 0)
-            if info.architecture == "glm5-next" and kv_layers else 0,
-            ple_width=256 * (info.n_layer - info.n_layer_nextn)
-            if info.architecture == "gemma3n" else 0,
+            if info.architecture == "glm5-next" and kv_layers
+            else 0,
+            ple_width=256 * (info.n_layer - info.n_layer_nextn) if info.architecture == "gemma3n" else 0,
             dsv4_ratio=min((x for x in sp.get("ratios", ()) if x), default=0)
-            if sp.get("kind") == "dsv4" else 0,
+            if sp.get("kind") == "dsv4"
+            else 0,
             hc_mult=sp.get("hc_mult", 0) if sp.get("kind") in ("dsv4", "hc") else 0,
             qsa=_qsa_shape(info, kv_layers) if sp.get("kind") == "qsa" else (0, 0, 0, 0),
-            msa=(sp["indexer_head_count"], sp["block_size"]) if sp.get("kind") == "msa"
-            else (0, 0))
+            msa=(sp["indexer_head_count"], sp["block_size"]) if sp.get("kind") == "msa" else (0, 0),
+        )
 
 
-def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
-           kv_unified: bool, quant_kv: bool = False) -> dict[str, int]:
+def phases(
+    shape: ComputeShape, r: Resolved, fa_on: bool, n_swa_cells: int, kv_unified: bool, quant_kv: bool = False
+) -> dict[str, int]:
     """Peak bytes of each graph phase for the worst-case reserve (n_ubatch, n_seq_max)."""
     e = shape.n_embd
     t0 = min(r.n_ctx, r.n_ubatch)
@@ -143,8 +178,9 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
     mask = 0  # the KQ masks are graph inputs: live from the first to the last attention layer
     if shape.q_width:
         cell = 2 if fa_on else 4
-        mask = (r.n_ctx_seq * t * cell if shape.has_full else 0) \
-            + (n_swa_cells * t * cell if shape.has_swa else 0)
+        mask = (r.n_ctx_seq * t * cell if shape.has_full else 0) + (
+            n_swa_cells * t * cell if shape.has_swa else 0
+        )
         n_kv = r.n_ctx_seq if shape.has_full else n_swa_cells
         if shape.kpool_rows:
             result["attention"] = _glm5_next_attention(shape, r, t, fa_on)
@@ -160,8 +196,10 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
         if shape.dsa_top_k:
             result["attention"] += _dsa_extra(shape, r, t, fa_on)
             if shape.hc_mult and not shape.dsv4_ratio:  # hy_v4's hyper-connection streams
-                result["attention"] += int(4 * t * shape.hc_mult * e * (1.0 if fa_on else 1.8)
-                                           + (t * r.n_ctx_seq // 6 if fa_on else 0))
+                result["attention"] += int(
+                    4 * t * shape.hc_mult * e * (1.0 if fa_on else 1.8)
+                    + (t * r.n_ctx_seq // 6 if fa_on else 0)
+                )
         if shape.dsv4_ratio:
             result["attention"] += _dsv4_extra(shape, r, t, fa_on, n_swa_cells)
         if shape.msa[0] and fa_on and (r.n_seq == 1 or not kv_unified):
@@ -171,27 +209,26 @@ def phases(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
     if shape.ffn_width:
         result["ffn"] = mask + 4 * t * (e + 4 * shape.ffn_width + 7)
     if shape.ple_width:
-        _add_per_layer_inputs(result, shape, t, mask, fa_on,
-                              shape.has_swa and n_swa_cells >= r.n_ctx_seq)
+        _add_per_layer_inputs(result, shape, t, mask, fa_on, shape.has_swa and n_swa_cells >= r.n_ctx_seq)
     phase = _REC_PHASE.get(shape.arch)
     if phase and shape.rec_unit:
         _unit, a, a0, c_s, c_r = phase
         s, rr = shape.rec_state
-        result["recurrent"] = int(mask * _REC_MASK.get(shape.arch, 0)
-                                  + 4 * t * (a * shape.rec_unit + a0
-                                             + _REC_EMBD.get(shape.arch, 0.0) * e)
-                                  + 4 * r.n_seq * (c_s * s + c_r * rr))
+        result["recurrent"] = int(
+            mask * _REC_MASK.get(shape.arch, 0)
+            + 4 * t * (a * shape.rec_unit + a0 + _REC_EMBD.get(shape.arch, 0.0) * e)
+            + 4 * r.n_seq * (c_s * s + c_r * rr)
+        )
     return result
 
 
 def _qsa_shape(info: Any, kv_layers: Sequence[int]) -> tuple[int, int, int, int]:
     idx, sp = info.indexer or {}, info.sparse
     ratio = min((sp["ratios"][il] for il in kv_layers if sp["ratios"][il]), default=0)
-    return (idx.get("head_count", 0) if ratio else 0, idx.get("key_length", 0), ratio,
-            sp["hc_mult"])
+    return (idx.get("head_count", 0) if ratio else 0, idx.get("key_length", 0), ratio, sp["hc_mult"])
 
 
-def _qsa_attention(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:
+def _qsa_attention(shape: ComputeShape, r: Resolved, t: int, fa_on: bool) -> int:
     """qwen4exp's attention phase with QSA (besides the KQ masks), whose peak is the indexer
     scoring every cell: per cell and token the block scores expanded to cells (f32), the mask
     in f32 added to them (a cast with flash attention) and the per-block score rows (4 bytes
@@ -205,13 +242,18 @@ def _qsa_attention(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> i
     heads, idx_dim, ratio, hc = shape.qsa
     cells = r.n_ctx_seq
     per_cell = 8 + 4 / ratio + (0 if fa_on else 4 * shape.n_head)
-    per_tok = 2 * hc * e + (4 if fa_on else 2) * heads * idx_dim \
-        + (2 if fa_on else 4) * shape.q_width + (0.8 if fa_on else 0.75) * e
+    per_tok = (
+        2 * hc * e
+        + (4 if fa_on else 2) * heads * idx_dim
+        + (2 if fa_on else 4) * shape.q_width
+        + (0.8 if fa_on else 0.75) * e
+    )
     return int(t * cells * per_cell + 4 * t * per_tok)
 
 
-def _add_lightning(result: dict[str, int], shape: ComputeShape, t: int, n_seq: int, mask: int,
-                   fa_on: bool) -> None:
+def _add_lightning(
+    result: dict[str, int], shape: ComputeShape, t: int, n_seq: int, mask: int, fa_on: bool
+) -> None:
     """minimax-01's lightning-attention layers work on [tokens per sequence]² × heads f32
     blocks per sequence (`L` bytes): the diag-decay graph input, its decayed copy and the
     masked QK product are live at once (3 L), next to the KQ masks and about 8 hidden rows
@@ -228,7 +270,7 @@ def _add_lightning(result: dict[str, int], shape: ComputeShape, t: int, n_seq: i
         result["attention"] += max(0, la - int(4 * t * 3.92 * e))
 
 
-def _glm5_next_attention(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:
+def _glm5_next_attention(shape: ComputeShape, r: Resolved, t: int, fa_on: bool) -> int:
     """glm5-next, ROUGH (a fit, not a model of its graph): the larger of two peaks fitted on
     one CPU fixture (n_embd 128, 4 mHC streams, MLA row 64 + k-pool indexer row 192,
     1k-8k cells, 64-512 tokens, 1-4 sequences): one growing with sequences × cells (per
@@ -247,7 +289,7 @@ def _glm5_next_attention(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool
     return int(max(p1, p2))
 
 
-def _dsa_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:
+def _dsa_extra(shape: ComputeShape, r: Resolved, t: int, fa_on: bool) -> int:
     """DSA (deepseek32, glm-dsa, hy_v4) on top of the MLA attention phase: the indexer's own
     KQ mask (always f16: the fused lightning indexer is always on) plus the sparse copy of
     the attention mask (a fill and an add of the mask's type), i.e. 2 + 2 × mask bytes per
@@ -262,11 +304,12 @@ def _dsa_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool) -> int:
     flash attention, 2.2 MiB without (where the f32 KQ scores dominate real models)."""
     cell = 2 if fa_on else 4
     kept = min(shape.dsa_top_k, r.n_ctx_seq)
-    return t * (r.n_ctx_seq * (2 + 2 * cell) + (17 if fa_on else 15) * kept
-                - 4 * shape.q_width * (1 if fa_on else 2))
+    return t * (
+        r.n_ctx_seq * (2 + 2 * cell) + (17 if fa_on else 15) * kept - 4 * shape.q_width * (1 if fa_on else 2)
+    )
 
 
-def _msa_extra(shape: ComputeShape, r: "Resolved", t: int) -> int:
+def _msa_extra(shape: ComputeShape, r: Resolved, t: int) -> int:
     """minimax-m3 with flash attention (and per-sequence streams), i.e. MiniMax sparse
     attention: graph inputs live through every layer: an f32 copy of the KQ mask and the
     f32 position mask (n_ps = cells padded to the block) and block bias, per token; then per
@@ -278,12 +321,10 @@ def _msa_extra(shape: ComputeShape, r: "Resolved", t: int) -> int:
     heads, blk = shape.msa
     n_kv = r.n_ctx_seq
     n_ps = -(-n_kv // blk) * blk
-    return int(t * (4 * n_kv + 4 * n_ps + 4 * (n_ps // blk))
-               + (8 * heads - 4) * (t // r.n_seq) * n_kv)
+    return int(t * (4 * n_kv + 4 * n_ps + 4 * (n_ps // blk)) + (8 * heads - 4) * (t // r.n_seq) * n_kv)
 
 
-def _dsv4_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool, raw_cells: int
-                ) -> int:
+def _dsv4_extra(shape: ComputeShape, r: Resolved, t: int, fa_on: bool, raw_cells: int) -> int:
     """deepseek4, ROUGH (not a model of its graph): on top of the plain attention phase over
     the raw sliding-window cells, per token and compressed (CSA) cell the CSA/indexer masks,
     the top-k mask (fill, set_rows, add) and the raw+compressed mask concat (f16 with flash
@@ -293,15 +334,21 @@ def _dsv4_extra(shape: ComputeShape, r: "Resolved", t: int, fa_on: bool, raw_cel
     n_embd f32) per token. Fitted on two CPU fixtures (4/8 heads, 2k-32k cells, 1-3 sequences,
     unified or not, swa_full or not): within 3 MiB / 10 %, mostly over. The plan says so in
     its notes; the exact plan is authoritative."""
-    cells = max(256, -(-(-(-r.n_ctx_seq // shape.dsv4_ratio)) // 256) * 256)
+    compressed = -(-r.n_ctx_seq // shape.dsv4_ratio)  # ceil division
+    cells = max(256, -(-compressed // 256) * 256)
     per_cell = 10.25 if fa_on else 19.2 + 4 * shape.n_head
     k_all = (raw_cells + cells) * 2 * (shape.q_width // max(1, shape.n_head)) * r.n_seq
-    return int(t * cells * per_cell + t * (raw_cells - 768) * (2 if fa_on else 4)
-               + 2.5 * t * 4 * shape.n_embd * shape.hc_mult + k_all)
+    return int(
+        t * cells * per_cell
+        + t * (raw_cells - 768) * (2 if fa_on else 4)
+        + 2.5 * t * 4 * shape.n_embd * shape.hc_mult
+        + k_all
+    )
 
 
-def _add_per_layer_inputs(result: dict[str, int], shape: ComputeShape, t: int, mask: int,
-                          fa_on: bool, swa_spans_cache: bool) -> None:
+def _add_per_layer_inputs(
+    result: dict[str, int], shape: ComputeShape, t: int, mask: int, fa_on: bool, swa_spans_cache: bool
+) -> None:
     """gemma3n: every token gathers and projects 256 floats per layer (`ple_width`) before the
     first layer. That projection is its own peak: four ple_width rows per token live at once
     (gathered table row, projection, norm, sum) + two hidden rows; without flash attention
@@ -317,13 +364,19 @@ def _add_per_layer_inputs(result: dict[str, int], shape: ComputeShape, t: int, m
     for phase in ("attention", "ffn"):
         if phase in result:
             result[phase] += live
-    result["per-layer inputs"] = mask + 4 * t * (4 * ple + 2 * e
-                                                 + (16 if fa_on else 2 * shape.q_width))
+    result["per-layer inputs"] = mask + 4 * t * (4 * ple + 2 * e + (16 if fa_on else 2 * shape.q_width))
 
 
-def estimate_compute(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cells: int,
-                     kv_unified: bool, out_dev: str, has_gpu: bool, quant_kv: bool = False
-                     ) -> list[tuple[str, int, str]]:
+def estimate_compute(
+    shape: ComputeShape,
+    r: Resolved,
+    fa_on: bool,
+    n_swa_cells: int,
+    kv_unified: bool,
+    out_dev: str,
+    has_gpu: bool,
+    quant_kv: bool = False,
+) -> list[tuple[str, int, str]]:
     """[(device, bytes, detail)]: the CPU buffer, or a GPU buffer plus the host's inputs."""
     # The quantized-K/V fragmentation is a CPU allocator effect (an H100 showed none at
     # q8_0/32k). CUDA loads are re-sized by engine.plan.compute_placement; the GPU branch
@@ -331,9 +384,11 @@ def estimate_compute(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cell
     ph = phases(shape, r, fa_on, n_swa_cells, kv_unified, quant_kv and not has_gpu)
     name, peak = max(ph.items(), key=lambda kv: kv[1])
     t = min(r.n_ctx, r.n_ubatch)
-    detail = (f"estimate: peak in the {name} phase ({peak / MiB:.2f} MiB; "
-              + ", ".join(f"{k} {v / MiB:.2f}" for k, v in ph.items() if k != name)
-              + f" MiB) for a {t}-token ubatch × {r.n_seq} seqs")
+    detail = (
+        f"estimate: peak in the {name} phase ({peak / MiB:.2f} MiB; "
+        + ", ".join(f"{k} {v / MiB:.2f}" for k, v in ph.items() if k != name)
+        + f" MiB) for a {t}-token ubatch × {r.n_seq} seqs"
+    )
     if not has_gpu:
         return [("CPU", peak, detail)]
     # On CUDA (checked on an H100 with the corpus, ±1.5 MiB / ~6 %): the input embeddings are
@@ -347,6 +402,7 @@ def estimate_compute(shape: ComputeShape, r: "Resolved", fa_on: bool, n_swa_cell
     if shape.q_width:
         cell = 2 if fa_on else 4
         host += cell * t * (r.n_ctx_seq * shape.has_full + n_swa_cells * shape.has_swa)
-    return [(dev, max(peak - row, row), detail + " (GPU: CPU calibration less the host-side "
-                                                 "input rows)"),
-            ("CPU", host, "host compute: KQ masks + input embedding rows")]
+    return [
+        (dev, max(peak - row, row), detail + " (GPU: CPU calibration less the host-side input rows)"),
+        ("CPU", host, "host compute: KQ masks + input embedding rows"),
+    ]

@@ -26,6 +26,7 @@ shapes on an H200 (benchmarks/gpu_compute.py):
   copied as well. Where these copies land next to the activations depends on ggml-alloc's
   free-block order, so they are sized as a sum of what is live plus a stated allowance.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,15 +56,16 @@ class CudaModel:
     output_matrix: int  # CUDA bytes of the output matrix (or tied token_embd)
 
 
-def _masks(shape: "ComputeShape", r: "Resolved", n_swa_cells: int, fa_on: bool, t: int) -> int:
+def _masks(shape: ComputeShape, r: Resolved, n_swa_cells: int, fa_on: bool, t: int) -> int:
     """KQ mask bytes: [cells per stream, tokens per stream, 1, streams], f16 with flash
     attention, f32 without (llama-graph.cpp: no token padding in this tree)."""
     cells = (r.n_ctx_seq if shape.has_full else 0) + (n_swa_cells if shape.has_swa else 0)
     return (2 if fa_on else 4) * cells * t
 
 
-def host_bytes(shape: "ComputeShape", cm: CudaModel, r: "Resolved", fa_on: bool,
-               n_swa_cells: int, quant: bool) -> int:
+def host_bytes(
+    shape: ComputeShape, cm: CudaModel, r: Resolved, fa_on: bool, n_swa_cells: int, quant: bool
+) -> int:
     """CUDA_Host compute buffer: the graph inputs (see the module docstring)."""
     t = _tokens(r)
     e = shape.n_embd
@@ -77,13 +79,20 @@ def host_bytes(shape: "ComputeShape", cm: CudaModel, r: "Resolved", fa_on: bool,
     return b
 
 
-def _tokens(r: "Resolved") -> int:
+def _tokens(r: Resolved) -> int:
     t0 = min(r.n_ctx, r.n_ubatch)
     return -(-t0 // r.n_seq) * r.n_seq
 
 
-def gpu_full(shape: "ComputeShape", cm: CudaModel, r: "Resolved", fa_on: bool,
-             n_swa_cells: int, quant_k: bool, quant_v: bool) -> dict[str, int]:
+def gpu_full(
+    shape: ComputeShape,
+    cm: CudaModel,
+    r: Resolved,
+    fa_on: bool,
+    n_swa_cells: int,
+    quant_k: bool,
+    quant_v: bool,
+) -> dict[str, int]:
     """Phases of the GPU buffer when every layer and the output are on the GPU."""
     t = _tokens(r)
     e, q = shape.n_embd, shape.q_width
@@ -102,10 +111,18 @@ def gpu_full(shape: "ComputeShape", cm: CudaModel, r: "Resolved", fa_on: bool,
     return ph
 
 
-def partial_offload_phases(shape: "ComputeShape", cm: CudaModel, r: "Resolved", fa_on: bool,
-                           n_swa_cells: int, quant_k: bool, quant_v: bool,
-                           type_bytes: tuple[float, float], cpu_layers: list[int],
-                           output_on_cpu: bool) -> dict[str, int]:
+def partial_offload_phases(
+    shape: ComputeShape,
+    cm: CudaModel,
+    r: Resolved,
+    fa_on: bool,
+    n_swa_cells: int,
+    quant_k: bool,
+    quant_v: bool,
+    type_bytes: tuple[float, float],
+    cpu_layers: list[int],
+    output_on_cpu: bool,
+) -> dict[str, int]:
     """GPU phase that op_offload adds for layers whose weights stay on the host: the largest
     weight copy, one layer's K/V cache copies (cache type, every cell; with flash attention
     on a quantized cache also its f16 copies; without flash attention the f32 KQ scores), the
@@ -136,15 +153,16 @@ def partial_offload_phases(shape: "ComputeShape", cm: CudaModel, r: "Resolved", 
     return {"CPU layers on the GPU (op_offload)": b}
 
 
-def allowance(shape: "ComputeShape", cm: CudaModel, r: "Resolved", cpu_layers: list[int],
-              output_on_cpu: bool) -> int:
+def allowance(
+    shape: ComputeShape, cm: CudaModel, r: Resolved, cpu_layers: list[int], output_on_cpu: bool
+) -> int:
     """The stated safety term for partial offload (module docstring)."""
     if not cpu_layers and not output_on_cpu:
         return 0
     return PARTIAL_ALLOWANCE_ROWS * 4 * _tokens(r) * max(shape.n_embd, shape.q_width)
 
 
-def moe_extra(shape: "ComputeShape", r: "Resolved") -> int:
+def moe_extra(shape: ComputeShape, r: Resolved) -> int:
     """Routed experts: on the grid (Qwen3-30B-A3B dims) the GPU buffer sat 30-41 MiB above
     every phase above at any context, FA on or off (the expert-gather rows and the fused
     top-k/weighted-sum alloc deps of ggml-cuda's graph_optimize): four used-expert FFN rows
@@ -154,5 +172,4 @@ def moe_extra(shape: "ComputeShape", r: "Resolved") -> int:
 
 def describe(ph: dict[str, int]) -> str:
     name = max(ph, key=lambda k: ph[k])
-    return f"peak in the {name} phase (" + ", ".join(
-        f"{k} {v / MiB:.2f}" for k, v in ph.items()) + " MiB)"
+    return f"peak in the {name} phase (" + ", ".join(f"{k} {v / MiB:.2f}" for k, v in ph.items()) + " MiB)"

@@ -6,16 +6,26 @@ line. Every other plan module imports these; this one imports no other plan modu
 (`engine.plan.kv_sizes`, `engine.plan.sparse_caches`) and compute (`engine.plan.compute`) never
 form a cycle.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from engine.core.memory_types import PlanSettings
 
 #: ggml (block elements, block bytes) of the cache types (ggml_row_size).
-BLOCKS = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18),
-          "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24), "iq4_nl": (32, 18)}
+BLOCKS = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q4_0": (32, 18),
+    "q4_1": (32, 20),
+    "q5_0": (32, 22),
+    "q5_1": (32, 24),
+    "iq4_nl": (32, 18),
+}
 
 _U32 = 0xFFFFFFFF
 
@@ -56,9 +66,7 @@ def resolve_context(s: PlanSettings, n_ctx_train: int, causal: bool = True) -> R
     else:
         n_ctx_seq = pad(n_ctx // n_seq, 256)
         n_ctx = (n_ctx_seq * n_seq) & _U32
-    return Resolved(n_seq, n_ctx, n_ctx_seq, n_batch, n_ubatch, n_batch,
-                    1 if s.kv_unified else n_seq)
-
+    return Resolved(n_seq, n_ctx, n_ctx_seq, n_batch, n_ubatch, n_batch, 1 if s.kv_unified else n_seq)
 
 
 @dataclass(frozen=True)

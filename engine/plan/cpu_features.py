@@ -16,6 +16,7 @@ instead of guessing.
 `llama_print_system_info()` prints them (`AVX2,AVX512`), `none` for a build without any, or
 `unknown`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,17 +29,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: ggml feature names (as in `llama_print_system_info`) that decide repacking or buffer types.
-FEATURES = ("AVX2", "AVX512", "AVX512_VNNI", "AMX_INT8", "NEON", "DOTPROD", "MATMUL_INT8",
-            "SVE", "SME", "VXE", "RISCV_V", "KLEIDIAI")
+FEATURES = (
+    "AVX2",
+    "AVX512",
+    "AVX512_VNNI",
+    "AMX_INT8",
+    "NEON",
+    "DOTPROD",
+    "MATMUL_INT8",
+    "SVE",
+    "SME",
+    "VXE",
+    "RISCV_V",
+    "KLEIDIAI",
+)
 _HAS_FN = {f"ggml_cpu_has_{n.lower()}": n for n in FEATURES if n != "KLEIDIAI"}
 
 # /proc/cpuinfo flag (x86 "flags", ARM "Features", s390x "features") -> ggml name.
-_LINUX_FLAGS = {"avx2": "AVX2", "avx512f": "AVX512", "avx512_vnni": "AVX512_VNNI",
-                "amx_int8": "AMX_INT8", "asimd": "NEON", "asimddp": "DOTPROD",
-                "i8mm": "MATMUL_INT8", "sve": "SVE", "sme": "SME", "vxe": "VXE"}
+_LINUX_FLAGS = {
+    "avx2": "AVX2",
+    "avx512f": "AVX512",
+    "avx512_vnni": "AVX512_VNNI",
+    "amx_int8": "AMX_INT8",
+    "asimd": "NEON",
+    "asimddp": "DOTPROD",
+    "i8mm": "MATMUL_INT8",
+    "sve": "SVE",
+    "sme": "SME",
+    "vxe": "VXE",
+}
 # macOS sysctl names -> ggml name (hw.optional.* on Apple silicon, machdep.cpu.* on Intel).
-_MAC_KEYS = {"hw.optional.neon": "NEON", "hw.optional.arm.FEAT_DotProd": "DOTPROD",
-             "hw.optional.arm.FEAT_I8MM": "MATMUL_INT8", "hw.optional.arm.FEAT_SME": "SME"}
+_MAC_KEYS = {
+    "hw.optional.neon": "NEON",
+    "hw.optional.arm.FEAT_DotProd": "DOTPROD",
+    "hw.optional.arm.FEAT_I8MM": "MATMUL_INT8",
+    "hw.optional.arm.FEAT_SME": "SME",
+}
 _MAC_WORDS = {"AVX2": "AVX2", "AVX512F": "AVX512", "AVX512VNNI": "AVX512_VNNI"}
 
 
@@ -58,11 +84,12 @@ class CpuFeatures:
         return "/".join(shown) or "no SIMD features"
 
     @classmethod
-    def of(cls, *names: str, sve_bytes: int = 0, source: str = "given") -> "CpuFeatures":
+    def of(cls, *names: str, sve_bytes: int = 0, source: str = "given") -> CpuFeatures:
         return cls(frozenset(n.upper() for n in names), sve_bytes, source)
 
 
 # --- the processor ---------------------------------------------------------------------------
+
 
 def parse_cpuinfo(text: str, sve_bytes: int = 0) -> CpuFeatures | None:
     """Features from Linux /proc/cpuinfo text (the first processor's flag line)."""
@@ -115,8 +142,9 @@ def host_features() -> CpuFeatures | None:
                 sve = int(vl.read_text().split()[0]) if vl.exists() else 0
             return parse_cpuinfo(text, sve)
         if system == "Darwin":
-            out = subprocess.run(["sysctl", "hw.optional", "machdep.cpu"], capture_output=True,
-                                 text=True, timeout=2).stdout
+            out = subprocess.run(
+                ["sysctl", "hw.optional", "machdep.cpu"], capture_output=True, text=True, timeout=2
+            ).stdout
             return parse_sysctl(out)
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
@@ -125,16 +153,16 @@ def host_features() -> CpuFeatures | None:
 
 # --- the build -------------------------------------------------------------------------------
 
+
 def _elf_functions(path: Path) -> tuple[int, dict[str, bytes]] | None:
     """(e_machine, {exported symbol: first 16 bytes of code}) of a little-endian ELF64 file."""
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         return None
     machine = struct.unpack_from("<H", data, 18)[0]
-    shoff, = struct.unpack_from("<Q", data, 40)
+    (shoff,) = struct.unpack_from("<Q", data, 40)
     shentsize, shnum = struct.unpack_from("<HH", data, 58)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-                for i in range(shnum)]
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
     dynsym = next((s for s in sections if s[1] == 11), None)  # SHT_DYNSYM
     if dynsym is None:
         return None
@@ -145,11 +173,11 @@ def _elf_functions(path: Path) -> tuple[int, dict[str, bytes]] | None:
         if not 0 < shndx < len(sections) or st_info & 0xF != 2:  # defined functions only
             continue
         start = strtab[4] + st_name
-        name = data[start:data.index(b"\0", start)].decode("ascii", "replace")
+        name = data[start : data.index(b"\0", start)].decode("ascii", "replace")
         if name.startswith("ggml_cpu_has_") or "kleidiai" in name or "amx_buffer_type" in name:
             sec = sections[shndx]
             pos = sec[4] + value - sec[3]
-            out[name] = data[pos:pos + 16]
+            out[name] = data[pos : pos + 16]
     return machine, out
 
 
@@ -217,8 +245,7 @@ def combine(build: CpuFeatures | None, host: CpuFeatures | None) -> CpuFeatures 
         sve = host.sve_bytes if host is not None and build.has("SVE") else 0
         return CpuFeatures(build.flags, sve, build.source)
     if host is not None:
-        return CpuFeatures(host.flags, host.sve_bytes,
-                           f"{host.source}, assuming a native build")
+        return CpuFeatures(host.flags, host.sve_bytes, f"{host.source}, assuming a native build")
     return None
 
 

@@ -29,15 +29,16 @@ Not modelled (reported as unknown): builds whose AMX (`__AMX_INT8__` + `__AVX512
 KleidiAI buffer types come before CPU_REPACK, RISC-V, tensor overrides, `use_extra_bufts =
 false`.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from engine.plan.cpu_features import CpuFeatures, detect
 from engine.gguf.inspect import GGUFInfo
 from engine.gguf.reader import read_tensor_dims
+from engine.plan.cpu_features import CpuFeatures, detect
 
 #: Weight types with a repacked layout for some CPU (notes §10).
 REPACKABLE = ("Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "IQ4_NL", "Q8_0", "MXFP4", "Q1_0")
@@ -61,9 +62,12 @@ def _dotprod(f: CpuFeatures) -> bool:
 #: ggml_repack_get_optimal_repack_type, branch by branch: the first rule whose features are
 #: present and whose row multiple divides ne[1] wins; none → not repacked.
 RULES: dict[str, tuple[Rule, ...]] = {
-    "Q4_0": ((lambda f: f.has("AVX2") or (f.has("SVE") and f.has("MATMUL_INT8")
-                                          and f.sve_bytes == 32), 8, "8x8"),
-             (_i8mm, 4, "4x8"), (_dotprod, 4, "4x4"), (lambda f: f.has("VXE"), 4, "4x4")),
+    "Q4_0": (
+        (lambda f: f.has("AVX2") or (f.has("SVE") and f.has("MATMUL_INT8") and f.sve_bytes == 32), 8, "8x8"),
+        (_i8mm, 4, "4x8"),
+        (_dotprod, 4, "4x4"),
+        (lambda f: f.has("VXE"), 4, "4x4"),
+    ),
     "Q4_K": ((_avx2, 8, "8x8"), (_i8mm, 8, "8x8"), (_dotprod, 8, "8x4")),
     "Q2_K": ((lambda f: f.has("AVX512"), 8, "8x8"),),
     "Q5_K": ((_i8mm, 8, "8x8"), (_dotprod, 8, "8x4")),
@@ -114,8 +118,20 @@ _RE_MUL_MAT, _RE_MUL_MAT_ID = _names_re(_MUL_MAT), _names_re(_MUL_MAT_ID)
 # Archs whose output layer is created before token_embd (their tied copy already exists on the
 # CPU, engine.plan.analytic._weights), and archs without an output matrix at all.
 _OUTPUT_FIRST = ("gemma3n", "gemma4")
-_NO_OUTPUT = frozenset({"bert", "jina-bert-v2", "jina-bert-v3", "nomic-bert", "nomic-bert-moe",
-                        "neo-bert", "eurobert", "modern-bert", "llama-embed", "bitnet"})
+_NO_OUTPUT = frozenset(
+    {
+        "bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "eurobert",
+        "modern-bert",
+        "llama-embed",
+        "bitnet",
+    }
+)
 
 
 def layout(qtype: str, ne1: int, features: CpuFeatures) -> str | None:
@@ -131,8 +147,7 @@ def _n_dims(ne: tuple[int, ...]) -> int:
     return next((i + 1 for i in range(len(ne) - 1, 0, -1) if ne[i] > 1), 1)
 
 
-def tensor_layout(name: str, qtype: str, ne: tuple[int, ...], features: CpuFeatures
-                  ) -> str | None:
+def tensor_layout(name: str, qtype: str, ne: tuple[int, ...], features: CpuFeatures) -> str | None:
     """The layout of one GGUF tensor in CPU_REPACK, or None if it stays in the CPU buffer."""
     if qtype not in RULES or len(ne) < 2:
         return None
@@ -172,10 +187,16 @@ class RepackPlan:
     def detail(self) -> str:
         kinds = ", ".join(f"{n} {t} as {lay}" for t, lay, n, _b in self.by_type)
         extra = self.bytes - self.moved
-        return (f"CPU_REPACK: {self.tensors} matrices ({kinds}) copied out of the file into "
-                f"interleaved layouts for {self.features.label()}"
-                + (f", incl. a {extra / 2**20:.2f} MiB copy of the tied token embeddings for "
-                   "the output" if extra else "") + " (32-byte aligned)")
+        return (
+            f"CPU_REPACK: {self.tensors} matrices ({kinds}) copied out of the file into "
+            f"interleaved layouts for {self.features.label()}"
+            + (
+                f", incl. a {extra / 2**20:.2f} MiB copy of the tied token embeddings for the output"
+                if extra
+                else ""
+            )
+            + " (32-byte aligned)"
+        )
 
 
 _CACHE: dict[tuple[object, ...], RepackPlan] = {}
@@ -192,8 +213,7 @@ def repack_plan(info: GGUFInfo, features: CpuFeatures) -> RepackPlan:
     return plan
 
 
-def _build(info: GGUFInfo, dims: dict[str, tuple[str, tuple[int, ...]]],
-           features: CpuFeatures) -> RepackPlan:
+def _build(info: GGUFInfo, dims: dict[str, tuple[str, tuple[int, ...]]], features: CpuFeatures) -> RepackPlan:
     total = moved = 0
     kinds: dict[tuple[str, str], list[int]] = {}
 
@@ -232,17 +252,26 @@ def cpu_only_repack(info: GGUFInfo) -> tuple[RepackPlan | None, str | None]:
     if features is None:
         why = "the CPU features of the llama.cpp build are unknown"
     elif features.has("KLEIDIAI") or (features.has("AMX_INT8") and features.has("AVX512_VNNI")):
-        why = (f"the build's {'KleidiAI' if features.has('KLEIDIAI') else 'AMX'} buffer type "
-               "takes some of them first")
+        why = (
+            f"the build's {'KleidiAI' if features.has('KLEIDIAI') else 'AMX'} buffer type "
+            "takes some of them first"
+        )
     if why is None and features is not None:
         try:
             plan = repack_plan(info, features)
         except (OSError, ValueError):
             why = "the file could not be re-read"
         else:
-            return plan, (f"without a GPU, {plan.tensors} matrices move to CPU_REPACK "
-                          f"({plan.bytes / 2**20:.2f} MiB, repacked for {features.label()}; "
-                          f"features from {features.source}); with mmap the mapped file "
-                          "still spans their pages, read once at load" if plan.bytes else None)
-    return None, ("without a GPU llama.cpp may also keep repacked copies of " + "/".join(types)
-                  + f" matrices (CPU_REPACK); not counted here: {why}")
+            return plan, (
+                f"without a GPU, {plan.tensors} matrices move to CPU_REPACK "
+                f"({plan.bytes / 2**20:.2f} MiB, repacked for {features.label()}; "
+                f"features from {features.source}); with mmap the mapped file "
+                "still spans their pages, read once at load"
+                if plan.bytes
+                else None
+            )
+    return None, (
+        "without a GPU llama.cpp may also keep repacked copies of "
+        + "/".join(types)
+        + f" matrices (CPU_REPACK); not counted here: {why}"
+    )

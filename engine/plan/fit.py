@@ -5,19 +5,28 @@ the GPU at a usable context before anything else. The search runs on the analyti
 milliseconds per candidate), so the GUI can show the fitted maximum on the context slider live.
 The budget of a device is its free memory (or the user's budget) minus a safety margin.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from engine.gguf.inspect import GGUFInfo
 from engine.core.memory_types import COMPONENTS, Device, FitResult, MemoryPlan, MiB, PlanSettings
+from engine.gguf.inspect import GGUFInfo
 from engine.plan.margins import DEFAULT_CPU_MARGIN, DEFAULT_GPU_MARGIN, Margins
 
 PlanFn = Callable[[GGUFInfo, PlanSettings, list[Device]], MemoryPlan]
 
-__all__ = ["DEFAULT_CPU_MARGIN", "DEFAULT_GPU_MARGIN", "DraftSpec", "Margins", "budgets_for",
-           "default_settings", "fit", "preflight"]
+__all__ = [
+    "DEFAULT_CPU_MARGIN",
+    "DEFAULT_GPU_MARGIN",
+    "DraftSpec",
+    "Margins",
+    "budgets_for",
+    "default_settings",
+    "fit",
+    "preflight",
+]
 MIN_CONTEXT = 256
 PAD = 256
 
@@ -30,9 +39,13 @@ class DraftSpec:
     settings: PlanSettings
 
 
-def budgets_for(devices: list[Device], *, budget_bytes: int | None = None,
-                margin_bytes: int | None = None, margins: Margins | None = None
-                ) -> dict[str, int]:
+def budgets_for(
+    devices: list[Device],
+    *,
+    budget_bytes: int | None = None,
+    margin_bytes: int | None = None,
+    margins: Margins | None = None,
+) -> dict[str, int]:
     """Usable bytes per device. A user budget applies to every GPU (or to the CPU without GPUs).
     Either way the runtime's own reserve (its CUDA context) comes off first: a budget is what the
     whole app may use, and llama.cpp's buffers are not all of it. Margins are per device kind
@@ -71,8 +84,15 @@ def _overflow(totals: dict[str, int], budgets: dict[str, int]) -> str | None:
 
 
 class _Search:
-    def __init__(self, info: GGUFInfo, base: PlanSettings, devices: list[Device],
-                 budgets: dict[str, int], draft: DraftSpec | None, plan_fn: PlanFn) -> None:
+    def __init__(
+        self,
+        info: GGUFInfo,
+        base: PlanSettings,
+        devices: list[Device],
+        budgets: dict[str, int],
+        draft: DraftSpec | None,
+        plan_fn: PlanFn,
+    ) -> None:
         self.info, self.base, self.devices = info, base, devices
         self.budgets, self.draft, self.plan_fn = budgets, draft, plan_fn
 
@@ -82,9 +102,13 @@ class _Search:
         draft = None
         if self.draft is not None:
             # the draft gets the target's *resolved* context, never its own training default
-            ds = self.draft.settings.replace(n_ctx=target.n_ctx, n_seq_max=s.n_seq_max,
-                                             kv_unified=s.kv_unified, n_batch=s.n_batch,
-                                             n_ubatch=s.n_ubatch)
+            ds = self.draft.settings.replace(
+                n_ctx=target.n_ctx,
+                n_seq_max=s.n_seq_max,
+                kv_unified=s.kv_unified,
+                n_batch=s.n_batch,
+                n_ubatch=s.n_ubatch,
+            )
             draft = self.plan_fn(self.draft.info, ds, self.devices)
         return target, draft
 
@@ -114,23 +138,37 @@ def _limit_reason(search: _Search, n_ctx: int, ngl: int, n_ctx_train: int) -> tu
     totals = _combined(t1, d1)
     dev = _overflow(totals, search.budgets) or "CPU"
     t0, d0 = search.plans(n_ctx, ngl)
-    growth = {c: t1.bytes_for(dev, c) - t0.bytes_for(dev, c) + (
-        (d1.bytes_for(dev, c) - d0.bytes_for(dev, c)) if d1 and d0 else 0) for c in COMPONENTS}
+    growth = {
+        c: t1.bytes_for(dev, c)
+        - t0.bytes_for(dev, c)
+        + ((d1.bytes_for(dev, c) - d0.bytes_for(dev, c)) if d1 and d0 else 0)
+        for c in COMPONENTS
+    }
     comp = max(growth, key=lambda c: growth[c])
     biggest = max(COMPONENTS, key=lambda c: t0.bytes_for(dev, c))
-    return (f"{dev} {comp}",
-            f"{dev} is full: {search.budgets.get(dev, 0) // MiB} MiB usable, "
-            f"{biggest} is the largest part and {comp} grows with the context")
+    return (
+        f"{dev} {comp}",
+        f"{dev} is full: {search.budgets.get(dev, 0) // MiB} MiB usable, "
+        f"{biggest} is the largest part and {comp} grows with the context",
+    )
 
 
-def fit(info: GGUFInfo, settings: PlanSettings, devices: list[Device], *, plan_fn: PlanFn,
-        budget_bytes: int | None = None, margin_bytes: int | None = None,
-        margins: Margins | None = None, draft: DraftSpec | None = None,
-        min_context: int = 4096, max_context: int | None = None) -> FitResult:
+def fit(
+    info: GGUFInfo,
+    settings: PlanSettings,
+    devices: list[Device],
+    *,
+    plan_fn: PlanFn,
+    budget_bytes: int | None = None,
+    margin_bytes: int | None = None,
+    margins: Margins | None = None,
+    draft: DraftSpec | None = None,
+    min_context: int = 4096,
+    max_context: int | None = None,
+) -> FitResult:
     """Largest context (up to the training context), then the most GPU layers, within budget
     (margins as in `budgets_for`)."""
-    budgets = budgets_for(devices, budget_bytes=budget_bytes, margin_bytes=margin_bytes,
-                          margins=margins)
+    budgets = budgets_for(devices, budget_bytes=budget_bytes, margin_bytes=margin_bytes, margins=margins)
     search = _Search(info, settings, devices, budgets, draft, plan_fn)
     n_train = max(MIN_CONTEXT, info.n_ctx_train or 4096)
     hi = min(n_train, max_context) if max_context else n_train
@@ -159,24 +197,37 @@ def fit(info: GGUFInfo, settings: PlanSettings, devices: list[Device], *, plan_f
         target, dplan = search.plans(MIN_CONTEXT, ngl)
         dev = _overflow(_combined(target, dplan), budgets) or "CPU"
         need = _combined(target, dplan).get(dev, 0)
-        return FitResult(settings.replace(n_ctx=MIN_CONTEXT, n_gpu_layers=ngl), target, budgets,
-                         limited_by=f"{dev} weights", fits=False,
-                         reason=(f"does not fit: even {MIN_CONTEXT} tokens need {need // MiB} MiB on {dev}, "
-                                 f"{budgets.get(dev, 0) // MiB} MiB usable"),
-                         extra={"draft_plan": dplan})
+        return FitResult(
+            settings.replace(n_ctx=MIN_CONTEXT, n_gpu_layers=ngl),
+            target,
+            budgets,
+            limited_by=f"{dev} weights",
+            fits=False,
+            reason=(
+                f"does not fit: even {MIN_CONTEXT} tokens need {need // MiB} MiB on {dev}, "
+                f"{budgets.get(dev, 0) // MiB} MiB usable"
+            ),
+            extra={"draft_plan": dplan},
+        )
     target, dplan = search.plans(n_ctx, ngl)
     limited_by, reason = _limit_reason(search, n_ctx, ngl, n_train if not max_context else hi)
     chosen = settings.replace(n_ctx=n_ctx, n_gpu_layers=ngl)
-    return FitResult(chosen, target, budgets, limited_by=limited_by, reason=reason, fits=True,
-                     extra={"draft_plan": dplan})
+    return FitResult(
+        chosen, target, budgets, limited_by=limited_by, reason=reason, fits=True, extra={"draft_plan": dplan}
+    )
 
 
 DEFAULT_MAX_CONTEXT = 16384
 
 
-def default_settings(info: GGUFInfo, devices: list[Device], *, plan_fn: PlanFn,
-                     base: PlanSettings | None = None, margins: Margins | None = None
-                     ) -> tuple[PlanSettings, FitResult]:
+def default_settings(
+    info: GGUFInfo,
+    devices: list[Device],
+    *,
+    plan_fn: PlanFn,
+    base: PlanSettings | None = None,
+    margins: Margins | None = None,
+) -> tuple[PlanSettings, FitResult]:
     """First-load settings: cache types matched to the weights, the fitted context (capped so a
     128k-context model does not reserve gigabytes the user never asked for) and fitted GPU layers."""
     from engine.plan.rules import default_cache_type
@@ -184,20 +235,29 @@ def default_settings(info: GGUFInfo, devices: list[Device], *, plan_fn: PlanFn,
     kv = default_cache_type(info)
     start = (base or PlanSettings()).replace(type_k=kv, type_v=kv, n_ctx=0)
     cap = min(info.n_ctx_train or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
-    result = fit(info, start, devices, plan_fn=plan_fn, max_context=cap, min_context=min(4096, cap),
-                 margins=margins)
+    result = fit(
+        info, start, devices, plan_fn=plan_fn, max_context=cap, min_context=min(4096, cap), margins=margins
+    )
     chosen = result.settings if result.fits else start.replace(n_ctx=min(4096, cap))
     return chosen, result
 
 
 def _reserve_words(d: Device) -> str:
-    return (f", of which the runtime itself needs {d.reserved_bytes / MiB:,.0f} MiB"
-            if d.reserved_bytes else "")
+    return (
+        f", of which the runtime itself needs {d.reserved_bytes / MiB:,.0f} MiB" if d.reserved_bytes else ""
+    )
 
 
-def preflight(info: GGUFInfo, settings: PlanSettings, devices: list[Device], backend: str, *,
-              plan_fn: PlanFn, margin_bytes: int = 256 * MiB,
-              margins: Margins | None = None) -> MemoryPlan:
+def preflight(
+    info: GGUFInfo,
+    settings: PlanSettings,
+    devices: list[Device],
+    backend: str,
+    *,
+    plan_fn: PlanFn,
+    margin_bytes: int = 256 * MiB,
+    margins: Margins | None = None,
+) -> MemoryPlan:
     """Refuse, in one sentence, settings llama.cpp would reject or that cannot fit, before loading.
 
     The margin is smaller than fit's (a user who chose settings explicitly gets the benefit of
@@ -206,8 +266,8 @@ def preflight(info: GGUFInfo, settings: PlanSettings, devices: list[Device], bac
     Loading is where a bad file or an absurd context turns into a multi-gigabyte allocation or an
     abort; everything that can be known from the metadata is checked here first.
     """
-    from engine.plan.rules import check_settings
     from engine.core.errors import KvDeckError
+    from engine.plan.rules import check_settings
 
     n_gpus = sum(1 for d in devices if d.kind == "gpu")
     errors = [p for p in check_settings(info, settings, n_gpus, backend) if p.severity == "error"]
@@ -222,5 +282,6 @@ def preflight(info: GGUFInfo, settings: PlanSettings, devices: list[Device], bac
             raise KvDeckError(
                 f"this needs {need / MiB:,.0f} MiB on {d.name} but only {d.free_bytes / MiB:,.0f} MiB "
                 f"is free{_reserve_words(d)} ({biggest} alone is {plan.bytes_for(d.name, biggest) / MiB:,.0f} MiB); "
-                f"lower the context or use a smaller cache type")
+                f"lower the context or use a smaller cache type"
+            )
     return plan

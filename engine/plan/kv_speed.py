@@ -4,6 +4,7 @@ Numbers come from ``benchmarks/gpu_bench.py`` (KV Deck's own decode loop, tg128 
 flash attention on, 8B Q4_0); they say how much a smaller cache slows decoding on that GPU.
 They are labelled with where they were measured, because another GPU will differ.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,5 +30,7 @@ def speed_hint(type_k: str, type_v: str, hint: SpeedHint = MEASURED) -> str:
         return ""
     rel = hint.relative[type_k]
     cost = "" if rel >= 0.995 else f" ({(1 - rel) * 100:.0f} % slower than f16)"
-    return (f"Decode speed with {type_k} K/V: {rel:.2f}× f16{cost}, measured on "
-            f"{hint.measured_on} ({hint.setup}).")
+    return (
+        f"Decode speed with {type_k} K/V: {rel:.2f}× f16{cost}, measured on "
+        f"{hint.measured_on} ({hint.setup})."
+    )

@@ -5,10 +5,11 @@ is 1024 MiB per GPU, and users raise it for a desktop sharing the card) also cam
 so a large GPU margin on a machine with little free RAM left the CPU nothing and fit answered
 256 tokens. GPUs and host RAM now have their own margins, and single devices may override them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import Device, MiB
@@ -29,7 +30,7 @@ class Margins:
     per_device: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def uniform(cls, margin: int) -> "Margins":
+    def uniform(cls, margin: int) -> Margins:
         """The same margin on every device, host included (tests and exact comparisons)."""
         return cls(gpu=margin, cpu=margin)
 
@@ -39,7 +40,7 @@ class Margins:
         return self.gpu if device.kind == "gpu" else self.cpu
 
     @classmethod
-    def from_options(cls, gpu_spec: str | None, cpu_mib: int | None) -> "Margins":
+    def from_options(cls, gpu_spec: str | None, cpu_mib: int | None) -> Margins:
         """Parse the CLI's `--margin-mib` and `--cpu-margin-mib`.
 
         `gpu_spec` is MiB for every GPU ("2048"), per device ("CUDA0=2048,CUDA1=1024"), or both

@@ -7,6 +7,7 @@ backend allocated (padded), and print 0.00 for weights and KV in a no_alloc dry 
 keeps both: KV and recurrent allocations carry the tensor sums (so they can be compared with
 the analytic formulas), the buffer sizes are quoted in `detail` and kept in `buffers`.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,26 +16,38 @@ from dataclasses import dataclass, field
 from engine.core.memory_types import Allocation, MemoryPlan, MiB, PlanSettings
 
 _NUM = r"([0-9]+(?:\.[0-9]+)?)"
-_RE_PARAM = re.compile(r"^llama_context: (n_ctx|n_ctx_seq|n_batch|n_ubatch|n_seq_max|"
-                       r"n_outputs_max|n_rs_seq|flash_attn|kv_unified)\s+= (\S+)")
-_RE_BUFFER = re.compile(r"^(\w+):\s+(\S+)\s+(model|KV|RS|output|compute) buffer size = \s*"
-                        + _NUM + " MiB")
-_RE_KV = re.compile(r"^(\w+): size = \s*" + _NUM + r" MiB \(\s*(\d+) cells,\s*(\d+) layers,"
-                    r"\s*(\d+)/(\d+) seqs\), K \((\w+)\):\s*" + _NUM + r" MiB, V \((\w+)\):\s*"
-                    + _NUM + " MiB")
-_RE_RS = re.compile(r"^llama_memory_recurrent: size = \s*" + _NUM + r" MiB \(\s*(\d+) cells,"
-                    r"\s*(\d+) layers,\s*(\d+) seqs\s+(\d+) rs_seq\), R \((\w+)\):\s*" + _NUM
-                    + r" MiB, S \((\w+)\):\s*" + _NUM + r" MiB(?:, P \((\w+)\):\s*" + _NUM
-                    + " MiB)?")
-_RE_STATE = re.compile(r"^llama_dsv4_comp_state: (\w+) ratio = (\d+), state = (\d+) x (\d+), "
-                       r"streams = (\d+), rs_seq = (\d+), layers = (\d+), size = \s*" + _NUM
-                       + " MiB")
-_RE_STATE_BUFFER = re.compile(r"^llama_dsv4_comp_state:\s+(\S+) DSV4 \w+ state buffer size = \s*"
-                              + _NUM + " MiB")
+_RE_PARAM = re.compile(
+    r"^llama_context: (n_ctx|n_ctx_seq|n_batch|n_ubatch|n_seq_max|"
+    r"n_outputs_max|n_rs_seq|flash_attn|kv_unified)\s+= (\S+)"
+)
+_RE_BUFFER = re.compile(r"^(\w+):\s+(\S+)\s+(model|KV|RS|output|compute) buffer size = \s*" + _NUM + " MiB")
+_RE_KV = re.compile(
+    r"^(\w+): size = \s*" + _NUM + r" MiB \(\s*(\d+) cells,\s*(\d+) layers,"
+    r"\s*(\d+)/(\d+) seqs\), K \((\w+)\):\s*" + _NUM + r" MiB, V \((\w+)\):\s*" + _NUM + " MiB"
+)
+_RE_RS = re.compile(
+    r"^llama_memory_recurrent: size = \s*" + _NUM + r" MiB \(\s*(\d+) cells,"
+    r"\s*(\d+) layers,\s*(\d+) seqs\s+(\d+) rs_seq\), R \((\w+)\):\s*"
+    + _NUM
+    + r" MiB, S \((\w+)\):\s*"
+    + _NUM
+    + r" MiB(?:, P \((\w+)\):\s*"
+    + _NUM
+    + " MiB)?"
+)
+_RE_STATE = re.compile(
+    r"^llama_dsv4_comp_state: (\w+) ratio = (\d+), state = (\d+) x (\d+), "
+    r"streams = (\d+), rs_seq = (\d+), layers = (\d+), size = \s*" + _NUM + " MiB"
+)
+_RE_STATE_BUFFER = re.compile(
+    r"^llama_dsv4_comp_state:\s+(\S+) DSV4 \w+ state buffer size = \s*" + _NUM + " MiB"
+)
 # llama_memory_hybrid_idx announces its indexer cache from a lambda: "operator(): creating …"
 _RE_CREATING = re.compile(r"^(\w+(?:\(\))?): creating\s+(.*?)\s*(?:KV )?cache(?:, size = (\d+) cells)?$")
-_RE_LAYER_DEV = re.compile(r"^(llama_kv_cache|llama_memory_recurrent|llama_dsv4_comp_state)[:,] "
-                           r"layer\s+(\d+): dev = (\S+)")
+_RE_LAYER_DEV = re.compile(
+    r"^(llama_kv_cache|llama_memory_recurrent|llama_dsv4_comp_state)[:,] "
+    r"layer\s+(\d+): dev = (\S+)"
+)
 _RE_VPAD = re.compile(r"padding V cache to (\d+)")
 
 
@@ -105,41 +118,77 @@ class MemoryLogParser:
                 self._rs_buffers[buft] = float(mib)
         elif m := _RE_KV.match(line):
             g = m.groups()
-            self.kv_caches.append(CacheLine(
-                self._pending_kind, g[1], int(g[2]), int(g[3]), int(g[4]), int(g[5]),
-                {"K": (g[6], g[7]), "V": (g[8], g[9])}, self._pending_buffers,
-                self._pending_devs))
+            self.kv_caches.append(
+                CacheLine(
+                    self._pending_kind,
+                    g[1],
+                    int(g[2]),
+                    int(g[3]),
+                    int(g[4]),
+                    int(g[5]),
+                    {"K": (g[6], g[7]), "V": (g[8], g[9])},
+                    self._pending_buffers,
+                    self._pending_devs,
+                )
+            )
             self._pending_kind, self._pending_buffers, self._pending_devs = "kv", {}, {}
         elif m := _RE_RS.match(line):
             g = m.groups()
             parts = {"R": (g[5], g[6]), "S": (g[7], g[8])}
             if g[9]:
                 parts["P"] = (g[9], g[10])
-            self.recurrent.append(CacheLine("recurrent", g[0], int(g[1]), int(g[2]), int(g[3]),
-                                            int(g[4]), parts, self._rs_buffers, self._rs_devs))
+            self.recurrent.append(
+                CacheLine(
+                    "recurrent",
+                    g[0],
+                    int(g[1]),
+                    int(g[2]),
+                    int(g[3]),
+                    int(g[4]),
+                    parts,
+                    self._rs_buffers,
+                    self._rs_devs,
+                )
+            )
             self._rs_buffers, self._rs_devs = {}, {}
         elif m := _RE_STATE_BUFFER.match(line):
             self._state_buffers[m.group(1)] = float(m.group(2))
-            self.buffers[("recurrent", m.group(1))] = \
-                self.buffers.get(("recurrent", m.group(1)), 0.0) + float(m.group(2))
+            self.buffers[("recurrent", m.group(1))] = self.buffers.get(
+                ("recurrent", m.group(1)), 0.0
+            ) + float(m.group(2))
         elif m := _RE_STATE.match(line):  # cells = state rows, streams field = rs_seq
             g = m.groups()  # parts: "state" -> ("f32", "<rows> x <n_embd_state>")
-            self.states.append(CacheLine(
-                f"{g[0]} state", g[7], int(g[2]), int(g[6]), int(g[4]), int(g[5]),
-                {"state": ("f32", f"{g[2]} x {g[3]}")}, self._state_buffers,
-                self._state_devs))
+            self.states.append(
+                CacheLine(
+                    f"{g[0]} state",
+                    g[7],
+                    int(g[2]),
+                    int(g[6]),
+                    int(g[4]),
+                    int(g[5]),
+                    {"state": ("f32", f"{g[2]} x {g[3]}")},
+                    self._state_buffers,
+                    self._state_devs,
+                )
+            )
             self._state_buffers, self._state_devs = {}, {}
         elif m := _RE_CREATING.match(line):
             what = m.group(2).strip()
-            kind = {"non-SWA": "base", "SWA": "swa", "main": "kv", "DSV4 CSA compressed": "csa",
-                    "DSV4 HCA compressed": "hca", "DSV4 lightning-indexer": "indexer"
-                    }.get(what, what.lower())
+            kind = {
+                "non-SWA": "base",
+                "SWA": "swa",
+                "main": "kv",
+                "DSV4 CSA compressed": "csa",
+                "DSV4 HCA compressed": "hca",
+                "DSV4 lightning-indexer": "indexer",
+            }.get(what, what.lower())
             self._pending_kind = kind
             if m.group(3):
                 self.cells_announced[kind] = int(m.group(3))
         elif m := _RE_LAYER_DEV.match(line):
-            target = {"llama_kv_cache": self._pending_devs, "llama_memory_recurrent": self._rs_devs
-                      }.get(m.group(1), self._state_devs)
+            target = {"llama_kv_cache": self._pending_devs, "llama_memory_recurrent": self._rs_devs}.get(
+                m.group(1), self._state_devs
+            )
             target[int(m.group(2))] = m.group(3)
         elif "Flash Attention enabled" in line:
             self.flash_attn = True
@@ -177,9 +226,11 @@ class MemoryLogParser:
         total, n = cache.bytes, sum(devs.values())
         bufs = ", ".join(f"{b} buffer {v:.2f} MiB" for b, v in cache.buffers.items())
         parts = ", ".join(f"{k} ({t}) {v} MiB" for k, (t, v) in cache.parts.items())
-        what = (f"{cache.kind} cache: {cache.cells} cells × {cache.layers} layers, "
-                f"{cache.seqs} seqs: {parts} (log tensor sum {cache.total_mib} MiB"
-                + (f"; {bufs})" if bufs else ")"))
+        what = (
+            f"{cache.kind} cache: {cache.cells} cells × {cache.layers} layers, "
+            f"{cache.seqs} seqs: {parts} (log tensor sum {cache.total_mib} MiB"
+            + (f"; {bufs})" if bufs else ")")
+        )
         out, given = [], 0
         for i, (dev, count) in enumerate(devs.items()):
             share = total - given if i == len(devs) - 1 else int(total * count // n)
@@ -193,9 +244,14 @@ class MemoryLogParser:
         allocs: list[Allocation] = []
         for (component, buft), mib in self.buffers.items():
             if component in ("weights", "output", "compute") and mib > 0:
-                allocs.append(Allocation(
-                    component, device_of(buft), round(mib * MiB),  # type: ignore[arg-type]
-                    f"{buft} {component} buffer {mib:.2f} MiB (log)"))
+                allocs.append(
+                    Allocation(
+                        component,  # type: ignore[arg-type]  # checked by the condition above
+                        device_of(buft),
+                        round(mib * MiB),
+                        f"{buft} {component} buffer {mib:.2f} MiB (log)",
+                    )
+                )
         for cache in self.kv_caches:
             allocs += self._split(cache, "kv")
         for cache in self.recurrent + self.states:
@@ -206,18 +262,24 @@ class MemoryLogParser:
             key = (a.component, a.device)
             if key in merged:
                 old = merged[key]
-                a = Allocation(a.component, a.device, old.bytes + a.bytes,
-                               old.detail + "; " + a.detail)
+                a = Allocation(a.component, a.device, old.bytes + a.bytes, old.detail + "; " + a.detail)
             merged[key] = a
         swa = [c.cells for c in self.kv_caches if c.kind == "swa"]
         full = [c.cells for c in self.kv_caches if c.kind != "swa"]
         notes = tuple(self.errors)
         if self.v_padded_to:
-            notes += (f"V cache padded to width {self.v_padded_to} (flash attention off, "
-                      "V widths differ across layers)",)
+            notes += (
+                f"V cache padded to width {self.v_padded_to} (flash attention off, "
+                "V widths differ across layers)",
+            )
         return MemoryPlan(
             source=source,  # type: ignore[arg-type]
-            settings=settings, n_ctx=self.param("n_ctx"), n_ctx_seq=self.param("n_ctx_seq"),
-            kv_cells=full[0] if full else 0, kv_cells_swa=swa[0] if swa else 0,
-            allocations=tuple(merged.values()), notes=notes,
-            flash_attn_resolved=self.resolved_flash_attn())
+            settings=settings,
+            n_ctx=self.param("n_ctx"),
+            n_ctx_seq=self.param("n_ctx_seq"),
+            kv_cells=full[0] if full else 0,
+            kv_cells_swa=swa[0] if swa else 0,
+            allocations=tuple(merged.values()),
+            notes=notes,
+            flash_attn_resolved=self.resolved_flash_attn(),
+        )

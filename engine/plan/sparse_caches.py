@@ -12,14 +12,15 @@
 * minimax-m3, `llama_kv_cache_msa`: the plain main cache and an indexer cache with one KV head
   per layer, K of indexer.key_length and V of the normal head width, after the dense lead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.core.memory_types import PlanSettings
 from engine.gguf.arch_keys import known_arch
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.context import CacheSize, Resolved, pad, row_bytes
-from engine.core.memory_types import PlanSettings
 
 CSA, HCA = 4, 128
 
@@ -28,61 +29,123 @@ def _comp_cells(n_ctx_seq: int, ratio: int) -> int:
     return pad(max(1, -(-n_ctx_seq // ratio)), 256)
 
 
-def _cache(kind: str, layers: tuple[int, ...], cells: int, streams: int, tk: str, tv: str,
-           k_width: tuple[int, ...] | int, v_width: tuple[int, ...] | int = 0,
-           label: str = "") -> CacheSize:
+def _cache(
+    kind: str,
+    layers: tuple[int, ...],
+    cells: int,
+    streams: int,
+    tk: str,
+    tv: str,
+    k_width: tuple[int, ...] | int,
+    v_width: tuple[int, ...] | int = 0,
+    label: str = "",
+) -> CacheSize:
     kw = k_width if isinstance(k_width, tuple) else (k_width,) * len(layers)
     vw = v_width if isinstance(v_width, tuple) else (v_width,) * len(layers)
     k = tuple(row_bytes(tk, w) * cells * streams for w in kw)
     v = tuple(row_bytes(tv, w) * cells * streams if w else 0 for w in vw)
-    return CacheSize(kind, layers, cells, streams, tk, tv, tuple(sorted(set(kw))), k, v,
-                     k_only=not any(vw), label=label)
+    return CacheSize(
+        kind, layers, cells, streams, tk, tv, tuple(sorted(set(kw))), k, v, k_only=not any(vw), label=label
+    )
 
 
-def sparse_caches(info: GGUFInfo, s: PlanSettings, r: Resolved, tk: str, tv: str,
-                  v_trans: bool) -> tuple[list[CacheSize], int]:
+def sparse_caches(
+    info: GGUFInfo, s: PlanSettings, r: Resolved, tk: str, tv: str, v_trans: bool
+) -> tuple[list[CacheSize], int]:
     """(caches in llama.cpp's log order, SWA cells per stream or 0)."""
     sp = info.sparse or {}
     n = info.n_layer
     kvh = info.n_head_kv_per_layer
     if sp.get("kind") == "dsv4":
         streams = r.n_seq  # unified_raw = unified_compressed = false in the constructor
-        swa = r.n_ctx_seq if s.swa_full else pad(min(r.n_ctx_seq, info.n_swa + r.n_ubatch),
-                                                   256)
+        swa = r.n_ctx_seq if s.swa_full else pad(min(r.n_ctx_seq, info.n_swa + r.n_ubatch), 256)
         raw = tuple(range(n))  # no filter: every layer, MTP layers included
-        out = [_cache("SWA", raw, swa, streams, tk, tv,
-                      tuple(info.head_dim_k * kvh[il] for il in raw),
-                      label="raw sliding-window keys (DSV4, K only, per-sequence streams)")]
+        out = [
+            _cache(
+                "SWA",
+                raw,
+                swa,
+                streams,
+                tk,
+                tv,
+                tuple(info.head_dim_k * kvh[il] for il in raw),
+                label="raw sliding-window keys (DSV4, K only, per-sequence streams)",
+            )
+        ]
         ratios = sp["ratios"]
         csa = tuple(il for il in range(n) if ratios[il] == CSA)
         hca = tuple(il for il in range(n) if ratios[il] == HCA)
         cells_csa, cells_hca = _comp_cells(r.n_ctx_seq, CSA), _comp_cells(r.n_ctx_seq, HCA)
         if csa:
-            out.append(_cache("CSA", csa, cells_csa, streams, tk, tv,
-                              tuple(info.head_dim_k * kvh[il] for il in csa),
-                              label=f"CSA compressed keys (1 per {CSA} tokens)"))
+            out.append(
+                _cache(
+                    "CSA",
+                    csa,
+                    cells_csa,
+                    streams,
+                    tk,
+                    tv,
+                    tuple(info.head_dim_k * kvh[il] for il in csa),
+                    label=f"CSA compressed keys (1 per {CSA} tokens)",
+                )
+            )
         if hca:
-            out.append(_cache("HCA", hca, cells_hca, streams, tk, tv,
-                              tuple(info.head_dim_k * kvh[il] for il in hca),
-                              label=f"HCA compressed keys (1 per {HCA} tokens)"))
+            out.append(
+                _cache(
+                    "HCA",
+                    hca,
+                    cells_hca,
+                    streams,
+                    tk,
+                    tv,
+                    tuple(info.head_dim_k * kvh[il] for il in hca),
+                    label=f"HCA compressed keys (1 per {HCA} tokens)",
+                )
+            )
         if csa:
-            out.append(_cache("indexer", csa, cells_csa, streams, tk, tv,
-                              sp["indexer_key_length"],
-                              label="indexer cache (lightning-indexer keys of the CSA layers)"))
+            out.append(
+                _cache(
+                    "indexer",
+                    csa,
+                    cells_csa,
+                    streams,
+                    tk,
+                    tv,
+                    sp["indexer_key_length"],
+                    label="indexer cache (lightning-indexer keys of the CSA layers)",
+                )
+            )
         return out, swa
     # minimax-m3: main cache on every layer, indexer cache after the dense lead
     layers = tuple(il for il in range(n) if kvh[il] > 0)
     hv = info.head_dim_v
     w_v = max(hv * kvh[il] for il in layers) if layers else 0
-    main = _cache("attention", layers, r.n_ctx_seq, r.n_stream, tk, tv,
-                  tuple(info.head_dim_k * kvh[il] for il in layers),
-                  tuple(w_v if v_trans else hv * kvh[il] for il in layers))
+    main = _cache(
+        "attention",
+        layers,
+        r.n_ctx_seq,
+        r.n_stream,
+        tk,
+        tv,
+        tuple(info.head_dim_k * kvh[il] for il in layers),
+        tuple(w_v if v_trans else hv * kvh[il] for il in layers),
+    )
     idx = tuple(il for il in layers if il >= sp["dense_lead"])
     out = [main]
     if idx:
-        out.append(_cache("indexer", idx, r.n_ctx_seq, r.n_stream, tk, tv,
-                          sp["indexer_key_length"], hv,
-                          label="indexer cache (MSA: one key head + one V head per layer)"))
+        out.append(
+            _cache(
+                "indexer",
+                idx,
+                r.n_ctx_seq,
+                r.n_stream,
+                tk,
+                tv,
+                sp["indexer_key_length"],
+                hv,
+                label="indexer cache (MSA: one key head + one V head per layer)",
+            )
+        )
     return out, 0
 
 
@@ -116,9 +179,11 @@ def dsv4_states(info: GGUFInfo, r: Resolved, n_rs_seq: int) -> list[StateSize]:
     csa = tuple(il for il in range(main) if sp["ratios"][il] == CSA)
     hca = tuple(il for il in range(main) if sp["ratios"][il] == HCA)
     hk, ik = info.head_dim_k, sp["indexer_key_length"]
-    return [StateSize("csa", csa, 2 * CSA, 2 * hk, planes),
-            StateSize("hca", hca, HCA, hk, planes),
-            StateSize("lid", csa, 2 * CSA, 2 * ik, planes)]
+    return [
+        StateSize("csa", csa, 2 * CSA, 2 * hk, planes),
+        StateSize("hca", hca, HCA, hk, planes),
+        StateSize("lid", csa, 2 * CSA, 2 * ik, planes),
+    ]
 
 
 def ple_conv_state(info: GGUFInfo, r: Resolved, n_rs_seq: int) -> tuple[tuple[int, ...], int]:
@@ -156,15 +221,20 @@ def unmodelled_notes(info: GGUFInfo, s: PlanSettings, fa_on: bool) -> list[str]:
     if unknown:
         return [unknown]
     if arch == "deepseek4":
-        return ["deepseek4: KV caches and compressor states are exact, but the compute buffer "
-                "of its compressed/indexed attention is only a rough estimate (about ±10 %); "
-                "the exact plan (--exact) is authoritative"]
+        return [
+            "deepseek4: KV caches and compressor states are exact, but the compute buffer "
+            "of its compressed/indexed attention is only a rough estimate (about ±10 %); "
+            "the exact plan (--exact) is authoritative"
+        ]
     if arch == "glm5-next":
-        return ["glm5-next: KV caches (with the k-pool indexer cache) and the KDA state are "
-                "exact, but the compute buffer of its indexer and hyper-connections is only a "
-                "rough estimate (about ±30 %); the exact plan (--exact) is authoritative"]
+        return [
+            "glm5-next: KV caches (with the k-pool indexer cache) and the KDA state are "
+            "exact, but the compute buffer of its indexer and hyper-connections is only a "
+            "rough estimate (about ±30 %); the exact plan (--exact) is authoritative"
+        ]
     if arch == "minimax-m3" and fa_on and s.n_seq_max > 1 and not s.kv_unified:
-        return ["minimax-m3: the compute buffer of sparse attention over several sequences "
-                "is approximate (about ±20 %); the exact plan (--exact) is authoritative"]
+        return [
+            "minimax-m3: the compute buffer of sparse attention over several sequences "
+            "is approximate (about ±20 %); the exact plan (--exact) is authoritative"
+        ]
     return []
-

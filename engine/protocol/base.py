@@ -5,6 +5,7 @@ under a short ``type`` name, so both sides agree on the fields and a typo fails 
 instead of silently in the field. JSON (not pickle) keeps a crashed or hostile child from
 executing anything in the parent: the worst a garbled line can do is fail to decode.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-_REGISTRY: dict[str, type["Message"]] = {}
+_REGISTRY: dict[str, type[Message]] = {}
 _M = TypeVar("_M", bound=type)
 
 #: Prefix of the line the child's abort hook writes to stderr just before ``abort()``.

@@ -4,12 +4,20 @@ The child sends `ErrorEvent(kind=ErrorKind.X.value, message=...)`; the parent tu
 exactly one `KvDeckError` subclass (`exception_for`), and the API server into exactly one HTTP
 status (`engine.serve.server`). Nothing re-parses the message text to find out what happened.
 """
+
 from __future__ import annotations
 
 from enum import Enum
 
-from engine.core.errors import (Cancelled, ContextFull, InvalidSettings, KvDeckError,
-                                ModelFileError, NotReady, RuntimeFailure)
+from engine.core.errors import (
+    Cancelled,
+    ContextFull,
+    InvalidSettings,
+    KvDeckError,
+    ModelFileError,
+    NotReady,
+    RuntimeFailure,
+)
 
 
 class ErrorKind(str, Enum):

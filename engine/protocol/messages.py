@@ -3,6 +3,7 @@
 Registered with :func:`engine.protocol.base.message`; the tools' messages (bench, precision,
 pairing, drafts) are in :mod:`engine.protocol.tools`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,7 +11,6 @@ from typing import Any, ClassVar
 
 from engine.core.memory_types import PlanSettings
 from engine.protocol.base import Message, message
-
 
 # ----------------------------------------------------------------------------- requests
 
@@ -31,13 +31,21 @@ class LoadParams:
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "settings": self.settings.to_dict(), "n_threads": self.n_threads,
-                "dry_run": self.dry_run}
+        return {
+            "path": self.path,
+            "settings": self.settings.to_dict(),
+            "n_threads": self.n_threads,
+            "dry_run": self.dry_run,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoadParams:
-        return cls(path=str(data["path"]), settings=PlanSettings.from_dict(data.get("settings") or {}),
-                   n_threads=int(data.get("n_threads", 0)), dry_run=bool(data.get("dry_run", False)))
+        return cls(
+            path=str(data["path"]),
+            settings=PlanSettings.from_dict(data.get("settings") or {}),
+            n_threads=int(data.get("n_threads", 0)),
+            dry_run=bool(data.get("dry_run", False)),
+        )
 
 
 @message
@@ -320,4 +328,3 @@ class ErrorEvent(Message):
     id: int
     kind: str  # model | params | runtime | busy
     message: str
-

@@ -2,13 +2,13 @@
 speculative drafts. Split from ``engine.protocol`` (the core load/generate messages) to keep
 each file readable; ``engine.protocol`` re-exports these too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from engine.protocol.base import Message, message
-
 
 # ----------------------------------------------------------------------------- benchmark
 

@@ -6,16 +6,17 @@ runs in its own short-lived process: hostile metadata can abort llama.cpp, and t
 of the chat must never pay for that. Weights are printed as 0.00 in a dry run, so they come from
 the analytic placement, which is exact for tensor bytes.
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 from engine import protocol as P
-from engine.gguf.inspect import GGUFInfo
-from engine.runtime.host import RuntimeHost
-from engine.plan.measured import MemoryLogParser
-from engine.plan.analytic import analytic_plan
 from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
+from engine.gguf.inspect import GGUFInfo
+from engine.plan.analytic import analytic_plan
+from engine.plan.measured import MemoryLogParser
+from engine.runtime.host import RuntimeHost
 
 
 def plan_from_log(lines: list[str], settings: PlanSettings, source: str) -> MemoryPlan:
@@ -33,7 +34,10 @@ def _kv_by_layer_devices(dry: tuple[Allocation, ...], analytic: MemoryPlan) -> t
     for comp in ("kv", "recurrent"):
         d_total = sum(a.bytes for a in dry if a.component == comp)
         a_allocs = [a for a in analytic.allocations if a.component == comp]
-        if len({a.device for a in a_allocs}) < 2 or abs(d_total - sum(a.bytes for a in a_allocs)) > MiB // 100:
+        if (
+            len({a.device for a in a_allocs}) < 2
+            or abs(d_total - sum(a.bytes for a in a_allocs)) > MiB // 100
+        ):
             continue
         detail = next((a.detail for a in dry if a.component == comp), "")
         out = [a for a in out if a.component != comp]
@@ -41,8 +45,9 @@ def _kv_by_layer_devices(dry: tuple[Allocation, ...], analytic: MemoryPlan) -> t
     return tuple(out)
 
 
-def exact_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device],
-               timeout: float = 300) -> MemoryPlan:
+def exact_plan(
+    info: GGUFInfo, settings: PlanSettings, devices: list[Device], timeout: float = 300
+) -> MemoryPlan:
     """Sizes from llama.cpp's own dry run, weights from the analytic placement."""
     with RuntimeHost() as host:
         loaded = host.load(P.LoadParams(info.path, settings, dry_run=True), timeout=timeout)
@@ -51,6 +56,8 @@ def exact_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device],
     weights = tuple(a for a in analytic.allocations if a.component == "weights")
     others = tuple(a for a in dry.allocations if a.component != "weights")
     others = _kv_by_layer_devices(others, analytic)
-    return dataclasses.replace(dry, allocations=weights + others,
-                               notes=dry.notes + ("weights from the analytic placement (a dry run "
-                                                  "allocates none)",))
+    return dataclasses.replace(
+        dry,
+        allocations=weights + others,
+        notes=dry.notes + ("weights from the analytic placement (a dry run allocates none)",),
+    )

@@ -5,6 +5,7 @@ memory is only reliably returned when a process exits. So the model lives in a c
 the host turns its events into callbacks and blocking helpers, and its death into a typed
 :class:`ProcessOutcome` with a sentence a user can read. Nothing here imports llama.cpp.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,8 +16,9 @@ import queue
 import re
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine import protocol as P
 from engine.core.errors import KvDeckError, RuntimeFailure
@@ -25,6 +27,7 @@ from engine.runtime.outcome import Exited, ProcessOutcome, child_command, descri
 
 log = logging.getLogger("kvdeck.runtime")
 native_log = logging.getLogger("kvdeck.llama")
+
 
 class _Pending:
     def __init__(self, kind: str, on_event: Callable[[P.Message], None] | None) -> None:
@@ -50,8 +53,12 @@ class RuntimeHost:
     call :meth:`start` and :meth:`stop` themselves.
     """
 
-    def __init__(self, on_event: Callable[[object], None] | None = None,
-                 env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        on_event: Callable[[object], None] | None = None,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
         self._on_event = on_event
         self._env = env
         self._ready_timeout = ready_timeout
@@ -98,17 +105,21 @@ class RuntimeHost:
         self.hello = None
         try:
             self._proc = subprocess.Popen(
-                child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=env, close_fds=True,
+                child_command(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                close_fds=True,
             )
         except OSError as exc:
             raise RuntimeFailure(f"cannot start the runtime process: {exc}") from None
         proc = self._proc
-        self._stderr_thread = threading.Thread(target=self._read_stderr, args=(proc,),
-                                               name="kvdeck-stderr", daemon=True)
+        self._stderr_thread = threading.Thread(
+            target=self._read_stderr, args=(proc,), name="kvdeck-stderr", daemon=True
+        )
         self._stderr_thread.start()
-        threading.Thread(target=self._read_events, args=(proc,), name="kvdeck-events",
-                         daemon=True).start()
+        threading.Thread(target=self._read_events, args=(proc,), name="kvdeck-events", daemon=True).start()
 
     @property
     def running(self) -> bool:
@@ -124,8 +135,9 @@ class RuntimeHost:
 
     def wait_ready(self, timeout: float = 60.0) -> P.Hello:
         if not self._ready.wait(timeout) or self.hello is None:
-            raise RuntimeFailure(self.outcome.sentence if self.outcome else
-                                 "the runtime did not start in time")
+            raise RuntimeFailure(
+                self.outcome.sentence if self.outcome else "the runtime did not start in time"
+            )
         return self.hello
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -163,8 +175,9 @@ class RuntimeHost:
             except (BrokenPipeError, OSError, ValueError):
                 raise RuntimeFailure("the runtime process has stopped") from None
 
-    def _submit(self, kind: str, build: Callable[[int], P.Message],
-                on_event: Callable[[P.Message], None] | None) -> tuple[int, _Pending]:
+    def _submit(
+        self, kind: str, build: Callable[[int], P.Message], on_event: Callable[[P.Message], None] | None
+    ) -> tuple[int, _Pending]:
         req_id = next(self._ids)
         pending = _Pending(kind, on_event)
         with self._lock:
@@ -179,27 +192,52 @@ class RuntimeHost:
             raise
         return req_id, pending
 
-    def submit_load(self, params: P.LoadParams,
-                    on_event: Callable[[P.Message], None] | None = None) -> int:
+    def submit_load(self, params: P.LoadParams, on_event: Callable[[P.Message], None] | None = None) -> int:
         return self._submit("load", lambda i: P.LoadRequest(id=i, params=params.to_dict()), on_event)[0]
 
-    def submit_generate(self, prompt: str, *, max_tokens: int = 512,
-                        sampling: SamplingParams | None = None, no_empty: bool = True,
-                        on_event: Callable[[P.Message], None] | None = None,
-                        draft: str = "", draft_max: int = 8) -> int:
+    def submit_generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 512,
+        sampling: SamplingParams | None = None,
+        no_empty: bool = True,
+        on_event: Callable[[P.Message], None] | None = None,
+        draft: str = "",
+        draft_max: int = 8,
+    ) -> int:
         s = (sampling or SamplingParams()).validated()
-        return self._submit("generate", lambda i: P.GenerateRequest(
-            id=i, prompt=prompt, max_tokens=max_tokens, sampling=s.to_dict(), no_empty=no_empty,
-            draft=draft, draft_max=draft_max), on_event)[0]
+        return self._submit(
+            "generate",
+            lambda i: P.GenerateRequest(
+                id=i,
+                prompt=prompt,
+                max_tokens=max_tokens,
+                sampling=s.to_dict(),
+                no_empty=no_empty,
+                draft=draft,
+                draft_max=draft_max,
+            ),
+            on_event,
+        )[0]
 
-    def submit(self, kind: str, build: Callable[[int], P.Message],
-               on_event: Callable[[P.Message], None] | None = None) -> int:
+    def submit(
+        self,
+        kind: str,
+        build: Callable[[int], P.Message],
+        on_event: Callable[[P.Message], None] | None = None,
+    ) -> int:
         """Send any request built from its new id; its events go to ``on_event`` on the reader
         thread. For callers that need fields the helpers do not offer (engine.serve.server)."""
         return self._submit(kind, build, on_event)[0]
 
-    def call(self, kind: str, build: Callable[[int], P.Message], timeout: float | None = None,
-             on_event: Callable[[P.Message], None] | None = None) -> P.Message:
+    def call(
+        self,
+        kind: str,
+        build: Callable[[int], P.Message],
+        timeout: float | None = None,
+        on_event: Callable[[P.Message], None] | None = None,
+    ) -> P.Message:
         """Send any request built from its new id and wait for its final event; a refusal is
         raised as the one KvDeckError subclass of its kind (``engine.protocol.errors``)."""
         return self._call(kind, build, timeout, on_event)
@@ -210,8 +248,13 @@ class RuntimeHost:
         except RuntimeFailure:
             pass
 
-    def _call(self, kind: str, build: Callable[[int], P.Message], timeout: float | None,
-              on_event: Callable[[P.Message], None] | None = None) -> P.Message:
+    def _call(
+        self,
+        kind: str,
+        build: Callable[[int], P.Message],
+        timeout: float | None,
+        on_event: Callable[[P.Message], None] | None = None,
+    ) -> P.Message:
         req_id, pending = self._submit(kind, build, on_event)
         try:
             result = pending.done.get(timeout=timeout)
@@ -222,34 +265,66 @@ class RuntimeHost:
             raise result
         return result
 
-    def load(self, params: P.LoadParams, on_event: Callable[[P.Message], None] | None = None,
-             timeout: float | None = 900) -> P.Loaded:
-        return self._call("load", lambda i: P.LoadRequest(id=i, params=params.to_dict()), timeout,
-                          on_event)  # type: ignore[return-value]
+    def load(
+        self,
+        params: P.LoadParams,
+        on_event: Callable[[P.Message], None] | None = None,
+        timeout: float | None = 900,
+    ) -> P.Loaded:
+        return self._call("load", lambda i: P.LoadRequest(id=i, params=params.to_dict()), timeout, on_event)  # type: ignore[return-value]
 
-    def generate(self, prompt: str, *, max_tokens: int = 512, sampling: SamplingParams | None = None,
-                 no_empty: bool = True, on_event: Callable[[P.Message], None] | None = None,
-                 timeout: float | None = None, draft: str = "", draft_max: int = 8,
-                 json_schema: str = "") -> P.Done:
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 512,
+        sampling: SamplingParams | None = None,
+        no_empty: bool = True,
+        on_event: Callable[[P.Message], None] | None = None,
+        timeout: float | None = None,
+        draft: str = "",
+        draft_max: int = 8,
+        json_schema: str = "",
+    ) -> P.Done:
         """``draft``: "" plain decoding, "model" the loaded draft, "lookup" n-gram drafting;
         ``json_schema`` (JSON text): the reply is constrained to match it (engine.child.grammar)."""
         s = (sampling or SamplingParams()).validated()
-        return self._call("generate", lambda i: P.GenerateRequest(
-            id=i, prompt=prompt, max_tokens=max_tokens, sampling=s.to_dict(),
-            no_empty=no_empty and not json_schema, draft=draft, draft_max=draft_max,
-            json_schema=json_schema), timeout, on_event)  # type: ignore[return-value]
+        return self._call(
+            "generate",
+            lambda i: P.GenerateRequest(
+                id=i,
+                prompt=prompt,
+                max_tokens=max_tokens,
+                sampling=s.to_dict(),
+                no_empty=no_empty and not json_schema,
+                draft=draft,
+                draft_max=draft_max,
+                json_schema=json_schema,
+            ),
+            timeout,
+            on_event,
+        )  # type: ignore[return-value]
 
-    def submit_load_draft(self, path: str, on_event: Callable[[P.Message], None] | None = None,
-                          **options: Any) -> int:
-        return self._submit("load_draft", lambda i: P.LoadDraftRequest(id=i, path=path, **options),
-                            on_event)[0]
+    def submit_load_draft(
+        self, path: str, on_event: Callable[[P.Message], None] | None = None, **options: Any
+    ) -> int:
+        return self._submit("load_draft", lambda i: P.LoadDraftRequest(id=i, path=path, **options), on_event)[
+            0
+        ]
 
-    def load_draft(self, path: str, *, on_event: Callable[[P.Message], None] | None = None,
-                   timeout: float | None = 900, **options: Any) -> P.DraftLoaded:
+    def load_draft(
+        self,
+        path: str,
+        *,
+        on_event: Callable[[P.Message], None] | None = None,
+        timeout: float | None = 900,
+        **options: Any,
+    ) -> P.DraftLoaded:
         """A draft beside the loaded target, with the target's context (options: type_k, type_v,
         n_gpu_layers, flash_attn); an incompatible pair is refused with the rules in words."""
-        return self._call("load_draft", lambda i: P.LoadDraftRequest(id=i, path=path, **options),
-                          timeout, on_event)  # type: ignore[return-value]
+        return self._call(
+            "load_draft", lambda i: P.LoadDraftRequest(id=i, path=path, **options), timeout, on_event
+        )  # type: ignore[return-value]
 
     def unload_draft(self, timeout: float = 60) -> None:
         self._call("unload_draft", lambda i: P.UnloadDraftRequest(id=i), timeout)
@@ -258,21 +333,42 @@ class RuntimeHost:
         return self._submit("unload_draft", lambda i: P.UnloadDraftRequest(id=i), None)[0]
 
     def tokenize(self, text: str, add_special: bool = True, timeout: float = 60) -> list[int]:
-        reply = self._call("tokenize", lambda i: P.TokenizeRequest(id=i, text=text,
-                                                                   add_special=add_special), timeout)
+        reply = self._call(
+            "tokenize", lambda i: P.TokenizeRequest(id=i, text=text, add_special=add_special), timeout
+        )
         return reply.tokens  # type: ignore[attr-defined]
 
     def stats(self, timeout: float = 60) -> P.Stats:
         return self._call("stats", lambda i: P.StatsRequest(id=i), timeout)  # type: ignore[return-value]
 
-    def bench(self, n_prompt: int = 512, n_gen: int = 128, depth: int = 0, repetitions: int = 5, *,
-              sampling: SamplingParams | None = None, sampler: str = "auto", n_threads: int = 0,
-              timeout: float | None = None) -> P.BenchResult:
+    def bench(
+        self,
+        n_prompt: int = 512,
+        n_gen: int = 128,
+        depth: int = 0,
+        repetitions: int = 5,
+        *,
+        sampling: SamplingParams | None = None,
+        sampler: str = "auto",
+        n_threads: int = 0,
+        timeout: float | None = None,
+    ) -> P.BenchResult:
         """llama-bench-style pp/tg on the loaded model (``engine.child.bench``); sampling None: greedy."""
         s = sampling.validated().to_dict() if sampling else {}
-        return self._call("bench", lambda i: P.BenchRequest(
-            id=i, n_prompt=n_prompt, n_gen=n_gen, depth=depth, repetitions=repetitions, sampling=s,
-            sampler=sampler, n_threads=n_threads), timeout)  # type: ignore[return-value]
+        return self._call(
+            "bench",
+            lambda i: P.BenchRequest(
+                id=i,
+                n_prompt=n_prompt,
+                n_gen=n_gen,
+                depth=depth,
+                repetitions=repetitions,
+                sampling=s,
+                sampler=sampler,
+                n_threads=n_threads,
+            ),
+            timeout,
+        )  # type: ignore[return-value]
 
     def pair(self, target: str, draft: str, timeout: float = 120) -> list[dict[str, Any]]:
         """llama.cpp's draft-compatibility rules on the two vocabularies, each with a verdict."""
@@ -282,22 +378,43 @@ class RuntimeHost:
     def unload(self, timeout: float = 60) -> None:
         self._call("unload", lambda i: P.UnloadRequest(id=i), timeout)
 
-    def precision(self, type_k: str, type_v: str, prompts: list[str], n_tokens: int = 30, *,
-                  flash_attn: str = "on", n_ctx: int = 0, reference_flash_attn: str = "off",
-                  on_progress: Callable[[int, int], None] | None = None,
-                  timeout: float | None = None) -> P.PrecisionResult:
+    def precision(
+        self,
+        type_k: str,
+        type_v: str,
+        prompts: list[str],
+        n_tokens: int = 30,
+        *,
+        flash_attn: str = "on",
+        n_ctx: int = 0,
+        reference_flash_attn: str = "off",
+        on_progress: Callable[[int, int], None] | None = None,
+        timeout: float | None = None,
+    ) -> P.PrecisionResult:
         """Blocking KV precision check on the loaded model; ``on_progress(done, total)`` is
         called on the reader thread. Cancel it with :meth:`cancel` (id 0) from another thread."""
+
         def on_event(msg: P.Message) -> None:
             if on_progress is not None and isinstance(msg, P.PrecisionProgress):
                 on_progress(msg.done, msg.total)
 
         self._phase = "precision"
         try:
-            return self._call("precision", lambda i: P.PrecisionRequest(  # type: ignore[return-value]
-                id=i, type_k=type_k, type_v=type_v, prompts=list(prompts), n_tokens=n_tokens,
-                flash_attn=flash_attn, n_ctx=n_ctx, reference_flash_attn=reference_flash_attn),
-                timeout, on_event)
+            return self._call(
+                "precision",
+                lambda i: P.PrecisionRequest(  # type: ignore[return-value]
+                    id=i,
+                    type_k=type_k,
+                    type_v=type_v,
+                    prompts=list(prompts),
+                    n_tokens=n_tokens,
+                    flash_attn=flash_attn,
+                    n_ctx=n_ctx,
+                    reference_flash_attn=reference_flash_attn,
+                ),
+                timeout,
+                on_event,
+            )
         finally:
             if self._phase == "precision":
                 self._phase = "idle"
@@ -352,7 +469,7 @@ class RuntimeHost:
         for raw in proc.stderr:
             text = raw.decode("utf-8", "replace").rstrip()
             if text.startswith(P.ABORT_PREFIX):
-                raw_msg = text[len(P.ABORT_PREFIX):].strip()
+                raw_msg = text[len(P.ABORT_PREFIX) :].strip()
                 log.error("runtime abort: %s", raw_msg)
                 # "/tmp/pip-install-x/…/vendor/llama.cpp/ggml/src/ggml.c:4014: …" -> "ggml.c:4014: …"
                 self._abort_message = re.sub(r"\S*[/\\]([\w.-]+:\d+:)", r"\1", raw_msg)
@@ -363,10 +480,8 @@ class RuntimeHost:
     def _finish(self, proc: subprocess.Popen[bytes], code: int) -> None:
         # the abort line is written to stderr just before death: let its reader catch up
         self._stderr_thread.join(timeout=2.0)
-        last_error = next((line for line in reversed(self._stderr_tail)
-                           if "error" in line.lower()), "")
-        outcome = describe_exit(code, self._phase, self._abort_message, last_error[:300],
-                                self._stopping)
+        last_error = next((line for line in reversed(self._stderr_tail) if "error" in line.lower()), "")
+        outcome = describe_exit(code, self._phase, self._abort_message, last_error[:300], self._stopping)
         self.outcome = outcome
         self._ready.set()
         with self._lock:
@@ -377,4 +492,3 @@ class RuntimeHost:
             log.warning("%s", outcome.sentence)
         if self._on_event is not None:
             self._safe(self._on_event, Exited(outcome))
-

@@ -1,6 +1,7 @@
 """The devices a plan may use on this machine: telemetry's devices filtered by what the
 installed runtime build can offload to (`engine.core.build`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,9 @@ from engine.core.build import cuda_reserve_bytes, gpu_backend
 from engine.core.memory_types import Device
 
 
-def plan_devices(telemetry_devices: list[Device] | None = None, runtime_on_gpu: bool = False
-                 ) -> tuple[list[Device], str]:
+def plan_devices(
+    telemetry_devices: list[Device] | None = None, runtime_on_gpu: bool = False
+) -> tuple[list[Device], str]:
     """Devices a plan may use, and why GPUs are absent when they are.
 
     GPUs count only if the runtime can offload to them: an NVIDIA card next to a CPU-only
@@ -32,7 +34,9 @@ def plan_devices(telemetry_devices: list[Device] | None = None, runtime_on_gpu: 
     if not gpus:
         return cpu, "no GPU found" if backend != "cpu" else "the runtime is a CPU-only build"
     if backend != "cuda":
-        return cpu, (f"{len(gpus)} GPU(s) found, but the installed llama.cpp runtime is a CPU-only "
-                     "build; see the README's GPU section")
+        return cpu, (
+            f"{len(gpus)} GPU(s) found, but the installed llama.cpp runtime is a CPU-only "
+            "build; see the README's GPU section"
+        )
     reserve = 0 if runtime_on_gpu else cuda_reserve_bytes()
     return cpu + [dataclasses.replace(g, reserved_bytes=reserve) for g in gpus], ""

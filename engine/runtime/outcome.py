@@ -4,6 +4,7 @@ Split from `engine.runtime.host` (which turns the child's death into a `ProcessO
 wording of every way a process can end lives in one small place: killed by the OOM killer, an
 abort with llama.cpp's assert message, a segfault, a plain exit status.
 """
+
 from __future__ import annotations
 
 import signal
@@ -11,9 +12,15 @@ import sys
 from dataclasses import dataclass
 
 #: What the child was doing, by the kind of the request in flight, for the sentence.
-_PHASES = {"load": "loading the model", "generate": "generating a reply", "idle": "idle",
-           "start": "starting", "precision": "checking the quality of a KV cache type",
-           "bench": "running a benchmark", "load_draft": "loading the draft model"}
+_PHASES = {
+    "load": "loading the model",
+    "generate": "generating a reply",
+    "idle": "idle",
+    "start": "starting",
+    "precision": "checking the quality of a KV cache type",
+    "bench": "running a benchmark",
+    "load_draft": "loading the draft model",
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,9 @@ def child_command() -> list[str]:
     return [sys.executable, "-m", "engine.child"]
 
 
-def describe_exit(code: int | None, phase: str, abort_message: str, last_error: str,
-                  expected: bool) -> ProcessOutcome:
+def describe_exit(
+    code: int | None, phase: str, abort_message: str, last_error: str, expected: bool
+) -> ProcessOutcome:
     sig_name = None
     if code is not None and code < 0:
         try:
@@ -55,17 +63,25 @@ def describe_exit(code: int | None, phase: str, abort_message: str, last_error: 
     if expected and code in (0, None, -signal.SIGTERM, -signal.SIGKILL):
         sentence = "The runtime stopped."
     elif sig_name == "SIGKILL":
-        sentence = (f"The runtime was killed (SIGKILL) while {doing}; the system may have run out "
-                    f"of memory, or another program ended it.")
+        sentence = (
+            f"The runtime was killed (SIGKILL) while {doing}; the system may have run out "
+            f"of memory, or another program ended it."
+        )
     elif sig_name == "SIGABRT" and abort_message:
         sentence = f"The runtime crashed while {doing}: {abort_message}"
     elif sig_name:
-        reason = {"SIGSEGV": "segmentation fault", "SIGABRT": "aborted", "SIGBUS": "bus error",
-                  "SIGILL": "illegal instruction", "SIGTERM": "terminated"}.get(sig_name, sig_name)
+        reason = {
+            "SIGSEGV": "segmentation fault",
+            "SIGABRT": "aborted",
+            "SIGBUS": "bus error",
+            "SIGILL": "illegal instruction",
+            "SIGTERM": "terminated",
+        }.get(sig_name, sig_name)
         detail = f": {abort_message or last_error}" if (abort_message or last_error) else "."
         sentence = f"The runtime crashed ({reason}) while {doing}{detail}"
     else:
         detail = f": {abort_message or last_error}" if (abort_message or last_error) else "."
         sentence = f"The runtime exited with status {code} while {doing}{detail}"
-    return ProcessOutcome(code, sig_name, phase, abort_message, last_error, expected,
-                          " ".join(sentence.split()))
+    return ProcessOutcome(
+        code, sig_name, phase, abort_message, last_error, expected, " ".join(sentence.split())
+    )

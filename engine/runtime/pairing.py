@@ -4,6 +4,7 @@ The vocabulary rules are llama.cpp's own, checked in a throwaway runtime child (
 vocab-only load); the memory rule is fit with both models in one budget at the target's
 context. The rules themselves, in words, are in `engine.plan.pairing`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,9 +18,15 @@ from engine.runtime.host import RuntimeHost
 from engine.runtime.info import plan_devices
 
 
-def pair_report(target_path: str, draft_path: str, *, budget_bytes: int | None = None,
-                max_context: int | None = None, settings: PlanSettings | None = None,
-                devices: list[Device] | None = None) -> dict[str, Any]:
+def pair_report(
+    target_path: str,
+    draft_path: str,
+    *,
+    budget_bytes: int | None = None,
+    max_context: int | None = None,
+    settings: PlanSettings | None = None,
+    devices: list[Device] | None = None,
+) -> dict[str, Any]:
     """Vocabulary rules from llama.cpp itself (in a throwaway child), plus: do both fit together
     at the target's context. ``settings`` are the target's (the draft keeps f16 K/V); the GUI
     calls this off its thread before loading a draft."""
@@ -27,16 +34,35 @@ def pair_report(target_path: str, draft_path: str, *, budget_bytes: int | None =
     with RuntimeHost() as host:
         checks = [Check(**c) for c in host.pair(target_path, draft_path)]
     if target.recurrent or target.hybrid:
-        checks.append(Check("target can roll back", False,
-                            f"{target.architecture} keeps a recurrent state that cannot be rolled back "
-                            "past rejected draft tokens"))
+        checks.append(
+            Check(
+                "target can roll back",
+                False,
+                f"{target.architecture} keeps a recurrent state that cannot be rolled back "
+                "past rejected draft tokens",
+            )
+        )
     if devices is None:
         devices, _ = plan_devices()
     base = settings if settings is not None else PlanSettings(n_ctx=0)
     dsettings = base if settings is None else base.replace(type_k="f16", type_v="f16")
-    result = fit(target, base, devices, plan_fn=analytic_plan, budget_bytes=budget_bytes,
-                 draft=DraftSpec(draft, dsettings), max_context=max_context)
-    checks.append(Check("memory", result.fits,
-                        f"target and draft fit together at {result.plan.n_ctx:,} tokens of context "
-                        f"({result.limited_by} limits it)" if result.fits else result.reason))
+    result = fit(
+        target,
+        base,
+        devices,
+        plan_fn=analytic_plan,
+        budget_bytes=budget_bytes,
+        draft=DraftSpec(draft, dsettings),
+        max_context=max_context,
+    )
+    checks.append(
+        Check(
+            "memory",
+            result.fits,
+            f"target and draft fit together at {result.plan.n_ctx:,} tokens of context "
+            f"({result.limited_by} limits it)"
+            if result.fits
+            else result.reason,
+        )
+    )
     return verdict(checks)

@@ -11,6 +11,7 @@ applies: exact with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` and when all GPUs are the s
 (FASTEST_FIRST breaks ties by bus id); with mixed GPUs it may be wrong, and ``notes`` says so.
 The runtime child inherits our environment, so these are the variables llama.cpp sees.
 """
+
 from __future__ import annotations
 
 import collections
@@ -18,8 +19,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import psutil
 
@@ -43,6 +45,7 @@ class GpuSnapshot:
     total minus free, so it includes what the driver reserves (``reserved_bytes``), counted under
     other processes. ``attribution`` says how ``this_app_bytes`` was found; the note explains, in
     words, anything less than a per-process reading."""
+
     index: int
     name: str
     uuid: str
@@ -69,6 +72,7 @@ class HostSnapshot:
     """Host RAM. ``used_bytes`` is total minus available, the same on every platform (unlike
     psutil's ``used``). ``cpu_pct``: the whole machine since the last snapshot. The RSS of the GUI
     and runtime includes the resident pages of a memory-mapped model file."""
+
     total_bytes: int
     available_bytes: int
     used_bytes: int
@@ -79,6 +83,7 @@ class HostSnapshot:
 @dataclass(frozen=True)
 class TelemetrySnapshot:
     """Everything measured at one moment (``time`` is wall-clock seconds, ``time.time()``)."""
+
     time: float
     host: HostSnapshot
     gpus: tuple[GpuSnapshot, ...]
@@ -89,6 +94,7 @@ class TelemetrySnapshot:
 @dataclass(frozen=True)
 class GpuIdentity:
     """What identifies an NVML device across the two numbering schemes."""
+
     nvml_index: int
     uuid: str
     pci_bus_id: str
@@ -98,6 +104,7 @@ class GpuIdentity:
 @dataclass(frozen=True)
 class Attribution:
     """How a GPU's used memory splits, and how that was found (see ``GpuSnapshot``)."""
+
     this_app_bytes: int
     other_processes_bytes: int
     method: Method
@@ -115,8 +122,7 @@ def _bus_key(bus_id: str) -> tuple[int, ...]:  # "00000000:3B:00.0" or legacy "0
         return (1 << 62,)  # unparsable ids sort last, in NVML order (sorted() is stable)
 
 
-def cuda_order(gpus: Sequence[GpuIdentity], env: Mapping[str, str]
-               ) -> tuple[list[GpuIdentity], list[str]]:
+def cuda_order(gpus: Sequence[GpuIdentity], env: Mapping[str, str]) -> tuple[list[GpuIdentity], list[str]]:
     """The GPUs llama.cpp will see, in its order, and notes on how sure that is.
 
     ``CUDA_VISIBLE_DEVICES`` holds indices into the PCI-ordered list or UUIDs ("GPU-…", a unique
@@ -126,9 +132,11 @@ def cuda_order(gpus: Sequence[GpuIdentity], env: Mapping[str, str]
     ordered = sorted(gpus, key=lambda g: _bus_key(g.pci_bus_id))
     notes: list[str] = []
     if env.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID" and len({g.name for g in ordered}) > 1:
-        notes.append("The GPUs differ and CUDA_DEVICE_ORDER is not PCI_BUS_ID, so the CUDA "
-                     "numbers shown may not match llama.cpp's; set CUDA_DEVICE_ORDER=PCI_BUS_ID "
-                     "to make them exact.")
+        notes.append(
+            "The GPUs differ and CUDA_DEVICE_ORDER is not PCI_BUS_ID, so the CUDA "
+            "numbers shown may not match llama.cpp's; set CUDA_DEVICE_ORDER=PCI_BUS_ID "
+            "to make them exact."
+        )
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return ordered, notes
@@ -144,16 +152,22 @@ def cuda_order(gpus: Sequence[GpuIdentity], env: Mapping[str, str]
             match = found[0] if len(found) == 1 else None
         if match is None or match in chosen:
             if entry:
-                notes.append(f"CUDA_VISIBLE_DEVICES entry {entry!r} is not shown: it names no "
-                             f"single GPU (or a MIG instance); CUDA stops reading the list there.")
+                notes.append(
+                    f"CUDA_VISIBLE_DEVICES entry {entry!r} is not shown: it names no "
+                    f"single GPU (or a MIG instance); CUDA stops reading the list there."
+                )
             break
         chosen.append(match)
     return chosen, notes
 
 
-def attribute_gpu_memory(used_bytes: int, processes: Iterable[tuple[int, int | None]],
-                         our_pids: Collection[int], baseline_used_bytes: int | None,
-                         runtime_running: bool = True) -> Attribution:
+def attribute_gpu_memory(
+    used_bytes: int,
+    processes: Iterable[tuple[int, int | None]],
+    our_pids: Collection[int],
+    baseline_used_bytes: int | None,
+    runtime_running: bool = True,
+) -> Attribution:
     """Split a GPU's used memory into this app and everything else.
 
     ``processes``: (pid, usedGpuMemory) from NVML's compute and graphics lists. A process with
@@ -172,22 +186,27 @@ def attribute_gpu_memory(used_bytes: int, processes: Iterable[tuple[int, int | N
         this, method, note = known, "per-process", None
     elif baseline_used_bytes is not None:
         this, method = max(0, used_bytes - baseline_used_bytes), "difference"
-        note = ("The driver lists no per-process memory here, so this app's share is the growth "
-                "in use since before the runtime started; other programs' changes since then "
-                "count as ours.")
+        note = (
+            "The driver lists no per-process memory here, so this app's share is the growth "
+            "in use since before the runtime started; other programs' changes since then "
+            "count as ours."
+        )
     else:
         this, method = known, "unattributed"
-        note = ("The driver lists no per-process memory here and nothing was measured before the "
-                "runtime started, so this app's use cannot be told apart from other processes'.")
+        note = (
+            "The driver lists no per-process memory here and nothing was measured before the "
+            "runtime started, so this app's use cannot be told apart from other processes'."
+        )
     this = min(this, max(used_bytes, 0))
     return Attribution(this, max(0, used_bytes - this), method, note)  # type: ignore[arg-type]
 
 
 def fit_devices(snap: TelemetrySnapshot) -> list[Device]:
     """The memory pools of a snapshot as fit sees them (see ``Telemetry.devices``)."""
-    return ([Device("CPU", "cpu", snap.host.total_bytes, snap.host.available_bytes, "host RAM")]
-            + [Device(g.device_name, "gpu", g.total_bytes - (g.reserved_bytes or 0),
-                      g.free_bytes, g.name) for g in snap.gpus])
+    return [Device("CPU", "cpu", snap.host.total_bytes, snap.host.available_bytes, "host RAM")] + [
+        Device(g.device_name, "gpu", g.total_bytes - (g.reserved_bytes or 0), g.free_bytes, g.name)
+        for g in snap.gpus
+    ]
 
 
 class Telemetry:
@@ -195,8 +214,9 @@ class Telemetry:
     use and kept open (``nvmlInit`` costs milliseconds, a reading microseconds). ``nvml`` is the
     binding module (default ``pynvml``); tests pass a fake to check the GPU arithmetic."""
 
-    def __init__(self, nvml: Any | None = None, env: Mapping[str, str] | None = None,
-                 self_pid: int | None = None) -> None:
+    def __init__(
+        self, nvml: Any | None = None, env: Mapping[str, str] | None = None, self_pid: int | None = None
+    ) -> None:
         self._nvml = nvml if nvml is not None else _pynvml
         self._env = env if env is not None else os.environ
         self._self_pid = os.getpid() if self_pid is None else self_pid
@@ -221,18 +241,26 @@ class Telemetry:
         try:
             nv.nvmlInit()
         except Exception as exc:  # noqa: BLE001 - NVMLError, or ctypes failing in a broken install
-            self._reason = (NVML_NOT_FOUND if isinstance(exc, nv.NVMLError_LibraryNotFound)
-                            else f"NVML error: {exc}")
+            self._reason = (
+                NVML_NOT_FOUND if isinstance(exc, nv.NVMLError_LibraryNotFound) else f"NVML error: {exc}"
+            )
             return
         self._initialized = True
         try:
             found = []
             for i in range(nv.nvmlDeviceGetCount()):
                 handle = nv.nvmlDeviceGetHandleByIndex(i)
-                found.append((handle, GpuIdentity(
-                    i, _text(nv.nvmlDeviceGetUUID(handle)),
-                    _text(nv.nvmlDeviceGetPciInfo(handle).busId),
-                    _text(nv.nvmlDeviceGetName(handle)))))
+                found.append(
+                    (
+                        handle,
+                        GpuIdentity(
+                            i,
+                            _text(nv.nvmlDeviceGetUUID(handle)),
+                            _text(nv.nvmlDeviceGetPciInfo(handle).busId),
+                            _text(nv.nvmlDeviceGetName(handle)),
+                        ),
+                    )
+                )
         except Exception as exc:  # noqa: BLE001 - as above: a reason, never an exception
             self._reason = f"NVML error: {exc}"
             return
@@ -242,8 +270,10 @@ class Telemetry:
         if not found:
             self._reason = NO_GPU
         elif not ordered:
-            self._reason = (f"no NVIDIA GPU is visible to llama.cpp (CUDA_VISIBLE_DEVICES="
-                            f"{self._env.get('CUDA_VISIBLE_DEVICES', '')!r})")
+            self._reason = (
+                f"no NVIDIA GPU is visible to llama.cpp (CUDA_VISIBLE_DEVICES="
+                f"{self._env.get('CUDA_VISIBLE_DEVICES', '')!r})"
+            )
         log.info("NVML: %d GPU(s), %d visible to llama.cpp", len(found), len(ordered))
 
     def close(self) -> None:
@@ -284,8 +314,10 @@ class Telemetry:
                 if self._reason is not None:
                     return TelemetrySnapshot(now, host, (), self._reason, self._notes)
                 running = bool(pids - {self._self_pid})  # the GUI alone holds no CUDA memory
-                gpus = tuple(self._read_gpu(i, handle, ident, pids, running, may_set_baseline)
-                             for i, (handle, ident) in enumerate(self._gpus))
+                gpus = tuple(
+                    self._read_gpu(i, handle, ident, pids, running, may_set_baseline)
+                    for i, (handle, ident) in enumerate(self._gpus)
+                )
                 return TelemetrySnapshot(now, host, gpus, None, self._notes)
             except getattr(self._nvml, "NVMLError", RuntimeError) as exc:
                 return TelemetrySnapshot(now, host, (), f"NVML error: {exc}", self._notes)
@@ -293,16 +325,22 @@ class Telemetry:
                 log.exception("GPU telemetry failed")
                 return TelemetrySnapshot(now, host, (), f"telemetry error: {exc}", self._notes)
 
-    def _read_gpu(self, index: int, handle: Any, ident: GpuIdentity, pids: frozenset[int],
-                  running: bool, may_set_baseline: bool) -> GpuSnapshot:
+    def _read_gpu(
+        self,
+        index: int,
+        handle: Any,
+        ident: GpuIdentity,
+        pids: frozenset[int],
+        running: bool,
+        may_set_baseline: bool,
+    ) -> GpuSnapshot:
         nv = self._nvml
         total, free, reserved = self._memory(handle)
         used = max(0, total - free)
         if may_set_baseline and not running:
             self._baseline[ident.uuid] = used
         procs: list[tuple[int, int | None]] = []
-        for lister in (nv.nvmlDeviceGetComputeRunningProcesses,
-                       nv.nvmlDeviceGetGraphicsRunningProcesses):
+        for lister in (nv.nvmlDeviceGetComputeRunningProcesses, nv.nvmlDeviceGetGraphicsRunningProcesses):
             try:
                 procs += [(int(p.pid), p.usedGpuMemory) for p in lister(handle)]
             except nv.NVMLError:  # not supported on this GPU or driver: rely on the other list
@@ -311,9 +349,23 @@ class Telemetry:
         util = self._optional(lambda: int(nv.nvmlDeviceGetUtilizationRates(handle).gpu))
         temp = self._optional(lambda: int(nv.nvmlDeviceGetTemperature(handle, 0)))  # 0: GPU die
         power = self._optional(lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0)  # mW -> W
-        return GpuSnapshot(index, ident.name, ident.uuid, total, used, free, split.this_app_bytes,
-                           split.other_processes_bytes, util, temp, power, ident.pci_bus_id,
-                           reserved, split.method, split.note)
+        return GpuSnapshot(
+            index,
+            ident.name,
+            ident.uuid,
+            total,
+            used,
+            free,
+            split.this_app_bytes,
+            split.other_processes_bytes,
+            util,
+            temp,
+            power,
+            ident.pci_bus_id,
+            reserved,
+            split.method,
+            split.note,
+        )
 
     def _memory(self, handle: Any) -> tuple[int, int, int | None]:
         """(total, free, reserved). The v2 query also tells what the driver reserves; older
@@ -347,8 +399,9 @@ class Telemetry:
                 self._procs.pop(pid, None)
         for gone in set(self._procs) - pids:  # runtimes come and go; forget the old ones
             del self._procs[gone]
-        return HostSnapshot(vm.total, vm.available, max(0, vm.total - vm.available), rss,
-                            psutil.cpu_percent(interval=None))
+        return HostSnapshot(
+            vm.total, vm.available, max(0, vm.total - vm.available), rss, psutil.cpu_percent(interval=None)
+        )
 
 
 class TelemetrySampler:
@@ -357,9 +410,14 @@ class TelemetrySampler:
     on the sampler thread, so a Qt caller re-emits it as a signal instead of touching widgets.
     An exception from either is logged and never ends the thread."""
 
-    def __init__(self, telemetry: Telemetry, pids: Callable[[], Iterable[int]], hz: float = 2.0,
-                 maxlen: int = 240, callback: Callable[[TelemetrySnapshot], None] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        pids: Callable[[], Iterable[int]],
+        hz: float = 2.0,
+        maxlen: int = 240,
+        callback: Callable[[TelemetrySnapshot], None] | None = None,
+    ) -> None:
         if not 1.0 <= hz <= 4.0:
             raise ValueError(f"sampling rate must be 1-4 Hz, not {hz}")
         self.telemetry, self._pids, self.callback = telemetry, pids, callback

@@ -1,2 +1,1 @@
-"""The OpenAI-compatible API server (`kvdeck serve`, Server menu).
-"""
+"""The OpenAI-compatible API server (`kvdeck serve`, Server menu)."""

@@ -4,6 +4,7 @@ Split from engine.serve.server so the route code stays readable. A request with 
 is ``n`` GenerateRequests in the child (parallel sequences, each with its own seed); their
 events share one queue and are told apart by request id (``index``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,13 @@ from engine.serve.openai_api import ApiError
 REFUSALS: dict[ErrorKind, tuple[int, str, str | None, str | None, str | None]] = {
     ErrorKind.CONTEXT: (400, "invalid_request_error", "messages", "context_length_exceeded", None),
     ErrorKind.PARAMS: (400, "invalid_request_error", None, None, None),
-    ErrorKind.CANCELLED: (503, "server_error", None, "cancelled",
-                          "the request was cancelled (the model is being replaced or stopped)"),
+    ErrorKind.CANCELLED: (
+        503,
+        "server_error",
+        None,
+        "cancelled",
+        "the request was cancelled (the model is being replaced or stopped)",
+    ),
     ErrorKind.STATE: (503, "server_error", None, "state", None),
     ErrorKind.MODEL: (500, "server_error", None, "model", None),
     ErrorKind.RUNTIME: (500, "server_error", None, "runtime", None),

@@ -7,6 +7,7 @@ says so otherwise, engine.child.embed). ``/v1/kvdeck/memory`` is what the window
 shows: the plan (predicted from the GGUF metadata) beside what llama.cpp logged it allocated,
 per device and component, the KV fill of each sequence, and live free memory.
 """
+
 from __future__ import annotations
 
 import base64
@@ -48,8 +49,9 @@ async def tokenize(api: Api, request: Request) -> Response:
     special = body.get("add_special", False)
     if not isinstance(special, bool):
         raise ApiError(400, "add_special must be true or false", param="add_special")
-    msg = await run_in_threadpool(_call, api, lambda i: P.TokenizeRequest(id=i, text=content,
-                                                                          add_special=special))
+    msg = await run_in_threadpool(
+        _call, api, lambda i: P.TokenizeRequest(id=i, text=content, add_special=special)
+    )
     tokens = msg.tokens  # type: ignore[attr-defined]
     if body.get("with_pieces"):
         pieces = []
@@ -63,8 +65,11 @@ async def tokenize(api: Api, request: Request) -> Response:
 async def detokenize(api: Api, request: Request) -> Response:
     body = await api._body(request)
     tokens = body.get("tokens")
-    if not isinstance(tokens, list) or len(tokens) > MAX_TOKENS or \
-            not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+    if (
+        not isinstance(tokens, list)
+        or len(tokens) > MAX_TOKENS
+        or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)
+    ):
         raise ApiError(400, "tokens must be a list of token ids", param="tokens")
     msg = await run_in_threadpool(_call, api, lambda i: P.DetokenizeRequest(id=i, tokens=tokens))
     return JSONResponse({"content": msg.text})  # type: ignore[attr-defined]
@@ -77,17 +82,25 @@ async def embeddings(api: Api, request: Request) -> Response:
     inputs = body.get("input")
     if isinstance(inputs, str):
         inputs = [inputs]
-    if not isinstance(inputs, list) or not inputs or len(inputs) > MAX_INPUTS or \
-            not all(isinstance(x, str) and x for x in inputs):
-        raise ApiError(400, f"input must be a non-empty string or a list of at most {MAX_INPUTS} "
-                            "non-empty strings", param="input")
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or len(inputs) > MAX_INPUTS
+        or not all(isinstance(x, str) and x for x in inputs)
+    ):
+        raise ApiError(
+            400,
+            f"input must be a non-empty string or a list of at most {MAX_INPUTS} non-empty strings",
+            param="input",
+        )
     fmt = body.get("encoding_format", "float") or "float"
     if fmt not in ("float", "base64"):
         raise ApiError(400, "encoding_format must be float or base64", param="encoding_format")
     dims = body.get("dimensions")
     if dims is not None:
-        raise ApiError(400, "dimensions is not supported: the model's embedding size is fixed",
-                       param="dimensions")
+        raise ApiError(
+            400, "dimensions is not supported: the model's embedding size is fixed", param="dimensions"
+        )
     api._enter()
     try:
         msg = await run_in_threadpool(_call, api, lambda i: P.EmbedRequest(id=i, texts=inputs))
@@ -99,15 +112,26 @@ async def embeddings(api: Api, request: Request) -> Response:
         value: Any = vec if fmt == "float" else base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
         data.append({"object": "embedding", "index": k, "embedding": value})
     n = msg.n_tokens  # type: ignore[attr-defined]
-    return JSONResponse({"object": "list", "data": data, "model": model_id(loaded),
-                         "usage": {"prompt_tokens": n, "total_tokens": n}})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": model_id(loaded),
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        }
+    )
 
 
 def _memory(api: Api) -> dict[str, Any]:
     host, loaded = api._ready()
     settings = api.model.settings() or P.LoadParams(loaded.path).settings
-    out: dict[str, Any] = {"model": loaded.path, "n_ctx": loaded.n_ctx, "n_ctx_seq": loaded.n_ctx_seq,
-                           "time": time.time(), "notes": []}
+    out: dict[str, Any] = {
+        "model": loaded.path,
+        "n_ctx": loaded.n_ctx,
+        "n_ctx_seq": loaded.n_ctx_seq,
+        "time": time.time(),
+        "notes": [],
+    }
     try:
         from engine.gguf.inspect import inspect_gguf
         from engine.plan.analytic import analytic_plan
@@ -128,21 +152,41 @@ def _memory(api: Api) -> dict[str, Any]:
         out["measured"] = None
         out["notes"].append("llama.cpp logged no memory lines for this load")
     slots = api.model.slots_state()
-    out["sequences"] = ([{"seq": i, "n_past": n, "n_ctx_seq": slots.n_ctx_seq, "request": r,
-                          "fill": round(n / slots.n_ctx_seq, 4) if slots.n_ctx_seq else 0.0}
-                         for i, (n, r) in enumerate(zip(slots.n_past, slots.requests))]
-                        if slots is not None else [])
+    out["sequences"] = (
+        [
+            {
+                "seq": i,
+                "n_past": n,
+                "n_ctx_seq": slots.n_ctx_seq,
+                "request": r,
+                "fill": round(n / slots.n_ctx_seq, 4) if slots.n_ctx_seq else 0.0,
+            }
+            for i, (n, r) in enumerate(zip(slots.n_past, slots.requests))
+        ]
+        if slots is not None
+        else []
+    )
     out["waiting"] = slots.n_waiting if slots is not None else 0
     from engine.runtime.telemetry import Telemetry
 
     if api.telemetry is None:
         api.telemetry = Telemetry()
     snap = api.telemetry.snapshot([os.getpid()] + ([host.pid] if host.pid else []))
-    out["live"] = {"host": dataclasses.asdict(snap.host),
-                   "gpus": [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes,
-                             "free_bytes": g.free_bytes, "used_bytes": g.used_bytes,
-                             "this_app_bytes": g.this_app_bytes} for g in snap.gpus],
-                   "gpu_unavailable_reason": snap.gpu_unavailable_reason}
+    out["live"] = {
+        "host": dataclasses.asdict(snap.host),
+        "gpus": [
+            {
+                "index": g.index,
+                "name": g.name,
+                "total_bytes": g.total_bytes,
+                "free_bytes": g.free_bytes,
+                "used_bytes": g.used_bytes,
+                "this_app_bytes": g.this_app_bytes,
+            }
+            for g in snap.gpus
+        ],
+        "gpu_unavailable_reason": snap.gpu_unavailable_reason,
+    }
     return out
 
 

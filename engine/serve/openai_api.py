@@ -14,6 +14,7 @@ Defaults: a field the client leaves out takes KV Deck's default preset (what the
 ``kvdeck chat`` use), so the same prompt and settings give the same reply on every front end;
 ``temperature: 0`` is greedy and equals ``kvdeck chat --temperature 0``.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,7 @@ MAX_STOPS = 4
 MAX_STOP_CHARS = 256
 #: How a reply ended in the child (engine.child.batch) → OpenAI's finish_reason.
 FINISH = {"eog": "stop", "stop": "stop", "length": "length", "context": "length"}
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-          "tool": "tool"}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 _UNSUPPORTED = ("logit_bias", "suffix", "audio", "prediction")
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
@@ -71,12 +71,17 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _number(body: dict[str, Any], key: str, lo: float, hi: float, *, integer: bool = False,
-            lo_open: bool = False) -> float | int | None:
+def _number(
+    body: dict[str, Any], key: str, lo: float, hi: float, *, integer: bool = False, lo_open: bool = False
+) -> float | int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (integer and not isinstance(value, int))
+    ):
         raise ApiError(400, f"{key} must be {'an integer' if integer else 'a number'}", param=key)
     if not (lo < value if lo_open else lo <= value) or value > hi:
         low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
@@ -114,9 +119,13 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
             limit = int(value)
     base = SamplingParams().to_dict()
     for key, lo, hi, integer, lo_open in (
-            ("temperature", 0, 5, False, False), ("top_p", 0, 1, False, True),
-            ("top_k", 0, 1 << 20, True, False), ("min_p", 0, 0.999999, False, False),
-            ("repeat_penalty", 0.5, 3, False, False), ("repeat_last_n", 0, 1 << 20, True, False)):
+        ("temperature", 0, 5, False, False),
+        ("top_p", 0, 1, False, True),
+        ("top_k", 0, 1 << 20, True, False),
+        ("min_p", 0, 0.999999, False, False),
+        ("repeat_penalty", 0.5, 3, False, False),
+        ("repeat_last_n", 0, 1 << 20, True, False),
+    ):
         value = _number(body, key, lo, hi, integer=integer, lo_open=lo_open)
         if value is not None:
             base[key] = value
@@ -126,9 +135,16 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         value = _number(body, key, -2, 2)
         if value:
             base[key] = float(value)
-    return {"model": model, "max_tokens": limit, "sampling": base, "stop": _stops(body.get("stop")),
-            "stream": _flag(body, "stream"), "include_usage": _include_usage(body), "n": n,
-            "json_schema": _response_format(body.get("response_format"))}
+    return {
+        "model": model,
+        "max_tokens": limit,
+        "sampling": base,
+        "stop": _stops(body.get("stop")),
+        "stream": _flag(body, "stream"),
+        "include_usage": _include_usage(body),
+        "n": n,
+        "json_schema": _response_format(body.get("response_format")),
+    }
 
 
 def _response_format(fmt: Any) -> str:
@@ -144,21 +160,31 @@ def _response_format(fmt: Any) -> str:
         spec = fmt.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(spec, dict) or not isinstance(spec.get("name", ""), str):
-            raise ApiError(400, "response_format.json_schema must be an object with a name and a schema",
-                           param="response_format.json_schema")
+            raise ApiError(
+                400,
+                "response_format.json_schema must be an object with a name and a schema",
+                param="response_format.json_schema",
+            )
         if schema is None:
             schema = {}
         if not isinstance(schema, dict):
-            raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object",
-                           param="response_format.json_schema.schema")
+            raise ApiError(
+                400,
+                "response_format.json_schema.schema must be a JSON schema object",
+                param="response_format.json_schema.schema",
+            )
         _check_schema(schema, "response_format.json_schema.schema")
         text = json.dumps(schema)
         if len(text) > MAX_SCHEMA_CHARS:
-            raise ApiError(400, f"the JSON schema is larger than {MAX_SCHEMA_CHARS} characters",
-                           param="response_format.json_schema.schema")
+            raise ApiError(
+                400,
+                f"the JSON schema is larger than {MAX_SCHEMA_CHARS} characters",
+                param="response_format.json_schema.schema",
+            )
         return text
-    raise ApiError(400, "response_format.type must be text, json_object or json_schema",
-                   param="response_format")
+    raise ApiError(
+        400, "response_format.type must be text, json_object or json_schema", param="response_format"
+    )
 
 
 _TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
@@ -174,8 +200,15 @@ def _check_schema(schema: Any, param: str, depth: int = 0) -> None:
     if not isinstance(schema, dict):
         raise ApiError(400, f"a JSON schema must be an object, not {type(schema).__name__}", param=param)
     kind = schema.get("type")
-    for k in ([kind] if isinstance(kind, str) else kind if isinstance(kind, list) else
-              [] if kind is None else [None]):
+    for k in (
+        [kind]
+        if isinstance(kind, str)
+        else kind
+        if isinstance(kind, list)
+        else []
+        if kind is None
+        else [None]
+    ):
         if k not in _TYPES:
             raise ApiError(400, f"the JSON schema has an unknown type {k!r}", param=param)
     if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
@@ -207,8 +240,11 @@ def _stops(value: Any) -> tuple[str, ...]:
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise ApiError(400, "stop must be a string or a list of strings", param="stop")
     if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
-        raise ApiError(400, f"stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} "
-                            "characters", param="stop")
+        raise ApiError(
+            400,
+            f"stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters",
+            param="stop",
+        )
     return tuple(s for s in stops if s)
 
 
@@ -228,21 +264,32 @@ def _content(message: dict[str, Any], i: int) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ApiError(400, f"messages[{i}]: only text content parts are supported",
-                               param=f"messages.{i}.content")
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                raise ApiError(
+                    400,
+                    f"messages[{i}]: only text content parts are supported",
+                    param=f"messages.{i}.content",
+                )
             parts.append(part["text"])
         return "".join(parts)
-    raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts",
-                   param=f"messages.{i}.content")
+    raise ApiError(
+        400, f"messages[{i}].content must be a string or a list of text parts", param=f"messages.{i}.content"
+    )
 
 
 def parse_chat(body: dict[str, Any]) -> Job:
     common = _common(body)
     tools = parse_tools(body)
     if tools is not None and common["json_schema"]:
-        raise ApiError(400, "response_format json_object/json_schema cannot be combined with tools",
-                       param="response_format")
+        raise ApiError(
+            400,
+            "response_format json_object/json_schema cannot be combined with tools",
+            param="response_format",
+        )
     top = body.get("top_logprobs")
     if _flag(body, "logprobs"):
         common["logprobs"] = int(_number(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, integer=True) or 0)
@@ -255,16 +302,20 @@ def parse_chat(body: dict[str, Any]) -> Job:
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in _ROLES:
-            raise ApiError(400, f"messages[{i}].role must be system, developer, user, assistant or tool",
-                           param=f"messages.{i}.role")
+            raise ApiError(
+                400,
+                f"messages[{i}].role must be system, developer, user, assistant or tool",
+                param=f"messages.{i}.role",
+            )
         calls = message.get("tool_calls") if role == "assistant" else None
         if calls:
             _check_calls(calls, i)
         content = "" if calls and message.get("content") is None else _content(message, i)
         entry: dict[str, Any] = {"role": _ROLES[role], "content": content}
         if calls:
-            entry["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _arguments(c)}}
-                                   for c in calls]
+            entry["tool_calls"] = [
+                {**c, "function": {**c["function"], "arguments": _arguments(c)}} for c in calls
+            ]
         if role == "tool":
             for key in ("tool_call_id", "name"):
                 if isinstance(message.get(key), str):
@@ -276,11 +327,18 @@ def parse_chat(body: dict[str, Any]) -> Job:
 
 def _check_calls(calls: Any, i: int) -> None:
     ok = isinstance(calls, list) and all(
-        isinstance(c, dict) and isinstance(c.get("function"), dict)
-        and isinstance(c["function"].get("name"), str) for c in calls)
+        isinstance(c, dict)
+        and isinstance(c.get("function"), dict)
+        and isinstance(c["function"].get("name"), str)
+        for c in calls
+    )
     if not ok:
-        raise ApiError(400, f"messages[{i}].tool_calls must be a list of {{\"id\", \"type\": \"function\", "
-                            "\"function\": {\"name\", \"arguments\"}}", param=f"messages.{i}.tool_calls")
+        raise ApiError(
+            400,
+            f'messages[{i}].tool_calls must be a list of {{"id", "type": "function", '
+            '"function": {"name", "arguments"}}',
+            param=f"messages.{i}.tool_calls",
+        )
 
 
 def _arguments(call: dict[str, Any]) -> dict[str, Any]:
@@ -324,9 +382,12 @@ def new_id(kind: str) -> str:
 
 def usage(n_prompt: int, n_completion: int, n_cached: int = 0) -> dict[str, Any]:
     """OpenAI's usage; ``cached_tokens``: prompt tokens whose KV the sequence already held."""
-    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
-            "total_tokens": n_prompt + n_completion,
-            "prompt_tokens_details": {"cached_tokens": n_cached}}
+    return {
+        "prompt_tokens": n_prompt,
+        "completion_tokens": n_completion,
+        "total_tokens": n_prompt + n_completion,
+        "prompt_tokens_details": {"cached_tokens": n_cached},
+    }
 
 
 def logprobs_body(job: Job, entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any] | None:
@@ -334,20 +395,39 @@ def logprobs_body(job: Job, entries: list[dict[str, Any]], offset: int = 0) -> d
     if job.logprobs < 0:
         return None
     if job.kind == "chat":
-        return {"content": [{"token": e["token"], "logprob": e["logprob"],
-                             "bytes": list(e["token"].encode("utf-8")),
-                             "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
-                                              for _, t, lp in e["top"]]} for e in entries]}
+        return {
+            "content": [
+                {
+                    "token": e["token"],
+                    "logprob": e["logprob"],
+                    "bytes": list(e["token"].encode("utf-8")),
+                    "top_logprobs": [
+                        {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for _, t, lp in e["top"]
+                    ],
+                }
+                for e in entries
+            ]
+        }
     offsets, pos = [], offset
     for e in entries:
         offsets.append(pos)
         pos += len(e["token"])
-    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{t: lp for _, t, lp in e["top"]} for e in entries], "text_offset": offsets}
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t: lp for _, t, lp in e["top"]} for e in entries],
+        "text_offset": offsets,
+    }
 
 
-def choice(job: Job, index: int, text: str, finish: str, entries: list[dict[str, Any]],
-           tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def choice(
+    job: Job,
+    index: int,
+    text: str,
+    finish: str,
+    entries: list[dict[str, Any]],
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     lp = logprobs_body(job, entries)
     if job.kind == "chat":
         message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
@@ -357,17 +437,39 @@ def choice(job: Job, index: int, text: str, finish: str, entries: list[dict[str,
     return {"index": index, "text": text, "finish_reason": finish, "logprobs": lp}
 
 
-def response(job: Job, rid: str, model: str, choices: list[dict[str, Any]], n_prompt: int,
-             n_completion: int, n_cached: int = 0) -> dict[str, Any]:
+def response(
+    job: Job,
+    rid: str,
+    model: str,
+    choices: list[dict[str, Any]],
+    n_prompt: int,
+    n_completion: int,
+    n_cached: int = 0,
+) -> dict[str, Any]:
     obj = "chat.completion" if job.kind == "chat" else "text_completion"
-    return {"id": rid, "object": obj, "created": int(time.time()), "model": model,
-            "choices": choices, "usage": usage(n_prompt, n_completion, n_cached)}
+    return {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage(n_prompt, n_completion, n_cached),
+    }
 
 
-def chunk(job: Job, rid: str, model: str, text: str | None, finish: str | None = None,
-          *, first: bool = False, usage_counts: dict[str, Any] | None = None, index: int = 0,
-          entries: list[dict[str, Any]] | None = None,
-          tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def chunk(
+    job: Job,
+    rid: str,
+    model: str,
+    text: str | None,
+    finish: str | None = None,
+    *,
+    first: bool = False,
+    usage_counts: dict[str, Any] | None = None,
+    index: int = 0,
+    entries: list[dict[str, Any]] | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One server-sent event; ``usage_counts`` makes the extra final chunk with no choices."""
     lp = logprobs_body(job, entries or []) if entries else None
     if job.kind == "chat":
@@ -376,14 +478,20 @@ def chunk(job: Job, rid: str, model: str, text: str | None, finish: str | None =
             delta["content"] = text
         if tool_calls:
             delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(tool_calls)]
-        choices: list[dict[str, Any]] = [{"index": index, "delta": delta, "finish_reason": finish,
-                                          "logprobs": lp}]
+        choices: list[dict[str, Any]] = [
+            {"index": index, "delta": delta, "finish_reason": finish, "logprobs": lp}
+        ]
         obj = "chat.completion.chunk"
     else:
         choices = [{"index": index, "text": text or "", "finish_reason": finish, "logprobs": lp}]
         obj = "text_completion"
-    out: dict[str, Any] = {"id": rid, "object": obj, "created": int(time.time()), "model": model,
-                           "choices": [] if usage_counts is not None else choices}
+    out: dict[str, Any] = {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [] if usage_counts is not None else choices,
+    }
     if usage_counts is not None:
         out["usage"] = usage_counts
     return out

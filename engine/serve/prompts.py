@@ -6,6 +6,7 @@ that does not fit a sequence is cut by engine.chat.overflow's policy, measuring 
 prompt with the model's own tokenizer; without it the child refuses such a prompt and the
 client gets OpenAI's 400 ``context_length_exceeded``.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def build(loaded: P.Loaded, job: Job, *, overflow: str = "", measure: Measure | 
         raise ApiError(400, str(exc), param="messages", code="template_error") from None
 
 
-def _fit(loaded: P.Loaded, job: Job, system: str, turns: list[ChatMessage], policy: str,
-         measure: Measure) -> list[ChatMessage]:
+def _fit(
+    loaded: P.Loaded, job: Job, system: str, turns: list[ChatMessage], policy: str, measure: Measure
+) -> list[ChatMessage]:
     from engine.chat.conversation import conversation_prompt
     from engine.chat.overflow import fit_turns
 
@@ -66,15 +68,20 @@ def _fit(loaded: P.Loaded, job: Job, system: str, turns: list[ChatMessage], poli
 
 
 def _render(loaded: P.Loaded, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-    return render_chat(loaded.chat_template, messages, bos_token=loaded.bos_text,
-                       eos_token=loaded.eos_text, tools=tools)
+    return render_chat(
+        loaded.chat_template, messages, bos_token=loaded.bos_text, eos_token=loaded.eos_text, tools=tools
+    )
 
 
 def _with_tools(loaded: P.Loaded, job: Job) -> Built:
     tools: Tools | None = job.tools
     if not loaded.chat_template.strip():
-        raise ApiError(400, "tools are not supported for this model: it has no chat template",
-                       param="tools", code="tools_not_supported")
+        raise ApiError(
+            400,
+            "tools are not supported for this model: it has no chat template",
+            param="tools",
+            code="tools_not_supported",
+        )
     raw = list(job.raw_messages)
     schema = json.dumps(call_schema(tools)) if tools is not None and tools.forced else ""
     try:  # the template's own tool support
@@ -84,11 +91,15 @@ def _with_tools(loaded: P.Loaded, job: Job) -> Built:
     except TemplateError:
         pass
     if tools is not None and not tools.forced:
-        raise ApiError(400, "tools are not supported for this model with tool_choice \"auto\": its chat "
-                            "template does not render tools, so it was never taught when to call one. "
-                            "Send tool_choice \"required\" or a named function: KV Deck then describes "
-                            "the tools itself and constrains the reply to a valid call.",
-                       param="tool_choice", code="tools_not_supported")
+        raise ApiError(
+            400,
+            'tools are not supported for this model with tool_choice "auto": its chat '
+            "template does not render tools, so it was never taught when to call one. "
+            'Send tool_choice "required" or a named function: KV Deck then describes '
+            "the tools itself and constrains the reply to a valid call.",
+            param="tool_choice",
+            code="tools_not_supported",
+        )
     msgs = message_dicts(raw, native=False)
     if tools is not None:
         sys_text = generic_system(tools)
@@ -106,5 +117,6 @@ def _with_tools(loaded: P.Loaded, job: Job) -> Built:
             return Built(_render(loaded, merged, None), schema)
         except TemplateError as exc:
             raise ApiError(400, str(exc), param="messages", code="template_error") from None
-    raise ApiError(400, "the chat template cannot render these messages", param="messages",
-                   code="template_error")
+    raise ApiError(
+        400, "the chat template cannot render these messages", param="messages", code="template_error"
+    )

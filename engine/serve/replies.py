@@ -6,6 +6,7 @@ it clearly is not one (then it streams on as content) or the reply ends; a call 
 OpenAI does: a delta with ``tool_calls`` (index, id, type, function name and arguments) and a
 final chunk with ``finish_reason: "tool_calls"``.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
@@ -40,12 +41,20 @@ def full_response(job: Job, name: str, results: list[P.Done]) -> dict[str, Any]:
     for i, done in enumerate(results):
         text, finish, calls = _finish(job, done)
         choices.append(choice(job, i, text, finish, done.logprobs, calls))
-    return response(job, new_id(job.kind), name, choices, results[0].n_prompt,
-                    sum(len(d.tokens) for d in results), min(d.n_reused for d in results))
+    return response(
+        job,
+        new_id(job.kind),
+        name,
+        choices,
+        results[0].n_prompt,
+        sum(len(d.tokens) for d in results),
+        min(d.n_reused for d in results),
+    )
 
 
-async def stream_events(job: Job, call: Call, name: str, early: list[P.Message],
-                        done: Callable[[], None]) -> AsyncIterator[str]:
+async def stream_events(
+    job: Job, call: Call, name: str, early: list[P.Message], done: Callable[[], None]
+) -> AsyncIterator[str]:
     rid = new_id(job.kind)
     n = job.n
     holding = [job.tools is not None] * n

@@ -7,6 +7,7 @@ loopback the Host header must name loopback, so a page that rebinds its own doma
 /health with a constant-time comparison; a declared body over the limit is refused before it is
 read. These checks run in an ASGI middleware, before any route.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -51,15 +52,17 @@ def is_loopback(host: str) -> bool:
 def check_config(config: ServerConfig) -> None:
     """Refuse, in one sentence, a server other machines could reach without a key."""
     if not is_loopback(config.host) and not config.api_key:
-        raise KvDeckError(f"serving on {config.host} makes the model reachable from other machines; "
-                          "give an API key (--api-key) or bind 127.0.0.1")
+        raise KvDeckError(
+            f"serving on {config.host} makes the model reachable from other machines; "
+            "give an API key (--api-key) or bind 127.0.0.1"
+        )
     if not 0 <= config.port <= 65535:
         raise KvDeckError(f"the port must be between 0 and 65535, not {config.port}")
 
 
 def _host_name(value: str) -> str:
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
+        return value[1 : value.find("]")] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
@@ -74,20 +77,28 @@ class Guard:
             return ApiError(400, "the Host header does not name this server", code="invalid_host")
         if self.api_key and scope.get("path") != "/health":
             scheme, _, token = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                     self.api_key.encode()):
-                return ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)",
-                                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), self.api_key.encode()
+            ):
+                return ApiError(
+                    401,
+                    "invalid or missing API key (send Authorization: Bearer KEY)",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return ApiError(413, f"the request body is larger than {self.max_body} bytes",
-                            code="request_too_large")
+            return ApiError(
+                413, f"the request body is larger than {self.max_body} bytes", code="request_too_large"
+            )
         return None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             problem = self._problem(scope, Headers(scope=scope))
             if problem is not None:
-                await JSONResponse(problem.body(), problem.status, headers=problem.headers)(scope, receive, send)
+                await JSONResponse(problem.body(), problem.status, headers=problem.headers)(
+                    scope, receive, send
+                )
                 return
         await self.app(scope, receive, send)

@@ -19,6 +19,7 @@ or text/plain post from a page would skip CORS preflight) and at most 1 MiB; pro
 than a sequence's context are refused by the child; no CORS unless origins are given; every
 error is OpenAI's ``{"error": {...}}`` JSON and never a traceback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,8 +67,16 @@ from engine.serve.security import (
 
 _refusal = refusal_of  # the name engine.serve.server used before engine.serve.calls existed
 
-__all__ = ["REFUSALS", "ApiServer", "ServedModel", "ServerConfig", "check_config", "create_app",
-           "is_loopback", "model_id"]
+__all__ = [
+    "REFUSALS",
+    "ApiServer",
+    "ServedModel",
+    "ServerConfig",
+    "check_config",
+    "create_app",
+    "is_loopback",
+    "model_id",
+]
 
 log = logging.getLogger("kvdeck.server")
 
@@ -84,10 +93,6 @@ class ServedModel:
     #: child's latest per-sequence occupancy (P.Slots); None when the front end has neither.
     settings: Callable[[], PlanSettings | None] = lambda: None
     slots_state: Callable[[], P.Slots | None] = lambda: None
-
-
-
-
 
 
 class Api:
@@ -112,22 +117,32 @@ class Api:
     async def _body(self, request: Request) -> dict[str, Any]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            raise ApiError(415, "the request body must be JSON (Content-Type: application/json)",
-                           code="unsupported_media_type")
+            raise ApiError(
+                415,
+                "the request body must be JSON (Content-Type: application/json)",
+                code="unsupported_media_type",
+            )
         size, parts = 0, []
         async for part in request.stream():
             size += len(part)
             if size > self.config.max_body_bytes:
-                raise ApiError(413, f"the request body is larger than {self.config.max_body_bytes} bytes",
-                               code="request_too_large")
+                raise ApiError(
+                    413,
+                    f"the request body is larger than {self.config.max_body_bytes} bytes",
+                    code="request_too_large",
+                )
             parts.append(part)
         return parse_json(b"".join(parts))
 
     def _enter(self, n: int = 1) -> None:
         if self.in_flight + n > max(1, self.model.slots()) + self.config.max_queue:
-            raise ApiError(429, "the server is busy: every sequence is in use and the queue is full; "
-                                "retry shortly", "rate_limit_error", code="rate_limit_exceeded",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                429,
+                "the server is busy: every sequence is in use and the queue is full; retry shortly",
+                "rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
+            )
         self.in_flight += n
 
     def _leave(self, n: int = 1) -> None:
@@ -138,26 +153,41 @@ class Api:
         answered by the loaded model (OpenAI clients send their own names)."""
         host, loaded = self._ready()
         measure = (lambda text: len(host.tokenize(text, timeout=60))) if self.config.overflow else None
-        built = await run_in_threadpool(build_prompt, loaded, job, overflow=self.config.overflow,
-                                        measure=measure)
+        built = await run_in_threadpool(
+            build_prompt, loaded, job, overflow=self.config.overflow, measure=measure
+        )
         call = Call(host)
         seed = int(job.sampling.get("seed", RANDOM_SEED))
         for i in range(job.n):
             sampling = dict(job.sampling)
             if i and seed != RANDOM_SEED:  # n choices of one fixed seed must still differ
                 sampling["seed"] = (seed + i) % RANDOM_SEED
-            call.submit(lambda rid, sampling=sampling: P.GenerateRequest(  # type: ignore[misc]
-                id=rid, prompt=built.prompt, max_tokens=job.max_tokens or loaded.n_ctx, sampling=sampling,
-                stream=job.stream, stop=list(job.stop), serve=True, json_schema=built.json_schema,
-                logprobs=job.logprobs, no_empty=not built.json_schema))
+            call.submit(
+                lambda rid, sampling=sampling: P.GenerateRequest(  # type: ignore[misc]
+                    id=rid,
+                    prompt=built.prompt,
+                    max_tokens=job.max_tokens or loaded.n_ctx,
+                    sampling=sampling,
+                    stream=job.stream,
+                    stop=list(job.stop),
+                    serve=True,
+                    json_schema=built.json_schema,
+                    logprobs=job.logprobs,
+                    no_empty=not built.json_schema,
+                )
+            )
         return call, model_id(loaded)
 
     # ------------------------------------------------------------------ routes
     async def health(self, request: Request) -> Response:
         host, loaded = self.model.host(), self.model.loaded()
         ok = host is not None and host.running and loaded is not None
-        data = {"status": "ok" if ok else "unavailable", "model": model_id(loaded) if loaded else None,
-                "slots": self.model.slots(), "in_flight": self.in_flight}
+        data = {
+            "status": "ok" if ok else "unavailable",
+            "model": model_id(loaded) if loaded else None,
+            "slots": self.model.slots(),
+            "in_flight": self.in_flight,
+        }
         return JSONResponse(data, 200 if ok else 503)
 
     async def models(self, request: Request) -> Response:
@@ -166,8 +196,10 @@ class Api:
         _, loaded = self._ready()
         created = int(Path(loaded.path).stat().st_mtime) if Path(loaded.path).exists() else 0
         note = "this server has one model; requests naming any model are answered by it"
-        data = [{"id": i, "object": "model", "created": created, "owned_by": "kvdeck", "kvdeck_note": note}
-                for i in self._ids(loaded)]
+        data = [
+            {"id": i, "object": "model", "created": created, "owned_by": "kvdeck", "kvdeck_note": note}
+            for i in self._ids(loaded)
+        ]
         wanted = request.path_params.get("model")
         if wanted is not None:
             match = [d for d in data if d["id"] == wanted]
@@ -209,9 +241,12 @@ class Api:
             if job.stream:
                 streaming = True
                 done = Once(lambda: (call.cancel(), self._leave(job.n)))  # type: ignore[union-attr]
-                return StreamingResponse(stream_events(job, call, name, early, done),
-                                         media_type="text/event-stream", background=BackgroundTask(done),
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                return StreamingResponse(
+                    stream_events(job, call, name, early, done),
+                    media_type="text/event-stream",
+                    background=BackgroundTask(done),
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
             results: dict[int, P.Done] = {}
             while len(results) < job.n:
                 msg = early.pop(0) if early else await call.next(request)
@@ -247,25 +282,43 @@ async def _bug(request: Request, exc: Exception) -> Response:
 
 def create_app(model: ServedModel, config: ServerConfig) -> Starlette:
     api = Api(model, config)
-    routes = [Route("/health", api.health), Route("/v1/models", api.models),
-              Route("/v1/models/{model:path}", api.models),
-              Route("/v1/chat/completions", api.chat, methods=["POST"]),
-              Route("/v1/completions", api.completions, methods=["POST"]),
-              Route("/v1/embeddings", api.embeddings, methods=["POST"]),
-              Route("/tokenize", api.tokenize, methods=["POST"]),
-              Route("/detokenize", api.detokenize, methods=["POST"]),
-              Route("/v1/kvdeck/memory", api.memory)]
+    routes = [
+        Route("/health", api.health),
+        Route("/v1/models", api.models),
+        Route("/v1/models/{model:path}", api.models),
+        Route("/v1/chat/completions", api.chat, methods=["POST"]),
+        Route("/v1/completions", api.completions, methods=["POST"]),
+        Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+        Route("/tokenize", api.tokenize, methods=["POST"]),
+        Route("/detokenize", api.detokenize, methods=["POST"]),
+        Route("/v1/kvdeck/memory", api.memory),
+    ]
     hosts = (LOOPBACK_NAMES | {config.host.strip("[]").lower()}) if is_loopback(config.host) else None
     middleware = []
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        middleware.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
-                                     allow_methods=["GET", "POST"], allow_headers=["*"]))
-    middleware.append(Middleware(Guard, api_key=config.api_key, hosts=hosts,  # type: ignore[arg-type]
-                                 max_body=config.max_body_bytes))
-    app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _bug})
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["*"],
+            )
+        )
+    middleware.append(
+        Middleware(
+            Guard,
+            api_key=config.api_key,
+            hosts=hosts,  # type: ignore[arg-type]
+            max_body=config.max_body_bytes,
+        )
+    )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _bug},
+    )
     app.state.api = api
     return app
 
@@ -293,14 +346,24 @@ class ApiServer:
             sock.bind((host, self.config.port))
         except OSError as exc:
             sock.close()
-            raise KvDeckError(f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}") from None
+            raise KvDeckError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
+            ) from None
         port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=3,
-                                limit_concurrency=256, timeout_keep_alive=5)
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            limit_concurrency=256,
+            timeout_keep_alive=5,
+        )
         self._server = server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                                        name="kvdeck-api", daemon=True)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="kvdeck-api", daemon=True
+        )
         self._thread.start()
         end = time.monotonic() + timeout
         while not server.started:

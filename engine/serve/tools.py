@@ -21,6 +21,7 @@ Llama 3 ``<|python_tag|>`` or bare ``{"name", "parameters"}``, Mistral ``[TOOL_C
 and generic JSON (``{"tool_calls": [...]}``, an object with ``name`` and ``arguments``, or a list
 of them, in a ```` ```json ```` fence or not). Only functions the request declared count as calls.
 """
+
 from __future__ import annotations
 
 import ast
@@ -60,8 +61,9 @@ def parse_tools(body: dict[str, Any]) -> Tools | None:
     tools = body.get("tools")
     choice = body.get("tool_choice")
     if body.get("functions") or body.get("function_call"):
-        raise ApiError(400, "functions and function_call are deprecated; use tools and tool_choice",
-                       param="functions")
+        raise ApiError(
+            400, "functions and function_call are deprecated; use tools and tool_choice", param="functions"
+        )
     if tools is None or tools == []:
         if choice not in (None, "none", "auto"):
             raise ApiError(400, "tool_choice needs tools", param="tool_choice")
@@ -71,17 +73,27 @@ def parse_tools(body: dict[str, Any]) -> Tools | None:
     functions = []
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or \
-                not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", fn["name"]):
-            raise ApiError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": "
-                                "...}}} with a name of letters, digits, _ . - (at most 64)",
-                           param=f"tools.{i}")
+        if (
+            not isinstance(fn, dict)
+            or not isinstance(fn.get("name"), str)
+            or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", fn["name"])
+        ):
+            raise ApiError(
+                400,
+                f'tools[{i}] must be {{"type": "function", "function": {{"name": '
+                "...}}} with a name of letters, digits, _ . - (at most 64)",
+                param=f"tools.{i}",
+            )
         params = fn.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(params, dict):
-            raise ApiError(400, f"tools[{i}].function.parameters must be a JSON schema object",
-                           param=f"tools.{i}.function.parameters")
-        functions.append({"name": fn["name"], "description": str(fn.get("description", "")),
-                          "parameters": params})
+            raise ApiError(
+                400,
+                f"tools[{i}].function.parameters must be a JSON schema object",
+                param=f"tools.{i}.function.parameters",
+            )
+        functions.append(
+            {"name": fn["name"], "description": str(fn.get("description", "")), "parameters": params}
+        )
     names = [f["name"] for f in functions]
     if len(set(names)) != len(names):
         raise ApiError(400, "tools have duplicate names", param="tools")
@@ -93,19 +105,28 @@ def parse_tools(body: dict[str, Any]) -> Tools | None:
         return Tools(tuple(functions), "required")
     name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
     if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
-        raise ApiError(400, "tool_choice must be none, auto, required or {\"type\": \"function\", "
-                            "\"function\": {\"name\": ...}}", param="tool_choice")
+        raise ApiError(
+            400,
+            'tool_choice must be none, auto, required or {"type": "function", "function": {"name": ...}}',
+            param="tool_choice",
+        )
     if name not in names:
-        raise ApiError(400, f"tool_choice names the function {name!r}, which is not in tools",
-                       param="tool_choice")
+        raise ApiError(
+            400, f"tool_choice names the function {name!r}, which is not in tools", param="tool_choice"
+        )
     return Tools(tuple(functions), "named", name)
 
 
 def call_schema(tools: Tools) -> dict[str, Any]:
     """The JSON schema a forced reply must match: one call of the named (or any) function."""
+
     def one(fn: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": fn["parameters"]},
-                "required": ["name", "arguments"], "additionalProperties": False}
+        return {
+            "type": "object",
+            "properties": {"name": {"const": fn["name"]}, "arguments": fn["parameters"]},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
 
     fns = [f for f in tools.functions if tools.choice != "named" or f["name"] == tools.named]
     return one(fns[0]) if len(fns) == 1 else {"anyOf": [one(f) for f in fns]}
@@ -116,8 +137,10 @@ def generic_system(tools: Tools) -> str:
     lines = ["You can call these functions (JSON schemas of their arguments):"]
     for f in tools.functions:
         lines.append(json.dumps(f, ensure_ascii=False))
-    lines.append('To call a function, reply with only a JSON object: {"name": "<function name>", '
-                 '"arguments": {<its arguments>}}.')
+    lines.append(
+        'To call a function, reply with only a JSON object: {"name": "<function name>", '
+        '"arguments": {<its arguments>}}.'
+    )
     return "\n".join(lines)
 
 
@@ -129,8 +152,10 @@ def message_dicts(messages: list[dict[str, Any]], native: bool) -> list[dict[str
         if native:
             out.append(m)
         elif m.get("tool_calls"):
-            calls = [{"name": c["function"]["name"], "arguments": _args(c["function"].get("arguments"))}
-                     for c in m["tool_calls"]]
+            calls = [
+                {"name": c["function"]["name"], "arguments": _args(c["function"].get("arguments"))}
+                for c in m["tool_calls"]
+            ]
             text = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
             out.append({"role": "assistant", "content": ((m.get("content") or "") + text)})
         elif m["role"] == "tool":
@@ -184,13 +209,18 @@ def parse_calls(text: str, names: tuple[str, ...]) -> tuple[str, list[dict[str, 
             body = fence.group(1).strip()
         found = _json_calls(body) or _python_calls(body)
         if found:
-            rest = (text[:fence.start()] + text[fence.end():]) if fence else ""
+            rest = (text[: fence.start()] + text[fence.end() :]) if fence else ""
     calls = []
     for name, args in found:
         if name not in names or (args is not None and not isinstance(args, dict)):
             return text, []  # not a call of a declared function: the reply is plain text
-        calls.append({"id": "call_" + secrets.token_hex(12), "type": "function",
-                      "function": {"name": name, "arguments": json.dumps(args or {}, ensure_ascii=False)}})
+        calls.append(
+            {
+                "id": "call_" + secrets.token_hex(12),
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args or {}, ensure_ascii=False)},
+            }
+        )
     return (rest.strip() if calls else text), calls
 
 
@@ -228,7 +258,11 @@ def _python_calls(text: str) -> list[tuple[str, Any]]:
     nodes = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
     out = []
     for node in nodes:
-        if not isinstance(node, ast.Call) or node.args or not isinstance(node.func, (ast.Name, ast.Attribute)):
+        if (
+            not isinstance(node, ast.Call)
+            or node.args
+            or not isinstance(node.func, (ast.Name, ast.Attribute))
+        ):
             return []
         name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
         try:
@@ -244,5 +278,7 @@ def may_be_call(text: str) -> bool:
     t = text.lstrip()
     if not t:
         return True
-    return t[0] in "{[`" or any(m.startswith(t[:len(m)]) or t.startswith(m) for m in
-                                ("<tool_call>", "<|python_tag|>", "[TOOL_CALLS]"))
+    return t[0] in "{[`" or any(
+        m.startswith(t[: len(m)]) or t.startswith(m)
+        for m in ("<tool_call>", "<|python_tag|>", "[TOOL_CALLS]")
+    )

@@ -9,6 +9,7 @@ read-only, so old conversations stay visible. Kept apart from `engine.storage.st
 calls these from its write path) because it is about failure policy, not storage; it works on
 connections and never imports the store.
 """
+
 from __future__ import annotations
 
 import sqlite3

@@ -1,4 +1,5 @@
 """Names for stored things: a model file's identity, a conversation's title from its text."""
+
 from __future__ import annotations
 
 import hashlib

@@ -15,6 +15,7 @@ projectors would mean reading its JSON manifests, which this module does not do 
 `scan_models` is bounded (entry count, depth and wall-clock time), follows symlinks with a
 guard against cycles, and never raises for unreadable folders or broken links.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,7 +70,7 @@ def display_name(path: Path) -> str:
     parts = path.parts
     for i in range(len(parts) - 3, -1, -1):
         if parts[i].startswith("models--") and parts[i + 1] == "snapshots":
-            repo = parts[i][len("models--"):].replace("--", "/", 1)
+            repo = parts[i][len("models--") :].replace("--", "/", 1)
             return f"{repo} · {path.stem}"
     return path.stem
 

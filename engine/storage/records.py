@@ -1,4 +1,5 @@
 """What the chat store hands out: conversations, messages, search hits, reply-end reasons."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

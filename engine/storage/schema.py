@@ -4,6 +4,7 @@ Schema changes: bump `SCHEMA_VERSION` and add a step to `_MIGRATIONS`; `migrate(
 older files step by step (tracked in ``PRAGMA user_version``) and refuses newer ones. A file
 written by an older KV Deck is upgraded in place on first open; nothing in it is lost.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,7 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
 
 
 # _MIGRATIONS[n] upgrades a version n-1 database to version n.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1,
-                                                                 2: _migrate_to_2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:

@@ -13,6 +13,7 @@ that fails because of the disk moves the store into memory (`engine.storage.fall
 
 Schema and its migrations: `engine.storage.schema`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,6 @@ def _loads(text: str, default: Any) -> Any:
         return json.loads(text)
     except ValueError:
         return default
-
-
 
 
 class ChatStore:
@@ -172,25 +171,42 @@ class ChatStore:
     def _conversation(row: tuple) -> Conversation:
         cid, title, model_path, key, system_prompt, created, updated, settings = row
         value = _loads(settings, {})
-        return Conversation(cid, title, model_path, key, system_prompt, created, updated,
-                            value if isinstance(value, dict) else {})
+        return Conversation(
+            cid,
+            title,
+            model_path,
+            key,
+            system_prompt,
+            created,
+            updated,
+            value if isinstance(value, dict) else {},
+        )
 
-    def create_conversation(self, title: str = DEFAULT_TITLE, model_path: str | Path | None = None,
-                            model_key: str | None = None, system_prompt: str = "") -> Conversation:
+    def create_conversation(
+        self,
+        title: str = DEFAULT_TITLE,
+        model_path: str | Path | None = None,
+        model_key: str | None = None,
+        system_prompt: str = "",
+    ) -> Conversation:
         with self._write("write to") as conn:
             now = self._now()
             mp = None if model_path is None else str(model_path)
             cur = conn.execute(
                 "INSERT INTO conversations (title, model_path, model_key, system_prompt, created,"
-                " updated) VALUES (?, ?, ?, ?, ?, ?)", (title, mp, model_key, system_prompt, now, now))
+                " updated) VALUES (?, ?, ?, ?, ?, ?)",
+                (title, mp, model_key, system_prompt, now, now),
+            )
             assert cur.lastrowid is not None  # an INSERT into a rowid table sets it
             return Conversation(cur.lastrowid, title, mp, model_key, system_prompt, now, now, {})
 
     def list_conversations(self) -> list[Conversation]:
         """All conversations, most recently updated first."""
         with self._read("read") as conn:
-            sql = (f"SELECT {self._CONV_COLS} FROM conversations WHERE deleted IS NULL"
-                   " ORDER BY updated DESC, id DESC")
+            sql = (
+                f"SELECT {self._CONV_COLS} FROM conversations WHERE deleted IS NULL"
+                " ORDER BY updated DESC, id DESC"
+            )
             rows = conn.execute(sql).fetchall()
         return [self._conversation(row) for row in rows]
 
@@ -213,24 +229,23 @@ class ChatStore:
     def set_system_prompt(self, conv_id: int, text: str) -> None:
         self._update_conversation(conv_id, "system_prompt = ?", (text,))
 
-    def set_conversation_model(self, conv_id: int, model_path: str | Path | None,
-                               model_key: str | None) -> None:
+    def set_conversation_model(
+        self, conv_id: int, model_path: str | Path | None, model_key: str | None
+    ) -> None:
         mp = None if model_path is None else str(model_path)
         self._update_conversation(conv_id, "model_path = ?, model_key = ?", (mp, model_key))
 
     def set_conversation_settings(self, conv_id: int, settings: dict[str, Any]) -> dict[str, Any]:
         """Merge `settings` into the conversation's (a None value removes a key); returns them."""
         with self._write("write to") as conn:
-            row = conn.execute("SELECT settings FROM conversations WHERE id = ?",
-                               (conv_id,)).fetchone()
+            row = conn.execute("SELECT settings FROM conversations WHERE id = ?", (conv_id,)).fetchone()
             if row is None:
                 raise StoreError(f"conversation {conv_id} no longer exists")
             merged = _loads(row[0], {})
             merged = merged if isinstance(merged, dict) else {}
             merged.update(settings)
             merged = {k: v for k, v in merged.items() if v is not None}
-            conn.execute("UPDATE conversations SET settings = ? WHERE id = ?",
-                         (json.dumps(merged), conv_id))
+            conn.execute("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(merged), conv_id))
         return merged
 
     def delete_conversation(self, conv_id: int) -> None:
@@ -242,8 +257,9 @@ class ChatStore:
     def restore_conversation(self, conv_id: int) -> bool:
         """Undo `delete_conversation`; False when it is gone for good."""
         with self._write("write to") as conn:
-            cur = conn.execute("UPDATE conversations SET deleted = NULL WHERE id = ? AND deleted"
-                               " IS NOT NULL", (conv_id,))
+            cur = conn.execute(
+                "UPDATE conversations SET deleted = NULL WHERE id = ? AND deleted IS NOT NULL", (conv_id,)
+            )
             return cur.rowcount > 0
 
     def purge_deleted(self) -> int:
@@ -265,11 +281,15 @@ class ChatStore:
                 " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
                 " JOIN conversations c ON c.id = m.conversation_id"
                 " WHERE messages_fts MATCH ? AND c.deleted IS NULL"
-                " ORDER BY c.updated DESC, m.id DESC LIMIT ?", (match, limit)).fetchall()
+                " ORDER BY c.updated DESC, m.id DESC LIMIT ?",
+                (match, limit),
+            ).fetchall()
             titles = conn.execute(
                 "SELECT id, title FROM conversations WHERE deleted IS NULL AND "
-                + " AND ".join("title LIKE ?" for _ in like) + " ORDER BY updated DESC LIMIT ?",
-                (*like, limit)).fetchall()
+                + " AND ".join("title LIKE ?" for _ in like)
+                + " ORDER BY updated DESC LIMIT ?",
+                (*like, limit),
+            ).fetchall()
         hits = [SearchHit(cid, title, None, title) for cid, title in titles]
         seen = {h.conversation_id for h in hits}
         for cid, title, mid, snip in rows:
@@ -280,16 +300,22 @@ class ChatStore:
 
     # -- messages ---------------------------------------------------------------------------
 
-    _MSG_COLS = ("id, conversation_id, role, content, complete, created, n_tokens, tokens_per_s,"
-                 " end_reason")
+    _MSG_COLS = "id, conversation_id, role, content, complete, created, n_tokens, tokens_per_s, end_reason"
 
     @staticmethod
     def _message(row: tuple) -> Message:
         mid, cid, role, content, complete, created, n_tokens, tps, end = row
         return Message(mid, cid, role, content, bool(complete), created, n_tokens, tps, end)
 
-    def add_message(self, conv_id: int, role: str, content: str, complete: bool = True,
-                    n_tokens: int | None = None, tokens_per_s: float | None = None) -> Message:
+    def add_message(
+        self,
+        conv_id: int,
+        role: str,
+        content: str,
+        complete: bool = True,
+        n_tokens: int | None = None,
+        tokens_per_s: float | None = None,
+    ) -> Message:
         if role not in ROLES:
             raise ValueError(f"unknown message role {role!r}")
         with self._write("write to") as conn:
@@ -300,19 +326,28 @@ class ChatStore:
             values = (conv_id, role, content, bool(complete), now, n_tokens, tokens_per_s)
             cur = conn.execute(
                 "INSERT INTO messages (conversation_id, role, content, complete, created, n_tokens,"
-                " tokens_per_s) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+                " tokens_per_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
             assert cur.lastrowid is not None  # an INSERT into a rowid table sets it
             return Message(cur.lastrowid, *values)
 
-    def update_message(self, msg_id: int, content: str, complete: bool,
-                       n_tokens: int | None = None, tokens_per_s: float | None = None,
-                       end_reason: str | None = None) -> None:
+    def update_message(
+        self,
+        msg_id: int,
+        content: str,
+        complete: bool,
+        n_tokens: int | None = None,
+        tokens_per_s: float | None = None,
+        end_reason: str | None = None,
+    ) -> None:
         """Replace a message's text and status (called repeatedly while a reply streams)."""
         with self._write("write to") as conn:
             cur = conn.execute(
                 "UPDATE messages SET content = ?, complete = ?, n_tokens = ?, tokens_per_s = ?,"
                 " end_reason = ? WHERE id = ?",
-                (content, bool(complete), n_tokens, tokens_per_s, end_reason, msg_id))
+                (content, bool(complete), n_tokens, tokens_per_s, end_reason, msg_id),
+            )
             if cur.rowcount == 0:
                 raise StoreError(f"message {msg_id} no longer exists")
 
@@ -354,8 +389,11 @@ class ChatStore:
         """Store a JSON-serialisable value (TypeError otherwise)."""
         encoded = json.dumps(value)
         with self._write("write settings to") as conn:
-            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?)"
-                         " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, encoded))
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, encoded),
+            )
 
     @staticmethod
     def _model_row(conn: sqlite3.Connection, model_key: str) -> dict[str, Any]:
@@ -375,6 +413,9 @@ class ChatStore:
             merged = {} if replace else self._model_row(conn, model_key)
             merged.update(settings)
             merged = {k: v for k, v in merged.items() if v is not None}
-            conn.execute("INSERT INTO model_settings (model_key, value) VALUES (?, ?) ON CONFLICT(model_key)"
-                         " DO UPDATE SET value = excluded.value", (model_key, json.dumps(merged)))
+            conn.execute(
+                "INSERT INTO model_settings (model_key, value) VALUES (?, ?) ON CONFLICT(model_key)"
+                " DO UPDATE SET value = excluded.value",
+                (model_key, json.dumps(merged)),
+            )
         return merged

@@ -5,11 +5,13 @@ printed only after the store call returned (its transaction committed), so each 
 a promise the database must keep after the kill. Usage, from the repository root:
 ``python -m tests.helpers.fault_app DB``.
 """
+
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -19,6 +21,7 @@ def _printing(name: str, fn: Callable[..., Any], line: Callable[..., str]) -> Ca
         result = fn(*args, **kwargs)
         print(name, line(result, *args, **kwargs), flush=True)  # after the commit, never before
         return result
+
     return wrapper
 
 
@@ -31,10 +34,13 @@ def main(db: str) -> int:
 
     store = ChatStore(db)
     store.add_message = _printing(  # type: ignore[method-assign]
-        "add", store.add_message, lambda m, *a, **k: f"{m.id} {m.role} {len(m.content)}")
+        "add", store.add_message, lambda m, *a, **k: f"{m.id} {m.role} {len(m.content)}"
+    )
     store.update_message = _printing(  # type: ignore[method-assign]
-        "upd", store.update_message,
-        lambda _r, msg_id, content, complete, **k: f"{msg_id} {len(content)} {int(complete)}")
+        "upd",
+        store.update_message,
+        lambda _r, msg_id, content, complete, **k: f"{msg_id} {len(content)} {int(complete)}",
+    )
     store.set_setting("preset", "Greedy (deterministic)")
     store.set_setting("max_tokens", 300)
     win = MainWindow(store)

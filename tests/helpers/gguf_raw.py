@@ -5,6 +5,7 @@ offsets that contradict the bytes around them. `parse` splits a valid file (from
 `tests/helpers/gguf_factory.py`) into metadata pairs and tensor infos; `Spec.to_bytes` writes them back
 with whatever lies a test put in, laying out zero tensor data the way a valid writer would.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,10 @@ _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _FMT = {T_U32: "<I", T_I32: "<i", T_F32: "<f", T_BOOL: "<?", T_U64: "<Q"}
 BIG = 2**63 - 1
 _MAX_DATA = 64 << 20
-CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _u32(v: int) -> bytes:
@@ -143,8 +146,10 @@ def kv(key: str | bytes, value: object, vtype: int | None = None) -> KV:
 
 def kv_array(key: str, elem: int, items: list[object], count: int | None = None) -> KV:
     """An array pair; `count` may lie about the number of items."""
-    enc = b"".join(_str(x) if elem == T_STR else struct.pack(_FMT[elem], x)  # type: ignore[arg-type]
-                   for x in items)
+    enc = b"".join(
+        _str(x) if elem == T_STR else struct.pack(_FMT[elem], x)  # type: ignore[arg-type]
+        for x in items
+    )
     return KV(key.encode(), T_ARR, _u32(elem) + _u64(len(items) if count is None else count) + enc)
 
 
@@ -166,14 +171,14 @@ def parse(buf: bytes) -> Spec:
     pos, kvs, tensors = 24, [], []
     for _ in range(n_kv):
         n = struct.unpack_from("<Q", buf, pos)[0]
-        key, pos = buf[pos + 8:pos + 8 + n], pos + 8 + n
+        key, pos = buf[pos + 8 : pos + 8 + n], pos + 8 + n
         vtype = struct.unpack_from("<I", buf, pos)[0]
         end = _skip(buf, pos + 4, vtype)
-        kvs.append(KV(key, vtype, buf[pos + 4:end]))
+        kvs.append(KV(key, vtype, buf[pos + 4 : end]))
         pos = end
     for _ in range(n_tensors):
         n = struct.unpack_from("<Q", buf, pos)[0]
-        name, pos = buf[pos + 8:pos + 8 + n], pos + 8 + n
+        name, pos = buf[pos + 8 : pos + 8 + n], pos + 8 + n
         n_dims = struct.unpack_from("<I", buf, pos)[0]
         dims = list(struct.unpack_from(f"<{n_dims}Q", buf, pos + 4))
         pos += 4 + 8 * n_dims
@@ -183,13 +188,20 @@ def parse(buf: bytes) -> Spec:
     return Spec(kvs, tensors)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_bytes(family: str) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         if family == "llama":
-            path = write_llama(Path(tmp) / "base.gguf", n_layer=2, n_embd=64, n_head=2,
-                               n_head_kv=1, head_dim=32, n_ff=128,
-                               **{"tokenizer.chat_template": CHATML})
+            path = write_llama(
+                Path(tmp) / "base.gguf",
+                n_layer=2,
+                n_embd=64,
+                n_head=2,
+                n_head_kv=1,
+                head_dim=32,
+                n_ff=128,
+                **{"tokenizer.chat_template": CHATML},
+            )
         else:
             path = write_family(family, tmp)
         return path.read_bytes()

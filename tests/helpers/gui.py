@@ -1,4 +1,5 @@
 """The real window for tests: opened on a private chat store, files dropped on it, asked things."""
+
 from __future__ import annotations
 
 import warnings
@@ -34,12 +35,18 @@ def drop_url(win: MainWindow, url: QUrl) -> bool:
     pos = QPoint(40, 40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                                Qt.KeyboardModifier.NoModifier)
+        enter = QDragEnterEvent(
+            pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+        )
     QApplication.sendEvent(target, enter)
     accepted = enter.isAccepted()
-    event = QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                       Qt.KeyboardModifier.NoModifier)
+    event = QDropEvent(
+        QPointF(pos),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     return QApplication.sendEvent(target, event) and accepted
 
 

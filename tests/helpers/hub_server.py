@@ -10,6 +10,7 @@ byte, answering HTML to the API, a slow API (``api_delay_s``: every ``/api/`` an
 as an overloaded Hub does), and a sibling that claims a size no disk has. Every CDN response
 is logged with the bytes it sent.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,16 @@ class FakeHub:
         self.lock = threading.Lock()
 
     # -- content --------------------------------------------------------------------------
-    def add(self, repo: str, name: str, path: Path, claimed_size: int | None = None,
-            gated: bool = False, downloads: int = 100, likes: int = 5) -> FakeFile:
+    def add(
+        self,
+        repo: str,
+        name: str,
+        path: Path,
+        claimed_size: int | None = None,
+        gated: bool = False,
+        downloads: int = 100,
+        likes: int = 5,
+    ) -> FakeFile:
         r = self.repos.setdefault(repo, FakeRepo(downloads=downloads, likes=likes))
         r.gated = r.gated or gated
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -107,8 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def _send(self, code: int, body: bytes = b"", ctype: str = "application/json",
-              extra: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        code: int,
+        body: bytes = b"",
+        ctype: str = "application/json",
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -119,8 +133,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, code: int, error_code: str, message: str) -> None:
-        self._send(code, json.dumps({"error": message}).encode(),
-                   extra={"X-Error-Code": error_code, "X-Error-Message": message})
+        self._send(
+            code,
+            json.dumps({"error": message}).encode(),
+            extra={"X-Error-Code": error_code, "X-Error-Message": message},
+        )
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -134,8 +151,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.hub.api_delay_s)
         if path.startswith("/api/models"):
             if self.hub.html_api:
-                return self._send(200, b"<!doctype html><html><body>Login</body></html>",
-                                  "text/html; charset=utf-8")
+                return self._send(
+                    200, b"<!doctype html><html><body>Login</body></html>", "text/html; charset=utf-8"
+                )
             if path in ("/api/models", "/api/models/"):
                 return self._search(query)
             m = re.match(r"^/api/models/([^/]+/[^/]+?)(?:/revision/([^/]+))?/?$", path)
@@ -149,10 +167,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _search(self, query: dict[str, list[str]]) -> None:
         text = query.get("search", [""])[0].lower()
         limit = int(query.get("limit", ["20"])[0])
-        rows = [{"_id": repo, "id": repo, "modelId": repo, "downloads": r.downloads,
-                 "likes": r.likes, "lastModified": "2026-11-02T10:00:00.000Z",
-                 "gated": "auto" if r.gated else False, "tags": ["gguf"], "private": False}
-                for repo, r in self.hub.repos.items() if text in repo.lower()]
+        rows = [
+            {
+                "_id": repo,
+                "id": repo,
+                "modelId": repo,
+                "downloads": r.downloads,
+                "likes": r.likes,
+                "lastModified": "2026-11-02T10:00:00.000Z",
+                "gated": "auto" if r.gated else False,
+                "tags": ["gguf"],
+                "private": False,
+            }
+            for repo, r in self.hub.repos.items()
+            if text in repo.lower()
+        ]
         rows.sort(key=lambda row: -int(row["downloads"]))  # type: ignore[call-overload]
         self._send(200, json.dumps(rows[:limit]).encode())
 
@@ -160,14 +189,29 @@ class _Handler(BaseHTTPRequestHandler):
         r = self.hub.repos.get(repo)
         if r is None:
             return self._error(404, "RepoNotFound", "Repository not found")
-        siblings = [{"rfilename": name, "size": f.size, "blobId": f.sha256[:40],
-                     "lfs": {"sha256": f.sha256, "size": f.size, "pointerSize": 134}}
-                    for name, f in r.files.items()]
+        siblings = [
+            {
+                "rfilename": name,
+                "size": f.size,
+                "blobId": f.sha256[:40],
+                "lfs": {"sha256": f.sha256, "size": f.size, "pointerSize": 134},
+            }
+            for name, f in r.files.items()
+        ]
         siblings.append({"rfilename": "README.md", "size": 12, "blobId": "ab" * 20})
-        body = {"_id": repo, "id": repo, "modelId": repo, "sha": COMMIT, "private": False,
-                "gated": "auto" if r.gated else False, "downloads": r.downloads,
-                "likes": r.likes, "lastModified": "2026-11-02T10:00:00.000Z",
-                "tags": ["gguf"], "siblings": siblings}
+        body = {
+            "_id": repo,
+            "id": repo,
+            "modelId": repo,
+            "sha": COMMIT,
+            "private": False,
+            "gated": "auto" if r.gated else False,
+            "downloads": r.downloads,
+            "likes": r.likes,
+            "lastModified": "2026-11-02T10:00:00.000Z",
+            "tags": ["gguf"],
+            "siblings": siblings,
+        }
         self._send(200, json.dumps(body).encode())
 
     def _resolve(self, repo: str, name: str) -> None:
@@ -179,10 +223,18 @@ class _Handler(BaseHTTPRequestHandler):
         f = r.files.get(name)
         if f is None:
             return self._error(404, "EntryNotFound", "Entry not found")
-        self._send(302, b"", "text/plain", {
-            "Location": f"{self.hub.cdn_url}/cdn/{f.sha256}?X-Amz-Signature=fake",
-            "X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{f.sha256}"',
-            "X-Linked-Size": str(f.size), "ETag": f'"{f.sha256[:40]}"'})
+        self._send(
+            302,
+            b"",
+            "text/plain",
+            {
+                "Location": f"{self.hub.cdn_url}/cdn/{f.sha256}?X-Amz-Signature=fake",
+                "X-Repo-Commit": COMMIT,
+                "X-Linked-Etag": f'"{f.sha256}"',
+                "X-Linked-Size": str(f.size),
+                "ETag": f'"{f.sha256[:40]}"',
+            },
+        )
 
     def _cdn(self, sha: str) -> None:
         f = self.hub.blobs.get(sha)
@@ -193,8 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
         size = f.size
         rng = self.headers.get("Range", "")
         m = re.match(r"^bytes=(\d+)-(\d*)$", rng)
-        start, end = (int(m.group(1)), int(m.group(2)) if m and m.group(2) else size - 1) \
-            if m else (0, size - 1)
+        start, end = (
+            (int(m.group(1)), int(m.group(2)) if m and m.group(2) else size - 1) if m else (0, size - 1)
+        )
         end = min(end, size - 1)
         if start >= size:
             return self._send(416, b"", extra={"Content-Range": f"bytes */{size}"})
@@ -227,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if hub.corrupt_at is not None and pos <= hub.corrupt_at < pos + len(chunk):
                     chunk[hub.corrupt_at - pos] ^= 0xFF
                 if drop is not None and sent + len(chunk) > drop:
-                    chunk = chunk[:max(0, drop - sent)]
+                    chunk = chunk[: max(0, drop - sent)]
                 try:
                     self.wfile.write(chunk)
                     self.wfile.flush()

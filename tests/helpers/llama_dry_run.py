@@ -9,6 +9,7 @@ lines as JSON. The parent parses them with `engine.plan.measured`. The child's l
 the runtime child's own (`engine.child.native_log.NativeLog`), plus the DEBUG lines that carry
 sizes; everything else it does with llama.cpp directly.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
-_GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
-               "iq4_nl": 20, "bf16": 30}
+_GGML_TYPES = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "iq4_nl": 20,
+    "bf16": 30,
+}
 _FA = {"auto": -1, "off": 0, "on": 1}
 _SPLIT = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
 
@@ -35,15 +45,23 @@ def _child() -> None:  # pragma: no cover - runs in the child process
     from engine.child.native_log import NativeLog
 
     lines: list[str] = []
-    _log = NativeLog(lambda _level, line: lines.append(line),  # kept: C holds its callback
-                     keep_debug=("dev = ", "compute buffer size is", "reserving a graph", "worst-case"))
+    _log = NativeLog(
+        lambda _level, line: lines.append(line),  # kept: C holds its callback
+        keep_debug=("dev = ", "compute buffer size is", "reserving a graph", "worst-case"),
+    )
     LL.llama_backend_init()
     request = json.loads(sys.stdin.read())
     model, model_key, load_lines = None, None, []
     for job in request["jobs"]:
         s = job["settings"]
-        key = (job["path"], job.get("real", False), s["n_gpu_layers"], s["split_mode"],
-               s["main_gpu"], tuple(s["tensor_split"]))
+        key = (
+            job["path"],
+            job.get("real", False),
+            s["n_gpu_layers"],
+            s["split_mode"],
+            s["main_gpu"],
+            tuple(s["tensor_split"]),
+        )
         lines.clear()
         if key != model_key:
             if model:
@@ -91,8 +109,7 @@ class DryRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def dry_run(jobs: list[tuple[str, Any]], real: bool = False, timeout: float = 120.0
-            ) -> list[DryRun]:
+def dry_run(jobs: list[tuple[str, Any]], real: bool = False, timeout: float = 120.0) -> list[DryRun]:
     """Run [(gguf path, PlanSettings)] in as few child processes as possible.
 
     A job that aborts the child is reported with the child's stderr tail; the remaining jobs
@@ -103,26 +120,43 @@ def dry_run(jobs: list[tuple[str, Any]], real: bool = False, timeout: float = 12
     pending = list(jobs)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GGML_NO_BACKTRACE": "1"}
     while pending:
-        payload = {"jobs": [{"path": str(p), "settings": s.to_dict(), "real": real}
-                            for p, s in pending]}
-        proc = subprocess.run([sys.executable, "-m", "tests.helpers.llama_dry_run"], cwd=ROOT,
-                              input=json.dumps(payload), capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        payload = {"jobs": [{"path": str(p), "settings": s.to_dict(), "real": real} for p, s in pending]}
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.helpers.llama_dry_run"],
+            cwd=ROOT,
+            input=json.dumps(payload),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
         done = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-        for (path, settings), out in zip(pending, done):
+        for (_path, settings), out in zip(pending, done):
             parser = MemoryLogParser()
             for line in out["lines"]:
                 parser.feed(line)
             error = "" if out["ok"] else (parser.errors[-1] if parser.errors else "refused")
-            results.append(DryRun(out["ok"], out["lines"], error,
-                                  parser.result(settings, "exact") if out["ok"] else None,
-                                  parser))
+            results.append(
+                DryRun(
+                    out["ok"],
+                    out["lines"],
+                    error,
+                    parser.result(settings, "exact") if out["ok"] else None,
+                    parser,
+                )
+            )
         if len(done) < len(pending):  # the child died on pending[len(done)]
             err = proc.stderr.strip().splitlines()
             why = [x for x in err if "GGML_ASSERT" in x or "error" in x.lower()] or err
-            results.append(DryRun(False, [], " | ".join(why[-2:]) or f"exit {proc.returncode}",
-                                  extra={"aborted": True, "returncode": proc.returncode}))
-            pending = pending[len(done) + 1:]
+            results.append(
+                DryRun(
+                    False,
+                    [],
+                    " | ".join(why[-2:]) or f"exit {proc.returncode}",
+                    extra={"aborted": True, "returncode": proc.returncode},
+                )
+            )
+            pending = pending[len(done) + 1 :]
         else:
             pending = []
     return results

@@ -7,6 +7,7 @@ the vocabulary: these carry the factory's small SentencePiece vocab (320 tokens)
 runtime can tokenise text prompts. Random weights: greedy identity is meaningful, acceptance is
 not (a random head guesses at chance). Shapes are in ggml order (ne0, ne1, ...).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,18 @@ class _Writer:
                 a = a.astype(self.dtype)
         self.w.add_tensor(name, a)
 
-    def common(self, n_ctx_train: int, n_embd: int, n_layer_all: int, n_ff: int, n_head: int,
-               n_head_kv: int, head_k: int, head_v: int, n_nextn: int) -> None:
+    def common(
+        self,
+        n_ctx_train: int,
+        n_embd: int,
+        n_layer_all: int,
+        n_ff: int,
+        n_head: int,
+        n_head_kv: int,
+        head_k: int,
+        head_v: int,
+        n_nextn: int,
+    ) -> None:
         w, a = self.w, self.arch
         w.add_string("general.name", f"tiny-{a}")
         w.add_uint32(f"{a}.context_length", n_ctx_train)
@@ -71,8 +82,17 @@ class _Writer:
         return self.path
 
 
-def write_hyv3(path: str | Path, n_nextn: int = 3, n_trunk: int = 2, n_embd: int = 64, n_head: int = 4,
-               n_head_kv: int = 2, head_dim: int = 16, n_ff: int = 128, seed: int = 0) -> Path:
+def write_hyv3(
+    path: str | Path,
+    n_nextn: int = 3,
+    n_trunk: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    head_dim: int = 16,
+    n_ff: int = 128,
+    seed: int = 0,
+) -> Path:
     """hy_v3 with a dense FFN (its MoE tensors are optional) and ``n_nextn`` chained MTP heads;
     ``n_nextn=0`` writes the same model without heads (for the refusal)."""
     w = _Writer(Path(path), "hy_v3", seed)
@@ -111,8 +131,13 @@ def write_qwen35(path: str | Path, seed: int = 1) -> Path:
     w.w.add_array(f"{a}.rope.dimension_sections", [3, 3, 2, 0])
     w.w.add_uint32(f"{a}.full_attention_interval", 2)
     d_state, n_group, dt_rank, d_conv = 16, 2, 4, 4
-    for k, v in (("conv_kernel", d_conv), ("state_size", d_state), ("group_count", n_group),
-                 ("time_step_rank", dt_rank), ("inner_size", d_state * dt_rank)):
+    for k, v in (
+        ("conv_kernel", d_conv),
+        ("state_size", d_state),
+        ("group_count", n_group),
+        ("time_step_rank", dt_rank),
+        ("inner_size", d_state * dt_rank),
+    ):
         w.w.add_uint32(f"{a}.ssm.{k}", v)
     key_dim, value_dim = d_state * n_group, d_state * dt_rank
     w.t("token_embd.weight", (E, N_VOCAB), scale=1.0)
@@ -185,8 +210,9 @@ def write_gemma4_target(path: str | Path, n_embd: int = G_E, n_ctx_train: int = 
     return w.finish()
 
 
-def write_gemma4_assistant(path: str | Path, n_ctx_train: int = 131072, embd_out: int = G_E,
-                           head_full: int = G_DF, seed: int = 3) -> Path:
+def write_gemma4_assistant(
+    path: str | Path, n_ctx_train: int = 131072, embd_out: int = G_E, head_full: int = G_DF, seed: int = 3
+) -> Path:
     """The assistant: every block is a nextn block sharing the target's K/V; its own default
     context (``n_ctx_train``) is deliberately larger than any fitted target's (the seed
     scenario). ``embd_out``/``head_full`` other than the target's make a bad pair."""
