@@ -51,6 +51,15 @@ def offline() -> bool:
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
+def _sync_library() -> None:
+    """The library reads HF_HUB_OFFLINE and HF_ENDPOINT once, at its import; its session's
+    offline hook and URL helpers then keep that first answer. Give them today's values."""
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = offline()
+    constants.ENDPOINT = endpoint()
+
+
 def timeout() -> Any:
     import httpx2
 
@@ -103,6 +112,7 @@ def hub_errors(what: str) -> Iterator[None]:
             "(HF_HUB_OFFLINE); models already downloaded still work"
         )
     where = endpoint()
+    _sync_library()
     try:
         yield
     except HubError:
