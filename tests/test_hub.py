@@ -7,7 +7,6 @@ connection and after kill -9, checked by sha256; and every failure as one line.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -17,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import gguf
 import pytest
 
 from engine.cli.main import main
@@ -28,7 +26,7 @@ from engine.hub import client, download, names, remote
 from engine.hub import verdict as hv
 from engine.hub.jobs import DownloadQueue
 from engine.storage.library import scan_models
-from tests.helpers.gguf_factory import write_llama
+from tests.helpers.gguf_factory import split_llama, write_llama
 from tests.helpers.hub_server import COMMIT, FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,17 +34,6 @@ SMOL = "kvdeck-test/SmolLM2-135M-Instruct-GGUF"
 TINY = "kvdeck-test/tiny-llama-GGUF"
 DL = "kvdeck-test/dl-GGUF"
 GiB = 1 << 30
-
-
-def _split_llama(folder: Path, **kv: object) -> list[Path]:
-    """write_llama's model, written by gguf-py as a split GGUF (-0000i-of-0000N.gguf)."""
-    real = gguf.GGUFWriter
-    gguf.GGUFWriter = functools.partial(real, split_max_tensors=12)  # type: ignore[misc]
-    try:
-        write_llama(folder / "tiny-llama-split-F16.gguf", **kv)  # type: ignore[arg-type]
-    finally:
-        gguf.GGUFWriter = real  # type: ignore[misc]
-    return sorted(folder.glob("tiny-llama-split-F16-*-of-*.gguf"))
 
 
 def _huge_tensor(path: Path) -> Path:
@@ -67,7 +54,7 @@ def fake_hub(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory):
     hub.add(SMOL, "SmolLM2-135M-Instruct-Q4_1.gguf", smollm2_path, downloads=5000)
     hub.add(TINY, "tiny-llama-F16.gguf", write_llama(d / "tiny-llama-F16.gguf", n_layer=4))
     (d / "split").mkdir()
-    for p in _split_llama(d / "split", n_layer=4):
+    for p in split_llama(d / "split", n_layer=4):
         hub.add(TINY, f"split/{p.name}", p)
     hub.add(TINY, "mmproj-tiny-F16.gguf", d / "tiny-llama-F16.gguf")
     hub.add(

@@ -21,10 +21,9 @@ from engine.core.memory_types import Device
 from engine.hub import client
 from engine.hub import verdict as hv
 from engine.hub.download import Progress
-from tests.helpers.gguf_factory import write_llama
+from tests.helpers.gguf_factory import split_llama, write_llama
 from tests.helpers.gui import LOAD_TIMEOUT_MS, new_window
 from tests.helpers.hub_server import FakeHub
-from tests.test_hub import _split_llama
 
 SMOL = "kvdeck-test/SmolLM2-135M-Instruct-GGUF"
 TINY = "kvdeck-test/tiny-llama-GGUF"
@@ -42,7 +41,7 @@ def fake_hub(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory):
     tiny = write_llama(d / "tiny-llama-F16.gguf", n_layer=4)
     hub.add(TINY, "tiny-llama-F16.gguf", tiny, downloads=1200)
     (d / "split").mkdir()
-    for p in _split_llama(d / "split", n_layer=4):
+    for p in split_llama(d / "split", n_layer=4):
         hub.add(TINY, f"split/{p.name}", p)
     hub.add(TINY, "mmproj-tiny-F16.gguf", tiny)
     hub.add(

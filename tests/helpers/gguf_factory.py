@@ -16,6 +16,7 @@ Later families (gpt-oss, …) are in tests/helpers/gguf_families2.py and merged 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -776,3 +777,14 @@ def write_glm_dsa(path: str | Path, pattern: str = "ABCB", **kv: Any) -> Path:
 
 
 FAMILIES.update({name: Family(*fam) for name, fam in FAMILIES2.items()})
+
+
+def split_llama(folder: Path, **kv: object) -> list[Path]:
+    """write_llama's model, written by gguf-py as a split GGUF (-0000i-of-0000N.gguf)."""
+    real = gguf.GGUFWriter
+    gguf.GGUFWriter = functools.partial(real, split_max_tensors=12)  # type: ignore[misc]
+    try:
+        write_llama(folder / "tiny-llama-split-F16.gguf", **kv)  # type: ignore[arg-type]
+    finally:
+        gguf.GGUFWriter = real  # type: ignore[misc]
+    return sorted(folder.glob("tiny-llama-split-F16-*-of-*.gguf"))
