@@ -15,24 +15,8 @@ import pytest
 
 from engine.core.errors import ModelFileError
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
+from tests.helpers.cli import INSPECT_JSON_KEYS
 
-REQUIRED_JSON_KEYS = {
-    "path",
-    "architecture",
-    "n_layer",
-    "n_ctx_train",
-    "n_embd",
-    "n_head",
-    "n_head_kv",
-    "head_dim_k",
-    "head_dim_v",
-    "n_swa",
-    "recurrent",
-    "n_vocab",
-    "file_type",
-    "has_chat_template",
-    "file_bytes",
-}
 BASE_KV: dict[str, Any] = {
     "block_count": 4,
     "context_length": 2048,
@@ -141,7 +125,7 @@ def test_inspection_is_fast(fixture: str, request: pytest.FixtureRequest) -> Non
 def test_to_json_is_complete_and_serialisable(smollm2_path: Path) -> None:
     info = inspect_gguf(str(smollm2_path))
     data = info.to_json()
-    assert REQUIRED_JSON_KEYS <= set(data)
+    assert INSPECT_JSON_KEYS <= set(data)
     assert "chat_template" not in data
     assert data["chat_template_chars"] == len(info.chat_template or "")
     assert json.loads(json.dumps(data)) == data

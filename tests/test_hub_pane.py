@@ -60,23 +60,7 @@ def fake_hub(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def hub(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
     """The fake Hub, knobs reset, HF_* pointing at it with a private HF cache and no token."""
-    import huggingface_hub.constants as hfc
-
-    for var in (
-        "HF_HUB_CACHE",
-        "HUGGINGFACE_HUB_CACHE",
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_HUB_OFFLINE",
-        "TRANSFORMERS_OFFLINE",
-    ):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    fake_hub.throttle_bps = fake_hub.drop_after = fake_hub.corrupt_at = None
-    fake_hub.html_api, fake_hub.api_delay_s = False, 0.0
-    return fake_hub
+    return fake_hub.use(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -8,6 +8,24 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Keys `kvdeck inspect --json` always has (the CLI contract other tools read).
+INSPECT_JSON_KEYS = {
+    "path",
+    "architecture",
+    "n_layer",
+    "n_ctx_train",
+    "n_embd",
+    "n_head",
+    "n_head_kv",
+    "head_dim_k",
+    "head_dim_v",
+    "n_swa",
+    "recurrent",
+    "n_vocab",
+    "file_type",
+    "has_chat_template",
+    "file_bytes",
+}
 
 
 def kvdeck(

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -54,6 +55,30 @@ class FakeHub:
         self.cdn_auth: list[str] = []  # CDN requests that carried a token (must stay empty)
         self._server: ThreadingHTTPServer | None = None
         self.lock = threading.Lock()
+
+    def use(self, tmp_path: Path, monkeypatch: Any) -> FakeHub:
+        """Point HF_* at this hub with a private HF cache and no token, and reset every knob
+        (a pytest fixture's body: `monkeypatch` undoes the environment after the test)."""
+        import huggingface_hub.constants as hfc
+
+        for var in (
+            "HF_HUB_CACHE",
+            "HUGGINGFACE_HUB_CACHE",
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+        ):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", self.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        self.throttle_bps = self.drop_after = self.corrupt_at = None
+        self.html_api, self.api_delay_s = False, 0.0
+        self.cdn_auth.clear()
+        with self.lock:
+            self.log.clear()
+        return self
 
     # -- content --------------------------------------------------------------------------
     def add(
