@@ -23,7 +23,11 @@ class HistoryError(KvDeckError):
     """A history file that is not an OpenAI-style message list."""
 
 
-def _text(content: Any, where: str) -> str:
+def text_of(content: Any) -> str:
+    """The text of an OpenAI message's content: a string, or a list of text parts joined.
+
+    Raises ValueError saying what is wrong ("only text content parts are supported", or
+    "content must be a string or a list of text parts"); callers prefix where it was."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
@@ -34,12 +38,19 @@ def _text(content: Any, where: str) -> str:
                 or part.get("type") != "text"
                 or not isinstance(part.get("text"), str)
             ):
-                raise HistoryError(f"{where}: only text content parts are supported")
+                raise ValueError("only text content parts are supported")
             parts.append(part["text"])
         return "".join(parts)
+    raise ValueError("content must be a string or a list of text parts")
+
+
+def _text(content: Any, where: str) -> str:
     if content is None:
         return ""
-    raise HistoryError(f"{where}: content must be a string or a list of text parts")
+    try:
+        return text_of(content)
+    except ValueError as exc:
+        raise HistoryError(f"{where}: {exc}") from None
 
 
 def from_openai(data: Any) -> tuple[str, list[ChatMessage]]:

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.chat.history import text_of
 from engine.chat.template import ChatMessage
 from engine.core.sampling import RANDOM_SEED, SamplingParams
 from engine.serve.errors import ApiError, error_body  # noqa: F401  (re-exported)
@@ -258,27 +259,11 @@ def _include_usage(body: dict[str, Any]) -> bool:
 
 
 def _content(message: dict[str, Any], i: int) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise ApiError(
-                    400,
-                    f"messages[{i}]: only text content parts are supported",
-                    param=f"messages.{i}.content",
-                )
-            parts.append(part["text"])
-        return "".join(parts)
-    raise ApiError(
-        400, f"messages[{i}].content must be a string or a list of text parts", param=f"messages.{i}.content"
-    )
+    try:
+        return text_of(message.get("content"))
+    except ValueError as exc:
+        where = f"messages[{i}]." if str(exc).startswith("content") else f"messages[{i}]: "
+        raise ApiError(400, f"{where}{exc}", param=f"messages.{i}.content") from None
 
 
 def parse_chat(body: dict[str, Any]) -> Job:
