@@ -8,7 +8,6 @@ context is then built by construction from the target's resolved context (engine
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import llama_cpp.llama_cpp as LL
 
+from engine.child.draft import draft_loaded
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.selfdraft import create
 from engine.core.errors import ModelFileError
@@ -79,23 +79,17 @@ def load_assistant(
         )
     sd.memory_log = lines
     session.draft = sd
-    desc = ctypes.create_string_buffer(256)
-    LL.llama_model_desc(model, desc, len(desc))
-    return DraftLoaded(
-        id=req.id,
-        path=req.path,
-        n_ctx=int(LL.llama_n_ctx(sd.ctx)),
-        n_ctx_train=int(LL.llama_model_n_ctx_train(model)),
-        n_vocab=sd.n_vocab,
-        description=desc.value.decode("utf-8", "replace"),
-        n_params=int(LL.llama_model_n_params(model)),
-        model_bytes=int(LL.llama_model_size(model)),
-        n_gpu_layers=(999 if req.n_gpu_layers < 0 else req.n_gpu_layers) if offload else 0,
-        type_k=tp.type_k,
-        type_v=tp.type_v,
-        load_s=time.perf_counter() - t0,
-        memory_log=lines,
-        checks=[vars(c) for c in checks],
+    return draft_loaded(
+        req,
+        model,
+        int(LL.llama_n_ctx(sd.ctx)),
+        sd.n_vocab,
+        tp.type_k,
+        tp.type_v,
+        offload,
+        t0,
+        lines,
+        [vars(c) for c in checks],
         kind="assistant",
         shares_target_kv=True,
     )

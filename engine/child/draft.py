@@ -163,23 +163,41 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
         lines = session.log.stop_capture()
         del keep
     session.draft = d
+    return draft_loaded(req, model, d.n_ctx, d.n_vocab, req.type_k, req.type_v, offload, t0, lines, checks)
+
+
+def draft_loaded(
+    req: LoadDraftRequest,
+    model: Any,
+    n_ctx: int,
+    n_vocab: int,
+    type_k: str,
+    type_v: str,
+    offload: bool,
+    t0: float,
+    lines: list[str],
+    checks: list[Any],
+    **extra: Any,
+) -> DraftLoaded:
+    """The answer to a draft load (a draft model or an assistant): what llama.cpp says of it."""
     desc = ctypes.create_string_buffer(256)
     LL.llama_model_desc(model, desc, len(desc))
     return DraftLoaded(
         id=req.id,
         path=req.path,
-        n_ctx=d.n_ctx,
+        n_ctx=n_ctx,
         n_ctx_train=int(LL.llama_model_n_ctx_train(model)),
-        n_vocab=d.n_vocab,
+        n_vocab=n_vocab,
         description=desc.value.decode("utf-8", "replace"),
         n_params=int(LL.llama_model_n_params(model)),
         model_bytes=int(LL.llama_model_size(model)),
         n_gpu_layers=(999 if req.n_gpu_layers < 0 else req.n_gpu_layers) if offload else 0,
-        type_k=req.type_k,
-        type_v=req.type_v,
+        type_k=type_k,
+        type_v=type_v,
         load_s=time.perf_counter() - t0,
         memory_log=lines,
         checks=checks,
+        **extra,
     )
 
 
