@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 
 from engine import protocol as P
 from engine.child.io import EventWriter, Requests
@@ -55,7 +56,12 @@ def main() -> int:
         try:
             if isinstance(msg, P.LoadRequest):
                 params = P.LoadParams.from_dict(msg.params)
-                emit(session.load(req_id, params, requests.cancel_event(req_id)))
+                then = None
+                if params.dry_run and params.draft:  # size an assistant's context next to it
+                    from engine.child.assistant import dry_run_assistant
+
+                    then = partial(dry_run_assistant, path=params.draft)
+                emit(session.load(req_id, params, requests.cancel_event(req_id), then))
             elif isinstance(msg, P.GenerateRequest):
                 from engine.child.batch import batch_wanted, run_batch
 

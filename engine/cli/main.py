@@ -179,8 +179,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     n_ctx = args.n_ctx or min(info.n_ctx_train or 4096, 4096)
     kv = default_cache_type(info)
     settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, type_k=kv, type_v=kv)
-    if args.mtp:  # a hybrid target rolls back rejected drafts from recurrent-state snapshots
-        settings = settings.replace(mtp=True, n_rs_seq=args.draft_max + 1 if info.hybrid else 0)
+    if args.mtp:
+        from engine.plan.drafting import mtp_settings
+
+        settings = mtp_settings(info, settings, args.draft_max)
     preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=analytic_plan)
     mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
     with RuntimeHost() as host:

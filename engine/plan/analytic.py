@@ -292,17 +292,22 @@ def _per_layer_state(
 
 
 def _weights(
-    geo: ModelGeometry, ldev: list[str], has_gpu: bool, repack: RepackPlan | None = None
+    geo: ModelGeometry,
+    ldev: list[str],
+    has_gpu: bool,
+    repack: RepackPlan | None = None,
 ) -> list[Allocation]:
-    """Weight bytes per device: input layer on the host, layers and output where ldev says;
-    a CPU-only load's repacked matrices as a second CPU allocation (CPU_REPACK)."""
+    """Weight bytes per device: input layer on the host, layers and output where ldev says (an
+    MTP block's tensors that load only with load_mtp belong to engine.plan.drafting); a CPU-only
+    load's repacked matrices as a second CPU allocation (CPU_REPACK)."""
     w = geo.weights
     if w is None:
         return []
     by_dev: dict[str, int] = {"CPU": w.input_host}
     count: dict[str, int] = {}
+    skip = (w.mtp_cuda, w.mtp_host) if w.mtp_host else ((0,) * len(ldev), (0,) * len(ldev))
     for il, dev in enumerate(ldev[:-1]):
-        b = w.layers_cuda[il] if dev != "CPU" else w.layers_host[il]
+        b = w.layers_cuda[il] - skip[0][il] if dev != "CPU" else w.layers_host[il] - skip[1][il]
         by_dev[dev] = by_dev.get(dev, 0) + b
         count[dev] = count.get(dev, 0) + 1
     out_dev = ldev[-1]

@@ -29,6 +29,8 @@ class LoadParams:
     n_threads: int = 0  # 0: physical cores
     #: Size everything without allocating weights or KV (llama.cpp's no_alloc), then unload.
     dry_run: bool = False
+    #: With ``dry_run``: also size this Gemma 4 assistant's drafting context next to the target.
+    draft: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +38,7 @@ class LoadParams:
             "settings": self.settings.to_dict(),
             "n_threads": self.n_threads,
             "dry_run": self.dry_run,
+            "draft": self.draft,
         }
 
     @classmethod
@@ -45,6 +48,7 @@ class LoadParams:
             settings=PlanSettings.from_dict(data.get("settings") or {}),
             n_threads=int(data.get("n_threads", 0)),
             dry_run=bool(data.get("dry_run", False)),
+            draft=str(data.get("draft", "")),
         )
 
 
@@ -219,6 +223,9 @@ class Loaded(Message):
     #: saying why the model cannot draft for itself (chat then works without drafting).
     n_layer_nextn: int = 0
     mtp: str = ""
+    #: How many of ``memory_log``'s lines are the target's; the rest are its drafting context's
+    #: (MTP heads or, in a dry run, an assistant). 0: all of them.
+    n_log_target: int = 0
 
 
 @message
