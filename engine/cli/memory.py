@@ -227,7 +227,12 @@ def cmd_pair(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print("compatible" if data["compatible"] else "NOT compatible")
+        what = (
+            " (a Gemma 4 assistant: it reads the target's KV cache)"
+            if data.get("kind") == "assistant"
+            else ""
+        )
+        print(("compatible" if data["compatible"] else "NOT compatible") + what)
         for c in data["checks"]:
             print(f"  {'ok ' if c['ok'] else 'NO '} {c['name']}: {c['detail']}")
     return 0
