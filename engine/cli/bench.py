@@ -17,6 +17,7 @@ from typing import Any
 from engine.core.errors import KvDeckError, ModelFileError
 from engine.core.memory_types import KV_TYPES, PlanSettings
 from engine.core.sampling import PRESETS
+from engine.core.units import acceptance_by_position
 from engine.protocol import BenchResult, Hello, Loaded, LoadParams
 
 #: engine.child.sampler.SAMPLER_MODES (the parent never imports llama.cpp, so it is repeated here).
@@ -174,16 +175,9 @@ def print_bench(data: dict[str, Any]) -> None:
             f"acceptance {data['acceptance']:.0%}, {spec['tokens_per_target_decode']} tokens per "
             f"target decode; {same}"
         )
-        by_pos = ", ".join(
-            f"{i + 1}{_ORD.get(i + 1, 'th')} {a:.0%}"
-            for i, a in enumerate(spec["acceptance_by_position"])
-            if a is not None
-        )
+        by_pos = acceptance_by_position(spec["drafted_by_position"], spec["accepted_by_position"])
         if by_pos:
-            print(f"  acceptance by draft position: {by_pos}")
-
-
-_ORD = {1: "st", 2: "nd", 3: "rd"}
+            print(f"  {by_pos}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -217,7 +211,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             type_v=args.cache_type_v,
         )
         if args.mtp:
-            plan = mtp_settings(info, plan, args.draft_max)
+            plan = mtp_settings(info.hybrid, plan, args.draft_max)
         loaded = host.load(LoadParams(path=path, settings=plan, n_threads=args.threads))
         res = host.bench(args.pp, args.tg, args.depth, args.reps, sampling=sampling, sampler=args.sampler)
         spec = spec_bench(host, loaded, args) if drafting else None
@@ -314,6 +308,7 @@ def spec_bench(host: Any, loaded: Loaded, args: argparse.Namespace) -> dict[str,
         "draft_n_ctx": draft_n_ctx,
         "acceptance_by_position": [round(a / d, 4) if d else None for d, a in zip(drafted_at, accepted_at)],
         "drafted_by_position": drafted_at,
+        "accepted_by_position": accepted_at,
     }
 
 
@@ -350,6 +345,7 @@ def spec_summary(data: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
                     "n_target_decodes",
                     "acceptance_by_position",
                     "drafted_by_position",
+                    "accepted_by_position",
                 )
             },
             "tokens_per_target_decode": round(spec["n_tokens"] / spec["n_target_decodes"], 3)

@@ -182,7 +182,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.mtp:
         from engine.plan.drafting import mtp_settings
 
-        settings = mtp_settings(info, settings, args.draft_max)
+        settings = mtp_settings(info.hybrid, settings, args.draft_max)
     preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=analytic_plan)
     mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
     with RuntimeHost() as host:

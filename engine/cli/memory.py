@@ -138,7 +138,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if spec is not None and spec.kind == "mtp":
         from engine.plan.drafting import mtp_settings
 
-        settings = mtp_settings(info, settings)
+        settings = mtp_settings(info.hybrid, settings)
     method = "exact" if args.exact else "analytic"
     if args.exact and (spec is None or spec.kind == "model"):
         from engine.runtime.exact_plan import exact_plan
@@ -175,7 +175,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if draft is not None and draft.kind == "mtp":
         from engine.plan.drafting import mtp_settings
 
-        settings = mtp_settings(info, settings)
+        settings = mtp_settings(info.hybrid, settings)
     budget = args.budget_mib * MiB if args.budget_mib is not None else None
     margins = Margins.from_options(args.margin_mib, args.cpu_margin_mib)
     result = fit(

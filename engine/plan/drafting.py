@@ -226,7 +226,7 @@ def _shape(info: GGUFInfo, base: ComputeShape, layers: list[int], has_swa: bool)
 DEFAULT_DRAFT_MAX = 8
 
 
-def mtp_settings(info: GGUFInfo, settings: PlanSettings, draft_max: int = DEFAULT_DRAFT_MAX) -> PlanSettings:
-    """Settings that load the MTP heads; a hybrid target (recurrent state) keeps ``draft_max + 1``
-    state snapshots so it can roll back rejected draft tokens (llama.cpp's n_rs_seq)."""
-    return settings.replace(mtp=True, n_rs_seq=draft_max + 1 if info.hybrid else 0)
+def mtp_settings(hybrid: bool, settings: PlanSettings, draft_max: int = DEFAULT_DRAFT_MAX) -> PlanSettings:
+    """Settings that load the MTP heads; a ``hybrid`` target (recurrent state) keeps
+    ``draft_max + 1`` state snapshots so it can roll back rejected draft tokens (n_rs_seq)."""
+    return settings.replace(mtp=True, n_rs_seq=draft_max + 1 if hybrid else 0)
