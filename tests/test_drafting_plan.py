@@ -14,7 +14,7 @@ import pytest
 from engine.core.memory_types import COMPONENTS, MiB, PlanSettings
 from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
-from engine.plan.drafting import creation_output, drafting_plan
+from engine.plan.drafting import creation_output, drafting_plan, with_drafter
 from engine.runtime.exact_plan import exact_plans
 from engine.runtime.info import plan_devices
 from tests.helpers import mtp_models as mm
@@ -131,3 +131,18 @@ def test_a_drafter_that_cannot_be_is_one_line(models, args, words):
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in r.stderr
+
+
+def test_preflight_sees_target_and_drafter_together(models):
+    """``with_drafter`` plans hold both contexts, so ``kvdeck chat --mtp`` / ``--draft ASSISTANT``
+    refuse a pair that does not fit together before anything loads; no heads: the target alone."""
+    devices, _ = plan_devices()
+    s = PlanSettings(n_ctx=2048, n_batch=256, n_ubatch=256)
+    for target, assistant in (("hyv3", None), ("g4", "g4a")):
+        info = inspect_gguf(models[target])
+        a_info = inspect_gguf(models[assistant]) if assistant else None
+        alone = analytic_plan(info, s, devices)
+        both = with_drafter(analytic_plan, a_info)(info, s, devices)
+        assert both.bytes_for() == alone.bytes_for() + drafting_plan(info, alone, devices, a_info).bytes_for()
+    plain = inspect_gguf(models["plain"])
+    assert with_drafter(analytic_plan)(plain, s, devices) == analytic_plan(plain, s, devices)

@@ -171,7 +171,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from engine.core.memory_types import PlanSettings
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
-    from engine.plan.fit import preflight
+    from engine.plan.fit import PlanFn, preflight
     from engine.plan.rules import default_cache_type
     from engine.runtime.info import plan_devices
 
@@ -183,7 +183,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
         from engine.plan.drafting import mtp_settings
 
         settings = mtp_settings(info.hybrid, settings, args.draft_max)
-    preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=analytic_plan)
+    plan_fn: PlanFn = analytic_plan
+    if args.mtp or draft_path:  # the drafting context must fit beside the target (engine.plan.drafting)
+        from engine.plan.assistant_rules import ASSISTANT_ARCH
+        from engine.plan.drafting import with_drafter
+
+        dinfo = inspect_gguf(draft_path) if draft_path else None
+        if dinfo is None or dinfo.architecture == ASSISTANT_ARCH:
+            plan_fn = with_drafter(analytic_plan, dinfo, args.n_gpu_layers)
+    preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=plan_fn)
     mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
     with RuntimeHost() as host:
         loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
@@ -257,6 +265,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 f"({done.acceptance:.0%}), {done.mean_accepted:.2f} per verify]",
                 file=sys.stderr,
             )
+            from engine.core.units import acceptance_by_position
+
+            if by_position := acceptance_by_position(done.drafted_at, done.accepted_at):
+                print(f"[{by_position}]", file=sys.stderr)
     return 0
 
 

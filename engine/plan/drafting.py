@@ -22,6 +22,7 @@ The exact counterpart is the dry run (engine.runtime.exact_plan), split per cont
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 from engine.gguf.inspect import GGUFInfo
@@ -30,7 +31,14 @@ from engine.plan.assistant_rules import ASSISTANT_ARCH
 from engine.plan.compute import ComputeShape, phases
 from engine.plan.context import BLOCKS, Resolved, row_bytes
 
-__all__ = ["DEFAULT_DRAFT_MAX", "drafter_settings", "drafting_plan", "mtp_settings", "nextn_layers"]
+__all__ = [
+    "DEFAULT_DRAFT_MAX",
+    "drafter_settings",
+    "drafting_plan",
+    "mtp_settings",
+    "nextn_layers",
+    "with_drafter",
+]
 
 
 def nextn_layers(info: GGUFInfo) -> range:
@@ -230,3 +238,23 @@ def mtp_settings(hybrid: bool, settings: PlanSettings, draft_max: int = DEFAULT_
     """Settings that load the MTP heads; a ``hybrid`` target (recurrent state) keeps
     ``draft_max + 1`` state snapshots so it can roll back rejected draft tokens (n_rs_seq)."""
     return settings.replace(mtp=True, n_rs_seq=draft_max + 1 if hybrid else 0)
+
+
+def with_drafter(
+    plan_fn: Callable[[GGUFInfo, PlanSettings, list[Device]], MemoryPlan],
+    assistant: GGUFInfo | None = None,
+    assistant_gpu_layers: int = -1,
+) -> Callable[[GGUFInfo, PlanSettings, list[Device]], MemoryPlan]:
+    """A plan function whose plans hold the target *and* its drafting context (the model's own MTP
+    heads, or ``assistant``), so that preflight refuses a pair that does not fit together in the
+    same one sentence as a target alone. A model without MTP layers plans as the target alone."""
+
+    def plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device]) -> MemoryPlan:
+        target = plan_fn(info, settings, devices)
+        if assistant is None and not info.n_layer_nextn:
+            return target
+        d = drafting_plan(info, target, devices, assistant, assistant_gpu_layers)
+        extra = tuple(dataclasses.replace(a, detail="drafter: " + a.detail) for a in d.allocations)
+        return dataclasses.replace(target, allocations=target.allocations + extra)
+
+    return plan
