@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 from app.main_window import MainWindow
 from engine.plan.analytic import analytic_plan
 from engine.plan.fit import fit
-from tests.helpers.gui import LOAD_TIMEOUT_MS, ask, new_window
+from tests.helpers.gui import LOAD_TIMEOUT_MS, ask, loaded_window
 
 pytestmark = pytest.mark.slow
 N_CTX = 512
@@ -20,15 +20,11 @@ N_CTX = 512
 @pytest.fixture
 def small(qtbot, tmp_path, monkeypatch, smollm2_path):
     """The window with SmolLM2 loaded in a 512-token context."""
-    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path, max_tokens=16)
-    with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        win.start()
-    with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        win._apply_settings(win.settings.replace(n_ctx=N_CTX))
-    assert win.bridge.loaded_info.n_ctx == N_CTX
-    yield win
-    win.close()
-    win.store.close()
+    with loaded_window(qtbot, tmp_path, monkeypatch, smollm2_path, max_tokens=16) as win:
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win._apply_settings(win.settings.replace(n_ctx=N_CTX))
+        assert win.bridge.loaded_info.n_ctx == N_CTX
+        yield win
 
 
 def import_long(win: MainWindow, tmp_path, n_turns: int = 12) -> int:
