@@ -52,6 +52,16 @@ def import_long(win: MainWindow, tmp_path, n_turns: int = 12) -> int:
     return conv_id
 
 
+def ask_past_the_context(qtbot, win: MainWindow, tmp_path) -> int:
+    """The long conversation under "stop and ask" and one more question: the notice is up."""
+    conv = import_long(win, tmp_path)
+    win.chat.settings.set_policy("stop")
+    win.chat.input.setPlainText("And what about 13?")
+    win.chat.send()
+    qtbot.waitUntil(win.chat.notice.isVisible, timeout=LOAD_TIMEOUT_MS)
+    return conv
+
+
 @pytest.mark.parametrize("policy", ["rolling", "middle"])
 def test_a_long_conversation_continues_and_the_transcript_says_what_was_left_out(
     qtbot, small, tmp_path, policy
@@ -100,11 +110,7 @@ def test_stop_and_ask_offers_every_way_on_and_never_leaves_an_empty_bubble(qtbot
 
 
 def test_stop_and_ask_can_start_a_new_chat_with_the_waiting_message(qtbot, small, tmp_path):
-    conv = import_long(small, tmp_path)
-    small.chat.settings.set_policy("stop")
-    small.chat.input.setPlainText("And what about 13?")
-    small.chat.send()
-    qtbot.waitUntil(small.chat.notice.isVisible, timeout=LOAD_TIMEOUT_MS)
+    conv = ask_past_the_context(qtbot, small, tmp_path)
     qtbot.mouseClick(small.chat.notice.new_button, Qt.MouseButton.LeftButton)
     assert small.chat.conversation_id is None
     assert small.chat.input.toPlainText() == "And what about 13?"
@@ -112,11 +118,7 @@ def test_stop_and_ask_can_start_a_new_chat_with_the_waiting_message(qtbot, small
 
 
 def test_use_a_larger_context_reloads_with_the_fitted_context_and_answers(qtbot, small, tmp_path):
-    conv = import_long(small, tmp_path)
-    small.chat.settings.set_policy("stop")
-    small.chat.input.setPlainText("And what about 13?")
-    small.chat.send()
-    qtbot.waitUntil(small.chat.notice.isVisible, timeout=LOAD_TIMEOUT_MS)
+    conv = ask_past_the_context(qtbot, small, tmp_path)
     expected = fit(
         small.model_info,
         small.settings,
