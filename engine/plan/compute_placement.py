@@ -31,9 +31,9 @@ def _largest_matrices(info: Any, geo: ModelGeometry) -> tuple[tuple[int, ...], i
     out = 0
     try:
         from engine.gguf.hparams import _cuda_size
-        from engine.gguf.reader import read_header
+        from engine.gguf.split_parts import read_model_header
 
-        _meta, _types, tensors = read_header(info.path, info.file_bytes)
+        (_meta, _types, tensors), _size = read_model_header(info.path, info.file_bytes)
         for name, qtype, _n, nbytes, _off, ne0 in tensors:
             c = _cuda_size(qtype, ne0, nbytes)
             if name.startswith("blk."):
