@@ -106,6 +106,9 @@ def load_child() -> None:  # pragma: no cover - runs in the child process
     LL.llama_backend_init()
     mp = LL.llama_model_default_params()
     mp.n_gpu_layers = job["ngl"]
+    # the default load mode (AUTO) segfaulted inside llama_model_load_from_file on the H200
+    # (every case, 2026-12-04); gpu_compute.py's real loads use NONE and load fine
+    mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
     model = LL.llama_model_load_from_file(job["path"].encode(), mp)
     ok = False
     if model:
@@ -127,7 +130,7 @@ def load(path: Path, ngl: int, n_ctx: int, budget_mib: int) -> dict[str, Any]:
     """Load in a child with only `budget_mib` of GPU memory free."""
     t = time.time()
     p = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--load-child"],
+        [sys.executable, "-X", "faulthandler", os.path.abspath(__file__), "--load-child"],
         input=json.dumps({"path": str(path), "ngl": ngl, "n_ctx": n_ctx, "budget_mib": budget_mib}),
         capture_output=True,
         text=True,
@@ -135,7 +138,12 @@ def load(path: Path, ngl: int, n_ctx: int, budget_mib: int) -> dict[str, Any]:
     )
     res = next((json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")), None)
     if res is None:
-        return {"ok": False, "died": p.stderr[-600:], "wall_s": round(time.time() - t, 1)}
+        return {
+            "ok": False,
+            "rc": p.returncode,
+            "died": (p.stdout[-300:] + p.stderr[-900:]),
+            "wall_s": round(time.time() - t, 1),
+        }
     buffers: dict[str, float] = {}
     for ln in res.pop("lines"):
         m = re.search(r"(\S+) (model|KV|compute|output) buffer size = +([0-9.]+) MiB", ln)
@@ -167,6 +175,26 @@ def kvdeck_fit(info: Any, free_mib: int, margin_mib: int, n_ctx: int, host: Devi
     }
 
 
+def loads_of(src: Path, out: Path, mdir: Path) -> int:
+    """Load every fitted setting of an earlier run again (same budgets), e.g. after a fix."""
+    res = json.loads(src.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    mdir.mkdir(parents=True, exist_ok=True)
+    for case in res["cases"]:
+        model = mdir / f"{case['shape']}.gguf"
+        if not model.exists():
+            write_sparse_gguf(model, case["shape"])
+        usable = case["free_mib_both"] - case["margin_mib_both"]
+        k, ref = case["kvdeck"], case["llama_fit_params"]
+        if k["fits"]:
+            case["kvdeck_load"] = load(model, k["n_gpu_layers"], k["n_ctx"], usable)
+        if ref.get("n_ctx") and not ref.get("extra_args"):
+            case["llama_fit_params_load"] = load(model, ref["n_gpu_layers"], ref["n_ctx"], usable)
+        print(case["shape"], case.get("kvdeck_load", {}).get("ok"), flush=True)
+        (out / src.name).write_text(json.dumps(res, indent=1))
+    return 0
+
+
 def main() -> int:
     if "--load-child" in sys.argv:
         load_child()
@@ -177,7 +205,10 @@ def main() -> int:
     ap.add_argument("--shapes", default="")
     ap.add_argument("--model-dir", default="/tmp/kvdeck-shapes")
     ap.add_argument("--budget-s", type=float, default=330)
+    ap.add_argument("--loads-of", help="a fit JSON written before: only load its fitted settings")
     a = ap.parse_args()
+    if a.loads_of:
+        return loads_of(Path(a.loads_of), Path(a.out), Path(a.model_dir))
     t0 = time.time()
     out, mdir = Path(a.out), Path(a.model_dir)
     out.mkdir(parents=True, exist_ok=True)

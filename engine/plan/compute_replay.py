@@ -15,11 +15,16 @@ optional Q/K norms, attention, output, optional post-norms, a gated dense or rou
 FFN), in the order the scheduler adds them. Tensors of a few KiB (norm weights, router
 scalars) are left out.
 
-The replay is not the graph itself: on 537 H200 dry runs with layers on the CPU (5 shapes,
-f16/q8_0/q4_0 K/V, flash attention on and off, 4k-128k, ubatch 512 and 2048) it lands within
-a few hidden rows of llama.cpp mostly, but where one K copy more or less ends up past the end
-differs by one K copy. `SAFETY` states what is added so that no case is under by more than
-1 MiB; the plan notes it.
+The replay is not the graph itself. On the 745 H200 dry runs (and 8 real loads) with and
+without layers on the CPU (benchmarks/results/gpu-memory-2026-12-04.json: 5 shapes,
+f16/q8_0/q4_0 K/V, flash attention on and off, 4k-128k, ubatch 512-2048) the replay alone is
+within 1 MiB in about a fifth of the cases with layers on the CPU, its median error is 0 to
++17 MiB for the dense shapes (-41 MiB for the routed-expert one), and its tails reach -256 /
++198 MiB: where one large block (a weight or K copy, an FFN activation) lands past the end
+differs from llama.cpp, and the MoE graph's fused-op allocation dependencies are not followed.
+`SAFETY` therefore adds the largest such block; engine.plan.compute_placement takes the
+smaller of this and the live-tensor bound of engine.plan.compute_cuda. Exact figures need
+the graph node for node (views, in-place reuse, every small tensor).
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ from engine.plan.ggml_alloc import DynAllocator
 #: Families whose graphs the replay follows (checked on the grid above); others keep the
 #: stated bound of engine.plan.compute_cuda.
 REPLAY_ARCHS = frozenset({"llama", "qwen3", "qwen3moe", "gemma3"})
-#: The stated safety term: one K copy (cache type) of the widest CPU layer, a quarter of its
-#: f16 conversion (flash attention on a quantized cache), three hidden rows per token, four
+#: The stated safety term: the largest single tensor of a CPU layer (weight copy, K or V copy
+#: with half its f16 conversion, FFN activation), four hidden rows per token, four
 #: used-expert FFN rows (routed experts), and six more hidden rows with no repeating layer
 #: on the GPU (n_gpu_layers 0 or 1).
-SAFETY = "one K copy + 1/4 of its f16 copies + 3 hidden rows (+4 expert rows; +6 rows at n_gpu_layers ≤ 1)"
+SAFETY = "the largest tensor of a CPU layer + 4 hidden rows (+4 expert rows; +6 rows at n_gpu_layers ≤ 1)"
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class ReplayGraph:
     output_matrix: int
     masks: dict[str, int]
     flash_attn: bool
+    rotate: tuple[bool, bool]  # Hadamard rotation of Q/K (quantized K) and of V/output (quantized V)
     qk_norm: bool
     post_norm: bool
     experts: tuple[int, int] | None  # (n_expert, used) for routed FFNs
@@ -132,6 +138,16 @@ def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> i
             k2 = s.new(c.rk)
             s.free(kcur)
             kcur = k2
+        if g.rotate[0]:  # llama-graph build_attn: q and k times the Hadamard matrix
+            q2 = s.new(g.rq)
+            s.free(q)
+            k2 = s.new(c.rk)
+            s.free(kcur)
+            q, kcur = q2, k2
+        if g.rotate[1]:
+            v2 = s.new(c.rk)
+            s.free(vcur)
+            vcur = v2
         s.free(norm, kcur, vcur)  # K and V rows go to the cache (set_rows)
         kc = s.copy(cpu, c.k)
         vc = s.copy(cpu, c.v)
@@ -147,6 +163,12 @@ def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> i
             s.free(kq, vc)
             out = s.new(g.rq)  # the permuted result made contiguous
             s.free(kqv)
+        if il == last:  # the KQ masks' last reader
+            s.free(*masks.values())
+        if g.rotate[1]:  # the attention output is rotated back
+            o2 = s.new(g.rq)
+            s.free(out)
+            out = o2
         t = s.copy(cpu, w.o)
         att = s.new(e4)
         s.free(t, out)
@@ -155,10 +177,11 @@ def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> i
             s.free(att)
             att = p
         if il == last:  # only the output rows go on (inp_out_ids): two get_rows, then the add
-            a, b = s.new(g.out_rows), s.new(g.out_rows)
-            s.free(att, inp)
-            att = s.new(g.out_rows)
-            s.free(a, b, *masks.values())
+            rows = s.new(g.out_rows)
+            s.free(att)
+            res = s.new(g.out_rows)
+            s.free(inp, res)  # the add happens in place of the first
+            att = rows
         else:
             s.free(inp)  # the residual add happens in place of the attention output
         inp = _ffn(s, g, w, c, cpu, att)
@@ -205,13 +228,17 @@ def _ffn(s: _Live, g: ReplayGraph, w: LayerWeights, c: LayerCache, cpu: bool, ff
 
 
 def safety(g: ReplayGraph, cpu_layers: frozenset[int], gpu_repeating_layers: int) -> int:
-    """The stated term (`SAFETY`) added to the replay."""
+    """The stated term (`SAFETY`) added to the replay: the largest single tensor of a CPU
+    layer (a weight copy, a K or V copy with its f16 conversion, an FFN activation), since
+    the replay and llama.cpp part where one such block lands past the end, plus rows."""
     if not cpu_layers and gpu_repeating_layers > 1:
         return 0
     e4 = 4 * g.tokens * g.n_embd
-    k = max((g.caches[il].k for il in cpu_layers), default=0)
-    f16 = max((g.caches[il].f16 for il in cpu_layers), default=0)
-    b = k + f16 // 4 + 3 * e4
+    block = 0
+    for il in cpu_layers:
+        w, c = g.weights[il], g.caches[il]
+        block = max(block, w.q, w.o, w.gate, w.up, w.down, c.k + c.f16 // 2, c.v + c.f16 // 2, c.rf)
+    b = block + 4 * e4
     if g.experts:
         b += 4 * max(c.rf for c in g.caches)
     if gpu_repeating_layers <= 1:
