@@ -8,23 +8,24 @@ type, every cell); the KQ mask(s) are copied once and stay until the last layer;
 output layer on the CPU the output matrix is copied too. The copies are graph nodes placed at
 the start of their split and freed after their last consumer, like every activation, so the
 buffer size is ggml-alloc's high-water mark over that node order: a K copy that fits no hole
-left by the weight copies goes past the end. No closed form follows those holes, so this
-module replays the allocator (`engine.plan.ggml_alloc`, a port of `ggml_dyn_tallocr`) over the
-tensors of the graph llama.cpp builds for a standard transformer layer (norm, Q/K/V with
-optional Q/K norms, attention, output, optional post-norms, a gated dense or routed-expert
-FFN), in the order the scheduler adds them. Tensors of a few KiB (norm weights, router
-scalars) are left out.
+left by the weight copies goes past the end, and a copy of a few KiB (token positions,
+K/V row indices, output ids) that stays to the end pins where the free space begins. No closed
+form follows those holes, so this module builds the nodes of the graph llama.cpp builds for a
+standard transformer layer (norm, Q/K/V with optional Q/K norms and the Hadamard rotations of
+a quantized cache, attention, output, optional post-norms, a gated dense or routed-expert
+FFN) with the graph inputs, and engine.plan.sched_replay splits, copies and allocates them as
+the scheduler and ggml-alloc do.
 
-The replay is not the graph itself. On the 745 H200 dry runs (and 8 real loads) with and
-without layers on the CPU (benchmarks/results/gpu-memory-2026-12-04.json: 5 shapes,
-f16/q8_0/q4_0 K/V, flash attention on and off, 4k-128k, ubatch 512-2048) the replay alone is
-within 1 MiB in about a fifth of the cases with layers on the CPU, its median error is 0 to
-+17 MiB for the dense shapes (-41 MiB for the routed-expert one), and its tails reach -256 /
-+198 MiB: where one large block (a weight or K copy, an FFN activation) lands past the end
-differs from llama.cpp, and the MoE graph's fused-op allocation dependencies are not followed.
+The replay is not the graph itself. On the 605 H200 dry runs with layers on the CPU
+(benchmarks/results/gpu-memory-2026-12-04.json: 5 shapes, f16/q8_0/q4_0 K/V, flash attention
+on and off, 4k-128k, ubatch 512-2048) it is within 1 MiB in 155 (26 %); its median error is 0
+to +16 MiB (routed experts: -22), its 10th percentile -8 to -16 MiB for the llama and qwen3
+shapes (-45 routed experts, -115 gemma3) and its tails reach -198 / +198 MiB: somewhere the
+node order, an in-place reuse or a fused-op allocation dependency (routed experts) differs
+from llama.cpp, and one large block (a weight or K copy, an FFN activation) lands elsewhere.
 `SAFETY` therefore adds the largest such block; engine.plan.compute_placement takes the
 smaller of this and the live-tensor bound of engine.plan.compute_cuda. Exact figures need
-the graph node for node (views, in-place reuse, every small tensor).
+the graph node for node (every view, every fused op).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.plan.ggml_alloc import DynAllocator
+from engine.plan.sched_replay import CPU, GPU, HOST, INPUT, W_CPU, W_GPU, Graph, gpu_buffer_size
 
 #: Families whose graphs the replay follows (checked on the grid above); others keep the
 #: stated bound of engine.plan.compute_cuda.
@@ -89,142 +90,121 @@ class ReplayGraph:
     caches: Sequence[LayerCache]
 
 
-class _Live:
-    def __init__(self) -> None:
-        self.alloc = DynAllocator()
-        self.live: dict[int, tuple[int, int]] = {}
-        self.n = 0
-
-    def new(self, size: int) -> int:
-        self.n += 1
-        self.live[self.n] = (self.alloc.alloc(size), size)
-        return self.n
-
-    def copy(self, on_cpu: bool, size: int) -> int:
-        """A weight copy for an op_offload split (none for a GPU layer)."""
-        return self.new(size) if on_cpu and size else 0
-
-    def free(self, *ids: int) -> None:
-        for i in ids:
-            if i in self.live:
-                offset, size = self.live.pop(i)
-                self.alloc.free(offset, size)
-
-
 def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> int:
     """ggml-alloc's size for the GPU buffer of one GPU holding every layer not in cpu_layers."""
-    s = _Live()
-    e4 = 4 * g.tokens * g.n_embd
-    inp = s.new(e4)  # the embeddings' GPU copy (token_embd stays on the host)
-    masks: dict[str, int] = {}
+    b = Graph()
+    t, e4 = g.tokens, 4 * g.tokens * g.n_embd
+    inp_tokens, pos, out_ids = b.leaf(4 * t, INPUT), b.leaf(4 * t, INPUT), b.leaf(4 * t, INPUT)
+    masks = {k: b.leaf(v, INPUT) for k, v in g.masks.items()}
+    idxs = {k: (b.leaf(8 * t, INPUT), b.leaf(8 * t, INPUT)) for k in g.masks}
+    rot = (b.leaf(4 * 128 * 128, INPUT), b.leaf(4 * 128 * 128, INPUT))
+    x = b.node(e4, b.leaf(0, W_CPU), inp_tokens, backend=CPU)  # token_embd stays on the host
     last = len(g.caches) - 1
     for il, (w, c) in enumerate(zip(g.weights, g.caches, strict=True)):
-        cpu = il in cpu_layers
-        norm = s.new(e4)
-        t = s.copy(cpu, w.q)
-        q = s.new(g.rq)
-        s.free(t)
-        if g.qk_norm:
-            q2 = s.new(g.rq)
-            s.free(q)
-            q = q2
-        t = s.copy(cpu, w.v)
-        vcur = s.new(c.rk)
-        s.free(t)
-        t = s.copy(cpu, w.k)
-        kcur = s.new(c.rk)
-        s.free(t)
-        if g.qk_norm:
-            k2 = s.new(c.rk)
-            s.free(kcur)
-            kcur = k2
-        if g.rotate[0]:  # llama-graph build_attn: q and k times the Hadamard matrix
-            q2 = s.new(g.rq)
-            s.free(q)
-            k2 = s.new(c.rk)
-            s.free(kcur)
-            q, kcur = q2, k2
-        if g.rotate[1]:
-            v2 = s.new(c.rk)
-            s.free(vcur)
-            vcur = v2
-        s.free(norm, kcur, vcur)  # K and V rows go to the cache (set_rows)
-        kc = s.copy(cpu, c.k)
-        vc = s.copy(cpu, c.v)
-        if c.mask not in masks:
-            masks[c.mask] = s.new(g.masks[c.mask])
-        if g.flash_attn:
-            out = s.new(g.rq + c.f16)
-            s.free(q, kc, vc)
-        else:
-            kq = s.new(c.kq)
-            s.free(q, kc)
-            kqv = s.new(g.rq)
-            s.free(kq, vc)
-            out = s.new(g.rq)  # the permuted result made contiguous
-            s.free(kqv)
-        if il == last:  # the KQ masks' last reader
-            s.free(*masks.values())
-        if g.rotate[1]:  # the attention output is rotated back
-            o2 = s.new(g.rq)
-            s.free(out)
-            out = o2
-        t = s.copy(cpu, w.o)
-        att = s.new(e4)
-        s.free(t, out)
-        if g.post_norm:
-            p = s.new(e4)
-            s.free(att)
-            att = p
-        if il == last:  # only the output rows go on (inp_out_ids): two get_rows, then the add
-            rows = s.new(g.out_rows)
-            s.free(att)
-            res = s.new(g.out_rows)
-            s.free(inp, res)  # the add happens in place of the first
-            att = rows
-        else:
-            s.free(inp)  # the residual add happens in place of the attention output
-        inp = _ffn(s, g, w, c, cpu, att)
-    t = s.copy(output_on_cpu, g.output_matrix)
-    s.new(g.logits)
-    s.free(t)
-    return s.alloc.max_size
+        kind = W_CPU if il in cpu_layers else W_GPU
+        x = _layer(b, g, w, c, kind, x, pos, masks[c.mask], idxs[c.mask], rot, out_ids if il == last else -1)
+    kind = W_CPU if output_on_cpu else W_GPU
+    x = b.node(e4, x, inplace=True)  # output norm
+    x = b.node(e4, x, b.leaf(4 * g.n_embd, kind), inplace=True)
+    b.node(g.logits, b.leaf(g.output_matrix, kind), x)
+    return gpu_buffer_size(b)
 
 
-def _ffn(s: _Live, g: ReplayGraph, w: LayerWeights, c: LayerCache, cpu: bool, ffn_inp: int) -> int:
+def _layer(
+    b: Graph,
+    g: ReplayGraph,
+    w: LayerWeights,
+    c: LayerCache,
+    kind: str,
+    x: int,
+    pos: int,
+    mask: int,
+    idxs: tuple[int, int],
+    rot: tuple[int, int],
+    out_ids: int,
+) -> int:
+    """One layer as llama.cpp's llama/qwen3/qwen3moe/gemma3 graphs build it (GPU-side sizes)."""
     e4 = 4 * g.tokens * g.n_embd
-    norm = s.new(e4)
-    extra: tuple[int, ...] = ()
-    if g.experts:
-        n_expert, used = g.experts
-        t = s.copy(cpu, w.router)
-        logits = s.new(4 * g.tokens * n_expert)
-        s.free(t)
-        order = s.new(4 * g.tokens * n_expert)
-        weights = s.new(4 * g.tokens * used)
-        s.free(order)
-        extra = (logits, weights)
-    t = s.copy(cpu, w.gate)
-    gate = s.new(c.rf)
-    s.free(t)
-    t = s.copy(cpu, w.up)
-    up = s.new(c.rf)
-    s.free(t, norm)
-    act = s.new(c.rf)
-    s.free(gate, up)
-    t = s.copy(cpu, w.down)
-    down = s.new(e4 * (g.experts[1] if g.experts else 1))
-    s.free(t, act)
-    if g.experts:  # the weighted experts are summed into one hidden row
-        total = s.new(e4)
-        s.free(down, *extra)
-        down = total
+    on_cpu = kind == W_CPU
+    norm = b.node(e4, x, inplace=True)
+    norm = b.node(e4, norm, b.leaf(4 * g.n_embd, kind), inplace=True)
+    q = b.node(g.rq, b.leaf(w.q, kind), norm)
+    if g.qk_norm:
+        q = b.node(g.rq, q, inplace=True)
+        q = b.node(g.rq, q, b.leaf(0, kind), inplace=True)
+    q = b.node(g.rq, q, pos, inplace=True)  # rope
+    if g.rotate[0]:
+        q = b.node(g.rq, rot[0], q)
+    v = b.node(c.rk, b.leaf(w.v, kind), norm)
+    if g.rotate[1]:
+        v = b.node(c.rk, rot[1], v)
+    k = b.node(c.rk, b.leaf(w.k, kind), norm)
+    if g.qk_norm:
+        k = b.node(c.rk, k, inplace=True)
+        k = b.node(c.rk, k, b.leaf(0, kind), inplace=True)
+    k = b.node(c.rk, k, pos, inplace=True)
+    if g.rotate[0]:
+        k = b.node(c.rk, rot[0], k)
+    cache_k, cache_v = (b.leaf(c.k, HOST), b.leaf(c.v, HOST)) if on_cpu else (-1, -1)
+    store = CPU if on_cpu else GPU
+    b.node(0, k, idxs[0], *([cache_k] if on_cpu else []), backend=store)  # set_rows: a view
+    b.node(0, v, idxs[1], *([cache_v] if on_cpu else []), backend=store)
+    if g.flash_attn:
+        out = b.node(g.rq + c.f16, q, cache_k, cache_v, mask)
+    else:
+        kq = b.node(c.kq, cache_k, q)
+        kq = b.node(c.kq, kq, mask, inplace=True)  # soft_max
+        kqv = b.node(g.rq, cache_v, kq)
+        out = b.node(g.rq, kqv)  # the permuted result made contiguous
+    if g.rotate[1]:
+        out = b.node(g.rq, rot[1], out)
+    att = b.node(e4, b.leaf(w.o, kind), out)
     if g.post_norm:
-        p = s.new(e4)
-        s.free(down)
-        down = p
-    s.free(ffn_inp)
-    return down
+        att = b.node(e4, att, inplace=True)
+        att = b.node(e4, att, b.leaf(4 * g.n_embd, kind), inplace=True)
+    if out_ids >= 0:  # the last layer goes on with the output rows only
+        att = b.node(g.out_rows, att, out_ids)
+        x = b.node(g.out_rows, x, out_ids)
+    ffn_inp = b.node(g.out_rows if out_ids >= 0 else e4, att, x, inplace=True)
+    rows = g.out_rows if out_ids >= 0 else e4
+    h = b.node(rows, ffn_inp, inplace=True)
+    h = b.node(rows, h, b.leaf(4 * g.n_embd, kind), inplace=True)
+    scale = rows // e4 if out_ids >= 0 else 1
+    if g.experts:
+        h = _experts(b, g, w, c, kind, h, scale)
+    else:
+        gate = b.node(c.rf * scale, b.leaf(w.gate, kind), h)
+        up = b.node(c.rf * scale, b.leaf(w.up, kind), h)
+        act = b.node(c.rf * scale, gate, up)
+        h = b.node(rows, b.leaf(w.down, kind), act)
+    if g.post_norm:
+        h = b.node(rows, h, inplace=True)
+        h = b.node(rows, h, b.leaf(4 * g.n_embd, kind), inplace=True)
+    return b.node(rows, h, ffn_inp, inplace=True)
+
+
+def _experts(b: Graph, g: ReplayGraph, w: LayerWeights, c: LayerCache, kind: str, h: int, scale: int) -> int:
+    """qwen3moe's routed FFN: router logits, softmax, top-k (argsort, get_rows, normalised
+    weights), gate/up/down over the used experts, weighted and summed into one row."""
+    assert g.experts is not None
+    n_expert, used = g.experts
+    t = g.tokens * scale
+    logits = b.node(4 * t * n_expert, b.leaf(w.router, kind), h)
+    probs = b.node(4 * t * n_expert, logits, inplace=True)
+    order = b.node(4 * t * n_expert, probs)
+    weights = b.node(4 * t * used, probs, order)
+    total = b.node(4 * t, weights)
+    total = b.node(4 * t, total, inplace=True)
+    weights = b.node(4 * t * used, weights, total, inplace=True)
+    gate = b.node(c.rf * scale, b.leaf(w.gate, kind), h, order)
+    up = b.node(c.rf * scale, b.leaf(w.up, kind), h, order)
+    act = b.node(c.rf * scale, gate, up)
+    down = b.node(4 * t * used * g.n_embd, b.leaf(w.down, kind), act, order)
+    down = b.node(4 * t * used * g.n_embd, down, weights, inplace=True)
+    out = b.node(4 * t * g.n_embd, down)  # the first add of two expert views
+    for _ in range(used - 2):
+        out = b.node(4 * t * g.n_embd, out, down, inplace=True)
+    return out
 
 
 def safety(g: ReplayGraph, cpu_layers: frozenset[int], gpu_repeating_layers: int) -> int:
