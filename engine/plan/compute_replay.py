@@ -195,16 +195,18 @@ def _experts(b: Graph, g: ReplayGraph, w: LayerWeights, c: LayerCache, kind: str
     weights = b.node(4 * t * used, probs, order)
     total = b.node(4 * t, weights)
     total = b.node(4 * t, total, inplace=True)
-    weights = b.node(4 * t * used, weights, total, inplace=True)
+    # ggml-cuda's top-k fusion keeps the router chain alive until its last node (alloc deps)
+    weights = b.node(4 * t * used, weights, total, logits, order, inplace=True)
     gate = b.node(c.rf * scale, b.leaf(w.gate, kind), h, order)
     up = b.node(c.rf * scale, b.leaf(w.up, kind), h, order)
     act = b.node(c.rf * scale, gate, up)
     down = b.node(4 * t * used * g.n_embd, b.leaf(w.down, kind), act, order)
     down = b.node(4 * t * used * g.n_embd, down, weights, inplace=True)
     out = b.node(4 * t * g.n_embd, down)  # the first add of two expert views
-    for _ in range(used - 2):
+    for _ in range(used - 3):
         out = b.node(4 * t * g.n_embd, out, down, inplace=True)
-    return out
+    # the weighted-sum fusion keeps the experts and their weights until the last add
+    return b.node(4 * t * g.n_embd, out, down, weights, inplace=True)
 
 
 def safety(g: ReplayGraph, cpu_layers: frozenset[int], gpu_repeating_layers: int) -> int:
