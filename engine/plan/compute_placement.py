@@ -158,6 +158,7 @@ def _replay_graph(
         tokens=t,
         n_embd=geo.n_embd,
         rq=4 * t * geo.compute.q_width,
+        head_dim=head_k,
         out_rows=4 * t_out * geo.n_embd,
         logits=4 * t_out * geo.n_vocab,
         output_matrix=mats.output,

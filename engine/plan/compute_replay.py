@@ -77,6 +77,7 @@ class ReplayGraph:
     tokens: int
     n_embd: int
     rq: int  # one query/attention-output row block: 4 × tokens × n_head × head_k
+    head_dim: int
     out_rows: int  # 4 × outputs × n_embd
     logits: int
     output_matrix: int
@@ -96,7 +97,9 @@ def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> i
     t, e4 = g.tokens, 4 * g.tokens * g.n_embd
     inp_tokens, pos, out_ids = b.leaf(4 * t, INPUT), b.leaf(4 * t, INPUT), b.leaf(4 * t, INPUT)
     masks = {k: b.leaf(v, INPUT) for k, v in g.masks.items()}
-    idxs = {k: (b.leaf(8 * t, INPUT), b.leaf(8 * t, INPUT)) for k in g.masks}
+    # K/V row indices (i64); without flash attention V is stored transposed: one per element
+    v_rows = 8 * t * (1 if g.flash_attn else max(c.rk for c in g.caches) // (4 * t))
+    idxs = {k: (b.leaf(8 * t, INPUT), b.leaf(v_rows, INPUT)) for k in g.masks}
     rot = (b.leaf(4 * 128 * 128, INPUT), b.leaf(4 * 128 * 128, INPUT))
     x = b.node(e4, b.leaf(0, W_CPU), inp_tokens, backend=CPU)  # token_embd stays on the host
     last = len(g.caches) - 1
@@ -131,7 +134,7 @@ def _layer(
     q = b.node(g.rq, b.leaf(w.q, kind), norm)
     if g.qk_norm:
         q = b.node(g.rq, q, inplace=True)
-        q = b.node(g.rq, q, b.leaf(0, kind), inplace=True)
+        q = b.node(g.rq, q, b.leaf(4 * g.head_dim, kind), inplace=True)
     q = b.node(g.rq, q, pos, inplace=True)  # rope
     if g.rotate[0]:
         q = b.node(g.rq, rot[0], q)
@@ -141,7 +144,7 @@ def _layer(
     k = b.node(c.rk, b.leaf(w.k, kind), norm)
     if g.qk_norm:
         k = b.node(c.rk, k, inplace=True)
-        k = b.node(c.rk, k, b.leaf(0, kind), inplace=True)
+        k = b.node(c.rk, k, b.leaf(4 * g.head_dim, kind), inplace=True)
     k = b.node(c.rk, k, pos, inplace=True)
     if g.rotate[0]:
         k = b.node(c.rk, rot[0], k)
