@@ -15,6 +15,8 @@ import pytest
 from engine.core.errors import ModelFileError
 from engine.core.memory_types import Device, GiB, PlanSettings
 from engine.gguf.inspect import inspect_gguf
+from engine.gguf.reader import read_tensor_dims
+from engine.gguf.split_parts import read_model_tensor_dims
 from engine.plan.analytic import analytic_plan
 from tests.helpers.cli import kvdeck
 from tests.helpers.gguf_factory import split_llama, write_llama
@@ -98,3 +100,12 @@ def test_parts_in_the_wrong_order_are_refused(models, tmp_path):
     (tmp_path / "swap").rename(b)
     with pytest.raises(ModelFileError, match=f"{parts[1].name} says it is part 3"):
         inspect_gguf(tmp_path / parts[0].name)
+
+
+def test_a_header_copy_away_from_its_parts_gives_its_own_tensors(models, tmp_path):
+    # engine.hub keeps part 1's header as <hash>.gguf-header; the CPU repack plan reads it
+    _whole, parts = models
+    copy = tmp_path / "0123abcd.gguf-header"
+    shutil.copy(parts[0], copy)
+    assert read_model_tensor_dims(str(copy)) == read_tensor_dims(str(parts[0]))
+    assert len(read_model_tensor_dims(str(parts[0]))) > len(read_tensor_dims(str(parts[0])))

@@ -93,10 +93,18 @@ def read_model_header(path: str, size: int) -> tuple[Header, int]:
 
 
 def read_model_tensor_dims(path: str) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """`read_tensor_dims` over every part of a model accepted by `read_model_header`."""
+    """`read_tensor_dims` over every part of a model accepted by `read_model_header`. A copy of
+    part 1's header that is not next to its parts (engine.hub's header cache of a remote split
+    model, `<hash>.gguf-header`) gives its own tensors: the hub puts the parts' tables together
+    itself and keeps no copy of the later parts' dimensions."""
     meta, types, dims = read_dims_and_meta(path)
     n_split = split_count(meta, types)
     if n_split > 1:
-        for part in part_paths(path, n_split)[1:]:
-            dims.update(read_tensor_dims(part))
+        try:
+            parts = part_paths(path, n_split)[1:]
+        except Corrupt:
+            return dims
+        for part in parts:
+            if os.path.exists(part):
+                dims.update(read_tensor_dims(part))
     return dims
