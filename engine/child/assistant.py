@@ -88,16 +88,9 @@ def _load(
         req_id, path, n_gpu_layers, offload, cancel, main_gpu=tp.main_gpu, load_mtp=True, dry_run=dry_run
     )
     try:
-        model = LL.llama_model_load_from_file(os.fsencode(path), mp)
+        model = session.load_model_file(path, mp, cancel, "the assistant")
     finally:
         del keep
-    if not model:
-        if cancel.is_set():
-            raise RequestError(ErrorKind.CANCELLED, "loading the assistant was cancelled")
-        raise RequestError(
-            ErrorKind.MODEL,
-            f"could not load {os.path.basename(path)}: {session.log.last_problem() or 'llama.cpp refused the file'}",
-        )
     try:
         sd = create("assistant", m, tp, session.flash_resolved, session.log, model=model, path=path)
     except BaseException:

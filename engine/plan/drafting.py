@@ -28,7 +28,8 @@ from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSe
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.analytic import analytic_plan, geometry, layer_devices, resolve_context
 from engine.plan.assistant_rules import ASSISTANT_ARCH
-from engine.plan.compute import ComputeShape, phases
+from engine.plan.compute import phases
+from engine.plan.compute_shape import ComputeShape
 from engine.plan.context import BLOCKS, Resolved, row_bytes
 
 __all__ = [
