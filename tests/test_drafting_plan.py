@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from engine.core.memory_types import COMPONENTS, MiB, PlanSettings
+from engine.core.memory_types import COMPONENTS, Device, GiB, MiB, PlanSettings
 from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.drafting import creation_output, drafting_plan, with_drafter
@@ -146,3 +146,20 @@ def test_preflight_sees_target_and_drafter_together(models):
         assert both.bytes_for() == alone.bytes_for() + drafting_plan(info, alone, devices, a_info).bytes_for()
     plain = inspect_gguf(models["plain"])
     assert with_drafter(analytic_plan)(plain, s, devices) == analytic_plan(plain, s, devices)
+
+
+def test_with_a_gpu_the_drafter_follows_the_layer_placement(models):
+    """Full offload: the MTP blocks' weights and KV on the GPU, like their layers; with the first
+    layers only, the blocks (the last layers) stay on the host. The assistant's own weights go
+    where its layers go and it still has no KV."""
+    devices = [Device("CUDA0", "gpu", 80 * GiB, 80 * GiB), Device("CPU", "cpu", 64 * GiB, 64 * GiB)]
+    info = inspect_gguf(models["hyv3"])
+    full = drafting_plan(info, analytic_plan(info, PlanSettings(n_ctx=4096, mtp=True), devices), devices)
+    assert full.bytes_for("CPU", "weights") == 0 and full.bytes_for("CUDA0", "kv") > 0
+    part = PlanSettings(n_ctx=4096, mtp=True, n_gpu_layers=1)  # only the output layer on the GPU
+    host = drafting_plan(info, analytic_plan(info, part, devices), devices)
+    assert host.bytes_for("CUDA0", "weights") == host.bytes_for("CUDA0", "kv") == 0
+    g4, g4a = inspect_gguf(models["g4"]), inspect_gguf(models["g4a"])
+    s = PlanSettings(n_ctx=4096)
+    a = drafting_plan(g4, analytic_plan(g4, s, devices), devices, g4a)
+    assert a.bytes_for("CUDA0", "weights") > 0 and a.bytes_for(None, "kv") == 0

@@ -37,6 +37,7 @@ __all__ = [
     "kv_caches",
     "layer_devices",
     "resolve_context",
+    "weight_allocations",
     "row_bytes",
     "weights_cache_type",
 ]
@@ -258,6 +259,14 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         notes=tuple(notes),
         flash_attn_resolved=(None if fa_compute else False) if fa == "auto" else fa == "on",
     )
+
+
+def weight_allocations(info: GGUFInfo, settings: PlanSettings, devices: list[Device]) -> list[Allocation]:
+    """The weights alone, placed as :func:`analytic_plan` places them: a drafter's own file (a
+    Gemma 4 assistant) needs its weights but none of a context of its own."""
+    gpus = _gpus(settings, devices)
+    repack = None if gpus else cpu_only_repack(info)[0]
+    return _weights(geometry(info), layer_devices(geometry(info).n_layer, settings, gpus), bool(gpus), repack)
 
 
 _CUDA_FA_HEADS = {40, 64, 72, 80, 96, 112, 128, 256}

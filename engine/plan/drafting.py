@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 from engine.gguf.inspect import GGUFInfo
-from engine.plan.analytic import analytic_plan, geometry, layer_devices, resolve_context
+from engine.plan.analytic import geometry, layer_devices, resolve_context, weight_allocations
 from engine.plan.assistant_rules import ASSISTANT_ARCH
 from engine.plan.compute import phases
 from engine.plan.compute_shape import ComputeShape
@@ -99,8 +99,7 @@ def drafting_plan(
         n_swa, out_dev, n_vocab, n_embd = 0, ldev[-1], info.n_vocab, info.n_embd
     else:
         a_settings = s.replace(n_gpu_layers=assistant_gpu_layers)
-        own = analytic_plan(assistant, a_settings, devices)
-        allocs += [a for a in own.allocations if a.component == "weights"]
+        allocs += weight_allocations(assistant, a_settings, devices)
         notes.append("no KV of its own: every assistant layer is a view of the target's K/V")
         a_geo = geometry(assistant)
         layers = list(range(assistant.n_layer))
