@@ -37,6 +37,11 @@ def main() -> int:
     from engine.child.session import LlamaSession
     from engine.core.errors import KvDeckError
 
+    workers = [e for e in os.environ.get("KVDECK_RPC", "").split(",") if e]
+    if workers:  # llama.cpp RPC workers, probed by the parent (engine.runtime.workers)
+        from engine.child.rpc import add_servers
+
+        add_servers(workers)
     session = LlamaSession(emit, log)
     emit(
         P.Hello(
