@@ -31,6 +31,7 @@ from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.server_toggle import ServerToggle
 from app.chat.chat_pane import ChatPane
 from app.hub.pane import HubDock
+from app.machines.dock import MachinesDock
 from app.memory.memory_dock import MemoryDock
 from app.menus import WindowMenus
 from app.model_text import model_summary
@@ -165,6 +166,10 @@ class MainWindow(QMainWindow):
         self.hub.hide()
         self.hub.pane.modelReady.connect(lambda _path: self.sidebar.refresh_models())
         self.hub.pane.loadRequested.connect(self.open_model)
+        self.machines = MachinesDock(store, self)  # app.machines: RPC workers, sharing this machine
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.machines)
+        self.tabifyDockWidget(self.memory, self.machines)
+        self.machines.hide()
         # speculative decoding: the picker beside the model, checked before loading (app.bridges.draft_picker)
         self.drafting = DraftController(
             self.chat.draft_picker,
@@ -505,5 +510,6 @@ class MainWindow(QMainWindow):
         self.memory.stop()
         self.hub.shutdown()
         self.server_toggle.stop()
+        self.machines.stop_sharing()
         self.bridge.shutdown()
         super().closeEvent(event)
