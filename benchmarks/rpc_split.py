@@ -148,9 +148,11 @@ def run_cpu(model: str, out: Path, data: dict[str, Any]) -> None:
 
 
 def _llama_fit_params(model: str, endpoint: str, margin_mib: int) -> dict[str, Any]:
-    """llama.cpp's own fit with the worker as its only GPU (-fitt: MiB kept free per device)."""
+    """llama.cpp's own fit with the worker as its only GPU (-fitt: MiB kept free per device). No
+    ``-c``: an explicit ``-c 0`` would stop it from reducing the context (common/fit.cpp changes
+    n_ctx only while it is at its default), which KV Deck's fit does."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    cmd = ["llama-fit-params", "-m", model, "--rpc", endpoint, "-fitt", str(margin_mib), "-c", "0"]
+    cmd = ["llama-fit-params", "-m", model, "--rpc", endpoint, "-fitt", str(margin_mib)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     words = p.stdout.split()
     got = {words[i]: words[i + 1] for i in range(0, len(words) - 1) if words[i].startswith("-")}
