@@ -4,11 +4,16 @@ who is connected."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
+
+from PySide6.QtCore import Qt
 
 from app.machines.dock import WORKERS_SETTING, MachinesDock
 from engine.protocol import LoadParams
 from engine.storage.store import ChatStore
+from tests.helpers.gui import LOAD_TIMEOUT_MS, new_window
 from tests.helpers.rpc_workers import free_port, needs_rpc, workers
 from tests.helpers.runtime_host import running_host
 
@@ -78,3 +83,34 @@ def test_sharing_this_machine_starts_a_worker_and_shows_who_is_connected(
         assert "connected: 127.0.0.1:" in dock.share_state.text()
     dock.share_button.setChecked(False)
     assert dock.sharing is None and dock.share_state.text() == "Not shared."
+
+
+@needs_rpc
+def test_the_window_loads_onto_a_listed_worker_and_carries_on_without_it_when_it_dies(
+    qtbot,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch,  # noqa: ANN001
+    smollm2_path: Path,
+) -> None:
+    with workers(1) as (w,):
+        win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path, max_tokens=200)
+        win.machines.entry.setText(w.endpoint)
+        win.machines.add_from_entry()
+        with qtbot.waitSignal(win.machines.workersChanged, timeout=15_000):
+            win.machines.use_box.setChecked(True)
+        qtbot.waitUntil(lambda: win.bridge.workers == (w.endpoint,), timeout=15_000)
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.start()
+        device = f"RPC0[{w.endpoint}]"
+        assert win.memory.measured is not None and win.memory.measured.bytes_for(device, "weights") > 0
+        # the worker dies while a reply streams: named in the banner, the model is back without it
+        win.chat.input.setPlainText("Write a long story about a dragon who learns to bake bread.")
+        with qtbot.waitSignal(win.bridge.delta, timeout=LOAD_TIMEOUT_MS):
+            qtbot.mouseClick(win.chat.send_button, Qt.MouseButton.LeftButton)
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            os.kill(w.pid or 0, signal.SIGKILL)
+    assert f"worker {w.endpoint} went away while decoding" in win.banner.label.text()
+    assert win.bridge.workers == () and win.bridge.host is not None and win.bridge.host.rpc == ()
+    assert win.memory.measured is not None and win.memory.measured.bytes_for(device) == 0
+    reply = win.store.messages(win.chat.conversation_id)[-1]
+    assert reply.role == "assistant" and reply.content.strip()  # the partial reply is kept

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDockWidget,
     QHBoxLayout,
     QLabel,
@@ -29,11 +30,13 @@ from PySide6.QtWidgets import (
 
 from app.background import run_in_background
 from engine.core.errors import KvDeckError
+from engine.core.memory_types import Device
 from engine.core.units import format_bytes
 from engine.runtime.worker_process import WorkerProcess
 from engine.runtime.workers import DEFAULT_PORT, WorkerInfo, parse_endpoints, probe
 
 WORKERS_SETTING = "rpc_workers"
+USE_SETTING = "rpc_workers_used"
 REFRESH_MS = 3000
 
 
@@ -55,6 +58,9 @@ def _start_worker(port: int) -> WorkerProcess:
 
 
 class MachinesDock(QDockWidget):
+    #: The workers the next model load should use changed (tuple of endpoints).
+    workersChanged = Signal(object)
+
     def __init__(self, store: Any, parent: QWidget | None = None) -> None:
         super().__init__("Machines", parent)
         self.setObjectName("machines")
@@ -81,6 +87,10 @@ class MachinesDock(QDockWidget):
         self.tree.setHeaderLabels(["Worker / device", "Free", "Total"])
         self.tree.setRootIsDecorated(True)
         layout.addWidget(self.tree, 1)
+        self.use_box = QCheckBox("Use these workers for the models I load", body)
+        self.use_box.setChecked(bool(store.get_setting(USE_SETTING, False)))
+        self.use_box.toggled.connect(self._on_use)
+        layout.addWidget(self.use_box)
         self.status = QLabel("", body)
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -97,6 +107,8 @@ class MachinesDock(QDockWidget):
         self.timer.timeout.connect(self.refresh)
         self.visibilityChanged.connect(self._on_visible)
         self._show_rows(self._states)
+        if self.use_box.isChecked():
+            self.refresh()  # the workers a load will use, before the dock is ever shown
 
     # ------------------------------------------------------------------ the list
     def add_from_entry(self) -> None:
@@ -152,9 +164,12 @@ class MachinesDock(QDockWidget):
 
     def _on_states(self, states: dict[str, WorkerInfo | str]) -> None:
         self._probing = False
+        before = self.active_workers()
         self._states = states
         self._show_rows(states)
         self._show_share()
+        if self.active_workers() != before:
+            self.workersChanged.emit(self.active_workers())
 
     def _show_rows(self, states: dict[str, WorkerInfo | str]) -> None:
         self.tree.clear()
@@ -175,6 +190,32 @@ class MachinesDock(QDockWidget):
             self.status.setText("No workers yet: add one that runs `kvdeck worker`.")
         else:
             self.status.setText("")
+
+    # ------------------------------------------------------------------ workers for models
+    def _on_use(self, on: bool) -> None:
+        self.store.set_setting(USE_SETTING, on)
+        self.workersChanged.emit(self.active_workers())
+
+    def active_workers(self) -> tuple[str, ...]:
+        """The workers a load should use: the listed ones that answered the last probe."""
+        if not self.use_box.isChecked():
+            return ()
+        return tuple(e for e in self.endpoints if isinstance(self._states.get(e), WorkerInfo))
+
+    def remote_devices(self) -> list[Device]:
+        """The active workers' devices as of the last probe (no network on the GUI thread)."""
+        out: list[Device] = []
+        for e in self.active_workers():
+            state = self._states[e]
+            assert isinstance(state, WorkerInfo)
+            out += state.devices
+        return out
+
+    def drop_workers(self, lost: tuple[str, ...]) -> None:
+        """Workers that went away: shown as such until a probe finds them again."""
+        self._states = {**self._states, **{e: f"worker {e} went away" for e in lost}}
+        self._show_rows(self._states)
+        self.workersChanged.emit(self.active_workers())
 
     # ------------------------------------------------------------------ sharing
     def set_sharing(self, on: bool) -> None:
