@@ -166,7 +166,7 @@ class MainWindow(QMainWindow):
         self.hub.hide()
         self.hub.pane.modelReady.connect(lambda _path: self.sidebar.refresh_models())
         self.hub.pane.loadRequested.connect(self.open_model)
-        self.machines = MachinesDock(store, self)  # app.machines: RPC workers, sharing this machine
+        self.machines = MachinesDock(store, self, lambda: self.bridge.host)  # app.machines: RPC workers
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.machines)
         self.tabifyDockWidget(self.memory, self.machines)
         self.machines.hide()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt
 
-from app.machines.dock import WORKERS_SETTING, MachinesDock
+from app.machines.dock import WORKERS_SETTING, MachinesDock, probe_states
 from engine.protocol import LoadParams
+from engine.runtime.workers import WorkerInfo
 from engine.storage.store import ChatStore
 from tests.helpers.gui import LOAD_TIMEOUT_MS, new_window
 from tests.helpers.rpc_workers import free_port, needs_rpc, workers
@@ -103,6 +104,10 @@ def test_the_window_loads_onto_a_listed_worker_and_carries_on_without_it_when_it
             win.start()
         device = f"RPC0[{w.endpoint}]"
         assert win.memory.measured is not None and win.memory.measured.bytes_for(device, "weights") > 0
+        # the worker serves only our runtime now: its live memory comes through the runtime
+        state = probe_states([w.endpoint], win.bridge.host)[w.endpoint]
+        assert isinstance(state, WorkerInfo), state
+        assert [d.name for d in state.devices] == [device] and state.devices[0].free_bytes > 0
         # the worker dies while a reply streams: named in the banner, the model is back without it
         win.chat.input.setPlainText("Write a long story about a dragon who learns to bake bread.")
         with qtbot.waitSignal(win.bridge.delta, timeout=LOAD_TIMEOUT_MS):

@@ -12,6 +12,7 @@ shows who is connected to it; it ends with the window (the worker exits with its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QTimer, Signal
@@ -32,18 +33,38 @@ from app.background import run_in_background
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import Device
 from engine.core.units import format_bytes
+from engine.runtime.host import RuntimeHost
 from engine.runtime.worker_process import WorkerProcess
-from engine.runtime.workers import DEFAULT_PORT, WorkerInfo, parse_endpoints, probe
+from engine.runtime.workers import DEFAULT_PORT, PROTOCOL, WorkerInfo, parse_endpoints, probe
 
 WORKERS_SETTING = "rpc_workers"
 USE_SETTING = "rpc_workers_used"
 REFRESH_MS = 3000
 
 
-def probe_states(endpoints: list[str]) -> dict[str, WorkerInfo | str]:
-    """Each worker's devices, or the sentence saying why it cannot be used (runs off the GUI thread)."""
+def probe_states(endpoints: list[str], runtime: RuntimeHost | None = None) -> dict[str, WorkerInfo | str]:
+    """Each worker's devices, or the sentence saying why it cannot be used (runs off the GUI
+    thread). The workers ``runtime`` holds are asked through it: a worker serves one client at a
+    time, so a probe of our own runtime's worker would only find it busy."""
     out: dict[str, WorkerInfo | str] = {}
+    held = runtime.rpc if runtime is not None and runtime.running else ()
+    if held:
+        try:
+            rows = runtime.remote_memory(timeout=5.0) if runtime is not None else []
+        except KvDeckError:  # busy with a long request: the next refresh asks again
+            rows = []
+        for e in held:
+            devices = tuple(
+                Device(r["name"], "gpu", r["total_bytes"], r["free_bytes"], f"worker {e}", endpoint=e)
+                for r in rows
+                if r["endpoint"] == e
+            )
+            out[e] = (
+                WorkerInfo(e, PROTOCOL, devices) if devices else f"worker {e} is in use by the loaded model"
+            )
     for e in endpoints:
+        if e in out:
+            continue
         try:
             out[e] = probe(e, timeout=2.0)
         except KvDeckError as exc:
@@ -61,10 +82,14 @@ class MachinesDock(QDockWidget):
     #: The workers the next model load should use changed (tuple of endpoints).
     workersChanged = Signal(object)
 
-    def __init__(self, store: Any, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, store: Any, parent: QWidget | None = None, runtime: Callable[[], Any] = lambda: None
+    ) -> None:
+        """``runtime``: the window's runtime host now (or None), whose workers are asked through it."""
         super().__init__("Machines", parent)
         self.setObjectName("machines")
         self.store = store
+        self._runtime = runtime
         self.endpoints: list[str] = list(store.get_setting(WORKERS_SETTING, []) or [])
         self.sharing: WorkerProcess | None = None
         self._probing = False
@@ -156,6 +181,7 @@ class MachinesDock(QDockWidget):
         run_in_background(
             probe_states,
             list(self.endpoints),
+            self._runtime(),
             parent=self,
             on_result=self._on_states,
             on_error=lambda exc: self._on_states({}),

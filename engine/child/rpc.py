@@ -24,6 +24,8 @@ from typing import Any
 import llama_cpp.llama_cpp as LL
 from llama_cpp._ggml import libggml
 
+from engine.core.memory_types import rpc_device_name
+
 _P = ctypes.c_void_p
 _SIZE = ctypes.c_size_t
 _DEV_CPU, _DEV_ACCEL = 0, 3  # enum ggml_backend_dev_type (ggml-backend.h)
@@ -112,15 +114,23 @@ def remote_memory() -> list[dict[str, Any]]:
     """Free and total memory of every registered remote device, asked over the child's own
     connection (``ggml_backend_rpc_get_device_memory`` through the device interface): a worker
     serves one client at a time, so while we hold it nobody else can ask."""
-    out = []
+    out: list[dict[str, Any]] = []
     for i in range(int(_dev_count())):
         dev = _dev_get(i)
         reg = _dev_reg(dev)
         if not reg or (_reg_name(reg) or b"") != b"RPC":
             continue
         free, total = _memory(dev)
-        endpoint = (_dev_description(dev) or b"").decode()
-        out.append({"endpoint": endpoint, "free_bytes": free, "total_bytes": total})
+        endpoint = (_dev_description(dev) or b"").decode()  # ggml-rpc describes a device by its endpoint
+        index = sum(1 for d in out if d["endpoint"] == endpoint)
+        out.append(
+            {
+                "name": rpc_device_name(endpoint, index),
+                "endpoint": endpoint,
+                "free_bytes": free,
+                "total_bytes": total,
+            }
+        )
     return out
 
 

@@ -79,6 +79,13 @@ class Device:
     host_layout: bool = False
 
 
+def rpc_device_name(endpoint: str, index: int) -> str:
+    """The name llama.cpp gives a worker's device's buffers (``RPC<i>[<endpoint>]``, from
+    ``ggml_backend_rpc_buffer_type``; ``i`` counts that worker's devices), so a plan, the load log
+    and fit all use one name."""
+    return f"RPC{index}[{endpoint}]"
+
+
 @dataclass(frozen=True)
 class Allocation:
     """Bytes of one component on one device; ``detail`` says how it was derived, in words."""

@@ -47,6 +47,7 @@ _FINAL += (P.BenchResult,)  # speed benchmark (engine.child.bench)
 _FINAL += (P.PairReply,)  # draft compatibility (engine.plan.pairing)
 _FINAL += (P.DraftLoaded, P.DraftUnloaded)  # speculative decoding (engine.child.speculative)
 _FINAL += (P.Detokenized, P.Embeddings)  # the API server's /detokenize and /v1/embeddings
+_FINAL += (P.RemoteMemory,)  # llama.cpp RPC workers' memory (engine.child.rpc)
 
 
 class RuntimeProcess:

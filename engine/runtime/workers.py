@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 
 from engine.core.errors import KvDeckError
-from engine.core.memory_types import Device
+from engine.core.memory_types import Device, rpc_device_name
 from engine.runtime.outcome import ProcessOutcome
 
 #: RPC_PROTO_{MAJOR,MINOR,PATCH}_VERSION of the runtime we ship (ggml/include/ggml-rpc.h).
@@ -78,19 +78,6 @@ def parse_endpoints(text: str) -> tuple[str, ...]:
     if len(out) > MAX_WORKERS:
         raise KvDeckError(f"--rpc: at most {MAX_WORKERS} workers (llama.cpp's GGML_RPC_MAX_SERVERS)")
     return tuple(out)
-
-
-def device_name(endpoint: str, index: int) -> str:
-    """The name llama.cpp gives the device's buffers (``RPC<i>[<endpoint>]``, from
-    ``ggml_backend_rpc_buffer_type``), so a plan, the load log and fit all use one name."""
-    return f"RPC{index}[{endpoint}]"
-
-
-def endpoint_of(device: str) -> str:
-    """The worker endpoint of a remote device name, or "" for a local device."""
-    if device.startswith("RPC") and device.endswith("]") and "[" in device:
-        return device[device.index("[") + 1 : -1]
-    return ""
 
 
 class _Conn:
@@ -200,7 +187,7 @@ def probe(endpoint: str, timeout: float = 3.0) -> WorkerInfo:
                 (align,) = struct.unpack("<Q", conn.call(_CMD_GET_ALIGNMENT, struct.pack("<I", i), 8))
                 devices.append(
                     Device(
-                        device_name(endpoint, i),
+                        rpc_device_name(endpoint, i),
                         "gpu",  # what ggml-rpc reports for every remote device
                         total,
                         free,
