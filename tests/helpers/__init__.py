@@ -9,7 +9,7 @@ other: tests/test_layout.py checks that.
 - ``gguf_factory`` (+ ``gguf_families2``): tiny synthetic GGUF models, one per memory family.
 - ``gguf_raw``, ``hostile_gguf``: GGUF files taken apart, and broken on purpose.
 - ``llama_dry_run``: ask llama.cpp what it would allocate, in a child process
-  (``python -m tests.helpers.llama_dry_run`` is that child).
+  (``tools.llama_dry_run``, shared with benchmarks/gpu_compute.py), parsed into a plan.
 - ``rpc_workers``: llama.cpp RPC workers on loopback, stand-ins for foreign ones, and the skip
   for a runtime without RPC.
 - ``fault_app``: the real window chatting on its own, run as a process and killed by
