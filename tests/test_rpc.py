@@ -186,3 +186,20 @@ def test_a_worker_beyond_loopback_is_warned_about_in_words() -> None:
 
     assert exposure_warning("127.0.0.1") == ""
     assert "anyone who can reach the port" in exposure_warning("0.0.0.0")
+
+
+@needs_rpc
+def test_plan_and_bench_take_rpc_like_chat(smollm2_path: Path) -> None:
+    with workers(2) as ws:
+        rpc = ",".join(w.endpoint for w in ws)
+        plan = kvdeck("plan", str(smollm2_path), "--rpc", rpc, "--json")
+        bench = kvdeck(
+            "bench", str(smollm2_path), "--rpc", rpc, "--pp", "16", "--tg", "4", "--reps", "1", "--json"
+        )
+    assert plan.returncode == 0, plan.stderr
+    names = [row["name"] for row in json.loads(plan.stdout)["devices"]]
+    assert [n for n in names if n.startswith("RPC")] == [f"RPC0[{w.endpoint}]" for w in ws]
+    assert bench.returncode == 0, bench.stderr
+    data = json.loads(bench.stdout)
+    assert data["tg"]["tokens_per_s"] > 0
+    assert sum(1 for d in data["device"]["devices"] if d.startswith("RPC")) == 2

@@ -13,7 +13,7 @@ which serves clients one after another until the process ends.
 
 ggml-rpc aborts the process on any connection failure, so the parent has probed each endpoint
 first (engine.runtime.workers). The functions are not bound by llama-cpp-python; they are looked
-up in libggml, the library it already loaded.
+up through libllama, in the libggml it uses.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import ctypes
 from typing import Any
 
 import llama_cpp.llama_cpp as LL
-from llama_cpp._ggml import libggml
 
 from engine.core.memory_types import rpc_device_name
 
@@ -32,7 +31,11 @@ _DEV_CPU, _DEV_ACCEL = 0, 3  # enum ggml_backend_dev_type (ggml-backend.h)
 
 
 def _bind(name: str, argtypes: list[Any], restype: Any) -> Any:
-    f = getattr(libggml, name)
+    # through libllama's handle, so the symbols resolve to the libggml that libllama uses: pip
+    # installs the wheel's library symlinks as copies, so llama_cpp._ggml's "libggml.so" is a
+    # second copy of libggml with a registry of its own, and devices registered there are
+    # invisible to llama_model_load
+    f = getattr(LL._lib, name)
     f.argtypes, f.restype = argtypes, restype
     return f
 
@@ -69,10 +72,6 @@ def _rpc_function(name: str, prototype: Any) -> Any:
     return prototype(address)
 
 
-_ADDED: list[str] = []  # the workers registered in this process, in order
-_DEV_GPU, _DEV_IGPU = 1, 2
-
-
 def add_servers(endpoints: list[str]) -> None:
     """Register every worker's devices, as ``--rpc`` does; the parent probed them first."""
     if not endpoints:
@@ -82,26 +81,6 @@ def add_servers(endpoints: list[str]) -> None:
         reg = add(endpoint.encode())
         if reg:
             _register(reg)
-            _ADDED.append(endpoint)
-
-
-def model_devices() -> Any:
-    """The device list for ``llama_model_params.devices`` when workers are registered (None
-    otherwise: llama.cpp then picks the devices itself).
-
-    The order is llama.cpp's default (src/llama.cpp, ``llama_prepare_model_devices``): the RPC
-    devices, then local GPUs, then integrated GPUs when there is no GPU. It is given explicitly
-    because, in the build we ship, a model loaded without a device list stays on the CPU even
-    though the registry lists the workers' devices (measured: every layer "assigned to device
-    CPU"); with the list, layers go where llama.cpp's own ``--rpc`` puts them."""
-    if not _ADDED:
-        return None
-    devs = [_dev_get(i) for i in range(int(_dev_count()))]
-    rpc = [d for d in devs if _dev_type(d) == _DEV_GPU and (_reg_name(_dev_reg(d)) or b"") == b"RPC"]
-    gpus = [d for d in devs if _dev_type(d) == _DEV_GPU and d not in rpc]
-    igpus = [d for d in devs if _dev_type(d) == _DEV_IGPU]
-    chosen = rpc + gpus + ([] if gpus else igpus)
-    return (_P * (len(chosen) + 1))(*chosen, None)
 
 
 def _memory(dev: int) -> tuple[int, int]:

@@ -152,12 +152,6 @@ class LlamaSession:
             ratios = (ctypes.c_float * n)(*[float(x) for x in list(tensor_split)[:n]])
             mp.tensor_split = ratios
             keep.append(ratios)
-        from engine.child.rpc import model_devices
-
-        devices = model_devices()  # llama.cpp RPC workers' devices, then local GPUs
-        if devices is not None:
-            mp.devices = ctypes.addressof(devices)
-            keep.append(devices)
         if dry_run:
             mp.no_alloc = True  # sizes only; needs load_mode NONE or llama.cpp aborts
             mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
