@@ -203,3 +203,25 @@ def test_plan_and_bench_take_rpc_like_chat(smollm2_path: Path) -> None:
     data = json.loads(bench.stdout)
     assert data["tg"]["tokens_per_s"] > 0
     assert sum(1 for d in data["device"]["devices"] if d.startswith("RPC")) == 2
+
+
+@needs_rpc
+def test_kvdeck_worker_prints_its_devices_and_ends_cleanly_on_ctrl_c() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvdeck", "worker", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(3)]
+    assert lines[0].startswith(f"worker listening on 127.0.0.1:{port} (llama.cpp RPC")
+    assert lines[1].strip().startswith("CPU:") and " free of " in lines[1]
+    assert probe(f"127.0.0.1:{port}").devices  # it serves
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err.strip() == "worker stopped"
+    with pytest.raises(KvDeckError, match="nothing is listening"):
+        probe(f"127.0.0.1:{port}")  # its server process is gone too

@@ -139,7 +139,7 @@ class WorkerProcess:
             why = (
                 "is already in use (another worker?)"
                 if exc.errno == errno.EADDRINUSE
-                else f"cannot be used: {exc.strerror}"
+                else f"cannot be used: {os.strerror(exc.errno or 0)}"
             )
             raise KvDeckError(f"port {self.port} on {self.host} {why}") from None
 

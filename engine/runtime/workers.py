@@ -225,7 +225,13 @@ def dead_workers(endpoints: tuple[str, ...], timeout: float = 1.0) -> list[str]:
     return dead
 
 
-_DOING = {"generate": "decoding", "load": "loading the model", "bench": "running a benchmark"}
+_DOING = {
+    "generate": "decoding",
+    "load": "loading the model",
+    "bench": "running a benchmark",
+    "start": "the runtime started",
+    "idle": "the model was idle",
+}
 
 
 def worker_outcome(outcome: ProcessOutcome, endpoints: tuple[str, ...]) -> ProcessOutcome:
