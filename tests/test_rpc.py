@@ -89,11 +89,27 @@ def test_fit_keeps_a_small_worker_within_its_budget_and_names_it(smollm2_path: P
             "0",
             "--json",
         )
-    assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        chosen = PlanSettings(
+            n_ctx=data["n_ctx"],
+            n_gpu_layers=data["n_gpu_layers"],
+            tensor_split=tuple(data["tensor_split"]),
+            type_k=data["plan"]["type_k"],
+            type_v=data["plan"]["type_v"],
+        )
+        with running_host(LoadParams(str(smollm2_path), chosen), rpc=(big.endpoint, small.endpoint)) as (
+            _h,
+            loaded,
+        ):
+            assert loaded is not None
+            measured = plan_from_log(loaded.memory_log, chosen, "measured")
     used = {row["name"]: row["total"] for row in data["plan"]["devices"]}
-    assert 0 < used.get(f"RPC0[{big.endpoint}]", 0) <= 400 * MiB
-    assert used.get(f"RPC0[{small.endpoint}]", 0) <= 120 * MiB
+    budget = {big.endpoint: 400 * MiB, small.endpoint: 120 * MiB}
+    for endpoint, mib in budget.items():
+        assert used.get(f"RPC0[{endpoint}]", 0) <= mib  # as planned
+        assert measured.bytes_for(f"RPC0[{endpoint}]") <= mib  # and as llama.cpp allocated it
+    assert measured.bytes_for(f"RPC0[{big.endpoint}]", "weights") > 0
     assert data["n_gpu_layers"] < 31  # the workers, not the model, set the number of layers
     assert "layers offloaded, as one more would overfill RPC0[" in data["reason"]
     assert "on the worker at 127.0.0.1:" in data["reason"]

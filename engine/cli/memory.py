@@ -148,9 +148,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from engine.gguf.inspect import inspect_gguf
-    from engine.plan.analytic import analytic_plan
-    from engine.plan.fit import DraftSpec, fit
+    from engine.plan.fit import DraftSpec
     from engine.plan.margins import Margins, per_device_mib
+    from engine.runtime.worker_fit import fit_with_workers
 
     info, settings, devices, _ = _load(args, pin=False)
     draft = None
@@ -160,11 +160,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     budget, per_device = per_device_mib(args.budget_mib, "--budget-mib")
     devices = [_capped(d, per_device) for d in devices]
     margins = Margins.from_options(args.margin_mib, args.cpu_margin_mib)
-    result = fit(
+    result = fit_with_workers(  # = fit(); with workers, checked by llama.cpp's dry run
         info,
         settings,
         devices,
-        plan_fn=analytic_plan,
         budget_bytes=budget,
         margins=margins,
         draft=draft,
@@ -175,6 +174,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "fits": result.fits,
         "n_ctx": result.plan.n_ctx,
         "n_gpu_layers": result.settings.n_gpu_layers,
+        "tensor_split": list(result.settings.tensor_split),  # pinned with workers (fit.pin_split)
+        "dry_run_rounds": result.extra.get("dry_run_rounds", 0),  # with workers (runtime.worker_fit)
         "limited_by": result.limited_by,
         "reason": result.reason,
         "budgets": result.budgets,
