@@ -59,6 +59,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             print(
                 f"  {d.name}: {d.description}, {format_bytes(d.free_bytes)} free of {format_bytes(d.total_bytes)}"
             )
+        if args.cache_dir:
+            print(f"  tensor cache: {args.cache_dir} (weights sent once are read from here next time)")
         print(f"use it with: kvdeck chat MODEL.gguf --rpc {worker.endpoint}   (Ctrl+C stops the worker)")
         sys.stdout.flush()
         code = worker.wait()
