@@ -241,3 +241,34 @@ def test_kvdeck_worker_prints_its_devices_and_ends_cleanly_on_ctrl_c() -> None:
     assert proc.returncode == 0 and err.strip() == "worker stopped"
     with pytest.raises(KvDeckError, match="nothing is listening"):
         probe(f"127.0.0.1:{port}")  # its server process is gone too
+
+
+@needs_rpc
+def test_serve_answers_with_the_model_split_across_a_worker() -> None:
+    import httpx
+
+    with workers(1) as (w,):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kvdeck", "serve", "--demo", "--port", "0", "--rpc", w.endpoint],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # "serving MODEL at http://127.0.0.1:PORT/v1 (...)"
+            assert " at http" in line, proc.stderr.read() if proc.stderr else ""
+            url = line.split(" at ", 1)[1].split()[0]
+            model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": "Name three colors."}],
+                "max_tokens": 8,
+            }
+            r = httpx.post(f"{url}/chat/completions", json=body, timeout=120)
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+            assert w.peers()  # the server's runtime holds the worker
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
