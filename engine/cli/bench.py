@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from engine.cli.rpc import add_rpc_option, devices_for, endpoints, placed
 from engine.core.errors import KvDeckError, ModelFileError
 from engine.core.memory_types import KV_TYPES, PlanSettings
 from engine.core.sampling import PRESETS
@@ -53,6 +54,7 @@ def register(sub: Any) -> None:
         "the device when there is a GPU)",
     )
     p.add_argument("--json", action="store_true")
+    add_rpc_option(p)
     spec = p.add_mutually_exclusive_group()  # speculative decoding: plain against drafted decode
     spec.add_argument(
         "--draft",
@@ -197,7 +199,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "sampling": sampling.to_dict() if sampling else "greedy",
     }
     drafting = bool(args.draft or args.lookup or args.mtp)
-    with RuntimeHost() as host:
+    rpc = endpoints(args)
+    devices = devices_for(rpc) if rpc else []  # workers are probed before the child meets them
+    with RuntimeHost(rpc=rpc) as host:
         hello = host.hello
         assert hello is not None
         n_ctx = context_for(args.pp, args.tg, args.depth) + (SPEC_PROMPT_ROOM if drafting else 0)
@@ -212,6 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         if args.mtp:
             plan = mtp_settings(info.hybrid, plan, args.draft_max)
+        plan = placed(plan, devices)
         loaded = host.load(LoadParams(path=path, settings=plan, n_threads=args.threads))
         res = host.bench(args.pp, args.tg, args.depth, args.reps, sampling=sampling, sampler=args.sampler)
         spec = spec_bench(host, loaded, args) if drafting else None

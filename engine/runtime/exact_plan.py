@@ -48,7 +48,8 @@ def _kv_by_layer_devices(dry: tuple[Allocation, ...], analytic: MemoryPlan) -> t
 def exact_plan(
     info: GGUFInfo, settings: PlanSettings, devices: list[Device], timeout: float = 300
 ) -> MemoryPlan:
-    """Sizes from llama.cpp's own dry run, weights from the analytic placement."""
+    """Sizes from llama.cpp's own dry run, weights from the analytic placement; workers'
+    devices (``Device.endpoint``) take part in the dry run as they would in the load."""
     return exact_plans(info, settings, devices, timeout=timeout)[0]
 
 
@@ -61,7 +62,8 @@ def exact_plans(
 ) -> tuple[MemoryPlan, MemoryPlan | None]:
     """The target's exact plan and its drafting context's (the model's own MTP heads with
     ``settings.mtp``, or ``assistant``), each from its own part of one dry run's log."""
-    with RuntimeHost() as host:
+    rpc = tuple(dict.fromkeys(d.endpoint for d in devices if d.endpoint))
+    with RuntimeHost(rpc=rpc) as host:  # workers' devices take part in the dry run as in the load
         params = P.LoadParams(info.path, settings, dry_run=True, draft=assistant.path if assistant else "")
         loaded = host.load(params, timeout=timeout)
     n = loaded.n_log_target or len(loaded.memory_log)
