@@ -34,6 +34,7 @@ def main() -> int:
     import llama_cpp.llama_cpp as LL
 
     from engine.child.errors import RequestError, error_event
+    from engine.child.quick import QUICK, quick_answer
     from engine.child.session import LlamaSession
     from engine.core.errors import KvDeckError
 
@@ -69,14 +70,8 @@ def main() -> int:
                     from engine.child.decode import generate
 
                     emit(generate(session, msg, requests.cancel_event(req_id)))
-            elif isinstance(msg, P.TokenizeRequest):
-                emit(P.Tokens(id=req_id, tokens=session.tokenize(msg.text, msg.add_special)))
-            elif isinstance(msg, P.StatsRequest):
-                emit(session.stats(req_id))
-            elif isinstance(msg, P.DetokenizeRequest):
-                from engine.child.embed import detokenize
-
-                emit(P.Detokenized(id=req_id, text=detokenize(session.require(), msg.tokens)))
+            elif isinstance(msg, QUICK):
+                emit(quick_answer(session, msg))
             elif isinstance(msg, P.EmbedRequest):
                 from engine.child.embed import embed
 
