@@ -268,6 +268,12 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "server-2026-12-04.json"))
     ap.add_argument("--serial-sampling", action="store_true", help="also kvdeck with KVDECK_SAMPLE_THREADS=1")
     ap.add_argument("--before", default="", help="an earlier result file whose table is kept as 'before'")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="more kvdeck passes, NAME:VAR=VALUE[+VAR=VALUE],... (e.g. passive:OMP_WAIT_POLICY=PASSIVE)",
+    )
+    ap.add_argument("--kvdeck-only", action="store_true", help="no llama-server or llama-batched-bench")
     args = ap.parse_args()
     args.client_list = [int(x) for x in args.clients.split(",")]
     bindir = Path(args.bin)
@@ -322,6 +328,14 @@ def main() -> int:
     res["kvdeck"] = kvdeck()
     if args.serial_sampling:
         res["kvdeck_serial_sampling"] = kvdeck({"KVDECK_SAMPLE_THREADS": "1"}, "kvdeck-serial")
+    for variant in filter(None, args.variants.split(",")):
+        name, _, assigns = variant.partition(":")
+        extra = dict(a.split("=", 1) for a in assigns.split("+"))
+        res.setdefault("variants", {})[name] = {"env": extra, **kvdeck(extra, f"kvdeck-{name}")}
+    if args.kvdeck_only:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     pp = res["kvdeck"]["rounds"][0]["prompt_tokens"] or 128
     res["llama_server"] = server(
         [
