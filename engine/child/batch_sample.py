@@ -8,8 +8,9 @@ itself on a fast GPU (the gap to llama-batched-bench measured on an H200). The r
 independent (each request owns its chain, its grammar and its seed), and ctypes releases the
 GIL for the length of a native call, so the rows are sampled on a small pool of threads at
 once. The results are the same token for token as sampling the rows in order: nothing is
-shared between chains, and the context's output buffer is only read (its one lazy write, the
-output reorder, is done on the calling thread before the workers start).
+shared between chains, and the context is only read: its lazy writes (the synchronise's
+bookkeeping and the output reorder, src/llama-context.cpp) happen on the calling thread before
+the workers start, after which every getter's synchronise and reorder find nothing to do.
 
 Greedy rows without a chain are a numpy argmax on the row (numpy releases the GIL for it too).
 """
@@ -99,7 +100,7 @@ class RowSampler:
         """One token per (batch row, slot), in order."""
         if self.pool is None or len(rows) < 2:
             return self._group(rows)
-        LIB.llama_get_logits(self.ctx)  # the output reorder (a write) happens here, once
+        LIB.llama_get_logits(self.ctx)  # synchronise and reorder (writes) here, once
         k = min(self.n_workers, len(rows))
         groups = [rows[g::k] for g in range(k)]
         done = list(self.pool.map(self._group, groups))
