@@ -53,10 +53,15 @@ def _burst(host, sampling: dict) -> tuple[list[int], list[list[int]], Burst]:
     """Submit every prompt while the child is busy with a benchmark, then cancel it: all of
     them are queued (the child reads its pipe in order) before the batch loop polls."""
     burst = Burst(len(PROMPTS))
-    bench = host.submit("bench", lambda i: P.BenchRequest(id=i, n_prompt=64, n_gen=4096, repetitions=50))
+    # prefills that run until cancelled (it must fit the context, or it is refused at once)
+    held: list[P.Message] = []
+    bench = host.submit(
+        "bench", lambda i: P.BenchRequest(id=i, n_prompt=256, n_gen=0, repetitions=10**6), held.append
+    )
     ids = [host.submit("generate", lambda i, p=p: _generate(i, p, sampling), burst.on_event) for p in PROMPTS]
     host.cancel(bench)
     assert burst.all_done.wait(300)
+    assert [getattr(m, "kind", None) for m in held] == ["cancelled"]  # it held the queue until then
     replies = [burst.done[i] for i in ids]
     assert all(isinstance(d, P.Done) for d in replies), replies
     return ids, [d.tokens for d in replies], burst  # type: ignore[union-attr]
