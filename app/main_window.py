@@ -31,6 +31,7 @@ from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.server_toggle import ServerToggle
 from app.chat.chat_pane import ChatPane
 from app.hub.pane import HubDock
+from app.machines.dock import MachinesDock
 from app.memory.memory_dock import MemoryDock
 from app.menus import WindowMenus
 from app.model_text import model_summary
@@ -42,7 +43,7 @@ from engine.core.errors import KvDeckError
 from engine.core.memory_types import FitResult, PlanSettings
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
 from engine.plan.analytic import analytic_plan
-from engine.plan.fit import default_settings, fit, preflight
+from engine.plan.fit import default_settings, fit, pin_split, preflight
 from engine.runtime.outcome import ProcessOutcome
 from engine.storage.identity import model_key
 from engine.storage.store import ChatStore
@@ -165,6 +166,12 @@ class MainWindow(QMainWindow):
         self.hub.hide()
         self.hub.pane.modelReady.connect(lambda _path: self.sidebar.refresh_models())
         self.hub.pane.loadRequested.connect(self.open_model)
+        self.machines = MachinesDock(store, self, lambda: self.bridge.host)  # app.machines: RPC workers
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.machines)
+        self.tabifyDockWidget(self.memory, self.machines)
+        self.machines.hide()
+        self.memory.remote_devices = self.machines.remote_devices
+        self.machines.workersChanged.connect(self._use_workers)
         # speculative decoding: the picker beside the model, checked before loading (app.bridges.draft_picker)
         self.drafting = DraftController(
             self.chat.draft_picker,
@@ -285,6 +292,7 @@ class MainWindow(QMainWindow):
         if info is not None:
             try:
                 devices, _ = self.memory.devices()
+                settings = pin_split(settings, devices)  # workers: the split planned is the one loaded
                 preflight(info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
             except KvDeckError as exc:
                 self.show_problem(f"{Path(path).name} was not loaded: {exc}")
@@ -364,7 +372,18 @@ class MainWindow(QMainWindow):
         self.progress.show()
         self.bridge.load(params)
 
+    def _use_workers(self, workers: tuple[str, ...]) -> None:
+        self.bridge.workers = workers
+
     def _on_runtime_exit(self, outcome: ProcessOutcome) -> None:
+        if outcome.lost_workers and self.model_info is not None and self.settings is not None:
+            # a worker went away: the reply so far is saved; reload at once without it
+            self.machines.drop_workers(outcome.lost_workers)
+            self.show_problem(
+                f"{outcome.sentence}; the model is reloaded without it. Your conversation is saved."
+            )
+            self._load(self.model_info.path, self.settings.replace(tensor_split=()), self.model_info)
+            return
         self.progress.hide()
         self._show_model_state()
         self.show_problem(
@@ -505,5 +524,6 @@ class MainWindow(QMainWindow):
         self.memory.stop()
         self.hub.shutdown()
         self.server_toggle.stop()
+        self.machines.stop_sharing()
         self.bridge.shutdown()
         super().closeEvent(event)
