@@ -95,3 +95,30 @@ def test_replies_in_a_batch_equal_replies_one_at_a_time(host, sampling):
     alone = _one_by_one(host, sampling)
     assert together == alone
     assert all(together)
+
+
+def test_quick_requests_are_answered_between_steps_without_ending_the_batch(host):
+    """Tokenize and the RPC workers' memory (the Machines dock asks every few seconds) are
+    answered between decode steps; before, such a request stopped the batch from admitting new
+    requests until every running one had ended."""
+    started, done = threading.Event(), threading.Event()
+
+    def on_event(msg: P.Message) -> None:
+        if isinstance(msg, P.Started):
+            started.set()
+        elif isinstance(msg, (P.Done, P.ErrorEvent)):
+            done.set()
+
+    long_reply = P.GenerateRequest(  # a grammar that cannot end before 300 characters
+        id=0,
+        prompt=PROMPTS[2],
+        max_tokens=200,
+        serve=True,
+        json_schema='{"type": "string", "minLength": 300}',
+    )
+    host.submit("generate", lambda i: P.GenerateRequest(**{**vars(long_reply), "id": i}), on_event)
+    assert started.wait(300)
+    assert host.remote_memory(timeout=300) == []  # no workers here
+    assert host.tokenize("hello", timeout=300)
+    assert not done.is_set()  # both answered while the reply was still being generated
+    assert done.wait(300)

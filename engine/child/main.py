@@ -85,10 +85,6 @@ def main() -> int:
                 from engine.child.bench import run_bench
 
                 emit(run_bench(session, msg, requests.cancel_event(req_id)))
-            elif isinstance(msg, P.RemoteMemoryRequest):
-                from engine.child.rpc import remote_memory
-
-                emit(P.RemoteMemory(id=req_id, devices=remote_memory()))
             elif isinstance(msg, P.UnloadRequest):
                 session.unload()
                 emit(P.Unloaded(id=req_id))

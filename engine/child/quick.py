@@ -1,8 +1,11 @@
-"""Requests the child answers at once from the loaded model: tokenize, detokenize, stats.
+"""Requests the child answers at once: tokenize, detokenize, stats, the RPC workers' memory.
 
 One place for them because two loops take them off the queue: the child's main loop
 (engine.child.main) and the batch loop between decode steps (engine.child.batch), so an API
-server's /tokenize does not wait for every running generation to end.
+server's /tokenize does not wait for every running generation to end, and the Machines dock's
+poll of the workers (every few seconds) does not stop the batch from admitting new requests.
+Between steps the decode has finished (the loop synchronises), so the workers' connections are
+free for a memory query.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from engine import protocol as P
 from engine.child.session import LlamaSession
 
-QUICK = (P.TokenizeRequest, P.StatsRequest, P.DetokenizeRequest)
+QUICK = (P.TokenizeRequest, P.StatsRequest, P.DetokenizeRequest, P.RemoteMemoryRequest)
 
 
 def quick_answer(session: LlamaSession, msg: P.Message) -> P.Message:
@@ -22,4 +25,8 @@ def quick_answer(session: LlamaSession, msg: P.Message) -> P.Message:
         from engine.child.embed import detokenize
 
         return P.Detokenized(id=req_id, text=detokenize(session.require(), msg.tokens))
+    if isinstance(msg, P.RemoteMemoryRequest):
+        from engine.child.rpc import remote_memory
+
+        return P.RemoteMemory(id=req_id, devices=remote_memory())
     return session.stats(req_id)
