@@ -62,6 +62,8 @@ class RuntimeBridge(QObject):
         self.loaded_info: P.Loaded | None = None
         self.last_params: P.LoadParams | None = None
         self.last_outcome: ProcessOutcome | None = None
+        #: The child's latest per-sequence occupancy, for the API server's /v1/kvdeck/memory.
+        self.last_slots: P.Slots | None = None
         #: Speculative decoding: "" none, "lookup", "mtp" (the model's own MTP heads, loaded with
         #: it), or "model" with ``draft_path`` (a draft model or Gemma 4 assistant, reloaded after
         #: every target load, since its context is the target's).
@@ -219,7 +221,7 @@ class RuntimeBridge(QObject):
             self.loadProgress.emit(msg.fraction)
         elif isinstance(msg, P.Loaded) and req_id == self._load_id:
             self._load_id = 0
-            self.loaded_info = msg
+            self.loaded_info, self.last_slots = msg, None
             self.loaded.emit(msg)
             self.busyChanged.emit(False)
             if self.draft_mode == "mtp" and msg.mtp != "ready":  # one line; chat goes on plainly
@@ -236,6 +238,7 @@ class RuntimeBridge(QObject):
             self.finished.emit(msg)
             self.busyChanged.emit(False)
         elif isinstance(msg, P.Slots):
+            self.last_slots = msg
             self.kvSlots.emit(list(msg.n_past), msg.n_ctx_seq)
         elif isinstance(msg, P.ErrorEvent):
             if req_id == self._load_id:

@@ -35,6 +35,7 @@ def main() -> int:
     import llama_cpp.llama_cpp as LL
 
     from engine.child.errors import RequestError, error_event
+    from engine.child.quick import QUICK, quick_answer
     from engine.child.session import LlamaSession
     from engine.core.errors import KvDeckError
 
@@ -80,14 +81,8 @@ def main() -> int:
                     from engine.child.decode import generate
 
                     emit(generate(session, msg, requests.cancel_event(req_id)))
-            elif isinstance(msg, P.TokenizeRequest):
-                emit(P.Tokens(id=req_id, tokens=session.tokenize(msg.text, msg.add_special)))
-            elif isinstance(msg, P.StatsRequest):
-                emit(session.stats(req_id))
-            elif isinstance(msg, P.DetokenizeRequest):
-                from engine.child.embed import detokenize
-
-                emit(P.Detokenized(id=req_id, text=detokenize(session.require(), msg.tokens)))
+            elif isinstance(msg, QUICK):
+                emit(quick_answer(session, msg))
             elif isinstance(msg, P.EmbedRequest):
                 from engine.child.embed import embed
 
@@ -96,10 +91,6 @@ def main() -> int:
                 from engine.child.bench import run_bench
 
                 emit(run_bench(session, msg, requests.cancel_event(req_id)))
-            elif isinstance(msg, P.RemoteMemoryRequest):
-                from engine.child.rpc import remote_memory
-
-                emit(P.RemoteMemory(id=req_id, devices=remote_memory()))
             elif isinstance(msg, P.UnloadRequest):
                 session.unload()
                 emit(P.Unloaded(id=req_id))

@@ -237,6 +237,9 @@ class Started(Message):
     id: int
     n_prompt: int
     n_reused: int
+    #: The batch loop's step (counted since the child started) whose decode ended this prompt's
+    #: prefill; prompts that were waiting together share one. 0 outside the batch loop.
+    step: int = 0
 
 
 @message
@@ -296,6 +299,12 @@ class Slots(Message):
     n_ctx_seq: int
     n_waiting: int = 0
     id: int = 0
+    #: Where the batch loop's time went since the child started (engine.child.batch): steps run,
+    #: seconds in llama_decode until the device finished, seconds sampling, seconds in the loop.
+    steps: int = 0
+    decode_s: float = 0.0
+    sample_s: float = 0.0
+    busy_s: float = 0.0
 
 
 @message
