@@ -21,11 +21,11 @@ import pytest
 from engine.core.errors import ModelFileError
 from engine.core.memory_types import MiB
 from engine.core.memory_types import PlanSettings as S
-from engine.gguf.arch_keys import all_arch_keys, reads
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.kv_sizes import kv_caches
 from engine.plan.rules import check_settings
+from tests.helpers.all_keys import zero_keys
 from tests.helpers.gguf_factory import FAMILIES, write_family
 from tests.helpers.llama_dry_run import DryRun, dry_run
 
@@ -49,13 +49,6 @@ def write_odd(name: str, directory: Path, changes: dict[str, Any]) -> Path:
             spec.set(kv_array(f"{arch}.{key}", T_U32, []))
         path.write_bytes(spec.to_bytes())
     return path
-
-
-def zero_keys(name: str) -> dict[str, Any]:
-    """Every key some architecture reads, as 0, except those this family's arch reads."""
-    fam = FAMILIES[name]
-    mine = reads(fam.arch)
-    return {k: 0 for k in all_arch_keys() if f"{fam.arch}.{k}" not in mine and k not in fam.kv}
 
 
 def _memory(run: DryRun) -> Any:

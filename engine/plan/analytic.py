@@ -234,7 +234,8 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         quant_k or quant_v,
     )
     if gpus and all(g.name.startswith("CUDA") for g in gpus):
-        ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), ldev, ests, notes)
+        state = 0 if no_mem else 4 * (geo.n_embd_r + geo.n_embd_s) * rows
+        ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), ldev, ests, notes, state)
     for dev, b, detail in ests:
         allocs.append(Allocation("compute", dev, b, detail))
     if any(g.endpoint for g in gpus):

@@ -124,13 +124,17 @@ def partial_offload_phases(
     type_bytes: tuple[float, float],
     cpu_layers: list[int],
     output_on_cpu: bool,
+    state_copy: int = 0,
 ) -> dict[str, int]:
     """GPU phase that op_offload adds for layers whose weights stay on the host: the largest
     weight copy, one layer's K/V cache copies (cache type, every cell; with flash attention
     on a quantized cache also its f16 copies; without flash attention the f32 KQ scores), the
     mask copy and the FFN/attention rows. The dumps show these copies do not reuse each
     other's blocks (the K/V block is freed while a weight copy is placed), so they are added;
-    with the output layer on the CPU the output matrix copy and the logits come on top."""
+    with the output layer on the CPU the output matrix copy and the logits come on top.
+    A recurrent layer on the CPU reads its state through `build_rs`, a get_rows over the
+    whole layer tensor (every cell, llama-graph.cpp): on the GPU side the scheduler copies
+    that tensor in as the split input, so state_copy (one layer's r + s states) is added."""
     t = _tokens(r)
     e, q = shape.n_embd, shape.q_width
     if not cpu_layers and not output_on_cpu:
@@ -146,6 +150,7 @@ def partial_offload_phases(
                 b += 2 * cells * ((cm.k_width if quant_k else 0) + (cm.v_width if quant_v else 0))
             else:
                 b += 4 * cells * t * shape.n_head  # the f32 KQ scores
+    b += state_copy
     if output_on_cpu:
         b += cm.output_matrix
     if output_on_cpu or len(cpu_layers) == len(cm.max_layer_matrix):

@@ -26,6 +26,7 @@ from engine.plan.compute_replay import (
 from engine.plan.context import BLOCKS, Resolved
 
 if TYPE_CHECKING:
+    from engine.plan.compute_shape import ComputeShape
     from engine.plan.kv_sizes import ModelGeometry
 
 _MODELS: dict[tuple[Any, ...], tuple[cc.CudaModel, _Matrices]] = {}
@@ -50,7 +51,7 @@ _ROLES = {
 class _Matrices:
     largest: tuple[int, ...]  # per layer: CUDA bytes of its largest tensor
     output: int
-    roles: tuple[LayerWeights, ...] | None  # per layer, by role (None: no readable file)
+    roles: tuple[LayerWeights, ...] | None  # per layer, by role (None: see _layer_roles)
     qk_norm: bool  # attn_q_norm tensors (qwen3, gemma3): Q and K are normed into new tensors
     post_norm: bool  # post_attention_norm (gemma2/3): sandwich norms after attention and FFN
 
@@ -89,12 +90,38 @@ def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
             out = w.output_cuda or w.token_embd_cuda
         return _Matrices(tuple(layers), out, None, False, False)
     return _Matrices(
-        tuple(layers),
-        out,
-        tuple(LayerWeights(**r) for r in roles),
-        "attn_q_norm" in names,
-        "post_attention_norm" in names,
+        tuple(layers), out, _layer_roles(roles), "attn_q_norm" in names, "post_attention_norm" in names
     )
+
+
+_NEEDED = frozenset({"q", "k", "v", "o", "gate", "up", "down"})
+
+
+def _layer_roles(roles: list[dict[str, int]]) -> tuple[LayerWeights, ...] | None:
+    """The replay's per-layer matrices, or None unless every layer is the standard
+    attention + gated FFN layer the replay builds: recurrent, delta-net, shortconv or
+    fused-QKV layers (qwen35, mamba, lfm2, phi3, …) have none of Q/K/V/O or of the FFN
+    triple, and a replay over zeros there would place no weight copy at all."""
+    if not roles or any(not _NEEDED <= r.keys() for r in roles):
+        return None
+    return tuple(LayerWeights(**r) for r in roles)
+
+
+def unmodelled(shape: ComputeShape) -> list[str]:
+    """What a model has beyond the standard attention + FFN layers the CUDA terms were derived
+    and measured on (empty: modelled)."""
+    odd = {
+        "recurrent layers": shape.rec_unit or any(shape.rec_state),
+        "MLA attention": shape.mla_rank,
+        "sparse attention": shape.dsa_top_k
+        or shape.dsv4_ratio
+        or shape.msa[0]
+        or shape.qsa[0]
+        or shape.kpool_rows,
+        "lightning attention": shape.la_heads,
+        "per-layer inputs": shape.ple_width,
+    }
+    return [k for k, v in odd.items() if v]
 
 
 def cuda_model(info: Any, geo: ModelGeometry) -> tuple[cc.CudaModel, _Matrices]:
@@ -183,12 +210,15 @@ def cuda_compute(
     ldev: list[str],
     cpu_est: list[tuple[str, int, str]],
     notes: list[str],
+    state_bytes: int = 0,
 ) -> list[tuple[str, int, str]]:
     """[(device, bytes, detail)] for a load with CUDA GPUs (ldev: device per layer, the last
     entry the output layer). cpu_est is the CPU-calibrated estimate, whose FFN, recurrent and
     no-flash-attention phases (less the host-side input row) stand in where this module has
-    no CUDA-specific term."""
+    no CUDA-specific term; for layers it does not model (`unmodelled`) its attention phase
+    stands in too. state_bytes: one recurrent layer's state tensors, every cell (r + s)."""
     shape = geo.compute
+    odd = unmodelled(shape)
     cm, mats = cuda_model(info, geo)
     qk, qv = BLOCKS[types[0]][0] > 1, BLOCKS[types[1]][0] > 1
     tb = tuple(BLOCKS[x][1] / BLOCKS[x][0] for x in types)
@@ -200,8 +230,9 @@ def cuda_compute(
     calib = {
         k: max(v - row, row)
         for k, v in phases(shape, r, fa_on, n_swa_cells, False).items()
-        if k not in ("output",) and not (fa_on and k == "attention")
+        if k not in ("output",) and not (fa_on and k == "attention" and not odd)
     }
+    rec_cpu = set(cpu_layers) & set(geo.rec_layers)
     res: list[tuple[str, int, str]] = []
     offloaded = bool(cpu_layers or out_cpu)
     g = _replay_graph(info, geo, mats, r, fa_on, n_swa_cells, types) if offloaded and len(gpus) == 1 else None
@@ -217,7 +248,17 @@ def cuda_compute(
             full = peak
             ph.update(
                 cc.partial_offload_phases(
-                    shape, cm, r, fa_on, n_swa_cells, qk, qv, (tb[0], tb[1]), cpu_layers, out_cpu
+                    shape,
+                    cm,
+                    r,
+                    fa_on,
+                    n_swa_cells,
+                    qk,
+                    qv,
+                    (tb[0], tb[1]),
+                    cpu_layers,
+                    out_cpu,
+                    state_bytes if rec_cpu else 0,
                 )
             )
             extra += cc.allowance(shape, cm, r, cpu_layers, out_cpu)
@@ -251,6 +292,14 @@ def cuda_compute(
             "into the GPU compute buffer; where ggml-alloc places them varies, so the "
             f"GPU compute buffer includes a safety allowance of {cc.PARTIAL_ALLOWANCE_ROWS} "
             "hidden rows per token (the exact plan is authoritative)"
+        )
+    if odd:
+        notes.append(
+            f"compute: the CUDA terms follow llama.cpp's standard attention layers (measured on "
+            f"{', '.join(sorted(REPLAY_ARCHS))}); {geo.arch} has {' and '.join(odd)}, so its GPU "
+            "compute buffer is a bound: the largest of those terms and every CPU-calibrated phase"
+            + (", plus op_offload's copy of a CPU layer's whole recurrent state" if rec_cpu else "")
+            + " (the exact plan is authoritative)"
         )
     host = cc.host_bytes(shape, cm, r, fa_on, n_swa_cells, qk or qv)
     res.append(("CPU", host, "CUDA_Host: graph inputs (token embeddings, KQ masks, indices)"))
