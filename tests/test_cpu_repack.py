@@ -24,6 +24,7 @@ from engine.plan.cpu_features import CpuFeatures
 from engine.plan.cpu_repack import layout, repack_plan, tensor_layout
 from tests.helpers.gguf_factory import add_tokenizer
 from tests.helpers.llama_dry_run import dry_run
+from tests.helpers.mtp_models import write_qwen35
 
 AVX2 = CpuFeatures.of("AVX2")
 AVX512 = CpuFeatures.of("AVX2", "AVX512")
@@ -237,3 +238,21 @@ def test_detect_prefers_the_build_over_the_processor() -> None:
 
 def test_repack_rules_cover_the_repackable_types() -> None:
     assert set(cpu_repack.RULES) == set(cpu_repack.REPACKABLE)
+
+
+def test_mtp_blocks_are_not_repacked_without_load_mtp(tmp_path: Path) -> None:
+    """A quantized qwen35 with an MTP block, loaded CPU-only: llama.cpp skips the block's
+    matrices without load_mtp (engine.plan.drafting plans them), so CPU_REPACK holds only the
+    trunk's and the plain CPU buffer is what is left, as a real load prints (the plan used to
+    move the block's matrices too: a negative CPU weights figure)."""
+    path = write_qwen35(tmp_path / "qwen35-q4_0.gguf", qtype="Q4_0")
+    (run,) = dry_run([(str(path), PlanSettings(n_ctx=256))], real=True, timeout=300)
+    assert run.ok, [x for x in run.lines if "error" in x]
+    logged = {b: v for (c, b), v in run.parser.buffers.items() if c == "weights"}
+    plan = analytic_plan(inspect_gguf(path), PlanSettings(n_ctx=256), [])
+    weights = [a.bytes for a in plan.allocations if a.component == "weights"]
+    assert all(b >= 0 for b in weights)
+    repack, _note = cpu_repack.cpu_only_repack(inspect_gguf(path))
+    rep = repack.bytes if repack else 0
+    assert f"{rep / MiB:.2f}" == f"{logged.get('CPU_REPACK', 0.0):.2f}"
+    assert f"{(plan.bytes_for('CPU', 'weights') - rep) / MiB:.2f}" == f"{logged['CPU']:.2f}"

@@ -214,6 +214,15 @@ def _mtp_skipped(arch: str, name: str) -> bool:
     return not name.split(".", 2)[2].startswith(_MTP_ALWAYS_LOADED.get(arch, ()))
 
 
+def mtp_only(arch: str, name: str, n_layer: int, n_nextn: int) -> bool:
+    """Whether tensor ``name`` belongs to an MTP (nextn) block, the last ``n_nextn`` of
+    ``n_layer``, and is loaded only with ``load_mtp``."""
+    if not n_nextn or not name.startswith("blk.") or name.count(".") < 2:
+        return False
+    part = name.split(".", 2)[1]
+    return part.isdigit() and n_layer - n_nextn <= int(part) < n_layer and _mtp_skipped(arch, name)
+
+
 def weight_layout(
     tensors: Sequence[tuple[str, str, int, int, int, int]], n_layer: int, arch: str = "", n_nextn: int = 0
 ) -> WeightLayout:
@@ -226,7 +235,7 @@ def weight_layout(
         if name.startswith("blk."):
             part = name.split(".", 2)[1]
             slot = 1 + int(part) if part.isdigit() and int(part) < n_layer else 1
-            if slot > n_layer - n_nextn and name.count(".") >= 2 and _mtp_skipped(arch, name):
+            if mtp_only(arch, name, n_layer, n_nextn):
                 mtp_host[slot - 1] += -(-nbytes // 32) * 32
                 mtp_cuda[slot - 1] += _cuda_size(qtype, ne0, nbytes)
         elif name.startswith(_INPUT_TENSORS):

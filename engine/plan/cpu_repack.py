@@ -36,6 +36,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.gguf.hparams import mtp_only
 from engine.gguf.inspect import GGUFInfo
 from engine.gguf.split_parts import read_model_tensor_dims
 from engine.plan.cpu_features import CpuFeatures, detect
@@ -223,6 +224,8 @@ def _build(info: GGUFInfo, dims: dict[str, tuple[str, tuple[int, ...]]], feature
         k[1] += nbytes
 
     for name, (qtype, ne) in dims.items():
+        if mtp_only(info.architecture, name, info.n_layer, info.n_layer_nextn):
+            continue  # not loaded without load_mtp (engine.plan.drafting plans them)
         lay = tensor_layout(name, qtype, ne, features)
         if lay:
             nb = _pad(_nbytes(qtype, ne))

@@ -23,10 +23,13 @@ N_VOCAB = 320  # add_tokenizer's size
 class _Writer:
     """A GGUFWriter plus a seeded generator for the tensors."""
 
-    def __init__(self, path: Path, arch: str, seed: int, dtype: type = np.float32) -> None:
+    def __init__(
+        self, path: Path, arch: str, seed: int, dtype: type = np.float32, qtype: str | None = None
+    ) -> None:
         self.w = gguf.GGUFWriter(str(path), arch)
         self.rng = np.random.default_rng(seed)
         self.arch, self.path, self.dtype = arch, path, dtype
+        self.qtype = gguf.GGMLQuantizationType[qtype] if qtype else None  # matrices with 32-wide rows
 
     def t(self, name: str, ne: tuple[int, ...], kind: str = "rand", scale: float = 0.08) -> None:
         shape = tuple(reversed([int(x) for x in ne]))
@@ -38,6 +41,9 @@ class _Writer:
             a = (self.rng.standard_normal(shape) * scale).astype(np.float32)
             if len(ne) >= 2 and self.dtype is not np.float32:
                 a = a.astype(self.dtype)
+        if self.qtype is not None and kind == "rand" and len(ne) >= 2 and ne[0] % 32 == 0:
+            self.w.add_tensor(name, gguf.quants.quantize(a, self.qtype), raw_dtype=self.qtype)
+            return
         self.w.add_tensor(name, a)
 
     def common(
@@ -120,12 +126,13 @@ def write_hyv3(
     return w.finish()
 
 
-def write_qwen35(path: str | Path, seed: int = 1) -> Path:
+def write_qwen35(path: str | Path, seed: int = 1, qtype: str | None = None) -> Path:
     """Qwen3.5 dense: layer 0 gated delta-net (recurrent), layer 1 attention, layer 2 the MTP head.
-    A hybrid target: rolling back a rejected draft needs ``n_rs_seq`` snapshots."""
+    A hybrid target: rolling back a rejected draft needs ``n_rs_seq`` snapshots. ``qtype``
+    (e.g. "Q4_0") quantizes the matrices whose rows are a multiple of 32 wide."""
     a = "qwen35"
     E, H, HKV, D, FF, n_trunk, n_nextn = 64, 4, 2, 16, 128, 2, 1
-    w = _Writer(Path(path), a, seed)
+    w = _Writer(Path(path), a, seed, qtype=qtype)
     w.common(4096, E, n_trunk + n_nextn, FF, H, HKV, D, D, n_nextn)
     w.w.add_uint32(f"{a}.rope.dimension_count", D)
     w.w.add_array(f"{a}.rope.dimension_sections", [3, 3, 2, 0])
