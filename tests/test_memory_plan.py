@@ -220,7 +220,21 @@ def test_plan_explains_itself(infos: dict) -> None:
     plan = analytic_plan(infos["gemma3"], S(n_ctx=4096, n_ubatch=512), [])
     assert any("SWA layers: window 128 + ubatch 512 → 768 cells" in n for n in plan.notes)
     rec = analytic_plan(infos["mamba2"], S(n_seq_max=8), [])
-    assert any(n.startswith("parallel sequences multiply the recurrent state (8 ×") for n in rec.notes)
+    assert any(n.startswith("8 parallel sequences multiply the recurrent state (8 ×") for n in rec.notes)
+    # rollback snapshots (drafting on a hybrid target) are a cause of their own, said as such
+    snaps = analytic_plan(infos["lfm2"], S(n_rs_seq=4), []).notes
+    assert any(
+        n.startswith("rollback snapshots (n_rs_seq = 4) multiply the recurrent state (1 + 4 = 5 ×")
+        for n in snaps
+    )
+    assert not any("parallel" in n for n in snaps)
+    both = analytic_plan(infos["lfm2"], S(n_seq_max=2, n_rs_seq=4), []).notes
+    assert any(
+        n.startswith(
+            "2 parallel sequences and rollback snapshots (n_rs_seq = 4) multiply the recurrent state (2 × (1 + 4) = 10 ×"
+        )
+        for n in both
+    )
     (kv,) = [a for a in analytic_plan(infos["deepseek2"], S(), []).allocations if a.component == "kv"]
     assert "no V (MLA: K only)" in kv.detail
     gemma4 = analytic_plan(infos["gemma4"], S(flash_attn="off"), [])

@@ -189,7 +189,7 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         )
         if rows > 1:
             one = 4 * (geo.n_embd_r + geo.n_embd_s) * len(geo.rec_layers)
-            notes.append(f"parallel sequences multiply the recurrent state ({rows} × {one / MiB:.2f} MiB)")
+            notes.append(_state_rows_note(r.n_seq, rs_seq, one))
     ple_layers, ple_bytes = ple_conv_state(info, r, rs_seq)  # qwen4exp: the "P" row (§6)
     allocs += _per_layer_state(ple_layers, ple_bytes, kv_dev, "PLE convolution state (P)", seqs)
     for st in dsv4_states(info, r, rs_seq):  # f32 compressor states (§7), per sequence
@@ -263,6 +263,19 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         notes=tuple(notes),
         flash_attn_resolved=(None if fa_compute else False) if fa == "auto" else fa == "on",
     )
+
+
+def _state_rows_note(n_seq: int, rs_seq: int, one: int) -> str:
+    """Why the recurrent state has more than one row per layer, in the words of its cause:
+    llama.cpp keeps n_seq_max × (1 + n_rs_seq) rows (llama-memory-recurrent.cpp), one per
+    sequence and one per rollback snapshot (n_rs_seq: drafting on a hybrid target)."""
+    causes = [f"{n_seq} parallel sequences"] if n_seq > 1 else []
+    causes += [f"rollback snapshots (n_rs_seq = {rs_seq})"] if rs_seq else []
+    factors = [str(n_seq)] if n_seq > 1 else []
+    factors += [f"(1 + {rs_seq})" if factors else f"1 + {rs_seq}"] if rs_seq else []
+    rows = n_seq * (1 + rs_seq)
+    how = " × ".join(factors) + (f" = {rows}" if len(factors) > 1 or rs_seq else "")
+    return f"{' and '.join(causes)} multiply the recurrent state ({how} × {one / MiB:.2f} MiB)"
 
 
 def weight_allocations(info: GGUFInfo, settings: PlanSettings, devices: list[Device]) -> list[Allocation]:
