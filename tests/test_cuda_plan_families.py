@@ -7,11 +7,13 @@ a model with layers it does not model (recurrent, delta-net, MLA, sparse or ligh
 per-layer inputs) must still get a plan: the stated bound, with a note saying so, never a
 traceback and never a negative or non-finite figure. Checked over every synthetic family, plain
 and with all keys present, the self-drafting models (qwen35, hy_v3, gemma4) and the real SmolLM2
-and Gemma 3 files, with every layer on the GPU, some and none, under several K/V settings.
+and Gemma 3 files, on one GPU and on two, with every layer on the GPU, some and none, under
+several K/V settings.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -22,11 +24,13 @@ from engine.core.memory_types import PlanSettings as S
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.fit import fit
+from engine.plan.kv_sizes import geometry
 from tests.helpers.all_keys import zero_keys
 from tests.helpers.gguf_factory import FAMILIES, write_family
 from tests.helpers.mtp_models import write_gemma4_target, write_hyv3, write_qwen35
 
 H200 = [Device("CPU", "cpu", 128 * GiB, 120 * GiB), Device("CUDA0", "gpu", 140 * GiB, 139 * GiB)]
+TWO = [H200[0], Device("CUDA0", "gpu", 80 * GiB, 79 * GiB), Device("CUDA1", "gpu", 24 * GiB, 20 * GiB)]
 KV = [
     S(type_k="f16", type_v="f16", flash_attn="on"),
     S(type_k="q8_0", type_v="q8_0", flash_attn="on"),
@@ -82,8 +86,11 @@ def test_a_hybrid_delta_net_model_plans_on_cuda(files: dict[str, Path]) -> None:
 def test_cuda_plan_and_fit_for_every_model(model: GGUFInfo) -> None:
     layers = model.n_layer + 1  # the output layer counts as one
     for kv in KV:
-        for ngl in (-1, layers // 2, 1, 0):
-            _sane(analytic_plan(model, kv.replace(n_ctx=2048, n_gpu_layers=ngl), H200))
+        for ngl, devices in itertools.product((-1, layers // 2, 1, 0), (H200, TWO)):
+            plan = analytic_plan(model, kv.replace(n_ctx=2048, n_gpu_layers=ngl), devices)
+            _sane(plan)
+            if geometry(model).rec_layers:  # recurrent layers: the stated bound, said so
+                assert any("has recurrent layers" in n and "bound" in n for n in plan.notes), plan.notes
         weights = analytic_plan(model, kv.replace(n_ctx=512), H200).bytes_for("CUDA0", "weights")
         small = [H200[0], Device("CUDA0", "gpu", 8 * GiB, weights // 2 + 1)]  # room for about half
         for devices in (H200, small):

@@ -3,7 +3,10 @@
 engine.plan.compute_cuda holds the terms; this module gathers the model facts they need once
 per model (widest K/V rows, the largest weight matrix of each layer as CUDA pads it, the
 output matrix) and turns them into per-device allocations, with the partial-offload
-allowance stated in the plan notes.
+allowance stated in the plan notes. The CUDA terms and the replay follow standard attention +
+FFN layers; a model with other layers (`unmodelled`: recurrent, MLA, sparse or lightning
+attention, per-layer inputs) gets the stated bound instead, never a replay over matrices it
+does not have, and a note that says so.
 """
 
 from __future__ import annotations
