@@ -275,3 +275,47 @@ def test_second_launch_hands_the_file_to_the_first_and_a_crash_never_blocks(
     finally:
         third.terminate()
         third.wait(30)
+
+
+FIRST_TURN = """
+import sys
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+
+qapp = QApplication(sys.argv[:1])
+
+
+def first_turn() -> None:  # the window is shown and start() has run
+    print(" ".join(m for m in ("engine.cli.main", "gguf", "numpy") if m in sys.modules) or "none")
+    qapp.quit()
+
+
+QTimer.singleShot(0, first_turn)
+from kvdeck.launcher import main
+
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("args", [[], ["not-there.gguf"]], ids=["kvdeck", "kvdeck-file"])
+def test_the_window_shows_without_the_cli_gguf_or_numpy(tmp_path, args) -> None:
+    """Cold start: ``kvdeck`` and ``kvdeck MODEL.gguf`` reach the shown window without importing
+    the CLI's modules or the numeric stack (``import gguf`` brings numpy and yaml: together half
+    a second on two cores); they come with the first model, on its inspection thread."""
+    env = {
+        **os.environ,
+        "KVDECK_DATA_DIR": str(tmp_path),
+        "KVDECK_DEMO_MODEL": "",  # no first model: nothing may import them behind the test's back
+        "QT_QPA_PLATFORM": "offscreen",
+        "PYTHONPATH": str(ROOT),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", FIRST_TURN, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["none"]
