@@ -24,7 +24,7 @@ def small(qtbot, tmp_path, monkeypatch, smollm2_path):
     with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
         win.start()
     with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        win._apply_settings(win.settings.replace(n_ctx=N_CTX))
+        win.models.apply(win.settings.replace(n_ctx=N_CTX))
     assert win.bridge.loaded_info.n_ctx == N_CTX
     yield win
     win.close()

@@ -19,8 +19,8 @@ from PySide6.QtGui import QColor, QPalette, QTextCursor, QTextFormat
 from PySide6.QtWidgets import QApplication, QScrollArea
 
 from app.chat.chat_view import ChatView, ShownMessage
-from app.main_window import model_summary
 from app.memory.dashboard_widgets import idle_split
+from app.model_text import model_summary
 from app.single_instance import SingleInstance, server_name
 from app.theme import apply_theme, chat_colors, contrast
 from engine.core import paths

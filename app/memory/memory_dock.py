@@ -69,15 +69,20 @@ class MemoryDock(QDockWidget):
         self.cache.planChanged.connect(self._on_plan)
         self.cache.applyRequested.connect(self.applyRequested.emit)
         self._recurrent = False
+        self._stopped = False
 
     def _pids(self) -> list[int]:
         pid = self._runtime_pid()
         return [os.getpid()] + ([pid] if pid else [])
 
     def start(self) -> None:
-        self.sampler.start()
+        """Start sampling; not after `stop` (the window starts it once it is shown, and a window
+        closed before its first event-loop turn must not leave a sampler behind)."""
+        if not self._stopped:
+            self.sampler.start()
 
     def stop(self) -> None:
+        self._stopped = True
         self.sampler.stop()
         self.telemetry.close()
 
