@@ -20,6 +20,7 @@ from app.bridges.draft_picker import DraftController
 from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.server_toggle import ServerToggle
 from app.chat.chat_pane import ChatPane
+from app.memory.cache_panel import MARGINS_SETTING, margins_from_setting, margins_setting
 from app.memory.memory_dock import MemoryDock
 from app.menus import WindowMenus
 from app.model_loading import ModelLoading
@@ -104,6 +105,11 @@ class MainWindow(QMainWindow):
         self.memory.setMinimumWidth(MEMORY_MIN_WIDTH)
         self.resizeDocks([self.memory], [420], Qt.Orientation.Horizontal)
         self.memory.applyRequested.connect(self.models.apply)
+        # the fit's margins, as `kvdeck fit --margin-mib/--cpu-margin-mib`: one setting for all models
+        self.memory.cache.set_margins(margins_from_setting(store.get_setting(MARGINS_SETTING)))
+        self.memory.cache.marginsChanged.connect(
+            lambda m: self.chat._setting(MARGINS_SETTING, margins_setting(m))
+        )
         self.bridge.kvUsed.connect(self.memory.kv_used)
         self.bridge.kvSlots.connect(self.memory.kv_slots)  # one bar per parallel sequence
         self.chat.speed.connect(self.memory.speed)

@@ -145,6 +145,7 @@ class ModelLoading(QObject):
                     info,
                     self.win.memory.devices()[0],
                     plan_fn=analytic_plan,
+                    margins=self.win.memory.cache.margins(),
                 )
         except (KvDeckError, TypeError, ValueError) as exc:
             self.win.show_problem(f"{Path(path).name}: {exc}")
@@ -276,6 +277,7 @@ class ModelLoading(QObject):
             settings,
             devices,
             plan_fn=analytic_plan,
+            margins=self.win.memory.cache.margins(),
             min_context=min(current + 1, info.n_ctx_train or current + 1),
             parent=self,
             name="kvdeck-fit-larger",
