@@ -69,7 +69,8 @@ def fit_narrow_windows(win: Any) -> None:  # app.main_window.MainWindow
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(5)
         combo.setMinimumWidth(88)  # below its cached hint: the layout takes this one
-    win.sidebar.setMinimumWidth(168)  # "Open GGUF…" and "Rescan" still show whole
+    # as narrow as its buttons allow, whole ("New chat", "Import…"; "Open GGUF…" beside an icon)
+    win.sidebar.setMinimumWidth(win.sidebar.minimumSizeHint().width())
     for names in (win.sidebar.conversations, win.sidebar.models):  # "a long title…", no scroll bar
         names.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         names.setTextElideMode(Qt.TextElideMode.ElideRight)

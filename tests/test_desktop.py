@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QPalette, QTextCursor, QTextFormat
-from PySide6.QtWidgets import QApplication, QScrollArea
+from PySide6.QtWidgets import QAbstractButton, QApplication, QScrollArea
 
 from app.chat.chat_view import ChatView, ShownMessage
+from app.main_window import MEMORY_MIN_WIDTH, MEMORY_WIDTH
 from app.memory.dashboard_widgets import idle_split
 from app.model_text import model_summary
 from app.single_instance import SingleInstance, server_name
@@ -319,3 +320,39 @@ def test_the_window_shows_without_the_cli_gguf_or_numpy(tmp_path, args) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["none"]
+
+
+def test_at_1000x700_the_narrowest_sidebar_and_memory_dock_show_everything_whole(
+    qtbot, tmp_path, monkeypatch, smollm2_path
+) -> None:
+    """The sidebar and the Memory dock each squeezed to their minimum width in a 1000×700
+    window: every sidebar button is as wide as its text wants ("Open GGUF…" was cut), and the
+    dashboard does not scroll sideways (its plan table was wider than the dock): the error
+    column shows the share, its bytes in the tooltip, until the dock is wide enough again."""
+    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
+    try:
+        win.resize(1000, 700)
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.start()
+        qtbot.waitUntil(lambda: win.width() == 1000)
+        win.centralWidget().setSizes([0, 1000])  # the splitter gives the sidebar its minimum
+        win.resizeDocks([win.memory], [MEMORY_MIN_WIDTH], Qt.Orientation.Horizontal)
+        qtbot.waitUntil(lambda: win.memory.width() == MEMORY_MIN_WIDTH)
+        QApplication.processEvents()
+        buttons = win.sidebar.findChildren(QAbstractButton)
+        assert win.sidebar.open_button in buttons
+        assert [b.text() for b in buttons if b.text() and b.width() < b.sizeHint().width()] == []
+        table = win.memory.dashboard.plan_table
+        assert table.rowCount() and table.isVisible()
+        sideways = [a for a in win.memory.findChildren(QScrollArea) if a.horizontalScrollBar().maximum() > 0]
+        assert sideways == []
+        total = table.rowCount() - 1
+        error = next(e for d, comp, *_, e in win.memory.dashboard.plan_rows if comp == "total")
+        assert table.item(total, 3).text() == error.rpartition(" (")[2].rstrip(")")  # "+0.0 %"
+        assert table.item(total, 3).toolTip() == error
+        win.resize(1600, 1000)
+        win.resizeDocks([win.memory], [MEMORY_WIDTH], Qt.Orientation.Horizontal)
+        qtbot.waitUntil(lambda: table.item(total, 3).text() == error)
+    finally:
+        win.bridge.shutdown()
+        win.store.close()

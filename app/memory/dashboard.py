@@ -10,6 +10,7 @@ coalesces; the speed chart, fed once per token, repaints at most about 15 times 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Slot
+from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGroupBox,
@@ -104,6 +105,48 @@ def _discard(widget: QWidget) -> None:
     widget.deleteLater()
 
 
+_FULL = Qt.ItemDataRole.UserRole + 1  # an error cell's whole text: "+2.8 KiB (+0.0 %)"
+
+
+class PlanTable(QTableWidget):
+    """Predicted against measured, every row shown without an inner scroll bar. Where the dock is
+    too narrow for the whole error ("+2.8 KiB (+0.0 %)") the column shows the share alone and the
+    bytes move to its tooltip, so the dashboard never scrolls sideways (1000×700 and up)."""
+
+    def fit_rows(self) -> None:
+        """Call after filling: the minimum width (short errors), the whole-text width, the height."""
+        self._set_errors(full=False)
+        self.setMinimumWidth(self._columns_width())
+        self._set_errors(full=True)
+        self._full_width = self._columns_width()
+        self._set_errors(full=self.width() >= self._full_width)
+        header = self.horizontalHeader()
+        self.setFixedHeight(
+            header.sizeHint().height()
+            + 2 * self.frameWidth()
+            + sum(self.rowHeight(i) for i in range(self.rowCount()))
+        )
+
+    def _columns_width(self) -> int:
+        header = self.horizontalHeader()
+        return 2 * self.frameWidth() + sum(
+            max(self.sizeHintForColumn(c), header.sectionSizeHint(c)) for c in range(self.columnCount())
+        )
+
+    def _set_errors(self, full: bool) -> None:
+        for r in range(self.rowCount()):
+            item = self.item(r, 3)
+            whole = item.data(_FULL) if item is not None else None
+            if whole:
+                share = whole.rpartition(" (")[2].rstrip(")") if whole.endswith(" %)") else whole
+                item.setText(whole if full else share)
+                item.setToolTip("" if full else whole)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._set_errors(full=self.width() >= getattr(self, "_full_width", 0))
+
+
 class DashboardPanel(QWidget):
     """Live memory per device, predicted against measured plans, KV occupancy and speed."""
 
@@ -125,7 +168,7 @@ class DashboardPanel(QWidget):
         self.plan_bars: list[StackedBar] = []
         self._plan_box = QVBoxLayout()
         self.plan_rows: list[tuple[str, str, str, str, str]] = []
-        self.plan_table = QTableWidget(0, 4)
+        self.plan_table = PlanTable(0, 4)
         self.plan_table.setHorizontalHeaderLabels(["", "Predicted", "Measured", "Error"])
         self.plan_table.horizontalHeaderItem(3).setToolTip(
             "predicted − measured, and that as a share of measured"
@@ -277,18 +320,9 @@ class DashboardPanel(QWidget):
             table.setItem(r, 0, _cell(f"  {comp}", bold=comp == "total", device=device))
             for c, text in enumerate(values, start=1):
                 table.setItem(r, c, _cell(text, bold=comp == "total", right=True))
+            table.item(r, 3).setData(_FULL, values[2])
             r += 1
-        # every row shows without an inner scroll bar; a too narrow panel scrolls as a whole
-        header = table.horizontalHeader()
-        table.setMinimumWidth(
-            2 * table.frameWidth()
-            + sum(max(table.sizeHintForColumn(c), header.sectionSizeHint(c)) for c in range(4))
-        )
-        table.setFixedHeight(
-            header.sizeHint().height()
-            + 2 * table.frameWidth()
-            + sum(table.rowHeight(i) for i in range(table.rowCount()))
-        )
+        table.fit_rows()
 
     @Slot(list, int, str)
     def show_kv(self, cells_used: list[int], capacity: int, kind: str) -> None:
