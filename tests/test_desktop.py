@@ -346,6 +346,8 @@ def test_at_1000x700_the_narrowest_sidebar_and_memory_dock_show_everything_whole
         assert table.rowCount() and table.isVisible()
         sideways = [a for a in win.memory.findChildren(QScrollArea) if a.horizontalScrollBar().maximum() > 0]
         assert sideways == []
+        legend = win.memory.dashboard.plan_legend  # its keys wrap to a second line, not cut off
+        assert legend.height() >= legend.heightForWidth(legend.width())
         total = table.rowCount() - 1
         error = next(e for d, comp, *_, e in win.memory.dashboard.plan_rows if comp == "total")
         assert table.item(total, 3).text() == error.rpartition(" (")[2].rstrip(")")  # "+0.0 %"
