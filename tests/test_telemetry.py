@@ -23,16 +23,8 @@ import pynvml
 import pytest
 
 from engine.core.memory_types import GiB, MiB
-from engine.runtime.telemetry import (
-    NO_GPU,
-    NVML_NOT_FOUND,
-    GpuIdentity,
-    Telemetry,
-    TelemetrySampler,
-    TelemetrySnapshot,
-    attribute_gpu_memory,
-    cuda_order,
-)
+from engine.runtime.gpu_attribution import GpuIdentity, attribute_gpu_memory, cuda_order
+from engine.runtime.telemetry import NO_GPU, NVML_NOT_FOUND, Telemetry, TelemetrySampler, TelemetrySnapshot
 
 ME = os.getpid()
 

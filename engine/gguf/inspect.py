@@ -5,8 +5,9 @@ starts the llama.cpp child (to plan memory, and to refuse bad files with a sente
 native abort). `gguf.GGUFReader` builds numpy views per metadata element and needs 4 s (SmolLM2)
 to 20 s (Gemma 3's 262k-token vocabulary), so `engine.gguf.reader` walks the header with `struct`
 over an `mmap` (refusing what llama.cpp's parser refuses) and this module applies the model rules
-of llama.cpp 0c1e570 (`llama_model_base::load_hparams`, `src/models/*.cpp`); tensor data is never
-read. See notes/llama-cpp-memory.md.
+of llama.cpp 0c1e570 (`llama_model_base::load_hparams`, `src/models/*.cpp`; the per-layer ones,
+sliding window and lightning indexer, are `engine.gguf.layer_rules`); tensor data is never read.
+See notes/llama-cpp-memory.md.
 """
 
 from __future__ import annotations
@@ -20,32 +21,25 @@ from typing import Any
 from engine.core.errors import ModelFileError
 from engine.gguf.arch_keys import known_arch, visible_metadata
 from engine.gguf.hparams import (
-    DSA_ARCHS,
     HYBRID_ARCHS,
-    IDX_HYBRID_ARCHS,
     MLA_ARCHS,
     MLA_KEYS,
-    NO_MEMORY_ARCHS,
     RECURRENT_ARCHS,
     SSM_KEYS,
-    SWA_ALWAYS,
-    SWA_IF_WINDOW,
     WeightLayout,
-    indexer_layer_flags,
     kv_layer_flags,
     recurrent_flags,
     weight_layout,
 )
+from engine.gguf.layer_rules import MAX_LAYERS, indexer_layout, int_key, per_layer, swa_layout
 from engine.gguf.reader import Array as _Array
 from engine.gguf.reader import Corrupt as _Corrupt
 from engine.gguf.reader import TensorRow, read_header
 from engine.gguf.sparse import sparse_meta
 
-MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts (GGML_ASSERT) above this.
-MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS, same consequence.
+MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS: llama.cpp aborts (GGML_ASSERT) above this.
 _MAX_DIM = 1 << 20  # sanity bound for embedding width, head counts and head sizes.
 
-_U32_MAX = 2**32 - 1
 Header = tuple[dict[str, Any], dict[str, int], list[TensorRow]]  # what read_header returns
 
 
@@ -127,99 +121,10 @@ class GGUFInfo:
         return out
 
 
-def _int(
-    meta: dict[str, Any], key: str, default: int | None = None, required: bool = False, wide: bool = False
-) -> int | None:
-    """An integer scalar key; rejects floats, strings, negatives and arrays, and (unless `wide`)
-    values beyond 32 bits, which llama.cpp reads every such key as (a u64 one fails to load)."""
-    if key not in meta:
-        if required:
-            raise _Corrupt(f"lacks the required key {key}")
-        return default
-    value = meta[key]
-    if type(value) is not int or value < 0 or (value > _U32_MAX and not wide):
-        raise _Corrupt(f"has an invalid value for {key}")
-    return value
-
-
 def _opt(meta: dict[str, Any], key: str, kind: type[Any]) -> Any:
     """An informative key of that type, else None (converters may write -1 for "no token")."""
     value: Any = meta.get(key)
     return value if type(value) is kind and (kind is not int or value >= 0) else None
-
-
-def _per_layer(meta: dict[str, Any], key: str, n_layer: int, default: tuple[int, ...]) -> tuple[int, ...]:
-    """llama.cpp's get_key_or_arr: a scalar for every layer or an array of exactly n_layer."""
-    value = meta.get(key)
-    if value is None:
-        return default
-    if isinstance(value, _Array):
-        if (
-            value.length != n_layer
-            or value.items is None
-            or value.elem_type in (6, 7, 12)
-            or min(value.items, default=0) < 0
-        ):
-            raise _Corrupt(f"has an array {key} that is not one count per layer")
-        return tuple(int(v) for v in value.items)
-    return (_int(meta, key) or 0,) * n_layer
-
-
-def _swa(
-    meta: dict[str, Any], arch: str, n_layer: int, n_layer_main: int, n_head_kv: tuple[int, ...]
-) -> tuple[int, tuple[bool, ...]]:
-    """(window, per-layer SWA flags) as the arch's load_arch_hparams sets them; (0, all False)
-    when llama.cpp runs the model without sliding-window attention."""
-    p = f"{arch}.attention."
-    window = _int(meta, p + "sliding_window")
-    if arch in SWA_ALWAYS:
-        period, dense_first, default = SWA_ALWAYS[arch]
-        window = default if window is None else window
-        if window is None:
-            raise _Corrupt(f"lacks the required key {p}sliding_window")
-    elif arch in SWA_IF_WINDOW and window:
-        period, dense_first = SWA_IF_WINDOW[arch]
-        window = 4096 if arch == "smallthinker" else window
-    elif arch in ("lfm2", "lfm2moe") and window:
-        return window, tuple(kv > 0 for kv in n_head_kv)  # every attention layer
-    elif arch == "llama4" and window != 0:
-        window, period, dense_first = 8192, 4, False  # chunked attention, window forced
-    elif arch == "exaone4" and n_layer_main == 64:
-        window, period, dense_first = window or 4096, 4, False
-    elif arch == "deepseek4":
-        return _int(meta, p + "sliding_window", required=True) or 0, (True,) * n_layer
-    else:
-        return 0, (False,) * n_layer
-    pattern = meta.get(p + "sliding_window_pattern")
-    if isinstance(pattern, _Array):
-        if pattern.items is None or pattern.length > MAX_LAYERS:
-            raise _Corrupt(f"has an unusable {p}sliding_window_pattern")
-        given = tuple(bool(v) for v in pattern.items[:n_layer])
-        return window, _some_swa(arch, p, given + (False,) * (n_layer - len(given)))
-    if pattern is not None:  # a scalar overrides the arch's period
-        period = _int(meta, p + "sliding_window_pattern")
-    if period is None:
-        raise _Corrupt(f"lacks the required array {p}sliding_window_pattern")
-    return window, _some_swa(
-        arch,
-        p,
-        tuple(
-            il < n_layer_main
-            and (period == 0 or (il % period != 0 if dense_first else il % period < period - 1))
-            for il in range(n_layer)
-        ),
-    )
-
-
-def _some_swa(arch: str, p: str, flags: tuple[bool, ...]) -> tuple[bool, ...]:
-    """The arch turned sliding-window attention on, so llama_model::create_memory asserts
-    `hparams.is_swa_any()` (an abort): an empty or all-false pattern cannot load."""
-    if not any(flags) and arch not in NO_MEMORY_ARCHS:
-        raise _Corrupt(
-            f"turns sliding-window attention on, but {p}sliding_window_pattern "
-            "marks no layer as sliding-window (llama.cpp aborts)"
-        )
-    return flags
 
 
 def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
@@ -240,17 +145,17 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
     # From here on only the keys llama.cpp's loader reads for this arch exist (arch_table).
     meta = visible_metadata(meta, arch)
     a, at = arch + ".", arch + ".attention."
-    n_layer = _int(meta, a + "block_count", required=True) or 0
-    n_nextn = _int(meta, a + "nextn_predict_layers", 0) or 0  # MTP layers, counted in n_layer
+    n_layer = int_key(meta, a + "block_count", required=True) or 0
+    n_nextn = int_key(meta, a + "nextn_predict_layers", 0) or 0  # MTP layers, counted in n_layer
     if not 0 < n_layer <= MAX_LAYERS or n_nextn > n_layer:
         raise _Corrupt(f"has {n_layer} layers (llama.cpp accepts 1 to {MAX_LAYERS})")
-    n_ctx = _int(meta, a + "context_length", required=True, wide=True) or 0
-    n_embd = _int(meta, a + "embedding_length", required=True) or 0
+    n_ctx = int_key(meta, a + "context_length", required=True, wide=True) or 0
+    n_embd = int_key(meta, a + "embedding_length", required=True) or 0
     if not 0 < n_embd <= _MAX_DIM or n_ctx <= 0:
         raise _Corrupt("has an impossible embedding length or context length")
     recurrent, hybrid = arch in RECURRENT_ARCHS, arch in HYBRID_ARCHS
-    heads = _per_layer(meta, at + "head_count", n_layer, (0,) * n_layer)
-    kv_heads = _per_layer(meta, at + "head_count_kv", n_layer, heads)
+    heads = per_layer(meta, at + "head_count", n_layer, (0,) * n_layer)
+    kv_heads = per_layer(meta, at + "head_count_kv", n_layer, heads)
     if max(heads + kv_heads) > _MAX_DIM or (not recurrent and min(max(heads), max(kv_heads)) == 0):
         raise _Corrupt(
             f"has an impossible attention head count ({max(heads)} heads, {max(kv_heads)} KV heads)"
@@ -266,13 +171,15 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
     if heads[0]:
         if n_embd % heads[0] and (at + "key_length" not in meta or at + "value_length" not in meta):
             raise _Corrupt(f"has an embedding length ({n_embd}) not divisible by its head count")
-        hk = _int(meta, at + "key_length", n_embd // heads[0]) or 0
-        hv = _int(meta, at + "value_length", n_embd // heads[0]) or 0
-    hk_swa, hv_swa = (_int(meta, at + f"{kv}_length_swa") for kv in ("key", "value"))
+        hk = int_key(meta, at + "key_length", n_embd // heads[0]) or 0
+        hv = int_key(meta, at + "value_length", n_embd // heads[0]) or 0
+    hk_swa, hv_swa = (int_key(meta, at + f"{kv}_length_swa") for kv in ("key", "value"))
     if max(kv_heads) and (not 0 < hk <= _MAX_DIM or not 0 < hv <= _MAX_DIM):
         raise _Corrupt("has attention layers but an impossible head size")
-    n_swa, swa_layers = _swa(meta, arch, n_layer, n_layer - n_nextn, kv_heads)
-    from_start = {"gemma3n": 20, "gemma4": n_layer - (_int(meta, at + "shared_kv_layers", 0) or 0)}.get(arch)
+    n_swa, swa_layers = swa_layout(meta, arch, n_layer, n_layer - n_nextn, kv_heads)
+    from_start = {"gemma3n": 20, "gemma4": n_layer - (int_key(meta, at + "shared_kv_layers", 0) or 0)}.get(
+        arch
+    )
     if from_start is not None:  # reuse targets must exist and be of the same kind, or abort
         if from_start < 2:
             raise _Corrupt("shares the KV cache of more layers than it has")
@@ -282,9 +189,9 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
                 raise _Corrupt(
                     f"has shared-KV layer {il} whose source layer {target} is of the other attention kind"
                 )
-    ssm = {v: _int(meta, a + k) or 0 for k, v in SSM_KEYS.items() if a + k in meta}
-    n_ff = _per_layer(meta, a + "feed_forward_length", n_layer, (0,) * n_layer)
-    n_ff_exp = max(_per_layer(meta, a + "expert_feed_forward_length", n_layer, (0,)))
+    ssm = {v: int_key(meta, a + k) or 0 for k, v in SSM_KEYS.items() if a + k in meta}
+    n_ff = per_layer(meta, a + "feed_forward_length", n_layer, (0,) * n_layer)
+    n_ff_exp = max(per_layer(meta, a + "expert_feed_forward_length", n_layer, (0,)))
     rl = meta.get(at + "recurrent_layers")
     try:
         recr = recurrent_flags(
@@ -298,20 +205,20 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
         )
     except ValueError as exc:
         raise _Corrupt(f"has an unusable {at}recurrent_layers ({exc})") from None
-    indexer, indexer_layers = _indexer(meta, arch, n_layer, n_layer - n_nextn, n_ctx, recr)
+    indexer, indexer_layers = indexer_layout(meta, arch, n_layer, n_layer - n_nextn, n_ctx, recr)
     # Only the MLA archs' loaders read the `_mla` keys, and llama_hparams::is_mla() asks for
     # both head sizes to be non-zero: other writers put these keys, zeroed, into every file.
-    mla = {k: _int(meta, at + k) or 0 for k in MLA_KEYS if at + k in meta} if arch in MLA_ARCHS else {}
+    mla = {k: int_key(meta, at + k) or 0 for k in MLA_KEYS if at + k in meta} if arch in MLA_ARCHS else {}
     is_mla = bool(mla.get("key_length_mla")) and bool(mla.get("value_length_mla"))
-    n_expert = _int(meta, a + "expert_count", 0) or 0
-    n_expert_used = max(_per_layer(meta, a + "expert_used_count", n_layer, (0,)))
+    n_expert = int_key(meta, a + "expert_count", 0) or 0
+    n_expert_used = max(per_layer(meta, a + "expert_used_count", n_layer, (0,)))
     if n_expert > MAX_EXPERTS or n_expert_used > n_expert or (n_expert and not n_expert_used):
         raise _Corrupt(f"has an impossible expert setup ({n_expert_used} of {n_expert} used)")
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = _opt(meta, "tokenizer.ggml.model", str)
     if vocab not in (None, "none", "no_vocab") and not isinstance(tokens, _Array):
         raise _Corrupt(f"lacks its vocabulary (tokenizer.ggml.tokens) for the {vocab!r} tokenizer")
-    n_vocab = tokens.length if isinstance(tokens, _Array) else _int(meta, a + "vocab_size", 0) or 0
+    n_vocab = tokens.length if isinstance(tokens, _Array) else int_key(meta, a + "vocab_size", 0) or 0
     template = _opt(meta, "tokenizer.chat_template", str)
     template = template if template and template.strip() else None
     embd_rows = next(
@@ -372,51 +279,6 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
         indexer_layers=indexer_layers,
         sparse=sparse_meta(meta, arch, n_layer),
     )
-
-
-def _indexer(
-    meta: dict[str, Any], arch: str, n_layer: int, n_main: int, n_ctx: int, recurrent: tuple[bool, ...]
-) -> tuple[dict[str, int] | None, tuple[bool, ...]]:
-    """The lightning-indexer keys of a DSA or hybrid-idx arch and its per-layer cache flags.
-    deepseek32, glm-dsa, glm5-next and qwen4exp require the keys (llama.cpp fails to load
-    without them). "cache_width" is the cached row: key_length, × 3 with glm5-next's k-pool
-    (key, gate and pooled values per token)."""
-    if arch not in DSA_ARCHS and arch not in IDX_HYBRID_ARCHS:
-        return None, ()
-    p = f"{arch}.attention.indexer."
-    required = arch != "hy_v4"
-    idx = {k: _int(meta, p + k, 0, required=required) or 0 for k in ("head_count", "key_length", "top_k")}
-    if arch == "qwen4exp" and not all(idx.values()):  # qwen4exp_require_nonzero
-        raise _Corrupt(f"has a zero {p}head_count, key_length or top_k")
-    idx["cache_width"] = idx["key_length"]
-    if arch == "glm5-next":  # GGML_ASSERT(kpool > 1 && top_k % kpool == 0): an abort
-        kpool = _int(meta, p + "kpool", required=True) or 0
-        if kpool <= 1 or idx["top_k"] % kpool:
-            raise _Corrupt(f"has an unusable {p}kpool ({kpool}: must exceed 1 and divide top_k)")
-        idx["cache_width"] = 3 * idx["key_length"]
-        if _int(meta, f"{arch}.rope.dimension_count", 1):  # n_rot defaults to the head size
-            raise _Corrupt(
-                f"has rotary dimensions, but llama.cpp asserts that glm5-next's MLA "
-                f"is NoPE-only ({arch}.rope.dimension_count must be 0)"
-            )
-    read = arch in ("glm-dsa", "glm5-next", "dots3note") or (arch == "hy_v4" and idx["top_k"] > 0)
-    raw = meta.get(p + "types") if read else None
-    types: tuple[int, ...] | None = None
-    if isinstance(raw, _Array):  # bool, uint32 or int32 elements, one per trunk layer
-        if raw.items is None or raw.elem_type not in (4, 5, 7):
-            raise _Corrupt(f"has an unusable {p}types")
-        types = tuple(int(v) for v in raw.items)
-    elif raw is not None:
-        types = ((_int(meta, p + "types") or 0),) * n_main
-    if arch == "dots3note":  # get_arr, required, any length up to LLAMA_MAX_LAYERS
-        if types is None or len(types) > MAX_LAYERS:
-            raise _Corrupt(f"lacks a usable array {p}types")
-        types = (types + (0,) * n_main)[:n_main]
-    try:
-        flags = indexer_layer_flags(arch, n_layer, n_main, n_ctx, idx["top_k"], types, recurrent)
-    except ValueError as exc:
-        raise _Corrupt(f"has an unusable indexer setup ({exc})") from None
-    return (idx if any(flags) else None), flags
 
 
 def inspect_gguf(path: str | os.PathLike[str]) -> GGUFInfo:

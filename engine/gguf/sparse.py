@@ -10,7 +10,7 @@ Two archs build memory modules beyond the plain, SWA, MLA and DSA caches that ar
   on the layers after `leading_dense_block_count`.
 
 and two more read what sizing needs beyond their DSA / hybrid-indexer caches (whose keys
-are read by `engine.gguf.inspect._indexer`):
+are read by `engine.gguf.layer_rules.indexer_layout`):
 
 * qwen4exp (`llama_memory_hybrid_idx`): per-layer QSA block sizes (`attention.compress_ratios`),
   hyper-connection streams and the per-layer n-gram embedding (PLE) module, whose convolution

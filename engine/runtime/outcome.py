@@ -1,6 +1,6 @@
 """How a runtime child ended, as a typed outcome with a sentence a user can read.
 
-Split from `engine.runtime.host` (which turns the child's death into a `ProcessOutcome`) so the
+Split from `engine.runtime.process` (which turns the child's death into a `ProcessOutcome`) so the
 wording of every way a process can end lives in one small place: killed by the OOM killer, an
 abort with llama.cpp's assert message, a segfault, a plain exit status.
 """
