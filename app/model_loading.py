@@ -111,6 +111,7 @@ class ModelLoading(QObject):
             self.win.show_problem(problem)
             return
         self.win.model_label.setText(f"Reading {Path(path).name}…")
+        self.bridge.prewarm()  # the runtime starts while the file is read and its settings fitted
         self._inspections += 1
         ticket = self._inspections
         run_in_background(  # a multi-GB file on a slow disk can take a moment
