@@ -7,7 +7,7 @@ Writes each shape as a *sparse* GGUF: metadata and tensor infos of the real mode
 size, all matrices Q4_0) followed by a hole up to the full data size, so a 70B file costs no
 disk. A dry run (`no_alloc`, `load_mode NONE`) never reads tensor data, and a real load reads
 zeros, which is all a memory measurement needs. For every case of the grid a child process
-creates the context and we keep llama.cpp's `sched_reserve: <buft> compute buffer size` lines
+(`tools.llama_dry_run`, the dry run the tests use too) creates the context and we keep llama.cpp's `sched_reserve: <buft> compute buffer size` lines
 (and the KV/output lines): `raw-<grid>.json` in DIR. The analytic side is computed later, on
 any machine, by benchmarks/gpu_compute_report.py (it rewrites the same sparse files locally).
 `--debug` also keeps `GGML_SCHED_DEBUG=2` graph dumps (node, size, backend, split inputs) of a
@@ -20,13 +20,16 @@ import argparse
 import gzip
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.core.memory_types import PlanSettings  # noqa: E402
+from tools.llama_dry_run import run_jobs as dry_run_jobs  # noqa: E402
 
 # Real model dimensions (Hugging Face configs); matrices Q4_0, norms f32.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -200,93 +203,42 @@ def write_sparse_gguf(path: Path, name: str, n_ctx_train: int = 131072) -> dict[
     return {"shape": name, **h, "file_bytes": start + total, "data_offset": start}
 
 
-# --- the child: one model load per (path, ngl), one context per case ----------------------------
+# --- the dry runs: tools.llama_dry_run's child, one model load per (path, ngl) ----------------
 
-_GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
-_FA = {"auto": -1, "off": 0, "on": 1}
+#: DEBUG lines kept besides INFO and above: compute sizes and, with GGML_SCHED_DEBUG=2, the splits.
+KEEP_DEBUG = ("compute buffer size is", "worst-case", "## SPLIT", "node #")
 
 
-def _child() -> None:  # pragma: no cover - runs in the child process
-    import ctypes
-
-    import llama_cpp  # noqa: F401
-    import llama_cpp.llama_cpp as LL
-
-    keep_debug = ("compute buffer size is", "worst-case", "## SPLIT", "node #")
-    lines: list[str] = []
-    state = {"level": 2, "buf": "", "all": False}
-
-    def on_log(level: int, text: bytes, _ud: object) -> None:
-        if level == 5:
-            level = state["level"]
-        state["level"] = level
-        state["buf"] += text.decode("utf-8", "replace")
-        while "\n" in state["buf"]:
-            line, state["buf"] = state["buf"].split("\n", 1)
-            if level != 1 or any(k in line for k in keep_debug):
-                lines.append(line)
-
-    cb = LL.llama_log_callback(on_log)
-    LL.llama_log_set(cb, ctypes.c_void_p())
-    LL.llama_backend_init()
-    req = json.loads(sys.stdin.read())
-    model, key = None, None
-    for job in req["jobs"]:
-        s = job["s"]
-        k = (job["path"], job.get("real", False), s["ngl"])
-        if k != key:
-            if model:
-                LL.llama_model_free(model)
-            mp = LL.llama_model_default_params()
-            mp.no_alloc = not job.get("real", False)
-            mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
-            mp.n_gpu_layers = s["ngl"]
-            model = LL.llama_model_load_from_file(job["path"].encode(), mp)
-            key = k
-        lines.clear()
-        t = time.time()
-        ok = False
-        if model:
-            cp = LL.llama_context_default_params()
-            cp.n_ctx, cp.n_batch, cp.n_ubatch = s["n_ctx"], s.get("n_batch", 2048), s.get("n_ubatch", 512)
-            cp.n_seq_max = s.get("n_seq", 1)
-            cp.type_k, cp.type_v = _GGML_TYPES[s["tk"]], _GGML_TYPES[s["tv"]]
-            cp.flash_attn_type = _FA[s["fa"]]
-            cp.swa_full = s.get("swa_full", False)
-            cp.n_threads = cp.n_threads_batch = 4
-            ctx = LL.llama_init_from_model(model, cp)
-            ok = bool(ctx)
-            if ctx:
-                LL.llama_free(ctx)
-        else:
-            key = None
-        print(json.dumps({"ok": ok, "s": time.time() - t, "lines": lines}), flush=True)
+def settings_of(s: dict[str, Any]) -> PlanSettings:
+    """A grid case (ngl, n_ctx, tk, tv, fa; n_ubatch, n_seq, swa_full if set) as plan settings."""
+    return PlanSettings(
+        n_ctx=s["n_ctx"],
+        type_k=s["tk"],
+        type_v=s["tv"],
+        flash_attn=s["fa"],
+        n_gpu_layers=s["ngl"],
+        n_ubatch=s.get("n_ubatch", 512),
+        n_seq_max=s.get("n_seq", 1),
+        swa_full=s.get("swa_full", False),
+    )
 
 
 def run_jobs(
     jobs: list[dict[str, Any]], env: dict[str, str] | None = None, timeout: float = 900
 ) -> list[dict[str, Any]]:
-    """Run jobs in as few children as possible; a job that kills the child is reported."""
-    out: list[dict[str, Any]] = []
-    pending = list(jobs)
-    e = {**os.environ, "GGML_NO_BACKTRACE": "1", **(env or {})}
-    while pending:
-        p = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--child"],
-            input=json.dumps({"jobs": pending}),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=e,
-        )
-        done = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
-        out += done
-        if len(done) < len(pending):
-            out.append({"ok": False, "lines": [], "died": p.stderr[-800:]})
-            pending = pending[len(done) + 1 :]
-        else:
-            pending = []
-    return out
+    """Jobs ``{"path", "s": grid case, "real"?}`` in as few children as possible; each result has
+    the context's log lines only, and a job that kills the child is reported with ``died``."""
+    out = dry_run_jobs(
+        [
+            {"path": j["path"], "settings": settings_of(j["s"]).to_dict(), "real": j.get("real", False)}
+            for j in jobs
+        ],
+        KEEP_DEBUG,
+        threads=4,
+        env=env,
+        timeout=timeout,
+    )
+    return [{**r, "died": r["died"][-800:]} if "died" in r else r for r in out]
 
 
 def parse(lines: list[str]) -> dict[str, Any]:
@@ -365,9 +317,6 @@ REAL_CASES = [
 
 
 def main() -> int:
-    if "--child" in sys.argv:
-        _child()
-        return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--grid", default="main")

@@ -19,25 +19,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu_compute import SHAPES, write_sparse_gguf  # noqa: E402
-from engine.core.memory_types import Device, GiB, MiB, PlanSettings  # noqa: E402
+from benchmarks.gpu_compute import SHAPES, settings_of, write_sparse_gguf  # noqa: E402
+from engine.core.memory_types import Device, GiB, MiB  # noqa: E402
 from engine.gguf.inspect import inspect_gguf  # noqa: E402
 from engine.plan.analytic import analytic_plan  # noqa: E402
 
 DEVICES = [Device("CPU", "cpu", 128 * GiB, 120 * GiB), Device("CUDA0", "gpu", 143771 * MiB, 143000 * MiB)]
-
-
-def settings_of(s: dict[str, Any]) -> PlanSettings:
-    return PlanSettings(
-        n_ctx=s["n_ctx"],
-        type_k=s["tk"],
-        type_v=s["tv"],
-        flash_attn=s["fa"],
-        n_gpu_layers=s["ngl"],
-        n_ubatch=s.get("n_ubatch", 512),
-        n_seq_max=s.get("n_seq", 1),
-        swa_full=s.get("swa_full", False),
-    )
 
 
 def regime(s: dict[str, Any], n_layer: int) -> str:

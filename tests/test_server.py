@@ -7,12 +7,8 @@ module, so the slow part (loading) happens once; replies are kept short for slow
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -24,9 +20,9 @@ from engine.child.slots import StopText
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import PlanSettings
 from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config
+from tests.helpers.cli import kvdeck
 from tests.helpers.runtime_host import running_host
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 SLOTS = 2
 
@@ -52,14 +48,7 @@ def test_non_loopback_bind_needs_an_api_key():
         ApiServer(ServedModel(lambda: None, lambda: None, lambda: 1), ServerConfig(host="192.168.1.5"))
     check_config(ServerConfig(host="0.0.0.0", api_key="secret"))
     check_config(ServerConfig(host="::1"))
-    r = subprocess.run(
-        [sys.executable, "-m", "kvdeck", "serve", "--demo", "--host", "0.0.0.0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "KVDECK_API_KEY": ""},
-    )
+    r = kvdeck("serve", "--demo", "--host", "0.0.0.0", env={"KVDECK_API_KEY": ""}, timeout=120)
     assert r.returncode == 2 and "api key" in r.stderr.lower() and r.stderr.count("\n") == 1
 
 
@@ -129,25 +118,8 @@ def test_streaming_chat_matches_the_reply_and_counts_usage(served):
 @pytest.mark.slow
 def test_greedy_reply_equals_kvdeck_chat(served, smollm2_path):
     prompt, n = "Name three fruits.", 16
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kvdeck",
-            "chat",
-            str(smollm2_path),
-            "--prompt",
-            prompt,
-            "--max-tokens",
-            str(n),
-            "--temperature",
-            "0",
-            "--json",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    r = kvdeck(
+        "chat", str(smollm2_path), "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0", "--json"
     )
     assert r.returncode == 0, r.stderr
     cli = json.loads(r.stdout)

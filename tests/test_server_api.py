@@ -20,6 +20,7 @@ from engine import protocol as P
 from engine.core.memory_types import PlanSettings
 from engine.serve.server import ApiServer, ServedModel, ServerConfig
 from engine.serve.tools import parse_calls
+from tests.helpers.cli import kvdeck
 from tests.helpers.runtime_host import running_host
 
 SLOTS = 2
@@ -366,55 +367,26 @@ def test_a_shared_system_prompt_is_not_prefilled_again(served):
 
 @pytest.mark.slow
 def test_cli_chat_json_schema_constrains_the_reply(tmp_path, smollm2_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     schema = tmp_path / "person.json"
     schema.write_text(json.dumps(PERSON))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kvdeck",
-            "chat",
-            str(smollm2_path),
-            "--prompt",
-            "A person as JSON.",
-            "--json-schema",
-            str(schema),
-            "--json",
-            "--max-tokens",
-            "200",
-            "--temperature",
-            "0",
-        ],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    r = kvdeck(
+        "chat",
+        str(smollm2_path),
+        "--prompt",
+        "A person as JSON.",
+        "--json-schema",
+        str(schema),
+        "--json",
+        "--max-tokens",
+        "200",
+        "--temperature",
+        "0",
     )
     assert r.returncode == 0, r.stderr
     jsonschema.validate(json.loads(json.loads(r.stdout)["text"]), PERSON)
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kvdeck",
-            "chat",
-            str(smollm2_path),
-            "--prompt",
-            "x",
-            "--json-schema",
-            str(bad),
-        ],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = kvdeck("chat", str(smollm2_path), "--prompt", "x", "--json-schema", str(bad))
     assert r.returncode != 0 and "must be a JSON object" in r.stderr
 
 

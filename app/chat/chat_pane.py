@@ -5,10 +5,9 @@ twice a second marked incomplete, so a crash or kill keeps what was already show
 ends with a stored reason (``Message.end_reason``), and a reply that never wrote a word is
 deleted rather than left as an empty bubble.
 
-Before each reply the conversation is fitted to the context (engine.chat.conversation
-.fit_conversation, which tokenizes through the runtime: on a background thread). The cut it
-chose is stored per conversation as the id of the first kept message, so the next reply keeps
-the same prompt start and the runtime reuses its cached prefix instead of prefilling it again.
+Before each reply the conversation is fitted to the context on a background thread, and the cut
+is remembered per conversation so the runtime can reuse its cached prefix (``app.chat.context_fit``).
+The streaming half (text arriving, saved as it comes, how a reply ends) is ``app.chat.reply_stream``.
 """
 
 from __future__ import annotations
@@ -21,24 +20,22 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from app.background import run_in_background
 from app.bridges.draft_picker import DraftPicker
 from app.bridges.runtime_bridge import RuntimeBridge
 from app.chat.chat_settings import effective_settings, save_settings
 from app.chat.chat_view import ChatView, ShownMessage
+from app.chat.context_fit import ContextFit
 from app.chat.context_notice import ContextNotice
 from app.chat.markdown_view import code_blocks
 from app.chat.prompt_edit import PromptEdit
 from app.chat.reply_stream import ReplyStream
 from app.chat.settings_panel import ChatSettings
 from engine import protocol as P
-from engine.chat.conversation import conversation_prompt, fit_conversation
+from engine.chat.conversation import conversation_prompt
 from engine.chat.overflow import Fitted, OverflowPolicy
-from engine.chat.template import ChatMessage
 from engine.core.errors import ContextFull, KvDeckError
 from engine.storage.fallback import StoreDegraded
 from engine.storage.identity import title_from_text
-from engine.storage.records import Message
 from engine.storage.store import ChatStore
 
 T = TypeVar("T")
@@ -46,14 +43,6 @@ SAVE_INTERVAL_MS = 500
 RENDER_INTERVAL_MS = 50
 CHAT_HINT = "Ask anything — Enter sends, Shift+Enter for a new line"
 BASE_HINT = "Continue the text (a base model completes what you write) — Enter sends"
-
-
-def _meta(m: Message, prefill: tuple[int, int] | None) -> str:
-    if m.role != "assistant" or not m.n_tokens:
-        return ""
-    speed = f" · {m.tokens_per_s:.1f} tokens/s" if m.tokens_per_s else ""
-    cached = f" · prompt {prefill[0]} tokens, {prefill[1]} from cache" if prefill else ""
-    return f"{m.n_tokens} tokens{speed}{cached}"
 
 
 class ChatPane(ReplyStream, QWidget):
@@ -74,11 +63,12 @@ class ChatPane(ReplyStream, QWidget):
         self._reply_text = ""
         self._reply_tokens = 0
         self._reply_t0 = 0.0
-        self._fitting = 0  # ticket of the fit running in the background (0: none)
         self._retry_after_load: int | None = None  # conversation to answer once reloaded
         #: (prompt tokens, tokens reused from the KV cache) per reply of this session, by message id
         self.prefill: dict[int, tuple[int, int]] = {}
         self._build()
+        self.fit = ContextFit(store, self, self._write_quietly)
+        self._update_buttons()
         self._render_timer = QTimer(self, singleShot=True, interval=RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render_reply)
         self._save_timer = QTimer(self, interval=SAVE_INTERVAL_MS)
@@ -138,10 +128,9 @@ class ChatPane(ReplyStream, QWidget):
         layout.addWidget(self.edit_label)
         layout.addLayout(bottom)
         self._show_settings()
-        self._update_buttons()
 
     def _update_buttons(self) -> None:
-        busy = self.bridge.generating or bool(self._fitting)
+        busy = self.bridge.generating or self.fit.busy
         ready = self.bridge.loaded_info is not None
         self.send_button.setEnabled(ready and not busy)
         self.stop_button.setEnabled(busy)
@@ -159,7 +148,7 @@ class ChatPane(ReplyStream, QWidget):
 
     # ------------------------------------------------------------------ conversations
     def open_conversation(self, conv_id: int | None) -> None:
-        if self.bridge.generating or self._fitting:
+        if self.bridge.generating or self.fit.busy:
             self.stop()
         self._finish_editing()
         self.notice.hide()
@@ -197,17 +186,7 @@ class ChatPane(ReplyStream, QWidget):
             if m.role == "assistant" and not m.content and m.id != self._reply_id:
                 self._write_quietly(self.store.delete_message, m.id)  # an empty reply of the past
                 continue
-            shown.append(
-                ShownMessage(
-                    m.id,
-                    m.role,
-                    m.content,
-                    m.complete,
-                    _meta(m, self.prefill.get(m.id)),
-                    m.id == self._reply_id,
-                    m.end_reason,
-                )
-            )
+            shown.append(ShownMessage.of(m, self.prefill.get(m.id), streaming=m.id == self._reply_id))
         self.view.set_messages(shown)
         self._update_buttons()
 
@@ -253,7 +232,7 @@ class ChatPane(ReplyStream, QWidget):
     # ------------------------------------------------------------------ sending
     def send(self) -> None:
         text = self.input.toPlainText().strip()
-        if not text or self.bridge.generating or self._fitting:
+        if not text or self.bridge.generating or self.fit.busy:
             return
         if self.bridge.loaded_info is None:
             self.problem.emit(
@@ -284,46 +263,25 @@ class ChatPane(ReplyStream, QWidget):
         self._reload()
         self._start_reply()
 
-    def _history(self) -> tuple[list[int], list[ChatMessage]]:
-        assert self.conversation_id is not None
-        msgs = [
-            m
-            for m in self.store.messages(self.conversation_id)
-            if m.role in ("user", "assistant") and (m.content or m.role == "user")
-        ]
-        return [m.id for m in msgs], [ChatMessage(m.role, m.content) for m in msgs]  # type: ignore[arg-type]
-
     def _start_reply(self) -> None:
         """Fit the conversation to the context in the background, then generate."""
         info, host = self.bridge.loaded_info, self.bridge.host
         if self.conversation_id is None or info is None or host is None:
             return
-        ids, turns = self._history()
-        conv = self.store.get_conversation(self.conversation_id)
-        cut_id = conv.settings.get("cut_id") if conv else None
-        previous_cut = ids.index(cut_id) if cut_id in ids else 0
-        self._fitting = ticket = time.monotonic_ns()
         conv_id, system = self.conversation_id, self.system_edit.toPlainText()
-        run_in_background(
-            fit_conversation,
-            host.tokenize,
+        self.fit.start(
+            conv_id,
             info,
+            host.tokenize,
             system,
-            turns,
             max_tokens=self.max_tokens.value(),
             policy=self.settings.policy,
-            previous_cut=previous_cut,
-            parent=self,
-            name="kvdeck-fit-context",
-            on_result=lambda f: self._on_fitted(ticket, conv_id, ids, system, f),
-            on_error=lambda exc: self._on_fit_failed(ticket, exc),
+            on_fitted=lambda ids, fitted: self._on_fitted(conv_id, ids, system, fitted),
+            on_failed=self._on_fit_failed,
         )
         self._update_buttons()
 
-    def _on_fit_failed(self, ticket: int, exc: BaseException) -> None:
-        if ticket != self._fitting:
-            return
-        self._fitting = 0
+    def _on_fit_failed(self, exc: BaseException) -> None:
         self._update_buttons()
         if isinstance(exc, ContextFull):
             can_drop = self.settings.policy == OverflowPolicy.STOP.value
@@ -331,19 +289,12 @@ class ChatPane(ReplyStream, QWidget):
         else:
             self.problem.emit(str(exc))
 
-    def _on_fitted(self, ticket: int, conv_id: int, ids: list[int], system: str, fitted: Fitted) -> None:
+    def _on_fitted(self, conv_id: int, ids: list[int], system: str, fitted: Fitted) -> None:
         info = self.bridge.loaded_info
-        if ticket != self._fitting or conv_id != self.conversation_id or info is None:
-            return  # stopped, another conversation opened, or the model went away meanwhile
-        self._fitting = 0
-        dropped = [ids[i] for i in fitted.dropped]
-        state = {
-            "cut_id": ids[fitted.cut] if 0 < fitted.cut < len(ids) else None,
-            "dropped_ids": dropped or None,
-            "note": fitted.note or None,
-            "dropped_tokens": fitted.dropped_tokens or None,
-        }
-        self._write_quietly(self.store.set_conversation_settings, conv_id, state)
+        if conv_id != self.conversation_id or info is None:
+            self._update_buttons()
+            return  # another conversation opened, or the model went away meanwhile
+        dropped = self.fit.remember(conv_id, ids, fitted)
         self.view.set_outside(set(dropped), fitted.note)
         try:
             prompt = conversation_prompt(info, system, list(fitted.turns))
@@ -360,8 +311,8 @@ class ChatPane(ReplyStream, QWidget):
         self._update_buttons()
 
     def stop(self) -> None:
-        if self._fitting:
-            self._fitting = 0
+        if self.fit.busy:
+            self.fit.cancel()
             self._update_buttons()
         self.bridge.cancel()
 
@@ -373,7 +324,7 @@ class ChatPane(ReplyStream, QWidget):
     def _regenerate(self, msg_id: int) -> None:
         if (
             self.bridge.generating
-            or self._fitting
+            or self.fit.busy
             or self.conversation_id is None
             or self.bridge.loaded_info is None
         ):

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QTextBrowser, QWidget
 
 from app.chat.markdown_view import escape_plain, render_markdown
 from app.theme import chat_colors, is_dark
-from engine.storage.records import END_REASONS
+from engine.storage.records import END_REASONS, Message
 
 _PRE = re.compile(r"<pre\b")
 
@@ -35,6 +35,17 @@ class ShownMessage:
     meta: str = ""
     streaming: bool = False
     end_reason: str | None = None
+
+    @classmethod
+    def of(cls, m: Message, prefill: tuple[int, int] | None, streaming: bool = False) -> ShownMessage:
+        """A stored message as shown; ``prefill``: (prompt tokens, tokens from the KV cache)
+        of the reply, known for the replies of this session."""
+        meta = ""
+        if m.role == "assistant" and m.n_tokens:
+            speed = f" · {m.tokens_per_s:.1f} tokens/s" if m.tokens_per_s else ""
+            cached = f" · prompt {prefill[0]} tokens, {prefill[1]} from cache" if prefill else ""
+            meta = f"{m.n_tokens} tokens{speed}{cached}"
+        return cls(m.id, m.role, m.content, m.complete, meta, streaming, m.end_reason)
 
 
 __all__ = ["ChatView", "ShownMessage", "is_dark"]

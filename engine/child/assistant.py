@@ -53,15 +53,7 @@ def load_assistant(
     )  # every block is a nextn block
     session.log.start_capture()
     try:
-        model = LL.llama_model_load_from_file(os.fsencode(req.path), mp)
-        if not model:
-            if cancel.is_set():
-                raise RequestError(ErrorKind.CANCELLED, "loading the assistant was cancelled")
-            raise RequestError(
-                ErrorKind.MODEL,
-                f"could not load {os.path.basename(req.path)}: "
-                f"{session.log.last_problem() or 'llama.cpp refused the file'}",
-            )
+        model = session.load_model_file(req.path, mp, cancel, "the assistant")
         try:
             sd = create("assistant", m, tp, session.flash_resolved, session.log, model=model, path=req.path)
         except BaseException:

@@ -20,10 +20,9 @@ from typing import Any
 import llama_cpp.llama_cpp as LL
 
 from engine.child.errors import ErrorKind, RequestError
-from engine.child.model import Model, flash_type, ggml_type_id
+from engine.child.model import Model, flash_type, ggml_type_id, params_like
 from engine.child.session import LlamaSession
 from engine.child.vocab import pair_checks
-from engine.plan.alloc_failure import describe_allocation_failure
 from engine.protocol import DraftLoaded, LoadDraftRequest
 
 
@@ -85,12 +84,7 @@ def _check_pair(target_path: str, draft_path: str) -> list[dict[str, Any]]:
 def _create_context(session: LlamaSession, d: Draft, m: Model) -> None:
     """The draft's context is built from the target's live context, not from any default."""
     tp = session.load_params.settings if session.load_params else None
-    t = m.ctx
-    cp = LL.llama_context_default_params()
-    cp.n_ctx = int(LL.llama_n_ctx(t))
-    cp.n_batch, cp.n_ubatch = int(LL.llama_n_batch(t)), int(LL.llama_n_ubatch(t))
-    cp.n_seq_max = int(LL.llama_n_seq_max(t))
-    cp.n_threads, cp.n_threads_batch = int(LL.llama_n_threads(t)), int(LL.llama_n_threads_batch(t))
+    cp = params_like(m.ctx)
     flash = d.flash_attn or (tp.flash_attn if tp else "auto")
     cp.flash_attn_type = flash_type(flash)
     cp.type_k, cp.type_v = ggml_type_id(d.type_k), ggml_type_id(d.type_v)
@@ -100,11 +94,7 @@ def _create_context(session: LlamaSession, d: Draft, m: Model) -> None:
     session.log.recent_errors = []  # the sentence must be about this context, not an older one
     ctx = LL.llama_init_from_model(d.model, cp)
     if not ctx:
-        why = (
-            describe_allocation_failure(session.log.recent_errors)
-            or session.log.last_problem()
-            or "unknown reason"
-        )
+        why = session.log.failure_reason("unknown reason")
         raise RequestError(
             ErrorKind.PARAMS,
             f"could not create the draft's context of {cp.n_ctx} tokens (the target's): {why}",
@@ -135,12 +125,7 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
     )
     session.log.start_capture()
     try:
-        model = LL.llama_model_load_from_file(os.fsencode(req.path), mp)
-        if not model:
-            if cancel.is_set():
-                raise RequestError(ErrorKind.CANCELLED, "loading the draft was cancelled")
-            why = session.log.last_problem() or "llama.cpp refused the file"
-            raise RequestError(ErrorKind.MODEL, f"could not load {os.path.basename(req.path)}: {why}")
+        model = session.load_model_file(req.path, mp, cancel, "the draft")
         vocab = LL.llama_model_get_vocab(model)
         d = Draft(
             model=model,

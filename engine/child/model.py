@@ -48,6 +48,18 @@ def flash_type(name: str) -> int:
     return FLASH[name]
 
 
+def params_like(t: object) -> LL.llama_context_params:
+    """Context parameters shaped like the live context ``t`` (size, batches, sequences, threads):
+    a drafter's context is always the target's, never its own defaults or the user's input (its
+    training context may be far larger than the fitted target's)."""
+    cp = LL.llama_context_default_params()
+    cp.n_ctx = int(LL.llama_n_ctx(t))
+    cp.n_batch, cp.n_ubatch = int(LL.llama_n_batch(t)), int(LL.llama_n_ubatch(t))
+    cp.n_seq_max = int(LL.llama_n_seq_max(t))
+    cp.n_threads, cp.n_threads_batch = int(LL.llama_n_threads(t)), int(LL.llama_n_threads_batch(t))
+    return cp
+
+
 @dataclass(eq=False)
 class Model:
     """A model, its context and sequence 0's state; identity matters (caches key on it)."""

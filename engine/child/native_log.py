@@ -15,6 +15,7 @@ from collections.abc import Callable
 import llama_cpp  # noqa: F401  (installs llama-cpp-python's own log callback, replaced below)
 import llama_cpp.llama_cpp as LL
 
+from engine.plan.alloc_failure import describe_allocation_failure
 from engine.protocol import ABORT_PREFIX
 
 #: ggml's own level numbers in this tree: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
@@ -57,7 +58,7 @@ class NativeLog:
 
     Replaces llama-cpp-python's import-time callback, whose level map is stale for this tree
     (it hides real errors). DEBUG is dropped first thing: some of it arrives once per token.
-    Tools that read a single load's log (tests/helpers/llama_dry_run.py, benchmarks/) keep the
+    Tools that read a single load's log (tools/llama_dry_run.py, benchmarks/) keep the
     DEBUG lines that contain one of ``keep_debug`` (``("",)``: all of them), passed on at
     `logging.DEBUG`.
     """
@@ -122,6 +123,11 @@ class NativeLog:
             if "error" in line.lower() or "failed" in line.lower():
                 return _tidy(line)
         return _tidy(self.recent_errors[-1]) if self.recent_errors else ""
+
+    def failure_reason(self, default: str) -> str:
+        """Why llama.cpp just failed to load or to create a context, in one sentence: the
+        allocation that failed (``engine.plan.alloc_failure``), else the telling log line."""
+        return describe_allocation_failure(self.recent_errors) or self.last_problem() or default
 
 
 def _tidy(line: str) -> str:

@@ -33,8 +33,7 @@ import numpy as np
 
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.llama_ext import Ext, ext
-from engine.child.model import Model, flash_type, ggml_type_id
-from engine.plan.alloc_failure import describe_allocation_failure
+from engine.child.model import Model, flash_type, ggml_type_id, params_like
 from engine.plan.assistant_rules import outgrows
 
 _FLOAT_P = ctypes.POINTER(ctypes.c_float)
@@ -57,12 +56,7 @@ def drafting_params(m: Model, settings: Any, flash: str, ctx_other: Any) -> LL.l
     """The drafting context's parameters, taken from the target's live context and never from user
     input or the drafter's own defaults (its training context may be far larger than the fitted
     target's)."""
-    t = m.ctx
-    cp = LL.llama_context_default_params()
-    cp.n_ctx = int(LL.llama_n_ctx(t))
-    cp.n_batch, cp.n_ubatch = int(LL.llama_n_batch(t)), int(LL.llama_n_ubatch(t))
-    cp.n_seq_max = int(LL.llama_n_seq_max(t))
-    cp.n_threads, cp.n_threads_batch = int(LL.llama_n_threads(t)), int(LL.llama_n_threads_batch(t))
+    cp = params_like(m.ctx)
     cp.flash_attn_type = flash_type(flash)
     cp.type_k, cp.type_v = ggml_type_id(settings.type_k), ggml_type_id(settings.type_v)
     cp.swa_full, cp.kv_unified, cp.offload_kqv = settings.swa_full, settings.kv_unified, settings.offload_kqv
@@ -261,7 +255,7 @@ def create(
     log.recent_errors = []
     ctx = LL.llama_init_from_model(dmodel, cp)
     if not ctx:
-        why = describe_allocation_failure(log.recent_errors) or log.last_problem() or "unknown reason"
+        why = log.failure_reason("unknown reason")
         raise RequestError(
             ErrorKind.PARAMS, f"could not create {what} of {cp.n_ctx} tokens (the target's): {why}"
         )

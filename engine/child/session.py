@@ -23,7 +23,6 @@ from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model, flash_type, ggml_type_id
 from engine.child.native_log import NativeLog
 from engine.child.sampler import Samplers
-from engine.plan.alloc_failure import describe_allocation_failure
 from engine.protocol import Loaded, LoadParams, Progress, Stats
 
 Emit = Callable[[object], None]
@@ -94,18 +93,8 @@ class LlamaSession:
             load_mtp=s.mtp,
         )
         self.log.start_capture()
-        self.log.recent_errors = []  # a sentence about this load must not quote an older one
         try:
-            model = LL.llama_model_load_from_file(os.fsencode(p.path), mp)
-            if not model:
-                if cancel.is_set():
-                    raise RequestError(ErrorKind.CANCELLED, "loading was cancelled")
-                why = (
-                    describe_allocation_failure(self.log.recent_errors)
-                    or self.log.last_problem()
-                    or "llama.cpp refused the file"
-                )
-                raise RequestError(ErrorKind.MODEL, f"could not load {os.path.basename(p.path)}: {why}")
+            model = self.load_model_file(p.path, mp, cancel)
             try:
                 loaded = self._create_context(req_id, p, model, offload, mp.n_gpu_layers, t0)
             except BaseException:
@@ -119,6 +108,18 @@ class LlamaSession:
         if p.dry_run:
             self.unload()
         return loaded
+
+    def load_model_file(self, path: str, mp: Any, cancel: threading.Event, what: str = "") -> Any:
+        """``llama_model_load_from_file`` for the target, a draft or an assistant (``what`` names
+        it in the messages); a refusal or a cancel is one RequestError with llama.cpp's reason."""
+        self.log.recent_errors = []  # a sentence about this load must not quote an older one
+        model = LL.llama_model_load_from_file(os.fsencode(path), mp)
+        if not model:
+            if cancel.is_set():
+                raise RequestError(ErrorKind.CANCELLED, f"loading {what + ' ' if what else ''}was cancelled")
+            why = self.log.failure_reason("llama.cpp refused the file")
+            raise RequestError(ErrorKind.MODEL, f"could not load {os.path.basename(path)}: {why}")
+        return model
 
     def model_params(
         self,
@@ -192,11 +193,7 @@ class LlamaSession:
         cp.n_rs_seq = max(0, s.n_rs_seq)
         ctx = LL.llama_init_from_model(model, cp)
         if not ctx:
-            why = (
-                describe_allocation_failure(self.log.recent_errors)
-                or self.log.last_problem()
-                or "unknown reason"
-            )
+            why = self.log.failure_reason("unknown reason")
             raise RequestError(
                 ErrorKind.PARAMS, f"could not create a context of {cp.n_ctx or n_ctx_train} tokens: {why}"
             )

@@ -9,7 +9,7 @@ other: tests/test_layout.py checks that.
 - ``gguf_factory`` (+ ``gguf_families2``): tiny synthetic GGUF models, one per memory family.
 - ``gguf_raw``, ``hostile_gguf``: GGUF files taken apart, and broken on purpose.
 - ``llama_dry_run``: ask llama.cpp what it would allocate, in a child process
-  (``python -m tests.helpers.llama_dry_run`` is that child).
+  (``tools.llama_dry_run``, shared with benchmarks/gpu_compute.py), parsed into a plan.
 - ``fault_app``: the real window chatting on its own, run as a process and killed by
   tests/test_faults.py (``python -m tests.helpers.fault_app DB``).
 """
