@@ -137,6 +137,8 @@ class MainWindow(QMainWindow):
         self.menus.file_menu.insertAction(self.menus.models_section, self.get_models_action)
         self.about_action = self.menus.about
         window_state.restore(self)
+        if window_state.hub_was_open():  # open at the last close: built after the first paint
+            QTimer.singleShot(0, self, self.show_hub)
 
         self.sidebar.refresh_models()
         convs = store.list_conversations()
@@ -181,8 +183,9 @@ class MainWindow(QMainWindow):
             from app.hub.pane import HubDock
 
             self._hub = HubDock(lambda: self.memory.devices()[0], self)
-            self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self._hub)
-            self.tabifyDockWidget(self.memory, self._hub)
+            if not self.restoreDockWidget(self._hub):  # where the saved layout had it, else beside Memory
+                self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self._hub)
+                self.tabifyDockWidget(self.memory, self._hub)
             self._hub.hide()
             self._hub.pane.modelReady.connect(lambda _path: self.sidebar.refresh_models())
             self._hub.pane.loadRequested.connect(self.open_model)
@@ -265,7 +268,7 @@ class MainWindow(QMainWindow):
             self.open_model(files[0])
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
-        window_state.save(self)
+        window_state.save(self, hub_open=self._hub is not None and self._hub.isVisible())
         self.chat._save_reply()
         self.memory.stop()
         if self._hub is not None:

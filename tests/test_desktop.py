@@ -358,3 +358,24 @@ def test_at_1000x700_the_narrowest_sidebar_and_memory_dock_show_everything_whole
     finally:
         win.bridge.shutdown()
         win.store.close()
+
+
+def test_the_get_models_dock_reopens_after_a_restart(qtbot, tmp_path, monkeypatch, smollm2_path) -> None:
+    """The dock is built only when first shown (its modules cost start-up time); one left open
+    at close still opens again with the next window, where the saved layout had it."""
+    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
+    try:
+        assert not win.hub.isVisible()
+        win.show_hub()
+        assert win.hub.isVisible()
+        win.close()
+    finally:
+        win.bridge.shutdown()
+        win.store.close()
+    second = new_window(qtbot, tmp_path / "2", monkeypatch, smollm2_path)
+    try:
+        qtbot.waitUntil(lambda: second.hub.isVisible())
+        assert second.tabifiedDockWidgets(second.memory) == [second.hub]
+    finally:
+        second.bridge.shutdown()
+        second.store.close()
