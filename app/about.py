@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QV
 
 from app.appinfo import APP_NAME, resource_path
 from engine.core import paths
-from engine.core.build import gpu_backend, runtime_lib_dir
+from engine.core.build import gpu_backend, rpc_in_build, runtime_lib_dir
 from engine.core.errors import KvDeckError
 
 LICENSE = (
@@ -67,6 +67,9 @@ def versions() -> dict[str, str]:
         "Qt": qVersion(),
         "PySide6": PySide6.__version__,
         "GPU backend": gpu_backend(),
+        "RPC workers": "yes (llama.cpp RPC backend built in)"
+        if rpc_in_build()
+        else "no (runtime built without -DGGML_RPC=ON)",
         "Data folder": data,
     }
 

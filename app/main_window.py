@@ -20,6 +20,7 @@ from app.bridges.draft_picker import DraftController
 from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.server_toggle import ServerToggle
 from app.chat.chat_pane import ChatPane
+from app.machines.dock import MachinesDock
 from app.memory.cache_panel import MARGINS_SETTING, margins_from_setting, margins_setting
 from app.memory.memory_dock import MemoryDock
 from app.menus import WindowMenus
@@ -115,6 +116,12 @@ class MainWindow(QMainWindow):
         self.chat.speed.connect(self.memory.speed)
         QTimer.singleShot(0, self.memory, self.memory.start)  # telemetry (NVML, /proc) after the first paint
         self._hub: HubDock | None = None  # "Get models": built when first shown (app.hub)
+        self.machines = MachinesDock(store, self, lambda: self.bridge.host)  # app.machines: RPC workers
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.machines)
+        self.tabifyDockWidget(self.memory, self.machines)
+        self.machines.hide()
+        self.memory.remote_devices = self.machines.remote_devices
+        self.machines.workersChanged.connect(self._use_workers)
         # speculative decoding: the picker beside the model, checked before loading (app.bridges.draft_picker)
         self.drafting = DraftController(
             self.chat.draft_picker,
@@ -170,6 +177,9 @@ class MainWindow(QMainWindow):
 
     def restart_runtime(self) -> None:
         self.models.restart_runtime()
+
+    def _use_workers(self, workers: tuple[str, ...]) -> None:
+        self.bridge.workers = workers
 
     def _runtime_pid(self) -> int | None:
         host = self.bridge.host
@@ -274,5 +284,6 @@ class MainWindow(QMainWindow):
         if self._hub is not None:
             self._hub.shutdown()
         self.server_toggle.stop()
+        self.machines.stop_sharing()
         self.bridge.shutdown()
         super().closeEvent(event)

@@ -26,7 +26,7 @@ from engine.core.errors import KvDeckError
 from engine.core.memory_types import FitResult, PlanSettings
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
 from engine.plan.analytic import analytic_plan
-from engine.plan.fit import default_settings, fit, preflight
+from engine.plan.fit import default_settings, fit, pin_split, preflight
 from engine.runtime.outcome import ProcessOutcome
 from engine.storage.identity import model_key
 
@@ -172,6 +172,7 @@ class ModelLoading(QObject):
         if info is not None:
             try:
                 devices, _ = win.memory.devices()
+                settings = pin_split(settings, devices)  # workers: the split planned is the one loaded
                 preflight(info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
             except KvDeckError as exc:
                 win.show_problem(f"{Path(path).name} was not loaded: {exc}")
@@ -249,6 +250,14 @@ class ModelLoading(QObject):
         self.bridge.load(params)
 
     def _on_runtime_exit(self, outcome: ProcessOutcome) -> None:
+        if outcome.lost_workers and self.info is not None and self.settings is not None:
+            # a worker went away: the reply so far is saved; reload at once without it
+            self.win.machines.drop_workers(outcome.lost_workers)
+            self.win.show_problem(
+                f"{outcome.sentence}; the model is reloaded without it. Your conversation is saved."
+            )
+            self._load(self.info.path, self.settings.replace(tensor_split=()), self.info)
+            return
         self.win.progress.hide()
         self.show_state()
         self.win.show_problem(

@@ -289,6 +289,13 @@ def grid(name: str, which: str) -> list[dict[str, Any]]:
             dict(ngl=-1, n_ctx=8192, tk="f16", tv="f16", fa="auto"),
         ]
         return cases
+    if which == "confirm":  # partial offload at layer counts, contexts and ubatches never measured
+        return [
+            dict(ngl=g, n_ctx=c, tk=k, tv=k, fa=f, n_ubatch=u)
+            for g in (n - 2, 2 * n // 3, n // 5, 2)
+            for c, u in ((8192, 512), (49152, 512), (24576, 1024))
+            for k, f in (("f16", "on"), ("q8_0", "on"), ("f16", "off"))
+        ]
     # "check": settings the fit never saw
     ngls = [-1, n - 1, n // 3, 1]
     return [

@@ -82,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.child.main import main as child_main
 
         return child_main()
+    if args[:1] == ["--rpc-worker"]:  # a frozen app's `python -m engine.child.worker`
+        from engine.child.worker import main as worker_main
+
+        return worker_main(args[1:])
     if args[:1] == ["--self-test"]:
         return self_test()
     if args[:1] == ["--version"]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.hub_server import FakeHub
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # tests never need a display
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,3 +58,10 @@ def gemma3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _private_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read or write the user's real chat history and settings."""
     monkeypatch.setenv("KVDECK_DATA_DIR", str(tmp_path_factory.mktemp("kvdeck-data")))
+
+
+@pytest.fixture
+def hub(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    """The test module's ``fake_hub`` (the repositories it needs) with its knobs reset, and HF_*
+    pointing at it with a private HF cache and no token."""
+    return fake_hub.use(tmp_path, monkeypatch)

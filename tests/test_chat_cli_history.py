@@ -33,21 +33,14 @@ def long_history(path, n_turns: int = 12):
     return path
 
 
+def chat_512(model, history, *flags: str):
+    """``kvdeck chat MODEL --history FILE`` in a 512-token context, answered as JSON."""
+    return kvdeck("chat", str(model), "--history", str(history), "--n-ctx", "512", *flags, "--json")
+
+
 def test_a_history_that_does_not_fit_rolls_and_says_what_was_left_out(smollm2_path, tmp_path):
     history = long_history(tmp_path / "h.json")
-    r = kvdeck(
-        "chat",
-        str(smollm2_path),
-        "--history",
-        str(history),
-        "--n-ctx",
-        "512",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "0",
-        "--json",
-    )
+    r = chat_512(smollm2_path, history, "--max-tokens", "8", "--temperature", "0")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["n_messages"] == 25 and out["overflow"] == "rolling"
@@ -59,39 +52,11 @@ def test_a_history_that_does_not_fit_rolls_and_says_what_was_left_out(smollm2_pa
 
 def test_middle_keeps_the_first_exchange_and_a_fitting_history_drops_nothing(smollm2_path, tmp_path):
     history = long_history(tmp_path / "h.json")
-    r = kvdeck(
-        "chat",
-        str(smollm2_path),
-        "--history",
-        str(history),
-        "--n-ctx",
-        "512",
-        "--max-tokens",
-        "4",
-        "--temperature",
-        "0",
-        "--overflow",
-        "middle",
-        "--json",
-    )
+    r = chat_512(smollm2_path, history, "--max-tokens", "4", "--temperature", "0", "--overflow", "middle")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["dropped_messages"] > 0
     short = long_history(tmp_path / "short.json", n_turns=1)
-    r = kvdeck(
-        "chat",
-        str(smollm2_path),
-        "--history",
-        str(short),
-        "--prompt",
-        "Thanks!",
-        "--n-ctx",
-        "512",
-        "--max-tokens",
-        "4",
-        "--overflow",
-        "stop",
-        "--json",
-    )
+    r = chat_512(smollm2_path, short, "--prompt", "Thanks!", "--max-tokens", "4", "--overflow", "stop")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["dropped_messages"] == 0 and out["dropped_tokens"] == 0 and out["n_messages"] == 4
@@ -99,19 +64,7 @@ def test_middle_keeps_the_first_exchange_and_a_fitting_history_drops_nothing(smo
 
 def test_stop_policy_with_a_history_that_does_not_fit_is_exit_2_with_one_line(smollm2_path, tmp_path):
     history = long_history(tmp_path / "h.json")
-    r = kvdeck(
-        "chat",
-        str(smollm2_path),
-        "--history",
-        str(history),
-        "--n-ctx",
-        "512",
-        "--max-tokens",
-        "8",
-        "--overflow",
-        "stop",
-        "--json",
-    )
+    r = chat_512(smollm2_path, history, "--max-tokens", "8", "--overflow", "stop")
     assert r.returncode == 2
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()

@@ -12,19 +12,15 @@ from PySide6.QtGui import QGuiApplication
 from app.chat import conversation_files
 from engine.chat.history import read_history
 from engine.storage.store import ChatStore
-from tests.helpers.gui import LOAD_TIMEOUT_MS, ask, new_window
+from tests.helpers.gui import LOAD_TIMEOUT_MS, ask, loaded_window, new_window
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def window(qtbot, tmp_path, monkeypatch, smollm2_path):
-    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
-    with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        win.start()
-    yield win
-    win.close()
-    win.store.close()
+    with loaded_window(qtbot, tmp_path, monkeypatch, smollm2_path) as win:
+        yield win
 
 
 def _stream_then(qtbot, win, action) -> None:

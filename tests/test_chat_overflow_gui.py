@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 from app.main_window import MainWindow
 from engine.plan.analytic import analytic_plan
 from engine.plan.fit import fit
-from tests.helpers.gui import LOAD_TIMEOUT_MS, ask, new_window
+from tests.helpers.gui import LOAD_TIMEOUT_MS, ask, loaded_window
 
 pytestmark = pytest.mark.slow
 N_CTX = 512
@@ -20,15 +20,11 @@ N_CTX = 512
 @pytest.fixture
 def small(qtbot, tmp_path, monkeypatch, smollm2_path):
     """The window with SmolLM2 loaded in a 512-token context."""
-    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path, max_tokens=16)
-    with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        win.start()
-    with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        win.models.apply(win.settings.replace(n_ctx=N_CTX))
-    assert win.bridge.loaded_info.n_ctx == N_CTX
-    yield win
-    win.close()
-    win.store.close()
+    with loaded_window(qtbot, tmp_path, monkeypatch, smollm2_path, max_tokens=16) as win:
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.models.apply(win.settings.replace(n_ctx=N_CTX))
+        assert win.bridge.loaded_info.n_ctx == N_CTX
+        yield win
 
 
 def import_long(win: MainWindow, tmp_path, n_turns: int = 12) -> int:
@@ -54,6 +50,16 @@ def import_long(win: MainWindow, tmp_path, n_turns: int = 12) -> int:
     conv_id = win.sidebar.import_conversation(str(path))
     assert conv_id is not None and win.chat.conversation_id == conv_id
     return conv_id
+
+
+def ask_past_the_context(qtbot, win: MainWindow, tmp_path) -> int:
+    """The long conversation under "stop and ask" and one more question: the notice is up."""
+    conv = import_long(win, tmp_path)
+    win.chat.settings.set_policy("stop")
+    win.chat.input.setPlainText("And what about 13?")
+    win.chat.send()
+    qtbot.waitUntil(win.chat.notice.isVisible, timeout=LOAD_TIMEOUT_MS)
+    return conv
 
 
 @pytest.mark.parametrize("policy", ["rolling", "middle"])
@@ -104,11 +110,7 @@ def test_stop_and_ask_offers_every_way_on_and_never_leaves_an_empty_bubble(qtbot
 
 
 def test_stop_and_ask_can_start_a_new_chat_with_the_waiting_message(qtbot, small, tmp_path):
-    conv = import_long(small, tmp_path)
-    small.chat.settings.set_policy("stop")
-    small.chat.input.setPlainText("And what about 13?")
-    small.chat.send()
-    qtbot.waitUntil(small.chat.notice.isVisible, timeout=LOAD_TIMEOUT_MS)
+    conv = ask_past_the_context(qtbot, small, tmp_path)
     qtbot.mouseClick(small.chat.notice.new_button, Qt.MouseButton.LeftButton)
     assert small.chat.conversation_id is None
     assert small.chat.input.toPlainText() == "And what about 13?"
@@ -116,11 +118,7 @@ def test_stop_and_ask_can_start_a_new_chat_with_the_waiting_message(qtbot, small
 
 
 def test_use_a_larger_context_reloads_with_the_fitted_context_and_answers(qtbot, small, tmp_path):
-    conv = import_long(small, tmp_path)
-    small.chat.settings.set_policy("stop")
-    small.chat.input.setPlainText("And what about 13?")
-    small.chat.send()
-    qtbot.waitUntil(small.chat.notice.isVisible, timeout=LOAD_TIMEOUT_MS)
+    conv = ask_past_the_context(qtbot, small, tmp_path)
     expected = fit(
         small.model_info,
         small.settings,

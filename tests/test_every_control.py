@@ -17,7 +17,7 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QAbstractButton, QApplication, QDialog, QFileDialog, QMenu
 
 from app.main_window import MainWindow
-from tests.helpers.gui import LOAD_TIMEOUT_MS, new_window
+from tests.helpers.gui import LOAD_TIMEOUT_MS, loaded_window
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +41,8 @@ def loaded(qtbot, tmp_path, monkeypatch, smollm2_path) -> Iterator[MainWindow]:
     # where nothing listens should anything ignore offline mode)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
-    with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        win.start()
-    yield win
-    win.close()
-    win.store.close()
+    with loaded_window(qtbot, tmp_path, monkeypatch, smollm2_path) as win:
+        yield win
 
 
 def _label(obj: QAbstractButton | QAction) -> str:

@@ -73,12 +73,6 @@ def fake_hub(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory):
     hub.stop()
 
 
-@pytest.fixture
-def hub(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    """The fake Hub, its knobs reset, and HF_* pointing at it with a private HF cache."""
-    return fake_hub.use(tmp_path, monkeypatch)
-
-
 def _model(repo: str, wanted: str) -> names.RemoteModel:
     found = names.find_model(list(client.list_files(repo).models), wanted)
     assert found is not None

@@ -58,12 +58,6 @@ def fake_hub(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def hub(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    """The fake Hub, knobs reset, HF_* pointing at it with a private HF cache and no token."""
-    return fake_hub.use(tmp_path, monkeypatch)
-
-
-@pytest.fixture
 def pane(qtbot) -> HubPane:
     p = HubPane(lambda: DEVICES)
     qtbot.addWidget(p)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -293,6 +293,16 @@ def _common_reads(
     return common, by_arch
 
 
+def _reads_table(items: Iterable[tuple[str, list[Read]]]) -> list[str]:
+    """The body of a ``{name: {key: read}}`` literal, one merged read per key."""
+    lines: list[str] = []
+    for name, reads in items:
+        lines.append(f"    {name!r}: {{")
+        lines += [f"        {k!r}: {v!r}," for k, v in _merge(reads).items()]
+        lines.append("    },")
+    return lines
+
+
 def _merge(reads: list[Read]) -> dict[str, tuple[str, bool, bool, str | None]]:
     """One entry per key: the first read's call, required if any unconditional read requires
     it, conditional only if every read is."""
@@ -335,10 +345,7 @@ def render(data: dict[str, object]) -> str:
         "# load_hparams reads under `if (arch == LLM_ARCH_…)`.",
         "COMMON_BY_ARCH: dict[str, dict[str, Read]] = {",
     ]
-    for arch, reads in sorted(data["common_by_arch"].items()):  # type: ignore[attr-defined]
-        lines.append(f"    {arch!r}: {{")
-        lines += [f"        {k!r}: {v!r}," for k, v in _merge(reads).items()]
-        lines.append("    },")
+    lines += _reads_table(sorted(data["common_by_arch"].items()))  # type: ignore[attr-defined]
     lines += [
         "}",
         "",
@@ -353,10 +360,7 @@ def render(data: dict[str, object]) -> str:
         "# loader class -> the keys its load_arch_hparams reads.",
         "LOADER_READS: dict[str, dict[str, Read]] = {",
     ]
-    for cls, reads in data["loaders"].items():  # type: ignore[attr-defined]
-        lines.append(f"    {cls!r}: {{")
-        lines += [f"        {k!r}: {v!r}," for k, v in _merge(reads).items()]
-        lines.append("    },")
+    lines += _reads_table(data["loaders"].items())  # type: ignore[attr-defined]
     lines += [
         "}",
         "",

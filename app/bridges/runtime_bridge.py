@@ -57,6 +57,9 @@ class RuntimeBridge(QObject):
         self._draft_id = 0
         self._spec_tokens = 0
         self._event.connect(self._on_host_event, Qt.ConnectionType.QueuedConnection)
+        #: llama.cpp RPC workers the runtime registers (app.machines); a change takes effect at
+        #: the next load, in a new runtime (a registration cannot be undone in a process).
+        self.workers: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ state
     @property
@@ -74,7 +77,7 @@ class RuntimeBridge(QObject):
     def _ensure_host(self) -> RuntimeHost:
         if self._host is None or not self._host.running:
             holder: list[RuntimeHost] = []
-            host = RuntimeHost(on_event=lambda msg: self._event.emit(holder[0], msg))  # reader thread
+            host = RuntimeHost(on_event=lambda msg: self._event.emit(holder[0], msg), rpc=self.workers)
             holder.append(host)
             self._host = host
             host.start()
@@ -97,6 +100,8 @@ class RuntimeBridge(QObject):
             self._host.cancel(0)
         self.last_params = params
         self.loaded_info = None
+        if self._host is not None and self._host.running and self._host.rpc != self.workers:
+            self._host.stop()  # other workers: a new runtime registers them
         try:
             self._load_id = self._ensure_host().submit_load(params)
         except KvDeckError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QDockWidget, QScrollArea, QTabWidget, QWidget
@@ -70,6 +71,8 @@ class MemoryDock(QDockWidget):
         self.cache.applyRequested.connect(self.applyRequested.emit)
         self._recurrent = False
         self._stopped = False
+        #: llama.cpp RPC workers' devices (app.machines sets it; none by default)
+        self.remote_devices: Callable[[], list[Device]] = list
 
     def _pids(self) -> list[int]:
         pid = self._runtime_pid()
@@ -90,7 +93,11 @@ class MemoryDock(QDockWidget):
         """Fit devices, from one snapshot: a runtime child already holding GPU memory has paid
         for its CUDA context (the window itself never holds any)."""
         snap = self.telemetry.snapshot(self._pids())
-        return plan_devices(fit_devices(snap), runtime_on_gpu=any(g.this_app_bytes > 0 for g in snap.gpus))
+        devices, note = plan_devices(
+            fit_devices(snap), runtime_on_gpu=any(g.this_app_bytes > 0 for g in snap.gpus)
+        )
+        hosts = [d for d in devices if d.kind == "cpu"]  # workers' devices go after the host, as in llama.cpp
+        return hosts + self.remote_devices() + devices[len(hosts) :], note
 
     # ------------------------------------------------------------------ model events
     def model_inspected(self, info: GGUFInfo, settings: PlanSettings) -> None:

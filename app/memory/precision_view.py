@@ -1,21 +1,17 @@
 """The "Check quality" button: what each KV cache type costs in quality, measured in the background.
 
-The check needs the model loaded a second time (the chat's runtime keeps its model and cache
-untouched), so a :class:`PrecisionJob` starts its own runtime child on a background worker
-(``app.background``) and
-asks it for one ``precision`` request per cache type; the child keeps the f32 reference
-continuations between requests, so they are generated once. The GUI thread only receives
-signals (progress, one row per type, finished) and never waits for the child.
+The check itself runs in its own runtime child (``app.bridges.precision_job.PrecisionJob``); this
+view chooses the cache types to compare, starts and stops the job, and shows each type's row and
+its place on the memory-against-quality chart as it arrives. It never waits for the child.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal
+from PySide6.QtCore import QCoreApplication, Qt, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QGroupBox,
@@ -29,21 +25,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.background import Report, Worker, run_in_background
+from app.bridges.precision_job import Pair, PrecisionJob
 from app.memory.precision_chart import ChartPoint, QualityChart
-from engine.core.errors import KvDeckError
 from engine.core.memory_types import Device, MiB, PlanSettings
 from engine.core.precision_prompts import builtin_prompts
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.analytic import analytic_plan
 from engine.plan.rules import check_settings, default_cache_type
-from engine.protocol import LoadParams, PrecisionResult
-from engine.runtime.host import RuntimeHost
+from engine.protocol import PrecisionResult
 
 #: Checked besides the chosen type (K = V): half, 8-bit, 5-bit and 4-bit caches.
 ALTERNATIVES = ("f16", "q8_0", "q5_1", "q4_0")
 REFERENCE = ("f32", "f32")
-Pair = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -53,101 +46,6 @@ class Source:
     info: GGUFInfo
     settings: PlanSettings
     devices: list[Device]
-
-
-class PrecisionJob:
-    """One background run: its own runtime child, one precision request per K/V pair.
-
-    :meth:`start` runs it on a :class:`~app.background.Worker`; the view hears ``("progress",
-    per_mille, label)`` and ``("result", PrecisionResult)`` news, then the worker's result (None)
-    or error, all on the GUI thread. :meth:`stop` may be called from the GUI thread at any time.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        pairs: list[Pair],
-        prompts: list[str],
-        n_tokens: int,
-        n_gpu_layers: int = -1,
-        n_threads: int = 0,
-    ) -> None:
-        self.path, self.pairs, self.prompts, self.n_tokens = path, pairs, prompts, n_tokens
-        self.n_gpu_layers, self.n_threads = n_gpu_layers, n_threads
-        self._host: RuntimeHost | None = None
-        self._stopped = threading.Event()
-        self.worker: Worker | None = None
-
-    def start(
-        self, parent: QObject, on_news: Callable[[tuple], None], on_done: Callable[[str], None]
-    ) -> None:
-        """Run on a worker owned by ``parent``; ``on_done("")`` or ``on_done(error sentence)``."""
-        self.worker = run_in_background(
-            self._run,
-            parent=parent,
-            name="kvdeck-precision",
-            on_progress=on_news,
-            on_result=lambda _none: on_done(""),
-            on_error=lambda exc: on_done(_error_text(exc)),
-        )
-
-    def stop(self) -> None:
-        """Stop at once: the child is ours alone, so killing it loses nothing."""
-        self._stopped.set()
-        host = self._host
-        if host is not None:
-            host.kill()
-
-    def wait(self, timeout: float = 10.0) -> bool:
-        return self.worker is None or self.worker.wait(timeout)
-
-    def _run(self, report: Report) -> None:
-        """The worker thread: start a child, load the model, one request per pair, always stop."""
-        host = RuntimeHost()
-        self._host = host
-        try:
-            if self._stopped.is_set():
-                return
-            host.start()
-            host.wait_ready()
-            if self._stopped.is_set():
-                return
-            report(("progress", 0, "loading the model…"))
-            host.load(
-                LoadParams(
-                    path=self.path,
-                    settings=PlanSettings(n_ctx=256, n_gpu_layers=self.n_gpu_layers),
-                    n_threads=self.n_threads,
-                )
-            )
-            n = len(self.pairs)
-            for i, (tk, tv) in enumerate(self.pairs):
-                label = f"checking K {tk} / V {tv} ({i + 1} of {n})…"
-
-                def on_progress(done: int, total: int, i: int = i, label: str = label) -> None:
-                    report(("progress", int(1000 * (i + done / max(1, total)) / n), label))
-
-                on_progress(0, 1)
-                report(
-                    (
-                        "result",
-                        host.precision(
-                            tk, tv, self.prompts, self.n_tokens, flash_attn="on", on_progress=on_progress
-                        ),
-                    )
-                )
-        except KvDeckError:
-            if not self._stopped.is_set():
-                raise
-            # stopped: the killed child's failure is the stop itself, not news
-        finally:
-            host.stop(timeout=3.0)
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, KvDeckError):
-        return str(exc)
-    return f"internal error ({type(exc).__name__}: {exc})"  # a bug: say so, in the status line
 
 
 def candidate_pairs(source: Source, alternatives: tuple[str, ...] = ALTERNATIVES) -> list[Pair]:

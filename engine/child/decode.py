@@ -19,6 +19,7 @@ import ctypes
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import llama_cpp.llama_cpp as LL
 
@@ -152,12 +153,29 @@ def run_loop(
     text_parts.append(decoder.decode(b"", final=True))
     if stream and (pending_tokens or text_parts[-1]):
         emit(Delta(id=req_id, text="".join(text_parts[flushed:]), tokens=pending_tokens, n_past=pos))
-    t_end = clock()
+    times = (t0, t_prefill, t_first, clock())
+    return reply_done(req_id, "".join(text_parts), out_tokens, n_prompt, n_reused, stop, times, n_decoded)
+
+
+def reply_done(
+    req_id: int,
+    text: str,
+    tokens: list[int],
+    n_prompt: int,
+    n_reused: int,
+    stop: str,
+    times: tuple[float, float, float, float],
+    n_decoded: int,
+    **extra: Any,
+) -> Done:
+    """The ``Done`` of a reply (plain or speculative: ``extra`` holds the drafting figures), its
+    timings from ``times`` = (start, prefill done, first token, end)."""
+    t0, t_prefill, t_first, t_end = times
     decode_s = t_end - t_first
     return Done(
         id=req_id,
-        text="".join(text_parts),
-        tokens=out_tokens,
+        text=text,
+        tokens=tokens,
         n_prompt=n_prompt,
         n_reused=n_reused,
         stop_reason=stop,
@@ -165,4 +183,5 @@ def run_loop(
         first_token_s=t_first - t0,
         decode_s=decode_s,
         tokens_per_s=n_decoded / decode_s if n_decoded and decode_s > 0 else 0.0,
+        **extra,
     )

@@ -37,6 +37,11 @@ def main() -> int:
     from engine.child.session import LlamaSession
     from engine.core.errors import KvDeckError
 
+    workers = [e for e in os.environ.get("KVDECK_RPC", "").split(",") if e]
+    if workers:  # llama.cpp RPC workers, probed by the parent (engine.runtime.workers)
+        from engine.child.rpc import add_servers
+
+        add_servers(workers)
     session = LlamaSession(emit, log)
     emit(
         P.Hello(
@@ -85,6 +90,10 @@ def main() -> int:
                 from engine.child.bench import run_bench
 
                 emit(run_bench(session, msg, requests.cancel_event(req_id)))
+            elif isinstance(msg, P.RemoteMemoryRequest):
+                from engine.child.rpc import remote_memory
+
+                emit(P.RemoteMemory(id=req_id, devices=remote_memory()))
             elif isinstance(msg, P.UnloadRequest):
                 session.unload()
                 emit(P.Unloaded(id=req_id))

@@ -19,6 +19,7 @@ from typing import Any
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
+from engine.child.decode import reply_done
 from engine.child.draft import Draft
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
@@ -294,19 +295,15 @@ class SpecRun:
             self._flush(len(hist))
         self.text.append(self.decoder.decode(b"", final=True))
         self._flush(len(hist), final=True)
-        decode_s = time.perf_counter() - t_first
-        n_decoded = len(hist) - len(tokens)
-        return Done(
-            id=self.req.id,
-            text="".join(self.text),
-            tokens=self.out,
-            n_prompt=len(tokens),
-            n_reused=n_reused,
-            stop_reason=stop,
-            prefill_s=t_prefill - t0,
-            first_token_s=t_first - t0,
-            decode_s=decode_s,
-            tokens_per_s=n_decoded / decode_s if n_decoded and decode_s > 0 else 0.0,
+        return reply_done(
+            self.req.id,
+            "".join(self.text),
+            self.out,
+            len(tokens),
+            n_reused,
+            stop,
+            (t0, t_prefill, t_first, time.perf_counter()),
+            len(hist) - len(tokens),
             draft=self.req.draft,
             n_drafted=self.n_drafted,
             n_accepted=self.n_accepted,

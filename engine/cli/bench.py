@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from engine.cli.rpc import add_rpc_option, devices_for, endpoints, placed
 from engine.core.errors import KvDeckError, ModelFileError
 from engine.core.memory_types import KV_TYPES, PlanSettings
 from engine.core.sampling import PRESETS
@@ -52,6 +53,7 @@ def register(sub: Any) -> None:
         "the device when there is a GPU)",
     )
     p.add_argument("--json", action="store_true")
+    add_rpc_option(p)
     spec = p.add_mutually_exclusive_group()  # speculative decoding: plain against drafted decode
     spec.add_argument(
         "--draft",
@@ -187,7 +189,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "sampling": sampling.to_dict() if sampling else "greedy",
     }
     drafting = bool(args.draft or args.lookup)
-    with RuntimeHost() as host:
+    rpc = endpoints(args)
+    devices = devices_for(rpc) if rpc else []  # workers are probed before the child meets them
+    with RuntimeHost(rpc=rpc) as host:
         hello = host.hello
         assert hello is not None
         n_ctx = context_for(args.pp, args.tg, args.depth) + (SPEC_PROMPT_ROOM if drafting else 0)
@@ -200,6 +204,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             type_k=args.cache_type_k,
             type_v=args.cache_type_v,
         )
+        plan = placed(plan, devices)
         loaded = host.load(LoadParams(path=path, settings=plan, n_threads=args.threads))
         res = host.bench(args.pp, args.tg, args.depth, args.reps, sampling=sampling, sampler=args.sampler)
         spec = spec_bench(host, loaded, args) if drafting else None

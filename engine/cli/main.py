@@ -13,11 +13,12 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from engine.chat.conversation import fit_conversation, reply
+from engine import protocol as P
+from engine.chat.conversation import Reply, conversation_prompt, fit_conversation
 from engine.chat.history import read_history
 from engine.chat.overflow import POLICY_LABELS, OverflowPolicy
 from engine.chat.template import ChatMessage
@@ -25,10 +26,13 @@ from engine.cli import bench as cli_bench
 from engine.cli import hub as cli_hub
 from engine.cli import memory as cli_memory
 from engine.cli import precision as cli_precision
+from engine.cli import rpc as cli_rpc
 from engine.cli import serve as cli_serve
+from engine.cli import worker as cli_worker
 from engine.cli.args import model_path
 from engine.core import logfile, paths
 from engine.core.errors import KvDeckError
+from engine.core.memory_types import Device
 from engine.core.sampling import DEFAULT_PRESET, PRESETS, RANDOM_SEED, SamplingParams
 from engine.protocol import LoadParams
 from engine.runtime.host import RuntimeHost
@@ -100,11 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--lookup", action="store_true", help="draft by n-gram lookup in the conversation")
     spec.add_argument("--mtp", action="store_true", help="the model drafts for itself with its MTP heads")
     c.add_argument("--draft-max", type=int, default=8, help="most tokens drafted per step (default 8)")
+    cli_rpc.add_rpc_option(c)
     cli_memory.register(sub)
     cli_precision.register(sub)
     cli_bench.register(sub)
     cli_serve.register(sub)  # the OpenAI-compatible API server (engine.serve.server)
     cli_hub.register(sub)  # kvdeck hub search|files|get (engine.hub)
+    cli_worker.register(sub)  # kvdeck worker: llama.cpp's RPC server (engine.runtime.worker_process)
     return parser
 
 
@@ -181,9 +187,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, type_k=kv, type_v=kv)
     if args.mtp:  # a hybrid target rolls back rejected drafts from recurrent-state snapshots
         settings = settings.replace(mtp=True, n_rs_seq=args.draft_max + 1 if info.hybrid else 0)
-    preflight(info, settings, plan_devices()[0], gpu_backend(), plan_fn=analytic_plan)
+    rpc = cli_rpc.endpoints(args)
+    devices = plan_devices(rpc=rpc)[0]
+    settings = cli_rpc.placed(settings, devices)
+    preflight(info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
     mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
-    with RuntimeHost() as host:
+
+    def reload(devices: list[Device]) -> None:  # a worker went away: the devices left
+        s = cli_rpc.placed(settings.replace(tensor_split=()), devices)
+        preflight(info, s, devices, gpu_backend(), plan_fn=analytic_plan)
+        host.load(LoadParams(path, s, n_threads=args.threads))
+
+    with RuntimeHost(rpc=rpc) as host:
         loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
         if args.mtp and loaded.mtp != "ready":
             print(loaded.mtp, file=sys.stderr)  # one line; chat goes on without drafting
@@ -196,19 +211,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if fitted.note and not args.json:
             print(f"[{fitted.note}]", file=sys.stderr)
         stream = None if args.json else _print_stream
-        result = reply(
-            host,
-            loaded,
-            list(fitted.turns),
-            system_prompt=system,
-            sampling=sampling,
-            max_tokens=args.max_tokens,
-            on_text=stream,
-            draft=mode,
-            draft_max=args.draft_max,
-            json_schema=schema,
+        prompt = conversation_prompt(loaded, system, list(fitted.turns))
+
+        def run(text: str, max_tokens: int, on_text: Callable[[str], None]) -> P.Done:
+            def on_event(msg: P.Message) -> None:
+                if isinstance(msg, P.Delta) and msg.text:
+                    on_text(msg.text)
+
+            return host.generate(
+                text,
+                max_tokens=max_tokens,
+                sampling=sampling,
+                on_event=on_event,
+                draft=mode,
+                draft_max=args.draft_max,
+                json_schema=schema,
+            )
+
+        done, worker_note = cli_rpc.reply_surviving_workers(
+            host, run, reload, prompt.text, args.max_tokens, stream
         )
-    done = result.done
+    result = Reply(prompt=prompt, done=done)
     if args.json:
         out: dict[str, Any] = {
             "model": path,
@@ -229,6 +252,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             "dropped_tokens": fitted.dropped_tokens,
             "overflow": args.overflow,
         }
+        if worker_note:
+            out["worker_lost"] = worker_note
         if done.draft:  # speculative decoding
             out.update(
                 {
@@ -309,6 +334,7 @@ COMMANDS["precision"] = cli_precision.cmd_precision
 COMMANDS["bench"] = cli_bench.cmd_bench
 COMMANDS["serve"] = cli_serve.cmd_serve
 COMMANDS["hub"] = cli_hub.cmd_hub
+COMMANDS["worker"] = cli_worker.cmd_worker
 
 
 def _setup_logging() -> Path | None:

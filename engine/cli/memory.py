@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+from engine.cli.rpc import add_rpc_option, endpoints
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings
 from engine.runtime.pairing import pair_report
@@ -27,6 +29,7 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-mode", choices=("none", "layer", "row", "tensor"), default="layer")
     p.add_argument("--tensor-split", default="", help="ratios per GPU, e.g. 3,1")
     p.add_argument("--json", action="store_true")
+    add_rpc_option(p)
 
 
 def settings_from_args(args: argparse.Namespace, info: Any) -> PlanSettings:
@@ -104,9 +107,12 @@ def print_plan(data: dict[str, Any]) -> None:
         print(f"  · {note}")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, PlanSettings, list[Device], str]:
+def _load(args: argparse.Namespace, pin: bool = True) -> tuple[Any, PlanSettings, list[Device], str]:
+    """The model, the settings, the devices (workers' included) and why GPUs are absent;
+    ``pin``: fix the layer split by free memory (fit pins it by budget itself)."""
     from engine.core.build import gpu_backend
     from engine.gguf.inspect import inspect_gguf
+    from engine.plan.fit import pin_split
     from engine.plan.rules import check_settings
     from engine.plan.sparse_caches import unknown_arch_note
     from engine.runtime.info import plan_devices
@@ -115,8 +121,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, PlanSettings, list[Device], st
     unknown = unknown_arch_note(info)
     if unknown and not getattr(args, "exact", False):  # say so rather than guess numbers
         raise KvDeckError(f"{Path(args.path).name}: {unknown}")
+    devices, _why = plan_devices(rpc=endpoints(args))
     settings = settings_from_args(args, info)
-    devices, _why = plan_devices()
+    settings = pin_split(settings, devices) if pin else settings
     n_gpus = sum(1 for d in devices if d.kind == "gpu")
     errors = [p for p in check_settings(info, settings, n_gpus, gpu_backend()) if p.severity == "error"]
     if errors:
@@ -141,22 +148,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from engine.gguf.inspect import inspect_gguf
-    from engine.plan.analytic import analytic_plan
-    from engine.plan.fit import DraftSpec, fit
-    from engine.plan.margins import Margins
+    from engine.plan.fit import DraftSpec
+    from engine.plan.margins import Margins, per_device_mib
+    from engine.runtime.worker_fit import fit_with_workers
 
-    info, settings, devices, _ = _load(args)
+    info, settings, devices, _ = _load(args, pin=False)
     draft = None
     if args.draft:
         dinfo = inspect_gguf(args.draft)
         draft = DraftSpec(dinfo, settings.replace(type_k="f16", type_v="f16"))
-    budget = args.budget_mib * MiB if args.budget_mib is not None else None
+    budget, per_device = per_device_mib(args.budget_mib, "--budget-mib")
+    devices = [_capped(d, per_device) for d in devices]
     margins = Margins.from_options(args.margin_mib, args.cpu_margin_mib)
-    result = fit(
+    result = fit_with_workers(  # = fit(); with workers, checked by llama.cpp's dry run
         info,
         settings,
         devices,
-        plan_fn=analytic_plan,
         budget_bytes=budget,
         margins=margins,
         draft=draft,
@@ -167,6 +174,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "fits": result.fits,
         "n_ctx": result.plan.n_ctx,
         "n_gpu_layers": result.settings.n_gpu_layers,
+        "tensor_split": list(result.settings.tensor_split),  # pinned with workers (fit.pin_split)
+        "dry_run_rounds": result.extra.get("dry_run_rounds", 0),  # with workers (runtime.worker_fit)
         "limited_by": result.limited_by,
         "reason": result.reason,
         "budgets": result.budgets,
@@ -193,6 +202,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _capped(device: Device, per_device: dict[str, int]) -> Device:
+    """The device with a per-device (or per-worker) budget as its free memory."""
+    cap = per_device.get(device.name, per_device.get(device.endpoint) if device.endpoint else None)
+    return device if cap is None else dataclasses.replace(device, free_bytes=min(device.free_bytes, cap))
+
+
 def cmd_pair(args: argparse.Namespace) -> int:
     """``kvdeck pair``: :func:`pair_report` as JSON or as one line per rule."""
     budget = args.budget_mib * MiB if args.budget_mib is not None else None
@@ -213,7 +228,13 @@ def register(sub: Any) -> None:
     p.add_argument("--exact", action="store_true", help="ask llama.cpp itself (a dry run, no allocation)")
     f = sub.add_parser("fit", help="largest context (then most GPU layers) that fits the memory budget")
     add_plan_options(f)
-    f.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
+    f.add_argument(
+        "--budget-mib",
+        default=None,
+        metavar="MIB|DEV=MIB,…",
+        help="memory budget per GPU (or RAM) in MiB; per device (CUDA1=2048) or per worker "
+        "(10.0.0.5:50052=6144)",
+    )
     f.add_argument(
         "--margin-mib",
         default=None,

@@ -92,9 +92,10 @@ def register(sub: Any) -> None:
 
 def plan_settings(args: argparse.Namespace, info: Any) -> Any:
     """PlanSettings for N sequences that pass preflight, fitted when --ctx was not given."""
+    from engine.cli.rpc import endpoints
     from engine.core.build import gpu_backend
     from engine.plan.analytic import analytic_plan
-    from engine.plan.fit import fit, preflight
+    from engine.plan.fit import fit, pin_split, preflight
     from engine.runtime.info import plan_devices
 
     if args.parallel < 1 or args.parallel > 256:
@@ -102,11 +103,12 @@ def plan_settings(args: argparse.Namespace, info: Any) -> Any:
     given = args.ctx is not None
     if not given:
         args.ctx = args.parallel * min(info.n_ctx_train or 4096, 4096)
+    devices, _ = plan_devices(rpc=endpoints(args))
     settings = settings_from_args(args, info)
-    devices, _ = plan_devices()
     budget = args.budget_mib * MiB if args.budget_mib is not None else None
     if budget is None:
         try:
+            settings = pin_split(settings, devices)
             preflight(info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
             return settings
         except KvDeckError:
@@ -130,6 +132,7 @@ def plan_settings(args: argparse.Namespace, info: Any) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine import protocol as P
     from engine.cli.args import model_path
+    from engine.cli.rpc import endpoints
     from engine.gguf.inspect import inspect_gguf
     from engine.protocol import LoadParams
     from engine.runtime.host import RuntimeHost
@@ -154,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if isinstance(msg, P.Slots):
             latest[:] = [msg]
 
-    with RuntimeHost(on_event=on_event) as host:
+    with RuntimeHost(on_event=on_event, rpc=endpoints(args)) as host:
         try:
             loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
             served = ServedModel(

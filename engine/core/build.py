@@ -44,6 +44,13 @@ def runtime_backends() -> frozenset[str]:
     return frozenset(b for b, stem in _BACKENDS.items() if any(stem in n for n in names))
 
 
+def rpc_in_build() -> bool:
+    """Whether the runtime has llama.cpp's RPC backend (built with -DGGML_RPC=ON: it ships
+    ``libggml-rpc``); the runtime child's ``llama_supports_rpc()`` says the same."""
+    lib = runtime_lib_dir()
+    return lib is not None and lib.is_dir() and any("ggml-rpc" in p.name for p in lib.iterdir())
+
+
 def gpu_backend() -> str:
     """The backend that GPU devices would use: "cuda", "metal", ... or "cpu"."""
     for name in ("cuda", "hip", "metal", "vulkan", "sycl"):

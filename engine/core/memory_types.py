@@ -61,7 +61,8 @@ class PlanSettings:
 
 @dataclass(frozen=True)
 class Device:
-    """A memory pool: "CPU" (host RAM) or a GPU such as "CUDA0"."""
+    """A memory pool: "CPU" (host RAM), a GPU such as "CUDA0", or a worker's device such as
+    "RPC0[10.0.0.5:50052]" (llama.cpp's name for its buffers; kind "gpu", as ggml-rpc says)."""
 
     name: str
     kind: Literal["cpu", "gpu"]
@@ -71,6 +72,18 @@ class Device:
     #: Memory the runtime child will take on this device outside llama.cpp's buffers (the CUDA
     #: context and its kernels) that ``free_bytes`` does not already exclude; fit keeps it free.
     reserved_bytes: int = 0
+    #: The llama.cpp RPC worker ("HOST:PORT") that holds this device; "" for a local one.
+    endpoint: str = ""
+    #: A remote device whose buffers lay tensors out like host RAM (a worker's CPU): weights are
+    #: sized as on the host, without the padded quantized rows of a CUDA buffer.
+    host_layout: bool = False
+
+
+def rpc_device_name(endpoint: str, index: int) -> str:
+    """The name llama.cpp gives a worker's device's buffers (``RPC<i>[<endpoint>]``, from
+    ``ggml_backend_rpc_buffer_type``; ``i`` counts that worker's devices), so a plan, the load log
+    and fit all use one name."""
+    return f"RPC{index}[{endpoint}]"
 
 
 @dataclass(frozen=True)

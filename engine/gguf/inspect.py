@@ -36,6 +36,7 @@ from engine.gguf.reader import Array as _Array
 from engine.gguf.reader import Corrupt as _Corrupt
 from engine.gguf.reader import TensorRow, read_header
 from engine.gguf.sparse import sparse_meta
+from engine.gguf.split_parts import read_model_header
 
 MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS: llama.cpp aborts (GGML_ASSERT) above this.
 _MAX_DIM = 1 << 20  # sanity bound for embedding width, head counts and head sizes.
@@ -297,7 +298,8 @@ def inspect_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         size = st.st_size
         if size < 24:
             raise _Corrupt("is empty" if size == 0 else "is too small to be a GGUF file")
-        return _build(path, size)
+        header, size = read_model_header(path, size)  # every part of a split model
+        return _build(path, size, header)
     except _Corrupt as exc:
         raise ModelFileError(f"{label} {exc}") from None
     except FileNotFoundError:

@@ -216,16 +216,23 @@ def read_header(
 def read_tensor_dims(path: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     """{tensor name: (ggml type name, ne)} of a GGUF file already accepted by `read_header`
     (the dimensions that `TensorRow` folds into an element count; used for CPU repacking)."""
-    from gguf import GGMLQuantizationType
+    return read_dims_and_meta(path)[2]
+
+
+def read_dims_and_meta(
+    path: str,
+) -> tuple[dict[str, Any], dict[str, int], dict[str, tuple[str, tuple[int, ...]]]]:
+    """`read_tensor_dims` plus the metadata and value types (a split model's part count)."""
+    from gguf import GGMLQuantizationType  # lazily: see read_header
 
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         cur = _Cursor(buf, len(buf))
         cur.take(4)
         cur.num("I")
         n_tensors, n_kv = cur.num("Q"), cur.num("Q")
-        _metadata(cur, n_kv)
+        meta, types = _metadata(cur, n_kv)
         out: dict[str, tuple[str, tuple[int, ...]]] = {}
         for _ in range(n_tensors):
             name, dims, ttype, _offset = _tensor_info(cur)
             out[name] = (GGMLQuantizationType(ttype).name, tuple(dims))
-    return out
+    return meta, types, out

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 from engine.gguf.hparams import NO_MEMORY_ARCHS
 from engine.gguf.inspect import GGUFInfo
-from engine.plan.compute import estimate_compute
+from engine.plan.compute import estimate_compute, phases
 from engine.plan.compute_placement import cuda_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
 from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
@@ -216,7 +216,8 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     # Weights (§10).
     # Without a GPU, repackable matrices move to a CPU_REPACK buffer (engine.plan.cpu_repack).
     repack, repack_note = (None, None) if gpus else cpu_only_repack(info)
-    allocs += _weights(geo, ldev, bool(gpus), repack)
+    host_like = {"CPU"} | {g.name for g in gpus if g.host_layout}  # a worker's CPU: host layout
+    allocs += _weights(geo, ldev, host_like, repack)
     notes += [repack_note] if repack_note else []
 
     # Compute (§9): the CPU calibration, or on CUDA what the scheduler allocates there.
@@ -235,6 +236,8 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), ldev, ests, notes)
     for dev, b, detail in ests:
         allocs.append(Allocation("compute", dev, b, detail))
+    if any(g.endpoint for g in gpus):
+        allocs += _split_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, ldev, ests)
 
     if settings.split_mode == "tensor" and len(gpus) > 1:
         notes.append(
@@ -258,6 +261,35 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         notes=tuple(notes),
         flash_attn_resolved=(None if fa_compute else False) if fa == "auto" else fa == "on",
     )
+
+
+def _split_compute(
+    geo: ModelGeometry,
+    r: Resolved,
+    fa_on: bool,
+    n_swa_cells: int,
+    kv_unified: bool,
+    ldev: list[str],
+    ests: list[tuple[str, int, str]],
+) -> list[Allocation]:
+    """With llama.cpp RPC workers, every device that holds layers runs its own part of the graph
+    and the scheduler reserves a compute buffer on each, not only on the output layer's device.
+    Sized as the peak of the layer phases; a first estimate (on the loopback SmolLM2 split the
+    measured buffers were about twice this), `plan --exact` asks llama.cpp's dry run."""
+    ph = phases(geo.compute, r, fa_on, n_swa_cells, kv_unified)
+    peak = max((v for k, v in ph.items() if k != "output"), default=0)
+    placed = {dev for dev, _b, _d in ests}
+    return [
+        Allocation(
+            "compute",
+            dev,
+            peak,
+            "estimate: this device's layers' part of the graph (peak of the attention and FFN "
+            "phases); plan --exact has llama.cpp's own figure",
+        )
+        for dev in dict.fromkeys(ldev)
+        if dev != "CPU" and dev not in placed
+    ]
 
 
 _CUDA_FA_HEADS = {40, 64, 72, 80, 96, 112, 128, 256}
@@ -292,9 +324,10 @@ def _per_layer_state(
 
 
 def _weights(
-    geo: ModelGeometry, ldev: list[str], has_gpu: bool, repack: RepackPlan | None = None
+    geo: ModelGeometry, ldev: list[str], host_like: set[str], repack: RepackPlan | None = None
 ) -> list[Allocation]:
-    """Weight bytes per device: input layer on the host, layers and output where ldev says;
+    """Weight bytes per device: input layer on the host, layers and output where ldev says
+    (sized as on the host on ``host_like`` devices, padded as in a CUDA buffer elsewhere);
     a CPU-only load's repacked matrices as a second CPU allocation (CPU_REPACK)."""
     w = geo.weights
     if w is None:
@@ -302,16 +335,17 @@ def _weights(
     by_dev: dict[str, int] = {"CPU": w.input_host}
     count: dict[str, int] = {}
     for il, dev in enumerate(ldev[:-1]):
-        b = w.layers_cuda[il] if dev != "CPU" else w.layers_host[il]
+        b = w.layers_host[il] if dev in host_like else w.layers_cuda[il]
         by_dev[dev] = by_dev.get(dev, 0) + b
         count[dev] = count.get(dev, 0) + 1
     out_dev = ldev[-1]
-    by_dev[out_dev] = by_dev.get(out_dev, 0) + (w.output_cuda if out_dev != "CPU" else w.output_host)
+    on_host = out_dev in host_like
+    by_dev[out_dev] = by_dev.get(out_dev, 0) + (w.output_host if on_host else w.output_cuda)
     # A tied output is a copy of token_embd in the output layer's buffer. Archs that create
     # that copy before token_embd itself (gemma3n, gemma4) keep two copies even on the CPU.
     tied = w.tied_output and (out_dev != "CPU" or geo.arch in ("gemma3n", "gemma4"))
     if tied:
-        by_dev[out_dev] += w.token_embd_cuda if out_dev != "CPU" else w.token_embd_host
+        by_dev[out_dev] += w.token_embd_host if on_host else w.token_embd_cuda
     out = []
     for dev, b in by_dev.items():
         parts = [f"{count.get(dev, 0)} layers"]
@@ -319,7 +353,7 @@ def _weights(
             parts.append("token embeddings (input layer, always host)")
         if dev == out_dev:
             parts.append("output layer" + (" + copy of the tied token embeddings" if tied else ""))
-        pad = "128-byte aligned, quantized rows padded" if dev != "CPU" else "32-byte aligned"
+        pad = "32-byte aligned" if dev in host_like else "128-byte aligned, quantized rows padded"
         if dev == "CPU" and repack is not None and repack.bytes:
             b -= repack.moved
             parts.append("the rest of the matrices")

@@ -24,7 +24,9 @@ shapes on an H200 (benchmarks/gpu_compute.py):
   layer follows onto the GPU too and copies that layer's K and V cache views (cache type,
   every cell). With the output layer on the CPU (n_gpu_layers = 0) the output matrix is
   copied as well. Where these copies land next to the activations depends on ggml-alloc's
-  free-block order, so they are sized as a sum of what is live plus a stated allowance.
+  free-block order: for the families engine.plan.compute_replay follows, that module replays
+  the allocator; for the others they are sized here as a sum of what is live plus a stated
+  allowance.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING
 from engine.core.memory_types import MiB
 
 if TYPE_CHECKING:
-    from engine.plan.compute import ComputeShape
+    from engine.plan.compute_shape import ComputeShape
     from engine.plan.context import Resolved
 
 # ggml-alloc places a weight copy, the K/V copies and the activations of a CPU-resident layer

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.gguf.inspect import GGUFInfo
-from engine.gguf.reader import read_tensor_dims
+from engine.gguf.split_parts import read_model_tensor_dims
 from engine.plan.cpu_features import CpuFeatures, detect
 
 #: Weight types with a repacked layout for some CPU (notes §10).
@@ -209,7 +209,7 @@ def repack_plan(info: GGUFInfo, features: CpuFeatures) -> RepackPlan:
     if plan is None:
         if len(_CACHE) > 64:
             _CACHE.clear()
-        plan = _CACHE[key] = _build(info, read_tensor_dims(info.path), features)
+        plan = _CACHE[key] = _build(info, read_model_tensor_dims(info.path), features)
     return plan
 
 

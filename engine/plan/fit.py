@@ -25,6 +25,7 @@ __all__ = [
     "budgets_for",
     "default_settings",
     "fit",
+    "pin_split",
     "preflight",
 ]
 MIN_CONTEXT = 256
@@ -62,6 +63,23 @@ def budgets_for(
             base = budget_bytes
         out[d.name] = max(0, base - margins.for_device(d) - d.reserved_bytes)
     return out
+
+
+def pin_split(
+    settings: PlanSettings, devices: list[Device], budgets: dict[str, int] | None = None
+) -> PlanSettings:
+    """With llama.cpp RPC workers, fix the layer split in the settings: each GPU-type device's
+    share is its free memory (llama.cpp's own default, ``llama_model_load`` asking every device)
+    or, for fit, its usable budget, so the plan, the fit and the load place layers alike even when
+    a worker's free memory moves between them, and a small worker gets few layers. Unchanged
+    without workers, with one device, or when the user chose a split."""
+    gpus = [d for d in devices if d.kind == "gpu"]
+    if settings.tensor_split or settings.split_mode == "none" or not any(d.endpoint for d in gpus):
+        return settings
+    amounts = [(budgets[d.name] if budgets is not None else d.free_bytes) // MiB for d in gpus]
+    if len(gpus) < 2 or not any(amounts):
+        return settings
+    return settings.replace(tensor_split=tuple(float(a) for a in amounts))
 
 
 def _combined(target: MemoryPlan, draft: MemoryPlan | None) -> dict[str, int]:
@@ -131,6 +149,12 @@ class _Search:
         return lo
 
 
+def _machine(devices: list[Device], name: str) -> str:
+    """A device in words, naming the machine when it is a worker's."""
+    where = next((d.endpoint for d in devices if d.name == name and d.endpoint), "")
+    return f"{name} on the worker at {where}" if where else name
+
+
 def _limit_reason(search: _Search, n_ctx: int, ngl: int, n_ctx_train: int) -> tuple[str, str]:
     if n_ctx >= n_ctx_train:
         return "training context", f"the model's training context ({n_ctx_train} tokens) is the limit"
@@ -148,7 +172,7 @@ def _limit_reason(search: _Search, n_ctx: int, ngl: int, n_ctx_train: int) -> tu
     biggest = max(COMPONENTS, key=lambda c: t0.bytes_for(dev, c))
     return (
         f"{dev} {comp}",
-        f"{dev} is full: {search.budgets.get(dev, 0) // MiB} MiB usable, "
+        f"{_machine(search.devices, dev)} is full: {search.budgets.get(dev, 0) // MiB} MiB usable, "
         f"{biggest} is the largest part and {comp} grows with the context",
     )
 
@@ -169,6 +193,7 @@ def fit(
     """Largest context (up to the training context), then the most GPU layers, within budget
     (margins as in `budgets_for`)."""
     budgets = budgets_for(devices, budget_bytes=budget_bytes, margin_bytes=margin_bytes, margins=margins)
+    settings = pin_split(settings, devices, budgets)
     search = _Search(info, settings, devices, budgets, draft, plan_fn)
     n_train = max(MIN_CONTEXT, info.n_ctx_train or 4096)
     hi = min(n_train, max_context) if max_context else n_train
@@ -204,17 +229,21 @@ def fit(
             limited_by=f"{dev} weights",
             fits=False,
             reason=(
-                f"does not fit: even {MIN_CONTEXT} tokens need {need // MiB} MiB on {dev}, "
+                f"does not fit: even {MIN_CONTEXT} tokens need {need // MiB} MiB on "
+                f"{_machine(devices, dev)}, "
                 f"{budgets.get(dev, 0) // MiB} MiB usable"
             ),
             extra={"draft_plan": dplan},
         )
     target, dplan = search.plans(n_ctx, ngl)
     limited_by, reason = _limit_reason(search, n_ctx, ngl, n_train if not max_context else hi)
+    extra: dict[str, object] = {"draft_plan": dplan}
+    full = search.over(n_ctx, ngl + 1) if has_gpu and ngl < n_layers_all else None
+    if full is not None:  # fewer layers than the model has: say which device took no more
+        extra["layers_limited_by"] = full
+        reason += f"; {ngl} of {n_layers_all} layers offloaded, as one more would overfill {_machine(devices, full)}"
     chosen = settings.replace(n_ctx=n_ctx, n_gpu_layers=ngl)
-    return FitResult(
-        chosen, target, budgets, limited_by=limited_by, reason=reason, fits=True, extra={"draft_plan": dplan}
-    )
+    return FitResult(chosen, target, budgets, limited_by=limited_by, reason=reason, fits=True, extra=extra)
 
 
 DEFAULT_MAX_CONTEXT = 16384

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from engine.core.memory_types import PlanSettings
 from engine.gguf.hparams import IDX_HYBRID_ARCHS, NO_MEMORY_ARCHS, WeightLayout
 from engine.gguf.inspect import GGUFInfo
-from engine.plan.compute import ComputeShape
+from engine.plan.compute_shape import ComputeShape
 from engine.plan.context import BLOCKS, CacheSize, Resolved, pad, resolve_context, row_bytes
 from engine.plan.sparse_caches import sparse_caches
 

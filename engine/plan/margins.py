@@ -46,19 +46,28 @@ class Margins:
         `gpu_spec` is MiB for every GPU ("2048"), per device ("CUDA0=2048,CUDA1=1024"), or both
         ("1536,CUDA1=512": 1536 for every GPU but CUDA1). A named device may also be the host
         ("CPU=4096"), though `--cpu-margin-mib` says that more plainly."""
-        gpu, per = DEFAULT_GPU_MARGIN, {}
-        for part in (gpu_spec or "").split(","):
-            part = part.strip()
-            if not part:
-                continue
-            name, _eq, value = part.rpartition("=")
-            mib = _mib(value, f"--margin-mib {part!r}")
-            if name.strip():
-                per[name.strip()] = mib
-            else:
-                gpu = mib
+        every, per = per_device_mib(gpu_spec, "--margin-mib")
+        gpu = DEFAULT_GPU_MARGIN if every is None else every
         cpu = DEFAULT_CPU_MARGIN if cpu_mib is None else _mib(str(cpu_mib), "--cpu-margin-mib")
         return cls(gpu=gpu, cpu=cpu, per_device=per)
+
+
+def per_device_mib(spec: str | None, option: str) -> tuple[int | None, dict[str, int]]:
+    """Parse "MIB", "NAME=MIB" entries or both, comma-separated, as bytes: (the plain value or
+    None, {name: bytes}). A name may be a device ("CUDA1", "CPU") or, for fit's `--budget-mib`,
+    a worker's endpoint ("10.0.0.5:50052": every device of that worker)."""
+    every, per = None, {}
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _eq, value = part.rpartition("=")
+        amount = _mib(value, f"{option} {part!r}")
+        if name.strip():
+            per[name.strip()] = amount
+        else:
+            every = amount
+    return every, per
 
 
 def _mib(text: str, what: str) -> int:

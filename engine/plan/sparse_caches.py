@@ -76,32 +76,11 @@ def sparse_caches(
         csa = tuple(il for il in range(n) if ratios[il] == CSA)
         hca = tuple(il for il in range(n) if ratios[il] == HCA)
         cells_csa, cells_hca = _comp_cells(r.n_ctx_seq, CSA), _comp_cells(r.n_ctx_seq, HCA)
-        if csa:
-            out.append(
-                _cache(
-                    "CSA",
-                    csa,
-                    cells_csa,
-                    streams,
-                    tk,
-                    tv,
-                    tuple(info.head_dim_k * kvh[il] for il in csa),
-                    label=f"CSA compressed keys (1 per {CSA} tokens)",
-                )
-            )
-        if hca:
-            out.append(
-                _cache(
-                    "HCA",
-                    hca,
-                    cells_hca,
-                    streams,
-                    tk,
-                    tv,
-                    tuple(info.head_dim_k * kvh[il] for il in hca),
-                    label=f"HCA compressed keys (1 per {HCA} tokens)",
-                )
-            )
+        for name, layers, cells, ratio in (("CSA", csa, cells_csa, CSA), ("HCA", hca, cells_hca, HCA)):
+            if layers:
+                widths = tuple(info.head_dim_k * kvh[il] for il in layers)
+                label = f"{name} compressed keys (1 per {ratio} tokens)"
+                out.append(_cache(name, layers, cells, streams, tk, tv, widths, label=label))
         if csa:
             out.append(
                 _cache(

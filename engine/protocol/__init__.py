@@ -3,7 +3,7 @@
 One JSON object per line, in both directions (:mod:`engine.protocol.base`). Every message is a
 frozen dataclass registered under a short ``type`` name: the core load/generate messages in
 :mod:`engine.protocol.messages`, the tools' (bench, precision, pairing, drafts) in
-:mod:`engine.protocol.tools`. This package exports all of them, so callers write
+:mod:`engine.protocol.tools`, the RPC workers' in :mod:`engine.protocol.workers`. This package exports all of them, so callers write
 ``from engine import protocol as P`` and ``P.LoadRequest``; modules inside the package import
 from its sub-modules, never from here.
 """
@@ -14,3 +14,4 @@ from engine.protocol.errors import ErrorKind as ErrorKind
 from engine.protocol.errors import exception_for as exception_for
 from engine.protocol.messages import *  # noqa: F401,F403
 from engine.protocol.tools import *  # noqa: F401,F403
+from engine.protocol.workers import *  # noqa: F401,F403

@@ -48,8 +48,10 @@ def _kv_by_layer_devices(dry: tuple[Allocation, ...], analytic: MemoryPlan) -> t
 def exact_plan(
     info: GGUFInfo, settings: PlanSettings, devices: list[Device], timeout: float = 300
 ) -> MemoryPlan:
-    """Sizes from llama.cpp's own dry run, weights from the analytic placement."""
-    with RuntimeHost() as host:
+    """Sizes from llama.cpp's own dry run, weights from the analytic placement; workers'
+    devices (``Device.endpoint``) take part in the dry run as they would in the load."""
+    rpc = tuple(dict.fromkeys(d.endpoint for d in devices if d.endpoint))
+    with RuntimeHost(rpc=rpc) as host:
         loaded = host.load(P.LoadParams(info.path, settings, dry_run=True), timeout=timeout)
     dry = plan_from_log(loaded.memory_log, settings, "exact")
     analytic = analytic_plan(info, settings, devices)

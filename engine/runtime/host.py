@@ -65,6 +65,12 @@ class RuntimeHost(RuntimeProcess):
         build = _generate_request(prompt, max_tokens, sampling, no_empty, draft, draft_max)
         return self.submit("generate", build, on_event)
 
+    def remote_memory(self, timeout: float = 10) -> list[dict[str, Any]]:
+        """Free and total memory of the workers' devices, over the runtime's own connections
+        (a worker this runtime holds answers nobody else); waits behind a running request."""
+        reply = self.call("remote_memory", lambda i: P.RemoteMemoryRequest(id=i), timeout)
+        return reply.devices  # type: ignore[attr-defined]
+
     def load(
         self,
         params: P.LoadParams,

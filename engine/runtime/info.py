@@ -11,9 +11,15 @@ from engine.core.memory_types import Device
 
 
 def plan_devices(
-    telemetry_devices: list[Device] | None = None, runtime_on_gpu: bool = False
+    telemetry_devices: list[Device] | None = None,
+    runtime_on_gpu: bool = False,
+    rpc: tuple[str, ...] = (),
 ) -> tuple[list[Device], str]:
     """Devices a plan may use, and why GPUs are absent when they are.
+
+    ``rpc``: llama.cpp RPC workers (engine.runtime.workers), each probed now; their devices come
+    after the host and before local GPUs, the order llama.cpp gives them (src/llama.cpp puts RPC
+    servers "at the front of the list"). An unusable worker is refused in one sentence.
 
     GPUs count only if the runtime can offload to them: an NVIDIA card next to a CPU-only
     build holds nothing, and the plan must say so instead of promising VRAM it cannot use.
@@ -29,6 +35,7 @@ def plan_devices(
         finally:
             tel.close()
     cpu = [d for d in telemetry_devices if d.kind == "cpu"]
+    cpu += _remote(rpc) if rpc else []  # the host, then the workers' devices
     gpus = [d for d in telemetry_devices if d.kind == "gpu"]
     backend = gpu_backend()
     if not gpus:
@@ -40,3 +47,16 @@ def plan_devices(
         )
     reserve = 0 if runtime_on_gpu else cuda_reserve_bytes()
     return cpu + [dataclasses.replace(g, reserved_bytes=reserve) for g in gpus], ""
+
+
+def _remote(rpc: tuple[str, ...]) -> list[Device]:
+    from engine.core.build import rpc_in_build
+    from engine.core.errors import KvDeckError
+    from engine.runtime.workers import remote_devices
+
+    if not rpc_in_build():
+        raise KvDeckError(
+            "--rpc needs a runtime built with llama.cpp's RPC backend (-DGGML_RPC=ON); "
+            "reinstall it as the README says"
+        )
+    return remote_devices(rpc)

@@ -34,6 +34,8 @@ class ProcessOutcome:
     last_error: str
     expected: bool
     sentence: str
+    #: llama.cpp RPC workers that went away and ended the child (engine.runtime.workers).
+    lost_workers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

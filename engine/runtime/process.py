@@ -47,6 +47,7 @@ _FINAL += (P.BenchResult,)  # speed benchmark (engine.child.bench)
 _FINAL += (P.PairReply,)  # draft compatibility (engine.plan.pairing)
 _FINAL += (P.DraftLoaded, P.DraftUnloaded)  # speculative decoding (engine.child.speculative)
 _FINAL += (P.Detokenized, P.Embeddings)  # the API server's /detokenize and /v1/embeddings
+_FINAL += (P.RemoteMemory,)  # llama.cpp RPC workers' memory (engine.child.rpc)
 
 
 class RuntimeProcess:
@@ -63,7 +64,11 @@ class RuntimeProcess:
         on_event: Callable[[object], None] | None = None,
         env: dict[str, str] | None = None,
         ready_timeout: float = 60.0,
+        rpc: tuple[str, ...] = (),
     ) -> None:
+        #: llama.cpp RPC workers the child registers at start (engine.child.rpc); probe them
+        #: first (engine.runtime.workers): ggml-rpc aborts the child on one it cannot reach.
+        self.rpc = tuple(rpc)
         self._on_event = on_event
         self._env = env
         self._ready_timeout = ready_timeout
@@ -99,6 +104,7 @@ class RuntimeProcess:
         env = dict(os.environ if self._env is None else self._env)
         env["GGML_NO_BACKTRACE"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
+        env["KVDECK_RPC"] = ",".join(self.rpc)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._stderr_tail.clear()
@@ -295,6 +301,10 @@ class RuntimeProcess:
         self._stderr_thread.join(timeout=2.0)
         last_error = next((line for line in reversed(self._stderr_tail) if "error" in line.lower()), "")
         outcome = describe_exit(code, self._phase, self._abort_message, last_error[:300], self._stopping)
+        if self.rpc and not outcome.expected:
+            from engine.runtime.workers import worker_outcome
+
+            outcome = worker_outcome(outcome, self.rpc)
         self.outcome = outcome
         self._ready.set()
         with self._lock:

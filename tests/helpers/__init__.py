@@ -10,6 +10,8 @@ other: tests/test_layout.py checks that.
 - ``gguf_raw``, ``hostile_gguf``: GGUF files taken apart, and broken on purpose.
 - ``llama_dry_run``: ask llama.cpp what it would allocate, in a child process
   (``tools.llama_dry_run``, shared with benchmarks/gpu_compute.py), parsed into a plan.
+- ``rpc_workers``: llama.cpp RPC workers on loopback, stand-ins for foreign ones, and the skip
+  for a runtime without RPC.
 - ``fault_app``: the real window chatting on its own, run as a process and killed by
   tests/test_faults.py (``python -m tests.helpers.fault_app DB``).
 """

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
@@ -24,6 +26,19 @@ def new_window(qtbot, tmp_path, monkeypatch, demo, *, max_tokens: int = 24) -> M
     qtbot.addWidget(win)
     win.show()
     return win
+
+
+@contextlib.contextmanager
+def loaded_window(qtbot, tmp_path, monkeypatch, demo, *, max_tokens: int = 24) -> Iterator[MainWindow]:
+    """``new_window`` started, once its first model has loaded; closed with its store afterwards."""
+    win = new_window(qtbot, tmp_path, monkeypatch, demo, max_tokens=max_tokens)
+    try:
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.start()
+        yield win
+    finally:
+        win.close()
+        win.store.close()
 
 
 def drop_url(win: MainWindow, url: QUrl) -> bool:

@@ -1,0 +1,1 @@
+"""The Machines dock: llama.cpp RPC workers (app.machines.dock)."""

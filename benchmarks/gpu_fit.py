@@ -1,0 +1,276 @@
+"""KV Deck's fit against llama.cpp's `llama-fit-params` with identical inputs, and proof that
+each fitted setting loads in the memory it was fitted to (issue 18).
+
+    python benchmarks/gpu_fit.py --out DIR [--fit-params PATH] [--shapes a,b]
+
+For every case (a shape of benchmarks/gpu_compute.py written as a sparse GGUF, a GPU budget,
+a context given or left to the fit) `llama-fit-params -fitt MARGIN` runs first, with the margin
+that leaves the budget of what NVML reads free; KV Deck's fit is then given exactly the free
+memory llama-fit-params read (after creating its CUDA context) and the same margin (and the
+same context, when one is given). Each fitted setting (KV Deck's and llama-fit-params') is then loaded for real in a child
+process that first takes all GPU memory but the budget with a ballast `cudaMalloc`, so a load
+that succeeds needed no more than the budget. The child reports llama.cpp's buffer sizes,
+which are compared with KV Deck's plan for its setting. Writes `fit-<date>.json` in DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.gpu_compute import write_sparse_gguf  # noqa: E402
+from engine.core.memory_types import Device, MiB, PlanSettings  # noqa: E402
+from engine.gguf.inspect import inspect_gguf  # noqa: E402
+from engine.plan.analytic import analytic_plan  # noqa: E402
+from engine.plan.fit import fit  # noqa: E402
+from engine.plan.margins import Margins  # noqa: E402
+
+# (shape, GPU budget in MiB, context given by the user or 0 for "fit it")
+CASES: list[tuple[str, int, int]] = [
+    ("llama3-8b", 8 * 1024, 0),
+    ("llama3-8b", 3 * 1024, 32768),
+    ("gemma3-27b", 8 * 1024, 32768),
+    ("qwen3-32b", 10 * 1024, 32768),
+    ("qwen3moe-30b-a3b", 8 * 1024, 32768),
+    ("llama3-70b", 24 * 1024, 32768),
+    ("llama3-70b", 12 * 1024, 8192),
+    ("gemma3-27b", 20 * 1024, 0),
+    ("llama3-70b", 44 * 1024, 0),
+]
+
+
+def llama_fit_params(binary: str, model: Path, margin_mib: int, n_ctx: int) -> dict[str, Any]:
+    """llama-fit-params' answer, and the free memory it read (after creating its CUDA context)."""
+    cmd = [binary, "-m", str(model), "-fitt", str(margin_mib), "-lv", "4"]
+    if n_ctx:
+        cmd += ["-c", str(n_ctx)]
+    t = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    m = re.search(r"-c (\d+) -ngl (-?\d+)(.*)", out)
+    f = re.findall(r"vs\. (\d+) MiB of free device memory", out) or re.findall(
+        r"(\d+) MiB of free device memory", out
+    )
+    return {
+        "n_ctx": int(m.group(1)) if m else None,
+        "n_gpu_layers": int(m.group(2)) if m else None,
+        "extra_args": m.group(3).strip() if m else "",
+        "free_mib": int(f[-1]) if f else None,
+        "rc": r.returncode,
+        "wall_s": round(time.time() - t, 1),
+        "tail": out[-600:],
+    }
+
+
+def nvml_free_mib() -> int:
+    import pynvml
+
+    pynvml.nvmlInit()
+    info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+    return int(info.free) // MiB
+
+
+def load_child() -> None:  # pragma: no cover - runs in the child process
+    """Take all GPU memory but `budget_mib`, then load the model and create the context."""
+    import ctypes
+
+    import llama_cpp.llama_cpp as LL
+
+    job = json.loads(sys.stdin.read())
+    rt = ctypes.CDLL("libcudart.so.13")
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    rt.cudaFree(None)
+    rt.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+    ballast = free.value - job["budget_mib"] * MiB
+    ptr = ctypes.c_void_p()
+    ok_ballast = ballast <= 0 or rt.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(ballast)) == 0
+    rt.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+    lines: list[str] = []
+
+    def on_log(level: int, text: bytes, _ud: object) -> None:
+        lines.extend(text.decode("utf-8", "replace").splitlines())
+
+    cb = LL.llama_log_callback(on_log)
+    LL.llama_log_set(cb, ctypes.c_void_p())
+    LL.llama_backend_init()
+    mp = LL.llama_model_default_params()
+    mp.n_gpu_layers = job["ngl"]
+    # the default load mode (AUTO) segfaulted inside llama_model_load_from_file on the H200
+    # (every case, 2026-12-04); gpu_compute.py's real loads use NONE and load fine
+    mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
+    model = LL.llama_model_load_from_file(job["path"].encode(), mp)
+    ok = False
+    if model:
+        cp = LL.llama_context_default_params()
+        cp.n_ctx = job["n_ctx"]
+        ctx = LL.llama_init_from_model(model, cp)
+        ok = bool(ctx)
+    keep = [ln for ln in lines if "buffer size" in ln or "failed" in ln or "error" in ln.lower()]
+    print(
+        json.dumps(
+            {"ok": ok, "ballast_ok": ok_ballast, "free_before_load_mib": free.value // MiB, "lines": keep}
+        ),
+        flush=True,
+    )
+    os._exit(0)  # the ballast and the model go with the process
+
+
+def load(path: Path, ngl: int, n_ctx: int, budget_mib: int) -> dict[str, Any]:
+    """Load in a child with only `budget_mib` of GPU memory free."""
+    t = time.time()
+    p = subprocess.run(
+        [sys.executable, "-X", "faulthandler", os.path.abspath(__file__), "--load-child"],
+        input=json.dumps({"path": str(path), "ngl": ngl, "n_ctx": n_ctx, "budget_mib": budget_mib}),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    res = next((json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")), None)
+    if res is None:
+        return {
+            "ok": False,
+            "rc": p.returncode,
+            "died": (p.stdout[-300:] + p.stderr[-900:]),
+            "wall_s": round(time.time() - t, 1),
+        }
+    buffers: dict[str, float] = {}
+    for ln in res.pop("lines"):
+        m = re.search(r"(\S+) (model|KV|compute|output) buffer size = +([0-9.]+) MiB", ln)
+        if m and m.group(1).startswith("CUDA0"):
+            buffers[m.group(2)] = buffers.get(m.group(2), 0.0) + float(m.group(3))
+    res["cuda0_buffers_mib"] = buffers
+    res["cuda0_total_mib"] = round(sum(buffers.values()), 2)
+    res["wall_s"] = round(time.time() - t, 1)
+    return res
+
+
+def kvdeck_fit(info: Any, free_mib: int, margin_mib: int, n_ctx: int, host: Device) -> dict[str, Any]:
+    gpu = Device("CUDA0", "gpu", 143771 * MiB, free_mib * MiB, reserved_bytes=0)
+    devices = [host, gpu]
+    kw: dict[str, Any] = {"plan_fn": analytic_plan, "margins": Margins(gpu=margin_mib * MiB)}
+    if n_ctx:
+        kw.update(min_context=n_ctx, max_context=n_ctx)
+    r = fit(info, PlanSettings(n_ctx=n_ctx), devices, **kw)
+    plan = analytic_plan(info, r.settings, devices)
+    return {
+        "n_ctx": r.plan.n_ctx,
+        "n_gpu_layers": r.settings.n_gpu_layers,
+        "fits": r.fits,
+        "limited_by": r.limited_by,
+        "planned_cuda0_mib": {
+            c: round(plan.bytes_for("CUDA0", c) / MiB, 2) for c in ("weights", "kv", "compute", "output")
+        },
+        "planned_cuda0_total_mib": round(plan.bytes_for("CUDA0") / MiB, 2),
+    }
+
+
+def loads_of(src: Path, out: Path, mdir: Path) -> int:
+    """Load every fitted setting of an earlier run again (same budgets), e.g. after a fix."""
+    res = json.loads(src.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    mdir.mkdir(parents=True, exist_ok=True)
+    for case in res["cases"]:
+        model = mdir / f"{case['shape']}.gguf"
+        if not model.exists():
+            write_sparse_gguf(model, case["shape"])
+        usable = case["free_mib_both"] - case["margin_mib_both"]
+        k, ref = case["kvdeck"], case["llama_fit_params"]
+        if k["fits"]:
+            case["kvdeck_load"] = load(model, k["n_gpu_layers"], k["n_ctx"], usable)
+        if ref.get("n_ctx") and not ref.get("extra_args"):
+            case["llama_fit_params_load"] = load(model, ref["n_gpu_layers"], ref["n_ctx"], usable)
+        print(case["shape"], case.get("kvdeck_load", {}).get("ok"), flush=True)
+        (out / src.name).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def main() -> int:
+    if "--load-child" in sys.argv:
+        load_child()
+        return 0
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--fit-params", default=shutil.which("llama-fit-params") or "llama-fit-params")
+    ap.add_argument("--shapes", default="")
+    ap.add_argument("--model-dir", default="/tmp/kvdeck-shapes")
+    ap.add_argument("--budget-s", type=float, default=330)
+    ap.add_argument("--loads-of", help="a fit JSON written before: only load its fitted settings")
+    a = ap.parse_args()
+    if a.loads_of:
+        return loads_of(Path(a.loads_of), Path(a.out), Path(a.model_dir))
+    t0 = time.time()
+    out, mdir = Path(a.out), Path(a.model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mdir.mkdir(parents=True, exist_ok=True)
+    import psutil
+
+    vm = psutil.virtual_memory()
+    host = Device("CPU", "cpu", vm.total, vm.available)
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "host_available_mib": vm.available // MiB,
+        "cases": [],
+    }
+    path_out = out / f"fit-{res['date']}.json"
+    wanted = set(a.shapes.split(",")) if a.shapes else None
+    infos: dict[str, Any] = {}
+    for shape, budget, n_ctx in CASES:
+        if wanted and shape not in wanted:
+            continue
+        if time.time() - t0 > a.budget_s:
+            res.setdefault("skipped", []).append([shape, budget, n_ctx])
+            continue
+        model = mdir / f"{shape}.gguf"
+        if shape not in infos:
+            if not model.exists():
+                write_sparse_gguf(model, shape)
+            infos[shape] = inspect_gguf(model)
+        # the margin that leaves the budget of what NVML reads free now; llama-fit-params reads
+        # free memory again after creating its CUDA context, and both tools get that reading
+        nvml = nvml_free_mib()
+        margin = max(0, nvml - budget)
+        ref = llama_fit_params(a.fit_params, model, margin, n_ctx)
+        free = ref["free_mib"] or nvml
+        ours = kvdeck_fit(infos[shape], ref["free_mib"] or free, margin, n_ctx, host)
+        case: dict[str, Any] = {
+            "shape": shape,
+            "budget_mib": budget,
+            "n_ctx_given": n_ctx,
+            "free_mib_both": ref["free_mib"] or free,
+            "margin_mib_both": margin,
+            "kvdeck": ours,
+            "llama_fit_params": ref,
+        }
+        usable = (ref["free_mib"] or free) - margin
+        if ours["fits"]:
+            case["kvdeck_load"] = load(model, ours["n_gpu_layers"], ours["n_ctx"], usable)
+        if ref.get("n_ctx") and not ref.get("extra_args"):
+            case["llama_fit_params_load"] = load(model, ref["n_gpu_layers"], ref["n_ctx"], usable)
+            if ref["n_gpu_layers"] is not None:
+                plan = analytic_plan(
+                    infos[shape],
+                    PlanSettings(n_ctx=ref["n_ctx"], n_gpu_layers=ref["n_gpu_layers"]),
+                    [host, Device("CUDA0", "gpu", 143771 * MiB, usable * MiB, reserved_bytes=0)],
+                )
+                case["kvdeck_plan_of_llama_setting_cuda0_mib"] = round(plan.bytes_for("CUDA0") / MiB, 2)
+        res["cases"].append(case)
+        print(json.dumps({k: case[k] for k in ("shape", "budget_mib", "n_ctx_given")}), flush=True)
+        path_out.write_text(json.dumps(res, indent=1))
+    res["total_s"] = round(time.time() - t0, 1)
+    path_out.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
