@@ -193,8 +193,8 @@ class MainWindow(QMainWindow):
             from app.hub.pane import HubDock
 
             self._hub = HubDock(lambda: self.memory.devices()[0], self)
-            if not self.restoreDockWidget(self._hub):  # where the saved layout had it, else beside Memory
-                self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self._hub)
+            self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self._hub)
+            if not self.memory.isFloating():  # a tab beside Memory; not inside a floating Memory
                 self.tabifyDockWidget(self.memory, self._hub)
             self._hub.hide()
             self._hub.pane.modelReady.connect(lambda _path: self.sidebar.refresh_models())
@@ -210,7 +210,10 @@ class MainWindow(QMainWindow):
 
     def _widen_hub(self) -> None:
         wanted = max(760, self.width() // 2)
-        if self.hub.isVisible() and self.hub.width() < wanted:
+        docked = (
+            self.dockWidgetArea(self.hub) != Qt.DockWidgetArea.NoDockWidgetArea and not self.hub.isFloating()
+        )
+        if docked and self.hub.isVisible() and self.hub.width() < wanted:
             self.resizeDocks([self.hub], [wanted], Qt.Orientation.Horizontal)
 
     # ------------------------------------------------------------------ conversations

@@ -362,7 +362,7 @@ def test_at_1000x700_the_narrowest_sidebar_and_memory_dock_show_everything_whole
 
 def test_the_get_models_dock_reopens_after_a_restart(qtbot, tmp_path, monkeypatch, smollm2_path) -> None:
     """The dock is built only when first shown (its modules cost start-up time); one left open
-    at close still opens again with the next window, where the saved layout had it."""
+    at close still opens again with the next window, beside the Memory dock."""
     win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
     try:
         assert not win.hub.isVisible()
@@ -375,7 +375,7 @@ def test_the_get_models_dock_reopens_after_a_restart(qtbot, tmp_path, monkeypatc
     second = new_window(qtbot, tmp_path / "2", monkeypatch, smollm2_path)
     try:
         qtbot.waitUntil(lambda: second.hub.isVisible())
-        assert second.tabifiedDockWidgets(second.memory) == [second.hub]
+        assert second.hub in second.tabifiedDockWidgets(second.memory)
     finally:
         second.bridge.shutdown()
         second.store.close()
