@@ -36,6 +36,8 @@ _REC_EMBD = {"kimi-linear": 3.3}
 # 1.0: the KQ masks are still live during the recurrent phase (attention layers come after).
 _REC_MASK = {
     "qwen3next": 1.0,
+    "qwen35": 1.0,
+    "qwen35moe": 1.0,
     "jamba": 1.0,
     "granitehybrid": 1.0,
     "nemotron_h": 1.0,

@@ -26,6 +26,11 @@ REC_PHASE: dict[str, tuple[str, float, float, float, float]] = {
     "rwkv7": ("n_embd", 18.313, 0.1, 1.609, 0.050),
     "arwkv7": ("n_embd", 18.313, 0.1, 1.609, 0.050),
     "qwen3next": ("n_embd", 12.117, 0.0, 0.0, 0.0),
+    # qwen35/qwen35moe build the same gated delta-net layer (llm_build_delta_net_base) as
+    # qwen3next: on the corpus qwen35moe is within 0.03 MiB with these terms (was 18 % under
+    # without a recurrent phase); the dense tiny MTP model (conv width = n_embd) is 0.1-0.7 over.
+    "qwen35": ("n_embd", 12.117, 0.0, 0.0, 0.0),
+    "qwen35moe": ("n_embd", 12.117, 0.0, 0.0, 0.0),
     "lfm2": ("n_embd", 9.0, 0.0, 0.0, 1.0),
     "lfm2moe": ("n_embd", 9.0, 0.0, 0.0, 1.0),
     # fused KDA (kimi-linear, "kda" = n_head × kda.head_dim): fitted on 128-512 wide fixtures

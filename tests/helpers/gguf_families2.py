@@ -452,3 +452,48 @@ FAMILIES2["hy_v4"] = Family(
     },
     "DSF",
 )
+
+# Qwen3.5 MoE (Qwen3.6-35B-A3B's arch): gated delta-net layers (ssm_beta/ssm_alpha, not
+# qwen3next's fused ssm_ba) and every 4th layer gated attention, routed + shared experts
+# (src/models/qwen35moe.cpp load_arch_tensors).
+_Q35_MOE = (
+    "ffn_gate_inp.weight:128x4 ffn_down_exps.weight:64x128x4 ffn_gate_exps.weight:128x64x4 "
+    "ffn_up_exps.weight:128x64x4 ffn_gate_inp_shexp.weight:128 ffn_gate_shexp.weight:128x64 "
+    "ffn_up_shexp.weight:128x64 ffn_down_shexp.weight:64x128"
+)
+FAMILIES2["qwen35moe"] = Family(
+    "qwen35moe",
+    {
+        "block_count": 4,
+        "context_length": 4096,
+        "embedding_length": 128,
+        "feed_forward_length": 256,
+        "attention.head_count": 4,
+        "attention.head_count_kv": 2,
+        "attention.key_length": 64,
+        "attention.value_length": 64,
+        "rope.dimension_count": 16,
+        "rope.dimension_sections": [3, 3, 2, 0],
+        "ssm.conv_kernel": 4,
+        "ssm.inner_size": 128,
+        "ssm.state_size": 32,
+        "ssm.time_step_rank": 4,
+        "ssm.group_count": 2,
+        "full_attention_interval": 4,
+        "expert_count": 4,
+        "expert_used_count": 2,
+        "expert_feed_forward_length": 64,
+        "expert_shared_feed_forward_length": 64,
+        "attention.layer_norm_rms_epsilon": 1e-06,
+    },
+    "token_embd.weight:128x320 output_norm.weight:128 output.weight:128x320",
+    {
+        "A": "attn_qkv.weight:128x256 attn_gate.weight:128x128 attn_norm.weight:128 "
+        "post_attention_norm.weight:128 ssm_conv1d.weight:4x256 ssm_dt.bias:4 ssm_a:4 "
+        "ssm_beta.weight:128x4 ssm_alpha.weight:128x4 ssm_norm.weight:32 ssm_out.weight:128x128 " + _Q35_MOE,
+        "B": "attn_norm.weight:128 post_attention_norm.weight:128 attn_q.weight:128x512 "
+        "attn_k.weight:128x128 attn_v.weight:128x128 attn_output.weight:256x128 "
+        "attn_q_norm.weight:64 attn_k_norm.weight:64 " + _Q35_MOE,
+    },
+    "AAAB",
+)
