@@ -65,6 +65,7 @@ class ComputeShape:
     kpool_rows: int = 0  # glm5-next: MLA K row + k-pool indexer row (elements per cell)
     la_heads: int = 0  # minimax-01 lightning attention: heads of its linear layers
     moe_used: int = 0  # experts used per token (0: dense FFN)
+    gdn: tuple[int, int] = (0, 0)  # gated delta-net layers: (conv channels, d_inner)
 
     @classmethod
     def from_info(
@@ -111,6 +112,7 @@ class ComputeShape:
             else 0,
             la_heads=heads[0] if info.architecture == "minimax-01" and rec_layers else 0,
             moe_used=info.n_expert_used if info.n_expert else 0,
+            gdn=_gdn_widths(info) if rec_layers and info.architecture in GDN_ARCHS else (0, 0),
             kpool_rows=info.head_dim_k + (info.indexer or {}).get("cache_width", 0)
             if info.architecture == "glm5-next" and kv_layers
             else 0,
@@ -122,6 +124,18 @@ class ComputeShape:
             qsa=_qsa_shape(info, kv_layers) if sp.get("kind") == "qsa" else (0, 0, 0, 0),
             msa=(sp["indexer_head_count"], sp["block_size"]) if sp.get("kind") == "msa" else (0, 0),
         )
+
+
+#: Archs whose recurrent layers are llm_build_delta_net_base's gated delta-net.
+GDN_ARCHS = frozenset({"qwen3next", "qwen35", "qwen35moe"})
+
+
+def _gdn_widths(info: Any) -> tuple[int, int]:
+    """(conv channels, d_inner) of a gated delta-net layer: the conv runs over Q, K and V
+    (2 × d_state × n_group + d_inner, src/models/qwen35.cpp build_layer_attn_linear)."""
+    ssm = info.ssm or {}
+    d_inner = ssm.get("d_inner", 0)
+    return d_inner + 2 * ssm.get("n_group", 0) * ssm.get("d_state", 0), d_inner
 
 
 def _qsa_shape(info: Any, kv_layers: Sequence[int]) -> tuple[int, int, int, int]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from engine.core.memory_types import PlanSettings
 from engine.gguf.arch_keys import known_arch
 from engine.gguf.inspect import GGUFInfo
+from engine.plan.compute_shape import GDN_ARCHS
 from engine.plan.context import CacheSize, Resolved, pad, row_bytes
 
 CSA, HCA = 4, 128
@@ -210,6 +211,12 @@ def unmodelled_notes(info: GGUFInfo, s: PlanSettings, fa_on: bool) -> list[str]:
             "glm5-next: KV caches (with the k-pool indexer cache) and the KDA state are "
             "exact, but the compute buffer of its indexer and hyper-connections is only a "
             "rough estimate (about ±30 %); the exact plan (--exact) is authoritative"
+        ]
+    if arch in GDN_ARCHS and info.hybrid:
+        return [
+            f"{arch}: the compute buffer of its gated delta-net layers is a bound that never fell "
+            "short on 160 dry runs of varied widths (17 % over on average, at most 68 %); the "
+            "exact plan (--exact) is authoritative"
         ]
     if arch == "minimax-m3" and fa_on and s.n_seq_max > 1 and not s.kv_unified:
         return [
