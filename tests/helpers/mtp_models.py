@@ -68,6 +68,20 @@ class _Writer:
             w.add_uint32(f"{a}.nextn_predict_layers", n_nextn)
         add_tokenizer(w)
 
+    def attention(self, i: int, e: int, d: int, h: int, hkv: int, q_gate: bool = False) -> None:
+        """Q/K/V/output with Q and K norms (``q_gate``: Q carries its output gate, twice as wide)."""
+        self.t(f"blk.{i}.attn_q.weight", (e, d * h * (2 if q_gate else 1)))
+        self.t(f"blk.{i}.attn_k.weight", (e, d * hkv))
+        self.t(f"blk.{i}.attn_v.weight", (e, d * hkv))
+        self.t(f"blk.{i}.attn_output.weight", (d * h, e))
+        self.t(f"blk.{i}.attn_q_norm.weight", (d,), "ones")
+        self.t(f"blk.{i}.attn_k_norm.weight", (d,), "ones")
+
+    def ffn(self, i: int, e: int, ff: int) -> None:
+        self.t(f"blk.{i}.ffn_gate.weight", (e, ff))
+        self.t(f"blk.{i}.ffn_up.weight", (e, ff))
+        self.t(f"blk.{i}.ffn_down.weight", (ff, e))
+
     def nextn(self, i: int, e: int) -> None:
         self.t(f"blk.{i}.nextn.eh_proj.weight", (2 * e, e))
         self.t(f"blk.{i}.nextn.enorm.weight", (e,), "ones")
@@ -105,16 +119,9 @@ def write_hyv3(
     w.t("output.weight", (E, N_VOCAB), scale=0.5)
     for i in range(n_trunk + n_nextn):
         w.t(f"blk.{i}.attn_norm.weight", (E,), "ones")
-        w.t(f"blk.{i}.attn_q.weight", (E, D * H))
-        w.t(f"blk.{i}.attn_k.weight", (E, D * HKV))
-        w.t(f"blk.{i}.attn_v.weight", (E, D * HKV))
-        w.t(f"blk.{i}.attn_output.weight", (D * H, E))
-        w.t(f"blk.{i}.attn_q_norm.weight", (D,), "ones")
-        w.t(f"blk.{i}.attn_k_norm.weight", (D,), "ones")
+        w.attention(i, E, D, H, HKV)
         w.t(f"blk.{i}.ffn_norm.weight", (E,), "ones")
-        w.t(f"blk.{i}.ffn_gate.weight", (E, FF))
-        w.t(f"blk.{i}.ffn_up.weight", (E, FF))
-        w.t(f"blk.{i}.ffn_down.weight", (FF, E))
+        w.ffn(i, E, FF)
         if i >= n_trunk:
             w.nextn(i, E)
     return w.finish()
@@ -157,15 +164,8 @@ def write_qwen35(path: str | Path, seed: int = 1) -> Path:
             w.t(f"blk.{i}.ssm_norm.weight", (d_state,), "ones")
             w.t(f"blk.{i}.ssm_out.weight", (value_dim, E))
         else:
-            w.t(f"blk.{i}.attn_q.weight", (E, D * H * 2))
-            w.t(f"blk.{i}.attn_k.weight", (E, D * HKV))
-            w.t(f"blk.{i}.attn_v.weight", (E, D * HKV))
-            w.t(f"blk.{i}.attn_output.weight", (D * H, E))
-            w.t(f"blk.{i}.attn_q_norm.weight", (D,), "ones")
-            w.t(f"blk.{i}.attn_k_norm.weight", (D,), "ones")
-        w.t(f"blk.{i}.ffn_gate.weight", (E, FF))
-        w.t(f"blk.{i}.ffn_up.weight", (E, FF))
-        w.t(f"blk.{i}.ffn_down.weight", (FF, E))
+            w.attention(i, E, D, H, HKV, q_gate=True)
+        w.ffn(i, E, FF)
         if i >= n_trunk:
             w.nextn(i, E)
     return w.finish()
@@ -198,9 +198,7 @@ def _gemma4_block(w: _Writer, i: int, E: int, D: int, FF: int, own_kv: bool) -> 
     w.t(f"blk.{i}.post_attention_norm.weight", (E,), "ones")
     w.t(f"blk.{i}.layer_output_scale.weight", (1,), "ones")
     w.t(f"blk.{i}.ffn_norm.weight", (E,), "ones")
-    w.t(f"blk.{i}.ffn_gate.weight", (E, FF))
-    w.t(f"blk.{i}.ffn_up.weight", (E, FF))
-    w.t(f"blk.{i}.ffn_down.weight", (FF, E))
+    w.ffn(i, E, FF)
     w.t(f"blk.{i}.post_ffw_norm.weight", (E,), "ones")
 
 
