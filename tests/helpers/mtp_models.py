@@ -240,3 +240,18 @@ def write_gemma4_assistant(
     for i, swa in enumerate(pattern):
         _gemma4_block(w, i, E_A, G_DS if swa else head_full, FF_A, own_kv=False)
     return w.finish()
+
+
+def write_set(folder: Path) -> dict[str, str]:
+    """Every model above in ``folder``, by the name the tests use: MTP targets (``hyv3``,
+    ``qwen35``), the same hy_v3 without heads (``plain``), and a Gemma 4 target (``g4``) with
+    its assistant (``g4a``) and one whose full-attention head size is not the target's
+    (``g4a_heads``, a bad pair)."""
+    return {
+        "hyv3": str(write_hyv3(folder / "hyv3.gguf")),
+        "qwen35": str(write_qwen35(folder / "qwen35.gguf")),
+        "plain": str(write_hyv3(folder / "plain.gguf", n_nextn=0)),
+        "g4": str(write_gemma4_target(folder / "g4.gguf")),
+        "g4a": str(write_gemma4_assistant(folder / "g4a.gguf")),
+        "g4a_heads": str(write_gemma4_assistant(folder / "g4a-heads.gguf", head_full=64)),
+    }
