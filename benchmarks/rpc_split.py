@@ -7,7 +7,7 @@ worker (issue 22), in one run.
 ``cpu``: two `kvdeck worker` processes on 127.0.0.1 lend this machine's CPU; prefill and decode
 t/s of the model loaded locally and split across the host and both workers; per worker, the plan
 (analytic, and llama.cpp's dry run for compute) against what the load log says was allocated; a
-fit with small worker budgets. ``gpu``: a llama-3-8B-shaped Q4_0 GGUF (benchmarks/gpu_bench.py),
+fit with small worker budgets. ``gpu``: a llama-3-8B-shaped Q4_0 GGUF (benchmarks/synthetic_gguf.py),
 one worker owning CUDA0 and the runtime child on the CPU side (CUDA hidden from it): t/s against
 the same model loaded locally on the GPU, plan against measured on the worker, and fit against
 llama.cpp's own ``llama-fit-params --rpc`` with the same margin on the worker.
@@ -163,7 +163,7 @@ def _llama_fit_params(model: str, endpoint: str, margin_mib: int) -> dict[str, A
 
 
 def run_gpu(out: Path, data: dict[str, Any]) -> None:
-    from benchmarks.gpu_bench import write_gguf
+    from benchmarks.synthetic_gguf import write_gguf
     from engine.runtime.info import plan_devices
 
     model = "/tmp/rpc-llama3-8b-q4_0.gguf"

@@ -3,7 +3,7 @@
     python benchmarks/server_vs_llama.py --bin DIR [--shape llama3-8b] [--parallel 16]
                                         [--clients 1,4,16,64] [--pp 128] [--tg 128] [--out FILE]
 
-1. Writes a synthetic Q4_0 GGUF of ``--shape`` (benchmarks/gpu_bench.py ``write_gguf``).
+1. Writes a synthetic Q4_0 GGUF of ``--shape`` (benchmarks/synthetic_gguf.py).
 2. ``llama-batched-bench`` at B = each client count (prompt ``--pp``, generation ``--tg``): the
    ceiling for batched decoding on this GPU, no HTTP, no scheduling.
 3. ``kvdeck serve --parallel N`` and ``llama-server -np N`` (same context per sequence), each
@@ -38,7 +38,6 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from benchmarks.sse_clients import TIMEOUT_S, fan_out, stream  # noqa: E402
 
@@ -255,7 +254,7 @@ def main() -> int:
     }
     t = time.time()
     if not model.exists():
-        from gpu_bench import write_gguf
+        from benchmarks.synthetic_gguf import write_gguf
 
         res["model"] = write_gguf(model, args.shape)
         os.sync()  # else the kernel writes the 4 GB back while the first server is measured
