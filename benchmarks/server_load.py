@@ -97,8 +97,6 @@ def one_request(url: str, model: str, i: int, max_tokens: int, http: httpx.Clien
         "max_tokens": max_tokens,
         "temperature": 0.7,
         "seed": i,
-        "stream": True,
-        "stream_options": {"include_usage": True},
     }
     r = stream(http, f"{url}/chat/completions", body)
     if not r["ok"]:

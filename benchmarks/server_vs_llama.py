@@ -65,8 +65,6 @@ def stream_request(
         "temperature": 0.7,
         "top_k": 40,
         "seed": seed,
-        "stream": True,
-        "stream_options": {"include_usage": True},
     }
     r = stream(http, f"{url}/v1/completions", body)
     if not r["ok"]:

@@ -21,7 +21,7 @@ TIMEOUT_S = 900
 
 
 def stream(http: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST ``body`` (with ``"stream": true``) and read the reply's events to the end.
+    """POST ``body`` as a streamed request (usage included) and read its events to the end.
 
     Returns ``ok``, the ``perf_counter`` times ``t0`` (sent), ``first`` (first text chunk, None
     when none came) and ``end``, the number of text ``chunks``, and the last ``usage`` and
@@ -32,6 +32,7 @@ def stream(http: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]
     chunks = 0
     usage: dict[str, Any] = {}
     timings: dict[str, Any] = {}
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     with http.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             return {"ok": False, "status": r.status_code, "body": r.read().decode()[:300]}
