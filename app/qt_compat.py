@@ -1,4 +1,4 @@
-"""Workarounds for bugs in the Qt bindings, kept in one place (STYLE.md, practice 2).
+"""Workarounds for bugs in the Qt bindings, kept in one place so each goes when its bug is fixed.
 
 PySide6 6.12.0 hands back ``None`` from void methods (``processEvents``, ``setText``,
 ``QTimer.start``…) and ``True`` from ``Signal.emit`` and ``disconnect`` without taking a

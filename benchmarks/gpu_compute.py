@@ -31,66 +31,34 @@ sys.path.insert(0, str(ROOT))
 from engine.core.memory_types import PlanSettings  # noqa: E402
 from tools.llama_dry_run import run_jobs as dry_run_jobs  # noqa: E402
 
+
+def _shape(
+    arch: str, n_vocab: int, n_embd: int, n_layer: int, n_head: int, n_head_kv: int, n_ff: int, **more: Any
+) -> dict[str, Any]:
+    return dict(
+        arch=arch,
+        n_vocab=n_vocab,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=more.pop("head_dim", 128),
+        n_ff=n_ff,
+        **more,
+    )
+
+
 # Real model dimensions (Hugging Face configs); matrices Q4_0, norms f32.
+# arch, n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff (head_dim 128 unless given)
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama3-8b": dict(
-        arch="llama",
-        n_vocab=128256,
-        n_embd=4096,
-        n_layer=32,
-        n_head=32,
-        n_head_kv=8,
-        head_dim=128,
-        n_ff=14336,
+    "llama3-8b": _shape("llama", 128256, 4096, 32, 32, 8, 14336),
+    "qwen3-32b": _shape("qwen3", 151936, 5120, 64, 64, 8, 25600),
+    "llama3-70b": _shape("llama", 128256, 8192, 80, 64, 8, 28672),
+    "qwen3moe-30b-a3b": _shape(
+        "qwen3moe", 151936, 2048, 48, 32, 4, 6144, n_expert=128, n_expert_used=8, n_ff_exp=768
     ),
-    "qwen3-32b": dict(
-        arch="qwen3",
-        n_vocab=151936,
-        n_embd=5120,
-        n_layer=64,
-        n_head=64,
-        n_head_kv=8,
-        head_dim=128,
-        n_ff=25600,
-    ),
-    "llama3-70b": dict(
-        arch="llama",
-        n_vocab=128256,
-        n_embd=8192,
-        n_layer=80,
-        n_head=64,
-        n_head_kv=8,
-        head_dim=128,
-        n_ff=28672,
-    ),
-    "qwen3moe-30b-a3b": dict(
-        arch="qwen3moe",
-        n_vocab=151936,
-        n_embd=2048,
-        n_layer=48,
-        n_head=32,
-        n_head_kv=4,
-        head_dim=128,
-        n_ff=6144,
-        n_expert=128,
-        n_expert_used=8,
-        n_ff_exp=768,
-    ),
-    "gemma3-27b": dict(
-        arch="gemma3",
-        n_vocab=262208,
-        n_embd=5376,
-        n_layer=62,
-        n_head=32,
-        n_head_kv=16,
-        head_dim=128,
-        n_ff=21504,
-        n_swa=1024,
-        tied=True,
-    ),
-    "tiny": dict(
-        arch="llama", n_vocab=32000, n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=768
-    ),
+    "gemma3-27b": _shape("gemma3", 262208, 5376, 62, 32, 16, 21504, n_swa=1024, tied=True),
+    "tiny": _shape("llama", 32000, 256, 4, 4, 2, 768, head_dim=64),
 }
 Q4_0, F32 = 2, 0
 

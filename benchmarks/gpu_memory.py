@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu_bench import SHAPES, write_gguf  # noqa: E402
+from benchmarks.synthetic_gguf import SHAPES, write_gguf  # noqa: E402
 from engine import protocol as P  # noqa: E402
 from engine.core.memory_types import COMPONENTS, GiB, MemoryPlan, MiB, PlanSettings  # noqa: E402
 from engine.gguf.inspect import inspect_gguf  # noqa: E402

@@ -7,7 +7,7 @@ worker (issue 22), in one run.
 ``cpu``: two `kvdeck worker` processes on 127.0.0.1 lend this machine's CPU; prefill and decode
 t/s of the model loaded locally and split across the host and both workers; per worker, the plan
 (analytic, and llama.cpp's dry run for compute) against what the load log says was allocated; a
-fit with small worker budgets. ``gpu``: a llama-3-8B-shaped Q4_0 GGUF (benchmarks/gpu_bench.py),
+fit with small worker budgets. ``gpu``: a llama-3-8B-shaped Q4_0 GGUF (benchmarks/synthetic_gguf.py),
 one worker owning CUDA0 and the runtime child on the CPU side (CUDA hidden from it): t/s against
 the same model loaded locally on the GPU, plan against measured on the worker, and fit against
 llama.cpp's own ``llama-fit-params --rpc`` with the same margin on the worker.
@@ -118,10 +118,7 @@ def run_cpu(model: str, out: Path, data: dict[str, Any]) -> None:
             "model": Path(model).name,
             "workers": list(rpc),
             "tensor_split": list(split.tensor_split),
-            "local": {k: v for k, v in local.items() if k != "memory_log"},
-            "split_2_workers": {k: v for k, v in remote.items() if k != "memory_log"},
-            "decode_ratio": round(remote["tg_tokens_per_s"] / local["tg_tokens_per_s"], 3),
-            "prefill_ratio": round(remote["pp_tokens_per_s"] / local["pp_tokens_per_s"], 3),
+            **versus(local, "local", remote, "split_2_workers"),
         }
         with RuntimeHost(rpc=rpc) as host:
             dry = host.load(LoadParams(model, split, dry_run=True)).memory_log
@@ -166,7 +163,7 @@ def _llama_fit_params(model: str, endpoint: str, margin_mib: int) -> dict[str, A
 
 
 def run_gpu(out: Path, data: dict[str, Any]) -> None:
-    from benchmarks.gpu_bench import write_gguf
+    from benchmarks.synthetic_gguf import write_gguf
     from engine.runtime.info import plan_devices
 
     model = "/tmp/rpc-llama3-8b-q4_0.gguf"
@@ -185,10 +182,7 @@ def run_gpu(out: Path, data: dict[str, Any]) -> None:
         remote = bench(model, base, rpc, 512, 64, 2, cpu_side)
         data["gpu"].update(
             {
-                "local_gpu": {k: v for k, v in local.items() if k != "memory_log"},
-                "cpu_side_plus_gpu_worker": {k: v for k, v in remote.items() if k != "memory_log"},
-                "decode_ratio": round(remote["tg_tokens_per_s"] / local["tg_tokens_per_s"], 3),
-                "prefill_ratio": round(remote["pp_tokens_per_s"] / local["pp_tokens_per_s"], 3),
+                **versus(local, "local_gpu", remote, "cpu_side_plus_gpu_worker"),
                 "plan_vs_measured": plan_vs_measured(model, base, devices, remote["memory_log"], None),
             }
         )
@@ -222,6 +216,18 @@ def run_gpu(out: Path, data: dict[str, Any]) -> None:
             _save(out, data)
     finally:
         worker.stop()
+
+
+def versus(
+    local: dict[str, Any], local_name: str, remote: dict[str, Any], remote_name: str
+) -> dict[str, Any]:
+    """Both benches (without their memory logs) and remote's speed as a fraction of local's."""
+    return {
+        local_name: {k: v for k, v in local.items() if k != "memory_log"},
+        remote_name: {k: v for k, v in remote.items() if k != "memory_log"},
+        "decode_ratio": round(remote["tg_tokens_per_s"] / local["tg_tokens_per_s"], 3),
+        "prefill_ratio": round(remote["pp_tokens_per_s"] / local["pp_tokens_per_s"], 3),
+    }
 
 
 def main() -> int:

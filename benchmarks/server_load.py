@@ -4,7 +4,7 @@
                                      [--requests 2] [--max-tokens 64] [--threads 0] [--out FILE]
 
 The server is the real CLI (``kvdeck serve``, its own runtime child), the clients are threads
-speaking plain HTTP with server-sent events, so the figures include everything a real client
+speaking plain HTTP with server-sent events (benchmarks/sse_clients.py), so the figures include everything a real client
 sees: JSON, SSE, the IPC to the child and continuous batching. Per round: throughput (all
 generated tokens / wall time of the round), first-token latency (request sent → first text
 chunk; median and p95), and the runtime child's RSS before the first round, at its peak and
@@ -32,6 +32,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.sse_clients import TIMEOUT_S, fan_out, stream  # noqa: E402
 
 PROMPTS = [
     "Write a long story about a lighthouse keeper.",
@@ -85,31 +87,26 @@ def runtime_child(proc: subprocess.Popen) -> psutil.Process:
     raise SystemExit("no runtime child found")
 
 
-def one_request(url: str, model: str, i: int, max_tokens: int) -> dict:
+def one_request(url: str, model: str, i: int, max_tokens: int, http: httpx.Client | None = None) -> dict:
+    if http is None:
+        with httpx.Client(timeout=TIMEOUT_S) as own:
+            return one_request(url, model, i, max_tokens, own)
     body = {
         "model": model,
         "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
         "max_tokens": max_tokens,
         "temperature": 0.7,
         "seed": i,
-        "stream": True,
-        "stream_options": {"include_usage": True},
     }
-    t0 = time.perf_counter()
-    ttft, tokens = None, 0
-    with httpx.Client(timeout=900) as http:
-        with http.stream("POST", f"{url}/chat/completions", json=body) as r:
-            if r.status_code != 200:
-                return {"ok": False, "status": r.status_code}
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                data = json.loads(line[6:])
-                if data.get("usage"):
-                    tokens = data["usage"]["completion_tokens"]
-                elif ttft is None and data["choices"] and data["choices"][0]["delta"].get("content"):
-                    ttft = time.perf_counter() - t0
-    return {"ok": True, "ttft_s": ttft, "tokens": tokens, "total_s": time.perf_counter() - t0}
+    r = stream(http, f"{url}/chat/completions", body)
+    if not r["ok"]:
+        return r
+    return {
+        "ok": True,
+        "ttft_s": None if r["first"] is None else r["first"] - r["t0"],
+        "tokens": r["usage"].get("completion_tokens", 0),
+        "total_s": r["end"] - r["t0"],
+    }
 
 
 def p95(values: list[float]) -> float:
@@ -118,23 +115,10 @@ def p95(values: list[float]) -> float:
 
 
 def run_round(url: str, model: str, clients: int, requests: int, max_tokens: int) -> dict:
-    results: list[dict] = []
-    lock = threading.Lock()
-
-    def client(c: int) -> None:
-        for k in range(requests):
-            r = one_request(url, model, c * requests + k, max_tokens)
-            with lock:
-                results.append(r)
-
     load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    results, wall = fan_out(
+        clients, requests, lambda http, c, k: one_request(url, model, c * requests + k, max_tokens, http)
+    )
     ok = [r for r in results if r["ok"]]
     ttfts = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
     tokens = sum(r["tokens"] for r in ok)

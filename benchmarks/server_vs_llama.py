@@ -3,11 +3,11 @@
     python benchmarks/server_vs_llama.py --bin DIR [--shape llama3-8b] [--parallel 16]
                                         [--clients 1,4,16,64] [--pp 128] [--tg 128] [--out FILE]
 
-1. Writes a synthetic Q4_0 GGUF of ``--shape`` (benchmarks/gpu_bench.py ``write_gguf``).
+1. Writes a synthetic Q4_0 GGUF of ``--shape`` (benchmarks/synthetic_gguf.py).
 2. ``llama-batched-bench`` at B = each client count (prompt ``--pp``, generation ``--tg``): the
    ceiling for batched decoding on this GPU, no HTTP, no scheduling.
 3. ``kvdeck serve --parallel N`` and ``llama-server -np N`` (same context per sequence), each
-   driven by the same streaming /v1/completions clients (benchmarks/server_load.py's load shape):
+   driven by the same streaming /v1/completions clients (benchmarks/sse_clients.py, as in server_load.py):
    aggregate t/s = completion tokens / wall time of the round; decode t/s = tokens after each
    request's first one / (last reply's end - first token of the round); time to first token.
 4. Prompt-prefix reuse: a request with a long shared prefix, then another with the same prefix
@@ -31,7 +31,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,7 +38,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from benchmarks.sse_clients import TIMEOUT_S, fan_out, stream  # noqa: E402
 
 WORDS = (
     "river stone light window garden market letter morning silver engine harbor "
@@ -54,11 +54,9 @@ def prompt_text(i: int, n_words: int) -> str:
 def stream_request(
     url: str, prompt: str, max_tokens: int, seed: int, http: httpx.Client | None = None
 ) -> dict:
-    """One streamed completion. ``http``: a client made before the clock starts (making one
-    loads the CA bundle, tens of ms that several client threads otherwise spend in turn inside
-    the measured time to first token)."""
+    """One streamed completion (``http``: a client made before the round's clock starts)."""
     if http is None:
-        with httpx.Client(timeout=600) as own:
+        with httpx.Client(timeout=TIMEOUT_S) as own:
             return stream_request(url, prompt, max_tokens, seed, own)
     body = {
         "model": "m",
@@ -67,35 +65,18 @@ def stream_request(
         "temperature": 0.7,
         "top_k": 40,
         "seed": seed,
-        "stream": True,
-        "stream_options": {"include_usage": True},
     }
-    t0 = time.perf_counter()
-    first = None
-    chunks = 0
-    usage: dict = {}
-    timings: dict = {}
-    with http.stream("POST", f"{url}/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            return {"ok": False, "status": r.status_code, "body": r.read().decode()[:300]}
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            usage = data.get("usage") or usage
-            timings = data.get("timings") or timings
-            if data.get("choices") and data["choices"][0].get("text"):
-                chunks += 1
-                if first is None:
-                    first = time.perf_counter()
-    end = time.perf_counter()
-    tokens = usage.get("completion_tokens") or timings.get("predicted_n") or chunks
+    r = stream(http, f"{url}/v1/completions", body)
+    if not r["ok"]:
+        return r
+    usage, timings = r["usage"], r["timings"]
+    tokens = usage.get("completion_tokens") or timings.get("predicted_n") or r["chunks"]
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", timings.get("cache_n"))
     return {
         "ok": True,
-        "t0": t0,
-        "first": first or end,
-        "end": end,
+        "t0": r["t0"],
+        "first": r["first"] or r["end"],
+        "end": r["end"],
         "tokens": int(tokens),
         "prompt_tokens": usage.get("prompt_tokens", timings.get("prompt_n")),
         "cached": cached,
@@ -103,27 +84,10 @@ def stream_request(
 
 
 def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int) -> dict:
-    results: list[dict] = []
-    lock = threading.Lock()
+    def request(http: httpx.Client, c: int, k: int) -> dict:
+        return stream_request(url, prompt_text(c * per_client + k, pp_words), tg, c * 1000 + k, http)
 
-    ready = threading.Barrier(clients + 1)
-
-    def client(c: int) -> None:
-        with httpx.Client(timeout=600) as http:
-            ready.wait()
-            for k in range(per_client):
-                r = stream_request(url, prompt_text(c * per_client + k, pp_words), tg, c * 1000 + k, http)
-                with lock:
-                    results.append(r)
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    ready.wait()  # every client is made: the round starts now
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    results, wall = fan_out(clients, per_client, request)
     ok = [r for r in results if r["ok"]]
     tokens = sum(r["tokens"] for r in ok)
     span = max(r["end"] for r in ok) - min(r["first"] for r in ok) if ok else 0.0
@@ -288,7 +252,7 @@ def main() -> int:
     }
     t = time.time()
     if not model.exists():
-        from gpu_bench import write_gguf
+        from benchmarks.synthetic_gguf import write_gguf
 
         res["model"] = write_gguf(model, args.shape)
         os.sync()  # else the kernel writes the 4 GB back while the first server is measured

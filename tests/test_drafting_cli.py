@@ -18,14 +18,7 @@ BENCH = ("--pp", "16", "--tg", "24", "--reps", "1", "--batch", "64", "--ubatch",
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mtp-cli")
-    return {
-        "hyv3": str(mm.write_hyv3(d / "hyv3.gguf")),
-        "plain": str(mm.write_hyv3(d / "plain.gguf", n_nextn=0)),
-        "g4": str(mm.write_gemma4_target(d / "g4.gguf")),
-        "g4a": str(mm.write_gemma4_assistant(d / "g4a.gguf")),
-        "g4a_heads": str(mm.write_gemma4_assistant(d / "g4a-heads.gguf", head_full=64)),
-    }
+    return mm.write_set(tmp_path_factory.mktemp("mtp-cli"))
 
 
 @pytest.mark.parametrize(

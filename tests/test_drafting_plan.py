@@ -26,15 +26,7 @@ LOG_ROUNDING = MiB // 100 + 1
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mtp-plan")
-    return {
-        "hyv3": str(mm.write_hyv3(d / "hyv3.gguf")),
-        "qwen35": str(mm.write_qwen35(d / "qwen35.gguf")),
-        "plain": str(mm.write_hyv3(d / "plain.gguf", n_nextn=0)),
-        "g4": str(mm.write_gemma4_target(d / "g4.gguf")),
-        "g4a": str(mm.write_gemma4_assistant(d / "g4a.gguf")),
-        "g4a_heads": str(mm.write_gemma4_assistant(d / "g4a-heads.gguf", head_full=64)),
-    }
+    return mm.write_set(tmp_path_factory.mktemp("mtp-plan"))
 
 
 CASES = [

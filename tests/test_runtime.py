@@ -17,7 +17,7 @@ from engine.core.errors import ModelFileError, RuntimeFailure, TemplateError
 from engine.core.memory_types import PlanSettings
 from engine.core.sampling import SamplingParams
 from engine.runtime.host import RuntimeHost
-from tests.helpers.runtime_host import running_host
+from tests.helpers.runtime_host import cancelled_mid_reply, running_host
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
@@ -90,25 +90,10 @@ def test_multi_turn_reuses_the_kv_cache(smol):
 
 def test_cancel_stops_a_running_generation(smol):
     host, loaded = smol
-    seen = threading.Event()
-
-    def on_event(msg):
-        if isinstance(msg, P.Delta):
-            seen.set()
-
     prompt = conversation_prompt(loaded, "", [ChatMessage("user", "Count from 1 to 1000.")]).text
-    result: list[P.Done] = []
-    t = threading.Thread(
-        target=lambda: result.append(
-            host.generate(prompt, max_tokens=4000, sampling=GREEDY, on_event=on_event)
-        )
-    )
-    t.start()
-    assert seen.wait(60)
-    host.cancel(0)
-    t.join(60)
-    assert result and result[0].stop_reason == "cancelled"
-    assert 0 < len(result[0].tokens) < 4000
+    done = cancelled_mid_reply(host, prompt, timeout=60, max_tokens=4000, sampling=GREEDY)
+    assert done.stop_reason == "cancelled"
+    assert 0 < len(done.tokens) < 4000
     assert host.generate("Hello", max_tokens=2, sampling=GREEDY).tokens  # still usable
 
 

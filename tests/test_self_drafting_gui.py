@@ -56,13 +56,9 @@ def _labels(win) -> list[str]:
 
 
 def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatch, models):
-    from tests.helpers.gui import new_window
+    from tests.helpers.gui import loaded_window
 
-    win = new_window(qtbot, tmp_path, monkeypatch, models["hyv3"])
-    store = win.store
-    try:
-        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-            win.start()
+    with loaded_window(qtbot, tmp_path, monkeypatch, models["hyv3"], timeout_ms=LOAD_TIMEOUT_MS) as win:
         qtbot.waitUntil(lambda: mtp_label(3) in _labels(win), timeout=LOAD_TIMEOUT_MS)
         with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS) as reloaded:
             win.drafting.choose("mtp", "")  # the heads load with the model: a reload
@@ -74,43 +70,26 @@ def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatc
         assert done.args[0].draft == "mtp" and done.args[0].n_drafted > 0
         text = win.memory.dashboard.spec_label.text()
         assert "the model's own MTP heads" in text and "acceptance by draft position: 1st" in text
-    finally:
-        win.close()
-        store.close()
 
 
 def test_window_offers_the_assistant_beside_a_gemma4_and_loads_it(qtbot, tmp_path, monkeypatch, models):
-    from tests.helpers.gui import new_window
+    from tests.helpers.gui import loaded_window
 
-    win = new_window(qtbot, tmp_path, monkeypatch, models["g4"])
-    store = win.store
-    try:
-        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-            win.start()
+    with loaded_window(qtbot, tmp_path, monkeypatch, models["g4"], timeout_ms=LOAD_TIMEOUT_MS) as win:
         qtbot.waitUntil(lambda: "Gemma 4 assistant: g4a.gguf" in _labels(win), timeout=LOAD_TIMEOUT_MS)
         assert not any("MTP heads" in label for label in _labels(win))  # a Gemma 4 has none
         with qtbot.waitSignal(win.bridge.draftLoaded, timeout=LOAD_TIMEOUT_MS) as loaded:
             win.drafting.choose("model", str(models["g4a"]))
         assert loaded.args[0].n_ctx == win.bridge.loaded_info.n_ctx
         assert win.chat.draft_picker.verdict.text() == "✓ compatible"
-    finally:
-        win.close()
-        store.close()
 
 
 def test_an_assistant_for_another_target_is_one_line_and_nothing_loads(qtbot, tmp_path, monkeypatch, models):
-    from tests.helpers.gui import new_window
+    from tests.helpers.gui import loaded_window
 
-    win = new_window(qtbot, tmp_path, monkeypatch, models["hyv3"])
-    store = win.store
-    try:
-        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-            win.start()
+    with loaded_window(qtbot, tmp_path, monkeypatch, models["hyv3"], timeout_ms=LOAD_TIMEOUT_MS) as win:
         win.drafting.choose("model", str(models["g4a"]))
         qtbot.waitUntil(lambda: win.chat.draft_picker.verdict.text().startswith("✗"), timeout=LOAD_TIMEOUT_MS)
         banner = win.banner.label.text()
         assert "g4a.gguf cannot be a draft" in banner and "\n" not in banner
         assert win.bridge.draft_mode == "" and win.bridge.loaded_info is not None
-    finally:
-        win.close()
-        store.close()

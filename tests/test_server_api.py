@@ -428,15 +428,11 @@ def test_overflow_policy_fits_long_chats_instead_of_400(served):
 # ----------------------------------------------------------------------------- an embedding model
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory):
-    """A tiny synthetic llama GGUF (random weights, benchmarks/gpu_bench.py) whose metadata
+    """A tiny synthetic llama GGUF (random weights, benchmarks/synthetic_gguf.py) whose metadata
     declares mean pooling: llama.cpp pools any architecture's hidden states when told to."""
-    import sys
-    from pathlib import Path
-
     import gguf
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from gpu_bench import write_gguf
+    from benchmarks.synthetic_gguf import write_gguf
 
     class Pooled(gguf.GGUFWriter):
         def __init__(self, *args, **kwargs):

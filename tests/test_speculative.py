@@ -9,7 +9,6 @@ the target's fitted one), refusals with reasons, and cancel mid-speculation.
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from engine.core.errors import InvalidSettings, NotReady
 from engine.core.memory_types import PlanSettings
 from engine.core.sampling import SamplingParams
 from tests.helpers.cli import kvdeck
-from tests.helpers.runtime_host import running_host
+from tests.helpers.runtime_host import cancelled_mid_reply, running_host
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 PROMPTS = ["Write a short poem about the sea.", "What are the three primary colours? Explain briefly."]
@@ -179,26 +178,10 @@ def test_seeded_sampling_with_a_draft_is_reproducible(spec):
 @pytest.mark.slow
 def test_cancel_mid_speculation(spec):
     host, loaded, _ = spec
-    seen = threading.Event()
     prompt = _prompt(loaded, "Count from 1 to 1000, separated by commas.")
-    result: list[P.Done] = []
-    t = threading.Thread(
-        target=lambda: result.append(
-            host.generate(
-                prompt,
-                max_tokens=900,
-                sampling=GREEDY,
-                draft="model",
-                on_event=lambda m: isinstance(m, P.Delta) and seen.set(),
-            )
-        )
-    )
-    t.start()
-    assert seen.wait(120)
-    host.cancel(0)
-    t.join(120)
-    assert result and result[0].stop_reason == "cancelled"
-    assert 0 < len(result[0].tokens) < 900
+    done = cancelled_mid_reply(host, prompt, max_tokens=900, sampling=GREEDY, draft="model")
+    assert done.stop_reason == "cancelled"
+    assert 0 < len(done.tokens) < 900
     # both caches are consistent afterwards: drafting still gives plain greedy's answer
     prompt = _prompt(loaded, PROMPTS[0])
     assert (

@@ -91,13 +91,9 @@ def test_picker_emits_choices_and_shows_state_without_emitting(qtbot, tmp_path):
 
 @pytest.mark.slow
 def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, smollm2_path, gemma3_path):
-    from tests.helpers.gui import new_window
+    from tests.helpers.gui import loaded_window
 
-    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
-    store = win.store
-    try:
-        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-            win.start()
+    with loaded_window(qtbot, tmp_path, monkeypatch, smollm2_path, timeout_ms=LOAD_TIMEOUT_MS) as win:
         # an incompatible draft: the verdict says why, nothing is loaded
         win.drafting.choose("model", str(gemma3_path))
         qtbot.waitUntil(lambda: win.chat.draft_picker.verdict.text().startswith("✗"), timeout=LOAD_TIMEOUT_MS)
@@ -117,6 +113,3 @@ def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, s
         # back to none: plain decoding, the draft unloaded
         win.drafting.choose("", "")
         assert win.bridge.draft_mode == "" and not win.memory.dashboard.draft_bars
-    finally:
-        win.close()
-        store.close()

@@ -17,8 +17,6 @@ from PySide6.QtCore import QObject
 
 from app.background import Report, Worker, run_in_background
 from engine.core.errors import KvDeckError
-from engine.core.memory_types import PlanSettings
-from engine.protocol import LoadParams
 from engine.runtime.host import RuntimeHost
 
 Pair = tuple[str, str]  # (type_k, type_v)
@@ -89,13 +87,7 @@ class PrecisionJob:
 
     def _check(self, host: RuntimeHost, report: Report) -> None:
         report(("progress", 0, "loading the model…"))
-        host.load(
-            LoadParams(
-                path=self.path,
-                settings=PlanSettings(n_ctx=256, n_gpu_layers=self.n_gpu_layers),
-                n_threads=self.n_threads,
-            )
-        )
+        host.load_for_precision(self.path, self.n_gpu_layers, self.n_threads)
         n = len(self.pairs)
         for i, (tk, tv) in enumerate(self.pairs):
             label = f"checking K {tk} / V {tv} ({i + 1} of {n})…"

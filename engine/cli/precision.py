@@ -17,7 +17,7 @@ from engine.core.errors import KvDeckError
 from engine.core.memory_types import KV_TYPES, MiB, PlanSettings
 from engine.core.precision_metrics import finite_or_none
 from engine.core.precision_prompts import builtin_names, builtin_prompts, check_prompts, load_prompts
-from engine.protocol import LoadParams, PrecisionResult
+from engine.protocol import PrecisionResult
 
 REFERENCE = ("f32", "f32")
 MAX_TOKENS = 512
@@ -186,13 +186,7 @@ def cmd_precision(args: argparse.Namespace) -> int:
     info, prompts, names = _validate(args)
     try:
         with RuntimeHost() as host:
-            host.load(
-                LoadParams(
-                    path=args.path,
-                    settings=PlanSettings(n_ctx=256, n_gpu_layers=args.n_gpu_layers),
-                    n_threads=args.threads,
-                )
-            )
+            host.load_for_precision(args.path, args.n_gpu_layers, args.threads)
             result = host.precision(
                 args.cache_type_k,
                 args.cache_type_v,

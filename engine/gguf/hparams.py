@@ -74,8 +74,8 @@ MTP_SKIP_ARCHS = frozenset(
 _MTP_ALWAYS_LOADED = {
     "hy_v3": ("ffn_gate", "ffn_up", "ffn_down", "ffn_exp_probs_b", "nextn.embed_tokens", "nextn.shared_head"),
 }
-# Archs that get no memory module at all (llama_model::create_memory returns nullptr).
-NO_MEMORY_ARCHS = frozenset(
+# The BERT-style encoders: llama.cpp gives them no memory module and no output matrix.
+BERT_ENCODER_ARCHS = frozenset(
     {
         "bert",
         "jina-bert-v2",
@@ -84,15 +84,18 @@ NO_MEMORY_ARCHS = frozenset(
         "nomic-bert-moe",
         "neo-bert",
         "eurobert",
-        "wavtokenizer-dec",
         "modern-bert",
-        "gemma-embedding",
-        "dream",
-        "llada",
-        "llada-moe",
-        "rnd1",
     }
 )
+# Archs that get no memory module at all (llama_model::create_memory returns nullptr).
+NO_MEMORY_ARCHS = BERT_ENCODER_ARCHS | {
+    "wavtokenizer-dec",
+    "gemma-embedding",
+    "dream",
+    "llada",
+    "llada-moe",
+    "rnd1",
+}
 # SWA rules from each arch's load_arch_hparams. (period, dense_first, default window);
 # period None = the bool array `attention.sliding_window_pattern` is required.
 SWA_ALWAYS: dict[str, tuple[int | None, bool, int | None]] = {

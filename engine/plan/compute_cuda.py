@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.core.memory_types import MiB
+from engine.plan.context import BLOCKS
 
 if TYPE_CHECKING:
     from engine.plan.compute_shape import ComputeShape
@@ -58,73 +59,94 @@ class CudaModel:
     output_matrix: int  # CUDA bytes of the output matrix (or tied token_embd)
 
 
-def _masks(shape: ComputeShape, r: Resolved, n_swa_cells: int, fa_on: bool, t: int) -> int:
-    """KQ mask bytes: [cells per stream, tokens per stream, 1, streams], f16 with flash
-    attention, f32 without (llama-graph.cpp: no token padding in this tree)."""
-    cells = (r.n_ctx_seq if shape.has_full else 0) + (n_swa_cells if shape.has_swa else 0)
-    return (2 if fa_on else 4) * cells * t
+@dataclass(frozen=True)
+class CudaGraph:
+    """One reserve graph as the CUDA terms see it: the model, the context and the cache types.
+
+    The terms below all read the same few derived sizes (tokens per ubatch, KQ masks, cache
+    cells, the f16 copies flash attention makes of a quantized cache); they are computed here
+    once rather than in each term from a long argument list."""
+
+    shape: ComputeShape
+    cm: CudaModel
+    r: Resolved
+    fa_on: bool
+    n_swa_cells: int
+    types: tuple[str, str]  # K and V cache types
+
+    @property
+    def tokens(self) -> int:
+        return ubatch_tokens(self.r)
+
+    @property
+    def quant(self) -> tuple[bool, bool]:
+        """Whether K and V are block-quantized."""
+        return BLOCKS[self.types[0]][0] > 1, BLOCKS[self.types[1]][0] > 1
+
+    @property
+    def type_bytes(self) -> tuple[float, float]:
+        """Bytes per element of K and V."""
+        return tuple(BLOCKS[x][1] / BLOCKS[x][0] for x in self.types)  # type: ignore[return-value]
+
+    def masks(self) -> int:
+        """KQ mask bytes: [cells per stream, tokens per stream, 1, streams], f16 with flash
+        attention, f32 without (llama-graph.cpp: no token padding in this tree)."""
+        shape, r = self.shape, self.r
+        cells = (r.n_ctx_seq if shape.has_full else 0) + (self.n_swa_cells if shape.has_swa else 0)
+        return (2 if self.fa_on else 4) * cells * self.tokens
+
+    def cells(self) -> int:
+        """Cells of one layer's cache, every stream (the full cache where there is one)."""
+        r = self.r
+        return (r.n_ctx_seq if self.shape.has_full else self.n_swa_cells) * r.n_stream
+
+    def f16_copies(self) -> int:
+        """The f16 copies of a quantized K and V that CUDA's flash-attention kernel appends
+        to its output tensor (``get_alloc_size``), one layer's worth."""
+        qk, qv = self.quant
+        return 2 * self.cells() * ((self.cm.k_width if qk else 0) + (self.cm.v_width if qv else 0))
+
+    def rotations(self) -> int:
+        """The Hadamard rotation matrices of a quantized cache."""
+        return 4 * self.cm.head_dim * self.cm.head_dim + 4 * 64 * 64 if any(self.quant) else 0
 
 
-def host_bytes(
-    shape: ComputeShape, cm: CudaModel, r: Resolved, fa_on: bool, n_swa_cells: int, quant: bool
-) -> int:
-    """CUDA_Host compute buffer: the graph inputs (see the module docstring)."""
-    t = _tokens(r)
-    e = shape.n_embd
-    b = 8 * t * e + 4 * t * 3 + 4 * min(t, r.n_outputs_max)  # inp_embd + get_rows; tokens, pos
-    if shape.q_width:
-        b += _masks(shape, r, n_swa_cells, fa_on, t)
-        n_caches = 2 if shape.has_full and shape.has_swa else 1
-        b += n_caches * 8 * t * (1 + (1 if fa_on else cm.v_width))  # K and V row indices
-        if quant:
-            b += 4 * cm.head_dim * cm.head_dim + 4 * 64 * 64
-    return b
-
-
-def _tokens(r: Resolved) -> int:
+def ubatch_tokens(r: Resolved) -> int:
+    """Tokens of the reserve graph: one ubatch, rounded up to whole streams."""
     t0 = min(r.n_ctx, r.n_ubatch)
     return -(-t0 // r.n_seq) * r.n_seq
 
 
-def gpu_full(
-    shape: ComputeShape,
-    cm: CudaModel,
-    r: Resolved,
-    fa_on: bool,
-    n_swa_cells: int,
-    quant_k: bool,
-    quant_v: bool,
-) -> dict[str, int]:
+def host_bytes(g: CudaGraph) -> int:
+    """CUDA_Host compute buffer: the graph inputs (see the module docstring)."""
+    shape, r, t = g.shape, g.r, g.tokens
+    e = shape.n_embd
+    b = 8 * t * e + 4 * t * 3 + 4 * min(t, r.n_outputs_max)  # inp_embd + get_rows; tokens, pos
+    if shape.q_width:
+        b += g.masks()
+        n_caches = 2 if shape.has_full and shape.has_swa else 1
+        b += n_caches * 8 * t * (1 + (1 if g.fa_on else g.cm.v_width))  # K and V row indices
+        b += g.rotations()
+    return b
+
+
+def gpu_full(g: CudaGraph) -> dict[str, int]:
     """Phases of the GPU buffer when every layer and the output are on the GPU."""
-    t = _tokens(r)
+    shape, r, t = g.shape, g.r, g.tokens
     e, q = shape.n_embd, shape.q_width
     t_out = min(t, r.n_outputs_max)
     ph = {"output": 4 * t_out * shape.n_vocab + 4 * t * e}
-    if q:
-        mask = _masks(shape, r, n_swa_cells, fa_on, t)
-        if fa_on:
-            cells = (r.n_ctx_seq if shape.has_full else n_swa_cells) * r.n_stream
-            kv16 = 2 * cells * ((cm.k_width if quant_k else 0) + (cm.v_width if quant_v else 0))
-            rot = 4 * cm.head_dim * cm.head_dim + 4 * 64 * 64 if quant_k or quant_v else 0
-            if kv16:
-                ph["attention"] = mask + kv16 + 4 * t * (2 * e + 2 * q) + rot
-            else:  # f16 cache: no copies, but more rows stay live (fitted: 70B, 32B at 128k)
-                ph["attention"] = mask + 4 * t * (6 * e + 9 * q)
+    if q and g.fa_on:
+        kv16 = g.f16_copies()
+        if kv16:
+            ph["attention"] = g.masks() + kv16 + 4 * t * (2 * e + 2 * q) + g.rotations()
+        else:  # f16 cache: no copies, but more rows stay live (fitted: 70B, 32B at 128k)
+            ph["attention"] = g.masks() + 4 * t * (6 * e + 9 * q)
     return ph
 
 
 def partial_offload_phases(
-    shape: ComputeShape,
-    cm: CudaModel,
-    r: Resolved,
-    fa_on: bool,
-    n_swa_cells: int,
-    quant_k: bool,
-    quant_v: bool,
-    type_bytes: tuple[float, float],
-    cpu_layers: list[int],
-    output_on_cpu: bool,
-    state_copy: int = 0,
+    g: CudaGraph, cpu_layers: list[int], output_on_cpu: bool, state_copy: int = 0
 ) -> dict[str, int]:
     """GPU phase that op_offload adds for layers whose weights stay on the host: the largest
     weight copy, one layer's K/V cache copies (cache type, every cell; with flash attention
@@ -135,19 +157,20 @@ def partial_offload_phases(
     A recurrent layer on the CPU reads its state through `build_rs`, a get_rows over the
     whole layer tensor (every cell, llama-graph.cpp): on the GPU side the scheduler copies
     that tensor in as the split input, so state_copy (one layer's r + s states) is added."""
-    t = _tokens(r)
+    shape, cm, r, t = g.shape, g.cm, g.r, g.tokens
     e, q = shape.n_embd, shape.q_width
     if not cpu_layers and not output_on_cpu:
         return {}
-    mask = _masks(shape, r, n_swa_cells, fa_on, t) if q else 0
+    mask = g.masks() if q else 0
     b = mask + 4 * t * (2 * shape.ffn_width + 4 * e + 2 * q)
     if cpu_layers:
         b += max(cm.max_layer_matrix[il] for il in cpu_layers)
         if q:
-            cells = (r.n_ctx_seq if shape.has_full else n_swa_cells) * r.n_stream
-            b += int(cells * cm.k_width * type_bytes[0]) + int(cells * cm.v_width * type_bytes[1])
-            if fa_on:
-                b += 2 * cells * ((cm.k_width if quant_k else 0) + (cm.v_width if quant_v else 0))
+            cells = g.cells()
+            tb = g.type_bytes
+            b += int(cells * cm.k_width * tb[0]) + int(cells * cm.v_width * tb[1])
+            if g.fa_on:
+                b += g.f16_copies()
             else:
                 b += 4 * cells * t * shape.n_head  # the f32 KQ scores
     b += state_copy
@@ -160,21 +183,19 @@ def partial_offload_phases(
     return {"CPU layers on the GPU (op_offload)": b}
 
 
-def allowance(
-    shape: ComputeShape, cm: CudaModel, r: Resolved, cpu_layers: list[int], output_on_cpu: bool
-) -> int:
+def allowance(g: CudaGraph, cpu_layers: list[int], output_on_cpu: bool) -> int:
     """The stated safety term for partial offload (module docstring)."""
     if not cpu_layers and not output_on_cpu:
         return 0
-    return PARTIAL_ALLOWANCE_ROWS * 4 * _tokens(r) * max(shape.n_embd, shape.q_width)
+    return PARTIAL_ALLOWANCE_ROWS * 4 * g.tokens * max(g.shape.n_embd, g.shape.q_width)
 
 
-def moe_extra(shape: ComputeShape, r: Resolved) -> int:
+def moe_extra(g: CudaGraph) -> int:
     """Routed experts: on the grid (Qwen3-30B-A3B dims) the GPU buffer sat 30-41 MiB above
     every phase above at any context, FA on or off (the expert-gather rows and the fused
     top-k/weighted-sum alloc deps of ggml-cuda's graph_optimize): four used-expert FFN rows
     per token, added to the peak."""
-    return 4 * 4 * _tokens(r) * shape.ffn_width if shape.moe_used else 0
+    return 4 * 4 * g.tokens * g.shape.ffn_width if g.shape.moe_used else 0
 
 
 def describe(ph: dict[str, int]) -> str:

@@ -26,7 +26,7 @@ from engine.plan.compute_replay import (
     replay,
     safety,
 )
-from engine.plan.context import BLOCKS, Resolved
+from engine.plan.context import Resolved
 
 if TYPE_CHECKING:
     from engine.plan.compute_shape import ComputeShape
@@ -148,22 +148,14 @@ def cuda_model(info: Any, geo: ModelGeometry) -> tuple[cc.CudaModel, _Matrices]:
     return m
 
 
-def _replay_graph(
-    info: Any,
-    geo: ModelGeometry,
-    mats: _Matrices,
-    r: Resolved,
-    fa_on: bool,
-    n_swa_cells: int,
-    types: tuple[str, str],
-) -> ReplayGraph | None:
+def _replay_graph(info: Any, geo: ModelGeometry, mats: _Matrices, cg: cc.CudaGraph) -> ReplayGraph | None:
     """The tensors engine.plan.compute_replay replays, for the families it follows."""
     if geo.arch not in REPLAY_ARCHS or mats.roles is None or len(geo.kv_layers) != geo.n_layer:
         return None
-    t = cc._tokens(r)
+    r, fa_on, n_swa_cells = cg.r, cg.fa_on, cg.n_swa_cells
+    t = cg.tokens
     t_out = min(t, r.n_outputs_max)
-    quant = [BLOCKS[x][0] > 1 for x in types]
-    tb = [BLOCKS[x][1] / BLOCKS[x][0] for x in types]
+    quant, tb = cg.quant, cg.type_bytes
     cb = 2 if fa_on else 4
     used = info.n_expert_used if info.n_expert else 0
     head_k, head_v = max(geo.head_k), max(geo.head_v)  # llama_kv_cache: attn_rot_k / attn_rot_v
@@ -223,9 +215,8 @@ def cuda_compute(
     shape = geo.compute
     odd = unmodelled(shape)
     cm, mats = cuda_model(info, geo)
-    qk, qv = BLOCKS[types[0]][0] > 1, BLOCKS[types[1]][0] > 1
-    tb = tuple(BLOCKS[x][1] / BLOCKS[x][0] for x in types)
-    t = cc._tokens(r)
+    cg = cc.CudaGraph(shape, cm, r, fa_on, n_swa_cells, types)
+    t = cg.tokens
     row = 4 * t * shape.n_embd
     gpus = sorted({d for d in ldev if d != "CPU"}) or ["CUDA0"]
     cpu_layers = [il for il, d in enumerate(ldev[:-1]) if d == "CPU"]
@@ -238,33 +229,19 @@ def cuda_compute(
     rec_cpu = set(cpu_layers) & set(geo.rec_layers)
     res: list[tuple[str, int, str]] = []
     offloaded = bool(cpu_layers or out_cpu)
-    g = _replay_graph(info, geo, mats, r, fa_on, n_swa_cells, types) if offloaded and len(gpus) == 1 else None
+    g = _replay_graph(info, geo, mats, cg) if offloaded and len(gpus) == 1 else None
     for i, dev in enumerate(gpus):
-        ph = cc.gpu_full(shape, cm, r, fa_on, n_swa_cells, qk, qv)
+        ph = cc.gpu_full(cg)
         if dev != (ldev[-1] if not out_cpu else gpus[0]):
             ph.pop("output", None)
         ph.update({f"{k} (CPU calibration)": v for k, v in calib.items()})
-        extra = cc.moe_extra(shape, r)
+        extra = cc.moe_extra(cg)
         peak = max(ph.values()) + extra
         detail = "CUDA: " + cc.describe(ph) + f" for a {t}-token ubatch"
         if i == 0 and offloaded:  # op_offload runs on the first (highest-priority) GPU
             full = peak
-            ph.update(
-                cc.partial_offload_phases(
-                    shape,
-                    cm,
-                    r,
-                    fa_on,
-                    n_swa_cells,
-                    qk,
-                    qv,
-                    (tb[0], tb[1]),
-                    cpu_layers,
-                    out_cpu,
-                    state_bytes if rec_cpu else 0,
-                )
-            )
-            extra += cc.allowance(shape, cm, r, cpu_layers, out_cpu)
+            ph.update(cc.partial_offload_phases(cg, cpu_layers, out_cpu, state_bytes if rec_cpu else 0))
+            extra += cc.allowance(cg, cpu_layers, out_cpu)
             peak = max(ph.values()) + extra
             detail = "CUDA: " + cc.describe(ph) + f" for a {t}-token ubatch"
             if g is not None:
@@ -304,7 +281,7 @@ def cuda_compute(
             + (", plus op_offload's copy of a CPU layer's whole recurrent state" if rec_cpu else "")
             + " (the exact plan is authoritative)"
         )
-    host = cc.host_bytes(shape, cm, r, fa_on, n_swa_cells, qk or qv)
+    host = cc.host_bytes(cg)
     res.append(("CPU", host, "CUDA_Host: graph inputs (token embeddings, KQ masks, indices)"))
     del cpu_est
     return res

@@ -107,8 +107,7 @@ def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> i
         kind = W_CPU if il in cpu_layers else W_GPU
         x = _layer(b, g, w, c, kind, x, pos, masks[c.mask], idxs[c.mask], rot, out_ids if il == last else -1)
     kind = W_CPU if output_on_cpu else W_GPU
-    x = b.node(e4, x, inplace=True)  # output norm
-    x = b.node(e4, x, b.leaf(4 * g.n_embd, kind), inplace=True)
+    x = _norm(b, e4, x, 4 * g.n_embd, kind)  # output norm
     b.node(g.logits, b.leaf(g.output_matrix, kind), x)
     return gpu_buffer_size(b)
 
@@ -129,25 +128,12 @@ def _layer(
     """One layer as llama.cpp's llama/qwen3/qwen3moe/gemma3 graphs build it (GPU-side sizes)."""
     e4 = 4 * g.tokens * g.n_embd
     on_cpu = kind == W_CPU
-    norm = b.node(e4, x, inplace=True)
-    norm = b.node(e4, norm, b.leaf(4 * g.n_embd, kind), inplace=True)
-    q = b.node(g.rq, b.leaf(w.q, kind), norm)
-    if g.qk_norm:
-        q = b.node(g.rq, q, inplace=True)
-        q = b.node(g.rq, q, b.leaf(4 * g.head_dim, kind), inplace=True)
-    q = b.node(g.rq, q, pos, inplace=True)  # rope
-    if g.rotate[0]:
-        q = b.node(g.rq, rot[0], q)
+    norm = _norm(b, e4, x, 4 * g.n_embd, kind)
+    q = _query_or_key(b, g, g.rq, w.q, kind, norm, pos, rot[0])
     v = b.node(c.rk, b.leaf(w.v, kind), norm)
     if g.rotate[1]:
         v = b.node(c.rk, rot[1], v)
-    k = b.node(c.rk, b.leaf(w.k, kind), norm)
-    if g.qk_norm:
-        k = b.node(c.rk, k, inplace=True)
-        k = b.node(c.rk, k, b.leaf(4 * g.head_dim, kind), inplace=True)
-    k = b.node(c.rk, k, pos, inplace=True)
-    if g.rotate[0]:
-        k = b.node(c.rk, rot[0], k)
+    k = _query_or_key(b, g, c.rk, w.k, kind, norm, pos, rot[0])
     cache_k, cache_v = (b.leaf(c.k, HOST), b.leaf(c.v, HOST)) if on_cpu else (-1, -1)
     store = CPU if on_cpu else GPU
     b.node(0, k, idxs[0], *([cache_k] if on_cpu else []), backend=store)  # set_rows: a view
@@ -163,15 +149,13 @@ def _layer(
         out = b.node(g.rq, rot[1], out)
     att = b.node(e4, b.leaf(w.o, kind), out)
     if g.post_norm:
-        att = b.node(e4, att, inplace=True)
-        att = b.node(e4, att, b.leaf(4 * g.n_embd, kind), inplace=True)
+        att = _norm(b, e4, att, 4 * g.n_embd, kind)
     if out_ids >= 0:  # the last layer goes on with the output rows only
         att = b.node(g.out_rows, att, out_ids)
         x = b.node(g.out_rows, x, out_ids)
     ffn_inp = b.node(g.out_rows if out_ids >= 0 else e4, att, x, inplace=True)
     rows = g.out_rows if out_ids >= 0 else e4
-    h = b.node(rows, ffn_inp, inplace=True)
-    h = b.node(rows, h, b.leaf(4 * g.n_embd, kind), inplace=True)
+    h = _norm(b, rows, ffn_inp, 4 * g.n_embd, kind)
     scale = rows // e4 if out_ids >= 0 else 1
     if g.experts:
         h = _experts(b, g, w, c, kind, h, scale)
@@ -181,9 +165,26 @@ def _layer(
         act = b.node(c.rf * scale, gate, up)
         h = b.node(rows, b.leaf(w.down, kind), act)
     if g.post_norm:
-        h = b.node(rows, h, inplace=True)
-        h = b.node(rows, h, b.leaf(4 * g.n_embd, kind), inplace=True)
+        h = _norm(b, rows, h, 4 * g.n_embd, kind)
     return b.node(rows, h, ffn_inp, inplace=True)
+
+
+def _norm(b: Graph, rows: int, x: int, weight: int, kind: str) -> int:
+    """rms_norm, then the multiply by the norm's weight (``weight`` bytes), both in place."""
+    x = b.node(rows, x, inplace=True)
+    return b.node(rows, x, b.leaf(weight, kind), inplace=True)
+
+
+def _query_or_key(
+    b: Graph, g: ReplayGraph, rows: int, weight: int, kind: str, x: int, pos: int, rot: int
+) -> int:
+    """Q or K: the projection, its norm where the family has one, rope, and the Hadamard
+    rotation of a quantized K cache (llama.cpp applies the K rotation to Q as well)."""
+    y = b.node(rows, b.leaf(weight, kind), x)
+    if g.qk_norm:
+        y = _norm(b, rows, y, 4 * g.head_dim, kind)
+    y = b.node(rows, y, pos, inplace=True)  # rope
+    return b.node(rows, rot, y) if g.rotate[0] else y
 
 
 def _experts(b: Graph, g: ReplayGraph, w: LayerWeights, c: LayerCache, kind: str, h: int, scale: int) -> int:

@@ -36,7 +36,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.gguf.hparams import mtp_only
+from engine.gguf.hparams import BERT_ENCODER_ARCHS, mtp_only
 from engine.gguf.inspect import GGUFInfo
 from engine.gguf.split_parts import read_model_tensor_dims
 from engine.plan.cpu_features import CpuFeatures, detect
@@ -119,20 +119,7 @@ _RE_MUL_MAT, _RE_MUL_MAT_ID = _names_re(_MUL_MAT), _names_re(_MUL_MAT_ID)
 # Archs whose output layer is created before token_embd (their tied copy already exists on the
 # CPU, engine.plan.analytic._weights), and archs without an output matrix at all.
 _OUTPUT_FIRST = ("gemma3n", "gemma4")
-_NO_OUTPUT = frozenset(
-    {
-        "bert",
-        "jina-bert-v2",
-        "jina-bert-v3",
-        "nomic-bert",
-        "nomic-bert-moe",
-        "neo-bert",
-        "eurobert",
-        "modern-bert",
-        "llama-embed",
-        "bitnet",
-    }
-)
+_NO_OUTPUT = BERT_ENCODER_ARCHS | {"llama-embed", "bitnet"}
 
 
 def layout(qtype: str, ne1: int, features: CpuFeatures) -> str | None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import protocol as P
+from engine.core.memory_types import PlanSettings
 from engine.core.sampling import SamplingParams
 from engine.runtime.process import RuntimeProcess
 
@@ -167,6 +168,12 @@ class RuntimeHost(RuntimeProcess):
 
     def unload(self, timeout: float = 60) -> None:
         self.call("unload", lambda i: P.UnloadRequest(id=i), timeout)
+
+    def load_for_precision(self, path: str, n_gpu_layers: int = -1, n_threads: int = 0) -> P.Loaded:
+        """Load a model for :meth:`precision`, which makes its own contexts: the model's own
+        is the smallest that loads (256 cells), so it costs next to nothing beside them."""
+        settings = PlanSettings(n_ctx=256, n_gpu_layers=n_gpu_layers)
+        return self.load(P.LoadParams(path=path, settings=settings, n_threads=n_threads))
 
     def precision(
         self,

@@ -29,11 +29,13 @@ def new_window(qtbot, tmp_path, monkeypatch, demo, *, max_tokens: int = 24) -> M
 
 
 @contextlib.contextmanager
-def loaded_window(qtbot, tmp_path, monkeypatch, demo, *, max_tokens: int = 24) -> Iterator[MainWindow]:
+def loaded_window(
+    qtbot, tmp_path, monkeypatch, demo, *, max_tokens: int = 24, timeout_ms: int = LOAD_TIMEOUT_MS
+) -> Iterator[MainWindow]:
     """``new_window`` started, once its first model has loaded; closed with its store afterwards."""
     win = new_window(qtbot, tmp_path, monkeypatch, demo, max_tokens=max_tokens)
     try:
-        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+        with qtbot.waitSignal(win.bridge.loaded, timeout=timeout_ms):
             win.start()
         yield win
     finally:

@@ -74,6 +74,20 @@ class _Writer:
             w.add_uint32(f"{a}.nextn_predict_layers", n_nextn)
         add_tokenizer(w)
 
+    def attention(self, i: int, e: int, d: int, h: int, hkv: int, q_gate: bool = False) -> None:
+        """Q/K/V/output with Q and K norms (``q_gate``: Q carries its output gate, twice as wide)."""
+        self.t(f"blk.{i}.attn_q.weight", (e, d * h * (2 if q_gate else 1)))
+        self.t(f"blk.{i}.attn_k.weight", (e, d * hkv))
+        self.t(f"blk.{i}.attn_v.weight", (e, d * hkv))
+        self.t(f"blk.{i}.attn_output.weight", (d * h, e))
+        self.t(f"blk.{i}.attn_q_norm.weight", (d,), "ones")
+        self.t(f"blk.{i}.attn_k_norm.weight", (d,), "ones")
+
+    def ffn(self, i: int, e: int, ff: int) -> None:
+        self.t(f"blk.{i}.ffn_gate.weight", (e, ff))
+        self.t(f"blk.{i}.ffn_up.weight", (e, ff))
+        self.t(f"blk.{i}.ffn_down.weight", (ff, e))
+
     def nextn(self, i: int, e: int) -> None:
         self.t(f"blk.{i}.nextn.eh_proj.weight", (2 * e, e))
         self.t(f"blk.{i}.nextn.enorm.weight", (e,), "ones")
@@ -111,16 +125,9 @@ def write_hyv3(
     w.t("output.weight", (E, N_VOCAB), scale=0.5)
     for i in range(n_trunk + n_nextn):
         w.t(f"blk.{i}.attn_norm.weight", (E,), "ones")
-        w.t(f"blk.{i}.attn_q.weight", (E, D * H))
-        w.t(f"blk.{i}.attn_k.weight", (E, D * HKV))
-        w.t(f"blk.{i}.attn_v.weight", (E, D * HKV))
-        w.t(f"blk.{i}.attn_output.weight", (D * H, E))
-        w.t(f"blk.{i}.attn_q_norm.weight", (D,), "ones")
-        w.t(f"blk.{i}.attn_k_norm.weight", (D,), "ones")
+        w.attention(i, E, D, H, HKV)
         w.t(f"blk.{i}.ffn_norm.weight", (E,), "ones")
-        w.t(f"blk.{i}.ffn_gate.weight", (E, FF))
-        w.t(f"blk.{i}.ffn_up.weight", (E, FF))
-        w.t(f"blk.{i}.ffn_down.weight", (FF, E))
+        w.ffn(i, E, FF)
         if i >= n_trunk:
             w.nextn(i, E)
     return w.finish()
@@ -164,15 +171,8 @@ def write_qwen35(path: str | Path, seed: int = 1, qtype: str | None = None) -> P
             w.t(f"blk.{i}.ssm_norm.weight", (d_state,), "ones")
             w.t(f"blk.{i}.ssm_out.weight", (value_dim, E))
         else:
-            w.t(f"blk.{i}.attn_q.weight", (E, D * H * 2))
-            w.t(f"blk.{i}.attn_k.weight", (E, D * HKV))
-            w.t(f"blk.{i}.attn_v.weight", (E, D * HKV))
-            w.t(f"blk.{i}.attn_output.weight", (D * H, E))
-            w.t(f"blk.{i}.attn_q_norm.weight", (D,), "ones")
-            w.t(f"blk.{i}.attn_k_norm.weight", (D,), "ones")
-        w.t(f"blk.{i}.ffn_gate.weight", (E, FF))
-        w.t(f"blk.{i}.ffn_up.weight", (E, FF))
-        w.t(f"blk.{i}.ffn_down.weight", (FF, E))
+            w.attention(i, E, D, H, HKV, q_gate=True)
+        w.ffn(i, E, FF)
         if i >= n_trunk:
             w.nextn(i, E)
     return w.finish()
@@ -181,39 +181,48 @@ def write_qwen35(path: str | Path, seed: int = 1, qtype: str | None = None) -> P
 G_E, G_H, G_HKV, G_DF, G_DS, G_FF, G_SWA = 64, 4, 2, 32, 16, 128, 64
 
 
+def _gemma4_swa(w: _Writer, a: str, pattern: list[bool]) -> None:
+    """The sliding-window keys the target and the assistant both carry."""
+    w.w.add_array(f"{a}.attention.sliding_window_pattern", pattern)
+    w.w.add_uint32(f"{a}.attention.sliding_window", G_SWA)
+    w.w.add_uint32(f"{a}.attention.key_length_swa", G_DS)
+    w.w.add_uint32(f"{a}.attention.value_length_swa", G_DS)
+    w.w.add_float32(f"{a}.rope.freq_base_swa", 10000.0)
+    w.w.add_uint32(f"{a}.rope.dimension_count_swa", G_DS)
+
+
+def _gemma4_block(w: _Writer, i: int, E: int, D: int, FF: int, own_kv: bool) -> None:
+    """One Gemma 4 block; the assistant's blocks (``own_kv`` False) read the target's K/V."""
+    w.t(f"blk.{i}.attn_norm.weight", (E,), "ones")
+    w.t(f"blk.{i}.attn_q.weight", (E, D * G_H))
+    if own_kv:
+        w.t(f"blk.{i}.attn_k.weight", (E, D * G_HKV))
+        w.t(f"blk.{i}.attn_v.weight", (E, D * G_HKV))
+    w.t(f"blk.{i}.attn_output.weight", (D * G_H, E))
+    w.t(f"blk.{i}.attn_q_norm.weight", (D,), "ones")
+    if own_kv:
+        w.t(f"blk.{i}.attn_k_norm.weight", (D,), "ones")
+    w.t(f"blk.{i}.post_attention_norm.weight", (E,), "ones")
+    w.t(f"blk.{i}.layer_output_scale.weight", (1,), "ones")
+    w.t(f"blk.{i}.ffn_norm.weight", (E,), "ones")
+    w.ffn(i, E, FF)
+    w.t(f"blk.{i}.post_ffw_norm.weight", (E,), "ones")
+
+
 def write_gemma4_target(path: str | Path, n_embd: int = G_E, n_ctx_train: int = 8192, seed: int = 2) -> Path:
     """Gemma 4: layers (swa, swa, swa, full); the assistant reads layers n-2 (SWA) and n-1 (full)."""
     a = "gemma4"
     pattern = [True, True, True, False]
     w = _Writer(Path(path), a, seed)
     w.common(n_ctx_train, n_embd, len(pattern), G_FF, G_H, G_HKV, G_DF, G_DF, 0)
-    w.w.add_array(f"{a}.attention.sliding_window_pattern", pattern)
-    w.w.add_uint32(f"{a}.attention.sliding_window", G_SWA)
-    w.w.add_uint32(f"{a}.attention.key_length_swa", G_DS)
-    w.w.add_uint32(f"{a}.attention.value_length_swa", G_DS)
+    _gemma4_swa(w, a, pattern)
     w.w.add_uint32(f"{a}.embedding_length_per_layer_input", 0)
-    w.w.add_float32(f"{a}.rope.freq_base_swa", 10000.0)
-    w.w.add_uint32(f"{a}.rope.dimension_count_swa", G_DS)
     w.w.add_uint32(f"{a}.attention.shared_kv_layers", 0)
     w.t("token_embd.weight", (n_embd, N_VOCAB), scale=1.0)
     w.t("output_norm.weight", (n_embd,), "ones")
     w.t("rope_freqs.weight", (G_DF // 2,), "ones")
     for i, swa in enumerate(pattern):
-        D = G_DS if swa else G_DF
-        w.t(f"blk.{i}.attn_norm.weight", (n_embd,), "ones")
-        w.t(f"blk.{i}.attn_q.weight", (n_embd, D * G_H))
-        w.t(f"blk.{i}.attn_k.weight", (n_embd, D * G_HKV))
-        w.t(f"blk.{i}.attn_v.weight", (n_embd, D * G_HKV))
-        w.t(f"blk.{i}.attn_output.weight", (D * G_H, n_embd))
-        w.t(f"blk.{i}.attn_q_norm.weight", (D,), "ones")
-        w.t(f"blk.{i}.attn_k_norm.weight", (D,), "ones")
-        w.t(f"blk.{i}.post_attention_norm.weight", (n_embd,), "ones")
-        w.t(f"blk.{i}.layer_output_scale.weight", (1,), "ones")
-        w.t(f"blk.{i}.ffn_norm.weight", (n_embd,), "ones")
-        w.t(f"blk.{i}.ffn_gate.weight", (n_embd, G_FF))
-        w.t(f"blk.{i}.ffn_up.weight", (n_embd, G_FF))
-        w.t(f"blk.{i}.ffn_down.weight", (G_FF, n_embd))
-        w.t(f"blk.{i}.post_ffw_norm.weight", (n_embd,), "ones")
+        _gemma4_block(w, i, n_embd, G_DS if swa else G_DF, G_FF, own_kv=True)
     return w.finish()
 
 
@@ -229,28 +238,27 @@ def write_gemma4_assistant(
     w = _Writer(Path(path), a, seed)
     w.common(n_ctx_train, E_A, len(pattern), FF_A, G_H, G_HKV, head_full, head_full, len(pattern))
     w.w.add_uint32(f"{a}.embedding_length_out", embd_out)
-    w.w.add_array(f"{a}.attention.sliding_window_pattern", pattern)
-    w.w.add_uint32(f"{a}.attention.sliding_window", G_SWA)
-    w.w.add_uint32(f"{a}.attention.key_length_swa", G_DS)
-    w.w.add_uint32(f"{a}.attention.value_length_swa", G_DS)
-    w.w.add_float32(f"{a}.rope.freq_base_swa", 10000.0)
-    w.w.add_uint32(f"{a}.rope.dimension_count_swa", G_DS)
+    _gemma4_swa(w, a, pattern)
     w.t("token_embd.weight", (E_A, N_VOCAB), scale=1.0)
     w.t("output_norm.weight", (E_A,), "ones")
     w.t("nextn.pre_projection.weight", (2 * embd_out, E_A))
     w.t("nextn.post_projection.weight", (E_A, embd_out))
     w.t("rope_freqs.weight", (head_full // 2,), "ones")
     for i, swa in enumerate(pattern):
-        D = G_DS if swa else head_full
-        w.t(f"blk.{i}.attn_norm.weight", (E_A,), "ones")
-        w.t(f"blk.{i}.attn_q.weight", (E_A, D * G_H))
-        w.t(f"blk.{i}.attn_output.weight", (D * G_H, E_A))
-        w.t(f"blk.{i}.attn_q_norm.weight", (D,), "ones")
-        w.t(f"blk.{i}.post_attention_norm.weight", (E_A,), "ones")
-        w.t(f"blk.{i}.layer_output_scale.weight", (1,), "ones")
-        w.t(f"blk.{i}.ffn_norm.weight", (E_A,), "ones")
-        w.t(f"blk.{i}.ffn_gate.weight", (E_A, FF_A))
-        w.t(f"blk.{i}.ffn_up.weight", (E_A, FF_A))
-        w.t(f"blk.{i}.ffn_down.weight", (FF_A, E_A))
-        w.t(f"blk.{i}.post_ffw_norm.weight", (E_A,), "ones")
+        _gemma4_block(w, i, E_A, G_DS if swa else head_full, FF_A, own_kv=False)
     return w.finish()
+
+
+def write_set(folder: Path) -> dict[str, str]:
+    """Every model above in ``folder``, by the name the tests use: MTP targets (``hyv3``,
+    ``qwen35``), the same hy_v3 without heads (``plain``), and a Gemma 4 target (``g4``) with
+    its assistant (``g4a``) and one whose full-attention head size is not the target's
+    (``g4a_heads``, a bad pair)."""
+    return {
+        "hyv3": str(write_hyv3(folder / "hyv3.gguf")),
+        "qwen35": str(write_qwen35(folder / "qwen35.gguf")),
+        "plain": str(write_hyv3(folder / "plain.gguf", n_nextn=0)),
+        "g4": str(write_gemma4_target(folder / "g4.gguf")),
+        "g4a": str(write_gemma4_assistant(folder / "g4a.gguf")),
+        "g4a_heads": str(write_gemma4_assistant(folder / "g4a-heads.gguf", head_full=64)),
+    }

@@ -3,6 +3,7 @@ always stopped, even when a step in between fails (a leaked child would outlive 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,3 +18,22 @@ def running_host(
 ) -> Iterator[tuple[RuntimeHost, P.Loaded | None]]:
     with RuntimeHost(**host_kwargs) as host:
         yield host, (host.load(params) if params is not None else None)
+
+
+def cancelled_mid_reply(host: RuntimeHost, prompt: str, timeout: float = 120, **generate: Any) -> P.Done:
+    """Generate ``prompt`` on a thread, cancel the request once its first text has arrived (a
+    reply that is really running), and return the ``Done`` it ended with."""
+    seen = threading.Event()
+    result: list[P.Done] = []
+
+    def on_event(msg: P.Message) -> None:
+        if isinstance(msg, P.Delta):
+            seen.set()
+
+    t = threading.Thread(target=lambda: result.append(host.generate(prompt, on_event=on_event, **generate)))
+    t.start()
+    assert seen.wait(timeout), "no text before the timeout"
+    host.cancel(0)
+    t.join(timeout)
+    assert result, "the generation did not end after its cancel"
+    return result[0]
