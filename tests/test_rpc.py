@@ -71,7 +71,9 @@ def test_the_plan_says_what_llama_cpp_allocated_on_each_worker(smollm2_path: Pat
         for component in ("weights", "kv"):  # exact, to the 0.01 MiB the log prints
             error = predicted.bytes_for(dev, component) - measured.bytes_for(dev, component)
             assert abs(error) <= 0.01 * MiB, (dev, component, error)
-        assert measured.bytes_for(dev, "compute") > 0 and predicted.bytes_for(dev, "compute") > 0
+        assert measured.bytes_for(dev, "compute") > 0
+    for dev in measured.devices():  # a stated bound for CPU-backed workers: never under
+        assert predicted.bytes_for(dev, "compute") >= measured.bytes_for(dev, "compute") - 0.01 * MiB, dev
 
 
 @needs_rpc

@@ -20,6 +20,7 @@ from engine.gguf.hparams import NO_MEMORY_ARCHS
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.compute import estimate_compute, phases
 from engine.plan.compute_placement import cuda_compute
+from engine.plan.compute_rpc import SCHED_MAX_COPIES, pipeline_parallel, rpc_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
 from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
 from engine.plan.kv_sizes import ModelGeometry, geometry, kv_caches
@@ -232,11 +233,17 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         bool(gpus),
         quant_k or quant_v,
     )
+    held = [g for g in gpus if g.name in ldev]
+    rpc_cpu = bool(held) and all(g.endpoint and g.host_layout for g in held)
     if gpus and all(g.name.startswith("CUDA") for g in gpus):
         ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), ldev, ests, notes)
+    elif rpc_cpu:  # CPU-backed workers: engine.plan.compute_rpc
+        copies = SCHED_MAX_COPIES if pipeline_parallel(settings, geo.n_layer, gpus) else 1
+        q = quant_k or quant_v
+        ests = rpc_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, q, ldev, copies)
     for dev, b, detail in ests:
         allocs.append(Allocation("compute", dev, b, detail))
-    if any(g.endpoint for g in gpus):
+    if any(g.endpoint for g in gpus) and not rpc_cpu:
         allocs += _split_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, ldev, ests)
 
     if settings.split_mode == "tensor" and len(gpus) > 1:
