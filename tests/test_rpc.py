@@ -15,6 +15,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -245,32 +247,75 @@ def test_kvdeck_worker_prints_its_devices_and_ends_cleanly_on_ctrl_c() -> None:
         probe(f"127.0.0.1:{port}")  # its server process is gone too
 
 
+@contextmanager
+def _serving(*rpc: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``kvdeck serve --demo --rpc ...`` on a free port: (the process, its /v1 URL); stopped."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvdeck", "serve", "--demo", "--port", "0", "--rpc", ",".join(rpc)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "serving MODEL at http://127.0.0.1:PORT/v1 (...)"
+        assert " at http" in line, proc.stderr.read() if proc.stderr else ""
+        yield proc, line.split(" at ", 1)[1].split()[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+def _ask(url: str, prompt: str = "Name three colors.", max_tokens: int = 8) -> dict[str, object]:
+    import httpx
+
+    model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+    }
+
+
 @needs_rpc
 def test_serve_answers_with_the_model_split_across_a_worker() -> None:
     import httpx
 
-    with workers(1) as (w,):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kvdeck", "serve", "--demo", "--port", "0", "--rpc", w.endpoint],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()  # "serving MODEL at http://127.0.0.1:PORT/v1 (...)"
-            assert " at http" in line, proc.stderr.read() if proc.stderr else ""
-            url = line.split(" at ", 1)[1].split()[0]
-            model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
-            body = {
-                "model": model,
-                "messages": [{"role": "user", "content": "Name three colors."}],
-                "max_tokens": 8,
-            }
-            r = httpx.post(f"{url}/chat/completions", json=body, timeout=120)
-            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
-            assert w.peers()  # the server's runtime holds the worker
-        finally:
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=60)
+    with workers(1) as (w,), _serving(w.endpoint) as (_proc, url):
+        r = httpx.post(f"{url}/chat/completions", json=_ask(url), timeout=120)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+        assert w.peers()  # the server's runtime holds the worker
+
+
+@needs_rpc
+def test_serve_goes_on_without_a_worker_killed_mid_stream() -> None:
+    """The request in flight ends with the error naming the worker; the server reloads the
+    model on the machines left and the next request is answered."""
+    import httpx
+
+    with workers(2) as ws, _serving(*(w.endpoint for w in ws)) as (proc, url):
+        doomed = ws[1]
+        story = "Write a long story about a dragon who learns to bake bread."
+        body = {**_ask(url, story, max_tokens=400), "stream": True, "temperature": 0}
+        lines = []
+        with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if not lines:
+                    os.kill(doomed.pid or 0, signal.SIGKILL)  # the reply has started on both workers
+                lines.append(line)
+        assert any(f"worker {doomed.endpoint} went away while decoding" in ln for ln in lines), lines[-3:]
+        assert proc.stderr is not None
+        said: list[str] = []
+        while not said or not said[-1].startswith("serving again"):  # waits for the reload
+            line = proc.stderr.readline()
+            assert line, "serve ended instead of reloading"
+            if "went away" in line or "serving again" in line:
+                said.append(line.strip())
+        assert said == [
+            f"worker {doomed.endpoint} went away while decoding; the model is reloaded without it",
+            f"serving again on {ws[0].endpoint}",
+        ]
+        r2 = httpx.post(f"{url}/chat/completions", json=_ask(url), timeout=120)
+        assert r2.status_code == 200 and r2.json()["choices"][0]["message"]["content"]
