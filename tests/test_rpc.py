@@ -30,7 +30,7 @@ from engine.runtime.exact_plan import plan_from_log
 from engine.runtime.info import plan_devices
 from engine.runtime.workers import PROTOCOL, parse_endpoints, probe
 from tests.helpers.cli import ROOT, kvdeck
-from tests.helpers.rpc_workers import FakeServer, free_port, needs_rpc, workers
+from tests.helpers.rpc_workers import DroppingProxy, FakeServer, free_port, needs_rpc, workers
 from tests.helpers.runtime_host import running_host
 
 GREEDY = ["--temperature", "0", "--seed", "1"]
@@ -141,6 +141,36 @@ def test_a_worker_killed_mid_reply_is_named_and_the_reply_finishes_without_it(sm
     assert notes == [f"worker {doomed.endpoint} went away while decoding; the reply goes on without it"]
     reply = (first + rest).decode()
     assert len(reply.split()) > 20  # the partial reply was kept and the rest was written after it
+
+
+@needs_rpc
+def test_a_worker_that_drops_the_connection_mid_reply_but_keeps_listening_is_named(
+    smollm2_path: Path,
+) -> None:
+    """ggml-rpc's abort names nobody and the worker still accepts connections: the child names
+    the worker whose connection it found closed, and the reply finishes without it."""
+    with workers(2) as ws:
+        proxy = DroppingProxy(ws[1].endpoint)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kvdeck", "chat", str(smollm2_path), "--max-tokens", "160", *GREEDY]
+                + ["--prompt", "Write a long story about a dragon who learns to bake bread."]
+                + ["--rpc", f"{ws[0].endpoint},{proxy.endpoint}"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert proc.stdout is not None
+            first = proc.stdout.read(1)  # the reply has started on both workers
+            assert first, proc.stderr.read() if proc.stderr else ""
+            proxy.drop()
+            rest, err = proc.communicate(timeout=300)
+        finally:
+            proxy.close()
+    assert proc.returncode == 0, err.decode()
+    notes = [ln for ln in err.decode().splitlines() if "went away" in ln]
+    assert notes == [f"worker {proxy.endpoint} went away while decoding; the reply goes on without it"]
+    assert len((first + rest).decode().split()) > 20
 
 
 @needs_rpc
