@@ -1,16 +1,21 @@
 """GPU costs of MTP self-drafting on an 8B-class synthetic target with one MTP head.
 
-Writes a llama3-8B-shaped ``hy_v3`` (32 layers, 4096 wide, 14336 FFN, GQA 32/8, 128k vocab, Q8_0)
-plus one nextn head, with random weights (each distinct tensor shape is quantised once from a
-small random block and tiled: only the costs matter here). Then, in process, through the child's
-own classes (engine.child.session / selfdraft / speculative):
+Writes a Qwen3.5-9B-shaped ``qwen35`` (32 layers, every 4th full attention and the rest gated
+delta-net, 4096 wide, 12288 FFN, 16 query heads of 256 with a gate, 4 KV heads, a 151k vocabulary,
+Q8_0) plus one nextn head, with random weights (each distinct tensor shape is quantised once from
+a small random block and tiled: only the costs matter here). Then, in process, through the
+child's own classes (engine.child.session / selfdraft / speculative):
 
 * the cost of one MTP draft step, of a k-token verify batch and of the MTP catch-up after it,
   each relative to one plain single-token decode;
 * end-to-end tokens/s with drafting and without (random weights: acceptance near 0, so this is
-  the overhead, not the gain);
+  the overhead, not the gain), and greedy identity;
 * the speed-up those costs give at acceptance 0.5 / 0.7 / 0.9 (per drafted position, i.i.d.):
   E[tokens per step] = (1 - a^(k+1)) / (1 - a) over cost k*draft + verify(k) + catch-up(k).
+
+A hybrid target rolls back rejected drafts from recurrent-state snapshots (n_rs_seq = k + 1).
+``MTP_SMALL=1`` shrinks the widths for a CPU run of the same script (``MTP_WORDS`` sets the
+vocabulary: the LM head over it is what one draft step costs on a CPU).
 
 Usage: python mtp_gpu.py OUTDIR [MODELDIR]
 """
@@ -26,9 +31,21 @@ import time
 import gguf
 import numpy as np
 
-E, H, HKV, D, FF, N_TRUNK, N_WORDS = 4096, 32, 8, 128, 14336, 32, 128000
-if os.environ.get("MTP_SMALL"):  # a CPU smoke run of the script itself
-    E, H, HKV, D, FF, N_TRUNK, N_WORDS = 256, 4, 2, 64, 512, 2, int(os.environ.get("MTP_WORDS", "6000"))
+E, H, HKV, D, FF, N_TRUNK, N_WORDS = 4096, 16, 4, 256, 12288, 32, 151000
+SSM = {"conv_kernel": 4, "state_size": 128, "group_count": 16, "time_step_rank": 32, "inner_size": 4096}
+ROPE_DIMS, SECTIONS, INTERVAL = 64, [11, 11, 10, 0], 4
+if os.environ.get("MTP_MID"):  # a 3B-class fallback if the 8B-class file cannot be loaded
+    E, H, D, FF, N_TRUNK = 2048, 8, 256, 6144, 24
+    SSM = {**SSM, "group_count": 8, "time_step_rank": 16, "inner_size": 2048}
+if os.environ.get("MTP_SMALL"):  # a CPU run of the script itself
+    E, H, HKV, D, FF, N_TRUNK = 256, 4, 2, 64, 512, 4
+    N_WORDS = int(os.environ.get("MTP_WORDS", "6000"))
+    SSM = {"conv_kernel": 4, "state_size": 32, "group_count": 2, "time_step_rank": 4, "inner_size": 128}
+    ROPE_DIMS, SECTIONS = 16, [3, 3, 2, 0]
+N_TRUNK = int(os.environ.get("MTP_LAYERS", N_TRUNK))
+N_WORDS = int(os.environ.get("MTP_WORDS", N_WORDS))
+DRAFT_MAX = 4
+Q8 = gguf.GGMLQuantizationType.Q8_0
 
 
 def write_target(path: str) -> None:
@@ -38,14 +55,14 @@ def write_target(path: str) -> None:
     def q8(ne0: int, ne1: int) -> np.ndarray:
         if (ne0, ne1) not in cache:
             block = (rng.standard_normal((64, ne0)) * 0.02).astype(np.float32)
-            qb = gguf.quants.quantize(block, gguf.GGMLQuantizationType.Q8_0)
+            qb = gguf.quants.quantize(block, Q8)
             reps = -(-ne1 // 64)
             cache[(ne0, ne1)] = np.ascontiguousarray(np.tile(qb, (reps, 1))[:ne1])
         return cache[(ne0, ne1)]
 
-    w = gguf.GGUFWriter(path, "hy_v3")
-    a = "hy_v3"
-    w.add_string("general.name", "synthetic-8b-mtp1")
+    a = "qwen35"
+    w = gguf.GGUFWriter(path, a)
+    w.add_string("general.name", "synthetic-qwen35-9b-mtp1")
     for k, v in (
         ("context_length", 8192),
         ("embedding_length", E),
@@ -55,13 +72,16 @@ def write_target(path: str) -> None:
         ("attention.head_count_kv", HKV),
         ("attention.key_length", D),
         ("attention.value_length", D),
-        ("rope.dimension_count", D),
-        ("expert_feed_forward_length", 0),
+        ("rope.dimension_count", ROPE_DIMS),
+        ("full_attention_interval", INTERVAL),
         ("nextn_predict_layers", 1),
     ):
         w.add_uint32(f"{a}.{k}", v)
+    for k, v in SSM.items():
+        w.add_uint32(f"{a}.ssm.{k}", v)
+    w.add_array(f"{a}.rope.dimension_sections", SECTIONS)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
-    w.add_float32(f"{a}.rope.freq_base", 500000.0)
+    w.add_float32(f"{a}.rope.freq_base", 10000000.0)
     tokens = (
         ["<unk>", "<s>", "</s>"]
         + [f"<0x{b:02X}>" for b in range(256)]
@@ -75,23 +95,40 @@ def write_target(path: str) -> None:
     w.add_uint32("tokenizer.ggml.eos_token_id", 2)
     V = len(tokens)
     ones = np.ones(E, np.float32)
-    ones_d = np.ones(D, np.float32)
+
+    def vec(name: str, n: int, value: float = 1.0) -> None:
+        w.add_tensor(name, np.full(n, value, np.float32))
 
     def mat(name: str, ne0: int, ne1: int) -> None:
-        w.add_tensor(name, q8(ne0, ne1), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        w.add_tensor(name, q8(ne0, ne1), raw_dtype=Q8)
 
+    key_dim = SSM["state_size"] * SSM["group_count"]
+    value_dim = SSM["state_size"] * SSM["time_step_rank"]
+    dt_rank, d_conv = SSM["time_step_rank"], SSM["conv_kernel"]
+    conv = (rng.standard_normal((key_dim * 2 + value_dim, d_conv)) * 0.1).astype(np.float32)
     mat("token_embd.weight", E, V)
     w.add_tensor("output_norm.weight", ones)
     mat("output.weight", E, V)
     for i in range(N_TRUNK + 1):
         w.add_tensor(f"blk.{i}.attn_norm.weight", ones)
-        mat(f"blk.{i}.attn_q.weight", E, D * H)
-        mat(f"blk.{i}.attn_k.weight", E, D * HKV)
-        mat(f"blk.{i}.attn_v.weight", E, D * HKV)
-        mat(f"blk.{i}.attn_output.weight", D * H, E)
-        w.add_tensor(f"blk.{i}.attn_q_norm.weight", ones_d)
-        w.add_tensor(f"blk.{i}.attn_k_norm.weight", ones_d)
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
+        w.add_tensor(f"blk.{i}.post_attention_norm.weight", ones)
+        if i < N_TRUNK and (i + 1) % INTERVAL != 0:  # gated delta-net
+            mat(f"blk.{i}.attn_qkv.weight", E, key_dim * 2 + value_dim)
+            mat(f"blk.{i}.attn_gate.weight", E, value_dim)
+            w.add_tensor(f"blk.{i}.ssm_conv1d.weight", conv)
+            vec(f"blk.{i}.ssm_dt.bias", dt_rank, 0.0)
+            vec(f"blk.{i}.ssm_a", dt_rank, -1.0)
+            mat(f"blk.{i}.ssm_beta.weight", E, dt_rank)
+            mat(f"blk.{i}.ssm_alpha.weight", E, dt_rank)
+            vec(f"blk.{i}.ssm_norm.weight", SSM["state_size"])
+            mat(f"blk.{i}.ssm_out.weight", value_dim, E)
+        else:  # gated attention (the MTP block is one too)
+            mat(f"blk.{i}.attn_q.weight", E, D * H * 2)
+            mat(f"blk.{i}.attn_k.weight", E, D * HKV)
+            mat(f"blk.{i}.attn_v.weight", E, D * HKV)
+            mat(f"blk.{i}.attn_output.weight", D * H, E)
+            vec(f"blk.{i}.attn_q_norm.weight", D)
+            vec(f"blk.{i}.attn_k_norm.weight", D)
         mat(f"blk.{i}.ffn_gate.weight", E, FF)
         mat(f"blk.{i}.ffn_up.weight", E, FF)
         mat(f"blk.{i}.ffn_down.weight", FF, E)
@@ -115,16 +152,23 @@ def speedup(a: float, k: int, c: dict[str, float]) -> float:
 def main() -> None:
     out, mdir = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "/tmp/mtp8b")
     os.makedirs(mdir, exist_ok=True)
-    path = os.path.join(mdir, "synthetic-8b-mtp1.gguf")
+    path = os.path.join(mdir, "synthetic-qwen35-mtp1.gguf")
     t0 = time.time()
-    if not (os.path.exists(path) and os.path.getsize(path) > 1 << 30):
+    if not os.path.exists(path):
         write_target(path)
     result: dict = {
-        "model": "hy_v3 llama3-8B-shaped Q8_0 + 1 MTP head, random weights",
+        "model": f"qwen35 {E} wide, {N_TRUNK} layers (every {INTERVAL}th attention), {FF} FFN, vocab {N_WORDS + 259}, Q8_0 + 1 MTP head, random weights",
         "file_bytes": os.path.getsize(path),
         "write_s": round(time.time() - t0, 1),
     }
     print("written", result, flush=True)
+    name = "mtp-gpu-mid.json" if os.environ.get("MTP_MID") else "mtp-gpu.json"
+
+    def save() -> None:  # after every stage: a run cut short still reports what it measured
+        with open(os.path.join(out, name), "w") as f:
+            json.dump(result, f, indent=1)
+
+    save()
 
     import llama_cpp.llama_cpp as LL
 
@@ -141,7 +185,8 @@ def main() -> None:
     )
     s = LlamaSession(lambda m: None, log)
     cancel = threading.Event()
-    loaded = s.load(1, LoadParams(path, settings=PlanSettings(n_ctx=4096, mtp=True, n_gpu_layers=-1)), cancel)
+    settings = PlanSettings(n_ctx=4096, mtp=True, n_gpu_layers=-1, n_rs_seq=DRAFT_MAX + 1)
+    loaded = s.load(1, LoadParams(path, settings=settings), cancel)
     result["load"] = {
         "mtp": loaded.mtp,
         "n_layer_nextn": loaded.n_layer_nextn,
@@ -150,8 +195,16 @@ def main() -> None:
         "memory_log": [ln for ln in loaded.memory_log if "buffer size" in ln or "KV" in ln][:40],
     }
     print("loaded", result["load"]["mtp"], s.flash_resolved, flush=True)
+    result["load_s"] = round(time.time() - t0, 1)
+    save()
     m, sd = s.model, s.mtp
     greedy = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0).to_dict()
+    if os.environ.get("MTP_CHECK"):  # the shapes load and draft: stop before measuring
+        req = GenerateRequest(
+            id=9, prompt="w1 w2 w3", max_tokens=6, sampling=greedy, draft="mtp", draft_max=3
+        )
+        print("check", generate_speculative(s, req, cancel).tokens, flush=True)
+        return
 
     # --- micro-costs
     prompt = m.tokenize(" ".join(f"w{i}" for i in range(1, 200)))
@@ -205,6 +258,7 @@ def main() -> None:
         str(a): {f"k={k}": round(speedup(a, k, costs), 3) for k in range(1, 5)} for a in (0.5, 0.7, 0.9)
     }
     print("modelled", result["modelled_speedup"], flush=True)
+    save()
 
     # --- end to end (random weights: acceptance ~0, this is the overhead) and greedy identity
     e2e = {}
@@ -227,12 +281,12 @@ def main() -> None:
         e2e.setdefault("acceptance", []).append(round(spec.acceptance, 4))
         e2e.setdefault("drafted_at", []).append(spec.drafted_at)
         e2e.setdefault("accepted_at", []).append(spec.accepted_at)
+        result["end_to_end"] = e2e
+        save()
     e2e["greedy_identical"] = f"{same}/{len(prompts)}"
-    result["end_to_end"] = e2e
     print("e2e", e2e, flush=True)
+    save()
     s.unload()
-    with open(os.path.join(out, "mtp-gpu.json"), "w") as f:
-        json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@
    request's first one / (last reply's end - first token of the round); time to first token.
 4. Prompt-prefix reuse: a request with a long shared prefix, then another with the same prefix
    and a different tail; time to first token of both, and kvdeck's ``cached_tokens``.
+5. For kvdeck, where its batch loop's time went in each round (``/v1/kvdeck/memory``'s
+   ``batch_loop``): steps, ms per step in llama_decode (until the device finished), sampling
+   and the rest, and the share outside llama_decode. ``--serial-sampling`` adds a second kvdeck
+   pass that samples the rows of a step one after another (``KVDECK_SAMPLE_THREADS=1``), the
+   loop before parallel sampling; ``--before FILE`` keeps an earlier result's table as "before".
 
 Random weights make end-of-generation as likely as any other token (1 in 128k per step), so the
 replies run to ``--tg`` tokens on both servers; the figures count what the servers report.
@@ -46,7 +51,15 @@ def prompt_text(i: int, n_words: int) -> str:
     return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(n_words))
 
 
-def stream_request(url: str, prompt: str, max_tokens: int, seed: int) -> dict:
+def stream_request(
+    url: str, prompt: str, max_tokens: int, seed: int, http: httpx.Client | None = None
+) -> dict:
+    """One streamed completion. ``http``: a client made before the clock starts (making one
+    loads the CA bundle, tens of ms that several client threads otherwise spend in turn inside
+    the measured time to first token)."""
+    if http is None:
+        with httpx.Client(timeout=600) as own:
+            return stream_request(url, prompt, max_tokens, seed, own)
     body = {
         "model": "m",
         "prompt": prompt,
@@ -62,7 +75,7 @@ def stream_request(url: str, prompt: str, max_tokens: int, seed: int) -> dict:
     chunks = 0
     usage: dict = {}
     timings: dict = {}
-    with httpx.Client(timeout=600) as http, http.stream("POST", f"{url}/v1/completions", json=body) as r:
+    with http.stream("POST", f"{url}/v1/completions", json=body) as r:
         if r.status_code != 200:
             return {"ok": False, "status": r.status_code, "body": r.read().decode()[:300]}
         for line in r.iter_lines():
@@ -93,16 +106,21 @@ def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int) -
     results: list[dict] = []
     lock = threading.Lock()
 
-    def client(c: int) -> None:
-        for k in range(per_client):
-            r = stream_request(url, prompt_text(c * per_client + k, pp_words), tg, c * 1000 + k)
-            with lock:
-                results.append(r)
+    ready = threading.Barrier(clients + 1)
 
-    t0 = time.perf_counter()
+    def client(c: int) -> None:
+        with httpx.Client(timeout=600) as http:
+            ready.wait()
+            for k in range(per_client):
+                r = stream_request(url, prompt_text(c * per_client + k, pp_words), tg, c * 1000 + k, http)
+                with lock:
+                    results.append(r)
+
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
+    ready.wait()  # every client is made: the round starts now
+    t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
@@ -155,12 +173,41 @@ def wait_health(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise SystemExit("server did not become healthy")
 
 
+def loop_stats(url: str) -> dict | None:
+    """kvdeck's batch-loop totals (None from a server without /v1/kvdeck/memory)."""
+    try:
+        r = httpx.get(f"{url}/v1/kvdeck/memory", timeout=60)
+    except httpx.HTTPError:
+        return None
+    return r.json().get("batch_loop") if r.status_code == 200 else None
+
+
+def loop_share(before: dict | None, after: dict | None) -> dict | None:
+    if not before or not after or after["steps"] <= before["steps"]:
+        return None
+    d = {k: after[k] - before[k] for k in ("steps", "decode_s", "sample_s", "busy_s")}
+    n = d["steps"]
+    return {
+        "steps": n,
+        "decode_ms_per_step": round(d["decode_s"] / n * 1e3, 3),
+        "sample_ms_per_step": round(d["sample_s"] / n * 1e3, 3),
+        "other_ms_per_step": round((d["busy_s"] - d["decode_s"] - d["sample_s"]) / n * 1e3, 3),
+        "outside_decode_pct": round(100 * (d["busy_s"] - d["decode_s"]) / d["busy_s"], 1)
+        if d["busy_s"]
+        else None,
+    }
+
+
 def serve_rounds(url: str, args: argparse.Namespace) -> dict:
     stream_request(url, prompt_text(0, args.pp_words), 8, 0)  # warm-up
     rounds = []
     for c in args.client_list:
         per = max(1, args.min_requests // c)
+        before = loop_stats(url)
         rounds.append(run_round(url, c, per, args.pp_words, args.tg))
+        share = loop_share(before, loop_stats(url))
+        if share:
+            rounds[-1]["batch_loop"] = share
         print(json.dumps(rounds[-1]), flush=True)
     return {"rounds": rounds, "prefix_reuse": prefix_reuse(url, args.prefix_words)}
 
@@ -219,6 +266,14 @@ def main() -> int:
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--prefix-words", type=int, default=160)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "server-2026-12-04.json"))
+    ap.add_argument("--serial-sampling", action="store_true", help="also kvdeck with KVDECK_SAMPLE_THREADS=1")
+    ap.add_argument("--before", default="", help="an earlier result file whose table is kept as 'before'")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="more kvdeck passes, NAME:VAR=VALUE[+VAR=VALUE],... (e.g. passive:OMP_WAIT_POLICY=PASSIVE)",
+    )
+    ap.add_argument("--kvdeck-only", action="store_true", help="no llama-server or llama-batched-bench")
     args = ap.parse_args()
     args.client_list = [int(x) for x in args.clients.split(",")]
     bindir = Path(args.bin)
@@ -236,43 +291,52 @@ def main() -> int:
         from gpu_bench import write_gguf
 
         res["model"] = write_gguf(model, args.shape)
+        os.sync()  # else the kernel writes the 4 GB back while the first server is measured
     res["write_s"] = round(time.time() - t, 1)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ctx = args.parallel * args.ctx_per_seq
 
-    def server(cmd: list[str], url: str) -> dict:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        try:
-            wait_health(url, proc)
-            return serve_rounds(url, args)
-        finally:
-            proc.terminate()
+    logs = Path(args.out).parent
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def server(cmd: list[str], url: str, extra_env: dict | None = None, log: str = "server") -> dict:
+        with open(logs / f"{log}.log", "w") as err:  # a pipe nobody reads would block the server
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env={**env, **(extra_env or {})},
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                text=True,
+            )
             try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                wait_health(url, proc)
+                return serve_rounds(url, args)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
     port = 18431
-    res["kvdeck"] = server(
-        [
-            sys.executable,
-            "-m",
-            "kvdeck",
-            "serve",
-            str(model),
-            "--port",
-            str(port),
-            "--parallel",
-            str(args.parallel),
-            "--ctx",
-            str(ctx),
-            "--queue",
-            "256",
-        ],
-        f"http://127.0.0.1:{port}",
-    )
+
+    def kvdeck(extra_env: dict | None = None, log: str = "kvdeck") -> dict:
+        cmd = [sys.executable, "-m", "kvdeck", "serve", str(model), "--port", str(port)]
+        cmd += ["--parallel", str(args.parallel), "--ctx", str(ctx), "--queue", "256"]
+        return server(cmd, f"http://127.0.0.1:{port}", extra_env, log)
+
+    res["kvdeck"] = kvdeck()
+    if args.serial_sampling:
+        res["kvdeck_serial_sampling"] = kvdeck({"KVDECK_SAMPLE_THREADS": "1"}, "kvdeck-serial")
+    for variant in filter(None, args.variants.split(",")):
+        name, _, assigns = variant.partition(":")
+        extra = dict(a.split("=", 1) for a in assigns.split("+"))
+        res.setdefault("variants", {})[name] = {"env": extra, **kvdeck(extra, f"kvdeck-{name}")}
+    if args.kvdeck_only:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     pp = res["kvdeck"]["rounds"][0]["prompt_tokens"] or 128
     res["llama_server"] = server(
         [
@@ -289,6 +353,7 @@ def main() -> int:
             "99",
         ],
         f"http://127.0.0.1:{port + 1}",
+        log="llama-server",
     )
     res["batched_bench"] = batched_bench(bindir / "llama-batched-bench", model, args, int(pp))
     table = []
@@ -311,9 +376,27 @@ def main() -> int:
                 if b_slots
                 else None,
                 "ttft_median_s": {"kvdeck": k["ttft_median_s"], "llama_server": ls["ttft_median_s"]},
+                "kvdeck_batch_loop": k.get("batch_loop"),
             }
         )
+        serial = res.get("kvdeck_serial_sampling")
+        if serial:
+            sr = next((r for r in serial["rounds"] if r["clients"] == c), None)
+            if sr and b_slots:
+                table[-1]["serial_sampling"] = {
+                    "kvdeck_tps": sr["aggregate_tps"],
+                    "kvdeck_decode_tps": sr["decode_tps"],
+                    "kvdeck_decode_vs_batched_bench_b_slots": round(
+                        sr["decode_tps"] / b_slots["s_tg_tps"], 3
+                    ),
+                    "batch_loop": sr.get("batch_loop"),
+                }
     res["table"] = table
+    if args.before and Path(args.before).exists():
+        old = json.loads(Path(args.before).read_text())
+        res["before"] = {
+            k: old[k] for k in ("date", "table", "kvdeck", "llama_server", "batched_bench") if k in old
+        }
     print(json.dumps(table, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

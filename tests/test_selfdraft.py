@@ -118,3 +118,16 @@ def test_pair_rules_and_the_size_preflight_in_words(models):
     )
     assert why.startswith("the drafting context would not follow") and "131,072" in why and "\n" not in why
     assert outgrows({"context": 256}, {"context": 256}) == ""
+
+
+def test_an_assistant_loaded_mid_conversation_keeps_the_reply_the_same(models):
+    """llama.cpp's shared cell bookkeeping is reset when an assistant's context is created
+    (llama-kv-cache.cpp: the sharing cache resizes the source's cells), so the target's cached
+    prefix must be forgotten then: the same prompt after loading gives the same greedy reply."""
+    prompt = PROMPTS[5]
+    with running_host(P.LoadParams(str(models["g4"]), settings=_settings(n_ctx=512))) as (host, _l):
+        before = host.generate(prompt, max_tokens=24, sampling=GREEDY).tokens
+        host.load_draft(str(models["g4a"]))
+        after = host.generate(prompt, max_tokens=24, sampling=GREEDY)
+        drafted = host.generate(prompt, max_tokens=24, sampling=GREEDY, draft="model", draft_max=3)
+    assert after.tokens == before and drafted.tokens == before

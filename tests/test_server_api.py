@@ -338,6 +338,10 @@ def test_memory_view_has_plan_measured_sequences_and_live_memory(served):
     data = r.json()
     assert data["plan"]["devices"] and data["measured"]["devices"]
     assert len(data["sequences"]) == SLOTS and all(0 <= s["fill"] <= 1 for s in data["sequences"])
+    loop = data["batch_loop"]  # where the batch loop's time went: decode, sampling, the rest
+    assert (
+        loop["steps"] > 0 and 0 < loop["decode_s"] and loop["decode_s"] + loop["sample_s"] <= loop["busy_s"]
+    )
     assert data["live"]["host"] and "gpus" in data["live"]
 
 

@@ -60,7 +60,7 @@ def test_dashboard_shows_the_draft_as_its_own_bars_and_the_live_numbers(qtbot):
     panel.show_draft_plan(_plan(1024, 200 * MiB, 24 * MiB))
     assert len(panel.draft_bars) == 1 and len(panel.plan_bars) == 1
     bar = panel.draft_bars[0]
-    assert "draft model" in bar.title and "1,024-token context" in bar.title
+    assert "drafter" in bar.title and "1,024-token context" in bar.title
     assert [s.label for s in bar.segments] == ["weights", "kv", "compute"]
     assert bar.scale == target.bytes_for("CPU") and "with the target" in bar.caption
     panel.show_plans(target, None)  # replanning the target keeps the draft's bars

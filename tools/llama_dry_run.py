@@ -65,6 +65,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process
             s["split_mode"],
             s["main_gpu"],
             tuple(s["tensor_split"]),
+            s.get("mtp", False),
         )
         lines.clear()
         t0 = time.time()
@@ -77,6 +78,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process
             mp.n_gpu_layers = s["n_gpu_layers"]
             mp.split_mode = _SPLIT[s["split_mode"]]
             mp.main_gpu = s["main_gpu"]
+            mp.load_mtp = s.get("mtp", False)  # the MTP (nextn) blocks' tensors
             if s["tensor_split"]:
                 arr = (ctypes.c_float * 16)(*s["tensor_split"])
                 mp.tensor_split = ctypes.cast(arr, ctypes.POINTER(ctypes.c_float))

@@ -5,7 +5,9 @@ memory, and a user cannot know either by looking at file names. So choosing a dr
 runs ``kvdeck pair``'s checks (``engine.cli.memory.pair_report``: llama.cpp's own rules in a
 throwaway child, plus the memory fit) in the background (``app.background``); the verdict shows beside the picker and
 only a compatible draft is loaded. The controller also turns the runtime's counts into the
-dashboard's live numbers, with the speed-up measured against the last plain reply.
+dashboard's live numbers, with the speed-up measured against the last plain reply and the
+acceptance of each draft position. The model's own drafters (its MTP heads, Gemma 4 assistants
+found for it) are offered by ``app.bridges.self_drafting``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidg
 
 from app.background import run_in_background
 from app.bridges.runtime_bridge import RuntimeBridge
+from app.bridges.self_drafting import MTP, assistant_label, find_assistants, mtp_label
 from app.theme import status_color
 from engine import protocol as P
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
+from engine.core.units import acceptance_by_position
 from engine.storage.store import ChatStore
 
 NONE, LOOKUP, CHOOSE = "", "lookup", "choose"
@@ -47,21 +51,33 @@ class DraftPicker(QWidget):
         layout.addWidget(self.combo)
         layout.addWidget(self.verdict)
         self._state: tuple[str, str] = (NONE, "")
+        self._own: list[tuple[str, str, str]] = []  # self-drafting entries (app.bridges.self_drafting)
+        self._recent: list[str] = []
         self.set_items([])
         self.combo.activated.connect(self._on_activated)
 
     def set_items(self, recent: list[str]) -> None:
-        """Fill the list: none, lookup, recent draft models, choose…; keeps the shown state."""
+        """Fill the list: none, lookup, the model's own drafters, recent draft models, choose…;
+        keeps the shown state."""
+        self._recent = recent
         self.combo.blockSignals(True)
         self.combo.clear()
         self.combo.addItem("none", (NONE, ""))
         self.combo.addItem("n-gram lookup", (LOOKUP, ""))
-        for path in recent:
+        for label, mode, path in self._own:
+            self.combo.addItem(label, (mode, path))
+            self.combo.setItemData(self.combo.count() - 1, path or label, Qt.ItemDataRole.ToolTipRole)
+        for path in [p for p in recent if all(p != o[2] for o in self._own)]:
             self.combo.addItem(Path(path).name, ("model", path))
             self.combo.setItemData(self.combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
         self.combo.addItem("Choose model…", (CHOOSE, ""))
         self.combo.blockSignals(False)
         self.show_state(*self._state)
+
+    def set_own(self, items: list[tuple[str, str, str]]) -> None:
+        """The loaded model's own drafters as (label, mode, path): its MTP heads, assistants."""
+        self._own = items
+        self.set_items(self._recent)
 
     @property
     def state(self) -> tuple[str, str]:
@@ -123,7 +139,9 @@ def incompatible_sentence(draft: str, report: dict[str, Any]) -> str:
 
 def speculation_text(stats: dict[str, Any], plain_tps: float | None) -> str:
     """The dashboard's lines: acceptance, accepted length, counts and speed-up over plain."""
-    mode = "n-gram lookup" if stats.get("draft") == "lookup" else "draft model"
+    mode = {"lookup": "n-gram lookup", "mtp": "the model's own MTP heads"}.get(
+        stats.get("draft", ""), "draft model"
+    )
     drafted, accepted = stats.get("n_drafted", 0), stats.get("n_accepted", 0)
     lines = [
         f"{mode}: {accepted:,} of {drafted:,} drafted tokens accepted"
@@ -142,7 +160,8 @@ def speculation_text(stats: dict[str, Any], plain_tps: float | None) -> str:
         )
     elif tps:
         lines.append(f"{tps:.1f} tokens/s; send a reply without drafting to measure the speed-up")
-    return "\n".join(lines)
+    by_position = acceptance_by_position(stats.get("drafted_at", []), stats.get("accepted_at", []))
+    return "\n".join(lines + ([by_position] if by_position else []))
 
 
 def _pair_report(
@@ -193,10 +212,23 @@ class DraftController(QObject):
         self._verdict_for = ""  # the model the shown verdict was checked against
 
     def _on_target_loaded(self, info: P.Loaded) -> None:
-        """Another model: a verdict checked against the previous one no longer applies."""
+        """Another model: a verdict checked against the previous one no longer applies, and its
+        own drafters (MTP heads, assistants beside it or in the library) are offered."""
         if info.path != self._verdict_for and self.bridge.draft_mode != "model":
             self.picker.show_verdict("", None)
         self._publish_plan()
+        own = [(mtp_label(info.n_layer_nextn), MTP, "")] if info.n_layer_nextn else []
+        self.picker.set_own(own)
+        run_in_background(
+            find_assistants,
+            info.path,
+            parent=self,
+            name="kvdeck-assistants",
+            on_result=lambda found: self.picker.set_own(
+                own + [(assistant_label(p), "model", p) for p in found]
+            ),
+            on_error=lambda _exc: None,  # offering assistants is a convenience; "Choose model…" remains
+        )
 
     def _start_folder(self) -> str:
         """Where "Choose model…" opens: the last folder a model came from, else the loaded
@@ -241,7 +273,7 @@ class DraftController(QObject):
             self.bridge.set_draft(mode)
             self.picker.show_state(mode)
             self.picker.show_verdict("", None)
-            self.draftPlan.emit(None)
+            self._publish_plan()
             return
         info = self.bridge.loaded_info
         if info is None:
@@ -298,23 +330,35 @@ class DraftController(QObject):
     def _publish_plan(self) -> None:
         """The draft's analytic plan at the target's loaded context, for the plan bars."""
         path, info, settings = self.bridge.draft_path, self.bridge.loaded_info, self._settings()
-        if self.bridge.draft_mode != "model" or not path or info is None or settings is None:
+        mode = self.bridge.draft_mode
+        if mode not in ("model", MTP) or (mode == "model" and not path) or info is None or settings is None:
             self.draftPlan.emit(None)
             return
-        from engine.gguf.inspect import inspect_gguf
         from engine.plan.analytic import analytic_plan
+        from engine.plan.assistant_rules import ASSISTANT_ARCH
+        from engine.plan.drafting import drafting_plan
 
         try:
-            if path not in self._infos:
-                self._infos[path] = inspect_gguf(path)
-            plan: MemoryPlan | None = analytic_plan(
-                self._infos[path],
-                settings.replace(n_ctx=info.n_ctx, type_k="f16", type_v="f16"),
-                self._devices(),
-            )
+            target = self._info(info.path)
+            draft = self._info(path) if mode == "model" else None
+            at = settings.replace(n_ctx=info.n_ctx)
+            if draft is not None and draft.architecture != ASSISTANT_ARCH:
+                plan: MemoryPlan | None = analytic_plan(
+                    draft, at.replace(type_k="f16", type_v="f16"), self._devices()
+                )
+            else:  # the model's own MTP heads or an assistant: sized from the target's context
+                tplan = analytic_plan(target, at, self._devices())
+                plan = drafting_plan(target, tplan, self._devices(), draft, settings.n_gpu_layers)
         except Exception:  # the plan is a display aid; the runtime already has the draft
             plan = None
         self.draftPlan.emit(plan)
+
+    def _info(self, path: str) -> Any:
+        from engine.gguf.inspect import inspect_gguf
+
+        if path not in self._infos:
+            self._infos[path] = inspect_gguf(path)
+        return self._infos[path]
 
     # ------------------------------------------------------------------ live numbers
     def _on_counts(self, counts: dict[str, Any]) -> None:
@@ -343,6 +387,8 @@ class DraftController(QObject):
                     "mean_accepted": done.mean_accepted,
                     "n_tokens": len(done.tokens),
                     "tokens_per_s": done.tokens_per_s,
+                    "drafted_at": done.drafted_at,
+                    "accepted_at": done.accepted_at,
                 },
                 self.plain_tps,
             )

@@ -17,11 +17,24 @@ from PySide6.QtCore import QObject, Qt, Signal
 
 from engine import protocol as P
 from engine.core.errors import KvDeckError
+from engine.core.memory_types import PlanSettings
 from engine.core.sampling import SamplingParams
 from engine.runtime.host import RuntimeHost
 from engine.runtime.outcome import Exited, ProcessOutcome
 
 log = logging.getLogger(__name__)
+
+
+def _mtp_settings(params: P.LoadParams) -> PlanSettings:
+    """The load's settings with the model's own MTP heads (and state snapshots for a hybrid)."""
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.drafting import mtp_settings
+
+    try:
+        hybrid = inspect_gguf(params.path).hybrid
+    except KvDeckError:
+        hybrid = False  # the load itself will say what is wrong with the file
+    return mtp_settings(hybrid, params.settings)
 
 
 class RuntimeBridge(QObject):
@@ -49,8 +62,11 @@ class RuntimeBridge(QObject):
         self.loaded_info: P.Loaded | None = None
         self.last_params: P.LoadParams | None = None
         self.last_outcome: ProcessOutcome | None = None
-        #: Speculative decoding: "" none, "lookup", or "model" with ``draft_path`` (reloaded
-        #: after every target load, since its context is the target's).
+        #: The child's latest per-sequence occupancy, for the API server's /v1/kvdeck/memory.
+        self.last_slots: P.Slots | None = None
+        #: Speculative decoding: "" none, "lookup", "mtp" (the model's own MTP heads, loaded with
+        #: it), or "model" with ``draft_path`` (a draft model or Gemma 4 assistant, reloaded after
+        #: every target load, since its context is the target's).
         self.draft_mode = ""
         self.draft_path = ""
         self.draft_info: P.DraftLoaded | None = None
@@ -88,6 +104,8 @@ class RuntimeBridge(QObject):
         """Load a model, replacing the current one (cancelling whatever runs)."""
         if self._host is not None and self._host.running and (self.loading or self.generating):
             self._host.cancel(0)
+        if self.draft_mode == "mtp" and not params.settings.mtp:  # the heads load with the model
+            params = replace(params, settings=_mtp_settings(params))
         self.last_params = params
         self.loaded_info = None
         if self._host is not None and self._host.running and self._host.rpc != self.workers:
@@ -111,7 +129,8 @@ class RuntimeBridge(QObject):
             self.generationFailed.emit("no model is loaded")
             return False
         try:
-            draft = self.draft_mode if self.draft_mode == "lookup" or self.draft_info else ""
+            mtp = self.draft_mode == "mtp" and self.loaded_info.mtp == "ready"
+            draft = self.draft_mode if self.draft_mode == "lookup" or self.draft_info or mtp else ""
             self._gen_id = self._host.submit_generate(
                 prompt, max_tokens=max_tokens, sampling=sampling, draft=draft
             )
@@ -128,6 +147,8 @@ class RuntimeBridge(QObject):
         had_model = self.draft_info is not None or self._draft_id
         self.draft_mode, self.draft_path = mode, path if mode == "model" else ""
         self.draft_info = None
+        if mode == "mtp" and self.last_params is not None and not self.last_params.settings.mtp:
+            self.load(self.last_params)  # load() adds the MTP heads: they are part of the model load
         if mode == "model":
             self._submit_draft()
         elif had_model and self._host is not None and self._host.running:
@@ -200,9 +221,12 @@ class RuntimeBridge(QObject):
             self.loadProgress.emit(msg.fraction)
         elif isinstance(msg, P.Loaded) and req_id == self._load_id:
             self._load_id = 0
-            self.loaded_info = msg
+            self.loaded_info, self.last_slots = msg, None
             self.loaded.emit(msg)
             self.busyChanged.emit(False)
+            if self.draft_mode == "mtp" and msg.mtp != "ready":  # one line; chat goes on plainly
+                self.draft_mode = ""
+                self.draftFailed.emit(msg.mtp or "this model cannot draft for itself")
         elif isinstance(msg, P.Started) and req_id == self._gen_id:
             self.started.emit(msg)
         elif isinstance(msg, P.Delta) and req_id == self._gen_id:
@@ -214,6 +238,7 @@ class RuntimeBridge(QObject):
             self.finished.emit(msg)
             self.busyChanged.emit(False)
         elif isinstance(msg, P.Slots):
+            self.last_slots = msg
             self.kvSlots.emit(list(msg.n_past), msg.n_ctx_seq)
         elif isinstance(msg, P.ErrorEvent):
             if req_id == self._load_id:

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import QWidget
 from app.background import run_in_background
 from app.bridges.runtime_bridge import RuntimeBridge
 from engine.core.errors import KvDeckError
+from engine.core.memory_types import PlanSettings
 
 if TYPE_CHECKING:  # imported when the server starts: uvicorn and the API cost ~0.2 s of start-up
     from engine.serve.server import ApiServer, ServedModel
@@ -61,6 +62,26 @@ class ServerToggle(QObject):
         params = self.bridge.last_params
         return max(1, params.settings.n_seq_max) if params is not None else 1
 
+    def served_model(self) -> ServedModel:
+        """What the server reads on each request: the bridge's current host, model, settings and
+        per-sequence occupancy (so /v1/kvdeck/memory plans with the settings the model was loaded
+        with and shows each sequence's fill, as under ``kvdeck serve``)."""
+        from engine.serve.server import ServedModel
+
+        bridge = self.bridge
+
+        def settings() -> PlanSettings | None:
+            params = bridge.last_params
+            return params.settings if params is not None else None
+
+        return ServedModel(
+            host=lambda: bridge.host,
+            loaded=lambda: bridge.loaded_info,
+            slots=self._slots,
+            settings=settings,
+            slots_state=lambda: bridge.last_slots,
+        )
+
     def _set_checked(self, on: bool) -> None:
         self.action.blockSignals(True)
         self.action.setChecked(on)
@@ -78,10 +99,7 @@ class ServerToggle(QObject):
             self._set_checked(False)
             self.problem.emit("Load a model before starting the API server.")
             return
-        bridge = self.bridge
-        from engine.serve.server import ServedModel
-
-        model = ServedModel(host=lambda: bridge.host, loaded=lambda: bridge.loaded_info, slots=self._slots)
+        model = self.served_model()
         self._set_checked(True)
         self.action.setEnabled(False)  # until it has started or failed
 

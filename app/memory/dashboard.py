@@ -335,7 +335,7 @@ class DashboardPanel(QWidget):
             ]
             bar = StackedBar()
             bar.set_data(
-                f"{device} · draft model (predicted, {plan.n_ctx:,}-token context)",
+                f"{device} · drafter (predicted, {plan.n_ctx:,}-token context)",
                 segments,
                 max(mine, target),
                 format_bytes(mine) + (f"; with the target {format_bytes(mine + target)}" if target else ""),

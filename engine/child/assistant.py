@@ -48,20 +48,11 @@ def load_assistant(
     t0 = time.perf_counter()
     offload = bool(LL.llama_supports_gpu_offload())
     tp = session.load_params.settings
-    mp, keep = session.model_params(
-        req.id, req.path, req.n_gpu_layers, offload, cancel, main_gpu=tp.main_gpu, load_mtp=True
-    )  # every block is a nextn block
     session.log.start_capture()
     try:
-        model = session.load_model_file(req.path, mp, cancel, "the assistant")
-        try:
-            sd = create("assistant", m, tp, session.flash_resolved, session.log, model=model, path=req.path)
-        except BaseException:
-            LL.llama_model_free(model)
-            raise
+        model, sd = _load(session, req.id, req.path, req.n_gpu_layers, cancel)
     finally:
         lines = session.log.stop_capture()
-        del keep
     if not sd.shared:  # llama.cpp did not bind it to the target's memory: never draft from it
         sd.free()
         LL.llama_model_free(model)
@@ -85,3 +76,37 @@ def load_assistant(
         kind="assistant",
         shares_target_kv=True,
     )
+
+
+def _load(
+    session: Any, req_id: int, path: str, n_gpu_layers: int, cancel: threading.Event, dry_run: bool = False
+) -> tuple[Any, Any]:
+    """The assistant's weights (every block is a nextn block) and its context on the target's."""
+    m, tp = session.require(), session.load_params.settings
+    offload = bool(LL.llama_supports_gpu_offload())
+    mp, keep = session.model_params(
+        req_id, path, n_gpu_layers, offload, cancel, main_gpu=tp.main_gpu, load_mtp=True, dry_run=dry_run
+    )
+    try:
+        model = session.load_model_file(path, mp, cancel, "the assistant")
+    finally:
+        del keep
+    try:
+        sd = create("assistant", m, tp, session.flash_resolved, session.log, model=model, path=path)
+    except BaseException:
+        LL.llama_model_free(model)
+        raise
+    return model, sd
+
+
+def dry_run_assistant(session: Any, cancel: threading.Event, path: str) -> None:
+    """Size an assistant's context next to a dry-run target (no allocation; the log lines go to
+    the target load's capture), after the same pairing rules as a real load, then free it."""
+    m = session.require()
+    checks = assistant_checks(inspect_gguf(m.path), inspect_gguf(path), embedding_length_out(path))
+    why = refusal(os.path.basename(m.path), os.path.basename(path), checks)
+    if why:
+        raise RequestError(ErrorKind.PARAMS, why)
+    model, sd = _load(session, 0, path, session.load_params.settings.n_gpu_layers, cancel, dry_run=True)
+    sd.free()
+    LL.llama_model_free(model)

@@ -27,7 +27,6 @@ grammar, log-probabilities); sequence 0's prefix list is the single-sequence loo
 
 from __future__ import annotations
 
-import codecs
 import collections
 import ctypes
 import logging
@@ -39,19 +38,19 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine import protocol as P
+from engine.child.batch_sample import LIB, TIMES, RowSampler
 from engine.child.errors import ErrorKind, RequestError, error_event
 from engine.child.grammar import (
     gbnf_for,
     grammar_sampler,
     logits_row,
     logprob_entry,
-    prepend,
 )
 from engine.child.io import Requests
 from engine.child.prefix import SeqPrefixes
-from engine.child.sampler import build_chain
+from engine.child.quick import QUICK, quick_answer
 from engine.child.session import LlamaSession
-from engine.child.slots import Slot, StopText, Waiting, sampler_specs
+from engine.child.slots import Slot, Waiting
 from engine.core.errors import KvDeckError
 from engine.core.sampling import SamplingParams
 
@@ -62,12 +61,6 @@ _DELTA_INTERVAL_S = 0.02
 _SLOTS_INTERVAL_S = 0.25
 #: Messages that replace or drop the model: the running sequences are cancelled, not finished.
 _ENDS_MODEL = (P.LoadRequest, P.UnloadRequest, P.ShutdownRequest, P.LoadDraftRequest, P.UnloadDraftRequest)
-
-# Our own handle so the logits pointer comes back as a plain int (llama_cpp's function objects
-# are shared with the rest of the child and keep their restypes).
-_LIB = ctypes.CDLL(LL._lib._name)
-_LIB.llama_get_logits_ith.restype = ctypes.c_void_p
-_LIB.llama_get_logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
 
 
 def batch_wanted(session: LlamaSession, req: P.GenerateRequest) -> bool:
@@ -93,7 +86,7 @@ class BatchLoop:
         self.stopping = False
         self.deferred: list[P.Message | None] = []
         self.eog = frozenset(m.eog_ids)
-        self.row_t = ctypes.c_float * m.n_vocab
+        self.sampler = RowSampler(m.ctx, m.n_vocab)  # every row of a step at once
         self.pieces: dict[int, bytes] = {}
         self.buf = ctypes.create_string_buffer(256)
         self.last_report = 0.0
@@ -143,7 +136,7 @@ class BatchLoop:
                 return
             if isinstance(msg, P.GenerateRequest) and batch_wanted(self.s, msg):
                 self.accept(msg)
-            elif isinstance(msg, (P.TokenizeRequest, P.StatsRequest, P.DetokenizeRequest)):
+            elif isinstance(msg, QUICK):
                 self._answer(msg)
             else:
                 self.stopping = True
@@ -153,18 +146,10 @@ class BatchLoop:
                         w.cancel.set()
 
     def _answer(self, msg: P.Message) -> None:
-        req_id = getattr(msg, "id", 0)
         try:
-            if isinstance(msg, P.TokenizeRequest):
-                self.emit(P.Tokens(id=req_id, tokens=self.s.tokenize(msg.text, msg.add_special)))
-            elif isinstance(msg, P.DetokenizeRequest):
-                from engine.child.embed import detokenize
-
-                self.emit(P.Detokenized(id=req_id, text=detokenize(self.m, msg.tokens)))
-            else:
-                self.emit(self.s.stats(req_id))
+            self.emit(quick_answer(self.s, msg))
         except RequestError as exc:
-            self.emit(error_event(req_id, exc))
+            self.emit(error_event(getattr(msg, "id", 0), exc))
 
     def admit(self) -> None:
         while self.waiting:
@@ -179,22 +164,7 @@ class BatchLoop:
                 self.requests.finished(w.req.id)
                 continue
             i, reuse = self.prefixes.place(free, w.prompt)
-            main, first = sampler_specs(
-                w.sampling, w.req.sampling, tuple(self.m.eog_ids), w.req.no_empty and w.grammar is None
-            )
-            chain = build_chain(main, self.m.n_vocab) if main else None
-            if w.grammar is not None:  # the grammar decides first; its sampler now owned by the chain
-                chain, w.grammar, first = prepend(w.grammar, chain), None, None
-            self.slots[i] = s = Slot(
-                w,
-                i,
-                max(1, min(w.req.max_tokens, self.n_ctx_seq - len(w.prompt))),
-                chain,
-                build_chain(first, self.m.n_vocab) if first else None,
-                StopText(list(getattr(w.req, "stop", []) or [])),
-                codecs.getincrementaldecoder("utf-8")("replace"),
-            )
-            s.n_fed = s.n_past = s.n_reused = reuse
+            self.slots[i] = Slot.start(w, i, reuse, tuple(self.m.eog_ids), self.m.n_vocab, self.n_ctx_seq)
             self.report(force=True)
 
     # ------------------------------------------------------------------ one step
@@ -236,7 +206,12 @@ class BatchLoop:
         if n == 0:
             return
         self.batch.n_tokens = n
+        t0 = time.perf_counter()
         rc = LL.llama_decode(self.m.ctx, self.batch)
+        LL.llama_synchronize(self.m.ctx)  # the logits are read at once anyway; this times the device
+        t1 = time.perf_counter()
+        TIMES.steps += 1
+        TIMES.decode_s += t1 - t0
         if rc == 1 and self.prefixes.evict_idle(
             [s is not None for s in self.slots]
         ):  # no room: cached prefixes of free sequences go first
@@ -253,7 +228,6 @@ class BatchLoop:
                 s.error = (ErrorKind.RUNTIME, why)
                 s.finish = "error"
             return
-        now = time.perf_counter()
         for s, k in fed:
             if k == 0:
                 s.n_past += 1
@@ -261,16 +235,18 @@ class BatchLoop:
             else:
                 s.n_fed += k
                 s.n_past += k
-        for i, s in rows:
-            if not s.w.cancel.is_set():
-                tok = self._sample(s, i)
-                if s.w.req.logprobs >= 0 and tok not in self.eog:
-                    entry = logprob_entry(
-                        logits_row(_LIB, self.m.ctx, i, self.m.n_vocab), tok, s.w.req.logprobs, self._text
-                    )
-                    s.logprobs.append(entry)
-                    s.pending_lp.append(entry)
-                self._take(s, tok, now)
+        rows = [(i, s) for i, s in rows if not s.w.cancel.is_set()]
+        toks = self.sampler.all(rows)
+        now = time.perf_counter()
+        TIMES.sample_s += now - t1
+        for (i, s), tok in zip(rows, toks):
+            if s.w.req.logprobs >= 0 and tok not in self.eog:
+                entry = logprob_entry(
+                    logits_row(LIB, self.m.ctx, i, self.m.n_vocab), tok, s.w.req.logprobs, self._text
+                )
+                s.logprobs.append(entry)
+                s.pending_lp.append(entry)
+            self._take(s, tok, now)
 
     def _text(self, tok: int) -> str:
         piece = self.pieces.get(tok)
@@ -278,23 +254,13 @@ class BatchLoop:
             piece = self.pieces[tok] = self.m.piece(tok, self.buf)
         return piece.decode("utf-8", "replace")
 
-    def _sample(self, s: Slot, i: int) -> int:
-        ctx = self.m.ctx
-        if not s.out and s.first is not None:
-            tok = LL.llama_sampler_sample(s.first, ctx, i)
-            if s.chain is not None:
-                LL.llama_sampler_accept(s.chain, tok)
-            return int(tok)
-        if s.chain is not None:
-            return int(LL.llama_sampler_sample(s.chain, ctx, i))
-        row = np.ctypeslib.as_array(self.row_t.from_address(_LIB.llama_get_logits_ith(ctx, i)))
-        return int(row.argmax())
-
     def _take(self, s: Slot, tok: int, now: float) -> None:
         """Account one sampled token: end of generation, stop strings, length, streaming."""
         if not s.t_first:
             s.t_prefill = s.t_first = now
-            self.emit(P.Started(id=s.w.req.id, n_prompt=len(s.w.prompt), n_reused=s.n_reused))
+            self.emit(
+                P.Started(id=s.w.req.id, n_prompt=len(s.w.prompt), n_reused=s.n_reused, step=TIMES.steps)
+            )
             self.report(force=True)  # the prompt's cells are in the cache now
         if tok in self.eog:
             s.finish = "eog"
@@ -313,12 +279,7 @@ class BatchLoop:
         if s.w.req.stream and not s.finish and now - s.last_flush >= _DELTA_INTERVAL_S:
             text = s.text.ready()
             if text or s.pending:
-                self.emit(
-                    P.Delta(
-                        id=s.w.req.id, text=text, tokens=s.pending, n_past=s.n_past, logprobs=s.pending_lp
-                    )
-                )
-                s.pending, s.pending_lp, s.last_flush = [], [], now
+                self.emit(s.delta(text, now))
 
     # ------------------------------------------------------------------ ending requests
     def sweep(self) -> None:
@@ -340,31 +301,11 @@ class BatchLoop:
             if s.error is not None:
                 self.emit(error_event(req.id, kind=s.error[0], message=s.error[1]))
                 return
-            if s.finish != "stop":
-                s.text.add(s.decoder.decode(b"", final=True))
-            rest = s.text.rest()
-            if req.stream and (rest or s.pending):
-                self.emit(
-                    P.Delta(id=req.id, text=rest, tokens=s.pending, n_past=s.n_past, logprobs=s.pending_lp)
-                )
+            rest = s.end_text()
             end = time.perf_counter()
-            n_dec = max(0, len(s.out) - 1)
-            decode_s = end - s.t_first if s.t_first else 0.0
-            self.emit(
-                P.Done(
-                    id=req.id,
-                    text=s.text.text,
-                    tokens=s.out,
-                    n_prompt=len(s.w.prompt),
-                    n_reused=s.n_reused,
-                    stop_reason=s.finish,
-                    prefill_s=(s.t_prefill or end) - s.w.t0,
-                    first_token_s=(s.t_first or end) - s.w.t0,
-                    decode_s=decode_s,
-                    tokens_per_s=n_dec / decode_s if n_dec and decode_s > 0 else 0.0,
-                    logprobs=s.logprobs,
-                )
-            )
+            if req.stream and (rest or s.pending):
+                self.emit(s.delta(rest, end))
+            self.emit(s.done(end))
         finally:
             for chain in (s.chain, s.first):
                 if chain is not None:
@@ -383,6 +324,10 @@ class BatchLoop:
                     requests=[s.w.req.id if s else 0 for s in self.slots],
                     n_ctx_seq=self.n_ctx_seq,
                     n_waiting=len(self.waiting),
+                    steps=TIMES.steps,
+                    decode_s=TIMES.decode_s,
+                    sample_s=TIMES.sample_s,
+                    busy_s=TIMES.busy_s,
                 )
             )
 
@@ -404,10 +349,18 @@ class BatchLoop:
     def close(self) -> None:
         """Free the batch; the sequences' cells and their token lists stay for the next run."""
         LL.llama_batch_free(self.batch)
+        self.sampler.close()
         self.report(force=True)
 
     # ------------------------------------------------------------------ the loop
     def run(self, first: P.GenerateRequest) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._run(first)
+        finally:
+            TIMES.busy_s += time.perf_counter() - t0
+
+    def _run(self, first: P.GenerateRequest) -> None:
         self.accept(first)
         while True:
             self.poll()

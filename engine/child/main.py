@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 
 from engine import protocol as P
 from engine.child.io import EventWriter, Requests
@@ -34,6 +35,7 @@ def main() -> int:
     import llama_cpp.llama_cpp as LL
 
     from engine.child.errors import RequestError, error_event
+    from engine.child.quick import QUICK, quick_answer
     from engine.child.session import LlamaSession
     from engine.core.errors import KvDeckError
 
@@ -60,7 +62,12 @@ def main() -> int:
         try:
             if isinstance(msg, P.LoadRequest):
                 params = P.LoadParams.from_dict(msg.params)
-                emit(session.load(req_id, params, requests.cancel_event(req_id)))
+                then = None
+                if params.dry_run and params.draft:  # size an assistant's context next to it
+                    from engine.child.assistant import dry_run_assistant
+
+                    then = partial(dry_run_assistant, path=params.draft)
+                emit(session.load(req_id, params, requests.cancel_event(req_id), then))
             elif isinstance(msg, P.GenerateRequest):
                 from engine.child.batch import batch_wanted, run_batch
 
@@ -74,14 +81,8 @@ def main() -> int:
                     from engine.child.decode import generate
 
                     emit(generate(session, msg, requests.cancel_event(req_id)))
-            elif isinstance(msg, P.TokenizeRequest):
-                emit(P.Tokens(id=req_id, tokens=session.tokenize(msg.text, msg.add_special)))
-            elif isinstance(msg, P.StatsRequest):
-                emit(session.stats(req_id))
-            elif isinstance(msg, P.DetokenizeRequest):
-                from engine.child.embed import detokenize
-
-                emit(P.Detokenized(id=req_id, text=detokenize(session.require(), msg.tokens)))
+            elif isinstance(msg, QUICK):
+                emit(quick_answer(session, msg))
             elif isinstance(msg, P.EmbedRequest):
                 from engine.child.embed import embed
 
@@ -90,10 +91,6 @@ def main() -> int:
                 from engine.child.bench import run_bench
 
                 emit(run_bench(session, msg, requests.cancel_event(req_id)))
-            elif isinstance(msg, P.RemoteMemoryRequest):
-                from engine.child.rpc import remote_memory
-
-                emit(P.RemoteMemory(id=req_id, devices=remote_memory()))
             elif isinstance(msg, P.UnloadRequest):
                 session.unload()
                 emit(P.Unloaded(id=req_id))

@@ -15,6 +15,12 @@ The drafter is fed the target's post-norm hidden state ``h_nextn``: the MTP KV a
 must run while the target's nextn rows are still those of that batch. A wrong or missing h only
 makes drafts worse, never the output wrong: the target verifies every token.
 
+What a draft step costs: one nextn block plus the LM head over the whole vocabulary for one row
+(``n_embd × n_vocab``), exactly as llama.cpp's draft_mtp (it samples from the full logits of the
+last token). A catch-up requests no outputs, so it never reaches the head. With a large vocabulary
+and a narrow model the head dominates: measured on the CPU, a 131k vocabulary at width 256 makes a
+draft step cost 0.95 of a plain decode, a 6k vocabulary 0.6 (benchmarks/mtp_gpu.py, MTP_SMALL).
+
 The drafting context is always built from the target's *resolved* context (n_ctx, n_seq_max,
 kv_unified, swa_full, flash attention, K/V types, n_batch/n_ubatch): an assistant whose stream
 count differs aborts the process in ggml_view_4d, and a flash-attention mismatch gives wrong

@@ -67,8 +67,15 @@ class LlamaSession:
         LL.llama_backend_init()
 
     # ------------------------------------------------------------------ load / unload
-    def load(self, req_id: int, p: LoadParams, cancel: threading.Event) -> Loaded:
+    def load(
+        self,
+        req_id: int,
+        p: LoadParams,
+        cancel: threading.Event,
+        then: Callable[[LlamaSession, threading.Event], None] | None = None,
+    ) -> Loaded:
         """Load a model and create its context; with ``dry_run`` only size everything.
+        ``then`` runs right after, inside the same log capture (before a dry run unloads).
 
         The memory-related log lines of the load travel back with the result: they are
         llama.cpp's own account of every buffer, the ground truth for the memory plan.
@@ -100,7 +107,10 @@ class LlamaSession:
             except BaseException:
                 LL.llama_model_free(model)
                 raise
-            loaded = replace(loaded, **self._create_mtp(p))
+            n_target = len(self.log.captured())
+            loaded = replace(loaded, **self._create_mtp(p), n_log_target=n_target)
+            if then is not None:  # e.g. size an assistant's context next to a dry-run target
+                then(self, cancel)
         finally:
             lines = self.log.stop_capture()
             del keep

@@ -10,12 +10,14 @@ The sampler chains are the single-sequence loop's CPU chains (``chain_spec``), o
 
 from __future__ import annotations
 
+import codecs
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine import protocol as P
-from engine.child.sampler import chain_spec
+from engine.child.grammar import prepend
+from engine.child.sampler import build_chain, chain_spec
 from engine.core.sampling import SamplingParams
 from engine.protocol.errors import ErrorKind
 
@@ -127,3 +129,57 @@ class Slot:
     n_reused: int = 0  # prompt tokens whose KV this sequence already held (prefix reuse)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     pending_lp: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls, w: Waiting, seq: int, reuse: int, eog: tuple[int, ...], n_vocab: int, n_ctx_seq: int
+    ) -> Slot:
+        """``w`` admitted to sequence ``seq``, which already holds ``reuse`` of its prompt tokens:
+        its sampler chains built (the grammar's sampler, if any, now owned by the main chain)."""
+        main, first = sampler_specs(w.sampling, w.req.sampling, eog, w.req.no_empty and w.grammar is None)
+        chain = build_chain(main, n_vocab) if main else None
+        if w.grammar is not None:  # the grammar decides first
+            chain, w.grammar, first = prepend(w.grammar, chain), None, None
+        s = cls(
+            w,
+            seq,
+            max(1, min(w.req.max_tokens, n_ctx_seq - len(w.prompt))),
+            chain,
+            build_chain(first, n_vocab) if first else None,
+            StopText(list(getattr(w.req, "stop", []) or [])),
+            codecs.getincrementaldecoder("utf-8")("replace"),
+        )
+        s.n_fed = s.n_past = s.n_reused = reuse
+        return s
+
+    def delta(self, text: str, now: float) -> P.Delta:
+        """The tokens (and their text) not streamed yet; they count as sent from here on."""
+        msg = P.Delta(
+            id=self.w.req.id, text=text, tokens=self.pending, n_past=self.n_past, logprobs=self.pending_lp
+        )
+        self.pending, self.pending_lp, self.last_flush = [], [], now
+        return msg
+
+    def end_text(self) -> str:
+        """Flush the UTF-8 decoder (a reply cut by a stop string already ended); the unsent rest."""
+        if self.finish != "stop":
+            self.text.add(self.decoder.decode(b"", final=True))
+        return self.text.rest()
+
+    def done(self, end: float) -> P.Done:
+        """The reply as the parent gets it, with its timings (``end``: now, perf_counter)."""
+        n_dec = max(0, len(self.out) - 1)
+        decode_s = end - self.t_first if self.t_first else 0.0
+        return P.Done(
+            id=self.w.req.id,
+            text=self.text.text,
+            tokens=self.out,
+            n_prompt=len(self.w.prompt),
+            n_reused=self.n_reused,
+            stop_reason=self.finish,
+            prefill_s=(self.t_prefill or end) - self.w.t0,
+            first_token_s=(self.t_first or end) - self.w.t0,
+            decode_s=decode_s,
+            tokens_per_s=n_dec / decode_s if n_dec and decode_s > 0 else 0.0,
+            logprobs=self.logprobs,
+        )

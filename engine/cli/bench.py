@@ -18,6 +18,7 @@ from engine.cli.rpc import add_rpc_option, devices_for, endpoints, placed
 from engine.core.errors import KvDeckError, ModelFileError
 from engine.core.memory_types import KV_TYPES, PlanSettings
 from engine.core.sampling import PRESETS
+from engine.core.units import acceptance_by_position
 from engine.protocol import BenchResult, Hello, Loaded, LoadParams
 
 #: engine.child.sampler.SAMPLER_MODES (the parent never imports llama.cpp, so it is repeated here).
@@ -59,9 +60,12 @@ def register(sub: Any) -> None:
         "--draft",
         default=None,
         metavar="PATH",
-        help="also measure decoding with this draft model, and the speed-up",
+        help="also measure decoding with this draft model or Gemma 4 assistant, and the speed-up",
     )
     spec.add_argument("--lookup", action="store_true", help="also measure n-gram lookup drafting")
+    spec.add_argument(
+        "--mtp", action="store_true", help="also measure drafting with the model's own MTP heads"
+    )
     p.add_argument("--draft-max", type=int, default=8, help="most tokens drafted per step (default 8)")
     p.add_argument(
         "--prompt",
@@ -84,8 +88,10 @@ def _check(args: argparse.Namespace) -> str:
         raise KvDeckError("nothing to measure: --pp and --tg are both 0")
     if args.batch < 1 or args.ubatch < 1:
         raise KvDeckError("--batch and --ubatch must be positive")
-    if (args.draft or args.lookup) and args.tg == 0:
-        raise KvDeckError("--draft and --lookup measure decoding: --tg must not be 0")
+    if (args.draft or args.lookup or args.mtp) and args.tg == 0:
+        raise KvDeckError("--draft, --lookup and --mtp measure decoding: --tg must not be 0")
+    if args.draft_max < 1:
+        raise KvDeckError(f"--draft-max must be at least 1, not {args.draft_max}")
     if args.draft and not Path(args.draft).expanduser().is_file():
         raise ModelFileError(f"no such draft model file: {args.draft}")
     return str(path)
@@ -171,14 +177,18 @@ def print_bench(data: dict[str, Any]) -> None:
             f"acceptance {data['acceptance']:.0%}, {spec['tokens_per_target_decode']} tokens per "
             f"target decode; {same}"
         )
+        by_pos = acceptance_by_position(spec["drafted_by_position"], spec["accepted_by_position"])
+        if by_pos:
+            print(f"  {by_pos}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine.gguf.inspect import inspect_gguf
+    from engine.plan.drafting import mtp_settings
     from engine.runtime.host import RuntimeHost
 
     path = _check(args)
-    inspect_gguf(path)  # a clear error for a bad file before any process starts
+    info = inspect_gguf(path)  # a clear error for a bad file before any process starts
     sampling = PRESETS[args.preset] if args.preset else None
     settings = {
         "type_k": args.cache_type_k,
@@ -188,7 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "n_ubatch": args.ubatch,
         "sampling": sampling.to_dict() if sampling else "greedy",
     }
-    drafting = bool(args.draft or args.lookup)
+    drafting = bool(args.draft or args.lookup or args.mtp)
     rpc = endpoints(args)
     devices = devices_for(rpc) if rpc else []  # workers are probed before the child meets them
     with RuntimeHost(rpc=rpc) as host:
@@ -204,6 +214,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             type_k=args.cache_type_k,
             type_v=args.cache_type_v,
         )
+        if args.mtp:
+            plan = mtp_settings(info.hybrid, plan, args.draft_max)
         plan = placed(plan, devices)
         loaded = host.load(LoadParams(path=path, settings=plan, n_threads=args.threads))
         res = host.bench(args.pp, args.tg, args.depth, args.reps, sampling=sampling, sampler=args.sampler)
@@ -224,7 +236,32 @@ SPEC_PROMPT = (
 SPEC_PROMPT_ROOM = 256
 
 
-def spec_bench(host: Any, loaded: Loaded, args: argparse.Namespace) -> dict[str, Any]:
+def drafter_mode(host: Any, loaded: Loaded, args: argparse.Namespace) -> tuple[str, int | None]:
+    """(generate's draft mode, the drafter's context) for the options; ("", None) with one line on
+    stderr when the drafter cannot draft (an assistant for another target, --mtp on a model
+    without MTP layers): the plain figures are still measured and printed."""
+    import sys
+
+    from engine.core.errors import InvalidSettings
+
+    if args.mtp:
+        if loaded.mtp != "ready":
+            print(loaded.mtp or "this model cannot draft for itself", file=sys.stderr)
+            return "", None
+        return "mtp", loaded.n_ctx
+    if not args.draft:
+        return "lookup", None
+    try:
+        d = host.load_draft(
+            str(Path(args.draft).expanduser()), n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn
+        )
+    except InvalidSettings as exc:
+        print(str(exc), file=sys.stderr)
+        return "", None
+    return "model", d.n_ctx
+
+
+def spec_bench(host: Any, loaded: Loaded, args: argparse.Namespace) -> dict[str, Any] | None:
     """Greedy decoding of one chat reply, plain and with drafting, alternating per repetition.
 
     Both go through the chat's generation path on the same prompt, so the speed-up is what a
@@ -236,12 +273,9 @@ def spec_bench(host: Any, loaded: Loaded, args: argparse.Namespace) -> dict[str,
     from engine.core.sampling import SamplingParams
 
     greedy = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
-    mode = "model" if args.draft else "lookup"
-    draft_info = None
-    if args.draft:
-        draft_info = host.load_draft(
-            str(Path(args.draft).expanduser()), n_gpu_layers=args.n_gpu_layers, flash_attn=args.flash_attn
-        )
+    mode, draft_n_ctx = drafter_mode(host, loaded, args)
+    if not mode:
+        return None
     prompt = conversation_prompt(loaded, "", [ChatMessage("user", args.prompt or SPEC_PROMPT)]).text
     for draft in ("", mode):  # warm-up: prefix cache, graphs, the draft's catch-up
         host.generate(prompt, max_tokens=4, sampling=greedy, draft=draft, draft_max=args.draft_max)
@@ -249,12 +283,16 @@ def spec_bench(host: Any, loaded: Loaded, args: argparse.Namespace) -> dict[str,
     drafted: list[float] = []
     identical = True
     counts = [0, 0, 0, 0]  # drafted, accepted, target decodes, tokens
+    drafted_at: list[int] = []  # per draft position (1st, 2nd, ... drafted token of a step)
+    accepted_at: list[int] = []
     for _ in range(args.reps):
         a = host.generate(prompt, max_tokens=args.tg, sampling=greedy)
         b = host.generate(prompt, max_tokens=args.tg, sampling=greedy, draft=mode, draft_max=args.draft_max)
         plain.append(max(0, len(a.tokens) - 1) / a.decode_s if a.decode_s > 0 else 0.0)
         drafted.append(max(0, len(b.tokens) - 1) / b.decode_s if b.decode_s > 0 else 0.0)
         identical = identical and a.tokens == b.tokens
+        drafted_at = _add(drafted_at, b.drafted_at)
+        accepted_at = _add(accepted_at, b.accepted_at)
         counts = [
             counts[0] + b.n_drafted,
             counts[1] + b.n_accepted,
@@ -272,8 +310,17 @@ def spec_bench(host: Any, loaded: Loaded, args: argparse.Namespace) -> dict[str,
         "n_target_decodes": counts[2],
         "n_tokens": counts[3],
         "draft_max": args.draft_max,
-        "draft_n_ctx": draft_info.n_ctx if draft_info else None,
+        "draft_n_ctx": draft_n_ctx,
+        "acceptance_by_position": [round(a / d, 4) if d else None for d, a in zip(drafted_at, accepted_at)],
+        "drafted_by_position": drafted_at,
+        "accepted_by_position": accepted_at,
     }
+
+
+def _add(total: list[int], more: list[int]) -> list[int]:
+    """Element-wise sum of two per-position counts of any lengths."""
+    n = max(len(total), len(more))
+    return [(total[i] if i < len(total) else 0) + (more[i] if i < len(more) else 0) for i in range(n)]
 
 
 def spec_summary(data: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -301,6 +348,9 @@ def spec_summary(data: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
                     "n_drafted",
                     "n_accepted",
                     "n_target_decodes",
+                    "acceptance_by_position",
+                    "drafted_by_position",
+                    "accepted_by_position",
                 )
             },
             "tokens_per_target_decode": round(spec["n_tokens"] / spec["n_target_decodes"], 3)

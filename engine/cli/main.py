@@ -177,7 +177,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from engine.core.memory_types import PlanSettings
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
-    from engine.plan.fit import preflight
+    from engine.plan.fit import PlanFn, preflight
     from engine.plan.rules import default_cache_type
     from engine.runtime.info import plan_devices
 
@@ -185,17 +185,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
     n_ctx = args.n_ctx or min(info.n_ctx_train or 4096, 4096)
     kv = default_cache_type(info)
     settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, type_k=kv, type_v=kv)
-    if args.mtp:  # a hybrid target rolls back rejected drafts from recurrent-state snapshots
-        settings = settings.replace(mtp=True, n_rs_seq=args.draft_max + 1 if info.hybrid else 0)
+    if args.mtp:
+        from engine.plan.drafting import mtp_settings
+
+        settings = mtp_settings(info.hybrid, settings, args.draft_max)
+    plan_fn: PlanFn = analytic_plan
+    if args.mtp or draft_path:  # the drafting context must fit beside the target (engine.plan.drafting)
+        from engine.plan.assistant_rules import ASSISTANT_ARCH
+        from engine.plan.drafting import with_drafter
+
+        dinfo = inspect_gguf(draft_path) if draft_path else None
+        if dinfo is None or dinfo.architecture == ASSISTANT_ARCH:
+            plan_fn = with_drafter(analytic_plan, dinfo, args.n_gpu_layers)
     rpc = cli_rpc.endpoints(args)
     devices = plan_devices(rpc=rpc)[0]
     settings = cli_rpc.placed(settings, devices)
-    preflight(info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
+    preflight(info, settings, devices, gpu_backend(), plan_fn=plan_fn)
     mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
 
     def reload(devices: list[Device]) -> None:  # a worker went away: the devices left
         s = cli_rpc.placed(settings.replace(tensor_split=()), devices)
-        preflight(info, s, devices, gpu_backend(), plan_fn=analytic_plan)
+        preflight(info, s, devices, gpu_backend(), plan_fn=plan_fn)
         host.load(LoadParams(path, s, n_threads=args.threads))
 
     with RuntimeHost(rpc=rpc) as host:
@@ -280,6 +290,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 f"({done.acceptance:.0%}), {done.mean_accepted:.2f} per verify]",
                 file=sys.stderr,
             )
+            from engine.core.units import acceptance_by_position
+
+            if by_position := acceptance_by_position(done.drafted_at, done.accepted_at):
+                print(f"[{by_position}]", file=sys.stderr)
     return 0
 
 

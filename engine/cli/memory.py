@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.cli.drafting import add_drafter_options
 from engine.cli.rpc import add_rpc_option, endpoints
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings
@@ -99,12 +100,16 @@ def print_plan(data: dict[str, Any]) -> None:
         f"{data['model']}\n  context {data['n_ctx']} tokens ({data['n_seq']} sequence(s)), "
         f"K {data['type_k']}, V {data['type_v']}, flash attention {fa}, {data['method']} plan"
     )
-    header = f"  {'device':<8}" + "".join(f"{c:>11}" for c in (*COMPONENTS, "total"))
-    print(header)
-    for row in data["devices"] + [{"name": "all", **data["totals"]}]:
-        print(f"  {row['name']:<8}" + "".join(f"{row[c] / MiB:>8.1f}MiB" for c in (*COMPONENTS, "total")))
+    print_rows(data["devices"] + [{"name": "all", **data["totals"]}])
     for note in data["notes"]:
         print(f"  · {note}")
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """One line per device: bytes per component and the total, in MiB."""
+    print(f"  {'device':<8}" + "".join(f"{c:>11}" for c in (*COMPONENTS, "total")))
+    for row in rows:
+        print(f"  {row['name']:<8}" + "".join(f"{row[c] / MiB:>8.1f}MiB" for c in (*COMPONENTS, "total")))
 
 
 def _load(args: argparse.Namespace, pin: bool = True) -> tuple[Any, PlanSettings, list[Device], str]:
@@ -132,31 +137,51 @@ def _load(args: argparse.Namespace, pin: bool = True) -> tuple[Any, PlanSettings
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from engine.cli.drafting import KIND_WORDS, combined, drafter, drafter_plan
     from engine.plan.analytic import analytic_plan
 
     info, settings, devices, _ = _load(args)
-    if args.exact:
+    spec = drafter(args, info, settings)
+    if spec is not None and spec.kind == "mtp":
+        from engine.plan.drafting import mtp_settings
+
+        settings = mtp_settings(info.hybrid, settings)
+    method = "exact" if args.exact else "analytic"
+    if args.exact and (spec is None or spec.kind == "model"):
         from engine.runtime.exact_plan import exact_plan
 
-        plan, method = exact_plan(info, settings, devices), "exact"
+        plan = exact_plan(info, settings, devices)
     else:
-        plan, method = analytic_plan(info, settings, devices), "analytic"
+        plan = analytic_plan(info, settings, devices)
     data = plan_json(args.path, plan, method)
-    print(json.dumps(data, indent=2)) if args.json else print_plan(data)
+    if spec is not None:
+        plan, dplan = drafter_plan(spec, info, plan, devices, args.exact)
+        data = plan_json(args.path, plan, method)
+        data["drafter"] = plan_json(spec.info.path, dplan, method) | {"kind": spec.kind}
+        data["combined"] = combined([plan, dplan])
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print_plan(data)
+    if spec is not None:
+        print(f"drafter: {KIND_WORDS[spec.kind]}")
+        print_plan(data["drafter"])
+        print("target + drafter")
+        print_rows(data["combined"])
     return 0
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from engine.gguf.inspect import inspect_gguf
-    from engine.plan.fit import DraftSpec
+    from engine.cli.drafting import drafter
     from engine.plan.margins import Margins, per_device_mib
     from engine.runtime.worker_fit import fit_with_workers
 
     info, settings, devices, _ = _load(args, pin=False)
-    draft = None
-    if args.draft:
-        dinfo = inspect_gguf(args.draft)
-        draft = DraftSpec(dinfo, settings.replace(type_k="f16", type_v="f16"))
+    draft = drafter(args, info, settings)
+    if draft is not None and draft.kind == "mtp":
+        from engine.plan.drafting import mtp_settings
+
+        settings = mtp_settings(info.hybrid, settings)
     budget, per_device = per_device_mib(args.budget_mib, "--budget-mib")
     devices = [_capped(d, per_device) for d in devices]
     margins = Margins.from_options(args.margin_mib, args.cpu_margin_mib)
@@ -181,11 +206,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "budgets": result.budgets,
         "plan": plan_json(args.path, result.plan, "analytic"),
         "draft": None
-        if dplan is None
+        if dplan is None or draft is None
         else {
+            "kind": draft.kind,
             "n_ctx": dplan.n_ctx,
             "n_gpu_layers": result.settings.n_gpu_layers,
-            "plan": plan_json(args.draft, dplan, "analytic"),
+            "plan": plan_json(draft.info.path, dplan, "analytic"),
         },
     }
     if args.json:
@@ -215,7 +241,12 @@ def cmd_pair(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print("compatible" if data["compatible"] else "NOT compatible")
+        what = (
+            " (a Gemma 4 assistant: it reads the target's KV cache)"
+            if data.get("kind") == "assistant"
+            else ""
+        )
+        print(("compatible" if data["compatible"] else "NOT compatible") + what)
         for c in data["checks"]:
             print(f"  {'ok ' if c['ok'] else 'NO '} {c['name']}: {c['detail']}")
     return 0
@@ -226,6 +257,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("plan", help="predict memory per device and component before loading")
     add_plan_options(p)
     p.add_argument("--exact", action="store_true", help="ask llama.cpp itself (a dry run, no allocation)")
+    add_drafter_options(p, "also plan this draft model or Gemma 4 assistant at the target's context")
     f = sub.add_parser("fit", help="largest context (then most GPU layers) that fits the memory budget")
     add_plan_options(f)
     f.add_argument(
@@ -248,7 +280,7 @@ def register(sub: Any) -> None:
         default=None,
         help="safety margin of host RAM in MiB (default 1024); --margin-mib never applies to the host",
     )
-    f.add_argument("--draft", default=None, help="a draft model fitted with the same context")
+    add_drafter_options(f, "a draft model or Gemma 4 assistant fitted with the same context")
     p2 = sub.add_parser("pair", help="can DRAFT speculate for TARGET? each rule with its verdict")
     p2.add_argument("target")
     p2.add_argument("draft")

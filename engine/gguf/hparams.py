@@ -47,6 +47,35 @@ HYBRID_ARCHS = frozenset(
 # Hybrids whose recurrent layers come from `attention.recurrent_layers` or
 # `full_attention_interval` (default 4; minimax-01: 8) instead of a zero KV head count.
 _INTERVAL_HYBRIDS = frozenset({"qwen3next", "qwen35", "qwen35moe", "qwen4exp", "minimax-01"})
+# Archs whose loaders skip the MTP (nextn) blocks' tensors unless llama_model_params.load_mtp
+# (src/models/<arch>.cpp: ``if (!ml.load_mtp) mtp_flags |= TENSOR_SKIP``): the target's weights
+# leave them out, the drafting plan (engine.plan.drafting) carries them.
+MTP_SKIP_ARCHS = frozenset(
+    {
+        "bailingmoe3",
+        "cohere2moe",
+        "deepseek2",
+        "deepseek32",
+        "deepseek4",
+        "glm-dsa",
+        "glm4moe",
+        "glm5-next",
+        "hy_v3",
+        "mimo2",
+        "nemotron_h",
+        "nemotron_h_moe",
+        "qwen35",
+        "qwen35moe",
+        "qwen3next",
+        "step35",
+    }
+)
+# Tensors of an MTP block that an arch's loader creates without the skip flag, so they load
+# even without load_mtp (src/models/hy-v3.cpp load_block: the FFN and the shared head are
+# TENSOR_NOT_REQUIRED only).
+_MTP_ALWAYS_LOADED = {
+    "hy_v3": ("ffn_gate", "ffn_up", "ffn_down", "ffn_exp_probs_b", "nextn.embed_tokens", "nextn.shared_head"),
+}
 # Archs that get no memory module at all (llama_model::create_memory returns nullptr).
 NO_MEMORY_ARCHS = frozenset(
     {
@@ -164,6 +193,9 @@ class WeightLayout:
     token_embd_host: int
     token_embd_cuda: int
     token_embd_type: str
+    #: Per layer, the bytes of MTP-block tensors loaded only with load_mtp (inside layers_*).
+    mtp_host: tuple[int, ...] = ()
+    mtp_cuda: tuple[int, ...] = ()
 
 
 def _cuda_size(qtype: str, ne0: int, nbytes: int) -> int:
@@ -174,14 +206,29 @@ def _cuda_size(qtype: str, ne0: int, nbytes: int) -> int:
     return -(-nbytes // 128) * 128
 
 
-def weight_layout(tensors: Sequence[tuple[str, str, int, int, int, int]], n_layer: int) -> WeightLayout:
-    """Sum tensor bytes per llama.cpp layer from (name, type, n_elem, nbytes, offset, ne0)."""
+def _mtp_skipped(arch: str, name: str) -> bool:
+    """Whether a tensor of an MTP (nextn) block is left out without ``load_mtp``: the arch's
+    loader passes TENSOR_SKIP to most of the block, but some create a few tensors without it."""
+    if arch not in MTP_SKIP_ARCHS:
+        return False
+    return not name.split(".", 2)[2].startswith(_MTP_ALWAYS_LOADED.get(arch, ()))
+
+
+def weight_layout(
+    tensors: Sequence[tuple[str, str, int, int, int, int]], n_layer: int, arch: str = "", n_nextn: int = 0
+) -> WeightLayout:
+    """Sum tensor bytes per llama.cpp layer from (name, type, n_elem, nbytes, offset, ne0); the
+    MTP blocks' tensors that load only with ``load_mtp`` are also summed apart (``mtp_*``)."""
     host, cuda = [0] * (n_layer + 2), [0] * (n_layer + 2)  # [input, layers..., output]
+    mtp_host, mtp_cuda = [0] * n_layer, [0] * n_layer
     tied, embd = True, ("F32", 0, 0)
     for name, qtype, _n, nbytes, _off, ne0 in tensors:
         if name.startswith("blk."):
             part = name.split(".", 2)[1]
             slot = 1 + int(part) if part.isdigit() and int(part) < n_layer else 1
+            if slot > n_layer - n_nextn and name.count(".") >= 2 and _mtp_skipped(arch, name):
+                mtp_host[slot - 1] += -(-nbytes // 32) * 32
+                mtp_cuda[slot - 1] += _cuda_size(qtype, ne0, nbytes)
         elif name.startswith(_INPUT_TENSORS):
             slot = 0
         elif name.startswith(_OUTPUT_TENSORS):
@@ -205,6 +252,8 @@ def weight_layout(tensors: Sequence[tuple[str, str, int, int, int, int]], n_laye
         embd[1],
         embd[2],
         embd[0],
+        tuple(mtp_host),
+        tuple(mtp_cuda),
     )
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "kv_caches",
     "layer_devices",
     "resolve_context",
+    "weight_allocations",
     "row_bytes",
     "weights_cache_type",
 ]
@@ -270,6 +271,15 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     )
 
 
+def weight_allocations(info: GGUFInfo, settings: PlanSettings, devices: list[Device]) -> list[Allocation]:
+    """The weights alone, placed as :func:`analytic_plan` places them: a drafter's own file (a
+    Gemma 4 assistant) needs its weights but none of a context of its own."""
+    gpus = _gpus(settings, devices)
+    repack = None if gpus else cpu_only_repack(info)[0]
+    host_like = {"CPU"} | {g.name for g in gpus if g.host_layout}
+    return _weights(geometry(info), layer_devices(geometry(info).n_layer, settings, gpus), host_like, repack)
+
+
 def _split_compute(
     geo: ModelGeometry,
     r: Resolved,
@@ -334,15 +344,17 @@ def _weights(
     geo: ModelGeometry, ldev: list[str], host_like: set[str], repack: RepackPlan | None = None
 ) -> list[Allocation]:
     """Weight bytes per device: input layer on the host, layers and output where ldev says
-    (sized as on the host on ``host_like`` devices, padded as in a CUDA buffer elsewhere);
-    a CPU-only load's repacked matrices as a second CPU allocation (CPU_REPACK)."""
+    (sized as on the host on ``host_like`` devices, padded as in a CUDA buffer elsewhere; an MTP
+    block's tensors that load only with load_mtp belong to engine.plan.drafting); a CPU-only
+    load's repacked matrices as a second CPU allocation (CPU_REPACK)."""
     w = geo.weights
     if w is None:
         return []
     by_dev: dict[str, int] = {"CPU": w.input_host}
     count: dict[str, int] = {}
+    skip = (w.mtp_cuda, w.mtp_host) if w.mtp_host else ((0,) * len(ldev), (0,) * len(ldev))
     for il, dev in enumerate(ldev[:-1]):
-        b = w.layers_host[il] if dev in host_like else w.layers_cuda[il]
+        b = w.layers_host[il] - skip[1][il] if dev in host_like else w.layers_cuda[il] - skip[0][il]
         by_dev[dev] = by_dev.get(dev, 0) + b
         count[dev] = count.get(dev, 0) + 1
     out_dev = ldev[-1]

@@ -34,10 +34,13 @@ PAD = 256
 
 @dataclass(frozen=True)
 class DraftSpec:
-    """A draft model to fit together with the target: same context, its own cache types."""
+    """A drafter to fit together with the target at the target's context: a draft ``model``
+    (its own KV, its own cache types), the target's own ``mtp`` heads (``info`` is the target's),
+    or a Gemma 4 ``assistant`` (no KV of its own), the last two sized by engine.plan.drafting."""
 
     info: GGUFInfo
     settings: PlanSettings
+    kind: str = "model"  # "model" | "mtp" | "assistant"
 
 
 def budgets_for(
@@ -118,7 +121,12 @@ class _Search:
         s = self.base.replace(n_ctx=n_ctx, n_gpu_layers=ngl)
         target = self.plan_fn(self.info, s, self.devices)
         draft = None
-        if self.draft is not None:
+        if self.draft is not None and self.draft.kind != "model":
+            from engine.plan.drafting import drafting_plan
+
+            assistant = self.draft.info if self.draft.kind == "assistant" else None
+            draft = drafting_plan(self.info, target, self.devices, assistant, ngl)
+        elif self.draft is not None:
             # the draft gets the target's *resolved* context, never its own training default
             ds = self.draft.settings.replace(
                 n_ctx=target.n_ctx,

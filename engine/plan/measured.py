@@ -49,6 +49,8 @@ _RE_LAYER_DEV = re.compile(
     r"layer\s+(\d+): dev = (\S+)"
 )
 _RE_VPAD = re.compile(r"padding V cache to (\d+)")
+# A Gemma 4 assistant's layers are views of the target's K/V: "layer 0: sharing with layer 2".
+_RE_SHARED = re.compile(r"^llama_kv_cache: layer\s+\d+: sharing with layer")
 
 
 def device_of(buffer_type: str) -> str:
@@ -98,6 +100,8 @@ class MemoryLogParser:
         self._pending_kind = "kv"
         self._pending_buffers: dict[str, float] = {}
         self._pending_devs: dict[int, str] = {}
+        self._pending_shared = 0
+        self.shared_layers = 0  # KV layers that are views of another context's cache (no memory)
         self._rs_buffers: dict[str, float] = {}
         self._rs_devs: dict[int, str] = {}
         self._state_buffers: dict[str, float] = {}
@@ -118,6 +122,11 @@ class MemoryLogParser:
                 self._rs_buffers[buft] = float(mib)
         elif m := _RE_KV.match(line):
             g = m.groups()
+            shared, self._pending_shared = self._pending_shared, 0
+            if shared >= int(g[3]):  # every layer a view: its "size =" counts the target's tensors
+                self.shared_layers += shared
+                self._pending_kind, self._pending_buffers, self._pending_devs = "kv", {}, {}
+                return
             self.kv_caches.append(
                 CacheLine(
                     self._pending_kind,
@@ -185,6 +194,8 @@ class MemoryLogParser:
             self._pending_kind = kind
             if m.group(3):
                 self.cells_announced[kind] = int(m.group(3))
+        elif _RE_SHARED.match(line):
+            self._pending_shared += 1
         elif m := _RE_LAYER_DEV.match(line):
             target = {"llama_kv_cache": self._pending_devs, "llama_memory_recurrent": self._rs_devs}.get(
                 m.group(1), self._state_devs
@@ -267,6 +278,10 @@ class MemoryLogParser:
         swa = [c.cells for c in self.kv_caches if c.kind == "swa"]
         full = [c.cells for c in self.kv_caches if c.kind != "swa"]
         notes = tuple(self.errors)
+        if self.shared_layers:
+            notes += (
+                f"{self.shared_layers} KV layers are views of the target's cache (no memory of their own)",
+            )
         if self.v_padded_to:
             notes += (
                 f"V cache padded to width {self.v_padded_to} (flash attention off, "

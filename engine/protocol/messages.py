@@ -29,6 +29,8 @@ class LoadParams:
     n_threads: int = 0  # 0: physical cores
     #: Size everything without allocating weights or KV (llama.cpp's no_alloc), then unload.
     dry_run: bool = False
+    #: With ``dry_run``: also size this Gemma 4 assistant's drafting context next to the target.
+    draft: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +38,7 @@ class LoadParams:
             "settings": self.settings.to_dict(),
             "n_threads": self.n_threads,
             "dry_run": self.dry_run,
+            "draft": self.draft,
         }
 
     @classmethod
@@ -45,6 +48,7 @@ class LoadParams:
             settings=PlanSettings.from_dict(data.get("settings") or {}),
             n_threads=int(data.get("n_threads", 0)),
             dry_run=bool(data.get("dry_run", False)),
+            draft=str(data.get("draft", "")),
         )
 
 
@@ -219,6 +223,9 @@ class Loaded(Message):
     #: saying why the model cannot draft for itself (chat then works without drafting).
     n_layer_nextn: int = 0
     mtp: str = ""
+    #: How many of ``memory_log``'s lines are the target's; the rest are its drafting context's
+    #: (MTP heads or, in a dry run, an assistant). 0: all of them.
+    n_log_target: int = 0
 
 
 @message
@@ -230,6 +237,9 @@ class Started(Message):
     id: int
     n_prompt: int
     n_reused: int
+    #: The batch loop's step (counted since the child started) whose decode ended this prompt's
+    #: prefill; prompts that were waiting together share one. 0 outside the batch loop.
+    step: int = 0
 
 
 @message
@@ -289,6 +299,12 @@ class Slots(Message):
     n_ctx_seq: int
     n_waiting: int = 0
     id: int = 0
+    #: Where the batch loop's time went since the child started (engine.child.batch): steps run,
+    #: seconds in llama_decode until the device finished, seconds sampling, seconds in the loop.
+    steps: int = 0
+    decode_s: float = 0.0
+    sample_s: float = 0.0
+    busy_s: float = 0.0
 
 
 @message

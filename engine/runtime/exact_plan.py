@@ -50,11 +50,37 @@ def exact_plan(
 ) -> MemoryPlan:
     """Sizes from llama.cpp's own dry run, weights from the analytic placement; workers'
     devices (``Device.endpoint``) take part in the dry run as they would in the load."""
+    return exact_plans(info, settings, devices, timeout=timeout)[0]
+
+
+def exact_plans(
+    info: GGUFInfo,
+    settings: PlanSettings,
+    devices: list[Device],
+    assistant: GGUFInfo | None = None,
+    timeout: float = 300,
+) -> tuple[MemoryPlan, MemoryPlan | None]:
+    """The target's exact plan and its drafting context's (the model's own MTP heads with
+    ``settings.mtp``, or ``assistant``), each from its own part of one dry run's log."""
     rpc = tuple(dict.fromkeys(d.endpoint for d in devices if d.endpoint))
-    with RuntimeHost(rpc=rpc) as host:
-        loaded = host.load(P.LoadParams(info.path, settings, dry_run=True), timeout=timeout)
-    dry = plan_from_log(loaded.memory_log, settings, "exact")
-    analytic = analytic_plan(info, settings, devices)
+    with RuntimeHost(rpc=rpc) as host:  # workers' devices take part in the dry run as in the load
+        params = P.LoadParams(info.path, settings, dry_run=True, draft=assistant.path if assistant else "")
+        loaded = host.load(params, timeout=timeout)
+    n = loaded.n_log_target or len(loaded.memory_log)
+    lines = loaded.memory_log
+    target = _with_weights(
+        plan_from_log(lines[:n], settings, "exact"), analytic_plan(info, settings, devices)
+    )
+    if n >= len(lines):
+        return target, None
+    from engine.plan.drafting import drafting_plan
+
+    analytic_draft = drafting_plan(info, target, devices, assistant, settings.n_gpu_layers)
+    draft = plan_from_log(lines[n:], analytic_draft.settings, "exact")
+    return target, _with_weights(draft, analytic_draft)
+
+
+def _with_weights(dry: MemoryPlan, analytic: MemoryPlan) -> MemoryPlan:
     weights = tuple(a for a in analytic.allocations if a.component == "weights")
     others = tuple(a for a in dry.allocations if a.component != "weights")
     others = _kv_by_layer_devices(others, analytic)

@@ -167,6 +167,13 @@ def _memory(api: Api) -> dict[str, Any]:
         else []
     )
     out["waiting"] = slots.n_waiting if slots is not None else 0
+    # Where the batch loop's time went (engine.child.batch_sample.LoopTimes): the share outside
+    # llama_decode is what per-step overhead costs against llama-batched-bench.
+    out["batch_loop"] = (
+        {"steps": slots.steps, "decode_s": slots.decode_s, "sample_s": slots.sample_s, "busy_s": slots.busy_s}
+        if slots is not None
+        else None
+    )
     from engine.runtime.telemetry import Telemetry
 
     if api.telemetry is None:

@@ -1,4 +1,4 @@
-"""OpenAI request and response shapes for the API server (engine.serve.server): parsing, limits, errors.
+"""OpenAI request shapes for the API server (engine.serve.server): parsing, limits, errors.
 
 Kept apart from the HTTP layer so every rule about what a client may send can be read (and
 tested) in one place. Requests are checked field by field and refused with a 400 that names the
@@ -18,8 +18,6 @@ Defaults: a field the client leaves out takes KV Deck's default preset (what the
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +30,6 @@ from engine.serve.tools import parse_tools
 MAX_BODY_BYTES = 1 << 20
 MAX_STOPS = 4
 MAX_STOP_CHARS = 256
-#: How a reply ended in the child (engine.child.batch) → OpenAI's finish_reason.
-FINISH = {"eog": "stop", "stop": "stop", "length": "length", "context": "length"}
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 _UNSUPPORTED = ("logit_bias", "suffix", "audio", "prediction")
 MAX_N = 16
@@ -358,125 +354,3 @@ def split_system(messages: tuple[ChatMessage, ...]) -> tuple[str, list[ChatMessa
     while n < len(messages) and messages[n].role == "system":
         n += 1
     return "\n\n".join(m.content for m in messages[:n]), list(messages[n:])
-
-
-# ----------------------------------------------------------------------------- responses
-def new_id(kind: str) -> str:
-    return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
-
-
-def usage(n_prompt: int, n_completion: int, n_cached: int = 0) -> dict[str, Any]:
-    """OpenAI's usage; ``cached_tokens``: prompt tokens whose KV the sequence already held."""
-    return {
-        "prompt_tokens": n_prompt,
-        "completion_tokens": n_completion,
-        "total_tokens": n_prompt + n_completion,
-        "prompt_tokens_details": {"cached_tokens": n_cached},
-    }
-
-
-def logprobs_body(job: Job, entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any] | None:
-    """OpenAI's logprobs object from the child's entries (engine.child.grammar.logprob_entry)."""
-    if job.logprobs < 0:
-        return None
-    if job.kind == "chat":
-        return {
-            "content": [
-                {
-                    "token": e["token"],
-                    "logprob": e["logprob"],
-                    "bytes": list(e["token"].encode("utf-8")),
-                    "top_logprobs": [
-                        {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for _, t, lp in e["top"]
-                    ],
-                }
-                for e in entries
-            ]
-        }
-    offsets, pos = [], offset
-    for e in entries:
-        offsets.append(pos)
-        pos += len(e["token"])
-    return {
-        "tokens": [e["token"] for e in entries],
-        "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [{t: lp for _, t, lp in e["top"]} for e in entries],
-        "text_offset": offsets,
-    }
-
-
-def choice(
-    job: Job,
-    index: int,
-    text: str,
-    finish: str,
-    entries: list[dict[str, Any]],
-    tool_calls: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    lp = logprobs_body(job, entries)
-    if job.kind == "chat":
-        message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        return {"index": index, "message": message, "finish_reason": finish, "logprobs": lp}
-    return {"index": index, "text": text, "finish_reason": finish, "logprobs": lp}
-
-
-def response(
-    job: Job,
-    rid: str,
-    model: str,
-    choices: list[dict[str, Any]],
-    n_prompt: int,
-    n_completion: int,
-    n_cached: int = 0,
-) -> dict[str, Any]:
-    obj = "chat.completion" if job.kind == "chat" else "text_completion"
-    return {
-        "id": rid,
-        "object": obj,
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": usage(n_prompt, n_completion, n_cached),
-    }
-
-
-def chunk(
-    job: Job,
-    rid: str,
-    model: str,
-    text: str | None,
-    finish: str | None = None,
-    *,
-    first: bool = False,
-    usage_counts: dict[str, Any] | None = None,
-    index: int = 0,
-    entries: list[dict[str, Any]] | None = None,
-    tool_calls: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """One server-sent event; ``usage_counts`` makes the extra final chunk with no choices."""
-    lp = logprobs_body(job, entries or []) if entries else None
-    if job.kind == "chat":
-        delta: dict[str, Any] = {"role": "assistant"} if first else {}
-        if text is not None:
-            delta["content"] = text
-        if tool_calls:
-            delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(tool_calls)]
-        choices: list[dict[str, Any]] = [
-            {"index": index, "delta": delta, "finish_reason": finish, "logprobs": lp}
-        ]
-        obj = "chat.completion.chunk"
-    else:
-        choices = [{"index": index, "text": text or "", "finish_reason": finish, "logprobs": lp}]
-        obj = "text_completion"
-    out: dict[str, Any] = {
-        "id": rid,
-        "object": obj,
-        "created": int(time.time()),
-        "model": model,
-        "choices": [] if usage_counts is not None else choices,
-    }
-    if usage_counts is not None:
-        out["usage"] = usage_counts
-    return out

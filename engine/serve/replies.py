@@ -14,16 +14,8 @@ from typing import Any
 
 from engine import protocol as P
 from engine.serve.calls import Call, refusal_of, sse
-from engine.serve.openai_api import (
-    FINISH,
-    ApiError,
-    Job,
-    choice,
-    chunk,
-    new_id,
-    response,
-    usage,
-)
+from engine.serve.openai_api import ApiError, Job
+from engine.serve.shapes import FINISH, choice, chunk, new_id, response, usage
 from engine.serve.tools import may_be_call, parse_calls
 
 

@@ -1,0 +1,124 @@
+"""The child's continuous-batching loop (engine.child.batch) with SmolLM2 in a real runtime child.
+
+Prompts that wait together are prefilled together: one decode step ends all their prefills
+(``Started.step``), so the time to first token of a burst of clients is one prefill, not one
+per client. Sampling the rows of a step in parallel (engine.child.batch_sample) must not change
+what anyone gets: greedy and seeded replies are the same token for token as one at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from engine import protocol as P
+from engine.core.memory_types import PlanSettings
+from tests.helpers.runtime_host import running_host
+
+pytestmark = pytest.mark.slow
+SLOTS = 3
+PROMPTS = [
+    "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nCount to five.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWrite a haiku about rivers.<|im_end|>\n<|im_start|>assistant\n",
+]
+GREEDY = {"temperature": 0}
+SEEDED = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 7}
+
+
+class Burst:
+    """Requests submitted together; collects each one's Started and Done."""
+
+    def __init__(self, n: int) -> None:
+        self.started: dict[int, P.Started] = {}
+        self.done: dict[int, P.Message] = {}
+        self.n = n
+        self.all_done = threading.Event()
+
+    def on_event(self, msg: P.Message) -> None:
+        if isinstance(msg, P.Started):
+            self.started[msg.id] = msg
+        elif isinstance(msg, (P.Done, P.ErrorEvent)):
+            self.done[msg.id] = msg
+            if len(self.done) == self.n:
+                self.all_done.set()
+
+
+def _generate(i: int, prompt: str, sampling: dict) -> P.GenerateRequest:
+    return P.GenerateRequest(id=i, prompt=prompt, max_tokens=24, sampling=sampling, serve=True)
+
+
+def _burst(host, sampling: dict) -> tuple[list[int], list[list[int]], Burst]:
+    """Submit every prompt while the child is busy with a benchmark, then cancel it: all of
+    them are queued (the child reads its pipe in order) before the batch loop polls."""
+    burst = Burst(len(PROMPTS))
+    # prefills that run until cancelled (it must fit the context, or it is refused at once)
+    held: list[P.Message] = []
+    bench = host.submit(
+        "bench", lambda i: P.BenchRequest(id=i, n_prompt=256, n_gen=0, repetitions=10**6), held.append
+    )
+    ids = [host.submit("generate", lambda i, p=p: _generate(i, p, sampling), burst.on_event) for p in PROMPTS]
+    host.cancel(bench)
+    assert burst.all_done.wait(300)
+    assert [getattr(m, "kind", None) for m in held] == ["cancelled"]  # it held the queue until then
+    replies = [burst.done[i] for i in ids]
+    assert all(isinstance(d, P.Done) for d in replies), replies
+    return ids, [d.tokens for d in replies], burst  # type: ignore[union-attr]
+
+
+def _one_by_one(host, sampling: dict) -> list[list[int]]:
+    out = []
+    for p in PROMPTS:
+        done = host.call("generate", lambda i, p=p: _generate(i, p, sampling), timeout=300)
+        assert isinstance(done, P.Done)
+        out.append(done.tokens)
+    return out
+
+
+@pytest.fixture(scope="module")
+def host(smollm2_path):
+    params = P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512 * SLOTS, n_seq_max=SLOTS))
+    with running_host(params) as (host, _loaded):
+        yield host
+
+
+def test_prompts_that_wait_together_are_prefilled_in_one_step(host):
+    ids, _, burst = _burst(host, GREEDY)
+    steps = {burst.started[i].step for i in ids}
+    assert len(steps) == 1 and steps.pop() > 0
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_replies_in_a_batch_equal_replies_one_at_a_time(host, sampling):
+    _, together, _ = _burst(host, sampling)
+    alone = _one_by_one(host, sampling)
+    assert together == alone
+    assert all(together)
+
+
+def test_quick_requests_are_answered_between_steps_without_ending_the_batch(host):
+    """Tokenize and the RPC workers' memory (the Machines dock asks every few seconds) are
+    answered between decode steps; before, such a request stopped the batch from admitting new
+    requests until every running one had ended."""
+    started, done = threading.Event(), threading.Event()
+
+    def on_event(msg: P.Message) -> None:
+        if isinstance(msg, P.Started):
+            started.set()
+        elif isinstance(msg, (P.Done, P.ErrorEvent)):
+            done.set()
+
+    long_reply = P.GenerateRequest(  # a grammar that cannot end before 300 characters
+        id=0,
+        prompt=PROMPTS[2],
+        max_tokens=200,
+        serve=True,
+        json_schema='{"type": "string", "minLength": 300}',
+    )
+    host.submit("generate", lambda i: P.GenerateRequest(**{**vars(long_reply), "id": i}), on_event)
+    assert started.wait(300)
+    assert host.remote_memory(timeout=300) == []  # no workers here
+    assert host.tokenize("hello", timeout=300)
+    assert not done.is_set()  # both answered while the reply was still being generated
+    assert done.wait(300)

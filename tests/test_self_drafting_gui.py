@@ -1,0 +1,116 @@
+"""Self-drafting in the window (issue 19): the draft picker offers the model's own MTP heads and the
+Gemma 4 assistants found for it; choosing the heads reloads the model with them and drafts; the
+dashboard shows acceptance per draft position and the speed-up. Tiny random-weight models: greedy
+identity and the wording are checked, never acceptance itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.bridges.draft_picker import speculation_text
+from app.bridges.self_drafting import find_assistants, mtp_label
+from engine.core.units import acceptance_by_position
+from tests.helpers import mtp_models as mm
+
+LOAD_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mtp-gui")
+    (d / "gemma4").mkdir()  # the pair in its own folder, the assistant beside its target
+    return {
+        "hyv3": mm.write_hyv3(d / "hyv3.gguf"),
+        "g4": mm.write_gemma4_target(d / "gemma4" / "g4.gguf"),
+        "g4a": mm.write_gemma4_assistant(d / "gemma4" / "g4a.gguf"),
+    }
+
+
+def test_acceptance_is_worded_per_draft_position():
+    assert acceptance_by_position([120, 86, 40, 10], [86, 44, 12, 1]) == (
+        "acceptance by draft position: 1st 72% of 120, 2nd 51% of 86, 3rd 30% of 40, 4th 10% of 10"
+    )
+    assert acceptance_by_position([], []) == ""
+    stats = {"draft": "mtp", "n_drafted": 10, "n_accepted": 5, "drafted_at": [6, 4], "accepted_at": [4, 1]}
+    text = speculation_text({**stats, "tokens_per_s": 30.0}, plain_tps=20.0)
+    assert text.startswith("the model's own MTP heads: 5 of 10")
+    assert "speed-up 1.50×" in text and "1st 67% of 6, 2nd 25% of 4" in text
+
+
+def test_assistants_are_found_beside_the_model_by_architecture(models, tmp_path):
+    renamed = tmp_path / "nothing-in-the-name.gguf"
+    shutil.copy(models["g4a"], renamed)
+    found = find_assistants(str(models["g4"]), library=[str(renamed), str(models["hyv3"])])
+    assert found == [str(models["g4a"]), str(renamed)]
+    assert find_assistants(str(models["hyv3"]), library=[]) == []
+    assert mtp_label(1) == "the model's own MTP heads (1 layer)"
+
+
+def _labels(win) -> list[str]:
+    combo = win.chat.draft_picker.combo
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatch, models):
+    from tests.helpers.gui import new_window
+
+    win = new_window(qtbot, tmp_path, monkeypatch, models["hyv3"])
+    store = win.store
+    try:
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.start()
+        qtbot.waitUntil(lambda: mtp_label(3) in _labels(win), timeout=LOAD_TIMEOUT_MS)
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS) as reloaded:
+            win.drafting.choose("mtp", "")  # the heads load with the model: a reload
+        assert reloaded.args[0].mtp == "ready" and win.chat.draft_picker.state == ("mtp", "")
+        assert win.memory.dashboard.draft_bars  # the drafting context's memory, planned
+        win.chat.input.setPlainText("w1 w2 w3")
+        with qtbot.waitSignal(win.bridge.finished, timeout=LOAD_TIMEOUT_MS) as done:
+            qtbot.mouseClick(win.chat.send_button, Qt.MouseButton.LeftButton)
+        assert done.args[0].draft == "mtp" and done.args[0].n_drafted > 0
+        text = win.memory.dashboard.spec_label.text()
+        assert "the model's own MTP heads" in text and "acceptance by draft position: 1st" in text
+    finally:
+        win.close()
+        store.close()
+
+
+def test_window_offers_the_assistant_beside_a_gemma4_and_loads_it(qtbot, tmp_path, monkeypatch, models):
+    from tests.helpers.gui import new_window
+
+    win = new_window(qtbot, tmp_path, monkeypatch, models["g4"])
+    store = win.store
+    try:
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.start()
+        qtbot.waitUntil(lambda: "Gemma 4 assistant: g4a.gguf" in _labels(win), timeout=LOAD_TIMEOUT_MS)
+        assert not any("MTP heads" in label for label in _labels(win))  # a Gemma 4 has none
+        with qtbot.waitSignal(win.bridge.draftLoaded, timeout=LOAD_TIMEOUT_MS) as loaded:
+            win.drafting.choose("model", str(models["g4a"]))
+        assert loaded.args[0].n_ctx == win.bridge.loaded_info.n_ctx
+        assert win.chat.draft_picker.verdict.text() == "✓ compatible"
+    finally:
+        win.close()
+        store.close()
+
+
+def test_an_assistant_for_another_target_is_one_line_and_nothing_loads(qtbot, tmp_path, monkeypatch, models):
+    from tests.helpers.gui import new_window
+
+    win = new_window(qtbot, tmp_path, monkeypatch, models["hyv3"])
+    store = win.store
+    try:
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.start()
+        win.drafting.choose("model", str(models["g4a"]))
+        qtbot.waitUntil(lambda: win.chat.draft_picker.verdict.text().startswith("✗"), timeout=LOAD_TIMEOUT_MS)
+        banner = win.banner.label.text()
+        assert "g4a.gguf cannot be a draft" in banner and "\n" not in banner
+        assert win.bridge.draft_mode == "" and win.bridge.loaded_info is not None
+    finally:
+        win.close()
+        store.close()
