@@ -374,6 +374,7 @@ class MainWindow(QMainWindow):
 
     def _use_workers(self, workers: tuple[str, ...]) -> None:
         self.bridge.workers = workers
+        self.memory.workers_changed()
 
     def _on_runtime_exit(self, outcome: ProcessOutcome) -> None:
         if outcome.lost_workers and self.model_info is not None and self.settings is not None:

@@ -52,6 +52,15 @@ def split_unavailable(mode: str, n_gpus: int, backend: str) -> str | None:
     return None
 
 
+def split_label(dev: Device, index: int) -> str:
+    """A device's name in the split editor: GPUn for a local one, a worker's by its endpoint
+    (with its device number when the worker lends more than one)."""
+    if not dev.endpoint:
+        return f"GPU{index}"
+    n = dev.name.split("[", 1)[0].removeprefix("RPC")
+    return dev.endpoint if n in ("", "0") else f"{dev.endpoint} #{n}"
+
+
 class MarkedSlider(QSlider):
     """A horizontal slider with a mark at the fitted maximum, so "how far can I go" is visible."""
 
@@ -199,12 +208,23 @@ class CachePanel(QWidget):
         self.main_gpu.clear()
         self.main_gpu.addItems([d.name for d in gpus] or ["(no GPU)"])
         self.main_gpu.setCurrentIndex(min(settings.main_gpu, max(0, len(gpus) - 1)))
-        self._set_split_choices(len(gpus), settings)
+        self._set_split_choices(gpus, settings)
         self._building = False
         self.setEnabled(True)
         self._changed(refit=True)
 
-    def _set_split_choices(self, n_gpus: int, settings: PlanSettings) -> None:
+    def devices_changed(self, devices: list[Device], gpu_note: str = "") -> None:
+        """Workers were added or removed (app.machines): the split editor and the plan follow,
+        keeping the other settings as they are on screen."""
+        if self.info is None:
+            return
+        s = self.settings().replace(tensor_split=())
+        if not any(d.kind == "gpu" for d in self.devices):  # no split was possible: llama.cpp's default
+            s = s.replace(split_mode="layer", n_gpu_layers=PlanSettings().n_gpu_layers)
+        self.set_model(self.info, s, devices, self.backend, gpu_note)
+
+    def _set_split_choices(self, gpus: list[Device], settings: PlanSettings) -> None:
+        n_gpus = len(gpus)
         model = self.split_mode.model()
         reasons: list[str] = []
         for i, mode in enumerate(("none", "layer", "row", "tensor")):
@@ -223,10 +243,15 @@ class CachePanel(QWidget):
         while self.ratio_row.count():
             self.ratio_row.takeAt(0).widget().deleteLater()
         self.ratios = []
-        for i in range(n_gpus):
-            box = QDoubleSpinBox(self, minimum=0.0, maximum=100.0, singleStep=0.5, decimals=1)
-            box.setValue(settings.tensor_split[i] if i < len(settings.tensor_split) else 1.0)
-            box.setPrefix(f"GPU{i}: ")
+        workers = any(d.endpoint for d in gpus)
+        for i, dev in enumerate(gpus):
+            # ratios are relative; a split pinned for workers is in MiB (engine.plan.fit.pin_split)
+            box = QDoubleSpinBox(self, minimum=0.0, maximum=1e7, singleStep=0.5, decimals=1)
+            # with workers, unset ratios start at llama.cpp's own default: free memory (GiB)
+            default = round(dev.free_bytes / (1 << 30), 1) if workers else 1.0
+            box.setValue(settings.tensor_split[i] if i < len(settings.tensor_split) else default)
+            box.setPrefix(f"{split_label(dev, i)}: ")
+            box.setToolTip(f"{dev.name}: {dev.description}" if dev.description else dev.name)
             box.valueChanged.connect(lambda _v: self._changed(refit=True))
             self.ratio_row.addWidget(box)
             self.ratios.append(box)
