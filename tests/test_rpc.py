@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -270,6 +272,13 @@ def test_kvdeck_worker_prints_its_devices_and_ends_cleanly_on_ctrl_c() -> None:
     assert lines[0].startswith(f"worker listening on 127.0.0.1:{port} (llama.cpp RPC")
     assert lines[1].strip().startswith("CPU:") and " free of " in lines[1]
     assert probe(f"127.0.0.1:{port}").devices  # it serves
+    proc.stdout.readline()  # the probe came and went (named if it was still there)
+    proc.stdout.readline()
+    with socket.create_connection(("127.0.0.1", port)) as client:  # a client that stays
+        me = f"127.0.0.1:{client.getsockname()[1]}"
+        line = proc.stdout.readline()
+        assert re.fullmatch(rf"\d\d:\d\d:\d\d client {re.escape(me)} connected\n", line), line
+    assert proc.stdout.readline().endswith(f" client {me} disconnected\n")
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err.strip() == "worker stopped"
