@@ -20,6 +20,7 @@ from engine.plan.fit import pin_split
 from engine.protocol import LoadParams
 from engine.runtime.exact_plan import plan_from_log
 from engine.runtime.info import plan_devices
+from tests.helpers.gguf_factory import write_family
 from tests.helpers.rpc_workers import needs_rpc, workers
 from tests.helpers.runtime_host import running_host
 
@@ -54,3 +55,35 @@ def test_the_compute_plan_never_falls_short_of_llama_cpp_on_any_worker(
     assert len(rows) >= len(SETTINGS) * (n_workers + 1)
     for base, dev, p, d in rows:
         assert d - 0.01 <= p <= d + 7, (base, dev, p, d)
+
+
+@needs_rpc
+def test_the_bound_holds_for_other_families_on_two_workers(tmp_path: Path) -> None:
+    """Sliding-window (two masks, a rotation pair per cache), routed experts, a recurrent
+    model and a vocabulary so small that the last layer's phase outweighs the logits."""
+    rows = []
+    with workers(2) as ws:
+        rpc = tuple(w.endpoint for w in ws)
+        devices = plan_devices(rpc=rpc)[0]
+        with running_host(rpc=rpc) as (host, _):
+            for family in ("llama", "gemma3", "qwen3moe", "mamba"):
+                path = write_family(family, tmp_path)
+                info = inspect_gguf(str(path))
+                for base in (*SETTINGS[:3], PlanSettings(n_ctx=2048, n_seq_max=2)):
+                    settings = pin_split(base, devices)
+                    log = host.load(LoadParams(str(path), settings, dry_run=True)).memory_log
+                    dry = plan_from_log(log, settings, "exact")
+                    predicted = analytic_plan(info, settings, devices)
+                    rows += [
+                        (
+                            family,
+                            base,
+                            dev,
+                            predicted.bytes_for(dev, "compute"),
+                            dry.bytes_for(dev, "compute"),
+                        )
+                        for dev in dry.devices()
+                    ]
+    assert len(rows) == 4 * 4 * 3
+    under = [(f, b, dev, p / MiB, d / MiB) for f, b, dev, p, d in rows if p < d - 0.01 * MiB]
+    assert not under

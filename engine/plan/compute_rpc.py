@@ -16,13 +16,16 @@ make these buffers larger than one local device's:
   ggml-alloc never frees or reuses them, and four copies of every graph input on the host
   (pass 6, including the unused `inp_embd` leaf).
 * The activations then sit above those copies: the layer phases of engine.plan.compute
-  without the mask (counted with the inputs), and on the output device the logits past the
-  last layer's rows (1 to 5 rows on the loopback dry runs; 6 here).
+  without the mask (counted with the inputs), and on the output device the larger of the
+  logits and that phase, past the last layer's rows (1 to 5 rows on the loopback dry runs
+  with SmolLM2, up to 3 with the synthetic 2-layer families; 6 here).
 
-Checked against llama.cpp's dry run on two loopback CPU workers (SmolLM2-135M, f16 and q8_0
-K/V, flash attention on and off, ubatch 256-512, ctx 1k-4k, full and partial offload; see
+Checked against llama.cpp's dry run on one and two loopback CPU workers (SmolLM2-135M and
+the synthetic llama, gemma2/3, qwen3moe, gpt-oss and mamba families; f16 and q8_0 K/V, flash
+attention on and off, ubatch 256-512, ctx 1k-4k, 1-2 sequences, full and partial offload; see
 tests/test_rpc_compute.py): the host buffer is exact with pipeline parallelism and the worker
-buffers are 0.5-6 MiB over, never under. Without pipeline parallelism the inputs are ordinary
+buffers are up to 6 MiB over (31 MiB for a worker holding only SWA layers: the full-context
+mask is counted on every device), never under. Without pipeline parallelism the inputs are ordinary
 tensors and the sum of inputs and phases is an upper bound.
 """
 
@@ -82,6 +85,8 @@ def rpc_compute(
     # the graph inputs on the host: inp_embd leaf + get_rows result, tokens, positions, masks,
     # indices, output ids (engine.plan.compute_cuda.host_bytes, exact for a CUDA host buffer)
     host_inputs = cc.host_bytes(shape, cm, r, fa_on, n_swa_cells, quant)
+    if quant and shape.has_full and shape.has_swa:  # llama-graph.cpp: a rotation pair per cache
+        host_inputs += 4 * cm.head_dim * cm.head_dim + 4 * 64 * 64
     # what a worker copies in besides the hidden rows: positions, masks, indices, rotations
     shared = host_inputs - 2 * row - 4 * t * 2 - 4 * min(t, r.n_outputs_max)
     ph = phases(shape, r, fa_on, n_swa_cells, kv_unified, quant)
@@ -107,12 +112,14 @@ def rpc_compute(
             + f" + the {name} phase {act / MiB:.2f} MiB"
         )
         if dev == ldev[-1]:
-            # with one copy the inputs are freed by then, yet the logits still landed 1-5
-            # rows up (5 with a quantized cache at ubatch 256)
-            out = (copies * inp if copies > 1 else 0) + logits + OUTPUT_ROWS * row
-            if out > b:
-                b = out
-                detail += f"; output: logits {logits / MiB:.2f} MiB past the inputs and rows"
+            # the logits (or, with a small vocabulary, the last layer's phase) and the rows
+            # left above them: with one copy the inputs are freed by then, yet the logits
+            # still landed 1-5 rows up (5 with a quantized cache at ubatch 256)
+            if copies > 1:
+                b = copies * inp + max(act, logits) + OUTPUT_ROWS * row
+            else:
+                b = max(b, logits + OUTPUT_ROWS * row)
+            detail += f"; output: logits {logits / MiB:.2f} MiB + {OUTPUT_ROWS} rows"
         res.append((dev, b, detail + f" for a {t}-token ubatch"))
     if copies > 1:
         host = copies * (host_inputs - row) + row
