@@ -291,8 +291,10 @@ def _split_compute(
 ) -> list[Allocation]:
     """With llama.cpp RPC workers, every device that holds layers runs its own part of the graph
     and the scheduler reserves a compute buffer on each, not only on the output layer's device.
-    Sized as the peak of the layer phases; a first estimate (on the loopback SmolLM2 split the
-    measured buffers were about twice this), `plan --exact` asks llama.cpp's dry run."""
+    Sized as the peak of the layer phases, for workers that lend a GPU (CPU-backed workers have
+    the bound of engine.plan.compute_rpc); an estimate: `plan --exact` asks llama.cpp's dry run,
+    and with two or more such workers llama.cpp's pipeline parallelism adds four copies of each
+    split's inputs that this does not count."""
     ph = phases(geo.compute, r, fa_on, n_swa_cells, kv_unified)
     peak = max((v for k, v in ph.items() if k != "output"), default=0)
     placed = {dev for dev, _b, _d in ests}
