@@ -267,20 +267,22 @@ def test_kvdeck_worker_prints_its_devices_and_ends_cleanly_on_ctrl_c() -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None
-    lines = [proc.stdout.readline() for _ in range(3)]
-    assert lines[0].startswith(f"worker listening on 127.0.0.1:{port} (llama.cpp RPC")
-    assert lines[1].strip().startswith("CPU:") and " free of " in lines[1]
-    assert probe(f"127.0.0.1:{port}").devices  # it serves
-    proc.stdout.readline()  # the probe came and went (named if it was still there)
-    proc.stdout.readline()
-    with socket.create_connection(("127.0.0.1", port)) as client:  # a client that stays
-        me = f"127.0.0.1:{client.getsockname()[1]}"
-        line = proc.stdout.readline()
-        assert re.fullmatch(rf"\d\d:\d\d:\d\d client {re.escape(me)} connected\n", line), line
-    assert proc.stdout.readline().endswith(f" client {me} disconnected\n")
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[0].startswith(f"worker listening on 127.0.0.1:{port} (llama.cpp RPC")
+        assert lines[1].strip().startswith("CPU:") and " free of " in lines[1]
+        assert probe(f"127.0.0.1:{port}").devices  # it serves
+        proc.stdout.readline()  # the probe came and went (named if it was still there)
+        proc.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port)) as client:  # a client that stays
+            me = f"127.0.0.1:{client.getsockname()[1]}"
+            line = proc.stdout.readline()
+            assert re.fullmatch(rf"\d\d:\d\d:\d\d client {re.escape(me)} connected\n", line), line
+        assert proc.stdout.readline().endswith(f" client {me} disconnected\n")
+    finally:
+        proc.send_signal(signal.SIGINT)  # also when an assertion failed: no worker is left behind
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err.strip() == "worker stopped"
     with pytest.raises(KvDeckError, match="nothing is listening"):
         probe(f"127.0.0.1:{port}")  # its server process is gone too
