@@ -180,6 +180,7 @@ class MainWindow(QMainWindow):
 
     def _use_workers(self, workers: tuple[str, ...]) -> None:
         self.bridge.workers = workers
+        self.memory.workers_changed()
 
     def _runtime_pid(self) -> int | None:
         host = self.bridge.host

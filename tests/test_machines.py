@@ -119,3 +119,38 @@ def test_the_window_loads_onto_a_listed_worker_and_carries_on_without_it_when_it
     assert win.memory.measured is not None and win.memory.measured.bytes_for(device) == 0
     reply = win.store.messages(win.chat.conversation_id)[-1]
     assert reply.role == "assistant" and reply.content.strip()  # the partial reply is kept
+
+
+@needs_rpc
+def test_workers_appear_in_the_split_editor_by_endpoint_and_the_load_follows_it(
+    qtbot,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch,  # noqa: ANN001
+    smollm2_path: Path,
+) -> None:
+    with workers(2) as ws:
+        win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.start()
+        panel = win.memory.cache
+        for w in ws:
+            win.machines.entry.setText(w.endpoint)
+            win.machines.add_from_entry()
+        win.machines.use_box.setChecked(True)
+        qtbot.waitUntil(lambda: win.bridge.workers == tuple(w.endpoint for w in ws), timeout=15_000)
+        qtbot.waitUntil(lambda: len(panel.ratios) == 2, timeout=15_000)
+        assert [b.prefix() for b in panel.ratios] == [f"{w.endpoint}: " for w in ws]
+        assert all(
+            b.toolTip().startswith(f"RPC0[{w.endpoint}]") for b, w in zip(panel.ratios, ws, strict=True)
+        )
+        assert all(b.value() > 0 for b in panel.ratios)  # llama.cpp's default: free memory
+        panel.ratios[0].setValue(1.0)  # the first worker gets a quarter of the layers
+        panel.ratios[1].setValue(3.0)
+        assert panel.settings().tensor_split == (1.0, 3.0)
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            panel.apply.click()
+        measured = win.memory.measured
+        assert measured is not None
+        first, second = (measured.bytes_for(f"RPC0[{w.endpoint}]", "kv") for w in ws)
+        assert 0 < first < second  # the split the editor showed is the one loaded
+        win.close()

@@ -93,6 +93,7 @@ class MachinesDock(QDockWidget):
         self.endpoints: list[str] = list(store.get_setting(WORKERS_SETTING, []) or [])
         self.sharing: WorkerProcess | None = None
         self._probing = False
+        self._probed: list[str] = []  # the endpoints the probe under way was given
         self._states: dict[str, WorkerInfo | str] = {}  # the last probe of each worker
         body = QWidget(self)
         layout = QVBoxLayout(body)
@@ -178,6 +179,7 @@ class MachinesDock(QDockWidget):
         if self._probing or not self.endpoints:
             return
         self._probing = True
+        self._probed = list(self.endpoints)
         run_in_background(
             probe_states,
             list(self.endpoints),
@@ -196,6 +198,8 @@ class MachinesDock(QDockWidget):
         self._show_share()
         if self.active_workers() != before:
             self.workersChanged.emit(self.active_workers())
+        if any(e not in self._probed for e in self.endpoints):  # added while that probe ran
+            self.refresh()
 
     def _show_rows(self, states: dict[str, WorkerInfo | str]) -> None:
         self.tree.clear()

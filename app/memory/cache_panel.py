@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.memory.precision_view import PrecisionView, Source
+from app.memory.split_names import split_label, split_unavailable
 from app.theme import series, status_color, warning_color
 from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings, Problem
 from engine.core.units import format_bytes
@@ -62,21 +63,6 @@ def margins_from_setting(value: Any) -> Margins:
 
 def margins_setting(margins: Margins) -> dict[str, int]:
     return {"gpu_mib": margins.gpu // MiB, "cpu_mib": margins.cpu // MiB}
-
-
-def split_unavailable(mode: str, n_gpus: int, backend: str) -> str | None:
-    """Why a split mode cannot be used on this machine with this runtime, or None."""
-    if mode == "none":
-        return None
-    if n_gpus == 0:
-        return "needs a GPU (none usable)"
-    if mode == "row":
-        if backend == "cuda":
-            return "row split is not supported by the CUDA backend of this llama.cpp"
-        return None if n_gpus >= 2 else "needs at least two GPUs"
-    if mode == "tensor" and n_gpus < 2:
-        return "needs at least two GPUs"
-    return None
 
 
 class MarkedSlider(QSlider):
@@ -264,12 +250,23 @@ class CachePanel(QWidget):
         self.main_gpu.clear()
         self.main_gpu.addItems([d.name for d in gpus] or ["(no GPU)"])
         self.main_gpu.setCurrentIndex(min(settings.main_gpu, max(0, len(gpus) - 1)))
-        self._set_split_choices(len(gpus), settings)
+        self._set_split_choices(gpus, settings)
         self._building = False
         self.setEnabled(True)
         self._changed(refit=True)
 
-    def _set_split_choices(self, n_gpus: int, settings: PlanSettings) -> None:
+    def devices_changed(self, devices: list[Device], gpu_note: str = "") -> None:
+        """Workers were added or removed (app.machines): the split editor and the plan follow,
+        keeping the other settings as they are on screen."""
+        if self.info is None:
+            return
+        s = self.settings().replace(tensor_split=())
+        if not any(d.kind == "gpu" for d in self.devices):  # no split was possible: llama.cpp's default
+            s = s.replace(split_mode="layer", n_gpu_layers=PlanSettings().n_gpu_layers)
+        self.set_model(self.info, s, devices, self.backend, gpu_note)
+
+    def _set_split_choices(self, gpus: list[Device], settings: PlanSettings) -> None:
+        n_gpus = len(gpus)
         model = self.split_mode.model()
         reasons: list[str] = []
         for i, mode in enumerate(("none", "layer", "row", "tensor")):
@@ -288,10 +285,15 @@ class CachePanel(QWidget):
         while self.ratio_row.count():
             self.ratio_row.takeAt(0).widget().deleteLater()
         self.ratios = []
-        for i in range(n_gpus):
-            box = QDoubleSpinBox(self, minimum=0.0, maximum=100.0, singleStep=0.5, decimals=1)
-            box.setValue(settings.tensor_split[i] if i < len(settings.tensor_split) else 1.0)
-            box.setPrefix(f"GPU{i}: ")
+        workers = any(d.endpoint for d in gpus)
+        for i, dev in enumerate(gpus):
+            # ratios are relative; a split pinned for workers is in MiB (engine.plan.fit.pin_split)
+            box = QDoubleSpinBox(self, minimum=0.0, maximum=1e7, singleStep=0.5, decimals=1)
+            # with workers, unset ratios start at llama.cpp's own default: free memory (GiB)
+            default = round(dev.free_bytes / (1 << 30), 1) if workers else 1.0
+            box.setValue(settings.tensor_split[i] if i < len(settings.tensor_split) else default)
+            box.setPrefix(f"{split_label(dev, i)}: ")
+            box.setToolTip(f"{dev.name}: {dev.description}" if dev.description else dev.name)
             box.valueChanged.connect(lambda _v: self._changed(refit=True))
             self.ratio_row.addWidget(box)
             self.ratios.append(box)

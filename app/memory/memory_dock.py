@@ -99,6 +99,11 @@ class MemoryDock(QDockWidget):
         hosts = [d for d in devices if d.kind == "cpu"]  # workers' devices go after the host, as in llama.cpp
         return hosts + self.remote_devices() + devices[len(hosts) :], note
 
+    def workers_changed(self) -> None:
+        """The Machines list changed: the split editor and the plan take the workers' devices."""
+        devices, note = self.devices()
+        self.cache.devices_changed(devices, note)
+
     # ------------------------------------------------------------------ model events
     def model_inspected(self, info: GGUFInfo, settings: PlanSettings) -> None:
         devices, note = self.devices()

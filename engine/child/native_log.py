@@ -15,6 +15,7 @@ from collections.abc import Callable
 import llama_cpp  # noqa: F401  (installs llama-cpp-python's own log callback, replaced below)
 import llama_cpp.llama_cpp as LL
 
+from engine.child.rpc_lost import mark
 from engine.plan.alloc_failure import describe_allocation_failure
 from engine.protocol import ABORT_PREFIX
 
@@ -140,7 +141,12 @@ def install_abort_hook() -> object:
     hook_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 
     def on_abort(msg: bytes | None) -> None:
-        os.write(2, ABORT_PREFIX.encode() + (msg or b"").replace(b"\n", b" ") + b"\n")
+        text = (msg or b"").replace(b"\n", b" ")
+        try:
+            text = mark(text)
+        except Exception:  # noqa: BLE001 - the message must get out whatever happens
+            pass
+        os.write(2, ABORT_PREFIX.encode() + text + b"\n")
 
     hook = hook_type(on_abort)
     try:

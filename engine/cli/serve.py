@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Any
 
@@ -149,9 +150,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_config(config)  # before minutes of loading, not after
     path = model_path(args)
     info = inspect_gguf(path)
+    ctx_given = args.ctx
     settings = plan_settings(args, info)
     server: ApiServer | None = None
     latest: list[P.Slots] = []
+    # what the server reads: replaced when the model is reloaded without a worker
+    now: dict[str, Any] = {"loaded": None, "settings": settings}
 
     def on_event(msg: object) -> None:  # the KV fill per sequence, for /v1/kvdeck/memory
         if isinstance(msg, P.Slots):
@@ -159,13 +163,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     with RuntimeHost(on_event=on_event, rpc=endpoints(args)) as host:
         try:
-            loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
+            loaded = now["loaded"] = host.load(LoadParams(path, settings, n_threads=args.threads))
             served = ServedModel(
                 host=lambda: host,
-                loaded=lambda: loaded,
-                slots=lambda: settings.n_seq_max,
+                loaded=lambda: now["loaded"],
+                slots=lambda: now["settings"].n_seq_max,
                 alias=args.alias,
-                settings=lambda: settings,
+                settings=lambda: now["settings"],
                 slots_state=lambda: latest[0] if latest else None,
             )
             server = ApiServer(served, config)
@@ -176,8 +180,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
             try:
-                while server.running and host.running:
-                    time.sleep(0.25)
+                while True:
+                    while server.running and host.running:
+                        time.sleep(0.25)
+                    outcome = host.outcome
+                    if not (server.running and outcome is not None and outcome.lost_workers):
+                        break
+                    args.ctx = ctx_given
+                    now["loaded"] = None  # /health says 503 until the model is back
+                    now["settings"], now["loaded"] = reload_without_workers(host, args, info, path)
             except KeyboardInterrupt:
                 return 0
             if not host.running and host.outcome is not None and not host.outcome.expected:
@@ -186,3 +197,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             if server is not None:
                 server.stop()
+
+
+def reload_without_workers(host: Any, args: argparse.Namespace, info: Any, path: str) -> tuple[Any, Any]:
+    """A worker went away and took the runtime child with it (ggml-rpc aborts on a dead
+    socket): the requests in flight were answered 503 with the sentence naming it; say it on
+    stderr, plan again for the machines left (the same options, so a context that no longer
+    fits is refused in one line) and load there, as chat does, so new requests work."""
+    from engine.protocol import LoadParams
+
+    outcome = host.outcome
+    print(f"{outcome.sentence}; the model is reloaded without it", file=sys.stderr, flush=True)
+    host.rpc = tuple(e for e in host.rpc if e not in outcome.lost_workers)
+    args.rpc = ",".join(host.rpc)
+    settings = plan_settings(args, info)
+    host.start()
+    host.wait_ready()
+    loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
+    print(f"serving again on {', '.join(host.rpc) or 'this machine alone'}", file=sys.stderr, flush=True)
+    return settings, loaded

@@ -1,7 +1,9 @@
 """``kvdeck worker``: lend this machine's devices to KV Deck (or llama.cpp) on another machine.
 
 It runs llama.cpp's own RPC server (engine.child.worker, through engine.runtime.worker_process),
-prints the endpoint and the devices with their memory, and serves until Ctrl+C.
+prints the endpoint and the devices with their memory, then a line per client that connects or
+disconnects (ggml-rpc prints both, without the address; engine.runtime.worker_process adds it),
+and serves until Ctrl+C.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from typing import Any
 
 from engine.core.units import format_bytes
@@ -43,6 +46,13 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _client_event(peer: str, connected: bool) -> None:
+    """One line per client that connects or leaves (ggml-rpc serves one at a time)."""
+    stamp = time.strftime("%H:%M:%S")
+    who = f"client {peer}" if peer else "a client (gone before it could be named)"
+    print(f"{stamp} {who} {'connected' if connected else 'disconnected'}", flush=True)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from engine.runtime.worker_process import WorkerProcess, exposure_warning
 
@@ -50,7 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     warning = exposure_warning(args.host)
     if warning:
         print(warning, file=sys.stderr)
-    worker = WorkerProcess(args.host, args.port, devices, args.cache_dir, args.threads)
+    worker = WorkerProcess(args.host, args.port, devices, args.cache_dir, args.threads, _client_event)
     worker.start()
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends it as cleanly as Ctrl+C
     try:

@@ -18,6 +18,7 @@ from engine.gguf.hparams import NO_MEMORY_ARCHS
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.compute import estimate_compute, phases
 from engine.plan.compute_placement import cuda_compute
+from engine.plan.compute_rpc import SCHED_MAX_COPIES, pipeline_parallel, rpc_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
 from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
 from engine.plan.kv_sizes import ModelGeometry, geometry, kv_caches
@@ -233,12 +234,18 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         bool(gpus),
         quant_k or quant_v,
     )
+    held = [g for g in gpus if g.name in ldev]
+    rpc_cpu = bool(held) and all(g.endpoint and g.host_layout for g in held)
     if gpus and all(g.name.startswith("CUDA") for g in gpus):
         state = 0 if no_mem else 4 * (geo.n_embd_r + geo.n_embd_s) * rows
         ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), ldev, ests, notes, state)
+    elif rpc_cpu:  # CPU-backed workers: engine.plan.compute_rpc
+        copies = SCHED_MAX_COPIES if pipeline_parallel(settings, geo.n_layer, gpus) else 1
+        q = quant_k or quant_v
+        ests = rpc_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, q, ldev, copies)
     for dev, b, detail in ests:
         allocs.append(Allocation("compute", dev, b, detail))
-    if any(g.endpoint for g in gpus):
+    if any(g.endpoint for g in gpus) and not rpc_cpu:
         allocs += _split_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, ldev, ests)
 
     if settings.split_mode == "tensor" and len(gpus) > 1:
@@ -298,8 +305,10 @@ def _split_compute(
 ) -> list[Allocation]:
     """With llama.cpp RPC workers, every device that holds layers runs its own part of the graph
     and the scheduler reserves a compute buffer on each, not only on the output layer's device.
-    Sized as the peak of the layer phases; a first estimate (on the loopback SmolLM2 split the
-    measured buffers were about twice this), `plan --exact` asks llama.cpp's dry run."""
+    Sized as the peak of the layer phases, for workers that lend a GPU (CPU-backed workers have
+    the bound of engine.plan.compute_rpc); an estimate: `plan --exact` asks llama.cpp's dry run,
+    and with two or more such workers llama.cpp's pipeline parallelism adds four copies of each
+    split's inputs that this does not count."""
     ph = phases(geo.compute, r, fa_on, n_swa_cells, kv_unified)
     peak = max((v for k, v in ph.items() if k != "output"), default=0)
     placed = {dev for dev, _b, _d in ests}

@@ -9,7 +9,7 @@ from its sub-modules, never from here.
 """
 
 from engine.protocol.base import *  # noqa: F401,F403
-from engine.protocol.base import ABORT_PREFIX, MAX_LINE_BYTES, ProtocolError, decode, encode  # noqa: F401
+from engine.protocol.base import ABORT_PREFIX, MAX_LINE_BYTES, RPC_LOST_MARK, ProtocolError, decode, encode  # noqa: F401
 from engine.protocol.errors import ErrorKind as ErrorKind
 from engine.protocol.errors import exception_for as exception_for
 from engine.protocol.messages import *  # noqa: F401,F403

@@ -18,6 +18,8 @@ _M = TypeVar("_M", bound=type)
 
 #: Prefix of the line the child's abort hook writes to stderr just before ``abort()``.
 ABORT_PREFIX = "KVDECK-ABORT: "
+#: Appended to an abort message by the child: the RPC workers whose connection it found closed.
+RPC_LOST_MARK = " | rpc workers lost: "
 #: Lines longer than this are refused by the reader; a runaway child cannot exhaust memory.
 MAX_LINE_BYTES = 16 * 1024 * 1024
 

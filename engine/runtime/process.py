@@ -84,6 +84,8 @@ class RuntimeProcess:
         self._ready = threading.Event()
         self.hello: P.Hello | None = None
         self.outcome: ProcessOutcome | None = None
+        #: How the previous child ended; kept after a restart, for requests it took with it.
+        self.last_outcome: ProcessOutcome | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self: _Self) -> _Self:
@@ -305,7 +307,7 @@ class RuntimeProcess:
             from engine.runtime.workers import worker_outcome
 
             outcome = worker_outcome(outcome, self.rpc)
-        self.outcome = outcome
+        self.outcome = self.last_outcome = outcome
         self._ready.set()
         with self._lock:
             pending, self._pending = self._pending, {}

@@ -1,8 +1,8 @@
 """Fit with llama.cpp RPC workers, checked by llama.cpp's own dry run.
 
-The analytic plan is exact for weights and KV on a worker, but its compute buffer there is an
-estimate (each device that holds layers runs its part of the graph, with its own copies of the
-graph inputs; measured 10-12 MiB under on loopback CPU workers, exact on a CUDA worker). So after
+The analytic plan is exact for weights and KV on a worker, but its compute buffer there is a
+bound (engine.plan.compute_rpc for CPU-backed workers: never under, up to ~6 MiB over on the
+loopback dry runs) or an estimate (other workers). So after
 the analytic fit, one dry run with the workers (``exact_plan``: no weights sent, no memory
 allocated) sizes every compute buffer as llama.cpp will; a device that would then be over its
 budget gets its budget lowered by the excess and fit runs again, a few rounds at most.

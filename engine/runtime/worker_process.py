@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,11 @@ class WorkerProcess:
         devices: list[str] | None = None,
         cache_dir: str | None = None,
         threads: int = 0,
+        on_client: Callable[[str, bool], None] | None = None,
     ) -> None:
+        """``on_client(peer, connected)`` is called (on a reader thread) when a client connects
+        or disconnects, from ggml-rpc's own lines (peer "" for one gone before it was named);
+        the readiness probe is not reported."""
         if not 0 < port < 65536:
             raise KvDeckError(f"--port must be between 1 and 65535, not {port}")
         if threads < 0:
@@ -93,6 +98,8 @@ class WorkerProcess:
         self.devices: list[LentDevice] = []
         self.threads = 0
         self._stderr: list[str] = []
+        self._on_client = on_client
+        self._probed = threading.Event()  # the readiness probe's connection has closed
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> None:
@@ -128,6 +135,7 @@ class WorkerProcess:
         self.threads = int(head.get("threads", 0))
         threading.Thread(target=self._read_stdout, args=(proc,), daemon=True).start()
         self._wait_listening(proc, timeout)
+        self._probed.wait(5.0)  # so that its lines are not taken for a client's
 
     def _check_port(self) -> None:
         """Refuse a port already taken before starting (a worker there would answer our
@@ -219,10 +227,23 @@ class WorkerProcess:
             return None
 
     def _read_stdout(self, proc: subprocess.Popen[bytes]) -> None:
-        """Drain ggml-rpc's own lines (who is connected comes from the sockets, `peers`)."""
+        """Follow ggml-rpc's own lines: the server serves one client at a time and prints
+        "Accepted client connection" / "Client connection closed" around each (ggml-rpc.cpp,
+        ``ggml_backend_rpc_start_server``), naming nobody; who it is comes from the worker's
+        socket (`peers`) when the first line is read. The first client is our readiness probe."""
         assert proc.stdout is not None
-        for _line in proc.stdout:
-            pass
+        client = ""
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            if line == "Accepted client connection":
+                client = ", ".join(self.peers())  # "": it left before it could be named
+                if self._probed.is_set() and self._on_client is not None:
+                    self._on_client(client, True)
+            elif line == "Client connection closed":
+                if not self._probed.is_set():
+                    self._probed.set()
+                elif self._on_client is not None:
+                    self._on_client(client, False)
 
     def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import Device, rpc_device_name
+from engine.protocol import RPC_LOST_MARK
 from engine.runtime.outcome import ProcessOutcome
 
 #: RPC_PROTO_{MAJOR,MINOR,PATCH}_VERSION of the runtime we ship (ggml/include/ggml-rpc.h).
@@ -237,8 +238,16 @@ _DOING = {
 def worker_outcome(outcome: ProcessOutcome, endpoints: tuple[str, ...]) -> ProcessOutcome:
     """Name the worker that ended a runtime child. When a worker's socket fails, ggml-rpc aborts
     with "Remote RPC server crashed or returned malformed response" (``RPC_STATUS_ASSERT``) and
-    names nobody; the worker that no longer accepts a connection is the one that went away."""
-    dead = dead_workers(endpoints)
+    names nobody; the child's abort hook appends the workers whose connection it found closed
+    (engine.child.rpc_lost: one that dropped the connection but still listens), and a worker
+    that no longer accepts a connection went away too."""
+    mark = RPC_LOST_MARK.strip()
+    message, _, named = outcome.abort_message.partition(mark)
+    if named:
+        sentence = outcome.sentence.replace(mark + named, "").rstrip()
+        outcome = dataclasses.replace(outcome, abort_message=message.strip(), sentence=sentence)
+    lost = [e.strip() for e in named.split(",") if e.strip() in endpoints]
+    dead = lost + [e for e in dead_workers(endpoints) if e not in lost]
     if not dead:
         return outcome
     doing = _DOING.get(outcome.phase, outcome.phase)

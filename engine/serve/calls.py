@@ -75,6 +75,7 @@ class Call:
 
     def __init__(self, host: RuntimeHost) -> None:
         self.host = host
+        self.pid = host.pid  # the child this call's requests went to (it may be restarted)
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[P.Message] = asyncio.Queue()
         self.req_ids: list[int] = []
@@ -107,9 +108,10 @@ class Call:
             try:
                 msg = await asyncio.wait_for(self.queue.get(), 0.5)
             except asyncio.TimeoutError:
-                if not self.host.running:
+                if not self.host.running or self.host.pid != self.pid:
                     self.open.clear()
-                    why = self.host.outcome.sentence if self.host.outcome else "the runtime stopped"
+                    ended = self.host.last_outcome
+                    why = ended.sentence if ended else "the runtime stopped"
                     raise ApiError(503, why, "server_error", code="runtime_stopped") from None
                 if request is not None and await request.is_disconnected():
                     raise Gone() from None

@@ -83,3 +83,56 @@ class FakeServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class DroppingProxy:
+    """A loopback TCP relay in front of a real worker whose ``drop()`` cuts every connection
+    through it while it keeps listening: a worker that dropped its client without going away
+    (as a restarted worker or a firewall's idle timeout would)."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:  # one side hung up: so does the other (the worker serves one client at a time)
+            dst.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def drop(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def close(self) -> None:
+        self.drop()
+        self.sock.close()
