@@ -241,8 +241,7 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), ldev, ests, notes, state)
     elif rpc_cpu:  # CPU-backed workers: engine.plan.compute_rpc
         copies = SCHED_MAX_COPIES if pipeline_parallel(settings, geo.n_layer, gpus) else 1
-        q = quant_k or quant_v
-        ests = rpc_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, q, ldev, copies)
+        ests = rpc_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, (tk, tv), ldev, copies)
     for dev, b, detail in ests:
         allocs.append(Allocation("compute", dev, b, detail))
     if any(g.endpoint for g in gpus) and not rpc_cpu:

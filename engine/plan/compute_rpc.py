@@ -65,7 +65,7 @@ def rpc_compute(
     fa_on: bool,
     n_swa_cells: int,
     kv_unified: bool,
-    quant: bool,
+    types: tuple[str, str],
     ldev: list[str],
     copies: int,
 ) -> list[tuple[str, int, str]]:
@@ -80,17 +80,19 @@ def rpc_compute(
         max_layer_matrix=(),
         output_matrix=0,
     )
-    t = cc._tokens(r)
+    g = cc.CudaGraph(shape, cm, r, fa_on, n_swa_cells, types)
+    quant = any(g.quant)
+    t = g.tokens
     row = 4 * t * shape.n_embd
     # the graph inputs on the host: inp_embd leaf + get_rows result, tokens, positions, masks,
     # indices, output ids (engine.plan.compute_cuda.host_bytes, exact for a CUDA host buffer)
-    host_inputs = cc.host_bytes(shape, cm, r, fa_on, n_swa_cells, quant)
+    host_inputs = cc.host_bytes(g)
     if quant and shape.has_full and shape.has_swa:  # llama-graph.cpp: a rotation pair per cache
         host_inputs += 4 * cm.head_dim * cm.head_dim + 4 * 64 * 64
     # what a worker copies in besides the hidden rows: positions, masks, indices, rotations
     shared = host_inputs - 2 * row - 4 * t * 2 - 4 * min(t, r.n_outputs_max)
     ph = phases(shape, r, fa_on, n_swa_cells, kv_unified, quant)
-    mask = cc._masks(shape, r, n_swa_cells, fa_on, t) if shape.q_width else 0
+    mask = g.masks() if shape.q_width else 0
     layer_ph = {k: max(0, v - mask) for k, v in ph.items() if k != "output"}
     name, act = max(layer_ph.items(), key=lambda kv: kv[1], default=("layers", 0))
     logits = 4 * min(t, r.n_outputs_max) * shape.n_vocab
