@@ -6,12 +6,17 @@ with the non-drafting batch loop is the specification; acceptance itself means n
 
 from __future__ import annotations
 
+import threading
+
+import httpx
 import pytest
 
 from engine import protocol as P
 from engine.core.memory_types import PlanSettings
+from engine.serve.server import ApiServer, ServedModel, ServerConfig
 from tests.helpers import mtp_models as mm
 from tests.helpers.burst import held_burst
+from tests.helpers.cli import kvdeck
 from tests.helpers.runtime_host import running_host
 
 GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}
@@ -41,13 +46,70 @@ def test_concurrent_requests_draft_per_sequence_and_keep_the_plain_output(tmp_pa
         assert loaded.mtp == "ready"
         plain = _replies(host, "")
         fast = _replies(host, "mtp")
-        sampled = _replies(host, "mtp", {"temperature": 0.8, "seed": 3})  # in the batch, no drafts
+        seeded = {"temperature": 0.8, "repeat_penalty": 1.1, "seed": 3}
+        sampled = _replies(host, "mtp", seeded)
+        sampled_plain = _replies(host, "", seeded)
     assert [d.tokens for d in fast] == [d.tokens for d in plain]
+    assert [d.tokens for d in sampled] == [d.tokens for d in sampled_plain]  # the chain samples each row
     for d in fast:
         assert d.draft == "mtp" and len(d.drafted_at) == (heads if heads > 1 else 4)  # k <= chained heads
         assert d.n_drafted == sum(d.drafted_at) > 0 and d.n_accepted == sum(d.accepted_at)
-    assert all(d.tokens and d.n_drafted == 0 for d in sampled)
+    assert all(d.tokens and d.n_drafted > 0 for d in sampled)
     drafted, accepted = (
         [sum(x) for x in zip(*col)] for col in ([d.drafted_at for d in fast], [d.accepted_at for d in fast])
     )
     print("\nacceptance by position", drafted, accepted)
+
+
+def _complete(url: str, prompts: list[str]) -> list[dict]:
+    """Every prompt at once, one client thread each (greedy, through the HTTP API)."""
+    out: dict[int, dict] = {}
+
+    def run(i: int) -> None:
+        body = {"model": "m", "prompt": prompts[i], "max_tokens": 48, "temperature": 0}
+        out[i] = httpx.post(f"{url}/v1/completions", json=body, timeout=300).json()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return [out[i] for i in range(len(prompts))]
+
+
+def test_the_server_drafts_per_sequence_and_reports_acceptance_by_position(tmp_path):
+    """``kvdeck serve --mtp``'s path: the same host behind a drafting and a plain API server."""
+    path = mm.write_hyv3(tmp_path / "t.gguf")
+    settings = PlanSettings(n_ctx=256 * SLOTS, n_seq_max=SLOTS, n_batch=64, n_ubatch=64, mtp=True)
+    with running_host(P.LoadParams(str(path), settings=settings)) as (host, loaded):
+        servers = [
+            ApiServer(
+                ServedModel(lambda: host, lambda: loaded, lambda: SLOTS, draft=draft, draft_max=3),
+                ServerConfig(port=0),
+            )
+            for draft in ("", "mtp")
+        ]
+        try:
+            plain, fast = (_complete(s.start(), PROMPTS[:SLOTS]) for s in servers)
+        finally:
+            for s in servers:
+                s.stop()
+    assert [r["choices"][0]["text"] for r in fast] == [r["choices"][0]["text"] for r in plain]
+    for r in fast:
+        d = r["usage"]["kvdeck_drafting"]
+        assert (
+            d["draft"] == "mtp" and len(d["drafted_at"]) == 3 and d["drafted_tokens"] == sum(d["drafted_at"])
+        )
+        assert len(d["acceptance_by_position"]) == 3
+    assert all("kvdeck_drafting" not in r["usage"] for r in plain)
+
+
+def test_serve_refuses_drafters_it_cannot_run_per_sequence_in_one_line(tmp_path):
+    plain = mm.write_hyv3(tmp_path / "plain.gguf", n_nextn=0)
+    heads = mm.write_hyv3(tmp_path / "heads.gguf")
+    for args, words in (
+        (["--mtp", str(plain)], "no MTP (nextn) layers"),
+        (["--draft", str(heads), str(plain)], "separate draft model"),
+    ):
+        r = kvdeck("serve", "--port", "0", *args)
+        assert r.returncode != 0 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

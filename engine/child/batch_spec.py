@@ -11,9 +11,12 @@ snapshots, so k stays below n_rs_seq as in the single-sequence loop, ``spec_loop
 
 Only the drafters that read the target's hidden states draft here: the model's own MTP heads and a
 Gemma 4 assistant. A separate draft model or an n-gram lookup is refused in one line: they keep
-one sequence of their own (engine.child.spec_loop). Only greedy requests without penalties,
-grammar or log-probabilities draft (their token is the row's argmax, so the output is exactly
-the plain batch loop's); the others run in the same batch without drafts. The drafter is caught
+one sequence of their own (engine.child.spec_loop). Every request drafts except one asking for
+log-probabilities: each verify row is sampled with the request's own chain, in order, exactly as
+plain decoding samples it (llama.cpp's ``common_sampler_sample_and_accept_n``), and the drafts
+are kept while they equal what was sampled. So the chain sees exactly the reply's tokens (its
+penalties and grammar stay right), a seeded reply is the same token for token, and for a sampled
+reply this is exact speculative sampling with a deterministic drafter. The drafter is caught
 up on every decode of the loop, drafting or not, so that its cache follows the target's for
 every sequence; where it did not (a reply made elsewhere), ``SelfDraft.truncate`` restarts it.
 """
@@ -74,7 +77,7 @@ class BatchDrafting:
         asks: dict[int, tuple[int, int, int]] = {}
         for s in slots:
             r = s.w.req
-            if not r.draft or s.chain is not None or r.logprobs >= 0 or s.w.cancel.is_set():
+            if not r.draft or r.logprobs >= 0 or s.w.cancel.is_set():
                 continue
             if not s.k_max:
                 s.k_max = s.k_now = verify_cap(self.m, self.sd, r.draft_max)
@@ -93,7 +96,7 @@ class BatchDrafting:
         a, nxt = 0, -1
         if not s.w.cancel.is_set():
             while True:
-                nxt = sampler.one(s, row0 + a)  # the row's argmax: what plain decoding picks
+                nxt = sampler.one(s, row0 + a)  # what plain decoding samples (the chain accepts it)
                 if a == len(drafts) or nxt != drafts[a]:
                     break
                 a += 1
