@@ -7,93 +7,47 @@ a full disk) becomes one line in the banner at the top; the conversation is neve
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QResizeEvent
-from PySide6.QtWidgets import (
-    QFileDialog,
-    QLabel,
-    QMainWindow,
-    QProgressBar,
-    QSplitter,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QLabel, QMainWindow, QProgressBar, QSplitter, QVBoxLayout, QWidget
 
 from app import window_state
-from app.appinfo import APP_NAME, seconds_since_start
-from app.background import run_in_background
+from app.appinfo import APP_NAME
 from app.banner import Banner
 from app.bridges.draft_picker import DraftController
 from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.server_toggle import ServerToggle
 from app.chat.chat_pane import ChatPane
-from app.hub.pane import HubDock
 from app.machines.dock import MachinesDock
+from app.memory.cache_panel import MARGINS_SETTING, margins_from_setting, margins_setting
 from app.memory.memory_dock import MemoryDock
 from app.menus import WindowMenus
-from app.model_text import model_summary
+from app.model_loading import ModelLoading
 from app.sidebar import Sidebar
-from engine import protocol as P
-from engine.core import paths
-from engine.core.build import gpu_backend
-from engine.core.errors import KvDeckError
-from engine.core.memory_types import FitResult, PlanSettings
-from engine.gguf.inspect import GGUFInfo, inspect_gguf
-from engine.plan.analytic import analytic_plan
-from engine.plan.fit import default_settings, fit, pin_split, preflight
-from engine.runtime.outcome import ProcessOutcome
-from engine.storage.identity import model_key
+from engine.core.memory_types import PlanSettings
+
+if TYPE_CHECKING:
+    from app.hub.pane import HubDock
+from engine.gguf.inspect import GGUFInfo
 from engine.storage.store import ChatStore
 
 log = logging.getLogger(__name__)
-MAX_RECENT = 12
-
 
 MEMORY_MIN_WIDTH = 360  # the dashboard's plan table and the cache panel's forms fit (~165 px cut them off)
 MEMORY_WIDTH = 420
 
 
-def check_model_path(path: str) -> str | None:
-    """A one-line reason why ``path`` cannot be a model, or None. Cheap: no file is parsed."""
-    p = Path(path)
-    name = p.name or path
-    try:
-        if not p.exists():
-            return f"{name} does not exist"
-        if p.is_dir():
-            return f"{name} is a folder, not a GGUF model file"
-        if p.suffix.lower() != ".gguf":
-            return f"{name} is not a GGUF model (KV Deck opens .gguf files)"
-        if not os.access(p, os.R_OK):
-            return f"{name} cannot be read (permission denied)"
-    except (OSError, ValueError) as exc:  # a NUL byte in a dropped URL, a name too long...
-        return f"{name!r} cannot be used as a model path ({exc})"
-    return None
-
-
-def unreadable(path: str, exc: BaseException) -> str:
-    """The banner line for a file whose inspection failed: the engine's own sentence, or (a
-    parser bug, a hostile file) the file's name and the exception, never a traceback."""
-    if isinstance(exc, KvDeckError):
-        return str(exc)
-    return f"{Path(path).name} could not be read: {exc}"
-
-
 class MainWindow(QMainWindow):
+    """Wires the widgets together; the model itself is `models` (`app.model_loading`)."""
+
     def __init__(self, store: ChatStore, bridge: RuntimeBridge | None = None) -> None:
         super().__init__()
         self.store = store
         self.bridge = bridge or RuntimeBridge(self)
-        self.model_info: GGUFInfo | None = None
-        self._first_load_logged = False
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
-        #: Numbers every inspection; only the latest one may load its model (a slow read of an
-        #: older choice must not replace the model the user picked after it).
-        self._inspections = 0
 
         self.sidebar = Sidebar(store, self)
         self.chat = ChatPane(store, self.bridge, self)
@@ -131,7 +85,7 @@ class MainWindow(QMainWindow):
         self.server_toggle.problem.connect(self.show_problem)
 
         self.sidebar.newConversation.connect(self._new_conversation)
-        self.sidebar.conversationSelected.connect(self._select_conversation)
+        self.sidebar.conversationSelected.connect(self.chat.open_conversation)
         self.sidebar.modelChosen.connect(lambda p: p and self.open_model(p))
         self.sidebar.openFileRequested.connect(self.choose_file)
         self.sidebar.getModelsRequested.connect(self.show_hub)
@@ -142,30 +96,26 @@ class MainWindow(QMainWindow):
         self.chat.storeProblem.connect(lambda text: self.show_problem(text, sticky=True))
         self.chat.speed.connect(lambda tps: self.speed_label.setText(f"{tps:.1f} tokens/s"))
         self.chat.copied.connect(lambda text: self.statusBar().showMessage(text, 2000))
-        self.chat.largerContextRequested.connect(self.use_larger_context)
         self.sidebar.problem.connect(self.show_problem)
         self.sidebar.conversationDeleted.connect(self._on_conversation_deleted)
-        self.bridge.loadProgress.connect(self._on_progress)
-        self.bridge.loaded.connect(self._on_loaded)
-        self.bridge.loadFailed.connect(self._on_load_failed)
-        self.bridge.exited.connect(self._on_runtime_exit)
+        self.models = ModelLoading(self)  # opening, fitting, loading; the status bar's model state
+        self.chat.largerContextRequested.connect(self.models.use_larger_context)
 
         self.memory = MemoryDock(self._runtime_pid, self)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.memory)
         self.memory.setMinimumWidth(MEMORY_MIN_WIDTH)
         self.resizeDocks([self.memory], [420], Qt.Orientation.Horizontal)
-        self.memory.applyRequested.connect(self._apply_settings)
+        self.memory.applyRequested.connect(self.models.apply)
+        # the fit's margins, as `kvdeck fit --margin-mib/--cpu-margin-mib`: one setting for all models
+        self.memory.cache.set_margins(margins_from_setting(store.get_setting(MARGINS_SETTING)))
+        self.memory.cache.marginsChanged.connect(
+            lambda m: self.chat._setting(MARGINS_SETTING, margins_setting(m))
+        )
         self.bridge.kvUsed.connect(self.memory.kv_used)
         self.bridge.kvSlots.connect(self.memory.kv_slots)  # one bar per parallel sequence
         self.chat.speed.connect(self.memory.speed)
-        self.memory.start()
-        self.hub = HubDock(lambda: self.memory.devices()[0], self)  # app.hub: search, verdict, download
-        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.hub)
-        self.tabifyDockWidget(self.memory, self.hub)
-        self.memory.raise_()
-        self.hub.hide()
-        self.hub.pane.modelReady.connect(lambda _path: self.sidebar.refresh_models())
-        self.hub.pane.loadRequested.connect(self.open_model)
+        QTimer.singleShot(0, self.memory, self.memory.start)  # telemetry (NVML, /proc) after the first paint
+        self._hub: HubDock | None = None  # "Get models": built when first shown (app.hub)
         self.machines = MachinesDock(store, self, lambda: self.bridge.host)  # app.machines: RPC workers
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.machines)
         self.tabifyDockWidget(self.memory, self.machines)
@@ -177,7 +127,7 @@ class MainWindow(QMainWindow):
             self.chat.draft_picker,
             self.bridge,
             store,
-            lambda: self.settings,
+            lambda: self.models.settings,
             lambda: self.memory.devices()[0],
             self,
         )
@@ -185,9 +135,6 @@ class MainWindow(QMainWindow):
         self.drafting.draftPlan.connect(self.memory.dashboard.show_draft_plan)
         self.drafting.stats.connect(self.memory.dashboard.show_speculation)
         self.chat.speed.connect(self.drafting.live_speed)
-        self.settings: PlanSettings | None = None
-        # (info, settings, params) of the loaded model while another one is being loaded
-        self._fallback: tuple[GGUFInfo | None, PlanSettings | None, P.LoadParams] | None = None
 
         window_state.fit_narrow_windows(self)
         self.menus = WindowMenus(self)  # File, Edit, Chat, View, Server, Help, with shortcuts
@@ -197,6 +144,8 @@ class MainWindow(QMainWindow):
         self.menus.file_menu.insertAction(self.menus.models_section, self.get_models_action)
         self.about_action = self.menus.about
         window_state.restore(self)
+        if window_state.hub_was_open():  # open at the last close: built after the first paint
+            QTimer.singleShot(0, self, self.show_hub)
 
         self.sidebar.refresh_models()
         convs = store.list_conversations()
@@ -207,197 +156,50 @@ class MainWindow(QMainWindow):
             "<b>.gguf</b> file anywhere on this window to load another one.</p>"
         )
 
-    # ------------------------------------------------------------------ models
+    # ------------------------------------------------------------------ models (app.model_loading)
+    @property
+    def model_info(self) -> GGUFInfo | None:
+        return self.models.info
+
+    @property
+    def settings(self) -> PlanSettings | None:
+        return self.models.settings
+
     def start(self) -> None:
         """Load the last used model, or the demo model on the very first start."""
-        last = self.store.get_setting("last_model")
-        if last and Path(last).is_file():
-            self.open_model(last)
-            return
-        demo = paths.demo_model_path()
-        if demo is not None:
-            self.open_model(str(demo))
-        else:
-            self.model_label.setText("No model — drop a .gguf file on the window")
-
-    def choose_file(self) -> None:
-        start = self.store.get_setting("last_dir", str(Path.home()))
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open a GGUF model", start, "GGUF models (*.gguf);;All files (*)"
-        )
-        if path:
-            try:
-                self.chat._write(self.store.set_setting, "last_dir", str(Path(path).parent))
-            except KvDeckError as exc:
-                self.show_problem(str(exc))
-            self.open_model(path)
+        self.models.start()
 
     def open_model(self, path: str) -> None:
-        problem = check_model_path(path)
-        if problem:
-            self.show_problem(problem)
-            return
-        self.model_label.setText(f"Reading {Path(path).name}…")
-        self._inspections += 1
-        ticket = self._inspections
-        run_in_background(  # a multi-GB file on a slow disk can take a moment
-            inspect_gguf,
-            path,
-            parent=self,
-            name="kvdeck-inspect",
-            on_result=lambda info: self._on_inspected(ticket, path, info),
-            on_error=lambda exc: self._on_inspected(ticket, path, unreadable(path, exc)),
-        )
+        self.models.open(path)
 
-    def _on_inspected(self, ticket: int, path: str, result: GGUFInfo | str) -> None:
-        """An inspection ended (``result`` is the model, or why it cannot be read)."""
-        if ticket != self._inspections:
-            log.info("%s was read after a newer choice; not loading it", Path(path).name)
-            return
-        if isinstance(result, str):
-            self.show_problem(result)
-            self._show_model_state()
-            return
-        info = result
-        saved: dict = {}
-        try:
-            saved = self.store.get_model_settings(model_key(path)).get("plan", {})
-        except KvDeckError:
-            pass
-        try:
-            if saved:
-                settings = PlanSettings.from_dict(saved)
-            else:
-                settings, _fit = default_settings(info, self.memory.devices()[0], plan_fn=analytic_plan)
-        except (KvDeckError, TypeError, ValueError) as exc:
-            self.show_problem(f"{Path(path).name}: {exc}")
-            return
-        self._load(path, settings, info)
+    def choose_file(self) -> None:
+        self.models.choose_file()
 
-    def _apply_settings(self, settings: PlanSettings) -> None:
-        """The cache panel's "Apply and reload": remember these settings for this model."""
-        info = self.model_info
-        if info is None:
-            return
-        try:
-            self.store.set_model_settings(model_key(info.path), {"plan": settings.to_dict()})
-        except KvDeckError as exc:
-            self.show_problem(str(exc))
-        self._load(info.path, settings)
+    def restart_runtime(self) -> None:
+        self.models.restart_runtime()
 
-    def _load(self, path: str, settings: PlanSettings, info: GGUFInfo | None = None) -> None:
-        """Preflight, then load. Nothing about the current model changes until the new one has
-        passed every check; if llama.cpp then refuses it, `_on_load_failed` goes back."""
-        info = info or self.model_info
-        if info is not None:
-            try:
-                devices, _ = self.memory.devices()
-                settings = pin_split(settings, devices)  # workers: the split planned is the one loaded
-                preflight(info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
-            except KvDeckError as exc:
-                self.show_problem(f"{Path(path).name} was not loaded: {exc}")
-                self._show_model_state()
-                return
-        if self.bridge.loaded_info is not None and self.bridge.last_params is not None:
-            self._fallback = (self.model_info, self.settings, self.bridge.last_params)
-        if info is not self.model_info and info is not None:
-            self.memory.model_inspected(info, settings)
-        self.model_info, self.settings = info, settings
-        params = P.LoadParams(path, settings)
-        if not self.banner.sticky:
-            self.banner.hide()
-        self.progress.setValue(0)
-        self.progress.show()
-        self.model_label.setText(f"Loading {Path(path).name}…")
-        self.bridge.load(params)
-
-    def _on_progress(self, fraction: float) -> None:
-        self.progress.setValue(int(fraction * 1000))
-
-    def _on_loaded(self, info: P.Loaded) -> None:
-        if not self._first_load_logged:
-            self._first_load_logged = True
-            log.info(
-                "first model ready %.2f s after process start (load %.2f s)",
-                seconds_since_start(),
-                info.load_s,
-            )
-        self.progress.hide()
-        self._fallback = None
-        self._show_model_state()
-        try:
-            self.chat._write(self.store.set_setting, "last_model", info.path)
-            recent = [p for p in self.store.get_setting("recent_models", []) if p != info.path]
-            self.chat._write(self.store.set_setting, "recent_models", [info.path] + recent[: MAX_RECENT - 1])
-        except KvDeckError as exc:
-            self.show_problem(str(exc))
-        self.chat.input.setFocus()
-        if self.settings is not None:
-            self.memory.model_loaded(info, self.settings)
+    def _use_workers(self, workers: tuple[str, ...]) -> None:
+        self.bridge.workers = workers
 
     def _runtime_pid(self) -> int | None:
         host = self.bridge.host
         return host.pid if host is not None and host.running else None
 
-    def _show_model_state(self) -> None:
-        info = self.bridge.loaded_info
-        if info is None:
-            self.model_label.setText("No model loaded")
-            self.ctx_label.setText("")
-            return
-        mode = "chat" if info.chat_template else "completion (base model, no chat template)"
-        where = "GPU" if info.gpu_offload and info.n_gpu_layers else "CPU"
-        self.model_label.setText(
-            f"{Path(info.path).name} · {model_summary(info.description, info.n_params)} · {mode} · {where}"
-        )
-        self.ctx_label.setText(f"context {info.n_ctx} tokens")
+    @property
+    def hub(self) -> HubDock:
+        """The "Get models" dock, built on first use: its modules (the Hub client, verdicts,
+        downloads) are a tenth of a second of start-up that most starts never need."""
+        if self._hub is None:
+            from app.hub.pane import HubDock
 
-    def _on_load_failed(self, message: str) -> None:
-        self.progress.hide()
-        self._show_model_state()
-        if message:
-            self.show_problem(message)
-        host = self.bridge.host
-        if message and self._fallback is not None and host is not None and host.running:
-            self._restore_previous()  # llama.cpp refused the new file: keep the old model
-
-    def _restore_previous(self) -> None:
-        """Load the model that was there before a failed load (its settings, its plan)."""
-        info, settings, params = self._fallback  # type: ignore[misc]
-        self._fallback = None
-        if info is not None and settings is not None:
-            self.memory.model_inspected(info, settings)
-        self.model_info, self.settings = info, settings
-        self.progress.setValue(0)
-        self.progress.show()
-        self.bridge.load(params)
-
-    def _use_workers(self, workers: tuple[str, ...]) -> None:
-        self.bridge.workers = workers
-
-    def _on_runtime_exit(self, outcome: ProcessOutcome) -> None:
-        if outcome.lost_workers and self.model_info is not None and self.settings is not None:
-            # a worker went away: the reply so far is saved; reload at once without it
-            self.machines.drop_workers(outcome.lost_workers)
-            self.show_problem(
-                f"{outcome.sentence}; the model is reloaded without it. Your conversation is saved."
-            )
-            self._load(self.model_info.path, self.settings.replace(tensor_split=()), self.model_info)
-            return
-        self.progress.hide()
-        self._show_model_state()
-        self.show_problem(
-            outcome.sentence + " Your conversation is saved.", "Restart runtime", self.restart_runtime
-        )
-
-    def restart_runtime(self) -> None:
-        """A fresh runtime with the last good model (not a new file that crashed it)."""
-        if self._fallback is not None:
-            self._restore_previous()
-        elif self.bridge.last_params is not None:
-            self.progress.setValue(0)
-            self.progress.show()
-            self.bridge.reload()
+            self._hub = HubDock(lambda: self.memory.devices()[0], self)
+            self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self._hub)
+            if not self.memory.isFloating():  # a tab beside Memory; not inside a floating Memory
+                self.tabifyDockWidget(self.memory, self._hub)
+            self._hub.hide()
+            self._hub.pane.modelReady.connect(lambda _path: self.sidebar.refresh_models())
+            self._hub.pane.loadRequested.connect(self.open_model)
+        return self._hub
 
     def show_hub(self) -> None:
         """The "Get models" pane, wide enough for its verdicts, the search field focused."""
@@ -408,7 +210,10 @@ class MainWindow(QMainWindow):
 
     def _widen_hub(self) -> None:
         wanted = max(760, self.width() // 2)
-        if self.hub.isVisible() and self.hub.width() < wanted:
+        docked = (
+            self.dockWidgetArea(self.hub) != Qt.DockWidgetArea.NoDockWidgetArea and not self.hub.isFloating()
+        )
+        if docked and self.hub.isVisible() and self.hub.width() < wanted:
             self.resizeDocks([self.hub], [wanted], Qt.Orientation.Horizontal)
 
     # ------------------------------------------------------------------ conversations
@@ -416,51 +221,8 @@ class MainWindow(QMainWindow):
         self.chat.new_conversation()
         self.sidebar.refresh_conversations(None)
 
-    def _select_conversation(self, conv_id: int) -> None:
-        self.chat.open_conversation(conv_id)
-
     def _on_conversation_deleted(self, conv_id: int, title: str) -> None:
         self.show_problem(f"Deleted “{title}”.", "Undo", lambda: self.sidebar.restore(conv_id))
-
-    def use_larger_context(self) -> None:
-        """Reload the model with the largest context that fits this machine (engine.plan.fit with
-        the current settings and devices); the chat pane then answers the waiting message."""
-        info, settings = self.model_info, self.settings
-        if info is None or settings is None:
-            self.show_problem("No model is loaded: there is no context to make larger.")
-            return
-        devices = self.memory.devices()[0]
-        current = self.bridge.loaded_info.n_ctx if self.bridge.loaded_info else settings.n_ctx
-        run_in_background(
-            fit,
-            info,
-            settings,
-            devices,
-            plan_fn=analytic_plan,
-            min_context=min(current + 1, info.n_ctx_train or current + 1),
-            parent=self,
-            name="kvdeck-fit-larger",
-            on_result=lambda result: self._larger_fitted(info, current, result),
-            on_error=lambda exc: self.show_problem(f"could not fit a larger context: {exc}"),
-        )
-
-    def _larger_fitted(self, info: GGUFInfo, current: int, result: FitResult) -> None:
-        if info is not self.model_info:
-            return  # another model was chosen meanwhile
-        n_ctx = result.settings.n_ctx if result.fits else 0
-        if n_ctx <= current:
-            limit = (
-                "the model's training context"
-                if current >= (info.n_ctx_train or 0)
-                else "the memory of this machine"
-            )
-            self.show_problem(
-                f"{current:,} tokens is already the largest context that fits "
-                f"({limit}): start a new chat or let older messages drop out."
-            )
-            return
-        log.info("reloading %s with a larger context: %d -> %d", info.path, current, n_ctx)
-        self._apply_settings(result.settings)
 
     def show_problem(
         self,
@@ -519,10 +281,11 @@ class MainWindow(QMainWindow):
             self.open_model(files[0])
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
-        window_state.save(self)
+        window_state.save(self, hub_open=self._hub is not None and self._hub.isVisible())
         self.chat._save_reply()
         self.memory.stop()
-        self.hub.shutdown()
+        if self._hub is not None:
+            self._hub.shutdown()
         self.server_toggle.stop()
         self.machines.stop_sharing()
         self.bridge.shutdown()

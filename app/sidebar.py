@@ -25,6 +25,9 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QPushButton,
+    QSizePolicy,
+    QStyle,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -70,10 +73,16 @@ class Sidebar(QWidget):
         self.models.itemActivated.connect(lambda item: self.modelChosen.emit(item.data(_ROLE)))
         self.models.itemDoubleClicked.connect(lambda item: self.modelChosen.emit(item.data(_ROLE)))
         self.models.setToolTip("Double-click a model to load it")
-        open_button = QPushButton("Open GGUF…", self, clicked=lambda: self.openFileRequested.emit())
-        rescan = QPushButton("Rescan", self, clicked=self.refresh_models)
+        self.open_button = QPushButton("Open GGUF…", self, clicked=lambda: self.openFileRequested.emit())
+        # an icon beside "Open GGUF…", whose whole name then fits the narrowest sidebar (1000×700)
+        rescan = QToolButton(self)
+        rescan.setText("Rescan")
+        rescan.clicked.connect(self.refresh_models)
+        rescan.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_BrowserReload))
+        rescan.setToolTip("Rescan the model folders")
+        rescan.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Preferred)
         row = QHBoxLayout()
-        row.addWidget(open_button, 1)
+        row.addWidget(self.open_button, 1)
         row.addWidget(rescan)
         self.get_models_button = QPushButton(
             "Get models…", self, clicked=lambda: self.getModelsRequested.emit()

@@ -52,13 +52,21 @@ def restore(win: QMainWindow) -> bool:
     return False
 
 
-def save(win: QMainWindow) -> None:
+def save(win: QMainWindow, *, hub_open: bool = False) -> None:
+    """Keep the geometry and dock layout; ``hub_open``: the Get models dock (built only when
+    first shown, so `restore` cannot see it) was open, and opens again after the next start."""
     settings = _settings()
     if settings is None:
         return
     settings.setValue("geometry", win.saveGeometry())
     settings.setValue("state", win.saveState(STATE_VERSION))
+    settings.setValue("hub_open", hub_open)
     settings.sync()
+
+
+def hub_was_open() -> bool:
+    settings = _settings()
+    return settings is not None and bool(settings.value("hub_open", False, type=bool))
 
 
 def fit_narrow_windows(win: Any) -> None:  # app.main_window.MainWindow
@@ -69,7 +77,8 @@ def fit_narrow_windows(win: Any) -> None:  # app.main_window.MainWindow
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(5)
         combo.setMinimumWidth(88)  # below its cached hint: the layout takes this one
-    win.sidebar.setMinimumWidth(168)  # "Open GGUF…" and "Rescan" still show whole
+    # as narrow as its buttons allow, whole ("New chat", "Import…"; "Open GGUF…" beside an icon)
+    win.sidebar.setMinimumWidth(win.sidebar.minimumSizeHint().width())
     for names in (win.sidebar.conversations, win.sidebar.models):  # "a long title…", no scroll bar
         names.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         names.setTextElideMode(Qt.TextElideMode.ElideRight)

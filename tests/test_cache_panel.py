@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 
 from app.main_window import MainWindow
+from app.memory.cache_panel import MARGINS_SETTING
+from engine.core.memory_types import MiB
+from engine.plan.analytic import analytic_plan
+from engine.plan.fit import fit
+from engine.plan.margins import Margins
 from engine.storage.identity import model_key
 from engine.storage.store import ChatStore
 from tests.helpers.gui import LOAD_TIMEOUT_MS
@@ -90,3 +95,34 @@ def test_measured_decode_cost_of_the_cache_type_is_hinted(window):
         assert panel.speed_hint.text() == "" and panel.speed_hint.isHidden()
     finally:
         panel.backend = "cuda" if cuda else panel.backend
+
+
+def test_fit_keeps_the_margins_kvdeck_fit_keeps_and_the_window_remembers_them(qtbot, window, tmp_path):
+    """The slider's fitted maximum leaves the same room as ``kvdeck fit --cpu-margin-mib``: room for
+    about 4096 tokens left in RAM gives a smaller fitted context, exactly what the engine's fit
+    says; the margins are one setting, read by the next window's first load."""
+    panel = window.memory.cache
+    assert panel.margins() == Margins()  # llama.cpp's -fitt default, the CLI's default too
+    cpu = next(d for d in panel.devices if d.kind == "cpu")
+    s = panel.settings()
+    need = analytic_plan(panel.info, s.replace(n_ctx=4096), panel.devices).bytes_for(cpu.name)
+    margin_mib = (cpu.free_bytes - cpu.reserved_bytes - need) // MiB
+    panel.cpu_margin.setValue(margin_mib)
+    expected = fit(panel.info, s, panel.devices, plan_fn=analytic_plan, margins=Margins(cpu=margin_mib * MiB))
+    assert panel.fitted_ctx == expected.plan.n_ctx and 256 <= panel.fitted_ctx < 8192
+    assert f"fits up to <b>{panel.fitted_ctx:,}</b>" in panel.ctx_label.text()
+    assert window.store.get_setting(MARGINS_SETTING) == {"gpu_mib": 1024, "cpu_mib": margin_mib}
+
+    store = ChatStore(tmp_path / "second.sqlite3")  # RAM can never spare 1 TiB: nothing fits
+    store.set_setting(MARGINS_SETTING, {"gpu_mib": 1024, "cpu_mib": 1 << 20})
+    second = MainWindow(store)
+    qtbot.addWidget(second)
+    try:
+        with qtbot.waitSignal(second.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            second.start()
+        assert second.memory.cache.cpu_margin.value() == 1 << 20
+        assert second.memory.cache.fitted_ctx == 0 and "does not fit" in second.memory.cache.ctx_label.text()
+        assert second.bridge.loaded_info.n_ctx == 4096  # the first load's fit kept the margin too
+    finally:
+        second.close()
+        store.close()

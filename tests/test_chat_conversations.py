@@ -60,7 +60,7 @@ def test_each_reply_end_reason_is_stored_and_shown(qtbot, window):
 
 def test_a_reply_that_fills_the_context_says_so_and_offers_a_larger_one(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-        window._apply_settings(window.settings.replace(n_ctx=256))
+        window.models.apply(window.settings.replace(n_ctx=256))
     window.chat.max_tokens.setValue(2000)  # more than the context holds: it fills up first
     window.chat.input.setPlainText("Write a very long essay about the history of Rome.")
     with qtbot.waitSignal(window.bridge.finished, timeout=4 * LOAD_TIMEOUT_MS):

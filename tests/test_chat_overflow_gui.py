@@ -22,7 +22,7 @@ def small(qtbot, tmp_path, monkeypatch, smollm2_path):
     """The window with SmolLM2 loaded in a 512-token context."""
     with loaded_window(qtbot, tmp_path, monkeypatch, smollm2_path, max_tokens=16) as win:
         with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
-            win._apply_settings(win.settings.replace(n_ctx=N_CTX))
+            win.models.apply(win.settings.replace(n_ctx=N_CTX))
         assert win.bridge.loaded_info.n_ctx == N_CTX
         yield win
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QPalette, QTextCursor, QTextFormat
-from PySide6.QtWidgets import QApplication, QScrollArea
+from PySide6.QtWidgets import QAbstractButton, QApplication, QScrollArea
 
 from app.chat.chat_view import ChatView, ShownMessage
-from app.main_window import model_summary
+from app.main_window import MEMORY_MIN_WIDTH, MEMORY_WIDTH
 from app.memory.dashboard_widgets import idle_split
+from app.model_text import model_summary
 from app.single_instance import SingleInstance, server_name
 from app.theme import apply_theme, chat_colors, contrast
 from engine.core import paths
@@ -275,3 +276,106 @@ def test_second_launch_hands_the_file_to_the_first_and_a_crash_never_blocks(
     finally:
         third.terminate()
         third.wait(30)
+
+
+FIRST_TURN = """
+import sys
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+
+qapp = QApplication(sys.argv[:1])
+
+
+def first_turn() -> None:  # the window is shown and start() has run
+    print(" ".join(m for m in ("engine.cli.main", "gguf", "numpy") if m in sys.modules) or "none")
+    qapp.quit()
+
+
+QTimer.singleShot(0, first_turn)
+from kvdeck.launcher import main
+
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("args", [[], ["not-there.gguf"]], ids=["kvdeck", "kvdeck-file"])
+def test_the_window_shows_without_the_cli_gguf_or_numpy(tmp_path, args) -> None:
+    """Cold start: ``kvdeck`` and ``kvdeck MODEL.gguf`` reach the shown window without importing
+    the CLI's modules or the numeric stack (``import gguf`` brings numpy and yaml: together half
+    a second on two cores); they come with the first model, on its inspection thread."""
+    env = {
+        **os.environ,
+        "KVDECK_DATA_DIR": str(tmp_path),
+        "KVDECK_DEMO_MODEL": "",  # no first model: nothing may import them behind the test's back
+        "QT_QPA_PLATFORM": "offscreen",
+        "PYTHONPATH": str(ROOT),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", FIRST_TURN, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["none"]
+
+
+def test_at_1000x700_the_narrowest_sidebar_and_memory_dock_show_everything_whole(
+    qtbot, tmp_path, monkeypatch, smollm2_path
+) -> None:
+    """The sidebar and the Memory dock each squeezed to their minimum width in a 1000×700
+    window: every sidebar button is as wide as its text wants ("Open GGUF…" was cut), and the
+    dashboard does not scroll sideways (its plan table was wider than the dock): the error
+    column shows the share, its bytes in the tooltip, until the dock is wide enough again."""
+    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
+    try:
+        win.resize(1000, 700)
+        with qtbot.waitSignal(win.bridge.loaded, timeout=LOAD_TIMEOUT_MS):
+            win.start()
+        qtbot.waitUntil(lambda: win.width() == 1000)
+        win.centralWidget().setSizes([0, 1000])  # the splitter gives the sidebar its minimum
+        win.resizeDocks([win.memory], [MEMORY_MIN_WIDTH], Qt.Orientation.Horizontal)
+        qtbot.waitUntil(lambda: win.memory.width() == MEMORY_MIN_WIDTH)
+        QApplication.processEvents()
+        buttons = win.sidebar.findChildren(QAbstractButton)
+        assert win.sidebar.open_button in buttons
+        assert [b.text() for b in buttons if b.text() and b.width() < b.sizeHint().width()] == []
+        table = win.memory.dashboard.plan_table
+        assert table.rowCount() and table.isVisible()
+        sideways = [a for a in win.memory.findChildren(QScrollArea) if a.horizontalScrollBar().maximum() > 0]
+        assert sideways == []
+        legend = win.memory.dashboard.plan_legend  # its keys wrap to a second line, not cut off
+        assert legend.height() >= legend.heightForWidth(legend.width())
+        total = table.rowCount() - 1
+        error = next(e for d, comp, *_, e in win.memory.dashboard.plan_rows if comp == "total")
+        assert table.item(total, 3).text() == error.rpartition(" (")[2].rstrip(")")  # "+0.0 %"
+        assert table.item(total, 3).toolTip() == error
+        win.resize(1600, 1000)
+        win.resizeDocks([win.memory], [MEMORY_WIDTH], Qt.Orientation.Horizontal)
+        qtbot.waitUntil(lambda: table.item(total, 3).text() == error)
+    finally:
+        win.bridge.shutdown()
+        win.store.close()
+
+
+def test_the_get_models_dock_reopens_after_a_restart(qtbot, tmp_path, monkeypatch, smollm2_path) -> None:
+    """The dock is built only when first shown (its modules cost start-up time); one left open
+    at close still opens again with the next window, beside the Memory dock."""
+    win = new_window(qtbot, tmp_path, monkeypatch, smollm2_path)
+    try:
+        assert not win.hub.isVisible()
+        win.show_hub()
+        assert win.hub.isVisible()
+        win.close()
+    finally:
+        win.bridge.shutdown()
+        win.store.close()
+    second = new_window(qtbot, tmp_path / "2", monkeypatch, smollm2_path)
+    try:
+        qtbot.waitUntil(lambda: second.hub.isVisible())
+        assert second.hub in second.tabifiedDockWidgets(second.memory)
+    finally:
+        second.bridge.shutdown()
+        second.store.close()

@@ -3,9 +3,15 @@
 The analytic plan takes milliseconds, so it runs on the GUI thread on every change; the fitted
 maximum context (a few dozen plans) is recomputed only when something other than the context
 changes. Nothing is loaded until the user presses *Apply and reload*.
+
+The fit keeps the same margins as ``kvdeck fit --margin-mib/--cpu-margin-mib`` (`Margins`): one
+for every GPU, one for host RAM, set here and kept as the ``fit_margins`` setting (the window
+stores it; the first load's fit and "use a larger context" read `margins()` too).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPainter, QPaintEvent, QPalette, QPen
@@ -28,13 +34,34 @@ from PySide6.QtWidgets import (
 
 from app.memory.precision_view import PrecisionView, Source
 from app.theme import series, status_color, warning_color
-from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, PlanSettings, Problem
+from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings, Problem
 from engine.core.units import format_bytes
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.analytic import analytic_plan
 from engine.plan.fit import fit
 from engine.plan.kv_speed import speed_hint
+from engine.plan.margins import Margins
 from engine.plan.rules import check_settings, default_cache_type
+
+MARGINS_SETTING = "fit_margins"  # {"gpu_mib": int, "cpu_mib": int}
+_MAX_MARGIN_MIB = 1 << 20  # 1 TiB
+
+
+def margins_from_setting(value: Any) -> Margins:
+    """The stored margins; the defaults (llama.cpp's -fitt 1024 MiB) for a missing or bad value."""
+    if not isinstance(value, dict):
+        return Margins()
+    default = Margins()
+
+    def mib(key: str, fallback: int) -> int:
+        v = value.get(key)
+        return v * MiB if type(v) is int and 0 <= v <= _MAX_MARGIN_MIB else fallback
+
+    return Margins(gpu=mib("gpu_mib", default.gpu), cpu=mib("cpu_mib", default.cpu))
+
+
+def margins_setting(margins: Margins) -> dict[str, int]:
+    return {"gpu_mib": margins.gpu // MiB, "cpu_mib": margins.cpu // MiB}
 
 
 def split_unavailable(mode: str, n_gpus: int, backend: str) -> str | None:
@@ -86,10 +113,12 @@ class MarkedSlider(QSlider):
 
 
 class CachePanel(QWidget):
-    """Emits ``planChanged(plan)`` on every change and ``applyRequested(settings)`` on apply."""
+    """Emits ``planChanged(plan)`` on every change, ``applyRequested(settings)`` on apply and
+    ``marginsChanged(Margins)`` when the user changes a fit margin."""
 
     planChanged = Signal(object)
     applyRequested = Signal(object)
+    marginsChanged = Signal(object)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -118,6 +147,16 @@ class CachePanel(QWidget):
         self.ctx_label = QLabel(self, wordWrap=True)
         self.ngl = QSpinBox(self, minimum=-1, maximum=1000, specialValueText="all")
         self.ubatch = QSpinBox(self, minimum=32, maximum=8192, singleStep=32, value=512)
+        self.gpu_margin = QSpinBox(self, minimum=0, maximum=_MAX_MARGIN_MIB, singleStep=256, suffix=" MiB")
+        self.cpu_margin = QSpinBox(self, minimum=0, maximum=_MAX_MARGIN_MIB, singleStep=256, suffix=" MiB")
+        self.gpu_margin.setToolTip(
+            "Memory the fitted context leaves free on each GPU (llama.cpp's -fitt; kvdeck fit --margin-mib)"
+        )
+        self.cpu_margin.setToolTip(
+            "Host RAM the fitted context leaves free for the system and other programs "
+            "(kvdeck fit --cpu-margin-mib)"
+        )
+        self._show_margins(Margins())
         cache = QFormLayout()
         cache.addRow("K type", self.type_k)
         cache.addRow("V type", self.type_v)
@@ -129,6 +168,8 @@ class CachePanel(QWidget):
         cache.addRow("", self.ctx_label)
         cache.addRow("GPU layers", self.ngl)
         cache.addRow("Micro-batch", self.ubatch)
+        cache.addRow("Keep free on GPU", self.gpu_margin)
+        cache.addRow("Keep free in RAM", self.cpu_margin)
         cache.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # a narrow dock: labels above
         cache_box = QGroupBox("KV cache", self)
         cache_box.setLayout(cache)
@@ -173,7 +214,30 @@ class CachePanel(QWidget):
         for w in (self.parallel, self.ngl, self.ubatch):
             w.valueChanged.connect(lambda _v: self._changed(refit=True))
         self.ctx_slider.valueChanged.connect(lambda _v: self._changed(refit=False))
+        for w in (self.gpu_margin, self.cpu_margin):
+            w.valueChanged.connect(lambda _v: self._margin_changed())
         self.setEnabled(False)
+
+    # ------------------------------------------------------------------ fit margins
+    def margins(self) -> Margins:
+        return Margins(gpu=self.gpu_margin.value() * MiB, cpu=self.cpu_margin.value() * MiB)
+
+    def set_margins(self, margins: Margins) -> None:
+        """Show stored margins (no ``marginsChanged``) and refit with them."""
+        self._show_margins(margins)
+        self._changed(refit=True)
+
+    def _show_margins(self, margins: Margins) -> None:
+        building, self._building = self._building, True
+        self.gpu_margin.setValue(margins.gpu // MiB)
+        self.cpu_margin.setValue(margins.cpu // MiB)
+        self._building = building
+
+    def _margin_changed(self) -> None:
+        if self._building:
+            return
+        self.marginsChanged.emit(self.margins())
+        self._changed(refit=True)
 
     # ------------------------------------------------------------------ model and devices
     def set_model(
@@ -195,6 +259,7 @@ class CachePanel(QWidget):
         self.ctx_slider.setValue(max(1, min(steps, (settings.n_ctx or 4096) // 256)))
         self.ngl.setValue(settings.n_gpu_layers)
         self.ngl.setEnabled(bool(gpus))
+        self.gpu_margin.setEnabled(bool(gpus))
         self.ubatch.setValue(settings.n_ubatch)
         self.main_gpu.clear()
         self.main_gpu.addItems([d.name for d in gpus] or ["(no GPU)"])
@@ -275,7 +340,7 @@ class CachePanel(QWidget):
             self.summary.setText("")
             return
         if refit:
-            result = fit(self.info, s, self.devices, plan_fn=analytic_plan)
+            result = fit(self.info, s, self.devices, plan_fn=analytic_plan, margins=self.margins())
             self.fitted_ctx = result.plan.n_ctx if result.fits else 0
             self.ctx_slider.set_mark(self.fitted_ctx // 256 if self.fitted_ctx else None)
             self.ctx_slider.setToolTip(

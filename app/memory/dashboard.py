@@ -13,10 +13,8 @@ from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGroupBox,
-    QHeaderView,
     QLabel,
     QScrollArea,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -32,6 +30,7 @@ from app.memory.dashboard_widgets import (
     SpeedChart,
     StackedBar,
 )
+from app.memory.plan_table import FULL_ERROR, PlanTable
 from engine.core.memory_types import COMPONENTS, MemoryPlan
 from engine.core.units import format_bytes
 from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, TelemetrySnapshot
@@ -125,7 +124,7 @@ class DashboardPanel(QWidget):
         self.plan_bars: list[StackedBar] = []
         self._plan_box = QVBoxLayout()
         self.plan_rows: list[tuple[str, str, str, str, str]] = []
-        self.plan_table = QTableWidget(0, 4)
+        self.plan_table = PlanTable(0, 4)
         self.plan_table.setHorizontalHeaderLabels(["", "Predicted", "Measured", "Error"])
         self.plan_table.horizontalHeaderItem(3).setToolTip(
             "predicted − measured, and that as a share of measured"
@@ -134,9 +133,6 @@ class DashboardPanel(QWidget):
         self.plan_table.verticalHeader().hide()
         self.plan_table.verticalHeader().setMinimumSectionSize(1)
         self.plan_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
-        self.plan_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.plan_table.horizontalHeader().setStretchLastSection(True)
-        self.plan_table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.draft_plan: MemoryPlan | None = None  # speculative decoding's draft, its own bars
         self.draft_bars: list[StackedBar] = []
         self._draft_box = QVBoxLayout()
@@ -277,18 +273,9 @@ class DashboardPanel(QWidget):
             table.setItem(r, 0, _cell(f"  {comp}", bold=comp == "total", device=device))
             for c, text in enumerate(values, start=1):
                 table.setItem(r, c, _cell(text, bold=comp == "total", right=True))
+            table.item(r, 3).setData(FULL_ERROR, values[2])
             r += 1
-        # every row shows without an inner scroll bar; a too narrow panel scrolls as a whole
-        header = table.horizontalHeader()
-        table.setMinimumWidth(
-            2 * table.frameWidth()
-            + sum(max(table.sizeHintForColumn(c), header.sectionSizeHint(c)) for c in range(4))
-        )
-        table.setFixedHeight(
-            header.sizeHint().height()
-            + 2 * table.frameWidth()
-            + sum(table.rowHeight(i) for i in range(table.rowCount()))
-        )
+        table.fit_rows()
 
     @Slot(list, int, str)
     def show_kv(self, cells_used: list[int], capacity: int, kind: str) -> None:

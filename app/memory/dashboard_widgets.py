@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt, QTimer
-from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPalette, QPen
+from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPalette, QPen, QResizeEvent
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from app.theme import series
@@ -214,6 +214,12 @@ class Legend(QWidget):
 
     def sizeHint(self) -> QSize:
         return QSize(360, self.heightForWidth(360))
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        """Ask for the wrapped height: a scroll area's layout never asks `heightForWidth`, so at
+        a narrow width the second line (the last keys) was cut off."""
+        super().resizeEvent(event)
+        self.setMinimumHeight(self.heightForWidth(self.width()))
 
     def paintEvent(self, event: object) -> None:
         p = QPainter(self)

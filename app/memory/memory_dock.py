@@ -70,6 +70,7 @@ class MemoryDock(QDockWidget):
         self.cache.planChanged.connect(self._on_plan)
         self.cache.applyRequested.connect(self.applyRequested.emit)
         self._recurrent = False
+        self._stopped = False
         #: llama.cpp RPC workers' devices (app.machines sets it; none by default)
         self.remote_devices: Callable[[], list[Device]] = list
 
@@ -78,9 +79,13 @@ class MemoryDock(QDockWidget):
         return [os.getpid()] + ([pid] if pid else [])
 
     def start(self) -> None:
-        self.sampler.start()
+        """Start sampling; not after `stop` (the window starts it once it is shown, and a window
+        closed before its first event-loop turn must not leave a sampler behind)."""
+        if not self._stopped:
+            self.sampler.start()
 
     def stop(self) -> None:
+        self._stopped = True
         self.sampler.stop()
         self.telemetry.close()
 

@@ -28,7 +28,6 @@ from PySide6.QtWidgets import (
 from app.bridges.precision_job import Pair, PrecisionJob
 from app.memory.precision_chart import ChartPoint, QualityChart
 from engine.core.memory_types import Device, MiB, PlanSettings
-from engine.core.precision_metrics import finite_or_none
 from engine.core.precision_prompts import builtin_prompts
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.analytic import analytic_plan
@@ -215,6 +214,8 @@ class PrecisionView(QGroupBox):
 
     def rows(self) -> list[tuple[Pair, float | None, float, list[int | None]]]:
         """(pair, mean KL, top-1, divergences) of the reference and every finished type."""
+        from engine.core.precision_metrics import finite_or_none  # numpy: not needed at start-up
+
         ref: tuple[Pair, float | None, float, list[int | None]] = (REFERENCE, 0.0, 1.0, [])
         return [ref] + [
             ((r.type_k, r.type_v), finite_or_none(r.mean_kl), r.top1_agreement, list(r.first_divergence))

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from engine.gguf.arch_table import ARCH_LOADER, LOADER_READS
 
 # Every architecture llama.cpp 0c1e570 maps to a model class (generated from its source, see
@@ -199,6 +197,8 @@ class WeightLayout:
 
 
 def _cuda_size(qtype: str, ne0: int, nbytes: int) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # lazily: see engine.gguf.reader
+
     block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
     if block > 1 and ne0 % 512:
         nrows = nbytes // max(1, ne0 // block * type_size)

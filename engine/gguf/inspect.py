@@ -13,11 +13,10 @@ See notes/llama-cpp-memory.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import stat
 from typing import Any
-
-from gguf import LlamaFileType
 
 from engine.core.errors import ModelFileError
 from engine.gguf.arch_keys import known_arch, visible_metadata
@@ -42,10 +41,16 @@ from engine.gguf.split_parts import read_model_header
 MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS: llama.cpp aborts (GGML_ASSERT) above this.
 _MAX_DIM = 1 << 20  # sanity bound for embedding width, head counts and head sizes.
 
-_FTYPE_NAMES = {
-    int(t): t.name.split("_", 1)[1] for t in LlamaFileType if t.name.startswith(("MOSTLY_", "ALL_"))
-}  # MOSTLY_Q4_K_M -> Q4_K_M
 Header = tuple[dict[str, Any], dict[str, int], list[TensorRow]]  # what read_header returns
+
+
+@functools.cache
+def _ftype_names() -> dict[int, str]:
+    """{general.file_type: name}, e.g. MOSTLY_Q4_K_M -> Q4_K_M (gguf is imported on first use:
+    see engine.gguf.reader)."""
+    from gguf import LlamaFileType
+
+    return {int(t): t.name.split("_", 1)[1] for t in LlamaFileType if t.name.startswith(("MOSTLY_", "ALL_"))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +229,7 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
     for _name, tname, _n, nbytes, _offset, _ne0 in tensors:
         weight_types[tname] = weight_types.get(tname, 0) + nbytes
     ftype = meta.get("general.file_type")  # else name the type that holds the most bytes
-    file_type = (_FTYPE_NAMES.get(ftype) if type(ftype) is int else None) or max(
+    file_type = (_ftype_names().get(ftype) if type(ftype) is int else None) or max(
         weight_types, key=weight_types.__getitem__, default="unknown"
     )
     return GGUFInfo(

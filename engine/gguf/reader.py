@@ -19,8 +19,6 @@ import struct
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
 # GGUF value type id -> struct format (8 = string, 9 = array are handled separately).
 _SCALAR_FMT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRUCTS = {f: struct.Struct("<" + f) for f in _SCALAR_FMT.values()}
@@ -161,6 +159,10 @@ def read_header(
     `data`, when given, is the start of the file (fetched with a range request; `size` is the
     whole file's) and is parsed instead of opening `path`: `Incomplete` says how much more of
     the file the header needs."""
+    # gguf is imported on first use, not with this module: `import gguf` brings numpy and yaml
+    # (a quarter of a second), which the window does not need before its first paint.
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
     with _mapped(path, data) as buf:
         cur = _Cursor(buf, size)
         if buf[:4] != b"GGUF":
@@ -221,6 +223,8 @@ def read_dims_and_meta(
     path: str,
 ) -> tuple[dict[str, Any], dict[str, int], dict[str, tuple[str, tuple[int, ...]]]]:
     """`read_tensor_dims` plus the metadata and value types (a split model's part count)."""
+    from gguf import GGMLQuantizationType  # lazily: see read_header
+
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         cur = _Cursor(buf, len(buf))
         cur.take(4)

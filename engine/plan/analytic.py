@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 from engine.gguf.hparams import NO_MEMORY_ARCHS
 from engine.gguf.inspect import GGUFInfo
@@ -82,6 +80,8 @@ def layer_devices(n_layer: int, settings: PlanSettings, gpus: Sequence[Device]) 
     if not any(split):
         split = [float(max(g.free_bytes, 1)) for g in gpus]
     split += [0.0] * (len(gpus) - len(split))
+    import numpy as np  # float32 like llama.cpp; imported here, not at start-up (see engine.gguf.reader)
+
     cum = np.cumsum(np.asarray(split, dtype=np.float32))
     cum /= cum[-1]
     out = []
