@@ -36,13 +36,22 @@ def _replies(host, draft: str, sampling: dict = GREEDY) -> list[P.Done]:
     return replies  # type: ignore[return-value]
 
 
+def _settings(**kw) -> PlanSettings:
+    return PlanSettings(n_ctx=256 * SLOTS, n_seq_max=SLOTS, n_batch=64, n_ubatch=64, **kw)
+
+
 @pytest.mark.parametrize(
-    "heads,extra", [(3, {}), (1, {})], ids=["chained heads (hy_v3)", "single head (hy_v3)"]
+    "model,k,extra",
+    [("hyv3", 3, {}), ("hyv3-1", 4, {}), ("qwen35", 3, {"n_rs_seq": 4})],
+    ids=["chained heads (hy_v3)", "single head (hy_v3)", "hybrid target rolling back per sequence (qwen35)"],
 )
-def test_concurrent_requests_draft_per_sequence_and_keep_the_plain_output(tmp_path, heads, extra):
-    path = mm.write_hyv3(tmp_path / "t.gguf", n_nextn=heads)
-    settings = PlanSettings(n_ctx=256 * SLOTS, n_seq_max=SLOTS, n_batch=64, n_ubatch=64, mtp=True, **extra)
-    with running_host(P.LoadParams(str(path), settings=settings)) as (host, loaded):
+def test_concurrent_requests_draft_per_sequence_and_keep_the_plain_output(tmp_path, model, k, extra):
+    """k: draft positions (one per chained head; n_rs_seq - 1 on a hybrid target; else draft_max)."""
+    if model == "qwen35":
+        path = mm.write_qwen35(tmp_path / "t.gguf")
+    else:
+        path = mm.write_hyv3(tmp_path / "t.gguf", n_nextn=3 if model == "hyv3" else 1)
+    with running_host(P.LoadParams(str(path), settings=_settings(mtp=True, **extra))) as (host, loaded):
         assert loaded.mtp == "ready"
         plain = _replies(host, "")
         fast = _replies(host, "mtp")
@@ -52,13 +61,28 @@ def test_concurrent_requests_draft_per_sequence_and_keep_the_plain_output(tmp_pa
     assert [d.tokens for d in fast] == [d.tokens for d in plain]
     assert [d.tokens for d in sampled] == [d.tokens for d in sampled_plain]  # the chain samples each row
     for d in fast:
-        assert d.draft == "mtp" and len(d.drafted_at) == (heads if heads > 1 else 4)  # k <= chained heads
+        assert d.draft == "mtp" and len(d.drafted_at) == k
         assert d.n_drafted == sum(d.drafted_at) > 0 and d.n_accepted == sum(d.accepted_at)
     assert all(d.tokens and d.n_drafted > 0 for d in sampled)
     drafted, accepted = (
         [sum(x) for x in zip(*col)] for col in ([d.drafted_at for d in fast], [d.accepted_at for d in fast])
     )
     print("\nacceptance by position", drafted, accepted)
+
+
+def test_a_gemma4_assistant_drafts_per_sequence_from_the_shared_kv(tmp_path):
+    target, assistant = (
+        mm.write_gemma4_target(tmp_path / "g4.gguf"),
+        mm.write_gemma4_assistant(tmp_path / "a.gguf"),
+    )
+    with running_host(P.LoadParams(str(target), settings=_settings())) as (host, _loaded):
+        plain = _replies(host, "")
+        host.load_draft(str(assistant))
+        fast = _replies(host, "model")
+        _ids, refused, _b = held_burst(host, [_request(PROMPTS[0], "mtp")], n_prompt=64)
+    assert isinstance(refused[0], P.ErrorEvent) and "cannot draft for itself" in refused[0].message
+    assert [d.tokens for d in fast] == [d.tokens for d in plain]
+    assert all(d.draft == "model" and d.n_drafted > 0 for d in fast)
 
 
 def _complete(url: str, prompts: list[str]) -> list[dict]:

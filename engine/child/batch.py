@@ -41,19 +41,13 @@ from engine import protocol as P
 from engine.child.batch_sample import LIB, TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafter_of, refusal
 from engine.child.errors import ErrorKind, RequestError, error_event
-from engine.child.grammar import (
-    gbnf_for,
-    grammar_sampler,
-    logits_row,
-    logprob_entry,
-)
+from engine.child.grammar import logits_row, logprob_entry
 from engine.child.io import Requests
 from engine.child.prefix import SeqPrefixes
 from engine.child.quick import QUICK, quick_answer
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot, Waiting
 from engine.core.errors import KvDeckError
-from engine.core.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 Emit = Callable[[object], None]
@@ -110,28 +104,14 @@ class BatchLoop:
     def accept(self, req: P.GenerateRequest) -> None:
         """Tokenise and check a request at once, so a bad one is refused without waiting."""
         cancel = self.requests.cancel_event(req.id)
-        grammar = None
+        why = refusal(self.drafting.sd if self.drafting else None, req)
         try:
-            sampling = SamplingParams.from_dict(req.sampling)
-            tokens = self.s.tokenize(req.prompt)
-            if not tokens:
-                raise RequestError(ErrorKind.PARAMS, "the prompt is empty")
-            if self.n_ctx_seq - len(tokens) < 2:
-                raise RequestError(
-                    ErrorKind.CONTEXT,
-                    f"the prompt is {len(tokens)} tokens long but each sequence holds {self.n_ctx_seq}",
-                )
-            why = refusal(self.drafting.sd if self.drafting else None, req)
-            if why:
-                raise RequestError(ErrorKind.PARAMS, why)
-            gbnf = gbnf_for(req.grammar, req.json_schema)
-            if gbnf:
-                grammar = grammar_sampler(self.m.vocab, gbnf)
+            w = Waiting.checked(req, cancel, self.s.tokenize, self.m.vocab, self.n_ctx_seq, why)
         except (RequestError, KvDeckError) as exc:
             self.emit(error_event(req.id, exc))
             self.requests.finished(req.id)
             return
-        self.waiting.append(Waiting(req, tokens, sampling, cancel, time.perf_counter(), grammar))
+        self.waiting.append(w)
 
     def poll(self) -> None:
         """Take every queued message without blocking; generations join, others stop admission."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import codecs
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine import protocol as P
-from engine.child.grammar import prepend
+from engine.child.errors import RequestError
+from engine.child.grammar import gbnf_for, grammar_sampler, prepend
 from engine.child.sampler import build_chain, chain_spec
 from engine.core.sampling import SamplingParams
 from engine.protocol.errors import ErrorKind
@@ -103,6 +106,33 @@ class Waiting:
     t0: float
     #: llama.cpp's grammar sampler for this request (engine.child.grammar), owned until admitted.
     grammar: object | None = None
+
+    @classmethod
+    def checked(
+        cls,
+        req: P.GenerateRequest,
+        cancel: threading.Event,
+        tokenize: Callable[[str], list[int]],
+        vocab: Any,
+        n_ctx_seq: int,
+        why: str,
+    ) -> Waiting:
+        """The request tokenised and checked (``why``: a refusal found by the caller); raises
+        RequestError with the one sentence a bad request gets."""
+        sampling = SamplingParams.from_dict(req.sampling)
+        tokens = tokenize(req.prompt)
+        if not tokens:
+            raise RequestError(ErrorKind.PARAMS, "the prompt is empty")
+        if n_ctx_seq - len(tokens) < 2:
+            raise RequestError(
+                ErrorKind.CONTEXT,
+                f"the prompt is {len(tokens)} tokens long but each sequence holds {n_ctx_seq}",
+            )
+        if why:
+            raise RequestError(ErrorKind.PARAMS, why)
+        gbnf = gbnf_for(req.grammar, req.json_schema)
+        grammar = grammar_sampler(vocab, gbnf) if gbnf else None
+        return cls(req, tokens, sampling, cancel, time.perf_counter(), grammar)
 
 
 @dataclass
