@@ -24,14 +24,22 @@ PROMPTS = [" ".join(f"w{(p * 7 + i) % 61}" for i in range(3 + p)) for p in range
 SLOTS = 3
 
 
-def _request(prompt: str, draft: str, sampling: dict = GREEDY):
+def _request(prompt: str, draft: str, sampling: dict = GREEDY, logprobs: int = -1):
     return lambda i: P.GenerateRequest(
-        id=i, prompt=prompt, max_tokens=96, sampling=sampling, serve=True, draft=draft, draft_max=4
+        id=i,
+        prompt=prompt,
+        max_tokens=96,
+        sampling=sampling,
+        serve=True,
+        draft=draft,
+        draft_max=4,
+        logprobs=logprobs,
     )
 
 
-def _replies(host, draft: str, sampling: dict = GREEDY) -> list[P.Done]:
-    _ids, replies, _b = held_burst(host, [_request(p, draft, sampling) for p in PROMPTS], n_prompt=64)
+def _replies(host, draft: str, sampling: dict = GREEDY, logprobs: int = -1) -> list[P.Done]:
+    builds = [_request(p, draft, sampling, logprobs) for p in PROMPTS]
+    _ids, replies, _b = held_burst(host, builds, n_prompt=64)
     assert all(isinstance(d, P.Done) for d in replies), replies
     return replies  # type: ignore[return-value]
 
@@ -58,6 +66,11 @@ def test_concurrent_requests_draft_per_sequence_and_keep_the_plain_output(tmp_pa
         seeded = {"temperature": 0.8, "repeat_penalty": 1.1, "seed": 3}
         sampled = _replies(host, "mtp", seeded)
         sampled_plain = _replies(host, "", seeded)
+        lp_plain, lp_fast = _replies(host, "", logprobs=2), _replies(host, "mtp", logprobs=2)
+    for f, p in zip(lp_fast, lp_plain):  # each token's log-probabilities from its own verify row
+        assert f.tokens == p.tokens and f.n_drafted > 0
+        assert [e["id"] for e in f.logprobs] == [e["id"] for e in p.logprobs]
+        assert max(abs(a["logprob"] - b["logprob"]) for a, b in zip(f.logprobs, p.logprobs)) < 1e-3
     assert [d.tokens for d in fast] == [d.tokens for d in plain]
     assert [d.tokens for d in sampled] == [d.tokens for d in sampled_plain]  # the chain samples each row
     for d in fast:

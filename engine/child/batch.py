@@ -242,16 +242,20 @@ class BatchLoop:
         now = time.perf_counter()
         TIMES.sample_s += now - t1
         for (i, s), tok in zip(rows, toks):
-            if s.w.req.logprobs >= 0 and tok not in self.eog:
-                entry = logprob_entry(
-                    logits_row(LIB, self.m.ctx, i, self.m.n_vocab), tok, s.w.req.logprobs, self._text
-                )
-                s.logprobs.append(entry)
-                s.pending_lp.append(entry)
-            self._take(s, tok, now)
+            self._emit(s, i, tok, now)
         for i, s, d in checks:
             assert self.drafting is not None
-            self.drafting.verify(self.sampler, s, i, d, lambda s, tok: self._take(s, tok, now))
+            self.drafting.verify(self.sampler, s, i, d, lambda s, row, tok: self._emit(s, row, tok, now))
+
+    def _emit(self, s: Slot, i: int, tok: int, now: float) -> None:
+        """Take the token sampled from batch row ``i`` (its log-probabilities from that row)."""
+        if s.w.req.logprobs >= 0 and tok not in self.eog:
+            entry = logprob_entry(
+                logits_row(LIB, self.m.ctx, i, self.m.n_vocab), tok, s.w.req.logprobs, self._text
+            )
+            s.logprobs.append(entry)
+            s.pending_lp.append(entry)
+        self._take(s, tok, now)
 
     def _text(self, tok: int) -> str:
         piece = self.pieces.get(tok)

@@ -11,12 +11,13 @@ snapshots, so k stays below n_rs_seq as in the single-sequence loop, ``spec_loop
 
 Only the drafters that read the target's hidden states draft here: the model's own MTP heads and a
 Gemma 4 assistant. A separate draft model or an n-gram lookup is refused in one line: they keep
-one sequence of their own (engine.child.spec_loop). Every request drafts except one asking for
-log-probabilities: each verify row is sampled with the request's own chain, in order, exactly as
+one sequence of their own (engine.child.spec_loop). Every request drafts: each verify row is
+sampled with the request's own chain, in order, exactly as
 plain decoding samples it (llama.cpp's ``common_sampler_sample_and_accept_n``), and the drafts
 are kept while they equal what was sampled. So the chain sees exactly the reply's tokens (its
 penalties and grammar stay right), a seeded reply is the same token for token, and for a sampled
-reply this is exact speculative sampling with a deterministic drafter. The drafter is caught
+reply this is exact speculative sampling with a deterministic drafter (log-probabilities come from
+the row each token was sampled from). The drafter is caught
 up on every decode of the loop, drafting or not, so that its cache follows the target's for
 every sequence; where it did not (a reply made elsewhere), ``SelfDraft.truncate`` restarts it.
 """
@@ -77,7 +78,7 @@ class BatchDrafting:
         asks: dict[int, tuple[int, int, int]] = {}
         for s in slots:
             r = s.w.req
-            if not r.draft or r.logprobs >= 0 or s.w.cancel.is_set():
+            if not r.draft or s.w.cancel.is_set():
                 continue
             if not s.k_max:
                 s.k_max = s.k_now = verify_cap(self.m, self.sd, r.draft_max)
@@ -89,7 +90,12 @@ class BatchDrafting:
         return self.sd.draft_many(asks) if asks else {}
 
     def verify(
-        self, sampler: RowSampler, s: Slot, row0: int, drafts: list[int], take: Callable[[Slot, int], None]
+        self,
+        sampler: RowSampler,
+        s: Slot,
+        row0: int,
+        drafts: list[int],
+        take: Callable[[Slot, int, int], None],
     ) -> None:
         """Accept the longest prefix of ``drafts`` the target agrees with (verify rows from
         ``row0``) plus the target's own next token; cut both caches of the sequence back."""
@@ -105,8 +111,8 @@ class BatchDrafting:
                 s.accepted_at[i] += i < a
             s.n_verify += 1
         before = len(s.out)
-        for tok in drafts[:a] + [nxt] if nxt >= 0 else []:
-            take(s, tok)
+        for j, tok in enumerate(drafts[:a] + [nxt] if nxt >= 0 else []):
+            take(s, row0 + j, tok)  # token j was sampled from verify row j
             if s.finish:
                 break
         keep = min(a, len(s.out) - before)  # accepted drafts that became part of the reply
