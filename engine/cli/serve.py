@@ -208,7 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             url = server.start()
             print(
                 f"serving {model_id(loaded)} at {url}/v1 ({settings.n_seq_max} parallel sequences of "
-                f"{loaded.n_ctx_seq} tokens; Ctrl-C stops)",
+                f"{loaded.n_ctx_seq} tokens{_drafting_words(drafting[0], args.draft_max)}; Ctrl-C stops)",
                 flush=True,
             )
             try:
@@ -222,3 +222,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             if server is not None:
                 server.stop()
+
+
+def _drafting_words(kind: str, draft_max: int) -> str:
+    if not kind:
+        return ""
+    who = "the model's own MTP heads" if kind == "mtp" else "the Gemma 4 assistant"
+    return f", each drafting up to {draft_max} tokens with {who}"
