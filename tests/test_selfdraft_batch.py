@@ -13,6 +13,7 @@ import pytest
 
 from engine import protocol as P
 from engine.core.memory_types import PlanSettings
+from engine.core.sampling import SamplingParams
 from engine.serve.server import ApiServer, ServedModel, ServerConfig
 from tests.helpers import mtp_models as mm
 from tests.helpers.burst import held_burst
@@ -150,3 +151,22 @@ def test_serve_refuses_drafters_it_cannot_run_per_sequence_in_one_line(tmp_path)
     ):
         r = kvdeck("serve", "--port", "0", *args)
         assert r.returncode != 0 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_drafting_after_a_reply_made_without_it_restarts_the_drafters_cache(tmp_path):
+    """A plain single-sequence reply does not feed the drafter, so after draft / plain / draft
+    the drafter's cache ends before the reused prefix (here at 51 of 132 positions), and
+    llama.cpp refuses a batch whose positions do not follow the cache's ("Y = X + 1"). The
+    drafter restarts that sequence instead, and the reply is the plain one."""
+    path = mm.write_hyv3(tmp_path / "t.gguf")
+    greedy = SamplingParams.from_dict(GREEDY)
+    settings = PlanSettings(n_ctx=512, n_batch=64, n_ubatch=64, mtp=True)  # one sequence
+    with running_host(P.LoadParams(str(path), settings=settings)) as (host, _loaded):
+        text = PROMPTS[3]
+        text += host.generate(text, max_tokens=16, sampling=greedy, draft="mtp").text
+        text += host.generate(text, max_tokens=24, sampling=greedy).text
+        plain = host.generate(text, max_tokens=24, sampling=greedy)
+        fast = host.generate(text, max_tokens=24, sampling=greedy, draft="mtp")
+        again = _replies(host, "mtp")  # and the batch loop after all of them
+    assert fast.tokens == plain.tokens and fast.n_reused > 0 and fast.n_drafted > 0
+    assert all(d.n_drafted > 0 for d in again)
