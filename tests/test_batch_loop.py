@@ -14,6 +14,7 @@ import pytest
 
 from engine import protocol as P
 from engine.core.memory_types import PlanSettings
+from tests.helpers.burst import Burst, held_burst
 from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
@@ -27,42 +28,13 @@ GREEDY = {"temperature": 0}
 SEEDED = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 7}
 
 
-class Burst:
-    """Requests submitted together; collects each one's Started and Done."""
-
-    def __init__(self, n: int) -> None:
-        self.started: dict[int, P.Started] = {}
-        self.done: dict[int, P.Message] = {}
-        self.n = n
-        self.all_done = threading.Event()
-
-    def on_event(self, msg: P.Message) -> None:
-        if isinstance(msg, P.Started):
-            self.started[msg.id] = msg
-        elif isinstance(msg, (P.Done, P.ErrorEvent)):
-            self.done[msg.id] = msg
-            if len(self.done) == self.n:
-                self.all_done.set()
-
-
 def _generate(i: int, prompt: str, sampling: dict) -> P.GenerateRequest:
     return P.GenerateRequest(id=i, prompt=prompt, max_tokens=24, sampling=sampling, serve=True)
 
 
 def _burst(host, sampling: dict) -> tuple[list[int], list[list[int]], Burst]:
-    """Submit every prompt while the child is busy with a benchmark, then cancel it: all of
-    them are queued (the child reads its pipe in order) before the batch loop polls."""
-    burst = Burst(len(PROMPTS))
-    # prefills that run until cancelled (it must fit the context, or it is refused at once)
-    held: list[P.Message] = []
-    bench = host.submit(
-        "bench", lambda i: P.BenchRequest(id=i, n_prompt=256, n_gen=0, repetitions=10**6), held.append
-    )
-    ids = [host.submit("generate", lambda i, p=p: _generate(i, p, sampling), burst.on_event) for p in PROMPTS]
-    host.cancel(bench)
-    assert burst.all_done.wait(300)
-    assert [getattr(m, "kind", None) for m in held] == ["cancelled"]  # it held the queue until then
-    replies = [burst.done[i] for i in ids]
+    """Every prompt at once (queued behind a held benchmark, tests.helpers.burst)."""
+    ids, replies, burst = held_burst(host, [lambda i, p=p: _generate(i, p, sampling) for p in PROMPTS])
     assert all(isinstance(d, P.Done) for d in replies), replies
     return ids, [d.tokens for d in replies], burst  # type: ignore[union-attr]
 

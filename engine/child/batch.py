@@ -39,20 +39,15 @@ import numpy as np
 
 from engine import protocol as P
 from engine.child.batch_sample import LIB, TIMES, RowSampler
+from engine.child.batch_spec import BatchDrafting, drafter_of, refusal
 from engine.child.errors import ErrorKind, RequestError, error_event
-from engine.child.grammar import (
-    gbnf_for,
-    grammar_sampler,
-    logits_row,
-    logprob_entry,
-)
+from engine.child.grammar import logits_row, logprob_entry
 from engine.child.io import Requests
 from engine.child.prefix import SeqPrefixes
 from engine.child.quick import QUICK, quick_answer
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot, Waiting
 from engine.core.errors import KvDeckError
-from engine.core.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 Emit = Callable[[object], None]
@@ -66,7 +61,7 @@ _ENDS_MODEL = (P.LoadRequest, P.UnloadRequest, P.ShutdownRequest, P.LoadDraftReq
 def batch_wanted(session: LlamaSession, req: P.GenerateRequest) -> bool:
     """Whether this generation belongs to the batch loop rather than the single-sequence one."""
     m = session.model
-    if m is None or req.draft:
+    if m is None or (req.draft and not req.serve):  # the server drafts per sequence (batch_spec)
         return False
     # Grammars and log-probabilities are implemented here only, so such requests come here too.
     return req.serve or m.n_seq_max > 1 or bool(req.grammar or req.json_schema) or req.logprobs >= 0
@@ -92,6 +87,8 @@ class BatchLoop:
         self.last_report = 0.0
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
         self.prefixes = SeqPrefixes(m, self.n_seq)  # per-slot prefix reuse (engine.child.prefix)
+        sd = drafter_of(session)
+        self.drafting = BatchDrafting(sd, m) if sd is not None else None
         self.batch = LL.llama_batch_init(self.n_batch, 0, 1)
         b = self.batch
         for i in range(self.n_batch):
@@ -107,25 +104,14 @@ class BatchLoop:
     def accept(self, req: P.GenerateRequest) -> None:
         """Tokenise and check a request at once, so a bad one is refused without waiting."""
         cancel = self.requests.cancel_event(req.id)
-        grammar = None
+        why = refusal(self.drafting.sd if self.drafting else None, req)
         try:
-            sampling = SamplingParams.from_dict(req.sampling)
-            tokens = self.s.tokenize(req.prompt)
-            if not tokens:
-                raise RequestError(ErrorKind.PARAMS, "the prompt is empty")
-            if self.n_ctx_seq - len(tokens) < 2:
-                raise RequestError(
-                    ErrorKind.CONTEXT,
-                    f"the prompt is {len(tokens)} tokens long but each sequence holds {self.n_ctx_seq}",
-                )
-            gbnf = gbnf_for(req.grammar, req.json_schema)
-            if gbnf:
-                grammar = grammar_sampler(self.m.vocab, gbnf)
+            w = Waiting.checked(req, cancel, self.s.tokenize, self.m.vocab, self.n_ctx_seq, why)
         except (RequestError, KvDeckError) as exc:
             self.emit(error_event(req.id, exc))
             self.requests.finished(req.id)
             return
-        self.waiting.append(Waiting(req, tokens, sampling, cancel, time.perf_counter(), grammar))
+        self.waiting.append(w)
 
     def poll(self) -> None:
         """Take every queued message without blocking; generations join, others stop admission."""
@@ -164,6 +150,8 @@ class BatchLoop:
                 self.requests.finished(w.req.id)
                 continue
             i, reuse = self.prefixes.place(free, w.prompt)
+            if self.drafting is not None:
+                self.drafting.sd.truncate(reuse, i)
             self.slots[i] = Slot.start(w, i, reuse, tuple(self.m.eog_ids), self.m.n_vocab, self.n_ctx_seq)
             self.report(force=True)
 
@@ -182,13 +170,24 @@ class BatchLoop:
         n = 0
         rows: list[tuple[int, Slot]] = []
         fed: list[tuple[Slot, int]] = []
-        for s in active:  # one token per generating sequence first
-            if s.next_tok >= 0:
-                tok_a[n], pos_a[n], out_a[n] = s.next_tok, s.n_past, 1
-                self._rows(n, 1, s.seq)
+        blocks: list[tuple[int, list[int], int]] = []  # (sequence, tokens, first position)
+        checks: list[tuple[int, Slot, list[int]]] = []  # drafting sequences: verify rows from n
+        gen = [s for s in active if s.next_tok >= 0]
+        drafts = self.drafting.drafts(gen, self.n_batch - len(gen)) if self.drafting else {}
+        for s in gen:  # one token per generating sequence first (and its drafts)
+            d = drafts.get(s.seq, [])
+            k = 1 + len(d)
+            tok_a[n : n + k] = [s.next_tok, *d]
+            pos_a[n : n + k] = np.arange(s.n_past, s.n_past + k, dtype=np.int32)
+            out_a[n : n + k] = 1
+            self._rows(n, k, s.seq)
+            if d:
+                checks.append((n, s, d))
+            else:
                 rows.append((n, s))
                 fed.append((s, 0))
-                n += 1
+            blocks.append((s.seq, [s.next_tok, *d], s.n_past))
+            n += k
         for s in sorted(active, key=lambda s: s.w.t0):  # then prompt chunks, oldest first
             left = len(s.w.prompt) - s.n_fed
             if s.next_tok >= 0 or left <= 0 or n >= self.n_batch:
@@ -202,6 +201,7 @@ class BatchLoop:
                 out_a[n + k - 1] = 1
                 rows.append((n + k - 1, s))
             fed.append((s, k))
+            blocks.append((s.seq, s.w.prompt[s.n_fed : s.n_fed + k], s.n_fed))
             n += k
         if n == 0:
             return
@@ -228,6 +228,8 @@ class BatchLoop:
                 s.error = (ErrorKind.RUNTIME, why)
                 s.finish = "error"
             return
+        if self.drafting is not None:  # while the target's hidden states are this batch's
+            self.drafting.sd.process_blocks(blocks)
         for s, k in fed:
             if k == 0:
                 s.n_past += 1
@@ -240,13 +242,20 @@ class BatchLoop:
         now = time.perf_counter()
         TIMES.sample_s += now - t1
         for (i, s), tok in zip(rows, toks):
-            if s.w.req.logprobs >= 0 and tok not in self.eog:
-                entry = logprob_entry(
-                    logits_row(LIB, self.m.ctx, i, self.m.n_vocab), tok, s.w.req.logprobs, self._text
-                )
-                s.logprobs.append(entry)
-                s.pending_lp.append(entry)
-            self._take(s, tok, now)
+            self._emit(s, i, tok, now)
+        for i, s, d in checks:
+            assert self.drafting is not None
+            self.drafting.verify(self.sampler, s, i, d, lambda s, row, tok: self._emit(s, row, tok, now))
+
+    def _emit(self, s: Slot, i: int, tok: int, now: float) -> None:
+        """Take the token sampled from batch row ``i`` (its log-probabilities from that row)."""
+        if s.w.req.logprobs >= 0 and tok not in self.eog:
+            entry = logprob_entry(
+                logits_row(LIB, self.m.ctx, i, self.m.n_vocab), tok, s.w.req.logprobs, self._text
+            )
+            s.logprobs.append(entry)
+            s.pending_lp.append(entry)
+        self._take(s, tok, now)
 
     def _text(self, tok: int) -> str:
         piece = self.pieces.get(tok)

@@ -87,9 +87,20 @@ def preflight(cp: LL.llama_context_params, m: Model) -> None:
         raise RequestError(ErrorKind.PARAMS, why)
 
 
+#: One block of a target batch: (sequence, tokens, position of the first), rows contiguous.
+Block = tuple[int, list[int], int]
+#: One row of a drafting batch: (sequence, token, position, wants logits, hidden state h_{pos-1}).
+Row = tuple[int, int, int, bool, np.ndarray]
+
+
 @dataclass(eq=False)
 class SelfDraft:
-    """A drafting context (MTP heads or assistant) bound to one target :class:`Model`."""
+    """A drafting context (MTP heads or assistant) bound to one target :class:`Model`.
+
+    Every method works per sequence, because the batch loop (engine.child.batch_spec) drafts for
+    all its sequences at once, as llama.cpp's server does (one ``common_speculative_draft`` over
+    every drafting slot, one ``common_speculative_process`` over the whole target batch). The
+    single-sequence loop uses sequence 0."""
 
     kind: str  # "mtp" (the model's own heads) | "assistant" (gemma4-assistant)
     x: Ext
@@ -102,16 +113,16 @@ class SelfDraft:
     model: Any = None  # the assistant's own weights; None for MTP heads (the target's model)
     path: str = ""
     memory_log: list[str] = field(default_factory=list)
-    pending_h: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    pending_pos: int = -1  # the position whose hidden state pending_h is
-    verify_h: np.ndarray | None = None
-    verify_pos0: int = 0
+    #: Per sequence: the target's hidden state of the position it names (pairs with the next token).
+    pending: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)
+    #: Per sequence: the hidden states of its rows in the last target batch, and their first position.
+    verify: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mem = LL.llama_get_memory(self.ctx)
         self.bext = LL.llama_batch_ext_init(self.ctx)
         self.chain = self.n_heads > 1 and not self.shared
-        self.pending_h = np.zeros(self.n_embd, np.float32)
+        self.zeros = np.zeros(self.n_embd, np.float32)
         self.x.set_embeddings_nextn(self.target.ctx, True, False)  # every target row: h_nextn
         self.x.set_embeddings_nextn(self.ctx, True, True)  # the drafter: output rows only
 
@@ -129,12 +140,12 @@ class SelfDraft:
         self.ctx = self.bext = None
 
     # ------------------------------------------------------------------ batches
-    def _decode(self, items: list[tuple[int, int, bool, np.ndarray]], what: str) -> None:
+    def _decode(self, items: list[Row], what: str) -> None:
         b = self.bext
         LL.llama_batch_ext_clear(b)
         pos = (ctypes.c_int32 * 4)()
-        for tok, p, out, h in items:
-            idx = LL.llama_batch_ext_add_token(b, 0, tok)
+        for seq, tok, p, out, h in items:
+            idx = LL.llama_batch_ext_add_token(b, seq, tok)
             pos[0] = p
             LL.llama_batch_ext_set_pos(b, idx, pos)
             row = np.ascontiguousarray(h, dtype=np.float32)
@@ -150,79 +161,126 @@ class SelfDraft:
                 f"the {self.kind} drafter failed ({what}, code {rc}): {self.target.log.last_problem()}",
             )
 
-    def _h_for(self, pos: int) -> np.ndarray:
-        """The target's hidden state of position pos - 1, or zeros when it is not known (after a
-        reused prefix): a weaker draft for one step, never a wrong output."""
-        return self.pending_h if self.pending_pos == pos - 1 else np.zeros(self.n_embd, np.float32)
+    def _h_for(self, seq: int, pos: int) -> np.ndarray:
+        """The target's hidden state of position pos - 1 in ``seq``, or zeros when it is not known
+        (after a reused prefix): a weaker draft for one step, never a wrong output."""
+        p, h = self.pending.get(seq, (-1, self.zeros))
+        return h if p == pos - 1 else self.zeros
+
+    def _rm(self, seq: int, pos: int) -> bool:
+        return bool(LL.llama_memory_seq_rm(self.mem, seq, pos, -1))
 
     # ------------------------------------------------------------------ the driver
-    def process(self, toks: list[int], pos0: int) -> None:
-        """Catch the drafter up on a target decode of ``toks`` at ``pos0``.. (call right after it)."""
-        n = len(toks)
+    def process_blocks(self, blocks: list[Block]) -> None:
+        """Catch the drafter up on one target decode made of ``blocks`` (in batch order; call right
+        after it, while the target's nextn rows are that batch's)."""
+        n = sum(len(toks) for _s, toks, _p in blocks)
         ptr = self.x.get_embeddings_nextn(self.target.ctx)
         if not ptr:
             raise RequestError(ErrorKind.RUNTIME, "the target did not export its hidden states for drafting")
         h = np.ctypeslib.as_array(ptr, shape=(n, self.n_embd)).copy()
-        if not self.shared:
-            first = self._h_for(pos0)
-            items = [(t, pos0 + k, False, first if k == 0 else h[k - 1]) for k, t in enumerate(toks)]
-            for head in range(self.n_heads if self.chain else 1):
-                if self.chain:
-                    LL.llama_memory_seq_rm(self.mem, 0, pos0, -1)
-                    self.x.set_nextn_layer_offset(self.ctx, head)
-                self._decode(items, f"catch-up, head {head}")
+        items: list[Row] = []
+        r = 0
+        for seq, toks, pos0 in blocks:
+            first = self._h_for(seq, pos0)
+            items += [
+                (seq, t, pos0 + k, False, first if k == 0 else h[r + k - 1]) for k, t in enumerate(toks)
+            ]
+            self.verify[seq] = (pos0, h[r : r + len(toks)])
+            self.pending[seq] = (pos0 + len(toks) - 1, h[r + len(toks) - 1])
+            r += len(toks)
+        if self.shared:
+            return
+        for head in range(self.n_heads if self.chain else 1):
             if self.chain:
-                self.x.set_nextn_layer_offset(self.ctx, 0)
-        self.verify_h, self.verify_pos0 = h, pos0
-        self.pending_h, self.pending_pos = h[-1].copy(), pos0 + n - 1
+                for seq, _toks, pos0 in blocks:
+                    self._rm(seq, pos0)
+                self.x.set_nextn_layer_offset(self.ctx, head)
+            self._decode(items, f"catch-up, head {head}")
+        if self.chain:
+            self.x.set_nextn_layer_offset(self.ctx, 0)
 
-    def draft(self, id_last: int, pos0: int, k: int) -> list[int]:
-        """Up to k greedy draft tokens after ``id_last`` (at ``pos0``, not yet in the target)."""
-        k = min(k, self.max_k)
-        if k <= 0:
-            return []
-        items = [(id_last, pos0, True, self._h_for(pos0))]
-        chain_h = [items[0][3]]
-        out: list[int] = []
+    def draft_many(self, asks: dict[int, tuple[int, int, int]]) -> dict[int, list[int]]:
+        """Greedy drafts for several sequences at once: ``asks`` maps a sequence to (its last
+        token, that token's position (not yet in the target), at most k tokens)."""
+        asks = {seq: (t, p, min(k, self.max_k)) for seq, (t, p, k) in asks.items() if k > 0}
+        out: dict[int, list[int]] = {seq: [] for seq in asks}
+        items = {seq: [(seq, t, p, True, self._h_for(seq, p))] for seq, (t, p, _k) in asks.items()}
+        chain_h = {seq: [rows[0][4]] for seq, rows in items.items()}
+        live = list(asks)
         try:
-            for i in range(k):
-                if self.chain:
-                    LL.llama_memory_seq_rm(self.mem, 0, pos0, -1)
-                    self.x.set_nextn_layer_offset(self.ctx, i)
-                self._decode(items, f"draft step {i}")
-                last = len(items) - 1
-                logits = np.ctypeslib.as_array(LL.llama_get_logits_ith(self.ctx, last), shape=(self.n_vocab,))
-                tok = int(logits.argmax())
-                out.append(tok)
-                if i == k - 1 or tok >= self.target.n_vocab:
+            for i in range(max((k for _t, _p, k in asks.values()), default=0)):
+                if not live:
                     break
-                hp = self.x.get_embeddings_nextn_ith(self.ctx, last)
-                h = np.ctypeslib.as_array(hp, shape=(self.n_embd,)).copy()
-                if self.chain:  # the whole prefix again: the next head rebuilds its own layer's KV
-                    chain_h.append(h)
-                    toks = [id_last] + out
-                    items = [(t, pos0 + j, j == len(toks) - 1, chain_h[j]) for j, t in enumerate(toks)]
-                elif self.shared:  # the assistant: every draft token at the same position
-                    items = [(tok, pos0, True, h)]
-                else:
-                    items = [(tok, pos0 + i + 1, True, h)]
+                if self.chain:
+                    for seq in live:
+                        self._rm(seq, asks[seq][1])
+                    self.x.set_nextn_layer_offset(self.ctx, i)
+                batch = [row for seq in live for row in items[seq]]
+                self._decode(batch, f"draft step {i}")
+                at, idx = {}, 0
+                for seq in live:
+                    idx += len(items[seq])
+                    at[seq] = idx - 1  # the batch index of the sequence's output row
+                still = []
+                for seq in live:
+                    t0, pos0, k = asks[seq]
+                    logits = np.ctypeslib.as_array(
+                        LL.llama_get_logits_ith(self.ctx, at[seq]), shape=(self.n_vocab,)
+                    )
+                    tok = int(logits.argmax())
+                    out[seq].append(tok)
+                    if i == k - 1 or tok >= self.target.n_vocab:
+                        continue
+                    hp = self.x.get_embeddings_nextn_ith(self.ctx, at[seq])
+                    h = np.ctypeslib.as_array(hp, shape=(self.n_embd,)).copy()
+                    if self.chain:  # the whole prefix again: the next head rebuilds its own layer's KV
+                        chain_h[seq].append(h)
+                        toks = [t0] + out[seq]
+                        items[seq] = [
+                            (seq, t, pos0 + j, j == len(toks) - 1, chain_h[seq][j])
+                            for j, t in enumerate(toks)
+                        ]
+                    elif self.shared:  # the assistant: every draft token at the same position
+                        items[seq] = [(seq, tok, pos0, True, h)]
+                    else:
+                        items[seq] = [(seq, tok, pos0 + i + 1, True, h)]
+                    still.append(seq)
+                live = still
         finally:
             if self.chain:
                 self.x.set_nextn_layer_offset(self.ctx, 0)
             if not self.shared:  # the catch-up of the verify batch re-adds these positions
-                LL.llama_memory_seq_rm(self.mem, 0, pos0, -1)
-        return [t for t in out if t < self.target.n_vocab]
+                for seq, (_t, pos0, _k) in asks.items():
+                    self._rm(seq, pos0)
+        return {seq: [t for t in toks if t < self.target.n_vocab] for seq, toks in out.items()}
 
-    def accept(self, n_accepted: int) -> None:
+    def accept(self, n_accepted: int, seq: int = 0) -> None:
         """The hidden state of the last accepted position pairs with the target's next token."""
-        if self.verify_h is not None:
-            i = min(n_accepted, len(self.verify_h) - 1)
-            self.pending_h, self.pending_pos = self.verify_h[i].copy(), self.verify_pos0 + i
+        if seq in self.verify:
+            pos0, h = self.verify[seq]
+            i = min(n_accepted, len(h) - 1)
+            self.pending[seq] = (pos0 + i, h[i])
 
-    def truncate(self, n: int) -> None:
-        """Drop the drafter's positions from n on (the shared assistant has none of its own)."""
-        if not self.shared and not LL.llama_memory_seq_rm(self.mem, 0, n, -1):
-            LL.llama_memory_clear(self.mem, True)
+    def truncate(self, n: int, seq: int = 0) -> None:
+        """Drop the drafter's positions of ``seq`` from n on (the shared assistant has none of its
+        own). Where the drafter missed some of the target's decodes of that sequence (a reply made
+        without drafting), its cache cannot continue at n: the sequence is emptied instead, and it
+        restarts there (weaker drafts for a while, never a wrong output)."""
+        if self.shared:
+            return
+        if not self._rm(seq, n) or int(LL.llama_memory_seq_pos_max(self.mem, seq)) != n - 1:
+            self._rm(seq, 0)
+            self.pending.pop(seq, None)
+
+    # ------------------------------------------------------------------ one sequence (sequence 0)
+    def process(self, toks: list[int], pos0: int) -> None:
+        """Catch the drafter up on a target decode of ``toks`` at ``pos0``.. (call right after it)."""
+        self.process_blocks([(0, toks, pos0)])
+
+    def draft(self, id_last: int, pos0: int, k: int) -> list[int]:
+        """Up to k greedy draft tokens after ``id_last`` (at ``pos0``, not yet in the target)."""
+        return self.draft_many({0: (id_last, pos0, k)}).get(0, [])
 
     def prefill(self, tokens: list[int], pos0: int, cancel: Any) -> None:
         """The target's prefill chunk by chunk, each followed by the drafter's catch-up."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import codecs
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine import protocol as P
-from engine.child.grammar import prepend
+from engine.child.errors import RequestError
+from engine.child.grammar import gbnf_for, grammar_sampler, prepend
 from engine.child.sampler import build_chain, chain_spec
 from engine.core.sampling import SamplingParams
 from engine.protocol.errors import ErrorKind
@@ -104,6 +107,33 @@ class Waiting:
     #: llama.cpp's grammar sampler for this request (engine.child.grammar), owned until admitted.
     grammar: object | None = None
 
+    @classmethod
+    def checked(
+        cls,
+        req: P.GenerateRequest,
+        cancel: threading.Event,
+        tokenize: Callable[[str], list[int]],
+        vocab: Any,
+        n_ctx_seq: int,
+        why: str,
+    ) -> Waiting:
+        """The request tokenised and checked (``why``: a refusal found by the caller); raises
+        RequestError with the one sentence a bad request gets."""
+        sampling = SamplingParams.from_dict(req.sampling)
+        tokens = tokenize(req.prompt)
+        if not tokens:
+            raise RequestError(ErrorKind.PARAMS, "the prompt is empty")
+        if n_ctx_seq - len(tokens) < 2:
+            raise RequestError(
+                ErrorKind.CONTEXT,
+                f"the prompt is {len(tokens)} tokens long but each sequence holds {n_ctx_seq}",
+            )
+        if why:
+            raise RequestError(ErrorKind.PARAMS, why)
+        gbnf = gbnf_for(req.grammar, req.json_schema)
+        grammar = grammar_sampler(vocab, gbnf) if gbnf else None
+        return cls(req, tokens, sampling, cancel, time.perf_counter(), grammar)
+
 
 @dataclass
 class Slot:
@@ -129,6 +159,14 @@ class Slot:
     n_reused: int = 0  # prompt tokens whose KV this sequence already held (prefix reuse)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     pending_lp: list[dict[str, Any]] = field(default_factory=list)
+    n_ctx_seq: int = 0
+    #: Drafting (engine.child.batch_spec): most and current draft tokens per round, verify
+    #: rounds, and per draft position how often one was drafted / accepted there.
+    k_max: int = 0
+    k_now: int = 0
+    n_verify: int = 0
+    drafted_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
 
     @classmethod
     def start(
@@ -150,6 +188,7 @@ class Slot:
             codecs.getincrementaldecoder("utf-8")("replace"),
         )
         s.n_fed = s.n_past = s.n_reused = reuse
+        s.n_ctx_seq = n_ctx_seq
         return s
 
     def delta(self, text: str, now: float) -> P.Delta:
@@ -182,4 +221,21 @@ class Slot:
             decode_s=decode_s,
             tokens_per_s=n_dec / decode_s if n_dec and decode_s > 0 else 0.0,
             logprobs=self.logprobs,
+            **self.draft_counts(),
         )
+
+    def draft_counts(self) -> dict[str, Any]:
+        """The speculative fields of Done (as the single-sequence loop reports them)."""
+        if not self.w.req.draft:
+            return {}
+        n_drafted, n_accepted = sum(self.drafted_at), sum(self.accepted_at)
+        return {
+            "draft": self.w.req.draft,
+            "n_drafted": n_drafted,
+            "n_accepted": n_accepted,
+            "n_target_decodes": max(0, len(self.out) - n_accepted),
+            "acceptance": n_accepted / n_drafted if n_drafted else 0.0,
+            "mean_accepted": n_accepted / self.n_verify if self.n_verify else 0.0,
+            "drafted_at": list(self.drafted_at),
+            "accepted_at": list(self.accepted_at),
+        }

@@ -46,6 +46,20 @@ def _common(a: list[int], b: list[int], start: int) -> int:
     return i
 
 
+def verify_cap(m: Model, sd: SelfDraft | None, draft_max: int) -> int:
+    """Most draft tokens one sequence may verify per round: the batch, ≤ 8 verify rows on a GPU,
+    one per chained head, and n_rs_seq - 1 on a hybrid target (that many positions roll back)."""
+    if not _GPU:
+        _GPU.append(gpu_present())
+    cap = min(m.n_batch - 1, GPU_MAX_VERIFY - 1) if _GPU[0] else m.n_batch - 1
+    if sd is not None:
+        cap = min(cap, sd.max_k)
+    n_rs = int(LL.llama_n_rs_seq(m.ctx))
+    if n_rs:
+        cap = min(cap, n_rs - 1)
+    return max(1, min(draft_max, cap))
+
+
 class SpecRun:
     """One speculative request: state shared by the rounds (draft, verify, accept, emit)."""
 
@@ -63,15 +77,7 @@ class SpecRun:
         self.sd = sd
         self.rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
         self.eog = frozenset(m.eog_ids)
-        if not _GPU:
-            _GPU.append(gpu_present())
-        cap = min(m.n_batch - 1, GPU_MAX_VERIFY - 1) if _GPU[0] else m.n_batch - 1
-        if sd is not None:
-            cap = min(cap, sd.max_k)
-        n_rs = int(LL.llama_n_rs_seq(m.ctx))
-        if n_rs:  # a hybrid target rolls back at most n_rs_seq - 1 rejected positions
-            cap = min(cap, n_rs - 1)
-        self.k_max = max(1, min(req.draft_max, cap))
+        self.k_max = verify_cap(m, sd, req.draft_max)
         self.k = self.k_max
         self.n_dist = max(m.n_vocab, draft.n_vocab if draft else 0)
         self.out: list[int] = []

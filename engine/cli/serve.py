@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from engine.cli.drafting import add_drafter_options, drafter
 from engine.cli.memory import add_plan_options, settings_from_args
 from engine.core.errors import KvDeckError, RuntimeFailure
 from engine.core.memory_types import MiB
@@ -89,14 +90,37 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
     add_plan_options(_Skipping(p, {"path", "--ctx", "--parallel", "--json"}))  # type: ignore[arg-type]
+    add_drafter_options(p, "draft per sequence with this Gemma 4 assistant")
+    p.add_argument(
+        "--draft-max", type=int, default=8, help="most tokens drafted per sequence and step (default 8)"
+    )
 
 
-def plan_settings(args: argparse.Namespace, info: Any) -> Any:
-    """PlanSettings for N sequences that pass preflight, fitted when --ctx was not given."""
+def serve_drafter(args: argparse.Namespace, info: Any) -> tuple[str, Any]:
+    """("mtp" | "assistant" | "", the assistant's GGUFInfo): what drafts per sequence, checked in
+    one line before loading. A separate draft model keeps one sequence of its own, so the batch
+    loop cannot use it (engine.child.batch_spec): refused here rather than served without drafting."""
+    if args.draft_max < 1:
+        raise KvDeckError(f"--draft-max must be at least 1, not {args.draft_max}")
+    spec = drafter(args, info, settings_from_args(args, info))
+    if spec is None:
+        return "", None
+    if spec.kind == "model":
+        raise KvDeckError(
+            f"kvdeck serve drafts per sequence only with the model's own MTP heads (--mtp) or a Gemma 4 "
+            f"assistant; {os.path.basename(args.draft)} is a separate draft model (use it with kvdeck chat --draft)"
+        )
+    return spec.kind, (spec.info if spec.kind == "assistant" else None)
+
+
+def plan_settings(args: argparse.Namespace, info: Any, drafting: tuple[str, Any] = ("", None)) -> Any:
+    """PlanSettings for N sequences that pass preflight, fitted when --ctx was not given; with a
+    drafter (``serve_drafter``), target and drafting context fitted together."""
     from engine.cli.rpc import endpoints
     from engine.core.build import gpu_backend
     from engine.plan.analytic import analytic_plan
-    from engine.plan.fit import fit, pin_split, preflight
+    from engine.plan.drafting import mtp_settings, with_drafter
+    from engine.plan.fit import PlanFn, fit, pin_split, preflight
     from engine.runtime.info import plan_devices
 
     if args.parallel < 1 or args.parallel > 256:
@@ -106,11 +130,16 @@ def plan_settings(args: argparse.Namespace, info: Any) -> Any:
         args.ctx = args.parallel * min(info.n_ctx_train or 4096, 4096)
     devices, _ = plan_devices(rpc=endpoints(args))
     settings = settings_from_args(args, info)
+    plan_fn: PlanFn = analytic_plan
+    if drafting[0]:
+        plan_fn = with_drafter(analytic_plan, drafting[1], args.n_gpu_layers)
+    if drafting[0] == "mtp":
+        settings = mtp_settings(info.hybrid, settings, args.draft_max)
     budget = args.budget_mib * MiB if args.budget_mib is not None else None
     if budget is None:
         try:
             settings = pin_split(settings, devices)
-            preflight(info, settings, devices, gpu_backend(), plan_fn=analytic_plan)
+            preflight(info, settings, devices, gpu_backend(), plan_fn=plan_fn)
             return settings
         except KvDeckError:
             if given:
@@ -119,14 +148,14 @@ def plan_settings(args: argparse.Namespace, info: Any) -> Any:
         info,
         settings,
         devices,
-        plan_fn=analytic_plan,
+        plan_fn=plan_fn,
         budget_bytes=budget,
         max_context=settings.n_ctx,
         min_context=min(settings.n_ctx, 256 * args.parallel),
     )
     if not result.fits:
         raise KvDeckError(f"{args.parallel} parallel sequences {result.reason}")
-    preflight(info, result.settings, devices, gpu_backend(), plan_fn=analytic_plan)
+    preflight(info, result.settings, devices, gpu_backend(), plan_fn=plan_fn)
     return result.settings
 
 
@@ -151,7 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = model_path(args)
     info = inspect_gguf(path)
     ctx_given = args.ctx
-    settings = plan_settings(args, info)
+    drafting = serve_drafter(args, info)
+    settings = plan_settings(args, info, drafting)
     server: ApiServer | None = None
     latest: list[P.Slots] = []
     # what the server reads: replaced when the model is reloaded without a worker
@@ -164,6 +194,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with RuntimeHost(on_event=on_event, rpc=endpoints(args)) as host:
         try:
             loaded = now["loaded"] = host.load(LoadParams(path, settings, n_threads=args.threads))
+            if drafting[0] == "mtp" and loaded.mtp != "ready":
+                raise KvDeckError(loaded.mtp)  # one line at start-up, never served without drafting
+            if drafting[0] == "assistant":
+                host.load_draft(args.draft)
             served = ServedModel(
                 host=lambda: host,
                 loaded=lambda: now["loaded"],
@@ -171,12 +205,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 alias=args.alias,
                 settings=lambda: now["settings"],
                 slots_state=lambda: latest[0] if latest else None,
+                draft={"mtp": "mtp", "assistant": "model"}.get(drafting[0], ""),
+                draft_max=args.draft_max,
             )
             server = ApiServer(served, config)
             url = server.start()
             print(
                 f"serving {model_id(loaded)} at {url}/v1 ({settings.n_seq_max} parallel sequences of "
-                f"{loaded.n_ctx_seq} tokens; Ctrl-C stops)",
+                f"{loaded.n_ctx_seq} tokens{_drafting_words(drafting[0], args.draft_max)}; Ctrl-C stops)",
                 flush=True,
             )
             try:
@@ -188,7 +224,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         break
                     args.ctx = ctx_given
                     now["loaded"] = None  # /health says 503 until the model is back
-                    now["settings"], now["loaded"] = reload_without_workers(host, args, info, path)
+                    now["settings"], now["loaded"] = reload_without_workers(host, args, info, path, drafting)
             except KeyboardInterrupt:
                 return 0
             if not host.running and host.outcome is not None and not host.outcome.expected:
@@ -199,20 +235,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 server.stop()
 
 
-def reload_without_workers(host: Any, args: argparse.Namespace, info: Any, path: str) -> tuple[Any, Any]:
+def reload_without_workers(
+    host: Any, args: argparse.Namespace, info: Any, path: str, drafting: tuple[str, Any]
+) -> tuple[Any, Any]:
     """A worker went away and took the runtime child with it (ggml-rpc aborts on a dead
     socket): the requests in flight were answered 503 with the sentence naming it; say it on
     stderr, plan again for the machines left (the same options, so a context that no longer
-    fits is refused in one line) and load there, as chat does, so new requests work."""
+    fits is refused in one line) and load there with the same drafter, as chat does, so new
+    requests work."""
     from engine.protocol import LoadParams
 
     outcome = host.outcome
     print(f"{outcome.sentence}; the model is reloaded without it", file=sys.stderr, flush=True)
     host.rpc = tuple(e for e in host.rpc if e not in outcome.lost_workers)
     args.rpc = ",".join(host.rpc)
-    settings = plan_settings(args, info)
+    settings = plan_settings(args, info, drafting)
     host.start()
     host.wait_ready()
     loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
+    if drafting[0] == "assistant":
+        host.load_draft(args.draft)
     print(f"serving again on {', '.join(host.rpc) or 'this machine alone'}", file=sys.stderr, flush=True)
     return settings, loaded
+
+
+def _drafting_words(kind: str, draft_max: int) -> str:
+    if not kind:
+        return ""
+    who = "the model's own MTP heads" if kind == "mtp" else "the Gemma 4 assistant"
+    return f", each drafting up to {draft_max} tokens with {who}"

@@ -41,6 +41,7 @@ def full_response(job: Job, name: str, results: list[P.Done]) -> dict[str, Any]:
         results[0].n_prompt,
         sum(len(d.tokens) for d in results),
         min(d.n_reused for d in results),
+        results,
     )
 
 
@@ -53,6 +54,7 @@ async def stream_events(
     held = [""] * n
     held_lp: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     ended: set[int] = set()
+    dones: list[P.Done] = []
     n_prompt = n_completion = n_cached = 0
     try:
         if job.kind == "chat":
@@ -79,6 +81,7 @@ async def stream_events(
                     yield sse(chunk(job, rid, name, text, index=i, entries=entries))
                 continue
             ended.add(i)
+            dones.append(msg)
             n_prompt, n_completion, n_cached = msg.n_prompt, n_completion + len(msg.tokens), msg.n_reused
             finish = FINISH.get(msg.stop_reason, "stop")
             if holding[i]:
@@ -90,7 +93,9 @@ async def stream_events(
             yield sse(chunk(job, rid, name, None, finish, index=i))
         else:
             if job.include_usage:
-                yield sse(chunk(job, rid, name, None, usage_counts=usage(n_prompt, n_completion, n_cached)))
+                yield sse(
+                    chunk(job, rid, name, None, usage_counts=usage(n_prompt, n_completion, n_cached, dones))
+                )
     except ApiError as exc:  # the runtime died mid-stream
         yield sse(exc.body())
     finally:

@@ -93,6 +93,10 @@ class ServedModel:
     #: child's latest per-sequence occupancy (P.Slots); None when the front end has neither.
     settings: Callable[[], PlanSettings | None] = lambda: None
     slots_state: Callable[[], P.Slots | None] = lambda: None
+    #: Drafting per sequence (engine.child.batch_spec): "mtp" (the model's own heads), "model"
+    #: (a loaded Gemma 4 assistant) or "" none; at most ``draft_max`` tokens per round.
+    draft: str = ""
+    draft_max: int = 8
 
 
 class Api:
@@ -174,6 +178,8 @@ class Api:
                     json_schema=built.json_schema,
                     logprobs=job.logprobs,
                     no_empty=not built.json_schema,
+                    draft=self.model.draft,
+                    draft_max=self.model.draft_max,
                 )
             )
         return call, model_id(loaded)

@@ -20,14 +20,32 @@ def new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
 
 
-def usage(n_prompt: int, n_completion: int, n_cached: int = 0) -> dict[str, Any]:
-    """OpenAI's usage; ``cached_tokens``: prompt tokens whose KV the sequence already held."""
-    return {
+def usage(
+    n_prompt: int, n_completion: int, n_cached: int = 0, done: list[Any] | None = None
+) -> dict[str, Any]:
+    """OpenAI's usage; ``cached_tokens``: prompt tokens whose KV the sequence already held. With
+    drafting, ``kvdeck_drafting`` adds the replies' (``done``, P.Done) counts per draft position:
+    acceptance at position i is accepted_at[i] / drafted_at[i]."""
+    out: dict[str, Any] = {
         "prompt_tokens": n_prompt,
         "completion_tokens": n_completion,
         "total_tokens": n_prompt + n_completion,
         "prompt_tokens_details": {"cached_tokens": n_cached},
     }
+    drafted = [d for d in done or [] if getattr(d, "draft", "")]
+    if drafted:
+        width = max(len(d.drafted_at) for d in drafted)
+        at = [sum(d.drafted_at[i] for d in drafted if i < len(d.drafted_at)) for i in range(width)]
+        ok = [sum(d.accepted_at[i] for d in drafted if i < len(d.accepted_at)) for i in range(width)]
+        out["kvdeck_drafting"] = {
+            "draft": drafted[0].draft,
+            "drafted_tokens": sum(at),
+            "accepted_tokens": sum(ok),
+            "drafted_at": at,
+            "accepted_at": ok,
+            "acceptance_by_position": [round(a / d, 4) if d else 0.0 for a, d in zip(ok, at)],
+        }
+    return out
 
 
 def logprobs_body(job: Job, entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any] | None:
@@ -85,6 +103,7 @@ def response(
     n_prompt: int,
     n_completion: int,
     n_cached: int = 0,
+    done: list[Any] | None = None,
 ) -> dict[str, Any]:
     obj = "chat.completion" if job.kind == "chat" else "text_completion"
     return {
@@ -93,7 +112,7 @@ def response(
         "created": int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": usage(n_prompt, n_completion, n_cached),
+        "usage": usage(n_prompt, n_completion, n_cached, done),
     }
 
 

@@ -1,0 +1,130 @@
+"""Drafting per sequence in the continuous batch (engine.child.batch), for ``kvdeck serve --mtp``.
+
+The structure is llama.cpp's server (tools/server/server-context.cpp): every generating sequence
+that may draft asks for up to k tokens, the drafter drafts for all of them in one pass per draft
+position (``SelfDraft.draft_many``, like one ``common_speculative_draft`` over every drafting
+slot), the target verifies every sequence's ``[last] + drafts`` in the step's one batch, the
+drafter catches up on that whole batch (``SelfDraft.process_blocks``, llama.cpp's
+``common_speculative_process``), and each sequence keeps its own accepted prefix and cuts its own
+cells back (``llama_memory_seq_rm`` per sequence; a hybrid target rolls back through its n_rs_seq
+snapshots, so k stays below n_rs_seq as in the single-sequence loop, ``spec_loop.verify_cap``).
+
+Only the drafters that read the target's hidden states draft here: the model's own MTP heads and a
+Gemma 4 assistant. A separate draft model or an n-gram lookup is refused in one line: they keep
+one sequence of their own (engine.child.spec_loop). Every request drafts: each verify row is
+sampled with the request's own chain, in order, exactly as
+plain decoding samples it (llama.cpp's ``common_sampler_sample_and_accept_n``), and the drafts
+are kept while they equal what was sampled. So the chain sees exactly the reply's tokens (its
+penalties and grammar stay right), a seeded reply is the same token for token, and for a sampled
+reply this is exact speculative sampling with a deterministic drafter (log-probabilities come from
+the row each token was sampled from). The drafter is caught
+up on every decode of the loop, drafting or not, so that its cache follows the target's for
+every sequence; where it did not (a reply made elsewhere), ``SelfDraft.truncate`` restarts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import llama_cpp.llama_cpp as LL
+
+from engine.child.batch_sample import RowSampler
+from engine.child.errors import ErrorKind, RequestError
+from engine.child.model import Model
+from engine.child.selfdraft import SelfDraft
+from engine.child.slots import Slot
+from engine.child.spec_loop import verify_cap
+from engine.protocol import GenerateRequest
+
+#: What a request's ``draft`` asks for, by the kind of drafter loaded.
+_KIND = {"mtp": "mtp", "model": "assistant"}
+
+
+def drafter_of(session: object) -> SelfDraft | None:
+    """The session's self-drafter (its MTP heads, else a loaded assistant), or None."""
+    mtp = getattr(session, "mtp", None)
+    if isinstance(mtp, SelfDraft):
+        return mtp
+    draft = getattr(session, "draft", None)
+    return draft if isinstance(draft, SelfDraft) else None
+
+
+def refusal(sd: SelfDraft | None, req: GenerateRequest) -> str:
+    """Why this request's drafting cannot run in the batch loop, in one sentence ('' when it can)."""
+    if not req.draft:
+        return ""
+    if sd is not None and _KIND.get(req.draft) == sd.kind:
+        return ""
+    if req.draft == "mtp":
+        return (
+            "this model was not loaded with its MTP heads (settings.mtp, kvdeck --mtp), "
+            "so it cannot draft for itself"
+        )
+    return (
+        f"draft {req.draft!r} cannot run with several sequences: only the model's own MTP heads "
+        "(--mtp) or a Gemma 4 assistant draft per sequence"
+    )
+
+
+class BatchDrafting:
+    """The drafter of one batch-loop run and each drafting slot's rounds."""
+
+    def __init__(self, sd: SelfDraft, m: Model) -> None:
+        self.sd, self.m = sd, m
+
+    def drafts(self, slots: list[Slot], room: int) -> dict[int, list[int]]:
+        """Draft tokens per sequence for the generating ``slots`` that may draft, within ``room``
+        batch rows beyond their own one token each."""
+        asks: dict[int, tuple[int, int, int]] = {}
+        for s in slots:
+            r = s.w.req
+            if not r.draft or s.w.cancel.is_set():
+                continue
+            if not s.k_max:
+                s.k_max = s.k_now = verify_cap(self.m, self.sd, r.draft_max)
+                s.drafted_at, s.accepted_at = [0] * s.k_max, [0] * s.k_max
+            k = min(s.k_now, s.max_tokens - len(s.out), s.n_ctx_seq - 1 - s.n_past, room)
+            if k > 0:
+                asks[s.seq] = (s.next_tok, s.n_past, k)
+                room -= k
+        return self.sd.draft_many(asks) if asks else {}
+
+    def verify(
+        self,
+        sampler: RowSampler,
+        s: Slot,
+        row0: int,
+        drafts: list[int],
+        take: Callable[[Slot, int, int], None],
+    ) -> None:
+        """Accept the longest prefix of ``drafts`` the target agrees with (verify rows from
+        ``row0``) plus the target's own next token; cut both caches of the sequence back."""
+        a, nxt = 0, -1
+        if not s.w.cancel.is_set():
+            while True:
+                nxt = sampler.one(s, row0 + a)  # what plain decoding samples (the chain accepts it)
+                if a == len(drafts) or nxt != drafts[a]:
+                    break
+                a += 1
+            for i in range(len(drafts)):
+                s.drafted_at[i] += 1
+                s.accepted_at[i] += i < a
+            s.n_verify += 1
+        before = len(s.out)
+        for j, tok in enumerate(drafts[:a] + [nxt] if nxt >= 0 else []):
+            take(s, row0 + j, tok)  # token j was sampled from verify row j
+            if s.finish:
+                break
+        keep = min(a, len(s.out) - before)  # accepted drafts that became part of the reply
+        n = s.n_past + 1 + keep
+        if not LL.llama_memory_seq_rm(LL.llama_get_memory(self.m.ctx), s.seq, n, -1):
+            raise RequestError(ErrorKind.RUNTIME, "the target's cache could not be rolled back")
+        self.sd.accept(a, s.seq)
+        self.sd.truncate(n, s.seq)
+        s.n_past = n
+        if nxt < 0:
+            s.next_tok = -1
+        if a == len(drafts) == s.k_now:  # adaptive k, as the single-sequence loop
+            s.k_now = min(s.k_max, s.k_now + 2)
+        elif a < len(drafts):
+            s.k_now = max(1, s.k_now - 1)
