@@ -48,6 +48,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process
     import llama_cpp.llama_cpp as LL
 
     from engine.child.native_log import NativeLog
+    from engine.child.overrides import set_cpu_moe
 
     request = json.loads(sys.stdin.read())
     lines: list[str] = []
@@ -66,6 +67,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process
             s["main_gpu"],
             tuple(s["tensor_split"]),
             s.get("mtp", False),
+            s.get("n_cpu_moe", 0),
         )
         lines.clear()
         t0 = time.time()
@@ -82,6 +84,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process
             if s["tensor_split"]:
                 arr = (ctypes.c_float * 16)(*s["tensor_split"])
                 mp.tensor_split = ctypes.cast(arr, ctypes.POINTER(ctypes.c_float))
+            keep = set_cpu_moe(mp, s.get("n_cpu_moe", 0))  # noqa: F841 - outlives the load
             model = LL.llama_model_load_from_file(job["path"].encode(), mp)
             model_key, load_lines = key, list(lines)  # repeated for every job of this model
             lines.clear()

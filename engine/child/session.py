@@ -22,6 +22,7 @@ import psutil
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model, flash_type, ggml_type_id
 from engine.child.native_log import NativeLog
+from engine.child.overrides import set_cpu_moe
 from engine.child.sampler import Samplers
 from engine.protocol import Loaded, LoadParams, Progress, Stats
 
@@ -98,6 +99,7 @@ class LlamaSession:
             tensor_split=s.tensor_split,
             dry_run=p.dry_run,
             load_mtp=s.mtp,
+            n_cpu_moe=s.n_cpu_moe,
         )
         self.log.start_capture()
         try:
@@ -144,6 +146,7 @@ class LlamaSession:
         tensor_split: tuple[float, ...] = (),
         dry_run: bool = False,
         load_mtp: bool = False,
+        n_cpu_moe: int = 0,
     ) -> tuple[LL.llama_model_params, list[object]]:
         """llama_model_params plus the ctypes objects that must outlive the load call; load
         progress goes out as Progress events of ``req_id`` and stops the load on ``cancel``."""
@@ -156,7 +159,7 @@ class LlamaSession:
         mp.split_mode = _SPLIT[split_mode]
         mp.main_gpu = main_gpu
         mp.load_mtp = load_mtp  # nextn layers: skipped unless a drafting context will use them
-        keep: list[object] = []
+        keep: list[object] = set_cpu_moe(mp, n_cpu_moe)  # --n-cpu-moe (engine.plan.cpu_moe)
         if tensor_split:
             n = int(LL.llama_max_devices())
             ratios = (ctypes.c_float * n)(*[float(x) for x in list(tensor_split)[:n]])

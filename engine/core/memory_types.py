@@ -41,6 +41,9 @@ class PlanSettings:
     n_rs_seq: int = 0
     #: Load the model's MTP (nextn) layers and give it a drafting context (engine.child.selfdraft).
     mtp: bool = False
+    #: Keep the routed experts of layers 0..n_cpu_moe-1 in host memory (llama.cpp's --n-cpu-moe:
+    #: tensor buffer overrides to the CPU buffer type; engine.plan.cpu_moe).
+    n_cpu_moe: int = 0
 
     def replace(self, **changes: Any) -> PlanSettings:
         return dataclasses.replace(self, **changes)

@@ -199,7 +199,7 @@ class WeightLayout:
     mtp_cuda: tuple[int, ...] = ()
 
 
-def _cuda_size(qtype: str, ne0: int, nbytes: int) -> int:
+def cuda_bytes(qtype: str, ne0: int, nbytes: int) -> int:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # lazily: see engine.gguf.reader
 
     block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
@@ -240,14 +240,14 @@ def weight_layout(
             slot = 1 + int(part) if part.isdigit() and int(part) < n_layer else 1
             if mtp_only(arch, name, n_layer, n_nextn):
                 mtp_host[slot - 1] += -(-nbytes // 32) * 32
-                mtp_cuda[slot - 1] += _cuda_size(qtype, ne0, nbytes)
+                mtp_cuda[slot - 1] += cuda_bytes(qtype, ne0, nbytes)
         elif name.startswith(_INPUT_TENSORS):
             slot = 0
         elif name.startswith(_OUTPUT_TENSORS):
             slot = n_layer + 1
         else:
             slot = 1  # globals created with layer 0 (rope_freqs, token_embd_norm, …)
-        h, c = -(-nbytes // 32) * 32, _cuda_size(qtype, ne0, nbytes)
+        h, c = -(-nbytes // 32) * 32, cuda_bytes(qtype, ne0, nbytes)
         host[slot] += h
         cuda[slot] += c
         tied &= name != "output.weight"

@@ -20,6 +20,7 @@ from engine.plan.compute import estimate_compute, phases
 from engine.plan.compute_placement import cuda_compute
 from engine.plan.compute_rpc import SCHED_MAX_COPIES, pipeline_parallel, rpc_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
+from engine.plan.cpu_moe import move_experts
 from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
 from engine.plan.kv_sizes import ModelGeometry, geometry, kv_caches
 from engine.plan.sparse_caches import dsv4_states, ple_conv_state, unmodelled_notes
@@ -219,8 +220,11 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     # Without a GPU, repackable matrices move to a CPU_REPACK buffer (engine.plan.cpu_repack).
     repack, repack_note = (None, None) if gpus else cpu_only_repack(info)
     host_like = {"CPU"} | {g.name for g in gpus if g.host_layout}  # a worker's CPU: host layout
-    allocs += _weights(geo, ldev, host_like, repack)
-    notes += [repack_note] if repack_note else []
+    weights, moe_note = move_experts(
+        info, settings.n_cpu_moe, ldev, host_like, devices, _weights(geo, ldev, host_like, repack)
+    )
+    allocs += weights
+    notes += [n for n in (repack_note, moe_note) if n]
 
     # Compute (§9): the CPU calibration, or on CUDA what the scheduler allocates there.
     quant_k, quant_v = BLOCKS[tk][0] > 1, BLOCKS[tv][0] > 1
@@ -290,7 +294,9 @@ def weight_allocations(info: GGUFInfo, settings: PlanSettings, devices: list[Dev
     gpus = _gpus(settings, devices)
     repack = None if gpus else cpu_only_repack(info)[0]
     host_like = {"CPU"} | {g.name for g in gpus if g.host_layout}
-    return _weights(geometry(info), layer_devices(geometry(info).n_layer, settings, gpus), host_like, repack)
+    ldev = layer_devices(geometry(info).n_layer, settings, gpus)
+    weights = _weights(geometry(info), ldev, host_like, repack)
+    return move_experts(info, settings.n_cpu_moe, ldev, host_like, devices, weights)[0]
 
 
 def _split_compute(

@@ -70,12 +70,12 @@ def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
     out = 0
     names: set[str] = set()
     try:
-        from engine.gguf.hparams import _cuda_size
+        from engine.gguf.hparams import cuda_bytes
         from engine.gguf.split_parts import read_model_header
 
         (_meta, _types, tensors), _size = read_model_header(info.path, info.file_bytes)
         for name, qtype, _n, nbytes, _off, ne0 in tensors:
-            c = _cuda_size(qtype, ne0, nbytes)
+            c = cuda_bytes(qtype, ne0, nbytes)
             if name.startswith("blk."):
                 _blk, part, rest = name.split(".", 2)
                 if part.isdigit() and int(part) < n:

@@ -148,7 +148,7 @@ def tensor_layout(name: str, qtype: str, ne: tuple[int, ...], features: CpuFeatu
     return layout(qtype, ne[1], features) if _n_dims(ne) == dims else None
 
 
-def _nbytes(qtype: str, ne: tuple[int, ...]) -> int:
+def tensor_bytes(qtype: str, ne: tuple[int, ...]) -> int:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
@@ -215,7 +215,7 @@ def _build(info: GGUFInfo, dims: dict[str, tuple[str, tuple[int, ...]]], feature
             continue  # not loaded without load_mtp (engine.plan.drafting plans them)
         lay = tensor_layout(name, qtype, ne, features)
         if lay:
-            nb = _pad(_nbytes(qtype, ne))
+            nb = _pad(tensor_bytes(qtype, ne))
             total, moved = total + nb, moved + nb
             add(qtype, lay, nb)
     embd = dims.get("token_embd.weight")
@@ -223,7 +223,7 @@ def _build(info: GGUFInfo, dims: dict[str, tuple[str, tuple[int, ...]]], feature
     if tied and embd and len(embd[1]) >= 2:
         lay = layout(embd[0], embd[1][1], features) if _n_dims(embd[1]) == 2 else None
         if lay:  # the output's duplicate of token_embd lands in CPU_REPACK
-            nb = _pad(_nbytes(*embd))
+            nb = _pad(tensor_bytes(*embd))
             total += nb
             moved += nb if info.architecture in _OUTPUT_FIRST else 0
             add(embd[0], lay, nb)

@@ -40,6 +40,7 @@ from tests.helpers.gguf_families2 import (
 )
 
 VOCAB_WORDS = 61  # 3 control + 256 byte tokens + words = 320 tokens
+Q4_0 = gguf.GGMLQuantizationType.Q4_0
 _F16 = re.compile(
     r"(attn_(q|k|v|qkv|output|q_a|q_b|kv_a_mqa|kv_b|k_b|v_b)|ffn_(up|down|gate)"
     r"(_exps|_shexp)?|token_embd|output|ssm_in|ssm_out)\.weight$"
@@ -116,8 +117,8 @@ def write_gguf(
     vocab: bool = True,
     matrix_type: str = "f16",
 ) -> Path:
-    """Write metadata + zero tensors (`matrix_type` "f16"/"bf16" for matmul weights, f32
-    otherwise)."""
+    """Write metadata + zero tensors (`matrix_type` "f16"/"bf16"/"q4_0" for matmul weights, f32
+    otherwise; q4_0, a type CPU_REPACK takes, needs a first dimension divisible by 32)."""
     path = Path(path)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_string("general.name", f"synthetic-{arch}")
@@ -133,6 +134,10 @@ def write_gguf(
         shape = tuple(reversed(ne))
         if len(ne) < 2 or not _F16.search(name):
             writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
+        elif matrix_type == "q4_0":  # zero blocks: 18 bytes (f16 scale + 16 nibble bytes) per 32
+            writer.add_tensor(
+                name, np.zeros((*shape[:-1], shape[-1] // 32 * 18), dtype=np.uint8), raw_dtype=Q4_0
+            )
         elif matrix_type == "bf16":  # numpy has no bf16: raw 16-bit zeros
             writer.add_tensor(
                 name,
@@ -149,10 +154,13 @@ def write_gguf(
     return path
 
 
-def write_family(name: str, directory: str | Path, **kv_changes: Any) -> Path:
+def write_family(name: str, directory: str | Path, matrix_type: str = "f16", **kv_changes: Any) -> Path:
     """Write FAMILIES[name] into `directory` as <name>.gguf (metadata changes allowed)."""
     fam = FAMILIES[name]
-    return write_gguf(Path(directory) / f"{name}.gguf", fam.arch, {**fam.kv, **kv_changes}, tensors_of(fam))
+    kv = {**fam.kv, **kv_changes}
+    return write_gguf(
+        Path(directory) / f"{name}.gguf", fam.arch, kv, tensors_of(fam), matrix_type=matrix_type
+    )
 
 
 def llama_tensors(

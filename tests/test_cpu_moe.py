@@ -1,0 +1,85 @@
+"""Routed experts kept in host memory (``--n-cpu-moe N``), against llama.cpp's load.
+
+Two loopback RPC workers stand in for GPUs (remote devices are real devices to llama.cpp). For a
+qwen3moe with none, some and all of its layers' experts on the CPU, with f16 experts (plain CPU
+buffer) and q4_0 experts (which llama.cpp repacks into CPU_REPACK when no local GPU offers a
+host buffer), the analytic plan's weights and KV on every worker and the host's CPU_REPACK buffer
+equal what llama.cpp allocates, to the 0.01 MiB its log prints (a dry run prints no weights, and
+with mmap the host's plain weights are the mapped file's span, which covers at least the
+planned tensors); the compute stays a bound that is never under on any device.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from engine.core.memory_types import MiB, PlanSettings
+from engine.gguf.inspect import inspect_gguf
+from engine.plan.analytic import analytic_plan
+from engine.plan.cpu_moe import override_patterns
+from engine.plan.cpu_repack import cpu_only_repack
+from engine.plan.fit import pin_split
+from engine.protocol import LoadParams
+from engine.runtime.exact_plan import plan_from_log
+from engine.runtime.info import plan_devices
+from tests.helpers.gguf_factory import write_family
+from tests.helpers.rpc_workers import needs_rpc, workers
+from tests.helpers.runtime_host import running_host
+
+#: (n_cpu_moe, n_gpu_layers): none, some, all, more than the model has; then layer 0 on the CPU.
+#: The q4_0 file runs only the full-offload cases: a whole layer left on the host beside remote
+#: devices only is repacked too, which the plan does not model yet (it repacks CPU-only loads).
+CASES = ((0, -1), (1, -1), (2, -1), (9, -1), (1, 2), (2, 2))
+
+
+def test_n_cpu_moe_adds_llama_cpps_patterns_for_the_first_n_layers() -> None:
+    assert override_patterns(0) == []
+    assert override_patterns(2) == [
+        r"blk\.0\.ffn_(up|down|gate|gate_up)_(ch|)exps",
+        r"blk\.1\.ffn_(up|down|gate|gate_up)_(ch|)exps",
+    ]
+
+
+@needs_rpc
+@pytest.mark.parametrize("matrix_type", ["f16", "q4_0"])
+def test_experts_on_the_cpu_are_planned_as_llama_cpp_places_them(tmp_path: Path, matrix_type: str) -> None:
+    path = write_family("qwen3moe", tmp_path, matrix_type=matrix_type)  # 2 layers
+    info = inspect_gguf(str(path))
+    rows = []
+    with workers(2) as ws:
+        rpc = tuple(w.endpoint for w in ws)
+        devices = plan_devices(rpc=rpc)[0]
+        with running_host(rpc=rpc) as (host, _):
+            for n_cpu_moe, ngl in CASES if matrix_type == "f16" else CASES[:4]:
+                settings = pin_split(PlanSettings(n_ctx=1024, n_cpu_moe=n_cpu_moe, n_gpu_layers=ngl), devices)
+                log = host.load(LoadParams(str(path), settings)).memory_log
+                measured = plan_from_log(log, settings, "measured")
+                predicted = analytic_plan(info, settings, devices)
+                rows += [
+                    (n_cpu_moe, ngl, dev, c, predicted.bytes_for(dev, c), measured.bytes_for(dev, c))
+                    for dev in {*measured.devices(), *predicted.devices()}
+                    for c in ("weights", "kv", "compute")
+                ]
+                repack = [a.bytes for a in predicted.allocations if a.detail.startswith("CPU_REPACK")]
+                rows.append((n_cpu_moe, ngl, "CPU", "CPU_REPACK", sum(repack), _repack_bytes(log)))
+                moved = any("routed experts" in a.detail for a in predicted.allocations)
+                on_gpu = 0 if ngl < 0 else 1  # ngl 2: layer 0 on the CPU, its experts already there
+                assert moved == (n_cpu_moe > on_gpu), (n_cpu_moe, ngl)
+    exact = [r for r in rows if r[3] != "compute" and (r[2] != "CPU" or r[3] == "CPU_REPACK")]
+    wrong = [r for r in exact if abs(r[4] - r[5]) > 0.01 * MiB]
+    assert not wrong, [(n, ngl, dev, c, p / MiB, d / MiB) for n, ngl, dev, c, p, d in wrong]
+    under = [r for r in rows if r[3] == "compute" and r[4] < r[5] - 0.01 * MiB]
+    assert not under, [(n, ngl, dev, p / MiB, d / MiB) for n, ngl, dev, _c, p, d in under]
+    short = [r for r in rows if r[2] == "CPU" and r[3] == "weights" and r[5] < r[4] - 0.01 * MiB]
+    assert not short, short
+    if matrix_type == "q4_0" and cpu_only_repack(info)[0] is not None:
+        assert any(r[3] == "CPU_REPACK" and r[5] for r in rows)
+
+
+def _repack_bytes(log: list[str]) -> int:
+    """The CPU_REPACK model buffer llama.cpp's load log prints, in bytes (0 when none)."""
+    found = [re.search(r"CPU_REPACK model buffer size = +([\d.]+) MiB", line) for line in log]
+    return sum(round(float(m.group(1)) * MiB) for m in found if m)
