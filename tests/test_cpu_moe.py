@@ -11,6 +11,7 @@ planned tensors); the compute stays a bound that is never under on any device.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from engine.plan.fit import pin_split
 from engine.protocol import LoadParams
 from engine.runtime.exact_plan import plan_from_log
 from engine.runtime.info import plan_devices
+from tests.helpers.cli import kvdeck
 from tests.helpers.gguf_factory import write_family
 from tests.helpers.rpc_workers import needs_rpc, workers
 from tests.helpers.runtime_host import running_host
@@ -83,3 +85,27 @@ def _repack_bytes(log: list[str]) -> int:
     """The CPU_REPACK model buffer llama.cpp's load log prints, in bytes (0 when none)."""
     found = [re.search(r"CPU_REPACK model buffer size = +([\d.]+) MiB", line) for line in log]
     return sum(round(float(m.group(1)) * MiB) for m in found if m)
+
+
+@needs_rpc
+def test_plan_and_fit_take_n_cpu_moe_and_say_what_moved(tmp_path: Path) -> None:
+    path = str(write_family("qwen3moe", tmp_path))
+    with workers(1) as ws:
+        for command in ("plan", "fit"):
+            out = kvdeck(command, path, "--rpc", ws[0].endpoint, "--n-cpu-moe", "2", "--json")
+            assert out.returncode == 0, out.stderr
+            data = json.loads(out.stdout)
+            plan = data if command == "plan" else data["plan"]
+            assert plan["n_cpu_moe"] == 2
+            assert any(n.startswith("experts of layers 0–1 on the CPU") for n in plan["notes"]), plan["notes"]
+
+
+def test_a_negative_n_cpu_moe_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = str(write_family("qwen3moe", tmp_path))
+    for command in (["plan"], ["fit"], ["chat", "--prompt", "Hi"], ["bench"], ["serve"]):
+        out = kvdeck(*command[:1], path, *command[1:], "--n-cpu-moe", "-1")
+        assert out.returncode != 0
+        assert out.stderr.strip().splitlines() == ["error: --n-cpu-moe must be 0 or more, not -1"], (
+            command,
+            out.stderr,
+        )

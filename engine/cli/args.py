@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from engine.core import paths
-from engine.core.errors import ModelFileError
+from engine.core.errors import KvDeckError, ModelFileError
 
 
 def model_path(args: argparse.Namespace) -> str:
@@ -22,3 +22,22 @@ def model_path(args: argparse.Namespace) -> str:
     if not path.is_file():
         raise ModelFileError(f"not a file: {path}")
     return str(path)
+
+
+def add_n_cpu_moe(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's ``--n-cpu-moe N`` (engine.plan.cpu_moe)."""
+    p.add_argument(
+        "--n-cpu-moe",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the routed expert weights of the first N layers in host memory (MoE models)",
+    )
+
+
+def n_cpu_moe(args: argparse.Namespace) -> int:
+    """The --n-cpu-moe value, checked (one line for a negative count)."""
+    value = int(getattr(args, "n_cpu_moe", 0) or 0)
+    if value < 0:
+        raise KvDeckError(f"--n-cpu-moe must be 0 or more, not {value}")
+    return value

@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from engine.cli.args import add_n_cpu_moe, n_cpu_moe
 from engine.cli.rpc import add_rpc_option, devices_for, endpoints, placed
 from engine.core.errors import KvDeckError, ModelFileError
 from engine.core.memory_types import KV_TYPES, PlanSettings
@@ -37,6 +38,7 @@ def register(sub: Any) -> None:
     p.add_argument("--cache-type-v", choices=KV_TYPES, default="f16")
     p.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--n-gpu-layers", type=int, default=-1)
+    add_n_cpu_moe(p)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: physical cores)")
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--ubatch", type=int, default=512)
@@ -208,6 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         plan = PlanSettings(
             n_ctx=n_ctx,
             n_gpu_layers=args.n_gpu_layers,
+            n_cpu_moe=n_cpu_moe(args),
             n_batch=args.batch,
             n_ubatch=args.ubatch,
             flash_attn=args.flash_attn,

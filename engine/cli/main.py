@@ -29,7 +29,7 @@ from engine.cli import precision as cli_precision
 from engine.cli import rpc as cli_rpc
 from engine.cli import serve as cli_serve
 from engine.cli import worker as cli_worker
-from engine.cli.args import model_path
+from engine.cli.args import add_n_cpu_moe, model_path, n_cpu_moe
 from engine.core import logfile, paths
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import Device
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
     c.add_argument("--n-ctx", type=int, default=0, help="context size (0: min(training, 4096))")
     c.add_argument("--n-gpu-layers", type=int, default=-1)
+    add_n_cpu_moe(c)
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
     c.add_argument(
@@ -184,7 +185,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     info = inspect_gguf(path)  # a clear error for a bad file before any process starts
     n_ctx = args.n_ctx or min(info.n_ctx_train or 4096, 4096)
     kv = default_cache_type(info)
-    settings = PlanSettings(n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, type_k=kv, type_v=kv)
+    settings = PlanSettings(
+        n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, n_cpu_moe=n_cpu_moe(args), type_k=kv, type_v=kv
+    )
     if args.mtp:
         from engine.plan.drafting import mtp_settings
 

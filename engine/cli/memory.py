@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.cli.args import add_n_cpu_moe, n_cpu_moe
 from engine.cli.drafting import add_drafter_options
 from engine.cli.rpc import add_rpc_option, endpoints
 from engine.core.errors import KvDeckError
@@ -25,6 +26,7 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--swa-full", action="store_true")
     p.add_argument("--kv-unified", action="store_true")
     p.add_argument("--n-gpu-layers", type=int, default=-1)
+    add_n_cpu_moe(p)
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--ubatch", type=int, default=512)
     p.add_argument("--split-mode", choices=("none", "layer", "row", "tensor"), default="layer")
@@ -58,6 +60,7 @@ def settings_from_args(args: argparse.Namespace, info: Any) -> PlanSettings:
         n_batch=args.batch,
         n_ubatch=args.ubatch,
         n_gpu_layers=args.n_gpu_layers,
+        n_cpu_moe=n_cpu_moe(args),
         split_mode=args.split_mode,
         tensor_split=split,
     )
@@ -81,6 +84,7 @@ def plan_json(path: str, plan: MemoryPlan, method: str) -> dict[str, Any]:
         "flash_attn": plan.flash_attn_resolved,
         "type_k": s.type_k,
         "type_v": s.type_v,
+        "n_cpu_moe": s.n_cpu_moe,
         "method": method,
         "devices": devices,
         "totals": totals,
@@ -199,6 +203,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "fits": result.fits,
         "n_ctx": result.plan.n_ctx,
         "n_gpu_layers": result.settings.n_gpu_layers,
+        "n_cpu_moe": result.settings.n_cpu_moe,
         "tensor_split": list(result.settings.tensor_split),  # pinned with workers (fit.pin_split)
         "dry_run_rounds": result.extra.get("dry_run_rounds", 0),  # with workers (runtime.worker_fit)
         "limited_by": result.limited_by,
