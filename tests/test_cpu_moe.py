@@ -17,17 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from engine.core.memory_types import MiB, PlanSettings
+from engine.core.memory_types import Device, GiB, MiB, PlanSettings
 from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.cpu_moe import override_patterns
 from engine.plan.cpu_repack import cpu_only_repack
-from engine.plan.fit import pin_split
+from engine.plan.fit import fit, pin_split
 from engine.protocol import LoadParams
 from engine.runtime.exact_plan import plan_from_log
 from engine.runtime.info import plan_devices
 from tests.helpers.cli import kvdeck
-from tests.helpers.gguf_factory import write_family
+from tests.helpers.gguf_factory import write_family, write_wide_moe
 from tests.helpers.rpc_workers import needs_rpc, workers
 from tests.helpers.runtime_host import running_host
 
@@ -109,3 +109,29 @@ def test_a_negative_n_cpu_moe_is_refused_in_one_line(tmp_path: Path) -> None:
             command,
             out.stderr,
         )
+
+
+def test_fit_moves_experts_to_the_cpu_before_it_drops_layers(tmp_path: Path) -> None:
+    """As llama-fit-params does: every layer stays on the GPU, with the experts of the fewest
+    leading layers in host memory that let the context fit; only when all experts on the CPU
+    are not enough does the fit drop whole layers."""
+    info = inspect_gguf(str(write_wide_moe(tmp_path / "moe.gguf", n_layer=8)))
+    cpu = Device("CPU", "cpu", 64 * GiB, 32 * GiB)
+
+    def on_gpu(n_cpu_moe: int) -> int:
+        plan = analytic_plan(info, PlanSettings(n_ctx=4096, n_cpu_moe=n_cpu_moe), [cpu, gpu])
+        return plan.bytes_for("CUDA0")
+
+    gpu = Device("CUDA0", "gpu", 8 * GiB, 8 * GiB)
+    usable = (on_gpu(3) + on_gpu(4)) // 2  # between keeping 3 and 4 layers' experts off the GPU
+    gpu = Device("CUDA0", "gpu", 8 * GiB, usable)
+    result = fit(info, PlanSettings(), [cpu, gpu], plan_fn=analytic_plan, margin_bytes=0, max_context=4096)
+    assert result.fits
+    assert (result.settings.n_gpu_layers, result.settings.n_cpu_moe) == (9, 4)
+    assert "experts of layers 0–3 on the CPU" in result.reason
+    assert result.plan.bytes_for("CUDA0") <= usable
+    assert any(n.startswith("compute: with routed experts on the CPU") for n in result.plan.notes)
+
+    gpu = Device("CUDA0", "gpu", 8 * GiB, on_gpu(8) - 4 * MiB)  # all experts off is not enough
+    result = fit(info, PlanSettings(), [cpu, gpu], plan_fn=analytic_plan, margin_bytes=0, max_context=4096)
+    assert result.fits and result.settings.n_cpu_moe == 8 and result.settings.n_gpu_layers < 9

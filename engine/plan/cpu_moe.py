@@ -104,3 +104,19 @@ def move_experts(
         + "; --n-cpu-moe)"
     )
     return out, note
+
+
+#: Why a CUDA plan with experts on the CPU sizes its compute buffer as it does.
+CUDA_COMPUTE_NOTE = (
+    "compute: with routed experts on the CPU, op_offload copies them into the GPU compute buffer "
+    "for large batches; not measured on a GPU yet, so those layers are sized as if wholly on the "
+    "CPU (the partial-offload allowance and replay over all their weights, a bound above the "
+    "experts alone; the exact plan is authoritative)"
+)
+
+
+def compute_layers(ldev: Sequence[str], n_cpu_moe: int) -> list[str]:
+    """The layer devices a CUDA compute estimate uses: layers whose experts are on the CPU
+    count as CPU layers (the stated bound of ``CUDA_COMPUTE_NOTE``); the output layer stays."""
+    n = min(max(0, n_cpu_moe), len(ldev) - 1)
+    return ["CPU"] * n + list(ldev[n:])

@@ -185,6 +185,36 @@ def _limit_reason(search: _Search, n_ctx: int, ngl: int, n_ctx_train: int) -> tu
     )
 
 
+def _experts_to_cpu(search: _Search, info: GGUFInfo, ngl: int, floor: int) -> int | None:
+    """For a MoE model whose ``floor`` context does not fit with ``ngl`` layers, the fewest
+    leading layers whose routed experts must stay in host memory (``--n-cpu-moe``) for it to
+    fit, set on ``search.base``; all of them when even that is not enough (the layer search
+    then drops whole layers). llama-fit-params (common/fit.cpp) likewise moves experts to the
+    CPU (``LAYER_FRACTION_MOE`` overrides) before it gives up whole layers. None: not MoE."""
+    base, n = search.base, info.n_layer
+    if not info.n_expert or base.n_cpu_moe >= n:
+        return None
+
+    def fits(k: int) -> bool:
+        search.base = base.replace(n_cpu_moe=k)
+        return search.max_context(ngl, floor, floor) is not None
+
+    if not fits(n):
+        return n
+    lo, hi = base.n_cpu_moe, n  # lo does not fit (the caller tried it), hi does
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    search.base = base.replace(n_cpu_moe=hi)
+    return hi
+
+
+def _experts_words(n_cpu_moe: int, n_layer: int) -> str:
+    from engine.plan.cpu_moe import layer_span
+
+    return f"experts of {layer_span(range(min(n_cpu_moe, n_layer)))} on the CPU"
+
+
 def fit(
     info: GGUFInfo,
     settings: PlanSettings,
@@ -212,6 +242,9 @@ def fit(
     if not has_gpu:
         ngl = 0
     n_ctx = search.max_context(ngl, floor, hi)
+    moved = _experts_to_cpu(search, info, ngl, floor) if n_ctx is None and has_gpu and ngl else None
+    if moved is not None:
+        n_ctx = search.max_context(ngl, floor, hi)
     if n_ctx is None and has_gpu:
         # the minimum context does not fit with these layers on the GPU: find the most layers that do
         lo_l, hi_l = 0, ngl
@@ -231,7 +264,7 @@ def fit(
         dev = _overflow(_combined(target, dplan), budgets) or "CPU"
         need = _combined(target, dplan).get(dev, 0)
         return FitResult(
-            settings.replace(n_ctx=MIN_CONTEXT, n_gpu_layers=ngl),
+            search.base.replace(n_ctx=MIN_CONTEXT, n_gpu_layers=ngl),
             target,
             budgets,
             limited_by=f"{dev} weights",
@@ -250,7 +283,10 @@ def fit(
     if full is not None:  # fewer layers than the model has: say which device took no more
         extra["layers_limited_by"] = full
         reason += f"; {ngl} of {n_layers_all} layers offloaded, as one more would overfill {_machine(devices, full)}"
-    chosen = settings.replace(n_ctx=n_ctx, n_gpu_layers=ngl)
+    if search.base.n_cpu_moe > settings.n_cpu_moe:
+        extra["n_cpu_moe"] = search.base.n_cpu_moe
+        reason += f"; {_experts_words(search.base.n_cpu_moe, info.n_layer)} to keep the layers on the GPU"
+    chosen = search.base.replace(n_ctx=n_ctx, n_gpu_layers=ngl)
     return FitResult(chosen, target, budgets, limited_by=limited_by, reason=reason, fits=True, extra=extra)
 
 

@@ -796,3 +796,13 @@ def split_llama(folder: Path, **kv: object) -> list[Path]:
     finally:
         gguf.GGUFWriter = real  # type: ignore[misc]
     return sorted(folder.glob("tiny-llama-split-F16-*-of-*.gguf"))
+
+
+def write_wide_moe(path: str | Path, n_layer: int = 8, n_expert: int = 128) -> Path:
+    """A qwen3moe whose routed experts outweigh the rest of each layer (``n_expert`` experts of
+    FAMILIES["qwen3moe"]'s widths, ``n_layer`` layers), as in real MoE models."""
+    fam = FAMILIES["qwen3moe"]
+    layer = fam.layers["A"].replace("x4", f"x{n_expert}")  # the router's and experts' last dim
+    kv = {**fam.kv, "block_count": n_layer, "expert_count": n_expert}
+    wide = Family(fam.arch, kv, fam.globals_, {"A": layer}, "A" * n_layer)
+    return write_gguf(path, fam.arch, kv, tensors_of(wide))
