@@ -6,12 +6,14 @@ import pytest
 
 from app.main_window import MainWindow
 from app.memory.cache_panel import MARGINS_SETTING
-from engine.core.memory_types import MiB
+from engine.core.memory_types import Device, GiB, MiB, PlanSettings
+from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.fit import fit
 from engine.plan.margins import Margins
 from engine.storage.identity import model_key
 from engine.storage.store import ChatStore
+from tests.helpers.gguf_factory import write_family
 from tests.helpers.gui import LOAD_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
@@ -126,3 +128,14 @@ def test_fit_keeps_the_margins_kvdeck_fit_keeps_and_the_window_remembers_them(qt
     finally:
         second.close()
         store.close()
+
+
+def test_experts_on_the_cpu_are_a_setting_of_moe_models_with_a_gpu(window, tmp_path):
+    panel = window.memory.cache
+    assert not panel.cpu_moe.isEnabled()  # SmolLM2 on the CPU: no experts, no GPU
+    moe = inspect_gguf(str(write_family("qwen3moe", tmp_path)))
+    devices = [Device("CPU", "cpu", 64 * GiB, 32 * GiB), Device("CUDA0", "gpu", 8 * GiB, 8 * GiB)]
+    panel.set_model(moe, PlanSettings(n_cpu_moe=1), devices, "cuda")
+    assert panel.cpu_moe.isEnabled() and panel.settings().n_cpu_moe == 1
+    panel.cpu_moe.setValue(2)
+    assert panel.settings().n_cpu_moe == 2

@@ -132,6 +132,8 @@ class CachePanel(QWidget):
         self.ctx_slider.setSingleStep(1)
         self.ctx_label = QLabel(self, wordWrap=True)
         self.ngl = QSpinBox(self, minimum=-1, maximum=1000, specialValueText="all")
+        self.cpu_moe = QSpinBox(self, minimum=0, maximum=1000, specialValueText="none")  # --n-cpu-moe
+        self.cpu_moe.setToolTip("Keep the routed expert weights of the first N layers in host memory")
         self.ubatch = QSpinBox(self, minimum=32, maximum=8192, singleStep=32, value=512)
         self.gpu_margin = QSpinBox(self, minimum=0, maximum=_MAX_MARGIN_MIB, singleStep=256, suffix=" MiB")
         self.cpu_margin = QSpinBox(self, minimum=0, maximum=_MAX_MARGIN_MIB, singleStep=256, suffix=" MiB")
@@ -153,6 +155,7 @@ class CachePanel(QWidget):
         cache.addRow("Context", self.ctx_slider)
         cache.addRow("", self.ctx_label)
         cache.addRow("GPU layers", self.ngl)
+        cache.addRow("Experts on CPU (layers)", self.cpu_moe)
         cache.addRow("Micro-batch", self.ubatch)
         cache.addRow("Keep free on GPU", self.gpu_margin)
         cache.addRow("Keep free in RAM", self.cpu_margin)
@@ -197,7 +200,7 @@ class CachePanel(QWidget):
             w.currentIndexChanged.connect(lambda _i: self._changed(refit=True))
         for w in (self.swa_full, self.unified):
             w.toggled.connect(lambda _b: self._changed(refit=True))
-        for w in (self.parallel, self.ngl, self.ubatch):
+        for w in (self.parallel, self.ngl, self.cpu_moe, self.ubatch):
             w.valueChanged.connect(lambda _v: self._changed(refit=True))
         self.ctx_slider.valueChanged.connect(lambda _v: self._changed(refit=False))
         for w in (self.gpu_margin, self.cpu_margin):
@@ -245,6 +248,8 @@ class CachePanel(QWidget):
         self.ctx_slider.setValue(max(1, min(steps, (settings.n_ctx or 4096) // 256)))
         self.ngl.setValue(settings.n_gpu_layers)
         self.ngl.setEnabled(bool(gpus))
+        self.cpu_moe.setValue(settings.n_cpu_moe)
+        self.cpu_moe.setEnabled(bool(gpus) and info.n_expert > 0)
         self.gpu_margin.setEnabled(bool(gpus))
         self.ubatch.setValue(settings.n_ubatch)
         self.main_gpu.clear()
@@ -316,6 +321,7 @@ class CachePanel(QWidget):
             swa_full=self.swa_full.isChecked(),
             n_ubatch=self.ubatch.value(),
             n_gpu_layers=self.ngl.value(),
+            n_cpu_moe=self.cpu_moe.value(),
             split_mode=self.split_mode.currentText(),  # type: ignore[arg-type]
             tensor_split=ratios if any(ratios) else (),
             main_gpu=max(0, self.main_gpu.currentIndex()),
