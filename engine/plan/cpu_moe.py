@@ -36,11 +36,6 @@ def override_patterns(n_cpu_moe: int) -> list[str]:
     return [f"blk\\.{il}{EXPS_REGEX}" for il in range(max(0, n_cpu_moe))]
 
 
-def is_moe(info: GGUFInfo) -> bool:
-    """Whether the file has routed expert tensors an override can move."""
-    return any(re.search(EXPS_REGEX, name) for name in read_model_tensor_dims(info.path))
-
-
 def layer_span(layers: Sequence[int]) -> str:
     """Say "layers 0–11" or "layer 3", for notes and the fit's sentences."""
     if not layers:
