@@ -16,12 +16,13 @@ weights, ``engine.plan.cpu_repack``), else in CPU. A layer already on the CPU is
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import replace
 
 from engine.core.memory_types import Allocation, Device, MiB
-from engine.gguf.hparams import cuda_bytes
+from engine.gguf.hparams import cuda_bytes, mtp_only
 from engine.gguf.inspect import GGUFInfo
 from engine.gguf.split_parts import read_model_tensor_dims
 from engine.plan.cpu_repack import cpu_only_repack, tensor_bytes, tensor_layout
@@ -34,6 +35,22 @@ _LAYER = re.compile(r"blk\.(\d+)\.")
 def override_patterns(n_cpu_moe: int) -> list[str]:
     """The override patterns llama.cpp's ``--n-cpu-moe N`` adds (``llm_ffn_block_regex``)."""
     return [f"blk\\.{il}{EXPS_REGEX}" for il in range(max(0, n_cpu_moe))]
+
+
+@functools.lru_cache(maxsize=16)
+def _experts(
+    path: str, _file_bytes: int, mtp: tuple[str, int, int]
+) -> tuple[tuple[int, str, str, tuple[int, ...]], ...]:
+    """(layer, name, type, ne) of every tensor the override patterns match, read once per file
+    (the GUI replans on every slider move; the header of a large MoE holds thousands of tensors).
+    An MTP block's experts that load only with load_mtp are left to engine.plan.drafting, as
+    the layer sums leave them (``mtp``: arch, n_layer, n_layer_nextn)."""
+    out = []
+    for name, (qtype, ne) in read_model_tensor_dims(path).items():
+        m = _LAYER.match(name)
+        if m and re.search(EXPS_REGEX, name) and not mtp_only(mtp[0], name, mtp[1], mtp[2]):
+            out.append((int(m.group(1)), name, qtype, ne))
+    return tuple(out)
 
 
 def layer_span(layers: Sequence[int]) -> str:
@@ -62,11 +79,8 @@ def move_experts(
     off: dict[str, int] = {}
     plain = packed = count = 0
     layers: set[int] = set()
-    for name, (qtype, ne) in read_model_tensor_dims(info.path).items():
-        m = _LAYER.match(name)
-        if not m or not re.search(EXPS_REGEX, name):
-            continue
-        il = int(m.group(1))
+    mtp = (info.architecture, info.n_layer, info.n_layer_nextn)
+    for il, name, qtype, ne in _experts(info.path, info.file_bytes, mtp):
         if il >= min(n_cpu_moe, n_layer) or ldev[il] == "CPU":
             continue
         nbytes = tensor_bytes(qtype, ne)
