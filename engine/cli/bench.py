@@ -198,6 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "flash_attn": args.flash_attn,
         "n_batch": args.batch,
         "n_ubatch": args.ubatch,
+        "n_cpu_moe": n_cpu_moe(args),
         "sampling": sampling.to_dict() if sampling else "greedy",
     }
     drafting = bool(args.draft or args.lookup or args.mtp)
