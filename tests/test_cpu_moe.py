@@ -31,10 +31,11 @@ from tests.helpers.gguf_factory import write_family, write_wide_moe
 from tests.helpers.rpc_workers import needs_rpc, workers
 from tests.helpers.runtime_host import running_host
 
-#: (n_cpu_moe, n_gpu_layers): none, some, all, more than the model has; then layer 0 on the CPU.
-#: The q4_0 file runs only the full-offload cases: a whole layer left on the host beside remote
-#: devices only is repacked too, which the plan does not model yet (it repacks CPU-only loads).
-CASES = ((0, -1), (1, -1), (2, -1), (9, -1), (1, 2), (2, 2))
+#: (n_cpu_moe, n_gpu_layers): none, some, all, more than the model has; then layer 0 on the host
+#: (its experts there already), then every layer: beside remote devices only llama.cpp repacks
+#: whole host layers as well. (Everything on the host, ngl 0, is left out: the CPU compute
+#: buffer of such a load with q4_0 weights is above the plan's calibration, 2.76 vs 1.52 MiB.)
+CASES = ((0, -1), (1, -1), (2, -1), (9, -1), (1, 2), (2, 2), (2, 1))
 
 
 def test_n_cpu_moe_adds_llama_cpps_patterns_for_the_first_n_layers() -> None:
@@ -55,7 +56,7 @@ def test_experts_on_the_cpu_are_planned_as_llama_cpp_places_them(tmp_path: Path,
         rpc = tuple(w.endpoint for w in ws)
         devices = plan_devices(rpc=rpc)[0]
         with running_host(rpc=rpc) as (host, _):
-            for n_cpu_moe, ngl in CASES if matrix_type == "f16" else CASES[:4]:
+            for n_cpu_moe, ngl in CASES:
                 settings = pin_split(PlanSettings(n_ctx=1024, n_cpu_moe=n_cpu_moe, n_gpu_layers=ngl), devices)
                 log = host.load(LoadParams(str(path), settings)).memory_log
                 measured = plan_from_log(log, settings, "measured")
@@ -68,8 +69,8 @@ def test_experts_on_the_cpu_are_planned_as_llama_cpp_places_them(tmp_path: Path,
                 repack = [a.bytes for a in predicted.allocations if a.detail.startswith("CPU_REPACK")]
                 rows.append((n_cpu_moe, ngl, "CPU", "CPU_REPACK", sum(repack), _repack_bytes(log)))
                 moved = any("routed experts" in a.detail for a in predicted.allocations)
-                on_gpu = 0 if ngl < 0 else 1  # ngl 2: layer 0 on the CPU, its experts already there
-                assert moved == (n_cpu_moe > on_gpu), (n_cpu_moe, ngl)
+                on_host = 0 if ngl < 0 else min(2, 3 - ngl)  # leading layers on the host (2 + output)
+                assert moved == (n_cpu_moe > on_host), (n_cpu_moe, ngl)
     exact = [r for r in rows if r[3] != "compute" and (r[2] != "CPU" or r[3] == "CPU_REPACK")]
     wrong = [r for r in exact if abs(r[4] - r[5]) > 0.01 * MiB]
     assert not wrong, [(n, ngl, dev, c, p / MiB, d / MiB) for n, ngl, dev, c, p, d in wrong]

@@ -21,7 +21,7 @@ from engine.plan.compute_placement import cuda_compute
 from engine.plan.compute_rpc import SCHED_MAX_COPIES, pipeline_parallel, rpc_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
 from engine.plan.cpu_moe import CUDA_COMPUTE_NOTE, compute_layers, move_experts
-from engine.plan.cpu_repack import RepackPlan, cpu_only_repack
+from engine.plan.cpu_repack import RepackPlan, host_repack
 from engine.plan.kv_sizes import ModelGeometry, geometry, kv_caches
 from engine.plan.sparse_caches import dsv4_states, ple_conv_state, unmodelled_notes
 
@@ -217,8 +217,8 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     )
 
     # Weights (§10).
-    # Without a GPU, repackable matrices move to a CPU_REPACK buffer (engine.plan.cpu_repack).
-    repack, repack_note = (None, None) if gpus else cpu_only_repack(info)
+    # Without a local GPU, the host's repackable matrices move to CPU_REPACK (engine.plan.cpu_repack).
+    repack, repack_note = host_repack(info, ldev, gpus)
     host_like = {"CPU"} | {g.name for g in gpus if g.host_layout}  # a worker's CPU: host layout
     weights, moe_note = move_experts(
         info, settings.n_cpu_moe, ldev, host_like, devices, _weights(geo, ldev, host_like, repack)
@@ -294,9 +294,9 @@ def weight_allocations(info: GGUFInfo, settings: PlanSettings, devices: list[Dev
     """The weights alone, placed as :func:`analytic_plan` places them: a drafter's own file (a
     Gemma 4 assistant) needs its weights but none of a context of its own."""
     gpus = _gpus(settings, devices)
-    repack = None if gpus else cpu_only_repack(info)[0]
     host_like = {"CPU"} | {g.name for g in gpus if g.host_layout}
     ldev = layer_devices(geometry(info).n_layer, settings, gpus)
+    repack = host_repack(info, ldev, gpus)[0]
     weights = _weights(geometry(info), ldev, host_like, repack)
     return move_experts(info, settings.n_cpu_moe, ldev, host_like, devices, weights)[0]
 

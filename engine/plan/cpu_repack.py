@@ -33,9 +33,10 @@ false`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from engine.core.memory_types import Device
 from engine.gguf.hparams import BERT_ENCODER_ARCHS, mtp_only
 from engine.gguf.inspect import GGUFInfo
 from engine.gguf.split_parts import read_model_tensor_dims
@@ -188,17 +189,36 @@ class RepackPlan:
 
 
 _CACHE: dict[tuple[object, ...], RepackPlan] = {}
+HostPart = tuple[frozenset[int], bool]  # (layers on the host, output layer on the host)
+_BLOCK = re.compile(r"blk\.(\d+)\.")
 
 
-def repack_plan(info: GGUFInfo, features: CpuFeatures) -> RepackPlan:
-    """What a CPU-only load of `info` puts in CPU_REPACK given the runtime's CPU features."""
-    key = (info.path, info.file_bytes, info.tensor_bytes, info.architecture, features)
+def repack_plan(info: GGUFInfo, features: CpuFeatures, part: HostPart | None = None) -> RepackPlan:
+    """What a load of `info` puts in CPU_REPACK given the runtime's CPU features: every
+    weight without a GPU, or only those of ``part`` (the layers, and whether the output layer,
+    left on the host beside remote devices only)."""
+    key = (info.path, info.file_bytes, info.tensor_bytes, info.architecture, features, part)
     plan = _CACHE.get(key)
     if plan is None:
         if len(_CACHE) > 64:
             _CACHE.clear()
-        plan = _CACHE[key] = _build(info, read_model_tensor_dims(info.path), features)
+        dims = read_model_tensor_dims(info.path)
+        plan = _CACHE[key] = _build(info, dims if part is None else _on_host(dims, part), features)
     return plan
+
+
+def _on_host(
+    dims: dict[str, tuple[str, tuple[int, ...]]], part: HostPart
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The tensors of the host's layers; the non-layer ones only with the output layer there
+    (the input layer's are never repacked, and token_embd matters only as a tied output)."""
+    layers, output = part
+    out = {}
+    for name, v in dims.items():
+        m = _BLOCK.match(name)
+        if (int(m.group(1)) in layers) if m else output:
+            out[name] = v
+    return out
 
 
 def _build(info: GGUFInfo, dims: dict[str, tuple[str, tuple[int, ...]]], features: CpuFeatures) -> RepackPlan:
@@ -231,9 +251,28 @@ def _build(info: GGUFInfo, dims: dict[str, tuple[str, tuple[int, ...]]], feature
     return RepackPlan(features, total, moved, sum(k[0] for k in kinds.values()), by_type)
 
 
-def cpu_only_repack(info: GGUFInfo) -> tuple[RepackPlan | None, str | None]:
-    """(plan, note) for a load without GPUs: the plan is None when the runtime's CPU features
-    are unknown or another extra buffer type would take weights first; the note says why."""
+def host_repack(
+    info: GGUFInfo, ldev: Sequence[str], gpus: Sequence[Device]
+) -> tuple[RepackPlan | None, str | None]:
+    """(plan, note) for the weights left on the host. Without GPUs, all of them. With a local
+    GPU, none: its host buffer type comes first in the CPU list. With remote devices only (RPC
+    devices have no host buffer type, ggml-rpc.cpp), the layers placed on the host and the
+    output layer there go through the same list as a CPU-only load's."""
+    if not gpus:
+        return cpu_only_repack(info)
+    if any(not g.endpoint for g in gpus):
+        return None, None
+    layers = frozenset(il for il, dev in enumerate(ldev[:-1]) if dev == "CPU")
+    if not layers and ldev[-1] != "CPU":
+        return None, None
+    return cpu_only_repack(info, (layers, ldev[-1] == "CPU"))
+
+
+def cpu_only_repack(info: GGUFInfo, part: HostPart | None = None) -> tuple[RepackPlan | None, str | None]:
+    """(plan, note) for a load without GPUs (or, with ``part``, the host's share beside remote
+    devices): the plan is None when the runtime's CPU features are unknown or another extra
+    buffer type would take weights first; the note says why."""
+    where = "without a GPU" if part is None else "on the host beside remote devices"
     types = sorted(t for t in REPACKABLE if t in info.weight_types)
     if not types:
         return None, None
@@ -248,12 +287,12 @@ def cpu_only_repack(info: GGUFInfo) -> tuple[RepackPlan | None, str | None]:
         )
     if why is None and features is not None:
         try:
-            plan = repack_plan(info, features)
+            plan = repack_plan(info, features, part)
         except (OSError, ValueError):
             why = "the file could not be re-read"
         else:
             return plan, (
-                f"without a GPU, {plan.tensors} matrices move to CPU_REPACK "
+                f"{where}, {plan.tensors} matrices move to CPU_REPACK "
                 f"({plan.bytes / 2**20:.2f} MiB, repacked for {features.label()}; "
                 f"features from {features.source}); with mmap the mapped file "
                 "still spans their pages, read once at load"
@@ -261,7 +300,7 @@ def cpu_only_repack(info: GGUFInfo) -> tuple[RepackPlan | None, str | None]:
                 else None
             )
     return None, (
-        "without a GPU llama.cpp may also keep repacked copies of "
+        f"{where} llama.cpp may also keep repacked copies of "
         + "/".join(types)
         + f" matrices (CPU_REPACK); not counted here: {why}"
     )
