@@ -12,7 +12,7 @@ library build): :func:`ext` turns that, and a missing C-API piece, into one sent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import llama_cpp.llama_cpp as LL
@@ -37,7 +37,7 @@ MISSING = (
 
 @dataclass(frozen=True)
 class Ext:
-    """The bound functions (see llama-ext.h for what each does)."""
+    """The bound functions, each ``llama_<field>`` of llama-ext.h (see there for what each does)."""
 
     set_embeddings_nextn: Any
     set_nextn_layer_offset: Any
@@ -57,13 +57,7 @@ def _bind() -> Ext | str:
     missing = [name for name in _C_API if not hasattr(LL, name)]
     if missing:
         return MISSING.format(names=", ".join(missing))
-    return Ext(
-        set_embeddings_nextn=X.llama_set_embeddings_nextn,
-        set_nextn_layer_offset=X.llama_set_nextn_layer_offset,
-        get_embeddings_nextn=X.llama_get_embeddings_nextn,
-        get_embeddings_nextn_ith=X.llama_get_embeddings_nextn_ith,
-        get_ctx_other=X.llama_get_ctx_other,
-    )
+    return Ext(**{f.name: getattr(X, "llama_" + f.name) for f in fields(Ext)})
 
 
 def ext() -> Ext | str:
