@@ -17,6 +17,7 @@ from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSe
 from engine.gguf.hparams import NO_MEMORY_ARCHS
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.compute import estimate_compute, phases
+from engine.plan.compute_cuda import has_fa_kernel
 from engine.plan.compute_placement import cuda_compute
 from engine.plan.compute_rpc import SCHED_MAX_COPIES, pipeline_parallel, rpc_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
@@ -138,7 +139,14 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
             for il, kvh in enumerate(info.n_head_kv_per_layer)  # shared-KV layers too
             if kvh and il not in geo.rec_layers
         )
-        bad = [il for il in attn if ldev[il].startswith("CUDA") and not _cuda_fa_kernel(geo, info, il)]
+        bad = [
+            il
+            for il in attn
+            if ldev[il].startswith("CUDA")
+            and not has_fa_kernel(
+                geo.head_k[il], geo.head_v[il], geo.n_head[il] // max(1, info.n_head_kv_per_layer[il])
+            )
+        ]
         if bad:  # the probe (§1) will find FLASH_ATTN_EXT on the CPU and switch FA off
             fa_compute = False
             notes.append(
@@ -330,23 +338,6 @@ def _split_compute(
         for dev in dict.fromkeys(ldev)
         if dev != "CPU" and dev not in placed
     ]
-
-
-_CUDA_FA_HEADS = {40, 64, 72, 80, 96, 112, 128, 256}
-
-
-def _cuda_fa_kernel(geo: ModelGeometry, info: GGUFInfo, il: int) -> bool:
-    """Whether ggml-cuda has a FLASH_ATTN_EXT kernel for layer il's head sizes
-    (fattn.cu: ggml_cuda_get_best_fattn_kernel; the cache types are all supported)."""
-    k, v = geo.head_k[il], geo.head_v[il]
-    gqa = geo.n_head[il] // max(1, info.n_head_kv_per_layer[il])
-    if k in _CUDA_FA_HEADS:
-        return v == k
-    return (
-        ((k, v) in ((576, 512), (512, 512)) and gqa >= 2)
-        or ((k, v) == (192, 128) and gqa % 8 == 0)
-        or ((k, v) == (320, 256) and gqa % 32 == 0)
-    )
 
 
 def _per_layer_state(

@@ -201,3 +201,18 @@ def moe_extra(g: CudaGraph) -> int:
 def describe(ph: dict[str, int]) -> str:
     name = max(ph, key=lambda k: ph[k])
     return f"peak in the {name} phase (" + ", ".join(f"{k} {v / MiB:.2f}" for k, v in ph.items()) + " MiB)"
+
+
+_FA_HEADS = {40, 64, 72, 80, 96, 112, 128, 256}
+
+
+def has_fa_kernel(head_k: int, head_v: int, gqa: int) -> bool:
+    """Whether ggml-cuda has a FLASH_ATTN_EXT kernel for these head sizes and GQA ratio
+    (fattn.cu: ggml_cuda_get_best_fattn_kernel; the cache types are all supported)."""
+    if head_k in _FA_HEADS:
+        return head_v == head_k
+    return (
+        ((head_k, head_v) in ((576, 512), (512, 512)) and gqa >= 2)
+        or ((head_k, head_v) == (192, 128) and gqa % 8 == 0)
+        or ((head_k, head_v) == (320, 256) and gqa % 32 == 0)
+    )
