@@ -64,6 +64,7 @@ def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatc
             win.drafting.choose("mtp", "")  # the heads load with the model: a reload
         assert reloaded.args[0].mtp == "ready" and win.chat.draft_picker.state == ("mtp", "")
         assert win.memory.dashboard.draft_bars  # the drafting context's memory, planned
+        assert win.memory.cache.drafter == ("mtp", "")  # the context fit makes room for the heads
         win.chat.input.setPlainText("w1 w2 w3")
         with qtbot.waitSignal(win.bridge.finished, timeout=LOAD_TIMEOUT_MS) as done:
             qtbot.mouseClick(win.chat.send_button, Qt.MouseButton.LeftButton)

@@ -185,6 +185,7 @@ class DraftController(QObject):
     problem = Signal(str)
     draftPlan = Signal(object)  # MemoryPlan | None: the draft at the target's context
     stats = Signal(str)  # the dashboard's "Speculative decoding" text
+    drafterChanged = Signal(str, str)  # (mode, path) now in effect: the context fit makes room for it
 
     def __init__(
         self,
@@ -271,6 +272,7 @@ class DraftController(QObject):
             mode = "model"
         if mode != "model":
             self.bridge.set_draft(mode)
+            self.drafterChanged.emit(mode, "")
             self.picker.show_state(mode)
             self.picker.show_verdict("", None)
             self._publish_plan()
@@ -315,6 +317,7 @@ class DraftController(QObject):
         self.picker.set_items(recent[:MAX_RECENT_DRAFTS])
         self.picker.show_state("model", path)
         self.bridge.set_draft("model", path)
+        self.drafterChanged.emit("model", path)
 
     def _on_draft_loaded(self, msg: P.DraftLoaded) -> None:
         self.picker.show_state("model", msg.path)
@@ -322,6 +325,7 @@ class DraftController(QObject):
 
     def _on_draft_failed(self, message: str) -> None:
         self.picker.show_state(NONE)
+        self.drafterChanged.emit(NONE, "")
         self.picker.show_verdict("✗ not loaded", False, message)
         self.draftPlan.emit(None)
         if message:
