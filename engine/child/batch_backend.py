@@ -23,6 +23,14 @@ without it (``sched_reserve`` drops the previous graph results). A chain attache
 sequence draws no random numbers: only sequences with an output row in the step set inputs
 (src/llama-graph.cpp ``llm_graph_input_sampling::set_input``), so a seeded reply does not
 depend on what else was in the batch.
+
+Known limits: a request with its own seed keeps the chain only when the next request on the
+sequence has the same seed (``dist`` cannot be reseeded to another value), so distinct seeds
+re-reserve once per request, as llama-server does with ``--backend-sampling``
+(tools/server/server-context.cpp attaches per task). The first token's no-empty rule re-picks
+from what the device kept (:func:`not_eog`); where it kept only end-of-generation tokens
+(top_k(1) for greedy with penalties, a tight top-p) the reply ends empty, which the CPU chain's
+logit bias prevents.
 """
 
 from __future__ import annotations
