@@ -16,7 +16,11 @@
    ``batch_loop``): steps, ms per step in llama_decode (until the device finished), sampling
    and the rest, and the share outside llama_decode. ``--serial-sampling`` adds a second kvdeck
    pass that samples the rows of a step one after another (``KVDECK_SAMPLE_THREADS=1``), the
-   loop before parallel sampling; ``--before FILE`` keeps an earlier result's table as "before".
+   loop before parallel sampling; ``--backend-sampling`` adds a kvdeck pass that samples on the
+   device (``KVDECK_BACKEND_SAMPLING=1``, engine.child.batch_backend: its ``sample_ms_per_step``
+   is then only the CPU's share, the device's is inside ``decode_ms_per_step``) and, with
+   ``--llama-backend-sampling``, llama-server with ``--backend-sampling`` too; ``--before FILE``
+   keeps an earlier result's table as "before".
 
 Random weights make end-of-generation as likely as any other token (1 in 128k per step), so the
 replies run to ``--tg`` tokens on both servers; the figures count what the servers report.
@@ -231,6 +235,12 @@ def main() -> int:
     ap.add_argument("--prefix-words", type=int, default=160)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "server-2026-12-04.json"))
     ap.add_argument("--serial-sampling", action="store_true", help="also kvdeck with KVDECK_SAMPLE_THREADS=1")
+    ap.add_argument(
+        "--backend-sampling", action="store_true", help="also kvdeck with KVDECK_BACKEND_SAMPLING=1"
+    )
+    ap.add_argument(
+        "--llama-backend-sampling", action="store_true", help="also llama-server with --backend-sampling"
+    )
     ap.add_argument("--before", default="", help="an earlier result file whose table is kept as 'before'")
     ap.add_argument(
         "--variants",
@@ -293,6 +303,8 @@ def main() -> int:
     res["kvdeck"] = kvdeck()
     if args.serial_sampling:
         res["kvdeck_serial_sampling"] = kvdeck({"KVDECK_SAMPLE_THREADS": "1"}, "kvdeck-serial")
+    if args.backend_sampling:
+        res["kvdeck_backend_sampling"] = kvdeck({"KVDECK_BACKEND_SAMPLING": "1"}, "kvdeck-backend")
     for variant in filter(None, args.variants.split(",")):
         name, _, assigns = variant.partition(":")
         extra = dict(a.split("=", 1) for a in assigns.split("+"))
@@ -302,23 +314,13 @@ def main() -> int:
         print(f"wrote {args.out}")
         return 0
     pp = res["kvdeck"]["rounds"][0]["prompt_tokens"] or 128
-    res["llama_server"] = server(
-        [
-            str(bindir / "llama-server"),
-            "-m",
-            str(model),
-            "--port",
-            str(port + 1),
-            "-np",
-            str(args.parallel),
-            "-c",
-            str(ctx),
-            "-ngl",
-            "99",
-        ],
-        f"http://127.0.0.1:{port + 1}",
-        log="llama-server",
-    )
+    ls_cmd = [str(bindir / "llama-server"), "-m", str(model), "--port", str(port + 1)]
+    ls_cmd += ["-np", str(args.parallel), "-c", str(ctx), "-ngl", "99"]
+    res["llama_server"] = server(ls_cmd, f"http://127.0.0.1:{port + 1}", log="llama-server")
+    if args.llama_backend_sampling:
+        res["llama_server_backend_sampling"] = server(
+            [*ls_cmd, "--backend-sampling"], f"http://127.0.0.1:{port + 1}", log="llama-server-backend"
+        )
     res["batched_bench"] = batched_bench(bindir / "llama-batched-bench", model, args, int(pp))
     table = []
     bb = {r["b"]: r for r in res["batched_bench"]}
@@ -343,18 +345,28 @@ def main() -> int:
                 "kvdeck_batch_loop": k.get("batch_loop"),
             }
         )
-        serial = res.get("kvdeck_serial_sampling")
-        if serial:
-            sr = next((r for r in serial["rounds"] if r["clients"] == c), None)
+        for key, name in (
+            ("kvdeck_serial_sampling", "serial_sampling"),
+            ("kvdeck_backend_sampling", "backend_sampling"),
+        ):
+            other = res.get(key)
+            sr = next((r for r in other["rounds"] if r["clients"] == c), None) if other else None
             if sr and b_slots:
-                table[-1]["serial_sampling"] = {
+                table[-1][name] = {
                     "kvdeck_tps": sr["aggregate_tps"],
+                    "vs_llama_server": round(sr["aggregate_tps"] / ls["aggregate_tps"], 3)
+                    if ls["aggregate_tps"]
+                    else None,
                     "kvdeck_decode_tps": sr["decode_tps"],
                     "kvdeck_decode_vs_batched_bench_b_slots": round(
                         sr["decode_tps"] / b_slots["s_tg_tps"], 3
                     ),
                     "batch_loop": sr.get("batch_loop"),
                 }
+        lsb = res.get("llama_server_backend_sampling")
+        lr = next((r for r in lsb["rounds"] if r["clients"] == c), None) if lsb else None
+        if lr:
+            table[-1]["llama_server_backend_sampling_tps"] = lr["aggregate_tps"]
     res["table"] = table
     if args.before and Path(args.before).exists():
         old = json.loads(Path(args.before).read_text())

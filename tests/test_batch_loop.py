@@ -14,16 +14,12 @@ import pytest
 
 from engine import protocol as P
 from engine.core.memory_types import PlanSettings
-from tests.helpers.burst import Burst, held_burst
+from tests.helpers.burst import CHAT_PROMPTS, Burst, held_burst
 from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
 SLOTS = 3
-PROMPTS = [
-    "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n",
-    "<|im_start|>user\nCount to five.<|im_end|>\n<|im_start|>assistant\n",
-    "<|im_start|>user\nWrite a haiku about rivers.<|im_end|>\n<|im_start|>assistant\n",
-]
+PROMPTS = CHAT_PROMPTS
 GREEDY = {"temperature": 0}
 SEEDED = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 7}
 

@@ -38,6 +38,7 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine import protocol as P
+from engine.child.batch_backend import SeqChains, enabled, not_eog
 from engine.child.batch_sample import LIB, TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafter_of, refusal
 from engine.child.errors import ErrorKind, RequestError, error_event
@@ -89,6 +90,9 @@ class BatchLoop:
         self.prefixes = SeqPrefixes(m, self.n_seq)  # per-slot prefix reuse (engine.child.prefix)
         sd = drafter_of(session)
         self.drafting = BatchDrafting(sd, m) if sd is not None else None
+        # Device chains per sequence (engine.child.batch_backend); not with drafting (verify
+        # rows are several outputs of one sequence per step).
+        self.chains = SeqChains(m) if enabled() and self.drafting is None else None
         self.batch = LL.llama_batch_init(self.n_batch, 0, 1)
         b = self.batch
         for i in range(self.n_batch):
@@ -152,7 +156,10 @@ class BatchLoop:
             i, reuse = self.prefixes.place(free, w.prompt)
             if self.drafting is not None:
                 self.drafting.sd.truncate(reuse, i)
-            self.slots[i] = Slot.start(w, i, reuse, tuple(self.m.eog_ids), self.m.n_vocab, self.n_ctx_seq)
+            chain = self.chains.admit(i, w) if self.chains is not None else None
+            self.slots[i] = Slot.start(
+                w, i, reuse, tuple(self.m.eog_ids), self.m.n_vocab, self.n_ctx_seq, chain
+            )
             self.report(force=True)
 
     # ------------------------------------------------------------------ one step
@@ -212,6 +219,8 @@ class BatchLoop:
         t1 = time.perf_counter()
         TIMES.steps += 1
         TIMES.decode_s += t1 - t0
+        if self.chains is not None and rc == 0:
+            self.chains.decoded()
         if rc == 1 and self.prefixes.evict_idle(
             [s is not None for s in self.slots]
         ):  # no room: cached prefixes of free sequences go first
@@ -242,6 +251,8 @@ class BatchLoop:
         now = time.perf_counter()
         TIMES.sample_s += now - t1
         for (i, s), tok in zip(rows, toks):
+            if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
+                tok = not_eog(self.m, s.chain, s.w.sampling, i, tok)
             self._emit(s, i, tok, now)
         for i, s, d in checks:
             assert self.drafting is not None
@@ -316,7 +327,7 @@ class BatchLoop:
                 self.emit(s.delta(rest, end))
             self.emit(s.done(end))
         finally:
-            for chain in (s.chain, s.first):
+            for chain in (s.first,) if s.device else (s.chain, s.first):
                 if chain is not None:
                     LL.llama_sampler_free(chain)
             s.chain = s.first = None
@@ -337,6 +348,7 @@ class BatchLoop:
                     decode_s=TIMES.decode_s,
                     sample_s=TIMES.sample_s,
                     busy_s=TIMES.busy_s,
+                    device=[bool(s and s.device) for s in self.slots],
                 )
             )
 
@@ -359,6 +371,8 @@ class BatchLoop:
         """Free the batch; the sequences' cells and their token lists stay for the next run."""
         LL.llama_batch_free(self.batch)
         self.sampler.close()
+        if self.chains is not None:
+            self.chains.close()
         self.report(force=True)
 
     # ------------------------------------------------------------------ the loop

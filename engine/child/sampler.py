@@ -135,6 +135,28 @@ def argmax_of(m: Model) -> Callable[[], int]:
     return sample
 
 
+def without_eog(m: Model, s: SamplingParams, idx: int) -> int | None:
+    """Pick again from what the device chain left for output row ``idx``, minus
+    end-of-generation tokens (None when nothing else is left)."""
+    ctx = m.ctx
+    n_probs = LL.llama_get_sampled_probs_count_ith(ctx, idx)
+    n = n_probs or LL.llama_get_sampled_logits_count_ith(ctx, idx)
+    if n == 0:
+        return None
+    ids = np.ctypeslib.as_array(LL.llama_get_sampled_candidates_ith(ctx, idx), (n,)).copy()
+    ok = ~np.isin(ids, np.asarray(m.eog_ids, dtype=ids.dtype))
+    if not ok.any():
+        return None
+    if s.greedy or not n_probs:
+        vals = np.ctypeslib.as_array(LL.llama_get_sampled_logits_ith(ctx, idx), (n,)).copy()
+        return int(ids[ok][np.argmax(vals[ok])])
+    probs = np.ctypeslib.as_array(LL.llama_get_sampled_probs_ith(ctx, idx), (n,))[ok]
+    if not probs.sum() > 0:
+        return None
+    rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
+    return int(rng.choice(ids[ok], p=probs / probs.sum()))
+
+
 @dataclass
 class _Attached:
     model: Model  # the Model itself: a new context may reuse a freed one's address
@@ -246,32 +268,12 @@ class Samplers:
         tok = LL.llama_sampler_sample(sp.chain, ctx, -1) if sp.chain else argmax_of(m)()
         if not (no_empty and sp.backend and tok in set(m.eog_ids)):
             return tok
-        alt = self._without_eog(m, sp.params)
+        alt = without_eog(m, sp.params, -1)
         if alt is not None:
             LL.llama_sampler_reset(sp.chain)
             LL.llama_sampler_accept(sp.chain, alt)
             return alt
         return self._cpu_first_token(m, sp, tokens, cancel)
-
-    def _without_eog(self, m: Model, s: SamplingParams) -> int | None:
-        """Pick again from what the device chain left, minus end-of-generation tokens."""
-        ctx = m.ctx
-        n_probs = LL.llama_get_sampled_probs_count_ith(ctx, -1)
-        n = n_probs or LL.llama_get_sampled_logits_count_ith(ctx, -1)
-        if n == 0:
-            return None
-        ids = np.ctypeslib.as_array(LL.llama_get_sampled_candidates_ith(ctx, -1), (n,)).copy()
-        ok = ~np.isin(ids, np.asarray(m.eog_ids, dtype=ids.dtype))
-        if not ok.any():
-            return None
-        if s.greedy or not n_probs:
-            vals = np.ctypeslib.as_array(LL.llama_get_sampled_logits_ith(ctx, -1), (n,)).copy()
-            return int(ids[ok][np.argmax(vals[ok])])
-        probs = np.ctypeslib.as_array(LL.llama_get_sampled_probs_ith(ctx, -1), (n,))[ok]
-        if not probs.sum() > 0:
-            return None
-        rng = np.random.default_rng(None if s.seed == RANDOM_SEED else s.seed)
-        return int(rng.choice(ids[ok], p=probs / probs.sum()))
 
     def _cpu_first_token(self, m: Model, sp: Sampling, tokens: list[int], cancel: threading.Event) -> int:
         """Rare: every candidate the device kept ends the reply. Decode the last prompt token

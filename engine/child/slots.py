@@ -73,24 +73,24 @@ class StopText:
 
 
 def sampler_specs(
-    s: SamplingParams, sampling: dict[str, Any], eog: tuple[int, ...], no_empty: bool
+    s: SamplingParams, sampling: dict[str, Any], eog: tuple[int, ...], no_empty: bool, device: bool = False
 ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
     """(main chain, first-token chain) as data; main None means greedy by argmax.
 
-    The layouts are the single-sequence loop's CPU chains (``chain_spec``), so a greedy reply
-    is the same token for token; OpenAI's frequency/presence penalties ride on the same
-    penalties sampler as the repeat penalty.
+    The layouts are the single-sequence loop's chains (``chain_spec``; ``device``: its device
+    layout), so a greedy reply is the same token for token; OpenAI's frequency/presence
+    penalties ride on the same penalties sampler as the repeat penalty.
     """
     freq = float(sampling.get("frequency_penalty", 0.0) or 0.0)
     pres = float(sampling.get("presence_penalty", 0.0) or 0.0)
-    main = list(chain_spec(s, device=False))
+    main = list(chain_spec(s, device=device))
     if freq or pres:
         at = next((i for i, e in enumerate(main) if e[0] == "penalties"), None)
         entry = ("penalties", s.repeat_last_n, s.repeat_penalty, freq, pres)
         if at is not None:
             main[at] = entry
-        elif main == [("greedy",)]:
-            main = [("top_k", 64), entry, ("greedy",)]
+        elif s.greedy:
+            main = [("top_k", 64), entry, *([("top_k", 1), ("dist", 0)] if device else [("greedy",)])]
         else:
             main.insert(1 if main and main[0][0] == "top_k" else 0, entry)
     first = (("logit_bias", eog), *main) if no_empty and eog else None
@@ -167,15 +167,29 @@ class Slot:
     n_verify: int = 0
     drafted_at: list[int] = field(default_factory=list)
     accepted_at: list[int] = field(default_factory=list)
+    #: ``chain`` is the sequence's device chain (engine.child.batch_backend owns it).
+    device: bool = False
 
     @classmethod
     def start(
-        cls, w: Waiting, seq: int, reuse: int, eog: tuple[int, ...], n_vocab: int, n_ctx_seq: int
+        cls,
+        w: Waiting,
+        seq: int,
+        reuse: int,
+        eog: tuple[int, ...],
+        n_vocab: int,
+        n_ctx_seq: int,
+        device_chain: object | None = None,
     ) -> Slot:
         """``w`` admitted to sequence ``seq``, which already holds ``reuse`` of its prompt tokens:
-        its sampler chains built (the grammar's sampler, if any, now owned by the main chain)."""
-        main, first = sampler_specs(w.sampling, w.req.sampling, eog, w.req.no_empty and w.grammar is None)
-        chain = build_chain(main, n_vocab) if main else None
+        its sampler chains built (the grammar's sampler, if any, now owned by the main chain),
+        or its sequence's device chain (the first token's end-of-generation rule is then the
+        batch loop's)."""
+        if device_chain is not None:
+            main = first = None
+        else:
+            main, first = sampler_specs(w.sampling, w.req.sampling, eog, w.req.no_empty and w.grammar is None)
+        chain = build_chain(main, n_vocab) if main else device_chain
         if w.grammar is not None:  # the grammar decides first
             chain, w.grammar, first = prepend(w.grammar, chain), None, None
         s = cls(
@@ -189,6 +203,7 @@ class Slot:
         )
         s.n_fed = s.n_past = s.n_reused = reuse
         s.n_ctx_seq = n_ctx_seq
+        s.device = device_chain is not None
         return s
 
     def delta(self, text: str, now: float) -> P.Delta:

@@ -305,6 +305,8 @@ class Slots(Message):
     decode_s: float = 0.0
     sample_s: float = 0.0
     busy_s: float = 0.0
+    #: Per sequence: True while its request samples on the device (engine.child.batch_backend).
+    device: list[bool] = field(default_factory=list)
 
 
 @message

@@ -167,6 +167,7 @@ def _memory(api: Api) -> dict[str, Any]:
                 "n_ctx_seq": slots.n_ctx_seq,
                 "request": r,
                 "fill": round(n / slots.n_ctx_seq, 4) if slots.n_ctx_seq else 0.0,
+                "device_sampling": i < len(slots.device) and slots.device[i],
             }
             for i, (n, r) in enumerate(zip(slots.n_past, slots.requests))
         ]

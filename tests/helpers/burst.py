@@ -12,6 +12,13 @@ from collections.abc import Callable
 
 from engine import protocol as P
 
+#: Three short ChatML prompts (SmolLM2's template) for a burst of one request per sequence.
+CHAT_PROMPTS = [
+    "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nCount to five.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWrite a haiku about rivers.<|im_end|>\n<|im_start|>assistant\n",
+]
+
 
 class Burst:
     """Requests submitted together; collects each one's Started and Done."""
