@@ -25,7 +25,7 @@ gguf first). So the measurement loads with NONE (``MTP_LOAD_MODE`` overrides: au
 fresh process that imports llama_cpp first, and before it, each in its own process, probes load the
 file (MTP heads, all layers offloaded) with AUTO after llama_cpp, AUTO after numpy and NONE after
 numpy, recording ``ok`` or ``segfault`` and llama.cpp's last log lines: the run both diagnoses the
-crash and measures. ``MTP_PROBES=0`` skips the probes.
+crash and measures (benchmarks/mtp_load_probes.py). ``MTP_PROBES=0`` skips the probes.
 
 Usage: python mtp_gpu.py OUTDIR [MODELDIR]; on the device, after /work/shared/gpu/README.md's set-up
 lines: ``python3 benchmarks/mtp_gpu.py $OUT /tmp/mtp8b`` (results in ``$OUT/mtp-gpu.json``). Dry run
@@ -40,6 +40,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.mtp_load_probes import load_mode, run_probes  # noqa: E402
 
 E, H, HKV, D, FF, N_TRUNK, N_WORDS = 4096, 16, 4, 256, 12288, 32, 151000
 SSM = {"conv_kernel": 4, "state_size": 128, "group_count": 16, "time_step_rank": 32, "inner_size": 4096}
@@ -56,10 +62,6 @@ N_TRUNK = int(os.environ.get("MTP_LAYERS", N_TRUNK))
 N_WORDS = int(os.environ.get("MTP_WORDS", N_WORDS))
 DRAFT_MAX = 4
 LOAD_MODES = ("auto", "none", "mmap")
-#: (load mode, what is imported first): the order this script used to load in, and the two changes
-PROBES = (("auto", "llama_cpp"), ("auto", "numpy"), ("none", "numpy"))
-PROBE_TIMEOUT_S = 300
-LOG_TAIL = 25
 
 
 def write_target(path: str) -> None:
@@ -167,71 +169,6 @@ def speedup(a: float, k: int, c: dict[str, float]) -> float:
     return expected * c["plain"] / step
 
 
-def probe(path: str, mode: str, first: str) -> None:
-    """A child process: load ``path`` as the measurement does (MTP heads, every layer offloaded)
-    with load mode ``mode``, importing ``first`` first; every llama.cpp log line goes to stderr
-    as it is written, so the parent keeps the last ones even when the load segfaults."""
-    import faulthandler
-
-    faulthandler.enable()  # the Python stack on SIGSEGV: which call crashed
-    if first == "numpy":
-        import numpy  # noqa: F401
-    import llama_cpp.llama_cpp as LL
-    from llama_cpp import _logger
-
-    _logger.set_verbose(True)
-    LL.llama_backend_init()
-    mp = LL.llama_model_default_params()
-    mp.n_gpu_layers, mp.load_mtp, mp.load_mode = 999, True, _load_mode(LL, mode)
-    t = time.time()
-    model = LL.llama_model_load_from_file(os.fsencode(path), mp)
-    print(f"PROBE {'loaded' if model else 'refused'} in {time.time() - t:.1f} s", flush=True)
-    if model:
-        LL.llama_model_free(model)
-
-
-def _load_mode(LL: object, mode: str) -> int:
-    return int(getattr(LL, f"LLAMA_LOAD_MODE_{mode.upper()}"))
-
-
-def run_probes(path: str) -> list[dict]:
-    """Each PROBES load in its own process: 'ok', 'segfault', 'refused', 'timeout' or 'exit N'."""
-    out = []
-    for mode, first in PROBES:
-        t = time.time()
-        try:
-            p = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--probe", path, mode, first],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,  # one stream, in the order it was written
-                text=True,
-                timeout=PROBE_TIMEOUT_S,
-            )
-            rc, text = p.returncode, p.stdout
-        except subprocess.TimeoutExpired as exc:
-            partial = exc.stdout or ""
-            rc, text = None, partial.decode(errors="replace") if isinstance(partial, bytes) else partial
-        if rc is None:
-            outcome = "timeout"
-        elif rc == -11 or "Segmentation fault" in text:
-            outcome = "segfault"
-        elif rc == 0:
-            outcome = "ok" if "PROBE loaded" in text else "refused"
-        else:
-            outcome = f"exit {rc}"
-        row = {
-            "load_mode": mode,
-            "imported_first": first,
-            "outcome": outcome,
-            "returncode": rc,
-            "seconds": round(time.time() - t, 1),
-            "last_log": [ln for ln in text.splitlines() if ln.strip()][-LOG_TAIL:],
-        }
-        print("probe", {k: v for k, v in row.items() if k != "last_log"}, flush=True)
-        out.append(row)
-    return out
-
-
 def main() -> None:
     """Write the target here; probe its loads and measure in fresh processes (llama_cpp first)."""
     out, mdir = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "/tmp/mtp8b")
@@ -292,12 +229,12 @@ def measure(out: str, path: str, name: str) -> None:
     log = NativeLog(
         lambda lvl, msg: print(msg, flush=True) if lvl >= 30 or "MTP" in msg or "nextn" in msg else None
     )
-    load_mode = _load_mode(LL, result["load_mode"])
+    mode = load_mode(LL, result["load_mode"])
 
     class Session(LlamaSession):  # the child's session, with the load mode chosen here
         def model_params(self, *args: object, **kwargs: object) -> tuple[object, list[object]]:
             mp, keep = super().model_params(*args, **kwargs)  # type: ignore[arg-type]
-            mp.load_mode = load_mode
+            mp.load_mode = mode
             return mp, keep
 
     s = Session(lambda m: None, log)
@@ -407,9 +344,7 @@ def measure(out: str, path: str, name: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--probe"]:
-        probe(*sys.argv[2:5])
-    elif sys.argv[1:2] == ["--measure"]:
+    if sys.argv[1:2] == ["--measure"]:
         measure(*sys.argv[2:5])
     else:
         main()

@@ -14,10 +14,11 @@ of generation, max_tokens, a stop string, a cancel, a client that went away), so
 request starts on the next step. Its cells stay for a request sharing the prefix
 (engine.child.prefix).
 
-Between steps the request queue is polled without blocking, so new requests and cancels join
-the running batch. A request the loop cannot run beside the others (a load, a benchmark, a
-speculative generation) stops admission: the sequences still running finish (or are cancelled
-when the model is going away) and the message goes back to the child's main loop.
+Between steps the request queue is polled without blocking (engine.child.batch_intake), so
+new requests and cancels join the running batch. A request the loop cannot run beside the
+others (a load, a benchmark, a speculative generation) stops admission: the sequences still
+running finish (or are cancelled when the model is going away) and the message goes back to
+the child's main loop.
 
 Runs only in the runtime child, on its main thread (nothing in llama.cpp is safe against a
 concurrent decode). A one-sequence context only comes here when a request asks (``serve``, a
@@ -27,10 +28,8 @@ grammar, log-probabilities); sequence 0's prefix list is the single-sequence loo
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import logging
-import queue
 import time
 from collections.abc import Callable
 
@@ -39,33 +38,21 @@ import numpy as np
 
 from engine import protocol as P
 from engine.child.batch_backend import SeqChains, enabled, not_eog
+from engine.child.batch_intake import Intake
 from engine.child.batch_sample import LIB, TIMES, RowSampler
-from engine.child.batch_spec import BatchDrafting, drafter_of, refusal
-from engine.child.errors import ErrorKind, RequestError, error_event
+from engine.child.batch_spec import BatchDrafting, drafter_of
+from engine.child.errors import ErrorKind, error_event
 from engine.child.grammar import logits_row, logprob_entry
 from engine.child.io import Requests
 from engine.child.prefix import SeqPrefixes
-from engine.child.quick import QUICK, quick_answer
 from engine.child.session import LlamaSession
-from engine.child.slots import Slot, Waiting
-from engine.core.errors import KvDeckError
+from engine.child.slots import Slot
 
 log = logging.getLogger(__name__)
 Emit = Callable[[object], None]
 
 _DELTA_INTERVAL_S = 0.02
 _SLOTS_INTERVAL_S = 0.25
-#: Messages that replace or drop the model: the running sequences are cancelled, not finished.
-_ENDS_MODEL = (P.LoadRequest, P.UnloadRequest, P.ShutdownRequest, P.LoadDraftRequest, P.UnloadDraftRequest)
-
-
-def batch_wanted(session: LlamaSession, req: P.GenerateRequest) -> bool:
-    """Whether this generation belongs to the batch loop rather than the single-sequence one."""
-    m = session.model
-    if m is None or (req.draft and not req.serve):  # the server drafts per sequence (batch_spec)
-        return False
-    # Grammars and log-probabilities are implemented here only, so such requests come here too.
-    return req.serve or m.n_seq_max > 1 or bool(req.grammar or req.json_schema) or req.logprobs >= 0
 
 
 class BatchLoop:
@@ -78,9 +65,6 @@ class BatchLoop:
         self.n_batch = int(LL.llama_n_batch(m.ctx))
         self.n_ctx_seq = int(LL.llama_n_ctx_seq(m.ctx))
         self.slots: list[Slot | None] = [None] * self.n_seq
-        self.waiting: collections.deque[Waiting] = collections.deque()
-        self.stopping = False
-        self.deferred: list[P.Message | None] = []
         self.eog = frozenset(m.eog_ids)
         self.sampler = RowSampler(m.ctx, m.n_vocab)  # every row of a step at once
         self.pieces: dict[int, bytes] = {}
@@ -90,6 +74,9 @@ class BatchLoop:
         self.prefixes = SeqPrefixes(m, self.n_seq)  # per-slot prefix reuse (engine.child.prefix)
         sd = drafter_of(session)
         self.drafting = BatchDrafting(sd, m) if sd is not None else None
+        # The queued messages: who joins, who waits, who stops the run (engine.child.batch_intake).
+        self.intake = Intake(session, m, requests, emit, self.n_ctx_seq, sd)
+        self.waiting = self.intake.waiting
         # Device chains per sequence (engine.child.batch_backend); not with drafting (verify
         # rows are several outputs of one sequence per step).
         self.chains = SeqChains(m) if enabled() and self.drafting is None else None
@@ -105,42 +92,6 @@ class BatchLoop:
         self.out_a = np.ctypeslib.as_array(b.logits, (n,))
 
     # ------------------------------------------------------------------ requests
-    def accept(self, req: P.GenerateRequest) -> None:
-        """Tokenise and check a request at once, so a bad one is refused without waiting."""
-        cancel = self.requests.cancel_event(req.id)
-        why = refusal(self.drafting.sd if self.drafting else None, req)
-        try:
-            w = Waiting.checked(req, cancel, self.s.tokenize, self.m.vocab, self.n_ctx_seq, why)
-        except (RequestError, KvDeckError) as exc:
-            self.emit(error_event(req.id, exc))
-            self.requests.finished(req.id)
-            return
-        self.waiting.append(w)
-
-    def poll(self) -> None:
-        """Take every queued message without blocking; generations join, others stop admission."""
-        while not self.stopping:
-            try:
-                msg = self.requests.queue.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(msg, P.GenerateRequest) and batch_wanted(self.s, msg):
-                self.accept(msg)
-            elif isinstance(msg, QUICK):
-                self._answer(msg)
-            else:
-                self.stopping = True
-                self.deferred.append(msg)
-                if msg is None or isinstance(msg, _ENDS_MODEL):
-                    for w in [*self.waiting, *(s.w for s in self.slots if s)]:
-                        w.cancel.set()
-
-    def _answer(self, msg: P.Message) -> None:
-        try:
-            self.emit(quick_answer(self.s, msg))
-        except RequestError as exc:
-            self.emit(error_event(getattr(msg, "id", 0), exc))
-
     def admit(self) -> None:
         while self.waiting:
             free = [i for i in range(self.n_seq) if self.slots[i] is None]
@@ -384,16 +335,16 @@ class BatchLoop:
             TIMES.busy_s += time.perf_counter() - t0
 
     def _run(self, first: P.GenerateRequest) -> None:
-        self.accept(first)
+        self.intake.accept(first)
         while True:
-            self.poll()
+            self.intake.poll(s.w for s in self.slots if s)
             self.sweep()
             self.admit()
             if not any(self.slots):
                 break
             self.step()
             self.report()
-        for msg in self.deferred:
+        for msg in self.intake.deferred:
             self.requests.push_back(msg)
 
 
@@ -408,7 +359,7 @@ def run_batch(session: LlamaSession, first: P.GenerateRequest, requests: Request
     except Exception as exc:  # a bug: every request learns it, the child stays alive
         log.exception("batch loop failed")
         loop.abandon(ErrorKind.RUNTIME, f"{type(exc).__name__}: {exc}")
-        for msg in loop.deferred:
+        for msg in loop.intake.deferred:
             requests.push_back(msg)
     finally:
         loop.close()

@@ -69,7 +69,8 @@ def main() -> int:
                     then = partial(dry_run_assistant, path=params.draft)
                 emit(session.load(req_id, params, requests.cancel_event(req_id), then))
             elif isinstance(msg, P.GenerateRequest):
-                from engine.child.batch import batch_wanted, run_batch
+                from engine.child.batch import run_batch
+                from engine.child.batch_intake import batch_wanted
 
                 if batch_wanted(session, msg):  # parallel sequences: continuous batching
                     run_batch(session, msg, requests, emit)
