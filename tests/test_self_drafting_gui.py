@@ -64,6 +64,14 @@ def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatc
             win.drafting.choose("mtp", "")  # the heads load with the model: a reload
         assert reloaded.args[0].mtp == "ready" and win.chat.draft_picker.state == ("mtp", "")
         assert win.memory.dashboard.draft_bars  # the drafting context's memory, planned
+        # legible at 1000×700 beside the Memory dock: the model's name gives way (the status bar
+        # holds it too), the entry ends in "…" where it must, and its tooltip is whole
+        combo = win.chat.draft_picker.combo
+        win.resize(1000, 700)
+        win.memory.show()
+        words = combo.fontMetrics().horizontalAdvance("the model's own MTP heads")
+        qtbot.waitUntil(lambda: combo.width() > words, timeout=5_000)
+        assert mtp_label(3) in combo.toolTip()
         win.chat.input.setPlainText("w1 w2 w3")
         with qtbot.waitSignal(win.bridge.finished, timeout=LOAD_TIMEOUT_MS) as done:
             qtbot.mouseClick(win.chat.send_button, Qt.MouseButton.LeftButton)

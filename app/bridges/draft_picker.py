@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidget
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QWidget
 
 from app.background import run_in_background
 from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.self_drafting import MTP, assistant_label, find_assistants, mtp_label
+from app.elided import ElidedCombo
 from app.theme import status_color
 from engine import protocol as P
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
@@ -29,6 +30,10 @@ from engine.core.units import acceptance_by_position
 from engine.storage.store import ChatStore
 
 NONE, LOOKUP, CHOOSE = "", "lookup", "choose"
+WHAT_DRAFTING_DOES = (
+    "Speculative decoding: a draft proposes tokens, the model checks "
+    "them in one batch. The reply is the same, only faster or slower."
+)
 MAX_RECENT_DRAFTS = 6
 
 
@@ -39,11 +44,7 @@ class DraftPicker(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.combo = QComboBox(self)
-        self.combo.setToolTip(
-            "Speculative decoding: a draft proposes tokens, the model checks "
-            "them in one batch. The reply is the same, only faster or slower."
-        )
+        self.combo = ElidedCombo(self)  # "the model's own MTP heads (3 l…" where narrow
         self.verdict = QLabel(self)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -92,6 +93,8 @@ class DraftPicker(QWidget):
                 self.combo.blockSignals(True)
                 self.combo.setCurrentIndex(i)
                 self.combo.blockSignals(False)
+                self.combo.fit_current()
+                self.combo.setToolTip(f"Draft: {self.combo.itemText(i)}\n\n{WHAT_DRAFTING_DOES}")
                 return
 
     def show_verdict(self, text: str, ok: bool | None, tooltip: str = "") -> None:
