@@ -13,7 +13,6 @@ from PySide6.QtGui import QPaintEvent, QResizeEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QLabel,
-    QSizePolicy,
     QStyle,
     QStyleOptionComboBox,
     QStylePainter,
@@ -24,8 +23,6 @@ from PySide6.QtWidgets import (
 class ElidedLabel(QLabel):
     def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.setMinimumWidth(0)
         self._full = ""
         self.setText(text)
 
@@ -40,6 +37,13 @@ class ElidedLabel(QLabel):
     def sizeHint(self):  # noqa: ANN201, N802  (Qt's name; QSize)
         hint = super().sizeHint()
         hint.setWidth(self.fontMetrics().horizontalAdvance(self._full) + 2 * self.margin() + 4)
+        return hint
+
+    def minimumSizeHint(self):  # noqa: ANN201, N802  (Qt's name; QSize)
+        """As narrow as need be; its hint stays the whole text, so a splitter sizes its pane
+        as it would for a plain label."""
+        hint = super().minimumSizeHint()
+        hint.setWidth(0)
         return hint
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
