@@ -64,6 +64,8 @@ def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatc
             win.drafting.choose("mtp", "")  # the heads load with the model: a reload
         assert reloaded.args[0].mtp == "ready" and win.chat.draft_picker.state == ("mtp", "")
         assert win.memory.dashboard.draft_bars  # the drafting context's memory, planned
+        # its title, elided where the dock is narrow, is whole in the tooltip
+        assert win.memory.dashboard.draft_bars[0].toolTip().startswith("CPU · drafter (predicted, ")
         # legible at 1000×700 beside the Memory dock: the model's name gives way (the status bar
         # holds it too), the entry ends in "…" where it must, and its tooltip is whole
         combo = win.chat.draft_picker.combo
