@@ -56,8 +56,9 @@ def test_a_bad_address_is_one_line_and_a_silent_port_is_shown_in_words(qtbot, tm
     dock.refresh()  # redraws the list at once, then probes
     assert dock.status.text() == said
     assert dock.store.get_setting(WORKERS_SETTING) == [f"127.0.0.1:{port}"]
-    dock.tree.setCurrentItem(dock.tree.topLevelItem(0))
-    dock.remove_selected()
+    # removed from the keyboard: Delete on the selected worker
+    dock.tree.setCurrentItem(dock.tree.topLevelItem(0).child(0))  # its line: the worker goes
+    qtbot.keyClick(dock.tree, Qt.Key.Key_Delete)
     assert dock.endpoints == [] and dock.store.get_setting(WORKERS_SETTING) == []
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QDockWidget,
@@ -123,9 +123,7 @@ class MachinesDock(QDockWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for column in (1, 2):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
-        delete = QShortcut(QKeySequence(QKeySequence.StandardKey.Delete), self.tree)
-        delete.setContext(Qt.ShortcutContext.WidgetShortcut)
-        delete.activated.connect(self.remove_selected)
+        self.tree.installEventFilter(self)  # Delete removes the selected worker
         layout.addWidget(self.tree, 1)
         self.use_box = QCheckBox("Use these workers for the models I load", body)
         self.use_box.setChecked(bool(store.get_setting(USE_SETTING, False)))
@@ -183,6 +181,17 @@ class MachinesDock(QDockWidget):
         self.endpoints = [e for e in self.endpoints if e != item.text(0)]
         self._save()
         self._show_rows(self._states)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802  (Qt's name)
+        if (
+            watched is self.tree
+            and isinstance(event, QKeyEvent)
+            and event.type() == QEvent.Type.KeyPress
+            and event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace)
+        ):
+            self.remove_selected()
+            return True
+        return super().eventFilter(watched, event)
 
     def _tell(self, line: str) -> None:
         """One line about the user's last action; it stays until they act again (the refresh
