@@ -26,7 +26,8 @@ from engine.core.errors import KvDeckError
 from engine.core.memory_types import FitResult, PlanSettings
 from engine.gguf.inspect import GGUFInfo, inspect_gguf
 from engine.plan.analytic import analytic_plan
-from engine.plan.fit import default_settings, fit, pin_split, preflight
+from engine.plan.drafter_spec import drafter_for
+from engine.plan.fit import DraftSpec, default_settings, fit, pin_split, preflight
 from engine.runtime.outcome import ProcessOutcome
 from engine.storage.identity import model_key
 
@@ -142,12 +143,16 @@ class ModelLoading(QObject):
             if saved:
                 settings = PlanSettings.from_dict(saved)
             else:
+                base, draft = self._drafter(info, PlanSettings())
                 settings, _fit = default_settings(
                     info,
                     self.win.memory.devices()[0],
                     plan_fn=analytic_plan,
+                    base=base,
                     margins=self.win.memory.cache.margins(),
+                    draft=draft,
                 )
+                settings = settings.replace(mtp=False, n_rs_seq=0)  # the bridge adds the heads
         except (KvDeckError, TypeError, ValueError) as exc:
             self.win.show_problem(f"{Path(path).name}: {exc}")
             return
@@ -281,13 +286,15 @@ class ModelLoading(QObject):
             return
         devices = self.win.memory.devices()[0]
         current = self.bridge.loaded_info.n_ctx if self.bridge.loaded_info else settings.n_ctx
+        fit_settings, draft = self._drafter(info, settings)
         run_in_background(
             fit,
             info,
-            settings,
+            fit_settings,
             devices,
             plan_fn=analytic_plan,
             margins=self.win.memory.cache.margins(),
+            draft=draft,
             min_context=min(current + 1, info.n_ctx_train or current + 1),
             parent=self,
             name="kvdeck-fit-larger",
@@ -311,4 +318,10 @@ class ModelLoading(QObject):
             )
             return
         log.info("reloading %s with a larger context: %d -> %d", info.path, current, n_ctx)
-        self.apply(result.settings)
+        kept = self.settings or result.settings  # the fit's MTP settings stay the bridge's to add
+        self.apply(result.settings.replace(mtp=kept.mtp, n_rs_seq=kept.n_rs_seq))
+
+    def _drafter(self, info: GGUFInfo, settings: PlanSettings) -> tuple[PlanSettings, DraftSpec | None]:
+        """The settings to fit and the drafter the draft picker has chosen, fitted together with
+        the model as `kvdeck fit --mtp` / `--draft` does (engine.plan.drafter_spec)."""
+        return drafter_for(info, settings, self.bridge.draft_mode, self.bridge.draft_path)

@@ -17,19 +17,29 @@ A hybrid target rolls back rejected drafts from recurrent-state snapshots (n_rs_
 ``MTP_SMALL=1`` shrinks the widths for a CPU run of the same script (``MTP_WORDS`` sets the
 vocabulary: the LM head over it is what one draft step costs on a CPU).
 
-Usage: python mtp_gpu.py OUTDIR [MODELDIR]
+Loading: on the H200 the real load of a generated file segfaulted inside llama_model_load_from_file
+with the default load mode (AUTO, which maps the file), right after the metadata, while loads with
+``LLAMA_LOAD_MODE_NONE`` worked elsewhere; and the team's notes record that with the CUDA build,
+importing numpy before llama_cpp segfaulted in the same call (this script used to import numpy and
+gguf first). So the measurement loads with NONE (``MTP_LOAD_MODE`` overrides: auto, none, mmap) in a
+fresh process that imports llama_cpp first, and before it, each in its own process, probes load the
+file (MTP heads, all layers offloaded) with AUTO after llama_cpp, AUTO after numpy and NONE after
+numpy, recording ``ok`` or ``segfault`` and llama.cpp's last log lines: the run both diagnoses the
+crash and measures. ``MTP_PROBES=0`` skips the probes.
+
+Usage: python mtp_gpu.py OUTDIR [MODELDIR]; on the device, after /work/shared/gpu/README.md's set-up
+lines: ``python3 benchmarks/mtp_gpu.py $OUT /tmp/mtp8b`` (results in ``$OUT/mtp-gpu.json``). Dry run
+on a CPU: ``MTP_SMALL=1 MTP_WORDS=600 MTP_LAYERS=4 python mtp_gpu.py /tmp/out /tmp/models``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
-
-import gguf
-import numpy as np
 
 E, H, HKV, D, FF, N_TRUNK, N_WORDS = 4096, 16, 4, 256, 12288, 32, 151000
 SSM = {"conv_kernel": 4, "state_size": 128, "group_count": 16, "time_step_rank": 32, "inner_size": 4096}
@@ -45,10 +55,18 @@ if os.environ.get("MTP_SMALL"):  # a CPU run of the script itself
 N_TRUNK = int(os.environ.get("MTP_LAYERS", N_TRUNK))
 N_WORDS = int(os.environ.get("MTP_WORDS", N_WORDS))
 DRAFT_MAX = 4
-Q8 = gguf.GGMLQuantizationType.Q8_0
+LOAD_MODES = ("auto", "none", "mmap")
+#: (load mode, what is imported first): the order this script used to load in, and the two changes
+PROBES = (("auto", "llama_cpp"), ("auto", "numpy"), ("none", "numpy"))
+PROBE_TIMEOUT_S = 300
+LOG_TAIL = 25
 
 
 def write_target(path: str) -> None:
+    import gguf
+    import numpy as np
+
+    Q8 = gguf.GGMLQuantizationType.Q8_0
     rng = np.random.default_rng(0)
     cache: dict[tuple[int, int], np.ndarray] = {}
 
@@ -149,7 +167,73 @@ def speedup(a: float, k: int, c: dict[str, float]) -> float:
     return expected * c["plain"] / step
 
 
+def probe(path: str, mode: str, first: str) -> None:
+    """A child process: load ``path`` as the measurement does (MTP heads, every layer offloaded)
+    with load mode ``mode``, importing ``first`` first; every llama.cpp log line goes to stderr
+    as it is written, so the parent keeps the last ones even when the load segfaults."""
+    import faulthandler
+
+    faulthandler.enable()  # the Python stack on SIGSEGV: which call crashed
+    if first == "numpy":
+        import numpy  # noqa: F401
+    import llama_cpp.llama_cpp as LL
+    from llama_cpp import _logger
+
+    _logger.set_verbose(True)
+    LL.llama_backend_init()
+    mp = LL.llama_model_default_params()
+    mp.n_gpu_layers, mp.load_mtp, mp.load_mode = 999, True, _load_mode(LL, mode)
+    t = time.time()
+    model = LL.llama_model_load_from_file(os.fsencode(path), mp)
+    print(f"PROBE {'loaded' if model else 'refused'} in {time.time() - t:.1f} s", flush=True)
+    if model:
+        LL.llama_model_free(model)
+
+
+def _load_mode(LL: object, mode: str) -> int:
+    return int(getattr(LL, f"LLAMA_LOAD_MODE_{mode.upper()}"))
+
+
+def run_probes(path: str) -> list[dict]:
+    """Each PROBES load in its own process: 'ok', 'segfault', 'refused', 'timeout' or 'exit N'."""
+    out = []
+    for mode, first in PROBES:
+        t = time.time()
+        try:
+            p = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--probe", path, mode, first],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,  # one stream, in the order it was written
+                text=True,
+                timeout=PROBE_TIMEOUT_S,
+            )
+            rc, text = p.returncode, p.stdout
+        except subprocess.TimeoutExpired as exc:
+            partial = exc.stdout or ""
+            rc, text = None, partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+        if rc is None:
+            outcome = "timeout"
+        elif rc == -11 or "Segmentation fault" in text:
+            outcome = "segfault"
+        elif rc == 0:
+            outcome = "ok" if "PROBE loaded" in text else "refused"
+        else:
+            outcome = f"exit {rc}"
+        row = {
+            "load_mode": mode,
+            "imported_first": first,
+            "outcome": outcome,
+            "returncode": rc,
+            "seconds": round(time.time() - t, 1),
+            "last_log": [ln for ln in text.splitlines() if ln.strip()][-LOG_TAIL:],
+        }
+        print("probe", {k: v for k, v in row.items() if k != "last_log"}, flush=True)
+        out.append(row)
+    return out
+
+
 def main() -> None:
+    """Write the target here; probe its loads and measure in fresh processes (llama_cpp first)."""
     out, mdir = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "/tmp/mtp8b")
     os.makedirs(mdir, exist_ok=True)
     path = os.path.join(mdir, "synthetic-qwen35-mtp1.gguf")
@@ -163,14 +247,39 @@ def main() -> None:
     }
     print("written", result, flush=True)
     name = "mtp-gpu-mid.json" if os.environ.get("MTP_MID") else "mtp-gpu.json"
+    if os.environ.get("MTP_PROBES", "1") != "0":
+        result["load_probes"] = run_probes(path)
+    mode = os.environ.get("MTP_LOAD_MODE", "none")
+    if mode not in LOAD_MODES:
+        sys.exit(f"MTP_LOAD_MODE must be one of {', '.join(LOAD_MODES)}, not {mode!r}")
+    result["load_mode"] = mode
+    with open(os.path.join(out, name), "w") as f:
+        json.dump(result, f, indent=1)
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", out, path, name])
+    if p.returncode:
+        with open(os.path.join(out, name)) as f:
+            result = json.load(f)
+        result["measure_returncode"] = p.returncode  # -11: the measured load segfaulted too
+        with open(os.path.join(out, name), "w") as f:
+            json.dump(result, f, indent=1)
+        print("measurement exited with", p.returncode, flush=True)
+
+
+def measure(out: str, path: str, name: str) -> None:
+    """A fresh process: llama_cpp imported before numpy; loads with ``MTP_LOAD_MODE`` (NONE)."""
+    import faulthandler
+
+    import llama_cpp.llama_cpp as LL  # before numpy: see the module docstring
+    import numpy as np
+
+    faulthandler.enable()
+    t0 = time.time()
+    with open(os.path.join(out, name)) as f:
+        result = json.load(f)
 
     def save() -> None:  # after every stage: a run cut short still reports what it measured
         with open(os.path.join(out, name), "w") as f:
             json.dump(result, f, indent=1)
-
-    save()
-
-    import llama_cpp.llama_cpp as LL
 
     from engine.child.decode import generate
     from engine.child.native_log import NativeLog
@@ -183,7 +292,15 @@ def main() -> None:
     log = NativeLog(
         lambda lvl, msg: print(msg, flush=True) if lvl >= 30 or "MTP" in msg or "nextn" in msg else None
     )
-    s = LlamaSession(lambda m: None, log)
+    load_mode = _load_mode(LL, result["load_mode"])
+
+    class Session(LlamaSession):  # the child's session, with the load mode chosen here
+        def model_params(self, *args: object, **kwargs: object) -> tuple[object, list[object]]:
+            mp, keep = super().model_params(*args, **kwargs)  # type: ignore[arg-type]
+            mp.load_mode = load_mode
+            return mp, keep
+
+    s = Session(lambda m: None, log)
     cancel = threading.Event()
     settings = PlanSettings(n_ctx=4096, mtp=True, n_gpu_layers=-1, n_rs_seq=DRAFT_MAX + 1)
     loaded = s.load(1, LoadParams(path, settings=settings), cancel)
@@ -290,4 +407,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--probe"]:
+        probe(*sys.argv[2:5])
+    elif sys.argv[1:2] == ["--measure"]:
+        measure(*sys.argv[2:5])
+    else:
+        main()

@@ -64,6 +64,7 @@ def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatc
             win.drafting.choose("mtp", "")  # the heads load with the model: a reload
         assert reloaded.args[0].mtp == "ready" and win.chat.draft_picker.state == ("mtp", "")
         assert win.memory.dashboard.draft_bars  # the drafting context's memory, planned
+        assert win.memory.cache.drafter == ("mtp", "")  # the context fit makes room for the heads
         # its title, elided where the dock is narrow, is whole in the tooltip
         assert win.memory.dashboard.draft_bars[0].toolTip().startswith("CPU · drafter (predicted, ")
         # legible at 1000×700 beside the Memory dock: the model's name gives way (the status bar

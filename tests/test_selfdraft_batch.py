@@ -14,6 +14,10 @@ import pytest
 from engine import protocol as P
 from engine.core.memory_types import PlanSettings
 from engine.core.sampling import SamplingParams
+from engine.gguf.inspect import inspect_gguf
+from engine.plan.analytic import analytic_plan
+from engine.plan.drafting import drafting_plan
+from engine.runtime.info import plan_devices
 from engine.serve.server import ApiServer, ServedModel, ServerConfig
 from tests.helpers import mtp_models as mm
 from tests.helpers.burst import held_burst
@@ -115,20 +119,43 @@ def _complete(url: str, prompts: list[str]) -> list[dict]:
     return [out[i] for i in range(len(prompts))]
 
 
+def _served(host, loaded, settings, draft: str, draft_path: str = "") -> ApiServer:
+    served = ServedModel(
+        lambda: host,
+        lambda: loaded,
+        lambda: SLOTS,
+        settings=lambda: settings,
+        draft=draft,
+        draft_max=3,
+        draft_path=draft_path,
+    )
+    return ApiServer(served, ServerConfig(port=0))
+
+
+def _expected_drafter_plan(target: str, settings: PlanSettings, assistant: str | None = None) -> dict:
+    """What ``kvdeck plan --mtp`` / ``--draft ASSISTANT`` plans for the drafting context."""
+    info, devices = inspect_gguf(target), plan_devices()[0]
+    a = inspect_gguf(assistant) if assistant else None
+    plan = drafting_plan(info, analytic_plan(info, settings, devices), devices, a, settings.n_gpu_layers)
+    return plan.to_json()["devices"]
+
+
+def _summed(replies: list[dict], key: str) -> list[int]:
+    rows = [r["usage"]["kvdeck_drafting"][key] for r in replies]
+    return [sum(row[i] for row in rows if i < len(row)) for i in range(max(map(len, rows)))]
+
+
 def test_the_server_drafts_per_sequence_and_reports_acceptance_by_position(tmp_path):
-    """``kvdeck serve --mtp``'s path: the same host behind a drafting and a plain API server."""
+    """``kvdeck serve --mtp``'s path: the same host behind a drafting and a plain API server;
+    /v1/kvdeck/memory shows the drafting context's plan and the acceptance of every reply so far."""
     path = mm.write_hyv3(tmp_path / "t.gguf")
     settings = PlanSettings(n_ctx=256 * SLOTS, n_seq_max=SLOTS, n_batch=64, n_ubatch=64, mtp=True)
     with running_host(P.LoadParams(str(path), settings=settings)) as (host, loaded):
-        servers = [
-            ApiServer(
-                ServedModel(lambda: host, lambda: loaded, lambda: SLOTS, draft=draft, draft_max=3),
-                ServerConfig(port=0),
-            )
-            for draft in ("", "mtp")
-        ]
+        servers = [_served(host, loaded, settings, draft) for draft in ("", "mtp")]
         try:
-            plain, fast = (_complete(s.start(), PROMPTS[:SLOTS]) for s in servers)
+            urls = [s.start() for s in servers]
+            plain, fast = (_complete(url, PROMPTS[:SLOTS]) for url in urls)
+            plain_memory, memory = (httpx.get(f"{url}/v1/kvdeck/memory", timeout=60).json() for url in urls)
         finally:
             for s in servers:
                 s.stop()
@@ -140,6 +167,36 @@ def test_the_server_drafts_per_sequence_and_reports_acceptance_by_position(tmp_p
         )
         assert len(d["acceptance_by_position"]) == 3
     assert all("kvdeck_drafting" not in r["usage"] for r in plain)
+
+    drafting = memory["drafting"]
+    assert plain_memory["drafting"] is None
+    assert drafting["draft"] == "mtp" and drafting["draft_max"] == 3
+    assert drafting["drafted_at"] == _summed(fast, "drafted_at")
+    assert drafting["accepted_at"] == _summed(fast, "accepted_at")
+    assert len(drafting["acceptance_by_position"]) == 3
+    per_device = drafting["plan"]["devices"]
+    assert per_device == _expected_drafter_plan(str(path), settings)
+    cpu = per_device["CPU"]  # the MTP blocks' weights, their own KV, compute and output
+    assert cpu["weights"] > 0 and cpu["kv"] > 0 and cpu["compute"] > 0 and cpu["output"] > 0
+
+
+def test_the_memory_route_shows_a_gemma4_assistants_context_without_kv(tmp_path):
+    target = str(mm.write_gemma4_target(tmp_path / "g4.gguf"))
+    assistant = str(mm.write_gemma4_assistant(tmp_path / "g4a.gguf"))
+    settings = PlanSettings(n_ctx=256 * SLOTS, n_seq_max=SLOTS, n_batch=64, n_ubatch=64)
+    with running_host(P.LoadParams(target, settings=settings)) as (host, loaded):
+        host.load_draft(assistant)
+        server = _served(host, loaded, settings, "model", assistant)
+        try:
+            url = server.start()
+            fast = _complete(url, PROMPTS[:SLOTS])
+            drafting = httpx.get(f"{url}/v1/kvdeck/memory", timeout=60).json()["drafting"]
+        finally:
+            server.stop()
+    assert drafting["draft"] == "model" and drafting["drafted_at"] == _summed(fast, "drafted_at")
+    per_device = drafting["plan"]["devices"]
+    assert per_device == _expected_drafter_plan(target, settings, assistant)
+    assert per_device["CPU"]["kv"] == 0 and per_device["CPU"]["weights"] > 0  # it reads the target's K/V
 
 
 def test_serve_refuses_drafters_it_cannot_run_per_sequence_in_one_line(tmp_path):

@@ -188,6 +188,7 @@ class DraftController(QObject):
     problem = Signal(str)
     draftPlan = Signal(object)  # MemoryPlan | None: the draft at the target's context
     stats = Signal(str)  # the dashboard's "Speculative decoding" text
+    drafterChanged = Signal(str, str)  # (mode, path) now in effect: the context fit makes room for it
 
     def __init__(
         self,
@@ -274,6 +275,7 @@ class DraftController(QObject):
             mode = "model"
         if mode != "model":
             self.bridge.set_draft(mode)
+            self.drafterChanged.emit(mode, "")
             self.picker.show_state(mode)
             self.picker.show_verdict("", None)
             self._publish_plan()
@@ -318,6 +320,7 @@ class DraftController(QObject):
         self.picker.set_items(recent[:MAX_RECENT_DRAFTS])
         self.picker.show_state("model", path)
         self.bridge.set_draft("model", path)
+        self.drafterChanged.emit("model", path)
 
     def _on_draft_loaded(self, msg: P.DraftLoaded) -> None:
         self.picker.show_state("model", msg.path)
@@ -325,6 +328,7 @@ class DraftController(QObject):
 
     def _on_draft_failed(self, message: str) -> None:
         self.picker.show_state(NONE)
+        self.drafterChanged.emit(NONE, "")
         self.picker.show_verdict("✗ not loaded", False, message)
         self.draftPlan.emit(None)
         if message:

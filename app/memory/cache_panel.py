@@ -4,6 +4,7 @@ The analytic plan takes milliseconds, so it runs on the GUI thread on every chan
 maximum context (a few dozen plans) is recomputed only when something other than the context
 changes. Nothing is loaded until the user presses *Apply and reload*.
 
+The fit leaves room for the picker's drafter (`set_drafter`), as ``kvdeck fit --mtp``/``--draft``.
 The fit keeps the same margins as ``kvdeck fit --margin-mib/--cpu-margin-mib`` (`Margins`): one
 for every GPU, one for host RAM, set here and kept as the ``fit_margins`` setting (the window
 stores it; the first load's fit and "use a larger context" read `margins()` too).
@@ -39,6 +40,7 @@ from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, M
 from engine.core.units import format_bytes
 from engine.gguf.inspect import GGUFInfo
 from engine.plan.analytic import analytic_plan
+from engine.plan.drafter_spec import drafter_for
 from engine.plan.fit import fit
 from engine.plan.kv_speed import speed_hint
 from engine.plan.margins import Margins
@@ -113,6 +115,7 @@ class CachePanel(QWidget):
         self.backend = "cpu"
         self.gpu_note = ""
         self.fitted_ctx = 0
+        self.drafter: tuple[str, str] = ("", "")  # the draft picker's (mode, path): fitted too
         self._last_plan: MemoryPlan | None = None
         self._building = False
         self._build()
@@ -223,6 +226,11 @@ class CachePanel(QWidget):
         if self._building:
             return
         self.marginsChanged.emit(self.margins())
+        self._changed(refit=True)
+
+    def set_drafter(self, mode: str, path: str = "") -> None:
+        """The draft picker chose a drafter (or none): refit target + drafter together."""
+        self.drafter = (mode, path)
         self._changed(refit=True)
 
     # ------------------------------------------------------------------ model and devices
@@ -342,7 +350,10 @@ class CachePanel(QWidget):
             self.summary.setText("")
             return
         if refit:
-            result = fit(self.info, s, self.devices, plan_fn=analytic_plan, margins=self.margins())
+            fs, draft = drafter_for(self.info, s, *self.drafter)  # as `kvdeck fit --mtp / --draft`
+            result = fit(
+                self.info, fs, self.devices, plan_fn=analytic_plan, margins=self.margins(), draft=draft
+            )
             self.fitted_ctx = result.plan.n_ctx if result.fits else 0
             self.ctx_slider.set_mark(self.fitted_ctx // 256 if self.fitted_ctx else None)
             self.ctx_slider.setToolTip(

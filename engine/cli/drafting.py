@@ -9,12 +9,10 @@ sizes) is one sentence, before anything is planned or loaded.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from engine.core.errors import KvDeckError
 from engine.core.memory_types import COMPONENTS, Device, MemoryPlan, PlanSettings
-from engine.gguf.inspect import GGUFInfo, inspect_gguf
+from engine.gguf.inspect import GGUFInfo
 from engine.plan.fit import DraftSpec
 
 KIND_WORDS = {"mtp": "the model's own MTP heads", "assistant": "Gemma 4 assistant", "model": "draft model"}
@@ -27,28 +25,9 @@ def add_drafter_options(p: argparse.ArgumentParser, draft_help: str) -> None:
 
 def drafter(args: argparse.Namespace, info: GGUFInfo, settings: PlanSettings) -> DraftSpec | None:
     """The drafter the options ask for, or None; one clear error for a drafter that cannot be."""
-    from engine.plan.assistant_rules import ASSISTANT_ARCH, assistant_checks, embedding_length_out, refusal
+    from engine.plan.drafter_spec import draft_spec
 
-    if args.mtp and args.draft:
-        raise KvDeckError("--mtp and --draft are two drafters: choose one")
-    name = os.path.basename(info.path)
-    if args.mtp:
-        if not info.n_layer_nextn:
-            raise KvDeckError(f"{name} has no MTP (nextn) layers, so it cannot draft for itself")
-        return DraftSpec(info, settings, "mtp")
-    if not args.draft:
-        return None
-    dinfo = inspect_gguf(args.draft)
-    if dinfo.architecture == ASSISTANT_ARCH:
-        why = refusal(
-            name,
-            os.path.basename(args.draft),
-            assistant_checks(info, dinfo, embedding_length_out(args.draft)),
-        )
-        if why:
-            raise KvDeckError(why)
-        return DraftSpec(dinfo, settings, "assistant")
-    return DraftSpec(dinfo, settings.replace(type_k="f16", type_v="f16", mtp=False, n_rs_seq=0))
+    return draft_spec(info, settings, mtp=args.mtp, draft_path=args.draft or "")
 
 
 def drafter_plan(

@@ -207,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 slots_state=lambda: latest[0] if latest else None,
                 draft={"mtp": "mtp", "assistant": "model"}.get(drafting[0], ""),
                 draft_max=args.draft_max,
+                draft_path=args.draft or "",
             )
             server = ApiServer(served, config)
             url = server.start()

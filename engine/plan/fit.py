@@ -264,16 +264,25 @@ def default_settings(
     plan_fn: PlanFn,
     base: PlanSettings | None = None,
     margins: Margins | None = None,
+    draft: DraftSpec | None = None,
 ) -> tuple[PlanSettings, FitResult]:
     """First-load settings: cache types matched to the weights, the fitted context (capped so a
-    128k-context model does not reserve gigabytes the user never asked for) and fitted GPU layers."""
+    128k-context model does not reserve gigabytes the user never asked for) and fitted GPU layers,
+    next to ``draft`` when one is chosen."""
     from engine.plan.rules import default_cache_type
 
     kv = default_cache_type(info)
     start = (base or PlanSettings()).replace(type_k=kv, type_v=kv, n_ctx=0)
     cap = min(info.n_ctx_train or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
     result = fit(
-        info, start, devices, plan_fn=plan_fn, max_context=cap, min_context=min(4096, cap), margins=margins
+        info,
+        start,
+        devices,
+        plan_fn=plan_fn,
+        max_context=cap,
+        min_context=min(4096, cap),
+        margins=margins,
+        draft=draft,
     )
     chosen = result.settings if result.fits else start.replace(n_ctx=min(4096, cap))
     return chosen, result

@@ -73,8 +73,9 @@ class Call:
     """The events of one API request's runtime requests, carried from the host's reader thread
     into the event loop."""
 
-    def __init__(self, host: RuntimeHost) -> None:
+    def __init__(self, host: RuntimeHost, on_done: Callable[[P.Done], None] | None = None) -> None:
         self.host = host
+        self.on_done = on_done  # every reply that ended (the server's drafting tally)
         self.pid = host.pid  # the child this call's requests went to (it may be restarted)
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[P.Message] = asyncio.Queue()
@@ -118,6 +119,8 @@ class Call:
                 continue
             if isinstance(msg, (P.Done, P.ErrorEvent)):
                 self.open.discard(getattr(msg, "id", 0))
+            if isinstance(msg, P.Done) and self.on_done is not None:
+                self.on_done(msg)
             return msg
 
     def cancel(self) -> None:

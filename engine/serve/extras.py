@@ -5,7 +5,9 @@
 ``/v1/embeddings`` is OpenAI's; only models whose GGUF declares a pooling can answer it (a 400
 says so otherwise, engine.child.embed). ``/v1/kvdeck/memory`` is what the window's Memory dock
 shows: the plan (predicted from the GGUF metadata) beside what llama.cpp logged it allocated,
-per device and component, the KV fill of each sequence, and live free memory.
+per device and component, the KV fill of each sequence, and live free memory; when the server
+drafts (``kvdeck serve --mtp`` / ``--draft ASSISTANT``), ``drafting`` adds the drafting context's
+own plan and the acceptance per draft position of every drafted reply so far.
 """
 
 from __future__ import annotations
@@ -131,15 +133,20 @@ def _memory(api: Api) -> dict[str, Any]:
         "n_ctx_seq": loaded.n_ctx_seq,
         "time": time.time(),
         "notes": [],
+        "plan": None,
+        "drafting": _drafting(api),
     }
     try:
         from engine.gguf.inspect import inspect_gguf
         from engine.plan.analytic import analytic_plan
         from engine.runtime.info import plan_devices
 
-        out["plan"] = analytic_plan(inspect_gguf(loaded.path), settings, plan_devices()[0]).to_json()
+        info, devices = inspect_gguf(loaded.path), plan_devices()[0]
+        target = analytic_plan(info, settings, devices)
+        out["plan"] = target.to_json()
+        if out["drafting"] is not None:
+            out["drafting"]["plan"] = _drafter_plan(api, info, target, devices).to_json()
     except Exception as exc:  # noqa: BLE001 - a plan that cannot be made is reported, not fatal
-        out["plan"] = None
         out["notes"].append(f"no plan: {type(exc).__name__}: {exc}")
     if loaded.memory_log:
         from engine.plan.measured import MemoryLogParser
@@ -195,6 +202,26 @@ def _memory(api: Api) -> dict[str, Any]:
         "gpu_unavailable_reason": snap.gpu_unavailable_reason,
     }
     return out
+
+
+def _drafting(api: Api) -> dict[str, Any] | None:
+    """When the server drafts: what drafts, and acceptance per draft position over every drafted
+    reply so far (engine.serve.shapes.DraftTally); ``plan`` is added beside the target's."""
+    if not api.model.draft:
+        return None
+    counts = api.drafted.summary()
+    counts.pop("draft")
+    return {"draft": api.model.draft, "draft_max": api.model.draft_max, "plan": None, **counts}
+
+
+def _drafter_plan(api: Api, info: Any, target: Any, devices: Any) -> Any:
+    """The drafting context's own memory per device and component (engine.plan.drafting at the
+    target's context): the model's MTP heads, or the loaded Gemma 4 assistant's."""
+    from engine.gguf.inspect import inspect_gguf
+    from engine.plan.drafting import drafting_plan
+
+    assistant = inspect_gguf(api.model.draft_path) if api.model.draft == "model" else None
+    return drafting_plan(info, target, devices, assistant, target.settings.n_gpu_layers)
 
 
 async def memory(api: Api, request: Request) -> Response:

@@ -64,6 +64,7 @@ from engine.serve.security import (
     check_config,
     is_loopback,
 )
+from engine.serve.shapes import DraftTally
 
 _refusal = refusal_of  # the name engine.serve.server used before engine.serve.calls existed
 
@@ -94,9 +95,10 @@ class ServedModel:
     settings: Callable[[], PlanSettings | None] = lambda: None
     slots_state: Callable[[], P.Slots | None] = lambda: None
     #: Drafting per sequence (engine.child.batch_spec): "mtp" (the model's own heads), "model"
-    #: (a loaded Gemma 4 assistant) or "" none; at most ``draft_max`` tokens per round.
+    #: (a loaded Gemma 4 assistant, ``draft_path``) or "" none; at most ``draft_max`` tokens per round.
     draft: str = ""
     draft_max: int = 8
+    draft_path: str = ""
 
 
 class Api:
@@ -106,6 +108,7 @@ class Api:
         self.model, self.config = model, config
         self.in_flight = 0
         self.telemetry: Any = None  # engine.runtime.telemetry.Telemetry, made on first use
+        self.drafted = DraftTally()  # every drafted reply's counts, for /v1/kvdeck/memory
 
     # ------------------------------------------------------------------ helpers
     def _ready(self) -> tuple[RuntimeHost, P.Loaded]:
@@ -160,7 +163,7 @@ class Api:
         built = await run_in_threadpool(
             build_prompt, loaded, job, overflow=self.config.overflow, measure=measure
         )
-        call = Call(host)
+        call = Call(host, self.drafted.add)
         seed = int(job.sampling.get("seed", RANDOM_SEED))
         for i in range(job.n):
             sampling = dict(job.sampling)

@@ -8,12 +8,45 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.serve.openai_api import Job
 
 #: How a reply ended in the child (engine.child.batch) → OpenAI's finish_reason.
 FINISH = {"eog": "stop", "stop": "stop", "length": "length", "context": "length"}
+
+
+@dataclass
+class DraftTally:
+    """Drafted and accepted tokens per draft position, summed over replies (P.Done): one
+    request's (its usage) or every drafted reply since the server started (/v1/kvdeck/memory).
+    Acceptance at position i is accepted_at[i] / drafted_at[i]."""
+
+    draft: str = ""
+    drafted_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
+
+    def add(self, done: Any) -> None:
+        if not getattr(done, "draft", ""):
+            return
+        self.draft = done.draft
+        for counts, more in ((self.drafted_at, done.drafted_at), (self.accepted_at, done.accepted_at)):
+            counts.extend([0] * (len(more) - len(counts)))
+            for i, n in enumerate(more):
+                counts[i] += n
+
+    def summary(self) -> dict[str, Any]:
+        at, ok = list(self.drafted_at), list(self.accepted_at)
+        ok += [0] * (len(at) - len(ok))
+        return {
+            "draft": self.draft,
+            "drafted_tokens": sum(at),
+            "accepted_tokens": sum(ok),
+            "drafted_at": at,
+            "accepted_at": ok,
+            "acceptance_by_position": [round(a / d, 4) if d else 0.0 for a, d in zip(ok, at)],
+        }
 
 
 def new_id(kind: str) -> str:
@@ -32,19 +65,11 @@ def usage(
         "total_tokens": n_prompt + n_completion,
         "prompt_tokens_details": {"cached_tokens": n_cached},
     }
-    drafted = [d for d in done or [] if getattr(d, "draft", "")]
-    if drafted:
-        width = max(len(d.drafted_at) for d in drafted)
-        at = [sum(d.drafted_at[i] for d in drafted if i < len(d.drafted_at)) for i in range(width)]
-        ok = [sum(d.accepted_at[i] for d in drafted if i < len(d.accepted_at)) for i in range(width)]
-        out["kvdeck_drafting"] = {
-            "draft": drafted[0].draft,
-            "drafted_tokens": sum(at),
-            "accepted_tokens": sum(ok),
-            "drafted_at": at,
-            "accepted_at": ok,
-            "acceptance_by_position": [round(a / d, 4) if d else 0.0 for a, d in zip(ok, at)],
-        }
+    tally = DraftTally()
+    for d in done or []:
+        tally.add(d)
+    if tally.draft:
+        out["kvdeck_drafting"] = tally.summary()
     return out
 
 
