@@ -63,6 +63,7 @@ class ElidedCombo(QComboBox):
     def __init__(self, parent: QWidget | None = None, max_chars: int = 40) -> None:
         super().__init__(parent)
         self._max_chars = max_chars
+        self.about = ""  # what the choice does: the tooltip, under the entry shown in whole
         self.currentIndexChanged.connect(self.fit_current)
 
     def fit_current(self) -> None:
@@ -70,6 +71,7 @@ class ElidedCombo(QComboBox):
         fm = self.fontMetrics()
         need = fm.horizontalAdvance(self.currentText()) + 40  # the frame and the arrow
         self.setMinimumWidth(min(max(88, need), self._max_chars * fm.averageCharWidth()))
+        self.setToolTip(f"{self.currentText()}\n\n{self.about}".strip())
 
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
         painter = QStylePainter(self)

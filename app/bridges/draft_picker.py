@@ -7,8 +7,7 @@ throwaway child, plus the memory fit) in the background (``app.background``); th
 only a compatible draft is loaded. The controller also turns the runtime's counts into the
 dashboard's live numbers, with the speed-up measured against the last plain reply and the
 acceptance of each draft position. The model's own drafters (its MTP heads, Gemma 4 assistants
-found for it) are offered by ``app.bridges.self_drafting``.
-"""
+found for it) come from ``app.bridges.self_drafting``; the combo is ``app.elided``'s."""
 
 from __future__ import annotations
 
@@ -30,10 +29,6 @@ from engine.core.units import acceptance_by_position
 from engine.storage.store import ChatStore
 
 NONE, LOOKUP, CHOOSE = "", "lookup", "choose"
-WHAT_DRAFTING_DOES = (
-    "Speculative decoding: a draft proposes tokens, the model checks "
-    "them in one batch. The reply is the same, only faster or slower."
-)
 MAX_RECENT_DRAFTS = 6
 
 
@@ -45,6 +40,10 @@ class DraftPicker(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.combo = ElidedCombo(self)  # "the model's own MTP heads (3 l…" where narrow
+        self.combo.about = (  # its tooltip, under the entry shown in whole
+            "Speculative decoding: a draft proposes tokens, the model checks "
+            "them in one batch. The reply is the same, only faster or slower."
+        )
         self.verdict = QLabel(self)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -94,7 +93,6 @@ class DraftPicker(QWidget):
                 self.combo.setCurrentIndex(i)
                 self.combo.blockSignals(False)
                 self.combo.fit_current()
-                self.combo.setToolTip(f"Draft: {self.combo.itemText(i)}\n\n{WHAT_DRAFTING_DOES}")
                 return
 
     def show_verdict(self, text: str, ok: bool | None, tooltip: str = "") -> None:
