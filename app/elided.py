@@ -63,15 +63,23 @@ class ElidedCombo(QComboBox):
     def __init__(self, parent: QWidget | None = None, max_chars: int = 40) -> None:
         super().__init__(parent)
         self._max_chars = max_chars
+        self._need = 0  # the width of the entry shown, whole
         self.about = ""  # what the choice does: the tooltip, under the entry shown in whole
         self.currentIndexChanged.connect(self.fit_current)
 
     def fit_current(self) -> None:
         """Ask for the width of the entry shown (call it after a change made with signals blocked)."""
         fm = self.fontMetrics()
-        need = fm.horizontalAdvance(self.currentText()) + 40  # the frame and the arrow
-        self.setMinimumWidth(min(max(88, need), self._max_chars * fm.averageCharWidth()))
+        self._need = max(88, fm.horizontalAdvance(self.currentText()) + 40)  # the frame and the arrow
+        self.setMinimumWidth(min(self._need, self._max_chars * fm.averageCharWidth()))
+        self.updateGeometry()
         self.setToolTip(f"{self.currentText()}\n\n{self.about}".strip())
+
+    def sizeHint(self):  # noqa: ANN201, N802  (Qt's name; QSize)
+        """Whole where the row has room, whatever the size-adjust policy."""
+        hint = super().sizeHint()
+        hint.setWidth(max(hint.width(), self._need))
+        return hint
 
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
         painter = QStylePainter(self)
