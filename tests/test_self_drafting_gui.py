@@ -77,6 +77,7 @@ def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatc
         assert combo.toolTip().startswith(mtp_label(3))
         win.resize(1600, 1000)  # where the row has room, whole
         whole = combo.fontMetrics().horizontalAdvance(mtp_label(3))
+        assert combo.sizeHint().width() > whole  # asks for it, beyond the narrow layout's cap
         qtbot.waitUntil(lambda: combo.width() > whole, timeout=5_000)
         win.chat.input.setPlainText("w1 w2 w3")
         with qtbot.waitSignal(win.bridge.finished, timeout=LOAD_TIMEOUT_MS) as done:
