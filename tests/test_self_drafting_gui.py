@@ -65,6 +65,20 @@ def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatc
         assert reloaded.args[0].mtp == "ready" and win.chat.draft_picker.state == ("mtp", "")
         assert win.memory.dashboard.draft_bars  # the drafting context's memory, planned
         assert win.memory.cache.drafter == ("mtp", "")  # the context fit makes room for the heads
+        # its title, elided where the dock is narrow, is whole in the tooltip
+        assert win.memory.dashboard.draft_bars[0].toolTip().startswith("CPU · drafter (predicted, ")
+        # legible at 1000×700 beside the Memory dock: the model's name gives way (the status bar
+        # holds it too), the entry ends in "…" where it must, and its tooltip is whole
+        combo = win.chat.draft_picker.combo
+        win.resize(1000, 700)
+        win.memory.show()
+        words = combo.fontMetrics().horizontalAdvance("the model's own MTP heads")
+        qtbot.waitUntil(lambda: combo.width() > words, timeout=5_000)
+        assert combo.toolTip().startswith(mtp_label(3))
+        win.resize(1600, 1000)  # where the row has room, whole
+        whole = combo.fontMetrics().horizontalAdvance(mtp_label(3))
+        assert combo.sizeHint().width() > whole  # asks for it, beyond the narrow layout's cap
+        qtbot.waitUntil(lambda: combo.width() > whole, timeout=5_000)
         win.chat.input.setPlainText("w1 w2 w3")
         with qtbot.waitSignal(win.bridge.finished, timeout=LOAD_TIMEOUT_MS) as done:
             qtbot.mouseClick(win.chat.send_button, Qt.MouseButton.LeftButton)
