@@ -137,6 +137,7 @@ class DashboardPanel(QWidget):
         self.draft_bars: list[StackedBar] = []
         self._draft_box = QVBoxLayout()
         self._predicted: MemoryPlan | None = None
+        self.compared: tuple[MemoryPlan | None, MemoryPlan | None] = (None, None)
         self._section(
             "Predicted vs measured",
             self.plan_placeholder,
@@ -208,11 +209,17 @@ class DashboardPanel(QWidget):
         self.notes_label.setVisible(bool(notes))
 
     @Slot(object, object)
-    def show_plans(self, predicted: MemoryPlan | None, measured: MemoryPlan | None) -> None:
-        """Two bars per device (predicted, measured) on one scale, and a table of the error."""
+    def show_plans(
+        self, predicted: MemoryPlan | None, measured: MemoryPlan | None, target: MemoryPlan | None = None
+    ) -> None:
+        """Two bars per device (predicted, measured) on one scale, and a table of the error.
+        ``target``: the target's own plan where ``predicted`` also holds its drafter's (the
+        drafter's bars add themselves to the target's)."""
         plans = [p for p in (predicted, measured) if p is not None]
         devices = list(dict.fromkeys(d for p in plans for d in p.devices()))
-        self._predicted = predicted
+        self._predicted = target if target is not None else predicted
+        self.compared = (predicted, measured)  # what the table sets against each other
+        both = target is not None and predicted is not target
         for bar in self.plan_bars:
             _discard(bar)
         self.plan_bars = []
@@ -224,7 +231,11 @@ class DashboardPanel(QWidget):
                     for c in COMPONENTS
                     if plan.bytes_for(device, c)
                 ]
-                who = "measured" if plan is measured else f"predicted ({plan.source})"
+                who = (
+                    "measured"
+                    if plan is measured
+                    else f"predicted ({plan.source}{', target + drafter' if both else ''})"
+                )
                 bar = StackedBar()
                 bar.set_data(
                     f"{device} · {who}",
