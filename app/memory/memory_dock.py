@@ -27,12 +27,15 @@ from engine.runtime.info import plan_devices
 from engine.runtime.telemetry import Telemetry, TelemetrySampler, fit_devices
 
 
-def measured_plan(loaded: P.Loaded, settings: PlanSettings) -> MemoryPlan | None:
-    """What llama.cpp says it allocated during this load (its own log lines)."""
-    if not loaded.memory_log:
+def measured_plan(loaded: P.Loaded, settings: PlanSettings, drafter: bool = False) -> MemoryPlan | None:
+    """What llama.cpp says it allocated during this load (its own log lines): all of it, or with
+    ``drafter`` only its drafting context's part (None without one)."""
+    n = loaded.n_log_target
+    lines = loaded.memory_log[n:] if drafter else loaded.memory_log
+    if not lines or (drafter and not n):
         return None
     parser = MemoryLogParser()
-    for line in loaded.memory_log:
+    for line in lines:
         parser.feed(line)
     return parser.result(settings, "measured")
 
@@ -63,7 +66,7 @@ class MemoryDock(QDockWidget):
         #: the drafting context's predicted plan (the draft picker's), and whether the measured
         #: plan holds a drafting context too (the MTP heads load with the model, in one log)
         self.draft_plan: MemoryPlan | None = None
-        self._measured_drafter = False
+        self.measured_draft: MemoryPlan | None = None
         self.telemetry = Telemetry()
         self._runtime_pid = runtime_pid
         self.sampler = TelemetrySampler(
@@ -113,14 +116,15 @@ class MemoryDock(QDockWidget):
     def model_inspected(self, info: GGUFInfo, settings: PlanSettings) -> None:
         devices, note = self.devices()
         self._recurrent = info.recurrent
-        self.measured = None
+        self.measured = self.measured_draft = None
         self.cache.set_model(info, settings, devices, gpu_backend(), note)
 
     def model_loaded(self, loaded: P.Loaded, settings: PlanSettings) -> None:
         self.measured = measured_plan(loaded, settings)
-        self._measured_drafter = 0 < loaded.n_log_target < len(loaded.memory_log)
+        self.measured_draft = measured_plan(loaded, settings, drafter=True)
         self._recurrent = loaded.recurrent or loaded.hybrid
         self._show_plans()
+        self.dashboard.show_draft_plan(self.draft_plan, self.measured_draft)
         self._parallel = settings.n_seq_max > 1  # the batch loop reports every sequence (kv_slots)
         self.dashboard.show_kv(
             [0] * max(1, settings.n_seq_max), loaded.n_ctx_seq, "state" if loaded.recurrent else "cells"
@@ -142,8 +146,8 @@ class MemoryDock(QDockWidget):
         """The drafter's predicted plan: its own bars, and part of the comparison when the
         measured plan holds its context."""
         self.draft_plan = plan
-        self.dashboard.show_draft_plan(plan)
         self._show_plans()
+        self.dashboard.show_draft_plan(plan, self.measured_draft)
 
     def _on_plan(self, plan: MemoryPlan) -> None:
         self.predicted = plan
@@ -154,6 +158,6 @@ class MemoryDock(QDockWidget):
         compute, and the nextn weights in the model buffer) with its own, so the prediction it is
         set against is the target's plus the drafter's as it stands at load."""
         predicted = self.predicted
-        if predicted is not None and self.draft_plan is not None and self._measured_drafter:
+        if predicted is not None and self.draft_plan is not None and self.measured_draft is not None:
             predicted = target_and_drafter(predicted, self.draft_plan, at_load=True)
         self.dashboard.show_plans(predicted, self.measured, target=self.predicted)
