@@ -132,7 +132,7 @@ class MainWindow(QMainWindow):
             self,
         )
         self.drafting.problem.connect(self.show_problem)
-        self.drafting.draftPlan.connect(self.memory.dashboard.show_draft_plan)
+        self.drafting.draftPlan.connect(self.memory.show_draft_plan)
         self.drafting.stats.connect(self.memory.dashboard.show_speculation)
         self.drafting.drafterChanged.connect(self.memory.cache.set_drafter)  # fit target + drafter
         self.chat.speed.connect(self.drafting.live_speed)

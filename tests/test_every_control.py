@@ -57,6 +57,9 @@ def test_every_button_and_menu_entry_runs_without_error(qtbot, loaded, monkeypat
     closer.timeout.connect(_close_popups)
     closer.start()
     clicked: list[str] = []
+    # the docks that start hidden, so that their buttons are clicked too ("Share this machine's
+    # GPU" starts a worker on 127.0.0.1 only, and the second click stops it)
+    loaded.machines.show()
     try:
         for button in loaded.findChildren(QAbstractButton):
             if not (button.isVisible() and button.isEnabled()) or _label(button) in SKIP_TEXT:
@@ -81,6 +84,13 @@ def test_every_button_and_menu_entry_runs_without_error(qtbot, loaded, monkeypat
         closer.stop()
     assert not errors, errors
     assert {"New chat", "Open GGUF…", "Send", "Rescan", "Get models…"} <= set(clicked), clicked
+    assert {"Add", "Remove", "Share this machine's GPU"} <= set(clicked), clicked
+    # with nothing typed or selected, Add and Remove each said what to do, in one line
+    said = loaded.machines.status.text()
+    assert said in (
+        "Select a worker to remove.",
+        "Type a worker's address as HOST:PORT (for example 127.0.0.1:50052).",
+    )
     # the Hub pane searches off the GUI thread and, offline, says so in one line
     loaded.show_hub()
     pane = loaded.hub.pane

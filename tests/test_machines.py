@@ -46,9 +46,19 @@ def test_a_bad_address_is_one_line_and_a_silent_port_is_shown_in_words(qtbot, tm
     assert _rows(dock)[f"127.0.0.1:{port}"] == [
         ["Refused the connection: nothing is listening there", "", ""]
     ]
+    why = dock.tree.topLevelItem(0).child(0)
+    assert why.isFirstColumnSpanned() and why.toolTip(0) == why.text(0)  # the sentence is never cut short
+    # a mistake stays said while the list refreshes around it, until the user acts again
+    dock.entry.setText("my-gpu-box:port")
+    dock.add_from_entry()
+    said = dock.status.text()
+    assert "my-gpu-box:port" in said and "\n" not in said and dock.entry.text() == "my-gpu-box:port"
+    dock.refresh()  # redraws the list at once, then probes
+    assert dock.status.text() == said
     assert dock.store.get_setting(WORKERS_SETTING) == [f"127.0.0.1:{port}"]
-    dock.tree.setCurrentItem(dock.tree.topLevelItem(0))
-    dock.remove_selected()
+    # removed from the keyboard: Delete on the selected worker
+    dock.tree.setCurrentItem(dock.tree.topLevelItem(0).child(0))  # its line: the worker goes
+    qtbot.keyClick(dock.tree, Qt.Key.Key_Delete)
     assert dock.endpoints == [] and dock.store.get_setting(WORKERS_SETTING) == []
 
 

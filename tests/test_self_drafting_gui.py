@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt
 
 from app.bridges.draft_picker import speculation_text
 from app.bridges.self_drafting import find_assistants, mtp_label
+from engine.core.memory_types import COMPONENTS, MiB
 from engine.core.units import acceptance_by_position
 from tests.helpers import mtp_models as mm
 
@@ -50,6 +51,17 @@ def test_assistants_are_found_beside_the_model_by_architecture(models, tmp_path)
     assert mtp_label(1) == "the model's own MTP heads (1 layer)"
 
 
+def _assert_predicted_matches_measured(win, components=(*COMPONENTS, None)) -> None:
+    """Every component of the dashboard's prediction within 3 % of what llama.cpp logged (or the
+    log's 0.01 MiB resolution), so the two sides hold the same contexts."""
+    predicted, measured = win.memory.dashboard.compared
+    assert predicted is not None and measured is not None
+    for device in measured.devices():
+        for comp in components:
+            pred, meas = predicted.bytes_for(device, comp), measured.bytes_for(device, comp)
+            assert abs(pred - meas) <= max(0.03 * meas, MiB // 100), (device, comp, pred, meas)
+
+
 def _labels(win) -> list[str]:
     combo = win.chat.draft_picker.combo
     return [combo.itemText(i) for i in range(combo.count())]
@@ -64,7 +76,31 @@ def test_window_drafts_with_the_models_own_mtp_heads(qtbot, tmp_path, monkeypatc
             win.drafting.choose("mtp", "")  # the heads load with the model: a reload
         assert reloaded.args[0].mtp == "ready" and win.chat.draft_picker.state == ("mtp", "")
         assert win.memory.dashboard.draft_bars  # the drafting context's memory, planned
+        # the log holds the heads' context too, so the prediction it is set against does
+        qtbot.waitUntil(lambda: win.memory.dashboard.compared[0] is not win.memory.predicted, timeout=5_000)
+        _assert_predicted_matches_measured(win)
+        # and the drafting context on its own: its bars, predicted and as logged at load
+        dock = win.memory
+        titles = [bar.toolTip() for bar in dock.dashboard.draft_bars]
+        assert any(t.startswith("CPU · drafter (measured at load)") for t in titles), titles
+        for comp in ("kv", "compute"):
+            pred, meas = dock.draft_plan.bytes_for("CPU", comp), dock.measured_draft.bytes_for("CPU", comp)
+            assert abs(pred - meas) <= 0.03 * meas, (comp, pred, meas)
         assert win.memory.cache.drafter == ("mtp", "")  # the context fit makes room for the heads
+        # its title, elided where the dock is narrow, is whole in the tooltip
+        assert win.memory.dashboard.draft_bars[0].toolTip().startswith("CPU · drafter (predicted, ")
+        # legible at 1000×700 beside the Memory dock: the model's name gives way (the status bar
+        # holds it too), the entry ends in "…" where it must, and its tooltip is whole
+        combo = win.chat.draft_picker.combo
+        win.resize(1000, 700)
+        win.memory.show()
+        words = combo.fontMetrics().horizontalAdvance("the model's own MTP heads")
+        qtbot.waitUntil(lambda: combo.width() > words, timeout=5_000)
+        assert combo.toolTip().startswith(mtp_label(3))
+        win.resize(1600, 1000)  # where the row has room, whole
+        whole = combo.fontMetrics().horizontalAdvance(mtp_label(3))
+        assert combo.sizeHint().width() > whole  # asks for it, beyond the narrow layout's cap
+        qtbot.waitUntil(lambda: combo.width() > whole, timeout=5_000)
         win.chat.input.setPlainText("w1 w2 w3")
         with qtbot.waitSignal(win.bridge.finished, timeout=LOAD_TIMEOUT_MS) as done:
             qtbot.mouseClick(win.chat.send_button, Qt.MouseButton.LeftButton)
@@ -82,6 +118,10 @@ def test_window_offers_the_assistant_beside_a_gemma4_and_loads_it(qtbot, tmp_pat
         with qtbot.waitSignal(win.bridge.draftLoaded, timeout=LOAD_TIMEOUT_MS) as loaded:
             win.drafting.choose("model", str(models["g4a"]))
         assert loaded.args[0].n_ctx == win.bridge.loaded_info.n_ctx
+        # the assistant's context is not in the target's log. Weights are left out: the plan counts
+        # the tied output's copy of token_embd that gemma4 makes without mmap, but the runtime maps
+        # the file and the copy shares its bytes (0.77 MiB predicted, 0.69 MiB logged)
+        _assert_predicted_matches_measured(win, ("kv", "compute", "output"))
         assert win.chat.draft_picker.verdict.text() == "✓ compatible"
 
 

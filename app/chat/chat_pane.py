@@ -30,6 +30,7 @@ from app.chat.markdown_view import code_blocks
 from app.chat.prompt_edit import PromptEdit
 from app.chat.reply_stream import ReplyStream
 from app.chat.settings_panel import ChatSettings
+from app.elided import ElidedLabel
 from engine import protocol as P
 from engine.chat.conversation import conversation_prompt
 from engine.chat.overflow import Fitted, OverflowPolicy
@@ -93,7 +94,7 @@ class ChatPane(ReplyStream, QWidget):
         self.max_tokens = self.settings.max_tokens
         self._system_timer = QTimer(self, singleShot=True, interval=400)
         self._system_timer.timeout.connect(self._save_system_prompt)
-        self.model_label = QLabel(self)
+        self.model_label = ElidedLabel(parent=self)  # gives way to the draft picker when narrow
         self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         top = QHBoxLayout()
         top.addWidget(self.model_label, 1)

@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QDockWidget,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -95,15 +97,19 @@ class MachinesDock(QDockWidget):
         self._probing = False
         self._probed: list[str] = []  # the endpoints the probe under way was given
         self._states: dict[str, WorkerInfo | str] = {}  # the last probe of each worker
+        self._note = ""  # the last thing the user did wrong, kept across refreshes until they act
         body = QWidget(self)
         layout = QVBoxLayout(body)
         row = QHBoxLayout()
         self.entry = QLineEdit(body)
         self.entry.setPlaceholderText(f"worker HOST:PORT, e.g. 192.168.1.20:{DEFAULT_PORT}")
         self.entry.returnPressed.connect(self.add_from_entry)
+        self.entry.setToolTip("A machine running `kvdeck worker`; Enter adds it")
         self.add_button = QPushButton("Add", body)
+        self.add_button.setToolTip("Add this worker to the list (its memory is checked every few seconds)")
         self.add_button.clicked.connect(lambda: self.add_from_entry())
         self.remove_button = QPushButton("Remove", body)
+        self.remove_button.setToolTip("Remove the selected worker from the list (Delete)")
         self.remove_button.clicked.connect(lambda: self.remove_selected())
         row.addWidget(self.entry, 1)
         row.addWidget(self.add_button)
@@ -112,9 +118,18 @@ class MachinesDock(QDockWidget):
         self.tree = QTreeWidget(body)
         self.tree.setHeaderLabels(["Worker / device", "Free", "Total"])
         self.tree.setRootIsDecorated(True)
+        header = self.tree.header()  # names like RPC0[192.168.1.20:50052] get the room; sizes fit
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for column in (1, 2):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.tree.installEventFilter(self)  # Delete removes the selected worker
         layout.addWidget(self.tree, 1)
         self.use_box = QCheckBox("Use these workers for the models I load", body)
         self.use_box.setChecked(bool(store.get_setting(USE_SETTING, False)))
+        self.use_box.setToolTip(
+            "Models loaded from now on spread their layers over the workers that answer (Cache & split)"
+        )
         self.use_box.toggled.connect(self._on_use)
         layout.addWidget(self.use_box)
         self.status = QLabel("", body)
@@ -122,6 +137,9 @@ class MachinesDock(QDockWidget):
         layout.addWidget(self.status)
         self.share_button = QPushButton("Share this machine's GPU", body)
         self.share_button.setCheckable(True)
+        self.share_button.setToolTip(
+            "Run a llama.cpp RPC worker here, on 127.0.0.1 only, until you switch it off or quit"
+        )
         self.share_button.toggled.connect(self.set_sharing)
         layout.addWidget(self.share_button)
         self.share_state = QLabel("Not shared.", body)
@@ -141,13 +159,12 @@ class MachinesDock(QDockWidget):
         try:
             new = parse_endpoints(self.entry.text())
         except KvDeckError as exc:
-            self.status.setText(str(exc).replace("--rpc: ", ""))
+            self._tell(str(exc).replace("--rpc: ", ""))
             return
         if not new:
-            self.status.setText(
-                f"Type a worker's address as HOST:PORT (for example 127.0.0.1:{DEFAULT_PORT})."
-            )
+            self._tell(f"Type a worker's address as HOST:PORT (for example 127.0.0.1:{DEFAULT_PORT}).")
             return
+        self._note = ""
         self.endpoints += [e for e in new if e not in self.endpoints]
         self.entry.clear()
         self._save()
@@ -158,11 +175,29 @@ class MachinesDock(QDockWidget):
         while item is not None and item.parent() is not None:
             item = item.parent()
         if item is None:
-            self.status.setText("Select a worker to remove.")
+            self._tell("Select a worker to remove.")
             return
+        self._note = ""
         self.endpoints = [e for e in self.endpoints if e != item.text(0)]
         self._save()
         self._show_rows(self._states)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802  (Qt's name)
+        if (
+            watched is self.tree
+            and isinstance(event, QKeyEvent)
+            and event.type() == QEvent.Type.KeyPress
+            and event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace)
+        ):
+            self.remove_selected()
+            return True
+        return super().eventFilter(watched, event)
+
+    def _tell(self, line: str) -> None:
+        """One line about the user's last action; it stays until they act again (the refresh
+        every few seconds redraws the list, not this)."""
+        self._note = line
+        self.status.setText(line)
 
     def _save(self) -> None:
         self.store.set_setting(WORKERS_SETTING, self.endpoints)
@@ -212,14 +247,17 @@ class MachinesDock(QDockWidget):
                     QTreeWidgetItem(top, [d.name, format_bytes(d.free_bytes), format_bytes(d.total_bytes)])
                 top.setExpanded(True)
             elif isinstance(state, str):
-                QTreeWidgetItem(top, [state.removeprefix(f"worker {e} ").capitalize(), "", ""])
+                why = state.removeprefix(f"worker {e} ").capitalize()
+                row = QTreeWidgetItem(top, [why, "", ""])
+                row.setFirstColumnSpanned(True)  # a sentence, not a device: the whole width
+                row.setToolTip(0, why)
                 top.setExpanded(True)
             else:
                 top.setText(1, "checking…")
-        if not self.endpoints:
-            self.status.setText("No workers yet: add one that runs `kvdeck worker`.")
+        if self._note or self.endpoints:
+            self.status.setText(self._note)
         else:
-            self.status.setText("")
+            self.status.setText("No workers yet: add one that runs `kvdeck worker`.")
 
     # ------------------------------------------------------------------ workers for models
     def _on_use(self, on: bool) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QPainter, QPaintEvent, QPalette, QPen
+from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -25,17 +25,15 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSlider,
     QSpinBox,
-    QStyle,
-    QStyleOptionSlider,
     QVBoxLayout,
     QWidget,
 )
 
+from app.memory.marked_slider import MarkedSlider
 from app.memory.precision_view import PrecisionView, Source
 from app.memory.split_names import split_label, split_unavailable
-from app.theme import series, status_color, warning_color
+from app.theme import status_color, warning_color
 from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, MiB, PlanSettings, Problem
 from engine.core.units import format_bytes
 from engine.gguf.inspect import GGUFInfo
@@ -65,39 +63,6 @@ def margins_from_setting(value: Any) -> Margins:
 
 def margins_setting(margins: Margins) -> dict[str, int]:
     return {"gpu_mib": margins.gpu // MiB, "cpu_mib": margins.cpu // MiB}
-
-
-class MarkedSlider(QSlider):
-    """A horizontal slider with a mark at the fitted maximum, so "how far can I go" is visible."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(Qt.Orientation.Horizontal, parent)
-        self.mark: int | None = None
-
-    def set_mark(self, value: int | None) -> None:
-        self.mark = value
-        self.update()
-
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
-        super().paintEvent(event)
-        if self.mark is None or self.maximum() <= self.minimum():
-            return
-        opt = QStyleOptionSlider()
-        self.initStyleOption(opt)
-        handle = self.style().subControlRect(
-            QStyle.ComplexControl.CC_Slider, opt, QStyle.SubControl.SC_SliderHandle, self
-        )
-        span = self.width() - handle.width()
-        x = (
-            QStyle.sliderPositionFromValue(
-                self.minimum(), self.maximum(), min(self.mark, self.maximum()), span
-            )
-            + handle.width() // 2
-        )
-        painter = QPainter(self)
-        painter.setPen(QPen(series("limit"), 2))
-        painter.drawLine(x, 0, x, self.height())
-        painter.end()
 
 
 class CachePanel(QWidget):

@@ -137,6 +137,7 @@ class DashboardPanel(QWidget):
         self.draft_bars: list[StackedBar] = []
         self._draft_box = QVBoxLayout()
         self._predicted: MemoryPlan | None = None
+        self.compared: tuple[MemoryPlan | None, MemoryPlan | None] = (None, None)
         self._section(
             "Predicted vs measured",
             self.plan_placeholder,
@@ -208,11 +209,17 @@ class DashboardPanel(QWidget):
         self.notes_label.setVisible(bool(notes))
 
     @Slot(object, object)
-    def show_plans(self, predicted: MemoryPlan | None, measured: MemoryPlan | None) -> None:
-        """Two bars per device (predicted, measured) on one scale, and a table of the error."""
+    def show_plans(
+        self, predicted: MemoryPlan | None, measured: MemoryPlan | None, target: MemoryPlan | None = None
+    ) -> None:
+        """Two bars per device (predicted, measured) on one scale, and a table of the error.
+        ``target``: the target's own plan where ``predicted`` also holds its drafter's (the
+        drafter's bars add themselves to the target's)."""
         plans = [p for p in (predicted, measured) if p is not None]
         devices = list(dict.fromkeys(d for p in plans for d in p.devices()))
-        self._predicted = predicted
+        self._predicted = target if target is not None else predicted
+        self.compared = (predicted, measured)  # what the table sets against each other
+        both = target is not None and predicted is not target
         for bar in self.plan_bars:
             _discard(bar)
         self.plan_bars = []
@@ -224,7 +231,11 @@ class DashboardPanel(QWidget):
                     for c in COMPONENTS
                     if plan.bytes_for(device, c)
                 ]
-                who = "measured" if plan is measured else f"predicted ({plan.source})"
+                who = (
+                    "measured"
+                    if plan is measured
+                    else f"predicted ({plan.source}{', target + drafter' if both else ''})"
+                )
                 bar = StackedBar()
                 bar.set_data(
                     f"{device} · {who}",
@@ -306,30 +317,37 @@ class DashboardPanel(QWidget):
 
     # ------------------------------------------------------------------ speculative decoding
     @Slot(object)
-    def show_draft_plan(self, plan: MemoryPlan | None) -> None:
-        """The draft model at the target's context: one bar per device under the target's."""
+    def show_draft_plan(self, plan: MemoryPlan | None, measured: MemoryPlan | None = None) -> None:
+        """The draft model at the target's context: one bar per device under the target's, and
+        under it what llama.cpp logged for the drafting context (``measured``: the MTP heads'
+        context, created with the model; their weights are in the model's own buffer)."""
         self.draft_plan = plan
         for bar in self.draft_bars:
             _discard(bar)
         self.draft_bars = []
-        for device in plan.devices() if plan is not None else []:
-            mine = plan.bytes_for(device)
+        plans = [p for p in (plan, measured) if p is not None]
+        for device in dict.fromkeys(d for p in plans for d in p.devices()):
             target = self._predicted.bytes_for(device) if self._predicted is not None else 0
-            segments = [
-                Segment(c, plan.bytes_for(device, c), COMPONENT_COLORS[c])
-                for c in COMPONENTS
-                if plan.bytes_for(device, c)
-            ]
-            bar = StackedBar()
-            bar.set_data(
-                f"{device} · drafter (predicted, {plan.n_ctx:,}-token context)",
-                segments,
-                max(mine, target),
-                format_bytes(mine) + (f"; with the target {format_bytes(mine + target)}" if target else ""),
-                show_values=False,
-            )
-            self._draft_box.addWidget(bar)
-            self.draft_bars.append(bar)
+            scale = max([target] + [p.bytes_for(device) for p in plans])
+            for one in plans:
+                mine = one.bytes_for(device)
+                segments = [
+                    Segment(c, one.bytes_for(device, c), COMPONENT_COLORS[c])
+                    for c in COMPONENTS
+                    if one.bytes_for(device, c)
+                ]
+                who = "measured at load" if one is measured else f"predicted, {one.n_ctx:,}-token context"
+                bar = StackedBar()
+                bar.set_data(
+                    f"{device} · drafter ({who})",
+                    segments,
+                    scale,
+                    format_bytes(mine)
+                    + (f"; with the target {format_bytes(mine + target)}" if target and one is plan else ""),
+                    show_values=False,
+                )
+                self._draft_box.addWidget(bar)
+                self.draft_bars.append(bar)
 
     @Slot(str)
     def show_speculation(self, text: str) -> None:

@@ -133,7 +133,10 @@ class StackedBar(QWidget):
     ) -> None:
         self.title, self.caption, self.segments = title, caption, list(segments)
         self.scale, self.show_values = max(0, scale), show_values
-        self.setToolTip(tooltip or "\n".join(f"{s.label}: {format_bytes(s.value)}" for s in self.segments))
+        # the title first: a narrow dock elides it ("CPU · drafter (predict…")
+        head = f"{title}: {caption}" if caption else title
+        parts = [head] + [f"{s.label}: {format_bytes(s.value)}" for s in self.segments]
+        self.setToolTip(tooltip or "\n".join(parts))
         self.updateGeometry()
         self.update()
 

@@ -21,17 +21,21 @@ from engine import protocol as P
 from engine.core.build import gpu_backend
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
 from engine.gguf.inspect import GGUFInfo
+from engine.plan.drafting import target_and_drafter
 from engine.plan.measured import MemoryLogParser
 from engine.runtime.info import plan_devices
 from engine.runtime.telemetry import Telemetry, TelemetrySampler, fit_devices
 
 
-def measured_plan(loaded: P.Loaded, settings: PlanSettings) -> MemoryPlan | None:
-    """What llama.cpp says it allocated during this load (its own log lines)."""
-    if not loaded.memory_log:
+def measured_plan(loaded: P.Loaded, settings: PlanSettings, drafter: bool = False) -> MemoryPlan | None:
+    """What llama.cpp says it allocated during this load (its own log lines): all of it, or with
+    ``drafter`` only its drafting context's part (None without one)."""
+    n = loaded.n_log_target
+    lines = loaded.memory_log[n:] if drafter else loaded.memory_log
+    if not lines or (drafter and not n):
         return None
     parser = MemoryLogParser()
-    for line in loaded.memory_log:
+    for line in lines:
         parser.feed(line)
     return parser.result(settings, "measured")
 
@@ -59,6 +63,10 @@ class MemoryDock(QDockWidget):
         self.setWidget(tabs)
         self.predicted: MemoryPlan | None = None
         self.measured: MemoryPlan | None = None
+        #: the drafting context's predicted plan (the draft picker's), and whether the measured
+        #: plan holds a drafting context too (the MTP heads load with the model, in one log)
+        self.draft_plan: MemoryPlan | None = None
+        self.measured_draft: MemoryPlan | None = None
         self.telemetry = Telemetry()
         self._runtime_pid = runtime_pid
         self.sampler = TelemetrySampler(
@@ -108,13 +116,15 @@ class MemoryDock(QDockWidget):
     def model_inspected(self, info: GGUFInfo, settings: PlanSettings) -> None:
         devices, note = self.devices()
         self._recurrent = info.recurrent
-        self.measured = None
+        self.measured = self.measured_draft = None
         self.cache.set_model(info, settings, devices, gpu_backend(), note)
 
     def model_loaded(self, loaded: P.Loaded, settings: PlanSettings) -> None:
         self.measured = measured_plan(loaded, settings)
+        self.measured_draft = measured_plan(loaded, settings, drafter=True)
         self._recurrent = loaded.recurrent or loaded.hybrid
-        self.dashboard.show_plans(self.predicted, self.measured)
+        self._show_plans()
+        self.dashboard.show_draft_plan(self.draft_plan, self.measured_draft)
         self._parallel = settings.n_seq_max > 1  # the batch loop reports every sequence (kv_slots)
         self.dashboard.show_kv(
             [0] * max(1, settings.n_seq_max), loaded.n_ctx_seq, "state" if loaded.recurrent else "cells"
@@ -132,6 +142,22 @@ class MemoryDock(QDockWidget):
     def speed(self, tokens_per_s: float) -> None:
         self.dashboard.add_speed(time.time(), tokens_per_s)
 
+    def show_draft_plan(self, plan: MemoryPlan | None) -> None:
+        """The drafter's predicted plan: its own bars, and part of the comparison when the
+        measured plan holds its context."""
+        self.draft_plan = plan
+        self._show_plans()
+        self.dashboard.show_draft_plan(plan, self.measured_draft)
+
     def _on_plan(self, plan: MemoryPlan) -> None:
         self.predicted = plan
-        self.dashboard.show_plans(plan, self.measured)
+        self._show_plans()
+
+    def _show_plans(self) -> None:
+        """Like against like: a model loaded with its MTP heads logs its drafting context (KV,
+        compute, and the nextn weights in the model buffer) with its own, so the prediction it is
+        set against is the target's plus the drafter's as it stands at load."""
+        predicted = self.predicted
+        if predicted is not None and self.draft_plan is not None and self.measured_draft is not None:
+            predicted = target_and_drafter(predicted, self.draft_plan, at_load=True)
+        self.dashboard.show_plans(predicted, self.measured, target=self.predicted)

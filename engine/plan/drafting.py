@@ -38,6 +38,7 @@ __all__ = [
     "drafting_plan",
     "mtp_settings",
     "nextn_layers",
+    "target_and_drafter",
     "with_drafter",
 ]
 
@@ -137,6 +138,19 @@ def output_allocations(n_vocab: int, n_embd: int, n_seq: int, n_batch: int) -> l
             f"{n_batch} (one per batch row) × {n_embd} f32",
         ),
     ]
+
+
+def target_and_drafter(target: MemoryPlan, drafting: MemoryPlan, at_load: bool = False) -> MemoryPlan:
+    """One plan holding the ``target``'s allocations and its ``drafting`` context's (details
+    prefixed "drafter: "), to set against what llama.cpp reports for both contexts. ``at_load``
+    leaves out the hidden-state rows that exist only once drafting starts (output_allocations):
+    a load's log cannot show them."""
+    extra = drafting.allocations
+    if at_load:
+        later = [a for a in extra if a.component == "output"][1:]
+        extra = tuple(a for a in extra if not any(a is b for b in later))
+    extra = tuple(dataclasses.replace(a, detail="drafter: " + a.detail) for a in extra)
+    return dataclasses.replace(target, allocations=target.allocations + extra)
 
 
 def creation_output(plan: MemoryPlan) -> int:
@@ -253,8 +267,8 @@ def with_drafter(
         target = plan_fn(info, settings, devices)
         if assistant is None and not info.n_layer_nextn:
             return target
-        d = drafting_plan(info, target, devices, assistant, assistant_gpu_layers)
-        extra = tuple(dataclasses.replace(a, detail="drafter: " + a.detail) for a in d.allocations)
-        return dataclasses.replace(target, allocations=target.allocations + extra)
+        return target_and_drafter(
+            target, drafting_plan(info, target, devices, assistant, assistant_gpu_layers)
+        )
 
     return plan
