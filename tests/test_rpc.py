@@ -31,7 +31,7 @@ from engine.protocol import LoadParams
 from engine.runtime.exact_plan import plan_from_log
 from engine.runtime.info import plan_devices
 from engine.runtime.workers import PROTOCOL, parse_endpoints, probe
-from tests.helpers.cli import ROOT, kvdeck
+from tests.helpers.cli import ROOT, kvdeck, spawn_kvdeck
 from tests.helpers.rpc_workers import DroppingProxy, FakeServer, free_port, needs_rpc, workers
 from tests.helpers.runtime_host import running_host
 
@@ -260,13 +260,7 @@ def test_plan_and_bench_take_rpc_like_chat(smollm2_path: Path) -> None:
 @needs_rpc
 def test_kvdeck_worker_prints_its_devices_and_ends_cleanly_on_ctrl_c() -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kvdeck", "worker", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_kvdeck("worker", "--port", str(port))
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]
@@ -291,13 +285,7 @@ def test_kvdeck_worker_prints_its_devices_and_ends_cleanly_on_ctrl_c() -> None:
 @contextmanager
 def _serving(*rpc: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``kvdeck serve --demo --rpc ...`` on a free port: (the process, its /v1 URL); stopped."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kvdeck", "serve", "--demo", "--port", "0", "--rpc", ",".join(rpc)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_kvdeck("serve", "--demo", "--port", "0", "--rpc", ",".join(rpc))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # "serving MODEL at http://127.0.0.1:PORT/v1 (...)"

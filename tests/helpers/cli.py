@@ -41,3 +41,15 @@ def kvdeck(
         text=True,
         timeout=timeout,
     )
+
+
+def spawn_kvdeck(*args: str) -> subprocess.Popen[str]:
+    """``python -m kvdeck ARGS`` left running, its stdout and stderr piped as text (the caller
+    reads its lines and ends it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvdeck", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.gguf_factory import write_gguf
+from tests.helpers.gguf_factory import FAMILIES, write_gguf
 
 
 def write_delta_net(
@@ -17,29 +17,18 @@ def write_delta_net(
     e, f = n_embd, n_ff_exp
     kd, vd = d_state * n_group, d_state * dt_rank
     conv = 2 * kd + vd
-    kv: dict[str, Any] = {
-        "block_count": 4,
-        "context_length": 4096,
+    kv: dict[str, Any] = {  # the corpus's qwen3next, at these widths
+        **FAMILIES["qwen3next"].kv,
         "embedding_length": e,
-        "feed_forward_length": 256,
-        "attention.head_count": 4,
-        "attention.head_count_kv": 2,
-        "attention.key_length": 64,
-        "attention.value_length": 64,
-        "rope.dimension_count": 16,
-        "rope.dimension_sections": [3, 3, 2, 0] if arch == "qwen35moe" else None,
-        "ssm.conv_kernel": 4,
         "ssm.inner_size": vd,
         "ssm.state_size": d_state,
         "ssm.time_step_rank": dt_rank,
         "ssm.group_count": n_group,
-        "full_attention_interval": 4,
-        "expert_count": 4,
-        "expert_used_count": 2,
         "expert_feed_forward_length": f,
         "expert_shared_feed_forward_length": f,
-        "attention.layer_norm_rms_epsilon": 1e-06,
     }
+    if arch == "qwen35moe":
+        kv["rope.dimension_sections"] = [3, 3, 2, 0]
     moe = [
         ("ffn_gate_inp.weight", (e, 4)),
         ("ffn_down_exps.weight", (f, e, 4)),
