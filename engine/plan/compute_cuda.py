@@ -107,8 +107,13 @@ class CudaGraph:
         return 2 * self.cells() * ((self.cm.k_width if qk else 0) + (self.cm.v_width if qv else 0))
 
     def rotations(self) -> int:
-        """The Hadamard rotation matrices of a quantized cache."""
-        return 4 * self.cm.head_dim * self.cm.head_dim + 4 * 64 * 64 if any(self.quant) else 0
+        """The Hadamard rotation matrices of a quantized cache, one pair per cache: an iSWA model
+        has two (llama-graph.cpp, llm_graph_input_attn_kv_iswa::set_input: k_rot/v_rot and
+        k_rot_swa/v_rot_swa)."""
+        if not any(self.quant):
+            return 0
+        n_caches = 2 if self.shape.has_full and self.shape.has_swa else 1
+        return n_caches * (4 * self.cm.head_dim * self.cm.head_dim + 4 * 64 * 64)
 
 
 def ubatch_tokens(r: Resolved) -> int:

@@ -87,8 +87,6 @@ def rpc_compute(
     # the graph inputs on the host: inp_embd leaf + get_rows result, tokens, positions, masks,
     # indices, output ids (engine.plan.compute_cuda.host_bytes, exact for a CUDA host buffer)
     host_inputs = cc.host_bytes(g)
-    if quant and shape.has_full and shape.has_swa:  # llama-graph.cpp: a rotation pair per cache
-        host_inputs += 4 * cm.head_dim * cm.head_dim + 4 * 64 * 64
     # what a worker copies in besides the hidden rows: positions, masks, indices, rotations
     shared = host_inputs - 2 * row - 4 * t * 2 - 4 * min(t, r.n_outputs_max)
     ph = phases(shape, r, fa_on, n_swa_cells, kv_unified, quant)
