@@ -31,7 +31,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
-from collections.abc import Callable
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
@@ -43,15 +42,13 @@ from engine.child.batch_sample import LIB, TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafter_of
 from engine.child.errors import ErrorKind, error_event
 from engine.child.grammar import logits_row, logprob_entry
-from engine.child.io import Requests
+from engine.child.io import DELTA_INTERVAL_S, Emit, Requests
 from engine.child.prefix import SeqPrefixes
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot
 
 log = logging.getLogger(__name__)
-Emit = Callable[[object], None]
 
-_DELTA_INTERVAL_S = 0.02
 _SLOTS_INTERVAL_S = 0.25
 
 
@@ -247,7 +244,7 @@ class BatchLoop:
             s.finish = "length"
         else:
             s.next_tok = tok
-        if s.w.req.stream and not s.finish and now - s.last_flush >= _DELTA_INTERVAL_S:
+        if s.w.req.stream and not s.finish and now - s.last_flush >= DELTA_INTERVAL_S:
             text = s.text.ready()
             if text or s.pending:
                 self.emit(s.delta(text, now))

@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import collections
 import queue
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from engine import protocol as P
 from engine.child.batch_spec import refusal
 from engine.child.errors import RequestError, error_event
-from engine.child.io import Requests
+from engine.child.io import Emit, Requests
 from engine.child.model import Model
 from engine.child.quick import QUICK, quick_answer
 from engine.child.selfdraft import SelfDraft
 from engine.child.session import LlamaSession
 from engine.child.slots import Waiting
 from engine.core.errors import KvDeckError
-
-Emit = Callable[[object], None]
 
 #: Messages that replace or drop the model: the running sequences are cancelled, not finished.
 _ENDS_MODEL = (P.LoadRequest, P.UnloadRequest, P.ShutdownRequest, P.LoadDraftRequest, P.UnloadDraftRequest)

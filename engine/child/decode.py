@@ -18,12 +18,12 @@ import codecs
 import ctypes
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import llama_cpp.llama_cpp as LL
 
 from engine.child.errors import RequestError
+from engine.child.io import DELTA_INTERVAL_S, Emit
 from engine.child.model import Model
 from engine.child.sampler import DEFAULT_SAMPLER, Sampling, argmax_of
 from engine.child.session import LlamaSession
@@ -31,9 +31,6 @@ from engine.core.sampling import SamplingParams
 from engine.protocol import Delta, Done, GenerateRequest, Started
 
 __all__ = ["generate", "run_loop"]
-
-_DELTA_INTERVAL_S = 0.02
-Emit = Callable[[object], None]
 
 
 def generate(session: LlamaSession, req: GenerateRequest, cancel: threading.Event) -> Done:
@@ -135,7 +132,7 @@ def run_loop(
         text_parts.append(decoder.decode(piece))
         pending_tokens.append(tok)
         now = clock()
-        if stream and now - last_flush >= _DELTA_INTERVAL_S:
+        if stream and now - last_flush >= DELTA_INTERVAL_S:
             emit(Delta(id=req_id, text="".join(text_parts[flushed:]), tokens=pending_tokens, n_past=pos))
             flushed, pending_tokens, last_flush = len(text_parts), [], now
         if rc != 0:

@@ -10,9 +10,17 @@ import collections
 import os
 import queue
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 from engine import protocol as P
+
+#: What every generation path sends events through (the EventWriter's write, or a test's list).
+Emit = Callable[[object], None]
+
+#: How often streamed text goes to the parent: one Delta per sequence at most every 20 ms, not
+#: one per token, for every decoding path (plain, batched, speculative).
+DELTA_INTERVAL_S = 0.02
 
 
 class EventWriter:

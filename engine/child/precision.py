@@ -30,12 +30,12 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine.child.errors import ErrorKind, RequestError
+from engine.child.io import Emit
 from engine.child.model import FLASH, Model, flash_type, ggml_type_id
 from engine.child.session import LlamaSession
 from engine.core.precision_metrics import PromptScore, score_prompt, summarize
 from engine.protocol import PrecisionProgress, PrecisionRequest, PrecisionResult
 
-Emit = Callable[[object], None]
 MAX_TOKENS = 512
 _FULL_PRECISION = ("f32", "f16", "bf16")
 

@@ -20,13 +20,12 @@ import numpy as np
 import psutil
 
 from engine.child.errors import ErrorKind, RequestError
+from engine.child.io import Emit
 from engine.child.model import Model, flash_type, ggml_type_id
 from engine.child.native_log import NativeLog
 from engine.child.overrides import set_cpu_moe
 from engine.child.sampler import Samplers
 from engine.protocol import Loaded, LoadParams, Progress, Stats
-
-Emit = Callable[[object], None]
 
 
 def _resolved_flash(lines: list[str], asked: str) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 from engine.child.decode import reply_done
 from engine.child.draft import Draft
 from engine.child.errors import ErrorKind, RequestError
+from engine.child.io import DELTA_INTERVAL_S
 from engine.child.model import Model
 from engine.child.ngram import NgramIndex
 from engine.child.sampler import gpu_present
@@ -34,7 +35,6 @@ from engine.protocol import Delta, Done, GenerateRequest, Started
 #: Most verify rows on a GPU: CUDA uses its matrix-vector kernels up to batch 8, so a verify
 #: batch computes the same logits as single-token decoding (greedy identity).
 GPU_MAX_VERIFY = int(os.environ.get("KVDECK_SPEC_MAX_VERIFY", "8"))
-_DELTA_INTERVAL_S = 0.02
 _GPU: list[bool] = []
 
 
@@ -122,7 +122,7 @@ class SpecRun:
 
     def _flush(self, n_past: int, final: bool = False) -> None:
         now = time.perf_counter()
-        if not self.req.stream or not (final or now - self.last_flush >= _DELTA_INTERVAL_S):
+        if not self.req.stream or not (final or now - self.last_flush >= DELTA_INTERVAL_S):
             return
         if self.pending or len(self.text) > self.flushed:
             self.session.emit(
