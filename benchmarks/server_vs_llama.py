@@ -2,6 +2,10 @@
 
     python benchmarks/server_vs_llama.py --bin DIR [--shape llama3-8b] [--parallel 16]
                                         [--clients 1,4,16,64] [--pp 128] [--tg 128] [--out FILE]
+                                        [--threads N] [--no-llama-server] [--label TEXT]
+
+On a CPU (``--model`` a real GGUF, ``--threads`` the same for every program) ``--no-llama-server``
+compares kvdeck with ``llama-batched-bench`` alone, the one llama.cpp target worth building there.
 
 1. Writes a synthetic Q4_0 GGUF of ``--shape`` (benchmarks/synthetic_gguf.py).
 2. ``llama-batched-bench`` at B = each client count (prompt ``--pp``, generation ``--tg``): the
@@ -201,6 +205,7 @@ def batched_bench(binary: Path, model: Path, args: argparse.Namespace, pp: int) 
         "-npl",
         ",".join(map(str, args.client_list)),
     ]
+    cmd += ["-t", str(args.threads)] if args.threads else []
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     rows = []
     for line in out.stdout.splitlines():
@@ -233,7 +238,12 @@ def main() -> int:
     ap.add_argument("--pp-words", type=int, default=14, help="~9 tokens a word in the synthetic vocabulary")
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--prefix-words", type=int, default=160)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "server-2026-12-04.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"server-{dt.date.today()}.json"))
+    ap.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for every program (0: each one's default)"
+    )
+    ap.add_argument("--label", default="", help="what ran where, stored with the results (e.g. a CPU run)")
+    ap.add_argument("--no-llama-server", action="store_true", help="kvdeck and llama-batched-bench only")
     ap.add_argument("--serial-sampling", action="store_true", help="also kvdeck with KVDECK_SAMPLE_THREADS=1")
     ap.add_argument(
         "--backend-sampling", action="store_true", help="also kvdeck with KVDECK_BACKEND_SAMPLING=1"
@@ -259,6 +269,8 @@ def main() -> int:
         "ctx_per_seq": args.ctx_per_seq,
         "tg": args.tg,
         "sampling": "temperature 0.7, top_k 40",
+        "label": args.label,
+        "threads": args.threads,
     }
     t = time.time()
     if not model.exists():
@@ -298,6 +310,7 @@ def main() -> int:
     def kvdeck(extra_env: dict | None = None, log: str = "kvdeck") -> dict:
         cmd = [sys.executable, "-m", "kvdeck", "serve", str(model), "--port", str(port)]
         cmd += ["--parallel", str(args.parallel), "--ctx", str(ctx), "--queue", "256"]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         return server(cmd, f"http://127.0.0.1:{port}", extra_env, log)
 
     res["kvdeck"] = kvdeck()
@@ -316,8 +329,13 @@ def main() -> int:
     pp = res["kvdeck"]["rounds"][0]["prompt_tokens"] or 128
     ls_cmd = [str(bindir / "llama-server"), "-m", str(model), "--port", str(port + 1)]
     ls_cmd += ["-np", str(args.parallel), "-c", str(ctx), "-ngl", "99"]
-    res["llama_server"] = server(ls_cmd, f"http://127.0.0.1:{port + 1}", log="llama-server")
-    if args.llama_backend_sampling:
+    ls_cmd += ["-t", str(args.threads)] if args.threads else []
+    if args.no_llama_server:  # a table without llama-server's columns
+        none = {"aggregate_tps": 0.0, "decode_tps": None, "ttft_median_s": None}
+        res["llama_server"] = {"skipped": True, "rounds": [{"clients": c, **none} for c in args.client_list]}
+    else:
+        res["llama_server"] = server(ls_cmd, f"http://127.0.0.1:{port + 1}", log="llama-server")
+    if args.llama_backend_sampling and not args.no_llama_server:
         res["llama_server_backend_sampling"] = server(
             [*ls_cmd, "--backend-sampling"], f"http://127.0.0.1:{port + 1}", log="llama-server-backend"
         )
