@@ -106,17 +106,20 @@ class Call:
 
     async def next(self, request: Request | None = None) -> P.Message:
         while True:
-            try:
-                msg = await asyncio.wait_for(self.queue.get(), 0.5)
-            except asyncio.TimeoutError:
-                if not self.host.running or self.host.pid != self.pid:
-                    self.open.clear()
-                    ended = self.host.last_outcome
-                    why = ended.sentence if ended else "the runtime stopped"
-                    raise ApiError(503, why, "server_error", code="runtime_stopped") from None
-                if request is not None and await request.is_disconnected():
-                    raise Gone() from None
-                continue
+            try:  # events come in bursts (a batch step's in one write): no timer for those
+                msg = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    msg = await asyncio.wait_for(self.queue.get(), 0.5)
+                except asyncio.TimeoutError:
+                    if not self.host.running or self.host.pid != self.pid:
+                        self.open.clear()
+                        ended = self.host.last_outcome
+                        why = ended.sentence if ended else "the runtime stopped"
+                        raise ApiError(503, why, "server_error", code="runtime_stopped") from None
+                    if request is not None and await request.is_disconnected():
+                        raise Gone() from None
+                    continue
             if isinstance(msg, (P.Done, P.ErrorEvent)):
                 self.open.discard(getattr(msg, "id", 0))
             if isinstance(msg, P.Done) and self.on_done is not None:
