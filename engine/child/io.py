@@ -57,7 +57,11 @@ class EventWriter:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """This thread's events inside the block go out in one write at its end, in order."""
+        """This thread's events inside the block go out in one write at its end, in order (one
+        holding thread at a time: the batch loop's; a nested block adds to the outer one)."""
+        if self._held is not None:
+            yield
+            return
         self._holder, self._held = threading.get_ident(), []
         try:
             yield
