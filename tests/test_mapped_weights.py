@@ -11,6 +11,7 @@ these log lines.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from engine.core.memory_types import MiB, PlanSettings
 from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.measured import MemoryLogParser
+from tests.helpers.cli import kvdeck
 from tests.helpers.gguf_factory import write_llama
 from tests.helpers.llama_dry_run import dry_run
 from tests.helpers.mtp_models import write_gemma4_target
@@ -97,3 +99,14 @@ def test_an_unknown_load_mode_is_one_sentence(models: dict[str, Path]) -> None:
         pytest.raises(InvalidSettings, match="load mode must be mmap or none"),
     ):
         host.load(bad)
+
+
+def test_kvdeck_plan_takes_the_load_mode(models: dict[str, Path]) -> None:
+    """``kvdeck plan`` plans the default load (mmap) unless told ``--load-mode none``."""
+    path = str(models["gemma4"])
+    for extra, mode in (((), "mmap"), (("--load-mode", "none"), "none")):
+        r = kvdeck("plan", path, "--ctx", "256", "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        (cpu,) = [d for d in json.loads(r.stdout)["devices"] if d["name"] == "CPU"]
+        want = analytic_plan(inspect_gguf(path), S.replace(load_mode=mode), []).bytes_for("CPU", "weights")
+        assert cpu["weights"] == want, mode
