@@ -3,10 +3,11 @@
     python benchmarks/backend_sampling_cpu.py MODEL.gguf [--slots 4] [--tokens 64] [--reps 3]
 
 One runtime child per mode (``KVDECK_BACKEND_SAMPLING`` 0 and 1), each running ``--reps`` bursts
-of ``--slots`` requests with the server's default sampling (top-k 40, top-p 0.95, min-p 0.05,
-temperature 0.7, repeat penalty 1.1, random seed) and greedy, read from the Slots event's
-batch-loop totals (engine.child.batch_sample.LoopTimes): ms per step in llama_decode and in
-sampling. With device chains the sampling itself runs inside llama_decode, so both columns
+of ``--slots`` requests with the server's default sampling (``API_DEFAULTS``, llama-server's:
+top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, no repeat penalty, random seed; the 2026-12-04
+result was taken with the Balanced preset's temperature 0.7 and repeat penalty 1.1) and greedy,
+read from the Slots event's batch-loop totals (engine.child.batch_sample.LoopTimes): ms per
+step in llama_decode and in sampling. With device chains the sampling itself runs inside llama_decode, so both columns
 count: their sum is what a step costs. On a shared CPU the decode figure is noisy.
 """
 
@@ -23,11 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 from engine import protocol as P  # noqa: E402
 from engine.core.memory_types import PlanSettings  # noqa: E402
+from engine.core.sampling import API_DEFAULTS  # noqa: E402
 from engine.runtime.host import RuntimeHost  # noqa: E402
 from tests.helpers.burst import held_burst  # noqa: E402
 
 PROMPT = "<|im_start|>user\nTell me about rivers, number {i}.<|im_end|>\n<|im_start|>assistant\n"
-SAMPLINGS = {"server-default": {}, "greedy": {"temperature": 0}}
+SAMPLINGS = {"server-default": API_DEFAULTS.to_dict(), "greedy": {"temperature": 0}}
 
 
 def measure(model: str, backend: bool, args: argparse.Namespace) -> dict:
