@@ -252,7 +252,19 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         state = 0 if no_mem else 4 * (geo.n_embd_r + geo.n_embd_s) * rows
         cldev = compute_layers(ldev, settings.n_cpu_moe) if moe_note else ldev  # a stated bound
         notes += [CUDA_COMPUTE_NOTE] if moe_note else []
-        ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), cldev, ests, notes, state)
+        ests = cuda_compute(
+            info,
+            geo,
+            r,
+            fa_compute,
+            n_swa_cells,
+            (tk, tv),
+            cldev,
+            ests,
+            notes,
+            state,
+            layers_bound=bool(moe_note),
+        )
     elif rpc_cpu:  # CPU-backed workers: engine.plan.compute_rpc
         copies = SCHED_MAX_COPIES if pipeline_parallel(settings, geo.n_layer, gpus) else 1
         ests = rpc_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, (tk, tv), ldev, copies)

@@ -28,7 +28,7 @@ from engine.plan.compute_replay import (
     replay,
     safety,
 )
-from engine.plan.context import Resolved
+from engine.plan.context import BLOCKS, Resolved
 
 if TYPE_CHECKING:
     from engine.plan.compute_shape import ComputeShape
@@ -105,11 +105,12 @@ def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
     )
 
 
-#: The layer tensors of the llama and qwen3 graphs that engine.plan.compute_replay follows node
-#: for node (weights only: a bias or any other tensor adds nodes the replay does not build).
+#: The layer tensors of the llama, qwen3, gemma3 and qwen3moe graphs that engine.plan.compute_replay
+#: follows node for node (weights only: a bias or any other tensor adds nodes it does not build).
 _STANDARD = frozenset(
     {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm"}
-    | {"ffn_norm", "ffn_gate", "ffn_up", "ffn_down"}
+    | {"post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm"}
+    | {"ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"}
 )
 
 
@@ -183,8 +184,8 @@ def _replay_graph(info: Any, geo: ModelGeometry, mats: _Matrices, cg: cc.CudaGra
         ff = used * info.n_ff_expert if used else (info.n_ff_per_layer or (0,) * geo.n_layer)[il]
         caches.append(
             LayerCache(
-                k=int(cells * r.n_stream * kw * tb[0]),
-                v=int(cells * r.n_stream * vw * tb[1]),
+                k=int(cells * r.n_stream * kw * tb[0]) + _row_pad(cg.types[0], geo.head_k[il]),
+                v=int(cells * r.n_stream * vw * tb[1]) + _row_pad(cg.types[1], geo.head_v[il]),
                 f16=2 * cells * r.n_stream * (kw * quant[0] + vw * quant[1]) if fa_on else 0,
                 kq=4 * t * cells * geo.n_head[il],
                 mask="swa" if swa else "full",
@@ -208,8 +209,17 @@ def _replay_graph(info: Any, geo: ModelGeometry, mats: _Matrices, cg: cc.CudaGra
         experts=(info.n_expert, used) if used else None,
         weights=mats.roles,
         caches=tuple(caches),
-        exact=geo.arch in EXACT_ARCHS and mats.standard and not used and t >= OP_OFFLOAD_MIN_BATCH,
+        iswa=geo.iswa,
+        exact=geo.arch in EXACT_ARCHS and mats.standard and t >= OP_OFFLOAD_MIN_BATCH,
     )
+
+
+def _row_pad(qtype: str, ne0: int) -> int:
+    """What ggml-cuda adds to a quantized tensor's size in its buffer when rows are not a
+    multiple of 512 (ggml_backend_cuda_buffer_type_get_alloc_size, MATRIX_ROW_PADDING): a
+    K or V copy is a per-head view, so its rows are one head wide."""
+    blk, nbytes = BLOCKS[qtype]
+    return (512 - ne0 % 512) // blk * nbytes if blk > 1 and ne0 % 512 else 0
 
 
 def cuda_compute(
@@ -223,12 +233,16 @@ def cuda_compute(
     cpu_est: list[tuple[str, int, str]],
     notes: list[str],
     state_bytes: int = 0,
+    layers_bound: bool = False,
 ) -> list[tuple[str, int, str]]:
     """[(device, bytes, detail)] for a load with CUDA GPUs (ldev: device per layer, the last
     entry the output layer). cpu_est is the CPU-calibrated estimate, whose FFN, recurrent and
     no-flash-attention phases (less the host-side input row) stand in where this module has
     no CUDA-specific term; for layers it does not model (`unmodelled`) its attention phase
-    stands in too. state_bytes: one recurrent layer's state tensors, every cell (r + s)."""
+    stands in too. state_bytes: one recurrent layer's state tensors, every cell (r + s).
+    layers_bound: ldev puts whole layers on the CPU where only their routed experts are
+    (engine.plan.cpu_moe, a stated bound): the replay is then no longer the graph node for
+    node, so it keeps its safety term."""
     shape = geo.compute
     odd = unmodelled(shape)
     cm, mats = cuda_model(info, geo)
@@ -265,7 +279,7 @@ def cuda_compute(
                 # two estimates that never fell short on the H200 grids: take the smaller
                 cpu = frozenset(cpu_layers)
                 played = replay(g, cpu, out_cpu)
-                if g.exact:  # llama.cpp's graph node for node: the replay is the buffer
+                if g.exact and not layers_bound:  # llama.cpp's graph node for node: the buffer
                     detail = f"CUDA: ggml-alloc replay {played / MiB:.2f} MiB of the split graph"
                     peak = played
                 else:
@@ -279,21 +293,21 @@ def cuda_compute(
         if extra:
             detail += f" + {extra / MiB:.0f} MiB allowance (CPU layers / routed experts)"
         res.append((dev, peak, detail))
-    if g is not None and g.exact:
+    if g is not None and g.exact and not layers_bound:
         notes.append(
             "compute: with layers on the CPU, op_offload copies their weights and K/V into the "
             "GPU compute buffer; it is sized by replaying llama.cpp's scheduler and ggml-alloc over "
-            f"the {geo.arch} graph node for node, with no safety term (exact on 367 H200 dry runs "
-            "of llama and qwen3 shapes; the exact plan is authoritative)"
+            f"the {geo.arch} graph node for node, with no safety term (within 0.01 MiB of all 609 "
+            "H200 dry runs with layers on the CPU; the exact plan is authoritative)"
         )
     elif g is not None:
         notes.append(
             "compute: with layers on the CPU, op_offload copies their weights and K/V into the "
             "GPU compute buffer; it is sized as the smaller of ggml-alloc replayed over those "
             f"copies plus a safety term ({SAFETY}) and the live tensors plus "
-            f"{cc.PARTIAL_ALLOWANCE_ROWS} hidden rows per token, because the replay does not yet "
-            f"follow {geo.arch}'s graph node for node (neither fell short on the H200 dry runs; "
-            "the exact plan is authoritative)"
+            f"{cc.PARTIAL_ALLOWANCE_ROWS} hidden rows per token, because this model's layers have "
+            "tensors (or a ubatch under 32 tokens) the replay does not follow node for node "
+            "(the exact plan is authoritative)"
         )
     elif offloaded:
         notes.append(
