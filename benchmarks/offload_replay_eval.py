@@ -16,6 +16,7 @@ ngl 1..n_layer) and the worst cases. These are recorded measurements re-evaluate
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -88,7 +89,7 @@ def evaluate(path: Path = RESULTS, model_dir: Path = Path("/tmp/kvdeck-shapes"))
 
 
 def stats(errors: list[float], exact: list[float]) -> dict[str, float]:
-    within = sum(1 for e, x in zip(errors, exact, strict=True) if abs(e) <= max(1.0, 0.01 * x))
+    within = sum(1 for e in errors if abs(e) <= 1.0)
     pct = [e / x * 100 for e, x in zip(errors, exact, strict=True)]
     return {
         "n": len(errors),
@@ -104,7 +105,7 @@ def stats(errors: list[float], exact: list[float]) -> dict[str, float]:
 def table(cases: list[Case]) -> list[str]:
     """Markdown rows: per shape × regime, the replay alone and the final estimate."""
     out = [
-        "| shape | layers on the CPU | cases | replay: within 1 MiB/1 % · most under / most over MiB "
+        "| shape | layers on the CPU | cases | replay: within 1 MiB · most under / most over MiB "
         "· under >1 MiB | final: within · most under / most over MiB · mean / worst % over |",
         "|---|---|---|---|---|",
     ]
@@ -132,13 +133,57 @@ def table(cases: list[Case]) -> list[str]:
     return out
 
 
+def save(cases: list[Case], path: Path) -> None:
+    path.write_text(json.dumps([dataclasses.asdict(c) for c in cases], indent=0))
+
+
+def load(path: Path) -> list[Case]:
+    return [Case(**c) for c in json.loads(path.read_text())]
+
+
+def _cell(cs: list[Case], replay: bool) -> str:
+    pairs = [(c.replay if replay else c.final, c.exact) for c in cs]
+    got = [(a, x) for a, x in pairs if a is not None]
+    if not got:
+        return "no replay"
+    st = stats([a - x for a, x in got], [x for _a, x in got])
+    return (
+        f"{st['within']}/{st['n']} · {st['under']:+.2f} / {st['over']:+.2f} · "
+        f"{st['mean_pct']:+.1f} / {st['worst_pct']:+.1f} %"
+    )
+
+
+def compare(before: list[Case], after: list[Case]) -> list[str]:
+    """Markdown: per shape × regime, the replay alone and the plan, before and after."""
+    out = [
+        "| shape | layers on the CPU | cases | before: replay alone | before: plan | after: replay alone "
+        "| after: plan |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for shape, reg in sorted({(c.shape, c.regime) for c in after}):
+        b = [c for c in before if c.shape == shape and c.regime == reg]
+        a = [c for c in after if c.shape == shape and c.regime == reg]
+        where = "all, output too (ngl 0)" if reg == "ngl 0" else "some (ngl 1..n)"
+        out.append(
+            f"| {shape} | {where} | {len(a)} | {_cell(b, True)} | {_cell(b, False)} | "
+            f"{_cell(a, True)} | {_cell(a, False)} |"
+        )
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path, default=RESULTS)
     ap.add_argument("--worst", type=int, default=15)
     ap.add_argument("--model-dir", type=Path, default=Path("/tmp/kvdeck-shapes"))
+    ap.add_argument("--save", type=Path, help="write the cases (to compare another commit with)")
+    ap.add_argument("--before", type=Path, help="cases saved at another commit: print both")
     a = ap.parse_args()
     cases = evaluate(a.json, a.model_dir)
+    if a.save:
+        save(cases, a.save)
+    if a.before:
+        print("\n".join(compare(load(a.before), cases)) + "\n")
     print("\n".join(table(cases)))
     rc = [c for c in cases if c.replay is not None]
     print(
