@@ -46,6 +46,15 @@ def test_every_case_is_exact_with_no_safety_term(cases):
     assert all(c.final == c.replay or abs(c.final - c.replay) < 0.01 for c in cases if c.replay is not None)
 
 
+def test_full_offload_is_the_replay_too(tmp_path):
+    """With every layer on the GPU the replay is the graph as well: the 144 full-offload dry
+    runs (4 parallel sequences included) are exact where the phase terms were up to 66 MiB over."""
+    full = [c for c in evaluate(model_dir=tmp_path, full=True) if c.regime == "full"]
+    assert len(full) == 144
+    off = [(c.shape, c.settings, round(c.final - c.exact, 2)) for c in full if abs(c.final - c.exact) > 0.01]
+    assert off == []
+
+
 def test_experts_on_the_cpu_keep_the_stated_safety_term(tmp_path):
     """--n-cpu-moe is planned as whole layers on the CPU (engine.plan.cpu_moe's stated bound),
     which is not llama.cpp's graph, so the replay keeps its safety term there and says so."""

@@ -260,8 +260,13 @@ def cuda_compute(
     rec_cpu = set(cpu_layers) & set(geo.rec_layers)
     res: list[tuple[str, int, str]] = []
     offloaded = bool(cpu_layers or out_cpu)
-    g = _replay_graph(info, geo, mats, cg) if offloaded and len(gpus) == 1 else None
-    for i, dev in enumerate(gpus):
+    g = _replay_graph(info, geo, mats, cg) if len(gpus) == 1 else None
+    exact = g is not None and g.exact and not layers_bound
+    if g is not None and exact:  # llama.cpp's graph node for node: the replay is the buffer
+        played = replay(g, frozenset(cpu_layers), out_cpu)
+        split = "split graph (op_offload copies of the CPU layers' weights and K/V)" if offloaded else "graph"
+        res.append((gpus[0], played, f"CUDA: ggml-alloc replay {played / MiB:.2f} MiB of the {split}"))
+    for i, dev in enumerate(gpus if not exact else []):
         ph = cc.gpu_full(cg)
         if dev != (ldev[-1] if not out_cpu else gpus[0]):
             ph.pop("output", None)
@@ -279,28 +284,24 @@ def cuda_compute(
                 # two estimates that never fell short on the H200 grids: take the smaller
                 cpu = frozenset(cpu_layers)
                 played = replay(g, cpu, out_cpu)
-                if g.exact and not layers_bound:  # llama.cpp's graph node for node: the buffer
-                    detail = f"CUDA: ggml-alloc replay {played / MiB:.2f} MiB of the split graph"
-                    peak = played
-                else:
-                    margin = safety(g, cpu, geo.n_layer - len(cpu_layers))
-                    detail += (
-                        f" + {extra / MiB:.0f} MiB allowance = {peak / MiB:.2f} MiB; ggml-alloc replay "
-                        f"{played / MiB:.2f} MiB + {margin / MiB:.0f} MiB safety: the smaller"
-                    )
-                    peak = min(peak, max(full, played + margin))
+                margin = safety(g, cpu, geo.n_layer - len(cpu_layers))
+                detail += (
+                    f" + {extra / MiB:.0f} MiB allowance = {peak / MiB:.2f} MiB; ggml-alloc replay "
+                    f"{played / MiB:.2f} MiB + {margin / MiB:.0f} MiB safety: the smaller"
+                )
+                peak = min(peak, max(full, played + margin))
                 extra = 0
         if extra:
             detail += f" + {extra / MiB:.0f} MiB allowance (CPU layers / routed experts)"
         res.append((dev, peak, detail))
-    if g is not None and g.exact and not layers_bound:
+    if exact and offloaded:
         notes.append(
             "compute: with layers on the CPU, op_offload copies their weights and K/V into the "
             "GPU compute buffer; it is sized by replaying llama.cpp's scheduler and ggml-alloc over "
             f"the {geo.arch} graph node for node, with no safety term (within 0.01 MiB of all 609 "
             "H200 dry runs with layers on the CPU; the exact plan is authoritative)"
         )
-    elif g is not None:
+    elif g is not None and offloaded:
         notes.append(
             "compute: with layers on the CPU, op_offload copies their weights and K/V into the "
             "GPU compute buffer; it is sized as the smaller of ggml-alloc replayed over those "

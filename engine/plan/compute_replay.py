@@ -1,4 +1,4 @@
-"""The GPU compute buffer with layers on the CPU, by replaying ggml-alloc over the split graph.
+"""The GPU compute buffer of a one-GPU CUDA load, by replaying ggml-alloc over the split graph.
 
 With op_offload (llama.cpp's default) a matmul on a host weight with a full ubatch runs on the
 GPU: `ggml_backend_sched_split_graph` (ggml-backend.cpp) starts a split at each such op and
@@ -18,11 +18,12 @@ the scheduler and ggml-alloc do.
 
 For layers made only of the tensors these graphs have (engine.plan.compute_placement:
 no biases, no shared experts; `EXACT_ARCHS`) the nodes are the graph's own, and re-evaluated
-offline on all 609 H200 dry runs and real loads with layers on the CPU
-(benchmarks/results/gpu-memory-2026-12-04.json, benchmarks/offload_replay_eval.py: llama3-8b,
-qwen3-32b, llama3-70b, qwen3moe-30b-a3b, gemma3-27b; f16/q8_0/q4_0 K/V, flash attention on and
-off, 4k-128k, ubatch 512-2048, ngl 0..n) the replay is within 0.01 MiB of every one, so the
-plan uses it as is. What it took, from the source:
+offline on all 753 H200 dry runs and real loads (benchmarks/results/gpu-memory-2026-12-04.json,
+benchmarks/offload_replay_eval.py: llama3-8b, qwen3-32b, llama3-70b, qwen3moe-30b-a3b,
+gemma3-27b; f16/q8_0/q4_0 K/V, flash attention on and off, 4k-128k, ubatch 512-2048, ngl 0..n
+and full offload, 1 or 4 sequences) the replay is within 0.01 MiB of every one, and it equals
+benchmarks/sched_oracle.py (llama.cpp's own graph through the scheduler) on 300 unmeasured
+settings, so the plan uses it as is, with or without layers on the CPU. What it took:
 
 * ggml-alloc never reuses a view's memory in place (a view is not "own": ggml-alloc.c,
   ggml_gallocr_allocate_node), so the rope (or Q/K norm) after the reshape of a projection to
