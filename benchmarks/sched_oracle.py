@@ -1,7 +1,5 @@
 """A GPU-free oracle for the CUDA0 compute buffer: llama.cpp's own graph through the scheduler.
 
-    python benchmarks/sched_oracle.py [--shapes a,b] [--plan] [--sweep N --seed S]
-
 tools/llama_graph_dump.py gives the reserve graph llama.cpp builds (every node and view, from
 the CPU library); this module does to it what a one-GPU CUDA load does, in Python, following
 the vendored source (llama.cpp 0c1e570):
@@ -26,15 +24,14 @@ the vendored source (llama.cpp 0c1e570):
 
 It reproduces all 743 single-sequence H200 dry runs of benchmarks/results/gpu-memory-2026-12-04.json
 exactly (full and partial offload, 5 shapes), so it can check engine.plan.compute_replay on
-settings nobody measured (`--sweep`). Assumes one CUDA GPU and ubatches of at least 32 tokens
-with the MMA flash-attention kernel (f16 copies of a quantized K/V).
+settings nobody measured. Assumes one CUDA GPU and ubatches of at least 32 tokens
+with the MMA flash-attention kernel (f16 copies of a quantized K/V). The command line is
+benchmarks/sched_oracle_check.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import random
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -44,8 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu_compute import SHAPES, write_sparse_gguf  # noqa: E402
-from engine.core.memory_types import MiB  # noqa: E402
+from benchmarks.gpu_compute import write_sparse_gguf  # noqa: E402
 from engine.plan.ggml_alloc import DynAllocator  # noqa: E402
 
 GPU, CPU = 0, 1
@@ -93,7 +89,9 @@ class _State:
     at: dict[int, tuple[int, int]] = field(default_factory=dict)  # GPU tensors: offset, size
 
 
-def load(d: dict[str, Any], n_layer: int, ngl: int) -> tuple[list[T], list[int]]:
+def load(d: dict[str, Any], n_layer: int, ngl: int, n_cpu_moe: int = 0) -> tuple[list[T], list[int]]:
+    """The tensors placed as a one-GPU load places them; n_cpu_moe moves the routed experts of
+    layers < n_cpu_moe to the CPU device's buffer type (`--n-cpu-moe`: a host buffer)."""
     ts = [
         T(x["name"], x["op"], x["type"], x["ne"], x["nb"], x["nbytes"], x["flags"], x["src"], x["view_src"])
         for x in d["tensors"]
@@ -114,7 +112,7 @@ def load(d: dict[str, Any], n_layer: int, ngl: int) -> tuple[list[T], list[int]]
             )
         else:  # token_embd is the input layer's; output, output_norm (and a tied duplicate) the output layer's
             il = n_layer if (i == out_w or not t.name.startswith("token_embd")) else -1
-        gpu = 0 <= il and il >= start
+        gpu = 0 <= il and il >= start and not (il < n_cpu_moe and "_exps." in t.name)
         t.loc = "gpu" if gpu else ("host" if t.usage == WEIGHTS else "cpu")
     return ts, nodes
 
@@ -332,8 +330,8 @@ def _free(ts: list[T], st: _State, alloc: DynAllocator, i: int) -> None:
         alloc.free(offset, size)
 
 
-def oracle(graph_json: dict[str, Any], n_layer: int, ngl: int) -> int:
-    ts, nodes = load(graph_json, n_layer, ngl)
+def oracle(graph_json: dict[str, Any], n_layer: int, ngl: int, n_cpu_moe: int = 0) -> int:
+    ts, nodes = load(graph_json, n_layer, ngl, n_cpu_moe)
     return gpu_buffer(ts, schedule(ts, nodes))
 
 
@@ -349,67 +347,3 @@ def dump(shape: str, n_ctx: int, tk: str, tv: str, fa: str, ub: int, cache: Path
         )
         p.write_text(res.stdout)
     return dict(json.loads(p.read_text()))
-
-
-def _plan_mib(shape: str, s: dict[str, Any], cache: Path) -> float:
-    from benchmarks.gpu_compute import settings_of
-    from benchmarks.gpu_compute_report import DEVICES
-    from engine.gguf.inspect import inspect_gguf
-    from engine.plan.analytic import analytic_plan
-
-    plan = analytic_plan(inspect_gguf(cache / f"{shape}.gguf"), settings_of(s), DEVICES)
-    return plan.bytes_for("CUDA0", "compute") / MiB
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument(
-        "--json", type=Path, default=ROOT / "benchmarks" / "results" / "gpu-memory-2026-12-04.json"
-    )
-    ap.add_argument("--shapes", default=",".join(s for s in SHAPES if s != "tiny"))
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/kvdeck-graphs"))
-    ap.add_argument("--plan", action="store_true", help="compare KV Deck's plan with the oracle too")
-    ap.add_argument("--sweep", type=int, default=0, help="random settings instead of the recorded ones")
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    a.cache.mkdir(parents=True, exist_ok=True)
-    shapes = a.shapes.split(",")
-    cases: list[tuple[str, dict[str, Any], float | None]] = []
-    if a.sweep:
-        rnd = random.Random(a.seed)
-        kvs = [("f16", "f16", "on"), ("f16", "f16", "off"), ("q8_0", "q8_0", "on"), ("q4_0", "q4_0", "on")]
-        kvs += [("q8_0", "f16", "on"), ("q4_0", "q8_0", "on"), ("q8_0", "f16", "off")]
-        for _ in range(a.sweep):
-            shape, (tk, tv, fa) = rnd.choice(shapes), rnd.choice(kvs)
-            n_ctx, ub = (
-                rnd.choice([3000, 5000, 7777, 20000, 50000, 100000]),
-                rnd.choice([64, 128, 384, 512, 1536]),
-            )
-            for ngl in rnd.sample(range(0, SHAPES[shape]["n_layer"] + 1), 3):
-                cases.append((shape, dict(ngl=ngl, n_ctx=n_ctx, tk=tk, tv=tv, fa=fa, n_ubatch=ub), None))
-    else:
-        for g in json.loads(a.json.read_text())["grids"].values():
-            for c in g["cases"] + g["real_loads"]:
-                if c["shape"] in shapes and c["settings"].get("n_seq", 1) == 1:
-                    cases.append((c["shape"], c["settings"], c["devices"]["CUDA0"]["exact_mib"]))
-    off = 0
-    for shape, s, exact in cases:
-        ub = s.get("n_ubatch", 512)
-        d = dump(shape, s["n_ctx"], s["tk"], s["tv"], s["fa"], ub, a.cache)
-        got = oracle(d, SHAPES[shape]["n_layer"], s["ngl"] if s["ngl"] >= 0 else 1 << 20) / MiB
-        plan = _plan_mib(shape, s, a.cache) if a.plan or exact is None else None
-        bad = (exact is not None and abs(got - exact) > 0.01) or (plan is not None and abs(plan - got) > 0.01)
-        off += bad
-        if bad:
-            print(
-                f"  {shape} {s}: oracle {got:.2f}"
-                + (f", llama.cpp {exact:.2f}" if exact is not None else "")
-                + (f", plan {plan:.2f}" if plan is not None else "")
-            )
-    what = "plan vs oracle" if a.sweep else "oracle vs llama.cpp" + (" and plan" if a.plan else "")
-    print(f"{len(cases)} cases, {off} off by more than 0.01 MiB ({what})")
-    return 1 if off else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

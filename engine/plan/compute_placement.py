@@ -29,6 +29,7 @@ from engine.plan.compute_replay import (
     safety,
 )
 from engine.plan.context import BLOCKS, Resolved
+from engine.plan.cpu_moe import CUDA_COMPUTE_NOTE, compute_layers
 
 if TYPE_CHECKING:
     from engine.plan.compute_shape import ComputeShape
@@ -233,20 +234,27 @@ def cuda_compute(
     cpu_est: list[tuple[str, int, str]],
     notes: list[str],
     state_bytes: int = 0,
-    layers_bound: bool = False,
+    n_cpu_moe: int = 0,
 ) -> list[tuple[str, int, str]]:
     """[(device, bytes, detail)] for a load with CUDA GPUs (ldev: device per layer, the last
     entry the output layer). cpu_est is the CPU-calibrated estimate, whose FFN, recurrent and
     no-flash-attention phases (less the host-side input row) stand in where this module has
     no CUDA-specific term; for layers it does not model (`unmodelled`) its attention phase
     stands in too. state_bytes: one recurrent layer's state tensors, every cell (r + s).
-    layers_bound: ldev puts whole layers on the CPU where only their routed experts are
-    (engine.plan.cpu_moe, a stated bound): the replay is then no longer the graph node for
-    node, so it keeps its safety term."""
+    n_cpu_moe: the routed experts of layers below it are on the host (`--n-cpu-moe`). The
+    replay follows that exactly; elsewhere those layers count as wholly on the CPU
+    (engine.plan.cpu_moe's stated bound, with its note)."""
     shape = geo.compute
     odd = unmodelled(shape)
     cm, mats = cuda_model(info, geo)
     cg = cc.CudaGraph(shape, cm, r, fa_on, n_swa_cells, types)
+    experts = frozenset(il for il in range(min(n_cpu_moe, geo.n_layer)) if ldev[il] != "CPU")
+    single = len({d for d in ldev if d != "CPU"}) <= 1
+    g = _replay_graph(info, geo, mats, cg) if single else None
+    exact = g is not None and g.exact and (not experts or g.experts is not None)
+    if experts and not exact:
+        ldev = compute_layers(ldev, n_cpu_moe)
+        notes.append(CUDA_COMPUTE_NOTE)
     t = cg.tokens
     row = 4 * t * shape.n_embd
     gpus = sorted({d for d in ldev if d != "CPU"}) or ["CUDA0"]
@@ -259,12 +267,10 @@ def cuda_compute(
     }
     rec_cpu = set(cpu_layers) & set(geo.rec_layers)
     res: list[tuple[str, int, str]] = []
-    offloaded = bool(cpu_layers or out_cpu)
-    g = _replay_graph(info, geo, mats, cg) if len(gpus) == 1 else None
-    exact = g is not None and g.exact and not layers_bound
+    offloaded = bool(cpu_layers or out_cpu or experts)
     if g is not None and exact:  # llama.cpp's graph node for node: the replay is the buffer
-        played = replay(g, frozenset(cpu_layers), out_cpu)
-        split = "split graph (op_offload copies of the CPU layers' weights and K/V)" if offloaded else "graph"
+        played = replay(g, frozenset(cpu_layers), out_cpu, experts)
+        split = "split graph (op_offload copies of the host weights and K/V)" if offloaded else "graph"
         res.append((gpus[0], played, f"CUDA: ggml-alloc replay {played / MiB:.2f} MiB of the {split}"))
     for i, dev in enumerate(gpus if not exact else []):
         ph = cc.gpu_full(cg)
@@ -296,8 +302,9 @@ def cuda_compute(
         res.append((dev, peak, detail))
     if exact and offloaded:
         notes.append(
-            "compute: with layers on the CPU, op_offload copies their weights and K/V into the "
-            "GPU compute buffer; it is sized by replaying llama.cpp's scheduler and ggml-alloc over "
+            "compute: with layers (or routed experts) on the CPU, op_offload copies those weights "
+            "and the CPU layers' K/V into the GPU compute buffer; it is sized by replaying "
+            "llama.cpp's scheduler and ggml-alloc over "
             f"the {geo.arch} graph node for node, with no safety term (within 0.01 MiB of all 609 "
             "H200 dry runs with layers on the CPU; the exact plan is authoritative)"
         )

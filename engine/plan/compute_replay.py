@@ -39,9 +39,11 @@ settings, so the plan uses it as is, with or without layers on the CPU. What it 
   it, and the expert outputs and their weights until the weighted sum's last add
   (ggml_backend_cuda_graph_optimize: add_alloc_dep; the scheduler appends a dependency node).
 
-Elsewhere (a layer with other tensors, a ubatch under `OP_OFFLOAD_MIN_BATCH`) `SAFETY` adds
-the largest block, and engine.plan.compute_placement takes the smaller of this and the
-live-tensor bound of engine.plan.compute_cuda.
+Routed experts alone on the host (`--n-cpu-moe`) are replayed the same way (copies of the
+expert tensors for each offloaded MUL_MAT_ID); no GPU run measured that, but the plan equals
+benchmarks/sched_oracle.py there too. Elsewhere (a layer with other tensors, a ubatch under
+`OP_OFFLOAD_MIN_BATCH`) `SAFETY` adds the largest block, and engine.plan.compute_placement takes
+the smaller of this and the live-tensor bound of engine.plan.compute_cuda.
 """
 
 from __future__ import annotations
@@ -116,8 +118,13 @@ class ReplayGraph:
     iswa: bool = False  # two caches (sliding-window and full): build_attn's iSWA variant
 
 
-def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> int:
-    """ggml-alloc's size for the GPU buffer of one GPU holding every layer not in cpu_layers."""
+def replay(
+    g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool, cpu_experts: frozenset[int] = frozenset()
+) -> int:
+    """ggml-alloc's size for the GPU buffer of one GPU holding every layer not in cpu_layers;
+    cpu_experts: layers whose routed experts alone stay on the host (`--n-cpu-moe`: a host
+    buffer, so their MUL_MAT_IDs are offloaded with copies of the expert tensors like a CPU
+    layer's)."""
     b = Graph()
     t, e4 = g.tokens, 4 * g.tokens * g.n_embd
     inp_tokens, pos, out_ids = b.leaf(4 * t, INPUT), b.leaf(4 * t, INPUT), b.leaf(4 * t, INPUT)
@@ -136,8 +143,19 @@ def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> i
     last = len(g.caches) - 1
     for il, (w, c) in enumerate(zip(g.weights, g.caches, strict=True)):
         kind = W_CPU if il in cpu_layers else W_GPU
+        kinds = (kind, W_CPU if il in cpu_experts else kind)
         x = _layer(
-            b, g, w, c, kind, x, pos, masks[c.mask], idxs[c.mask], rots[c.mask], out_ids if il == last else -1
+            b,
+            g,
+            w,
+            c,
+            kinds,
+            x,
+            pos,
+            masks[c.mask],
+            idxs[c.mask],
+            rots[c.mask],
+            out_ids if il == last else -1,
         )
     kind = W_CPU if output_on_cpu else W_GPU
     x = _norm(b, e4, x, 4 * g.n_embd, kind)  # output norm
@@ -150,7 +168,7 @@ def _layer(
     g: ReplayGraph,
     w: LayerWeights,
     c: LayerCache,
-    kind: str,
+    kinds: tuple[str, str],
     x: int,
     pos: int,
     mask: int,
@@ -158,7 +176,9 @@ def _layer(
     rot: tuple[int, int],
     out_ids: int,
 ) -> int:
-    """One layer as llama.cpp's llama/qwen3/qwen3moe/gemma3 graphs build it (GPU-side sizes)."""
+    """One layer as llama.cpp's llama/qwen3/qwen3moe/gemma3 graphs build it (GPU-side sizes);
+    kinds: where the layer's weights are, and where its routed experts are."""
+    kind = kinds[0]
     e4 = 4 * g.tokens * g.n_embd
     on_cpu = kind == W_CPU
     norm = _norm(b, e4, x, 4 * g.n_embd, kind)
@@ -195,7 +215,7 @@ def _layer(
     h = _norm(b, rows, ffn_inp, 4 * g.n_embd, kind)
     scale = rows // e4 if out_ids >= 0 else 1
     if g.experts:
-        h = _experts(b, g, w, c, kind, h, scale)
+        h = _experts(b, g, w, c, kinds, h, scale)
     else:
         gate = b.node(c.rf * scale, b.leaf(w.gate, kind), h)
         up = b.node(c.rf * scale, b.leaf(w.up, kind), h)
@@ -228,7 +248,9 @@ def _query_or_key(
     return b.node(rows, rot, y) if g.rotate[0] else y
 
 
-def _experts(b: Graph, g: ReplayGraph, w: LayerWeights, c: LayerCache, kind: str, h: int, scale: int) -> int:
+def _experts(
+    b: Graph, g: ReplayGraph, w: LayerWeights, c: LayerCache, kinds: tuple[str, str], h: int, scale: int
+) -> int:
     """qwen3moe's routed FFN as llm_graph_context::build_moe_ffn builds it, with the two
     allocation dependencies ggml-cuda's graph_optimize adds for its fusions
     (ggml_backend_cuda_graph_optimize): the top-k chain (softmax .. normalised weights) and
@@ -238,6 +260,7 @@ def _experts(b: Graph, g: ReplayGraph, w: LayerWeights, c: LayerCache, kind: str
     division of the reshaped weights) never takes its parent's place either."""
     assert g.experts is not None
     n_expert, used = g.experts
+    kind, experts_kind = kinds
     t = g.tokens * scale
     # ggml-cuda fuses the top-k chain for these expert counts (ggml_cuda_should_use_topk_moe)
     fused = (n_expert & (n_expert - 1) == 0 and n_expert <= 512) or n_expert in (288, 576)
@@ -250,10 +273,10 @@ def _experts(b: Graph, g: ReplayGraph, w: LayerWeights, c: LayerCache, kind: str
     normed = b.node(4 * t * used, weights, clamped)  # div
     if fused:  # the chain and its sources are kept until the node after it
         b.node(0, logits, probs, order, weights, total, clamped, normed)
-    gate = b.node(c.rf * scale, b.leaf(w.gate, kind), h, order)
-    up = b.node(c.rf * scale, b.leaf(w.up, kind), h, order)
+    gate = b.node(c.rf * scale, b.leaf(w.gate, experts_kind), h, order)
+    up = b.node(c.rf * scale, b.leaf(w.up, experts_kind), h, order)
     act = b.node(c.rf * scale, gate, up)
-    down = b.node(4 * t * used * g.n_embd, b.leaf(w.down, kind), act, order)
+    down = b.node(4 * t * used * g.n_embd, b.leaf(w.down, experts_kind), act, order)
     weighted = b.node(4 * t * used * g.n_embd, down, normed)
     out = b.node(4 * t * g.n_embd, weighted)  # the first add, of two views of `weighted`
     for _ in range(used - 2):
