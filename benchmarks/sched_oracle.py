@@ -93,7 +93,17 @@ def load(d: dict[str, Any], n_layer: int, ngl: int, n_cpu_moe: int = 0) -> tuple
     """The tensors placed as a one-GPU load places them; n_cpu_moe moves the routed experts of
     layers < n_cpu_moe to the CPU device's buffer type (`--n-cpu-moe`: a host buffer)."""
     ts = [
-        T(x["name"], x["op"], x["type"], x["ne"], x["nb"], x["nbytes"], x["flags"], x["src"], x["view_src"])
+        T(
+            x["name"],
+            x["op"],
+            x["type"],
+            x["ne"],
+            x["nb"],
+            x["nbytes"],
+            x["flags"],
+            list(x["src"]),
+            x["view_src"],
+        )
         for x in d["tensors"]
     ]
     for t, x in zip(ts, d["tensors"]):
@@ -114,7 +124,28 @@ def load(d: dict[str, Any], n_layer: int, ngl: int, n_cpu_moe: int = 0) -> tuple
             il = n_layer if (i == out_w or not t.name.startswith("token_embd")) else -1
         gpu = 0 <= il and il >= start and not (il < n_cpu_moe and "_exps." in t.name)
         t.loc = "gpu" if gpu else ("host" if t.usage == WEIGHTS else "cpu")
+    _per_layer_duplicates(ts, nodes, start)
     return ts, nodes
+
+
+def _per_layer_duplicates(ts: list[T], nodes: list[int], start: int) -> None:
+    """rope_freqs is created per layer (TENSOR_DUPLICATED, src/models/llama.cpp), one tensor per
+    buffer context: the CPU-only dump has one, a split load one on the host and one on the GPU.
+    Each layer's rope reads the one of its own layer's buffer."""
+    for n in nodes:
+        t = ts[n]
+        if t.op != "ROPE" or len(t.src) < 3 or t.src[2] is None or not t.name.rsplit("-", 1)[-1].isdigit():
+            continue
+        f = ts[t.src[2]]
+        loc = "gpu" if int(t.name.rsplit("-", 1)[-1]) >= start else "host"
+        if f.loc not in (None, loc):
+            twin = next((i for i, x in enumerate(ts) if x.name == f.name and x.loc == loc), None)
+            if twin is None:
+                ts.append(
+                    T(f.name, f.op, f.type, f.ne, f.nb, f.nbytes, f.flags, [], None, loc, usage=f.usage)
+                )
+                twin = len(ts) - 1
+            t.src[2] = twin
 
 
 def _base(ts: list[T], t: T) -> T:

@@ -61,6 +61,7 @@ class _Matrices:
     qk_norm: bool  # attn_q_norm tensors (qwen3, gemma3): Q and K are normed into new tensors
     post_norm: bool  # post_attention_norm (gemma2/3): sandwich norms after attention and FFN
     standard: bool  # every layer tensor is one the exact replay builds (no biases, no extras)
+    rope_freqs: int = 0  # rope_freqs.weight: rope's third source in every layer
 
 
 def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
@@ -71,7 +72,7 @@ def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
     n = geo.n_layer
     layers = [0] * n
     roles: list[dict[str, int]] = [{} for _ in range(n)]
-    out = 0
+    out = freqs = 0
     names: set[str] = set()
     try:
         from engine.gguf.hparams import cuda_bytes
@@ -91,6 +92,8 @@ def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
                         roles[il][_ROLES[base]] = c
             elif name in ("output.weight",) or (name == "token_embd.weight" and w and w.tied_output):
                 out = max(out, c)
+            elif name == "rope_freqs.weight":
+                freqs = c
     except Exception:  # noqa: BLE001 - no file (tests build GGUFInfo by hand): bound it
         if w is not None:
             layers = [b // 2 for b in w.layers_cuda]
@@ -103,6 +106,7 @@ def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
         "attn_q_norm" in names,
         "post_attention_norm" in names,
         names <= _STANDARD,
+        freqs,
     )
 
 
@@ -211,6 +215,7 @@ def _replay_graph(info: Any, geo: ModelGeometry, mats: _Matrices, cg: cc.CudaGra
         weights=mats.roles,
         caches=tuple(caches),
         iswa=geo.iswa,
+        rope_freqs=mats.rope_freqs,
         exact=geo.arch in EXACT_ARCHS and mats.standard and t >= OP_OFFLOAD_MIN_BATCH,
     )
 

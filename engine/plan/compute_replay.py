@@ -37,7 +37,10 @@ settings, so the plan uses it as is, with or without layers on the CPU. What it 
   (ggml_backend_cuda_buffer_type_get_alloc_size);
 * ggml-cuda's graph_optimize keeps the fused top-k chain and its sources until the node after
   it, and the expert outputs and their weights until the weighted sum's last add
-  (ggml_backend_cuda_graph_optimize: add_alloc_dep; the scheduler appends a dependency node).
+  (ggml_backend_cuda_graph_optimize: add_alloc_dep; the scheduler appends a dependency node);
+* Llama 3.1+ files' rope_freqs.weight is rope's third source: one tensor per buffer, so the CPU
+  layers share one host copy and each of their ropes starts a split (unmeasured on a GPU; the
+  plan equals benchmarks/sched_oracle.py there).
 
 Routed experts alone on the host (`--n-cpu-moe`) are replayed the same way (copies of the
 expert tensors for each offloaded MUL_MAT_ID); no GPU run measured that, but the plan equals
@@ -116,6 +119,7 @@ class ReplayGraph:
     caches: Sequence[LayerCache]
     exact: bool = False  # EXACT_ARCHS with standard layers: no safety term
     iswa: bool = False  # two caches (sliding-window and full): build_attn's iSWA variant
+    rope_freqs: int = 0  # bytes of rope_freqs.weight (llama3 rope factors), 0 without one
 
 
 def replay(
@@ -139,6 +143,10 @@ def replay(
     while g.head_dim % (2 * nrot) == 0:
         nrot *= 2
     rots = {k: (b.leaf(4 * nrot * nrot, INPUT), b.leaf(4 * 64 * 64, INPUT)) for k in g.masks}
+    # rope's sources: positions, and the llama3 rope factors where the file has them; those are
+    # created per layer but once per buffer (TENSOR_DUPLICATED, llama-model-loader.cpp
+    # create_tensor), so the CPU layers share one host tensor: one copy, kept to the last of them
+    rope = {k: (pos, b.leaf(g.rope_freqs, k)) if g.rope_freqs else (pos,) for k in (W_CPU, W_GPU)}
     x = b.node(e4, b.leaf(0, W_CPU), inp_tokens, backend=CPU)  # token_embd stays on the host
     last = len(g.caches) - 1
     for il, (w, c) in enumerate(zip(g.weights, g.caches, strict=True)):
@@ -151,7 +159,7 @@ def replay(
             c,
             kinds,
             x,
-            pos,
+            rope[kind],
             masks[c.mask],
             idxs[c.mask],
             rots[c.mask],
@@ -170,7 +178,7 @@ def _layer(
     c: LayerCache,
     kinds: tuple[str, str],
     x: int,
-    pos: int,
+    rope: tuple[int, ...],
     mask: int,
     idxs: tuple[int, int],
     rot: tuple[int, int],
@@ -183,14 +191,14 @@ def _layer(
     on_cpu = kind == W_CPU
     norm = _norm(b, e4, x, 4 * g.n_embd, kind)
     # build_attn expands Q, V, K in that order, its iSWA variant Q, K, V (llama-graph.cpp)
-    q = _query_or_key(b, g, g.rq, w.q, kind, norm, pos, rot[0])
+    q = _query_or_key(b, g, g.rq, w.q, kind, norm, rope, rot[0])
     if g.iswa:
-        k = _query_or_key(b, g, c.rk, w.k, kind, norm, pos, rot[0])
+        k = _query_or_key(b, g, c.rk, w.k, kind, norm, rope, rot[0])
     v = b.node(c.rk, b.leaf(w.v, kind), norm)
     if g.rotate[1]:
         v = b.node(c.rk, rot[1], v)
     if not g.iswa:
-        k = _query_or_key(b, g, c.rk, w.k, kind, norm, pos, rot[0])
+        k = _query_or_key(b, g, c.rk, w.k, kind, norm, rope, rot[0])
     cache_k, cache_v = (b.leaf(c.k, HOST), b.leaf(c.v, HOST)) if on_cpu else (-1, -1)
     store = CPU if on_cpu else GPU
     b.node(0, k, idxs[0], *([cache_k] if on_cpu else []), backend=store)  # set_rows: a view
@@ -233,7 +241,7 @@ def _norm(b: Graph, rows: int, x: int, weight: int, kind: str) -> int:
 
 
 def _query_or_key(
-    b: Graph, g: ReplayGraph, rows: int, weight: int, kind: str, x: int, pos: int, rot: int
+    b: Graph, g: ReplayGraph, rows: int, weight: int, kind: str, x: int, rope: tuple[int, ...], rot: int
 ) -> int:
     """Q or K: the projection, its norm where the family has one, rope, and the Hadamard
     rotation of a quantized K cache (llama.cpp applies the K rotation to Q as well)."""
@@ -244,7 +252,7 @@ def _query_or_key(
     if g.qk_norm:
         y = b.node(rows, y)  # rms_norm of the reshaped projection
         y = b.node(rows, y, b.leaf(4 * g.head_dim, kind), inplace=True)
-    y = b.node(rows, y, pos, inplace=g.qk_norm)  # rope
+    y = b.node(rows, y, *rope, inplace=g.qk_norm)
     return b.node(rows, rot, y) if g.rotate[0] else y
 
 
