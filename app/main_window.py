@@ -129,6 +129,7 @@ class MainWindow(QMainWindow):
             store,
             lambda: self.models.settings,
             lambda: self.memory.devices()[0],
+            self.memory.cache.margins,  # the fits-together check keeps the window's margins
             self,
         )
         self.drafting.problem.connect(self.show_problem)

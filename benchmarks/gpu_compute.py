@@ -178,7 +178,8 @@ KEEP_DEBUG = ("compute buffer size is", "worst-case", "## SPLIT", "node #")
 
 
 def settings_of(s: dict[str, Any]) -> PlanSettings:
-    """A grid case (ngl, n_ctx, tk, tv, fa; n_ubatch, n_seq, swa_full if set) as plan settings."""
+    """A grid case (ngl, n_ctx, tk, tv, fa; n_ubatch, n_seq, swa_full if set) as plan settings;
+    real loads copy the weights in (load mode none), as the dry runs do."""
     return PlanSettings(
         n_ctx=s["n_ctx"],
         type_k=s["tk"],
@@ -188,6 +189,7 @@ def settings_of(s: dict[str, Any]) -> PlanSettings:
         n_ubatch=s.get("n_ubatch", 512),
         n_seq_max=s.get("n_seq", 1),
         swa_full=s.get("swa_full", False),
+        load_mode="none",
     )
 
 

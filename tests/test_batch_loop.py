@@ -8,11 +8,13 @@ what anyone gets: greedy and seeded replies are the same token for token as one 
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 
 from engine import protocol as P
+from engine.child.io import EventWriter
 from engine.core.memory_types import PlanSettings
 from tests.helpers.burst import CHAT_PROMPTS, Burst, held_burst
 from tests.helpers.runtime_host import running_host
@@ -63,6 +65,36 @@ def test_replies_in_a_batch_equal_replies_one_at_a_time(host, sampling):
     alone = _one_by_one(host, sampling)
     assert together == alone
     assert all(together)
+
+
+def test_streamed_text_of_every_sequence_arrives_in_order_and_adds_up_to_the_reply(host):
+    """A step's events go to the parent in one write (engine.child.io.EventWriter.held): each
+    request still sees Started, then its deltas, then Done, and the deltas add up to the reply."""
+    ids, replies, burst = held_burst(
+        host, [lambda i, p=p: P.GenerateRequest(id=i, prompt=p, max_tokens=24, serve=True) for p in PROMPTS]
+    )
+    for i, done in zip(ids, replies):
+        assert isinstance(done, P.Done) and done.tokens
+        kinds = [type(m).__name__ for m in burst.events[i]]
+        assert kinds[0] == "Started" and kinds[-1] == "Done" and set(kinds[1:-1]) == {"Delta"}
+        deltas = [m for m in burst.events[i] if isinstance(m, P.Delta)]
+        assert "".join(d.text for d in deltas) == done.text
+        assert [t for d in deltas for t in d.tokens] == done.tokens
+
+
+def test_events_held_for_one_write_keep_their_order_and_other_threads_are_not_held():
+    read_fd, write_fd = os.pipe()
+    writer = EventWriter(os.fdopen(write_fd, "wb", buffering=0))
+    with writer.held():
+        for k in range(3):
+            writer(P.Delta(id=1, text=f"t{k}", tokens=[k], n_past=k))
+        log = threading.Thread(target=writer, args=(P.LogEvent(level=3, text="from a thread"),))
+        log.start()
+        log.join()
+        assert P.decode(os.read(read_fd, 1 << 16)) == P.LogEvent(level=3, text="from a thread")
+    lines = os.read(read_fd, 1 << 16).splitlines()  # all three in one write
+    assert [P.decode(line).text for line in lines] == ["t0", "t1", "t2"]  # type: ignore[attr-defined]
+    os.close(read_fd)
 
 
 def test_quick_requests_are_answered_between_steps_without_ending_the_batch(host):

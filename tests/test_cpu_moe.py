@@ -68,16 +68,14 @@ def test_experts_on_the_cpu_are_planned_as_llama_cpp_places_them(tmp_path: Path,
                 ]
                 repack = [a.bytes for a in predicted.allocations if a.detail.startswith("CPU_REPACK")]
                 rows.append((n_cpu_moe, ngl, "CPU", "CPU_REPACK", sum(repack), _repack_bytes(log)))
-                moved = any("routed experts" in a.detail for a in predicted.allocations)
+                moved = any(n.startswith("experts of") for n in predicted.notes)
                 on_host = 0 if ngl < 0 else min(2, 3 - ngl)  # leading layers on the host (2 + output)
                 assert moved == (n_cpu_moe > on_host), (n_cpu_moe, ngl)
-    exact = [r for r in rows if r[3] != "compute" and (r[2] != "CPU" or r[3] == "CPU_REPACK")]
+    exact = [r for r in rows if r[3] != "compute"]  # the host's too: the mapped span with mmap
     wrong = [r for r in exact if abs(r[4] - r[5]) > 0.01 * MiB]
     assert not wrong, [(n, ngl, dev, c, p / MiB, d / MiB) for n, ngl, dev, c, p, d in wrong]
     under = [r for r in rows if r[3] == "compute" and r[4] < r[5] - 0.01 * MiB]
     assert not under, [(n, ngl, dev, p / MiB, d / MiB) for n, ngl, dev, _c, p, d in under]
-    short = [r for r in rows if r[2] == "CPU" and r[3] == "weights" and r[5] < r[4] - 0.01 * MiB]
-    assert not short, short
     if matrix_type == "q4_0" and cpu_only_repack(info)[0] is not None:
         assert any(r[3] == "CPU_REPACK" and r[5] for r in rows)
 

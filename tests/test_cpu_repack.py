@@ -32,6 +32,9 @@ DOTPROD = CpuFeatures.of("NEON", "DOTPROD")
 I8MM = CpuFeatures.of("NEON", "DOTPROD", "MATMUL_INT8")
 SVE256 = CpuFeatures.of("NEON", "DOTPROD", "MATMUL_INT8", "SVE", sve_bytes=32)
 NONE = CpuFeatures.of()
+#: These tests specify the buffers of a load that copies the weights in: with mmap the plain CPU
+#: buffer is the file's span instead (tests/test_mapped_weights.py).
+NO_MMAP = PlanSettings(n_ctx=256, load_mode="none")
 E, FF, V = 256, 512, 324  # 324 rows: a multiple of 4, not of 8
 
 
@@ -139,12 +142,12 @@ def test_plan_splits_cpu_weights_and_adds_the_tied_copy(
 ) -> None:
     info = inspect_gguf(_write(tmp_path / "m.gguf", tied=True))
     monkeypatch.setenv("KVDECK_CPU_FEATURES", "unknown")
-    before = analytic_plan(info, PlanSettings(n_ctx=256), [])
+    before = analytic_plan(info, NO_MMAP, [])
     (only,) = [a for a in before.allocations if a.component == "weights"]
     assert any("not counted here" in n and "Q4_0/Q6_K" in n for n in before.notes)
 
     monkeypatch.setenv("KVDECK_CPU_FEATURES", "NEON,DOTPROD")
-    after = analytic_plan(info, PlanSettings(n_ctx=256), [])
+    after = analytic_plan(info, NO_MMAP, [])
     cpu, rep = [a for a in after.allocations if a.component == "weights"]
     assert rep.bytes == ATTN + FFN + EMBD and rep.detail.startswith("CPU_REPACK: 13 matrices")
     assert cpu.bytes == only.bytes - ATTN - FFN  # the tied copy is extra, the rest moves
@@ -152,7 +155,7 @@ def test_plan_splits_cpu_weights_and_adds_the_tied_copy(
     assert any("move to CPU_REPACK" in n for n in after.notes)
 
     monkeypatch.setenv("KVDECK_CPU_FEATURES", "none")
-    plain = analytic_plan(info, PlanSettings(n_ctx=256), [])
+    plain = analytic_plan(info, NO_MMAP, [])
     assert [a.bytes for a in plain.allocations if a.component == "weights"] == [only.bytes]
     assert not any("REPACK" in n for n in plain.notes)
 
@@ -161,11 +164,11 @@ def test_a_real_load_repacks_what_the_detected_features_predict(tmp_path: Path) 
     """On this machine's build (whatever its features): CPU and CPU_REPACK model buffers of a
     real load without mmap equal the plan's two CPU weight allocations, as printed."""
     paths = [_write(tmp_path / f"{k}.gguf", tied=k == "tied") for k in ("tied", "untied")]
-    runs = dry_run([(str(p), PlanSettings(n_ctx=256)) for p in paths], real=True, timeout=300)
+    runs = dry_run([(str(p), NO_MMAP) for p in paths], real=True, timeout=300)
     for path, run in zip(paths, runs):
         assert run.ok, [x for x in run.lines if "error" in x]
         logged = {b: v for (c, b), v in run.parser.buffers.items() if c == "weights"}
-        plan = analytic_plan(inspect_gguf(path), PlanSettings(n_ctx=256), [])
+        plan = analytic_plan(inspect_gguf(path), NO_MMAP, [])
         repack, _note = cpu_repack.cpu_only_repack(inspect_gguf(path))
         rep = repack.bytes if repack else 0
         assert f"{rep / MiB:.2f}" == f"{logged.get('CPU_REPACK', 0.0):.2f}", path.name
@@ -176,7 +179,7 @@ def test_a_real_load_repacks_what_the_detected_features_predict(tmp_path: Path) 
 def test_amx_builds_are_not_modelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     info = inspect_gguf(_write(tmp_path / "m.gguf", tied=False))
     monkeypatch.setenv("KVDECK_CPU_FEATURES", "AVX2,AVX512,AVX512_VNNI,AMX_INT8")
-    plan = analytic_plan(info, PlanSettings(n_ctx=256), [])
+    plan = analytic_plan(info, NO_MMAP, [])
     assert len([a for a in plan.allocations if a.component == "weights"]) == 1
     assert any("AMX buffer type" in n for n in plan.notes)
 
@@ -246,10 +249,10 @@ def test_mtp_blocks_are_not_repacked_without_load_mtp(tmp_path: Path) -> None:
     trunk's and the plain CPU buffer is what is left, as a real load prints (the plan used to
     move the block's matrices too: a negative CPU weights figure)."""
     path = write_qwen35(tmp_path / "qwen35-q4_0.gguf", qtype="Q4_0")
-    (run,) = dry_run([(str(path), PlanSettings(n_ctx=256))], real=True, timeout=300)
+    (run,) = dry_run([(str(path), NO_MMAP)], real=True, timeout=300)
     assert run.ok, [x for x in run.lines if "error" in x]
     logged = {b: v for (c, b), v in run.parser.buffers.items() if c == "weights"}
-    plan = analytic_plan(inspect_gguf(path), PlanSettings(n_ctx=256), [])
+    plan = analytic_plan(inspect_gguf(path), NO_MMAP, [])
     weights = [a.bytes for a in plan.allocations if a.component == "weights"]
     assert all(b >= 0 for b in weights)
     repack, _note = cpu_repack.cpu_only_repack(inspect_gguf(path))

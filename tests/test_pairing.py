@@ -37,3 +37,15 @@ def test_memory_rule_uses_one_budget(smollm2_path):
     memory = next(c for c in data["checks"] if c["name"] == "memory")
     assert not memory["ok"] and "does not fit" in memory["detail"]
     assert data["compatible"] is False
+
+
+def test_memory_rule_keeps_the_margins_fit_keeps(smollm2_path):
+    """``pair`` takes ``fit``'s margins: RAM that must stay free is not RAM for the pair."""
+    args = ("pair", str(smollm2_path), str(smollm2_path), "--json")
+    for cpu_mib, fits in (("0", True), (str(1 << 20), False)):
+        data = json.loads(kvdeck(*args, "--cpu-margin-mib", cpu_mib).stdout)
+        memory = next(c for c in data["checks"] if c["name"] == "memory")
+        assert memory["ok"] is fits, (cpu_mib, memory)
+    bad = kvdeck(*args, "--margin-mib", "lots")
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == ["error: --margin-mib 'lots' must be a whole number of MiB"]

@@ -12,13 +12,18 @@ import time
 from types import SimpleNamespace
 
 import httpx
+import llama_cpp.llama_cpp as LL
 import openai
 import pytest
 
 from engine import protocol as P
-from engine.child.slots import StopText
+from engine.child.batch_backend import device_spec
+from engine.child.sampler import build_chain, chain_name
+from engine.child.slots import StopText, sampler_specs
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import PlanSettings
+from engine.core.sampling import API_DEFAULTS, SamplingParams
+from engine.serve.openai_api import parse_completion
 from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config
 from tests.helpers.cli import kvdeck
 from tests.helpers.runtime_host import running_host
@@ -50,6 +55,27 @@ def test_non_loopback_bind_needs_an_api_key():
     check_config(ServerConfig(host="::1"))
     r = kvdeck("serve", "--demo", "--host", "0.0.0.0", env={"KVDECK_API_KEY": ""}, timeout=120)
     assert r.returncode == 2 and "api key" in r.stderr.lower() and r.stderr.count("\n") == 1
+
+
+def test_fields_a_client_leaves_out_take_llama_servers_defaults_and_build_no_penalty_sampler():
+    job = parse_completion({"model": "m", "prompt": "x"})
+    assert SamplingParams.from_dict(job.sampling) == API_DEFAULTS
+    assert (API_DEFAULTS.temperature, API_DEFAULTS.top_k, API_DEFAULTS.repeat_penalty) == (0.8, 40, 1.0)
+    for fields in ({"temperature": 0.7, "top_k": 40, "seed": 3}, {"temperature": 0}):
+        sampling = parse_completion({"model": "m", "prompt": "x", **fields}).sampling
+        s = SamplingParams.from_dict(sampling)
+        main, first = sampler_specs(s, sampling, (2,), no_empty=True)
+        device = device_spec(s, sampling, grammar=False, logprobs=False)
+        specs = (*(main or ()), *(first or ()), *(device or ()))
+        assert device is not None and all(e[0] != "penalties" for e in specs)
+        if s.greedy:
+            assert main is None  # a numpy argmax on the row: no O(vocabulary) pass at all
+            continue
+        chain = build_chain(main, 49152)
+        try:
+            assert "penalties" not in chain_name(chain) and chain_name(chain).startswith("top-k,")
+        finally:
+            LL.llama_sampler_free(chain)
 
 
 # ----------------------------------------------------------------------------- with the demo model
@@ -119,13 +145,30 @@ def test_streaming_chat_matches_the_reply_and_counts_usage(served):
 def test_greedy_reply_equals_kvdeck_chat(served, smollm2_path):
     prompt, n = "Name three fruits.", 16
     r = kvdeck(
-        "chat", str(smollm2_path), "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0", "--json"
+        "chat",
+        str(smollm2_path),
+        *("--prompt", prompt, "--max-tokens", str(n), "--json"),
+        *("--temperature", "0", "--repeat-penalty", "1"),
     )
     assert r.returncode == 0, r.stderr
     cli = json.loads(r.stdout)
     api = ask(served.url, prompt, max_tokens=n, temperature=0)
     assert api.choices[0].message.content == cli["text"]
     assert api.usage.completion_tokens == cli["n_tokens"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.8, "seed": 11}])
+def test_a_request_without_repeat_penalty_equals_one_with_repeat_penalty_1(served, sampling):
+    prompt = "Count from 1 to 30, separated by commas."
+
+    def reply(**extra) -> str:
+        r = ask(served.url, prompt, max_tokens=32, extra_body=extra or None, **sampling)
+        return r.choices[0].message.content
+
+    default = reply()
+    assert default == reply(repeat_penalty=1.0)
+    assert default != reply(repeat_penalty=1.5)  # the field matters for this prompt
 
 
 @pytest.mark.slow

@@ -113,3 +113,26 @@ def test_window_checks_loads_and_reports_a_draft(qtbot, tmp_path, monkeypatch, s
         # back to none: plain decoding, the draft unloaded
         win.drafting.choose("", "")
         assert win.bridge.draft_mode == "" and not win.memory.dashboard.draft_bars
+
+
+@pytest.mark.slow
+def test_the_fits_together_check_keeps_the_windows_margins(qtbot, tmp_path, monkeypatch, smollm2_path):
+    """The draft picker's memory rule is a fit like the window's others: with "Keep free in RAM"
+    larger than RAM can ever spare, target and draft do not fit together, and the verdict says
+    so; with no margin the same pair is compatible (the CLI's defaults would have said so both
+    times)."""
+    from tests.helpers.gui import loaded_window
+
+    with loaded_window(qtbot, tmp_path, monkeypatch, smollm2_path, timeout_ms=LOAD_TIMEOUT_MS) as win:
+        picker, panel = win.chat.draft_picker, win.memory.cache
+        panel.cpu_margin.setValue(1 << 20)  # 1 TiB
+        win.drafting.choose("model", str(smollm2_path))
+        qtbot.waitUntil(lambda: picker.verdict.text().startswith("✗"), timeout=LOAD_TIMEOUT_MS)
+        assert "✗ memory:" in picker.verdict.toolTip()
+        assert win.bridge.draft_mode == ""
+        panel.cpu_margin.setValue(0)
+        with qtbot.waitSignal(win.bridge.draftLoaded, timeout=LOAD_TIMEOUT_MS):
+            win.drafting.choose("model", str(smollm2_path))
+        assert picker.verdict.text() == "✓ compatible"
+        assert "✓ memory: target and draft fit together" in picker.verdict.toolTip()
+        win.drafting.choose("", "")

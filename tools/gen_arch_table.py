@@ -12,6 +12,8 @@ ignores. Hand-kept lists drift, so this script derives the table from the vendor
 - `src/models/models.h`: class inheritance; a class without its own `load_arch_hparams`
   reuses its parent's (mistral4 -> deepseek2, llama_embed -> llama, ...).
 - `src/llama-vocab.cpp`: the few `%s.` keys the vocabulary loader reads (vocab_size).
+- each `load_arch_tensors` body: whether a tied output (`token_embd` with TENSOR_DUPLICATED) is
+  created before `tok_embd` itself, which keeps two copies in one host buffer (memory plan).
 - each `load_arch_hparams` body: every `ml.get_key / get_key_or_arr / get_arr / get_arr_n`,
   calls of `llama_model_base` helpers (`load_swa_pattern`) and of file-local static helpers
   that take an `llm_kv` (qwen4exp's `qwen4exp_require_arr_len`).
@@ -217,11 +219,14 @@ def parse(src: Path) -> dict[str, object]:
     models_h = read("src/models/models.h")
     parent: dict[str, str] = {}
     own_loader: set[str] = set()
+    own_tensors: set[str] = set()
     for m in re.finditer(r"struct\s+llama_model_(\w+)\s*:\s*public\s+llama_model_(\w+)\s*\{", models_h):
         parent[m.group(1)] = m.group(2)
         body = models_h[m.end() : _block(models_h, m.end() - 1)]
         if re.search(r"void\s+load_arch_hparams\s*\(", body):
             own_loader.add(m.group(1))
+        if re.search(r"void\s+load_arch_tensors\s*\(", body):
+            own_tensors.add(m.group(1))
 
     helpers: dict[str, list[Read]] = {}
     for name, body in _functions(model_cpp, r"llama_model_base::\w+"):
@@ -241,8 +246,13 @@ def parse(src: Path) -> dict[str, object]:
     ]
 
     loaders: dict[str, list[Read]] = {}
+    output_first: set[str] = set()  # classes whose tied output is created before tok_embd
     for path in sorted((src / "src" / "models").glob("*.cpp")):
         text = _strip_comments(path.read_text(encoding="utf-8"))
+        for name, body in _functions(text, r"llama_model_\w+::load_arch_tensors"):
+            embd = re.findall(r"create_tensor\(\s*tn\(LLM_TENSOR_TOKEN_EMBD\b[^;]*;", body)
+            if embd and "TENSOR_DUPLICATED" in embd[0]:
+                output_first.add(name.split("::")[0][len("llama_model_") :])
         local: dict[str, tuple[str, bool]] = {}
         for name, body in _functions(text, r"\w+"):
             m = re.search(r"ml\.(get_\w+)\s*\(\s*kid\s*,[^;]*?(true|false)?\s*\)\s*;", body)
@@ -252,8 +262,8 @@ def parse(src: Path) -> dict[str, object]:
             cls = name.split("::")[0][len("llama_model_") :]
             loaders[cls] = _reads(body, kv_names, hp_defaults, helpers, local)
 
-    def loader_of(cls: str) -> str | None:
-        while cls not in own_loader:
+    def loader_of(cls: str, own: set[str] = own_loader) -> str | None:
+        while cls not in own:
             if cls not in parent or parent[cls] == "base":
                 return None
             cls = parent[cls]
@@ -269,6 +279,7 @@ def parse(src: Path) -> dict[str, object]:
         "common": common,
         "common_by_arch": common_by_arch,
         "unmapped": sorted(set(arch_names.values()) - set(arch_class)),
+        "output_first": sorted(a for a, c in arch_class.items() if loader_of(c, own_tensors) in output_first),
     }
 
 
@@ -366,6 +377,10 @@ def render(data: dict[str, object]) -> str:
         "",
         "# In LLM_ARCH_NAMES but refused by llama_model_mapping.",
         f"UNMAPPED = {tuple(data['unmapped'])!r}",
+        "",
+        "# load_arch_tensors creates a tied output (token_embd, TENSOR_DUPLICATED) before tok_embd:",
+        "# in one host buffer that is a second tensor, so a second copy unless the buffer is mmapped.",
+        f"TIED_OUTPUT_FIRST = {tuple(data['output_first'])!r}",
         "",
     ]  # type: ignore[call-overload]
     return "\n".join(lines)

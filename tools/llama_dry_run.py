@@ -4,7 +4,8 @@ Context creation can abort the process (GGML_ASSERT), so it never runs inside py
 benchmark's own process. The child is this module run as ``python -m tools.llama_dry_run`` from
 the repository root: it loads each model once per batch of jobs with `no_alloc=True` and
 `load_mode=NONE` (notes §9: the sizes equal a real run for KV, recurrent, output and compute;
-weights print 0.00) — or for real with ``"real": true``, to measure weights — creates one context
+weights print 0.00) — or for real with ``"real": true``, to measure weights, in the settings'
+``load_mode`` (mmap: the host's weights are the mapped file's span) — creates one context
 per job and prints one JSON line per job: whether llama.cpp accepted it, the seconds it took, the
 model load's log lines and the context's. The child's log capture is the runtime child's own
 (`engine.child.native_log.NativeLog`), plus the DEBUG lines that hold one of ``keep_debug``;
@@ -68,6 +69,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process
             tuple(s["tensor_split"]),
             s.get("mtp", False),
             s.get("n_cpu_moe", 0),
+            s.get("load_mode", "none"),
         )
         lines.clear()
         t0 = time.time()
@@ -76,7 +78,8 @@ def _child() -> None:  # pragma: no cover - runs in the child process
                 LL.llama_model_free(model)
             mp = LL.llama_model_default_params()
             mp.no_alloc = not job.get("real", False)
-            mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
+            mmap = job.get("real", False) and s.get("load_mode", "none") == "mmap"
+            mp.load_mode = LL.LLAMA_LOAD_MODE_MMAP if mmap else LL.LLAMA_LOAD_MODE_NONE
             mp.n_gpu_layers = s["n_gpu_layers"]
             mp.split_mode = _SPLIT[s["split_mode"]]
             mp.main_gpu = s["main_gpu"]

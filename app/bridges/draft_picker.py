@@ -26,6 +26,7 @@ from app.theme import status_color
 from engine import protocol as P
 from engine.core.memory_types import Device, MemoryPlan, PlanSettings
 from engine.core.units import acceptance_by_position
+from engine.plan.margins import Margins
 from engine.storage.store import ChatStore
 
 NONE, LOOKUP, CHOOSE = "", "lookup", "choose"
@@ -165,21 +166,6 @@ def speculation_text(stats: dict[str, Any], plain_tps: float | None) -> str:
     return "\n".join(lines + ([by_position] if by_position else []))
 
 
-def _pair_report(
-    target: str, draft: str, settings: PlanSettings | None, devices: list[Device]
-) -> dict[str, Any]:
-    """The pairing checks (they start a short-lived runtime child: run in the background)."""
-    from engine.runtime.pairing import pair_report
-
-    return pair_report(
-        target,
-        draft,
-        settings=settings,
-        devices=devices,
-        max_context=settings.n_ctx if settings and settings.n_ctx else None,
-    )
-
-
 class DraftController(QObject):
     """Picker → pair check → bridge; runtime counts → dashboard text; draft plan → plan bars."""
 
@@ -195,11 +181,13 @@ class DraftController(QObject):
         store: ChatStore,
         settings: Callable[[], PlanSettings | None],
         devices: Callable[[], list[Device]],
+        margins: Callable[[], Margins],
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.picker, self.bridge, self.store = picker, bridge, store
-        self._settings, self._devices = settings, devices
+        # the window's one "Keep free" setting (Cache & split), as in its other fits
+        self._settings, self._devices, self._margins = settings, devices, margins
         self._checking = ""
         self.plain_tps: float | None = None
         self._live: dict[str, Any] = {}
@@ -286,12 +274,17 @@ class DraftController(QObject):
         self._checking = path
         self._verdict_for = info.path
         self.picker.show_verdict("checking…", None)
+        from engine.runtime.pairing import pair_report
+
+        settings = self._settings()
         run_in_background(  # a broken file or a runtime that will not start: the error's words
-            _pair_report,
+            pair_report,  # it starts a short-lived runtime child: off the GUI thread
             info.path,
             path,
-            self._settings(),
-            self._devices(),
+            settings=settings,
+            devices=self._devices(),
+            margins=self._margins(),
+            max_context=settings.n_ctx if settings and settings.n_ctx else None,
             parent=self,
             name="kvdeck-pair",
             on_result=lambda report: self._on_checked(path, report),

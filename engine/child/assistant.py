@@ -85,7 +85,15 @@ def _load(
     m, tp = session.require(), session.load_params.settings
     offload = bool(LL.llama_supports_gpu_offload())
     mp, keep = session.model_params(
-        req_id, path, n_gpu_layers, offload, cancel, main_gpu=tp.main_gpu, load_mtp=True, dry_run=dry_run
+        req_id,
+        path,
+        n_gpu_layers,
+        offload,
+        cancel,
+        main_gpu=tp.main_gpu,
+        load_mtp=True,
+        dry_run=dry_run,
+        load_mode=tp.load_mode,  # the target's: the plan sizes both files' host weights alike
     )
     try:
         model = session.load_model_file(path, mp, cancel, "the assistant")

@@ -42,7 +42,7 @@ from engine.child.batch_sample import LIB, TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafter_of
 from engine.child.errors import ErrorKind, error_event
 from engine.child.grammar import logits_row, logprob_entry
-from engine.child.io import DELTA_INTERVAL_S, Emit, Requests
+from engine.child.io import DELTA_INTERVAL_S, Emit, Requests, held
 from engine.child.prefix import SeqPrefixes
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot
@@ -198,13 +198,14 @@ class BatchLoop:
         toks = self.sampler.all(rows)
         now = time.perf_counter()
         TIMES.sample_s += now - t1
-        for (i, s), tok in zip(rows, toks):
-            if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
-                tok = not_eog(self.m, s.chain, s.w.sampling, i, tok)
-            self._emit(s, i, tok, now)
-        for i, s, d in checks:
-            assert self.drafting is not None
-            self.drafting.verify(self.sampler, s, i, d, lambda s, row, tok: self._emit(s, row, tok, now))
+        with held(self.emit):  # the step's Started, Delta and Slots events in one write
+            for (i, s), tok in zip(rows, toks):
+                if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
+                    tok = not_eog(self.m, s.chain, s.w.sampling, i, tok)
+                self._emit(s, i, tok, now)
+            for i, s, d in checks:
+                assert self.drafting is not None
+                self.drafting.verify(self.sampler, s, i, d, lambda s, row, tok: self._emit(s, row, tok, now))
 
     def _emit(self, s: Slot, i: int, tok: int, now: float) -> None:
         """Take the token sampled from batch row ``i`` (its log-probabilities from that row)."""

@@ -121,7 +121,13 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
     offload = bool(LL.llama_supports_gpu_offload())
     tp = session.load_params.settings if session.load_params else None
     mp, keep = session.model_params(
-        req.id, req.path, req.n_gpu_layers, offload, cancel, main_gpu=tp.main_gpu if tp else 0
+        req.id,
+        req.path,
+        req.n_gpu_layers,
+        offload,
+        cancel,
+        main_gpu=tp.main_gpu if tp else 0,
+        load_mode=tp.load_mode if tp else "mmap",  # the target's, as the draft's plan assumes
     )
     session.log.start_capture()
     try:

@@ -99,6 +99,7 @@ class LlamaSession:
             dry_run=p.dry_run,
             load_mtp=s.mtp,
             n_cpu_moe=s.n_cpu_moe,
+            load_mode=s.load_mode,
         )
         self.log.start_capture()
         try:
@@ -146,9 +147,12 @@ class LlamaSession:
         dry_run: bool = False,
         load_mtp: bool = False,
         n_cpu_moe: int = 0,
+        load_mode: str = "mmap",
     ) -> tuple[LL.llama_model_params, list[object]]:
         """llama_model_params plus the ctypes objects that must outlive the load call; load
-        progress goes out as Progress events of ``req_id`` and stops the load on ``cancel``."""
+        progress goes out as Progress events of ``req_id`` and stops the load on ``cancel``.
+        ``load_mode`` "mmap" keeps llama.cpp's default (AUTO: mapped where the devices can),
+        "none" copies the weights in (PlanSettings.load_mode: the plan sizes what is loaded)."""
         mp = LL.llama_model_default_params()
         mp.n_gpu_layers = (999 if n_gpu_layers < 0 else n_gpu_layers) if offload else 0
         if split_mode not in _SPLIT:
@@ -157,6 +161,10 @@ class LlamaSession:
             )
         mp.split_mode = _SPLIT[split_mode]
         mp.main_gpu = main_gpu
+        if load_mode not in ("mmap", "none"):
+            raise RequestError(ErrorKind.PARAMS, f"load mode must be mmap or none, not {load_mode!r}")
+        if load_mode == "none":
+            mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
         mp.load_mtp = load_mtp  # nextn layers: skipped unless a drafting context will use them
         keep: list[object] = set_cpu_moe(mp, n_cpu_moe)  # --n-cpu-moe (engine.plan.cpu_moe)
         if tensor_split:

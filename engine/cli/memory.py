@@ -241,8 +241,11 @@ def _capped(device: Device, per_device: dict[str, int]) -> Device:
 
 def cmd_pair(args: argparse.Namespace) -> int:
     """``kvdeck pair``: :func:`pair_report` as JSON or as one line per rule."""
+    from engine.plan.margins import Margins
+
     budget = args.budget_mib * MiB if args.budget_mib is not None else None
-    data = pair_report(args.target, args.draft, budget_bytes=budget, max_context=args.ctx)
+    margins = Margins.from_options(args.margin_mib, args.cpu_margin_mib)
+    data = pair_report(args.target, args.draft, budget_bytes=budget, margins=margins, max_context=args.ctx)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -272,23 +275,28 @@ def register(sub: Any) -> None:
         help="memory budget per GPU (or RAM) in MiB; per device (CUDA1=2048) or per worker "
         "(10.0.0.5:50052=6144)",
     )
-    f.add_argument(
-        "--margin-mib",
-        default=None,
-        metavar="MIB|DEV=MIB,…",
-        help="safety margin per GPU in MiB (default 1024, like llama.cpp's -fitt); "
-        "per device: CUDA0=2048,CUDA1=1024; both: 1536,CUDA1=512",
-    )
-    f.add_argument(
-        "--cpu-margin-mib",
-        type=int,
-        default=None,
-        help="safety margin of host RAM in MiB (default 1024); --margin-mib never applies to the host",
-    )
+    _add_margin_options(f)
     add_drafter_options(f, "a draft model or Gemma 4 assistant fitted with the same context")
     p2 = sub.add_parser("pair", help="can DRAFT speculate for TARGET? each rule with its verdict")
     p2.add_argument("target")
     p2.add_argument("draft")
     p2.add_argument("--ctx", type=int, default=None, help="largest context to consider")
     p2.add_argument("--budget-mib", type=int, default=None)
+    _add_margin_options(p2)  # the memory rule is a fit: the same margins
     p2.add_argument("--json", action="store_true")
+
+
+def _add_margin_options(p: Any) -> None:
+    p.add_argument(
+        "--margin-mib",
+        default=None,
+        metavar="MIB|DEV=MIB,…",
+        help="safety margin per GPU in MiB (default 1024, like llama.cpp's -fitt); "
+        "per device: CUDA0=2048,CUDA1=1024; both: 1536,CUDA1=512",
+    )
+    p.add_argument(
+        "--cpu-margin-mib",
+        type=int,
+        default=None,
+        help="safety margin of host RAM in MiB (default 1024); --margin-mib never applies to the host",
+    )

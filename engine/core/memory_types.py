@@ -15,6 +15,9 @@ Component = Literal["weights", "kv", "recurrent", "compute", "output"]
 COMPONENTS: tuple[Component, ...] = ("weights", "kv", "recurrent", "compute", "output")
 SplitMode = Literal["none", "layer", "row", "tensor"]
 FlashAttn = Literal["auto", "on", "off"]
+#: How llama.cpp reads the weights: "mmap" maps the file (llama.cpp's default, LOAD_MODE_AUTO,
+#: which maps wherever the devices support it: CPUs and discrete GPUs), "none" copies them in.
+LoadMode = Literal["mmap", "none"]
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
 MiB = 1 << 20
 GiB = 1 << 30
@@ -44,6 +47,10 @@ class PlanSettings:
     #: Keep the routed experts of layers 0..n_cpu_moe-1 in host memory (llama.cpp's --n-cpu-moe:
     #: tensor buffer overrides to the CPU buffer type; engine.plan.cpu_moe).
     n_cpu_moe: int = 0
+    #: The host's weights are the mapped file's byte range with "mmap" (tensors that share a
+    #: name share bytes), buffers of their own with "none" (engine.plan.weights). The no-alloc
+    #: dry run always loads with "none"; the runtime child loads with this.
+    load_mode: LoadMode = "mmap"
 
     def replace(self, **changes: Any) -> PlanSettings:
         return dataclasses.replace(self, **changes)

@@ -77,3 +77,16 @@ PRESETS: dict[str, SamplingParams] = {
     ),
 }
 DEFAULT_PRESET = "Balanced"
+
+#: What an API request gets for every field it leaves out: llama-server's defaults, not OpenAI's
+#: and not the GUI's Balanced preset. llama-server starts each request from its command-line
+#: sampling (tools/server/server-schema.cpp, ``eval_llama_cmpl_schema``: ``params.sampling =
+#: params_base.sampling``), which without options is ``common_params_sampling`` (common/common.h,
+#: 0c1e570): temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.0 (off) over the
+#: last 64 tokens, no frequency or presence penalty. OpenAI's own defaults (temperature 1, top-p 1,
+#: no top-k/min-p) are for OpenAI's models; clients pointed at a local server expect what
+#: llama-server, the reference local server for GGUF models, gives them, and a benchmark that
+#: sends only temperature and top-k then runs the same sampler chain on both (no penalty pass).
+API_DEFAULTS = SamplingParams(
+    temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0, repeat_last_n=64
+)

@@ -1302,3 +1302,7 @@ LOADER_READS: dict[str, dict[str, Read]] = {
 
 # In LLM_ARCH_NAMES but refused by llama_model_mapping.
 UNMAPPED = ('(unknown)', 'gptj')
+
+# load_arch_tensors creates a tied output (token_embd, TENSOR_DUPLICATED) before tok_embd:
+# in one host buffer that is a second tensor, so a second copy unless the buffer is mmapped.
+TIED_OUTPUT_FIRST = ('gemma3n', 'gemma4')

@@ -226,6 +226,18 @@ def mtp_only(arch: str, name: str, n_layer: int, n_nextn: int) -> bool:
     return part.isdigit() and n_layer - n_nextn <= int(part) < n_layer and _mtp_skipped(arch, name)
 
 
+def layer_of(name: str, n_layer: int) -> int:
+    """The llama.cpp layer a tensor is created with: -1 the input layer (always host), 0 ..
+    n_layer - 1 a repeating layer, n_layer the output layer; globals (rope_freqs,
+    token_embd_norm, …) are created with layer 0."""
+    if name.startswith("blk."):
+        part = name.split(".", 2)[1]
+        return int(part) if part.isdigit() and int(part) < n_layer else 0
+    if name.startswith(_INPUT_TENSORS):
+        return -1
+    return n_layer if name.startswith(_OUTPUT_TENSORS) else 0
+
+
 def weight_layout(
     tensors: Sequence[tuple[str, str, int, int, int, int]], n_layer: int, arch: str = "", n_nextn: int = 0
 ) -> WeightLayout:
@@ -235,18 +247,10 @@ def weight_layout(
     mtp_host, mtp_cuda = [0] * n_layer, [0] * n_layer
     tied, embd = True, ("F32", 0, 0)
     for name, qtype, _n, nbytes, _off, ne0 in tensors:
-        if name.startswith("blk."):
-            part = name.split(".", 2)[1]
-            slot = 1 + int(part) if part.isdigit() and int(part) < n_layer else 1
-            if mtp_only(arch, name, n_layer, n_nextn):
-                mtp_host[slot - 1] += -(-nbytes // 32) * 32
-                mtp_cuda[slot - 1] += cuda_bytes(qtype, ne0, nbytes)
-        elif name.startswith(_INPUT_TENSORS):
-            slot = 0
-        elif name.startswith(_OUTPUT_TENSORS):
-            slot = n_layer + 1
-        else:
-            slot = 1  # globals created with layer 0 (rope_freqs, token_embd_norm, …)
+        slot = 1 + layer_of(name, n_layer)
+        if mtp_only(arch, name, n_layer, n_nextn):
+            mtp_host[slot - 1] += -(-nbytes // 32) * 32
+            mtp_cuda[slot - 1] += cuda_bytes(qtype, ne0, nbytes)
         h, c = -(-nbytes // 32) * 32, cuda_bytes(qtype, ne0, nbytes)
         host[slot] += h
         cuda[slot] += c

@@ -21,10 +21,10 @@ from engine.plan.compute_cuda import has_fa_kernel
 from engine.plan.compute_placement import cuda_compute
 from engine.plan.compute_rpc import SCHED_MAX_COPIES, pipeline_parallel, rpc_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
-from engine.plan.cpu_moe import CUDA_COMPUTE_NOTE, compute_layers, move_experts
-from engine.plan.cpu_repack import RepackPlan, host_repack
+from engine.plan.cpu_moe import CUDA_COMPUTE_NOTE, compute_layers
 from engine.plan.kv_sizes import ModelGeometry, geometry, kv_caches
 from engine.plan.sparse_caches import dsv4_states, ple_conv_state, unmodelled_notes
+from engine.plan.weights import place_weights
 
 __all__ = [
     "BLOCKS",
@@ -224,15 +224,10 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         )
     )
 
-    # Weights (§10).
-    # Without a local GPU, the host's repackable matrices move to CPU_REPACK (engine.plan.cpu_repack).
-    repack, repack_note = host_repack(info, ldev, gpus)
-    host_like = {"CPU"} | {g.name for g in gpus if g.host_layout}  # a worker's CPU: host layout
-    weights, moe_note = move_experts(
-        info, settings.n_cpu_moe, ldev, host_like, devices, _weights(geo, ldev, host_like, repack)
-    )
+    # Weights (§10), in the settings' load mode (engine.plan.weights).
+    weights, weight_notes, moe_note = place_weights(info, geo, settings, ldev, gpus, devices)
     allocs += weights
-    notes += [n for n in (repack_note, moe_note) if n]
+    notes += weight_notes
 
     # Compute (§9): the CPU calibration, or on CUDA what the scheduler allocates there.
     quant_k, quant_v = BLOCKS[tk][0] > 1, BLOCKS[tv][0] > 1
@@ -302,11 +297,8 @@ def weight_allocations(info: GGUFInfo, settings: PlanSettings, devices: list[Dev
     """The weights alone, placed as :func:`analytic_plan` places them: a drafter's own file (a
     Gemma 4 assistant) needs its weights but none of a context of its own."""
     gpus = _gpus(settings, devices)
-    host_like = {"CPU"} | {g.name for g in gpus if g.host_layout}
-    ldev = layer_devices(geometry(info).n_layer, settings, gpus)
-    repack = host_repack(info, ldev, gpus)[0]
-    weights = _weights(geometry(info), ldev, host_like, repack)
-    return move_experts(info, settings.n_cpu_moe, ldev, host_like, devices, weights)[0]
+    geo = geometry(info)
+    return place_weights(info, geo, settings, layer_devices(geo.n_layer, settings, gpus), gpus, devices)[0]
 
 
 def _split_compute(
@@ -352,45 +344,3 @@ def _per_layer_state(
         Allocation("recurrent", dev, n * layer_bytes, (f"{name}: " if name else "") + f"{n} layers{each}")
         for dev, n in count.items()
     ]
-
-
-def _weights(
-    geo: ModelGeometry, ldev: list[str], host_like: set[str], repack: RepackPlan | None = None
-) -> list[Allocation]:
-    """Weight bytes per device: input layer on the host, layers and output where ldev says
-    (sized as on the host on ``host_like`` devices, padded as in a CUDA buffer elsewhere; an MTP
-    block's tensors that load only with load_mtp belong to engine.plan.drafting); a CPU-only
-    load's repacked matrices as a second CPU allocation (CPU_REPACK)."""
-    w = geo.weights
-    if w is None:
-        return []
-    by_dev: dict[str, int] = {"CPU": w.input_host}
-    count: dict[str, int] = {}
-    skip = (w.mtp_cuda, w.mtp_host) if w.mtp_host else ((0,) * len(ldev), (0,) * len(ldev))
-    for il, dev in enumerate(ldev[:-1]):
-        b = w.layers_host[il] - skip[1][il] if dev in host_like else w.layers_cuda[il] - skip[0][il]
-        by_dev[dev] = by_dev.get(dev, 0) + b
-        count[dev] = count.get(dev, 0) + 1
-    out_dev = ldev[-1]
-    on_host = out_dev in host_like
-    by_dev[out_dev] = by_dev.get(out_dev, 0) + (w.output_host if on_host else w.output_cuda)
-    # A tied output is a copy of token_embd in the output layer's buffer. Archs that create
-    # that copy before token_embd itself (gemma3n, gemma4) keep two copies even on the CPU.
-    tied = w.tied_output and (out_dev != "CPU" or geo.arch in ("gemma3n", "gemma4"))
-    if tied:
-        by_dev[out_dev] += w.token_embd_host if on_host else w.token_embd_cuda
-    out = []
-    for dev, b in by_dev.items():
-        parts = [f"{count.get(dev, 0)} layers"]
-        if dev == "CPU":
-            parts.append("token embeddings (input layer, always host)")
-        if dev == out_dev:
-            parts.append("output layer" + (" + copy of the tied token embeddings" if tied else ""))
-        pad = "32-byte aligned" if dev in host_like else "128-byte aligned, quantized rows padded"
-        if dev == "CPU" and repack is not None and repack.bytes:
-            b -= repack.moved
-            parts.append("the rest of the matrices")
-        out.append(Allocation("weights", dev, b, ", ".join(parts) + f" ({pad})"))
-    if repack is not None and repack.bytes:
-        out.append(Allocation("weights", "CPU", repack.bytes, repack.detail()))
-    return out

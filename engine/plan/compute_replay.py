@@ -16,16 +16,17 @@ a quantized cache, attention, output, optional post-norms, a gated dense or rout
 FFN) with the graph inputs, and engine.plan.sched_replay splits, copies and allocates them as
 the scheduler and ggml-alloc do.
 
-The replay is not the graph itself. On the 605 H200 dry runs with layers on the CPU
-(benchmarks/results/gpu-memory-2026-12-04.json: 5 shapes, f16/q8_0/q4_0 K/V, flash attention
-on and off, 4k-128k, ubatch 512-2048) it is within 1 MiB in 155 (26 %); its median error is 0
-to +16 MiB (routed experts: -22), its 10th percentile -8 to -16 MiB for the llama and qwen3
-shapes (-45 routed experts, -115 gemma3) and its tails reach -198 / +198 MiB: somewhere the
-node order, an in-place reuse or a fused-op allocation dependency (routed experts) differs
-from llama.cpp, and one large block (a weight or K copy, an FFN activation) lands elsewhere.
-`SAFETY` therefore adds the largest such block; engine.plan.compute_placement takes the
-smaller of this and the live-tensor bound of engine.plan.compute_cuda. Exact figures need
-the graph node for node (every view, every fused op).
+For llama and qwen3 layers (`EXACT_ARCHS`, standard tensors only) the nodes are the graph's
+own: re-evaluated offline on the 367 H200 dry runs and real loads of the llama3-8b, qwen3-32b
+and llama3-70b shapes with layers on the CPU (benchmarks/results/gpu-memory-2026-12-04.json,
+benchmarks/offload_replay_eval.py: f16/q8_0/q4_0 K/V, flash attention on and off, 4k-128k,
+ubatch 512-2048, ngl 0..n) every one is within 0.01 MiB, so the plan uses the replay as is.
+What made it exact: ggml-alloc never reuses a view's memory in place (a view is not "own":
+ggml-alloc.c, ggml_gallocr_allocate_node), so the rope (or the Q/K norm) after the reshape of a
+projection to heads gets a block of its own. For gemma3 and routed experts the replay still
+differs (sandwich norms and the tied output; ggml-cuda's fused top-k and weighted-sum alloc
+deps): there `SAFETY` adds the largest block, and engine.plan.compute_placement takes the
+smaller of this and the live-tensor bound of engine.plan.compute_cuda.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ from engine.plan.sched_replay import CPU, GPU, HOST, INPUT, W_CPU, W_GPU, Graph,
 #: Families whose graphs the replay follows (checked on the grid above); others keep the
 #: stated bound of engine.plan.compute_cuda.
 REPLAY_ARCHS = frozenset({"llama", "qwen3", "qwen3moe", "gemma3"})
+#: Families whose standard layers (engine.plan.compute_placement: no biases, no routed experts)
+#: the replay builds node for node as llama.cpp's graph has them: there the replay is the
+#: buffer, with no safety term (every recorded dry run of the llama and qwen3 shapes exact).
+EXACT_ARCHS = frozenset({"llama", "qwen3"})
+#: ggml-cuda moves an op on a host weight to the GPU from this many rows (ggml-cuda.cu,
+#: GGML_OP_OFFLOAD_MIN_BATCH's default); below it the op stays on the CPU, as the replay does not.
+OP_OFFLOAD_MIN_BATCH = 32
 #: The stated safety term: the largest single tensor of a CPU layer (weight copy, K or V copy
 #: with half its f16 conversion, FFN activation), four hidden rows per token, four
 #: used-expert FFN rows (routed experts), and six more hidden rows with no repeating layer
@@ -89,6 +97,7 @@ class ReplayGraph:
     experts: tuple[int, int] | None  # (n_expert, used) for routed FFNs
     weights: Sequence[LayerWeights]
     caches: Sequence[LayerCache]
+    exact: bool = False  # EXACT_ARCHS with standard layers: no safety term
 
 
 def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> int:
@@ -181,9 +190,13 @@ def _query_or_key(
     """Q or K: the projection, its norm where the family has one, rope, and the Hadamard
     rotation of a quantized K cache (llama.cpp applies the K rotation to Q as well)."""
     y = b.node(rows, b.leaf(weight, kind), x)
+    # the projection is reshaped to heads first, and ggml-alloc never reuses a view's memory
+    # in place (a view is not "own": ggml-alloc.c, ggml_gallocr_allocate_node), so the op
+    # after the reshape (the Q/K norm, else rope) gets a new block
     if g.qk_norm:
-        y = _norm(b, rows, y, 4 * g.head_dim, kind)
-    y = b.node(rows, y, pos, inplace=True)  # rope
+        y = b.node(rows, y)  # rms_norm of the reshaped projection
+        y = b.node(rows, y, b.leaf(4 * g.head_dim, kind), inplace=True)
+    y = b.node(rows, y, pos, inplace=g.qk_norm)  # rope
     return b.node(rows, rot, y) if g.rotate[0] else y
 
 

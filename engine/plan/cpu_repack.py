@@ -17,8 +17,8 @@ weights such as MLA's `attn_k_b` — stays in the plain CPU buffer. The repacked
 the CPU_REPACK buffer takes bytes out of the CPU buffer one for one, with one exception: a
 tied output (no `output.weight`) is created as a duplicate of `token_embd` with the output's
 `MUL_MAT` op; when that is repackable it cannot share the CPU buffer's `token_embd`, so
-CPU_REPACK holds an extra copy (gemma3n/gemma4 create the duplicate first and already keep two
-copies; theirs moves).
+CPU_REPACK holds an extra copy (gemma3n/gemma4, `TIED_OUTPUT_FIRST`, create the duplicate
+first: it goes to CPU_REPACK and token_embd alone stays in the plain buffer).
 
 With mmap (llama.cpp's default) the other weights stay in the mapped file (`CPU_Mapped`, the
 file span of its tensors, which may still cover repacked tensors' pages: they are read once
@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine.core.memory_types import Device
+from engine.gguf.arch_table import TIED_OUTPUT_FIRST
 from engine.gguf.hparams import BERT_ENCODER_ARCHS, mtp_only
 from engine.gguf.inspect import GGUFInfo
 from engine.gguf.split_parts import read_model_tensor_dims
@@ -117,9 +118,8 @@ def _names_re(names: str) -> re.Pattern[str]:
 
 
 _RE_MUL_MAT, _RE_MUL_MAT_ID = _names_re(_MUL_MAT), _names_re(_MUL_MAT_ID)
-# Archs whose output layer is created before token_embd (their tied copy already exists on the
-# CPU, engine.plan.analytic._weights), and archs without an output matrix at all.
-_OUTPUT_FIRST = ("gemma3n", "gemma4")
+# Archs without an output matrix at all (those whose output layer is created before token_embd,
+# TIED_OUTPUT_FIRST, already hold their tied copy on the host: engine.plan.weights).
 _NO_OUTPUT = BERT_ENCODER_ARCHS | {"llama-embed", "bitnet"}
 
 
@@ -245,7 +245,7 @@ def _build(info: GGUFInfo, dims: dict[str, tuple[str, tuple[int, ...]]], feature
         if lay:  # the output's duplicate of token_embd lands in CPU_REPACK
             nb = _pad(tensor_bytes(*embd))
             total += nb
-            moved += nb if info.architecture in _OUTPUT_FIRST else 0
+            moved += nb if info.architecture in TIED_OUTPUT_FIRST else 0
             add(embd[0], lay, nb)
     by_type = tuple((t, lay, n, b) for (t, lay), (n, b) in sorted(kinds.items()))
     return RepackPlan(features, total, moved, sum(k[0] for k in kinds.values()), by_type)

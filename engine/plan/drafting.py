@@ -26,11 +26,13 @@ from collections.abc import Callable
 
 from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 from engine.gguf.inspect import GGUFInfo
+from engine.gguf.reader import Corrupt
 from engine.plan.analytic import geometry, layer_devices, resolve_context, weight_allocations
 from engine.plan.assistant_rules import ASSISTANT_ARCH
 from engine.plan.compute import phases
 from engine.plan.compute_shape import ComputeShape
 from engine.plan.context import BLOCKS, Resolved, row_bytes
+from engine.plan.weights import mapped_bytes
 
 __all__ = [
     "DEFAULT_DRAFT_MAX",
@@ -77,7 +79,7 @@ def drafting_plan(
         geo = geometry(info)
         layers = [il for il in nextn_layers(info) if info.n_head_kv_per_layer[il] > 0]
         ldev = layer_devices(info.n_layer, s, gpus)
-        allocs += _nextn_weights(info, ldev)
+        allocs += _nextn_weights(info, ldev, s, gpus, devices)
         kv_dev = ldev if s.offload_kqv else ["CPU"] * len(ldev)
         w_v = max((geo.v_width[il] for il in layers), default=0)
         for il in layers:
@@ -159,9 +161,13 @@ def creation_output(plan: MemoryPlan) -> int:
     return next(a.bytes for a in plan.allocations if a.component == "output")
 
 
-def _nextn_weights(info: GGUFInfo, ldev: list[str]) -> list[Allocation]:
+def _nextn_weights(
+    info: GGUFInfo, ldev: list[str], s: PlanSettings, gpus: list[Device], devices: list[Device]
+) -> list[Allocation]:
     """The MTP blocks' tensors that load only with load_mtp, per device (the target plan leaves
-    them out; engine.gguf.hparams.weight_layout tells them apart per arch)."""
+    them out; engine.gguf.hparams.weight_layout tells them apart per arch). With mmap the host's
+    share is what they add to the mapped span (engine.plan.weights): nothing where they already
+    lie between the host's other tensors in the file."""
     w = info.weights
     if w is None or not w.mtp_host:
         return []
@@ -169,6 +175,12 @@ def _nextn_weights(info: GGUFInfo, ldev: list[str]) -> list[Allocation]:
     for il in nextn_layers(info):
         dev = ldev[il]
         by_dev[dev] = by_dev.get(dev, 0) + (w.mtp_cuda[il] if dev != "CPU" else w.mtp_host[il])
+    if s.load_mode == "mmap" and "CPU" in by_dev:
+        try:
+            with_mtp = mapped_bytes(info, s, ldev, gpus, devices, with_mtp=True)[0]
+            by_dev["CPU"] = with_mtp - mapped_bytes(info, s, ldev, gpus, devices)[0]
+        except (OSError, ValueError, Corrupt):
+            pass  # the file is gone or changed: keep the tensors' own bytes
     return [
         Allocation("weights", dev, b, f"MTP (nextn) blocks, loaded with load_mtp ({b / MiB:.2f} MiB)")
         for dev, b in by_dev.items()

@@ -16,6 +16,7 @@ from engine.gguf.inspect import inspect_gguf
 from engine.plan.analytic import analytic_plan
 from engine.plan.assistant_rules import ASSISTANT_ARCH, assistant_checks, embedding_length_out
 from engine.plan.fit import DraftSpec, fit
+from engine.plan.margins import Margins
 from engine.plan.pairing import Check, verdict
 from engine.runtime.host import RuntimeHost
 from engine.runtime.info import plan_devices
@@ -29,10 +30,12 @@ def pair_report(
     max_context: int | None = None,
     settings: PlanSettings | None = None,
     devices: list[Device] | None = None,
+    margins: Margins | None = None,
 ) -> dict[str, Any]:
     """Vocabulary rules from llama.cpp itself (in a throwaway child), plus: do both fit together
-    at the target's context. ``settings`` are the target's (the draft keeps f16 K/V); the GUI
-    calls this off its thread before loading a draft."""
+    at the target's context, keeping ``margins`` free as every other fit of the caller does (the
+    window's "Keep free" settings, ``kvdeck pair --margin-mib``). ``settings`` are the target's
+    (the draft keeps f16 K/V); the GUI calls this off its thread before loading a draft."""
     target, draft = inspect_gguf(target_path), inspect_gguf(draft_path)
     kind = "assistant" if draft.architecture == ASSISTANT_ARCH else "model"
     if kind == "assistant":  # the Gemma 4 assistant's rules, from the two headers
@@ -59,6 +62,7 @@ def pair_report(
         devices,
         plan_fn=analytic_plan,
         budget_bytes=budget_bytes,
+        margins=margins,
         draft=DraftSpec(draft, dsettings, kind),
         max_context=max_context,
     )

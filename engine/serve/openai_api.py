@@ -10,9 +10,10 @@ carried in :class:`Job`; tools are checked by engine.serve.tools. The ``model`` 
 string but may name anything: OpenAI clients send their own model names, and this server has
 exactly one model, so every name is answered by it (the replies name the loaded model).
 
-Defaults: a field the client leaves out takes KV Deck's default preset (what the GUI and
-``kvdeck chat`` use), so the same prompt and settings give the same reply on every front end;
-``temperature: 0`` is greedy and equals ``kvdeck chat --temperature 0``.
+Defaults: a field the client leaves out takes llama-server's default
+(``engine.core.sampling.API_DEFAULTS``: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no
+repeat penalty), so a client gets what it would get from llama.cpp's own server, and a request
+that names every sampling field gets the same reply as ``kvdeck chat`` with those settings.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from engine.chat.history import text_of
 from engine.chat.template import ChatMessage
-from engine.core.sampling import RANDOM_SEED, SamplingParams
+from engine.core.sampling import API_DEFAULTS, RANDOM_SEED
 from engine.serve.errors import ApiError, error_body  # noqa: F401  (re-exported)
 from engine.serve.tools import parse_tools
 
@@ -114,7 +115,7 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         value = _number(body, key, 1, 1 << 30, integer=True)
         if value is not None:
             limit = int(value)
-    base = SamplingParams().to_dict()
+    base = API_DEFAULTS.to_dict()
     for key, lo, hi, integer, lo_open in (
         ("temperature", 0, 5, False, False),
         ("top_p", 0, 1, False, True),

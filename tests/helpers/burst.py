@@ -26,10 +26,13 @@ class Burst:
     def __init__(self, n: int) -> None:
         self.started: dict[int, P.Started] = {}
         self.done: dict[int, P.Message] = {}
+        #: Every event of each request, in the order the parent received them.
+        self.events: dict[int, list[P.Message]] = {}
         self.n = n
         self.all_done = threading.Event()
 
     def on_event(self, msg: P.Message) -> None:
+        self.events.setdefault(getattr(msg, "id", 0), []).append(msg)
         if isinstance(msg, P.Started):
             self.started[msg.id] = msg
         elif isinstance(msg, (P.Done, P.ErrorEvent)):
