@@ -161,7 +161,7 @@ def kvdeck_fit(info: Any, free_mib: int, margin_mib: int, n_ctx: int, host: Devi
     kw: dict[str, Any] = {"plan_fn": analytic_plan, "margins": Margins(gpu=margin_mib * MiB)}
     if n_ctx:
         kw.update(min_context=n_ctx, max_context=n_ctx)
-    r = fit(info, PlanSettings(n_ctx=n_ctx), devices, **kw)
+    r = fit(info, PlanSettings(n_ctx=n_ctx, load_mode="none"), devices, **kw)  # as load() loads
     plan = analytic_plan(info, r.settings, devices)
     return {
         "n_ctx": r.plan.n_ctx,
@@ -260,7 +260,7 @@ def main() -> int:
             if ref["n_gpu_layers"] is not None:
                 plan = analytic_plan(
                     infos[shape],
-                    PlanSettings(n_ctx=ref["n_ctx"], n_gpu_layers=ref["n_gpu_layers"]),
+                    PlanSettings(n_ctx=ref["n_ctx"], n_gpu_layers=ref["n_gpu_layers"], load_mode="none"),
                     [host, Device("CUDA0", "gpu", 143771 * MiB, usable * MiB, reserved_bytes=0)],
                 )
                 case["kvdeck_plan_of_llama_setting_cuda0_mib"] = round(plan.bytes_for("CUDA0") / MiB, 2)

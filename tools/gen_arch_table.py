@@ -12,8 +12,8 @@ ignores. Hand-kept lists drift, so this script derives the table from the vendor
 - `src/models/models.h`: class inheritance; a class without its own `load_arch_hparams`
   reuses its parent's (mistral4 -> deepseek2, llama_embed -> llama, ...).
 - `src/llama-vocab.cpp`: the few `%s.` keys the vocabulary loader reads (vocab_size).
-- each `load_arch_tensors` body: whether a tied output (`token_embd` with TENSOR_DUPLICATED) is
-  created before `tok_embd` itself, which keeps two copies in one host buffer (memory plan).
+- each `load_arch_tensors` body (memory plan): whether a tied output (`token_embd` with
+  TENSOR_DUPLICATED) is created before `tok_embd` itself, and the TENSOR_READ_LAZY tensors.
 - each `load_arch_hparams` body: every `ml.get_key / get_key_or_arr / get_arr / get_arr_n`,
   calls of `llama_model_base` helpers (`load_swa_pattern`) and of file-local static helpers
   that take an `llm_kv` (qwen4exp's `qwen4exp_require_arr_len`).
@@ -34,11 +34,17 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: tools.cpp_source beside it
+from tools.cpp_source import block as _block  # noqa: E402
+from tools.cpp_source import functions as _functions  # noqa: E402
+from tools.cpp_source import split_args as _split_args  # noqa: E402
+from tools.cpp_source import strip_comments as _strip_comments  # noqa: E402
+
 OUT = ROOT / "engine" / "gguf" / "arch_table.py"
 SDIST = "llama_cpp_python-0.3.36"
 CANDIDATES = (
@@ -64,46 +70,6 @@ def find_source(argv: list[str]) -> Path | None:
         paths.append(Path(os.environ["KVDECK_LLAMA_SRC"]))
     paths += CANDIDATES
     return next((p for p in paths if (p / "src" / "models" / "models.h").is_file()), None)
-
-
-def _strip_comments(text: str) -> str:
-    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
-    return re.sub(r"//[^\n]*", "", text)
-
-
-def _block(text: str, open_at: int) -> int:
-    """Index just past the brace/paren matching the one at `open_at`."""
-    pair = {"{": "}", "(": ")"}[text[open_at]]
-    depth, i = 0, open_at
-    while True:
-        c = text[i]
-        depth += c == text[open_at]
-        depth -= c == pair
-        i += 1
-        if depth == 0:
-            return i
-
-
-def _split_args(text: str) -> list[str]:
-    args, depth, cur = [], 0, ""
-    for c in text:
-        if c in "([{<" and not (c == "<" and not cur.strip()):
-            depth += c in "([{"
-        if c in ")]}":
-            depth -= 1
-        if c == "," and depth == 0:
-            args.append(cur.strip())
-            cur = ""
-        else:
-            cur += c
-    return args + [cur.strip()] if cur.strip() else args
-
-
-def _functions(text: str, name_re: str) -> Iterator[tuple[str, str]]:
-    """(name, body) of every function definition whose name matches `name_re`."""
-    for m in re.finditer(r"\b(" + name_re + r")\s*\(([^;{}]*)\)\s*(?:const\s*)?\{", text):
-        start = m.end() - 1
-        yield m.group(1), text[start + 1 : _block(text, start) - 1]
 
 
 def _is_conditional(body: str, pos: int) -> bool:
@@ -196,6 +162,7 @@ def parse(src: Path) -> dict[str, object]:
     arch_cpp = read("src/llama-arch.cpp")
     arch_names = dict(re.findall(r"\{\s*(LLM_ARCH_\w+)\s*,\s*\"([^\"]+)\"\s*\}", arch_cpp))
     kv_names = dict(re.findall(r"\{\s*(LLM_KV_\w+)\s*,\s*\"([^\"]+)\"\s*\}", arch_cpp))
+    tensor_names = dict(re.findall(r"\{\s*(LLM_TENSOR_\w+)\s*,\s*\"([^\"]+)\"\s*\}", arch_cpp))
     hp_defaults = {
         m.group(1): " ".join(m.group(2).split())
         for m in re.finditer(
@@ -247,12 +214,16 @@ def parse(src: Path) -> dict[str, object]:
 
     loaders: dict[str, list[Read]] = {}
     output_first: set[str] = set()  # classes whose tied output is created before tok_embd
+    lazy: dict[str, tuple[str, ...]] = {}  # class -> tensors created with TENSOR_READ_LAZY
     for path in sorted((src / "src" / "models").glob("*.cpp")):
         text = _strip_comments(path.read_text(encoding="utf-8"))
         for name, body in _functions(text, r"llama_model_\w+::load_arch_tensors"):
+            cls = name.split("::")[0][len("llama_model_") :]
             embd = re.findall(r"create_tensor\(\s*tn\(LLM_TENSOR_TOKEN_EMBD\b[^;]*;", body)
             if embd and "TENSOR_DUPLICATED" in embd[0]:
-                output_first.add(name.split("::")[0][len("llama_model_") :])
+                output_first.add(cls)
+            found = re.findall(r"create_tensor\(\s*tn\((LLM_TENSOR_\w+)[^;]*TENSOR_READ_LAZY", body)
+            lazy[cls] = tuple(sorted({tensor_names[e] for e in found}))
         local: dict[str, tuple[str, bool]] = {}
         for name, body in _functions(text, r"\w+"):
             m = re.search(r"ml\.(get_\w+)\s*\(\s*kid\s*,[^;]*?(true|false)?\s*\)\s*;", body)
@@ -280,6 +251,11 @@ def parse(src: Path) -> dict[str, object]:
         "common_by_arch": common_by_arch,
         "unmapped": sorted(set(arch_names.values()) - set(arch_class)),
         "output_first": sorted(a for a, c in arch_class.items() if loader_of(c, own_tensors) in output_first),
+        "lazy": {
+            a: lazy[t]
+            for a, c in sorted(arch_class.items())
+            if lazy.get(t := loader_of(c, own_tensors) or "")
+        },
     }
 
 
@@ -381,6 +357,10 @@ def render(data: dict[str, object]) -> str:
         "# load_arch_tensors creates a tied output (token_embd, TENSOR_DUPLICATED) before tok_embd:",
         "# in one host buffer that is a second tensor, so a second copy unless the buffer is mmapped.",
         f"TIED_OUTPUT_FIRST = {tuple(data['output_first'])!r}",
+        "",
+        "# Tensors load_arch_tensors creates with TENSOR_READ_LAZY (a mapped buffer of their own when",
+        "# over llama_model_loader::lazy_read's 4 GiB), by name format.",
+        f"LAZY_TENSORS: dict[str, tuple[str, ...]] = {data['lazy']!r}",
         "",
     ]  # type: ignore[call-overload]
     return "\n".join(lines)

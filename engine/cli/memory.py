@@ -31,6 +31,13 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ubatch", type=int, default=512)
     p.add_argument("--split-mode", choices=("none", "layer", "row", "tensor"), default="layer")
     p.add_argument("--tensor-split", default="", help="ratios per GPU, e.g. 3,1")
+    p.add_argument(
+        "--load-mode",
+        choices=("mmap", "none"),
+        default="mmap",
+        help="how llama.cpp reads the weights: mapped from the file (default) or copied in "
+        "(llama.cpp's --load-mode none; a dry run always copies)",
+    )
     p.add_argument("--json", action="store_true")
     add_rpc_option(p)
 
@@ -63,6 +70,7 @@ def settings_from_args(args: argparse.Namespace, info: Any) -> PlanSettings:
         n_cpu_moe=n_cpu_moe(args),
         split_mode=args.split_mode,
         tensor_split=split,
+        load_mode=args.load_mode,
     )
 
 

@@ -1306,3 +1306,7 @@ UNMAPPED = ('(unknown)', 'gptj')
 # load_arch_tensors creates a tied output (token_embd, TENSOR_DUPLICATED) before tok_embd:
 # in one host buffer that is a second tensor, so a second copy unless the buffer is mmapped.
 TIED_OUTPUT_FIRST = ('gemma3n', 'gemma4')
+
+# Tensors load_arch_tensors creates with TENSOR_READ_LAZY (a mapped buffer of their own when
+# over llama_model_loader::lazy_read's 4 GiB), by name format.
+LAZY_TENSORS: dict[str, tuple[str, ...]] = {'gemma4': ('per_layer_token_embd',), 'qwen4exp': ('per_layer_token_embd',)}

@@ -32,7 +32,7 @@ import re
 from collections.abc import Sequence
 
 from engine.core.memory_types import Allocation, Device, MiB, PlanSettings
-from engine.gguf.arch_table import TIED_OUTPUT_FIRST
+from engine.gguf.arch_table import LAZY_TENSORS, TIED_OUTPUT_FIRST
 from engine.gguf.hparams import layer_of, mtp_only
 from engine.gguf.inspect import GGUFInfo
 from engine.gguf.reader import Corrupt, read_header
@@ -41,6 +41,8 @@ from engine.plan.cpu_features import CpuFeatures
 from engine.plan.cpu_moe import EXPS_REGEX, move_experts
 from engine.plan.cpu_repack import RepackPlan, host_repack, tensor_layout
 from engine.plan.kv_sizes import ModelGeometry
+
+LAZY_MIN_BYTES = 4 << 30  # lazy_read::add's auto_min_size: larger tensors are read lazily
 
 
 def place_weights(
@@ -113,10 +115,11 @@ def mapped_bytes(
     gpus: Sequence[Device],
     devices: Sequence[Device],
     with_mtp: bool = False,
-) -> tuple[int, int]:
-    """(CPU_Mapped bytes, bytes of its own tensors) of a load with mmap: per file, the span from
-    the first to the last byte of the tensors in the host's plain buffer (``with_mtp``: an MTP
-    block's tensors that load only with load_mtp included)."""
+) -> tuple[int, int, int]:
+    """(CPU_Mapped bytes, bytes of their own tensors, of which lazily read) of a load with mmap:
+    per file, the span from the first to the last byte of the tensors in the host's plain
+    buffer, plus each lazily read tensor's own mapped buffer (``with_mtp``: an MTP block's
+    tensors that load only with load_mtp included)."""
     repack = host_repack(info, ldev, gpus)[0]
     local_gpu = any(d.kind == "gpu" and not d.endpoint for d in devices)
     moe_repack = None if local_gpu else host_repack(info, ["CPU"] * len(ldev), [])[0]
@@ -147,7 +150,7 @@ def _spans(
     n_cpu_moe: int,
     moe_features: CpuFeatures | None,
     with_mtp: bool,
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Read each file's tensor offsets once per placement (the GUI replans on every slider move)."""
     path0, file_bytes, _mtime, arch, nl, nn = model
     n_layer = len(ldev) - 1
@@ -164,16 +167,25 @@ def _spans(
             return not (moe_features and tensor_layout(name, *dims[name], moe_features))
         return not (features and name in dims and tensor_layout(name, *dims[name], features))
 
-    span = own = 0
+    # TENSOR_READ_LAZY tensors over lazy_read's 4 GiB get a context of their own
+    # (src/llama-model-loader.cpp: lazy_read::add, ctx_key.lazy), mapped in any load mode.
+    lazy_re = re.compile(
+        "|".join(re.escape(f).replace("%d", r"\d+") + r"\.weight" for f in LAZY_TENSORS.get(arch, ()))
+    )
+    span = own = lazy = 0
     meta, types, rows0 = read_header(path0, max(file_bytes, os.path.getsize(path0)))
     n_split = split_count(meta, types)
     for path in [path0] + (part_paths(path0, n_split)[1:] if n_split > 1 else []):
         tensors = rows0 if path == path0 else read_header(path, os.path.getsize(path))[2]
-        rows = [r for r in tensors if mapped(r[0])]
+        own_ctx = [
+            r for r in tensors if lazy_re.pattern and r[3] > LAZY_MIN_BYTES and lazy_re.fullmatch(r[0])
+        ]
+        lazy += sum(r[3] for r in own_ctx)
+        rows = [r for r in tensors if mapped(r[0]) and r not in own_ctx]
         if rows:
             span += max(r[4] + r[3] for r in rows) - min(r[4] for r in rows)
             own += sum(r[3] for r in rows)
-    return span, own
+    return span + lazy, own + lazy, lazy
 
 
 def _mapped(
@@ -187,7 +199,7 @@ def _mapped(
 ) -> list[Allocation]:
     """``weights`` with the host's plain allocations replaced by the one mapped span."""
     try:
-        span, own = mapped_bytes(info, settings, ldev, gpus, devices)
+        span, own, lazy = mapped_bytes(info, settings, ldev, gpus, devices)
     except (OSError, ValueError, Corrupt):  # the file is gone or changed: the "none" figure
         return weights
     plain = [a for a in weights if a.device == "CPU" and not a.detail.startswith("CPU_REPACK")]
@@ -198,6 +210,8 @@ def _mapped(
     why = []
     if between > MiB // 100:
         why.append(f"{between / MiB:.2f} MiB of it other buffers' tensors lying in between")
+    if lazy:
+        why.append(f"{lazy / MiB:.2f} MiB of it lazily read tensors, each mapped on its own")
     detail = (
         "CPU_Mapped: the model file's bytes from the host's first to its last tensor (mmap"
         + ("; " + "; ".join(why) if why else "")

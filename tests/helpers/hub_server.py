@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -111,8 +112,7 @@ class FakeHub:
             pass
 
         Handler.hub = hub
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self.url
 
@@ -129,9 +129,47 @@ class FakeHub:
         return self.url.replace("127.0.0.1", "localhost")
 
     def stop(self) -> None:
+        """Stop serving and leave no socket behind in this process: a later test that checks
+        the process has no internet socket at all (test_hostile) must not find this hub's
+        keep-alive connections, neither the server's end nor the client pool's."""
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
+            self._server.server_close()  # ends every open connection, joins its handler
+        from huggingface_hub import close_session
+
+        close_session()  # the library's shared client pooled connections to this hub
+
+
+class _Server(ThreadingHTTPServer):
+    """A threading server that knows its open connections: HTTP/1.1 keep-alive holds each one
+    (and its handler thread) until the client hangs up, which a pooled client never does."""
+
+    daemon_threads = False  # server_close() joins the handlers
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        with self._open_lock:
+            still_open = list(self._open)
+        for conn in still_open:  # a handler waiting for the next request reads EOF and ends
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler
+        super().server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
