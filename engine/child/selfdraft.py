@@ -39,7 +39,6 @@ engine.child.selfdraft_context.
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +54,7 @@ _FLOAT_P = ctypes.POINTER(ctypes.c_float)
 #: Most rows a sequence's catch-up waits for before it is decoded anyway: what keeps the cost of a
 #: sequence that never drafts bounded (one catch-up decode per this many tokens, all such
 #: sequences together) and its copied hidden states small (BACKLOG x n_embd floats).
-BACKLOG = int(os.environ.get("KVDECK_MTP_BACKLOG", "64"))
+BACKLOG = 64
 
 
 #: One block of a target batch: (sequence, tokens, position of the first), rows contiguous.
