@@ -23,7 +23,8 @@ backlog reaches :data:`BACKLOG` rows. llama.cpp's server catches up on the whole
 every decode (server-context.cpp, after ``llama_process``: ``common_speculative_process`` with a
 TODO to avoid it, TAG_SPEC_AVOID_DRAFT_REEVAL); deferring gives the drafter the same KV but
 costs a sequence that does not draft one catch-up per BACKLOG tokens instead of one per step, and
-never decodes the rejected drafts of a verify batch. A wrong or missing h only makes drafts
+mostly skips the rejected drafts of a verify batch (cut from the backlog before they are decoded,
+unless a flush came between). A wrong or missing h only makes drafts
 worse, never the output wrong: the target verifies every token.
 
 What a draft step costs: one nextn block plus the LM head over the whole vocabulary for one row
