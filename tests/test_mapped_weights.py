@@ -18,10 +18,11 @@ import pytest
 
 from engine import protocol as P
 from engine.core.errors import InvalidSettings
-from engine.core.memory_types import MiB, PlanSettings
+from engine.core.memory_types import Device, MiB, PlanSettings
 from engine.gguf.inspect import inspect_gguf
 from engine.gguf.reader import read_header
 from engine.plan.analytic import analytic_plan
+from engine.plan.fit import preflight
 from engine.plan.measured import MemoryLogParser
 from tests.helpers import gguf_raw
 from tests.helpers.cli import kvdeck
@@ -146,7 +147,31 @@ def test_a_lazily_read_table_is_mapped_on_its_own(tmp_path: Path) -> None:
     rows = read_header(str(path), path.stat().st_size)[2]
     span = max(off + n for _name, _t, _e, n, off, _ne0 in rows)  # the first tensor is at 0
     plan = analytic_plan(inspect_gguf(path), S, [])
-    (host,) = [a for a in plan.allocations if a.component == "weights"]
-    assert host.bytes == span + ple.nbytes() and "lazily read" in host.detail
+    resident, between = [a for a in plan.allocations if a.component == "weights"]
+    assert plan.bytes_for("CPU", "weights") == span + ple.nbytes() and "lazily read" in resident.detail
+    assert between.evictable and between.bytes >= ple.nbytes()  # the span's pages of the table too
     copied = analytic_plan(inspect_gguf(path), S.replace(load_mode="none"), [])
-    assert copied.bytes_for("CPU", "weights") < host.bytes  # each tensor once, padded
+    assert copied.bytes_for("CPU", "weights") < plan.bytes_for("CPU", "weights")  # each tensor once
+
+
+def test_mapped_pages_of_other_tensors_are_shown_but_not_budgeted(models: dict[str, Path]) -> None:
+    """The span also maps the repacked matrices lying between the host's tensors: llama.cpp's
+    CPU_Mapped figure counts them, so the plan shows them, but they are read once and then clean
+    page cache, so preflight and fit budget only what must stay resident (the no-mmap host
+    figure, as llama-fit-params sizes it)."""
+    path = models["llama-q4_0"]
+    plan = analytic_plan(inspect_gguf(path), S, [])
+    evictable = [a for a in plan.allocations if a.evictable]
+    assert evictable and all(a.device == "CPU" and a.component == "weights" for a in evictable)
+    between = sum(a.bytes for a in evictable)
+    assert plan.resident_bytes_for("CPU") == plan.bytes_for("CPU") - between
+    assert not [
+        a
+        for a in analytic_plan(inspect_gguf(path), S.replace(load_mode="none"), []).allocations
+        if a.evictable
+    ]
+    # RAM for what stays resident, but not for the whole span: the load is still allowed.
+    free = plan.resident_bytes_for("CPU") + between // 2
+    ram = [Device("CPU", "cpu", free, free)]
+    got = preflight(inspect_gguf(path), S, ram, "cpu", plan_fn=analytic_plan, margin_bytes=0)
+    assert got.bytes_for("CPU") > free

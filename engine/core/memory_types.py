@@ -98,12 +98,18 @@ def rpc_device_name(endpoint: str, index: int) -> str:
 
 @dataclass(frozen=True)
 class Allocation:
-    """Bytes of one component on one device; ``detail`` says how it was derived, in words."""
+    """Bytes of one component on one device; ``detail`` says how it was derived, in words.
+
+    ``evictable``: bytes llama.cpp counts in a buffer but which need not stay in memory, such as
+    the file pages a ``CPU_Mapped`` span covers for other buffers' tensors (read once while
+    loading, then clean page cache the OS may drop). The plan shows them, since llama.cpp's log
+    does; budgets leave them out (:meth:`MemoryPlan.resident_bytes_for`)."""
 
     component: Component
     device: str
     bytes: int
     detail: str = ""
+    evictable: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,13 @@ class MemoryPlan:
             a.bytes
             for a in self.allocations
             if (device is None or a.device == device) and (component is None or a.component == component)
+        )
+
+    def resident_bytes_for(self, device: str | None = None) -> int:
+        """What must stay in memory on ``device``: :meth:`bytes_for` without evictable bytes.
+        Fit and preflight budget with this, the dashboard shows :meth:`bytes_for`."""
+        return sum(
+            a.bytes for a in self.allocations if (device is None or a.device == device) and not a.evictable
         )
 
     def devices(self) -> list[str]:

@@ -91,7 +91,8 @@ def _combined(target: MemoryPlan, draft: MemoryPlan | None) -> dict[str, int]:
         if plan is None:
             continue
         for a in plan.allocations:
-            totals[a.device] = totals.get(a.device, 0) + a.bytes
+            if not a.evictable:
+                totals[a.device] = totals.get(a.device, 0) + a.bytes
     return totals
 
 
@@ -358,7 +359,7 @@ def preflight(
     plan = plan_fn(info, settings, devices)
     margins = margins or Margins.uniform(margin_bytes)
     for d in devices:
-        need = plan.bytes_for(d.name)
+        need = plan.resident_bytes_for(d.name)
         if need > max(0, d.free_bytes - margins.for_device(d) - d.reserved_bytes):
             biggest = max(COMPONENTS, key=lambda c: plan.bytes_for(d.name, c))
             raise KvDeckError(

@@ -207,14 +207,27 @@ def _mapped(
     if not plain and not span:
         return weights
     between = span - own
-    why = []
-    if between > MiB // 100:
-        why.append(f"{between / MiB:.2f} MiB of it other buffers' tensors lying in between")
-    if lazy:
-        why.append(f"{lazy / MiB:.2f} MiB of it lazily read tensors, each mapped on its own")
-    detail = (
-        "CPU_Mapped: the model file's bytes from the host's first to its last tensor (mmap"
-        + ("; " + "; ".join(why) if why else "")
-        + ")"
-    )
-    return [Allocation("weights", "CPU", span, detail)] + rest
+    lazy_words = f"; {lazy / MiB:.2f} MiB of it lazily read tensors, each mapped on its own" if lazy else ""
+    mapped = [
+        Allocation(
+            "weights",
+            "CPU",
+            own,
+            "CPU_Mapped: the host's own tensors in the mapped model file (mmap" + lazy_words + ")",
+        )
+    ]
+    if between:
+        # The span's other pages are other buffers' tensors (or MTP blocks left unloaded): in
+        # llama.cpp's CPU_Mapped figure, but read once at load and clean page cache after, so
+        # budgets leave them out; llama-fit-params sizes the host from a no-mmap run alike.
+        mapped.append(
+            Allocation(
+                "weights",
+                "CPU",
+                between,
+                "CPU_Mapped: the rest of the span from the host's first to its last tensor, "
+                "other buffers' tensors lying in between (read once, evictable; not in fit's budget)",
+                evictable=True,
+            )
+        )
+    return mapped + rest
