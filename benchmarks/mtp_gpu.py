@@ -44,7 +44,9 @@ Usage: python mtp_gpu.py OUTDIR [MODELDIR] [--shape 8b|mid|tiny]; on the device,
 /work/shared/gpu/README.md's set-up lines: ``python3 benchmarks/mtp_gpu.py $OUT /tmp/mtp8b``
 (results in ``$OUT/mtp-gpu-8b.json``). Rehearsal on a CPU (14 s here, with the packages the GPU
 machine lacks blocked: PySide6, platformdirs, starlette, uvicorn):
-``PYTHONPATH=. python benchmarks/mtp_gpu.py /tmp/out /tmp/models --shape tiny``.
+``PYTHONPATH=. python benchmarks/mtp_gpu.py /tmp/out /tmp/models --shape tiny``; and the 8B widths
+with a short trunk and vocabulary load and draft on the CPU too (10 s, 1.2 GB file):
+``... --shape 8b --layers 4 --words 1000 --no-probes --check``.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.mtp_gpu_target import SHAPES, write_target  # noqa: E402
+from benchmarks.mtp_gpu_target import INTERVAL, SHAPES, write_target  # noqa: E402
 from benchmarks.mtp_load_probes import load_mode, run_probes  # noqa: E402
 
 DRAFT_MAX = 4
@@ -88,6 +90,8 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="load and draft a few tokens, measure nothing")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds after which measuring stops")
     args = ap.parse_args()
+    if args.layers is not None and args.layers < INTERVAL:  # no attention layer: llama.cpp aborts
+        ap.error(f"--layers must be at least {INTERVAL} (every {INTERVAL}th layer is the trunk's attention)")
     os.makedirs(args.models, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
     tag = args.shape + (f"-w{args.words}" if args.words else "") + (f"-l{args.layers}" if args.layers else "")
