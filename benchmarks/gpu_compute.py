@@ -59,6 +59,9 @@ SHAPES: dict[str, dict[str, Any]] = {
     ),
     "gemma3-27b": _shape("gemma3", 262208, 5376, 62, 32, 16, 21504, n_swa=1024, tied=True),
     "tiny": _shape("llama", 32000, 256, 4, 4, 2, 768, head_dim=64),
+    # Llama 3.1+ files carry rope_freqs.weight (the llama3 rope scaling factors): every layer's
+    # rope reads it, so a CPU layer's rope has a host weight too
+    "llama31-8b": _shape("llama", 128256, 4096, 32, 32, 8, 14336, rope_freqs=True),
 }
 Q4_0, F32 = 2, 0
 
@@ -70,6 +73,8 @@ def tensors(h: dict[str, Any]) -> list[tuple[str, tuple[int, ...], int]]:
     out = [("token_embd.weight", (e, h["n_vocab"]), Q4_0), ("output_norm.weight", (e,), F32)]
     if not h.get("tied"):
         out.append(("output.weight", (e, h["n_vocab"]), Q4_0))
+    if h.get("rope_freqs"):
+        out.append(("rope_freqs.weight", (h["head_dim"] // 2,), F32))
     for il in range(h["n_layer"]):
         lay = [
             ("attn_norm.weight", (e,), F32),

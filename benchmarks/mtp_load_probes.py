@@ -18,7 +18,7 @@ import time
 
 #: (load mode, what is imported first): the order mtp_gpu.py used to load in, and the two changes
 PROBES = (("auto", "llama_cpp"), ("auto", "numpy"), ("none", "numpy"))
-PROBE_TIMEOUT_S = 300
+PROBE_TIMEOUT_S = 120  # three of them must leave most of one 600 s device call
 LOG_TAIL = 25
 
 

@@ -16,6 +16,7 @@ ngl 1..n_layer) and the worst cases. These are recorded measurements re-evaluate
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -47,6 +48,8 @@ class Case:
 
     @property
     def regime(self) -> str:
+        if not offloaded(self.settings, self.shape):
+            return "full"
         return "ngl 0" if self.settings["ngl"] == 0 else "some"
 
 
@@ -55,8 +58,11 @@ def offloaded(settings: dict[str, Any], shape: str) -> bool:
     return 0 <= settings["ngl"] <= SHAPES[shape]["n_layer"]
 
 
-def evaluate(path: Path = RESULTS, model_dir: Path = Path("/tmp/kvdeck-shapes")) -> list[Case]:
-    """Every offloaded case (dry runs and real loads) of the committed grids, planned now."""
+def evaluate(
+    path: Path = RESULTS, model_dir: Path = Path("/tmp/kvdeck-shapes"), full: bool = False
+) -> list[Case]:
+    """Every offloaded case (dry runs and real loads) of the committed grids, planned now;
+    with `full`, the full-offload cases too."""
     data = json.loads(path.read_text())
     model_dir.mkdir(parents=True, exist_ok=True)
     infos: dict[str, Any] = {}
@@ -64,7 +70,7 @@ def evaluate(path: Path = RESULTS, model_dir: Path = Path("/tmp/kvdeck-shapes"))
     for grid, g in data["grids"].items():
         for row in g["cases"] + g.get("real_loads", []):
             shape, s = row["shape"], row["settings"]
-            if not offloaded(s, shape):
+            if not offloaded(s, shape) and not full:
                 continue
             if shape not in infos:
                 p = model_dir / f"{shape}.gguf"
@@ -88,7 +94,7 @@ def evaluate(path: Path = RESULTS, model_dir: Path = Path("/tmp/kvdeck-shapes"))
 
 
 def stats(errors: list[float], exact: list[float]) -> dict[str, float]:
-    within = sum(1 for e, x in zip(errors, exact, strict=True) if abs(e) <= max(1.0, 0.01 * x))
+    within = sum(1 for e in errors if abs(e) <= 1.0)
     pct = [e / x * 100 for e, x in zip(errors, exact, strict=True)]
     return {
         "n": len(errors),
@@ -101,10 +107,13 @@ def stats(errors: list[float], exact: list[float]) -> dict[str, float]:
     }
 
 
+_WHERE = {"ngl 0": "all, output too (ngl 0)", "some": "some (ngl 1..n)", "full": "none (full offload)"}
+
+
 def table(cases: list[Case]) -> list[str]:
     """Markdown rows: per shape × regime, the replay alone and the final estimate."""
     out = [
-        "| shape | layers on the CPU | cases | replay: within 1 MiB/1 % · most under / most over MiB "
+        "| shape | layers on the CPU | cases | replay: within 1 MiB · most under / most over MiB "
         "· under >1 MiB | final: within · most under / most over MiB · mean / worst % over |",
         "|---|---|---|---|---|",
     ]
@@ -125,9 +134,47 @@ def table(cases: list[Case]) -> list[str]:
             else "no replay"
         )
         out.append(
-            f"| {shape} | {'all, output too (ngl 0)' if reg == 'ngl 0' else 'some (ngl 1..n)'} | {len(cs)} | "
+            f"| {shape} | {_WHERE[reg]} | {len(cs)} | "
             f"{rtxt} | {f['within']}/{f['n']} · {f['under']:+.2f} / {f['over']:+.2f} · "
             f"{f['mean_pct']:.1f} / {f['worst_pct']:.1f} % |"
+        )
+    return out
+
+
+def save(cases: list[Case], path: Path) -> None:
+    path.write_text(json.dumps([dataclasses.asdict(c) for c in cases], indent=0))
+
+
+def load(path: Path) -> list[Case]:
+    return [Case(**c) for c in json.loads(path.read_text())]
+
+
+def _cell(cs: list[Case], replay: bool) -> str:
+    pairs = [(c.replay if replay else c.final, c.exact) for c in cs]
+    got = [(a, x) for a, x in pairs if a is not None]
+    if not got:
+        return "no replay"
+    st = stats([a - x for a, x in got], [x for _a, x in got])
+    return (
+        f"{st['within']}/{st['n']} · {st['under']:+.2f} / {st['over']:+.2f} · "
+        f"{st['mean_pct']:+.1f} / {st['worst_pct']:+.1f} %"
+    )
+
+
+def compare(before: list[Case], after: list[Case]) -> list[str]:
+    """Markdown: per shape × regime, the replay alone and the plan, before and after."""
+    out = [
+        "| shape | layers on the CPU | cases | before: replay alone | before: plan | after: replay alone "
+        "| after: plan |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for shape, reg in sorted({(c.shape, c.regime) for c in after}):
+        b = [c for c in before if c.shape == shape and c.regime == reg]
+        a = [c for c in after if c.shape == shape and c.regime == reg]
+        where = _WHERE[reg]
+        out.append(
+            f"| {shape} | {where} | {len(a)} | {_cell(b, True)} | {_cell(b, False)} | "
+            f"{_cell(a, True)} | {_cell(a, False)} |"
         )
     return out
 
@@ -137,12 +184,19 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=RESULTS)
     ap.add_argument("--worst", type=int, default=15)
     ap.add_argument("--model-dir", type=Path, default=Path("/tmp/kvdeck-shapes"))
+    ap.add_argument("--save", type=Path, help="write the cases (to compare another commit with)")
+    ap.add_argument("--before", type=Path, help="cases saved at another commit: print both")
+    ap.add_argument("--full", action="store_true", help="the full-offload cases too")
     a = ap.parse_args()
-    cases = evaluate(a.json, a.model_dir)
+    cases = evaluate(a.json, a.model_dir, a.full)
+    if a.save:
+        save(cases, a.save)
+    if a.before:
+        print("\n".join(compare(load(a.before), cases)) + "\n")
     print("\n".join(table(cases)))
     rc = [c for c in cases if c.replay is not None]
     print(
-        f"\n{len(cases)} offloaded cases; replay within 1 MiB: "
+        f"\n{len(cases)} cases; replay within 1 MiB: "
         f"{sum(1 for c in rc if abs(c.replay - c.exact) <= 1.0)} of {len(rc)}; "  # type: ignore[operator]
         f"final under >1 MiB: {sum(1 for c in cases if c.final - c.exact < -1.0)}"
     )

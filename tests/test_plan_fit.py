@@ -66,7 +66,9 @@ def test_fit_with_a_draft_gives_it_the_targets_context(smollm2_path, gemma3_path
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["draft"]["n_ctx"] == data["n_ctx"] < 32768
-    both = data["plan"]["totals"]["total"] + data["draft"]["plan"]["totals"]["total"]
+    # budgeted: what stays resident (with mmap the mapped span's pages of other tensors are shown
+    # in "total", as llama.cpp prints the buffer, but are read once and not budgeted)
+    both = data["plan"]["totals"]["resident"] + data["draft"]["plan"]["totals"]["resident"]
     assert both <= (2500 - 1024) * MiB
 
 

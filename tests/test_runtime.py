@@ -188,3 +188,17 @@ def test_hostile_template_cannot_hang_or_escape():
         render_chat("{{ ''.__class__.__mro__[1].__subclasses__() }}", msgs)
     with pytest.raises(TemplateError):
         render_chat("{{ 'x' * 1000000000000 }}", msgs)
+
+
+def test_an_engine_folder_where_kvdeck_starts_does_not_replace_the_runtime(
+    tmp_path, monkeypatch, smollm2_path
+):
+    """The runtime child runs the parent's own engine, not an ``engine`` package lying in the
+    working directory the user started KV Deck from (``python -m`` would put it first)."""
+    (tmp_path / "engine" / "child").mkdir(parents=True)
+    (tmp_path / "engine" / "__init__.py").write_text("raise SystemExit('the wrong engine ran')\n")
+    (tmp_path / "engine" / "child" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    with running_host(P.LoadParams(str(smollm2_path), PlanSettings(n_ctx=256))) as (host, loaded):
+        assert loaded is not None
+        assert host.generate("Hi", max_tokens=2).tokens

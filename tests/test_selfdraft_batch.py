@@ -229,3 +229,46 @@ def test_drafting_after_a_reply_made_without_it_restarts_the_drafters_cache(tmp_
         again = _replies(host, "mtp")  # and the batch loop after all of them
     assert fast.tokens == plain.tokens and fast.n_reused > 0 and fast.n_drafted > 0
     assert all(d.n_drafted > 0 for d in again)
+
+
+def test_the_windows_drafting_runs_on_the_sequence_holding_its_prefix(tmp_path):
+    """A window reply (not the server's) on a context of two sequences drafts with the MTP heads
+    on the sequence that holds its prefix, here sequence 1: the greedy tokens are the plain
+    reply's, and sequence 0's cells are left as they were. (The window's drafting used to run
+    the single-sequence loop on sequence 0 whatever the context, cutting that sequence's cache
+    back to the prompt's shared first token.)"""
+    path = mm.write_hyv3(tmp_path / "t.gguf")
+    greedy = SamplingParams.from_dict(GREEDY)
+    slots: list[P.Slots] = []
+    settings = PlanSettings(n_ctx=512, n_seq_max=2, n_batch=64, n_ubatch=64, mtp=True)
+    with running_host(
+        P.LoadParams(str(path), settings=settings),
+        on_event=lambda m: slots.append(m) if isinstance(m, P.Slots) else None,
+    ) as (host, _loaded):
+        window = [
+            lambda i, p=p: P.GenerateRequest(id=i, prompt=p, max_tokens=24, sampling=GREEDY)
+            for p in PROMPTS[2:]
+        ]
+        _ids, (on_0, on_1), _b = held_burst(host, window, n_prompt=64)  # one on each sequence
+        before = host.stats()  # sequence 0's cells
+        text = PROMPTS[3] + on_1.text + " w5 w9"
+        plain = host.generate(text, max_tokens=32, sampling=greedy)
+        fast_id: list[int] = []
+        fast = host.generate(
+            text,
+            max_tokens=32,
+            sampling=greedy,
+            draft="mtp",
+            draft_max=3,
+            on_event=lambda m: fast_id.append(m.id) if isinstance(m, P.Started) else None,
+        )
+        after = host.stats()
+    assert on_0.tokens and on_1.tokens
+    assert fast.tokens == plain.tokens and fast.n_drafted > 0 and fast.n_reused > 0
+    assert any(s.requests[1] == fast_id[0] for s in slots)  # it ran on sequence 1
+    assert (after.kv_pos_min, after.kv_pos_max, after.n_cached_tokens) == (
+        before.kv_pos_min,
+        before.kv_pos_max,
+        before.n_cached_tokens,
+    )
+    assert before.kv_pos_max > 0

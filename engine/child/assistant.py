@@ -18,7 +18,7 @@ import llama_cpp.llama_cpp as LL
 
 from engine.child.draft import draft_loaded
 from engine.child.errors import ErrorKind, RequestError
-from engine.child.selfdraft import create
+from engine.child.selfdraft_context import create
 from engine.core.errors import ModelFileError
 from engine.gguf.inspect import inspect_gguf
 from engine.plan.assistant_rules import ASSISTANT_ARCH, assistant_checks, embedding_length_out, refusal

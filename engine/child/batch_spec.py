@@ -4,7 +4,7 @@ The structure is llama.cpp's server (tools/server/server-context.cpp): every gen
 that may draft asks for up to k tokens, the drafter drafts for all of them in one pass per draft
 position (``SelfDraft.draft_many``, like one ``common_speculative_draft`` over every drafting
 slot), the target verifies every sequence's ``[last] + drafts`` in the step's one batch, the
-drafter catches up on that whole batch (``SelfDraft.process_blocks``, llama.cpp's
+drafter takes that whole batch (``SelfDraft.process_blocks``, llama.cpp's
 ``common_speculative_process``), and each sequence keeps its own accepted prefix and cuts its own
 cells back (``llama_memory_seq_rm`` per sequence; a hybrid target rolls back through its n_rs_seq
 snapshots, so k stays below n_rs_seq as in the single-sequence loop, ``spec_loop.verify_cap``).
@@ -17,9 +17,11 @@ plain decoding samples it (llama.cpp's ``common_sampler_sample_and_accept_n``), 
 are kept while they equal what was sampled. So the chain sees exactly the reply's tokens (its
 penalties and grammar stay right), a seeded reply is the same token for token, and for a sampled
 reply this is exact speculative sampling with a deterministic drafter (log-probabilities come from
-the row each token was sampled from). The drafter is caught
-up on every decode of the loop, drafting or not, so that its cache follows the target's for
-every sequence; where it did not (a reply made elsewhere), ``SelfDraft.truncate`` restarts it.
+the row each token was sampled from). The drafter takes every decode of the loop, drafting or
+not, so that its cache follows the target's for every sequence (a sequence's catch-up is decoded
+when it drafts, or every few dozen tokens when it does not: ``SelfDraft.process_blocks``); where
+it did not (a reply made elsewhere), ``SelfDraft.truncate`` restarts it. The window's requests
+come here too when its context has several sequences (engine.child.batch_intake.batch_wanted).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Callable
 import llama_cpp.llama_cpp as LL
 
 from engine.child.batch_sample import RowSampler
+from engine.child.draft import refuse_rollback_less
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
 from engine.child.selfdraft import SelfDraft
@@ -54,6 +57,10 @@ def refusal(sd: SelfDraft | None, req: GenerateRequest) -> str:
     if not req.draft:
         return ""
     if sd is not None and _KIND.get(req.draft) == sd.kind:
+        try:  # a hybrid target without recurrent snapshots cannot cut a sequence back
+            refuse_rollback_less(sd.target.model, "target", sd.target.ctx, req.draft_max)
+        except RequestError as exc:
+            return str(exc)
         return ""
     if req.draft == "mtp":
         return (

@@ -11,9 +11,21 @@ one sequence. Three modes, decided by the drafting context itself:
   KV of its own, it reads the target's; draft tokens all sit at the same position.
 
 The drafter is fed the target's post-norm hidden state ``h_nextn``: the MTP KV at position p holds
-(x_p, h_{p-1}). So after *every* target decode (prefill chunks and verify batches) :meth:`process`
-must run while the target's nextn rows are still those of that batch. A wrong or missing h only
-makes drafts worse, never the output wrong: the target verifies every token.
+(x_p, h_{p-1}), and a draft attends to every position before it (the nextn block is an attention
+layer over the MTP context's own KV: ``build_attn_inp_kv`` in src/models/qwen35.cpp's MTP graph,
+fed ``concat(enorm(embd(x)), hnorm(h))``). So no position can be skipped, and its h is readable
+only right after the target decode that made it (the next decode overwrites the nextn rows):
+after *every* target decode (prefill chunks and verify batches) :meth:`process_blocks` must run
+while the target's nextn rows are still those of that batch. It copies them and defers the
+drafter's own decode (the catch-up) to a per-sequence backlog, decoded when that sequence drafts
+next (in the same decode as its first draft token, where heads are not chained) or when the
+backlog reaches :data:`BACKLOG` rows. llama.cpp's server catches up on the whole batch after
+every decode (server-context.cpp, after ``llama_process``: ``common_speculative_process`` with a
+TODO to avoid it, TAG_SPEC_AVOID_DRAFT_REEVAL); deferring gives the drafter the same KV but
+costs a sequence that does not draft one catch-up per BACKLOG tokens instead of one per step, and
+mostly skips the rejected drafts of a verify batch (cut from the backlog before they are decoded,
+unless a flush came between). A wrong or missing h only makes drafts
+worse, never the output wrong: the target verifies every token.
 
 What a draft step costs: one nextn block plus the LM head over the whole vocabulary for one row
 (``n_embd × n_vocab``), exactly as llama.cpp's draft_mtp (it samples from the full logits of the
@@ -21,16 +33,13 @@ last token). A catch-up requests no outputs, so it never reaches the head. With 
 and a narrow model the head dominates: measured on the CPU, a 131k vocabulary at width 256 makes a
 draft step cost 0.95 of a plain decode, a 6k vocabulary 0.6 (benchmarks/mtp_gpu.py, MTP_SMALL).
 
-The drafting context is always built from the target's *resolved* context (n_ctx, n_seq_max,
-kv_unified, swa_full, flash attention, K/V types, n_batch/n_ubatch): an assistant whose stream
-count differs aborts the process in ggml_view_4d, and a flash-attention mismatch gives wrong
-drafts silently. It is created after the target, freed before it, recreated with it.
+The drafting context itself is made from the target's resolved context in
+engine.child.selfdraft_context.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,53 +47,15 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 
 from engine.child.errors import ErrorKind, RequestError
-from engine.child.llama_ext import Ext, ext
-from engine.child.model import Model, flash_type, ggml_type_id, params_like
-from engine.plan.assistant_rules import outgrows
+from engine.child.llama_ext import Ext
+from engine.child.model import Model
 
 _FLOAT_P = ctypes.POINTER(ctypes.c_float)
 
-
-def resolved_flash(lines: list[str], asked: str) -> str:
-    """The flash-attention choice llama.cpp actually made for a context ("on"/"off"), read from its
-    log: "auto" is resolved per device inside llama_init_from_model and no getter exposes it."""
-    if asked != "auto":
-        return asked
-    for line in reversed(lines):
-        if "Flash Attention enabled" in line or "enabling flash_attn" in line:
-            return "on"
-        if "Flash Attention not supported" in line or ("Flash Attention" in line and "disabled" in line):
-            return "off"
-    return "auto"
-
-
-def drafting_params(m: Model, settings: Any, flash: str, ctx_other: Any) -> LL.llama_context_params:
-    """The drafting context's parameters, taken from the target's live context and never from user
-    input or the drafter's own defaults (its training context may be far larger than the fitted
-    target's)."""
-    cp = params_like(m.ctx)
-    cp.flash_attn_type = flash_type(flash)
-    cp.type_k, cp.type_v = ggml_type_id(settings.type_k), ggml_type_id(settings.type_v)
-    cp.swa_full, cp.kv_unified, cp.offload_kqv = settings.swa_full, settings.kv_unified, settings.offload_kqv
-    cp.ctx_type = LL.LLAMA_CONTEXT_TYPE_MTP
-    cp.n_rs_seq = 0
-    cp.ctx_other = ctx_other
-    return cp
-
-
-def preflight(cp: LL.llama_context_params, m: Model) -> None:
-    """Refuse, in one sentence, a drafting context that would not follow the target's size."""
-    t = m.ctx
-    why = outgrows(
-        {
-            "context": int(LL.llama_n_ctx(t)),
-            "sequences": int(LL.llama_n_seq_max(t)),
-            "batch": int(LL.llama_n_batch(t)),
-        },
-        {"context": int(cp.n_ctx), "sequences": int(cp.n_seq_max), "batch": int(cp.n_batch)},
-    )
-    if why:
-        raise RequestError(ErrorKind.PARAMS, why)
+#: Most rows a sequence's catch-up waits for before it is decoded anyway: what keeps the cost of a
+#: sequence that never drafts bounded (one catch-up decode per this many tokens, all such
+#: sequences together) and its copied hidden states small (BACKLOG x n_embd floats).
+BACKLOG = 64
 
 
 #: One block of a target batch: (sequence, tokens, position of the first), rows contiguous.
@@ -117,10 +88,14 @@ class SelfDraft:
     pending: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)
     #: Per sequence: the hidden states of its rows in the last target batch, and their first position.
     verify: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)
+    #: Per sequence: rows the target decoded that the drafter has not (contiguous positions, each
+    #: with its h already paired); decoded before the sequence's next draft (:meth:`catch_up`).
+    backlog: dict[int, list[Row]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mem = LL.llama_get_memory(self.ctx)
         self.bext = LL.llama_batch_ext_init(self.ctx)
+        self.n_batch = int(LL.llama_n_batch(self.ctx))
         self.chain = self.n_heads > 1 and not self.shared
         self.zeros = np.zeros(self.n_embd, np.float32)
         self.x.set_embeddings_nextn(self.target.ctx, True, False)  # every target row: h_nextn
@@ -141,20 +116,33 @@ class SelfDraft:
 
     # ------------------------------------------------------------------ batches
     def _decode(self, items: list[Row], what: str) -> None:
+        self._fill(items, what)
+        self._run(what)
+
+    def _fill(self, items: list[Row], what: str) -> None:
+        """Put ``items`` in the drafting batch. llama.cpp copies each row's h into the batch, and a
+        filled batch can be decoded again (once per chained head, as common_speculative does).
+        Per row this is a few ctypes calls: the hidden states are stacked once and addressed by
+        offset, since a numpy ``.ctypes`` view per row costs more than the calls themselves."""
         b = self.bext
         LL.llama_batch_ext_clear(b)
+        hs = np.stack([h for *_r, h in items]).astype(np.float32, copy=False)
+        base, stride = hs.ctypes.data, hs.strides[0]
         pos = (ctypes.c_int32 * 4)()
-        for seq, tok, p, out, h in items:
+        embd = LL.llama_embd(None, 1, self.n_embd)
+        for i, (seq, tok, p, out, _h) in enumerate(items):
             idx = LL.llama_batch_ext_add_token(b, seq, tok)
+            if idx < 0:  # more rows than n_batch: a bug here, not the user's input
+                raise RequestError(ErrorKind.RUNTIME, f"the {self.kind} drafter's batch is full ({what})")
             pos[0] = p
             LL.llama_batch_ext_set_pos(b, idx, pos)
-            row = np.ascontiguousarray(h, dtype=np.float32)
-            LL.llama_batch_ext_set_embd_token(
-                b, idx, LL.llama_embd(row.ctypes.data_as(_FLOAT_P), 1, self.n_embd)
-            )
+            embd.data = ctypes.cast(base + i * stride, _FLOAT_P)
+            LL.llama_batch_ext_set_embd_token(b, idx, embd)
             if out:
                 LL.llama_batch_ext_set_output_logits(b, idx, True)
-        rc = LL.llama_process(self.ctx, LL.LLAMA_PROCESS_TYPE_DECODE, b)
+
+    def _run(self, what: str) -> None:
+        rc = LL.llama_process(self.ctx, LL.LLAMA_PROCESS_TYPE_DECODE, self.bext)
         if rc != 0:
             raise RequestError(
                 ErrorKind.RUNTIME,
@@ -172,33 +160,57 @@ class SelfDraft:
 
     # ------------------------------------------------------------------ the driver
     def process_blocks(self, blocks: list[Block]) -> None:
-        """Catch the drafter up on one target decode made of ``blocks`` (in batch order; call right
-        after it, while the target's nextn rows are that batch's)."""
+        """Take one target decode made of ``blocks`` (in batch order; call right after it, while
+        the target's nextn rows are that batch's): its hidden states are copied and its rows
+        join each sequence's backlog (decoded by :meth:`catch_up`)."""
         n = sum(len(toks) for _s, toks, _p in blocks)
         ptr = self.x.get_embeddings_nextn(self.target.ctx)
         if not ptr:
             raise RequestError(ErrorKind.RUNTIME, "the target did not export its hidden states for drafting")
         h = np.ctypeslib.as_array(ptr, shape=(n, self.n_embd)).copy()
-        items: list[Row] = []
         r = 0
         for seq, toks, pos0 in blocks:
-            first = self._h_for(seq, pos0)
-            items += [
-                (seq, t, pos0 + k, False, first if k == 0 else h[r + k - 1]) for k, t in enumerate(toks)
-            ]
+            if not self.shared:  # an assistant has no KV of its own: nothing to catch up
+                first = self._h_for(seq, pos0)
+                rows = self.backlog.setdefault(seq, [])
+                while rows and rows[-1][2] >= pos0:  # a position decoded again replaces its row
+                    rows.pop()
+                rows += [
+                    (seq, t, pos0 + k, False, first if k == 0 else h[r + k - 1]) for k, t in enumerate(toks)
+                ]
             self.verify[seq] = (pos0, h[r : r + len(toks)])
             self.pending[seq] = (pos0 + len(toks) - 1, h[r + len(toks) - 1])
             r += len(toks)
-        if self.shared:
-            return
-        for head in range(self.n_heads if self.chain else 1):
-            if self.chain:
-                for seq, _toks, pos0 in blocks:
-                    self._rm(seq, pos0)
-                self.x.set_nextn_layer_offset(self.ctx, head)
-            self._decode(items, f"catch-up, head {head}")
-        if self.chain:
-            self.x.set_nextn_layer_offset(self.ctx, 0)
+        if any(len(rows) >= BACKLOG for rows in self.backlog.values()):
+            self.catch_up()  # every backlog at once: one decode for all of them
+
+    def catch_up(self, seqs: list[int] | None = None) -> None:
+        """Decode the backlogs of ``seqs`` (every sequence when None) in the drafter, n_batch rows
+        at a time; with chained heads once per head, each rebuilding its own layer's KV."""
+        rows = [
+            row for seq in (list(self.backlog) if seqs is None else seqs) for row in self.backlog.pop(seq, [])
+        ]
+        for start in range(0, len(rows), self.n_batch):
+            items = rows[start : start + self.n_batch]
+            self._fill(items, "catch-up")
+            for head in range(self.n_heads if self.chain else 1):
+                if self.chain:
+                    for seq, p in self._starts(items).items():
+                        self._rm(seq, p)
+                    self.x.set_nextn_layer_offset(self.ctx, head)
+                try:
+                    self._run(f"catch-up, head {head}")
+                finally:
+                    if self.chain:
+                        self.x.set_nextn_layer_offset(self.ctx, 0)
+
+    @staticmethod
+    def _starts(items: list[Row]) -> dict[int, int]:
+        """The first position of each sequence's rows in ``items``."""
+        out: dict[int, int] = {}
+        for seq, _t, p, _o, _h in items:
+            out.setdefault(seq, p)
+        return out
 
     def draft_many(self, asks: dict[int, tuple[int, int, int]]) -> dict[int, list[int]]:
         """Greedy drafts for several sequences at once: ``asks`` maps a sequence to (its last
@@ -207,6 +219,12 @@ class SelfDraft:
         out: dict[int, list[int]] = {seq: [] for seq in asks}
         items = {seq: [(seq, t, p, True, self._h_for(seq, p))] for seq, (t, p, _k) in asks.items()}
         chain_h = {seq: [rows[0][4]] for seq, rows in items.items()}
+        late = sum(len(self.backlog.get(seq, ())) for seq in asks)
+        if self.chain or late + len(asks) > self.n_batch:
+            self.catch_up(list(asks))  # every head catches up before head 0 drafts
+        else:  # the catch-up rides in the first draft decode (positions before each draft row)
+            for seq in asks:
+                items[seq] = self.backlog.pop(seq, []) + items[seq]
         live = list(asks)
         try:
             for i in range(max((k for _t, _p, k in asks.values()), default=0)):
@@ -263,19 +281,33 @@ class SelfDraft:
             self.pending[seq] = (pos0 + i, h[i])
 
     def truncate(self, n: int, seq: int = 0) -> None:
-        """Drop the drafter's positions of ``seq`` from n on (the shared assistant has none of its
-        own). Where the drafter missed some of the target's decodes of that sequence (a reply made
-        without drafting), its cache cannot continue at n: the sequence is emptied instead, and it
-        restarts there (weaker drafts for a while, never a wrong output)."""
+        """Drop the drafter's positions of ``seq`` from n on, in its cache and its backlog (the
+        shared assistant has none of its own). Where the drafter missed some of the target's
+        decodes of that sequence (a reply made without drafting), its cache cannot continue at n:
+        the sequence is emptied instead, and it restarts there (weaker drafts for a while, never a
+        wrong output)."""
         if self.shared:
             return
-        if not self._rm(seq, n) or int(LL.llama_memory_seq_pos_max(self.mem, seq)) != n - 1:
-            self._rm(seq, 0)
-            self.pending.pop(seq, None)
+        rows = [row for row in self.backlog.pop(seq, []) if row[2] < n]
+        start = rows[0][2] if rows else n  # the cache holds what comes before the backlog
+        ok = self._rm(seq, start)
+        end = int(LL.llama_memory_seq_pos_max(self.mem, seq))
+        # a backlog may also start an emptied sequence (llama.cpp takes any first position there)
+        if (
+            ok
+            and (end == start - 1 or (rows and end < 0))
+            and all(r[2] == start + i for i, r in enumerate(rows))
+            and start + len(rows) == n  # cache and backlog end where the target does
+        ):
+            if rows:
+                self.backlog[seq] = rows
+            return
+        self._rm(seq, 0)
+        self.pending.pop(seq, None)
 
     # ------------------------------------------------------------------ one sequence (sequence 0)
     def process(self, toks: list[int], pos0: int) -> None:
-        """Catch the drafter up on a target decode of ``toks`` at ``pos0``.. (call right after it)."""
+        """Take a target decode of ``toks`` at ``pos0``.. (call right after it)."""
         self.process_blocks([(0, toks, pos0)])
 
     def draft(self, id_last: int, pos0: int, k: int) -> list[int]:
@@ -283,69 +315,9 @@ class SelfDraft:
         return self.draft_many({0: (id_last, pos0, k)}).get(0, [])
 
     def prefill(self, tokens: list[int], pos0: int, cancel: Any) -> None:
-        """The target's prefill chunk by chunk, each followed by the drafter's catch-up."""
+        """The target's prefill chunk by chunk, each followed by :meth:`process`."""
         m = self.target
         for start in range(0, len(tokens), m.n_batch):
             chunk = tokens[start : start + m.n_batch]
             m.prefill(chunk, pos0 + start, cancel)
             self.process(chunk, pos0 + start)
-
-
-def create(
-    kind: str, m: Model, settings: Any, flash: str, log: Any, model: Any = None, path: str = ""
-) -> SelfDraft:
-    """A drafting context for target ``m``: the target's own heads (``model`` None) or an assistant."""
-    x = ext()
-    if isinstance(x, str):
-        raise RequestError(ErrorKind.PARAMS, x)
-    dmodel = model if model is not None else m.model
-    n_nextn = int(LL.llama_model_n_layer_nextn(dmodel))
-    if n_nextn == 0:
-        raise RequestError(
-            ErrorKind.PARAMS,
-            f"{_name(m.path)} has no MTP (nextn) layers, so it cannot draft for itself; drafting is off",
-        )
-    n_embd = int(LL.llama_model_n_embd_out(dmodel))
-    t_embd = int(LL.llama_model_n_embd_out(m.model))
-    if n_embd != t_embd:
-        raise RequestError(
-            ErrorKind.PARAMS,
-            f"the drafter's output size {n_embd} differs from the target's hidden "
-            f"size {t_embd}; drafting is off",
-        )
-    cp = drafting_params(m, settings, flash, m.ctx)
-    what = "the MTP drafting context" if model is None else f"the assistant's context ({_name(path)})"
-    preflight(cp, m)
-    log.recent_errors = []
-    ctx = LL.llama_init_from_model(dmodel, cp)
-    if not ctx:
-        why = log.failure_reason("unknown reason")
-        raise RequestError(
-            ErrorKind.PARAMS, f"could not create {what} of {cp.n_ctx} tokens (the target's): {why}"
-        )
-    other = x.get_ctx_other(ctx)
-    shared = bool(other) and int(other) == int(m.ctx)  # type: ignore[call-overload]  # ctypes handles
-    sd = SelfDraft(
-        kind=kind,
-        x=x,
-        target=m,
-        ctx=ctx,
-        n_embd=n_embd,
-        n_heads=max(1, n_nextn),
-        shared=shared,
-        n_vocab=int(LL.llama_vocab_n_tokens(LL.llama_model_get_vocab(dmodel))),
-        model=model,
-        path=path,
-    )
-    if int(LL.llama_n_ctx(ctx)) != m.n_ctx:
-        sd.free()
-        raise RequestError(
-            ErrorKind.PARAMS,
-            f"{what} got {LL.llama_n_ctx(ctx)} tokens of context, not the "
-            f"target's {m.n_ctx}; drafting is off",
-        )
-    return sd
-
-
-def _name(path: str) -> str:
-    return os.path.basename(path)

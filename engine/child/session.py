@@ -29,7 +29,7 @@ from engine.protocol import Loaded, LoadParams, Progress, Stats
 
 
 def _resolved_flash(lines: list[str], asked: str) -> str:
-    from engine.child.selfdraft import resolved_flash
+    from engine.child.selfdraft_context import resolved_flash
 
     return resolved_flash(lines, asked)
 
@@ -268,7 +268,7 @@ class LlamaSession:
         n_nextn = int(LL.llama_model_n_layer_nextn(m.model))
         if not p.settings.mtp:
             return {"n_layer_nextn": n_nextn}
-        from engine.child.selfdraft import create
+        from engine.child.selfdraft_context import create
 
         try:
             self.mtp = create("mtp", m, p.settings, self.flash_resolved, self.log)

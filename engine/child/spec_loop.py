@@ -244,7 +244,7 @@ class SpecRun:
                 stop = "cancelled"
                 break
             n = len(hist)
-            k = min(self.k, max_tokens - len(self.out), m.n_ctx - 1 - n)
+            k = min(self.k, max_tokens - len(self.out), m.n_ctx_seq - 1 - n)
             if k < 0:
                 stop = "context"
                 break

@@ -23,7 +23,9 @@ sampling (``engine.child.spec_sampling``), so the output follows the target's di
 Self-drafting (``engine.child.selfdraft``: the model's own MTP heads, mode "mtp", or a Gemma 4
 assistant loaded as the draft model) uses the same verify/accept loop; its drafter is fed the
 target's hidden states after every target decode, and its cache is cut back with the target's.
-The API server drafts with these per sequence in its batch loop instead (engine.child.batch_spec).
+The API server, and the window on a context of several sequences, draft with these per sequence
+in the batch loop instead (engine.child.batch_spec), so a reply never runs on sequence 0 that
+another reply holds.
 
 Why the draft lives here, in the child, beside the target: llama.cpp's speculative helpers are
 C++ (``common/``) and unreachable from Python, and the draft's context must be the target's
@@ -68,7 +70,7 @@ def generate_speculative(session: LlamaSession, req: GenerateRequest, cancel: th
     draft = draft_for(session, m) if req.draft == "model" and sd is None else None
     s = SamplingParams.from_dict(req.sampling)
     tokens = m.prompt_tokens(req.prompt)
-    room = m.n_ctx - len(tokens)
+    room = m.n_ctx_seq - len(tokens)  # sequence 0's share of a context of several
     t0 = time.perf_counter()
     session.samplers.free_retired(m)
     session.samplers.detach(m)  # a device chain would turn the verify rows into sampled logits

@@ -80,9 +80,11 @@ def plan_json(path: str, plan: MemoryPlan, method: str) -> dict[str, Any]:
         row: dict[str, Any] = {"name": dev}
         row.update({c: plan.bytes_for(dev, c) for c in COMPONENTS})
         row["total"] = plan.bytes_for(dev)
+        row["resident"] = plan.resident_bytes_for(dev)  # what fit budgets (mapped pages read once left out)
         devices.append(row)
     totals = {c: plan.bytes_for(None, c) for c in COMPONENTS}
     totals["total"] = plan.bytes_for()
+    totals["resident"] = plan.resident_bytes_for()
     s = plan.settings
     return {
         "model": path,

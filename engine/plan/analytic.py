@@ -21,7 +21,6 @@ from engine.plan.compute_cuda import has_fa_kernel
 from engine.plan.compute_placement import cuda_compute
 from engine.plan.compute_rpc import SCHED_MAX_COPIES, pipeline_parallel, rpc_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
-from engine.plan.cpu_moe import CUDA_COMPUTE_NOTE, compute_layers
 from engine.plan.kv_sizes import ModelGeometry, geometry, kv_caches
 from engine.plan.sparse_caches import dsv4_states, ple_conv_state, unmodelled_notes
 from engine.plan.weights import place_weights
@@ -245,9 +244,19 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
     rpc_cpu = bool(held) and all(g.endpoint and g.host_layout for g in held)
     if gpus and all(g.name.startswith("CUDA") for g in gpus):
         state = 0 if no_mem else 4 * (geo.n_embd_r + geo.n_embd_s) * rows
-        cldev = compute_layers(ldev, settings.n_cpu_moe) if moe_note else ldev  # a stated bound
-        notes += [CUDA_COMPUTE_NOTE] if moe_note else []
-        ests = cuda_compute(info, geo, r, fa_compute, n_swa_cells, (tk, tv), cldev, ests, notes, state)
+        ests = cuda_compute(
+            info,
+            geo,
+            r,
+            fa_compute,
+            n_swa_cells,
+            (tk, tv),
+            ldev,
+            ests,
+            notes,
+            state,
+            n_cpu_moe=settings.n_cpu_moe if moe_note else 0,
+        )
     elif rpc_cpu:  # CPU-backed workers: engine.plan.compute_rpc
         copies = SCHED_MAX_COPIES if pipeline_parallel(settings, geo.n_layer, gpus) else 1
         ests = rpc_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, (tk, tv), ldev, copies)

@@ -1,5 +1,9 @@
 """llama.cpp's CUDA compute buffers (GPU and CUDA_Host), from what its scheduler allocates.
 
+On one GPU, for the families engine.plan.compute_replay follows node for node, the GPU buffer
+is that replay (exact on every recorded dry run); the GPU terms below are what other models,
+several GPUs and the stated bounds use.
+
 `sched_reserve` splits the worst-case graph (n_ubatch tokens, every KV cell) between the GPU
 and the host, and ggml-alloc sizes one buffer per backend (notes §9). Read from the source
 (ggml-backend.cpp `ggml_backend_sched_split_graph`, ggml-cuda `get_alloc_size`,

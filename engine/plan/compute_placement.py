@@ -28,7 +28,8 @@ from engine.plan.compute_replay import (
     replay,
     safety,
 )
-from engine.plan.context import Resolved
+from engine.plan.context import BLOCKS, Resolved
+from engine.plan.cpu_moe import CUDA_COMPUTE_NOTE, compute_layers
 
 if TYPE_CHECKING:
     from engine.plan.compute_shape import ComputeShape
@@ -60,6 +61,7 @@ class _Matrices:
     qk_norm: bool  # attn_q_norm tensors (qwen3, gemma3): Q and K are normed into new tensors
     post_norm: bool  # post_attention_norm (gemma2/3): sandwich norms after attention and FFN
     standard: bool  # every layer tensor is one the exact replay builds (no biases, no extras)
+    rope_freqs: int = 0  # rope_freqs.weight: rope's third source in every layer
 
 
 def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
@@ -70,7 +72,7 @@ def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
     n = geo.n_layer
     layers = [0] * n
     roles: list[dict[str, int]] = [{} for _ in range(n)]
-    out = 0
+    out = freqs = 0
     names: set[str] = set()
     try:
         from engine.gguf.hparams import cuda_bytes
@@ -90,6 +92,8 @@ def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
                         roles[il][_ROLES[base]] = c
             elif name in ("output.weight",) or (name == "token_embd.weight" and w and w.tied_output):
                 out = max(out, c)
+            elif name == "rope_freqs.weight":
+                freqs = c
     except Exception:  # noqa: BLE001 - no file (tests build GGUFInfo by hand): bound it
         if w is not None:
             layers = [b // 2 for b in w.layers_cuda]
@@ -102,14 +106,16 @@ def _matrices(info: Any, geo: ModelGeometry) -> _Matrices:
         "attn_q_norm" in names,
         "post_attention_norm" in names,
         names <= _STANDARD,
+        freqs,
     )
 
 
-#: The layer tensors of the llama and qwen3 graphs that engine.plan.compute_replay follows node
-#: for node (weights only: a bias or any other tensor adds nodes the replay does not build).
+#: The layer tensors of the llama, qwen3, gemma3 and qwen3moe graphs that engine.plan.compute_replay
+#: follows node for node (weights only: a bias or any other tensor adds nodes it does not build).
 _STANDARD = frozenset(
     {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm"}
-    | {"ffn_norm", "ffn_gate", "ffn_up", "ffn_down"}
+    | {"post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm"}
+    | {"ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"}
 )
 
 
@@ -183,8 +189,8 @@ def _replay_graph(info: Any, geo: ModelGeometry, mats: _Matrices, cg: cc.CudaGra
         ff = used * info.n_ff_expert if used else (info.n_ff_per_layer or (0,) * geo.n_layer)[il]
         caches.append(
             LayerCache(
-                k=int(cells * r.n_stream * kw * tb[0]),
-                v=int(cells * r.n_stream * vw * tb[1]),
+                k=int(cells * r.n_stream * kw * tb[0]) + _row_pad(cg.types[0], geo.head_k[il]),
+                v=int(cells * r.n_stream * vw * tb[1]) + _row_pad(cg.types[1], geo.head_v[il]),
                 f16=2 * cells * r.n_stream * (kw * quant[0] + vw * quant[1]) if fa_on else 0,
                 kq=4 * t * cells * geo.n_head[il],
                 mask="swa" if swa else "full",
@@ -208,8 +214,18 @@ def _replay_graph(info: Any, geo: ModelGeometry, mats: _Matrices, cg: cc.CudaGra
         experts=(info.n_expert, used) if used else None,
         weights=mats.roles,
         caches=tuple(caches),
-        exact=geo.arch in EXACT_ARCHS and mats.standard and not used and t >= OP_OFFLOAD_MIN_BATCH,
+        iswa=geo.iswa,
+        rope_freqs=mats.rope_freqs,
+        exact=geo.arch in EXACT_ARCHS and mats.standard and t >= OP_OFFLOAD_MIN_BATCH,
     )
+
+
+def _row_pad(qtype: str, ne0: int) -> int:
+    """What ggml-cuda adds to a quantized tensor's size in its buffer when rows are not a
+    multiple of 512 (ggml_backend_cuda_buffer_type_get_alloc_size, MATRIX_ROW_PADDING): a
+    K or V copy is a per-head view, so its rows are one head wide."""
+    blk, nbytes = BLOCKS[qtype]
+    return (512 - ne0 % 512) // blk * nbytes if blk > 1 and ne0 % 512 else 0
 
 
 def cuda_compute(
@@ -223,16 +239,27 @@ def cuda_compute(
     cpu_est: list[tuple[str, int, str]],
     notes: list[str],
     state_bytes: int = 0,
+    n_cpu_moe: int = 0,
 ) -> list[tuple[str, int, str]]:
     """[(device, bytes, detail)] for a load with CUDA GPUs (ldev: device per layer, the last
     entry the output layer). cpu_est is the CPU-calibrated estimate, whose FFN, recurrent and
     no-flash-attention phases (less the host-side input row) stand in where this module has
     no CUDA-specific term; for layers it does not model (`unmodelled`) its attention phase
-    stands in too. state_bytes: one recurrent layer's state tensors, every cell (r + s)."""
+    stands in too. state_bytes: one recurrent layer's state tensors, every cell (r + s).
+    n_cpu_moe: the routed experts of layers below it are on the host (`--n-cpu-moe`). The
+    replay follows that exactly; elsewhere those layers count as wholly on the CPU
+    (engine.plan.cpu_moe's stated bound, with its note)."""
     shape = geo.compute
     odd = unmodelled(shape)
     cm, mats = cuda_model(info, geo)
     cg = cc.CudaGraph(shape, cm, r, fa_on, n_swa_cells, types)
+    experts = frozenset(il for il in range(min(n_cpu_moe, geo.n_layer)) if ldev[il] != "CPU")
+    single = len({d for d in ldev if d != "CPU"}) <= 1
+    g = _replay_graph(info, geo, mats, cg) if single else None
+    exact = g is not None and g.exact and (not experts or g.experts is not None)
+    if experts and not exact:
+        ldev = compute_layers(ldev, n_cpu_moe)
+        notes.append(CUDA_COMPUTE_NOTE)
     t = cg.tokens
     row = 4 * t * shape.n_embd
     gpus = sorted({d for d in ldev if d != "CPU"}) or ["CUDA0"]
@@ -245,9 +272,12 @@ def cuda_compute(
     }
     rec_cpu = set(cpu_layers) & set(geo.rec_layers)
     res: list[tuple[str, int, str]] = []
-    offloaded = bool(cpu_layers or out_cpu)
-    g = _replay_graph(info, geo, mats, cg) if offloaded and len(gpus) == 1 else None
-    for i, dev in enumerate(gpus):
+    offloaded = bool(cpu_layers or out_cpu or experts)
+    if g is not None and exact:  # llama.cpp's graph node for node: the replay is the buffer
+        played = replay(g, frozenset(cpu_layers), out_cpu, experts)
+        split = "split graph (op_offload copies of the host weights and K/V)" if offloaded else "graph"
+        res.append((gpus[0], played, f"CUDA: ggml-alloc replay {played / MiB:.2f} MiB of the {split}"))
+    for i, dev in enumerate(gpus if not exact else []):
         ph = cc.gpu_full(cg)
         if dev != (ldev[-1] if not out_cpu else gpus[0]):
             ph.pop("output", None)
@@ -265,35 +295,32 @@ def cuda_compute(
                 # two estimates that never fell short on the H200 grids: take the smaller
                 cpu = frozenset(cpu_layers)
                 played = replay(g, cpu, out_cpu)
-                if g.exact:  # llama.cpp's graph node for node: the replay is the buffer
-                    detail = f"CUDA: ggml-alloc replay {played / MiB:.2f} MiB of the split graph"
-                    peak = played
-                else:
-                    margin = safety(g, cpu, geo.n_layer - len(cpu_layers))
-                    detail += (
-                        f" + {extra / MiB:.0f} MiB allowance = {peak / MiB:.2f} MiB; ggml-alloc replay "
-                        f"{played / MiB:.2f} MiB + {margin / MiB:.0f} MiB safety: the smaller"
-                    )
-                    peak = min(peak, max(full, played + margin))
+                margin = safety(g, cpu, geo.n_layer - len(cpu_layers))
+                detail += (
+                    f" + {extra / MiB:.0f} MiB allowance = {peak / MiB:.2f} MiB; ggml-alloc replay "
+                    f"{played / MiB:.2f} MiB + {margin / MiB:.0f} MiB safety: the smaller"
+                )
+                peak = min(peak, max(full, played + margin))
                 extra = 0
         if extra:
             detail += f" + {extra / MiB:.0f} MiB allowance (CPU layers / routed experts)"
         res.append((dev, peak, detail))
-    if g is not None and g.exact:
+    if exact and offloaded:
         notes.append(
-            "compute: with layers on the CPU, op_offload copies their weights and K/V into the "
-            "GPU compute buffer; it is sized by replaying llama.cpp's scheduler and ggml-alloc over "
-            f"the {geo.arch} graph node for node, with no safety term (exact on 367 H200 dry runs "
-            "of llama and qwen3 shapes; the exact plan is authoritative)"
+            "compute: with layers (or routed experts) on the CPU, op_offload copies those weights "
+            "and the CPU layers' K/V into the GPU compute buffer; it is sized by replaying "
+            "llama.cpp's scheduler and ggml-alloc over "
+            f"the {geo.arch} graph node for node, with no safety term (within 0.01 MiB of all 609 "
+            "H200 dry runs with layers on the CPU; the exact plan is authoritative)"
         )
-    elif g is not None:
+    elif g is not None and offloaded:
         notes.append(
             "compute: with layers on the CPU, op_offload copies their weights and K/V into the "
             "GPU compute buffer; it is sized as the smaller of ggml-alloc replayed over those "
             f"copies plus a safety term ({SAFETY}) and the live tensors plus "
-            f"{cc.PARTIAL_ALLOWANCE_ROWS} hidden rows per token, because the replay does not yet "
-            f"follow {geo.arch}'s graph node for node (neither fell short on the H200 dry runs; "
-            "the exact plan is authoritative)"
+            f"{cc.PARTIAL_ALLOWANCE_ROWS} hidden rows per token, because this model's layers have "
+            "tensors (or a ubatch under 32 tokens) the replay does not follow node for node "
+            "(the exact plan is authoritative)"
         )
     elif offloaded:
         notes.append(

@@ -1,4 +1,4 @@
-"""The GPU compute buffer with layers on the CPU, by replaying ggml-alloc over the split graph.
+"""The GPU compute buffer of a one-GPU CUDA load, by replaying ggml-alloc over the split graph.
 
 With op_offload (llama.cpp's default) a matmul on a host weight with a full ubatch runs on the
 GPU: `ggml_backend_sched_split_graph` (ggml-backend.cpp) starts a split at each such op and
@@ -16,17 +16,37 @@ a quantized cache, attention, output, optional post-norms, a gated dense or rout
 FFN) with the graph inputs, and engine.plan.sched_replay splits, copies and allocates them as
 the scheduler and ggml-alloc do.
 
-For llama and qwen3 layers (`EXACT_ARCHS`, standard tensors only) the nodes are the graph's
-own: re-evaluated offline on the 367 H200 dry runs and real loads of the llama3-8b, qwen3-32b
-and llama3-70b shapes with layers on the CPU (benchmarks/results/gpu-memory-2026-12-04.json,
-benchmarks/offload_replay_eval.py: f16/q8_0/q4_0 K/V, flash attention on and off, 4k-128k,
-ubatch 512-2048, ngl 0..n) every one is within 0.01 MiB, so the plan uses the replay as is.
-What made it exact: ggml-alloc never reuses a view's memory in place (a view is not "own":
-ggml-alloc.c, ggml_gallocr_allocate_node), so the rope (or the Q/K norm) after the reshape of a
-projection to heads gets a block of its own. For gemma3 and routed experts the replay still
-differs (sandwich norms and the tied output; ggml-cuda's fused top-k and weighted-sum alloc
-deps): there `SAFETY` adds the largest block, and engine.plan.compute_placement takes the
-smaller of this and the live-tensor bound of engine.plan.compute_cuda.
+For layers made only of the tensors these graphs have (engine.plan.compute_placement:
+no biases, no shared experts; `EXACT_ARCHS`) the nodes are the graph's own, and re-evaluated
+offline on all 753 H200 dry runs and real loads (benchmarks/results/gpu-memory-2026-12-04.json,
+benchmarks/offload_replay_eval.py: llama3-8b, qwen3-32b, llama3-70b, qwen3moe-30b-a3b,
+gemma3-27b; f16/q8_0/q4_0 K/V, flash attention on and off, 4k-128k, ubatch 512-2048, ngl 0..n
+and full offload, 1 or 4 sequences) the replay is within 0.01 MiB of every one, and it equals
+benchmarks/sched_oracle.py (llama.cpp's own graph through the scheduler) on 300 unmeasured
+settings, so the plan uses it as is, with or without layers on the CPU. What it took:
+
+* ggml-alloc never reuses a view's memory in place (a view is not "own": ggml-alloc.c,
+  ggml_gallocr_allocate_node), so the rope (or Q/K norm) after the reshape of a projection to
+  heads, the division of the reshaped expert weights and the first add of two expert views
+  each get a block of their own;
+* build_attn expands Q, V, K; its iSWA variant (gemma3) Q, K, V (llama-graph.cpp), and gemma3
+  takes the output rows before its post-attention norm;
+* the K rotation of a quantized cache is the largest power of two from 64 dividing the head
+  size, V's is 64 × 64, one pair per cache (llama-kv-cache.cpp, build_input_k_rot/_v_rot);
+* a quantized K/V copy is a per-head view, padded by ggml-cuda to 512-element rows
+  (ggml_backend_cuda_buffer_type_get_alloc_size);
+* ggml-cuda's graph_optimize keeps the fused top-k chain and its sources until the node after
+  it, and the expert outputs and their weights until the weighted sum's last add
+  (ggml_backend_cuda_graph_optimize: add_alloc_dep; the scheduler appends a dependency node);
+* Llama 3.1+ files' rope_freqs.weight is rope's third source: one tensor per buffer, so the CPU
+  layers share one host copy and each of their ropes starts a split (unmeasured on a GPU; the
+  plan equals benchmarks/sched_oracle.py there).
+
+Routed experts alone on the host (`--n-cpu-moe`) are replayed the same way (copies of the
+expert tensors for each offloaded MUL_MAT_ID); no GPU run measured that, but the plan equals
+benchmarks/sched_oracle.py there too. Elsewhere (a layer with other tensors, a ubatch under
+`OP_OFFLOAD_MIN_BATCH`) `SAFETY` adds the largest block, and engine.plan.compute_placement takes
+the smaller of this and the live-tensor bound of engine.plan.compute_cuda.
 """
 
 from __future__ import annotations
@@ -39,10 +59,10 @@ from engine.plan.sched_replay import CPU, GPU, HOST, INPUT, W_CPU, W_GPU, Graph,
 #: Families whose graphs the replay follows (checked on the grid above); others keep the
 #: stated bound of engine.plan.compute_cuda.
 REPLAY_ARCHS = frozenset({"llama", "qwen3", "qwen3moe", "gemma3"})
-#: Families whose standard layers (engine.plan.compute_placement: no biases, no routed experts)
+#: Families whose standard layers (engine.plan.compute_placement: no biases, no other tensors)
 #: the replay builds node for node as llama.cpp's graph has them: there the replay is the
-#: buffer, with no safety term (every recorded dry run of the llama and qwen3 shapes exact).
-EXACT_ARCHS = frozenset({"llama", "qwen3"})
+#: buffer, with no safety term (every recorded H200 dry run of their shapes exact).
+EXACT_ARCHS = frozenset({"llama", "qwen3", "gemma3", "qwen3moe"})
 #: ggml-cuda moves an op on a host weight to the GPU from this many rows (ggml-cuda.cu,
 #: GGML_OP_OFFLOAD_MIN_BATCH's default); below it the op stays on the CPU, as the replay does not.
 OP_OFFLOAD_MIN_BATCH = 32
@@ -98,10 +118,17 @@ class ReplayGraph:
     weights: Sequence[LayerWeights]
     caches: Sequence[LayerCache]
     exact: bool = False  # EXACT_ARCHS with standard layers: no safety term
+    iswa: bool = False  # two caches (sliding-window and full): build_attn's iSWA variant
+    rope_freqs: int = 0  # bytes of rope_freqs.weight (llama3 rope factors), 0 without one
 
 
-def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> int:
-    """ggml-alloc's size for the GPU buffer of one GPU holding every layer not in cpu_layers."""
+def replay(
+    g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool, cpu_experts: frozenset[int] = frozenset()
+) -> int:
+    """ggml-alloc's size for the GPU buffer of one GPU holding every layer not in cpu_layers;
+    cpu_experts: layers whose routed experts alone stay on the host (`--n-cpu-moe`: a host
+    buffer, so their MUL_MAT_IDs are offloaded with copies of the expert tensors like a CPU
+    layer's)."""
     b = Graph()
     t, e4 = g.tokens, 4 * g.tokens * g.n_embd
     inp_tokens, pos, out_ids = b.leaf(4 * t, INPUT), b.leaf(4 * t, INPUT), b.leaf(4 * t, INPUT)
@@ -109,12 +136,35 @@ def replay(g: ReplayGraph, cpu_layers: frozenset[int], output_on_cpu: bool) -> i
     # K/V row indices (i64); without flash attention V is stored transposed: one per element
     v_rows = 8 * t * (1 if g.flash_attn else max(c.rk for c in g.caches) // (4 * t))
     idxs = {k: (b.leaf(8 * t, INPUT), b.leaf(v_rows, INPUT)) for k in g.masks}
-    rot = (b.leaf(4 * 128 * 128, INPUT), b.leaf(4 * 128 * 128, INPUT))
+    # the Hadamard rotations of a quantized cache, one pair per cache (an iSWA model has two):
+    # K's is the largest power of two from 64 that divides the head size, V's always 64 × 64
+    # (llama-kv-cache.cpp, build_input_k_rot / build_input_v_rot)
+    nrot = 64
+    while g.head_dim % (2 * nrot) == 0:
+        nrot *= 2
+    rots = {k: (b.leaf(4 * nrot * nrot, INPUT), b.leaf(4 * 64 * 64, INPUT)) for k in g.masks}
+    # rope's sources: positions, and the llama3 rope factors where the file has them; those are
+    # created per layer but once per buffer (TENSOR_DUPLICATED, llama-model-loader.cpp
+    # create_tensor), so the CPU layers share one host tensor: one copy, kept to the last of them
+    rope = {k: (pos, b.leaf(g.rope_freqs, k)) if g.rope_freqs else (pos,) for k in (W_CPU, W_GPU)}
     x = b.node(e4, b.leaf(0, W_CPU), inp_tokens, backend=CPU)  # token_embd stays on the host
     last = len(g.caches) - 1
     for il, (w, c) in enumerate(zip(g.weights, g.caches, strict=True)):
         kind = W_CPU if il in cpu_layers else W_GPU
-        x = _layer(b, g, w, c, kind, x, pos, masks[c.mask], idxs[c.mask], rot, out_ids if il == last else -1)
+        kinds = (kind, W_CPU if il in cpu_experts else kind)
+        x = _layer(
+            b,
+            g,
+            w,
+            c,
+            kinds,
+            x,
+            rope[kind],
+            masks[c.mask],
+            idxs[c.mask],
+            rots[c.mask],
+            out_ids if il == last else -1,
+        )
     kind = W_CPU if output_on_cpu else W_GPU
     x = _norm(b, e4, x, 4 * g.n_embd, kind)  # output norm
     b.node(g.logits, b.leaf(g.output_matrix, kind), x)
@@ -126,23 +176,29 @@ def _layer(
     g: ReplayGraph,
     w: LayerWeights,
     c: LayerCache,
-    kind: str,
+    kinds: tuple[str, str],
     x: int,
-    pos: int,
+    rope: tuple[int, ...],
     mask: int,
     idxs: tuple[int, int],
     rot: tuple[int, int],
     out_ids: int,
 ) -> int:
-    """One layer as llama.cpp's llama/qwen3/qwen3moe/gemma3 graphs build it (GPU-side sizes)."""
+    """One layer as llama.cpp's llama/qwen3/qwen3moe/gemma3 graphs build it (GPU-side sizes);
+    kinds: where the layer's weights are, and where its routed experts are."""
+    kind = kinds[0]
     e4 = 4 * g.tokens * g.n_embd
     on_cpu = kind == W_CPU
     norm = _norm(b, e4, x, 4 * g.n_embd, kind)
-    q = _query_or_key(b, g, g.rq, w.q, kind, norm, pos, rot[0])
+    # build_attn expands Q, V, K in that order, its iSWA variant Q, K, V (llama-graph.cpp)
+    q = _query_or_key(b, g, g.rq, w.q, kind, norm, rope, rot[0])
+    if g.iswa:
+        k = _query_or_key(b, g, c.rk, w.k, kind, norm, rope, rot[0])
     v = b.node(c.rk, b.leaf(w.v, kind), norm)
     if g.rotate[1]:
         v = b.node(c.rk, rot[1], v)
-    k = _query_or_key(b, g, c.rk, w.k, kind, norm, pos, rot[0])
+    if not g.iswa:
+        k = _query_or_key(b, g, c.rk, w.k, kind, norm, rope, rot[0])
     cache_k, cache_v = (b.leaf(c.k, HOST), b.leaf(c.v, HOST)) if on_cpu else (-1, -1)
     store = CPU if on_cpu else GPU
     b.node(0, k, idxs[0], *([cache_k] if on_cpu else []), backend=store)  # set_rows: a view
@@ -157,17 +213,17 @@ def _layer(
     if g.rotate[1]:
         out = b.node(g.rq, rot[1], out)
     att = b.node(e4, b.leaf(w.o, kind), out)
-    if g.post_norm:
-        att = _norm(b, e4, att, 4 * g.n_embd, kind)
-    if out_ids >= 0:  # the last layer goes on with the output rows only
+    if out_ids >= 0:  # the last layer goes on with the output rows only (before gemma3's post-norm)
         att = b.node(g.out_rows, att, out_ids)
         x = b.node(g.out_rows, x, out_ids)
+    if g.post_norm:
+        att = _norm(b, g.out_rows if out_ids >= 0 else e4, att, 4 * g.n_embd, kind)
     ffn_inp = b.node(g.out_rows if out_ids >= 0 else e4, att, x, inplace=True)
     rows = g.out_rows if out_ids >= 0 else e4
     h = _norm(b, rows, ffn_inp, 4 * g.n_embd, kind)
     scale = rows // e4 if out_ids >= 0 else 1
     if g.experts:
-        h = _experts(b, g, w, c, kind, h, scale)
+        h = _experts(b, g, w, c, kinds, h, scale)
     else:
         gate = b.node(c.rf * scale, b.leaf(w.gate, kind), h)
         up = b.node(c.rf * scale, b.leaf(w.up, kind), h)
@@ -185,7 +241,7 @@ def _norm(b: Graph, rows: int, x: int, weight: int, kind: str) -> int:
 
 
 def _query_or_key(
-    b: Graph, g: ReplayGraph, rows: int, weight: int, kind: str, x: int, pos: int, rot: int
+    b: Graph, g: ReplayGraph, rows: int, weight: int, kind: str, x: int, rope: tuple[int, ...], rot: int
 ) -> int:
     """Q or K: the projection, its norm where the family has one, rope, and the Hadamard
     rotation of a quantized K cache (llama.cpp applies the K rotation to Q as well)."""
@@ -196,34 +252,50 @@ def _query_or_key(
     if g.qk_norm:
         y = b.node(rows, y)  # rms_norm of the reshaped projection
         y = b.node(rows, y, b.leaf(4 * g.head_dim, kind), inplace=True)
-    y = b.node(rows, y, pos, inplace=g.qk_norm)  # rope
+    y = b.node(rows, y, *rope, inplace=g.qk_norm)
     return b.node(rows, rot, y) if g.rotate[0] else y
 
 
-def _experts(b: Graph, g: ReplayGraph, w: LayerWeights, c: LayerCache, kind: str, h: int, scale: int) -> int:
-    """qwen3moe's routed FFN: router logits, softmax, top-k (argsort, get_rows, normalised
-    weights), gate/up/down over the used experts, weighted and summed into one row."""
+def _experts(
+    b: Graph, g: ReplayGraph, w: LayerWeights, c: LayerCache, kinds: tuple[str, str], h: int, scale: int
+) -> int:
+    """qwen3moe's routed FFN as llm_graph_context::build_moe_ffn builds it, with the two
+    allocation dependencies ggml-cuda's graph_optimize adds for its fusions
+    (ggml_backend_cuda_graph_optimize): the top-k chain (softmax .. normalised weights) and
+    its sources stay until the node after it, and the expert outputs and their weights until
+    the weighted sum's last add. A kept tensor has a second consumer, so the op after it gets
+    a new block instead of its place; an op on a view (the first add of two expert views, the
+    division of the reshaped weights) never takes its parent's place either."""
     assert g.experts is not None
     n_expert, used = g.experts
+    kind, experts_kind = kinds
     t = g.tokens * scale
+    # ggml-cuda fuses the top-k chain for these expert counts (ggml_cuda_should_use_topk_moe)
+    fused = (n_expert & (n_expert - 1) == 0 and n_expert <= 512) or n_expert in (288, 576)
     logits = b.node(4 * t * n_expert, b.leaf(w.router, kind), h)
-    probs = b.node(4 * t * n_expert, logits, inplace=True)
-    order = b.node(4 * t * n_expert, probs)
-    weights = b.node(4 * t * used, probs, order)
-    total = b.node(4 * t, weights)
-    total = b.node(4 * t, total, inplace=True)
-    # ggml-cuda's top-k fusion keeps the router chain alive until its last node (alloc deps)
-    weights = b.node(4 * t * used, weights, total, logits, order, inplace=True)
-    gate = b.node(c.rf * scale, b.leaf(w.gate, kind), h, order)
-    up = b.node(c.rf * scale, b.leaf(w.up, kind), h, order)
+    probs = b.node(4 * t * n_expert, logits, inplace=not fused)  # soft_max
+    order = b.node(4 * t * n_expert, probs)  # argsort (the top-k ids are a view of it)
+    weights = b.node(4 * t * used, probs, order)  # get_rows
+    total = b.node(4 * t, weights)  # sum_rows
+    clamped = b.node(4 * t, total, inplace=not fused)  # clamp
+    normed = b.node(4 * t * used, weights, clamped)  # div
+    if fused:  # the chain and its sources are kept until the node after it
+        b.node(0, logits, probs, order, weights, total, clamped, normed)
+    gate = b.node(c.rf * scale, b.leaf(w.gate, experts_kind), h, order)
+    up = b.node(c.rf * scale, b.leaf(w.up, experts_kind), h, order)
     act = b.node(c.rf * scale, gate, up)
-    down = b.node(4 * t * used * g.n_embd, b.leaf(w.down, kind), act, order)
-    down = b.node(4 * t * used * g.n_embd, down, weights, inplace=True)
-    out = b.node(4 * t * g.n_embd, down)  # the first add of two expert views
-    for _ in range(used - 3):
-        out = b.node(4 * t * g.n_embd, out, down, inplace=True)
-    # the weighted-sum fusion keeps the experts and their weights until the last add
-    return b.node(4 * t * g.n_embd, out, down, weights, inplace=True)
+    down = b.node(4 * t * used * g.n_embd, b.leaf(w.down, experts_kind), act, order)
+    weighted = b.node(4 * t * used * g.n_embd, down, normed)
+    out = b.node(4 * t * g.n_embd, weighted)  # the first add, of two views of `weighted`
+    for _ in range(used - 2):
+        out = b.node(4 * t * g.n_embd, out, weighted, inplace=True)
+    if used <= _MOE_REDUCTION_MAX_EXPERTS:  # the weighted-sum fusion keeps these until here
+        b.node(0, down, normed)
+    return out
+
+
+#: ggml-cuda fuses the weighted sum of at most this many experts (MOE_WEIGHTED_REDUCTION_MAX_EXPERTS)
+_MOE_REDUCTION_MAX_EXPERTS = 15
 
 
 def safety(g: ReplayGraph, cpu_layers: frozenset[int], gpu_repeating_layers: int) -> int:

@@ -1,8 +1,8 @@
 """The memory of self-drafting: the MTP heads' context, or a Gemma 4 assistant's, per device.
 
 A drafting context is a second llama_context next to the target's, created by the child from the
-target's *resolved* context (engine.child.selfdraft.drafting_params), so its plan is derived from
-the target's settings and never from the drafter's own defaults. What it adds to the target:
+target's *resolved* context (engine.child.selfdraft_context.drafting_params), so its plan is
+derived from the target's settings and never from the drafter's own defaults. What it adds to the target:
 
 * **weights**: the MTP (nextn) blocks, loaded only with ``load_mtp`` (the target plan leaves them
   out, engine.gguf.hparams.weight_layout), on the devices their layer indices give; an assistant's

@@ -45,11 +45,19 @@ class Exited:
     outcome: ProcessOutcome
 
 
+def module_command(module: str) -> list[str]:
+    """``python -m module`` without the working directory in front of ``sys.path``: ``-m`` puts
+    it there, ahead of the PYTHONPATH that names the parent's own engine, so an ``engine``
+    folder wherever the user started KV Deck would run instead (``-P``, Python 3.11+)."""
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe, "-m", module]
+
+
 def child_command() -> list[str]:
     """How to start the child: a module in development, a flag of the bundled executable."""
     if getattr(sys, "frozen", False):
         return [sys.executable, "--runtime-child"]
-    return [sys.executable, "-m", "engine.child"]
+    return module_command("engine.child")
 
 
 def describe_exit(

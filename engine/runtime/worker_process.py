@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from engine.core.errors import KvDeckError
+from engine.runtime.outcome import module_command
 from engine.runtime.workers import DEFAULT_PORT, WorkerError, probe
 
 
@@ -57,7 +58,7 @@ def worker_command(endpoint: str, devices: list[str], cache_dir: str | None, thr
     base = (
         [sys.executable, "--rpc-worker"]
         if getattr(sys, "frozen", False)
-        else [sys.executable, "-m", "engine.child.worker"]
+        else module_command("engine.child.worker")
     )
     cmd = base + [endpoint]
     for d in devices:
