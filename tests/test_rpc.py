@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.child.rpc_lost import lost_endpoints
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import MiB, PlanSettings
 from engine.gguf.inspect import inspect_gguf
@@ -173,6 +175,33 @@ def test_a_worker_that_drops_the_connection_mid_reply_but_keeps_listening_is_nam
     notes = [ln for ln in err.decode().splitlines() if "went away" in ln]
     assert notes == [f"worker {proxy.endpoint} went away while decoding; the reply goes on without it"]
     assert len((first + rest).decode().split()) > 20
+
+
+def test_a_connection_the_worker_reset_is_named_though_it_has_no_peer_name_left() -> None:
+    """A worker that hung up answers our next write with a reset (so does one that closes with
+    our command unread): the socket is then in TCP state CLOSE, getpeername refuses it, and it
+    is still the connection the abort hook must name, beside an idle one that is not."""
+    gone = FakeServer(version=None)  # closes every connection at once
+    idle = socket.create_server(("127.0.0.1", 0))  # takes the connection into its backlog, never answers
+    idle_endpoint = f"127.0.0.1:{idle.getsockname()[1]}"
+    host, _, port = gone.endpoint.rpartition(":")
+    try:
+        with (
+            socket.create_connection((host, int(port))) as dropped,
+            socket.create_connection(idle.getsockname()),
+        ):
+            poll = select.poll()
+            poll.register(dropped, select.POLLRDHUP)
+            assert poll.poll(30_000), "the worker's end of stream never came"
+            dropped.send(b"\0")  # as ggml-rpc's next command would
+            poll.register(dropped, select.POLLHUP)
+            assert poll.poll(30_000), "the reset never came"
+            with pytest.raises(OSError):
+                dropped.getpeername()
+            assert lost_endpoints([idle_endpoint, gone.endpoint]) == [gone.endpoint]
+    finally:
+        gone.close()
+        idle.close()
 
 
 @needs_rpc
