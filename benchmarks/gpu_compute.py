@@ -183,8 +183,8 @@ KEEP_DEBUG = ("compute buffer size is", "worst-case", "## SPLIT", "node #")
 
 
 def settings_of(s: dict[str, Any]) -> PlanSettings:
-    """A grid case (ngl, n_ctx, tk, tv, fa; n_ubatch, n_seq, swa_full if set) as plan settings;
-    real loads copy the weights in (load mode none), as the dry runs do."""
+    """A grid case (ngl, n_ctx, tk, tv, fa; n_ubatch, n_seq, swa_full, n_cpu_moe if set) as plan
+    settings; real loads copy the weights in (load mode none), as the dry runs do."""
     return PlanSettings(
         n_ctx=s["n_ctx"],
         type_k=s["tk"],
@@ -194,6 +194,7 @@ def settings_of(s: dict[str, Any]) -> PlanSettings:
         n_ubatch=s.get("n_ubatch", 512),
         n_seq_max=s.get("n_seq", 1),
         swa_full=s.get("swa_full", False),
+        n_cpu_moe=s.get("n_cpu_moe", 0),
         load_mode="none",
     )
 
@@ -270,6 +271,22 @@ def grid(name: str, which: str) -> list[dict[str, Any]]:
             for g in (n - 2, 2 * n // 3, n // 5, 2)
             for c, u in ((8192, 512), (49152, 512), (24576, 1024))
             for k, f in (("f16", "on"), ("q8_0", "on"), ("f16", "off"))
+        ]
+    if which == "next":  # held out on 2026-12-05: what only the GPU-free oracle has checked
+        cases = (
+            [  # routed experts on the CPU (MoE shapes; other shapes have none to move)
+                dict(ngl=g, n_ctx=c, tk=k, tv=k, fa="on", n_cpu_moe=m)
+                for g, m in ((-1, n // 4), (-1, n), (2 * n // 3, n // 3))
+                for c, k in ((16384, "f16"), (40960, "q8_0"))
+            ]
+            if "n_expert" in h
+            else []
+        )
+        return cases + [  # partial offload (llama31-8b: rope_freqs, one host copy for the CPU layers)
+            dict(ngl=g, n_ctx=c, tk=k, tv=k, fa=f, n_ubatch=u)
+            for g in (n - 3, n // 2 + 1, 3)
+            for c, u in ((20480, 512), (36864, 256))
+            for k, f in (("f16", "on"), ("q4_0", "on"), ("f16", "off"))
         ]
     # "check": settings the fit never saw
     ngls = [-1, n - 1, n // 3, 1]
