@@ -35,6 +35,7 @@ from engine.gguf.layer_rules import MAX_LAYERS, indexer_layout, int_key, per_lay
 from engine.gguf.reader import Array as _Array
 from engine.gguf.reader import Corrupt as _Corrupt
 from engine.gguf.reader import TensorRow, read_header
+from engine.gguf.sampling_meta import recommended_sampling
 from engine.gguf.sparse import sparse_meta
 from engine.gguf.split_parts import read_model_header
 
@@ -108,6 +109,8 @@ class GGUFInfo:
     indexer_layers: tuple[bool, ...] = ()
     # deepseek4 / minimax-m3 sparse-cache geometry (engine.gguf.sparse), else None.
     sparse: dict[str, Any] | None = None
+    # The author's sampling (general.sampling.*) as SamplingParams fields: the API's defaults.
+    sampling: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict; the template text is replaced by its length to keep reports small."""
@@ -279,6 +282,7 @@ def _build(path: str, size: int, header: Header | None = None) -> GGUFInfo:
         indexer=indexer,
         indexer_layers=indexer_layers,
         sparse=sparse_meta(meta, arch, n_layer),
+        sampling=recommended_sampling(meta),
     )
 
 

@@ -14,17 +14,24 @@ Defaults: a field the client leaves out takes llama-server's default
 (``engine.core.sampling.API_DEFAULTS``: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no
 repeat penalty), so a client gets what it would get from llama.cpp's own server, and a request
 that names every sampling field gets the same reply as ``kvdeck chat`` with those settings.
+Where the GGUF recommends sampling (``general.sampling.*``, engine.gguf.sampling_meta), those
+values come first, as llama-server's ``common_init_sampler_from_model`` makes them its defaults.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.chat.history import text_of
 from engine.chat.template import ChatMessage
-from engine.core.sampling import API_DEFAULTS, RANDOM_SEED
+from engine.core.errors import KvDeckError
+from engine.core.sampling import API_DEFAULTS, RANDOM_SEED, SamplingParams
+from engine.gguf.inspect import inspect_gguf
 from engine.serve.errors import ApiError, error_body  # noqa: F401  (re-exported)
 from engine.serve.tools import parse_tools
 
@@ -97,8 +104,25 @@ def _flag(body: dict[str, Any], key: str) -> bool:
     return value
 
 
-def _common(body: dict[str, Any]) -> dict[str, Any]:
-    """Model, sampling, limits and stop strings: the fields both endpoints share."""
+def request_defaults(path: str | None) -> SamplingParams:
+    """What a request's missing sampling fields take for the model at ``path``: llama-server's
+    defaults, with the model's own recommendations in front (read once per file version)."""
+    if not path:
+        return API_DEFAULTS
+    try:
+        return _model_defaults(path, os.stat(path).st_mtime_ns)
+    except (OSError, KvDeckError):
+        return API_DEFAULTS
+
+
+@functools.lru_cache(maxsize=4)
+def _model_defaults(path: str, _mtime_ns: int) -> SamplingParams:
+    return dataclasses.replace(API_DEFAULTS, **inspect_gguf(path).sampling)  # type: ignore[arg-type]
+
+
+def _common(body: dict[str, Any], defaults: SamplingParams) -> dict[str, Any]:
+    """Model, sampling, limits and stop strings: the fields both endpoints share; sampling fields
+    the body leaves out come from ``defaults`` (:func:`request_defaults`)."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "model is required (GET /v1/models lists it)", param="model")
@@ -115,7 +139,7 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         value = _number(body, key, 1, 1 << 30, integer=True)
         if value is not None:
             limit = int(value)
-    base = API_DEFAULTS.to_dict()
+    base = defaults.to_dict()
     for key, lo, hi, integer, lo_open in (
         ("temperature", 0, 5, False, False),
         ("top_p", 0, 1, False, True),
@@ -263,8 +287,8 @@ def _content(message: dict[str, Any], i: int) -> str:
         raise ApiError(400, f"{where}{exc}", param=f"messages.{i}.content") from None
 
 
-def parse_chat(body: dict[str, Any]) -> Job:
-    common = _common(body)
+def parse_chat(body: dict[str, Any], defaults: SamplingParams = API_DEFAULTS) -> Job:
+    common = _common(body, defaults)
     tools = parse_tools(body)
     if tools is not None and common["json_schema"]:
         raise ApiError(
@@ -334,8 +358,8 @@ def _arguments(call: dict[str, Any]) -> dict[str, Any]:
     return args if isinstance(args, dict) else {"value": args}
 
 
-def parse_completion(body: dict[str, Any]) -> Job:
-    common = _common(body)
+def parse_completion(body: dict[str, Any], defaults: SamplingParams = API_DEFAULTS) -> Job:
+    common = _common(body, defaults)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
