@@ -231,16 +231,17 @@ def test_drafting_after_a_reply_made_without_it_restarts_the_drafters_cache(tmp_
     assert all(d.n_drafted > 0 for d in again)
 
 
-def test_the_windows_drafting_runs_on_the_sequence_holding_its_prefix(tmp_path):
-    """A window reply (not the server's) on a context of two sequences drafts with the MTP heads
-    on the sequence that holds its prefix, here sequence 1: the greedy tokens are the plain
-    reply's, and sequence 0's cells are left as they were. (The window's drafting used to run
-    the single-sequence loop on sequence 0 whatever the context, cutting that sequence's cache
-    back to the prompt's shared first token.)"""
+@pytest.mark.parametrize("draft", ["mtp", "lookup"], ids=["MTP heads", "n-gram lookup"])
+def test_the_windows_drafting_runs_on_the_sequence_holding_its_prefix(tmp_path, draft):
+    """A window reply (not the server's) on a context of two sequences drafts, with the MTP heads
+    or by n-gram lookup, on the sequence that holds its prefix, here sequence 1: the greedy
+    tokens are the plain reply's, and sequence 0's cells are left as they were. (The window's
+    drafting used to run the single-sequence loop on sequence 0 whatever the context, cutting
+    that sequence's cache back to the prompt's shared first token.)"""
     path = mm.write_hyv3(tmp_path / "t.gguf")
     greedy = SamplingParams.from_dict(GREEDY)
     slots: list[P.Slots] = []
-    settings = PlanSettings(n_ctx=512, n_seq_max=2, n_batch=64, n_ubatch=64, mtp=True)
+    settings = PlanSettings(n_ctx=512, n_seq_max=2, n_batch=64, n_ubatch=64, mtp=draft == "mtp")
     with running_host(
         P.LoadParams(str(path), settings=settings),
         on_event=lambda m: slots.append(m) if isinstance(m, P.Slots) else None,
@@ -258,7 +259,7 @@ def test_the_windows_drafting_runs_on_the_sequence_holding_its_prefix(tmp_path):
             text,
             max_tokens=32,
             sampling=greedy,
-            draft="mtp",
+            draft=draft,
             draft_max=3,
             on_event=lambda m: fast_id.append(m.id) if isinstance(m, P.Started) else None,
         )

@@ -70,13 +70,13 @@ class BatchLoop:
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
         self.prefixes = SeqPrefixes(m, self.n_seq)  # per-slot prefix reuse (engine.child.prefix)
         sd = drafter_of(session)
-        self.drafting = BatchDrafting(sd, m) if sd is not None else None
+        self.drafting = BatchDrafting(sd, m)  # a self-drafter, or lookup for requests asking
         # The queued messages: who joins, who waits, who stops the run (engine.child.batch_intake).
         self.intake = Intake(session, m, requests, emit, self.n_ctx_seq, sd)
         self.waiting = self.intake.waiting
         # Device chains per sequence (engine.child.batch_backend); not with drafting (verify
         # rows are several outputs of one sequence per step).
-        self.chains = SeqChains(m) if enabled() and self.drafting is None else None
+        self.chains = SeqChains(m) if enabled() and sd is None else None
         self.batch = LL.llama_batch_init(self.n_batch, 0, 1)
         b = self.batch
         for i in range(self.n_batch):
@@ -102,8 +102,7 @@ class BatchLoop:
                 self.requests.finished(w.req.id)
                 continue
             i, reuse = self.prefixes.place(free, w.prompt)
-            if self.drafting is not None:
-                self.drafting.sd.truncate(reuse, i)
+            self.drafting.placed(i, reuse)
             chain = self.chains.admit(i, w) if self.chains is not None else None
             self.slots[i] = Slot.start(
                 w, i, reuse, tuple(self.m.eog_ids), self.m.n_vocab, self.n_ctx_seq, chain
@@ -128,7 +127,7 @@ class BatchLoop:
         blocks: list[tuple[int, list[int], int]] = []  # (sequence, tokens, first position)
         checks: list[tuple[int, Slot, list[int]]] = []  # drafting sequences: verify rows from n
         gen = [s for s in active if s.next_tok >= 0]
-        drafts = self.drafting.drafts(gen, self.n_batch - len(gen)) if self.drafting else {}
+        drafts = self.drafting.drafts(gen, self.n_batch - len(gen))
         for s in gen:  # one token per generating sequence first (and its drafts)
             d = drafts.get(s.seq)
             if d:
@@ -187,8 +186,7 @@ class BatchLoop:
                 s.error = (ErrorKind.RUNTIME, why)
                 s.finish = "error"
             return
-        if self.drafting is not None:  # while the target's hidden states are this batch's
-            self.drafting.sd.process_blocks(blocks)
+        self.drafting.decoded(blocks)  # while the target's hidden states are this batch's
         for s, k in fed:
             if k == 0:
                 s.n_past += 1
@@ -206,7 +204,6 @@ class BatchLoop:
                     tok = not_eog(self.m, s.chain, s.w.sampling, i, tok)
                 self._emit(s, i, tok, now)
             for i, s, d in checks:
-                assert self.drafting is not None
                 self.drafting.verify(self.sampler, s, i, d, lambda s, row, tok: self._emit(s, row, tok, now))
 
     def _emit(self, s: Slot, i: int, tok: int, now: float) -> None:

@@ -15,7 +15,7 @@ import queue
 from collections.abc import Iterable
 
 from engine import protocol as P
-from engine.child.batch_spec import drafter_of, refusal
+from engine.child.batch_spec import refusal
 from engine.child.errors import RequestError, error_event
 from engine.child.io import Emit, Requests
 from engine.child.model import Model
@@ -33,16 +33,16 @@ def batch_wanted(session: LlamaSession, req: P.GenerateRequest) -> bool:
     """Whether this generation belongs to the batch loop rather than the single-sequence one.
 
     Drafting: the server's requests always come here (batch_spec drafts per sequence, or refuses
-    in one line). The window's come here when its context has several sequences and the drafter
-    can draft per sequence (MTP heads, a Gemma 4 assistant): its replies then go to whichever
-    sequence holds their prefix, as its plain replies do, and never overwrite sequence 0. A
-    draft model or an n-gram lookup keeps one sequence of its own: the single-sequence loop on
-    sequence 0 (engine.child.speculative), which is also where a refusal is worded."""
+    in one line), and so do the window's when its context has several sequences: its replies
+    then go to whichever sequence holds their prefix, as its plain replies do, and never
+    overwrite sequence 0 that another reply may hold. What cannot draft per sequence (a separate
+    draft model) is refused there in one line. On a one-sequence context the window drafts in
+    the single-sequence loop (engine.child.speculative)."""
     m = session.model
     if m is None:
         return False
     if req.draft and not req.serve:
-        return m.n_seq_max > 1 and not refusal(drafter_of(session), req)
+        return m.n_seq_max > 1
     # Grammars and log-probabilities are implemented here only, so such requests come here too.
     return req.serve or m.n_seq_max > 1 or bool(req.grammar or req.json_schema) or req.logprobs >= 0
 
@@ -68,7 +68,7 @@ class Intake:
     def accept(self, req: P.GenerateRequest) -> None:
         """Tokenise and check a request at once, so a bad one is refused without waiting."""
         cancel = self.requests.cancel_event(req.id)
-        why = refusal(self.sd, req)
+        why = refusal(self.sd, self.m, req)
         try:
             w = Waiting.checked(req, cancel, self.s.tokenize, self.m.vocab, self.n_ctx_seq, why)
         except (RequestError, KvDeckError) as exc:

@@ -9,9 +9,12 @@ drafter takes that whole batch (``SelfDraft.process_blocks``, llama.cpp's
 cells back (``llama_memory_seq_rm`` per sequence; a hybrid target rolls back through its n_rs_seq
 snapshots, so k stays below n_rs_seq as in the single-sequence loop, ``spec_loop.verify_cap``).
 
-Only the drafters that read the target's hidden states draft here: the model's own MTP heads and a
-Gemma 4 assistant. A separate draft model or an n-gram lookup is refused in one line: they keep
-one sequence of their own (engine.child.spec_loop). Every request drafts: each verify row is
+The drafters here: the model's own MTP heads and a Gemma 4 assistant (they read the target's
+hidden states), and prompt lookup (``engine.child.ngram``: an index per sequence over its
+prompt and reply, as the single-sequence loop's, so a lookup reply is the same). A separate draft
+model is refused in one line: it would need its own per-sequence cache and catch-up, and keeps
+one sequence of its own (engine.child.spec_loop), which a context of several sequences cannot
+lend it (the window refuses to load one there: engine.child.speculative). Every request drafts: each verify row is
 sampled with the request's own chain, in order, exactly as
 plain decoding samples it (llama.cpp's ``common_sampler_sample_and_accept_n``), and the drafts
 are kept while they equal what was sampled. So the chain sees exactly the reply's tokens (its
@@ -30,12 +33,14 @@ from collections.abc import Callable
 
 import llama_cpp.llama_cpp as LL
 
+from engine.child.batch_backend import enabled as backend_sampling
 from engine.child.batch_sample import RowSampler
 from engine.child.draft import refuse_rollback_less
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
-from engine.child.selfdraft import SelfDraft
-from engine.child.slots import Slot
+from engine.child.ngram import NgramIndex
+from engine.child.selfdraft import Block, SelfDraft
+from engine.child.slots import Slot, Waiting
 from engine.child.spec_loop import verify_cap
 from engine.protocol import GenerateRequest
 
@@ -52,13 +57,15 @@ def drafter_of(session: object) -> SelfDraft | None:
     return draft if isinstance(draft, SelfDraft) else None
 
 
-def refusal(sd: SelfDraft | None, req: GenerateRequest) -> str:
+def refusal(sd: SelfDraft | None, m: Model, req: GenerateRequest) -> str:
     """Why this request's drafting cannot run in the batch loop, in one sentence ('' when it can)."""
     if not req.draft:
         return ""
-    if sd is not None and _KIND.get(req.draft) == sd.kind:
+    if req.draft == "lookup" and backend_sampling():  # a device chain per sequence: one row each
+        return "draft 'lookup' cannot run with backend sampling (KVDECK_BACKEND_SAMPLING=1)"
+    if req.draft == "lookup" or (sd is not None and _KIND.get(req.draft) == sd.kind):
         try:  # a hybrid target without recurrent snapshots cannot cut a sequence back
-            refuse_rollback_less(sd.target.model, "target", sd.target.ctx, req.draft_max)
+            refuse_rollback_less(m.model, "target", m.ctx, req.draft_max)
         except RequestError as exc:
             return str(exc)
         return ""
@@ -69,32 +76,67 @@ def refusal(sd: SelfDraft | None, req: GenerateRequest) -> str:
         )
     return (
         f"draft {req.draft!r} cannot run with several sequences: only the model's own MTP heads "
-        "(--mtp) or a Gemma 4 assistant draft per sequence"
+        "(--mtp), a Gemma 4 assistant or n-gram lookup draft per sequence"
     )
 
 
 class BatchDrafting:
-    """The drafter of one batch-loop run and each drafting slot's rounds."""
+    """The drafters of one batch-loop run (the self-drafter when one is loaded, prompt lookup for
+    requests asking for it) and each drafting slot's rounds."""
 
-    def __init__(self, sd: SelfDraft, m: Model) -> None:
+    def __init__(self, sd: SelfDraft | None, m: Model) -> None:
         self.sd, self.m = sd, m
+        self.eog = frozenset(m.eog_ids)
+        #: Per sequence: the lookup index of the request on it (its prompt and reply so far).
+        self.lookups: dict[int, tuple[Waiting, NgramIndex]] = {}
+
+    def placed(self, seq: int, reuse: int) -> None:
+        """A request starts on ``seq`` with its first ``reuse`` tokens already in the cache."""
+        if self.sd is not None:
+            self.sd.truncate(reuse, seq)
+
+    def decoded(self, blocks: list[Block]) -> None:
+        """The target just decoded ``blocks`` (while its hidden states are that batch's)."""
+        if self.sd is not None:
+            self.sd.process_blocks(blocks)
 
     def drafts(self, slots: list[Slot], room: int) -> dict[int, list[int]]:
         """Draft tokens per sequence for the generating ``slots`` that may draft, within ``room``
         batch rows beyond their own one token each."""
         asks: dict[int, tuple[int, int, int]] = {}
+        out: dict[int, list[int]] = {}
         for s in slots:
             r = s.w.req
             if not r.draft or s.w.cancel.is_set():
                 continue
+            lookup = r.draft == "lookup"
             if not s.k_max:
-                s.k_max = s.k_now = verify_cap(self.m, self.sd, r.draft_max)
+                s.k_max = s.k_now = verify_cap(self.m, None if lookup else self.sd, r.draft_max)
                 s.drafted_at, s.accepted_at = [0] * s.k_max, [0] * s.k_max
             k = min(s.k_now, s.max_tokens - len(s.out), s.n_ctx_seq - 1 - s.n_past, room)
-            if k > 0:
+            if k <= 0:
+                continue
+            if lookup:
+                d = self._lookup(s).propose(k, self.eog)
+                if d:
+                    out[s.seq] = d
+                    room -= len(d)
+            else:
                 asks[s.seq] = (s.next_tok, s.n_past, k)
                 room -= k
-        return self.sd.draft_many(asks) if asks else {}
+        if asks and self.sd is not None:
+            out.update(self.sd.draft_many(asks))
+        return out
+
+    def _lookup(self, s: Slot) -> NgramIndex:
+        """The lookup index of the request on ``s``: its prompt and every token it took (the last
+        is ``next_tok``), as the single-sequence loop's index holds them."""
+        have = self.lookups.get(s.seq)
+        if have is None or have[0] is not s.w:
+            have = self.lookups[s.seq] = (s.w, NgramIndex(s.w.prompt))
+        idx = have[1]
+        idx.extend(s.out[len(idx.tokens) - len(s.w.prompt) :])
+        return idx
 
     def verify(
         self,
@@ -126,8 +168,9 @@ class BatchDrafting:
         n = s.n_past + 1 + keep
         if not LL.llama_memory_seq_rm(LL.llama_get_memory(self.m.ctx), s.seq, n, -1):
             raise RequestError(ErrorKind.RUNTIME, "the target's cache could not be rolled back")
-        self.sd.accept(a, s.seq)
-        self.sd.truncate(n, s.seq)
+        if self.sd is not None:  # it took this sequence's verify rows too, whoever drafted
+            self.sd.accept(a, s.seq)
+            self.sd.truncate(n, s.seq)
         s.n_past = n
         if nxt < 0:
             s.next_tok = -1

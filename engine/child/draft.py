@@ -69,6 +69,21 @@ def refuse_rollback_less(model: Any, role: str, ctx: Any = None, draft_max: int 
         )
 
 
+def refuse_several_sequences(m: Model) -> None:
+    """Refuse a draft model on a context of several sequences: its cache and catch-up follow one
+    sequence (the single-sequence loop's sequence 0), and running there would cut back the cells
+    another reply holds; the batch loop drafts per sequence only with what needs no cache of its
+    own (engine.child.batch_spec)."""
+    n = m.n_seq_max
+    if n > 1:
+        raise RequestError(
+            ErrorKind.PARAMS,
+            f"a separate draft model cannot draft on a context of {n} parallel sequences; "
+            "use n-gram lookup, the model's own MTP heads or a Gemma 4 assistant, "
+            "or load the model with one sequence (chat goes on without drafting)",
+        )
+
+
 def _check_pair(target_path: str, draft_path: str) -> list[dict[str, Any]]:
     checks = pair_checks(target_path, draft_path)
     bad = [c for c in checks if not c.ok]
@@ -115,6 +130,7 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
     if not os.path.isfile(req.path):
         raise RequestError(ErrorKind.MODEL, f"draft model file not found: {req.path}")
     refuse_rollback_less(m.model, "target", m.ctx)
+    refuse_several_sequences(m)
     checks = _check_pair(m.path, req.path)
     unload_draft(session)
     t0 = time.perf_counter()
@@ -209,6 +225,7 @@ def draft_for(session: LlamaSession, m: Model) -> Draft:
     if d is None:
         raise RequestError(ErrorKind.STATE, "no draft model is loaded: load one, or draft by n-gram lookup")
     if d.target is not m:
+        refuse_several_sequences(m)  # the target was reloaded with several sequences
         if d.target_path != m.path:
             _check_pair(m.path, d.path)
         d.free_context()

@@ -33,9 +33,10 @@ class NgramIndex:
                     table[tuple(toks[j - n : j])] = j
             toks.append(int(tok))
 
-    def propose(self, n_draft: int) -> list[int]:
+    def propose(self, n_draft: int, stop: frozenset[int] = frozenset()) -> list[int]:
         """Up to ``n_draft`` tokens that followed the longest suffix (3, then 2, then 1 tokens)
-        matched earlier in the history; [] when nothing matches."""
+        matched earlier in the history, ending after the first token in ``stop`` (end of
+        generation: nothing follows it); [] when nothing matches."""
         toks = self.tokens
         if n_draft <= 0:
             return []
@@ -44,5 +45,9 @@ class NgramIndex:
                 continue
             j = self._next[n].get(tuple(toks[-n:]))
             if j is not None:
-                return toks[j : j + n_draft]
+                drafts = toks[j : j + n_draft]
+                for i, tok in enumerate(drafts):
+                    if tok in stop:
+                        return drafts[: i + 1]
+                return drafts
         return []

@@ -178,14 +178,6 @@ class SpecRun:
             self._draft_decode([tok], n + 1 + j)
         return drafts, qs
 
-    def _propose_lookup(self, k: int) -> list[int]:
-        assert self.ngram is not None
-        drafts = self.ngram.propose(k)
-        for i, tok in enumerate(drafts):
-            if tok in self.eog:
-                return drafts[: i + 1]
-        return drafts
-
     # ------------------------------------------------------------------ verifying
     def _verify(self, toks: list[int], n: int) -> int:
         b = self.m.batch
@@ -256,7 +248,8 @@ class SpecRun:
             elif self.draft is not None:
                 drafts, qs = self._propose_model(hist, last, k)
             else:
-                drafts = self._propose_lookup(k)
+                assert self.ngram is not None
+                drafts = self.ngram.propose(k, self.eog)
             rc = self._verify([last] + drafts, n)
             if rc == 1:
                 stop = "context"
