@@ -39,7 +39,7 @@ from engine import protocol as P
 from engine.child.batch_backend import SeqChains, enabled, not_eog
 from engine.child.batch_intake import Intake
 from engine.child.batch_sample import LIB, TIMES, RowSampler
-from engine.child.batch_spec import BatchDrafting, drafter_of
+from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.errors import ErrorKind, error_event
 from engine.child.grammar import logits_row, logprob_entry
 from engine.child.io import DELTA_INTERVAL_S, Emit, Requests, held
@@ -69,14 +69,14 @@ class BatchLoop:
         self.last_report = 0.0
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
         self.prefixes = SeqPrefixes(m, self.n_seq)  # per-slot prefix reuse (engine.child.prefix)
-        sd = drafter_of(session)
-        self.drafting = BatchDrafting(sd, m)  # a self-drafter, or lookup for requests asking
+        sds = drafters_of(session)
+        self.drafting = BatchDrafting(sds, m)  # the self-drafters, and lookup for requests asking
         # The queued messages: who joins, who waits, who stops the run (engine.child.batch_intake).
-        self.intake = Intake(session, m, requests, emit, self.n_ctx_seq, sd)
+        self.intake = Intake(session, m, requests, emit, self.n_ctx_seq, sds)
         self.waiting = self.intake.waiting
         # Device chains per sequence (engine.child.batch_backend); not with drafting (verify
         # rows are several outputs of one sequence per step).
-        self.chains = SeqChains(m) if enabled() and sd is None else None
+        self.chains = SeqChains(m) if enabled() and not sds else None
         self.batch = LL.llama_batch_init(self.n_batch, 0, 1)
         b = self.batch
         for i in range(self.n_batch):

@@ -15,12 +15,11 @@ import queue
 from collections.abc import Iterable
 
 from engine import protocol as P
-from engine.child.batch_spec import refusal
+from engine.child.batch_spec import Drafters, refusal
 from engine.child.errors import RequestError, error_event
 from engine.child.io import Emit, Requests
 from engine.child.model import Model
 from engine.child.quick import QUICK, quick_answer
-from engine.child.selfdraft import SelfDraft
 from engine.child.session import LlamaSession
 from engine.child.slots import Waiting
 from engine.core.errors import KvDeckError
@@ -57,10 +56,10 @@ class Intake:
         requests: Requests,
         emit: Emit,
         n_ctx_seq: int,
-        sd: SelfDraft | None,
+        sds: Drafters,
     ) -> None:
         self.s, self.m, self.requests, self.emit = session, m, requests, emit
-        self.n_ctx_seq, self.sd = n_ctx_seq, sd
+        self.n_ctx_seq, self.sds = n_ctx_seq, sds
         self.waiting: collections.deque[Waiting] = collections.deque()
         self.stopping = False
         self.deferred: list[P.Message | None] = []
@@ -68,7 +67,7 @@ class Intake:
     def accept(self, req: P.GenerateRequest) -> None:
         """Tokenise and check a request at once, so a bad one is refused without waiting."""
         cancel = self.requests.cancel_event(req.id)
-        why = refusal(self.sd, self.m, req)
+        why = refusal(self.sds, self.m, req)
         try:
             w = Waiting.checked(req, cancel, self.s.tokenize, self.m.vocab, self.n_ctx_seq, why)
         except (RequestError, KvDeckError) as exc:

@@ -44,26 +44,40 @@ from engine.child.slots import Slot, Waiting
 from engine.child.spec_loop import verify_cap
 from engine.protocol import GenerateRequest
 
-#: What a request's ``draft`` asks for, by the kind of drafter loaded.
-_KIND = {"mtp": "mtp", "model": "assistant"}
+#: The loaded self-drafters by the ``draft`` a request names: "mtp" (the model's own heads),
+#: "model" (a Gemma 4 assistant loaded as the draft).
+Drafters = dict[str, SelfDraft]
 
 
-def drafter_of(session: object) -> SelfDraft | None:
-    """The session's self-drafter (its MTP heads, else a loaded assistant), or None."""
+def drafters_of(session: object) -> Drafters:
+    """The session's self-drafters: its MTP heads and a loaded assistant.
+
+    A request drafts with the one it names (the draft picker's choice), as in the single-sequence
+    loop (engine.child.speculative), never with whichever happens to be loaded. With llama.cpp
+    0c1e570 at most one is: an assistant pairs only with a Gemma 4 target (assistant_rules), and
+    Gemma 4's loader has no nextn layers (a gemma4 GGUF with nextn_predict_layers = 1 fails:
+    "wrong number of tensors"); llama.cpp's server too has one drafting context, a draft file
+    else an MTP context (common/speculative.cpp, common_speculative_init_result)."""
+    out: Drafters = {}
     mtp = getattr(session, "mtp", None)
     if isinstance(mtp, SelfDraft):
-        return mtp
+        out["mtp"] = mtp
     draft = getattr(session, "draft", None)
-    return draft if isinstance(draft, SelfDraft) else None
+    if isinstance(draft, SelfDraft):
+        out["model"] = draft
+    return out
 
 
-def refusal(sd: SelfDraft | None, m: Model, req: GenerateRequest) -> str:
+def refusal(sds: Drafters, m: Model, req: GenerateRequest) -> str:
     """Why this request's drafting cannot run in the batch loop, in one sentence ('' when it can)."""
     if not req.draft:
         return ""
     if req.draft == "lookup" and backend_sampling():  # a device chain per sequence: one row each
         return "draft 'lookup' cannot run with backend sampling (KVDECK_BACKEND_SAMPLING=1)"
-    if req.draft == "lookup" or (sd is not None and _KIND.get(req.draft) == sd.kind):
+    sd = sds.get(req.draft)
+    if sd is not None and sd.target is not m:
+        return "the assistant was loaded for another target; load it again"
+    if req.draft == "lookup" or sd is not None:
         try:  # a hybrid target without recurrent snapshots cannot cut a sequence back
             refuse_rollback_less(m.model, "target", m.ctx, req.draft_max)
         except RequestError as exc:
@@ -81,29 +95,30 @@ def refusal(sd: SelfDraft | None, m: Model, req: GenerateRequest) -> str:
 
 
 class BatchDrafting:
-    """The drafters of one batch-loop run (the self-drafter when one is loaded, prompt lookup for
-    requests asking for it) and each drafting slot's rounds."""
+    """The drafters of one batch-loop run (the loaded self-drafters, prompt lookup for requests
+    asking for it) and each drafting slot's rounds. Every loaded self-drafter takes every target
+    decode and every rollback, whoever drafted, so that its cache follows the target's."""
 
-    def __init__(self, sd: SelfDraft | None, m: Model) -> None:
-        self.sd, self.m = sd, m
+    def __init__(self, sds: Drafters, m: Model) -> None:
+        self.sds, self.m = sds, m
         self.eog = frozenset(m.eog_ids)
         #: Per sequence: the lookup index of the request on it (its prompt and reply so far).
         self.lookups: dict[int, tuple[Waiting, NgramIndex]] = {}
 
     def placed(self, seq: int, reuse: int) -> None:
         """A request starts on ``seq`` with its first ``reuse`` tokens already in the cache."""
-        if self.sd is not None:
-            self.sd.truncate(reuse, seq)
+        for sd in self.sds.values():
+            sd.truncate(reuse, seq)
 
     def decoded(self, blocks: list[Block]) -> None:
         """The target just decoded ``blocks`` (while its hidden states are that batch's)."""
-        if self.sd is not None:
-            self.sd.process_blocks(blocks)
+        for sd in self.sds.values():
+            sd.process_blocks(blocks)
 
     def drafts(self, slots: list[Slot], room: int) -> dict[int, list[int]]:
         """Draft tokens per sequence for the generating ``slots`` that may draft, within ``room``
         batch rows beyond their own one token each."""
-        asks: dict[int, tuple[int, int, int]] = {}
+        asks: dict[str, dict[int, tuple[int, int, int]]] = {}
         out: dict[int, list[int]] = {}
         for s in slots:
             r = s.w.req
@@ -111,7 +126,7 @@ class BatchDrafting:
                 continue
             lookup = r.draft == "lookup"
             if not s.k_max:
-                s.k_max = s.k_now = verify_cap(self.m, None if lookup else self.sd, r.draft_max)
+                s.k_max = s.k_now = verify_cap(self.m, self.sds.get(r.draft), r.draft_max)
                 s.drafted_at, s.accepted_at = [0] * s.k_max, [0] * s.k_max
             k = min(s.k_now, s.max_tokens - len(s.out), s.n_ctx_seq - 1 - s.n_past, room)
             if k <= 0:
@@ -122,10 +137,10 @@ class BatchDrafting:
                     out[s.seq] = d
                     room -= len(d)
             else:
-                asks[s.seq] = (s.next_tok, s.n_past, k)
+                asks.setdefault(r.draft, {})[s.seq] = (s.next_tok, s.n_past, k)
                 room -= k
-        if asks and self.sd is not None:
-            out.update(self.sd.draft_many(asks))
+        for mode, its in asks.items():  # one pass per draft position for each drafter asked
+            out.update(self.sds[mode].draft_many(its))
         return out
 
     def _lookup(self, s: Slot) -> NgramIndex:
@@ -168,9 +183,9 @@ class BatchDrafting:
         n = s.n_past + 1 + keep
         if not LL.llama_memory_seq_rm(LL.llama_get_memory(self.m.ctx), s.seq, n, -1):
             raise RequestError(ErrorKind.RUNTIME, "the target's cache could not be rolled back")
-        if self.sd is not None:  # it took this sequence's verify rows too, whoever drafted
-            self.sd.accept(a, s.seq)
-            self.sd.truncate(n, s.seq)
+        for sd in self.sds.values():  # each took this sequence's verify rows, whoever drafted
+            sd.accept(a, s.seq)
+            sd.truncate(n, s.seq)
         s.n_past = n
         if nxt < 0:
             s.next_tok = -1
