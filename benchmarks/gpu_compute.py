@@ -312,6 +312,8 @@ REAL_CASES = [
     ("llama3-8b", dict(ngl=16, n_ctx=16384, tk="f16", tv="f16", fa="on")),
     ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=16384, tk="q4_0", tv="q4_0", fa="on")),
     ("llama3-70b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on")),
+    ("llama31-8b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on")),  # rope_freqs, CPU layers
+    ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=16384, tk="f16", tv="f16", fa="on", n_cpu_moe=24)),
 ]
 
 
