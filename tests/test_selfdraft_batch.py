@@ -231,13 +231,16 @@ def test_drafting_after_a_reply_made_without_it_restarts_the_drafters_cache(tmp_
     assert all(d.n_drafted > 0 for d in again)
 
 
-@pytest.mark.parametrize("draft", ["mtp", "lookup"], ids=["MTP heads", "n-gram lookup"])
+@pytest.mark.parametrize(
+    "draft", ["mtp", "lookup", "model"], ids=["MTP heads", "n-gram lookup", "a separate draft model"]
+)
 def test_the_windows_drafting_runs_on_the_sequence_holding_its_prefix(tmp_path, draft):
-    """A window reply (not the server's) on a context of two sequences drafts, with the MTP heads
-    or by n-gram lookup, on the sequence that holds its prefix, here sequence 1: the greedy
-    tokens are the plain reply's, and sequence 0's cells are left as they were. (The window's
-    drafting used to run the single-sequence loop on sequence 0 whatever the context, cutting
-    that sequence's cache back to the prompt's shared first token.)"""
+    """A window reply (not the server's) on a context of two sequences drafts, with the MTP heads,
+    by n-gram lookup or with a draft model (here the target itself), on the sequence that holds
+    its prefix, here sequence 1: the greedy tokens are the plain reply's, and sequence 0's cells
+    are left as they were. (The window's drafting used to run the single-sequence loop on
+    sequence 0 whatever the context, cutting that sequence's cache back to the prompt's shared
+    first token.)"""
     path = mm.write_hyv3(tmp_path / "t.gguf")
     greedy = SamplingParams.from_dict(GREEDY)
     slots: list[P.Slots] = []
@@ -246,6 +249,8 @@ def test_the_windows_drafting_runs_on_the_sequence_holding_its_prefix(tmp_path, 
         P.LoadParams(str(path), settings=settings),
         on_event=lambda m: slots.append(m) if isinstance(m, P.Slots) else None,
     ) as (host, _loaded):
+        if draft == "model":
+            host.load_draft(str(path))
         window = [
             lambda i, p=p: P.GenerateRequest(id=i, prompt=p, max_tokens=24, sampling=GREEDY)
             for p in PROMPTS[2:]
@@ -266,6 +271,8 @@ def test_the_windows_drafting_runs_on_the_sequence_holding_its_prefix(tmp_path, 
         after = host.stats()
     assert on_0.tokens and on_1.tokens
     assert fast.tokens == plain.tokens and fast.n_drafted > 0 and fast.n_reused > 0
+    if draft == "model":  # the target drafting for itself: its caught-up cache guesses right
+        assert fast.n_accepted >= 0.9 * fast.n_drafted, (fast.n_accepted, fast.n_drafted)
     assert any(s.requests[1] == fast_id[0] for s in slots)  # it ran on sequence 1
     assert (after.kv_pos_min, after.kv_pos_max, after.n_cached_tokens) == (
         before.kv_pos_min,

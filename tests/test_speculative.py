@@ -251,22 +251,6 @@ def test_recurrent_target_is_refused_with_the_reason(tmp_path):
             host.generate("w1 w2 w3", max_tokens=4, sampling=GREEDY, draft="model")
 
 
-def test_a_draft_model_is_refused_on_a_context_of_several_sequences(tmp_path):
-    """A separate draft model keeps one sequence of its own, which a context of several
-    sequences cannot lend it (its replies used to run on sequence 0, cutting back the cells
-    another reply held): loading one there is refused in one line, and chat goes on without."""
-    from tests.helpers.gguf_factory import write_llama
-
-    target, draft = write_llama(tmp_path / "t.gguf"), write_llama(tmp_path / "d.gguf")
-    settings = PlanSettings(n_ctx=512, n_seq_max=2)
-    with running_host(P.LoadParams(path=str(target), settings=settings)) as (host, _):
-        with pytest.raises(InvalidSettings, match="cannot draft on a context of 2 parallel sequences"):
-            host.load_draft(str(draft))
-        with pytest.raises(InvalidSettings, match="draft 'model' cannot run with several sequences"):
-            host.generate("w1 w2 w3", max_tokens=4, sampling=GREEDY, draft="model")
-        assert host.generate("w1 w2 w3", max_tokens=4, sampling=GREEDY).stop_reason in ("eog", "length")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [["--draft", "SELF"], ["--lookup"]])
 def test_cli_chat_reports_acceptance(smollm2_path, flags):

@@ -37,6 +37,7 @@ import numpy as np
 
 from engine import protocol as P
 from engine.child.batch_backend import SeqChains, enabled, not_eog
+from engine.child.batch_draft_model import model_drafts
 from engine.child.batch_intake import Intake
 from engine.child.batch_sample import LIB, TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafters_of
@@ -70,9 +71,10 @@ class BatchLoop:
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
         self.prefixes = SeqPrefixes(m, self.n_seq)  # per-slot prefix reuse (engine.child.prefix)
         sds = drafters_of(session)
-        self.drafting = BatchDrafting(sds, m)  # the self-drafters, and lookup for requests asking
+        # the self-drafters, a separate draft model, and lookup for requests asking
+        self.drafting = BatchDrafting(sds, m, model_drafts(session, m))
         # The queued messages: who joins, who waits, who stops the run (engine.child.batch_intake).
-        self.intake = Intake(session, m, requests, emit, self.n_ctx_seq, sds)
+        self.intake = Intake(session, m, requests, emit, self.n_ctx_seq, self.drafting)
         self.waiting = self.intake.waiting
         # Device chains per sequence (engine.child.batch_backend); not with drafting (verify
         # rows are several outputs of one sequence per step).

@@ -15,7 +15,7 @@ import queue
 from collections.abc import Iterable
 
 from engine import protocol as P
-from engine.child.batch_spec import Drafters, refusal
+from engine.child.batch_spec import BatchDrafting, refusal
 from engine.child.errors import RequestError, error_event
 from engine.child.io import Emit, Requests
 from engine.child.model import Model
@@ -34,9 +34,8 @@ def batch_wanted(session: LlamaSession, req: P.GenerateRequest) -> bool:
     Drafting: the server's requests always come here (batch_spec drafts per sequence, or refuses
     in one line), and so do the window's when its context has several sequences: its replies
     then go to whichever sequence holds their prefix, as its plain replies do, and never
-    overwrite sequence 0 that another reply may hold. What cannot draft per sequence (a separate
-    draft model) is refused there in one line. On a one-sequence context the window drafts in
-    the single-sequence loop (engine.child.speculative)."""
+    overwrite sequence 0 that another reply may hold. On a one-sequence context the window
+    drafts in the single-sequence loop (engine.child.speculative)."""
     m = session.model
     if m is None:
         return False
@@ -56,10 +55,10 @@ class Intake:
         requests: Requests,
         emit: Emit,
         n_ctx_seq: int,
-        sds: Drafters,
+        drafting: BatchDrafting,
     ) -> None:
         self.s, self.m, self.requests, self.emit = session, m, requests, emit
-        self.n_ctx_seq, self.sds = n_ctx_seq, sds
+        self.n_ctx_seq, self.drafting = n_ctx_seq, drafting
         self.waiting: collections.deque[Waiting] = collections.deque()
         self.stopping = False
         self.deferred: list[P.Message | None] = []
@@ -67,7 +66,7 @@ class Intake:
     def accept(self, req: P.GenerateRequest) -> None:
         """Tokenise and check a request at once, so a bad one is refused without waiting."""
         cancel = self.requests.cancel_event(req.id)
-        why = refusal(self.sds, self.m, req)
+        why = refusal(self.drafting, self.m, req)
         try:
             w = Waiting.checked(req, cancel, self.s.tokenize, self.m.vocab, self.n_ctx_seq, why)
         except (RequestError, KvDeckError) as exc:

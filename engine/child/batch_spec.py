@@ -12,9 +12,8 @@ snapshots, so k stays below n_rs_seq as in the single-sequence loop, ``spec_loop
 The drafters here: the model's own MTP heads and a Gemma 4 assistant (they read the target's
 hidden states), and prompt lookup (``engine.child.ngram``: an index per sequence over its
 prompt and reply, as the single-sequence loop's, so a lookup reply is the same). A separate draft
-model is refused in one line: it would need its own per-sequence cache and catch-up, and keeps
-one sequence of its own (engine.child.spec_loop), which a context of several sequences cannot
-lend it (the window refuses to load one there: engine.child.speculative). Every request drafts: each verify row is
+model drafts per sequence too, from its own cache caught up on the reply's tokens
+(engine.child.batch_draft_model). Every request drafts: each verify row is
 sampled with the request's own chain, in order, exactly as
 plain decoding samples it (llama.cpp's ``common_sampler_sample_and_accept_n``), and the drafts
 are kept while they equal what was sampled. So the chain sees exactly the reply's tokens (its
@@ -34,6 +33,7 @@ from collections.abc import Callable
 import llama_cpp.llama_cpp as LL
 
 from engine.child.batch_backend import enabled as backend_sampling
+from engine.child.batch_draft_model import ModelDrafts
 from engine.child.batch_sample import RowSampler
 from engine.child.draft import refuse_rollback_less
 from engine.child.errors import ErrorKind, RequestError
@@ -68,16 +68,22 @@ def drafters_of(session: object) -> Drafters:
     return out
 
 
-def refusal(sds: Drafters, m: Model, req: GenerateRequest) -> str:
+def refusal(drafting: BatchDrafting, m: Model, req: GenerateRequest) -> str:
     """Why this request's drafting cannot run in the batch loop, in one sentence ('' when it can)."""
     if not req.draft:
         return ""
-    if req.draft == "lookup" and backend_sampling():  # a device chain per sequence: one row each
-        return "draft 'lookup' cannot run with backend sampling (KVDECK_BACKEND_SAMPLING=1)"
+    sds = drafting.sds
+    if req.draft == "model" and "model" not in sds:  # a separate draft model, or none
+        if isinstance(drafting.dm, str):
+            return drafting.dm
+        if drafting.dm is None:
+            return "no draft model is loaded: load one, or draft by n-gram lookup"
+    if req.draft in ("lookup", "model") and backend_sampling():  # a device chain: one row a sequence
+        return f"draft {req.draft!r} cannot run with backend sampling (KVDECK_BACKEND_SAMPLING=1)"
     sd = sds.get(req.draft)
     if sd is not None and sd.target is not m:
         return "the assistant was loaded for another target; load it again"
-    if req.draft == "lookup" or sd is not None:
+    if req.draft in ("lookup", "model") or sd is not None:
         try:  # a hybrid target without recurrent snapshots cannot cut a sequence back
             refuse_rollback_less(m.model, "target", m.ctx, req.draft_max)
         except RequestError as exc:
@@ -88,10 +94,7 @@ def refusal(sds: Drafters, m: Model, req: GenerateRequest) -> str:
             "this model was not loaded with its MTP heads (settings.mtp, kvdeck --mtp), "
             "so it cannot draft for itself"
         )
-    return (
-        f"draft {req.draft!r} cannot run with several sequences: only the model's own MTP heads "
-        "(--mtp), a Gemma 4 assistant or n-gram lookup draft per sequence"
-    )
+    return f"draft must be one of model, lookup, mtp, not {req.draft!r}"
 
 
 class BatchDrafting:
@@ -99,8 +102,10 @@ class BatchDrafting:
     asking for it) and each drafting slot's rounds. Every loaded self-drafter takes every target
     decode and every rollback, whoever drafted, so that its cache follows the target's."""
 
-    def __init__(self, sds: Drafters, m: Model) -> None:
+    def __init__(self, sds: Drafters, m: Model, dm: ModelDrafts | str | None = None) -> None:
         self.sds, self.m = sds, m
+        #: The separate draft model's drafter, or why it cannot draft for ``m`` (None: not loaded).
+        self.dm = dm
         self.eog = frozenset(m.eog_ids)
         #: Per sequence: the lookup index of the request on it (its prompt and reply so far).
         self.lookups: dict[int, tuple[Waiting, NgramIndex]] = {}
@@ -119,6 +124,7 @@ class BatchDrafting:
         """Draft tokens per sequence for the generating ``slots`` that may draft, within ``room``
         batch rows beyond their own one token each."""
         asks: dict[str, dict[int, tuple[int, int, int]]] = {}
+        by_model: dict[int, tuple[list[int], int]] = {}
         out: dict[int, list[int]] = {}
         for s in slots:
             r = s.w.req
@@ -136,11 +142,16 @@ class BatchDrafting:
                 if d:
                     out[s.seq] = d
                     room -= len(d)
-            else:
+            elif r.draft in self.sds:
                 asks.setdefault(r.draft, {})[s.seq] = (s.next_tok, s.n_past, k)
+                room -= k
+            else:  # a separate draft model (the reply's tokens: its last is next_tok)
+                by_model[s.seq] = (s.w.prompt + s.out, k)
                 room -= k
         for mode, its in asks.items():  # one pass per draft position for each drafter asked
             out.update(self.sds[mode].draft_many(its))
+        if by_model and isinstance(self.dm, ModelDrafts):
+            out.update(self.dm.draft_many(by_model))
         return out
 
     def _lookup(self, s: Slot) -> NgramIndex:

@@ -44,6 +44,8 @@ class Draft:
     n_ctx: int = 0
     target: Model | None = None  # the target Model its context was sized for
     cached: list[int] = field(default_factory=list)  # tokens in the draft's sequence 0
+    #: Tokens in its sequences 1.. (the batch loop drafts per sequence: engine.child.batch_draft_model)
+    seq_cached: dict[int, list[int]] = field(default_factory=dict)
 
     def free_context(self) -> None:
         if self.batch is not None:
@@ -51,7 +53,7 @@ class Draft:
         if self.ctx is not None:
             LL.llama_free(self.ctx)
         self.ctx = self.mem = self.batch = self.target = None
-        self.cached = []
+        self.cached, self.seq_cached = [], {}
 
 
 def refuse_rollback_less(model: Any, role: str, ctx: Any = None, draft_max: int = 1) -> None:
@@ -66,21 +68,6 @@ def refuse_rollback_less(model: Any, role: str, ctx: Any = None, draft_max: int 
             f"speculative decoding is not available: the {role} model is {kind}, "
             "its state cannot be rolled back past rejected draft tokens"
             + (" (load it with n_rs_seq of at least 2)" if role == "target" else ""),
-        )
-
-
-def refuse_several_sequences(m: Model) -> None:
-    """Refuse a draft model on a context of several sequences: its cache and catch-up follow one
-    sequence (the single-sequence loop's sequence 0), and running there would cut back the cells
-    another reply holds; the batch loop drafts per sequence only with what needs no cache of its
-    own (engine.child.batch_spec)."""
-    n = m.n_seq_max
-    if n > 1:
-        raise RequestError(
-            ErrorKind.PARAMS,
-            f"a separate draft model cannot draft on a context of {n} parallel sequences; "
-            "use n-gram lookup, the model's own MTP heads or a Gemma 4 assistant, "
-            "or load the model with one sequence (chat goes on without drafting)",
         )
 
 
@@ -114,7 +101,7 @@ def _create_context(session: LlamaSession, d: Draft, m: Model) -> None:
             ErrorKind.PARAMS,
             f"could not create the draft's context of {cp.n_ctx} tokens (the target's): {why}",
         )
-    d.ctx, d.mem, d.target, d.cached = ctx, LL.llama_get_memory(ctx), m, []
+    d.ctx, d.mem, d.target, d.cached, d.seq_cached = ctx, LL.llama_get_memory(ctx), m, [], {}
     d.batch = LL.llama_batch_init(cp.n_batch, 0, 1)
     d.n_ctx = int(LL.llama_n_ctx(ctx))
     d.target_path = m.path
@@ -130,7 +117,6 @@ def load_draft(session: LlamaSession, req: LoadDraftRequest, cancel: threading.E
     if not os.path.isfile(req.path):
         raise RequestError(ErrorKind.MODEL, f"draft model file not found: {req.path}")
     refuse_rollback_less(m.model, "target", m.ctx)
-    refuse_several_sequences(m)
     checks = _check_pair(m.path, req.path)
     unload_draft(session)
     t0 = time.perf_counter()
@@ -225,7 +211,6 @@ def draft_for(session: LlamaSession, m: Model) -> Draft:
     if d is None:
         raise RequestError(ErrorKind.STATE, "no draft model is loaded: load one, or draft by n-gram lookup")
     if d.target is not m:
-        refuse_several_sequences(m)  # the target was reloaded with several sequences
         if d.target_path != m.path:
             _check_pair(m.path, d.path)
         d.free_context()
