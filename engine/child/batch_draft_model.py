@@ -22,7 +22,7 @@ import numpy as np
 from engine.child.draft import Draft
 from engine.child.errors import ErrorKind, RequestError
 from engine.child.model import Model
-from engine.child.prefix import common_prefix
+from engine.child.spec_loop import common_from
 
 
 class ModelDrafts:
@@ -32,6 +32,9 @@ class ModelDrafts:
         self.d, self.m = d, m
         self.n_batch = int(LL.llama_n_batch(d.ctx))
         self.eog = frozenset(m.eog_ids)
+        #: Per sequence: the request on it and how many of its tokens the draft is known to hold,
+        #: so a step compares only what came since (not the whole conversation, every step).
+        self.known: dict[int, tuple[object, int]] = {}
 
     def _kept(self, seq: int) -> list[int]:
         return self.d.cached if seq == 0 else self.d.seq_cached.setdefault(seq, [])
@@ -49,11 +52,14 @@ class ModelDrafts:
         logits = np.ctypeslib.as_array(LL.llama_get_logits_ith(self.d.ctx, row), shape=(self.d.n_vocab,))
         return int(logits.argmax())
 
-    def _catch_up(self, seq: int, hist: list[int]) -> int:
+    def _catch_up(self, seq: int, hist: list[int], owner: object) -> int:
         """Bring the draft's ``seq`` to ``hist`` (decoding what it lacks) and return its first
-        draft token, from the last row."""
+        draft token, from the last row (``owner``: the request, whose tokens only grow)."""
         kept = self._kept(seq)
-        c = min(common_prefix(kept, hist), len(hist) - 1)  # the last token is decoded for its logits
+        was, n_known = self.known.get(seq, (None, 0))
+        start = min(n_known, len(kept), len(hist)) if was is owner else 0
+        c = min(common_from(kept, hist, start), len(hist) - 1)  # the last one again, for its logits
+        self.known[seq] = (owner, len(hist))  # the reply keeps these tokens
         if c < len(kept):
             if not LL.llama_memory_seq_rm(self.d.mem, seq, c, -1):
                 raise RequestError(ErrorKind.RUNTIME, "the draft's cache could not be rolled back")
@@ -65,13 +71,13 @@ class ModelDrafts:
             kept.extend(chunk)
         return self._best(-1)
 
-    def draft_many(self, asks: dict[int, tuple[list[int], int]]) -> dict[int, list[int]]:
+    def draft_many(self, asks: dict[int, tuple[list[int], int, object]]) -> dict[int, list[int]]:
         """Up to k greedy draft tokens per sequence: ``asks`` maps a sequence to (the reply's
-        tokens so far, its last one not yet in the target, and k)."""
+        tokens so far, its last one not yet in the target; k; the request)."""
         out: dict[int, list[int]] = {}
         live: list[int] = []
-        for seq, (hist, k) in asks.items():
-            tok = self._catch_up(seq, hist)
+        for seq, (hist, k, owner) in asks.items():
+            tok = self._catch_up(seq, hist, owner)
             out[seq] = []
             if tok < self.m.n_vocab:  # only the draft has this id; the target cannot verify it
                 out[seq].append(tok)

@@ -124,7 +124,7 @@ class BatchDrafting:
         """Draft tokens per sequence for the generating ``slots`` that may draft, within ``room``
         batch rows beyond their own one token each."""
         asks: dict[str, dict[int, tuple[int, int, int]]] = {}
-        by_model: dict[int, tuple[list[int], int]] = {}
+        by_model: dict[int, tuple[list[int], int, object]] = {}
         out: dict[int, list[int]] = {}
         for s in slots:
             r = s.w.req
@@ -146,7 +146,7 @@ class BatchDrafting:
                 asks.setdefault(r.draft, {})[s.seq] = (s.next_tok, s.n_past, k)
                 room -= k
             else:  # a separate draft model (the reply's tokens: its last is next_tok)
-                by_model[s.seq] = (s.w.prompt + s.out, k)
+                by_model[s.seq] = (s.w.prompt + s.out, k, s.w)
                 room -= k
         for mode, its in asks.items():  # one pass per draft position for each drafter asked
             out.update(self.sds[mode].draft_many(its))

@@ -38,7 +38,7 @@ GPU_MAX_VERIFY = int(os.environ.get("KVDECK_SPEC_MAX_VERIFY", "8"))
 _GPU: list[bool] = []
 
 
-def _common(a: list[int], b: list[int], start: int) -> int:
+def common_from(a: list[int], b: list[int], start: int) -> int:
     """Length of the common prefix of a and b, known to be at least ``start``."""
     i, lim = start, min(len(a), len(b))
     while i < lim and a[i] == b[i]:
@@ -157,7 +157,7 @@ class SpecRun:
         d = self.draft
         assert d is not None
         n = len(hist)
-        c = min(_common(d.cached, hist, min(self.d_ok, len(d.cached), n)), n)
+        c = min(common_from(d.cached, hist, min(self.d_ok, len(d.cached), n)), n)
         if c < len(d.cached):
             if not LL.llama_memory_seq_rm(d.mem, 0, c, -1):
                 raise RequestError(ErrorKind.RUNTIME, "the draft's cache could not be rolled back")
