@@ -23,9 +23,9 @@ sampling (``engine.child.spec_sampling``), so the output follows the target's di
 Self-drafting (``engine.child.selfdraft``: the model's own MTP heads, mode "mtp", or a Gemma 4
 assistant loaded as the draft model) uses the same verify/accept loop; its drafter is fed the
 target's hidden states after every target decode, and its cache is cut back with the target's.
-The API server, and the window on a context of several sequences, draft with these per sequence
-in the batch loop instead (engine.child.batch_spec), so a reply never runs on sequence 0 that
-another reply holds.
+The API server, and the window on a context of several sequences, draft per sequence in the batch
+loop instead, with any of these proposers (engine.child.batch_spec), so a reply never runs on
+sequence 0 that another reply holds; this module serves one-sequence contexts.
 
 Why the draft lives here, in the child, beside the target: llama.cpp's speculative helpers are
 C++ (``common/``) and unreachable from Python, and the draft's context must be the target's
