@@ -74,8 +74,9 @@ def chain_spec(
     """The sampler chain as data (so an attached chain can be compared with the next request's),
     in llama.cpp's order (:data:`LLAMA_ORDER`), so a seeded reply is llama-server's.
 
-    Samplers that would do nothing are left out: penalties when disabled (their apply returns
-    at once, src/llama-sampler.cpp:2953), top-k 0 (:326), top-p 1 (:1552), min-p 0 (:1752).
+    Samplers that would do nothing are left out; llama.cpp itself builds them as empty ones
+    (src/llama-sampler.cpp: disabled penalties :3211-3213, top-k <= 0 :1520-1523, top-p >= 1
+    :1723, min-p <= 0 :1886), so the chain is still exactly llama.cpp's.
     Without a penalty the chain therefore starts with top-k, the fast path. A penalty does not
     commute with top-k (it can push a token out of the k best and let the next one in), so with
     one the penalties run on the whole vocabulary first, as in llama.cpp.
