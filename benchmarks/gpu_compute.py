@@ -272,17 +272,14 @@ def grid(name: str, which: str) -> list[dict[str, Any]]:
             for c, u in ((8192, 512), (49152, 512), (24576, 1024))
             for k, f in (("f16", "on"), ("q8_0", "on"), ("f16", "off"))
         ]
-    if which == "next":  # held out on 2026-12-05: what only the GPU-free oracle has checked
-        cases = (
-            [  # routed experts on the CPU (MoE shapes; other shapes have none to move)
-                dict(ngl=g, n_ctx=c, tk=k, tv=k, fa="on", n_cpu_moe=m)
-                for g, m in ((-1, n // 4), (-1, n), (2 * n // 3, n // 3))
-                for c, k in ((16384, "f16"), (40960, "q8_0"))
-            ]
-            if "n_expert" in h
-            else []
-        )
-        return cases + [  # partial offload (llama31-8b: rope_freqs, one host copy for the CPU layers)
+    if which == "next":  # held out 2026-12-05 (only the GPU-free oracle checked): experts on the
+        experts = ((-1, n // 4), (-1, n), (2 * n // 3, n // 3)) if "n_expert" in h else ()  # CPU,
+        cases = [  # and partial offload at new settings (llama31-8b: rope_freqs)
+            dict(ngl=g, n_ctx=c, tk=k, tv=k, fa="on", n_cpu_moe=m)
+            for g, m in experts
+            for c, k in ((16384, "f16"), (40960, "q8_0"))
+        ]
+        return cases + [
             dict(ngl=g, n_ctx=c, tk=k, tv=k, fa=f, n_ubatch=u)
             for g in (n - 3, n // 2 + 1, 3)
             for c, u in ((20480, 512), (36864, 256))
@@ -312,6 +309,8 @@ REAL_CASES = [
     ("llama3-8b", dict(ngl=16, n_ctx=16384, tk="f16", tv="f16", fa="on")),
     ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=16384, tk="q4_0", tv="q4_0", fa="on")),
     ("llama3-70b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on")),
+    ("llama31-8b", dict(ngl=20, n_ctx=16384, tk="f16", tv="f16", fa="on")),  # rope_freqs, CPU layers
+    ("qwen3moe-30b-a3b", dict(ngl=-1, n_ctx=16384, tk="f16", tv="f16", fa="on", n_cpu_moe=24)),
 ]
 
 

@@ -33,6 +33,7 @@ from benchmarks.gpu_compute import write_sparse_gguf  # noqa: E402
 from engine.core.memory_types import Device, MiB, PlanSettings  # noqa: E402
 from engine.gguf.inspect import inspect_gguf  # noqa: E402
 from engine.plan.analytic import analytic_plan  # noqa: E402
+from engine.plan.cpu_moe import override_patterns  # noqa: E402
 from engine.plan.fit import fit  # noqa: E402
 from engine.plan.margins import Margins  # noqa: E402
 
@@ -109,6 +110,13 @@ def load_child() -> None:  # pragma: no cover - runs in the child process
     # the default load mode (AUTO) segfaulted inside llama_model_load_from_file on the H200
     # (every case, 2026-12-04); gpu_compute.py's real loads use NONE and load fine
     mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
+    keep_alive: list[object] = []
+    if job.get("cpu_patterns"):  # --n-cpu-moe's or llama-fit-params' -ot PATTERN=CPU
+        from engine.child.overrides import cpu_overrides
+
+        arr = cpu_overrides(job["cpu_patterns"])
+        mp.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p)
+        keep_alive.append(arr)
     model = LL.llama_model_load_from_file(job["path"].encode(), mp)
     ok = False
     if model:
@@ -126,12 +134,34 @@ def load_child() -> None:  # pragma: no cover - runs in the child process
     os._exit(0)  # the ballast and the model go with the process
 
 
-def load(path: Path, ngl: int, n_ctx: int, budget_mib: int) -> dict[str, Any]:
-    """Load in a child with only `budget_mib` of GPU memory free."""
+def cpu_patterns(extra_args: str) -> list[str] | None:
+    """The tensor patterns llama-fit-params' ``-ot "PATTERN=CPU,..."`` sends to the CPU (it
+    prints them as llama.cpp's ``-ot`` takes them, comma-separated: tools/fit-params); [] for
+    none; None when its answer has anything else (a tensor split, another buffer type), which
+    this one-GPU load cannot reproduce."""
+    m = re.fullmatch(r'\s*(?:-ot "([^"]*)")?\s*', extra_args)
+    if m is None:
+        return None
+    pairs = [x.rpartition("=") for x in m.group(1).split(",")] if m.group(1) else []
+    return [pat for pat, _, buft in pairs] if all(buft == "CPU" for _, _, buft in pairs) else None
+
+
+def load(
+    path: Path, ngl: int, n_ctx: int, budget_mib: int, patterns: list[str] | None = None
+) -> dict[str, Any]:
+    """Load in a child with only `budget_mib` of GPU memory free (``patterns``: tensors sent to
+    the CPU buffer type, as --n-cpu-moe or -ot do)."""
     t = time.time()
+    job = {
+        "path": str(path),
+        "ngl": ngl,
+        "n_ctx": n_ctx,
+        "budget_mib": budget_mib,
+        "cpu_patterns": patterns or [],
+    }
     p = subprocess.run(
         [sys.executable, "-X", "faulthandler", os.path.abspath(__file__), "--load-child"],
-        input=json.dumps({"path": str(path), "ngl": ngl, "n_ctx": n_ctx, "budget_mib": budget_mib}),
+        input=json.dumps(job),
         capture_output=True,
         text=True,
         timeout=400,
@@ -166,6 +196,7 @@ def kvdeck_fit(info: Any, free_mib: int, margin_mib: int, n_ctx: int, host: Devi
     return {
         "n_ctx": r.plan.n_ctx,
         "n_gpu_layers": r.settings.n_gpu_layers,
+        "n_cpu_moe": r.settings.n_cpu_moe,
         "fits": r.fits,
         "limited_by": r.limited_by,
         "planned_cuda0_mib": {
@@ -173,6 +204,18 @@ def kvdeck_fit(info: Any, free_mib: int, margin_mib: int, n_ctx: int, host: Devi
         },
         "planned_cuda0_total_mib": round(plan.bytes_for("CUDA0") / MiB, 2),
     }
+
+
+def _load_both(case: dict[str, Any], model: Path, usable: int) -> None:
+    """Load KV Deck's fitted setting and llama-fit-params' (with their CPU overrides) in
+    ``usable`` MiB of GPU memory."""
+    k, ref = case["kvdeck"], case["llama_fit_params"]
+    if k["fits"]:
+        ours = override_patterns(k.get("n_cpu_moe", 0))
+        case["kvdeck_load"] = load(model, k["n_gpu_layers"], k["n_ctx"], usable, ours)
+    theirs = cpu_patterns(ref.get("extra_args", ""))
+    if ref.get("n_ctx") and theirs is not None:
+        case["llama_fit_params_load"] = load(model, ref["n_gpu_layers"], ref["n_ctx"], usable, theirs)
 
 
 def loads_of(src: Path, out: Path, mdir: Path) -> int:
@@ -185,11 +228,7 @@ def loads_of(src: Path, out: Path, mdir: Path) -> int:
         if not model.exists():
             write_sparse_gguf(model, case["shape"])
         usable = case["free_mib_both"] - case["margin_mib_both"]
-        k, ref = case["kvdeck"], case["llama_fit_params"]
-        if k["fits"]:
-            case["kvdeck_load"] = load(model, k["n_gpu_layers"], k["n_ctx"], usable)
-        if ref.get("n_ctx") and not ref.get("extra_args"):
-            case["llama_fit_params_load"] = load(model, ref["n_gpu_layers"], ref["n_ctx"], usable)
+        _load_both(case, model, usable)
         print(case["shape"], case.get("kvdeck_load", {}).get("ok"), flush=True)
         (out / src.name).write_text(json.dumps(res, indent=1))
     return 0
@@ -253,17 +292,14 @@ def main() -> int:
             "llama_fit_params": ref,
         }
         usable = (ref["free_mib"] or free) - margin
-        if ours["fits"]:
-            case["kvdeck_load"] = load(model, ours["n_gpu_layers"], ours["n_ctx"], usable)
-        if ref.get("n_ctx") and not ref.get("extra_args"):
-            case["llama_fit_params_load"] = load(model, ref["n_gpu_layers"], ref["n_ctx"], usable)
-            if ref["n_gpu_layers"] is not None:
-                plan = analytic_plan(
-                    infos[shape],
-                    PlanSettings(n_ctx=ref["n_ctx"], n_gpu_layers=ref["n_gpu_layers"], load_mode="none"),
-                    [host, Device("CUDA0", "gpu", 143771 * MiB, usable * MiB, reserved_bytes=0)],
-                )
-                case["kvdeck_plan_of_llama_setting_cuda0_mib"] = round(plan.bytes_for("CUDA0") / MiB, 2)
+        _load_both(case, model, usable)
+        if ref.get("n_ctx") and ref["n_gpu_layers"] is not None and not ref.get("extra_args"):
+            plan = analytic_plan(
+                infos[shape],
+                PlanSettings(n_ctx=ref["n_ctx"], n_gpu_layers=ref["n_gpu_layers"], load_mode="none"),
+                [host, Device("CUDA0", "gpu", 143771 * MiB, usable * MiB, reserved_bytes=0)],
+            )
+            case["kvdeck_plan_of_llama_setting_cuda0_mib"] = round(plan.bytes_for("CUDA0") / MiB, 2)
         res["cases"].append(case)
         print(json.dumps({k: case[k] for k in ("shape", "budget_mib", "n_ctx_given")}), flush=True)
         path_out.write_text(json.dumps(res, indent=1))

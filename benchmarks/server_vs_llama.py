@@ -239,17 +239,13 @@ def main() -> int:
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--prefix-words", type=int, default=160)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"server-{dt.date.today()}.json"))
-    ap.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for every program (0: each one's default)"
-    )
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads per program (0: its default)")
     ap.add_argument("--label", default="", help="what ran where, stored with the results (e.g. a CPU run)")
     ap.add_argument("--no-llama-server", action="store_true", help="kvdeck and llama-batched-bench only")
     ap.add_argument("--serial-sampling", action="store_true", help="also kvdeck with KVDECK_SAMPLE_THREADS=1")
+    ap.add_argument("--backend-sampling", action="store_true", help="kvdeck KVDECK_BACKEND_SAMPLING=1 too")
     ap.add_argument(
-        "--backend-sampling", action="store_true", help="also kvdeck with KVDECK_BACKEND_SAMPLING=1"
-    )
-    ap.add_argument(
-        "--llama-backend-sampling", action="store_true", help="also llama-server with --backend-sampling"
+        "--llama-backend-sampling", action="store_true", help="llama-server --backend-sampling too"
     )
     ap.add_argument("--before", default="", help="an earlier result file whose table is kept as 'before'")
     ap.add_argument(

@@ -23,6 +23,11 @@ from tests.helpers.gguf_factory import write_llama
 from tests.helpers.runtime_host import running_host
 
 
+def _loaded(path: Path) -> P.Loaded:
+    """What the runtime reports for a model at ``path`` (only the path matters here)."""
+    return P.Loaded(0, str(path), "", 256, 256, 256, 320, 0, 0, 0, False, False, False, 1, 0.0, "", "", "")
+
+
 def test_the_keys_are_read_as_llama_cpp_reads_them() -> None:
     """Numbers of either type, or text that starts with one (strtol/strtof); XTC and mirostat
     have no counterpart here; values the sampler would refuse are dropped, not fatal."""
@@ -47,16 +52,17 @@ def test_the_keys_are_read_as_llama_cpp_reads_them() -> None:
 def test_a_file_without_recommendations_gets_llama_servers_defaults(tmp_path: Path) -> None:
     plain = write_llama(tmp_path / "plain.gguf")
     assert inspect_gguf(plain).sampling == {}
-    assert request_defaults(str(plain)) == API_DEFAULTS
-    assert request_defaults(str(tmp_path / "gone.gguf")) == API_DEFAULTS
+    assert request_defaults(_loaded(plain)) == API_DEFAULTS
+    assert request_defaults(_loaded(tmp_path / "gone.gguf")) == API_DEFAULTS
+    assert request_defaults(None) == API_DEFAULTS  # no model loaded (the request gets a 503 later)
 
 
 def test_the_models_recommendation_fills_what_a_request_leaves_out(tmp_path: Path) -> None:
     path = write_llama(tmp_path / "rec.gguf", **{"general.sampling.temp": 0.3, "general.sampling.top_k": 5})
-    defaults = request_defaults(str(path))
-    left_out = SamplingParams.from_dict(parse_completion({"model": "m", "prompt": "x"}, defaults).sampling)
+    loaded = _loaded(path)
+    left_out = SamplingParams.from_dict(parse_completion({"model": "m", "prompt": "x"}, loaded).sampling)
     assert (left_out.temperature, left_out.top_k, left_out.top_p) == (0.3, 5, API_DEFAULTS.top_p)
-    named = parse_completion({"model": "m", "prompt": "x", "temperature": 1.2}, defaults).sampling
+    named = parse_completion({"model": "m", "prompt": "x", "temperature": 1.2}, loaded).sampling
     assert named["temperature"] == 1.2 and named["top_k"] == 5
 
 

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import protocol as P
 from engine.chat.history import text_of
 from engine.chat.template import ChatMessage
 from engine.core.errors import KvDeckError
@@ -104,13 +105,13 @@ def _flag(body: dict[str, Any], key: str) -> bool:
     return value
 
 
-def request_defaults(path: str | None) -> SamplingParams:
-    """What a request's missing sampling fields take for the model at ``path``: llama-server's
+def request_defaults(loaded: P.Loaded | None) -> SamplingParams:
+    """What a request's missing sampling fields take for the loaded model: llama-server's
     defaults, with the model's own recommendations in front (read once per file version)."""
-    if not path:
+    if loaded is None:
         return API_DEFAULTS
     try:
-        return _model_defaults(path, os.stat(path).st_mtime_ns)
+        return _model_defaults(loaded.path, os.stat(loaded.path).st_mtime_ns)
     except (OSError, KvDeckError):
         return API_DEFAULTS
 
@@ -287,8 +288,8 @@ def _content(message: dict[str, Any], i: int) -> str:
         raise ApiError(400, f"{where}{exc}", param=f"messages.{i}.content") from None
 
 
-def parse_chat(body: dict[str, Any], defaults: SamplingParams = API_DEFAULTS) -> Job:
-    common = _common(body, defaults)
+def parse_chat(body: dict[str, Any], loaded: P.Loaded | None = None) -> Job:
+    common = _common(body, request_defaults(loaded))
     tools = parse_tools(body)
     if tools is not None and common["json_schema"]:
         raise ApiError(
@@ -358,8 +359,8 @@ def _arguments(call: dict[str, Any]) -> dict[str, Any]:
     return args if isinstance(args, dict) else {"value": args}
 
 
-def parse_completion(body: dict[str, Any], defaults: SamplingParams = API_DEFAULTS) -> Job:
-    common = _common(body, defaults)
+def parse_completion(body: dict[str, Any], loaded: P.Loaded | None = None) -> Job:
+    common = _common(body, request_defaults(loaded))
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]

@@ -43,7 +43,7 @@ from starlette.routing import Route
 from engine import protocol as P
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import PlanSettings
-from engine.core.sampling import RANDOM_SEED, SamplingParams
+from engine.core.sampling import RANDOM_SEED
 from engine.runtime.host import RuntimeHost
 from engine.serve import extras
 from engine.serve.calls import REFUSALS, Call, Gone, Once, model_id, refusal_of
@@ -54,7 +54,6 @@ from engine.serve.openai_api import (
     parse_chat,
     parse_completion,
     parse_json,
-    request_defaults,
 )
 from engine.serve.prompts import build as build_prompt
 from engine.serve.replies import full_response, stream_events
@@ -229,13 +228,10 @@ class Api:
         return await extras.memory(self, request)
 
     async def chat(self, request: Request) -> Response:
-        return await self._generate(request, parse_chat(await self._body(request), self._defaults()))
+        return await self._generate(request, parse_chat(await self._body(request), self.model.loaded()))
 
     async def completions(self, request: Request) -> Response:
-        return await self._generate(request, parse_completion(await self._body(request), self._defaults()))
-
-    def _defaults(self) -> SamplingParams:
-        return request_defaults(getattr(self.model.loaded(), "path", None))
+        return await self._generate(request, parse_completion(await self._body(request), self.model.loaded()))
 
     async def _generate(self, request: Request, job: Job) -> Response:
         self._enter(job.n)
