@@ -10,6 +10,8 @@ with one it must come first: a penalty can push a token out of the k best.
 
 from __future__ import annotations
 
+import os
+
 import llama_cpp.llama_cpp as LL
 import pytest
 
@@ -18,7 +20,8 @@ from engine.child.sampler import LLAMA_ORDER, build_chain, chain_name, chain_spe
 from engine.child.slots import sampler_specs
 from engine.core.memory_types import PlanSettings
 from engine.core.sampling import SamplingParams
-from engine.protocol import LoadParams
+from engine.protocol import GenerateRequest, LoadParams
+from tests.helpers.burst import held_burst
 from tests.helpers.runtime_host import running_host
 
 #: llama.cpp's sampler names (``llama_sampler_name``) for the entries of LLAMA_ORDER.
@@ -75,7 +78,9 @@ def test_without_a_penalty_the_chain_starts_with_top_k_and_is_llama_cpps_without
 
 
 # ----------------------------------------------------------------------------- with SmolLM2
-def llama_cpp_reply(path: str, prompt: str, s: SamplingParams, n: int) -> list[int]:
+def llama_cpp_reply(
+    path: str, prompt: str, s: SamplingParams, n: int, freq: float = 0.0, pres: float = 0.0
+) -> list[int]:
     """What llama-server's chain (common_sampler_init with the default order, the prompt fed
     first) samples, built here with llama.cpp's own sampler API and nothing of KV Deck's."""
     mparams = LL.llama_model_default_params()
@@ -88,7 +93,7 @@ def llama_cpp_reply(path: str, prompt: str, s: SamplingParams, n: int) -> list[i
     n_vocab = LL.llama_vocab_n_tokens(vocab)
     chain = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
     for smpl in (
-        LL.llama_sampler_init_penalties(n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0),
+        LL.llama_sampler_init_penalties(n_vocab, s.repeat_last_n, s.repeat_penalty, freq, pres),
         LL.llama_sampler_init_top_k(s.top_k),
         LL.llama_sampler_init_top_p(s.top_p, 0),
         LL.llama_sampler_init_min_p(s.min_p, 0),
@@ -120,11 +125,32 @@ def llama_cpp_reply(path: str, prompt: str, s: SamplingParams, n: int) -> list[i
         LL.llama_model_free(model)
 
 
+PROMPT = "<|im_start|>user\nList ten animals, one per line.<|im_end|>\n<|im_start|>assistant\n"
+
+
 @pytest.mark.slow
 def test_a_seeded_reply_with_a_penalty_is_llama_cpps_token_for_token(smollm2_path):
-    prompt = "<|im_start|>user\nList ten animals, one per line.<|im_end|>\n<|im_start|>assistant\n"
+    prompt = PROMPT
     params = LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512))
     with running_host(params) as (host, _):
         done = host.generate(prompt, max_tokens=40, sampling=SAMPLED, no_empty=False)
     reference = llama_cpp_reply(str(smollm2_path), prompt, SAMPLED, 40)
+    assert done.tokens[: len(reference)] == reference and len(done.tokens) >= len(reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["0", "1"])
+def test_the_servers_batch_with_openai_penalties_is_llama_cpps_token_for_token(smollm2_path, backend):
+    """The continuous batch (CPU chains, or device chains with KVDECK_BACKEND_SAMPLING=1) with
+    repeat, frequency and presence penalties together."""
+    freq, pres = 0.4, 0.3
+    sampling = {**SAMPLED.to_dict(), "frequency_penalty": freq, "presence_penalty": pres}
+    params = LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=1024, n_seq_max=2))
+    env = {**os.environ, "KVDECK_BACKEND_SAMPLING": backend}
+    with running_host(params, env=env) as (host, _):
+        build = lambda i: GenerateRequest(  # noqa: E731
+            id=i, prompt=PROMPT, max_tokens=40, sampling=sampling, serve=True, no_empty=False
+        )
+        _, (done,), _ = held_burst(host, [build])
+    reference = llama_cpp_reply(str(smollm2_path), PROMPT, SAMPLED, 40, freq, pres)
     assert done.tokens[: len(reference)] == reference and len(done.tokens) >= len(reference)
