@@ -158,6 +158,29 @@ def test_greedy_reply_equals_kvdeck_chat(served, smollm2_path):
 
 
 @pytest.mark.slow
+def test_seeded_reply_with_a_penalty_equals_kvdeck_chat(served, smollm2_path):
+    """Both run the chain in llama.cpp's order with the prompt fed first (test_sampler_order)."""
+    prompt, n = "List five animals.", 16
+    knobs = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.3}
+    flags = [x for k, v in knobs.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    r = kvdeck(
+        "chat", str(smollm2_path), "--prompt", prompt, "--max-tokens", str(n), "--json", *flags, "--seed", "5"
+    )
+    assert r.returncode == 0, r.stderr
+    cli = json.loads(r.stdout)
+    api = ask(
+        served.url,
+        prompt,
+        max_tokens=n,
+        temperature=0.8,
+        top_p=0.95,
+        seed=5,
+        extra_body={"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.3},
+    )
+    assert api.choices[0].message.content == cli["text"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.8, "seed": 11}])
 def test_a_request_without_repeat_penalty_equals_one_with_repeat_penalty_1(served, sampling):
     prompt = "Count from 1 to 30, separated by commas."

@@ -2,7 +2,10 @@
 
 A one-line summary always shows what the next reply will use; "Settings" opens every field for
 editing. Presets (engine.core.sampling.PRESETS) are starting points: picking one fills the fields,
-and editing a field afterwards turns the preset box to "Custom". Where the values are stored
+and editing a field afterwards turns the preset box to "Custom". A model whose file recommends
+sampling (``general.sampling.*``, engine.gguf.sampling_meta; what llama-server uses as its
+defaults) adds "Model's recommendation": its values, the rest from the default preset. It is
+picked for the user only while their preset is the default one. Where the values are stored
 (per conversation, per model, global default) is the chat pane's business: this widget only
 shows them (`set_values`) and says when the user changed one (`changed`).
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -27,9 +30,11 @@ from PySide6.QtWidgets import (
 )
 
 from engine.chat.overflow import POLICY_LABELS, OverflowPolicy
+from engine.core.errors import InvalidSettings
 from engine.core.sampling import DEFAULT_PRESET, PRESETS, RANDOM_SEED, SamplingParams
 
 CUSTOM = "Custom"
+MODEL = "Model's recommendation"
 _SEED_MAX = 2**31 - 1  # QSpinBox is 32-bit signed; -1 shows "random" (llama.cpp's RANDOM_SEED)
 
 
@@ -47,6 +52,7 @@ class ChatSettings(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._quiet = False
+        self._model: SamplingParams | None = None  # the model's recommendation, if any
         self.summary = QLabel(self)
         self.summary.setWordWrap(True)
         self.toggle = QPushButton("Settings", self, checkable=True)
@@ -142,17 +148,28 @@ class ChatSettings(QWidget):
             "overflow": self.policy,
         }
 
-    def set_values(self, values: dict[str, Any]) -> None:
-        """Show stored values (missing ones: the default preset, 512 tokens, rolling); quietly."""
+    def presets(self) -> dict[str, SamplingParams]:
+        """The presets offered now: the fixed ones, and the model's recommendation if any."""
+        return {**PRESETS, MODEL: self._model} if self._model is not None else dict(PRESETS)
+
+    def set_values(self, values: dict[str, Any], recommended: dict[str, float] | None = None) -> None:
+        """Show stored values (missing ones: the default preset, 512 tokens, rolling); quietly.
+
+        ``recommended``: the loaded model's own sampling fields (``GGUFInfo.sampling``); when
+        there are any they are offered as a preset, and shown instead of the default preset."""
+        self._offer(recommended or {})
         preset = values.get("preset", DEFAULT_PRESET)
-        preset = preset if preset in PRESETS or preset == CUSTOM else DEFAULT_PRESET
-        base = PRESETS.get(preset, PRESETS[DEFAULT_PRESET]).to_dict()
+        if preset == DEFAULT_PRESET and self._model is not None:
+            preset = MODEL
+        presets = self.presets()
+        preset = preset if preset in presets or preset == CUSTOM else DEFAULT_PRESET
+        base = presets.get(preset, PRESETS[DEFAULT_PRESET]).to_dict()
         stored = values.get("sampling")
         if isinstance(stored, dict):
-            base.update(stored)
+            base.update(stored if preset == CUSTOM else {"seed": stored.get("seed", base["seed"])})
         try:
             sampling = SamplingParams.from_dict(base)
-        except ValueError:
+        except (ValueError, InvalidSettings):
             sampling = PRESETS[DEFAULT_PRESET]
         self._quiet = True
         try:
@@ -164,6 +181,29 @@ class ChatSettings(QWidget):
         finally:
             self._quiet = False
         self._summarise()
+
+    def _offer(self, recommended: dict[str, float]) -> None:
+        """Add or drop the "Model's recommendation" entry (values it lacks: the default preset)."""
+        try:
+            model = SamplingParams.from_dict({**PRESETS[DEFAULT_PRESET].to_dict(), **recommended})
+        except (ValueError, InvalidSettings):
+            model = None
+        self._model = model if recommended else None
+        self._quiet = True
+        try:
+            at = self.preset_box.findText(MODEL)
+            if at >= 0:
+                self.preset_box.removeItem(at)
+            if self._model is not None:
+                self.preset_box.insertItem(len(PRESETS), MODEL)
+                fields = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in recommended.items())
+                tip = (
+                    f"From the model file's general.sampling.* keys: {fields}; "
+                    f"the other fields from {DEFAULT_PRESET}"
+                )
+                self.preset_box.setItemData(len(PRESETS), tip, Qt.ItemDataRole.ToolTipRole)
+        finally:
+            self._quiet = False
 
     def set_policy(self, policy: str) -> None:
         """Switch the overflow policy as if the user had (the "let older messages drop out" button);
@@ -183,11 +223,12 @@ class ChatSettings(QWidget):
 
     # ------------------------------------------------------------------ edits
     def _on_preset(self, name: str) -> None:
-        if self._quiet or name not in PRESETS:
+        preset = self.presets().get(name)
+        if self._quiet or preset is None:
             return
         self._quiet = True
         try:
-            self._show_sampling(PRESETS[name])
+            self._show_sampling(preset)
         finally:
             self._quiet = False
         self._emit()
@@ -195,7 +236,7 @@ class ChatSettings(QWidget):
     def _on_field(self) -> None:
         if self._quiet:
             return
-        preset = PRESETS.get(self.preset_box.currentText())
+        preset = self.presets().get(self.preset_box.currentText())
         if preset is None or preset.to_dict() != {**preset.to_dict(), **self._shown()}:
             self._quiet = True
             self.preset_box.setCurrentText(CUSTOM)

@@ -203,7 +203,7 @@ class BatchLoop:
         with held(self.emit):  # the step's Started, Delta and Slots events in one write
             for (i, s), tok in zip(rows, toks):
                 if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
-                    tok = not_eog(self.m, s.chain, s.w.sampling, i, tok)
+                    tok = not_eog(self.m, s.chain, s.w.sampling, i, tok, s.w.prompt)
                 self._emit(s, i, tok, now)
             for i, s, d in checks:
                 self.drafting.verify(self.sampler, s, i, d, lambda s, row, tok: self._emit(s, row, tok, now))

@@ -41,7 +41,7 @@ from typing import Any
 import llama_cpp.llama_cpp as LL
 
 from engine.child.model import Model
-from engine.child.sampler import Spec, build_chain, without_eog
+from engine.child.sampler import Spec, build_chain, feed_prompt, without_eog
 from engine.child.slots import Waiting, sampler_specs
 from engine.core.sampling import SamplingParams
 
@@ -111,7 +111,7 @@ class SeqChains:
         self.decoded()
 
 
-def not_eog(m: Model, chain: Any, s: SamplingParams, i: int, tok: int) -> int:
+def not_eog(m: Model, chain: Any, s: SamplingParams, i: int, tok: int, prompt: list[int]) -> int:
     """A reply's first token must not end it: pick again from what the device kept for row
     ``i``. When it kept nothing else (a cut that left only end-of-generation tokens) the reply
     ends empty, which the CPU chain's logit bias would have prevented."""
@@ -119,5 +119,6 @@ def not_eog(m: Model, chain: Any, s: SamplingParams, i: int, tok: int) -> int:
     if alt is None:
         return tok
     LL.llama_sampler_reset(chain)
+    feed_prompt(chain, s, prompt)
     LL.llama_sampler_accept(chain, alt)
     return alt

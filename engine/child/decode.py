@@ -42,7 +42,7 @@ def generate(session: LlamaSession, req: GenerateRequest, cancel: threading.Even
     max_tokens = max(1, min(req.max_tokens, room))
     t0 = time.perf_counter()
     samplers = session.samplers
-    sp = samplers.choose(m, sampling, DEFAULT_SAMPLER, req.no_empty)
+    sp = samplers.choose(m, sampling, DEFAULT_SAMPLER, req.no_empty, tokens)
     try:
         n_reused = m.reuse_prefix(tokens)
         m.prefill(tokens[n_reused:], n_reused, cancel)

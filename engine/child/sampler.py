@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,26 +48,53 @@ _LIB.llama_get_logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
 Spec = tuple[tuple[Any, ...], ...]
 
 
-def chain_spec(s: SamplingParams, *, device: bool, topk1: bool = False, forbid: tuple[int, ...] = ()) -> Spec:
-    """The sampler chain as data, so an attached chain can be compared with the next request's.
+#: llama.cpp's sampler order, restricted to the samplers KV Deck uses. common_sampler_init
+#: (common/sampling.cpp:324-337) adds the logit bias first, then the ``samplers`` list in order
+#: (:341-391), whose default is penalties, dry, top_n_sigma, top_k, typical_p, top_p, min_p,
+#: xtc, temperature (common/common.h:263-273), then dist (:395). Greedy is temperature 0:
+#: temp keeps only the highest logit (src/llama-sampler.cpp:265-283).
+LLAMA_ORDER = ("logit_bias", "penalties", "top_k", "top_p", "min_p", "temp", "dist")
 
-    Penalties come after top-k: on the full vocabulary they cost one hash lookup per token per
-    step on the CPU, on 40 candidates nothing. On the device, greedy after top-k is wrong in
-    this llama.cpp tree (the argmax indexes the candidates, not the vocabulary), so there a
-    cut greedy chain ends in top_k(1) + dist, which maps the candidate back to its token id.
+
+def penalty_on(s: SamplingParams, freq: float = 0.0, pres: float = 0.0) -> bool:
+    """Whether the penalties sampler changes anything: llama.cpp's ``is_disabled``
+    (src/llama-sampler.cpp:2885-2891: window 0, or repeat 1 with no frequency/presence)."""
+    return s.repeat_last_n != 0 and not (s.repeat_penalty == 1.0 and freq == 0.0 and pres == 0.0)
+
+
+def chain_spec(
+    s: SamplingParams,
+    *,
+    device: bool,
+    topk1: bool = False,
+    forbid: tuple[int, ...] = (),
+    freq: float = 0.0,
+    pres: float = 0.0,
+) -> Spec:
+    """The sampler chain as data (so an attached chain can be compared with the next request's),
+    in llama.cpp's order (:data:`LLAMA_ORDER`), so a seeded reply is llama-server's.
+
+    Samplers that would do nothing are left out; llama.cpp itself builds them as empty ones
+    (src/llama-sampler.cpp: disabled penalties :3211-3213, top-k <= 0 :1520-1523, top-p >= 1
+    :1723, min-p <= 0 :1886), so the chain is still exactly llama.cpp's.
+    Without a penalty the chain therefore starts with top-k, the fast path. A penalty does not
+    commute with top-k (it can push a token out of the k best and let the next one in), so with
+    one the penalties run on the whole vocabulary first, as in llama.cpp.
+
+    Greedy is the argmax of the penalised logits: top-k, top-p and min-p all keep the highest
+    token, and temperature 0 keeps only it. On the device, greedy after a cut is wrong in this
+    llama.cpp tree (the argmax indexes the candidates, not the vocabulary), so there greedy
+    with a penalty ends in top_k(1) + dist, which maps the candidate back to its token id.
     """
     out: list[tuple[Any, ...]] = [("logit_bias", forbid)] if forbid else []
+    penalised = penalty_on(s, freq, pres)
+    if penalised:
+        out.append(("penalties", s.repeat_last_n, s.repeat_penalty, freq, pres))
     if s.greedy:
-        if s.repeat_penalty != 1.0:
-            out += [("top_k", 64), ("penalties", s.repeat_last_n, s.repeat_penalty)]
-            out += [("top_k", 1), ("dist", 0)] if device else [("greedy",)]
-        else:
-            out += [("top_k", 1), ("dist", 0)] if device and topk1 else [("greedy",)]
+        out += [("top_k", 1), ("dist", 0)] if device and (topk1 or penalised) else [("greedy",)]
         return tuple(out)
     if s.top_k > 0:
         out.append(("top_k", s.top_k))
-    if s.repeat_penalty != 1.0:
-        out.append(("penalties", s.repeat_last_n, s.repeat_penalty))
     if s.top_p < 1.0:
         out.append(("top_p", s.top_p))
     if s.min_p > 0.0:
@@ -76,8 +103,24 @@ def chain_spec(s: SamplingParams, *, device: bool, topk1: bool = False, forbid: 
     return tuple(out)
 
 
+def feed_prompt(chain: object | None, s: SamplingParams, prompt: Sequence[int]) -> None:
+    """Let the chain see the prompt, as llama-server does before a request's first token
+    (tools/server/server-context.cpp:368-386, ``init_sampler``: ``common_sampler_accept`` of
+    every prompt token), so the penalties' window starts with the prompt's last tokens.
+
+    Only the penalties keep history among our samplers (a ring of ``repeat_last_n`` tokens,
+    src/llama-sampler.cpp ``llama_sampler_penalties_accept``), so the prompt's tail is enough.
+    Never give it a chain that starts with a grammar: llama.cpp does not feed the prompt to
+    the grammar (common/sampling.cpp ``common_sampler_accept``: ``is_generated`` false).
+    """
+    if chain is None or s.repeat_last_n <= 0:
+        return
+    for tok in prompt[-s.repeat_last_n :]:
+        LL.llama_sampler_accept(chain, tok)
+
+
 def build_chain(spec: Spec, n_vocab: int) -> object:
-    """A native sampler chain from spec data; penalties may carry frequency/presence too."""
+    """A native sampler chain from spec data (``chain_spec``)."""
     chain = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
     for name, *args in spec:
         if name == "logit_bias":
@@ -86,9 +129,7 @@ def build_chain(spec: Spec, n_vocab: int) -> object:
             )
             smpl = LL.llama_sampler_init_logit_bias(n_vocab, len(args[0]), biases)
         elif name == "penalties":
-            last_n, repeat, *rest = args
-            freq, pres = rest if rest else (0.0, 0.0)
-            smpl = LL.llama_sampler_init_penalties(n_vocab, last_n, repeat, freq, pres)
+            smpl = LL.llama_sampler_init_penalties(n_vocab, *args)
         elif name == "top_p" or name == "min_p":
             smpl = getattr(LL, f"llama_sampler_init_{name}")(args[0], 1)
         else:
@@ -192,8 +233,11 @@ class Samplers:
         self._retired: list[object] = []
         self._gpu: bool | None = None
 
-    def choose(self, m: Model, s: SamplingParams, mode: str, no_empty: bool) -> Sampling:
-        """Pick the sampling path; attach (or keep) the device chain before the prefill."""
+    def choose(
+        self, m: Model, s: SamplingParams, mode: str, no_empty: bool, prompt: Sequence[int] = ()
+    ) -> Sampling:
+        """Pick the sampling path; attach (or keep) the device chain before the prefill. The
+        chains have seen ``prompt`` (:func:`feed_prompt`)."""
         if mode not in SAMPLER_MODES:
             raise RequestError(ErrorKind.PARAMS, f"sampler must be one of {', '.join(SAMPLER_MODES)}")
         self.free_retired(m)
@@ -203,28 +247,32 @@ class Samplers:
             # Plain greedy reads the logits row llama.cpp copies anyway: a numpy argmax after
             # the sync beat the device argmax (H100, 128k vocabulary: 330.1 vs 328.5 t/s, both
             # >= 99 % of llama-bench); any other chain is faster on the device (316.6 vs 305.8).
-            plain_greedy = s.greedy and s.repeat_penalty == 1.0
+            plain_greedy = s.greedy and not penalty_on(s)
             mode = "backend" if self._gpu and not plain_greedy else "cpu"
         if mode.startswith("backend"):
             spec = chain_spec(s, device=True, topk1=mode == "backend-topk1")
             att = self._attached
             if att is not None and att.model is m and att.spec == spec:
                 LL.llama_sampler_reset(att.chain)  # reseed dist, clear the penalty history
+                feed_prompt(att.chain, s, prompt)
                 return Sampling(s, att.chain, backend=True)
             chain = build_chain(spec, m.n_vocab)
             if LL.llama_set_sampler(m.ctx, 0, chain):
                 self._retire()
                 self._attached = _Attached(m, spec, chain)
+                feed_prompt(chain, s, prompt)
                 return Sampling(s, chain, backend=True)
             LL.llama_sampler_free(chain)  # not offloadable here (tensor split): CPU after all
             self._retire()
         self.detach(m)
         forbid = tuple(m.eog_ids) if no_empty else ()
         first = build_chain(chain_spec(s, device=False, forbid=forbid), m.n_vocab) if forbid else None
+        feed_prompt(first, s, prompt)
         owned = [first] if first else []
-        if mode == "cpu" and s.greedy and s.repeat_penalty == 1.0:
+        if mode == "cpu" and s.greedy and not penalty_on(s):
             return Sampling(s, None, first, owned=owned)
         chain = build_chain(chain_spec(s, device=False), m.n_vocab)
+        feed_prompt(chain, s, prompt)
         return Sampling(s, chain, first, owned=owned + [chain])
 
     def detach(self, m: Model) -> None:
@@ -271,6 +319,7 @@ class Samplers:
         alt = without_eog(m, sp.params, -1)
         if alt is not None:
             LL.llama_sampler_reset(sp.chain)
+            feed_prompt(sp.chain, sp.params, tokens)
             LL.llama_sampler_accept(sp.chain, alt)
             return alt
         return self._cpu_first_token(m, sp, tokens, cancel)
@@ -287,6 +336,8 @@ class Samplers:
             m.prefill(tokens, 0, cancel)
         sp.chain = build_chain(chain_spec(sp.params, device=False), m.n_vocab)
         sp.first = build_chain(chain_spec(sp.params, device=False, forbid=tuple(m.eog_ids)), m.n_vocab)
+        feed_prompt(sp.chain, sp.params, tokens)
+        feed_prompt(sp.first, sp.params, tokens)
         sp.owned += [sp.chain, sp.first]
         sp.backend = False
         return self.first_token(m, sp, tokens, True, cancel)

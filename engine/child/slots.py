@@ -20,7 +20,7 @@ from typing import Any
 from engine import protocol as P
 from engine.child.errors import RequestError
 from engine.child.grammar import gbnf_for, grammar_sampler, prepend
-from engine.child.sampler import build_chain, chain_spec
+from engine.child.sampler import build_chain, chain_spec, feed_prompt
 from engine.core.sampling import SamplingParams
 from engine.protocol.errors import ErrorKind
 
@@ -79,22 +79,13 @@ def sampler_specs(
 
     The layouts are the single-sequence loop's chains (``chain_spec``; ``device``: its device
     layout), so a greedy reply is the same token for token; OpenAI's frequency/presence
-    penalties ride on the same penalties sampler as the repeat penalty.
+    penalties ride on the same penalties sampler as the repeat penalty, as in llama.cpp.
     """
     freq = float(sampling.get("frequency_penalty", 0.0) or 0.0)
     pres = float(sampling.get("presence_penalty", 0.0) or 0.0)
-    main = list(chain_spec(s, device=device))
-    if freq or pres:
-        at = next((i for i, e in enumerate(main) if e[0] == "penalties"), None)
-        entry = ("penalties", s.repeat_last_n, s.repeat_penalty, freq, pres)
-        if at is not None:
-            main[at] = entry
-        elif s.greedy:
-            main = [("top_k", 64), entry, *([("top_k", 1), ("dist", 0)] if device else [("greedy",)])]
-        else:
-            main.insert(1 if main and main[0][0] == "top_k" else 0, entry)
+    main = chain_spec(s, device=device, freq=freq, pres=pres)
     first = (("logit_bias", eog), *main) if no_empty and eog else None
-    return (None if main == [("greedy",)] else tuple(main)), first
+    return (None if main == (("greedy",),) else main), first
 
 
 @dataclass
@@ -190,14 +181,17 @@ class Slot:
         else:
             main, first = sampler_specs(w.sampling, w.req.sampling, eog, w.req.no_empty and w.grammar is None)
         chain = build_chain(main, n_vocab) if main else device_chain
+        feed_prompt(chain, w.sampling, w.prompt)  # before the grammar, which must not see it
         if w.grammar is not None:  # the grammar decides first
             chain, w.grammar, first = prepend(w.grammar, chain), None, None
+        first_chain = build_chain(first, n_vocab) if first else None
+        feed_prompt(first_chain, w.sampling, w.prompt)
         s = cls(
             w,
             seq,
             max(1, min(w.req.max_tokens, n_ctx_seq - len(w.prompt))),
             chain,
-            build_chain(first, n_vocab) if first else None,
+            first_chain,
             StopText(list(getattr(w.req, "stop", []) or [])),
             codecs.getincrementaldecoder("utf-8")("replace"),
         )

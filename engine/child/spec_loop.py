@@ -81,6 +81,7 @@ class SpecRun:
         self.k = self.k_max
         self.n_dist = max(m.n_vocab, draft.n_vocab if draft else 0)
         self.out: list[int] = []
+        self.prompt: list[int] = []
         self.n_drafted = self.n_accepted = self.n_decodes = self.n_verify = 0
         self.drafted_at = [0] * self.k_max  # per draft position: drafted / accepted there
         self.accepted_at = [0] * self.k_max
@@ -97,7 +98,8 @@ class SpecRun:
     # ------------------------------------------------------------------ helpers
     def _penalty_history(self, extra: list[int]) -> list[int]:
         s = self.s
-        return [] if s.repeat_penalty == 1.0 else self.out[-s.repeat_last_n :] + extra
+        # the plain chain has seen the prompt too (engine.child.sampler.feed_prompt)
+        return [] if s.repeat_penalty == 1.0 else (self.prompt + self.out)[-s.repeat_last_n :] + extra
 
     def _row(self, ctx: Any, n_vocab: int) -> np.ndarray:
         return np.ctypeslib.as_array(LL.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
@@ -212,6 +214,7 @@ class SpecRun:
     # ------------------------------------------------------------------ the loop
     def run(self, tokens: list[int], max_tokens: int, t0: float) -> Done:
         session, m, cancel = self.session, self.m, self.cancel
+        self.prompt = list(tokens)
         n_reused = m.reuse_prefix(tokens)
         sd = self.sd
         if sd is not None:

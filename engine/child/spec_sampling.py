@@ -5,8 +5,8 @@ tested on synthetic distributions: the whole promise of speculative decoding is 
 output has exactly the target's distribution, and that is a property of these few functions.
 
 * :func:`final_distribution` turns one row of logits into the distribution the plain sampler
-  chain draws from (``engine.child.sampler.chain_spec``: top-k, repetition penalty, top-p, min-p,
-  temperature, in that order), in float64 over the whole vocabulary. The target's p and the
+  chain draws from (``engine.child.sampler.chain_spec``: repetition penalty, top-k, top-p,
+  min-p, temperature, in llama.cpp's order), in float64 over the whole vocabulary. The target's p and the
   draft's q both come from it, so q is the draft's *final* distribution, as exact speculative
   sampling requires (llama.cpp's own examples compare against an argmax draft, which is not).
 * :func:`accept_or_resample` is Leviathan et al. / Chen et al.: accept a drafted token d with
@@ -23,9 +23,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.core.sampling import SamplingParams
-
-#: engine.child.sampler.chain_spec: greedy with a repetition penalty penalises the top 64 only.
-GREEDY_PENALTY_TOP_K = 64
 
 
 def _penalise(ids: np.ndarray, vals: np.ndarray, s: SamplingParams, history: Sequence[int]) -> None:
@@ -64,12 +61,12 @@ def final_distribution(
     ``history`` holds the tokens generated so far (the penalty window's source); ``forbid``
     is a boolean mask of ids that must not come out (end-of-generation for the first token).
     """
-    x = np.asarray(logits, dtype=np.float64)
+    x = np.array(logits, dtype=np.float64)
     if forbid is not None:
         x = np.where(forbid[: x.shape[0]], -np.inf, x)
+    _penalise(np.arange(x.shape[0]), x, s, history)  # before top-k, as llama.cpp's chain does
     ids = _top_k(x, s.top_k)
-    vals = x[ids].copy()
-    _penalise(ids, vals, s, history)
+    vals = x[ids]
     keep = np.isfinite(vals)
     ids, vals = ids[keep], vals[keep]
     if s.top_p < 1.0 and ids.shape[0] > 1:
@@ -128,8 +125,6 @@ def greedy_token(
         x = np.where(forbid[: x.shape[0]], -np.inf, x)
     if s.repeat_penalty == 1.0 or not history:
         return int(np.argmax(x))
-    ids = _top_k(x, GREEDY_PENALTY_TOP_K)
-    vals = np.array(x[ids], dtype=np.float32)  # llama.cpp penalises in float32
-    _penalise(ids, vals, s, history)
-    order = np.lexsort((ids, -vals))  # highest value, then lowest id, like argmax
-    return int(ids[order[0]])
+    vals = np.array(x, dtype=np.float32)  # llama.cpp penalises in float32, the whole row
+    _penalise(np.arange(vals.shape[0]), vals, s, history)
+    return int(np.argmax(vals))
