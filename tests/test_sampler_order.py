@@ -57,15 +57,31 @@ def test_with_a_penalty_every_chain_runs_in_llama_cpps_default_order(fields, ope
     main, first = sampler_specs(s, sampling, (2,), no_empty=True)
     device = device_spec(s, sampling, grammar=False, logprobs=False)
     llama_order = [NAMES[n] for n in LLAMA_ORDER]
-    assert names(main) == names(device) == ["penalties", "top-k", "top-p", "min-p", "temp", "dist"]
+    assert names(device) == ["penalties", "top-k", "top-p", "min-p", "temp", "dist"]
+    # on the CPU an exact cut to the k + n best comes first (chain_spec): then llama.cpp's order
+    assert names(main) == ["top-k", *names(device)]
     assert names(first) == ["logit-bias", *names(main)]  # llama.cpp's logit bias comes first too
-    assert [n for n in llama_order if n in names(first)] == names(first)
+    assert [n for n in llama_order if n in names(first)[2:]] == names(first)[2:]
 
     greedy = SamplingParams(**{**s.to_dict(), "temperature": 0.0})
     cpu, _ = sampler_specs(greedy, {**greedy.to_dict(), **openai}, (), no_empty=False)
     dev = device_spec(greedy, {**greedy.to_dict(), **openai}, grammar=False, logprobs=False)
     # greedy is temperature 0 after the penalties: the argmax of the penalised logits
-    assert names(cpu) == ["penalties", "greedy"] and names(dev) == ["penalties", "top-k", "dist"]
+    assert names(cpu) == ["top-k", "penalties", "greedy"] and names(dev) == ["penalties", "top-k", "dist"]
+
+
+def test_the_cut_before_the_penalties_is_made_only_where_it_cannot_change_the_k_best():
+    """A penalty that can raise a logit (repeat < 1, negative frequency or presence), a window
+    too large to pay, or no top-k at all: the chain is llama.cpp's literally."""
+    for s, freq, pres in (
+        (SamplingParams(**{**SAMPLED.to_dict(), "repeat_penalty": 0.9}), 0.0, 0.0),
+        (SAMPLED, -0.5, 0.0),
+        (SAMPLED, 0.0, -0.2),
+        (SamplingParams(**{**SAMPLED.to_dict(), "repeat_last_n": 8192}), 0.0, 0.0),
+        (SamplingParams(**{**SAMPLED.to_dict(), "top_k": 0}), 0.0, 0.0),
+    ):
+        assert names(chain_spec(s, device=False, freq=freq, pres=pres))[0] == "penalties", s
+    assert chain_spec(SAMPLED, device=False)[0] == ("top_k", SAMPLED.top_k + SAMPLED.repeat_last_n)
 
 
 def test_without_a_penalty_the_chain_starts_with_top_k_and_is_llama_cpps_without_a_no_op():

@@ -53,6 +53,9 @@ Spec = tuple[tuple[Any, ...], ...]
 #: (:341-391), whose default is penalties, dry, top_n_sigma, top_k, typical_p, top_p, min_p,
 #: xtc, temperature (common/common.h:263-273), then dist (:395). Greedy is temperature 0:
 #: temp keeps only the highest logit (src/llama-sampler.cpp:265-283).
+#: The largest k + n for which the exact top-(k + n) cut before the penalties pays (chain_spec).
+PREFILTER_MAX = 4096
+
 LLAMA_ORDER = ("logit_bias", "penalties", "top_k", "top_p", "min_p", "temp", "dist")
 
 
@@ -81,6 +84,14 @@ def chain_spec(
     commute with top-k (it can push a token out of the k best and let the next one in), so with
     one the penalties run on the whole vocabulary first, as in llama.cpp.
 
+    That full pass costs about 0.36 ms a token at a 128k vocabulary (against 0.04 ms for top-k
+    alone, this CPU), so on the CPU a penalty that can only lower logits (repeat >= 1,
+    frequency and presence >= 0) first keeps the k + n best, n being the window: at most n
+    distinct tokens are penalised, so every token outside those k + n still has k tokens above
+    it and cannot reach the k best (greedy: k = 1). The candidates and their order are then
+    llama.cpp's, short of exact ties at the cut (0.05 ms a token). Beyond :data:`PREFILTER_MAX`
+    candidates the cut saves nothing and the chain is llama.cpp's literally.
+
     Greedy is the argmax of the penalised logits: top-k, top-p and min-p all keep the highest
     token, and temperature 0 keeps only it. On the device, greedy after a cut is wrong in this
     llama.cpp tree (the argmax indexes the candidates, not the vocabulary), so there greedy
@@ -89,6 +100,10 @@ def chain_spec(
     out: list[tuple[Any, ...]] = [("logit_bias", forbid)] if forbid else []
     penalised = penalty_on(s, freq, pres)
     if penalised:
+        keep = (1 if s.greedy else s.top_k) + s.repeat_last_n
+        lowers = s.repeat_penalty >= 1.0 and freq >= 0.0 and pres >= 0.0
+        if not device and lowers and (s.greedy or s.top_k > 0) and keep <= PREFILTER_MAX:
+            out.append(("top_k", keep))
         out.append(("penalties", s.repeat_last_n, s.repeat_penalty, freq, pres))
     if s.greedy:
         out += [("top_k", 1), ("dist", 0)] if device and (topk1 or penalised) else [("greedy",)]
