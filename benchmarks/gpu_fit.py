@@ -28,6 +28,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+if "--load-child" in sys.argv:  # llama_cpp before numpy: numpy first segfaults the CUDA build's
+    import llama_cpp  # noqa: F401, E402  # model load (mtp_gpu.py's probes on the H200, 2026-12-05)
 
 from benchmarks.gpu_compute import write_sparse_gguf  # noqa: E402
 from engine.core.memory_types import Device, MiB, PlanSettings  # noqa: E402
