@@ -8,12 +8,9 @@ the user left off, with this model or any other. Qt-free, but app-side: only the
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
 from typing import Any
 
-from engine.core.errors import KvDeckError
-from engine.gguf.inspect import inspect_gguf
+from engine.gguf.inspect import recommended_sampling_of
 from engine.storage.identity import model_key
 from engine.storage.store import ChatStore
 
@@ -52,21 +49,5 @@ def save_settings(
 
 
 def model_recommendation(path: str | None) -> dict[str, float]:
-    """The sampling the model's file recommends (``GGUFInfo.sampling``; empty: none, or no file).
-
-    Read once per file version: the panel asks each time a conversation opens."""
-    if not path:
-        return {}
-    try:
-        st = os.stat(path)
-    except OSError:
-        return {}
-    return dict(_recommendation(path, st.st_mtime_ns, st.st_size))
-
-
-@lru_cache(maxsize=16)
-def _recommendation(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, float], ...]:
-    try:
-        return tuple(inspect_gguf(path).sampling.items())
-    except (KvDeckError, OSError):
-        return ()
+    """The sampling the model's file recommends, for the panel's preset (empty: none, no file)."""
+    return recommended_sampling_of(path)

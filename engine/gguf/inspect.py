@@ -324,3 +324,24 @@ def inspect_header(path: str, header: Header, file_bytes: int) -> GGUFInfo:
         return _build(path, file_bytes, header)
     except _Corrupt as exc:
         raise ModelFileError(f"{label} {exc}") from None
+
+
+def recommended_sampling_of(path: str | None) -> dict[str, float]:
+    """The sampling the model file at ``path`` recommends (``GGUFInfo.sampling``); empty for
+    none, or when there is no readable file. Read once per file version: the window asks each
+    time a conversation opens, the API server on every request."""
+    if not path:
+        return {}
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return dict(_recommendation(path, st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _recommendation(path: str, _mtime_ns: int, _size: int) -> tuple[tuple[str, float], ...]:
+    try:
+        return tuple(inspect_gguf(path).sampling.items())
+    except (ModelFileError, OSError):
+        return ()

@@ -21,18 +21,15 @@ values come first, as llama-server's ``common_init_sampler_from_model`` makes th
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine import protocol as P
 from engine.chat.history import text_of
 from engine.chat.template import ChatMessage
-from engine.core.errors import KvDeckError
 from engine.core.sampling import API_DEFAULTS, RANDOM_SEED, SamplingParams
-from engine.gguf.inspect import inspect_gguf
+from engine.gguf.inspect import recommended_sampling_of
 from engine.serve.errors import ApiError, error_body  # noqa: F401  (re-exported)
 from engine.serve.tools import parse_tools
 
@@ -107,18 +104,9 @@ def _flag(body: dict[str, Any], key: str) -> bool:
 
 def request_defaults(loaded: P.Loaded | None) -> SamplingParams:
     """What a request's missing sampling fields take for the loaded model: llama-server's
-    defaults, with the model's own recommendations in front (read once per file version)."""
-    if loaded is None:
-        return API_DEFAULTS
-    try:
-        return _model_defaults(loaded.path, os.stat(loaded.path).st_mtime_ns)
-    except (OSError, KvDeckError):
-        return API_DEFAULTS
-
-
-@functools.lru_cache(maxsize=4)
-def _model_defaults(path: str, _mtime_ns: int) -> SamplingParams:
-    return dataclasses.replace(API_DEFAULTS, **inspect_gguf(path).sampling)  # type: ignore[arg-type]
+    defaults, with the model's own recommendations in front."""
+    recommended = recommended_sampling_of(loaded.path if loaded else None)
+    return dataclasses.replace(API_DEFAULTS, **recommended) if recommended else API_DEFAULTS  # type: ignore[arg-type]
 
 
 def _common(body: dict[str, Any], defaults: SamplingParams) -> dict[str, Any]:
