@@ -95,14 +95,22 @@ def load_child() -> None:  # pragma: no cover - runs in the child process
     free, total = ctypes.c_size_t(), ctypes.c_size_t()
     rt.cudaFree(None)
     rt.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
-    ballast = free.value - job["budget_mib"] * MiB
+    ballast = free.value - job["budget_mib"] * MiB if job.get("ballast", True) else 0
     ptr = ctypes.c_void_p()
     ok_ballast = ballast <= 0 or rt.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(ballast)) == 0
     rt.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
     lines: list[str] = []
+    # free device memory after every log line that changed it: what the load takes outside the
+    # buffers llama.cpp logs shows up as a drop no "buffer size" line explains
+    trace: list[tuple[float, str]] = [(free.value / MiB, "before the load")]
+    now = ctypes.c_size_t()
 
     def on_log(level: int, text: bytes, _ud: object) -> None:
-        lines.extend(text.decode("utf-8", "replace").splitlines())
+        msg = text.decode("utf-8", "replace")
+        lines.extend(msg.splitlines())
+        rt.cudaMemGetInfo(ctypes.byref(now), ctypes.byref(total))
+        if abs(now.value / MiB - trace[-1][0]) >= 0.5:
+            trace.append((now.value / MiB, (lines[-1] if lines else msg).strip()[:160]))
 
     cb = LL.llama_log_callback(on_log)
     LL.llama_log_set(cb, ctypes.c_void_p())
@@ -124,15 +132,19 @@ def load_child() -> None:  # pragma: no cover - runs in the child process
     if model:
         cp = LL.llama_context_default_params()
         cp.n_ctx = job["n_ctx"]
+        # llama.cpp's common parameters (llama-fit-params', KV Deck's runtime): the SWA cache is
+        # sized to the window; llama_context_default_params() has swa_full = true, a full-size
+        # SWA cache that no fit assumed (the gemma3 loads of 2026-12-05 failed on it)
+        cp.swa_full = False
         ctx = LL.llama_init_from_model(model, cp)
         ok = bool(ctx)
     keep = [ln for ln in lines if "buffer size" in ln or "failed" in ln or "error" in ln.lower()]
-    print(
-        json.dumps(
-            {"ok": ok, "ballast_ok": ok_ballast, "free_before_load_mib": free.value // MiB, "lines": keep}
-        ),
-        flush=True,
-    )
+    rt.cudaMemGetInfo(ctypes.byref(now), ctypes.byref(total))
+    trace.append((now.value / MiB, "after the context"))
+    out = {"ok": ok, "ballast_ok": ok_ballast, "free_before_load_mib": free.value // MiB, "lines": keep}
+    out["errors"] = [ln for ln in keep if "buffer size" not in ln]
+    out["free_trace_mib"] = [(round(f, 2), ln) for f, ln in trace]
+    print(json.dumps(out), flush=True)
     os._exit(0)  # the ballast and the model go with the process
 
 
@@ -149,7 +161,12 @@ def cpu_patterns(extra_args: str) -> list[str] | None:
 
 
 def load(
-    path: Path, ngl: int, n_ctx: int, budget_mib: int, patterns: list[str] | None = None
+    path: Path,
+    ngl: int,
+    n_ctx: int,
+    budget_mib: int,
+    patterns: list[str] | None = None,
+    ballast: bool = True,
 ) -> dict[str, Any]:
     """Load in a child with only `budget_mib` of GPU memory free (``patterns``: tensors sent to
     the CPU buffer type, as --n-cpu-moe or -ot do)."""
@@ -160,6 +177,7 @@ def load(
         "n_ctx": n_ctx,
         "budget_mib": budget_mib,
         "cpu_patterns": patterns or [],
+        "ballast": ballast,
     }
     p = subprocess.run(
         [sys.executable, "-X", "faulthandler", os.path.abspath(__file__), "--load-child"],
@@ -220,17 +238,22 @@ def _load_both(case: dict[str, Any], model: Path, usable: int) -> None:
         case["llama_fit_params_load"] = load(model, ref["n_gpu_layers"], ref["n_ctx"], usable, theirs)
 
 
-def loads_of(src: Path, out: Path, mdir: Path) -> int:
+def loads_of(src: Path, out: Path, mdir: Path, shapes: set[str]) -> int:
     """Load every fitted setting of an earlier run again (same budgets), e.g. after a fix."""
     res = json.loads(src.read_text())
     out.mkdir(parents=True, exist_ok=True)
     mdir.mkdir(parents=True, exist_ok=True)
+    if shapes:
+        res["cases"] = [c for c in res["cases"] if c["shape"] in shapes]
     for case in res["cases"]:
         model = mdir / f"{case['shape']}.gguf"
         if not model.exists():
             write_sparse_gguf(model, case["shape"])
         usable = case["free_mib_both"] - case["margin_mib_both"]
         _load_both(case, model, usable)
+        k = case["kvdeck"]  # the same setting with all memory free: what it takes in total
+        patterns = override_patterns(k.get("n_cpu_moe", 0))
+        case["kvdeck_load_no_ballast"] = load(model, k["n_gpu_layers"], k["n_ctx"], usable, patterns, False)
         print(case["shape"], case.get("kvdeck_load", {}).get("ok"), flush=True)
         (out / src.name).write_text(json.dumps(res, indent=1))
     return 0
@@ -249,7 +272,9 @@ def main() -> int:
     ap.add_argument("--loads-of", help="a fit JSON written before: only load its fitted settings")
     a = ap.parse_args()
     if a.loads_of:
-        return loads_of(Path(a.loads_of), Path(a.out), Path(a.model_dir))
+        return loads_of(
+            Path(a.loads_of), Path(a.out), Path(a.model_dir), set(filter(None, a.shapes.split(",")))
+        )
     t0 = time.time()
     out, mdir = Path(a.out), Path(a.model_dir)
     out.mkdir(parents=True, exist_ok=True)
