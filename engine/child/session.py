@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from engine.child.io import Emit
 from engine.child.model import Model, flash_type, ggml_type_id
 from engine.child.native_log import NativeLog
 from engine.child.overrides import set_cpu_moe
-from engine.child.sampler import Samplers, gpu_present
+from engine.child.sampler import Samplers
 from engine.protocol import Loaded, LoadParams, Progress, Stats
 
 
@@ -41,27 +40,6 @@ _SPLIT = {
     "row": LL.LLAMA_SPLIT_MODE_ROW,
     "tensor": LL.LLAMA_SPLIT_MODE_TENSOR,
 }
-
-
-_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-
-
-def context_threads(load_log: list[str], n_cpu_moe: int) -> int:
-    """CPU threads for a context when the user gave none: the physical cores, or one when the
-    load put every layer and the output on GPUs (llama.cpp's "offloaded N/N layers").
-
-    Why one: the CPU then only gathers the batch's token embeddings (the input layer always
-    stays on the host, src/llama-model.cpp), but with n threads each llama_decode still opens
-    an OpenMP team whose n - 1 workers spin after the step (ggml-cpu's OpenMP threadpool),
-    on the cores the batch loop samples the step's rows on (engine.child.batch_sample).
-    """
-    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 4
-    for line in reversed(load_log):
-        m = _OFFLOADED.search(line)
-        if m:
-            full = m.group(1) == m.group(2) and n_cpu_moe == 0
-            return 1 if full and gpu_present() else physical  # the line is there on CPU builds too
-    return physical
 
 
 class LlamaSession:
@@ -224,7 +202,7 @@ class LlamaSession:
         cp.n_batch = max(32, s.n_batch)
         cp.n_ubatch = max(32, min(s.n_ubatch, cp.n_batch))
         cp.n_seq_max = max(1, s.n_seq_max)
-        threads = p.n_threads or context_threads(self.log.captured(), s.n_cpu_moe)
+        threads = p.n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 4
         cp.n_threads = cp.n_threads_batch = threads
         cp.flash_attn_type = flash_type(s.flash_attn)
         cp.type_k = ggml_type_id(s.type_k)
