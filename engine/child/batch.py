@@ -43,7 +43,7 @@ from engine.child.batch_sample import LIB, TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.errors import ErrorKind, error_event
 from engine.child.grammar import logits_row, logprob_entry
-from engine.child.io import DELTA_INTERVAL_S, Emit, Requests, held
+from engine.child.io import DELTA_INTERVAL_S, Emit, Requests, flush_held, held
 from engine.child.prefix import SeqPrefixes
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot
@@ -162,10 +162,12 @@ class BatchLoop:
             blocks.append((s.seq, s.w.prompt[s.n_fed : s.n_fed + k], s.n_fed))
             n += k
         if n == 0:
+            flush_held(self.emit)
             return
         self.batch.n_tokens = n
         t0 = time.perf_counter()
         rc = LL.llama_decode(self.m.ctx, self.batch)
+        flush_held(self.emit)  # the last step's events, while the device runs this one
         LL.llama_synchronize(self.m.ctx)  # the logits are read at once anyway; this times the device
         t1 = time.perf_counter()
         TIMES.steps += 1
@@ -334,15 +336,18 @@ class BatchLoop:
             TIMES.busy_s += time.perf_counter() - t0
 
     def _run(self, first: P.GenerateRequest) -> None:
+        """Every event of the loop is held and written once a step's decode is under way
+        (``step``), so the pipe write and the parent's wake-up cost no device time."""
         self.intake.accept(first)
-        while True:
-            self.intake.poll(s.w for s in self.slots if s)
-            self.sweep()
-            self.admit()
-            if not any(self.slots):
-                break
-            self.step()
-            self.report()
+        with held(self.emit):
+            while True:
+                self.intake.poll(s.w for s in self.slots if s)
+                self.sweep()
+                self.admit()
+                if not any(self.slots):
+                    break
+                self.step()
+                self.report()
         for msg in self.intake.deferred:
             self.requests.push_back(msg)
 

@@ -55,6 +55,13 @@ class EventWriter:
             except (BrokenPipeError, OSError):
                 os._exit(0)  # the parent is gone; nobody is left to talk to
 
+    def flush_held(self) -> None:
+        """Write the holding thread's events so far and go on holding: the batch loop writes a
+        step's events while the device runs the next step (engine.child.batch)."""
+        if self._held and threading.get_ident() == self._holder:
+            data, self._held = b"".join(self._held), []
+            self._write(data)
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """This thread's events inside the block go out in one write at its end, in order (one
@@ -69,6 +76,12 @@ class EventWriter:
             data, self._held = b"".join(self._held), None
             if data:
                 self._write(data)
+
+
+def flush_held(emit: Emit) -> None:
+    """Write what the calling thread holds now and keep holding (:meth:`EventWriter.flush_held`)."""
+    if isinstance(emit, EventWriter):
+        emit.flush_held()
 
 
 def held(emit: Emit) -> contextlib.AbstractContextManager[None]:
