@@ -31,10 +31,13 @@ all six traced loads:
 3. **2 MiB per context on each GPU**, taken at the first graph reserve (every trace).
 
 Measured on CUDA only: the term is added on devices whose name starts with "CUDA" (not the
-host, RPC workers, Metal or Vulkan). Not modelled: row split (``split_mode`` "row" allocates
-each tensor's slice separately), ``GGML_CUDA_NO_PINNED`` (nothing pinned) and what the first
-decode takes later (cuBLAS workspace, the memory pool). llama.cpp does not log this memory, so a
-measured plan has no "driver" component (``NOT_LOGGED``).
+host, RPC workers, Metal or Vulkan), on one GPU; several GPUs, split mode "tensor" (a meta
+device's buffers) and a second context (drafting) follow the same rules but were not traced.
+Not modelled: ``GGML_CUDA_NO_PINNED`` (nothing pinned) and what the first decode takes later
+(cuBLAS workspace, ggml-cuda's memory pool). Nor is the headroom one cudaMalloc seems to need
+beyond its pages (a 308 MiB compute buffer failed with 309.12 MiB free on the H200;
+benchmarks/fit_driver.py probes it). llama.cpp does not log this memory, so a measured plan has
+no "driver" component (``NOT_LOGGED``).
 """
 
 from __future__ import annotations
