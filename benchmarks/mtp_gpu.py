@@ -288,6 +288,9 @@ def measure(out: str, path: str, name: str, check: str = "0") -> None:
             cancel,
         )
         same += plain.tokens == spec.tokens
+        # which prompts, and where they part: compare with batch_invariance.py's flips
+        diverge = next((i for i, (a, b) in enumerate(zip(plain.tokens, spec.tokens)) if a != b), None)
+        e2e.setdefault("first_divergence", []).append(diverge)
         e2e.setdefault("plain_tps", []).append(round(plain.tokens_per_s, 2))
         e2e.setdefault("mtp_tps", []).append(round(spec.tokens_per_s, 2))
         e2e.setdefault("drafted_at", []).append(spec.drafted_at)

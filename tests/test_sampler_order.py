@@ -170,3 +170,19 @@ def test_the_servers_batch_with_openai_penalties_is_llama_cpps_token_for_token(s
         _, (done,), _ = held_burst(host, [build])
     reference = llama_cpp_reply(str(smollm2_path), PROMPT, SAMPLED, 40, freq, pres)
     assert done.tokens[: len(reference)] == reference and len(done.tokens) >= len(reference)
+
+
+@pytest.mark.slow
+def test_the_servers_batch_with_llama_servers_defaults_is_llama_cpps_token_for_token(smollm2_path):
+    """No penalty: every row's chain starts with top-k, which the batch loop samples from the
+    few tokens that can be among the k best (engine.child.topk_cut), two sequences at once."""
+    sampling = {**SAMPLED.to_dict(), "repeat_penalty": 1.0}
+    params = LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=1024, n_seq_max=2))
+    with running_host(params) as (host, _):
+        build = lambda i: GenerateRequest(  # noqa: E731
+            id=i, prompt=PROMPT, max_tokens=40, sampling=sampling, serve=True, no_empty=False
+        )
+        _, (a, b), _ = held_burst(host, [build, build])
+    reference = llama_cpp_reply(str(smollm2_path), PROMPT, SamplingParams(**sampling), 40)
+    for done in (a, b):
+        assert done.tokens[: len(reference)] == reference and len(done.tokens) >= len(reference)

@@ -13,6 +13,8 @@ bookkeeping and the output reorder, src/llama-context.cpp) happen on the calling
 the workers start, after which every getter's synchronise and reorder find nothing to do.
 
 Greedy rows without a chain are a numpy argmax on the row (numpy releases the GIL for it too).
+A chain that starts with top-k runs on the few tokens that can be among the k best
+(engine.child.topk_cut) instead of a copy of the whole row.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Protocol
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
+
+from engine.child.topk_cut import TopKCut
 
 # Our own handle so the logits pointer comes back as a plain int (llama_cpp's function objects
 # are shared with the rest of the child and keep their restypes).
@@ -57,6 +61,7 @@ class Sampled(Protocol):
     chain: object | None
     first: object | None
     out: list[int]
+    cut: int
 
 
 def workers() -> int:
@@ -78,6 +83,7 @@ class RowSampler:
         self.ctx = ctx
         self.row_t = ctypes.c_float * n_vocab
         self.n_workers = n_workers or workers()
+        self.topk = TopKCut(n_vocab)
         # The calling thread samples a share itself: it would only wait otherwise, and one
         # thread fewer to wake is one scheduling delay fewer per step on a busy machine.
         self.pool = ThreadPoolExecutor(self.n_workers - 1, "kvdeck-sample") if self.n_workers > 1 else None
@@ -91,6 +97,11 @@ class RowSampler:
                 LL.llama_sampler_accept(s.chain, tok)
             return int(tok)
         if s.chain is not None:
+            if s.cut and self.topk.usable(s.cut):
+                row = np.ctypeslib.as_array(self.row_t.from_address(LIB.llama_get_logits_ith(ctx, i)))
+                tok = self.topk.sample(s.chain, row, s.cut)
+                if tok is not None:
+                    return tok
             return int(LL.llama_sampler_sample(s.chain, ctx, i))
         row = np.ctypeslib.as_array(self.row_t.from_address(LIB.llama_get_logits_ith(ctx, i)))
         return int(row.argmax())

@@ -21,6 +21,7 @@ from engine import protocol as P
 from engine.child.errors import RequestError
 from engine.child.grammar import gbnf_for, grammar_sampler, prepend
 from engine.child.sampler import build_chain, chain_spec, feed_prompt
+from engine.child.topk_cut import leading_top_k
 from engine.core.sampling import SamplingParams
 from engine.protocol.errors import ErrorKind
 
@@ -160,6 +161,8 @@ class Slot:
     accepted_at: list[int] = field(default_factory=list)
     #: ``chain`` is the sequence's device chain (engine.child.batch_backend owns it).
     device: bool = False
+    #: k when ``chain`` is a CPU chain that starts with top-k (engine.child.topk_cut), else 0.
+    cut: int = 0
 
     @classmethod
     def start(
@@ -182,7 +185,8 @@ class Slot:
             main, first = sampler_specs(w.sampling, w.req.sampling, eog, w.req.no_empty and w.grammar is None)
         chain = build_chain(main, n_vocab) if main else device_chain
         feed_prompt(chain, w.sampling, w.prompt)  # before the grammar, which must not see it
-        if w.grammar is not None:  # the grammar decides first
+        grammar = w.grammar is not None
+        if grammar:  # the grammar decides first
             chain, w.grammar, first = prepend(w.grammar, chain), None, None
         first_chain = build_chain(first, n_vocab) if first else None
         feed_prompt(first_chain, w.sampling, w.prompt)
@@ -198,6 +202,7 @@ class Slot:
         s.n_fed = s.n_past = s.n_reused = reuse
         s.n_ctx_seq = n_ctx_seq
         s.device = device_chain is not None
+        s.cut = leading_top_k(main) if chain is not None and chain is not device_chain and not grammar else 0
         return s
 
     def delta(self, text: str, now: float) -> P.Delta:
