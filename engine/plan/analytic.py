@@ -6,7 +6,9 @@ layer) is derived once into a `ModelGeometry` and cached; a plan is then a few l
 Formulas follow notes/llama-cpp-memory.md: context resolution §1 and KV §2-§5, §7 (in
 `engine.plan.kv_sizes`), recurrent state §6, output §8, weights placement §10. KV and recurrent bytes
 equal llama.cpp's `size =` tensor sums; compute buffers have no closed form (§9) and come from
-`engine.plan.compute`.
+`engine.plan.compute`. On CUDA GPUs a last component, "driver", is memory no llama.cpp buffer
+holds but the GPU loses all the same (2 MiB cudaMalloc pages, page tables of pinned host memory,
+the context: `engine.plan.cuda_driver`), computed from the buffers above.
 """
 
 from __future__ import annotations
