@@ -301,6 +301,7 @@ SERIES = {
     "recurrent": "#b07aa1",
     "compute": "#59a14f",
     "output": "#e15759",
+    "driver": "#9c755f",  # the CUDA driver's share beyond llama.cpp's buffers
     "this_app": "#3d85c6",
     "others": "#e69138",
     "speed": "#59a14f",

@@ -10,7 +10,10 @@ memory llama-fit-params read (after creating its CUDA context) and the same marg
 same context, when one is given). Each fitted setting (KV Deck's and llama-fit-params') is then loaded for real in a child
 process that first takes all GPU memory but the budget with a ballast `cudaMalloc`, so a load
 that succeeds needed no more than the budget. The child reports llama.cpp's buffer sizes,
-which are compared with KV Deck's plan for its setting. Writes `fit-<date>.json` in DIR.
+which are compared with KV Deck's plan for its setting. The same setting is loaded once more with
+all memory free, and each load's free-memory trace is set against the plan's CUDA driver term
+(benchmarks/fit_driver.py: ``driver_mib`` per case; ``alloc_probe``: how much of the free memory
+one cudaMalloc can take). Writes `fit-<date>.json` in DIR.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 if "--load-child" in sys.argv:  # llama_cpp before numpy: numpy first segfaults the CUDA build's
     import llama_cpp  # noqa: F401, E402  # model load (mtp_gpu.py's probes on the H200, 2026-12-05)
 
+from benchmarks.fit_driver import STEP, alloc_probe, driver_check, load_settings, measured_extra_mib  # noqa: E402
 from benchmarks.gpu_compute import write_sparse_gguf  # noqa: E402
 from engine.core.memory_types import Device, MiB, PlanSettings  # noqa: E402
 from engine.gguf.inspect import inspect_gguf  # noqa: E402
@@ -95,7 +99,9 @@ def load_child() -> None:  # pragma: no cover - runs in the child process
     free, total = ctypes.c_size_t(), ctypes.c_size_t()
     rt.cudaFree(None)
     rt.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
-    ballast = free.value - job["budget_mib"] * MiB if job.get("ballast", True) else 0
+    # cudaMalloc takes whole 2 MiB pages: a ballast of free - budget took up to 2 MiB of the
+    # budget (qwen3-32b on 2026-12-05: 9713.12 MiB left of 9714), so it is rounded down
+    ballast = (free.value - job["budget_mib"] * MiB) // STEP * STEP if job.get("ballast", True) else 0
     ptr = ctypes.c_void_p()
     ok_ballast = ballast <= 0 or rt.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(ballast)) == 0
     rt.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
@@ -220,22 +226,38 @@ def kvdeck_fit(info: Any, free_mib: int, margin_mib: int, n_ctx: int, host: Devi
         "fits": r.fits,
         "limited_by": r.limited_by,
         "planned_cuda0_mib": {
-            c: round(plan.bytes_for("CUDA0", c) / MiB, 2) for c in ("weights", "kv", "compute", "output")
+            c: round(plan.bytes_for("CUDA0", c) / MiB, 2)
+            for c in ("weights", "kv", "compute", "output", "driver")
         },
         "planned_cuda0_total_mib": round(plan.bytes_for("CUDA0") / MiB, 2),
     }
 
 
-def _load_both(case: dict[str, Any], model: Path, usable: int) -> None:
+def _load_all(case: dict[str, Any], model: Path, usable: int, info: Any, host: Device) -> None:
     """Load KV Deck's fitted setting and llama-fit-params' (with their CPU overrides) in
-    ``usable`` MiB of GPU memory."""
+    ``usable`` MiB of GPU memory, KV Deck's once more with all memory free, and set each load's
+    extra beside the plan's driver term for its setting."""
     k, ref = case["kvdeck"], case["llama_fit_params"]
+    ours = override_patterns(k.get("n_cpu_moe", 0))
     if k["fits"]:
-        ours = override_patterns(k.get("n_cpu_moe", 0))
         case["kvdeck_load"] = load(model, k["n_gpu_layers"], k["n_ctx"], usable, ours)
+        case["kvdeck_load_no_ballast"] = load(model, k["n_gpu_layers"], k["n_ctx"], usable, ours, False)
     theirs = cpu_patterns(ref.get("extra_args", ""))
     if ref.get("n_ctx") and theirs is not None:
         case["llama_fit_params_load"] = load(model, ref["n_gpu_layers"], ref["n_ctx"], usable, theirs)
+    checks = {
+        key: driver_check(info, load_settings(k), case[key], host)
+        for key in ("kvdeck_load", "kvdeck_load_no_ballast")
+        if key in case
+    }
+    if "llama_fit_params_load" in case:  # its -ot overrides are no --n-cpu-moe: planned without
+        mine = load_settings(ref) if not theirs else None
+        checks["llama_fit_params_load"] = (
+            driver_check(info, mine, case["llama_fit_params_load"], host)
+            if mine is not None
+            else {"measured_extra_mib": measured_extra_mib(case["llama_fit_params_load"])}
+        )
+    case["driver_mib"] = checks
 
 
 def loads_of(src: Path, out: Path, mdir: Path, shapes: set[str]) -> int:
@@ -245,18 +267,24 @@ def loads_of(src: Path, out: Path, mdir: Path, shapes: set[str]) -> int:
     mdir.mkdir(parents=True, exist_ok=True)
     if shapes:
         res["cases"] = [c for c in res["cases"] if c["shape"] in shapes]
+    res["alloc_probe"] = alloc_probe()
+    host = _host()
     for case in res["cases"]:
         model = mdir / f"{case['shape']}.gguf"
         if not model.exists():
             write_sparse_gguf(model, case["shape"])
         usable = case["free_mib_both"] - case["margin_mib_both"]
-        _load_both(case, model, usable)
-        k = case["kvdeck"]  # the same setting with all memory free: what it takes in total
-        patterns = override_patterns(k.get("n_cpu_moe", 0))
-        case["kvdeck_load_no_ballast"] = load(model, k["n_gpu_layers"], k["n_ctx"], usable, patterns, False)
+        _load_all(case, model, usable, inspect_gguf(model), host)
         print(case["shape"], case.get("kvdeck_load", {}).get("ok"), flush=True)
         (out / src.name).write_text(json.dumps(res, indent=1))
     return 0
+
+
+def _host() -> Device:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return Device("CPU", "cpu", vm.total, vm.available)
 
 
 def main() -> int:
@@ -279,13 +307,11 @@ def main() -> int:
     out, mdir = Path(a.out), Path(a.model_dir)
     out.mkdir(parents=True, exist_ok=True)
     mdir.mkdir(parents=True, exist_ok=True)
-    import psutil
-
-    vm = psutil.virtual_memory()
-    host = Device("CPU", "cpu", vm.total, vm.available)
+    host = _host()
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
-        "host_available_mib": vm.available // MiB,
+        "host_available_mib": host.free_bytes // MiB,
+        "alloc_probe": alloc_probe(),
         "cases": [],
     }
     path_out = out / f"fit-{res['date']}.json"
@@ -319,7 +345,7 @@ def main() -> int:
             "llama_fit_params": ref,
         }
         usable = (ref["free_mib"] or free) - margin
-        _load_both(case, model, usable)
+        _load_all(case, model, usable, infos[shape], host)
         if ref.get("n_ctx") and ref["n_gpu_layers"] is not None and not ref.get("extra_args"):
             plan = analytic_plan(
                 infos[shape],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
-from app.memory.dashboard import SPEED_POINTS, DashboardPanel, error_text
+from app.memory.dashboard import NOT_LOGGED_TEXT, SPEED_POINTS, DashboardPanel, error_text
 from engine.core.memory_types import Allocation, GiB, MemoryPlan, MiB, PlanSettings
 from engine.core.units import format_bytes
 from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, Telemetry, TelemetrySnapshot
@@ -147,6 +148,20 @@ def test_plans_show_bars_and_the_error(panel):
     assert all(error == "" for *_, error in panel.plan_rows)
     panel.show_plans(None, None)
     assert panel.plan_bars == [] and panel.plan_placeholder.isVisible()
+
+
+def test_the_driver_memory_llama_cpp_does_not_log_reads_not_logged(panel):
+    """The CUDA driver's share is predicted, never in llama.cpp's log: its measured cell says so
+    rather than 0, and it has no error of its own (the total's error still includes it)."""
+    driver = Allocation("driver", "CUDA0", int(4.67 * MiB), "CUDA driver (not in llama.cpp's log): …")
+    predicted, measured = plan("analytic", 1.0), plan("measured", 1.0)
+    predicted = dataclasses.replace(predicted, allocations=(*predicted.allocations, driver))
+    panel.show_plans(predicted, measured)
+    rows = {(device, comp): (pred, meas, error) for device, comp, pred, meas, error in panel.plan_rows}
+    assert rows[("CUDA0", "driver")] == ("4.7 MiB", NOT_LOGGED_TEXT, "")
+    assert rows[("CUDA0", "total")][2].startswith("+4.7 MiB")
+    assert [s.label for s in panel.plan_bars[0].segments][-1] == "driver"
+    assert "driver" not in [s.label for s in panel.plan_bars[1].segments]
 
 
 def test_error_text():

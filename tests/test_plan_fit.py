@@ -14,7 +14,7 @@ from engine.plan.fit import fit
 from tests.helpers.cli import kvdeck
 from tests.helpers.runtime_host import running_host
 
-KEYS = ("weights", "kv", "recurrent", "compute", "output", "total")
+KEYS = ("weights", "kv", "recurrent", "compute", "output", "driver", "total")
 
 
 def test_plan_json_contract(smollm2_path):

@@ -31,11 +31,14 @@ from app.memory.dashboard_widgets import (
     StackedBar,
 )
 from app.memory.plan_table import FULL_ERROR, PlanTable
-from engine.core.memory_types import COMPONENTS, MemoryPlan
+from engine.core.memory_types import COMPONENTS, NOT_LOGGED, MemoryPlan
 from engine.core.units import format_bytes
 from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, TelemetrySnapshot
 
 SPEED_POINTS = 120
+#: The measured cell of a component llama.cpp does not log (the CUDA driver's share): no
+#: measurement, so no error either (the total's error includes it: it is real memory).
+NOT_LOGGED_TEXT = "not logged"
 SPEC_OFF = "Off: choose a draft model or n-gram lookup beside the model."
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 
@@ -263,13 +266,14 @@ class DashboardPanel(QWidget):
                 meas = measured.bytes_for(device, comp) if measured else None
                 if comp is not None and not pred and not meas:
                     continue
+                unlogged = comp in NOT_LOGGED and measured is not None and measured.source == "measured"
                 self.plan_rows.append(
                     (
                         device,
                         comp or "total",
                         "" if pred is None else format_bytes(pred),
-                        "" if meas is None else format_bytes(meas),
-                        "" if pred is None or meas is None else error_text(pred, meas),
+                        NOT_LOGGED_TEXT if unlogged else "" if meas is None else format_bytes(meas),
+                        "" if pred is None or meas is None or unlogged else error_text(pred, meas),
                     )
                 )
         table = self.plan_table

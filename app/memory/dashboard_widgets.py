@@ -18,9 +18,10 @@ from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from app.theme import series
+from engine.core.memory_types import COMPONENTS
 from engine.core.units import format_bytes
 
-COMPONENT_COLORS = {name: series(name) for name in ("weights", "kv", "recurrent", "compute", "output")}
+COMPONENT_COLORS = {name: series(name) for name in COMPONENTS}
 THIS_APP = series("this_app")
 OTHERS = series("others")
 SPEED = series("speed")

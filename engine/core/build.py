@@ -60,9 +60,13 @@ def gpu_backend() -> str:
 
 
 #: What a llama.cpp CUDA process holds on a GPU besides its buffers (context, kernel images,
-#: cuBLAS workspace): 522.1-523.2 MiB on an H100, driver 580 (benchmarks/gpu_memory.py). Override
-#: with KVDECK_CUDA_RESERVE_MIB where a driver or GPU differs.
-CUDA_RESERVE_MIB = 524
+#: cuBLAS workspace) and besides the plan's "driver" component (engine.plan.cuda_driver: buffers
+#: rounded to 2 MiB, page tables of pinned memory, 2 MiB per context), which the plan counts
+#: itself. On an H100, driver 580, seven loads held 522.1-523.2 MiB outside their logged
+#: buffers (benchmarks/results/gpu-memory-2026-11-25.json, footprint), of which 4.08-5.16 MiB
+#: were that driver term: 518.02-518.04 MiB remain in every one. Override with
+#: KVDECK_CUDA_RESERVE_MIB where a driver or GPU differs.
+CUDA_RESERVE_MIB = 519
 
 
 def cuda_reserve_bytes() -> int:

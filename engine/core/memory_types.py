@@ -11,8 +11,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Component = Literal["weights", "kv", "recurrent", "compute", "output"]
-COMPONENTS: tuple[Component, ...] = ("weights", "kv", "recurrent", "compute", "output")
+Component = Literal["weights", "kv", "recurrent", "compute", "output", "driver"]
+COMPONENTS: tuple[Component, ...] = ("weights", "kv", "recurrent", "compute", "output", "driver")
+#: Components llama.cpp never logs, so a plan read from its log ("measured") has none of them:
+#: "driver" is what the CUDA driver takes beyond the logged buffers (engine.plan.cuda_driver).
+#: Where predicted meets measured, these read "not logged", never 0.
+NOT_LOGGED: frozenset[Component] = frozenset({"driver"})
 SplitMode = Literal["none", "layer", "row", "tensor"]
 FlashAttn = Literal["auto", "on", "off"]
 #: How llama.cpp reads the weights: "mmap" maps the file (llama.cpp's default, LOAD_MODE_AUTO,

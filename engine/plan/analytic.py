@@ -6,7 +6,9 @@ layer) is derived once into a `ModelGeometry` and cached; a plan is then a few l
 Formulas follow notes/llama-cpp-memory.md: context resolution §1 and KV §2-§5, §7 (in
 `engine.plan.kv_sizes`), recurrent state §6, output §8, weights placement §10. KV and recurrent bytes
 equal llama.cpp's `size =` tensor sums; compute buffers have no closed form (§9) and come from
-`engine.plan.compute`.
+`engine.plan.compute`. On CUDA GPUs a last component, "driver", is memory no llama.cpp buffer
+holds but the GPU loses all the same (2 MiB cudaMalloc pages, page tables of pinned host memory,
+the context: `engine.plan.cuda_driver`), computed from the buffers above.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from engine.plan.compute_cuda import has_fa_kernel
 from engine.plan.compute_placement import cuda_compute
 from engine.plan.compute_rpc import SCHED_MAX_COPIES, pipeline_parallel, rpc_compute
 from engine.plan.context import BLOCKS, CacheSize, Resolved, resolve_context, row_bytes
+from engine.plan.cuda_driver import driver_allocations
 from engine.plan.kv_sizes import ModelGeometry, geometry, kv_caches
 from engine.plan.sparse_caches import dsv4_states, ple_conv_state, unmodelled_notes
 from engine.plan.weights import place_weights
@@ -33,6 +36,7 @@ __all__ = [
     "RS_ROLLBACK_ARCHS",
     "Resolved",
     "analytic_plan",
+    "cuda_driver_of",
     "geometry",
     "kv_caches",
     "layer_devices",
@@ -264,6 +268,8 @@ def analytic_plan(info: GGUFInfo, settings: PlanSettings, devices: list[Device])
         allocs.append(Allocation("compute", dev, b, detail))
     if any(g.endpoint for g in gpus) and not rpc_cpu:
         allocs += _split_compute(geo, r, fa_compute, n_swa_cells, settings.kv_unified, ldev, ests)
+    # What the CUDA driver takes beyond these buffers (engine.plan.cuda_driver).
+    allocs += driver_allocations(allocs, settings.load_mode, gpus, ldev[-1])
 
     if settings.split_mode == "tensor" and len(gpus) > 1:
         notes.append(
@@ -308,6 +314,16 @@ def weight_allocations(info: GGUFInfo, settings: PlanSettings, devices: list[Dev
     gpus = _gpus(settings, devices)
     geo = geometry(info)
     return place_weights(info, geo, settings, layer_devices(geo.n_layer, settings, gpus), gpus, devices)[0]
+
+
+def cuda_driver_of(
+    info: GGUFInfo, settings: PlanSettings, devices: list[Device], allocations: Sequence[Allocation]
+) -> list[Allocation]:
+    """The CUDA driver term of another plan's ``allocations`` (one per llama.cpp buffer) of
+    ``info`` under ``settings``, placed as :func:`analytic_plan` places them: the exact plan's."""
+    gpus = _gpus(settings, devices)
+    ldev = layer_devices(geometry(info).n_layer, settings, gpus)
+    return driver_allocations(allocations, settings.load_mode, gpus, ldev[-1])
 
 
 def _split_compute(

@@ -12,6 +12,8 @@ derived from the target's settings and never from the drafter's own defaults. Wh
   every one of its layers is a view of the target's K/V.
 * **compute**: its own scheduler reserve (the worst-case graph of one nextn block plus the head),
   estimated like the target's from the graph's widths (engine.plan.compute).
+* **driver**: on CUDA GPUs, its context's 2 MiB, the 2 MiB rounding of its buffers and the page
+  tables of the pinned memory it adds (engine.plan.cuda_driver.drafting_driver).
 * **output**: its logits at creation (``n_vocab × n_seq_max``), and once drafting starts the
   hidden-state rows: the drafter's own (masked, one per output) and the target's export of every
   batch row (``n_embd × n_batch``, unmasked), llama-context.cpp output_reserve.
@@ -32,6 +34,7 @@ from engine.plan.assistant_rules import ASSISTANT_ARCH
 from engine.plan.compute import phases
 from engine.plan.compute_shape import ComputeShape
 from engine.plan.context import BLOCKS, Resolved, row_bytes
+from engine.plan.cuda_driver import drafting_driver
 from engine.plan.weights import mapped_bytes
 
 __all__ = [
@@ -82,6 +85,7 @@ def drafting_plan(
         allocs += _nextn_weights(info, ldev, s, gpus, devices)
         kv_dev = ldev if s.offload_kqv else ["CPU"] * len(ldev)
         w_v = max((geo.v_width[il] for il in layers), default=0)
+        kv: dict[str, tuple[int, list[int]]] = {}  # one KV buffer per device (llama-kv-cache.cpp)
         for il in layers:
             k = row_bytes(tk, geo.k_width[il]) * r.n_ctx_seq * r.n_stream
             v = (
@@ -89,13 +93,17 @@ def drafting_plan(
                 if geo.mla
                 else row_bytes(tv, w_v if not fa_on else geo.v_width[il]) * r.n_ctx_seq * r.n_stream
             )
+            b, ils = kv.get(kv_dev[il], (0, []))
+            kv[kv_dev[il]] = (b + k + v, ils + [il])
+        for dev, (b, ils) in kv.items():
+            widths = "/".join(str(geo.k_width[il]) for il in ils)
             allocs.append(
                 Allocation(
                     "kv",
-                    kv_dev[il],
-                    k + v,
-                    f"MTP layer {il}: {r.n_ctx_seq} cells × {r.n_stream} streams, K-width "
-                    f"{geo.k_width[il]} {tk}" + ("" if geo.mla else f", V {tv}"),
+                    dev,
+                    b,
+                    f"MTP layer{'s' * (len(ils) > 1)} {', '.join(map(str, ils))}: {r.n_ctx_seq} cells × "
+                    f"{r.n_stream} streams, K-width {widths} {tk}" + ("" if geo.mla else f", V {tv}"),
                 )
             )
         shape = _shape(info, geo.compute, layers, has_swa=False)
@@ -113,6 +121,10 @@ def drafting_plan(
     quant = BLOCKS[tk][0] > 1 or BLOCKS[tv][0] > 1
     allocs += _compute(shape, r, fa_on, n_swa, s.kv_unified, out_dev, bool(gpus), quant)
     allocs += output_allocations(n_vocab, n_embd, r.n_seq, r.n_batch)
+    target_out = layer_devices(info.n_layer, s, gpus)[-1]
+    allocs += drafting_driver(
+        target.allocations, target_out, allocs, out_dev, s.load_mode, gpus, same_model=assistant is None
+    )
     return MemoryPlan(
         source="analytic",
         settings=s,

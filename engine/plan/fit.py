@@ -176,6 +176,7 @@ def _limit_reason(search: _Search, n_ctx: int, ngl: int, n_ctx_train: int) -> tu
         - t0.bytes_for(dev, c)
         + ((d1.bytes_for(dev, c) - d0.bytes_for(dev, c)) if d1 and d0 else 0)
         for c in COMPONENTS
+        if c != "driver"  # it follows the other buffers' 2 MiB rounding: never the cause
     }
     comp = max(growth, key=lambda c: growth[c])
     biggest = max(COMPONENTS, key=lambda c: t0.bytes_for(dev, c))

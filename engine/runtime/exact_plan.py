@@ -4,7 +4,8 @@ A no_alloc dry run builds the real context (so flash-attention "auto" is resolve
 compute buffers are sized by ggml's own allocator) but gives weights and KV dummy buffers. It
 runs in its own short-lived process: hostile metadata can abort llama.cpp, and the loaded model
 of the chat must never pay for that. Weights are printed as 0.00 in a dry run, so they come from
-the analytic placement, which is exact for tensor bytes.
+the analytic placement, which is exact for tensor bytes. What the CUDA driver takes beyond the
+buffers (engine.plan.cuda_driver) is in no log, so it is computed from the dry run's buffers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 from engine import protocol as P
 from engine.core.memory_types import Allocation, Device, MemoryPlan, MiB, PlanSettings
 from engine.gguf.inspect import GGUFInfo
-from engine.plan.analytic import analytic_plan
+from engine.plan.analytic import analytic_plan, cuda_driver_of
 from engine.plan.measured import MemoryLogParser
 from engine.runtime.host import RuntimeHost
 
@@ -68,16 +69,42 @@ def exact_plans(
         loaded = host.load(params, timeout=timeout)
     n = loaded.n_log_target or len(loaded.memory_log)
     lines = loaded.memory_log
-    target = _with_weights(
-        plan_from_log(lines[:n], settings, "exact"), analytic_plan(info, settings, devices)
-    )
+    analytic = analytic_plan(info, settings, devices)
+    target = _with_weights(plan_from_log(lines[:n], settings, "exact"), analytic)
+    target = _with_driver(target, cuda_driver_of(info, settings, devices, _buffers(target, analytic)))
     if n >= len(lines):
         return target, None
     from engine.plan.drafting import drafting_plan
 
     analytic_draft = drafting_plan(info, target, devices, assistant, settings.n_gpu_layers)
-    draft = plan_from_log(lines[n:], analytic_draft.settings, "exact")
-    return target, _with_weights(draft, analytic_draft)
+    draft = _with_weights(plan_from_log(lines[n:], analytic_draft.settings, "exact"), analytic_draft)
+    # the drafting context's driver term is the analytic one (rounded over its analytic compute)
+    return target, _with_driver(draft, [a for a in analytic_draft.allocations if a.component == "driver"])
+
+
+def _buffers(exact: MemoryPlan, analytic: MemoryPlan) -> list[Allocation]:
+    """The exact plan's allocations one per llama.cpp buffer, as the driver term rounds them: the
+    log's KV and recurrent figures are merged per device, so where their totals agree with the
+    analytic plan's (to the log's 0.01 MiB) the analytic plan's per-cache allocations stand in."""
+    out = [a for a in exact.allocations if a.component not in ("kv", "recurrent")]
+    for comp in ("kv", "recurrent"):
+        mine = [a for a in exact.allocations if a.component == comp]
+        theirs = [a for a in analytic.allocations if a.component == comp]
+        agree = all(
+            abs(
+                sum(a.bytes for a in mine if a.device == dev)
+                - sum(a.bytes for a in theirs if a.device == dev)
+            )
+            <= MiB // 100
+            for dev in {a.device for a in mine + theirs}
+        )
+        out += theirs if agree else mine
+    return out
+
+
+def _with_driver(plan: MemoryPlan, driver: list[Allocation]) -> MemoryPlan:
+    others = tuple(a for a in plan.allocations if a.component != "driver")
+    return dataclasses.replace(plan, allocations=others + tuple(driver))
 
 
 def _with_weights(dry: MemoryPlan, analytic: MemoryPlan) -> MemoryPlan:
