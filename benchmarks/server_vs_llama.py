@@ -159,7 +159,16 @@ def loop_share(before: dict | None, after: dict | None) -> dict | None:
         return None
     d = {k: after[k] - before[k] for k in ("steps", "decode_s", "sample_s", "busy_s")}
     n = d["steps"]
-    return {
+    gen = {k: after.get(k, 0) - before.get(k, 0) for k in ("gen_steps", "gen_decode_s")}
+    extra = (
+        {
+            "gen_steps": gen["gen_steps"],
+            "gen_decode_ms_per_step": round(gen["gen_decode_s"] / gen["gen_steps"] * 1e3, 3),
+        }
+        if gen["gen_steps"]
+        else {}
+    )
+    return extra | {
         "steps": n,
         "decode_ms_per_step": round(d["decode_s"] / n * 1e3, 3),
         "sample_ms_per_step": round(d["sample_s"] / n * 1e3, 3),

@@ -343,6 +343,8 @@ def test_memory_view_has_plan_measured_sequences_and_live_memory(served):
     assert (
         loop["steps"] > 0 and 0 < loop["decode_s"] and loop["decode_s"] + loop["sample_s"] <= loop["busy_s"]
     )
+    # the steps of generated tokens only (the second token of the reply), as batched-bench times them
+    assert 0 < loop["gen_steps"] < loop["steps"] and 0 < loop["gen_decode_s"] < loop["decode_s"]
     assert data["live"]["host"] and "gpus" in data["live"]
 
 

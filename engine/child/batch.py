@@ -172,6 +172,9 @@ class BatchLoop:
         t1 = time.perf_counter()
         TIMES.steps += 1
         TIMES.decode_s += t1 - t0
+        if n == len(gen) and not checks:  # generated tokens only, as batched-bench's phase
+            TIMES.gen_steps += 1
+            TIMES.gen_decode_s += t1 - t0
         if self.chains is not None and rc == 0:
             self.chains.decoded()
         if rc == 1 and self.prefixes.evict_idle(
@@ -300,6 +303,8 @@ class BatchLoop:
                     decode_s=TIMES.decode_s,
                     sample_s=TIMES.sample_s,
                     busy_s=TIMES.busy_s,
+                    gen_steps=TIMES.gen_steps,
+                    gen_decode_s=TIMES.gen_decode_s,
                     device=[bool(s and s.device) for s in self.slots],
                 )
             )

@@ -49,6 +49,8 @@ class LoopTimes:
     decode_s: float = 0.0  # llama_decode until the device finished the step
     sample_s: float = 0.0  # sampling every row of the step
     busy_s: float = 0.0  # the loop running at all (requests, streaming, scheduling included)
+    gen_steps: int = 0  # steps with one generated token per row, no prompt rows, no drafts
+    gen_decode_s: float = 0.0  # their llama_decode seconds
 
 
 #: One model per child process, one batch loop at a time: the totals are the child's.

@@ -305,6 +305,10 @@ class Slots(Message):
     decode_s: float = 0.0
     sample_s: float = 0.0
     busy_s: float = 0.0
+    #: Steps with no prompt rows (every row a generated token) and their llama_decode seconds:
+    #: what llama-batched-bench's generation phase times.
+    gen_steps: int = 0
+    gen_decode_s: float = 0.0
     #: Per sequence: True while its request samples on the device (engine.child.batch_backend).
     device: list[bool] = field(default_factory=list)
 

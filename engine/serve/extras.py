@@ -178,7 +178,14 @@ def _memory(api: Api) -> dict[str, Any]:
     # Where the batch loop's time went (engine.child.batch_sample.LoopTimes): the share outside
     # llama_decode is what per-step overhead costs against llama-batched-bench.
     out["batch_loop"] = (
-        {"steps": slots.steps, "decode_s": slots.decode_s, "sample_s": slots.sample_s, "busy_s": slots.busy_s}
+        {
+            "steps": slots.steps,
+            "decode_s": slots.decode_s,
+            "sample_s": slots.sample_s,
+            "busy_s": slots.busy_s,
+            "gen_steps": slots.gen_steps,
+            "gen_decode_s": slots.gen_decode_s,
+        }
         if slots is not None
         else None
     )
