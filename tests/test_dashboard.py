@@ -152,14 +152,15 @@ def test_plans_show_bars_and_the_error(panel):
 
 def test_the_driver_memory_llama_cpp_does_not_log_reads_not_logged(panel):
     """The CUDA driver's share is predicted, never in llama.cpp's log: its measured cell says so
-    rather than 0, and it has no error of its own (the total's error still includes it)."""
+    rather than 0, and it has no error of its own; the total's error compares what both sides
+    count, so an exact plan reads ±0 there too."""
     driver = Allocation("driver", "CUDA0", int(4.67 * MiB), "CUDA driver (not in llama.cpp's log): …")
     predicted, measured = plan("analytic", 1.0), plan("measured", 1.0)
     predicted = dataclasses.replace(predicted, allocations=(*predicted.allocations, driver))
     panel.show_plans(predicted, measured)
     rows = {(device, comp): (pred, meas, error) for device, comp, pred, meas, error in panel.plan_rows}
     assert rows[("CUDA0", "driver")] == ("4.7 MiB", NOT_LOGGED_TEXT, "")
-    assert rows[("CUDA0", "total")][2].startswith("+4.7 MiB")
+    assert rows[("CUDA0", "total")][2].startswith("±0 MiB")
     assert [s.label for s in panel.plan_bars[0].segments][-1] == "driver"
     assert "driver" not in [s.label for s in panel.plan_bars[1].segments]
 

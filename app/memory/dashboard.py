@@ -266,14 +266,19 @@ class DashboardPanel(QWidget):
                 meas = measured.bytes_for(device, comp) if measured else None
                 if comp is not None and not pred and not meas:
                     continue
-                unlogged = comp in NOT_LOGGED and measured is not None and measured.source == "measured"
+                logged_only = measured is not None and measured.source == "measured"
+                unlogged = comp in NOT_LOGGED and logged_only
+                # the total's error compares what both sides count: the log has no driver memory
+                compared = pred
+                if comp is None and pred is not None and predicted is not None and logged_only:
+                    compared = pred - sum(predicted.bytes_for(device, c) for c in NOT_LOGGED)
                 self.plan_rows.append(
                     (
                         device,
                         comp or "total",
                         "" if pred is None else format_bytes(pred),
                         NOT_LOGGED_TEXT if unlogged else "" if meas is None else format_bytes(meas),
-                        "" if pred is None or meas is None or unlogged else error_text(pred, meas),
+                        "" if compared is None or meas is None or unlogged else error_text(compared, meas),
                     )
                 )
         table = self.plan_table

@@ -42,7 +42,12 @@ class EventWriter:
 
     def __call__(self, msg: object) -> None:
         data = P.encode(msg)  # type: ignore[arg-type]
-        if self._held is not None and threading.get_ident() == self._holder:
+        # llama.cpp's log lines are never held: the last ones before an abort must get out
+        if (
+            self._held is not None
+            and threading.get_ident() == self._holder
+            and not isinstance(msg, P.LogEvent)
+        ):
             self._held.append(data)
         else:
             self._write(data)

@@ -8,10 +8,11 @@ their page faults do not run in parallel. Which tokens can be among the k best i
 pass that writes nothing: the k-th largest logit of every :data:`STRIDE`-th token is a
 threshold that at least k tokens reach, so each of the k best reaches it too. Only those
 tokens (a few hundred) go into the candidate array, in vocabulary order as llama.cpp writes
-it, and the chain runs on them: its top-k keeps the same k tokens (short of exact ties at the
-k-th logit, where llama.cpp's own choice depends on its sort), and every sampler after top-k
-only ever sees those k, so the token and the chain's state (the dist sampler's generator,
-the penalties' history) are llama.cpp's.
+it, and the chain runs on them: its top-k keeps the same k tokens, and every sampler after
+top-k only ever sees those k, so the token and the chain's state (the dist sampler's
+generator, the penalties' history) are llama.cpp's. Short of exact ties among the k best:
+llama.cpp's partial sort is not stable, so equal logits may come out in another order from a
+shorter array, and the dist sampler, which picks by position, may then name the other one.
 """
 
 from __future__ import annotations

@@ -134,8 +134,19 @@ def driver_parts(
 
 
 def cuda_buffers(allocations: Sequence[Allocation]) -> list[tuple[str, int]]:
-    """(device, bytes) of each CUDA buffer: one per allocation on a CUDA device."""
-    return [(a.device, a.bytes) for a in allocations if is_cuda(a.device) and a.component != "driver"]
+    """(device, bytes) of each CUDA buffer: one per allocation on a CUDA device, except the
+    recurrent rows (r and s states, and whatever else the plan lists there), which llama.cpp
+    keeps in one buffer per device (src/llama-memory-recurrent.cpp: one context per buffer type)."""
+    out: list[tuple[str, int]] = []
+    recurrent: dict[str, int] = {}
+    for a in allocations:
+        if not is_cuda(a.device) or a.component == "driver":
+            continue
+        if a.component == "recurrent":
+            recurrent[a.device] = recurrent.get(a.device, 0) + a.bytes
+        else:
+            out.append((a.device, a.bytes))
+    return out + list(recurrent.items())
 
 
 def driver_allocations(
