@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.core.memory_types import Device, MiB, PlanSettings  # noqa: E402
 from engine.plan.analytic import analytic_plan  # noqa: E402
+from engine.plan.cuda_driver import HEADROOM  # noqa: E402
 
 PROBE_LEAVE_MIB = (64, 309, 310, 1024)  # free memory the probe's ballast leaves (about)
 STEP = 2 * MiB
@@ -60,7 +61,8 @@ def driver_check(
     gpu = Device("CUDA0", "gpu", 143771 * MiB, 143771 * MiB)
     plan = analytic_plan(info, settings, [host, gpu])
     driver = [a for a in plan.allocations if a.component == "driver" and a.device == "CUDA0"]
-    modelled = round(sum(a.bytes for a in driver) / MiB, 2)
+    # what the GPU loses; the headroom is memory the plan keeps free, not memory taken
+    modelled = round((sum(a.bytes for a in driver) - HEADROOM * len(driver)) / MiB, 2)
     measured = measured_extra_mib(load)
     return {
         "modelled_mib": modelled,

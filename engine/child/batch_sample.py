@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,6 +79,35 @@ def workers() -> int:
     return max(1, min(16, n))
 
 
+class Split:
+    """How many top-k cuts the calling thread takes while the pool samples the step's other
+    rows natively: the share that ends both at once, from moving averages of what a cut took
+    here and what the pool took for its first row and for each row after it (on the H200's
+    host: a cut 0.15 ms, llama.cpp's call 0.28 ms alone, sixteen on the pool 1.5 ms)."""
+
+    def __init__(self) -> None:
+        self.cut_s, self.first_s, self.more_s = 1.5e-4, 3.0e-4, 1.0e-4
+
+    def _pool(self, m: int) -> float:
+        return 0.0 if m == 0 else self.first_s + (m - 1) * self.more_s
+
+    def local(self, n_flexible: int, n_required: int) -> int:
+        """Cuts for the calling thread out of ``n_flexible``; the rest and ``n_required`` pool."""
+        return min(
+            range(n_flexible + 1),
+            key=lambda r: max(r * self.cut_s, self._pool(n_flexible - r + n_required)),
+        )
+
+    def saw_cut(self, n: int, seconds: float) -> None:
+        self.cut_s += 0.1 * (seconds / n - self.cut_s)
+
+    def saw_pool(self, n: int, seconds: float) -> None:
+        if n == 1:
+            self.first_s += 0.1 * (seconds - self.first_s)
+        else:
+            self.more_s += 0.1 * (max(1e-6, (seconds - self.first_s) / (n - 1)) - self.more_s)
+
+
 class RowSampler:
     """Samples the rows of one step; owns its worker threads (``close`` ends them)."""
 
@@ -86,11 +116,13 @@ class RowSampler:
         self.row_t = ctypes.c_float * n_vocab
         self.n_workers = n_workers or workers()
         self.topk = TopKCut(n_vocab)
+        self.split = Split()
         # The calling thread samples the numpy rows meanwhile (``all``).
         self.pool = ThreadPoolExecutor(self.n_workers - 1, "kvdeck-sample") if self.n_workers > 1 else None
 
-    def one(self, s: Sampled, i: int) -> int:
-        """The token for batch row ``i`` of slot ``s`` (its first-token chain for its first token)."""
+    def one(self, s: Sampled, i: int, native: bool = False) -> int:
+        """The token for batch row ``i`` of slot ``s`` (its first-token chain for its first
+        token); ``native``: with llama.cpp's own sampling even where the top-k cut applies."""
         ctx = self.ctx
         if not s.out and s.first is not None:
             tok = LL.llama_sampler_sample(s.first, ctx, i)
@@ -98,7 +130,7 @@ class RowSampler:
                 LL.llama_sampler_accept(s.chain, tok)
             return int(tok)
         if s.chain is not None:
-            if s.cut and self.topk.usable(s.cut):
+            if not native and self.cuttable(s):
                 row = np.ctypeslib.as_array(self.row_t.from_address(LIB.llama_get_logits_ith(ctx, i)))
                 tok = self.topk.sample(s.chain, row, s.cut)
                 if tok is not None:
@@ -107,38 +139,54 @@ class RowSampler:
         row = np.ctypeslib.as_array(self.row_t.from_address(LIB.llama_get_logits_ith(ctx, i)))
         return int(row.argmax())
 
-    def _group(self, rows: Sequence[tuple[int, Sampled]]) -> list[int]:
-        return [self.one(s, i) for i, s in rows]
+    def cuttable(self, s: Sampled) -> bool:
+        first_done = bool(s.out) or s.first is None
+        return s.chain is not None and bool(s.cut) and self.topk.usable(s.cut) and first_done
 
-    def native(self, s: Sampled) -> bool:
-        """Whether the row is sampled inside one llama.cpp call (which releases the GIL, so
-        such rows gain from threads); the top-k cut and the argmax are short numpy steps that
-        hold it, and ran no faster on two threads than on one (0.61 vs 0.62 ms for sixteen
-        128k rows), so those stay on the calling thread."""
-        if not s.out and s.first is not None:
-            return True
-        return s.chain is not None and not (s.cut and self.topk.usable(s.cut))
+    def _pooled(self, rows: Sequence[tuple[int, Sampled]], native: bool) -> tuple[list[int], float]:
+        return [self.one(s, i, native) for i, s in rows], time.perf_counter()
 
     def all(self, rows: Sequence[tuple[int, Sampled]]) -> list[int]:
-        """One token per (batch row, slot), in order."""
-        native = [j for j, (_, s) in enumerate(rows) if self.native(s)]
-        if self.pool is None or len(native) < 2:
-            return self._group(rows)
+        """One token per (batch row, slot), in order.
+
+        Two ways to sample a row: llama.cpp's call (which releases the GIL, so rows gain from
+        threads, but copies the whole row) and, where the chain starts with top-k, the cut
+        (engine.child.topk_cut: a quarter of the work, but short numpy steps that hold the GIL:
+        no faster on two threads than on one, 0.61 vs 0.62 ms for sixteen 128k rows). So the
+        calling thread cuts as many rows as it can while the pool samples the others natively,
+        the share set from what both took on earlier steps (:class:`Split`)."""
+        if self.pool is None or len(rows) < 2:
+            return [self.one(s, i) for i, s in rows]
+        flexible = [j for j, (_, s) in enumerate(rows) if self.cuttable(s)]
+        cuts = set(flexible)
+        required = [j for j, (_, s) in enumerate(rows) if s.chain is not None and j not in cuts]
+        r = self.split.local(len(flexible), len(required))
+        there = required + flexible[r:]
+        if not there:
+            return [self.one(s, i) for i, s in rows]
         LIB.llama_get_logits(self.ctx)  # synchronise and reorder (writes) here, once
-        pooled = set(native)
-        local = [j for j in range(len(rows)) if j not in pooled]
-        # with no numpy rows, the calling thread samples a share itself: it would only wait
-        k = min(self.n_workers - (1 if local else 0), len(native))
-        groups = [native[g::k] for g in range(k)]
-        mine = [] if local else groups.pop(0)
-        jobs = [(js, self.pool.submit(self._group, [rows[j] for j in js])) for js in groups]
+        k = min(self.n_workers - 1, len(there))
+        groups = [there[g::k] for g in range(k)]
+        t0 = time.perf_counter()
+        jobs = [(js, self.pool.submit(self._pooled, [rows[j] for j in js], True)) for js in groups]
         out = [0] * len(rows)
-        for j in local + mine:
+        cut_here = set(flexible[:r])
+        for j, (i, s) in enumerate(rows):  # the argmax rows, then the cuts
+            if s.chain is None:
+                out[j] = self.one(s, i)
+        t_cut = time.perf_counter()
+        for j in flexible[:r]:
             i, s = rows[j]
             out[j] = self.one(s, i)
+        if cut_here:
+            self.split.saw_cut(len(cut_here), time.perf_counter() - t_cut)
+        ends = []
         for js, job in jobs:
-            for j, tok in zip(js, job.result()):
+            toks, end = job.result()
+            ends.append(end)
+            for j, tok in zip(js, toks):
                 out[j] = tok
+        self.split.saw_pool(len(there), max(ends) - t0)
         return out
 
     def close(self) -> None:

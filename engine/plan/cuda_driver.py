@@ -50,6 +50,11 @@ from engine.core.memory_types import Allocation, Device, GiB, LoadMode, MiB
 GRANULARITY = 2 * MiB  # cudaMalloc's rounding on the H200 (driver's, not llama.cpp's)
 PAGE_TABLE_STEP = 2 * MiB  # per GiB of pinned host memory (8 bytes per 4 KiB page)
 CONTEXT_BYTES = 2 * MiB  # per llama_context on each GPU
+#: The last 2 MiB page of a GPU that no cudaMalloc hands out: on the H200 the largest buffer
+#: that could be allocated always left 3.12 MiB of cudaMemGetInfo's free memory (at 63, 307,
+#: 309 and 1023 MiB free; benchmarks/fit_driver.py's probe, fit-2026-12-05.json), i.e. one
+#: whole page plus the 1.12 MiB below a page. Taken by nothing, but no plan can count on it.
+HEADROOM = 2 * MiB
 
 
 def is_cuda(device: str) -> bool:
@@ -96,10 +101,11 @@ class DriverParts:
     page_tables: int
     pinned: int
     contexts: int
+    headroom: int = 0
 
     @property
     def total(self) -> int:
-        return self.granularity + self.page_tables + self.contexts * CONTEXT_BYTES
+        return self.granularity + self.page_tables + self.contexts * CONTEXT_BYTES + self.headroom
 
     def minus(self, other: DriverParts) -> DriverParts:
         return DriverParts(
@@ -108,6 +114,7 @@ class DriverParts:
             self.page_tables - other.page_tables,
             self.pinned - other.pinned,
             self.contexts - other.contexts,
+            self.headroom - other.headroom,
         )
 
     def words(self) -> str:
@@ -116,7 +123,8 @@ class DriverParts:
             f"CUDA driver (not in llama.cpp's log): 2 MiB allocation granularity of "
             f"{self.buffers} buffers (+{self.granularity / MiB:.2f} MiB), page tables for "
             f"{self.pinned / MiB:.2f} MiB of pinned host memory (+{self.page_tables / MiB:.0f} MiB), "
-            f"{ctx} (+{self.contexts * CONTEXT_BYTES / MiB:.0f} MiB)"
+            f"{ctx} (+{self.contexts * CONTEXT_BYTES / MiB:.0f} MiB), and the last page no "
+            f"cudaMalloc takes (+{self.headroom / MiB:.0f} MiB)"
         )
 
 
@@ -128,7 +136,7 @@ def driver_parts(
     for dev in dict.fromkeys(d for d, b in buffers if is_cuda(d) and b > 0):
         mine = [b for d, b in buffers if d == dev and b > 0]
         out[dev] = DriverParts(
-            sum(round_up(b) - b for b in mine), len(mine), page_tables(pinned), pinned, contexts
+            sum(round_up(b) - b for b in mine), len(mine), page_tables(pinned), pinned, contexts, HEADROOM
         )
     return out
 
