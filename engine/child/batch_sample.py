@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import llama_cpp.llama_cpp as LL
-import numpy as np
 
+from engine.child.grammar import logits_row
 from engine.child.topk_cut import TopKCut
 
 # Our own handle so the logits pointer comes back as a plain int (llama_cpp's function objects
@@ -113,7 +113,7 @@ class RowSampler:
 
     def __init__(self, ctx: object, n_vocab: int, n_workers: int | None = None) -> None:
         self.ctx = ctx
-        self.row_t = ctypes.c_float * n_vocab
+        self.n_vocab = n_vocab
         self.n_workers = n_workers or workers()
         self.topk = TopKCut(n_vocab)
         self.split = Split()
@@ -131,13 +131,11 @@ class RowSampler:
             return int(tok)
         if s.chain is not None:
             if not native and self.cuttable(s):
-                row = np.ctypeslib.as_array(self.row_t.from_address(LIB.llama_get_logits_ith(ctx, i)))
-                tok = self.topk.sample(s.chain, row, s.cut)
+                tok = self.topk.sample(s.chain, logits_row(LIB, ctx, i, self.n_vocab), s.cut)
                 if tok is not None:
                     return tok
             return int(LL.llama_sampler_sample(s.chain, ctx, i))
-        row = np.ctypeslib.as_array(self.row_t.from_address(LIB.llama_get_logits_ith(ctx, i)))
-        return int(row.argmax())
+        return int(logits_row(LIB, ctx, i, self.n_vocab).argmax())
 
     def cuttable(self, s: Sampled) -> bool:
         first_done = bool(s.out) or s.first is None
@@ -170,7 +168,6 @@ class RowSampler:
         t0 = time.perf_counter()
         jobs = [(js, self.pool.submit(self._pooled, [rows[j] for j in js], True)) for js in groups]
         out = [0] * len(rows)
-        cut_here = set(flexible[:r])
         for j, (i, s) in enumerate(rows):  # the argmax rows, then the cuts
             if s.chain is None:
                 out[j] = self.one(s, i)
@@ -178,8 +175,8 @@ class RowSampler:
         for j in flexible[:r]:
             i, s = rows[j]
             out[j] = self.one(s, i)
-        if cut_here:
-            self.split.saw_cut(len(cut_here), time.perf_counter() - t_cut)
+        if r:
+            self.split.saw_cut(r, time.perf_counter() - t_cut)
         ends = []
         for js, job in jobs:
             toks, end = job.result()
