@@ -12,9 +12,9 @@ import json
 import pytest
 from PySide6.QtCore import Qt
 
-from app.chat.chat_settings import model_recommendation
 from app.chat.settings_panel import MODEL, ChatSettings
 from engine.core.sampling import DEFAULT_PRESET, PRESETS
+from engine.gguf.inspect import recommended_sampling_of
 from tests.helpers.cli import kvdeck
 from tests.helpers.gguf_factory import write_llama
 
@@ -30,7 +30,7 @@ def test_a_model_that_recommends_sampling_adds_a_preset_with_its_values(qtbot, f
     rec, plain = files
     panel = ChatSettings()
     qtbot.addWidget(panel)
-    recommended = model_recommendation(str(rec))
+    recommended = recommended_sampling_of(str(rec))
     assert recommended == {"temperature": pytest.approx(0.3)}
 
     panel.set_values({}, recommended)  # the user never chose a preset: the model's is shown
@@ -48,7 +48,7 @@ def test_a_model_that_recommends_sampling_adds_a_preset_with_its_values(qtbot, f
     panel.set_values({"preset": "Precise"}, recommended)  # a chosen preset stays chosen
     assert box.currentText() == "Precise" and box.findText(MODEL) >= 0
 
-    panel.set_values({"preset": MODEL}, model_recommendation(str(plain)))
+    panel.set_values({"preset": MODEL}, recommended_sampling_of(str(plain)))
     assert box.findText(MODEL) == -1 and box.currentText() == DEFAULT_PRESET
     assert [box.itemText(i) for i in range(box.count())] == [*PRESETS, "Custom"]
 

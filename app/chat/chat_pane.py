@@ -22,7 +22,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWi
 
 from app.bridges.draft_picker import DraftPicker
 from app.bridges.runtime_bridge import RuntimeBridge
-from app.chat.chat_settings import effective_settings, model_recommendation, save_settings
+from app.chat.chat_settings import effective_settings, save_settings
 from app.chat.chat_view import ChatView, ShownMessage
 from app.chat.context_fit import ContextFit
 from app.chat.context_notice import ContextNotice
@@ -35,6 +35,7 @@ from engine import protocol as P
 from engine.chat.conversation import conversation_prompt
 from engine.chat.overflow import Fitted, OverflowPolicy
 from engine.core.errors import ContextFull, KvDeckError
+from engine.gguf.inspect import recommended_sampling_of
 from engine.storage.fallback import StoreDegraded
 from engine.storage.identity import title_from_text
 from engine.storage.store import ChatStore
@@ -169,7 +170,7 @@ class ChatPane(ReplyStream, QWidget):
             values = effective_settings(self.store, self.conversation_id, info.path if info else None)
         except KvDeckError:
             values = {}
-        self.settings.set_values(values, model_recommendation(info.path if info else None))
+        self.settings.set_values(values, recommended_sampling_of(info.path if info else None))
         system = conv.system_prompt if conv else self.store.get_setting("system_prompt", "")
         self.system_edit.blockSignals(True)
         self.system_edit.setPlainText(system)

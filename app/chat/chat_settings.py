@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.gguf.inspect import recommended_sampling_of
 from engine.storage.identity import model_key
 from engine.storage.store import ChatStore
 
@@ -46,8 +45,3 @@ def save_settings(
         store.set_model_settings(model_key(model_path), {"chat": values})
     for key, value in values.items():
         store.set_setting(key, value)
-
-
-def model_recommendation(path: str | None) -> dict[str, float]:
-    """The sampling the model's file recommends, for the panel's preset (empty: none, no file)."""
-    return recommended_sampling_of(path)
