@@ -84,22 +84,18 @@ def exact_plans(
 
 def _buffers(exact: MemoryPlan, analytic: MemoryPlan) -> list[Allocation]:
     """The exact plan's allocations one per llama.cpp buffer, as the driver term rounds them: the
-    log's KV and recurrent figures are merged per device, so where their totals agree with the
-    analytic plan's (to the log's 0.01 MiB) the analytic plan's per-cache allocations stand in."""
-    out = [a for a in exact.allocations if a.component not in ("kv", "recurrent")]
-    for comp in ("kv", "recurrent"):
-        mine = [a for a in exact.allocations if a.component == comp]
-        theirs = [a for a in analytic.allocations if a.component == comp]
-        agree = all(
-            abs(
-                sum(a.bytes for a in mine if a.device == dev)
-                - sum(a.bytes for a in theirs if a.device == dev)
-            )
-            <= (1 + len(mine)) * MiB // 100  # the log rounds each line to 0.01 MiB
-            for dev in {a.device for a in mine + theirs}
-        )
-        out += theirs if agree else mine
-    return out
+    log's KV figures are merged per device, so where their totals agree with the analytic plan's
+    (to the log's 0.01 MiB a line) the analytic plan's per-cache allocations stand in. Recurrent
+    rows need no such stand-in: the driver term rounds them as one buffer per device anyway
+    (engine.plan.cuda_driver.cuda_buffers)."""
+    mine = [a for a in exact.allocations if a.component == "kv"]
+    theirs = [a for a in analytic.allocations if a.component == "kv"]
+    agree = all(
+        abs(sum(a.bytes for a in mine if a.device == dev) - sum(a.bytes for a in theirs if a.device == dev))
+        <= (1 + len(mine)) * MiB // 100  # the log rounds each line to 0.01 MiB
+        for dev in {a.device for a in mine + theirs}
+    )
+    return [a for a in exact.allocations if a.component != "kv"] + (theirs if agree else mine)
 
 
 def _with_driver(plan: MemoryPlan, driver: list[Allocation]) -> MemoryPlan:
