@@ -37,7 +37,7 @@ from engine.runtime.telemetry import GpuSnapshot, HostSnapshot, TelemetrySnapsho
 
 SPEED_POINTS = 120
 #: The measured cell of a component llama.cpp does not log (the CUDA driver's share): no
-#: measurement, so no error either (the total's error includes it: it is real memory).
+#: measurement, so no error either; the total's error leaves it out of the prediction too.
 NOT_LOGGED_TEXT = "not logged"
 SPEC_OFF = "Off: choose a draft model or n-gram lookup beside the model."
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter

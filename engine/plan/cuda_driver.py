@@ -6,7 +6,7 @@ build of 0c1e570, load mode NONE, cudaMemGetInfo after every log line:
 benchmarks/results/fit-loads-trace-2026-12-05.json) the difference was 4.66-27.52 MiB per load,
 enough that settings fitted to the last MiB failed to create their context (qwen3-32b needed
 306.75 MiB of compute with 309 MiB free). It is three things, each reproduced to 0.01 MiB in
-all six traced loads:
+all six traced loads, and a fourth that no load takes but none can use:
 
 1. **Allocation granularity.** Every CUDA buffer is one ``cudaMalloc``
    (ggml/src/ggml-cuda/ggml-cuda.cu, ``ggml_cuda_device_malloc``), which the driver rounds up to
@@ -29,14 +29,14 @@ all six traced loads:
    host buffer type). CPU_REPACK weights and host KV caches are plain CPU buffers. Pinned memory
    is mapped into every GPU, so each GPU pays for all of it.
 3. **2 MiB per context on each GPU**, taken at the first graph reserve (every trace).
+4. **The last 2 MiB page of each GPU** (:data:`HEADROOM`), which no cudaMalloc hands out
+   (benchmarks/fit_driver.py's probe).
 
 Measured on CUDA only: the term is added on devices whose name starts with "CUDA" (not the
 host, RPC workers, Metal or Vulkan), on one GPU; several GPUs, split mode "tensor" (a meta
 device's buffers) and a second context (drafting) follow the same rules but were not traced.
 Not modelled: ``GGML_CUDA_NO_PINNED`` (nothing pinned) and what the first decode takes later
-(cuBLAS workspace, ggml-cuda's memory pool). Nor is the headroom one cudaMalloc seems to need
-beyond its pages (a 308 MiB compute buffer failed with 309.12 MiB free on the H200;
-benchmarks/fit_driver.py probes it). llama.cpp does not log this memory, so a measured plan has
+(cuBLAS workspace, ggml-cuda's memory pool). llama.cpp does not log this memory, so a measured plan has
 no "driver" component (``NOT_LOGGED``).
 """
 
