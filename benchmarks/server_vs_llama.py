@@ -13,7 +13,10 @@ compares kvdeck with ``llama-batched-bench`` alone, the one llama.cpp target wor
 3. ``kvdeck serve --parallel N`` and ``llama-server -np N`` (same context per sequence), each
    driven by the same streaming /v1/completions clients (benchmarks/sse_clients.py, as in server_load.py):
    aggregate t/s = completion tokens / wall time of the round; decode t/s = tokens after each
-   request's first one / (last reply's end - first token of the round); time to first token.
+   request's first one / (last reply's end - first token of the round), which counts the prefill
+   of requests that start after the first token; steady decode t/s = the same while every slot
+   the round can fill is decoding (``steady_decode``: batched-bench's S_TG, client side); time
+   to first token.
 4. Prompt-prefix reuse: a request with a long shared prefix, then another with the same prefix
    and a different tail; time to first token of both, and kvdeck's ``cached_tokens``.
 5. For kvdeck, where its batch loop's time went in each round (``/v1/kvdeck/memory``'s
@@ -86,12 +89,37 @@ def stream_request(
         "first": r["first"] or r["end"],
         "end": r["end"],
         "tokens": int(tokens),
+        "times": r["times"],
         "prompt_tokens": usage.get("prompt_tokens", timings.get("prompt_n")),
         "cached": cached,
     }
 
 
-def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int) -> dict:
+def steady_decode(ok: list[dict], streams: int) -> tuple[float, float]:
+    """Generated t/s while ``streams`` replies decode at once (each past its first token, before
+    its end), and how many seconds that was: llama-batched-bench's ``S_TG`` measured from the
+    client side. Prefill steps of requests that start later, and the ramps at a round's start and
+    end, fall outside. A chunk counts as the stream's tokens / chunks: a server whose reader lags
+    behind sends several tokens in one chunk (kvdeck on a 2-core machine: about 3), the first
+    one too, so counting its chunks after the first as tokens after the first would overstate."""
+    edges = sorted([(r["first"], 1) for r in ok] + [(r["end"], -1) for r in ok])
+    windows, active, start = [], 0, 0.0
+    for t, step in edges:
+        was, active = active, active + step
+        if was < streams <= active:
+            start = t
+        elif active < streams <= was:
+            windows.append((start, t))
+    span = sum(e - s for s, e in windows)
+    tokens = 0.0
+    for r in ok:
+        if r["times"]:
+            inside = sum(any(s < t <= e for s, e in windows) for t in r["times"][1:])
+            tokens += inside * r["tokens"] / len(r["times"])
+    return (round(tokens / span, 1) if span > 0 else 0.0), round(span, 3)
+
+
+def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int, streams: int) -> dict:
     def request(http: httpx.Client, c: int, k: int) -> dict:
         return stream_request(url, prompt_text(c * per_client + k, pp_words), tg, c * 1000 + k, http)
 
@@ -100,16 +128,20 @@ def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int) -
     tokens = sum(r["tokens"] for r in ok)
     span = max(r["end"] for r in ok) - min(r["first"] for r in ok) if ok else 0.0
     ttft = [r["first"] - r["t0"] for r in ok]
+    steady, steady_s = steady_decode(ok, streams)
     return {
         "clients": clients,
         "requests": len(results),
         "failed": len(results) - len(ok),
         "errors": [r for r in results if not r["ok"]][:2],
         "tokens": tokens,
+        "chunks": sum(len(r["times"]) for r in ok),  # fewer than tokens: the server coalesced some
         "prompt_tokens": ok[0]["prompt_tokens"] if ok else None,
         "wall_s": round(wall, 3),
         "aggregate_tps": round(tokens / wall, 1) if wall else 0.0,
         "decode_tps": round(sum(r["tokens"] - 1 for r in ok) / span, 1) if span > 0 else 0.0,
+        "steady_decode_tps": steady,
+        "steady_window_s": steady_s,
         "ttft_median_s": round(statistics.median(ttft), 4) if ttft else None,
         "ttft_max_s": round(max(ttft), 4) if ttft else None,
     }
@@ -185,7 +217,7 @@ def serve_rounds(url: str, args: argparse.Namespace) -> dict:
     for c in args.client_list:
         per = max(1, args.min_requests // c)
         before = loop_stats(url)
-        rounds.append(run_round(url, c, per, args.pp_words, args.tg))
+        rounds.append(run_round(url, c, per, args.pp_words, args.tg, min(c, args.parallel)))
         share = loop_share(before, loop_stats(url))
         if share:
             rounds[-1]["batch_loop"] = share
@@ -362,6 +394,13 @@ def main() -> int:
                 "batched_bench_tg_tps_same_b": b_same and b_same["s_tg_tps"],
                 "batched_bench_tg_tps_b_slots": b_slots and b_slots["s_tg_tps"],
                 "kvdeck_decode_vs_batched_bench_b_slots": round(k["decode_tps"] / b_slots["s_tg_tps"], 3)
+                if b_slots
+                else None,
+                "kvdeck_steady_decode_tps": k["steady_decode_tps"],
+                "llama_server_steady_decode_tps": ls.get("steady_decode_tps"),
+                "kvdeck_steady_vs_batched_bench_b_slots": round(
+                    k["steady_decode_tps"] / b_slots["s_tg_tps"], 3
+                )
                 if b_slots
                 else None,
                 "ttft_median_s": {"kvdeck": k["ttft_median_s"], "llama_server": ls["ttft_median_s"]},

@@ -24,12 +24,13 @@ def stream(http: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]
     """POST ``body`` as a streamed request (usage included) and read its events to the end.
 
     Returns ``ok``, the ``perf_counter`` times ``t0`` (sent), ``first`` (first text chunk, None
-    when none came) and ``end``, the number of text ``chunks``, and the last ``usage`` and
+    when none came) and ``end``, the number of text ``chunks`` and when each came (``times``),
+    and the last ``usage`` and
     ``timings`` objects seen (llama-server sends ``timings``, kvdeck and OpenAI ``usage``).
     """
     t0 = time.perf_counter()
     first = None
-    chunks = 0
+    times: list[float] = []
     usage: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
@@ -44,16 +45,17 @@ def stream(http: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]
             timings = data.get("timings") or timings
             choice = data["choices"][0] if data.get("choices") else {}
             if choice.get("text") or (choice.get("delta") or {}).get("content"):
-                chunks += 1
+                times.append(time.perf_counter())
                 if first is None:
-                    first = time.perf_counter()
+                    first = times[0]
     end = time.perf_counter()
     return {
         "ok": True,
         "t0": t0,
         "first": first,
         "end": end,
-        "chunks": chunks,
+        "chunks": len(times),
+        "times": times,
         "usage": usage,
         "timings": timings,
     }

@@ -1,5 +1,6 @@
-"""Sampling from the tokens that can be among the k best (engine.child.topk_cut) picks what
-llama.cpp's chain picks from the whole row, and leaves the chain in the same state."""
+"""Sampling from the tokens that can be among the k best, in native threads
+(engine.child.topk_cut over engine/child/rowsample.c), picks what llama.cpp's chain picks from
+the whole row, and leaves the chain in the same state."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import llama_cpp.llama_cpp as LL
 import numpy as np
 import pytest
 
-from engine.child.topk_cut import TOKEN_DATA, TopKCut, leading_top_k
+from engine.child.topk_cut import NativeRows, chain_address, leading_top_k
 
 N_VOCAB = 131072
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
 def chain(k: int, seed: int) -> object:
@@ -40,18 +42,38 @@ def whole_row(c: object, row: np.ndarray) -> int:
     return tok
 
 
+def native(rows: list[np.ndarray], chains: list[object], k: int, threads: int = 4) -> list[int]:
+    """One native call over ``rows`` (one chain each; None: greedy)."""
+    return NativeRows(len(rows[0]), threads).sample(
+        [r.ctypes.data for r in rows], [chain_address(c) for c in chains], [k] * len(rows)
+    )
+
+
 @pytest.mark.parametrize("k", [1, 40, 200])
 def test_the_cut_samples_the_same_tokens_as_the_whole_row(k: int) -> None:
     rng = np.random.default_rng(k)
     rows = [(rng.standard_normal(N_VOCAB) * s).astype(np.float32) for s in (0.5, 2.5, 8.0) for _ in range(20)]
     ours, theirs = chain(k, 11), chain(k, 11)
-    cut = TopKCut(N_VOCAB)
     try:
-        assert cut.usable(k)
-        assert [cut.sample(ours, r, k) for r in rows] == [whole_row(theirs, r) for r in rows]
+        assert NativeRows(N_VOCAB, 2).usable(k)
+        assert [native([r], [ours], k)[0] for r in rows] == [whole_row(theirs, r) for r in rows]
     finally:
         LL.llama_sampler_free(ours)
         LL.llama_sampler_free(theirs)
+
+
+def test_rows_sampled_together_on_threads_match_rows_sampled_alone() -> None:
+    """Sixteen requests, each its own chain and seed, in one call: each gets llama.cpp's token."""
+    rng = np.random.default_rng(5)
+    ours = [chain(40, seed) for seed in range(16)]
+    theirs = [chain(40, seed) for seed in range(16)]
+    try:
+        for _ in range(8):
+            rows = [(rng.standard_normal(N_VOCAB) * 3).astype(np.float32) for _ in range(16)]
+            assert native(rows, ours, 40, threads=8) == [whole_row(c, r) for c, r in zip(theirs, rows)]
+    finally:
+        for c in ours + theirs:
+            LL.llama_sampler_free(c)
 
 
 def test_a_peaked_row_and_a_flat_tail_are_cut_exactly() -> None:
@@ -60,7 +82,7 @@ def test_a_peaked_row_and_a_flat_tail_are_cut_exactly() -> None:
     row[[5, 70000, 131071]] = [3.0, 2.5, 2.9]
     ours, theirs = chain(40, 3), chain(40, 3)
     try:
-        assert [TopKCut(N_VOCAB).sample(ours, row, 40) for _ in range(30)] == [
+        assert [native([row], [ours], 40)[0] for _ in range(30)] == [
             whole_row(theirs, row) for _ in range(30)
         ]
     finally:
@@ -68,11 +90,40 @@ def test_a_peaked_row_and_a_flat_tail_are_cut_exactly() -> None:
         LL.llama_sampler_free(theirs)
 
 
+def test_the_k_best_side_by_side_in_one_stretch_of_the_row_are_all_kept() -> None:
+    """The native pass reads the row in chunks: k best tokens that share a chunk, or straddle
+    two, are still all candidates."""
+    rng = np.random.default_rng(9)
+    for start in (0, 30, 131072 - 100):
+        row = rng.standard_normal(N_VOCAB).astype(np.float32)
+        row[start : start + 100] += 10.0
+        ours, theirs = chain(40, start), chain(40, start)
+        try:
+            assert [native([row], [ours], 40)[0] for _ in range(10)] == [
+                whole_row(theirs, row) for _ in range(10)
+            ]
+        finally:
+            LL.llama_sampler_free(ours)
+            LL.llama_sampler_free(theirs)
+
+
+def test_a_row_without_a_chain_takes_its_first_greatest_logit() -> None:
+    """llama.cpp's greedy sampler: the first of equal maxima, at any position (a vocabulary
+    that is no multiple of the native pass's chunk too)."""
+    rows = []
+    for n, top in ((N_VOCAB, [7, 9000]), (49153, [49152]), (50, [3, 4])):
+        row = np.zeros(n, dtype=np.float32)
+        row[top] = 1.0
+        rows.append(native([row], [None], 1)[0])
+    assert rows == [7, 49152, 3]
+
+
 def test_a_row_with_nan_is_left_to_llama_cpp() -> None:
-    row = np.full(N_VOCAB, np.nan, dtype=np.float32)
+    row = np.zeros(N_VOCAB, dtype=np.float32)
+    row[123] = np.nan
     c = chain(40, 1)
     try:
-        assert TopKCut(N_VOCAB).sample(c, row, 40) is None
+        assert native([row, np.zeros(N_VOCAB, dtype=np.float32)], [c, None], 40) == [-1, 0]
     finally:
         LL.llama_sampler_free(c)
 
@@ -82,16 +133,4 @@ def test_only_a_chain_that_starts_with_top_k_is_cut() -> None:
     assert leading_top_k((("logit_bias", (2,)), ("top_k", 40), ("dist", 1))) == 0
     assert leading_top_k((("greedy",),)) == 0
     assert leading_top_k(None) == 0
-    assert not TopKCut(1000).usable(40)  # a small vocabulary: llama.cpp's own path
-
-
-def test_the_calling_thread_cuts_as_many_rows_as_end_with_the_pool() -> None:
-    from engine.child.batch_sample import Split
-
-    split = Split()  # a cut 0.15 ms here; the pool 0.3 ms for its first row, 0.1 for each more
-    assert split.local(1, 0) == 1  # one row: a cut beats waking the pool for a whole copy
-    assert 0 < split.local(16, 0) < 16  # sixteen: both work, ending about together
-    assert split.local(16, 16) > split.local(16, 0)  # the pool is busy with rows only it can sample
-    for _ in range(200):  # a machine where the pool is slow learns to cut more here
-        split.saw_pool(16, 16 * 0.5e-3)
-    assert split.local(16, 0) > Split().local(16, 0)
+    assert not NativeRows(1000, 1).usable(400)  # k near the vocabulary: llama.cpp's own sort

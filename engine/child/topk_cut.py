@@ -1,36 +1,57 @@
-"""Sampling a row whose chain starts with top-k from only the tokens that can be among the k best.
+"""Sampling rows whose chain starts with top-k (or that are greedy) from only the tokens that can
+be among the k best, in native threads (engine/child/rowsample.c, built as ``_rowsample``).
 
 Why: ``llama_sampler_sample`` copies the whole logits row into a fresh candidate array (12
 bytes a token: 1.5 MB at a 128k vocabulary, src/llama-sampler.cpp) before top-k throws all
-but k of them away. On the H200's host that was 0.28 ms a row, and sixteen rows sampled on
-sixteen threads at once still took 1.8 ms a step (2026-12-05): the per-row allocations and
-their page faults do not run in parallel. Which tokens can be among the k best is known from a
-pass that writes nothing: the k-th largest logit of every :data:`STRIDE`-th token is a
-threshold that at least k tokens reach, so each of the k best reaches it too. Only those
-tokens (a few hundred) go into the candidate array, in vocabulary order as llama.cpp writes
-it, and the chain runs on them: its top-k keeps the same k tokens, and every sampler after
-top-k only ever sees those k, so the token and the chain's state (the dist sampler's
-generator, the penalties' history) are llama.cpp's. Short of exact ties among the k best:
-llama.cpp's partial sort is not stable, so equal logits may come out in another order from a
-shorter array, and the dist sampler, which picks by position, may then name the other one.
+but k of them away, and those per-call allocations do not run in parallel (16 rows on 16
+threads: 1.8 ms a step on the H200's host, 2026-12-05). The native pass keeps the k best in a
+heap and hands only the tokens that reach the k-th largest logit (ties included), in
+vocabulary order as llama.cpp writes them, to the request's own chain: its top-k keeps the same
+k tokens, and every sampler after top-k only ever sees those k, so the token and the chain's
+state (the dist sampler's generator, the penalties' history) are llama.cpp's. Short of exact
+ties among the k best: llama.cpp's partial sort is not stable, so equal logits may come out in
+another order from a shorter array, and the dist sampler, which picks by position, may then
+name the other one. A row without a chain takes its first greatest logit, as llama.cpp's
+greedy sampler does.
 """
 
 from __future__ import annotations
 
 import ctypes
-import threading
+from collections.abc import Sequence
 
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-#: Every STRIDE-th logit decides the threshold: 1/8 of the row to partition, and a few hundred
-#: candidates at k = 40 (8 k on average).
-STRIDE = 8
-#: Below this vocabulary the whole row is cheap to copy: llama.cpp's own path.
-MIN_VOCAB = 4096
+from engine.child import _rowsample
 
-TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-assert TOKEN_DATA.itemsize == ctypes.sizeof(LL.llama_token_data)
+#: Beyond this k, or a quarter of the vocabulary, the chunk threshold keeps most of the row:
+#: llama.cpp's own path.
+MAX_K = 4096
+
+
+def _address(fn: object) -> int:
+    return int(ctypes.cast(fn, ctypes.c_void_p).value or 0)  # type: ignore[arg-type]
+
+
+_APPLY = _address(LL._lib.llama_sampler_apply)
+_ACCEPT = _address(LL._lib.llama_sampler_accept)
+
+
+def _layout_matches() -> bool:
+    """The C side's candidate structs have llama_cpp's (and so llama.h's) layout."""
+    arr = LL.llama_token_data_array
+    fields = {f[0]: getattr(arr, f[0]).offset for f in arr._fields_}
+    return tuple(_rowsample.layout()) == (
+        ctypes.sizeof(LL.llama_token_data),
+        ctypes.sizeof(arr),
+        fields["selected"],
+        fields["sorted"],
+    )
+
+
+if not _layout_matches():  # a llama_cpp whose structs moved: this module must follow it
+    raise ImportError("engine.child._rowsample does not match llama_cpp's llama_token_data_array")
 
 
 def leading_top_k(spec: tuple[tuple[object, ...], ...] | None) -> int:
@@ -40,34 +61,45 @@ def leading_top_k(spec: tuple[tuple[object, ...], ...] | None) -> int:
     return 0
 
 
-class TopKCut:
-    """Samples rows with a chain that starts with top-k; one candidate buffer per thread."""
+def chain_address(chain: object | None) -> int:
+    """The ``llama_sampler *`` of a chain made by llama_cpp (0 for None: greedy)."""
+    return 0 if chain is None else _address(chain)
 
-    def __init__(self, n_vocab: int) -> None:
+
+class NativeRows:
+    """Samples many rows in one native call; reuses its argument arrays between steps."""
+
+    def __init__(self, n_vocab: int, n_threads: int) -> None:
         self.n_vocab = n_vocab
-        self.local = threading.local()
+        self.n_threads = max(1, n_threads)
+        self._grow(16)
+
+    def _grow(self, n: int) -> None:
+        self.rows = np.zeros(n, dtype=np.uint64)
+        self.chains = np.zeros(n, dtype=np.uint64)
+        self.ks = np.zeros(n, dtype=np.int32)
+        self.out = np.zeros(n, dtype=np.int32)
 
     def usable(self, k: int) -> bool:
-        return self.n_vocab >= MIN_VOCAB and 0 < k * STRIDE <= self.n_vocab // 2
+        return 0 < k <= min(MAX_K, self.n_vocab // 4)
 
-    def sample(self, chain: object, row: np.ndarray, k: int) -> int | None:
-        """The chain's token for ``row`` (and the chain has accepted it); None when the row
-        has no k comparable logits (NaN), for llama.cpp's own path to decide."""
-        sub = row[::STRIDE]
-        cut = len(sub) - k
-        t = np.partition(sub, cut)[cut]
-        idx = np.flatnonzero(row >= t)
-        n = len(idx)
-        if n < k:  # t is NaN
-            return None
-        buf = getattr(self.local, "buf", None)
-        if buf is None:
-            buf = self.local.buf = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
-        buf["id"][:n] = idx
-        buf["logit"][:n] = row[idx]
-        buf["p"][:n] = 0.0
-        arr = LL.llama_token_data_array(buf.ctypes.data_as(ctypes.POINTER(LL.llama_token_data)), n, -1, False)
-        LL.llama_sampler_apply(chain, ctypes.byref(arr))
-        tok = int(arr.data[arr.selected].id)  # top-k may hand back another array
-        LL.llama_sampler_accept(chain, tok)
-        return tok
+    def sample(self, rows: Sequence[int], chains: Sequence[int], ks: Sequence[int]) -> list[int]:
+        """One token per row: ``rows`` are the rows' logits addresses, ``chains`` their chain
+        addresses (0: greedy), ``ks`` their chains' leading k. A chain has accepted its token;
+        -1 leaves a row to llama.cpp's own path (a NaN in it)."""
+        n = len(rows)
+        if n > len(self.out):
+            self._grow(n)
+        self.rows[:n], self.chains[:n], self.ks[:n] = rows, chains, ks
+        _rowsample.sample(
+            self.rows.ctypes.data,
+            self.n_vocab,
+            n,
+            self.chains.ctypes.data,
+            self.ks.ctypes.data,
+            self.out.ctypes.data,
+            _APPLY,
+            _ACCEPT,
+            self.n_threads,
+        )
+        return self.out[:n].tolist()

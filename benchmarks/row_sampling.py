@@ -1,0 +1,117 @@
+"""What sampling the rows of one batch step costs on this host's CPU, no GPU needed.
+
+    python benchmarks/row_sampling.py [--vocab 128256] [--k 40] [--out FILE]
+
+For 1, 4, 16 and 64 rows of random logits (a 128k vocabulary by default), each with its own
+llama-server default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, dist):
+- ``llama``: llama.cpp's own way, one row after another: every token a candidate, then the
+  chain (what ``llama_sampler_sample`` does, less its reading of the context);
+- ``native``: engine.child.topk_cut's one call over all rows, on 1 thread and on as many
+  threads as the batch loop uses (engine.child.batch_sample.workers);
+- ``greedy``: the same call for rows without a chain (llama.cpp's greedy sampler).
+Milliseconds per step (all rows), the median of ``--reps`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import llama_cpp.llama_cpp as LL  # noqa: E402  (before numpy: the CUDA build's libraries first)
+import numpy as np  # noqa: E402
+
+from engine.child.batch_sample import workers  # noqa: E402
+from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
+
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+def server_chain(seed: int) -> object:
+    c = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
+    for smpl in (
+        LL.llama_sampler_init_top_k(40),
+        LL.llama_sampler_init_top_p(0.95, 1),
+        LL.llama_sampler_init_min_p(0.05, 1),
+        LL.llama_sampler_init_temp(0.8),
+        LL.llama_sampler_init_dist(seed),
+    ):
+        LL.llama_sampler_chain_add(c, smpl)
+    return c
+
+
+def llama_way(c: object, row: np.ndarray) -> int:
+    buf = np.zeros(len(row), dtype=TOKEN_DATA)  # a fresh array each call, as llama.cpp's
+    buf["id"], buf["logit"] = np.arange(len(row)), row
+    arr = LL.llama_token_data_array(
+        buf.ctypes.data_as(ctypes.POINTER(LL.llama_token_data)), len(row), -1, False
+    )
+    LL.llama_sampler_apply(c, ctypes.byref(arr))
+    tok = int(arr.data[arr.selected].id)
+    LL.llama_sampler_accept(c, tok)
+    return tok
+
+
+def llama_rows(chains: list[object], logits: np.ndarray) -> list[int]:
+    return [llama_way(c, r) for c, r in zip(chains, logits)]
+
+
+def median_ms(step, reps: int, *args: object) -> float:
+    """The median milliseconds of ``step(*args)``."""
+    step(*args)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        step(*args)
+        times.append(time.perf_counter() - t)
+    return round(statistics.median(times) * 1e3, 4)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--vocab", type=int, default=128256)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    threads = workers()
+    res: dict = {
+        "vocab": args.vocab,
+        "threads": threads,
+        "chain": "top_k 40, top_p 0.95, min_p 0.05, temp 0.8, dist",
+    }
+    rows_out = []
+    for n in (1, 4, 16, 64):
+        logits = (rng.standard_normal((n, args.vocab)) * 3).astype(np.float32)
+        chains = [server_chain(i) for i in range(n)]
+        ptrs = [logits[i].ctypes.data for i in range(n)]
+        addrs = [chain_address(c) for c in chains]
+        one, many = NativeRows(args.vocab, 1), NativeRows(args.vocab, threads)
+        ks, greedy = [40] * n, [0] * n
+        row = {
+            "rows": n,
+            "llama_ms": median_ms(llama_rows, max(3, args.reps // 5), chains, logits),
+            "native_1_thread_ms": median_ms(one.sample, args.reps, ptrs, addrs, ks),
+            f"native_{threads}_threads_ms": median_ms(many.sample, args.reps, ptrs, addrs, ks),
+            f"greedy_{threads}_threads_ms": median_ms(many.sample, args.reps, ptrs, greedy, [1] * n),
+            "numpy_argmax_ms": median_ms(np.argmax, args.reps, logits, 1),
+        }
+        rows_out.append(row)
+        print(json.dumps(row), flush=True)
+        for c in chains:
+            LL.llama_sampler_free(c)
+    res["steps"] = rows_out
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+# Types of the native module built from engine/child/rowsample.c (see its comment for what it does).
+def sample(
+    rows: int,
+    n_vocab: int,
+    n_rows: int,
+    chains: int,
+    ks: int,
+    out: int,
+    apply: int,
+    accept: int,
+    n_threads: int,
+) -> None: ...
+def layout() -> tuple[int, int, int, int]: ...
+def threaded() -> bool: ...

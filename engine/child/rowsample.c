@@ -1,0 +1,279 @@
+/* engine.child._rowsample: the rows of one batch step sampled in native threads.
+ *
+ * Why this is C: after a decode step each generating sequence samples its own row of logits
+ * (128k floats for Llama 3). llama.cpp's llama_sampler_sample copies the whole row into a fresh
+ * candidate array first (12 bytes a token, a new 1.5 MB allocation each call, whose page faults
+ * do not run in parallel), and Python threads cannot share out the numpy work that avoids the
+ * copy (short steps hold the GIL). On an H200 that cost 1.5 ms a step for 16 rows, a fifth of the
+ * decode itself. Here every row is one vectorised pass that keeps only each 64-token chunk's
+ * maximum; the k-th largest of those maxima is a threshold at least k tokens reach, so the row's
+ * k best reach it too, and only about k chunks hold tokens that do. Those tokens are handed to
+ * the request's own llama.cpp chain in vocabulary order, as llama.cpp writes them, so its top-k
+ * keeps the same k tokens and every sampler after it sees only those: the token and the
+ * chain's state (the dist sampler's generator, the penalties' history) are llama.cpp's, short of
+ * the order of exact ties, which llama.cpp's unstable partial sort leaves open anyway.
+ *
+ * The rows run on OpenMP threads (llama.cpp's CPU backend uses the same runtime) with the GIL
+ * released; each thread keeps its buffers between calls. No Python object is touched without
+ * the GIL: the caller passes addresses of plain arrays (engine/child/topk_cut.py).
+ *
+ * Built with the stable ABI (Py_LIMITED_API 3.10), so one binary serves every CPython >= 3.10.
+ */
+#define PY_SSIZE_T_CLEAN
+#define Py_LIMITED_API 0x030A0000
+#include <Python.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdlib.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(_MSC_VER)
+#define THREAD_LOCAL __declspec(thread)
+#else
+#define THREAD_LOCAL _Thread_local
+#endif
+
+/* llama.h's candidate types (checked against llama_cpp's ctypes layout at import). */
+typedef struct {
+    int32_t id;
+    float logit;
+    float p;
+} token_data;
+
+typedef struct {
+    token_data *data;
+    size_t size;
+    int64_t selected;
+    bool sorted;
+} token_data_array;
+
+typedef void (*apply_fn)(void *smpl, token_data_array *cur_p);
+typedef void (*accept_fn)(void *smpl, int32_t token);
+
+/* The row is read in chunks of CHUNK floats; the threshold comes from the chunks' maxima. */
+enum { CHUNK = 64 };
+
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+/* The largest of 64 floats; sets *nan when one is NaN. */
+static float chunk_max(const float *v, int *nan) {
+    __m128 m = _mm_loadu_ps(v), u = _mm_cmpunord_ps(m, m);
+    for (int j = 4; j < CHUNK - 4; j += 8) {
+        __m128 a = _mm_loadu_ps(v + j), b = _mm_loadu_ps(v + j + 4);
+        u = _mm_or_ps(u, _mm_cmpunord_ps(a, b));
+        m = _mm_max_ps(m, _mm_max_ps(a, b));
+    }
+    __m128 last = _mm_loadu_ps(v + CHUNK - 4); /* the loop read v[4..60); v[60..64) here */
+    u = _mm_or_ps(u, _mm_cmpunord_ps(last, last));
+    m = _mm_max_ps(m, last);
+    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+    *nan |= _mm_movemask_ps(u);
+    return _mm_cvtss_f32(m);
+}
+#else
+static float chunk_max(const float *v, int *nan) {
+    float m = v[0];
+    for (int j = 0; j < CHUNK; j++) {
+        *nan |= v[j] != v[j];
+        m = v[j] > m ? v[j] : m;
+    }
+    return m;
+}
+#endif
+
+/* Per-thread buffers, grown as needed and kept for the next step. */
+static THREAD_LOCAL token_data *t_cand;
+static THREAD_LOCAL size_t t_cand_cap;
+static THREAD_LOCAL float *t_heap;
+static THREAD_LOCAL size_t t_heap_cap;
+static THREAD_LOCAL float *t_chunk_max;
+static THREAD_LOCAL size_t t_chunk_cap;
+
+static bool reserve(void **buf, size_t *cap, size_t n, size_t size) {
+    if (*cap >= n) {
+        return true;
+    }
+    void *p = realloc(*buf, n * size);
+    if (p == NULL) {
+        return false;
+    }
+    *buf = p;
+    *cap = n;
+    return true;
+}
+
+/* Min-heap of the k largest values seen: heap[0] is the k-th largest. */
+static void sift_down(float *heap, int k, int i) {
+    float v = heap[i];
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= k) {
+            break;
+        }
+        if (c + 1 < k && heap[c + 1] < heap[c]) {
+            c++;
+        }
+        if (heap[c] >= v) {
+            break;
+        }
+        heap[i] = heap[c];
+        i = c;
+    }
+    heap[i] = v;
+}
+
+/* The k-th largest of v[0, n), n >= k, none NaN. */
+static float kth_largest(const float *v, int64_t n, int k, float *heap) {
+    for (int i = 0; i < k; i++) {
+        heap[i] = v[i];
+    }
+    for (int i = k / 2 - 1; i >= 0; i--) {
+        sift_down(heap, k, i);
+    }
+    for (int64_t i = k; i < n; i++) {
+        if (v[i] > heap[0]) {
+            heap[0] = v[i];
+            sift_down(heap, k, 0);
+        }
+    }
+    return heap[0];
+}
+
+/* The candidates of one row, written to t_cand in vocabulary order: every token of a chunk
+ * whose maximum is among the k largest chunk maxima, if its logit reaches the k-th of those.
+ * That threshold is reached by at least k tokens (one a chunk), so each of the row's k best
+ * reaches it too, and only about k chunks hold candidates: one pass over the row that writes
+ * nothing but a maximum per chunk. Returns their number, or -1 when the row holds a NaN
+ * (llama.cpp's own path decides then) or a buffer could not be had. */
+static int64_t candidates(const float *x, int64_t n, int k) {
+    int64_t n_full = n / CHUNK, n_chunks = n_full + (n % CHUNK != 0);
+    if (!reserve((void **)&t_heap, &t_heap_cap, (size_t)k, sizeof(float)) ||
+        !reserve((void **)&t_chunk_max, &t_chunk_cap, (size_t)n_chunks, sizeof(float))) {
+        return -1;
+    }
+    int nan = 0;
+    for (int64_t c = 0; c < n_full; c++) {
+        t_chunk_max[c] = chunk_max(x + c * CHUNK, &nan);
+    }
+    if (n_chunks > n_full) { /* the last, short chunk */
+        float m = x[n_full * CHUNK];
+        for (int64_t i = n_full * CHUNK; i < n; i++) {
+            nan |= x[i] != x[i];
+            m = x[i] > m ? x[i] : m;
+        }
+        t_chunk_max[n_full] = m;
+    }
+    if (nan) {
+        return -1;
+    }
+    /* Fewer chunks than k (a tiny vocabulary): every token is a candidate. */
+    float t = n_chunks >= k ? kth_largest(t_chunk_max, n_chunks, k, t_heap) : -INFINITY;
+    int64_t count = 0;
+    for (int64_t c = 0; c < n_chunks; c++) {
+        if (t_chunk_max[c] < t) {
+            continue;
+        }
+        int64_t end = c < n_full ? (c + 1) * CHUNK : n;
+        if (!reserve((void **)&t_cand, &t_cand_cap, (size_t)(count + CHUNK) * 2, sizeof(token_data))) {
+            return -1;
+        }
+        for (int64_t i = c * CHUNK; i < end; i++) {
+            if (x[i] >= t) {
+                t_cand[count].id = (int32_t)i;
+                t_cand[count].logit = x[i];
+                t_cand[count].p = 0.0f;
+                count++;
+            }
+        }
+    }
+    return count;
+}
+
+/* One row: its chain's token (the chain has accepted it), its first greatest logit without a
+ * chain (llama.cpp's greedy sampler), or -1 for llama.cpp's own path. */
+static int32_t sample_row(const float *x, int64_t n, int k, void *chain, apply_fn apply, accept_fn accept) {
+    int64_t count = candidates(x, n, chain == NULL ? 1 : k);
+    if (count <= 0) {
+        return -1;
+    }
+    if (chain == NULL) {
+        return t_cand[0].id;
+    }
+    token_data_array arr = {t_cand, (size_t)count, -1, false};
+    apply(chain, &arr);
+    if (arr.selected < 0 || (size_t)arr.selected >= arr.size) {
+        return -1; /* cannot happen with a chain that ends in a selecting sampler */
+    }
+    int32_t tok = arr.data[arr.selected].id; /* top-k may hand back another array */
+    accept(chain, tok);
+    return tok;
+}
+
+static PyObject *sample(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long rows_p, chains_p, ks_p, out_p, apply_p, accept_p;
+    long long n_vocab;
+    int n_rows, n_threads;
+    if (!PyArg_ParseTuple(args, "KLiKKKKKi", &rows_p, &n_vocab, &n_rows, &chains_p, &ks_p, &out_p, &apply_p,
+                          &accept_p, &n_threads)) {
+        return NULL;
+    }
+    const float *const *rows = (const float *const *)(uintptr_t)rows_p;
+    void *const *chains = (void *const *)(uintptr_t)chains_p;
+    const int32_t *ks = (const int32_t *)(uintptr_t)ks_p;
+    int32_t *out = (int32_t *)(uintptr_t)out_p;
+    apply_fn apply = (apply_fn)(uintptr_t)apply_p;
+    accept_fn accept = (accept_fn)(uintptr_t)accept_p;
+    Py_BEGIN_ALLOW_THREADS
+#ifdef _OPENMP
+    int nt = n_threads < n_rows ? n_threads : n_rows;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt > 0 ? nt : 1)
+#endif
+    for (int r = 0; r < n_rows; r++) {
+        out[r] = sample_row(rows[r], n_vocab, ks[r], chains[r], apply, accept);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *layout(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(nnnn)", (Py_ssize_t)sizeof(token_data), (Py_ssize_t)sizeof(token_data_array),
+                         (Py_ssize_t)offsetof(token_data_array, selected),
+                         (Py_ssize_t)offsetof(token_data_array, sorted));
+}
+
+static PyObject *threaded(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+#ifdef _OPENMP
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"sample", sample, METH_VARARGS,
+     "sample(rows, n_vocab, n_rows, chains, ks, out, apply, accept, n_threads): addresses of a float* "
+     "per row, a llama_sampler* per row (0: greedy), an int32 k per row and an int32 result per row "
+     "(-1: leave the row to llama.cpp), and of llama_sampler_apply / llama_sampler_accept."},
+    {"layout", layout, METH_NOARGS, "(sizeof token_data, sizeof array, offsetof selected, offsetof sorted)"},
+    {"threaded", threaded, METH_NOARGS, "Whether rows run on OpenMP threads (else one after another)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_rowsample", "The rows of a batch step sampled in native threads.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__rowsample(void) { return PyModule_Create(&module); }
