@@ -1,0 +1,126 @@
+"""A batch step's decode and its sampling, without the server around them (issue 23).
+
+    python benchmarks/step_sampling.py MODEL.gguf --out FILE [--seqs 16] [--steps 64]
+                                     [--modes none,llama,native-1,native-4,native-16]
+
+``server_vs_llama.py`` measures the whole server; this measures only what llama-batched-bench's
+step has and the batch loop adds: ``--seqs`` sequences, each with a 127-token prompt, then
+``--steps`` steps of one generated token per sequence (logits for every row), timed as
+llama_decode until llama_synchronize returned, then sampling every row with llama-server's
+default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, dist):
+- ``none``: no sampling (the next token is fixed): batched-bench's step;
+- ``llama``: llama_sampler_sample for each row, one after another;
+- ``native-T``: engine.child.topk_cut's one native call on T threads, on logits just copied
+  from the device (what the server's loop does).
+Each mode starts from an empty cache, so every mode decodes the same positions. Whether the
+sampling threads slow the next decode down shows in that mode's decode time against ``none``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import llama_cpp.llama_cpp as LL  # noqa: E402  (before numpy: numpy first segfaults the CUDA build's loads)
+
+from engine.child.batch_sample import LIB  # noqa: E402  (logits addresses as plain ints)
+from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
+
+PROMPT = 127
+
+
+def server_chain(seed: int) -> object:
+    c = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
+    for smpl in (
+        LL.llama_sampler_init_top_k(40),
+        LL.llama_sampler_init_top_p(0.95, 1),
+        LL.llama_sampler_init_min_p(0.05, 1),
+        LL.llama_sampler_init_temp(0.8),
+        LL.llama_sampler_init_dist(seed),
+    ):
+        LL.llama_sampler_chain_add(c, smpl)
+    return c
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seqs", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--modes", default="none,llama,native-1,native-4,native-16")
+    a = ap.parse_args()
+    LL.llama_backend_init()
+    quiet = LL.llama_log_callback(lambda *_: None)  # kept: llama.cpp calls it until exit
+    LL.llama_log_set(quiet, ctypes.c_void_p())
+    mp = LL.llama_model_default_params()
+    mp.n_gpu_layers = -1
+    mp.load_mode = LL.LLAMA_LOAD_MODE_NONE
+    model = LL.llama_model_load_from_file(a.model.encode(), mp)
+    if not model:
+        print("load failed", file=sys.stderr)
+        return 1
+    n = a.seqs
+    cp = LL.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n * 2048, 2048, 512, n
+    cp.swa_full = False
+    ctx = LL.llama_init_from_model(model, cp)
+    n_vocab = LL.llama_vocab_n_tokens(LL.llama_model_get_vocab(model))
+    mem = LL.llama_get_memory(ctx)
+    batch = LL.llama_batch_init(max(n * PROMPT, n), 0, 1)
+    get_row = LIB.llama_get_logits_ith
+
+    def decode(rows: list[tuple[int, int, int, bool]]) -> float:
+        """(token, position, sequence, logits) rows in one llama_decode; its seconds until synchronised."""
+        for i, (tok, pos, seq, out) in enumerate(rows):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, out
+            batch.seq_id[i][0] = seq
+        batch.n_tokens = len(rows)
+        t = time.perf_counter()
+        if LL.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        LL.llama_synchronize(ctx)
+        return time.perf_counter() - t
+
+    res: dict = {"model": a.model, "seqs": n, "steps": a.steps, "modes": {}}
+    for mode in a.modes.split(","):
+        LL.llama_memory_clear(mem, True)
+        prompt = [(100 + (7 * s + i) % 5000, i, s, i == PROMPT - 1) for s in range(n) for i in range(PROMPT)]
+        for at in range(0, len(prompt), 2048):
+            decode(prompt[at : at + 2048])
+        chains = [server_chain(s) for s in range(n)]
+        native = NativeRows(n_vocab, int(mode.split("-")[1])) if mode.startswith("native") else None
+        addrs = [chain_address(c) for c in chains]
+        toks = [1000 + s for s in range(n)]
+        dec, smp = [], []
+        for step in range(a.steps):
+            dec.append(decode([(toks[s], PROMPT + step, s, True) for s in range(n)]))
+            t = time.perf_counter()
+            if mode == "llama":
+                toks = [int(LL.llama_sampler_sample(c, ctx, i)) for i, c in enumerate(chains)]
+            elif native is not None:
+                toks = native.sample([get_row(ctx, i) for i in range(n)], addrs, [40] * n)
+            smp.append(time.perf_counter() - t)
+        res["modes"][mode] = {
+            "decode_ms_median": round(statistics.median(dec) * 1e3, 3),
+            "decode_ms_mean": round(statistics.fmean(dec) * 1e3, 3),
+            "sample_ms_median": round(statistics.median(smp) * 1e3, 3),
+            "sample_ms_mean": round(statistics.fmean(smp) * 1e3, 3),
+        }
+        print(mode, json.dumps(res["modes"][mode]), flush=True)
+        for c in chains:
+            LL.llama_sampler_free(c)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
