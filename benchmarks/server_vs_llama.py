@@ -191,11 +191,16 @@ def loop_share(before: dict | None, after: dict | None) -> dict | None:
         return None
     d = {k: after[k] - before[k] for k in ("steps", "decode_s", "sample_s", "busy_s")}
     n = d["steps"]
-    gen = {k: after.get(k, 0) - before.get(k, 0) for k in ("gen_steps", "gen_decode_s")}
+    keys = ("gen_steps", "gen_decode_s", "gen_sample_s", "reorder_s")
+    gen = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
     extra = (
         {
             "gen_steps": gen["gen_steps"],
             "gen_decode_ms_per_step": round(gen["gen_decode_s"] / gen["gen_steps"] * 1e3, 3),
+            "gen_sample_ms_per_step": round(gen["gen_sample_s"] / gen["gen_steps"] * 1e3, 3),
+            "reorder_ms_per_step": round(
+                gen["reorder_s"] / max(1, after["steps"] - before["steps"]) * 1e3, 3
+            ),
         }
         if gen["gen_steps"]
         else {}

@@ -345,6 +345,7 @@ def test_memory_view_has_plan_measured_sequences_and_live_memory(served):
     )
     # the steps of generated tokens only (the second token of the reply), as batched-bench times them
     assert 0 < loop["gen_steps"] < loop["steps"] and 0 < loop["gen_decode_s"] < loop["decode_s"]
+    assert 0 < loop["gen_sample_s"] <= loop["sample_s"] and 0 < loop["reorder_s"] <= loop["sample_s"]
     assert data["live"]["host"] and "gpus" in data["live"]
 
 

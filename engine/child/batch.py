@@ -218,6 +218,8 @@ class BatchLoop:
         toks = self.sampler.all(rows)
         now = time.perf_counter()
         TIMES.sample_s += now - t1
+        if rc == 0 and n == len(gen) and not checks:
+            TIMES.gen_sample_s += now - t1
         with held(self.emit):  # the step's Started, Delta and Slots events in one write
             for (i, s), tok in zip(rows, toks):
                 if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
@@ -318,6 +320,8 @@ class BatchLoop:
                     busy_s=TIMES.busy_s,
                     gen_steps=TIMES.gen_steps,
                     gen_decode_s=TIMES.gen_decode_s,
+                    gen_sample_s=TIMES.gen_sample_s,
+                    reorder_s=TIMES.reorder_s,
                     device=[bool(s and s.device) for s in self.slots],
                 )
             )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class LoopTimes:
     busy_s: float = 0.0  # the loop running at all (requests, streaming, scheduling included)
     gen_steps: int = 0  # steps with one generated token per row, no prompt rows, no drafts
     gen_decode_s: float = 0.0  # their llama_decode seconds
+    gen_sample_s: float = 0.0  # their sampling seconds
+    reorder_s: float = 0.0  # each step's first logits access (llama.cpp's output reorder)
 
 
 #: One model per child process, one batch loop at a time: the totals are the child's.
@@ -125,9 +128,10 @@ class RowSampler:
         (a first token, a grammar, a chain that does not start with top-k) to llama.cpp's own
         call on the pool meanwhile. Both release the GIL."""
         out = [0] * len(rows)
+        t = time.perf_counter()
+        LIB.llama_get_logits(self.ctx)  # synchronise and reorder (writes) here, once
+        TIMES.reorder_s += time.perf_counter() - t
         fast = [j for j, (_, s) in enumerate(rows) if self.cuttable(s)]
-        if len(fast) < len(rows):
-            LIB.llama_get_logits(self.ctx)  # synchronise and reorder (writes) here, once
         rest = [j for j in range(len(rows)) if j not in set(fast)]
         jobs = []
         if self.pool is not None and rest:

@@ -309,6 +309,10 @@ class Slots(Message):
     #: what llama-batched-bench's generation phase times.
     gen_steps: int = 0
     gen_decode_s: float = 0.0
+    #: Those steps' sampling seconds; and, over every step, the seconds of the first logits
+    #: access, where llama.cpp swaps rows back into batch order after a ubatch split (reorder).
+    gen_sample_s: float = 0.0
+    reorder_s: float = 0.0
     #: Per sequence: True while its request samples on the device (engine.child.batch_backend).
     device: list[bool] = field(default_factory=list)
 

@@ -185,6 +185,8 @@ def _memory(api: Api) -> dict[str, Any]:
             "busy_s": slots.busy_s,
             "gen_steps": slots.gen_steps,
             "gen_decode_s": slots.gen_decode_s,
+            "gen_sample_s": slots.gen_sample_s,
+            "reorder_s": slots.reorder_s,
         }
         if slots is not None
         else None
