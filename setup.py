@@ -1,8 +1,7 @@
 """The one native module (engine/child/rowsample.c); everything else is in pyproject.toml.
 
 It is built with the stable ABI, so the wheel and an in-place build serve every CPython >= 3.10.
-OpenMP runs the rows of a step on threads where the compiler has it (gcc on Linux, MSVC); Apple's
-clang has none, and the rows then run one after another in native code.
+The rows of a step run on a pthreads pool (Linux, macOS) or on OpenMP threads (MSVC).
 """
 
 from __future__ import annotations
@@ -12,11 +11,9 @@ import sys
 from setuptools import Extension, setup
 
 if sys.platform == "win32":
-    flags, link = ["/O2", "/openmp"], []
-elif sys.platform == "darwin":
-    flags, link = ["-O3"], []
+    flags, link = ["/O2", "/openmp", "/std:c11", "/experimental:c11atomics"], []
 else:
-    flags, link = ["-O3", "-fopenmp"], ["-fopenmp"]
+    flags, link = ["-O3", "-pthread"], ["-pthread"]
 
 setup(
     ext_modules=[

@@ -13,9 +13,10 @@
  * chain's state (the dist sampler's generator, the penalties' history) are llama.cpp's, short of
  * the order of exact ties, which llama.cpp's unstable partial sort leaves open anyway.
  *
- * The rows run on OpenMP threads (llama.cpp's CPU backend uses the same runtime) with the GIL
- * released; each thread keeps its buffers between calls. No Python object is touched without
- * the GIL: the caller passes addresses of plain arrays (engine/child/topk_cut.py).
+ * The rows run on a small pool of threads (see run()) with the GIL released; each thread keeps
+ * its buffers between calls. No Python object is touched without the GIL: the caller passes
+ * addresses of plain arrays (engine/child/topk_cut.py). Only one thread calls sample() at a
+ * time (the batch loop's).
  *
  * Built with the stable ABI (Py_LIMITED_API 3.10), so one binary serves every CPython >= 3.10.
  */
@@ -29,9 +30,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <stdatomic.h>
 
 #if defined(_MSC_VER)
 #define THREAD_LOCAL __declspec(thread)
@@ -216,6 +215,122 @@ static int32_t sample_row(const float *x, int64_t n, int k, void *chain, apply_f
     return tok;
 }
 
+/* One step's rows; rows are claimed one at a time by whichever thread is free. */
+typedef struct {
+    const float *const *rows;
+    void *const *chains;
+    const int32_t *ks;
+    int32_t *out;
+    int64_t n_vocab;
+    apply_fn apply;
+    accept_fn accept;
+    int n_rows;
+    atomic_int next; /* the next row to claim */
+    atomic_int done; /* rows finished */
+} job_t;
+
+static void work(job_t *job) {
+    for (int r; (r = atomic_fetch_add(&job->next, 1)) < job->n_rows;) {
+        job->out[r] = sample_row(job->rows[r], job->n_vocab, job->ks[r], job->chains[r], job->apply, job->accept);
+        atomic_fetch_add(&job->done, 1);
+    }
+}
+
+#ifndef _WIN32
+/* A pool of sleeping workers. The calling thread claims rows itself at once and waits only for
+ * rows another thread has claimed, never for a worker to wake up: waking a core that idled
+ * through the decode (a halted vCPU on a cloud host) can take longer than the rows themselves,
+ * and an OpenMP region's closing barrier waits for the slowest one. A worker that wakes late
+ * finds nothing left and sleeps again. */
+#include <pthread.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define RELAX() __builtin_ia32_pause()
+#else
+#define RELAX() ((void)0)
+#endif
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static job_t *pool_job;      /* the job in progress, NULL between jobs (pool_mu) */
+static uint64_t pool_gen;    /* bumped for each job (pool_mu) */
+static int pool_workers;     /* started so far (pool_mu) */
+static atomic_int pool_busy; /* workers inside work() for pool_job */
+
+static void *worker(void *arg) {
+    (void)arg;
+    uint64_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&pool_mu);
+        while (pool_gen == seen) {
+            pthread_cond_wait(&pool_cv, &pool_mu);
+        }
+        seen = pool_gen;
+        job_t *job = pool_job;
+        if (job != NULL) {
+            atomic_fetch_add(&pool_busy, 1); /* under the lock: the caller sees it before it may end */
+        }
+        pthread_mutex_unlock(&pool_mu);
+        if (job != NULL) {
+            work(job);
+            atomic_fetch_sub(&pool_busy, 1);
+        }
+    }
+    return NULL;
+}
+
+static void run(job_t *job, int n_threads) {
+    int helpers = (n_threads < job->n_rows ? n_threads : job->n_rows) - 1;
+    if (helpers > 0) {
+        pthread_mutex_lock(&pool_mu);
+        while (pool_workers < helpers) {
+            pthread_t t;
+            if (pthread_create(&t, NULL, worker, NULL) != 0) {
+                break; /* fewer helpers: the rows still all get done here */
+            }
+            pthread_detach(t);
+            pool_workers++;
+        }
+        pool_job = job;
+        pool_gen++;
+        pthread_cond_broadcast(&pool_cv);
+        pthread_mutex_unlock(&pool_mu);
+    }
+    work(job);
+    while (atomic_load(&job->done) < job->n_rows) {
+        RELAX(); /* rows claimed by a worker: a few tens of microseconds */
+    }
+    if (helpers > 0) {
+        pthread_mutex_lock(&pool_mu);
+        pool_job = NULL; /* no worker picks this job up any more */
+        pthread_mutex_unlock(&pool_mu);
+        while (atomic_load(&pool_busy) > 0) {
+            RELAX(); /* a worker that found no row is on its way out of work() */
+        }
+    }
+}
+
+static int threaded_build(void) { return 1; }
+#else
+/* Windows: the rows on OpenMP threads where MSVC has it, else one after another. */
+static void run(job_t *job, int n_threads) {
+#ifdef _OPENMP
+    int nt = n_threads < job->n_rows ? n_threads : job->n_rows;
+#pragma omp parallel num_threads(nt > 0 ? nt : 1)
+#endif
+    work(job);
+    (void)n_threads;
+}
+
+static int threaded_build(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+#endif
+
 static PyObject *sample(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long rows_p, chains_p, ks_p, out_p, apply_p, accept_p;
@@ -225,20 +340,19 @@ static PyObject *sample(PyObject *self, PyObject *args) {
                           &accept_p, &n_threads)) {
         return NULL;
     }
-    const float *const *rows = (const float *const *)(uintptr_t)rows_p;
-    void *const *chains = (void *const *)(uintptr_t)chains_p;
-    const int32_t *ks = (const int32_t *)(uintptr_t)ks_p;
-    int32_t *out = (int32_t *)(uintptr_t)out_p;
-    apply_fn apply = (apply_fn)(uintptr_t)apply_p;
-    accept_fn accept = (accept_fn)(uintptr_t)accept_p;
+    job_t job;
+    job.rows = (const float *const *)(uintptr_t)rows_p;
+    job.chains = (void *const *)(uintptr_t)chains_p;
+    job.ks = (const int32_t *)(uintptr_t)ks_p;
+    job.out = (int32_t *)(uintptr_t)out_p;
+    job.n_vocab = n_vocab;
+    job.apply = (apply_fn)(uintptr_t)apply_p;
+    job.accept = (accept_fn)(uintptr_t)accept_p;
+    job.n_rows = n_rows;
+    atomic_init(&job.next, 0);
+    atomic_init(&job.done, 0);
     Py_BEGIN_ALLOW_THREADS
-#ifdef _OPENMP
-    int nt = n_threads < n_rows ? n_threads : n_rows;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt > 0 ? nt : 1)
-#endif
-    for (int r = 0; r < n_rows; r++) {
-        out[r] = sample_row(rows[r], n_vocab, ks[r], chains[r], apply, accept);
-    }
+    run(&job, n_threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -254,11 +368,7 @@ static PyObject *layout(PyObject *self, PyObject *args) {
 static PyObject *threaded(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
-#ifdef _OPENMP
-    Py_RETURN_TRUE;
-#else
-    Py_RETURN_FALSE;
-#endif
+    return PyBool_FromLong(threaded_build());
 }
 
 static PyMethodDef methods[] = {
@@ -267,7 +377,7 @@ static PyMethodDef methods[] = {
      "per row, a llama_sampler* per row (0: greedy), an int32 k per row and an int32 result per row "
      "(-1: leave the row to llama.cpp), and of llama_sampler_apply / llama_sampler_accept."},
     {"layout", layout, METH_NOARGS, "(sizeof token_data, sizeof array, offsetof selected, offsetof sorted)"},
-    {"threaded", threaded, METH_NOARGS, "Whether rows run on OpenMP threads (else one after another)."},
+    {"threaded", threaded, METH_NOARGS, "Whether rows run on several threads (else one after another)."},
     {NULL, NULL, 0, NULL},
 };
 
