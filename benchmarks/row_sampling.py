@@ -9,7 +9,8 @@ llama-server default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, d
 - ``native``: engine.child.topk_cut's one call over all rows, on 1 thread and on as many
   threads as the batch loop uses (engine.child.batch_sample.workers);
 - ``greedy``: the same call for rows without a chain (llama.cpp's greedy sampler).
-Milliseconds per step (all rows), the median of ``--reps`` steps.
+Milliseconds per step (all rows), the median of ``--reps`` steps; ``--gap-ms`` idles before each
+step as a decode would, so that the threads have gone to sleep (what waking them costs).
 """
 
 from __future__ import annotations
@@ -63,11 +64,15 @@ def llama_rows(chains: list[object], logits: np.ndarray) -> list[int]:
     return [llama_way(c, r) for c, r in zip(chains, logits)]
 
 
+GAP_S = 0.0
+
+
 def median_ms(step, reps: int, *args: object) -> float:
-    """The median milliseconds of ``step(*args)``."""
+    """The median milliseconds of ``step(*args)``, each call ``GAP_S`` after the last one ended."""
     step(*args)
     times = []
     for _ in range(reps):
+        time.sleep(GAP_S)
         t = time.perf_counter()
         step(*args)
         times.append(time.perf_counter() - t)
@@ -79,7 +84,15 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--out", default="")
+    ap.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="idle time before each step, as a decode gives (threads fall asleep)",
+    )
     args = ap.parse_args()
+    global GAP_S
+    GAP_S = args.gap_ms / 1e3
     rng = np.random.default_rng(0)
     threads = workers()
     res: dict = {
