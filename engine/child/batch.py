@@ -177,12 +177,14 @@ class BatchLoop:
         t0 = time.perf_counter()
         rc = LL.llama_decode(self.m.ctx, self.batch)
         t_call = time.perf_counter()
+        self.sampler.decoding(n, len(rows), t0)
         if overlap:
             flush_held(self.emit)
         t_flushed = time.perf_counter()
         LL.llama_synchronize(self.m.ctx)  # the logits are read at once anyway; this times the device
         t1 = time.perf_counter()
         self.decode_returns_early = t1 - t_flushed > t_call - t0
+        self.sampler.decoded(n, t1 - t0)
         TIMES.steps += 1
         TIMES.decode_s += t1 - t0  # includes the write only where it outlasted the device
         if rc == 0 and n == len(gen) and not checks:  # generated tokens only, as batched-bench

@@ -79,6 +79,11 @@ def workers() -> int:
     return max(1, min(16, n))
 
 
+#: Prewoken sampling threads start spinning this long before the step's logits are due, and
+#: spin at most SPIN_S (engine.child.topk_cut.NativeRows.prewake).
+LEAD_S, SPIN_S = 0.0005, 0.002
+
+
 class RowSampler:
     """Samples the rows of one step; owns its worker threads (``close`` ends them)."""
 
@@ -87,8 +92,25 @@ class RowSampler:
         self.n_vocab = n_vocab
         self.n_workers = n_workers or workers()
         self.native = NativeRows(n_vocab, self.n_workers)
+        self.prewaking = os.environ.get("KVDECK_SAMPLE_PREWAKE", "") == "1"
+        self.decode_s: dict[int, float] = {}  # tokens in a step -> a moving average of its decode
         # Rows only llama.cpp's own call can sample run here while the native call runs.
         self.pool = ThreadPoolExecutor(self.n_workers - 1, "kvdeck-sample") if self.n_workers > 1 else None
+
+    def decoding(self, n_tokens: int, n_rows: int, since: float) -> None:
+        """A step of ``n_tokens`` tokens and ``n_rows`` output rows went to the device at
+        ``since`` (perf_counter): wake
+        the sampling threads so that they run when its logits are due. Why: threads asleep
+        through a decode (a halted core on a cloud host) take longer to wake and to warm up
+        than the rows take (H100 host, 2026-12-05)."""
+        expected = self.decode_s.get(n_tokens)
+        if self.prewaking and expected is not None and n_rows > 1:
+            left = expected - (time.perf_counter() - since)
+            self.native.prewake(n_rows, left - LEAD_S, SPIN_S)
+
+    def decoded(self, n_tokens: int, seconds: float) -> None:
+        old = self.decode_s.get(n_tokens, seconds)
+        self.decode_s[n_tokens] = old + 0.2 * (seconds - old)
 
     def one(self, s: Sampled, i: int, native: bool = False) -> int:
         """The token for batch row ``i`` of slot ``s`` (its first-token chain for its first

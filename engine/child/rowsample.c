@@ -250,20 +250,58 @@ static void work(job_t *job) {
 #define RELAX() ((void)0)
 #endif
 
+#include <time.h>
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
 static job_t *pool_job;      /* the job in progress, NULL between jobs (pool_mu) */
 static uint64_t pool_gen;    /* bumped for each job (pool_mu) */
 static int pool_workers;     /* started so far (pool_mu) */
 static atomic_int pool_busy; /* workers inside work() for pool_job */
+static void *worker(void *arg);
+static atomic_ullong pool_gen_a;  /* pool_gen, for workers spinning without the lock */
+static uint64_t pool_wake;        /* bumped by prewake() (pool_mu) */
+static long long pool_wake_at;    /* when prewoken workers start spinning, now_ns() (pool_mu) */
+static atomic_llong pool_spin_end; /* ... and until when, now_ns() */
+
+static void start_workers(int n) { /* with pool_mu held */
+    while (pool_workers < n) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, worker, NULL) != 0) {
+            break; /* fewer helpers: the rows still all get done by the caller */
+        }
+        pthread_detach(t);
+        pool_workers++;
+    }
+}
 
 static void *worker(void *arg) {
     (void)arg;
-    uint64_t seen = 0;
+    uint64_t seen = 0, seen_wake = 0;
     for (;;) {
         pthread_mutex_lock(&pool_mu);
-        while (pool_gen == seen) {
+        while (pool_gen == seen && pool_wake == seen_wake) {
             pthread_cond_wait(&pool_cv, &pool_mu);
+        }
+        if (pool_gen == seen) { /* prewoken: sleep on, then spin until the job comes or time is up */
+            seen_wake = pool_wake;
+            long long at = pool_wake_at;
+            pthread_mutex_unlock(&pool_mu);
+            long long left = at - now_ns();
+            if (left > 0) {
+                struct timespec d = {(time_t)(left / 1000000000LL), (long)(left % 1000000000LL)};
+                nanosleep(&d, NULL);
+            }
+            while (atomic_load(&pool_gen_a) == seen && now_ns() < atomic_load(&pool_spin_end)) {
+                RELAX();
+            }
+            continue;
         }
         seen = pool_gen;
         job_t *job = pool_job;
@@ -283,16 +321,10 @@ static void run(job_t *job, int n_threads) {
     int helpers = (n_threads < job->n_rows ? n_threads : job->n_rows) - 1;
     if (helpers > 0) {
         pthread_mutex_lock(&pool_mu);
-        while (pool_workers < helpers) {
-            pthread_t t;
-            if (pthread_create(&t, NULL, worker, NULL) != 0) {
-                break; /* fewer helpers: the rows still all get done here */
-            }
-            pthread_detach(t);
-            pool_workers++;
-        }
+        start_workers(helpers);
         pool_job = job;
         pool_gen++;
+        atomic_store(&pool_gen_a, pool_gen);
         pthread_cond_broadcast(&pool_cv);
         pthread_mutex_unlock(&pool_mu);
     }
@@ -310,8 +342,27 @@ static void run(job_t *job, int n_threads) {
     }
 }
 
+/* Wake the workers a step's rows will need while the device still decodes: they sleep on for
+ * delay_us, then spin for at most spin_us, so that sample() finds them running. */
+static void prewake(int n_threads, long long delay_us, long long spin_us) {
+    pthread_mutex_lock(&pool_mu);
+    start_workers(n_threads - 1);
+    long long now = now_ns();
+    pool_wake_at = now + delay_us * 1000;
+    atomic_store(&pool_spin_end, pool_wake_at + spin_us * 1000);
+    pool_wake++;
+    pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+}
+
 static int threaded_build(void) { return 1; }
 #else
+static void prewake(int n_threads, long long delay_us, long long spin_us) {
+    (void)n_threads;
+    (void)delay_us;
+    (void)spin_us;
+}
+
 /* Windows: the rows on OpenMP threads where MSVC has it, else one after another. */
 static void run(job_t *job, int n_threads) {
 #ifdef _OPENMP
@@ -357,6 +408,19 @@ static PyObject *sample(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *prewake_py(PyObject *self, PyObject *args) {
+    (void)self;
+    int n_threads;
+    long long delay_us, spin_us;
+    if (!PyArg_ParseTuple(args, "iLL", &n_threads, &delay_us, &spin_us)) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    prewake(n_threads, delay_us, spin_us);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *layout(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -376,6 +440,9 @@ static PyMethodDef methods[] = {
      "sample(rows, n_vocab, n_rows, chains, ks, out, apply, accept, n_threads): addresses of a float* "
      "per row, a llama_sampler* per row (0: greedy), an int32 k per row and an int32 result per row "
      "(-1: leave the row to llama.cpp), and of llama_sampler_apply / llama_sampler_accept."},
+    {"prewake", prewake_py, METH_VARARGS,
+     "prewake(n_threads, delay_us, spin_us): the workers of the next sample() sleep delay_us, then spin "
+     "for it at most spin_us."},
     {"layout", layout, METH_NOARGS, "(sizeof token_data, sizeof array, offsetof selected, offsetof sorted)"},
     {"threaded", threaded, METH_NOARGS, "Whether rows run on several threads (else one after another)."},
     {NULL, NULL, 0, NULL},

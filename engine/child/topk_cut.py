@@ -80,6 +80,12 @@ class NativeRows:
         self.ks = np.zeros(n, dtype=np.int32)
         self.out = np.zeros(n, dtype=np.int32)
 
+    def prewake(self, n_rows: int, delay_s: float, spin_s: float) -> None:
+        """Have the threads for ``n_rows`` rows running in ``delay_s``, for ``spin_s`` at most."""
+        n = min(n_rows, self.n_threads)
+        if n > 1:
+            _rowsample.prewake(n, int(max(0.0, delay_s) * 1e6), int(spin_s * 1e6))
+
     def usable(self, k: int) -> bool:
         return 0 < k <= min(MAX_K, self.n_vocab // 4)
 
