@@ -11,7 +11,8 @@ default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, dist):
 - ``none``: no sampling (the next token is fixed): batched-bench's step;
 - ``llama``: llama_sampler_sample for each row, one after another;
 - ``native-T``: engine.child.topk_cut's one native call on T threads, on logits just copied
-  from the device (what the server's loop does).
+  from the device (what the server's loop does);
+- ``prewake-T``: the same, the T threads woken while the device decodes (NativeRows.prewake).
 Each mode starts from an empty cache, so every mode decodes the same positions. Whether the
 sampling threads slow the next decode down shows in that mode's decode time against ``none``.
 """
@@ -24,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import llama_cpp.llama_cpp as LL  # noqa: E402  (before numpy: numpy first segfaults the CUDA build's loads)
 
-from engine.child.batch_sample import LIB  # noqa: E402  (logits addresses as plain ints)
+from engine.child.batch_sample import LEAD_S, LIB, SPIN_S  # noqa: E402  (LIB: logits addresses as ints)
 from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
 
 PROMPT = 127
@@ -78,8 +80,9 @@ def main() -> int:
     batch = LL.llama_batch_init(max(n * PROMPT, n), 0, 1)
     get_row = LIB.llama_get_logits_ith
 
-    def decode(rows: list[tuple[int, int, int, bool]]) -> float:
-        """(token, position, sequence, logits) rows in one llama_decode; its seconds until synchronised."""
+    def decode(rows: list[tuple[int, int, int, bool]], hook: Callable[[float], None] | None = None) -> float:
+        """(token, position, sequence, logits) rows in one llama_decode; its seconds until
+        synchronised (``hook(start)`` runs between the call's return and the synchronise)."""
         for i, (tok, pos, seq, out) in enumerate(rows):
             batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, out
             batch.seq_id[i][0] = seq
@@ -87,6 +90,8 @@ def main() -> int:
         t = time.perf_counter()
         if LL.llama_decode(ctx, batch) != 0:
             raise RuntimeError("llama_decode failed")
+        if hook is not None:
+            hook(t)
         LL.llama_synchronize(ctx)
         return time.perf_counter() - t
 
@@ -97,12 +102,22 @@ def main() -> int:
         for at in range(0, len(prompt), 2048):
             decode(prompt[at : at + 2048])
         chains = [server_chain(s) for s in range(n)]
-        native = NativeRows(n_vocab, int(mode.split("-")[1])) if mode.startswith("native") else None
+        native = NativeRows(n_vocab, int(mode.split("-")[1])) if "-" in mode and mode != "none" else None
+        hook = None
+        if mode.startswith("prewake") and native is not None:
+            expect = [0.0]
+
+            def hook(t0: float, native: NativeRows = native, expect: list[float] = expect) -> None:
+                if expect[0]:
+                    native.prewake(n, expect[0] - (time.perf_counter() - t0) - LEAD_S, SPIN_S)
+
         addrs = [chain_address(c) for c in chains]
         toks = [1000 + s for s in range(n)]
         dec, smp = [], []
         for step in range(a.steps):
-            dec.append(decode([(toks[s], PROMPT + step, s, True) for s in range(n)]))
+            dec.append(decode([(toks[s], PROMPT + step, s, True) for s in range(n)], hook))
+            if hook is not None:
+                expect[0] = dec[-1] if not expect[0] else expect[0] + 0.2 * (dec[-1] - expect[0])
             t = time.perf_counter()
             if mode == "llama":
                 toks = [int(LL.llama_sampler_sample(c, ctx, i)) for i, c in enumerate(chains)]
