@@ -134,3 +134,24 @@ def test_only_a_chain_that_starts_with_top_k_is_cut() -> None:
     assert leading_top_k((("greedy",),)) == 0
     assert leading_top_k(None) == 0
     assert not NativeRows(1000, 1).usable(400)  # k near the vocabulary: llama.cpp's own sort
+
+
+def test_calls_from_two_threads_take_turns() -> None:
+    """The native pool runs one call at a time; a second caller waits, and both get their rows."""
+    import threading
+
+    rng = np.random.default_rng(2)
+    blocks = [[rng.standard_normal(N_VOCAB).astype(np.float32) for _ in range(8)] for _ in range(2)]
+    got: dict[int, list[int]] = {}
+
+    def caller(b: int) -> None:
+        rows = NativeRows(N_VOCAB, 4)
+        for _ in range(20):
+            got[b] = rows.sample([r.ctypes.data for r in blocks[b]], [0] * 8, [1] * 8)
+
+    threads = [threading.Thread(target=caller, args=(b,)) for b in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {b: [int(r.argmax()) for r in blocks[b]] for b in range(2)}

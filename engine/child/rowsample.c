@@ -15,8 +15,7 @@
  *
  * The rows run on a small pool of threads (see run()) with the GIL released; each thread keeps
  * its buffers between calls. No Python object is touched without the GIL: the caller passes
- * addresses of plain arrays (engine/child/topk_cut.py). Only one thread calls sample() at a
- * time (the batch loop's).
+ * addresses of plain arrays (engine/child/topk_cut.py). Calls from several threads take turns.
  *
  * Built with the stable ABI (Py_LIMITED_API 3.10), so one binary serves every CPython >= 3.10.
  */
@@ -317,7 +316,10 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time in the pool */
+
 static void run(job_t *job, int n_threads) {
+    pthread_mutex_lock(&run_mu);
     int helpers = (n_threads < job->n_rows ? n_threads : job->n_rows) - 1;
     if (helpers > 0) {
         pthread_mutex_lock(&pool_mu);
@@ -340,6 +342,7 @@ static void run(job_t *job, int n_threads) {
             RELAX(); /* a worker that found no row is on its way out of work() */
         }
     }
+    pthread_mutex_unlock(&run_mu);
 }
 
 /* Wake the workers a step's rows will need while the device still decodes: they sleep on for
