@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import llama_cpp.llama_cpp as LL  # noqa: E402  (before numpy: the CUDA build's libraries first)
 import numpy as np  # noqa: E402
 
-from engine.child.batch_sample import workers  # noqa: E402
+from engine.child.batch_sample import LEAD_S, SPIN_S, workers  # noqa: E402
 from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
 
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
@@ -67,11 +67,14 @@ def llama_rows(chains: list[object], logits: np.ndarray) -> list[int]:
 GAP_S = 0.0
 
 
-def median_ms(step, reps: int, *args: object) -> float:
-    """The median milliseconds of ``step(*args)``, each call ``GAP_S`` after the last one ended."""
+def median_ms(step, reps: int, *args: object, before=None) -> float:
+    """The median milliseconds of ``step(*args)``, each call ``GAP_S`` after the last one ended
+    (``before()`` at the start of that gap)."""
     step(*args)
     times = []
     for _ in range(reps):
+        if before is not None:
+            before()
         time.sleep(GAP_S)
         t = time.perf_counter()
         step(*args)
@@ -116,6 +119,14 @@ def main() -> int:
             f"greedy_{threads}_threads_ms": median_ms(many.sample, args.reps, ptrs, greedy, [1] * n),
             "numpy_argmax_ms": median_ms(np.argmax, args.reps, logits, 1),
         }
+        if GAP_S:  # the threads woken during the gap, as the batch loop does during a decode
+
+            def wake(many: NativeRows = many, n: int = n) -> None:
+                many.prewake(n, GAP_S - LEAD_S, SPIN_S)
+
+            row[f"native_{threads}_threads_prewoken_ms"] = median_ms(
+                many.sample, args.reps, ptrs, addrs, ks, before=wake
+            )
         rows_out.append(row)
         print(json.dumps(row), flush=True)
         for c in chains:

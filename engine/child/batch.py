@@ -51,6 +51,10 @@ from engine.child.slots import Slot
 log = logging.getLogger(__name__)
 
 _SLOTS_INTERVAL_S = 0.25
+#: Before a step in which every admitted request is still to be prefilled, more requests are
+#: waited for until none came for GATHER_QUIET_S, GATHER_MOST_S at most (Intake.gather): a lone
+#: request pays GATHER_QUIET_S of time to first token.
+GATHER_QUIET_S, GATHER_MOST_S = 0.002, 0.010
 
 
 class BatchLoop:
@@ -370,6 +374,9 @@ class BatchLoop:
                 self.admit()
                 if not any(self.slots):
                     break
+                if all(s.n_fed == s.n_reused for s in self.slots if s):  # all yet to prefill
+                    self.intake.gather([s.w for s in self.slots if s], GATHER_QUIET_S, GATHER_MOST_S)
+                    self.admit()
                 self.step()
                 self.report()
         for msg in self.intake.deferred:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import queue
+import time
 from collections.abc import Iterable
 
 from engine import protocol as P
@@ -83,16 +84,36 @@ class Intake:
                 msg = self.requests.queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(msg, P.GenerateRequest) and batch_wanted(self.s, msg):
-                self.accept(msg)
-            elif isinstance(msg, QUICK):
-                self._answer(msg)
-            else:
-                self.stopping = True
-                self.deferred.append(msg)
-                if msg is None or isinstance(msg, _ENDS_MODEL):
-                    for w in [*self.waiting, *running]:
-                        w.cancel.set()
+            self._take(msg, running)
+
+    def gather(self, running: list[Waiting], quiet_s: float, most_s: float) -> None:
+        """Wait for more generations before a first prefill: until none came for ``quiet_s``,
+        ``most_s`` at most. Why: clients that send at once (an agent's fan-out, a benchmark's
+        burst) reach the child a fraction of a millisecond apart; the first alone would take a
+        whole prefill step, and the others would wait for it (on a GPU, four 127-token prompts
+        prefill together in about the time of one)."""
+        end = time.perf_counter() + most_s
+        while not self.stopping:
+            wait = min(quiet_s, end - time.perf_counter())
+            if wait <= 0:
+                return
+            try:
+                msg = self.requests.queue.get(timeout=wait)
+            except queue.Empty:
+                return
+            self._take(msg, running)
+
+    def _take(self, msg: P.Message | None, running: Iterable[Waiting]) -> None:
+        if isinstance(msg, P.GenerateRequest) and batch_wanted(self.s, msg):
+            self.accept(msg)
+        elif isinstance(msg, QUICK):
+            self._answer(msg)
+        else:
+            self.stopping = True
+            self.deferred.append(msg)
+            if msg is None or isinstance(msg, _ENDS_MODEL):
+                for w in [*self.waiting, *running]:
+                    w.cancel.set()
 
     def _answer(self, msg: P.Message) -> None:
         try:
