@@ -7,7 +7,6 @@ to 20 s (Gemma 3's 262k-token vocabulary), so `engine.gguf.reader` walks the hea
 over an `mmap` (refusing what llama.cpp's parser refuses) and this module applies the model rules
 of llama.cpp 0c1e570 (`llama_model_base::load_hparams`, `src/models/*.cpp`; the per-layer ones,
 sliding window and lightning indexer, are `engine.gguf.layer_rules`); tensor data is never read.
-See notes/llama-cpp-memory.md.
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 The GUI recomputes this on every slider move, so it must be fast (well under 16 ms): all
 per-model work (per-layer K/V widths, which layers hold KV or recurrent state, weight bytes per
 layer) is derived once into a `ModelGeometry` and cached; a plan is then a few loops over layers.
-Formulas follow notes/llama-cpp-memory.md: context resolution §1 and KV §2-§5, §7 (in
-`engine.plan.kv_sizes`), recurrent state §6, output §8, weights placement §10. KV and recurrent bytes
-equal llama.cpp's `size =` tensor sums; compute buffers have no closed form (§9) and come from
-`engine.plan.compute`. On CUDA GPUs a last component, "driver", is memory no llama.cpp buffer
+Formulas follow llama.cpp's source: the context's resolution (the `llama_context` constructor,
+src/llama-context.cpp), the KV cache (src/llama-kv-cache.cpp, in `engine.plan.kv_sizes`), recurrent
+state (src/llama-memory-recurrent.cpp), the output buffer (`llama_context::output_reserve`) and
+where weights go (`llama_model_base::load_tensors`, src/llama-model.cpp). KV and recurrent bytes
+equal llama.cpp's `size =` tensor sums; compute buffers have no closed form (they are the
+scheduler's reservation of a graph) and come from `engine.plan.compute`. On CUDA GPUs a last component, "driver", is memory no llama.cpp buffer
 holds but the GPU loses all the same (2 MiB cudaMalloc pages, page tables of pinned host memory,
 the context: `engine.plan.cuda_driver`), computed from the buffers above.
 """
