@@ -13,6 +13,7 @@ from engine.core.errors import InvalidSettings
 from engine.core.memory_types import PlanSettings
 from engine.core.sampling import PRESETS, SamplingParams
 from engine.runtime.host import RuntimeHost
+from tests.helpers.cli import kvdeck, weight_buffers
 from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
@@ -52,6 +53,19 @@ def test_cli_bench_json_contract(smollm2_path, capsys):
     assert data["pp"]["n"] == 16 and data["pp"]["tokens_per_s"] > 0
     assert data["tg"]["n"] == 4 and data["tg"]["depth"] == 0 and data["tg"]["tokens_per_s"] > 0
     assert data["settings"]["type_k"] == "f16" and data["device"]["devices"]
+
+
+@pytest.mark.parametrize("mode", ["mmap", "none"])
+def test_cli_bench_loads_the_weights_the_way_load_mode_says(smollm2_path, tmp_path, mode):
+    """``kvdeck bench`` takes plan's ``--load-mode``: the JSON settings say which, and the runtime
+    loads that way (llama.cpp's log names a ``*_Mapped`` buffer only when the file is mapped)."""
+    extra = () if mode == "mmap" else ("--load-mode", mode)
+    args = ("bench", str(smollm2_path), "--pp", "16", "--tg", "4", "--reps", "1", "--json", *extra)
+    r = kvdeck(*args, env={"KVDECK_DATA_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["settings"]["load_mode"] == mode
+    buffers = weight_buffers(tmp_path)
+    assert buffers and any(b.endswith("_Mapped") for b in buffers) == (mode == "mmap"), buffers
 
 
 def test_cli_bench_rejects_nothing_to_measure(smollm2_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import INSPECT_JSON_KEYS, ROOT, kvdeck
+from tests.helpers.cli import INSPECT_JSON_KEYS, ROOT, kvdeck, weight_buffers
 
 
 def test_inspect_json(smollm2_path):
@@ -55,6 +55,29 @@ def test_chat_streams_text_without_json(smollm2_path):
     assert "tokens/s" in r.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["mmap", "none"])
+def test_chat_loads_the_weights_the_way_load_mode_says(smollm2_path, tmp_path, mode):
+    """``kvdeck chat`` takes plan's ``--load-mode`` and the runtime loads that way: the default
+    maps the model file (llama.cpp's log names a ``*_Mapped`` buffer), ``none`` copies it in."""
+    extra = () if mode == "mmap" else ("--load-mode", mode)
+    r = kvdeck(
+        "chat",
+        str(smollm2_path),
+        "--prompt",
+        "Say hi.",
+        "--max-tokens",
+        "4",
+        "--json",
+        *extra,
+        env={"KVDECK_DATA_DIR": str(tmp_path)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n_tokens"] > 0
+    buffers = weight_buffers(tmp_path)
+    assert buffers and any(b.endswith("_Mapped") for b in buffers) == (mode == "mmap"), buffers
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -63,6 +86,12 @@ def test_chat_streams_text_without_json(smollm2_path):
         (("inspect", str(ROOT / "pyproject.toml")), "pyproject.toml"),
         (("chat", "--demo", "--prompt", "x", "--temperature", "-1"), "temperature"),
         (("chat", "--prompt", "x"), "error:"),
+        (("chat", "--demo", "--prompt", "x", "--load-mode", "direct"), "invalid choice: 'direct'"),
+        (("bench", "/nonexistent/model.gguf", "--load-mode", "direct"), "invalid choice: 'direct'"),
+        (
+            ("chat", "--demo", "--prompt", "x", "--cache-type-v", "q8_0", "--flash-attn", "off"),
+            "only works with flash attention",
+        ),
         (("inspect",), "error:"),
     ],
 )

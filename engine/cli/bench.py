@@ -14,10 +14,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from engine.cli.args import add_n_cpu_moe, n_cpu_moe
-from engine.cli.rpc import add_rpc_option, devices_for, endpoints, placed
+from engine.cli.memory import add_plan_options, settings_from_args
+from engine.cli.rpc import devices_for, endpoints, placed
 from engine.core.errors import KvDeckError, ModelFileError
-from engine.core.memory_types import KV_TYPES, PlanSettings
 from engine.core.sampling import PRESETS
 from engine.core.units import acceptance_by_position
 from engine.protocol import BenchResult, Hello, Loaded, LoadParams
@@ -34,14 +33,10 @@ def register(sub: Any) -> None:
     p.add_argument("--tg", type=int, default=128, help="generated tokens (default 128; 0: skip)")
     p.add_argument("--depth", type=int, default=0, help="tokens already in the context (default 0)")
     p.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
-    p.add_argument("--cache-type-k", choices=KV_TYPES, default="f16")
-    p.add_argument("--cache-type-v", choices=KV_TYPES, default="f16")
-    p.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--n-gpu-layers", type=int, default=-1)
-    add_n_cpu_moe(p)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: physical cores)")
-    p.add_argument("--batch", type=int, default=2048)
-    p.add_argument("--ubatch", type=int, default=512)
+    # what is loaded and how, as plan/fit/serve take it (one sequence; the context follows --pp/--tg)
+    add_plan_options(p, skip={"path", "--ctx", "--parallel", "--json"})
+    p.set_defaults(cache_type_k="f16", cache_type_v="f16")  # llama-bench's, not the model's default
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -56,7 +51,6 @@ def register(sub: Any) -> None:
         "the device when there is a GPU)",
     )
     p.add_argument("--json", action="store_true")
-    add_rpc_option(p)
     spec = p.add_mutually_exclusive_group()  # speculative decoding: plain against drafted decode
     spec.add_argument(
         "--draft",
@@ -192,35 +186,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = _check(args)
     info = inspect_gguf(path)  # a clear error for a bad file before any process starts
     sampling = PRESETS[args.preset] if args.preset else None
+    drafting = bool(args.draft or args.lookup or args.mtp)
+    n_ctx = context_for(args.pp, args.tg, args.depth) + (SPEC_PROMPT_ROOM if drafting else 0)
+    plan = settings_from_args(args, info).replace(n_ctx=n_ctx)  # what serve and chat load, too
+    if args.mtp:
+        plan = mtp_settings(info.hybrid, plan, args.draft_max)
     settings = {
-        "type_k": args.cache_type_k,
-        "type_v": args.cache_type_v,
-        "flash_attn": args.flash_attn,
-        "n_batch": args.batch,
-        "n_ubatch": args.ubatch,
-        "n_cpu_moe": n_cpu_moe(args),
+        "type_k": plan.type_k,
+        "type_v": plan.type_v,
+        "flash_attn": plan.flash_attn,
+        "n_batch": plan.n_batch,
+        "n_ubatch": plan.n_ubatch,
+        "n_cpu_moe": plan.n_cpu_moe,
+        "load_mode": plan.load_mode,
         "sampling": sampling.to_dict() if sampling else "greedy",
     }
-    drafting = bool(args.draft or args.lookup or args.mtp)
     rpc = endpoints(args)
     devices = devices_for(rpc) if rpc else []  # workers are probed before the child meets them
+    plan = placed(plan, devices)
     with RuntimeHost(rpc=rpc) as host:
         hello = host.hello
         assert hello is not None
-        n_ctx = context_for(args.pp, args.tg, args.depth) + (SPEC_PROMPT_ROOM if drafting else 0)
-        plan = PlanSettings(
-            n_ctx=n_ctx,
-            n_gpu_layers=args.n_gpu_layers,
-            n_cpu_moe=n_cpu_moe(args),
-            n_batch=args.batch,
-            n_ubatch=args.ubatch,
-            flash_attn=args.flash_attn,
-            type_k=args.cache_type_k,
-            type_v=args.cache_type_v,
-        )
-        if args.mtp:
-            plan = mtp_settings(info.hybrid, plan, args.draft_max)
-        plan = placed(plan, devices)
         loaded = host.load(LoadParams(path=path, settings=plan, n_threads=args.threads))
         res = host.bench(args.pp, args.tg, args.depth, args.reps, sampling=sampling, sampler=args.sampler)
         spec = spec_bench(host, loaded, args) if drafting else None

@@ -29,7 +29,7 @@ from engine.cli import precision as cli_precision
 from engine.cli import rpc as cli_rpc
 from engine.cli import serve as cli_serve
 from engine.cli import worker as cli_worker
-from engine.cli.args import add_n_cpu_moe, model_path, n_cpu_moe
+from engine.cli.args import model_path
 from engine.core import logfile, paths
 from engine.core.errors import KvDeckError
 from engine.core.memory_types import Device
@@ -90,8 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=None)
     c.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
     c.add_argument("--n-ctx", type=int, default=0, help="context size (0: min(training, 4096))")
-    c.add_argument("--n-gpu-layers", type=int, default=-1)
-    add_n_cpu_moe(c)
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
     c.add_argument(
@@ -105,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--lookup", action="store_true", help="draft by n-gram lookup in the conversation")
     spec.add_argument("--mtp", action="store_true", help="the model drafts for itself with its MTP heads")
     c.add_argument("--draft-max", type=int, default=8, help="most tokens drafted per step (default 8)")
-    cli_rpc.add_rpc_option(c)
+    # what is loaded and how, as plan/fit/serve take it (one sequence; --n-ctx is chat's own)
+    cli_memory.add_plan_options(c, skip={"path", "--ctx", "--parallel", "--json"})
     cli_memory.register(sub)
     cli_precision.register(sub)
     cli_bench.register(sub)
@@ -175,19 +174,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if schema and (args.draft or args.lookup):
         raise KvDeckError("--json-schema cannot be combined with speculative decoding (--draft, --lookup)")
     from engine.core.build import gpu_backend
-    from engine.core.memory_types import PlanSettings
     from engine.gguf.inspect import inspect_gguf
     from engine.plan.analytic import analytic_plan
     from engine.plan.fit import PlanFn, preflight
-    from engine.plan.rules import default_cache_type
     from engine.runtime.info import plan_devices
 
     info = inspect_gguf(path)  # a clear error for a bad file before any process starts
     n_ctx = args.n_ctx or min(info.n_ctx_train or 4096, 4096)
-    kv = default_cache_type(info)
-    settings = PlanSettings(
-        n_ctx=n_ctx, n_gpu_layers=args.n_gpu_layers, n_cpu_moe=n_cpu_moe(args), type_k=kv, type_v=kv
-    )
+    settings = cli_memory.settings_from_args(args, info).replace(n_ctx=n_ctx)
     if args.mtp:
         from engine.plan.drafting import mtp_settings
 

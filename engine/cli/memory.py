@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,24 @@ from engine.core.memory_types import COMPONENTS, KV_TYPES, Device, MemoryPlan, M
 from engine.runtime.pairing import pair_report
 
 
-def add_plan_options(p: argparse.ArgumentParser) -> None:
+class _Skipping:
+    """Lets ``add_plan_options`` add everything except the options a command defines its own way."""
+
+    def __init__(self, parser: argparse.ArgumentParser, skip: frozenset[str]) -> None:
+        self.parser, self.skip = parser, skip
+
+    def add_argument(self, *names: str, **kwargs: Any) -> Any:
+        if names[0] in self.skip:
+            return None
+        return self.parser.add_argument(*names, **kwargs)
+
+
+def add_plan_options(parser: argparse.ArgumentParser, skip: Collection[str] = ()) -> None:
+    """The options that decide what is loaded and how (PlanSettings, through
+    ``settings_from_args``), defined once for every command that plans or loads: plan, fit,
+    serve, chat and bench. ``skip``: the options a command defines its own way (chat's path
+    beside --demo, serve's --parallel), named as on the command line ("path" for the file)."""
+    p: Any = _Skipping(parser, frozenset(skip))
     p.add_argument("path")
     p.add_argument("--ctx", type=int, default=None, help="context size (default: 4096, or the fitted one)")
     p.add_argument("--parallel", type=int, default=1, help="parallel sequences (n_seq_max)")
@@ -52,13 +70,14 @@ def settings_from_args(args: argparse.Namespace, info: Any) -> PlanSettings:
             f"--tensor-split must be numbers separated by commas, not {args.tensor_split!r}"
         ) from None
     default_type = default_cache_type(info)
-    for name in ("ctx", "parallel", "batch", "ubatch"):
-        value = getattr(args, name)
+    # chat and bench have no --ctx or --parallel: one sequence, its context set by the command
+    ctx, parallel = getattr(args, "ctx", None), getattr(args, "parallel", 1)
+    for name, value in (("ctx", ctx), ("parallel", parallel), ("batch", args.batch), ("ubatch", args.ubatch)):
         if value is not None and value < (0 if name == "ctx" else 1):
             raise KvDeckError(f"--{name} must be positive, not {value}")
     return PlanSettings(
-        n_ctx=args.ctx if args.ctx is not None else 4096,
-        n_seq_max=args.parallel,
+        n_ctx=ctx if ctx is not None else 4096,
+        n_seq_max=parallel,
         kv_unified=args.kv_unified,
         type_k=args.cache_type_k or default_type,
         type_v=args.cache_type_v or default_type,

@@ -23,18 +23,6 @@ from engine.core.memory_types import MiB
 DEFAULT_PARALLEL = 4
 
 
-class _Skipping:
-    """Lets ``add_plan_options`` add everything except the options serve defines its own way."""
-
-    def __init__(self, parser: argparse.ArgumentParser, skip: set[str]) -> None:
-        self.parser, self.skip = parser, skip
-
-    def add_argument(self, *names: str, **kwargs: Any) -> Any:
-        if names[0] in self.skip:
-            return None
-        return self.parser.add_argument(*names, **kwargs)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a model through an OpenAI-compatible HTTP API")
     src = p.add_mutually_exclusive_group(required=True)
@@ -89,7 +77,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--budget-mib", type=int, default=None, help="memory budget per GPU (or RAM) in MiB")
-    add_plan_options(_Skipping(p, {"path", "--ctx", "--parallel", "--json"}))  # type: ignore[arg-type]
+    add_plan_options(p, skip={"path", "--ctx", "--parallel", "--json"})
     add_drafter_options(p, "draft per sequence with this Gemma 4 assistant")
     p.add_argument(
         "--draft-max", type=int, default=8, help="most tokens drafted per sequence and step (default 8)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,11 @@ def spawn_kvdeck(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def weight_buffers(data_dir: Path) -> set[str]:
+    """The buffer types llama.cpp loaded the weights into, as named in the log file of ``kvdeck``
+    runs with ``KVDECK_DATA_DIR=data_dir`` (``load_tensors: CPU_Mapped model buffer size = ...``):
+    a name ending in ``_Mapped`` is the model file mapped, any other one holds a copy."""
+    text = (data_dir / "kvdeck.log").read_text(encoding="utf-8")
+    return set(re.findall(r"load_tensors:\s+(\S+) model buffer size", text))
