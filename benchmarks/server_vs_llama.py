@@ -95,7 +95,7 @@ def stream_request(
     }
 
 
-def steady_decode(ok: list[dict], streams: int) -> tuple[float, float]:
+def steady_decode(ok: list[dict], streams: int) -> tuple[float | None, float]:
     """Generated t/s while ``streams`` replies decode at once (each past its first token, before
     its end), and how many seconds that was: llama-batched-bench's ``S_TG`` measured from the
     client side. Prefill steps of requests that start later, and the ramps at a round's start and
@@ -116,7 +116,7 @@ def steady_decode(ok: list[dict], streams: int) -> tuple[float, float]:
         if r["times"]:
             inside = sum(any(s < t <= e for s, e in windows) for t in r["times"][1:])
             tokens += inside * r["tokens"] / len(r["times"])
-    return (round(tokens / span, 1) if span > 0 else 0.0), round(span, 3)
+    return (round(tokens / span, 1) if span > 0 else None), round(span, 3)
 
 
 def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int, streams: int) -> dict:
@@ -406,7 +406,7 @@ def main() -> int:
                 "kvdeck_steady_vs_batched_bench_b_slots": round(
                     k["steady_decode_tps"] / b_slots["s_tg_tps"], 3
                 )
-                if b_slots
+                if b_slots and k["steady_decode_tps"]
                 else None,
                 "ttft_median_s": {"kvdeck": k["ttft_median_s"], "llama_server": ls["ttft_median_s"]},
                 "kvdeck_batch_loop": k.get("batch_loop"),

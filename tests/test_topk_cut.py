@@ -118,6 +118,15 @@ def test_a_row_without_a_chain_takes_its_first_greatest_logit() -> None:
     assert rows == [7, 49152, 3]
 
 
+def test_a_chain_without_a_leading_k_is_left_to_llama_cpp() -> None:
+    row = np.zeros(N_VOCAB, dtype=np.float32)
+    c = chain(40, 1)
+    try:
+        assert native([row, row], [c, c], 0) == [-1, -1]
+    finally:
+        LL.llama_sampler_free(c)
+
+
 def test_a_row_with_nan_is_left_to_llama_cpp() -> None:
     row = np.zeros(N_VOCAB, dtype=np.float32)
     row[123] = np.nan
@@ -155,3 +164,15 @@ def test_calls_from_two_threads_take_turns() -> None:
     for t in threads:
         t.join()
     assert got == {b: [int(r.argmax()) for r in blocks[b]] for b in range(2)}
+
+
+def test_rows_sampled_while_the_workers_are_prewoken_are_all_sampled() -> None:
+    """A step whose logits come before the prewoken workers were due to spin: the call still
+    gets every row (the workers sleep in slices and take the job when they see it)."""
+    rng = np.random.default_rng(4)
+    rows = [rng.standard_normal(N_VOCAB).astype(np.float32) for _ in range(16)]
+    sampler = NativeRows(N_VOCAB, 4)
+    for delay_s in (0.0, 0.002, 1.0):
+        sampler.prewake(16, delay_s, 0.002)
+        got = sampler.sample([r.ctypes.data for r in rows], [0] * 16, [1] * 16)
+        assert got == [int(r.argmax()) for r in rows]

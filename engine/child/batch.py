@@ -188,7 +188,8 @@ class BatchLoop:
         LL.llama_synchronize(self.m.ctx)  # the logits are read at once anyway; this times the device
         t1 = time.perf_counter()
         self.decode_returns_early = t1 - t_flushed > t_call - t0
-        self.sampler.decoded(n, t1 - t0)
+        if rc == 0:
+            self.sampler.decoded(n, t1 - t0)
         TIMES.steps += 1
         TIMES.decode_s += t1 - t0  # includes the write only where it outlasted the device
         if rc == 0 and n == len(gen) and not checks:  # generated tokens only, as batched-bench
@@ -374,7 +375,11 @@ class BatchLoop:
                 self.admit()
                 if not any(self.slots):
                     break
-                if all(s.n_fed == s.n_reused for s in self.slots if s):  # all yet to prefill
+                if (
+                    None in self.slots
+                    and not self.waiting
+                    and all(s.n_fed == s.n_reused for s in self.slots if s)
+                ):
                     self.intake.gather([s.w for s in self.slots if s], GATHER_QUIET_S, GATHER_MOST_S)
                     self.admit()
                 self.step()

@@ -1,7 +1,7 @@
 """Sampling every output row of one batch step (engine.child.batch), in parallel.
 
 Why: after a decode step each generating sequence samples its own row of logits with its own
-CPU sampler chain. For a chain that cuts the vocabulary (top-k, top-p) llama.cpp first copies
+CPU sampler chain. For a chain that cuts the vocabulary (top-k, top-p) llama.cpp first writes
 the whole row into a candidate array and sorts part of it: about 0.3 ms for a 128k vocabulary,
 so sixteen sequences sampled one after another cost more than half the decode step itself on a
 fast GPU (the gap to llama-batched-bench measured on an H200). The rows are independent (each
@@ -9,10 +9,10 @@ request owns its chain, its grammar and its seed), so they are sampled at once: 
 chains that start with top-k (llama-server's default chain, and ours) in one native call that
 spreads them over threads (engine.child.topk_cut), the others with llama.cpp's own call on a
 small pool meanwhile (ctypes releases the GIL for its length). The results are the same token
-for token as sampling the rows in order: nothing is shared between chains, and the context is
-only read: its lazy writes (the synchronise's bookkeeping and the output reorder,
-src/llama-context.cpp) happen on the calling thread before the workers start, after which every
-getter's synchronise and reorder find nothing to do.
+for token as sampling the rows in order (the native call up to the order of exact ties,
+engine.child.topk_cut): nothing is shared between chains, and the context is only read: its lazy
+writes (the output reorder, src/llama-context.cpp) happen on the calling thread before the
+workers start; after that a getter's synchronise only stores the same zeros again.
 """
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ class RowSampler:
         old = self.decode_s.get(n_tokens, seconds)
         self.decode_s[n_tokens] = old + 0.2 * (seconds - old)
 
-    def one(self, s: Sampled, i: int, native: bool = False) -> int:
+    def one(self, s: Sampled, i: int) -> int:
         """The token for batch row ``i`` of slot ``s`` (its first-token chain for its first
-        token); ``native``: with llama.cpp's own sampling even where the native cut applies."""
-        if not native and self.cuttable(s):
+        token). A lone greedy row is numpy's argmax: faster than a native call for one row."""
+        if s.chain is not None and self.cuttable(s):
             tok = self.native.sample(
                 [LIB.llama_get_logits_ith(self.ctx, i)], [chain_address(s.chain)], [s.cut]
             )[0]
@@ -134,11 +134,16 @@ class RowSampler:
             return int(LL.llama_sampler_sample(s.chain, ctx, i))
         return int(logits_row(LIB, ctx, i, self.n_vocab).argmax())
 
+    @staticmethod
+    def _argmax(s: Sampled) -> bool:
+        """A greedy row past its first token: numpy's argmax (releases the GIL; no pool)."""
+        return s.chain is None and (bool(s.out) or s.first is None)
+
     def cuttable(self, s: Sampled) -> bool:
         """Past its first token, with no chain (greedy) or a chain that starts with top-k."""
         if s.first is not None and not s.out:
             return False
-        return s.chain is None or self.native.usable(s.cut)
+        return self.native.usable(s.cut if s.chain is not None else 1)
 
     def _pooled(self, rows: Sequence[tuple[int, Sampled]]) -> list[int]:
         return [self._llama(s, i) for i, s in rows]
@@ -154,7 +159,12 @@ class RowSampler:
         LIB.llama_get_logits(self.ctx)  # synchronise and reorder (writes) here, once
         TIMES.reorder_s += time.perf_counter() - t
         fast = [j for j, (_, s) in enumerate(rows) if self.cuttable(s)]
-        rest = [j for j in range(len(rows)) if j not in set(fast)]
+        if len(fast) == 1 and rows[fast[0]][1].chain is None:
+            fast = []  # a lone greedy row: numpy's argmax, below
+        # every logits pointer is taken here, before any other thread reads the context
+        ptrs = [LIB.llama_get_logits_ith(self.ctx, rows[j][0]) for j in fast]
+        native = set(fast)
+        rest = [j for j in range(len(rows)) if j not in native and not self._argmax(rows[j][1])]
         jobs = []
         if self.pool is not None and rest:
             k = min(self.n_workers - 1, len(rest))
@@ -165,11 +175,12 @@ class RowSampler:
         else:
             for j in rest:
                 out[j] = self._llama(rows[j][1], rows[j][0])
+        for j in range(len(rows)):  # numpy's argmax rows meanwhile
+            if j not in native and self._argmax(rows[j][1]):
+                out[j] = self._llama(rows[j][1], rows[j][0])
         if fast:
             toks = self.native.sample(
-                [LIB.llama_get_logits_ith(self.ctx, rows[j][0]) for j in fast],
-                [chain_address(rows[j][1].chain) for j in fast],
-                [rows[j][1].cut for j in fast],
+                ptrs, [chain_address(rows[j][1].chain) for j in fast], [rows[j][1].cut for j in fast]
             )
             for j, tok in zip(fast, toks):
                 out[j] = tok if tok >= 0 else self._llama(rows[j][1], rows[j][0])

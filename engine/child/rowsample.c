@@ -1,11 +1,11 @@
 /* engine.child._rowsample: the rows of one batch step sampled in native threads.
  *
  * Why this is C: after a decode step each generating sequence samples its own row of logits
- * (128k floats for Llama 3). llama.cpp's llama_sampler_sample copies the whole row into a fresh
- * candidate array first (12 bytes a token, a new 1.5 MB allocation each call, whose page faults
- * do not run in parallel), and Python threads cannot share out the numpy work that avoids the
- * copy (short steps hold the GIL). On an H200 that cost 1.5 ms a step for 16 rows, a fifth of the
- * decode itself. Here every row is one vectorised pass that keeps only each 64-token chunk's
+ * (128k floats for Llama 3). llama.cpp's llama_sampler_sample first writes the whole row into the
+ * chain's candidate array (12 bytes a token: 1.5 MB, src/llama-sampler.cpp) and top-k then sorts
+ * part of it: sixteen such calls on sixteen threads still took 1.8 ms on an H200's host, and
+ * Python threads cannot share out the numpy work that avoids the copy (short steps hold the
+ * GIL): 1.5 ms a step for 16 rows, a fifth of the decode itself. Here every row is one vectorised pass that keeps only each 64-token chunk's
  * maximum; the k-th largest of those maxima is a threshold at least k tokens reach, so the row's
  * k best reach it too, and only about k chunks hold tokens that do. Those tokens are handed to
  * the request's own llama.cpp chain in vocabulary order, as llama.cpp writes them, so its top-k
@@ -29,7 +29,16 @@
 #include <math.h>
 #include <stdlib.h>
 
+#ifdef _WIN32
+/* MSVC's C11 atomics need VS 2022 17.5 and a flag; the two counters need only these. */
+#include <windows.h>
+typedef volatile long atomic_int;
+#define atomic_init(p, v) (*(p) = (v))
+#define atomic_load(p) InterlockedCompareExchange((p), 0, 0)
+#define atomic_fetch_add(p, v) InterlockedExchangeAdd((p), (v))
+#else
 #include <stdatomic.h>
+#endif
 
 #if defined(_MSC_VER)
 #define THREAD_LOCAL __declspec(thread)
@@ -59,8 +68,8 @@ enum { CHUNK = 64 };
 
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
-/* The largest of 64 floats; sets *nan when one is NaN. */
-static float chunk_max(const float *v, int *nan) {
+/* The largest of 64 floats; sets *has_nan when one is NaN. */
+static float chunk_max(const float *v, int *has_nan) {
     __m128 m = _mm_loadu_ps(v), u = _mm_cmpunord_ps(m, m);
     for (int j = 4; j < CHUNK - 4; j += 8) {
         __m128 a = _mm_loadu_ps(v + j), b = _mm_loadu_ps(v + j + 4);
@@ -72,14 +81,14 @@ static float chunk_max(const float *v, int *nan) {
     m = _mm_max_ps(m, last);
     m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
     m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
-    *nan |= _mm_movemask_ps(u);
+    *has_nan |= _mm_movemask_ps(u);
     return _mm_cvtss_f32(m);
 }
 #else
-static float chunk_max(const float *v, int *nan) {
+static float chunk_max(const float *v, int *has_nan) {
     float m = v[0];
     for (int j = 0; j < CHUNK; j++) {
-        *nan |= v[j] != v[j];
+        *has_nan |= v[j] != v[j];
         m = v[j] > m ? v[j] : m;
     }
     return m;
@@ -156,19 +165,19 @@ static int64_t candidates(const float *x, int64_t n, int k) {
         !reserve((void **)&t_chunk_max, &t_chunk_cap, (size_t)n_chunks, sizeof(float))) {
         return -1;
     }
-    int nan = 0;
+    int has_nan = 0;
     for (int64_t c = 0; c < n_full; c++) {
-        t_chunk_max[c] = chunk_max(x + c * CHUNK, &nan);
+        t_chunk_max[c] = chunk_max(x + c * CHUNK, &has_nan);
     }
     if (n_chunks > n_full) { /* the last, short chunk */
         float m = x[n_full * CHUNK];
         for (int64_t i = n_full * CHUNK; i < n; i++) {
-            nan |= x[i] != x[i];
+            has_nan |= x[i] != x[i];
             m = x[i] > m ? x[i] : m;
         }
         t_chunk_max[n_full] = m;
     }
-    if (nan) {
+    if (has_nan) {
         return -1;
     }
     /* Fewer chunks than k (a tiny vocabulary): every token is a candidate. */
@@ -197,6 +206,9 @@ static int64_t candidates(const float *x, int64_t n, int k) {
 /* One row: its chain's token (the chain has accepted it), its first greatest logit without a
  * chain (llama.cpp's greedy sampler), or -1 for llama.cpp's own path. */
 static int32_t sample_row(const float *x, int64_t n, int k, void *chain, apply_fn apply, accept_fn accept) {
+    if (chain != NULL && k < 1) {
+        return -1; /* no top-k to stand in for: llama.cpp's own path */
+    }
     int64_t count = candidates(x, n, chain == NULL ? 1 : k);
     if (count <= 0) {
         return -1;
@@ -245,11 +257,15 @@ static void work(job_t *job) {
 
 #if defined(__x86_64__) || defined(__i386__)
 #define RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define RELAX() __asm__ __volatile__("yield")
 #else
 #define RELAX() ((void)0)
 #endif
 
 #include <time.h>
+
+enum { SLICE_NS = 100000, SPINS_BEFORE_YIELD = 4096 };
 
 static long long now_ns(void) {
     struct timespec t;
@@ -292,9 +308,10 @@ static void *worker(void *arg) {
             seen_wake = pool_wake;
             long long at = pool_wake_at;
             pthread_mutex_unlock(&pool_mu);
-            long long left = at - now_ns();
-            if (left > 0) {
-                struct timespec d = {(time_t)(left / 1000000000LL), (long)(left % 1000000000LL)};
+            /* in slices, so that a job due earlier than expected still finds this worker */
+            for (long long left; atomic_load(&pool_gen_a) == seen && (left = at - now_ns()) > 0;) {
+                long long slice = left < SLICE_NS ? left : SLICE_NS;
+                struct timespec d = {0, (long)slice};
                 nanosleep(&d, NULL);
             }
             while (atomic_load(&pool_gen_a) == seen && now_ns() < atomic_load(&pool_spin_end)) {
@@ -316,6 +333,17 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+#include <sched.h>
+
+/* Spin, and after a while give the core away: the thread we wait for may have been preempted. */
+static void wait_a_little(int spins) {
+    if (spins < SPINS_BEFORE_YIELD) {
+        RELAX();
+    } else {
+        sched_yield();
+    }
+}
+
 static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time in the pool */
 
 static void run(job_t *job, int n_threads) {
@@ -327,19 +355,25 @@ static void run(job_t *job, int n_threads) {
         pool_job = job;
         pool_gen++;
         atomic_store(&pool_gen_a, pool_gen);
-        pthread_cond_broadcast(&pool_cv);
+        if (helpers >= pool_workers) {
+            pthread_cond_broadcast(&pool_cv);
+        } else {
+            for (int i = 0; i < helpers; i++) {
+                pthread_cond_signal(&pool_cv); /* the others sleep on (a spinning one sees the job) */
+            }
+        }
         pthread_mutex_unlock(&pool_mu);
     }
     work(job);
-    while (atomic_load(&job->done) < job->n_rows) {
-        RELAX(); /* rows claimed by a worker: a few tens of microseconds */
+    for (int spins = 0; atomic_load(&job->done) < job->n_rows; spins++) {
+        wait_a_little(spins); /* rows claimed by a worker: a few tens of microseconds */
     }
     if (helpers > 0) {
         pthread_mutex_lock(&pool_mu);
         pool_job = NULL; /* no worker picks this job up any more */
         pthread_mutex_unlock(&pool_mu);
-        while (atomic_load(&pool_busy) > 0) {
-            RELAX(); /* a worker that found no row is on its way out of work() */
+        for (int spins = 0; atomic_load(&pool_busy) > 0; spins++) {
+            wait_a_little(spins); /* a worker that found no row is on its way out of work() */
         }
     }
     pthread_mutex_unlock(&run_mu);

@@ -1,18 +1,21 @@
 """Sampling rows whose chain starts with top-k (or that are greedy) from only the tokens that can
 be among the k best, in native threads (engine/child/rowsample.c, built as ``_rowsample``).
 
-Why: ``llama_sampler_sample`` copies the whole logits row into a fresh candidate array (12
+Why: ``llama_sampler_sample`` writes the whole logits row into the chain's candidate array (12
 bytes a token: 1.5 MB at a 128k vocabulary, src/llama-sampler.cpp) before top-k throws all
-but k of them away, and those per-call allocations do not run in parallel (16 rows on 16
-threads: 1.8 ms a step on the H200's host, 2026-12-05). The native pass keeps the k best in a
-heap and hands only the tokens that reach the k-th largest logit (ties included), in
-vocabulary order as llama.cpp writes them, to the request's own chain: its top-k keeps the same
-k tokens, and every sampler after top-k only ever sees those k, so the token and the chain's
-state (the dist sampler's generator, the penalties' history) are llama.cpp's. Short of exact
+but k of them away (16 rows on 16 threads: 1.8 ms a step on the H200's host, 2026-12-05). The
+native pass reads each row once, keeping each 64-token chunk's maximum; every token that
+reaches the k-th largest of those maxima is a candidate (at least k tokens reach it, so the k
+best do), and the candidates go, in vocabulary order as llama.cpp writes them, to the request's
+own chain: its top-k keeps the same k tokens, and every sampler after top-k only ever sees
+those k, so the token and the chain's state (the dist sampler's generator, the penalties' history) are llama.cpp's. Short of exact
 ties among the k best: llama.cpp's partial sort is not stable, so equal logits may come out in
 another order from a shorter array, and the dist sampler, which picks by position, may then
 name the other one. A row without a chain takes its first greatest logit, as llama.cpp's
 greedy sampler does.
+
+The module is built by the install (setup.py); where it could not be (no C compiler), ``NATIVE``
+is None and every row takes llama.cpp's own path, only slower.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from collections.abc import Sequence
 import llama_cpp.llama_cpp as LL
 import numpy as np
 
-from engine.child import _rowsample
+try:
+    from engine.child import _rowsample
+except ImportError:  # built without a C compiler: llama.cpp's own path for every row
+    _rowsample = None  # type: ignore[assignment]
 
-#: Beyond this k, or a quarter of the vocabulary, the chunk threshold keeps most of the row:
-#: llama.cpp's own path.
-MAX_K = 4096
+#: One chunk of the native pass (CHUNK in rowsample.c): with k beyond a 2*CHUNK-th of the
+#: vocabulary the threshold keeps most of the row, and llama.cpp's own path is as good.
+CHUNK = 64
 
 
 def _address(fn: object) -> int:
@@ -50,8 +56,11 @@ def _layout_matches() -> bool:
     )
 
 
-if not _layout_matches():  # a llama_cpp whose structs moved: this module must follow it
+if _rowsample is not None and not _layout_matches():  # llama_cpp's structs moved: follow them
     raise ImportError("engine.child._rowsample does not match llama_cpp's llama_token_data_array")
+
+#: The native module, None where the install could not build it.
+NATIVE = _rowsample
 
 
 def leading_top_k(spec: tuple[tuple[object, ...], ...] | None) -> int:
@@ -67,7 +76,8 @@ def chain_address(chain: object | None) -> int:
 
 
 class NativeRows:
-    """Samples many rows in one native call; reuses its argument arrays between steps."""
+    """Samples many rows in one native call; reuses its argument arrays between steps (so one
+    NativeRows serves one thread; the native pool itself takes calls from several in turn)."""
 
     def __init__(self, n_vocab: int, n_threads: int) -> None:
         self.n_vocab = n_vocab
@@ -83,11 +93,11 @@ class NativeRows:
     def prewake(self, n_rows: int, delay_s: float, spin_s: float) -> None:
         """Have the threads for ``n_rows`` rows running in ``delay_s``, for ``spin_s`` at most."""
         n = min(n_rows, self.n_threads)
-        if n > 1:
+        if n > 1 and NATIVE is not None:
             _rowsample.prewake(n, int(max(0.0, delay_s) * 1e6), int(spin_s * 1e6))
 
     def usable(self, k: int) -> bool:
-        return 0 < k <= min(MAX_K, self.n_vocab // 4)
+        return NATIVE is not None and 0 < k and k * 2 * CHUNK <= self.n_vocab
 
     def sample(self, rows: Sequence[int], chains: Sequence[int], ks: Sequence[int]) -> list[int]:
         """One token per row: ``rows`` are the rows' logits addresses, ``chains`` their chain
