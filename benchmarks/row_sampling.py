@@ -4,8 +4,9 @@
 
 For 1, 4, 16 and 64 rows of random logits (a 128k vocabulary by default), each with its own
 llama-server default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, dist):
-- ``llama``: llama.cpp's own way, one row after another: every token a candidate, then the
-  chain (what ``llama_sampler_sample`` does, less its reading of the context);
+- ``llama``: llama.cpp's own way, one row after another: every token written into the chain's
+  candidate array, then the chain (what ``llama_sampler_sample`` does, src/llama-sampler.cpp;
+  before 2026-12-05's afternoon this baseline made a fresh array each call, which overstated it);
 - ``native``: engine.child.topk_cut's one call over all rows, on 1 thread and on as many
   threads as the batch loop uses (engine.child.batch_sample.workers);
 - ``greedy``: the same call for rows without a chain (llama.cpp's greedy sampler).
@@ -48,9 +49,16 @@ def server_chain(seed: int) -> object:
     return c
 
 
+#: Each chain's candidate array, kept between calls as llama.cpp keeps ``chain->cur``.
+BUFFERS: dict[int, np.ndarray] = {}
+
+
 def llama_way(c: object, row: np.ndarray) -> int:
-    buf = np.zeros(len(row), dtype=TOKEN_DATA)  # a fresh array each call, as llama.cpp's
-    buf["id"], buf["logit"] = np.arange(len(row)), row
+    buf = BUFFERS.get(id(c))
+    if buf is None:
+        buf = BUFFERS[id(c)] = np.zeros(len(row), dtype=TOKEN_DATA)
+        buf["id"] = np.arange(len(row))
+    buf["logit"], buf["p"] = row, 0.0  # llama.cpp writes id, logit and p of every token
     arr = LL.llama_token_data_array(
         buf.ctypes.data_as(ctypes.POINTER(LL.llama_token_data)), len(row), -1, False
     )
