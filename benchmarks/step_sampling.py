@@ -59,6 +59,13 @@ def main() -> int:
     ap.add_argument("--seqs", type=int, default=16)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--modes", default="none,llama,native-1,native-4,native-16")
+    ap.add_argument(
+        "--seq-stride",
+        type=int,
+        default=1,
+        help="sequence ids 0, s, 2s, ... (s > 1: the gaps idle slots leave in a server; with "
+        "per-sequence KV streams llama.cpp then splits every step into one ubatch per sequence)",
+    )
     a = ap.parse_args()
     LL.llama_backend_init()
     quiet = LL.llama_log_callback(lambda *_: None)  # kept: llama.cpp calls it until exit
@@ -72,7 +79,8 @@ def main() -> int:
         return 1
     n = a.seqs
     cp = LL.llama_context_default_params()
-    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n * 2048, 2048, 512, n
+    stride = a.seq_stride
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n * stride * 2048, 2048, 512, n * stride
     cp.swa_full = False
     ctx = LL.llama_init_from_model(model, cp)
     n_vocab = LL.llama_vocab_n_tokens(LL.llama_model_get_vocab(model))
@@ -95,10 +103,14 @@ def main() -> int:
         LL.llama_synchronize(ctx)
         return time.perf_counter() - t
 
-    res: dict = {"model": a.model, "seqs": n, "steps": a.steps, "modes": {}}
+    res: dict = {"model": a.model, "seqs": n, "seq_stride": stride, "steps": a.steps, "modes": {}}
     for mode in a.modes.split(","):
         LL.llama_memory_clear(mem, True)
-        prompt = [(100 + (7 * s + i) % 5000, i, s, i == PROMPT - 1) for s in range(n) for i in range(PROMPT)]
+        prompt = [
+            (100 + (7 * s + i) % 5000, i, s * stride, i == PROMPT - 1)
+            for s in range(n)
+            for i in range(PROMPT)
+        ]
         for at in range(0, len(prompt), 2048):
             decode(prompt[at : at + 2048])
         chains = [server_chain(s) for s in range(n)]
@@ -115,7 +127,7 @@ def main() -> int:
         toks = [1000 + s for s in range(n)]
         dec, smp = [], []
         for step in range(a.steps):
-            dec.append(decode([(toks[s], PROMPT + step, s, True) for s in range(n)], hook))
+            dec.append(decode([(toks[s], PROMPT + step, s * stride, True) for s in range(n)], hook))
             if hook is not None:
                 expect[0] = dec[-1] if not expect[0] else expect[0] + 0.2 * (dec[-1] - expect[0])
             t = time.perf_counter()
