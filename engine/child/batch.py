@@ -75,7 +75,9 @@ class BatchLoop:
         self.buf = ctypes.create_string_buffer(256)
         self.last_report = 0.0
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
-        self.prefixes = SeqPrefixes(m, self.n_seq)  # per-slot prefix reuse (engine.child.prefix)
+        # per-slot prefix reuse (engine.child.prefix); a stream per sequence unless unified
+        streams = self.n_seq > 1 and self.n_ctx_seq < LL.llama_n_ctx(m.ctx)
+        self.prefixes = SeqPrefixes(m, self.n_seq, streams)
         sds = drafters_of(session)
         # the self-drafters, a separate draft model, and lookup for requests asking
         self.drafting = BatchDrafting(sds, m, model_drafts(session, m))
@@ -109,7 +111,8 @@ class BatchLoop:
                 self.emit(error_event(w.req.id, kind=ErrorKind.CANCELLED, message="cancelled"))
                 self.requests.finished(w.req.id)
                 continue
-            i, reuse = self.prefixes.place(free, w.prompt)
+            busy = [k for k in range(self.n_seq) if self.slots[k] is not None]
+            i, reuse = self.prefixes.place(free, busy, w.prompt)
             self.drafting.placed(i, reuse)
             chain = self.chains.admit(i, w) if self.chains is not None else None
             self.slots[i] = Slot.start(
@@ -136,37 +139,47 @@ class BatchLoop:
         checks: list[tuple[int, Slot, list[int]]] = []  # drafting sequences: verify rows from n
         gen = [s for s in active if s.next_tok >= 0]
         drafts = self.drafting.drafts(gen, self.n_batch - len(gen))
-        for s in gen:  # one token per generating sequence first (and its drafts)
-            d = drafts.get(s.seq)
-            if d:
-                k = 1 + len(d)
-                tok_a[n : n + k] = [s.next_tok, *d]
-                pos_a[n : n + k] = np.arange(s.n_past, s.n_past + k, dtype=np.int32)
-                out_a[n : n + k] = 1
-                checks.append((n, s, d))
-            else:  # the usual row: element writes, not slices (16 rows: 23 -> 4 µs a step here)
-                k = 1
-                tok_a[n], pos_a[n], out_a[n] = s.next_tok, s.n_past, 1
-                rows.append((n, s))
-                fed.append((s, 0))
-            self._rows(n, k, s.seq)
-            blocks.append((s.seq, [s.next_tok, *(d or ())], s.n_past))
-            n += k
-        for s in sorted(active, key=lambda s: s.w.t0):  # then prompt chunks, oldest first
+        # One token per generating sequence first (and its drafts), then prompt chunks, oldest
+        # first, in what is left of n_batch.
+        budget = self.n_batch - sum(1 + len(drafts.get(s.seq) or ()) for s in gen)
+        chunk: dict[int, int] = {}
+        for s in sorted(active, key=lambda s: s.w.t0):
             left = len(s.w.prompt) - s.n_fed
-            if s.next_tok >= 0 or left <= 0 or n >= self.n_batch:
-                continue
-            k = min(left, self.n_batch - n)
-            tok_a[n : n + k] = s.w.prompt[s.n_fed : s.n_fed + k]
-            pos_a[n : n + k] = np.arange(s.n_fed, s.n_fed + k, dtype=np.int32)
-            out_a[n : n + k] = 0
-            self._rows(n, k, s.seq)
-            if k == left:
-                out_a[n + k - 1] = 1
-                rows.append((n + k - 1, s))
-            fed.append((s, k))
-            blocks.append((s.seq, s.w.prompt[s.n_fed : s.n_fed + k], s.n_fed))
-            n += k
+            if s.next_tok < 0 and left > 0 and budget > 0:
+                chunk[s.seq] = k = min(left, budget)
+                budget -= k
+        # The rows go in sequence order: with a KV stream per sequence llama.cpp fills a ubatch
+        # only with consecutive ids in batch order (engine.child.prefix), so a prompt in the
+        # sequence between two generating ones shares their ubatch.
+        for s in sorted(active, key=lambda s: s.seq):
+            if s.next_tok >= 0:
+                d = drafts.get(s.seq)
+                if d:
+                    k = 1 + len(d)
+                    tok_a[n : n + k] = [s.next_tok, *d]
+                    pos_a[n : n + k] = np.arange(s.n_past, s.n_past + k, dtype=np.int32)
+                    out_a[n : n + k] = 1
+                    checks.append((n, s, d))
+                else:  # the usual row: element writes, not slices (16 rows: 23 -> 4 µs a step here)
+                    k = 1
+                    tok_a[n], pos_a[n], out_a[n] = s.next_tok, s.n_past, 1
+                    rows.append((n, s))
+                    fed.append((s, 0))
+                self._rows(n, k, s.seq)
+                blocks.append((s.seq, [s.next_tok, *(d or ())], s.n_past))
+                n += k
+            elif s.seq in chunk:
+                k, left = chunk[s.seq], len(s.w.prompt) - s.n_fed
+                tok_a[n : n + k] = s.w.prompt[s.n_fed : s.n_fed + k]
+                pos_a[n : n + k] = np.arange(s.n_fed, s.n_fed + k, dtype=np.int32)
+                out_a[n : n + k] = 0
+                self._rows(n, k, s.seq)
+                if k == left:
+                    out_a[n + k - 1] = 1
+                    rows.append((n + k - 1, s))
+                fed.append((s, k))
+                blocks.append((s.seq, s.w.prompt[s.n_fed : s.n_fed + k], s.n_fed))
+                n += k
         if n == 0:
             flush_held(self.emit)
             return
