@@ -5,9 +5,9 @@ once per step either way), so N clients decoding together get far more tokens pe
 N clients taking turns. llama.cpp does the batching; this loop only schedules it.
 
 The context is loaded with n_seq_max = N and slot i is llama.cpp sequence i. Every step builds
-ONE llama_batch: first one token per generating sequence (they must not wait behind a long
-prompt), then prefill chunks of admitted prompts in arrival order, never more than n_batch
-tokens in all (more aborts the process). Each sequence samples its own output row with its own
+ONE llama_batch (engine.child.batch_rows): first one token per generating sequence (they must
+not wait behind a long prompt), then prefill chunks of admitted prompts in arrival order, never
+more than n_batch tokens in all (more aborts the process), laid out in sequence order. Each sequence samples its own output row with its own
 CPU sampler chain (with llama.cpp's grammar sampler first for constrained requests,
 engine.child.grammar), seeded per request; a sequence is free the moment its request ends (end
 of generation, max_tokens, a stop string, a cancel, a client that went away), so a waiting
@@ -33,12 +33,12 @@ import logging
 import time
 
 import llama_cpp.llama_cpp as LL
-import numpy as np
 
 from engine import protocol as P
 from engine.child.batch_backend import SeqChains, enabled, not_eog
 from engine.child.batch_draft_model import model_drafts
 from engine.child.batch_intake import Intake
+from engine.child.batch_rows import BatchRows
 from engine.child.batch_sample import LIB, TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.errors import ErrorKind, error_event
@@ -87,16 +87,7 @@ class BatchLoop:
         # Device chains per sequence (engine.child.batch_backend); not with drafting (verify
         # rows are several outputs of one sequence per step).
         self.chains = SeqChains(m) if enabled() and not sds else None
-        self.batch = LL.llama_batch_init(self.n_batch, 0, 1)
-        b = self.batch
-        for i in range(self.n_batch):
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-        self.row_seq = [0] * self.n_batch
-        n = self.n_batch
-        self.tok_a = np.ctypeslib.as_array(b.token, (n,))
-        self.pos_a = np.ctypeslib.as_array(b.pos, (n,))
-        self.out_a = np.ctypeslib.as_array(b.logits, (n,))
+        self.rows = BatchRows(self.n_batch)  # the step's llama_batch (engine.child.batch_rows)
 
     # ------------------------------------------------------------------ requests
     def admit(self) -> None:
@@ -121,69 +112,15 @@ class BatchLoop:
             self.report(force=True)
 
     # ------------------------------------------------------------------ one step
-    def _rows(self, n: int, k: int, seq: int) -> None:
-        """Point rows n..n+k at ``seq``; only rows whose sequence changed are written."""
-        b, row_seq = self.batch, self.row_seq
-        for r in range(n, n + k):
-            if row_seq[r] != seq:
-                b.seq_id[r][0] = seq
-                row_seq[r] = seq
-
     def step(self) -> None:
         active = [s for s in self.slots if s is not None and not s.finish]
-        tok_a, pos_a, out_a = self.tok_a, self.pos_a, self.out_a
-        n = 0
-        rows: list[tuple[int, Slot]] = []
-        fed: list[tuple[Slot, int]] = []
-        blocks: list[tuple[int, list[int], int]] = []  # (sequence, tokens, first position)
-        checks: list[tuple[int, Slot, list[int]]] = []  # drafting sequences: verify rows from n
         gen = [s for s in active if s.next_tok >= 0]
         drafts = self.drafting.drafts(gen, self.n_batch - len(gen))
-        # One token per generating sequence first (and its drafts), then prompt chunks, oldest
-        # first, in what is left of n_batch.
-        budget = self.n_batch - sum(1 + len(drafts.get(s.seq) or ()) for s in gen)
-        chunk: dict[int, int] = {}
-        for s in sorted(active, key=lambda s: s.w.t0):
-            left = len(s.w.prompt) - s.n_fed
-            if s.next_tok < 0 and left > 0 and budget > 0:
-                chunk[s.seq] = k = min(left, budget)
-                budget -= k
-        # The rows go in sequence order: with a KV stream per sequence llama.cpp fills a ubatch
-        # only with consecutive ids in batch order (engine.child.prefix), so a prompt in the
-        # sequence between two generating ones shares their ubatch.
-        for s in sorted(active, key=lambda s: s.seq):
-            if s.next_tok >= 0:
-                d = drafts.get(s.seq)
-                if d:
-                    k = 1 + len(d)
-                    tok_a[n : n + k] = [s.next_tok, *d]
-                    pos_a[n : n + k] = np.arange(s.n_past, s.n_past + k, dtype=np.int32)
-                    out_a[n : n + k] = 1
-                    checks.append((n, s, d))
-                else:  # the usual row: element writes, not slices (16 rows: 23 -> 4 µs a step here)
-                    k = 1
-                    tok_a[n], pos_a[n], out_a[n] = s.next_tok, s.n_past, 1
-                    rows.append((n, s))
-                    fed.append((s, 0))
-                self._rows(n, k, s.seq)
-                blocks.append((s.seq, [s.next_tok, *(d or ())], s.n_past))
-                n += k
-            elif s.seq in chunk:
-                k, left = chunk[s.seq], len(s.w.prompt) - s.n_fed
-                tok_a[n : n + k] = s.w.prompt[s.n_fed : s.n_fed + k]
-                pos_a[n : n + k] = np.arange(s.n_fed, s.n_fed + k, dtype=np.int32)
-                out_a[n : n + k] = 0
-                self._rows(n, k, s.seq)
-                if k == left:
-                    out_a[n + k - 1] = 1
-                    rows.append((n + k - 1, s))
-                fed.append((s, k))
-                blocks.append((s.seq, s.w.prompt[s.n_fed : s.n_fed + k], s.n_fed))
-                n += k
+        st = self.rows.compose(active, drafts)
+        n, rows, fed, blocks, checks = st.n, st.rows, st.fed, st.blocks, st.checks
         if n == 0:
             flush_held(self.emit)
             return
-        self.batch.n_tokens = n
         # The held events go out while the device runs this step, where llama_decode returns
         # before the device is done: seen on the last step, and one ubatch (ggml's scheduler
         # waits for each ubatch before the next one's inputs); else before the decode, so a CPU
@@ -192,7 +129,7 @@ class BatchLoop:
         if not overlap:
             flush_held(self.emit)
         t0 = time.perf_counter()
-        rc = LL.llama_decode(self.m.ctx, self.batch)
+        rc = LL.llama_decode(self.m.ctx, self.rows.batch)
         t_call = time.perf_counter()
         self.sampler.decoding(n, len(rows), t0)
         if overlap:
@@ -363,7 +300,7 @@ class BatchLoop:
 
     def close(self) -> None:
         """Free the batch; the sequences' cells and their token lists stay for the next run."""
-        LL.llama_batch_free(self.batch)
+        self.rows.free()
         self.sampler.close()
         if self.chains is not None:
             self.chains.close()
