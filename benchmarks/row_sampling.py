@@ -31,34 +31,31 @@ import llama_cpp.llama_cpp as LL  # noqa: E402  (before numpy: the CUDA build's 
 import numpy as np  # noqa: E402
 
 from engine.child.batch_sample import LEAD_S, SPIN_S, workers  # noqa: E402
+from engine.child.sampler import build_chain  # noqa: E402
 from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
 
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
-def server_chain(seed: int) -> object:
-    c = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
-    for smpl in (
-        LL.llama_sampler_init_top_k(40),
-        LL.llama_sampler_init_top_p(0.95, 1),
-        LL.llama_sampler_init_min_p(0.05, 1),
-        LL.llama_sampler_init_temp(0.8),
-        LL.llama_sampler_init_dist(seed),
-    ):
-        LL.llama_sampler_chain_add(c, smpl)
-    return c
+def server_chain(seed: int, n_vocab: int) -> object:
+    """llama-server's default chain, built as the batch loop builds chains."""
+    return build_chain(
+        (("top_k", 40), ("top_p", 0.95), ("min_p", 0.05), ("temp", 0.8), ("dist", seed)), n_vocab
+    )
 
 
-#: Each chain's candidate array, kept between calls as llama.cpp keeps ``chain->cur``.
-BUFFERS: dict[int, np.ndarray] = {}
+#: A candidate array per chain and vocabulary, kept between calls as llama.cpp keeps ``chain->cur``.
+BUFFERS: dict[tuple[int, int], np.ndarray] = {}
 
 
 def llama_way(c: object, row: np.ndarray) -> int:
-    buf = BUFFERS.get(id(c))
+    """``llama_sampler_sample``'s work on ``row``: every token written into the chain's candidate
+    array (id, logit and p: the chain sorted the last one in place), the chain, the accept."""
+    key = (chain_address(c), len(row))
+    buf = BUFFERS.get(key)
     if buf is None:
-        buf = BUFFERS[id(c)] = np.zeros(len(row), dtype=TOKEN_DATA)
-        buf["id"] = np.arange(len(row))
-    buf["logit"], buf["p"] = row, 0.0  # llama.cpp writes id, logit and p of every token
+        buf = BUFFERS[key] = np.zeros(len(row), dtype=TOKEN_DATA)
+    buf["id"], buf["logit"], buf["p"] = np.arange(len(row)), row, 0.0
     arr = LL.llama_token_data_array(
         buf.ctypes.data_as(ctypes.POINTER(LL.llama_token_data)), len(row), -1, False
     )
@@ -114,7 +111,7 @@ def main() -> int:
     rows_out = []
     for n in (1, 4, 16, 64):
         logits = (rng.standard_normal((n, args.vocab)) * 3).astype(np.float32)
-        chains = [server_chain(i) for i in range(n)]
+        chains = [server_chain(i, args.vocab) for i in range(n)]
         ptrs = [logits[i].ctypes.data for i in range(n)]
         addrs = [chain_address(c) for c in chains]
         one, many = NativeRows(args.vocab, 1), NativeRows(args.vocab, threads)

@@ -34,22 +34,17 @@ sys.path.insert(0, str(ROOT))
 import llama_cpp.llama_cpp as LL  # noqa: E402  (before numpy: numpy first segfaults the CUDA build's loads)
 
 from engine.child.batch_sample import LEAD_S, LIB, SPIN_S  # noqa: E402  (LIB: logits addresses as ints)
+from engine.child.sampler import build_chain  # noqa: E402
 from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
 
 PROMPT = 127
 
 
-def server_chain(seed: int) -> object:
-    c = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
-    for smpl in (
-        LL.llama_sampler_init_top_k(40),
-        LL.llama_sampler_init_top_p(0.95, 1),
-        LL.llama_sampler_init_min_p(0.05, 1),
-        LL.llama_sampler_init_temp(0.8),
-        LL.llama_sampler_init_dist(seed),
-    ):
-        LL.llama_sampler_chain_add(c, smpl)
-    return c
+def server_chain(seed: int, n_vocab: int) -> object:
+    """llama-server's default chain, built as the batch loop builds chains."""
+    return build_chain(
+        (("top_k", 40), ("top_p", 0.95), ("min_p", 0.05), ("temp", 0.8), ("dist", seed)), n_vocab
+    )
 
 
 def main() -> int:
@@ -113,7 +108,7 @@ def main() -> int:
         ]
         for at in range(0, len(prompt), 2048):
             decode(prompt[at : at + 2048])
-        chains = [server_chain(s) for s in range(n)]
+        chains = [server_chain(s, n_vocab) for s in range(n)]
         native = NativeRows(n_vocab, int(mode.split("-")[1])) if "-" in mode and mode != "none" else None
         hook = None
         if mode.startswith("prewake") and native is not None:

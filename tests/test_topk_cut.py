@@ -4,42 +4,22 @@ the whole row, and leaves the chain in the same state."""
 
 from __future__ import annotations
 
-import ctypes
-
 import llama_cpp.llama_cpp as LL
 import numpy as np
 import pytest
 
+from benchmarks.row_sampling import llama_way as whole_row  # llama.cpp's way, the reference
+from engine.child.sampler import build_chain
 from engine.child.topk_cut import NativeRows, chain_address, leading_top_k
 
 N_VOCAB = 131072
-TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
 def chain(k: int, seed: int) -> object:
-    c = LL.llama_sampler_chain_init(LL.llama_sampler_chain_default_params())
-    for smpl in (
-        LL.llama_sampler_init_top_k(k),
-        LL.llama_sampler_init_top_p(0.95, 1),
-        LL.llama_sampler_init_min_p(0.05, 1),
-        LL.llama_sampler_init_temp(0.8),
-        LL.llama_sampler_init_dist(seed),
-    ):
-        LL.llama_sampler_chain_add(c, smpl)
-    return c
-
-
-def whole_row(c: object, row: np.ndarray) -> int:
-    """llama_sampler_sample's way: every token a candidate, then apply and accept."""
-    buf = np.zeros(len(row), dtype=TOKEN_DATA)
-    buf["id"], buf["logit"] = np.arange(len(row)), row
-    arr = LL.llama_token_data_array(
-        buf.ctypes.data_as(ctypes.POINTER(LL.llama_token_data)), len(row), -1, False
+    """llama-server's default chain with top-k ``k``, built as the batch loop builds chains."""
+    return build_chain(
+        (("top_k", k), ("top_p", 0.95), ("min_p", 0.05), ("temp", 0.8), ("dist", seed)), N_VOCAB
     )
-    LL.llama_sampler_apply(c, ctypes.byref(arr))
-    tok = int(arr.data[arr.selected].id)
-    LL.llama_sampler_accept(c, tok)
-    return tok
 
 
 def native(rows: list[np.ndarray], chains: list[object], k: int, threads: int = 4) -> list[int]:
