@@ -44,7 +44,7 @@ from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.errors import ErrorKind, error_event
 from engine.child.grammar import logits_row, logprob_entry
 from engine.child.io import DELTA_INTERVAL_S, Emit, Requests, flush_held, held
-from engine.child.prefix import SeqPrefixes
+from engine.child.prefix import SeqPrefixes, runs
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot
 
@@ -78,6 +78,9 @@ class BatchLoop:
         # per-slot prefix reuse (engine.child.prefix); a stream per sequence unless unified
         streams = self.n_seq > 1 and self.n_ctx_seq < LL.llama_n_ctx(m.ctx)
         self.prefixes = SeqPrefixes(m, self.n_seq, streams)
+        self.movable = streams and not (
+            LL.llama_model_is_recurrent(m.model) or LL.llama_model_is_hybrid(m.model)
+        )
         sds = drafters_of(session)
         # the self-drafters, a separate draft model, and lookup for requests asking
         self.drafting = BatchDrafting(sds, m, model_drafts(session, m))
@@ -239,6 +242,23 @@ class BatchLoop:
                 self._finish(s)
                 self.slots[i] = None
                 self.report(force=True)
+        self._close_gaps()
+
+    def _close_gaps(self) -> None:
+        """With a KV stream per sequence, busy sequences that are not one run of ids cost a
+        ubatch per run every step (engine.child.prefix): when no waiting request will fill the
+        gap, the highest busy sequence moves into the lowest free one below it."""
+        if not self.movable or self.waiting or self.chains is not None or not self.drafting.can_move():
+            return
+        while runs(busy := [i for i, s in enumerate(self.slots) if s is not None]) > 1:
+            src = busy[-1]
+            dst = next(i for i in range(src) if self.slots[i] is None)
+            self.prefixes.move(src, dst)
+            self.drafting.moved(src, dst)
+            s = self.slots[src]
+            assert s is not None
+            s.seq, self.slots[dst], self.slots[src] = dst, s, None
+            self.report(force=True)
 
     def _finish(self, s: Slot) -> None:
         # The slot is free for the next step; its cells stay for a request sharing the prefix.

@@ -110,6 +110,15 @@ class BatchDrafting:
         #: Per sequence: the lookup index of the request on it (its prompt and reply so far).
         self.lookups: dict[int, tuple[Waiting, NgramIndex]] = {}
 
+    def can_move(self) -> bool:
+        """Whether a sequence may move to another id (engine.child.prefix.SeqPrefixes.move): no
+        drafter keeps a cache of its own per sequence."""
+        return not self.sds and (self.dm is None or isinstance(self.dm, str))
+
+    def moved(self, src: int, dst: int) -> None:
+        if src in self.lookups:
+            self.lookups[dst] = self.lookups.pop(src)
+
     def placed(self, seq: int, reuse: int) -> None:
         """A request starts on ``seq`` with its first ``reuse`` tokens already in the cache."""
         for sd in self.sds.values():

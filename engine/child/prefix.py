@@ -68,6 +68,17 @@ class SeqPrefixes:
         i = choose(free, busy, reuse, {i: len(self.kept[i]) for i in free}, self.streams)
         return i, self._keep(i, min(reuse[i], len(prompt) - 1))
 
+    def move(self, src: int, dst: int) -> None:
+        """Move what sequence ``src`` holds into the free sequence ``dst``: across streams
+        llama.cpp copies the whole stream at the next decode (src/llama-kv-cache.cpp, seq_cp),
+        a few hundred MB of device memory for an 8B model's 2k-token stream."""
+        mem = self.m.mem
+        LL.llama_memory_seq_rm(mem, dst, -1, -1)
+        LL.llama_memory_seq_cp(mem, src, dst, -1, -1)
+        LL.llama_memory_seq_rm(mem, src, -1, -1)
+        self.kept[dst][:] = self.kept[src]
+        self.kept[src].clear()
+
     def _keep(self, seq: int, n: int) -> int:
         kept = self.kept[seq]
         if n < len(kept) or n == 0:
