@@ -12,7 +12,9 @@ comes before any prefix: llama.cpp puts only consecutive sequence ids in one uba
 (src/llama-batch.cpp, split_equal with ``sequential``, which src/llama-kv-cache.cpp asks for
 with several streams), so busy sequences 0 and 3 make every step two graph computes, each
 reading all the weights (on the 2-core CPU, 16 sequences with gaps: 97.8 against 32.2 ms a
-step). A prefix saves its prefill once; a gap costs every step while it lasts.
+step). A prefix saves its prefill once; a gap costs every step while it lasts. A gap that a
+finished request leaves is closed by moving the highest busy sequence into it (:meth:`move`,
+engine.child.batch).
 
 The lists live on the Model (sequence 0's is ``Model.cached``, the single-sequence loop's own
 prefix cache; the others ``Model.seq_cached``), so they survive between runs of the batch loop
