@@ -99,10 +99,11 @@ class RowSampler:
 
     def decoding(self, n_tokens: int, n_rows: int, since: float) -> None:
         """A step of ``n_tokens`` tokens and ``n_rows`` output rows went to the device at
-        ``since`` (perf_counter): wake
-        the sampling threads so that they run when its logits are due. Why: threads asleep
-        through a decode (a halted core on a cloud host) take longer to wake and to warm up
-        than the rows take (H100 host, 2026-12-05)."""
+        ``since`` (perf_counter): with ``KVDECK_SAMPLE_PREWAKE=1``, wake the sampling threads so
+        that they run when its logits are due. Why: threads asleep through a decode (a halted
+        core on a cloud host) may take longer to wake and warm up than the rows take: the
+        likely reason sixteen rows took 1.3 ms inside the server on an H100 host against 0.1 ms
+        alone (2026-12-05). Off until a GPU run shows it pays (benchmarks/GPU_RUNS.md, run 5)."""
         expected = self.decode_s.get(n_tokens)
         if self.prewaking and expected is not None and n_rows > 1:
             left = expected - (time.perf_counter() - since)
