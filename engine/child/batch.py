@@ -247,12 +247,20 @@ class BatchLoop:
     def _close_gaps(self) -> None:
         """With a KV stream per sequence, busy sequences that are not one run of ids cost a
         ubatch per run every step (engine.child.prefix): when no waiting request will fill the
-        gap, the highest busy sequence moves into the lowest free one below it."""
+        gap, the highest busy sequence moves into the lowest free one below it. Not into one
+        whose cached prefix is longer than a ubatch: the next turn of that conversation would
+        prefill it again, which may cost more than the gap (an agent's context of many
+        thousand tokens)."""
         if not self.movable or self.waiting or self.chains is not None or not self.drafting.can_move():
             return
+        kept = self.prefixes.kept
         while runs(busy := [i for i, s in enumerate(self.slots) if s is not None]) > 1:
             src = busy[-1]
-            dst = next(i for i in range(src) if self.slots[i] is None)
+            dst = next(
+                (i for i in range(src) if self.slots[i] is None and len(kept[i]) <= self.n_ubatch), None
+            )
+            if dst is None:
+                return
             self.prefixes.move(src, dst)
             self.drafting.moved(src, dst)
             s = self.slots[src]
