@@ -7,12 +7,13 @@ N clients taking turns. llama.cpp does the batching; this loop only schedules it
 The context is loaded with n_seq_max = N and slot i is llama.cpp sequence i. Every step builds
 ONE llama_batch (engine.child.batch_rows): first one token per generating sequence (they must
 not wait behind a long prompt), then prefill chunks of admitted prompts in arrival order, never
-more than n_batch tokens in all (more aborts the process), laid out in sequence order. Each sequence samples its own output row with its own
-CPU sampler chain (with llama.cpp's grammar sampler first for constrained requests,
-engine.child.grammar), seeded per request; a sequence is free the moment its request ends (end
-of generation, max_tokens, a stop string, a cancel, a client that went away), so a waiting
-request starts on the next step. Its cells stay for a request sharing the prefix
-(engine.child.prefix).
+more than n_batch tokens in all (more aborts the process), laid out in sequence order. Each
+sequence samples its own output row with its own CPU sampler chain (with llama.cpp's grammar
+sampler first for constrained requests, engine.child.grammar), seeded per request; a sequence
+is free the moment its request ends (end of generation, max_tokens, a stop string, a cancel, a
+client that went away), so a waiting request starts on the next step. Its cells stay for a
+request sharing the prefix (engine.child.prefix); with a KV stream per sequence the busy
+sequences are kept one run of ids, by placement and by moving one into a gap.
 
 Between steps the request queue is polled without blocking (engine.child.batch_intake), so
 new requests and cancels join the running batch. A request the loop cannot run beside the
