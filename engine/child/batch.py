@@ -45,7 +45,7 @@ from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.errors import ErrorKind, error_event
 from engine.child.grammar import logits_row, logprob_entry
 from engine.child.io import DELTA_INTERVAL_S, Emit, Requests, flush_held, held
-from engine.child.prefix import SeqPrefixes, runs
+from engine.child.prefix import SeqPrefixes, gap_moves
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot
 
@@ -78,7 +78,7 @@ class BatchLoop:
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
         # per-slot prefix reuse (engine.child.prefix); a stream per sequence unless unified
         streams = self.n_seq > 1 and self.n_ctx_seq < LL.llama_n_ctx(m.ctx)
-        self.prefixes = SeqPrefixes(m, self.n_seq, streams)
+        self.prefixes = SeqPrefixes(m, self.n_seq, streams, keep=self.n_ubatch)
         self.movable = streams and not (
             LL.llama_model_is_recurrent(m.model) or LL.llama_model_is_hybrid(m.model)
         )
@@ -248,20 +248,15 @@ class BatchLoop:
     def _close_gaps(self) -> None:
         """With a KV stream per sequence, busy sequences that are not one run of ids cost a
         ubatch per run every step (engine.child.prefix): when no waiting request will fill the
-        gap, the highest busy sequence moves into the lowest free one below it. Not into one
-        whose cached prefix is longer than a ubatch: the next turn of that conversation would
-        prefill it again, which may cost more than the gap (an agent's context of many
-        thousand tokens)."""
+        gap, busy sequences move down into free ones (engine.child.prefix.gap_moves: never into
+        one whose cached prefix is a conversation's next turn, never unless it leaves fewer
+        runs)."""
         if not self.movable or self.waiting or self.chains is not None or not self.drafting.can_move():
             return
-        kept = self.prefixes.kept
-        while runs(busy := [i for i, s in enumerate(self.slots) if s is not None]) > 1:
-            src = busy[-1]
-            dst = next(
-                (i for i in range(src) if self.slots[i] is None and len(kept[i]) <= self.n_ubatch), None
-            )
-            if dst is None:
-                return
+        busy = [i for i, s in enumerate(self.slots) if s is not None]
+        free = [i for i, s in enumerate(self.slots) if s is None]
+        held = {i: len(self.prefixes.kept[i]) for i in free}
+        for src, dst in gap_moves(busy, free, held, self.prefixes.keep):
             self.prefixes.move(src, dst)
             self.drafting.moved(src, dst)
             s = self.slots[src]
@@ -359,7 +354,9 @@ class BatchLoop:
                     and not self.waiting
                     and all(s.n_fed == s.n_reused for s in self.slots if s)
                 ):
+                    flush_held(self.emit)  # what ended meanwhile is not held through the wait
                     self.intake.gather([s.w for s in self.slots if s], GATHER_QUIET_S, GATHER_MOST_S)
+                    self.sweep()  # a stop that came meanwhile cancels before any prefill
                     self.admit()
                 self.step()
                 self.report()

@@ -47,17 +47,50 @@ def runs(ids: Iterable[int]) -> int:
 
 
 def choose(
-    free: list[int], busy: list[int], reuse: dict[int, int], held: dict[int, int], streams: bool
+    free: list[int], busy: list[int], reuse: dict[int, int], held: dict[int, int], streams: bool, keep: int
 ) -> int:
-    """The free sequence for a new request: fewest runs of busy ids (with a stream per
-    sequence), then the longest prefix reused, then the least held, then the lowest id."""
-    return min(free, key=lambda i: (runs([*busy, i]) if streams else 0, -reuse[i], held[i], i))
+    """The free sequence for a new request. Not one holding more than ``keep`` cached tokens the
+    prompt does not start with (a conversation's next turn would prefill them again), where
+    another is free; then the fewest runs of busy ids (with a stream per sequence); then the
+    longest prefix reused; then the least held; then the lowest id."""
+
+    def key(i: int) -> tuple[bool, int, int, int, int]:
+        spoils = held[i] > keep and reuse[i] == 0
+        return spoils, runs([*busy, i]) if streams else 0, -reuse[i], held[i], i
+
+    return min(free, key=key)
+
+
+def gap_moves(busy: list[int], free: list[int], held: dict[int, int], keep: int) -> list[tuple[int, int]]:
+    """Moves (from, to) that leave the busy ids in the fewest runs: the highest busy sequence
+    into the lowest free one below it that holds at most ``keep`` cached tokens (a longer
+    prefix is a conversation's next turn), planned to the end; only the moves up to the
+    fewest runs are kept, and none unless that is fewer runs than now. A vacated sequence
+    holds nothing and may take a later move."""
+    now, into = sorted(busy), {i for i in free if held[i] <= keep}
+    plan: list[tuple[int, int]] = []
+    best, best_at = runs(now), 0
+    while runs(now) > 1:
+        src = now[-1]
+        dst = min((i for i in into if i < src), default=None)
+        if dst is None:
+            break
+        into.discard(dst)
+        into.add(src)
+        now = sorted([*now[:-1], dst])
+        plan.append((src, dst))
+        if runs(now) < best:
+            best, best_at = runs(now), len(plan)
+    return plan[:best_at]
 
 
 class SeqPrefixes:
-    def __init__(self, m: Model, n_seq: int, streams: bool) -> None:
+    def __init__(self, m: Model, n_seq: int, streams: bool, keep: int) -> None:
         self.m = m
         self.streams = streams  # a KV stream per sequence: keep the busy ones contiguous
+        #: A cached prefix longer than this is a conversation's next turn: not given away to
+        #: another request, nor overwritten by a move (about one ubatch to prefill again).
+        self.keep = keep
         self.kept: list[list[int]] = [
             m.cached if i == 0 else m.seq_cached.setdefault(i, []) for i in range(n_seq)
         ]
@@ -67,13 +100,17 @@ class SeqPrefixes:
         sequence keeps exactly those cells (at least one prompt token is left to decode, for
         its logits)."""
         reuse = {i: common_prefix(self.kept[i], prompt) for i in free}
-        i = choose(free, busy, reuse, {i: len(self.kept[i]) for i in free}, self.streams)
+        i = choose(free, busy, reuse, {i: len(self.kept[i]) for i in free}, self.streams, self.keep)
         return i, self._keep(i, min(reuse[i], len(prompt) - 1))
 
     def move(self, src: int, dst: int) -> None:
         """Move what sequence ``src`` holds into the free sequence ``dst``: across streams
-        llama.cpp copies the whole stream at the next decode (src/llama-kv-cache.cpp, seq_cp),
-        a few hundred MB of device memory for an 8B model's 2k-token stream."""
+        llama.cpp copies the whole stream at the next decode (src/llama-kv-cache.cpp, seq_cp;
+        256 MiB copied within the device for an 8B model's 2k-token stream, and the graph is
+        reserved again). Only for caches whose ``seq_rm`` and ``seq_cp`` change cell metadata
+        at once and copy data at the next decode: DeepSeek 4's compressed caches clear
+        ``src`` at once (src/llama-kv-cache-dsv4.cpp), which is why hybrid models, the class
+        llama.cpp puts it in, never move (engine.child.batch)."""
         mem = self.m.mem
         LL.llama_memory_seq_rm(mem, dst, -1, -1)
         LL.llama_memory_seq_cp(mem, src, dst, -1, -1)
