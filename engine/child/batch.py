@@ -146,7 +146,8 @@ class BatchLoop:
             self.sampler.decoded(n, t1 - t0)
         TIMES.steps += 1
         TIMES.decode_s += t1 - t0  # includes the write only where it outlasted the device
-        if rc == 0 and n == len(gen) and not checks:  # generated tokens only, as batched-bench
+        gen_only = rc == 0 and n == len(gen) and not checks  # generated tokens only, as batched-bench
+        if gen_only:
             TIMES.gen_steps += 1
             TIMES.gen_decode_s += t1 - t0
         if self.chains is not None and rc == 0:
@@ -179,7 +180,7 @@ class BatchLoop:
         toks = self.sampler.all(rows)
         now = time.perf_counter()
         TIMES.sample_s += now - t1
-        if rc == 0 and n == len(gen) and not checks:
+        if gen_only:
             TIMES.gen_sample_s += now - t1
         with held(self.emit):  # the step's Started, Delta and Slots events in one write
             for (i, s), tok in zip(rows, toks):

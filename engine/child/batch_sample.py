@@ -165,7 +165,9 @@ class RowSampler:
         # every logits pointer is taken here, before any other thread reads the context
         ptrs = [LIB.llama_get_logits_ith(self.ctx, rows[j][0]) for j in fast]
         native = set(fast)
-        rest = [j for j in range(len(rows)) if j not in native and not self._argmax(rows[j][1])]
+        argmax = [j for j in range(len(rows)) if j not in native and self._argmax(rows[j][1])]
+        taken = native.union(argmax)
+        rest = [j for j in range(len(rows)) if j not in taken]
         jobs = []
         if self.pool is not None and rest:
             k = min(self.n_workers - 1, len(rest))
@@ -176,9 +178,8 @@ class RowSampler:
         else:
             for j in rest:
                 out[j] = self._llama(rows[j][1], rows[j][0])
-        for j in range(len(rows)):  # numpy's argmax rows meanwhile
-            if j not in native and self._argmax(rows[j][1]):
-                out[j] = self._llama(rows[j][1], rows[j][0])
+        for j in argmax:  # numpy's argmax rows meanwhile
+            out[j] = self._llama(rows[j][1], rows[j][0])
         if fast:
             toks = self.native.sample(
                 ptrs, [chain_address(rows[j][1].chain) for j in fast], [rows[j][1].cut for j in fast]

@@ -13,8 +13,9 @@ comes before any prefix: llama.cpp puts only consecutive sequence ids in one uba
 with several streams), so busy sequences 0 and 3 make every step two graph computes, each
 reading all the weights (on the 2-core CPU, 16 sequences with gaps: 97.8 against 32.2 ms a
 step). A prefix saves its prefill once; a gap costs every step while it lasts. A gap that a
-finished request leaves is closed by moving the highest busy sequence into it (:meth:`move`,
-engine.child.batch).
+finished request leaves is closed by moving busy sequences down into free ones
+(:func:`gap_moves`, :meth:`SeqPrefixes.move`, engine.child.batch), never over a
+conversation's long cached prefix.
 
 The lists live on the Model (sequence 0's is ``Model.cached``, the single-sequence loop's own
 prefix cache; the others ``Model.seq_cached``), so they survive between runs of the batch loop

@@ -2,17 +2,17 @@
 be among the k best, in native threads (engine/child/rowsample.c, built as ``_rowsample``).
 
 Why: ``llama_sampler_sample`` writes the whole logits row into the chain's candidate array (12
-bytes a token: 1.5 MB at a 128k vocabulary, src/llama-sampler.cpp) before top-k throws all
-but k of them away (16 rows on 16 threads: 1.8 ms a step on the H200's host, 2026-12-05). The
+bytes a token: 1.5 MB at a 128k vocabulary, src/llama-sampler.cpp) before top-k throws all but
+k of them away (16 rows on 16 threads: 1.8 ms a step on the H200's host, 2026-12-05). The
 native pass reads each row once, keeping each 64-token chunk's maximum; every token that
 reaches the k-th largest of those maxima is a candidate (at least k tokens reach it, so the k
 best do), and the candidates go, in vocabulary order as llama.cpp writes them, to the request's
 own chain: its top-k keeps the same k tokens, and every sampler after top-k only ever sees
-those k, so the token and the chain's state (the dist sampler's generator, the penalties' history) are llama.cpp's. Short of exact
-ties among the k best: llama.cpp's partial sort is not stable, so equal logits may come out in
-another order from a shorter array, and the dist sampler, which picks by position, may then
-name the other one. A row without a chain takes its first greatest logit, as llama.cpp's
-greedy sampler does.
+those k, so the token and the chain's state (the dist sampler's generator, the penalties'
+history) are llama.cpp's. Short of exact ties among the k best: llama.cpp's partial sort is not
+stable, so equal logits may come out in another order from a shorter array, and the dist
+sampler, which picks by position, may then name the other one. A row without a chain takes its
+first greatest logit, as llama.cpp's greedy sampler does.
 
 The module is built by the install (setup.py); where it could not be (no C compiler), ``NATIVE``
 is None and every row takes llama.cpp's own path, only slower.
