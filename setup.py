@@ -1,4 +1,5 @@
-"""The one native module (engine/child/rowsample.c); everything else is in pyproject.toml.
+"""The one native module (engine/child/rowsample.c, its threads' buffers in rowbuffers.c);
+everything else is in pyproject.toml.
 
 It is built with the stable ABI, so the wheel and an in-place build serve every CPython >= 3.10.
 The rows of a step run on a pthreads pool (Linux, macOS) or on OpenMP threads (MSVC).
@@ -19,7 +20,8 @@ setup(
     ext_modules=[
         Extension(
             "engine.child._rowsample",
-            sources=["engine/child/rowsample.c"],
+            sources=["engine/child/rowsample.c", "engine/child/rowbuffers.c"],
+            depends=["engine/child/rowbuffers.h"],
             extra_compile_args=flags,
             extra_link_args=link,
             py_limited_api=True,

@@ -4,11 +4,17 @@ the whole row, and leaves the chain in the same state."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import llama_cpp.llama_cpp as LL
 import numpy as np
 import pytest
 
 from benchmarks.row_sampling import llama_way as whole_row  # llama.cpp's way, the reference
+from engine.child import _rowsample
 from engine.child.sampler import build_chain
 from engine.child.topk_cut import NativeRows, chain_address, leading_top_k
 
@@ -127,8 +133,6 @@ def test_only_a_chain_that_starts_with_top_k_is_cut() -> None:
 
 def test_calls_from_two_threads_take_turns() -> None:
     """The native pool runs one call at a time; a second caller waits, and both get their rows."""
-    import threading
-
     rng = np.random.default_rng(2)
     blocks = [[rng.standard_normal(N_VOCAB).astype(np.float32) for _ in range(8)] for _ in range(2)]
     got: dict[int, list[int]] = {}
@@ -156,3 +160,66 @@ def test_rows_sampled_while_the_workers_are_prewoken_are_all_sampled() -> None:
         sampler.prewake(16, delay_s, 0.002)
         got = sampler.sample([r.ctypes.data for r in rows], [0] * 16, [1] * 16)
         assert got == [int(r.argmax()) for r in rows]
+
+
+def sample_on_new_threads(n: int, rows: list[np.ndarray]) -> tuple[int, list[list[int]]]:
+    """Greedy ``rows`` sampled on each of ``n`` new threads, every one on its own thread alone
+    (no pool): how many threads held buffers while all ``n`` were alive, and their tokens. The
+    threads have been joined."""
+    sampled = threading.Barrier(n + 1, timeout=60)
+    may_end = threading.Event()
+    got: list[list[int]] = []
+
+    def caller() -> None:
+        got.append(native(rows, [None] * len(rows), 1, threads=1))
+        sampled.wait()
+        may_end.wait()
+
+    threads = [threading.Thread(target=caller) for _ in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        sampled.wait()
+        return _rowsample.live_buffers(), got
+    finally:
+        may_end.set()
+        for t in threads:
+            t.join()
+
+
+def test_a_thread_that_sampled_frees_its_buffers_when_it_ends() -> None:
+    """Every thread that samples keeps its buffers (a row's chunk maxima and candidates, up to
+    ~3 MB) for its next rows; short-lived threads, as tests and benchmarks start them, leave
+    none behind once they have ended."""
+    rng = np.random.default_rng(6)
+    rows = [rng.standard_normal(N_VOCAB).astype(np.float32) for _ in range(4)]
+    before = _rowsample.live_buffers()
+    for _ in range(4):
+        alive, got = sample_on_new_threads(8, rows)
+        assert alive == before + 8
+        assert got == [[int(r.argmax()) for r in rows]] * 8
+        # A thread frees them as it exits, which may come just after join() has returned.
+        assert _rowsample.live_buffers(before, 60.0) == before
+
+
+EXIT_WITH_PREWOKEN_WORKERS = """
+import numpy as np
+from engine.child.topk_cut import NativeRows
+rows = [np.random.default_rng(i).standard_normal(4096).astype(np.float32) for i in range(16)]
+sampler = NativeRows(4096, 4)
+assert sampler.sample([r.ctypes.data for r in rows], [0] * 16, [1] * 16) == [int(r.argmax()) for r in rows]
+sampler.prewake(16, 600.0, 600.0)  # the workers sleep ten minutes, then spin ten more
+"""
+
+
+def test_python_exits_at_once_while_the_pool_workers_wait_for_a_step() -> None:
+    """At exit the pool's workers end and free their buffers: Python waits for them, and a
+    worker woken ahead of a step that never comes ends too, without sleeping out its delay."""
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_WITH_PREWOKEN_WORKERS],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (0, "")

@@ -14,8 +14,10 @@
  * the order of exact ties, which llama.cpp's unstable partial sort leaves open anyway.
  *
  * The rows run on a small pool of threads (see run()) with the GIL released; each thread keeps
- * its buffers between calls. No Python object is touched without the GIL: the caller passes
- * addresses of plain arrays (engine/child/topk_cut.py). Calls from several threads take turns.
+ * its buffers between calls and frees them when it exits (engine/child/rowbuffers.c), and at
+ * exit the pool's workers end (at_exit()). No Python object is touched without the GIL: the
+ * caller passes addresses of plain arrays (engine/child/topk_cut.py). Calls from several
+ * threads take turns.
  *
  * Built with the stable ABI (Py_LIMITED_API 3.10), so one binary serves every CPython >= 3.10.
  */
@@ -27,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <math.h>
+#include <limits.h>
 #include <stdlib.h>
 
 #ifdef _WIN32
@@ -40,14 +43,10 @@ typedef volatile long atomic_int;
 #include <stdatomic.h>
 #endif
 
-#if defined(_MSC_VER)
-#define THREAD_LOCAL __declspec(thread)
-#else
-#define THREAD_LOCAL _Thread_local
-#endif
+#include "rowbuffers.h"
 
 /* llama.h's candidate types (checked against llama_cpp's ctypes layout at import). */
-typedef struct {
+typedef struct token_data {
     int32_t id;
     float logit;
     float p;
@@ -94,14 +93,6 @@ static float chunk_max(const float *v, int *has_nan) {
     return m;
 }
 #endif
-
-/* Per-thread buffers, grown as needed and kept for the next step. */
-static THREAD_LOCAL token_data *t_cand;
-static THREAD_LOCAL size_t t_cand_cap;
-static THREAD_LOCAL float *t_heap;
-static THREAD_LOCAL size_t t_heap_cap;
-static THREAD_LOCAL float *t_chunk_max;
-static THREAD_LOCAL size_t t_chunk_cap;
 
 static bool reserve(void **buf, size_t *cap, size_t n, size_t size) {
     if (*cap >= n) {
@@ -153,21 +144,22 @@ static float kth_largest(const float *v, int64_t n, int k, float *heap) {
     return heap[0];
 }
 
-/* The candidates of one row, written to t_cand in vocabulary order: every token of a chunk
+/* The candidates of one row, written to b->cand in vocabulary order: every token of a chunk
  * whose maximum is among the k largest chunk maxima, if its logit reaches the k-th of those.
  * That threshold is reached by at least k tokens (one a chunk), so each of the row's k best
  * reaches it too, and only about k chunks hold candidates: one pass over the row that writes
  * nothing but a maximum per chunk. Returns their number, or -1 when the row holds a NaN
  * (llama.cpp's own path decides then) or a buffer could not be had. */
-static int64_t candidates(const float *x, int64_t n, int k) {
+static int64_t candidates(rowbuf_t *b, const float *x, int64_t n, int k) {
     int64_t n_full = n / CHUNK, n_chunks = n_full + (n % CHUNK != 0);
-    if (!reserve((void **)&t_heap, &t_heap_cap, (size_t)k, sizeof(float)) ||
-        !reserve((void **)&t_chunk_max, &t_chunk_cap, (size_t)n_chunks, sizeof(float))) {
+    if (!reserve((void **)&b->heap, &b->heap_cap, (size_t)k, sizeof(float)) ||
+        !reserve((void **)&b->chunk_max, &b->chunk_cap, (size_t)n_chunks, sizeof(float))) {
         return -1;
     }
+    float *maxima = b->chunk_max;
     int has_nan = 0;
     for (int64_t c = 0; c < n_full; c++) {
-        t_chunk_max[c] = chunk_max(x + c * CHUNK, &has_nan);
+        maxima[c] = chunk_max(x + c * CHUNK, &has_nan);
     }
     if (n_chunks > n_full) { /* the last, short chunk */
         float m = x[n_full * CHUNK];
@@ -175,27 +167,28 @@ static int64_t candidates(const float *x, int64_t n, int k) {
             has_nan |= x[i] != x[i];
             m = x[i] > m ? x[i] : m;
         }
-        t_chunk_max[n_full] = m;
+        maxima[n_full] = m;
     }
     if (has_nan) {
         return -1;
     }
     /* Fewer chunks than k (a tiny vocabulary): every token is a candidate. */
-    float t = n_chunks >= k ? kth_largest(t_chunk_max, n_chunks, k, t_heap) : -INFINITY;
+    float t = n_chunks >= k ? kth_largest(maxima, n_chunks, k, b->heap) : -INFINITY;
     int64_t count = 0;
     for (int64_t c = 0; c < n_chunks; c++) {
-        if (t_chunk_max[c] < t) {
+        if (maxima[c] < t) {
             continue;
         }
         int64_t end = c < n_full ? (c + 1) * CHUNK : n;
-        if (!reserve((void **)&t_cand, &t_cand_cap, (size_t)(count + CHUNK) * 2, sizeof(token_data))) {
+        if (!reserve((void **)&b->cand, &b->cand_cap, (size_t)(count + CHUNK) * 2, sizeof(token_data))) {
             return -1;
         }
+        token_data *cand = b->cand;
         for (int64_t i = c * CHUNK; i < end; i++) {
             if (x[i] >= t) {
-                t_cand[count].id = (int32_t)i;
-                t_cand[count].logit = x[i];
-                t_cand[count].p = 0.0f;
+                cand[count].id = (int32_t)i;
+                cand[count].logit = x[i];
+                cand[count].p = 0.0f;
                 count++;
             }
         }
@@ -209,14 +202,18 @@ static int32_t sample_row(const float *x, int64_t n, int k, void *chain, apply_f
     if (chain != NULL && k < 1) {
         return -1; /* no top-k to stand in for: llama.cpp's own path */
     }
-    int64_t count = candidates(x, n, chain == NULL ? 1 : k);
+    rowbuf_t *b = rowbuf_mine; /* the hot path: one thread-local read */
+    if (b == NULL && (b = rowbuf_new()) == NULL) {
+        return -1;
+    }
+    int64_t count = candidates(b, x, n, chain == NULL ? 1 : k);
     if (count <= 0) {
         return -1;
     }
     if (chain == NULL) {
-        return t_cand[0].id;
+        return b->cand[0].id;
     }
-    token_data_array arr = {t_cand, (size_t)count, -1, false};
+    token_data_array arr = {b->cand, (size_t)count, -1, false};
     apply(chain, &arr);
     if (arr.selected < 0 || (size_t)arr.selected >= arr.size) {
         return -1; /* cannot happen with a chain that ends in a selecting sampler */
@@ -284,9 +281,12 @@ static atomic_ullong pool_gen_a;  /* pool_gen, for workers spinning without the 
 static uint64_t pool_wake;        /* bumped by prewake() (pool_mu) */
 static long long pool_wake_at;    /* when prewoken workers start spinning, now_ns() (pool_mu) */
 static atomic_llong pool_spin_end; /* ... and until when, now_ns() */
+static bool pool_closed;                /* by pool_stop(): no worker starts or stays (pool_mu) */
+static pthread_cond_t pool_left_cv = PTHREAD_COND_INITIALIZER; /* a worker ended (pool_mu) */
+static bool pool_forked; /* this process is a fork's child: the workers were its parent's */
 
 static void start_workers(int n) { /* with pool_mu held */
-    while (pool_workers < n) {
+    while (!pool_closed && pool_workers < n) {
         pthread_t t;
         if (pthread_create(&t, NULL, worker, NULL) != 0) {
             break; /* fewer helpers: the rows still all get done by the caller */
@@ -301,8 +301,11 @@ static void *worker(void *arg) {
     uint64_t seen = 0, seen_wake = 0;
     for (;;) {
         pthread_mutex_lock(&pool_mu);
-        while (pool_gen == seen && pool_wake == seen_wake) {
+        while (!pool_closed && pool_gen == seen && pool_wake == seen_wake) {
             pthread_cond_wait(&pool_cv, &pool_mu);
+        }
+        if (pool_closed) {
+            break;
         }
         if (pool_gen == seen) { /* prewoken: sleep on, then spin until the job comes or time is up */
             seen_wake = pool_wake;
@@ -330,8 +333,37 @@ static void *worker(void *arg) {
             atomic_fetch_sub(&pool_busy, 1);
         }
     }
+    /* The pool stops (with pool_mu held): this worker's buffers go before pool_stop() counts
+     * it gone, so that none are left when it returns. */
+    pthread_mutex_unlock(&pool_mu);
+    rowbuf_release();
+    pthread_mutex_lock(&pool_mu);
+    pool_workers--;
+    pthread_cond_signal(&pool_left_cv);
+    pthread_mutex_unlock(&pool_mu);
     return NULL;
 }
+
+/* At exit: every worker ends and frees its buffers; a later call runs its rows on its own
+ * thread. In a fork's child the workers were the parent's, and none is here to wait for. */
+static void pool_stop(void) {
+    if (pool_forked) {
+        return;
+    }
+    pthread_mutex_lock(&pool_mu);
+    pool_closed = true;
+    pool_gen++; /* ends a prewoken worker's sleep and spin at once */
+    atomic_store(&pool_gen_a, pool_gen);
+    pthread_cond_broadcast(&pool_cv);
+    while (pool_workers > 0) {
+        pthread_cond_wait(&pool_left_cv, &pool_mu);
+    }
+    pthread_mutex_unlock(&pool_mu);
+}
+
+static void pool_forked_child(void) { pool_forked = true; }
+
+static void pool_init(void) { pthread_atfork(NULL, NULL, pool_forked_child); }
 
 #include <sched.h>
 
@@ -400,6 +432,11 @@ static void prewake(int n_threads, long long delay_us, long long spin_us) {
     (void)spin_us;
 }
 
+/* The OpenMP runtime owns its threads: each frees its buffers when it exits (rowbuffers.c). */
+static void pool_stop(void) {}
+
+static void pool_init(void) {}
+
 /* Windows: the rows on OpenMP threads where MSVC has it, else one after another. */
 static void run(job_t *job, int n_threads) {
 #ifdef _OPENMP
@@ -466,6 +503,27 @@ static PyObject *layout(PyObject *self, PyObject *args) {
                          (Py_ssize_t)offsetof(token_data_array, sorted));
 }
 
+/* Py_AtExit, after Python has finalized: the pool's workers end and free their buffers, and so
+ * does this thread; any other thread frees its own as it exits. */
+static void at_exit(void) {
+    pool_stop();
+    rowbuf_release();
+}
+
+static PyObject *live_buffers(PyObject *self, PyObject *args) {
+    (void)self;
+    int at_most = INT_MAX;
+    double timeout_s = 0.0;
+    if (!PyArg_ParseTuple(args, "|id", &at_most, &timeout_s)) {
+        return NULL;
+    }
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = rowbuf_live(at_most, (long long)(timeout_s * 1000.0));
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(n);
+}
+
 static PyObject *threaded(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -482,6 +540,10 @@ static PyMethodDef methods[] = {
      "for it at most spin_us."},
     {"layout", layout, METH_NOARGS, "(sizeof token_data, sizeof array, offsetof selected, offsetof sorted)"},
     {"threaded", threaded, METH_NOARGS, "Whether rows run on several threads (else one after another)."},
+    {"live_buffers", live_buffers, METH_VARARGS,
+     "live_buffers(at_most=INT_MAX, timeout_s=0.0): for tests, how many threads hold sampling buffers, "
+     "after waiting up to timeout_s for at most at_most to (a thread frees them as it exits, which may "
+     "be just after Thread.join() returned)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -490,4 +552,12 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__rowsample(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__rowsample(void) {
+    static bool once;
+    if (!once) {
+        once = true;
+        pool_init();
+        Py_AtExit(at_exit); /* none left (32 a process): the workers just live until the exit */
+    }
+    return PyModule_Create(&module);
+}
