@@ -173,7 +173,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     schema = _json_schema(args.json_schema) if args.json_schema else ""
     if schema and (args.draft or args.lookup):
         raise KvDeckError("--json-schema cannot be combined with speculative decoding (--draft, --lookup)")
-    from engine.cli.loading import LoadCheck, load_check
+    from engine.cli.loading import load_check
     from engine.gguf.inspect import inspect_gguf
 
     info = inspect_gguf(path)  # a clear error for a bad file before any process starts
@@ -188,9 +188,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings = check.placed_on(cli_rpc.devices_for(rpc))
     mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
 
-    def reload(devices: list[Device]) -> None:  # a worker went away: the devices left
-        s = LoadCheck(info, settings.replace(tensor_split=()), check.plan_fn).placed_on(devices)
-        host.load(LoadParams(path, s, n_threads=args.threads))
+    def reload(devices: list[Device]) -> None:  # a worker went away: the user's options, placed anew
+        host.load(LoadParams(path, check.placed_on(devices), n_threads=args.threads))
 
     with RuntimeHost(rpc=rpc) as host:
         loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
