@@ -60,7 +60,8 @@ def test_chat_streams_text_without_json(smollm2_path):
 @pytest.mark.parametrize("mode", ["mmap", "none"])
 def test_chat_loads_the_weights_the_way_load_mode_says(smollm2_path, tmp_path, mode):
     """``kvdeck chat`` takes plan's ``--load-mode`` and the runtime loads that way: the default
-    maps the model file (llama.cpp's log names a ``*_Mapped`` buffer), ``none`` copies it in."""
+    maps the model file (llama.cpp's log names a ``*_Mapped`` buffer), ``none`` copies it in;
+    the JSON says which, under bench's key."""
     extra = () if mode == "mmap" else ("--load-mode", mode)
     r = kvdeck(
         "chat",
@@ -74,7 +75,8 @@ def test_chat_loads_the_weights_the_way_load_mode_says(smollm2_path, tmp_path, m
         env={"KVDECK_DATA_DIR": str(tmp_path)},
     )
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["n_tokens"] > 0
+    data = json.loads(r.stdout)
+    assert data["n_tokens"] > 0 and data["load_mode"] == mode
     buffers = weight_buffers(tmp_path)
     assert buffers and any(b.endswith("_Mapped") for b in buffers) == (mode == "mmap"), buffers
 

@@ -236,6 +236,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             "mode": result.prompt.mode,
             "stop_reason": done.stop_reason,
             "load_s": round(loaded.load_s, 4),
+            "load_mode": loaded.load_mode,  # as llama.cpp read the weights (bench's settings key)
             "first_token_s": round(done.first_token_s, 4),
             "prefill_s": round(done.prefill_s, 4),
             "n_ctx": loaded.n_ctx,
