@@ -29,7 +29,6 @@ grammar, log-probabilities); sequence 0's prefix list is the single-sequence loo
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 
@@ -40,11 +39,11 @@ from engine.child.batch_backend import SeqChains, enabled, not_eog
 from engine.child.batch_draft_model import model_drafts
 from engine.child.batch_intake import Intake
 from engine.child.batch_rows import BatchRows
-from engine.child.batch_sample import LIB, TIMES, RowSampler
+from engine.child.batch_sample import TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafters_of
+from engine.child.batch_take import Takes, text_during_decode
 from engine.child.errors import ErrorKind, error_event
-from engine.child.grammar import logits_row, logprob_entry
-from engine.child.io import DELTA_INTERVAL_S, Emit, Requests, flush_held, held
+from engine.child.io import Emit, Requests, flush_held, held
 from engine.child.prefix import SeqPrefixes, gap_moves
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot
@@ -72,8 +71,8 @@ class BatchLoop:
         self.slots: list[Slot | None] = [None] * self.n_seq
         self.eog = frozenset(m.eog_ids)
         self.sampler = RowSampler(m.ctx, m.n_vocab)  # every row of a step at once
-        self.pieces: dict[int, bytes] = {}
-        self.buf = ctypes.create_string_buffer(256)
+        # the replies' side of each sampled token (engine.child.batch_take)
+        self.takes = Takes(m, emit, lambda: self.report(force=True))
         self.last_report = 0.0
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
         # per-slot prefix reuse (engine.child.prefix); a stream per sequence unless unified
@@ -123,20 +122,23 @@ class BatchLoop:
         st = self.rows.compose(active, drafts)
         n, rows, fed, blocks, checks = st.n, st.rows, st.fed, st.blocks, st.checks
         if n == 0:
+            self.takes.settle()
             flush_held(self.emit)
             return
-        # The held events go out while the device runs this step, where llama_decode returns
-        # before the device is done: seen on the last step, and one ubatch (ggml's scheduler
-        # waits for each ubatch before the next one's inputs); else before the decode, so a CPU
-        # step or a long prefill does not delay them.
-        overlap = self.decode_returns_early and n <= self.n_ubatch
+        # The last step's text and the held events go out while the device runs this step, where
+        # llama_decode returns before the device is done: seen on the last step, and one ubatch
+        # (ggml's scheduler waits for each ubatch before the next one's inputs); else before the
+        # decode, so a CPU step or a long prefill does not delay them.
+        overlap = text_during_decode(self.decode_returns_early) and n <= self.n_ubatch
         if not overlap:
+            self.takes.settle()
             flush_held(self.emit)
         t0 = time.perf_counter()
         rc = LL.llama_decode(self.m.ctx, self.rows.batch)
         t_call = time.perf_counter()
         self.sampler.decoding(n, len(rows), t0)
         if overlap:
+            self.takes.settle()
             flush_held(self.emit)
         t_flushed = time.perf_counter()
         LL.llama_synchronize(self.m.ctx)  # the logits are read at once anyway; this times the device
@@ -176,65 +178,28 @@ class BatchLoop:
             else:
                 s.n_fed += k
                 s.n_past += k
-        rows = [(i, s) for i, s in rows if not s.w.cancel.is_set()]
+        # a reply that met a stop string while this step ran (takes.settle) gave its row for nothing
+        rows = [(i, s) for i, s in rows if not s.w.cancel.is_set() and not s.finish]
         toks = self.sampler.all(rows)
         now = time.perf_counter()
         TIMES.sample_s += now - t1
         if gen_only:
             TIMES.gen_sample_s += now - t1
+        later = text_during_decode(self.decode_returns_early)  # the text while the next step runs
         with held(self.emit):  # the step's Started, Delta and Slots events in one write
             for (i, s), tok in zip(rows, toks):
                 if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
                     tok = not_eog(self.m, s.chain, s.w.sampling, i, tok, s.w.prompt)
-                self._emit(s, i, tok, now)
+                self.takes.row(s, i, tok, now, later and not s.w.req.draft)  # verify needs a stop now
             for i, s, d in checks:
-                self.drafting.verify(self.sampler, s, i, d, lambda s, row, tok: self._emit(s, row, tok, now))
-
-    def _emit(self, s: Slot, i: int, tok: int, now: float) -> None:
-        """Take the token sampled from batch row ``i`` (its log-probabilities from that row)."""
-        if s.w.req.logprobs >= 0 and tok not in self.eog:
-            entry = logprob_entry(
-                logits_row(LIB, self.m.ctx, i, self.m.n_vocab), tok, s.w.req.logprobs, self._text
-            )
-            s.logprobs.append(entry)
-            s.pending_lp.append(entry)
-        self._take(s, tok, now)
-
-    def _text(self, tok: int) -> str:
-        piece = self.pieces.get(tok)
-        if piece is None:
-            piece = self.pieces[tok] = self.m.piece(tok, self.buf)
-        return piece.decode("utf-8", "replace")
-
-    def _take(self, s: Slot, tok: int, now: float) -> None:
-        """Account one sampled token: end of generation, stop strings, length, streaming."""
-        if not s.t_first:
-            s.t_prefill = s.t_first = now
-            self.emit(
-                P.Started(id=s.w.req.id, n_prompt=len(s.w.prompt), n_reused=s.n_reused, step=TIMES.steps)
-            )
-            self.report(force=True)  # the prompt's cells are in the cache now
-        if tok in self.eog:
-            s.finish = "eog"
-            return
-        s.out.append(tok)
-        s.pending.append(tok)
-        piece = self.pieces.get(tok)
-        if piece is None:
-            piece = self.pieces[tok] = self.m.piece(tok, self.buf)
-        if s.text.add(s.decoder.decode(piece)):
-            s.finish = "stop"
-        elif len(s.out) >= s.max_tokens:
-            s.finish = "length"
-        else:
-            s.next_tok = tok
-        if s.w.req.stream and not s.finish and now - s.last_flush >= DELTA_INTERVAL_S:
-            text = s.text.ready()
-            if text or s.pending:
-                self.emit(s.delta(text, now))
+                self.drafting.verify(
+                    self.sampler, s, i, d, lambda s, row, tok: self.takes.row(s, row, tok, now)
+                )
 
     # ------------------------------------------------------------------ ending requests
     def sweep(self) -> None:
+        if self.takes.due():
+            self.takes.settle()  # a reply ends with all its text
         for i, s in enumerate(self.slots):
             if s is None:
                 continue
@@ -310,6 +275,7 @@ class BatchLoop:
 
     def abandon(self, kind: ErrorKind, message: str) -> None:
         """After an unexpected failure: every request gets its error, the caches are emptied."""
+        self.takes.later = []
         for i, s in enumerate(self.slots):
             if s is not None:
                 s.error = (kind, message)
