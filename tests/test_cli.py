@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,8 @@ def test_chat_streams_text_without_json(smollm2_path):
 @pytest.mark.parametrize("mode", ["mmap", "none"])
 def test_chat_loads_the_weights_the_way_load_mode_says(smollm2_path, tmp_path, mode):
     """``kvdeck chat`` takes plan's ``--load-mode`` and the runtime loads that way: the default
-    maps the model file (llama.cpp's log names a ``*_Mapped`` buffer), ``none`` copies it in."""
+    maps the model file (llama.cpp's log names a ``*_Mapped`` buffer), ``none`` copies it in;
+    the JSON says which, under bench's key."""
     extra = () if mode == "mmap" else ("--load-mode", mode)
     r = kvdeck(
         "chat",
@@ -73,7 +75,8 @@ def test_chat_loads_the_weights_the_way_load_mode_says(smollm2_path, tmp_path, m
         env={"KVDECK_DATA_DIR": str(tmp_path)},
     )
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["n_tokens"] > 0
+    data = json.loads(r.stdout)
+    assert data["n_tokens"] > 0 and data["load_mode"] == mode
     buffers = weight_buffers(tmp_path)
     assert buffers and any(b.endswith("_Mapped") for b in buffers) == (mode == "mmap"), buffers
 
@@ -116,6 +119,30 @@ def test_chat_refuses_a_context_that_cannot_fit_before_loading(smollm2_path):
     assert r.returncode == 2
     assert r.stderr.startswith("error: this needs") and "MiB on CPU" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_refuses_a_context_that_cannot_fit_before_loading_as_chat_does(smollm2_path, tmp_path):
+    """``kvdeck bench`` runs chat's and serve's check before loading (engine.cli.loading): a
+    context far beyond this machine's memory is chat's one line for the same context (only the
+    figures differ), exit 2 and nothing on stdout, with --json as without, and llama.cpp never
+    loads a tensor."""
+    chat = kvdeck("chat", str(smollm2_path), "--prompt", "hi", "--n-ctx", "50000000", "--json")
+    bench = kvdeck(
+        "bench",
+        str(smollm2_path),
+        *("--pp", "50000000", "--tg", "0", "--json"),  # a context of 50,000,000 tokens
+        env={"KVDECK_DATA_DIR": str(tmp_path)},
+    )
+    for r in (chat, bench):
+        assert (r.returncode, r.stdout) == (2, ""), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert bench.stderr.startswith("error: this needs") and "MiB on CPU" in bench.stderr
+    assert _figures_left_out(bench.stderr) == _figures_left_out(chat.stderr)
+    assert weight_buffers(tmp_path) == set()
+
+
+def _figures_left_out(line: str) -> str:
+    return re.sub(r"[0-9][0-9,.]*", "#", line)
 
 
 def test_unknown_command_is_one_line_and_never_a_window():

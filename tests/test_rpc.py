@@ -148,6 +148,57 @@ def test_a_worker_killed_mid_reply_is_named_and_the_reply_finishes_without_it(sm
 
 
 @needs_rpc
+def test_chat_reloads_without_a_lost_worker_with_the_users_own_tensor_split(
+    smollm2_path: Path, tmp_path: Path
+) -> None:
+    """The reload after a lost worker keeps every option the user gave, as serve's does: with
+    ``--tensor-split 1,3,1`` over three workers, each load puts on each worker the weights the
+    plan gives it for that split on the workers of the moment, the reload's too (a split pinned
+    by free memory for the two left would share the layers about evenly: they lend one machine)."""
+    users = PlanSettings(tensor_split=(1.0, 3.0, 1.0))  # the weights' place depends on nothing else here
+    with workers(3) as ws:
+        rpc = [w.endpoint for w in ws]
+        planned = [_weights_planned(smollm2_path, users, rpc[:n]) for n in (3, 2)]  # before, after
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kvdeck", "chat", str(smollm2_path), "--max-tokens", "160", *GREEDY]
+            + ["--prompt", "Write a long story about a dragon who learns to bake bread."]
+            + ["--rpc", ",".join(rpc), "--tensor-split", "1,3,1"],
+            cwd=ROOT,
+            env={**os.environ, "KVDECK_DATA_DIR": str(tmp_path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.read(1)  # the reply has started: the runtime is decoding on all three
+        assert first, proc.stderr.read() if proc.stderr else ""
+        os.kill(ws[2].pid or 0, signal.SIGKILL)
+        _rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert f"worker {rpc[2]} went away" in err.decode()
+    assert _weights_loaded(tmp_path / "kvdeck.log", rpc) == planned
+    assert planned[1][rpc[1]] > 3 * planned[1][rpc[0]]  # the second worker's three shares (and the output)
+
+
+def _weights_planned(model: Path, settings: PlanSettings, rpc: list[str]) -> dict[str, float]:
+    """Per worker, the MiB of weights the plan puts there, to the 0.01 MiB llama.cpp's log prints."""
+    plan = analytic_plan(inspect_gguf(str(model)), settings, plan_devices(rpc=tuple(rpc))[0])
+    return {e: round(plan.bytes_for(f"RPC0[{e}]", "weights") / MiB, 2) for e in rpc}
+
+
+def _weights_loaded(log: Path, rpc: list[str]) -> list[dict[str, float]]:
+    """Per load, the MiB of weights on each worker it used, from llama.cpp's ``load_tensors:
+    RPC0[HOST:PORT] model buffer size = N MiB`` lines in the log file."""
+    loads: list[dict[str, float]] = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        if m := re.search(r"load_tensors:\s+RPC0\[(.+?)\] model buffer size =\s+([\d.]+) MiB", line):
+            if not loads or m[1] in loads[-1]:  # a worker seen again: the next load
+                loads.append({})
+            loads[-1][m[1]] = float(m[2])
+    assert all(set(load) <= set(rpc) for load in loads), loads
+    return loads
+
+
+@needs_rpc
 def test_a_worker_that_drops_the_connection_mid_reply_but_keeps_listening_is_named(
     smollm2_path: Path,
 ) -> None:

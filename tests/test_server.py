@@ -7,6 +7,7 @@ module, so the slow part (loading) happens once; replies are kept short for slow
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from types import SimpleNamespace
@@ -25,7 +26,7 @@ from engine.core.memory_types import PlanSettings
 from engine.core.sampling import API_DEFAULTS, SamplingParams
 from engine.serve.openai_api import parse_completion
 from engine.serve.server import ApiServer, ServedModel, ServerConfig, check_config
-from tests.helpers.cli import kvdeck
+from tests.helpers.cli import kvdeck, spawn_kvdeck, weight_buffers
 from tests.helpers.runtime_host import running_host
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
@@ -55,6 +56,30 @@ def test_non_loopback_bind_needs_an_api_key():
     check_config(ServerConfig(host="::1"))
     r = kvdeck("serve", "--demo", "--host", "0.0.0.0", env={"KVDECK_API_KEY": ""}, timeout=120)
     assert r.returncode == 2 and "api key" in r.stderr.lower() and r.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_serve_says_how_llama_cpp_read_the_weights(smollm2_path, tmp_path):
+    """``kvdeck serve --load-mode none`` copies the weights in (llama.cpp's log names no
+    ``*_Mapped`` buffer) and /v1/kvdeck/memory says so under chat's and bench's key."""
+    proc = spawn_kvdeck(
+        "serve",
+        str(smollm2_path),
+        *("--port", "0", "--parallel", "1", "--ctx", "512", "--load-mode", "none"),
+        env={"KVDECK_DATA_DIR": str(tmp_path)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "serving MODEL at http://127.0.0.1:PORT/v1 (...)"
+        assert " at http" in line, proc.stderr.read() if proc.stderr else ""
+        url = line.split(" at ", 1)[1].split()[0]
+        memory = httpx.get(f"{url}/kvdeck/memory", timeout=60).json()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert memory["load_mode"] == "none"
+    buffers = weight_buffers(tmp_path)
+    assert buffers and not any(b.endswith("_Mapped") for b in buffers), buffers
 
 
 def test_fields_a_client_leaves_out_take_llama_servers_defaults_and_build_no_penalty_sampler():

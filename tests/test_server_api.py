@@ -338,6 +338,7 @@ def test_memory_view_has_plan_measured_sequences_and_live_memory(served):
     assert r.status_code == 200
     data = r.json()
     assert data["plan"]["devices"] and data["measured"]["devices"]
+    assert data["load_mode"] == "mmap"  # the default: the file mapped (test_server: --load-mode none)
     assert len(data["sequences"]) == SLOTS and all(0 <= s["fill"] <= 1 for s in data["sequences"])
     loop = data["batch_loop"]  # where the batch loop's time went: decode, sampling, the rest
     assert (

@@ -45,6 +45,7 @@ _MEMORY_WORDS = (
     "n_outputs",
     "n_rs",
     "Flash Attention",
+    "load_mode",  # how the weights are read (engine.child.session.loaded_mode)
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,15 @@ def _resolved_flash(lines: list[str], asked: str) -> str:
     from engine.child.selfdraft_context import resolved_flash
 
     return resolved_flash(lines, asked)
+
+
+def loaded_mode(lines: list[str], asked: str) -> str:
+    """How llama.cpp read the weights, from its ``load_tensors: ... (load_mode = NAME)`` line (the
+    first: the target's), which names what its AUTO chose; ``asked`` where no line says."""
+    for line in lines:
+        if m := re.search(r"\(load_mode = ([\w+]+)\)", line):
+            return m[1]
+    return asked
 
 
 _SPLIT = {
@@ -109,8 +119,9 @@ class LlamaSession:
             except BaseException:
                 LL.llama_model_free(model)
                 raise
-            n_target = len(self.log.captured())
-            loaded = replace(loaded, **self._create_mtp(p), n_log_target=n_target)
+            target_lines = self.log.captured()
+            mode = loaded_mode(target_lines, "none" if p.dry_run else s.load_mode)
+            loaded = replace(loaded, **self._create_mtp(p), n_log_target=len(target_lines), load_mode=mode)
             if then is not None:  # e.g. size an assistant's context next to a dry-run target
                 then(self, cancel)
         finally:

@@ -14,8 +14,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from engine.cli.loading import load_check
 from engine.cli.memory import add_plan_options, settings_from_args
-from engine.cli.rpc import devices_for, endpoints, placed
+from engine.cli.rpc import devices_for, endpoints
 from engine.core.errors import KvDeckError, ModelFileError
 from engine.core.sampling import PRESETS
 from engine.core.units import acceptance_by_position
@@ -201,9 +202,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "load_mode": plan.load_mode,
         "sampling": sampling.to_dict() if sampling else "greedy",
     }
-    rpc = endpoints(args)
-    devices = devices_for(rpc) if rpc else []  # workers are probed before the child meets them
-    plan = placed(plan, devices)
+    draft = inspect_gguf(str(Path(args.draft).expanduser())) if args.draft else None
+    rpc = endpoints(args)  # workers are probed before the child meets them
+    plan = load_check(args, info, plan, draft).placed_on(devices_for(rpc))  # as chat and serve check
     with RuntimeHost(rpc=rpc) as host:
         hello = host.hello
         assert hello is not None

@@ -173,11 +173,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     schema = _json_schema(args.json_schema) if args.json_schema else ""
     if schema and (args.draft or args.lookup):
         raise KvDeckError("--json-schema cannot be combined with speculative decoding (--draft, --lookup)")
-    from engine.core.build import gpu_backend
+    from engine.cli.loading import load_check
     from engine.gguf.inspect import inspect_gguf
-    from engine.plan.analytic import analytic_plan
-    from engine.plan.fit import PlanFn, preflight
-    from engine.runtime.info import plan_devices
 
     info = inspect_gguf(path)  # a clear error for a bad file before any process starts
     n_ctx = args.n_ctx or min(info.n_ctx_train or 4096, 4096)
@@ -186,24 +183,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
         from engine.plan.drafting import mtp_settings
 
         settings = mtp_settings(info.hybrid, settings, args.draft_max)
-    plan_fn: PlanFn = analytic_plan
-    if args.mtp or draft_path:  # the drafting context must fit beside the target (engine.plan.drafting)
-        from engine.plan.assistant_rules import ASSISTANT_ARCH
-        from engine.plan.drafting import with_drafter
-
-        dinfo = inspect_gguf(draft_path) if draft_path else None
-        if dinfo is None or dinfo.architecture == ASSISTANT_ARCH:
-            plan_fn = with_drafter(analytic_plan, dinfo, args.n_gpu_layers)
+    check = load_check(args, info, settings, inspect_gguf(draft_path) if draft_path else None)
     rpc = cli_rpc.endpoints(args)
-    devices = plan_devices(rpc=rpc)[0]
-    settings = cli_rpc.placed(settings, devices)
-    preflight(info, settings, devices, gpu_backend(), plan_fn=plan_fn)
+    settings = check.placed_on(cli_rpc.devices_for(rpc))
     mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
 
-    def reload(devices: list[Device]) -> None:  # a worker went away: the devices left
-        s = cli_rpc.placed(settings.replace(tensor_split=()), devices)
-        preflight(info, s, devices, gpu_backend(), plan_fn=plan_fn)
-        host.load(LoadParams(path, s, n_threads=args.threads))
+    def reload(devices: list[Device]) -> None:  # a worker went away: the user's options, placed anew
+        host.load(LoadParams(path, check.placed_on(devices), n_threads=args.threads))
 
     with RuntimeHost(rpc=rpc) as host:
         loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
@@ -250,6 +236,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             "mode": result.prompt.mode,
             "stop_reason": done.stop_reason,
             "load_s": round(loaded.load_s, 4),
+            "load_mode": loaded.load_mode,  # as llama.cpp read the weights (bench's settings key)
             "first_token_s": round(done.first_token_s, 4),
             "prefill_s": round(done.prefill_s, 4),
             "n_ctx": loaded.n_ctx,

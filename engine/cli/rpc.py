@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.core.errors import RuntimeFailure
-from engine.core.memory_types import Device, PlanSettings
+from engine.core.memory_types import Device
 from engine.runtime.workers import parse_endpoints
 
 
@@ -34,13 +34,6 @@ def devices_for(rpc: tuple[str, ...]) -> list[Device]:
     from engine.runtime.info import plan_devices
 
     return plan_devices(rpc=rpc)[0]
-
-
-def placed(settings: PlanSettings, devices: list[Device]) -> PlanSettings:
-    """The settings with the layer split fixed when workers take part (engine.plan.fit.pin_split)."""
-    from engine.plan.fit import pin_split
-
-    return pin_split(settings, devices)
 
 
 def reply_surviving_workers(

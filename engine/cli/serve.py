@@ -104,11 +104,10 @@ def serve_drafter(args: argparse.Namespace, info: Any) -> tuple[str, Any]:
 def plan_settings(args: argparse.Namespace, info: Any, drafting: tuple[str, Any] = ("", None)) -> Any:
     """PlanSettings for N sequences that pass preflight, fitted when --ctx was not given; with a
     drafter (``serve_drafter``), target and drafting context fitted together."""
+    from engine.cli.loading import LoadCheck, load_check
     from engine.cli.rpc import endpoints
-    from engine.core.build import gpu_backend
-    from engine.plan.analytic import analytic_plan
-    from engine.plan.drafting import mtp_settings, with_drafter
-    from engine.plan.fit import PlanFn, fit, pin_split, preflight
+    from engine.plan.drafting import mtp_settings
+    from engine.plan.fit import fit
     from engine.runtime.info import plan_devices
 
     if args.parallel < 1 or args.parallel > 256:
@@ -118,17 +117,13 @@ def plan_settings(args: argparse.Namespace, info: Any, drafting: tuple[str, Any]
         args.ctx = args.parallel * min(info.n_ctx_train or 4096, 4096)
     devices, _ = plan_devices(rpc=endpoints(args))
     settings = settings_from_args(args, info)
-    plan_fn: PlanFn = analytic_plan
-    if drafting[0]:
-        plan_fn = with_drafter(analytic_plan, drafting[1], args.n_gpu_layers)
     if drafting[0] == "mtp":
         settings = mtp_settings(info.hybrid, settings, args.draft_max)
+    check = load_check(args, info, settings, drafting[1])  # as chat and bench check
     budget = args.budget_mib * MiB if args.budget_mib is not None else None
     if budget is None:
         try:
-            settings = pin_split(settings, devices)
-            preflight(info, settings, devices, gpu_backend(), plan_fn=plan_fn)
-            return settings
+            return check.placed_on(devices)
         except KvDeckError:
             if given:
                 raise
@@ -136,15 +131,14 @@ def plan_settings(args: argparse.Namespace, info: Any, drafting: tuple[str, Any]
         info,
         settings,
         devices,
-        plan_fn=plan_fn,
+        plan_fn=check.plan_fn,
         budget_bytes=budget,
         max_context=settings.n_ctx,
         min_context=min(settings.n_ctx, 256 * args.parallel),
     )
     if not result.fits:
         raise KvDeckError(f"{args.parallel} parallel sequences {result.reason}")
-    preflight(info, result.settings, devices, gpu_backend(), plan_fn=plan_fn)
-    return result.settings
+    return LoadCheck(info, result.settings, check.plan_fn).placed_on(devices)  # fit pinned the split itself
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -226,6 +226,10 @@ class Loaded(Message):
     #: How many of ``memory_log``'s lines are the target's; the rest are its drafting context's
     #: (MTP heads or, in a dry run, an assistant). 0: all of them.
     n_log_target: int = 0
+    #: How llama.cpp read the weights, in its own word (``llama_load_mode_name``): "mmap" (the file
+    #: mapped) or "none" (copied in). PlanSettings.load_mode "mmap" asks for its AUTO, which copies
+    #: where a device cannot map (src/llama-model.cpp:1512-1537); a dry run always copies.
+    load_mode: str = ""
 
 
 @message

@@ -131,6 +131,7 @@ def _memory(api: Api) -> dict[str, Any]:
         "model": loaded.path,
         "n_ctx": loaded.n_ctx,
         "n_ctx_seq": loaded.n_ctx_seq,
+        "load_mode": loaded.load_mode,  # as llama.cpp read the weights: "mmap" or "none"
         "time": time.time(),
         "notes": [],
         "plan": None,

@@ -44,12 +44,13 @@ def kvdeck(
     )
 
 
-def spawn_kvdeck(*args: str) -> subprocess.Popen[str]:
+def spawn_kvdeck(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """``python -m kvdeck ARGS`` left running, its stdout and stderr piped as text (the caller
     reads its lines and ends it)."""
     return subprocess.Popen(
         [sys.executable, "-m", "kvdeck", *args],
         cwd=ROOT,
+        env=dict(os.environ, **(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
