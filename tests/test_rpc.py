@@ -148,17 +148,26 @@ def test_a_worker_killed_mid_reply_is_named_and_the_reply_finishes_without_it(sm
 
 
 @needs_rpc
+@pytest.mark.parametrize("doomed", [2, 1], ids=["last", "middle"])
 def test_chat_reloads_without_a_lost_worker_with_the_users_own_tensor_split(
-    smollm2_path: Path, tmp_path: Path
+    smollm2_path: Path, tmp_path: Path, doomed: int
 ) -> None:
     """The reload after a lost worker keeps every option the user gave, as serve's does: with
     ``--tensor-split 1,3,1`` over three workers, each load puts on each worker the weights the
-    plan gives it for that split on the workers of the moment, the reload's too (a split pinned
-    by free memory for the two left would share the layers about evenly: they lend one machine)."""
-    users = PlanSettings(tensor_split=(1.0, 3.0, 1.0))  # the weights' place depends on nothing else here
+    plan gives it for that split on the workers of the moment, the reload's too. Each ratio stays
+    with its worker: when the middle one goes, the other two keep one share each (by position,
+    the last would take the lost worker's three); a split pinned by free memory would share the
+    layers about evenly (they lend one machine)."""
+    ratios = (1.0, 3.0, 1.0)
     with workers(3) as ws:
         rpc = [w.endpoint for w in ws]
-        planned = [_weights_planned(smollm2_path, users, rpc[:n]) for n in (3, 2)]  # before, after
+        left = [e for i, e in enumerate(rpc) if i != doomed]
+        kept = tuple(r for i, r in enumerate(ratios) if i != doomed)
+        planned = [
+            _weights_planned(smollm2_path, PlanSettings(tensor_split=ratios), rpc),
+            _weights_planned(smollm2_path, PlanSettings(tensor_split=kept), left),
+        ]
+        by_position = _weights_planned(smollm2_path, PlanSettings(tensor_split=ratios[:2]), left)
         proc = subprocess.Popen(
             [sys.executable, "-m", "kvdeck", "chat", str(smollm2_path), "--max-tokens", "160", *GREEDY]
             + ["--prompt", "Write a long story about a dragon who learns to bake bread."]
@@ -171,12 +180,13 @@ def test_chat_reloads_without_a_lost_worker_with_the_users_own_tensor_split(
         assert proc.stdout is not None
         first = proc.stdout.read(1)  # the reply has started: the runtime is decoding on all three
         assert first, proc.stderr.read() if proc.stderr else ""
-        os.kill(ws[2].pid or 0, signal.SIGKILL)
+        os.kill(ws[doomed].pid or 0, signal.SIGKILL)
         _rest, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
-    assert f"worker {rpc[2]} went away" in err.decode()
+    assert f"worker {rpc[doomed]} went away" in err.decode()
     assert _weights_loaded(tmp_path / "kvdeck.log", rpc) == planned
-    assert planned[1][rpc[1]] > 3 * planned[1][rpc[0]]  # the second worker's three shares (and the output)
+    if doomed == 1:  # what keeping the ratios by position would have loaded differs
+        assert planned[1] != by_position
 
 
 def _weights_planned(model: Path, settings: PlanSettings, rpc: list[str]) -> dict[str, float]:

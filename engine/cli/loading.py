@@ -26,13 +26,15 @@ class LoadCheck:
     chosen: PlanSettings  # the options as given: no split pinned to any set of devices
     plan_fn: PlanFn  # with a drafter: target and drafting context together
 
-    def placed_on(self, devices: list[Device]) -> PlanSettings:
+    def placed_on(self, devices: list[Device], chosen_for: list[Device] | None = None) -> PlanSettings:
         """The chosen settings placed on ``devices``; a KvDeckError (one sentence) when they
-        cannot load there."""
+        cannot load there. ``chosen_for``: the devices the user chose for, when some of them
+        went away since (engine.plan.fit.split_left)."""
         from engine.core.build import gpu_backend
-        from engine.plan.fit import pin_split, preflight
+        from engine.plan.fit import pin_split, preflight, split_left
 
-        settings = pin_split(self.chosen, devices)
+        chosen = split_left(self.chosen, chosen_for, devices) if chosen_for is not None else self.chosen
+        settings = pin_split(chosen, devices)
         preflight(self.info, settings, devices, gpu_backend(), plan_fn=self.plan_fn)
         return settings
 

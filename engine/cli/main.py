@@ -185,11 +185,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
         settings = mtp_settings(info.hybrid, settings, args.draft_max)
     check = load_check(args, info, settings, inspect_gguf(draft_path) if draft_path else None)
     rpc = cli_rpc.endpoints(args)
-    settings = check.placed_on(cli_rpc.devices_for(rpc))
+    first = cli_rpc.devices_for(rpc)
+    settings = check.placed_on(first)
     mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
 
     def reload(devices: list[Device]) -> None:  # a worker went away: the user's options, placed anew
-        host.load(LoadParams(path, check.placed_on(devices), n_threads=args.threads))
+        host.load(LoadParams(path, check.placed_on(devices, first), n_threads=args.threads))
 
     with RuntimeHost(rpc=rpc) as host:
         loaded = host.load(LoadParams(path, settings, n_threads=args.threads))

@@ -101,13 +101,16 @@ def serve_drafter(args: argparse.Namespace, info: Any) -> tuple[str, Any]:
     return spec.kind, (spec.info if spec.kind == "assistant" else None)
 
 
-def plan_settings(args: argparse.Namespace, info: Any, drafting: tuple[str, Any] = ("", None)) -> Any:
+def plan_settings(
+    args: argparse.Namespace, info: Any, drafting: tuple[str, Any] = ("", None), chosen_for: Any = None
+) -> Any:
     """PlanSettings for N sequences that pass preflight, fitted when --ctx was not given; with a
-    drafter (``serve_drafter``), target and drafting context fitted together."""
+    drafter (``serve_drafter``), target and drafting context fitted together. ``chosen_for``: the
+    devices of the first load, when some went away since (engine.plan.fit.split_left)."""
     from engine.cli.loading import LoadCheck, load_check
     from engine.cli.rpc import endpoints
     from engine.plan.drafting import mtp_settings
-    from engine.plan.fit import fit
+    from engine.plan.fit import fit, split_left
     from engine.runtime.info import plan_devices
 
     if args.parallel < 1 or args.parallel > 256:
@@ -117,6 +120,8 @@ def plan_settings(args: argparse.Namespace, info: Any, drafting: tuple[str, Any]
         args.ctx = args.parallel * min(info.n_ctx_train or 4096, 4096)
     devices, _ = plan_devices(rpc=endpoints(args))
     settings = settings_from_args(args, info)
+    if chosen_for is not None:
+        settings = split_left(settings, chosen_for, devices)
     if drafting[0] == "mtp":
         settings = mtp_settings(info.hybrid, settings, args.draft_max)
     check = load_check(args, info, settings, drafting[1])  # as chat and bench check
@@ -144,7 +149,7 @@ def plan_settings(args: argparse.Namespace, info: Any, drafting: tuple[str, Any]
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine import protocol as P
     from engine.cli.args import model_path
-    from engine.cli.rpc import endpoints
+    from engine.cli.rpc import devices_for, endpoints
     from engine.gguf.inspect import inspect_gguf
     from engine.protocol import LoadParams
     from engine.runtime.host import RuntimeHost
@@ -164,6 +169,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ctx_given = args.ctx
     drafting = serve_drafter(args, info)
     settings = plan_settings(args, info, drafting)
+    # a user's split over workers: each ratio is for one of these devices, should a worker go away
+    first = devices_for(endpoints(args)) if args.tensor_split and endpoints(args) else None
     server: ApiServer | None = None
     latest: list[P.Slots] = []
     # what the server reads: replaced when the model is reloaded without a worker
@@ -207,7 +214,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         break
                     args.ctx = ctx_given
                     now["loaded"] = None  # /health says 503 until the model is back
-                    now["settings"], now["loaded"] = reload_without_workers(host, args, info, path, drafting)
+                    now["settings"], now["loaded"] = reload_without_workers(
+                        host, args, info, path, drafting, first
+                    )
             except KeyboardInterrupt:
                 return 0
             if not host.running and host.outcome is not None and not host.outcome.expected:
@@ -219,7 +228,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def reload_without_workers(
-    host: Any, args: argparse.Namespace, info: Any, path: str, drafting: tuple[str, Any]
+    host: Any, args: argparse.Namespace, info: Any, path: str, drafting: tuple[str, Any], first: Any = None
 ) -> tuple[Any, Any]:
     """A worker went away and took the runtime child with it (ggml-rpc aborts on a dead
     socket): the requests in flight were answered 503 with the sentence naming it; say it on
@@ -232,7 +241,7 @@ def reload_without_workers(
     print(f"{outcome.sentence}; the model is reloaded without it", file=sys.stderr, flush=True)
     host.rpc = tuple(e for e in host.rpc if e not in outcome.lost_workers)
     args.rpc = ",".join(host.rpc)
-    settings = plan_settings(args, info, drafting)
+    settings = plan_settings(args, info, drafting, first)
     host.start()
     host.wait_ready()
     loaded = host.load(LoadParams(path, settings, n_threads=args.threads))

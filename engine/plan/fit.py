@@ -85,6 +85,20 @@ def pin_split(
     return settings.replace(tensor_split=tuple(float(a) for a in amounts))
 
 
+def split_left(settings: PlanSettings, before: list[Device], after: list[Device]) -> PlanSettings:
+    """The user's layer split on the devices left after some went away (a lost RPC worker):
+    llama.cpp reads ``tensor_split`` in the order of the GPU-type devices, so each ratio stays
+    with its own device and a lost device's goes with it; kept by position, a lost worker in the
+    middle would hand its share to the device after it."""
+    names = [d.name for d in before if d.kind == "gpu"]
+    if not settings.tensor_split or len(settings.tensor_split) > len(names):
+        return settings
+    left = {d.name for d in after}
+    return settings.replace(
+        tensor_split=tuple(r for r, name in zip(settings.tensor_split, names) if name in left)
+    )
+
+
 def _combined(target: MemoryPlan, draft: MemoryPlan | None) -> dict[str, int]:
     totals: dict[str, int] = {}
     for plan in (target, draft):
