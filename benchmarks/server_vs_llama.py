@@ -206,6 +206,7 @@ def loop_share(before: dict | None, after: dict | None) -> dict | None:
         else {}
     )
     return extra | {
+        "cut_rows": after.get("cut_rows", 0) - before.get("cut_rows", 0),  # engine.child.device_cut
         "steps": n,
         "decode_ms_per_step": round(d["decode_s"] / n * 1e3, 3),
         "sample_ms_per_step": round(d["sample_s"] / n * 1e3, 3),

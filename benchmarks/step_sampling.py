@@ -12,7 +12,10 @@ default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, dist):
 - ``llama``: llama_sampler_sample for each row, one after another;
 - ``native-T``: engine.child.topk_cut's one native call on T threads, on logits just copied
   from the device (what the server's loop does);
-- ``prewake-T``: the same, the T threads woken while the device decodes (NativeRows.prewake).
+- ``prewake-T``: the same, the T threads woken while the device decodes (NativeRows.prewake);
+- ``cut``: the device keeps each row's candidates (engine.child.device_cut, 40 chunks + 2 of the
+  end-of-generation tokens' share, as the batch loop attaches it) and llama_sampler_sample samples
+  each row from those, one after another: what the cut adds to the decode and leaves to sample.
 Each mode starts from an empty cache, so every mode decodes the same positions. Whether the
 sampling threads slow the next decode down shows in that mode's decode time against ``none``.
 """
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import llama_cpp.llama_cpp as LL  # noqa: E402  (before numpy: numpy first segfaults the CUDA build's loads)
 
 from engine.child.batch_sample import LEAD_S, LIB, SPIN_S  # noqa: E402  (LIB: logits addresses as ints)
+from engine.child.device_cut import ChunkCut  # noqa: E402
 from engine.child.sampler import build_chain  # noqa: E402
 from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
 
@@ -99,8 +103,14 @@ def main() -> int:
         return time.perf_counter() - t
 
     res: dict = {"model": a.model, "seqs": n, "seq_stride": stride, "steps": a.steps, "modes": {}}
+    cuts: list[object] = []  # freed at the end: a detached chain stays in the graphs until the next decode
     for mode in a.modes.split(","):
         LL.llama_memory_clear(mem, True)
+        for s in range(n):  # the cut's chains go on before the prompt, off after the mode
+            cut = ChunkCut(42).chain() if mode == "cut" else None
+            LL.llama_set_sampler(ctx, s * stride, cut)
+            if cut is not None:
+                cuts.append(cut)
         prompt = [
             (100 + (7 * s + i) % 5000, i, s * stride, i == PROMPT - 1)
             for s in range(n)
@@ -126,7 +136,7 @@ def main() -> int:
             if hook is not None:
                 expect[0] = dec[-1] if not expect[0] else expect[0] + 0.2 * (dec[-1] - expect[0])
             t = time.perf_counter()
-            if mode == "llama":
+            if mode in ("llama", "cut"):
                 toks = [int(LL.llama_sampler_sample(c, ctx, i)) for i, c in enumerate(chains)]
             elif native is not None:
                 toks = native.sample([get_row(ctx, i) for i in range(n)], addrs, [40] * n)
@@ -140,6 +150,12 @@ def main() -> int:
         print(mode, json.dumps(res["modes"][mode]), flush=True)
         for c in chains:
             LL.llama_sampler_free(c)
+    for s in range(n):
+        LL.llama_set_sampler(ctx, s * stride, None)
+    LL.llama_memory_clear(mem, True)
+    decode([(1, 0, 0, True)])  # the graphs without the cuts, then the cuts can go
+    for c in cuts:
+        LL.llama_sampler_free(c)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     return 0
 

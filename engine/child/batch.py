@@ -42,6 +42,8 @@ from engine.child.batch_rows import BatchRows
 from engine.child.batch_sample import TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.batch_take import Takes, text_during_decode
+from engine.child.device_cut import SeqCuts
+from engine.child.device_cut import enabled as cuts_enabled
 from engine.child.errors import ErrorKind, error_event
 from engine.child.io import Emit, Requests, flush_held, held
 from engine.child.prefix import SeqPrefixes, gap_moves
@@ -90,6 +92,8 @@ class BatchLoop:
         # Device chains per sequence (engine.child.batch_backend); not with drafting (verify
         # rows are several outputs of one sequence per step).
         self.chains = SeqChains(m) if enabled() and not sds else None
+        # or the candidate cut per sequence (engine.child.device_cut)
+        self.cuts = SeqCuts(m) if cuts_enabled() and not sds and self.chains is None else None
         self.rows = BatchRows(self.n_batch)  # the step's llama_batch (engine.child.batch_rows)
 
     # ------------------------------------------------------------------ requests
@@ -109,9 +113,11 @@ class BatchLoop:
             i, reuse = self.prefixes.place(free, busy, w.prompt)
             self.drafting.placed(i, reuse)
             chain = self.chains.admit(i, w) if self.chains is not None else None
-            self.slots[i] = Slot.start(
+            s = self.slots[i] = Slot.start(
                 w, i, reuse, tuple(self.m.eog_ids), self.m.n_vocab, self.n_ctx_seq, chain
             )
+            if self.cuts is not None:
+                self.cuts.place(s)
             self.report(force=True)
 
     # ------------------------------------------------------------------ one step
@@ -152,8 +158,9 @@ class BatchLoop:
         if gen_only:
             TIMES.gen_steps += 1
             TIMES.gen_decode_s += t1 - t0
-        if self.chains is not None and rc == 0:
-            self.chains.decoded()
+        for attached in (self.chains, self.cuts):
+            if attached is not None and rc == 0:
+                attached.decoded()
         if rc == 1 and self.prefixes.evict_idle(
             [s is not None for s in self.slots]
         ):  # no room: cached prefixes of free sequences go first
@@ -228,6 +235,8 @@ class BatchLoop:
             s = self.slots[src]
             assert s is not None
             s.seq, self.slots[dst], self.slots[src] = dst, s, None
+            if self.cuts is not None:
+                self.cuts.place(s)
             self.report(force=True)
 
     def _finish(self, s: Slot) -> None:
@@ -269,6 +278,7 @@ class BatchLoop:
                     gen_decode_s=TIMES.gen_decode_s,
                     gen_sample_s=TIMES.gen_sample_s,
                     reorder_s=TIMES.reorder_s,
+                    cut_rows=TIMES.cut_rows,
                     device=[bool(s and s.device) for s in self.slots],
                 )
             )
@@ -293,8 +303,9 @@ class BatchLoop:
         """Free the batch; the sequences' cells and their token lists stay for the next run."""
         self.rows.free()
         self.sampler.close()
-        if self.chains is not None:
-            self.chains.close()
+        for attached in (self.chains, self.cuts):
+            if attached is not None:
+                attached.close()
         self.report(force=True)
 
     # ------------------------------------------------------------------ the loop

@@ -36,6 +36,7 @@ logit bias prevents.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import llama_cpp.llama_cpp as LL
@@ -62,10 +63,12 @@ def device_spec(s: SamplingParams, sampling: dict[str, Any], grammar: bool, logp
 
 
 class SeqChains:
-    """The device chains attached to the batch context, one per sequence at most."""
+    """The device chains attached to the batch context, one per sequence at most; ``build``
+    makes a chain from a spec (default: engine.child.sampler.build_chain)."""
 
-    def __init__(self, m: Model) -> None:
+    def __init__(self, m: Model, build: Callable[[Any], object] | None = None) -> None:
         self.m = m
+        self.build = build or (lambda spec: build_chain(spec, m.n_vocab))
         self.attached: dict[int, tuple[Spec, object]] = {}
         self.retired: list[object] = []
 
@@ -84,7 +87,7 @@ class SeqChains:
         self.drop(seq)
         if spec is None:
             return None
-        chain = build_chain(spec, self.m.n_vocab)
+        chain = self.build(spec)
         if not LL.llama_set_sampler(self.m.ctx, seq, chain):  # not offloadable (tensor split)
             LL.llama_sampler_free(chain)
             return None

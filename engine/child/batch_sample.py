@@ -52,6 +52,7 @@ class LoopTimes:
     gen_decode_s: float = 0.0  # their llama_decode seconds
     gen_sample_s: float = 0.0  # their sampling seconds
     reorder_s: float = 0.0  # each step's first logits access (llama.cpp's output reorder)
+    cut_rows: int = 0  # rows sampled from the device's candidates (engine.child.device_cut)
 
 
 #: One model per child process, one batch loop at a time: the totals are the child's.
@@ -65,6 +66,7 @@ class Sampled(Protocol):
     first: object | None
     out: list[int]
     cut: int
+    cut_device: bool
 
 
 def workers() -> int:
@@ -142,7 +144,7 @@ class RowSampler:
 
     def cuttable(self, s: Sampled) -> bool:
         """Past its first token, with no chain (greedy) or a chain that starts with top-k."""
-        if s.first is not None and not s.out:
+        if (s.first is not None and not s.out) or s.cut_device:  # a cut row is not the vocabulary
             return False
         return self.native.usable(s.cut if s.chain is not None else 1)
 
@@ -159,6 +161,7 @@ class RowSampler:
         t = time.perf_counter()
         LIB.llama_get_logits(self.ctx)  # synchronise and reorder (writes) here, once
         TIMES.reorder_s += time.perf_counter() - t
+        TIMES.cut_rows += sum(s.cut_device for _, s in rows)
         fast = [j for j, (_, s) in enumerate(rows) if self.cuttable(s)]
         if len(fast) == 1 and rows[fast[0]][1].chain is None:
             fast = []  # a lone greedy row: numpy's argmax, below

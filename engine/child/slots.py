@@ -163,6 +163,8 @@ class Slot:
     device: bool = False
     #: k when ``chain`` is a CPU chain that starts with top-k (engine.child.topk_cut), else 0.
     cut: int = 0
+    #: The device cuts this sequence's rows to candidates (engine.child.device_cut).
+    cut_device: bool = False
 
     @classmethod
     def start(

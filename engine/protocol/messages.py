@@ -317,6 +317,8 @@ class Slots(Message):
     #: access, where llama.cpp swaps rows back into batch order after a ubatch split (reorder).
     gen_sample_s: float = 0.0
     reorder_s: float = 0.0
+    #: Rows sampled from the candidates the device kept (engine.child.device_cut).
+    cut_rows: int = 0
     #: Per sequence: True while its request samples on the device (engine.child.batch_backend).
     device: list[bool] = field(default_factory=list)
 

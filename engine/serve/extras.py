@@ -188,6 +188,7 @@ def _memory(api: Api) -> dict[str, Any]:
             "gen_decode_s": slots.gen_decode_s,
             "gen_sample_s": slots.gen_sample_s,
             "reorder_s": slots.reorder_s,
+            "cut_rows": slots.cut_rows,
         }
         if slots is not None
         else None

@@ -1,0 +1,84 @@
+"""The candidate cut on the device (engine.child.device_cut, ``KVDECK_DEVICE_CUT=1``).
+
+The device keeps, of each sequence's output row, every token of the k chunks of 64 with the
+highest maxima and the last, short chunk; the request's own CPU chain, which starts with top-k,
+samples from those. The k best tokens must always be among them, with their own logits, so a
+seeded reply is the token-for-token reply of the whole row. Here on llama.cpp's CPU backend,
+which runs the same ggml operations the GPU would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from engine import protocol as P
+from engine.child import device_cut as D
+from engine.core.memory_types import PlanSettings
+from tests.helpers.burst import CHAT_PROMPTS, held_burst
+from tests.helpers.runtime_host import running_host
+
+compute = D.ggml_fn("ggml_graph_compute_with_ctx", ctypes.c_int, D._P, D._P, ctypes.c_int)
+get_data = D.ggml_fn("ggml_get_data", D._P, D._P)
+
+
+def _read(t: int, ctype: type, n: int) -> np.ndarray:
+    return np.ctypeslib.as_array(ctypes.cast(get_data(t), ctypes.POINTER(ctype)), (n,)).copy()
+
+
+@pytest.mark.parametrize("n", [5259, 49152, 128256, 131079], ids=lambda n: f"vocab{n}")
+@pytest.mark.parametrize("k", [1, 40, 100])
+def test_the_cut_keeps_every_one_of_the_k_best_tokens_with_its_logit(n: int, k: int) -> None:
+    rows = np.random.default_rng(n + k).standard_normal((4, n)).astype(np.float32) * 3
+    rows[1, : n // 2] -= 50  # the best all in the second half
+    rows[2, 64 * 7 : 64 * 7 + k] += 40  # the best all in one chunk, and the next
+    rows[3, -(n % 64 or 64) :] += 40  # the best in the last, short chunk
+    for row in rows:
+        ctx = D.ggml_init(D._InitParams(64 * 1024 * 1024, None, False))
+        try:
+            t = D.new_tensor_1d(ctx, D._F32, n)
+            ctypes.memmove(get_data(t), row.ctypes.data, row.nbytes)
+            vals, ids = D.cut(ctx, t, None, k)
+            if 2 * k * D.CHUNK > n:  # nothing worth cutting: the row stays whole
+                assert ids is None and vals == t
+                continue
+            assert ids is not None
+            gf = D.new_graph(ctx)
+            D.build_forward_expand(gf, vals)
+            D.build_forward_expand(gf, ids)
+            assert compute(ctx, gf, 1) == 0
+            m = D.nelements(vals)
+            got, tokens = _read(vals, ctypes.c_float, m), _read(ids, ctypes.c_int32, m)
+        finally:
+            D.ggml_free(ctx)
+        assert m == D.CHUNK * k + n % D.CHUNK
+        assert len(set(tokens.tolist())) == m and np.array_equal(got, row[tokens])
+        assert set(np.argsort(-row)[:k].tolist()) <= set(tokens.tolist())
+
+
+def _burst(host, sampling: dict) -> list[list[int]]:
+    def build(prompt: str) -> Callable[[int], P.GenerateRequest]:
+        return lambda i: P.GenerateRequest(id=i, prompt=prompt, max_tokens=24, sampling=sampling, serve=True)
+
+    _, done, _ = held_burst(host, [build(p) for p in CHAT_PROMPTS])
+    return [d.tokens if isinstance(d, P.Done) else [] for d in done]
+
+
+@pytest.mark.slow
+def test_seeded_replies_are_the_same_with_the_rows_cut_on_the_device(smollm2_path, monkeypatch) -> None:
+    """SmolLM2's 49,152 tokens: 40 + 2 chunks (its end-of-generation tokens) of 768."""
+    seeded = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 7}
+    params = P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512 * 3, n_seq_max=3))
+    replies, cut_rows = {}, {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("KVDECK_DEVICE_CUT", mode)
+        slots: list[P.Slots] = []
+        with running_host(params, on_event=slots.append) as (h, _):
+            replies[mode] = _burst(h, seeded)
+            assert all(_burst(h, {"temperature": 0}))  # whole rows again: the cut goes
+        cut_rows[mode] = max(s.cut_rows for s in slots if isinstance(s, P.Slots))
+    assert replies["1"] == replies["0"] and all(replies["1"])
+    assert cut_rows["0"] == 0 and cut_rows["1"] >= 3 * 24  # every seeded row
