@@ -48,6 +48,29 @@ def test_the_cut_samples_the_same_tokens_as_the_whole_row(k: int) -> None:
         LL.llama_sampler_free(theirs)
 
 
+def test_rows_the_device_cut_to_candidates_sample_as_the_whole_row() -> None:
+    """engine.child.device_cut hands back, per row, the logits and ids of a shuffled superset of
+    the k best (the tokens of the k best chunks); rows cut and whole share one native call."""
+    k, rng = 40, np.random.default_rng(5)
+    rows = [(rng.standard_normal(N_VOCAB) * 2.5).astype(np.float32) for _ in range(24)]
+    kept = [rng.permutation(np.union1d(np.argsort(-r)[:k], rng.choice(N_VOCAB, 2600))) for r in rows]
+    ids = [np.ascontiguousarray(c, dtype=np.int32) for c in kept]
+    vals = [np.ascontiguousarray(r[c]) for r, c in zip(rows, kept)]
+    ours, theirs = [chain(k, 3) for _ in rows], [chain(k, 3) for _ in rows]
+    try:
+        whole = [i % 3 == 0 for i in range(len(rows))]
+        got = NativeRows(N_VOCAB, 4).sample(
+            [(r if w else v).ctypes.data for r, v, w in zip(rows, vals, whole)],
+            [chain_address(c) for c in ours],
+            [k] * len(rows),
+            [(0, 0) if w else (i.ctypes.data, len(i)) for i, w in zip(ids, whole)],
+        )
+        assert got == [whole_row(c, r) for c, r in zip(theirs, rows)]
+    finally:
+        for c in ours + theirs:
+            LL.llama_sampler_free(c)
+
+
 def test_rows_sampled_together_on_threads_match_rows_sampled_alone() -> None:
     """Sixteen requests, each its own chain and seed, in one call: each gets llama.cpp's token."""
     rng = np.random.default_rng(5)

@@ -28,7 +28,7 @@ from typing import Protocol
 import llama_cpp.llama_cpp as LL
 
 from engine.child.grammar import logits_row
-from engine.child.topk_cut import NativeRows, chain_address
+from engine.child.topk_cut import NATIVE, NativeRows, chain_address
 
 # Our own handle so the logits pointer comes back as a plain int (llama_cpp's function objects
 # are shared with the rest of the child and keep their restypes).
@@ -37,6 +37,9 @@ LIB.llama_get_logits_ith.restype = ctypes.c_void_p
 LIB.llama_get_logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
 LIB.llama_get_logits.restype = ctypes.c_void_p
 LIB.llama_get_logits.argtypes = [ctypes.c_void_p]
+for _name in ("llama_get_sampled_logits_ith", "llama_get_sampled_candidates_ith"):  # addresses
+    getattr(LIB, _name).restype = ctypes.c_void_p
+    getattr(LIB, _name).argtypes = [ctypes.c_void_p, ctypes.c_int32]
 
 
 @dataclass
@@ -144,9 +147,17 @@ class RowSampler:
 
     def cuttable(self, s: Sampled) -> bool:
         """Past its first token, with no chain (greedy) or a chain that starts with top-k."""
-        if (s.first is not None and not s.out) or s.cut_device:  # a cut row is not the vocabulary
+        if s.first is not None and not s.out:
             return False
+        if s.cut_device:  # the device's candidates (engine.child.device_cut): only a chain takes them
+            return s.chain is not None and NATIVE is not None
         return self.native.usable(s.cut if s.chain is not None else 1)
+
+    def _cut(self, i: int) -> tuple[int, int]:
+        """(address of the ids, number) of the candidates the device kept for batch row ``i``
+        (llama_get_logits_ith then gives their logits); (0, 0): the row is whole."""
+        n = int(LL.llama_get_sampled_logits_count_ith(self.ctx, i))
+        return (LIB.llama_get_sampled_candidates_ith(self.ctx, i) or 0, n) if n else (0, 0)
 
     def _pooled(self, rows: Sequence[tuple[int, Sampled]]) -> list[int]:
         return [self._llama(s, i) for i, s in rows]
@@ -167,6 +178,7 @@ class RowSampler:
             fast = []  # a lone greedy row: numpy's argmax, below
         # every logits pointer is taken here, before any other thread reads the context
         ptrs = [LIB.llama_get_logits_ith(self.ctx, rows[j][0]) for j in fast]
+        cut = [self._cut(rows[j][0]) if rows[j][1].cut_device else (0, 0) for j in fast]
         native = set(fast)
         argmax = [j for j in range(len(rows)) if j not in native and self._argmax(rows[j][1])]
         taken = native.union(argmax)
@@ -185,7 +197,10 @@ class RowSampler:
             out[j] = self._llama(rows[j][1], rows[j][0])
         if fast:
             toks = self.native.sample(
-                ptrs, [chain_address(rows[j][1].chain) for j in fast], [rows[j][1].cut for j in fast]
+                ptrs,
+                [chain_address(rows[j][1].chain) for j in fast],
+                [rows[j][1].cut for j in fast],
+                cut if any(n for _, n in cut) else None,
             )
             for j, tok in zip(fast, toks):
                 out[j] = tok if tok >= 0 else self._llama(rows[j][1], rows[j][0])

@@ -196,17 +196,33 @@ static int64_t candidates(rowbuf_t *b, const float *x, int64_t n, int k) {
     return count;
 }
 
+/* A row the device already cut (engine/child/device_cut.py): its n candidates, ids[j] with
+ * logit x[j], as they are. */
+static int64_t given(rowbuf_t *b, const float *x, const int32_t *ids, int64_t n) {
+    if (!reserve((void **)&b->cand, &b->cand_cap, (size_t)n, sizeof(token_data))) {
+        return -1;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        b->cand[j].id = ids[j];
+        b->cand[j].logit = x[j];
+        b->cand[j].p = 0.0f;
+    }
+    return n;
+}
+
 /* One row: its chain's token (the chain has accepted it), its first greatest logit without a
- * chain (llama.cpp's greedy sampler), or -1 for llama.cpp's own path. */
-static int32_t sample_row(const float *x, int64_t n, int k, void *chain, apply_fn apply, accept_fn accept) {
-    if (chain != NULL && k < 1) {
-        return -1; /* no top-k to stand in for: llama.cpp's own path */
+ * chain (llama.cpp's greedy sampler), or -1 for llama.cpp's own path. With ``ids`` the row is
+ * n candidates the device kept, not the vocabulary: only a chain samples those. */
+static int32_t sample_row(const float *x, int64_t n, int k, void *chain, apply_fn apply, accept_fn accept,
+                          const int32_t *ids) {
+    if (chain != NULL ? k < 1 : ids != NULL) {
+        return -1; /* no top-k to stand in for, or no vocabulary order: llama.cpp's own path */
     }
     rowbuf_t *b = rowbuf_mine; /* the hot path: one thread-local read */
     if (b == NULL && (b = rowbuf_new()) == NULL) {
         return -1;
     }
-    int64_t count = candidates(b, x, n, chain == NULL ? 1 : k);
+    int64_t count = ids != NULL ? given(b, x, ids, n) : candidates(b, x, n, chain == NULL ? 1 : k);
     if (count <= 0) {
         return -1;
     }
@@ -228,6 +244,8 @@ typedef struct {
     const float *const *rows;
     void *const *chains;
     const int32_t *ks;
+    const int32_t *const *ids; /* per row, the device's candidate ids, or NULL: whole rows */
+    const int64_t *counts;     /* per row with ids, how many */
     int32_t *out;
     int64_t n_vocab;
     apply_fn apply;
@@ -239,7 +257,9 @@ typedef struct {
 
 static void work(job_t *job) {
     for (int r; (r = atomic_fetch_add(&job->next, 1)) < job->n_rows;) {
-        job->out[r] = sample_row(job->rows[r], job->n_vocab, job->ks[r], job->chains[r], job->apply, job->accept);
+        const int32_t *ids = job->ids != NULL ? job->ids[r] : NULL;
+        int64_t n = ids != NULL ? job->counts[r] : job->n_vocab;
+        job->out[r] = sample_row(job->rows[r], n, job->ks[r], job->chains[r], job->apply, job->accept, ids);
         atomic_fetch_add(&job->done, 1);
     }
 }
@@ -458,17 +478,19 @@ static int threaded_build(void) {
 
 static PyObject *sample(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long rows_p, chains_p, ks_p, out_p, apply_p, accept_p;
+    unsigned long long rows_p, chains_p, ks_p, out_p, apply_p, accept_p, ids_p = 0, counts_p = 0;
     long long n_vocab;
     int n_rows, n_threads;
-    if (!PyArg_ParseTuple(args, "KLiKKKKKi", &rows_p, &n_vocab, &n_rows, &chains_p, &ks_p, &out_p, &apply_p,
-                          &accept_p, &n_threads)) {
+    if (!PyArg_ParseTuple(args, "KLiKKKKKi|KK", &rows_p, &n_vocab, &n_rows, &chains_p, &ks_p, &out_p, &apply_p,
+                          &accept_p, &n_threads, &ids_p, &counts_p)) {
         return NULL;
     }
     job_t job;
     job.rows = (const float *const *)(uintptr_t)rows_p;
     job.chains = (void *const *)(uintptr_t)chains_p;
     job.ks = (const int32_t *)(uintptr_t)ks_p;
+    job.ids = (const int32_t *const *)(uintptr_t)ids_p;
+    job.counts = (const int64_t *)(uintptr_t)counts_p;
     job.out = (int32_t *)(uintptr_t)out_p;
     job.n_vocab = n_vocab;
     job.apply = (apply_fn)(uintptr_t)apply_p;

@@ -89,6 +89,8 @@ class NativeRows:
         self.chains = np.zeros(n, dtype=np.uint64)
         self.ks = np.zeros(n, dtype=np.int32)
         self.out = np.zeros(n, dtype=np.int32)
+        self.ids = np.zeros(n, dtype=np.uint64)
+        self.counts = np.zeros(n, dtype=np.int64)
 
     def prewake(self, n_rows: int, delay_s: float, spin_s: float) -> None:
         """Have the threads for ``n_rows`` rows running in ``delay_s``, for ``spin_s`` at most."""
@@ -99,14 +101,24 @@ class NativeRows:
     def usable(self, k: int) -> bool:
         return NATIVE is not None and 0 < k and k * 2 * CHUNK <= self.n_vocab
 
-    def sample(self, rows: Sequence[int], chains: Sequence[int], ks: Sequence[int]) -> list[int]:
+    def sample(
+        self,
+        rows: Sequence[int],
+        chains: Sequence[int],
+        ks: Sequence[int],
+        cut: Sequence[tuple[int, int]] | None = None,
+    ) -> list[int]:
         """One token per row: ``rows`` are the rows' logits addresses, ``chains`` their chain
         addresses (0: greedy), ``ks`` their chains' leading k. A chain has accepted its token;
-        -1 leaves a row to llama.cpp's own path (a NaN in it)."""
+        -1 leaves a row to llama.cpp's own path (a NaN in it). ``cut``: per row, (address of
+        its candidates' ids, their number) where the device kept only those (engine.child.
+        device_cut; the logits are theirs then), (0, 0) for a whole row."""
         n = len(rows)
         if n > len(self.out):
             self._grow(n)
         self.rows[:n], self.chains[:n], self.ks[:n] = rows, chains, ks
+        if cut is not None:
+            self.ids[:n], self.counts[:n] = [a for a, _ in cut], [c for _, c in cut]
         _rowsample.sample(
             self.rows.ctypes.data,
             self.n_vocab,
@@ -117,5 +129,7 @@ class NativeRows:
             _APPLY,
             _ACCEPT,
             self.n_threads,
+            self.ids.ctypes.data if cut is not None else 0,
+            self.counts.ctypes.data,
         )
         return self.out[:n].tolist()
