@@ -15,7 +15,8 @@ default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, dist):
 - ``prewake-T``: the same, the T threads woken while the device decodes (NativeRows.prewake);
 - ``cut``: the device keeps each row's candidates (engine.child.device_cut, 40 chunks + 2 of the
   end-of-generation tokens' share, as the batch loop attaches it) and llama_sampler_sample samples
-  each row from those, one after another: what the cut adds to the decode and leaves to sample.
+  each row from those, one after another: what the cut adds to the decode and leaves to sample;
+- ``cut-T``: the same cut, its rows in the native call on T threads (what the server's loop does).
 Each mode starts from an empty cache, so every mode decodes the same positions. Whether the
 sampling threads slow the next decode down shows in that mode's decode time against ``none``.
 """
@@ -87,6 +88,9 @@ def main() -> int:
     batch = LL.llama_batch_init(max(n * PROMPT, n), 0, 1)
     get_row = LIB.llama_get_logits_ith
 
+    def cut_of(i: int) -> tuple[int, int]:  # the candidates the device kept for row i
+        return LIB.llama_get_sampled_candidates_ith(ctx, i), LL.llama_get_sampled_logits_count_ith(ctx, i)
+
     def decode(rows: list[tuple[int, int, int, bool]], hook: Callable[[float], None] | None = None) -> float:
         """(token, position, sequence, logits) rows in one llama_decode; its seconds until
         synchronised (``hook(start)`` runs between the call's return and the synchronise)."""
@@ -107,7 +111,7 @@ def main() -> int:
     for mode in a.modes.split(","):
         LL.llama_memory_clear(mem, True)
         for s in range(n):  # the cut's chains go on before the prompt, off after the mode
-            cut = ChunkCut(42).chain() if mode == "cut" else None
+            cut = ChunkCut(42).chain() if mode.startswith("cut") else None
             LL.llama_set_sampler(ctx, s * stride, cut)
             if cut is not None:
                 cuts.append(cut)
@@ -139,7 +143,8 @@ def main() -> int:
             if mode in ("llama", "cut"):
                 toks = [int(LL.llama_sampler_sample(c, ctx, i)) for i, c in enumerate(chains)]
             elif native is not None:
-                toks = native.sample([get_row(ctx, i) for i in range(n)], addrs, [40] * n)
+                cut_rows = [cut_of(i) for i in range(n)] if mode.startswith("cut") else None
+                toks = native.sample([get_row(ctx, i) for i in range(n)], addrs, [40] * n, cut_rows)
             smp.append(time.perf_counter() - t)
         res["modes"][mode] = {
             "decode_ms_median": round(statistics.median(dec) * 1e3, 3),

@@ -193,7 +193,8 @@ class SeqCuts(SeqChains):
 
     def k_for(self, s: Slot) -> int:
         """The device's k for the request on ``s``, 0 for whole rows. Only a CPU chain that
-        starts with top-k (``Slot.cut``: no grammar, no penalty) samples the same from the
+        starts with top-k (``Slot.cut``: no grammar; a penalty that only lowers logits starts
+        with its own wider top-k, engine.child.sampler.chain_spec) samples the same from the
         candidates; log-probabilities read the whole row; drafting puts several rows of one
         sequence in a step (llama.cpp refuses those with a sampler attached). The k best of a
         first token exclude the end-of-generation tokens (its chain biases them away before its
