@@ -23,7 +23,7 @@ RPC_CMAKE_ARGS := -DGGML_RPC=ON
 HAS_RPC := $(BIN)/python -c 'import sys, llama_cpp.llama_cpp as L; sys.exit(0 if L.llama_supports_rpc() else 1)'
 
 # setup.py builds engine/child/rowsample.c (the batch loop's native row sampler) into the tree.
-$(STAMP): pyproject.toml setup.py engine/child/rowsample.c engine/child/rowbuffers.c engine/child/rowbuffers.h
+$(STAMP): pyproject.toml setup.py engine/child/rowsample.c engine/child/rowbuffers.c engine/child/rowbuffers.h engine/child/rowpool.c engine/child/rowpool.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	CMAKE_ARGS="$(RPC_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/python -m pip install -e '.[test]'

@@ -1,5 +1,5 @@
-"""The one native module (engine/child/rowsample.c, its threads' buffers in rowbuffers.c);
-everything else is in pyproject.toml.
+"""The one native module (engine/child/rowsample.c; its thread pool in rowpool.c, its threads'
+buffers in rowbuffers.c); everything else is in pyproject.toml.
 
 It is built with the stable ABI, so the wheel and an in-place build serve every CPython >= 3.10.
 The rows of a step run on a pthreads pool (Linux, macOS) or on OpenMP threads (MSVC).
@@ -20,8 +20,8 @@ setup(
     ext_modules=[
         Extension(
             "engine.child._rowsample",
-            sources=["engine/child/rowsample.c", "engine/child/rowbuffers.c"],
-            depends=["engine/child/rowbuffers.h"],
+            sources=["engine/child/rowsample.c", "engine/child/rowbuffers.c", "engine/child/rowpool.c"],
+            depends=["engine/child/rowbuffers.h", "engine/child/rowpool.h"],
             extra_compile_args=flags,
             extra_link_args=link,
             py_limited_api=True,
