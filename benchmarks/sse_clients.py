@@ -27,13 +27,17 @@ def stream(http: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]
     when none came) and ``end``, the number of text ``chunks`` and when each came (``times``),
     and the last ``usage`` and
     ``timings`` objects seen (llama-server sends ``timings``, kvdeck and OpenAI ``usage``).
+    ``counts``: per text chunk, the tokens generated up to it (``timings.predicted_n``, which
+    llama-server and kvdeck send in every chunk with ``timings_per_token``), where every chunk
+    said; else None.
     """
     t0 = time.perf_counter()
     first = None
     times: list[float] = []
     usage: dict[str, Any] = {}
     timings: dict[str, Any] = {}
-    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    counts: list[int | None] = []
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}, "timings_per_token": True}
     with http.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             return {"ok": False, "status": r.status_code, "body": r.read().decode()[:300]}
@@ -46,6 +50,7 @@ def stream(http: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]
             choice = data["choices"][0] if data.get("choices") else {}
             if choice.get("text") or (choice.get("delta") or {}).get("content"):
                 times.append(time.perf_counter())
+                counts.append((data.get("timings") or {}).get("predicted_n"))
                 if first is None:
                     first = times[0]
     end = time.perf_counter()
@@ -56,6 +61,7 @@ def stream(http: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]
         "end": end,
         "chunks": len(times),
         "times": times,
+        "counts": counts if counts and None not in counts else None,
         "usage": usage,
         "timings": timings,
     }

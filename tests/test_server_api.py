@@ -332,6 +332,24 @@ def test_embeddings_of_a_chat_model_are_a_clear_400(served):
 
 
 @pytest.mark.slow
+def test_timings_per_token_says_in_every_chunk_how_many_tokens_came_so_far(served):
+    """llama-server's ``timings_per_token``: a chunk holds every token of about 20 ms, and says
+    how many came up to it (benchmarks/server_vs_llama.py counts decode rates with it)."""
+    body = {"model": "m", "prompt": "Once upon a time", "max_tokens": 24, "stream": True}
+    body |= {"temperature": 0, "timings_per_token": True, "stream_options": {"include_usage": True}}
+    counts, usage = [], None
+    with httpx.stream("POST", f"{served.url}/v1/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                data = json.loads(line[6:])
+                usage = data.get("usage") or usage
+                if data["choices"]:
+                    counts.append(data["timings"]["predicted_n"])
+    assert counts == sorted(counts) and counts[0] >= 1 and usage is not None
+    assert counts[-1] == usage["completion_tokens"]
+
+
+@pytest.mark.slow
 def test_memory_view_has_plan_measured_sequences_and_live_memory(served):
     chat(served.url, "Hi", max_tokens=2)
     r = httpx.get(f"{served.url}/v1/kvdeck/memory", timeout=60)

@@ -56,6 +56,8 @@ class Job:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
+    #: llama-server's ``timings_per_token``: every streamed chunk says how many tokens came so far.
+    timings_per_token: bool = False
     n: int = 1
     logprobs: int = -1  # -1 none, else how many alternatives per token (top_logprobs)
     json_schema: str = ""  # response_format's schema as JSON text (converted in the child)
@@ -153,6 +155,7 @@ def _common(body: dict[str, Any], defaults: SamplingParams) -> dict[str, Any]:
         "stop": _stops(body.get("stop")),
         "stream": _flag(body, "stream"),
         "include_usage": _include_usage(body),
+        "timings_per_token": _flag(body, "timings_per_token"),
         "n": n,
         "json_schema": _response_format(body.get("response_format")),
     }

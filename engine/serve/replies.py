@@ -56,10 +56,15 @@ async def stream_events(
     ended: set[int] = set()
     dones: list[P.Done] = []
     n_prompt = n_completion = n_cached = 0
+    so_far = [0] * n  # tokens per choice so far, for timings_per_token
+
+    def counted(i: int) -> int | None:
+        return so_far[i] if job.timings_per_token else None
+
     try:
         if job.kind == "chat":
             for i in range(n):
-                yield sse(chunk(job, rid, name, "", first=True, index=i))
+                yield sse(chunk(job, rid, name, "", first=True, index=i, n_so_far=counted(i)))
         while len(ended) < n:
             msg = early.pop(0) if early else await call.next()
             if isinstance(msg, P.ErrorEvent):
@@ -69,6 +74,7 @@ async def stream_events(
                 continue
             i = call.index(msg)
             if isinstance(msg, P.Delta):
+                so_far[i] += len(msg.tokens)
                 if holding[i]:
                     held[i] += msg.text
                     held_lp[i] += msg.logprobs
@@ -78,19 +84,24 @@ async def stream_events(
                 else:
                     text, entries = msg.text, msg.logprobs
                 if text or entries:
-                    yield sse(chunk(job, rid, name, text, index=i, entries=entries))
+                    yield sse(chunk(job, rid, name, text, index=i, entries=entries, n_so_far=counted(i)))
                 continue
             ended.add(i)
             dones.append(msg)
+            so_far[i] = len(msg.tokens)
             n_prompt, n_completion, n_cached = msg.n_prompt, n_completion + len(msg.tokens), msg.n_reused
             finish = FINISH.get(msg.stop_reason, "stop")
             if holding[i]:
                 content, finish, calls = _finish(job, msg)
                 if calls:
-                    yield sse(chunk(job, rid, name, content or None, index=i, tool_calls=calls))
+                    yield sse(
+                        chunk(job, rid, name, content or None, index=i, tool_calls=calls, n_so_far=counted(i))
+                    )
                 elif content or held_lp[i]:
-                    yield sse(chunk(job, rid, name, content, index=i, entries=held_lp[i]))
-            yield sse(chunk(job, rid, name, None, finish, index=i))
+                    yield sse(
+                        chunk(job, rid, name, content, index=i, entries=held_lp[i], n_so_far=counted(i))
+                    )
+            yield sse(chunk(job, rid, name, None, finish, index=i, n_so_far=counted(i)))
         else:
             if job.include_usage:
                 yield sse(
