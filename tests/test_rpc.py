@@ -124,13 +124,19 @@ def test_fit_keeps_a_small_worker_within_its_budget_and_names_it(smollm2_path: P
 
 
 @needs_rpc
-def test_a_worker_killed_mid_reply_is_named_and_the_reply_finishes_without_it(smollm2_path: Path) -> None:
+@pytest.mark.parametrize("drafted", [False, True], ids=["plain", "with-a-draft-model"])
+def test_a_worker_killed_mid_reply_is_named_and_the_reply_finishes_without_it(
+    smollm2_path: Path, drafted: bool
+) -> None:
+    """With ``--draft`` the draft model went with the runtime too: it is loaded again and the
+    reply goes on drafting."""
     with workers(2) as ws:
         doomed = ws[1]
         proc = subprocess.Popen(
             [sys.executable, "-m", "kvdeck", "chat", str(smollm2_path), "--max-tokens", "160", *GREEDY]
             + ["--prompt", "Write a long story about a dragon who learns to bake bread."]
-            + ["--rpc", ",".join(w.endpoint for w in ws)],
+            + ["--rpc", ",".join(w.endpoint for w in ws)]
+            + (["--draft", str(smollm2_path)] if drafted else []),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -145,6 +151,7 @@ def test_a_worker_killed_mid_reply_is_named_and_the_reply_finishes_without_it(sm
     assert notes == [f"worker {doomed.endpoint} went away while decoding; the reply goes on without it"]
     reply = (first + rest).decode()
     assert len(reply.split()) > 20  # the partial reply was kept and the rest was written after it
+    assert ("model drafting:" in err.decode()) == drafted
 
 
 @needs_rpc

@@ -189,8 +189,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings = check.placed_on(first)
     mode = "model" if draft_path else "lookup" if args.lookup else "mtp" if args.mtp else ""
 
-    def reload(devices: list[Device]) -> None:  # a worker went away: the user's options, placed anew
-        host.load(LoadParams(path, check.placed_on(devices, first), n_threads=args.threads))
+    reloads: list[P.Loaded] = []
+
+    def reload(devices: list[Device]) -> None:
+        """A worker went away with the runtime: the user's options placed anew, and the draft
+        model again (it went with the runtime; the reply goes on drafting)."""
+        nonlocal mode
+        reloads.append(host.load(LoadParams(path, check.placed_on(devices, first), n_threads=args.threads)))
+        if mode == "model":
+            mode = _load_draft(host, str(draft_path), args.n_gpu_layers)
 
     with RuntimeHost(rpc=rpc) as host:
         loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
@@ -226,6 +233,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             host, run, reload, prompt.text, args.max_tokens, stream
         )
     result = Reply(prompt=prompt, done=done)
+    loaded = reloads[-1] if reloads else loaded  # what the reply finished on
     if args.json:
         out: dict[str, Any] = {
             "model": path,
