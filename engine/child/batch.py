@@ -142,7 +142,7 @@ class BatchLoop:
         t0 = time.perf_counter()
         rc = LL.llama_decode(self.m.ctx, self.rows.batch)
         t_call = time.perf_counter()
-        self.sampler.decoding(n, len(rows), t0)
+        self.sampler.decoding(n, len(rows), t0, self.decode_returns_early)
         if overlap:
             self.takes.settle()
             flush_held(self.emit)

@@ -97,20 +97,22 @@ class RowSampler:
         self.n_vocab = n_vocab
         self.n_workers = n_workers or workers()
         self.native = NativeRows(n_vocab, self.n_workers)
-        self.prewaking = os.environ.get("KVDECK_SAMPLE_PREWAKE", "") == "1"
+        self.prewaking = os.environ.get("KVDECK_SAMPLE_PREWAKE", "") != "0"
         self.decode_s: dict[int, float] = {}  # tokens in a step -> a moving average of its decode
         # Rows only llama.cpp's own call can sample run here while the native call runs.
         self.pool = ThreadPoolExecutor(self.n_workers - 1, "kvdeck-sample") if self.n_workers > 1 else None
 
-    def decoding(self, n_tokens: int, n_rows: int, since: float) -> None:
+    def decoding(self, n_tokens: int, n_rows: int, since: float, on_device: bool) -> None:
         """A step of ``n_tokens`` tokens and ``n_rows`` output rows went to the device at
-        ``since`` (perf_counter): with ``KVDECK_SAMPLE_PREWAKE=1``, wake the sampling threads so
-        that they run when its logits are due. Why: threads asleep through a decode (a halted
-        core on a cloud host) may take longer to wake and warm up than the rows take: the
-        likely reason sixteen rows took 1.3 ms inside the server on an H100 host against 0.1 ms
-        alone (2026-12-05). Off until a GPU run shows it pays (benchmarks/GPU_RUNS.md, run 5)."""
+        ``since`` (perf_counter), ``on_device``: llama_decode returned before the device was
+        done. Then wake the sampling threads so that they run when its logits are due (off with
+        ``KVDECK_SAMPLE_PREWAKE=0``). Why: threads asleep through a decode take longer to wake
+        than the rows take. On an H200 (benchmarks/results/server-2026-12-05-h200.json) sixteen
+        rows took 0.21 ms a step prewoken against 0.27-0.30 ms, 64 clients' steady decode rose
+        3.5 %, and the decode did not slow. Never on a CPU, whose decode these threads would
+        slow: its llama_decode returns when the step is done."""
         expected = self.decode_s.get(n_tokens)
-        if self.prewaking and expected is not None and n_rows > 1:
+        if self.prewaking and on_device and expected is not None and n_rows > 1:
             left = expected - (time.perf_counter() - since)
             self.native.prewake(n_rows, left - LEAD_S, SPIN_S)
 
