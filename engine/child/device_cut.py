@@ -36,8 +36,8 @@ import llama_cpp.llama_cpp as LL
 from engine.child.batch_backend import SeqChains
 from engine.child.model import Model
 from engine.child.slots import Slot
+from engine.child.topk_cut import CHUNK, worth_cutting
 
-CHUNK = 64
 _POOL_MAX = 0  # enum ggml_op_pool: GGML_OP_POOL_MAX
 _F32, _I32 = 0, 26  # enum ggml_type
 _P = ctypes.c_void_p
@@ -87,9 +87,9 @@ def cut(ctx: int, logits: int, candidates: int | None, k: int) -> tuple[int, int
     maxima, then the last, short chunk. ``candidates``: the row's token ids where an earlier
     sampler already narrowed it (None: the row is the vocabulary)."""
     n = nelements(logits)
-    n_chunks = n // CHUNK
-    if n_chunks < 2 * k:  # a cut that keeps half the row or more saves nothing
+    if not worth_cutting(k, n):
         return logits, candidates or None
+    n_chunks = n // CHUNK
     n_full = n_chunks * CHUNK
     full = view_1d(ctx, logits, n_full, 0)
     best = top_k(ctx, pool_1d(ctx, full, _POOL_MAX, CHUNK, CHUNK, 0), k)
@@ -204,7 +204,7 @@ class SeqCuts(SeqChains):
         if not s.cut or s.w.req.logprobs >= 0 or s.w.req.draft:
             return 0
         k = s.cut + self.n_eog
-        return k if 2 * k * CHUNK <= self.m.n_vocab else 0
+        return k if worth_cutting(k, self.m.n_vocab) else 0
 
     def place(self, s: Slot) -> None:
         """Attach the cut for ``s`` to its sequence, or detach it: the rows must be whole."""

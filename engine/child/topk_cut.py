@@ -63,6 +63,13 @@ if _rowsample is not None and not _layout_matches():  # llama_cpp's structs move
 NATIVE = _rowsample
 
 
+def worth_cutting(k: int, n: int) -> bool:
+    """Whether a row of ``n`` tokens is worth cutting to the chunks of its ``k`` best (here and
+    on the device, engine.child.device_cut): beyond a 2*CHUNK-th of the row they keep half of
+    it or more."""
+    return 0 < k and k * 2 * CHUNK <= n
+
+
 def leading_top_k(spec: tuple[tuple[object, ...], ...] | None) -> int:
     """k when a chain spec (engine.child.sampler.chain_spec) starts with top-k, else 0."""
     if spec and spec[0][0] == "top_k" and isinstance(spec[0][1], int) and spec[0][1] > 0:
@@ -99,7 +106,7 @@ class NativeRows:
             _rowsample.prewake(n, int(max(0.0, delay_s) * 1e6), int(spin_s * 1e6))
 
     def usable(self, k: int) -> bool:
-        return NATIVE is not None and 0 < k and k * 2 * CHUNK <= self.n_vocab
+        return NATIVE is not None and worth_cutting(k, self.n_vocab)
 
     def sample(
         self,
