@@ -41,7 +41,7 @@ from engine.child.batch_intake import Intake
 from engine.child.batch_rows import BatchRows
 from engine.child.batch_sample import TIMES, RowSampler
 from engine.child.batch_spec import BatchDrafting, drafters_of
-from engine.child.batch_take import Takes, text_during_decode
+from engine.child.batch_take import Takes
 from engine.child.device_cut import SeqCuts
 from engine.child.device_cut import enabled as cuts_enabled
 from engine.child.errors import ErrorKind, error_event
@@ -135,7 +135,7 @@ class BatchLoop:
         # llama_decode returns before the device is done: seen on the last step, and one ubatch
         # (ggml's scheduler waits for each ubatch before the next one's inputs); else before the
         # decode, so a CPU step or a long prefill does not delay them.
-        overlap = text_during_decode(self.decode_returns_early) and n <= self.n_ubatch
+        overlap = self.takes.during_decode(self.decode_returns_early) and n <= self.n_ubatch
         if not overlap:
             self.takes.settle()
             flush_held(self.emit)
@@ -192,7 +192,7 @@ class BatchLoop:
         TIMES.sample_s += now - t1
         if gen_only:
             TIMES.gen_sample_s += now - t1
-        later = text_during_decode(self.decode_returns_early)  # the text while the next step runs
+        later = self.takes.during_decode(self.decode_returns_early)  # the text while the next step runs
         with held(self.emit):  # the step's Started, Delta and Slots events in one write
             for (i, s), tok in zip(rows, toks):
                 if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
@@ -285,7 +285,7 @@ class BatchLoop:
 
     def abandon(self, kind: ErrorKind, message: str) -> None:
         """After an unexpected failure: every request gets its error, the caches are emptied."""
-        self.takes.later = []
+        self.takes.drop()
         for i, s in enumerate(self.slots):
             if s is not None:
                 s.error = (kind, message)

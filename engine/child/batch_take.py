@@ -24,14 +24,6 @@ from engine.child.model import Model
 from engine.child.slots import Slot
 
 
-def text_during_decode(decode_returns_early: bool) -> bool:
-    """Whether a step's text waits for the next step's decode: where llama_decode returns before
-    the device is done (a GPU), or always with ``KVDECK_TEXT_DURING_DECODE=1`` (``0``: never;
-    both for measuring and tests)."""
-    mode = os.environ.get("KVDECK_TEXT_DURING_DECODE", "auto")
-    return mode == "1" or (mode != "0" and decode_returns_early)
-
-
 class Takes:
     """Takes each step's tokens into their replies; holds the tokens whose text is still due."""
 
@@ -42,6 +34,13 @@ class Takes:
         self.buf = ctypes.create_string_buffer(256)
         #: Tokens taken whose text is still to be accounted (:meth:`settle`).
         self.later: list[tuple[Slot, int, float]] = []
+        self.mode = os.environ.get("KVDECK_TEXT_DURING_DECODE", "auto")
+
+    def during_decode(self, decode_returns_early: bool) -> bool:
+        """Whether a step's text waits for the next step's decode: where llama_decode returns
+        before the device is done (a GPU), or always with ``KVDECK_TEXT_DURING_DECODE=1``
+        (``0``: never; both for measuring and tests)."""
+        return self.mode == "1" or (self.mode != "0" and decode_returns_early)
 
     def row(self, s: Slot, i: int, tok: int, now: float, later: bool = False) -> None:
         """Take the token sampled from batch row ``i``, its log-probabilities from that row (read
@@ -76,6 +75,10 @@ class Takes:
         later, self.later = self.later, []
         for s, tok, now in later:
             self._text_of(s, tok, now)
+
+    def drop(self) -> None:
+        """Forget the tokens whose text is due (their requests end with an error)."""
+        self.later = []
 
     def due(self) -> bool:
         """Whether a reply that is ending still waits for its text."""
