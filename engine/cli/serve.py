@@ -102,23 +102,27 @@ def serve_drafter(args: argparse.Namespace, info: Any) -> tuple[str, Any]:
 
 
 def plan_settings(
-    args: argparse.Namespace, info: Any, drafting: tuple[str, Any] = ("", None), chosen_for: Any = None
+    args: argparse.Namespace,
+    info: Any,
+    drafting: tuple[str, Any] = ("", None),
+    devices: Any = None,
+    chosen_for: Any = None,
 ) -> Any:
     """PlanSettings for N sequences that pass preflight, fitted when --ctx was not given; with a
-    drafter (``serve_drafter``), target and drafting context fitted together. ``chosen_for``: the
-    devices of the first load, when some went away since (engine.plan.fit.split_left)."""
+    drafter (``serve_drafter``), target and drafting context fitted together. ``devices``: the
+    devices already probed (default: probe them now); ``chosen_for``: the devices of the first
+    load, when some went away since (engine.plan.fit.split_left)."""
     from engine.cli.loading import LoadCheck, load_check
-    from engine.cli.rpc import endpoints
+    from engine.cli.rpc import devices_for, endpoints
     from engine.plan.drafting import mtp_settings
     from engine.plan.fit import fit, split_left
-    from engine.runtime.info import plan_devices
 
     if args.parallel < 1 or args.parallel > 256:
         raise KvDeckError(f"--parallel must be between 1 and 256, not {args.parallel}")
     given = args.ctx is not None
     if not given:
         args.ctx = args.parallel * min(info.n_ctx_train or 4096, 4096)
-    devices, _ = plan_devices(rpc=endpoints(args))
+    devices = devices if devices is not None else devices_for(endpoints(args))
     settings = settings_from_args(args, info)
     if chosen_for is not None:
         settings = split_left(settings, chosen_for, devices)
@@ -168,9 +172,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     info = inspect_gguf(path)
     ctx_given = args.ctx
     drafting = serve_drafter(args, info)
-    settings = plan_settings(args, info, drafting)
-    # a user's split over workers: each ratio is for one of these devices, should a worker go away
-    first = devices_for(endpoints(args)) if args.tensor_split and endpoints(args) else None
+    first = devices_for(endpoints(args))  # a user's split is for these, should a worker go away
+    settings = plan_settings(args, info, drafting, first)
     server: ApiServer | None = None
     latest: list[P.Slots] = []
     # what the server reads: replaced when the model is reloaded without a worker
@@ -241,7 +244,7 @@ def reload_without_workers(
     print(f"{outcome.sentence}; the model is reloaded without it", file=sys.stderr, flush=True)
     host.rpc = tuple(e for e in host.rpc if e not in outcome.lost_workers)
     args.rpc = ",".join(host.rpc)
-    settings = plan_settings(args, info, drafting, first)
+    settings = plan_settings(args, info, drafting, chosen_for=first)
     host.start()
     host.wait_ready()
     loaded = host.load(LoadParams(path, settings, n_threads=args.threads))
