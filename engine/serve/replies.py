@@ -57,14 +57,10 @@ async def stream_events(
     dones: list[P.Done] = []
     n_prompt = n_completion = n_cached = 0
     so_far = [0] * n  # tokens per choice so far, for timings_per_token
-
-    def counted(i: int) -> int | None:
-        return so_far[i] if job.timings_per_token else None
-
     try:
         if job.kind == "chat":
             for i in range(n):
-                yield sse(chunk(job, rid, name, "", first=True, index=i, n_so_far=counted(i)))
+                yield sse(chunk(job, rid, name, "", first=True, index=i, n_so_far=so_far[i]))
         while len(ended) < n:
             msg = early.pop(0) if early else await call.next()
             if isinstance(msg, P.ErrorEvent):
@@ -84,7 +80,7 @@ async def stream_events(
                 else:
                     text, entries = msg.text, msg.logprobs
                 if text or entries:
-                    yield sse(chunk(job, rid, name, text, index=i, entries=entries, n_so_far=counted(i)))
+                    yield sse(chunk(job, rid, name, text, index=i, entries=entries, n_so_far=so_far[i]))
                 continue
             ended.add(i)
             dones.append(msg)
@@ -95,13 +91,11 @@ async def stream_events(
                 content, finish, calls = _finish(job, msg)
                 if calls:
                     yield sse(
-                        chunk(job, rid, name, content or None, index=i, tool_calls=calls, n_so_far=counted(i))
+                        chunk(job, rid, name, content or None, index=i, tool_calls=calls, n_so_far=so_far[i])
                     )
                 elif content or held_lp[i]:
-                    yield sse(
-                        chunk(job, rid, name, content, index=i, entries=held_lp[i], n_so_far=counted(i))
-                    )
-            yield sse(chunk(job, rid, name, None, finish, index=i, n_so_far=counted(i)))
+                    yield sse(chunk(job, rid, name, content, index=i, entries=held_lp[i], n_so_far=so_far[i]))
+            yield sse(chunk(job, rid, name, None, finish, index=i, n_so_far=so_far[i]))
         else:
             if job.include_usage:
                 yield sse(

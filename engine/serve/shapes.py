@@ -153,11 +153,11 @@ def chunk(
     index: int = 0,
     entries: list[dict[str, Any]] | None = None,
     tool_calls: list[dict[str, Any]] | None = None,
-    n_so_far: int | None = None,
+    n_so_far: int = 0,
 ) -> dict[str, Any]:
-    """One server-sent event; ``usage_counts`` makes the extra final chunk with no choices;
-    ``n_so_far`` (``timings_per_token``) adds llama-server's ``timings.predicted_n``: the tokens
-    generated up to this chunk (a chunk holds every token of about 20 ms, engine.child.io)."""
+    """One server-sent event; ``usage_counts`` makes the extra final chunk with no choices; with
+    ``timings_per_token`` a chunk has llama-server's ``timings.predicted_n``, ``n_so_far``: the
+    tokens generated up to it (a chunk holds every token of about 20 ms, engine.child.io)."""
     lp = logprobs_body(job, entries or []) if entries else None
     if job.kind == "chat":
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
@@ -181,6 +181,6 @@ def chunk(
     }
     if usage_counts is not None:
         out["usage"] = usage_counts
-    if n_so_far is not None:
+    if job.timings_per_token and usage_counts is None:
         out["timings"] = {"predicted_n": n_so_far}
     return out
