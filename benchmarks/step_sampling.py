@@ -37,19 +37,12 @@ sys.path.insert(0, str(ROOT))
 
 import llama_cpp.llama_cpp as LL  # noqa: E402  (before numpy: numpy first segfaults the CUDA build's loads)
 
+from benchmarks.row_sampling import server_chain  # noqa: E402
 from engine.child.batch_sample import LEAD_S, LIB, SPIN_S  # noqa: E402  (LIB: logits addresses as ints)
 from engine.child.device_cut import ChunkCut  # noqa: E402
-from engine.child.sampler import build_chain  # noqa: E402
 from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
 
 PROMPT = 127
-
-
-def server_chain(seed: int, n_vocab: int) -> object:
-    """llama-server's default chain, built as the batch loop builds chains."""
-    return build_chain(
-        (("top_k", 40), ("top_p", 0.95), ("min_p", 0.05), ("temp", 0.8), ("dist", seed)), n_vocab
-    )
 
 
 def main() -> int:
