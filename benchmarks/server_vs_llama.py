@@ -196,6 +196,14 @@ def loop_stats(url: str) -> dict | None:
     return r.json().get("batch_loop") if r.status_code == 200 else None
 
 
+def followed(before: dict, after: dict) -> dict:
+    """Steps launched as soon as the step before was sampled (engine.child.batch.BatchLoop.step),
+    and the milliseconds from that step's logits to the launch: what separates two decodes."""
+    n = after.get("followed", 0) - before.get("followed", 0)
+    gap = after.get("relaunch_s", 0.0) - before.get("relaunch_s", 0.0)
+    return {"followed": n, "relaunch_ms": round(gap / n * 1e3, 3) if n else None}
+
+
 def loop_share(before: dict | None, after: dict | None) -> dict | None:
     if not before or not after or after["steps"] <= before["steps"]:
         return None
@@ -217,6 +225,7 @@ def loop_share(before: dict | None, after: dict | None) -> dict | None:
     )
     return extra | {
         "cut_rows": after.get("cut_rows", 0) - before.get("cut_rows", 0),  # engine.child.device_cut
+        **followed(before, after),
         "steps": n,
         "decode_ms_per_step": round(d["decode_s"] / n * 1e3, 3),
         "sample_ms_per_step": round(d["sample_s"] / n * 1e3, 3),

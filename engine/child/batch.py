@@ -30,6 +30,7 @@ grammar, log-probabilities); sequence 0's prefix list is the single-sequence loo
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import llama_cpp.llama_cpp as LL
@@ -38,8 +39,8 @@ from engine import protocol as P
 from engine.child.batch_backend import SeqChains, enabled, not_eog
 from engine.child.batch_draft_model import model_drafts
 from engine.child.batch_intake import Intake
-from engine.child.batch_rows import BatchRows
-from engine.child.batch_sample import TIMES, RowSampler
+from engine.child.batch_rows import BatchRows, Launch, StepRows, goes_on
+from engine.child.batch_sample import TIMES, RowSampler, slots_event
 from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.batch_take import Takes
 from engine.child.device_cut import SeqCuts
@@ -51,6 +52,7 @@ from engine.child.session import LlamaSession
 from engine.child.slots import Slot
 
 log = logging.getLogger(__name__)
+
 
 _SLOTS_INTERVAL_S = 0.25
 #: Before a step in which every admitted request is still to be prefilled, more requests are
@@ -95,6 +97,9 @@ class BatchLoop:
         # or the candidate cut per sequence (engine.child.device_cut)
         self.cuts = SeqCuts(m) if cuts_enabled() and not sds and self.chains is None else None
         self.rows = BatchRows(self.n_batch)  # the step's llama_batch (engine.child.batch_rows)
+        #: The step already on the device (:meth:`step`), and whether steps may go early.
+        self.launched: Launch | None = None
+        self.early = os.environ.get("KVDECK_EARLY_LAUNCH", "auto")
 
     # ------------------------------------------------------------------ requests
     def admit(self) -> None:
@@ -121,40 +126,69 @@ class BatchLoop:
             self.report(force=True)
 
     # ------------------------------------------------------------------ one step
-    def step(self) -> None:
-        active = [s for s in self.slots if s is not None and not s.finish]
-        gen = [s for s in active if s.next_tok >= 0]
-        drafts = self.drafting.drafts(gen, self.n_batch - len(gen))
-        st = self.rows.compose(active, drafts)
-        n, rows, fed, blocks, checks = st.n, st.rows, st.fed, st.blocks, st.checks
-        if n == 0:
-            self.takes.settle()
-            flush_held(self.emit)
-            return
-        # The last step's text and the held events go out while the device runs this step, where
-        # llama_decode returns before the device is done: seen on the last step, and one ubatch
-        # (ggml's scheduler waits for each ubatch before the next one's inputs); else before the
-        # decode, so a CPU step or a long prefill does not delay them.
-        overlap = self.takes.during_decode(self.decode_returns_early) and n <= self.n_ubatch
-        if not overlap:
-            self.takes.settle()
-            flush_held(self.emit)
+    def _launch(self, st: StepRows, gen_only: bool, overlap: bool) -> Launch:
+        """Put ``st`` on the device: llama_decode returns before the device is done on a GPU."""
         t0 = time.perf_counter()
         rc = LL.llama_decode(self.m.ctx, self.rows.batch)
         t_call = time.perf_counter()
-        self.sampler.decoding(n, len(rows), t0, self.decode_returns_early)
-        if overlap:
+        self.sampler.decoding(st.n, len(st.rows), t0, self.decode_returns_early)
+        return Launch(st, gen_only, overlap, rc, t0, t_call)
+
+    def _follows(self, st: StepRows, rows: list[tuple[int, Slot]], toks: list[int], gen_only: bool) -> bool:
+        """Whether the next step goes to the device before this one's tokens are taken
+        (:meth:`step`): a step of generated tokens only whose every row goes on
+        (engine.child.batch_rows.goes_on), nothing waiting for a free sequence, no drafter
+        that takes every decode and no device sampler of ours."""
+        early = self.early == "1" or (self.early != "0" and self.decode_returns_early)
+        if not (gen_only and early) or len(rows) != len(st.fed):
+            return False
+        if (self.waiting and None in self.slots) or self.drafting.sds or self.chains or self.cuts:
+            return False
+        return goes_on([s for _, s in rows], toks, self.eog)
+
+    def step(self) -> None:
+        """One decode and its sampling. The step's batch is composed here, or was put on the
+        device by the step before (``launched``): where llama_decode returns before the device
+        is done, a step of generated tokens whose rows all go on launches the next one as soon
+        as its rows are sampled, and only then takes its tokens (their replies, their text),
+        runs the requests' side of the loop and flushes its events, while the device computes.
+        Why: that is the 0.2 ms a 16-row step spent between two decodes on an H200 besides
+        sampling (benchmarks/results/server-2026-12-05-h200.json), the gap to
+        llama-batched-bench, whose next decode never waits for tokens
+        (``KVDECK_EARLY_LAUNCH``: ``1`` always, for tests on a CPU; ``0`` never)."""
+        go, self.launched = self.launched, None
+        if go is None:
+            active = [s for s in self.slots if s is not None and not s.finish]
+            gen = [s for s in active if s.next_tok >= 0]
+            drafts = self.drafting.drafts(gen, self.n_batch - len(gen))
+            st = self.rows.compose(active, drafts)
+            if st.n == 0:
+                self.takes.settle()
+                flush_held(self.emit)
+                return
+            # The last step's text and the held events go out while the device runs this step,
+            # where llama_decode returns before the device is done: seen on the last step, and
+            # one ubatch (ggml's scheduler waits for each ubatch before the next one's inputs);
+            # else before the decode, so a CPU step or a long prefill does not delay them.
+            overlap = self.takes.during_decode(self.decode_returns_early) and st.n <= self.n_ubatch
+            if not overlap:
+                self.takes.settle()
+                flush_held(self.emit)
+            go = self._launch(st, st.n == len(gen) and not st.checks, overlap)
+        st, rc, t0 = go.st, go.rc, go.t0
+        n, rows, fed, blocks, checks = st.n, st.rows, st.fed, st.blocks, st.checks
+        if go.overlap:
             self.takes.settle()
             flush_held(self.emit)
         t_flushed = time.perf_counter()
         LL.llama_synchronize(self.m.ctx)  # the logits are read at once anyway; this times the device
         t1 = time.perf_counter()
-        self.decode_returns_early = t1 - t_flushed > t_call - t0
+        self.decode_returns_early = t1 - t_flushed > go.t_call - t0
         if rc == 0:
             self.sampler.decoded(n, t1 - t0)
         TIMES.steps += 1
         TIMES.decode_s += t1 - t0  # includes the write only where it outlasted the device
-        gen_only = rc == 0 and n == len(gen) and not checks  # generated tokens only, as batched-bench
+        gen_only = rc == 0 and go.gen_only  # generated tokens only, as batched-bench
         if gen_only:
             TIMES.gen_steps += 1
             TIMES.gen_decode_s += t1 - t0
@@ -173,7 +207,7 @@ class BatchLoop:
             return
         if rc != 0:
             why = f"llama_decode failed with code {rc}: {self.s.log.last_problem()}"
-            for s in active:
+            for s in (s for s in self.slots if s is not None and not s.finish):
                 s.error = (ErrorKind.RUNTIME, why)
                 s.finish = "error"
             return
@@ -193,6 +227,10 @@ class BatchLoop:
         if gen_only:
             TIMES.gen_sample_s += now - t1
         later = self.takes.during_decode(self.decode_returns_early)  # the text while the next step runs
+        if self._follows(st, rows, toks, gen_only):
+            self.launched = self._launch(self.rows.follow(st, toks), True, True)
+            TIMES.followed += 1
+            TIMES.relaunch_s += self.launched.t0 - t1
         with held(self.emit):  # the step's Started, Delta and Slots events in one write
             for (i, s), tok in zip(rows, toks):
                 if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
@@ -264,27 +302,11 @@ class BatchLoop:
         now = time.perf_counter()
         if force or now - self.last_report >= _SLOTS_INTERVAL_S:
             self.last_report = now
-            self.emit(
-                P.Slots(
-                    n_past=[s.n_past if s else 0 for s in self.slots],
-                    requests=[s.w.req.id if s else 0 for s in self.slots],
-                    n_ctx_seq=self.n_ctx_seq,
-                    n_waiting=len(self.waiting),
-                    steps=TIMES.steps,
-                    decode_s=TIMES.decode_s,
-                    sample_s=TIMES.sample_s,
-                    busy_s=TIMES.busy_s,
-                    gen_steps=TIMES.gen_steps,
-                    gen_decode_s=TIMES.gen_decode_s,
-                    gen_sample_s=TIMES.gen_sample_s,
-                    reorder_s=TIMES.reorder_s,
-                    cut_rows=TIMES.cut_rows,
-                    device=[bool(s and s.device) for s in self.slots],
-                )
-            )
+            self.emit(slots_event(self.slots, self.n_ctx_seq, len(self.waiting)))
 
     def abandon(self, kind: ErrorKind, message: str) -> None:
         """After an unexpected failure: every request gets its error, the caches are emptied."""
+        self.landed()
         self.takes.drop()
         for i, s in enumerate(self.slots):
             if s is not None:
@@ -299,8 +321,15 @@ class BatchLoop:
             self.requests.finished(w.req.id)
         self.m.clear()  # what the sequences hold is unknown now
 
+    def landed(self) -> None:
+        """Wait for a step still on the device (after a failure: its rows are never taken)."""
+        if self.launched is not None:
+            LL.llama_synchronize(self.m.ctx)
+            self.launched = None
+
     def close(self) -> None:
         """Free the batch; the sequences' cells and their token lists stay for the next run."""
+        self.landed()
         self.rows.free()
         self.sampler.close()
         for attached in (self.chains, self.cuts):
@@ -323,19 +352,20 @@ class BatchLoop:
         with held(self.emit):
             while True:
                 self.intake.poll(s.w for s in self.slots if s)
-                self.sweep()
-                self.admit()
-                if not any(self.slots):
-                    break
-                if (
-                    None in self.slots
-                    and not self.waiting
-                    and all(s.n_fed == s.n_reused for s in self.slots if s)
-                ):
-                    flush_held(self.emit)  # what ended meanwhile is not held through the wait
-                    self.intake.gather([s.w for s in self.slots if s], GATHER_QUIET_S, GATHER_MOST_S)
-                    self.sweep()  # a stop that came meanwhile cancels before any prefill
+                if self.launched is None:  # no sequence changes hands while its row is on the device
+                    self.sweep()
                     self.admit()
+                    if not any(self.slots):
+                        break
+                    if (
+                        None in self.slots
+                        and not self.waiting
+                        and all(s.n_fed == s.n_reused for s in self.slots if s)
+                    ):
+                        flush_held(self.emit)  # what ended meanwhile is not held through the wait
+                        self.intake.gather([s.w for s in self.slots if s], GATHER_QUIET_S, GATHER_MOST_S)
+                        self.sweep()  # a stop that came meanwhile cancels before any prefill
+                        self.admit()
                 self.step()
                 self.report()
         for msg in self.intake.deferred:

@@ -31,6 +31,19 @@ class StepRows:
     checks: list[tuple[int, Slot, list[int]]] = field(default_factory=list)  # drafts: verify rows from index
 
 
+@dataclass
+class Launch:
+    """A step put on the device (engine.child.batch.BatchLoop._launch): its rows, whether it holds generated tokens
+    only, whether the last step's text is settled while it runs, llama_decode's code, when."""
+
+    st: StepRows
+    gen_only: bool
+    overlap: bool
+    rc: int
+    t0: float
+    t_call: float
+
+
 class BatchRows:
     """One llama_batch for the whole run, written in place each step."""
 
@@ -102,3 +115,27 @@ class BatchRows:
         st.n = n
         self.batch.n_tokens = n
         return st
+
+    def follow(self, st: StepRows, toks: Sequence[int]) -> StepRows:
+        """The step after ``st`` (generated tokens only, every row going on) with ``toks``, the
+        tokens its rows sampled: the same rows, sequences and output flags, one position on, so
+        only the tokens and positions are written (a few µs, where compose takes tens)."""
+        n = st.n
+        self.tok_a[:n] = toks
+        self.pos_a[:n] += 1
+        blocks = [(seq, [tok], pos + 1) for (seq, _, pos), tok in zip(st.blocks, toks)]
+        return StepRows(n, st.rows, st.fed, blocks, [])
+
+
+def goes_on(slots: Sequence[Slot], toks: Sequence[int], eog: frozenset[int]) -> bool:
+    """Whether every one of ``slots`` feeds the token it just sampled on the next step, as far as
+    that token alone can tell: not an end of generation, not its last token, not cancelled, and
+    nothing read from its logits row after sampling (log-probabilities) or beside it (drafts).
+    A stop string is told by the text, later: its row is then dropped after the step."""
+    for s, tok in zip(slots, toks):
+        req = s.w.req
+        if tok in eog or len(s.out) + 1 >= s.max_tokens or s.w.cancel.is_set():
+            return False
+        if req.logprobs >= 0 or req.draft or s.device or s.finish:
+            return False
+    return True

@@ -22,12 +22,14 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import llama_cpp.llama_cpp as LL
 
+from engine import protocol as P
 from engine.child.grammar import logits_row
+from engine.child.slots import Slot
 from engine.child.topk_cut import NATIVE, NativeRows, chain_address
 
 # Our own handle so the logits pointer comes back as a plain int (llama_cpp's function objects
@@ -56,10 +58,25 @@ class LoopTimes:
     gen_sample_s: float = 0.0  # their sampling seconds
     reorder_s: float = 0.0  # each step's first logits access (llama.cpp's output reorder)
     cut_rows: int = 0  # rows sampled from the device's candidates (engine.child.device_cut)
+    followed: int = 0  # steps launched as soon as the step before was sampled (engine.child.batch)
+    relaunch_s: float = 0.0  # their seconds from the step before's logits to their launch
 
 
 #: One model per child process, one batch loop at a time: the totals are the child's.
 TIMES = LoopTimes()
+
+
+def slots_event(slots: Sequence[Slot | None], n_ctx_seq: int, n_waiting: int) -> P.Slots:
+    """Per-sequence occupancy for the KV view, with the loop's times so far (every field of
+    :class:`LoopTimes` is one of P.Slots's)."""
+    return P.Slots(
+        n_past=[s.n_past if s else 0 for s in slots],
+        requests=[s.w.req.id if s else 0 for s in slots],
+        n_ctx_seq=n_ctx_seq,
+        n_waiting=n_waiting,
+        device=[bool(s and s.device) for s in slots],
+        **asdict(TIMES),
+    )
 
 
 class Sampled(Protocol):

@@ -319,6 +319,10 @@ class Slots(Message):
     reorder_s: float = 0.0
     #: Rows sampled from the candidates the device kept (engine.child.device_cut).
     cut_rows: int = 0
+    #: Steps put on the device as soon as the step before was sampled, before its tokens were
+    #: taken (engine.child.batch), and their seconds from those logits to that launch.
+    followed: int = 0
+    relaunch_s: float = 0.0
     #: Per sequence: True while its request samples on the device (engine.child.batch_backend).
     device: list[bool] = field(default_factory=list)
 

@@ -189,6 +189,8 @@ def _memory(api: Api) -> dict[str, Any]:
             "gen_sample_s": slots.gen_sample_s,
             "reorder_s": slots.reorder_s,
             "cut_rows": slots.cut_rows,
+            "followed": slots.followed,
+            "relaunch_s": slots.relaunch_s,
         }
         if slots is not None
         else None
