@@ -122,3 +122,27 @@ def test_quick_requests_are_answered_between_steps_without_ending_the_batch(host
     assert host.tokenize("hello", timeout=300)
     assert not done.is_set()  # both answered while the reply was still being generated
     assert done.wait(300)
+
+
+def _turn(text: str) -> str:
+    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_next_turns_arriving_together_each_find_their_own_conversation(host):
+    """Two conversations served one after the other keep a sequence each (the chat template's
+    shared first line is too little of a prompt to count); their next turns, sent together in
+    the other order, each reuse their own conversation's cells."""
+    river = _turn("Tell me about rivers, lakes, seas and oceans, and the animals that live there. " * 3)
+    city = _turn("Describe a busy city market at dawn: the stalls, the smells, the people. " * 3)
+    first = {
+        p: host.call("generate", lambda i, p=p: _generate(i, p, GREEDY), timeout=300) for p in (river, city)
+    }
+    assert all(isinstance(d, P.Done) for d in first.values())
+    more = "<|im_end|>\n" + _turn("Say more.")
+    nexts = [city + first[city].text + more, river + first[river].text + more]
+    burst = Burst(2)  # not behind a benchmark, which would clear the cache
+    ids = [host.submit("generate", lambda i, p=p: _generate(i, p, GREEDY), burst.on_event) for p in nexts]
+    assert burst.all_done.wait(300)
+    city2, river2 = (burst.done[i] for i in ids)
+    assert isinstance(city2, P.Done) and city2.n_reused >= first[city].n_prompt
+    assert isinstance(river2, P.Done) and river2.n_reused >= first[river].n_prompt

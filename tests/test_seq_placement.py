@@ -6,11 +6,13 @@ step. So a request goes where the busy ids stay one run; among those, to the lon
 prefix; then to the sequence holding least; then to the lowest id. A long cached prefix the
 prompt does not share is a conversation's next turn: it is neither given away nor moved over.
 When a gap opens and nobody waits for it, busy sequences move down (``gap_moves``).
+A prefix counts only when it is more than a tenth of the prompt (llama-server's slot
+similarity), and requests admitted together are placed together (``arrange``).
 """
 
 from __future__ import annotations
 
-from engine.child.prefix import choose, gap_moves, runs
+from engine.child.prefix import arrange, assign, choose, gap_moves, runs, useful
 
 
 def test_runs_count_the_ubatches_of_a_step() -> None:
@@ -63,3 +65,39 @@ def test_gap_moves_never_leave_more_runs_or_overwrite_a_long_prefix() -> None:
     assert gap_moves([0, 4, 5], [1, 2, 3], {1: 600, 2: 0, 3: 600}, keep=512) == []
     assert gap_moves([0, 2], [1], {1: 600}, keep=512) == []
     assert gap_moves([0, 1, 2], [3, 4], {3: 0, 4: 0}, keep=512) == []  # already one run
+
+
+def test_a_prefix_counts_when_it_is_more_than_a_tenth_of_the_prompt() -> None:
+    assert useful(1, 127) == 0  # a BOS token
+    assert useful(12, 127) == 0
+    assert useful(13, 127) == 13
+
+
+def _prompt(k: int, n: int = 127) -> list[int]:
+    """A BOS, then tokens of conversation ``k`` alone."""
+    return [1] + [1000 * (k + 1) + t for t in range(n - 1)]
+
+
+def test_a_new_conversation_takes_a_free_sequence_not_one_sharing_only_the_bos() -> None:
+    kept = {0: _prompt(0) + [7] * 128, 1: [], 2: []}
+    assert arrange([0, 1, 2], [], kept, [_prompt(5)], streams=True, keep=512) == [(1, 0)]
+
+
+def test_requests_admitted_together_each_find_their_own_conversation_whatever_their_order() -> None:
+    """Four conversations sit in sequences 0-3; their next turns arrive together, in any order."""
+    kept = {i: _prompt(i) + [7] * 128 for i in range(4)} | {i: [] for i in range(4, 8)}
+    free = list(range(8))
+    for order in ([0, 1, 2, 3], [2, 0, 3, 1], [3, 2, 1, 0]):
+        placed = arrange(free, [], kept, [_prompt(k) + [9] for k in order], streams=True, keep=512)
+        assert placed == [(k, 127) for k in order]
+
+
+def test_requests_admitted_together_without_a_prefix_fill_one_run_of_ids() -> None:
+    kept = {i: [] for i in range(2, 8)}
+    placed = arrange(list(range(2, 8)), [0, 1], kept, [_prompt(k) for k in range(3)], streams=True, keep=512)
+    assert sorted(i for i, _ in placed) == [2, 3, 4] and all(r == 0 for _, r in placed)
+
+
+def test_assign_gives_the_largest_prefixes_first_and_the_rest_in_order() -> None:
+    assert assign([4, 5, 6], [{4: 0, 5: 0, 6: 0}, {4: 0, 5: 90, 6: 30}, {4: 0, 5: 80, 6: 0}]) == [4, 5, 6]
+    assert assign([4, 5], [{4: 0, 5: 0}, {4: 50, 5: 0}]) == [5, 4]

@@ -49,7 +49,7 @@ from engine.child.errors import ErrorKind, error_event
 from engine.child.io import Emit, Requests, flush_held, held
 from engine.child.prefix import SeqPrefixes, gap_moves
 from engine.child.session import LlamaSession
-from engine.child.slots import Slot
+from engine.child.slots import Slot, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +103,22 @@ class BatchLoop:
 
     # ------------------------------------------------------------------ requests
     def admit(self) -> None:
-        while self.waiting:
-            free = [i for i in range(self.n_seq) if self.slots[i] is None]
-            if not free:
-                return
+        """Waiting requests into free sequences, placed together (engine.child.prefix)."""
+        free = [i for i in range(self.n_seq) if self.slots[i] is None]
+        batch: list[Waiting] = []
+        while self.waiting and len(batch) < len(free):
             w = self.waiting.popleft()
-            if w.cancel.is_set():
-                if w.grammar is not None:
-                    LL.llama_sampler_free(w.grammar)
-                self.emit(error_event(w.req.id, kind=ErrorKind.CANCELLED, message="cancelled"))
-                self.requests.finished(w.req.id)
+            if not w.cancel.is_set():
+                batch.append(w)
                 continue
-            busy = [k for k in range(self.n_seq) if self.slots[k] is not None]
-            i, reuse = self.prefixes.place(free, busy, w.prompt)
+            if w.grammar is not None:
+                LL.llama_sampler_free(w.grammar)
+            self.emit(error_event(w.req.id, kind=ErrorKind.CANCELLED, message="cancelled"))
+            self.requests.finished(w.req.id)
+        if not batch:
+            return
+        busy = [k for k in range(self.n_seq) if self.slots[k] is not None]
+        for w, (i, reuse) in zip(batch, self.prefixes.place(free, busy, [w.prompt for w in batch])):
             self.drafting.placed(i, reuse)
             chain = self.chains.admit(i, w) if self.chains is not None else None
             s = self.slots[i] = Slot.start(
@@ -123,7 +126,7 @@ class BatchLoop:
             )
             if self.cuts is not None:
                 self.cuts.place(s)
-            self.report(force=True)
+        self.report(force=True)
 
     # ------------------------------------------------------------------ one step
     def _launch(self, st: StepRows, gen_only: bool, overlap: bool) -> Launch:

@@ -3,8 +3,10 @@
 What a sequence held when its request ended stays in the KV cache, with the token list it
 holds. The next request goes to the free sequence sharing the longest prefix with its prompt
 and prefills only the rest, so a long system prompt shared by many requests is prefilled once
-per sequence, not once per request. On a tie the sequence holding least is taken, so long
-cached prefixes survive for the requests that can use them. In a shared KV pool (unified
+per sequence, not once per request. A prefix counts when it is more than a tenth of the
+prompt (a BOS token or a template's first line is not); on a tie the sequence holding least is
+taken, so cached conversations survive for the requests that can use them. Requests admitted
+together are placed together, each into the sequence holding its own conversation. In a shared KV pool (unified
 cache) that runs full, the cells of free sequences are dropped first.
 
 With a KV stream per sequence (no unified cache), keeping the busy sequences one run of ids
@@ -62,6 +64,63 @@ def choose(
     return min(free, key=key)
 
 
+#: A cached prefix counts for placement when it is more than this share of the prompt, as in
+#: llama-server's slot choice (``--slot-prompt-similarity`` 0.1, tools/server/server-context.cpp
+#: get_available_slot). Why: a BOS token or a template's first line, which every prompt shares,
+#: sent each new request to the sequence that held it, overwriting the last conversation there,
+#: where a free sequence holding less was as good.
+SIMILAR = 0.1
+
+
+def useful(reuse: int, n_prompt: int) -> int:
+    """``reuse`` cached tokens of an ``n_prompt``-token prompt, or 0 when too few to count."""
+    return reuse if reuse > SIMILAR * n_prompt else 0
+
+
+def assign(chosen: list[int], reuse: list[dict[int, int]]) -> list[int]:
+    """Which of the ``chosen`` sequences each request takes (``reuse``: per request, the useful
+    cached tokens in each): the largest reuse first, each request and sequence once; the
+    requests left over take the sequences left over, in their order."""
+    out = [-1] * len(reuse)
+    left = list(chosen)
+    pairs = [(r[i], j, chosen.index(i), i) for j, r in enumerate(reuse) for i in chosen if r[i] > 0]
+    for _, j, _, i in sorted(pairs, key=lambda t: (-t[0], t[1], t[2])):
+        if out[j] < 0 and i in left:
+            out[j] = i
+            left.remove(i)
+    for j in range(len(out)):
+        if out[j] < 0:
+            out[j] = left.pop(0)
+    return out
+
+
+def arrange(
+    free: list[int],
+    busy: list[int],
+    kept: dict[int, list[int]],
+    prompts: list[list[int]],
+    streams: bool,
+    keep: int,
+) -> list[tuple[int, int]]:
+    """(sequence, its cached prefix of the prompt) for each of ``prompts``, admitted together
+    into ``free`` sequences holding ``kept``: first which sequences, one at a time by
+    :func:`choose` as for a request that could take the best prefix any of them has there; then
+    who goes where (:func:`assign`). Why both steps: placed one by one, the second of two
+    requests whose own conversations sit in sequences 0 and 1 went next to wherever the first
+    one went, to keep one run of ids, and took the other's sequence."""
+    raw = [{i: common_prefix(kept[i], p) for i in free} for p in prompts]
+    use = [{i: useful(r[i], len(p)) for i in free} for r, p in zip(raw, prompts)]
+    held = {i: len(kept[i]) for i in free}
+    left, taken, chosen = list(free), list(busy), []
+    for _ in prompts:
+        best = {i: max(u[i] for u in use) for i in left}
+        i = choose(left, taken, best, held, streams, keep)
+        chosen.append(i)
+        left.remove(i)
+        taken.append(i)
+    return [(i, r[i]) for i, r in zip(assign(chosen, use), raw)]
+
+
 def gap_moves(busy: list[int], free: list[int], held: dict[int, int], keep: int) -> list[tuple[int, int]]:
     """Moves (from, to) that leave the busy ids in the fewest runs: the highest busy sequence
     into the lowest free one below it that holds at most ``keep`` cached tokens (a longer
@@ -96,13 +155,13 @@ class SeqPrefixes:
             m.cached if i == 0 else m.seq_cached.setdefault(i, []) for i in range(n_seq)
         ]
 
-    def place(self, free: list[int], busy: list[int], prompt: list[int]) -> tuple[int, int]:
-        """(sequence, prompt tokens already in it) for a new request (:func:`choose`); the
-        sequence keeps exactly those cells (at least one prompt token is left to decode, for
-        its logits)."""
-        reuse = {i: common_prefix(self.kept[i], prompt) for i in free}
-        i = choose(free, busy, reuse, {i: len(self.kept[i]) for i in free}, self.streams, self.keep)
-        return i, self._keep(i, min(reuse[i], len(prompt) - 1))
+    def place(self, free: list[int], busy: list[int], prompts: list[list[int]]) -> list[tuple[int, int]]:
+        """(sequence, prompt tokens already in it) for each of the new requests ``prompts``,
+        admitted together (:func:`arrange`); each sequence keeps exactly the reused cells (at
+        least one prompt token is left to decode, for its logits)."""
+        kept = {i: self.kept[i] for i in free}
+        placed = arrange(free, busy, kept, prompts, self.streams, self.keep)
+        return [(i, self._keep(i, min(r, len(p) - 1))) for (i, r), p in zip(placed, prompts)]
 
     def move(self, src: int, dst: int) -> None:
         """Move what sequence ``src`` holds into the free sequence ``dst``: across streams
