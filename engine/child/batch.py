@@ -15,6 +15,10 @@ client that went away), so a waiting request starts on the next step. Its cells 
 request sharing the prefix (engine.child.prefix); with a KV stream per sequence the busy
 sequences are kept one run of ids, by placement and by moving one into a gap.
 
+On a GPU, llama_decode returns before the device is done: a step's text and events, and a step
+of generated tokens whose rows all go on even the next step itself, are sent while the device
+runs (BatchLoop.step), so that little but sampling lies between two decodes.
+
 Between steps the request queue is polled without blocking (engine.child.batch_intake), so
 new requests and cancels join the running batch. A request the loop cannot run beside the
 others (a load, a benchmark, a speculative generation) stops admission: the sequences still
@@ -52,7 +56,6 @@ from engine.child.session import LlamaSession
 from engine.child.slots import Slot, Waiting
 
 log = logging.getLogger(__name__)
-
 
 _SLOTS_INTERVAL_S = 0.25
 #: Before a step in which every admitted request is still to be prefilled, more requests are
