@@ -5,8 +5,9 @@ tokens goes on (not an end of generation, not a last token, no log-probabilities
 the loop writes the sampled tokens into the batch and launches the next step at once; the
 tokens' replies, their text and the requests' side of the loop follow while the device runs.
 What a client gets must not change, nor what the cache keeps: a reply that meets a stop string
-in that text, or is cancelled, has a row in the running step, which is dropped.
-``KVDECK_EARLY_LAUNCH=1`` makes this CPU machine take that path (its decode blocks).
+in that text, or is cancelled, has a row in the running step, which is dropped. (Stop strings
+and the cache they leave: tests/test_batch_text_during_decode.py, with this path as one of its
+modes.) ``KVDECK_EARLY_LAUNCH=1`` makes this CPU machine take that path (its decode blocks).
 """
 
 from __future__ import annotations
@@ -17,24 +18,12 @@ import pytest
 
 from engine import protocol as P
 from engine.core.memory_types import PlanSettings
-from tests.helpers.burst import CHAT_PROMPTS, Burst, held_burst
+from tests.helpers.burst import CHAT_PROMPTS, Burst, held_burst, streamed
 from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
 COLOUR, COUNT, HAIKU = CHAT_PROMPTS
 SEEDED = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 11}
-
-
-def _generate(prompt: str, max_tokens: int = 40, stop: list[str] | None = None, sampling: dict | None = None):
-    return lambda i: P.GenerateRequest(
-        id=i,
-        prompt=prompt,
-        max_tokens=max_tokens,
-        sampling=sampling or {"temperature": 0},
-        stop=stop or [],
-        stream=True,
-        serve=True,
-    )
 
 
 @pytest.fixture(scope="module", params=["0", "1"], ids=["after-take", "early"])
@@ -54,14 +43,14 @@ def _followed(slots: list[P.Message]) -> int:
 
 def test_replies_streams_and_stop_reasons_are_the_same_with_steps_launched_early(host):
     h, mode, slots = host
-    alone = {p: h.call("generate", _generate(p), timeout=300) for p in (COUNT, HAIKU)}
-    seeded = h.call("generate", _generate(HAIKU, sampling=SEEDED), timeout=300)
+    alone = {p: h.call("generate", streamed(p), timeout=300) for p in (COUNT, HAIKU)}
+    seeded = h.call("generate", streamed(HAIKU, sampling=SEEDED), timeout=300)
     full = alone[COUNT].text
     stop = full[len(full) // 2 : len(full) // 2 + 2]  # met in the middle of the reply
     builds = [
-        _generate(HAIKU, sampling=SEEDED),
-        _generate(COUNT, stop=[stop]),
-        _generate(COLOUR, max_tokens=5),
+        streamed(HAIKU, sampling=SEEDED),
+        streamed(COUNT, stop=[stop]),
+        streamed(COLOUR, max_tokens=5),
     ]
     ids, (haiku, count, colour), burst = held_burst(h, builds)
 
@@ -77,21 +66,10 @@ def test_replies_streams_and_stop_reasons_are_the_same_with_steps_launched_early
     assert (_followed(slots) > 20) if mode == "1" else _followed(slots) == 0
 
 
-def test_the_cache_a_stopped_reply_leaves_serves_the_next_request_unchanged(host):
-    h, _, _ = host
-    full = h.call("generate", _generate(COUNT), timeout=300)
-    stop = full.text[len(full.text) // 3 : len(full.text) // 3 + 2]
-    stopped = h.call("generate", _generate(COUNT, stop=[stop]), timeout=300)
-    again = h.call("generate", _generate(COUNT), timeout=300)
-    assert isinstance(stopped, P.Done) and stopped.stop_reason == "stop"
-    assert isinstance(again, P.Done) and again.n_reused > 0
-    assert again.tokens == full.tokens
-
-
 def test_a_reply_cancelled_mid_stream_leaves_the_other_and_the_cache_right(host):
     h, _, _ = host
-    alone = h.call("generate", _generate(HAIKU, max_tokens=60), timeout=300)
-    count = h.call("generate", _generate(COUNT, max_tokens=30), timeout=300)
+    alone = h.call("generate", streamed(HAIKU, max_tokens=60), timeout=300)
+    count = h.call("generate", streamed(COUNT, max_tokens=30), timeout=300)
     burst = Burst(2)
     streaming = threading.Event()
 
@@ -101,8 +79,8 @@ def test_a_reply_cancelled_mid_stream_leaves_the_other_and_the_cache_right(host)
             streaming.set()  # both replies are well under way
 
     long = 0
-    long = h.submit("generate", _generate(COUNT, max_tokens=400), on_event)
-    haiku = h.submit("generate", _generate(HAIKU, max_tokens=60), on_event)
+    long = h.submit("generate", streamed(COUNT, max_tokens=400), on_event)
+    haiku = h.submit("generate", streamed(HAIKU, max_tokens=60), on_event)
     assert streaming.wait(300)
     h.cancel(long)
     assert burst.all_done.wait(300)
@@ -111,5 +89,5 @@ def test_a_reply_cancelled_mid_stream_leaves_the_other_and_the_cache_right(host)
         isinstance(cancelled, P.Done) and cancelled.stop_reason == "cancelled" and len(cancelled.tokens) >= 5
     )
     assert isinstance(burst.done[haiku], P.Done) and burst.done[haiku].tokens == alone.tokens
-    again = h.call("generate", _generate(COUNT, max_tokens=30), timeout=300)  # on what it left
+    again = h.call("generate", streamed(COUNT, max_tokens=30), timeout=300)  # on what it left
     assert isinstance(again, P.Done) and again.n_reused > 0 and again.tokens == count.tokens

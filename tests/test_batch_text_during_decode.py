@@ -15,39 +15,35 @@ import pytest
 
 from engine import protocol as P
 from engine.core.memory_types import PlanSettings
-from tests.helpers.burst import CHAT_PROMPTS, held_burst
+from tests.helpers.burst import CHAT_PROMPTS, held_burst, streamed
 from tests.helpers.runtime_host import running_host
 
 pytestmark = pytest.mark.slow
 COLOUR, COUNT, HAIKU = CHAT_PROMPTS
 
 
-def _generate(prompt: str, max_tokens: int = 40, stop: list[str] | None = None):
-    return lambda i: P.GenerateRequest(
-        id=i,
-        prompt=prompt,
-        max_tokens=max_tokens,
-        sampling={"temperature": 0},
-        stop=stop or [],
-        stream=True,
-        serve=True,
-    )
-
-
-@pytest.fixture(scope="module", params=["0", "1"], ids=["before-decode", "during-decode"])
+@pytest.fixture(
+    scope="module",
+    params=[("0", "0"), ("1", "0"), ("1", "1")],
+    ids=["before-decode", "during-decode", "during-decode-early-launch"],
+)
 def host(request, smollm2_path):
+    """``KVDECK_EARLY_LAUNCH=1`` also has the next step go before the tokens are taken
+    (engine.child.batch.BatchLoop.step; tests/test_batch_early_launch.py)."""
+    text, early = request.param
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KVDECK_TEXT_DURING_DECODE", request.param)
+        mp.setenv("KVDECK_TEXT_DURING_DECODE", text)
+        mp.setenv("KVDECK_EARLY_LAUNCH", early)
         params = P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512 * 3, n_seq_max=3))
         with running_host(params) as (h, _):
             yield h
 
 
 def test_stop_strings_lengths_and_streams_are_the_same_whenever_the_text_is_accounted(host):
-    alone = {p: host.call("generate", _generate(p), timeout=300) for p in (COUNT, HAIKU)}
+    alone = {p: host.call("generate", streamed(p), timeout=300) for p in (COUNT, HAIKU)}
     full = alone[COUNT].text
     stop = full[len(full) // 2 : len(full) // 2 + 2]  # met in the middle of the reply
-    builds = [_generate(HAIKU), _generate(COUNT, stop=[stop]), _generate(COLOUR, max_tokens=3)]
+    builds = [streamed(HAIKU), streamed(COUNT, stop=[stop]), streamed(COLOUR, max_tokens=3)]
     ids, (haiku, count, colour), burst = held_burst(host, builds)
 
     assert isinstance(count, P.Done) and count.stop_reason == "stop"
@@ -61,10 +57,10 @@ def test_stop_strings_lengths_and_streams_are_the_same_whenever_the_text_is_acco
 
 
 def test_the_cache_a_stopped_reply_leaves_serves_the_next_request_unchanged(host):
-    full = host.call("generate", _generate(COUNT), timeout=300)
+    full = host.call("generate", streamed(COUNT), timeout=300)
     stop = full.text[len(full.text) // 3 : len(full.text) // 3 + 2]
-    stopped = host.call("generate", _generate(COUNT, stop=[stop]), timeout=300)
-    again = host.call("generate", _generate(COUNT), timeout=300)
+    stopped = host.call("generate", streamed(COUNT, stop=[stop]), timeout=300)
+    again = host.call("generate", streamed(COUNT), timeout=300)
     assert isinstance(stopped, P.Done) and stopped.stop_reason == "stop"
     assert isinstance(again, P.Done) and again.n_reused > 0
     assert again.tokens == full.tokens

@@ -56,3 +56,18 @@ def held_burst(
     assert burst.all_done.wait(300)
     assert [getattr(m, "kind", None) for m in held] == ["cancelled"]  # it held the queue until then
     return ids, [burst.done[i] for i in ids], burst
+
+
+def streamed(
+    prompt: str, max_tokens: int = 40, stop: list[str] | None = None, sampling: dict | None = None
+) -> Callable[[int], P.GenerateRequest]:
+    """A streamed serve-style generation of ``prompt`` (greedy unless ``sampling``)."""
+    return lambda i: P.GenerateRequest(
+        id=i,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        sampling=sampling or {"temperature": 0},
+        stop=stop or [],
+        stream=True,
+        serve=True,
+    )
