@@ -33,8 +33,9 @@ class StepRows:
 
 @dataclass
 class Launch:
-    """A step put on the device (engine.child.batch.BatchLoop._launch): its rows, whether it holds generated tokens
-    only, whether the last step's text is settled while it runs, llama_decode's code, when."""
+    """A step put on the device (engine.child.batch.BatchLoop._launch): its rows, whether it
+    holds generated tokens only, whether the last step's text is settled while it runs,
+    llama_decode's code, when it was called and when the call returned."""
 
     st: StepRows
     gen_only: bool

@@ -6,8 +6,8 @@ and prefills only the rest, so a long system prompt shared by many requests is p
 per sequence, not once per request. A prefix counts when it is more than a tenth of the
 prompt (a BOS token or a template's first line is not); on a tie the sequence holding least is
 taken, so cached conversations survive for the requests that can use them. Requests admitted
-together are placed together, each into the sequence holding its own conversation. In a shared KV pool (unified
-cache) that runs full, the cells of free sequences are dropped first.
+together are placed together, each into the sequence holding its own conversation. In a shared
+KV pool (unified cache) that runs full, the cells of free sequences are dropped first.
 
 With a KV stream per sequence (no unified cache), keeping the busy sequences one run of ids
 comes before any prefix: llama.cpp puts only consecutive sequence ids in one ubatch
