@@ -34,7 +34,6 @@ grammar, log-probabilities); sequence 0's prefix list is the single-sequence loo
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import llama_cpp.llama_cpp as LL
@@ -44,7 +43,7 @@ from engine.child.batch_backend import SeqChains, enabled, not_eog
 from engine.child.batch_draft_model import model_drafts
 from engine.child.batch_intake import Intake
 from engine.child.batch_rows import BatchRows, Launch, StepRows, goes_on
-from engine.child.batch_sample import TIMES, RowSampler, slots_event
+from engine.child.batch_sample import TIMES, RowSampler, Switch, slots_event
 from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.batch_take import Takes
 from engine.child.device_cut import SeqCuts
@@ -102,7 +101,7 @@ class BatchLoop:
         self.rows = BatchRows(self.n_batch)  # the step's llama_batch (engine.child.batch_rows)
         #: The step already on the device (:meth:`step`), and whether steps may go early.
         self.launched: Launch | None = None
-        self.early = os.environ.get("KVDECK_EARLY_LAUNCH", "auto")
+        self.early = Switch("KVDECK_EARLY_LAUNCH")
 
     # ------------------------------------------------------------------ requests
     def admit(self) -> None:
@@ -145,8 +144,7 @@ class BatchLoop:
         (:meth:`step`): a step of generated tokens only whose every row goes on
         (engine.child.batch_rows.goes_on), nothing waiting for a free sequence, no drafter
         that takes every decode and no device sampler of ours."""
-        early = self.early == "1" or (self.early != "0" and self.decode_returns_early)
-        if not (gen_only and early) or len(rows) != len(st.fed):
+        if not (gen_only and self.early(self.decode_returns_early)) or len(rows) != len(st.fed):
             return False
         if (self.waiting and None in self.slots) or self.drafting.sds or self.chains or self.cuts:
             return False

@@ -13,11 +13,10 @@ stop string then already has its next token in the running step: the loop drops 
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Callable
 
 from engine import protocol as P
-from engine.child.batch_sample import LIB, TIMES
+from engine.child.batch_sample import LIB, TIMES, Switch
 from engine.child.grammar import logits_row, logprob_entry
 from engine.child.io import DELTA_INTERVAL_S, Emit
 from engine.child.model import Model
@@ -34,13 +33,9 @@ class Takes:
         self.buf = ctypes.create_string_buffer(256)
         #: Tokens taken whose text is still to be accounted (:meth:`settle`).
         self.later: list[tuple[Slot, int, float]] = []
-        self.mode = os.environ.get("KVDECK_TEXT_DURING_DECODE", "auto")
-
-    def during_decode(self, decode_returns_early: bool) -> bool:
-        """Whether a step's text waits for the next step's decode: where llama_decode returns
-        before the device is done (a GPU), or always with ``KVDECK_TEXT_DURING_DECODE=1``
-        (``0``: never; both for measuring and tests)."""
-        return self.mode == "1" or (self.mode != "0" and decode_returns_early)
+        #: Whether a step's text waits for the next step's decode, given whether llama_decode
+        #: returns before the device is done (``KVDECK_TEXT_DURING_DECODE``).
+        self.during_decode = Switch("KVDECK_TEXT_DURING_DECODE")
 
     def row(self, s: Slot, i: int, tok: int, now: float, later: bool = False) -> None:
         """Take the token sampled from batch row ``i``, its log-probabilities from that row (read
