@@ -111,9 +111,9 @@ def arrange(
     raw = [{i: common_prefix(kept[i], p) for i in free} for p in prompts]
     use = [{i: useful(r[i], len(p)) for i in free} for r, p in zip(raw, prompts)]
     held = {i: len(kept[i]) for i in free}
+    best = {i: max(u[i] for u in use) for i in free}  # the best prefix any of them has in i
     left, taken, chosen = list(free), list(busy), []
     for _ in prompts:
-        best = {i: max(u[i] for u in use) for i in left}
         i = choose(left, taken, best, held, streams, keep)
         chosen.append(i)
         left.remove(i)
