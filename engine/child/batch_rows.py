@@ -120,12 +120,13 @@ class BatchRows:
     def follow(self, st: StepRows, toks: Sequence[int]) -> StepRows:
         """The step after ``st`` (generated tokens only, every row going on) with ``toks``, the
         tokens its rows sampled: the same rows, sequences and output flags, one position on, so
-        only the tokens and positions are written (a few µs, where compose takes tens)."""
+        only the tokens and positions are written (a few µs, where compose takes tens), just
+        before llama_decode. No ``blocks``: only self-drafters read them, and a loop with
+        self-drafters never launches a step this way (engine.child.batch.BatchLoop._follows)."""
         n = st.n
         self.tok_a[:n] = toks
         self.pos_a[:n] += 1
-        blocks = [(seq, [tok], pos + 1) for (seq, _, pos), tok in zip(st.blocks, toks)]
-        return StepRows(n, st.rows, st.fed, blocks, [])
+        return StepRows(n, st.rows, st.fed)
 
 
 def goes_on(slots: Sequence[Slot], toks: Sequence[int], eog: frozenset[int]) -> bool:
