@@ -12,6 +12,9 @@ llama-server default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, d
 - ``greedy``: the same call for rows without a chain (llama.cpp's greedy sampler).
 Milliseconds per step (all rows), the median of ``--reps`` steps; ``--gap-ms`` idles before each
 step as a decode would, so that the threads have gone to sleep (what waking them costs).
+``--cold`` reads 256 MiB before each step, so that the rows come from memory as a step's logits
+do (the device's copy just wrote them), and adds the native pass on 1 thread for each row pass
+the CPU has (``_rowsample.row_pass``: ``avx``, with prefetching, and ``portable``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from engine.child.batch_sample import LEAD_S, SPIN_S, workers  # noqa: E402
 from engine.child.sampler import build_chain  # noqa: E402
-from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
+from engine.child.topk_cut import NATIVE, NativeRows, chain_address  # noqa: E402
 
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
@@ -70,6 +73,13 @@ def llama_rows(chains: list[object], logits: np.ndarray) -> list[int]:
 
 
 GAP_S = 0.0
+#: Read before each step with ``--cold``: larger than any host's last-level cache.
+EVICT: np.ndarray | None = None
+
+
+def evict() -> None:
+    if EVICT is not None:
+        EVICT.sum()
 
 
 def median_ms(step, reps: int, *args: object, before=None) -> float:
@@ -78,6 +88,7 @@ def median_ms(step, reps: int, *args: object, before=None) -> float:
     step(*args)
     times = []
     for _ in range(reps):
+        evict()
         if before is not None:
             before()
         time.sleep(GAP_S)
@@ -98,15 +109,19 @@ def main() -> int:
         default=0.0,
         help="idle time before each step, as a decode gives (threads fall asleep)",
     )
+    ap.add_argument("--cold", action="store_true", help="rows from memory, not from the caches")
     args = ap.parse_args()
-    global GAP_S
+    global GAP_S, EVICT
     GAP_S = args.gap_ms / 1e3
+    EVICT = np.ones(64 << 20, dtype=np.float32) if args.cold else None
     rng = np.random.default_rng(0)
     threads = workers()
     res: dict = {
         "vocab": args.vocab,
         "threads": threads,
         "chain": "top_k 40, top_p 0.95, min_p 0.05, temp 0.8, dist",
+        "cold": args.cold,
+        "row_pass": NATIVE.row_pass() if NATIVE is not None else None,
     }
     rows_out = []
     for n in (1, 4, 16, 64):
@@ -124,6 +139,15 @@ def main() -> int:
             f"greedy_{threads}_threads_ms": median_ms(many.sample, args.reps, ptrs, greedy, [1] * n),
             "numpy_argmax_ms": median_ms(np.argmax, args.reps, logits, 1),
         }
+        if args.cold and NATIVE is not None:
+            was = NATIVE.row_pass()
+            for name in ("portable", "avx"):
+                try:
+                    NATIVE.row_pass(name)
+                except ValueError:  # not on this CPU
+                    continue
+                row[f"native_1_thread_{name}_ms"] = median_ms(one.sample, args.reps, ptrs, addrs, ks)
+            NATIVE.row_pass(was)
         if GAP_S:  # the threads woken during the gap, as the batch loop does during a decode
 
             def wake(many: NativeRows = many, n: int = n) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import llama_cpp.llama_cpp as LL
@@ -35,8 +36,36 @@ def native(rows: list[np.ndarray], chains: list[object], k: int, threads: int = 
     )
 
 
+def _passes() -> list[str]:
+    """The row passes this CPU runs (rowsample.c picks the fastest at import)."""
+    have = []
+    was = _rowsample.row_pass()
+    for name in ("portable", "avx"):
+        try:
+            _rowsample.row_pass(name)
+            have.append(name)
+        except ValueError:
+            pass
+    _rowsample.row_pass(was)
+    return have
+
+
+@pytest.fixture(params=_passes())
+def row_pass(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each row pass in turn: they must read rows alike (maxima, NaNs, the short last chunk)."""
+    was = _rowsample.row_pass(request.param)
+    yield request.param
+    _rowsample.row_pass(was)
+
+
+def test_the_fastest_row_pass_this_cpu_has_is_used() -> None:
+    assert _rowsample.row_pass() == _passes()[-1]
+    with pytest.raises(ValueError):
+        _rowsample.row_pass("no-such-pass")
+
+
 @pytest.mark.parametrize("k", [1, 40, 200])
-def test_the_cut_samples_the_same_tokens_as_the_whole_row(k: int) -> None:
+def test_the_cut_samples_the_same_tokens_as_the_whole_row(k: int, row_pass: str) -> None:
     rng = np.random.default_rng(k)
     rows = [(rng.standard_normal(N_VOCAB) * s).astype(np.float32) for s in (0.5, 2.5, 8.0) for _ in range(20)]
     ours, theirs = chain(k, 11), chain(k, 11)
@@ -116,7 +145,7 @@ def test_the_k_best_side_by_side_in_one_stretch_of_the_row_are_all_kept() -> Non
             LL.llama_sampler_free(theirs)
 
 
-def test_a_row_without_a_chain_takes_its_first_greatest_logit() -> None:
+def test_a_row_without_a_chain_takes_its_first_greatest_logit(row_pass: str) -> None:
     """llama.cpp's greedy sampler: the first of equal maxima, at any position (a vocabulary
     that is no multiple of the native pass's chunk too)."""
     rows = []
@@ -136,9 +165,10 @@ def test_a_chain_without_a_leading_k_is_left_to_llama_cpp() -> None:
         LL.llama_sampler_free(c)
 
 
-def test_a_row_with_nan_is_left_to_llama_cpp() -> None:
+@pytest.mark.parametrize("at", [0, 123, 64 * 7 + 63, N_VOCAB - 1])
+def test_a_row_with_nan_is_left_to_llama_cpp(at: int, row_pass: str) -> None:
     row = np.zeros(N_VOCAB, dtype=np.float32)
-    row[123] = np.nan
+    row[at] = np.nan
     c = chain(40, 1)
     try:
         assert native([row, np.zeros(N_VOCAB, dtype=np.float32)], [c, None], 40) == [-1, 0]

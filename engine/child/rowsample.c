@@ -31,6 +31,7 @@
 #include <math.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "rowbuffers.h"
 #include "rowpool.h"
@@ -83,6 +84,66 @@ static float chunk_max(const float *v, int *has_nan) {
     return m;
 }
 #endif
+
+/* How far ahead the row is prefetched: the logits were just written by the device's copy, so
+ * the row comes from memory, and a core's own prefetcher stops at every 4 KiB page. On the GPU
+ * hosts one core read a 128k row in 35-60 us (about 10 GB/s, benchmarks/results/step-sampling-*),
+ * far below what the core's loads could take. */
+enum { AHEAD = 2048 }; /* floats: two pages */
+
+/* maxima[c] = the largest of x[c*CHUNK, (c+1)*CHUNK) for every c < n_full; whether one is NaN. */
+static int row_maxima_portable(const float *x, int64_t n_full, float *maxima) {
+    int has_nan = 0;
+    for (int64_t c = 0; c < n_full; c++) {
+        maxima[c] = chunk_max(x + c * CHUNK, &has_nan);
+    }
+    return has_nan;
+}
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define ROW_MAXIMA_AVX 1
+/* The same with 256-bit vectors, each chunk's four cache lines prefetched AHEAD floats early
+ * (prefetches past the row's end are harmless: they never fault). Used where the CPU has AVX
+ * (checked once, rowsample_init); the module itself is built for baseline x86-64. */
+__attribute__((target("avx"))) static int row_maxima_avx(const float *x, int64_t n_full, float *maxima) {
+    __m256 u = _mm256_setzero_ps();
+    for (int64_t c = 0; c < n_full; c++) {
+        const float *v = x + c * CHUNK;
+        for (int l = 0; l < CHUNK; l += 16) {
+            _mm_prefetch((const char *)(v + AHEAD + l), _MM_HINT_T0);
+        }
+        __m256 a0 = _mm256_loadu_ps(v), a1 = _mm256_loadu_ps(v + 8);
+        __m256 a2 = _mm256_loadu_ps(v + 16), a3 = _mm256_loadu_ps(v + 24);
+        __m256 a4 = _mm256_loadu_ps(v + 32), a5 = _mm256_loadu_ps(v + 40);
+        __m256 a6 = _mm256_loadu_ps(v + 48), a7 = _mm256_loadu_ps(v + 56);
+        u = _mm256_or_ps(u, _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(a0, a1, _CMP_UNORD_Q),
+                                                      _mm256_cmp_ps(a2, a3, _CMP_UNORD_Q)),
+                                         _mm256_or_ps(_mm256_cmp_ps(a4, a5, _CMP_UNORD_Q),
+                                                      _mm256_cmp_ps(a6, a7, _CMP_UNORD_Q))));
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)),
+                                 _mm256_max_ps(_mm256_max_ps(a4, a5), _mm256_max_ps(a6, a7)));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_shuffle_ps(h, h, _MM_SHUFFLE(1, 0, 3, 2)));
+        h = _mm_max_ps(h, _mm_shuffle_ps(h, h, _MM_SHUFFLE(2, 3, 0, 1)));
+        maxima[c] = _mm_cvtss_f32(h);
+    }
+    return _mm256_movemask_ps(u);
+}
+#endif
+
+typedef int (*row_maxima_fn)(const float *x, int64_t n_full, float *maxima);
+static row_maxima_fn row_maxima = row_maxima_portable;
+
+/* Picks the row pass this CPU runs best (once, at import). */
+static void rowsample_init(void) {
+#ifdef ROW_MAXIMA_AVX
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx")) {
+        row_maxima = row_maxima_avx;
+    }
+#endif
+}
 
 static bool reserve(void **buf, size_t *cap, size_t n, size_t size) {
     if (*cap >= n) {
@@ -147,10 +208,7 @@ static int64_t candidates(rowbuf_t *b, const float *x, int64_t n, int k) {
         return -1;
     }
     float *maxima = b->chunk_max;
-    int has_nan = 0;
-    for (int64_t c = 0; c < n_full; c++) {
-        maxima[c] = chunk_max(x + c * CHUNK, &has_nan);
-    }
+    int has_nan = row_maxima(x, n_full, maxima);
     if (n_chunks > n_full) { /* the last, short chunk */
         float m = x[n_full * CHUNK];
         for (int64_t i = n_full * CHUNK; i < n; i++) {
@@ -292,6 +350,38 @@ static PyObject *prewake_py(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* row_pass(name=None): the row pass in use ("avx" or "portable"); with a name, use that one (for
+ * tests and benchmarks: both must give the same rows). */
+static PyObject *row_pass(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|z", &name)) {
+        return NULL;
+    }
+    if (name != NULL) {
+        row_maxima_fn want = NULL;
+        if (strcmp(name, "portable") == 0) {
+            want = row_maxima_portable;
+        }
+#ifdef ROW_MAXIMA_AVX
+        if (strcmp(name, "avx") == 0 && __builtin_cpu_supports("avx")) {
+            want = row_maxima_avx;
+        }
+#endif
+        if (want == NULL) {
+            PyErr_Format(PyExc_ValueError, "no row pass %s on this CPU", name);
+            return NULL;
+        }
+        row_maxima = want;
+    }
+#ifdef ROW_MAXIMA_AVX
+    if (row_maxima == row_maxima_avx) {
+        return PyUnicode_FromString("avx");
+    }
+#endif
+    return PyUnicode_FromString("portable");
+}
+
 static PyObject *layout(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -335,6 +425,8 @@ static PyMethodDef methods[] = {
     {"prewake", prewake_py, METH_VARARGS,
      "prewake(n_threads, delay_us, spin_us): the workers of the next sample() sleep delay_us, then spin "
      "for it at most spin_us."},
+    {"row_pass", row_pass, METH_VARARGS,
+     "row_pass(name=None): the row pass in use, 'avx' or 'portable'; with a name, use that one."},
     {"layout", layout, METH_NOARGS, "(sizeof token_data, sizeof array, offsetof selected, offsetof sorted)"},
     {"threaded", threaded, METH_NOARGS, "Whether rows run on several threads (else one after another)."},
     {"live_buffers", live_buffers, METH_VARARGS,
@@ -354,6 +446,7 @@ PyMODINIT_FUNC PyInit__rowsample(void) {
     if (!once) {
         once = true;
         rowpool_init();
+        rowsample_init();
         Py_AtExit(at_exit); /* none left (32 a process): the workers just live until the exit */
     }
     return PyModule_Create(&module);

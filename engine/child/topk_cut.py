@@ -21,6 +21,7 @@ is None and every row takes llama.cpp's own path, only slower.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Sequence
 
 import llama_cpp.llama_cpp as LL
@@ -61,6 +62,8 @@ if _rowsample is not None and not _layout_matches():  # llama_cpp's structs move
 
 #: The native module, None where the install could not build it.
 NATIVE = _rowsample
+if NATIVE is not None and os.environ.get("KVDECK_ROW_PASS"):  # for measuring: "portable" or "avx"
+    NATIVE.row_pass(os.environ["KVDECK_ROW_PASS"])
 
 
 def worth_cutting(k: int, n: int) -> bool:
