@@ -96,6 +96,34 @@ def stream_request(
     }
 
 
+def steady_windows(ok: list[dict], streams: int) -> list[tuple[float, float]]:
+    """The spans in which ``streams`` replies decode at once (each past its first token, before
+    its end), as the client saw them."""
+    edges = sorted([(r["first"], 1) for r in ok] + [(r["end"], -1) for r in ok])
+    windows, active, start = [], 0, 0.0
+    for t, step in edges:
+        was, active = active, active + step
+        if was < streams <= active:
+            start = t
+        elif active < streams <= was:
+            windows.append((start, t))
+    return windows
+
+
+def timeline(ok: list[dict], streams: int) -> dict:
+    """Each reply's start, first token, end and tokens, and the steady windows, in seconds from
+    the round's first request: where a round's steady decode went (the 64-client round's fell
+    short of its 16-client one with the same step times, 2026-12-05)."""
+    t = min(r["t0"] for r in ok)
+    return {
+        "replies": [
+            [round(r["t0"] - t, 4), round(r["first"] - t, 4), round(r["end"] - t, 4), r["tokens"]]
+            for r in sorted(ok, key=lambda r: r["t0"])
+        ],
+        "windows": [[round(a - t, 4), round(b - t, 4)] for a, b in steady_windows(ok, streams)],
+    }
+
+
 def steady_decode(ok: list[dict], streams: int) -> tuple[float | None, float]:
     """Generated t/s while ``streams`` replies decode at once (each past its first token, before
     its end), and how many seconds that was: llama-batched-bench's ``S_TG`` measured from the
@@ -108,14 +136,7 @@ def steady_decode(ok: list[dict], streams: int) -> tuple[float | None, float]:
     2026-12-05's seventh session, understated kvdeck, whose chunks hold what came in 20 ms and
     whose first chunk is the first token alone, by about T (C - 1) / (C (T - 1)): 4 % at one
     client (128 tokens in 20 chunks), 1.3 % at 16."""
-    edges = sorted([(r["first"], 1) for r in ok] + [(r["end"], -1) for r in ok])
-    windows, active, start = [], 0, 0.0
-    for t, step in edges:
-        was, active = active, active + step
-        if was < streams <= active:
-            start = t
-        elif active < streams <= was:
-            windows.append((start, t))
+    windows = steady_windows(ok, streams)
     span = sum(e - s for s, e in windows)
     tokens = 0.0
     for r in ok:
@@ -154,6 +175,7 @@ def run_round(url: str, clients: int, per_client: int, pp_words: int, tg: int, s
         "steady_window_s": steady_s,
         "ttft_median_s": round(statistics.median(ttft), 4) if ttft else None,
         "ttft_max_s": round(max(ttft), 4) if ttft else None,
+        "timeline": timeline(ok, streams) if ok else None,
     }
 
 
@@ -209,16 +231,15 @@ def loop_share(before: dict | None, after: dict | None) -> dict | None:
         return None
     d = {k: after[k] - before[k] for k in ("steps", "decode_s", "sample_s", "busy_s")}
     n = d["steps"]
-    keys = ("gen_steps", "gen_decode_s", "gen_sample_s", "reorder_s")
+    keys = ("gen_steps", "gen_decode_s", "gen_sample_s", "reorder_s", "native_s")
     gen = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
     extra = (
         {
             "gen_steps": gen["gen_steps"],
             "gen_decode_ms_per_step": round(gen["gen_decode_s"] / gen["gen_steps"] * 1e3, 3),
             "gen_sample_ms_per_step": round(gen["gen_sample_s"] / gen["gen_steps"] * 1e3, 3),
-            "reorder_ms_per_step": round(
-                gen["reorder_s"] / max(1, after["steps"] - before["steps"]) * 1e3, 3
-            ),
+            "native_ms_per_step": round(gen["native_s"] / n * 1e3, 3),
+            "reorder_ms_per_step": round(gen["reorder_s"] / n * 1e3, 3),
         }
         if gen["gen_steps"]
         else {}

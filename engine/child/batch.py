@@ -225,7 +225,7 @@ class BatchLoop:
                 s.n_past += k
         # a reply that met a stop string while this step ran (takes.settle) gave its row for nothing
         rows = [(i, s) for i, s in rows if not s.w.cancel.is_set() and not s.finish]
-        toks = self.sampler.all(rows)
+        toks = self.sampler.all(rows, dense=gen_only)
         now = time.perf_counter()
         TIMES.sample_s += now - t1
         if gen_only:

@@ -30,7 +30,7 @@ import llama_cpp.llama_cpp as LL
 from engine import protocol as P
 from engine.child.grammar import logits_row
 from engine.child.slots import Slot
-from engine.child.topk_cut import NATIVE, NativeRows, chain_address
+from engine.child.topk_cut import NATIVE, NativeRows
 
 # Our own handle so the logits pointer comes back as a plain int (llama_cpp's function objects
 # are shared with the rest of the child and keep their restypes).
@@ -60,6 +60,7 @@ class LoopTimes:
     cut_rows: int = 0  # rows sampled from the device's candidates (engine.child.device_cut)
     followed: int = 0  # steps launched as soon as the step before was sampled (engine.child.batch)
     relaunch_s: float = 0.0  # their seconds from the step before's logits to their launch
+    native_s: float = 0.0  # of sample_s, the seconds inside the native call (engine.child.topk_cut)
 
 
 #: One model per child process, one batch loop at a time: the totals are the child's.
@@ -99,6 +100,7 @@ class Sampled(Protocol):
     out: list[int]
     cut: int
     cut_device: bool
+    chain_at: int
 
 
 def workers() -> int:
@@ -124,6 +126,7 @@ class RowSampler:
     def __init__(self, ctx: object, n_vocab: int, n_workers: int | None = None) -> None:
         self.ctx = ctx
         self.n_vocab = n_vocab
+        self.row_bytes = 4 * n_vocab  # one row of float logits
         self.n_workers = n_workers or workers()
         self.native = NativeRows(n_vocab, self.n_workers)
         self.prewaking = os.environ.get("KVDECK_SAMPLE_PREWAKE", "") != "0"
@@ -153,9 +156,7 @@ class RowSampler:
         """The token for batch row ``i`` of slot ``s`` (its first-token chain for its first
         token). A lone greedy row is numpy's argmax: faster than a native call for one row."""
         if s.chain is not None and self.cuttable(s):
-            tok = self.native.sample(
-                [LIB.llama_get_logits_ith(self.ctx, i)], [chain_address(s.chain)], [s.cut]
-            )[0]
+            tok = self.native.sample([LIB.llama_get_logits_ith(self.ctx, i)], [s.chain_at], [s.cut])[0]
             if tok >= 0:
                 return tok
         return self._llama(s, i)
@@ -193,22 +194,28 @@ class RowSampler:
     def _pooled(self, rows: Sequence[tuple[int, Sampled]]) -> list[int]:
         return [self._llama(s, i) for i, s in rows]
 
-    def all(self, rows: Sequence[tuple[int, Sampled]]) -> list[int]:
-        """One token per (batch row, slot), in order.
+    def all(self, rows: Sequence[tuple[int, Sampled]], dense: bool = False) -> list[int]:
+        """One token per (batch row, slot), in order. ``dense``: every token of the step's batch
+        is an output row (generated tokens only): batch row i's logits are then row i of the
+        context's logits, with no call per row (llama_get_logits_ith synchronises each time).
 
         The cuttable rows go to one native call that spreads them over threads; the others
         (a first token, a grammar, a chain that does not start with top-k) to llama.cpp's own
         call on the pool meanwhile. Both release the GIL."""
         out = [0] * len(rows)
         t = time.perf_counter()
-        LIB.llama_get_logits(self.ctx)  # synchronise and reorder (writes) here, once
+        base = LIB.llama_get_logits(self.ctx)  # synchronise and reorder (writes) here, once
         TIMES.reorder_s += time.perf_counter() - t
-        TIMES.cut_rows += sum(s.cut_device for _, s in rows)
+        n_cut = sum(s.cut_device for _, s in rows)
+        TIMES.cut_rows += n_cut
         fast = [j for j, (_, s) in enumerate(rows) if self.cuttable(s)]
         if len(fast) == 1 and rows[fast[0]][1].chain is None:
             fast = []  # a lone greedy row: numpy's argmax, below
         # every logits pointer is taken here, before any other thread reads the context
-        ptrs = [LIB.llama_get_logits_ith(self.ctx, rows[j][0]) for j in fast]
+        if dense and not n_cut and base:  # llama.cpp's outputs are in batch order (output_reorder)
+            ptrs = [base + rows[j][0] * self.row_bytes for j in fast]
+        else:
+            ptrs = [LIB.llama_get_logits_ith(self.ctx, rows[j][0]) for j in fast]
         cut = [self._cut(rows[j][0]) if rows[j][1].cut_device else (0, 0) for j in fast]
         native = set(fast)
         argmax = [j for j in range(len(rows)) if j not in native and self._argmax(rows[j][1])]
@@ -227,12 +234,14 @@ class RowSampler:
         for j in argmax:  # numpy's argmax rows meanwhile
             out[j] = self._llama(rows[j][1], rows[j][0])
         if fast:
+            t = time.perf_counter()
             toks = self.native.sample(
                 ptrs,
-                [chain_address(rows[j][1].chain) for j in fast],
+                [rows[j][1].chain_at for j in fast],
                 [rows[j][1].cut for j in fast],
-                cut if any(n for _, n in cut) else None,
+                cut if n_cut else None,
             )
+            TIMES.native_s += time.perf_counter() - t
             for j, tok in zip(fast, toks):
                 out[j] = tok if tok >= 0 else self._llama(rows[j][1], rows[j][0])
         for js, job in jobs:

@@ -323,6 +323,8 @@ class Slots(Message):
     #: taken (engine.child.batch), and their seconds from those logits to that launch.
     followed: int = 0
     relaunch_s: float = 0.0
+    #: Of the sampling seconds, those inside the native row sampler's call (engine.child.topk_cut).
+    native_s: float = 0.0
     #: Per sequence: True while its request samples on the device (engine.child.batch_backend).
     device: list[bool] = field(default_factory=list)
 

@@ -191,6 +191,7 @@ def _memory(api: Api) -> dict[str, Any]:
             "cut_rows": slots.cut_rows,
             "followed": slots.followed,
             "relaunch_s": slots.relaunch_s,
+            "native_s": slots.native_s,
         }
         if slots is not None
         else None
