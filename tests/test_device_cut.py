@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from engine import protocol as P
-from engine.child import device_cut as D
+from engine.child import device_cut_ops as D
 from engine.core.memory_types import PlanSettings
 from tests.helpers.burst import CHAT_PROMPTS, held_burst
 from tests.helpers.runtime_host import running_host
@@ -59,6 +59,47 @@ def test_the_cut_keeps_every_one_of_the_k_best_tokens_with_its_logit(n: int, k: 
         assert set(np.argsort(-row)[:k].tolist()) <= set(tokens.tolist())
 
 
+@pytest.mark.parametrize("n", [49152, 128256, 131079], ids=lambda n: f"vocab{n}")
+def test_every_row_of_a_step_is_cut_at_once_to_its_k_best_tokens(n: int) -> None:
+    """engine.child.device_cut_ops.cut_rows: the step's logits [n_vocab, rows] in a dozen
+    operations, whatever the number of rows; each row comes back as its k best, with their own
+    logits (as llama.cpp hands each sequence a view of its row, the view names the rows)."""
+    k, rng = 42, np.random.default_rng(n)
+    rows = rng.standard_normal((5, n)).astype(np.float32) * 3
+    rows[1, : n // 2] -= 50  # the best all in the second half
+    rows[2, 64 * 7 : 64 * 7 + k] += 40  # the best all in one chunk, and the next
+    rows[3, -(n % 64 or 64) :] += 40  # the best in the last, short chunk
+    ctx = D.ggml_init(D._InitParams(256 * 1024 * 1024, None, False))
+    try:
+        t = D.new_tensor_2d(ctx, D._F32, n, len(rows))
+        ctypes.memmove(get_data(t), rows.ctypes.data, rows.nbytes)
+        assert D.row_of(D.view_1d(ctx, t, n, 3 * 4 * n)) == (t, 3)
+        vals, ids = D.cut_rows(ctx, t, k)
+        gf = D.new_graph(ctx)
+        D.build_forward_expand(gf, vals)
+        D.build_forward_expand(gf, ids)
+        assert compute(ctx, gf, 2) == 0
+        got = _read(vals, ctypes.c_float, k * len(rows)).reshape(len(rows), k)
+        tokens = _read(ids, ctypes.c_int32, k * len(rows)).reshape(len(rows), k)
+    finally:
+        D.ggml_free(ctx)
+    for row, g, tok in zip(rows, got, tokens):
+        assert set(tok.tolist()) == set(np.argsort(-row)[:k].tolist())
+        assert np.array_equal(g, row[tok])
+
+
+def test_only_a_whole_row_of_a_two_dimensional_logits_tensor_is_read_as_a_row() -> None:
+    ctx = D.ggml_init(D._InitParams(1 << 16, None, True))
+    try:
+        t = D.new_tensor_2d(ctx, D._F32, 1000, 3)
+        assert D.row_of(D.view_1d(ctx, t, 1000, 4000)) == (t, 1)
+        assert D.row_of(D.view_1d(ctx, t, 999, 4000)) is None  # part of a row
+        assert D.row_of(D.view_1d(ctx, t, 1000, 4004)) is None  # astride two rows
+        assert D.row_of(D.new_tensor_1d(ctx, D._F32, 1000)) is None  # not a view
+    finally:
+        D.ggml_free(ctx)
+
+
 def _burst(host, sampling: dict) -> list[list[int]]:
     def build(prompt: str) -> Callable[[int], P.GenerateRequest]:
         return lambda i: P.GenerateRequest(id=i, prompt=prompt, max_tokens=24, sampling=sampling, serve=True)
@@ -69,16 +110,21 @@ def _burst(host, sampling: dict) -> list[list[int]]:
 
 @pytest.mark.slow
 def test_seeded_replies_are_the_same_with_the_rows_cut_on_the_device(smollm2_path, monkeypatch) -> None:
-    """SmolLM2's 49,152 tokens: 40 + 2 chunks (its end-of-generation tokens) of 768."""
+    """SmolLM2's 49,152 tokens; every row of a step cut at once. ``early``: each step launched
+    as soon as the one before is sampled (engine.child.batch), which a GPU does, so the rows are
+    read before the next decode overwrites them."""
     seeded = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 7}
     params = P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512 * 3, n_seq_max=3))
-    replies, cut_rows = {}, {}
-    for mode in ("0", "1"):
-        monkeypatch.setenv("KVDECK_DEVICE_CUT", mode)
+    replies, cut_rows, followed = {}, {}, {}
+    for mode, cut, early in (("whole", "0", "0"), ("cut", "1", "0"), ("early", "1", "1")):
+        monkeypatch.setenv("KVDECK_DEVICE_CUT", cut)
+        monkeypatch.setenv("KVDECK_EARLY_LAUNCH", early)
         slots: list[P.Slots] = []
         with running_host(params, on_event=slots.append) as (h, _):
             replies[mode] = _burst(h, seeded)
             assert all(_burst(h, {"temperature": 0}))  # whole rows again: the cut goes
-        cut_rows[mode] = max(s.cut_rows for s in slots if isinstance(s, P.Slots))
-    assert replies["1"] == replies["0"] and all(replies["1"])
-    assert cut_rows["0"] == 0 and cut_rows["1"] >= 3 * 24  # every seeded row
+        last = [s for s in slots if isinstance(s, P.Slots)][-1]
+        cut_rows[mode], followed[mode] = last.cut_rows, last.followed
+    assert replies["cut"] == replies["whole"] == replies["early"] and all(replies["cut"])
+    assert cut_rows["whole"] == 0 and min(cut_rows["cut"], cut_rows["early"]) >= 3 * 24  # every seeded row
+    assert followed["early"] > 0

@@ -143,10 +143,11 @@ class BatchLoop:
         """Whether the next step goes to the device before this one's tokens are taken
         (:meth:`step`): a step of generated tokens only whose every row goes on
         (engine.child.batch_rows.goes_on), nothing waiting for a free sequence, no drafter
-        that takes every decode and no device sampler of ours."""
+        that takes every decode and no device chain (the candidate cut is fine: its rows are
+        read before the launch)."""
         if not (gen_only and self.early(self.decode_returns_early)) or len(rows) != len(st.fed):
             return False
-        if (self.waiting and None in self.slots) or self.drafting.sds or self.chains or self.cuts:
+        if (self.waiting and None in self.slots) or self.drafting.sds or self.chains:
             return False
         return goes_on([s for _, s in rows], toks, self.eog)
 

@@ -115,6 +115,10 @@ def workers() -> int:
     return max(1, min(16, n))
 
 
+#: Rows of at most this many candidates (what the device kept, engine.child.device_cut) are
+#: sampled on the calling thread alone: a few microseconds each, less than waking a thread.
+FEW = 1024
+
 #: Prewoken sampling threads start spinning this long before the step's logits are due, and
 #: spin at most SPIN_S (engine.child.topk_cut.NativeRows.prewake).
 LEAD_S, SPIN_S = 0.0005, 0.002
@@ -131,6 +135,7 @@ class RowSampler:
         self.native = NativeRows(n_vocab, self.n_workers)
         self.prewaking = os.environ.get("KVDECK_SAMPLE_PREWAKE", "") != "0"
         self.decode_s: dict[int, float] = {}  # tokens in a step -> a moving average of its decode
+        self.few = False  # the last step's rows were all cut to FEW candidates or fewer
         # Rows only llama.cpp's own call can sample run here while the native call runs.
         self.pool = ThreadPoolExecutor(self.n_workers - 1, "kvdeck-sample") if self.n_workers > 1 else None
 
@@ -144,7 +149,7 @@ class RowSampler:
         3.5 %, and the decode did not slow. Never on a CPU, whose decode these threads would
         slow: its llama_decode returns when the step is done."""
         expected = self.decode_s.get(n_tokens)
-        if self.prewaking and on_device and expected is not None and n_rows > 1:
+        if self.prewaking and on_device and expected is not None and n_rows > 1 and not self.few:
             left = expected - (time.perf_counter() - since)
             self.native.prewake(n_rows, left - LEAD_S, SPIN_S)
 
@@ -185,6 +190,22 @@ class RowSampler:
             return s.chain is not None and NATIVE is not None
         return self.native.usable(s.cut if s.chain is not None else 1)
 
+    def _dense(self, base: int, at: list[int], cut: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        """The rows of a step whose every token is an output: llama.cpp keeps its outputs in
+        batch order (output_reorder, src/llama-context.cpp), row i at ``i`` rows from the first,
+        for whole logits and for what a device sampler kept alike (``copy_tensor_async_rows``:
+        one vocabulary's stride a row). ``cut``: every row was cut on the device, in one graph
+        for all (engine.child.device_cut), so each kept as many candidates as row 0."""
+        stride = self.row_bytes
+        if not cut:
+            return [base + i * stride for i in at], [(0, 0)] * len(at)
+        n = int(LL.llama_get_sampled_logits_count_ith(self.ctx, 0))
+        vals = LIB.llama_get_sampled_logits_ith(self.ctx, 0) or 0
+        ids = LIB.llama_get_sampled_candidates_ith(self.ctx, 0) or 0
+        if not (n and vals and ids):  # nothing kept: whole rows after all
+            return [base + i * stride for i in at], [(0, 0)] * len(at)
+        return [vals + i * stride for i in at], [(ids + i * stride, n) for i in at]
+
     def _cut(self, i: int) -> tuple[int, int]:
         """(address of the ids, number) of the candidates the device kept for batch row ``i``
         (llama_get_logits_ith then gives their logits); (0, 0): the row is whole."""
@@ -212,11 +233,14 @@ class RowSampler:
         if len(fast) == 1 and rows[fast[0]][1].chain is None:
             fast = []  # a lone greedy row: numpy's argmax, below
         # every logits pointer is taken here, before any other thread reads the context
-        if dense and not n_cut and base:  # llama.cpp's outputs are in batch order (output_reorder)
-            ptrs = [base + rows[j][0] * self.row_bytes for j in fast]
+        at = [rows[j][0] for j in fast]
+        if dense and base and n_cut in (0, len(rows)):
+            ptrs, cut = self._dense(base, at, n_cut > 0)
         else:
-            ptrs = [LIB.llama_get_logits_ith(self.ctx, rows[j][0]) for j in fast]
-        cut = [self._cut(rows[j][0]) if rows[j][1].cut_device else (0, 0) for j in fast]
+            ptrs = [LIB.llama_get_logits_ith(self.ctx, i) for i in at]
+            cut = [self._cut(i) if rows[j][1].cut_device else (0, 0) for i, j in zip(at, fast)]
+        # rows the device cut to a few candidates each: one thread does them all at once
+        self.few = 0 < n_cut == len(rows) and all(0 < n <= FEW for _, n in cut)
         native = set(fast)
         argmax = [j for j in range(len(rows)) if j not in native and self._argmax(rows[j][1])]
         taken = native.union(argmax)
@@ -240,6 +264,7 @@ class RowSampler:
                 [rows[j][1].chain_at for j in fast],
                 [rows[j][1].cut for j in fast],
                 cut if n_cut else None,
+                threads=1 if self.few else None,
             )
             TIMES.native_s += time.perf_counter() - t
             for j, tok in zip(fast, toks):

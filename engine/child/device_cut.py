@@ -2,27 +2,29 @@
 
 Why: at sixteen sequences a step's sampling read 16 rows of 128k logits on the host (1.3 ms
 inside the server on the H100 run, benchmarks/results/server-2026-12-05-h100-native.json) after
-the device had copied them there (7.8 MiB a step); llama-batched-bench does neither. The native
-sampler's idea (engine/child/rowsample.c) runs on the device instead, as ggml operations in the
-decode graph: the row's maximum per 64-token chunk (``ggml_pool_1d``), the k chunks with the
-highest maxima (``ggml_top_k`` over about 2k values), and their tokens (``ggml_get_rows``),
-plus the last, short chunk. The k best tokens of the row are among them: at least k tokens reach
-the k-th largest chunk maximum, one in each of those chunks. What comes back is 64·k logits and
-their token ids; the request's own CPU chain, which starts with top-k, samples from them through
-``llama_sampler_sample`` (src/llama-sampler.cpp: it reads a backend sampler's logits and
-candidates), so the token is the one the full row gives, but for exact ties in the k best.
+the device had copied them there (7.8 MiB a step); llama-batched-bench samples nothing. The
+native sampler's idea (engine/child/rowsample.c) runs on the device instead, as ggml operations
+in the decode graph (engine.child.device_cut_ops): each row's k best tokens, found through its
+64-token chunks' maxima, come back as k logits and their token ids, and the request's own CPU
+chain, which starts with top-k, samples from those (``llama_get_sampled_logits_ith`` and
+``_candidates_ith``, src/llama-context.cpp), so the token is the one the full row gives, but for
+exact ties in the k best. The whole rows are then not copied to the host at all
+(``needs_raw_logits``), and sixteen rows of 42 tokens take one thread a few microseconds each.
 
 llama.cpp's own backend top-k cannot stand in: on CUDA it is one CUB top-k call per row over the
 whole vocabulary, or a full argsort where CUB's top-k is missing (ggml/src/ggml-cuda/top-k.cu).
 
 The sampler is attached as a chain per sequence (``llama_set_sampler``) like the device chains
-of engine.child.batch_backend; llama.cpp calls ``backend_apply`` only while it builds a graph
-(graphs are reused between steps), so Python runs there, never per step. ``backend_init`` asks
-the device whether it supports every operation (as llama.cpp's own samplers do), so a device
-that cannot leaves the rows whole. Off unless ``KVDECK_DEVICE_CUT=1``: on an H200 it added
-0.4 ms of small kernels to a 16-sequence step and saved less (sampling 0.22 ms against the native
-sampler's 0.21 ms on whole rows; steady decode 5 % lower at 16 clients, 1 % higher at 64:
-benchmarks/results/server-2026-12-05-h200.json, step-sampling-2026-12-05-h200.json).
+of engine.child.batch_backend; llama.cpp calls ``backend_apply`` once per sequence while it
+builds a graph (graphs are reused between steps), so Python runs there, never per step. The
+first sequence's call cuts every row of the step at once (``cut_rows``: llama.cpp hands each
+sampler a view of its row in the step's logits, and the view names that tensor), and each
+sequence takes its row of the result: a cut per sequence added 0.4 ms of small kernels to a
+16-sequence step on an H200 (sampling 0.22 ms against the native sampler's 0.21 ms on whole
+rows: benchmarks/results/server-2026-12-05-h200.json, step-sampling-2026-12-05-h200.json).
+``backend_init`` asks the device whether it supports every operation (as llama.cpp's own
+samplers do), so a device that cannot leaves the rows whole. ``KVDECK_DEVICE_CUT``: ``1``
+always (tests, on the CPU backend), ``0`` never, else where the logits are on a GPU.
 """
 
 from __future__ import annotations
@@ -34,111 +36,32 @@ from typing import Any
 import llama_cpp.llama_cpp as LL
 
 from engine.child.batch_backend import SeqChains
+from engine.child.device_cut_ops import LAYOUT_OK, Tensor, cut, cut_rows, on_gpu, row_of, supported, view_1d
 from engine.child.model import Model
 from engine.child.slots import Slot
-from engine.child.topk_cut import CHUNK, worth_cutting
+from engine.child.topk_cut import worth_cutting
 
-_POOL_MAX = 0  # enum ggml_op_pool: GGML_OP_POOL_MAX
-_F32, _I32 = 0, 26  # enum ggml_type
-_P = ctypes.c_void_p
+
+def mode() -> str:
+    """``KVDECK_DEVICE_CUT``: ``1`` always, ``0`` never, ``auto`` where the logits are on a GPU."""
+    return os.environ.get("KVDECK_DEVICE_CUT", "0")
 
 
 def enabled() -> bool:
-    """Whether the batch loop cuts candidates on the device (``KVDECK_DEVICE_CUT=1``)."""
-    return os.environ.get("KVDECK_DEVICE_CUT", "0") == "1"
-
-
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", _P), ("no_alloc", ctypes.c_bool)]
-
-
-def ggml_fn(name: str, res: Any, *args: Any) -> Any:
-    """A ggml function through libllama's handle (dlsym also searches its dependencies)."""
-    f = getattr(LL._lib, name)
-    f.restype, f.argtypes = res, list(args)
-    return f
-
-
-_i64, _int, _f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_float
-view_1d = ggml_fn("ggml_view_1d", _P, _P, _P, _i64, ctypes.c_size_t)
-reshape_1d = ggml_fn("ggml_reshape_1d", _P, _P, _P, _i64)
-reshape_2d = ggml_fn("ggml_reshape_2d", _P, _P, _P, _i64, _i64)
-pool_1d = ggml_fn("ggml_pool_1d", _P, _P, _P, _int, _int, _int, _int)
-top_k = ggml_fn("ggml_top_k", _P, _P, _P, _int)
-get_rows = ggml_fn("ggml_get_rows", _P, _P, _P, _P)
-arange = ggml_fn("ggml_arange", _P, _P, _f32, _f32, _f32)
-cast = ggml_fn("ggml_cast", _P, _P, _P, _int)
-concat = ggml_fn("ggml_concat", _P, _P, _P, _P, _int)
-nelements = ggml_fn("ggml_nelements", _i64, _P)
-element_size = ggml_fn("ggml_element_size", ctypes.c_size_t, _P)
-ggml_init = ggml_fn("ggml_init", _P, _InitParams)
-ggml_free = ggml_fn("ggml_free", None, _P)
-new_tensor_1d = ggml_fn("ggml_new_tensor_1d", _P, _P, _int, _i64)
-new_graph = ggml_fn("ggml_new_graph", _P, _P)
-build_forward_expand = ggml_fn("ggml_build_forward_expand", None, _P, _P)
-graph_n_nodes = ggml_fn("ggml_graph_n_nodes", _int, _P)
-graph_node = ggml_fn("ggml_graph_node", _P, _P, _int)
-buft_device = ggml_fn("ggml_backend_buft_get_device", _P, _P)
-supports_op = ggml_fn("ggml_backend_dev_supports_op", ctypes.c_bool, _P, _P)
-
-
-def cut(ctx: int, logits: int, candidates: int | None, k: int) -> tuple[int, int | None]:
-    """(logits, token ids) of the row's candidates: every token of the k chunks with the highest
-    maxima, then the last, short chunk. ``candidates``: the row's token ids where an earlier
-    sampler already narrowed it (None: the row is the vocabulary)."""
-    n = nelements(logits)
-    if not worth_cutting(k, n):
-        return logits, candidates or None
-    n_chunks = n // CHUNK
-    n_full = n_chunks * CHUNK
-    full = view_1d(ctx, logits, n_full, 0)
-    best = top_k(ctx, pool_1d(ctx, full, _POOL_MAX, CHUNK, CHUNK, 0), k)
-    vals = reshape_1d(ctx, get_rows(ctx, reshape_2d(ctx, full, CHUNK, n_chunks), best), CHUNK * k)
-    if candidates:
-        table = view_1d(ctx, candidates, n_full, 0)
-    else:
-        table = arange(ctx, 0.0, float(n_full), 1.0)  # exact: ids below 2**24
-    ids = reshape_1d(ctx, get_rows(ctx, reshape_2d(ctx, table, CHUNK, n_chunks), best), CHUNK * k)
-    if not candidates:
-        ids = cast(ctx, ids, _I32)
-    if n > n_full:  # the last, short chunk: always candidates
-        off = n_full * element_size(logits)
-        vals = concat(ctx, vals, view_1d(ctx, logits, n - n_full, off), 0)
-        rest = (
-            view_1d(ctx, candidates, n - n_full, n_full * element_size(candidates))
-            if candidates
-            else cast(ctx, arange(ctx, float(n_full), float(n), 1.0), _I32)
-        )
-        ids = concat(ctx, ids, rest, 0)
-    return vals, ids
-
-
-def supported(buft: int, k: int) -> bool:
-    """Whether the device of ``buft`` runs every operation of the cut (llama.cpp probes its own
-    samplers the same way, src/llama-sampler.cpp ``llama_sampler_backend_support``)."""
-    device = buft_device(buft)
-    if not device:
-        return True  # the CPU backend runs them all
-    n = max(128 * 1024, 2 * k * CHUNK) + 7  # a row the cut cuts, with a short last chunk
-    ctx = ggml_init(_InitParams(1 << 20, None, True))  # tensor and graph overheads only, no data
-    try:
-        gf = new_graph(ctx)
-        for with_ids in (False, True):
-            logits = new_tensor_1d(ctx, _F32, n)
-            ids = new_tensor_1d(ctx, _I32, n) if with_ids else None
-            for t in cut(ctx, logits, ids, k):
-                build_forward_expand(gf, t)
-        return all(supports_op(device, graph_node(gf, i)) for i in range(graph_n_nodes(gf)))
-    finally:
-        ggml_free(ctx)
+    """Whether the batch loop attaches the cut at all."""
+    return mode() != "0"
 
 
 class ChunkCut:
-    """One sampler over :func:`cut` for top-k ``k``; :meth:`chain` wraps it for ``llama_set_sampler``.
+    """One sampler of the cut for top-k ``k``; :meth:`chain` wraps it for ``llama_set_sampler``.
 
-    The callbacks live as long as this object; the chain's ``free`` drops it from ``_LIVE``."""
+    The callbacks live as long as this object; the chain's ``free`` drops it from ``_LIVE``.
+    ``_STEP`` holds the graph being built's cut of every row (its logits tensor -> results),
+    made by the first sampler llama.cpp applies and emptied as each build starts
+    (``backend_reset``, called on every attached sampler first)."""
 
     _LIVE: dict[int, ChunkCut] = {}
+    _STEP: dict[int, tuple[int, int, int]] = {}
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -155,19 +78,35 @@ class ChunkCut:
             backend_accept=LL.llama_sampler_i_backend_accept(),
             backend_apply=LL.llama_sampler_i_backend_apply(self._apply),
             backend_set_input=LL.llama_sampler_i_backend_set_input(),
-            backend_reset=LL.llama_sampler_i_backend_reset(),
+            backend_reset=LL.llama_sampler_i_backend_reset(self._reset),
             copy_state=LL.llama_sampler_i_copy_state(),
         )
         self.smpl = LL.llama_sampler_init(ctypes.byref(self.iface), None)
         ChunkCut._LIVE[id(self)] = self
 
     def _init(self, _s: object, buft: int, _n: int) -> bool:
-        self.on_device = supported(buft, self.k)
+        self.on_device = supported(buft, self.k) and (mode() == "1" or on_gpu(buft))
         return self.on_device
+
+    def _reset(self, _s: object) -> None:
+        ChunkCut._STEP.clear()
 
     def _apply(self, _s: object, ctx: int, _gf: int, data: Any) -> None:
         d = data.contents
-        d.logits, d.candidates = cut(ctx, d.logits, d.candidates, self.k)
+        at = row_of(d.logits) if LAYOUT_OK and not d.candidates else None
+        if at is None:  # not a plain row of the step's logits: this row alone
+            d.logits, d.candidates = cut(ctx, d.logits, d.candidates, self.k)
+            return
+        logits, row = at
+        done = ChunkCut._STEP.get(logits)
+        if done is None:  # the first sequence: every row at once, for the widest k attached
+            k = max(c.k for c in ChunkCut._LIVE.values())
+            if not worth_cutting(k, Tensor.from_address(logits).ne[0]):
+                return
+            done = ChunkCut._STEP[logits] = (*cut_rows(ctx, logits, k), k)
+        vals, ids, k = done
+        d.logits = view_1d(ctx, vals, k, row * k * 4)
+        d.candidates = view_1d(ctx, ids, k, row * k * 4)
 
     def _free(self, _s: object) -> None:
         ChunkCut._LIVE.pop(id(self), None)

@@ -120,12 +120,14 @@ class NativeRows:
         chains: Sequence[int],
         ks: Sequence[int],
         cut: Sequence[tuple[int, int]] | None = None,
+        threads: int | None = None,
     ) -> list[int]:
         """One token per row: ``rows`` are the rows' logits addresses, ``chains`` their chain
         addresses (0: greedy), ``ks`` their chains' leading k. A chain has accepted its token;
         -1 leaves a row to llama.cpp's own path (a NaN in it). ``cut``: per row, (address of
         its candidates' ids, their number) where the device kept only those (engine.child.
-        device_cut; the logits are theirs then), (0, 0) for a whole row."""
+        device_cut; the logits are theirs then), (0, 0) for a whole row. ``threads``: at most
+        that many (default: this NativeRows's)."""
         n = len(rows)
         if n > len(self.out):
             self._grow(n)
@@ -142,7 +144,7 @@ class NativeRows:
             out_at,
             _APPLY,
             _ACCEPT,
-            self.n_threads,
+            threads or self.n_threads,
             ids_at if cut is not None else 0,
             counts_at,
         )
