@@ -112,11 +112,17 @@ def _burst(host, sampling: dict) -> list[list[int]]:
 def test_seeded_replies_are_the_same_with_the_rows_cut_on_the_device(smollm2_path, monkeypatch) -> None:
     """SmolLM2's 49,152 tokens; every row of a step cut at once. ``early``: each step launched
     as soon as the one before is sampled (engine.child.batch), which a GPU does, so the rows are
-    read before the next decode overwrites them."""
+    read before the next decode overwrites them. ``auto`` (the default) cuts only where the
+    logits are on a GPU: here nothing is cut."""
     seeded = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 7}
     params = P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512 * 3, n_seq_max=3))
     replies, cut_rows, followed = {}, {}, {}
-    for mode, cut, early in (("whole", "0", "0"), ("cut", "1", "0"), ("early", "1", "1")):
+    for mode, cut, early in (
+        ("whole", "0", "0"),
+        ("auto", "auto", "0"),
+        ("cut", "1", "0"),
+        ("early", "1", "1"),
+    ):
         monkeypatch.setenv("KVDECK_DEVICE_CUT", cut)
         monkeypatch.setenv("KVDECK_EARLY_LAUNCH", early)
         slots: list[P.Slots] = []
@@ -125,6 +131,7 @@ def test_seeded_replies_are_the_same_with_the_rows_cut_on_the_device(smollm2_pat
             assert all(_burst(h, {"temperature": 0}))  # whole rows again: the cut goes
         last = [s for s in slots if isinstance(s, P.Slots)][-1]
         cut_rows[mode], followed[mode] = last.cut_rows, last.followed
-    assert replies["cut"] == replies["whole"] == replies["early"] and all(replies["cut"])
-    assert cut_rows["whole"] == 0 and min(cut_rows["cut"], cut_rows["early"]) >= 3 * 24  # every seeded row
+    assert replies["cut"] == replies["whole"] == replies["early"] == replies["auto"] and all(replies["cut"])
+    assert cut_rows["whole"] == cut_rows["auto"] == 0
+    assert min(cut_rows["cut"], cut_rows["early"]) >= 3 * 24  # every seeded row
     assert followed["early"] > 0

@@ -43,8 +43,9 @@ from engine.child.topk_cut import worth_cutting
 
 
 def mode() -> str:
-    """``KVDECK_DEVICE_CUT``: ``1`` always, ``0`` never, ``auto`` where the logits are on a GPU."""
-    return os.environ.get("KVDECK_DEVICE_CUT", "0")
+    """``KVDECK_DEVICE_CUT``: ``1`` always, ``0`` never, else (``auto``) where the logits are
+    on a GPU."""
+    return os.environ.get("KVDECK_DEVICE_CUT", "auto")
 
 
 def enabled() -> bool:
@@ -126,7 +127,6 @@ class SeqCuts(SeqChains):
         super().__init__(m, build=self._build)
         self.n_eog = len(m.eog_ids)
         self.made: ChunkCut | None = None
-        self.unsupported = False  # the device lacks an operation: every row stays whole
 
     def _build(self, spec: Any) -> object:
         self.made = ChunkCut(spec[0][1])
@@ -147,9 +147,9 @@ class SeqCuts(SeqChains):
 
     def place(self, s: Slot) -> None:
         """Attach the cut for ``s`` to its sequence, or detach it: the rows must be whole."""
-        k = 0 if self.unsupported else self.k_for(s)
+        k = 0 if self.m.cut_refused else self.k_for(s)
         self.made = None
         s.cut_device = self.use(s.seq, (("chunk-cut", k),) if k else None) is not None
         if self.made is not None and not self.made.on_device:  # attached now, but not offloaded
-            self.unsupported, s.cut_device = True, False
+            self.m.cut_refused, s.cut_device = True, False
             self.drop(s.seq)

@@ -84,6 +84,9 @@ class Model:
     seq_cached: dict[int, list[int]] = field(default_factory=dict)
     #: Detokenised pieces of tokens generated so far (filled by the decode loops).
     pieces: dict[int, bytes] = field(default_factory=dict)
+    #: The candidate cut (engine.child.device_cut) was refused where this context keeps its
+    #: logits (a CPU, or a device lacking an operation): no batch run attaches it again.
+    cut_refused: bool = False
 
     def __post_init__(self) -> None:
         # numpy views of the batch's token, pos and logits arrays; every row is set to sequence 0
