@@ -13,10 +13,12 @@ default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, dist):
 - ``native-T``: engine.child.topk_cut's one native call on T threads, on logits just copied
   from the device (what the server's loop does);
 - ``prewake-T``: the same, the T threads woken while the device decodes (NativeRows.prewake);
-- ``cut``: the device keeps each row's candidates (engine.child.device_cut, 40 chunks + 2 of the
-  end-of-generation tokens' share, as the batch loop attaches it) and llama_sampler_sample samples
-  each row from those, one after another: what the cut adds to the decode and leaves to sample;
-- ``cut-T``: the same cut, its rows in the native call on T threads (what the server's loop does).
+- ``cut``: the device keeps each row's 42 best tokens (engine.child.device_cut: top-k 40 and 2
+  end-of-generation tokens, as the batch loop attaches it; every row of the step cut at once
+  since 2026-12-05's ninth session, one cut per row before) and llama_sampler_sample samples each
+  row from those, one after another: what the cut adds to the decode and leaves to sample;
+- ``cut-T``: the same cut, its rows in the native call on T threads (``cut-1``: what the
+  server's loop does with rows that few candidates).
 Each mode starts from an empty cache, so every mode decodes the same positions. Whether the
 sampling threads slow the next decode down shows in that mode's decode time against ``none``.
 """

@@ -115,9 +115,10 @@ def workers() -> int:
     return max(1, min(16, n))
 
 
-#: Rows of at most this many candidates (what the device kept, engine.child.device_cut) are
-#: sampled on the calling thread alone: a few microseconds each, less than waking a thread.
-FEW = 1024
+#: A step's rows that the device cut to this many candidates in all, or fewer (sixteen rows of
+#: top-k 40 and two end-of-generation tokens: 672; engine.child.device_cut), are sampled on the
+#: calling thread alone: a few microseconds a row, less than waking the sampling threads.
+FEW = 4096
 
 #: Prewoken sampling threads start spinning this long before the step's logits are due, and
 #: spin at most SPIN_S (engine.child.topk_cut.NativeRows.prewake).
@@ -135,7 +136,7 @@ class RowSampler:
         self.native = NativeRows(n_vocab, self.n_workers)
         self.prewaking = os.environ.get("KVDECK_SAMPLE_PREWAKE", "") != "0"
         self.decode_s: dict[int, float] = {}  # tokens in a step -> a moving average of its decode
-        self.few = False  # the last step's rows were all cut to FEW candidates or fewer
+        self.few = False  # the last step's rows were all cut, to FEW candidates or fewer in all
         # Rows only llama.cpp's own call can sample run here while the native call runs.
         self.pool = ThreadPoolExecutor(self.n_workers - 1, "kvdeck-sample") if self.n_workers > 1 else None
 
@@ -240,7 +241,7 @@ class RowSampler:
             ptrs = [LIB.llama_get_logits_ith(self.ctx, i) for i in at]
             cut = [self._cut(i) if rows[j][1].cut_device else (0, 0) for i, j in zip(at, fast)]
         # rows the device cut to a few candidates each: one thread does them all at once
-        self.few = 0 < n_cut == len(rows) and all(0 < n <= FEW for _, n in cut)
+        self.few = 0 < n_cut == len(rows) and 0 < sum(n for _, n in cut) <= FEW
         native = set(fast)
         argmax = [j for j in range(len(rows)) if j not in native and self._argmax(rows[j][1])]
         taken = native.union(argmax)
