@@ -156,6 +156,19 @@ def test_a_row_without_a_chain_takes_its_first_greatest_logit(row_pass: str) -> 
     assert rows == [7, 49152, 3]
 
 
+def test_a_greedy_row_the_device_cut_takes_the_greatest_logit_and_the_lowest_id_of_equals() -> None:
+    """The device keeps candidates in no order (engine.child.device_cut); llama.cpp's greedy
+    sampler takes the first greatest of the vocabulary."""
+    vals = np.array([0.5, 2.0, -1.0, 2.0, 1.5], dtype=np.float32)
+    ids = np.array([900, 77, 5, 12, 3], dtype=np.int32)
+    nan = vals.copy()
+    nan[2] = np.nan
+    got = NativeRows(N_VOCAB, 2).sample(
+        [vals.ctypes.data, nan.ctypes.data], [0, 0], [1, 1], [(ids.ctypes.data, 5), (ids.ctypes.data, 5)]
+    )
+    assert got == [12, -1]
+
+
 def test_a_chain_without_a_leading_k_is_left_to_llama_cpp() -> None:
     row = np.zeros(N_VOCAB, dtype=np.float32)
     c = chain(40, 1)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import llama_cpp.llama_cpp as LL
+import numpy as np
 
 from engine import protocol as P
 from engine.child.grammar import logits_row
@@ -176,6 +177,14 @@ class RowSampler:
             return int(tok)
         if s.chain is not None:
             return int(LL.llama_sampler_sample(s.chain, ctx, i))
+        if s.cut_device:  # greedy over what the device kept: the greatest, the lowest id of equals
+            at, n = self._cut(i)
+            if n:
+                vals = np.ctypeslib.as_array(
+                    (ctypes.c_float * n).from_address(LIB.llama_get_logits_ith(ctx, i))
+                )
+                ids = np.ctypeslib.as_array((ctypes.c_int32 * n).from_address(at))
+                return int(ids[vals == vals.max()].min())
         return int(logits_row(LIB, ctx, i, self.n_vocab).argmax())
 
     @staticmethod
@@ -187,8 +196,8 @@ class RowSampler:
         """Past its first token, with no chain (greedy) or a chain that starts with top-k."""
         if s.first is not None and not s.out:
             return False
-        if s.cut_device:  # the device's candidates (engine.child.device_cut): only a chain takes them
-            return s.chain is not None and NATIVE is not None
+        if s.cut_device:  # the device's candidates (engine.child.device_cut), greedy or not
+            return NATIVE is not None
         return self.native.usable(s.cut if s.chain is not None else 1)
 
     def _dense(self, base: int, at: list[int], cut: bool) -> tuple[list[int], list[tuple[int, int]]]:
@@ -231,8 +240,8 @@ class RowSampler:
         n_cut = sum(s.cut_device for _, s in rows)
         TIMES.cut_rows += n_cut
         fast = [j for j, (_, s) in enumerate(rows) if self.cuttable(s)]
-        if len(fast) == 1 and rows[fast[0]][1].chain is None:
-            fast = []  # a lone greedy row: numpy's argmax, below
+        if len(fast) == 1 and rows[fast[0]][1].chain is None and not n_cut:
+            fast = []  # a lone greedy whole row: numpy's argmax, below
         # every logits pointer is taken here, before any other thread reads the context
         at = [rows[j][0] for j in fast]
         if dense and base and n_cut in (0, len(rows)):

@@ -119,6 +119,11 @@ class ChunkCut:
         return chain
 
 
+#: What a greedy reply asks the device to keep on a sequence without a cut: llama-server's
+#: default top-k, so that the next request there, likely that default, finds the cut it needs.
+DEFAULT_K = 40
+
+
 class SeqCuts(SeqChains):
     """The cut attached per sequence (engine.child.batch_backend.SeqChains keeps one chain per
     sequence while the next request there may use it too: attaching rebuilds the graphs)."""
@@ -133,21 +138,30 @@ class SeqCuts(SeqChains):
         return self.made.chain()
 
     def k_for(self, s: Slot) -> int:
-        """The device's k for the request on ``s``, 0 for whole rows. Only a CPU chain that
-        starts with top-k (``Slot.cut``: no grammar; a penalty that only lowers logits starts
-        with its own wider top-k, engine.child.sampler.chain_spec) samples the same from the
-        candidates; log-probabilities read the whole row; drafting puts several rows of one
-        sequence in a step (llama.cpp refuses those with a sampler attached). The k best of a
-        first token exclude the end-of-generation tokens (its chain biases them away before its
-        top-k), so the device keeps that many chunks more."""
-        if not s.cut or s.w.req.logprobs >= 0 or s.w.req.draft:
+        """The fewest best tokens the device must keep for the request on ``s``, 0 for whole
+        rows. Only a CPU chain that starts with top-k (``Slot.cut``: no grammar; a penalty that
+        only lowers logits starts with its own wider top-k, engine.child.sampler.chain_spec), or
+        none (greedy: its token is the greatest logit), samples the same from the k best;
+        log-probabilities read the whole row; drafting puts several rows of one sequence in a
+        step (llama.cpp refuses those with a sampler attached). The k best of a first token
+        exclude the end-of-generation tokens (its chain biases them away before its top-k), so
+        the device keeps that many more."""
+        greedy = s.chain is None and not s.device
+        if not (s.cut or greedy) or s.w.req.logprobs >= 0 or s.w.req.draft:
             return 0
-        k = s.cut + self.n_eog
+        k = (s.cut or 1) + self.n_eog
         return k if worth_cutting(k, self.m.n_vocab) else 0
 
     def place(self, s: Slot) -> None:
-        """Attach the cut for ``s`` to its sequence, or detach it: the rows must be whole."""
-        k = 0 if self.m.cut_refused else self.k_for(s)
+        """Attach the cut for ``s`` to its sequence, or detach it: the rows must be whole. A cut
+        already there that keeps enough stays (attaching rebuilds the graphs): so greedy replies
+        and llama-server's default top-k 40 take turns on a sequence without a rebuild."""
+        need = 0 if self.m.cut_refused else self.k_for(s)
+        have = self.attached.get(s.seq)
+        kept = int(have[0][0][1]) if have is not None else 0
+        k = kept if need and kept >= need else max(need, DEFAULT_K + self.n_eog) if need else 0
+        if not worth_cutting(k, self.m.n_vocab):
+            k = need
         self.made = None
         s.cut_device = self.use(s.seq, (("chunk-cut", k),) if k else None) is not None
         if self.made is not None and not self.made.on_device:  # attached now, but not offloaded

@@ -258,13 +258,32 @@ static int64_t given(rowbuf_t *b, const float *x, const int32_t *ids, int64_t n)
     return n;
 }
 
+/* The greedy token of n candidates the device kept (ids[j] with logit x[j], in no order): the
+ * greatest logit, the lowest id among equals, as llama.cpp's greedy sampler takes the first
+ * greatest of the vocabulary; -1 on a NaN. */
+static int32_t greedy_given(const float *x, const int32_t *ids, int64_t n) {
+    int64_t best = -1;
+    for (int64_t j = 0; j < n; j++) {
+        if (x[j] != x[j]) {
+            return -1;
+        }
+        if (best < 0 || x[j] > x[best] || (x[j] == x[best] && ids[j] < ids[best])) {
+            best = j;
+        }
+    }
+    return best < 0 ? -1 : ids[best];
+}
+
 /* One row: its chain's token (the chain has accepted it), its first greatest logit without a
  * chain (llama.cpp's greedy sampler), or -1 for llama.cpp's own path. With ``ids`` the row is
- * n candidates the device kept, not the vocabulary: only a chain samples those. */
+ * n candidates the device kept, not the vocabulary. */
 static int32_t sample_row(const float *x, int64_t n, int k, void *chain, apply_fn apply, accept_fn accept,
                           const int32_t *ids) {
-    if (chain != NULL ? k < 1 : ids != NULL) {
-        return -1; /* no top-k to stand in for, or no vocabulary order: llama.cpp's own path */
+    if (chain == NULL && ids != NULL) {
+        return greedy_given(x, ids, n);
+    }
+    if (chain != NULL && k < 1) {
+        return -1; /* no top-k to stand in for: llama.cpp's own path */
     }
     rowbuf_t *b = rowbuf_mine; /* the hot path: one thread-local read */
     if (b == NULL && (b = rowbuf_new()) == NULL) {
