@@ -120,15 +120,25 @@ class BatchLoop:
         if not batch:
             return
         busy = [k for k in range(self.n_seq) if self.slots[k] is not None]
-        for w, (i, reuse) in zip(batch, self.prefixes.place(free, busy, [w.prompt for w in batch])):
+        placed = list(zip(self.prefixes.place(free, busy, [w.prompt for w in batch]), batch))
+        for (i, reuse), w in placed:
             self.drafting.placed(i, reuse)
             chain = self.chains.admit(i, w) if self.chains is not None else None
-            s = self.slots[i] = Slot.start(
+            self.slots[i] = Slot.start(
                 w, i, reuse, tuple(self.m.eog_ids), self.m.n_vocab, self.n_ctx_seq, chain
             )
-            if self.cuts is not None:
-                self.cuts.place(s)
+        self._place_cuts([self.slots[i] for (i, _), _ in placed])
         self.report(force=True)
+
+    def _place_cuts(self, new: list[Slot | None]) -> None:
+        """The device's candidate cut for ``new`` slots, and for every busy one once enough
+        sequences decode together (engine.child.device_cut.SeqCuts.wanted)."""
+        if self.cuts is None:
+            return
+        busy = [s for s in self.slots if s is not None]
+        attach = self.cuts.wanted(len(busy))
+        for s in busy if attach else [s for s in new if s is not None]:
+            self.cuts.place(s, attach)
 
     # ------------------------------------------------------------------ one step
     def _launch(self, st: StepRows, gen_only: bool, overlap: bool) -> Launch:
@@ -278,8 +288,7 @@ class BatchLoop:
             s = self.slots[src]
             assert s is not None
             s.seq, self.slots[dst], self.slots[src] = dst, s, None
-            if self.cuts is not None:
-                self.cuts.place(s)
+            self._place_cuts([s])
             self.report(force=True)
 
     def _finish(self, s: Slot) -> None:

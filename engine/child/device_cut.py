@@ -123,6 +123,13 @@ class ChunkCut:
 #: default top-k, so that the next request there, likely that default, finds the cut it needs.
 DEFAULT_K = 40
 
+#: The cut goes on once this many sequences decode together. At one sequence its kernels cost
+#: more than the copy of one row saves (3.30 against 3.13 ms a step on an H100, 2026-12-05,
+#: benchmarks/results/server-2026-12-05-h100-cut.json); from four it pays, and at sixteen it
+#: takes 0.19 ms off the decode and 0.11 ms off sampling. Attaching rebuilds the graphs, about
+#: 20 ms of a first token, which a few clients would pay at every burst.
+MIN_SEQS = 8
+
 
 class SeqCuts(SeqChains):
     """The cut attached per sequence (engine.child.batch_backend.SeqChains keeps one chain per
@@ -132,6 +139,12 @@ class SeqCuts(SeqChains):
         super().__init__(m, build=self._build)
         self.n_eog = len(m.eog_ids)
         self.made: ChunkCut | None = None
+        self.always = mode() == "1"
+
+    def wanted(self, n_busy: int) -> bool:
+        """Whether the cut goes on sequences with ``n_busy`` decoding: from :data:`MIN_SEQS`, or
+        always with ``KVDECK_DEVICE_CUT=1``."""
+        return self.always or n_busy >= MIN_SEQS
 
     def _build(self, spec: Any) -> object:
         self.made = ChunkCut(spec[0][1])
@@ -152,16 +165,21 @@ class SeqCuts(SeqChains):
         k = (s.cut or 1) + self.n_eog
         return k if worth_cutting(k, self.m.n_vocab) else 0
 
-    def place(self, s: Slot) -> None:
-        """Attach the cut for ``s`` to its sequence, or detach it: the rows must be whole. A cut
-        already there that keeps enough stays (attaching rebuilds the graphs): so greedy replies
-        and llama-server's default top-k 40 take turns on a sequence without a rebuild."""
+    def place(self, s: Slot, attach: bool) -> None:
+        """Attach the cut for ``s`` to its sequence where ``attach`` (enough sequences decode
+        together: :data:`MIN_SEQS`), keep one already there that keeps enough (attaching rebuilds
+        the graphs: greedy replies and llama-server's default top-k 40 take turns on a sequence
+        without a rebuild), or detach it: the rows must be whole."""
         need = 0 if self.m.cut_refused else self.k_for(s)
         have = self.attached.get(s.seq)
         kept = int(have[0][0][1]) if have is not None else 0
-        k = kept if need and kept >= need else max(need, DEFAULT_K + self.n_eog) if need else 0
-        if not worth_cutting(k, self.m.n_vocab):
-            k = need
+        if need and kept >= need:
+            k = kept
+        elif need and attach:
+            k = max(need, DEFAULT_K + self.n_eog)
+            k = k if worth_cutting(k, self.m.n_vocab) else need
+        else:
+            k = 0
         self.made = None
         s.cut_device = self.use(s.seq, (("chunk-cut", k),) if k else None) is not None
         if self.made is not None and not self.made.on_device:  # attached now, but not offloaded
