@@ -111,13 +111,20 @@ def steady_windows(ok: list[dict], streams: int) -> list[tuple[float, float]]:
 
 
 def timeline(ok: list[dict], streams: int) -> dict:
-    """Each reply's start, first token, end and tokens, and the steady windows, in seconds from
-    the round's first request: where a round's steady decode went (the 64-client round's fell
-    short of its 16-client one with the same step times, 2026-12-05)."""
+    """Each reply's start, first token, end, tokens and chunks (time, tokens so far), and the
+    steady windows, in seconds from the round's first request: where a round's steady decode
+    went (the 64-client round's fell short of its 16-client one with the same step times,
+    2026-12-05), and enough to count it again another way."""
     t = min(r["t0"] for r in ok)
     return {
         "replies": [
-            [round(r["t0"] - t, 4), round(r["first"] - t, 4), round(r["end"] - t, 4), r["tokens"]]
+            [
+                round(r["t0"] - t, 4),
+                round(r["first"] - t, 4),
+                round(r["end"] - t, 4),
+                r["tokens"],
+                [[round(c - t, 4), n] for c, n in zip(r["times"], r.get("counts") or [])],
+            ]
             for r in sorted(ok, key=lambda r: r["t0"])
         ],
         "windows": [[round(a - t, 4), round(b - t, 4)] for a, b in steady_windows(ok, streams)],

@@ -7,8 +7,8 @@ native sampler's idea (engine/child/rowsample.c) runs on the device instead, as 
 in the decode graph (engine.child.device_cut_ops): each row's k best tokens, found through its
 64-token chunks' maxima, come back as k logits and their token ids, and the request's own CPU
 chain, which starts with top-k, samples from those (``llama_get_sampled_logits_ith`` and
-``_candidates_ith``, src/llama-context.cpp), so the token is the one the full row gives, but for
-exact ties in the k best. The whole rows are then not copied to the host at all
+``_candidates_ith``, src/llama-context.cpp), or a greedy reply takes the greatest, so the token
+is the one the full row gives, but for exact ties in the k best. The whole rows are then not copied to the host at all
 (``needs_raw_logits``), and sixteen rows of 42 tokens take one thread a few microseconds each.
 
 llama.cpp's own backend top-k cannot stand in: on CUDA it is one CUB top-k call per row over the
@@ -24,7 +24,8 @@ sequence takes its row of the result: a cut per sequence added 0.4 ms of small k
 rows: benchmarks/results/server-2026-12-05-h200.json, step-sampling-2026-12-05-h200.json).
 ``backend_init`` asks the device whether it supports every operation (as llama.cpp's own
 samplers do), so a device that cannot leaves the rows whole. ``KVDECK_DEVICE_CUT``: ``1``
-always (tests, on the CPU backend), ``0`` never, else where the logits are on a GPU.
+always (tests, on the CPU backend), ``0`` never, else (``auto``) where the logits are on a GPU
+and :data:`MIN_SEQS` sequences decode together.
 """
 
 from __future__ import annotations
