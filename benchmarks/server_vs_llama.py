@@ -253,6 +253,7 @@ def loop_share(before: dict | None, after: dict | None) -> dict | None:
     )
     return extra | {
         "cut_rows": after.get("cut_rows", 0) - before.get("cut_rows", 0),  # engine.child.device_cut
+        "cut_attached": after.get("cut_attached", 0) - before.get("cut_attached", 0),  # graph rebuilds
         **followed(before, after),
         "steps": n,
         "decode_ms_per_step": round(d["decode_s"] / n * 1e3, 3),

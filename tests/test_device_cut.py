@@ -139,3 +139,31 @@ def test_seeded_replies_are_the_same_with_the_rows_cut_on_the_device(smollm2_pat
     past_first = sum(len(t) - 1 for t in replies["cut"] + greedy["cut"])
     assert min(cut_rows["cut"], cut_rows["early"]) >= past_first > 2 * 3 * 16  # every such row
     assert followed["early"] > 0
+
+
+@pytest.mark.slow
+def test_greedy_and_sampled_replies_take_turns_on_a_sequence_under_one_cut(smollm2_path, monkeypatch) -> None:
+    """Six replies on three sequences in one batch run, seeded ones first and greedy ones after
+    them on the same sequences: each sequence's cut is attached once (attaching rebuilds the
+    graphs), and every reply is the one whole rows give."""
+    seeded = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 5}
+    params = P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512 * 3, n_seq_max=3))
+    got, attached = {}, {}
+    for cut in ("0", "1"):
+        monkeypatch.setenv("KVDECK_DEVICE_CUT", cut)
+        slots: list[P.Slots] = []
+        with running_host(params, on_event=slots.append) as (h, _):
+
+            def build(prompt: str, sampling: dict) -> Callable[[int], P.GenerateRequest]:
+                return lambda i: P.GenerateRequest(
+                    id=i, prompt=prompt, max_tokens=16, sampling=sampling, serve=True
+                )
+
+            builds = [build(p, seeded) for p in CHAT_PROMPTS] + [
+                build(p, {"temperature": 0}) for p in CHAT_PROMPTS
+            ]
+            _, done, _ = held_burst(h, builds)
+        got[cut] = [d.tokens if isinstance(d, P.Done) else [] for d in done]
+        attached[cut] = [s for s in slots if isinstance(s, P.Slots)][-1].cut_attached
+    assert got["1"] == got["0"] and all(got["1"])
+    assert attached == {"0": 0, "1": 3}

@@ -62,6 +62,7 @@ class LoopTimes:
     followed: int = 0  # steps launched as soon as the step before was sampled (engine.child.batch)
     relaunch_s: float = 0.0  # their seconds from the step before's logits to their launch
     native_s: float = 0.0  # of sample_s, the seconds inside the native call (engine.child.topk_cut)
+    cut_attached: int = 0  # device cuts attached to a sequence, each a graph rebuild (device_cut)
 
 
 #: One model per child process, one batch loop at a time: the totals are the child's.

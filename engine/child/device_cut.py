@@ -37,6 +37,7 @@ from typing import Any
 import llama_cpp.llama_cpp as LL
 
 from engine.child.batch_backend import SeqChains
+from engine.child.batch_sample import TIMES
 from engine.child.device_cut_ops import LAYOUT_OK, Tensor, cut, cut_rows, on_gpu, row_of, supported, view_1d
 from engine.child.model import Model
 from engine.child.slots import Slot
@@ -148,6 +149,7 @@ class SeqCuts(SeqChains):
         return self.always or n_busy >= MIN_SEQS
 
     def _build(self, spec: Any) -> object:
+        TIMES.cut_attached += 1
         self.made = ChunkCut(spec[0][1])
         return self.made.chain()
 

@@ -325,6 +325,8 @@ class Slots(Message):
     relaunch_s: float = 0.0
     #: Of the sampling seconds, those inside the native row sampler's call (engine.child.topk_cut).
     native_s: float = 0.0
+    #: Device cuts attached to a sequence (engine.child.device_cut), each a rebuild of the graphs.
+    cut_attached: int = 0
     #: Per sequence: True while its request samples on the device (engine.child.batch_backend).
     device: list[bool] = field(default_factory=list)
 

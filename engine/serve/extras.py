@@ -192,6 +192,7 @@ def _memory(api: Api) -> dict[str, Any]:
             "followed": slots.followed,
             "relaunch_s": slots.relaunch_s,
             "native_s": slots.native_s,
+            "cut_attached": slots.cut_attached,
         }
         if slots is not None
         else None
