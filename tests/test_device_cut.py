@@ -167,3 +167,12 @@ def test_greedy_and_sampled_replies_take_turns_on_a_sequence_under_one_cut(smoll
         attached[cut] = [s for s in slots if isinstance(s, P.Slots)][-1].cut_attached
     assert got["1"] == got["0"] and all(got["1"])
     assert attached == {"0": 0, "1": 3}
+
+
+def test_the_cpu_backend_is_no_gpu_for_the_cut() -> None:
+    """``auto`` cuts only where the logits are on a GPU of this machine (not the CPU, not an RPC
+    server's device, whose rows would each come back in a network round trip)."""
+    by_type = D.ggml_fn("ggml_backend_dev_by_type", D._P, ctypes.c_int)
+    buft_of = D.ggml_fn("ggml_backend_dev_buffer_type", D._P, D._P)
+    cpu = by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    assert cpu and D.dev_name(cpu) and not D.on_gpu(buft_of(cpu))

@@ -66,13 +66,17 @@ graph_node = ggml_fn("ggml_graph_node", _P, _P, _int)
 buft_device = ggml_fn("ggml_backend_buft_get_device", _P, _P)
 supports_op = ggml_fn("ggml_backend_dev_supports_op", ctypes.c_bool, _P, _P)
 dev_type = ggml_fn("ggml_backend_dev_type", _int, _P)
+dev_name = ggml_fn("ggml_backend_dev_name", ctypes.c_char_p, _P)
 _GPU = 1  # enum ggml_backend_dev_type: GGML_BACKEND_DEVICE_TYPE_GPU
 
 
 def on_gpu(buft: int) -> bool:
-    """Whether ``buft`` (where llama.cpp keeps the logits) is a discrete GPU's memory."""
+    """Whether ``buft`` (where llama.cpp keeps the logits) is a discrete GPU's memory in this
+    machine. Not an RPC server's ("RPC<n>[host:port]", which says GPU too): there each row's
+    candidates would come back in a network round trip of their own, where the whole rows come
+    in one (``copy_tensor_async_rows``, src/llama-context.cpp)."""
     device = buft_device(buft)
-    return bool(device) and dev_type(device) == _GPU
+    return bool(device) and dev_type(device) == _GPU and not (dev_name(device) or b"").startswith(b"RPC")
 
 
 def cut(ctx: int, logits: int, candidates: int | None, k: int) -> tuple[int, int | None]:
