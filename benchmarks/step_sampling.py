@@ -17,8 +17,11 @@ default chain (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8, dist):
   end-of-generation tokens, as the batch loop attaches it; every row of the step cut at once
   since 2026-12-05's ninth session, one cut per row before) and llama_sampler_sample samples each
   row from those, one after another: what the cut adds to the decode and leaves to sample;
-- ``cut-T``: the same cut, its rows in the native call on T threads (``cut-1``: what the
-  server's loop does with rows that few candidates).
+- ``cut-T``: the same cut, its rows in the native call on T threads, read with three calls a
+  row (each synchronises);
+- ``loop``, ``cut-loop``: the batch loop's own sampler (engine.child.batch_sample.RowSampler, with
+  its threads, its prewake and its dense row reads) on whole rows / on the cut: what the server
+  does between two decodes, short of following the step.
 Each mode starts from an empty cache, so every mode decodes the same positions. Whether the
 sampling threads slow the next decode down shows in that mode's decode time against ``none``.
 """
@@ -32,6 +35,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,11 +44,24 @@ sys.path.insert(0, str(ROOT))
 import llama_cpp.llama_cpp as LL  # noqa: E402  (before numpy: numpy first segfaults the CUDA build's loads)
 
 from benchmarks.row_sampling import server_chain  # noqa: E402
-from engine.child.batch_sample import LEAD_S, LIB, SPIN_S  # noqa: E402  (LIB: logits addresses as ints)
+from engine.child.batch_sample import LEAD_S, LIB, SPIN_S, RowSampler  # noqa: E402  (LIB: logits as ints)
 from engine.child.device_cut import ChunkCut  # noqa: E402
 from engine.child.topk_cut import NativeRows, chain_address  # noqa: E402
 
 PROMPT = 127
+
+
+@dataclass
+class Row:
+    """What the batch loop's sampler reads of a slot (engine.child.batch_sample.Sampled): a
+    chain that starts with top-k 40, past its first token."""
+
+    chain: object | None
+    chain_at: int
+    cut_device: bool
+    first: object | None = None
+    out: list[int] = field(default_factory=lambda: [0])
+    cut: int = 40
 
 
 def main() -> int:
@@ -118,8 +135,16 @@ def main() -> int:
         for at in range(0, len(prompt), 2048):
             decode(prompt[at : at + 2048])
         chains = [server_chain(s, n_vocab) for s in range(n)]
-        native = NativeRows(n_vocab, int(mode.split("-")[1])) if "-" in mode and mode != "none" else None
+        threads = mode.split("-")[-1]
+        native = NativeRows(n_vocab, int(threads)) if threads.isdigit() else None
+        loop = RowSampler(ctx, n_vocab) if mode.endswith("loop") else None
+        rows = [Row(c, chain_address(c), mode.startswith("cut")) for c in chains]
         hook = None
+        if loop is not None:
+
+            def hook(t0: float, loop: RowSampler = loop) -> None:
+                loop.decoding(n, n, t0, True)
+
         if mode.startswith("prewake") and native is not None:
             expect = [0.0]
 
@@ -132,10 +157,14 @@ def main() -> int:
         dec, smp = [], []
         for step in range(a.steps):
             dec.append(decode([(toks[s], PROMPT + step, s * stride, True) for s in range(n)], hook))
-            if hook is not None:
+            if loop is not None:
+                loop.decoded(n, dec[-1])
+            elif hook is not None:
                 expect[0] = dec[-1] if not expect[0] else expect[0] + 0.2 * (dec[-1] - expect[0])
             t = time.perf_counter()
-            if mode in ("llama", "cut"):
+            if loop is not None:
+                toks = loop.all(list(enumerate(rows)), dense=True)
+            elif mode in ("llama", "cut"):
                 toks = [int(LL.llama_sampler_sample(c, ctx, i)) for i, c in enumerate(chains)]
             elif native is not None:
                 cut_rows = [cut_of(i) for i in range(n)] if mode.startswith("cut") else None
@@ -148,6 +177,8 @@ def main() -> int:
             "sample_ms_mean": round(statistics.fmean(smp) * 1e3, 3),
         }
         print(mode, json.dumps(res["modes"][mode]), flush=True)
+        if loop is not None:
+            loop.close()
         for c in chains:
             LL.llama_sampler_free(c)
     for s in range(n):
