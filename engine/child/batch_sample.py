@@ -83,9 +83,10 @@ def slots_event(slots: Sequence[Slot | None], n_ctx_seq: int, n_waiting: int) ->
 
 
 class Switch:
-    """A batch-loop behaviour that is on where the loop says it pays (where llama_decode returns
-    before the device is done: a GPU), unless environment variable ``name`` is ``1`` (always:
-    tests take the GPU's path on a CPU) or ``0`` (never: for measuring). Read once."""
+    """A batch-loop behaviour that is on where the caller says it pays (mostly: where
+    llama_decode returns before the device is done, a GPU), unless environment variable ``name``
+    is ``1`` (always: tests take the GPU's path on a CPU) or ``0`` (never: for measuring). Read
+    once."""
 
     def __init__(self, name: str) -> None:
         self.mode = os.environ.get(name, "auto")

@@ -31,28 +31,25 @@ and :data:`MIN_SEQS` sequences decode together.
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
 
 import llama_cpp.llama_cpp as LL
 
 from engine.child.batch_backend import SeqChains
-from engine.child.batch_sample import TIMES
+from engine.child.batch_sample import TIMES, Switch
 from engine.child.device_cut_ops import LAYOUT_OK, Tensor, cut, cut_rows, on_gpu, row_of, supported, view_1d
 from engine.child.model import Model
 from engine.child.slots import Slot
 from engine.child.topk_cut import worth_cutting
 
-
-def mode() -> str:
-    """``KVDECK_DEVICE_CUT``: ``1`` always, ``0`` never, else (``auto``) where the logits are
-    on a GPU."""
-    return os.environ.get("KVDECK_DEVICE_CUT", "auto")
+#: ``KVDECK_DEVICE_CUT``: ``1`` always, ``0`` never, else (``auto``) where it pays: the logits
+#: on a GPU, and :data:`MIN_SEQS` sequences decoding together.
+CUT = Switch("KVDECK_DEVICE_CUT")
 
 
 def enabled() -> bool:
     """Whether the batch loop attaches the cut at all."""
-    return mode() != "0"
+    return CUT.mode != "0"
 
 
 class ChunkCut:
@@ -88,7 +85,7 @@ class ChunkCut:
         ChunkCut._LIVE[id(self)] = self
 
     def _init(self, _s: object, buft: int, _n: int) -> bool:
-        self.on_device = supported(buft, self.k) and (mode() == "1" or on_gpu(buft))
+        self.on_device = supported(buft, self.k) and CUT(on_gpu(buft))
         return self.on_device
 
     def _reset(self, _s: object) -> None:
@@ -141,12 +138,11 @@ class SeqCuts(SeqChains):
         super().__init__(m, build=self._build)
         self.n_eog = len(m.eog_ids)
         self.made: ChunkCut | None = None
-        self.always = mode() == "1"
 
     def wanted(self, n_busy: int) -> bool:
         """Whether the cut goes on sequences with ``n_busy`` decoding: from :data:`MIN_SEQS`, or
         always with ``KVDECK_DEVICE_CUT=1``."""
-        return self.always or n_busy >= MIN_SEQS
+        return CUT(n_busy >= MIN_SEQS)
 
     def _build(self, spec: Any) -> object:
         TIMES.cut_attached += 1
