@@ -120,25 +120,17 @@ class BatchLoop:
         if not batch:
             return
         busy = [k for k in range(self.n_seq) if self.slots[k] is not None]
-        placed = list(zip(self.prefixes.place(free, busy, [w.prompt for w in batch]), batch))
-        for (i, reuse), w in placed:
+        new: list[Slot] = []
+        for w, (i, reuse) in zip(batch, self.prefixes.place(free, busy, [w.prompt for w in batch])):
             self.drafting.placed(i, reuse)
             chain = self.chains.admit(i, w) if self.chains is not None else None
-            self.slots[i] = Slot.start(
+            s = self.slots[i] = Slot.start(
                 w, i, reuse, tuple(self.m.eog_ids), self.m.n_vocab, self.n_ctx_seq, chain
             )
-        self._place_cuts([self.slots[i] for (i, _), _ in placed])
+            new.append(s)
+        if self.cuts is not None:
+            self.cuts.placed(self.slots, new)
         self.report(force=True)
-
-    def _place_cuts(self, new: list[Slot | None]) -> None:
-        """The device's candidate cut for ``new`` slots, and for every busy one once enough
-        sequences decode together (engine.child.device_cut.SeqCuts.wanted)."""
-        if self.cuts is None:
-            return
-        busy = [s for s in self.slots if s is not None]
-        attach = self.cuts.wanted(len(busy))
-        for s in busy if attach else [s for s in new if s is not None]:
-            self.cuts.place(s, attach)
 
     # ------------------------------------------------------------------ one step
     def _launch(self, st: StepRows, gen_only: bool, overlap: bool) -> Launch:
@@ -288,7 +280,8 @@ class BatchLoop:
             s = self.slots[src]
             assert s is not None
             s.seq, self.slots[dst], self.slots[src] = dst, s, None
-            self._place_cuts([s])
+            if self.cuts is not None:
+                self.cuts.placed(self.slots, [s])
             self.report(force=True)
 
     def _finish(self, s: Slot) -> None:

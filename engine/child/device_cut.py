@@ -139,10 +139,14 @@ class SeqCuts(SeqChains):
         self.n_eog = len(m.eog_ids)
         self.made: ChunkCut | None = None
 
-    def wanted(self, n_busy: int) -> bool:
-        """Whether the cut goes on sequences with ``n_busy`` decoding: from :data:`MIN_SEQS`, or
-        always with ``KVDECK_DEVICE_CUT=1``."""
-        return CUT(n_busy >= MIN_SEQS)
+    def placed(self, slots: list[Slot | None], new: list[Slot]) -> None:
+        """The cut for ``new`` slots just placed among ``slots`` (the batch loop's), and for
+        every busy one once :data:`MIN_SEQS` decode together (always with
+        ``KVDECK_DEVICE_CUT=1``)."""
+        busy = [s for s in slots if s is not None]
+        attach = CUT(len(busy) >= MIN_SEQS)
+        for s in busy if attach else new:
+            self.place(s, attach)
 
     def _build(self, spec: Any) -> object:
         TIMES.cut_attached += 1

@@ -21,6 +21,7 @@ is None and every row takes llama.cpp's own path, only slower.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from collections.abc import Sequence
 
@@ -63,7 +64,10 @@ if _rowsample is not None and not _layout_matches():  # llama_cpp's structs move
 #: The native module, None where the install could not build it.
 NATIVE = _rowsample
 if NATIVE is not None and os.environ.get("KVDECK_ROW_PASS"):  # for measuring: "portable" or "avx"
-    NATIVE.row_pass(os.environ["KVDECK_ROW_PASS"])
+    try:
+        NATIVE.row_pass(os.environ["KVDECK_ROW_PASS"])
+    except ValueError as exc:  # a name this CPU has no pass for: the best one stays
+        logging.getLogger(__name__).warning("KVDECK_ROW_PASS ignored: %s", exc)
 
 
 def worth_cutting(k: int, n: int) -> bool:
