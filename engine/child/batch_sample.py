@@ -165,7 +165,8 @@ class RowSampler:
         """The token for batch row ``i`` of slot ``s`` (its first-token chain for its first
         token). A lone greedy row is numpy's argmax: faster than a native call for one row."""
         if s.chain is not None and self.cuttable(s):
-            tok = self.native.sample([LIB.llama_get_logits_ith(self.ctx, i)], [s.chain_at], [s.cut])[0]
+            cut = [self._cut(i)] if s.cut_device else None  # the row is what the device kept
+            tok = self.native.sample([LIB.llama_get_logits_ith(self.ctx, i)], [s.chain_at], [s.cut], cut)[0]
             if tok >= 0:
                 return tok
         return self._llama(s, i)
