@@ -46,10 +46,21 @@ def _one_by_one(host, sampling: dict) -> list[list[int]]:
     return out
 
 
+def _params(path) -> P.LoadParams:
+    return P.LoadParams(path=str(path), settings=PlanSettings(n_ctx=512 * SLOTS, n_seq_max=SLOTS))
+
+
 @pytest.fixture(scope="module")
 def host(smollm2_path):
-    params = P.LoadParams(path=str(smollm2_path), settings=PlanSettings(n_ctx=512 * SLOTS, n_seq_max=SLOTS))
-    with running_host(params) as (host, _loaded):
+    with running_host(_params(smollm2_path)) as (host, _loaded):
+        yield host
+
+
+@pytest.fixture
+def empty_host(smollm2_path):
+    """A runtime whose sequences hold nothing yet: where requests land then depends on them
+    alone, not on what the module's earlier tests left in which sequence."""
+    with running_host(_params(smollm2_path)) as (host, _loaded):
         yield host
 
 
@@ -128,10 +139,13 @@ def _turn(text: str) -> str:
     return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def test_next_turns_arriving_together_each_find_their_own_conversation(host):
+def test_next_turns_arriving_together_each_find_their_own_conversation(empty_host):
     """Two conversations served one after the other keep a sequence each (the chat template's
     shared first line is too little of a prompt to count); their next turns, sent together in
-    the other order, each reuse their own conversation's cells."""
+    the other order, each reuse their own conversation's cells. From empty sequences the two
+    land side by side: with a free sequence between them, the busy ones staying one run of ids
+    comes first (engine.child.prefix.choose), and one turn would be prefilled again."""
+    host = empty_host
     river = _turn("Tell me about rivers, lakes, seas and oceans, and the animals that live there. " * 3)
     city = _turn("Describe a busy city market at dawn: the stalls, the smells, the people. " * 3)
     first = {
