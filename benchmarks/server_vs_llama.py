@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.sse_clients import TIMEOUT_S, fan_out, stream  # noqa: E402
+from benchmarks.step_windows import TraceFile, window_steps  # noqa: E402
 
 WORDS = (
     "river stone light window garden market letter morning silver engine harbor "
@@ -117,6 +118,7 @@ def timeline(ok: list[dict], streams: int) -> dict:
     2026-12-05), and enough to count it again another way."""
     t = min(r["t0"] for r in ok)
     return {
+        "origin": t,  # the clients' perf_counter at 0, for kvdeck's step trace (step_windows)
         "replies": [
             [
                 round(r["t0"] - t, 4),
@@ -265,17 +267,31 @@ def loop_share(before: dict | None, after: dict | None) -> dict | None:
     }
 
 
-def serve_rounds(url: str, args: argparse.Namespace) -> dict:
+def traced(r: dict, steps: list, streams: int) -> None:
+    """A round's kvdeck steps (engine.child.step_trace) in its timeline, from its origin, and
+    what they say of its steady windows (benchmarks/step_windows.py)."""
+    tl = r.get("timeline")
+    if not tl or not steps:
+        return
+    t = tl["origin"]
+    windows = [(t + a, t + b) for a, b in tl["windows"]]
+    r["window_steps"] = window_steps(steps, windows, streams)
+    tl["steps"] = [[round(s[0] - t, 5), round(s[1] - s[0], 5), round(s[2] - s[1], 5), *s[3:]] for s in steps]
+
+
+def serve_rounds(url: str, args: argparse.Namespace, trace: TraceFile | None = None) -> dict:
     stream_request(url, prompt_text(0, args.pp_words), 8, 0)  # warm-up
     rounds = []
     for c in args.client_list:
         per = max(1, args.min_requests // c)
         before = loop_stats(url)
         rounds.append(run_round(url, c, per, args.pp_words, args.tg, min(c, args.parallel)))
-        share = loop_share(before, loop_stats(url))
+        share = loop_share(before, loop_stats(url))  # answered after the run wrote its trace
         if share:
             rounds[-1]["batch_loop"] = share
-        print(json.dumps(rounds[-1]), flush=True)
+        if trace is not None:
+            traced(rounds[-1], trace.new_steps(), min(c, args.parallel))
+        print(json.dumps({k: v for k, v in rounds[-1].items() if k != "timeline"}), flush=True)
     return {"rounds": rounds, "prefix_reuse": prefix_reuse(url, args.prefix_words)}
 
 
@@ -349,6 +365,9 @@ def main() -> int:
         help="more kvdeck passes, NAME:VAR=VALUE[+VAR=VALUE],... (e.g. passive:OMP_WAIT_POLICY=PASSIVE)",
     )
     ap.add_argument("--kvdeck-only", action="store_true", help="no llama-server or llama-batched-bench")
+    ap.add_argument(
+        "--trace", action="store_true", help="kvdeck's steps in each round (KVDECK_STEP_TRACE, step_windows)"
+    )
     args = ap.parse_args()
     args.client_list = [int(x) for x in args.clients.split(",")]
     bindir = Path(args.bin)
@@ -376,7 +395,12 @@ def main() -> int:
     logs = Path(args.out).parent
     logs.mkdir(parents=True, exist_ok=True)
 
-    def server(cmd: list[str], url: str, extra_env: dict | None = None, log: str = "server") -> dict:
+    def server(
+        cmd: list[str], url: str, extra_env: dict | None = None, log: str = "server", trace: bool = False
+    ) -> dict:
+        steps = TraceFile(logs / f"steps-{log}.jsonl") if trace else None
+        if steps is not None:
+            extra_env = {**(extra_env or {}), "KVDECK_STEP_TRACE": str(steps.path)}
         with open(logs / f"{log}.log", "w") as err:  # a pipe nobody reads would block the server
             proc = subprocess.Popen(
                 cmd,
@@ -388,7 +412,7 @@ def main() -> int:
             )
             try:
                 wait_health(url, proc)
-                return serve_rounds(url, args)
+                return serve_rounds(url, args, steps)
             finally:
                 proc.terminate()
                 try:
@@ -402,7 +426,7 @@ def main() -> int:
         cmd = [sys.executable, "-m", "kvdeck", "serve", str(model), "--port", str(port)]
         cmd += ["--parallel", str(args.parallel), "--ctx", str(ctx), "--queue", "256"]
         cmd += ["--threads", str(args.threads)] if args.threads else []
-        return server(cmd, f"http://127.0.0.1:{port}", extra_env, log)
+        return server(cmd, f"http://127.0.0.1:{port}", extra_env, log, args.trace)
 
     res["kvdeck"] = kvdeck()
     if args.serial_sampling:

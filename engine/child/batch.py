@@ -53,6 +53,7 @@ from engine.child.io import Emit, Requests, flush_held, held
 from engine.child.prefix import SeqPrefixes, gap_moves
 from engine.child.session import LlamaSession
 from engine.child.slots import Slot, Waiting
+from engine.child.step_trace import StepTrace
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class BatchLoop:
         #: The step already on the device (:meth:`step`), and whether steps may go early.
         self.launched: Launch | None = None
         self.early = Switch("KVDECK_EARLY_LAUNCH")
+        self.trace = StepTrace()  # each step's times, for benchmarks (engine.child.step_trace)
 
     # ------------------------------------------------------------------ requests
     def admit(self) -> None:
@@ -233,11 +235,13 @@ class BatchLoop:
         TIMES.sample_s += now - t1
         if gen_only:
             TIMES.gen_sample_s += now - t1
+        self.trace.step(t0, t1, now, n, len(rows), gen_only)
         later = self.takes.during_decode(self.decode_returns_early)  # the text while the next step runs
         if self._follows(st, rows, toks, gen_only):
             self.launched = self._launch(self.rows.follow(st, toks), True, True)
             TIMES.followed += 1
             TIMES.relaunch_s += self.launched.t0 - t1
+            self.trace.followed()
         with held(self.emit):  # the step's Started, Delta and Slots events in one write
             for (i, s), tok in zip(rows, toks):
                 if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
@@ -342,6 +346,7 @@ class BatchLoop:
         for attached in (self.chains, self.cuts):
             if attached is not None:
                 attached.close()
+        self.trace.write()
         self.report(force=True)
 
     # ------------------------------------------------------------------ the loop

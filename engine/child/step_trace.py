@@ -1,0 +1,54 @@
+"""Every batch step's times, written to a file for benchmarks (``KVDECK_STEP_TRACE=FILE``).
+
+Why: the loop's totals (engine.child.batch_sample.LoopTimes) say how long an average step
+took, not which steps fell inside the span a client measured. At 64 clients on 16 sequences
+the clients saw about 0.35 ms more per token than the totals' decode + relaunch
+(benchmarks/results/server-2026-12-05-h200-cut.json), where at 16 clients both agreed;
+only the steps' own times, on the clients' clock, can say where that went.
+
+Off unless the variable is set. Each run of the batch loop appends one JSON line per step
+when it closes: ``[t0, t1, t_sampled, tokens, rows, gen_only, followed]``, times in
+``time.perf_counter`` seconds (CLOCK_MONOTONIC on Linux, the clock every process here
+reads, so a benchmark's own ``perf_counter`` times compare directly): the launch, the device
+done, the rows sampled; the step's tokens and sampled rows; whether it held generated tokens
+only (batched-bench's kind of step); whether the next step launched before this one's tokens
+were taken (engine.child.batch.BatchLoop.step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+#: The file each run's steps are appended to; None: no trace (the default).
+PATH = os.environ.get("KVDECK_STEP_TRACE") or None
+
+
+class StepTrace:
+    """One batch run's steps (nothing is kept when no trace was asked for)."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[float | int | bool]] = []
+
+    def step(self, t0: float, t1: float, t_sampled: float, tokens: int, rows: int, gen_only: bool) -> None:
+        if PATH is not None:
+            self.steps.append([t0, t1, t_sampled, tokens, rows, gen_only, False])
+
+    def followed(self) -> None:
+        """The step just recorded launched its successor early."""
+        if self.steps:
+            self.steps[-1][6] = True
+
+    def write(self) -> None:
+        """Append the run's steps to the file; a file that cannot be written is a warning."""
+        if PATH is None or not self.steps:
+            return
+        try:
+            with open(PATH, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(s) + "\n" for s in self.steps)
+        except OSError as exc:
+            log.warning("KVDECK_STEP_TRACE not written: %s", exc)
+        self.steps.clear()
