@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.sse_clients import TIMEOUT_S, fan_out, stream  # noqa: E402
 from benchmarks.step_windows import TraceFile, window_steps  # noqa: E402
+from engine.child.step_trace import Step  # noqa: E402
 
 WORDS = (
     "river stone light window garden market letter morning silver engine harbor "
@@ -267,7 +268,7 @@ def loop_share(before: dict | None, after: dict | None) -> dict | None:
     }
 
 
-def traced(r: dict, steps: list, streams: int) -> None:
+def traced(r: dict, steps: list[Step], streams: int) -> None:
     """A round's kvdeck steps (engine.child.step_trace) in its timeline, from its origin, and
     what they say of its steady windows (benchmarks/step_windows.py)."""
     tl = r.get("timeline")
@@ -276,7 +277,10 @@ def traced(r: dict, steps: list, streams: int) -> None:
     t = tl["origin"]
     windows = [(t + a, t + b) for a, b in tl["windows"]]
     r["window_steps"] = window_steps(steps, windows, streams)
-    tl["steps"] = [[round(s[0] - t, 5), round(s[1] - s[0], 5), round(s[2] - s[1], 5), *s[3:]] for s in steps]
+    tl["steps"] = [  # launch, then llama_decode's return, the device done and sampled, from the launch
+        [round(s.t0 - t, 5), *(round(x - s.t0, 5) for x in (s.t_call, s.t1, s.t_sampled)), *s[4:]]
+        for s in steps
+    ]
 
 
 def serve_rounds(url: str, args: argparse.Namespace, trace: TraceFile | None = None) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-Step = list  # [t0, t1, t_sampled, tokens, rows, gen_only, followed] (engine.child.step_trace)
+from engine.child.step_trace import Step
 
 
 class TraceFile:
@@ -34,7 +34,7 @@ class TraceFile:
             f.seek(self.read_to)
             text = f.read()
             self.read_to = f.tell()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [Step(*json.loads(line)) for line in text.splitlines() if line.strip()]
 
 
 def window_steps(steps: list[Step], windows: list[tuple[float, float]], streams: int) -> dict:
@@ -44,26 +44,37 @@ def window_steps(steps: list[Step], windows: list[tuple[float, float]], streams:
     out = []
     rows = periods_s = 0.0
     for a, b in windows:
-        inside = [s for s in steps if a <= s[0] < b]
-        full = [s for s in inside if s[5] and s[4] == streams]
+        inside = [s for s in steps if a <= s.t0 < b]
+
+        def full(s: Step) -> bool:
+            return s.gen_only and s.rows == streams
+
         # each full step's launch to the next step's launch, where the next one is inside too
-        periods = [(s, n[0] - s[0]) for s, n in zip(inside, inside[1:]) if s[5] and s[4] == streams]
-        on_device = sum(max(0.0, min(s[1], b) - s[0]) for s in inside)
+        periods = [(s, n.t0 - s.t0) for s, n in zip(inside, inside[1:]) if full(s)]
+        on_device = sum(max(0.0, min(s.t1, b) - s.t0) for s in inside)
         out.append(
             {
                 "window_s": round(b - a, 4),
                 "steps": len(inside),
-                "full_gen_steps": len(full),
-                "other_steps": [  # launched after the window opened, duration, tokens, rows
-                    [round(s[0] - a, 4), round(s[1] - s[0], 4), s[3], s[4]]
+                "full_gen_steps": sum(map(full, inside)),
+                "other_steps": [  # launched after the window opened, call, duration, tokens, rows, reused
+                    [
+                        round(s.t0 - a, 4),
+                        round(s.t_call - s.t0, 4),
+                        round(s.t1 - s.t0, 4),
+                        s.tokens,
+                        s.rows,
+                        s.reused,
+                    ]
                     for s in inside
-                    if not (s[5] and s[4] == streams)
+                    if not full(s)
                 ],
                 "period_ms": round(1e3 * sum(p for _, p in periods) / len(periods), 3) if periods else None,
                 "max_period_ms": round(1e3 * max(p for _, p in periods), 3) if periods else None,
                 "not_on_device_s": round(b - a - on_device, 4),
+                "graphs_built": sum(1 for s in inside if s.gen_only and not s.reused),
             }
         )
-        rows += sum(s[4] for s, _ in periods)
+        rows += sum(s.rows for s, _ in periods)
         periods_s += sum(p for _, p in periods)
     return {"windows": out, "server_steady_tps": round(rows / periods_s, 1) if periods_s else None}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from engine import protocol as P
+from engine.child.step_trace import Step
 from engine.core.memory_types import PlanSettings
 from tests.helpers.burst import CHAT_PROMPTS, held_burst
 from tests.helpers.runtime_host import running_host
@@ -36,13 +37,15 @@ def test_every_step_of_a_run_is_traced_on_the_clients_clock(smollm2_path, monkey
         _, done, _ = held_burst(h, [build(p) for p in CHAT_PROMPTS])
         after = time.perf_counter()
     # the host has stopped: the run that served the burst has written its steps
-    steps = [json.loads(line) for line in trace.read_text().splitlines()]
+    steps = [Step(*json.loads(line)) for line in trace.read_text().splitlines()]
     tokens = [len(d.tokens) for d in done if isinstance(d, P.Done)]
     assert len(tokens) == 3
-    assert sum(s[4] for s in steps) == sum(tokens)  # one sampled row per token of every reply
-    gen = [s for s in steps if s[5]]
-    assert gen and all(s[3] == s[4] for s in gen)  # generated tokens only: a row per token
-    assert steps[0][3] > steps[0][4]  # the first step prefilled the prompts
-    assert all(before < s[0] <= s[1] <= s[2] < after for s in steps)
-    assert all(a[2] <= b[0] for a, b in zip(steps, steps[1:]))  # each launched after the last was sampled
-    assert any(s[6] for s in steps)  # and some before the last one's tokens were taken
+    assert sum(s.rows for s in steps) == sum(tokens)  # one sampled row per token of every reply
+    gen = [s for s in steps if s.gen_only]
+    assert gen and all(s.tokens == s.rows for s in gen)  # generated tokens only: a row per token
+    assert steps[0].tokens > steps[0].rows  # the first step prefilled the prompts
+    assert all(before < s.t0 <= s.t_call <= s.t1 <= s.t_sampled < after for s in steps)
+    # each launched after the step before was sampled, some before its tokens were taken
+    assert all(a.t_sampled <= b.t0 for a, b in zip(steps, steps[1:]))
+    assert any(s.followed for s in steps)
+    assert sum(s.reused for s in gen) >= len(gen) - 3  # a step of the same shape reuses the graph

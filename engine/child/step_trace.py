@@ -7,12 +7,15 @@ the clients saw about 0.35 ms more per token than the totals' decode + relaunch
 only the steps' own times, on the clients' clock, can say where that went.
 
 Off unless the variable is set. Each run of the batch loop appends one JSON line per step
-when it closes: ``[t0, t1, t_sampled, tokens, rows, gen_only, followed]``, times in
+when it closes: ``[t0, t_call, t1, t_sampled, tokens, rows, gen_only, reused, followed]``, times in
 ``time.perf_counter`` seconds (CLOCK_MONOTONIC on Linux, the clock every process here
-reads, so a benchmark's own ``perf_counter`` times compare directly): the launch, the device
-done, the rows sampled; the step's tokens and sampled rows; whether it held generated tokens
-only (batched-bench's kind of step); whether the next step launched before this one's tokens
-were taken (engine.child.batch.BatchLoop.step).
+reads, so a benchmark's own ``perf_counter`` times compare directly): the launch, llama_decode
+returning (before the device is done on a GPU, where the step is one ubatch), the device done,
+the rows sampled; the step's tokens and sampled rows; whether it held generated tokens
+only (batched-bench's kind of step); how many of its ubatches reused the graph before
+(llama.cpp's ``n_reused``: a graph built again costs the CPU time of building it, before the
+device starts); whether the next step launched before this one's tokens were taken
+(engine.child.batch.BatchLoop.step).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import NamedTuple
+
+import llama_cpp.llama_cpp as LL
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +33,44 @@ log = logging.getLogger(__name__)
 PATH = os.environ.get("KVDECK_STEP_TRACE") or None
 
 
+class Step(NamedTuple):
+    """One line of the trace (``Step(*json.loads(line))``)."""
+
+    t0: float  # launched
+    t_call: float  # llama_decode returned
+    t1: float  # the device done
+    t_sampled: float  # its rows sampled
+    tokens: int
+    rows: int
+    gen_only: bool  # generated tokens only, one a row: llama-batched-bench's kind of step
+    reused: int  # its ubatches whose graph llama.cpp reused
+    followed: bool  # the next step launched before this one's tokens were taken
+
+
 class StepTrace:
     """One batch run's steps (nothing is kept when no trace was asked for)."""
 
-    def __init__(self) -> None:
-        self.steps: list[list[float | int | bool]] = []
+    def __init__(self, ctx: object) -> None:
+        self.ctx = ctx
+        self.steps: list[Step] = []
+        self.reused = self._reused()
 
-    def step(self, t0: float, t1: float, t_sampled: float, tokens: int, rows: int, gen_only: bool) -> None:
+    def _reused(self) -> int:
+        return int(LL.llama_perf_context(self.ctx).n_reused) if PATH is not None else 0
+
+    def step(
+        self, t0: float, t_call: float, t1: float, t_sampled: float, tokens: int, rows: int, gen_only: bool
+    ) -> None:
         if PATH is not None:
-            self.steps.append([t0, t1, t_sampled, tokens, rows, gen_only, False])
+            before, self.reused = self.reused, self._reused()
+            self.steps.append(
+                Step(t0, t_call, t1, t_sampled, tokens, rows, gen_only, self.reused - before, False)
+            )
 
     def followed(self) -> None:
         """The step just recorded launched its successor early."""
         if self.steps:
-            self.steps[-1][6] = True
+            self.steps[-1] = self.steps[-1]._replace(followed=True)
 
     def write(self) -> None:
         """Append the run's steps to the file; a file that cannot be written is a warning."""
