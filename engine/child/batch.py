@@ -42,7 +42,7 @@ from engine import protocol as P
 from engine.child.batch_backend import SeqChains, enabled, not_eog
 from engine.child.batch_draft_model import model_drafts
 from engine.child.batch_intake import Intake
-from engine.child.batch_rows import BatchRows, Launch, StepRows, goes_on
+from engine.child.batch_rows import BatchRows, Launch, StepRows, goes_on, one_ubatch
 from engine.child.batch_sample import TIMES, RowSampler, Switch, slots_event
 from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.batch_take import Takes
@@ -83,7 +83,7 @@ class BatchLoop:
         self.last_report = 0.0
         session.samplers.detach(m)  # a device chain on sequence 0 would replace that row's logits
         # per-slot prefix reuse (engine.child.prefix); a stream per sequence unless unified
-        streams = self.n_seq > 1 and self.n_ctx_seq < LL.llama_n_ctx(m.ctx)
+        self.streams = streams = self.n_seq > 1 and self.n_ctx_seq < LL.llama_n_ctx(m.ctx)
         self.prefixes = SeqPrefixes(m, self.n_seq, streams, keep=self.n_ubatch)
         self.movable = streams and not (
             LL.llama_model_is_recurrent(m.model) or LL.llama_model_is_hybrid(m.model)
@@ -103,7 +103,7 @@ class BatchLoop:
         #: The step already on the device (:meth:`step`), and whether steps may go early.
         self.launched: Launch | None = None
         self.early = Switch("KVDECK_EARLY_LAUNCH")
-        self.trace = StepTrace()  # each step's times, for benchmarks (engine.child.step_trace)
+        self.trace = StepTrace(m.ctx)  # each step's times, for benchmarks (engine.child.step_trace)
 
     # ------------------------------------------------------------------ requests
     def admit(self) -> None:
@@ -177,9 +177,11 @@ class BatchLoop:
                 return
             # The last step's text and the held events go out while the device runs this step,
             # where llama_decode returns before the device is done: seen on the last step, and
-            # one ubatch (ggml's scheduler waits for each ubatch before the next one's inputs);
-            # else before the decode, so a CPU step or a long prefill does not delay them.
-            overlap = self.takes.during_decode(self.decode_returns_early) and st.n <= self.n_ubatch
+            # one ubatch (engine.child.batch_rows.one_ubatch); else before the decode, so a CPU
+            # step, a prefill or a step split by llama.cpp does not delay them.
+            overlap = self.takes.during_decode(self.decode_returns_early) and one_ubatch(
+                st, self.streams, self.n_ubatch
+            )
             if not overlap:
                 self.takes.settle()
                 flush_held(self.emit)
@@ -235,7 +237,7 @@ class BatchLoop:
         TIMES.sample_s += now - t1
         if gen_only:
             TIMES.gen_sample_s += now - t1
-        self.trace.step(t0, t1, now, n, len(rows), gen_only)
+        self.trace.step(t0, go.t_call, t1, now, n, len(rows), gen_only)
         later = self.takes.during_decode(self.decode_returns_early)  # the text while the next step runs
         if self._follows(st, rows, toks, gen_only):
             self.launched = self._launch(self.rows.follow(st, toks), True, True)

@@ -129,6 +129,26 @@ class BatchRows:
         return StepRows(n, st.rows, st.fed)
 
 
+def one_ubatch(st: StepRows, streams: bool, n_ubatch: int) -> bool:
+    """Whether llama.cpp computes ``st`` as one ubatch: only then does llama_decode return before
+    the device is done on a GPU (ggml's scheduler waits for each ubatch before the next one's
+    inputs), so only then can the step before's text go out while it runs (engine.child.batch).
+
+    One KV stream: ``split_simple``, n_ubatch tokens at a time. A stream per sequence:
+    ``split_equal`` with sequential ids (src/llama-kv-cache.cpp:713): a ubatch holds as many
+    tokens of every sequence in it, from one run of consecutive ids (src/llama-batch.cpp:569-633).
+    So a step that feeds a prompt beside generated rows is two ubatches or more, and so is one
+    whose sequences have a gap: on an H200 the last token of a reply that ended before such a
+    step reached its client 20 ms late, after the step's first ubatch
+    (benchmarks/results/server-2026-12-05-h200-trace.json)."""
+    if st.n > n_ubatch:
+        return False
+    if not streams:
+        return True
+    fed = sorted([(s.seq, max(k, 1)) for s, k in st.fed] + [(s.seq, 1 + len(d)) for _, s, d in st.checks])
+    return len({k for _, k in fed}) <= 1 and all(b[0] == a[0] + 1 for a, b in zip(fed, fed[1:]))
+
+
 def goes_on(slots: Sequence[Slot], toks: Sequence[int], eog: frozenset[int]) -> bool:
     """Whether every one of ``slots`` feeds the token it just sampled on the next step, as far as
     that token alone can tell: not an end of generation, not its last token, not cancelled, and
