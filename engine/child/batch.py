@@ -179,9 +179,8 @@ class BatchLoop:
             # where llama_decode returns before the device is done: seen on the last step, and
             # one ubatch (engine.child.batch_rows.one_ubatch); else before the decode, so a CPU
             # step, a prefill or a step split by llama.cpp does not delay them.
-            overlap = self.takes.during_decode(self.decode_returns_early) and one_ubatch(
-                st, self.streams, self.n_ubatch
-            )
+            overlap = self.takes.during_decode(self.decode_returns_early)
+            overlap = overlap and one_ubatch(st, self.streams, self.n_ubatch)
             if not overlap:
                 self.takes.settle()
                 flush_held(self.emit)
@@ -237,13 +236,13 @@ class BatchLoop:
         TIMES.sample_s += now - t1
         if gen_only:
             TIMES.gen_sample_s += now - t1
-        self.trace.step(t0, go.t_call, t1, now, n, len(rows), gen_only)
+        follows = self._follows(st, rows, toks, gen_only)
+        self.trace.step((t0, go.t_call, t1, now), n, len(rows), gen_only, follows)
         later = self.takes.during_decode(self.decode_returns_early)  # the text while the next step runs
-        if self._follows(st, rows, toks, gen_only):
+        if follows:
             self.launched = self._launch(self.rows.follow(st, toks), True, True)
             TIMES.followed += 1
             TIMES.relaunch_s += self.launched.t0 - t1
-            self.trace.followed()
         with held(self.emit):  # the step's Started, Delta and Slots events in one write
             for (i, s), tok in zip(rows, toks):
                 if s.device and not s.out and tok in self.eog and s.w.req.no_empty:
@@ -341,7 +340,10 @@ class BatchLoop:
             self.launched = None
 
     def close(self) -> None:
-        """Free the batch; the sequences' cells and their token lists stay for the next run."""
+        """Free the batch; the sequences' cells and their token lists stay for the next run; the
+        messages that stopped admission go back to the child's main loop."""
+        for msg in self.intake.deferred:
+            self.requests.push_back(msg)
         self.landed()
         self.rows.free()
         self.sampler.close()
@@ -382,8 +384,6 @@ class BatchLoop:
                         self.admit()
                 self.step()
                 self.report()
-        for msg in self.intake.deferred:
-            self.requests.push_back(msg)
 
 
 def run_batch(session: LlamaSession, first: P.GenerateRequest, requests: Requests, emit: Emit) -> None:
@@ -397,7 +397,5 @@ def run_batch(session: LlamaSession, first: P.GenerateRequest, requests: Request
     except Exception as exc:  # a bug: every request learns it, the child stays alive
         log.exception("batch loop failed")
         loop.abandon(ErrorKind.RUNTIME, f"{type(exc).__name__}: {exc}")
-        for msg in loop.intake.deferred:
-            requests.push_back(msg)
     finally:
         loop.close()

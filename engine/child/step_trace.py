@@ -59,18 +59,12 @@ class StepTrace:
         return int(LL.llama_perf_context(self.ctx).n_reused) if PATH is not None else 0
 
     def step(
-        self, t0: float, t_call: float, t1: float, t_sampled: float, tokens: int, rows: int, gen_only: bool
+        self, times: tuple[float, float, float, float], tokens: int, rows: int, gen_only: bool, followed: bool
     ) -> None:
+        """``times``: launched, llama_decode returned, the device done, sampled."""
         if PATH is not None:
             before, self.reused = self.reused, self._reused()
-            self.steps.append(
-                Step(t0, t_call, t1, t_sampled, tokens, rows, gen_only, self.reused - before, False)
-            )
-
-    def followed(self) -> None:
-        """The step just recorded launched its successor early."""
-        if self.steps:
-            self.steps[-1] = self.steps[-1]._replace(followed=True)
+            self.steps.append(Step(*times, tokens, rows, gen_only, self.reused - before, followed))
 
     def write(self) -> None:
         """Append the run's steps to the file; a file that cannot be written is a warning."""
