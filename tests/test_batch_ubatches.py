@@ -1,12 +1,13 @@
-"""Which batch-loop steps llama.cpp computes as one ubatch (engine.child.batch_rows.one_ubatch).
+"""Which batch-loop steps llama_decode returns from at once (engine.child.batch_rows.returns_at_once).
 
-Only such a step lets llama_decode return before a GPU is done, so only then may the step
-before's text and ended replies go out while it runs; any other step holds them until its
-first ubatch is done (on an H200, a reply's last token reached its client 20 ms late behind a
-step that prefilled the next request). The rules are llama.cpp's own (0c1e570): one KV stream
-splits a batch n_ubatch tokens at a time (``split_simple``); a stream per sequence takes as
-many tokens of every sequence into a ubatch, consecutive sequence ids only (``split_equal``
-with ``sequential``, src/llama-batch.cpp:542-633).
+Only then may the step before's text and ended replies go out while the GPU runs the step;
+otherwise the call holds them until the step's first ubatch is done (on an H200, a reply's last
+token reached its client 20 ms late behind a step that prefilled the next request) or its graph
+is built (7-13 ms on an H100). The rules are llama.cpp's own (0c1e570): one KV stream splits a
+batch n_ubatch tokens at a time (``split_simple``); a stream per sequence takes as many tokens
+of every sequence into a ubatch, consecutive sequence ids only (``split_equal`` with
+``sequential``, src/llama-batch.cpp:542-633); a graph is reused only for the same tokens of the
+same sequences (``llm_graph_params::allow_reuse``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.child.batch_rows import StepRows, one_ubatch
+from engine.child.batch_rows import StepRows, returns_at_once
 
 N_UBATCH = 512
 
@@ -44,7 +45,16 @@ def _step(*fed: tuple[int, int], drafts: tuple[tuple[int, int], ...] = ()) -> St
         (_step((0, 300), (1, 300)), False, False),  # more than n_ubatch tokens
     ],
 )
-def test_a_step_is_one_ubatch_where_llama_cpp_splits_it_into_one(
+def test_a_step_of_the_last_shape_returns_at_once_where_llama_cpp_makes_it_one_ubatch(
     step: StepRows, streams: bool, one: bool
 ) -> None:
-    assert one_ubatch(step, streams, N_UBATCH) is one
+    assert returns_at_once(step, step.per_seq(), streams, N_UBATCH) is one
+
+
+def test_a_step_whose_graph_is_built_anew_does_not_return_at_once() -> None:
+    sixteen = _step(*((s, 0) for s in range(16)))
+    assert not returns_at_once(sixteen, None, True, N_UBATCH)  # the first step of a run
+    after_prefill = _step((0, 100), (1, 100)).per_seq()
+    assert not returns_at_once(_step((0, 0), (1, 0)), after_prefill, True, N_UBATCH)
+    one_ended = _step(*((s, 0) for s in range(15))).per_seq()
+    assert not returns_at_once(sixteen, one_ended, False, N_UBATCH)

@@ -42,7 +42,7 @@ from engine import protocol as P
 from engine.child.batch_backend import SeqChains, enabled, not_eog
 from engine.child.batch_draft_model import model_drafts
 from engine.child.batch_intake import Intake
-from engine.child.batch_rows import BatchRows, Launch, StepRows, goes_on, one_ubatch
+from engine.child.batch_rows import BatchRows, Launch, StepRows, goes_on, returns_at_once
 from engine.child.batch_sample import TIMES, RowSampler, Switch, slots_event
 from engine.child.batch_spec import BatchDrafting, drafters_of
 from engine.child.batch_take import Takes
@@ -102,6 +102,7 @@ class BatchLoop:
         self.rows = BatchRows(self.n_batch)  # the step's llama_batch (engine.child.batch_rows)
         #: The step already on the device (:meth:`step`), and whether steps may go early.
         self.launched: Launch | None = None
+        self.shape: list[tuple[int, int]] | None = None  # the last composed step's tokens per sequence
         self.early = Switch("KVDECK_EARLY_LAUNCH")
         self.trace = StepTrace(m.ctx)  # each step's times, for benchmarks (engine.child.step_trace)
 
@@ -175,12 +176,12 @@ class BatchLoop:
                 self.takes.settle()
                 flush_held(self.emit)
                 return
-            # The last step's text and the held events go out while the device runs this step,
-            # where llama_decode returns before the device is done: seen on the last step, and
-            # one ubatch (engine.child.batch_rows.one_ubatch); else before the decode, so a CPU
-            # step, a prefill or a step split by llama.cpp does not delay them.
+            # The last step's text and held events go out while the device runs this step where
+            # llama_decode returns at once (seen on the last step; engine.child.batch_rows
+            # .returns_at_once), else first: a CPU step, a prefill or a new graph would hold them.
+            before, self.shape = self.shape, st.per_seq()
             overlap = self.takes.during_decode(self.decode_returns_early)
-            overlap = overlap and one_ubatch(st, self.streams, self.n_ubatch)
+            overlap = overlap and returns_at_once(st, before, self.streams, self.n_ubatch)
             if not overlap:
                 self.takes.settle()
                 flush_held(self.emit)

@@ -30,6 +30,12 @@ class StepRows:
     )  # (sequence, tokens, first position)
     checks: list[tuple[int, Slot, list[int]]] = field(default_factory=list)  # drafts: verify rows from index
 
+    def per_seq(self) -> list[tuple[int, int]]:
+        """(sequence, tokens it feeds), in sequence order."""
+        return sorted(
+            [(s.seq, max(k, 1)) for s, k in self.fed] + [(s.seq, 1 + len(d)) for _, s, d in self.checks]
+        )
+
 
 @dataclass
 class Launch:
@@ -129,23 +135,29 @@ class BatchRows:
         return StepRows(n, st.rows, st.fed)
 
 
-def one_ubatch(st: StepRows, streams: bool, n_ubatch: int) -> bool:
-    """Whether llama.cpp computes ``st`` as one ubatch: only then does llama_decode return before
-    the device is done on a GPU (ggml's scheduler waits for each ubatch before the next one's
-    inputs), so only then can the step before's text go out while it runs (engine.child.batch).
+def returns_at_once(st: StepRows, before: list[tuple[int, int]] | None, streams: bool, n_ubatch: int) -> bool:
+    """Whether llama_decode returns at once with ``st`` on a GPU, so that the step before's text
+    and ended replies can go out while it runs (engine.child.batch); else they go first.
+    ``before``: the last composed step's :meth:`StepRows.per_seq`.
 
-    One KV stream: ``split_simple``, n_ubatch tokens at a time. A stream per sequence:
-    ``split_equal`` with sequential ids (src/llama-kv-cache.cpp:713): a ubatch holds as many
-    tokens of every sequence in it, from one run of consecutive ids (src/llama-batch.cpp:569-633).
-    So a step that feeds a prompt beside generated rows is two ubatches or more, and so is one
-    whose sequences have a gap: on an H200 the last token of a reply that ended before such a
-    step reached its client 20 ms late, after the step's first ubatch
-    (benchmarks/results/server-2026-12-05-h200-trace.json)."""
+    It returns before the device is done only with the last ubatch's compute queued: ggml's
+    scheduler waits for each ubatch before the next one's inputs. One KV stream: ``split_simple``,
+    n_ubatch tokens at a time. A stream per sequence: ``split_equal`` with sequential ids
+    (src/llama-kv-cache.cpp:713): a ubatch holds as many tokens of every sequence in it, from one
+    run of consecutive ids (src/llama-batch.cpp:569-633), so a step that feeds a prompt beside
+    generated rows is two ubatches or more, and so is one whose sequences have a gap. On an H200
+    the last token of a reply that ended before such a step reached its client 20 ms late
+    (benchmarks/results/server-2026-12-05-h200-trace.json). And it returns at once only with the
+    graph of the step before, reused (llm_graph_params::allow_reuse: the same tokens per
+    sequence, the same sequences): building one took llama_decode 7-13 ms on the H100 before it
+    returned (server-2026-12-05-h100-ubatch.json's step traces)."""
     if st.n > n_ubatch:
+        return False
+    fed = st.per_seq()
+    if fed != before:
         return False
     if not streams:
         return True
-    fed = sorted([(s.seq, max(k, 1)) for s, k in st.fed] + [(s.seq, 1 + len(d)) for _, s, d in st.checks])
     return len({k for _, k in fed}) <= 1 and all(b[0] == a[0] + 1 for a, b in zip(fed, fed[1:]))
 
 
