@@ -39,6 +39,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -283,6 +284,21 @@ def traced(r: dict, steps: list[Step], streams: int) -> None:
     ]
 
 
+def compact_json(obj: object) -> str:
+    """Indented JSON with every innermost list on one line: a round's timeline holds thousands of
+    chunk times and steps, one number a line otherwise (6 MB a result file)."""
+    text = json.dumps(obj, indent=2)
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+
+def without_timelines(part: dict) -> dict:
+    """A result's kvdeck or llama-server part without its rounds' timelines (for ``before``)."""
+    return {
+        **part,
+        "rounds": [{k: v for k, v in r.items() if k != "timeline"} for r in part.get("rounds", [])],
+    }
+
+
 def serve_rounds(url: str, args: argparse.Namespace, trace: TraceFile | None = None) -> dict:
     stream_request(url, prompt_text(0, args.pp_words), 8, 0)  # warm-up
     rounds = []
@@ -442,7 +458,7 @@ def main() -> int:
         extra = dict(a.split("=", 1) for a in assigns.split("+"))
         res.setdefault("variants", {})[name] = {"env": extra, **kvdeck(extra, f"kvdeck-{name}")}
     if args.kvdeck_only:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        Path(args.out).write_text(compact_json(res))
         print(f"wrote {args.out}")
         return 0
     pp = res["kvdeck"]["rounds"][0]["prompt_tokens"] or 128
@@ -514,12 +530,11 @@ def main() -> int:
     res["table"] = table
     if args.before and Path(args.before).exists():
         old = json.loads(Path(args.before).read_text())
-        res["before"] = {
-            k: old[k] for k in ("date", "table", "kvdeck", "llama_server", "batched_bench") if k in old
-        }
+        res["before"] = {k: old[k] for k in ("date", "table", "batched_bench") if k in old}
+        res["before"].update({k: without_timelines(old[k]) for k in ("kvdeck", "llama_server") if k in old})
     print(json.dumps(table, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    Path(args.out).write_text(compact_json(res))
     print(f"wrote {args.out}")
     return 0
 

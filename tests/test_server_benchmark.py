@@ -9,9 +9,11 @@ give the same rate.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from benchmarks.server_vs_llama import steady_decode
+from benchmarks.server_vs_llama import compact_json, steady_decode
 
 STEP_S = 0.004  # a decode step: one token per stream
 
@@ -40,3 +42,10 @@ def test_the_steady_rate_is_the_decode_rate_however_tokens_are_grouped_in_chunks
 def test_without_counts_a_lone_stream_takes_its_first_chunk_as_its_first_token(per_chunk: int) -> None:
     rate, _ = steady_decode([_reply(0.0, 128, per_chunk, counted=False)], 1)
     assert rate == pytest.approx(1 / STEP_S, rel=1e-3)
+
+
+def test_a_result_file_keeps_every_number_with_each_innermost_list_on_one_line() -> None:
+    result = {"timeline": {"replies": [[0.0, 0.1, 1.2, 3, [[0.1, 1], [0.2, 3]]]], "windows": []}, "n": [1]}
+    text = compact_json(result)
+    assert json.loads(text) == result
+    assert "[0.1, 1]" in text and "[]" in text and '"n": [1]' in text
