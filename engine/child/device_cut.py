@@ -126,7 +126,8 @@ DEFAULT_K = 40
 #: more than the copy of one row saves (3.30 against 3.13 ms a step on an H100, 2026-12-05,
 #: benchmarks/results/server-2026-12-05-h100-cut-all.json); at four it breaks even, and at
 #: sixteen it takes 0.19 ms off the decode and 0.11 ms off sampling. Attaching rebuilds the
-#: graphs, about 20 ms of a first token, which a few clients would pay at every burst.
+#: graphs, 44 ms of a first token on the H200 8B (server-2026-12-05-h200-ubatch.json), which a
+#: few clients would pay at every burst.
 MIN_SEQS = 8
 
 
