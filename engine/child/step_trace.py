@@ -10,7 +10,8 @@ Off unless the variable is set. Each run of the batch loop appends one JSON line
 when it closes: ``[t0, t_call, t1, t_sampled, tokens, rows, gen_only, reused, followed]``, times in
 ``time.perf_counter`` seconds (CLOCK_MONOTONIC on Linux, the clock every process here
 reads, so a benchmark's own ``perf_counter`` times compare directly): the launch, llama_decode
-returning (before the device is done on a GPU, where the step is one ubatch), the device done,
+returning (before the device is done on a GPU, where the step is one ubatch with a reused graph:
+engine.child.batch_rows.returns_at_once), the device done,
 the rows sampled; the step's tokens and sampled rows; whether it held generated tokens
 only (batched-bench's kind of step); how many of its ubatches reused the graph before
 (llama.cpp's ``n_reused``: a graph built again costs the CPU time of building it, before the
