@@ -41,14 +41,14 @@ def window_steps(steps: list[Step], windows: list[tuple[float, float]], streams:
     """Per window (clients' clock): its length, the steps that launched inside it by kind, the
     mean launch-to-launch period of its full generated-token steps, and the time the steps
     inside it do not cover; and the whole round's steady t/s as those steps give it."""
+
+    def full(s: Step) -> bool:
+        return s.gen_only and s.rows == streams
+
     out = []
     rows = periods_s = 0.0
     for a, b in windows:
         inside = [s for s in steps if a <= s.t0 < b]
-
-        def full(s: Step) -> bool:
-            return s.gen_only and s.rows == streams
-
         # each full step's launch to the next step's launch, where the next one is inside too
         periods = [(s, n.t0 - s.t0) for s, n in zip(inside, inside[1:]) if full(s)]
         on_device = sum(max(0.0, min(s.t1, b) - s.t0) for s in inside)

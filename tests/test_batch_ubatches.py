@@ -48,13 +48,14 @@ def _step(*fed: tuple[int, int], drafts: tuple[tuple[int, int], ...] = ()) -> St
 def test_a_step_of_the_last_shape_returns_at_once_where_llama_cpp_makes_it_one_ubatch(
     step: StepRows, streams: bool, one: bool
 ) -> None:
-    assert returns_at_once(step, step.per_seq(), streams, N_UBATCH) is one
+    assert returns_at_once(step.n, step.per_seq(), step.per_seq(), streams, N_UBATCH) is one
 
 
 def test_a_step_whose_graph_is_built_anew_does_not_return_at_once() -> None:
     sixteen = _step(*((s, 0) for s in range(16)))
-    assert not returns_at_once(sixteen, None, True, N_UBATCH)  # the first step of a run
+    assert not returns_at_once(sixteen.n, sixteen.per_seq(), None, True, N_UBATCH)  # the first step of a run
     after_prefill = _step((0, 100), (1, 100)).per_seq()
-    assert not returns_at_once(_step((0, 0), (1, 0)), after_prefill, True, N_UBATCH)
+    two = _step((0, 0), (1, 0))
+    assert not returns_at_once(two.n, two.per_seq(), after_prefill, True, N_UBATCH)
     one_ended = _step(*((s, 0) for s in range(15))).per_seq()
-    assert not returns_at_once(sixteen, one_ended, False, N_UBATCH)
+    assert not returns_at_once(sixteen.n, sixteen.per_seq(), one_ended, False, N_UBATCH)

@@ -181,7 +181,7 @@ class BatchLoop:
             # .returns_at_once), else first: a CPU step, a prefill or a new graph would hold them.
             before, self.shape = self.shape, st.per_seq()
             overlap = self.takes.during_decode(self.decode_returns_early)
-            overlap = overlap and returns_at_once(st, before, self.streams, self.n_ubatch)
+            overlap = overlap and returns_at_once(st.n, self.shape, before, self.streams, self.n_ubatch)
             if not overlap:
                 self.takes.settle()
                 flush_held(self.emit)

@@ -135,10 +135,13 @@ class BatchRows:
         return StepRows(n, st.rows, st.fed)
 
 
-def returns_at_once(st: StepRows, before: list[tuple[int, int]] | None, streams: bool, n_ubatch: int) -> bool:
-    """Whether llama_decode returns at once with ``st`` on a GPU, so that the step before's text
-    and ended replies can go out while it runs (engine.child.batch); else they go first.
-    ``before``: the last composed step's :meth:`StepRows.per_seq`.
+def returns_at_once(
+    n: int, fed: list[tuple[int, int]], before: list[tuple[int, int]] | None, streams: bool, n_ubatch: int
+) -> bool:
+    """Whether llama_decode returns at once on a GPU with a step of ``n`` tokens that feeds
+    ``fed`` (its :meth:`StepRows.per_seq`), so that the step before's text and ended replies can
+    go out while it runs (engine.child.batch); else they go first. ``before``: the last composed
+    step's ``fed``.
 
     It returns before the device is done only with the last ubatch's compute queued: ggml's
     scheduler waits for each ubatch before the next one's inputs. One KV stream: ``split_simple``,
@@ -151,10 +154,7 @@ def returns_at_once(st: StepRows, before: list[tuple[int, int]] | None, streams:
     graph of the step before, reused (llm_graph_params::allow_reuse: the same tokens per
     sequence, the same sequences): building one took llama_decode 7-13 ms on the H100 before it
     returned (server-2026-12-05-h100-ubatch.json's step traces)."""
-    if st.n > n_ubatch:
-        return False
-    fed = st.per_seq()
-    if fed != before:
+    if n > n_ubatch or fed != before:
         return False
     if not streams:
         return True

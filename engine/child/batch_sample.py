@@ -210,14 +210,13 @@ class RowSampler:
         one vocabulary's stride a row). ``cut``: every row was cut on the device, in one graph
         for all (engine.child.device_cut), so each kept as many candidates as row 0."""
         stride = self.row_bytes
-        if not cut:
-            return [base + i * stride for i in at], [(0, 0)] * len(at)
-        n = int(LL.llama_get_sampled_logits_count_ith(self.ctx, 0))
-        vals = LIB.llama_get_sampled_logits_ith(self.ctx, 0) or 0
-        ids = LIB.llama_get_sampled_candidates_ith(self.ctx, 0) or 0
-        if not (n and vals and ids):  # nothing kept: whole rows after all
-            return [base + i * stride for i in at], [(0, 0)] * len(at)
-        return [vals + i * stride for i in at], [(ids + i * stride, n) for i in at]
+        if cut:
+            n = int(LL.llama_get_sampled_logits_count_ith(self.ctx, 0))
+            vals = LIB.llama_get_sampled_logits_ith(self.ctx, 0) or 0
+            ids = LIB.llama_get_sampled_candidates_ith(self.ctx, 0) or 0
+            if n and vals and ids:
+                return [vals + i * stride for i in at], [(ids + i * stride, n) for i in at]
+        return [base + i * stride for i in at], [(0, 0)] * len(at)  # whole rows
 
     def _cut(self, i: int) -> tuple[int, int]:
         """(address of the ids, number) of the candidates the device kept for batch row ``i``
